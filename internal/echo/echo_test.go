@@ -1,0 +1,72 @@
+package echo
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func startServer(t *testing.T) (tcpAddr, httpAddr string) {
+	t.Helper()
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{Hostname: "pod-a", Namespace: "ns1"}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Serve(ctx, []net.Listener{tl}, []net.Listener{hl})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return tl.Addr().String(), hl.Addr().String()
+}
+
+func TestTCPReport(t *testing.T) {
+	tcpAddr, _ := startServer(t)
+	rep, err := TCP(context.Background(), tcpAddr, "marker-123")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Hostname != "pod-a" || rep.Namespace != "ns1" || rep.Protocol != "tcp" || rep.Message != "marker-123" {
+		t.Errorf("report: got %+v, want hostname pod-a, namespace ns1, protocol tcp, message marker-123", rep)
+	}
+	if rep.Local != tcpAddr {
+		t.Errorf("report local: got %q, want %q", rep.Local, tcpAddr)
+	}
+	if !strings.HasPrefix(rep.Peer, "127.0.0.1:") {
+		t.Errorf("report peer: got %q, want 127.0.0.1:<port>", rep.Peer)
+	}
+	if _, err := TCP(context.Background(), tcpAddr, "two\nlines"); err == nil {
+		t.Error("TCP with a newline in the message: got nil error, want refusal")
+	}
+}
+
+func TestHTTPReport(t *testing.T) {
+	_, httpAddr := startServer(t)
+	rep, err := HTTP(context.Background(), nil, "http://"+httpAddr+"/some/path", http.Header{"X-Test": {"v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Protocol != "http" || rep.Method != "GET" || rep.Path != "/some/path" || rep.Host != httpAddr {
+		t.Errorf("report: got %+v, want GET /some/path on host %s", rep, httpAddr)
+	}
+	if got := rep.Headers["X-Test"]; len(got) != 1 || got[0] != "v1" {
+		t.Errorf("header X-Test: got %v, want [v1]", got)
+	}
+	resp, err := http.Get("http://" + httpAddr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz: got status %d, want 200", resp.StatusCode)
+	}
+}
