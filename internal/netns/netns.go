@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 )
 
@@ -222,4 +223,29 @@ func validName(name string) error {
 		return fmt.Errorf("netns name %q: want a plain file name", name)
 	}
 	return nil
+}
+
+// Netlink returns a netlink handle whose requests act inside ns. The caller
+// closes it.
+func Netlink(ns *NS) (*netlink.Handle, error) {
+	h, err := vnetns.GetFromPath(ns.Path())
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", ns.name, err)
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle in netns %s: %w", ns.name, err)
+	}
+	return nh, nil
+}
+
+// Fd opens the namespace's file, as netlink wants it to move links into
+// the namespace. The caller closes it.
+func Fd(ns *NS) (*os.File, error) {
+	f, err := os.Open(ns.Path())
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", ns.name, err)
+	}
+	return f, nil
 }

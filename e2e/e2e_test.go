@@ -1,0 +1,47 @@
+// Package e2e holds Ambit's end-to-end suites. They run in the lab
+// (internal/lab): a real kube-apiserver, real CNI plugins, network
+// namespaces for nodes and pods. They need root.
+package e2e
+
+import (
+	"log/slog"
+	"os"
+	"testing"
+
+	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/testutil"
+)
+
+// startLab starts a lab for the test and tears it down after, checking
+// that nothing is left behind. On failure it prints the lab's logs.
+func startLab(t *testing.T, cfg lab.Config) *lab.Lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	bins, err := lab.EnsureBinaries(t.Context(), lab.BuildOptions{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Binaries = bins
+	cfg.Log = log
+	l, err := lab.Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("lab logs:\n%s", l.Logs(40))
+		}
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+		left, err := lab.Leftovers(l.ID)
+		if err != nil {
+			t.Errorf("check lab leftovers: %v", err)
+		}
+		if len(left) > 0 {
+			t.Errorf("after Close: got leftovers %v, want none", left)
+		}
+	})
+	return l
+}

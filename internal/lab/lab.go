@@ -1,0 +1,477 @@
+// Package lab runs a whole Kubernetes cluster on one Linux machine, out of
+// real parts, for Ambit's end-to-end tests and demo.
+//
+// The control plane (etcd, kube-apiserver, kube-controller-manager, CoreDNS)
+// runs in a network namespace of its own, the "control-plane node". Each
+// worker node is a network namespace too, joined to the others by a bridge
+// in yet another namespace, and runs kube-proxy in iptables mode and a
+// kubelet stand-in (Kubelet) that runs pods: a network namespace per pod,
+// wired by the real CNI plugins through libcni, with the workload process
+// started inside it. Nothing the lab does touches the host's own network:
+// the only way in is a TCP forwarder from a loopback port of the host to
+// the apiserver.
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ambitmesh/ambit/internal/netns"
+)
+
+// Addressing of every lab. Labs are isolated from each other and from the
+// host by namespaces, so all of them use the same addresses.
+const (
+	// NamePrefix starts the name of every network namespace a lab makes.
+	NamePrefix = "ambit-"
+	// ClusterDomain is the DNS domain of Services.
+	ClusterDomain = "cluster.local"
+	// ClusterCIDR holds every node's pod CIDR (10.244.<node>.0/24).
+	ClusterCIDR = "10.244.0.0/16"
+	// ServiceCIDR holds the ClusterIPs.
+	ServiceCIDR = "10.96.0.0/16"
+	// DNSServiceIP is the ClusterIP of kube-system/kube-dns.
+	DNSServiceIP = "10.96.0.10"
+	// nodeSubnet is the bridge network of the nodes; the control plane is
+	// .2 and node i (from 1) is .10+i.
+	nodeSubnet = "172.30.0.0/24"
+	apiPort    = 6443
+)
+
+var controlPlaneIP = netip.MustParseAddr("172.30.0.2")
+
+// Config says what lab to build.
+type Config struct {
+	// Nodes is the number of worker nodes; 2 when zero.
+	Nodes int
+	// Binaries are the programs to run, from EnsureBinaries.
+	Binaries Binaries
+	// Images maps a container image name to the program that stands in for
+	// it. The echo workload is always there as EchoImage.
+	Images map[string]string
+	// Dir keeps the lab's files (PKI, logs, pod files); a new temporary
+	// directory when empty. It is removed by Close.
+	Dir string
+	Log *slog.Logger
+}
+
+// EchoImage is the image name that runs the echo test workload.
+const EchoImage = "ambit.dev/echo"
+
+// Lab is a running cluster.
+type Lab struct {
+	// ID makes this lab's namespace names and process markers unique.
+	ID  string
+	Dir string
+	// Kubeconfig is an admin kubeconfig file for people and tools
+	// (kubectl), valid while the lab runs.
+	Kubeconfig string
+	// RESTConfig and Client are the admin client of the cluster.
+	RESTConfig *rest.Config
+	Client     kubernetes.Interface
+	Nodes      []*Node
+
+	cfg      Config
+	log      *slog.Logger
+	pki      *pki
+	bridge   *netns.NS
+	cp       *netns.NS
+	procs    []*process // stopped in reverse order
+	apiAddr  string     // the forwarder, host loopback
+	stopFwd  func()
+	cancel   context.CancelFunc
+	bg       sync.WaitGroup
+	closeErr error
+	closed   sync.Once
+}
+
+// Node is a worker node.
+type Node struct {
+	Name    string
+	IP      netip.Addr
+	PodCIDR netip.Prefix
+	// NS is the node's network namespace: the host network of its pods.
+	NS      *netns.NS
+	Kubelet *Kubelet
+}
+
+// Start builds and starts a lab. On error, everything already started is
+// torn down.
+func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
+	if cfg.Nodes == 0 {
+		cfg.Nodes = 2
+	}
+	if cfg.Nodes > 200 {
+		return nil, fmt.Errorf("start lab: %d nodes: want at most 200", cfg.Nodes)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Binaries.KubeAPIServer == "" {
+		return nil, errors.New("start lab: no binaries: call EnsureBinaries first")
+	}
+	idb := make([]byte, 3)
+	rand.Read(idb)
+	l := &Lab{ID: hex.EncodeToString(idb), cfg: cfg}
+	l.log = cfg.Log.With("lab", l.ID)
+	if cfg.Dir == "" {
+		cfg.Dir, err = os.MkdirTemp("", "ambit-lab-"+l.ID+"-")
+		if err != nil {
+			return nil, fmt.Errorf("start lab: %w", err)
+		}
+	}
+	l.Dir = cfg.Dir
+	l.cfg = cfg
+	bgCtx, cancel := context.WithCancel(context.Background())
+	l.cancel = cancel
+	defer func() {
+		if err != nil {
+			if cerr := l.Close(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
+	}()
+
+	start := time.Now()
+	if err := l.buildNetwork(); err != nil {
+		return nil, err
+	}
+	if err := l.startControlPlane(ctx); err != nil {
+		return nil, err
+	}
+	if err := l.startDNS(ctx); err != nil {
+		return nil, err
+	}
+	for _, n := range l.Nodes {
+		if err := l.startNode(ctx, bgCtx, n); err != nil {
+			return nil, err
+		}
+	}
+	l.log.Info("lab ready", "nodes", len(l.Nodes), "kubeconfig", l.Kubeconfig, "took", time.Since(start).Round(time.Millisecond))
+	return l, nil
+}
+
+func (l *Lab) nsName(role string) string { return NamePrefix + l.ID + "-" + role }
+
+// buildNetwork makes the bridge, the control-plane namespace and one
+// namespace per node, with routes between the nodes' pod CIDRs.
+func (l *Lab) buildNetwork() error {
+	var err error
+	if l.bridge, err = netns.Create(l.nsName("net")); err != nil {
+		return err
+	}
+	bh, err := netns.Netlink(l.bridge)
+	if err != nil {
+		return err
+	}
+	defer bh.Close()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := bh.LinkAdd(br); err != nil {
+		return fmt.Errorf("add bridge: %w", err)
+	}
+	if err := bh.LinkSetUp(br); err != nil {
+		return fmt.Errorf("set bridge up: %w", err)
+	}
+
+	if l.cp, err = netns.Create(l.nsName("cp")); err != nil {
+		return err
+	}
+	if err := l.attach(bh, br, l.cp, "v-cp", controlPlaneIP); err != nil {
+		return err
+	}
+	for i := 1; i <= l.cfg.Nodes; i++ {
+		name := fmt.Sprintf("node%d", i)
+		ns, err := netns.Create(l.nsName(name))
+		if err != nil {
+			return err
+		}
+		n := &Node{
+			Name:    name,
+			IP:      netip.AddrFrom4([4]byte{172, 30, 0, byte(10 + i)}),
+			PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24),
+			NS:      ns,
+		}
+		l.Nodes = append(l.Nodes, n)
+		if err := l.attach(bh, br, ns, "v-"+name, n.IP); err != nil {
+			return err
+		}
+		if err := sysctl(ns, "net/ipv4/ip_forward", "1"); err != nil {
+			return err
+		}
+	}
+
+	// Routes: every node reaches the other nodes' pods through them, and
+	// sends Service traffic out on the wire (kube-proxy rewrites it before
+	// it leaves); the control plane reaches every pod.
+	_, svc, _ := net.ParseCIDR(ServiceCIDR)
+	for _, n := range l.Nodes {
+		h, err := netns.Netlink(n.NS)
+		if err != nil {
+			return err
+		}
+		eth, err := h.LinkByName("eth0")
+		if err != nil {
+			h.Close()
+			return fmt.Errorf("find eth0 of %s: %w", n.Name, err)
+		}
+		routes := []netlink.Route{{LinkIndex: eth.Attrs().Index, Dst: svc, Scope: netlink.SCOPE_LINK}}
+		for _, o := range l.Nodes {
+			if o != n {
+				routes = append(routes, netlink.Route{LinkIndex: eth.Attrs().Index, Dst: prefixNet(o.PodCIDR), Gw: o.IP.AsSlice()})
+			}
+		}
+		for _, r := range routes {
+			if err := h.RouteAdd(&r); err != nil {
+				h.Close()
+				return fmt.Errorf("add route %s on %s: %w", r.Dst, n.Name, err)
+			}
+		}
+		h.Close()
+	}
+	h, err := netns.Netlink(l.cp)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	eth, err := h.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("find eth0 of control plane: %w", err)
+	}
+	for _, n := range l.Nodes {
+		r := netlink.Route{LinkIndex: eth.Attrs().Index, Dst: prefixNet(n.PodCIDR), Gw: n.IP.AsSlice()}
+		if err := h.RouteAdd(&r); err != nil {
+			return fmt.Errorf("add route %s on control plane: %w", r.Dst, err)
+		}
+	}
+	return nil
+}
+
+// attach connects ns to the bridge with a veth pair whose inner end is eth0
+// with address ip in nodeSubnet.
+func (l *Lab) attach(bh *netlink.Handle, br *netlink.Bridge, ns *netns.NS, outer string, ip netip.Addr) error {
+	fd, err := netns.Fd(ns)
+	if err != nil {
+		return err
+	}
+	defer fd.Close()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: outer, MasterIndex: br.Attrs().Index},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsFd(int(fd.Fd())),
+	}
+	if err := bh.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add veth %s for %s: %w", outer, ns.Name(), err)
+	}
+	if err := bh.LinkSetUp(veth); err != nil {
+		return fmt.Errorf("set %s up: %w", outer, err)
+	}
+	h, err := netns.Netlink(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo in %s: %w", ns.Name(), err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set lo up in %s: %w", ns.Name(), err)
+	}
+	eth, err := h.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("find eth0 in %s: %w", ns.Name(), err)
+	}
+	addr := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(ip, 24))}
+	addr.IPNet.IP = ip.AsSlice()
+	if err := h.AddrAdd(eth, addr); err != nil {
+		return fmt.Errorf("add %s to eth0 in %s: %w", ip, ns.Name(), err)
+	}
+	if err := h.LinkSetUp(eth); err != nil {
+		return fmt.Errorf("set eth0 up in %s: %w", ns.Name(), err)
+	}
+	return nil
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	p = p.Masked()
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// sysctl sets a per-namespace sysctl such as "net/ipv4/ip_forward".
+func sysctl(ns *netns.NS, key, value string) error {
+	return ns.Do(func() error {
+		if err := os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s in %s: %w", key, value, ns.Name(), err)
+		}
+		return nil
+	})
+}
+
+// APIServerURL is the apiserver's address as the nodes and pods reach it.
+func APIServerURL() string {
+	return fmt.Sprintf("https://%s", net.JoinHostPort(controlPlaneIP.String(), fmt.Sprint(apiPort)))
+}
+
+// ControlPlaneIP is the address of the control-plane node on the node
+// network.
+func ControlPlaneIP() netip.Addr { return controlPlaneIP }
+
+// ControlPlaneNS is the control-plane node's network namespace.
+func (l *Lab) ControlPlaneNS() *netns.NS { return l.cp }
+
+// Node returns the node called name, or nil.
+func (l *Lab) Node(name string) *Node {
+	for _, n := range l.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Close stops everything the lab started and removes its namespaces and
+// files. It is safe to call more than once.
+func (l *Lab) Close() error {
+	l.closed.Do(func() { l.closeErr = l.close() })
+	return l.closeErr
+}
+
+func (l *Lab) close() error {
+	var errs []error
+	// Kubelets first: they run CNI DEL for their pods.
+	for _, n := range l.Nodes {
+		if n.Kubelet != nil {
+			if err := n.Kubelet.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if l.cancel != nil {
+		l.cancel()
+	}
+	l.bg.Wait()
+	for i := len(l.procs) - 1; i >= 0; i-- {
+		l.procs[i].stop(5 * time.Second)
+	}
+	if l.stopFwd != nil {
+		l.stopFwd()
+	}
+	// Anything that escaped its process group.
+	if pids, err := labProcesses(l.ID); err != nil {
+		errs = append(errs, err)
+	} else if err := killAll(pids); err != nil {
+		errs = append(errs, err)
+	}
+	names, err := netns.List(NamePrefix + l.ID + "-")
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, name := range names {
+		if err := netns.Delete(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if l.Dir != "" && os.Getenv("AMBIT_LAB_KEEP_DIR") == "" {
+		if err := os.RemoveAll(l.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove lab dir: %w", err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close lab %s: %w", l.ID, err)
+	}
+	return nil
+}
+
+// Logs returns the last lines of every log the lab's processes wrote, for
+// a failing test to print.
+func (l *Lab) Logs(lines int) string {
+	var b strings.Builder
+	for _, p := range l.procs {
+		fmt.Fprintf(&b, "==== %s (%s)\n%s\n", p.name, p.logPath, p.tail(lines))
+	}
+	for _, n := range l.Nodes {
+		if n.Kubelet != nil {
+			b.WriteString(n.Kubelet.logs(lines))
+		}
+	}
+	return b.String()
+}
+
+// CleanAll removes what crashed labs left behind: processes marked with
+// EnvLabID, namespaces named NamePrefix..., and temporary lab directories.
+// It must not run while a lab is in use.
+func CleanAll() error {
+	var errs []error
+	pids, err := labProcesses("")
+	if err != nil {
+		errs = append(errs, err)
+	} else if err := killAll(pids); err != nil {
+		errs = append(errs, err)
+	}
+	names, err := netns.List(NamePrefix)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, name := range names {
+		if err := netns.Delete(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "ambit-lab-*"))
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// restConfig loads a kubeconfig file into a client config.
+func restConfig(path string) (*rest.Config, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
+	}
+	cfg.QPS = 200
+	cfg.Burst = 400
+	return cfg, nil
+}
+
+// Leftovers lists what of lab id is still there (namespaces, processes),
+// for tests to assert that Close removed everything.
+func Leftovers(id string) ([]string, error) {
+	var left []string
+	names, err := netns.List(NamePrefix + id + "-")
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		left = append(left, "netns "+n)
+	}
+	pids, err := labProcesses(id)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pids {
+		if !isZombieOrGone(p) {
+			left = append(left, fmt.Sprintf("process %d", p))
+		}
+	}
+	return left, nil
+}
