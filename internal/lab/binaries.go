@@ -20,7 +20,7 @@ import (
 const CoreDNSVersion = "v1.12.1"
 
 // kubeCommands are the Kubernetes programs built from internal/lab/kubebuild.
-var kubeCommands = []string{"kube-apiserver", "kube-controller-manager", "kube-proxy"}
+var kubeCommands = []string{"kube-apiserver", "kube-controller-manager", "kube-proxy", "kubectl"}
 
 // Binaries are the programs the lab runs.
 type Binaries struct {
@@ -28,7 +28,9 @@ type Binaries struct {
 	KubeAPIServer         string
 	KubeControllerManager string
 	KubeProxy             string
-	CoreDNS               string
+	// Kubectl is for people using a running lab.
+	Kubectl string
+	CoreDNS string
 	// Echo is the test workload (samples/echo).
 	Echo string
 	// CNIDir holds the reference CNI plugins (ptp, host-local, loopback).
@@ -131,6 +133,7 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	b.KubeAPIServer = filepath.Join(kubeDir, "kube-apiserver")
 	b.KubeControllerManager = filepath.Join(kubeDir, "kube-controller-manager")
 	b.KubeProxy = filepath.Join(kubeDir, "kube-proxy")
+	b.Kubectl = filepath.Join(kubeDir, "kubectl")
 
 	if b.CoreDNS, err = ensureCoreDNS(ctx, opts, goVersion); err != nil {
 		return b, err

@@ -30,11 +30,11 @@ func (l *Lab) CreateNamespace(ctx context.Context, name string, labels map[strin
 // WaitServiceAccount waits until the service account exists.
 func (l *Lab) WaitServiceAccount(ctx context.Context, namespace, name string) error {
 	lw := &cache.ListWatch{
-		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
 			return l.Client.CoreV1().ServiceAccounts(namespace).List(ctx, o)
 		},
-		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
 			return l.Client.CoreV1().ServiceAccounts(namespace).Watch(ctx, o)
 		},
@@ -52,11 +52,11 @@ func (l *Lab) WaitServiceAccount(ctx context.Context, namespace, name string) er
 func (l *Lab) WaitPod(ctx context.Context, namespace, name string, cond func(*corev1.Pod) bool) (*corev1.Pod, error) {
 	sel := fields.OneTermEqualSelector("metadata.name", name).String()
 	lw := &cache.ListWatch{
-		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.FieldSelector = sel
 			return l.Client.CoreV1().Pods(namespace).List(ctx, o)
 		},
-		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.FieldSelector = sel
 			return l.Client.CoreV1().Pods(namespace).Watch(ctx, o)
 		},

@@ -1,0 +1,59 @@
+# Ambit. `make help` lists the targets.
+GO       ?= go
+BIN      := _output/bin
+# Extra flags for go test, e.g. GOTEST_FLAGS=-v or -run TestLabSmoke.
+GOTEST_FLAGS ?=
+
+.PHONY: help build test unit lint generate generate-check bench demo clean clean-lab deps lab-bins
+
+help:
+	@echo "build           build every binary into $(BIN)"
+	@echo "test            lint, unit tests and the privileged lab tests (root)"
+	@echo "lint            gofmt, go vet, staticcheck"
+	@echo "generate        regenerate generated code (bpf2go, protobuf)"
+	@echo "generate-check  fail if regeneration changes anything"
+	@echo "bench           benchmarks"
+	@echo "demo            start the lab and show it working (root)"
+	@echo "clean           remove build output"
+	@echo "clean-lab       remove what a crashed lab left behind (root)"
+
+build:
+	$(GO) build -o $(BIN)/ ./samples/echo ./e2e/labctl
+
+deps:
+	@bash internal/lab/deps.sh
+
+# Builds the Kubernetes and CoreDNS programs once; later runs find them in
+# the cache (/var/cache/ambit, or $$AMBIT_CACHE_DIR).
+lab-bins: deps
+	$(GO) run ./e2e/labctl build
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+unit:
+	$(GO) test -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /e2e)
+
+test: lint generate-check lab-bins
+	$(GO) test -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
+
+generate:
+	$(GO) generate ./...
+
+generate-check: generate
+	@if [ -n "$$(git status --porcelain)" ]; then \
+		echo "generated files differ from the committed ones:"; git status --porcelain; git diff --stat; exit 1; fi
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v /e2e)
+
+demo: deps
+	$(GO) run ./e2e/labctl demo
+
+clean:
+	rm -rf _output
+
+clean-lab:
+	$(GO) run ./e2e/labctl clean

@@ -1,0 +1,49 @@
+// Command labctl drives the lab (internal/lab) for people and make targets:
+//
+//	labctl build   build or find the programs the lab runs (cached)
+//	labctl demo    start a lab, show pods talking, keep it up until Ctrl-C
+//	labctl clean   remove what crashed labs left behind
+//
+// With DEMO_NONINTERACTIVE=1, demo exits after the scripted part, non-zero
+// if any step failed.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/ambitmesh/ambit/internal/lab"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: labctl build|demo|clean")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var err error
+	switch os.Args[1] {
+	case "build":
+		var b lab.Binaries
+		b, err = lab.EnsureBinaries(ctx, lab.BuildOptions{Log: log})
+		if err == nil {
+			fmt.Printf("kube-apiserver: %s\ncoredns: %s\necho: %s\n", b.KubeAPIServer, b.CoreDNS, b.Echo)
+		}
+	case "demo":
+		err = demo(ctx, log, os.Getenv("DEMO_NONINTERACTIVE") != "")
+	case "clean":
+		err = lab.CleanAll()
+	default:
+		err = fmt.Errorf("unknown command %q: want build, demo or clean", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "labctl:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the lab needs, idempotently: nothing is
+# downloaded when they are all there already.
+set -euo pipefail
+pkgs=(etcd-server containernetworking-plugins iproute2 iptables conntrack tcpdump ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	if [[ $(id -u) -ne 0 ]]; then
+		echo "missing packages ${missing[*]}: run as root to install them" >&2
+		exit 1
+	fi
+	echo "installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
