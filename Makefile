@@ -42,9 +42,13 @@ test: lint generate-check lab-bins
 generate:
 	$(GO) generate ./...
 
-generate-check: generate
-	@if [ -n "$$(git status --porcelain)" ]; then \
-		echo "generated files differ from the committed ones:"; git status --porcelain; git diff --stat; exit 1; fi
+# Compares the tree before and after regeneration, so it also works with
+# uncommitted edits in progress.
+generate-check:
+	@before=$$(git status --porcelain; git diff); \
+	$(MAKE) --no-print-directory generate; \
+	after=$$(git status --porcelain; git diff); \
+	if [ "$$before" != "$$after" ]; then echo "regeneration changed files:"; git status --porcelain; exit 1; fi
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v /e2e)

@@ -23,8 +23,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -138,6 +140,14 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	}
 	l.Dir = cfg.Dir
 	l.cfg = cfg
+	if err := os.WriteFile(filepath.Join(l.Dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, fmt.Errorf("start lab: %w", err)
+	}
+	// An interrupted test run cannot clean up after itself; the next lab
+	// does it.
+	if err := CleanStale(); err != nil {
+		l.log.Warn("clean stale labs", "err", err)
+	}
 	bgCtx, cancel := context.WithCancel(context.Background())
 	l.cancel = cancel
 	defer func() {
@@ -440,6 +450,51 @@ func CleanAll() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ownerFile in a lab directory holds the pid of the process that runs the
+// lab.
+const ownerFile = "owner"
+
+// CleanStale removes labs whose owning process is gone: their namespaces,
+// processes and directories. Labs of live processes are left alone, so it
+// is safe while other labs run.
+func CleanStale() error {
+	live := map[string]bool{}
+	var errs []error
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "ambit-lab-*"))
+	for _, d := range dirs {
+		id, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), "ambit-lab-"), "-")
+		data, err := os.ReadFile(filepath.Join(d, ownerFile))
+		if err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && processAlive(pid) {
+				live[id] = true
+				continue
+			}
+		} else if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) < time.Minute {
+			live[id] = true // being created
+			continue
+		}
+		if pids, err := labProcesses(id); err == nil {
+			errs = append(errs, killAll(pids))
+		}
+		errs = append(errs, os.RemoveAll(d))
+	}
+	names, err := netns.List(NamePrefix)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		id, _, _ := strings.Cut(strings.TrimPrefix(name, NamePrefix), "-")
+		if !live[id] {
+			errs = append(errs, netns.Delete(name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func processAlive(pid int) bool {
+	return syscall.Kill(pid, 0) == nil && !isZombieOrGone(pid)
 }
 
 // restConfig loads a kubeconfig file into a client config.
