@@ -21,7 +21,8 @@ import (
 
 // demo starts a two-node lab, runs an echo pod on each node, and shows
 // them reaching each other by pod IP, ClusterIP and Service name.
-func demo(ctx context.Context, log *slog.Logger, nonInteractive bool) (err error) {
+func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err error) {
+	ctx := runCtx
 	if os.Geteuid() != 0 {
 		return errors.New("the demo needs root (network namespaces): run sudo make demo")
 	}
@@ -119,7 +120,7 @@ The lab is running. In another terminal:
 
 Press Ctrl-C to stop and clean up.
 `, l.Kubeconfig, bins.Kubectl, l.Node("node1").NS.Name(), bins.Echo, ns)
-	<-ctx.Done()
+	<-runCtx.Done()
 	return nil
 }
 

@@ -158,12 +158,11 @@ func (k *Kubelet) register(ctx context.Context) error {
 		},
 		Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
 	}
-	created, err := k.cfg.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
-	if err != nil {
+	if _, err := k.cfg.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("register node %s: %w", n.Name, err)
 	}
 	now := metav1.Now()
-	created.Status = corev1.NodeStatus{
+	status := corev1.NodeStatus{
 		Addresses: []corev1.NodeAddress{
 			{Type: corev1.NodeInternalIP, Address: n.IP.String()},
 			{Type: corev1.NodeHostName, Address: n.Name},
@@ -180,7 +179,17 @@ func (k *Kubelet) register(ctx context.Context) error {
 		},
 		NodeInfo: corev1.NodeSystemInfo{OperatingSystem: "linux", Architecture: "amd64", KubeletVersion: "ambit-lab", ContainerRuntimeVersion: "ambit-lab://0"},
 	}
-	if _, err := k.cfg.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+	// Controllers (taints, lifecycle) may write the new Node at once.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := k.cfg.client.CoreV1().Nodes().Get(ctx, n.Name, getOpts)
+		if err != nil {
+			return err
+		}
+		cur.Status = status
+		_, err = k.cfg.client.CoreV1().Nodes().UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("report status of node %s: %w", n.Name, err)
 	}
 	return nil

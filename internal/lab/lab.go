@@ -226,6 +226,19 @@ func (l *Lab) buildNetwork() error {
 		}
 	}
 
+	// Processes started in the lab resolve through the cluster DNS, never
+	// the host's resolver (which lives outside the lab).
+	nodeResolv := fmt.Sprintf("search svc.%[1]s %[1]s\nnameserver %[2]s\noptions ndots:5\n", ClusterDomain, DNSServiceIP)
+	for _, n := range l.Nodes {
+		if err := n.NS.SetEtcFile("resolv.conf", []byte(nodeResolv)); err != nil {
+			return err
+		}
+	}
+	cpResolv := fmt.Sprintf("search svc.%s %s\nnameserver 127.0.0.1\n", ClusterDomain, ClusterDomain)
+	if err := l.cp.SetEtcFile("resolv.conf", []byte(cpResolv)); err != nil {
+		return err
+	}
+
 	// Routes: every node reaches the other nodes' pods through them, and
 	// sends Service traffic out on the wire (kube-proxy rewrites it before
 	// it leaves); the control plane reaches every pod.
