@@ -36,10 +36,10 @@ lint:
 unit:
 	$(GO) test -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /e2e)
 
-test: lint generate-check lab-bins
+test: deps lint generate-check lab-bins
 	$(GO) test -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
 
-generate:
+generate: deps
 	$(GO) generate ./...
 
 # Compares the tree before and after regeneration, so it also works with

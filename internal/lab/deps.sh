@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the lab needs, idempotently: nothing is
+# Installs the Debian packages the lab and code generation need (clang and
+# libbpf for the eBPF programs), idempotently: nothing is
 # downloaded when they are all there already.
 set -euo pipefail
-pkgs=(etcd-server containernetworking-plugins iproute2 iptables conntrack tcpdump ca-certificates)
+pkgs=(etcd-server containernetworking-plugins iproute2 iptables conntrack tcpdump ca-certificates clang llvm libbpf-dev linux-libc-dev)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -249,3 +249,18 @@ func Fd(ns *NS) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// ListenWith opens a listening socket inside the namespace with the given
+// ListenConfig (socket options through its Control function).
+func (n *NS) ListenWith(ctx context.Context, lc *net.ListenConfig, network, address string) (net.Listener, error) {
+	var l net.Listener
+	err := n.Do(func() error {
+		var err error
+		l, err = lc.Listen(ctx, network, address)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen %s %s in netns %s: %w", network, address, n.name, err)
+	}
+	return l, nil
+}

@@ -1,0 +1,400 @@
+// Package redirect loads, attaches, pins and updates Ambit's eBPF
+// redirection (redirect.c), which steers the TCP connections of enrolled
+// pods into ztunnel's listeners in the node's network namespace.
+//
+// Everything it creates lives under one bpffs directory (PinDir): the maps
+// (enrolled pods, counters) and one link per attachment. A restarted agent
+// loads the pinned maps and links again, so traffic in flight never
+// notices, and attaching an interface that already has Ambit's program
+// replaces the program in place instead of adding a second one.
+//
+// All methods act in the network namespace of the calling thread: call them
+// from the node's namespace (the agent runs there, as a host-network pod).
+package redirect
+
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel redirect redirect.c
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Values shared with redirect.c.
+const (
+	// Mark is set on packets steered to ztunnel; policy routing delivers
+	// marked packets locally.
+	Mark = 0x400
+	// RouteTable holds the local default route for marked packets.
+	RouteTable = 154
+	// rulePriority orders the mark rule before the main table.
+	rulePriority = 154
+
+	podCaptured = 1
+)
+
+// Mode is how a program is attached.
+type Mode string
+
+const (
+	ModeTCX    Mode = "tcx"    // kernel 6.6+: links, multi-program, ordered
+	ModeClsact Mode = "clsact" // older kernels: a tc filter on clsact
+)
+
+// Redirector is the loaded redirection of one node.
+type Redirector struct {
+	pinDir string
+	objs   redirectObjects
+	mode   Mode
+}
+
+// Open loads the programs and the maps pinned in pinDir (creating them on
+// first use), and sets up the node's policy routing for redirected
+// packets. It picks TCX when the kernel has it and clsact otherwise.
+func Open(pinDir string) (*Redirector, error) { return OpenMode(pinDir, "") }
+
+// OpenMode is Open with the attach mode forced; "" probes.
+func OpenMode(pinDir string, mode Mode) (*Redirector, error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
+	if err := ensureBPFFS(pinDir); err != nil {
+		return nil, err
+	}
+	r := &Redirector{pinDir: pinDir, mode: mode}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	if err := loadRedirectObjects(&r.objs, opts); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load redirect programs: %+v", verr)
+		}
+		return nil, fmt.Errorf("load redirect programs: %w", err)
+	}
+	if r.mode == "" {
+		r.mode = ModeClsact
+		if haveTCX(r.objs.AmbitFromWire) {
+			r.mode = ModeTCX
+		}
+	}
+	if err := setupRouting(); err != nil {
+		r.objs.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Mode is how this Redirector attaches programs.
+func (r *Redirector) Mode() Mode { return r.mode }
+
+// Close releases this process's handles. Pinned maps and attachments stay:
+// redirection goes on without the agent.
+func (r *Redirector) Close() error { return r.objs.Close() }
+
+// AttachPod attaches the pod program to the ingress of a pod's host-side
+// veth.
+func (r *Redirector) AttachPod(ifname string) error {
+	return r.attach(ifname, r.objs.AmbitFromPod)
+}
+
+// AttachUplink attaches the wire program to the ingress of the node's
+// uplink interface.
+func (r *Redirector) AttachUplink(ifname string) error {
+	return r.attach(ifname, r.objs.AmbitFromWire)
+}
+
+func (r *Redirector) linkPin(ifname string) string {
+	return filepath.Join(r.pinDir, "links", ifname+"-ingress")
+}
+
+func (r *Redirector) attach(ifname string, prog *ebpf.Program) error {
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return fmt.Errorf("attach redirect to %s: %w", ifname, err)
+	}
+	if r.mode == ModeClsact {
+		return attachClsact(iface.Index, prog)
+	}
+	pin := r.linkPin(ifname)
+	// Already attached (agent restart): swap the program in place.
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer l.Close()
+		info, ierr := l.Info()
+		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == iface.Index {
+			if err := l.Update(prog); err != nil {
+				return fmt.Errorf("update redirect on %s: %w", ifname, err)
+			}
+			return nil
+		}
+		// A stale pin from an interface that was deleted and recreated.
+		_ = l.Unpin()
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: iface.Index, Program: prog, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return fmt.Errorf("attach redirect to %s: %w", ifname, err)
+	}
+	defer l.Close()
+	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
+		return fmt.Errorf("pin redirect link of %s: %w", ifname, err)
+	}
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pin redirect link of %s: %w", ifname, err)
+	}
+	return nil
+}
+
+// Detach removes the program from ifname. Detaching an interface that has
+// none, or that is gone, is not an error.
+func (r *Redirector) Detach(ifname string) error {
+	if r.mode == ModeClsact {
+		if iface, err := net.InterfaceByName(ifname); err == nil {
+			return detachClsact(iface.Index)
+		}
+		return nil
+	}
+	pin := r.linkPin(ifname)
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("detach redirect from %s: %w", ifname, err)
+	}
+	defer l.Close()
+	if err := l.Unpin(); err != nil {
+		return fmt.Errorf("detach redirect from %s: %w", ifname, err)
+	}
+	return nil // closing the last reference detaches
+}
+
+// Attached lists the interfaces that have Ambit's program.
+func (r *Redirector) Attached() ([]string, error) {
+	if r.mode == ModeClsact {
+		return clsactAttached()
+	}
+	entries, err := os.ReadDir(filepath.Join(r.pinDir, "links"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list redirect links: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, strings.TrimSuffix(e.Name(), "-ingress"))
+	}
+	return names, nil
+}
+
+// Enroll captures the traffic of the pod with address ip from the next
+// connection on.
+func (r *Redirector) Enroll(ip netip.Addr) error {
+	key, err := key(ip)
+	if err != nil {
+		return err
+	}
+	if err := r.objs.AmbitPods.Update(key, redirectPodInfo{Flags: podCaptured}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("enroll %s: %w", ip, err)
+	}
+	return nil
+}
+
+// Unenroll stops capturing the pod's new connections. Removing one that is
+// not enrolled is not an error.
+func (r *Redirector) Unenroll(ip netip.Addr) error {
+	key, err := key(ip)
+	if err != nil {
+		return err
+	}
+	if err := r.objs.AmbitPods.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unenroll %s: %w", ip, err)
+	}
+	return nil
+}
+
+// Enrolled lists the enrolled pod addresses.
+func (r *Redirector) Enrolled() ([]netip.Addr, error) {
+	var (
+		k   uint32
+		v   redirectPodInfo
+		out []netip.Addr
+	)
+	it := r.objs.AmbitPods.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, addrFromKey(k))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list enrolled pods: %w", err)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
+}
+
+// Stats are the programs' counters, summed over CPUs.
+type Stats struct {
+	Outbound, InboundPlain, InboundHBONE, DroppedNoListener uint64
+}
+
+// Stats reads the counters.
+func (r *Redirector) Stats() (Stats, error) {
+	var s Stats
+	dst := []*uint64{&s.Outbound, &s.InboundPlain, &s.InboundHBONE, &s.DroppedNoListener}
+	for i, d := range dst {
+		var per []uint64
+		if err := r.objs.AmbitStats.Lookup(uint32(i), &per); err != nil {
+			return s, fmt.Errorf("read redirect stats: %w", err)
+		}
+		for _, v := range per {
+			*d += v
+		}
+	}
+	return s, nil
+}
+
+// Remove detaches everything, removes the pins and the policy routing:
+// uninstall. Run it in the node's namespace.
+func (r *Redirector) Remove() error {
+	var errs []error
+	names, err := r.Attached()
+	errs = append(errs, err)
+	for _, n := range names {
+		errs = append(errs, r.Detach(n))
+	}
+	errs = append(errs, r.objs.AmbitPods.Unpin(), r.objs.AmbitStats.Unpin())
+	errs = append(errs, r.Close(), removeRouting(), os.RemoveAll(r.pinDir))
+	return errors.Join(errs...)
+}
+
+// key is the map key of an IPv4 address: its bytes in network order, read
+// as the host-order integer the C side compares with.
+func key(ip netip.Addr) (uint32, error) {
+	ip = ip.Unmap()
+	if !ip.Is4() {
+		return 0, fmt.Errorf("pod address %s: only IPv4 is redirected so far", ip)
+	}
+	b := ip.As4()
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24, nil
+}
+
+func addrFromKey(k uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)})
+}
+
+// ensureBPFFS makes sure dir is on a bpf filesystem, mounting one at
+// /sys/fs/bpf if none is there.
+func ensureBPFFS(dir string) error {
+	const root = "/sys/fs/bpf"
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return fmt.Errorf("mount bpffs: %w", err)
+		}
+		if err := unix.Mount("bpf", root, "bpf", 0, ""); err != nil {
+			return fmt.Errorf("mount bpffs at %s: %w", root, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// setupRouting makes marked packets local (the condition for
+// bpf_sk_assign) and keeps them out of conntrack, so that kube-proxy does
+// not rewrite a Service VIP before ztunnel sees it.
+func setupRouting() error {
+	_, all, _ := net.ParseCIDR("0.0.0.0/0")
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	route := &netlink.Route{LinkIndex: lo.Attrs().Index, Dst: all, Table: RouteTable, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("add local route table %d: %w", RouteTable, err)
+	}
+	rule := markRule()
+	rules, err := netlink.RuleList(netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list ip rules: %w", err)
+	}
+	if !slices.ContainsFunc(rules, isMarkRule) {
+		if err := netlink.RuleAdd(rule); err != nil {
+			return fmt.Errorf("add ip rule fwmark %#x: %w", Mark, err)
+		}
+	}
+	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
+		args := []string{"-t", "raw", "-C", chain, "-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", Mark, Mark), "-j", "NOTRACK", "-m", "comment", "--comment", "ambit redirect"}
+		if exec.Command("iptables", args...).Run() == nil {
+			continue
+		}
+		args[2] = "-I"
+		if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("add notrack rule: %w: %s", err, out)
+		}
+	}
+	return nil
+}
+
+func removeRouting() error {
+	var errs []error
+	rules, err := netlink.RuleList(netlink.FAMILY_V4)
+	errs = append(errs, err)
+	for _, r := range rules {
+		if isMarkRule(r) {
+			errs = append(errs, netlink.RuleDel(&r))
+		}
+	}
+	_, all, _ := net.ParseCIDR("0.0.0.0/0")
+	if lo, err := netlink.LinkByName("lo"); err == nil {
+		err := netlink.RouteDel(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: all, Table: RouteTable, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST})
+		if err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("delete local route: %w", err))
+		}
+	}
+	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
+		args := []string{"-t", "raw", "-D", chain, "-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", Mark, Mark), "-j", "NOTRACK", "-m", "comment", "--comment", "ambit redirect"}
+		for exec.Command("iptables", args...).Run() == nil {
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func markRule() *netlink.Rule {
+	rule := netlink.NewRule()
+	rule.Mark = Mark
+	rule.Mask = ptr(uint32(Mark))
+	rule.Table = RouteTable
+	rule.Priority = rulePriority
+	return rule
+}
+
+func isMarkRule(r netlink.Rule) bool {
+	return r.Table == RouteTable && r.Mark == Mark
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// HostInterface returns the node-side interface that routes to a pod's
+// address: the host end of its veth.
+func HostInterface(podIP netip.Addr) (string, error) {
+	routes, err := netlink.RouteGet(podIP.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return "", fmt.Errorf("find host interface of pod %s: %w", podIP, err)
+	}
+	l, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return "", fmt.Errorf("find host interface of pod %s: %w", podIP, err)
+	}
+	return l.Attrs().Name, nil
+}
