@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -133,7 +132,7 @@ func TestRedirect(t *testing.T) {
 					var r *redirect.Redirector
 					err := n.NS.Do(func() error {
 						var err error
-						if r, err = redirect.OpenMode(pinDir(l, n), mode); err != nil {
+						if r, err = redirect.OpenMode(l.BPFPinDir(n), mode); err != nil {
 							return err
 						}
 						if err := r.AttachUplink("eth0"); err != nil {
@@ -297,10 +296,6 @@ func TestRedirect(t *testing.T) {
 			}
 		}
 	}
-}
-
-func pinDir(l *lab.Lab, n *lab.Node) string {
-	return filepath.Join("/sys/fs/bpf", "ambit-"+l.ID+"-"+n.Name)
 }
 
 // attachments counts the programs on the ingress of the pod's host veth.

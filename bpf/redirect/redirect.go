@@ -291,12 +291,17 @@ func addrFromKey(k uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)})
 }
 
-// ensureBPFFS makes sure dir is on a bpf filesystem, mounting one at
-// /sys/fs/bpf if none is there.
+// ensureBPFFS makes sure dir can hold pins: its parent must be on a bpf
+// filesystem. Under /sys/fs/bpf one is mounted if none is there (a node's
+// first boot); anywhere else a missing bpffs is an error, because pins in
+// a private mount would vanish with the agent.
 func ensureBPFFS(dir string) error {
 	const root = "/sys/fs/bpf"
-	var st unix.Statfs_t
-	if err := unix.Statfs(root, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+	parent := filepath.Dir(filepath.Clean(dir))
+	if !onBPFFS(parent) {
+		if !strings.HasPrefix(parent+"/", root+"/") {
+			return fmt.Errorf("pin dir %s: %s is not on a bpf filesystem", dir, parent)
+		}
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return fmt.Errorf("mount bpffs: %w", err)
 		}
@@ -308,6 +313,11 @@ func ensureBPFFS(dir string) error {
 		return fmt.Errorf("create pin dir %s: %w", dir, err)
 	}
 	return nil
+}
+
+func onBPFFS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC
 }
 
 // setupRouting makes marked packets local (the condition for
@@ -397,4 +407,28 @@ func HostInterface(podIP netip.Addr) (string, error) {
 		return "", fmt.Errorf("find host interface of pod %s: %w", podIP, err)
 	}
 	return l.Attrs().Name, nil
+}
+
+// PinnedEnrolled reads the enrolled pod addresses from the map pinned in
+// pinDir, without loading the programs: for tests and debugging.
+func PinnedEnrolled(pinDir string) ([]netip.Addr, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "ambit_pods"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("load pinned pod map: %w", err)
+	}
+	defer m.Close()
+	var (
+		k   uint32
+		v   redirectPodInfo
+		out []netip.Addr
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, addrFromKey(k))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list enrolled pods: %w", err)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
 }

@@ -33,6 +33,9 @@ type Binaries struct {
 	CoreDNS string
 	// Echo is the test workload (samples/echo).
 	Echo string
+	// CNIPlugin and CNIAgent are Ambit's chained CNI plugin and node agent.
+	CNIPlugin string
+	CNIAgent  string
 	// CNIDir holds the reference CNI plugins (ptp, host-local, loopback).
 	CNIDir string
 }
@@ -82,7 +85,8 @@ func FindRoot() (string, error) {
 // EnsureBinaries returns the lab's programs, building the Kubernetes and
 // CoreDNS ones first if the cache does not hold them for the pinned
 // versions and this Go toolchain. A second call builds nothing of those.
-// The echo workload is always rebuilt, which the Go build cache makes cheap.
+// Ambit's own programs are always rebuilt, which the Go build cache makes
+// cheap.
 func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
@@ -141,7 +145,9 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 
 	binDir := filepath.Join(opts.Root, "_output", "bin")
 	b.Echo = filepath.Join(binDir, "echo")
-	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo"); err != nil {
+	b.CNIPlugin = filepath.Join(binDir, "ambit-cni")
+	b.CNIAgent = filepath.Join(binDir, "ambit-cni-agent")
+	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent"); err != nil {
 		return b, err
 	}
 	return b, nil

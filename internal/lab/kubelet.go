@@ -260,13 +260,13 @@ func (k *Kubelet) sync(ctx context.Context, key string) error {
 	k.mu.Unlock()
 	if !exists {
 		if rt != nil {
-			return k.teardown(ctx, rt, 0)
+			return k.teardown(ctx, rt, 0, false)
 		}
 		return nil
 	}
 	pod := obj.(*corev1.Pod)
 	if rt != nil && rt.uid != pod.UID {
-		if err := k.teardown(ctx, rt, 0); err != nil {
+		if err := k.teardown(ctx, rt, 0, false); err != nil {
 			return err
 		}
 		rt = nil
@@ -277,7 +277,7 @@ func (k *Kubelet) sync(ctx context.Context, key string) error {
 			if g := pod.DeletionGracePeriodSeconds; g != nil && time.Duration(*g)*time.Second < grace {
 				grace = time.Duration(*g) * time.Second
 			}
-			if err := k.teardown(ctx, rt, grace); err != nil {
+			if err := k.teardown(ctx, rt, grace, false); err != nil {
 				return err
 			}
 		}
@@ -752,14 +752,24 @@ func (k *Kubelet) reportFailure(ctx context.Context, pod *corev1.Pod, cause erro
 
 // teardown stops the pod's processes, runs CNI DEL and removes its
 // namespace and files.
-func (k *Kubelet) teardown(ctx context.Context, rt *podRuntime, grace time.Duration) error {
+//
+// With force (the lab is shutting down) a failing CNI DEL is logged and the
+// namespace removed all the same; otherwise the error is returned and the
+// deletion retried, as a runtime does.
+func (k *Kubelet) teardown(ctx context.Context, rt *podRuntime, grace time.Duration, force bool) error {
 	if rt.cancel != nil {
 		rt.cancel()
 	}
 	rt.done.Wait()
 	k.stopContainers(rt, grace)
 	if err := k.cleanupNetwork(ctx, rt); err != nil {
-		return err
+		if !force {
+			return err
+		}
+		k.log.Warn("cni del at shutdown", "pod", rt.key, "err", err)
+		if err := rt.ns.Delete(); err != nil {
+			return err
+		}
 	}
 	if err := os.RemoveAll(rt.dir); err != nil {
 		return fmt.Errorf("remove pod dir: %w", err)
@@ -847,7 +857,7 @@ func (k *Kubelet) Close() error {
 	k.mu.Unlock()
 	var errs []error
 	for _, rt := range rts {
-		if err := k.teardown(context.Background(), rt, 2*time.Second); err != nil {
+		if err := k.teardown(context.Background(), rt, 2*time.Second, true); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -111,6 +112,11 @@ type Node struct {
 	// NS is the node's network namespace: the host network of its pods.
 	NS      *netns.NS
 	Kubelet *Kubelet
+	// CNIConfDir and CNIBinDir are the node's CNI directories, as
+	// /etc/cni/net.d and /opt/cni/bin on a real node. The kubelet stand-in
+	// finds plugins in CNIBinDir first, then in the reference plugins' dir.
+	CNIConfDir string
+	CNIBinDir  string
 }
 
 // Start builds and starts a lab. On error, everything already started is
@@ -159,6 +165,9 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	}()
 
 	start := time.Now()
+	if err := ensureBPFFS(); err != nil {
+		return nil, err
+	}
 	if err := l.buildNetwork(); err != nil {
 		return nil, err
 	}
@@ -410,6 +419,7 @@ func (l *Lab) close() error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, removePins(l.ID))
 	if l.Dir != "" && os.Getenv("AMBIT_LAB_KEEP_DIR") == "" {
 		if err := os.RemoveAll(l.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove lab dir: %w", err))
@@ -462,6 +472,48 @@ func CleanAll() error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, removePins(""))
+	return errors.Join(errs...)
+}
+
+// BPFPinDir is where a lab node's eBPF objects are pinned: a directory of
+// its own per lab and node, removed with the lab.
+func (l *Lab) BPFPinDir(n *Node) string {
+	return filepath.Join(bpffs, NamePrefix+l.ID+"-"+n.Name)
+}
+
+// bpffs is the lab's bpf filesystem: the nodes' /sys/fs/bpf. It is not
+// under /sys because `ip netns exec` mounts a fresh sysfs for the processes
+// it starts, hiding the host's /sys/fs/bpf; a mount under /run stays
+// visible to them, so pins survive the processes that made them, as on a
+// real node where the DaemonSet mounts the host's bpffs.
+const bpffs = "/run/ambit-lab-bpffs"
+
+// ensureBPFFS mounts the lab's bpf filesystem once; labs share it.
+func ensureBPFFS() error {
+	var st unix.Statfs_t
+	if unix.Statfs(bpffs, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(bpffs, 0o700); err != nil {
+		return fmt.Errorf("mount lab bpffs: %w", err)
+	}
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount lab bpffs at %s: %w", bpffs, err)
+	}
+	return nil
+}
+
+// removePins removes the bpffs directories of lab id (all labs if id is
+// empty). Removing a pin releases the object once nothing else holds it.
+func removePins(id string) error {
+	dirs, _ := filepath.Glob(filepath.Join(bpffs, NamePrefix+id+"*"))
+	var errs []error
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, fmt.Errorf("remove pins %s: %w", d, err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -503,6 +555,13 @@ func CleanStale() error {
 			errs = append(errs, netns.Delete(name))
 		}
 	}
+	pins, _ := filepath.Glob(filepath.Join(bpffs, NamePrefix+"*"))
+	for _, p := range pins {
+		id, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(p), NamePrefix), "-")
+		if !live[id] {
+			errs = append(errs, os.RemoveAll(p))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -531,6 +590,10 @@ func Leftovers(id string) ([]string, error) {
 	}
 	for _, n := range names {
 		left = append(left, "netns "+n)
+	}
+	pins, _ := filepath.Glob(filepath.Join(bpffs, NamePrefix+id+"-*"))
+	for _, p := range pins {
+		left = append(left, "bpf pins "+p)
 	}
 	pids, err := labProcesses(id)
 	if err != nil {

@@ -14,8 +14,11 @@ import (
 func (l *Lab) startNode(ctx, bgCtx context.Context, n *Node) error {
 	dir := filepath.Join(l.Dir, "nodes", n.Name)
 	confDir := filepath.Join(dir, "cni", "net.d")
-	if err := os.MkdirAll(confDir, 0o755); err != nil {
-		return fmt.Errorf("create node dir: %w", err)
+	n.CNIConfDir, n.CNIBinDir = confDir, filepath.Join(dir, "cni", "bin")
+	for _, d := range []string{confDir, n.CNIBinDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create node dir: %w", err)
+		}
 	}
 	if err := writeConflist(filepath.Join(confDir, "10-lab.conflist"), n, filepath.Join(dir, "ipam")); err != nil {
 		return err
@@ -30,7 +33,7 @@ func (l *Lab) startNode(ctx, bgCtx context.Context, n *Node) error {
 		nsPrefix: l.nsName(""),
 		dir:      dir,
 		confDir:  confDir,
-		cniPath:  []string{l.cfg.Binaries.CNIDir},
+		cniPath:  []string{n.CNIBinDir, l.cfg.Binaries.CNIDir},
 		client:   l.Client,
 		caFile:   l.pki.CAFile,
 		images:   images,

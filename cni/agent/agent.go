@@ -1,0 +1,467 @@
+// Package agent is Ambit's node agent: one per node, in the node's network
+// namespace. It chains the CNI plugin into the node's configuration, owns
+// the eBPF redirection of the node (bpf/redirect), and keeps it equal to
+// the API: pods of the node that are in the ambient mesh are enrolled,
+// others are not, whenever labels change and without restarting pods. The
+// CNI plugin asks it, over a Unix socket, to enrol a new pod before the pod
+// starts.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listersv1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/ambitmesh/ambit/bpf/redirect"
+	"github.com/ambitmesh/ambit/cni/install"
+	"github.com/ambitmesh/ambit/cni/plugin"
+	"github.com/ambitmesh/ambit/internal/enrolment"
+)
+
+// Config is the agent's configuration.
+type Config struct {
+	NodeName string
+	// Client talks to the apiserver; Kubeconfig is written for the plugin
+	// (PluginKubeconfig's content).
+	Client           kubernetes.Interface
+	PluginKubeconfig []byte
+	// CNIConfDir and CNIBinDir are the node's CNI directories; PluginBinary
+	// is the plugin to install into CNIBinDir.
+	CNIConfDir   string
+	CNIBinDir    string
+	PluginBinary string
+	// PinDir is the bpffs directory of the node's redirection.
+	PinDir string
+	// Socket is the Unix socket the plugin calls.
+	Socket string
+	// Uplink is the node's interface to other nodes.
+	Uplink string
+	// MonitorAddr serves /readyz and /metrics.
+	MonitorAddr string
+	Log         *slog.Logger
+}
+
+// Agent is a running node agent.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	redir  *redirect.Redirector
+	pods   listersv1.PodLister
+	nss    listersv1.NamespaceLister
+	queue  workqueue.TypedRateLimitingInterface[string]
+	mu     sync.Mutex
+	known  map[string]netip.Addr // pod key → address enrolled for it
+	ready  atomic.Bool
+	reg    *prometheus.Registry
+	gauges struct {
+		enrolled prometheus.Gauge
+		syncs    *prometheus.CounterVec
+	}
+}
+
+// PluginKubeconfigName is the file the plugin's kubeconfig is written to
+// in the CNI config dir.
+const PluginKubeconfigName = "ZZZ-ambit-cni-kubeconfig"
+
+// Run starts the agent and blocks until ctx ends. On return the
+// redirection stays in place (pinned): traffic is not disturbed by an agent
+// restart.
+func Run(ctx context.Context, cfg Config) error {
+	a := &Agent{cfg: cfg, log: cfg.Log, known: map[string]netip.Addr{}, reg: prometheus.NewRegistry(),
+		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())}
+	a.gauges.enrolled = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ambit_cni_enrolled_pods", Help: "Pods of this node whose traffic is redirected."})
+	a.gauges.syncs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambit_cni_pod_syncs_total", Help: "Pod reconciliations by result."}, []string{"result"})
+	a.reg.MustRegister(a.gauges.enrolled, a.gauges.syncs)
+	defer a.queue.ShutDown()
+
+	var err error
+	if a.redir, err = redirect.Open(cfg.PinDir); err != nil {
+		return err
+	}
+	defer a.redir.Close()
+	if err := a.redir.AttachUplink(cfg.Uplink); err != nil {
+		return err
+	}
+	a.log.Info("redirection loaded", "mode", a.redir.Mode(), "pins", cfg.PinDir)
+
+	factory := informers.NewSharedInformerFactory(cfg.Client, 0)
+	podFactory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + cfg.NodeName }))
+	podInf := podFactory.Core().V1().Pods()
+	nsInf := factory.Core().V1().Namespaces()
+	a.pods, a.nss = podInf.Lister(), nsInf.Lister()
+	enqueue := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			a.queue.Add(key)
+		}
+	}
+	if _, err := podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: enqueue,
+	}); err != nil {
+		return fmt.Errorf("watch pods: %w", err)
+	}
+	// A namespace label change concerns all its pods on this node.
+	nsChanged := func(obj any) {
+		ns, ok := obj.(*corev1.Namespace)
+		if !ok {
+			return
+		}
+		pods, _ := a.pods.Pods(ns.Name).List(everything)
+		for _, p := range pods {
+			a.queue.Add(p.Namespace + "/" + p.Name)
+		}
+	}
+	if _, err := nsInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: nsChanged, UpdateFunc: func(_, o any) { nsChanged(o) },
+	}); err != nil {
+		return fmt.Errorf("watch namespaces: %w", err)
+	}
+	factory.Start(ctx.Done())
+	podFactory.Start(ctx.Done())
+	defer factory.Shutdown()
+	defer podFactory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), podInf.Informer().HasSynced, nsInf.Informer().HasSynced) {
+		return fmt.Errorf("sync informers: %w", ctx.Err())
+	}
+	if err := a.reconcile(); err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	srv, err := a.serveSocket(&wg)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	mon, err := a.serveMonitor(&wg)
+	if err != nil {
+		return err
+	}
+	defer mon.Close()
+
+	if err := os.MkdirAll(cfg.CNIBinDir, 0o755); err != nil {
+		return fmt.Errorf("create CNI bin dir: %w", err)
+	}
+	if err := install.CopyBinary(cfg.PluginBinary, cfg.CNIBinDir); err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(cfg.CNIConfDir, PluginKubeconfigName)
+	if err := install.WriteAtomic(kubeconfig, cfg.PluginKubeconfig, 0o600); err != nil {
+		return err
+	}
+	entry := map[string]any{"type": install.PluginType, "kubeconfig": kubeconfig, "agent_socket": cfg.Socket}
+	wg.Go(func() {
+		if err := install.Keep(ctx, cfg.CNIConfDir, entry, a.log, func() { a.ready.Store(true) }); err != nil {
+			a.log.Error("keep CNI config", "err", err)
+		}
+	})
+	for range 2 {
+		wg.Go(func() {
+			for a.next(ctx) {
+			}
+		})
+	}
+	a.log.Info("node agent running", "node", cfg.NodeName)
+	<-ctx.Done()
+	a.queue.ShutDown()
+	return nil
+}
+
+var everything = labels.Everything()
+
+// reconcile removes what the pins hold that no longer matches a pod of the
+// node (pods deleted while the agent was down), then queues every pod.
+func (a *Agent) reconcile() error {
+	pods, err := a.pods.List(everything)
+	if err != nil {
+		return err
+	}
+	live := map[netip.Addr]bool{}
+	for _, p := range pods {
+		if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil {
+			live[ip] = true
+		}
+		a.queue.Add(p.Namespace + "/" + p.Name)
+	}
+	enrolled, err := a.redir.Enrolled()
+	if err != nil {
+		return err
+	}
+	for _, ip := range enrolled {
+		if !live[ip] {
+			a.log.Info("removing stale enrolment", "ip", ip)
+			if err := a.redir.Unenroll(ip); err != nil {
+				return err
+			}
+		}
+	}
+	attached, err := a.redir.Attached()
+	if err != nil {
+		return err
+	}
+	for _, ifname := range attached {
+		if _, err := net.InterfaceByName(ifname); err != nil {
+			if err := a.redir.Detach(ifname); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (a *Agent) next(ctx context.Context) bool {
+	key, quit := a.queue.Get()
+	if quit {
+		return false
+	}
+	defer a.queue.Done(key)
+	if err := a.sync(ctx, key); err != nil {
+		a.gauges.syncs.WithLabelValues("error").Inc()
+		a.log.Warn("sync pod", "pod", key, "err", err)
+		a.queue.AddRateLimited(key)
+		return true
+	}
+	a.gauges.syncs.WithLabelValues("ok").Inc()
+	a.queue.Forget(key)
+	return true
+}
+
+// sync makes the redirection of one pod match the API.
+func (a *Agent) sync(ctx context.Context, key string) error {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return err
+	}
+	pod, err := a.pods.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) || (err == nil && (pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed)) {
+		return a.forget(key)
+	}
+	if err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(pod.Status.PodIP)
+	if err != nil || pod.Spec.HostNetwork {
+		return nil // no address yet, or not ours to redirect
+	}
+	var nsLabels map[string]string
+	if n, err := a.nss.Get(ns); err == nil {
+		nsLabels = n.Labels
+	}
+	want := enrolment.Captured(pod.Labels, nsLabels, false)
+	// Every pod's veth carries the program: non-mesh pods pass through it
+	// untouched, and their plaintext to a mesh pod of this node is captured
+	// as inbound.
+	if err := a.attachPod(ip); err != nil {
+		return err
+	}
+	if want {
+		if err := a.enroll(key, ip); err != nil {
+			return err
+		}
+	} else if err := a.forget(key); err != nil {
+		return err
+	}
+	return a.annotate(ctx, pod, want)
+}
+
+func (a *Agent) attachPod(ip netip.Addr) error {
+	veth, err := redirect.HostInterface(ip)
+	if err != nil {
+		return err
+	}
+	return a.redir.AttachPod(veth)
+}
+
+func (a *Agent) enroll(key string, ip netip.Addr) error {
+	if err := a.redir.Enroll(ip); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	if _, ok := a.known[key]; !ok {
+		a.log.Info("pod enrolled", "pod", key, "ip", ip)
+	}
+	a.known[key] = ip
+	a.gauges.enrolled.Set(float64(len(a.known)))
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *Agent) forget(key string) error {
+	a.mu.Lock()
+	ip, ok := a.known[key]
+	delete(a.known, key)
+	a.gauges.enrolled.Set(float64(len(a.known)))
+	a.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	a.log.Info("pod unenrolled", "pod", key, "ip", ip)
+	return a.redir.Unenroll(ip)
+}
+
+// annotate sets or clears ambient.istio.io/redirection on the pod.
+func (a *Agent) annotate(ctx context.Context, pod *corev1.Pod, enrolled bool) error {
+	has := pod.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
+	if has == enrolled {
+		return nil
+	}
+	var value any
+	if enrolled {
+		value = enrolment.AnnotationEnabled
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{enrolment.AnnotationRedirection: value}}})
+	_, err := a.cfg.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("annotate pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return nil
+}
+
+// serveSocket serves the plugin's requests on the Unix socket.
+func (a *Agent) serveSocket(wg *sync.WaitGroup) (*http.Server, error) {
+	if err := os.MkdirAll(filepath.Dir(a.cfg.Socket), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket dir: %w", err)
+	}
+	_ = os.Remove(a.cfg.Socket)
+	l, err := net.Listen("unix", a.cfg.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+plugin.PathAdd, a.handleAdd)
+	mux.HandleFunc("POST "+plugin.PathDel, a.handleDel)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	wg.Go(func() { _ = srv.Serve(l) })
+	return srv, nil
+}
+
+func decode(w http.ResponseWriter, r *http.Request) (plugin.PodRequest, []netip.Addr, bool) {
+	var req plugin.PodRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil {
+		http.Error(w, "decode pod request: "+err.Error(), http.StatusBadRequest)
+		return req, nil, false
+	}
+	var ips []netip.Addr
+	for _, s := range req.IPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("pod address %q: %v", s, err), http.StatusBadRequest)
+			return req, nil, false
+		}
+		ips = append(ips, ip)
+	}
+	if req.Namespace == "" || req.Name == "" {
+		http.Error(w, "pod request: want namespace and name", http.StatusBadRequest)
+		return req, nil, false
+	}
+	return req, ips, true
+}
+
+// handleAdd enrols a new pod before it starts: the plugin decided it is in
+// the mesh; the agent's informer may not have seen the pod yet.
+func (a *Agent) handleAdd(w http.ResponseWriter, r *http.Request) {
+	req, ips, ok := decode(w, r)
+	if !ok {
+		return
+	}
+	key := req.Namespace + "/" + req.Name
+	for _, ip := range ips {
+		if !ip.Is4() {
+			continue // IPv6 is not redirected yet
+		}
+		if err := a.attachPod(ip); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if err := a.enroll(key, ip); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+	}
+	a.log.Info("cni add", "pod", key, "ips", req.IPs)
+	w.WriteHeader(http.StatusOK)
+}
+
+func (a *Agent) handleDel(w http.ResponseWriter, r *http.Request) {
+	req, _, ok := decode(w, r)
+	if !ok {
+		return
+	}
+	if err := a.forget(req.Namespace + "/" + req.Name); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// serveMonitor serves /readyz (ready once the plugin is chained) and
+// /metrics.
+func (a *Agent) serveMonitor(wg *sync.WaitGroup) (*http.Server, error) {
+	l, err := net.Listen("tcp", a.cfg.MonitorAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", a.cfg.MonitorAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.ready.Load() {
+			http.Error(w, "CNI plugin not chained yet", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	wg.Go(func() { _ = srv.Serve(l) })
+	return srv, nil
+}
+
+// Uninstall takes Ambit out of the node: the conflist entry, the plugin
+// binary and kubeconfig, and all redirection.
+func Uninstall(cfg Config) error {
+	var errs []error
+	if path, err := install.PrimaryConflist(cfg.CNIConfDir); err == nil {
+		_, err := install.Remove(path)
+		errs = append(errs, err)
+	} else if !errors.Is(err, install.ErrNoConflist) {
+		errs = append(errs, err)
+	}
+	for _, f := range []string{filepath.Join(cfg.CNIBinDir, install.PluginType), filepath.Join(cfg.CNIConfDir, PluginKubeconfigName)} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	r, err := redirect.Open(cfg.PinDir)
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		errs = append(errs, r.Remove())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,82 @@
+// Command ambit-cni-agent is Ambit's node agent (see cni/agent). It runs on
+// every node in the host network namespace.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ambitmesh/ambit/cni/agent"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "ambit-cni-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	exe, _ := os.Executable()
+	var (
+		cfg              agent.Config
+		kubeconfig       string
+		pluginKubeconfig string
+		uninstall        bool
+	)
+	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the agent (default: in-cluster)")
+	flag.StringVar(&pluginKubeconfig, "plugin-kubeconfig", "", "kubeconfig to install for the plugin (default: the agent's)")
+	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI config dir")
+	flag.StringVar(&cfg.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI bin dir")
+	flag.StringVar(&cfg.PluginBinary, "plugin-binary", filepath.Join(filepath.Dir(exe), "ambit-cni"), "the plugin binary to install")
+	flag.StringVar(&cfg.PinDir, "pin-dir", "/sys/fs/bpf/ambit", "bpffs directory for the redirection")
+	flag.StringVar(&cfg.Socket, "socket", "/var/run/ambit/cni.sock", "Unix socket for the plugin")
+	flag.StringVar(&cfg.Uplink, "uplink", "eth0", "the node's interface to other nodes")
+	flag.StringVar(&cfg.MonitorAddr, "monitor-addr", ":15029", "address of /readyz and /metrics")
+	flag.BoolVar(&uninstall, "uninstall", false, "remove Ambit from the node and exit")
+	flag.Parse()
+	cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+
+	if uninstall {
+		return agent.Uninstall(cfg)
+	}
+	if cfg.NodeName == "" {
+		return fmt.Errorf("no node name: set --node-name or $NODE_NAME")
+	}
+	var rc *rest.Config
+	var err error
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	if cfg.Client, err = kubernetes.NewForConfig(rc); err != nil {
+		return fmt.Errorf("create kubernetes client: %w", err)
+	}
+	if pluginKubeconfig == "" {
+		pluginKubeconfig = kubeconfig
+	}
+	if pluginKubeconfig == "" {
+		return fmt.Errorf("no kubeconfig for the plugin: set --plugin-kubeconfig")
+	}
+	if cfg.PluginKubeconfig, err = os.ReadFile(pluginKubeconfig); err != nil {
+		return fmt.Errorf("read plugin kubeconfig: %w", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return agent.Run(ctx, cfg)
+}

@@ -1,0 +1,244 @@
+// Package plugin is Ambit's chained CNI plugin. It runs after the node's
+// primary plugin, returns the primary's result unchanged, and for a pod
+// that belongs in the ambient mesh asks the node agent to redirect its
+// traffic, returning only once that is done. If the agent cannot be
+// reached, the ADD of a pod that must be enrolled fails (never a pod
+// silently outside the mesh); every other pod is added as usual.
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ambitmesh/ambit/internal/enrolment"
+)
+
+// Conf is the plugin's entry in the conflist.
+type Conf struct {
+	types.PluginConf
+	// Kubeconfig lets the plugin read the pod's and namespace's labels.
+	Kubeconfig string `json:"kubeconfig"`
+	// AgentSocket is the node agent's Unix socket.
+	AgentSocket string `json:"agent_socket"`
+}
+
+// PodRequest is what the plugin tells the agent about a pod.
+type PodRequest struct {
+	Namespace   string   `json:"namespace"`
+	Name        string   `json:"name"`
+	UID         string   `json:"uid,omitempty"`
+	ContainerID string   `json:"containerID"`
+	NetNS       string   `json:"netns,omitempty"`
+	IPs         []string `json:"ips"`
+}
+
+// Paths of the agent's API on its Unix socket.
+const (
+	PathAdd = "/v1/pods/add"
+	PathDel = "/v1/pods/del"
+)
+
+// PodLabels returns the labels of a pod and of its namespace, and whether
+// the pod uses the host network.
+type PodLabels func(ctx context.Context, conf *Conf, namespace, name string) (pod, ns map[string]string, hostNetwork bool, err error)
+
+// Plugin carries what the commands depend on, so tests can replace the
+// Kubernetes lookup.
+type Plugin struct {
+	Labels  PodLabels
+	Timeout time.Duration
+}
+
+// New returns the plugin with its real dependencies.
+func New() *Plugin {
+	return &Plugin{Labels: kubeLabels, Timeout: 30 * time.Second}
+}
+
+// Funcs are the plugin's commands for skel.PluginMainFuncs.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, Status: p.Status, GC: func(*skel.CmdArgs) error { return nil }}
+}
+
+// k8sArgs are the CNI_ARGS Kubernetes runtimes pass.
+type k8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // CNI_ARGS names
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive
+}
+
+// ParseConf reads the plugin's configuration and its prevResult.
+func ParseConf(data []byte) (*Conf, error) {
+	conf := &Conf{}
+	if err := json.Unmarshal(data, conf); err != nil {
+		return nil, fmt.Errorf("parse ambit-cni config: %w", err)
+	}
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return nil, fmt.Errorf("parse ambit-cni prevResult: %w", err)
+	}
+	if conf.AgentSocket == "" {
+		return nil, errors.New("parse ambit-cni config: no agent_socket")
+	}
+	return conf, nil
+}
+
+// Add enrols the pod if it belongs in the mesh and passes the primary
+// plugin's result on.
+func (p *Plugin) Add(args *skel.CmdArgs) error {
+	conf, err := ParseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if conf.PrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "ambit-cni must be chained after a primary plugin", "no prevResult in the config")
+	}
+	var ka k8sArgs
+	if err := types.LoadArgs(args.Args, &ka); err != nil {
+		return fmt.Errorf("parse CNI_ARGS: %w", err)
+	}
+	ns, name := string(ka.K8S_POD_NAMESPACE), string(ka.K8S_POD_NAME)
+	if ns != "" && name != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), p.Timeout)
+		defer cancel()
+		podLabels, nsLabels, hostNet, err := p.Labels(ctx, conf, ns, name)
+		if err != nil {
+			// Without the labels there is no telling whether the pod must
+			// be in the mesh: refuse rather than risk plaintext.
+			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("ambit-cni: decide enrolment of pod %s/%s", ns, name), err.Error())
+		}
+		if enrolment.Captured(podLabels, nsLabels, hostNet) {
+			res, err := current.NewResultFromResult(conf.PrevResult)
+			if err != nil {
+				return fmt.Errorf("convert prevResult: %w", err)
+			}
+			req := PodRequest{Namespace: ns, Name: name, UID: string(ka.K8S_POD_UID), ContainerID: args.ContainerID, NetNS: args.Netns}
+			for _, ip := range res.IPs {
+				req.IPs = append(req.IPs, ip.Address.IP.String())
+			}
+			if err := post(ctx, conf.AgentSocket, PathAdd, req); err != nil {
+				return types.NewError(types.ErrTryAgainLater,
+					fmt.Sprintf("ambit-cni: pod %s/%s is in the ambient mesh but its redirection could not be set up", ns, name), err.Error())
+			}
+		}
+	}
+	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+}
+
+// Del tells the agent the pod is gone, so its address stops being
+// redirected at once even before the agent's watch sees the deletion. It
+// never fails: DEL must be idempotent and the agent cleans up from the API
+// anyway.
+func (p *Plugin) Del(args *skel.CmdArgs) error {
+	conf, err := ParseConf(args.StdinData)
+	if err != nil {
+		return nil
+	}
+	var ka k8sArgs
+	_ = types.LoadArgs(args.Args, &ka)
+	req := PodRequest{Namespace: string(ka.K8S_POD_NAMESPACE), Name: string(ka.K8S_POD_NAME), UID: string(ka.K8S_POD_UID), ContainerID: args.ContainerID}
+	if conf.PrevResult != nil {
+		if res, err := current.NewResultFromResult(conf.PrevResult); err == nil {
+			for _, ip := range res.IPs {
+				req.IPs = append(req.IPs, ip.Address.IP.String())
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = post(ctx, conf.AgentSocket, PathDel, req)
+	return nil
+}
+
+// Check verifies that the plugin is chained and configured.
+func (p *Plugin) Check(args *skel.CmdArgs) error {
+	conf, err := ParseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if conf.PrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "ambit-cni must be chained after a primary plugin", "no prevResult in the config")
+	}
+	return nil
+}
+
+// Status (CNI 1.1) reports the plugin ready when its configuration is
+// usable. It does not require the agent: pods outside the mesh can be
+// added without it, and those inside fail their ADD with the reason.
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	conf, err := ParseConf(args.StdinData)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "ambit-cni config", err.Error())
+	}
+	if _, err := os.Stat(conf.Kubeconfig); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "ambit-cni kubeconfig", err.Error())
+	}
+	return nil
+}
+
+func post(ctx context.Context, socket, path string, req PodRequest) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	defer client.CloseIdleConnections()
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent"+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(hreq)
+	if err != nil {
+		return fmt.Errorf("ask node agent at %s: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("node agent: %s: %s", resp.Status, bytes.TrimSpace(msg))
+	}
+	return nil
+}
+
+// kubeLabels reads the labels from the apiserver with the plugin's
+// kubeconfig.
+func kubeLabels(ctx context.Context, conf *Conf, namespace, name string) (map[string]string, map[string]string, bool, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", conf.Kubeconfig)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("load kubeconfig %s: %w", conf.Kubeconfig, err)
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("create kubernetes client: %w", err)
+	}
+	pod, err := c.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("get pod %s/%s: %w", namespace, name, err)
+	}
+	ns, err := c.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{})
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("get namespace %s: %w", namespace, err)
+	}
+	return pod.Labels, ns.Labels, pod.Spec.HostNetwork, nil
+}

@@ -1,0 +1,64 @@
+package lab
+
+import (
+	"context"
+	"crypto/tls"
+	"path/filepath"
+	"time"
+
+	"github.com/ambitmesh/ambit/internal/netns"
+)
+
+// Process is a program a test started in the lab with StartProcess.
+type Process struct{ p *process }
+
+// StartProcess runs a program in a node's network namespace, the way a
+// host-network DaemonSet pod runs (Ambit's node agent, ztunnel). Its output
+// goes to the lab's logs; Close stops it if the test has not.
+func (l *Lab) StartProcess(n *Node, name string, env []string, bin string, args ...string) (*Process, error) {
+	p, err := startProcess(l.ID, filepath.Join(l.Dir, "logs"), name, n.NS, env, bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	l.procs = append(l.procs, p)
+	return &Process{p}, nil
+}
+
+// Stop sends SIGTERM, and SIGKILL after grace, and waits for the exit.
+func (p *Process) Stop(grace time.Duration) { p.p.stop(grace) }
+
+// Kill ends the process at once, as a crash would.
+func (p *Process) Kill() { p.p.stop(0) }
+
+// Exited is closed when the process has ended.
+func (p *Process) Exited() <-chan struct{} { return p.p.done }
+
+// Logs returns the last lines of the process's output.
+func (p *Process) Logs(lines int) string { return p.p.tail(lines) }
+
+// KubeconfigFor writes a kubeconfig for a client certificate of user in
+// groups, pointing at the apiserver's address on the node network: for
+// processes that run inside the lab.
+func (l *Lab) KubeconfigFor(name, user string, groups ...string) (string, error) {
+	cert, key, err := l.pki.issue("kc-"+name, user, groups, nil, nil)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(l.Dir, name+".kubeconfig")
+	if err := l.pki.kubeconfig(path, APIServerURL(), cert, key); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// WaitHTTP waits until url answers 200 from inside ns, or p (if any)
+// exits.
+func WaitHTTP(ctx context.Context, ns *netns.NS, url string, timeout time.Duration, p *Process) error {
+	var proc *process
+	if p != nil {
+		proc = p.p
+	}
+	return waitFor(ctx, url, timeout, proc, func(ctx context.Context) error {
+		return httpGet(ctx, ns, &tls.Config{}, url)
+	})
+}
