@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -200,12 +201,30 @@ func TestCNIAgent(t *testing.T) {
 		t.Errorf("programs on c's veth after agent restart: got %d, want 1", n)
 	}
 
-	// Deleting a pod removes its enrolment at CNI DEL.
+	// Deleting a pod removes its enrolment at CNI DEL, and the pin of its
+	// attachment once the agent sees the pod gone.
+	var vethC string
+	if err := n1.NS.Do(func() error {
+		var err error
+		vethC, err = redirect.HostInterface(netip.MustParseAddr(ip("c")))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	linkPin := filepath.Join(l.BPFPinDir(n1), "links", vethC+"-ingress")
+	if _, err := os.Stat(linkPin); err != nil {
+		t.Fatalf("precondition: pin of c's attachment: %v", err)
+	}
 	if err := l.DeletePod(ctx, "plain", "c"); err != nil {
 		t.Fatal(err)
 	}
 	if got := enrolledOn(t, l, n1); slices.Contains(got, netip.MustParseAddr(ip("c"))) {
 		t.Errorf("node1 enrolled after deleting c: got %v, want no %s", got, ip("c"))
+	}
+	// The agent removes the pin when its watch delivers the deletion; a
+	// file's disappearance offers no event to wait on, so poll it.
+	if err := pollUntil(ctx, 30*time.Second, func() bool { _, err := os.Stat(linkPin); return os.IsNotExist(err) }); err != nil {
+		t.Errorf("pin %s of deleted pod c's veth: still there: %v", linkPin, err)
 	}
 	// A pod deleted while the agent is down leaves a stale entry, which
 	// the agent removes when it starts.
@@ -236,6 +255,22 @@ func TestCNIAgent(t *testing.T) {
 			t.Errorf("%s after uninstall: pinned pod map still there", n.Name)
 		}
 	}
+}
+
+// pollUntil checks cond every 50ms until it holds or the timeout passes.
+func pollUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 func enrolledOn(t *testing.T, l *lab.Lab, n *lab.Node) []netip.Addr {

@@ -219,6 +219,11 @@ func (a *Agent) reconcile() error {
 			}
 		}
 	}
+	return a.prune()
+}
+
+// prune removes the attachments of interfaces that no longer exist.
+func (a *Agent) prune() error {
 	attached, err := a.redir.Attached()
 	if err != nil {
 		return err
@@ -257,7 +262,15 @@ func (a *Agent) sync(ctx context.Context, key string) error {
 		return err
 	}
 	pod, err := a.pods.Pods(ns).Get(name)
-	if apierrors.IsNotFound(err) || (err == nil && (pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed)) {
+	if apierrors.IsNotFound(err) {
+		// Gone from the API: the runtime has run CNI DEL, so the veth is
+		// gone too; drop the pins of vanished interfaces.
+		if err := a.forget(key); err != nil {
+			return err
+		}
+		return a.prune()
+	}
+	if err == nil && (pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed) {
 		return a.forget(key)
 	}
 	if err != nil {
