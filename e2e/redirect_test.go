@@ -48,9 +48,13 @@ func transparentListenConfig() *net.ListenConfig {
 	}}
 }
 
-func (z *fakeZtunnel) start(t *testing.T, port int) {
+func (z *fakeZtunnel) start(t *testing.T, port int) { z.startOn(t, "0.0.0.0", port) }
+
+// startOn listens on host:port; a pod address as host stands for a ztunnel
+// that listens per workload address.
+func (z *fakeZtunnel) startOn(t *testing.T, host string, port int) {
 	t.Helper()
-	l, err := z.node.NS.ListenWith(t.Context(), transparentListenConfig(), "tcp", fmt.Sprintf("0.0.0.0:%d", port))
+	l, err := z.node.NS.ListenWith(t.Context(), transparentListenConfig(), "tcp", net.JoinHostPort(host, fmt.Sprint(port)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,6 +226,17 @@ func TestRedirect(t *testing.T) {
 			if rep.Hostname != "b" {
 				t.Errorf("node2 to b (probe path): got answer from %s, want b itself", rep.Hostname)
 			}
+
+			// A ztunnel that listens on each workload's own address (not the
+			// wildcard) gets the same connections.
+			zt["node2"].stop(15006)
+			zt["node2"].startOn(t, ip("b"), 15006)
+			rep, err = podTCP(ctx, l, ns, "c", net.JoinHostPort(ip("b"), "9000"))
+			if err != nil || rep.Hostname != "ztunnel-node2-15006" || rep.Local != net.JoinHostPort(ip("b"), "9000") {
+				t.Errorf("c to b with ztunnel listening on b's address: got %+v, %v; want ztunnel-node2-15006 with destination %s:9000", rep, err, ip("b"))
+			}
+			zt["node2"].stop(15006)
+			zt["node2"].start(t, 15006)
 
 			// A long-lived captured connection, to check it survives an
 			// agent restart.

@@ -115,10 +115,21 @@ static __always_inline int redirect(struct __sk_buff *skb, struct iphdr *ip, str
 	if (!tcp->syn || tcp->ack)
 		return TC_ACT_OK; // a flow from before enrolment: leave it
 
+	// ztunnel's listener: one bound to the destination address itself
+	// (ztunnel may listen per workload address, transparently) or to the
+	// wildcard address; failing that, one bound to loopback only.
 	struct bpf_sock_tuple l = {};
-	l.ipv4.daddr = bpf_htonl(0x7f000001); // ztunnel listens on the wildcard address
+	l.ipv4.daddr = ip->daddr;
 	l.ipv4.dport = bpf_htons(port);
 	sk = bpf_skc_lookup_tcp(skb, &l, sizeof(l.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk && sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		sk = NULL;
+	}
+	if (!sk) {
+		l.ipv4.daddr = bpf_htonl(0x7f000001);
+		sk = bpf_skc_lookup_tcp(skb, &l, sizeof(l.ipv4), BPF_F_CURRENT_NETNS, 0);
+	}
 	if (!sk) {
 		count(STAT_DROP_NO_LISTENER);
 		return TC_ACT_SHOT; // fail closed
