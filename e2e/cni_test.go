@@ -45,7 +45,7 @@ func (a *nodeAgents) args(n *lab.Node) []string {
 	}
 }
 
-func (a *nodeAgents) start(t *testing.T, ctx context.Context, n *lab.Node) {
+func (a *nodeAgents) start(t testing.TB, ctx context.Context, n *lab.Node) {
 	t.Helper()
 	a.starts++
 	p, err := a.l.StartProcess(n, fmt.Sprintf("ambit-cni-agent-%s-%d", n.Name, a.starts), nil, a.l.Binaries().CNIAgent, a.args(n)...)

@@ -14,7 +14,7 @@ import (
 
 // startLab starts a lab for the test and tears it down after, checking
 // that nothing is left behind. On failure it prints the lab's logs.
-func startLab(t *testing.T, cfg lab.Config) *lab.Lab {
+func startLab(t testing.TB, cfg lab.Config) *lab.Lab {
 	t.Helper()
 	testutil.RequireRoot(t)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))

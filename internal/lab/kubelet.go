@@ -54,6 +54,8 @@ type Kubelet struct {
 
 	mu   sync.Mutex
 	pods map[string]*podRuntime // by namespace/name
+	// adds are the durations of successful CNI ADDs, for benchmarks.
+	adds []time.Duration
 }
 
 type kubeletConfig struct {
@@ -342,6 +344,7 @@ func (k *Kubelet) setup(ctx context.Context, pod *corev1.Pod) (err error) {
 		},
 	}
 	var res cnitypes.Result
+	addStart := time.Now()
 	err = k.cfg.node.NS.Do(func() error {
 		var err error
 		res, err = k.cni.AddNetworkList(ctx, rt.netconf, rt.rtconf)
@@ -350,6 +353,9 @@ func (k *Kubelet) setup(ctx context.Context, pod *corev1.Pod) (err error) {
 	if err != nil {
 		return fmt.Errorf("cni add for pod %s: %w", key, err)
 	}
+	k.mu.Lock()
+	k.adds = append(k.adds, time.Since(addStart))
+	k.mu.Unlock()
 	result, err := cnicurrent.NewResultFromResult(res)
 	if err != nil {
 		return fmt.Errorf("cni add for pod %s: parse result: %w", key, err)
@@ -829,6 +835,16 @@ func (k *Kubelet) Exec(ctx context.Context, namespace, name string, argv ...stri
 		return out, fmt.Errorf("exec %v in pod %s/%s: %w: %s", argv, namespace, name, err, strings.TrimSpace(string(out)))
 	}
 	return out, nil
+}
+
+// TakeCNIAddDurations returns how long each successful CNI ADD took since
+// the last call, and forgets them.
+func (k *Kubelet) TakeCNIAddDurations() []time.Duration {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	d := k.adds
+	k.adds = nil
+	return d
 }
 
 // PodNetNS returns the network namespace of a pod running on this node.
