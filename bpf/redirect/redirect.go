@@ -224,13 +224,15 @@ func (r *Redirector) Unenroll(ip netip.Addr) error {
 }
 
 // Enrolled lists the enrolled pod addresses.
-func (r *Redirector) Enrolled() ([]netip.Addr, error) {
+func (r *Redirector) Enrolled() ([]netip.Addr, error) { return enrolledIn(r.objs.AmbitPods) }
+
+func enrolledIn(m *ebpf.Map) ([]netip.Addr, error) {
 	var (
 		k   uint32
 		v   redirectPodInfo
 		out []netip.Addr
 	)
-	it := r.objs.AmbitPods.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		out = append(out, addrFromKey(k))
 	}
@@ -417,18 +419,5 @@ func PinnedEnrolled(pinDir string) ([]netip.Addr, error) {
 		return nil, fmt.Errorf("load pinned pod map: %w", err)
 	}
 	defer m.Close()
-	var (
-		k   uint32
-		v   redirectPodInfo
-		out []netip.Addr
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, addrFromKey(k))
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list enrolled pods: %w", err)
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return out, nil
+	return enrolledIn(m)
 }

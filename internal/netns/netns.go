@@ -148,16 +148,7 @@ func (n *NS) Do(fn func() error) error {
 
 // Listen opens a listening socket inside the namespace.
 func (n *NS) Listen(ctx context.Context, network, address string) (net.Listener, error) {
-	var l net.Listener
-	err := n.Do(func() error {
-		var err error
-		l, err = (&net.ListenConfig{}).Listen(ctx, network, address)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("listen %s %s in netns %s: %w", network, address, n.name, err)
-	}
-	return l, nil
+	return n.ListenWith(ctx, &net.ListenConfig{}, network, address)
 }
 
 // DialContext connects from inside the namespace. The socket is created in
