@@ -591,3 +591,23 @@ func TestServeShutdown(t *testing.T) {
 		t.Errorf("Serve after cancel: got %v, want nil", err)
 	}
 }
+
+// TestConnectionPerCall: productpage and reviews open a connection per
+// call, as Istio's do, so that a Service balances every call anew.
+func TestConnectionPerCall(t *testing.T) {
+	b := startBookinfo(t, options{version: "v2"})
+	for range 3 {
+		if status, _ := get(t, b.page, "/productpage", nil); status != http.StatusOK {
+			t.Fatalf("GET /productpage: got status %d, want 200", status)
+		}
+	}
+	for name, rec := range map[string]*recorder{"details": b.details, "reviews": b.reviews, "ratings": b.ratings} {
+		peers := map[string]bool{}
+		for _, r := range rec.requests() {
+			peers[r.RemoteAddr] = true
+		}
+		if len(peers) != 3 {
+			t.Errorf("%s: got 3 calls from %d connections %v, want 3 connections", name, len(peers), peers)
+		}
+	}
+}

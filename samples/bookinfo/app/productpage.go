@@ -73,12 +73,9 @@ type productpage struct {
 func NewProductpage(cfg Config, log *slog.Logger) http.Handler {
 	reg := prometheus.NewRegistry()
 	p := &productpage{
-		cfg: cfg,
-		log: log,
-		// Istio's productpage opens a connection per call, so that calls
-		// spread over the versions of reviews behind one Service; keep-alive
-		// would pin them to one.
-		client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
+		cfg:    cfg,
+		log:    log,
+		client: newClient(0),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "request_result", Help: "Results of requests to the other services.",
 		}, []string{"destination_app", "response_code"}),
@@ -323,7 +320,7 @@ var indexTemplate = template.Must(template.New("index").Parse(`<!DOCTYPE html>
 <title>Simple Bookstore App</title>
 </head>
 <body>
-<h3>Hello! This is a simple bookstore application consisting of three services as shown below</h3>
+<h3>Bookinfo: a book shop made of four services</h3>
 <table>
 <tr><th>service</th><th>calls</th></tr>
 <tr><td>productpage</td><td>{{.DetailsURL}}/details, {{.ReviewsURL}}/reviews</td></tr>

@@ -49,7 +49,7 @@ var reviewTexts = []struct{ reviewer, text string }{
 // shows them in cfg.StarColor, or an error in their place if ratings fails.
 // GET /health.
 func NewReviews(cfg Config, log *slog.Logger) http.Handler {
-	client := &http.Client{Timeout: cfg.RatingsTimeout}
+	client := newClient(cfg.RatingsTimeout)
 	ratingsURL := cfg.RatingsURL()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {

@@ -116,6 +116,18 @@ func accessLog(h http.Handler, log *slog.Logger) http.Handler {
 	})
 }
 
+// newClient returns the client of calls to other services. Like Istio's
+// Bookinfo it opens a connection per call, so that calls spread over all
+// the pods (and versions) behind a Service, and a policy change applies to
+// the next call; keep-alive would pin them to one connection. It ignores
+// proxy settings: calls go to the Services themselves.
+func newClient(timeout time.Duration) *http.Client {
+	return &http.Client{
+		Timeout:   timeout,
+		Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil},
+	}
+}
+
 // writeJSON answers with v as JSON.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
