@@ -48,8 +48,8 @@ func TestBookinfo(t *testing.T) {
 	if !ok {
 		t.Fatal("client pod: no network namespace on node1")
 	}
-	// A fresh connection per request, as a browser reloading would not
-	// guarantee: each one is balanced anew by the Service.
+	// A fresh connection per request, so that the Service balances each
+	// one anew.
 	client := &http.Client{Transport: &http.Transport{DialContext: clientNS.DialContext, DisableKeepAlives: true}}
 	svc, err := l.Client.CoreV1().Services(ns).Get(ctx, app.Productpage, metav1.GetOptions{})
 	if err != nil {
