@@ -1,0 +1,162 @@
+package deploy_test
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes/scheme"
+
+	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
+)
+
+func TestLab(t *testing.T) {
+	o, err := deploy.Lab("shop", deploy.Spread("node1", "node2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sas, svcs []string
+	for _, sa := range o.ServiceAccounts {
+		sas = append(sas, sa.Namespace+"/"+sa.Name)
+	}
+	for _, s := range o.Services {
+		svcs = append(svcs, s.Namespace+"/"+s.Name)
+		if len(s.Spec.Ports) != 1 || s.Spec.Ports[0].Name != "http" || s.Spec.Ports[0].Port != 9080 || s.Spec.Selector["app"] != s.Name {
+			t.Errorf("service %s: got ports %v selector %v, want http 9080 selecting app=%s", s.Name, s.Spec.Ports, s.Spec.Selector, s.Name)
+		}
+	}
+	if diff := cmp.Diff([]string{"shop/bookinfo-productpage", "shop/bookinfo-details", "shop/bookinfo-reviews", "shop/bookinfo-ratings"}, sas); diff != "" {
+		t.Errorf("service accounts (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"shop/productpage", "shop/details", "shop/reviews", "shop/ratings"}, svcs); diff != "" {
+		t.Errorf("services (-want +got):\n%s", diff)
+	}
+
+	type pod struct{ Name, Node, App, Version, SA, Image, Probe string }
+	var got []pod
+	for _, p := range o.Pods {
+		c := p.Spec.Containers[0]
+		got = append(got, pod{p.Name, p.Spec.NodeName, p.Labels["app"], p.Labels["version"], p.Spec.ServiceAccountName,
+			c.Image + " " + c.Args[0], c.ReadinessProbe.HTTPGet.Path + ":" + c.ReadinessProbe.HTTPGet.Port.String()})
+	}
+	want := []pod{
+		{"productpage-v1", "node1", "productpage", "v1", "bookinfo-productpage", "ambit.dev/bookinfo productpage", "/health:9080"},
+		{"details-v1", "node2", "details", "v1", "bookinfo-details", "ambit.dev/bookinfo details", "/health:9080"},
+		{"reviews-v1", "node1", "reviews", "v1", "bookinfo-reviews", "ambit.dev/bookinfo reviews", "/health:9080"},
+		{"reviews-v2", "node2", "reviews", "v2", "bookinfo-reviews", "ambit.dev/bookinfo reviews", "/health:9080"},
+		{"reviews-v3", "node1", "reviews", "v3", "bookinfo-reviews", "ambit.dev/bookinfo reviews", "/health:9080"},
+		{"ratings-v1", "node2", "ratings", "v1", "bookinfo-ratings", "ambit.dev/bookinfo ratings", "/health:9080"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("pods (-want +got):\n%s", diff)
+	}
+
+	if _, err := deploy.Lab("shop", func(deploy.Workload) string { return "" }); err == nil {
+		t.Error("Lab with a placement that names no node: got no error, want one")
+	}
+}
+
+// TestYAMLMatchesLab: bookinfo.yaml declares the same service accounts,
+// services and (as Deployment templates) pods as Lab, but for the node and
+// the image name, which is a placeholder there.
+func TestYAMLMatchesLab(t *testing.T) {
+	data, err := os.ReadFile("../bookinfo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		sas  = map[string]*corev1.ServiceAccount{}
+		svcs = map[string]*corev1.Service{}
+		deps = map[string]*appsv1.Deployment{}
+	)
+	r := yaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bytes.TrimSpace(doc)) == 0 {
+			continue
+		}
+		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
+		if err != nil {
+			t.Fatalf("decode bookinfo.yaml document %q: %v", doc, err)
+		}
+		switch o := obj.(type) {
+		case *corev1.ServiceAccount:
+			sas[o.Name] = o
+		case *corev1.Service:
+			svcs[o.Name] = o
+		case *appsv1.Deployment:
+			deps[o.Name] = o
+		default:
+			t.Errorf("bookinfo.yaml: got a %T, want only ServiceAccounts, Services and Deployments", obj)
+		}
+	}
+
+	lab, err := deploy.Lab("", deploy.Spread("node"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sas) != len(lab.ServiceAccounts) || len(svcs) != len(lab.Services) || len(deps) != len(lab.Pods) {
+		t.Errorf("bookinfo.yaml: got %d service accounts, %d services, %d deployments; want %d, %d, %d",
+			len(sas), len(svcs), len(deps), len(lab.ServiceAccounts), len(lab.Services), len(lab.Pods))
+	}
+	for _, want := range lab.ServiceAccounts {
+		got, ok := sas[want.Name]
+		if !ok {
+			t.Errorf("bookinfo.yaml: no ServiceAccount %s", want.Name)
+			continue
+		}
+		if diff := cmp.Diff(want.Labels, got.Labels); diff != "" {
+			t.Errorf("ServiceAccount %s labels (-lab +yaml):\n%s", want.Name, diff)
+		}
+	}
+	for _, want := range lab.Services {
+		got, ok := svcs[want.Name]
+		if !ok {
+			t.Errorf("bookinfo.yaml: no Service %s", want.Name)
+			continue
+		}
+		if diff := cmp.Diff(want.Spec, got.Spec); diff != "" {
+			t.Errorf("Service %s spec (-lab +yaml):\n%s", want.Name, diff)
+		}
+		if diff := cmp.Diff(want.Labels, got.Labels); diff != "" {
+			t.Errorf("Service %s labels (-lab +yaml):\n%s", want.Name, diff)
+		}
+	}
+	for _, want := range lab.Pods {
+		d, ok := deps[want.Name]
+		if !ok {
+			t.Errorf("bookinfo.yaml: no Deployment %s", want.Name)
+			continue
+		}
+		if diff := cmp.Diff(want.Labels, d.Spec.Template.Labels); diff != "" {
+			t.Errorf("Deployment %s template labels (-lab +yaml):\n%s", want.Name, diff)
+		}
+		if diff := cmp.Diff(want.Labels, d.Spec.Selector.MatchLabels); diff != "" {
+			t.Errorf("Deployment %s selector (-lab +yaml):\n%s", want.Name, diff)
+		}
+		got := d.Spec.Template.Spec
+		if got.ServiceAccountName != want.Spec.ServiceAccountName || len(got.Containers) != 1 {
+			t.Errorf("Deployment %s: got service account %q and %d containers, want %q and 1", want.Name, got.ServiceAccountName, len(got.Containers), want.Spec.ServiceAccountName)
+			continue
+		}
+		wc, gc := want.Spec.Containers[0], got.Containers[0]
+		// What the lab has no use for: pulling images, a security context.
+		gc.Image, gc.ImagePullPolicy, gc.SecurityContext = deploy.Image, "", nil
+		if diff := cmp.Diff(wc, gc); diff != "" {
+			t.Errorf("Deployment %s container (-lab +yaml):\n%s", want.Name, diff)
+		}
+	}
+}
