@@ -6,9 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -18,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambitmesh/ambit/internal/lab"
-	"github.com/ambitmesh/ambit/internal/testutil"
 	"github.com/ambitmesh/ambit/samples/bookinfo/app"
 	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
 )
@@ -30,9 +26,10 @@ import (
 // each showing its own stars; with details gone the page still renders,
 // with the error in its place.
 func TestBookinfo(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin := buildBookinfo(t)
-	l := startLab(t, lab.Config{Nodes: 2, Images: map[string]string{deploy.Image: bin}})
+	l := startLab(t, lab.Config{Nodes: 2})
+	if deploy.Image != lab.BookinfoImage {
+		t.Fatalf("bookinfo image: deploy uses %q, the lab runs %q", deploy.Image, lab.BookinfoImage)
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 
@@ -110,23 +107,6 @@ func TestBookinfo(t *testing.T) {
 	if status != http.StatusOK || !strings.Contains(page, app.DetailsUnavailable) || !strings.Contains(page, "Book Reviews") {
 		t.Errorf("GET /productpage without details: got %d, want 200 with %q and the reviews:\n%s", status, app.DetailsUnavailable, page)
 	}
-}
-
-// buildBookinfo builds the bookinfo command for the lab's image.
-func buildBookinfo(t *testing.T) string {
-	t.Helper()
-	root, err := lab.FindRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(t.TempDir(), "bookinfo")
-	cmd := exec.CommandContext(t.Context(), "go", "build", "-o", out, "./samples/bookinfo")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./samples/bookinfo: %v\n%s", err, b)
-	}
-	return out
 }
 
 // deployBookinfo creates Bookinfo's objects in ns, spread over node1 and

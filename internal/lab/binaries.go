@@ -33,6 +33,9 @@ type Binaries struct {
 	CoreDNS string
 	// Echo is the test workload (samples/echo).
 	Echo string
+	// Bookinfo is the Bookinfo sample (samples/bookinfo), run by the lab
+	// for BookinfoImage.
+	Bookinfo string
 	// CNIPlugin and CNIAgent are Ambit's chained CNI plugin and node agent.
 	CNIPlugin string
 	CNIAgent  string
@@ -145,9 +148,10 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 
 	binDir := filepath.Join(opts.Root, "_output", "bin")
 	b.Echo = filepath.Join(binDir, "echo")
+	b.Bookinfo = filepath.Join(binDir, "bookinfo")
 	b.CNIPlugin = filepath.Join(binDir, "ambit-cni")
 	b.CNIAgent = filepath.Join(binDir, "ambit-cni-agent")
-	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent"); err != nil {
+	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent"); err != nil {
 		return b, err
 	}
 	return b, nil

@@ -74,8 +74,12 @@ type Config struct {
 	Log *slog.Logger
 }
 
-// EchoImage is the image name that runs the echo test workload.
-const EchoImage = "ambit.dev/echo"
+// EchoImage is the image name that runs the echo test workload, and
+// BookinfoImage the one that runs the Bookinfo sample.
+const (
+	EchoImage     = "ambit.dev/echo"
+	BookinfoImage = "ambit.dev/bookinfo"
+)
 
 // Lab is a running cluster.
 type Lab struct {

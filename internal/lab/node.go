@@ -23,7 +23,7 @@ func (l *Lab) startNode(ctx, bgCtx context.Context, n *Node) error {
 	if err := writeConflist(filepath.Join(confDir, "10-lab.conflist"), n, filepath.Join(dir, "ipam")); err != nil {
 		return err
 	}
-	images := map[string]string{EchoImage: l.cfg.Binaries.Echo}
+	images := map[string]string{EchoImage: l.cfg.Binaries.Echo, BookinfoImage: l.cfg.Binaries.Bookinfo}
 	for k, v := range l.cfg.Images {
 		images[k] = v
 	}
