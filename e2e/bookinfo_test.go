@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambitmesh/ambit/internal/lab"
@@ -37,7 +36,11 @@ func TestBookinfo(t *testing.T) {
 	if err := l.CreateNamespace(ctx, ns, nil); err != nil {
 		t.Fatal(err)
 	}
-	pods := deployBookinfo(ctx, t, l, ns)
+	pods, err := deploy.Install(ctx, l, ns, deploy.Spread("node1", "node2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	if _, err := l.RunPod(ctx, lab.EchoPod(ns, "client", "node1", map[string]string{"app": "client"})); err != nil {
 		t.Fatal(err)
 	}
@@ -107,49 +110,6 @@ func TestBookinfo(t *testing.T) {
 	if status != http.StatusOK || !strings.Contains(page, app.DetailsUnavailable) || !strings.Contains(page, "Book Reviews") {
 		t.Errorf("GET /productpage without details: got %d, want 200 with %q and the reviews:\n%s", status, app.DetailsUnavailable, page)
 	}
-}
-
-// deployBookinfo creates Bookinfo's objects in ns, spread over node1 and
-// node2, and waits until every pod is ready and every Service is
-// programmed by kube-proxy on every node.
-func deployBookinfo(ctx context.Context, t *testing.T, l *lab.Lab, ns string) map[string]*corev1.Pod {
-	t.Helper()
-	objs, err := deploy.Lab(ns, deploy.Spread("node1", "node2"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, sa := range objs.ServiceAccounts {
-		if _, err := l.Client.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, s := range objs.Services {
-		if _, err := l.Client.CoreV1().Services(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, p := range objs.Pods {
-		if _, err := l.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ready := map[string]*corev1.Pod{}
-	for _, p := range objs.Pods {
-		rp, err := l.WaitPod(ctx, ns, p.Name, lab.PodReady)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if rp.Spec.NodeName != p.Spec.NodeName {
-			t.Errorf("pod %s: got node %s, want %s", p.Name, rp.Spec.NodeName, p.Spec.NodeName)
-		}
-		ready[p.Name] = rp
-	}
-	for _, rp := range ready {
-		if err := l.WaitServiceProgrammed(ctx, ns, rp.Labels["app"], rp.Status.PodIP); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return ready
 }
 
 // fetch gets url with client and returns status and body.

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,6 +20,7 @@ import (
 
 	"github.com/ambitmesh/ambit/internal/echo"
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
 )
 
 // demo starts a two-node lab, runs an echo pod on each node, and shows
@@ -103,6 +107,43 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 		}
 		step.ok("GET http://%s/hello answered by pod %q, which saw the caller as %s", target, rep.Hostname, rep.Peer)
 	}
+
+	step.say("Deploying Bookinfo in namespace %q across both nodes: productpage, details, reviews v1/v2/v3, ratings", bookinfoNS)
+	if err := l.CreateNamespace(ctx, bookinfoNS, nil); err != nil {
+		cancel()
+		return err
+	}
+	bpods, err := deploy.Install(ctx, l, bookinfoNS, deploy.Spread("node1", "node2"))
+	if err != nil {
+		cancel()
+		return err
+	}
+	for _, name := range slices.Sorted(maps.Keys(bpods)) {
+		step.ok("pod %s/%s Ready on %s", bookinfoNS, name, bpods[name].Spec.NodeName)
+	}
+	step.say("Asking productpage for the product page from the client pod, through its Service name")
+	// The request runs inside the pod, which resolves the name with the
+	// cluster's DNS.
+	productpage := fmt.Sprintf("http://productpage.%s.svc.cluster.local:%d/productpage", bookinfoNS, deploy.Port)
+	served := map[string]int{}
+	for range 12 {
+		out, err := l.Exec(ctx, ns, "client", bins.Echo, "http", "--body", productpage)
+		page := string(out)
+		if err != nil {
+			step.fail("GET %s: %v", productpage, err)
+			break
+		}
+		if !strings.Contains(page, "Book Details") || !strings.Contains(page, "Book Reviews") {
+			step.fail("GET %s: the page has no details or reviews", productpage)
+			break
+		}
+		if m := reviewsPod.FindStringSubmatch(page); m != nil {
+			served[m[1]]++
+		}
+	}
+	if len(served) > 0 {
+		step.ok("12 pages with details and reviews; reviews served by %v", served)
+	}
 	cancel()
 	if step.failed > 0 {
 		return fmt.Errorf("%d demo step(s) failed", step.failed)
@@ -117,12 +158,18 @@ The lab is running. In another terminal:
   export KUBECONFIG=%s
   %s get nodes,pods,svc -A -o wide
   ip netns exec %s %s http http://server.%s.svc.cluster.local/   # call the server from node1's network
+  ip netns exec %[3]s wget -qO- http://productpage.%[6]s.svc.cluster.local:9080/productpage   # Bookinfo, if wget is installed
 
 Press Ctrl-C to stop and clean up.
-`, l.Kubeconfig, bins.Kubectl, l.Node("node1").NS.Name(), bins.Echo, ns)
+`, l.Kubeconfig, bins.Kubectl, l.Node("node1").NS.Name(), bins.Echo, ns, bookinfoNS)
 	<-runCtx.Done()
 	return nil
 }
+
+const bookinfoNS = "bookinfo"
+
+// reviewsPod finds which reviews pod served a product page.
+var reviewsPod = regexp.MustCompile(`<span id="reviews-pod">([^<]*)</span>`)
 
 type stepper struct {
 	n      int

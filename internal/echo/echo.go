@@ -236,6 +236,32 @@ func TCP(ctx context.Context, addr, message string) (Report, error) {
 	return rep, nil
 }
 
+// Fetch sends a GET to url and copies the body of a 200 answer to w.
+func Fetch(ctx context.Context, client *http.Client, url string, header http.Header, w io.Writer) error {
+	if client == nil {
+		client = http.DefaultClient
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return fmt.Errorf("request %s: %w", url, err)
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("get %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("get %s: status %d", url, resp.StatusCode)
+	}
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("read %s: %w", url, err)
+	}
+	return nil
+}
+
 // HTTP sends a GET to url and returns the server's Report.
 func HTTP(ctx context.Context, client *http.Client, url string, header http.Header) (Report, error) {
 	if client == nil {

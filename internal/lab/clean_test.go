@@ -44,8 +44,17 @@ func TestCleanStale(t *testing.T) {
 		}
 		t.Cleanup(func() { netns.Delete(name) })
 	}
+	// Another test's namespace with the prefix but no lab id is not a lab.
+	other := NamePrefix + "othertest-" + strconv.Itoa(os.Getpid())
+	if _, err := netns.Create(other); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netns.Delete(other) })
 	if err := CleanStale(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := netns.Open(other); err != nil {
+		t.Errorf("namespace %s of another test: got removed (%v), want left alone", other, err)
 	}
 	for _, l := range labs {
 		_, err := netns.Open(NamePrefix + l.id + "-node1")

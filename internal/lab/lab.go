@@ -553,20 +553,36 @@ func CleanStale() error {
 	if err != nil {
 		return err
 	}
+	// Only names of labs ("ambit-<6 hex digits>-..."): other tests' own
+	// namespaces share the prefix and are not ours to remove.
 	for _, name := range names {
-		id, _, _ := strings.Cut(strings.TrimPrefix(name, NamePrefix), "-")
-		if !live[id] {
+		id, ok := labIDOf(name)
+		if ok && !live[id] {
 			errs = append(errs, netns.Delete(name))
 		}
 	}
 	pins, _ := filepath.Glob(filepath.Join(bpffs, NamePrefix+"*"))
 	for _, p := range pins {
-		id, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(p), NamePrefix), "-")
-		if !live[id] {
+		id, ok := labIDOf(filepath.Base(p))
+		if ok && !live[id] {
 			errs = append(errs, os.RemoveAll(p))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// labIDOf returns the lab id in a name made by a lab.
+func labIDOf(name string) (string, bool) {
+	id, rest, ok := strings.Cut(strings.TrimPrefix(name, NamePrefix), "-")
+	if !ok || rest == "" || len(id) != 6 || !strings.HasPrefix(name, NamePrefix) {
+		return "", false
+	}
+	for _, c := range id {
+		if !strings.ContainsRune("0123456789abcdef", c) {
+			return "", false
+		}
+	}
+	return id, true
 }
 
 func processAlive(pid int) bool {

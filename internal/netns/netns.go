@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -151,11 +152,23 @@ func (n *NS) Listen(ctx context.Context, network, address string) (net.Listener,
 	return n.ListenWith(ctx, &net.ListenConfig{}, network, address)
 }
 
+// ErrNotIP is returned by DialContext for an address whose host is a name.
+var ErrNotIP = errors.New("host is not an IP address: names must be resolved inside the namespace (run a process there)")
+
 // DialContext connects from inside the namespace. The socket is created in
-// the namespace; the connection attempt itself may run on any thread.
+// the namespace; the connection attempt itself may run on any thread. The
+// address must be an IP literal: Go's resolver would send its queries from
+// other threads, in the host's namespace, to the host's resolver.
 func (n *NS) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s %s from netns %s: %w", network, address, n.name, err)
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return nil, fmt.Errorf("dial %s %s from netns %s: %w", network, address, n.name, ErrNotIP)
+	}
 	var c net.Conn
-	err := n.Do(func() error {
+	err = n.Do(func() error {
 		var err error
 		c, err = (&net.Dialer{}).DialContext(ctx, network, address)
 		return err

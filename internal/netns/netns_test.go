@@ -2,6 +2,7 @@ package netns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -71,6 +72,14 @@ func TestCreateDoListenDelete(t *testing.T) {
 	c.Close()
 	if string(got) != "inside" {
 		t.Fatalf("read from listener in netns: got %q, want %q", got, "inside")
+	}
+
+	// A name would be resolved outside the namespace: refused.
+	if c, err := ns.DialContext(ctx, "tcp", "localhost:1"); !errors.Is(err, ErrNotIP) {
+		if c != nil {
+			c.Close()
+		}
+		t.Errorf("dial a name from the netns: got %v, want ErrNotIP", err)
 	}
 
 	if err := ns.Delete(); err != nil {

@@ -29,7 +29,7 @@ func main() {
 const usage = `usage:
   echo serve [--tcp :9000,...] [--http :8080,...]
   echo tcp ADDR MESSAGE
-  echo http [--header K=V]... URL`
+  echo http [--header K=V]... [--body] URL`
 
 func run(args []string) error {
 	if len(args) == 0 {
@@ -74,6 +74,7 @@ func run(args []string) error {
 			h.Add(k, val)
 			return nil
 		})
+		body := fs.Bool("body", false, "print the response body as it is (any server, not only echo)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
@@ -82,6 +83,9 @@ func run(args []string) error {
 		}
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
+		if *body {
+			return echo.Fetch(ctx, nil, fs.Arg(0), h, os.Stdout)
+		}
 		rep, err := echo.HTTP(ctx, nil, fs.Arg(0), h)
 		if err != nil {
 			return err
