@@ -1,6 +1,6 @@
 // Package pool shares HBONE connections between proxied connections: one
-// TLS connection per (source identity, destination identity, destination
-// address) carries many HTTP/2 CONNECT streams up to a limit, concurrent
+// TLS connection per (source identity and address, destination identity,
+// destination address) carries many HTTP/2 CONNECT streams up to a limit, concurrent
 // dials for the same key are made once, and idle connections are closed.
 package pool
 
@@ -18,16 +18,21 @@ import (
 	"github.com/ambitmesh/ambit/internal/identity"
 )
 
-// Key names the connections that may be shared.
+// Key names the connections that may be shared. Besides the identities and
+// the peer address it holds the source workload's address, as Istio's
+// ztunnel does: the peer sees the connection's source address, and
+// policies may match on it, so two workloads sharing an identity do not
+// share a connection.
 type Key struct {
 	Source      identity.Identity
+	SourceAddr  netip.Addr
 	Destination identity.Identity
 	// Addr is the peer's tunnel address (ip:15008).
 	Addr netip.AddrPort
 }
 
 func (k Key) String() string {
-	return fmt.Sprintf("%s->%s@%s", k.Source, k.Destination, k.Addr)
+	return fmt.Sprintf("%s(%s)->%s@%s", k.Source, k.SourceAddr, k.Destination, k.Addr)
 }
 
 // Defaults.
