@@ -24,7 +24,7 @@ import (
 // tunnels can listen on the standard ports without colliding.
 var subnet atomic.Uint32
 
-func addrs(t *testing.T) func(host byte) netip.Addr {
+func addrs(t testing.TB) func(host byte) netip.Addr {
 	t.Helper()
 	n := subnet.Add(1) + uint32(time.Now().UnixNano()%200)*64
 	a, b := byte(100+n/250%150), byte(n%250+1)
@@ -101,7 +101,7 @@ func (l *logBuffer) String() string {
 
 // waitFor returns the first log line containing all of want, waiting
 // for it to be written.
-func (l *logBuffer) waitFor(t *testing.T, want ...string) string {
+func (l *logBuffer) waitFor(t testing.TB, want ...string) string {
 	t.Helper()
 	timeout := time.After(10 * time.Second)
 	for {
@@ -184,7 +184,7 @@ func defaultState(ip func(byte) netip.Addr) config.State {
 	}
 }
 
-func newMesh(t *testing.T, o meshOptions) *mesh {
+func newMesh(t testing.TB, o meshOptions) *mesh {
 	t.Helper()
 	ca, err := identity.NewCA(identity.DefaultTrustDomain)
 	if err != nil {
@@ -214,7 +214,7 @@ func newMesh(t *testing.T, o meshOptions) *mesh {
 	return m
 }
 
-func (m *mesh) startNode(t *testing.T, name string, src identity.Source) *node {
+func (m *mesh) startNode(t testing.TB, name string, src identity.Source) *node {
 	t.Helper()
 	lb := &logBuffer{notify: make(chan struct{}, 1)}
 	z, err := ztunnel.New(ztunnel.Config{
@@ -245,7 +245,7 @@ func (m *mesh) startNode(t *testing.T, name string, src identity.Source) *node {
 }
 
 // echoApp answers each line it reads with "<addr>: <line>".
-func echoApp(t *testing.T, addr netip.AddrPort) {
+func echoApp(t testing.TB, addr netip.AddrPort) {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
@@ -271,7 +271,7 @@ func echoApp(t *testing.T, addr netip.AddrPort) {
 
 // dial connects from src to the listener at via, as if redirected there
 // on the way to dst.
-func (m *mesh) dial(t *testing.T, src netip.Addr, via, dst netip.AddrPort) net.Conn {
+func (m *mesh) dial(t testing.TB, src netip.Addr, via, dst netip.AddrPort) net.Conn {
 	t.Helper()
 	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
 	c, err := d.Dial("tcp", via.String())
@@ -285,7 +285,7 @@ func (m *mesh) dial(t *testing.T, src netip.Addr, via, dst netip.AddrPort) net.C
 
 // outbound connects from workload address src through node A's outbound
 // listener to dst.
-func (m *mesh) outbound(t *testing.T, src netip.Addr, dst netip.AddrPort) net.Conn {
+func (m *mesh) outbound(t testing.TB, src netip.Addr, dst netip.AddrPort) net.Conn {
 	t.Helper()
 	return m.dial(t, src, m.a.z.OutboundAddr(), dst)
 }
@@ -302,7 +302,7 @@ func roundTrip(c net.Conn, msg string) (string, error) {
 	return strings.TrimSuffix(line, "\n"), nil
 }
 
-func expectEcho(t *testing.T, c net.Conn, from netip.AddrPort, msg string) {
+func expectEcho(t testing.TB, c net.Conn, from netip.AddrPort, msg string) {
 	t.Helper()
 	got, err := roundTrip(c, msg)
 	if err != nil {
@@ -313,7 +313,7 @@ func expectEcho(t *testing.T, c net.Conn, from netip.AddrPort, msg string) {
 	}
 }
 
-func expectRefused(t *testing.T, c net.Conn) {
+func expectRefused(t testing.TB, c net.Conn) {
 	t.Helper()
 	got, err := roundTrip(c, "hello")
 	if err == nil {

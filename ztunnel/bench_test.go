@@ -1,0 +1,85 @@
+package ztunnel_test
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// sink counts what each connection sends and, at EOF, answers the count.
+func sink(tb testing.TB, addr netip.AddrPort) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				n, _ := io.Copy(io.Discard, c)
+				binary.Write(c, binary.BigEndian, n)
+			}()
+		}
+	}()
+}
+
+// transfer sends size bytes over c, half-closes, and waits for the sink's
+// count, so the time covers delivery and not just buffering.
+func transfer(tb testing.TB, c net.Conn, buf []byte, size int64) time.Duration {
+	tb.Helper()
+	start := time.Now()
+	for sent := int64(0); sent < size; sent += int64(len(buf)) {
+		if _, err := c.Write(buf); err != nil {
+			tb.Fatalf("write: %v", err)
+		}
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		tb.Fatal(err)
+	}
+	var got int64
+	if err := binary.Read(c, binary.BigEndian, &got); err != nil {
+		tb.Fatalf("read count: %v", err)
+	}
+	d := time.Since(start)
+	if got != size {
+		tb.Fatalf("sink received %d bytes, want %d", got, size)
+	}
+	c.Close()
+	return d
+}
+
+// BenchmarkThroughput moves one TCP stream's bytes app → ztunnel → HBONE
+// → ztunnel → app and, in the same run, app → app directly, and reports
+// both rates and their ratio.
+func BenchmarkThroughput(b *testing.B) {
+	m := newMesh(b, meshOptions{})
+	target := netip.AddrPortFrom(m.ip(11), 9000)
+	sink(b, target)
+	const size = 256 << 20
+	buf := make([]byte, 256<<10)
+	var direct, tunnel time.Duration
+	b.SetBytes(size)
+	b.ResetTimer()
+	for b.Loop() {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(m.ip(1), 0))}
+		c, err := d.Dial("tcp", target.String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		direct += transfer(b, c, buf, size)
+		tunnel += transfer(b, m.outbound(b, m.ip(1), target), buf, size)
+	}
+	mbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / 1e6 }
+	b.ReportMetric(mbps(direct), "direct-MB/s")
+	b.ReportMetric(mbps(tunnel), "ztunnel-MB/s")
+	b.ReportMetric(mbps(tunnel)/mbps(direct), "ztunnel/direct")
+}
