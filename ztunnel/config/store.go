@@ -22,6 +22,10 @@ func (s *State) Validate() error {
 	uids := map[string]bool{}
 	addrs := map[netip.Addr]string{}
 	for i, w := range s.Workloads {
+		if w == nil {
+			errs = append(errs, fmt.Errorf("workload %d: empty entry", i))
+			continue
+		}
 		name := fmt.Sprintf("workload %d (%s)", i, w.UID)
 		switch {
 		case w.UID == "":
@@ -62,6 +66,10 @@ func (s *State) Validate() error {
 	}
 	vips := map[netip.Addr]string{}
 	for i, svc := range s.Services {
+		if svc == nil {
+			errs = append(errs, fmt.Errorf("service %d: empty entry", i))
+			continue
+		}
 		name := fmt.Sprintf("service %d (%s)", i, svc.Key())
 		if svc.Hostname == "" || svc.Namespace == "" {
 			errs = append(errs, fmt.Errorf("%s: want a hostname and a namespace", name))
@@ -78,6 +86,10 @@ func (s *State) Validate() error {
 		}
 	}
 	for i, p := range s.Policies {
+		if p == nil {
+			errs = append(errs, fmt.Errorf("policy %d: empty entry", i))
+			continue
+		}
 		name := fmt.Sprintf("policy %d (%s)", i, p.Key())
 		if p.Name == "" || p.Namespace == "" {
 			errs = append(errs, fmt.Errorf("%s: want a name and a namespace", name))
