@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -330,4 +331,47 @@ func TestDrain(t *testing.T) {
 	}
 	// New connections to the drained node fail.
 	expectRefused(t, m.outbound(t, m.ip(1), server))
+}
+
+// flood writes to every connection until it fails.
+func flood(t testing.TB, addr netip.AddrPort) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+// A connection whose client stopped reading, with the server pushing
+// data, is stuck on flow control; a policy change must still close it.
+func TestPolicyChangeClosesStalledConnection(t *testing.T) {
+	m := newMesh(t, meshOptions{})
+	target := netip.AddrPortFrom(m.ip(11), 9100)
+	flood(t, target)
+	m.setPolicies(t, allowOnly("other"))
+	c := m.outbound(t, m.ip(2), target)
+	// Read a little, so the tunnel is surely up, then stop reading.
+	if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	m.setPolicies(t, allowOnly("client"))
+	m.b.log.waitFor(t, `"direction":"inbound"`, inbound.ErrPolicyChanged.Error())
 }
