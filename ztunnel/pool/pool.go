@@ -93,6 +93,7 @@ func (p *Pool) idleTimeout() time.Duration {
 // Connect opens a CONNECT stream to target over a pooled connection for
 // key, dialing one if none has room.
 func (p *Pool) Connect(ctx context.Context, key Key, target netip.AddrPort, header http.Header) (net.Conn, error) {
+	retried := false
 	for {
 		e, wait, err := p.take(key)
 		if err != nil {
@@ -119,7 +120,13 @@ func (p *Pool) Connect(ctx context.Context, key Key, target netip.AddrPort, head
 		if err != nil {
 			p.release(e)
 			if hbone.StatusCode(err) == 0 && e.cc.Err() != nil {
+				// The connection died under us (peer restart, GOAWAY):
+				// drop it and try once more on a fresh one.
 				p.remove(e)
+				if !retried && ctx.Err() == nil {
+					retried = true
+					continue
+				}
 			}
 			return nil, err
 		}

@@ -156,3 +156,21 @@ func TestIdleClose(t *testing.T) {
 		t.Errorf("connections after idle close: got %d, want 0", got)
 	}
 }
+
+func TestDeadConnectionReplaced(t *testing.T) {
+	f := newFixture(t, 0, time.Hour)
+	f.connectN(t, 1)[0].Close()
+	// Kill the pooled connection behind the pool's back.
+	f.pool.mu.Lock()
+	for _, e := range f.pool.conns[f.key] {
+		e.cc.Close()
+	}
+	f.pool.mu.Unlock()
+	c := f.connectN(t, 1)[0]
+	if _, err := c.Write([]byte{1}); err != nil {
+		t.Fatalf("write on a stream after the old connection died: %v", err)
+	}
+	if got := f.dials.Load(); got != 2 {
+		t.Errorf("dials: got %d, want 2 (the dead connection replaced)", got)
+	}
+}
