@@ -13,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 	"github.com/ambitmesh/ambit/ztunnel/inbound"
 )
@@ -374,4 +376,42 @@ func TestPolicyChangeClosesStalledConnection(t *testing.T) {
 	}
 	m.setPolicies(t, allowOnly("client"))
 	m.b.log.waitFor(t, `"direction":"inbound"`, inbound.ErrPolicyChanged.Error())
+}
+
+func TestReadinessAndConfigDump(t *testing.T) {
+	ca, err := identity.NewCA(identity.DefaultTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := config.NewStore()
+	z, err := ztunnel.New(ztunnel.Config{Node: "node-a", Store: store, Certificates: ca, Roots: ca.Roots()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := z.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z.Shutdown(context.Background()) })
+	if err := z.Ready(); err == nil {
+		t.Error("Ready() before any config: got nil, want not ready")
+	}
+	ip := addrs(t)
+	if err := store.Replace(defaultState(ip)); err != nil {
+		t.Fatal(err)
+	}
+	if err := z.WaitReady(context.Background()); err != nil {
+		t.Fatalf("WaitReady after config: %v", err)
+	}
+	dump := z.ConfigDump().(ztunnel.Dump)
+	var ids []string
+	for _, c := range dump.Certificates {
+		ids = append(ids, c.Identity)
+	}
+	want := []string{"spiffe://cluster.local/ns/shop/sa/client", "spiffe://cluster.local/ns/shop/sa/other"}
+	if diff := cmp.Diff(want, ids); diff != "" {
+		t.Errorf("config dump certificates (-want +got):\n%s", diff)
+	}
+	if got := len(dump.Workloads); got != 4 {
+		t.Errorf("config dump workloads: got %d, want 4", got)
+	}
 }
