@@ -58,28 +58,40 @@ func transfer(tb testing.TB, c net.Conn, buf []byte, size int64) time.Duration {
 }
 
 // BenchmarkThroughput moves one TCP stream's bytes app → ztunnel → HBONE
-// → ztunnel → app and, in the same run, app → app directly, and reports
-// both rates and their ratio.
+// → ztunnel → app and, in the same run, app → app directly and (when
+// stunnel is installed) through a pair of stunnel processes doing the same
+// mutual TLS 1.3 in C, and reports each rate and the ratios.
 func BenchmarkThroughput(b *testing.B) {
 	m := newMesh(b, meshOptions{})
 	target := netip.AddrPortFrom(m.ip(11), 9000)
 	sink(b, target)
+	stunnel, haveStunnel := stunnelPair(b, m.ca, m.ip(1), target)
 	const size = 256 << 20
 	buf := make([]byte, 256<<10)
-	var direct, tunnel time.Duration
-	b.SetBytes(size)
-	b.ResetTimer()
-	for b.Loop() {
+	var direct, tunnel, c2 time.Duration
+	dial := func(to netip.AddrPort) net.Conn {
 		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(m.ip(1), 0))}
-		c, err := d.Dial("tcp", target.String())
+		c, err := d.Dial("tcp", to.String())
 		if err != nil {
 			b.Fatal(err)
 		}
-		direct += transfer(b, c, buf, size)
+		return c
+	}
+	b.SetBytes(size)
+	b.ResetTimer()
+	for b.Loop() {
+		direct += transfer(b, dial(target), buf, size)
 		tunnel += transfer(b, m.outbound(b, m.ip(1), target), buf, size)
+		if haveStunnel {
+			c2 += transfer(b, dial(stunnel), buf, size)
+		}
 	}
 	mbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / 1e6 }
 	b.ReportMetric(mbps(direct), "direct-MB/s")
 	b.ReportMetric(mbps(tunnel), "ztunnel-MB/s")
 	b.ReportMetric(mbps(tunnel)/mbps(direct), "ztunnel/direct")
+	if haveStunnel {
+		b.ReportMetric(mbps(c2), "stunnel-MB/s")
+		b.ReportMetric(mbps(tunnel)/mbps(c2), "ztunnel/stunnel")
+	}
 }
