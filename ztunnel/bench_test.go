@@ -95,3 +95,78 @@ func BenchmarkThroughput(b *testing.B) {
 		b.ReportMetric(mbps(tunnel)/mbps(c2), "ztunnel/stunnel")
 	}
 }
+
+// pingPong sends n small messages one at a time over c to an echo server
+// and returns the time per round trip.
+func pingPong(tb testing.TB, c net.Conn, n int) time.Duration {
+	tb.Helper()
+	msg := make([]byte, 64)
+	buf := make([]byte, 64)
+	start := time.Now()
+	for range n {
+		if _, err := c.Write(msg); err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	d := time.Since(start)
+	c.Close()
+	return d / time.Duration(n)
+}
+
+// BenchmarkLatency measures the round trip of a 64-byte message on an open
+// connection, directly and through the ztunnel pair (and stunnel, when
+// installed), and reports the latency the tunnel adds.
+func BenchmarkLatency(b *testing.B) {
+	m := newMesh(b, meshOptions{})
+	target := netip.AddrPortFrom(m.ip(11), 9001)
+	rawEcho(b, target)
+	stunnel, haveStunnel := stunnelPair(b, m.ca, m.ip(1), target)
+	dial := func(to netip.AddrPort) net.Conn {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(m.ip(1), 0))}
+		c, err := d.Dial("tcp", to.String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
+	const n = 2000
+	var direct, tunnel, c2 time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		direct += pingPong(b, dial(target), n)
+		tunnel += pingPong(b, m.outbound(b, m.ip(1), target), n)
+		if haveStunnel {
+			c2 += pingPong(b, dial(stunnel), n)
+		}
+	}
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
+	b.ReportMetric(us(direct), "direct-µs/rt")
+	b.ReportMetric(us(tunnel), "ztunnel-µs/rt")
+	b.ReportMetric(us(tunnel-direct), "ztunnel-added-µs")
+	if haveStunnel {
+		b.ReportMetric(us(c2), "stunnel-µs/rt")
+		b.ReportMetric(us(c2-direct), "stunnel-added-µs")
+	}
+}
+
+// rawEcho echoes bytes back as they arrive.
+func rawEcho(tb testing.TB, addr netip.AddrPort) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+}

@@ -68,7 +68,7 @@ func stunnelPair(tb testing.TB, ca *identity.CA, clientIP netip.Addr, target net
 	}
 	in := freePort(tb, clientIP)
 	tlsAddr := freePort(tb, target.Addr())
-	common := "foreground = yes\npid =\ndebug = 5\nsyslog = no\n"
+	common := "foreground = yes\npid =\ndebug = 5\nsyslog = no\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n"
 	tlsOpts := fmt.Sprintf("CAfile = %s\nverifyChain = yes\nsslVersionMin = TLSv1.3\n", filepath.Join(dir, "ca.pem"))
 	server := common + fmt.Sprintf("[hbone]\naccept = %s\nconnect = %s\ncert = %s\n", tlsAddr, target, filepath.Join(dir, "server.pem")) + tlsOpts
 	client := common + fmt.Sprintf("[out]\nclient = yes\naccept = %s\nconnect = %s\ncert = %s\n", in, tlsAddr, filepath.Join(dir, "client.pem")) + tlsOpts
