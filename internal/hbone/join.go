@@ -51,7 +51,9 @@ func Join(a, b net.Conn) (Stats, error) {
 // both sides.
 func pipe(dst, src net.Conn, closeBoth func()) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
-	n, err := io.CopyBuffer(dst, src, *bp)
+	// Hide ReaderFrom and WriterTo: TCPConn's fall back to io.Copy's
+	// 32 KiB buffer, and a bulk tunnel wants large reads and writes.
+	n, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
 	bufPool.Put(bp)
 	if err != nil && !isClosed(err) {
 		closeBoth()
