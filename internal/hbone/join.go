@@ -7,7 +7,15 @@ import (
 	"sync"
 )
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufferSize); return &b }}
+// Copy buffers start small, so that the many idle or chatty connections
+// of a node cost little, and grow to bufferSize once a read fills the
+// small one, so that bulk streams move in large reads and writes.
+const smallBufferSize = 16 << 10
+
+var (
+	smallPool = sync.Pool{New: func() any { b := make([]byte, smallBufferSize); return &b }}
+	bigPool   = sync.Pool{New: func() any { b := make([]byte, bufferSize); return &b }}
+)
 
 // closeWriter is a connection that can end its sending direction alone.
 type closeWriter interface{ CloseWrite() error }
@@ -50,11 +58,7 @@ func Join(a, b net.Conn) (Stats, error) {
 // pipe copies src to dst, then half-closes dst or, if it cannot, closes
 // both sides.
 func pipe(dst, src net.Conn, closeBoth func()) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	// Hide ReaderFrom and WriterTo: TCPConn's fall back to io.Copy's
-	// 32 KiB buffer, and a bulk tunnel wants large reads and writes.
-	n, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
-	bufPool.Put(bp)
+	n, err := copyAdaptive(dst, src)
 	if err != nil && !isClosed(err) {
 		closeBoth()
 		return n, err
@@ -64,6 +68,40 @@ func pipe(dst, src net.Conn, closeBoth func()) (int64, error) {
 	}
 	closeBoth()
 	return n, nil
+}
+
+// copyAdaptive is io.Copy with a buffer that starts small and grows for
+// bulk transfers. It does not use ReaderFrom or WriterTo: TCPConn's fall
+// back to io.Copy's 32 KiB buffer.
+func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
+	bp := smallPool.Get().(*[]byte)
+	pool := &smallPool
+	defer func() { pool.Put(bp) }()
+	var total int64
+	for {
+		buf := *bp
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			total += int64(nw)
+			if werr != nil {
+				return total, werr
+			}
+			if nw != nr {
+				return total, io.ErrShortWrite
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return total, nil
+			}
+			return total, rerr
+		}
+		if nr == len(buf) && pool == &smallPool {
+			smallPool.Put(bp)
+			bp, pool = bigPool.Get().(*[]byte), &bigPool
+		}
+	}
 }
 
 func isClosed(err error) bool {

@@ -96,6 +96,9 @@ func (s *Server) TLSConfig() *tls.Config {
 	return tlsVersionOnly13(&tls.Config{
 		GetCertificate: s.Certificate,
 		ClientAuth:     tls.RequireAnyClientCert,
+		// A resumed session would skip VerifyPeerCertificate, and with it
+		// the check against the current mesh roots.
+		SessionTicketsDisabled: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			if s.Verifier == nil {
 				return errors.New("verify peer: no verifier configured")
