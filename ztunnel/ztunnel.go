@@ -249,7 +249,7 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 	}
 	z.mu.Unlock()
 	if n := z.in.Reevaluate(snap); n > 0 {
-		z.log.Info("closed connections after policy change", "count", n, "version", snap.Version)
+		z.log.Info("closed connections after policy change", accesslog.KeyCount, n, accesslog.KeyVersion, snap.Version)
 	}
 }
 

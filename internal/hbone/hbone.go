@@ -34,6 +34,9 @@ const (
 	bufferSize = 256 << 10
 	// handshakeTimeout bounds a TLS handshake on either side.
 	handshakeTimeout = 10 * time.Second
+	// idleTimeout closes a server connection without streams; clients
+	// close theirs sooner (the pool's idle timeout).
+	idleTimeout = 5 * time.Minute
 )
 
 // Header names HBONE peers send with CONNECT.

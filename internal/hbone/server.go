@@ -63,6 +63,15 @@ func (s *Server) log() *slog.Logger {
 	return s.Log
 }
 
+// Log attribute keys of the server.
+const (
+	logKeyPeer      = "peer"
+	logKeyPeerAddr  = "peer_addr"
+	logKeyAuthority = "authority"
+	logKeyStatus    = "status"
+	logKeyError     = "error"
+)
+
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = http.ErrServerClosed
 
@@ -76,7 +85,9 @@ func (s *Server) server() *http.Server {
 			Protocols:         new(http.Protocols),
 			HTTP2:             http2Config(),
 			ReadHeaderTimeout: handshakeTimeout,
-			ErrorLog:          slog.NewLogLogger(s.log().Handler(), slog.LevelInfo),
+			// Close tunnel connections that carry no stream for this long.
+			IdleTimeout: idleTimeout,
+			ErrorLog:    slog.NewLogLogger(s.log().Handler(), slog.LevelInfo),
 		}
 		s.srv.Protocols.SetHTTP2(true)
 	}
@@ -205,8 +216,8 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, ci connInfo) {
 }
 
 func (s *Server) refuse(w http.ResponseWriter, ci connInfo, authority string, code int, err error) {
-	s.log().Info("hbone connect refused", "peer", ci.peer.String(), "peer_addr", ci.peerAddr.String(),
-		"authority", authority, "status", code, "error", err.Error())
+	s.log().Info("hbone connect refused", logKeyPeer, ci.peer.String(), logKeyPeerAddr, ci.peerAddr.String(),
+		logKeyAuthority, authority, logKeyStatus, code, logKeyError, err.Error())
 	http.Error(w, err.Error(), code)
 }
 

@@ -29,6 +29,12 @@ const (
 	KeyAddr                = "addr"
 	KeyNode                = "node"
 	KeyComponent           = "component"
+	KeyCount               = "count"
+	KeyVersion             = "version"
+	KeyConfig              = "config"
+	KeyCA                  = "ca"
+	KeySignal              = "signal"
+	KeyDeadline            = "deadline"
 )
 
 // Directions.

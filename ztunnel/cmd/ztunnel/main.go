@@ -19,6 +19,7 @@ import (
 
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/ztunnel"
+	"github.com/ambitmesh/ambit/ztunnel/accesslog"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
@@ -76,20 +77,20 @@ func run(o options) error {
 	if err := z.Start(); err != nil {
 		return err
 	}
-	log.Warn("running in development mode: static config and test CA", "config", o.localConfig, "ca", o.fakeCADir)
+	log.Warn("running in development mode: static config and test CA", accesslog.KeyConfig, o.localConfig, accesslog.KeyCA, o.fakeCADir)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			if err := config.LoadFile(o.localConfig, store); err != nil {
-				log.Error("reload config; keeping the last good one", "error", err.Error())
+				log.Error("reload config; keeping the last good one", accesslog.KeyError, err.Error())
 			} else {
-				log.Info("reloaded config", "version", store.Snapshot().Version)
+				log.Info("reloaded config", accesslog.KeyVersion, store.Snapshot().Version)
 			}
 			continue
 		}
-		log.Info("draining", "signal", sig.String(), "deadline", o.drain.String())
+		log.Info("draining", accesslog.KeySignal, sig.String(), accesslog.KeyDeadline, o.drain.String())
 		ctx, cancel := context.WithTimeout(context.Background(), o.drain)
 		err := z.Shutdown(ctx)
 		cancel()
