@@ -193,6 +193,12 @@ func (in *Inbound) run(t *tracked, e accesslog.Entry, labels metrics.Labels) {
 		return
 	}
 	defer in.untrack(t)
+	// The policy may have changed between the authorization and track,
+	// when Reevaluate could not see this connection yet: check again now
+	// that any later change will.
+	if _, err := in.authorize(in.Store.Snapshot(), t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
+		t.close(fmt.Errorf("%w: %w", ErrPolicyChanged, err))
+	}
 	start := time.Now()
 	in.Metrics.Opened(labels)
 	st, err := hbone.Join(t.client, t.upstream)
