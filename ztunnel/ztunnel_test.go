@@ -21,6 +21,7 @@ import (
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 	"github.com/ambitmesh/ambit/ztunnel/inbound"
+	"github.com/ambitmesh/ambit/ztunnel/outbound"
 )
 
 func TestMeshTraffic(t *testing.T) {
@@ -414,4 +415,12 @@ func TestReadinessAndConfigDump(t *testing.T) {
 	if got := len(dump.Workloads); got != 4 {
 		t.Errorf("config dump workloads: got %d, want 4", got)
 	}
+}
+
+// A connection made straight to the outbound port has itself as its
+// original destination; following it would loop.
+func TestOutboundLoopRefused(t *testing.T) {
+	m := newMesh(t, meshOptions{})
+	expectRefused(t, m.outbound(t, m.ip(1), m.a.z.OutboundAddr()))
+	m.a.log.waitFor(t, `"direction":"outbound"`, outbound.ErrNotRedirected.Error())
 }

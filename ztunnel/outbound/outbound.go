@@ -51,6 +51,7 @@ type Outbound struct {
 var (
 	ErrUnknownSource = errors.New("source is not a workload on this node")
 	ErrNoEndpoint    = errors.New("service has no healthy endpoint for the port")
+	ErrNotRedirected = errors.New("connection addressed to the outbound port itself, not redirected")
 )
 
 // Serve handles connections accepted on ln until ln fails.
@@ -151,6 +152,12 @@ func (o *Outbound) handle(c net.Conn) {
 		return
 	}
 	e.DestinationAddr = dst
+	if dst == addrPort(c.LocalAddr()) {
+		// Not redirected: conntrack reports a direct connection's own
+		// destination, and following it would loop into this listener.
+		fail(fmt.Errorf("outbound to %s: %w", dst, ErrNotRedirected))
+		return
+	}
 	snap := o.Store.Snapshot()
 	srcW := snap.WorkloadByAddr(src.Addr())
 	if srcW == nil || srcW.Node != o.Node {
