@@ -282,6 +282,13 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 		return
 	}
 	e.DestinationAddr = target
+	if target == local {
+		// Not redirected; following it would loop into this listener.
+		c.Close()
+		e.Err = fmt.Errorf("plaintext to %s: connection addressed to the inbound port itself, not redirected", target)
+		e.Log(in.AccessLog)
+		return
+	}
 	snap := in.Store.Snapshot()
 	w, err := in.authorize(snap, identity.Identity{}, src.Addr(), local, target)
 	if err != nil {
