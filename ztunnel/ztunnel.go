@@ -137,6 +137,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	z.in = &inbound.Inbound{
 		Node: cfg.Node, Store: cfg.Store, Certs: z.certs, Verifier: z.verifier, Metrics: z.metrics,
 		Log: log.With(accesslog.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst,
+		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort},
 	}
 	z.out = &outbound.Outbound{
 		Node: cfg.Node, Store: cfg.Store, Pool: z.pool, Metrics: z.metrics,

@@ -168,6 +168,8 @@ func TestConnectRefusals(t *testing.T) {
 		{"address outside the mesh", netip.AddrPortFrom(m.ip(30), 8080), http.StatusBadRequest},
 		{"loopback service", netip.MustParseAddrPort("127.0.0.1:22"), http.StatusBadRequest},
 		{"other local workload through this one's tunnel", netip.AddrPortFrom(m.ip(12), 8080), http.StatusBadRequest},
+		{"the tunnel port", netip.AddrPortFrom(m.ip(11), hbone.Port), http.StatusBadRequest},
+		{"the plaintext port", netip.AddrPortFrom(m.ip(11), 15006), http.StatusBadRequest},
 		{"the workload itself", netip.AddrPortFrom(m.ip(11), 8080), http.StatusOK},
 	}
 	for _, tt := range tests {

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,6 +38,9 @@ type Inbound struct {
 	// Log is the operational log, AccessLog gets one line per connection.
 	Log       *slog.Logger
 	AccessLog *slog.Logger
+	// ReservedPorts are the tunnel's own ports on workload addresses
+	// (15008, 15006); no connection is forwarded to them.
+	ReservedPorts []uint16
 	// OrigDst finds where a plaintext connection was going.
 	OrigDst func(net.Conn) (netip.AddrPort, error)
 	// Dialer connects to local workloads; nil means a net.Dialer.
@@ -109,6 +113,9 @@ func (in *Inbound) authorize(snap *config.Snapshot, src identity.Identity, srcIP
 	w := snap.WorkloadByAddr(target.Addr())
 	if w == nil || w.Node != in.Node {
 		return nil, fmt.Errorf("%w: %w: %s", hbone.ErrBadRequest, ErrUnknownDestination, target)
+	}
+	if slices.Contains(in.ReservedPorts, target.Port()) {
+		return nil, fmt.Errorf("%w: %s is a port of the tunnel itself", hbone.ErrBadRequest, target)
 	}
 	// A workload's tunnel port leads to that workload only.
 	if lw := snap.WorkloadByAddr(local.Addr()); lw != nil && lw != w {
