@@ -426,3 +426,35 @@ func TestOutboundLoopRefused(t *testing.T) {
 	expectRefused(t, m.outbound(t, m.ip(1), m.a.z.OutboundAddr()))
 	m.a.log.waitFor(t, `"direction":"outbound"`, outbound.ErrNotRedirected.Error())
 }
+
+// A server that speaks first and closes first (a banner, then EOF), as
+// HTTP/1.0 servers and many databases do: the client gets every byte and
+// then a clean EOF, through both tunnels.
+func TestServerClosesFirst(t *testing.T) {
+	m := newMesh(t, meshOptions{})
+	addr := netip.AddrPortFrom(m.ip(11), 9200)
+	ln, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	banner := strings.Repeat("banner ", 50000)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, banner)
+			c.Close()
+		}
+	}()
+	c := m.outbound(t, m.ip(1), addr)
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read banner: got error %v after %d bytes, want a clean EOF", err, len(got))
+	}
+	if string(got) != banner {
+		t.Errorf("banner: got %d bytes, want %d", len(got), len(banner))
+	}
+}
