@@ -60,6 +60,11 @@ type Config struct {
 	// empty disables one.
 	AdminAddr, MetricsAddr, ReadinessAddr string
 
+	// ListenInbound opens an inbound listener on a local workload's
+	// address; nil means net.Listen in the tunnel's own network
+	// namespace. The node agent will supply one that opens the socket
+	// inside the pod's namespace (Istio's in-pod mode).
+	ListenInbound func(w *config.Workload, addr netip.AddrPort) (net.Listener, error)
 	// OrigDst finds a redirected connection's original destination;
 	// nil means SO_ORIGINAL_DST. Tests inject their own.
 	OrigDst func(net.Conn) (netip.AddrPort, error)
@@ -113,6 +118,11 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	if cfg.PlaintextPort == 0 {
 		cfg.PlaintextPort = InboundPlaintextPort
+	}
+	if cfg.ListenInbound == nil {
+		cfg.ListenInbound = func(_ *config.Workload, addr netip.AddrPort) (net.Listener, error) {
+			return net.Listen("tcp", addr.String())
+		}
 	}
 	if cfg.OrigDst == nil {
 		cfg.OrigDst = origdst.Get
@@ -233,12 +243,12 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 			continue
 		}
 		go z.certs.Certificate(z.ctx, w.Identity()) // prefetch
-		hb, err := net.Listen("tcp", netip.AddrPortFrom(a, z.cfg.HBONEPort).String())
+		hb, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.HBONEPort))
 		if err != nil {
 			z.log.Error("listen hbone", accesslog.KeyAddr, a.String(), accesslog.KeyError, err.Error())
 			continue
 		}
-		pt, err := net.Listen("tcp", netip.AddrPortFrom(a, z.cfg.PlaintextPort).String())
+		pt, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.PlaintextPort))
 		if err != nil {
 			hb.Close()
 			z.log.Error("listen plaintext", accesslog.KeyAddr, a.String(), accesslog.KeyError, err.Error())
