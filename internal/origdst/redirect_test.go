@@ -16,7 +16,9 @@ import (
 // going, for IPv4 and IPv6.
 func TestRedirected(t *testing.T) {
 	testutil.RequireRoot(t)
-	ns, err := netns.Create(fmt.Sprintf("ambit-origdst-%d", os.Getpid()))
+	// Not "ambit-": a lab starting in another test binary deletes every
+	// "ambit-<id>-" namespace whose lab is not live (lab.CleanStale).
+	ns, err := netns.Create(fmt.Sprintf("ambitzt-origdst-%d", os.Getpid()))
 	if err != nil {
 		t.Fatal(err)
 	}

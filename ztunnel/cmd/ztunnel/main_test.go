@@ -62,7 +62,9 @@ func startPair(tb testing.TB) *pair {
 	if err := os.WriteFile(cfg, []byte(twoNodes), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	ns, err := netns.Create(fmt.Sprintf("ambit-ztbin-%d", os.Getpid()))
+	// Not "ambit-": a lab starting in another test binary deletes every
+	// "ambit-<id>-" namespace whose lab is not live (lab.CleanStale).
+	ns, err := netns.Create(fmt.Sprintf("ambitzt-bin-%d", os.Getpid()))
 	if err != nil {
 		tb.Fatal(err)
 	}
