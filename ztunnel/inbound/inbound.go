@@ -209,6 +209,8 @@ func (in *Inbound) run(t *tracked, e accesslog.Entry, labels metrics.Labels) {
 	start := time.Now()
 	in.Metrics.Opened(labels)
 	st, err := hbone.Join(t.client, t.upstream)
+	// Settle closeOnce: a later close is a no-op, and reason, written
+	// inside an earlier one, is safe to read.
 	t.closeOnce.Do(func() {})
 	if t.reason != nil {
 		err = errors.Join(t.reason, err)
