@@ -2,10 +2,12 @@ package ztunnel_test
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 )
@@ -98,28 +100,37 @@ func BenchmarkThroughput(b *testing.B) {
 }
 
 // pingPong sends n small messages one at a time over c to an echo server
-// and returns the time per round trip.
-func pingPong(tb testing.TB, c net.Conn, n int) time.Duration {
+// and returns each round trip's time.
+func pingPong(tb testing.TB, c net.Conn, n int) []time.Duration {
 	tb.Helper()
 	msg := make([]byte, 64)
 	buf := make([]byte, 64)
-	start := time.Now()
+	out := make([]time.Duration, 0, n)
 	for range n {
+		start := time.Now()
 		if _, err := c.Write(msg); err != nil {
 			tb.Fatal(err)
 		}
 		if _, err := io.ReadFull(c, buf); err != nil {
 			tb.Fatal(err)
 		}
+		out = append(out, time.Since(start))
 	}
-	d := time.Since(start)
 	c.Close()
-	return d / time.Duration(n)
+	return out
+}
+
+// percentile returns the p-th percentile (0-100) of ds, sorted in place.
+func percentile(ds []time.Duration, p float64) time.Duration {
+	slices.Sort(ds)
+	i := int(float64(len(ds)-1) * p / 100)
+	return ds[i]
 }
 
 // BenchmarkLatency measures the round trip of a 64-byte message on an open
 // connection, directly and through the ztunnel pair (and stunnel, when
-// installed), and reports the latency the tunnel adds.
+// installed), and reports the p50, p90 and p99 each tunnel pair adds to
+// the direct round trip.
 func BenchmarkLatency(b *testing.B) {
 	m := newMesh(b, meshOptions{})
 	target := netip.AddrPortFrom(m.ip(11), 9001)
@@ -134,22 +145,23 @@ func BenchmarkLatency(b *testing.B) {
 		return c
 	}
 	const n = 2000
-	var direct, tunnel, c2 time.Duration
+	var direct, tunnel, c2 []time.Duration
 	b.ResetTimer()
 	for b.Loop() {
-		direct += pingPong(b, dial(target), n)
-		tunnel += pingPong(b, m.outbound(b, m.ip(1), target), n)
+		direct = append(direct, pingPong(b, dial(target), n)...)
+		tunnel = append(tunnel, pingPong(b, m.outbound(b, m.ip(1), target), n)...)
 		if haveStunnel {
-			c2 += pingPong(b, dial(stunnel), n)
+			c2 = append(c2, pingPong(b, dial(stunnel), n)...)
 		}
 	}
-	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
-	b.ReportMetric(us(direct), "direct-µs/rt")
-	b.ReportMetric(us(tunnel), "ztunnel-µs/rt")
-	b.ReportMetric(us(tunnel-direct), "ztunnel-added-µs")
-	if haveStunnel {
-		b.ReportMetric(us(c2), "stunnel-µs/rt")
-		b.ReportMetric(us(c2-direct), "stunnel-added-µs")
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	for _, p := range []float64{50, 90, 99} {
+		base := percentile(direct, p)
+		b.ReportMetric(us(base), fmt.Sprintf("direct-p%.0f-µs", p))
+		b.ReportMetric(us(percentile(tunnel, p)-base), fmt.Sprintf("ztunnel-added-p%.0f-µs", p))
+		if haveStunnel {
+			b.ReportMetric(us(percentile(c2, p)-base), fmt.Sprintf("stunnel-added-p%.0f-µs", p))
+		}
 	}
 }
 
