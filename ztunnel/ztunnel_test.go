@@ -309,9 +309,15 @@ func TestPlaintextInbound(t *testing.T) {
 	plaintext := netip.AddrPortFrom(m.ip(11), 15006)
 	outside := m.ip(30)
 
-	expectEcho(t, m.dial(t, outside, plaintext, server), server, "plain")
+	open := m.dial(t, outside, plaintext, server)
+	expectEcho(t, open, server, "plain")
 
 	m.setPolicies(t, config.StrictPolicy("shop", config.ScopeNamespace))
+	// The open plaintext connection is closed by the policy change, and
+	// new ones are refused.
+	if _, err := open.Read(make([]byte, 1)); err == nil {
+		t.Error("read on a plaintext connection after STRICT: got data, want it closed")
+	}
 	expectRefused(t, m.dial(t, outside, plaintext, server))
 	m.b.log.waitFor(t, `"direction":"inbound_plaintext"`, config.StrictPolicyName)
 	// mTLS traffic still passes under STRICT.
