@@ -1,0 +1,97 @@
+// Package hbone is HBONE, the mesh's tunnel protocol: HTTP/2 CONNECT over
+// mutual TLS 1.3 (ALPN "h2", no SNI), where each side proves a SPIFFE
+// workload identity with its certificate. It holds the client, which dials
+// a peer's tunnel port and opens one CONNECT stream per proxied
+// connection, and the server, which accepts tunnels, asks its caller
+// whether the target may be reached and by whom, and only then connects
+// upstream.
+package hbone
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// Port is the HBONE tunnel port of every mesh workload.
+const Port = 15008
+
+// ALPN is the only application protocol HBONE speaks over TLS.
+const ALPN = "h2"
+
+// Flow-control and framing settings. Large windows let one stream fill a
+// fast link. Frames of 64 KiB cut per-frame overhead for bulk tunnelling
+// while bounding memory: the HTTP/2 client keeps a write buffer of the
+// peer's frame size (up to 512 KiB) for each open stream, and a tunnel
+// stream stays open as long as its connection (see docs/performance.md).
+const (
+	streamWindow = 4 << 20
+	connWindow   = 16 << 20
+	maxFrameSize = 64 << 10
+	// bufferSize is the copy buffer of one direction of a tunnel.
+	bufferSize = 256 << 10
+	// handshakeTimeout bounds a TLS handshake on either side.
+	handshakeTimeout = 10 * time.Second
+	// idleTimeout closes a server connection without streams; clients
+	// close theirs sooner (the pool's idle timeout).
+	idleTimeout = 5 * time.Minute
+)
+
+// Header names HBONE peers send with CONNECT.
+const (
+	// HeaderForwarded carries the original client address, as in RFC 7239.
+	HeaderForwarded = "Forwarded"
+	// HeaderBaggage carries the source workload's metadata.
+	HeaderBaggage = "Baggage"
+)
+
+// StatusError is a CONNECT refused by the peer, or a refusal a server hook
+// asks for.
+type StatusError struct {
+	Code int
+	Err  error
+}
+
+func (e *StatusError) Error() string {
+	msg := fmt.Sprintf("status %d %s", e.Code, http.StatusText(e.Code))
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
+}
+
+func (e *StatusError) Unwrap() error { return e.Err }
+
+// Refusals a server hook returns. Authorize errors that wrap
+// ErrBadRequest become 400, any other error 401.
+var (
+	ErrBadRequest = errors.New("bad request")
+	ErrDenied     = errors.New("denied by policy")
+)
+
+// StatusCode returns the HTTP status of a CONNECT error: the peer's
+// status for a StatusError, 0 otherwise.
+func StatusCode(err error) int {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return 0
+}
+
+func tlsVersionOnly13(c *tls.Config) *tls.Config {
+	c.MinVersion = tls.VersionTLS13
+	c.MaxVersion = tls.VersionTLS13
+	c.NextProtos = []string{ALPN}
+	return c
+}
+
+func http2Config() *http.HTTP2Config {
+	return &http.HTTP2Config{
+		MaxReadFrameSize:              maxFrameSize,
+		MaxReceiveBufferPerConnection: connWindow,
+		MaxReceiveBufferPerStream:     streamWindow,
+	}
+}

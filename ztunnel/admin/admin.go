@@ -1,0 +1,73 @@
+// Package admin is the node tunnel's local admin interface (served on
+// 127.0.0.1:15000): the config dump, the Go profiler, and the log level;
+// and its readiness endpoint (15021).
+package admin
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+	"strings"
+)
+
+// Options is what the admin handler shows and controls.
+type Options struct {
+	// Dump returns what /config_dump shows, marshalled as JSON.
+	Dump func() any
+	// Level is the log level /logging reads and sets.
+	Level *slog.LevelVar
+}
+
+// Handler serves /config_dump, /debug/pprof/ and /logging.
+func Handler(o Options) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(o.Dump()); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/logging", func(w http.ResponseWriter, r *http.Request) {
+		if o.Level == nil {
+			http.Error(w, "log level is not adjustable", http.StatusNotImplemented)
+			return
+		}
+		if lv := r.URL.Query().Get("level"); lv != "" {
+			if r.Method != http.MethodPost {
+				http.Error(w, "set the level with POST /logging?level=<debug|info|warn|error>", http.StatusMethodNotAllowed)
+				return
+			}
+			var l slog.Level
+			if err := l.UnmarshalText([]byte(lv)); err != nil {
+				http.Error(w, fmt.Sprintf("level %q: want debug, info, warn or error", lv), http.StatusBadRequest)
+				return
+			}
+			o.Level.Set(l)
+		}
+		fmt.Fprintf(w, "level: %s\n", strings.ToLower(o.Level.Level().String()))
+	})
+	return mux
+}
+
+// Readiness answers /healthz/ready with 200 once ready reports true and
+// 503 before.
+func Readiness(ready func() error) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}

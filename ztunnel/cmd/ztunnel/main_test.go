@@ -1,0 +1,233 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/netns"
+	"github.com/ambitmesh/ambit/internal/testutil"
+)
+
+const twoNodes = `
+workloads:
+  - {uid: shop/client, name: client, namespace: shop, serviceAccount: client, addresses: [127.0.10.1], node: node-a, tunnelProtocol: HBONE}
+  - uid: shop/server
+    name: server
+    namespace: shop
+    serviceAccount: server
+    addresses: [127.0.20.1]
+    node: node-b
+    tunnelProtocol: HBONE
+    services: {shop/server.shop.svc.cluster.local: {ports: [{servicePort: 80, targetPort: 8080}]}}
+services:
+  - {name: server, namespace: shop, hostname: server.shop.svc.cluster.local, addresses: [{address: 127.0.30.1}], ports: [{servicePort: 80, targetPort: 8080}]}
+`
+
+// pair is two ztunnel processes in a network namespace of the test's own,
+// with the client workload's traffic (127.0.10.1) captured by an iptables
+// REDIRECT to node A's outbound port, as the node's redirection will do,
+// and an echo server as the server workload (127.0.20.1:8080).
+type pair struct {
+	ns   *netns.NS
+	pids map[string]int
+}
+
+func startPair(tb testing.TB) *pair {
+	tb.Helper()
+	testutil.RequireRoot(tb)
+	dir := tb.TempDir()
+	bin := filepath.Join(dir, "ztunnel")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		tb.Fatalf("build: %v\n%s", err, out)
+	}
+	ca, err := identity.NewCA(identity.DefaultTrustDomain)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := ca.WriteFiles(filepath.Join(dir, "ca")); err != nil {
+		tb.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(cfg, []byte(twoNodes), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	// Not "ambit-": a lab starting in another test binary deletes every
+	// "ambit-<id>-" namespace whose lab is not live (lab.CleanStale).
+	ns, err := netns.Create(fmt.Sprintf("ambitzt-bin-%d", os.Getpid()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ns.Delete() })
+	ctx := context.Background()
+	run := func(name string, args ...string) {
+		tb.Helper()
+		if out, err := ns.Command(ctx, name, args...).CombinedOutput(); err != nil {
+			tb.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+	}
+	run("ip", "link", "set", "lo", "up")
+	for _, dst := range []string{"127.0.20.1", "127.0.30.1"} {
+		run("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-s", "127.0.10.1", "-d", dst, "-j", "REDIRECT", "--to-ports", "15001")
+	}
+	p := &pair{ns: ns, pids: map[string]int{}}
+	start := func(node string, base int) {
+		args := []string{"--node", node, "--local-config", cfg, "--fake-ca-dir", filepath.Join(dir, "ca"),
+			"--outbound", fmt.Sprintf("127.0.0.1:%d", base+1), "--admin", fmt.Sprintf("127.0.0.1:%d", base),
+			"--metrics", fmt.Sprintf("127.0.0.1:%d", base+20), "--readiness", fmt.Sprintf("127.0.0.1:%d", base+21),
+			"--log-level", "warn"}
+		// ip netns exec execs the binary: the process is ztunnel itself.
+		cmd := ns.Command(ctx, bin, args...)
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			tb.Fatal(err)
+		}
+		p.pids[node] = cmd.Process.Pid
+		var b strings.Builder
+		done := make(chan struct{})
+		tb.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+			<-done
+			if tb.Failed() {
+				tb.Logf("%s log:\n%s", node, b.String())
+			}
+		})
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() { // the warning comes once the listeners are bound
+			b.WriteString(sc.Text() + "\n")
+			if strings.Contains(sc.Text(), "development mode") {
+				break
+			}
+		}
+		go func() {
+			defer close(done)
+			for sc.Scan() {
+				b.WriteString(sc.Text() + "\n")
+			}
+		}()
+	}
+	start("node-a", 15000)
+	start("node-b", 16000)
+
+	echo, err := ns.Listen(ctx, "tcp", "127.0.20.1:8080")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { echo.Close() })
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return p
+}
+
+// dial connects as the client workload; the namespace's REDIRECT sends
+// it to node A's outbound port.
+func (p *pair) dial(tb testing.TB, dst string) net.Conn {
+	tb.Helper()
+	var c net.Conn
+	err := p.ns.Do(func() error {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.10.1")}, Timeout: 10 * time.Second}
+		var err error
+		c, err = d.Dial("tcp", dst)
+		return err
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// TestBinaryRedirected sends traffic through the process pair: the
+// outbound finds the original destination with SO_ORIGINAL_DST and the
+// connection crosses HBONE to node B, for a workload and a Service
+// address.
+func TestBinaryRedirected(t *testing.T) {
+	p := startPair(t)
+	for _, dst := range []string{"127.0.20.1:8080", "127.0.30.1:80"} {
+		c := p.dial(t, dst)
+		msg := "through the tunnel to " + dst
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatal(err)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(got) != msg {
+			t.Errorf("echo via %s: got %q, %v; want %q", dst, got, err, msg)
+		}
+	}
+}
+
+// rssKiB reads a process's resident set size.
+func rssKiB(tb testing.TB, pid int) int {
+	tb.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kib int
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kib)
+			return kib
+		}
+	}
+	tb.Fatalf("no VmRSS for pid %d", pid)
+	return 0
+}
+
+// BenchmarkRSS reports the resident memory of each ztunnel process idle
+// and with 1,000 open tunnelled connections through them.
+func BenchmarkRSS(b *testing.B) {
+	p := startPair(b)
+	// One connection first, so both sides hold their certificates and
+	// the pooled HBONE connection.
+	c := p.dial(b, "127.0.20.1:8080")
+	io.WriteString(c, "x")
+	io.ReadFull(c, make([]byte, 1))
+	c.Close()
+	idleA, idleB := rssKiB(b, p.pids["node-a"]), rssKiB(b, p.pids["node-b"])
+	const n = 1000
+	var loadA, loadB int
+	for b.Loop() {
+		conns := make([]net.Conn, 0, n)
+		for range n {
+			c := p.dial(b, "127.0.20.1:8080")
+			if _, err := io.WriteString(c, "x"); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				b.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		loadA, loadB = rssKiB(b, p.pids["node-a"]), rssKiB(b, p.pids["node-b"])
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	b.ReportMetric(float64(idleA)/1024, "idle-source-MiB")
+	b.ReportMetric(float64(idleB)/1024, "idle-dest-MiB")
+	b.ReportMetric(float64(loadA-idleA)/1024, "source-MiB/1k-conns")
+	b.ReportMetric(float64(loadB-idleB)/1024, "dest-MiB/1k-conns")
+}

@@ -1,0 +1,95 @@
+package config
+
+import (
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/ambitmesh/ambit/internal/identity"
+)
+
+func TestLoadFile(t *testing.T) {
+	store := NewStore()
+	if store.Loaded() {
+		t.Fatal("Loaded() before any source: got true, want false")
+	}
+	var seen []uint64
+	cancel := store.Subscribe(func(s *Snapshot) { seen = append(seen, s.Version) })
+	defer cancel()
+	if err := LoadFile(filepath.Join("testdata", "two-nodes.yaml"), store); err != nil {
+		t.Fatal(err)
+	}
+	snap := store.Snapshot()
+	if diff := cmp.Diff([]uint64{1}, seen); diff != "" {
+		t.Errorf("subscriber versions (-want +got):\n%s", diff)
+	}
+	server := snap.WorkloadByAddr(netip.MustParseAddr("127.0.20.1"))
+	if server == nil || server.UID != "shop/server" {
+		t.Fatalf("WorkloadByAddr(127.0.20.1): got %+v, want shop/server", server)
+	}
+	want := identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "server"}
+	if got := server.Identity(); got != want {
+		t.Errorf("Identity(): got %s, want %s", got, want)
+	}
+	svc := snap.ServiceByAddr(netip.MustParseAddr("127.0.30.1"))
+	if svc == nil {
+		t.Fatal("ServiceByAddr(127.0.30.1): got nil, want the server service")
+	}
+	eps := snap.Endpoints(svc)
+	if len(eps) != 1 || eps[0] != server {
+		t.Errorf("Endpoints: got %v, want [shop/server]", eps)
+	}
+	pols := snap.PoliciesFor(server)
+	if len(pols) != 1 || pols[0].Name != "only-client" {
+		t.Errorf("PoliciesFor(server): got %v, want [only-client]", pols)
+	}
+	if got := snap.PoliciesFor(snap.WorkloadByUID("shop/client")); len(got) != 0 {
+		t.Errorf("PoliciesFor(client): got %v, want none", got)
+	}
+	if got := len(snap.LocalWorkloads("node-a")); got != 1 {
+		t.Errorf("LocalWorkloads(node-a): got %d, want 1", got)
+	}
+}
+
+func TestParseStateRefusals(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"unknown field", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1], colour: red}]", "unknown field"},
+		{"bad address", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.300]}]", "10.0.0.300"},
+		{"duplicate uid", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1]}, {uid: a, name: b, namespace: ns, addresses: [10.0.0.2]}]", "duplicate uid"},
+		{"shared address", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1]}, {uid: b, name: b, namespace: ns, addresses: [10.0.0.1]}]", "already used"},
+		{"no address", "workloads: [{uid: a, name: a, namespace: ns}]", "no addresses"},
+		{"tunnel", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1], tunnelProtocol: PROXY}]", "tunnelProtocol"},
+		{"action", "policies: [{name: p, namespace: ns, scope: GLOBAL, action: AUDIT}]", "action"},
+		{"scope", "policies: [{name: p, namespace: ns, scope: CLUSTER, action: ALLOW}]", "scope"},
+		{"string match", "policies: [{name: p, namespace: ns, scope: GLOBAL, action: ALLOW, rules: [{clauses: [{matches: [{principals: [{}]}]}]}]}]", "want 1"},
+		{"not yaml", "workloads: [", "parse config"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseState([]byte(tt.yaml))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestReplaceKeepsLastGood(t *testing.T) {
+	store := NewStore()
+	good := State{Workloads: []*Workload{{UID: "a", Name: "a", Namespace: "n", Addresses: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}}}
+	if err := store.Replace(good); err != nil {
+		t.Fatal(err)
+	}
+	bad := State{Workloads: []*Workload{{UID: "", Name: "a", Namespace: "n"}}}
+	if err := store.Replace(bad); err == nil {
+		t.Fatal("Replace(invalid): got nil, want an error")
+	}
+	if got := len(store.Snapshot().Workloads); got != 1 {
+		t.Errorf("workloads after a refused update: got %d, want 1 (last good state)", got)
+	}
+}

@@ -1,0 +1,214 @@
+// Package config is the node tunnel's model of the mesh: workloads,
+// services and authorization policies, shaped like Istio's
+// istio.workload.Workload, istio.workload.Service and
+// istio.security.Authorization so that a workload-discovery (xDS) source
+// maps onto it field for field. It also holds the store that serves
+// consistent snapshots of that model to the data plane, and the static
+// file source used for development and tests.
+package config
+
+import (
+	"net/netip"
+	"strings"
+
+	"github.com/ambitmesh/ambit/internal/identity"
+)
+
+// TunnelProtocol is how traffic reaches a workload (istio.workload.TunnelProtocol).
+type TunnelProtocol string
+
+// Tunnel protocols.
+const (
+	TunnelNone  TunnelProtocol = "NONE"
+	TunnelHBONE TunnelProtocol = "HBONE"
+)
+
+// WorkloadStatus is a workload's health (istio.workload.WorkloadStatus).
+type WorkloadStatus string
+
+// Workload statuses.
+const (
+	Healthy   WorkloadStatus = "HEALTHY"
+	Unhealthy WorkloadStatus = "UNHEALTHY"
+)
+
+// Workload is one addressable workload, usually a pod
+// (istio.workload.Workload).
+type Workload struct {
+	UID            string         `json:"uid"`
+	Name           string         `json:"name"`
+	Namespace      string         `json:"namespace"`
+	Addresses      []netip.Addr   `json:"addresses"`
+	Network        string         `json:"network,omitempty"`
+	TunnelProtocol TunnelProtocol `json:"tunnelProtocol,omitempty"`
+	TrustDomain    string         `json:"trustDomain,omitempty"`
+	ServiceAccount string         `json:"serviceAccount,omitempty"`
+	// Node is the Kubernetes node the workload runs on.
+	Node string `json:"node,omitempty"`
+	// WorkloadName is the owning workload (e.g. the Deployment).
+	WorkloadName      string `json:"workloadName,omitempty"`
+	CanonicalName     string `json:"canonicalName,omitempty"`
+	CanonicalRevision string `json:"canonicalRevision,omitempty"`
+	// Services maps "<namespace>/<hostname>" of each service selecting
+	// this workload to its port mapping.
+	Services map[string]PortList `json:"services,omitempty"`
+	// AuthorizationPolicies names ("<namespace>/<name>") the
+	// WORKLOAD_SELECTOR policies that select this workload.
+	AuthorizationPolicies []string       `json:"authorizationPolicies,omitempty"`
+	Status                WorkloadStatus `json:"status,omitempty"`
+}
+
+// Identity is the workload's SPIFFE identity.
+func (w *Workload) Identity() identity.Identity {
+	td := w.TrustDomain
+	if td == "" {
+		td = identity.DefaultTrustDomain
+	}
+	sa := w.ServiceAccount
+	if sa == "" {
+		sa = "default"
+	}
+	return identity.Identity{TrustDomain: td, Namespace: w.Namespace, ServiceAccount: sa}
+}
+
+// Key is "<namespace>/<name>".
+func (w *Workload) Key() string { return w.Namespace + "/" + w.Name }
+
+// HBONE reports whether the workload receives traffic over HBONE.
+func (w *Workload) HBONE() bool { return w.TunnelProtocol == TunnelHBONE }
+
+// Healthy reports whether the workload can receive traffic.
+func (w *Workload) Healthy() bool { return w.Status == "" || w.Status == Healthy }
+
+// PortList is a service's port mapping for one workload.
+type PortList struct {
+	Ports []Port `json:"ports"`
+}
+
+// Port maps a service port to the workload's target port.
+type Port struct {
+	ServicePort uint32 `json:"servicePort"`
+	TargetPort  uint32 `json:"targetPort"`
+}
+
+// NetworkAddress is an address on a network (istio.workload.NetworkAddress).
+type NetworkAddress struct {
+	Network string     `json:"network,omitempty"`
+	Address netip.Addr `json:"address"`
+}
+
+// Service is a Kubernetes Service or ServiceEntry (istio.workload.Service).
+type Service struct {
+	Name      string           `json:"name"`
+	Namespace string           `json:"namespace"`
+	Hostname  string           `json:"hostname"`
+	Addresses []NetworkAddress `json:"addresses"`
+	Ports     []Port           `json:"ports"`
+}
+
+// Key is "<namespace>/<hostname>", the key workloads use in Services.
+func (s *Service) Key() string { return s.Namespace + "/" + s.Hostname }
+
+// Scope is which workloads a policy applies to (istio.security.Scope).
+type Scope string
+
+// Policy scopes.
+const (
+	ScopeGlobal           Scope = "GLOBAL"
+	ScopeNamespace        Scope = "NAMESPACE"
+	ScopeWorkloadSelector Scope = "WORKLOAD_SELECTOR"
+)
+
+// Action is what a matching policy does (istio.security.Action).
+type Action string
+
+// Policy actions.
+const (
+	Allow Action = "ALLOW"
+	Deny  Action = "DENY"
+)
+
+// Authorization is one L4 authorization policy
+// (istio.security.Authorization). A policy matches a connection when any
+// of its rules matches; a rule matches when all its clauses do; a clause
+// matches when any of its matches does.
+type Authorization struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
+	Scope     Scope  `json:"scope"`
+	Action    Action `json:"action"`
+	Rules     []Rule `json:"rules,omitempty"`
+}
+
+// Key is "<namespace>/<name>", the name workloads use in
+// AuthorizationPolicies.
+func (a *Authorization) Key() string { return a.Namespace + "/" + a.Name }
+
+// Rule is a conjunction of clauses.
+type Rule struct {
+	Clauses []Clause `json:"clauses,omitempty"`
+}
+
+// Clause is a disjunction of matches.
+type Clause struct {
+	Matches []Match `json:"matches,omitempty"`
+}
+
+// Match is a set of conditions that must all hold; each list holds when
+// any of its entries does, each Not list when none does. Empty lists are
+// no condition.
+type Match struct {
+	Namespaces          []StringMatch  `json:"namespaces,omitempty"`
+	NotNamespaces       []StringMatch  `json:"notNamespaces,omitempty"`
+	Principals          []StringMatch  `json:"principals,omitempty"`
+	NotPrincipals       []StringMatch  `json:"notPrincipals,omitempty"`
+	SourceIPs           []netip.Prefix `json:"sourceIps,omitempty"`
+	NotSourceIPs        []netip.Prefix `json:"notSourceIps,omitempty"`
+	DestinationIPs      []netip.Prefix `json:"destinationIps,omitempty"`
+	NotDestinationIPs   []netip.Prefix `json:"notDestinationIps,omitempty"`
+	DestinationPorts    []uint32       `json:"destinationPorts,omitempty"`
+	NotDestinationPorts []uint32       `json:"notDestinationPorts,omitempty"`
+}
+
+// StringMatch matches a string exactly, by prefix, by suffix, or by its
+// presence (any non-empty value). Exactly one field is set.
+type StringMatch struct {
+	Exact    string `json:"exact,omitempty"`
+	Prefix   string `json:"prefix,omitempty"`
+	Suffix   string `json:"suffix,omitempty"`
+	Presence bool   `json:"presence,omitempty"`
+}
+
+// Matches reports whether s matches.
+func (m StringMatch) Matches(s string) bool {
+	switch {
+	case m.Presence:
+		return s != ""
+	case m.Exact != "":
+		return s == m.Exact
+	case m.Prefix != "":
+		return strings.HasPrefix(s, m.Prefix)
+	case m.Suffix != "":
+		return strings.HasSuffix(s, m.Suffix)
+	}
+	return false
+}
+
+// StrictPolicyName is the name Istio gives the policy a STRICT
+// PeerAuthentication becomes.
+const StrictPolicyName = "istio_converted_static_strict"
+
+// StrictPolicy is what istiod sends for a STRICT PeerAuthentication: a
+// DENY policy matching every connection without a peer identity (plain
+// text). scope and namespace say where the PeerAuthentication applies.
+func StrictPolicy(namespace string, scope Scope) *Authorization {
+	return &Authorization{
+		Name:      StrictPolicyName,
+		Namespace: namespace,
+		Scope:     scope,
+		Action:    Deny,
+		Rules: []Rule{{Clauses: []Clause{{Matches: []Match{{
+			NotPrincipals: []StringMatch{{Presence: true}},
+		}}}}}},
+	}
+}

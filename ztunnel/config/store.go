@@ -1,0 +1,290 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+)
+
+// State is the whole model as a source delivers it.
+type State struct {
+	Workloads []*Workload      `json:"workloads,omitempty"`
+	Services  []*Service       `json:"services,omitempty"`
+	Policies  []*Authorization `json:"policies,omitempty"`
+}
+
+// Validate checks the state a source delivered; the error names each bad
+// entry and what was expected.
+func (s *State) Validate() error {
+	var errs []error
+	uids := map[string]bool{}
+	addrs := map[netip.Addr]string{}
+	for i, w := range s.Workloads {
+		if w == nil {
+			errs = append(errs, fmt.Errorf("workload %d: empty entry", i))
+			continue
+		}
+		name := fmt.Sprintf("workload %d (%s)", i, w.UID)
+		switch {
+		case w.UID == "":
+			errs = append(errs, fmt.Errorf("%s: empty uid", name))
+		case uids[w.UID]:
+			errs = append(errs, fmt.Errorf("%s: duplicate uid", name))
+		}
+		uids[w.UID] = true
+		if w.Namespace == "" || w.Name == "" {
+			errs = append(errs, fmt.Errorf("%s: want a name and a namespace", name))
+		}
+		if len(w.Addresses) == 0 {
+			errs = append(errs, fmt.Errorf("%s: no addresses", name))
+		}
+		for _, a := range w.Addresses {
+			if !a.IsValid() {
+				errs = append(errs, fmt.Errorf("%s: invalid address", name))
+				continue
+			}
+			if other, ok := addrs[a.Unmap()]; ok {
+				errs = append(errs, fmt.Errorf("%s: address %s already used by workload %s", name, a, other))
+			}
+			addrs[a.Unmap()] = w.UID
+		}
+		switch w.TunnelProtocol {
+		case "", TunnelNone, TunnelHBONE:
+		default:
+			errs = append(errs, fmt.Errorf("%s: tunnelProtocol %q, want NONE or HBONE", name, w.TunnelProtocol))
+		}
+		switch w.Status {
+		case "", Healthy, Unhealthy:
+		default:
+			errs = append(errs, fmt.Errorf("%s: status %q, want HEALTHY or UNHEALTHY", name, w.Status))
+		}
+		if err := w.Identity().Validate(); err != nil && w.Namespace != "" {
+			errs = append(errs, fmt.Errorf("%s: identity: %w", name, err))
+		}
+	}
+	vips := map[netip.Addr]string{}
+	for i, svc := range s.Services {
+		if svc == nil {
+			errs = append(errs, fmt.Errorf("service %d: empty entry", i))
+			continue
+		}
+		name := fmt.Sprintf("service %d (%s)", i, svc.Key())
+		if svc.Hostname == "" || svc.Namespace == "" {
+			errs = append(errs, fmt.Errorf("%s: want a hostname and a namespace", name))
+		}
+		for _, a := range svc.Addresses {
+			if !a.Address.IsValid() {
+				errs = append(errs, fmt.Errorf("%s: invalid address", name))
+				continue
+			}
+			if other, ok := vips[a.Address.Unmap()]; ok {
+				errs = append(errs, fmt.Errorf("%s: address %s already used by service %s", name, a.Address, other))
+			}
+			vips[a.Address.Unmap()] = svc.Key()
+		}
+	}
+	for i, p := range s.Policies {
+		if p == nil {
+			errs = append(errs, fmt.Errorf("policy %d: empty entry", i))
+			continue
+		}
+		name := fmt.Sprintf("policy %d (%s)", i, p.Key())
+		if p.Name == "" || p.Namespace == "" {
+			errs = append(errs, fmt.Errorf("%s: want a name and a namespace", name))
+		}
+		switch p.Scope {
+		case ScopeGlobal, ScopeNamespace, ScopeWorkloadSelector:
+		default:
+			errs = append(errs, fmt.Errorf("%s: scope %q, want GLOBAL, NAMESPACE or WORKLOAD_SELECTOR", name, p.Scope))
+		}
+		switch p.Action {
+		case Allow, Deny:
+		default:
+			errs = append(errs, fmt.Errorf("%s: action %q, want ALLOW or DENY", name, p.Action))
+		}
+		for _, r := range p.Rules {
+			for _, c := range r.Clauses {
+				for _, m := range c.Matches {
+					for _, sm := range slices.Concat(m.Namespaces, m.NotNamespaces, m.Principals, m.NotPrincipals) {
+						if n := countSet(sm); n != 1 {
+							errs = append(errs, fmt.Errorf("%s: string match %+v sets %d of exact, prefix, suffix, presence; want 1", name, sm, n))
+						}
+					}
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func countSet(m StringMatch) int {
+	n := 0
+	for _, set := range []bool{m.Exact != "", m.Prefix != "", m.Suffix != "", m.Presence} {
+		if set {
+			n++
+		}
+	}
+	return n
+}
+
+// Snapshot is an immutable, indexed view of one State.
+type Snapshot struct {
+	State
+	// Version counts the states the store has held.
+	Version   uint64
+	byAddr    map[netip.Addr]*Workload
+	byUID     map[string]*Workload
+	byVIP     map[netip.Addr]*Service
+	endpoints map[string][]*Workload // service key -> workloads
+	policies  map[string]*Authorization
+}
+
+func newSnapshot(s State, version uint64) *Snapshot {
+	snap := &Snapshot{
+		State:     s,
+		Version:   version,
+		byAddr:    map[netip.Addr]*Workload{},
+		byUID:     map[string]*Workload{},
+		byVIP:     map[netip.Addr]*Service{},
+		endpoints: map[string][]*Workload{},
+		policies:  map[string]*Authorization{},
+	}
+	for _, w := range s.Workloads {
+		snap.byUID[w.UID] = w
+		for _, a := range w.Addresses {
+			snap.byAddr[a.Unmap()] = w
+		}
+		for key := range w.Services {
+			snap.endpoints[key] = append(snap.endpoints[key], w)
+		}
+	}
+	for _, svc := range s.Services {
+		for _, a := range svc.Addresses {
+			snap.byVIP[a.Address.Unmap()] = svc
+		}
+	}
+	for _, p := range s.Policies {
+		snap.policies[p.Key()] = p
+	}
+	return snap
+}
+
+// WorkloadByAddr is the workload with address a, or nil.
+func (s *Snapshot) WorkloadByAddr(a netip.Addr) *Workload { return s.byAddr[a.Unmap()] }
+
+// WorkloadByUID is the workload with the uid, or nil.
+func (s *Snapshot) WorkloadByUID(uid string) *Workload { return s.byUID[uid] }
+
+// ServiceByAddr is the service with virtual address a, or nil.
+func (s *Snapshot) ServiceByAddr(a netip.Addr) *Service { return s.byVIP[a.Unmap()] }
+
+// Endpoints are the workloads selected by svc.
+func (s *Snapshot) Endpoints(svc *Service) []*Workload { return s.endpoints[svc.Key()] }
+
+// PoliciesFor are the policies that apply to w: global ones, those of its
+// namespace, and those selecting it by name.
+func (s *Snapshot) PoliciesFor(w *Workload) []*Authorization {
+	var out []*Authorization
+	for _, p := range s.Policies {
+		switch p.Scope {
+		case ScopeGlobal:
+			out = append(out, p)
+		case ScopeNamespace:
+			if p.Namespace == w.Namespace {
+				out = append(out, p)
+			}
+		}
+	}
+	for _, key := range w.AuthorizationPolicies {
+		if p, ok := s.policies[key]; ok && p.Scope == ScopeWorkloadSelector {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// LocalWorkloads are the workloads on node.
+func (s *Snapshot) LocalWorkloads(node string) []*Workload {
+	var out []*Workload
+	for _, w := range s.Workloads {
+		if w.Node == node {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// Store holds the current snapshot and tells subscribers about new ones.
+// A source (the static file, later xDS) replaces its state; readers take
+// snapshots and never see a half-applied update.
+type Store struct {
+	mu      sync.Mutex
+	cur     *Snapshot
+	loaded  bool
+	subs    map[int]func(*Snapshot)
+	nextSub int
+}
+
+// NewStore returns a store holding an empty state that has not been
+// loaded yet.
+func NewStore() *Store {
+	return &Store{cur: newSnapshot(State{}, 0), subs: map[int]func(*Snapshot){}}
+}
+
+// Snapshot is the current state.
+func (s *Store) Snapshot() *Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+// Loaded reports whether a source has delivered a state yet.
+func (s *Store) Loaded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.loaded
+}
+
+// Replace validates st and makes it the current state; an invalid state
+// is refused and the last good one kept. Subscribers run, in order, before
+// Replace returns.
+func (s *Store) Replace(st State) error {
+	if err := st.Validate(); err != nil {
+		return fmt.Errorf("apply config: %w", err)
+	}
+	s.mu.Lock()
+	snap := newSnapshot(st, s.cur.Version+1)
+	s.cur = snap
+	s.loaded = true
+	subs := make([]func(*Snapshot), 0, len(s.subs))
+	keys := make([]int, 0, len(s.subs))
+	for k := range s.subs {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		subs = append(subs, s.subs[k])
+	}
+	s.mu.Unlock()
+	for _, f := range subs {
+		f(snap)
+	}
+	return nil
+}
+
+// Subscribe runs f with every new snapshot until the returned function is
+// called.
+func (s *Store) Subscribe(f func(*Snapshot)) (cancel func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := s.nextSub
+	s.nextSub++
+	s.subs[id] = f
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.subs, id)
+	}
+}

@@ -1,0 +1,377 @@
+// Package inbound is the receiving side of the node tunnel: the HBONE
+// listener (15008) that terminates mutual TLS tunnels for workloads on
+// this node, and the plaintext listener (15006) for sources outside the
+// mesh. Both authorize each connection against the destination's
+// policies before connecting to it, and re-check open connections when
+// policies change.
+package inbound
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/ztunnel/accesslog"
+	"github.com/ambitmesh/ambit/ztunnel/authz"
+	"github.com/ambitmesh/ambit/ztunnel/config"
+	"github.com/ambitmesh/ambit/ztunnel/metrics"
+)
+
+// Inbound serves the node's inbound listeners. Set every field but
+// Dialer before use.
+type Inbound struct {
+	// Node is this node's name; only its workloads are reachable.
+	Node     string
+	Store    *config.Store
+	Certs    *identity.Cache
+	Verifier *identity.Verifier
+	Metrics  *metrics.Metrics
+	// Log is the operational log, AccessLog gets one line per connection.
+	Log       *slog.Logger
+	AccessLog *slog.Logger
+	// ReservedPorts are the tunnel's own ports on workload addresses
+	// (15008, 15006); no connection is forwarded to them.
+	ReservedPorts []uint16
+	// OrigDst finds where a plaintext connection was going.
+	OrigDst func(net.Conn) (netip.AddrPort, error)
+	// Dialer connects to local workloads; nil means a net.Dialer.
+	Dialer interface {
+		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	}
+
+	once   sync.Once
+	server *hbone.Server
+	mu     sync.Mutex
+	conns  map[*tracked]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// ErrUnknownDestination is wrapped when a connection asks for an address
+// that is not a workload on this node.
+var ErrUnknownDestination = errors.New("destination is not a workload on this node")
+
+// tracked is an open proxied connection, kept so that a policy change or
+// a shutdown can close it.
+type tracked struct {
+	conn      authz.Conn
+	local     netip.AddrPort
+	client    net.Conn
+	upstream  net.Conn
+	closeOnce sync.Once
+	reason    error
+}
+
+func (t *tracked) close(reason error) {
+	t.closeOnce.Do(func() {
+		t.reason = reason
+		t.client.Close()
+		t.upstream.Close()
+	})
+}
+
+func (in *Inbound) init() {
+	in.once.Do(func() {
+		in.conns = map[*tracked]struct{}{}
+		in.server = &hbone.Server{
+			Certificate: in.certificate,
+			Verifier:    in.Verifier,
+			Authorize: func(_ context.Context, r *hbone.Request) error {
+				_, err := in.authorize(in.Store.Snapshot(), r.Peer, r.PeerAddr.Addr(), r.LocalAddr, r.Target)
+				return err
+			},
+			Dial:   func(ctx context.Context, r *hbone.Request) (net.Conn, error) { return in.dial(ctx, r.Target) },
+			Handle: in.handleHBONE,
+			Log:    in.Log.With(accesslog.KeyComponent, "hbone"),
+		}
+	})
+}
+
+// certificate presents the certificate of the workload whose address the
+// client reached.
+func (in *Inbound) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	local := addrPort(hello.Conn.LocalAddr())
+	w := in.Store.Snapshot().WorkloadByAddr(local.Addr())
+	if w == nil || w.Node != in.Node {
+		return nil, fmt.Errorf("pick certificate for %s: %w", local.Addr(), ErrUnknownDestination)
+	}
+	return in.Certs.Certificate(hello.Context(), w.Identity())
+}
+
+// authorize decides whether src may reach target through the tunnel port
+// at local. It returns the destination workload.
+func (in *Inbound) authorize(snap *config.Snapshot, src identity.Identity, srcIP netip.Addr, local, target netip.AddrPort) (*config.Workload, error) {
+	w := snap.WorkloadByAddr(target.Addr())
+	if w == nil || w.Node != in.Node {
+		return nil, fmt.Errorf("%w: %w: %s", hbone.ErrBadRequest, ErrUnknownDestination, target)
+	}
+	if slices.Contains(in.ReservedPorts, target.Port()) {
+		return nil, fmt.Errorf("%w: %s is a port of the tunnel itself", hbone.ErrBadRequest, target)
+	}
+	// A workload's tunnel port leads to that workload only.
+	if lw := snap.WorkloadByAddr(local.Addr()); lw != nil && lw != w {
+		return nil, fmt.Errorf("%w: %w: %s reached through the tunnel of %s", hbone.ErrBadRequest, ErrUnknownDestination, target, lw.Key())
+	}
+	c := authz.Conn{Source: src, SourceIP: srcIP, Destination: target}
+	if err := authz.Evaluate(snap.PoliciesFor(w), c); err != nil {
+		return w, fmt.Errorf("%w: %w", hbone.ErrDenied, err)
+	}
+	return w, nil
+}
+
+func (in *Inbound) dial(ctx context.Context, target netip.AddrPort) (net.Conn, error) {
+	var d interface {
+		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	} = &net.Dialer{Timeout: 10 * time.Second}
+	if in.Dialer != nil {
+		d = in.Dialer
+	}
+	c, err := d.DialContext(ctx, "tcp", target.String())
+	if err != nil {
+		return nil, fmt.Errorf("connect to workload %s: %w", target, err)
+	}
+	return c, nil
+}
+
+// ServeHBONE serves tunnels on ln, a workload's tunnel port.
+func (in *Inbound) ServeHBONE(ln net.Listener) error {
+	in.init()
+	return in.server.Serve(ln)
+}
+
+func (in *Inbound) handleHBONE(_ context.Context, r *hbone.Request, client, upstream net.Conn) {
+	snap := in.Store.Snapshot()
+	w := snap.WorkloadByAddr(r.Target.Addr())
+	if w == nil { // removed since it was authorized
+		client.Close()
+		upstream.Close()
+		return
+	}
+	t := &tracked{
+		conn:     authz.Conn{Source: r.Peer, SourceIP: r.PeerAddr.Addr(), Destination: r.Target},
+		local:    r.LocalAddr,
+		client:   client,
+		upstream: upstream,
+	}
+	srcW := snap.WorkloadByAddr(r.PeerAddr.Addr())
+	e := accesslog.Entry{
+		Direction:           accesslog.Inbound,
+		SourceAddr:          r.PeerAddr,
+		SourceIdentity:      r.Peer.String(),
+		DestinationAddr:     r.Target,
+		DestinationIdentity: w.Identity().String(),
+		DestinationWorkload: w.Name,
+	}
+	labels := metrics.Labels{
+		Reporter:                     metrics.ReporterDestination,
+		SourcePrincipal:              r.Peer.String(),
+		SourceWorkloadNamespace:      r.Peer.Namespace,
+		DestinationWorkload:          workloadName(w),
+		DestinationWorkloadNamespace: w.Namespace,
+		DestinationPrincipal:         w.Identity().String(),
+		DestinationCanonicalService:  w.CanonicalName,
+		DestinationCanonicalRevision: w.CanonicalRevision,
+		RequestProtocol:              "tcp",
+		ConnectionSecurityPolicy:     metrics.MutualTLS,
+	}
+	if srcW != nil && srcW.Identity() == r.Peer {
+		e.SourceWorkload = srcW.Name
+		e.SourceNamespace = srcW.Namespace
+		labels.SourceWorkload = workloadName(srcW)
+		labels.SourceCanonicalService = srcW.CanonicalName
+		labels.SourceCanonicalRevision = srcW.CanonicalRevision
+	}
+	in.run(t, e, labels)
+}
+
+// run proxies a tracked connection until it ends, with telemetry.
+func (in *Inbound) run(t *tracked, e accesslog.Entry, labels metrics.Labels) {
+	if !in.track(t) {
+		t.close(errors.New("shutting down"))
+		return
+	}
+	defer in.untrack(t)
+	// The policy may have changed between the authorization and track,
+	// when Reevaluate could not see this connection yet: check again now
+	// that any later change will.
+	if _, err := in.authorize(in.Store.Snapshot(), t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
+		t.close(fmt.Errorf("%w: %w", ErrPolicyChanged, err))
+	}
+	start := time.Now()
+	in.Metrics.Opened(labels)
+	st, err := hbone.Join(t.client, t.upstream)
+	// Settle closeOnce: a later close is a no-op, and reason, written
+	// inside an earlier one, is safe to read.
+	t.closeOnce.Do(func() {})
+	if t.reason != nil {
+		err = errors.Join(t.reason, err)
+	}
+	e.Received, e.Sent, e.Duration, e.Err = st.AToB, st.BToA, time.Since(start), err
+	in.Metrics.Closed(labels, st.AToB, st.BToA)
+	e.Log(in.AccessLog)
+}
+
+func (in *Inbound) track(t *tracked) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.closed {
+		return false
+	}
+	in.conns[t] = struct{}{}
+	in.wg.Add(1)
+	return true
+}
+
+func (in *Inbound) untrack(t *tracked) {
+	in.mu.Lock()
+	delete(in.conns, t)
+	in.mu.Unlock()
+	in.wg.Done()
+}
+
+// ErrPolicyChanged is the reason a connection closed because policy no
+// longer allows it.
+var ErrPolicyChanged = errors.New("closed: no longer allowed by policy")
+
+// Reevaluate checks every open connection against snap and closes those
+// it no longer allows. It returns how many it closed.
+func (in *Inbound) Reevaluate(snap *config.Snapshot) int {
+	in.init()
+	in.mu.Lock()
+	var deny []*tracked
+	for t := range in.conns {
+		if _, err := in.authorize(snap, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
+			deny = append(deny, t)
+		}
+	}
+	in.mu.Unlock()
+	for _, t := range deny {
+		in.Log.Info("closing connection no longer allowed", accesslog.KeySourceAddr, t.conn.SourceIP.String(),
+			accesslog.KeySourceIdentity, t.conn.Source.String(), accesslog.KeyDestinationAddr, t.conn.Destination.String())
+		t.close(ErrPolicyChanged)
+	}
+	return len(deny)
+}
+
+// ServePlaintext serves connections from outside the mesh redirected to
+// a workload's plaintext port (15006).
+func (in *Inbound) ServePlaintext(ln net.Listener) error {
+	in.init()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		go in.handlePlaintext(c)
+	}
+}
+
+func (in *Inbound) handlePlaintext(c net.Conn) {
+	src := addrPort(c.RemoteAddr())
+	local := addrPort(c.LocalAddr())
+	e := accesslog.Entry{Direction: accesslog.InboundPlaintext, SourceAddr: src}
+	target, err := in.OrigDst(c)
+	if err != nil {
+		c.Close()
+		e.Err = err
+		e.Log(in.AccessLog)
+		return
+	}
+	e.DestinationAddr = target
+	if target == local {
+		// Not redirected; following it would loop into this listener.
+		c.Close()
+		e.Err = fmt.Errorf("plaintext to %s: connection addressed to the inbound port itself, not redirected", target)
+		e.Log(in.AccessLog)
+		return
+	}
+	snap := in.Store.Snapshot()
+	w, err := in.authorize(snap, identity.Identity{}, src.Addr(), local, target)
+	if err != nil {
+		c.Close()
+		e.Err = err
+		e.Log(in.AccessLog)
+		return
+	}
+	e.DestinationWorkload = w.Name
+	e.DestinationIdentity = w.Identity().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	up, err := in.dial(ctx, target)
+	cancel()
+	if err != nil {
+		c.Close()
+		e.Err = err
+		e.Log(in.AccessLog)
+		return
+	}
+	t := &tracked{conn: authz.Conn{SourceIP: src.Addr(), Destination: target}, local: local, client: c, upstream: up}
+	labels := metrics.Labels{
+		Reporter:                     metrics.ReporterDestination,
+		DestinationWorkload:          workloadName(w),
+		DestinationWorkloadNamespace: w.Namespace,
+		DestinationPrincipal:         w.Identity().String(),
+		RequestProtocol:              "tcp",
+		ConnectionSecurityPolicy:     metrics.None,
+	}
+	in.run(t, e, labels)
+}
+
+// Shutdown stops accepting tunnels, lets open connections finish until ctx
+// is done, then closes the rest.
+func (in *Inbound) Shutdown(ctx context.Context) error {
+	in.init()
+	in.mu.Lock()
+	in.closed = true
+	in.mu.Unlock()
+	serr := in.server.Shutdown(ctx)
+	done := make(chan struct{})
+	go func() { in.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return serr
+	case <-ctx.Done():
+	}
+	in.mu.Lock()
+	for t := range in.conns {
+		t.close(errors.New("closed: shutdown deadline"))
+	}
+	in.mu.Unlock()
+	<-done
+	return fmt.Errorf("drain inbound connections: %w", ctx.Err())
+}
+
+// OpenConns is the number of connections being proxied.
+func (in *Inbound) OpenConns() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return len(in.conns)
+}
+
+func workloadName(w *config.Workload) string {
+	if w.WorkloadName != "" {
+		return w.WorkloadName
+	}
+	return w.Name
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}

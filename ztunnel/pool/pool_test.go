@@ -1,0 +1,176 @@
+package pool
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/identity"
+)
+
+var (
+	src = identity.Identity{TrustDomain: "cluster.local", Namespace: "a", ServiceAccount: "client"}
+	dst = identity.Identity{TrustDomain: "cluster.local", Namespace: "b", ServiceAccount: "server"}
+)
+
+type fixture struct {
+	key    Key
+	target netip.AddrPort
+	dials  atomic.Int32
+	pool   *Pool
+}
+
+// newFixture runs an HBONE server whose every CONNECT is joined to a
+// loopback sink that holds the connection open until the client closes.
+func newFixture(t *testing.T, maxStreams int, idle time.Duration) *fixture {
+	t.Helper()
+	ca, err := identity.NewCA(identity.DefaultTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCert, err := ca.Issue(dst, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, err := ca.Issue(src, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	go func() {
+		for {
+			c, err := sink.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	v := &identity.Verifier{Roots: ca.Roots()}
+	s := &hbone.Server{
+		Certificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serverCert, nil },
+		Verifier:    v,
+		Authorize:   func(context.Context, *hbone.Request) error { return nil },
+		Dial: func(ctx context.Context, r *hbone.Request) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", r.Target.String())
+		},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	f := &fixture{
+		key:    Key{Source: src, Destination: dst, Addr: ln.Addr().(*net.TCPAddr).AddrPort()},
+		target: sink.Addr().(*net.TCPAddr).AddrPort(),
+	}
+	f.pool = &Pool{
+		MaxStreams:  maxStreams,
+		IdleTimeout: idle,
+		Dial: func(ctx context.Context, key Key) (*hbone.ClientConn, error) {
+			f.dials.Add(1)
+			return hbone.Dial(ctx, key.Addr, hbone.ClientConfig{Certificate: clientCert, Verifier: v, Expected: key.Destination})
+		},
+	}
+	t.Cleanup(func() { f.pool.Close() })
+	return f
+}
+
+func (f *fixture) connectN(t *testing.T, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			conns[i], errs[i] = f.pool.Connect(context.Background(), f.key, f.target, nil)
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return conns
+}
+
+func TestSharedAndCoalesced(t *testing.T) {
+	f := newFixture(t, 0, time.Hour)
+	f.connectN(t, 50)
+	if got := f.dials.Load(); got != 1 {
+		t.Errorf("dials for 50 concurrent streams: got %d, want 1", got)
+	}
+	if got := f.pool.Conns()[f.key]; got != 1 {
+		t.Errorf("connections: got %d, want 1", got)
+	}
+}
+
+func TestStreamLimit(t *testing.T) {
+	f := newFixture(t, 2, time.Hour)
+	conns := make([]net.Conn, 0, 5)
+	for range 5 {
+		conns = append(conns, f.connectN(t, 1)...)
+	}
+	if got := f.pool.Conns()[f.key]; got != 3 {
+		t.Errorf("connections for 5 streams at 2 per connection: got %d, want 3", got)
+	}
+	// A freed slot is reused rather than a new connection dialed.
+	conns[0].Close()
+	f.connectN(t, 1)
+	if got := f.dials.Load(); got != 3 {
+		t.Errorf("dials after reusing a freed slot: got %d, want 3", got)
+	}
+}
+
+func TestIdleClose(t *testing.T) {
+	f := newFixture(t, 0, time.Millisecond)
+	closed := make(chan Key, 1)
+	f.pool.mu.Lock()
+	f.pool.onIdleClose = func(k Key) { closed <- k }
+	f.pool.mu.Unlock()
+	c := f.connectN(t, 1)[0]
+	c.Close()
+	if got := <-closed; got != f.key {
+		t.Errorf("idle close: got key %v, want %v", got, f.key)
+	}
+	if got := f.pool.Conns()[f.key]; got != 0 {
+		t.Errorf("connections after idle close: got %d, want 0", got)
+	}
+}
+
+func TestDeadConnectionReplaced(t *testing.T) {
+	f := newFixture(t, 0, time.Hour)
+	f.connectN(t, 1)[0].Close()
+	// Kill the pooled connection behind the pool's back.
+	f.pool.mu.Lock()
+	for _, e := range f.pool.conns[f.key] {
+		e.cc.Close()
+	}
+	f.pool.mu.Unlock()
+	c := f.connectN(t, 1)[0]
+	if _, err := c.Write([]byte{1}); err != nil {
+		t.Fatalf("write on a stream after the old connection died: %v", err)
+	}
+	if got := f.dials.Load(); got != 2 {
+		t.Errorf("dials: got %d, want 2 (the dead connection replaced)", got)
+	}
+}

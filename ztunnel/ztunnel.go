@@ -1,0 +1,368 @@
+// Package ztunnel assembles the node tunnel: it opens the outbound
+// listener, one HBONE and one plaintext inbound listener per local
+// workload, the metrics, admin and readiness servers, keeps certificates
+// for local workloads, re-checks open connections when policy changes, and
+// drains on shutdown.
+package ztunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/origdst"
+	"github.com/ambitmesh/ambit/ztunnel/accesslog"
+	"github.com/ambitmesh/ambit/ztunnel/admin"
+	"github.com/ambitmesh/ambit/ztunnel/config"
+	"github.com/ambitmesh/ambit/ztunnel/inbound"
+	"github.com/ambitmesh/ambit/ztunnel/metrics"
+	"github.com/ambitmesh/ambit/ztunnel/outbound"
+	"github.com/ambitmesh/ambit/ztunnel/pool"
+)
+
+// Default ports, as Istio's.
+const (
+	OutboundPort         = 15001
+	InboundPlaintextPort = 15006
+	AdminPort            = 15000
+	MetricsPort          = 15020
+	ReadinessPort        = 15021
+)
+
+// Config is everything the tunnel needs. Zero values take Istio's
+// defaults where there is one.
+type Config struct {
+	// Node is this node's name; workloads with this node are local.
+	Node string
+	// Store holds the mesh model; a source (static file, xDS) fills it.
+	Store *config.Store
+	// Certificates issues workload certificates.
+	Certificates identity.Source
+	// Roots are the mesh trust anchors.
+	Roots *x509.CertPool
+
+	// OutboundAddr is the outbound listener, e.g. "127.0.0.1:15001".
+	OutboundAddr string
+	// HBONEPort and PlaintextPort are the inbound ports opened on every
+	// local workload's address; 0 means 15008 and 15006.
+	HBONEPort, PlaintextPort uint16
+	// AdminAddr, MetricsAddr and ReadinessAddr are the HTTP listeners;
+	// empty disables one.
+	AdminAddr, MetricsAddr, ReadinessAddr string
+
+	// ListenInbound opens an inbound listener on a local workload's
+	// address; nil means net.Listen in the tunnel's own network
+	// namespace. The node agent will supply one that opens the socket
+	// inside the pod's namespace (Istio's in-pod mode).
+	ListenInbound func(w *config.Workload, addr netip.AddrPort) (net.Listener, error)
+	// OrigDst finds a redirected connection's original destination;
+	// nil means SO_ORIGINAL_DST. Tests inject their own.
+	OrigDst func(net.Conn) (netip.AddrPort, error)
+	// BindSource makes HBONE connections leave from the source
+	// workload's address, so the peer sees and authorizes it.
+	BindSource bool
+
+	// MaxStreams and IdleTimeout tune the connection pool.
+	MaxStreams  int
+	IdleTimeout time.Duration
+
+	// Log is the operational log; AccessLog gets one line per
+	// connection (default: Log). LogLevel, if set, is what /logging
+	// adjusts.
+	Log       *slog.Logger
+	AccessLog *slog.Logger
+	LogLevel  *slog.LevelVar
+}
+
+// Ztunnel is a running node tunnel.
+type Ztunnel struct {
+	cfg      Config
+	log      *slog.Logger
+	certs    *identity.Cache
+	verifier *identity.Verifier
+	metrics  *metrics.Metrics
+	pool     *pool.Pool
+	in       *inbound.Inbound
+	out      *outbound.Outbound
+
+	mu        sync.Mutex
+	outLn     net.Listener
+	inLns     map[netip.Addr][]net.Listener
+	https     []*http.Server
+	unsub     func()
+	stopped   bool
+	ctx       context.Context
+	cancelCtx context.CancelFunc
+}
+
+// New builds a tunnel from cfg; Start runs it.
+func New(cfg Config) (*Ztunnel, error) {
+	if cfg.Node == "" {
+		return nil, errors.New("new ztunnel: no node name")
+	}
+	if cfg.Store == nil || cfg.Certificates == nil || cfg.Roots == nil {
+		return nil, errors.New("new ztunnel: want a config store, a certificate source and mesh roots")
+	}
+	if cfg.HBONEPort == 0 {
+		cfg.HBONEPort = hbone.Port
+	}
+	if cfg.PlaintextPort == 0 {
+		cfg.PlaintextPort = InboundPlaintextPort
+	}
+	if cfg.ListenInbound == nil {
+		cfg.ListenInbound = func(_ *config.Workload, addr netip.AddrPort) (net.Listener, error) {
+			return net.Listen("tcp", addr.String())
+		}
+	}
+	if cfg.OrigDst == nil {
+		cfg.OrigDst = origdst.Get
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AccessLog == nil {
+		cfg.AccessLog = cfg.Log
+	}
+	log := cfg.Log.With(accesslog.KeyNode, cfg.Node)
+	z := &Ztunnel{
+		cfg:      cfg,
+		log:      log,
+		certs:    &identity.Cache{Source: cfg.Certificates},
+		verifier: &identity.Verifier{Roots: cfg.Roots},
+		metrics:  metrics.New(),
+		inLns:    map[netip.Addr][]net.Listener{},
+	}
+	z.ctx, z.cancelCtx = context.WithCancel(context.Background())
+	z.pool = &pool.Pool{MaxStreams: cfg.MaxStreams, IdleTimeout: cfg.IdleTimeout, Dial: z.dialHBONE}
+	z.in = &inbound.Inbound{
+		Node: cfg.Node, Store: cfg.Store, Certs: z.certs, Verifier: z.verifier, Metrics: z.metrics,
+		Log: log.With(accesslog.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst,
+		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort},
+	}
+	z.out = &outbound.Outbound{
+		Node: cfg.Node, Store: cfg.Store, Pool: z.pool, Metrics: z.metrics,
+		Log: log.With(accesslog.KeyComponent, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst,
+		HBONEPort: cfg.HBONEPort,
+	}
+	return z, nil
+}
+
+func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientConn, error) {
+	cert, err := z.certs.Certificate(ctx, key.Source)
+	if err != nil {
+		return nil, err
+	}
+	cfg := hbone.ClientConfig{Certificate: cert, Verifier: z.verifier, Expected: key.Destination}
+	if z.cfg.BindSource && key.SourceAddr.IsValid() {
+		cfg.Dialer = &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(key.SourceAddr, 0))}
+	}
+	return hbone.Dial(ctx, key.Addr, cfg)
+}
+
+// Start opens the listeners and returns once they are bound; serving goes
+// on in the background until Shutdown.
+func (z *Ztunnel) Start() error {
+	if z.cfg.OutboundAddr != "" {
+		ln, err := net.Listen("tcp", z.cfg.OutboundAddr)
+		if err != nil {
+			return fmt.Errorf("listen outbound %s: %w", z.cfg.OutboundAddr, err)
+		}
+		z.outLn = ln
+		go z.out.Serve(ln)
+	}
+	servers := []struct {
+		addr string
+		h    http.Handler
+	}{
+		{z.cfg.AdminAddr, admin.Handler(admin.Options{Dump: z.ConfigDump, Level: z.cfg.LogLevel})},
+		{z.cfg.MetricsAddr, z.metricsHandler()},
+		{z.cfg.ReadinessAddr, admin.Readiness(z.Ready)},
+	}
+	for _, s := range servers {
+		if s.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			z.closeListeners()
+			return fmt.Errorf("listen %s: %w", s.addr, err)
+		}
+		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
+		z.mu.Lock()
+		z.https = append(z.https, srv)
+		z.mu.Unlock()
+		go srv.Serve(ln)
+	}
+	z.unsub = z.cfg.Store.Subscribe(z.onConfig)
+	z.onConfig(z.cfg.Store.Snapshot())
+	return nil
+}
+
+func (z *Ztunnel) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/stats/prometheus", z.metrics.Handler())
+	mux.Handle("/metrics", z.metrics.Handler())
+	return mux
+}
+
+// onConfig applies a new snapshot: listeners for local workloads appear
+// and disappear, certificates are prefetched, and open connections are
+// re-checked against the policies.
+func (z *Ztunnel) onConfig(snap *config.Snapshot) {
+	z.mu.Lock()
+	if z.stopped {
+		z.mu.Unlock()
+		return
+	}
+	want := map[netip.Addr]*config.Workload{}
+	for _, w := range snap.LocalWorkloads(z.cfg.Node) {
+		for _, a := range w.Addresses {
+			want[a.Unmap()] = w
+		}
+	}
+	for a, lns := range z.inLns {
+		if _, ok := want[a]; !ok {
+			for _, ln := range lns {
+				ln.Close()
+			}
+			delete(z.inLns, a)
+		}
+	}
+	for a, w := range want {
+		if _, ok := z.inLns[a]; ok {
+			continue
+		}
+		go z.certs.Certificate(z.ctx, w.Identity()) // prefetch
+		hb, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.HBONEPort))
+		if err != nil {
+			z.log.Error("listen hbone", accesslog.KeyAddr, a.String(), accesslog.KeyError, err.Error())
+			continue
+		}
+		pt, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.PlaintextPort))
+		if err != nil {
+			hb.Close()
+			z.log.Error("listen plaintext", accesslog.KeyAddr, a.String(), accesslog.KeyError, err.Error())
+			continue
+		}
+		z.inLns[a] = []net.Listener{hb, pt}
+		go z.in.ServeHBONE(hb)
+		go z.in.ServePlaintext(pt)
+	}
+	z.mu.Unlock()
+	if n := z.in.Reevaluate(snap); n > 0 {
+		z.log.Info("closed connections after policy change", accesslog.KeyCount, n, accesslog.KeyVersion, snap.Version)
+	}
+}
+
+// Ready is nil once the config is loaded and every local workload has a
+// certificate; otherwise it says what is missing.
+func (z *Ztunnel) Ready() error {
+	if !z.cfg.Store.Loaded() {
+		return errors.New("config not loaded")
+	}
+	for _, w := range z.cfg.Store.Snapshot().LocalWorkloads(z.cfg.Node) {
+		if !z.certs.Has(w.Identity()) {
+			return fmt.Errorf("no certificate yet for %s", w.Identity())
+		}
+	}
+	return nil
+}
+
+// WaitReady blocks until Ready is nil or ctx is done.
+func (z *Ztunnel) WaitReady(ctx context.Context) error {
+	for _, w := range z.cfg.Store.Snapshot().LocalWorkloads(z.cfg.Node) {
+		if _, err := z.certs.Certificate(ctx, w.Identity()); err != nil {
+			return err
+		}
+	}
+	return z.Ready()
+}
+
+// Dump is what /config_dump shows.
+type Dump struct {
+	Node         string                  `json:"node"`
+	Version      uint64                  `json:"version"`
+	Workloads    []*config.Workload      `json:"workloads"`
+	Services     []*config.Service       `json:"services"`
+	Policies     []*config.Authorization `json:"policies"`
+	Certificates []identity.CertInfo     `json:"certificates"`
+}
+
+// ConfigDump returns the current model and certificates.
+func (z *Ztunnel) ConfigDump() any {
+	snap := z.cfg.Store.Snapshot()
+	return Dump{
+		Node: z.cfg.Node, Version: snap.Version,
+		Workloads: snap.Workloads, Services: snap.Services, Policies: snap.Policies,
+		Certificates: z.certs.Dump(),
+	}
+}
+
+// OutboundAddr is the bound outbound listener address.
+func (z *Ztunnel) OutboundAddr() netip.AddrPort {
+	if z.outLn == nil {
+		return netip.AddrPort{}
+	}
+	return z.outLn.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// Metrics are the tunnel's collectors.
+func (z *Ztunnel) Metrics() *metrics.Metrics { return z.metrics }
+
+// PoolConns is the number of pooled HBONE connections per key.
+func (z *Ztunnel) PoolConns() map[pool.Key]int { return z.pool.Conns() }
+
+// Certificate returns the certificate the tunnel holds for id, fetching
+// it if needed.
+func (z *Ztunnel) Certificate(ctx context.Context, id identity.Identity) (*tls.Certificate, error) {
+	return z.certs.Certificate(ctx, id)
+}
+
+func (z *Ztunnel) closeListeners() {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if z.outLn != nil {
+		z.outLn.Close()
+	}
+	for a, lns := range z.inLns {
+		for _, ln := range lns {
+			ln.Close()
+		}
+		delete(z.inLns, a)
+	}
+}
+
+// Shutdown drains the tunnel: it stops accepting, lets open connections
+// finish until ctx is done, closes the rest, and stops the HTTP servers.
+func (z *Ztunnel) Shutdown(ctx context.Context) error {
+	z.mu.Lock()
+	z.stopped = true
+	z.mu.Unlock()
+	if z.unsub != nil {
+		z.unsub()
+	}
+	z.closeListeners()
+	var wg sync.WaitGroup
+	var inErr, outErr error
+	wg.Go(func() { inErr = z.in.Shutdown(ctx) })
+	wg.Go(func() { outErr = z.out.Shutdown(ctx) })
+	wg.Wait()
+	z.pool.Close()
+	z.cancelCtx()
+	z.mu.Lock()
+	for _, s := range z.https {
+		s.Close()
+	}
+	z.mu.Unlock()
+	return errors.Join(inErr, outErr)
+}
