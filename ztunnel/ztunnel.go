@@ -65,8 +65,14 @@ type Config struct {
 	// namespace. The node agent will supply one that opens the socket
 	// inside the pod's namespace (Istio's in-pod mode).
 	ListenInbound func(w *config.Workload, addr netip.AddrPort) (net.Listener, error)
+	// Transparent is for Ambit's eBPF redirection (and TPROXY): listeners
+	// are transparent, inbound ones bind workload addresses that are not
+	// the node's, and a connection's original destination is its local
+	// address. Without it, redirection is NAT (iptables REDIRECT) and the
+	// original destination comes from SO_ORIGINAL_DST.
+	Transparent bool
 	// OrigDst finds a redirected connection's original destination;
-	// nil means SO_ORIGINAL_DST. Tests inject their own.
+	// nil means what Transparent says. Tests inject their own.
 	OrigDst func(net.Conn) (netip.AddrPort, error)
 	// BindSource makes HBONE connections leave from the source
 	// workload's address, so the peer sees and authorizes it.
@@ -121,11 +127,17 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	if cfg.ListenInbound == nil {
 		cfg.ListenInbound = func(_ *config.Workload, addr netip.AddrPort) (net.Listener, error) {
+			if cfg.Transparent {
+				return origdst.ListenTransparent(context.Background(), addr.String())
+			}
 			return net.Listen("tcp", addr.String())
 		}
 	}
 	if cfg.OrigDst == nil {
 		cfg.OrigDst = origdst.Get
+		if cfg.Transparent {
+			cfg.OrigDst = origdst.Transparent(outboundPort(cfg.OutboundAddr), cfg.PlaintextPort, cfg.HBONEPort)
+		}
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -146,12 +158,12 @@ func New(cfg Config) (*Ztunnel, error) {
 	z.pool = &pool.Pool{MaxStreams: cfg.MaxStreams, IdleTimeout: cfg.IdleTimeout, Dial: z.dialHBONE}
 	z.in = &inbound.Inbound{
 		Node: cfg.Node, Store: cfg.Store, Certs: z.certs, Verifier: z.verifier, Metrics: z.metrics,
-		Log: log.With(accesslog.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst,
+		Log: log.With(accesslog.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
 		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort},
 	}
 	z.out = &outbound.Outbound{
 		Node: cfg.Node, Store: cfg.Store, Pool: z.pool, Metrics: z.metrics,
-		Log: log.With(accesslog.KeyComponent, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst,
+		Log: log.With(accesslog.KeyComponent, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
 		HBONEPort: cfg.HBONEPort,
 	}
 	return z, nil
@@ -173,7 +185,11 @@ func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientCon
 // on in the background until Shutdown.
 func (z *Ztunnel) Start() error {
 	if z.cfg.OutboundAddr != "" {
-		ln, err := net.Listen("tcp", z.cfg.OutboundAddr)
+		listen := func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+		if z.cfg.Transparent {
+			listen = func(addr string) (net.Listener, error) { return origdst.ListenTransparent(context.Background(), addr) }
+		}
+		ln, err := listen(z.cfg.OutboundAddr)
 		if err != nil {
 			return fmt.Errorf("listen outbound %s: %w", z.cfg.OutboundAddr, err)
 		}
@@ -365,4 +381,19 @@ func (z *Ztunnel) Shutdown(ctx context.Context) error {
 	}
 	z.mu.Unlock()
 	return errors.Join(inErr, outErr)
+}
+
+// outboundPort is the port of the outbound listen address, 15001 if it
+// has none.
+func outboundPort(addr string) uint16 {
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		return ap.Port()
+	}
+	if _, p, err := net.SplitHostPort(addr); err == nil {
+		var port uint16
+		if _, err := fmt.Sscan(p, &port); err == nil {
+			return port
+		}
+	}
+	return 15001
 }

@@ -43,6 +43,8 @@ type Inbound struct {
 	ReservedPorts []uint16
 	// OrigDst finds where a plaintext connection was going.
 	OrigDst func(net.Conn) (netip.AddrPort, error)
+	// Transparent: see outbound.Outbound.Transparent.
+	Transparent bool
 	// Dialer connects to local workloads; nil means a net.Dialer.
 	Dialer interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
@@ -291,7 +293,7 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 		return
 	}
 	e.DestinationAddr = target
-	if target == local {
+	if !in.Transparent && target == local {
 		// Not redirected; following it would loop into this listener.
 		c.Close()
 		e.Err = fmt.Errorf("plaintext to %s: connection addressed to the inbound port itself, not redirected", target)

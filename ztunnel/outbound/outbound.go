@@ -34,6 +34,10 @@ type Outbound struct {
 	AccessLog *slog.Logger
 	// OrigDst finds where a captured connection was going.
 	OrigDst func(net.Conn) (netip.AddrPort, error)
+	// Transparent says connections arrive on a transparent listener,
+	// where the local address is the original destination (OrigDst then
+	// tells redirected connections from direct ones).
+	Transparent bool
 	// HBONEPort is the peers' tunnel port, normally hbone.Port.
 	HBONEPort uint16
 	// Dialer makes passthrough connections; nil means a net.Dialer.
@@ -152,7 +156,7 @@ func (o *Outbound) handle(c net.Conn) {
 		return
 	}
 	e.DestinationAddr = dst
-	if dst == addrPort(c.LocalAddr()) {
+	if !o.Transparent && dst == addrPort(c.LocalAddr()) {
 		// Not redirected: conntrack reports a direct connection's own
 		// destination, and following it would loop into this listener.
 		fail(fmt.Errorf("outbound to %s: %w", dst, ErrNotRedirected))

@@ -27,6 +27,7 @@ type options struct {
 	node, localConfig, fakeCADir, trustDomain string
 	outbound, admin, metrics, readiness       string
 	logLevel                                  string
+	redirect                                  string
 	drain                                     time.Duration
 }
 
@@ -37,6 +38,7 @@ func main() {
 	flag.StringVar(&o.fakeCADir, "fake-ca-dir", "", "directory of a file-based test CA (ca-cert.pem, ca-key.pem), created if empty; development only")
 	flag.StringVar(&o.trustDomain, "trust-domain", identity.DefaultTrustDomain, "trust domain of a test CA this run creates")
 	flag.StringVar(&o.outbound, "outbound", ":15001", "outbound listener")
+	flag.StringVar(&o.redirect, "redirect", "tproxy", "how captured connections arrive: tproxy (Ambit's eBPF redirection, transparent listeners) or nat (iptables REDIRECT, SO_ORIGINAL_DST)")
 	flag.StringVar(&o.admin, "admin", "127.0.0.1:15000", "admin listener (config dump, pprof, logging)")
 	flag.StringVar(&o.metrics, "metrics", ":15020", "Prometheus metrics listener")
 	flag.StringVar(&o.readiness, "readiness", ":15021", "readiness listener")
@@ -53,6 +55,9 @@ func run(o options) error {
 	if o.localConfig == "" || o.fakeCADir == "" {
 		return errors.New("the istiod xDS and CA clients are not built yet: run in development mode with --local-config and --fake-ca-dir")
 	}
+	if o.redirect != "tproxy" && o.redirect != "nat" {
+		return fmt.Errorf("--redirect %q: want tproxy or nat", o.redirect)
+	}
 	var level slog.LevelVar
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("parse --log-level %q: %w", o.logLevel, err)
@@ -68,6 +73,7 @@ func run(o options) error {
 	}
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, Store: store, Certificates: ca, Roots: ca.Roots(),
+		Transparent:  o.redirect == "tproxy",
 		OutboundAddr: o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness,
 		Log: log, LogLevel: &level,
 	})

@@ -82,7 +82,7 @@ func startPair(tb testing.TB) *pair {
 	}
 	p := &pair{ns: ns, pids: map[string]int{}}
 	start := func(node string, base int) {
-		args := []string{"--node", node, "--local-config", cfg, "--fake-ca-dir", filepath.Join(dir, "ca"),
+		args := []string{"--redirect", "nat", "--node", node, "--local-config", cfg, "--fake-ca-dir", filepath.Join(dir, "ca"),
 			"--outbound", fmt.Sprintf("127.0.0.1:%d", base+1), "--admin", fmt.Sprintf("127.0.0.1:%d", base),
 			"--metrics", fmt.Sprintf("127.0.0.1:%d", base+20), "--readiness", fmt.Sprintf("127.0.0.1:%d", base+21),
 			"--log-level", "warn"}

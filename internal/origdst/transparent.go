@@ -1,0 +1,51 @@
+package origdst
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Transparent returns the original destination of a connection that was
+// delivered to a transparent listener (Ambit's eBPF redirection with
+// bpf_sk_assign, or TPROXY): the accepted socket's own local address. A
+// connection whose local port is one of the tunnel's own ports was made to
+// the listener directly, not redirected.
+func Transparent(ownPorts ...uint16) func(net.Conn) (netip.AddrPort, error) {
+	return func(c net.Conn) (netip.AddrPort, error) {
+		local, err := netip.ParseAddrPort(c.LocalAddr().String())
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("read original destination: %w", err)
+		}
+		local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+		if slices.Contains(ownPorts, local.Port()) {
+			return netip.AddrPort{}, fmt.Errorf("read original destination of %s: %w", local, ErrNotRedirected)
+		}
+		return local, nil
+	}
+}
+
+// ListenTransparent listens with IP_TRANSPARENT, so the listener accepts
+// connections redirected to it whatever their destination address, and may
+// bind an address that is not the node's own (a workload's).
+func ListenTransparent(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	l, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen transparently on %s: %w", addr, err)
+	}
+	return l, nil
+}
