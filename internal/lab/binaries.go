@@ -39,6 +39,8 @@ type Binaries struct {
 	// CNIPlugin and CNIAgent are Ambit's chained CNI plugin and node agent.
 	CNIPlugin string
 	CNIAgent  string
+	// Ztunnel is Ambit's node tunnel.
+	Ztunnel string
 	// CNIDir holds the reference CNI plugins (ptp, host-local, loopback).
 	CNIDir string
 }
@@ -151,7 +153,8 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	b.Bookinfo = filepath.Join(binDir, "bookinfo")
 	b.CNIPlugin = filepath.Join(binDir, "ambit-cni")
 	b.CNIAgent = filepath.Join(binDir, "ambit-cni-agent")
-	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent"); err != nil {
+	b.Ztunnel = filepath.Join(binDir, "ztunnel")
+	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel"); err != nil {
 		return b, err
 	}
 	return b, nil

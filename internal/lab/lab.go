@@ -368,6 +368,10 @@ func APIServerURL() string {
 // network.
 func ControlPlaneIP() netip.Addr { return controlPlaneIP }
 
+// BridgeNS is the namespace of the bridge that joins the nodes: the wire
+// between them, where a test can capture what crosses it.
+func (l *Lab) BridgeNS() *netns.NS { return l.bridge }
+
 // ControlPlaneNS is the control-plane node's network namespace.
 func (l *Lab) ControlPlaneNS() *netns.NS { return l.cp }
 

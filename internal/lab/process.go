@@ -16,7 +16,13 @@ type Process struct{ p *process }
 // host-network DaemonSet pod runs (Ambit's node agent, ztunnel). Its output
 // goes to the lab's logs; Close stops it if the test has not.
 func (l *Lab) StartProcess(n *Node, name string, env []string, bin string, args ...string) (*Process, error) {
-	p, err := startProcess(l.ID, filepath.Join(l.Dir, "logs"), name, n.NS, env, bin, args...)
+	return l.StartProcessIn(n.NS, name, env, bin, args...)
+}
+
+// StartProcessIn is StartProcess in any namespace of the lab (the bridge's,
+// to capture what crosses the wire).
+func (l *Lab) StartProcessIn(ns *netns.NS, name string, env []string, bin string, args ...string) (*Process, error) {
+	p, err := startProcess(l.ID, filepath.Join(l.Dir, "logs"), name, ns, env, bin, args...)
 	if err != nil {
 		return nil, err
 	}
