@@ -51,7 +51,7 @@ func TestMeshL4(t *testing.T) {
 		t.Fatal(err)
 	}
 	pods := map[string]*corev1.Pod{}
-	for _, pc := range []struct{ ns, name, node string }{{"mesh", "a", "node1"}, {"mesh", "b", "node2"}, {"plain", "c", "node1"}} {
+	for _, pc := range []struct{ ns, name, node string }{{"mesh", "a", "node1"}, {"mesh", "a2", "node1"}, {"mesh", "b", "node2"}, {"plain", "c", "node1"}} {
 		p, err := l.RunPod(ctx, lab.EchoPod(pc.ns, pc.name, pc.node, nil))
 		if err != nil {
 			t.Fatal(err)
@@ -63,7 +63,7 @@ func TestMeshL4(t *testing.T) {
 	// ztunnel's static config: the lab's pods as workloads.
 	var cfg strings.Builder
 	cfg.WriteString("workloads:\n")
-	for _, name := range []string{"a", "b", "c"} {
+	for _, name := range []string{"a", "a2", "b", "c"} {
 		p := pods[name]
 		proto := "NONE"
 		if p.Namespace == "mesh" {
@@ -137,6 +137,13 @@ func TestMeshL4(t *testing.T) {
 	dump.Stop(5 * time.Second)
 	if strings.Contains(string(wire), secret) {
 		t.Errorf("capture on node1's link: found %q: the enrolled pod's bytes crossed in plaintext", secret)
+	}
+
+	// Same node: a2 to a, both on node1, through node1's ztunnel alone
+	// (its HBONE dial is routed locally to its own inbound listener).
+	out, err = l.Exec(ctx, "mesh", "a2", l.Binaries().Echo, "tcp", net.JoinHostPort(ip("a"), "9000"), "same-node")
+	if err != nil || !strings.Contains(string(out), `"hostname":"a"`) {
+		t.Errorf("a2 to a on the same node: got %s, %v; want a's echo", out, err)
 	}
 
 	// The destination ztunnel saw a's identity.

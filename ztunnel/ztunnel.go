@@ -71,6 +71,12 @@ type Config struct {
 	// address. Without it, redirection is NAT (iptables REDIRECT) and the
 	// original destination comes from SO_ORIGINAL_DST.
 	Transparent bool
+	// LocalMark, in transparent mode, is the socket mark that the node's
+	// policy routing delivers locally (bpf/redirect.Mark, 0x400). HBONE
+	// connections to workloads on this node carry it, so they reach this
+	// tunnel's own inbound listener on the workload's address: the
+	// same-node path, with the destination's full inbound checks.
+	LocalMark uint32
 	// OrigDst finds a redirected connection's original destination;
 	// nil means what Transparent says. Tests inject their own.
 	OrigDst func(net.Conn) (netip.AddrPort, error)
@@ -177,6 +183,21 @@ func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientCon
 	cfg := hbone.ClientConfig{Certificate: cert, Verifier: z.verifier, Expected: key.Destination}
 	if z.cfg.BindSource && key.SourceAddr.IsValid() {
 		cfg.Dialer = &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(key.SourceAddr, 0))}
+	}
+	if z.cfg.Transparent && z.cfg.LocalMark != 0 {
+		if w := z.cfg.Store.Snapshot().WorkloadByAddr(key.Addr.Addr()); w != nil && w.Node == z.cfg.Node {
+			// From an address the node owns (not the default, which would
+			// be the non-local destination itself) and not loopback (kube-
+			// proxy drops untracked replies to 127/8).
+			src, err := origdst.NodeAddr()
+			if err != nil {
+				return nil, fmt.Errorf("dial hbone %s on this node: %w", key.Addr, err)
+			}
+			cfg.Dialer = &net.Dialer{
+				Control:   origdst.MarkControl(z.cfg.LocalMark),
+				LocalAddr: &net.TCPAddr{IP: src.AsSlice()},
+			}
+		}
 	}
 	return hbone.Dial(ctx, key.Addr, cfg)
 }

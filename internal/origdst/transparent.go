@@ -2,6 +2,7 @@ package origdst
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -48,4 +49,41 @@ func ListenTransparent(ctx context.Context, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen transparently on %s: %w", addr, err)
 	}
 	return l, nil
+}
+
+// MarkControl returns a socket Control function that sets SO_MARK, for a
+// dialer whose connections the node's policy routing must treat apart.
+func MarkControl(mark uint32) func(network, address string, c syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set socket mark %#x: %w", mark, serr)
+		}
+		return nil
+	}
+}
+
+// NodeAddr returns an IPv4 address this network namespace owns that is
+// not loopback: a source for connections that policy routing delivers
+// locally.
+func NodeAddr() (netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list local addresses: %w", err)
+	}
+	for _, a := range addrs {
+		p, err := netip.ParsePrefix(a.String())
+		if err != nil {
+			continue
+		}
+		if ip := p.Addr(); ip.Is4() && !ip.IsLoopback() && ip.IsGlobalUnicast() {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, errors.New("no non-loopback IPv4 address in this namespace")
 }

@@ -51,6 +51,10 @@ func main() {
 	}
 }
 
+// localMark is the mark Ambit's eBPF redirection routes locally
+// (bpf/redirect.Mark), used for HBONE to workloads on this node.
+const localMark = 0x400
+
 func run(o options) error {
 	if o.localConfig == "" || o.fakeCADir == "" {
 		return errors.New("the istiod xDS and CA clients are not built yet: run in development mode with --local-config and --fake-ca-dir")
@@ -74,6 +78,7 @@ func run(o options) error {
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, Store: store, Certificates: ca, Roots: ca.Roots(),
 		Transparent:  o.redirect == "tproxy",
+		LocalMark:    localMark,
 		OutboundAddr: o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness,
 		Log: log, LogLevel: &level,
 	})
