@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/labmesh"
+	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
 // TestMeshL4: the parts joined. With the node agent and ztunnel on each
@@ -29,20 +30,21 @@ import (
 // With ztunnel down the enrolled pod's connection fails; it never goes out
 // in plaintext; with ztunnel back it works again.
 //
-// Workloads come from a static ztunnel config written from the lab's pods
-// (istiod's workload discovery is not joined yet), certificates from a
-// file-based test CA shared by the two ztunnels.
+// Workloads come from a static ztunnel config computed from the cluster by
+// labmesh (istiod's workload discovery is not joined yet), certificates
+// from a file-based test CA shared by the two ztunnels. An L4 policy
+// applied while ztunnel runs refuses the client, and one that allows it
+// lets it in again.
 func TestMeshL4(t *testing.T) {
 	l := startLab(t, lab.Config{Nodes: 2})
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	kc, err := l.KubeconfigFor("ambit-cni-agent", "ambit:cni-agent", "system:masters")
+	mesh, err := labmesh.New(l)
 	if err != nil {
 		t.Fatal(err)
 	}
-	agents := &nodeAgents{l: l, kubeconfig: kc, procs: map[string]*lab.Process{}}
-	for _, n := range l.Nodes {
-		agents.start(t, ctx, n)
+	if err := mesh.StartAgents(ctx); err != nil {
+		t.Fatal(err)
 	}
 	if err := l.CreateNamespace(ctx, "mesh", map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}); err != nil {
 		t.Fatal(err)
@@ -60,42 +62,9 @@ func TestMeshL4(t *testing.T) {
 	}
 	ip := func(name string) string { return pods[name].Status.PodIP }
 
-	// ztunnel's static config: the lab's pods as workloads.
-	var cfg strings.Builder
-	cfg.WriteString("workloads:\n")
-	for _, name := range []string{"a", "a2", "b", "c"} {
-		p := pods[name]
-		proto := "NONE"
-		if p.Namespace == "mesh" {
-			proto = "HBONE"
-		}
-		fmt.Fprintf(&cfg, "  - {uid: %s/%s, name: %s, namespace: %s, serviceAccount: default, addresses: [%s], node: %s, tunnelProtocol: %s}\n",
-			p.Namespace, p.Name, p.Name, p.Namespace, p.Status.PodIP, p.Spec.NodeName, proto)
-	}
-	cfgPath := filepath.Join(l.Dir, "ztunnel-config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
+	// ztunnel, its static config computed from the cluster.
+	if err := mesh.StartZtunnels(ctx); err != nil {
 		t.Fatal(err)
-	}
-	caDir := filepath.Join(l.Dir, "ztunnel-ca")
-	zts := map[string]*lab.Process{}
-	starts := 0
-	startZtunnel := func(n *lab.Node) {
-		t.Helper()
-		starts++
-		p, err := l.StartProcess(n, fmt.Sprintf("ztunnel-%s-%d", n.Name, starts), nil, l.Binaries().Ztunnel,
-			"--node", n.Name, "--local-config", cfgPath, "--fake-ca-dir", caDir, "--redirect", "tproxy")
-		if err != nil {
-			t.Fatal(err)
-		}
-		zts[n.Name] = p
-		if err := lab.WaitHTTP(ctx, n.NS, "http://127.0.0.1:15021/healthz/ready", time.Minute, p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// One after the other: the first creates the test CA, the second
-	// loads it.
-	for _, n := range l.Nodes {
-		startZtunnel(n)
 	}
 
 	// Capture what crosses node1's link.
@@ -152,19 +121,46 @@ func TestMeshL4(t *testing.T) {
 	if !strings.Contains(metrics, "istio_tcp_connections_opened_total") || !strings.Contains(metrics, wantPrincipal) {
 		t.Errorf("node2 ztunnel metrics: got no istio_tcp_connections_opened_total with %s:\n%s", wantPrincipal, metrics)
 	}
-	if !strings.Contains(zts["node2"].Logs(50), "spiffe://cluster.local/ns/mesh/sa/default") {
-		t.Errorf("node2 ztunnel access log: no line with a's identity:\n%s", zts["node2"].Logs(50))
+	if zlog := mesh.Ztunnel(l.Node("node2")).Logs(50); !strings.Contains(zlog, "spiffe://cluster.local/ns/mesh/sa/default") {
+		t.Errorf("node2 ztunnel access log: no line with a's identity:\n%s", zlog)
+	}
+
+	// An L4 policy on b that allows only another identity: a is refused,
+	// at b's ztunnel; one that allows a's identity lets it in again.
+	mesh.AddPolicy(labmesh.Policy{
+		Authorization: config.Authorization{Name: "b-only-from-other", Namespace: "mesh", Scope: config.ScopeWorkloadSelector, Action: config.Allow,
+			Rules: []config.Rule{{Clauses: []config.Clause{{Matches: []config.Match{{Principals: []config.StringMatch{{Exact: "cluster.local/ns/mesh/sa/other"}}}}}}}}},
+		Select: func(w *config.Workload) bool { return w.Namespace == "mesh" && w.Name == "b" },
+	})
+	if err := mesh.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.Exec(ctx, "mesh", "a", l.Binaries().Echo, "tcp", net.JoinHostPort(ip("b"), "9000"), "denied"); err == nil {
+		t.Errorf("a to b with a policy allowing only another identity: got %s, want refused", out)
+	}
+	mesh.AddPolicy(labmesh.Policy{
+		Authorization: config.Authorization{Name: "b-from-mesh", Namespace: "mesh", Scope: config.ScopeWorkloadSelector, Action: config.Allow,
+			Rules: []config.Rule{{Clauses: []config.Clause{{Matches: []config.Match{{Namespaces: []config.StringMatch{{Exact: "mesh"}}}}}}}}},
+		Select: func(w *config.Workload) bool { return w.Namespace == "mesh" && w.Name == "b" },
+	})
+	if err := mesh.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.Exec(ctx, "mesh", "a", l.Binaries().Echo, "tcp", net.JoinHostPort(ip("b"), "9000"), "allowed"); err != nil || !strings.Contains(string(out), `"hostname":"b"`) {
+		t.Errorf("a to b with a policy allowing namespace mesh: got %s, %v; want b's echo", out, err)
 	}
 
 	// ztunnel down on a's node: a's new connections fail, closed.
-	zts["node1"].Stop(5 * time.Second)
+	mesh.StopZtunnel(l.Node("node1"))
 	dctx, dcancel := context.WithTimeout(ctx, 3*time.Second)
 	out, err = l.Exec(dctx, "mesh", "a", l.Binaries().Echo, "tcp", net.JoinHostPort(ip("b"), "9000"), "while-down")
 	dcancel()
 	if err == nil {
 		t.Errorf("a to b with node1's ztunnel down: got %s, want the connection to fail", out)
 	}
-	startZtunnel(l.Node("node1"))
+	if err := mesh.StartZtunnel(ctx, l.Node("node1")); err != nil {
+		t.Fatal(err)
+	}
 	out, err = l.Exec(ctx, "mesh", "a", l.Binaries().Echo, "tcp", net.JoinHostPort(ip("b"), "9000"), "back")
 	if err != nil || !strings.Contains(string(out), `"hostname":"b"`) {
 		t.Errorf("a to b with ztunnel back: got %s, %v; want b's echo", out, err)

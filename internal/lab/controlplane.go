@@ -235,6 +235,34 @@ func waitFor(ctx context.Context, what string, timeout time.Duration, proc *proc
 	}
 }
 
+// httpGetBody GETs url from inside ns, wants 200 and returns the body.
+func httpGetBody(ctx context.Context, ns *netns.NS, url string) (string, error) {
+	client := &http.Client{Transport: &http.Transport{DialContext: ns.DialContext}}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("get %s: status %d", url, resp.StatusCode)
+	}
+	return string(body), nil
+}
+
+// HTTPGet GETs an IP URL from inside ns, wants 200 and returns the body.
+func HTTPGet(ctx context.Context, ns *netns.NS, url string) (string, error) {
+	return httpGetBody(ctx, ns, url)
+}
+
 // httpGet GETs url from inside ns and wants 200.
 func httpGet(ctx context.Context, ns *netns.NS, tlsConfig *tls.Config, url string) error {
 	client := &http.Client{Transport: &http.Transport{

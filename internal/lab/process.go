@@ -3,6 +3,8 @@ package lab
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -36,6 +38,9 @@ func (p *Process) Stop(grace time.Duration) { p.p.stop(grace) }
 // Kill ends the process at once, as a crash would.
 func (p *Process) Kill() { p.p.stop(0) }
 
+// Signal sends sig to the process.
+func (p *Process) Signal(sig os.Signal) error { return p.p.cmd.Process.Signal(sig) }
+
 // Exited is closed when the process has ended.
 func (p *Process) Exited() <-chan struct{} { return p.p.done }
 
@@ -55,6 +60,21 @@ func (l *Lab) KubeconfigFor(name, user string, groups ...string) (string, error)
 		return "", err
 	}
 	return path, nil
+}
+
+// WaitHTTPBody waits until url answers 200 from inside ns with a body for
+// which cond holds.
+func WaitHTTPBody(ctx context.Context, ns *netns.NS, url string, timeout time.Duration, cond func(body string) bool) error {
+	return waitFor(ctx, url, timeout, nil, func(ctx context.Context) error {
+		body, err := httpGetBody(ctx, ns, url)
+		if err != nil {
+			return err
+		}
+		if !cond(body) {
+			return fmt.Errorf("get %s: body not as wanted yet", url)
+		}
+		return nil
+	})
 }
 
 // WaitHTTP waits until url answers 200 from inside ns, or p (if any)
