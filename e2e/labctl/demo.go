@@ -1,14 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -16,28 +17,39 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/ambitmesh/ambit/internal/echo"
+	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/labmesh"
 	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
+	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
-// demo starts a two-node lab, runs an echo pod on each node, and shows
-// them reaching each other by pod IP, ClusterIP and Service name.
+const (
+	bookinfoNS = "bookinfo"
+	clientNS   = "demo"
+)
+
+// reviewsPod finds which reviews pod served a product page.
+var reviewsPod = regexp.MustCompile(`<span id="reviews-pod">([^<]*)</span>`)
+
+// demo starts a two-node lab with Ambit on every node, deploys Bookinfo,
+// puts it in the ambient mesh by labelling its namespace, and shows what
+// changed: who talks to whom with which identity, that the bytes between
+// nodes are encrypted, and an authorization policy at work.
 func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err error) {
-	ctx := runCtx
 	if os.Geteuid() != 0 {
-		return errors.New("the demo needs root (network namespaces): run sudo make demo")
+		return errors.New("the demo needs root (network namespaces, eBPF): run sudo make demo")
 	}
 	step := stepper{}
-	step.say("Building (or finding in the cache) the lab's programs: kube-apiserver, kube-controller-manager, kube-proxy, CoreDNS, echo")
-	bins, err := lab.EnsureBinaries(ctx, lab.BuildOptions{Log: log})
+	step.say("Building (or finding in the cache) the programs: Kubernetes, CoreDNS, Ambit's node agent, CNI plugin and ztunnel, Bookinfo")
+	bins, err := lab.EnsureBinaries(runCtx, lab.BuildOptions{Log: log})
 	if err != nil {
 		return err
 	}
-	step.say("Starting a lab: etcd, kube-apiserver, kube-controller-manager and CoreDNS on a control-plane node; two worker nodes with kube-proxy and a kubelet stand-in; all in network namespaces")
-	l, err := lab.Start(ctx, lab.Config{Nodes: 2, Binaries: bins, Log: log})
+	step.say("Starting a lab cluster: etcd, kube-apiserver, kube-controller-manager, CoreDNS; two nodes with kube-proxy and a kubelet stand-in, all in network namespaces")
+	l, err := lab.Start(runCtx, lab.Config{Nodes: 2, Binaries: bins, Log: log})
 	if err != nil {
 		return err
 	}
@@ -50,100 +62,131 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 	for _, n := range l.Nodes {
 		step.ok("node %s at %s, pods in %s", n.Name, n.IP, n.PodCIDR)
 	}
+	ctx, cancel := context.WithTimeout(runCtx, 4*time.Minute)
+	defer cancel()
 
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	const ns = "demo"
-	step.say("Creating namespace %q with a client pod on node1 and a server pod on node2 (echo workload), each behind a Service", ns)
-	if err := l.CreateNamespace(ctx, ns, nil); err != nil {
-		cancel()
-		return err
-	}
-	pods := map[string]*corev1.Pod{}
-	for _, pc := range []struct{ name, node string }{{"client", "node1"}, {"server", "node2"}} {
-		p, err := l.RunPod(ctx, lab.EchoPod(ns, pc.name, pc.node, map[string]string{"app": pc.name}))
-		if err != nil {
-			cancel()
-			return err
-		}
-		pods[pc.name] = p
-		svc := &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: pc.name, Namespace: ns},
-			Spec: corev1.ServiceSpec{
-				Selector: map[string]string{"app": pc.name},
-				Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}},
-			},
-		}
-		if _, err := l.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-			cancel()
-			return err
-		}
-		step.ok("pod %s/%s Ready on %s with IP %s", ns, p.Name, p.Spec.NodeName, p.Status.PodIP)
-	}
-	server := pods["server"]
-	if err := l.WaitServiceProgrammed(ctx, ns, "server", server.Status.PodIP); err != nil {
-		cancel()
-		return err
-	}
-	svc, err := l.Client.CoreV1().Services(ns).Get(ctx, "server", metav1.GetOptions{})
+	step.say("Installing Ambit on every node: the node agent chains its CNI plugin into the node's conflist and loads the eBPF redirection")
+	mesh, err := labmesh.New(l)
 	if err != nil {
-		cancel()
 		return err
 	}
-	step.say("From the client pod, calling the server by pod IP, ClusterIP and DNS name")
-	for _, target := range []string{
-		net.JoinHostPort(server.Status.PodIP, "8080"),
-		net.JoinHostPort(svc.Spec.ClusterIP, "80"),
-		"server." + ns + ".svc.cluster.local",
-	} {
-		out, err := l.Exec(ctx, ns, "client", bins.Echo, "http", "http://"+target+"/hello")
-		if err != nil {
-			step.fail("GET http://%s/hello: %v", target, err)
-			continue
-		}
-		var rep echo.Report
-		if err := json.Unmarshal(out, &rep); err != nil {
-			step.fail("GET http://%s/hello: decode %q: %v", target, out, err)
-			continue
-		}
-		step.ok("GET http://%s/hello answered by pod %q, which saw the caller as %s", target, rep.Hostname, rep.Peer)
+	if err := mesh.StartAgents(ctx); err != nil {
+		return err
+	}
+	for _, n := range l.Nodes {
+		step.ok("%s: ambit-cni chained after ptp in %s", n.Name, filepath.Base(n.CNIConfDir)+"/10-lab.conflist")
 	}
 
-	step.say("Deploying Bookinfo in namespace %q across both nodes: productpage, details, reviews v1/v2/v3, ratings", bookinfoNS)
+	step.say("Deploying Bookinfo in namespace %q (not in the mesh yet) and a client pod in %q", bookinfoNS, clientNS)
 	if err := l.CreateNamespace(ctx, bookinfoNS, nil); err != nil {
-		cancel()
 		return err
 	}
 	bpods, err := deploy.Install(ctx, l, bookinfoNS, deploy.Spread("node1", "node2"))
 	if err != nil {
-		cancel()
 		return err
 	}
 	for _, name := range slices.Sorted(maps.Keys(bpods)) {
 		step.ok("pod %s/%s Ready on %s", bookinfoNS, name, bpods[name].Spec.NodeName)
 	}
-	step.say("Asking productpage for the product page from the client pod, through its Service name")
-	// The request runs inside the pod, which resolves the name with the
-	// cluster's DNS.
-	productpage := fmt.Sprintf("http://productpage.%s.svc.cluster.local:%d/productpage", bookinfoNS, deploy.Port)
-	served := map[string]int{}
-	for range 12 {
-		out, err := l.Exec(ctx, ns, "client", bins.Echo, "http", "--body", productpage)
-		page := string(out)
+	if err := l.CreateNamespace(ctx, clientNS, nil); err != nil {
+		return err
+	}
+	if _, err := l.RunPod(ctx, lab.EchoPod(clientNS, "client", "node1", map[string]string{"app": "client"})); err != nil {
+		return err
+	}
+	productpage := fmt.Sprintf("http://productpage.%s.svc.cluster.local:%d", bookinfoNS, deploy.Port)
+	pages(ctx, &step, l, bins, productpage, 6)
+
+	step.say("Enrolling Bookinfo: kubectl label namespace %s %s=%s; the running pods join without a restart", bookinfoNS, enrolment.LabelDataplaneMode, enrolment.ModeAmbient)
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, enrolment.LabelDataplaneMode, enrolment.ModeAmbient)
+	if _, err := l.Client.CoreV1().Namespaces().Patch(ctx, bookinfoNS, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		return err
+	}
+	for _, name := range slices.Sorted(maps.Keys(bpods)) {
+		p, err := l.WaitPod(ctx, bookinfoNS, name, func(p *corev1.Pod) bool {
+			return p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
+		})
 		if err != nil {
-			step.fail("GET %s: %v", productpage, err)
-			break
+			return err
 		}
-		if !strings.Contains(page, "Book Details") || !strings.Contains(page, "Book Reviews") {
-			step.fail("GET %s: the page has no details or reviews", productpage)
-			break
-		}
-		if m := reviewsPod.FindStringSubmatch(page); m != nil {
-			served[m[1]]++
+		step.ok("%s: %s=%s, restarts %d", name, enrolment.AnnotationRedirection, enrolment.AnnotationEnabled, p.Status.ContainerStatuses[0].RestartCount)
+	}
+	step.say("Starting ztunnel on every node (workloads from the cluster, certificates from a test CA)")
+	if err := mesh.StartZtunnels(ctx); err != nil {
+		return err
+	}
+	for _, n := range l.Nodes {
+		step.ok("ztunnel on %s ready", n.Name)
+	}
+
+	step.say("Capturing node1's link while Bookinfo serves pages through the mesh")
+	pcap := filepath.Join(l.Dir, "node1-link.pcap")
+	dump, err := l.StartProcessIn(l.BridgeNS(), "tcpdump-node1", nil, "tcpdump", "--immediate-mode", "-i", "v-node1", "-U", "-n", "-w", pcap, "tcp")
+	if err != nil {
+		return err
+	}
+	if err := pollUntil(ctx, 30*time.Second, func() bool { return strings.Contains(dump.Logs(5), "listening on") }); err != nil {
+		return fmt.Errorf("start tcpdump: %w\n%s", err, dump.Logs(5))
+	}
+	pages(ctx, &step, l, bins, productpage, 12)
+	dump.Stop(5 * time.Second)
+
+	step.say("Who talked to whom, as the destination ztunnels saw it (client identity from its mTLS certificate)")
+	for _, line := range identities(mesh, l) {
+		step.ok("%s", line)
+	}
+
+	step.say("Were the bytes between the nodes encrypted?")
+	wire, err := os.ReadFile(pcap)
+	if err != nil {
+		return err
+	}
+	leaked := false
+	for _, s := range []string{"PublisherA", "Reviewer1", "An extremely entertaining play", "GET /details", "GET /reviews", "GET /ratings"} {
+		if strings.Contains(string(wire), s) {
+			step.fail("%q crossed node1's link in plaintext", s)
+			leaked = true
 		}
 	}
-	if len(served) > 0 {
-		step.ok("12 pages with details and reviews; reviews served by %v", served)
+	if !leaked {
+		step.ok("%d bytes captured on node1's link; none of the pages' text, the request lines or the JSON between the services is in them (HBONE: mTLS 1.3)", len(wire))
 	}
+
+	step.say("Authorization: only reviews may call ratings (an ALLOW policy on ratings for principal cluster.local/ns/%s/sa/bookinfo-reviews)", bookinfoNS)
+	mesh.AddPolicy(labmesh.Policy{
+		Authorization: config.Authorization{
+			Name: "ratings-only-from-reviews", Namespace: bookinfoNS, Scope: config.ScopeWorkloadSelector, Action: config.Allow,
+			Rules: []config.Rule{{Clauses: []config.Clause{{Matches: []config.Match{{
+				Principals: []config.StringMatch{{Exact: "cluster.local/ns/" + bookinfoNS + "/sa/bookinfo-reviews"}},
+			}}}}}},
+		},
+		Select: func(w *config.Workload) bool { return w.Namespace == bookinfoNS && w.CanonicalName == "ratings" },
+	})
+	if err := mesh.Sync(ctx); err != nil {
+		return err
+	}
+	stars := 0
+	for range 6 {
+		out, err := l.Exec(ctx, clientNS, "client", bins.Echo, "http", "--body", productpage+"/productpage")
+		if err == nil {
+			stars += strings.Count(string(out), `class="stars"`)
+		}
+	}
+	if stars > 0 {
+		step.ok("reviews → ratings allowed: the product pages still show star ratings")
+	} else {
+		step.fail("reviews → ratings: no star ratings on 6 pages")
+	}
+	out, err := l.Exec(ctx, clientNS, "client", bins.Echo, "http", "--body", productpage+"/api/v1/products/0/ratings")
+	if err != nil {
+		step.ok("productpage → ratings denied: GET /api/v1/products/0/ratings: %s", lastLine(err.Error()))
+	} else {
+		step.fail("productpage → ratings: got %s, want a denial", strings.TrimSpace(string(out)))
+	}
+	for _, line := range denials(mesh, l) {
+		step.ok("%s", line)
+	}
+
 	cancel()
 	if step.failed > 0 {
 		return fmt.Errorf("%d demo step(s) failed", step.failed)
@@ -157,19 +200,103 @@ The lab is running. In another terminal:
 
   export KUBECONFIG=%s
   %s get nodes,pods,svc -A -o wide
-  ip netns exec %s %s http http://server.%s.svc.cluster.local/   # call the server from node1's network
-  ip netns exec %[3]s wget -qO- http://productpage.%[6]s.svc.cluster.local:9080/productpage   # Bookinfo, if wget is installed
+  ip netns exec %s %s http --body %s/productpage    # a page from node1's network
+  tail -f %s/logs/ztunnel-node2-*.log                 # ztunnel's access log on node2
 
 Press Ctrl-C to stop and clean up.
-`, l.Kubeconfig, bins.Kubectl, l.Node("node1").NS.Name(), bins.Echo, ns, bookinfoNS)
+`, l.Kubeconfig, bins.Kubectl, l.Node("node1").NS.Name(), bins.Echo, productpage, l.Dir)
 	<-runCtx.Done()
 	return nil
 }
 
-const bookinfoNS = "bookinfo"
+// pages fetches n product pages from the client pod (which resolves the
+// name with the cluster's DNS) and reports which reviews versions served
+// them.
+func pages(ctx context.Context, step *stepper, l *lab.Lab, bins lab.Binaries, productpage string, n int) {
+	served := map[string]int{}
+	for range n {
+		out, err := l.Exec(ctx, clientNS, "client", bins.Echo, "http", "--body", productpage+"/productpage")
+		page := string(out)
+		if err != nil || !strings.Contains(page, "Book Details") || !strings.Contains(page, "Book Reviews") {
+			step.fail("GET %s/productpage: %v", productpage, err)
+			return
+		}
+		if m := reviewsPod.FindStringSubmatch(page); m != nil {
+			served[m[1]]++
+		}
+	}
+	step.ok("GET /productpage ×%d from %s/client: details and reviews on every page; reviews served by %v", n, clientNS, served)
+}
 
-// reviewsPod finds which reviews pod served a product page.
-var reviewsPod = regexp.MustCompile(`<span id="reviews-pod">([^<]*)</span>`)
+// accessLog returns the access-log entries of every ztunnel.
+func accessLog(mesh *labmesh.Mesh, l *lab.Lab) []map[string]any {
+	var entries []map[string]any
+	for _, n := range l.Nodes {
+		p := mesh.Ztunnel(n)
+		if p == nil {
+			continue
+		}
+		s := bufio.NewScanner(strings.NewReader(p.Logs(2000)))
+		for s.Scan() {
+			var e map[string]any
+			if json.Unmarshal(s.Bytes(), &e) == nil && e["direction"] != nil {
+				e["node"] = n.Name
+				entries = append(entries, e)
+			}
+		}
+	}
+	return entries
+}
+
+// identities summarises inbound HBONE connections: client identity →
+// destination workload.
+func identities(mesh *labmesh.Mesh, l *lab.Lab) []string {
+	seen := map[string]bool{}
+	for _, e := range accessLog(mesh, l) {
+		if e["direction"] != "inbound" || e["error"] != nil {
+			continue
+		}
+		seen[fmt.Sprintf("%v → %v (ztunnel on %v)", e["src.identity"], e["dst.workload"], e["node"])] = true
+	}
+	return slices.Sorted(maps.Keys(seen))
+}
+
+// denials lists the connections ztunnels refused by policy.
+func denials(mesh *labmesh.Mesh, l *lab.Lab) []string {
+	seen := map[string]bool{}
+	for _, e := range accessLog(mesh, l) {
+		if e["direction"] == "inbound" && e["error"] != nil {
+			seen[fmt.Sprintf("ztunnel on %v refused %v → %v: %v", e["node"], e["src.identity"], e["dst.workload"], e["error"])] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
+}
+
+// lastLine is the client's own message at the end of an exec error.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	last := lines[len(lines)-1]
+	if i := strings.LastIndex(last, "echo: "); i >= 0 {
+		last = last[i+len("echo: "):]
+	}
+	return last
+}
+
+// pollUntil checks cond every 50ms until it holds or the timeout passes.
+func pollUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
 
 type stepper struct {
 	n      int

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/identity"
@@ -238,6 +239,7 @@ func (s *Server) Close() error { return s.server().Close() }
 
 // serverStream is the server end of a CONNECT stream as a connection.
 type serverStream struct {
+	closed atomic.Bool
 	body   io.ReadCloser
 	w      http.ResponseWriter
 	rc     *http.ResponseController
@@ -245,7 +247,16 @@ type serverStream struct {
 	remote net.Addr
 }
 
-func (s *serverStream) Read(p []byte) (int, error) { return s.body.Read(p) }
+// Read reads from the request body. After Close it reports net.ErrClosed,
+// as a connection does, rather than the HTTP/2 server's "body closed by
+// handler", so that ending a stream normally is not counted as an error.
+func (s *serverStream) Read(p []byte) (int, error) {
+	n, err := s.body.Read(p)
+	if err != nil && s.closed.Load() {
+		err = net.ErrClosed
+	}
+	return n, err
+}
 
 func (s *serverStream) Write(p []byte) (int, error) {
 	n, err := s.w.Write(p)
@@ -257,7 +268,10 @@ func (s *serverStream) Write(p []byte) (int, error) {
 
 // Close ends the request body; the response side ends when the handler
 // returns.
-func (s *serverStream) Close() error         { return s.body.Close() }
+func (s *serverStream) Close() error {
+	s.closed.Store(true)
+	return s.body.Close()
+}
 func (s *serverStream) LocalAddr() net.Addr  { return s.local }
 func (s *serverStream) RemoteAddr() net.Addr { return s.remote }
 

@@ -88,7 +88,16 @@ func (in *Inbound) init() {
 			Certificate: in.certificate,
 			Verifier:    in.Verifier,
 			Authorize: func(_ context.Context, r *hbone.Request) error {
-				_, err := in.authorize(in.Store.Snapshot(), r.Peer, r.PeerAddr.Addr(), r.LocalAddr, r.Target)
+				w, err := in.authorize(in.Store.Snapshot(), r.Peer, r.PeerAddr.Addr(), r.LocalAddr, r.Target)
+				if err != nil {
+					// The destination's access log shows refusals too, with
+					// who was refused.
+					e := accesslog.Entry{Direction: accesslog.Inbound, SourceAddr: r.PeerAddr, SourceIdentity: r.Peer.String(), DestinationAddr: r.Target, Err: err}
+					if w != nil {
+						e.DestinationWorkload, e.DestinationIdentity = w.Name, w.Identity().String()
+					}
+					e.Log(in.AccessLog)
+				}
 				return err
 			},
 			Dial:   func(ctx context.Context, r *hbone.Request) (net.Conn, error) { return in.dial(ctx, r.Target) },
