@@ -115,6 +115,12 @@ func TestMeshL4(t *testing.T) {
 		t.Errorf("a2 to a on the same node: got %s, %v; want a's echo", out, err)
 	}
 
+	// Mesh to outside the mesh: passed through as plain TCP to c.
+	out, err = l.Exec(ctx, "mesh", "a", l.Binaries().Echo, "tcp", net.JoinHostPort(ip("c"), "9000"), "to-plain")
+	if err != nil || !strings.Contains(string(out), `"hostname":"c"`) {
+		t.Errorf("a to non-mesh c: got %s, %v; want c's echo (passthrough)", out, err)
+	}
+
 	// The destination ztunnel saw a's identity.
 	metrics := get(t, ctx, l.Node("node2"), "http://127.0.0.1:15020/metrics")
 	wantPrincipal := `source_principal="spiffe://cluster.local/ns/mesh/sa/default"`
@@ -148,6 +154,23 @@ func TestMeshL4(t *testing.T) {
 	}
 	if out, err := l.Exec(ctx, "mesh", "a", l.Binaries().Echo, "tcp", net.JoinHostPort(ip("b"), "9000"), "allowed"); err != nil || !strings.Contains(string(out), `"hostname":"b"`) {
 		t.Errorf("a to b with a policy allowing namespace mesh: got %s, %v; want b's echo", out, err)
+	}
+
+	// PeerAuthentication STRICT for namespace mesh, as istiod sends it (a
+	// DENY for connections without a peer identity): plaintext from c is
+	// refused, mTLS from a still gets in.
+	mesh.AddPolicy(labmesh.Policy{
+		Authorization: *config.StrictPolicy("mesh", config.ScopeNamespace),
+		Select:        func(w *config.Workload) bool { return w.Namespace == "mesh" },
+	})
+	if err := mesh.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.Exec(ctx, "plain", "c", l.Binaries().Echo, "tcp", net.JoinHostPort(ip("b"), "9000"), "plaintext"); err == nil {
+		t.Errorf("plaintext c to b under STRICT: got %s, want refused", out)
+	}
+	if out, err := l.Exec(ctx, "mesh", "a", l.Binaries().Echo, "tcp", net.JoinHostPort(ip("b"), "9000"), "mtls"); err != nil || !strings.Contains(string(out), `"hostname":"b"`) {
+		t.Errorf("a to b under STRICT: got %s, %v; want b's echo", out, err)
 	}
 
 	// ztunnel down on a's node: a's new connections fail, closed.
