@@ -20,45 +20,8 @@ import (
 	"github.com/ambitmesh/ambit/cni/install"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/labmesh"
 )
-
-// nodeAgents runs Ambit's node agent on every lab node as a real process,
-// the way the DaemonSet runs it.
-type nodeAgents struct {
-	l          *lab.Lab
-	kubeconfig string
-	procs      map[string]*lab.Process
-	starts     int
-}
-
-func (a *nodeAgents) args(n *lab.Node) []string {
-	return []string{
-		"--node-name", n.Name,
-		"--kubeconfig", a.kubeconfig,
-		"--cni-conf-dir", n.CNIConfDir,
-		"--cni-bin-dir", n.CNIBinDir,
-		"--plugin-binary", a.l.Binaries().CNIPlugin,
-		"--pin-dir", a.l.BPFPinDir(n),
-		"--socket", filepath.Join(filepath.Dir(n.CNIConfDir), "ambit-cni.sock"),
-		"--uplink", "eth0",
-		"--monitor-addr", "127.0.0.1:15029",
-	}
-}
-
-func (a *nodeAgents) start(t testing.TB, ctx context.Context, n *lab.Node) {
-	t.Helper()
-	a.starts++
-	p, err := a.l.StartProcess(n, fmt.Sprintf("ambit-cni-agent-%s-%d", n.Name, a.starts), nil, a.l.Binaries().CNIAgent, a.args(n)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.procs[n.Name] = p
-	if err := lab.WaitHTTP(ctx, n.NS, "http://127.0.0.1:15029/readyz", time.Minute, p); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (a *nodeAgents) stop(n *lab.Node) { a.procs[n.Name].Stop(5 * time.Second) }
 
 // TestCNIAgent: the node agent chains the plugin into the node's conflist;
 // pods of ambient namespaces are enrolled at CNI ADD and annotated; label
@@ -70,15 +33,16 @@ func TestCNIAgent(t *testing.T) {
 	l := startLab(t, lab.Config{Nodes: 2})
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	kc, err := l.KubeconfigFor("ambit-cni-agent", "ambit:cni-agent", "system:masters")
+	agents, err := labmesh.New(l)
 	if err != nil {
 		t.Fatal(err)
 	}
-	agents := &nodeAgents{l: l, kubeconfig: kc, procs: map[string]*lab.Process{}}
 	n1, n2 := l.Node("node1"), l.Node("node2")
 	for _, n := range l.Nodes {
 		startFakeZtunnel(t, n)
-		agents.start(t, ctx, n)
+		if err := agents.StartAgent(ctx, n); err != nil {
+			t.Fatal(err)
+		}
 		conflist, err := install.PrimaryConflist(n.CNIConfDir)
 		if err != nil {
 			t.Fatal(err)
@@ -165,7 +129,7 @@ func TestCNIAgent(t *testing.T) {
 
 	// Agent down: redirection already in place goes on; a new ambient pod
 	// cannot start (its ADD fails, closed); a pod outside the mesh can.
-	agents.stop(n1)
+	agents.StopAgent(n1)
 	expect("c to d with the agent down", "c", "plain", net.JoinHostPort(ip("d"), "9000"), "ztunnel-node1-15001")
 	e := lab.EchoPod("plain", "e", "node1", nil)
 	if _, err := l.Client.CoreV1().Pods("plain").Create(ctx, e, metav1.CreateOptions{}); err != nil {
@@ -188,7 +152,9 @@ func TestCNIAgent(t *testing.T) {
 
 	// Agent back: the pending pod starts, enrolled; no second attachment
 	// on the veths it had already attached.
-	agents.start(t, ctx, n1)
+	if err := agents.StartAgent(ctx, n1); err != nil {
+		t.Fatal(err)
+	}
 	pe, err := l.WaitPod(ctx, "plain", "e", lab.PodReady)
 	if err != nil {
 		t.Fatal(err)
@@ -223,27 +189,29 @@ func TestCNIAgent(t *testing.T) {
 	}
 	// The agent removes the pin when its watch delivers the deletion; a
 	// file's disappearance offers no event to wait on, so poll it.
-	if err := pollUntil(ctx, 30*time.Second, func() bool { _, err := os.Stat(linkPin); return os.IsNotExist(err) }); err != nil {
+	if err := lab.PollUntil(ctx, 30*time.Second, func() bool { _, err := os.Stat(linkPin); return os.IsNotExist(err) }); err != nil {
 		t.Errorf("pin %s of deleted pod c's veth: still there: %v", linkPin, err)
 	}
 	// A pod deleted while the agent is down leaves a stale entry, which
 	// the agent removes when it starts.
-	agents.stop(n1)
+	agents.StopAgent(n1)
 	if err := l.DeletePod(ctx, "plain", "e"); err != nil {
 		t.Fatal(err)
 	}
 	if got := enrolledOn(t, l, n1); !slices.Contains(got, netip.MustParseAddr(pe.Status.PodIP)) {
 		t.Fatalf("precondition: node1 enrolled after deleting e with the agent down: got %v, want %s still there", got, pe.Status.PodIP)
 	}
-	agents.start(t, ctx, n1)
+	if err := agents.StartAgent(ctx, n1); err != nil {
+		t.Fatal(err)
+	}
 	if got := enrolledOn(t, l, n1); slices.Contains(got, netip.MustParseAddr(pe.Status.PodIP)) {
 		t.Errorf("node1 enrolled after agent restart: got %v, want the stale %s gone", got, pe.Status.PodIP)
 	}
 
 	// Uninstall: the conflist is as before, nothing pinned is left.
 	for _, n := range l.Nodes {
-		agents.stop(n)
-		out, err := n.NS.Command(ctx, l.Binaries().CNIAgent, append(agents.args(n), "--uninstall")...).CombinedOutput()
+		agents.StopAgent(n)
+		out, err := n.NS.Command(ctx, l.Binaries().CNIAgent, append(agents.AgentArgs(n), "--uninstall")...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("uninstall on %s: %v: %s", n.Name, err, out)
 		}
@@ -255,22 +223,6 @@ func TestCNIAgent(t *testing.T) {
 			t.Errorf("%s after uninstall: pinned pod map still there", n.Name)
 		}
 	}
-}
-
-// pollUntil checks cond every 50ms until it holds or the timeout passes.
-func pollUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return nil
 }
 
 func enrolledOn(t *testing.T, l *lab.Lab, n *lab.Node) []netip.Addr {

@@ -73,7 +73,7 @@ func TestMeshL4(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pollUntil(ctx, 30*time.Second, func() bool { return strings.Contains(dump.Logs(5), "listening on") }); err != nil {
+	if err := lab.PollUntil(ctx, 30*time.Second, func() bool { return strings.Contains(dump.Logs(5), "listening on") }); err != nil {
 		t.Fatalf("tcpdump did not start: %v\n%s", err, dump.Logs(5))
 	}
 
@@ -97,7 +97,7 @@ func TestMeshL4(t *testing.T) {
 	// Packets are written in order: once the control's bytes are in the
 	// file, so is everything a sent before.
 	var wire []byte
-	if err := pollUntil(ctx, 30*time.Second, func() bool {
+	if err := lab.PollUntil(ctx, 30*time.Second, func() bool {
 		wire, _ = os.ReadFile(pcap)
 		return strings.Contains(string(wire), clear)
 	}); err != nil {

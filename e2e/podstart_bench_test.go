@@ -9,6 +9,7 @@ import (
 
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/labmesh"
 )
 
 // BenchmarkPodStartCNI measures what Ambit's plugin adds to pod start:
@@ -22,12 +23,13 @@ func BenchmarkPodStartCNI(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	n := l.Node("node1")
-	kc, err := l.KubeconfigFor("ambit-cni-agent", "ambit:cni-agent", "system:masters")
+	agents, err := labmesh.New(l)
 	if err != nil {
 		b.Fatal(err)
 	}
-	agents := &nodeAgents{l: l, kubeconfig: kc, procs: map[string]*lab.Process{}}
-	agents.start(b, ctx, n)
+	if err := agents.StartAgent(ctx, n); err != nil {
+		b.Fatal(err)
+	}
 	if err := l.CreateNamespace(ctx, "mesh", map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}); err != nil {
 		b.Fatal(err)
 	}
@@ -54,8 +56,8 @@ func BenchmarkPodStartCNI(b *testing.B) {
 	}
 	b.ResetTimer()
 	with := run("with")
-	agents.stop(n)
-	if out, err := n.NS.Command(ctx, l.Binaries().CNIAgent, append(agents.args(n), "--uninstall")...).CombinedOutput(); err != nil {
+	agents.StopAgent(n)
+	if out, err := n.NS.Command(ctx, l.Binaries().CNIAgent, append(agents.AgentArgs(n), "--uninstall")...).CombinedOutput(); err != nil {
 		b.Fatalf("uninstall: %v: %s", err, out)
 	}
 	without := run("without")

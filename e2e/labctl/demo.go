@@ -125,7 +125,7 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 	if err != nil {
 		return err
 	}
-	if err := pollUntil(ctx, 30*time.Second, func() bool { return strings.Contains(dump.Logs(5), "listening on") }); err != nil {
+	if err := lab.PollUntil(ctx, 30*time.Second, func() bool { return strings.Contains(dump.Logs(5), "listening on") }); err != nil {
 		return fmt.Errorf("start tcpdump: %w\n%s", err, dump.Logs(5))
 	}
 	pages(ctx, &step, l, bins, productpage, 12)
@@ -280,22 +280,6 @@ func lastLine(s string) string {
 		last = last[i+len("echo: "):]
 	}
 	return last
-}
-
-// pollUntil checks cond every 50ms until it holds or the timeout passes.
-func pollUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return nil
 }
 
 type stepper struct {

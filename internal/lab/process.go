@@ -88,3 +88,21 @@ func WaitHTTP(ctx context.Context, ns *netns.NS, url string, timeout time.Durati
 		return httpGet(ctx, ns, &tls.Config{}, url)
 	})
 }
+
+// PollUntil checks cond every 50ms until it holds, the timeout passes or
+// ctx ends: for state that offers no event to wait on (a file appearing
+// or vanishing).
+func PollUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
