@@ -2,7 +2,7 @@
 # Installs the Debian packages the lab needs, idempotently: nothing is
 # downloaded when they are all there already.
 set -euo pipefail
-pkgs=(etcd-server containernetworking-plugins iproute2 iptables conntrack tcpdump ca-certificates)
+pkgs=(etcd-server containernetworking-plugins iproute2 iptables conntrack tcpdump ca-certificates protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
