@@ -18,7 +18,7 @@ help:
 	@echo "clean-lab       remove what a crashed lab left behind (root)"
 
 build:
-	$(GO) build -o $(BIN)/ ./samples/echo ./e2e/labctl
+	$(GO) build -o $(BIN)/ ./samples/echo ./e2e/labctl ./istiod/cmd/istiod
 
 deps:
 	@bash internal/lab/deps.sh

@@ -163,7 +163,7 @@ func (k *Kubelet) register(ctx context.Context) error {
 		return fmt.Errorf("register node %s: %w", n.Name, err)
 	}
 	now := metav1.Now()
-	created.Status = corev1.NodeStatus{
+	status := corev1.NodeStatus{
 		Addresses: []corev1.NodeAddress{
 			{Type: corev1.NodeInternalIP, Address: n.IP.String()},
 			{Type: corev1.NodeHostName, Address: n.Name},
@@ -180,7 +180,19 @@ func (k *Kubelet) register(ctx context.Context) error {
 		},
 		NodeInfo: corev1.NodeSystemInfo{OperatingSystem: "linux", Architecture: "amd64", KubeletVersion: "ambit-lab", ContainerRuntimeVersion: "ambit-lab://0"},
 	}
-	if _, err := k.cfg.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+	// The controller-manager may change the new Node (taints, pod CIDR)
+	// before the status lands: retry on conflict with the latest object.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		created.Status = status
+		_, err := k.cfg.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			if latest, gerr := k.cfg.client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{}); gerr == nil {
+				created = latest
+			}
+		}
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("report status of node %s: %w", n.Name, err)
 	}
 	return nil
