@@ -43,7 +43,10 @@ type IndexOptions struct {
 	Quiet, Max time.Duration
 	// Resync of the informers; none when zero.
 	Resync time.Duration
-	Log    *slog.Logger
+	// Informers is a shared factory to register on, so that other parts
+	// of istiod share the caches; a new one when nil. Run starts it.
+	Informers informers.SharedInformerFactory
+	Log       *slog.Logger
 }
 
 // Index watches the cluster with shared informers and rebuilds the model
@@ -85,7 +88,10 @@ func NewIndex(opts IndexOptions) (*Index, error) {
 	}
 	opts.Config = opts.Config.withDefaults()
 	x := &Index{opts: opts, log: opts.Log, dirty: make(chan struct{}, 1)}
-	x.kubeInf = informers.NewSharedInformerFactory(opts.Kube, opts.Resync)
+	x.kubeInf = opts.Informers
+	if x.kubeInf == nil {
+		x.kubeInf = informers.NewSharedInformerFactory(opts.Kube, opts.Resync)
+	}
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { x.markDirty() },
 		UpdateFunc: func(any, any) { x.markDirty() },
@@ -257,3 +263,6 @@ func (x *Index) ServiceAccounts(namespace string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// Pods is the lister of the pod informer the index watches.
+func (x *Index) Pods() corelisters.PodLister { return x.pods }

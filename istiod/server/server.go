@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,12 +20,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ambitmesh/ambit/istiod/ambient"
+	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
@@ -38,6 +43,25 @@ type Config struct {
 	// Quiet and MaxDebounce tune how bursts of cluster events fold into
 	// one push; ambient's defaults when zero.
 	Quiet, MaxDebounce time.Duration
+	// SecureAddr serves the CA and delta xDS over TLS (Istio: 15012);
+	// empty runs no CA.
+	SecureAddr string
+	CA         CAConfig
+}
+
+// CAConfig configures the certificate authority.
+type CAConfig struct {
+	// Namespace holds the CA Secrets (istio-system when empty).
+	Namespace string
+	// NodeAgents may ask for the identities of pods on their node
+	// ("namespace/name"; istio-system/ztunnel when empty).
+	NodeAgents []string
+	// CertTTL is the default lifetime of workload certificates (24h when
+	// zero), MaxCertTTL the longest a caller may ask for.
+	CertTTL, MaxCertTTL time.Duration
+	// DNSNames of istiod's serving certificate on SecureAddr
+	// (istiod.<namespace>.svc when empty).
+	DNSNames []string
 }
 
 // Server is a configured istiod; Run starts it.
@@ -49,7 +73,11 @@ type Server struct {
 	reg   *prometheus.Registry
 	ready atomic.Bool
 
-	xdsLis, monLis net.Listener
+	kube                   kubernetes.Interface
+	informers              informers.SharedInformerFactory
+	cmInformers            informers.SharedInformerFactory
+	xdsLis, monLis, secLis net.Listener
+	authority              *ca.Authority
 }
 
 // New builds istiod and opens its listeners, so that the addresses are
@@ -58,12 +86,23 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	if cfg.CA.Namespace == "" {
+		cfg.CA.Namespace = "istio-system"
+	}
+	if len(cfg.CA.NodeAgents) == 0 {
+		cfg.CA.NodeAgents = []string{cfg.CA.Namespace + "/ztunnel"}
+	}
+	if len(cfg.CA.DNSNames) == 0 {
+		cfg.CA.DNSNames = []string{"istiod." + cfg.CA.Namespace + ".svc"}
+	}
+	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), kube: kube}
+	s.informers = informers.NewSharedInformerFactory(kube, 0)
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.xds = xds.New(xds.Options{Log: log.With("component", "xds"), Registerer: s.reg})
 	s.index, err = ambient.NewIndex(ambient.IndexOptions{
 		Config: cfg.Ambient, Kube: kube, Istio: istio, OnModel: s.publish,
 		Quiet: cfg.Quiet, Max: cfg.MaxDebounce, Log: log.With("component", "ambient"),
+		Informers: s.informers,
 	})
 	if err != nil {
 		return nil, err
@@ -77,7 +116,73 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 			return nil, fmt.Errorf("listen monitoring: %w", err)
 		}
 	}
+	if cfg.SecureAddr != "" {
+		if s.secLis, err = net.Listen("tcp", cfg.SecureAddr); err != nil {
+			s.xdsLis.Close()
+			if s.monLis != nil {
+				s.monLis.Close()
+			}
+			return nil, fmt.Errorf("listen secure: %w", err)
+		}
+	}
 	return s, nil
+}
+
+// SecureAddr is the address of the TLS listener (CA and xDS), nil if none.
+func (s *Server) SecureAddr() net.Addr {
+	if s.secLis == nil {
+		return nil
+	}
+	return s.secLis.Addr()
+}
+
+// Authority is the CA once Run has loaded it; nil before or without CA.
+func (s *Server) Authority() *ca.Authority { return s.authority }
+
+// startCA loads or creates the signing key, starts the root certificate
+// publisher and returns the gRPC server for SecureAddr.
+func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
+	td := s.cfg.Ambient.TrustDomain
+	if td == "" {
+		td = "cluster.local"
+	}
+	a, src, err := ca.LoadOrCreate(ctx, s.kube, s.cfg.CA.Namespace, td)
+	if err != nil {
+		return nil, err
+	}
+	s.authority = a
+	s.log.Info("certificate authority loaded", "source", src, "namespace", s.cfg.CA.Namespace)
+	svc, err := ca.NewService(ca.ServiceOptions{
+		Authority: a, Kube: s.kube, TrustDomain: td, Pods: s.index.Pods(), NodeAgents: s.cfg.CA.NodeAgents,
+		DefaultTTL: s.cfg.CA.CertTTL, MaxTTL: s.cfg.CA.MaxCertTTL, Log: s.log.With("component", "ca"), Registerer: s.reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.cmInformers = informers.NewSharedInformerFactoryWithOptions(s.kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = "metadata.name=" + ca.RootCertConfigMap
+	}))
+	pub, err := ca.NewRootCertPublisher(s.kube, a.RootPEM(), s.informers.Core().V1().Namespaces(), s.cmInformers.Core().V1().ConfigMaps(), s.log.With("component", "rootcert"))
+	if err != nil {
+		return nil, err
+	}
+	s.cmInformers.Start(ctx.Done())
+	s.informers.Start(ctx.Done())
+	// The impersonation rule reads pods: serve only with a synced cache.
+	for typ, ok := range s.informers.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return nil, fmt.Errorf("sync informer %v: %w", typ, context.Cause(ctx))
+		}
+	}
+	go pub.Run(ctx)
+	cert, err := a.ServingCertificate(s.cfg.CA.DNSNames, 365*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
+	svc.Register(g)
+	s.xds.Register(g)
+	return g, nil
 }
 
 // XDSAddr is the address the xDS listener is bound to.
@@ -117,7 +222,19 @@ func (s *Server) Run(ctx context.Context) error {
 	defer cancel()
 	g := grpc.NewServer()
 	s.xds.Register(g)
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
+	var sec *grpc.Server
+	if s.secLis != nil {
+		var err error
+		if sec, err = s.startCA(ctx); err != nil {
+			return err
+		}
+		go func() {
+			if err := sec.Serve(s.secLis); err != nil {
+				errc <- fmt.Errorf("serve secure: %w", err)
+			}
+		}()
+	}
 	go func() { errc <- s.index.Run(ctx) }()
 	go func() {
 		if err := g.Serve(s.xdsLis); err != nil {
@@ -141,6 +258,12 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	cancel()
 	g.Stop()
+	if sec != nil {
+		sec.Stop()
+	}
+	if s.cmInformers != nil {
+		s.cmInformers.Shutdown()
+	}
 	if hs != nil {
 		hs.Close()
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
@@ -33,6 +34,18 @@ func main() {
 	flag.StringVar(&cfg.Ambient.RootNamespace, "root-namespace", "istio-system", "namespace of mesh-wide policies")
 	flag.DurationVar(&cfg.Quiet, "debounce", 0, "quiet time that ends a burst of cluster events (default 100ms)")
 	flag.DurationVar(&cfg.MaxDebounce, "debounce-max", 0, "longest a burst may delay a push (default 1s)")
+	flag.StringVar(&cfg.SecureAddr, "secure-addr", ":15012", "TLS listen address of the CA and delta xDS; empty runs no CA")
+	flag.StringVar(&cfg.CA.Namespace, "ca-namespace", "istio-system", "namespace of the CA Secrets (cacerts, istio-ca-secret)")
+	flag.Func("node-agent", "service account namespace/name allowed to request certificates for pods on its node (repeatable; default istio-system/ztunnel)", func(v string) error {
+		cfg.CA.NodeAgents = append(cfg.CA.NodeAgents, v)
+		return nil
+	})
+	flag.Func("dns-name", "DNS name of istiod's serving certificate (repeatable; default istiod.<ca-namespace>.svc)", func(v string) error {
+		cfg.CA.DNSNames = append(cfg.CA.DNSNames, v)
+		return nil
+	})
+	flag.DurationVar(&cfg.CA.CertTTL, "cert-ttl", 24*time.Hour, "default lifetime of workload certificates")
+	flag.DurationVar(&cfg.CA.MaxCertTTL, "max-cert-ttl", 0, "longest lifetime a caller may request (default cert-ttl)")
 	flag.BoolVar(&noPolicies, "no-policies", false, "do not watch security.istio.io policies (their CRDs are not installed)")
 	flag.BoolVar(&debug, "debug", false, "debug logs")
 	flag.Parse()
