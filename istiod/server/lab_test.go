@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -26,6 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ambitmesh/ambit/api/security"
@@ -332,6 +335,80 @@ func TestIstiodInLab(t *testing.T) {
 		}
 		c.await("policy removed", func() bool { return c.auths[name] == nil && len(c.workload(uidA).GetAuthorizationPolicies()) == 0 })
 	})
+
+	t.Run("L7 policy without waypoint fails closed and says so", func(t *testing.T) {
+		ap := &securityv1.AuthorizationPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "get-only", Namespace: ns},
+			Spec: secapi.AuthorizationPolicy{Rules: []*secapi.Rule{{
+				To: []*secapi.Rule_To{{Operation: &secapi.Operation{Methods: []string{"GET"}}}},
+			}}},
+		}
+		if _, err := istio.SecurityV1().AuthorizationPolicies(ns).Create(ctx, ap, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		name := ns + "/get-only"
+		c.await("L7 policy", func() bool { return c.auths[name] != nil })
+		if got := c.auths[name]; got.GetAction() != security.Action_ALLOW || len(got.GetRules()) != 0 {
+			t.Errorf("L7 ALLOW policy: got action %s with %d rules, want ALLOW with no rules (allows nothing)", got.GetAction(), len(got.GetRules()))
+		}
+		awaitPolicyCondition(ctx, t, istio, ns, "get-only", func(status, msg string) bool {
+			return status == "True" && strings.Contains(msg, "waypoint")
+		})
+	})
+
+	t.Run("selector-less service through EndpointSlice", func(t *testing.T) {
+		if _, err := l.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "manual", Namespace: ns},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "tcp", Port: 7000}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: "manual-1", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "manual"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("tcp"), Port: ptr.To[int32](9000)}},
+			Endpoints: []discoveryv1.Endpoint{
+				{Addresses: []string{pods["web-a"].Status.PodIP}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: "web-a"}},
+				{Addresses: []string{"10.244.1.250"}},
+			},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		manual := ambient.ServiceName(ns, "manual.shop.svc.cluster.local")
+		external := "Kubernetes/discovery.k8s.io/EndpointSlice/shop/manual-1/10.244.1.250"
+		c.await("selector-less backends", func() bool {
+			return c.workload(uidA).GetServices()[manual] != nil && c.workload(external).GetServices()[manual] != nil
+		})
+		for _, uid := range []string{uidA, external} {
+			ports := c.workload(uid).GetServices()[manual].GetPorts()
+			if len(ports) != 1 || ports[0].GetServicePort() != 7000 || ports[0].GetTargetPort() != 9000 {
+				t.Errorf("%s ports for %s: got %v, want 7000->9000", uid, manual, ports)
+			}
+		}
+	})
+}
+
+// awaitPolicyCondition watches an AuthorizationPolicy until its
+// ZtunnelAccepted condition satisfies ok.
+func awaitPolicyCondition(ctx context.Context, t *testing.T, istio istioclient.Interface, ns, name string, ok func(status, message string) bool) {
+	t.Helper()
+	w, err := istio.SecurityV1().AuthorizationPolicies(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	for ev := range w.ResultChan() {
+		p, isAP := ev.Object.(*securityv1.AuthorizationPolicy)
+		if !isAP {
+			continue
+		}
+		for _, c := range p.Status.Conditions {
+			if c.GetType() == server.ConditionZtunnelAccepted && ok(c.GetStatus(), c.GetMessage()) {
+				return
+			}
+		}
+	}
+	t.Fatalf("policy %s/%s: condition %s not reached: %v", ns, name, server.ConditionZtunnelAccepted, ctx.Err())
 }
 
 func jsonValue(v any) string {

@@ -78,6 +78,7 @@ type Server struct {
 	cmInformers            informers.SharedInformerFactory
 	xdsLis, monLis, secLis net.Listener
 	authority              *ca.Authority
+	status                 *statusWriter
 }
 
 // New builds istiod and opens its listeners, so that the addresses are
@@ -97,6 +98,9 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 	}
 	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), kube: kube}
 	s.informers = informers.NewSharedInformerFactory(kube, 0)
+	if istio != nil {
+		s.status = newStatusWriter(istio, log.With("component", "status"))
+	}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.xds = xds.New(xds.Options{Log: log.With("component", "xds"), Registerer: s.reg})
 	s.index, err = ambient.NewIndex(ambient.IndexOptions{
@@ -213,6 +217,9 @@ func (s *Server) publish(m ambient.Model) {
 	if err := s.xds.Update(xds.AddressType, addrs); err != nil {
 		s.log.Error("publish addresses", "err", err)
 	}
+	if s.status != nil {
+		s.status.offer(m.PolicyStatus)
+	}
 	s.ready.Store(true)
 }
 
@@ -234,6 +241,9 @@ func (s *Server) Run(ctx context.Context) error {
 				errc <- fmt.Errorf("serve secure: %w", err)
 			}
 		}()
+	}
+	if s.status != nil {
+		go s.status.run(ctx)
 	}
 	go func() { errc <- s.index.Run(ctx) }()
 	go func() {
