@@ -6,7 +6,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
@@ -96,7 +95,7 @@ func Build(s State, cfg Config) Model {
 			continue
 		}
 		for _, svc := range svcsByNS[pod.Namespace] {
-			if len(svc.Spec.Selector) == 0 || !labels.SelectorFromValidatedSet(svc.Spec.Selector).Matches(labels.Set(pod.Labels)) {
+			if len(svc.Spec.Selector) == 0 || !selects(svc.Spec.Selector, pod.Labels) {
 				continue
 			}
 			addServicePorts(w, svc, cfg, func(p corev1.ServicePort) uint32 { return podTargetPort(pod, p) })
@@ -353,4 +352,16 @@ func ptrString(p *string) string {
 		return ""
 	}
 	return *p
+}
+
+// selects reports whether a Service selector (equality on every key)
+// matches a pod's labels; it is labels.SelectorFromSet(sel).Matches
+// without the allocations, on the hot path of every build.
+func selects(sel, lbls map[string]string) bool {
+	for k, v := range sel {
+		if got, ok := lbls[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
 }

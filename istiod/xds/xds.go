@@ -269,12 +269,20 @@ func (s *Server) onResponse(id int64, req *discovery.DeltaDiscoveryRequest, resp
 
 // cacheLogger adapts slog to go-control-plane's logger. Its chatter is
 // debug level: the linear cache logs at info level on every no-op wakeup.
+// Messages are formatted only when the level is enabled: some carry whole
+// version maps, and formatting them dominated push time.
 type cacheLogger struct{ log *slog.Logger }
 
-func (l cacheLogger) Debugf(format string, args ...any) { l.log.Debug(fmt.Sprintf(format, args...)) }
-func (l cacheLogger) Infof(format string, args ...any)  { l.log.Debug(fmt.Sprintf(format, args...)) }
-func (l cacheLogger) Warnf(format string, args ...any)  { l.log.Warn(fmt.Sprintf(format, args...)) }
-func (l cacheLogger) Errorf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }
+func (l cacheLogger) logf(level slog.Level, format string, args []any) {
+	if l.log.Enabled(context.Background(), level) {
+		l.log.Log(context.Background(), level, fmt.Sprintf(format, args...))
+	}
+}
+
+func (l cacheLogger) Debugf(format string, args ...any) { l.logf(slog.LevelDebug, format, args) }
+func (l cacheLogger) Infof(format string, args ...any)  { l.logf(slog.LevelDebug, format, args) }
+func (l cacheLogger) Warnf(format string, args ...any)  { l.logf(slog.LevelWarn, format, args) }
+func (l cacheLogger) Errorf(format string, args ...any) { l.logf(slog.LevelError, format, args) }
 
 // NACKCounter is the NACK counter of one type, for tests and the debug
 // endpoint.

@@ -24,7 +24,7 @@ import (
 
 // startServer serves s on a loopback port and returns a client
 // connection.
-func startServer(t *testing.T, s *xds.Server) *grpc.ClientConn {
+func startServer(t testing.TB, s *xds.Server) *grpc.ClientConn {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -33,7 +33,7 @@ func startServer(t *testing.T, s *xds.Server) *grpc.ClientConn {
 	g := grpc.NewServer()
 	s.Register(g)
 	go g.Serve(lis)
-	t.Cleanup(g.Stop)
+	t.Cleanup(g.GracefulStop)
 	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -44,14 +44,14 @@ func startServer(t *testing.T, s *xds.Server) *grpc.ClientConn {
 
 // deltaClient is a minimal delta ADS client, like a ztunnel's.
 type deltaClient struct {
-	t      *testing.T
+	t      testing.TB
 	stream discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
 	cancel context.CancelFunc
 	// versions the client holds, for resuming.
 	versions map[string]string
 }
 
-func dial(t *testing.T, cc *grpc.ClientConn) *deltaClient {
+func dial(t testing.TB, cc *grpc.ClientConn) *deltaClient {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
@@ -120,7 +120,7 @@ func wl(uid, node string) proto.Message {
 	return &workload.Address{Type: &workload.Address_Workload{Workload: &workload.Workload{Uid: uid, Node: node}}}
 }
 
-func mustUpdate(t *testing.T, s *xds.Server, res map[string]proto.Message) {
+func mustUpdate(t testing.TB, s *xds.Server, res map[string]proto.Message) {
 	t.Helper()
 	if err := s.Update(xds.AddressType, res); err != nil {
 		t.Fatal(err)
