@@ -3,7 +3,9 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -286,6 +288,29 @@ func TestIstiodInLab(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
+	t.Run("monitoring", func(t *testing.T) {
+		base := "http://" + s.MonitoringAddr().String()
+		for path, want := range map[string]string{
+			"/ready":         "ready",
+			"/debug/clients": `"node":"test"`,
+			"/debug/model":   `"` + uidA + `"`,
+			"/metrics":       "pilot_xds_pushes",
+		} {
+			resp, err := http.Get(base + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+				t.Errorf("GET %s: got %d %.200q, want 200 containing %q", path, resp.StatusCode, body, want)
+			}
+		}
+	})
 
 	t.Run("enrolment flips", func(t *testing.T) {
 		patchLabels(t, "namespace", ns, ambient.DataplaneModeAmbient)
