@@ -202,7 +202,7 @@ func (x *Index) rebuild() {
 	x.mu.Unlock()
 	x.log.Debug("ambient model built", "addresses", len(m.Addresses), "authorizations", len(m.Authorizations), "took", time.Since(start))
 	for k, v := range m.PolicyStatus {
-		x.log.Info("policy translation", "policy", k, "status", v)
+		x.log.Debug("policy translation", "policy", k, "status", v)
 	}
 	if x.opts.OnModel != nil {
 		x.opts.OnModel(m)

@@ -104,7 +104,7 @@ func (p *RootCertPublisher) ensure(ctx context.Context, ns string) error {
 			ObjectMeta: metav1.ObjectMeta{Name: RootCertConfigMap, Namespace: ns, Labels: map[string]string{"istio.io/config": "true"}},
 			Data:       map[string]string{RootCertKey: p.rootPEM},
 		}, metav1.CreateOptions{})
-		if apierrors.IsAlreadyExists(err) || apierrors.IsForbidden(err) && ctx.Err() == nil {
+		if apierrors.IsAlreadyExists(err) || apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
 			return nil // created meanwhile, or the namespace is going away
 		}
 		if err != nil {

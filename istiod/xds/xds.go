@@ -65,8 +65,12 @@ type Server struct {
 	caches map[string]*cache.LinearCache
 	ads    serverv3.Server
 
-	mu      sync.Mutex
+	mu      sync.Mutex                          // serialises Update
 	current map[string]map[string]proto.Message // type -> name -> resource
+
+	// cmu guards clients apart from mu, so that stream requests never
+	// wait for an Update to finish waking the watches.
+	cmu     sync.Mutex
 	clients map[int64]*client
 
 	metrics metrics
@@ -202,8 +206,8 @@ type ClientInfo struct {
 
 // Clients lists the connected clients.
 func (s *Server) Clients() []ClientInfo {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
 	out := make([]ClientInfo, 0, len(s.clients))
 	for _, c := range s.clients {
 		acked := map[string]string{}
@@ -217,24 +221,24 @@ func (s *Server) Clients() []ClientInfo {
 }
 
 func (s *Server) onOpen(_ context.Context, id int64, _ string) error {
-	s.mu.Lock()
+	s.cmu.Lock()
 	s.clients[id] = &client{id: id, connected: time.Now(), acked: map[string]string{}}
-	s.mu.Unlock()
+	s.cmu.Unlock()
 	s.metrics.clients.Inc()
 	s.log.Debug("xds stream opened", logStream, id)
 	return nil
 }
 
 func (s *Server) onClosed(id int64, node *core.Node) {
-	s.mu.Lock()
+	s.cmu.Lock()
 	delete(s.clients, id)
-	s.mu.Unlock()
+	s.cmu.Unlock()
 	s.metrics.clients.Dec()
 	s.log.Debug("xds stream closed", logStream, id, logNode, node.GetId())
 }
 
 func (s *Server) onRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
-	s.mu.Lock()
+	s.cmu.Lock()
 	c := s.clients[id]
 	if c != nil && req.GetNode().GetId() != "" {
 		c.node = req.GetNode().GetId()
@@ -252,7 +256,7 @@ func (s *Server) onRequest(id int64, req *discovery.DeltaDiscoveryRequest) error
 	case req.GetResponseNonce() != "" && c != nil:
 		c.acked[req.GetTypeUrl()] = req.GetResponseNonce()
 	}
-	s.mu.Unlock()
+	s.cmu.Unlock()
 	if d := req.GetErrorDetail(); d != nil {
 		// Logged once per NACK; nothing is resent (see the package doc).
 		s.metrics.nacks.WithLabelValues(req.GetTypeUrl()).Inc()
