@@ -1,11 +1,10 @@
 // Package xds serves the ambient model to ztunnels over delta xDS
-// (DeltaAggregatedResources) with go-control-plane: one LinearCache per
-// type URL behind a MuxCache. It does not know where the resources come
-// from; callers hand it complete sets with Update and it pushes only what
-// changed.
+// (DeltaAggregatedResources) with go-control-plane's delta server. Each
+// type URL has a changeCache (changecache.go) behind a MuxCache. It does
+// not know where the resources come from; callers hand it complete sets
+// with Update and it pushes only what changed.
 //
-// Behaviour that follows from go-control-plane's delta server and linear
-// cache, and that the tests pin down:
+// Behaviour, pinned down by the tests:
 //   - Versions are hashes of the resources, so a client that reconnects
 //     with initial_resource_versions receives only what changed and the
 //     removals since.
@@ -27,7 +26,6 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,7 +60,7 @@ type Options struct {
 // Server is the delta ADS server of the ambient resources.
 type Server struct {
 	log    *slog.Logger
-	caches map[string]*cache.LinearCache
+	caches map[string]*changeCache
 	ads    serverv3.Server
 
 	mu      sync.Mutex                          // serialises Update
@@ -100,7 +98,7 @@ func New(opts Options) *Server {
 	}
 	s := &Server{
 		log:     opts.Log,
-		caches:  map[string]*cache.LinearCache{},
+		caches:  map[string]*changeCache{},
 		current: map[string]map[string]proto.Message{},
 		clients: map[int64]*client{},
 	}
@@ -110,7 +108,7 @@ func New(opts Options) *Server {
 		Caches:        map[string]cache.Cache{},
 	}
 	for _, typ := range []string{AddressType, AuthorizationType} {
-		c := cache.NewLinearCache(typ, cache.WithLogger(cacheLogger{opts.Log.With(logType, typ)}))
+		c := newChangeCache(typ)
 		s.caches[typ] = c
 		mux.Caches[typ] = c
 		s.current[typ] = map[string]proto.Message{}
@@ -164,7 +162,7 @@ func (s *Server) Update(typeURL string, resources map[string]proto.Message) erro
 		return fmt.Errorf("update %s: unknown type", typeURL)
 	}
 	old := s.current[typeURL]
-	changed := map[string]types.Resource{}
+	changed := map[string]proto.Message{}
 	for name, r := range resources {
 		if o, ok := old[name]; ok && proto.Equal(o, r) {
 			continue
@@ -181,7 +179,7 @@ func (s *Server) Update(typeURL string, resources map[string]proto.Message) erro
 		return nil
 	}
 	sort.Strings(removed)
-	if err := c.UpdateResources(changed, removed); err != nil {
+	if err := c.update(changed, removed); err != nil {
 		return fmt.Errorf("update %s: %w", typeURL, err)
 	}
 	next := make(map[string]proto.Message, len(resources))
@@ -230,6 +228,9 @@ func (s *Server) onOpen(_ context.Context, id int64, _ string) error {
 }
 
 func (s *Server) onClosed(id int64, node *core.Node) {
+	for _, c := range s.caches {
+		c.streamClosed(id)
+	}
 	s.cmu.Lock()
 	delete(s.clients, id)
 	s.cmu.Unlock()
@@ -238,6 +239,9 @@ func (s *Server) onClosed(id int64, node *core.Node) {
 }
 
 func (s *Server) onRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
+	if c := s.caches[req.GetTypeUrl()]; c != nil {
+		c.noteRequest(id, req)
+	}
 	s.cmu.Lock()
 	c := s.clients[id]
 	if c != nil && req.GetNode().GetId() != "" {
@@ -270,23 +274,6 @@ func (s *Server) onResponse(id int64, req *discovery.DeltaDiscoveryRequest, resp
 	s.metrics.resources.WithLabelValues(resp.GetTypeUrl()).Add(float64(len(resp.GetResources()) + len(resp.GetRemovedResources())))
 	s.log.Debug("xds push", logStream, id, logType, resp.GetTypeUrl(), logCount, len(resp.GetResources()), logRemoved, len(resp.GetRemovedResources()), logNonce, resp.GetNonce())
 }
-
-// cacheLogger adapts slog to go-control-plane's logger. Its chatter is
-// debug level: the linear cache logs at info level on every no-op wakeup.
-// Messages are formatted only when the level is enabled: some carry whole
-// version maps, and formatting them dominated push time.
-type cacheLogger struct{ log *slog.Logger }
-
-func (l cacheLogger) logf(level slog.Level, format string, args []any) {
-	if l.log.Enabled(context.Background(), level) {
-		l.log.Log(context.Background(), level, fmt.Sprintf(format, args...))
-	}
-}
-
-func (l cacheLogger) Debugf(format string, args ...any) { l.logf(slog.LevelDebug, format, args) }
-func (l cacheLogger) Infof(format string, args ...any)  { l.logf(slog.LevelDebug, format, args) }
-func (l cacheLogger) Warnf(format string, args ...any)  { l.logf(slog.LevelWarn, format, args) }
-func (l cacheLogger) Errorf(format string, args ...any) { l.logf(slog.LevelError, format, args) }
 
 // NACKCounter is the NACK counter of one type, for tests and the debug
 // endpoint.

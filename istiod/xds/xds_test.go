@@ -2,6 +2,7 @@ package xds_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"slices"
 	"sort"
@@ -239,5 +240,40 @@ func TestSlowClient(t *testing.T) {
 		}
 		fast.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
 		mustUpdate(t, s, big("n"+string(rune('1'+i%9))+time.Duration(i).String()))
+	}
+}
+
+// TestFarBehind: a client that ACKs only after more changes than the
+// change log keeps still converges to the current state.
+func TestFarBehind(t *testing.T) {
+	s := xds.New(xds.Options{})
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n0"), "b": wl("b", "n0")})
+	c := dial(t, startServer(t, s))
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	resp, got := c.recv()
+	if diff := cmp.Diff(update{Names: []string{"a", "b"}}, got); diff != "" {
+		t.Fatalf("first response (-want +got):\n%s", diff)
+	}
+	// The client has not ACKed: nothing is sent while a changes 3000
+	// times, b goes and c comes.
+	for i := range 3000 {
+		mustUpdate(t, s, map[string]proto.Message{"a": wl("a", fmt.Sprint("n", i+1)), "b": wl("b", "n0")})
+	}
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "last"), "c": wl("c", "n0")})
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+	resp, got = c.recv()
+	if diff := cmp.Diff(update{Names: []string{"a", "c"}, Removed: []string{"b"}}, got); diff != "" {
+		t.Errorf("catch-up response (-want +got):\n%s", diff)
+	}
+	var a workload.Address
+	for _, r := range resp.GetResources() {
+		if r.GetName() == "a" {
+			if err := r.GetResource().UnmarshalTo(&a); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := a.GetWorkload().GetNode(); got != "last" {
+		t.Errorf("a after catch-up: got node %q, want last", got)
 	}
 }
