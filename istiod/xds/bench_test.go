@@ -39,6 +39,7 @@ func BenchmarkPush(b *testing.B) {
 			got := make(chan time.Time, clients*4)
 			start := time.Now()
 			initial := make(chan time.Duration, clients)
+			errc := make(chan error, 1)
 			for range clients {
 				c := dial(b, cc)
 				c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
@@ -49,6 +50,10 @@ func BenchmarkPush(b *testing.B) {
 					for {
 						resp, err := c.stream.Recv()
 						if err != nil {
+							select {
+							case errc <- err:
+							default:
+							}
 							return
 						}
 						if first {
@@ -69,7 +74,12 @@ func BenchmarkPush(b *testing.B) {
 			}
 			var full time.Duration
 			for range clients {
-				full = max(full, <-initial)
+				select {
+				case d := <-initial:
+					full = max(full, d)
+				case err := <-errc:
+					b.Fatalf("initial push: %v", err)
+				}
 			}
 			var lat []time.Duration
 			i := 0
@@ -81,7 +91,11 @@ func BenchmarkPush(b *testing.B) {
 				mustUpdate(b, s, res)
 				var last time.Time
 				for range clients {
-					last = <-got
+					select {
+					case last = <-got:
+					case err := <-errc:
+						b.Fatalf("push: %v", err)
+					}
 				}
 				lat = append(lat, last.Sub(t0))
 			}

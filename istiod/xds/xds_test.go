@@ -35,7 +35,10 @@ func startServer(t testing.TB, s *xds.Server) *grpc.ClientConn {
 	s.Register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.GracefulStop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// A full push of 50k workloads is larger than gRPC's default 4 MiB
+	// receive limit; ztunnel accepts such messages too.
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
 	if err != nil {
 		t.Fatal(err)
 	}
