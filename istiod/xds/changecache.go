@@ -36,6 +36,9 @@ import (
 // request) and when a stream ends (streamClosed).
 type changeCache struct {
 	typeURL string
+	// maxBytes bounds the resources of one response; the rest follows
+	// after the client's next request.
+	maxBytes int
 
 	mu      sync.Mutex
 	res     map[string]*entry
@@ -59,6 +62,9 @@ type change struct {
 type streamState struct {
 	seen  uint64 // subscription compared with every change up to seen
 	watch *deltaWatch
+	// partial: the last response left changes out (size bound), so the
+	// next comparison must be a full one.
+	partial bool
 }
 
 type deltaWatch struct {
@@ -72,12 +78,20 @@ var _ cache.Cache = (*changeCache)(nil)
 // errSotW: Ambit serves the ambient types over delta xDS only, as Istio.
 var errSotW = errors.New("state-of-the-world xDS is not served for ambient types: use delta xDS")
 
-func newChangeCache(typeURL string) *changeCache {
+// DefaultMaxResponseBytes keeps responses under the 4 MiB that gRPC
+// clients (grpc-go, tonic) accept by default.
+const DefaultMaxResponseBytes = 3 << 20
+
+func newChangeCache(typeURL string, maxBytes int) *changeCache {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxResponseBytes
+	}
 	return &changeCache{
-		typeURL: typeURL,
-		res:     map[string]*entry{},
-		streams: map[int64]*streamState{},
-		pending: map[*discovery.DeltaDiscoveryRequest]int64{},
+		typeURL:  typeURL,
+		maxBytes: maxBytes,
+		res:      map[string]*entry{},
+		streams:  map[int64]*streamState{},
+		pending:  map[*discovery.DeltaDiscoveryRequest]int64{},
 	}
 }
 
@@ -153,7 +167,9 @@ func (c *changeCache) update(changed map[string]proto.Message, removed []string)
 			continue
 		}
 		st.watch = nil
-		w.ch <- c.respond(w.req, w.sub, ch, rm)
+		resp, complete := c.respond(w.req, w.sub, ch, rm)
+		st.partial = !complete
+		w.ch <- resp
 	}
 	return nil
 }
@@ -169,7 +185,7 @@ func (c *changeCache) CreateDeltaWatch(req *discovery.DeltaDiscoveryRequest, sub
 	id, known := c.pending[req]
 	delete(c.pending, req)
 	st := c.streams[id]
-	incremental := known && st != nil && st.seen >= c.base &&
+	incremental := known && st != nil && !st.partial && st.seen >= c.base &&
 		len(req.GetResourceNamesSubscribe()) == 0 && len(req.GetResourceNamesUnsubscribe()) == 0
 	var changed, removed []string
 	if incremental {
@@ -188,7 +204,11 @@ func (c *changeCache) CreateDeltaWatch(req *discovery.DeltaDiscoveryRequest, sub
 	// A first wildcard request is answered even when empty: it tells the
 	// client its initial state is complete.
 	if len(changed)+len(removed) > 0 || sub.IsWildcard() && req.GetResponseNonce() == "" {
-		ch <- c.respond(req, sub, changed, removed)
+		resp, complete := c.respond(req, sub, changed, removed)
+		if st != nil {
+			st.partial = !complete
+		}
+		ch <- resp
 		return nil, nil
 	}
 	if !known {
@@ -274,7 +294,10 @@ func (c *changeCache) fullDiff(sub cache.Subscription) (changed, removed []strin
 	return changed, removed
 }
 
-func (c *changeCache) respond(req *discovery.DeltaDiscoveryRequest, sub cache.Subscription, changed, removed []string) cache.DeltaResponse {
+// respond builds a response with the removals and as many changed
+// resources as fit in maxBytes (at least one); complete is false when some
+// were left for a later response.
+func (c *changeCache) respond(req *discovery.DeltaDiscoveryRequest, sub cache.Subscription, changed, removed []string) (_ cache.DeltaResponse, complete bool) {
 	next := maps.Clone(sub.ReturnedResources())
 	if next == nil {
 		next = map[string]string{}
@@ -287,13 +310,20 @@ func (c *changeCache) respond(req *discovery.DeltaDiscoveryRequest, sub cache.Su
 		Resources:         make([]*discovery.Resource, 0, len(changed)),
 		RemovedResources:  removed,
 	}
+	complete = true
+	size := 0
 	for _, name := range changed {
 		e := c.res[name]
+		size += len(e.any.GetValue()) + len(name) + len(e.version)
+		if size > c.maxBytes && len(out.Resources) > 0 {
+			complete = false
+			break
+		}
 		out.Resources = append(out.Resources, &discovery.Resource{Name: name, Version: e.version, Resource: e.any})
 		next[name] = e.version
 	}
 	for _, name := range removed {
 		delete(next, name)
 	}
-	return &cache.DeltaPassthroughResponse{DeltaRequest: req, NextVersionMap: next, DeltaDiscoveryResponse: out}
+	return &cache.DeltaPassthroughResponse{DeltaRequest: req, NextVersionMap: next, DeltaDiscoveryResponse: out}, complete
 }

@@ -55,6 +55,9 @@ type Options struct {
 	Log *slog.Logger
 	// Registerer receives the metrics; none when nil.
 	Registerer prometheus.Registerer
+	// MaxResponseBytes bounds the resources in one response (a full push
+	// is split over several); DefaultMaxResponseBytes when zero.
+	MaxResponseBytes int
 }
 
 // Server is the delta ADS server of the ambient resources.
@@ -108,7 +111,7 @@ func New(opts Options) *Server {
 		Caches:        map[string]cache.Cache{},
 	}
 	for _, typ := range []string{AddressType, AuthorizationType} {
-		c := newChangeCache(typ)
+		c := newChangeCache(typ, opts.MaxResponseBytes)
 		s.caches[typ] = c
 		mux.Caches[typ] = c
 		s.current[typ] = map[string]proto.Message{}

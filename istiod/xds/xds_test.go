@@ -280,3 +280,36 @@ func TestFarBehind(t *testing.T) {
 		t.Errorf("a after catch-up: got node %q, want last", got)
 	}
 }
+
+// TestLargePushIsSplit: a full push larger than MaxResponseBytes arrives
+// over several responses, each after the client's ACK, and completely.
+func TestLargePushIsSplit(t *testing.T) {
+	s := xds.New(xds.Options{MaxResponseBytes: 2000})
+	all := map[string]proto.Message{}
+	for i := range 200 {
+		name := fmt.Sprintf("Kubernetes//Pod/ns/p%03d", i)
+		all[name] = wl(name, "node1")
+	}
+	mustUpdate(t, s, all)
+	c := dial(t, startServer(t, s))
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	responses := 0
+	for len(c.versions) < len(all) {
+		resp, got := c.recv()
+		responses++
+		if len(got.Names) == 0 {
+			t.Fatalf("response %d: got no resources, want the next part", responses)
+		}
+		if size := proto.Size(resp); size > 4000 {
+			t.Errorf("response %d: got %d bytes, want about 2000", responses, size)
+		}
+		c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+	}
+	if responses < 2 {
+		t.Errorf("responses: got %d, want the push split over several", responses)
+	}
+	// Afterwards pushes are incremental again.
+	all["Kubernetes//Pod/ns/p000"] = wl("Kubernetes//Pod/ns/p000", "node2")
+	mustUpdate(t, s, all)
+	c.recvAck(update{Names: []string{"Kubernetes//Pod/ns/p000"}})
+}
