@@ -18,7 +18,7 @@ help:
 	@echo "clean-lab       remove what a crashed lab left behind (root)"
 
 build:
-	$(GO) build -o $(BIN)/ ./samples/echo ./samples/bookinfo ./e2e/labctl ./cni/cmd/ambit-cni ./cni/cmd/ambit-cni-agent ./ztunnel/cmd/ztunnel
+	$(GO) build -o $(BIN)/ ./samples/echo ./samples/bookinfo ./e2e/labctl ./cni/cmd/ambit-cni ./cni/cmd/ambit-cni-agent ./ztunnel/cmd/ztunnel ./istiod/cmd/istiod
 
 deps:
 	@bash internal/lab/deps.sh

@@ -1,0 +1,92 @@
+// Command istiod is Ambit's control plane: it watches the cluster and
+// serves the ambient workload discovery API to ztunnels.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ambitmesh/ambit/istiod/server"
+)
+
+func main() {
+	var cfg server.Config
+	var kubeconfig string
+	var noPolicies, debug bool
+	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
+	flag.StringVar(&cfg.XDSAddr, "xds-addr", ":15010", "plaintext delta xDS listen address")
+	flag.StringVar(&cfg.MonitoringAddr, "monitoring-addr", ":15014", "metrics, readiness and debug listen address")
+	flag.StringVar(&cfg.Ambient.ClusterID, "cluster-id", "Kubernetes", "cluster name in workload uids")
+	flag.StringVar(&cfg.Ambient.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
+	flag.StringVar(&cfg.Ambient.DomainSuffix, "domain-suffix", "cluster.local", "cluster DNS domain")
+	flag.StringVar(&cfg.Ambient.Network, "network", "", "network of the cluster's addresses")
+	flag.StringVar(&cfg.Ambient.RootNamespace, "root-namespace", "istio-system", "namespace of mesh-wide policies")
+	flag.DurationVar(&cfg.Quiet, "debounce", 0, "quiet time that ends a burst of cluster events (default 100ms)")
+	flag.DurationVar(&cfg.MaxDebounce, "debounce-max", 0, "longest a burst may delay a push (default 1s)")
+	flag.StringVar(&cfg.SecureAddr, "secure-addr", ":15012", "TLS listen address of the CA and delta xDS; empty runs no CA")
+	flag.StringVar(&cfg.CA.Namespace, "ca-namespace", "istio-system", "namespace of the CA Secrets (cacerts, istio-ca-secret)")
+	flag.Func("node-agent", "service account namespace/name allowed to request certificates for pods on its node (repeatable; default istio-system/ztunnel)", func(v string) error {
+		cfg.CA.NodeAgents = append(cfg.CA.NodeAgents, v)
+		return nil
+	})
+	flag.Func("dns-name", "DNS name of istiod's serving certificate (repeatable; default istiod.<ca-namespace>.svc)", func(v string) error {
+		cfg.CA.DNSNames = append(cfg.CA.DNSNames, v)
+		return nil
+	})
+	flag.DurationVar(&cfg.CA.CertTTL, "cert-ttl", 24*time.Hour, "default lifetime of workload certificates")
+	flag.DurationVar(&cfg.CA.MaxCertTTL, "max-cert-ttl", 0, "longest lifetime a caller may request (default cert-ttl)")
+	flag.BoolVar(&noPolicies, "no-policies", false, "do not watch security.istio.io policies (their CRDs are not installed)")
+	flag.BoolVar(&debug, "debug", false, "debug logs")
+	flag.Parse()
+
+	level := slog.LevelInfo
+	if debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if err := run(cfg, kubeconfig, noPolicies, log); err != nil {
+		log.Error("istiod", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg server.Config, kubeconfig string, noPolicies bool, log *slog.Logger) error {
+	var rc *rest.Config
+	var err error
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("load kubernetes config: %w", err)
+	}
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("create kubernetes client: %w", err)
+	}
+	var istio istioclient.Interface
+	if !noPolicies {
+		if istio, err = istioclient.NewForConfig(rc); err != nil {
+			return fmt.Errorf("create istio client: %w", err)
+		}
+	}
+	s, err := server.New(cfg, kube, istio, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return s.Run(ctx)
+}

@@ -1,0 +1,329 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sort"
+	"strconv"
+	"sync"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// changeCache is a delta-only cache.Cache for go-control-plane's delta
+// server that answers watches from a log of changes instead of comparing
+// every resource with every client's versions.
+//
+// go-control-plane's LinearCache compares all resources of the type with
+// what each wildcard client holds on every update and again on every ACK:
+// O(resources x clients) per change, which measured 450 ms per change at
+// 10k resources and 100 clients. changeCache keeps, per stream, the
+// change sequence up to which the stream's subscription has been compared,
+// and on an update or an ACK compares only the resources changed since.
+// It falls back to the full comparison when it has no state for the
+// stream (first request, resume with initial_resource_versions), when the
+// request changes the subscription, or when the change log no longer
+// reaches back far enough.
+//
+// The server tells it which stream a request belongs to (noteRequest,
+// called from the OnStreamDeltaRequest callback that go-control-plane runs
+// on the stream's goroutine just before CreateDeltaWatch with the same
+// request) and when a stream ends (streamClosed).
+type changeCache struct {
+	typeURL string
+	// maxBytes bounds the resources of one response; the rest follows
+	// after the client's next request.
+	maxBytes int
+
+	mu      sync.Mutex
+	res     map[string]*entry
+	seq     uint64
+	changes []change // ascending seq
+	base    uint64   // changes hold every change after base
+	streams map[int64]*streamState
+	pending map[*discovery.DeltaDiscoveryRequest]int64
+}
+
+type entry struct {
+	version string
+	any     *anypb.Any
+}
+
+type change struct {
+	seq  uint64
+	name string
+}
+
+type streamState struct {
+	seen  uint64 // subscription compared with every change up to seen
+	watch *deltaWatch
+	// partial: the last response left changes out (size bound), so the
+	// next comparison must be a full one.
+	partial bool
+}
+
+type deltaWatch struct {
+	req *discovery.DeltaDiscoveryRequest
+	sub cache.Subscription
+	ch  chan cache.DeltaResponse
+}
+
+var _ cache.Cache = (*changeCache)(nil)
+
+// errSotW: Ambit serves the ambient types over delta xDS only, as Istio.
+var errSotW = errors.New("state-of-the-world xDS is not served for ambient types: use delta xDS")
+
+// DefaultMaxResponseBytes keeps responses under the 4 MiB that gRPC
+// clients (grpc-go, tonic) accept by default.
+const DefaultMaxResponseBytes = 3 << 20
+
+func newChangeCache(typeURL string, maxBytes int) *changeCache {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxResponseBytes
+	}
+	return &changeCache{
+		typeURL:  typeURL,
+		maxBytes: maxBytes,
+		res:      map[string]*entry{},
+		streams:  map[int64]*streamState{},
+		pending:  map[*discovery.DeltaDiscoveryRequest]int64{},
+	}
+}
+
+// CreateWatch refuses state-of-the-world streams.
+func (c *changeCache) CreateWatch(*cache.Request, cache.Subscription, chan cache.Response) (func(), error) {
+	return nil, errSotW
+}
+
+// Fetch refuses REST requests.
+func (c *changeCache) Fetch(context.Context, *cache.Request) (cache.Response, error) {
+	return nil, errSotW
+}
+
+func (c *changeCache) noteRequest(stream int64, req *discovery.DeltaDiscoveryRequest) {
+	c.mu.Lock()
+	c.pending[req] = stream
+	c.mu.Unlock()
+}
+
+func (c *changeCache) streamClosed(stream int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.streams, stream)
+	for req, id := range c.pending {
+		if id == stream {
+			delete(c.pending, req)
+		}
+	}
+}
+
+// update applies changed and removed resources and answers the watches
+// they concern.
+func (c *changeCache) update(changed map[string]proto.Message, removed []string) error {
+	entries := make(map[string]*entry, len(changed))
+	for name, r := range changed {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("marshal %s: %w", name, err)
+		}
+		entries[name] = &entry{version: cache.HashResource(b), any: &anypb.Any{TypeUrl: c.typeURL, Value: b}}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	for name, e := range entries {
+		c.res[name] = e
+		c.changes = append(c.changes, change{c.seq, name})
+	}
+	for _, name := range removed {
+		if _, ok := c.res[name]; ok {
+			delete(c.res, name)
+			c.changes = append(c.changes, change{c.seq, name})
+		}
+	}
+	// Keep the log about as long as the resource set; streams further
+	// behind get a full comparison.
+	if limit := 2*len(c.res) + 1024; len(c.changes) > limit {
+		drop := len(c.changes) - limit/2
+		for drop < len(c.changes) && c.changes[drop].seq == c.changes[drop-1].seq {
+			drop++
+		}
+		c.base = c.changes[drop-1].seq
+		c.changes = append([]change(nil), c.changes[drop:]...)
+	}
+	for _, st := range c.streams {
+		w := st.watch
+		if w == nil {
+			continue
+		}
+		ch, rm := c.diffSince(w.sub, st.seen)
+		st.seen = c.seq
+		if len(ch)+len(rm) == 0 {
+			continue
+		}
+		st.watch = nil
+		resp, complete := c.respond(w.req, w.sub, ch, rm)
+		st.partial = !complete
+		w.ch <- resp
+	}
+	return nil
+}
+
+// CreateDeltaWatch answers at once when the client lacks something, and
+// otherwise parks the watch until an update concerns it.
+func (c *changeCache) CreateDeltaWatch(req *discovery.DeltaDiscoveryRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
+	if req.GetTypeUrl() != c.typeURL {
+		return nil, fmt.Errorf("create watch: request type %s, cache type %s", req.GetTypeUrl(), c.typeURL)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id, known := c.pending[req]
+	delete(c.pending, req)
+	st := c.streams[id]
+	incremental := known && st != nil && !st.partial && st.seen >= c.base &&
+		len(req.GetResourceNamesSubscribe()) == 0 && len(req.GetResourceNamesUnsubscribe()) == 0
+	var changed, removed []string
+	if incremental {
+		changed, removed = c.diffSince(sub, st.seen)
+	} else {
+		changed, removed = c.fullDiff(sub)
+	}
+	if known {
+		if st == nil {
+			st = &streamState{}
+			c.streams[id] = st
+		}
+		st.seen = c.seq
+		st.watch = nil
+	}
+	// A first wildcard request is answered even when empty: it tells the
+	// client its initial state is complete.
+	if len(changed)+len(removed) > 0 || sub.IsWildcard() && req.GetResponseNonce() == "" {
+		resp, complete := c.respond(req, sub, changed, removed)
+		if st != nil {
+			st.partial = !complete
+		}
+		ch <- resp
+		return nil, nil
+	}
+	if !known {
+		return nil, fmt.Errorf("create watch for %s: request of an unknown stream", c.typeURL)
+	}
+	w := &deltaWatch{req: req, sub: sub, ch: ch}
+	st.watch = w
+	return func() {
+		c.mu.Lock()
+		if st.watch == w {
+			st.watch = nil
+		}
+		c.mu.Unlock()
+	}, nil
+}
+
+func subscribed(sub cache.Subscription, name string) bool {
+	if sub.IsWildcard() {
+		return true
+	}
+	_, ok := sub.SubscribedResources()[name]
+	return ok
+}
+
+// diffSince compares the subscription with the resources changed after
+// seq since.
+func (c *changeCache) diffSince(sub cache.Subscription, since uint64) (changed, removed []string) {
+	i := sort.Search(len(c.changes), func(i int) bool { return c.changes[i].seq > since })
+	known := sub.ReturnedResources()
+	seen := map[string]bool{}
+	for _, ch := range c.changes[i:] {
+		if seen[ch.name] {
+			continue
+		}
+		seen[ch.name] = true
+		if !subscribed(sub, ch.name) {
+			continue
+		}
+		v, has := known[ch.name]
+		if e := c.res[ch.name]; e != nil {
+			if !has || v != e.version {
+				changed = append(changed, ch.name)
+			}
+		} else if has {
+			removed = append(removed, ch.name)
+		}
+	}
+	return changed, removed
+}
+
+// fullDiff compares the subscription with every resource, as
+// go-control-plane's LinearCache does.
+func (c *changeCache) fullDiff(sub cache.Subscription) (changed, removed []string) {
+	known := sub.ReturnedResources()
+	if sub.IsWildcard() {
+		for name, e := range c.res {
+			if v, ok := known[name]; !ok || v != e.version {
+				changed = append(changed, name)
+			}
+		}
+		for name := range known {
+			if _, ok := c.res[name]; !ok {
+				removed = append(removed, name)
+			}
+		}
+		return changed, removed
+	}
+	for name := range sub.SubscribedResources() {
+		e := c.res[name]
+		v, has := known[name]
+		switch {
+		case e != nil && (!has || v != e.version):
+			changed = append(changed, name)
+		case e == nil && has:
+			removed = append(removed, name)
+		}
+	}
+	for name := range known {
+		if _, ok := sub.SubscribedResources()[name]; !ok {
+			removed = append(removed, name)
+		}
+	}
+	return changed, removed
+}
+
+// respond builds a response with the removals and as many changed
+// resources as fit in maxBytes (at least one); complete is false when some
+// were left for a later response.
+func (c *changeCache) respond(req *discovery.DeltaDiscoveryRequest, sub cache.Subscription, changed, removed []string) (_ cache.DeltaResponse, complete bool) {
+	next := maps.Clone(sub.ReturnedResources())
+	if next == nil {
+		next = map[string]string{}
+	}
+	sort.Strings(changed)
+	sort.Strings(removed)
+	out := &discovery.DeltaDiscoveryResponse{
+		TypeUrl:           c.typeURL,
+		SystemVersionInfo: strconv.FormatUint(c.seq, 10),
+		Resources:         make([]*discovery.Resource, 0, len(changed)),
+		RemovedResources:  removed,
+	}
+	complete = true
+	size := 0
+	for _, name := range changed {
+		e := c.res[name]
+		size += len(e.any.GetValue()) + len(name) + len(e.version)
+		if size > c.maxBytes && len(out.Resources) > 0 {
+			complete = false
+			break
+		}
+		out.Resources = append(out.Resources, &discovery.Resource{Name: name, Version: e.version, Resource: e.any})
+		next[name] = e.version
+	}
+	for _, name := range removed {
+		delete(next, name)
+	}
+	return &cache.DeltaPassthroughResponse{DeltaRequest: req, NextVersionMap: next, DeltaDiscoveryResponse: out}, complete
+}

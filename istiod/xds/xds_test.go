@@ -1,0 +1,315 @@
+package xds_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/istiod/xds"
+)
+
+// startServer serves s on a loopback port and returns a client
+// connection.
+func startServer(t testing.TB, s *xds.Server) *grpc.ClientConn {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	s.Register(g)
+	go g.Serve(lis)
+	t.Cleanup(g.GracefulStop)
+	// A full push of 50k workloads is larger than gRPC's default 4 MiB
+	// receive limit; ztunnel accepts such messages too.
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// deltaClient is a minimal delta ADS client, like a ztunnel's.
+type deltaClient struct {
+	t      testing.TB
+	stream discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	cancel context.CancelFunc
+	// versions the client holds, for resuming.
+	versions map[string]string
+}
+
+func dial(t testing.TB, cc *grpc.ClientConn) *deltaClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	c := &deltaClient{t: t, stream: st, cancel: cancel, versions: map[string]string{}}
+	t.Cleanup(cancel)
+	return c
+}
+
+func (c *deltaClient) send(req *discovery.DeltaDiscoveryRequest) {
+	c.t.Helper()
+	if req.Node == nil {
+		req.Node = &core.Node{Id: "ztunnel~10.0.0.1~test~ns.svc.cluster.local"}
+	}
+	if err := c.stream.Send(req); err != nil {
+		c.t.Fatalf("send %v: %v", req, err)
+	}
+}
+
+// update is what one response carried.
+type update struct {
+	Names   []string
+	Removed []string
+}
+
+func (c *deltaClient) recv() (*discovery.DeltaDiscoveryResponse, update) {
+	c.t.Helper()
+	resp, err := c.stream.Recv()
+	if err != nil {
+		c.t.Fatalf("receive: %v", err)
+	}
+	var u update
+	for _, r := range resp.GetResources() {
+		u.Names = append(u.Names, r.GetName())
+		c.versions[r.GetName()] = r.GetVersion()
+		var a workload.Address
+		if resp.GetTypeUrl() == xds.AddressType {
+			if err := r.GetResource().UnmarshalTo(&a); err != nil {
+				c.t.Errorf("decode %s: %v", r.GetName(), err)
+			}
+		}
+	}
+	for _, n := range resp.GetRemovedResources() {
+		delete(c.versions, n)
+	}
+	u.Removed = append(u.Removed, resp.GetRemovedResources()...)
+	sort.Strings(u.Names)
+	sort.Strings(u.Removed)
+	return resp, u
+}
+
+// recvAck receives one response, checks what it carried and ACKs it.
+func (c *deltaClient) recvAck(want update) {
+	c.t.Helper()
+	resp, got := c.recv()
+	if diff := cmp.Diff(want, got); diff != "" {
+		c.t.Errorf("response (-want +got):\n%s", diff)
+	}
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+}
+
+func wl(uid, node string) proto.Message {
+	return &workload.Address{Type: &workload.Address_Workload{Workload: &workload.Workload{Uid: uid, Node: node}}}
+}
+
+func mustUpdate(t testing.TB, s *xds.Server, res map[string]proto.Message) {
+	t.Helper()
+	if err := s.Update(xds.AddressType, res); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWildcardIncrementalAndRemoval(t *testing.T) {
+	s := xds.New(xds.Options{})
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")})
+	c := dial(t, startServer(t, s))
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	c.recvAck(update{Names: []string{"a", "b"}})
+
+	// b changes, c appears, a is untouched: only b and c travel.
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n2"), "c": wl("c", "n1")})
+	c.recvAck(update{Names: []string{"b", "c"}})
+
+	// a disappears.
+	mustUpdate(t, s, map[string]proto.Message{"b": wl("b", "n2"), "c": wl("c", "n1")})
+	c.recvAck(update{Removed: []string{"a"}})
+
+	// An identical set sends nothing; the next real change is all that
+	// arrives.
+	mustUpdate(t, s, map[string]proto.Message{"b": wl("b", "n2"), "c": wl("c", "n1")})
+	mustUpdate(t, s, map[string]proto.Message{"b": wl("b", "n2"), "c": wl("c", "n3")})
+	c.recvAck(update{Names: []string{"c"}})
+}
+
+func TestOnDemand(t *testing.T) {
+	s := xds.New(xds.Options{})
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")})
+	c := dial(t, startServer(t, s))
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{"b", "missing"}})
+	c.recvAck(update{Names: []string{"b"}})
+
+	// A change to a resource the client did not ask for is not sent; the
+	// next response carries the one it did ask for.
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n2"), "b": wl("b", "n1")})
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n2"), "b": wl("b", "n1"), "missing": wl("missing", "n1")})
+	c.recvAck(update{Names: []string{"missing"}})
+
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{"a"}})
+	c.recvAck(update{Names: []string{"a"}})
+}
+
+func TestNACKIsNotRetried(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := xds.New(xds.Options{Registerer: reg})
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1")})
+	c := dial(t, startServer(t, s))
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	resp, got := c.recv()
+	if diff := cmp.Diff(update{Names: []string{"a"}}, got); diff != "" {
+		t.Errorf("first response (-want +got):\n%s", diff)
+	}
+	c.send(&discovery.DeltaDiscoveryRequest{
+		TypeUrl: xds.AddressType, ResponseNonce: resp.GetNonce(),
+		ErrorDetail: &statuspb.Status{Code: 3, Message: "workload a: bad address"},
+	})
+	// Were the rejected resource resent, it would come before b.
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")})
+	c.recvAck(update{Names: []string{"b"}})
+
+	if got := testutil.ToFloat64(s.NACKCounter(xds.AddressType)); got != 1 {
+		t.Errorf("NACK counter: got %v, want 1", got)
+	}
+	var nacked []string
+	for _, ci := range s.Clients() {
+		nacked = append(nacked, ci.LastNACK)
+	}
+	if want := []string{"workload a: bad address"}; !slices.Equal(nacked, want) {
+		t.Errorf("clients' last NACK: got %q, want %q", nacked, want)
+	}
+}
+
+func TestResume(t *testing.T) {
+	s := xds.New(xds.Options{})
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1"), "c": wl("c", "n1")})
+	cc := startServer(t, s)
+	c := dial(t, cc)
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	c.recvAck(update{Names: []string{"a", "b", "c"}})
+	held := c.versions
+	c.cancel()
+
+	// While the client is away: b changes, c goes, d comes.
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n2"), "d": wl("d", "n1")})
+
+	c2 := dial(t, cc)
+	c2.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, InitialResourceVersions: held})
+	c2.recvAck(update{Names: []string{"b", "d"}, Removed: []string{"c"}})
+}
+
+// TestSlowClient: a client that never reads nor ACKs holds nothing back
+// from the others.
+func TestSlowClient(t *testing.T) {
+	s := xds.New(xds.Options{})
+	big := func(node string) map[string]proto.Message {
+		m := map[string]proto.Message{}
+		for i := range 2000 {
+			name := string(rune('a'+i%26)) + "-" + string(rune('0'+i%10)) + "-" + time.Duration(i).String()
+			m[name] = wl(name, node)
+		}
+		return m
+	}
+	mustUpdate(t, s, big("n0"))
+	cc := startServer(t, s)
+	slow := dial(t, cc)
+	slow.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	fast := dial(t, cc)
+	fast.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	for i := range 20 {
+		resp, got := fast.recv()
+		if len(got.Names) != 2000 {
+			t.Fatalf("push %d: got %d resources, want 2000", i, len(got.Names))
+		}
+		fast.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+		mustUpdate(t, s, big("n"+string(rune('1'+i%9))+time.Duration(i).String()))
+	}
+}
+
+// TestFarBehind: a client that ACKs only after more changes than the
+// change log keeps still converges to the current state.
+func TestFarBehind(t *testing.T) {
+	s := xds.New(xds.Options{})
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n0"), "b": wl("b", "n0")})
+	c := dial(t, startServer(t, s))
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	resp, got := c.recv()
+	if diff := cmp.Diff(update{Names: []string{"a", "b"}}, got); diff != "" {
+		t.Fatalf("first response (-want +got):\n%s", diff)
+	}
+	// The client has not ACKed: nothing is sent while a changes 3000
+	// times, b goes and c comes.
+	for i := range 3000 {
+		mustUpdate(t, s, map[string]proto.Message{"a": wl("a", fmt.Sprint("n", i+1)), "b": wl("b", "n0")})
+	}
+	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "last"), "c": wl("c", "n0")})
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+	resp, got = c.recv()
+	if diff := cmp.Diff(update{Names: []string{"a", "c"}, Removed: []string{"b"}}, got); diff != "" {
+		t.Errorf("catch-up response (-want +got):\n%s", diff)
+	}
+	var a workload.Address
+	for _, r := range resp.GetResources() {
+		if r.GetName() == "a" {
+			if err := r.GetResource().UnmarshalTo(&a); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := a.GetWorkload().GetNode(); got != "last" {
+		t.Errorf("a after catch-up: got node %q, want last", got)
+	}
+}
+
+// TestLargePushIsSplit: a full push larger than MaxResponseBytes arrives
+// over several responses, each after the client's ACK, and completely.
+func TestLargePushIsSplit(t *testing.T) {
+	s := xds.New(xds.Options{MaxResponseBytes: 2000})
+	all := map[string]proto.Message{}
+	for i := range 200 {
+		name := fmt.Sprintf("Kubernetes//Pod/ns/p%03d", i)
+		all[name] = wl(name, "node1")
+	}
+	mustUpdate(t, s, all)
+	c := dial(t, startServer(t, s))
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	responses := 0
+	for len(c.versions) < len(all) {
+		resp, got := c.recv()
+		responses++
+		if len(got.Names) == 0 {
+			t.Fatalf("response %d: got no resources, want the next part", responses)
+		}
+		if size := proto.Size(resp); size > 4000 {
+			t.Errorf("response %d: got %d bytes, want about 2000", responses, size)
+		}
+		c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+	}
+	if responses < 2 {
+		t.Errorf("responses: got %d, want the push split over several", responses)
+	}
+	// Afterwards pushes are incremental again.
+	all["Kubernetes//Pod/ns/p000"] = wl("Kubernetes//Pod/ns/p000", "node2")
+	mustUpdate(t, s, all)
+	c.recvAck(update{Names: []string{"Kubernetes//Pod/ns/p000"}})
+}
