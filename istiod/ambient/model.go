@@ -9,16 +9,17 @@ package ambient
 import (
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/internal/enrolment"
 )
 
 // Labels and values of the ambient surface, the same as Istio's.
 const (
 	// DataplaneModeLabel enrols a namespace or a pod.
-	DataplaneModeLabel = "istio.io/dataplane-mode"
+	DataplaneModeLabel = enrolment.LabelDataplaneMode
 	// DataplaneModeAmbient on a namespace or a pod enrols it.
-	DataplaneModeAmbient = "ambient"
+	DataplaneModeAmbient = enrolment.ModeAmbient
 	// DataplaneModeNone on a pod opts it out even in an enrolled namespace.
-	DataplaneModeNone = "none"
+	DataplaneModeNone = enrolment.ModeNone
 )
 
 // Config holds the mesh-wide settings the translation needs.

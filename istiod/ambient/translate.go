@@ -9,6 +9,7 @@ import (
 
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/istiod/authz"
 )
 
@@ -39,16 +40,11 @@ const (
 // labelled istio.io/dataplane-mode=none, and it does not use the host
 // network (its traffic cannot be told apart from the node's).
 func Captured(ns *corev1.Namespace, pod *corev1.Pod) bool {
-	if pod.Spec.HostNetwork {
-		return false
+	var nsLabels map[string]string
+	if ns != nil {
+		nsLabels = ns.Labels
 	}
-	switch pod.Labels[DataplaneModeLabel] {
-	case DataplaneModeNone:
-		return false
-	case DataplaneModeAmbient:
-		return true
-	}
-	return ns != nil && ns.Labels[DataplaneModeLabel] == DataplaneModeAmbient
+	return enrolment.Captured(pod.Labels, nsLabels, pod.Spec.HostNetwork)
 }
 
 // Build translates a cluster state into a model. It is a pure function of
