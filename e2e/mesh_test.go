@@ -62,6 +62,15 @@ func TestMeshL4(t *testing.T) {
 	}
 	ip := func(name string) string { return pods[name].Status.PodIP }
 
+	// The agents confirm redirection with an annotation; only then is a pod
+	// advertised as HBONE.
+	for _, name := range []string{"a", "a2", "b"} {
+		if _, err := l.WaitPod(ctx, "mesh", name, func(p *corev1.Pod) bool {
+			return p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// ztunnel, its static config computed from the cluster.
 	if err := mesh.StartZtunnels(ctx); err != nil {
 		t.Fatal(err)

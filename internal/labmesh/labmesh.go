@@ -231,7 +231,8 @@ func (m *Mesh) WriteConfig(ctx context.Context) error {
 }
 
 // State computes what istiod would tell ztunnel: a workload per running
-// pod with an address (HBONE if it is in the mesh), a service per
+// pod with an address (HBONE if it is in the mesh and the node agent has
+// annotated it as redirected), a service per
 // ClusterIP Service with the ports of the pods it selects, and the
 // policies added with AddPolicy. kube-system is left out.
 func (m *Mesh) State(ctx context.Context) (*config.State, error) {
@@ -290,7 +291,9 @@ func (m *Mesh) State(ctx context.Context) (*config.State, error) {
 			if lab.PodReady(p) {
 				w.Status = config.Healthy
 			}
-			if enrolment.Captured(p.Labels, ns.Labels, false) {
+			// As istiod: HBONE once the node agent has confirmed the
+			// redirection.
+			if enrolment.Captured(p.Labels, ns.Labels, false) && p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled {
 				w.TunnelProtocol = config.TunnelHBONE
 			}
 			for _, s := range svcs.Items {

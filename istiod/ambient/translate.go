@@ -47,6 +47,14 @@ func Captured(ns *corev1.Namespace, pod *corev1.Pod) bool {
 	return enrolment.Captured(pod.Labels, nsLabels, pod.Spec.HostNetwork)
 }
 
+// Redirected reports whether the node agent has confirmed that the pod's
+// traffic is redirected (ambient.istio.io/redirection: enabled). As in
+// Istio, a captured pod is advertised as HBONE only then: before it, a
+// peer's HBONE to the pod's address would find no redirection in place.
+func Redirected(pod *corev1.Pod) bool {
+	return pod.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
+}
+
 // Build translates a cluster state into a model. It is a pure function of
 // its input.
 func Build(s State, cfg Config) Model {
@@ -266,7 +274,7 @@ func translatePod(pod *corev1.Pod, ns *corev1.Namespace, node *corev1.Node, cfg 
 	if podReady(pod) {
 		w.Status = workload.WorkloadStatus_HEALTHY
 	}
-	if Captured(ns, pod) {
+	if Captured(ns, pod) && Redirected(pod) {
 		w.TunnelProtocol = workload.TunnelProtocol_HBONE
 	}
 	if pod.Spec.HostNetwork {

@@ -68,6 +68,7 @@ func TestBuild(t *testing.T) {
 	cfg := Config{ClusterID: "c1"}
 	web := pod("shop", "web-7d9f-abc", "10.244.1.5", "node1", map[string]string{"app": "web", "version": "v2", "pod-template-hash": "7d9f"})
 	web.OwnerReferences = []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "web-7d9f", Controller: ptr.To(true)}}
+	web.Annotations = map[string]string{"ambient.istio.io/redirection": "enabled"}
 	optOut := pod("shop", "legacy", "10.244.2.9", "node2", map[string]string{"app": "web", DataplaneModeLabel: DataplaneModeNone})
 	optOut.Spec.ServiceAccountName = ""
 	pending := pod("shop", "pending", "", "node2", nil)
@@ -149,5 +150,27 @@ func TestBuild(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got.Addresses, protocmp.Transform()); diff != "" {
 		t.Errorf("Build addresses (-want +got):\n%s", diff)
+	}
+}
+
+// TestHBONEOnlyOnceRedirected: a pod of an ambient namespace is advertised
+// as HBONE only once the node agent has annotated it as redirected.
+func TestHBONEOnlyOnceRedirected(t *testing.T) {
+	amb := ns("shop", map[string]string{DataplaneModeLabel: DataplaneModeAmbient})
+	p := pod("shop", "web", "10.244.1.5", "node1", nil)
+	tunnel := func() workload.TunnelProtocol {
+		m := Build(State{Namespaces: []*corev1.Namespace{amb}, Pods: []*corev1.Pod{p}}, Config{ClusterID: "c1"})
+		return m.Addresses["c1//Pod/shop/web"].GetWorkload().GetTunnelProtocol()
+	}
+	if got := tunnel(); got != workload.TunnelProtocol_NONE {
+		t.Errorf("captured, not yet redirected: got %s, want NONE", got)
+	}
+	p.Annotations = map[string]string{"ambient.istio.io/redirection": "enabled"}
+	if got := tunnel(); got != workload.TunnelProtocol_HBONE {
+		t.Errorf("captured and redirected: got %s, want HBONE", got)
+	}
+	p.Labels = map[string]string{DataplaneModeLabel: DataplaneModeNone}
+	if got := tunnel(); got != workload.TunnelProtocol_NONE {
+		t.Errorf("opted out, annotation not yet removed: got %s, want NONE", got)
 	}
 }

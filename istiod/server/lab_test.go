@@ -314,6 +314,14 @@ func TestIstiodInLab(t *testing.T) {
 
 	t.Run("enrolment flips", func(t *testing.T) {
 		patchLabels(t, "namespace", ns, ambient.DataplaneModeAmbient)
+		// HBONE only once the node agent (not running here) has
+		// confirmed redirection; this test annotates as it would.
+		for _, name := range []string{"web-a", "web-b"} {
+			patch := []byte(`{"metadata":{"annotations":{"ambient.istio.io/redirection":"enabled"}}}`)
+			if _, err := l.Client.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
 		c.awaitTunnel(uidA, workload.TunnelProtocol_HBONE)
 		c.awaitTunnel(uidB, workload.TunnelProtocol_HBONE)
 
