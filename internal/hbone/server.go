@@ -134,7 +134,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	ci := connInfo{peer: peer}
 	ci.peerAddr, _ = netip.ParseAddrPort(r.RemoteAddr)
 	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		ci.localAddr = addrPort(la)
+		ci.localAddr = AddrPort(la)
 	}
 	ci.peerAddr = netip.AddrPortFrom(ci.peerAddr.Addr().Unmap(), ci.peerAddr.Port())
 	s.handle(w, r, ci)
@@ -146,7 +146,9 @@ type connInfo struct {
 	localAddr netip.AddrPort
 }
 
-func addrPort(a net.Addr) netip.AddrPort {
+// AddrPort is a connection address as an unmapped netip.AddrPort (the
+// zero value for an address that is not IP).
+func AddrPort(a net.Addr) netip.AddrPort {
 	if ta, ok := a.(*net.TCPAddr); ok {
 		ap := ta.AddrPort()
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())

@@ -71,6 +71,15 @@ func (w *Workload) Identity() identity.Identity {
 	return identity.Identity{TrustDomain: td, Namespace: w.Namespace, ServiceAccount: sa}
 }
 
+// MetricName is the workload's name for telemetry: the owning workload
+// (a Deployment's name) if known, else the pod's.
+func (w *Workload) MetricName() string {
+	if w.WorkloadName != "" {
+		return w.WorkloadName
+	}
+	return w.Name
+}
+
 // Key is "<namespace>/<name>".
 func (w *Workload) Key() string { return w.Namespace + "/" + w.Name }
 

@@ -110,7 +110,7 @@ func (in *Inbound) init() {
 // certificate presents the certificate of the workload whose address the
 // client reached.
 func (in *Inbound) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	local := addrPort(hello.Conn.LocalAddr())
+	local := hbone.AddrPort(hello.Conn.LocalAddr())
 	w := in.Store.Snapshot().WorkloadByAddr(local.Addr())
 	if w == nil || w.Node != in.Node {
 		return nil, fmt.Errorf("pick certificate for %s: %w", local.Addr(), ErrUnknownDestination)
@@ -186,7 +186,7 @@ func (in *Inbound) handleHBONE(_ context.Context, r *hbone.Request, client, upst
 		Reporter:                     metrics.ReporterDestination,
 		SourcePrincipal:              r.Peer.String(),
 		SourceWorkloadNamespace:      r.Peer.Namespace,
-		DestinationWorkload:          workloadName(w),
+		DestinationWorkload:          w.MetricName(),
 		DestinationWorkloadNamespace: w.Namespace,
 		DestinationPrincipal:         w.Identity().String(),
 		DestinationCanonicalService:  w.CanonicalName,
@@ -197,7 +197,7 @@ func (in *Inbound) handleHBONE(_ context.Context, r *hbone.Request, client, upst
 	if srcW != nil && srcW.Identity() == r.Peer {
 		e.SourceWorkload = srcW.Name
 		e.SourceNamespace = srcW.Namespace
-		labels.SourceWorkload = workloadName(srcW)
+		labels.SourceWorkload = srcW.MetricName()
 		labels.SourceCanonicalService = srcW.CanonicalName
 		labels.SourceCanonicalRevision = srcW.CanonicalRevision
 	}
@@ -291,8 +291,8 @@ func (in *Inbound) ServePlaintext(ln net.Listener) error {
 }
 
 func (in *Inbound) handlePlaintext(c net.Conn) {
-	src := addrPort(c.RemoteAddr())
-	local := addrPort(c.LocalAddr())
+	src := hbone.AddrPort(c.RemoteAddr())
+	local := hbone.AddrPort(c.LocalAddr())
 	e := accesslog.Entry{Direction: accesslog.InboundPlaintext, SourceAddr: src}
 	target, err := in.OrigDst(c)
 	if err != nil {
@@ -331,7 +331,7 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 	t := &tracked{conn: authz.Conn{SourceIP: src.Addr(), Destination: target}, local: local, client: c, upstream: up}
 	labels := metrics.Labels{
 		Reporter:                     metrics.ReporterDestination,
-		DestinationWorkload:          workloadName(w),
+		DestinationWorkload:          w.MetricName(),
 		DestinationWorkloadNamespace: w.Namespace,
 		DestinationPrincipal:         w.Identity().String(),
 		RequestProtocol:              "tcp",
@@ -369,20 +369,4 @@ func (in *Inbound) OpenConns() int {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	return len(in.conns)
-}
-
-func workloadName(w *config.Workload) string {
-	if w.WorkloadName != "" {
-		return w.WorkloadName
-	}
-	return w.Name
-}
-
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
 }

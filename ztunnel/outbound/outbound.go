@@ -143,7 +143,7 @@ func targetPort(svc *config.Service, w *config.Workload, port uint16) (uint16, b
 
 func (o *Outbound) handle(c net.Conn) {
 	start := time.Now()
-	src := addrPort(c.RemoteAddr())
+	src := hbone.AddrPort(c.RemoteAddr())
 	e := accesslog.Entry{Direction: accesslog.Outbound, SourceAddr: src}
 	fail := func(err error) {
 		c.Close()
@@ -156,7 +156,7 @@ func (o *Outbound) handle(c net.Conn) {
 		return
 	}
 	e.DestinationAddr = dst
-	if !o.Transparent && dst == addrPort(c.LocalAddr()) {
+	if !o.Transparent && dst == hbone.AddrPort(c.LocalAddr()) {
 		// Not redirected: conntrack reports a direct connection's own
 		// destination, and following it would loop into this listener.
 		fail(fmt.Errorf("outbound to %s: %w", dst, ErrNotRedirected))
@@ -172,7 +172,7 @@ func (o *Outbound) handle(c net.Conn) {
 	e.SourceWorkload, e.SourceNamespace, e.SourceIdentity = srcW.Name, srcW.Namespace, srcID.String()
 	labels := metrics.Labels{
 		Reporter:                 metrics.ReporterSource,
-		SourceWorkload:           workloadName(srcW),
+		SourceWorkload:           srcW.MetricName(),
 		SourceWorkloadNamespace:  srcW.Namespace,
 		SourcePrincipal:          srcID.String(),
 		SourceCanonicalService:   srcW.CanonicalName,
@@ -196,7 +196,7 @@ func (o *Outbound) handle(c net.Conn) {
 	if w := r.workload; w != nil {
 		dstID := w.Identity()
 		e.DestinationWorkload, e.DestinationIdentity = w.Name, dstID.String()
-		labels.DestinationWorkload = workloadName(w)
+		labels.DestinationWorkload = w.MetricName()
 		labels.DestinationWorkloadNamespace = w.Namespace
 		labels.DestinationPrincipal = dstID.String()
 		labels.DestinationCanonicalService = w.CanonicalName
@@ -291,20 +291,4 @@ func (o *Outbound) Shutdown(ctx context.Context) error {
 	o.mu.Unlock()
 	<-done
 	return fmt.Errorf("drain outbound connections: %w", ctx.Err())
-}
-
-func workloadName(w *config.Workload) string {
-	if w.WorkloadName != "" {
-		return w.WorkloadName
-	}
-	return w.Name
-}
-
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
 }
