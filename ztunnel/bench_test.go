@@ -15,24 +15,10 @@ import (
 // sink counts what each connection sends and, at EOF, answers the count.
 func sink(tb testing.TB, addr netip.AddrPort) {
 	tb.Helper()
-	ln, err := net.Listen("tcp", addr.String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				binary.Write(c, binary.BigEndian, n)
-			}()
-		}
-	}()
+	serveTCP(tb, addr, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		binary.Write(c, binary.BigEndian, n)
+	})
 }
 
 // transfer sends size bytes over c, half-closes, and waits for the sink's

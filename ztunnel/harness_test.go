@@ -244,14 +244,15 @@ func (m *mesh) startNode(t testing.TB, name string, src identity.Source) *node {
 	return &node{z: z, log: lb}
 }
 
-// echoApp answers each line it reads with "<addr>: <line>".
-func echoApp(t testing.TB, addr netip.AddrPort) {
-	t.Helper()
+// serveTCP listens on addr until the test ends and runs handle for each
+// connection, closing it when handle returns.
+func serveTCP(tb testing.TB, addr netip.AddrPort, handle func(net.Conn)) {
+	tb.Helper()
 	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	tb.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -260,13 +261,21 @@ func echoApp(t testing.TB, addr netip.AddrPort) {
 			}
 			go func() {
 				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "%s: %s\n", addr, sc.Text())
-				}
+				handle(c)
 			}()
 		}
 	}()
+}
+
+// echoApp answers each line it reads with "<addr>: <line>".
+func echoApp(t testing.TB, addr netip.AddrPort) {
+	t.Helper()
+	serveTCP(t, addr, func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			fmt.Fprintf(c, "%s: %s\n", addr, sc.Text())
+		}
+	})
 }
 
 // dial connects from src to the listener at via, as if redirected there
