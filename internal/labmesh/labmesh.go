@@ -46,6 +46,10 @@ type Mesh struct {
 	ztunnels   map[string]*lab.Process
 	starts     int
 	policies   []Policy
+
+	istiod           *lab.Process
+	istiodOpts       IstiodOptions
+	istiodKubeconfig string
 }
 
 // Policy is an L4 authorization policy for ztunnel's static config, bound
