@@ -598,8 +598,8 @@ func TestCNIAgent(t *testing.T) {
 	cs := c.SecurityContext
 	if cs == nil || cs.Privileged == nil || *cs.Privileged || cs.Capabilities == nil ||
 		!slices.Equal(cs.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
-		!slices.Equal(cs.Capabilities.Add, []corev1.Capability{"BPF", "NET_ADMIN", "NET_RAW"}) {
-		t.Errorf("security context %+v: want unprivileged with only BPF, NET_ADMIN, NET_RAW", cs)
+		!slices.Equal(cs.Capabilities.Add, []corev1.Capability{"BPF", "PERFMON", "NET_ADMIN", "NET_RAW"}) {
+		t.Errorf("security context %+v: want unprivileged with only BPF, PERFMON, NET_ADMIN, NET_RAW", cs)
 	}
 }
 

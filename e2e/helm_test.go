@@ -1,0 +1,535 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
+	metaapi "istio.io/api/meta/v1alpha1"
+	pb "istio.io/api/security/v1alpha1"
+	secapi "istio.io/api/security/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/ambitmesh/ambit/internal/enrolment"
+	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/labmesh"
+	"github.com/ambitmesh/ambit/istiod/ca"
+	"github.com/ambitmesh/ambit/istiod/server"
+)
+
+// renderedChart is the Helm chart rendered with its defaults into
+// istio-system, kept equal to the chart by deploy/charts/charttest (this
+// module does not depend on Helm).
+const renderedChart = "testdata/helm/ambit.yaml"
+
+var comments = regexp.MustCompile(`(?m)^\s*#.*$`)
+
+// chartObjects decodes the rendered chart into typed objects.
+func chartObjects(t *testing.T) []runtime.Object {
+	t.Helper()
+	data, err := os.ReadFile(renderedChart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := scheme.Codecs.UniversalDeserializer()
+	var objs []runtime.Object
+	for doc := range strings.SplitSeq(string(data), "\n---\n") {
+		if strings.TrimSpace(comments.ReplaceAllString(doc, "")) == "" {
+			continue
+		}
+		obj, _, err := dec.Decode([]byte(doc), nil, nil)
+		if err != nil {
+			t.Fatalf("decode %s: %v\n%s", renderedChart, err, doc)
+		}
+		objs = append(objs, obj)
+	}
+	return objs
+}
+
+func chartObject[T interface {
+	runtime.Object
+	metav1.Object
+}](t *testing.T, objs []runtime.Object, name string) T {
+	t.Helper()
+	for _, o := range objs {
+		if v, ok := o.(T); ok && v.GetName() == name {
+			return v
+		}
+	}
+	var zero T
+	t.Fatalf("%s: no %T named %s", renderedChart, zero, name)
+	return zero
+}
+
+// applyAccess creates the chart's service accounts, RBAC, Service and
+// admission policies. Not its Deployment and DaemonSets: the lab runs
+// the programs itself.
+func applyAccess(ctx context.Context, t *testing.T, c kubernetes.Interface, objs []runtime.Object) {
+	t.Helper()
+	co := metav1.CreateOptions{}
+	for _, o := range objs {
+		var err error
+		switch v := o.(type) {
+		case *corev1.ServiceAccount:
+			_, err = c.CoreV1().ServiceAccounts(v.Namespace).Create(ctx, v, co)
+		case *corev1.Service:
+			_, err = c.CoreV1().Services(v.Namespace).Create(ctx, v, co)
+		case *rbacv1.ClusterRole:
+			_, err = c.RbacV1().ClusterRoles().Create(ctx, v, co)
+		case *rbacv1.ClusterRoleBinding:
+			_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, v, co)
+		case *rbacv1.Role:
+			_, err = c.RbacV1().Roles(v.Namespace).Create(ctx, v, co)
+		case *rbacv1.RoleBinding:
+			_, err = c.RbacV1().RoleBindings(v.Namespace).Create(ctx, v, co)
+		case *admissionv1.ValidatingAdmissionPolicy:
+			_, err = c.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, v, co)
+		case *admissionv1.ValidatingAdmissionPolicyBinding:
+			_, err = c.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, v, co)
+		case *appsv1.Deployment, *appsv1.DaemonSet:
+			continue
+		default:
+			t.Fatalf("%s: %T: the test does not know how to apply it", renderedChart, o)
+		}
+		if err != nil {
+			t.Fatalf("apply %T: %v", o, err)
+		}
+	}
+}
+
+// tokenKubeconfig writes a kubeconfig whose only credential is token, for
+// processes inside the lab.
+func tokenKubeconfig(t *testing.T, l *lab.Lab, name, token string) string {
+	t.Helper()
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["lab"] = &clientcmdapi.Cluster{Server: lab.APIServerURL(), CertificateAuthority: l.RESTConfig.CAFile}
+	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["lab"] = &clientcmdapi.Context{Cluster: "lab", AuthInfo: name}
+	cfg.CurrentContext = "lab"
+	path := filepath.Join(l.Dir, name+".kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// clientWithToken is the test's own client with token as its only
+// credential, to check what the token may do.
+func clientWithToken(t *testing.T, l *lab.Lab, token string) kubernetes.Interface {
+	t.Helper()
+	rc := rest.AnonymousClientConfig(l.RESTConfig)
+	rc.BearerToken = token
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// identityPod runs, on node, a pod made from a chart pod template (its
+// service account and projected token volumes; a container that only
+// sleeps): the pod the DaemonSet or Deployment would run there, which
+// the lab stands in for with a process. Its tokens are bound to it.
+func identityPod(ctx context.Context, t *testing.T, l *lab.Lab, ns, name, node string, tmpl corev1.PodTemplateSpec) *corev1.Pod {
+	t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: tmpl.Labels},
+		Spec: corev1.PodSpec{
+			NodeName:                     node,
+			ServiceAccountName:           tmpl.Spec.ServiceAccountName,
+			AutomountServiceAccountToken: tmpl.Spec.AutomountServiceAccountToken,
+			Containers: []corev1.Container{{
+				Name: tmpl.Spec.Containers[0].Name, Image: lab.EchoImage, Command: []string{"/bin/sleep", "infinity"},
+			}},
+		},
+	}
+	for _, v := range tmpl.Spec.Volumes {
+		if v.Projected != nil {
+			p.Spec.Volumes = append(p.Spec.Volumes, v)
+		}
+	}
+	got, err := l.RunPod(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// podFile reads a file the kubelet stand-in wrote for a pod (its
+// service-account token, its projected volumes).
+func podFile(ctx context.Context, t *testing.T, l *lab.Lab, ns, name, rel string) string {
+	t.Helper()
+	out, err := l.Exec(ctx, ns, name, "sh", "-c", `cat "$`+lab.PodDirEnv+`/`+rel+`"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// setpriv runs a program as a container with the given capabilities
+// (and no others) would: root, with the bounding set reduced to them.
+func setpriv(bin string, caps []corev1.Capability, args ...string) (string, []string) {
+	set := "-all"
+	for _, c := range caps {
+		set += ",+" + strings.ToLower(string(c))
+	}
+	return "setpriv", append([]string{"--bounding-set=" + set, "--inh-caps=-all", "--no-new-privs", "--", bin}, args...)
+}
+
+// forbidden are the log lines of an authorisation failure.
+var forbidden = regexp.MustCompile(`(?i)forbidden`)
+
+func checkLog(t *testing.T, name string, p *lab.Process) {
+	t.Helper()
+	for line := range strings.SplitSeq(p.Logs(100000), "\n") {
+		if forbidden.MatchString(line) {
+			t.Errorf("%s log: got %q, want no authorisation failures", name, line)
+		}
+	}
+}
+
+// deniedByPolicy waits until a dry-run request is refused by the named
+// admission policy: admission policies take effect shortly after they
+// are created, and a dry run changes nothing meanwhile.
+func deniedByPolicy(ctx context.Context, t *testing.T, what, policy string, req func() error) {
+	t.Helper()
+	var last error
+	err := lab.PollUntil(ctx, 30*time.Second, func() bool {
+		last = req()
+		return apierrors.IsForbidden(last) && strings.Contains(last.Error(), "ValidatingAdmissionPolicy '"+policy+"'")
+	})
+	if err != nil {
+		t.Errorf("%s: got %v, want refused by admission policy %s", what, last, policy)
+	}
+}
+
+func wantForbidden(t *testing.T, what string, err error) {
+	t.Helper()
+	if !apierrors.IsForbidden(err) {
+		t.Errorf("%s: got %v, want forbidden", what, err)
+	}
+}
+
+var dryRun = []string{metav1.DryRunAll}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// TestHelmRBAC installs the chart's service accounts, RBAC and admission
+// policies in the lab, runs the real istiod and node agent with only
+// their service accounts' tokens (not system:masters) and only the
+// capabilities the chart gives their containers, and checks that they do
+// their work and are refused what the chart does not grant.
+func TestHelmRBAC(t *testing.T) {
+	l := startLab(t, lab.Config{})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	const ns = labmesh.IstiodNamespace
+	objs := chartObjects(t)
+	root, err := lab.FindRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The chart's crds/ are copies of deploy/crds (charttest checks).
+	if err := labmesh.InstallCRDs(ctx, l, filepath.Join(root, "deploy", "crds")); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CreateNamespace(ctx, ns, nil); err != nil {
+		t.Fatal(err)
+	}
+	applyAccess(ctx, t, l.Client, objs)
+	node1, node2 := l.Nodes[0], l.Nodes[1]
+
+	// istiod, with a token of its service account bound to a pod made
+	// from its Deployment, the Deployment's arguments and no capability.
+	istiodDep := chartObject[*appsv1.Deployment](t, objs, "istiod")
+	istiodPod := identityPod(ctx, t, l, ns, "istiod-0", node1.Name, istiodDep.Spec.Template)
+	istiodToken := podFile(ctx, t, l, ns, istiodPod.Name, "serviceaccount/token")
+	discovery := istiodDep.Spec.Template.Spec.Containers[0]
+	if add := discovery.SecurityContext.Capabilities.Add; len(add) > 0 {
+		t.Fatalf("istiod's container adds capabilities %v; this test runs it with none", add)
+	}
+	bin, args := setpriv(l.Binaries().Istiod, nil, append(slices.Clone(discovery.Args), "--kubeconfig", tokenKubeconfig(t, l, "istiod", istiodToken))...)
+	istiod, err := l.StartProcessIn(l.ControlPlaneNS(), "istiod", nil, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.WaitHTTP(ctx, l.ControlPlaneNS(), "http://127.0.0.1:15014/ready", time.Minute, istiod); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("istiod publishes the root to a new namespace", func(t *testing.T) {
+		if err := l.CreateNamespace(ctx, "helm-app", nil); err != nil {
+			t.Fatal(err)
+		}
+		if root := waitRoot(ctx, t, l, "helm-app"); root == nil {
+			t.Fatal("no root")
+		}
+	})
+
+	t.Run("istiod writes policy status", func(t *testing.T) {
+		istio, err := istioclient.NewForConfig(l.RESTConfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// istiod reports a policy it cannot enforce as written: this one
+		// needs a waypoint.
+		ap := &securityv1.AuthorizationPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "get-only", Namespace: "helm-app"},
+			Spec: secapi.AuthorizationPolicy{Rules: []*secapi.Rule{{
+				To: []*secapi.Rule_To{{Operation: &secapi.Operation{Methods: []string{"GET"}}}},
+			}}},
+		}
+		if _, err := istio.SecurityV1().AuthorizationPolicies(ap.Namespace).Create(ctx, ap, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		w, err := istio.SecurityV1().AuthorizationPolicies(ap.Namespace).Watch(wctx, metav1.ListOptions{FieldSelector: "metadata.name=" + ap.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		for ev := range w.ResultChan() {
+			if p, ok := ev.Object.(*securityv1.AuthorizationPolicy); ok && slices.ContainsFunc(p.Status.Conditions, func(c *metaapi.IstioCondition) bool {
+				return c.GetType() == server.ConditionZtunnelAccepted && strings.Contains(c.GetMessage(), "waypoint")
+			}) {
+				return
+			}
+		}
+		t.Fatalf("policy %s/%s: no condition %s about the waypoint: %v", ap.Namespace, ap.Name, server.ConditionZtunnelAccepted, wctx.Err())
+	})
+
+	t.Run("istiod signs for ztunnel with its projected token", func(t *testing.T) {
+		zds := chartObject[*appsv1.DaemonSet](t, objs, "ztunnel")
+		zt := identityPod(ctx, t, l, ns, "ztunnel-node1", node1.Name, zds.Spec.Template)
+		// The token file as the DaemonSet's projected volume has it.
+		var tokenRel string
+		for _, v := range zds.Spec.Template.Spec.Volumes {
+			if v.Projected != nil && v.Projected.Sources[0].ServiceAccountToken != nil {
+				st := v.Projected.Sources[0].ServiceAccountToken
+				if st.Audience != ca.Audience {
+					t.Errorf("ztunnel token: audience %q, want %s", st.Audience, ca.Audience)
+				}
+				tokenRel = filepath.Join("volumes", v.Name, st.Path)
+			}
+		}
+		ztToken := podFile(ctx, t, l, ns, zt.Name, tokenRel)
+		if _, err := l.Client.CoreV1().ServiceAccounts("helm-app").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "frontend"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		app := lab.EchoPod("helm-app", "frontend", node1.Name, nil)
+		app.Spec.ServiceAccountName = "frontend"
+		if _, err := l.RunPod(ctx, app); err != nil {
+			t.Fatal(err)
+		}
+		roots := waitRoot(ctx, t, l, "helm-app")
+		cc, err := grpc.NewClient("127.0.0.1:15012",
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				return l.ControlPlaneNS().DialContext(ctx, "tcp", addr)
+			}),
+			grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "istiod." + ns + ".svc"})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		const id = "spiffe://cluster.local/ns/helm-app/sa/frontend"
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, _ := url.Parse(id)
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := pb.NewIstioCertificateServiceClient(cc).CreateCertificate(
+			metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+ztToken),
+			&pb.IstioCertificateRequest{
+				Csr:      string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
+				Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{ca.ImpersonatedIdentity: structpb.NewStringValue(id)}},
+			})
+		if err != nil {
+			t.Fatalf("CreateCertificate for %s with ztunnel's token: %v", id, err)
+		}
+		blk, _ := pem.Decode([]byte(resp.GetCertChain()[0]))
+		if blk == nil {
+			t.Fatal("leaf: not PEM")
+		}
+		leaf, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id {
+			t.Errorf("leaf SANs: got %v, want %s", leaf.URIs, id)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			t.Errorf("leaf: %v, want it to chain to the published root", err)
+		}
+		// ztunnel's token is not an API credential.
+		_, err = clientWithToken(t, l, ztToken).CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if !apierrors.IsUnauthorized(err) {
+			t.Errorf("list pods with ztunnel's istio-ca token: got %v, want unauthorized", err)
+		}
+	})
+
+	t.Run("istiod may do nothing else", func(t *testing.T) {
+		c := clientWithToken(t, l, istiodToken)
+		_, err := c.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
+		wantForbidden(t, "list secrets in kube-system", err)
+		_, err = c.CoreV1().Secrets(ns).Get(ctx, "someone-elses", metav1.GetOptions{})
+		wantForbidden(t, "get another secret in its namespace", err)
+		_, err = c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{})
+		wantForbidden(t, "list all configmaps", err)
+		if _, err := c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + ca.RootCertConfigMap}); err != nil {
+			t.Errorf("list configmaps named %s: %v, want allowed", ca.RootCertConfigMap, err)
+		}
+		_, err = c.CoreV1().Pods("helm-app").Create(ctx, lab.EchoPod("helm-app", "x", node1.Name, nil), metav1.CreateOptions{DryRun: dryRun})
+		wantForbidden(t, "create a pod", err)
+		deniedByPolicy(ctx, t, "create another configmap", "ambit-istiod", func() error {
+			_, err := c.CoreV1().ConfigMaps("helm-app").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "not-the-root"}}, metav1.CreateOptions{DryRun: dryRun})
+			return err
+		})
+		deniedByPolicy(ctx, t, "create another secret", "ambit-istiod", func() error {
+			_, err := c.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "not-the-ca"}}, metav1.CreateOptions{DryRun: dryRun})
+			return err
+		})
+	})
+
+	// The node agent, with the token of a pod made from its DaemonSet,
+	// the DaemonSet's arguments (the lab's paths given after them win),
+	// and only the DaemonSet's capabilities. Its plugin uses the same
+	// credentials.
+	ads := chartObject[*appsv1.DaemonSet](t, objs, "ambit-cni-agent")
+	agentPod := identityPod(ctx, t, l, ns, "ambit-cni-agent-node1", node1.Name, ads.Spec.Template)
+	agentToken := podFile(ctx, t, l, ns, agentPod.Name, "serviceaccount/token")
+	ac := ads.Spec.Template.Spec.Containers[0]
+	agentArgs := append(slices.Clone(ac.Args),
+		"--node-name", node1.Name,
+		"--kubeconfig", tokenKubeconfig(t, l, "ambit-cni-agent", agentToken),
+		"--cni-conf-dir", node1.CNIConfDir,
+		"--cni-bin-dir", node1.CNIBinDir,
+		"--plugin-binary", l.Binaries().CNIPlugin,
+		"--pin-dir", l.BPFPinDir(node1),
+		"--socket", filepath.Join(filepath.Dir(node1.CNIConfDir), "ambit-cni.sock"),
+		"--monitor-addr", labmesh.AgentMonitorAddr,
+	)
+	bin, args = setpriv(l.Binaries().CNIAgent, ac.SecurityContext.Capabilities.Add, agentArgs...)
+	agent, err := l.StartProcess(node1, "ambit-cni-agent", nil, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.WaitHTTP(ctx, node1.NS, "http://"+labmesh.AgentMonitorAddr+"/readyz", time.Minute, agent); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("the node agent enrols and annotates a pod", func(t *testing.T) {
+		if err := l.CreateNamespace(ctx, "helm-mesh", map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Client.CoreV1().Pods("helm-mesh").Create(ctx, lab.EchoPod("helm-mesh", "web", node1.Name, nil), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := l.WaitPod(ctx, "helm-mesh", "web", func(p *corev1.Pod) bool {
+			return p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("the node agent may do nothing else", func(t *testing.T) {
+		c := clientWithToken(t, l, agentToken)
+		_, err := c.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+		wantForbidden(t, "list secrets", err)
+		err = c.CoreV1().Pods("helm-mesh").Delete(ctx, "web", metav1.DeleteOptions{DryRun: dryRun})
+		wantForbidden(t, "delete a pod", err)
+		patch := func(ns, name string, meta map[string]any) func() error {
+			return func() error {
+				b := fmt.Appendf(nil, `{"metadata":%s}`, mustJSON(meta))
+				_, err := c.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, b, metav1.PatchOptions{DryRun: dryRun})
+				return err
+			}
+		}
+		deniedByPolicy(ctx, t, "label a pod", "ambit-cni-agent", patch("helm-mesh", "web", map[string]any{"labels": map[string]string{"x": "y"}}))
+		deniedByPolicy(ctx, t, "annotate a pod otherwise", "ambit-cni-agent", patch("helm-mesh", "web", map[string]any{"annotations": map[string]string{"x": "y"}}))
+		// A pod of node2 is not node1's agent's to enrol.
+		other := lab.EchoPod("helm-mesh", "elsewhere", node2.Name, nil)
+		if _, err := l.Client.CoreV1().Pods(other.Namespace).Create(ctx, other, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		deniedByPolicy(ctx, t, "annotate a pod of another node", "ambit-cni-agent",
+			patch(other.Namespace, other.Name, map[string]any{"annotations": map[string]string{enrolment.AnnotationRedirection: enrolment.AnnotationEnabled}}))
+		// What it does do stays allowed.
+		if err := patch("helm-mesh", "web", map[string]any{"annotations": map[string]any{enrolment.AnnotationRedirection: nil}})(); err != nil {
+			t.Errorf("remove the redirection annotation of a pod of its node (dry run): %v, want allowed", err)
+		}
+	})
+
+	istiod.Stop(5 * time.Second)
+	agent.Stop(5 * time.Second)
+	checkLog(t, "istiod", istiod)
+	checkLog(t, "node agent", agent)
+	if t.Failed() {
+		t.Logf("istiod log:\n%s\nagent log:\n%s", istiod.Logs(60), agent.Logs(60))
+	}
+}
+
+// waitRoot waits for the mesh root istiod publishes in ns.
+func waitRoot(ctx context.Context, t *testing.T, l *lab.Lab, ns string) *x509.CertPool {
+	t.Helper()
+	w, err := l.Client.CoreV1().ConfigMaps(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + ca.RootCertConfigMap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	for ev := range w.ResultChan() {
+		if cm, ok := ev.Object.(*corev1.ConfigMap); ok && cm.Data[ca.RootCertKey] != "" {
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM([]byte(cm.Data[ca.RootCertKey])) {
+				t.Fatalf("configmap %s/%s: %s is not PEM", ns, ca.RootCertConfigMap, ca.RootCertKey)
+			}
+			return pool
+		}
+	}
+	t.Fatalf("configmap %s/%s: not published: %v", ns, ca.RootCertConfigMap, ctx.Err())
+	return nil
+}
