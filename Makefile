@@ -3,6 +3,9 @@ GO       ?= go
 BIN      := _output/bin
 # Extra flags for go test, e.g. GOTEST_FLAGS=-v or -run TestLabSmoke.
 GOTEST_FLAGS ?=
+# The Helm chart's tests: a module of their own, so that Helm's
+# dependencies stay out of Ambit's.
+CHARTTEST := deploy/charts/charttest
 
 .PHONY: help build test unit lint generate generate-check bench demo clean clean-lab deps lab-bins
 
@@ -32,11 +35,14 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
+	cd $(CHARTTEST) && $(GO) vet ./... && $(GO) tool staticcheck ./...
 
 unit:
 	$(GO) test -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /e2e)
+	cd $(CHARTTEST) && $(GO) test -count=1 $(GOTEST_FLAGS) ./...
 
 test: deps lint generate-check lab-bins
+	cd $(CHARTTEST) && $(GO) test -count=1 $(GOTEST_FLAGS) ./...
 	$(GO) test -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
 
 generate: deps
