@@ -44,10 +44,12 @@ import (
 // Config is the agent's configuration.
 type Config struct {
 	NodeName string
-	// Client talks to the apiserver; Kubeconfig is written for the plugin
-	// (PluginKubeconfig's content).
+	// Client talks to the apiserver. PluginKubeconfig gives the
+	// kubeconfig written for the plugin (PluginKubeconfigFile,
+	// InClusterPluginKubeconfig); it is asked again every
+	// PluginKubeconfigEvery and the file rewritten when it changed.
 	Client           kubernetes.Interface
-	PluginKubeconfig []byte
+	PluginKubeconfig func() ([]byte, error)
 	// CNIConfDir and CNIBinDir are the node's CNI directories; PluginBinary
 	// is the plugin to install into CNIBinDir.
 	CNIConfDir   string
@@ -170,9 +172,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	kubeconfig := filepath.Join(cfg.CNIConfDir, PluginKubeconfigName)
-	if err := install.WriteAtomic(kubeconfig, cfg.PluginKubeconfig, 0o600); err != nil {
+	if err := a.writePluginKubeconfig(kubeconfig); err != nil {
 		return err
 	}
+	wg.Go(func() { a.keepPluginKubeconfig(ctx, kubeconfig) })
 	entry := map[string]any{"type": install.PluginType, "kubeconfig": kubeconfig, "agent_socket": cfg.Socket}
 	wg.Go(func() {
 		if err := install.Keep(ctx, cfg.CNIConfDir, entry, a.log, func() { a.ready.Store(true) }); err != nil {

@@ -36,7 +36,7 @@ func run() error {
 	)
 	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the agent (default: in-cluster)")
-	flag.StringVar(&pluginKubeconfig, "plugin-kubeconfig", "", "kubeconfig to install for the plugin (default: the agent's)")
+	flag.StringVar(&pluginKubeconfig, "plugin-kubeconfig", "", "kubeconfig to install for the plugin (default: the agent's --kubeconfig, or one made from its in-cluster credentials)")
 	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI config dir")
 	flag.StringVar(&cfg.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI bin dir")
 	flag.StringVar(&cfg.PluginBinary, "plugin-binary", filepath.Join(filepath.Dir(exe), "ambit-cni"), "the plugin binary to install")
@@ -67,14 +67,15 @@ func run() error {
 	if cfg.Client, err = kubernetes.NewForConfig(rc); err != nil {
 		return fmt.Errorf("create kubernetes client: %w", err)
 	}
-	if pluginKubeconfig == "" {
-		pluginKubeconfig = kubeconfig
-	}
-	if pluginKubeconfig == "" {
-		return fmt.Errorf("no kubeconfig for the plugin: set --plugin-kubeconfig")
-	}
-	if cfg.PluginKubeconfig, err = os.ReadFile(pluginKubeconfig); err != nil {
-		return fmt.Errorf("read plugin kubeconfig: %w", err)
+	switch {
+	case pluginKubeconfig != "":
+		cfg.PluginKubeconfig = agent.PluginKubeconfigFile(pluginKubeconfig)
+	case kubeconfig != "":
+		cfg.PluginKubeconfig = agent.PluginKubeconfigFile(kubeconfig)
+	default:
+		// A DaemonSet pod: the plugin gets the agent's own credentials,
+		// renewed as the kubelet rotates the token.
+		cfg.PluginKubeconfig = agent.InClusterPluginKubeconfig(rc)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
