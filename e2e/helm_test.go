@@ -465,14 +465,16 @@ func TestHelmRBAC(t *testing.T) {
 		if err := l.CreateNamespace(ctx, "helm-mesh", map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := l.Client.CoreV1().Pods("helm-mesh").Create(ctx, lab.EchoPod("helm-mesh", "web", node1.Name, nil), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		_, err := l.WaitPod(ctx, "helm-mesh", "web", func(p *corev1.Pod) bool {
-			return p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
-		})
-		if err != nil {
-			t.Fatal(err)
+		for _, name := range []string{"web", "client"} {
+			if _, err := l.Client.CoreV1().Pods("helm-mesh").Create(ctx, lab.EchoPod("helm-mesh", name, node1.Name, nil), metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := l.WaitPod(ctx, "helm-mesh", name, func(p *corev1.Pod) bool {
+				return p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
 	})
 
@@ -501,6 +503,54 @@ func TestHelmRBAC(t *testing.T) {
 		// What it does do stays allowed.
 		if err := patch("helm-mesh", "web", map[string]any{"annotations": map[string]any{enrolment.AnnotationRedirection: nil}})(); err != nil {
 			t.Errorf("remove the redirection annotation of a pod of its node (dry run): %v, want allowed", err)
+		}
+	})
+
+	// ztunnel with only the DaemonSet's capabilities: its transparent
+	// listeners (IP_TRANSPARENT) and its same-node HBONE dial (SO_MARK)
+	// carry client to web, both enrolled on node1. It runs in development
+	// mode (static config, test CA) until its istiod clients exist, so
+	// the DaemonSet's arguments are not used yet.
+	t.Run("ztunnel works with the DaemonSet's capabilities", func(t *testing.T) {
+		zc := chartObject[*appsv1.DaemonSet](t, objs, "ztunnel").Spec.Template.Spec.Containers[0]
+		// The harness computes ztunnel's config from the cluster with its
+		// admin client, standing in for istiod's xDS.
+		m, err := labmesh.New(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := m.State(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, err := json.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfgPath := filepath.Join(l.Dir, "helm-ztunnel.json")
+		if err := os.WriteFile(cfgPath, js, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		bin, args := setpriv(l.Binaries().Ztunnel, zc.SecurityContext.Capabilities.Add,
+			"--node", node1.Name, "--local-config", cfgPath, "--fake-ca-dir", filepath.Join(l.Dir, "helm-ztunnel-ca"), "--redirect", "tproxy")
+		zt, err := l.StartProcess(node1, "ztunnel", nil, bin, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer zt.Stop(5 * time.Second)
+		if err := lab.WaitHTTP(ctx, node1.NS, labmesh.ZtunnelReadyURL, time.Minute, zt); err != nil {
+			t.Fatal(err)
+		}
+		web, err := l.Client.CoreV1().Pods("helm-mesh").Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := l.Exec(ctx, "helm-mesh", "client", l.Binaries().Echo, "tcp", net.JoinHostPort(web.Status.PodIP, "9000"), "through-ztunnel")
+		if err != nil || !strings.Contains(string(out), `"hostname":"web"`) {
+			t.Fatalf("client to web on node1: got %s, %v; want web's echo", out, err)
+		}
+		if log := zt.Logs(200); !strings.Contains(log, "spiffe://cluster.local/ns/helm-mesh/sa/default") {
+			t.Errorf("ztunnel log: no connection with the client's identity:\n%s", log)
 		}
 	})
 
