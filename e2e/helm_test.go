@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -255,9 +254,10 @@ func mustJSON(v any) []byte {
 
 // TestHelmRBAC installs the chart's service accounts, RBAC and admission
 // policies in the lab, runs the real istiod and node agent with only
-// their service accounts' tokens (not system:masters) and only the
-// capabilities the chart gives their containers, and checks that they do
-// their work and are refused what the chart does not grant.
+// their service accounts' tokens (not system:masters), and them and
+// ztunnel with only the capabilities the chart gives their containers,
+// and checks that they do their work and are refused what the chart does
+// not grant.
 func TestHelmRBAC(t *testing.T) {
 	l := startLab(t, lab.Config{})
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
@@ -486,8 +486,7 @@ func TestHelmRBAC(t *testing.T) {
 		wantForbidden(t, "delete a pod", err)
 		patch := func(ns, name string, meta map[string]any) func() error {
 			return func() error {
-				b := fmt.Appendf(nil, `{"metadata":%s}`, mustJSON(meta))
-				_, err := c.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, b, metav1.PatchOptions{DryRun: dryRun})
+				_, err := c.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, mustJSON(map[string]any{"metadata": meta}), metav1.PatchOptions{DryRun: dryRun})
 				return err
 			}
 		}
