@@ -118,17 +118,32 @@ func (m *Mesh) StartAgents(ctx context.Context) error {
 	return nil
 }
 
-// StartZtunnel starts ztunnel on n with the current static config and
-// waits until it is ready.
+// StartZtunnel starts ztunnel on n and waits until it is ready. With
+// istiod running (StartIstiod) ztunnel takes its config from istiod's
+// workload discovery and its certificates from istiod's CA, with a token
+// bound to its pod; otherwise from the static config and a test CA.
 func (m *Mesh) StartZtunnel(ctx context.Context, n *lab.Node) error {
-	if _, err := os.Stat(m.cfgPath); err != nil {
-		if err := m.WriteConfig(ctx); err != nil {
+	args := []string{"--node", n.Name, "--redirect", "tproxy"}
+	if m.istiod != nil {
+		token, err := m.ztunnelIdentity(ctx, n)
+		if err != nil {
 			return err
 		}
+		args = append(args,
+			"--xds-address", IstiodAddr(), "--xds-root-cert", m.RootCertPath(), "--xds-token", token,
+			"--ca-address", IstiodAddr(), "--ca-root-cert", m.RootCertPath(), "--ca-token", token,
+			"--istiod-server-name", IstiodServerName,
+		)
+	} else {
+		if _, err := os.Stat(m.cfgPath); err != nil {
+			if err := m.WriteConfig(ctx); err != nil {
+				return err
+			}
+		}
+		args = append(args, "--local-config", m.cfgPath, "--fake-ca-dir", m.caDir)
 	}
 	m.starts++
-	p, err := m.l.StartProcess(n, fmt.Sprintf("ztunnel-%s-%d", n.Name, m.starts), nil, m.l.Binaries().Ztunnel,
-		"--node", n.Name, "--local-config", m.cfgPath, "--fake-ca-dir", m.caDir, "--redirect", "tproxy")
+	p, err := m.l.StartProcess(n, fmt.Sprintf("ztunnel-%s-%d", n.Name, m.starts), nil, m.l.Binaries().Ztunnel, args...)
 	if err != nil {
 		return err
 	}
@@ -139,8 +154,10 @@ func (m *Mesh) StartZtunnel(ctx context.Context, n *lab.Node) error {
 // StartZtunnels starts ztunnel on every node, one after the other: the
 // first creates the shared test CA, the others load it.
 func (m *Mesh) StartZtunnels(ctx context.Context) error {
-	if err := m.WriteConfig(ctx); err != nil {
-		return err
+	if m.istiod == nil {
+		if err := m.WriteConfig(ctx); err != nil {
+			return err
+		}
 	}
 	for _, n := range m.l.Nodes {
 		if err := m.StartZtunnel(ctx, n); err != nil {
