@@ -195,8 +195,8 @@ func TestAmbient(t *testing.T) {
 	})
 
 	t.Run("mesh and non-mesh pods", func(t *testing.T) {
-		wantReach("shop", "a2", addr("a"), "a")   // same node, through node1's ztunnel
-		wantReach("shop", "a", addr("c"), "c")    // mesh to non-mesh: passthrough
+		wantReach("shop", "a2", addr("a"), "a")    // same node, through node1's ztunnel
+		wantReach("shop", "a", addr("c"), "c")     // mesh to non-mesh: passthrough
 		wantReach("shop", "a", addr("opt"), "opt") // to the opted-out pod: passthrough
 		wantReach("shop", "opt", addr("b"), "b")   // from it: plaintext, allowed
 	})
