@@ -15,10 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/config"
-	"k8s.io/utils/clock"
 )
 
 // subnet hands each test its own block of loopback addresses, so that
