@@ -408,6 +408,9 @@ func TestReadinessAndConfigDump(t *testing.T) {
 	var ids []string
 	for _, c := range dump.Certificates {
 		ids = append(ids, c.Identity)
+		if c.State != identity.StateAvailable {
+			t.Errorf("config dump certificate %s: got state %q, want %q", c.Identity, c.State, identity.StateAvailable)
+		}
 	}
 	want := []string{"spiffe://cluster.local/ns/shop/sa/client", "spiffe://cluster.local/ns/shop/sa/other"}
 	if diff := cmp.Diff(want, ids); diff != "" {
