@@ -9,10 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/ztunnel"
+	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
 // Rotation needs no restart and breaks nothing: once node A's
@@ -110,4 +113,35 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// The certificate of a workload that leaves the node is forgotten, and
+// no longer renewed; one that arrives is fetched before any connection.
+func TestCertificatesFollowWorkloads(t *testing.T) {
+	m := newMesh(t, meshOptions{})
+	dumped := func() []string {
+		var ids []string
+		for _, c := range m.a.z.ConfigDump().(ztunnel.Dump).Certificates {
+			ids = append(ids, c.Identity)
+		}
+		return ids
+	}
+	st := defaultState(m.ip)
+	kept := st.Workloads[:0]
+	for _, w := range st.Workloads {
+		if w.Name != "other" {
+			kept = append(kept, w)
+		}
+	}
+	st.Workloads = append(kept, &config.Workload{
+		UID: "shop/arrived", Name: "arrived", Namespace: "shop", ServiceAccount: "arrived",
+		Addresses: []netip.Addr{m.ip(13)}, Node: "node-a", TunnelProtocol: config.TunnelHBONE,
+	})
+	if err := m.store.Replace(st); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"spiffe://cluster.local/ns/shop/sa/arrived", "spiffe://cluster.local/ns/shop/sa/client"}
+	waitUntil(t, "node A's certificates follow its workloads", func() bool {
+		return cmp.Equal(want, dumped()) && m.a.z.Ready() == nil
+	})
 }
