@@ -35,6 +35,10 @@ const (
 	KeyCA                  = "ca"
 	KeySignal              = "signal"
 	KeyDeadline            = "deadline"
+	KeyIdentity            = "identity"
+	KeySerial              = "serial"
+	KeyExpires             = "expires"
+	KeyNextRefresh         = "next_refresh"
 )
 
 // Directions.
