@@ -1,9 +1,9 @@
-// Command ztunnel is Ambit's node tunnel. This build runs in development
-// mode only: workloads and policies come from a static file
-// (--local-config) and certificates from a file-based test CA
-// (--fake-ca-dir). The workload-discovery and CA clients for istiod are
-// not built yet, so without both flags it refuses to start rather than
-// run with a mode meant for tests.
+// Command ztunnel is Ambit's node tunnel. Workloads, services and
+// policies come from istiod's workload discovery (--xds-address) or, for
+// development, from a static file (--local-config). Certificates come from
+// a file-based test CA (--fake-ca-dir): the CA client for istiod is not
+// built yet, so without that flag it refuses to start rather than run
+// without certificates.
 package main
 
 import (
@@ -25,6 +25,8 @@ import (
 
 type options struct {
 	node, localConfig, fakeCADir, trustDomain string
+	xdsAddress, xdsRootCert, xdsToken         string
+	xdsPlaintext                              bool
 	outbound, admin, metrics, readiness       string
 	logLevel                                  string
 	redirect                                  string
@@ -35,6 +37,10 @@ func main() {
 	var o options
 	flag.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	flag.StringVar(&o.localConfig, "local-config", os.Getenv("LOCAL_XDS_PATH"), "static config file of workloads, services and policies, for development (default $LOCAL_XDS_PATH); SIGHUP reloads it")
+	flag.StringVar(&o.xdsAddress, "xds-address", os.Getenv("XDS_ADDRESS"), "istiod's workload discovery (delta xDS), e.g. istiod.istio-system.svc:15012 (default $XDS_ADDRESS)")
+	flag.StringVar(&o.xdsRootCert, "xds-root-cert", "/var/run/secrets/istio/root-cert.pem", "PEM file of the mesh root that istiod's serving certificate chains to")
+	flag.StringVar(&o.xdsToken, "xds-token", "/var/run/secrets/tokens/istio-token", "file of the bearer token sent to istiod, re-read for every connection; empty sends none")
+	flag.BoolVar(&o.xdsPlaintext, "xds-plaintext", false, "connect to istiod without TLS and token (its port 15010); development only")
 	flag.StringVar(&o.fakeCADir, "fake-ca-dir", "", "directory of a file-based test CA (ca-cert.pem, ca-key.pem), created if empty; development only")
 	flag.StringVar(&o.trustDomain, "trust-domain", identity.DefaultTrustDomain, "trust domain of a test CA this run creates")
 	flag.StringVar(&o.outbound, "outbound", ":15001", "outbound listener")
@@ -56,8 +62,8 @@ func main() {
 const localMark = 0x400
 
 func run(o options) error {
-	if o.localConfig == "" || o.fakeCADir == "" {
-		return errors.New("the istiod xDS and CA clients are not built yet: run in development mode with --local-config and --fake-ca-dir")
+	if o.fakeCADir == "" {
+		return errors.New("the istiod CA client is not built yet: run with --fake-ca-dir (a file-based test CA)")
 	}
 	if o.redirect != "tproxy" && o.redirect != "nat" {
 		return fmt.Errorf("--redirect %q: want tproxy or nat", o.redirect)
@@ -72,9 +78,6 @@ func run(o options) error {
 		return err
 	}
 	store := config.NewStore()
-	if err := config.LoadFile(o.localConfig, store); err != nil {
-		return err
-	}
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, Store: store, Certificates: ca, Roots: ca.Roots(),
 		Transparent:  o.redirect == "tproxy",
@@ -85,18 +88,29 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	src, err := newConfigSource(o, store, log, z.Metrics().Registry)
+	if err != nil {
+		return err
+	}
 	if err := z.Start(); err != nil {
 		return err
 	}
-	log.Warn("running in development mode: static config and test CA", accesslog.KeyConfig, o.localConfig, accesslog.KeyCA, o.fakeCADir)
+	// After Start, so that no update races the tunnel's first look at
+	// the store.
+	if err := src.start(); err != nil {
+		z.Shutdown(context.Background())
+		return err
+	}
+	defer src.stop()
+	log.Warn("running in development mode: test CA", accesslog.KeyConfig, src.String(), accesslog.KeyCA, o.fakeCADir)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			if err := config.LoadFile(o.localConfig, store); err != nil {
+			if reloaded, err := src.reload(); err != nil {
 				log.Error("reload config; keeping the last good one", accesslog.KeyError, err.Error())
-			} else {
+			} else if reloaded {
 				log.Info("reloaded config", accesslog.KeyVersion, store.Snapshot().Version)
 			}
 			continue
