@@ -263,9 +263,8 @@ func publish(t *testing.T, s *istiodxds.Server, auths, addrs map[string]proto.Me
 
 // carried is what one response carried, names sorted.
 type carried struct {
-	Type             string
-	Names, Removed   []string
-	WithErrorDetails bool `cmp:"-"`
+	Type           string
+	Names, Removed []string
 }
 
 func carriedBy(resp *discovery.DeltaDiscoveryResponse) carried {
