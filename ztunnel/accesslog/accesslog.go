@@ -48,6 +48,14 @@ const (
 	Outbound         = "outbound"
 )
 
+// Attribute keys of the workload-discovery (xDS) client's logs.
+const (
+	KeyTypeURL = "type_url"
+	KeyNonce   = "nonce"
+	KeyRemoved = "removed"
+	KeyBackoff = "backoff"
+)
+
 // Entry is what is known about one finished connection.
 type Entry struct {
 	Direction           string

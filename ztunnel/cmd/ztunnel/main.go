@@ -1,14 +1,12 @@
-// Command ztunnel is Ambit's node tunnel. Certificates come from istiod's
-// CA (--ca-address), or for development from a file-based test CA
-// (--fake-ca-dir). Workloads and policies come from a static file
-// (--local-config): the workload-discovery client for istiod is not built
-// yet, so without that flag it refuses to start rather than run with a
-// mode meant for tests.
+// Command ztunnel is Ambit's node tunnel. Workloads, services and
+// policies come from istiod's workload discovery (--xds-address) and
+// certificates from istiod's CA (--ca-address). For development, a static
+// file (--local-config) and a file-based test CA (--fake-ca-dir) stand in
+// for them.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -24,6 +22,9 @@ import (
 
 type options struct {
 	node, localConfig                   string
+	xdsAddress, xdsServerName           string
+	xdsRootCert, xdsToken               string
+	xdsPlaintext                        bool
 	outbound, admin, metrics, readiness string
 	logLevel                            string
 	redirect                            string
@@ -36,6 +37,11 @@ func main() {
 	flag.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	flag.StringVar(&o.localConfig, "local-config", os.Getenv("LOCAL_XDS_PATH"), "static config file of workloads, services and policies, for development (default $LOCAL_XDS_PATH); SIGHUP reloads it")
 	o.certs.register(flag.CommandLine)
+	flag.StringVar(&o.xdsAddress, "xds-address", os.Getenv("XDS_ADDRESS"), "istiod's workload discovery (delta xDS), e.g. istiod.istio-system.svc:15012 (default $XDS_ADDRESS)")
+	flag.StringVar(&o.xdsServerName, "xds-server-name", "", "name istiod's serving certificate must carry (default: the host of --xds-address)")
+	flag.StringVar(&o.xdsRootCert, "xds-root-cert", "/var/run/secrets/istio/root-cert.pem", "PEM file of the mesh root that istiod's serving certificate chains to")
+	flag.StringVar(&o.xdsToken, "xds-token", "/var/run/secrets/tokens/istio-token", "file of the bearer token sent to istiod, re-read for every connection; empty sends none")
+	flag.BoolVar(&o.xdsPlaintext, "xds-plaintext", false, "connect to istiod without TLS and token (its port 15010); development only")
 	flag.StringVar(&o.outbound, "outbound", ":15001", "outbound listener")
 	flag.StringVar(&o.redirect, "redirect", "tproxy", "how captured connections arrive: tproxy (Ambit's eBPF redirection, transparent listeners) or nat (iptables REDIRECT, SO_ORIGINAL_DST)")
 	flag.StringVar(&o.admin, "admin", "127.0.0.1:15000", "admin listener (config dump, pprof, logging)")
@@ -55,9 +61,6 @@ func main() {
 const localMark = 0x400
 
 func run(o options) error {
-	if o.localConfig == "" {
-		return errors.New("the istiod xDS client is not built yet: run in development mode with --local-config")
-	}
 	if o.redirect != "tproxy" && o.redirect != "nat" {
 		return fmt.Errorf("--redirect %q: want tproxy or nat", o.redirect)
 	}
@@ -72,9 +75,6 @@ func run(o options) error {
 	}
 	defer closeCerts()
 	store := config.NewStore()
-	if err := config.LoadFile(o.localConfig, store); err != nil {
-		return err
-	}
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, Store: store, Certificates: certs, Roots: roots,
 		Transparent:  o.redirect == "tproxy",
@@ -85,18 +85,33 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	src, err := newConfigSource(o, store, log, z.Metrics().Registry)
+	if err != nil {
+		return err
+	}
 	if err := z.Start(); err != nil {
 		return err
 	}
-	log.Warn("running in development mode: static config", accesslog.KeyConfig, o.localConfig, accesslog.KeyCA, certsFrom)
+	// After Start, so that no update races the tunnel's first look at
+	// the store.
+	if err := src.start(); err != nil {
+		z.Shutdown(context.Background())
+		return err
+	}
+	defer src.stop()
+	if o.localConfig != "" || o.certs.fakeCADir != "" {
+		log.Warn("running in development mode", accesslog.KeyConfig, src.String(), accesslog.KeyCA, certsFrom)
+	} else {
+		log.Info("started", accesslog.KeyConfig, src.String(), accesslog.KeyCA, certsFrom)
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			if err := config.LoadFile(o.localConfig, store); err != nil {
+			if reloaded, err := src.reload(); err != nil {
 				log.Error("reload config; keeping the last good one", accesslog.KeyError, err.Error())
-			} else {
+			} else if reloaded {
 				log.Info("reloaded config", accesslog.KeyVersion, store.Snapshot().Version)
 			}
 			continue
