@@ -124,7 +124,10 @@ func (m *Mesh) StartAgents(ctx context.Context) error {
 // bound to its pod; otherwise from the static config and a test CA.
 func (m *Mesh) StartZtunnel(ctx context.Context, n *lab.Node) error {
 	args := []string{"--node", n.Name, "--redirect", "tproxy"}
+	var env []string
 	if m.istiod != nil {
+		// The downward API of the DaemonSet's pod.
+		env = []string{"POD_NAME=ztunnel-" + n.Name, "POD_NAMESPACE=" + IstiodNamespace, "INSTANCE_IP=" + n.IP.String()}
 		token, err := m.ztunnelIdentity(ctx, n)
 		if err != nil {
 			return err
@@ -132,7 +135,7 @@ func (m *Mesh) StartZtunnel(ctx context.Context, n *lab.Node) error {
 		args = append(args,
 			"--xds-address", IstiodAddr(), "--xds-root-cert", m.RootCertPath(), "--xds-token", token,
 			"--ca-address", IstiodAddr(), "--ca-root-cert", m.RootCertPath(), "--ca-token", token,
-			"--istiod-server-name", IstiodServerName,
+			"--xds-server-name", IstiodServerName, "--ca-server-name", IstiodServerName,
 		)
 	} else {
 		if _, err := os.Stat(m.cfgPath); err != nil {
@@ -143,7 +146,7 @@ func (m *Mesh) StartZtunnel(ctx context.Context, n *lab.Node) error {
 		args = append(args, "--local-config", m.cfgPath, "--fake-ca-dir", m.caDir)
 	}
 	m.starts++
-	p, err := m.l.StartProcess(n, fmt.Sprintf("ztunnel-%s-%d", n.Name, m.starts), nil, m.l.Binaries().Ztunnel, args...)
+	p, err := m.l.StartProcess(n, fmt.Sprintf("ztunnel-%s-%d", n.Name, m.starts), env, m.l.Binaries().Ztunnel, args...)
 	if err != nil {
 		return err
 	}
