@@ -385,11 +385,11 @@ func TestNACKKeepsLastGoodState(t *testing.T) {
 			wantNACK: []string{"Kubernetes//Pod/shop/bad: workload Kubernetes//Pod/shop/bad: address 0: 5 bytes, want 4 (IPv4) or 16 (IPv6)"},
 		},
 		{
-			name: "address of another workload",
+			name: "uid of another workload",
 			change: func(m map[string]proto.Message) {
-				m["Kubernetes//Pod/shop/dup"] = wlAddress(&workload.Workload{Uid: "Kubernetes//Pod/shop/dup", Name: "dup", Namespace: "shop", Addresses: [][]byte{ip("127.0.20.1")}})
+				m["Kubernetes//Pod/shop/dup"] = wlAddress(&workload.Workload{Uid: reviewsUID, Name: "dup", Namespace: "shop", Addresses: [][]byte{ip("127.0.20.9")}})
 			},
-			wantNACK: []string{"apply config: ", "Kubernetes//Pod/shop/dup", reviewsUID, "address 127.0.20.1 already used by workload"},
+			wantNACK: []string{"apply config: ", reviewsUID, "duplicate uid"},
 		},
 	}
 	// Each step's bad set is the good one plus its change; the server
