@@ -82,7 +82,7 @@ func TestAmbient(t *testing.T) {
 		t.Fatal(err)
 	}
 	pods := map[string]*corev1.Pod{}
-	run := func(ns, name, node string, labels map[string]string, sa string) {
+	run := func(t *testing.T, ns, name, node string, labels map[string]string, sa string) {
 		t.Helper()
 		p := lab.EchoPod(ns, name, node, labels)
 		p.Spec.ServiceAccountName = sa
@@ -92,12 +92,12 @@ func TestAmbient(t *testing.T) {
 		}
 		pods[name] = got
 	}
-	run("shop", "a", "node1", map[string]string{"app": "a"}, "frontend")
-	run("shop", "a2", "node1", map[string]string{"app": "a2"}, "")
-	run("shop", "b", "node2", map[string]string{"app": "b"}, "")
-	run("shop", "b1", "node1", map[string]string{"app": "b"}, "")
-	run("shop", "opt", "node2", map[string]string{"app": "opt", enrolment.LabelDataplaneMode: enrolment.ModeNone}, "")
-	run("plain", "c", "node1", map[string]string{"app": "c"}, "")
+	run(t, "shop", "a", "node1", map[string]string{"app": "a"}, "frontend")
+	run(t, "shop", "a2", "node1", map[string]string{"app": "a2"}, "")
+	run(t, "shop", "b", "node2", map[string]string{"app": "b"}, "")
+	run(t, "shop", "b1", "node1", map[string]string{"app": "b"}, "")
+	run(t, "shop", "opt", "node2", map[string]string{"app": "opt", enrolment.LabelDataplaneMode: enrolment.ModeNone}, "")
+	run(t, "plain", "c", "node1", map[string]string{"app": "c"}, "")
 	ip := func(name string) string { return pods[name].Status.PodIP }
 	addr := func(name string) string { return net.JoinHostPort(ip(name), "9000") }
 	svc := &corev1.Service{
@@ -133,20 +133,20 @@ func TestAmbient(t *testing.T) {
 		}
 		return rep, nil
 	}
-	wantReach := func(ns, name, to, wantHost string) {
+	wantReach := func(t *testing.T, ns, name, to, wantHost string) {
 		t.Helper()
 		rep, err := send(ns, name, to, "hello")
 		if err != nil || rep.Hostname != wantHost {
 			t.Errorf("%s/%s to %s: got %+v, %v; want an answer from %s", ns, name, to, rep, err, wantHost)
 		}
 	}
-	wantRefused := func(ns, name, to string) {
+	wantRefused := func(t *testing.T, ns, name, to string) {
 		t.Helper()
 		if rep, err := send(ns, name, to, "hello"); err == nil {
 			t.Errorf("%s/%s to %s: got an answer from %s, want the connection refused", ns, name, to, rep.Hostname)
 		}
 	}
-	waitEnrolled := func(names ...string) {
+	waitEnrolled := func(t *testing.T, names ...string) {
 		t.Helper()
 		for _, name := range names {
 			if _, err := l.WaitPod(ctx, "shop", name, func(p *corev1.Pod) bool {
@@ -162,7 +162,7 @@ func TestAmbient(t *testing.T) {
 
 	t.Run("label enrols running pods", func(t *testing.T) {
 		setNSLabel(t, ctx, l, "shop", ptr(enrolment.ModeAmbient))
-		waitEnrolled(enrolled...)
+		waitEnrolled(t, enrolled...)
 		if err := mesh.WaitWorkload(ctx, ip("opt"), false); err != nil {
 			t.Error(err)
 		}
@@ -178,7 +178,7 @@ func TestAmbient(t *testing.T) {
 		if rep, err := send("shop", "a", addr("b"), secret); err != nil || rep.Hostname != "b" || rep.Message != secret {
 			t.Errorf("a to b: got %+v, %v; want b's echo of the secret", rep, err)
 		}
-		wantReach("plain", "c", addr("b"), "b")
+		wantReach(t, "plain", "c", addr("b"), "b")
 		if _, err := send("plain", "c", addr("b"), clear); err != nil {
 			t.Error(err)
 		}
@@ -195,10 +195,10 @@ func TestAmbient(t *testing.T) {
 	})
 
 	t.Run("mesh and non-mesh pods", func(t *testing.T) {
-		wantReach("shop", "a2", addr("a"), "a")    // same node, through node1's ztunnel
-		wantReach("shop", "a", addr("c"), "c")     // mesh to non-mesh: passthrough
-		wantReach("shop", "a", addr("opt"), "opt") // to the opted-out pod: passthrough
-		wantReach("shop", "opt", addr("b"), "b")   // from it: plaintext, allowed
+		wantReach(t, "shop", "a2", addr("a"), "a")    // same node, through node1's ztunnel
+		wantReach(t, "shop", "a", addr("c"), "c")     // mesh to non-mesh: passthrough
+		wantReach(t, "shop", "a", addr("opt"), "opt") // to the opted-out pod: passthrough
+		wantReach(t, "shop", "opt", addr("b"), "b")   // from it: plaintext, allowed
 	})
 
 	t.Run("service VIP balanced across nodes and names resolve", func(t *testing.T) {
@@ -236,10 +236,11 @@ func TestAmbient(t *testing.T) {
 			},
 		}
 		applyPolicy(t, ctx, istio, mesh, allow, ip("b"))
-		wantReach("shop", "a", addr("b"), "b")
-		wantRefused("shop", "a2", addr("b"))
-		wantRefused("plain", "c", addr("b")) // no identity, no principal
-		wantReach("shop", "a2", addr("b1"), "b1")
+		wantReach(t, "shop", "a", addr("b"), "b")
+		wantRefused(t, "shop", "a2", addr("b"))
+		wantRefused(t, "plain", "c", addr("b")) // no identity, no principal
+		wantRefused(t, "shop", "a2", addr("b1")) // b1 is app=b too
+		wantReach(t, "shop", "a2", addr("a"), "a")
 		// The open connection is re-checked and closed.
 		if _, err := roundTrip(open, "after"); err == nil {
 			t.Errorf("connection a2 to b opened before the policy: still answers, want it closed")
@@ -259,7 +260,7 @@ func TestAmbient(t *testing.T) {
 			},
 		}
 		applyPolicy(t, ctx, istio, mesh, deny, ip("b"))
-		wantRefused("shop", "a", addr("b"))
+		wantRefused(t, "shop", "a", addr("b"))
 		hctx, hcancel := context.WithTimeout(ctx, 5*time.Second)
 		out, err := l.Exec(hctx, "shop", "a", l.Binaries().Echo, "http", "http://"+net.JoinHostPort(ip("b"), "8080")+"/")
 		hcancel()
@@ -269,7 +270,7 @@ func TestAmbient(t *testing.T) {
 		for _, p := range []*securityv1.AuthorizationPolicy{allow, deny} {
 			deletePolicy(t, ctx, istio, mesh, p.Namespace, p.Name, ip("b"))
 		}
-		wantReach("shop", "a2", addr("b"), "b")
+		wantReach(t, "shop", "a2", addr("b"), "b")
 	})
 
 	t.Run("PeerAuthentication STRICT", func(t *testing.T) {
@@ -283,15 +284,15 @@ func TestAmbient(t *testing.T) {
 		if err := mesh.WaitPolicy(ctx, labmesh.IstiodNamespace, "istio_converted_static_strict", ip("b"), true); err != nil {
 			t.Fatal(err)
 		}
-		wantRefused("plain", "c", addr("b"))
-		wantReach("shop", "a", addr("b"), "b")
+		wantRefused(t, "plain", "c", addr("b"))
+		wantReach(t, "shop", "a", addr("b"), "b")
 		if err := istio.SecurityV1().PeerAuthentications("shop").Delete(ctx, "default", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := mesh.WaitPolicy(ctx, labmesh.IstiodNamespace, "istio_converted_static_strict", ip("b"), false); err != nil {
 			t.Fatal(err)
 		}
-		wantReach("plain", "c", addr("b"), "b")
+		wantReach(t, "plain", "c", addr("b"), "b")
 	})
 
 	t.Run("certificates rotate under a long-lived connection", func(t *testing.T) {
@@ -313,7 +314,7 @@ func TestAmbient(t *testing.T) {
 		if rep, err := roundTrip(conn, "after-rotation"); err != nil || rep.Hostname != "b" {
 			t.Errorf("connection opened before rotation, after the old certificate expired: got %+v, %v; want b's answer", rep, err)
 		}
-		wantReach("shop", "a", addr("b"), "b")
+		wantReach(t, "shop", "a", addr("b"), "b")
 	})
 
 	t.Run("unlabel un-enrols without restarts", func(t *testing.T) {
@@ -323,31 +324,31 @@ func TestAmbient(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		wantReach("shop", "a", addr("b"), "b")
+		wantReach(t, "shop", "a", addr("b"), "b")
 		notRestarted(t, ctx, l, pods, "shop")
 		setNSLabel(t, ctx, l, "shop", ptr(enrolment.ModeAmbient))
-		waitEnrolled(enrolled...)
+		waitEnrolled(t, enrolled...)
 	})
 
 	t.Run("istiod restart", func(t *testing.T) {
 		mesh.StopIstiod()
-		wantReach("shop", "a", addr("b"), "b") // ztunnels keep the last state
-		run("shop", "d", "node2", map[string]string{"app": "d"}, "")
+		wantReach(t, "shop", "a", addr("b"), "b") // ztunnels keep the last state
+		run(t, "shop", "d", "node2", map[string]string{"app": "d"}, "")
 		if err := mesh.StartIstiod(ctx, labmesh.IstiodOptions{CertTTL: certTTL}); err != nil {
 			t.Fatal(err)
 		}
-		waitEnrolled("d")
-		wantReach("shop", "a", addr("d"), "d")
+		waitEnrolled(t, "d")
+		wantReach(t, "shop", "a", addr("d"), "d")
 	})
 
 	t.Run("kube-apiserver restart", func(t *testing.T) {
 		if err := l.RestartAPIServer(ctx); err != nil {
 			t.Fatal(err)
 		}
-		wantReach("shop", "a", addr("b"), "b")
-		run("shop", "e", "node1", map[string]string{"app": "e"}, "")
-		waitEnrolled("e")
-		wantReach("shop", "b", addr("e"), "e")
+		wantReach(t, "shop", "a", addr("b"), "b")
+		run(t, "shop", "e", "node1", map[string]string{"app": "e"}, "")
+		waitEnrolled(t, "e")
+		wantReach(t, "shop", "b", addr("e"), "e")
 	})
 
 	t.Run("node agent restart", func(t *testing.T) {
@@ -359,9 +360,9 @@ func TestAmbient(t *testing.T) {
 		if rep, err := roundTrip(conn, "across-agent-restart"); err != nil || rep.Hostname != "b" {
 			t.Errorf("connection across node2's agent restart: got %+v, %v", rep, err)
 		}
-		run("shop", "f", "node2", map[string]string{"app": "f"}, "")
-		waitEnrolled("f")
-		wantReach("shop", "a", addr("f"), "f")
+		run(t, "shop", "f", "node2", map[string]string{"app": "f"}, "")
+		waitEnrolled(t, "f")
+		wantReach(t, "shop", "a", addr("f"), "f")
 	})
 
 	t.Run("ztunnel restart fails closed", func(t *testing.T) {
@@ -379,7 +380,7 @@ func TestAmbient(t *testing.T) {
 		if err := mesh.StartZtunnel(ctx, l.Node("node1")); err != nil {
 			t.Fatal(err)
 		}
-		wantReach("shop", "a", addr("b"), "b")
+		wantReach(t, "shop", "a", addr("b"), "b")
 	})
 }
 
