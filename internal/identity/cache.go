@@ -141,9 +141,22 @@ func valid(cert *tls.Certificate, now time.Time) bool {
 	return cert != nil && now.Before(cert.Leaf.NotAfter)
 }
 
-// halfLife is when a certificate is due for refresh, as in Istio.
-func halfLife(leaf *x509.Certificate) time.Time {
-	return leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+// maxBackdate is how far before its arrival a certificate's NotBefore may
+// lie and still count as "just issued": CAs backdate NotBefore a little
+// for clock skew (istiod by a minute).
+const maxBackdate = 5 * time.Minute
+
+// halfLife is when a certificate is due for refresh: half-way through
+// its life, as Istio does. The life of a certificate that has just been
+// issued is counted from its arrival, so that the backdating does not put
+// a short-lived certificate (a minute, in tests) past half-life at once;
+// an older certificate keeps its NotBefore.
+func halfLife(leaf *x509.Certificate, received time.Time) time.Time {
+	start := leaf.NotBefore
+	if received.After(start) && received.Sub(start) <= maxBackdate {
+		start = received
+	}
+	return start.Add(leaf.NotAfter.Sub(start) / 2)
 }
 
 // Track starts managing the given identities: each one not yet tracked
@@ -314,14 +327,21 @@ func (c *Cache) refresh(ctx context.Context, id Identity, e *entry) {
 		switch {
 		case err != nil:
 			delay = b.Step()
-		case halfLife(cert.Leaf).After(now):
+		case halfLife(cert.Leaf, now).After(now):
 			b = c.backoff()
-			delay = halfLife(cert.Leaf).Sub(now)
+			delay = halfLife(cert.Leaf, now).Sub(now)
 		default:
-			// Valid but already past half-life (a very short lifetime,
-			// or clocks apart): use it, and space the refreshes as for a
-			// failure rather than asking the CA again at once.
+			// Valid but already past half-life (a very short lifetime):
+			// use it, and space the refreshes as for a failure rather
+			// than asking the CA again at once.
 			delay = b.Step()
+		}
+		// Never wait past the current certificate's expiry: a retry
+		// scheduled after it would leave the identity without one.
+		if cur := c.Current(id); cur != nil && err != nil {
+			if left := max(cur.Leaf.NotAfter.Sub(now)/2, 100*time.Millisecond); delay > left {
+				delay = left
+			}
 		}
 		next := now.Add(delay)
 		// The timer exists before anyone hears of this fetch, so a test

@@ -472,3 +472,38 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A short-lived certificate whose NotBefore the CA backdated (istiod: by
+// a minute) is refreshed half-way through the life it has left, and
+// failed refreshes are retried before it expires, never after: with a
+// 20s lifetime and the CA away for a while, the identity is never left
+// without a certificate once the CA is back.
+func TestCacheShortLivedBackdated(t *testing.T) {
+	m := newManager(t)
+	m.c.Track(idA)
+	now := m.clk.Now()
+	first, err := m.ca.IssueValidity(idA, now.Add(-time.Minute), now.Add(20*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.fetch().ok(first)
+	if ev := m.refreshed(); ev.Next.Sub(now) != 10*time.Second {
+		t.Fatalf("next refresh of a fresh 20s certificate backdated by a minute: got in %v, want in 10s", ev.Next.Sub(now))
+	}
+	m.clk.SetTime(now.Add(10 * time.Second))
+	caDown := errors.New("ca unavailable")
+	for m.clk.Now().Before(first.Leaf.NotAfter.Add(-200 * time.Millisecond)) {
+		m.fetch().fail(caDown)
+		ev := m.refreshed()
+		if !ev.Next.Before(first.Leaf.NotAfter) {
+			t.Fatalf("retry at %s: after the current certificate's expiry at %s", ev.Next.Format(time.StampMilli), first.Leaf.NotAfter.Format(time.StampMilli))
+		}
+		m.clk.SetTime(ev.Next)
+	}
+	second := m.issue(idA, 20*time.Second)
+	m.fetch().ok(second)
+	m.refreshed()
+	if got, err := m.current(idA); got != second || err != nil {
+		t.Errorf("Certificate once the CA answers again: got %v, %v; want the new certificate", got != nil, err)
+	}
+}
