@@ -3,10 +3,13 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -345,6 +348,11 @@ func TestAmbient(t *testing.T) {
 		if err := l.RestartAPIServer(ctx); err != nil {
 			t.Fatal(err)
 		}
+		// With 20s certificates, some expired while the CA could not
+		// check tokens; ztunnels renew them once it can.
+		if err := mesh.WaitCertificates(ctx); err != nil {
+			t.Fatal(err)
+		}
 		wantReach(t, "shop", "a", addr("b"), "b")
 		run(t, "shop", "e", "node1", map[string]string{"app": "e"}, "")
 		waitEnrolled(t, "e")
@@ -527,4 +535,31 @@ func certOf(t *testing.T, ctx context.Context, n *lab.Node, id identity.Identity
 		t.Fatalf("ztunnel on %s: no certificate for %s in its config dump", n.Name, id)
 	}
 	return c
+}
+
+func randHex() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// get fetches url from inside a node's namespace (an IP URL).
+func get(t *testing.T, ctx context.Context, n *lab.Node, url string) string {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DialContext: n.NS.DialContext}, Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }

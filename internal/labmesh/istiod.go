@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/ztunnel"
@@ -319,5 +320,19 @@ func (m *Mesh) WaitPolicy(ctx context.Context, namespace, name, ip string, prese
 			}
 		}
 		return false
+	})
+}
+
+// WaitCertificates waits until every certificate every ztunnel manages
+// is available (after the CA or the apiserver was away long enough for
+// short-lived certificates to expire).
+func (m *Mesh) WaitCertificates(ctx context.Context) error {
+	return m.WaitZtunnels(ctx, "certificates available", func(d *ztunnel.Dump) bool {
+		for _, c := range d.Certificates {
+			if c.State != identity.StateAvailable {
+				return false
+			}
+		}
+		return true
 	})
 }
