@@ -241,7 +241,7 @@ func TestAmbient(t *testing.T) {
 		applyPolicy(t, ctx, istio, mesh, allow, ip("b"))
 		wantReach(t, "shop", "a", addr("b"), "b")
 		wantRefused(t, "shop", "a2", addr("b"))
-		wantRefused(t, "plain", "c", addr("b")) // no identity, no principal
+		wantRefused(t, "plain", "c", addr("b"))  // no identity, no principal
 		wantRefused(t, "shop", "a2", addr("b1")) // b1 is app=b too
 		wantReach(t, "shop", "a2", addr("a"), "a")
 		// The open connection is re-checked and closed.
