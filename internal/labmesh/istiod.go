@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/ztunnel"
@@ -296,13 +297,42 @@ func (m *Mesh) WaitWorkload(ctx context.Context, ip string, hbone bool) error {
 	})
 }
 
-// WaitPolicy waits until every ztunnel has (present) or no longer has
-// the authorization policy namespace/name.
-func (m *Mesh) WaitPolicy(ctx context.Context, namespace, name string, present bool) error {
-	return m.WaitZtunnels(ctx, fmt.Sprintf("policy %s/%s (present %t)", namespace, name, present), func(d *ztunnel.Dump) bool {
-		found := slices.ContainsFunc(d.Policies, func(a *config.Authorization) bool {
-			return a.Namespace == namespace && a.Name == name
-		})
-		return found == present
+// WaitPolicy waits until every ztunnel has the authorization policy
+// namespace/name and, if it selects workloads, has it bound to the
+// workload at ip (present), or no longer has it (!present).
+func (m *Mesh) WaitPolicy(ctx context.Context, namespace, name, ip string, present bool) error {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return fmt.Errorf("wait for policy: %w", err)
+	}
+	key := namespace + "/" + name
+	return m.WaitZtunnels(ctx, fmt.Sprintf("policy %s on %s (present %t)", key, ip, present), func(d *ztunnel.Dump) bool {
+		i := slices.IndexFunc(d.Policies, func(a *config.Authorization) bool { return a.Key() == key })
+		if !present || i < 0 {
+			return (i >= 0) == present
+		}
+		if d.Policies[i].Scope != config.ScopeWorkloadSelector {
+			return true
+		}
+		for _, w := range d.Workloads {
+			if slices.Contains(w.Addresses, addr) {
+				return slices.Contains(w.AuthorizationPolicies, key)
+			}
+		}
+		return false
+	})
+}
+
+// WaitCertificates waits until every certificate every ztunnel manages
+// is available (after the CA or the apiserver was away long enough for
+// short-lived certificates to expire).
+func (m *Mesh) WaitCertificates(ctx context.Context) error {
+	return m.WaitZtunnels(ctx, "certificates available", func(d *ztunnel.Dump) bool {
+		for _, c := range d.Certificates {
+			if c.State != identity.StateAvailable {
+				return false
+			}
+		}
+		return true
 	})
 }
