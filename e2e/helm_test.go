@@ -198,6 +198,16 @@ func podFile(ctx context.Context, t *testing.T, l *lab.Lab, ns, name, rel string
 	return string(out)
 }
 
+// podDir is where the kubelet stand-in keeps a pod's files.
+func podDir(ctx context.Context, t *testing.T, l *lab.Lab, ns, name string) string {
+	t.Helper()
+	out, err := l.Exec(ctx, ns, name, "printenv", lab.PodDirEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
 // setpriv runs a program as a container with the given capabilities
 // (and no others) would: root, with the bounding set reduced to them.
 func setpriv(bin string, caps []corev1.Capability, args ...string) (string, []string) {
@@ -252,12 +262,12 @@ func mustJSON(v any) []byte {
 	return b
 }
 
-// TestHelmRBAC installs the chart's service accounts, RBAC and admission
-// policies in the lab, runs the real istiod and node agent with only
-// their service accounts' tokens (not system:masters), and them and
-// ztunnel with only the capabilities the chart gives their containers,
-// and checks that they do their work and are refused what the chart does
-// not grant.
+// TestHelmRBAC installs the chart's service accounts, RBAC, Service and
+// admission policies in the lab and runs the real istiod, node agent and
+// ztunnel as the chart's containers: their arguments and environment,
+// only their service accounts' tokens (not system:masters), only their
+// capabilities. It checks that they do their work together and are
+// refused what the chart does not grant.
 func TestHelmRBAC(t *testing.T) {
 	l := startLab(t, lab.Config{})
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
@@ -278,23 +288,59 @@ func TestHelmRBAC(t *testing.T) {
 	applyAccess(ctx, t, l.Client, objs)
 	node1, node2 := l.Nodes[0], l.Nodes[1]
 
-	// istiod, with a token of its service account bound to a pod made
-	// from its Deployment, the Deployment's arguments and no capability.
+	// istiod in the network namespace of a pod made from its Deployment,
+	// as the Deployment's container: its arguments, a token of its
+	// service account bound to that pod, no capability. Clients reach it
+	// through the chart's Service.
 	istiodDep := chartObject[*appsv1.Deployment](t, objs, "istiod")
 	istiodPod := identityPod(ctx, t, l, ns, "istiod-0", node1.Name, istiodDep.Spec.Template)
+	istiodNS, ok := node1.Kubelet.PodNetNS(ns, istiodPod.Name)
+	if !ok {
+		t.Fatalf("pod %s/%s: no network namespace", ns, istiodPod.Name)
+	}
 	istiodToken := podFile(ctx, t, l, ns, istiodPod.Name, "serviceaccount/token")
 	discovery := istiodDep.Spec.Template.Spec.Containers[0]
 	if add := discovery.SecurityContext.Capabilities.Add; len(add) > 0 {
 		t.Fatalf("istiod's container adds capabilities %v; this test runs it with none", add)
 	}
 	bin, args := setpriv(l.Binaries().Istiod, nil, append(slices.Clone(discovery.Args), "--kubeconfig", tokenKubeconfig(t, l, "istiod", istiodToken))...)
-	istiod, err := l.StartProcessIn(l.ControlPlaneNS(), "istiod", nil, bin, args...)
+	istiod, err := l.StartProcessIn(istiodNS, "istiod", nil, bin, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := lab.WaitHTTP(ctx, l.ControlPlaneNS(), "http://127.0.0.1:15014/ready", time.Minute, istiod); err != nil {
+	// The Deployment's readiness probe, as the kubelet sends it: from the
+	// node to the pod's address.
+	readyPath, readyPort := discovery.ReadinessProbe.HTTPGet.Path, discovery.ReadinessProbe.HTTPGet.Port.String()
+	if err := lab.WaitHTTP(ctx, node1.NS, "http://"+net.JoinHostPort(istiodPod.Status.PodIP, readyPort)+readyPath, time.Minute, istiod); err != nil {
 		t.Fatal(err)
 	}
+	svc, err := l.Client.CoreV1().Services(ns).Get(ctx, "istiod", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitServiceProgrammed(ctx, ns, "istiod", istiodPod.Status.PodIP); err != nil {
+		t.Fatal(err)
+	}
+	// The name ztunnel checks in istiod's certificate; the lab's nodes do
+	// not resolve cluster names, so ztunnel dials the ClusterIP.
+	istiodName := "istiod." + ns + ".svc"
+	istiodAddr := net.JoinHostPort(svc.Spec.ClusterIP, "15012")
+
+	// ztunnel's pod on node1, made from its DaemonSet: its projected
+	// istio-ca token.
+	zds := chartObject[*appsv1.DaemonSet](t, objs, "ztunnel")
+	ztPod := identityPod(ctx, t, l, ns, "ztunnel-node1", node1.Name, zds.Spec.Template)
+	var ztTokenRel string
+	for _, v := range zds.Spec.Template.Spec.Volumes {
+		if v.Projected != nil && v.Projected.Sources[0].ServiceAccountToken != nil {
+			st := v.Projected.Sources[0].ServiceAccountToken
+			if st.Audience != ca.Audience {
+				t.Errorf("ztunnel token: audience %q, want %s", st.Audience, ca.Audience)
+			}
+			ztTokenRel = filepath.Join("volumes", v.Name, st.Path)
+		}
+	}
+	ztToken := podFile(ctx, t, l, ns, ztPod.Name, ztTokenRel)
 
 	t.Run("istiod publishes the root to a new namespace", func(t *testing.T) {
 		if err := l.CreateNamespace(ctx, "helm-app", nil); err != nil {
@@ -339,20 +385,6 @@ func TestHelmRBAC(t *testing.T) {
 	})
 
 	t.Run("istiod signs for ztunnel with its projected token", func(t *testing.T) {
-		zds := chartObject[*appsv1.DaemonSet](t, objs, "ztunnel")
-		zt := identityPod(ctx, t, l, ns, "ztunnel-node1", node1.Name, zds.Spec.Template)
-		// The token file as the DaemonSet's projected volume has it.
-		var tokenRel string
-		for _, v := range zds.Spec.Template.Spec.Volumes {
-			if v.Projected != nil && v.Projected.Sources[0].ServiceAccountToken != nil {
-				st := v.Projected.Sources[0].ServiceAccountToken
-				if st.Audience != ca.Audience {
-					t.Errorf("ztunnel token: audience %q, want %s", st.Audience, ca.Audience)
-				}
-				tokenRel = filepath.Join("volumes", v.Name, st.Path)
-			}
-		}
-		ztToken := podFile(ctx, t, l, ns, zt.Name, tokenRel)
 		if _, err := l.Client.CoreV1().ServiceAccounts("helm-app").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "frontend"}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -362,11 +394,12 @@ func TestHelmRBAC(t *testing.T) {
 			t.Fatal(err)
 		}
 		roots := waitRoot(ctx, t, l, "helm-app")
-		cc, err := grpc.NewClient("127.0.0.1:15012",
+		// From node1, through the Service, as ztunnel reaches istiod.
+		cc, err := grpc.NewClient(istiodAddr,
 			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-				return l.ControlPlaneNS().DialContext(ctx, "tcp", addr)
+				return node1.NS.DialContext(ctx, "tcp", addr)
 			}),
-			grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "istiod." + ns + ".svc"})))
+			grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: istiodName})))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -505,42 +538,67 @@ func TestHelmRBAC(t *testing.T) {
 		}
 	})
 
-	// ztunnel with only the DaemonSet's capabilities: its transparent
-	// listeners (IP_TRANSPARENT) and its same-node HBONE dial (SO_MARK)
-	// carry client to web, both enrolled on node1. It runs in development
-	// mode (static config, test CA) until its istiod clients exist, so
-	// the DaemonSet's arguments are not used yet.
-	t.Run("ztunnel works with the DaemonSet's capabilities", func(t *testing.T) {
-		zc := chartObject[*appsv1.DaemonSet](t, objs, "ztunnel").Spec.Template.Spec.Containers[0]
-		// The harness computes ztunnel's config from the cluster with its
-		// admin client, standing in for istiod's xDS.
-		m, err := labmesh.New(l)
+	// ztunnel as the DaemonSet's container on node1: its arguments and
+	// environment, the pod's istio-ca token, the root from the ConfigMap
+	// its volume mounts, and only the container's capabilities. It takes
+	// its workloads from istiod and their certificates from istiod's CA,
+	// and carries client to web, both enrolled on node1, through its
+	// transparent listeners (IP_TRANSPARENT) and its same-node HBONE dial
+	// (SO_MARK).
+	var ztunnel *lab.Process
+	t.Run("ztunnel works as the DaemonSet runs it", func(t *testing.T) {
+		zc := zds.Spec.Template.Spec.Containers[0]
+		cm, err := l.Client.CoreV1().ConfigMaps(ns).Get(ctx, ca.RootCertConfigMap, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := m.State(ctx)
+		rootPath := filepath.Join(l.Dir, "ztunnel-node1-"+ca.RootCertKey)
+		if err := os.WriteFile(rootPath, []byte(cm.Data[ca.RootCertKey]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// The kubelet stand-in's file of the projected token.
+		tokenPath := filepath.Join(podDir(ctx, t, l, ns, ztPod.Name), ztTokenRel)
+		// The lab's paths and the Service's address, after the
+		// DaemonSet's arguments, win.
+		args := append(slices.Clone(zc.Args),
+			"--xds-address", istiodAddr, "--xds-server-name", istiodName, "--xds-root-cert", rootPath, "--xds-token", tokenPath,
+			"--ca-address", istiodAddr, "--ca-server-name", istiodName, "--ca-root-cert", rootPath, "--ca-token", tokenPath,
+		)
+		var env []string
+		for _, e := range zc.Env {
+			v := e.Value
+			if e.ValueFrom != nil {
+				switch e.ValueFrom.FieldRef.FieldPath {
+				case "spec.nodeName":
+					v = node1.Name
+				case "metadata.name":
+					v = ztPod.Name
+				case "metadata.namespace":
+					v = ns
+				case "status.podIP", "status.hostIP": // host network
+					v = node1.IP.String()
+				default:
+					t.Fatalf("ztunnel env %s: field %s unknown to the test", e.Name, e.ValueFrom.FieldRef.FieldPath)
+				}
+			}
+			env = append(env, e.Name+"="+v)
+		}
+		bin, args := setpriv(l.Binaries().Ztunnel, zc.SecurityContext.Capabilities.Add, args...)
+		ztunnel, err = l.StartProcess(node1, "ztunnel", env, bin, args...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		js, err := json.Marshal(st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfgPath := filepath.Join(l.Dir, "helm-ztunnel.json")
-		if err := os.WriteFile(cfgPath, js, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		bin, args := setpriv(l.Binaries().Ztunnel, zc.SecurityContext.Capabilities.Add,
-			"--node", node1.Name, "--local-config", cfgPath, "--fake-ca-dir", filepath.Join(l.Dir, "helm-ztunnel-ca"), "--redirect", "tproxy")
-		zt, err := l.StartProcess(node1, "ztunnel", nil, bin, args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer zt.Stop(5 * time.Second)
-		if err := lab.WaitHTTP(ctx, node1.NS, labmesh.ZtunnelReadyURL, time.Minute, zt); err != nil {
+		if err := lab.WaitHTTP(ctx, node1.NS, labmesh.ZtunnelReadyURL, time.Minute, ztunnel); err != nil {
 			t.Fatal(err)
 		}
 		web, err := l.Client.CoreV1().Pods("helm-mesh").Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// ztunnel is ready with its config; web must be in it as HBONE.
+		err = lab.WaitHTTPBody(ctx, node1.NS, labmesh.ZtunnelAdmin+"/config_dump", time.Minute, func(body string) bool {
+			return strings.Contains(body, web.Status.PodIP)
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -548,17 +606,21 @@ func TestHelmRBAC(t *testing.T) {
 		if err != nil || !strings.Contains(string(out), `"hostname":"web"`) {
 			t.Fatalf("client to web on node1: got %s, %v; want web's echo", out, err)
 		}
-		if log := zt.Logs(200); !strings.Contains(log, "spiffe://cluster.local/ns/helm-mesh/sa/default") {
-			t.Errorf("ztunnel log: no connection with the client's identity:\n%s", log)
+		if log := ztunnel.Logs(200); !strings.Contains(log, `"config":"xds"`) || !strings.Contains(log, "spiffe://cluster.local/ns/helm-mesh/sa/default") {
+			t.Errorf("ztunnel log: want config from xds and a connection with the client's identity, got:\n%s", log)
 		}
 	})
 
-	istiod.Stop(5 * time.Second)
-	agent.Stop(5 * time.Second)
-	checkLog(t, "istiod", istiod)
-	checkLog(t, "node agent", agent)
-	if t.Failed() {
-		t.Logf("istiod log:\n%s\nagent log:\n%s", istiod.Logs(60), agent.Logs(60))
+	procs := map[string]*lab.Process{"istiod": istiod, "node agent": agent, "ztunnel": ztunnel}
+	for name, p := range procs {
+		if p == nil {
+			continue
+		}
+		p.Stop(5 * time.Second)
+		checkLog(t, name, p)
+		if t.Failed() {
+			t.Logf("%s log:\n%s", name, p.Logs(60))
+		}
 	}
 }
 

@@ -192,6 +192,23 @@ func probe(t *testing.T, c corev1.Container) (path string, port int32) {
 	return p.HTTPGet.Path, p.HTTPGet.Port.IntVal
 }
 
+// env returns a container's environment: values, and "field <path>"
+// for downward-API fields.
+func env(c corev1.Container) map[string]string {
+	m := map[string]string{}
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom == nil:
+			m[e.Name] = e.Value
+		case e.ValueFrom.FieldRef != nil:
+			m[e.Name] = "field " + e.ValueFrom.FieldRef.FieldPath
+		default:
+			m[e.Name] = "other source"
+		}
+	}
+	return m
+}
+
 func ports(c corev1.Container) []int32 {
 	var ps []int32
 	for _, p := range c.Ports {
@@ -524,9 +541,13 @@ func TestZtunnel(t *testing.T) {
 		}
 	}
 
-	if len(c.Env) != 1 || c.Env[0].Name != "NODE_NAME" || c.Env[0].ValueFrom == nil || c.Env[0].ValueFrom.FieldRef == nil ||
-		c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
-		t.Errorf("env: got %+v, want NODE_NAME from spec.nodeName", c.Env)
+	// What ztunnel reads from its environment (ztunnel/cmd/ztunnel).
+	wantEnv := map[string]string{
+		"NODE_NAME": "field spec.nodeName", "POD_NAME": "field metadata.name", "POD_NAMESPACE": "field metadata.namespace",
+		"INSTANCE_IP": "field status.podIP", "CLUSTER_ID": "Kubernetes", "CLUSTER_DOMAIN": "cluster.local",
+	}
+	if diff := gocmp.Diff(wantEnv, env(c)); diff != "" {
+		t.Errorf("env (-want +got):\n%s", diff)
 	}
 	if path, port := probe(t, c); path != "/healthz/ready" || port != 15021 {
 		t.Errorf("readiness: got %s on %d, want /healthz/ready on 15021", path, port)
@@ -592,8 +613,8 @@ func TestCNIAgent(t *testing.T) {
 	if path, port := probe(t, c); path != "/readyz" || port != 15029 {
 		t.Errorf("readiness: got %s on %d, want /readyz on 15029", path, port)
 	}
-	if len(c.Env) != 1 || c.Env[0].Name != "NODE_NAME" || c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
-		t.Errorf("env: got %+v, want NODE_NAME from spec.nodeName", c.Env)
+	if diff := gocmp.Diff(map[string]string{"NODE_NAME": "field spec.nodeName"}, env(c)); diff != "" {
+		t.Errorf("env (-want +got):\n%s", diff)
 	}
 	cs := c.SecurityContext
 	if cs == nil || cs.Privileged == nil || *cs.Privileged || cs.Capabilities == nil ||
@@ -709,6 +730,10 @@ func TestValues(t *testing.T) {
 					args := container(t, get[*appsv1.Deployment](t, r, "istiod").Spec.Template.Spec, "discovery").Args
 					if !slices.Contains(args, "--debug") {
 						t.Errorf("istiod args %q: want --debug", args)
+					}
+					zenv := env(container(t, get[*appsv1.DaemonSet](t, r, "ztunnel").Spec.Template.Spec, "istio-proxy"))
+					if zenv["CLUSTER_ID"] != "east" {
+						t.Errorf("ztunnel CLUSTER_ID: got %q, want east, istiod's --cluster-id", zenv["CLUSTER_ID"])
 					}
 				},
 			},
