@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,6 +79,12 @@ func TestLabSmoke(t *testing.T) {
 			}
 			checkReport(t, out, "http", client.Status.PodIP)
 		})
+	}
+
+	// A pod reaches its own containers on loopback, as in a real pod
+	// sandbox.
+	if out, err := l.Exec(ctx, ns, "client", l.Binaries().Echo, "tcp", "127.0.0.1:9000", "self"); err != nil || !strings.Contains(string(out), `"hostname":"client"`) {
+		t.Errorf("tcp to 127.0.0.1:9000 in the client pod: got %s, %v; want the client's own echo", out, err)
 	}
 
 	// Deleting a pod stops it and runs CNI DEL: its address no longer

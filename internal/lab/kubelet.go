@@ -325,6 +325,16 @@ func (k *Kubelet) setup(ctx context.Context, pod *corev1.Pod) (err error) {
 		}
 	}()
 
+	h, err := netns.Netlink(rt.ns)
+	if err != nil {
+		return err
+	}
+	err = loopbackUp(h, rt.ns)
+	h.Close()
+	if err != nil {
+		return err
+	}
+
 	// Read the conflist at each ADD, as container runtimes do, so that a
 	// plugin chained in later applies to pods started later.
 	rt.netconf, err = k.loadConflist()

@@ -324,12 +324,8 @@ func (l *Lab) attach(bh *netlink.Handle, br *netlink.Bridge, ns *netns.NS, outer
 		return err
 	}
 	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("find lo in %s: %w", ns.Name(), err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("set lo up in %s: %w", ns.Name(), err)
+	if err := loopbackUp(h, ns); err != nil {
+		return err
 	}
 	eth, err := h.LinkByName("eth0")
 	if err != nil {
@@ -631,4 +627,17 @@ func Leftovers(id string) ([]string, error) {
 		}
 	}
 	return left, nil
+}
+
+// loopbackUp sets lo up in ns, as a container runtime does for every pod
+// sandbox.
+func loopbackUp(h *netlink.Handle, ns *netns.NS) error {
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo in %s: %w", ns.Name(), err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set lo up in %s: %w", ns.Name(), err)
+	}
+	return nil
 }
