@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"testing"
@@ -157,8 +158,10 @@ func TestOnDemand(t *testing.T) {
 	s := xds.New(xds.Options{})
 	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")})
 	c := dial(t, startServer(t, s))
+	// A name the server does not know is answered with its removal, as
+	// Istio does, so that an on-demand client stops waiting for it.
 	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{"b", "missing"}})
-	c.recvAck(update{Names: []string{"b"}})
+	c.recvAck(update{Names: []string{"b"}, Removed: []string{"missing"}})
 
 	// A change to a resource the client did not ask for is not sent; the
 	// next response carries the one it did ask for.
@@ -312,4 +315,169 @@ func TestLargePushIsSplit(t *testing.T) {
 	all["Kubernetes//Pod/ns/p000"] = wl("Kubernetes//Pod/ns/p000", "node2")
 	mustUpdate(t, s, all)
 	c.recvAck(update{Names: []string{"Kubernetes//Pod/ns/p000"}})
+}
+
+func TestApply(t *testing.T) {
+	s := xds.New(xds.Options{})
+	if err := s.Apply(xds.AddressType, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, startServer(t, s))
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	c.recvAck(update{Names: []string{"a", "b"}})
+
+	tests := []struct {
+		name    string
+		changed map[string]proto.Message
+		removed []string
+		want    update
+	}{
+		{"one changed, the rest untouched", map[string]proto.Message{"b": wl("b", "n2")}, nil, update{Names: []string{"b"}}},
+		{"added and removed", map[string]proto.Message{"c": wl("c", "n1")}, []string{"a"}, update{Names: []string{"c"}, Removed: []string{"a"}}},
+		// An unchanged resource handed over again reaches no client: the
+		// next response carries only the real change.
+		{"unchanged then changed", map[string]proto.Message{"b": wl("b", "n2")}, nil, update{}},
+		{"changed and removed at once is removed", map[string]proto.Message{"b": wl("b", "n3"), "c": wl("c", "n2")}, []string{"b"}, update{Names: []string{"c"}, Removed: []string{"b"}}},
+	}
+	for _, tc := range tests {
+		if err := s.Apply(xds.AddressType, tc.changed, tc.removed); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if len(tc.want.Names)+len(tc.want.Removed) > 0 {
+			c.recvAck(tc.want)
+		}
+	}
+	// Update after Apply diffs against what Apply left: only c changes.
+	mustUpdate(t, s, map[string]proto.Message{"c": wl("c", "n9")})
+	c.recvAck(update{Names: []string{"c"}})
+	if err := s.Apply("type.googleapis.com/unknown", nil, []string{"x"}); err == nil {
+		t.Errorf("Apply of an unknown type: got no error, want one")
+	}
+}
+
+func addrWorkload(uid, network string, ips ...string) *workload.Address {
+	w := &workload.Workload{Uid: uid, Network: network}
+	for _, ip := range ips {
+		w.Addresses = append(w.Addresses, netip.MustParseAddr(ip).AsSlice())
+	}
+	return &workload.Address{Type: &workload.Address_Workload{Workload: w}}
+}
+
+func addrService(name, network, vip string) *workload.Address {
+	return &workload.Address{Type: &workload.Address_Service{Service: &workload.Service{
+		Name: name, Namespace: "ns", Hostname: name + ".ns.svc.cluster.local",
+		Addresses: []*workload.NetworkAddress{{Network: network, Address: netip.MustParseAddr(vip).AsSlice()}},
+	}}}
+}
+
+// aliased is one resource of a response with its aliases.
+type aliased struct {
+	Name    string
+	Aliases []string
+}
+
+func recvAliased(t *testing.T, c *deltaClient) ([]aliased, []string) {
+	t.Helper()
+	resp, err := c.stream.Recv()
+	if err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	var got []aliased
+	for _, r := range resp.GetResources() {
+		got = append(got, aliased{r.GetName(), r.GetAliases()})
+	}
+	sort.Slice(got, func(i, j int) bool { return got[i].Name < got[j].Name })
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+	return got, resp.GetRemovedResources()
+}
+
+// TestSubscribeByAlias: ztunnel asks on demand for an address it does not
+// know by "<network>/<ip>"; the answer is the resource under its own name
+// with its aliases, and its later changes follow.
+func TestSubscribeByAlias(t *testing.T) {
+	s := xds.New(xds.Options{})
+	const (
+		podA = "Kubernetes//Pod/ns/a"
+		podB = "Kubernetes//Pod/ns/b"
+		svc  = "ns/web.ns.svc.cluster.local"
+	)
+	apply := func(changed map[string]proto.Message, removed ...string) {
+		t.Helper()
+		if err := s.Apply(xds.AddressType, changed, removed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(map[string]proto.Message{
+		podA: addrWorkload(podA, "", "10.0.0.1", "fd00::1"),
+		podB: addrWorkload(podB, "net2", "10.0.0.2"),
+		svc:  addrService("web", "", "10.96.0.10"),
+	})
+	c := dial(t, startServer(t, s))
+
+	steps := []struct {
+		name        string
+		subscribe   []string
+		change      func()
+		want        []aliased
+		wantRemoved []string
+	}{
+		{
+			name: "pod IP", subscribe: []string{"/10.0.0.1"},
+			want: []aliased{{podA, []string{"/10.0.0.1", "/fd00::1"}}},
+		},
+		{
+			name: "service VIP and pod on another network", subscribe: []string{"/10.96.0.10", "net2/10.0.0.2"},
+			want: []aliased{{podB, []string{"net2/10.0.0.2"}}, {svc, []string{"/10.96.0.10"}}},
+		},
+		{
+			name: "unknown alias", subscribe: []string{"/10.9.9.9"},
+			wantRemoved: []string{"/10.9.9.9"},
+		},
+		{
+			name:   "change of a workload subscribed by alias",
+			change: func() { apply(map[string]proto.Message{podA: addrWorkload(podA, "", "10.0.0.1", "fd00::1", "10.0.1.1")}) },
+			want:   []aliased{{podA, []string{"/10.0.0.1", "/fd00::1", "/10.0.1.1"}}},
+		},
+		{
+			name: "an address that appears later under a subscribed alias",
+			change: func() {
+				apply(map[string]proto.Message{"Kubernetes//Pod/ns/c": addrWorkload("Kubernetes//Pod/ns/c", "", "10.9.9.9")})
+			},
+			want: []aliased{{"Kubernetes//Pod/ns/c", []string{"/10.9.9.9"}}},
+		},
+		{
+			name:        "removal",
+			change:      func() { apply(nil, podB) },
+			wantRemoved: []string{podB},
+		},
+		{
+			name:      "by its own name, with aliases",
+			subscribe: []string{svc},
+			want:      []aliased{{svc, []string{"/10.96.0.10"}}},
+		},
+	}
+	for _, st := range steps {
+		if st.subscribe != nil {
+			c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: st.subscribe})
+		}
+		if st.change != nil {
+			st.change()
+		}
+		got, removed := recvAliased(t, c)
+		if diff := cmp.Diff(st.want, got); diff != "" {
+			t.Errorf("%s: resources (-want +got):\n%s", st.name, diff)
+		}
+		if diff := cmp.Diff(st.wantRemoved, removed); diff != "" {
+			t.Errorf("%s: removed (-want +got):\n%s", st.name, diff)
+		}
+	}
+
+	// A workload that was not asked for changes: nothing is sent; the next
+	// response carries the one that was.
+	apply(map[string]proto.Message{"Kubernetes//Pod/ns/other": addrWorkload("Kubernetes//Pod/ns/other", "", "10.0.0.50")})
+	apply(map[string]proto.Message{svc: addrService("web", "", "10.96.0.10"), podA: addrWorkload(podA, "", "10.0.0.1")})
+	got, removed := recvAliased(t, c)
+	if diff := cmp.Diff([]aliased{{podA, []string{"/10.0.0.1"}}}, got); diff != "" || len(removed) > 0 {
+		t.Errorf("after unrelated change: got %v removed %v, want only %s (-want +got):\n%s", got, removed, podA, diff)
+	}
 }
