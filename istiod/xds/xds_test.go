@@ -434,9 +434,11 @@ func TestSubscribeByAlias(t *testing.T) {
 			wantRemoved: []string{"/10.9.9.9"},
 		},
 		{
-			name:   "change of a workload subscribed by alias",
-			change: func() { apply(map[string]proto.Message{podA: addrWorkload(podA, "", "10.0.0.1", "fd00::1", "10.0.1.1")}) },
-			want:   []aliased{{podA, []string{"/10.0.0.1", "/fd00::1", "/10.0.1.1"}}},
+			name: "change of a workload subscribed by alias",
+			change: func() {
+				apply(map[string]proto.Message{podA: addrWorkload(podA, "", "10.0.0.1", "fd00::1", "10.0.1.1")})
+			},
+			want: []aliased{{podA, []string{"/10.0.0.1", "/fd00::1", "/10.0.1.1"}}},
 		},
 		{
 			name: "an address that appears later under a subscribed alias",
