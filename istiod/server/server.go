@@ -104,7 +104,7 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.xds = xds.New(xds.Options{Log: log.With("component", "xds"), Registerer: s.reg})
 	s.index, err = ambient.NewIndex(ambient.IndexOptions{
-		Config: cfg.Ambient, Kube: kube, Istio: istio, OnModel: s.publish,
+		Config: cfg.Ambient, Kube: kube, Istio: istio, OnChange: s.publish,
 		Quiet: cfg.Quiet, Max: cfg.MaxDebounce, Log: log.With("component", "ambient"),
 		Informers: s.informers,
 	})
@@ -200,25 +200,26 @@ func (s *Server) MonitoringAddr() net.Addr {
 	return s.monLis.Addr()
 }
 
-func (s *Server) publish(m ambient.Model) {
-	addrs := make(map[string]proto.Message, len(m.Addresses))
-	for k, v := range m.Addresses {
+// publish hands what changed in the model to the xDS server.
+func (s *Server) publish(d ambient.Delta) {
+	addrs := make(map[string]proto.Message, len(d.Addresses))
+	for k, v := range d.Addresses {
 		addrs[k] = v
 	}
-	auths := make(map[string]proto.Message, len(m.Authorizations))
-	for k, v := range m.Authorizations {
+	auths := make(map[string]proto.Message, len(d.Authorizations))
+	for k, v := range d.Authorizations {
 		auths[k] = v
 	}
 	// Policies first: a workload must never reference a policy its
 	// client does not have yet.
-	if err := s.xds.Update(xds.AuthorizationType, auths); err != nil {
+	if err := s.xds.Apply(xds.AuthorizationType, auths, d.RemovedAuthorizations); err != nil {
 		s.log.Error("publish authorizations", "err", err)
 	}
-	if err := s.xds.Update(xds.AddressType, addrs); err != nil {
+	if err := s.xds.Apply(xds.AddressType, addrs, d.RemovedAddresses); err != nil {
 		s.log.Error("publish addresses", "err", err)
 	}
-	if s.status != nil {
-		s.status.offer(m.PolicyStatus)
+	if s.status != nil && d.PolicyStatus != nil {
+		s.status.offer(d.PolicyStatus)
 	}
 	s.ready.Store(true)
 }
