@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -43,8 +44,9 @@ type Config struct {
 	// Quiet and MaxDebounce tune how bursts of cluster events fold into
 	// one push; ambient's defaults when zero.
 	Quiet, MaxDebounce time.Duration
-	// SecureAddr serves the CA and delta xDS over TLS (Istio: 15012);
-	// empty runs no CA.
+	// SecureAddr serves the CA and delta xDS over TLS (Istio: 15012),
+	// both only to callers with a service account token (audience
+	// istio-ca, checked by TokenReview); empty runs no CA.
 	SecureAddr string
 	CA         CAConfig
 }
@@ -156,8 +158,9 @@ func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	}
 	s.authority = a
 	s.log.Info("certificate authority loaded", "source", src, "namespace", s.cfg.CA.Namespace)
+	authn := ca.NewAuthenticator(s.kube)
 	svc, err := ca.NewService(ca.ServiceOptions{
-		Authority: a, Kube: s.kube, TrustDomain: td, Pods: s.index.Pods(), NodeAgents: s.cfg.CA.NodeAgents,
+		Authority: a, Kube: s.kube, Authenticator: authn, TrustDomain: td, Pods: s.index.Pods(), NodeAgents: s.cfg.CA.NodeAgents,
 		DefaultTTL: s.cfg.CA.CertTTL, MaxTTL: s.cfg.CA.MaxCertTTL, Log: s.log.With("component", "ca"), Registerer: s.reg,
 	})
 	if err != nil {
@@ -183,7 +186,16 @@ func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
+	// xDS on 15012 is for authenticated clients only, as in Istio: the
+	// same service account tokens as the CA takes (the CA checks its own
+	// unary calls). 15010 stays open, for the lab and development.
+	xdsLog := s.log.With("component", "xds")
+	g := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})),
+		grpc.ChainStreamInterceptor(authn.StreamInterceptor("/"+discovery.AggregatedDiscoveryService_ServiceDesc.ServiceName+"/", func(method string, err error) {
+			xdsLog.Warn("xds stream refused", "method", method, "err", err)
+		})),
+	)
 	svc.Register(g)
 	s.xds.Register(g)
 	return g, nil
