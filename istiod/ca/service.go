@@ -63,7 +63,7 @@ type ServiceOptions struct {
 	// when nil.
 	Authenticator *Authenticator
 	Log           *slog.Logger
-	Registerer         prometheus.Registerer
+	Registerer    prometheus.Registerer
 }
 
 // Service implements istio.v1.auth.IstioCertificateService.
