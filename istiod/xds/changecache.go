@@ -67,9 +67,9 @@ type change struct {
 type streamState struct {
 	seen  uint64 // subscription compared with every change up to seen
 	watch *deltaWatch
-	// partial: the last response left changes out (size bound), so the
-	// next comparison must be a full one.
-	partial bool
+	// rest are the changes the last response left out (size bound); the
+	// next response continues with them.
+	rest []string
 }
 
 type deltaWatch struct {
@@ -188,8 +188,8 @@ func (c *changeCache) update(changed map[string]proto.Message, removed []string)
 			continue
 		}
 		st.watch = nil
-		resp, complete := c.respond(w.req, w.sub, ch, rm)
-		st.partial = !complete
+		resp, rest := c.respond(w.req, w.sub, ch, rm)
+		st.rest = rest
 		w.ch <- resp
 	}
 	return nil
@@ -218,11 +218,14 @@ func (c *changeCache) CreateDeltaWatch(req *discovery.DeltaDiscoveryRequest, sub
 	id, known := c.pending[req]
 	delete(c.pending, req)
 	st := c.streams[id]
-	incremental := known && st != nil && !st.partial && st.seen >= c.base &&
+	incremental := known && st != nil && st.seen >= c.base &&
 		len(req.GetResourceNamesSubscribe()) == 0 && len(req.GetResourceNamesUnsubscribe()) == 0
 	var changed, removed []string
 	if incremental {
 		changed, removed = c.diffSince(sub, st.seen)
+		if len(st.rest) > 0 {
+			changed = c.continueWith(sub, st.rest, changed)
+		}
 	} else {
 		changed, removed = c.fullDiff(sub)
 		changed, removed = c.resolve(req.GetResourceNamesSubscribe(), changed, removed)
@@ -238,9 +241,9 @@ func (c *changeCache) CreateDeltaWatch(req *discovery.DeltaDiscoveryRequest, sub
 	// A first wildcard request is answered even when empty: it tells the
 	// client its initial state is complete.
 	if len(changed)+len(removed) > 0 || sub.IsWildcard() && req.GetResponseNonce() == "" {
-		resp, complete := c.respond(req, sub, changed, removed)
+		resp, rest := c.respond(req, sub, changed, removed)
 		if st != nil {
-			st.partial = !complete
+			st.rest = rest
 		}
 		ch <- resp
 		return nil, nil
@@ -248,6 +251,7 @@ func (c *changeCache) CreateDeltaWatch(req *discovery.DeltaDiscoveryRequest, sub
 	if !known {
 		return nil, fmt.Errorf("create watch for %s: request of an unknown stream", c.typeURL)
 	}
+	st.rest = nil
 	w := &deltaWatch{req: req, sub: sub, ch: ch}
 	st.watch = w
 	return func() {
@@ -322,6 +326,27 @@ func subscribed(sub cache.Subscription, name string, e *entry) bool {
 	return false
 }
 
+// continueWith adds to changed (changes since the last response) what the
+// last response left out and the client still lacks. Removals among them
+// are in changed's diff already, since they happened after.
+func (c *changeCache) continueWith(sub cache.Subscription, rest, changed []string) []string {
+	known := sub.ReturnedResources()
+	in := make(map[string]bool, len(changed))
+	for _, n := range changed {
+		in[n] = true
+	}
+	for _, n := range rest {
+		e := c.res[n]
+		if in[n] || e == nil || !subscribed(sub, n, e) {
+			continue
+		}
+		if v, has := known[n]; !has || v != e.version {
+			changed = append(changed, n)
+		}
+	}
+	return changed
+}
+
 // diffSince compares the subscription with the resources changed after
 // seq since.
 func (c *changeCache) diffSince(sub cache.Subscription, since uint64) (changed, removed []string) {
@@ -390,8 +415,8 @@ func (c *changeCache) fullDiff(sub cache.Subscription) (changed, removed []strin
 }
 
 // respond builds a response with the removals and as many changed
-// resources as fit in maxBytes (at least one); complete is false when some
-// were left for a later response.
+// resources as fit in maxBytes (at least one), in the order given; rest
+// are those left for a later response.
 //
 // The next version map is the stream's own ReturnedResources map, updated
 // in place rather than copied: a copy per response is O(resources) per
@@ -403,12 +428,14 @@ func (c *changeCache) fullDiff(sub cache.Subscription) (changed, removed []strin
 // after it cancelled that watch (also under c.mu) or once it received this
 // response, which carries the same map. Re-check this on upgrades of
 // go-control-plane, with the xds tests under -race.
-func (c *changeCache) respond(req *discovery.DeltaDiscoveryRequest, sub cache.Subscription, changed, removed []string) (_ cache.DeltaResponse, complete bool) {
+func (c *changeCache) respond(req *discovery.DeltaDiscoveryRequest, sub cache.Subscription, changed, removed []string) (_ cache.DeltaResponse, rest []string) {
 	next := sub.ReturnedResources()
 	if next == nil {
 		next = map[string]string{}
 	}
-	sort.Strings(changed)
+	// Removals are few and sorted for readable logs; changed is not
+	// sorted: a full push's sort per client and response cost more than
+	// anything else in it at 50k resources.
 	sort.Strings(removed)
 	out := &discovery.DeltaDiscoveryResponse{
 		TypeUrl:           c.typeURL,
@@ -416,13 +443,12 @@ func (c *changeCache) respond(req *discovery.DeltaDiscoveryRequest, sub cache.Su
 		Resources:         make([]*discovery.Resource, 0, len(changed)),
 		RemovedResources:  removed,
 	}
-	complete = true
 	size := 0
-	for _, name := range changed {
+	for i, name := range changed {
 		e := c.res[name]
 		size += len(e.any.GetValue()) + len(name) + len(e.version)
 		if size > c.maxBytes && len(out.Resources) > 0 {
-			complete = false
+			rest = changed[i:]
 			break
 		}
 		out.Resources = append(out.Resources, &discovery.Resource{Name: name, Version: e.version, Resource: e.any, Aliases: e.aliases})
@@ -431,5 +457,5 @@ func (c *changeCache) respond(req *discovery.DeltaDiscoveryRequest, sub cache.Su
 	for _, name := range removed {
 		delete(next, name)
 	}
-	return &cache.DeltaPassthroughResponse{DeltaRequest: req, NextVersionMap: next, DeltaDiscoveryResponse: out}, complete
+	return &cache.DeltaPassthroughResponse{DeltaRequest: req, NextVersionMap: next, DeltaDiscoveryResponse: out}, rest
 }
