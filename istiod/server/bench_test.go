@@ -168,6 +168,8 @@ func benchPodReady(b *testing.B, pods, services, clients int) {
 	want := pods + services
 	awaitFullPush(b, ctx, s.XDSAddr().String(), want)
 	startup := time.Since(start)
+	rssStartup := procStatus("VmRSS")
+	heapStartup := liveHeap()
 
 	// The clients, in a process of their own.
 	cmd := exec.CommandContext(ctx, os.Args[0])
@@ -250,6 +252,8 @@ func benchPodReady(b *testing.B, pods, services, clients int) {
 	b.ReportMetric(ms(lat[len(lat)-1]), "max-ms")
 	b.ReportMetric(ms(time.Duration(initial)), "initial-push-ms")
 	b.ReportMetric(ms(startup), "startup-ms")
+	b.ReportMetric(float64(rssStartup>>20), "startup-rss-MiB")
+	b.ReportMetric(float64(heapStartup>>20), "startup-heap-MiB")
 	b.ReportMetric(float64(rss>>20), "rss-MiB")
 	b.ReportMetric(float64(hwm>>20), "hwm-MiB")
 	b.ReportMetric(float64(heap>>20), "heap-MiB")

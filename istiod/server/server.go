@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -99,7 +100,9 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 		cfg.CA.DNSNames = []string{"istiod." + cfg.CA.Namespace + ".svc"}
 	}
 	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), kube: kube}
-	s.informers = informers.NewSharedInformerFactory(kube, 0)
+	// Managed fields are most of a typical object's size and nothing here
+	// reads them: drop them from the caches, as Istio does.
+	s.informers = informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTransform(dropManagedFields))
 	if istio != nil {
 		s.status = newStatusWriter(istio, log.With("component", "status"))
 	}
@@ -132,6 +135,15 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 		}
 	}
 	return s, nil
+}
+
+// dropManagedFields is the informers' transform: it clears
+// metadata.managedFields of every object.
+func dropManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 // SecureAddr is the address of the TLS listener (CA and xDS), nil if none.
