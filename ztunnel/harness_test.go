@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/config"
@@ -150,8 +152,11 @@ func (f certSource) Certificate(ctx context.Context, id identity.Identity) (*tls
 }
 
 type meshOptions struct {
-	// bSource replaces node B's certificate source.
-	bSource identity.Source
+	// aSource and bSource replace node A's and B's certificate sources.
+	aSource, bSource identity.Source
+	// aClock and bClock replace the nodes' clocks of certificate
+	// management.
+	aClock, bClock clock.Clock
 	// before runs once the CA and store exist, before the nodes start.
 	before func(m *mesh)
 	state  func(ip func(byte) netip.Addr) config.State
@@ -201,12 +206,15 @@ func newMesh(t testing.TB, o meshOptions) *mesh {
 	if o.before != nil {
 		o.before(m)
 	}
-	m.a = m.startNode(t, "node-a", ca)
-	var src identity.Source = ca
-	if o.bSource != nil {
-		src = o.bSource
+	srcA, srcB := identity.Source(ca), identity.Source(ca)
+	if o.aSource != nil {
+		srcA = o.aSource
 	}
-	m.b = m.startNode(t, "node-b", src)
+	if o.bSource != nil {
+		srcB = o.bSource
+	}
+	m.a = m.startNode(t, "node-a", srcA, o.aClock)
+	m.b = m.startNode(t, "node-b", srcB, o.bClock)
 	// Every workload gets an echo app on port 8080.
 	for _, w := range st.Workloads {
 		echoApp(t, netip.AddrPortFrom(w.Addresses[0], 8080))
@@ -214,7 +222,7 @@ func newMesh(t testing.TB, o meshOptions) *mesh {
 	return m
 }
 
-func (m *mesh) startNode(t testing.TB, name string, src identity.Source) *node {
+func (m *mesh) startNode(t testing.TB, name string, src identity.Source, clk clock.Clock) *node {
 	t.Helper()
 	lb := &logBuffer{notify: make(chan struct{}, 1)}
 	z, err := ztunnel.New(ztunnel.Config{
@@ -222,6 +230,7 @@ func (m *mesh) startNode(t testing.TB, name string, src identity.Source) *node {
 		Store:        m.store,
 		Certificates: src,
 		Roots:        m.ca.Roots(),
+		Clock:        clk,
 		OutboundAddr: "127.0.0.1:0",
 		OrigDst:      m.redir.OrigDst,
 		BindSource:   true,

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/origdst"
@@ -46,10 +48,15 @@ type Config struct {
 	Node string
 	// Store holds the mesh model; a source (static file, xDS) fills it.
 	Store *config.Store
-	// Certificates issues workload certificates.
+	// Certificates issues workload certificates: istiod's CA through
+	// ztunnel/caclient, or the test CA. The tunnel keeps the certificates
+	// of its local workloads and renews them at half-life.
 	Certificates identity.Source
 	// Roots are the mesh trust anchors.
 	Roots *x509.CertPool
+	// Clock drives certificate renewal; nil means the real clock. Tests
+	// inject a fake one.
+	Clock clock.Clock
 
 	// OutboundAddr is the outbound listener, e.g. "127.0.0.1:15001".
 	OutboundAddr string
@@ -107,14 +114,12 @@ type Ztunnel struct {
 	in       *inbound.Inbound
 	out      *outbound.Outbound
 
-	mu        sync.Mutex
-	outLn     net.Listener
-	inLns     map[netip.Addr][]net.Listener
-	https     []*http.Server
-	unsub     func()
-	stopped   bool
-	ctx       context.Context
-	cancelCtx context.CancelFunc
+	mu      sync.Mutex
+	outLn   net.Listener
+	inLns   map[netip.Addr][]net.Listener
+	https   []*http.Server
+	unsub   func()
+	stopped bool
 }
 
 // New builds a tunnel from cfg; Start runs it.
@@ -155,13 +160,18 @@ func New(cfg Config) (*Ztunnel, error) {
 	z := &Ztunnel{
 		cfg:      cfg,
 		log:      log,
-		certs:    &identity.Cache{Source: cfg.Certificates},
 		verifier: &identity.Verifier{Roots: cfg.Roots},
 		metrics:  metrics.New(),
 		inLns:    map[netip.Addr][]net.Listener{},
 	}
-	z.ctx, z.cancelCtx = context.WithCancel(context.Background())
-	z.pool = &pool.Pool{MaxStreams: cfg.MaxStreams, IdleTimeout: cfg.IdleTimeout, Dial: z.dialHBONE}
+	z.certs = &identity.Cache{Source: cfg.Certificates, Clock: cfg.Clock, OnRefresh: z.logRefresh}
+	z.pool = &pool.Pool{
+		MaxStreams: cfg.MaxStreams, IdleTimeout: cfg.IdleTimeout, Dial: z.dialHBONE,
+		// A pooled connection takes new streams only while it presents
+		// its source's current certificate: after a rotation new streams
+		// get a new connection, open ones keep theirs.
+		Current: func(key pool.Key, cc *hbone.ClientConn) bool { return cc.Certificate() == z.certs.Current(key.Source) },
+	}
 	z.in = &inbound.Inbound{
 		Node: cfg.Node, Store: cfg.Store, Certs: z.certs, Verifier: z.verifier, Metrics: z.metrics,
 		Log: log.With(accesslog.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
@@ -173,6 +183,18 @@ func New(cfg Config) (*Ztunnel, error) {
 		HBONEPort: cfg.HBONEPort,
 	}
 	return z, nil
+}
+
+// logRefresh logs the outcome of a certificate fetch.
+func (z *Ztunnel) logRefresh(r identity.Refresh) {
+	if r.Err != nil {
+		z.log.Warn("fetch certificate; retrying", accesslog.KeyIdentity, r.Identity.String(),
+			accesslog.KeyNextRefresh, r.Next, accesslog.KeyError, r.Err.Error())
+		return
+	}
+	z.log.Info("certificate issued", accesslog.KeyIdentity, r.Identity.String(),
+		accesslog.KeySerial, r.Certificate.Leaf.SerialNumber.String(),
+		accesslog.KeyExpires, r.Certificate.Leaf.NotAfter, accesslog.KeyNextRefresh, r.Next)
 }
 
 func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientConn, error) {
@@ -253,8 +275,9 @@ func (z *Ztunnel) metricsHandler() http.Handler {
 }
 
 // onConfig applies a new snapshot: listeners for local workloads appear
-// and disappear, certificates are prefetched, and open connections are
-// re-checked against the policies.
+// and disappear, the certificates of local workloads are fetched ahead
+// of their first connection and those of departed ones forgotten, and
+// open connections are re-checked against the policies.
 func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 	z.mu.Lock()
 	if z.stopped {
@@ -262,10 +285,20 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 		return
 	}
 	want := map[netip.Addr]*config.Workload{}
+	ids := map[identity.Identity]bool{}
 	for _, w := range snap.LocalWorkloads(z.cfg.Node) {
+		ids[w.Identity()] = true
 		for _, a := range w.Addresses {
 			want[a.Unmap()] = w
 		}
+	}
+	for _, id := range z.certs.Identities() {
+		if !ids[id] {
+			z.certs.Forget(id)
+		}
+	}
+	for id := range ids {
+		z.certs.Track(id)
 	}
 	for a, lns := range z.inLns {
 		if _, ok := want[a]; !ok {
@@ -279,7 +312,6 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 		if _, ok := z.inLns[a]; ok {
 			continue
 		}
-		go z.certs.Certificate(z.ctx, w.Identity()) // prefetch
 		hb, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.HBONEPort))
 		if err != nil {
 			z.log.Error("listen hbone", accesslog.KeyAddr, a.String(), accesslog.KeyError, err.Error())
@@ -395,7 +427,7 @@ func (z *Ztunnel) Shutdown(ctx context.Context) error {
 	wg.Go(func() { outErr = z.out.Shutdown(ctx) })
 	wg.Wait()
 	z.pool.Close()
-	z.cancelCtx()
+	z.certs.Close()
 	z.mu.Lock()
 	for _, s := range z.https {
 		s.Close()

@@ -15,6 +15,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
@@ -85,7 +87,9 @@ func TestIdentityRefusals(t *testing.T) {
 	tests := []struct {
 		name string
 		src  func(ca *identity.CA) identity.Source
-		want string
+		// bClock is node B's clock, nil for the real one.
+		bClock clock.Clock
+		want   string
 	}{
 		{
 			name: "wrong san",
@@ -103,13 +107,16 @@ func TestIdentityRefusals(t *testing.T) {
 			want: identity.ErrUntrustedRoot.Error(),
 		},
 		{
+			// Node B's clock runs 2.5h behind: it takes for valid a
+			// certificate that expired an hour ago, and A refuses it.
 			name: "expired certificate",
 			src: func(ca *identity.CA) identity.Source {
 				return certSource(func(_ context.Context, id identity.Identity) (*tls.Certificate, error) {
-					return ca.IssueValidity(id, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
+					return ca.IssueValidity(id, time.Now().Add(-3*time.Hour), time.Now().Add(-time.Hour))
 				})
 			},
-			want: identity.ErrExpired.Error(),
+			bClock: clocktesting.NewFakeClock(time.Now().Add(-150 * time.Minute)),
+			want:   identity.ErrExpired.Error(),
 		},
 	}
 	for _, tt := range tests {
@@ -119,7 +126,7 @@ func TestIdentityRefusals(t *testing.T) {
 			src = certSource(func(ctx context.Context, id identity.Identity) (*tls.Certificate, error) {
 				return tt.src(ca.get()).Certificate(ctx, id)
 			})
-			m := newMesh(t, meshOptions{bSource: src, before: func(m *mesh) { ca.set(m.ca) }})
+			m := newMesh(t, meshOptions{bSource: src, bClock: tt.bClock, before: func(m *mesh) { ca.set(m.ca) }})
 			server := netip.AddrPortFrom(m.ip(11), 8080)
 			expectRefused(t, m.outbound(t, m.ip(1), server))
 			m.a.log.waitFor(t, `"direction":"outbound"`, tt.want)
@@ -401,6 +408,9 @@ func TestReadinessAndConfigDump(t *testing.T) {
 	var ids []string
 	for _, c := range dump.Certificates {
 		ids = append(ids, c.Identity)
+		if c.State != identity.StateAvailable {
+			t.Errorf("config dump certificate %s: got state %q, want %q", c.Identity, c.State, identity.StateAvailable)
+		}
 	}
 	want := []string{"spiffe://cluster.local/ns/shop/sa/client", "spiffe://cluster.local/ns/shop/sa/other"}
 	if diff := cmp.Diff(want, ids); diff != "" {

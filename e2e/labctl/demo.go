@@ -15,6 +15,10 @@ import (
 	"strings"
 	"time"
 
+	secapi "istio.io/api/security/v1beta1"
+	typeapi "istio.io/api/type/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -23,7 +27,6 @@ import (
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/internal/labmesh"
 	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
-	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
 const (
@@ -43,7 +46,7 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 		return errors.New("the demo needs root (network namespaces, eBPF): run sudo make demo")
 	}
 	step := stepper{}
-	step.say("Building (or finding in the cache) the programs: Kubernetes, CoreDNS, Ambit's node agent, CNI plugin and ztunnel, Bookinfo")
+	step.say("Building (or finding in the cache) the programs: Kubernetes, CoreDNS, Ambit's istiod, node agent, CNI plugin and ztunnel, Bookinfo")
 	bins, err := lab.EnsureBinaries(runCtx, lab.BuildOptions{Log: log})
 	if err != nil {
 		return err
@@ -65,16 +68,25 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 	ctx, cancel := context.WithTimeout(runCtx, 4*time.Minute)
 	defer cancel()
 
-	step.say("Installing Ambit on every node: the node agent chains its CNI plugin into the node's conflist and loads the eBPF redirection")
+	step.say("Installing Ambit's control plane: istiod on the control-plane node (workload discovery over delta xDS, the CA), with Istio's security CRDs")
 	mesh, err := labmesh.New(l)
 	if err != nil {
 		return err
 	}
+	if err := mesh.StartIstiod(ctx, labmesh.IstiodOptions{}); err != nil {
+		return err
+	}
+	step.ok("istiod ready; mesh root published in ConfigMap istio-ca-root-cert of every namespace")
+
+	step.say("Installing Ambit on every node: the node agent chains its CNI plugin into the node's conflist and loads the eBPF redirection; ztunnel connects to istiod")
 	if err := mesh.StartAgents(ctx); err != nil {
 		return err
 	}
+	if err := mesh.StartZtunnels(ctx); err != nil {
+		return err
+	}
 	for _, n := range l.Nodes {
-		step.ok("%s: ambit-cni chained after ptp in %s", n.Name, filepath.Base(n.CNIConfDir)+"/10-lab.conflist")
+		step.ok("%s: ambit-cni chained after ptp in %s; ztunnel ready", n.Name, filepath.Base(n.CNIConfDir)+"/10-lab.conflist")
 	}
 
 	step.say("Deploying Bookinfo in namespace %q (not in the mesh yet) and a client pod in %q", bookinfoNS, clientNS)
@@ -109,14 +121,10 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 		if err != nil {
 			return err
 		}
-		step.ok("%s: %s=%s, restarts %d", name, enrolment.AnnotationRedirection, enrolment.AnnotationEnabled, p.Status.ContainerStatuses[0].RestartCount)
-	}
-	step.say("Starting ztunnel on every node (workloads from the cluster, certificates from a test CA)")
-	if err := mesh.StartZtunnels(ctx); err != nil {
-		return err
-	}
-	for _, n := range l.Nodes {
-		step.ok("ztunnel on %s ready", n.Name)
+		if err := mesh.WaitWorkload(ctx, p.Status.PodIP, true); err != nil {
+			return err
+		}
+		step.ok("%s: %s=%s, restarts %d; every ztunnel knows it as HBONE", name, enrolment.AnnotationRedirection, enrolment.AnnotationEnabled, p.Status.ContainerStatuses[0].RestartCount)
 	}
 
 	step.say("Capturing node1's link while Bookinfo serves pages through the mesh")
@@ -153,18 +161,33 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 	}
 
 	step.say("Authorization: only reviews may call ratings (an ALLOW policy on ratings for principal cluster.local/ns/%s/sa/bookinfo-reviews)", bookinfoNS)
-	mesh.AddPolicy(labmesh.Policy{
-		Authorization: config.Authorization{
-			Name: "ratings-only-from-reviews", Namespace: bookinfoNS, Scope: config.ScopeWorkloadSelector, Action: config.Allow,
-			Rules: []config.Rule{{Clauses: []config.Clause{{Matches: []config.Match{{
-				Principals: []config.StringMatch{{Exact: "cluster.local/ns/" + bookinfoNS + "/sa/bookinfo-reviews"}},
-			}}}}}},
+	policy := &securityv1.AuthorizationPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "ratings-only-from-reviews", Namespace: bookinfoNS},
+		Spec: secapi.AuthorizationPolicy{
+			Selector: &typeapi.WorkloadSelector{MatchLabels: map[string]string{"app": "ratings"}},
+			Action:   secapi.AuthorizationPolicy_ALLOW,
+			Rules: []*secapi.Rule{{From: []*secapi.Rule_From{{Source: &secapi.Source{
+				Principals: []string{"cluster.local/ns/" + bookinfoNS + "/sa/bookinfo-reviews"},
+			}}}}},
 		},
-		Select: func(w *config.Workload) bool { return w.Namespace == bookinfoNS && w.CanonicalName == "ratings" },
-	})
-	if err := mesh.Sync(ctx); err != nil {
+	}
+	istio, err := istioclient.NewForConfig(l.RESTConfig)
+	if err != nil {
 		return err
 	}
+	if _, err := istio.SecurityV1().AuthorizationPolicies(bookinfoNS).Create(ctx, policy, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	var ratingsIP string
+	for _, p := range bpods {
+		if p.Labels["app"] == "ratings" {
+			ratingsIP = p.Status.PodIP
+		}
+	}
+	if err := mesh.WaitPolicy(ctx, bookinfoNS, policy.Name, ratingsIP, true); err != nil {
+		return err
+	}
+	step.ok("AuthorizationPolicy %s/%s created; istiod translated it and every ztunnel has it", bookinfoNS, policy.Name)
 	stars := 0
 	for range 6 {
 		out, err := l.Exec(ctx, clientNS, "client", bins.Echo, "http", "--body", productpage+"/productpage")

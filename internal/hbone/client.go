@@ -36,6 +36,7 @@ type ClientConfig struct {
 type ClientConn struct {
 	addr netip.AddrPort
 	peer identity.Identity
+	cert *tls.Certificate
 	cc   *http.ClientConn
 	tls  *tls.Conn
 }
@@ -89,7 +90,7 @@ func Dial(ctx context.Context, addr netip.AddrPort, cfg ClientConfig) (*ClientCo
 	if err != nil {
 		return nil, fmt.Errorf("dial hbone %s: %w", addr, err)
 	}
-	return &ClientConn{addr: addr, peer: peer, cc: cc, tls: tconn}, nil
+	return &ClientConn{addr: addr, peer: peer, cert: cfg.Certificate, cc: cc, tls: tconn}, nil
 }
 
 func clientTLSConfig(cfg ClientConfig, peer *identity.Identity) *tls.Config {
@@ -118,6 +119,11 @@ func (c *ClientConn) Addr() netip.AddrPort { return c.addr }
 
 // Peer is the peer's verified identity.
 func (c *ClientConn) Peer() identity.Identity { return c.peer }
+
+// Certificate is the certificate this side presented. It stays the
+// connection's for its whole life, also after the workload's certificate
+// is rotated.
+func (c *ClientConn) Certificate() *tls.Certificate { return c.cert }
 
 // Close closes the connection and every stream on it.
 func (c *ClientConn) Close() error { return c.cc.Close() }

@@ -1,8 +1,10 @@
 // Package identity is the mesh's notion of who a workload is: SPIFFE
 // identities (spiffe://<trust domain>/ns/<namespace>/sa/<service account>),
 // a file-based test CA that issues short-lived workload certificates
-// carrying them, and the verification of a peer's certificate chain against
-// the mesh roots that yields the peer's identity.
+// carrying them, the verification of a peer's certificate chain against
+// the mesh roots that yields the peer's identity, and the certificate
+// manager (Cache) that keeps the certificates of a node's workloads
+// renewed from a Source.
 package identity
 
 import (

@@ -41,6 +41,8 @@ type Binaries struct {
 	CNIAgent  string
 	// Ztunnel is Ambit's node tunnel.
 	Ztunnel string
+	// Istiod is Ambit's control plane.
+	Istiod string
 	// CNIDir holds the reference CNI plugins (ptp, host-local, loopback).
 	CNIDir string
 }
@@ -154,7 +156,8 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	b.CNIPlugin = filepath.Join(binDir, "ambit-cni")
 	b.CNIAgent = filepath.Join(binDir, "ambit-cni-agent")
 	b.Ztunnel = filepath.Join(binDir, "ztunnel")
-	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel"); err != nil {
+	b.Istiod = filepath.Join(binDir, "istiod")
+	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel", "./istiod/cmd/istiod"); err != nil {
 		return b, err
 	}
 	return b, nil

@@ -65,7 +65,7 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 	}
 
 	issuer := "https://kubernetes.default.svc." + ClusterDomain
-	apiserver, err := startProcess(l.ID, logDir, "kube-apiserver", l.cp, nil, l.cfg.Binaries.KubeAPIServer,
+	l.apiArgs = []string{
 		"--etcd-servers", "http://127.0.0.1:2379",
 		"--bind-address", "0.0.0.0",
 		"--secure-port", fmt.Sprint(apiPort),
@@ -84,11 +84,13 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 		"--profiling=false",
 		"--endpoint-reconciler-type", "lease",
 		"--v", "1",
-	)
+	}
+	apiserver, err := startProcess(l.ID, logDir, "kube-apiserver", l.cp, nil, l.cfg.Binaries.KubeAPIServer, l.apiArgs...)
 	if err != nil {
 		return err
 	}
 	l.procs = append(l.procs, apiserver)
+	l.apiIndex = len(l.procs) - 1
 
 	if err := l.startForwarder(); err != nil {
 		return err
@@ -303,4 +305,21 @@ func (l *Lab) ClientFor(user string, groups ...string) (kubernetes.Interface, *r
 		return nil, nil, fmt.Errorf("create client for %s: %w", user, err)
 	}
 	return c, cfg, nil
+}
+
+// RestartAPIServer stops kube-apiserver (SIGTERM, as a rolling upgrade
+// does) and starts it again with the same flags and data, returning once
+// it is ready. Watches of every client break meanwhile; it is how tests
+// check that components resync after the apiserver went away.
+func (l *Lab) RestartAPIServer(ctx context.Context) error {
+	old := l.procs[l.apiIndex]
+	old.stop(10 * time.Second)
+	p, err := startProcess(l.ID, filepath.Join(l.Dir, "logs"), "kube-apiserver", l.cp, nil, l.cfg.Binaries.KubeAPIServer, l.apiArgs...)
+	if err != nil {
+		return err
+	}
+	l.procs[l.apiIndex] = p
+	return waitFor(ctx, "kube-apiserver", 90*time.Second, p, func(ctx context.Context) error {
+		return l.readyz(ctx)
+	})
 }

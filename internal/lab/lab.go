@@ -100,7 +100,9 @@ type Lab struct {
 	bridge   *netns.NS
 	cp       *netns.NS
 	procs    []*process // stopped in reverse order
-	apiAddr  string     // the forwarder, host loopback
+	apiIndex int        // kube-apiserver in procs
+	apiArgs  []string
+	apiAddr  string // the forwarder, host loopback
 	stopFwd  func()
 	cancel   context.CancelFunc
 	bg       sync.WaitGroup

@@ -35,6 +35,10 @@ const (
 	KeyCA                  = "ca"
 	KeySignal              = "signal"
 	KeyDeadline            = "deadline"
+	KeyIdentity            = "identity"
+	KeySerial              = "serial"
+	KeyExpires             = "expires"
+	KeyNextRefresh         = "next_refresh"
 )
 
 // Directions.
@@ -42,6 +46,14 @@ const (
 	Inbound          = "inbound"
 	InboundPlaintext = "inbound_plaintext"
 	Outbound         = "outbound"
+)
+
+// Attribute keys of the workload-discovery (xDS) client's logs.
+const (
+	KeyTypeURL = "type_url"
+	KeyNonce   = "nonce"
+	KeyRemoved = "removed"
+	KeyBackoff = "backoff"
 )
 
 // Entry is what is known about one finished connection.

@@ -61,7 +61,6 @@ func TestParseStateRefusals(t *testing.T) {
 		{"unknown field", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1], colour: red}]", "unknown field"},
 		{"bad address", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.300]}]", "10.0.0.300"},
 		{"duplicate uid", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1]}, {uid: a, name: b, namespace: ns, addresses: [10.0.0.2]}]", "duplicate uid"},
-		{"shared address", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1]}, {uid: b, name: b, namespace: ns, addresses: [10.0.0.1]}]", "already used"},
 		{"no address", "workloads: [{uid: a, name: a, namespace: ns}]", "no addresses"},
 		{"tunnel", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1], tunnelProtocol: PROXY}]", "tunnelProtocol"},
 		{"action", "policies: [{name: p, namespace: ns, scope: GLOBAL, action: AUDIT}]", "action"},
@@ -91,5 +90,35 @@ func TestReplaceKeepsLastGood(t *testing.T) {
 	}
 	if got := len(store.Snapshot().Workloads); got != 1 {
 		t.Errorf("workloads after a refused update: got %d, want 1 (last good state)", got)
+	}
+}
+
+func TestSharedAddress(t *testing.T) {
+	addr := netip.MustParseAddr("10.0.0.1")
+	w := func(uid string, tp TunnelProtocol, st WorkloadStatus) *Workload {
+		return &Workload{UID: uid, Name: uid, Namespace: "ns", Addresses: []netip.Addr{addr}, TunnelProtocol: tp, Status: st}
+	}
+	tests := []struct {
+		name      string
+		workloads []*Workload
+		want      string
+	}{
+		{"smaller uid", []*Workload{w("b", "", ""), w("a", "", "")}, "a"},
+		{"HBONE first", []*Workload{w("a", TunnelNone, ""), w("z", TunnelHBONE, "")}, "z"},
+		{"healthy first", []*Workload{w("a", "", Unhealthy), w("z", "", Healthy)}, "z"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := State{Workloads: tt.workloads}
+			if err := st.Validate(); err != nil {
+				t.Fatalf("Validate: got %v, want a shared address accepted", err)
+			}
+			for _, order := range [][]*Workload{tt.workloads, {tt.workloads[1], tt.workloads[0]}} {
+				snap := newSnapshot(State{Workloads: order}, 1)
+				if got := snap.WorkloadByAddr(addr); got == nil || got.UID != tt.want {
+					t.Errorf("WorkloadByAddr: got %v, want %s whatever the order", got, tt.want)
+				}
+			}
+		})
 	}
 }

@@ -20,7 +20,6 @@ type State struct {
 func (s *State) Validate() error {
 	var errs []error
 	uids := map[string]bool{}
-	addrs := map[netip.Addr]string{}
 	for i, w := range s.Workloads {
 		if w == nil {
 			errs = append(errs, fmt.Errorf("workload %d: empty entry", i))
@@ -45,10 +44,6 @@ func (s *State) Validate() error {
 				errs = append(errs, fmt.Errorf("%s: invalid address", name))
 				continue
 			}
-			if other, ok := addrs[a.Unmap()]; ok {
-				errs = append(errs, fmt.Errorf("%s: address %s already used by workload %s", name, a, other))
-			}
-			addrs[a.Unmap()] = w.UID
 		}
 		switch w.TunnelProtocol {
 		case "", TunnelNone, TunnelHBONE:
@@ -141,6 +136,24 @@ type Snapshot struct {
 	policies  map[string]*Authorization
 }
 
+// addressOwner reports whether w rather than cur should own an address
+// both have. Addresses are not unique: istiod sends a workload per
+// endpoint of a selector-less Service, and two such Services may list the
+// same host address (in the lab, the apiserver's and CoreDNS's on the
+// control-plane node), as may a pod and a ServiceEntry. The choice is
+// deterministic: a workload in the mesh (HBONE) first, then a healthy
+// one, then the smaller uid; a pod never loses its address to an
+// endpoint entry that would turn its traffic into plain passthrough.
+func addressOwner(w, cur *Workload) bool {
+	if w.HBONE() != cur.HBONE() {
+		return w.HBONE()
+	}
+	if w.Healthy() != cur.Healthy() {
+		return w.Healthy()
+	}
+	return w.UID < cur.UID
+}
+
 func newSnapshot(s State, version uint64) *Snapshot {
 	snap := &Snapshot{
 		State:     s,
@@ -154,7 +167,9 @@ func newSnapshot(s State, version uint64) *Snapshot {
 	for _, w := range s.Workloads {
 		snap.byUID[w.UID] = w
 		for _, a := range w.Addresses {
-			snap.byAddr[a.Unmap()] = w
+			if cur := snap.byAddr[a.Unmap()]; cur == nil || addressOwner(w, cur) {
+				snap.byAddr[a.Unmap()] = w
+			}
 		}
 		for key := range w.Services {
 			snap.endpoints[key] = append(snap.endpoints[key], w)

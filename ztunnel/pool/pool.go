@@ -52,6 +52,12 @@ type Pool struct {
 	// IdleTimeout closes a connection that has carried no stream for that
 	// long; 0 means DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// Current, if set, reports whether a connection may carry new
+	// streams; nil means always. ztunnel answers whether the connection
+	// presented its source's current certificate: after a rotation new
+	// streams go to a new connection with the new certificate, while the
+	// streams open on the old one run on until they end.
+	Current func(key Key, cc *hbone.ClientConn) bool
 
 	mu      sync.Mutex
 	conns   map[Key][]*entry
@@ -149,8 +155,16 @@ func (p *Pool) take(key Key) (*entry, *dial, error) {
 			e.cc.Close()
 			continue
 		}
+		current := p.Current == nil || p.Current(key, e.cc)
+		if !current && e.streams == 0 {
+			if e.idle != nil {
+				e.idle.Stop()
+			}
+			e.cc.Close()
+			continue
+		}
 		live = append(live, e)
-		if found == nil && e.streams < p.maxStreams() && e.cc.Available() > 0 {
+		if found == nil && current && e.streams < p.maxStreams() && e.cc.Available() > 0 {
 			found = e
 		}
 	}

@@ -25,6 +25,9 @@ type fixture struct {
 	target netip.AddrPort
 	dials  atomic.Int32
 	pool   *Pool
+	ca     *identity.CA
+	// cert is the client certificate new connections present.
+	cert atomic.Pointer[tls.Certificate]
 }
 
 // newFixture runs an HBONE server whose every CONNECT is joined to a
@@ -76,13 +79,15 @@ func newFixture(t *testing.T, maxStreams int, idle time.Duration) *fixture {
 	f := &fixture{
 		key:    Key{Source: src, Destination: dst, Addr: ln.Addr().(*net.TCPAddr).AddrPort()},
 		target: sink.Addr().(*net.TCPAddr).AddrPort(),
+		ca:     ca,
 	}
+	f.cert.Store(clientCert)
 	f.pool = &Pool{
 		MaxStreams:  maxStreams,
 		IdleTimeout: idle,
 		Dial: func(ctx context.Context, key Key) (*hbone.ClientConn, error) {
 			f.dials.Add(1)
-			return hbone.Dial(ctx, key.Addr, hbone.ClientConfig{Certificate: clientCert, Verifier: v, Expected: key.Destination})
+			return hbone.Dial(ctx, key.Addr, hbone.ClientConfig{Certificate: f.cert.Load(), Verifier: v, Expected: key.Destination})
 		},
 	}
 	t.Cleanup(func() { f.pool.Close() })
@@ -172,5 +177,56 @@ func TestDeadConnectionReplaced(t *testing.T) {
 	}
 	if got := f.dials.Load(); got != 2 {
 		t.Errorf("dials: got %d, want 2 (the dead connection replaced)", got)
+	}
+}
+
+// After the source's certificate is rotated, new streams go to a new
+// connection presenting the new certificate; a stream already open on the
+// old connection carries on, and the old connection is closed once idle.
+func TestRotatedCertificate(t *testing.T) {
+	f := newFixture(t, 0, time.Hour)
+	f.pool.Current = func(_ Key, cc *hbone.ClientConn) bool { return cc.Certificate() == f.cert.Load() }
+	old := f.connectN(t, 1)[0]
+
+	rotated, err := f.ca.Issue(src, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cert.Store(rotated)
+	f.connectN(t, 1)
+	if got := f.dials.Load(); got != 2 {
+		t.Errorf("dials after rotation: got %d, want 2", got)
+	}
+	if got := f.pool.Conns()[f.key]; got != 2 {
+		t.Errorf("connections after rotation: got %d, want 2 (old one still carrying its stream)", got)
+	}
+	f.pool.mu.Lock()
+	var certs []*tls.Certificate
+	for _, e := range f.pool.conns[f.key] {
+		certs = append(certs, e.cc.Certificate())
+	}
+	f.pool.mu.Unlock()
+	if len(certs) != 2 || certs[1] != rotated || certs[0] == rotated {
+		t.Errorf("certificates of the pooled connections: got %d, want the old one then the rotated one", len(certs))
+	}
+
+	// The stream on the old connection still works.
+	if _, err := old.Write([]byte("ping")); err != nil {
+		t.Fatalf("write on the stream opened before rotation: %v", err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(old, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo on the stream opened before rotation: got %q, %v; want %q", buf, err, "ping")
+	}
+
+	// Once its stream ends, the old connection is dropped at the next
+	// use of the pool rather than reused.
+	old.Close()
+	f.connectN(t, 1)
+	if got := f.dials.Load(); got != 2 {
+		t.Errorf("dials after the old stream ended: got %d, want 2", got)
+	}
+	if got := f.pool.Conns()[f.key]; got != 1 {
+		t.Errorf("connections after the old stream ended: got %d, want 1", got)
 	}
 }

@@ -1,14 +1,12 @@
-// Command ztunnel is Ambit's node tunnel. This build runs in development
-// mode only: workloads and policies come from a static file
-// (--local-config) and certificates from a file-based test CA
-// (--fake-ca-dir). The workload-discovery and CA clients for istiod are
-// not built yet, so without both flags it refuses to start rather than
-// run with a mode meant for tests.
+// Command ztunnel is Ambit's node tunnel. Workloads, services and
+// policies come from istiod's workload discovery (--xds-address) and
+// certificates from istiod's CA (--ca-address). For development, a static
+// file (--local-config) and a file-based test CA (--fake-ca-dir) stand in
+// for them.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -17,26 +15,33 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/accesslog"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
 type options struct {
-	node, localConfig, fakeCADir, trustDomain string
-	outbound, admin, metrics, readiness       string
-	logLevel                                  string
-	redirect                                  string
-	drain                                     time.Duration
+	node, localConfig                   string
+	xdsAddress, xdsServerName           string
+	xdsRootCert, xdsToken               string
+	xdsPlaintext                        bool
+	outbound, admin, metrics, readiness string
+	logLevel                            string
+	redirect                            string
+	drain                               time.Duration
+	certs                               certFlags
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	flag.StringVar(&o.localConfig, "local-config", os.Getenv("LOCAL_XDS_PATH"), "static config file of workloads, services and policies, for development (default $LOCAL_XDS_PATH); SIGHUP reloads it")
-	flag.StringVar(&o.fakeCADir, "fake-ca-dir", "", "directory of a file-based test CA (ca-cert.pem, ca-key.pem), created if empty; development only")
-	flag.StringVar(&o.trustDomain, "trust-domain", identity.DefaultTrustDomain, "trust domain of a test CA this run creates")
+	o.certs.register(flag.CommandLine)
+	flag.StringVar(&o.xdsAddress, "xds-address", os.Getenv("XDS_ADDRESS"), "istiod's workload discovery (delta xDS), e.g. istiod.istio-system.svc:15012 (default $XDS_ADDRESS)")
+	flag.StringVar(&o.xdsServerName, "xds-server-name", "", "name istiod's serving certificate must carry (default: the host of --xds-address)")
+	flag.StringVar(&o.xdsRootCert, "xds-root-cert", "/var/run/secrets/istio/root-cert.pem", "PEM file of the mesh root that istiod's serving certificate chains to")
+	flag.StringVar(&o.xdsToken, "xds-token", "/var/run/secrets/tokens/istio-token", "file of the bearer token sent to istiod, re-read for every connection; empty sends none")
+	flag.BoolVar(&o.xdsPlaintext, "xds-plaintext", false, "connect to istiod without TLS and token (its port 15010); development only")
 	flag.StringVar(&o.outbound, "outbound", ":15001", "outbound listener")
 	flag.StringVar(&o.redirect, "redirect", "tproxy", "how captured connections arrive: tproxy (Ambit's eBPF redirection, transparent listeners) or nat (iptables REDIRECT, SO_ORIGINAL_DST)")
 	flag.StringVar(&o.admin, "admin", "127.0.0.1:15000", "admin listener (config dump, pprof, logging)")
@@ -56,9 +61,6 @@ func main() {
 const localMark = 0x400
 
 func run(o options) error {
-	if o.localConfig == "" || o.fakeCADir == "" {
-		return errors.New("the istiod xDS and CA clients are not built yet: run in development mode with --local-config and --fake-ca-dir")
-	}
 	if o.redirect != "tproxy" && o.redirect != "nat" {
 		return fmt.Errorf("--redirect %q: want tproxy or nat", o.redirect)
 	}
@@ -67,16 +69,14 @@ func run(o options) error {
 		return fmt.Errorf("parse --log-level %q: %w", o.logLevel, err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: &level}))
-	ca, err := loadOrCreateCA(o.fakeCADir, o.trustDomain)
+	certs, roots, certsFrom, closeCerts, err := o.certs.certificates()
 	if err != nil {
 		return err
 	}
+	defer closeCerts()
 	store := config.NewStore()
-	if err := config.LoadFile(o.localConfig, store); err != nil {
-		return err
-	}
 	z, err := ztunnel.New(ztunnel.Config{
-		Node: o.node, Store: store, Certificates: ca, Roots: ca.Roots(),
+		Node: o.node, Store: store, Certificates: certs, Roots: roots,
 		Transparent:  o.redirect == "tproxy",
 		LocalMark:    localMark,
 		OutboundAddr: o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness,
@@ -85,18 +85,33 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	src, err := newConfigSource(o, store, log, z.Metrics().Registry)
+	if err != nil {
+		return err
+	}
 	if err := z.Start(); err != nil {
 		return err
 	}
-	log.Warn("running in development mode: static config and test CA", accesslog.KeyConfig, o.localConfig, accesslog.KeyCA, o.fakeCADir)
+	// After Start, so that no update races the tunnel's first look at
+	// the store.
+	if err := src.start(); err != nil {
+		z.Shutdown(context.Background())
+		return err
+	}
+	defer src.stop()
+	if o.localConfig != "" || o.certs.fakeCADir != "" {
+		log.Warn("running in development mode", accesslog.KeyConfig, src.String(), accesslog.KeyCA, certsFrom)
+	} else {
+		log.Info("started", accesslog.KeyConfig, src.String(), accesslog.KeyCA, certsFrom)
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			if err := config.LoadFile(o.localConfig, store); err != nil {
+			if reloaded, err := src.reload(); err != nil {
 				log.Error("reload config; keeping the last good one", accesslog.KeyError, err.Error())
-			} else {
+			} else if reloaded {
 				log.Info("reloaded config", accesslog.KeyVersion, store.Snapshot().Version)
 			}
 			continue
@@ -108,22 +123,4 @@ func run(o options) error {
 		return err
 	}
 	return nil
-}
-
-func loadOrCreateCA(dir, trustDomain string) (*identity.CA, error) {
-	ca, err := identity.LoadCA(dir)
-	if err == nil {
-		return ca, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	ca, err = identity.NewCA(trustDomain)
-	if err != nil {
-		return nil, err
-	}
-	if err := ca.WriteFiles(dir); err != nil {
-		return nil, err
-	}
-	return ca, nil
 }

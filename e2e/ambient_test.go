@@ -1,0 +1,565 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	secapi "istio.io/api/security/v1beta1"
+	typeapi "istio.io/api/type/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ambitmesh/ambit/internal/echo"
+	"github.com/ambitmesh/ambit/internal/enrolment"
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/labmesh"
+	"github.com/ambitmesh/ambit/ztunnel"
+)
+
+// certTTL is the workload certificates' lifetime in TestAmbient: short,
+// so that they rotate (at half-life) during the test.
+const certTTL = 20 * time.Second
+
+// TestAmbient is the ambient mesh end to end, as a user drives it: two
+// nodes, istiod on the control plane, a node agent and a ztunnel per node
+// (ztunnel configured by istiod's workload discovery, certificates from
+// istiod's CA), the CNI plugin chained. The subtests run in order on one
+// cluster; each leaves it as the next expects.
+func TestAmbient(t *testing.T) {
+	l := startLab(t, lab.Config{Nodes: 2})
+	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
+	defer cancel()
+	mesh, err := labmesh.New(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if p := mesh.Istiod(); p != nil {
+				t.Logf("istiod:\n%s", p.Logs(40))
+			}
+			for _, n := range l.Nodes {
+				if p := mesh.Ztunnel(n); p != nil {
+					t.Logf("ztunnel on %s:\n%s", n.Name, p.Logs(40))
+				}
+			}
+		}
+	})
+	if err := mesh.StartIstiod(ctx, labmesh.IstiodOptions{CertTTL: certTTL}); err != nil {
+		t.Fatal(err)
+	}
+	if err := mesh.StartAgents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := mesh.StartZtunnels(ctx); err != nil {
+		t.Fatal(err)
+	}
+	istio, err := istioclient.NewForConfig(l.RESTConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Namespace shop starts outside the mesh, with its pods running.
+	for _, ns := range []string{"shop", "plain"} {
+		if err := l.CreateNamespace(ctx, ns, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Client.CoreV1().ServiceAccounts("shop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "frontend"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods := map[string]*corev1.Pod{}
+	run := func(t *testing.T, ns, name, node string, labels map[string]string, sa string) {
+		t.Helper()
+		p := lab.EchoPod(ns, name, node, labels)
+		p.Spec.ServiceAccountName = sa
+		got, err := l.RunPod(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods[name] = got
+	}
+	run(t, "shop", "a", "node1", map[string]string{"app": "a"}, "frontend")
+	run(t, "shop", "a2", "node1", map[string]string{"app": "a2"}, "")
+	run(t, "shop", "b", "node2", map[string]string{"app": "b"}, "")
+	run(t, "shop", "b1", "node1", map[string]string{"app": "b"}, "")
+	run(t, "shop", "opt", "node2", map[string]string{"app": "opt", enrolment.LabelDataplaneMode: enrolment.ModeNone}, "")
+	run(t, "plain", "c", "node1", map[string]string{"app": "c"}, "")
+	ip := func(name string) string { return pods[name].Status.PodIP }
+	addr := func(name string) string { return net.JoinHostPort(ip(name), "9000") }
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "b", Namespace: "shop"},
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": "b"},
+			Ports:    []corev1.ServicePort{{Name: "tcp", Port: 80, TargetPort: intstr.FromString("tcp")}},
+		},
+	}
+	if _, err := l.Client.CoreV1().Services("shop").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, ep := range []string{"b", "b1"} {
+		if err := l.WaitServiceProgrammed(ctx, "shop", "b", ip(ep)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	enrolled := []string{"a", "a2", "b", "b1"}
+	frontend := identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "frontend"}
+
+	// send runs the echo client in pod ns/name to addr and returns the
+	// answering pod's report.
+	send := func(ns, name, to, msg string) (echo.Report, error) {
+		sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
+		defer scancel()
+		out, err := l.Exec(sctx, ns, name, l.Binaries().Echo, "tcp", to, msg)
+		if err != nil {
+			return echo.Report{}, fmt.Errorf("%s/%s to %s: %w: %s", ns, name, to, err, out)
+		}
+		var rep echo.Report
+		if err := json.Unmarshal(out, &rep); err != nil {
+			return rep, fmt.Errorf("%s/%s to %s: decode %q: %w", ns, name, to, out, err)
+		}
+		return rep, nil
+	}
+	wantReach := func(t *testing.T, ns, name, to, wantHost string) {
+		t.Helper()
+		rep, err := send(ns, name, to, "hello")
+		if err != nil || rep.Hostname != wantHost {
+			t.Errorf("%s/%s to %s: got %+v, %v; want an answer from %s", ns, name, to, rep, err, wantHost)
+		}
+	}
+	wantRefused := func(t *testing.T, ns, name, to string) {
+		t.Helper()
+		if rep, err := send(ns, name, to, "hello"); err == nil {
+			t.Errorf("%s/%s to %s: got an answer from %s, want the connection refused", ns, name, to, rep.Hostname)
+		}
+	}
+	waitEnrolled := func(t *testing.T, names ...string) {
+		t.Helper()
+		for _, name := range names {
+			if _, err := l.WaitPod(ctx, "shop", name, func(p *corev1.Pod) bool {
+				return p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := mesh.WaitWorkload(ctx, ip(name), true); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	t.Run("label enrols running pods", func(t *testing.T) {
+		setNSLabel(t, ctx, l, "shop", ptr(enrolment.ModeAmbient))
+		waitEnrolled(t, enrolled...)
+		if err := mesh.WaitWorkload(ctx, ip("opt"), false); err != nil {
+			t.Error(err)
+		}
+		if p, err := l.Client.CoreV1().Pods("shop").Get(ctx, "opt", metav1.GetOptions{}); err != nil || p.Annotations[enrolment.AnnotationRedirection] != "" {
+			t.Errorf("opted-out pod: got annotations %v (%v), want no redirection", p.GetAnnotations(), err)
+		}
+		notRestarted(t, ctx, l, pods, "shop")
+
+		// What crosses node1's link: an enrolled pod's marker never, the
+		// non-mesh pod's marker in clear (the capture's control).
+		capture := startCapture(t, ctx, l, "v-node1")
+		secret, clear := "AMBIT-SECRET-"+randHex(), "AMBIT-CLEAR-"+randHex()
+		if rep, err := send("shop", "a", addr("b"), secret); err != nil || rep.Hostname != "b" || rep.Message != secret {
+			t.Errorf("a to b: got %+v, %v; want b's echo of the secret", rep, err)
+		}
+		wantReach(t, "plain", "c", addr("b"), "b")
+		if _, err := send("plain", "c", addr("b"), clear); err != nil {
+			t.Error(err)
+		}
+		capture.wantOnly(t, clear, secret)
+
+		// The destination's ztunnel saw a's identity, from istiod's CA.
+		metrics := get(t, ctx, l.Node("node2"), labmesh.ZtunnelMetrics)
+		if want := `source_principal="` + frontend.String() + `"`; !strings.Contains(metrics, want) {
+			t.Errorf("node2 ztunnel metrics: no series with %s", want)
+		}
+		if zlog := mesh.Ztunnel(l.Node("node2")).Logs(100); !strings.Contains(zlog, frontend.String()) {
+			t.Errorf("node2 ztunnel access log: no line with %s", frontend)
+		}
+	})
+
+	t.Run("mesh and non-mesh pods", func(t *testing.T) {
+		wantReach(t, "shop", "a2", addr("a"), "a")    // same node, through node1's ztunnel
+		wantReach(t, "shop", "a", addr("c"), "c")     // mesh to non-mesh: passthrough
+		wantReach(t, "shop", "a", addr("opt"), "opt") // to the opted-out pod: passthrough
+		wantReach(t, "shop", "opt", addr("b"), "b")   // from it: plaintext, allowed
+	})
+
+	t.Run("service VIP balanced across nodes and names resolve", func(t *testing.T) {
+		seen := map[string]int{}
+		for i := range 16 {
+			to := "b:80"
+			if i%2 == 1 {
+				to = "b.shop.svc.cluster.local:80"
+			}
+			rep, err := send("shop", "a", to, "via-service")
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[rep.Hostname]++
+		}
+		if seen["b"] == 0 || seen["b1"] == 0 || len(seen) != 2 {
+			t.Errorf("16 connections to Service b: got answers %v, want both b (node2) and b1 (node1)", seen)
+		}
+	})
+
+	t.Run("authorization policies", func(t *testing.T) {
+		// a2 holds a connection open to b from before any policy.
+		open := dialPod(t, ctx, l, "shop", "a2", addr("b"))
+		if rep, err := roundTrip(open, "before"); err != nil || rep.Hostname != "b" {
+			t.Fatalf("open connection a2 to b: got %+v, %v", rep, err)
+		}
+		allow := &securityv1.AuthorizationPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "b-from-frontend", Namespace: "shop"},
+			Spec: secapi.AuthorizationPolicy{
+				Selector: &typeapi.WorkloadSelector{MatchLabels: map[string]string{"app": "b"}},
+				Action:   secapi.AuthorizationPolicy_ALLOW,
+				Rules: []*secapi.Rule{{From: []*secapi.Rule_From{{Source: &secapi.Source{
+					Principals: []string{"cluster.local/ns/shop/sa/frontend"},
+				}}}}},
+			},
+		}
+		applyPolicy(t, ctx, istio, mesh, allow, ip("b"))
+		wantReach(t, "shop", "a", addr("b"), "b")
+		wantRefused(t, "shop", "a2", addr("b"))
+		wantRefused(t, "plain", "c", addr("b"))  // no identity, no principal
+		wantRefused(t, "shop", "a2", addr("b1")) // b1 is app=b too
+		wantReach(t, "shop", "a2", addr("a"), "a")
+		// The open connection is re-checked and closed.
+		if _, err := roundTrip(open, "after"); err == nil {
+			t.Errorf("connection a2 to b opened before the policy: still answers, want it closed")
+		}
+
+		// A DENY by namespace and port wins over the ALLOW, on its port
+		// only.
+		deny := &securityv1.AuthorizationPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "b-deny-shop-9000", Namespace: "shop"},
+			Spec: secapi.AuthorizationPolicy{
+				Selector: &typeapi.WorkloadSelector{MatchLabels: map[string]string{"app": "b"}},
+				Action:   secapi.AuthorizationPolicy_DENY,
+				Rules: []*secapi.Rule{{
+					From: []*secapi.Rule_From{{Source: &secapi.Source{Namespaces: []string{"shop"}}}},
+					To:   []*secapi.Rule_To{{Operation: &secapi.Operation{Ports: []string{"9000"}}}},
+				}},
+			},
+		}
+		applyPolicy(t, ctx, istio, mesh, deny, ip("b"))
+		wantRefused(t, "shop", "a", addr("b"))
+		hctx, hcancel := context.WithTimeout(ctx, 5*time.Second)
+		out, err := l.Exec(hctx, "shop", "a", l.Binaries().Echo, "http", "http://"+net.JoinHostPort(ip("b"), "8080")+"/")
+		hcancel()
+		if err != nil || !strings.Contains(string(out), `"hostname":"b"`) {
+			t.Errorf("a to b:8080 under a DENY of port 9000: got %s, %v; want b's answer", out, err)
+		}
+		for _, p := range []*securityv1.AuthorizationPolicy{allow, deny} {
+			deletePolicy(t, ctx, istio, mesh, p.Namespace, p.Name, ip("b"))
+		}
+		wantReach(t, "shop", "a2", addr("b"), "b")
+	})
+
+	t.Run("PeerAuthentication STRICT", func(t *testing.T) {
+		pa := &securityv1.PeerAuthentication{
+			ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "shop"},
+			Spec:       secapi.PeerAuthentication{Mtls: &secapi.PeerAuthentication_MutualTLS{Mode: secapi.PeerAuthentication_MutualTLS_STRICT}},
+		}
+		if _, err := istio.SecurityV1().PeerAuthentications("shop").Create(ctx, pa, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := mesh.WaitPolicy(ctx, labmesh.IstiodNamespace, "istio_converted_static_strict", ip("b"), true); err != nil {
+			t.Fatal(err)
+		}
+		wantRefused(t, "plain", "c", addr("b"))
+		wantReach(t, "shop", "a", addr("b"), "b")
+		if err := istio.SecurityV1().PeerAuthentications("shop").Delete(ctx, "default", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := mesh.WaitPolicy(ctx, labmesh.IstiodNamespace, "istio_converted_static_strict", ip("b"), false); err != nil {
+			t.Fatal(err)
+		}
+		wantReach(t, "plain", "c", addr("b"), "b")
+	})
+
+	t.Run("certificates rotate under a long-lived connection", func(t *testing.T) {
+		conn := dialPod(t, ctx, l, "shop", "a", addr("b"))
+		if rep, err := roundTrip(conn, "first"); err != nil || rep.Hostname != "b" {
+			t.Fatalf("a to b: got %+v, %v", rep, err)
+		}
+		first := certOf(t, ctx, l.Node("node1"), frontend)
+		// Refreshed at half-life; then wait out the first certificate.
+		if err := lab.PollUntil(ctx, certTTL, func() bool {
+			c, ok := tryCertOf(ctx, l.Node("node1"), frontend)
+			return ok && c.Serial != first.Serial
+		}); err != nil {
+			t.Fatalf("certificate of %s on node1: not renewed within %s (serial %s)", frontend, certTTL, first.Serial)
+		}
+		if err := lab.PollUntil(ctx, certTTL, func() bool { return time.Now().After(first.NotAfter) }); err != nil {
+			t.Fatal(err)
+		}
+		if rep, err := roundTrip(conn, "after-rotation"); err != nil || rep.Hostname != "b" {
+			t.Errorf("connection opened before rotation, after the old certificate expired: got %+v, %v; want b's answer", rep, err)
+		}
+		wantReach(t, "shop", "a", addr("b"), "b")
+	})
+
+	t.Run("unlabel un-enrols without restarts", func(t *testing.T) {
+		setNSLabel(t, ctx, l, "shop", nil)
+		for _, name := range enrolled {
+			if err := mesh.WaitWorkload(ctx, ip(name), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wantReach(t, "shop", "a", addr("b"), "b")
+		notRestarted(t, ctx, l, pods, "shop")
+		setNSLabel(t, ctx, l, "shop", ptr(enrolment.ModeAmbient))
+		waitEnrolled(t, enrolled...)
+	})
+
+	t.Run("istiod restart", func(t *testing.T) {
+		mesh.StopIstiod()
+		wantReach(t, "shop", "a", addr("b"), "b") // ztunnels keep the last state
+		run(t, "shop", "d", "node2", map[string]string{"app": "d"}, "")
+		if err := mesh.StartIstiod(ctx, labmesh.IstiodOptions{CertTTL: certTTL}); err != nil {
+			t.Fatal(err)
+		}
+		waitEnrolled(t, "d")
+		wantReach(t, "shop", "a", addr("d"), "d")
+	})
+
+	t.Run("kube-apiserver restart", func(t *testing.T) {
+		if err := l.RestartAPIServer(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// With 20s certificates, some expired while the CA could not
+		// check tokens; ztunnels renew them once it can.
+		if err := mesh.WaitCertificates(ctx); err != nil {
+			t.Fatal(err)
+		}
+		wantReach(t, "shop", "a", addr("b"), "b")
+		run(t, "shop", "e", "node1", map[string]string{"app": "e"}, "")
+		waitEnrolled(t, "e")
+		wantReach(t, "shop", "b", addr("e"), "e")
+	})
+
+	t.Run("node agent restart", func(t *testing.T) {
+		conn := dialPod(t, ctx, l, "shop", "a", addr("b"))
+		mesh.StopAgent(l.Node("node2"))
+		if err := mesh.StartAgent(ctx, l.Node("node2")); err != nil {
+			t.Fatal(err)
+		}
+		if rep, err := roundTrip(conn, "across-agent-restart"); err != nil || rep.Hostname != "b" {
+			t.Errorf("connection across node2's agent restart: got %+v, %v", rep, err)
+		}
+		run(t, "shop", "f", "node2", map[string]string{"app": "f"}, "")
+		waitEnrolled(t, "f")
+		wantReach(t, "shop", "a", addr("f"), "f")
+	})
+
+	t.Run("ztunnel restart fails closed", func(t *testing.T) {
+		capture := startCapture(t, ctx, l, "v-node1")
+		mesh.StopZtunnel(l.Node("node1"))
+		secret := "AMBIT-SECRET-" + randHex()
+		if rep, err := send("shop", "a", addr("b"), secret); err == nil {
+			t.Errorf("a to b with node1's ztunnel down: got an answer from %s, want the connection to fail", rep.Hostname)
+		}
+		clear := "AMBIT-CLEAR-" + randHex()
+		if _, err := send("plain", "c", addr("b"), clear); err != nil {
+			t.Error(err)
+		}
+		capture.wantOnly(t, clear, secret)
+		if err := mesh.StartZtunnel(ctx, l.Node("node1")); err != nil {
+			t.Fatal(err)
+		}
+		wantReach(t, "shop", "a", addr("b"), "b")
+	})
+}
+
+// notRestarted checks that the pods still run as the same objects, never
+// restarted.
+func notRestarted(t *testing.T, ctx context.Context, l *lab.Lab, pods map[string]*corev1.Pod, ns string) {
+	t.Helper()
+	for name, was := range pods {
+		if was.Namespace != ns {
+			continue
+		}
+		p, err := l.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		restarts := int32(0)
+		for _, cs := range p.Status.ContainerStatuses {
+			restarts += cs.RestartCount
+		}
+		if p.UID != was.UID || restarts != 0 {
+			t.Errorf("pod %s/%s: uid %s → %s, %d restarts; want the same pod, not restarted", ns, name, was.UID, p.UID, restarts)
+		}
+	}
+}
+
+// capture records the TCP packets crossing a node's link, in the bridge's
+// namespace.
+type capture struct {
+	path string
+	proc *lab.Process
+}
+
+func startCapture(t *testing.T, ctx context.Context, l *lab.Lab, link string) *capture {
+	t.Helper()
+	c := &capture{path: filepath.Join(l.Dir, link+"-"+randHex()+".pcap")}
+	var err error
+	c.proc, err = l.StartProcessIn(l.BridgeNS(), "tcpdump-"+link, nil, "tcpdump", "--immediate-mode", "-i", link, "-U", "-n", "-w", c.path, "tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.PollUntil(ctx, 30*time.Second, func() bool { return strings.Contains(c.proc.Logs(5), "listening on") }); err != nil {
+		t.Fatalf("tcpdump did not start: %v\n%s", err, c.proc.Logs(5))
+	}
+	return c
+}
+
+// wantOnly waits until the control marker has been captured (packets are
+// written in order, so everything sent before it is in the file too),
+// stops the capture and checks that secret never crossed in clear.
+func (c *capture) wantOnly(t *testing.T, control, secret string) {
+	t.Helper()
+	defer c.proc.Stop(5 * time.Second)
+	var wire []byte
+	if err := lab.PollUntil(t.Context(), 30*time.Second, func() bool {
+		wire, _ = os.ReadFile(c.path)
+		return strings.Contains(string(wire), control)
+	}); err != nil {
+		t.Fatalf("capture %s: no %q from the non-mesh pod; the capture does not see the traffic (%d bytes)", c.path, control, len(wire))
+	}
+	if strings.Contains(string(wire), secret) {
+		t.Errorf("capture %s: found %q: an enrolled pod's bytes crossed in plaintext", c.path, secret)
+	}
+}
+
+// dialPod opens a TCP connection from inside pod ns/name (its network
+// namespace, so the mesh captures it as the pod's own).
+func dialPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, addr string) net.Conn {
+	t.Helper()
+	p, err := l.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pns, ok := l.Node(p.Spec.NodeName).Kubelet.PodNetNS(ns, name)
+	if !ok {
+		t.Fatalf("pod %s/%s: no network namespace", ns, name)
+	}
+	c, err := pns.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// roundTrip sends one line on an open echo connection and reads the
+// answer.
+func roundTrip(c net.Conn, msg string) (echo.Report, error) {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, msg+"\n"); err != nil {
+		return echo.Report{}, err
+	}
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	if err != nil {
+		return echo.Report{}, err
+	}
+	var rep echo.Report
+	err = json.Unmarshal(line, &rep)
+	return rep, err
+}
+
+func applyPolicy(t *testing.T, ctx context.Context, istio istioclient.Interface, mesh *labmesh.Mesh, p *securityv1.AuthorizationPolicy, on string) {
+	t.Helper()
+	if _, err := istio.SecurityV1().AuthorizationPolicies(p.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := mesh.WaitPolicy(ctx, p.Namespace, p.Name, on, true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func deletePolicy(t *testing.T, ctx context.Context, istio istioclient.Interface, mesh *labmesh.Mesh, ns, name, on string) {
+	t.Helper()
+	if err := istio.SecurityV1().AuthorizationPolicies(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := mesh.WaitPolicy(ctx, ns, name, on, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tryCertOf reads node n's ztunnel's certificate for id from its config
+// dump.
+func tryCertOf(ctx context.Context, n *lab.Node, id identity.Identity) (identity.CertInfo, bool) {
+	body, err := lab.HTTPGet(ctx, n.NS, labmesh.ZtunnelAdmin+"/config_dump")
+	if err != nil {
+		return identity.CertInfo{}, false
+	}
+	var d ztunnel.Dump
+	if err := json.Unmarshal([]byte(body), &d); err != nil {
+		return identity.CertInfo{}, false
+	}
+	for _, c := range d.Certificates {
+		if c.Identity == id.String() {
+			return c, true
+		}
+	}
+	return identity.CertInfo{}, false
+}
+
+func certOf(t *testing.T, ctx context.Context, n *lab.Node, id identity.Identity) identity.CertInfo {
+	t.Helper()
+	c, ok := tryCertOf(ctx, n, id)
+	if !ok {
+		t.Fatalf("ztunnel on %s: no certificate for %s in its config dump", n.Name, id)
+	}
+	return c
+}
+
+func randHex() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// get fetches url from inside a node's namespace (an IP URL).
+func get(t *testing.T, ctx context.Context, n *lab.Node, url string) string {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DialContext: n.NS.DialContext}, Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}

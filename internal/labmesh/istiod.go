@@ -1,0 +1,338 @@
+package labmesh
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/dynamic"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/istiod/ca"
+	"github.com/ambitmesh/ambit/ztunnel"
+	"github.com/ambitmesh/ambit/ztunnel/config"
+)
+
+// Where istiod runs in the lab: on the control-plane node, as it would
+// run as a Deployment on a real cluster, reached by ztunnels at the
+// control-plane node's address.
+const (
+	IstiodNamespace      = "istio-system"
+	ZtunnelSA            = "ztunnel"
+	IstiodXDSPort        = 15010
+	IstiodSecurePort     = 15012
+	IstiodMonitoringAddr = "127.0.0.1:15014"
+	// IstiodServerName is the name in istiod's serving certificate that
+	// clients check, its Service's name on a real cluster.
+	IstiodServerName = "istiod.istio-system.svc"
+)
+
+// IstiodOptions configure the istiod a test runs.
+type IstiodOptions struct {
+	// CertTTL is the lifetime of workload certificates; 0 is istiod's
+	// default (24h).
+	CertTTL time.Duration
+}
+
+// IstiodAddr is istiod's TLS address (CA and xDS) as nodes reach it.
+func IstiodAddr() string {
+	return fmt.Sprintf("%s:%d", lab.ControlPlaneIP(), IstiodSecurePort)
+}
+
+// StartIstiod installs the CRDs and the istio-system namespace (once)
+// and starts istiod on the control-plane node; it returns when istiod is
+// ready and has published the mesh root, which it writes to RootCertPath.
+func (m *Mesh) StartIstiod(ctx context.Context, opts IstiodOptions) error {
+	if m.istiodKubeconfig == "" {
+		if err := m.installIstioBase(ctx); err != nil {
+			return err
+		}
+	}
+	m.istiodOpts = opts
+	args := []string{
+		"--kubeconfig", m.istiodKubeconfig,
+		"--xds-addr", fmt.Sprintf(":%d", IstiodXDSPort),
+		"--secure-addr", fmt.Sprintf(":%d", IstiodSecurePort),
+		"--monitoring-addr", IstiodMonitoringAddr,
+		"--dns-name", IstiodServerName,
+	}
+	if opts.CertTTL > 0 {
+		args = append(args, "--cert-ttl", opts.CertTTL.String())
+	}
+	m.starts++
+	p, err := m.l.StartProcessIn(m.l.ControlPlaneNS(), fmt.Sprintf("istiod-%d", m.starts), nil, m.l.Binaries().Istiod, args...)
+	if err != nil {
+		return err
+	}
+	m.istiod = p
+	if err := lab.WaitHTTP(ctx, m.l.ControlPlaneNS(), "http://"+IstiodMonitoringAddr+"/ready", time.Minute, p); err != nil {
+		return err
+	}
+	return m.writeRoot(ctx)
+}
+
+// StopIstiod stops istiod (SIGTERM).
+func (m *Mesh) StopIstiod() {
+	if m.istiod != nil {
+		m.istiod.Stop(5 * time.Second)
+	}
+}
+
+// RestartIstiod stops istiod and starts it again with the same options.
+func (m *Mesh) RestartIstiod(ctx context.Context) error {
+	m.StopIstiod()
+	return m.StartIstiod(ctx, m.istiodOpts)
+}
+
+// Istiod is the running istiod process, or nil.
+func (m *Mesh) Istiod() *lab.Process { return m.istiod }
+
+// RootCertPath is the mesh root as ztunnels mount it from the
+// istio-ca-root-cert ConfigMap.
+func (m *Mesh) RootCertPath() string { return filepath.Join(m.l.Dir, "istio-root-cert.pem") }
+
+func (m *Mesh) writeRoot(ctx context.Context) error {
+	var root string
+	err := lab.PollUntil(ctx, 30*time.Second, func() bool {
+		cm, err := m.l.Client.CoreV1().ConfigMaps(IstiodNamespace).Get(ctx, ca.RootCertConfigMap, metav1.GetOptions{})
+		if err == nil {
+			root = cm.Data[ca.RootCertKey]
+		}
+		return root != ""
+	})
+	if err != nil {
+		return fmt.Errorf("wait for configmap %s/%s: %w", IstiodNamespace, ca.RootCertConfigMap, err)
+	}
+	if err := os.WriteFile(m.RootCertPath(), []byte(root), 0o644); err != nil {
+		return fmt.Errorf("write mesh root: %w", err)
+	}
+	return nil
+}
+
+// installIstioBase does what the Helm chart's base does: the CRDs, the
+// istio-system namespace, ztunnel's service account, and a kubeconfig
+// for istiod. The lab gives istiod a system:masters client certificate;
+// a real cluster gives it the chart's ClusterRole.
+func (m *Mesh) installIstioBase(ctx context.Context) error {
+	root, err := lab.FindRoot()
+	if err != nil {
+		return err
+	}
+	if err := InstallCRDs(ctx, m.l, filepath.Join(root, "deploy", "crds")); err != nil {
+		return err
+	}
+	if err := m.l.CreateNamespace(ctx, IstiodNamespace, nil); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: ZtunnelSA, Namespace: IstiodNamespace}}
+	if _, err := m.l.Client.CoreV1().ServiceAccounts(IstiodNamespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create service account %s/%s: %w", IstiodNamespace, ZtunnelSA, err)
+	}
+	kc, err := m.l.KubeconfigFor("istiod", "system:serviceaccount:istio-system:istiod", "system:masters")
+	if err != nil {
+		return err
+	}
+	m.istiodKubeconfig = kc
+	return nil
+}
+
+var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// InstallCRDs creates the CustomResourceDefinitions in dir's YAML files
+// and waits, watching, until the apiserver serves each (Established).
+func InstallCRDs(ctx context.Context, l *lab.Lab, dir string) error {
+	dyn, err := dynamic.NewForConfig(l.RESTConfig)
+	if err != nil {
+		return fmt.Errorf("create dynamic client: %w", err)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil || len(files) == 0 {
+		return fmt.Errorf("find CRDs in %s: got %d files (%v)", dir, len(files), err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("read CRD: %w", err)
+		}
+		var obj unstructured.Unstructured
+		if err := yaml.Unmarshal(b, &obj.Object); err != nil {
+			return fmt.Errorf("decode CRD %s: %w", f, err)
+		}
+		if _, err := dyn.Resource(crdResource).Create(ctx, &obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create CRD from %s: %w", f, err)
+		}
+		if err := waitEstablished(ctx, dyn, obj.GetName()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func waitEstablished(ctx context.Context, dyn dynamic.Interface, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	w, err := dyn.Resource(crdResource).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+	if err != nil {
+		return fmt.Errorf("watch CRD %s: %w", name, err)
+	}
+	defer w.Stop()
+	for ev := range w.ResultChan() {
+		if ev.Type == watch.Error {
+			continue
+		}
+		u, ok := ev.Object.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, c := range conds {
+			m, _ := c.(map[string]any)
+			if m["type"] == "Established" && m["status"] == "True" {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("CRD %s: not established: %w", name, ctx.Err())
+}
+
+// ztunnelIdentity makes the Pod that stands for ztunnel on node n (the
+// DaemonSet's pod; its container only sleeps, the lab runs ztunnel as a
+// process) and writes a token bound to it, audience istio-ca, where
+// ztunnel reads it. istiod's CA learns ztunnel's node from that binding.
+func (m *Mesh) ztunnelIdentity(ctx context.Context, n *lab.Node) (tokenPath string, err error) {
+	name := "ztunnel-" + n.Name
+	pod, err := m.l.Client.CoreV1().Pods(IstiodNamespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		pod, err = m.l.RunPod(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: IstiodNamespace, Labels: map[string]string{"app": "ztunnel"}},
+			Spec: corev1.PodSpec{
+				NodeName:           n.Name,
+				ServiceAccountName: ZtunnelSA,
+				Containers: []corev1.Container{{
+					Name: "istio-proxy", Image: "ambit.dev/echo",
+					Command: []string{"/bin/sleep", "infinity"},
+				}},
+			},
+		})
+	}
+	if err != nil {
+		return "", fmt.Errorf("ztunnel pod on %s: %w", n.Name, err)
+	}
+	exp := int64(3600)
+	tr, err := m.l.Client.CoreV1().ServiceAccounts(IstiodNamespace).CreateToken(ctx, ZtunnelSA, &authnv1.TokenRequest{
+		Spec: authnv1.TokenRequestSpec{
+			Audiences:         []string{ca.Audience},
+			ExpirationSeconds: &exp,
+			BoundObjectRef:    &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("token for ztunnel on %s: %w", n.Name, err)
+	}
+	dir := filepath.Join(m.l.Dir, "ztunnel-"+n.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("ztunnel dir: %w", err)
+	}
+	tokenPath = filepath.Join(dir, "istio-token")
+	if err := os.WriteFile(tokenPath, []byte(tr.Status.Token), 0o600); err != nil {
+		return "", fmt.Errorf("write ztunnel token: %w", err)
+	}
+	return tokenPath, nil
+}
+
+// WaitZtunnels waits until the config dump of every running ztunnel
+// satisfies cond: how a test knows that what it changed in the cluster
+// has reached the data plane.
+func (m *Mesh) WaitZtunnels(ctx context.Context, what string, cond func(d *ztunnel.Dump) bool) error {
+	for name, p := range m.ztunnels {
+		select {
+		case <-p.Exited():
+			continue
+		default:
+		}
+		var last string
+		err := lab.WaitHTTPBody(ctx, m.l.Node(name).NS, ZtunnelAdmin+"/config_dump", time.Minute, func(body string) bool {
+			var d ztunnel.Dump
+			if err := json.Unmarshal([]byte(body), &d); err != nil {
+				last = err.Error()
+				return false
+			}
+			return cond(&d)
+		})
+		if err != nil {
+			return fmt.Errorf("ztunnel on %s: wait for %s: %w %s", name, what, err, last)
+		}
+	}
+	return nil
+}
+
+// WaitWorkload waits until every ztunnel knows the workload at ip and
+// whether it speaks HBONE.
+func (m *Mesh) WaitWorkload(ctx context.Context, ip string, hbone bool) error {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return fmt.Errorf("wait for workload: %w", err)
+	}
+	return m.WaitZtunnels(ctx, fmt.Sprintf("workload %s (HBONE %t)", ip, hbone), func(d *ztunnel.Dump) bool {
+		for _, w := range d.Workloads {
+			if slices.Contains(w.Addresses, addr) {
+				return w.HBONE() == hbone
+			}
+		}
+		return false
+	})
+}
+
+// WaitPolicy waits until every ztunnel has the authorization policy
+// namespace/name and, if it selects workloads, has it bound to the
+// workload at ip (present), or no longer has it (!present).
+func (m *Mesh) WaitPolicy(ctx context.Context, namespace, name, ip string, present bool) error {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return fmt.Errorf("wait for policy: %w", err)
+	}
+	key := namespace + "/" + name
+	return m.WaitZtunnels(ctx, fmt.Sprintf("policy %s on %s (present %t)", key, ip, present), func(d *ztunnel.Dump) bool {
+		i := slices.IndexFunc(d.Policies, func(a *config.Authorization) bool { return a.Key() == key })
+		if !present || i < 0 {
+			return (i >= 0) == present
+		}
+		if d.Policies[i].Scope != config.ScopeWorkloadSelector {
+			return true
+		}
+		for _, w := range d.Workloads {
+			if slices.Contains(w.Addresses, addr) {
+				return slices.Contains(w.AuthorizationPolicies, key)
+			}
+		}
+		return false
+	})
+}
+
+// WaitCertificates waits until every certificate every ztunnel manages
+// is available (after the CA or the apiserver was away long enough for
+// short-lived certificates to expire).
+func (m *Mesh) WaitCertificates(ctx context.Context) error {
+	return m.WaitZtunnels(ctx, "certificates available", func(d *ztunnel.Dump) bool {
+		for _, c := range d.Certificates {
+			if c.State != identity.StateAvailable {
+				return false
+			}
+		}
+		return true
+	})
+}

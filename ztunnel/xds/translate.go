@@ -1,0 +1,336 @@
+package xds
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ambitmesh/ambit/api/security"
+	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/ztunnel/config"
+)
+
+// item is one resource translated into the model. Exactly one of
+// workload, service and policy is set.
+type item struct {
+	version  string
+	workload *config.Workload
+	service  *config.Service
+	policy   *config.Authorization
+}
+
+// translate decodes and translates one resource of a response of type
+// typeURL. What it accepts passes config.State.Validate on its own; only
+// conflicts between resources (a duplicate address, say) are left for the
+// whole state's validation.
+func translate(typeURL string, r *discovery.Resource) (*item, error) {
+	body := r.GetResource()
+	if body == nil {
+		return nil, errors.New("no resource body")
+	}
+	if body.GetTypeUrl() != typeURL {
+		return nil, fmt.Errorf("resource of type %q in a response of type %s", body.GetTypeUrl(), typeURL)
+	}
+	var it *item
+	switch typeURL {
+	case AddressType:
+		var a workload.Address
+		if err := proto.Unmarshal(body.GetValue(), &a); err != nil {
+			return nil, fmt.Errorf("decode istio.workload.Address: %w", err)
+		}
+		var err error
+		if it, err = fromAddress(&a); err != nil {
+			return nil, err
+		}
+	case AuthorizationType:
+		var a security.Authorization
+		if err := proto.Unmarshal(body.GetValue(), &a); err != nil {
+			return nil, fmt.Errorf("decode istio.security.Authorization: %w", err)
+		}
+		p, err := fromAuthorization(&a)
+		if err != nil {
+			return nil, err
+		}
+		it = &item{policy: p}
+	default:
+		return nil, fmt.Errorf("unknown type %s", typeURL)
+	}
+	var st config.State
+	it.addTo(&st)
+	if err := st.Validate(); err != nil {
+		return nil, err
+	}
+	it.version = r.GetVersion()
+	return it, nil
+}
+
+func fromAddress(a *workload.Address) (*item, error) {
+	switch t := a.GetType().(type) {
+	case *workload.Address_Workload:
+		w, err := fromWorkload(t.Workload)
+		if err != nil {
+			return nil, err
+		}
+		return &item{workload: w}, nil
+	case *workload.Address_Service:
+		s, err := fromService(t.Service)
+		if err != nil {
+			return nil, err
+		}
+		return &item{service: s}, nil
+	}
+	return nil, errors.New("address is neither a workload nor a service")
+}
+
+func (it *item) addTo(st *config.State) {
+	switch {
+	case it.workload != nil:
+		st.Workloads = append(st.Workloads, it.workload)
+	case it.service != nil:
+		st.Services = append(st.Services, it.service)
+	case it.policy != nil:
+		st.Policies = append(st.Policies, it.policy)
+	}
+}
+
+// fromWorkload translates an istio.workload.Workload. Fields the model has no
+// place for (hostname, waypoint, network gateway, locality, workload type,
+// application tunnel, cluster id, network mode, capacity, extensions) are
+// not carried over.
+func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
+	w := &config.Workload{
+		UID:                   pb.GetUid(),
+		Name:                  pb.GetName(),
+		Namespace:             pb.GetNamespace(),
+		Network:               pb.GetNetwork(),
+		TrustDomain:           pb.GetTrustDomain(),
+		ServiceAccount:        pb.GetServiceAccount(),
+		Node:                  pb.GetNode(),
+		WorkloadName:          pb.GetWorkloadName(),
+		CanonicalName:         pb.GetCanonicalName(),
+		CanonicalRevision:     pb.GetCanonicalRevision(),
+		AuthorizationPolicies: slices.Clone(pb.GetAuthorizationPolicies()),
+	}
+	for i, b := range pb.GetAddresses() {
+		a, err := addr(b)
+		if err != nil {
+			return nil, fmt.Errorf("workload %s: address %d: %w", pb.GetUid(), i, err)
+		}
+		w.Addresses = append(w.Addresses, a)
+	}
+	switch pb.GetTunnelProtocol() {
+	case workload.TunnelProtocol_NONE:
+		w.TunnelProtocol = config.TunnelNone
+	case workload.TunnelProtocol_HBONE:
+		w.TunnelProtocol = config.TunnelHBONE
+	default:
+		return nil, fmt.Errorf("workload %s: tunnel_protocol %d, want NONE or HBONE", pb.GetUid(), pb.GetTunnelProtocol())
+	}
+	switch pb.GetStatus() {
+	case workload.WorkloadStatus_HEALTHY:
+		w.Status = config.Healthy
+	case workload.WorkloadStatus_UNHEALTHY:
+		w.Status = config.Unhealthy
+	default:
+		return nil, fmt.Errorf("workload %s: status %d, want HEALTHY or UNHEALTHY", pb.GetUid(), pb.GetStatus())
+	}
+	// Sorted so that errors name the same service every time.
+	for _, key := range slices.Sorted(maps.Keys(pb.GetServices())) {
+		ports, err := ports(pb.GetServices()[key].GetPorts())
+		if err != nil {
+			return nil, fmt.Errorf("workload %s: service %s: %w", pb.GetUid(), key, err)
+		}
+		if w.Services == nil {
+			w.Services = map[string]config.PortList{}
+		}
+		w.Services[key] = config.PortList{Ports: ports}
+	}
+	return w, nil
+}
+
+// fromService translates an istio.workload.Service. Subject alt names,
+// waypoint, load balancing, IP families, extensions and canonical are not
+// carried over: the model has no place for them.
+func fromService(pb *workload.Service) (*config.Service, error) {
+	s := &config.Service{
+		Name:      pb.GetName(),
+		Namespace: pb.GetNamespace(),
+		Hostname:  pb.GetHostname(),
+	}
+	name := pb.GetNamespace() + "/" + pb.GetHostname()
+	for i, na := range pb.GetAddresses() {
+		a, err := addr(na.GetAddress())
+		if err != nil {
+			return nil, fmt.Errorf("service %s: address %d: %w", name, i, err)
+		}
+		s.Addresses = append(s.Addresses, config.NetworkAddress{Network: na.GetNetwork(), Address: a})
+	}
+	var err error
+	if s.Ports, err = ports(pb.GetPorts()); err != nil {
+		return nil, fmt.Errorf("service %s: %w", name, err)
+	}
+	return s, nil
+}
+
+// fromAuthorization translates an istio.security.Authorization.
+func fromAuthorization(pb *security.Authorization) (*config.Authorization, error) {
+	name := pb.GetNamespace() + "/" + pb.GetName()
+	a := &config.Authorization{Name: pb.GetName(), Namespace: pb.GetNamespace()}
+	switch pb.GetScope() {
+	case security.Scope_GLOBAL:
+		a.Scope = config.ScopeGlobal
+	case security.Scope_NAMESPACE:
+		a.Scope = config.ScopeNamespace
+	case security.Scope_WORKLOAD_SELECTOR:
+		a.Scope = config.ScopeWorkloadSelector
+	default:
+		return nil, fmt.Errorf("policy %s: scope %d, want GLOBAL, NAMESPACE or WORKLOAD_SELECTOR", name, pb.GetScope())
+	}
+	switch pb.GetAction() {
+	case security.Action_ALLOW:
+		a.Action = config.Allow
+	case security.Action_DENY:
+		a.Action = config.Deny
+	default:
+		return nil, fmt.Errorf("policy %s: action %d, want ALLOW or DENY", name, pb.GetAction())
+	}
+	for i, r := range pb.GetRules() {
+		var rule config.Rule
+		for j, c := range r.GetClauses() {
+			var clause config.Clause
+			for k, m := range c.GetMatches() {
+				match, err := fromMatch(m)
+				if err != nil {
+					return nil, fmt.Errorf("policy %s: rule %d clause %d match %d: %w", name, i, j, k, err)
+				}
+				clause.Matches = append(clause.Matches, match)
+			}
+			rule.Clauses = append(rule.Clauses, clause)
+		}
+		a.Rules = append(a.Rules, rule)
+	}
+	return a, nil
+}
+
+func fromMatch(m *security.Match) (config.Match, error) {
+	var out config.Match
+	var err error
+	strs := []struct {
+		field string
+		in    []*security.StringMatch
+		out   *[]config.StringMatch
+	}{
+		{"namespaces", m.GetNamespaces(), &out.Namespaces},
+		{"not_namespaces", m.GetNotNamespaces(), &out.NotNamespaces},
+		{"principals", m.GetPrincipals(), &out.Principals},
+		{"not_principals", m.GetNotPrincipals(), &out.NotPrincipals},
+	}
+	for _, s := range strs {
+		if *s.out, err = stringMatches(s.in); err != nil {
+			return config.Match{}, fmt.Errorf("%s: %w", s.field, err)
+		}
+	}
+	cidrs := []struct {
+		field string
+		in    []*security.Address
+		out   *[]netip.Prefix
+	}{
+		{"source_ips", m.GetSourceIps(), &out.SourceIPs},
+		{"not_source_ips", m.GetNotSourceIps(), &out.NotSourceIPs},
+		{"destination_ips", m.GetDestinationIps(), &out.DestinationIPs},
+		{"not_destination_ips", m.GetNotDestinationIps(), &out.NotDestinationIPs},
+	}
+	for _, c := range cidrs {
+		if *c.out, err = prefixes(c.in); err != nil {
+			return config.Match{}, fmt.Errorf("%s: %w", c.field, err)
+		}
+	}
+	nums := []struct {
+		field string
+		in    []uint32
+		out   *[]uint32
+	}{
+		{"destination_ports", m.GetDestinationPorts(), &out.DestinationPorts},
+		{"not_destination_ports", m.GetNotDestinationPorts(), &out.NotDestinationPorts},
+	}
+	for _, n := range nums {
+		for _, p := range n.in {
+			if p == 0 || p > 65535 {
+				return config.Match{}, fmt.Errorf("%s: port %d, want 1 to 65535", n.field, p)
+			}
+		}
+		*n.out = slices.Clone(n.in)
+	}
+	return out, nil
+}
+
+func stringMatches(in []*security.StringMatch) ([]config.StringMatch, error) {
+	var out []config.StringMatch
+	for i, m := range in {
+		var sm config.StringMatch
+		switch t := m.GetMatchType().(type) {
+		case *security.StringMatch_Exact:
+			sm.Exact = t.Exact
+		case *security.StringMatch_Prefix:
+			sm.Prefix = t.Prefix
+		case *security.StringMatch_Suffix:
+			sm.Suffix = t.Suffix
+		case *security.StringMatch_Presence:
+			sm.Presence = true
+		default:
+			return nil, fmt.Errorf("match %d: none of exact, prefix, suffix, presence is set", i)
+		}
+		if !sm.Presence && sm.Exact == "" && sm.Prefix == "" && sm.Suffix == "" {
+			// The model cannot tell "exact: empty" from "unset"; an empty
+			// prefix or suffix would match everything.
+			return nil, fmt.Errorf("match %d: empty string, want a non-empty one or presence", i)
+		}
+		out = append(out, sm)
+	}
+	return out, nil
+}
+
+func prefixes(in []*security.Address) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, a := range in {
+		ip, err := addr(a.GetAddress())
+		if err != nil {
+			return nil, fmt.Errorf("address %d: %w", i, err)
+		}
+		if int64(a.GetLength()) > int64(ip.BitLen()) {
+			return nil, fmt.Errorf("address %d: prefix length %d longer than the %d bits of %s", i, a.GetLength(), ip.BitLen(), ip)
+		}
+		out = append(out, netip.PrefixFrom(ip, int(a.GetLength())))
+	}
+	return out, nil
+}
+
+// addr is an address on the wire: 4 bytes for IPv4, 16 for IPv6.
+func addr(b []byte) (netip.Addr, error) {
+	a, ok := netip.AddrFromSlice(b)
+	if !ok {
+		return netip.Addr{}, fmt.Errorf("%d bytes, want 4 (IPv4) or 16 (IPv6)", len(b))
+	}
+	return a, nil
+}
+
+func ports(in []*workload.Port) ([]config.Port, error) {
+	var out []config.Port
+	for i, p := range in {
+		if p.GetServicePort() == 0 || p.GetServicePort() > 65535 {
+			return nil, fmt.Errorf("port %d: service port %d, want 1 to 65535", i, p.GetServicePort())
+		}
+		// Target port 0 means "the workload's own mapping" (a named
+		// target port that each workload resolves).
+		if p.GetTargetPort() > 65535 {
+			return nil, fmt.Errorf("port %d: target port %d, want 0 to 65535", i, p.GetTargetPort())
+		}
+		out = append(out, config.Port{ServicePort: p.GetServicePort(), TargetPort: p.GetTargetPort()})
+	}
+	return out, nil
+}

@@ -1,0 +1,428 @@
+package xds
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ambitmesh/ambit/api/security"
+	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/ztunnel/config"
+)
+
+// resource wraps m as a resource of a response, with m's own type URL.
+func resource(t testing.TB, name string, m proto.Message) *discovery.Resource {
+	t.Helper()
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &discovery.Resource{Name: name, Version: "v-" + name, Resource: a}
+}
+
+func wlAddress(w *workload.Workload) *workload.Address {
+	return &workload.Address{Type: &workload.Address_Workload{Workload: w}}
+}
+
+func svcAddress(s *workload.Service) *workload.Address {
+	return &workload.Address{Type: &workload.Address_Service{Service: s}}
+}
+
+func ip(s string) []byte { return netip.MustParseAddr(s).AsSlice() }
+
+func TestTranslateWorkload(t *testing.T) {
+	pb := &workload.Workload{
+		Uid:               "Kubernetes//Pod/shop/reviews-1",
+		Name:              "reviews-1",
+		Namespace:         "shop",
+		Addresses:         [][]byte{ip("10.0.0.5"), ip("fd00::5")},
+		Network:           "net1",
+		TunnelProtocol:    workload.TunnelProtocol_HBONE,
+		TrustDomain:       "example.org",
+		ServiceAccount:    "reviews",
+		Node:              "node-a",
+		CanonicalName:     "reviews",
+		CanonicalRevision: "v1",
+		WorkloadName:      "reviews-deploy",
+		Services: map[string]*workload.PortList{
+			"shop/reviews.shop.svc.cluster.local": {Ports: []*workload.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 443}}},
+			"shop/empty.shop.svc.cluster.local":   nil,
+		},
+		AuthorizationPolicies: []string{"shop/only-frontend"},
+		Status:                workload.WorkloadStatus_UNHEALTHY,
+		// Not in the model: carried nowhere, refused nowhere.
+		Hostname:     "ignored.example",
+		ClusterId:    "Kubernetes",
+		WorkloadType: workload.WorkloadType_POD,
+		Locality:     &workload.Locality{Region: "r", Zone: "z"},
+		Capacity:     wrapperspb.UInt32(3),
+	}
+	want := &config.Workload{
+		UID:               "Kubernetes//Pod/shop/reviews-1",
+		Name:              "reviews-1",
+		Namespace:         "shop",
+		Addresses:         []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("fd00::5")},
+		Network:           "net1",
+		TunnelProtocol:    config.TunnelHBONE,
+		TrustDomain:       "example.org",
+		ServiceAccount:    "reviews",
+		Node:              "node-a",
+		WorkloadName:      "reviews-deploy",
+		CanonicalName:     "reviews",
+		CanonicalRevision: "v1",
+		Services: map[string]config.PortList{
+			"shop/reviews.shop.svc.cluster.local": {Ports: []config.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 443}}},
+			"shop/empty.shop.svc.cluster.local":   {},
+		},
+		AuthorizationPolicies: []string{"shop/only-frontend"},
+		Status:                config.Unhealthy,
+	}
+	it, err := translate(AddressType, resource(t, pb.Uid, wlAddress(pb)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, it.workload, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("workload (-want +got):\n%s", diff)
+	}
+	if it.version != "v-"+pb.Uid {
+		t.Errorf("version: got %q, want %q", it.version, "v-"+pb.Uid)
+	}
+
+	// Enum zero values: NONE and HEALTHY.
+	pb = &workload.Workload{Uid: "u", Name: "n", Namespace: "ns", Addresses: [][]byte{ip("10.0.0.6")}}
+	it, err = translate(AddressType, resource(t, "u", wlAddress(pb)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := [2]string{string(it.workload.TunnelProtocol), string(it.workload.Status)}; got != [2]string{"NONE", "HEALTHY"} {
+		t.Errorf("tunnel protocol and status of zero enums: got %v, want [NONE HEALTHY]", got)
+	}
+}
+
+func TestTranslateService(t *testing.T) {
+	pb := &workload.Service{
+		Name:      "reviews",
+		Namespace: "shop",
+		Hostname:  "reviews.shop.svc.cluster.local",
+		Addresses: []*workload.NetworkAddress{{Network: "net1", Address: ip("10.96.0.20")}, {Address: ip("fd00:96::20")}},
+		Ports:     []*workload.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 9090}},
+		// Not in the model.
+		SubjectAltNames: []string{"spiffe://example.org/ns/shop/sa/reviews"},
+		Canonical:       true,
+	}
+	want := &config.Service{
+		Name:      "reviews",
+		Namespace: "shop",
+		Hostname:  "reviews.shop.svc.cluster.local",
+		Addresses: []config.NetworkAddress{
+			{Network: "net1", Address: netip.MustParseAddr("10.96.0.20")},
+			{Address: netip.MustParseAddr("fd00:96::20")},
+		},
+		Ports: []config.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 9090}},
+	}
+	it, err := translate(AddressType, resource(t, "shop/reviews.shop.svc.cluster.local", svcAddress(pb)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, it.service, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("service (-want +got):\n%s", diff)
+	}
+}
+
+func exact(s string) *security.StringMatch {
+	return &security.StringMatch{MatchType: &security.StringMatch_Exact{Exact: s}}
+}
+
+func cidr(s string, n uint32) *security.Address {
+	return &security.Address{Address: ip(s), Length: n}
+}
+
+func TestTranslateAuthorization(t *testing.T) {
+	pb := &security.Authorization{
+		Name:      "p",
+		Namespace: "shop",
+		Scope:     security.Scope_WORKLOAD_SELECTOR,
+		Action:    security.Action_DENY,
+		Rules: []*security.Rule{
+			{Clauses: []*security.Clause{
+				{Matches: []*security.Match{
+					{
+						Namespaces:    []*security.StringMatch{exact("shop"), {MatchType: &security.StringMatch_Prefix{Prefix: "team-"}}},
+						NotNamespaces: []*security.StringMatch{{MatchType: &security.StringMatch_Suffix{Suffix: "-test"}}},
+						Principals:    []*security.StringMatch{exact("example.org/ns/shop/sa/web")},
+						NotPrincipals: []*security.StringMatch{{MatchType: &security.StringMatch_Presence{Presence: &emptypb.Empty{}}}},
+					},
+					{
+						SourceIps:           []*security.Address{cidr("10.0.0.0", 8), cidr("fd00::", 64)},
+						NotSourceIps:        []*security.Address{cidr("10.1.2.3", 32)},
+						DestinationIps:      []*security.Address{cidr("192.168.0.0", 16)},
+						NotDestinationIps:   []*security.Address{cidr("192.168.1.0", 24)},
+						DestinationPorts:    []uint32{80, 443},
+						NotDestinationPorts: []uint32{8080},
+					},
+				}},
+				{Matches: []*security.Match{{}}},
+			}},
+			{},
+		},
+	}
+	want := &config.Authorization{
+		Name:      "p",
+		Namespace: "shop",
+		Scope:     config.ScopeWorkloadSelector,
+		Action:    config.Deny,
+		Rules: []config.Rule{
+			{Clauses: []config.Clause{
+				{Matches: []config.Match{
+					{
+						Namespaces:    []config.StringMatch{{Exact: "shop"}, {Prefix: "team-"}},
+						NotNamespaces: []config.StringMatch{{Suffix: "-test"}},
+						Principals:    []config.StringMatch{{Exact: "example.org/ns/shop/sa/web"}},
+						NotPrincipals: []config.StringMatch{{Presence: true}},
+					},
+					{
+						SourceIPs:           []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/64")},
+						NotSourceIPs:        []netip.Prefix{netip.MustParsePrefix("10.1.2.3/32")},
+						DestinationIPs:      []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")},
+						NotDestinationIPs:   []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")},
+						DestinationPorts:    []uint32{80, 443},
+						NotDestinationPorts: []uint32{8080},
+					},
+				}},
+				{Matches: []config.Match{{}}},
+			}},
+			{},
+		},
+	}
+	it, err := translate(AuthorizationType, resource(t, "shop/p", pb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, it.policy, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("policy (-want +got):\n%s", diff)
+	}
+
+	enums := []struct {
+		scope  security.Scope
+		action security.Action
+		want   [2]string
+	}{
+		{security.Scope_GLOBAL, security.Action_ALLOW, [2]string{"GLOBAL", "ALLOW"}},
+		{security.Scope_NAMESPACE, security.Action_DENY, [2]string{"NAMESPACE", "DENY"}},
+		{security.Scope_WORKLOAD_SELECTOR, security.Action_ALLOW, [2]string{"WORKLOAD_SELECTOR", "ALLOW"}},
+	}
+	for _, e := range enums {
+		it, err := translate(AuthorizationType, resource(t, "shop/p", &security.Authorization{Name: "p", Namespace: "shop", Scope: e.scope, Action: e.action}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := [2]string{string(it.policy.Scope), string(it.policy.Action)}; got != e.want {
+			t.Errorf("scope %s action %s: got %v, want %v", e.scope, e.action, got, e.want)
+		}
+	}
+}
+
+func TestTranslateRefusals(t *testing.T) {
+	okWorkload := func() *workload.Workload {
+		return &workload.Workload{Uid: "Kubernetes//Pod/shop/a", Name: "a", Namespace: "shop", Addresses: [][]byte{ip("10.0.0.1")}}
+	}
+	withWorkload := func(f func(*workload.Workload)) proto.Message {
+		w := okWorkload()
+		f(w)
+		return wlAddress(w)
+	}
+	withMatch := func(m *security.Match) proto.Message {
+		return &security.Authorization{Name: "p", Namespace: "shop", Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{m}}}}}}
+	}
+	tests := []struct {
+		name    string
+		typeURL string
+		res     *discovery.Resource // built from msg when nil
+		msg     proto.Message
+		want    string
+	}{
+		{
+			name: "5-byte workload address", typeURL: AddressType,
+			msg:  withWorkload(func(w *workload.Workload) { w.Addresses = append(w.Addresses, []byte{10, 0, 0, 1, 2}) }),
+			want: "workload Kubernetes//Pod/shop/a: address 1: 5 bytes, want 4 (IPv4) or 16 (IPv6)",
+		},
+		{
+			name: "Any of the wrong type", typeURL: AddressType,
+			msg:  &security.Authorization{Name: "p", Namespace: "shop"},
+			want: `resource of type "type.googleapis.com/istio.security.Authorization" in a response of type type.googleapis.com/istio.workload.Address`,
+		},
+		{
+			name: "no body", typeURL: AddressType,
+			res:  &discovery.Resource{Name: "x"},
+			want: "no resource body",
+		},
+		{
+			name: "undecodable body", typeURL: AddressType,
+			res:  &discovery.Resource{Name: "x", Resource: &anypb.Any{TypeUrl: AddressType, Value: []byte{0x0a, 0x05, 0x01}}},
+			want: "decode istio.workload.Address: ",
+		},
+		{
+			name: "address without workload or service", typeURL: AddressType,
+			msg:  &workload.Address{},
+			want: "address is neither a workload nor a service",
+		},
+		{
+			name: "unknown tunnel protocol", typeURL: AddressType,
+			msg:  withWorkload(func(w *workload.Workload) { w.TunnelProtocol = 7 }),
+			want: "workload Kubernetes//Pod/shop/a: tunnel_protocol 7, want NONE or HBONE",
+		},
+		{
+			name: "unknown status", typeURL: AddressType,
+			msg:  withWorkload(func(w *workload.Workload) { w.Status = 9 }),
+			want: "workload Kubernetes//Pod/shop/a: status 9, want HEALTHY or UNHEALTHY",
+		},
+		{
+			name: "workload service port out of range", typeURL: AddressType,
+			msg: withWorkload(func(w *workload.Workload) {
+				w.Services = map[string]*workload.PortList{"shop/s.shop": {Ports: []*workload.Port{{ServicePort: 70000, TargetPort: 80}}}}
+			}),
+			want: "workload Kubernetes//Pod/shop/a: service shop/s.shop: port 0: service port 70000, want 1 to 65535",
+		},
+		{
+			name: "workload without uid", typeURL: AddressType,
+			msg:  withWorkload(func(w *workload.Workload) { w.Uid = "" }),
+			want: "empty uid",
+		},
+		{
+			name: "workload without addresses", typeURL: AddressType,
+			msg:  withWorkload(func(w *workload.Workload) { w.Addresses = nil; w.Hostname = "db.example" }),
+			want: "no addresses",
+		},
+		{
+			name: "workload with a bad service account", typeURL: AddressType,
+			msg:  withWorkload(func(w *workload.Workload) { w.ServiceAccount = "a/b" }),
+			want: `service account "a/b" has a reserved character`,
+		},
+		{
+			name: "service address", typeURL: AddressType,
+			msg:  svcAddress(&workload.Service{Name: "s", Namespace: "shop", Hostname: "s.shop", Addresses: []*workload.NetworkAddress{{Address: []byte{1}}}}),
+			want: "service shop/s.shop: address 0: 1 bytes, want 4 (IPv4) or 16 (IPv6)",
+		},
+		{
+			name: "service port 0", typeURL: AddressType,
+			msg:  svcAddress(&workload.Service{Name: "s", Namespace: "shop", Hostname: "s.shop", Ports: []*workload.Port{{TargetPort: 80}}}),
+			want: "service shop/s.shop: port 0: service port 0, want 1 to 65535",
+		},
+		{
+			name: "service target port out of range", typeURL: AddressType,
+			msg:  svcAddress(&workload.Service{Name: "s", Namespace: "shop", Hostname: "s.shop", Ports: []*workload.Port{{ServicePort: 80, TargetPort: 65536}}}),
+			want: "service shop/s.shop: port 0: target port 65536, want 0 to 65535",
+		},
+		{
+			name: "service without hostname", typeURL: AddressType,
+			msg:  svcAddress(&workload.Service{Name: "s", Namespace: "shop"}),
+			want: "want a hostname and a namespace",
+		},
+		{
+			name: "unknown scope", typeURL: AuthorizationType,
+			msg:  &security.Authorization{Name: "p", Namespace: "shop", Scope: 5},
+			want: "policy shop/p: scope 5, want GLOBAL, NAMESPACE or WORKLOAD_SELECTOR",
+		},
+		{
+			name: "unknown action", typeURL: AuthorizationType,
+			msg:  &security.Authorization{Name: "p", Namespace: "shop", Action: 3},
+			want: "policy shop/p: action 3, want ALLOW or DENY",
+		},
+		{
+			name: "policy without name", typeURL: AuthorizationType,
+			msg:  &security.Authorization{Namespace: "shop"},
+			want: "want a name and a namespace",
+		},
+		{
+			name: "string match with nothing set", typeURL: AuthorizationType,
+			msg:  withMatch(&security.Match{Principals: []*security.StringMatch{{}}}),
+			want: "policy shop/p: rule 0 clause 0 match 0: principals: match 0: none of exact, prefix, suffix, presence is set",
+		},
+		{
+			name: "empty exact match", typeURL: AuthorizationType,
+			msg:  withMatch(&security.Match{NotNamespaces: []*security.StringMatch{exact("shop"), exact("")}}),
+			want: "policy shop/p: rule 0 clause 0 match 0: not_namespaces: match 1: empty string, want a non-empty one or presence",
+		},
+		{
+			name: "prefix length too long", typeURL: AuthorizationType,
+			msg:  withMatch(&security.Match{SourceIps: []*security.Address{cidr("10.0.0.0", 33)}}),
+			want: "policy shop/p: rule 0 clause 0 match 0: source_ips: address 0: prefix length 33 longer than the 32 bits of 10.0.0.0",
+		},
+		{
+			name: "3-byte CIDR", typeURL: AuthorizationType,
+			msg:  withMatch(&security.Match{NotDestinationIps: []*security.Address{{Address: []byte{10, 0, 0}, Length: 8}}}),
+			want: "policy shop/p: rule 0 clause 0 match 0: not_destination_ips: address 0: 3 bytes, want 4 (IPv4) or 16 (IPv6)",
+		},
+		{
+			name: "destination port 0", typeURL: AuthorizationType,
+			msg:  withMatch(&security.Match{DestinationPorts: []uint32{0}}),
+			want: "policy shop/p: rule 0 clause 0 match 0: destination_ports: port 0, want 1 to 65535",
+		},
+		{
+			name: "not destination port out of range", typeURL: AuthorizationType,
+			msg:  withMatch(&security.Match{NotDestinationPorts: []uint32{80, 65536}}),
+			want: "policy shop/p: rule 0 clause 0 match 0: not_destination_ports: port 65536, want 1 to 65535",
+		},
+		{
+			name: "unknown type", typeURL: "type.googleapis.com/google.protobuf.Struct",
+			msg:  &structpb.Struct{},
+			want: "unknown type type.googleapis.com/google.protobuf.Struct",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := tc.res
+			if res == nil {
+				res = resource(t, "r", tc.msg)
+			}
+			it, err := translate(tc.typeURL, res)
+			if err == nil {
+				t.Fatalf("translate: got %+v, want error %q", it, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("translate: got error %q, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestNodeProto(t *testing.T) {
+	n := Node{
+		NodeName: "node-a", PodName: "ztunnel-x7k", PodNamespace: "istio-system",
+		IPs:       []netip.Addr{netip.MustParseAddr("10.0.0.9"), netip.MustParseAddr("fd00::9")},
+		ClusterID: "east", Domain: "example.local",
+		Metadata: map[string]string{"ISTIO_VERSION": "1.31", "NODE_NAME": "overridden"},
+	}
+	pb := n.proto()
+	if want := "ztunnel~10.0.0.9~ztunnel-x7k.istio-system~istio-system.svc.example.local"; pb.GetId() != want {
+		t.Errorf("id: got %q, want %q", pb.GetId(), want)
+	}
+	got := map[string]string{}
+	for k, v := range pb.GetMetadata().GetFields() {
+		got[k] = v.GetStringValue()
+	}
+	want := map[string]string{
+		"NAME": "ztunnel-x7k", "NAMESPACE": "istio-system", "INSTANCE_IPS": "10.0.0.9,fd00::9",
+		"NODE_NAME": "node-a", "CLUSTER_ID": "east", "ISTIO_VERSION": "1.31",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("metadata (-want +got):\n%s", diff)
+	}
+
+	// Defaults: an unspecified address, Istio's cluster id and domain.
+	pb = Node{NodeName: "n", PodName: "p", PodNamespace: "ns"}.proto()
+	if want := "ztunnel~0.0.0.0~p.ns~ns.svc.cluster.local"; pb.GetId() != want {
+		t.Errorf("id without an address: got %q, want %q", pb.GetId(), want)
+	}
+	if got := pb.GetMetadata().GetFields()["CLUSTER_ID"].GetStringValue(); got != DefaultClusterID {
+		t.Errorf("default CLUSTER_ID: got %q, want %q", got, DefaultClusterID)
+	}
+}
