@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
@@ -426,7 +427,7 @@ func (b *Builder) podWorkload(k string) *workload.Workload {
 	}
 	// Slices in key order, so that two slices of one Service naming the
 	// pod resolve the same way every time.
-	for _, sk := range sortedKeys(b.slicesByPod[k]) {
+	for _, sk := range slices.Sorted(maps.Keys(b.slicesByPod[k])) {
 		es := b.slices[sk]
 		svc := b.sliceService(es)
 		if svc == nil {
@@ -483,21 +484,8 @@ func (b *Builder) sliceWorkloads(es *discoveryv1.EndpointSlice) map[string]*work
 }
 
 func splitKey(k string) (namespace, name string) {
-	for i := 0; i < len(k); i++ {
-		if k[i] == '/' {
-			return k[:i], k[i+1:]
-		}
-	}
-	return "", k
-}
-
-func sortedKeys(s set) []string {
-	out := make([]string, 0, len(s))
-	for k := range s {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
+	namespace, name, _ = strings.Cut(k, "/")
+	return namespace, name
 }
 
 // Model returns a copy of the current model.
