@@ -3,10 +3,12 @@ package xds_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -482,4 +484,136 @@ func TestSubscribeByAlias(t *testing.T) {
 	if diff := cmp.Diff([]aliased{{podA, []string{"/10.0.0.1"}}}, got); diff != "" || len(removed) > 0 {
 		t.Errorf("after unrelated change: got %v removed %v, want only %s (-want +got):\n%s", got, removed, podA, diff)
 	}
+}
+
+// TestConvergesUnderChurn: while resources change, wildcard clients and
+// on-demand clients that widen their subscriptions (by name and by alias)
+// keep receiving and ACKing, with pushes split in small parts; once the
+// changes stop, each holds exactly what it subscribed to, at the last
+// version. Run with -race: it exercises the version maps the cache
+// updates in place while go-control-plane's streams use them.
+func TestConvergesUnderChurn(t *testing.T) {
+	s := xds.New(xds.Options{MaxResponseBytes: 400})
+	cc := startServer(t, s)
+	const n, rounds = 40, 30
+	name := func(i int) string { return fmt.Sprintf("Kubernetes//Pod/ns/p%02d", i%n) }
+	ip := func(i int) string { return fmt.Sprintf("10.0.0.%d", i%n+1) }
+	state := map[string]string{} // name -> node of the last version
+	apply := func(i, version int) {
+		a := addrWorkload(name(i), "", ip(i))
+		a.GetWorkload().Node = fmt.Sprint("n", version)
+		if err := s.Apply(xds.AddressType, map[string]proto.Message{name(i): a}, nil); err != nil {
+			t.Fatal(err)
+		}
+		state[name(i)] = a.GetWorkload().GetNode()
+	}
+	for i := range n {
+		apply(i, 0)
+	}
+
+	// view is what one client holds; notify says it changed.
+	type view struct {
+		mu     sync.Mutex
+		nodes  map[string]string
+		notify chan struct{}
+	}
+	type client struct {
+		c      *deltaClient
+		v      *view
+		sendMu sync.Mutex // the receive loop ACKs while the test subscribes
+		want   func() map[string]string
+	}
+	var wg sync.WaitGroup
+	var clients []*client
+	for k := range 4 {
+		cl := &client{c: dial(t, cc), v: &view{nodes: map[string]string{}, notify: make(chan struct{}, 1)}}
+		if k < 2 {
+			cl.c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+			cl.want = func() map[string]string { return maps.Clone(state) }
+		} else {
+			// By name and by alias; widened by one name each round.
+			cl.c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{name(k), "/" + ip(k+1)}})
+			cl.want = func() map[string]string {
+				out := map[string]string{}
+				for _, i := range append([]int{k, k + 1}, func() []int {
+					var r []int
+					for round := 1; round <= rounds; round++ {
+						r = append(r, k+round)
+					}
+					return r
+				}()...) {
+					out[name(i)] = state[name(i)]
+				}
+				return out
+			}
+		}
+		clients = append(clients, cl)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				resp, err := cl.c.stream.Recv()
+				if err != nil {
+					return
+				}
+				cl.v.mu.Lock()
+				for _, r := range resp.GetResources() {
+					var a workload.Address
+					if err := r.GetResource().UnmarshalTo(&a); err != nil {
+						t.Errorf("decode %s: %v", r.GetName(), err)
+					}
+					cl.v.nodes[r.GetName()] = a.GetWorkload().GetNode()
+				}
+				for _, r := range resp.GetRemovedResources() {
+					delete(cl.v.nodes, r)
+				}
+				cl.v.mu.Unlock()
+				select {
+				case cl.v.notify <- struct{}{}:
+				default:
+				}
+				cl.sendMu.Lock()
+				err = cl.c.stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+				cl.sendMu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	for round := 1; round <= rounds; round++ {
+		for i := range n {
+			if (i+round)%3 == 0 {
+				apply(i, round)
+			}
+		}
+		for k, cl := range clients[2:] {
+			cl.sendMu.Lock()
+			err := cl.c.stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{name(k + 2 + round)}})
+			cl.sendMu.Unlock()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for k, cl := range clients {
+		want := cl.want()
+		for {
+			cl.v.mu.Lock()
+			diff := cmp.Diff(want, cl.v.nodes)
+			cl.v.mu.Unlock()
+			if diff == "" {
+				break
+			}
+			select {
+			case <-cl.v.notify:
+			case <-cl.c.stream.Context().Done():
+				t.Fatalf("client %d: stream ended before converging (-want +got):\n%s", k, diff)
+			}
+		}
+	}
+	for _, cl := range clients {
+		cl.c.cancel()
+	}
+	wg.Wait()
 }
