@@ -3,6 +3,7 @@ package ambient
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,6 +47,58 @@ func BenchmarkBuild(b *testing.B) {
 					b.Fatalf("addresses: got %d, want %d", len(m.Addresses), n+1000)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkFlush measures what istiod now does per event: one pod changes
+// (its readiness flips) and the Builder recomputes what that touches. It
+// reports the ratio to a full Build of the same state, timed in the same
+// run (the best of five).
+func BenchmarkFlush(b *testing.B) {
+	for _, n := range []int{1000, 10000, 50000} {
+		b.Run(fmt.Sprintf("pods=%d/services=1000", n), func(b *testing.B) {
+			st := benchState(n, 1000)
+			var build time.Duration
+			for i := range 5 {
+				t0 := time.Now()
+				Build(st, Config{})
+				if d := time.Since(t0); i == 0 || d < build {
+					build = d
+				}
+			}
+			bl := NewBuilder(Config{})
+			for _, x := range st.Namespaces {
+				bl.SetNamespace(x)
+			}
+			for _, x := range st.Nodes {
+				bl.SetNode(x)
+			}
+			for _, x := range st.Services {
+				bl.SetService(x)
+			}
+			for _, x := range st.Pods {
+				bl.SetPod(x)
+			}
+			if d := bl.Flush(); len(d.Addresses) != n+1000 {
+				b.Fatalf("first flush: got %d addresses, want %d", len(d.Addresses), n+1000)
+			}
+			i := 0
+			start := time.Now()
+			for b.Loop() {
+				p := st.Pods[i%n].DeepCopy()
+				if i/n%2 == 0 {
+					p.Status.Conditions[0].Status = corev1.ConditionFalse
+				}
+				i++
+				bl.SetPod(p)
+				if d := bl.Flush(); len(d.Addresses) != 1 {
+					b.Fatalf("flush: got %d changed addresses, want 1", len(d.Addresses))
+				}
+			}
+			per := time.Since(start) / time.Duration(b.N)
+			b.ReportMetric(float64(build.Microseconds())/1000, "full-build-ms")
+			b.ReportMetric(float64(build)/float64(per), "x-faster-than-build")
 		})
 	}
 }

@@ -2,8 +2,9 @@
 // EndpointSlices, Nodes and the Istio security policies) into the ambient
 // model: the istio.workload.Address and istio.security.Authorization
 // resources that ztunnels consume. It watches the cluster with client-go
-// shared informers and hands each new model to a consumer; it does not
-// serve anything itself (see istiod/xds).
+// shared informers, keeps the model up to date incrementally (Builder)
+// and hands what changed to a consumer; it does not serve anything itself
+// (see istiod/xds).
 package ambient
 
 import (

@@ -56,7 +56,8 @@ func Redirected(pod *corev1.Pod) bool {
 }
 
 // Build translates a cluster state into a model. It is a pure function of
-// its input.
+// its input. istiod keeps its model up to date with a Builder instead;
+// Build is the reference the Builder is tested against.
 func Build(s State, cfg Config) Model {
 	cfg = cfg.withDefaults()
 	m := Model{
@@ -120,14 +121,7 @@ func Build(s State, cfg Config) Model {
 		if svc == nil || len(svc.Spec.Selector) > 0 {
 			continue
 		}
-		target := func(p corev1.ServicePort) uint32 {
-			for _, ep := range es.Ports {
-				if ep.Port != nil && ptrString(ep.Name) == p.Name {
-					return uint32(*ep.Port)
-				}
-			}
-			return 0
-		}
+		target := sliceTargetPort(es)
 		for _, ep := range es.Endpoints {
 			if ref := ep.TargetRef; ref != nil && ref.Kind == "Pod" {
 				ns := ref.Namespace
@@ -144,29 +138,49 @@ func Build(s State, cfg Config) Model {
 				if err != nil {
 					continue
 				}
-				w := &workload.Workload{
-					Uid:            cfg.ClusterID + "/discovery.k8s.io/EndpointSlice/" + es.Namespace + "/" + es.Name + "/" + ip.String(),
-					Name:           es.Name,
-					Namespace:      es.Namespace,
-					Addresses:      [][]byte{ip.AsSlice()},
-					Network:        cfg.Network,
-					TrustDomain:    cfg.TrustDomain,
-					ServiceAccount: "default",
-					ClusterId:      cfg.ClusterID,
-					CanonicalName:  svc.Name,
-					WorkloadName:   svc.Name,
-					Node:           ptrString(ep.NodeName),
-					Status:         workload.WorkloadStatus_HEALTHY,
-				}
-				if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-					w.Status = workload.WorkloadStatus_UNHEALTHY
-				}
-				addServicePorts(w, svc, cfg, target)
+				w := endpointWorkload(es, ep, ip, svc, cfg)
 				m.Addresses[w.Uid] = &workload.Address{Type: &workload.Address_Workload{Workload: w}}
 			}
 		}
 	}
 	return m
+}
+
+// sliceTargetPort resolves a service port's target port through an
+// EndpointSlice's ports, by port name.
+func sliceTargetPort(es *discoveryv1.EndpointSlice) func(corev1.ServicePort) uint32 {
+	return func(p corev1.ServicePort) uint32 {
+		for _, ep := range es.Ports {
+			if ep.Port != nil && ptrString(ep.Name) == p.Name {
+				return uint32(*ep.Port)
+			}
+		}
+		return 0
+	}
+}
+
+// endpointWorkload is the Workload of an EndpointSlice address that is no
+// pod, backing the selector-less svc.
+func endpointWorkload(es *discoveryv1.EndpointSlice, ep discoveryv1.Endpoint, ip netip.Addr, svc *corev1.Service, cfg Config) *workload.Workload {
+	w := &workload.Workload{
+		Uid:            cfg.ClusterID + "/discovery.k8s.io/EndpointSlice/" + es.Namespace + "/" + es.Name + "/" + ip.String(),
+		Name:           es.Name,
+		Namespace:      es.Namespace,
+		Addresses:      [][]byte{ip.AsSlice()},
+		Network:        cfg.Network,
+		TrustDomain:    cfg.TrustDomain,
+		ServiceAccount: "default",
+		ClusterId:      cfg.ClusterID,
+		CanonicalName:  svc.Name,
+		WorkloadName:   svc.Name,
+		Node:           ptrString(ep.NodeName),
+		Status:         workload.WorkloadStatus_HEALTHY,
+	}
+	if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+		w.Status = workload.WorkloadStatus_UNHEALTHY
+	}
+	addServicePorts(w, svc, cfg, sliceTargetPort(es))
+	return w
 }
 
 func translateService(svc *corev1.Service, cfg Config) *workload.Service {

@@ -18,12 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
-	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -62,14 +59,18 @@ type ServiceOptions struct {
 	// DefaultTTL of issued certificates (24h when zero) and MaxTTL a caller
 	// may ask for (DefaultTTL when zero).
 	DefaultTTL, MaxTTL time.Duration
-	Log                *slog.Logger
-	Registerer         prometheus.Registerer
+	// Authenticator authenticates callers; one reviewing tokens with Kube
+	// when nil.
+	Authenticator *Authenticator
+	Log           *slog.Logger
+	Registerer    prometheus.Registerer
 }
 
 // Service implements istio.v1.auth.IstioCertificateService.
 type Service struct {
 	pb.UnimplementedIstioCertificateServiceServer
 	opts    ServiceOptions
+	authn   *Authenticator
 	signed  prometheus.Counter
 	refused *prometheus.CounterVec
 }
@@ -93,8 +94,12 @@ func NewService(opts ServiceOptions) (*Service, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	if opts.Authenticator == nil {
+		opts.Authenticator = NewAuthenticator(opts.Kube)
+	}
 	s := &Service{
 		opts:    opts,
+		authn:   opts.Authenticator,
 		signed:  prometheus.NewCounter(prometheus.CounterOpts{Name: "citadel_server_success_cert_issuance_count", Help: "Certificates issued."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambit_ca_refused_total", Help: "Certificate requests refused, by reason."}, []string{"reason"}),
 	}
@@ -128,7 +133,7 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 }
 
 func (s *Service) create(ctx context.Context, req *pb.IstioCertificateRequest) (_ []string, reason string, _ error) {
-	caller, err := s.authenticate(ctx)
+	caller, err := s.authn.Authenticate(ctx)
 	if err != nil {
 		return nil, "unauthenticated", err
 	}
@@ -151,60 +156,19 @@ func (s *Service) create(ctx context.Context, req *pb.IstioCertificateRequest) (
 	return chain, "", nil
 }
 
-// caller is an authenticated service account.
-type caller struct {
-	namespace, name string
-	node            string // from a pod-bound token; "" otherwise
-}
-
-func (s *Service) authenticate(ctx context.Context) (caller, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	var token string
-	for _, v := range md.Get("authorization") {
-		if t, ok := strings.CutPrefix(v, "Bearer "); ok {
-			token = t
-		}
-	}
-	if token == "" {
-		return caller{}, fmt.Errorf("%w: no bearer token in the authorization header", ErrUnauthenticated)
-	}
-	tr, err := s.opts.Kube.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
-		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{Audience}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return caller{}, fmt.Errorf("%w: review token: %v", ErrUnauthenticated, err)
-	}
-	st := tr.Status
-	if !st.Authenticated {
-		return caller{}, fmt.Errorf("%w: token rejected (want a service account token with audience %s): %s", ErrUnauthenticated, Audience, st.Error)
-	}
-	if !slices.Contains(st.Audiences, Audience) {
-		return caller{}, fmt.Errorf("%w: token audiences %v, want %s", ErrUnauthenticated, st.Audiences, Audience)
-	}
-	parts := strings.Split(st.User.Username, ":")
-	if len(parts) != 4 || parts[0] != "system" || parts[1] != "serviceaccount" {
-		return caller{}, fmt.Errorf("%w: user %q is not a service account", ErrUnauthenticated, st.User.Username)
-	}
-	c := caller{namespace: parts[2], name: parts[3]}
-	if v := st.User.Extra[extraNodeName]; len(v) == 1 {
-		c.node = v[0]
-	}
-	return c, nil
-}
-
 // authorise returns the identity the caller gets: its own, or, for a node
 // agent that asks to impersonate, a workload's that runs on its node.
-func (s *Service) authorise(c caller, req *pb.IstioCertificateRequest) (*url.URL, error) {
-	own := s.spiffe(c.namespace, c.name)
+func (s *Service) authorise(c Caller, req *pb.IstioCertificateRequest) (*url.URL, error) {
+	own := s.spiffe(c.Namespace, c.Name)
 	imp := req.GetMetadata().GetFields()[ImpersonatedIdentity].GetStringValue()
 	if imp == "" || imp == own.String() {
 		return own, nil
 	}
-	if !slices.Contains(s.opts.NodeAgents, c.namespace+"/"+c.name) {
-		return nil, fmt.Errorf("%w: %s/%s asks for %s but is not a node agent", ErrNotAuthorized, c.namespace, c.name, imp)
+	if !slices.Contains(s.opts.NodeAgents, c.Namespace+"/"+c.Name) {
+		return nil, fmt.Errorf("%w: %s/%s asks for %s but is not a node agent", ErrNotAuthorized, c.Namespace, c.Name, imp)
 	}
-	if c.node == "" {
-		return nil, fmt.Errorf("%w: node agent %s/%s has a token not bound to a pod, so its node is unknown", ErrNotAuthorized, c.namespace, c.name)
+	if c.Node == "" {
+		return nil, fmt.Errorf("%w: node agent %s/%s has a token not bound to a pod, so its node is unknown", ErrNotAuthorized, c.Namespace, c.Name)
 	}
 	ns, sa, err := s.parseSPIFFE(imp)
 	if err != nil {
@@ -215,11 +179,11 @@ func (s *Service) authorise(c caller, req *pb.IstioCertificateRequest) (*url.URL
 		return nil, fmt.Errorf("%w: list pods in %s: %v", ErrNotAuthorized, ns, err)
 	}
 	for _, p := range pods {
-		if p.Spec.NodeName == c.node && serviceAccount(p) == sa && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+		if p.Spec.NodeName == c.Node && serviceAccount(p) == sa && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
 			return s.spiffe(ns, sa), nil
 		}
 	}
-	return nil, fmt.Errorf("%w: no pod with service account %s/%s runs on node %s of node agent %s/%s", ErrNotAuthorized, ns, sa, c.node, c.namespace, c.name)
+	return nil, fmt.Errorf("%w: no pod with service account %s/%s runs on node %s of node agent %s/%s", ErrNotAuthorized, ns, sa, c.Node, c.Namespace, c.Name)
 }
 
 func serviceAccount(p *corev1.Pod) string {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -30,6 +32,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/server"
+	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
 func csrFor(t *testing.T, key crypto.Signer, uri string) string {
@@ -213,6 +216,37 @@ func TestCAInLab(t *testing.T) {
 			// 48h asked, capped to the configured 2h (+1 minute backdating).
 			if life := leaf.NotAfter.Sub(leaf.NotBefore); life > 2*time.Hour+time.Minute {
 				t.Errorf("leaf lifetime: got %v, want at most 2h1m", life)
+			}
+		})
+	}
+
+	// Delta xDS on the same port takes the same tokens, reviewed by this
+	// apiserver.
+	xdsTests := []struct {
+		name  string
+		token string
+		want  codes.Code
+	}{
+		{"xds with the ztunnel's token", ztToken, codes.OK},
+		{"xds without a token", "", codes.Unauthenticated},
+		{"xds with a token for another audience", token("istio-system", "ztunnel", zt, "api"), codes.Unauthenticated},
+	}
+	for _, tc := range xdsTests {
+		t.Run(tc.name, func(t *testing.T) {
+			sctx := ctx
+			if tc.token != "" {
+				sctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tc.token)
+			}
+			st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(sctx)
+			if err == nil {
+				err = st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "ztunnel"}, TypeUrl: xds.AddressType})
+			}
+			if err == nil {
+				_, err = st.Recv()
+				st.CloseSend()
+			}
+			if got := status.Code(err); got != tc.want {
+				t.Errorf("delta xDS stream: got code %s (%v), want %s", got, err, tc.want)
 			}
 		})
 	}

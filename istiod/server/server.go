@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -43,8 +45,9 @@ type Config struct {
 	// Quiet and MaxDebounce tune how bursts of cluster events fold into
 	// one push; ambient's defaults when zero.
 	Quiet, MaxDebounce time.Duration
-	// SecureAddr serves the CA and delta xDS over TLS (Istio: 15012);
-	// empty runs no CA.
+	// SecureAddr serves the CA and delta xDS over TLS (Istio: 15012),
+	// both only to callers with a service account token (audience
+	// istio-ca, checked by TokenReview); empty runs no CA.
 	SecureAddr string
 	CA         CAConfig
 }
@@ -97,14 +100,16 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 		cfg.CA.DNSNames = []string{"istiod." + cfg.CA.Namespace + ".svc"}
 	}
 	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), kube: kube}
-	s.informers = informers.NewSharedInformerFactory(kube, 0)
+	// Managed fields are most of a typical object's size and nothing here
+	// reads them: drop them from the caches, as Istio does.
+	s.informers = informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTransform(dropManagedFields))
 	if istio != nil {
 		s.status = newStatusWriter(istio, log.With("component", "status"))
 	}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.xds = xds.New(xds.Options{Log: log.With("component", "xds"), Registerer: s.reg})
 	s.index, err = ambient.NewIndex(ambient.IndexOptions{
-		Config: cfg.Ambient, Kube: kube, Istio: istio, OnModel: s.publish,
+		Config: cfg.Ambient, Kube: kube, Istio: istio, OnChange: s.publish,
 		Quiet: cfg.Quiet, Max: cfg.MaxDebounce, Log: log.With("component", "ambient"),
 		Informers: s.informers,
 	})
@@ -132,6 +137,15 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 	return s, nil
 }
 
+// dropManagedFields is the informers' transform: it clears
+// metadata.managedFields of every object.
+func dropManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
 // SecureAddr is the address of the TLS listener (CA and xDS), nil if none.
 func (s *Server) SecureAddr() net.Addr {
 	if s.secLis == nil {
@@ -156,8 +170,9 @@ func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	}
 	s.authority = a
 	s.log.Info("certificate authority loaded", "source", src, "namespace", s.cfg.CA.Namespace)
+	authn := ca.NewAuthenticator(s.kube)
 	svc, err := ca.NewService(ca.ServiceOptions{
-		Authority: a, Kube: s.kube, TrustDomain: td, Pods: s.index.Pods(), NodeAgents: s.cfg.CA.NodeAgents,
+		Authority: a, Kube: s.kube, Authenticator: authn, TrustDomain: td, Pods: s.index.Pods(), NodeAgents: s.cfg.CA.NodeAgents,
 		DefaultTTL: s.cfg.CA.CertTTL, MaxTTL: s.cfg.CA.MaxCertTTL, Log: s.log.With("component", "ca"), Registerer: s.reg,
 	})
 	if err != nil {
@@ -183,7 +198,16 @@ func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
+	// xDS on 15012 is for authenticated clients only, as in Istio: the
+	// same service account tokens as the CA takes (the CA checks its own
+	// unary calls). 15010 stays open, for the lab and development.
+	xdsLog := s.log.With("component", "xds")
+	g := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})),
+		grpc.ChainStreamInterceptor(authn.StreamInterceptor("/"+discovery.AggregatedDiscoveryService_ServiceDesc.ServiceName+"/", func(method string, err error) {
+			xdsLog.Warn("xds stream refused", "method", method, "err", err)
+		})),
+	)
 	svc.Register(g)
 	s.xds.Register(g)
 	return g, nil
@@ -200,25 +224,26 @@ func (s *Server) MonitoringAddr() net.Addr {
 	return s.monLis.Addr()
 }
 
-func (s *Server) publish(m ambient.Model) {
-	addrs := make(map[string]proto.Message, len(m.Addresses))
-	for k, v := range m.Addresses {
+// publish hands what changed in the model to the xDS server.
+func (s *Server) publish(d ambient.Delta) {
+	addrs := make(map[string]proto.Message, len(d.Addresses))
+	for k, v := range d.Addresses {
 		addrs[k] = v
 	}
-	auths := make(map[string]proto.Message, len(m.Authorizations))
-	for k, v := range m.Authorizations {
+	auths := make(map[string]proto.Message, len(d.Authorizations))
+	for k, v := range d.Authorizations {
 		auths[k] = v
 	}
 	// Policies first: a workload must never reference a policy its
 	// client does not have yet.
-	if err := s.xds.Update(xds.AuthorizationType, auths); err != nil {
+	if err := s.xds.Apply(xds.AuthorizationType, auths, d.RemovedAuthorizations); err != nil {
 		s.log.Error("publish authorizations", "err", err)
 	}
-	if err := s.xds.Update(xds.AddressType, addrs); err != nil {
+	if err := s.xds.Apply(xds.AddressType, addrs, d.RemovedAddresses); err != nil {
 		s.log.Error("publish addresses", "err", err)
 	}
-	if s.status != nil {
-		s.status.offer(m.PolicyStatus)
+	if s.status != nil && d.PolicyStatus != nil {
+		s.status.offer(d.PolicyStatus)
 	}
 	s.ready.Store(true)
 }

@@ -1,8 +1,9 @@
 // Package xds serves the ambient model to ztunnels over delta xDS
 // (DeltaAggregatedResources) with go-control-plane's delta server. Each
 // type URL has a changeCache (changecache.go) behind a MuxCache. It does
-// not know where the resources come from; callers hand it complete sets
-// with Update and it pushes only what changed.
+// not know where the resources come from; callers hand it either complete
+// sets (Update, which diffs them against the previous set) or only what
+// changed (Apply), and it pushes only what changed.
 //
 // Behaviour, pinned down by the tests:
 //   - Versions are hashes of the resources, so a client that reconnects
@@ -11,6 +12,11 @@
 //   - A stream has at most one outstanding response per type; the next is
 //     prepared only after the client's next request (ACK or NACK). A slow
 //     client therefore holds back nothing but its own stream.
+//   - Address resources carry their aliases ("<network>/<ip>" of each
+//     address), and an on-demand client may subscribe by alias: it gets
+//     the resources under their own names, with the aliases, and from then
+//     on their changes. A subscribed name that is neither a resource nor
+//     an alias is answered with its removal, as Istio does.
 //   - A NACK does not resend: the server already recorded what it sent, so
 //     the client gets the next change, not the same rejected resources
 //     again. NACKs are logged with the client's reason.
@@ -20,6 +26,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/netip"
 	"sort"
 	"sync"
 	"time"
@@ -31,6 +39,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/ambitmesh/ambit/api/workload"
 )
 
 // Type URLs of the ambient resources.
@@ -111,7 +121,11 @@ func New(opts Options) *Server {
 		Caches:        map[string]cache.Cache{},
 	}
 	for _, typ := range []string{AddressType, AuthorizationType} {
-		c := newChangeCache(typ, opts.MaxResponseBytes)
+		var aliases func(proto.Message) []string
+		if typ == AddressType {
+			aliases = addressAliases
+		}
+		c := newChangeCache(typ, opts.MaxResponseBytes, aliases)
 		s.caches[typ] = c
 		mux.Caches[typ] = c
 		s.current[typ] = map[string]proto.Message{}
@@ -193,6 +207,67 @@ func (s *Server) Update(typeURL string, resources map[string]proto.Message) erro
 	s.metrics.updateTime.Observe(time.Since(start).Seconds())
 	s.log.Debug("xds update", logType, typeURL, logCount, len(changed), logRemoved, len(removed))
 	return nil
+}
+
+// Apply changes some resources of one type: changed ones are added or
+// replaced, removed ones dropped; the others stay as they are. Unlike
+// Update it compares nothing: the caller says what changed, and the cost
+// is proportional to that. A resource handed over unchanged reaches no
+// client (its version, a hash of its bytes, is the same). A name both
+// changed and removed is removed.
+func (s *Server) Apply(typeURL string, changed map[string]proto.Message, removed []string) error {
+	start := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.caches[typeURL]
+	if !ok {
+		return fmt.Errorf("apply %s: unknown type", typeURL)
+	}
+	if len(changed) == 0 && len(removed) == 0 {
+		return nil
+	}
+	if len(removed) > 0 && len(changed) > 0 {
+		changed = maps.Clone(changed)
+		for _, name := range removed {
+			delete(changed, name)
+		}
+	}
+	if err := c.update(changed, removed); err != nil {
+		return fmt.Errorf("apply %s: %w", typeURL, err)
+	}
+	cur := s.current[typeURL]
+	for k, v := range changed {
+		cur[k] = v
+	}
+	for _, k := range removed {
+		delete(cur, k)
+	}
+	s.metrics.updateTime.Observe(time.Since(start).Seconds())
+	s.log.Debug("xds apply", logType, typeURL, logCount, len(changed), logRemoved, len(removed))
+	return nil
+}
+
+// addressAliases are the names an Address answers to besides its own, as
+// in Istio: "<network>/<ip>" for each address of the workload or service.
+func addressAliases(m proto.Message) []string {
+	a, ok := m.(*workload.Address)
+	if !ok {
+		return nil
+	}
+	var out []string
+	if w := a.GetWorkload(); w != nil {
+		for _, b := range w.GetAddresses() {
+			if ip, ok := netip.AddrFromSlice(b); ok {
+				out = append(out, w.GetNetwork()+"/"+ip.String())
+			}
+		}
+	}
+	for _, na := range a.GetService().GetAddresses() {
+		if ip, ok := netip.AddrFromSlice(na.GetAddress()); ok {
+			out = append(out, na.GetNetwork()+"/"+ip.String())
+		}
+	}
+	return out
 }
 
 // ClientInfo describes a connected client, for the debug endpoint.

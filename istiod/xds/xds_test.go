@@ -3,9 +3,12 @@ package xds_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,8 +160,10 @@ func TestOnDemand(t *testing.T) {
 	s := xds.New(xds.Options{})
 	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")})
 	c := dial(t, startServer(t, s))
+	// A name the server does not know is answered with its removal, as
+	// Istio does, so that an on-demand client stops waiting for it.
 	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{"b", "missing"}})
-	c.recvAck(update{Names: []string{"b"}})
+	c.recvAck(update{Names: []string{"b"}, Removed: []string{"missing"}})
 
 	// A change to a resource the client did not ask for is not sent; the
 	// next response carries the one it did ask for.
@@ -312,4 +317,303 @@ func TestLargePushIsSplit(t *testing.T) {
 	all["Kubernetes//Pod/ns/p000"] = wl("Kubernetes//Pod/ns/p000", "node2")
 	mustUpdate(t, s, all)
 	c.recvAck(update{Names: []string{"Kubernetes//Pod/ns/p000"}})
+}
+
+func TestApply(t *testing.T) {
+	s := xds.New(xds.Options{})
+	if err := s.Apply(xds.AddressType, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, startServer(t, s))
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	c.recvAck(update{Names: []string{"a", "b"}})
+
+	tests := []struct {
+		name    string
+		changed map[string]proto.Message
+		removed []string
+		want    update
+	}{
+		{"one changed, the rest untouched", map[string]proto.Message{"b": wl("b", "n2")}, nil, update{Names: []string{"b"}}},
+		{"added and removed", map[string]proto.Message{"c": wl("c", "n1")}, []string{"a"}, update{Names: []string{"c"}, Removed: []string{"a"}}},
+		// An unchanged resource handed over again reaches no client: the
+		// next response carries only the real change.
+		{"unchanged then changed", map[string]proto.Message{"b": wl("b", "n2")}, nil, update{}},
+		{"changed and removed at once is removed", map[string]proto.Message{"b": wl("b", "n3"), "c": wl("c", "n2")}, []string{"b"}, update{Names: []string{"c"}, Removed: []string{"b"}}},
+	}
+	for _, tc := range tests {
+		if err := s.Apply(xds.AddressType, tc.changed, tc.removed); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if len(tc.want.Names)+len(tc.want.Removed) > 0 {
+			c.recvAck(tc.want)
+		}
+	}
+	// Update after Apply diffs against what Apply left: only c changes.
+	mustUpdate(t, s, map[string]proto.Message{"c": wl("c", "n9")})
+	c.recvAck(update{Names: []string{"c"}})
+	if err := s.Apply("type.googleapis.com/unknown", nil, []string{"x"}); err == nil {
+		t.Errorf("Apply of an unknown type: got no error, want one")
+	}
+}
+
+func addrWorkload(uid, network string, ips ...string) *workload.Address {
+	w := &workload.Workload{Uid: uid, Network: network}
+	for _, ip := range ips {
+		w.Addresses = append(w.Addresses, netip.MustParseAddr(ip).AsSlice())
+	}
+	return &workload.Address{Type: &workload.Address_Workload{Workload: w}}
+}
+
+func addrService(name, network, vip string) *workload.Address {
+	return &workload.Address{Type: &workload.Address_Service{Service: &workload.Service{
+		Name: name, Namespace: "ns", Hostname: name + ".ns.svc.cluster.local",
+		Addresses: []*workload.NetworkAddress{{Network: network, Address: netip.MustParseAddr(vip).AsSlice()}},
+	}}}
+}
+
+// aliased is one resource of a response with its aliases.
+type aliased struct {
+	Name    string
+	Aliases []string
+}
+
+func recvAliased(t *testing.T, c *deltaClient) ([]aliased, []string) {
+	t.Helper()
+	resp, err := c.stream.Recv()
+	if err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	var got []aliased
+	for _, r := range resp.GetResources() {
+		got = append(got, aliased{r.GetName(), r.GetAliases()})
+	}
+	sort.Slice(got, func(i, j int) bool { return got[i].Name < got[j].Name })
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+	return got, resp.GetRemovedResources()
+}
+
+// TestSubscribeByAlias: ztunnel asks on demand for an address it does not
+// know by "<network>/<ip>"; the answer is the resource under its own name
+// with its aliases, and its later changes follow.
+func TestSubscribeByAlias(t *testing.T) {
+	s := xds.New(xds.Options{})
+	const (
+		podA = "Kubernetes//Pod/ns/a"
+		podB = "Kubernetes//Pod/ns/b"
+		svc  = "ns/web.ns.svc.cluster.local"
+	)
+	apply := func(changed map[string]proto.Message, removed ...string) {
+		t.Helper()
+		if err := s.Apply(xds.AddressType, changed, removed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(map[string]proto.Message{
+		podA: addrWorkload(podA, "", "10.0.0.1", "fd00::1"),
+		podB: addrWorkload(podB, "net2", "10.0.0.2"),
+		svc:  addrService("web", "", "10.96.0.10"),
+	})
+	c := dial(t, startServer(t, s))
+
+	steps := []struct {
+		name        string
+		subscribe   []string
+		change      func()
+		want        []aliased
+		wantRemoved []string
+	}{
+		{
+			name: "pod IP", subscribe: []string{"/10.0.0.1"},
+			want: []aliased{{podA, []string{"/10.0.0.1", "/fd00::1"}}},
+		},
+		{
+			name: "service VIP and pod on another network", subscribe: []string{"/10.96.0.10", "net2/10.0.0.2"},
+			want: []aliased{{podB, []string{"net2/10.0.0.2"}}, {svc, []string{"/10.96.0.10"}}},
+		},
+		{
+			name: "unknown alias", subscribe: []string{"/10.9.9.9"},
+			wantRemoved: []string{"/10.9.9.9"},
+		},
+		{
+			name: "change of a workload subscribed by alias",
+			change: func() {
+				apply(map[string]proto.Message{podA: addrWorkload(podA, "", "10.0.0.1", "fd00::1", "10.0.1.1")})
+			},
+			want: []aliased{{podA, []string{"/10.0.0.1", "/fd00::1", "/10.0.1.1"}}},
+		},
+		{
+			name: "an address that appears later under a subscribed alias",
+			change: func() {
+				apply(map[string]proto.Message{"Kubernetes//Pod/ns/c": addrWorkload("Kubernetes//Pod/ns/c", "", "10.9.9.9")})
+			},
+			want: []aliased{{"Kubernetes//Pod/ns/c", []string{"/10.9.9.9"}}},
+		},
+		{
+			name:        "removal",
+			change:      func() { apply(nil, podB) },
+			wantRemoved: []string{podB},
+		},
+		{
+			name:      "by its own name, with aliases",
+			subscribe: []string{svc},
+			want:      []aliased{{svc, []string{"/10.96.0.10"}}},
+		},
+	}
+	for _, st := range steps {
+		if st.subscribe != nil {
+			c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: st.subscribe})
+		}
+		if st.change != nil {
+			st.change()
+		}
+		got, removed := recvAliased(t, c)
+		if diff := cmp.Diff(st.want, got); diff != "" {
+			t.Errorf("%s: resources (-want +got):\n%s", st.name, diff)
+		}
+		if diff := cmp.Diff(st.wantRemoved, removed); diff != "" {
+			t.Errorf("%s: removed (-want +got):\n%s", st.name, diff)
+		}
+	}
+
+	// A workload that was not asked for changes: nothing is sent; the next
+	// response carries the one that was.
+	apply(map[string]proto.Message{"Kubernetes//Pod/ns/other": addrWorkload("Kubernetes//Pod/ns/other", "", "10.0.0.50")})
+	apply(map[string]proto.Message{svc: addrService("web", "", "10.96.0.10"), podA: addrWorkload(podA, "", "10.0.0.1")})
+	got, removed := recvAliased(t, c)
+	if diff := cmp.Diff([]aliased{{podA, []string{"/10.0.0.1"}}}, got); diff != "" || len(removed) > 0 {
+		t.Errorf("after unrelated change: got %v removed %v, want only %s (-want +got):\n%s", got, removed, podA, diff)
+	}
+}
+
+// TestConvergesUnderChurn: while resources change, wildcard clients and
+// on-demand clients that widen their subscriptions (by name and by alias)
+// keep receiving and ACKing, with pushes split in small parts; once the
+// changes stop, each holds exactly what it subscribed to, at the last
+// version. Run with -race: it exercises the version maps the cache
+// updates in place while go-control-plane's streams use them.
+func TestConvergesUnderChurn(t *testing.T) {
+	s := xds.New(xds.Options{MaxResponseBytes: 400})
+	cc := startServer(t, s)
+	const n, rounds = 40, 30
+	name := func(i int) string { return fmt.Sprintf("Kubernetes//Pod/ns/p%02d", i%n) }
+	ip := func(i int) string { return fmt.Sprintf("10.0.0.%d", i%n+1) }
+	state := map[string]string{} // name -> node of the last version
+	apply := func(i, version int) {
+		a := addrWorkload(name(i), "", ip(i))
+		a.GetWorkload().Node = fmt.Sprint("n", version)
+		if err := s.Apply(xds.AddressType, map[string]proto.Message{name(i): a}, nil); err != nil {
+			t.Fatal(err)
+		}
+		state[name(i)] = a.GetWorkload().GetNode()
+	}
+	for i := range n {
+		apply(i, 0)
+	}
+
+	// view is what one client holds; notify says it changed.
+	type view struct {
+		mu     sync.Mutex
+		nodes  map[string]string
+		notify chan struct{}
+	}
+	type client struct {
+		c      *deltaClient
+		v      *view
+		sendMu sync.Mutex // the receive loop ACKs while the test subscribes
+		want   func() map[string]string
+	}
+	var wg sync.WaitGroup
+	var clients []*client
+	for k := range 4 {
+		cl := &client{c: dial(t, cc), v: &view{nodes: map[string]string{}, notify: make(chan struct{}, 1)}}
+		if k < 2 {
+			cl.c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+			cl.want = func() map[string]string { return maps.Clone(state) }
+		} else {
+			// By name and by alias; widened by one name each round.
+			cl.c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{name(k), "/" + ip(k+1)}})
+			cl.want = func() map[string]string {
+				out := map[string]string{}
+				for _, i := range append([]int{k, k + 1}, func() []int {
+					var r []int
+					for round := 1; round <= rounds; round++ {
+						r = append(r, k+round)
+					}
+					return r
+				}()...) {
+					out[name(i)] = state[name(i)]
+				}
+				return out
+			}
+		}
+		clients = append(clients, cl)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				resp, err := cl.c.stream.Recv()
+				if err != nil {
+					return
+				}
+				cl.v.mu.Lock()
+				for _, r := range resp.GetResources() {
+					var a workload.Address
+					if err := r.GetResource().UnmarshalTo(&a); err != nil {
+						t.Errorf("decode %s: %v", r.GetName(), err)
+					}
+					cl.v.nodes[r.GetName()] = a.GetWorkload().GetNode()
+				}
+				for _, r := range resp.GetRemovedResources() {
+					delete(cl.v.nodes, r)
+				}
+				cl.v.mu.Unlock()
+				select {
+				case cl.v.notify <- struct{}{}:
+				default:
+				}
+				cl.sendMu.Lock()
+				err = cl.c.stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+				cl.sendMu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	for round := 1; round <= rounds; round++ {
+		for i := range n {
+			if (i+round)%3 == 0 {
+				apply(i, round)
+			}
+		}
+		for k, cl := range clients[2:] {
+			cl.sendMu.Lock()
+			err := cl.c.stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{name(k + 2 + round)}})
+			cl.sendMu.Unlock()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for k, cl := range clients {
+		want := cl.want()
+		for {
+			cl.v.mu.Lock()
+			diff := cmp.Diff(want, cl.v.nodes)
+			cl.v.mu.Unlock()
+			if diff == "" {
+				break
+			}
+			select {
+			case <-cl.v.notify:
+			case <-cl.c.stream.Context().Done():
+				t.Fatalf("client %d: stream ended before converging (-want +got):\n%s", k, diff)
+			}
+		}
+	}
+	for _, cl := range clients {
+		cl.c.cancel()
+	}
+	wg.Wait()
 }

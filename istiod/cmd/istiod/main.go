@@ -32,8 +32,8 @@ func main() {
 	flag.StringVar(&cfg.Ambient.DomainSuffix, "domain-suffix", "cluster.local", "cluster DNS domain")
 	flag.StringVar(&cfg.Ambient.Network, "network", "", "network of the cluster's addresses")
 	flag.StringVar(&cfg.Ambient.RootNamespace, "root-namespace", "istio-system", "namespace of mesh-wide policies")
-	flag.DurationVar(&cfg.Quiet, "debounce", 0, "quiet time that ends a burst of cluster events (default 100ms)")
-	flag.DurationVar(&cfg.MaxDebounce, "debounce-max", 0, "longest a burst may delay a push (default 1s)")
+	flag.DurationVar(&cfg.Quiet, "debounce", 0, "quiet time that ends a burst of cluster events (default 10ms)")
+	flag.DurationVar(&cfg.MaxDebounce, "debounce-max", 0, "longest a burst may delay a push (default 100ms)")
 	flag.StringVar(&cfg.SecureAddr, "secure-addr", ":15012", "TLS listen address of the CA and delta xDS; empty runs no CA")
 	flag.StringVar(&cfg.CA.Namespace, "ca-namespace", "istio-system", "namespace of the CA Secrets (cacerts, istio-ca-secret)")
 	flag.Func("node-agent", "service account namespace/name allowed to request certificates for pods on its node (repeatable; default istio-system/ztunnel)", func(v string) error {

@@ -1,0 +1,304 @@
+package ambient
+
+import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+	secapi "istio.io/api/security/v1beta1"
+	typeapi "istio.io/api/type/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/ambitmesh/ambit/api/security"
+	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/istiod/authz"
+)
+
+// cluster is the test's own record of the cluster objects, from which
+// the reference model is built with Build.
+type cluster struct {
+	namespaces map[string]*corev1.Namespace
+	nodes      map[string]*corev1.Node
+	pods       map[string]*corev1.Pod
+	services   map[string]*corev1.Service
+	slices     map[string]*discoveryv1.EndpointSlice
+	aps        map[string]*securityv1.AuthorizationPolicy
+	policies   *authz.Translation
+}
+
+func sortedValues[T any](m map[string]T) []T {
+	out := make([]T, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[k])
+	}
+	return out
+}
+
+func (c *cluster) state() State {
+	return State{
+		Namespaces:     sortedValues(c.namespaces),
+		Nodes:          sortedValues(c.nodes),
+		Pods:           sortedValues(c.pods),
+		Services:       sortedValues(c.services),
+		EndpointSlices: sortedValues(c.slices),
+		Policies:       c.policies,
+	}
+}
+
+// gen makes random objects from small pools of names, labels and
+// addresses, so that events often touch the same objects.
+type gen struct{ r *rand.Rand }
+
+func (g gen) pick(options ...string) string { return options[g.r.IntN(len(options))] }
+
+func (g gen) labels(keys ...string) map[string]string {
+	var out map[string]string
+	for _, k := range keys {
+		if g.r.IntN(2) == 0 {
+			continue
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		switch k {
+		case DataplaneModeLabel:
+			out[k] = g.pick(DataplaneModeAmbient, DataplaneModeNone)
+		case labelRegion, labelZone:
+			out[k] = g.pick("r1", "r2")
+		default:
+			out[k] = g.pick("a", "b")
+		}
+	}
+	return out
+}
+
+func (g gen) namespace() *corev1.Namespace {
+	return ns(g.pick("ns0", "ns1", "ns2"), g.labels(DataplaneModeLabel, "team"))
+}
+
+func (g gen) node() *corev1.Node {
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: g.pick("n0", "n1", "n2"), Labels: g.labels(labelRegion, labelZone, "kind")}}
+}
+
+func (g gen) pod() *corev1.Pod {
+	ip := g.pick("", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "fd00::5")
+	p := pod(g.pick("ns0", "ns1", "ns2"), g.pick("p0", "p1", "p2", "p3", "p4", "p5"), ip, g.pick("n0", "n1", "n2", "n3"), g.labels("app", "version", DataplaneModeLabel))
+	if ip == "" {
+		p.Status.PodIPs = nil
+	}
+	if g.r.IntN(3) == 0 {
+		p.Status.Conditions[0].Status = corev1.ConditionFalse
+	}
+	if g.r.IntN(2) == 0 {
+		p.Annotations = map[string]string{"ambient.istio.io/redirection": "enabled"}
+	}
+	if g.r.IntN(8) == 0 {
+		p.Spec.HostNetwork = true
+	}
+	if g.r.IntN(10) == 0 {
+		p.Status.Phase = corev1.PodSucceeded
+	}
+	if g.r.IntN(10) == 0 {
+		p.DeletionTimestamp = &metav1.Time{}
+	}
+	if g.r.IntN(4) == 0 {
+		p.OwnerReferences = []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "web-7d9f", Controller: ptr.To(true)}}
+	}
+	return p
+}
+
+func (g gen) service() *corev1.Service {
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: g.pick("ns0", "ns1", "ns2"), Name: g.pick("s0", "s1", "s2", "s3")},
+		Spec: corev1.ServiceSpec{
+			Selector:   g.labels("app", "version"),
+			ClusterIPs: []string{g.pick("10.96.0.1", "10.96.0.2", "None")},
+		},
+	}
+	for _, name := range []string{"http", "tcp"} {
+		if g.r.IntN(2) == 0 {
+			continue
+		}
+		tp := intstr.FromString(name)
+		if g.r.IntN(2) == 0 {
+			tp = intstr.FromInt32(int32(7000 + g.r.IntN(3)))
+		}
+		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: name, Port: int32(80 + g.r.IntN(3)), TargetPort: tp})
+	}
+	if g.r.IntN(2) == 0 {
+		svc.Spec.Selector = nil // backends from EndpointSlices
+	}
+	if g.r.IntN(8) == 0 {
+		svc.Spec.Type = corev1.ServiceTypeExternalName
+	}
+	if g.r.IntN(4) == 0 {
+		svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: g.pick("192.0.2.1", "192.0.2.2")}}
+	}
+	return svc
+}
+
+func (g gen) slice() *discoveryv1.EndpointSlice {
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: g.pick("ns0", "ns1", "ns2"), Name: g.pick("e0", "e1", "e2"),
+			Labels: map[string]string{discoveryv1.LabelServiceName: g.pick("s0", "s1", "s2", "s3")}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To(g.pick("http", "tcp")), Port: ptr.To(int32(9000 + g.r.IntN(2)))}},
+	}
+	for range g.r.IntN(4) {
+		ep := discoveryv1.Endpoint{Addresses: []string{g.pick("10.1.0.1", "10.1.0.2", "bad")}, NodeName: ptr.To(g.pick("n0", "n1"))}
+		if g.r.IntN(2) == 0 {
+			ep.TargetRef = &corev1.ObjectReference{Kind: "Pod", Name: g.pick("p0", "p1", "p2", "p3", "p4", "p5"), Namespace: g.pick("", es.Namespace, "ns0")}
+		}
+		if g.r.IntN(3) == 0 {
+			ep.Conditions.Ready = ptr.To(false)
+		}
+		es.Endpoints = append(es.Endpoints, ep)
+	}
+	return es
+}
+
+func (g gen) policy() *securityv1.AuthorizationPolicy {
+	ap := &securityv1.AuthorizationPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: g.pick("ns0", "ns1", "istio-system"), Name: g.pick("ap0", "ap1", "ap2")},
+	}
+	if sel := g.labels("app", "version"); sel != nil {
+		ap.Spec.Selector = &typeapi.WorkloadSelector{MatchLabels: sel}
+	}
+	if g.r.IntN(2) == 0 {
+		ap.Spec.Action = secapi.AuthorizationPolicy_DENY
+	}
+	return ap
+}
+
+// TestBuilderMatchesBuild: after any sequence of events, the Builder's
+// model equals Build over the same objects, and the deltas it returned,
+// applied one after the other, give that model too (what an xDS client
+// ends up with).
+func TestBuilderMatchesBuild(t *testing.T) {
+	for seed := range uint64(300) {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			g := gen{rand.New(rand.NewPCG(seed, 42))}
+			cfg := Config{ClusterID: "c1"}
+			c := &cluster{
+				namespaces: map[string]*corev1.Namespace{}, nodes: map[string]*corev1.Node{}, pods: map[string]*corev1.Pod{},
+				services: map[string]*corev1.Service{}, slices: map[string]*discoveryv1.EndpointSlice{}, aps: map[string]*securityv1.AuthorizationPolicy{},
+			}
+			b := NewBuilder(cfg)
+			client := Model{Addresses: map[string]*workload.Address{}, Authorizations: map[string]*security.Authorization{}}
+			var events []string
+			check := func() {
+				t.Helper()
+				d := b.Flush()
+				for k, v := range d.Addresses {
+					client.Addresses[k] = v
+				}
+				for _, k := range d.RemovedAddresses {
+					delete(client.Addresses, k)
+				}
+				for k, v := range d.Authorizations {
+					client.Authorizations[k] = v
+				}
+				for _, k := range d.RemovedAuthorizations {
+					delete(client.Authorizations, k)
+				}
+				want := Build(c.state(), cfg)
+				if c.policies == nil {
+					want.PolicyStatus = nil
+				}
+				got := b.Model()
+				if c.policies == nil {
+					got.PolicyStatus = nil
+				}
+				if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+					t.Fatalf("after events %v:\nBuilder model (-Build +Builder):\n%s", events, diff)
+				}
+				if diff := cmp.Diff(want.Addresses, client.Addresses, protocmp.Transform()); diff != "" {
+					t.Fatalf("after events %v:\naddresses from deltas (-Build +deltas):\n%s", events, diff)
+				}
+				if diff := cmp.Diff(want.Authorizations, client.Authorizations, protocmp.Transform()); diff != "" {
+					t.Fatalf("after events %v:\nauthorizations from deltas (-Build +deltas):\n%s", events, diff)
+				}
+			}
+			for range 60 {
+				var ev string
+				switch g.r.IntN(13) {
+				case 0:
+					n := g.namespace()
+					c.namespaces[n.Name] = n
+					b.SetNamespace(n)
+					ev = "set namespace " + n.Name
+				case 1:
+					n := g.pick("ns0", "ns1", "ns2")
+					delete(c.namespaces, n)
+					b.DeleteNamespace(n)
+					ev = "delete namespace " + n
+				case 2:
+					n := g.node()
+					c.nodes[n.Name] = n
+					b.SetNode(n)
+					ev = "set node " + n.Name
+				case 3:
+					n := g.pick("n0", "n1", "n2")
+					delete(c.nodes, n)
+					b.DeleteNode(n)
+					ev = "delete node " + n
+				case 4, 5, 6:
+					p := g.pod()
+					c.pods[key(p.Namespace, p.Name)] = p
+					b.SetPod(p)
+					ev = "set pod " + key(p.Namespace, p.Name)
+				case 7:
+					p := g.pod()
+					delete(c.pods, key(p.Namespace, p.Name))
+					b.DeletePod(p.Namespace, p.Name)
+					ev = "delete pod " + key(p.Namespace, p.Name)
+				case 8:
+					s := g.service()
+					c.services[key(s.Namespace, s.Name)] = s
+					b.SetService(s)
+					ev = "set service " + key(s.Namespace, s.Name)
+				case 9:
+					s := g.service()
+					delete(c.services, key(s.Namespace, s.Name))
+					b.DeleteService(s.Namespace, s.Name)
+					ev = "delete service " + key(s.Namespace, s.Name)
+				case 10:
+					es := g.slice()
+					c.slices[key(es.Namespace, es.Name)] = es
+					b.SetEndpointSlice(es)
+					ev = "set slice " + key(es.Namespace, es.Name)
+				case 11:
+					es := g.slice()
+					delete(c.slices, key(es.Namespace, es.Name))
+					b.DeleteEndpointSlice(es.Namespace, es.Name)
+					ev = "delete slice " + key(es.Namespace, es.Name)
+				case 12:
+					ap := g.policy()
+					if g.r.IntN(3) == 0 {
+						delete(c.aps, key(ap.Namespace, ap.Name))
+						ev = "delete policy " + key(ap.Namespace, ap.Name)
+					} else {
+						c.aps[key(ap.Namespace, ap.Name)] = ap
+						ev = "set policy " + key(ap.Namespace, ap.Name)
+					}
+					c.policies = authz.Translate(sortedValues(c.aps), nil, authz.Config{RootNamespace: "istio-system"})
+					b.SetPolicies(c.policies)
+				}
+				events = append(events, ev)
+				if g.r.IntN(5) == 0 {
+					check()
+				}
+			}
+			check()
+		})
+	}
+}
