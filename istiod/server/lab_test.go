@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,18 +23,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/testutil"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/server"
@@ -66,63 +61,6 @@ func startLab(t *testing.T) *lab.Lab {
 		}
 	})
 	return l
-}
-
-var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-
-// installCRDs applies deploy/crds and waits until the apiserver serves
-// them (condition Established), watching the CRD objects.
-func installCRDs(ctx context.Context, t *testing.T, rc *rest.Config) {
-	t.Helper()
-	dyn, err := dynamic.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := filepath.Glob("../../deploy/crds/*.yaml")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("CRD files: got %v (%v), want some", files, err)
-	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var obj unstructured.Unstructured
-		if err := yaml.Unmarshal(b, &obj.Object); err != nil {
-			t.Fatalf("decode %s: %v", f, err)
-		}
-		if _, err := dyn.Resource(crdGVR).Create(ctx, &obj, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("create CRD from %s: %v", f, err)
-		}
-		w, err := dyn.Resource(crdGVR).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + obj.GetName()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for ev := range w.ResultChan() {
-			u, ok := ev.Object.(*unstructured.Unstructured)
-			if !ok {
-				continue
-			}
-			conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-			if established(conds) {
-				break
-			}
-		}
-		w.Stop()
-		if ctx.Err() != nil {
-			t.Fatalf("CRD %s: not established: %v", obj.GetName(), ctx.Err())
-		}
-	}
-}
-
-func established(conds []any) bool {
-	for _, c := range conds {
-		m, _ := c.(map[string]any)
-		if m["type"] == "Established" && m["status"] == "True" {
-			return true
-		}
-	}
-	return false
 }
 
 // adsClient holds what a delta client has received, per type.
@@ -203,7 +141,9 @@ func TestIstiodInLab(t *testing.T) {
 	l := startLab(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	installCRDs(ctx, t, l.RESTConfig)
+	if err := labmesh.InstallCRDs(ctx, l, "../../deploy/crds"); err != nil {
+		t.Fatal(err)
+	}
 	istio, err := istioclient.NewForConfig(l.RESTConfig)
 	if err != nil {
 		t.Fatal(err)
