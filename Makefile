@@ -3,6 +3,9 @@ GO       ?= go
 BIN      := _output/bin
 # Extra flags for go test, e.g. GOTEST_FLAGS=-v or -run TestLabSmoke.
 GOTEST_FLAGS ?=
+# A module of its own (so the main module does not depend on istio.io/istio):
+# interop tests against Istio's HBONE implementation.
+INTEROP  := ztunnel/interop
 
 .PHONY: help build test unit lint generate generate-check bench demo clean clean-lab deps lab-bins
 
@@ -32,12 +35,16 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
+	$(GO) build -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
+	cd $(INTEROP) && $(GO) vet ./... && $(CURDIR)/$(BIN)/staticcheck ./...
 
 unit:
 	$(GO) test -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /e2e)
+	cd $(INTEROP) && $(GO) test -count=1 $(GOTEST_FLAGS) ./...
 
 test: deps lint generate-check lab-bins
 	$(GO) test -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
+	cd $(INTEROP) && $(GO) test -count=1 -timeout 5m $(GOTEST_FLAGS) ./...
 
 generate: deps
 	$(GO) generate ./...
