@@ -41,7 +41,9 @@ type ClientConn struct {
 }
 
 // Dial opens a tunnel connection to addr (a peer's ip:15008), presenting
-// cfg.Certificate and requiring the peer to prove cfg.Expected.
+// cfg.Certificate and requiring the peer to prove cfg.Expected. It
+// returns once the peer's HTTP/2 settings apply, so that the first stream
+// uses the peer's frame size and windows.
 func Dial(ctx context.Context, addr netip.AddrPort, cfg ClientConfig) (*ClientConn, error) {
 	if cfg.Certificate == nil {
 		return nil, fmt.Errorf("dial hbone %s: no client certificate", addr)
