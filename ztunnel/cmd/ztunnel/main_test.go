@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -33,6 +34,9 @@ workloads:
 services:
   - {name: server, namespace: shop, hostname: server.shop.svc.cluster.local, addresses: [{address: 127.0.30.1}], ports: [{servicePort: 80, targetPort: 8080}]}
 `
+
+// pairs numbers the pairs of one test process, for their namespaces.
+var pairs atomic.Uint32
 
 // pair is two ztunnel processes in a network namespace of the test's own,
 // with the client workload's traffic (127.0.10.1) captured by an iptables
@@ -64,7 +68,7 @@ func startPair(tb testing.TB) *pair {
 	}
 	// Not "ambit-": a lab starting in another test binary deletes every
 	// "ambit-<id>-" namespace whose lab is not live (lab.CleanStale).
-	ns, err := netns.Create(fmt.Sprintf("ambitzt-bin-%d", os.Getpid()))
+	ns, err := netns.Create(fmt.Sprintf("ambitzt-bin-%d-%d", os.Getpid(), pairs.Add(1)))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -161,7 +165,7 @@ func serveEcho(addr string) error {
 			// A plain buffer: io.Copy would splice through a pipe pair
 			// held for every open connection, three descriptors each.
 			go func() {
-				io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 512))
+				io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 16<<10))
 				c.Close()
 			}()
 		}
@@ -271,45 +275,102 @@ func (p *pair) open(tb testing.TB, n int) []net.Conn {
 	return conns
 }
 
-// BenchmarkRSS reports the resident memory of each ztunnel process: just
-// started, idle after one connection (certificates issued, one pooled
-// HBONE connection), and with 1,000 and 10,000 open tunnelled
-// connections through the pair, with what each 1,000 connections add.
+// openBulk dials n connections as the client workload and moves size
+// bytes each way on each (sent, echoed back), leaving them open and idle.
+func (p *pair) openBulk(tb testing.TB, n, size int) []net.Conn {
+	tb.Helper()
+	msg := make([]byte, size)
+	back := make([]byte, size)
+	conns := make([]net.Conn, 0, n)
+	for range n {
+		c := p.dial(tb, "127.0.20.1:8080")
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		sent := make(chan error, 1)
+		go func() { _, err := c.Write(msg); sent <- err }()
+		if _, err := io.ReadFull(c, back); err != nil {
+			tb.Fatalf("connection %d: %v", len(conns), err)
+		}
+		if err := <-sent; err != nil {
+			tb.Fatalf("connection %d: %v", len(conns), err)
+		}
+		c.SetDeadline(time.Time{})
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+// rssOf reads the RSS of both ztunnels of p.
+func (p *pair) rss(tb testing.TB) map[string]int {
+	tb.Helper()
+	out := map[string]int{}
+	for n, pid := range p.pids {
+		out[n] = rssKiB(tb, pid)
+	}
+	return out
+}
+
+// BenchmarkRSS reports the resident memory of each ztunnel process, in
+// two pairs of processes. In the first: just started, idle after one
+// connection (certificates issued, one pooled HBONE connection), and with
+// 1,000 and 10,000 open tunnelled connections that made one round trip;
+// and what each 1,000 connections add. In the second: with 1,000 open
+// connections that each moved 256 KiB both ways and are now idle, the
+// state a node is in after bursts of traffic.
 func BenchmarkRSS(b *testing.B) {
-	p := startPair(b)
 	nodes := []string{"node-a", "node-b"}
-	rss := func() map[string]int {
-		out := map[string]int{}
-		for _, n := range nodes {
-			out[n] = rssKiB(b, p.pids[n])
-		}
-		return out
-	}
-	started := rss()
-	for _, c := range p.open(b, 1) {
-		c.Close()
-	}
-	idle := rss()
-	var at1k, at10k map[string]int
-	for b.Loop() {
-		conns := p.open(b, 1000)
-		at1k = rss()
-		conns = append(conns, p.open(b, 9000)...)
-		at10k = rss()
-		for _, c := range conns {
-			c.Close()
-		}
-	}
-	b.StopTimer()
 	mib := func(kib int) float64 { return float64(kib) / 1024 }
 	var tab strings.Builder
-	fmt.Fprintf(&tab, "%-8s %10s %10s %12s %13s %16s %17s\n", "", "started", "idle", "1k conns", "10k conns", "per 1k (at 1k)", "per 1k (at 10k)")
-	for i, n := range nodes {
-		side := []string{"source", "dest"}[i]
-		fmt.Fprintf(&tab, "%-8s %7.1f MiB %6.1f MiB %8.1f MiB %9.1f MiB %12.1f MiB %13.1f MiB\n", side,
-			mib(started[n]), mib(idle[n]), mib(at1k[n]), mib(at10k[n]), mib(at1k[n]-idle[n]), mib(at10k[n]-idle[n])/10)
-		b.ReportMetric(mib(idle[n]), "idle-"+side+"-MiB")
-		b.ReportMetric(mib(at10k[n]-idle[n])/10, side+"-MiB/1k-conns")
-	}
-	b.Log("\n" + tab.String())
+	b.Run("idle", func(b *testing.B) {
+		p := startPair(b)
+		started := p.rss(b)
+		for _, c := range p.open(b, 1) {
+			c.Close()
+		}
+		idle := p.rss(b)
+		var at1k, at10k map[string]int
+		for b.Loop() {
+			conns := p.open(b, 1000)
+			at1k = p.rss(b)
+			conns = append(conns, p.open(b, 9000)...)
+			at10k = p.rss(b)
+			for _, c := range conns {
+				c.Close()
+			}
+		}
+		b.StopTimer()
+		fmt.Fprintf(&tab, "%-8s %10s %10s %12s %13s %16s %17s\n", "", "started", "idle", "1k conns", "10k conns", "per 1k (at 1k)", "per 1k (at 10k)")
+		for i, n := range nodes {
+			side := []string{"source", "dest"}[i]
+			fmt.Fprintf(&tab, "%-8s %7.1f MiB %6.1f MiB %8.1f MiB %9.1f MiB %12.1f MiB %13.1f MiB\n", side,
+				mib(started[n]), mib(idle[n]), mib(at1k[n]), mib(at10k[n]), mib(at1k[n]-idle[n]), mib(at10k[n]-idle[n])/10)
+			b.ReportMetric(mib(idle[n]), "idle-"+side+"-MiB")
+			b.ReportMetric(mib(at10k[n]-idle[n])/10, side+"-MiB/1k-conns")
+		}
+		b.Log("\n" + tab.String())
+		tab.Reset()
+	})
+	b.Run("after-256KiB", func(b *testing.B) {
+		p := startPair(b)
+		for _, c := range p.open(b, 1) {
+			c.Close()
+		}
+		idle := p.rss(b)
+		var at1k map[string]int
+		for b.Loop() {
+			conns := p.openBulk(b, 1000, 256<<10)
+			at1k = p.rss(b)
+			for _, c := range conns {
+				c.Close()
+			}
+		}
+		b.StopTimer()
+		fmt.Fprintf(&tab, "1k open connections, idle after moving 256 KiB each way:\n")
+		for i, n := range nodes {
+			side := []string{"source", "dest"}[i]
+			fmt.Fprintf(&tab, "%-8s %6.1f MiB idle, %8.1f MiB with them: %+.1f MiB per 1k\n", side, mib(idle[n]), mib(at1k[n]), mib(at1k[n]-idle[n]))
+			b.ReportMetric(mib(at1k[n]-idle[n]), side+"-MiB/1k-after-bulk")
+		}
+		b.Log("\n" + tab.String())
+		tab.Reset()
+	})
 }
