@@ -80,9 +80,11 @@ func pipe(dst, src net.Conn, closeBoth func()) (int64, error) {
 // they explain. It does not use ReaderFrom or WriterTo: TCPConn's fall
 // back to io.Copy's 32 KiB buffer.
 func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
+	// Only a bare TCP connection: a wrapper could hold read data of its
+	// own that the socket does not show.
 	var raw syscall.RawConn
-	if sc, ok := src.(syscall.Conn); ok {
-		raw, _ = sc.SyscallConn()
+	if tc, ok := src.(*net.TCPConn); ok {
+		raw, _ = tc.SyscallConn()
 	}
 	big := false
 	var total int64
