@@ -291,14 +291,24 @@ func echoApp(t testing.TB, addr netip.AddrPort) {
 // on the way to dst.
 func (m *mesh) dial(t testing.TB, src netip.Addr, via, dst netip.AddrPort) net.Conn {
 	t.Helper()
-	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
-	c, err := d.Dial("tcp", via.String())
+	c, err := m.redirected(context.Background(), src, via, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	m.redir.set(c.LocalAddr().(*net.TCPAddr).AddrPort(), dst)
 	return c
+}
+
+// redirected is dial for goroutines other than the test's: it returns the
+// error, and the caller closes the connection.
+func (m *mesh) redirected(ctx context.Context, src netip.Addr, via, dst netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+	c, err := d.DialContext(ctx, "tcp", via.String())
+	if err != nil {
+		return nil, err
+	}
+	m.redir.set(c.LocalAddr().(*net.TCPAddr).AddrPort(), dst)
+	return c, nil
 }
 
 // outbound connects from workload address src through node A's outbound

@@ -42,7 +42,9 @@ type ClientConn struct {
 }
 
 // Dial opens a tunnel connection to addr (a peer's ip:15008), presenting
-// cfg.Certificate and requiring the peer to prove cfg.Expected.
+// cfg.Certificate and requiring the peer to prove cfg.Expected. It
+// returns once the peer's HTTP/2 settings apply, so that the first stream
+// uses the peer's frame size and windows.
 func Dial(ctx context.Context, addr netip.AddrPort, cfg ClientConfig) (*ClientConn, error) {
 	if cfg.Certificate == nil {
 		return nil, fmt.Errorf("dial hbone %s: no client certificate", addr)
@@ -54,6 +56,7 @@ func Dial(ctx context.Context, addr netip.AddrPort, cfg ClientConfig) (*ClientCo
 		return nil, fmt.Errorf("dial hbone %s: no expected peer identity", addr)
 	}
 	var tconn *tls.Conn
+	var sc *settingsConn
 	var peer identity.Identity
 	tr := &http.Transport{
 		DialTLSContext: func(ctx context.Context, network, a string) (net.Conn, error) {
@@ -79,18 +82,81 @@ func Dial(ctx context.Context, addr netip.AddrPort, cfg ClientConfig) (*ClientCo
 				return nil, fmt.Errorf("tls handshake: peer negotiated %q, want %q", p, ALPN)
 			}
 			tconn = tc
-			return tc, nil
+			sc = &settingsConn{Conn: tc, applied: make(chan struct{})}
+			return sc, nil
 		},
-		HTTP2:             http2Config(),
-		Protocols:         new(http.Protocols),
-		ForceAttemptHTTP2: true,
+		HTTP2:     http2Config(),
+		Protocols: new(http.Protocols),
 	}
-	tr.Protocols.SetHTTP2(true)
+	// HTTP/2 with prior knowledge over the connection above: TLS and ALPN
+	// h2 are done and checked by then, and the wire is HBONE's all the
+	// same. It lets settingsConn, not a *tls.Conn, be the connection.
+	tr.Protocols.SetUnencryptedHTTP2(true)
 	cc, err := tr.NewClientConn(ctx, "https", addr.String())
 	if err != nil {
 		return nil, fmt.Errorf("dial hbone %s: %w", addr, err)
 	}
+	// The first stream's request body is framed with the frame size known
+	// when the stream starts, for its whole life: start none before the
+	// peer's SETTINGS (frame size, windows) apply.
+	wctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	select {
+	case <-sc.applied:
+	case <-wctx.Done():
+		cc.Close()
+		return nil, fmt.Errorf("dial hbone %s: wait for the peer's settings: %w", addr, wctx.Err())
+	}
+	if err := cc.Err(); err != nil {
+		cc.Close()
+		return nil, fmt.Errorf("dial hbone %s: %w", addr, err)
+	}
 	return &ClientConn{addr: addr, peer: peer, cert: cfg.Certificate, cc: cc, tls: tconn}, nil
+}
+
+// settingsConn is a client's TLS connection as its HTTP/2 layer reads
+// it. A peer's first frame is its SETTINGS; the layer reads frames one at
+// a time and applies each before it reads on, so once it has read that
+// frame whole and asks for more, the settings apply. settingsConn closes
+// applied then (or when reading fails).
+type settingsConn struct {
+	*tls.Conn
+	applied chan struct{}
+	once    sync.Once
+	// Read runs on the HTTP/2 layer's one reading goroutine: the fields
+	// below are its own.
+	header  [9]byte // the first frame's header, as read so far
+	nheader int
+	left    int  // payload of the first frame not yet read
+	read    bool // the first frame has been read whole
+}
+
+func (c *settingsConn) Read(p []byte) (int, error) {
+	if c.read {
+		c.once.Do(func() { close(c.applied) })
+		return c.Conn.Read(p)
+	}
+	n, err := c.Conn.Read(p)
+	c.observe(p[:n])
+	if err != nil {
+		c.once.Do(func() { close(c.applied) })
+	}
+	return n, err
+}
+
+// observe follows the first frame through the bytes read.
+func (c *settingsConn) observe(b []byte) {
+	if c.nheader < len(c.header) {
+		k := copy(c.header[c.nheader:], b)
+		c.nheader += k
+		b = b[k:]
+		if c.nheader < len(c.header) {
+			return
+		}
+		c.left = int(c.header[0])<<16 | int(c.header[1])<<8 | int(c.header[2])
+	}
+	c.left -= min(c.left, len(b))
+	c.read = c.left == 0
 }
 
 func clientTLSConfig(cfg ClientConfig, peer *identity.Identity) *tls.Config {

@@ -29,9 +29,10 @@ const ALPN = "h2"
 const (
 	streamWindow = 4 << 20
 	connWindow   = 16 << 20
-	maxFrameSize = 64 << 10
-	// bufferSize is the copy buffer of one direction of a tunnel.
-	bufferSize = 256 << 10
+	maxFrameSize = 4*tlsRecordPayload - frameHeaderLen
+	// bufferSize is the copy buffer of one direction of a tunnel: four
+	// whole frames.
+	bufferSize = 4 * maxFrameSize
 	// handshakeTimeout bounds a TLS handshake on either side.
 	handshakeTimeout = 10 * time.Second
 	// idleTimeout closes a server connection without streams; clients
@@ -95,3 +96,12 @@ func http2Config() *http.HTTP2Config {
 		MaxReceiveBufferPerStream:     streamWindow,
 	}
 }
+
+// A DATA frame of maxFrameSize fills exactly four TLS records with its
+// 9-byte header. A frame of a round 64 KiB would end in a fifth record
+// holding the last 9 bytes: one more write and read system call and one
+// more record to seal and open for every frame.
+const (
+	tlsRecordPayload = 16 << 10 // TLS 1.3 maximum plaintext per record
+	frameHeaderLen   = 9
+)

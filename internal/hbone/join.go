@@ -5,11 +5,17 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 )
 
 // Copy buffers start small, so that the many idle or chatty connections
 // of a node cost little, and grow to bufferSize once a read fills the
-// small one, so that bulk streams move in large reads and writes.
+// small one, so that bulk streams move in large reads and writes. A loop
+// waiting for data holds no buffer when it reads a TCP connection (it
+// waits for the socket to become readable first), and a small one when it
+// reads an HTTP/2 stream (after a read that did not fill the buffer, it
+// reads into a small one again): a connection idle after a burst of
+// traffic keeps no 256 KiB buffers.
 const smallBufferSize = 16 << 10
 
 var (
@@ -70,26 +76,38 @@ func pipe(dst, src net.Conn, closeBoth func()) (int64, error) {
 	return n, nil
 }
 
-// copyAdaptive is io.Copy with a buffer that starts small and grows for
-// bulk transfers. It does not use ReaderFrom or WriterTo: TCPConn's fall
+// copyAdaptive is io.Copy with buffers from the pools above, sized as
+// they explain. It does not use ReaderFrom or WriterTo: TCPConn's fall
 // back to io.Copy's 32 KiB buffer.
 func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
-	bp := smallPool.Get().(*[]byte)
-	pool := &smallPool
-	defer func() { pool.Put(bp) }()
+	// Only a bare TCP connection: a wrapper could hold read data of its
+	// own that the socket does not show.
+	var raw syscall.RawConn
+	if tc, ok := src.(*net.TCPConn); ok {
+		raw, _ = tc.SyscallConn()
+	}
+	big := false
 	var total int64
 	for {
+		pool := &smallPool
+		if big {
+			pool = &bigPool
+		}
+		bp := pool.Get().(*[]byte)
 		buf := *bp
 		nr, rerr := src.Read(buf)
+		var werr error
 		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
+			var nw int
+			nw, werr = dst.Write(buf[:nr])
 			total += int64(nw)
-			if werr != nil {
-				return total, werr
+			if werr == nil && nw != nr {
+				werr = io.ErrShortWrite
 			}
-			if nw != nr {
-				return total, io.ErrShortWrite
-			}
+		}
+		pool.Put(bp)
+		if werr != nil {
+			return total, werr
 		}
 		if rerr != nil {
 			if rerr == io.EOF {
@@ -97,9 +115,16 @@ func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
 			}
 			return total, rerr
 		}
-		if nr == len(buf) && pool == &smallPool {
-			smallPool.Put(bp)
-			bp, pool = bigPool.Get().(*[]byte), &bigPool
+		switch {
+		case nr == len(buf):
+			big = true
+		case raw != nil:
+			// The socket is drained: wait for more without a buffer.
+			if err := waitReadable(raw); err != nil {
+				return total, err
+			}
+		default:
+			big = false
 		}
 	}
 }

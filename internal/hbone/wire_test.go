@@ -205,3 +205,99 @@ func TestWireClientRequest(t *testing.T) {
 		t.Errorf("CONNECT header block (-want +got):\n%s", diff)
 	}
 }
+
+// TestFirstStreamUsesPeerSettings checks that the first stream on a new
+// connection already sends DATA frames of the size the peer allows: the
+// HTTP/2 client fixes a stream's frame size when the stream starts, so a
+// stream started before the peer's SETTINGS applied would send 16 KiB
+// frames for its whole life. The peer here sends its SETTINGS only after
+// reading the client's preface, as servers of HTTP/2 with prior knowledge
+// do.
+func TestFirstStreamUsesPeerSettings(t *testing.T) {
+	ca := newFixture(t, nil).ca
+	serverCert, err := ca.Issue(serverID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const size = 1 << 20
+	type result struct {
+		largest uint32 // the largest DATA frame
+		total   int
+		err     error
+	}
+	got := make(chan result, 1)
+	go func() {
+		var r result
+		defer func() { got <- r }()
+		c, err := ln.Accept()
+		if err != nil {
+			r.err = err
+			return
+		}
+		defer c.Close()
+		tc := tls.Server(c, &tls.Config{
+			Certificates: []tls.Certificate{*serverCert},
+			NextProtos:   []string{"h2"},
+			ClientAuth:   tls.RequireAnyClientCert,
+		})
+		preface := make([]byte, len(http2.ClientPreface))
+		if _, r.err = io.ReadFull(tc, preface); r.err != nil {
+			return
+		}
+		fr := http2.NewFramer(tc, tc)
+		fr.SetMaxReadFrameSize(maxFrameSize)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings(http2.Setting{ID: http2.SettingMaxFrameSize, Val: maxFrameSize},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: size})
+		fr.WriteWindowUpdate(0, size)
+		for r.total < size {
+			fm, err := fr.ReadFrame()
+			if err != nil {
+				r.err = err
+				return
+			}
+			switch fm := fm.(type) {
+			case *http2.SettingsFrame:
+				if !fm.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.MetaHeadersFrame:
+				var hb bytes.Buffer
+				hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: fm.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
+			case *http2.DataFrame:
+				r.largest = max(r.largest, fm.Length)
+				r.total += len(fm.Data())
+			}
+		}
+	}()
+	clientCert, err := ca.Issue(clientID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := Dial(t.Context(), ln.Addr().(*net.TCPAddr).AddrPort(), ClientConfig{
+		Certificate: clientCert, Verifier: &identity.Verifier{Roots: ca.Roots()}, Expected: serverID,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	s, err := cc.Connect(t.Context(), netip.MustParseAddrPort("10.0.0.7:8080"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	go s.Write(make([]byte, size))
+	r := <-got
+	if r.err != nil {
+		t.Fatalf("server: %v", r.err)
+	}
+	if r.largest != maxFrameSize {
+		t.Errorf("largest DATA frame of the first stream: got %d bytes, want %d", r.largest, maxFrameSize)
+	}
+}
