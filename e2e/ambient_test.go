@@ -262,8 +262,15 @@ func TestAmbient(t *testing.T) {
 				}},
 			},
 		}
+		allowed := dialPod(t, ctx, l, "shop", "a", addr("b"))
+		if rep, err := roundTrip(allowed, "before-deny"); err != nil || rep.Hostname != "b" {
+			t.Fatalf("open connection a to b under the ALLOW: got %+v, %v", rep, err)
+		}
 		applyPolicy(t, ctx, istio, mesh, deny, ip("b"))
 		wantRefused(t, "shop", "a", addr("b"))
+		if _, err := roundTrip(allowed, "after-deny"); err == nil {
+			t.Errorf("connection a to b opened before the DENY: still answers, want it closed")
+		}
 		hctx, hcancel := context.WithTimeout(ctx, 5*time.Second)
 		out, err := l.Exec(hctx, "shop", "a", l.Binaries().Echo, "http", "http://"+net.JoinHostPort(ip("b"), "8080")+"/")
 		hcancel()
