@@ -397,6 +397,12 @@ func TestAmbient(t *testing.T) {
 		}
 		wantReach(t, "shop", "a", addr("b"), "b")
 	})
+
+	// istiod ran with the chart's RBAC only (labmesh applies it): nothing
+	// it needed was refused.
+	if logs := mesh.Istiod().Logs(100000); strings.Contains(logs, "forbidden") {
+		t.Errorf("istiod with the chart's RBAC: its log has a forbidden request:\n%s", logs)
+	}
 }
 
 // notRestarted checks that the pods still run as the same objects, never

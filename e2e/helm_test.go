@@ -28,19 +28,14 @@ import (
 	secapi "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
@@ -54,26 +49,12 @@ import (
 // module does not depend on Helm).
 const renderedChart = "testdata/helm/ambit.yaml"
 
-var comments = regexp.MustCompile(`(?m)^\s*#.*$`)
-
 // chartObjects decodes the rendered chart into typed objects.
 func chartObjects(t *testing.T) []runtime.Object {
 	t.Helper()
-	data, err := os.ReadFile(renderedChart)
+	objs, err := labmesh.ChartObjects(renderedChart)
 	if err != nil {
 		t.Fatal(err)
-	}
-	dec := scheme.Codecs.UniversalDeserializer()
-	var objs []runtime.Object
-	for doc := range strings.SplitSeq(string(data), "\n---\n") {
-		if strings.TrimSpace(comments.ReplaceAllString(doc, "")) == "" {
-			continue
-		}
-		obj, _, err := dec.Decode([]byte(doc), nil, nil)
-		if err != nil {
-			t.Fatalf("decode %s: %v\n%s", renderedChart, err, doc)
-		}
-		objs = append(objs, obj)
 	}
 	return objs
 }
@@ -93,53 +74,10 @@ func chartObject[T interface {
 	return zero
 }
 
-// applyAccess creates the chart's service accounts, RBAC, Service and
-// admission policies. Not its Deployment and DaemonSets: the lab runs
-// the programs itself.
-func applyAccess(ctx context.Context, t *testing.T, c kubernetes.Interface, objs []runtime.Object) {
+func mustKubeconfig(t *testing.T, l *lab.Lab, name, token string) string {
 	t.Helper()
-	co := metav1.CreateOptions{}
-	for _, o := range objs {
-		var err error
-		switch v := o.(type) {
-		case *corev1.ServiceAccount:
-			_, err = c.CoreV1().ServiceAccounts(v.Namespace).Create(ctx, v, co)
-		case *corev1.Service:
-			_, err = c.CoreV1().Services(v.Namespace).Create(ctx, v, co)
-		case *rbacv1.ClusterRole:
-			_, err = c.RbacV1().ClusterRoles().Create(ctx, v, co)
-		case *rbacv1.ClusterRoleBinding:
-			_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, v, co)
-		case *rbacv1.Role:
-			_, err = c.RbacV1().Roles(v.Namespace).Create(ctx, v, co)
-		case *rbacv1.RoleBinding:
-			_, err = c.RbacV1().RoleBindings(v.Namespace).Create(ctx, v, co)
-		case *admissionv1.ValidatingAdmissionPolicy:
-			_, err = c.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, v, co)
-		case *admissionv1.ValidatingAdmissionPolicyBinding:
-			_, err = c.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, v, co)
-		case *appsv1.Deployment, *appsv1.DaemonSet:
-			continue
-		default:
-			t.Fatalf("%s: %T: the test does not know how to apply it", renderedChart, o)
-		}
-		if err != nil {
-			t.Fatalf("apply %T: %v", o, err)
-		}
-	}
-}
-
-// tokenKubeconfig writes a kubeconfig whose only credential is token, for
-// processes inside the lab.
-func tokenKubeconfig(t *testing.T, l *lab.Lab, name, token string) string {
-	t.Helper()
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["lab"] = &clientcmdapi.Cluster{Server: lab.APIServerURL(), CertificateAuthority: l.RESTConfig.CAFile}
-	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: token}
-	cfg.Contexts["lab"] = &clientcmdapi.Context{Cluster: "lab", AuthInfo: name}
-	cfg.CurrentContext = "lab"
-	path := filepath.Join(l.Dir, name+".kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+	path, err := labmesh.TokenKubeconfig(l, name, token)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -285,7 +223,9 @@ func TestHelmRBAC(t *testing.T) {
 	if err := l.CreateNamespace(ctx, ns, nil); err != nil {
 		t.Fatal(err)
 	}
-	applyAccess(ctx, t, l.Client, objs)
+	if err := labmesh.ApplyAccess(ctx, l.Client, objs); err != nil {
+		t.Fatal(err)
+	}
 	node1, node2 := l.Nodes[0], l.Nodes[1]
 
 	// istiod in the network namespace of a pod made from its Deployment,
@@ -303,7 +243,7 @@ func TestHelmRBAC(t *testing.T) {
 	if add := discovery.SecurityContext.Capabilities.Add; len(add) > 0 {
 		t.Fatalf("istiod's container adds capabilities %v; this test runs it with none", add)
 	}
-	bin, args := setpriv(l.Binaries().Istiod, nil, append(slices.Clone(discovery.Args), "--kubeconfig", tokenKubeconfig(t, l, "istiod", istiodToken))...)
+	bin, args := setpriv(l.Binaries().Istiod, nil, append(slices.Clone(discovery.Args), "--kubeconfig", mustKubeconfig(t, l, "istiod", istiodToken))...)
 	istiod, err := l.StartProcessIn(istiodNS, "istiod", nil, bin, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -477,7 +417,7 @@ func TestHelmRBAC(t *testing.T) {
 	ac := ads.Spec.Template.Spec.Containers[0]
 	agentArgs := append(slices.Clone(ac.Args),
 		"--node-name", node1.Name,
-		"--kubeconfig", tokenKubeconfig(t, l, "ambit-cni-agent", agentToken),
+		"--kubeconfig", mustKubeconfig(t, l, "ambit-cni-agent", agentToken),
 		"--cni-conf-dir", node1.CNIConfDir,
 		"--cni-bin-dir", node1.CNIBinDir,
 		"--plugin-binary", l.Binaries().CNIPlugin,

@@ -33,6 +33,7 @@ import (
 const (
 	IstiodNamespace      = "istio-system"
 	ZtunnelSA            = "ztunnel"
+	IstiodSA             = "istiod"
 	IstiodXDSPort        = 15010
 	IstiodSecurePort     = 15012
 	IstiodMonitoringAddr = "127.0.0.1:15014"
@@ -123,10 +124,11 @@ func (m *Mesh) writeRoot(ctx context.Context) error {
 	return nil
 }
 
-// installIstioBase does what the Helm chart's base does: the CRDs, the
-// istio-system namespace, ztunnel's service account, and a kubeconfig
-// for istiod. The lab gives istiod a system:masters client certificate;
-// a real cluster gives it the chart's ClusterRole.
+// installIstioBase does what installing the Helm chart does before its
+// workloads run: the CRDs, the istio-system namespace, and the chart's
+// service accounts, RBAC, Service and admission policies, taken from the
+// rendered chart. istiod then runs with nothing but its service account's
+// token, so every test with istiod also checks the chart's RBAC.
 func (m *Mesh) installIstioBase(ctx context.Context) error {
 	root, err := lab.FindRoot()
 	if err != nil {
@@ -138,11 +140,23 @@ func (m *Mesh) installIstioBase(ctx context.Context) error {
 	if err := m.l.CreateNamespace(ctx, IstiodNamespace, nil); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: ZtunnelSA, Namespace: IstiodNamespace}}
-	if _, err := m.l.Client.CoreV1().ServiceAccounts(IstiodNamespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create service account %s/%s: %w", IstiodNamespace, ZtunnelSA, err)
+	objs, err := ChartObjects(filepath.Join(root, RenderedChart))
+	if err != nil {
+		return err
 	}
-	kc, err := m.l.KubeconfigFor("istiod", "system:serviceaccount:istio-system:istiod", "system:masters")
+	if err := ApplyAccess(ctx, m.l.Client, objs); err != nil {
+		return err
+	}
+	// A day: the interactive demo may run for hours. On a cluster the
+	// kubelet renews the projected token.
+	exp := int64(24 * 3600)
+	tr, err := m.l.Client.CoreV1().ServiceAccounts(IstiodNamespace).CreateToken(ctx, IstiodSA, &authnv1.TokenRequest{
+		Spec: authnv1.TokenRequestSpec{ExpirationSeconds: &exp},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("token for istiod: %w", err)
+	}
+	kc, err := TokenKubeconfig(m.l, "istiod", tr.Status.Token)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,8 @@
 // Package labmesh runs Ambit in a lab (internal/lab) the way the Helm chart
 // runs it on a cluster: istiod on the control-plane node, the node agent
 // and ztunnel on every node, as real processes. ztunnel takes its config
-// from istiod's workload discovery and its certificates from istiod's CA.
+// from istiod's workload discovery and its certificates from istiod's CA;
+// istiod runs with only the chart's RBAC (its service account's token).
 package labmesh
 
 import (
