@@ -567,20 +567,9 @@ func TestHelmRBAC(t *testing.T) {
 // waitRoot waits for the mesh root istiod publishes in ns.
 func waitRoot(ctx context.Context, t *testing.T, l *lab.Lab, ns string) *x509.CertPool {
 	t.Helper()
-	w, err := l.Client.CoreV1().ConfigMaps(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + ca.RootCertConfigMap})
+	roots, _, err := labmesh.WaitRoot(ctx, l, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Stop()
-	for ev := range w.ResultChan() {
-		if cm, ok := ev.Object.(*corev1.ConfigMap); ok && cm.Data[ca.RootCertKey] != "" {
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM([]byte(cm.Data[ca.RootCertKey])) {
-				t.Fatalf("configmap %s/%s: %s is not PEM", ns, ca.RootCertConfigMap, ca.RootCertKey)
-			}
-			return pool
-		}
-	}
-	t.Fatalf("configmap %s/%s: not published: %v", ns, ca.RootCertConfigMap, ctx.Err())
-	return nil
+	return roots
 }

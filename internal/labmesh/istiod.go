@@ -2,6 +2,7 @@ package labmesh
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -107,21 +108,39 @@ func (m *Mesh) Istiod() *lab.Process { return m.istiod }
 func (m *Mesh) RootCertPath() string { return filepath.Join(m.l.Dir, "istio-root-cert.pem") }
 
 func (m *Mesh) writeRoot(ctx context.Context) error {
-	var root string
-	err := lab.PollUntil(ctx, 30*time.Second, func() bool {
-		cm, err := m.l.Client.CoreV1().ConfigMaps(IstiodNamespace).Get(ctx, ca.RootCertConfigMap, metav1.GetOptions{})
-		if err == nil {
-			root = cm.Data[ca.RootCertKey]
-		}
-		return root != ""
-	})
+	_, root, err := WaitRoot(ctx, m.l, IstiodNamespace)
 	if err != nil {
-		return fmt.Errorf("wait for configmap %s/%s: %w", IstiodNamespace, ca.RootCertConfigMap, err)
+		return err
 	}
 	if err := os.WriteFile(m.RootCertPath(), []byte(root), 0o644); err != nil {
 		return fmt.Errorf("write mesh root: %w", err)
 	}
 	return nil
+}
+
+// WaitRoot waits, watching, until istiod has published the mesh root in
+// namespace ns (ConfigMap istio-ca-root-cert) and returns it as a pool
+// and as PEM.
+func WaitRoot(ctx context.Context, l *lab.Lab, ns string) (*x509.CertPool, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	w, err := l.Client.CoreV1().ConfigMaps(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + ca.RootCertConfigMap})
+	if err != nil {
+		return nil, "", fmt.Errorf("watch configmap %s/%s: %w", ns, ca.RootCertConfigMap, err)
+	}
+	defer w.Stop()
+	for ev := range w.ResultChan() {
+		cm, ok := ev.Object.(*corev1.ConfigMap)
+		if !ok || cm.Data[ca.RootCertKey] == "" {
+			continue
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM([]byte(cm.Data[ca.RootCertKey])) {
+			return nil, "", fmt.Errorf("configmap %s/%s: %s is not PEM", ns, ca.RootCertConfigMap, ca.RootCertKey)
+		}
+		return pool, cm.Data[ca.RootCertKey], nil
+	}
+	return nil, "", fmt.Errorf("configmap %s/%s: not published: %w", ns, ca.RootCertConfigMap, ctx.Err())
 }
 
 // installIstioBase does what installing the Helm chart does before its

@@ -30,6 +30,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/labmesh"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/server"
 	"github.com/ambitmesh/ambit/istiod/xds"
@@ -46,29 +47,6 @@ func csrFor(t *testing.T, key crypto.Signer, uri string) string {
 		t.Fatal(err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
-}
-
-// rootFromConfigMap waits, by watching, for the published root in ns.
-func rootFromConfigMap(ctx context.Context, t *testing.T, l *lab.Lab, ns string) *x509.CertPool {
-	t.Helper()
-	w, err := l.Client.CoreV1().ConfigMaps(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + ca.RootCertConfigMap})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Stop()
-	for ev := range w.ResultChan() {
-		cm, ok := ev.Object.(*corev1.ConfigMap)
-		if !ok || cm.Data[ca.RootCertKey] == "" {
-			continue
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM([]byte(cm.Data[ca.RootCertKey])) {
-			t.Fatalf("configmap %s/%s: root-cert.pem is not PEM", ns, ca.RootCertConfigMap)
-		}
-		return pool
-	}
-	t.Fatalf("configmap %s/%s: not published: %v", ns, ca.RootCertConfigMap, ctx.Err())
-	return nil
 }
 
 func TestCAInLab(t *testing.T) {
@@ -115,7 +93,10 @@ func TestCAInLab(t *testing.T) {
 			t.Errorf("istiod run: %v", err)
 		}
 	})
-	roots := rootFromConfigMap(ctx, t, l, "app")
+	roots, _, err := labmesh.WaitRoot(ctx, l, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	cc, err := grpc.NewClient(s.SecureAddr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 		RootCAs: roots, ServerName: "istiod.istio-system.svc",
