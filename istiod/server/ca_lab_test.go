@@ -85,14 +85,7 @@ func TestCAInLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("istiod run: %v", err)
-		}
-	})
+	runServer(t, ctx, cancel, s)
 	roots, _, err := labmesh.WaitRoot(ctx, l, "app")
 	if err != nil {
 		t.Fatal(err)

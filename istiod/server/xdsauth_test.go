@@ -68,14 +68,7 @@ func TestXDSAuthentication(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("istiod run: %v", err)
-		}
-	})
+	runServer(t, ctx, cancel, s)
 	roots := x509.NewCertPool()
 	for ev := range w.ResultChan() {
 		if cm, ok := ev.Object.(*corev1.ConfigMap); ok && cm.Name == ca.RootCertConfigMap && roots.AppendCertsFromPEM([]byte(cm.Data[ca.RootCertKey])) {
