@@ -219,21 +219,15 @@ func (c *Client) check(id identity.Identity, key *ecdsa.PrivateKey, chain []stri
 	if n := len(rest); n > 0 && selfSigned(rest[n-1]) {
 		rest = rest[:n-1]
 	}
-	inter := x509.NewCertPool()
-	for _, ic := range rest {
-		inter.AddCert(ic)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots: c.cfg.Roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	}); err != nil {
+	got, err := (&identity.Verifier{Roots: c.cfg.Roots}).VerifyCertificates(append([]*x509.Certificate{leaf}, rest...))
+	switch {
+	case errors.Is(err, identity.ErrNoIdentity):
+		return nil, fmt.Errorf("%w: asked for %s: %w", ErrWrongIdentity, id, err)
+	case err != nil:
 		return nil, fmt.Errorf("%w: %w", ErrUntrustedChain, err)
 	}
 	if !key.PublicKey.Equal(leaf.PublicKey) {
 		return nil, fmt.Errorf("%w: the leaf is not for the key of the request", ErrBadChain)
-	}
-	got, err := identity.FromCertificate(leaf)
-	if err != nil {
-		return nil, fmt.Errorf("%w: asked for %s: %w", ErrWrongIdentity, id, err)
 	}
 	if got != id {
 		return nil, fmt.Errorf("%w: got %s, want %s", ErrWrongIdentity, got, id)
