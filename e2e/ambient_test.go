@@ -357,6 +357,10 @@ func TestAmbient(t *testing.T) {
 		if err := mesh.StartIstiod(ctx, labmesh.IstiodOptions{CertTTL: certTTL}); err != nil {
 			t.Fatal(err)
 		}
+		// 20s certificates may have expired while the CA was away.
+		if err := mesh.WaitCertificates(ctx); err != nil {
+			t.Fatal(err)
+		}
 		waitEnrolled(t, "d")
 		wantReach(t, "shop", "a", addr("d"), "d")
 	})
