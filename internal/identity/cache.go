@@ -43,9 +43,14 @@ const (
 	DefaultFetchTimeout = 30 * time.Second
 )
 
+// UnavailableRetry is the longest wait between retries for an identity
+// that has no valid certificate.
+const UnavailableRetry = 5 * time.Second
+
 // DefaultBackoff spaces the retries of a failed fetch: 1s, 2s, 4s, ...
-// up to a minute (Istio's ztunnel retries every minute), each plus up
-// to 10% at random so that ztunnels do not retry in step.
+// up to a minute while a valid certificate remains (at most
+// UnavailableRetry once none does), each plus up to 10% at random so that
+// ztunnels do not retry in step.
 var DefaultBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Jitter: 0.1, Steps: math.MaxInt32, Cap: time.Minute}
 
 // Cache manages the certificates of the identities it tracks, as Istio's
@@ -338,10 +343,14 @@ func (c *Cache) refresh(ctx context.Context, id Identity, e *entry) {
 		}
 		// Never wait past the current certificate's expiry: a retry
 		// scheduled after it would leave the identity without one.
-		if cur := c.Current(id); cur != nil && err != nil {
-			if left := max(cur.Leaf.NotAfter.Sub(now)/2, 100*time.Millisecond); delay > left {
-				delay = left
+		// And without a valid certificate the identity's connections all
+		// fail: retry at least every UnavailableRetry.
+		if err != nil {
+			limit := UnavailableRetry
+			if cur := c.Current(id); cur != nil {
+				limit = max(cur.Leaf.NotAfter.Sub(now)/2, 100*time.Millisecond)
 			}
+			delay = min(delay, limit)
 		}
 		next := now.Add(delay)
 		// The timer exists before anyone hears of this fetch, so a test

@@ -253,7 +253,9 @@ func TestCacheExpiresWithoutSuccess(t *testing.T) {
 		m.clk.SetTime(ev.Next)
 	}
 	m.fetch().fail(caDown)
-	m.refreshed()
+	if ev := m.refreshed(); ev.Next.Sub(m.clk.Now()) > UnavailableRetry {
+		t.Errorf("retry without a valid certificate: got in %v, want at most %v", ev.Next.Sub(m.clk.Now()), UnavailableRetry)
+	}
 
 	got, err := m.current(idA)
 	if got != nil || !errors.Is(err, ErrNoCertificate) || !errors.Is(err, caDown) {
