@@ -3,16 +3,13 @@ package hbone
 import (
 	"context"
 	"crypto/tls"
-	"errors"
-	"fmt"
-	"io"
+		"fmt"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
-	"os"
-	"sync"
-	"time"
+	"strings"
+
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambitmesh/ambit/internal/identity"
 )
@@ -37,8 +34,7 @@ type ClientConn struct {
 	addr netip.AddrPort
 	peer identity.Identity
 	cert *tls.Certificate
-	cc   *http.ClientConn
-	tls  *tls.Conn
+	c    *conn
 }
 
 // Dial opens a tunnel connection to addr (a peer's ip:15008), presenting
@@ -55,108 +51,45 @@ func Dial(ctx context.Context, addr netip.AddrPort, cfg ClientConfig) (*ClientCo
 	if cfg.Expected.IsZero() {
 		return nil, fmt.Errorf("dial hbone %s: no expected peer identity", addr)
 	}
-	var tconn *tls.Conn
-	var sc *settingsConn
+	var d interface {
+		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	} = &net.Dialer{}
+	if cfg.Dialer != nil {
+		d = cfg.Dialer
+	}
+	raw, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("dial hbone %s: %w", addr, err)
+	}
 	var peer identity.Identity
-	tr := &http.Transport{
-		DialTLSContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-			var d interface {
-				DialContext(ctx context.Context, network, addr string) (net.Conn, error)
-			} = &net.Dialer{}
-			if cfg.Dialer != nil {
-				d = cfg.Dialer
-			}
-			raw, err := d.DialContext(ctx, "tcp", a)
-			if err != nil {
-				return nil, err
-			}
-			tc := tls.Client(raw, clientTLSConfig(cfg, &peer))
-			hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-			defer cancel()
-			if err := tc.HandshakeContext(hctx); err != nil {
-				raw.Close()
-				return nil, fmt.Errorf("tls handshake: %w", err)
-			}
-			if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
-				tc.Close()
-				return nil, fmt.Errorf("tls handshake: peer negotiated %q, want %q", p, ALPN)
-			}
-			tconn = tc
-			sc = &settingsConn{Conn: tc, applied: make(chan struct{})}
-			return sc, nil
-		},
-		HTTP2:     http2Config(),
-		Protocols: new(http.Protocols),
-	}
-	// HTTP/2 with prior knowledge over the connection above: TLS and ALPN
-	// h2 are done and checked by then, and the wire is HBONE's all the
-	// same. It lets settingsConn, not a *tls.Conn, be the connection.
-	tr.Protocols.SetUnencryptedHTTP2(true)
-	cc, err := tr.NewClientConn(ctx, "https", addr.String())
-	if err != nil {
-		return nil, fmt.Errorf("dial hbone %s: %w", addr, err)
-	}
-	// The first stream's request body is framed with the frame size known
-	// when the stream starts, for its whole life: start none before the
-	// peer's SETTINGS (frame size, windows) apply.
-	wctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	tc := tls.Client(raw, clientTLSConfig(cfg, &peer))
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
-	select {
-	case <-sc.applied:
-	case <-wctx.Done():
-		cc.Close()
-		return nil, fmt.Errorf("dial hbone %s: wait for the peer's settings: %w", addr, wctx.Err())
+	if err := tc.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("dial hbone %s: tls handshake: %w", addr, err)
 	}
-	if err := cc.Err(); err != nil {
-		cc.Close()
+	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
+		tc.Close()
+		return nil, fmt.Errorf("dial hbone %s: tls handshake: peer negotiated %q, want %q", addr, p, ALPN)
+	}
+	c := newConn(tc, false)
+	if err := c.start(); err != nil {
+		tc.Close()
 		return nil, fmt.Errorf("dial hbone %s: %w", addr, err)
 	}
-	return &ClientConn{addr: addr, peer: peer, cert: cfg.Certificate, cc: cc, tls: tconn}, nil
-}
-
-// settingsConn is a client's TLS connection as its HTTP/2 layer reads
-// it. A peer's first frame is its SETTINGS; the layer reads frames one at
-// a time and applies each before it reads on, so once it has read that
-// frame whole and asks for more, the settings apply. settingsConn closes
-// applied then (or when reading fails).
-type settingsConn struct {
-	*tls.Conn
-	applied chan struct{}
-	once    sync.Once
-	// Read runs on the HTTP/2 layer's one reading goroutine: the fields
-	// below are its own.
-	header  [9]byte // the first frame's header, as read so far
-	nheader int
-	left    int  // payload of the first frame not yet read
-	read    bool // the first frame has been read whole
-}
-
-func (c *settingsConn) Read(p []byte) (int, error) {
-	if c.read {
-		c.once.Do(func() { close(c.applied) })
-		return c.Conn.Read(p)
+	go c.readLoop()
+	// A stream's frames are sized by the peer's settings: start none
+	// before they apply.
+	select {
+	case <-c.settings:
+	case <-c.closed:
+		return nil, fmt.Errorf("dial hbone %s: %w", addr, c.Err())
+	case <-hctx.Done():
+		c.Close()
+		return nil, fmt.Errorf("dial hbone %s: wait for the peer's settings: %w", addr, hctx.Err())
 	}
-	n, err := c.Conn.Read(p)
-	c.observe(p[:n])
-	if err != nil {
-		c.once.Do(func() { close(c.applied) })
-	}
-	return n, err
-}
-
-// observe follows the first frame through the bytes read.
-func (c *settingsConn) observe(b []byte) {
-	if c.nheader < len(c.header) {
-		k := copy(c.header[c.nheader:], b)
-		c.nheader += k
-		b = b[k:]
-		if c.nheader < len(c.header) {
-			return
-		}
-		c.left = int(c.header[0])<<16 | int(c.header[1])<<8 | int(c.header[2])
-	}
-	c.left -= min(c.left, len(b))
-	c.read = c.left == 0
+	return &ClientConn{addr: addr, peer: peer, cert: cfg.Certificate, c: c}, nil
 }
 
 func clientTLSConfig(cfg ClientConfig, peer *identity.Identity) *tls.Config {
@@ -192,22 +125,36 @@ func (c *ClientConn) Peer() identity.Identity { return c.peer }
 func (c *ClientConn) Certificate() *tls.Certificate { return c.cert }
 
 // Close closes the connection and every stream on it.
-func (c *ClientConn) Close() error { return c.cc.Close() }
+func (c *ClientConn) Close() error { return c.c.Close() }
 
 // Err is non-nil once the connection can no longer be used.
-func (c *ClientConn) Err() error { return c.cc.Err() }
+func (c *ClientConn) Err() error { return c.c.Err() }
 
 // Available is how many more streams the connection takes now, as the
-// peer's SETTINGS_MAX_CONCURRENT_STREAMS allows.
-func (c *ClientConn) Available() int { return c.cc.Available() }
+// peer's SETTINGS_MAX_CONCURRENT_STREAMS allows; none once the peer
+// said GOAWAY.
+func (c *ClientConn) Available() int {
+	c.c.mu.Lock()
+	defer c.c.mu.Unlock()
+	if c.c.err != nil || c.c.goAwayRecv {
+		return 0
+	}
+	return max(0, int(c.c.peer.maxStreams)-c.c.active)
+}
 
 // InFlight is the number of open streams.
-func (c *ClientConn) InFlight() int { return c.cc.InFlight() }
+func (c *ClientConn) InFlight() int {
+	c.c.mu.Lock()
+	defer c.c.mu.Unlock()
+	return c.c.active
+}
 
-// SetStateHook registers f to run when streams open or close or the
-// connection closes.
+// SetStateHook registers f to run when streams close or the connection
+// closes. f runs without the connection's locks held.
 func (c *ClientConn) SetStateHook(f func()) {
-	c.cc.SetStateHook(func(*http.ClientConn) { f() })
+	c.c.mu.Lock()
+	defer c.c.mu.Unlock()
+	c.c.hook = f
 }
 
 // Connect opens a CONNECT stream to target through the peer. ctx bounds
@@ -215,82 +162,80 @@ func (c *ClientConn) SetStateHook(f func()) {
 // request headers (e.g. Forwarded). A refusal by the peer is a
 // *StatusError.
 func (c *ClientConn) Connect(ctx context.Context, target netip.AddrPort, header http.Header) (net.Conn, error) {
-	pr, pw := io.Pipe()
-	sctx, cancel := context.WithCancel(context.Background())
-	stop := context.AfterFunc(ctx, cancel)
-	req := (&http.Request{
-		Method: http.MethodConnect,
-		URL:    &url.URL{Scheme: "https", Host: target.String()},
-		Host:   target.String(),
-		Header: http.Header{},
-		Body:   pr,
-		// A CONNECT body has no length: the stream is the tunnel.
-		ContentLength: -1,
-	}).WithContext(sctx)
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := c.cc.RoundTrip(req)
-	if !stop() && err == nil {
-		err = ctx.Err()
-		resp.Body.Close()
-	}
+	st, err := c.request(ctx, http.MethodConnect, target.String(), header)
 	if err != nil {
-		cancel()
-		pw.Close()
 		return nil, fmt.Errorf("hbone connect %s via %s: %w", target, c.addr, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		cancel()
-		pw.Close()
-		resp.Body.Close()
-		return nil, fmt.Errorf("hbone connect %s via %s: %w", target, c.addr, &StatusError{Code: resp.StatusCode})
+	st.remote = net.TCPAddrFromAddrPort(target)
+	return st, nil
+}
+
+// request opens a stream with a request of method to authority and waits
+// for the response: a stream answered 200, an error otherwise.
+func (c *ClientConn) request(ctx context.Context, method, authority string, header http.Header) (*stream, error) {
+	fields := []hpack.HeaderField{{Name: ":method", Value: method}, {Name: ":authority", Value: authority}}
+	if method != http.MethodConnect {
+		fields = append(fields, hpack.HeaderField{Name: ":scheme", Value: "https"}, hpack.HeaderField{Name: ":path", Value: "/"})
 	}
-	return &clientStream{
-		w:      pw,
-		body:   resp.Body,
-		cancel: cancel,
-		local:  c.tls.LocalAddr(),
-		remote: net.TCPAddrFromAddrPort(target),
-	}, nil
-}
-
-// clientStream is one CONNECT stream seen as a connection.
-type clientStream struct {
-	w      *io.PipeWriter
-	body   io.ReadCloser
-	cancel context.CancelFunc
-	local  net.Addr
-	remote net.Addr
-	once   sync.Once
-}
-
-func (s *clientStream) Read(p []byte) (int, error) { return s.body.Read(p) }
-
-func (s *clientStream) Write(p []byte) (int, error) {
-	n, err := s.w.Write(p)
-	if errors.Is(err, io.ErrClosedPipe) {
-		err = net.ErrClosed
+	for k, vs := range header {
+		name := strings.ToLower(k)
+		for _, v := range vs {
+			f := hpack.HeaderField{Name: name, Value: v}
+			if f.IsPseudo() || !validField(f) {
+				return nil, fmt.Errorf("invalid request header %q", k)
+			}
+			fields = append(fields, f)
+		}
 	}
-	return n, err
+	hc := c.c
+	// Stream ids must reach the peer in increasing order: the id is
+	// taken and its HEADERS written under the write lock.
+	hc.wmu.Lock()
+	hc.mu.Lock()
+	switch {
+	case hc.err != nil:
+		err := hc.err
+		hc.mu.Unlock()
+		hc.wmu.Unlock()
+		return nil, fmt.Errorf("%w: %w", ErrConnClosed, err)
+	case hc.goAwayRecv:
+		hc.mu.Unlock()
+		hc.wmu.Unlock()
+		return nil, fmt.Errorf("%w: the peer sent GOAWAY", ErrRefusedStream)
+	case hc.active >= int(hc.peer.maxStreams):
+		hc.mu.Unlock()
+		hc.wmu.Unlock()
+		return nil, fmt.Errorf("%w: %d streams open, the peer allows %d", ErrRefusedStream, hc.active, hc.peer.maxStreams)
+	case hc.nextID > maxWindow:
+		hc.mu.Unlock()
+		hc.wmu.Unlock()
+		return nil, fmt.Errorf("%w: stream ids exhausted", ErrRefusedStream)
+	}
+	id := hc.nextID
+	hc.nextID += 2
+	st := hc.newStreamLocked(id)
+	hc.mu.Unlock()
+	err := hc.writeHeadersLocked(id, fields, false)
+	hc.wmu.Unlock()
+	st.local = hc.nc.LocalAddr()
+	if err != nil {
+		hc.fail(err)
+		st.abort(err)
+		return nil, err
+	}
+	select {
+	case r := <-st.resp:
+		if r.err != nil {
+			st.Close()
+			return nil, r.err
+		}
+		if r.status != http.StatusOK {
+			st.Close()
+			return nil, &StatusError{Code: r.status}
+		}
+		return st, nil
+	case <-ctx.Done():
+		st.reset(codeCancel, ctx.Err())
+		return nil, ctx.Err()
+	}
 }
-
-// CloseWrite ends the stream's sending side (END_STREAM); reading goes on.
-func (s *clientStream) CloseWrite() error { return s.w.Close() }
-
-func (s *clientStream) Close() error {
-	s.once.Do(func() {
-		s.w.Close()
-		s.body.Close()
-		s.cancel()
-	})
-	return nil
-}
-
-func (s *clientStream) LocalAddr() net.Addr  { return s.local }
-func (s *clientStream) RemoteAddr() net.Addr { return s.remote }
-
-// Deadlines are not supported on streams: close the stream instead.
-func (s *clientStream) SetDeadline(time.Time) error      { return os.ErrNoDeadline }
-func (s *clientStream) SetReadDeadline(time.Time) error  { return os.ErrNoDeadline }
-func (s *clientStream) SetWriteDeadline(time.Time) error { return os.ErrNoDeadline }

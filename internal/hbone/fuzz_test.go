@@ -5,9 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
-	"strings"
 	"testing"
 )
 
@@ -50,12 +48,13 @@ func FuzzCONNECT(f *testing.F) {
 				return a, nil
 			},
 		}
-		req := httptest.NewRequest(http.MethodGet, "/", strings.NewReader(""))
-		req.Method = method
-		req.Host = authority
-		req.Header.Set(HeaderForwarded, forwarded)
-		w := httptest.NewRecorder()
-		s.handle(w, req, connInfo{peer: clientID})
+		h := http.Header{}
+		h.Set(HeaderForwarded, forwarded)
+		d := s.decide(t.Context(), connInfo{peer: clientID}, requestHead{method: method, authority: authority, header: h})
+		if d.upstream != nil {
+			d.upstream.Close()
+		}
+		w := struct{ Code int }{d.code}
 		switch w.Code {
 		case http.StatusOK, http.StatusBadRequest, http.StatusUnauthorized, http.StatusServiceUnavailable:
 		default:

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -201,22 +200,19 @@ func TestManyStreamsOneConn(t *testing.T) {
 	}
 }
 
-// rawRequest sends an arbitrary request over a tunnel connection.
+// rawRequest sends an arbitrary request over a tunnel connection and
+// returns the response status.
 func rawRequest(t *testing.T, cc *ClientConn, method, authority string) int {
 	t.Helper()
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	req := &http.Request{Method: method, URL: &url.URL{Scheme: "https", Host: authority, Path: "/"}, Host: authority, Header: http.Header{}, Body: pr, ContentLength: -1}
-	if method != http.MethodConnect {
-		req.Body = nil
-		req.ContentLength = 0
-	}
-	resp, err := cc.cc.RoundTrip(req)
+	st, err := cc.request(t.Context(), method, authority, nil)
 	if err != nil {
+		if code := StatusCode(err); code != 0 {
+			return code
+		}
 		t.Fatalf("%s %s: %v", method, authority, err)
 	}
-	resp.Body.Close()
-	return resp.StatusCode
+	st.Close()
+	return http.StatusOK
 }
 
 func TestRefusedRequests(t *testing.T) {

@@ -11,10 +11,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
+	"strconv"
 	"sync"
-	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambitmesh/ambit/internal/identity"
 )
@@ -53,8 +55,12 @@ type Server struct {
 	// Log receives handshake failures and refusals; nil discards them.
 	Log *slog.Logger
 
-	mu  sync.Mutex
-	srv *http.Server
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	// drained is closed when the last connection ends after shutdown.
+	drained  chan struct{}
+	shutdown bool
 }
 
 func (s *Server) log() *slog.Logger {
@@ -74,32 +80,52 @@ const (
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
-var ErrServerClosed = http.ErrServerClosed
-
-func (s *Server) server() *http.Server {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.srv == nil {
-		s.srv = &http.Server{
-			Handler:           http.HandlerFunc(s.serveHTTP),
-			TLSConfig:         s.TLSConfig(),
-			Protocols:         new(http.Protocols),
-			HTTP2:             http2Config(),
-			ReadHeaderTimeout: handshakeTimeout,
-			// Close tunnel connections that carry no stream for this long.
-			IdleTimeout: idleTimeout,
-			ErrorLog:    slog.NewLogLogger(s.log().Handler(), slog.LevelInfo),
-		}
-		s.srv.Protocols.SetHTTP2(true)
-	}
-	return s.srv
-}
+var ErrServerClosed = errors.New("hbone server closed")
 
 // Serve accepts TCP connections on ln and serves HBONE on them until the
 // server is shut down. Handshake failures are logged, with the reason the
 // peer was refused.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.server().ServeTLS(ln, "", "")
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	if s.listeners == nil {
+		s.listeners = map[net.Listener]struct{}{}
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var delay time.Duration
+	for {
+		raw, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			down := s.shutdown
+			s.mu.Unlock()
+			if down {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors or a transient failure: back off
+				// rather than spin.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log().Warn("hbone accept failed", logKeyError, err.Error())
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("accept hbone: %w", err)
+		}
+		delay = 0
+		go s.serveConn(raw)
+	}
 }
 
 // TLSConfig is the server side of HBONE's TLS: 1.3 only, ALPN h2, a
@@ -121,23 +147,85 @@ func (s *Server) TLSConfig() *tls.Config {
 	})
 }
 
-func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.ProtoMajor != 2 || r.TLS == nil {
-		http.Error(w, "hbone needs HTTP/2 over TLS", http.StatusBadRequest)
+// serveConn runs one tunnel connection: TLS, the HTTP/2 preface and
+// settings, then frames until it ends.
+func (s *Server) serveConn(raw net.Conn) {
+	ci := connInfo{peerAddr: AddrPort(raw.RemoteAddr()), localAddr: AddrPort(raw.LocalAddr())}
+	tc := tls.Server(raw, s.TLSConfig())
+	refuse := func(msg string, err error) {
+		s.log().Info(msg, logKeyPeerAddr, ci.peerAddr.String(), logKeyError, err.Error())
+		tc.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		refuse("hbone handshake failed", err)
 		return
 	}
-	peer, err := identity.FromConnectionState(*r.TLS)
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol != ALPN {
+		refuse("hbone handshake failed", fmt.Errorf("client negotiated ALPN %q, want %q", cs.NegotiatedProtocol, ALPN))
+		return
+	}
+	peer, err := identity.FromConnectionState(cs)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusUnauthorized)
+		refuse("hbone handshake failed", err)
 		return
 	}
-	ci := connInfo{peer: peer}
-	ci.peerAddr, _ = netip.ParseAddrPort(r.RemoteAddr)
-	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		ci.localAddr = AddrPort(la)
+	ci.peer = peer
+	tc.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	var pre [len(preface)]byte
+	if _, err := io.ReadFull(tc, pre[:]); err != nil || string(pre[:]) != preface {
+		if err == nil {
+			err = fmt.Errorf("got %q, want the HTTP/2 connection preface", pre[:])
+		}
+		refuse("hbone preface refused", err)
+		return
 	}
-	ci.peerAddr = netip.AddrPortFrom(ci.peerAddr.Addr().Unmap(), ci.peerAddr.Port())
-	s.handle(w, r, ci)
+	tc.SetReadDeadline(time.Time{})
+	c := newConn(tc, true)
+	c.onRequest = func(st *stream, fields []hpack.HeaderField) {
+		st.local = net.TCPAddrFromAddrPort(ci.localAddr)
+		st.remote = net.TCPAddrFromAddrPort(ci.peerAddr)
+		go s.serveStream(st, fields, ci)
+	}
+	if !s.track(c, true) {
+		tc.Close()
+		return
+	}
+	defer s.track(c, false)
+	if err := c.start(); err != nil {
+		c.fail(err)
+		return
+	}
+	c.idleAfter(idleTimeout)
+	c.readLoop()
+	if err := c.Err(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
+		s.log().Info("hbone connection failed", logKeyPeer, peer.String(), logKeyPeerAddr, ci.peerAddr.String(), logKeyError, err.Error())
+	}
+}
+
+// track adds or removes a connection; it refuses to add one once the
+// server shuts down.
+func (s *Server) track(c *conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.shutdown {
+			return false
+		}
+		if s.conns == nil {
+			s.conns = map[*conn]struct{}{}
+		}
+		s.conns[c] = struct{}{}
+		return true
+	}
+	delete(s.conns, c)
+	if s.shutdown && len(s.conns) == 0 && s.drained != nil {
+		close(s.drained)
+		s.drained = nil
+	}
+	return true
 }
 
 type connInfo struct {
@@ -173,110 +261,201 @@ func ParseTarget(method, authority string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
-// handle is the CONNECT logic, apart from the connection so that fuzzing
-// can drive it.
-func (s *Server) handle(w http.ResponseWriter, r *http.Request, ci connInfo) {
-	target, err := ParseTarget(r.Method, r.Host)
+// requestHead is what a request's header block says.
+type requestHead struct {
+	method, authority string
+	header            http.Header
+}
+
+// parseRequest reads a request's header block. A CONNECT carries
+// :method and :authority only (RFC 9113 section 8.5); other methods
+// come with :scheme and :path, and are refused later.
+func parseRequest(fields []hpack.HeaderField) (requestHead, error) {
+	r := requestHead{header: http.Header{}}
+	regular := false
+	var scheme, path, protocol bool
+	for _, f := range fields {
+		if !validField(f) {
+			return r, fmt.Errorf("%w: invalid header field %q", ErrBadRequest, f.Name)
+		}
+		if !f.IsPseudo() {
+			regular = true
+			r.header.Add(f.Name, f.Value)
+			continue
+		}
+		if regular {
+			return r, fmt.Errorf("%w: pseudo-header %s after regular headers", ErrBadRequest, f.Name)
+		}
+		var dup bool
+		switch f.Name {
+		case ":method":
+			dup, r.method = r.method != "", f.Value
+		case ":authority":
+			dup, r.authority = r.authority != "", f.Value
+		case ":scheme":
+			dup, scheme = scheme, true
+		case ":path":
+			dup, path = path, true
+		case ":protocol":
+			dup, protocol = protocol, true
+		default:
+			return r, fmt.Errorf("%w: unknown pseudo-header %s", ErrBadRequest, f.Name)
+		}
+		if dup {
+			return r, fmt.Errorf("%w: pseudo-header %s twice", ErrBadRequest, f.Name)
+		}
+	}
+	if r.method == "" {
+		return r, fmt.Errorf("%w: no :method", ErrBadRequest)
+	}
+	if r.method == http.MethodConnect && (scheme || path || protocol) {
+		return r, fmt.Errorf("%w: CONNECT with :scheme, :path or :protocol (extended CONNECT is not HBONE)", ErrBadRequest)
+	}
+	return r, nil
+}
+
+// serveStream answers one request and, if approved, runs its tunnel.
+func (s *Server) serveStream(st *stream, fields []hpack.HeaderField, ci connInfo) {
+	defer st.releaseSlot()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	head, err := parseRequest(fields)
+	var d decision
 	if err != nil {
-		s.refuse(w, ci, r.Host, http.StatusBadRequest, err)
+		d = decision{code: http.StatusBadRequest, err: err}
+	} else {
+		d = s.decide(ctx, ci, head)
+	}
+	if d.code != http.StatusOK {
+		s.refuse(st, ci, head.authority, d.code, d.err)
 		return
 	}
-	req := &Request{Peer: ci.peer, PeerAddr: ci.peerAddr, LocalAddr: ci.localAddr, Target: target, Header: r.Header}
-	ctx := r.Context()
-	if s.Authorize == nil {
-		s.refuse(w, ci, r.Host, http.StatusUnauthorized, errors.New("no authorization hook"))
+	if err := st.c.writeHeaders(st.id, []hpack.HeaderField{{Name: ":status", Value: "200"}}, false); err != nil {
+		d.upstream.Close()
+		st.Close()
 		return
+	}
+	if s.Handle != nil {
+		s.Handle(ctx, d.req, st, d.upstream)
+		st.Close()
+		return
+	}
+	Join(st, d.upstream)
+}
+
+// decision is the answer to a request: 200 with a connected upstream, or
+// a refusal.
+type decision struct {
+	code     int
+	err      error
+	req      *Request
+	upstream net.Conn
+}
+
+// decide is the CONNECT logic, apart from the connection so that fuzzing
+// can drive it.
+func (s *Server) decide(ctx context.Context, ci connInfo, head requestHead) decision {
+	target, err := ParseTarget(head.method, head.authority)
+	if err != nil {
+		return decision{code: http.StatusBadRequest, err: err}
+	}
+	req := &Request{Peer: ci.peer, PeerAddr: ci.peerAddr, LocalAddr: ci.localAddr, Target: target, Header: head.header}
+	if s.Authorize == nil {
+		return decision{code: http.StatusUnauthorized, err: errors.New("no authorization hook")}
 	}
 	if err := s.Authorize(ctx, req); err != nil {
 		code := http.StatusUnauthorized
 		if errors.Is(err, ErrBadRequest) {
 			code = http.StatusBadRequest
 		}
-		s.refuse(w, ci, r.Host, code, err)
-		return
+		return decision{code: code, err: err}
 	}
 	if s.Dial == nil {
-		s.refuse(w, ci, r.Host, http.StatusServiceUnavailable, errors.New("no dial hook"))
-		return
+		return decision{code: http.StatusServiceUnavailable, err: errors.New("no dial hook")}
 	}
 	up, err := s.Dial(ctx, req)
 	if err != nil {
-		s.refuse(w, ci, r.Host, http.StatusServiceUnavailable, err)
-		return
+		return decision{code: http.StatusServiceUnavailable, err: err}
 	}
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	if err := rc.Flush(); err != nil {
-		up.Close()
-		return
-	}
-	stream := &serverStream{body: r.Body, w: w, rc: rc, local: net.TCPAddrFromAddrPort(ci.localAddr), remote: net.TCPAddrFromAddrPort(ci.peerAddr)}
-	if s.Handle != nil {
-		s.Handle(ctx, req, stream, up)
-		return
-	}
-	Join(stream, up)
+	return decision{code: http.StatusOK, req: req, upstream: up}
 }
 
-func (s *Server) refuse(w http.ResponseWriter, ci connInfo, authority string, code int, err error) {
+// refuse answers a request with an error status and the reason as a
+// text body, then ends the stream.
+func (s *Server) refuse(st *stream, ci connInfo, authority string, code int, err error) {
 	s.log().Info("hbone connect refused", logKeyPeer, ci.peer.String(), logKeyPeerAddr, ci.peerAddr.String(),
 		logKeyAuthority, authority, logKeyStatus, code, logKeyError, err.Error())
-	http.Error(w, err.Error(), code)
+	c := st.c
+	if c.writeHeaders(st.id, []hpack.HeaderField{
+		{Name: ":status", Value: strconv.Itoa(code)},
+		{Name: "content-type", Value: "text/plain; charset=utf-8"},
+	}, false) != nil {
+		st.Close()
+		return
+	}
+	st.Write([]byte(err.Error() + "\n"))
+	st.CloseWrite()
+	// The client need not send the rest of its request (RFC 9113
+	// section 8.1): NO_ERROR.
+	st.mu.Lock()
+	ended := st.recvEnd
+	st.mu.Unlock()
+	if !ended {
+		st.reset(codeNo, errors.New("request refused"))
+	}
+	st.Close()
 }
 
-// Shutdown stops accepting, waits for open streams to end until ctx is
-// done, then closes every connection.
+// Shutdown stops accepting, tells clients to open no more streams
+// (GOAWAY), waits for open streams to end until ctx is done, then closes
+// every connection.
 func (s *Server) Shutdown(ctx context.Context) error {
-	srv := s.server()
-	err := srv.Shutdown(ctx)
-	srv.Close()
-	if err != nil {
-		return fmt.Errorf("drain hbone streams: %w", err)
+	s.mu.Lock()
+	s.shutdown = true
+	for ln := range s.listeners {
+		ln.Close()
 	}
-	return nil
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	var drained chan struct{}
+	if len(s.conns) > 0 {
+		if s.drained == nil {
+			s.drained = make(chan struct{})
+		}
+		drained = s.drained
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.goAway()
+	}
+	if drained == nil {
+		return nil
+	}
+	select {
+	case <-drained:
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return fmt.Errorf("drain hbone streams: %w", ctx.Err())
+	}
 }
 
 // Close closes listeners and connections at once.
-func (s *Server) Close() error { return s.server().Close() }
-
-// serverStream is the server end of a CONNECT stream as a connection.
-type serverStream struct {
-	closed atomic.Bool
-	body   io.ReadCloser
-	w      http.ResponseWriter
-	rc     *http.ResponseController
-	local  net.Addr
-	remote net.Addr
-}
-
-// Read reads from the request body. After Close it reports net.ErrClosed,
-// as a connection does, rather than the HTTP/2 server's "body closed by
-// handler", so that ending a stream normally is not counted as an error.
-func (s *serverStream) Read(p []byte) (int, error) {
-	n, err := s.body.Read(p)
-	if err != nil && s.closed.Load() {
-		err = net.ErrClosed
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.shutdown = true
+	for ln := range s.listeners {
+		ln.Close()
 	}
-	return n, err
-}
-
-func (s *serverStream) Write(p []byte) (int, error) {
-	n, err := s.w.Write(p)
-	if err != nil {
-		return n, err
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
 	}
-	return n, s.rc.Flush()
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	return nil
 }
-
-// Close ends the request body; the response side ends when the handler
-// returns.
-func (s *serverStream) Close() error {
-	s.closed.Store(true)
-	return s.body.Close()
-}
-func (s *serverStream) LocalAddr() net.Addr  { return s.local }
-func (s *serverStream) RemoteAddr() net.Addr { return s.remote }
-
-func (s *serverStream) SetDeadline(time.Time) error      { return os.ErrNoDeadline }
-func (s *serverStream) SetReadDeadline(time.Time) error  { return os.ErrNoDeadline }
-func (s *serverStream) SetWriteDeadline(time.Time) error { return os.ErrNoDeadline }
