@@ -3,7 +3,7 @@ package hbone
 import (
 	"context"
 	"crypto/tls"
-		"fmt"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"

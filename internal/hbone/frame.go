@@ -172,7 +172,9 @@ type connError struct {
 	msg  string
 }
 
-func (e *connError) Error() string { return fmt.Sprintf("http2 connection error %s: %s", e.code, e.msg) }
+func (e *connError) Error() string {
+	return fmt.Sprintf("http2 connection error %s: %s", e.code, e.msg)
+}
 
 func protocolError(format string, a ...any) error {
 	return &connError{code: codeProtocol, msg: fmt.Sprintf(format, a...)}
