@@ -11,10 +11,12 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2/hpack"
+	"golang.org/x/sys/unix"
 )
 
 // conn is one HTTP/2 connection carrying CONNECT streams, client or
@@ -802,13 +804,20 @@ type stream struct {
 	// Receive side, under mu.
 	mu         sync.Mutex
 	cond       sync.Cond
-	chunks     []chunk
+	chunks     []chunk // received, not yet read: chunks[head:]
+	head       int
 	recvEnd    bool  // END_STREAM received
 	recvErr    error // reset, or the connection ended
 	closed     bool  // Close was called
 	recvWindow int64
 	unacked    int64
 	gotHeaders bool
+	// sink is WriteTo's TCP destination while it runs; draining says
+	// WriteTo is writing to it, direct counts bytes the reading goroutine
+	// wrote to it.
+	sink     syscall.RawConn
+	draining bool
+	direct   int64
 
 	resp chan response // client: the peer's response
 	// local and remote are the addresses the stream shows as a net.Conn.
@@ -854,16 +863,26 @@ func (st *stream) receive(buf *[]byte, data []byte, n int64, end bool) error {
 		putChunk(buf)
 		c.credit(n)
 	} else {
+		var upd, direct int64
+		if st.sink != nil && !st.draining && st.head == len(st.chunks) && len(data) > 0 && len(data) <= maxDirect {
+			k := st.writeDirect(data)
+			data = data[k:]
+			direct = int64(k)
+			st.direct += direct
+			upd = st.consumedLocked(direct)
+		}
 		if len(data) > 0 {
 			st.chunks = append(st.chunks, chunk{buf: buf, data: data})
 		} else {
 			putChunk(buf)
 		}
 		st.recvEnd = end
-		st.cond.Signal()
+		if len(data) > 0 || end {
+			st.cond.Signal()
+		}
 		st.mu.Unlock()
-		if pad > 0 {
-			c.credit(pad)
+		if pad+direct > 0 || upd > 0 {
+			st.credit(upd, pad+direct)
 		}
 	}
 	if end {
@@ -974,48 +993,161 @@ func (st *stream) reset(code errCode, why error) {
 // Read reads the stream's data; io.EOF once the peer ended it.
 func (st *stream) Read(p []byte) (int, error) {
 	st.mu.Lock()
-	for len(st.chunks) == 0 {
-		switch {
-		case st.closed:
-			st.mu.Unlock()
-			return 0, net.ErrClosed
-		case st.recvErr != nil:
-			err := st.recvErr
-			st.mu.Unlock()
-			return 0, err
-		case st.recvEnd:
-			st.mu.Unlock()
-			return 0, io.EOF
-		}
-		st.cond.Wait()
+	if err := st.waitLocked(); err != nil {
+		st.mu.Unlock()
+		return 0, err
 	}
 	n := 0
-	for n < len(p) && len(st.chunks) > 0 {
-		ch := &st.chunks[0]
+	for n < len(p) && st.head < len(st.chunks) {
+		ch := &st.chunks[st.head]
 		k := copy(p[n:], ch.data)
 		n += k
 		ch.data = ch.data[k:]
 		if len(ch.data) == 0 {
 			putChunk(ch.buf)
-			st.chunks[0] = chunk{}
-			st.chunks = st.chunks[1:]
+			*ch = chunk{}
+			st.head++
 		}
 	}
-	if len(st.chunks) == 0 {
-		st.chunks = nil
-	}
-	st.unacked += int64(n)
-	var upd int64
-	if !st.recvEnd && st.unacked >= streamWindow/2 {
-		upd, st.unacked = st.unacked, 0
-		st.recvWindow += upd
-	}
+	st.compactLocked()
+	upd := st.consumedLocked(int64(n))
 	st.mu.Unlock()
+	st.credit(upd, int64(n))
+	return n, nil
+}
+
+// waitLocked waits until data is buffered, or says why none will come
+// (io.EOF once the peer ended the stream). The caller holds mu.
+func (st *stream) waitLocked() error {
+	for st.head == len(st.chunks) {
+		switch {
+		case st.closed:
+			return net.ErrClosed
+		case st.recvErr != nil:
+			return st.recvErr
+		case st.recvEnd:
+			return io.EOF
+		}
+		st.cond.Wait()
+	}
+	return nil
+}
+
+// compactLocked empties the chunk queue once everything in it was read,
+// keeping its array.
+func (st *stream) compactLocked() {
+	if st.head == len(st.chunks) {
+		st.chunks = st.chunks[:0]
+		st.head = 0
+	}
+}
+
+// consumedLocked counts n bytes read and returns the stream window to
+// give back now, if any. The caller holds mu and then calls credit.
+func (st *stream) consumedLocked(n int64) int64 {
+	st.unacked += n
+	if st.recvEnd || st.unacked < streamWindow/2 {
+		return 0
+	}
+	upd := st.unacked
+	st.unacked = 0
+	st.recvWindow += upd
+	return upd
+}
+
+// credit sends the stream's window update upd, and counts n bytes read
+// for the connection window.
+func (st *stream) credit(upd, n int64) {
 	if upd > 0 {
 		st.c.queueControl(appendWindowUpdate(nil, st.id, uint32(upd)))
 	}
-	st.c.credit(int64(n))
-	return n, nil
+	st.c.credit(n)
+}
+
+// WriteTo writes the stream's data to w until the peer ends the stream.
+// When w is a TCP connection, the connection's reading goroutine writes
+// small DATA payloads to it itself, without blocking, whenever nothing is
+// queued and WriteTo is not writing: a request or response of a few
+// kilobytes then reaches the socket without waking another goroutine.
+// Large payloads and whatever the socket does not take at once are
+// queued for WriteTo, so that decrypting the next frame and writing this
+// one overlap.
+func (st *stream) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	st.mu.Lock()
+	if tc, ok := w.(*net.TCPConn); ok {
+		st.sink, _ = tc.SyscallConn()
+	}
+	defer func() {
+		st.sink = nil
+		st.mu.Unlock()
+	}()
+	var bufs net.Buffers
+	var held []*[]byte
+	for {
+		err := st.waitLocked()
+		total += st.direct
+		st.direct = 0
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		bufs, held = bufs[:0], held[:0]
+		var n int64
+		for _, ch := range st.chunks[st.head:] {
+			bufs = append(bufs, ch.data)
+			held = append(held, ch.buf)
+			n += int64(len(ch.data))
+		}
+		clear(st.chunks)
+		st.chunks, st.head = st.chunks[:0], 0
+		st.draining = true
+		st.mu.Unlock()
+
+		k, werr := bufs.WriteTo(w)
+		for i, b := range held {
+			putChunk(b)
+			held[i] = nil
+		}
+		total += k
+
+		st.mu.Lock()
+		st.draining = false
+		upd := st.consumedLocked(n)
+		st.mu.Unlock()
+		st.credit(upd, n)
+		st.mu.Lock()
+		if werr != nil {
+			return total, werr
+		}
+	}
+}
+
+// maxDirect is the largest DATA payload the reading goroutine writes to a
+// stream's TCP destination itself.
+const maxDirect = 16 << 10
+
+// writeDirect writes data to the stream's TCP destination without
+// blocking and returns how much the socket took. The caller holds mu and
+// has checked that WriteTo is waiting with nothing queued.
+func (st *stream) writeDirect(data []byte) int {
+	n := 0
+	st.sink.Write(func(fd uintptr) bool {
+		for n < len(data) {
+			k, err := unix.Write(int(fd), data[n:])
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || k <= 0 {
+				break // the socket is full or failed: WriteTo takes the rest
+			}
+			n += k
+		}
+		return true
+	})
+	return n
 }
 
 // Write sends p as DATA frames as the windows allow.
@@ -1098,11 +1230,11 @@ func (st *stream) Close() error {
 	}
 	st.closed = true
 	var dropped int64
-	for _, ch := range st.chunks {
+	for _, ch := range st.chunks[st.head:] {
 		dropped += int64(len(ch.data))
 		putChunk(ch.buf)
 	}
-	st.chunks = nil
+	st.chunks, st.head = nil, 0
 	recvEnd, recvErr := st.recvEnd, st.recvErr
 	st.cond.Broadcast()
 	st.mu.Unlock()

@@ -77,9 +77,15 @@ func pipe(dst, src net.Conn, closeBoth func()) (int64, error) {
 }
 
 // copyAdaptive is io.Copy with buffers from the pools above, sized as
-// they explain. It does not use ReaderFrom or WriterTo: TCPConn's fall
-// back to io.Copy's 32 KiB buffer.
+// they explain. It does not use ReaderFrom, nor a TCPConn's WriterTo:
+// they fall back to io.Copy's 32 KiB buffer.
 func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
+	// A tunnel stream hands its data over itself (stream.WriteTo).
+	if wt, ok := src.(io.WriterTo); ok {
+		if _, tcp := src.(*net.TCPConn); !tcp {
+			return wt.WriteTo(dst)
+		}
+	}
 	// Only a bare TCP connection: a wrapper could hold read data of its
 	// own that the socket does not show.
 	var raw syscall.RawConn

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -306,6 +307,15 @@ func (s *stream) Close() error {
 	err := s.Conn.Close()
 	s.once.Do(s.release)
 	return err
+}
+
+// WriteTo hands the stream's data to w as the tunnel stream does it
+// (hbone's copy loops use it), or copies it.
+func (s *stream) WriteTo(w io.Writer) (int64, error) {
+	if wt, ok := s.Conn.(io.WriterTo); ok {
+		return wt.WriteTo(w)
+	}
+	return io.Copy(w, struct{ io.Reader }{s.Conn})
 }
 
 // CloseWrite half-closes the stream.
