@@ -22,10 +22,9 @@ const Port = 15008
 const ALPN = "h2"
 
 // Flow-control and framing settings. Large windows let one stream fill a
-// fast link. Frames of 64 KiB cut per-frame overhead for bulk tunnelling
-// while bounding memory: the HTTP/2 client keeps a write buffer of the
-// peer's frame size (up to 512 KiB) for each open stream, and a tunnel
-// stream stays open as long as its connection (see docs/performance.md).
+// fast link. Frames of about 64 KiB cut per-frame overhead for bulk
+// tunnelling (see docs/performance.md); a stream holds received frames
+// only until its reader takes them.
 const (
 	streamWindow = 4 << 20
 	connWindow   = 16 << 20
@@ -87,14 +86,6 @@ func tlsVersionOnly13(c *tls.Config) *tls.Config {
 	c.MaxVersion = tls.VersionTLS13
 	c.NextProtos = []string{ALPN}
 	return c
-}
-
-func http2Config() *http.HTTP2Config {
-	return &http.HTTP2Config{
-		MaxReadFrameSize:              maxFrameSize,
-		MaxReceiveBufferPerConnection: connWindow,
-		MaxReceiveBufferPerStream:     streamWindow,
-	}
 }
 
 // A DATA frame of maxFrameSize fills exactly four TLS records with its
