@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -771,7 +772,10 @@ func (c *conn) openPeerStream(id uint32, fields []hpack.HeaderField, end bool) e
 func (c *conn) newStreamLocked(id uint32) *stream {
 	st := &stream{c: c, id: id, sendWindow: c.peer.initWindow, recvWindow: streamWindow}
 	st.cond.L = &st.mu
-	if !c.server {
+	if c.server {
+		// The request's hooks stop when the stream ends.
+		st.ctx, st.cancel = context.WithCancel(context.Background())
+	} else {
 		st.resp = make(chan response, 1)
 	}
 	c.streams[id] = st
@@ -820,6 +824,9 @@ type stream struct {
 	direct   int64
 
 	resp chan response // client: the peer's response
+	// ctx of a server's stream ends with the stream.
+	ctx    context.Context
+	cancel context.CancelFunc
 	// local and remote are the addresses the stream shows as a net.Conn.
 	local, remote net.Addr
 	// release, set by the side that opened the slot, frees it once.
@@ -975,6 +982,9 @@ func (st *stream) abort(err error) {
 	select {
 	case st.resp <- response{err: err}:
 	default:
+	}
+	if st.cancel != nil {
+		st.cancel()
 	}
 	st.finish()
 }

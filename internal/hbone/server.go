@@ -317,7 +317,7 @@ func parseRequest(fields []hpack.HeaderField) (requestHead, error) {
 // serveStream answers one request and, if approved, runs its tunnel.
 func (s *Server) serveStream(st *stream, fields []hpack.HeaderField, ci connInfo) {
 	defer st.releaseSlot()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := st.ctx, st.cancel
 	defer cancel()
 	head, err := parseRequest(fields)
 	var d decision
