@@ -601,7 +601,11 @@ func (c *conn) readWindowUpdate(h frameHeader, p []byte) error {
 	if st == nil {
 		return nil
 	}
-	if incr == 0 || st.sendWindow+incr > maxWindow {
+	if incr == 0 {
+		go st.reset(codeProtocol, fmt.Errorf("window update of 0 on stream %d", h.streamID))
+		return nil
+	}
+	if st.sendWindow+incr > maxWindow {
 		go st.reset(codeFlowControl, fmt.Errorf("window update of %d on stream %d", incr, h.streamID))
 		return nil
 	}
