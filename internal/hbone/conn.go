@@ -835,7 +835,7 @@ func (st *stream) receive(buf *[]byte, data []byte, n int64, end bool) error {
 	switch {
 	case st.recvEnd:
 		why = errors.New("DATA after END_STREAM")
-	case !c.server && !st.gotHeaders && n > 0:
+	case !c.server && !st.gotHeaders && (n > 0 || end):
 		code, why = codeProtocol, errors.New("DATA before the response headers")
 	case st.recvWindow < n:
 		code, why = codeFlowControl, errors.New("peer sent more DATA than the stream window")
