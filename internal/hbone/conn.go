@@ -905,7 +905,11 @@ func (st *stream) receiveHeaders(fields []hpack.HeaderField, end bool) error {
 	st.mu.Lock()
 	st.gotHeaders = true
 	st.mu.Unlock()
-	st.resp <- response{status: status, header: fields}
+	select {
+	case st.resp <- response{status: status, header: fields}:
+	default:
+		// The stream failed first (its Connect gave up): nobody waits.
+	}
 	if end {
 		return st.receive(nil, nil, 0, true)
 	}
