@@ -727,6 +727,16 @@ func (c *conn) endBlock() error {
 	if err != nil {
 		return &connError{code: codeCompression, msg: err.Error()}
 	}
+	// A small block can decode to a huge list (one byte per reference
+	// to a large table entry): hold the peer to the
+	// SETTINGS_MAX_HEADER_LIST_SIZE this side advertised.
+	size := 0
+	for _, f := range fields {
+		size += int(f.Size())
+	}
+	if size > maxHeaderBlock {
+		return &connError{code: codeEnhanceYourCalm, msg: fmt.Sprintf("header list of %d bytes, the limit is %d", size, maxHeaderBlock)}
+	}
 	end := h.has(flagEndStream)
 	if st := c.stream(h.streamID); st != nil {
 		return st.receiveHeaders(fields, end)
