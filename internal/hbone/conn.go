@@ -959,18 +959,21 @@ func (st *stream) releaseSlot() {
 
 // abort fails both sides of the stream with err and removes it.
 func (st *stream) abort(err error) {
-	st.mu.Lock()
-	if st.recvErr == nil {
-		st.recvErr = err
-	}
-	st.cond.Broadcast()
-	st.mu.Unlock()
+	// The send side first: whoever wakes up on either side must find
+	// the stream no longer able to send, or its Close would send a
+	// second RST_STREAM (or one answering the peer's).
 	st.c.mu.Lock()
 	if st.sendErr == nil {
 		st.sendErr = err
 	}
 	st.c.cond.Broadcast()
 	st.c.mu.Unlock()
+	st.mu.Lock()
+	if st.recvErr == nil {
+		st.recvErr = err
+	}
+	st.cond.Broadcast()
+	st.mu.Unlock()
 	select {
 	case st.resp <- response{err: err}:
 	default:
@@ -979,14 +982,21 @@ func (st *stream) abort(err error) {
 }
 
 // reset ends the stream with RST_STREAM code.
+// A stream that already failed (reset by either side, or its connection
+// ended) sends no RST_STREAM: at most one per stream, none in answer to
+// the peer's (RFC 9113 section 5.4.2).
 func (st *stream) reset(code errCode, why error) {
+	err := fmt.Errorf("%w: %w", &ResetError{Code: uint32(code)}, why)
 	st.c.mu.Lock()
-	done := st.done
+	send := !st.done && st.sendErr == nil
+	if st.sendErr == nil {
+		st.sendErr = err
+	}
 	st.c.mu.Unlock()
-	if !done {
+	if send {
 		st.c.queueControl(appendRSTStream(nil, st.id, code))
 	}
-	st.abort(fmt.Errorf("%w: %w", &ResetError{Code: uint32(code)}, why))
+	st.abort(err)
 }
 
 // Read reads the stream's data; io.EOF once the peer ended it.
