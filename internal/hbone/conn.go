@@ -604,7 +604,11 @@ func (c *conn) readWindowUpdate(h frameHeader, p []byte) error {
 	if st == nil {
 		return nil
 	}
-	if incr == 0 || st.sendWindow+incr > maxWindow {
+	if incr == 0 {
+		go st.reset(codeProtocol, fmt.Errorf("window update of 0 on stream %d", h.streamID))
+		return nil
+	}
+	if st.sendWindow+incr > maxWindow {
 		go st.reset(codeFlowControl, fmt.Errorf("window update of %d on stream %d", incr, h.streamID))
 		return nil
 	}
@@ -725,6 +729,16 @@ func (c *conn) endBlock() error {
 	fields, err := c.dec.DecodeFull(block)
 	if err != nil {
 		return &connError{code: codeCompression, msg: err.Error()}
+	}
+	// A small block can decode to a huge list (one byte per reference
+	// to a large table entry): hold the peer to the
+	// SETTINGS_MAX_HEADER_LIST_SIZE this side advertised.
+	size := 0
+	for _, f := range fields {
+		size += int(f.Size())
+	}
+	if size > maxHeaderBlock {
+		return &connError{code: codeEnhanceYourCalm, msg: fmt.Sprintf("header list of %d bytes, the limit is %d", size, maxHeaderBlock)}
 	}
 	end := h.has(flagEndStream)
 	if st := c.stream(h.streamID); st != nil {
@@ -847,7 +861,7 @@ func (st *stream) receive(buf *[]byte, data []byte, n int64, end bool) error {
 	switch {
 	case st.recvEnd:
 		why = errors.New("DATA after END_STREAM")
-	case !c.server && !st.gotHeaders && n > 0:
+	case !c.server && !st.gotHeaders && (n > 0 || end):
 		code, why = codeProtocol, errors.New("DATA before the response headers")
 	case st.recvWindow < n:
 		code, why = codeFlowControl, errors.New("peer sent more DATA than the stream window")
@@ -927,7 +941,11 @@ func (st *stream) receiveHeaders(fields []hpack.HeaderField, end bool) error {
 	st.mu.Lock()
 	st.gotHeaders = true
 	st.mu.Unlock()
-	st.resp <- response{status: status, header: fields}
+	select {
+	case st.resp <- response{status: status, header: fields}:
+	default:
+		// The stream failed first (its Connect gave up): nobody waits.
+	}
 	if end {
 		return st.receive(nil, nil, 0, true)
 	}
@@ -967,18 +985,21 @@ func (st *stream) releaseSlot() {
 
 // abort fails both sides of the stream with err and removes it.
 func (st *stream) abort(err error) {
-	st.mu.Lock()
-	if st.recvErr == nil {
-		st.recvErr = err
-	}
-	st.cond.Broadcast()
-	st.mu.Unlock()
+	// The send side first: whoever wakes up on either side must find
+	// the stream no longer able to send, or its Close would send a
+	// second RST_STREAM (or one answering the peer's).
 	st.c.mu.Lock()
 	if st.sendErr == nil {
 		st.sendErr = err
 	}
 	st.c.cond.Broadcast()
 	st.c.mu.Unlock()
+	st.mu.Lock()
+	if st.recvErr == nil {
+		st.recvErr = err
+	}
+	st.cond.Broadcast()
+	st.mu.Unlock()
 	select {
 	case st.resp <- response{err: err}:
 	default:
@@ -990,14 +1011,21 @@ func (st *stream) abort(err error) {
 }
 
 // reset ends the stream with RST_STREAM code.
+// A stream that already failed (reset by either side, or its connection
+// ended) sends no RST_STREAM: at most one per stream, none in answer to
+// the peer's (RFC 9113 section 5.4.2).
 func (st *stream) reset(code errCode, why error) {
+	err := fmt.Errorf("%w: %w", &ResetError{Code: uint32(code)}, why)
 	st.c.mu.Lock()
-	done := st.done
+	send := !st.done && st.sendErr == nil
+	if st.sendErr == nil {
+		st.sendErr = err
+	}
 	st.c.mu.Unlock()
-	if !done {
+	if send {
 		st.c.queueControl(appendRSTStream(nil, st.id, code))
 	}
-	st.abort(fmt.Errorf("%w: %w", &ResetError{Code: uint32(code)}, why))
+	st.abort(err)
 }
 
 // Read reads the stream's data; io.EOF once the peer ended it.

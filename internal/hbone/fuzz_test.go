@@ -1,12 +1,19 @@
 package hbone
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/net/http2/hpack"
 )
 
 // FuzzCONNECT drives the server's request handling with arbitrary methods,
@@ -84,4 +91,117 @@ func FuzzCONNECT(f *testing.F) {
 			t.Fatalf("%q: got 200 without a connected upstream", authority)
 		}
 	})
+}
+
+// FuzzServerFrames feeds arbitrary bytes, after a valid SETTINGS frame,
+// to the frame reader of a server connection over a pipe, with stream
+// handlers that answer 200 and echo like tunnels. Whatever the bytes,
+// nothing panics, the reader returns once the peer hangs up, and no
+// goroutine of the connection or its streams is left behind. The seed
+// corpus holds well-formed exchanges (HEADERS and DATA, CONTINUATION
+// sequences, padded and prioritised frames, control frames).
+func FuzzServerFrames(f *testing.F) {
+	f.Fuzz(func(t *testing.T, frames []byte) {
+		leaks := goleak.IgnoreCurrent()
+		a, b := net.Pipe()
+		// Bounds every write to the server: a reader that stops reading
+		// fails the case instead of hanging it.
+		b.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		c := newConn(a, true)
+		var handlers sync.WaitGroup
+		c.onRequest = func(st *stream, _ []hpack.HeaderField) {
+			handlers.Add(1)
+			go func() {
+				defer handlers.Done()
+				defer st.releaseSlot()
+				defer st.Close()
+				if c.writeHeaders(st.id, []hpack.HeaderField{{Name: ":status", Value: "200"}}, false) != nil {
+					return
+				}
+				io.Copy(st, st)
+				st.CloseWrite()
+			}()
+		}
+		// When the input ends on a frame boundary, a PING follows it and
+		// the peer hangs up once it is answered: the server has acted on
+		// every frame, and its stream handlers had a chance to run.
+		ping := appendFrame(nil, framePing, 0, 0, []byte("fuzzdone"))
+		ack := appendFrame(nil, framePing, flagAck, 0, []byte("fuzzdone"))
+		acked := make(chan struct{})
+		drained := make(chan struct{})
+		go func() {
+			defer close(drained)
+			var tail []byte
+			seen := false
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := b.Read(buf)
+				if !seen {
+					tail = append(tail, buf[:n]...)
+					if seen = bytes.Contains(tail, ack); seen {
+						close(acked)
+					}
+					tail = tail[max(0, len(tail)-len(ack)):]
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+		if err := c.start(); err != nil {
+			t.Fatal(err)
+		}
+		read := make(chan struct{})
+		go func() {
+			c.readLoop()
+			close(read)
+		}()
+		b.Write(appendSettings(nil))
+		b.Write(frames)
+		if wholeFrames(frames) {
+			if _, err := b.Write(ping); err == nil {
+				select {
+				case <-acked:
+				case <-drained:
+				}
+			}
+		}
+		b.Close()
+		waitFor(t, "the frame reader to return after the peer hung up", read)
+		if c.Err() == nil {
+			t.Error("connection error: got nil after the peer hung up, want why it ended")
+		}
+		ended := make(chan struct{})
+		go func() {
+			handlers.Wait()
+			close(ended)
+		}()
+		waitFor(t, "the stream handlers to end", ended)
+		waitFor(t, "the server to stop writing", drained)
+		if err := goleak.Find(leaks); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// wholeFrames says whether b is a sequence of whole frames.
+func wholeFrames(b []byte) bool {
+	for len(b) >= frameHeaderLen {
+		n := frameHeaderLen + int(parseFrameHeader(b).length)
+		if n > len(b) {
+			return false
+		}
+		b = b[n:]
+	}
+	return len(b) == 0
+}
+
+// waitFor waits until ch is closed; a case that would hang fails.
+func waitFor(t *testing.T, what string, ch <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("waited 10s for %s", what)
+	}
 }
