@@ -57,7 +57,7 @@ func (r *requestTimes) Info() string { return "in-memory request times" }
 
 // fortioLoad runs fortio's HTTP load against url for d, with every
 // connection made by dial, and returns the request durations.
-func fortioLoad(tb testing.TB, url string, d time.Duration, dial func(ctx context.Context) (net.Conn, error)) []time.Duration {
+func fortioLoad(tb testing.TB, name, url string, d time.Duration, dial func(ctx context.Context) (net.Conn, error)) []time.Duration {
 	tb.Helper()
 	times := &requestTimes{}
 	o := &fhttp.HTTPRunnerOptions{}
@@ -78,13 +78,14 @@ func fortioLoad(tb testing.TB, url string, d time.Duration, dial func(ctx contex
 	}
 	res, err := fhttp.RunHTTPTest(o)
 	if err != nil {
-		tb.Fatalf("fortio %s: %v", url, err)
+		tb.Fatalf("fortio %s via %s: %v", url, name, err)
 	}
 	if times.failed > 0 || res.RetCodes[http.StatusOK] != int64(len(times.ok)) {
-		tb.Fatalf("fortio %s: got %d failed requests and status codes %v, want every request 200", url, times.failed, res.RetCodes)
+		tb.Fatalf("fortio %s via %s: got %d failed requests and status codes %v, want every request 200", url, name, times.failed, res.RetCodes)
 	}
 	if want := int(d.Seconds() * fortioQPS * 0.9); len(times.ok) < want {
-		tb.Fatalf("fortio %s: got %d requests, want at least %d at %d qps", url, len(times.ok), want, fortioQPS)
+		slices.Sort(times.ok)
+		tb.Fatalf("fortio %s via %s: got %d requests, want at least %d at %d qps (slowest %v)", url, name, len(times.ok), want, fortioQPS, times.ok[len(times.ok)-5:])
 	}
 	return times.ok
 }
@@ -138,7 +139,7 @@ func BenchmarkFortioLatency(b *testing.B) {
 		for range fortioRounds {
 			var base []time.Duration
 			for _, p := range paths {
-				ds := fortioLoad(b, url, round, p.dial)
+				ds := fortioLoad(b, p.name, url, round, p.dial)
 				var at []time.Duration
 				for _, q := range percentiles {
 					at = append(at, percentile(ds, q))

@@ -345,3 +345,67 @@ func TestTLS12Refused(t *testing.T) {
 		t.Fatal("TLS 1.2 handshake: got success, want a refusal")
 	}
 }
+
+// TestJoinedRoundTrips runs request/response traffic through a tunnel
+// joined to TCP sockets on both ends, as ztunnel runs it: an app's TCP
+// connection joined to a client stream, the server's stream joined to the
+// upstream echo server. Message sizes from a few bytes to several frames
+// mix the paths a payload can take to the destination socket (written by
+// the reading goroutine itself, queued for WriteTo, or both), on many
+// streams at once; every echo must come back whole and in order.
+func TestJoinedRoundTrips(t *testing.T) {
+	f := newFixture(t, nil)
+	cc, err := f.dial(t, ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	var joins sync.WaitGroup
+	defer joins.Wait()
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			s, err := cc.Connect(context.Background(), f.allowed, nil)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			joins.Go(func() { Join(c, s) })
+		}
+	}()
+	const streams, rounds = 8, 200
+	sizes := []int{1, 100, 1500, 16 << 10, 16<<10 + 1, 70 << 10, 300 << 10}
+	var wg sync.WaitGroup
+	for i := range streams {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", app.Addr().String())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			for r := range rounds {
+				n := sizes[(i+r)%len(sizes)]
+				msg := bytes.Repeat([]byte{byte(i), byte(r)}, n/2+1)[:n]
+				go c.Write(msg)
+				got := make([]byte, n)
+				if _, err := io.ReadFull(c, got); err != nil {
+					t.Errorf("stream %d round %d: read %d-byte echo: %v", i, r, n, err)
+					return
+				}
+				if !bytes.Equal(got, msg) {
+					t.Errorf("stream %d round %d: the %d-byte echo differs from what was sent", i, r, n)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
