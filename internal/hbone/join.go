@@ -4,18 +4,20 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Copy buffers start small, so that the many idle or chatty connections
 // of a node cost little, and grow to bufferSize once a read fills the
 // small one, so that bulk streams move in large reads and writes. A loop
-// waiting for data holds no buffer when it reads a TCP connection (it
-// waits for the socket to become readable first), and a small one when it
-// reads an HTTP/2 stream (after a read that did not fill the buffer, it
-// reads into a small one again): a connection idle after a burst of
-// traffic keeps no 256 KiB buffers.
+// waiting for data on a TCP connection holds no buffer (it takes one
+// only for a read that finds data, see readPooled), and a tunnel stream
+// needs none (it hands its received frames over itself): a connection
+// idle after a burst of traffic keeps no 256 KiB buffers.
 const smallBufferSize = 16 << 10
 
 var (
@@ -99,19 +101,28 @@ func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
 		if big {
 			pool = &bigPool
 		}
-		bp := pool.Get().(*[]byte)
-		buf := *bp
-		nr, rerr := src.Read(buf)
+		var bp *[]byte
+		var nr int
+		var rerr error
+		if raw != nil {
+			bp, nr, rerr = readPooled(raw, pool)
+		} else {
+			bp = pool.Get().(*[]byte)
+			nr, rerr = src.Read(*bp)
+		}
 		var werr error
 		if nr > 0 {
 			var nw int
-			nw, werr = dst.Write(buf[:nr])
+			nw, werr = dst.Write((*bp)[:nr])
 			total += int64(nw)
 			if werr == nil && nw != nr {
 				werr = io.ErrShortWrite
 			}
 		}
-		pool.Put(bp)
+		if bp != nil {
+			big = nr == len(*bp)
+			pool.Put(bp)
+		}
 		if werr != nil {
 			return total, werr
 		}
@@ -121,18 +132,44 @@ func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
 			}
 			return total, rerr
 		}
-		switch {
-		case nr == len(buf):
-			big = true
-		case raw != nil:
-			// The socket is drained: wait for more without a buffer.
-			if err := waitReadable(raw); err != nil {
-				return total, err
-			}
-		default:
-			big = false
-		}
 	}
+}
+
+// readPooled reads a socket into a buffer from pool that it takes only
+// once there is something to read: an attempt that finds the socket empty
+// gives the buffer back before waiting on Go's poller, so a copy loop
+// waiting on an idle connection holds none. It returns io.EOF at the end
+// of the stream; the buffer is nil only with an error.
+func readPooled(rc syscall.RawConn, pool *sync.Pool) (*[]byte, int, error) {
+	var (
+		bp  *[]byte
+		n   int
+		err error
+	)
+	cerr := rc.Read(func(fd uintptr) bool {
+		bp = pool.Get().(*[]byte)
+		for {
+			n, err = unix.Read(int(fd), *bp)
+			if err != unix.EINTR {
+				break
+			}
+		}
+		if err == unix.EAGAIN {
+			pool.Put(bp)
+			bp = nil
+			return false // wait until readable, then try again
+		}
+		return true
+	})
+	switch {
+	case cerr != nil:
+		return bp, 0, cerr
+	case err != nil:
+		return bp, 0, os.NewSyscallError("read", err)
+	case n == 0:
+		return bp, 0, io.EOF
+	}
+	return bp, n, nil
 }
 
 func isClosed(err error) bool {
