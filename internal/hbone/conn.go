@@ -521,6 +521,10 @@ func (c *conn) stream(id uint32) *stream {
 func (c *conn) idleStream(id uint32) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.idleStreamLocked(id)
+}
+
+func (c *conn) idleStreamLocked(id uint32) bool {
 	if c.server == (id%2 == 1) {
 		return id > c.lastPeerID
 	}
@@ -562,6 +566,10 @@ func (c *conn) readSettings(h frameHeader, p []byte) error {
 			c.peer.initWindow = int64(v)
 			for _, st := range c.streams {
 				st.sendWindow += delta
+				if st.sendWindow > maxWindow {
+					c.mu.Unlock()
+					return &connError{code: codeFlowControl, msg: fmt.Sprintf("SETTINGS_INITIAL_WINDOW_SIZE %d takes stream %d's window above 2^31-1", v, st.id)}
+				}
 			}
 		case settingMaxFrameSize:
 			if v < defaultFrameSize || v > maxAllowedFrame {
@@ -602,7 +610,10 @@ func (c *conn) readWindowUpdate(h frameHeader, p []byte) error {
 	}
 	st := c.streams[h.streamID]
 	if st == nil {
-		return nil
+		if c.idleStreamLocked(h.streamID) {
+			return protocolError("WINDOW_UPDATE on idle stream %d", h.streamID)
+		}
+		return nil // a stream that has ended
 	}
 	if incr == 0 {
 		go st.reset(codeProtocol, fmt.Errorf("window update of 0 on stream %d", h.streamID))

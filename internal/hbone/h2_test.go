@@ -491,6 +491,11 @@ func TestServerConnectionErrors(t *testing.T) {
 			want: http2.ErrCodeFlowControl,
 		},
 		{
+			name: "WINDOW_UPDATE on an idle stream",
+			send: func(p *h2Peer) { p.check(p.fr.WriteWindowUpdate(99, 1)) },
+			want: http2.ErrCodeProtocol,
+		},
+		{
 			name: "WINDOW_UPDATE of 3 bytes",
 			send: func(p *h2Peer) { p.check(p.fr.WriteRawFrame(http2.FrameWindowUpdate, 0, 0, []byte{0, 0, 1})) },
 			want: http2.ErrCodeFrameSize,
@@ -538,6 +543,21 @@ func TestServerConnectionErrors(t *testing.T) {
 		// peers.
 		t.Errorf("upstream dials: got %d, want %d", got, len(tests))
 	}
+}
+
+// TestServerInitialWindowOverflow changes the initial window so that an
+// open stream's send window would exceed 2^31-1: a connection error
+// FLOW_CONTROL_ERROR (RFC 9113 section 6.9.2).
+func TestServerInitialWindowOverflow(t *testing.T) {
+	f := newFixture(t, nil)
+	p := f.rawPeer(t, f.addr)
+	p.write([]byte(http2.ClientPreface))
+	p.check(p.fr.WriteSettings())
+	p.connect(1, f.allowed)
+	p.check(p.fr.WriteWindowUpdate(1, maxWindow-defaultWindow))
+	p.check(p.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: defaultWindow + 1}))
+	p.wantGoAway(http2.ErrCodeFlowControl)
+	f.wantTunnel(t, f.addr, f.allowed)
 }
 
 func TestServerWrongPreface(t *testing.T) {
@@ -685,6 +705,10 @@ func TestServerRefusesMalformedCONNECT(t *testing.T) {
 		{"newline in a value", []string{":method", "CONNECT", ":authority", target, "forwarded", "a\r\nx-injected: 1"}},
 		{"space in a name", []string{":method", "CONNECT", ":authority", target, "x forwarded", "1"}},
 		{"GET", []string{":method", "GET", ":authority", target, ":scheme", "https", ":path", "/"}},
+		{"connection header", []string{":method", "CONNECT", ":authority", target, "connection", "close"}},
+		{"transfer-encoding", []string{":method", "CONNECT", ":authority", target, "transfer-encoding", "chunked"}},
+		{"upgrade", []string{":method", "CONNECT", ":authority", target, "upgrade", "websocket"}},
+		{"te other than trailers", []string{":method", "CONNECT", ":authority", target, "te", "gzip"}},
 	}
 	p := f.newPeer(t, f.addr)
 	id := uint32(1)

@@ -279,6 +279,16 @@ func parseRequest(fields []hpack.HeaderField) (requestHead, error) {
 			return r, fmt.Errorf("%w: invalid header field %q", ErrBadRequest, f.Name)
 		}
 		if !f.IsPseudo() {
+			// Connection-specific fields make a request malformed
+			// (RFC 9113 section 8.2.2).
+			switch f.Name {
+			case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+				return r, fmt.Errorf("%w: connection-specific header field %q", ErrBadRequest, f.Name)
+			case "te":
+				if f.Value != "trailers" {
+					return r, fmt.Errorf("%w: te %q, only \"trailers\" is allowed", ErrBadRequest, f.Value)
+				}
+			}
 			regular = true
 			r.header.Add(f.Name, f.Value)
 			continue
@@ -372,6 +382,10 @@ func (s *Server) decide(ctx context.Context, ci connInfo, head requestHead) deci
 	}
 	if s.Dial == nil {
 		return decision{code: http.StatusServiceUnavailable, err: errors.New("no dial hook")}
+	}
+	if err := ctx.Err(); err != nil {
+		// The client reset the stream meanwhile: dial nothing for it.
+		return decision{code: http.StatusServiceUnavailable, err: fmt.Errorf("stream ended before the dial: %w", err)}
 	}
 	up, err := s.Dial(ctx, req)
 	if err != nil {
