@@ -136,11 +136,22 @@ func TestAmbient(t *testing.T) {
 		}
 		return rep, nil
 	}
+	// wantReach also checks whose address the destination saw: its
+	// client's own, which ztunnel preserves on the connections it makes
+	// to the pods of its node (not on passthrough to pods outside the
+	// mesh, c and opt, which see the node's address).
 	wantReach := func(t *testing.T, ns, name, to, wantHost string) {
 		t.Helper()
 		rep, err := send(ns, name, to, "hello")
 		if err != nil || rep.Hostname != wantHost {
 			t.Errorf("%s/%s to %s: got %+v, %v; want an answer from %s", ns, name, to, rep, err, wantHost)
+			return
+		}
+		if wantHost == "c" || wantHost == "opt" {
+			return
+		}
+		if host, _, _ := net.SplitHostPort(rep.Peer); host != ip(name) {
+			t.Errorf("%s/%s to %s: %s saw its client at %s, want %s's own address %s", ns, name, to, wantHost, rep.Peer, name, ip(name))
 		}
 	}
 	wantRefused := func(t *testing.T, ns, name, to string) {
@@ -189,6 +200,8 @@ func TestAmbient(t *testing.T) {
 		secret, clear := "AMBIT-SECRET-"+randHex(), "AMBIT-CLEAR-"+randHex()
 		if rep, err := send("shop", "a", addr("b"), secret); err != nil || rep.Hostname != "b" || rep.Message != secret {
 			t.Errorf("a to b: got %+v, %v; want b's echo of the secret", rep, err)
+		} else if host, _, _ := net.SplitHostPort(rep.Peer); host != ip("a") {
+			t.Errorf("a to b: b saw its client at %s, want a's own address %s (ztunnel preserves it)", rep.Peer, ip("a"))
 		}
 		wantReach(t, "plain", "c", addr("b"), "b")
 		if _, err := send("plain", "c", addr("b"), clear); err != nil {
@@ -223,6 +236,9 @@ func TestAmbient(t *testing.T) {
 			rep, err := send("shop", "a", to, "via-service")
 			if err != nil {
 				t.Fatal(err)
+			}
+			if host, _, _ := net.SplitHostPort(rep.Peer); host != ip("a") {
+				t.Errorf("a to %s: %s saw its client at %s, want a's own address %s", to, rep.Hostname, rep.Peer, ip("a"))
 			}
 			seen[rep.Hostname]++
 		}

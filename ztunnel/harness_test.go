@@ -234,7 +234,10 @@ func (m *mesh) startNode(t testing.TB, name string, src identity.Source, clk clo
 		OutboundAddr: "127.0.0.1:0",
 		OrigDst:      m.redir.OrigDst,
 		BindSource:   true,
-		Log:          slog.New(slog.NewJSONHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// Loopback addresses are the test host's own: bound without
+		// IP_TRANSPARENT.
+		PreserveSource: true,
+		Log:            slog.New(slog.NewJSONHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)

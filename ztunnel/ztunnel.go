@@ -90,6 +90,10 @@ type Config struct {
 	// BindSource makes HBONE connections leave from the source
 	// workload's address, so the peer sees and authorizes it.
 	BindSource bool
+	// PreserveSource makes connections to local workloads leave from
+	// their client's address (see inbound.Inbound.PreserveSource); in
+	// transparent mode the eBPF redirection delivers the replies.
+	PreserveSource bool
 
 	// MaxStreams and IdleTimeout tune the connection pool.
 	MaxStreams  int
@@ -175,7 +179,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	z.in = &inbound.Inbound{
 		Node: cfg.Node, Store: cfg.Store, Certs: z.certs, Verifier: z.verifier, Metrics: z.metrics,
 		Log: log.With(accesslog.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
-		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort},
+		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort}, PreserveSource: cfg.PreserveSource,
 	}
 	z.out = &outbound.Outbound{
 		Node: cfg.Node, Store: cfg.Store, Pool: z.pool, Metrics: z.metrics,

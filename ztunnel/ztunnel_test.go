@@ -1,9 +1,11 @@
 package ztunnel_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -39,6 +41,20 @@ func TestMeshTraffic(t *testing.T) {
 		c := m.outbound(t, client, netip.AddrPortFrom(m.ip(20), 80))
 		expectEcho(t, c, server, "via service")
 	})
+	t.Run("the application sees its client's address", func(t *testing.T) {
+		app := netip.AddrPortFrom(server.Addr(), 8091)
+		serveTCP(t, app, func(c net.Conn) {
+			fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr())
+		})
+		c := m.outbound(t, client, app)
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(line); got != client.String() {
+			t.Errorf("the application saw its client at %s, want %s", got, client)
+		}
+	})
 	t.Run("outside the mesh", func(t *testing.T) {
 		outside := netip.AddrPortFrom(m.ip(30), 9000)
 		echoApp(t, outside)
@@ -68,11 +84,11 @@ func TestMeshTraffic(t *testing.T) {
 		}
 		return sum
 	}
-	if got := opened(m.b, `value:"destination"`); got != 2 {
-		t.Errorf("node B istio_tcp_connections_opened_total{reporter=destination}: got %v, want 2", got)
+	if got := opened(m.b, `value:"destination"`); got != 3 {
+		t.Errorf("node B istio_tcp_connections_opened_total{reporter=destination}: got %v, want 3", got)
 	}
-	if got := opened(m.a, `value:"source"`); got != 3 {
-		t.Errorf("node A istio_tcp_connections_opened_total{reporter=source}: got %v, want 3", got)
+	if got := opened(m.a, `value:"source"`); got != 4 {
+		t.Errorf("node A istio_tcp_connections_opened_total{reporter=source}: got %v, want 4", got)
 	}
 	if err := testutil.GatherAndCompare(m.b.z.Metrics().Registry, strings.NewReader(""), "istio_tcp_connections_opened_total"); err == nil {
 		t.Error("metrics: got an empty istio_tcp_connections_opened_total, want series")

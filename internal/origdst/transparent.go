@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -86,4 +87,30 @@ func NodeAddr() (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, errors.New("no non-loopback IPv4 address in this namespace")
+}
+
+// DialFrom connects to dst from src, an address this node need not own:
+// a workload's, so that the destination sees its client's own address.
+// The socket is transparent (IP_TRANSPARENT, which needs CAP_NET_ADMIN);
+// the node's policy routing must deliver the replies to src locally (the
+// eBPF redirection marks them: they belong to this socket's flow). Where
+// the socket cannot be made transparent it binds src all the same, which
+// works for addresses the node owns (loopback in tests).
+func DialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{
+		Timeout:   timeout,
+		LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)),
+		Control: func(_, _ string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) {
+				// Best effort: without it, binding a foreign address
+				// fails below with a clear error.
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+			})
+		},
+	}
+	c, err := d.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return nil, fmt.Errorf("dial %s from %s: %w", dst, src, err)
+	}
+	return c, nil
 }

@@ -15,10 +15,12 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/ztunnel/accesslog"
 	"github.com/ambitmesh/ambit/ztunnel/authz"
@@ -45,6 +47,13 @@ type Inbound struct {
 	OrigDst func(net.Conn) (netip.AddrPort, error)
 	// Transparent: see outbound.Outbound.Transparent.
 	Transparent bool
+	// PreserveSource makes connections to workloads leave from their
+	// client's address (origdst.DialFrom), as Istio's ztunnel does: the
+	// destination application sees who called it. The client's address
+	// is the plaintext connection's source, or for HBONE the address the
+	// source tunnel names in Forwarded when it belongs to a workload with
+	// the identity the peer proved. Ignored when Dialer is set.
+	PreserveSource bool
 	// Dialer connects to local workloads; nil means a net.Dialer.
 	Dialer interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
@@ -88,11 +97,13 @@ func (in *Inbound) init() {
 			Certificate: in.certificate,
 			Verifier:    in.Verifier,
 			Authorize: func(_ context.Context, r *hbone.Request) error {
-				w, err := in.authorize(in.Store.Snapshot(), r.Peer, r.PeerAddr.Addr(), r.LocalAddr, r.Target)
+				snap := in.Store.Snapshot()
+				src, _ := clientAddr(snap, r)
+				w, err := in.authorize(snap, r.Peer, src.Addr(), r.LocalAddr, r.Target)
 				if err != nil {
 					// The destination's access log shows refusals too, with
 					// who was refused.
-					e := accesslog.Entry{Direction: accesslog.Inbound, SourceAddr: r.PeerAddr, SourceIdentity: r.Peer.String(), DestinationAddr: r.Target, Err: err}
+					e := accesslog.Entry{Direction: accesslog.Inbound, SourceAddr: src, SourceIdentity: r.Peer.String(), DestinationAddr: r.Target, Err: err}
 					if w != nil {
 						e.DestinationWorkload, e.DestinationIdentity = w.Name, w.Identity().String()
 					}
@@ -100,7 +111,10 @@ func (in *Inbound) init() {
 				}
 				return err
 			},
-			Dial:   func(ctx context.Context, r *hbone.Request) (net.Conn, error) { return in.dial(ctx, r.Target) },
+			Dial: func(ctx context.Context, r *hbone.Request) (net.Conn, error) {
+				src, _ := clientAddr(in.Store.Snapshot(), r)
+				return in.dial(ctx, r.Target, src.Addr())
+			},
 			Handle: in.handleHBONE,
 			Log:    in.Log.With(accesslog.KeyComponent, "hbone"),
 		}
@@ -139,7 +153,16 @@ func (in *Inbound) authorize(snap *config.Snapshot, src identity.Identity, srcIP
 	return w, nil
 }
 
-func (in *Inbound) dial(ctx context.Context, target netip.AddrPort) (net.Conn, error) {
+// dial connects to a workload on this node, from src when the client's
+// address is preserved.
+func (in *Inbound) dial(ctx context.Context, target netip.AddrPort, src netip.Addr) (net.Conn, error) {
+	if in.PreserveSource && in.Dialer == nil && src.IsValid() && src != target.Addr() {
+		c, err := origdst.DialFrom(ctx, src, target, 10*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("connect to workload %s: %w", target, err)
+		}
+		return c, nil
+	}
 	var d interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	} = &net.Dialer{Timeout: 10 * time.Second}
@@ -167,16 +190,16 @@ func (in *Inbound) handleHBONE(_ context.Context, r *hbone.Request, client, upst
 		upstream.Close()
 		return
 	}
+	src, srcW := clientAddr(snap, r)
 	t := &tracked{
-		conn:     authz.Conn{Source: r.Peer, SourceIP: r.PeerAddr.Addr(), Destination: r.Target},
+		conn:     authz.Conn{Source: r.Peer, SourceIP: src.Addr(), Destination: r.Target},
 		local:    r.LocalAddr,
 		client:   client,
 		upstream: upstream,
 	}
-	srcW := snap.WorkloadByAddr(r.PeerAddr.Addr())
 	e := accesslog.Entry{
 		Direction:           accesslog.Inbound,
-		SourceAddr:          r.PeerAddr,
+		SourceAddr:          src,
 		SourceIdentity:      r.Peer.String(),
 		DestinationAddr:     r.Target,
 		DestinationIdentity: w.Identity().String(),
@@ -194,7 +217,7 @@ func (in *Inbound) handleHBONE(_ context.Context, r *hbone.Request, client, upst
 		RequestProtocol:              "tcp",
 		ConnectionSecurityPolicy:     metrics.MutualTLS,
 	}
-	if srcW != nil && srcW.Identity() == r.Peer {
+	if srcW != nil {
 		e.SourceWorkload = srcW.Name
 		e.SourceNamespace = srcW.Namespace
 		labels.SourceWorkload = srcW.MetricName()
@@ -320,7 +343,7 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 	e.DestinationWorkload = w.Name
 	e.DestinationIdentity = w.Identity().String()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	up, err := in.dial(ctx, target)
+	up, err := in.dial(ctx, target, src.Addr())
 	cancel()
 	if err != nil {
 		c.Close()
@@ -369,4 +392,45 @@ func (in *Inbound) OpenConns() int {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	return len(in.conns)
+}
+
+// clientAddr is the address of an HBONE connection's client workload:
+// the one the source tunnel names in Forwarded (for=), when it is the
+// address of a workload with the identity the peer proved (a tunnel on
+// another node connects from the node's own address), with port 0, as
+// Forwarded carries none; otherwise the peer's own address. The workload
+// is returned when one matched either way.
+func clientAddr(snap *config.Snapshot, r *hbone.Request) (netip.AddrPort, *config.Workload) {
+	if a, ok := forwardedFor(r.Header.Get(hbone.HeaderForwarded)); ok && a != r.PeerAddr.Addr() {
+		if w := snap.WorkloadByAddr(a); w != nil && w.Identity() == r.Peer {
+			return netip.AddrPortFrom(a, 0), w
+		}
+	}
+	if w := snap.WorkloadByAddr(r.PeerAddr.Addr()); w != nil && w.Identity() == r.Peer {
+		return r.PeerAddr, w
+	}
+	return r.PeerAddr, nil
+}
+
+// forwardedFor reads the for= address of the first element of a
+// Forwarded header (RFC 7239): an IP address, quoted or not, IPv6 in
+// brackets, with or without a port.
+func forwardedFor(h string) (netip.Addr, bool) {
+	first, _, _ := strings.Cut(h, ",")
+	for pair := range strings.SplitSeq(first, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if !ok || !strings.EqualFold(k, "for") {
+			continue
+		}
+		v = strings.Trim(v, `"`)
+		if ap, err := netip.ParseAddrPort(v); err == nil {
+			return ap.Addr().Unmap(), true
+		}
+		a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(v, "["), "]"))
+		if err != nil || a.Zone() != "" {
+			return netip.Addr{}, false
+		}
+		return a.Unmap(), true
+	}
+	return netip.Addr{}, false
 }

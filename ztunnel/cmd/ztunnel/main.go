@@ -28,6 +28,7 @@ type options struct {
 	outbound, admin, metrics, readiness string
 	logLevel                            string
 	redirect                            string
+	preserveSource                      bool
 	drain                               time.Duration
 	certs                               certFlags
 }
@@ -44,6 +45,7 @@ func main() {
 	flag.BoolVar(&o.xdsPlaintext, "xds-plaintext", false, "connect to istiod without TLS and token (its port 15010); development only")
 	flag.StringVar(&o.outbound, "outbound", ":15001", "outbound listener")
 	flag.StringVar(&o.redirect, "redirect", "tproxy", "how captured connections arrive: tproxy (Ambit's eBPF redirection, transparent listeners) or nat (iptables REDIRECT, SO_ORIGINAL_DST)")
+	flag.BoolVar(&o.preserveSource, "preserve-source", true, "with --redirect tproxy, connect to local workloads from their client's address, as Istio's ztunnel does (needs CAP_NET_ADMIN)")
 	flag.StringVar(&o.admin, "admin", "127.0.0.1:15000", "admin listener (config dump, pprof, logging)")
 	flag.StringVar(&o.metrics, "metrics", ":15020", "Prometheus metrics listener")
 	flag.StringVar(&o.readiness, "readiness", ":15021", "readiness listener")
@@ -77,9 +79,10 @@ func run(o options) error {
 	store := config.NewStore()
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, Store: store, Certificates: certs, Roots: roots,
-		Transparent:  o.redirect == "tproxy",
-		LocalMark:    localMark,
-		OutboundAddr: o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness,
+		Transparent:    o.redirect == "tproxy",
+		PreserveSource: o.redirect == "tproxy" && o.preserveSource,
+		LocalMark:      localMark,
+		OutboundAddr:   o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness,
 		Log: log, LogLevel: &level,
 	})
 	if err != nil {
