@@ -20,8 +20,8 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
-	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/ztunnel/accesslog"
 	"github.com/ambitmesh/ambit/ztunnel/authz"
 	"github.com/ambitmesh/ambit/ztunnel/config"
