@@ -306,6 +306,23 @@ func TestAmbient(t *testing.T) {
 			deletePolicy(t, ctx, istio, mesh, p.Namespace, p.Name, ip("b"))
 		}
 		wantReach(t, "shop", "a2", addr("b"), "b")
+
+		// A DENY by the client's address: a2's tunnel arrives from
+		// node1's address, a2's own travels in Forwarded and is believed
+		// because a2's identity proved it.
+		denyIP := &securityv1.AuthorizationPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "b-deny-a2-address", Namespace: "shop"},
+			Spec: secapi.AuthorizationPolicy{
+				Selector: &typeapi.WorkloadSelector{MatchLabels: map[string]string{"app": "b"}},
+				Action:   secapi.AuthorizationPolicy_DENY,
+				Rules:    []*secapi.Rule{{From: []*secapi.Rule_From{{Source: &secapi.Source{IpBlocks: []string{ip("a2") + "/32"}}}}}},
+			},
+		}
+		applyPolicy(t, ctx, istio, mesh, denyIP, ip("b"))
+		wantRefused(t, "shop", "a2", addr("b"))
+		wantReach(t, "shop", "a", addr("b"), "b")
+		deletePolicy(t, ctx, istio, mesh, denyIP.Namespace, denyIP.Name, ip("b"))
+		wantReach(t, "shop", "a2", addr("b"), "b")
 	})
 
 	t.Run("PeerAuthentication STRICT", func(t *testing.T) {
