@@ -126,14 +126,23 @@ func (p *Pool) Connect(ctx context.Context, key Key, target netip.AddrPort, head
 		c, err := e.cc.Connect(ctx, target, header)
 		if err != nil {
 			p.release(e)
-			if hbone.StatusCode(err) == 0 && e.cc.Err() != nil {
-				// The connection died under us (peer restart, GOAWAY):
-				// drop it and try once more on a fresh one.
+			retry := false
+			switch {
+			case hbone.StatusCode(err) != 0:
+			case e.cc.Err() != nil:
+				// The connection died under us (peer restart): drop it
+				// and try once more on a fresh one.
 				p.remove(e)
-				if !retried && ctx.Err() == nil {
-					retried = true
-					continue
-				}
+				retry = true
+			case errors.Is(err, hbone.ErrRefusedStream):
+				// The peer did not take the stream (GOAWAY: the
+				// connection takes no more and ends with its streams;
+				// REFUSED_STREAM): once more, elsewhere if need be.
+				retry = true
+			}
+			if retry && !retried && ctx.Err() == nil {
+				retried = true
+				continue
 			}
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
@@ -10,6 +11,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
@@ -228,5 +232,112 @@ func TestRotatedCertificate(t *testing.T) {
 	}
 	if got := f.pool.Conns()[f.key]; got != 1 {
 		t.Errorf("connections after the old stream ended: got %d, want 1", got)
+	}
+}
+
+// TestGoAwayRetried runs a peer that answers the first stream of its
+// first connection, then refuses the next with GOAWAY (last stream 1), as
+// a shutting-down peer does: the refused CONNECT is retried on a new
+// connection, and the stream already open on the old one carries on.
+func TestGoAwayRetried(t *testing.T) {
+	ca, err := identity.NewCA(identity.DefaultTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCert, err := ca.Issue(dst, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, err := ca.Issue(src, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var served sync.WaitGroup
+	defer served.Wait()
+	go func() {
+		for n := 0; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			served.Go(func() { goAwayPeer(c, serverCert, n == 0) })
+		}
+	}()
+	v := &identity.Verifier{Roots: ca.Roots()}
+	var dials atomic.Int32
+	p := &Pool{Dial: func(ctx context.Context, key Key) (*hbone.ClientConn, error) {
+		dials.Add(1)
+		return hbone.Dial(ctx, key.Addr, hbone.ClientConfig{Certificate: clientCert, Verifier: v, Expected: key.Destination})
+	}}
+	defer p.Close()
+	key := Key{Source: src, Destination: dst, Addr: ln.Addr().(*net.TCPAddr).AddrPort()}
+	target := netip.MustParseAddrPort("10.0.0.1:80")
+	first, err := p.Connect(t.Context(), key, target, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second, err := p.Connect(t.Context(), key, target, nil)
+	if err != nil {
+		t.Fatalf("CONNECT refused by GOAWAY: got %v, want it retried on a new connection", err)
+	}
+	defer second.Close()
+	if got := dials.Load(); got != 2 {
+		t.Errorf("dials: got %d, want 2", got)
+	}
+	for i, c := range []net.Conn{first, second} {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(c, b); err != nil || b[0] != byte(i) {
+			t.Errorf("stream %d: echo got %v, %v; want [%d]", i, b, err, i)
+		}
+	}
+}
+
+// goAwayPeer serves HBONE frame by frame: it answers CONNECTs 200 and
+// echoes DATA, except that with goAway it answers stream 1 only and
+// meets any later stream with GOAWAY.
+func goAwayPeer(c net.Conn, cert *tls.Certificate, goAway bool) {
+	defer c.Close()
+	tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2"}, ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS13})
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(tc, preface); err != nil {
+		return
+	}
+	fr := http2.NewFramer(tc, tc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if fr.WriteSettings() != nil {
+		return
+	}
+	for {
+		fm, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch fm := fm.(type) {
+		case *http2.SettingsFrame:
+			if !fm.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			if goAway && fm.StreamID > 1 {
+				fr.WriteGoAway(1, http2.ErrCodeNo, nil)
+				continue
+			}
+			var hb bytes.Buffer
+			hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: fm.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
+		case *http2.DataFrame:
+			if len(fm.Data()) > 0 {
+				fr.WriteData(fm.StreamID, false, fm.Data())
+			}
+		}
 	}
 }
