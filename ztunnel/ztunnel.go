@@ -90,8 +90,10 @@ type Config struct {
 	// BindSource makes HBONE connections leave from the source
 	// workload's address, so the peer sees and authorizes it.
 	BindSource bool
-	// PreserveSource makes connections to local workloads leave from
-	// their client's address (see inbound.Inbound.PreserveSource); in
+	// PreserveSource makes the connections this tunnel makes to pods
+	// leave from their client's address, as Istio's ztunnel does: to
+	// local workloads (see inbound.Inbound.PreserveSource) and passthrough
+	// to pods outside the mesh (outbound.Outbound.PreserveSource). In
 	// transparent mode the eBPF redirection delivers the replies.
 	PreserveSource bool
 
@@ -184,7 +186,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	z.out = &outbound.Outbound{
 		Node: cfg.Node, Store: cfg.Store, Pool: z.pool, Metrics: z.metrics,
 		Log: log.With(accesslog.KeyComponent, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
-		HBONEPort: cfg.HBONEPort,
+		HBONEPort: cfg.HBONEPort, PreserveSource: cfg.PreserveSource,
 	}
 	return z, nil
 }

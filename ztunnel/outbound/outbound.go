@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/ztunnel/accesslog"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 	"github.com/ambitmesh/ambit/ztunnel/metrics"
@@ -40,6 +41,13 @@ type Outbound struct {
 	Transparent bool
 	// HBONEPort is the peers' tunnel port, normally hbone.Port.
 	HBONEPort uint16
+	// PreserveSource makes passthrough connections to pods outside the
+	// mesh (addresses of workloads in the config, which no NAT rewrites)
+	// leave from the source workload's address, as they would without a
+	// mesh. Other destinations are dialed from the node's address: behind
+	// NAT (a Service VIP, masquerading) the replies could not be steered
+	// back. Ignored when Dialer is set.
+	PreserveSource bool
 	// Dialer makes passthrough connections; nil means a net.Dialer.
 	Dialer interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
@@ -215,7 +223,11 @@ func (o *Outbound) handle(c net.Conn) {
 			hbone.HeaderForwarded: {"for=" + forwardedFor(src.Addr())},
 		})
 	} else {
-		up, err = o.dial(ctx, r.target)
+		var from netip.Addr
+		if r.workload != nil {
+			from = src.Addr()
+		}
+		up, err = o.dial(ctx, r.target, from)
 	}
 	cancel()
 	if err != nil {
@@ -236,7 +248,16 @@ func forwardedFor(a netip.Addr) string {
 	return a.String()
 }
 
-func (o *Outbound) dial(ctx context.Context, target netip.AddrPort) (net.Conn, error) {
+// dial makes a passthrough connection, from the address from when the
+// source is preserved.
+func (o *Outbound) dial(ctx context.Context, target netip.AddrPort, from netip.Addr) (net.Conn, error) {
+	if o.PreserveSource && o.Dialer == nil && from.IsValid() {
+		c, err := origdst.DialFrom(ctx, from, target, 0)
+		if err != nil {
+			return nil, fmt.Errorf("passthrough to %s: %w", target, err)
+		}
+		return c, nil
+	}
 	var d interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	} = &net.Dialer{}

@@ -45,7 +45,7 @@ func main() {
 	flag.BoolVar(&o.xdsPlaintext, "xds-plaintext", false, "connect to istiod without TLS and token (its port 15010); development only")
 	flag.StringVar(&o.outbound, "outbound", ":15001", "outbound listener")
 	flag.StringVar(&o.redirect, "redirect", "tproxy", "how captured connections arrive: tproxy (Ambit's eBPF redirection, transparent listeners) or nat (iptables REDIRECT, SO_ORIGINAL_DST)")
-	flag.BoolVar(&o.preserveSource, "preserve-source", true, "with --redirect tproxy, connect to local workloads from their client's address, as Istio's ztunnel does (needs CAP_NET_ADMIN)")
+	flag.BoolVar(&o.preserveSource, "preserve-source", true, "with --redirect tproxy, connect to pods (local workloads, and pods outside the mesh on passthrough) from their client's address, as Istio's ztunnel does (needs CAP_NET_ADMIN)")
 	flag.StringVar(&o.admin, "admin", "127.0.0.1:15000", "admin listener (config dump, pprof, logging)")
 	flag.StringVar(&o.metrics, "metrics", ":15020", "Prometheus metrics listener")
 	flag.StringVar(&o.readiness, "readiness", ":15021", "readiness listener")
