@@ -417,6 +417,7 @@ func TestHelmRBAC(t *testing.T) {
 	ac := ads.Spec.Template.Spec.Containers[0]
 	agentArgs := append(slices.Clone(ac.Args),
 		"--node-name", node1.Name,
+		"--host-ip", node1.IP.String(), // HOST_IP, from status.hostIP
 		"--kubeconfig", mustKubeconfig(t, l, "ambit-cni-agent", agentToken),
 		"--cni-conf-dir", node1.CNIConfDir,
 		"--cni-bin-dir", node1.CNIBinDir,

@@ -59,8 +59,10 @@ type Config struct {
 	PinDir string
 	// Socket is the Unix socket the plugin calls.
 	Socket string
-	// Uplink is the node's interface to other nodes.
+	// Uplink is the node's interface to other nodes; empty finds it
+	// (redirect.FindUplink) from HostIP, the node's address.
 	Uplink string
+	HostIP netip.Addr
 	// MonitorAddr serves /readyz and /metrics.
 	MonitorAddr string
 	Log         *slog.Logger
@@ -104,7 +106,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer a.redir.Close()
-	if err := a.redir.AttachUplink(cfg.Uplink); err != nil {
+	uplink := cfg.Uplink
+	if uplink == "" {
+		if uplink, err = redirect.FindUplink(cfg.HostIP); err != nil {
+			return fmt.Errorf("%w (set --uplink)", err)
+		}
+		a.log.Info("uplink found", "uplink", uplink, "host_ip", cfg.HostIP.String())
+	}
+	if err := a.redir.AttachUplink(uplink); err != nil {
 		return err
 	}
 	a.log.Info("redirection loaded", "mode", a.redir.Mode(), "pins", cfg.PinDir)

@@ -59,7 +59,9 @@ func (m *Mesh) AgentArgs(n *lab.Node) []string {
 		"--plugin-binary", m.l.Binaries().CNIPlugin,
 		"--pin-dir", m.l.BPFPinDir(n),
 		"--socket", filepath.Join(filepath.Dir(n.CNIConfDir), "ambit-cni.sock"),
-		"--uplink", "eth0",
+		// No --uplink: the agent finds eth0 as the interface holding the
+		// node's address, as it does in a cluster from status.hostIP.
+		"--host-ip", n.IP.String(),
 		"--monitor-addr", AgentMonitorAddr,
 	}
 }

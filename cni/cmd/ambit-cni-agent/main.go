@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -42,9 +43,17 @@ func run() error {
 	flag.StringVar(&cfg.PluginBinary, "plugin-binary", filepath.Join(filepath.Dir(exe), "ambit-cni"), "the plugin binary to install")
 	flag.StringVar(&cfg.PinDir, "pin-dir", "/sys/fs/bpf/ambit", "bpffs directory for the redirection")
 	flag.StringVar(&cfg.Socket, "socket", "/var/run/ambit/cni.sock", "Unix socket for the plugin")
-	flag.StringVar(&cfg.Uplink, "uplink", "eth0", "the node's interface to other nodes")
+	flag.StringVar(&cfg.Uplink, "uplink", "", "the node's interface to other nodes (default: the one holding --host-ip, else the one of the default route)")
+	flag.Func("host-ip", "the node's address, to find the uplink by (default $HOST_IP)", func(s string) error {
+		a, err := netip.ParseAddr(s)
+		cfg.HostIP = a
+		return err
+	})
 	flag.StringVar(&cfg.MonitorAddr, "monitor-addr", ":15029", "address of /readyz and /metrics")
 	flag.BoolVar(&uninstall, "uninstall", false, "remove Ambit from the node and exit")
+	if a, err := netip.ParseAddr(os.Getenv("HOST_IP")); err == nil {
+		cfg.HostIP = a
+	}
 	flag.Parse()
 	cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
 

@@ -582,12 +582,21 @@ func TestCNIAgent(t *testing.T) {
 	}
 	wantArgs := map[string]string{
 		"cni-conf-dir": "/etc/cni/net.d", "cni-bin-dir": "/opt/cni/bin", "pin-dir": "/sys/fs/bpf/ambit",
-		"socket": "/var/run/ambit/cni.sock", "uplink": "eth0", "monitor-addr": ":15029",
+		"socket": "/var/run/ambit/cni.sock", "monitor-addr": ":15029",
 	}
 	for flag, want := range wantArgs {
 		if got := flagValue(t, c.Args, flag); got != want {
 			t.Errorf("--%s: got %q, want %q", flag, got, want)
 		}
+	}
+	// The uplink is found from the node's address (HOST_IP, below)
+	// unless set.
+	if hasFlag(c.Args, "uplink") {
+		t.Errorf("args %q: got --uplink by default, want it found from HOST_IP", c.Args)
+	}
+	set := container(t, get[*appsv1.DaemonSet](t, render(t, namespace, map[string]any{"cni": map[string]any{"uplink": "ens5"}}), "ambit-cni-agent").Spec.Template.Spec, "agent")
+	if got := flagValue(t, set.Args, "uplink"); got != "ens5" {
+		t.Errorf("--uplink with cni.uplink=ens5: got %q, want ens5", got)
 	}
 	// Paths the agent writes into the conflist are read on the host: the
 	// directories must be the host's, at the same paths.
@@ -613,7 +622,7 @@ func TestCNIAgent(t *testing.T) {
 	if path, port := probe(t, c); path != "/readyz" || port != 15029 {
 		t.Errorf("readiness: got %s on %d, want /readyz on 15029", path, port)
 	}
-	if diff := gocmp.Diff(map[string]string{"NODE_NAME": "field spec.nodeName"}, env(c)); diff != "" {
+	if diff := gocmp.Diff(map[string]string{"NODE_NAME": "field spec.nodeName", "HOST_IP": "field status.hostIP"}, env(c)); diff != "" {
 		t.Errorf("env (-want +got):\n%s", diff)
 	}
 	cs := c.SecurityContext
