@@ -22,8 +22,13 @@ const (
 	RootCertKey       = "root-cert.pem"
 )
 
-// RootCertPublisher keeps RootCertConfigMap in every namespace, driven by
-// the namespace informer and by changes to the ConfigMaps themselves.
+// systemNamespaces get no RootCertConfigMap: Kubernetes' own, where no
+// mesh workload runs (Istio skips the same ones).
+var systemNamespaces = map[string]bool{"kube-system": true, "kube-public": true, "kube-node-lease": true, "local-path-storage": true}
+
+// RootCertPublisher keeps RootCertConfigMap in every namespace but
+// Kubernetes' system namespaces, driven by the namespace informer and by
+// changes to the ConfigMaps themselves.
 type RootCertPublisher struct {
 	kube    kubernetes.Interface
 	rootPEM string
@@ -50,7 +55,7 @@ func NewRootCertPublisher(kube kubernetes.Interface, rootPEM string, namespaces 
 				o = d.Obj
 			}
 			cm, ok := o.(*corev1.ConfigMap)
-			return ok && cm.Name == RootCertConfigMap
+			return ok && cm.Name == RootCertConfigMap && !systemNamespaces[cm.Namespace]
 		},
 		Handler: cache.ResourceEventHandlerFuncs{
 			UpdateFunc: func(_, o any) { p.queue.Add(o.(*corev1.ConfigMap).Namespace) },
@@ -68,7 +73,7 @@ func NewRootCertPublisher(kube kubernetes.Interface, rootPEM string, namespaces 
 }
 
 func (p *RootCertPublisher) enqueue(o any) {
-	if ns, ok := o.(*corev1.Namespace); ok && ns.Status.Phase != corev1.NamespaceTerminating {
+	if ns, ok := o.(*corev1.Namespace); ok && ns.Status.Phase != corev1.NamespaceTerminating && !systemNamespaces[ns.Name] {
 		p.queue.Add(ns.Name)
 	}
 }
