@@ -80,9 +80,10 @@ func TestLoadedOnlyWithBothTypes(t *testing.T) {
 	}
 }
 
-// TestRejectedResponseChangesNothing: a NACKed response leaves the store
-// and the held resources as they were, so the resume versions stay what
-// the store reflects.
+// TestRejectedResponseChangesNothing: a NACKed response with nothing good
+// in it, or whose state is invalid, leaves the store and the held
+// resources as they were, so the resume versions stay what the store
+// reflects.
 func TestRejectedResponseChangesNothing(t *testing.T) {
 	c, store := newTestClient(t)
 	auths, addrs := model()
@@ -97,11 +98,6 @@ func TestRejectedResponseChangesNothing(t *testing.T) {
 		resp *discovery.DeltaDiscoveryResponse
 		want []string
 	}{
-		{
-			name: "a bad workload among good changes and removals",
-			resp: response(t, AddressType, "3", map[string]proto.Message{webUID: wlAddress(webWorkload("node-z")), "bad": badWorkload}, reviewsUID),
-			want: []string{"bad: workload bad: address 0: 3 bytes, want 4 (IPv4) or 16 (IPv6)"},
-		},
 		{
 			name: "a resource without a name",
 			resp: &discovery.DeltaDiscoveryResponse{TypeUrl: AddressType, Nonce: "4", Resources: []*discovery.Resource{{Resource: resource(t, "", badWorkload).Resource}}},
@@ -160,5 +156,45 @@ func TestRejectedResponseChangesNothing(t *testing.T) {
 	ack(t, c.handle(response(t, AddressType, "9", nil, "never-held")), AddressType, "9")
 	if got := store.Snapshot().Version; got != good.Version+1 {
 		t.Errorf("after an empty response: got version %d, want %d (no new state)", got, good.Version+1)
+	}
+}
+
+// TestBadResourcesLeftOut: the good resources and removals of a response
+// apply while the bad ones are left out and named in the NACK; a bad
+// version of a held resource leaves the held one in place.
+func TestBadResourcesLeftOut(t *testing.T) {
+	c, store := newTestClient(t)
+	auths, addrs := model()
+	c.handle(response(t, AuthorizationType, "1", auths))
+	c.handle(response(t, AddressType, "2", addrs))
+	badWorkload := func(uid string) proto.Message {
+		return wlAddress(&workload.Workload{Uid: uid, Name: "bad", Namespace: "shop", Addresses: [][]byte{{1, 2, 3}}})
+	}
+
+	req := c.handle(response(t, AddressType, "3", map[string]proto.Message{webUID: wlAddress(webWorkload("node-z")), "bad": badWorkload("bad")}, reviewsUID))
+	if req.GetErrorDetail() == nil || !strings.Contains(req.GetErrorDetail().GetMessage(), "bad: workload bad: address 0: 3 bytes, want 4 (IPv4) or 16 (IPv6)") {
+		t.Fatalf("request: got %v, want a NACK naming the bad workload", req)
+	}
+	snap := store.Snapshot()
+	if w := snap.WorkloadByUID(webUID); w == nil || w.Node != "node-z" {
+		t.Errorf("%s after the response: got %v, want it on node-z", webUID, w)
+	}
+	if snap.WorkloadByUID(reviewsUID) != nil || snap.WorkloadByUID("bad") != nil {
+		t.Errorf("store after the response: got %s %v and bad %v, want both absent", reviewsUID, snap.WorkloadByUID(reviewsUID), snap.WorkloadByUID("bad"))
+	}
+	held := c.versions(AddressType)
+	if _, ok := held["bad"]; ok || held[webUID] != "v-"+webUID {
+		t.Errorf("held versions: got %v, want %s's new version and no bad", held, webUID)
+	}
+	if _, ok := held[reviewsUID]; ok {
+		t.Errorf("held versions: got %v, want %s removed", held, reviewsUID)
+	}
+
+	// A bad new version of a held resource: the held one stays.
+	if req := c.handle(response(t, AddressType, "4", map[string]proto.Message{webUID: badWorkload(webUID)})); req.GetErrorDetail() == nil {
+		t.Fatalf("request: got %v, want a NACK", req)
+	}
+	if w := store.Snapshot().WorkloadByUID(webUID); w == nil || w.Node != "node-z" {
+		t.Errorf("%s after a bad version of it: got %v, want the held one, on node-z", webUID, w)
 	}
 }

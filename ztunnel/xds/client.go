@@ -5,12 +5,16 @@
 // config.State that replaces the store's.
 //
 // Behaviour:
-//   - A response is applied whole or not at all. Every resource is decoded
-//     and translated into the model, the resulting state is validated, and
-//     only then does it replace the store's state and the client ACK. Any
-//     error NACKs the response with error_detail naming the bad resources;
-//     the store keeps the last good state and the held resources stay as
-//     they were. Nothing is asked for again: istiod sends the next change.
+//   - Every resource of a response is decoded and translated into the
+//     model; those that fail are left out (a resource held under the same
+//     name stays as it was) and the response is NACKed with error_detail
+//     naming them, while the good ones and the removals apply, as Istio's
+//     ztunnel does: one bad workload does not hold back the rest of a
+//     push. The state they lead to is validated as a whole; if it is not
+//     valid, nothing of the response applies and the store keeps the last
+//     good state. Nothing is asked for again: istiod sends the next
+//     change, and a resumed stream gets the left-out resources again, as
+//     their versions are not among those the client holds.
 //   - The store is loaded (Store.Loaded, which gates readiness) only once
 //     the first response of each type has been applied, so a ztunnel never
 //     reports ready with workloads but no policies or the reverse.
@@ -25,10 +29,8 @@
 //
 // It follows Istio's ztunnel (src/xds/client.rs) in what it sends: the
 // node id and metadata, wildcard subscriptions, ACK and NACK, resumption.
-// Unlike Istio's ztunnel, which applies the good resources of a response
-// and NACKs the rest, it applies none of a rejected response, and it
-// resumes with the versions it holds rather than empty ones, so that an
-// unchanged resource is not sent again.
+// Unlike Istio's ztunnel, it resumes with the versions it holds rather
+// than empty ones, so that an unchanged resource is not sent again.
 package xds
 
 import (
@@ -365,9 +367,10 @@ func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.Delta
 	return req
 }
 
-// apply translates a response and, if it and the state it leads to are
-// valid, makes that state the store's and the response's resources the
-// held ones. On error nothing changes.
+// apply translates a response and, if the state it leads to is valid,
+// makes that state the store's and the response's resources the held
+// ones, leaving out resources that do not translate (then it returns
+// their errors, for the NACK). If the state is not valid nothing changes.
 func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 	typ := resp.GetTypeUrl()
 	ts := c.held[typ]
@@ -393,19 +396,28 @@ func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 		}
 		changes[r.GetName()] = it
 	}
-	if len(errs) > 0 {
+
+	// effective: the response brings a resource or removes a held one.
+	effective := false
+	for name, it := range changes {
+		if it != nil || ts.items[name] != nil {
+			effective = true
+			break
+		}
+	}
+	if !effective && len(errs) > 0 {
+		// Nothing good in it: nothing changes, and a first response
+		// does not count as received.
 		return rejection(errs)
 	}
-
 	loaded := true
 	for _, other := range subscribed {
 		if other != typ && !c.held[other].received {
 			loaded = false
 		}
 	}
-	unchanged := len(resp.GetResources()) == 0 && !slices.ContainsFunc(resp.GetRemovedResources(), func(n string) bool { return ts.items[n] != nil })
 	switch {
-	case loaded && ts.received && unchanged:
+	case loaded && ts.received && !effective:
 		// An empty response (a resume with nothing new): the store
 		// already holds this state.
 	case loaded:
@@ -428,6 +440,9 @@ func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 		}
 	}
 	ts.received = true
+	if len(errs) > 0 {
+		return rejection(errs)
+	}
 	return nil
 }
 
