@@ -57,8 +57,9 @@ func (r *requestTimes) Info() string { return "in-memory request times" }
 
 // fortioLoad runs fortio's HTTP load against url for d, with every
 // connection made by dial, and returns the request durations.
-func fortioLoad(tb testing.TB, name, url string, d time.Duration, dial func(ctx context.Context) (net.Conn, error)) []time.Duration {
+func fortioLoad(tb testing.TB, name, url string, d time.Duration, dial func(ctx context.Context) (net.Conn, error)) ([]time.Duration, time.Duration) {
 	tb.Helper()
+	cpu0 := cpuTime(tb)
 	times := &requestTimes{}
 	o := &fhttp.HTTPRunnerOptions{}
 	o.QPS = fortioQPS
@@ -87,7 +88,7 @@ func fortioLoad(tb testing.TB, name, url string, d time.Duration, dial func(ctx 
 		slices.Sort(times.ok)
 		tb.Fatalf("fortio %s via %s: got %d requests, want at least %d at %d qps (slowest %v)", url, name, len(times.ok), want, fortioQPS, times.ok[len(times.ok)-5:])
 	}
-	return times.ok
+	return times.ok, cpuTime(tb) - cpu0
 }
 
 // BenchmarkFortioLatency loads an HTTP server with fortio at 1,000
@@ -132,23 +133,29 @@ func BenchmarkFortioLatency(b *testing.B) {
 	percentiles := []float64{50, 90, 99}
 	// added[path][percentile] holds one value per round.
 	added := map[string][][]time.Duration{}
+	// addedCPU[path] holds, per round, the CPU time this process spent
+	// on the path beyond the direct one (the tunnels' share: fortio and
+	// the echo server do the same work on every path).
+	addedCPU := map[string][]time.Duration{}
 	var direct [][]time.Duration
 	round := *fortioDuration / fortioRounds
 	b.ResetTimer()
 	for b.Loop() {
 		for range fortioRounds {
 			var base []time.Duration
+			var baseCPU time.Duration
 			for _, p := range paths {
-				ds := fortioLoad(b, p.name, url, round, p.dial)
+				ds, cpu := fortioLoad(b, p.name, url, round, p.dial)
 				var at []time.Duration
 				for _, q := range percentiles {
 					at = append(at, percentile(ds, q))
 				}
 				if p.name == "direct" {
-					base = at
+					base, baseCPU = at, cpu
 					direct = append(direct, at)
 					continue
 				}
+				addedCPU[p.name] = append(addedCPU[p.name], cpu-baseCPU)
 				row := make([]time.Duration, len(at))
 				for i := range at {
 					row[i] = at[i] - base[i]
@@ -184,6 +191,16 @@ func BenchmarkFortioLatency(b *testing.B) {
 			fmt.Fprintf(&tab, " %+8.0fµs", us(v))
 			b.ReportMetric(us(v), fmt.Sprintf("%s-added-p%.0f-µs", p.name, q))
 		}
+		if p.name != "ztunnel" {
+			continue // stunnel runs in processes of its own
+		}
+		// vCPU per 1,000 requests per second the two tunnels add: CPU
+		// seconds per second of load, scaled from fortioQPS.
+		cpus := slices.Clone(addedCPU[p.name])
+		slices.Sort(cpus)
+		vcpu := cpus[len(cpus)/2].Seconds() / round.Seconds() / (fortioQPS / 1000.0)
+		fmt.Fprintf(&tab, "   %.3f vCPU per 1k req/s", vcpu)
+		b.ReportMetric(vcpu, p.name+"-added-vCPU-per-1k-rps")
 	}
 	b.Log("\n" + tab.String())
 }
