@@ -35,6 +35,7 @@ const (
 	IstiodNamespace      = "istio-system"
 	ZtunnelSA            = "ztunnel"
 	IstiodSA             = "istiod"
+	AgentSA              = "ambit-cni-agent"
 	IstiodXDSPort        = 15010
 	IstiodSecurePort     = 15012
 	IstiodMonitoringAddr = "127.0.0.1:15014"
@@ -156,14 +157,7 @@ func (m *Mesh) installIstioBase(ctx context.Context) error {
 	if err := InstallCRDs(ctx, m.l, filepath.Join(root, "deploy", "crds")); err != nil {
 		return err
 	}
-	if err := m.l.CreateNamespace(ctx, IstiodNamespace, nil); err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
-	}
-	objs, err := ChartObjects(filepath.Join(root, RenderedChart))
-	if err != nil {
-		return err
-	}
-	if err := ApplyAccess(ctx, m.l.Client, objs); err != nil {
+	if err := m.installAccess(ctx); err != nil {
 		return err
 	}
 	// A day: the interactive demo may run for hours. On a cluster the
@@ -180,6 +174,30 @@ func (m *Mesh) installIstioBase(ctx context.Context) error {
 		return err
 	}
 	m.istiodKubeconfig = kc
+	return nil
+}
+
+// installAccess creates istio-system and applies the rendered chart's
+// service accounts, RBAC and admission policies, once.
+func (m *Mesh) installAccess(ctx context.Context) error {
+	if m.accessInstalled {
+		return nil
+	}
+	root, err := lab.FindRoot()
+	if err != nil {
+		return err
+	}
+	if err := m.l.CreateNamespace(ctx, IstiodNamespace, nil); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	objs, err := ChartObjects(filepath.Join(root, RenderedChart))
+	if err != nil {
+		return err
+	}
+	if err := ApplyAccess(ctx, m.l.Client, objs); err != nil {
+		return err
+	}
+	m.accessInstalled = true
 	return nil
 }
 
@@ -242,49 +260,60 @@ func waitEstablished(ctx context.Context, dyn dynamic.Interface, name string) er
 	return fmt.Errorf("CRD %s: not established: %w", name, ctx.Err())
 }
 
-// ztunnelIdentity makes the Pod that stands for ztunnel on node n (the
-// DaemonSet's pod; its container only sleeps, the lab runs ztunnel as a
-// process) and writes a token bound to it, audience istio-ca, where
-// ztunnel reads it. istiod's CA learns ztunnel's node from that binding.
+// ztunnelIdentity makes the Pod that stands for ztunnel on node n and
+// writes a token bound to it, audience istio-ca, where ztunnel reads it.
+// istiod's CA learns ztunnel's node from that binding.
 func (m *Mesh) ztunnelIdentity(ctx context.Context, n *lab.Node) (tokenPath string, err error) {
-	name := "ztunnel-" + n.Name
-	pod, err := m.l.Client.CoreV1().Pods(IstiodNamespace).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		pod, err = m.l.RunPod(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: IstiodNamespace, Labels: map[string]string{"app": "ztunnel"}},
-			Spec: corev1.PodSpec{
-				NodeName:           n.Name,
-				ServiceAccountName: ZtunnelSA,
-				Containers: []corev1.Container{{
-					Name: "istio-proxy", Image: "ambit.dev/echo",
-					Command: []string{"/bin/sleep", "infinity"},
-				}},
-			},
-		})
-	}
+	token, err := m.podToken(ctx, n, "ztunnel", ZtunnelSA, "istio-proxy", []string{ca.Audience}, 3600)
 	if err != nil {
-		return "", fmt.Errorf("ztunnel pod on %s: %w", n.Name, err)
-	}
-	exp := int64(3600)
-	tr, err := m.l.Client.CoreV1().ServiceAccounts(IstiodNamespace).CreateToken(ctx, ZtunnelSA, &authnv1.TokenRequest{
-		Spec: authnv1.TokenRequestSpec{
-			Audiences:         []string{ca.Audience},
-			ExpirationSeconds: &exp,
-			BoundObjectRef:    &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return "", fmt.Errorf("token for ztunnel on %s: %w", n.Name, err)
+		return "", err
 	}
 	dir := filepath.Join(m.l.Dir, "ztunnel-"+n.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("ztunnel dir: %w", err)
 	}
 	tokenPath = filepath.Join(dir, "istio-token")
-	if err := os.WriteFile(tokenPath, []byte(tr.Status.Token), 0o600); err != nil {
+	if err := os.WriteFile(tokenPath, []byte(token), 0o600); err != nil {
 		return "", fmt.Errorf("write ztunnel token: %w", err)
 	}
 	return tokenPath, nil
+}
+
+// podToken makes (once) the Pod <app>-<node> in istio-system that stands
+// for a DaemonSet's pod on node n (its container only sleeps; the lab
+// runs the component as a process) and returns a token of service
+// account sa bound to it, as the pod's projected token is: the apiserver
+// puts the node's name into it, which admission policies check.
+func (m *Mesh) podToken(ctx context.Context, n *lab.Node, app, sa, container string, audiences []string, seconds int64) (string, error) {
+	name := app + "-" + n.Name
+	pod, err := m.l.Client.CoreV1().Pods(IstiodNamespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		pod, err = m.l.RunPod(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: IstiodNamespace, Labels: map[string]string{"app": app}},
+			Spec: corev1.PodSpec{
+				NodeName:           n.Name,
+				ServiceAccountName: sa,
+				Containers: []corev1.Container{{
+					Name: container, Image: "ambit.dev/echo",
+					Command: []string{"/bin/sleep", "infinity"},
+				}},
+			},
+		})
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s pod on %s: %w", app, n.Name, err)
+	}
+	tr, err := m.l.Client.CoreV1().ServiceAccounts(IstiodNamespace).CreateToken(ctx, sa, &authnv1.TokenRequest{
+		Spec: authnv1.TokenRequestSpec{
+			Audiences:         audiences,
+			ExpirationSeconds: &seconds,
+			BoundObjectRef:    &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("token for %s on %s: %w", app, n.Name, err)
+	}
+	return tr.Status.Token, nil
 }
 
 // WaitZtunnels waits until the config dump of every running ztunnel

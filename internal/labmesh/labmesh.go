@@ -1,8 +1,10 @@
 // Package labmesh runs Ambit in a lab (internal/lab) the way the Helm chart
 // runs it on a cluster: istiod on the control-plane node, the node agent
 // and ztunnel on every node, as real processes. ztunnel takes its config
-// from istiod's workload discovery and its certificates from istiod's CA;
-// istiod runs with only the chart's RBAC (its service account's token).
+// from istiod's workload discovery and its certificates from istiod's CA.
+// Every part runs with only the chart's access (RBAC and admission
+// policies): istiod with its service account's token, the agent and
+// ztunnel with tokens bound to pods that stand for their DaemonSets' pods.
 package labmesh
 
 import (
@@ -25,11 +27,14 @@ const (
 
 // Mesh is Ambit running on a lab's nodes.
 type Mesh struct {
-	l          *lab.Lab
-	kubeconfig string
-	agents     map[string]*lab.Process
-	ztunnels   map[string]*lab.Process
-	starts     int
+	l *lab.Lab
+	// agentKubeconfigs holds each node's agent kubeconfig: a token of
+	// the chart's service account bound to the agent's pod on that node.
+	agentKubeconfigs map[string]string
+	agents           map[string]*lab.Process
+	ztunnels         map[string]*lab.Process
+	starts           int
+	accessInstalled  bool
 
 	istiod           *lab.Process
 	istiodOpts       IstiodOptions
@@ -38,22 +43,20 @@ type Mesh struct {
 
 // New prepares a mesh on l; Start* run its parts.
 func New(l *lab.Lab) (*Mesh, error) {
-	kc, err := l.KubeconfigFor("ambit-cni-agent", "ambit:cni-agent", "system:masters")
-	if err != nil {
-		return nil, err
-	}
 	return &Mesh{
-		l: l, kubeconfig: kc,
-		agents:   map[string]*lab.Process{},
-		ztunnels: map[string]*lab.Process{},
+		l:                l,
+		agentKubeconfigs: map[string]string{},
+		agents:           map[string]*lab.Process{},
+		ztunnels:         map[string]*lab.Process{},
 	}, nil
 }
 
-// AgentArgs are the node agent's flags on node n.
+// AgentArgs are the node agent's flags on node n, once StartAgent has
+// run there (it makes the agent's credentials).
 func (m *Mesh) AgentArgs(n *lab.Node) []string {
 	return []string{
 		"--node-name", n.Name,
-		"--kubeconfig", m.kubeconfig,
+		"--kubeconfig", m.agentKubeconfigs[n.Name],
 		"--cni-conf-dir", n.CNIConfDir,
 		"--cni-bin-dir", n.CNIBinDir,
 		"--plugin-binary", m.l.Binaries().CNIPlugin,
@@ -67,8 +70,26 @@ func (m *Mesh) AgentArgs(n *lab.Node) []string {
 }
 
 // StartAgent starts the node agent on n and waits until it has chained
-// the CNI plugin.
+// the CNI plugin. The agent (and the plugin, which gets its kubeconfig)
+// runs with the chart's RBAC and admission policies only: a token of its
+// service account bound to a pod on n.
 func (m *Mesh) StartAgent(ctx context.Context, n *lab.Node) error {
+	if m.agentKubeconfigs[n.Name] == "" {
+		if err := m.installAccess(ctx); err != nil {
+			return err
+		}
+		// A day: the interactive demo may run for hours. On a cluster
+		// the agent follows the kubelet's renewals of its token.
+		token, err := m.podToken(ctx, n, "ambit-cni-agent", AgentSA, "agent", nil, 24*3600)
+		if err != nil {
+			return err
+		}
+		kc, err := TokenKubeconfig(m.l, "ambit-cni-agent-"+n.Name, token)
+		if err != nil {
+			return err
+		}
+		m.agentKubeconfigs[n.Name] = kc
+	}
 	m.starts++
 	p, err := m.l.StartProcess(n, fmt.Sprintf("ambit-cni-agent-%s-%d", n.Name, m.starts), nil, m.l.Binaries().CNIAgent, m.AgentArgs(n)...)
 	if err != nil {
