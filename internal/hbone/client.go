@@ -79,6 +79,7 @@ func Dial(ctx context.Context, addr netip.AddrPort, cfg ClientConfig) (*ClientCo
 		return nil, fmt.Errorf("dial hbone %s: %w", addr, err)
 	}
 	go c.readLoop()
+	go c.keepalive(keepaliveInterval, keepaliveTimeout)
 	// A stream's frames are sized by the peer's settings: start none
 	// before they apply.
 	select {

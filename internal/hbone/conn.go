@@ -78,6 +78,10 @@ type conn struct {
 	// recvUnacked what streams consumed and no WINDOW_UPDATE returned yet.
 	recvWindow  atomic.Int64
 	recvUnacked atomic.Int64
+	// frames counts the frames read, for keepalive; pingAck has a value
+	// when a PING acknowledgement arrived.
+	frames  atomic.Uint64
+	pingAck chan struct{}
 
 	// Owned by the reading goroutine.
 	dec      *hpack.Decoder
@@ -93,6 +97,57 @@ type peerSettings struct {
 	maxStreams uint32
 	initWindow int64
 	maxFrame   uint32
+}
+
+// Keepalive of client connections: after keepaliveInterval without a
+// frame from the peer, a PING; no frame within keepaliveTimeout after it
+// ends the connection. A peer that vanished without closing (a node
+// that crashed, a path that broke) is found in under half a minute,
+// where TCP would retransmit for many minutes under an open stream, and
+// the pool stops giving out streams on it. Variables for tests.
+var (
+	keepaliveInterval = 15 * time.Second
+	keepaliveTimeout  = 10 * time.Second
+)
+
+// keepalive pings the peer of an idle connection until it ends.
+func (c *conn) keepalive(interval, timeout time.Duration) {
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	last := c.frames.Load()
+	for {
+		select {
+		case <-c.closed:
+			return
+		case <-t.C:
+		}
+		if n := c.frames.Load(); n != last {
+			last = n
+			t.Reset(interval)
+			continue
+		}
+		select {
+		case <-c.pingAck: // a stale one, from before
+		default:
+		}
+		c.queueControl(appendFrame(nil, framePing, 0, 0, []byte("ambit-ka")))
+		t.Reset(timeout)
+		select {
+		case <-c.closed:
+			return
+		case <-c.pingAck:
+			if !t.Stop() {
+				<-t.C
+			}
+		case <-t.C:
+		}
+		if c.frames.Load() == last {
+			c.fail(fmt.Errorf("%w: no frame from the peer in %v, nor an answer to a PING in %v", ErrPeerUnresponsive, interval, timeout))
+			return
+		}
+		last = c.frames.Load()
+		t.Reset(interval)
+	}
 }
 
 // Limits this side enforces on its peer.
@@ -119,6 +174,9 @@ var (
 	// ErrRefusedStream is a stream the peer did not process (GOAWAY or
 	// REFUSED_STREAM): it may be retried on another connection.
 	ErrRefusedStream = errors.New("stream refused by peer")
+	// ErrPeerUnresponsive ends a client connection whose peer stopped
+	// answering (keepalive).
+	ErrPeerUnresponsive = errors.New("peer unresponsive")
 )
 
 func newConn(nc net.Conn, server bool) *conn {
@@ -126,6 +184,7 @@ func newConn(nc net.Conn, server bool) *conn {
 		nc:         nc,
 		server:     server,
 		ctrlWake:   make(chan struct{}, 1),
+		pingAck:    make(chan struct{}, 1),
 		streams:    map[uint32]*stream{},
 		nextID:     1,
 		sendWindow: defaultWindow,
@@ -412,6 +471,7 @@ func (c *conn) readLoop() {
 			return
 		}
 		h := parseFrameHeader(hdr[:])
+		c.frames.Add(1)
 		if err := c.readFrame(h); err != nil {
 			c.fail(err)
 			return
@@ -474,6 +534,11 @@ func (c *conn) readFrame(h frameHeader) error {
 		}
 		if !h.has(flagAck) {
 			c.queueControl(appendFrame(nil, framePing, flagAck, 0, p))
+		} else {
+			select {
+			case c.pingAck <- struct{}{}:
+			default:
+			}
 		}
 		return nil
 	case frameRSTStream:

@@ -1532,3 +1532,101 @@ func TestServerHPACKBomb(t *testing.T) {
 	}
 	f.wantTunnel(t, f.addr, f.allowed)
 }
+
+// setKeepalive shortens the client keepalive for a test.
+func setKeepalive(t *testing.T, interval, timeout time.Duration) {
+	t.Helper()
+	oi, ot := keepaliveInterval, keepaliveTimeout
+	keepaliveInterval, keepaliveTimeout = interval, timeout
+	t.Cleanup(func() { keepaliveInterval, keepaliveTimeout = oi, ot })
+}
+
+// TestClientKeepaliveUnresponsive dials a server that sends its SETTINGS
+// and then nothing, not even an answer to a PING: the client ends the
+// connection with ErrPeerUnresponsive, telling the peer with GOAWAY.
+func TestClientKeepaliveUnresponsive(t *testing.T) {
+	setKeepalive(t, 20*time.Millisecond, 20*time.Millisecond)
+	ca := testCA(t)
+	addr, _, seen := hostileServer(t, ca, false, nil)
+	cc, err := dialHostile(t.Context(), t, ca, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	select {
+	case <-cc.c.closed:
+	case <-time.After(peerTimeout):
+		t.Fatal("connection to a silent peer: still open, want it ended by keepalive")
+	}
+	if err := cc.Err(); !errors.Is(err, ErrPeerUnresponsive) {
+		t.Errorf("Err(): got %v, want ErrPeerUnresponsive", err)
+	}
+	if cc.Available() != 0 {
+		t.Errorf("Available(): got %d, want 0", cc.Available())
+	}
+	if s := waitSeen(t, seen); s.goAway == nil {
+		t.Error("server saw no GOAWAY")
+	}
+}
+
+// TestClientKeepaliveAnswered: a peer that answers PINGs keeps an idle
+// connection open through many keepalive rounds.
+func TestClientKeepaliveAnswered(t *testing.T) {
+	setKeepalive(t, 10*time.Millisecond, time.Minute)
+	ca := testCA(t)
+	cert, err := ca.Issue(serverID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pings := make(chan struct{}, 100)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{ALPN}, ClientAuth: tls.RequireAnyClientCert})
+		if _, err := io.ReadFull(tc, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		fr := http2.NewFramer(tc, tc)
+		fr.WriteSettings()
+		for {
+			fm, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch fm := fm.(type) {
+			case *http2.SettingsFrame:
+				if !fm.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.PingFrame:
+				if !fm.IsAck() {
+					fr.WritePing(true, fm.Data)
+					pings <- struct{}{}
+				}
+			}
+		}
+	}()
+	cc, err := dialHostile(t.Context(), t, ca, ln.Addr().(*net.TCPAddr).AddrPort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	for i := range 5 {
+		select {
+		case <-pings:
+		case <-time.After(peerTimeout):
+			t.Fatalf("keepalive PING %d: none came", i+1)
+		}
+	}
+	if err := cc.Err(); err != nil {
+		t.Errorf("after 5 answered PINGs: Err() = %v, want the connection open", err)
+	}
+}
