@@ -3,11 +3,14 @@ package hbone
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http2/hpack"
 
@@ -231,12 +234,53 @@ func (c *ClientConn) request(ctx context.Context, method, authority string, head
 			return nil, r.err
 		}
 		if r.status != http.StatusOK {
+			se := &StatusError{Code: r.status}
+			if why := refusalReason(ctx, st); why != "" {
+				se.Err = errors.New(why)
+			}
 			st.Close()
-			return nil, &StatusError{Code: r.status}
+			return nil, se
 		}
 		return st, nil
 	case <-ctx.Done():
 		st.reset(codeCancel, ctx.Err())
 		return nil, ctx.Err()
 	}
+}
+
+// Bounds on reading the reason a peer gives with a refusal.
+const (
+	maxReason  = 256
+	reasonWait = time.Second
+)
+
+// refusalReason reads the text a peer sent with a refusal (an Ambit
+// peer sends why), at most maxReason bytes, printable ASCII only, waiting
+// no longer than reasonWait or ctx. It returns "" when there is none.
+func refusalReason(ctx context.Context, st *stream) string {
+	buf := make([]byte, maxReason)
+	got := make(chan int, 1)
+	go func() {
+		n, _ := io.ReadFull(st, buf)
+		got <- n
+	}()
+	t := time.NewTimer(reasonWait)
+	defer t.Stop()
+	var n int
+	select {
+	case n = <-got:
+	case <-t.C:
+		st.Close() // ends the read
+		n = <-got
+	case <-ctx.Done():
+		st.Close()
+		n = <-got
+	}
+	why := []byte(strings.TrimSpace(string(buf[:n])))
+	for i, b := range why {
+		if b < 0x20 || b > 0x7e {
+			why[i] = '?'
+		}
+	}
+	return string(why)
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -247,6 +248,10 @@ func TestRefusedRequests(t *testing.T) {
 	_, err = cc.Connect(context.Background(), netip.MustParseAddrPort("127.0.0.2:80"), nil)
 	if got := StatusCode(err); got != http.StatusUnauthorized {
 		t.Errorf("Connect to a denied target: got %v, want status 401", err)
+	}
+	// The peer's reason comes with the status.
+	if err == nil || !strings.Contains(err.Error(), "status 401 Unauthorized: denied by policy") {
+		t.Errorf("Connect to a denied target: got %v, want the peer's reason, denied by policy", err)
 	}
 }
 
