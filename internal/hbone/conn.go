@@ -83,12 +83,14 @@ type conn struct {
 	frames  atomic.Uint64
 	pingAck chan struct{}
 
-	// Owned by the reading goroutine.
-	dec      *hpack.Decoder
-	rbuf     []byte
-	block    []byte // a header block being assembled
-	blockHdr frameHeader
-	blockN   int // frames in the block
+	// Owned by the reading goroutine. gotSettings: the peer's first
+	// SETTINGS has been read (settings is closed).
+	gotSettings bool
+	dec         *hpack.Decoder
+	rbuf        []byte
+	block       []byte // a header block being assembled
+	blockHdr    frameHeader
+	blockN      int // frames in the block
 	// onRequest starts a request the peer opened (server only).
 	onRequest func(st *stream, fields []hpack.HeaderField)
 }
@@ -505,12 +507,8 @@ func (c *conn) readFrame(h frameHeader) error {
 	if c.block != nil && h.typ != frameContinuation {
 		return protocolError("%s frame inside the header block of stream %d", h.typ, c.blockHdr.streamID)
 	}
-	select {
-	case <-c.settings:
-	default:
-		if h.typ != frameSettings || h.has(flagAck) {
-			return protocolError("first frame is %s, want SETTINGS", h.typ)
-		}
+	if !c.gotSettings && (h.typ != frameSettings || h.has(flagAck)) {
+		return protocolError("first frame is %s, want SETTINGS", h.typ)
 	}
 	if h.typ == frameData {
 		return c.readData(h)
@@ -647,9 +645,8 @@ func (c *conn) readSettings(h frameHeader, p []byte) error {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.queueControl(appendFrame(nil, frameSettings, flagAck, 0))
-	select {
-	case <-c.settings:
-	default:
+	if !c.gotSettings {
+		c.gotSettings = true
 		close(c.settings)
 	}
 	return nil

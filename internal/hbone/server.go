@@ -424,23 +424,7 @@ func (s *Server) refuse(st *stream, ci connInfo, authority string, code int, err
 // (GOAWAY), waits for open streams to end until ctx is done, then closes
 // every connection.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.shutdown = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	var drained chan struct{}
-	if len(s.conns) > 0 {
-		if s.drained == nil {
-			s.drained = make(chan struct{})
-		}
-		drained = s.drained
-	}
-	s.mu.Unlock()
+	conns, drained := s.stopAccepting(true)
 	for _, c := range conns {
 		c.goAway()
 	}
@@ -458,7 +442,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Close closes listeners and connections at once.
 func (s *Server) Close() error {
+	conns, _ := s.stopAccepting(false)
+	for _, c := range conns {
+		c.Close()
+	}
+	return nil
+}
+
+// stopAccepting marks the server shut down, closes its listeners and
+// returns its open connections; with drain, also the channel closed once
+// they have all ended (nil when there are none).
+func (s *Server) stopAccepting(drain bool) ([]*conn, chan struct{}) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.shutdown = true
 	for ln := range s.listeners {
 		ln.Close()
@@ -467,9 +463,11 @@ func (s *Server) Close() error {
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
+	if !drain || len(conns) == 0 {
+		return conns, nil
 	}
-	return nil
+	if s.drained == nil {
+		s.drained = make(chan struct{})
+	}
+	return conns, s.drained
 }
