@@ -1101,6 +1101,13 @@ type seenByServer struct {
 // until the client hangs up and then reports what it saw.
 func hostileServer(t *testing.T, ca *identity.CA, noSettings bool, respond func(fr *http2.Framer, enc func(kv ...string) []byte, id uint32)) (addr netip.AddrPort, firstFrame <-chan struct{}, seen <-chan seenByServer) {
 	t.Helper()
+	return hostileServerPings(t, ca, noSettings, respond, nil)
+}
+
+// hostileServerPings is hostileServer that also hands each PING (not
+// acknowledgements) to onPing, when set; without it PINGs go unanswered.
+func hostileServerPings(t *testing.T, ca *identity.CA, noSettings bool, respond func(fr *http2.Framer, enc func(kv ...string) []byte, id uint32), onPing func(fr *http2.Framer, data [8]byte)) (addr netip.AddrPort, firstFrame <-chan struct{}, seen <-chan seenByServer) {
+	t.Helper()
 	cert, err := ca.Issue(serverID, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -1162,6 +1169,10 @@ func hostileServer(t *testing.T, ca *identity.CA, noSettings bool, respond func(
 				}
 			case *http2.MetaHeadersFrame:
 				respond(fr, enc, fm.StreamID)
+			case *http2.PingFrame:
+				if onPing != nil && !fm.IsAck() {
+					onPing(fr, fm.Data)
+				}
 			case *http2.RSTStreamFrame:
 				s.rst[fm.StreamID] = append(s.rst[fm.StreamID], fm.ErrCode)
 			case *http2.GoAwayFrame:
@@ -1574,47 +1585,12 @@ func TestClientKeepaliveUnresponsive(t *testing.T) {
 func TestClientKeepaliveAnswered(t *testing.T) {
 	setKeepalive(t, 10*time.Millisecond, time.Minute)
 	ca := testCA(t)
-	cert, err := ca.Issue(serverID, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	pings := make(chan struct{}, 100)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{ALPN}, ClientAuth: tls.RequireAnyClientCert})
-		if _, err := io.ReadFull(tc, make([]byte, len(http2.ClientPreface))); err != nil {
-			return
-		}
-		fr := http2.NewFramer(tc, tc)
-		fr.WriteSettings()
-		for {
-			fm, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			switch fm := fm.(type) {
-			case *http2.SettingsFrame:
-				if !fm.IsAck() {
-					fr.WriteSettingsAck()
-				}
-			case *http2.PingFrame:
-				if !fm.IsAck() {
-					fr.WritePing(true, fm.Data)
-					pings <- struct{}{}
-				}
-			}
-		}
-	}()
-	cc, err := dialHostile(t.Context(), t, ca, ln.Addr().(*net.TCPAddr).AddrPort())
+	addr, _, _ := hostileServerPings(t, ca, false, nil, func(fr *http2.Framer, data [8]byte) {
+		fr.WritePing(true, data)
+		pings <- struct{}{}
+	})
+	cc, err := dialHostile(t.Context(), t, ca, addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,18 +38,7 @@ type fixture struct {
 // loopback sink that holds the connection open until the client closes.
 func newFixture(t *testing.T, maxStreams int, idle time.Duration) *fixture {
 	t.Helper()
-	ca, err := identity.NewCA(identity.DefaultTrustDomain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverCert, err := ca.Issue(dst, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientCert, err := ca.Issue(src, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, serverCert, clientCert := issueCerts(t)
 	sink, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +85,23 @@ func newFixture(t *testing.T, maxStreams int, idle time.Duration) *fixture {
 	}
 	t.Cleanup(func() { f.pool.Close() })
 	return f
+}
+
+// issueCerts makes a test CA and certificates of dst (the server) and
+// src (the client).
+func issueCerts(t *testing.T) (ca *identity.CA, serverCert, clientCert *tls.Certificate) {
+	t.Helper()
+	ca, err := identity.NewCA(identity.DefaultTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if serverCert, err = ca.Issue(dst, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if clientCert, err = ca.Issue(src, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	return ca, serverCert, clientCert
 }
 
 func (f *fixture) connectN(t *testing.T, n int) []net.Conn {
@@ -240,18 +246,7 @@ func TestRotatedCertificate(t *testing.T) {
 // a shutting-down peer does: the refused CONNECT is retried on a new
 // connection, and the stream already open on the old one carries on.
 func TestGoAwayRetried(t *testing.T) {
-	ca, err := identity.NewCA(identity.DefaultTrustDomain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverCert, err := ca.Issue(dst, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientCert, err := ca.Issue(src, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, serverCert, clientCert := issueCerts(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
