@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -96,3 +98,36 @@ const (
 	tlsRecordPayload = 16 << 10 // TLS 1.3 maximum plaintext per record
 	frameHeaderLen   = 9
 )
+
+// Forwarded is the Forwarded header value that names a as the original
+// client (RFC 7239: IPv6 in brackets, quoted), as Istio's ztunnel sends
+// it.
+func Forwarded(a netip.Addr) string {
+	if a.Is6() {
+		return `for="[` + a.String() + `]"`
+	}
+	return "for=" + a.String()
+}
+
+// ParseForwarded reads the for= address of the first element of a
+// Forwarded header (RFC 7239): an IP address, quoted or not, IPv6 in
+// brackets, with or without a port.
+func ParseForwarded(h string) (netip.Addr, bool) {
+	first, _, _ := strings.Cut(h, ",")
+	for pair := range strings.SplitSeq(first, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if !ok || !strings.EqualFold(k, "for") {
+			continue
+		}
+		v = strings.Trim(v, `"`)
+		if ap, err := netip.ParseAddrPort(v); err == nil {
+			return ap.Addr().Unmap(), true
+		}
+		a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(v, "["), "]"))
+		if err != nil || a.Zone() != "" {
+			return netip.Addr{}, false
+		}
+		return a.Unmap(), true
+	}
+	return netip.Addr{}, false
+}

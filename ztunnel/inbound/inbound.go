@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -401,7 +400,7 @@ func (in *Inbound) OpenConns() int {
 // Forwarded carries none; otherwise the peer's own address. The workload
 // is returned when one matched either way.
 func clientAddr(snap *config.Snapshot, r *hbone.Request) (netip.AddrPort, *config.Workload) {
-	if a, ok := forwardedFor(r.Header.Get(hbone.HeaderForwarded)); ok && a != r.PeerAddr.Addr() {
+	if a, ok := hbone.ParseForwarded(r.Header.Get(hbone.HeaderForwarded)); ok && a != r.PeerAddr.Addr() {
 		if w := snap.WorkloadByAddr(a); w != nil && w.Identity() == r.Peer {
 			return netip.AddrPortFrom(a, 0), w
 		}
@@ -410,27 +409,4 @@ func clientAddr(snap *config.Snapshot, r *hbone.Request) (netip.AddrPort, *confi
 		return r.PeerAddr, w
 	}
 	return r.PeerAddr, nil
-}
-
-// forwardedFor reads the for= address of the first element of a
-// Forwarded header (RFC 7239): an IP address, quoted or not, IPv6 in
-// brackets, with or without a port.
-func forwardedFor(h string) (netip.Addr, bool) {
-	first, _, _ := strings.Cut(h, ",")
-	for pair := range strings.SplitSeq(first, ";") {
-		k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
-		if !ok || !strings.EqualFold(k, "for") {
-			continue
-		}
-		v = strings.Trim(v, `"`)
-		if ap, err := netip.ParseAddrPort(v); err == nil {
-			return ap.Addr().Unmap(), true
-		}
-		a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(v, "["), "]"))
-		if err != nil || a.Zone() != "" {
-			return netip.Addr{}, false
-		}
-		return a.Unmap(), true
-	}
-	return netip.Addr{}, false
 }

@@ -220,7 +220,7 @@ func (o *Outbound) handle(c net.Conn) {
 		e.DestinationHBONE = key.Addr
 		labels.ConnectionSecurityPolicy = metrics.MutualTLS
 		up, err = o.Pool.Connect(ctx, key, r.target, http.Header{
-			hbone.HeaderForwarded: {"for=" + forwardedFor(src.Addr())},
+			hbone.HeaderForwarded: {hbone.Forwarded(src.Addr())},
 		})
 	} else {
 		var from netip.Addr
@@ -239,13 +239,6 @@ func (o *Outbound) handle(c net.Conn) {
 	e.Received, e.Sent, e.Duration, e.Err = st.AToB, st.BToA, time.Since(start), err
 	o.Metrics.Closed(labels, st.AToB, st.BToA)
 	e.Log(o.AccessLog)
-}
-
-func forwardedFor(a netip.Addr) string {
-	if a.Is6() {
-		return `"[` + a.String() + `]"`
-	}
-	return a.String()
 }
 
 // dial makes a passthrough connection, from the address from when the
