@@ -13,6 +13,7 @@
 package security
 
 import (
+	workload "github.com/ambitmesh/ambit/api/workload"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
@@ -136,7 +137,12 @@ type Authorization struct {
 	// What happens to a connection that matches a rule.
 	Action Action `protobuf:"varint,4,opt,name=action,proto3,enum=istio.security.Action" json:"action,omitempty"`
 	// Any one matching rule triggers the action.
-	Rules         []*Rule `protobuf:"bytes,5,rep,name=rules,proto3" json:"rules,omitempty"`
+	Rules []*Rule `protobuf:"bytes,5,rep,name=rules,proto3" json:"rules,omitempty"`
+	// A dry-run policy is evaluated and its verdict logged, never enforced.
+	DryRun bool `protobuf:"varint,6,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Configuration this API has no field for. A ztunnel that does not
+	// understand an extension must not let it widen access.
+	Extensions    []*workload.Extension `protobuf:"bytes,7,rep,name=extensions,proto3" json:"extensions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -202,6 +208,20 @@ func (x *Authorization) GetAction() Action {
 func (x *Authorization) GetRules() []*Rule {
 	if x != nil {
 		return x.Rules
+	}
+	return nil
+}
+
+func (x *Authorization) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *Authorization) GetExtensions() []*workload.Extension {
+	if x != nil {
+		return x.Extensions
 	}
 	return nil
 }
@@ -298,9 +318,12 @@ func (x *Clause) GetMatches() []*Match {
 
 // Match: within one field any value matches; all set fields must match.
 type Match struct {
-	state               protoimpl.MessageState `protogen:"open.v1"`
-	Namespaces          []*StringMatch         `protobuf:"bytes,1,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
-	NotNamespaces       []*StringMatch         `protobuf:"bytes,2,rep,name=not_namespaces,json=notNamespaces,proto3" json:"not_namespaces,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespaces    []*StringMatch         `protobuf:"bytes,1,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	NotNamespaces []*StringMatch         `protobuf:"bytes,2,rep,name=not_namespaces,json=notNamespaces,proto3" json:"not_namespaces,omitempty"`
+	// Kubernetes service accounts of the peer's identity (any trust domain).
+	ServiceAccounts     []*ServiceAccountMatch `protobuf:"bytes,11,rep,name=service_accounts,json=serviceAccounts,proto3" json:"service_accounts,omitempty"`
+	NotServiceAccounts  []*ServiceAccountMatch `protobuf:"bytes,12,rep,name=not_service_accounts,json=notServiceAccounts,proto3" json:"not_service_accounts,omitempty"`
 	Principals          []*StringMatch         `protobuf:"bytes,3,rep,name=principals,proto3" json:"principals,omitempty"`
 	NotPrincipals       []*StringMatch         `protobuf:"bytes,4,rep,name=not_principals,json=notPrincipals,proto3" json:"not_principals,omitempty"`
 	SourceIps           []*Address             `protobuf:"bytes,5,rep,name=source_ips,json=sourceIps,proto3" json:"source_ips,omitempty"`
@@ -309,8 +332,10 @@ type Match struct {
 	NotDestinationIps   []*Address             `protobuf:"bytes,8,rep,name=not_destination_ips,json=notDestinationIps,proto3" json:"not_destination_ips,omitempty"`
 	DestinationPorts    []uint32               `protobuf:"varint,9,rep,packed,name=destination_ports,json=destinationPorts,proto3" json:"destination_ports,omitempty"`
 	NotDestinationPorts []uint32               `protobuf:"varint,10,rep,packed,name=not_destination_ports,json=notDestinationPorts,proto3" json:"not_destination_ports,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Conditions this API has no field for; see Authorization.extensions.
+	Extensions    []*workload.Extension `protobuf:"bytes,13,rep,name=extensions,proto3" json:"extensions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Match) Reset() {
@@ -353,6 +378,20 @@ func (x *Match) GetNamespaces() []*StringMatch {
 func (x *Match) GetNotNamespaces() []*StringMatch {
 	if x != nil {
 		return x.NotNamespaces
+	}
+	return nil
+}
+
+func (x *Match) GetServiceAccounts() []*ServiceAccountMatch {
+	if x != nil {
+		return x.ServiceAccounts
+	}
+	return nil
+}
+
+func (x *Match) GetNotServiceAccounts() []*ServiceAccountMatch {
+	if x != nil {
+		return x.NotServiceAccounts
 	}
 	return nil
 }
@@ -413,6 +452,67 @@ func (x *Match) GetNotDestinationPorts() []uint32 {
 	return nil
 }
 
+func (x *Match) GetExtensions() []*workload.Extension {
+	if x != nil {
+		return x.Extensions
+	}
+	return nil
+}
+
+// ServiceAccountMatch is one Kubernetes service account, matched exactly
+// against the namespace and service account of the peer's identity.
+type ServiceAccountMatch struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Namespace      string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,2,opt,name=serviceAccount,proto3" json:"serviceAccount,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ServiceAccountMatch) Reset() {
+	*x = ServiceAccountMatch{}
+	mi := &file_security_authorization_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceAccountMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceAccountMatch) ProtoMessage() {}
+
+func (x *ServiceAccountMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_security_authorization_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceAccountMatch.ProtoReflect.Descriptor instead.
+func (*ServiceAccountMatch) Descriptor() ([]byte, []int) {
+	return file_security_authorization_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ServiceAccountMatch) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ServiceAccountMatch) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
 // Address is a CIDR: address bytes and prefix length.
 type Address struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -424,7 +524,7 @@ type Address struct {
 
 func (x *Address) Reset() {
 	*x = Address{}
-	mi := &file_security_authorization_proto_msgTypes[4]
+	mi := &file_security_authorization_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +536,7 @@ func (x *Address) String() string {
 func (*Address) ProtoMessage() {}
 
 func (x *Address) ProtoReflect() protoreflect.Message {
-	mi := &file_security_authorization_proto_msgTypes[4]
+	mi := &file_security_authorization_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +549,7 @@ func (x *Address) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Address.ProtoReflect.Descriptor instead.
 func (*Address) Descriptor() ([]byte, []int) {
-	return file_security_authorization_proto_rawDescGZIP(), []int{4}
+	return file_security_authorization_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Address) GetAddress() []byte {
@@ -481,7 +581,7 @@ type StringMatch struct {
 
 func (x *StringMatch) Reset() {
 	*x = StringMatch{}
-	mi := &file_security_authorization_proto_msgTypes[5]
+	mi := &file_security_authorization_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +593,7 @@ func (x *StringMatch) String() string {
 func (*StringMatch) ProtoMessage() {}
 
 func (x *StringMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_security_authorization_proto_msgTypes[5]
+	mi := &file_security_authorization_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +606,7 @@ func (x *StringMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringMatch.ProtoReflect.Descriptor instead.
 func (*StringMatch) Descriptor() ([]byte, []int) {
-	return file_security_authorization_proto_rawDescGZIP(), []int{5}
+	return file_security_authorization_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StringMatch) GetMatchType() isStringMatch_MatchType {
@@ -585,22 +685,28 @@ var File_security_authorization_proto protoreflect.FileDescriptor
 
 const file_security_authorization_proto_rawDesc = "" +
 	"\n" +
-	"\x1csecurity/authorization.proto\x12\x0eistio.security\x1a\x1bgoogle/protobuf/empty.proto\"\xca\x01\n" +
+	"\x1csecurity/authorization.proto\x12\x0eistio.security\x1a\x1bgoogle/protobuf/empty.proto\x1a\x17workload/workload.proto\"\x9e\x02\n" +
 	"\rAuthorization\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12+\n" +
 	"\x05scope\x18\x03 \x01(\x0e2\x15.istio.security.ScopeR\x05scope\x12.\n" +
 	"\x06action\x18\x04 \x01(\x0e2\x16.istio.security.ActionR\x06action\x12*\n" +
-	"\x05rules\x18\x05 \x03(\v2\x14.istio.security.RuleR\x05rules\"8\n" +
+	"\x05rules\x18\x05 \x03(\v2\x14.istio.security.RuleR\x05rules\x12\x17\n" +
+	"\adry_run\x18\x06 \x01(\bR\x06dryRun\x129\n" +
+	"\n" +
+	"extensions\x18\a \x03(\v2\x19.istio.workload.ExtensionR\n" +
+	"extensions\"8\n" +
 	"\x04Rule\x120\n" +
 	"\aclauses\x18\x01 \x03(\v2\x16.istio.security.ClauseR\aclauses\"9\n" +
 	"\x06Clause\x12/\n" +
-	"\amatches\x18\x02 \x03(\v2\x15.istio.security.MatchR\amatches\"\xec\x04\n" +
+	"\amatches\x18\x02 \x03(\v2\x15.istio.security.MatchR\amatches\"\xce\x06\n" +
 	"\x05Match\x12;\n" +
 	"\n" +
 	"namespaces\x18\x01 \x03(\v2\x1b.istio.security.StringMatchR\n" +
 	"namespaces\x12B\n" +
-	"\x0enot_namespaces\x18\x02 \x03(\v2\x1b.istio.security.StringMatchR\rnotNamespaces\x12;\n" +
+	"\x0enot_namespaces\x18\x02 \x03(\v2\x1b.istio.security.StringMatchR\rnotNamespaces\x12N\n" +
+	"\x10service_accounts\x18\v \x03(\v2#.istio.security.ServiceAccountMatchR\x0fserviceAccounts\x12U\n" +
+	"\x14not_service_accounts\x18\f \x03(\v2#.istio.security.ServiceAccountMatchR\x12notServiceAccounts\x12;\n" +
 	"\n" +
 	"principals\x18\x03 \x03(\v2\x1b.istio.security.StringMatchR\n" +
 	"principals\x12B\n" +
@@ -612,7 +718,13 @@ const file_security_authorization_proto_rawDesc = "" +
 	"\x13not_destination_ips\x18\b \x03(\v2\x17.istio.security.AddressR\x11notDestinationIps\x12+\n" +
 	"\x11destination_ports\x18\t \x03(\rR\x10destinationPorts\x122\n" +
 	"\x15not_destination_ports\x18\n" +
-	" \x03(\rR\x13notDestinationPorts\";\n" +
+	" \x03(\rR\x13notDestinationPorts\x129\n" +
+	"\n" +
+	"extensions\x18\r \x03(\v2\x19.istio.workload.ExtensionR\n" +
+	"extensions\"[\n" +
+	"\x13ServiceAccountMatch\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12&\n" +
+	"\x0eserviceAccount\x18\x02 \x01(\tR\x0eserviceAccount\";\n" +
 	"\aAddress\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\fR\aaddress\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\rR\x06length\"\x9d\x01\n" +
@@ -645,38 +757,44 @@ func file_security_authorization_proto_rawDescGZIP() []byte {
 }
 
 var file_security_authorization_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_security_authorization_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_security_authorization_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_security_authorization_proto_goTypes = []any{
-	(Scope)(0),            // 0: istio.security.Scope
-	(Action)(0),           // 1: istio.security.Action
-	(*Authorization)(nil), // 2: istio.security.Authorization
-	(*Rule)(nil),          // 3: istio.security.Rule
-	(*Clause)(nil),        // 4: istio.security.Clause
-	(*Match)(nil),         // 5: istio.security.Match
-	(*Address)(nil),       // 6: istio.security.Address
-	(*StringMatch)(nil),   // 7: istio.security.StringMatch
-	(*emptypb.Empty)(nil), // 8: google.protobuf.Empty
+	(Scope)(0),                  // 0: istio.security.Scope
+	(Action)(0),                 // 1: istio.security.Action
+	(*Authorization)(nil),       // 2: istio.security.Authorization
+	(*Rule)(nil),                // 3: istio.security.Rule
+	(*Clause)(nil),              // 4: istio.security.Clause
+	(*Match)(nil),               // 5: istio.security.Match
+	(*ServiceAccountMatch)(nil), // 6: istio.security.ServiceAccountMatch
+	(*Address)(nil),             // 7: istio.security.Address
+	(*StringMatch)(nil),         // 8: istio.security.StringMatch
+	(*workload.Extension)(nil),  // 9: istio.workload.Extension
+	(*emptypb.Empty)(nil),       // 10: google.protobuf.Empty
 }
 var file_security_authorization_proto_depIdxs = []int32{
 	0,  // 0: istio.security.Authorization.scope:type_name -> istio.security.Scope
 	1,  // 1: istio.security.Authorization.action:type_name -> istio.security.Action
 	3,  // 2: istio.security.Authorization.rules:type_name -> istio.security.Rule
-	4,  // 3: istio.security.Rule.clauses:type_name -> istio.security.Clause
-	5,  // 4: istio.security.Clause.matches:type_name -> istio.security.Match
-	7,  // 5: istio.security.Match.namespaces:type_name -> istio.security.StringMatch
-	7,  // 6: istio.security.Match.not_namespaces:type_name -> istio.security.StringMatch
-	7,  // 7: istio.security.Match.principals:type_name -> istio.security.StringMatch
-	7,  // 8: istio.security.Match.not_principals:type_name -> istio.security.StringMatch
-	6,  // 9: istio.security.Match.source_ips:type_name -> istio.security.Address
-	6,  // 10: istio.security.Match.not_source_ips:type_name -> istio.security.Address
-	6,  // 11: istio.security.Match.destination_ips:type_name -> istio.security.Address
-	6,  // 12: istio.security.Match.not_destination_ips:type_name -> istio.security.Address
-	8,  // 13: istio.security.StringMatch.presence:type_name -> google.protobuf.Empty
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	9,  // 3: istio.security.Authorization.extensions:type_name -> istio.workload.Extension
+	4,  // 4: istio.security.Rule.clauses:type_name -> istio.security.Clause
+	5,  // 5: istio.security.Clause.matches:type_name -> istio.security.Match
+	8,  // 6: istio.security.Match.namespaces:type_name -> istio.security.StringMatch
+	8,  // 7: istio.security.Match.not_namespaces:type_name -> istio.security.StringMatch
+	6,  // 8: istio.security.Match.service_accounts:type_name -> istio.security.ServiceAccountMatch
+	6,  // 9: istio.security.Match.not_service_accounts:type_name -> istio.security.ServiceAccountMatch
+	8,  // 10: istio.security.Match.principals:type_name -> istio.security.StringMatch
+	8,  // 11: istio.security.Match.not_principals:type_name -> istio.security.StringMatch
+	7,  // 12: istio.security.Match.source_ips:type_name -> istio.security.Address
+	7,  // 13: istio.security.Match.not_source_ips:type_name -> istio.security.Address
+	7,  // 14: istio.security.Match.destination_ips:type_name -> istio.security.Address
+	7,  // 15: istio.security.Match.not_destination_ips:type_name -> istio.security.Address
+	9,  // 16: istio.security.Match.extensions:type_name -> istio.workload.Extension
+	10, // 17: istio.security.StringMatch.presence:type_name -> google.protobuf.Empty
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_security_authorization_proto_init() }
@@ -684,7 +802,7 @@ func file_security_authorization_proto_init() {
 	if File_security_authorization_proto != nil {
 		return
 	}
-	file_security_authorization_proto_msgTypes[5].OneofWrappers = []any{
+	file_security_authorization_proto_msgTypes[6].OneofWrappers = []any{
 		(*StringMatch_Exact)(nil),
 		(*StringMatch_Prefix)(nil),
 		(*StringMatch_Suffix)(nil),
@@ -696,7 +814,7 @@ func file_security_authorization_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_security_authorization_proto_rawDesc), len(file_security_authorization_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
