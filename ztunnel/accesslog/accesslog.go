@@ -26,6 +26,8 @@ const (
 	KeyDuration            = "duration"
 	KeyError               = "error"
 	KeyPolicy              = "policy"
+	KeyAction              = "action"
+	KeyResult              = "result"
 	KeyAddr                = "addr"
 	KeyNode                = "node"
 	KeyComponent           = "component"

@@ -72,3 +72,29 @@ func TestEvaluate(t *testing.T) {
 		})
 	}
 }
+
+// TestDryRun: a dry-run policy is never enforced, but DryRun tells what
+// it would have decided.
+func TestDryRun(t *testing.T) {
+	eve := Conn{Source: identity.Identity{TrustDomain: "cluster.local", Namespace: "other", ServiceAccount: "eve"},
+		SourceIP: netip.MustParseAddr("10.0.0.1"), Destination: netip.MustParseAddrPort("10.0.1.1:80")}
+	deny := policy(config.Deny, config.Match{Namespaces: []config.StringMatch{{Exact: "other"}}})
+	deny.DryRun = true
+	allowNothing := &config.Authorization{Name: "allow-nothing", Namespace: "shop", Scope: config.ScopeNamespace, Action: config.Allow, DryRun: true}
+	for _, p := range []*config.Authorization{deny, allowNothing} {
+		policies := []*config.Authorization{p}
+		if err := Evaluate(policies, eve); err != nil {
+			t.Errorf("%s: Evaluate: got %v, want allowed (dry run)", p.Key(), err)
+		}
+		verdict, any := DryRun(policies, eve)
+		if !any || !errors.Is(verdict, ErrDenied) {
+			t.Errorf("%s: DryRun: got %v, %t; want a denial, true", p.Key(), verdict, any)
+		}
+		if p.DryRun != true {
+			t.Errorf("%s: DryRun changed the policy", p.Key())
+		}
+	}
+	if _, any := DryRun([]*config.Authorization{policy(config.Deny)}, eve); any {
+		t.Error("DryRun without dry-run policies: got any true, want false")
+	}
+}

@@ -141,17 +141,46 @@ const (
 // (istio.security.Authorization). A policy matches a connection when any
 // of its rules matches; a rule matches when all its clauses do; a clause
 // matches when any of its matches does.
+//
+// What a source sent that the model cannot express is never dropped
+// silently: it is recorded in Unknown (here, or in a Match), and
+// evaluation then fails closed: an ALLOW allows less, a DENY denies more.
 type Authorization struct {
 	Name      string `json:"name"`
 	Namespace string `json:"namespace"`
 	Scope     Scope  `json:"scope"`
 	Action    Action `json:"action"`
 	Rules     []Rule `json:"rules,omitempty"`
+	// DryRun policies are evaluated for the log only, never enforced.
+	DryRun bool `json:"dryRun,omitempty"`
+	// Unknown, when set, says what of the policy as a whole could not be
+	// understood (an extension, a field this model lacks). An ALLOW policy
+	// with it matches nothing, a DENY policy matches every connection.
+	Unknown string `json:"unknown,omitempty"`
 }
 
 // Key is "<namespace>/<name>", the name workloads use in
 // AuthorizationPolicies.
 func (a *Authorization) Key() string { return a.Namespace + "/" + a.Name }
+
+// NotUnderstood lists what of the policy was not understood (its own
+// Unknown and its matches'), for logs; empty when nothing was.
+func (a *Authorization) NotUnderstood() []string {
+	var out []string
+	if a.Unknown != "" {
+		out = append(out, a.Unknown)
+	}
+	for _, r := range a.Rules {
+		for _, c := range r.Clauses {
+			for _, m := range c.Matches {
+				if m.Unknown != "" {
+					out = append(out, m.Unknown)
+				}
+			}
+		}
+	}
+	return out
+}
 
 // Rule is a conjunction of clauses.
 type Rule struct {
@@ -167,16 +196,36 @@ type Clause struct {
 // any of its entries does, each Not list when none does. Empty lists are
 // no condition.
 type Match struct {
-	Namespaces          []StringMatch  `json:"namespaces,omitempty"`
-	NotNamespaces       []StringMatch  `json:"notNamespaces,omitempty"`
-	Principals          []StringMatch  `json:"principals,omitempty"`
-	NotPrincipals       []StringMatch  `json:"notPrincipals,omitempty"`
-	SourceIPs           []netip.Prefix `json:"sourceIps,omitempty"`
-	NotSourceIPs        []netip.Prefix `json:"notSourceIps,omitempty"`
-	DestinationIPs      []netip.Prefix `json:"destinationIps,omitempty"`
-	NotDestinationIPs   []netip.Prefix `json:"notDestinationIps,omitempty"`
-	DestinationPorts    []uint32       `json:"destinationPorts,omitempty"`
-	NotDestinationPorts []uint32       `json:"notDestinationPorts,omitempty"`
+	Namespaces    []StringMatch `json:"namespaces,omitempty"`
+	NotNamespaces []StringMatch `json:"notNamespaces,omitempty"`
+	// ServiceAccounts match the namespace and service account of the
+	// peer's identity, in any trust domain.
+	ServiceAccounts     []ServiceAccountMatch `json:"serviceAccounts,omitempty"`
+	NotServiceAccounts  []ServiceAccountMatch `json:"notServiceAccounts,omitempty"`
+	Principals          []StringMatch         `json:"principals,omitempty"`
+	NotPrincipals       []StringMatch         `json:"notPrincipals,omitempty"`
+	SourceIPs           []netip.Prefix        `json:"sourceIps,omitempty"`
+	NotSourceIPs        []netip.Prefix        `json:"notSourceIps,omitempty"`
+	DestinationIPs      []netip.Prefix        `json:"destinationIps,omitempty"`
+	NotDestinationIPs   []netip.Prefix        `json:"notDestinationIps,omitempty"`
+	DestinationPorts    []uint32              `json:"destinationPorts,omitempty"`
+	NotDestinationPorts []uint32              `json:"notDestinationPorts,omitempty"`
+	// Unknown, when set, says which condition of this match could not be
+	// understood. In an ALLOW policy the match then holds for nothing; in
+	// a DENY policy the condition is taken to hold, so that the match
+	// covers at least what was meant.
+	Unknown string `json:"unknown,omitempty"`
+}
+
+// ServiceAccountMatch is one Kubernetes service account.
+type ServiceAccountMatch struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"serviceAccount"`
+}
+
+// Matches reports whether id is this service account's identity.
+func (m ServiceAccountMatch) Matches(id identity.Identity) bool {
+	return id.Namespace == m.Namespace && id.ServiceAccount == m.ServiceAccount
 }
 
 // StringMatch matches a string exactly, by prefix, by suffix, or by its

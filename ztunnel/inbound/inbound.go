@@ -99,6 +99,7 @@ func (in *Inbound) init() {
 				snap := in.Store.Snapshot()
 				src, _ := clientAddr(snap, r)
 				w, err := in.authorize(snap, r.Peer, src.Addr(), r.LocalAddr, r.Target)
+				in.logDryRun(snap, w, authz.Conn{Source: r.Peer, SourceIP: src.Addr(), Destination: r.Target})
 				if err != nil {
 					// The destination's access log shows refusals too, with
 					// who was refused.
@@ -150,6 +151,24 @@ func (in *Inbound) authorize(snap *config.Snapshot, src identity.Identity, srcIP
 		return w, fmt.Errorf("%w: %w", hbone.ErrDenied, err)
 	}
 	return w, nil
+}
+
+// logDryRun logs the verdict the dry-run policies of w would reach for
+// c, when it has any: they are never enforced.
+func (in *Inbound) logDryRun(snap *config.Snapshot, w *config.Workload, c authz.Conn) {
+	if w == nil {
+		return
+	}
+	verdict, ok := authz.DryRun(snap.PoliciesFor(w), c)
+	if !ok {
+		return
+	}
+	result := "allow"
+	if verdict != nil {
+		result = verdict.Error()
+	}
+	in.Log.Info("dry-run authorization", accesslog.KeySourceAddr, c.SourceIP.String(), accesslog.KeySourceIdentity, c.Source.String(),
+		accesslog.KeyDestinationAddr, c.Destination.String(), accesslog.KeyResult, result)
 }
 
 // dial connects to a workload on this node, from src when the client's
@@ -333,6 +352,7 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 	}
 	snap := in.Store.Snapshot()
 	w, err := in.authorize(snap, identity.Identity{}, src.Addr(), local, target)
+	in.logDryRun(snap, w, authz.Conn{SourceIP: src.Addr(), Destination: target})
 	if err != nil {
 		c.Close()
 		e.Err = err

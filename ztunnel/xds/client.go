@@ -394,6 +394,12 @@ func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 			errs = append(errs, r.GetName()+": "+err.Error())
 			continue
 		}
+		if it.policy != nil {
+			if nu := it.policy.NotUnderstood(); len(nu) > 0 {
+				c.log.Warn("authorization policy enforced stricter than sent: parts not understood",
+					accesslog.KeyPolicy, r.GetName(), accesslog.KeyAction, string(it.policy.Action), accesslog.KeyError, strings.Join(nu, "; "))
+			}
+		}
 		changes[r.GetName()] = it
 	}
 

@@ -6,9 +6,12 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
@@ -177,10 +180,17 @@ func fromService(pb *workload.Service) (*config.Service, error) {
 	return s, nil
 }
 
-// fromAuthorization translates an istio.security.Authorization.
+// fromAuthorization translates an istio.security.Authorization. What it
+// cannot understand fails closed instead of failing the resource, which
+// would leave a new DENY policy out altogether: a field or extension this
+// model lacks, or an unknown action, is recorded in the policy's Unknown
+// (an ALLOW then allows nothing, a DENY denies everything in its scope),
+// and a match that cannot be understood in its match's Unknown. Only a
+// policy whose scope is unknown, which cannot be placed at all, is an
+// error.
 func fromAuthorization(pb *security.Authorization) (*config.Authorization, error) {
 	name := pb.GetNamespace() + "/" + pb.GetName()
-	a := &config.Authorization{Name: pb.GetName(), Namespace: pb.GetNamespace()}
+	a := &config.Authorization{Name: pb.GetName(), Namespace: pb.GetNamespace(), DryRun: pb.GetDryRun()}
 	switch pb.GetScope() {
 	case security.Scope_GLOBAL:
 		a.Scope = config.ScopeGlobal
@@ -191,22 +201,28 @@ func fromAuthorization(pb *security.Authorization) (*config.Authorization, error
 	default:
 		return nil, fmt.Errorf("policy %s: scope %d, want GLOBAL, NAMESPACE or WORKLOAD_SELECTOR", name, pb.GetScope())
 	}
+	var unknown []string
 	switch pb.GetAction() {
 	case security.Action_ALLOW:
 		a.Action = config.Allow
 	case security.Action_DENY:
 		a.Action = config.Deny
 	default:
-		return nil, fmt.Errorf("policy %s: action %d, want ALLOW or DENY", name, pb.GetAction())
+		// Neither allowing nor denying is known to be meant: deny.
+		a.Action = config.Deny
+		unknown = append(unknown, fmt.Sprintf("action %d, want ALLOW or DENY", pb.GetAction()))
 	}
+	unknown = append(unknown, notUnderstood(pb, pb.GetExtensions())...)
 	for i, r := range pb.GetRules() {
+		unknown = append(unknown, prefixed(fmt.Sprintf("rule %d: ", i), notUnderstood(r, nil))...)
 		var rule config.Rule
 		for j, c := range r.GetClauses() {
+			unknown = append(unknown, prefixed(fmt.Sprintf("rule %d clause %d: ", i, j), notUnderstood(c, nil))...)
 			var clause config.Clause
 			for k, m := range c.GetMatches() {
-				match, err := fromMatch(m)
-				if err != nil {
-					return nil, fmt.Errorf("policy %s: rule %d clause %d match %d: %w", name, i, j, k, err)
+				match := fromMatch(m)
+				if match.Unknown != "" {
+					match.Unknown = fmt.Sprintf("rule %d clause %d match %d: %s", i, j, k, match.Unknown)
 				}
 				clause.Matches = append(clause.Matches, match)
 			}
@@ -214,12 +230,61 @@ func fromAuthorization(pb *security.Authorization) (*config.Authorization, error
 		}
 		a.Rules = append(a.Rules, rule)
 	}
+	a.Unknown = strings.Join(unknown, "; ")
 	return a, nil
 }
 
-func fromMatch(m *security.Match) (config.Match, error) {
+// notUnderstood describes what msg carries that translation would drop:
+// fields unknown to our copy of the API, and extensions (none of which
+// Ambit implements yet).
+func notUnderstood(msg proto.Message, exts []*workload.Extension) []string {
+	var out []string
+	if nums := unknownFields(msg.ProtoReflect().GetUnknown()); len(nums) > 0 {
+		out = append(out, fmt.Sprintf("unknown fields %v", nums))
+	}
+	for _, e := range exts {
+		out = append(out, fmt.Sprintf("extension %q", e.GetName()))
+	}
+	return out
+}
+
+// unknownFields lists the field numbers in raw, the bytes of fields the
+// decoder did not know.
+func unknownFields(raw protoreflect.RawFields) []protowire.Number {
+	var nums []protowire.Number
+	for len(raw) > 0 {
+		num, _, n := protowire.ConsumeField(raw)
+		if n < 0 {
+			// Cannot happen after a successful Unmarshal; stop rather
+			// than loop.
+			return append(nums, 0)
+		}
+		if !slices.Contains(nums, num) {
+			nums = append(nums, num)
+		}
+		raw = raw[n:]
+	}
+	return nums
+}
+
+func prefixed(prefix string, in []string) []string {
+	for i := range in {
+		in[i] = prefix + in[i]
+	}
+	return in
+}
+
+// fromMatch translates one match. A condition that cannot be understood
+// is left out of the match and named in its Unknown, so that evaluation
+// takes it as holding nothing (ALLOW) or everything (DENY) while the
+// conditions that were understood still count.
+func fromMatch(m *security.Match) config.Match {
 	var out config.Match
-	var err error
+	var unknown []string
+	fail := func(field string, err error) { unknown = append(unknown, field+": "+err.Error()) }
+	if u := notUnderstood(m, m.GetExtensions()); len(u) > 0 {
+		unknown = append(unknown, u...)
+	}
 	strs := []struct {
 		field string
 		in    []*security.StringMatch
@@ -231,8 +296,25 @@ func fromMatch(m *security.Match) (config.Match, error) {
 		{"not_principals", m.GetNotPrincipals(), &out.NotPrincipals},
 	}
 	for _, s := range strs {
-		if *s.out, err = stringMatches(s.in); err != nil {
-			return config.Match{}, fmt.Errorf("%s: %w", s.field, err)
+		if v, err := stringMatches(s.in); err != nil {
+			fail(s.field, err)
+		} else {
+			*s.out = v
+		}
+	}
+	sas := []struct {
+		field string
+		in    []*security.ServiceAccountMatch
+		out   *[]config.ServiceAccountMatch
+	}{
+		{"service_accounts", m.GetServiceAccounts(), &out.ServiceAccounts},
+		{"not_service_accounts", m.GetNotServiceAccounts(), &out.NotServiceAccounts},
+	}
+	for _, s := range sas {
+		if v, err := serviceAccounts(s.in); err != nil {
+			fail(s.field, err)
+		} else {
+			*s.out = v
 		}
 	}
 	cidrs := []struct {
@@ -246,8 +328,10 @@ func fromMatch(m *security.Match) (config.Match, error) {
 		{"not_destination_ips", m.GetNotDestinationIps(), &out.NotDestinationIPs},
 	}
 	for _, c := range cidrs {
-		if *c.out, err = prefixes(c.in); err != nil {
-			return config.Match{}, fmt.Errorf("%s: %w", c.field, err)
+		if v, err := prefixes(c.in); err != nil {
+			fail(c.field, err)
+		} else {
+			*c.out = v
 		}
 	}
 	nums := []struct {
@@ -259,12 +343,28 @@ func fromMatch(m *security.Match) (config.Match, error) {
 		{"not_destination_ports", m.GetNotDestinationPorts(), &out.NotDestinationPorts},
 	}
 	for _, n := range nums {
-		for _, p := range n.in {
-			if p == 0 || p > 65535 {
-				return config.Match{}, fmt.Errorf("%s: port %d, want 1 to 65535", n.field, p)
-			}
+		if i := slices.IndexFunc(n.in, func(p uint32) bool { return p == 0 || p > 65535 }); i >= 0 {
+			fail(n.field, fmt.Errorf("port %d, want 1 to 65535", n.in[i]))
+			continue
 		}
 		*n.out = slices.Clone(n.in)
+	}
+	out.Unknown = strings.Join(unknown, ", ")
+	return out
+}
+
+func serviceAccounts(in []*security.ServiceAccountMatch) ([]config.ServiceAccountMatch, error) {
+	var out []config.ServiceAccountMatch
+	for i, sa := range in {
+		if u := notUnderstood(sa, nil); len(u) > 0 {
+			return nil, fmt.Errorf("match %d: %s", i, strings.Join(u, ", "))
+		}
+		if sa.GetNamespace() == "" || sa.GetServiceAccount() == "" {
+			// Plain text has an empty identity: an empty service
+			// account would match it.
+			return nil, fmt.Errorf("match %d: want a namespace and a service account, got %q/%q", i, sa.GetNamespace(), sa.GetServiceAccount())
+		}
+		out = append(out, config.ServiceAccountMatch{Namespace: sa.GetNamespace(), ServiceAccount: sa.GetServiceAccount()})
 	}
 	return out, nil
 }

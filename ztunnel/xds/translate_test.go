@@ -7,6 +7,7 @@ import (
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/ztunnel/authz"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
@@ -239,9 +242,6 @@ func TestTranslateRefusals(t *testing.T) {
 		f(w)
 		return wlAddress(w)
 	}
-	withMatch := func(m *security.Match) proto.Message {
-		return &security.Authorization{Name: "p", Namespace: "shop", Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{m}}}}}}
-	}
 	tests := []struct {
 		name    string
 		typeURL string
@@ -332,44 +332,9 @@ func TestTranslateRefusals(t *testing.T) {
 			want: "policy shop/p: scope 5, want GLOBAL, NAMESPACE or WORKLOAD_SELECTOR",
 		},
 		{
-			name: "unknown action", typeURL: AuthorizationType,
-			msg:  &security.Authorization{Name: "p", Namespace: "shop", Action: 3},
-			want: "policy shop/p: action 3, want ALLOW or DENY",
-		},
-		{
 			name: "policy without name", typeURL: AuthorizationType,
 			msg:  &security.Authorization{Namespace: "shop"},
 			want: "want a name and a namespace",
-		},
-		{
-			name: "string match with nothing set", typeURL: AuthorizationType,
-			msg:  withMatch(&security.Match{Principals: []*security.StringMatch{{}}}),
-			want: "policy shop/p: rule 0 clause 0 match 0: principals: match 0: none of exact, prefix, suffix, presence is set",
-		},
-		{
-			name: "empty exact match", typeURL: AuthorizationType,
-			msg:  withMatch(&security.Match{NotNamespaces: []*security.StringMatch{exact("shop"), exact("")}}),
-			want: "policy shop/p: rule 0 clause 0 match 0: not_namespaces: match 1: empty string, want a non-empty one or presence",
-		},
-		{
-			name: "prefix length too long", typeURL: AuthorizationType,
-			msg:  withMatch(&security.Match{SourceIps: []*security.Address{cidr("10.0.0.0", 33)}}),
-			want: "policy shop/p: rule 0 clause 0 match 0: source_ips: address 0: prefix length 33 longer than the 32 bits of 10.0.0.0",
-		},
-		{
-			name: "3-byte CIDR", typeURL: AuthorizationType,
-			msg:  withMatch(&security.Match{NotDestinationIps: []*security.Address{{Address: []byte{10, 0, 0}, Length: 8}}}),
-			want: "policy shop/p: rule 0 clause 0 match 0: not_destination_ips: address 0: 3 bytes, want 4 (IPv4) or 16 (IPv6)",
-		},
-		{
-			name: "destination port 0", typeURL: AuthorizationType,
-			msg:  withMatch(&security.Match{DestinationPorts: []uint32{0}}),
-			want: "policy shop/p: rule 0 clause 0 match 0: destination_ports: port 0, want 1 to 65535",
-		},
-		{
-			name: "not destination port out of range", typeURL: AuthorizationType,
-			msg:  withMatch(&security.Match{NotDestinationPorts: []uint32{80, 65536}}),
-			want: "policy shop/p: rule 0 clause 0 match 0: not_destination_ports: port 65536, want 1 to 65535",
 		},
 		{
 			name: "unknown type", typeURL: "type.googleapis.com/google.protobuf.Struct",
@@ -424,5 +389,163 @@ func TestNodeProto(t *testing.T) {
 	}
 	if got := pb.GetMetadata().GetFields()["CLUSTER_ID"].GetStringValue(); got != DefaultClusterID {
 		t.Errorf("default CLUSTER_ID: got %q, want %q", got, DefaultClusterID)
+	}
+}
+
+// TestTranslatePolicyFailsClosed: what ztunnel cannot understand in a
+// policy (a malformed value, a field or extension our API lacks, an
+// unknown action) never makes an ALLOW allow more or a DENY deny less.
+// The policy is kept (leaving it out would drop a DENY altogether), the
+// parts are named for the log, and evaluation fails closed: an ALLOW's
+// unreadable match matches nothing, a DENY's unreadable condition holds.
+func TestTranslatePolicyFailsClosed(t *testing.T) {
+	shop := identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "alice"}
+	other := identity.Identity{TrustDomain: "cluster.local", Namespace: "other", ServiceAccount: "eve"}
+	conn := func(id identity.Identity) authz.Conn {
+		return authz.Conn{Source: id, SourceIP: netip.MustParseAddr("10.0.0.1"), Destination: netip.MustParseAddrPort("10.0.1.1:80")}
+	}
+	unknownField := func(m *security.Match) *security.Match {
+		raw := protowire.AppendTag(nil, 99, protowire.VarintType)
+		m.ProtoReflect().SetUnknown(protowire.AppendVarint(raw, 1))
+		return m
+	}
+	// Each bad match also requires namespace "shop", which still counts
+	// in a DENY.
+	tests := []struct {
+		name string
+		bad  *security.Match
+		want string
+	}{
+		{"string match with nothing set", &security.Match{Principals: []*security.StringMatch{{}}},
+			"principals: match 0: none of exact, prefix, suffix, presence is set"},
+		{"empty exact match", &security.Match{NotNamespaces: []*security.StringMatch{exact("x"), exact("")}},
+			"not_namespaces: match 1: empty string, want a non-empty one or presence"},
+		{"prefix length too long", &security.Match{SourceIps: []*security.Address{cidr("10.0.0.0", 33)}},
+			"source_ips: address 0: prefix length 33 longer than the 32 bits of 10.0.0.0"},
+		{"3-byte CIDR", &security.Match{NotDestinationIps: []*security.Address{{Address: []byte{10, 0, 0}, Length: 8}}},
+			"not_destination_ips: address 0: 3 bytes, want 4 (IPv4) or 16 (IPv6)"},
+		{"destination port 0", &security.Match{DestinationPorts: []uint32{0}},
+			"destination_ports: port 0, want 1 to 65535"},
+		{"not destination port out of range", &security.Match{NotDestinationPorts: []uint32{80, 65536}},
+			"not_destination_ports: port 65536, want 1 to 65535"},
+		{"service account without namespace", &security.Match{ServiceAccounts: []*security.ServiceAccountMatch{{ServiceAccount: "alice"}}},
+			`service_accounts: match 0: want a namespace and a service account, got ""/"alice"`},
+		{"empty not service account", &security.Match{NotServiceAccounts: []*security.ServiceAccountMatch{{}}},
+			`not_service_accounts: match 0: want a namespace and a service account, got ""/""`},
+		{"a field our API lacks", unknownField(&security.Match{}), "unknown fields [99]"},
+		{"an extension", &security.Match{Extensions: []*workload.Extension{{Name: "ambit.io/future"}}}, `extension "ambit.io/future"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, action := range []security.Action{security.Action_ALLOW, security.Action_DENY} {
+				bad := proto.Clone(tc.bad).(*security.Match)
+				bad.Namespaces = append(bad.Namespaces, exact("shop"))
+				pb := &security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE, Action: action,
+					Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{bad}}}}}}
+				it, err := translate(AuthorizationType, resource(t, "shop/p", pb))
+				if err != nil {
+					t.Fatalf("%s: translate: got error %v, want the policy kept", action, err)
+				}
+				nu := strings.Join(it.policy.NotUnderstood(), "; ")
+				if !strings.Contains(nu, "rule 0 clause 0 match 0: "+tc.want) {
+					t.Errorf("%s: not understood: got %q, want it to contain %q", action, nu, tc.want)
+				}
+				policies := []*config.Authorization{it.policy}
+				shopErr, otherErr := authz.Evaluate(policies, conn(shop)), authz.Evaluate(policies, conn(other))
+				switch action {
+				case security.Action_ALLOW:
+					if shopErr == nil || otherErr == nil {
+						t.Errorf("ALLOW: got shop allowed %t, other allowed %t; want both denied", shopErr == nil, otherErr == nil)
+					}
+				case security.Action_DENY:
+					if shopErr == nil {
+						t.Error("DENY: got shop allowed, want denied (the condition not understood holds)")
+					}
+					if otherErr != nil {
+						t.Errorf("DENY: got other denied (%v), want allowed (the namespace condition still counts)", otherErr)
+					}
+				}
+			}
+		})
+	}
+
+	// Not understood at the level of the whole policy: an ALLOW allows
+	// nothing, a DENY denies everything in its scope.
+	whole := []struct {
+		name string
+		pb   *security.Authorization
+		want string
+	}{
+		{"unknown action", &security.Authorization{Action: 3}, "action 3, want ALLOW or DENY"},
+		{"policy extension", &security.Authorization{Extensions: []*workload.Extension{{Name: "x"}}}, `extension "x"`},
+		{"unknown field of a rule", &security.Authorization{Rules: []*security.Rule{func() *security.Rule {
+			r := &security.Rule{}
+			r.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 7, protowire.VarintType), 1))
+			return r
+		}()}}, "rule 0: unknown fields [7]"},
+	}
+	for _, tc := range whole {
+		for _, action := range []security.Action{security.Action_ALLOW, security.Action_DENY} {
+			pb := proto.Clone(tc.pb).(*security.Authorization)
+			pb.Name, pb.Namespace, pb.Scope = "p", "shop", security.Scope_NAMESPACE
+			if pb.Action != 3 {
+				pb.Action = action
+			}
+			// An empty rule would allow (or deny) everything as written.
+			pb.Rules = append(pb.Rules, &security.Rule{})
+			it, err := translate(AuthorizationType, resource(t, "shop/p", pb))
+			if err != nil {
+				t.Fatalf("%s %s: translate: got error %v, want the policy kept", tc.name, action, err)
+			}
+			if got := strings.Join(it.policy.NotUnderstood(), "; "); !strings.Contains(got, tc.want) {
+				t.Errorf("%s %s: not understood: got %q, want it to contain %q", tc.name, action, got, tc.want)
+			}
+			if err := authz.Evaluate([]*config.Authorization{it.policy}, conn(shop)); err == nil {
+				t.Errorf("%s %s: got allowed, want denied", tc.name, pb.Action)
+			}
+		}
+	}
+}
+
+// TestServiceAccounts: Istio's istiod sends AuthorizationPolicy
+// source.serviceAccounts as Match fields 11 and 12. Dropping them left an
+// empty match that matched everything: an ALLOW for frontend let every
+// client in, plain text included, and a DENY of everyone but frontend
+// denied frontend too.
+func TestServiceAccounts(t *testing.T) {
+	frontend := identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "frontend"}
+	otherTD := identity.Identity{TrustDomain: "example.org", Namespace: "shop", ServiceAccount: "frontend"}
+	backend := identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "backend"}
+	elsewhere := identity.Identity{TrustDomain: "cluster.local", Namespace: "other", ServiceAccount: "frontend"}
+	plain := identity.Identity{}
+	sa := []*security.ServiceAccountMatch{{Namespace: "shop", ServiceAccount: "frontend"}}
+	allow := &security.Authorization{Name: "allow", Namespace: "shop", Scope: security.Scope_NAMESPACE, Action: security.Action_ALLOW,
+		Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{{ServiceAccounts: sa}}}}}}}
+	deny := &security.Authorization{Name: "deny", Namespace: "shop", Scope: security.Scope_NAMESPACE, Action: security.Action_DENY,
+		Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{{NotServiceAccounts: sa}}}}}}}
+	for _, tc := range []struct {
+		policy *security.Authorization
+		id     identity.Identity
+		want   bool
+	}{
+		{allow, frontend, true},
+		{allow, otherTD, true},
+		{allow, backend, false},
+		{allow, elsewhere, false},
+		{allow, plain, false},
+		{deny, frontend, true},
+		{deny, backend, false},
+		{deny, elsewhere, false},
+		{deny, plain, false},
+	} {
+		it, err := translate(AuthorizationType, resource(t, "shop/p", tc.policy))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := authz.Conn{Source: tc.id, SourceIP: netip.MustParseAddr("10.0.0.1"), Destination: netip.MustParseAddrPort("10.0.1.1:80")}
+		err = authz.Evaluate([]*config.Authorization{it.policy}, c)
+		if got := err == nil; got != tc.want {
+			t.Errorf("%s from %q: got allowed %t (%v), want %t", tc.policy.GetName(), tc.id, got, err, tc.want)
+		}
 	}
 }
