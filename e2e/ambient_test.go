@@ -320,6 +320,40 @@ func TestAmbient(t *testing.T) {
 		wantReach(t, "shop", "a", addr("b"), "b")
 		deletePolicy(t, ctx, istio, mesh, denyIP.Namespace, denyIP.Name, ip("b"))
 		wantReach(t, "shop", "a2", addr("b"), "b")
+
+		// Service accounts, in the bare form Istio documents (the
+		// policy's namespace). Once dropped on the way, the empty match
+		// left behind let everyone in through the ALLOW (plain text
+		// too) and denied frontend through the DENY.
+		bySA := func(name string, action secapi.AuthorizationPolicy_Action, src *secapi.Source) *securityv1.AuthorizationPolicy {
+			return &securityv1.AuthorizationPolicy{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop"},
+				Spec: secapi.AuthorizationPolicy{
+					Selector: &typeapi.WorkloadSelector{MatchLabels: map[string]string{"app": "b"}},
+					Action:   action,
+					Rules:    []*secapi.Rule{{From: []*secapi.Rule_From{{Source: src}}}},
+				},
+			}
+		}
+		allowSA := bySA("b-from-frontend-sa", secapi.AuthorizationPolicy_ALLOW, &secapi.Source{ServiceAccounts: []string{"frontend"}})
+		applyPolicy(t, ctx, istio, mesh, allowSA, ip("b"))
+		wantReach(t, "shop", "a", addr("b"), "b")
+		wantRefused(t, "shop", "a2", addr("b"))
+		wantRefused(t, "plain", "c", addr("b"))
+		deletePolicy(t, ctx, istio, mesh, allowSA.Namespace, allowSA.Name, ip("b"))
+		denySA := bySA("b-deny-all-but-frontend", secapi.AuthorizationPolicy_DENY, &secapi.Source{NotServiceAccounts: []string{"shop/frontend"}})
+		applyPolicy(t, ctx, istio, mesh, denySA, ip("b"))
+		wantReach(t, "shop", "a", addr("b"), "b")
+		wantRefused(t, "shop", "a2", addr("b"))
+		deletePolicy(t, ctx, istio, mesh, denySA.Namespace, denySA.Name, ip("b"))
+		// An ALLOW whose only source cannot be understood allows
+		// nothing, rather than being left out (which would allow all).
+		allowBad := bySA("b-from-bad-sa", secapi.AuthorizationPolicy_ALLOW, &secapi.Source{ServiceAccounts: []string{"front*"}})
+		applyPolicy(t, ctx, istio, mesh, allowBad, ip("b"))
+		wantRefused(t, "shop", "a", addr("b"))
+		wantRefused(t, "shop", "a2", addr("b"))
+		deletePolicy(t, ctx, istio, mesh, allowBad.Namespace, allowBad.Name, ip("b"))
+		wantReach(t, "shop", "a2", addr("b"), "b")
 	})
 
 	t.Run("PeerAuthentication STRICT", func(t *testing.T) {

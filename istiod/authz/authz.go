@@ -116,6 +116,18 @@ func (t *Translation) ForWorkload(namespace string, lbls map[string]string) []st
 	return slices.Compact(out)
 }
 
+// DryRunAnnotation marks a policy whose verdicts are logged, not
+// enforced (Istio's istio.io/dry-run).
+const DryRunAnnotation = "istio.io/dry-run"
+
+// What cannot be translated as written is never dropped in a way that
+// widens access. In an ALLOW policy, a source, operation or condition
+// that cannot be understood matches nothing: the entry is left out of its
+// list, and a rule left unable to match is left out (an ALLOW with no
+// rules allows nothing). In a DENY policy, the field or condition that
+// cannot be understood is taken to hold: it is left out of its match, so
+// the rule denies at least what was meant. Each case is named in the
+// policy's status.
 func translateAuthorizationPolicy(ap *securityv1.AuthorizationPolicy, cfg Config) (*security.Authorization, string, error) {
 	spec := &ap.Spec
 	if spec.GetTargetRef() != nil || len(spec.GetTargetRefs()) > 0 {
@@ -131,81 +143,134 @@ func translateAuthorizationPolicy(ap *securityv1.AuthorizationPolicy, cfg Config
 	default:
 		a.Scope = security.Scope_NAMESPACE
 	}
+	var notes, invalid []string
+	if v, ok := ap.Annotations[DryRunAnnotation]; ok {
+		dry, err := strconv.ParseBool(v)
+		if err != nil {
+			// Not knowing whether to enforce, enforce.
+			invalid = append(invalid, fmt.Sprintf("annotation %s=%q: want true or false; the policy is enforced", DryRunAnnotation, v))
+		}
+		a.DryRun = dry
+	}
 	switch spec.GetAction() {
 	case secapi.AuthorizationPolicy_ALLOW:
 		a.Action = security.Action_ALLOW
 	case secapi.AuthorizationPolicy_DENY:
 		a.Action = security.Action_DENY
+	case secapi.AuthorizationPolicy_AUDIT:
+		// Auditing decides nothing: leaving it out changes no verdict.
+		return nil, "action AUDIT: ztunnel does not audit; the policy has no effect", nil
+	case secapi.AuthorizationPolicy_CUSTOM:
+		// The external authorizer could refuse what the rules match; with
+		// none to ask, refuse it.
+		a.Action = security.Action_DENY
+		notes = append(notes, "action CUSTOM: ztunnel cannot ask an external authorizer, so it denies every connection the rules match")
 	default:
-		return nil, "", fmt.Errorf("action %s: ztunnel enforces only ALLOW and DENY", spec.GetAction())
+		return nil, "", fmt.Errorf("action %s: want ALLOW, DENY, AUDIT or CUSTOM", spec.GetAction())
 	}
-	var notes []string
+	deny := a.Action == security.Action_DENY
 	for i, r := range spec.GetRules() {
-		rule, l7, err := translateRule(r)
-		if err != nil {
-			return nil, "", fmt.Errorf("rule %d: %w", i, err)
+		t := translateRule(r, deny, ap.Namespace)
+		for _, msg := range t.invalid {
+			invalid = append(invalid, fmt.Sprintf("rule %d: %s", i, msg))
 		}
-		if len(l7) > 0 {
-			if a.Action == security.Action_ALLOW {
+		if t.never {
+			notes = append(notes, fmt.Sprintf("rule %d: nothing in it can be understood to match, so this ALLOW policy allows nothing by it", i))
+			continue
+		}
+		if len(t.l7) > 0 {
+			if !deny {
 				// Dropping the rule allows less: fail closed.
-				notes = append(notes, fmt.Sprintf("rule %d: %v (found %s); there is no waypoint, so the rule is left out of this ALLOW policy, which denies what it would have allowed", i, ErrL7, strings.Join(l7, ", ")))
+				notes = append(notes, fmt.Sprintf("rule %d: %v (found %s); there is no waypoint, so the rule is left out of this ALLOW policy, which denies what it would have allowed", i, ErrL7, strings.Join(t.l7, ", ")))
 				continue
 			}
 			// In a DENY policy the HTTP part is treated as always
 			// matching, which denies more: fail closed.
-			notes = append(notes, fmt.Sprintf("rule %d: %v (found %s); there is no waypoint, so this DENY rule applies to every request its L4 part matches", i, ErrL7, strings.Join(l7, ", ")))
+			notes = append(notes, fmt.Sprintf("rule %d: %v (found %s); there is no waypoint, so this DENY rule applies to every request its L4 part matches", i, ErrL7, strings.Join(t.l7, ", ")))
 		}
-		a.Rules = append(a.Rules, rule)
+		a.Rules = append(a.Rules, t.rule)
+	}
+	if len(invalid) > 0 {
+		how := "in this ALLOW policy each source, operation or condition named matches nothing"
+		if deny {
+			how = "in this DENY policy each field or condition named is taken to match everything"
+		}
+		notes = append([]string{"invalid: " + strings.Join(invalid, "; ") + " (" + how + ")"}, notes...)
 	}
 	return a, strings.Join(notes, "; "), nil
 }
 
-// translateRule maps from/to/when to clauses. Each list becomes one clause
-// (its entries are OR-ed), each condition its own clause; clauses are
-// AND-ed. HTTP-only attributes are reported in l7 and left out.
-func translateRule(r *secapi.Rule) (_ *security.Rule, l7 []string, err error) {
-	rule := &security.Rule{}
-	if len(r.GetFrom()) > 0 {
-		c := &security.Clause{}
-		for j, f := range r.GetFrom() {
-			m, fl7, err := translateSource(f.GetSource())
-			if err != nil {
-				return nil, nil, fmt.Errorf("from %d: %w", j, err)
-			}
-			l7 = append(l7, fl7...)
-			c.Matches = append(c.Matches, m)
-		}
-		rule.Clauses = append(rule.Clauses, c)
-	}
-	if len(r.GetTo()) > 0 {
-		c := &security.Clause{}
-		for j, to := range r.GetTo() {
-			m, tl7, err := translateOperation(to.GetOperation())
-			if err != nil {
-				return nil, nil, fmt.Errorf("to %d: %w", j, err)
-			}
-			l7 = append(l7, tl7...)
-			c.Matches = append(c.Matches, m)
-		}
-		rule.Clauses = append(rule.Clauses, c)
-	}
-	for j, cond := range r.GetWhen() {
-		m, isL7, err := translateCondition(cond)
-		if err != nil {
-			return nil, nil, fmt.Errorf("when %d: %w", j, err)
-		}
-		if isL7 {
-			l7 = append(l7, "when "+cond.GetKey())
-			continue
-		}
-		rule.Clauses = append(rule.Clauses, &security.Clause{Matches: []*security.Match{m}})
-	}
-	return rule, l7, nil
+// rule is one translated rule and what could not be translated in it.
+type rule struct {
+	rule *security.Rule
+	// l7 names the HTTP attributes left out.
+	l7 []string
+	// invalid describes values that could not be understood.
+	invalid []string
+	// never: in an ALLOW policy, the rule can match nothing.
+	never bool
 }
 
-func translateSource(s *secapi.Source) (*security.Match, []string, error) {
-	m := &security.Match{}
-	var l7 []string
+// translateRule maps from/to/when to clauses. Each list becomes one clause
+// (its entries are OR-ed), each condition its own clause; clauses are
+// AND-ed. HTTP-only attributes are reported in l7 and left out. deny says
+// which way a value that cannot be understood fails closed; ns is the
+// policy's namespace.
+func translateRule(r *secapi.Rule, deny bool, ns string) rule {
+	out := rule{rule: &security.Rule{}}
+	// list translates one of from and to: entries that can match nothing
+	// are left out, and a list left empty leaves the rule unable to match.
+	list := func(what string, n int, tr func(i int) (*security.Match, []string, []string)) {
+		if n == 0 {
+			return
+		}
+		c := &security.Clause{}
+		for i := range n {
+			m, l7, invalid := tr(i)
+			out.l7 = append(out.l7, l7...)
+			for _, msg := range invalid {
+				out.invalid = append(out.invalid, fmt.Sprintf("%s %d: %s", what, i, msg))
+			}
+			if m != nil {
+				c.Matches = append(c.Matches, m)
+			}
+		}
+		if len(c.Matches) == 0 {
+			out.never = true
+		}
+		out.rule.Clauses = append(out.rule.Clauses, c)
+	}
+	list("from", len(r.GetFrom()), func(i int) (*security.Match, []string, []string) {
+		return translateSource(r.GetFrom()[i].GetSource(), deny, ns)
+	})
+	list("to", len(r.GetTo()), func(i int) (*security.Match, []string, []string) {
+		m, invalid := translateOperation(r.GetTo()[i].GetOperation(), deny)
+		return m, operationL7(r.GetTo()[i].GetOperation()), invalid
+	})
+	for j, cond := range r.GetWhen() {
+		m, isL7, err := translateCondition(cond)
+		if isL7 {
+			out.l7 = append(out.l7, "when "+cond.GetKey())
+			continue
+		}
+		if err != nil {
+			out.invalid = append(out.invalid, fmt.Sprintf("when %d: %v", j, err))
+			if !deny {
+				out.never = true
+			}
+			// In a DENY, the condition is taken to hold: left out.
+			continue
+		}
+		out.rule.Clauses = append(out.rule.Clauses, &security.Clause{Matches: []*security.Match{m}})
+	}
+	return out
+}
+
+// translateSource maps one source. A field whose values cannot be
+// understood is reported in invalid; in an ALLOW the source then matches
+// nothing (m is nil), in a DENY the field is left out.
+func translateSource(s *secapi.Source, deny bool, ns string) (m *security.Match, l7, invalid []string) {
+	m = &security.Match{}
 	if s == nil {
 		return m, nil, nil
 	}
@@ -215,64 +280,55 @@ func translateSource(s *secapi.Source) (*security.Match, []string, error) {
 	if len(s.GetNotRequestPrincipals()) > 0 {
 		l7 = append(l7, "notRequestPrincipals")
 	}
-	if len(s.GetPrincipals()) > 0 && (len(s.GetServiceAccounts()) > 0 || len(s.GetTrustDomains()) > 0) {
-		return nil, nil, errors.New("principals together with serviceAccounts or trustDomains in one source: want one of them")
-	}
 	m.Principals = stringMatches(s.GetPrincipals())
 	m.NotPrincipals = stringMatches(s.GetNotPrincipals())
-	for _, sa := range s.GetServiceAccounts() {
-		p, err := serviceAccountPrincipal(sa)
-		if err != nil {
-			return nil, nil, err
-		}
-		m.Principals = append(m.Principals, p)
-	}
-	for _, sa := range s.GetNotServiceAccounts() {
-		p, err := serviceAccountPrincipal(sa)
-		if err != nil {
-			return nil, nil, err
-		}
-		m.NotPrincipals = append(m.NotPrincipals, p)
-	}
+	m.Namespaces = stringMatches(s.GetNamespaces())
+	m.NotNamespaces = stringMatches(s.GetNotNamespaces())
 	for _, td := range s.GetTrustDomains() {
 		m.Principals = append(m.Principals, &security.StringMatch{MatchType: &security.StringMatch_Prefix{Prefix: td + "/"}})
 	}
 	for _, td := range s.GetNotTrustDomains() {
 		m.NotPrincipals = append(m.NotPrincipals, &security.StringMatch{MatchType: &security.StringMatch_Prefix{Prefix: td + "/"}})
 	}
-	m.Namespaces = stringMatches(s.GetNamespaces())
-	m.NotNamespaces = stringMatches(s.GetNotNamespaces())
-	var err error
+	var errs []error
+	check := func(field string, err error) bool {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", field, err))
+			return false
+		}
+		return true
+	}
+	if sas, err := serviceAccountMatches(s.GetServiceAccounts(), ns); check("serviceAccounts", err) {
+		m.ServiceAccounts = sas
+	}
+	if sas, err := serviceAccountMatches(s.GetNotServiceAccounts(), ns); check("notServiceAccounts", err) {
+		m.NotServiceAccounts = sas
+	}
 	// Without a proxy in front, the remote address is the source address.
 	for _, blocks := range []struct {
-		in  []string
-		out *[]*security.Address
+		field string
+		in    []string
+		out   *[]*security.Address
 	}{
-		{s.GetIpBlocks(), &m.SourceIps},
-		{s.GetRemoteIpBlocks(), &m.SourceIps},
-		{s.GetNotIpBlocks(), &m.NotSourceIps},
-		{s.GetNotRemoteIpBlocks(), &m.NotSourceIps},
+		{"ipBlocks", s.GetIpBlocks(), &m.SourceIps},
+		{"remoteIpBlocks", s.GetRemoteIpBlocks(), &m.SourceIps},
+		{"notIpBlocks", s.GetNotIpBlocks(), &m.NotSourceIps},
+		{"notRemoteIpBlocks", s.GetNotRemoteIpBlocks(), &m.NotSourceIps},
 	} {
-		for _, b := range blocks.in {
-			a, perr := parseCIDR(b)
-			if perr != nil {
-				err = errors.Join(err, perr)
-				continue
-			}
-			*blocks.out = append(*blocks.out, a)
+		if a, err := parseCIDRs(blocks.in); check(blocks.field, err) {
+			*blocks.out = append(*blocks.out, a...)
 		}
 	}
-	if err != nil {
-		return nil, nil, err
+	for _, err := range errs {
+		invalid = append(invalid, err.Error())
 	}
-	return m, l7, nil
+	if len(errs) > 0 && !deny {
+		return nil, l7, invalid
+	}
+	return m, l7, invalid
 }
 
-func translateOperation(o *secapi.Operation) (*security.Match, []string, error) {
-	m := &security.Match{}
-	if o == nil {
-		return m, nil, nil
-	}
+func operationL7(o *secapi.Operation) []string {
 	var l7 []string
 	for name, v := range map[string][]string{
 		"hosts": o.GetHosts(), "notHosts": o.GetNotHosts(),
@@ -284,14 +340,35 @@ func translateOperation(o *secapi.Operation) (*security.Match, []string, error) 
 		}
 	}
 	sort.Strings(l7)
-	var err error
-	if m.DestinationPorts, err = parsePorts(o.GetPorts()); err != nil {
-		return nil, nil, err
+	return l7
+}
+
+// translateOperation maps one operation's L4 part, as translateSource.
+func translateOperation(o *secapi.Operation, deny bool) (*security.Match, []string) {
+	m := &security.Match{}
+	if o == nil {
+		return m, nil
 	}
-	if m.NotDestinationPorts, err = parsePorts(o.GetNotPorts()); err != nil {
-		return nil, nil, err
+	var invalid []string
+	for _, p := range []struct {
+		field string
+		in    []string
+		out   *[]uint32
+	}{
+		{"ports", o.GetPorts(), &m.DestinationPorts},
+		{"notPorts", o.GetNotPorts(), &m.NotDestinationPorts},
+	} {
+		v, err := parsePorts(p.in)
+		if err != nil {
+			invalid = append(invalid, fmt.Sprintf("%s: %v", p.field, err))
+			continue
+		}
+		*p.out = v
 	}
-	return m, l7, nil
+	if len(invalid) > 0 && !deny {
+		return nil, invalid
+	}
+	return m, invalid
 }
 
 // translateCondition handles the L4 condition keys; any other key is an
@@ -346,14 +423,23 @@ func stringMatches(in []string) []*security.StringMatch {
 	return out
 }
 
-// serviceAccountPrincipal turns "namespace/name" into a match on the
-// principal's "/ns/<ns>/sa/<name>" suffix, in any trust domain.
-func serviceAccountPrincipal(sa string) (*security.StringMatch, error) {
-	ns, name, ok := strings.Cut(sa, "/")
-	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-		return nil, fmt.Errorf("service account %q: want namespace/name", sa)
+// serviceAccountMatches maps Istio's service account forms,
+// "namespace/name" or a bare "name" in the policy's namespace ns. No
+// wildcard is allowed (Istio's API says so): a "*" would otherwise be
+// taken literally and match no one.
+func serviceAccountMatches(in []string, ns string) ([]*security.ServiceAccountMatch, error) {
+	var out []*security.ServiceAccountMatch
+	for _, sa := range in {
+		namespace, name, qualified := strings.Cut(sa, "/")
+		if !qualified {
+			namespace, name = ns, sa
+		}
+		if namespace == "" || name == "" || strings.Contains(name, "/") || strings.Contains(sa, "*") {
+			return nil, fmt.Errorf("service account %q: want namespace/name or name, without wildcards", sa)
+		}
+		out = append(out, &security.ServiceAccountMatch{Namespace: namespace, ServiceAccount: name})
 	}
-	return &security.StringMatch{MatchType: &security.StringMatch_Suffix{Suffix: "/ns/" + ns + "/sa/" + name}}, nil
+	return out, nil
 }
 
 func parseCIDRs(in []string) ([]*security.Address, error) {

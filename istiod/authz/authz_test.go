@@ -91,12 +91,15 @@ func TestAuthorizationPolicy(t *testing.T) {
 			}}}},
 		},
 		{
-			name: "service accounts",
+			name: "service accounts, qualified and bare (the policy's namespace)",
 			policy: ap("shop", "p", &secapi.AuthorizationPolicy{Rules: []*secapi.Rule{{
-				From: from(&secapi.Source{ServiceAccounts: []string{"shop/frontend"}}),
+				From: from(&secapi.Source{ServiceAccounts: []string{"other/frontend", "frontend"}, NotServiceAccounts: []string{"canary"}}),
 			}}}),
 			want: &security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE, Rules: []*security.Rule{{Clauses: []*security.Clause{
-				one(&security.Match{Principals: []*security.StringMatch{{MatchType: &security.StringMatch_Suffix{Suffix: "/ns/shop/sa/frontend"}}}}),
+				one(&security.Match{
+					ServiceAccounts:    []*security.ServiceAccountMatch{{Namespace: "other", ServiceAccount: "frontend"}, {Namespace: "shop", ServiceAccount: "frontend"}},
+					NotServiceAccounts: []*security.ServiceAccountMatch{{Namespace: "shop", ServiceAccount: "canary"}},
+				}),
 			}}}},
 		},
 		{
@@ -132,23 +135,86 @@ func TestAuthorizationPolicy(t *testing.T) {
 			wantStatus: "this DENY rule applies to every request its L4 part matches",
 		},
 		{
-			name: "bad ip block rejected",
+			name: "bad ip block in ALLOW: that source matches nothing",
 			policy: ap("shop", "p", &secapi.AuthorizationPolicy{Rules: []*secapi.Rule{{
-				From: from(&secapi.Source{IpBlocks: []string{"10.0.0.300"}}),
+				From: from(&secapi.Source{IpBlocks: []string{"10.0.0.300"}}, &secapi.Source{Namespaces: []string{"a"}}),
 			}}}),
-			wantStatus: `rejected: rule 0: from 0: ip block "10.0.0.300": want an IP address or CIDR`,
+			want: &security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE, Rules: []*security.Rule{{Clauses: []*security.Clause{
+				one(&security.Match{Namespaces: []*security.StringMatch{exact("a")}}),
+			}}}},
+			wantStatus: `invalid: rule 0: from 0: ipBlocks: ip block "10.0.0.300": want an IP address or CIDR (in this ALLOW policy`,
 		},
 		{
-			name: "bad port rejected",
+			name: "only source unreadable in ALLOW: the rule is left out, allowing nothing",
+			policy: ap("shop", "p", &secapi.AuthorizationPolicy{Rules: []*secapi.Rule{{
+				From: from(&secapi.Source{ServiceAccounts: []string{"front*"}}),
+			}}}),
+			want:       &security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE},
+			wantStatus: `invalid: rule 0: from 0: serviceAccounts: service account "front*": want namespace/name or name, without wildcards`,
+		},
+		{
+			name: "bad port in ALLOW: the rule is left out",
 			policy: ap("shop", "p", &secapi.AuthorizationPolicy{Rules: []*secapi.Rule{{
 				To: []*secapi.Rule_To{{Operation: &secapi.Operation{Ports: []string{"http"}}}},
 			}}}),
-			wantStatus: `rejected: rule 0: to 0: port "http": want a number from 1 to 65535`,
+			want:       &security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE},
+			wantStatus: `invalid: rule 0: to 0: ports: port "http": want a number from 1 to 65535`,
 		},
 		{
-			name:       "CUSTOM rejected",
-			policy:     ap("shop", "p", &secapi.AuthorizationPolicy{Action: secapi.AuthorizationPolicy_CUSTOM}),
-			wantStatus: "rejected: action CUSTOM",
+			name: "bad condition in ALLOW: the rule is left out",
+			policy: ap("shop", "p", &secapi.AuthorizationPolicy{Rules: []*secapi.Rule{
+				{When: []*secapi.Condition{{Key: "destination.port", Values: []string{"0"}}}},
+				{From: from(&secapi.Source{Namespaces: []string{"a"}})},
+			}}),
+			want: &security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE, Rules: []*security.Rule{{Clauses: []*security.Clause{
+				one(&security.Match{Namespaces: []*security.StringMatch{exact("a")}}),
+			}}}},
+			wantStatus: `invalid: rule 0: when 0: port "0"`,
+		},
+		{
+			name: "bad values in DENY: the field or condition is taken to match",
+			policy: ap("shop", "p", &secapi.AuthorizationPolicy{Action: secapi.AuthorizationPolicy_DENY, Rules: []*secapi.Rule{{
+				From: from(&secapi.Source{Namespaces: []string{"a"}, NotIpBlocks: []string{"nonsense"}, NotServiceAccounts: []string{"x/y/z"}}),
+				To:   []*secapi.Rule_To{{Operation: &secapi.Operation{Ports: []string{"80"}, NotPorts: []string{"99999"}}}},
+				When: []*secapi.Condition{{Key: "source.ip", NotValues: []string{"bad"}}},
+			}}}),
+			want: &security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE, Action: security.Action_DENY, Rules: []*security.Rule{{Clauses: []*security.Clause{
+				one(&security.Match{Namespaces: []*security.StringMatch{exact("a")}}),
+				one(&security.Match{DestinationPorts: []uint32{80}}),
+			}}}},
+			wantStatus: "(in this DENY policy each field or condition named is taken to match everything)",
+		},
+		{
+			name:   "CUSTOM: no external authorizer to ask, so what its rules match is denied",
+			policy: ap("shop", "p", &secapi.AuthorizationPolicy{Action: secapi.AuthorizationPolicy_CUSTOM, Rules: []*secapi.Rule{{To: []*secapi.Rule_To{{Operation: &secapi.Operation{Ports: []string{"80"}}}}}}}),
+			want: &security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE, Action: security.Action_DENY, Rules: []*security.Rule{{Clauses: []*security.Clause{
+				one(&security.Match{DestinationPorts: []uint32{80}}),
+			}}}},
+			wantStatus: "action CUSTOM: ztunnel cannot ask an external authorizer, so it denies every connection the rules match",
+		},
+		{
+			name:       "AUDIT decides nothing",
+			policy:     ap("shop", "p", &secapi.AuthorizationPolicy{Action: secapi.AuthorizationPolicy_AUDIT}),
+			wantStatus: "action AUDIT",
+		},
+		{
+			name: "dry run",
+			policy: func() *securityv1.AuthorizationPolicy {
+				p := ap("shop", "p", &secapi.AuthorizationPolicy{Action: secapi.AuthorizationPolicy_DENY})
+				p.Annotations = map[string]string{DryRunAnnotation: "true"}
+				return p
+			}(),
+			want: &security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE, Action: security.Action_DENY, DryRun: true},
+		},
+		{
+			name: "unreadable dry-run annotation: enforced",
+			policy: func() *securityv1.AuthorizationPolicy {
+				p := ap("shop", "p", &secapi.AuthorizationPolicy{Action: secapi.AuthorizationPolicy_DENY})
+				p.Annotations = map[string]string{DryRunAnnotation: "maybe"}
+				return p
+			}(),
+			want:       &security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE, Action: security.Action_DENY},
+			wantStatus: `invalid: annotation istio.io/dry-run="maybe": want true or false; the policy is enforced`,
 		},
 		{
 			name:   "waypoint-bound policy is not ztunnel's",

@@ -56,6 +56,9 @@ func (w *statusWriter) run(ctx context.Context) {
 				if old, ok := w.written[key]; ok && old == msg {
 					continue
 				}
+				if msg != "" {
+					w.log.Warn("policy not enforced as written", "policy", key, "reason", msg)
+				}
 				if err := w.write(ctx, key, msg); err != nil {
 					w.log.Warn("write policy status", "policy", key, "err", err)
 					continue
@@ -77,7 +80,9 @@ func (w *statusWriter) run(ctx context.Context) {
 func condition(msg string) *metaapi.IstioCondition {
 	c := &metaapi.IstioCondition{Type: ConditionZtunnelAccepted, Status: "True", Reason: "Accepted", Message: "enforced by ztunnel as written"}
 	switch {
-	case strings.HasPrefix(msg, "rejected: "):
+	case strings.HasPrefix(msg, "rejected: "), strings.HasPrefix(msg, "invalid: "):
+		// Invalid values are enforced stricter than written (see
+		// authz.Translate), but the policy as written is not accepted.
 		c.Status, c.Reason, c.Message = "False", "Invalid", msg
 	case msg != "":
 		c.Reason, c.Message = "UnsupportedValue", msg
