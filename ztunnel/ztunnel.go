@@ -39,6 +39,7 @@ const (
 	AdminPort            = 15000
 	MetricsPort          = 15020
 	ReadinessPort        = 15021
+	DNSPort              = 15053
 )
 
 // Config is everything the tunnel needs. Zero values take Istio's
@@ -181,7 +182,17 @@ func New(cfg Config) (*Ztunnel, error) {
 	z.in = &inbound.Inbound{
 		Node: cfg.Node, Store: cfg.Store, Certs: z.certs, Verifier: z.verifier, Metrics: z.metrics,
 		Log: log.With(accesslog.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
-		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort}, PreserveSource: cfg.PreserveSource,
+		// The tunnel never leads to a port of its own, wherever it
+		// listens.
+		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort, OutboundPort, outboundPort(cfg.OutboundAddr),
+			AdminPort, MetricsPort, ReadinessPort, DNSPort},
+		PreserveSource: cfg.PreserveSource,
+	}
+	if cfg.Transparent {
+		// Workloads have addresses of their own, never the node's: the
+		// tunnel never leads into the node itself. (On loopback, in tests
+		// and development, workload addresses are the host's.)
+		z.in.NodeAddr = new(origdst.LocalAddrs).Contains
 	}
 	z.out = &outbound.Outbound{
 		Node: cfg.Node, Store: cfg.Store, Pool: z.pool, Metrics: z.metrics,

@@ -193,6 +193,11 @@ func TestConnectRefusals(t *testing.T) {
 		{"other local workload through this one's tunnel", netip.AddrPortFrom(m.ip(12), 8080), http.StatusBadRequest},
 		{"the tunnel port", netip.AddrPortFrom(m.ip(11), hbone.Port), http.StatusBadRequest},
 		{"the plaintext port", netip.AddrPortFrom(m.ip(11), 15006), http.StatusBadRequest},
+		{"the outbound port", netip.AddrPortFrom(m.ip(11), ztunnel.OutboundPort), http.StatusBadRequest},
+		{"the admin port", netip.AddrPortFrom(m.ip(11), ztunnel.AdminPort), http.StatusBadRequest},
+		{"the metrics port", netip.AddrPortFrom(m.ip(11), ztunnel.MetricsPort), http.StatusBadRequest},
+		{"the readiness port", netip.AddrPortFrom(m.ip(11), ztunnel.ReadinessPort), http.StatusBadRequest},
+		{"the DNS port", netip.AddrPortFrom(m.ip(11), ztunnel.DNSPort), http.StatusBadRequest},
 		{"the workload itself", netip.AddrPortFrom(m.ip(11), 8080), http.StatusOK},
 	}
 	for _, tt := range tests {
@@ -475,4 +480,61 @@ func TestServerClosesFirst(t *testing.T) {
 	if string(got) != banner {
 		t.Errorf("banner: got %d bytes, want %d", len(got), len(banner))
 	}
+}
+
+// TestHostNetworkAndUnenrolledNotServed: istiod sends a hostNetwork pod
+// at its node's address (HOST_NETWORK), and pods outside the mesh too.
+// Neither is the tunnel's to serve: treating the host-network pod as a
+// local workload made the tunnel listen on the node's address, fetch a
+// certificate for the pod's identity, and let any mesh identity CONNECT
+// to any port of the node (the kubelet's, the tunnel's own).
+func TestHostNetworkAndUnenrolledNotServed(t *testing.T) {
+	m := newMesh(t, meshOptions{state: func(ip func(byte) netip.Addr) config.State {
+		st := defaultState(ip)
+		st.Workloads = append(st.Workloads,
+			// Even claiming HBONE, a host-network workload is not served.
+			&config.Workload{UID: "kube-system/agent", Name: "agent", Namespace: "kube-system", ServiceAccount: "agent",
+				Addresses: []netip.Addr{ip(40)}, Node: "node-b", TunnelProtocol: config.TunnelHBONE, NetworkMode: config.NetworkHost},
+			&config.Workload{UID: "plain/pod", Name: "pod", Namespace: "plain", ServiceAccount: "pod",
+				Addresses: []netip.Addr{ip(41)}, Node: "node-b", TunnelProtocol: config.TunnelNone},
+		)
+		return st
+	}})
+	var certs []string
+	for _, c := range m.b.z.ConfigDump().(ztunnel.Dump).Certificates {
+		certs = append(certs, c.Identity)
+	}
+	want := []string{"spiffe://cluster.local/ns/shop/sa/server", "spiffe://cluster.local/ns/shop/sa/server2"}
+	if diff := cmp.Diff(want, certs); diff != "" {
+		t.Errorf("node B's certificates (-want +got):\n%s", diff)
+	}
+	if err := m.b.z.Ready(); err != nil {
+		t.Errorf("node B ready: got %v, want ready without certificates for workloads it does not serve", err)
+	}
+	for _, host := range []byte{40, 41} {
+		for _, port := range []uint16{hbone.Port, ztunnel.InboundPlaintextPort} {
+			addr := netip.AddrPortFrom(m.ip(host), port)
+			if c, err := net.DialTimeout("tcp", addr.String(), 5*time.Second); err == nil {
+				c.Close()
+				t.Errorf("dial %s: got a listener, want none (not a workload the tunnel serves)", addr)
+			}
+		}
+	}
+	cc := m.hboneTo(t, 11, "server")
+	for _, target := range []netip.AddrPort{netip.AddrPortFrom(m.ip(40), 8080), netip.AddrPortFrom(m.ip(40), ztunnel.ReadinessPort), netip.AddrPortFrom(m.ip(41), 8080)} {
+		c, err := cc.Connect(context.Background(), target, nil)
+		if err == nil {
+			c.Close()
+		}
+		if got := hbone.StatusCode(err); got != http.StatusBadRequest {
+			t.Errorf("CONNECT %s: got %v, want status 400", target, err)
+		}
+	}
+	// The tunnel still serves its own workloads.
+	c, err := cc.Connect(context.Background(), netip.AddrPortFrom(m.ip(11), 8080), nil)
+	if err != nil {
+		t.Fatalf("CONNECT to the server after the refusals: %v", err)
+	}
+	expectEcho(t, c, netip.AddrPortFrom(m.ip(11), 8080), "after")
+	c.Close()
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -113,4 +114,39 @@ func DialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout t
 		return nil, fmt.Errorf("dial %s from %s: %w", dst, src, err)
 	}
 	return c, nil
+}
+
+// LocalAddrs tells whether an address belongs to this network namespace
+// (the node, for ztunnel): loopback, or assigned to one of its
+// interfaces. The list of interface addresses is read again when it is
+// older than ten seconds, so a lookup costs a map access.
+type LocalAddrs struct {
+	mu   sync.Mutex
+	read time.Time
+	set  map[netip.Addr]bool
+}
+
+// Contains reports whether a is local.
+func (l *LocalAddrs) Contains(a netip.Addr) bool {
+	a = a.Unmap()
+	if a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.set == nil || time.Since(l.read) > 10*time.Second {
+		set := map[netip.Addr]bool{}
+		addrs, err := net.InterfaceAddrs()
+		if err != nil && l.set != nil {
+			// Keep the last list rather than forget the node's addresses.
+			return l.set[a]
+		}
+		for _, ia := range addrs {
+			if p, err := netip.ParsePrefix(ia.String()); err == nil {
+				set[p.Addr().Unmap()] = true
+			}
+		}
+		l.set, l.read = set, time.Now()
+	}
+	return l.set[a]
 }

@@ -32,6 +32,18 @@ const (
 	Unhealthy WorkloadStatus = "UNHEALTHY"
 )
 
+// NetworkMode says whether a workload's address is its own
+// (istio.workload.NetworkMode).
+type NetworkMode string
+
+// Network modes; empty is STANDARD.
+const (
+	NetworkStandard NetworkMode = "STANDARD"
+	// NetworkHost: the workload shares its node's network namespace and
+	// address (a Kubernetes hostNetwork pod).
+	NetworkHost NetworkMode = "HOST_NETWORK"
+)
+
 // Workload is one addressable workload, usually a pod
 // (istio.workload.Workload).
 type Workload struct {
@@ -56,6 +68,7 @@ type Workload struct {
 	// WORKLOAD_SELECTOR policies that select this workload.
 	AuthorizationPolicies []string       `json:"authorizationPolicies,omitempty"`
 	Status                WorkloadStatus `json:"status,omitempty"`
+	NetworkMode           NetworkMode    `json:"networkMode,omitempty"`
 }
 
 // Identity is the workload's SPIFFE identity.
@@ -85,6 +98,20 @@ func (w *Workload) Key() string { return w.Namespace + "/" + w.Name }
 
 // HBONE reports whether the workload receives traffic over HBONE.
 func (w *Workload) HBONE() bool { return w.TunnelProtocol == TunnelHBONE }
+
+// HostNetwork reports whether the workload's address is its node's.
+func (w *Workload) HostNetwork() bool { return w.NetworkMode == NetworkHost }
+
+// ServedOn reports whether the tunnel on node carries the workload's
+// traffic: it runs there, it is in the mesh (HBONE), and its address is
+// its own. Only for such workloads does a tunnel listen, hold a
+// certificate, or let a CONNECT through. A host-network workload is
+// never served, as in Istio: its address is the node's, and serving it
+// would put every port of the node (the kubelet's, the tunnel's own)
+// behind the tunnel.
+func (w *Workload) ServedOn(node string) bool {
+	return w.Node == node && w.HBONE() && !w.HostNetwork()
+}
 
 // Healthy reports whether the workload can receive traffic.
 func (w *Workload) Healthy() bool { return w.Status == "" || w.Status == Healthy }

@@ -50,6 +50,11 @@ func (s *State) Validate() error {
 		default:
 			errs = append(errs, fmt.Errorf("%s: tunnelProtocol %q, want NONE or HBONE", name, w.TunnelProtocol))
 		}
+		switch w.NetworkMode {
+		case "", NetworkStandard, NetworkHost:
+		default:
+			errs = append(errs, fmt.Errorf("%s: networkMode %q, want STANDARD or HOST_NETWORK", name, w.NetworkMode))
+		}
 		switch w.Status {
 		case "", Healthy, Unhealthy:
 		default:
@@ -143,8 +148,13 @@ type Snapshot struct {
 // control-plane node), as may a pod and a ServiceEntry. The choice is
 // deterministic: a workload in the mesh (HBONE) first, then a healthy
 // one, then the smaller uid; a pod never loses its address to an
-// endpoint entry that would turn its traffic into plain passthrough.
+// endpoint entry that would turn its traffic into plain passthrough. A
+// host-network workload comes last: the address is its node's, shared
+// with every other host-network pod there.
 func addressOwner(w, cur *Workload) bool {
+	if w.HostNetwork() != cur.HostNetwork() {
+		return !w.HostNetwork()
+	}
 	if w.HBONE() != cur.HBONE() {
 		return w.HBONE()
 	}
@@ -220,11 +230,12 @@ func (s *Snapshot) PoliciesFor(w *Workload) []*Authorization {
 	return out
 }
 
-// LocalWorkloads are the workloads on node.
+// LocalWorkloads are the workloads the tunnel on node serves
+// (Workload.ServedOn): on node, in the mesh, not host-network.
 func (s *Snapshot) LocalWorkloads(node string) []*Workload {
 	var out []*Workload
 	for _, w := range s.Workloads {
-		if w.Node == node {
+		if w.ServedOn(node) {
 			out = append(out, w)
 		}
 	}

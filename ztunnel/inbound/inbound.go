@@ -39,9 +39,14 @@ type Inbound struct {
 	// Log is the operational log, AccessLog gets one line per connection.
 	Log       *slog.Logger
 	AccessLog *slog.Logger
-	// ReservedPorts are the tunnel's own ports on workload addresses
-	// (15008, 15006); no connection is forwarded to them.
+	// ReservedPorts are the tunnel's own ports (15001, 15006, 15008,
+	// 15020, 15021, 15000, 15053); no connection is forwarded to them,
+	// whatever the address.
 	ReservedPorts []uint16
+	// NodeAddr, when set, reports whether an address belongs to the node
+	// itself (ztunnel's own network namespace); no connection is
+	// forwarded to one.
+	NodeAddr func(netip.Addr) bool
 	// OrigDst finds where a plaintext connection was going.
 	OrigDst func(net.Conn) (netip.AddrPort, error)
 	// Transparent: see outbound.Outbound.Transparent.
@@ -126,7 +131,7 @@ func (in *Inbound) init() {
 func (in *Inbound) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	local := hbone.AddrPort(hello.Conn.LocalAddr())
 	w := in.Store.Snapshot().WorkloadByAddr(local.Addr())
-	if w == nil || w.Node != in.Node {
+	if w == nil || !w.ServedOn(in.Node) {
 		return nil, fmt.Errorf("pick certificate for %s: %w", local.Addr(), ErrUnknownDestination)
 	}
 	return in.Certs.Certificate(hello.Context(), w.Identity())
@@ -136,11 +141,16 @@ func (in *Inbound) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, er
 // at local. It returns the destination workload.
 func (in *Inbound) authorize(snap *config.Snapshot, src identity.Identity, srcIP netip.Addr, local, target netip.AddrPort) (*config.Workload, error) {
 	w := snap.WorkloadByAddr(target.Addr())
-	if w == nil || w.Node != in.Node {
+	if w == nil || !w.ServedOn(in.Node) {
 		return nil, fmt.Errorf("%w: %w: %s", hbone.ErrBadRequest, ErrUnknownDestination, target)
 	}
 	if slices.Contains(in.ReservedPorts, target.Port()) {
 		return nil, fmt.Errorf("%w: %s is a port of the tunnel itself", hbone.ErrBadRequest, target)
+	}
+	if in.NodeAddr != nil && in.NodeAddr(target.Addr()) {
+		// A workload claiming one of the node's own addresses: never
+		// reach the node through the tunnel.
+		return nil, fmt.Errorf("%w: %w: %s is an address of the node itself", hbone.ErrBadRequest, ErrUnknownDestination, target)
 	}
 	// A workload's tunnel port leads to that workload only.
 	if lw := snap.WorkloadByAddr(local.Addr()); lw != nil && lw != w {

@@ -172,7 +172,9 @@ func (o *Outbound) handle(c net.Conn) {
 	}
 	snap := o.Store.Snapshot()
 	srcW := snap.WorkloadByAddr(src.Addr())
-	if srcW == nil || srcW.Node != o.Node {
+	// A host-network workload is never captured: its address is the
+	// node's, and the node's own connections are not a workload's.
+	if srcW == nil || srcW.Node != o.Node || srcW.HostNetwork() {
 		fail(fmt.Errorf("outbound from %s: %w", src.Addr(), ErrUnknownSource))
 		return
 	}

@@ -103,7 +103,7 @@ func (it *item) addTo(st *config.State) {
 
 // fromWorkload translates an istio.workload.Workload. Fields the model has no
 // place for (hostname, waypoint, network gateway, locality, workload type,
-// application tunnel, cluster id, network mode, capacity, extensions) are
+// application tunnel, cluster id, capacity, extensions) are
 // not carried over.
 func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 	w := &config.Workload{
@@ -133,6 +133,13 @@ func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 		w.TunnelProtocol = config.TunnelHBONE
 	default:
 		return nil, fmt.Errorf("workload %s: tunnel_protocol %d, want NONE or HBONE", pb.GetUid(), pb.GetTunnelProtocol())
+	}
+	switch pb.GetNetworkMode() {
+	case workload.NetworkMode_STANDARD:
+	case workload.NetworkMode_HOST_NETWORK:
+		w.NetworkMode = config.NetworkHost
+	default:
+		return nil, fmt.Errorf("workload %s: network_mode %d, want STANDARD or HOST_NETWORK", pb.GetUid(), pb.GetNetworkMode())
 	}
 	switch pb.GetStatus() {
 	case workload.WorkloadStatus_HEALTHY:

@@ -549,3 +549,23 @@ func TestServiceAccounts(t *testing.T) {
 		}
 	}
 }
+
+func TestTranslateNetworkMode(t *testing.T) {
+	for mode, want := range map[workload.NetworkMode]config.NetworkMode{
+		workload.NetworkMode_STANDARD:     "",
+		workload.NetworkMode_HOST_NETWORK: config.NetworkHost,
+	} {
+		w := &workload.Workload{Uid: "Kubernetes//Pod/kube-system/a", Name: "a", Namespace: "kube-system", Addresses: [][]byte{ip("10.0.0.1")}, NetworkMode: mode}
+		it, err := translate(AddressType, resource(t, "x", wlAddress(w)))
+		if err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		if it.workload.NetworkMode != want {
+			t.Errorf("%s: got network mode %q, want %q", mode, it.workload.NetworkMode, want)
+		}
+	}
+	w := &workload.Workload{Uid: "u", Name: "a", Namespace: "ns", Addresses: [][]byte{ip("10.0.0.1")}, NetworkMode: 9}
+	if _, err := translate(AddressType, resource(t, "x", wlAddress(w))); err == nil || !strings.Contains(err.Error(), "network_mode 9, want STANDARD or HOST_NETWORK") {
+		t.Errorf("unknown network mode: got %v, want a refusal naming it", err)
+	}
+}
