@@ -10,7 +10,9 @@
 //     is not JSON of the expected shape;
 //   - 7 (ErrInvalidNetworkConfig): it decodes, but agent_socket or
 //     kubeconfig is missing, or ADD and CHECK get no prevResult;
-//   - 4 (ErrInvalidEnvironmentVariables): CNI_ARGS is malformed;
+//   - 4 (ErrInvalidEnvironmentVariables): CNI_ARGS is malformed, or names a
+//     pod without its namespace or the reverse (refused, not taken for a
+//     container outside Kubernetes: the pod may belong in the mesh);
 //   - 11 (ErrTryAgainLater): the apiserver or the node agent cannot be
 //     reached or fails: transient (agent restarting, apiserver away), and
 //     the runtime's retry of the ADD is the remedy;
@@ -154,11 +156,18 @@ func addresses(prev types.Result) ([]string, error) {
 	return ips, nil
 }
 
-// podArgs reads the pod's namespace and name from CNI_ARGS.
+// podArgs reads the pod's namespace and name from CNI_ARGS. Neither is a
+// container outside Kubernetes, with nothing to enrol; one without the
+// other is refused, since the pod it names may belong in the mesh.
 func podArgs(cniArgs string) (k8sArgs, error) {
 	var ka k8sArgs
 	if err := types.LoadArgs(cniArgs, &ka); err != nil {
 		return ka, types.NewError(types.ErrInvalidEnvironmentVariables, "ambit-cni: parse CNI_ARGS", err.Error())
+	}
+	if (ka.K8S_POD_NAMESPACE == "") != (ka.K8S_POD_NAME == "") {
+		return ka, types.NewError(types.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("ambit-cni: CNI_ARGS has K8S_POD_NAMESPACE=%q and K8S_POD_NAME=%q", ka.K8S_POD_NAMESPACE, ka.K8S_POD_NAME),
+			"want both, to decide whether the pod belongs in the mesh, or neither for a container outside Kubernetes")
 	}
 	return ka, nil
 }
@@ -178,7 +187,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return err
 	}
 	ns, name := string(ka.K8S_POD_NAMESPACE), string(ka.K8S_POD_NAME)
-	if ns != "" && name != "" {
+	if name != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), p.Timeout)
 		defer cancel()
 		podLabels, nsLabels, hostNet, err := p.Labels(ctx, conf, ns, name)

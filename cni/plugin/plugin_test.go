@@ -265,6 +265,9 @@ func TestPluginRefusals(t *testing.T) {
 		{"no agent socket", pod("mesh"), conf(`,"kubeconfig":"/k","prevResult":` + prev), types.ErrInvalidNetworkConfig, "no agent_socket"},
 		{"no kubeconfig", pod("mesh"), conf(fmt.Sprintf(`,"agent_socket":%q,"prevResult":`, noAgent) + prev), types.ErrInvalidNetworkConfig, "no kubeconfig"},
 		{"CNI_ARGS malformed", "K8S_POD_NAMESPACE=ns;K8S_POD_NAME", chained, types.ErrInvalidEnvironmentVariables, "parse CNI_ARGS"},
+		{"pod name without namespace", "K8S_POD_NAME=mesh", chained, types.ErrInvalidEnvironmentVariables, `K8S_POD_NAMESPACE="" and K8S_POD_NAME="mesh"`},
+		{"pod name with empty namespace", "K8S_POD_NAMESPACE=;K8S_POD_NAME=mesh", chained, types.ErrInvalidEnvironmentVariables, `K8S_POD_NAMESPACE="" and K8S_POD_NAME="mesh"`},
+		{"namespace without pod name", "K8S_POD_NAMESPACE=ns", chained, types.ErrInvalidEnvironmentVariables, `K8S_POD_NAMESPACE="ns" and K8S_POD_NAME=""`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
