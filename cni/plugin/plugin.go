@@ -22,6 +22,8 @@
 //
 // skel's own refusals, before a command is called, use the same codes
 // (6, 7, and 1 for an unsupported cniVersion, 4 for a missing variable).
+//
+// DEL returns none of them: it succeeds whatever its input (see Main).
 package plugin
 
 import (
@@ -30,6 +32,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -80,11 +83,40 @@ type PodLabels func(ctx context.Context, conf *Conf, namespace, name string) (po
 type Plugin struct {
 	Labels  PodLabels
 	Timeout time.Duration
+	// Log receives what DEL ignores (the runtime shows nothing of a DEL
+	// that succeeds); the binary's goes to stderr, the runtime's log.
+	Log *slog.Logger
 }
 
 // New returns the plugin with its real dependencies.
 func New() *Plugin {
-	return &Plugin{Labels: kubeLabels, Timeout: 30 * time.Second}
+	return &Plugin{Labels: kubeLabels, Timeout: 30 * time.Second, Log: slog.New(slog.NewJSONHandler(os.Stderr, nil))}
+}
+
+const about = "ambit-cni: enrols ambient pods with Ambit's node agent"
+
+// Main runs the plugin as the ambit-cni binary and returns its exit
+// status: skel's dispatch of the commands, except that a DEL always
+// succeeds. skel refuses a config it cannot decode (or whose version it
+// does not support) before Del is called, but a failed DEL halts the
+// runtime's DEL of the whole chain (SPEC.md, "Deleting an attachment"), so
+// the primary plugin, deleted after this one, would keep the pod's
+// address, and the runtime would retry the DEL for ever with the pod's
+// sandbox stuck. This plugin's DEL is only a courtesy to the agent, which
+// cleans up from the API anyway: nothing it could report is worth that.
+func (p *Plugin) Main() int {
+	err := skel.PluginMainFuncsWithError(p.Funcs(), version.All, about)
+	if err == nil {
+		return 0
+	}
+	if os.Getenv("CNI_COMMAND") == "DEL" {
+		p.Log.Warn("DEL: error ignored, success returned", "container", os.Getenv("CNI_CONTAINERID"), "err", err)
+		return 0
+	}
+	if perr := err.Print(); perr != nil {
+		p.Log.Error("print CNI error", "cni_error", err, "err", perr)
+	}
+	return 1
 }
 
 // Funcs are the plugin's commands for skel.PluginMainFuncs.
@@ -213,23 +245,29 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 
 // Del tells the agent the pod is gone, so its address stops being
 // redirected at once even before the agent's watch sees the deletion. It
-// never fails: DEL must be idempotent and the agent cleans up from the API
-// anyway.
+// never fails: DEL must be idempotent, the agent cleans up from the API
+// anyway, and a failed DEL would stop the runtime's DEL of the chain (see
+// Main). What it cannot decode it logs and goes on without: without the
+// prevResult it tells the agent of the pod without its addresses (the
+// agent forgets pods by name); without the config it has no socket, and
+// no one to tell.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	conf, err := decodeConf(args.StdinData)
 	if err != nil {
-		return nil
-	}
-	if err := parsePrevResult(conf); err != nil {
+		p.Log.Warn("DEL: config ignored, agent not told", "container", args.ContainerID, "err", err)
 		return nil
 	}
 	var ka k8sArgs
-	_ = types.LoadArgs(args.Args, &ka)
+	if err := types.LoadArgs(args.Args, &ka); err != nil {
+		p.Log.Warn("DEL: CNI_ARGS ignored", "container", args.ContainerID, "err", err)
+	}
 	req := PodRequest{Namespace: string(ka.K8S_POD_NAMESPACE), Name: string(ka.K8S_POD_NAME), UID: string(ka.K8S_POD_UID), ContainerID: args.ContainerID}
-	if conf.PrevResult != nil {
-		if ips, err := addresses(conf.PrevResult); err == nil {
-			req.IPs = ips
-		}
+	err = parsePrevResult(conf)
+	if err == nil && conf.PrevResult != nil {
+		req.IPs, err = addresses(conf.PrevResult)
+	}
+	if err != nil {
+		p.Log.Warn("DEL: prevResult ignored, agent told without the pod's addresses", "container", args.ContainerID, "err", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -153,7 +154,8 @@ func TestPluginChainedAfterBridge(t *testing.T) {
 	node, podA, podB := mk("node"), mk("a"), mk("b")
 	agent := startAgent(t, dir)
 	ambient := map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}
-	p := &Plugin{Labels: labels(map[string][2]map[string]string{"a": {nil, ambient}, "b": {nil, nil}}), Timeout: 5 * time.Second}
+	p := &Plugin{Labels: labels(map[string][2]map[string]string{"a": {nil, ambient}, "b": {nil, nil}}), Timeout: 5 * time.Second,
+		Log: slog.New(slog.NewTextHandler(t.Output(), nil))}
 
 	confs := map[string][]byte{}
 	for name, ns := range map[string]*netns.NS{"a": podA, "b": podB} {
@@ -234,7 +236,7 @@ func TestPluginRefusals(t *testing.T) {
 	ambient := map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}
 	p := &Plugin{Labels: labels(map[string][2]map[string]string{
 		"mesh": {nil, ambient}, "plain": {nil, nil}, "optout": {map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeNone}, ambient},
-	}), Timeout: 2 * time.Second}
+	}), Timeout: 2 * time.Second, Log: slog.New(slog.NewTextHandler(t.Output(), nil))}
 	prev := `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.1.0.5/24","interface":0}]}`
 	noAgent := filepath.Join(dir, "no-agent.sock")
 	kubeconfig := filepath.Join(dir, "missing-kubeconfig")
@@ -306,9 +308,63 @@ func TestPluginRefusals(t *testing.T) {
 	if err := p.Status(status); err != nil {
 		t.Errorf("STATUS with kubeconfig: got %v, want nil", err)
 	}
-	// DEL never fails.
-	del := &skel.CmdArgs{ContainerID: "c1", IfName: "eth0", Args: pod("mesh"), StdinData: chained}
-	if err := p.Del(del); err != nil {
-		t.Errorf("DEL with agent unreachable: got %v, want nil", err)
+}
+
+// TestPluginDel: DEL succeeds whatever it cannot decode, and tells the
+// agent what it can: the pod without its addresses when only the
+// prevResult is undecodable; nothing, and says why, when the config is.
+func TestPluginDel(t *testing.T) {
+	agent := startAgent(t, t.TempDir())
+	prev := `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.1.0.5/24","interface":0}]}`
+	conf := func(fields string) []byte {
+		return []byte(`{"cniVersion":"1.0.0","name":"n","type":"ambit-cni"` + fields + "}")
+	}
+	socket := fmt.Sprintf(`,"agent_socket":%q`, agent.socket)
+	good := socket + `,"kubeconfig":"/k"`
+	pod := "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=a;K8S_POD_UID=u1"
+	told := func(ips ...string) []PodRequest {
+		return []PodRequest{{Namespace: "ns", Name: "a", UID: "u1", ContainerID: "c1", IPs: ips}}
+	}
+	tests := []struct {
+		name    string
+		cniArgs string
+		stdin   []byte
+		want    []PodRequest // the agent's DEL requests
+		wantLog string       // "" for none
+	}{
+		{"prevResult", pod, conf(good + `,"prevResult":` + prev), told("10.1.0.5"), ""},
+		{"no prevResult", pod, conf(good), told(), ""},
+		{"no kubeconfig (DEL needs none)", pod, conf(socket + `,"prevResult":` + prev), told("10.1.0.5"), ""},
+		{"prevResult undecodable", pod, conf(good + `,"prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.5"}]}`), told(), "prevResult ignored"},
+		{"prevResult of an unknown version", pod, conf(good + `,"prevResult":{"cniVersion":"9.9.9"}`), told(), "prevResult ignored"},
+		{"garbage config", pod, []byte(`{"cniVersion":`), nil, "config ignored"},
+		{"no agent socket", pod, conf(`,"kubeconfig":"/k","prevResult":` + prev), nil, "config ignored"},
+		{"CNI_ARGS malformed", "K8S_POD_NAME", conf(good + `,"prevResult":` + prev), []PodRequest{{ContainerID: "c1", IPs: []string{"10.1.0.5"}}}, "CNI_ARGS ignored"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			agent.mu.Lock()
+			agent.dels = nil
+			agent.mu.Unlock()
+			var logs strings.Builder
+			p := &Plugin{Labels: labels(nil), Timeout: 2 * time.Second, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+			args := &skel.CmdArgs{ContainerID: "c1", Netns: "/var/run/netns/x", IfName: "eth0", Args: tc.cniArgs, StdinData: tc.stdin}
+			out, err := capture(t, func() error { return p.Del(args) })
+			if err != nil || out != "" {
+				t.Errorf("DEL: got error %v and output %q, want success and no output", err, out)
+			}
+			agent.mu.Lock()
+			got := agent.dels
+			agent.mu.Unlock()
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("agent DEL requests (-want +got):\n%s", diff)
+			}
+			switch {
+			case tc.wantLog == "" && logs.Len() != 0:
+				t.Errorf("DEL log: got %q, want none", logs.String())
+			case !strings.Contains(logs.String(), tc.wantLog):
+				t.Errorf("DEL log: got %q, want one with %q", logs.String(), tc.wantLog)
+			}
+		})
 	}
 }
