@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/netns"
@@ -152,7 +154,8 @@ func TestPluginChainedAfterBridge(t *testing.T) {
 	node, podA, podB := mk("node"), mk("a"), mk("b")
 	agent := startAgent(t, dir)
 	ambient := map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}
-	p := &Plugin{Labels: labels(map[string][2]map[string]string{"a": {nil, ambient}, "b": {nil, nil}}), Timeout: 5 * time.Second}
+	p := &Plugin{Labels: labels(map[string][2]map[string]string{"a": {nil, ambient}, "b": {nil, nil}}), Timeout: 5 * time.Second,
+		Log: slog.New(slog.NewTextHandler(t.Output(), nil))}
 
 	confs := map[string][]byte{}
 	for name, ns := range map[string]*netns.NS{"a": podA, "b": podB} {
@@ -225,64 +228,143 @@ func TestPluginChainedAfterBridge(t *testing.T) {
 	}
 }
 
-// TestPluginRefusals: what must fail fails with a clear error, and what
-// need not, does not.
+// TestPluginRefusals: what must fail fails with a clear error and the CNI
+// spec's code, and what need not, does not, and passes the primary's
+// result on.
 func TestPluginRefusals(t *testing.T) {
 	dir := t.TempDir()
 	ambient := map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}
 	p := &Plugin{Labels: labels(map[string][2]map[string]string{
 		"mesh": {nil, ambient}, "plain": {nil, nil}, "optout": {map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeNone}, ambient},
-	}), Timeout: 2 * time.Second}
+	}), Timeout: 2 * time.Second, Log: slog.New(slog.NewTextHandler(t.Output(), nil))}
 	prev := `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.1.0.5/24","interface":0}]}`
-	conf := func(withPrev bool, socket string) []byte {
-		c := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"n","type":"ambit-cni","agent_socket":%q,"kubeconfig":%q`, socket, filepath.Join(dir, "missing-kubeconfig"))
-		if withPrev {
-			c += `,"prevResult":` + prev
-		}
-		return []byte(c + "}")
-	}
 	noAgent := filepath.Join(dir, "no-agent.sock")
-	args := func(pod string, stdin []byte) *skel.CmdArgs {
-		return &skel.CmdArgs{ContainerID: "c1", Netns: "/var/run/netns/x", IfName: "eth0", Args: "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=" + pod, StdinData: stdin}
+	kubeconfig := filepath.Join(dir, "missing-kubeconfig")
+	// conf is the plugin's config with the given fields after name and type.
+	conf := func(fields string) []byte {
+		return []byte(`{"cniVersion":"1.0.0","name":"n","type":"ambit-cni"` + fields + "}")
 	}
+	good := fmt.Sprintf(`,"agent_socket":%q,"kubeconfig":%q`, noAgent, kubeconfig)
+	chained := conf(good + `,"prevResult":` + prev)
+	pod := func(name string) string { return "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=" + name }
 	tests := []struct {
-		name    string
-		args    *skel.CmdArgs
-		wantErr string // "" for success
+		name     string
+		cniArgs  string
+		stdin    []byte
+		wantCode uint   // 0 for success, with prev printed
+		wantMsg  string // in the error
 	}{
-		{"mesh pod, agent unreachable", args("mesh", conf(true, noAgent)), "redirection could not be set up"},
-		{"plain pod, agent unreachable", args("plain", conf(true, noAgent)), ""},
-		{"opted-out pod, agent unreachable", args("optout", conf(true, noAgent)), ""},
-		{"labels unknown (apiserver down)", args("unknown", conf(true, noAgent)), "decide enrolment of pod ns/unknown"},
-		{"not chained", args("mesh", conf(false, noAgent)), "must be chained after a primary plugin"},
-		{"garbage config", args("mesh", []byte(`{"cniVersion":`)), "parse ambit-cni config"},
-		{"no agent socket", args("mesh", []byte(`{"cniVersion":"1.0.0","name":"n","type":"ambit-cni"}`)), "no agent_socket"},
+		{"mesh pod, agent unreachable", pod("mesh"), chained, types.ErrTryAgainLater, "redirection could not be set up"},
+		{"plain pod, agent unreachable", pod("plain"), chained, 0, ""},
+		{"opted-out pod, agent unreachable", pod("optout"), chained, 0, ""},
+		{"labels unknown (apiserver down)", pod("unknown"), chained, types.ErrTryAgainLater, "decide enrolment of pod ns/unknown"},
+		{"container outside Kubernetes", "", chained, 0, ""},
+		{"container outside Kubernetes, other CNI_ARGS", "IgnoreUnknown=1;FOO=bar", chained, 0, ""},
+		{"not chained", pod("mesh"), conf(good), types.ErrInvalidNetworkConfig, "must be chained after a primary plugin"},
+		{"garbage config", pod("mesh"), []byte(`{"cniVersion":`), types.ErrDecodingFailure, "decode ambit-cni config"},
+		{"agent_socket not a string", pod("mesh"), conf(`,"agent_socket":5,"kubeconfig":"/k","prevResult":` + prev), types.ErrDecodingFailure, "decode ambit-cni config"},
+		{"prevResult undecodable", pod("mesh"), conf(good + `,"prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.5"}]}`), types.ErrDecodingFailure, "decode ambit-cni prevResult"},
+		{"no agent socket", pod("mesh"), conf(`,"kubeconfig":"/k","prevResult":` + prev), types.ErrInvalidNetworkConfig, "no agent_socket"},
+		{"no kubeconfig", pod("mesh"), conf(fmt.Sprintf(`,"agent_socket":%q,"prevResult":`, noAgent) + prev), types.ErrInvalidNetworkConfig, "no kubeconfig"},
+		{"CNI_ARGS malformed", "K8S_POD_NAMESPACE=ns;K8S_POD_NAME", chained, types.ErrInvalidEnvironmentVariables, "parse CNI_ARGS"},
+		{"pod name without namespace", "K8S_POD_NAME=mesh", chained, types.ErrInvalidEnvironmentVariables, `K8S_POD_NAMESPACE="" and K8S_POD_NAME="mesh"`},
+		{"pod name with empty namespace", "K8S_POD_NAMESPACE=;K8S_POD_NAME=mesh", chained, types.ErrInvalidEnvironmentVariables, `K8S_POD_NAMESPACE="" and K8S_POD_NAME="mesh"`},
+		{"namespace without pod name", "K8S_POD_NAMESPACE=ns", chained, types.ErrInvalidEnvironmentVariables, `K8S_POD_NAMESPACE="ns" and K8S_POD_NAME=""`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := capture(t, func() error { return p.Add(tc.args) })
-			switch {
-			case tc.wantErr == "" && err != nil:
-				t.Errorf("ADD: got %v, want success", err)
-			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
-				t.Errorf("ADD: got error %v, want one containing %q", err, tc.wantErr)
+			args := &skel.CmdArgs{ContainerID: "c1", Netns: "/var/run/netns/x", IfName: "eth0", Args: tc.cniArgs, StdinData: tc.stdin}
+			out, err := capture(t, func() error { return p.Add(args) })
+			if tc.wantCode == 0 {
+				if err != nil {
+					t.Fatalf("ADD: got %v, want success", err)
+				}
+				var got, want map[string]any
+				if err := json.Unmarshal([]byte(out), &got); err != nil {
+					t.Fatalf("ADD output %q: %v", out, err)
+				}
+				json.Unmarshal([]byte(prev), &want)
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("ADD result: got the primary's result changed (-want +got):\n%s", diff)
+				}
+				return
+			}
+			var terr *types.Error
+			if !errors.As(err, &terr) || terr.Code != tc.wantCode || !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("ADD: got error %#v, want code %d with %q", err, tc.wantCode, tc.wantMsg)
 			}
 		})
 	}
 	// STATUS: not available without the kubeconfig the agent writes.
-	err := p.Status(args("", conf(false, noAgent)))
+	status := &skel.CmdArgs{StdinData: conf(good)}
+	err := p.Status(status)
 	var terr *types.Error
 	if !errors.As(err, &terr) || terr.Code != types.ErrPluginNotAvailable {
 		t.Errorf("STATUS without kubeconfig: got %v, want error code %d", err, types.ErrPluginNotAvailable)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "missing-kubeconfig"), []byte("{}"), 0o600); err != nil {
+	if err := os.WriteFile(kubeconfig, []byte("{}"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Status(args("", conf(false, noAgent))); err != nil {
+	if err := p.Status(status); err != nil {
 		t.Errorf("STATUS with kubeconfig: got %v, want nil", err)
 	}
-	// DEL never fails.
-	if err := p.Del(args("mesh", conf(true, noAgent))); err != nil {
-		t.Errorf("DEL with agent unreachable: got %v, want nil", err)
+}
+
+// TestPluginDel: DEL succeeds whatever it cannot decode, and tells the
+// agent what it can: the pod without its addresses when only the
+// prevResult is undecodable; nothing, and says why, when the config is.
+func TestPluginDel(t *testing.T) {
+	agent := startAgent(t, t.TempDir())
+	prev := `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.1.0.5/24","interface":0}]}`
+	conf := func(fields string) []byte {
+		return []byte(`{"cniVersion":"1.0.0","name":"n","type":"ambit-cni"` + fields + "}")
+	}
+	socket := fmt.Sprintf(`,"agent_socket":%q`, agent.socket)
+	good := socket + `,"kubeconfig":"/k"`
+	pod := "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=a;K8S_POD_UID=u1"
+	told := func(ips ...string) []PodRequest {
+		return []PodRequest{{Namespace: "ns", Name: "a", UID: "u1", ContainerID: "c1", IPs: ips}}
+	}
+	tests := []struct {
+		name    string
+		cniArgs string
+		stdin   []byte
+		want    []PodRequest // the agent's DEL requests
+		wantLog string       // "" for none
+	}{
+		{"prevResult", pod, conf(good + `,"prevResult":` + prev), told("10.1.0.5"), ""},
+		{"no prevResult", pod, conf(good), told(), ""},
+		{"no kubeconfig (DEL needs none)", pod, conf(socket + `,"prevResult":` + prev), told("10.1.0.5"), ""},
+		{"prevResult undecodable", pod, conf(good + `,"prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.5"}]}`), told(), "prevResult ignored"},
+		{"prevResult of an unknown version", pod, conf(good + `,"prevResult":{"cniVersion":"9.9.9"}`), told(), "prevResult ignored"},
+		{"garbage config", pod, []byte(`{"cniVersion":`), nil, "config ignored"},
+		{"no agent socket", pod, conf(`,"kubeconfig":"/k","prevResult":` + prev), nil, "config ignored"},
+		{"CNI_ARGS malformed", "K8S_POD_NAME", conf(good + `,"prevResult":` + prev), []PodRequest{{ContainerID: "c1", IPs: []string{"10.1.0.5"}}}, "CNI_ARGS ignored"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			agent.mu.Lock()
+			agent.dels = nil
+			agent.mu.Unlock()
+			var logs strings.Builder
+			p := &Plugin{Labels: labels(nil), Timeout: 2 * time.Second, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+			args := &skel.CmdArgs{ContainerID: "c1", Netns: "/var/run/netns/x", IfName: "eth0", Args: tc.cniArgs, StdinData: tc.stdin}
+			out, err := capture(t, func() error { return p.Del(args) })
+			if err != nil || out != "" {
+				t.Errorf("DEL: got error %v and output %q, want success and no output", err, out)
+			}
+			agent.mu.Lock()
+			got := agent.dels
+			agent.mu.Unlock()
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("agent DEL requests (-want +got):\n%s", diff)
+			}
+			switch {
+			case tc.wantLog == "" && logs.Len() != 0:
+				t.Errorf("DEL log: got %q, want none", logs.String())
+			case !strings.Contains(logs.String(), tc.wantLog):
+				t.Errorf("DEL log: got %q, want one with %q", logs.String(), tc.wantLog)
+			}
+		})
 	}
 }

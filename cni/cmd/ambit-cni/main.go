@@ -2,12 +2,11 @@
 package main
 
 import (
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/version"
+	"os"
 
 	"github.com/ambitmesh/ambit/cni/plugin"
 )
 
 func main() {
-	skel.PluginMainFuncs(plugin.New().Funcs(), version.All, "ambit-cni: enrols ambient pods with Ambit's node agent")
+	os.Exit(plugin.New().Main())
 }
