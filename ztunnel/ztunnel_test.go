@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -537,4 +538,40 @@ func TestHostNetworkAndUnenrolledNotServed(t *testing.T) {
 	}
 	expectEcho(t, c, netip.AddrPortFrom(m.ip(11), 8080), "after")
 	c.Close()
+}
+
+// TestStaleTunnelLeadsNowhere: a tunnel opened to a workload's address
+// stays open after the workload is gone (its listener closes, its
+// connections do not); a new CONNECT on it must not reach another local
+// workload.
+func TestStaleTunnelLeadsNowhere(t *testing.T) {
+	m := newMesh(t, meshOptions{})
+	cc := m.hboneTo(t, 11, "server")
+	c, err := cc.Connect(context.Background(), netip.AddrPortFrom(m.ip(11), 8080), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectEcho(t, c, netip.AddrPortFrom(m.ip(11), 8080), "before")
+	c.Close()
+	st := m.store.Snapshot().State
+	st.Workloads = slices.DeleteFunc(slices.Clone(st.Workloads), func(w *config.Workload) bool { return w.Name == "server" })
+	if err := m.store.Replace(st); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []netip.AddrPort{netip.AddrPortFrom(m.ip(12), 8080), netip.AddrPortFrom(m.ip(11), 8080)} {
+		c, err := cc.Connect(context.Background(), target, nil)
+		if err == nil {
+			c.Close()
+		}
+		if got := hbone.StatusCode(err); got != http.StatusBadRequest {
+			t.Errorf("CONNECT %s through the departed server's tunnel: got %v, want status 400", target, err)
+		}
+	}
+	// server2's own tunnel still leads to it.
+	c2, err := m.hboneTo(t, 12, "server2").Connect(context.Background(), netip.AddrPortFrom(m.ip(12), 8080), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectEcho(t, c2, netip.AddrPortFrom(m.ip(12), 8080), "after")
+	c2.Close()
 }

@@ -152,15 +152,25 @@ func (in *Inbound) authorize(snap *config.Snapshot, src identity.Identity, srcIP
 		// reach the node through the tunnel.
 		return nil, fmt.Errorf("%w: %w: %s is an address of the node itself", hbone.ErrBadRequest, ErrUnknownDestination, target)
 	}
-	// A workload's tunnel port leads to that workload only.
-	if lw := snap.WorkloadByAddr(local.Addr()); lw != nil && lw != w {
-		return nil, fmt.Errorf("%w: %w: %s reached through the tunnel of %s", hbone.ErrBadRequest, ErrUnknownDestination, target, lw.Key())
+	// A workload's tunnel port leads to that workload only; a tunnel
+	// opened to an address whose workload has gone (its listener closed,
+	// the connection still open) leads nowhere.
+	if lw := snap.WorkloadByAddr(local.Addr()); lw != w {
+		return nil, fmt.Errorf("%w: %w: %s reached through the tunnel of %s", hbone.ErrBadRequest, ErrUnknownDestination, target, tunnelOf(lw, local))
 	}
 	c := authz.Conn{Source: src, SourceIP: srcIP, Destination: target}
 	if err := authz.Evaluate(snap.PoliciesFor(w), c); err != nil {
 		return w, fmt.Errorf("%w: %w", hbone.ErrDenied, err)
 	}
 	return w, nil
+}
+
+// tunnelOf names the workload whose tunnel a connection arrived on.
+func tunnelOf(w *config.Workload, local netip.AddrPort) string {
+	if w == nil {
+		return local.String() + " (no workload there now)"
+	}
+	return w.Key()
 }
 
 // logDryRun logs the verdict the dry-run policies of w would reach for
