@@ -188,17 +188,17 @@ func TestConnectRefusals(t *testing.T) {
 		target netip.AddrPort
 		want   int
 	}{
-		{"workload on another node", netip.AddrPortFrom(m.ip(1), 8080), http.StatusBadRequest},
-		{"address outside the mesh", netip.AddrPortFrom(m.ip(30), 8080), http.StatusBadRequest},
-		{"loopback service", netip.MustParseAddrPort("127.0.0.1:22"), http.StatusBadRequest},
-		{"other local workload through this one's tunnel", netip.AddrPortFrom(m.ip(12), 8080), http.StatusBadRequest},
-		{"the tunnel port", netip.AddrPortFrom(m.ip(11), hbone.Port), http.StatusBadRequest},
-		{"the plaintext port", netip.AddrPortFrom(m.ip(11), 15006), http.StatusBadRequest},
-		{"the outbound port", netip.AddrPortFrom(m.ip(11), ztunnel.OutboundPort), http.StatusBadRequest},
-		{"the admin port", netip.AddrPortFrom(m.ip(11), ztunnel.AdminPort), http.StatusBadRequest},
-		{"the metrics port", netip.AddrPortFrom(m.ip(11), ztunnel.MetricsPort), http.StatusBadRequest},
-		{"the readiness port", netip.AddrPortFrom(m.ip(11), ztunnel.ReadinessPort), http.StatusBadRequest},
-		{"the DNS port", netip.AddrPortFrom(m.ip(11), ztunnel.DNSPort), http.StatusBadRequest},
+		{"workload on another node", netip.AddrPortFrom(m.ip(1), 8080), http.StatusUnauthorized},
+		{"address outside the mesh", netip.AddrPortFrom(m.ip(30), 8080), http.StatusUnauthorized},
+		{"loopback service", netip.MustParseAddrPort("127.0.0.1:22"), http.StatusUnauthorized},
+		{"other local workload through this one's tunnel", netip.AddrPortFrom(m.ip(12), 8080), http.StatusUnauthorized},
+		{"the tunnel port", netip.AddrPortFrom(m.ip(11), hbone.Port), http.StatusUnauthorized},
+		{"the plaintext port", netip.AddrPortFrom(m.ip(11), 15006), http.StatusUnauthorized},
+		{"the outbound port", netip.AddrPortFrom(m.ip(11), ztunnel.OutboundPort), http.StatusUnauthorized},
+		{"the admin port", netip.AddrPortFrom(m.ip(11), ztunnel.AdminPort), http.StatusUnauthorized},
+		{"the metrics port", netip.AddrPortFrom(m.ip(11), ztunnel.MetricsPort), http.StatusUnauthorized},
+		{"the readiness port", netip.AddrPortFrom(m.ip(11), ztunnel.ReadinessPort), http.StatusUnauthorized},
+		{"the DNS port", netip.AddrPortFrom(m.ip(11), ztunnel.DNSPort), http.StatusUnauthorized},
 		{"the workload itself", netip.AddrPortFrom(m.ip(11), 8080), http.StatusOK},
 	}
 	for _, tt := range tests {
@@ -527,8 +527,8 @@ func TestHostNetworkAndUnenrolledNotServed(t *testing.T) {
 		if err == nil {
 			c.Close()
 		}
-		if got := hbone.StatusCode(err); got != http.StatusBadRequest {
-			t.Errorf("CONNECT %s: got %v, want status 400", target, err)
+		if got := hbone.StatusCode(err); got != http.StatusUnauthorized {
+			t.Errorf("CONNECT %s: got %v, want status 401", target, err)
 		}
 	}
 	// The tunnel still serves its own workloads.
@@ -563,8 +563,8 @@ func TestStaleTunnelLeadsNowhere(t *testing.T) {
 		if err == nil {
 			c.Close()
 		}
-		if got := hbone.StatusCode(err); got != http.StatusBadRequest {
-			t.Errorf("CONNECT %s through the departed server's tunnel: got %v, want status 400", target, err)
+		if got := hbone.StatusCode(err); got != http.StatusUnauthorized {
+			t.Errorf("CONNECT %s through the departed server's tunnel: got %v, want status 401", target, err)
 		}
 	}
 	// server2's own tunnel still leads to it.

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -394,8 +395,23 @@ func (s *Server) decide(ctx context.Context, ci connInfo, head requestHead) deci
 	return decision{code: http.StatusOK, req: req, upstream: up}
 }
 
-// refuse answers a request with an error status and the reason as a
-// text body, then ends the stream.
+// refusalText is what a refused peer is told: the status's short reason,
+// never the detail (which addresses are workloads here, the dial error,
+// the policy's name, the authority it sent), which goes to the log.
+func refusalText(code int) string {
+	switch code {
+	case http.StatusBadRequest:
+		return "bad request"
+	case http.StatusUnauthorized:
+		return "denied"
+	case http.StatusServiceUnavailable:
+		return "destination unavailable"
+	}
+	return strings.ToLower(http.StatusText(code))
+}
+
+// refuse answers a request with an error status and a short reason as a
+// text body, then ends the stream; the detail is logged.
 func (s *Server) refuse(st *stream, ci connInfo, authority string, code int, err error) {
 	s.log().Info("hbone connect refused", logKeyPeer, ci.peer.String(), logKeyPeerAddr, ci.peerAddr.String(),
 		logKeyAuthority, authority, logKeyStatus, code, logKeyError, err.Error())
@@ -407,7 +423,7 @@ func (s *Server) refuse(st *stream, ci connInfo, authority string, code int, err
 		st.Close()
 		return
 	}
-	st.Write([]byte(err.Error() + "\n"))
+	st.Write([]byte(refusalText(code) + "\n"))
 	st.CloseWrite()
 	// The client need not send the rest of its request (RFC 9113
 	// section 8.1): NO_ERROR.

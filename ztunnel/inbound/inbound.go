@@ -138,25 +138,28 @@ func (in *Inbound) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, er
 }
 
 // authorize decides whether src may reach target through the tunnel port
-// at local. It returns the destination workload.
+// at local. It returns the destination workload. A target that is not
+// this tunnel's to reach is refused as a policy denial is (401), so that
+// the answer does not tell a peer which addresses are workloads here;
+// the log says which it was.
 func (in *Inbound) authorize(snap *config.Snapshot, src identity.Identity, srcIP netip.Addr, local, target netip.AddrPort) (*config.Workload, error) {
 	w := snap.WorkloadByAddr(target.Addr())
 	if w == nil || !w.ServedOn(in.Node) {
-		return nil, fmt.Errorf("%w: %w: %s", hbone.ErrBadRequest, ErrUnknownDestination, target)
+		return nil, fmt.Errorf("%w: %w: %s", hbone.ErrDenied, ErrUnknownDestination, target)
 	}
 	if slices.Contains(in.ReservedPorts, target.Port()) {
-		return nil, fmt.Errorf("%w: %s is a port of the tunnel itself", hbone.ErrBadRequest, target)
+		return nil, fmt.Errorf("%w: %s is a port of the tunnel itself", hbone.ErrDenied, target)
 	}
 	if in.NodeAddr != nil && in.NodeAddr(target.Addr()) {
 		// A workload claiming one of the node's own addresses: never
 		// reach the node through the tunnel.
-		return nil, fmt.Errorf("%w: %w: %s is an address of the node itself", hbone.ErrBadRequest, ErrUnknownDestination, target)
+		return nil, fmt.Errorf("%w: %w: %s is an address of the node itself", hbone.ErrDenied, ErrUnknownDestination, target)
 	}
 	// A workload's tunnel port leads to that workload only; a tunnel
 	// opened to an address whose workload has gone (its listener closed,
 	// the connection still open) leads nowhere.
 	if lw := snap.WorkloadByAddr(local.Addr()); lw != w {
-		return nil, fmt.Errorf("%w: %w: %s reached through the tunnel of %s", hbone.ErrBadRequest, ErrUnknownDestination, target, tunnelOf(lw, local))
+		return nil, fmt.Errorf("%w: %w: %s reached through the tunnel of %s", hbone.ErrDenied, ErrUnknownDestination, target, tunnelOf(lw, local))
 	}
 	c := authz.Conn{Source: src, SourceIP: srcIP, Destination: target}
 	if err := authz.Evaluate(snap.PoliciesFor(w), c); err != nil {
