@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/internal/labmesh"
 	"github.com/ambitmesh/ambit/ztunnel"
+	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
 // certTTL is the workload certificates' lifetime in TestAmbient: short,
@@ -221,6 +223,35 @@ func TestAmbient(t *testing.T) {
 		wantReach(t, "shop", "a", addr("c"), "c")     // mesh to non-mesh: passthrough
 		wantReach(t, "shop", "a", addr("opt"), "opt") // to the opted-out pod: passthrough
 		wantReach(t, "shop", "opt", addr("b"), "b")   // from it: plaintext, allowed
+	})
+
+	t.Run("host-network pods are not the tunnel's", func(t *testing.T) {
+		// ztunnel's own pod is host-network (as the chart's), so istiod
+		// sends it at its node's address with HOST_NETWORK. Served as a
+		// local workload, it made the tunnel listen on the node's address
+		// and hold a certificate for ztunnel's identity, and any mesh
+		// identity could CONNECT to any port of the node.
+		node2 := l.Nodes[1]
+		nodeIP := node2.IP
+		ztunnelID := identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: labmesh.IstiodNamespace, ServiceAccount: labmesh.ZtunnelSA}
+		if err := mesh.WaitZtunnels(ctx, "the host-network ztunnel pod at "+nodeIP.String(), func(d *ztunnel.Dump) bool {
+			return slices.ContainsFunc(d.Workloads, func(w *config.Workload) bool {
+				return w.HostNetwork() && slices.Contains(w.Addresses, nodeIP)
+			})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if c, ok := tryCertOf(ctx, node2, ztunnelID); ok {
+			t.Errorf("ztunnel on node2: holds a certificate for %s (serial %s), want none: a host-network pod is not served", ztunnelID, c.Serial)
+		}
+		for _, port := range []string{"15008", "15006"} {
+			dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+			out, err := l.Exec(dctx, "plain", "c", l.Binaries().Echo, "tcp", net.JoinHostPort(nodeIP.String(), port), "hello")
+			dcancel()
+			if err == nil {
+				t.Errorf("plain/c to node2's address, port %s: got %s, want nothing listening there", port, out)
+			}
+		}
 	})
 
 	t.Run("service VIP balanced across nodes and names resolve", func(t *testing.T) {

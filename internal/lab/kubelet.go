@@ -73,16 +73,19 @@ type kubeletConfig struct {
 
 // podRuntime is what the kubelet runs for one pod.
 type podRuntime struct {
-	uid       types.UID
-	key       string
-	ns        *netns.NS
-	ip        netip.Addr
-	dir       string
-	netconf   *libcni.NetworkConfigList
-	rtconf    *libcni.RuntimeConf
-	cancel    context.CancelFunc
-	done      sync.WaitGroup
-	startedAt metav1.Time
+	uid types.UID
+	key string
+	// ns is the pod's network namespace: its own, or the node's for a
+	// host-network pod (hostNetwork), which has no CNI network.
+	ns          *netns.NS
+	hostNetwork bool
+	ip          netip.Addr
+	dir         string
+	netconf     *libcni.NetworkConfigList
+	rtconf      *libcni.RuntimeConf
+	cancel      context.CancelFunc
+	done        sync.WaitGroup
+	startedAt   metav1.Time
 	// wake is signalled when a container exits.
 	wake        chan struct{}
 	mu          sync.Mutex
@@ -313,9 +316,6 @@ func (k *Kubelet) setup(ctx context.Context, pod *corev1.Pod) (err error) {
 	if err := os.MkdirAll(rt.dir, 0o755); err != nil {
 		return fmt.Errorf("create pod dir: %w", err)
 	}
-	if rt.ns, err = netns.Create(k.cfg.nsPrefix + "pod-" + id[:12]); err != nil {
-		return err
-	}
 	defer func() {
 		if err != nil {
 			// Leave nothing behind: the next sync starts from scratch.
@@ -324,6 +324,45 @@ func (k *Kubelet) setup(ctx context.Context, pod *corev1.Pod) (err error) {
 			k.reportFailure(ctx, pod, err)
 		}
 	}()
+	if pod.Spec.HostNetwork {
+		// As a kubelet does: the node's own namespace and address, no
+		// CNI.
+		rt.ns, rt.ip, rt.hostNetwork = k.cfg.node.NS, k.cfg.node.IP, true
+	} else if err := k.podNetwork(ctx, pod, rt, id); err != nil {
+		return err
+	}
+
+	if err := k.writePodFiles(ctx, pod, rt); err != nil {
+		return err
+	}
+	rt.startedAt = metav1.Now()
+	podCtx, cancel := context.WithCancel(context.Background())
+	rt.cancel = cancel
+	for i := range pod.Spec.Containers {
+		c := &pod.Spec.Containers[i]
+		cr := &containerRuntime{name: c.Name, image: c.Image}
+		if err := k.startContainer(pod, rt, c, cr); err != nil {
+			cancel()
+			k.stopContainers(rt, 0)
+			return err
+		}
+		rt.containers = append(rt.containers, cr)
+	}
+	k.mu.Lock()
+	k.pods[key] = rt
+	k.mu.Unlock()
+	log.Info("pod started", "ip", rt.ip.String(), "netns", rt.ns.Name(), "hostNetwork", rt.hostNetwork)
+	rt.done.Go(func() { k.supervise(podCtx, pod, rt) })
+	return nil
+}
+
+// podNetwork creates the pod's own network namespace and runs CNI ADD for
+// it; on error the caller cleans up (cleanupNetwork).
+func (k *Kubelet) podNetwork(ctx context.Context, pod *corev1.Pod, rt *podRuntime, id string) (err error) {
+	key := rt.key
+	if rt.ns, err = netns.Create(k.cfg.nsPrefix + "pod-" + id[:12]); err != nil {
+		return err
+	}
 
 	h, err := netns.Netlink(rt.ns)
 	if err != nil {
@@ -379,28 +418,6 @@ func (k *Kubelet) setup(ctx context.Context, pod *corev1.Pod) (err error) {
 	if !rt.ip.IsValid() {
 		return fmt.Errorf("cni add for pod %s: result has no IPv4 address", key)
 	}
-
-	if err := k.writePodFiles(ctx, pod, rt); err != nil {
-		return err
-	}
-	rt.startedAt = metav1.Now()
-	podCtx, cancel := context.WithCancel(context.Background())
-	rt.cancel = cancel
-	for i := range pod.Spec.Containers {
-		c := &pod.Spec.Containers[i]
-		cr := &containerRuntime{name: c.Name, image: c.Image}
-		if err := k.startContainer(pod, rt, c, cr); err != nil {
-			cancel()
-			k.stopContainers(rt, 0)
-			return err
-		}
-		rt.containers = append(rt.containers, cr)
-	}
-	k.mu.Lock()
-	k.pods[key] = rt
-	k.mu.Unlock()
-	log.Info("pod started", "ip", rt.ip.String(), "netns", rt.ns.Name())
-	rt.done.Go(func() { k.supervise(podCtx, pod, rt) })
 	return nil
 }
 
@@ -783,7 +800,7 @@ func (k *Kubelet) teardown(ctx context.Context, rt *podRuntime, grace time.Durat
 			return err
 		}
 		k.log.Warn("cni del at shutdown", "pod", rt.key, "err", err)
-		if err := rt.ns.Delete(); err != nil {
+		if err := rt.ns.Delete(); !rt.hostNetwork && err != nil {
 			return err
 		}
 	}
@@ -815,6 +832,9 @@ func (k *Kubelet) stopContainers(rt *podRuntime, grace time.Duration) {
 // cleanupNetwork runs CNI DEL (idempotent by the CNI spec) and deletes the
 // pod's namespace.
 func (k *Kubelet) cleanupNetwork(ctx context.Context, rt *podRuntime) error {
+	if rt.hostNetwork {
+		return nil // the node's namespace is not the pod's to remove
+	}
 	if rt.netconf != nil && rt.rtconf != nil {
 		err := k.cfg.node.NS.Do(func() error {
 			return k.cni.DelNetworkList(ctx, rt.netconf, rt.rtconf)

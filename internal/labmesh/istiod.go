@@ -281,7 +281,9 @@ func (m *Mesh) ztunnelIdentity(ctx context.Context, n *lab.Node) (tokenPath stri
 
 // podToken makes (once) the Pod <app>-<node> in istio-system that stands
 // for a DaemonSet's pod on node n (its container only sleeps; the lab
-// runs the component as a process) and returns a token of service
+// runs the component as a process), host-network as the chart's are (so
+// istiod sends it as a HOST_NETWORK workload at the node's address, which
+// no tunnel may serve), and returns a token of service
 // account sa bound to it, as the pod's projected token is: the apiserver
 // puts the node's name into it, which admission policies check.
 func (m *Mesh) podToken(ctx context.Context, n *lab.Node, app, sa, container string, audiences []string, seconds int64) (string, error) {
@@ -292,6 +294,7 @@ func (m *Mesh) podToken(ctx context.Context, n *lab.Node, app, sa, container str
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: IstiodNamespace, Labels: map[string]string{"app": app}},
 			Spec: corev1.PodSpec{
 				NodeName:           n.Name,
+				HostNetwork:        true,
 				ServiceAccountName: sa,
 				Containers: []corev1.Container{{
 					Name: container, Image: "ambit.dev/echo",
