@@ -1,6 +1,7 @@
 // Command labctl drives the lab (internal/lab) for people and make targets:
 //
-//	labctl build   build or find the programs the lab runs (cached)
+//	labctl build   build or find the programs the lab runs (cached), and
+//	               Istio's pilot-discovery for the interop suite
 //	labctl demo    start a lab, show pods talking, keep it up until Ctrl-C
 //	labctl clean   remove what crashed labs left behind
 //
@@ -34,6 +35,11 @@ func main() {
 		b, err = lab.EnsureBinaries(ctx, lab.BuildOptions{Log: log})
 		if err == nil {
 			fmt.Printf("kube-apiserver: %s\ncoredns: %s\necho: %s\n", b.KubeAPIServer, b.CoreDNS, b.Echo)
+			// For the interop suite (e2e/istio).
+			var ist lab.Istio
+			if ist, err = lab.EnsureIstio(ctx, lab.BuildOptions{Log: log}); err == nil {
+				fmt.Printf("pilot-discovery (istio %s, %s): %s\n", ist.Version, ist.Revision, ist.PilotDiscovery)
+			}
 		}
 	case "demo":
 		err = demo(ctx, log, os.Getenv("DEMO_NONINTERACTIVE") != "")

@@ -95,21 +95,11 @@ func FindRoot() (string, error) {
 // Ambit's own programs are always rebuilt, which the Go build cache makes
 // cheap.
 func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
-	if opts.Log == nil {
-		opts.Log = slog.New(slog.DiscardHandler)
-	}
-	if opts.Root == "" {
-		root, err := FindRoot()
-		if err != nil {
-			return Binaries{}, err
-		}
-		opts.Root = root
-	}
-	if opts.CacheDir == "" {
-		opts.CacheDir = DefaultCacheDir()
-	}
 	var b Binaries
-	var err error
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return b, err
+	}
 	if b.Etcd, err = lookPath("etcd", "/usr/bin/etcd", "apt-get install etcd-server"); err != nil {
 		return b, err
 	}
@@ -163,42 +153,82 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	return b, nil
 }
 
+func (opts BuildOptions) withDefaults() (BuildOptions, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Root == "" {
+		root, err := FindRoot()
+		if err != nil {
+			return opts, err
+		}
+		opts.Root = root
+	}
+	if opts.CacheDir == "" {
+		opts.CacheDir = DefaultCacheDir()
+	}
+	return opts, nil
+}
+
 // ensureKube builds the Kubernetes programs into a cache directory named by
 // a hash of the pinning module and the Go version.
 func ensureKube(ctx context.Context, opts BuildOptions, goVersion string) (string, error) {
-	src := filepath.Join(opts.Root, "internal", "lab", "kubebuild")
-	h := sha256.New()
-	for _, f := range []string{"go.mod", "go.sum", "tools.go"} {
-		data, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
-			return "", fmt.Errorf("hash kubernetes build inputs: %w", err)
-		}
-		h.Write(data)
-	}
-	h.Write([]byte(goVersion))
-	key := hex.EncodeToString(h.Sum(nil))[:16]
-	dir := filepath.Join(opts.CacheDir, "kube", key)
-	if allExist(dir, kubeCommands) {
-		opts.Log.Debug("kubernetes binaries cached", "dir", dir)
-		return dir, nil
-	}
-	opts.Log.Info("building kubernetes binaries (once; takes minutes)", "dir", dir)
-	tmp := dir + ".tmp"
-	if err := os.RemoveAll(tmp); err != nil {
-		return "", fmt.Errorf("build kubernetes: %w", err)
-	}
 	var pkgs []string
 	for _, c := range kubeCommands {
 		pkgs = append(pkgs, "k8s.io/kubernetes/cmd/"+c)
 	}
-	if err := goBuild(ctx, src, tmp, pkgs...); err != nil {
+	return ensureModuleBuild(ctx, opts, goVersion, moduleBuild{
+		what:  "kubernetes",
+		src:   filepath.Join(opts.Root, "internal", "lab", "kubebuild"),
+		cache: "kube",
+		names: kubeCommands,
+		pkgs:  pkgs,
+	})
+}
+
+// moduleBuild is a set of programs built with `go build` in a pinning
+// module of their own (its go.mod, go.sum and tools.go).
+type moduleBuild struct {
+	what  string
+	src   string
+	cache string // subdirectory of the cache directory
+	names []string
+	pkgs  []string
+	flags []string // go build flags before the packages
+}
+
+// ensureModuleBuild builds b into a cache directory named by a hash of
+// the pinning module, the flags and the Go version, unless it is there.
+func ensureModuleBuild(ctx context.Context, opts BuildOptions, goVersion string, b moduleBuild) (string, error) {
+	h := sha256.New()
+	for _, f := range []string{"go.mod", "go.sum", "tools.go"} {
+		data, err := os.ReadFile(filepath.Join(b.src, f))
+		if err != nil {
+			return "", fmt.Errorf("hash %s build inputs: %w", b.what, err)
+		}
+		h.Write(data)
+	}
+	h.Write([]byte(strings.Join(b.flags, "\x00")))
+	h.Write([]byte(goVersion))
+	key := hex.EncodeToString(h.Sum(nil))[:16]
+	dir := filepath.Join(opts.CacheDir, b.cache, key)
+	if allExist(dir, b.names) {
+		opts.Log.Debug(b.what+" binaries cached", "dir", dir)
+		return dir, nil
+	}
+	opts.Log.Info("building "+b.what+" binaries (once; takes minutes)", "dir", dir)
+	tmp := dir + ".tmp"
+	if err := os.RemoveAll(tmp); err != nil {
+		return "", fmt.Errorf("build %s: %w", b.what, err)
+	}
+	if err := goBuild(ctx, b.src, tmp, append(b.flags, b.pkgs...)...); err != nil {
 		return "", err
 	}
 	if err := os.RemoveAll(dir); err != nil {
-		return "", fmt.Errorf("build kubernetes: %w", err)
+		return "", fmt.Errorf("build %s: %w", b.what, err)
 	}
 	if err := os.Rename(tmp, dir); err != nil {
-		return "", fmt.Errorf("build kubernetes: %w", err)
+		return "", fmt.Errorf("build %s: %w", b.what, err)
 	}
 	return dir, nil
 }
