@@ -34,6 +34,12 @@ type process struct {
 // is killed if the lab's process dies (Pdeathsig) and runs in a process
 // group of its own so that stop reaches its children too.
 func startProcess(labID, dir, name string, ns *netns.NS, env []string, bin string, args ...string) (*process, error) {
+	return startProcessAt(labID, dir, "", name, ns, env, bin, args...)
+}
+
+// startProcessAt is startProcess with workDir as the working directory
+// (the caller's when empty).
+func startProcessAt(labID, dir, workDir, name string, ns *netns.NS, env []string, bin string, args ...string) (*process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -41,6 +47,7 @@ func startProcess(labID, dir, name string, ns *netns.NS, env []string, bin strin
 	}
 	cmd := ns.Command(context.Background(), bin, args...)
 	cmd.Env = append(append(os.Environ(), EnvLabID+"="+labID), env...)
+	cmd.Dir = workDir
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -32,6 +32,18 @@ func (l *Lab) StartProcessIn(ns *netns.NS, name string, env []string, bin string
 	return &Process{p}, nil
 }
 
+// StartProcessInDir is StartProcessIn with dir as the working directory,
+// for programs that keep their files relative to it (Istio's istiod reads
+// and writes ./etc/cacerts, ./var/run/secrets/...).
+func (l *Lab) StartProcessInDir(ns *netns.NS, dir, name string, env []string, bin string, args ...string) (*Process, error) {
+	p, err := startProcessAt(l.ID, filepath.Join(l.Dir, "logs"), dir, name, ns, env, bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	l.procs = append(l.procs, p)
+	return &Process{p}, nil
+}
+
 // Stop sends SIGTERM, and SIGKILL after grace, and waits for the exit.
 func (p *Process) Stop(grace time.Duration) { p.p.stop(grace) }
 
