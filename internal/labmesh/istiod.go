@@ -1,10 +1,13 @@
 package labmesh
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,12 +17,14 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/lab"
@@ -81,10 +86,22 @@ func (m *Mesh) StartIstiod(ctx context.Context, opts IstiodOptions) error {
 	if err != nil {
 		return err
 	}
-	m.istiod = p
+	m.istiod, m.istiodExternal = p, false
 	if err := lab.WaitHTTP(ctx, m.l.ControlPlaneNS(), "http://"+IstiodMonitoringAddr+"/ready", time.Minute, p); err != nil {
 		return err
 	}
+	return m.writeRoot(ctx)
+}
+
+// UseIstiod makes p the mesh's istiod: a control plane the caller started
+// on the control-plane node that serves the CA and xDS at IstiodAddr with
+// a certificate for IstiodServerName and publishes the mesh root as
+// istiod does (Istio's own pilot-discovery, in the interop suite). It
+// waits for the root and writes it to RootCertPath; ztunnels started
+// after take their config and certificates from p. StopIstiod stops it;
+// RestartIstiod refuses, not knowing how to start it.
+func (m *Mesh) UseIstiod(ctx context.Context, p *lab.Process) error {
+	m.istiod, m.istiodExternal = p, true
 	return m.writeRoot(ctx)
 }
 
@@ -97,6 +114,9 @@ func (m *Mesh) StopIstiod() {
 
 // RestartIstiod stops istiod and starts it again with the same options.
 func (m *Mesh) RestartIstiod(ctx context.Context) error {
+	if m.istiodExternal {
+		return errors.New("restart istiod: it was started by the caller (UseIstiod)")
+	}
 	m.StopIstiod()
 	return m.StartIstiod(ctx, m.istiodOpts)
 }
@@ -180,6 +200,23 @@ func (m *Mesh) installIstioBase(ctx context.Context) error {
 // installAccess creates istio-system and applies the rendered chart's
 // service accounts, RBAC and admission policies, once.
 func (m *Mesh) installAccess(ctx context.Context) error {
+	return m.installChartAccess(ctx, func(runtime.Object) bool { return true })
+}
+
+// InstallDataPlaneAccess is what StartAgent and StartIstiod install
+// first (istio-system, the chart's access) without the chart's objects
+// for Ambit's istiod (labelled app=istiod: its service account, RBAC,
+// Service and admission policy), for a mesh whose istiod is another's
+// (UseIstiod) and comes with its own. The caller runs it before
+// StartAgent.
+func (m *Mesh) InstallDataPlaneAccess(ctx context.Context) error {
+	return m.installChartAccess(ctx, func(o runtime.Object) bool {
+		mo, err := meta.Accessor(o)
+		return err == nil && mo.GetLabels()["app"] != "istiod"
+	})
+}
+
+func (m *Mesh) installChartAccess(ctx context.Context, keep func(runtime.Object) bool) error {
 	if m.accessInstalled {
 		return nil
 	}
@@ -194,7 +231,7 @@ func (m *Mesh) installAccess(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := ApplyAccess(ctx, m.l.Client, objs); err != nil {
+	if err := ApplyAccess(ctx, m.l.Client, slices.DeleteFunc(objs, func(o runtime.Object) bool { return !keep(o) })); err != nil {
 		return err
 	}
 	m.accessInstalled = true
@@ -206,27 +243,49 @@ var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Ver
 // InstallCRDs creates the CustomResourceDefinitions in dir's YAML files
 // and waits, watching, until the apiserver serves each (Established).
 func InstallCRDs(ctx context.Context, l *lab.Lab, dir string) error {
-	dyn, err := dynamic.NewForConfig(l.RESTConfig)
-	if err != nil {
-		return fmt.Errorf("create dynamic client: %w", err)
-	}
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil || len(files) == 0 {
 		return fmt.Errorf("find CRDs in %s: got %d files (%v)", dir, len(files), err)
 	}
+	return InstallCRDFiles(ctx, l, files...)
+}
+
+// InstallCRDFiles creates the CustomResourceDefinitions in files (YAML,
+// one or more documents each; objects of other kinds are an error) and
+// waits, watching, until the apiserver serves each (Established).
+func InstallCRDFiles(ctx context.Context, l *lab.Lab, files ...string) error {
+	dyn, err := dynamic.NewForConfig(l.RESTConfig)
+	if err != nil {
+		return fmt.Errorf("create dynamic client: %w", err)
+	}
+	var names []string
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return fmt.Errorf("read CRD: %w", err)
 		}
-		var obj unstructured.Unstructured
-		if err := yaml.Unmarshal(b, &obj.Object); err != nil {
-			return fmt.Errorf("decode CRD %s: %w", f, err)
+		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
+		for {
+			var obj unstructured.Unstructured
+			if err := dec.Decode(&obj.Object); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				return fmt.Errorf("decode CRD %s: %w", f, err)
+			}
+			if obj.Object == nil {
+				continue // an empty document
+			}
+			if obj.GetKind() != "CustomResourceDefinition" {
+				return fmt.Errorf("create CRDs from %s: got a %s, want only CustomResourceDefinitions", f, obj.GetKind())
+			}
+			if _, err := dyn.Resource(crdResource).Create(ctx, &obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("create CRD from %s: %w", f, err)
+			}
+			names = append(names, obj.GetName())
 		}
-		if _, err := dyn.Resource(crdResource).Create(ctx, &obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("create CRD from %s: %w", f, err)
-		}
-		if err := waitEstablished(ctx, dyn, obj.GetName()); err != nil {
+	}
+	for _, name := range names {
+		if err := waitEstablished(ctx, dyn, name); err != nil {
 			return err
 		}
 	}
@@ -268,15 +327,20 @@ func (m *Mesh) ztunnelIdentity(ctx context.Context, n *lab.Node) (tokenPath stri
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(m.l.Dir, "ztunnel-"+n.Name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	tokenPath = m.ZtunnelTokenPath(n)
+	if err := os.MkdirAll(filepath.Dir(tokenPath), 0o755); err != nil {
 		return "", fmt.Errorf("ztunnel dir: %w", err)
 	}
-	tokenPath = filepath.Join(dir, "istio-token")
 	if err := os.WriteFile(tokenPath, []byte(token), 0o600); err != nil {
 		return "", fmt.Errorf("write ztunnel token: %w", err)
 	}
 	return tokenPath, nil
+}
+
+// ZtunnelTokenPath is where ztunnel on node n reads its token (audience
+// istio-ca, bound to its pod), once StartZtunnel has run there.
+func (m *Mesh) ZtunnelTokenPath(n *lab.Node) string {
+	return filepath.Join(m.l.Dir, "ztunnel-"+n.Name, "istio-token")
 }
 
 // podToken makes (once) the Pod <app>-<node> in istio-system that stands

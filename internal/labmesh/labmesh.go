@@ -37,6 +37,7 @@ type Mesh struct {
 	accessInstalled  bool
 
 	istiod           *lab.Process
+	istiodExternal   bool // UseIstiod
 	istiodOpts       IstiodOptions
 	istiodKubeconfig string
 }
