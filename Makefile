@@ -9,6 +9,10 @@ CHARTTEST := deploy/charts/charttest
 # A module of its own (so the main module does not depend on istio.io/istio):
 # interop tests against Istio's HBONE implementation.
 INTEROP  := ztunnel/interop
+# A module of its own too: Ambit's ztunnels and node agents in the lab
+# against Istio's own istiod (pilot-discovery, built by lab-bins from the
+# istio.io/istio module pinned in $(ISTIO_E2E)/pilotbuild).
+ISTIO_E2E := e2e/istio
 
 .PHONY: help build test unit lint generate generate-check bench demo clean clean-lab deps lab-bins
 
@@ -29,8 +33,9 @@ build:
 deps:
 	@bash internal/lab/deps.sh
 
-# Builds the Kubernetes and CoreDNS programs once; later runs find them in
-# the cache (/var/cache/ambit, or $$AMBIT_CACHE_DIR).
+# Builds the Kubernetes and CoreDNS programs and Istio's pilot-discovery
+# once; later runs find them in the cache (/var/cache/ambit, or
+# $$AMBIT_CACHE_DIR).
 lab-bins: deps
 	$(GO) run ./e2e/labctl build
 
@@ -41,6 +46,7 @@ lint:
 	cd $(CHARTTEST) && $(GO) vet ./... && $(GO) tool staticcheck ./...
 	$(GO) build -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 	cd $(INTEROP) && $(GO) vet ./... && $(CURDIR)/$(BIN)/staticcheck ./...
+	cd $(ISTIO_E2E) && $(GO) vet ./... && $(CURDIR)/$(BIN)/staticcheck ./...
 
 unit:
 	$(GO) test -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /e2e)
@@ -51,6 +57,7 @@ test: deps lint generate-check lab-bins
 	cd $(CHARTTEST) && $(GO) test -count=1 $(GOTEST_FLAGS) ./...
 	$(GO) test -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
 	cd $(INTEROP) && $(GO) test -count=1 -timeout 5m $(GOTEST_FLAGS) ./...
+	cd $(ISTIO_E2E) && $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./...
 
 generate: deps
 	$(GO) generate ./...

@@ -1,0 +1,828 @@
+package istio_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	secapi "istio.io/api/security/v1beta1"
+	typeapi "istio.io/api/type/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ambitmesh/ambit/e2e/istio"
+	"github.com/ambitmesh/ambit/internal/echo"
+	"github.com/ambitmesh/ambit/internal/enrolment"
+	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/labmesh"
+	"github.com/ambitmesh/ambit/internal/testutil"
+	"github.com/ambitmesh/ambit/ztunnel"
+	"github.com/ambitmesh/ambit/ztunnel/caclient"
+	"github.com/ambitmesh/ambit/ztunnel/config"
+)
+
+// mesh is one lab with Istio's istiod and Ambit's node agents and
+// ztunnels on two nodes, and the pods every subtest uses:
+//
+//	shop (ambient)   a   node1  sa frontend  app=a
+//	                 a2  node1  sa default   app=a2
+//	                 b   node2  sa backend   app=b   Service b (80 → tcp)
+//	                 b1  node1  sa default   app=b
+//	                 opt node2  sa default   app=opt, dataplane-mode=none
+//	other (ambient)  o   node1  sa frontend  app=o
+//	plain            c   node1  sa default   app=c
+type mesh struct {
+	l     *lab.Lab
+	mesh  *labmesh.Mesh
+	istio istioclient.Interface
+	pilot *lab.Process
+	pods  map[string]*corev1.Pod // by name
+}
+
+var (
+	frontend = identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "frontend"}
+	backend  = identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "backend"}
+)
+
+// TestIstiod runs Ambit's ztunnels and node agents against Istio's own
+// istiod (pilot-discovery). The subtests share one lab and one istiod
+// and each leaves them as it found them.
+func TestIstiod(t *testing.T) {
+	m := start(t)
+	ctx := t.Context()
+
+	t.Run("workload discovery", func(t *testing.T) {
+		// Istio's istiod sends the enrolled pods as HBONE workloads with
+		// their identities, and the others as workloads without it.
+		for _, name := range []string{"a", "a2", "b", "b1", "o"} {
+			p := m.pods[name]
+			id := identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: p.Namespace, ServiceAccount: p.Spec.ServiceAccountName}
+			if err := m.mesh.WaitZtunnels(ctx, fmt.Sprintf("workload %s as %s on %s", name, id, p.Spec.NodeName), func(d *ztunnel.Dump) bool {
+				w := workloadAt(d, p.Status.PodIP)
+				return w != nil && w.HBONE() && w.Name == name && w.Identity() == id && w.Node == p.Spec.NodeName
+			}); err != nil {
+				t.Error(err)
+			}
+		}
+		for _, name := range []string{"opt", "c"} {
+			if err := m.mesh.WaitWorkload(ctx, m.ip(name), false); err != nil {
+				t.Error(err)
+			}
+		}
+		// The Service with its VIP and port, and its endpoints' target
+		// port (a named one, resolved per pod).
+		svc, err := m.l.Client.CoreV1().Services("shop").Get(ctx, "b", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vip := netip.MustParseAddr(svc.Spec.ClusterIP)
+		if err := m.mesh.WaitZtunnels(ctx, "service shop/b", func(d *ztunnel.Dump) bool {
+			i := slices.IndexFunc(d.Services, func(s *config.Service) bool { return s.Key() == "shop/b.shop.svc.cluster.local" })
+			if i < 0 || !slices.ContainsFunc(d.Services[i].Addresses, func(a config.NetworkAddress) bool { return a.Address == vip }) {
+				return false
+			}
+			for _, name := range []string{"b", "b1"} {
+				w := workloadAt(d, m.ip(name))
+				if w == nil || !slices.ContainsFunc(w.Services["shop/b.shop.svc.cluster.local"].Ports, func(p config.Port) bool {
+					return p.ServicePort == 80 && p.TargetPort == 9000
+				}) {
+					return false
+				}
+			}
+			return true
+		}); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("certificates from Istio's CA", func(t *testing.T) {
+		root := m.root(t)
+		// Istio's CA made its own root, as it does on a cluster without
+		// cacerts.
+		sec, err := m.l.Client.CoreV1().Secrets(labmesh.IstiodNamespace).Get(ctx, "istio-ca-secret", metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("Istio's self-signed CA: %v", err)
+		}
+		if caCert := parseCert(t, sec.Data["ca-cert.pem"]); !caCert.Equal(root) {
+			t.Errorf("istio-ca-root-cert: got %s, want the root of istio-ca-secret %s", root.Subject, caCert.Subject)
+		}
+		// Each ztunnel holds certificates for the identities of its
+		// node's workloads, issued by Istio's root.
+		for node, ids := range map[string][]identity.Identity{
+			"node1": {frontend, {TrustDomain: identity.DefaultTrustDomain, Namespace: "other", ServiceAccount: "frontend"}},
+			"node2": {backend},
+		} {
+			for _, id := range ids {
+				c := certOf(t, ctx, m.l.Node(node), id)
+				if c.State != identity.StateAvailable || c.Issuer != root.Subject.String() {
+					t.Errorf("ztunnel on %s: certificate of %s: got %s from %q, want available from Istio's root %q", node, id, c.State, c.Issuer, root.Subject)
+				}
+			}
+		}
+
+		// Istio's CA directly, with each ztunnel's own token: node2's
+		// ztunnel may have backend's certificate (b runs there), node1's
+		// may not (no pod of backend runs on node1).
+		fwd := forward(t, m.l.ControlPlaneNS(), labmesh.IstiodAddr())
+		roots := x509.NewCertPool()
+		roots.AddCert(root)
+		for _, tc := range []struct {
+			node    string
+			allowed bool
+		}{{"node2", true}, {"node1", false}} {
+			cc, err := caclient.New(caclient.Config{
+				Address: fwd, ServerName: labmesh.IstiodServerName, Roots: roots,
+				TokenFile: m.mesh.ZtunnelTokenPath(m.l.Node(tc.node)),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			cert, err := cc.Certificate(ctx, backend)
+			switch {
+			case tc.allowed && err != nil:
+				t.Errorf("ztunnel of %s asks Istio's CA for %s: got %v, want a certificate", tc.node, backend, err)
+			case tc.allowed:
+				if _, err := (&identity.Verifier{Roots: roots}).VerifyExpected(cert.Certificate, backend); err != nil {
+					t.Errorf("certificate of %s from Istio's CA: %v", backend, err)
+				}
+			case err == nil:
+				t.Errorf("ztunnel of %s asks Istio's CA for %s: got a certificate, want a refusal (no pod of it runs on %s)", tc.node, backend, tc.node)
+			case !errors.Is(err, caclient.ErrUnauthenticated):
+				t.Errorf("ztunnel of %s asks Istio's CA for %s: got %v, want Istio's refusal of the impersonation (Unauthenticated)", tc.node, backend, err)
+			}
+		}
+	})
+
+	t.Run("mTLS across nodes", func(t *testing.T) {
+		capture := startCapture(t, ctx, m.l, "v-node1")
+		secret, clear := "AMBIT-SECRET-"+randHex(), "AMBIT-CLEAR-"+randHex()
+		if rep, err := m.send("a", m.addr("b"), secret); err != nil || rep.Hostname != "b" || rep.Message != secret {
+			t.Errorf("a to b: got %+v, %v; want b's echo of the secret", rep, err)
+		}
+		if _, err := m.send("c", m.addr("b"), clear); err != nil {
+			t.Error(err)
+		}
+		capture.wantOnly(t, clear, secret)
+		m.wantReach(t, "a", m.addr("b"), "b")
+		metrics, err := lab.HTTPGet(ctx, m.l.Node("node2").NS, labmesh.ZtunnelMetrics)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `source_principal="` + frontend.String() + `"`; !strings.Contains(metrics, want) {
+			t.Errorf("node2 ztunnel metrics: no series with %s", want)
+		}
+
+		// node2's ztunnel takes a tunnel from node1 with a certificate of
+		// Istio's CA, and refuses the same identity from another CA.
+		root := m.root(t)
+		roots := x509.NewCertPool()
+		roots.AddCert(root)
+		cc, err := caclient.New(caclient.Config{
+			Address: forward(t, m.l.ControlPlaneNS(), labmesh.IstiodAddr()), ServerName: labmesh.IstiodServerName, Roots: roots,
+			TokenFile: m.mesh.ZtunnelTokenPath(m.l.Node("node1")),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		istioCert, err := cc.Certificate(ctx, frontend)
+		if err != nil {
+			t.Fatalf("certificate of %s from Istio's CA for node1: %v", frontend, err)
+		}
+		foreign, err := identity.NewCA(identity.DefaultTrustDomain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		foreignCert, err := foreign.Issue(frontend, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		target := netip.MustParseAddrPort(m.addr("b"))
+		tunnel := netip.AddrPortFrom(target.Addr(), 15008)
+		dial := func(cert *tls.Certificate) (*hbone.ClientConn, error) {
+			return hbone.Dial(ctx, tunnel, hbone.ClientConfig{
+				Certificate: cert, Verifier: &identity.Verifier{Roots: roots},
+				Expected: backend, Dialer: m.l.Node("node1").NS,
+			})
+		}
+		hc, err := dial(istioCert)
+		if err != nil {
+			t.Fatalf("tunnel from node1 to b with Istio's certificate: %v", err)
+		}
+		defer hc.Close()
+		c, err := hc.Connect(ctx, target, nil)
+		if err != nil {
+			t.Fatalf("CONNECT to b through the tunnel: %v", err)
+		}
+		rep, err := roundTrip(c, "through-the-tunnel")
+		c.Close()
+		if err != nil || rep.Hostname != "b" {
+			t.Errorf("CONNECT to b with Istio's certificate: got %+v, %v; want b's answer", rep, err)
+		}
+		if hc, err := dial(foreignCert); err == nil {
+			hc.Close()
+			t.Errorf("tunnel to b with %s from a CA that is not Istio's: got a connection, want the handshake refused", frontend)
+		}
+	})
+
+	t.Run("Service VIP", func(t *testing.T) {
+		seen := map[string]int{}
+		for i := range 12 {
+			to := "b:80"
+			if i%2 == 1 {
+				to = "b.shop.svc.cluster.local:80"
+			}
+			rep, err := m.send("a", to, "via-service")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if host, _, _ := net.SplitHostPort(rep.Peer); host != m.ip("a") {
+				t.Errorf("a to %s: %s saw its client at %s, want a's own address %s", to, rep.Hostname, rep.Peer, m.ip("a"))
+			}
+			seen[rep.Hostname]++
+		}
+		if seen["b"] == 0 || seen["b1"] == 0 || len(seen) != 2 {
+			t.Errorf("12 connections to Service b: got answers %v, want both b (node2) and b1 (node1)", seen)
+		}
+		// Through the VIP, the endpoints' policies apply.
+		p := m.policy("vip-principal", secapi.AuthorizationPolicy_ALLOW, &secapi.Rule{From: from(&secapi.Source{Principals: []string{"cluster.local/ns/shop/sa/frontend"}})})
+		m.apply(t, p)
+		for range 4 {
+			m.wantReachAny(t, "a", "b:80", "b", "b1")
+			m.wantRefused(t, "a2", "b:80")
+		}
+		m.remove(t, p)
+	})
+
+	t.Run("authorization policies", func(t *testing.T) {
+		for _, tc := range m.policyCases() {
+			t.Run(tc.name, func(t *testing.T) {
+				p := m.policy(objectName(tc.name), tc.action, tc.rule)
+				m.apply(t, p)
+				defer m.remove(t, p)
+				for _, h := range tc.reach {
+					m.wantReach(t, h.from, m.target(h.to), h.host())
+				}
+				for _, h := range tc.refuse {
+					m.wantRefused(t, h.from, m.target(h.to))
+				}
+			})
+		}
+	})
+
+	t.Run("PeerAuthentication STRICT", func(t *testing.T) {
+		m.wantReach(t, "c", m.addr("b"), "b")
+		pa := &securityv1.PeerAuthentication{
+			ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "shop"},
+			Spec:       secapi.PeerAuthentication{Mtls: &secapi.PeerAuthentication_MutualTLS{Mode: secapi.PeerAuthentication_MutualTLS_STRICT}},
+		}
+		if _, err := m.istio.SecurityV1().PeerAuthentications("shop").Create(ctx, pa, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// Istio's istiod sends namespace STRICT as its static policy,
+		// bound to the namespace's workloads.
+		if err := m.mesh.WaitPolicy(ctx, labmesh.IstiodNamespace, "istio_converted_static_strict", m.ip("b"), true); err != nil {
+			t.Fatal(err)
+		}
+		m.wantRefused(t, "c", m.addr("b"))
+		m.wantReach(t, "a", m.addr("b"), "b")
+		m.wantReach(t, "o", m.addr("b"), "b")
+		if err := m.istio.SecurityV1().PeerAuthentications("shop").Delete(ctx, "default", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.mesh.WaitZtunnels(ctx, "STRICT gone from b", func(d *ztunnel.Dump) bool {
+			w := workloadAt(d, m.ip("b"))
+			return w != nil && !slices.Contains(w.AuthorizationPolicies, labmesh.IstiodNamespace+"/istio_converted_static_strict")
+		}); err != nil {
+			t.Fatal(err)
+		}
+		m.wantReach(t, "c", m.addr("b"), "b")
+	})
+}
+
+// hop is a connection a policy case makes: from a pod to "b", "b1" (port
+// 9000, TCP) or "b:8080" (HTTP).
+type hop struct{ from, to string }
+
+func (h hop) host() string { return strings.Split(h.to, ":")[0] }
+
+type policyCase struct {
+	name          string
+	action        secapi.AuthorizationPolicy_Action
+	rule          *secapi.Rule
+	reach, refuse []hop
+}
+
+// policyCases are the L4 fields of AuthorizationPolicy that ztunnel
+// enforces, each in a policy on app=b (b and b1) that some connections
+// pass and others do not.
+func (m *mesh) policyCases() []policyCase {
+	const (
+		allow = secapi.AuthorizationPolicy_ALLOW
+		deny  = secapi.AuthorizationPolicy_DENY
+	)
+	src := func(s *secapi.Source) *secapi.Rule { return &secapi.Rule{From: from(s)} }
+	op := func(o *secapi.Operation) *secapi.Rule { return &secapi.Rule{To: []*secapi.Rule_To{{Operation: o}}} }
+	when := func(key string, values, notValues []string) *secapi.Rule {
+		return &secapi.Rule{When: []*secapi.Condition{{Key: key, Values: values, NotValues: notValues}}}
+	}
+	frontendP := "cluster.local/ns/shop/sa/frontend"
+	a32 := m.ip("a") + "/32"
+	return []policyCase{
+		{name: "principals", action: allow, rule: src(&secapi.Source{Principals: []string{frontendP}}),
+			reach:  []hop{{"a", "b"}},
+			refuse: []hop{{"a2", "b"}, {"o", "b"}, {"c", "b"}}},
+		{name: "principals prefix", action: allow, rule: src(&secapi.Source{Principals: []string{"cluster.local/ns/shop/*"}}),
+			reach:  []hop{{"a", "b"}, {"a2", "b"}},
+			refuse: []hop{{"o", "b"}, {"c", "b"}}},
+		{name: "notPrincipals", action: allow, rule: src(&secapi.Source{NotPrincipals: []string{frontendP}}),
+			reach:  []hop{{"a2", "b"}, {"o", "b"}},
+			refuse: []hop{{"a", "b"}}},
+		{name: "namespaces", action: allow, rule: src(&secapi.Source{Namespaces: []string{"other"}}),
+			reach:  []hop{{"o", "b"}},
+			refuse: []hop{{"a", "b"}, {"c", "b"}}},
+		{name: "notNamespaces", action: allow, rule: src(&secapi.Source{NotNamespaces: []string{"shop"}}),
+			reach:  []hop{{"o", "b"}},
+			refuse: []hop{{"a", "b"}, {"a2", "b"}}},
+		{name: "serviceAccounts ns-sa", action: allow, rule: src(&secapi.Source{ServiceAccounts: []string{"shop/frontend"}}),
+			reach:  []hop{{"a", "b"}},
+			refuse: []hop{{"a2", "b"}, {"o", "b"}, {"c", "b"}}},
+		{name: "serviceAccounts bare", action: allow, rule: src(&secapi.Source{ServiceAccounts: []string{"frontend"}}),
+			// A bare name is in the policy's namespace: other/frontend
+			// is not it.
+			reach:  []hop{{"a", "b"}},
+			refuse: []hop{{"o", "b"}, {"a2", "b"}, {"c", "b"}}},
+		{name: "notServiceAccounts", action: allow, rule: src(&secapi.Source{NotServiceAccounts: []string{"shop/frontend"}}),
+			reach:  []hop{{"a2", "b"}, {"o", "b"}},
+			refuse: []hop{{"a", "b"}}},
+		{name: "ipBlocks", action: allow, rule: src(&secapi.Source{IpBlocks: []string{a32}}),
+			reach:  []hop{{"a", "b"}},
+			refuse: []hop{{"a2", "b"}, {"o", "b"}}},
+		{name: "notIpBlocks", action: allow, rule: src(&secapi.Source{NotIpBlocks: []string{a32}}),
+			reach:  []hop{{"a2", "b"}, {"o", "b"}},
+			refuse: []hop{{"a", "b"}}},
+		{name: "ports", action: allow, rule: op(&secapi.Operation{Ports: []string{"9000"}}),
+			reach:  []hop{{"a", "b"}},
+			refuse: []hop{{"a", "b:8080"}}},
+		{name: "notPorts", action: allow, rule: op(&secapi.Operation{NotPorts: []string{"9000"}}),
+			reach:  []hop{{"a", "b:8080"}},
+			refuse: []hop{{"a", "b"}}},
+		{name: "when source.ip", action: allow, rule: when("source.ip", []string{a32}, nil),
+			reach:  []hop{{"a", "b"}},
+			refuse: []hop{{"a2", "b"}}},
+		{name: "when source.namespace", action: allow, rule: when("source.namespace", []string{"other"}, nil),
+			reach:  []hop{{"o", "b"}},
+			refuse: []hop{{"a", "b"}}},
+		{name: "when source.namespace notValues", action: allow, rule: when("source.namespace", nil, []string{"shop"}),
+			reach:  []hop{{"o", "b"}},
+			refuse: []hop{{"a", "b"}}},
+		{name: "when source.principal", action: allow, rule: when("source.principal", []string{frontendP}, nil),
+			reach:  []hop{{"a", "b"}},
+			refuse: []hop{{"a2", "b"}, {"o", "b"}}},
+		{name: "when destination.port", action: allow, rule: when("destination.port", []string{"9000"}, nil),
+			reach:  []hop{{"a", "b"}},
+			refuse: []hop{{"a", "b:8080"}}},
+		{name: "when destination.ip", action: allow, rule: when("destination.ip", []string{m.ip("b")}, nil),
+			reach:  []hop{{"a", "b"}},
+			refuse: []hop{{"a", "b1"}}},
+		{name: "deny namespaces and ports", action: deny, rule: &secapi.Rule{
+			From: from(&secapi.Source{Namespaces: []string{"shop"}}),
+			To:   []*secapi.Rule_To{{Operation: &secapi.Operation{Ports: []string{"9000"}}}},
+		},
+			reach:  []hop{{"a", "b:8080"}, {"o", "b"}, {"c", "b"}},
+			refuse: []hop{{"a", "b"}, {"a2", "b"}}},
+		{name: "deny principals", action: deny, rule: src(&secapi.Source{Principals: []string{frontendP}}),
+			reach:  []hop{{"a2", "b"}, {"o", "b"}, {"c", "b"}},
+			refuse: []hop{{"a", "b"}}},
+	}
+}
+
+// objectName makes a case's name a Kubernetes object name: "when
+// source.ip" is when-source-ip.
+func objectName(s string) string {
+	return strings.Trim(strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z' || r >= '0' && r <= '9':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r - 'A' + 'a'
+		}
+		return '-'
+	}, s), "-")
+}
+
+func from(s *secapi.Source) []*secapi.Rule_From { return []*secapi.Rule_From{{Source: s}} }
+
+// policy is an AuthorizationPolicy in shop on app=b with one rule.
+func (m *mesh) policy(name string, action secapi.AuthorizationPolicy_Action, rule *secapi.Rule) *securityv1.AuthorizationPolicy {
+	return &securityv1.AuthorizationPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop"},
+		Spec: secapi.AuthorizationPolicy{
+			Selector: &typeapi.WorkloadSelector{MatchLabels: map[string]string{"app": "b"}},
+			Action:   action,
+			Rules:    []*secapi.Rule{rule},
+		},
+	}
+}
+
+// apply creates the policy and waits until every ztunnel has it bound to
+// b and b1.
+func (m *mesh) apply(t *testing.T, p *securityv1.AuthorizationPolicy) {
+	t.Helper()
+	if _, err := m.istio.SecurityV1().AuthorizationPolicies(p.Namespace).Create(t.Context(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, on := range []string{"b", "b1"} {
+		if err := m.mesh.WaitPolicy(t.Context(), p.Namespace, p.Name, m.ip(on), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// remove deletes the policy and waits until no ztunnel has it.
+func (m *mesh) remove(t *testing.T, p *securityv1.AuthorizationPolicy) {
+	t.Helper()
+	ctx := context.WithoutCancel(t.Context())
+	if err := m.istio.SecurityV1().AuthorizationPolicies(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.mesh.WaitPolicy(ctx, p.Namespace, p.Name, m.ip("b"), false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (m *mesh) ip(name string) string { return m.pods[name].Status.PodIP }
+
+func (m *mesh) addr(name string) string { return net.JoinHostPort(m.ip(name), "9000") }
+
+// target turns a hop's "b" or "b:8080" into an address.
+func (m *mesh) target(to string) string {
+	name, port, ok := strings.Cut(to, ":")
+	if !ok {
+		port = "9000"
+	}
+	return net.JoinHostPort(m.ip(name), port)
+}
+
+// send connects from pod name to addr (TCP echo on 9000, HTTP on 8080)
+// and returns the answering pod's report.
+func (m *mesh) send(name, to, msg string) (echo.Report, error) {
+	p := m.pods[name]
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	argv := []string{m.l.Binaries().Echo, "tcp", to, msg}
+	if strings.HasSuffix(to, ":8080") {
+		argv = []string{m.l.Binaries().Echo, "http", "http://" + to + "/"}
+	}
+	out, err := m.l.Exec(ctx, p.Namespace, name, argv...)
+	if err != nil {
+		return echo.Report{}, fmt.Errorf("%s/%s to %s: %w: %s", p.Namespace, name, to, err, out)
+	}
+	var rep echo.Report
+	if err := json.Unmarshal(out, &rep); err != nil {
+		return rep, fmt.Errorf("%s/%s to %s: decode %q: %w", p.Namespace, name, to, out, err)
+	}
+	return rep, nil
+}
+
+// wantReach checks that pod name reaches to, answered by host, which saw
+// the client's own address.
+func (m *mesh) wantReach(t *testing.T, name, to, host string) {
+	t.Helper()
+	m.wantReachAny(t, name, to, host)
+}
+
+func (m *mesh) wantReachAny(t *testing.T, name, to string, hosts ...string) {
+	t.Helper()
+	rep, err := m.send(name, to, "hello")
+	if err != nil || !slices.Contains(hosts, rep.Hostname) {
+		t.Errorf("%s to %s: got %+v, %v; want an answer from %s", name, to, rep, err, strings.Join(hosts, " or "))
+		return
+	}
+	if host, _, _ := net.SplitHostPort(rep.Peer); host != m.ip(name) {
+		t.Errorf("%s to %s: %s saw its client at %s, want %s's own address %s", name, to, rep.Hostname, rep.Peer, name, m.ip(name))
+	}
+}
+
+func (m *mesh) wantRefused(t *testing.T, name, to string) {
+	t.Helper()
+	if rep, err := m.send(name, to, "hello"); err == nil {
+		t.Errorf("%s to %s: got an answer from %s, want the connection refused", name, to, rep.Hostname)
+	}
+}
+
+// root is Istio's mesh root as istiod publishes it.
+func (m *mesh) root(t *testing.T) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(m.mesh.RootCertPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parseCert(t, data)
+}
+
+func parseCert(t *testing.T, data []byte) *x509.Certificate {
+	t.Helper()
+	b, _ := pem.Decode(data)
+	if b == nil {
+		t.Fatalf("no PEM certificate in %q", data)
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func workloadAt(d *ztunnel.Dump, ip string) *config.Workload {
+	addr := netip.MustParseAddr(ip)
+	for _, w := range d.Workloads {
+		if slices.Contains(w.Addresses, addr) {
+			return w
+		}
+	}
+	return nil
+}
+
+// certOf reads node n's ztunnel's certificate for id from its config
+// dump, waiting for it to be there.
+func certOf(t *testing.T, ctx context.Context, n *lab.Node, id identity.Identity) identity.CertInfo {
+	t.Helper()
+	var got identity.CertInfo
+	err := lab.WaitHTTPBody(ctx, n.NS, labmesh.ZtunnelAdmin+"/config_dump", 30*time.Second, func(body string) bool {
+		var d ztunnel.Dump
+		if json.Unmarshal([]byte(body), &d) != nil {
+			return false
+		}
+		i := slices.IndexFunc(d.Certificates, func(c identity.CertInfo) bool { return c.Identity == id.String() })
+		if i >= 0 {
+			got = d.Certificates[i]
+		}
+		return i >= 0 && got.State == identity.StateAvailable
+	})
+	if err != nil && got.Identity == "" {
+		t.Fatalf("ztunnel on %s: no certificate for %s in its config dump: %v", n.Name, id, err)
+	}
+	return got
+}
+
+// start starts the lab, Istio's istiod, Ambit's node agents and ztunnels,
+// and the pods, and tears it all down after the test, checking that
+// nothing is left behind.
+func start(t *testing.T) *mesh {
+	t.Helper()
+	testutil.RequireRoot(t)
+	ctx := t.Context()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	bins, err := lab.EnsureBinaries(ctx, lab.BuildOptions{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ist, err := lab.EnsureIstio(ctx, lab.BuildOptions{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := lab.Start(ctx, lab.Config{Nodes: 2, Binaries: bins, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &mesh{l: l, pods: map[string]*corev1.Pod{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if m.pilot != nil {
+				t.Logf("Istio's istiod:\n%s", m.pilot.Logs(60))
+			}
+			for _, n := range l.Nodes {
+				if p := m.mesh.Ztunnel(n); p != nil {
+					t.Logf("ztunnel on %s:\n%s", n.Name, p.Logs(40))
+				}
+			}
+			t.Logf("lab logs:\n%s", l.Logs(20))
+		}
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+		left, err := lab.Leftovers(l.ID)
+		if err != nil {
+			t.Errorf("check lab leftovers: %v", err)
+		}
+		if len(left) > 0 {
+			t.Errorf("after Close: got leftovers %v, want none", left)
+		}
+	})
+	if m.mesh, err = labmesh.New(l); err != nil {
+		t.Fatal(err)
+	}
+	if m.istio, err = istioclient.NewForConfig(l.RESTConfig); err != nil {
+		t.Fatal(err)
+	}
+	if m.pilot, err = istio.StartPilot(ctx, l, m.mesh, ist); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Istio's istiod %s (%s) is ready", ist.Version, ist.Revision)
+	if err := m.mesh.StartAgents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.mesh.StartZtunnels(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	ambient := map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}
+	for ns, labels := range map[string]map[string]string{"shop": ambient, "other": ambient, "plain": nil} {
+		if err := l.CreateNamespace(ctx, ns, labels); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sa := range []struct{ ns, name string }{{"shop", "frontend"}, {"shop", "backend"}, {"other", "frontend"}} {
+		if _, err := l.Client.CoreV1().ServiceAccounts(sa.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa.name}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "b", Namespace: "shop"},
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": "b"},
+			Ports:    []corev1.ServicePort{{Name: "tcp", Port: 80, TargetPort: intstr.FromString("tcp")}},
+		},
+	}
+	if _, err := l.Client.CoreV1().Services("shop").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	type podSpec struct{ ns, name, node, app, sa string }
+	specs := []podSpec{
+		{"shop", "a", "node1", "a", "frontend"},
+		{"shop", "a2", "node1", "a2", ""},
+		{"shop", "b", "node2", "b", "backend"},
+		{"shop", "b1", "node1", "b", ""},
+		{"shop", "opt", "node2", "opt", ""},
+		{"other", "o", "node1", "o", "frontend"},
+		{"plain", "c", "node1", "c", ""},
+	}
+	// Created together, waited for together: each pod takes a few
+	// seconds to be ready.
+	errs := make(chan error, len(specs))
+	results := make(chan *corev1.Pod, len(specs))
+	for _, s := range specs {
+		labels := map[string]string{"app": s.app}
+		if s.name == "opt" {
+			labels[enrolment.LabelDataplaneMode] = enrolment.ModeNone
+		}
+		p := lab.EchoPod(s.ns, s.name, s.node, labels)
+		p.Spec.ServiceAccountName = s.sa
+		go func() {
+			got, err := l.RunPod(ctx, p)
+			errs <- err
+			results <- got
+		}()
+	}
+	for range specs {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		p := <-results
+		m.pods[p.Name] = p
+	}
+	for _, name := range []string{"a", "a2", "b", "b1", "o"} {
+		if _, err := l.WaitPod(ctx, m.pods[name].Namespace, name, func(p *corev1.Pod) bool {
+			return p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.mesh.WaitWorkload(ctx, m.ip(name), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ep := range []string{"b", "b1"} {
+		if err := l.WaitServiceProgrammed(ctx, "shop", "b", m.ip(ep)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return m
+}
+
+// forward listens on a loopback port of the host and forwards each
+// connection to addr inside ns (the test process is outside the lab).
+func forward(t *testing.T, ns interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}, addr string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := ns.DialContext(context.Background(), "tcp", addr)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				done := make(chan struct{}, 2)
+				go func() { copyAndClose(up, c); done <- struct{}{} }()
+				go func() { copyAndClose(c, up); done <- struct{}{} }()
+				<-done
+				<-done
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// capture records the TCP packets crossing a node's link, in the bridge's
+// namespace.
+type capture struct {
+	path string
+	proc *lab.Process
+}
+
+func startCapture(t *testing.T, ctx context.Context, l *lab.Lab, link string) *capture {
+	t.Helper()
+	c := &capture{path: filepath.Join(l.Dir, link+"-"+randHex()+".pcap")}
+	var err error
+	c.proc, err = l.StartProcessIn(l.BridgeNS(), "tcpdump-"+link, nil, "tcpdump", "--immediate-mode", "-i", link, "-U", "-n", "-w", c.path, "tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.PollUntil(ctx, 30*time.Second, func() bool { return strings.Contains(c.proc.Logs(5), "listening on") }); err != nil {
+		t.Fatalf("tcpdump did not start: %v\n%s", err, c.proc.Logs(5))
+	}
+	return c
+}
+
+// wantOnly waits until the control marker has been captured, stops the
+// capture and checks that secret never crossed in clear.
+func (c *capture) wantOnly(t *testing.T, control, secret string) {
+	t.Helper()
+	defer c.proc.Stop(5 * time.Second)
+	var wire []byte
+	if err := lab.PollUntil(t.Context(), 30*time.Second, func() bool {
+		wire, _ = os.ReadFile(c.path)
+		return strings.Contains(string(wire), control)
+	}); err != nil {
+		t.Fatalf("capture %s: no %q from the non-mesh pod; the capture does not see the traffic (%d bytes)", c.path, control, len(wire))
+	}
+	if strings.Contains(string(wire), secret) {
+		t.Errorf("capture %s: found %q: an enrolled pod's bytes crossed in plaintext", c.path, secret)
+	}
+}
+
+func copyAndClose(dst, src net.Conn) {
+	io.Copy(dst, src)
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else {
+		dst.Close()
+	}
+}
+
+// roundTrip sends one line on an open echo connection and reads the
+// answer.
+func roundTrip(c net.Conn, msg string) (echo.Report, error) {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, msg+"\n"); err != nil {
+		return echo.Report{}, err
+	}
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	if err != nil {
+		return echo.Report{}, err
+	}
+	var rep echo.Report
+	err = json.Unmarshal(line, &rep)
+	return rep, err
+}
+
+func randHex() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
