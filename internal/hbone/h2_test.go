@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,7 +38,7 @@ const peerTimeout = 20 * time.Second
 
 // h2Peer is a hand-driven HTTP/2 client on a TLS connection to a server.
 type h2Peer struct {
-	t   *testing.T
+	t   testing.TB
 	tc  *tls.Conn
 	fr  *http2.Framer
 	hb  bytes.Buffer
@@ -47,7 +48,7 @@ type h2Peer struct {
 }
 
 // rawPeer opens a TLS connection to addr as clientID and sends nothing.
-func (f *fixture) rawPeer(t *testing.T, addr netip.AddrPort) *h2Peer {
+func (f *fixture) rawPeer(t testing.TB, addr netip.AddrPort) *h2Peer {
 	t.Helper()
 	cert := f.issue(t, f.ca, clientID, time.Hour)
 	tc, err := tls.Dial("tcp", addr.String(), &tls.Config{
@@ -69,7 +70,7 @@ func (f *fixture) rawPeer(t *testing.T, addr netip.AddrPort) *h2Peer {
 }
 
 // newPeer opens a connection to addr and sends the preface and SETTINGS.
-func (f *fixture) newPeer(t *testing.T, addr netip.AddrPort) *h2Peer {
+func (f *fixture) newPeer(t testing.TB, addr netip.AddrPort) *h2Peer {
 	t.Helper()
 	p := f.rawPeer(t, addr)
 	p.write([]byte(http2.ClientPreface))
@@ -996,7 +997,9 @@ func TestServerClientResetsStream(t *testing.T) {
 // TestServerRapidReset opens streams and resets each at once, many more
 // than the stream limit ("rapid reset", CVE-2023-44487): the handlers
 // running at once never exceed the limit, the streams beyond it are
-// refused, and the server goes on serving.
+// refused, and once half of at least prematureMinStreams streams ended
+// prematurely the connection is ended with GOAWAY ENHANCE_YOUR_CALM,
+// after which the server goes on serving other connections.
 func TestServerRapidReset(t *testing.T) {
 	f := newFixture(t, nil)
 	g := newGate(t, f.allowed)
@@ -1004,39 +1007,72 @@ func TestServerRapidReset(t *testing.T) {
 	p := f.newPeer(t, addr)
 	const streams = 4 * maxConcurrentStreams
 	denied := netip.MustParseAddrPort("127.0.0.2:80")
+	sent := 0
 	for i := range streams {
 		id := uint32(2*i + 1)
-		p.connect(id, denied)
-		p.check(p.fr.WriteRSTStream(id, http2.ErrCodeCancel))
-	}
-	ping := [8]byte{'r', 'a', 'p', 'i', 'd'}
-	p.check(p.fr.WritePing(false, ping))
-	refused := 0
-	for {
-		fm, err := p.next()
-		if err != nil {
-			t.Fatalf("read frames: %v after %d refused streams", err, refused)
+		fields := p.block(":method", "CONNECT", ":authority", denied.String())
+		if p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: fields, EndHeaders: true}) != nil ||
+			p.fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+			break // the server hung up
 		}
-		if pf, ok := fm.(*http2.PingFrame); ok && pf.IsAck() && pf.Data == ping {
-			break // the server has read every stream
-		}
-		if rf, ok := fm.(*http2.RSTStreamFrame); ok && rf.ErrCode == http2.ErrCodeRefusedStream {
-			refused++
-			continue
-		}
-		t.Fatalf("got %s, want RST_STREAM REFUSED_STREAM or the PING ack", describe(fm))
+		sent++
 	}
-	g.waitEntered(t, maxConcurrentStreams)
-	if got, want := refused, streams-maxConcurrentStreams; got != want {
-		t.Errorf("refused streams: got %d, want %d", got, want)
+	ga := p.wantGoAway(http2.ErrCodeEnhanceYourCalm)
+	if !strings.Contains(string(ga.DebugData()), "reset or refused within") {
+		t.Errorf("GOAWAY debug data: got %q, want the reason", ga.DebugData())
 	}
-	if got := g.calls.Load(); got != maxConcurrentStreams {
-		t.Errorf("Authorize calls while held: got %d, want %d", got, maxConcurrentStreams)
+	if last := ga.LastStreamID; last >= uint32(2*streams) || last < uint32(2*prematureMinStreams-1) {
+		t.Errorf("GOAWAY last stream: got %d, want the connection ended after %d to %d streams", last, prematureMinStreams, streams)
+	}
+	if got := g.peak.Load(); got > maxConcurrentStreams {
+		t.Errorf("Authorize calls at once: got %d, want at most %d", got, maxConcurrentStreams)
 	}
 	g.open()
 	f.wantTunnel(t, addr, f.allowed)
-	if got := g.peak.Load(); got > maxConcurrentStreams {
-		t.Errorf("Authorize calls at once: got %d, want at most %d", got, maxConcurrentStreams)
+	t.Logf("client wrote %d streams before the server hung up", sent)
+}
+
+// TestServerMadeYouReset provokes the server into resetting stream after
+// stream with a protocol error on each (a WINDOW_UPDATE of 0:
+// "MadeYouReset", CVE-2025-8671): those resets count as the client's, and
+// the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+func TestServerMadeYouReset(t *testing.T) {
+	defer func(n uint64) { prematureMinStreams = n }(prematureMinStreams)
+	prematureMinStreams = 40
+	f := newFixture(t, nil)
+	up, _ := trackedUpstream(t)
+	p := f.newPeer(t, f.addr)
+	for i := range 2 * prematureMinStreams {
+		id := uint32(2*i + 1)
+		fields := p.block(":method", "CONNECT", ":authority", up.String(), "x-test-closed", "1")
+		if p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: fields, EndHeaders: true}) != nil ||
+			p.fr.WriteWindowUpdate(id, 0) != nil {
+			break
+		}
+	}
+	p.wantGoAway(http2.ErrCodeEnhanceYourCalm)
+	f.wantTunnel(t, f.addr, f.allowed)
+}
+
+// TestServerManyStreamsNoResets: streams that end normally, more than
+// prematureMinStreams of them on one connection, never count as abuse.
+func TestServerManyStreamsNoResets(t *testing.T) {
+	defer func(n uint64) { prematureMinStreams = n }(prematureMinStreams)
+	prematureMinStreams = 40
+	f := newFixture(t, nil)
+	up, _ := trackedUpstream(t)
+	cc, err := f.dial(t, ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 * prematureMinStreams {
+		c, err := cc.Connect(context.Background(), up, http.Header{"X-Test-Closed": {"1"}})
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		c.(interface{ CloseWrite() error }).CloseWrite()
+		io.Copy(io.Discard, c)
+		c.Close()
 	}
 }
 
