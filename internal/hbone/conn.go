@@ -72,8 +72,8 @@ type conn struct {
 	peerStreams uint64
 	premature   uint64
 	err         error // why the connection ended; nil while it is open
-	hook       func()
-	idle       *time.Timer
+	hook        func()
+	idle        *time.Timer
 
 	settings chan struct{} // closed when the peer's first SETTINGS apply
 	closed   chan struct{} // closed when the connection ends
