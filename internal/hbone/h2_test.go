@@ -1642,3 +1642,85 @@ func TestClientKeepaliveAnswered(t *testing.T) {
 		t.Errorf("after 5 answered PINGs: Err() = %v, want the connection open", err)
 	}
 }
+
+// TestServerHandshakeBounds floods the server with connections that never
+// start TLS: beyond the bound per source and the bound in all, they are
+// closed as soon as they are accepted, while a well-behaved client from
+// another address still gets through, and the slots come back when the
+// idle connections go.
+func TestServerHandshakeBounds(t *testing.T) {
+	f := newFixture(t, nil)
+	s := &Server{
+		Authorize:              func(context.Context, *Request) error { return nil },
+		Dial:                   dialUpstream,
+		MaxHandshakes:          4,
+		MaxHandshakesPerSource: 2,
+	}
+	addr := f.serve(t, s)
+	idle := func(src string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err := d.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	wantShed := func(c net.Conn) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(peerTimeout))
+		if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+			t.Errorf("connection from %s over the bounds: got %v, want it closed by the server", c.LocalAddr(), err)
+		}
+	}
+	tunnel := func(src string) error {
+		cc, err := Dial(t.Context(), addr, ClientConfig{
+			Certificate: f.issue(t, f.ca, clientID, time.Hour), Verifier: f.verifier, Expected: serverID,
+			Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}},
+		})
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		c, err := cc.Connect(t.Context(), f.allowed, nil)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
+	waitHandshakes := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(peerTimeout); ; time.Sleep(time.Millisecond) {
+			s.mu.Lock()
+			got := s.handshaking
+			s.mu.Unlock()
+			if got == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("connections in the handshake: got %d, want %d", got, n)
+			}
+		}
+	}
+
+	flood := []net.Conn{idle("127.0.0.2"), idle("127.0.0.2")}
+	waitHandshakes(2)
+	wantShed(idle("127.0.0.2")) // a third from one source
+	if err := tunnel("127.0.0.5"); err != nil {
+		t.Errorf("well-behaved client from another address during the flood: %v", err)
+	}
+	flood = append(flood, idle("127.0.0.3"), idle("127.0.0.4"))
+	waitHandshakes(4)
+	wantShed(idle("127.0.0.6")) // a fifth in all
+	if got := s.Shed(); got != 2 {
+		t.Errorf("Shed: got %d, want 2", got)
+	}
+	for _, c := range flood {
+		c.Close()
+	}
+	waitHandshakes(0)
+	if err := tunnel("127.0.0.6"); err != nil {
+		t.Errorf("well-behaved client after the flood: %v", err)
+	}
+}

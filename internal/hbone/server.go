@@ -1,6 +1,7 @@
 package hbone
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -55,6 +56,16 @@ type Server struct {
 	Handle func(ctx context.Context, r *Request, client, upstream net.Conn)
 	// Log receives handshake failures and refusals; nil discards them.
 	Log *slog.Logger
+	// MaxHandshakes bounds the connections not yet past the TLS
+	// handshake and the HTTP/2 preface, which nobody has authenticated
+	// yet (0: DefaultMaxHandshakes); MaxHandshakesPerSource bounds those
+	// from one address (0: DefaultMaxHandshakesPerSource). A connection
+	// over either is closed as soon as it is accepted: a flood of idle
+	// connections neither holds descriptors the process needs elsewhere
+	// (readiness, admin, the tunnels of others) nor crowds out other
+	// sources.
+	MaxHandshakes          int
+	MaxHandshakesPerSource int
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -62,6 +73,60 @@ type Server struct {
 	// drained is closed when the last connection ends after shutdown.
 	drained  chan struct{}
 	shutdown bool
+	// Connections in the handshake, in all and by source address; shed
+	// counts those closed for being over the bounds, shedLogged when the
+	// last warning about it was logged.
+	handshaking int
+	bySource    map[netip.Addr]int
+	shed        uint64
+	shedLogged  time.Time
+}
+
+// Default bounds of connections in the handshake.
+const (
+	DefaultMaxHandshakes          = 512
+	DefaultMaxHandshakesPerSource = 64
+)
+
+// admit takes a handshake slot for a connection from src, or reports
+// that the bounds are reached.
+func (s *Server) admit(src netip.Addr) bool {
+	limit, perSource := cmp.Or(s.MaxHandshakes, DefaultMaxHandshakes), cmp.Or(s.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.handshaking >= limit || s.bySource[src] >= perSource {
+		s.shed++
+		if now := time.Now(); now.Sub(s.shedLogged) >= 10*time.Second {
+			s.shedLogged = now
+			s.log().Warn("hbone connections closed unauthenticated: too many in the handshake", logKeyPeerAddr, src.String(),
+				logKeyCount, s.shed, logKeyInHandshake, s.handshaking, logKeyFromPeer, s.bySource[src])
+		}
+		return false
+	}
+	if s.bySource == nil {
+		s.bySource = map[netip.Addr]int{}
+	}
+	s.handshaking++
+	s.bySource[src]++
+	return true
+}
+
+// release gives back a handshake slot taken by admit.
+func (s *Server) release(src netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.handshaking--
+	if s.bySource[src]--; s.bySource[src] <= 0 {
+		delete(s.bySource, src)
+	}
+}
+
+// Shed is how many connections were closed for being over the handshake
+// bounds.
+func (s *Server) Shed() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shed
 }
 
 func (s *Server) log() *slog.Logger {
@@ -78,6 +143,10 @@ const (
 	logKeyAuthority = "authority"
 	logKeyStatus    = "status"
 	logKeyError     = "error"
+	// Of the handshake bounds.
+	logKeyCount       = "count"
+	logKeyInHandshake = "in_handshake"
+	logKeyFromPeer    = "from_peer"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -125,7 +194,12 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("accept hbone: %w", err)
 		}
 		delay = 0
-		go s.serveConn(raw)
+		src := AddrPort(raw.RemoteAddr()).Addr()
+		if !s.admit(src) {
+			raw.Close()
+			continue
+		}
+		go s.serveConn(raw, src)
 	}
 }
 
@@ -150,7 +224,15 @@ func (s *Server) TLSConfig() *tls.Config {
 
 // serveConn runs one tunnel connection: TLS, the HTTP/2 preface and
 // settings, then frames until it ends.
-func (s *Server) serveConn(raw net.Conn) {
+func (s *Server) serveConn(raw net.Conn, src netip.Addr) {
+	handshaking := true
+	release := func() {
+		if handshaking {
+			handshaking = false
+			s.release(src)
+		}
+	}
+	defer release()
 	ci := connInfo{peerAddr: AddrPort(raw.RemoteAddr()), localAddr: AddrPort(raw.LocalAddr())}
 	tc := tls.Server(raw, s.TLSConfig())
 	refuse := func(msg string, err error) {
@@ -184,6 +266,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		return
 	}
 	tc.SetReadDeadline(time.Time{})
+	release()
 	c := newConn(tc, true)
 	c.onRequest = func(st *stream, fields []hpack.HeaderField) {
 		st.local = net.TCPAddrFromAddrPort(ci.localAddr)

@@ -552,8 +552,12 @@ func TestZtunnel(t *testing.T) {
 	if path, port := probe(t, c); path != "/healthz/ready" || port != 15021 {
 		t.Errorf("readiness: got %s on %d, want /healthz/ready on 15021", path, port)
 	}
-	if diff := gocmp.Diff([]int32{15020, 15021}, ports(c)); diff != "" {
+	if diff := gocmp.Diff([]int32{15020, 15021, 15022}, ports(c)); diff != "" {
 		t.Errorf("ports (-want +got):\n%s", diff)
+	}
+	if lp := c.LivenessProbe; lp == nil || lp.HTTPGet == nil || lp.HTTPGet.Path != "/healthz/live" || lp.HTTPGet.Port.IntVal != 15022 ||
+		lp.PeriodSeconds*lp.FailureThreshold < 60 {
+		t.Errorf("liveness: got %+v, want /healthz/live on 15022, its own listener, failing only after a minute or more", lp)
 	}
 	cs := c.SecurityContext
 	if cs == nil || cs.Privileged == nil || *cs.Privileged || cs.Capabilities == nil ||

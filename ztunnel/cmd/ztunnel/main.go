@@ -21,16 +21,16 @@ import (
 )
 
 type options struct {
-	node, localConfig                   string
-	xdsAddress, xdsServerName           string
-	xdsRootCert, xdsToken               string
-	xdsPlaintext                        bool
-	outbound, admin, metrics, readiness string
-	logLevel                            string
-	redirect                            string
-	preserveSource                      bool
-	drain                               time.Duration
-	certs                               certFlags
+	node, localConfig                             string
+	xdsAddress, xdsServerName                     string
+	xdsRootCert, xdsToken                         string
+	xdsPlaintext                                  bool
+	outbound, admin, metrics, readiness, liveness string
+	logLevel                                      string
+	redirect                                      string
+	preserveSource                                bool
+	drain                                         time.Duration
+	certs                                         certFlags
 }
 
 func main() {
@@ -49,6 +49,7 @@ func main() {
 	flag.StringVar(&o.admin, "admin", "127.0.0.1:15000", "admin listener (config dump, pprof, logging)")
 	flag.StringVar(&o.metrics, "metrics", ":15020", "Prometheus metrics listener")
 	flag.StringVar(&o.readiness, "readiness", ":15021", "readiness listener")
+	flag.StringVar(&o.liveness, "liveness", ":15022", "liveness listener (/healthz/live), of its own so that load never fails it")
 	flag.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	flag.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown")
 	flag.Parse()
@@ -82,7 +83,7 @@ func run(o options) error {
 		Transparent:    o.redirect == "tproxy",
 		PreserveSource: o.redirect == "tproxy" && o.preserveSource,
 		LocalMark:      localMark,
-		OutboundAddr:   o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness,
+		OutboundAddr:   o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness, LivenessAddr: o.liveness,
 		Log: log, LogLevel: &level,
 	})
 	if err != nil {

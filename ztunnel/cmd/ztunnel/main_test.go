@@ -88,7 +88,7 @@ func startPair(tb testing.TB) *pair {
 	start := func(node string, base int) {
 		args := []string{"--redirect", "nat", "--node", node, "--local-config", cfg, "--fake-ca-dir", filepath.Join(dir, "ca"),
 			"--outbound", fmt.Sprintf("127.0.0.1:%d", base+1), "--admin", fmt.Sprintf("127.0.0.1:%d", base),
-			"--metrics", fmt.Sprintf("127.0.0.1:%d", base+20), "--readiness", fmt.Sprintf("127.0.0.1:%d", base+21),
+			"--metrics", fmt.Sprintf("127.0.0.1:%d", base+20), "--readiness", fmt.Sprintf("127.0.0.1:%d", base+21), "--liveness", fmt.Sprintf("127.0.0.1:%d", base+22),
 			"--log-level", "warn"}
 		// ip netns exec execs the binary: the process is ztunnel itself.
 		cmd := ns.Command(ctx, bin, args...)
