@@ -1644,10 +1644,10 @@ func TestClientKeepaliveAnswered(t *testing.T) {
 }
 
 // TestServerHandshakeBounds floods the server with connections that never
-// start TLS: beyond the bound per source and the bound in all, they are
-// closed as soon as they are accepted, while a well-behaved client from
-// another address still gets through, and the slots come back when the
-// idle connections go.
+// start TLS: beyond the bound per source a new one is closed as soon as
+// it is accepted; beyond the bound in all the one that has waited longest
+// is closed. A well-behaved client gets through during either flood, and
+// the slots come back when the idle connections go.
 func TestServerHandshakeBounds(t *testing.T) {
 	f := newFixture(t, nil)
 	s := &Server{
@@ -1667,11 +1667,11 @@ func TestServerHandshakeBounds(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	wantShed := func(c net.Conn) {
+	wantClosed := func(c net.Conn) {
 		t.Helper()
 		c.SetReadDeadline(time.Now().Add(peerTimeout))
 		if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
-			t.Errorf("connection from %s over the bounds: got %v, want it closed by the server", c.LocalAddr(), err)
+			t.Errorf("connection from %s: got %v, want it closed by the server", c.LocalAddr(), err)
 		}
 	}
 	tunnel := func(src string) error {
@@ -1693,7 +1693,7 @@ func TestServerHandshakeBounds(t *testing.T) {
 		t.Helper()
 		for deadline := time.Now().Add(peerTimeout); ; time.Sleep(time.Millisecond) {
 			s.mu.Lock()
-			got := s.handshaking
+			got := s.pending.Len()
 			s.mu.Unlock()
 			if got == n {
 				return
@@ -1704,23 +1704,24 @@ func TestServerHandshakeBounds(t *testing.T) {
 		}
 	}
 
-	flood := []net.Conn{idle("127.0.0.2"), idle("127.0.0.2")}
+	oldest := idle("127.0.0.2")
+	waitHandshakes(1)
+	idle("127.0.0.2")
 	waitHandshakes(2)
-	wantShed(idle("127.0.0.2")) // a third from one source
+	wantClosed(idle("127.0.0.2")) // a third from one source
 	if err := tunnel("127.0.0.5"); err != nil {
 		t.Errorf("well-behaved client from another address during the flood: %v", err)
 	}
-	flood = append(flood, idle("127.0.0.3"), idle("127.0.0.4"))
+	idle("127.0.0.3")
+	idle("127.0.0.4")
 	waitHandshakes(4)
-	wantShed(idle("127.0.0.6")) // a fifth in all
-	if got := s.Shed(); got != 2 {
-		t.Errorf("Shed: got %d, want 2", got)
+	idle("127.0.0.6") // a fifth in all: the oldest makes room
+	wantClosed(oldest)
+	if err := tunnel("127.0.0.7"); err != nil {
+		t.Errorf("well-behaved client while the bound in all is reached: %v", err)
 	}
-	for _, c := range flood {
-		c.Close()
+	if got := s.Shed(); got != 3 {
+		t.Errorf("Shed: got %d, want 3 (one over the bound per source, two to make room)", got)
 	}
-	waitHandshakes(0)
-	if err := tunnel("127.0.0.6"); err != nil {
-		t.Errorf("well-behaved client after the flood: %v", err)
-	}
+	waitHandshakes(3) // the two newest of the flood, and the last idle one
 }

@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"cmp"
+	"container/list"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -60,10 +61,11 @@ type Server struct {
 	// handshake and the HTTP/2 preface, which nobody has authenticated
 	// yet (0: DefaultMaxHandshakes); MaxHandshakesPerSource bounds those
 	// from one address (0: DefaultMaxHandshakesPerSource). A connection
-	// over either is closed as soon as it is accepted: a flood of idle
-	// connections neither holds descriptors the process needs elsewhere
-	// (readiness, admin, the tunnels of others) nor crowds out other
-	// sources.
+	// over the bound per source is closed as soon as it is accepted; over
+	// the bound in all, the one that has waited longest is closed (see
+	// admit). A flood of idle connections neither holds descriptors the
+	// process needs elsewhere (readiness, admin, tunnels) nor locks out
+	// other clients.
 	MaxHandshakes          int
 	MaxHandshakesPerSource int
 
@@ -74,12 +76,12 @@ type Server struct {
 	drained  chan struct{}
 	shutdown bool
 	// Connections in the handshake, in all and by source address; shed
-	// counts those closed for being over the bounds, shedLogged when the
-	// last warning about it was logged.
-	handshaking int
-	bySource    map[netip.Addr]int
-	shed        uint64
-	shedLogged  time.Time
+	// counts those closed for the bounds, shedLogged is when the last
+	// warning about it was logged.
+	pending    list.List // of *handshake, oldest first
+	bySource   map[netip.Addr]int
+	shed       uint64
+	shedLogged time.Time
 }
 
 // Default bounds of connections in the handshake.
@@ -88,37 +90,73 @@ const (
 	DefaultMaxHandshakesPerSource = 64
 )
 
-// admit takes a handshake slot for a connection from src, or reports
-// that the bounds are reached.
-func (s *Server) admit(src netip.Addr) bool {
+// handshake is a connection admitted to the handshake.
+type handshake struct {
+	raw net.Conn
+	src netip.Addr
+	// el is its place in Server.pending; nil once it left (done, or
+	// evicted).
+	el *list.Element
+}
+
+// admit admits a connection from src to the handshake. Over the bound per
+// source it is refused (nil). Over the bound in all, the connection that
+// has waited longest is closed to make room: a handshake takes
+// milliseconds, so what waits longest is what never meant to finish one,
+// and a flood from many addresses does not lock out the next honest
+// client.
+func (s *Server) admit(raw net.Conn, src netip.Addr) *handshake {
 	limit, perSource := cmp.Or(s.MaxHandshakes, DefaultMaxHandshakes), cmp.Or(s.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.handshaking >= limit || s.bySource[src] >= perSource {
-		s.shed++
-		if now := time.Now(); now.Sub(s.shedLogged) >= 10*time.Second {
-			s.shedLogged = now
-			s.log().Warn("hbone connections closed unauthenticated: too many in the handshake", logKeyPeerAddr, src.String(),
-				logKeyCount, s.shed, logKeyInHandshake, s.handshaking, logKeyFromPeer, s.bySource[src])
-		}
-		return false
+	if s.bySource[src] >= perSource {
+		s.shedLocked(src)
+		return nil
+	}
+	if s.pending.Len() >= limit {
+		old := s.pending.Front().Value.(*handshake)
+		s.leaveLocked(old)
+		old.raw.Close()
+		s.shedLocked(old.src)
 	}
 	if s.bySource == nil {
 		s.bySource = map[netip.Addr]int{}
 	}
-	s.handshaking++
+	h := &handshake{raw: raw, src: src}
+	h.el = s.pending.PushBack(h)
 	s.bySource[src]++
-	return true
+	return h
 }
 
-// release gives back a handshake slot taken by admit.
-func (s *Server) release(src netip.Addr) {
+// shedLocked counts a connection closed for the bounds, and warns at
+// most every ten seconds. The caller holds mu.
+func (s *Server) shedLocked(src netip.Addr) {
+	s.shed++
+	if now := time.Now(); now.Sub(s.shedLogged) >= 10*time.Second {
+		s.shedLogged = now
+		s.log().Warn("hbone connections closed unauthenticated: too many in the handshake", logKeyPeerAddr, src.String(),
+			logKeyCount, s.shed, logKeyInHandshake, s.pending.Len(), logKeyFromPeer, s.bySource[src])
+	}
+}
+
+// leaveLocked takes h out of the handshake bounds. The caller holds mu.
+func (s *Server) leaveLocked(h *handshake) {
+	if h.el == nil {
+		return
+	}
+	s.pending.Remove(h.el)
+	h.el = nil
+	if s.bySource[h.src]--; s.bySource[h.src] <= 0 {
+		delete(s.bySource, h.src)
+	}
+}
+
+// release takes h out of the handshake bounds once its handshake ended,
+// either way.
+func (s *Server) release(h *handshake) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.handshaking--
-	if s.bySource[src]--; s.bySource[src] <= 0 {
-		delete(s.bySource, src)
-	}
+	s.leaveLocked(h)
 }
 
 // Shed is how many connections were closed for being over the handshake
@@ -194,12 +232,12 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("accept hbone: %w", err)
 		}
 		delay = 0
-		src := AddrPort(raw.RemoteAddr()).Addr()
-		if !s.admit(src) {
+		h := s.admit(raw, AddrPort(raw.RemoteAddr()).Addr())
+		if h == nil {
 			raw.Close()
 			continue
 		}
-		go s.serveConn(raw, src)
+		go s.serveConn(raw, h)
 	}
 }
 
@@ -224,15 +262,8 @@ func (s *Server) TLSConfig() *tls.Config {
 
 // serveConn runs one tunnel connection: TLS, the HTTP/2 preface and
 // settings, then frames until it ends.
-func (s *Server) serveConn(raw net.Conn, src netip.Addr) {
-	handshaking := true
-	release := func() {
-		if handshaking {
-			handshaking = false
-			s.release(src)
-		}
-	}
-	defer release()
+func (s *Server) serveConn(raw net.Conn, h *handshake) {
+	defer s.release(h)
 	ci := connInfo{peerAddr: AddrPort(raw.RemoteAddr()), localAddr: AddrPort(raw.LocalAddr())}
 	tc := tls.Server(raw, s.TLSConfig())
 	refuse := func(msg string, err error) {
@@ -266,7 +297,7 @@ func (s *Server) serveConn(raw net.Conn, src netip.Addr) {
 		return
 	}
 	tc.SetReadDeadline(time.Time{})
-	release()
+	s.release(h)
 	c := newConn(tc, true)
 	c.onRequest = func(st *stream, fields []hpack.HeaderField) {
 		st.local = net.TCPAddrFromAddrPort(ci.localAddr)
