@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	pb "istio.io/api/security/v1alpha1"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -115,6 +116,39 @@ func TestXDSAuthentication(t *testing.T) {
 			}
 		})
 	}
+
+	// xDS streams and CA calls share one authenticator: a token is
+	// reviewed once for all of them.
+	t.Run("one review per token", func(t *testing.T) {
+		sctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer ztunnel")
+		for range 5 {
+			st, err := discovery.NewAggregatedDiscoveryServiceClient(secure).DeltaAggregatedResources(sctx)
+			if err == nil {
+				err = st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "test"}, TypeUrl: xds.AddressType})
+			}
+			if err == nil {
+				_, err = st.Recv()
+				st.CloseSend()
+			}
+			if err != nil {
+				t.Fatalf("delta xDS stream: got %v, want none", err)
+			}
+			// Authenticated, then refused for its CSR.
+			_, err = pb.NewIstioCertificateServiceClient(secure).CreateCertificate(sctx, &pb.IstioCertificateRequest{Csr: "not a CSR"})
+			if got := status.Code(err); got != codes.InvalidArgument {
+				t.Fatalf("CreateCertificate: got code %s (%v), want %s", got, err, codes.InvalidArgument)
+			}
+		}
+		reviews := 0
+		for _, a := range kube.Actions() {
+			if c, ok := a.(k8stesting.CreateAction); ok && a.GetResource().Resource == "tokenreviews" && c.GetObject().(*authnv1.TokenReview).Spec.Token == "ztunnel" {
+				reviews++
+			}
+		}
+		if reviews != 1 {
+			t.Errorf("TokenReviews of the token: got %d, want 1", reviews)
+		}
+	})
 }
 
 func dialOpts(t *testing.T, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
