@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -101,16 +103,7 @@ func TestXDSAuthentication(t *testing.T) {
 			if tc.token != "" {
 				sctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tc.token)
 			}
-			st, err := discovery.NewAggregatedDiscoveryServiceClient(tc.cc).DeltaAggregatedResources(sctx)
-			if err == nil {
-				err = st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "test"}, TypeUrl: xds.AddressType})
-			}
-			if err == nil {
-				// The first wildcard request is answered even with
-				// nothing to send.
-				_, err = st.Recv()
-				st.CloseSend()
-			}
+			err := firstDelta(sctx, tc.cc)
 			if got := status.Code(err); got != tc.want {
 				t.Errorf("delta xDS stream: got code %s (%v), want %s", got, err, tc.want)
 			}
@@ -122,19 +115,11 @@ func TestXDSAuthentication(t *testing.T) {
 	t.Run("one review per token", func(t *testing.T) {
 		sctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer ztunnel")
 		for range 5 {
-			st, err := discovery.NewAggregatedDiscoveryServiceClient(secure).DeltaAggregatedResources(sctx)
-			if err == nil {
-				err = st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "test"}, TypeUrl: xds.AddressType})
-			}
-			if err == nil {
-				_, err = st.Recv()
-				st.CloseSend()
-			}
-			if err != nil {
+			if err := firstDelta(sctx, secure); err != nil {
 				t.Fatalf("delta xDS stream: got %v, want none", err)
 			}
 			// Authenticated, then refused for its CSR.
-			_, err = pb.NewIstioCertificateServiceClient(secure).CreateCertificate(sctx, &pb.IstioCertificateRequest{Csr: "not a CSR"})
+			_, err := pb.NewIstioCertificateServiceClient(secure).CreateCertificate(sctx, &pb.IstioCertificateRequest{Csr: "not a CSR"})
 			if got := status.Code(err); got != codes.InvalidArgument {
 				t.Fatalf("CreateCertificate: got code %s (%v), want %s", got, err, codes.InvalidArgument)
 			}
@@ -149,6 +134,25 @@ func TestXDSAuthentication(t *testing.T) {
 			t.Errorf("TokenReviews of the token: got %d, want 1", reviews)
 		}
 	})
+}
+
+// firstDelta opens a delta xDS stream on cc and waits for the answer to
+// its first wildcard request (sent even with nothing to send); it returns
+// the stream's status error.
+func firstDelta(ctx context.Context, cc *grpc.ClientConn) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	// A stream the server already ended returns io.EOF from Send; its
+	// status comes from Recv.
+	if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "test"}, TypeUrl: xds.AddressType}); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	_, err = st.Recv()
+	return err
 }
 
 func dialOpts(t *testing.T, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
