@@ -2,6 +2,9 @@ package api_test
 
 import (
 	"net/netip"
+	"os"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -10,6 +13,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 )
@@ -229,5 +233,21 @@ func TestPrefixLengthPresence(t *testing.T) {
 	// Field 3, varint: tag 3<<3|0 = 0x18, value 0.
 	if diff := cmp.Diff([]byte{0x18, 0x00}, b); diff != "" {
 		t.Errorf("NetworkAddress{Length: 0} encoding (-want +got):\n%s", diff)
+	}
+}
+
+// TestIstioVersion: IstioVersion is a release, the one of the istio.io/api
+// that go.mod requires; bump them together.
+func TestIstioVersion(t *testing.T) {
+	if !regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`).MatchString(api.IstioVersion) {
+		t.Errorf("IstioVersion: got %q, want a release, major.minor.patch", api.IstioVersion)
+	}
+	mod, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "\tistio.io/api v" + api.IstioVersion + "\n"
+	if !strings.Contains(string(mod), want) {
+		t.Errorf("go.mod: got no %q, want istio.io/api at IstioVersion", strings.TrimSpace(want))
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/ztunnel/config"
@@ -460,7 +461,7 @@ func TestNodeProto(t *testing.T) {
 		NodeName: "node-a", PodName: "ztunnel-x7k", PodNamespace: "istio-system",
 		IPs:       []netip.Addr{netip.MustParseAddr("10.0.0.9"), netip.MustParseAddr("fd00::9")},
 		ClusterID: "east", Domain: "example.local",
-		Metadata: map[string]string{"ISTIO_VERSION": "1.31", "NODE_NAME": "overridden"},
+		Metadata: map[string]string{"ISTIO_VERSION": "0.1", "NODE_NAME": "overridden", "DNS_CAPTURE": "true"},
 	}
 	pb := n.proto()
 	if want := "ztunnel~10.0.0.9~ztunnel-x7k.istio-system~istio-system.svc.example.local"; pb.GetId() != want {
@@ -472,7 +473,7 @@ func TestNodeProto(t *testing.T) {
 	}
 	want := map[string]string{
 		"NAME": "ztunnel-x7k", "NAMESPACE": "istio-system", "INSTANCE_IPS": "10.0.0.9,fd00::9",
-		"NODE_NAME": "node-a", "CLUSTER_ID": "east", "ISTIO_VERSION": "1.31",
+		"NODE_NAME": "node-a", "CLUSTER_ID": "east", "ISTIO_VERSION": api.IstioVersion, "DNS_CAPTURE": "true",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("metadata (-want +got):\n%s", diff)
@@ -483,7 +484,7 @@ func TestNodeProto(t *testing.T) {
 	if want := "ztunnel~0.0.0.0~p.ns~ns.svc.cluster.local"; pb.GetId() != want {
 		t.Errorf("id without an address: got %q, want %q", pb.GetId(), want)
 	}
-	if got := pb.GetMetadata().GetFields()["CLUSTER_ID"].GetStringValue(); got != DefaultClusterID {
-		t.Errorf("default CLUSTER_ID: got %q, want %q", got, DefaultClusterID)
+	if got := pb.GetMetadata().GetFields()["CLUSTER_ID"].GetStringValue(); got != api.DefaultClusterID {
+		t.Errorf("default CLUSTER_ID: got %q, want %q", got, api.DefaultClusterID)
 	}
 }
