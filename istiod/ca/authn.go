@@ -13,6 +13,8 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/ambitmesh/ambit/api"
 )
 
 // Caller is an authenticated service account.
@@ -27,19 +29,37 @@ type Caller struct {
 // Kubernetes service account token in the "authorization: Bearer"
 // metadata, bound to the audience istio-ca and reviewed by the apiserver
 // (TokenReview). The CA and the xDS server on 15012 share it.
+//
+// A caller may name its cluster in the "clusterid" metadata, as Istio's
+// ztunnel does on every call. Istio's istiod then reviews the token with
+// that cluster's apiserver; Ambit's istiod serves one cluster, so a
+// caller that names another is refused (Istio: "could not get cluster
+// ...'s kube client") rather than its token reviewed by the wrong
+// apiserver. A caller that names none is taken to be in this cluster,
+// as by Istio.
 type Authenticator struct {
-	kube kubernetes.Interface
+	kube      kubernetes.Interface
+	clusterID string
 }
 
-// NewAuthenticator returns an Authenticator that reviews tokens with kube.
-func NewAuthenticator(kube kubernetes.Interface) *Authenticator {
-	return &Authenticator{kube: kube}
+// NewAuthenticator returns an Authenticator that reviews tokens with kube,
+// the apiserver of cluster clusterID (api.DefaultClusterID when empty).
+func NewAuthenticator(kube kubernetes.Interface, clusterID string) *Authenticator {
+	if clusterID == "" {
+		clusterID = api.DefaultClusterID
+	}
+	return &Authenticator{kube: kube, clusterID: clusterID}
 }
 
 // Authenticate returns the caller of a gRPC request, or an error wrapping
 // ErrUnauthenticated.
 func (a *Authenticator) Authenticate(ctx context.Context) (Caller, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
+	for _, c := range md.Get(api.ClusterIDMetadata) {
+		if c != "" && c != a.clusterID {
+			return Caller{}, fmt.Errorf("%w: caller names cluster %q (%s), this istiod authenticates callers of cluster %q only", ErrUnauthenticated, c, api.ClusterIDMetadata, a.clusterID)
+		}
+	}
 	var token string
 	for _, v := range md.Get("authorization") {
 		if t, ok := strings.CutPrefix(v, "Bearer "); ok {

@@ -60,10 +60,13 @@ type ServiceOptions struct {
 	// may ask for (DefaultTTL when zero).
 	DefaultTTL, MaxTTL time.Duration
 	// Authenticator authenticates callers; one reviewing tokens with Kube
-	// when nil.
+	// as the apiserver of ClusterID when nil.
 	Authenticator *Authenticator
-	Log           *slog.Logger
-	Registerer    prometheus.Registerer
+	// ClusterID is this istiod's cluster (api.DefaultClusterID when
+	// empty), for the Authenticator made when none is given.
+	ClusterID  string
+	Log        *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Service implements istio.v1.auth.IstioCertificateService.
@@ -95,7 +98,7 @@ func NewService(opts ServiceOptions) (*Service, error) {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	if opts.Authenticator == nil {
-		opts.Authenticator = NewAuthenticator(opts.Kube)
+		opts.Authenticator = NewAuthenticator(opts.Kube, opts.ClusterID)
 	}
 	s := &Service{
 		opts:    opts,

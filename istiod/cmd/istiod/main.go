@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/internal/memlimit"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
@@ -28,7 +29,7 @@ func main() {
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
 	flag.StringVar(&cfg.XDSAddr, "xds-addr", ":15010", "plaintext delta xDS listen address")
 	flag.StringVar(&cfg.MonitoringAddr, "monitoring-addr", ":15014", "metrics, readiness and debug listen address")
-	flag.StringVar(&cfg.Ambient.ClusterID, "cluster-id", "Kubernetes", "cluster name in workload uids")
+	flag.StringVar(&cfg.Ambient.ClusterID, "cluster-id", api.DefaultClusterID, "cluster name in workload uids; callers naming another cluster (clusterid) are refused on 15012")
 	flag.StringVar(&cfg.Ambient.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
 	flag.StringVar(&cfg.Ambient.DomainSuffix, "domain-suffix", "cluster.local", "cluster DNS domain")
 	flag.StringVar(&cfg.Ambient.Network, "network", "", "network of the cluster's addresses")
