@@ -162,12 +162,13 @@ func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 	return w, nil
 }
 
-// fromService translates an istio.workload.Service. Subject alt names,
-// waypoint, weighted waypoints, ingress_use_waypoint, load balancing, IP
-// families, extensions, canonical and the ports' app_protocol are not
-// carried over: the model has no place for them, as ztunnel does not
-// send to waypoints yet and the others do not change what it does with a
-// connection. Visibility and the addresses' prefix lengths are.
+// fromService translates an istio.workload.Service, with its visibility
+// and its addresses' prefix lengths. Not carried over, as the model has
+// no place for them: the waypoint fields (waypoint, weighted_waypoints,
+// ingress_use_waypoint: ztunnel does not send to waypoints yet),
+// load_balancing (no locality preference or PASSTHROUGH mode yet),
+// subject_alt_names, ip_families, extensions, canonical (a DNS matter)
+// and the ports' app_protocol (a hint for L7).
 func fromService(pb *workload.Service) (*config.Service, error) {
 	s := &config.Service{
 		Name:      pb.GetName(),
