@@ -23,6 +23,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/ambitmesh/ambit/api"
 )
 
 // Caller is an authenticated service account.
@@ -80,12 +82,23 @@ type AuthenticatorOptions struct {
 	Peers                  int
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// ClusterID is the cluster whose apiserver reviews tokens
+	// (api.DefaultClusterID when empty).
+	ClusterID string
 }
 
 // Authenticator authenticates gRPC callers as Istio does on 15012: a
 // Kubernetes service account token in the "authorization: Bearer"
 // metadata, bound to the audience istio-ca and reviewed by the apiserver
 // (TokenReview). The CA and the xDS server on 15012 share it.
+//
+// A caller may name its cluster in the "clusterid" metadata, as Istio's
+// ztunnel does on every call. Istio's istiod then reviews the token with
+// that cluster's apiserver; Ambit's istiod serves one cluster, so a
+// caller that names another is refused (Istio: "could not get cluster
+// ...'s kube client") rather than its token reviewed by the wrong
+// apiserver. A caller that names none is taken to be in this cluster,
+// as by Istio.
 //
 // Every call on 15012 carries a token, so a review per call would let
 // anyone who reaches the port load the apiserver. An accepted token's
@@ -119,7 +132,7 @@ type acceptance struct {
 const maxKeep = 24 * time.Hour
 
 // NewAuthenticator returns an Authenticator that reviews tokens with
-// kube.
+// kube, the apiserver of cluster opts.ClusterID.
 func NewAuthenticator(kube kubernetes.Interface, opts AuthenticatorOptions) *Authenticator {
 	if opts.CacheTTL <= 0 {
 		opts.CacheTTL = DefaultCacheTTL
@@ -139,6 +152,9 @@ func NewAuthenticator(kube kubernetes.Interface, opts AuthenticatorOptions) *Aut
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.ClusterID == "" {
+		opts.ClusterID = api.DefaultClusterID
+	}
 	clock := clockFunc(opts.Now)
 	return &Authenticator{
 		kube:     kube,
@@ -157,6 +173,11 @@ func (f clockFunc) Now() time.Time { return f() }
 // ErrUnauthenticated or ErrTooManyFailures.
 func (a *Authenticator) Authenticate(ctx context.Context) (Caller, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
+	for _, c := range md.Get(api.ClusterIDMetadata) {
+		if c != "" && c != a.opts.ClusterID {
+			return Caller{}, fmt.Errorf("%w: caller names cluster %q (%s), this istiod authenticates callers of cluster %q only", ErrUnauthenticated, c, api.ClusterIDMetadata, a.opts.ClusterID)
+		}
+	}
 	var token string
 	for _, v := range md.Get("authorization") {
 		if t, ok := strings.CutPrefix(v, "Bearer "); ok {

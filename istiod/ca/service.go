@@ -59,11 +59,15 @@ type ServiceOptions struct {
 	// DefaultTTL of issued certificates (24h when zero) and MaxTTL a caller
 	// may ask for (DefaultTTL when zero).
 	DefaultTTL, MaxTTL time.Duration
-	// Authenticator authenticates callers; one reviewing tokens with Kube,
-	// with the default cache and failure budgets, when nil.
+	// Authenticator authenticates callers; one reviewing tokens with Kube
+	// as the apiserver of ClusterID, with the default cache and failure
+	// budgets, when nil.
 	Authenticator *Authenticator
-	Log           *slog.Logger
-	Registerer    prometheus.Registerer
+	// ClusterID is this istiod's cluster (api.DefaultClusterID when
+	// empty), for the Authenticator made when none is given.
+	ClusterID  string
+	Log        *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Service implements istio.v1.auth.IstioCertificateService.
@@ -95,7 +99,7 @@ func NewService(opts ServiceOptions) (*Service, error) {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	if opts.Authenticator == nil {
-		opts.Authenticator = NewAuthenticator(opts.Kube, AuthenticatorOptions{})
+		opts.Authenticator = NewAuthenticator(opts.Kube, AuthenticatorOptions{ClusterID: opts.ClusterID})
 	}
 	s := &Service{
 		opts:    opts,

@@ -181,7 +181,7 @@ func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	}
 	s.authority = a
 	s.log.Info("certificate authority loaded", "source", src, "namespace", s.cfg.CA.Namespace)
-	authn := ca.NewAuthenticator(s.kube, ca.AuthenticatorOptions{})
+	authn := ca.NewAuthenticator(s.kube, ca.AuthenticatorOptions{ClusterID: s.cfg.Ambient.ClusterID})
 	svc, err := ca.NewService(ca.ServiceOptions{
 		Authority: a, Kube: s.kube, Authenticator: authn, TrustDomain: td, Pods: s.index.Pods(), NodeAgents: s.cfg.CA.NodeAgents,
 		DefaultTTL: s.cfg.CA.CertTTL, MaxTTL: s.cfg.CA.MaxCertTTL, Log: s.log.With("component", "ca"), Registerer: s.reg,

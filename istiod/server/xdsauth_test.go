@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/server"
 	"github.com/ambitmesh/ambit/istiod/xds"
@@ -85,23 +86,29 @@ func TestXDSAuthentication(t *testing.T) {
 	plain := dialOpts(t, s.XDSAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 
 	tests := []struct {
-		name  string
-		cc    *grpc.ClientConn
-		token string
-		want  codes.Code
+		name    string
+		cc      *grpc.ClientConn
+		token   string
+		cluster string // clusterid, none when empty
+		want    codes.Code
 	}{
-		{"service account token", secure, "ztunnel", codes.OK},
-		{"no token", secure, "", codes.Unauthenticated},
-		{"rejected token", secure, "forged", codes.Unauthenticated},
-		{"token for another audience", secure, "other-audience", codes.Unauthenticated},
-		{"not a service account", secure, "user", codes.Unauthenticated},
-		{"plaintext port, no token", plain, "", codes.OK},
+		{"service account token", secure, "ztunnel", "", codes.OK},
+		{"service account token of this cluster", secure, "ztunnel", api.DefaultClusterID, codes.OK},
+		{"service account token of another cluster", secure, "ztunnel", "east", codes.Unauthenticated},
+		{"no token", secure, "", "", codes.Unauthenticated},
+		{"rejected token", secure, "forged", "", codes.Unauthenticated},
+		{"token for another audience", secure, "other-audience", "", codes.Unauthenticated},
+		{"not a service account", secure, "user", "", codes.Unauthenticated},
+		{"plaintext port, no token", plain, "", "", codes.OK},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			sctx := ctx
 			if tc.token != "" {
-				sctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tc.token)
+				sctx = metadata.AppendToOutgoingContext(sctx, "authorization", "Bearer "+tc.token)
+			}
+			if tc.cluster != "" {
+				sctx = metadata.AppendToOutgoingContext(sctx, api.ClusterIDMetadata, tc.cluster)
 			}
 			err := firstDelta(sctx, tc.cc)
 			if got := status.Code(err); got != tc.want {

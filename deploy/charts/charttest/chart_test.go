@@ -748,7 +748,7 @@ func TestValues(t *testing.T) {
 					}
 					zenv := env(container(t, get[*appsv1.DaemonSet](t, r, "ztunnel").Spec.Template.Spec, "istio-proxy"))
 					if zenv["CLUSTER_ID"] != "east" {
-						t.Errorf("ztunnel CLUSTER_ID: got %q, want east, istiod's --cluster-id", zenv["CLUSTER_ID"])
+						t.Errorf("ztunnel CLUSTER_ID: got %q, want east, istiod's --cluster-id (istiod refuses callers of another cluster)", zenv["CLUSTER_ID"])
 					}
 				},
 			},

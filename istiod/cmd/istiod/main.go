@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/internal/memlimit"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
@@ -66,7 +67,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&cfg.XDSAddr, "xds-addr", "", "listen address of plaintext delta xDS without authentication, e.g. :15010; off when empty. Whoever reaches it reads the whole mesh: development only")
 	fs.StringVar(&cfg.MonitoringAddr, "monitoring-addr", ":15014", "listen address of /metrics and /ready (and /debug/ with --debug-endpoints)")
 	fs.BoolVar(&cfg.DebugEndpoints, "debug-endpoints", false, "serve /debug/model and /debug/clients on the monitoring address, without authentication")
-	fs.StringVar(&cfg.Ambient.ClusterID, "cluster-id", "Kubernetes", "cluster name in workload uids")
+	fs.StringVar(&cfg.Ambient.ClusterID, "cluster-id", api.DefaultClusterID, "cluster name in workload uids; callers naming another cluster (clusterid) are refused on 15012")
 	fs.StringVar(&cfg.Ambient.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
 	fs.StringVar(&cfg.Ambient.DomainSuffix, "domain-suffix", "cluster.local", "cluster DNS domain")
 	fs.StringVar(&cfg.Ambient.Network, "network", "", "network of the cluster's addresses")

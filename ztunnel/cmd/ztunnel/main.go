@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/accesslog"
 	"github.com/ambitmesh/ambit/ztunnel/config"
@@ -22,6 +23,7 @@ import (
 
 type options struct {
 	node, localConfig                             string
+	clusterID                                     string
 	xdsAddress, xdsServerName                     string
 	xdsRootCert, xdsToken                         string
 	xdsPlaintext                                  bool
@@ -36,6 +38,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	flag.StringVar(&o.clusterID, "cluster-id", clusterIDFromEnv(), "this cluster's id, sent to istiod with every xDS and CA call (default $ISTIO_META_CLUSTER_ID, else $CLUSTER_ID, else "+api.DefaultClusterID+", as Istio's ztunnel)")
 	flag.StringVar(&o.localConfig, "local-config", os.Getenv("LOCAL_XDS_PATH"), "static config file of workloads, services and policies, for development (default $LOCAL_XDS_PATH); SIGHUP reloads it")
 	o.certs.register(flag.CommandLine)
 	flag.StringVar(&o.xdsAddress, "xds-address", os.Getenv("XDS_ADDRESS"), "istiod's workload discovery (delta xDS), e.g. istiod.istio-system.svc:15012 (default $XDS_ADDRESS)")
@@ -72,7 +75,7 @@ func run(o options) error {
 		return fmt.Errorf("parse --log-level %q: %w", o.logLevel, err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: &level}))
-	certs, roots, certsFrom, closeCerts, err := o.certs.certificates()
+	certs, roots, certsFrom, closeCerts, err := o.certs.certificates(o.clusterID)
 	if err != nil {
 		return err
 	}
