@@ -2,6 +2,9 @@ package api_test
 
 import (
 	"net/netip"
+	"os"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -10,6 +13,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 )
@@ -51,11 +55,19 @@ func TestFieldNumbers(t *testing.T) {
 		{&workload.Service{}, "addresses", 4},
 		{&workload.Service{}, "ports", 5},
 		{&workload.Service{}, "waypoint", 7},
+		{&workload.Service{}, "canonical", 11},
+		{&workload.Service{}, "ingress_use_waypoint", 12},
+		{&workload.Service{}, "weighted_waypoints", 13},
+		{&workload.Service{}, "visibility", 14},
 		{&workload.Port{}, "service_port", 1},
 		{&workload.Port{}, "target_port", 2},
+		{&workload.Port{}, "app_protocol", 3},
 		{&workload.NetworkAddress{}, "network", 1},
 		{&workload.NetworkAddress{}, "address", 2},
+		{&workload.NetworkAddress{}, "length", 3},
 		{&workload.GatewayAddress{}, "hbone_mtls_port", 3},
+		{&workload.WeightedWaypoint{}, "destination", 1},
+		{&workload.WeightedWaypoint{}, "weight", 2},
 		{&security.Authorization{}, "name", 1},
 		{&security.Authorization{}, "namespace", 2},
 		{&security.Authorization{}, "scope", 3},
@@ -68,6 +80,13 @@ func TestFieldNumbers(t *testing.T) {
 		{&security.Match{}, "source_ips", 5},
 		{&security.Match{}, "destination_ports", 9},
 		{&security.Match{}, "not_destination_ports", 10},
+		{&security.Match{}, "service_accounts", 11},
+		{&security.Match{}, "not_service_accounts", 12},
+		{&security.Match{}, "extensions", 13},
+		{&security.Authorization{}, "dry_run", 6},
+		{&security.Authorization{}, "extensions", 7},
+		{&security.ServiceAccountMatch{}, "namespace", 1},
+		{&security.ServiceAccountMatch{}, "serviceAccount", 2},
 		{&security.StringMatch{}, "presence", 4},
 	}
 	for _, tc := range tests {
@@ -98,6 +117,10 @@ func TestFieldNumbers(t *testing.T) {
 		name      string
 	}{
 		{workload.TunnelProtocol_HBONE.Number(), 1, "TunnelProtocol.HBONE"},
+		{workload.TunnelProtocol_LEGACY_ISTIO_MTLS.Number(), 2, "TunnelProtocol.LEGACY_ISTIO_MTLS"},
+		{workload.Service_NAMESPACE.Number(), 1, "Service.Visibility.NAMESPACE"},
+		{workload.AppProtocol_HTTP11.Number(), 1, "AppProtocol.HTTP11"},
+		{workload.AppProtocol_TLS.Number(), 5, "AppProtocol.TLS"},
 		{workload.WorkloadStatus_UNHEALTHY.Number(), 1, "WorkloadStatus.UNHEALTHY"},
 		{security.Scope_WORKLOAD_SELECTOR.Number(), 2, "Scope.WORKLOAD_SELECTOR"},
 		{security.Action_DENY.Number(), 1, "Action.DENY"},
@@ -138,8 +161,20 @@ func TestRoundTrip(t *testing.T) {
 			Name:      "reviews",
 			Namespace: "shop",
 			Hostname:  "reviews.shop.svc.cluster.local",
-			Addresses: []*workload.NetworkAddress{{Address: netip.MustParseAddr("10.96.0.20").AsSlice()}},
-			Ports:     []*workload.Port{{ServicePort: 80, TargetPort: 8080}},
+			Addresses: []*workload.NetworkAddress{
+				{Address: netip.MustParseAddr("10.96.0.20").AsSlice()},
+				{Address: netip.MustParseAddr("192.168.0.0").AsSlice(), Length: proto.Uint32(16)},
+			},
+			Ports:              []*workload.Port{{ServicePort: 80, TargetPort: 8080, AppProtocol: workload.AppProtocol_HTTP2}},
+			IngressUseWaypoint: true,
+			WeightedWaypoints: []*workload.WeightedWaypoint{{
+				Destination: &workload.GatewayAddress{
+					Destination:   &workload.GatewayAddress_Hostname{Hostname: &workload.NamespacedHostname{Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local"}},
+					HboneMtlsPort: 15008,
+				},
+				Weight: 90,
+			}},
+			Visibility: workload.Service_NAMESPACE,
 		}}}},
 		{"authorization", &security.Authorization{
 			Name: "allow-frontend", Namespace: "shop", Scope: security.Scope_NAMESPACE, Action: security.Action_DENY,
@@ -177,5 +212,42 @@ func TestWireBytes(t *testing.T) {
 	want := []byte{0xa2, 0x01, 0x01, 'u'}
 	if diff := cmp.Diff(want, b); diff != "" {
 		t.Errorf("Workload{Uid: \"u\"} encoding (-want +got):\n%s", diff)
+	}
+}
+
+// TestPrefixLengthPresence: NetworkAddress.length is proto3 optional, so a
+// prefix of length 0 (a whole address family) is sent and told apart from
+// a single address, which leaves the field out.
+func TestPrefixLengthPresence(t *testing.T) {
+	host, err := proto.Marshal(&workload.NetworkAddress{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(host) != 0 {
+		t.Errorf("single address: got % x, want no bytes", host)
+	}
+	b, err := proto.Marshal(&workload.NetworkAddress{Length: proto.Uint32(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Field 3, varint: tag 3<<3|0 = 0x18, value 0.
+	if diff := cmp.Diff([]byte{0x18, 0x00}, b); diff != "" {
+		t.Errorf("NetworkAddress{Length: 0} encoding (-want +got):\n%s", diff)
+	}
+}
+
+// TestIstioVersion: IstioVersion is a release, the one of the istio.io/api
+// that go.mod requires; bump them together.
+func TestIstioVersion(t *testing.T) {
+	if !regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`).MatchString(api.IstioVersion) {
+		t.Errorf("IstioVersion: got %q, want a release, major.minor.patch", api.IstioVersion)
+	}
+	mod, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "\tistio.io/api v" + api.IstioVersion + "\n"
+	if !strings.Contains(string(mod), want) {
+		t.Errorf("go.mod: got no %q, want istio.io/api at IstioVersion", strings.TrimSpace(want))
 	}
 }

@@ -3,7 +3,8 @@
 // workload, proto package istio.workload) and its authorization policies
 // (package security, proto package istio.security). `make generate`
 // regenerates the Go code with protoc and the protoc-gen-go pinned in
-// go.mod.
+// go.mod. This package itself names the Istio release that wire format
+// matches (IstioVersion) and Istio's defaults on it (DefaultClusterID).
 package api
 
 //go:generate sh -c "protoc --plugin=protoc-gen-go=$(go tool -n protoc-gen-go) --go_out=. --go_opt=paths=source_relative workload/workload.proto security/authorization.proto"

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -39,6 +40,7 @@ const (
 	AdminPort            = 15000
 	MetricsPort          = 15020
 	ReadinessPort        = 15021
+	LivenessPort         = 15022
 	DNSPort              = 15053
 )
 
@@ -67,6 +69,10 @@ type Config struct {
 	// AdminAddr, MetricsAddr and ReadinessAddr are the HTTP listeners;
 	// empty disables one.
 	AdminAddr, MetricsAddr, ReadinessAddr string
+	// LivenessAddr answers /healthz/live whenever the process runs, on a
+	// listener of its own: load never makes it fail (a failing liveness
+	// probe restarts ztunnel and drops the whole node's traffic).
+	LivenessAddr string
 
 	// ListenInbound opens an inbound listener on a local workload's
 	// address; nil means net.Listen in the tunnel's own network
@@ -185,7 +191,10 @@ func New(cfg Config) (*Ztunnel, error) {
 		// The tunnel never leads to a port of its own, wherever it
 		// listens.
 		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort, OutboundPort, outboundPort(cfg.OutboundAddr),
-			AdminPort, MetricsPort, ReadinessPort, DNSPort},
+			AdminPort, MetricsPort, ReadinessPort, LivenessPort, DNSPort},
+		// Unauthenticated connections may hold at most a quarter of the
+		// descriptors the process may open.
+		MaxHandshakes:  handshakeBound(),
 		PreserveSource: cfg.PreserveSource,
 	}
 	if cfg.Transparent {
@@ -263,6 +272,7 @@ func (z *Ztunnel) Start() error {
 		{z.cfg.AdminAddr, admin.Handler(admin.Options{Dump: z.ConfigDump, Level: z.cfg.LogLevel})},
 		{z.cfg.MetricsAddr, z.metricsHandler()},
 		{z.cfg.ReadinessAddr, admin.Readiness(z.Ready)},
+		{z.cfg.LivenessAddr, admin.Liveness()},
 	}
 	for _, s := range servers {
 		if s.addr == "" {
@@ -451,6 +461,18 @@ func (z *Ztunnel) Shutdown(ctx context.Context) error {
 	}
 	z.mu.Unlock()
 	return errors.Join(inErr, outErr)
+}
+
+// handshakeBound is how many connections may be in the HBONE handshake
+// at once: hbone's default, or a quarter of the process's descriptor
+// limit if that is less (Go raises the soft limit to the hard one at
+// start; this is what is left).
+func handshakeBound() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == 0 {
+		return hbone.DefaultMaxHandshakes
+	}
+	return int(min(uint64(hbone.DefaultMaxHandshakes), max(lim.Cur/4, 16)))
 }
 
 // outboundPort is the port of the outbound listen address, 15001 if it

@@ -451,6 +451,35 @@ func TestOutboundLoopRefused(t *testing.T) {
 	m.a.log.waitFor(t, `"direction":"outbound"`, outbound.ErrNotRedirected.Error())
 }
 
+// A destination that expects mutual TLS ztunnel does not originate (an
+// Istio sidecar's LEGACY_ISTIO_MTLS, or a tunnel protocol of a newer
+// control plane) gets no connection at all, plain text or otherwise: the
+// client's connection is closed and the access log says why.
+func TestUnsupportedTunnelRefused(t *testing.T) {
+	for _, tp := range []config.TunnelProtocol{config.TunnelLegacyIstioMTLS, config.TunnelUnknown} {
+		t.Run(string(tp), func(t *testing.T) {
+			m := newMesh(t, meshOptions{state: func(ip func(byte) netip.Addr) config.State {
+				st := defaultState(ip)
+				st.Workloads = append(st.Workloads, &config.Workload{
+					UID: "shop/sidecar", Name: "sidecar", Namespace: "shop", ServiceAccount: "sidecar",
+					Addresses: []netip.Addr{ip(31)}, Node: "node-c", TunnelProtocol: tp,
+				})
+				return st
+			}})
+			dst := netip.AddrPortFrom(m.ip(31), 9000)
+			arrived := make(chan struct{}, 1)
+			serveTCP(t, dst, func(net.Conn) { arrived <- struct{}{} })
+			expectRefused(t, m.outbound(t, m.ip(1), dst))
+			m.a.log.waitFor(t, `"direction":"outbound"`, `"dst.workload":"sidecar"`, "tunnel protocol "+string(tp), outbound.ErrUnsupportedTunnel.Error())
+			select {
+			case <-arrived:
+				t.Errorf("%s reached the destination; want no connection", tp)
+			default:
+			}
+		})
+	}
+}
+
 // A server that speaks first and closes first (a banner, then EOF), as
 // HTTP/1.0 servers and many databases do: the client gets every byte and
 // then a clean EOF, through both tunnels.

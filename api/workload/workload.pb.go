@@ -227,6 +227,65 @@ func (WorkloadType) EnumDescriptor() ([]byte, []int) {
 	return file_workload_workload_proto_rawDescGZIP(), []int{3}
 }
 
+// AppProtocol is the application protocol of a port.
+type AppProtocol int32
+
+const (
+	AppProtocol_UNKNOWN AppProtocol = 0
+	AppProtocol_HTTP11  AppProtocol = 1
+	AppProtocol_HTTP2   AppProtocol = 2
+	AppProtocol_GRPC    AppProtocol = 3
+	AppProtocol_TCP     AppProtocol = 4
+	AppProtocol_TLS     AppProtocol = 5
+)
+
+// Enum value maps for AppProtocol.
+var (
+	AppProtocol_name = map[int32]string{
+		0: "UNKNOWN",
+		1: "HTTP11",
+		2: "HTTP2",
+		3: "GRPC",
+		4: "TCP",
+		5: "TLS",
+	}
+	AppProtocol_value = map[string]int32{
+		"UNKNOWN": 0,
+		"HTTP11":  1,
+		"HTTP2":   2,
+		"GRPC":    3,
+		"TCP":     4,
+		"TLS":     5,
+	}
+)
+
+func (x AppProtocol) Enum() *AppProtocol {
+	p := new(AppProtocol)
+	*p = x
+	return p
+}
+
+func (x AppProtocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AppProtocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_workload_workload_proto_enumTypes[4].Descriptor()
+}
+
+func (AppProtocol) Type() protoreflect.EnumType {
+	return &file_workload_workload_proto_enumTypes[4]
+}
+
+func (x AppProtocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AppProtocol.Descriptor instead.
+func (AppProtocol) EnumDescriptor() ([]byte, []int) {
+	return file_workload_workload_proto_rawDescGZIP(), []int{4}
+}
+
 type TunnelProtocol int32
 
 const (
@@ -234,6 +293,9 @@ const (
 	TunnelProtocol_NONE TunnelProtocol = 0
 	// HTTP CONNECT over mutual TLS (HBONE).
 	TunnelProtocol_HBONE TunnelProtocol = 1
+	// Istio's sidecar mutual TLS, without HBONE: the workload has a
+	// sidecar. A node tunnel does not originate it.
+	TunnelProtocol_LEGACY_ISTIO_MTLS TunnelProtocol = 2
 )
 
 // Enum value maps for TunnelProtocol.
@@ -241,10 +303,12 @@ var (
 	TunnelProtocol_name = map[int32]string{
 		0: "NONE",
 		1: "HBONE",
+		2: "LEGACY_ISTIO_MTLS",
 	}
 	TunnelProtocol_value = map[string]int32{
-		"NONE":  0,
-		"HBONE": 1,
+		"NONE":              0,
+		"HBONE":             1,
+		"LEGACY_ISTIO_MTLS": 2,
 	}
 )
 
@@ -259,11 +323,11 @@ func (x TunnelProtocol) String() string {
 }
 
 func (TunnelProtocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_workload_proto_enumTypes[4].Descriptor()
+	return file_workload_workload_proto_enumTypes[5].Descriptor()
 }
 
 func (TunnelProtocol) Type() protoreflect.EnumType {
-	return &file_workload_workload_proto_enumTypes[4]
+	return &file_workload_workload_proto_enumTypes[5]
 }
 
 func (x TunnelProtocol) Number() protoreflect.EnumNumber {
@@ -272,7 +336,57 @@ func (x TunnelProtocol) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TunnelProtocol.Descriptor instead.
 func (TunnelProtocol) EnumDescriptor() ([]byte, []int) {
-	return file_workload_workload_proto_rawDescGZIP(), []int{4}
+	return file_workload_workload_proto_rawDescGZIP(), []int{5}
+}
+
+// Visibility says which clients may resolve the service and reach it
+// through it.
+type Service_Visibility int32
+
+const (
+	// Every client; the default.
+	Service_PUBLIC Service_Visibility = 0
+	// Only clients in the service's namespace.
+	Service_NAMESPACE Service_Visibility = 1
+)
+
+// Enum value maps for Service_Visibility.
+var (
+	Service_Visibility_name = map[int32]string{
+		0: "PUBLIC",
+		1: "NAMESPACE",
+	}
+	Service_Visibility_value = map[string]int32{
+		"PUBLIC":    0,
+		"NAMESPACE": 1,
+	}
+)
+
+func (x Service_Visibility) Enum() *Service_Visibility {
+	p := new(Service_Visibility)
+	*p = x
+	return p
+}
+
+func (x Service_Visibility) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Service_Visibility) Descriptor() protoreflect.EnumDescriptor {
+	return file_workload_workload_proto_enumTypes[6].Descriptor()
+}
+
+func (Service_Visibility) Type() protoreflect.EnumType {
+	return &file_workload_workload_proto_enumTypes[6]
+}
+
+func (x Service_Visibility) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Service_Visibility.Descriptor instead.
+func (Service_Visibility) EnumDescriptor() ([]byte, []int) {
+	return file_workload_workload_proto_rawDescGZIP(), []int{1, 0}
 }
 
 type LoadBalancing_Scope int32
@@ -320,11 +434,11 @@ func (x LoadBalancing_Scope) String() string {
 }
 
 func (LoadBalancing_Scope) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_workload_proto_enumTypes[5].Descriptor()
+	return file_workload_workload_proto_enumTypes[7].Descriptor()
 }
 
 func (LoadBalancing_Scope) Type() protoreflect.EnumType {
-	return &file_workload_workload_proto_enumTypes[5]
+	return &file_workload_workload_proto_enumTypes[7]
 }
 
 func (x LoadBalancing_Scope) Number() protoreflect.EnumNumber {
@@ -375,11 +489,11 @@ func (x LoadBalancing_Mode) String() string {
 }
 
 func (LoadBalancing_Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_workload_proto_enumTypes[6].Descriptor()
+	return file_workload_workload_proto_enumTypes[8].Descriptor()
 }
 
 func (LoadBalancing_Mode) Type() protoreflect.EnumType {
-	return &file_workload_workload_proto_enumTypes[6]
+	return &file_workload_workload_proto_enumTypes[8]
 }
 
 func (x LoadBalancing_Mode) Number() protoreflect.EnumNumber {
@@ -421,11 +535,11 @@ func (x LoadBalancing_HealthPolicy) String() string {
 }
 
 func (LoadBalancing_HealthPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_workload_proto_enumTypes[7].Descriptor()
+	return file_workload_workload_proto_enumTypes[9].Descriptor()
 }
 
 func (LoadBalancing_HealthPolicy) Type() protoreflect.EnumType {
-	return &file_workload_workload_proto_enumTypes[7]
+	return &file_workload_workload_proto_enumTypes[9]
 }
 
 func (x LoadBalancing_HealthPolicy) Number() protoreflect.EnumNumber {
@@ -467,11 +581,11 @@ func (x LoadBalancing_DnsConnectStrategy) String() string {
 }
 
 func (LoadBalancing_DnsConnectStrategy) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_workload_proto_enumTypes[8].Descriptor()
+	return file_workload_workload_proto_enumTypes[10].Descriptor()
 }
 
 func (LoadBalancing_DnsConnectStrategy) Type() protoreflect.EnumType {
-	return &file_workload_workload_proto_enumTypes[8]
+	return &file_workload_workload_proto_enumTypes[10]
 }
 
 func (x LoadBalancing_DnsConnectStrategy) Number() protoreflect.EnumNumber {
@@ -514,11 +628,11 @@ func (x ApplicationTunnel_Protocol) String() string {
 }
 
 func (ApplicationTunnel_Protocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_workload_proto_enumTypes[9].Descriptor()
+	return file_workload_workload_proto_enumTypes[11].Descriptor()
 }
 
 func (ApplicationTunnel_Protocol) Type() protoreflect.EnumType {
-	return &file_workload_workload_proto_enumTypes[9]
+	return &file_workload_workload_proto_enumTypes[11]
 }
 
 func (x ApplicationTunnel_Protocol) Number() protoreflect.EnumNumber {
@@ -637,9 +751,17 @@ type Service struct {
 	IpFamilies    IPFamilies      `protobuf:"varint,9,opt,name=ip_families,json=ipFamilies,proto3,enum=istio.workload.IPFamilies" json:"ip_families,omitempty"`
 	Extensions    []*Extension    `protobuf:"bytes,10,rep,name=extensions,proto3" json:"extensions,omitempty"`
 	// Preferred when a hostname is looked up outside its namespace.
-	Canonical     bool `protobuf:"varint,11,opt,name=canonical,proto3" json:"canonical,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Canonical bool `protobuf:"varint,11,opt,name=canonical,proto3" json:"canonical,omitempty"`
+	// Gateways (ingress) send traffic for the service through its waypoint
+	// too (the istio.io/ingress-use-waypoint label).
+	IngressUseWaypoint bool `protobuf:"varint,12,opt,name=ingress_use_waypoint,json=ingressUseWaypoint,proto3" json:"ingress_use_waypoint,omitempty"`
+	// A share of connections per waypoint, for moving a service from one
+	// waypoint to another. When set, waypoint still names the main one, for
+	// clients that do not read this field.
+	WeightedWaypoints []*WeightedWaypoint `protobuf:"bytes,13,rep,name=weighted_waypoints,json=weightedWaypoints,proto3" json:"weighted_waypoints,omitempty"`
+	Visibility        Service_Visibility  `protobuf:"varint,14,opt,name=visibility,proto3,enum=istio.workload.Service_Visibility" json:"visibility,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
@@ -747,6 +869,27 @@ func (x *Service) GetCanonical() bool {
 		return x.Canonical
 	}
 	return false
+}
+
+func (x *Service) GetIngressUseWaypoint() bool {
+	if x != nil {
+		return x.IngressUseWaypoint
+	}
+	return false
+}
+
+func (x *Service) GetWeightedWaypoints() []*WeightedWaypoint {
+	if x != nil {
+		return x.WeightedWaypoints
+	}
+	return nil
+}
+
+func (x *Service) GetVisibility() Service_Visibility {
+	if x != nil {
+		return x.Visibility
+	}
+	return Service_PUBLIC
 }
 
 // LoadBalancing picks among a service's endpoints.
@@ -1189,9 +1332,11 @@ func (x *PortList) GetPorts() []*Port {
 
 // Port maps a service port to the port the backend listens on.
 type Port struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ServicePort   uint32                 `protobuf:"varint,1,opt,name=service_port,json=servicePort,proto3" json:"service_port,omitempty"`
-	TargetPort    uint32                 `protobuf:"varint,2,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ServicePort uint32                 `protobuf:"varint,1,opt,name=service_port,json=servicePort,proto3" json:"service_port,omitempty"`
+	TargetPort  uint32                 `protobuf:"varint,2,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	// What the port speaks, when the control plane knows.
+	AppProtocol   AppProtocol `protobuf:"varint,3,opt,name=app_protocol,json=appProtocol,proto3,enum=istio.workload.AppProtocol" json:"app_protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1238,6 +1383,13 @@ func (x *Port) GetTargetPort() uint32 {
 		return x.TargetPort
 	}
 	return 0
+}
+
+func (x *Port) GetAppProtocol() AppProtocol {
+	if x != nil {
+		return x.AppProtocol
+	}
+	return AppProtocol_UNKNOWN
 }
 
 // ApplicationTunnel says that an application accepts tunnel metadata.
@@ -1385,17 +1537,76 @@ func (*GatewayAddress_Hostname) isGatewayAddress_Destination() {}
 
 func (*GatewayAddress_Address) isGatewayAddress_Destination() {}
 
+// WeightedWaypoint is one waypoint of Service.weighted_waypoints.
+type WeightedWaypoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Found as Service.waypoint is; its identity is the waypoint workload's.
+	Destination *GatewayAddress `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	// Share of connections: weight over the sum of the set's weights. Zero
+	// sends it nothing.
+	Weight        uint32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WeightedWaypoint) Reset() {
+	*x = WeightedWaypoint{}
+	mi := &file_workload_workload_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WeightedWaypoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WeightedWaypoint) ProtoMessage() {}
+
+func (x *WeightedWaypoint) ProtoReflect() protoreflect.Message {
+	mi := &file_workload_workload_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WeightedWaypoint.ProtoReflect.Descriptor instead.
+func (*WeightedWaypoint) Descriptor() ([]byte, []int) {
+	return file_workload_workload_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *WeightedWaypoint) GetDestination() *GatewayAddress {
+	if x != nil {
+		return x.Destination
+	}
+	return nil
+}
+
+func (x *WeightedWaypoint) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
 type NetworkAddress struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Network       string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
-	Address       []byte                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Network string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	Address []byte                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// Prefix length when the address is a CIDR range; unset for a single
+	// address.
+	Length        *uint32 `protobuf:"varint,3,opt,name=length,proto3,oneof" json:"length,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NetworkAddress) Reset() {
 	*x = NetworkAddress{}
-	mi := &file_workload_workload_proto_msgTypes[9]
+	mi := &file_workload_workload_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1618,7 @@ func (x *NetworkAddress) String() string {
 func (*NetworkAddress) ProtoMessage() {}
 
 func (x *NetworkAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_workload_workload_proto_msgTypes[9]
+	mi := &file_workload_workload_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1631,7 @@ func (x *NetworkAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkAddress.ProtoReflect.Descriptor instead.
 func (*NetworkAddress) Descriptor() ([]byte, []int) {
-	return file_workload_workload_proto_rawDescGZIP(), []int{9}
+	return file_workload_workload_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *NetworkAddress) GetNetwork() string {
@@ -1437,6 +1648,13 @@ func (x *NetworkAddress) GetAddress() []byte {
 	return nil
 }
 
+func (x *NetworkAddress) GetLength() uint32 {
+	if x != nil && x.Length != nil {
+		return *x.Length
+	}
+	return 0
+}
+
 type NamespacedHostname struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -1447,7 +1665,7 @@ type NamespacedHostname struct {
 
 func (x *NamespacedHostname) Reset() {
 	*x = NamespacedHostname{}
-	mi := &file_workload_workload_proto_msgTypes[10]
+	mi := &file_workload_workload_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1677,7 @@ func (x *NamespacedHostname) String() string {
 func (*NamespacedHostname) ProtoMessage() {}
 
 func (x *NamespacedHostname) ProtoReflect() protoreflect.Message {
-	mi := &file_workload_workload_proto_msgTypes[10]
+	mi := &file_workload_workload_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1690,7 @@ func (x *NamespacedHostname) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamespacedHostname.ProtoReflect.Descriptor instead.
 func (*NamespacedHostname) Descriptor() ([]byte, []int) {
-	return file_workload_workload_proto_rawDescGZIP(), []int{10}
+	return file_workload_workload_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NamespacedHostname) GetNamespace() string {
@@ -1500,7 +1718,7 @@ type Extension struct {
 
 func (x *Extension) Reset() {
 	*x = Extension{}
-	mi := &file_workload_workload_proto_msgTypes[11]
+	mi := &file_workload_workload_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +1730,7 @@ func (x *Extension) String() string {
 func (*Extension) ProtoMessage() {}
 
 func (x *Extension) ProtoReflect() protoreflect.Message {
-	mi := &file_workload_workload_proto_msgTypes[11]
+	mi := &file_workload_workload_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +1743,7 @@ func (x *Extension) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Extension.ProtoReflect.Descriptor instead.
 func (*Extension) Descriptor() ([]byte, []int) {
-	return file_workload_workload_proto_rawDescGZIP(), []int{11}
+	return file_workload_workload_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Extension) GetName() string {
@@ -1550,7 +1768,7 @@ const file_workload_workload_proto_rawDesc = "" +
 	"\aAddress\x126\n" +
 	"\bworkload\x18\x01 \x01(\v2\x18.istio.workload.WorkloadH\x00R\bworkload\x123\n" +
 	"\aservice\x18\x02 \x01(\v2\x17.istio.workload.ServiceH\x00R\aserviceB\x06\n" +
-	"\x04type\"\x85\x04\n" +
+	"\x04type\"\xf5\x05\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
@@ -1566,7 +1784,17 @@ const file_workload_workload_proto_rawDesc = "" +
 	"extensions\x18\n" +
 	" \x03(\v2\x19.istio.workload.ExtensionR\n" +
 	"extensions\x12\x1c\n" +
-	"\tcanonical\x18\v \x01(\bR\tcanonical\"\xec\x04\n" +
+	"\tcanonical\x18\v \x01(\bR\tcanonical\x120\n" +
+	"\x14ingress_use_waypoint\x18\f \x01(\bR\x12ingressUseWaypoint\x12O\n" +
+	"\x12weighted_waypoints\x18\r \x03(\v2 .istio.workload.WeightedWaypointR\x11weightedWaypoints\x12B\n" +
+	"\n" +
+	"visibility\x18\x0e \x01(\x0e2\".istio.workload.Service.VisibilityR\n" +
+	"visibility\"'\n" +
+	"\n" +
+	"Visibility\x12\n" +
+	"\n" +
+	"\x06PUBLIC\x10\x00\x12\r\n" +
+	"\tNAMESPACE\x10\x01\"\xec\x04\n" +
 	"\rLoadBalancing\x12R\n" +
 	"\x12routing_preference\x18\x01 \x03(\x0e2#.istio.workload.LoadBalancing.ScopeR\x11routingPreference\x126\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\".istio.workload.LoadBalancing.ModeR\x04mode\x12O\n" +
@@ -1633,11 +1861,12 @@ const file_workload_workload_proto_rawDesc = "" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x18\n" +
 	"\asubzone\x18\x03 \x01(\tR\asubzone\"6\n" +
 	"\bPortList\x12*\n" +
-	"\x05ports\x18\x01 \x03(\v2\x14.istio.workload.PortR\x05ports\"J\n" +
+	"\x05ports\x18\x01 \x03(\v2\x14.istio.workload.PortR\x05ports\"\x8a\x01\n" +
 	"\x04Port\x12!\n" +
 	"\fservice_port\x18\x01 \x01(\rR\vservicePort\x12\x1f\n" +
 	"\vtarget_port\x18\x02 \x01(\rR\n" +
-	"targetPort\"\x90\x01\n" +
+	"targetPort\x12>\n" +
+	"\fapp_protocol\x18\x03 \x01(\x0e2\x1b.istio.workload.AppProtocolR\vappProtocol\"\x90\x01\n" +
 	"\x11ApplicationTunnel\x12F\n" +
 	"\bprotocol\x18\x01 \x01(\x0e2*.istio.workload.ApplicationTunnel.ProtocolR\bprotocol\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\"\x1f\n" +
@@ -1648,10 +1877,15 @@ const file_workload_workload_proto_rawDesc = "" +
 	"\bhostname\x18\x01 \x01(\v2\".istio.workload.NamespacedHostnameH\x00R\bhostname\x12:\n" +
 	"\aaddress\x18\x02 \x01(\v2\x1e.istio.workload.NetworkAddressH\x00R\aaddress\x12&\n" +
 	"\x0fhbone_mtls_port\x18\x03 \x01(\rR\rhboneMtlsPortB\r\n" +
-	"\vdestinationJ\x04\b\x04\x10\x05R\x15hbone_single_tls_port\"D\n" +
+	"\vdestinationJ\x04\b\x04\x10\x05R\x15hbone_single_tls_port\"l\n" +
+	"\x10WeightedWaypoint\x12@\n" +
+	"\vdestination\x18\x01 \x01(\v2\x1e.istio.workload.GatewayAddressR\vdestination\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"l\n" +
 	"\x0eNetworkAddress\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\fR\aaddress\"N\n" +
+	"\aaddress\x18\x02 \x01(\fR\aaddress\x12\x1b\n" +
+	"\x06length\x18\x03 \x01(\rH\x00R\x06length\x88\x01\x01B\t\n" +
+	"\a_length\"N\n" +
 	"\x12NamespacedHostname\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\"M\n" +
@@ -1675,10 +1909,19 @@ const file_workload_workload_proto_rawDesc = "" +
 	"DEPLOYMENT\x10\x00\x12\v\n" +
 	"\aCRONJOB\x10\x01\x12\a\n" +
 	"\x03POD\x10\x02\x12\a\n" +
-	"\x03JOB\x10\x03*%\n" +
+	"\x03JOB\x10\x03*M\n" +
+	"\vAppProtocol\x12\v\n" +
+	"\aUNKNOWN\x10\x00\x12\n" +
+	"\n" +
+	"\x06HTTP11\x10\x01\x12\t\n" +
+	"\x05HTTP2\x10\x02\x12\b\n" +
+	"\x04GRPC\x10\x03\x12\a\n" +
+	"\x03TCP\x10\x04\x12\a\n" +
+	"\x03TLS\x10\x05*<\n" +
 	"\x0eTunnelProtocol\x12\b\n" +
 	"\x04NONE\x10\x00\x12\t\n" +
-	"\x05HBONE\x10\x01B)Z'github.com/ambitmesh/ambit/api/workloadb\x06proto3"
+	"\x05HBONE\x10\x01\x12\x15\n" +
+	"\x11LEGACY_ISTIO_MTLS\x10\x02B)Z'github.com/ambitmesh/ambit/api/workloadb\x06proto3"
 
 var (
 	file_workload_workload_proto_rawDescOnce sync.Once
@@ -1692,70 +1935,77 @@ func file_workload_workload_proto_rawDescGZIP() []byte {
 	return file_workload_workload_proto_rawDescData
 }
 
-var file_workload_workload_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_workload_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_workload_workload_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_workload_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_workload_workload_proto_goTypes = []any{
 	(IPFamilies)(0),                       // 0: istio.workload.IPFamilies
 	(NetworkMode)(0),                      // 1: istio.workload.NetworkMode
 	(WorkloadStatus)(0),                   // 2: istio.workload.WorkloadStatus
 	(WorkloadType)(0),                     // 3: istio.workload.WorkloadType
-	(TunnelProtocol)(0),                   // 4: istio.workload.TunnelProtocol
-	(LoadBalancing_Scope)(0),              // 5: istio.workload.LoadBalancing.Scope
-	(LoadBalancing_Mode)(0),               // 6: istio.workload.LoadBalancing.Mode
-	(LoadBalancing_HealthPolicy)(0),       // 7: istio.workload.LoadBalancing.HealthPolicy
-	(LoadBalancing_DnsConnectStrategy)(0), // 8: istio.workload.LoadBalancing.DnsConnectStrategy
-	(ApplicationTunnel_Protocol)(0),       // 9: istio.workload.ApplicationTunnel.Protocol
-	(*Address)(nil),                       // 10: istio.workload.Address
-	(*Service)(nil),                       // 11: istio.workload.Service
-	(*LoadBalancing)(nil),                 // 12: istio.workload.LoadBalancing
-	(*Workload)(nil),                      // 13: istio.workload.Workload
-	(*Locality)(nil),                      // 14: istio.workload.Locality
-	(*PortList)(nil),                      // 15: istio.workload.PortList
-	(*Port)(nil),                          // 16: istio.workload.Port
-	(*ApplicationTunnel)(nil),             // 17: istio.workload.ApplicationTunnel
-	(*GatewayAddress)(nil),                // 18: istio.workload.GatewayAddress
-	(*NetworkAddress)(nil),                // 19: istio.workload.NetworkAddress
-	(*NamespacedHostname)(nil),            // 20: istio.workload.NamespacedHostname
-	(*Extension)(nil),                     // 21: istio.workload.Extension
-	nil,                                   // 22: istio.workload.Workload.ServicesEntry
-	(*wrapperspb.UInt32Value)(nil),        // 23: google.protobuf.UInt32Value
-	(*anypb.Any)(nil),                     // 24: google.protobuf.Any
+	(AppProtocol)(0),                      // 4: istio.workload.AppProtocol
+	(TunnelProtocol)(0),                   // 5: istio.workload.TunnelProtocol
+	(Service_Visibility)(0),               // 6: istio.workload.Service.Visibility
+	(LoadBalancing_Scope)(0),              // 7: istio.workload.LoadBalancing.Scope
+	(LoadBalancing_Mode)(0),               // 8: istio.workload.LoadBalancing.Mode
+	(LoadBalancing_HealthPolicy)(0),       // 9: istio.workload.LoadBalancing.HealthPolicy
+	(LoadBalancing_DnsConnectStrategy)(0), // 10: istio.workload.LoadBalancing.DnsConnectStrategy
+	(ApplicationTunnel_Protocol)(0),       // 11: istio.workload.ApplicationTunnel.Protocol
+	(*Address)(nil),                       // 12: istio.workload.Address
+	(*Service)(nil),                       // 13: istio.workload.Service
+	(*LoadBalancing)(nil),                 // 14: istio.workload.LoadBalancing
+	(*Workload)(nil),                      // 15: istio.workload.Workload
+	(*Locality)(nil),                      // 16: istio.workload.Locality
+	(*PortList)(nil),                      // 17: istio.workload.PortList
+	(*Port)(nil),                          // 18: istio.workload.Port
+	(*ApplicationTunnel)(nil),             // 19: istio.workload.ApplicationTunnel
+	(*GatewayAddress)(nil),                // 20: istio.workload.GatewayAddress
+	(*WeightedWaypoint)(nil),              // 21: istio.workload.WeightedWaypoint
+	(*NetworkAddress)(nil),                // 22: istio.workload.NetworkAddress
+	(*NamespacedHostname)(nil),            // 23: istio.workload.NamespacedHostname
+	(*Extension)(nil),                     // 24: istio.workload.Extension
+	nil,                                   // 25: istio.workload.Workload.ServicesEntry
+	(*wrapperspb.UInt32Value)(nil),        // 26: google.protobuf.UInt32Value
+	(*anypb.Any)(nil),                     // 27: google.protobuf.Any
 }
 var file_workload_workload_proto_depIdxs = []int32{
-	13, // 0: istio.workload.Address.workload:type_name -> istio.workload.Workload
-	11, // 1: istio.workload.Address.service:type_name -> istio.workload.Service
-	19, // 2: istio.workload.Service.addresses:type_name -> istio.workload.NetworkAddress
-	16, // 3: istio.workload.Service.ports:type_name -> istio.workload.Port
-	18, // 4: istio.workload.Service.waypoint:type_name -> istio.workload.GatewayAddress
-	12, // 5: istio.workload.Service.load_balancing:type_name -> istio.workload.LoadBalancing
+	15, // 0: istio.workload.Address.workload:type_name -> istio.workload.Workload
+	13, // 1: istio.workload.Address.service:type_name -> istio.workload.Service
+	22, // 2: istio.workload.Service.addresses:type_name -> istio.workload.NetworkAddress
+	18, // 3: istio.workload.Service.ports:type_name -> istio.workload.Port
+	20, // 4: istio.workload.Service.waypoint:type_name -> istio.workload.GatewayAddress
+	14, // 5: istio.workload.Service.load_balancing:type_name -> istio.workload.LoadBalancing
 	0,  // 6: istio.workload.Service.ip_families:type_name -> istio.workload.IPFamilies
-	21, // 7: istio.workload.Service.extensions:type_name -> istio.workload.Extension
-	5,  // 8: istio.workload.LoadBalancing.routing_preference:type_name -> istio.workload.LoadBalancing.Scope
-	6,  // 9: istio.workload.LoadBalancing.mode:type_name -> istio.workload.LoadBalancing.Mode
-	7,  // 10: istio.workload.LoadBalancing.health_policy:type_name -> istio.workload.LoadBalancing.HealthPolicy
-	8,  // 11: istio.workload.LoadBalancing.dns_connect_strategy:type_name -> istio.workload.LoadBalancing.DnsConnectStrategy
-	4,  // 12: istio.workload.Workload.tunnel_protocol:type_name -> istio.workload.TunnelProtocol
-	18, // 13: istio.workload.Workload.waypoint:type_name -> istio.workload.GatewayAddress
-	18, // 14: istio.workload.Workload.network_gateway:type_name -> istio.workload.GatewayAddress
-	3,  // 15: istio.workload.Workload.workload_type:type_name -> istio.workload.WorkloadType
-	17, // 16: istio.workload.Workload.application_tunnel:type_name -> istio.workload.ApplicationTunnel
-	22, // 17: istio.workload.Workload.services:type_name -> istio.workload.Workload.ServicesEntry
-	2,  // 18: istio.workload.Workload.status:type_name -> istio.workload.WorkloadStatus
-	14, // 19: istio.workload.Workload.locality:type_name -> istio.workload.Locality
-	1,  // 20: istio.workload.Workload.network_mode:type_name -> istio.workload.NetworkMode
-	21, // 21: istio.workload.Workload.extensions:type_name -> istio.workload.Extension
-	23, // 22: istio.workload.Workload.capacity:type_name -> google.protobuf.UInt32Value
-	16, // 23: istio.workload.PortList.ports:type_name -> istio.workload.Port
-	9,  // 24: istio.workload.ApplicationTunnel.protocol:type_name -> istio.workload.ApplicationTunnel.Protocol
-	20, // 25: istio.workload.GatewayAddress.hostname:type_name -> istio.workload.NamespacedHostname
-	19, // 26: istio.workload.GatewayAddress.address:type_name -> istio.workload.NetworkAddress
-	24, // 27: istio.workload.Extension.config:type_name -> google.protobuf.Any
-	15, // 28: istio.workload.Workload.ServicesEntry.value:type_name -> istio.workload.PortList
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	24, // 7: istio.workload.Service.extensions:type_name -> istio.workload.Extension
+	21, // 8: istio.workload.Service.weighted_waypoints:type_name -> istio.workload.WeightedWaypoint
+	6,  // 9: istio.workload.Service.visibility:type_name -> istio.workload.Service.Visibility
+	7,  // 10: istio.workload.LoadBalancing.routing_preference:type_name -> istio.workload.LoadBalancing.Scope
+	8,  // 11: istio.workload.LoadBalancing.mode:type_name -> istio.workload.LoadBalancing.Mode
+	9,  // 12: istio.workload.LoadBalancing.health_policy:type_name -> istio.workload.LoadBalancing.HealthPolicy
+	10, // 13: istio.workload.LoadBalancing.dns_connect_strategy:type_name -> istio.workload.LoadBalancing.DnsConnectStrategy
+	5,  // 14: istio.workload.Workload.tunnel_protocol:type_name -> istio.workload.TunnelProtocol
+	20, // 15: istio.workload.Workload.waypoint:type_name -> istio.workload.GatewayAddress
+	20, // 16: istio.workload.Workload.network_gateway:type_name -> istio.workload.GatewayAddress
+	3,  // 17: istio.workload.Workload.workload_type:type_name -> istio.workload.WorkloadType
+	19, // 18: istio.workload.Workload.application_tunnel:type_name -> istio.workload.ApplicationTunnel
+	25, // 19: istio.workload.Workload.services:type_name -> istio.workload.Workload.ServicesEntry
+	2,  // 20: istio.workload.Workload.status:type_name -> istio.workload.WorkloadStatus
+	16, // 21: istio.workload.Workload.locality:type_name -> istio.workload.Locality
+	1,  // 22: istio.workload.Workload.network_mode:type_name -> istio.workload.NetworkMode
+	24, // 23: istio.workload.Workload.extensions:type_name -> istio.workload.Extension
+	26, // 24: istio.workload.Workload.capacity:type_name -> google.protobuf.UInt32Value
+	18, // 25: istio.workload.PortList.ports:type_name -> istio.workload.Port
+	4,  // 26: istio.workload.Port.app_protocol:type_name -> istio.workload.AppProtocol
+	11, // 27: istio.workload.ApplicationTunnel.protocol:type_name -> istio.workload.ApplicationTunnel.Protocol
+	23, // 28: istio.workload.GatewayAddress.hostname:type_name -> istio.workload.NamespacedHostname
+	22, // 29: istio.workload.GatewayAddress.address:type_name -> istio.workload.NetworkAddress
+	20, // 30: istio.workload.WeightedWaypoint.destination:type_name -> istio.workload.GatewayAddress
+	27, // 31: istio.workload.Extension.config:type_name -> google.protobuf.Any
+	17, // 32: istio.workload.Workload.ServicesEntry.value:type_name -> istio.workload.PortList
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_workload_workload_proto_init() }
@@ -1771,13 +2021,14 @@ func file_workload_workload_proto_init() {
 		(*GatewayAddress_Hostname)(nil),
 		(*GatewayAddress_Address)(nil),
 	}
+	file_workload_workload_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_workload_workload_proto_rawDesc), len(file_workload_workload_proto_rawDesc)),
-			NumEnums:      10,
-			NumMessages:   13,
+			NumEnums:      12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

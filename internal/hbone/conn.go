@@ -67,9 +67,13 @@ type conn struct {
 	peer       peerSettings
 	goAwaySent bool
 	goAwayRecv bool
-	err        error // why the connection ended; nil while it is open
-	hook       func()
-	idle       *time.Timer
+	// Server: streams the peer opened, and those that ended prematurely
+	// (see prematureLifetime).
+	peerStreams uint64
+	premature   uint64
+	err         error // why the connection ended; nil while it is open
+	hook        func()
+	idle        *time.Timer
 
 	settings chan struct{} // closed when the peer's first SETTINGS apply
 	closed   chan struct{} // closed when the connection ends
@@ -167,6 +171,23 @@ const (
 	maxControlQueue = 1 << 20
 	// closeTimeout bounds writing a GOAWAY when closing.
 	closeTimeout = time.Second
+)
+
+// Premature resets (server side): a stream that ends by a reset within
+// prematureLifetime of being opened, whether the client reset it or made
+// the server reset it by a protocol error on it ("MadeYouReset",
+// CVE-2025-8671), or that was refused because the client ignored the
+// stream limit. Once a connection has opened prematureMinStreams streams
+// and at least half of them ended prematurely, it is ended with GOAWAY
+// ENHANCE_YOUR_CALM: a client that opens and cancels streams as fast as
+// it can ("rapid reset", CVE-2023-44487) gets a few hundred streams per
+// connection and a handshake for every further few hundred. These are
+// Envoy's defaults (overload manager, premature_reset_*); a tunnel's
+// streams end with END_STREAM in both directions, not with resets, so
+// ordinary traffic is far from the ratio. Variables for tests.
+var (
+	prematureLifetime   = time.Second
+	prematureMinStreams = uint64(500)
 )
 
 // Errors of connections and streams.
@@ -550,6 +571,7 @@ func (c *conn) readFrame(h frameHeader) error {
 				err = fmt.Errorf("%w: %w", ErrRefusedStream, err)
 			}
 			st.abort(err)
+			return st.countReset()
 		} else if c.idleStream(h.streamID) {
 			return protocolError("RST_STREAM on idle stream %d", h.streamID)
 		}
@@ -840,10 +862,13 @@ func (c *conn) openPeerStream(id uint32, fields []hpack.HeaderField, end bool) e
 		c.queueControl(appendRSTStream(nil, id, codeRefusedStream))
 		return nil
 	}
+	c.peerStreams++
 	if c.active >= maxConcurrentStreams {
+		// The client ignored the stream limit it was told.
+		err := c.prematureLocked()
 		c.mu.Unlock()
 		c.queueControl(appendRSTStream(nil, id, codeRefusedStream))
-		return nil
+		return err
 	}
 	st := c.newStreamLocked(id)
 	c.mu.Unlock()
@@ -858,6 +883,9 @@ func (c *conn) openPeerStream(id uint32, fields []hpack.HeaderField, end bool) e
 // holds mu.
 func (c *conn) newStreamLocked(id uint32) *stream {
 	st := &stream{c: c, id: id, sendWindow: c.peer.initWindow, recvWindow: streamWindow}
+	if c.server {
+		st.opened = time.Now()
+	}
 	st.cond.L = &st.mu
 	if c.server {
 		// The request's hooks stop when the stream ends.
@@ -884,6 +912,8 @@ type response struct {
 type stream struct {
 	c  *conn
 	id uint32
+	// opened is when the peer opened it (server only).
+	opened time.Time
 
 	// Send side, under c.mu.
 	sendWindow int64
@@ -1099,6 +1129,36 @@ func (st *stream) reset(code errCode, why error) {
 		st.c.queueControl(appendRSTStream(nil, st.id, code))
 	}
 	st.abort(err)
+	if code != codeNo && code != codeCancel {
+		// A reset the peer provoked by an error on the stream counts as
+		// one it sent.
+		if cerr := st.countReset(); cerr != nil {
+			go st.c.fail(cerr)
+		}
+	}
+}
+
+// countReset counts a reset of a stream the peer opened, if it came
+// within prematureLifetime of the stream's opening, and returns the
+// connection error that ends an abusive connection.
+func (st *stream) countReset() error {
+	if !st.c.server || st.opened.IsZero() || time.Since(st.opened) >= prematureLifetime {
+		return nil
+	}
+	st.c.mu.Lock()
+	defer st.c.mu.Unlock()
+	return st.c.prematureLocked()
+}
+
+// prematureLocked counts a premature reset and returns the connection
+// error once the connection has too many (see prematureLifetime). The
+// caller holds mu.
+func (c *conn) prematureLocked() error {
+	c.premature++
+	if c.peerStreams >= prematureMinStreams && 2*c.premature >= c.peerStreams {
+		return &connError{code: codeEnhanceYourCalm, msg: fmt.Sprintf("%d of %d streams reset or refused within %s of opening", c.premature, c.peerStreams, prematureLifetime)}
+	}
+	return nil
 }
 
 // Read reads the stream's data; io.EOF once the peer ended it.

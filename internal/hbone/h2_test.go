@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,7 +38,7 @@ const peerTimeout = 20 * time.Second
 
 // h2Peer is a hand-driven HTTP/2 client on a TLS connection to a server.
 type h2Peer struct {
-	t   *testing.T
+	t   testing.TB
 	tc  *tls.Conn
 	fr  *http2.Framer
 	hb  bytes.Buffer
@@ -47,7 +48,7 @@ type h2Peer struct {
 }
 
 // rawPeer opens a TLS connection to addr as clientID and sends nothing.
-func (f *fixture) rawPeer(t *testing.T, addr netip.AddrPort) *h2Peer {
+func (f *fixture) rawPeer(t testing.TB, addr netip.AddrPort) *h2Peer {
 	t.Helper()
 	cert := f.issue(t, f.ca, clientID, time.Hour)
 	tc, err := tls.Dial("tcp", addr.String(), &tls.Config{
@@ -69,7 +70,7 @@ func (f *fixture) rawPeer(t *testing.T, addr netip.AddrPort) *h2Peer {
 }
 
 // newPeer opens a connection to addr and sends the preface and SETTINGS.
-func (f *fixture) newPeer(t *testing.T, addr netip.AddrPort) *h2Peer {
+func (f *fixture) newPeer(t testing.TB, addr netip.AddrPort) *h2Peer {
 	t.Helper()
 	p := f.rawPeer(t, addr)
 	p.write([]byte(http2.ClientPreface))
@@ -922,7 +923,10 @@ func trackedUpstream(t *testing.T) (netip.AddrPort, <-chan struct{}) {
 			go func() {
 				io.Copy(c, c)
 				c.Close()
-				ended <- struct{}{}
+				select {
+				case ended <- struct{}{}:
+				default: // more than the test waits for
+				}
 			}()
 		}
 	}()
@@ -996,7 +1000,9 @@ func TestServerClientResetsStream(t *testing.T) {
 // TestServerRapidReset opens streams and resets each at once, many more
 // than the stream limit ("rapid reset", CVE-2023-44487): the handlers
 // running at once never exceed the limit, the streams beyond it are
-// refused, and the server goes on serving.
+// refused, and once half of at least prematureMinStreams streams ended
+// prematurely the connection is ended with GOAWAY ENHANCE_YOUR_CALM,
+// after which the server goes on serving other connections.
 func TestServerRapidReset(t *testing.T) {
 	f := newFixture(t, nil)
 	g := newGate(t, f.allowed)
@@ -1004,39 +1010,70 @@ func TestServerRapidReset(t *testing.T) {
 	p := f.newPeer(t, addr)
 	const streams = 4 * maxConcurrentStreams
 	denied := netip.MustParseAddrPort("127.0.0.2:80")
+	sent := 0
 	for i := range streams {
 		id := uint32(2*i + 1)
-		p.connect(id, denied)
-		p.check(p.fr.WriteRSTStream(id, http2.ErrCodeCancel))
-	}
-	ping := [8]byte{'r', 'a', 'p', 'i', 'd'}
-	p.check(p.fr.WritePing(false, ping))
-	refused := 0
-	for {
-		fm, err := p.next()
-		if err != nil {
-			t.Fatalf("read frames: %v after %d refused streams", err, refused)
+		fields := p.block(":method", "CONNECT", ":authority", denied.String())
+		if p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: fields, EndHeaders: true}) != nil ||
+			p.fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+			break // the server hung up
 		}
-		if pf, ok := fm.(*http2.PingFrame); ok && pf.IsAck() && pf.Data == ping {
-			break // the server has read every stream
-		}
-		if rf, ok := fm.(*http2.RSTStreamFrame); ok && rf.ErrCode == http2.ErrCodeRefusedStream {
-			refused++
-			continue
-		}
-		t.Fatalf("got %s, want RST_STREAM REFUSED_STREAM or the PING ack", describe(fm))
+		sent++
 	}
-	g.waitEntered(t, maxConcurrentStreams)
-	if got, want := refused, streams-maxConcurrentStreams; got != want {
-		t.Errorf("refused streams: got %d, want %d", got, want)
+	ga := p.wantGoAway(http2.ErrCodeEnhanceYourCalm)
+	if !strings.Contains(string(ga.DebugData()), "reset or refused within") {
+		t.Errorf("GOAWAY debug data: got %q, want the reason", ga.DebugData())
 	}
-	if got := g.calls.Load(); got != maxConcurrentStreams {
-		t.Errorf("Authorize calls while held: got %d, want %d", got, maxConcurrentStreams)
+	if last := ga.LastStreamID; last >= uint32(2*streams) || last < uint32(2*prematureMinStreams-1) {
+		t.Errorf("GOAWAY last stream: got %d, want the connection ended after %d to %d streams", last, prematureMinStreams, streams)
+	}
+	if got := g.peak.Load(); got > maxConcurrentStreams {
+		t.Errorf("Authorize calls at once: got %d, want at most %d", got, maxConcurrentStreams)
 	}
 	g.open()
 	f.wantTunnel(t, addr, f.allowed)
-	if got := g.peak.Load(); got > maxConcurrentStreams {
-		t.Errorf("Authorize calls at once: got %d, want at most %d", got, maxConcurrentStreams)
+	t.Logf("client wrote %d streams before the server hung up", sent)
+}
+
+// TestServerMadeYouReset provokes the server into resetting stream after
+// stream with a protocol error on each (a WINDOW_UPDATE of 0:
+// "MadeYouReset", CVE-2025-8671): those resets count as the client's, and
+// the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+func TestServerMadeYouReset(t *testing.T) {
+	defer func(n uint64) { prematureMinStreams = n }(prematureMinStreams)
+	prematureMinStreams = 40
+	f := newFixture(t, nil)
+	p := f.newPeer(t, f.addr)
+	for i := range 2 * prematureMinStreams {
+		id := uint32(2*i + 1)
+		fields := p.block(":method", "CONNECT", ":authority", f.allowed.String())
+		if p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: fields, EndHeaders: true}) != nil ||
+			p.fr.WriteWindowUpdate(id, 0) != nil {
+			break
+		}
+	}
+	p.wantGoAway(http2.ErrCodeEnhanceYourCalm)
+	f.wantTunnel(t, f.addr, f.allowed)
+}
+
+// TestServerManyStreamsNoResets: streams that end normally, more than
+// prematureMinStreams of them on one connection, never count as abuse.
+func TestServerManyStreamsNoResets(t *testing.T) {
+	defer func(n uint64) { prematureMinStreams = n }(prematureMinStreams)
+	prematureMinStreams = 40
+	f := newFixture(t, nil)
+	cc, err := f.dial(t, ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 * prematureMinStreams {
+		c, err := cc.Connect(context.Background(), f.allowed, nil)
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		c.(interface{ CloseWrite() error }).CloseWrite()
+		io.Copy(io.Discard, c)
+		c.Close()
 	}
 }
 
@@ -1605,4 +1642,87 @@ func TestClientKeepaliveAnswered(t *testing.T) {
 	if err := cc.Err(); err != nil {
 		t.Errorf("after 5 answered PINGs: Err() = %v, want the connection open", err)
 	}
+}
+
+// TestServerHandshakeBounds floods the server with connections that never
+// start TLS: beyond the bound per source a new one is closed as soon as
+// it is accepted; beyond the bound in all the one that has waited longest
+// is closed. A well-behaved client gets through during either flood, and
+// the slots come back when the idle connections go.
+func TestServerHandshakeBounds(t *testing.T) {
+	f := newFixture(t, nil)
+	s := &Server{
+		Authorize:              func(context.Context, *Request) error { return nil },
+		Dial:                   dialUpstream,
+		MaxHandshakes:          4,
+		MaxHandshakesPerSource: 2,
+	}
+	addr := f.serve(t, s)
+	idle := func(src string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err := d.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	wantClosed := func(c net.Conn) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(peerTimeout))
+		if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+			t.Errorf("connection from %s: got %v, want it closed by the server", c.LocalAddr(), err)
+		}
+	}
+	tunnel := func(src string) error {
+		cc, err := Dial(t.Context(), addr, ClientConfig{
+			Certificate: f.issue(t, f.ca, clientID, time.Hour), Verifier: f.verifier, Expected: serverID,
+			Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}},
+		})
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		c, err := cc.Connect(t.Context(), f.allowed, nil)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
+	waitHandshakes := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(peerTimeout); ; time.Sleep(time.Millisecond) {
+			s.mu.Lock()
+			got := s.pending.Len()
+			s.mu.Unlock()
+			if got == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("connections in the handshake: got %d, want %d", got, n)
+			}
+		}
+	}
+
+	oldest := idle("127.0.0.2")
+	waitHandshakes(1)
+	idle("127.0.0.2")
+	waitHandshakes(2)
+	wantClosed(idle("127.0.0.2")) // a third from one source
+	if err := tunnel("127.0.0.5"); err != nil {
+		t.Errorf("well-behaved client from another address during the flood: %v", err)
+	}
+	idle("127.0.0.3")
+	idle("127.0.0.4")
+	waitHandshakes(4)
+	idle("127.0.0.6") // a fifth in all: the oldest makes room
+	wantClosed(oldest)
+	if err := tunnel("127.0.0.7"); err != nil {
+		t.Errorf("well-behaved client while the bound in all is reached: %v", err)
+	}
+	if got := s.Shed(); got != 3 {
+		t.Errorf("Shed: got %d, want 3 (one over the bound per source, two to make room)", got)
+	}
+	waitHandshakes(3) // the two newest of the flood, and the last idle one
 }

@@ -25,7 +25,7 @@ var (
 
 // echoServer accepts on loopback and echoes each connection until EOF,
 // then closes it.
-func echoServer(t *testing.T) netip.AddrPort {
+func echoServer(t testing.TB) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -69,7 +69,7 @@ type fixture struct {
 	verifier *identity.Verifier
 }
 
-func newFixture(t *testing.T, serverCert *tls.Certificate) *fixture {
+func newFixture(t testing.TB, serverCert *tls.Certificate) *fixture {
 	t.Helper()
 	ca, err := identity.NewCA(identity.DefaultTrustDomain)
 	if err != nil {
@@ -107,7 +107,7 @@ func newFixture(t *testing.T, serverCert *tls.Certificate) *fixture {
 	return f
 }
 
-func (f *fixture) issue(t *testing.T, ca *identity.CA, id identity.Identity, ttl time.Duration) *tls.Certificate {
+func (f *fixture) issue(t testing.TB, ca *identity.CA, id identity.Identity, ttl time.Duration) *tls.Certificate {
 	t.Helper()
 	c, err := ca.Issue(id, ttl)
 	if err != nil {

@@ -1,6 +1,8 @@
 package hbone
 
 import (
+	"cmp"
+	"container/list"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -55,6 +57,17 @@ type Server struct {
 	Handle func(ctx context.Context, r *Request, client, upstream net.Conn)
 	// Log receives handshake failures and refusals; nil discards them.
 	Log *slog.Logger
+	// MaxHandshakes bounds the connections not yet past the TLS
+	// handshake and the HTTP/2 preface, which nobody has authenticated
+	// yet (0: DefaultMaxHandshakes); MaxHandshakesPerSource bounds those
+	// from one address (0: DefaultMaxHandshakesPerSource). A connection
+	// over the bound per source is closed as soon as it is accepted; over
+	// the bound in all, the one that has waited longest is closed (see
+	// admit). A flood of idle connections neither holds descriptors the
+	// process needs elsewhere (readiness, admin, tunnels) nor locks out
+	// other clients.
+	MaxHandshakes          int
+	MaxHandshakesPerSource int
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -62,6 +75,96 @@ type Server struct {
 	// drained is closed when the last connection ends after shutdown.
 	drained  chan struct{}
 	shutdown bool
+	// Connections in the handshake, in all and by source address; shed
+	// counts those closed for the bounds, shedLogged is when the last
+	// warning about it was logged.
+	pending    list.List // of *handshake, oldest first
+	bySource   map[netip.Addr]int
+	shed       uint64
+	shedLogged time.Time
+}
+
+// Default bounds of connections in the handshake.
+const (
+	DefaultMaxHandshakes          = 512
+	DefaultMaxHandshakesPerSource = 64
+)
+
+// handshake is a connection admitted to the handshake.
+type handshake struct {
+	raw net.Conn
+	src netip.Addr
+	// el is its place in Server.pending; nil once it left (done, or
+	// evicted).
+	el *list.Element
+}
+
+// admit admits a connection from src to the handshake. Over the bound per
+// source it is refused (nil). Over the bound in all, the connection that
+// has waited longest is closed to make room: a handshake takes
+// milliseconds, so what waits longest is what never meant to finish one,
+// and a flood from many addresses does not lock out the next honest
+// client.
+func (s *Server) admit(raw net.Conn, src netip.Addr) *handshake {
+	limit, perSource := cmp.Or(s.MaxHandshakes, DefaultMaxHandshakes), cmp.Or(s.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bySource[src] >= perSource {
+		s.shedLocked(src)
+		return nil
+	}
+	if s.pending.Len() >= limit {
+		old := s.pending.Front().Value.(*handshake)
+		s.leaveLocked(old)
+		old.raw.Close()
+		s.shedLocked(old.src)
+	}
+	if s.bySource == nil {
+		s.bySource = map[netip.Addr]int{}
+	}
+	h := &handshake{raw: raw, src: src}
+	h.el = s.pending.PushBack(h)
+	s.bySource[src]++
+	return h
+}
+
+// shedLocked counts a connection closed for the bounds, and warns at
+// most every ten seconds. The caller holds mu.
+func (s *Server) shedLocked(src netip.Addr) {
+	s.shed++
+	if now := time.Now(); now.Sub(s.shedLogged) >= 10*time.Second {
+		s.shedLogged = now
+		s.log().Warn("hbone connections closed unauthenticated: too many in the handshake", logKeyPeerAddr, src.String(),
+			logKeyCount, s.shed, logKeyInHandshake, s.pending.Len(), logKeyFromPeer, s.bySource[src])
+	}
+}
+
+// leaveLocked takes h out of the handshake bounds. The caller holds mu.
+func (s *Server) leaveLocked(h *handshake) {
+	if h.el == nil {
+		return
+	}
+	s.pending.Remove(h.el)
+	h.el = nil
+	if s.bySource[h.src]--; s.bySource[h.src] <= 0 {
+		delete(s.bySource, h.src)
+	}
+}
+
+// release takes h out of the handshake bounds once its handshake ended,
+// either way.
+func (s *Server) release(h *handshake) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.leaveLocked(h)
+}
+
+// Shed is how many connections were closed for being over the handshake
+// bounds.
+func (s *Server) Shed() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shed
 }
 
 func (s *Server) log() *slog.Logger {
@@ -78,6 +181,10 @@ const (
 	logKeyAuthority = "authority"
 	logKeyStatus    = "status"
 	logKeyError     = "error"
+	// Of the handshake bounds.
+	logKeyCount       = "count"
+	logKeyInHandshake = "in_handshake"
+	logKeyFromPeer    = "from_peer"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -125,7 +232,12 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("accept hbone: %w", err)
 		}
 		delay = 0
-		go s.serveConn(raw)
+		h := s.admit(raw, AddrPort(raw.RemoteAddr()).Addr())
+		if h == nil {
+			raw.Close()
+			continue
+		}
+		go s.serveConn(raw, h)
 	}
 }
 
@@ -150,7 +262,8 @@ func (s *Server) TLSConfig() *tls.Config {
 
 // serveConn runs one tunnel connection: TLS, the HTTP/2 preface and
 // settings, then frames until it ends.
-func (s *Server) serveConn(raw net.Conn) {
+func (s *Server) serveConn(raw net.Conn, h *handshake) {
+	defer s.release(h)
 	ci := connInfo{peerAddr: AddrPort(raw.RemoteAddr()), localAddr: AddrPort(raw.LocalAddr())}
 	tc := tls.Server(raw, s.TLSConfig())
 	refuse := func(msg string, err error) {
@@ -184,6 +297,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		return
 	}
 	tc.SetReadDeadline(time.Time{})
+	s.release(h)
 	c := newConn(tc, true)
 	c.onRequest = func(st *stream, fields []hpack.HeaderField) {
 		st.local = net.TCPAddrFromAddrPort(ci.localAddr)

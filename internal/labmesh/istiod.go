@@ -41,7 +41,6 @@ const (
 	ZtunnelSA            = "ztunnel"
 	IstiodSA             = "istiod"
 	AgentSA              = "ambit-cni-agent"
-	IstiodXDSPort        = 15010
 	IstiodSecurePort     = 15012
 	IstiodMonitoringAddr = "127.0.0.1:15014"
 	// IstiodServerName is the name in istiod's serving certificate that
@@ -71,9 +70,9 @@ func (m *Mesh) StartIstiod(ctx context.Context, opts IstiodOptions) error {
 		}
 	}
 	m.istiodOpts = opts
+	// As the chart runs it: no plaintext xDS, no debug endpoints.
 	args := []string{
 		"--kubeconfig", m.istiodKubeconfig,
-		"--xds-addr", fmt.Sprintf(":%d", IstiodXDSPort),
 		"--secure-addr", fmt.Sprintf(":%d", IstiodSecurePort),
 		"--monitoring-addr", IstiodMonitoringAddr,
 		"--dns-name", IstiodServerName,

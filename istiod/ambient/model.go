@@ -8,6 +8,7 @@
 package ambient
 
 import (
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/internal/enrolment"
@@ -25,8 +26,8 @@ const (
 
 // Config holds the mesh-wide settings the translation needs.
 type Config struct {
-	// ClusterID is the first part of every workload uid; "Kubernetes"
-	// when empty, as in Istio.
+	// ClusterID is the first part of every workload uid;
+	// api.DefaultClusterID when empty, as in Istio.
 	ClusterID string
 	// TrustDomain of the mesh identities; "cluster.local" when empty.
 	TrustDomain string
@@ -40,7 +41,7 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	if c.ClusterID == "" {
-		c.ClusterID = "Kubernetes"
+		c.ClusterID = api.DefaultClusterID
 	}
 	if c.TrustDomain == "" {
 		c.TrustDomain = "cluster.local"

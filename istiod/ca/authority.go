@@ -2,7 +2,8 @@
 // (a self-signed root made at first start, or a plug-in CA from the
 // cacerts Secret), signs workload certificates with SPIFFE identities
 // through Istio's IstioCertificateService, authenticating callers by
-// TokenReview, and publishes the root certificate to every namespace.
+// TokenReview (cached, with failures limited: Authenticator), and
+// publishes the root certificate to every namespace.
 package ca
 
 import (

@@ -60,10 +60,14 @@ type ServiceOptions struct {
 	// may ask for (DefaultTTL when zero).
 	DefaultTTL, MaxTTL time.Duration
 	// Authenticator authenticates callers; one reviewing tokens with Kube
-	// when nil.
+	// as the apiserver of ClusterID, with the default cache and failure
+	// budgets, when nil.
 	Authenticator *Authenticator
-	Log           *slog.Logger
-	Registerer    prometheus.Registerer
+	// ClusterID is this istiod's cluster (api.DefaultClusterID when
+	// empty), for the Authenticator made when none is given.
+	ClusterID  string
+	Log        *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Service implements istio.v1.auth.IstioCertificateService.
@@ -95,7 +99,7 @@ func NewService(opts ServiceOptions) (*Service, error) {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	if opts.Authenticator == nil {
-		opts.Authenticator = NewAuthenticator(opts.Kube)
+		opts.Authenticator = NewAuthenticator(opts.Kube, AuthenticatorOptions{ClusterID: opts.ClusterID})
 	}
 	s := &Service{
 		opts:    opts,
@@ -121,8 +125,8 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 		s.opts.Log.Warn("certificate refused", "reason", reason, "err", err)
 		code := codes.InvalidArgument
 		switch {
-		case errors.Is(err, ErrUnauthenticated):
-			code = codes.Unauthenticated
+		case errors.Is(err, ErrUnauthenticated), errors.Is(err, ErrTooManyFailures):
+			code = Code(err)
 		case errors.Is(err, ErrNotAuthorized):
 			code = codes.PermissionDenied
 		}
@@ -134,6 +138,9 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 
 func (s *Service) create(ctx context.Context, req *pb.IstioCertificateRequest) (_ []string, reason string, _ error) {
 	caller, err := s.authn.Authenticate(ctx)
+	if errors.Is(err, ErrTooManyFailures) {
+		return nil, "too_many_failures", err
+	}
 	if err != nil {
 		return nil, "unauthenticated", err
 	}

@@ -79,8 +79,8 @@ func TestCAInLab(t *testing.T) {
 	run("app", "there", "node2", "there")
 
 	s, err := server.New(server.Config{
-		XDSAddr: "127.0.0.1:0", SecureAddr: "127.0.0.1:0",
-		CA: server.CAConfig{CertTTL: 2 * time.Hour},
+		SecureAddr: "127.0.0.1:0",
+		CA:         server.CAConfig{CertTTL: 2 * time.Hour},
 	}, l.Client, nil, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatal(err)

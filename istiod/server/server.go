@@ -1,7 +1,8 @@
 // Package server assembles istiod: the ambient index watching the
-// cluster, the delta xDS server fed by it, and the monitoring endpoint
-// (metrics, readiness, debug dumps). It owns the listeners; the logic
-// lives in istiod/ambient, istiod/authz and istiod/xds.
+// cluster, the delta xDS server fed by it, the CA, and the monitoring
+// endpoint (metrics, readiness and, when enabled, debug dumps). It owns
+// the listeners; the logic lives in istiod/ambient, istiod/authz,
+// istiod/ca and istiod/xds.
 package server
 
 import (
@@ -37,10 +38,15 @@ import (
 
 // Config is istiod's configuration, filled from flags by the main.
 type Config struct {
-	// XDSAddr serves plaintext delta xDS (Istio: 15010).
+	// XDSAddr serves plaintext delta xDS without authentication (Istio:
+	// 15010); none when empty. Whoever reaches it reads every workload,
+	// service and policy: for development and tests only.
 	XDSAddr string
-	// MonitoringAddr serves /metrics, /ready and /debug/* (Istio: 15014).
+	// MonitoringAddr serves /metrics and /ready (Istio: 15014), and with
+	// DebugEndpoints /debug/model and /debug/clients, all without
+	// authentication; none when empty.
 	MonitoringAddr string
+	DebugEndpoints bool
 	Ambient        ambient.Config
 	// Quiet and MaxDebounce tune how bursts of cluster events fold into
 	// one push; ambient's defaults when zero.
@@ -90,6 +96,9 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.XDSAddr == "" && cfg.SecureAddr == "" {
+		return nil, errors.New("new istiod: no xDS listener: want a secure address (15012), or a plaintext one for development")
+	}
 	if cfg.CA.Namespace == "" {
 		cfg.CA.Namespace = "istio-system"
 	}
@@ -116,25 +125,27 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 	if err != nil {
 		return nil, err
 	}
-	if s.xdsLis, err = net.Listen("tcp", cfg.XDSAddr); err != nil {
-		return nil, fmt.Errorf("listen xds: %w", err)
-	}
-	if cfg.MonitoringAddr != "" {
-		if s.monLis, err = net.Listen("tcp", cfg.MonitoringAddr); err != nil {
-			s.xdsLis.Close()
-			return nil, fmt.Errorf("listen monitoring: %w", err)
+	for _, l := range []struct {
+		what, addr string
+		lis        *net.Listener
+	}{{"xds", cfg.XDSAddr, &s.xdsLis}, {"monitoring", cfg.MonitoringAddr, &s.monLis}, {"secure", cfg.SecureAddr, &s.secLis}} {
+		if l.addr == "" {
+			continue
 		}
-	}
-	if cfg.SecureAddr != "" {
-		if s.secLis, err = net.Listen("tcp", cfg.SecureAddr); err != nil {
-			s.xdsLis.Close()
-			if s.monLis != nil {
-				s.monLis.Close()
-			}
-			return nil, fmt.Errorf("listen secure: %w", err)
+		if *l.lis, err = net.Listen("tcp", l.addr); err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("listen %s: %w", l.what, err)
 		}
 	}
 	return s, nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range []net.Listener{s.xdsLis, s.monLis, s.secLis} {
+		if l != nil {
+			l.Close()
+		}
+	}
 }
 
 // dropManagedFields is the informers' transform: it clears
@@ -170,7 +181,7 @@ func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	}
 	s.authority = a
 	s.log.Info("certificate authority loaded", "source", src, "namespace", s.cfg.CA.Namespace)
-	authn := ca.NewAuthenticator(s.kube)
+	authn := ca.NewAuthenticator(s.kube, ca.AuthenticatorOptions{ClusterID: s.cfg.Ambient.ClusterID})
 	svc, err := ca.NewService(ca.ServiceOptions{
 		Authority: a, Kube: s.kube, Authenticator: authn, TrustDomain: td, Pods: s.index.Pods(), NodeAgents: s.cfg.CA.NodeAgents,
 		DefaultTTL: s.cfg.CA.CertTTL, MaxTTL: s.cfg.CA.MaxCertTTL, Log: s.log.With("component", "ca"), Registerer: s.reg,
@@ -200,7 +211,7 @@ func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	}
 	// xDS on 15012 is for authenticated clients only, as in Istio: the
 	// same service account tokens as the CA takes (the CA checks its own
-	// unary calls). 15010 stays open, for the lab and development.
+	// unary calls). Plaintext xDS (XDSAddr) is off unless configured.
 	xdsLog := s.log.With("component", "xds")
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})),
@@ -213,8 +224,13 @@ func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	return g, nil
 }
 
-// XDSAddr is the address the xDS listener is bound to.
-func (s *Server) XDSAddr() net.Addr { return s.xdsLis.Addr() }
+// XDSAddr is the address of the plaintext xDS listener, nil if none.
+func (s *Server) XDSAddr() net.Addr {
+	if s.xdsLis == nil {
+		return nil
+	}
+	return s.xdsLis.Addr()
+}
 
 // MonitoringAddr is the address of the monitoring listener, nil if none.
 func (s *Server) MonitoringAddr() net.Addr {
@@ -252,8 +268,6 @@ func (s *Server) publish(d ambient.Delta) {
 func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	g := grpc.NewServer()
-	s.xds.Register(g)
 	errc := make(chan error, 4)
 	var sec *grpc.Server
 	if s.secLis != nil {
@@ -271,11 +285,16 @@ func (s *Server) Run(ctx context.Context) error {
 		go s.status.run(ctx)
 	}
 	go func() { errc <- s.index.Run(ctx) }()
-	go func() {
-		if err := g.Serve(s.xdsLis); err != nil {
-			errc <- fmt.Errorf("serve xds: %w", err)
-		}
-	}()
+	var g *grpc.Server
+	if s.xdsLis != nil {
+		g = grpc.NewServer()
+		s.xds.Register(g)
+		go func() {
+			if err := g.Serve(s.xdsLis); err != nil {
+				errc <- fmt.Errorf("serve xds: %w", err)
+			}
+		}()
+	}
 	var hs *http.Server
 	if s.monLis != nil {
 		hs = &http.Server{Handler: s.monitoring(), ReadHeaderTimeout: 10 * time.Second}
@@ -285,14 +304,16 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	s.log.Info("istiod running", "xds", s.xdsLis.Addr(), "monitoring", s.MonitoringAddr())
+	s.log.Info("istiod running", "xds", s.XDSAddr(), "secure", s.SecureAddr(), "monitoring", s.MonitoringAddr(), "debug_endpoints", s.cfg.DebugEndpoints)
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
 	cancel()
-	g.Stop()
+	if g != nil {
+		g.Stop()
+	}
 	if sec != nil {
 		sec.Stop()
 	}
@@ -305,6 +326,9 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
+// monitoring serves /metrics and /ready, and the debug dumps when
+// enabled: they show every workload and client, to anyone who reaches
+// the port.
 func (s *Server) monitoring() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
@@ -315,6 +339,9 @@ func (s *Server) monitoring() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	if !s.cfg.DebugEndpoints {
+		return mux
+	}
 	mux.HandleFunc("/debug/clients", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(s.xds.Clients())

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	pb "istio.io/api/security/v1alpha1"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/server"
 	"github.com/ambitmesh/ambit/istiod/xds"
@@ -82,39 +86,80 @@ func TestXDSAuthentication(t *testing.T) {
 	plain := dialOpts(t, s.XDSAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 
 	tests := []struct {
-		name  string
-		cc    *grpc.ClientConn
-		token string
-		want  codes.Code
+		name    string
+		cc      *grpc.ClientConn
+		token   string
+		cluster string // clusterid, none when empty
+		want    codes.Code
 	}{
-		{"service account token", secure, "ztunnel", codes.OK},
-		{"no token", secure, "", codes.Unauthenticated},
-		{"rejected token", secure, "forged", codes.Unauthenticated},
-		{"token for another audience", secure, "other-audience", codes.Unauthenticated},
-		{"not a service account", secure, "user", codes.Unauthenticated},
-		{"plaintext port, no token", plain, "", codes.OK},
+		{"service account token", secure, "ztunnel", "", codes.OK},
+		{"service account token of this cluster", secure, "ztunnel", api.DefaultClusterID, codes.OK},
+		{"service account token of another cluster", secure, "ztunnel", "east", codes.Unauthenticated},
+		{"no token", secure, "", "", codes.Unauthenticated},
+		{"rejected token", secure, "forged", "", codes.Unauthenticated},
+		{"token for another audience", secure, "other-audience", "", codes.Unauthenticated},
+		{"not a service account", secure, "user", "", codes.Unauthenticated},
+		{"plaintext port, no token", plain, "", "", codes.OK},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			sctx := ctx
 			if tc.token != "" {
-				sctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tc.token)
+				sctx = metadata.AppendToOutgoingContext(sctx, "authorization", "Bearer "+tc.token)
 			}
-			st, err := discovery.NewAggregatedDiscoveryServiceClient(tc.cc).DeltaAggregatedResources(sctx)
-			if err == nil {
-				err = st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "test"}, TypeUrl: xds.AddressType})
+			if tc.cluster != "" {
+				sctx = metadata.AppendToOutgoingContext(sctx, api.ClusterIDMetadata, tc.cluster)
 			}
-			if err == nil {
-				// The first wildcard request is answered even with
-				// nothing to send.
-				_, err = st.Recv()
-				st.CloseSend()
-			}
+			err := firstDelta(sctx, tc.cc)
 			if got := status.Code(err); got != tc.want {
 				t.Errorf("delta xDS stream: got code %s (%v), want %s", got, err, tc.want)
 			}
 		})
 	}
+
+	// xDS streams and CA calls share one authenticator: a token is
+	// reviewed once for all of them.
+	t.Run("one review per token", func(t *testing.T) {
+		sctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer ztunnel")
+		for range 5 {
+			if err := firstDelta(sctx, secure); err != nil {
+				t.Fatalf("delta xDS stream: got %v, want none", err)
+			}
+			// Authenticated, then refused for its CSR.
+			_, err := pb.NewIstioCertificateServiceClient(secure).CreateCertificate(sctx, &pb.IstioCertificateRequest{Csr: "not a CSR"})
+			if got := status.Code(err); got != codes.InvalidArgument {
+				t.Fatalf("CreateCertificate: got code %s (%v), want %s", got, err, codes.InvalidArgument)
+			}
+		}
+		reviews := 0
+		for _, a := range kube.Actions() {
+			if c, ok := a.(k8stesting.CreateAction); ok && a.GetResource().Resource == "tokenreviews" && c.GetObject().(*authnv1.TokenReview).Spec.Token == "ztunnel" {
+				reviews++
+			}
+		}
+		if reviews != 1 {
+			t.Errorf("TokenReviews of the token: got %d, want 1", reviews)
+		}
+	})
+}
+
+// firstDelta opens a delta xDS stream on cc and waits for the answer to
+// its first wildcard request (sent even with nothing to send); it returns
+// the stream's status error.
+func firstDelta(ctx context.Context, cc *grpc.ClientConn) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	// A stream the server already ended returns io.EOF from Send; its
+	// status comes from Recv.
+	if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "test"}, TypeUrl: xds.AddressType}); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	_, err = st.Recv()
+	return err
 }
 
 func dialOpts(t *testing.T, addr string, opts ...grpc.DialOption) *grpc.ClientConn {

@@ -71,3 +71,13 @@ func Readiness(ready func() error) http.Handler {
 	})
 	return mux
 }
+
+// Liveness answers /healthz/live with 200 whenever the process can
+// answer at all.
+func Liveness() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz/live", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "live")
+	})
+	return mux
+}

@@ -4,7 +4,9 @@
 // only SAN is the SPIFFE URI, asks for it as the node agent on the
 // workload's behalf (the ImpersonatedIdentity request metadata, as Istio's
 // ztunnel does), authenticates with the node agent's service account
-// token, and accepts the answer only if the chain verifies to the mesh
+// token and names its cluster (the clusterid header: without it Istio's
+// istiod refuses to impersonate, having no node authorizer for the empty
+// cluster), and accepts the answer only if the chain verifies to the mesh
 // roots and the leaf names the identity asked for and carries the key
 // just made. It is an identity.Source; identity.Cache decides when to ask.
 package caclient
@@ -34,6 +36,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	pb "istio.io/api/security/v1alpha1"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/internal/identity"
 )
 
@@ -82,6 +85,10 @@ type Config struct {
 	// TTL is the certificate lifetime asked for; zero leaves it to istiod.
 	// istiod may grant less.
 	TTL time.Duration
+	// ClusterID is the cluster ztunnel runs in, sent with every request
+	// (api.DefaultClusterID when empty). istiod reviews the token, and
+	// checks the impersonated workload's pods, in that cluster.
+	ClusterID string
 }
 
 // Client asks istiod's CA for workload certificates. It is safe for
@@ -102,6 +109,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.TTL < 0 || (cfg.TTL > 0 && cfg.TTL < time.Second) {
 		return nil, fmt.Errorf("new ca client: certificate lifetime %v: want 0 (istiod's default) or at least 1s", cfg.TTL)
+	}
+	if cfg.ClusterID == "" {
+		cfg.ClusterID = api.DefaultClusterID
 	}
 	if cfg.ServerName == "" {
 		host, _, err := net.SplitHostPort(cfg.Address)
@@ -145,7 +155,7 @@ func (c *Client) Certificate(ctx context.Context, id identity.Identity) (*tls.Ce
 			ImpersonatedIdentity: structpb.NewStringValue(id.String()),
 		}},
 	}
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token, api.ClusterIDMetadata, c.cfg.ClusterID)
 	resp, err := c.ca.CreateCertificate(ctx, req)
 	if err != nil {
 		switch status.Code(err) {

@@ -37,6 +37,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/ztunnel/caclient"
@@ -136,10 +137,11 @@ func serve(t *testing.T, a *ca.Authority, register func(*grpc.Server)) string {
 	return ln.Addr().String()
 }
 
-// istiod runs the real CA service with a fake apiserver that knows the
-// ztunnel tokens, and pods: one with service account "here" on the
-// ztunnel's node and one with "there" on another node.
-func istiod(t *testing.T, m *mesh) string {
+// istiod runs the real CA service of cluster clusterID (Istio's default
+// when empty) with a fake apiserver that knows the ztunnel tokens, and
+// pods: one with service account "here" on the ztunnel's node and one
+// with "there" on another node.
+func istiod(t *testing.T, m *mesh, clusterID string) string {
 	t.Helper()
 	kube := fake.NewClientset()
 	kube.PrependReactor("create", "tokenreviews", func(action k8stesting.Action) (bool, runtime.Object, error) {
@@ -169,7 +171,7 @@ func istiod(t *testing.T, m *mesh) string {
 	}
 	svc, err := ca.NewService(ca.ServiceOptions{
 		Authority: m.authority, Kube: kube, Pods: corelisters.NewPodLister(pods),
-		TrustDomain: "cluster.local", NodeAgents: []string{"istio-system/ztunnel"},
+		TrustDomain: "cluster.local", NodeAgents: []string{"istio-system/ztunnel"}, ClusterID: clusterID,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -213,7 +215,7 @@ func TestCertificateFromIstiod(t *testing.T) {
 	m := newMesh(t)
 	tokenFile := filepath.Join(t.TempDir(), "istio-token")
 	writeToken(t, tokenFile, ztunnelToken)
-	c := newClient(t, caclient.Config{Address: istiod(t, m), ServerName: serverName, Roots: m.roots, TokenFile: tokenFile, TTL: 2 * time.Hour})
+	c := newClient(t, caclient.Config{Address: istiod(t, m, ""), ServerName: serverName, Roots: m.roots, TokenFile: tokenFile, TTL: 2 * time.Hour})
 
 	cert, err := c.Certificate(ctx(t), here)
 	if err != nil {
@@ -279,26 +281,28 @@ func pemKey(t *testing.T, cert *tls.Certificate) []byte {
 // that keep the gRPC code.
 func TestRefusedByIstiod(t *testing.T) {
 	m := newMesh(t)
-	addr := istiod(t, m)
+	addr := istiod(t, m, "")
 	other := newMesh(t)
 	tests := []struct {
-		name     string
-		id       identity.Identity
-		token    string
-		roots    *x509.CertPool
-		wantIs   error
-		wantCode codes.Code
-		wantText string
+		name      string
+		id        identity.Identity
+		token     string
+		roots     *x509.CertPool
+		clusterID string
+		wantIs    error
+		wantCode  codes.Code
+		wantText  string
 	}{
-		{"wrong token", here, "stolen", m.roots, caclient.ErrUnauthenticated, codes.Unauthenticated, "token rejected"},
-		{"pod on another node", there, ztunnelToken, m.roots, caclient.ErrPermissionDenied, codes.PermissionDenied, "node-a"},
-		{"server certificate from another root", here, ztunnelToken, other.roots, caclient.ErrUnavailable, codes.Unavailable, "certificate signed by unknown authority"},
+		{"wrong token", here, "stolen", m.roots, "", caclient.ErrUnauthenticated, codes.Unauthenticated, "token rejected"},
+		{"pod on another node", there, ztunnelToken, m.roots, "", caclient.ErrPermissionDenied, codes.PermissionDenied, "node-a"},
+		{"server certificate from another root", here, ztunnelToken, other.roots, "", caclient.ErrUnavailable, codes.Unavailable, "certificate signed by unknown authority"},
+		{"caller of another cluster", here, ztunnelToken, m.roots, "east", caclient.ErrUnauthenticated, codes.Unauthenticated, `caller names cluster "east"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tokenFile := filepath.Join(t.TempDir(), "istio-token")
 			writeToken(t, tokenFile, tt.token)
-			c := newClient(t, caclient.Config{Address: addr, ServerName: serverName, Roots: tt.roots, TokenFile: tokenFile})
+			c := newClient(t, caclient.Config{Address: addr, ServerName: serverName, Roots: tt.roots, TokenFile: tokenFile, ClusterID: tt.clusterID})
 			cert, err := c.Certificate(ctx(t), tt.id)
 			if cert != nil || err == nil {
 				t.Fatalf("Certificate: got a certificate, want a refusal")
@@ -325,6 +329,7 @@ type fakeCA struct {
 
 	mu          sync.Mutex
 	auth        []string
+	cluster     []string
 	impersonate string
 	ttl         int64
 }
@@ -333,6 +338,7 @@ func (f *fakeCA) CreateCertificate(ctx context.Context, req *pb.IstioCertificate
 	md, _ := metadata.FromIncomingContext(ctx)
 	f.mu.Lock()
 	f.auth = md.Get("authorization")
+	f.cluster = md.Get(api.ClusterIDMetadata)
 	f.impersonate = req.GetMetadata().GetFields()[ca.ImpersonatedIdentity].GetStringValue()
 	f.ttl = req.GetValidityDuration()
 	f.mu.Unlock()
@@ -415,11 +421,31 @@ func TestChecksTheAnswer(t *testing.T) {
 			}
 			f.mu.Lock()
 			defer f.mu.Unlock()
-			if f.impersonate != here.String() || len(f.auth) != 1 || f.auth[0] != "Bearer "+ztunnelToken || f.ttl != 5400 {
-				t.Errorf("request: got impersonate %q, authorization %q, ttl %d; want %q, [Bearer %s], 5400",
-					f.impersonate, f.auth, f.ttl, here, ztunnelToken)
+			if f.impersonate != here.String() || len(f.auth) != 1 || f.auth[0] != "Bearer "+ztunnelToken || f.ttl != 5400 ||
+				len(f.cluster) != 1 || f.cluster[0] != api.DefaultClusterID {
+				t.Errorf("request: got impersonate %q, authorization %q, ttl %d, clusterid %q; want %q, [Bearer %s], 5400, [%s]",
+					f.impersonate, f.auth, f.ttl, f.cluster, here, ztunnelToken, api.DefaultClusterID)
 			}
 		})
+	}
+}
+
+// Every request names the client's cluster (clusterid); istiod of that
+// cluster issues, istiod of another refuses, and one that is told nothing
+// takes the caller for its own.
+func TestClusterID(t *testing.T) {
+	m := newMesh(t)
+	east := istiod(t, m, "east")
+	tokenFile := filepath.Join(t.TempDir(), "istio-token")
+	writeToken(t, tokenFile, ztunnelToken)
+	c := newClient(t, caclient.Config{Address: east, ServerName: serverName, Roots: m.roots, TokenFile: tokenFile, ClusterID: "east"})
+	if _, err := c.Certificate(ctx(t), here); err != nil {
+		t.Errorf("Certificate from the istiod of the client's cluster: %v", err)
+	}
+	c = newClient(t, caclient.Config{Address: east, ServerName: serverName, Roots: m.roots, TokenFile: tokenFile})
+	_, err := c.Certificate(ctx(t), here)
+	if !errors.Is(err, caclient.ErrUnauthenticated) || !strings.Contains(err.Error(), `"Kubernetes"`) {
+		t.Errorf("Certificate with the default cluster id from istiod of east: got %v, want %v naming cluster \"Kubernetes\"", err, caclient.ErrUnauthenticated)
 	}
 }
 

@@ -63,6 +63,9 @@ func TestParseStateRefusals(t *testing.T) {
 		{"duplicate uid", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1]}, {uid: a, name: b, namespace: ns, addresses: [10.0.0.2]}]", "duplicate uid"},
 		{"no address", "workloads: [{uid: a, name: a, namespace: ns}]", "no addresses"},
 		{"tunnel", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1], tunnelProtocol: PROXY}]", "tunnelProtocol"},
+		{"visibility", "services: [{name: s, namespace: ns, hostname: s.ns, addresses: [], ports: [], visibility: CLUSTER}]", `visibility "CLUSTER", want PUBLIC or NAMESPACE`},
+		{"prefix length", "services: [{name: s, namespace: ns, hostname: s.ns, addresses: [{address: 10.0.0.0, length: 33}], ports: []}]", "prefix length 33 longer than its 32 bits"},
+		{"duplicate address", "services: [{name: s, namespace: ns, hostname: s.ns, addresses: [{address: 10.0.0.1}], ports: []}, {name: t, namespace: ns, hostname: t.ns, addresses: [{address: 10.0.0.1, length: 32}], ports: []}]", "already used by service ns/s.ns"},
 		{"action", "policies: [{name: p, namespace: ns, scope: GLOBAL, action: AUDIT}]", "action"},
 		{"scope", "policies: [{name: p, namespace: ns, scope: CLUSTER, action: ALLOW}]", "scope"},
 		{"string match", "policies: [{name: p, namespace: ns, scope: GLOBAL, action: ALLOW, rules: [{clauses: [{matches: [{principals: [{}]}]}]}]}]", "want 1"},
@@ -105,6 +108,9 @@ func TestSharedAddress(t *testing.T) {
 	}{
 		{"smaller uid", []*Workload{w("b", "", ""), w("a", "", "")}, "a"},
 		{"HBONE first", []*Workload{w("a", TunnelNone, ""), w("z", TunnelHBONE, "")}, "z"},
+		{"HBONE before sidecar mTLS", []*Workload{w("a", TunnelLegacyIstioMTLS, ""), w("z", TunnelHBONE, "")}, "z"},
+		// An endpoint entry does not make a sidecar's address plain passthrough.
+		{"sidecar mTLS before plain text", []*Workload{w("a", TunnelNone, ""), w("z", TunnelLegacyIstioMTLS, Unhealthy)}, "z"},
 		{"healthy first", []*Workload{w("a", "", Unhealthy), w("z", "", Healthy)}, "z"},
 	}
 	for _, tt := range tests {
@@ -120,5 +126,29 @@ func TestSharedAddress(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A CIDR range of a service (a ServiceEntry's) is not a virtual address,
+// and may repeat across services, as Istio sends it for each host of a
+// ServiceEntry.
+func TestServiceRanges(t *testing.T) {
+	st, err := ParseState([]byte(`services:
+- {name: a, namespace: ns, hostname: a.example, addresses: [{address: 192.168.0.0, length: 16}, {address: 10.9.0.1}], ports: []}
+- {name: b, namespace: ns, hostname: b.example, addresses: [{address: 192.168.0.0, length: 16}], ports: []}
+- {name: c, namespace: ns, hostname: c.example, addresses: [{address: 10.9.0.2, length: 32}], ports: []}
+`))
+	if err != nil {
+		t.Fatalf("ParseState: got %v, want the same range in two services accepted", err)
+	}
+	snap := newSnapshot(st, 1)
+	for addr, want := range map[string]string{"192.168.0.0": "", "192.168.1.1": "", "10.9.0.1": "a.example", "10.9.0.2": "c.example"} {
+		got := ""
+		if s := snap.ServiceByAddr(netip.MustParseAddr(addr)); s != nil {
+			got = s.Hostname
+		}
+		if got != want {
+			t.Errorf("ServiceByAddr(%s): got %q, want %q", addr, got, want)
+		}
 	}
 }

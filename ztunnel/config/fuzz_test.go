@@ -22,6 +22,8 @@ func FuzzParseState(f *testing.F) {
 	f.Add([]byte(`policies: [{name: p, namespace: ns, scope: GLOBAL, action: DENY, rules: [{clauses: [{matches: [{notPrincipals: [{presence: true}]}]}]}]}]`))
 	f.Add([]byte(`services: [{name: s, namespace: ns, hostname: s.ns, addresses: [{address: 10.1.0.1}], ports: [{servicePort: 80, targetPort: 8080}]}]`))
 	f.Add([]byte(`workloads: [{uid: a, name: a, namespace: ns, addresses: ["::ffff:10.0.0.1"]}, {uid: b, name: b, namespace: ns, addresses: [10.0.0.1]}]`))
+	f.Add([]byte(`services: [{name: s, namespace: ns, hostname: s.ns, visibility: NAMESPACE, addresses: [{address: 10.1.0.0, length: 16}], ports: []}]`))
+	f.Add([]byte(`workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1], tunnelProtocol: LEGACY_ISTIO_MTLS}]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		st, err := ParseState(data)
 		if err != nil {

@@ -17,10 +17,19 @@ import (
 // TunnelProtocol is how traffic reaches a workload (istio.workload.TunnelProtocol).
 type TunnelProtocol string
 
-// Tunnel protocols.
+// Tunnel protocols. Only NONE is plain text, and only HBONE is what a
+// node tunnel originates: a workload with any other protocol expects
+// mutual TLS of a kind ztunnel does not speak, and connections to it fail
+// rather than leave in plain text.
 const (
 	TunnelNone  TunnelProtocol = "NONE"
 	TunnelHBONE TunnelProtocol = "HBONE"
+	// TunnelLegacyIstioMTLS: a workload with an Istio sidecar, which
+	// takes Istio's mutual TLS without HBONE.
+	TunnelLegacyIstioMTLS TunnelProtocol = "LEGACY_ISTIO_MTLS"
+	// TunnelUnknown: a protocol this ztunnel does not know, sent by a
+	// newer control plane.
+	TunnelUnknown TunnelProtocol = "UNKNOWN"
 )
 
 // WorkloadStatus is a workload's health (istio.workload.WorkloadStatus).
@@ -113,6 +122,14 @@ func (w *Workload) ServedOn(node string) bool {
 	return w.Node == node && w.HBONE() && !w.HostNetwork()
 }
 
+// Plaintext reports whether the workload receives plain traffic (tunnel
+// protocol NONE), that is, is outside the mesh.
+func (w *Workload) Plaintext() bool { return w.TunnelProtocol == "" || w.TunnelProtocol == TunnelNone }
+
+// Reachable reports whether ztunnel can send to the workload the way it
+// expects: over HBONE, or in plain text to a workload outside the mesh.
+func (w *Workload) Reachable() bool { return w.HBONE() || w.Plaintext() }
+
 // Healthy reports whether the workload can receive traffic.
 func (w *Workload) Healthy() bool { return w.Status == "" || w.Status == Healthy }
 
@@ -131,7 +148,28 @@ type Port struct {
 type NetworkAddress struct {
 	Network string     `json:"network,omitempty"`
 	Address netip.Addr `json:"address"`
+	// Length, when set, makes the address a CIDR range of that prefix
+	// length (a ServiceEntry's "10.1.0.0/16"); unset is one address.
+	Length *uint32 `json:"length,omitempty"`
 }
+
+// IsRange reports whether the address is a CIDR range wider than one
+// address.
+func (a NetworkAddress) IsRange() bool {
+	return a.Length != nil && int64(*a.Length) < int64(a.Address.BitLen())
+}
+
+// Visibility says which clients a service is for
+// (istio.workload.Service.Visibility).
+type Visibility string
+
+// Service visibilities.
+const (
+	// VisibilityPublic: every client. Empty means the same.
+	VisibilityPublic Visibility = "PUBLIC"
+	// VisibilityNamespace: clients in the service's namespace only.
+	VisibilityNamespace Visibility = "NAMESPACE"
+)
 
 // Service is a Kubernetes Service or ServiceEntry (istio.workload.Service).
 type Service struct {
@@ -140,10 +178,18 @@ type Service struct {
 	Hostname  string           `json:"hostname"`
 	Addresses []NetworkAddress `json:"addresses"`
 	Ports     []Port           `json:"ports"`
+	// Visibility limits which clients reach the service through its
+	// addresses; to other clients they are not the service's.
+	Visibility Visibility `json:"visibility,omitempty"`
 }
 
 // Key is "<namespace>/<hostname>", the key workloads use in Services.
 func (s *Service) Key() string { return s.Namespace + "/" + s.Hostname }
+
+// VisibleTo reports whether a client in namespace may reach the service.
+func (s *Service) VisibleTo(namespace string) bool {
+	return s.Visibility != VisibilityNamespace || namespace == s.Namespace
+}
 
 // Scope is which workloads a policy applies to (istio.security.Scope).
 type Scope string

@@ -46,9 +46,9 @@ func (s *State) Validate() error {
 			}
 		}
 		switch w.TunnelProtocol {
-		case "", TunnelNone, TunnelHBONE:
+		case "", TunnelNone, TunnelHBONE, TunnelLegacyIstioMTLS, TunnelUnknown:
 		default:
-			errs = append(errs, fmt.Errorf("%s: tunnelProtocol %q, want NONE or HBONE", name, w.TunnelProtocol))
+			errs = append(errs, fmt.Errorf("%s: tunnelProtocol %q, want NONE, HBONE, LEGACY_ISTIO_MTLS or UNKNOWN", name, w.TunnelProtocol))
 		}
 		switch w.NetworkMode {
 		case "", NetworkStandard, NetworkHost:
@@ -74,9 +74,23 @@ func (s *State) Validate() error {
 		if svc.Hostname == "" || svc.Namespace == "" {
 			errs = append(errs, fmt.Errorf("%s: want a hostname and a namespace", name))
 		}
+		switch svc.Visibility {
+		case "", VisibilityPublic, VisibilityNamespace:
+		default:
+			errs = append(errs, fmt.Errorf("%s: visibility %q, want PUBLIC or NAMESPACE", name, svc.Visibility))
+		}
 		for _, a := range svc.Addresses {
 			if !a.Address.IsValid() {
 				errs = append(errs, fmt.Errorf("%s: invalid address", name))
+				continue
+			}
+			if a.Length != nil && int64(*a.Length) > int64(a.Address.BitLen()) {
+				errs = append(errs, fmt.Errorf("%s: address %s: prefix length %d longer than its %d bits", name, a.Address, *a.Length, a.Address.BitLen()))
+				continue
+			}
+			if a.IsRange() {
+				// Not a virtual address (see newSnapshot); Istio sends
+				// the same range for each host of a ServiceEntry.
 				continue
 			}
 			if other, ok := vips[a.Address.Unmap()]; ok {
@@ -146,17 +160,21 @@ type Snapshot struct {
 // endpoint of a selector-less Service, and two such Services may list the
 // same host address (in the lab, the apiserver's and CoreDNS's on the
 // control-plane node), as may a pod and a ServiceEntry. The choice is
-// deterministic: a workload in the mesh (HBONE) first, then a healthy
-// one, then the smaller uid; a pod never loses its address to an
-// endpoint entry that would turn its traffic into plain passthrough. A
-// host-network workload comes last: the address is its node's, shared
-// with every other host-network pod there.
+// deterministic: a workload in the mesh (HBONE) first, then one that
+// expects another mutual TLS, then a healthy one, then the smaller uid;
+// a pod never loses its address to an endpoint entry that would turn its
+// traffic into plain passthrough. A host-network workload comes last:
+// the address is its node's, shared with every other host-network pod
+// there.
 func addressOwner(w, cur *Workload) bool {
 	if w.HostNetwork() != cur.HostNetwork() {
 		return !w.HostNetwork()
 	}
 	if w.HBONE() != cur.HBONE() {
 		return w.HBONE()
+	}
+	if w.Plaintext() != cur.Plaintext() {
+		return !w.Plaintext()
 	}
 	if w.Healthy() != cur.Healthy() {
 		return w.Healthy()
@@ -185,9 +203,17 @@ func newSnapshot(s State, version uint64) *Snapshot {
 			snap.endpoints[key] = append(snap.endpoints[key], w)
 		}
 	}
+	// A CIDR range is not indexed: neither a destination inside it nor
+	// the range's first address is taken for the service, so connections
+	// there go to the original destination (or to the workload with that
+	// address). Istio sends ranges for ServiceEntries with resolution NONE,
+	// whose traffic goes to the original destination anyway, and STATIC,
+	// whose endpoints ztunnel does not pick for a range yet.
 	for _, svc := range s.Services {
 		for _, a := range svc.Addresses {
-			snap.byVIP[a.Address.Unmap()] = svc
+			if !a.IsRange() {
+				snap.byVIP[a.Address.Unmap()] = svc
+			}
 		}
 	}
 	for _, p := range s.Policies {

@@ -51,6 +51,9 @@ type Inbound struct {
 	OrigDst func(net.Conn) (netip.AddrPort, error)
 	// Transparent: see outbound.Outbound.Transparent.
 	Transparent bool
+	// MaxHandshakes bounds the HBONE connections in the handshake at once
+	// (hbone.Server.MaxHandshakes; 0 is its default).
+	MaxHandshakes int
 	// PreserveSource makes connections to workloads leave from their
 	// client's address (origdst.DialFrom), as Istio's ztunnel does: the
 	// destination application sees who called it. The client's address
@@ -120,8 +123,9 @@ func (in *Inbound) init() {
 				src, _ := clientAddr(in.Store.Snapshot(), r)
 				return in.dial(ctx, r.Target, src.Addr())
 			},
-			Handle: in.handleHBONE,
-			Log:    in.Log.With(accesslog.KeyComponent, "hbone"),
+			Handle:        in.handleHBONE,
+			Log:           in.Log.With(accesslog.KeyComponent, "hbone"),
+			MaxHandshakes: in.MaxHandshakes,
 		}
 	})
 }

@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/ambitmesh/ambit v0.0.0
+	google.golang.org/protobuf v1.36.12
 	istio.io/istio v0.0.0-20260827124520-eed52ebb66ad
 )
 
@@ -30,7 +31,6 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 	google.golang.org/grpc v1.85.0 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
 	gopkg.in/natefinch/lumberjack.v2 v2.2.1 // indirect
 	istio.io/api v1.31.4 // indirect
 	k8s.io/apimachinery v0.37.2 // indirect

@@ -64,6 +64,11 @@ var (
 	ErrUnknownSource = errors.New("source is not a workload on this node")
 	ErrNoEndpoint    = errors.New("service has no healthy endpoint for the port")
 	ErrNotRedirected = errors.New("connection addressed to the outbound port itself, not redirected")
+	// ErrUnsupportedTunnel: the destination expects mutual TLS that
+	// ztunnel does not originate (an Istio sidecar's, or a tunnel
+	// protocol it does not know). The connection is refused rather than
+	// sent in plain text.
+	ErrUnsupportedTunnel = errors.New("destination expects a tunnel protocol ztunnel does not originate; not sending plain text")
 )
 
 // Serve handles connections accepted on ln until ln fails.
@@ -95,23 +100,33 @@ type route struct {
 	target   netip.AddrPort // the workload address and target port
 }
 
-// resolve maps an original destination to a route: a Service address
-// picks a healthy endpoint, a workload address is that workload, anything
-// else passes through.
-func resolve(snap *config.Snapshot, dst netip.AddrPort) (route, error) {
-	if svc := snap.ServiceByAddr(dst.Addr()); svc != nil {
+// resolve maps the original destination of a connection from a client
+// in namespace ns to a route: the address of a Service visible to the
+// client picks a healthy endpoint that ztunnel can reach, a workload
+// address is that workload, anything else passes through.
+func resolve(snap *config.Snapshot, ns string, dst netip.AddrPort) (route, error) {
+	if svc := snap.ServiceByAddr(dst.Addr()); svc != nil && svc.VisibleTo(ns) {
 		type candidate struct {
 			w    *config.Workload
 			port uint16
 		}
 		var cands []candidate
+		unreachable := 0
 		for _, w := range snap.Endpoints(svc) {
 			if !w.Healthy() || len(w.Addresses) == 0 {
 				continue
 			}
-			if port, ok := targetPort(svc, w, dst.Port()); ok {
+			port, ok := targetPort(svc, w, dst.Port())
+			switch {
+			case !ok:
+			case !w.Reachable():
+				unreachable++
+			default:
 				cands = append(cands, candidate{w, port})
 			}
+		}
+		if len(cands) == 0 && unreachable > 0 {
+			return route{service: svc}, fmt.Errorf("route %s (%s): %d healthy endpoints, none over HBONE or plain text: %w", dst, svc.Hostname, unreachable, ErrUnsupportedTunnel)
 		}
 		if len(cands) == 0 {
 			return route{service: svc}, fmt.Errorf("route %s (%s): %w", dst, svc.Hostname, ErrNoEndpoint)
@@ -190,7 +205,7 @@ func (o *Outbound) handle(c net.Conn) {
 		RequestProtocol:          "tcp",
 		ConnectionSecurityPolicy: metrics.None,
 	}
-	r, err := resolve(snap, dst)
+	r, err := resolve(snap, srcW.Namespace, dst)
 	if r.service != nil {
 		e.DestinationService = r.service.Hostname
 		labels.DestinationService = r.service.Hostname
@@ -201,8 +216,6 @@ func (o *Outbound) handle(c net.Conn) {
 		fail(err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	var up net.Conn
 	if w := r.workload; w != nil {
 		dstID := w.Identity()
 		e.DestinationWorkload, e.DestinationIdentity = w.Name, dstID.String()
@@ -211,7 +224,13 @@ func (o *Outbound) handle(c net.Conn) {
 		labels.DestinationPrincipal = dstID.String()
 		labels.DestinationCanonicalService = w.CanonicalName
 		labels.DestinationCanonicalRevision = w.CanonicalRevision
+		if !w.Reachable() {
+			fail(fmt.Errorf("outbound to %s (workload %s, tunnel protocol %s): %w", r.target, w.Key(), w.TunnelProtocol, ErrUnsupportedTunnel))
+			return
+		}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	var up net.Conn
 	if w := r.workload; w != nil && w.HBONE() {
 		key := pool.Key{
 			Source:      srcID,

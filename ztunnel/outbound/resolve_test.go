@@ -11,6 +11,7 @@ import (
 func TestResolve(t *testing.T) {
 	ip := netip.MustParseAddr
 	svcKey := "shop/web.shop.svc.cluster.local"
+	sidecarKey := "shop/sidecars.shop.svc.cluster.local"
 	wl := func(uid, addr string, status config.WorkloadStatus, ports ...config.Port) *config.Workload {
 		w := &config.Workload{UID: uid, Name: uid, Namespace: "shop", Addresses: []netip.Addr{ip(addr)}, Status: status, TunnelProtocol: config.TunnelHBONE}
 		if ports != nil {
@@ -18,16 +19,36 @@ func TestResolve(t *testing.T) {
 		}
 		return w
 	}
+	// sidecar is an endpoint of both services that ztunnel cannot reach.
+	sidecar := wl("sidecar", "10.0.0.4", config.Healthy)
+	sidecar.TunnelProtocol = config.TunnelLegacyIstioMTLS
+	sidecar.Services = map[string]config.PortList{svcKey: {}, sidecarKey: {}}
+	length := uint32(16)
 	st := config.State{
 		Workloads: []*config.Workload{
 			wl("ready", "10.0.0.1", config.Healthy, config.Port{ServicePort: 80, TargetPort: 8080}),
 			wl("sick", "10.0.0.2", config.Unhealthy, config.Port{ServicePort: 80, TargetPort: 8080}),
 			wl("lone", "10.0.0.3", ""),
+			sidecar,
 		},
 		Services: []*config.Service{{
 			Name: "web", Namespace: "shop", Hostname: "web.shop.svc.cluster.local",
 			Addresses: []config.NetworkAddress{{Address: ip("10.96.0.1")}},
 			Ports:     []config.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 443, TargetPort: 8443}},
+		}, {
+			Name: "sidecars", Namespace: "shop", Hostname: "sidecars.shop.svc.cluster.local",
+			Addresses: []config.NetworkAddress{{Address: ip("10.96.0.2")}},
+			Ports:     []config.Port{{ServicePort: 80}},
+		}, {
+			Name: "internal", Namespace: "shop", Hostname: "internal.example",
+			Addresses:  []config.NetworkAddress{{Address: ip("240.240.0.1")}},
+			Ports:      []config.Port{{ServicePort: 80}},
+			Visibility: config.VisibilityNamespace,
+		}, {
+			// A ServiceEntry's CIDR range: not a virtual address.
+			Name: "range", Namespace: "shop", Hostname: "range.example",
+			Addresses: []config.NetworkAddress{{Address: ip("192.168.0.0"), Length: &length}},
+			Ports:     []config.Port{{ServicePort: 80}},
 		}},
 	}
 	store := config.NewStore()
@@ -37,21 +58,33 @@ func TestResolve(t *testing.T) {
 	snap := store.Snapshot()
 	tests := []struct {
 		name         string
+		ns           string // the client's namespace; shop when empty
 		dst          string
 		wantWorkload string
 		wantTarget   string
 		wantErr      error
 	}{
-		{"service picks the healthy endpoint", "10.96.0.1:80", "ready", "10.0.0.1:8080", nil},
-		{"service port from the service when the workload maps none", "10.96.0.1:443", "ready", "10.0.0.1:8443", nil},
-		{"service port not exposed", "10.96.0.1:81", "", "", ErrNoEndpoint},
-		{"workload address", "10.0.0.3:9000", "lone", "10.0.0.3:9000", nil},
-		{"outside the mesh", "192.0.2.1:443", "", "192.0.2.1:443", nil},
+		{name: "service picks the healthy endpoint ztunnel can reach", dst: "10.96.0.1:80", wantWorkload: "ready", wantTarget: "10.0.0.1:8080"},
+		{name: "service port from the service when the workload maps none", dst: "10.96.0.1:443", wantWorkload: "ready", wantTarget: "10.0.0.1:8443"},
+		{name: "service port not exposed", dst: "10.96.0.1:81", wantErr: ErrNoEndpoint},
+		{name: "service whose endpoints expect sidecar mTLS", dst: "10.96.0.2:80", wantErr: ErrUnsupportedTunnel},
+		{name: "workload address", dst: "10.0.0.3:9000", wantWorkload: "lone", wantTarget: "10.0.0.3:9000"},
+		// The route names the workload; handle refuses it.
+		{name: "workload expecting sidecar mTLS", dst: "10.0.0.4:9000", wantWorkload: "sidecar", wantTarget: "10.0.0.4:9000"},
+		{name: "outside the mesh", dst: "192.0.2.1:443", wantTarget: "192.0.2.1:443"},
+		{name: "namespace-visible service, client in its namespace", dst: "240.240.0.1:80", wantErr: ErrNoEndpoint},
+		{name: "namespace-visible service, client elsewhere", ns: "other", dst: "240.240.0.1:80", wantTarget: "240.240.0.1:80"},
+		{name: "inside a service's CIDR range", dst: "192.168.3.4:80", wantTarget: "192.168.3.4:80"},
+		{name: "first address of a service's CIDR range", dst: "192.168.0.0:80", wantTarget: "192.168.0.0:80"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			ns := tt.ns
+			if ns == "" {
+				ns = "shop"
+			}
 			for range 20 { // the pick is random; the unhealthy one must never win
-				r, err := resolve(snap, netip.MustParseAddrPort(tt.dst))
+				r, err := resolve(snap, ns, netip.MustParseAddrPort(tt.dst))
 				if tt.wantErr != nil {
 					if !errors.Is(err, tt.wantErr) {
 						t.Fatalf("got %v, want %v", err, tt.wantErr)

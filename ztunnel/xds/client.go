@@ -224,7 +224,7 @@ func New(cfg Config) (*Client, error) {
 			RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS12,
 		})))
 		if cfg.TokenFile != "" {
-			c.dialOpts = append(c.dialOpts, grpc.WithPerRPCCredentials(tokenFile{path: cfg.TokenFile, clusterID: cfg.Node.ClusterID}))
+			c.dialOpts = append(c.dialOpts, grpc.WithPerRPCCredentials(tokenFile{path: cfg.TokenFile, clusterID: cfg.Node.cluster()}))
 		}
 	}
 	return c, nil

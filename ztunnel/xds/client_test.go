@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/istiod/ca"
@@ -43,9 +44,10 @@ func TestTypeURLsMatchIstiod(t *testing.T) {
 type recorder struct {
 	accept map[string]bool
 
-	mu      sync.Mutex
-	tokens  []string
-	streams []*recorded
+	mu       sync.Mutex
+	tokens   []string
+	clusters []string
+	streams  []*recorded
 }
 
 type recorded struct {
@@ -58,6 +60,7 @@ func (r *recorder) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServer
 	token := strings.Join(md.Get("authorization"), ",")
 	r.mu.Lock()
 	r.tokens = append(r.tokens, token)
+	r.clusters = append(r.clusters, strings.Join(md.Get(api.ClusterIDMetadata), ","))
 	ok := r.accept == nil || r.accept[token]
 	rec := &recorded{}
 	if ok {
@@ -115,6 +118,12 @@ func (r *recorder) seenTokens() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.tokens)
+}
+
+func (r *recorder) seenClusters() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.clusters)
 }
 
 // serve runs the real istiod xDS server s on addr ("127.0.0.1:0" for a
@@ -592,6 +601,10 @@ func TestTLSAndToken(t *testing.T) {
 	good := waitStore(t, store, "the push over TLS", func(*config.Snapshot) bool { return true })
 	if got := rec.seenTokens(); !slices.Equal(got, []string{"Bearer token-1"}) {
 		t.Errorf("tokens the server saw: got %q, want [Bearer token-1]", got)
+	}
+	// With the token goes the cluster id, Istio's default when unset.
+	if got := rec.seenClusters(); !slices.Equal(got, []string{api.DefaultClusterID}) {
+		t.Errorf("clusterid headers the server saw: got %q, want [%s]", got, api.DefaultClusterID)
 	}
 
 	// The kubelet rotates the token (writes a new file and renames it

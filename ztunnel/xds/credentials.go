@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/credentials"
+
+	"github.com/ambitmesh/ambit/api"
 )
 
 // tokenFile sends "authorization: Bearer <token>" with every RPC, reading
@@ -39,7 +41,7 @@ func (f tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]st
 	}
 	md := map[string]string{"authorization": "Bearer " + token}
 	if f.clusterID != "" {
-		md["clusterid"] = f.clusterID
+		md[api.ClusterIDMetadata] = f.clusterID
 	}
 	return md, nil
 }

@@ -31,6 +31,11 @@ func FuzzTranslate(f *testing.F) {
 			NotSourceIps: []*security.Address{cidr("10.0.0.0", 8), cidr("fd00::", 129)}, DestinationPorts: []uint32{80, 0},
 			NotPrincipals: []*security.StringMatch{{}},
 		}}}}}}})
+	withUnknown := &security.Match{ServiceAccounts: []*security.ServiceAccountMatch{{Namespace: "ns", ServiceAccount: "sa"}, {}},
+		NotServiceAccounts: []*security.ServiceAccountMatch{{Namespace: "ns", ServiceAccount: "b"}}, Extensions: []*workload.Extension{{Name: "x"}}}
+	withUnknown.ProtoReflect().SetUnknown([]byte{0xa0, 0x06, 0x01}) // field 100, varint 1
+	seed(f, true, &security.Authorization{Name: "q", Namespace: "ns", Action: 7, DryRun: true,
+		Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{withUnknown}}}}}})
 	f.Fuzz(func(t *testing.T, policy bool, data []byte) {
 		typ, other := AddressType, AuthorizationType
 		if policy {

@@ -6,6 +6,8 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ambitmesh/ambit/api"
 )
 
 // Node describes this ztunnel to istiod. The fields come from the
@@ -18,8 +20,8 @@ type Node struct {
 	PodName, PodNamespace string
 	// IPs are the pod's addresses; the first goes into the node id.
 	IPs []netip.Addr
-	// ClusterID names the cluster for multi-cluster istiod ("Kubernetes"
-	// when empty, Istio's default).
+	// ClusterID names the cluster for multi-cluster istiod
+	// (api.DefaultClusterID when empty).
 	ClusterID string
 	// Domain is the cluster's DNS domain ("cluster.local" when empty).
 	Domain string
@@ -35,10 +37,16 @@ const (
 	metaInstanceIPs = "INSTANCE_IPS"
 	metaNodeName    = "NODE_NAME"
 	metaClusterID   = "CLUSTER_ID"
+	metaVersion     = "ISTIO_VERSION"
 )
 
-// DefaultClusterID is Istio's cluster id when none is configured.
-const DefaultClusterID = "Kubernetes"
+// cluster is ClusterID, or Istio's default.
+func (n Node) cluster() string {
+	if n.ClusterID == "" {
+		return api.DefaultClusterID
+	}
+	return n.ClusterID
+}
 
 // proto is the node sent with the first request of each type.
 //
@@ -52,9 +60,13 @@ const DefaultClusterID = "Kubernetes"
 // configured one where Istio's ztunnel hard-codes cluster.local.
 //
 // The metadata carries what Istio's ztunnel sends (NAME, NAMESPACE,
-// INSTANCE_IPS, NODE_NAME) plus CLUSTER_ID, which upstream istiod reads
-// from the metadata to pick the cluster a proxy belongs to (Istio's
-// ztunnel gets it there through ISTIO_META_CLUSTER_ID).
+// INSTANCE_IPS, NODE_NAME, ISTIO_VERSION) plus CLUSTER_ID, which upstream
+// istiod reads from the metadata to pick the cluster a proxy belongs to
+// (Istio's ztunnel gets it there through ISTIO_META_CLUSTER_ID).
+// ISTIO_VERSION is api.IstioVersion, the Istio release whose wire format
+// Ambit matches, where Istio's ztunnel sends its own version; without it
+// istiod warns at every connection and takes the proxy for the newest
+// version.
 func (n Node) proto() *core.Node {
 	ip := "0.0.0.0"
 	if len(n.IPs) > 0 && n.IPs[0].IsValid() {
@@ -63,10 +75,6 @@ func (n Node) proto() *core.Node {
 	domain := n.Domain
 	if domain == "" {
 		domain = "cluster.local"
-	}
-	cluster := n.ClusterID
-	if cluster == "" {
-		cluster = DefaultClusterID
 	}
 	ips := make([]string, 0, len(n.IPs))
 	for _, a := range n.IPs {
@@ -83,7 +91,8 @@ func (n Node) proto() *core.Node {
 		metaNamespace:   n.PodNamespace,
 		metaInstanceIPs: strings.Join(ips, ","),
 		metaNodeName:    n.NodeName,
-		metaClusterID:   cluster,
+		metaClusterID:   n.cluster(),
+		metaVersion:     api.IstioVersion,
 	} {
 		fields[k] = structpb.NewStringValue(v)
 	}

@@ -105,6 +105,13 @@ func (it *item) addTo(st *config.State) {
 // place for (hostname, waypoint, network gateway, locality, workload type,
 // application tunnel, cluster id, capacity, extensions) are
 // not carried over.
+//
+// A tunnel protocol other than NONE and HBONE is kept, not refused:
+// LEGACY_ISTIO_MTLS (a sidecar) as such, a number this ztunnel does not
+// know as UNKNOWN. Either makes connections to the workload fail (see
+// config.Workload.Reachable). Refusing the resource would instead leave
+// the address unknown, and connections to it would pass through in plain
+// text to a workload that expects mutual TLS.
 func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 	w := &config.Workload{
 		UID:                   pb.GetUid(),
@@ -131,8 +138,10 @@ func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 		w.TunnelProtocol = config.TunnelNone
 	case workload.TunnelProtocol_HBONE:
 		w.TunnelProtocol = config.TunnelHBONE
+	case workload.TunnelProtocol_LEGACY_ISTIO_MTLS:
+		w.TunnelProtocol = config.TunnelLegacyIstioMTLS
 	default:
-		return nil, fmt.Errorf("workload %s: tunnel_protocol %d, want NONE or HBONE", pb.GetUid(), pb.GetTunnelProtocol())
+		w.TunnelProtocol = config.TunnelUnknown
 	}
 	switch pb.GetNetworkMode() {
 	case workload.NetworkMode_STANDARD:
@@ -163,9 +172,13 @@ func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 	return w, nil
 }
 
-// fromService translates an istio.workload.Service. Subject alt names,
-// waypoint, load balancing, IP families, extensions and canonical are not
-// carried over: the model has no place for them.
+// fromService translates an istio.workload.Service, with its visibility
+// and its addresses' prefix lengths. Not carried over, as the model has
+// no place for them: the waypoint fields (waypoint, weighted_waypoints,
+// ingress_use_waypoint: ztunnel does not send to waypoints yet),
+// load_balancing (no locality preference or PASSTHROUGH mode yet),
+// subject_alt_names, ip_families, extensions, canonical (a DNS matter)
+// and the ports' app_protocol (a hint for L7).
 func fromService(pb *workload.Service) (*config.Service, error) {
 	s := &config.Service{
 		Name:      pb.GetName(),
@@ -178,7 +191,23 @@ func fromService(pb *workload.Service) (*config.Service, error) {
 		if err != nil {
 			return nil, fmt.Errorf("service %s: address %d: %w", name, i, err)
 		}
-		s.Addresses = append(s.Addresses, config.NetworkAddress{Network: na.GetNetwork(), Address: a})
+		ca := config.NetworkAddress{Network: na.GetNetwork(), Address: a}
+		if na.Length != nil {
+			n := na.GetLength()
+			if int64(n) > int64(a.BitLen()) {
+				return nil, fmt.Errorf("service %s: address %d: prefix length %d longer than the %d bits of %s", name, i, n, a.BitLen(), a)
+			}
+			ca.Length = &n
+		}
+		s.Addresses = append(s.Addresses, ca)
+	}
+	switch pb.GetVisibility() {
+	case workload.Service_PUBLIC:
+		s.Visibility = config.VisibilityPublic
+	case workload.Service_NAMESPACE:
+		s.Visibility = config.VisibilityNamespace
+	default:
+		return nil, fmt.Errorf("service %s: visibility %d, want PUBLIC or NAMESPACE", name, pb.GetVisibility())
 	}
 	var err error
 	if s.Ports, err = ports(pb.GetPorts()); err != nil {

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/internal/identity"
@@ -110,16 +112,56 @@ func TestTranslateWorkload(t *testing.T) {
 	}
 }
 
+// Every tunnel protocol is kept: one ztunnel cannot originate makes
+// connections to the workload fail, where refusing the resource would
+// leave its address unknown, and its traffic plain passthrough.
+func TestTranslateTunnelProtocol(t *testing.T) {
+	tests := []struct {
+		in   workload.TunnelProtocol
+		want config.TunnelProtocol
+	}{
+		{workload.TunnelProtocol_NONE, config.TunnelNone},
+		{workload.TunnelProtocol_HBONE, config.TunnelHBONE},
+		{workload.TunnelProtocol_LEGACY_ISTIO_MTLS, config.TunnelLegacyIstioMTLS},
+		{7, config.TunnelUnknown},
+	}
+	for _, tt := range tests {
+		pb := &workload.Workload{Uid: "u", Name: "n", Namespace: "ns", Addresses: [][]byte{ip("10.0.0.6")}, TunnelProtocol: tt.in}
+		it, err := translate(AddressType, resource(t, "u", wlAddress(pb)))
+		if err != nil {
+			t.Errorf("tunnel_protocol %d: got %v, want it kept as %s", tt.in, err, tt.want)
+			continue
+		}
+		if got := it.workload.TunnelProtocol; got != tt.want {
+			t.Errorf("tunnel_protocol %d: got %s, want %s", tt.in, got, tt.want)
+		}
+		if reachable := tt.want == config.TunnelNone || tt.want == config.TunnelHBONE; it.workload.Reachable() != reachable {
+			t.Errorf("tunnel_protocol %d: got Reachable %t, want %t", tt.in, it.workload.Reachable(), reachable)
+		}
+	}
+}
+
 func TestTranslateService(t *testing.T) {
 	pb := &workload.Service{
 		Name:      "reviews",
 		Namespace: "shop",
 		Hostname:  "reviews.shop.svc.cluster.local",
-		Addresses: []*workload.NetworkAddress{{Network: "net1", Address: ip("10.96.0.20")}, {Address: ip("fd00:96::20")}},
-		Ports:     []*workload.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 9090}},
+		Addresses: []*workload.NetworkAddress{
+			{Network: "net1", Address: ip("10.96.0.20")},
+			{Address: ip("fd00:96::20")},
+			{Address: ip("192.168.0.0"), Length: proto.Uint32(16)},
+			{Address: ip("10.96.0.21"), Length: proto.Uint32(32)},
+		},
+		Ports:      []*workload.Port{{ServicePort: 80, TargetPort: 8080, AppProtocol: workload.AppProtocol_HTTP2}, {ServicePort: 9090}},
+		Visibility: workload.Service_NAMESPACE,
 		// Not in the model.
-		SubjectAltNames: []string{"spiffe://example.org/ns/shop/sa/reviews"},
-		Canonical:       true,
+		SubjectAltNames:    []string{"spiffe://example.org/ns/shop/sa/reviews"},
+		Canonical:          true,
+		IngressUseWaypoint: true,
+		WeightedWaypoints: []*workload.WeightedWaypoint{{
+			Destination: &workload.GatewayAddress{Destination: &workload.GatewayAddress_Address{Address: &workload.NetworkAddress{Address: ip("10.0.0.50")}}, HboneMtlsPort: 15008},
+			Weight:      1,
+		}},
 	}
 	want := &config.Service{
 		Name:      "reviews",
@@ -128,8 +170,11 @@ func TestTranslateService(t *testing.T) {
 		Addresses: []config.NetworkAddress{
 			{Network: "net1", Address: netip.MustParseAddr("10.96.0.20")},
 			{Address: netip.MustParseAddr("fd00:96::20")},
+			{Address: netip.MustParseAddr("192.168.0.0"), Length: proto.Uint32(16)},
+			{Address: netip.MustParseAddr("10.96.0.21"), Length: proto.Uint32(32)},
 		},
-		Ports: []config.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 9090}},
+		Ports:      []config.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 9090}},
+		Visibility: config.VisibilityNamespace,
 	}
 	it, err := translate(AddressType, resource(t, "shop/reviews.shop.svc.cluster.local", svcAddress(pb)))
 	if err != nil {
@@ -137,6 +182,18 @@ func TestTranslateService(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, it.service, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("service (-want +got):\n%s", diff)
+	}
+	if got := []bool{want.Addresses[2].IsRange(), want.Addresses[3].IsRange()}; !slices.Equal(got, []bool{true, false}) {
+		t.Errorf("IsRange of /16 and /32: got %v, want [true false]", got)
+	}
+
+	// The zero visibility: PUBLIC.
+	it, err = translate(AddressType, resource(t, "shop/s.shop", svcAddress(&workload.Service{Name: "s", Namespace: "shop", Hostname: "s.shop"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.service.Visibility != config.VisibilityPublic || !it.service.VisibleTo("other") {
+		t.Errorf("visibility of the zero enum: got %q (visible to other namespaces: %t), want PUBLIC (true)", it.service.Visibility, it.service.VisibleTo("other"))
 	}
 }
 
@@ -275,11 +332,6 @@ func TestTranslateRefusals(t *testing.T) {
 			want: "address is neither a workload nor a service",
 		},
 		{
-			name: "unknown tunnel protocol", typeURL: AddressType,
-			msg:  withWorkload(func(w *workload.Workload) { w.TunnelProtocol = 7 }),
-			want: "workload Kubernetes//Pod/shop/a: tunnel_protocol 7, want NONE or HBONE",
-		},
-		{
 			name: "unknown status", typeURL: AddressType,
 			msg:  withWorkload(func(w *workload.Workload) { w.Status = 9 }),
 			want: "workload Kubernetes//Pod/shop/a: status 9, want HEALTHY or UNHEALTHY",
@@ -320,6 +372,16 @@ func TestTranslateRefusals(t *testing.T) {
 			name: "service target port out of range", typeURL: AddressType,
 			msg:  svcAddress(&workload.Service{Name: "s", Namespace: "shop", Hostname: "s.shop", Ports: []*workload.Port{{ServicePort: 80, TargetPort: 65536}}}),
 			want: "service shop/s.shop: port 0: target port 65536, want 0 to 65535",
+		},
+		{
+			name: "service prefix length too long", typeURL: AddressType,
+			msg:  svcAddress(&workload.Service{Name: "s", Namespace: "shop", Hostname: "s.shop", Addresses: []*workload.NetworkAddress{{Address: ip("fd00::"), Length: proto.Uint32(129)}}}),
+			want: "service shop/s.shop: address 0: prefix length 129 longer than the 128 bits of fd00::",
+		},
+		{
+			name: "unknown visibility", typeURL: AddressType,
+			msg:  svcAddress(&workload.Service{Name: "s", Namespace: "shop", Hostname: "s.shop", Visibility: 4}),
+			want: "service shop/s.shop: visibility 4, want PUBLIC or NAMESPACE",
 		},
 		{
 			name: "service without hostname", typeURL: AddressType,
@@ -364,7 +426,7 @@ func TestNodeProto(t *testing.T) {
 		NodeName: "node-a", PodName: "ztunnel-x7k", PodNamespace: "istio-system",
 		IPs:       []netip.Addr{netip.MustParseAddr("10.0.0.9"), netip.MustParseAddr("fd00::9")},
 		ClusterID: "east", Domain: "example.local",
-		Metadata: map[string]string{"ISTIO_VERSION": "1.31", "NODE_NAME": "overridden"},
+		Metadata: map[string]string{"ISTIO_VERSION": "0.1", "NODE_NAME": "overridden", "DNS_CAPTURE": "true"},
 	}
 	pb := n.proto()
 	if want := "ztunnel~10.0.0.9~ztunnel-x7k.istio-system~istio-system.svc.example.local"; pb.GetId() != want {
@@ -376,7 +438,7 @@ func TestNodeProto(t *testing.T) {
 	}
 	want := map[string]string{
 		"NAME": "ztunnel-x7k", "NAMESPACE": "istio-system", "INSTANCE_IPS": "10.0.0.9,fd00::9",
-		"NODE_NAME": "node-a", "CLUSTER_ID": "east", "ISTIO_VERSION": "1.31",
+		"NODE_NAME": "node-a", "CLUSTER_ID": "east", "ISTIO_VERSION": api.IstioVersion, "DNS_CAPTURE": "true",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("metadata (-want +got):\n%s", diff)
@@ -387,8 +449,8 @@ func TestNodeProto(t *testing.T) {
 	if want := "ztunnel~0.0.0.0~p.ns~ns.svc.cluster.local"; pb.GetId() != want {
 		t.Errorf("id without an address: got %q, want %q", pb.GetId(), want)
 	}
-	if got := pb.GetMetadata().GetFields()["CLUSTER_ID"].GetStringValue(); got != DefaultClusterID {
-		t.Errorf("default CLUSTER_ID: got %q, want %q", got, DefaultClusterID)
+	if got := pb.GetMetadata().GetFields()["CLUSTER_ID"].GetStringValue(); got != api.DefaultClusterID {
+		t.Errorf("default CLUSTER_ID: got %q, want %q", got, api.DefaultClusterID)
 	}
 }
 

@@ -433,14 +433,16 @@ func TestIstiod(t *testing.T) {
 	if got := c.Image; got != "localhost:5000/ambit/istiod:0.1.0" {
 		t.Errorf("image: got %q, want localhost:5000/ambit/istiod:0.1.0", got)
 	}
-	if diff := gocmp.Diff([]int32{15010, 15012, 15014}, ports(c)); diff != "" {
+	// No plaintext xDS (15010) by default, as Istio recommends in
+	// production.
+	if diff := gocmp.Diff([]int32{15012, 15014}, ports(c)); diff != "" {
 		t.Errorf("ports (-want +got):\n%s", diff)
 	}
 	if path, port := probe(t, c); path != "/ready" || port != 15014 {
 		t.Errorf("readiness: got %s on %d, want /ready on 15014", path, port)
 	}
 	for flag, want := range map[string]string{
-		"xds-addr": ":15010", "secure-addr": ":15012", "monitoring-addr": ":15014",
+		"secure-addr": ":15012", "monitoring-addr": ":15014",
 		"ca-namespace": namespace, "node-agent": namespace + "/ztunnel", "dns-name": "istiod." + namespace + ".svc",
 		"root-namespace": namespace, "trust-domain": "cluster.local", "cluster-id": "Kubernetes",
 		"domain-suffix": "cluster.local", "cert-ttl": "24h",
@@ -449,7 +451,7 @@ func TestIstiod(t *testing.T) {
 			t.Errorf("--%s: got %q, want %q", flag, got, want)
 		}
 	}
-	for _, f := range []string{"kubeconfig", "no-policies", "network", "max-cert-ttl", "debug"} {
+	for _, f := range []string{"kubeconfig", "no-policies", "network", "max-cert-ttl", "debug", "xds-addr", "debug-endpoints"} {
 		if hasFlag(c.Args, f) {
 			t.Errorf("args %q: got --%s, want it unset by default", c.Args, f)
 		}
@@ -472,7 +474,7 @@ func TestIstiod(t *testing.T) {
 			t.Errorf("service port %d: target %v, want the same port", p.Port, p.TargetPort)
 		}
 	}
-	if diff := gocmp.Diff([]int32{15010, 15012, 15014}, sp); diff != "" {
+	if diff := gocmp.Diff([]int32{15012, 15014}, sp); diff != "" {
 		t.Errorf("service ports (-want +got):\n%s", diff)
 	}
 	for k, v := range svc.Spec.Selector {
@@ -552,8 +554,12 @@ func TestZtunnel(t *testing.T) {
 	if path, port := probe(t, c); path != "/healthz/ready" || port != 15021 {
 		t.Errorf("readiness: got %s on %d, want /healthz/ready on 15021", path, port)
 	}
-	if diff := gocmp.Diff([]int32{15020, 15021}, ports(c)); diff != "" {
+	if diff := gocmp.Diff([]int32{15020, 15021, 15022}, ports(c)); diff != "" {
 		t.Errorf("ports (-want +got):\n%s", diff)
+	}
+	if lp := c.LivenessProbe; lp == nil || lp.HTTPGet == nil || lp.HTTPGet.Path != "/healthz/live" || lp.HTTPGet.Port.IntVal != 15022 ||
+		lp.PeriodSeconds*lp.FailureThreshold < 60 {
+		t.Errorf("liveness: got %+v, want /healthz/live on 15022, its own listener, failing only after a minute or more", lp)
 	}
 	cs := c.SecurityContext
 	if cs == nil || cs.Privileged == nil || *cs.Privileged || cs.Capabilities == nil ||
@@ -742,7 +748,30 @@ func TestValues(t *testing.T) {
 					}
 					zenv := env(container(t, get[*appsv1.DaemonSet](t, r, "ztunnel").Spec.Template.Spec, "istio-proxy"))
 					if zenv["CLUSTER_ID"] != "east" {
-						t.Errorf("ztunnel CLUSTER_ID: got %q, want east, istiod's --cluster-id", zenv["CLUSTER_ID"])
+						t.Errorf("ztunnel CLUSTER_ID: got %q, want east, istiod's --cluster-id (istiod refuses callers of another cluster)", zenv["CLUSTER_ID"])
+					}
+				},
+			},
+		},
+		{
+			name: "istiod development endpoints", ns: namespace,
+			values: "istiod: {plaintextXDS: true, debugEndpoints: true}",
+			checks: []check{
+				arg("Deployment", "istiod", "discovery", "xds-addr", ":15010"),
+				func(t *testing.T, r rendered) {
+					c := container(t, get[*appsv1.Deployment](t, r, "istiod").Spec.Template.Spec, "discovery")
+					if !slices.Contains(c.Args, "--debug-endpoints") {
+						t.Errorf("istiod args %q: want --debug-endpoints", c.Args)
+					}
+					if diff := gocmp.Diff([]int32{15010, 15012, 15014}, ports(c)); diff != "" {
+						t.Errorf("ports (-want +got):\n%s", diff)
+					}
+					var sp []int32
+					for _, p := range get[*corev1.Service](t, r, "istiod").Spec.Ports {
+						sp = append(sp, p.Port)
+					}
+					if diff := gocmp.Diff([]int32{15010, 15012, 15014}, sp); diff != "" {
+						t.Errorf("service ports (-want +got):\n%s", diff)
 					}
 				},
 			},

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -17,42 +18,29 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/internal/memlimit"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
 
-func main() {
-	var cfg server.Config
-	var kubeconfig string
-	var noPolicies, debug bool
-	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
-	flag.StringVar(&cfg.XDSAddr, "xds-addr", ":15010", "plaintext delta xDS listen address")
-	flag.StringVar(&cfg.MonitoringAddr, "monitoring-addr", ":15014", "metrics, readiness and debug listen address")
-	flag.StringVar(&cfg.Ambient.ClusterID, "cluster-id", "Kubernetes", "cluster name in workload uids")
-	flag.StringVar(&cfg.Ambient.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
-	flag.StringVar(&cfg.Ambient.DomainSuffix, "domain-suffix", "cluster.local", "cluster DNS domain")
-	flag.StringVar(&cfg.Ambient.Network, "network", "", "network of the cluster's addresses")
-	flag.StringVar(&cfg.Ambient.RootNamespace, "root-namespace", "istio-system", "namespace of mesh-wide policies")
-	flag.DurationVar(&cfg.Quiet, "debounce", 0, "quiet time that ends a burst of cluster events (default 10ms)")
-	flag.DurationVar(&cfg.MaxDebounce, "debounce-max", 0, "longest a burst may delay a push (default 100ms)")
-	flag.StringVar(&cfg.SecureAddr, "secure-addr", ":15012", "TLS listen address of the CA and delta xDS; empty runs no CA")
-	flag.StringVar(&cfg.CA.Namespace, "ca-namespace", "istio-system", "namespace of the CA Secrets (cacerts, istio-ca-secret)")
-	flag.Func("node-agent", "service account namespace/name allowed to request certificates for pods on its node (repeatable; default istio-system/ztunnel)", func(v string) error {
-		cfg.CA.NodeAgents = append(cfg.CA.NodeAgents, v)
-		return nil
-	})
-	flag.Func("dns-name", "DNS name of istiod's serving certificate (repeatable; default istiod.<ca-namespace>.svc)", func(v string) error {
-		cfg.CA.DNSNames = append(cfg.CA.DNSNames, v)
-		return nil
-	})
-	flag.DurationVar(&cfg.CA.CertTTL, "cert-ttl", 24*time.Hour, "default lifetime of workload certificates")
-	flag.DurationVar(&cfg.CA.MaxCertTTL, "max-cert-ttl", 0, "longest lifetime a caller may request (default cert-ttl)")
-	flag.BoolVar(&noPolicies, "no-policies", false, "do not watch security.istio.io policies (their CRDs are not installed)")
-	flag.BoolVar(&debug, "debug", false, "debug logs")
-	flag.Parse()
+// options are the command's flags: istiod's configuration and how to
+// reach the cluster.
+type options struct {
+	cfg               server.Config
+	kubeconfig        string
+	noPolicies, debug bool
+}
 
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		os.Exit(2)
+	}
 	level := slog.LevelInfo
-	if debug {
+	if o.debug {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
@@ -63,10 +51,44 @@ func main() {
 	if limit, err := memlimit.Set(0.9); err == nil && limit > 0 {
 		log.Info("go memory limit from the container's", "bytes", limit)
 	}
-	if err := run(cfg, kubeconfig, noPolicies, log); err != nil {
+	if err := run(o.cfg, o.kubeconfig, o.noPolicies, log); err != nil {
 		log.Error("istiod", "err", err)
 		os.Exit(1)
 	}
+}
+
+// parseFlags reads the command line; the flag package reports errors.
+func parseFlags(args []string) (options, error) {
+	var o options
+	cfg := &o.cfg
+	fs := flag.NewFlagSet("istiod", flag.ContinueOnError)
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
+	fs.StringVar(&cfg.SecureAddr, "secure-addr", ":15012", "TLS listen address of the CA and delta xDS, for callers with a service account token (audience istio-ca); empty runs no CA")
+	fs.StringVar(&cfg.XDSAddr, "xds-addr", "", "listen address of plaintext delta xDS without authentication, e.g. :15010; off when empty. Whoever reaches it reads the whole mesh: development only")
+	fs.StringVar(&cfg.MonitoringAddr, "monitoring-addr", ":15014", "listen address of /metrics and /ready (and /debug/ with --debug-endpoints)")
+	fs.BoolVar(&cfg.DebugEndpoints, "debug-endpoints", false, "serve /debug/model and /debug/clients on the monitoring address, without authentication")
+	fs.StringVar(&cfg.Ambient.ClusterID, "cluster-id", api.DefaultClusterID, "cluster name in workload uids; callers naming another cluster (clusterid) are refused on 15012")
+	fs.StringVar(&cfg.Ambient.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
+	fs.StringVar(&cfg.Ambient.DomainSuffix, "domain-suffix", "cluster.local", "cluster DNS domain")
+	fs.StringVar(&cfg.Ambient.Network, "network", "", "network of the cluster's addresses")
+	fs.StringVar(&cfg.Ambient.RootNamespace, "root-namespace", "istio-system", "namespace of mesh-wide policies")
+	fs.DurationVar(&cfg.Quiet, "debounce", 0, "quiet time that ends a burst of cluster events (default 10ms)")
+	fs.DurationVar(&cfg.MaxDebounce, "debounce-max", 0, "longest a burst may delay a push (default 100ms)")
+	fs.StringVar(&cfg.CA.Namespace, "ca-namespace", "istio-system", "namespace of the CA Secrets (cacerts, istio-ca-secret)")
+	fs.Func("node-agent", "service account namespace/name allowed to request certificates for pods on its node (repeatable; default istio-system/ztunnel)", func(v string) error {
+		cfg.CA.NodeAgents = append(cfg.CA.NodeAgents, v)
+		return nil
+	})
+	fs.Func("dns-name", "DNS name of istiod's serving certificate (repeatable; default istiod.<ca-namespace>.svc)", func(v string) error {
+		cfg.CA.DNSNames = append(cfg.CA.DNSNames, v)
+		return nil
+	})
+	fs.DurationVar(&cfg.CA.CertTTL, "cert-ttl", 24*time.Hour, "default lifetime of workload certificates")
+	fs.DurationVar(&cfg.CA.MaxCertTTL, "max-cert-ttl", 0, "longest lifetime a caller may request (default cert-ttl)")
+	fs.BoolVar(&o.noPolicies, "no-policies", false, "do not watch security.istio.io policies (their CRDs are not installed)")
+	fs.BoolVar(&o.debug, "debug", false, "debug logs")
+	err := fs.Parse(args)
+	return o, err
 }
 
 func run(cfg server.Config, kubeconfig string, noPolicies bool, log *slog.Logger) error {

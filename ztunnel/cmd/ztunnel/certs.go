@@ -38,7 +38,8 @@ func (f *certFlags) register(fs *flag.FlagSet) {
 
 // certificates builds the certificate source and the mesh roots the
 // flags choose, and says what it chose; closeFn releases the source.
-func (f certFlags) certificates() (src identity.Source, roots *x509.CertPool, what string, closeFn func() error, err error) {
+// istiod's CA is told the cluster clusterID with every request.
+func (f certFlags) certificates(clusterID string) (src identity.Source, roots *x509.CertPool, what string, closeFn func() error, err error) {
 	switch {
 	case f.caAddress != "" && f.fakeCADir != "":
 		return nil, nil, "", nil, fmt.Errorf("--ca-address (or $CA_ADDRESS) %q and --fake-ca-dir %q: want exactly one", f.caAddress, f.fakeCADir)
@@ -55,6 +56,7 @@ func (f certFlags) certificates() (src identity.Source, roots *x509.CertPool, wh
 		}
 		c, err := caclient.New(caclient.Config{
 			Address: f.caAddress, ServerName: f.caServerName, Roots: roots, TokenFile: f.caToken, TTL: f.certTTL,
+			ClusterID: clusterID,
 		})
 		if err != nil {
 			return nil, nil, "", nil, err

@@ -51,7 +51,7 @@ func TestCertificates(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			src, roots, what, closeFn, err := tt.f.certificates()
+			src, roots, what, closeFn, err := tt.f.certificates("")
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("certificates: got %v, want an error saying %q", err, tt.wantErr)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 	"github.com/ambitmesh/ambit/ztunnel/xds"
 )
@@ -37,7 +38,7 @@ func newConfigSource(o options, store *config.Store, log *slog.Logger, reg prome
 	case o.xdsAddress == "":
 		return nil, errors.New("no config source: set --xds-address (istiod) or, for development, --local-config")
 	}
-	node, err := nodeFromEnv(o.node)
+	node, err := nodeFromEnv(o.node, o.clusterID)
 	if err != nil {
 		return nil, err
 	}
@@ -64,16 +65,13 @@ func newConfigSource(o options, store *config.Store, log *slog.Logger, reg prome
 
 // nodeFromEnv describes this ztunnel to istiod from the downward-API
 // environment Istio's ztunnel DaemonSet sets.
-func nodeFromEnv(nodeName string) (xds.Node, error) {
+func nodeFromEnv(nodeName, clusterID string) (xds.Node, error) {
 	n := xds.Node{
 		NodeName:     nodeName,
 		PodName:      os.Getenv("POD_NAME"),
 		PodNamespace: os.Getenv("POD_NAMESPACE"),
-		ClusterID:    os.Getenv("ISTIO_META_CLUSTER_ID"),
+		ClusterID:    clusterID,
 		Domain:       os.Getenv("CLUSTER_DOMAIN"),
-	}
-	if n.ClusterID == "" {
-		n.ClusterID = os.Getenv("CLUSTER_ID")
 	}
 	if v := os.Getenv("INSTANCE_IP"); v != "" {
 		ip, err := netip.ParseAddr(v)
@@ -83,6 +81,18 @@ func nodeFromEnv(nodeName string) (xds.Node, error) {
 		n.IPs = []netip.Addr{ip}
 	}
 	return n, nil
+}
+
+// clusterIDFromEnv is the cluster id Istio's ztunnel reads:
+// ISTIO_META_CLUSTER_ID (what Istio's chart sets), else CLUSTER_ID (what
+// Ambit's sets), else Istio's default.
+func clusterIDFromEnv() string {
+	for _, k := range []string{"ISTIO_META_CLUSTER_ID", "CLUSTER_ID"} {
+		if v := os.Getenv(k); v != "" {
+			return v
+		}
+	}
+	return api.DefaultClusterID
 }
 
 // String names the source for the logs.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
@@ -61,19 +62,34 @@ func TestNodeFromEnv(t *testing.T) {
 	t.Setenv("POD_NAME", "ztunnel-abc")
 	t.Setenv("POD_NAMESPACE", "istio-system")
 	t.Setenv("INSTANCE_IP", "10.0.0.7")
-	t.Setenv("CLUSTER_ID", "plain")
-	t.Setenv("ISTIO_META_CLUSTER_ID", "meta")
 	t.Setenv("CLUSTER_DOMAIN", "example.local")
-	n, err := nodeFromEnv("node-a")
+	n, err := nodeFromEnv("node-a", "east")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.NodeName != "node-a" || n.PodName != "ztunnel-abc" || n.PodNamespace != "istio-system" || n.ClusterID != "meta" || n.Domain != "example.local" ||
+	if n.NodeName != "node-a" || n.PodName != "ztunnel-abc" || n.PodNamespace != "istio-system" || n.ClusterID != "east" || n.Domain != "example.local" ||
 		len(n.IPs) != 1 || n.IPs[0].String() != "10.0.0.7" {
-		t.Errorf("node: got %+v, want node-a, ztunnel-abc.istio-system, cluster meta, example.local, 10.0.0.7", n)
+		t.Errorf("node: got %+v, want node-a, ztunnel-abc.istio-system, cluster east, example.local, 10.0.0.7", n)
 	}
 	t.Setenv("INSTANCE_IP", "not-an-ip")
-	if _, err := nodeFromEnv("node-a"); err == nil || !strings.Contains(err.Error(), "parse $INSTANCE_IP") {
+	if _, err := nodeFromEnv("node-a", "east"); err == nil || !strings.Contains(err.Error(), "parse $INSTANCE_IP") {
 		t.Errorf("node with INSTANCE_IP=not-an-ip: got %v, want a parse error", err)
+	}
+}
+
+// The default of --cluster-id: ISTIO_META_CLUSTER_ID (Istio's chart), else
+// CLUSTER_ID (Ambit's), else Istio's default.
+func TestClusterIDFromEnv(t *testing.T) {
+	tests := []struct{ meta, plain, want string }{
+		{"meta", "plain", "meta"},
+		{"", "plain", "plain"},
+		{"", "", api.DefaultClusterID},
+	}
+	for _, tt := range tests {
+		t.Setenv("ISTIO_META_CLUSTER_ID", tt.meta)
+		t.Setenv("CLUSTER_ID", tt.plain)
+		if got := clusterIDFromEnv(); got != tt.want {
+			t.Errorf("ISTIO_META_CLUSTER_ID=%q CLUSTER_ID=%q: got %q, want %q", tt.meta, tt.plain, got, tt.want)
+		}
 	}
 }

@@ -15,27 +15,30 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/accesslog"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
 type options struct {
-	node, localConfig                   string
-	xdsAddress, xdsServerName           string
-	xdsRootCert, xdsToken               string
-	xdsPlaintext                        bool
-	outbound, admin, metrics, readiness string
-	logLevel                            string
-	redirect                            string
-	preserveSource                      bool
-	drain                               time.Duration
-	certs                               certFlags
+	node, localConfig                             string
+	clusterID                                     string
+	xdsAddress, xdsServerName                     string
+	xdsRootCert, xdsToken                         string
+	xdsPlaintext                                  bool
+	outbound, admin, metrics, readiness, liveness string
+	logLevel                                      string
+	redirect                                      string
+	preserveSource                                bool
+	drain                                         time.Duration
+	certs                                         certFlags
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	flag.StringVar(&o.clusterID, "cluster-id", clusterIDFromEnv(), "this cluster's id, sent to istiod with every xDS and CA call (default $ISTIO_META_CLUSTER_ID, else $CLUSTER_ID, else "+api.DefaultClusterID+", as Istio's ztunnel)")
 	flag.StringVar(&o.localConfig, "local-config", os.Getenv("LOCAL_XDS_PATH"), "static config file of workloads, services and policies, for development (default $LOCAL_XDS_PATH); SIGHUP reloads it")
 	o.certs.register(flag.CommandLine)
 	flag.StringVar(&o.xdsAddress, "xds-address", os.Getenv("XDS_ADDRESS"), "istiod's workload discovery (delta xDS), e.g. istiod.istio-system.svc:15012 (default $XDS_ADDRESS)")
@@ -49,6 +52,7 @@ func main() {
 	flag.StringVar(&o.admin, "admin", "127.0.0.1:15000", "admin listener (config dump, pprof, logging)")
 	flag.StringVar(&o.metrics, "metrics", ":15020", "Prometheus metrics listener")
 	flag.StringVar(&o.readiness, "readiness", ":15021", "readiness listener")
+	flag.StringVar(&o.liveness, "liveness", ":15022", "liveness listener (/healthz/live), of its own so that load never fails it")
 	flag.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	flag.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown")
 	flag.Parse()
@@ -71,7 +75,7 @@ func run(o options) error {
 		return fmt.Errorf("parse --log-level %q: %w", o.logLevel, err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: &level}))
-	certs, roots, certsFrom, closeCerts, err := o.certs.certificates()
+	certs, roots, certsFrom, closeCerts, err := o.certs.certificates(o.clusterID)
 	if err != nil {
 		return err
 	}
@@ -82,7 +86,7 @@ func run(o options) error {
 		Transparent:    o.redirect == "tproxy",
 		PreserveSource: o.redirect == "tproxy" && o.preserveSource,
 		LocalMark:      localMark,
-		OutboundAddr:   o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness,
+		OutboundAddr:   o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness, LivenessAddr: o.liveness,
 		Log: log, LogLevel: &level,
 	})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/netns"
@@ -88,7 +91,7 @@ func startPair(tb testing.TB) *pair {
 	start := func(node string, base int) {
 		args := []string{"--redirect", "nat", "--node", node, "--local-config", cfg, "--fake-ca-dir", filepath.Join(dir, "ca"),
 			"--outbound", fmt.Sprintf("127.0.0.1:%d", base+1), "--admin", fmt.Sprintf("127.0.0.1:%d", base),
-			"--metrics", fmt.Sprintf("127.0.0.1:%d", base+20), "--readiness", fmt.Sprintf("127.0.0.1:%d", base+21),
+			"--metrics", fmt.Sprintf("127.0.0.1:%d", base+20), "--readiness", fmt.Sprintf("127.0.0.1:%d", base+21), "--liveness", fmt.Sprintf("127.0.0.1:%d", base+22),
 			"--log-level", "warn"}
 		// ip netns exec execs the binary: the process is ztunnel itself.
 		cmd := ns.Command(ctx, bin, args...)
@@ -486,4 +489,87 @@ func BenchmarkCPU(b *testing.B) {
 		b.ReportMetric(vcpu, side+"-vCPU-per-1k-rps")
 	}
 	b.Log("\n" + tab.String())
+}
+
+// TestBinaryHandshakeFlood is the attack that once made a node's tunnel
+// unreachable: under a 1,024-descriptor limit, 1,100 TCP connections to
+// the HBONE port that never start TLS took every descriptor, and
+// readiness, admin and HBONE itself stopped answering for the 10 s of the
+// handshake timeout. With the handshake bounds the flood is shed as it
+// arrives: readiness, liveness and admin answer, tunnels work, and the
+// descriptors come back once the flood ends.
+func TestBinaryHandshakeFlood(t *testing.T) {
+	p := startPair(t)
+	pid := p.pids["node-b"]
+	limit := unix.Rlimit{Cur: 1024, Max: 1024}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &limit, nil); err != nil {
+		t.Fatal(err)
+	}
+	fds := func() int {
+		entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+	before := fds()
+	var flood []net.Conn
+	t.Cleanup(func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	})
+	err := p.ns.Do(func() error {
+		for i := range 1100 {
+			// From 20 addresses, so that the bound in all is reached, not
+			// only the one per source.
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 50, byte(1+i%20))}, Timeout: 10 * time.Second}
+			c, err := d.Dial("tcp", "127.0.20.1:15008")
+			if err != nil {
+				return fmt.Errorf("flood connection %d: %w", i, err)
+			}
+			flood = append(flood, c)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: p.ns.DialContext}}
+	get := func(url string) error {
+		resp, err := hc.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	for _, url := range []string{"http://127.0.0.1:16021/healthz/ready", "http://127.0.0.1:16022/healthz/live", "http://127.0.0.1:16000/config_dump"} {
+		if err := get(url); err != nil {
+			t.Errorf("GET %s during the flood: %v", url, err)
+		}
+	}
+	c := p.dial(t, "127.0.20.1:8080")
+	io.WriteString(c, "during the flood")
+	c.(*net.TCPConn).CloseWrite()
+	if got, err := io.ReadAll(c); err != nil || string(got) != "during the flood" {
+		t.Errorf("tunnel during the flood: got %q, %v", got, err)
+	}
+	c.Close()
+	if n := fds(); n > 1024-64 {
+		t.Errorf("node B's descriptors during the flood: got %d, want well under its limit of 1024", n)
+	}
+	for _, c := range flood {
+		c.Close()
+	}
+	flood = nil
+	// The pooled tunnel from node A stays; allow for it.
+	for deadline := time.Now().Add(15 * time.Second); fds() > before+4; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node B's descriptors after the flood: got %d, want about %d as before", fds(), before)
+		}
+	}
 }

@@ -76,7 +76,7 @@ func TestBinaryWithXDS(t *testing.T) {
 	admin, ready := freePort(t), freePort(t)
 	cmd := exec.Command(bin, "--node", "node-a", "--redirect", "nat",
 		"--xds-address", lis.Addr().String(), "--xds-plaintext", "--fake-ca-dir", filepath.Join(dir, "ca"),
-		"--outbound", "127.0.0.1:0", "--admin", admin, "--metrics", "", "--readiness", ready, "--log-level", "warn")
+		"--outbound", "127.0.0.1:0", "--admin", admin, "--metrics", "", "--readiness", ready, "--liveness", "", "--log-level", "warn")
 	var logs strings.Builder
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
