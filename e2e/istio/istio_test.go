@@ -281,13 +281,19 @@ func TestIstiod(t *testing.T) {
 		for _, tc := range m.policyCases() {
 			t.Run(tc.name, func(t *testing.T) {
 				p := m.policy(objectName(tc.name), tc.action, tc.rule)
+				if tc.namespace != "" {
+					p.Namespace = tc.namespace
+				}
+				if tc.everywhere {
+					p.Spec.Selector = nil
+				}
 				m.apply(t, p)
 				defer m.remove(t, p)
 				for _, h := range tc.reach {
 					m.wantReach(t, h.from, m.target(h.to), h.host())
 				}
 				for _, h := range tc.refuse {
-					m.wantRefused(t, h.from, m.target(h.to))
+					m.wantDenied(t, h.from, m.target(h.to))
 				}
 			})
 		}
@@ -307,7 +313,7 @@ func TestIstiod(t *testing.T) {
 		if err := m.mesh.WaitPolicy(ctx, labmesh.IstiodNamespace, "istio_converted_static_strict", m.ip("b"), true); err != nil {
 			t.Fatal(err)
 		}
-		m.wantRefused(t, "c", m.addr("b"))
+		m.wantDenied(t, "c", m.addr("b"))
 		m.wantReach(t, "a", m.addr("b"), "b")
 		m.wantReach(t, "o", m.addr("b"), "b")
 		if err := m.istio.SecurityV1().PeerAuthentications("shop").Delete(ctx, "default", metav1.DeleteOptions{}); err != nil {
@@ -321,6 +327,103 @@ func TestIstiod(t *testing.T) {
 		}
 		m.wantReach(t, "c", m.addr("b"), "b")
 	})
+
+	t.Run("PeerAuthentication STRICT but a PERMISSIVE port", func(t *testing.T) {
+		// A workload's own PeerAuthentication with port-level mTLS,
+		// which Istio's istiod sends as a DENY of its own
+		// (converted_peer_authentication_<name>): plain text only on
+		// 8080.
+		pa := &securityv1.PeerAuthentication{
+			ObjectMeta: metav1.ObjectMeta{Name: "b-strict", Namespace: "shop"},
+			Spec: secapi.PeerAuthentication{
+				Selector:      &typeapi.WorkloadSelector{MatchLabels: map[string]string{"app": "b"}},
+				Mtls:          &secapi.PeerAuthentication_MutualTLS{Mode: secapi.PeerAuthentication_MutualTLS_STRICT},
+				PortLevelMtls: map[uint32]*secapi.PeerAuthentication_MutualTLS{8080: {Mode: secapi.PeerAuthentication_MutualTLS_PERMISSIVE}},
+			},
+		}
+		if _, err := m.istio.SecurityV1().PeerAuthentications("shop").Create(ctx, pa, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		const converted = "shop/converted_peer_authentication_b-strict"
+		bound := func(want bool) func(d *ztunnel.Dump) bool {
+			return func(d *ztunnel.Dump) bool {
+				has := slices.ContainsFunc(d.Policies, func(a *config.Authorization) bool { return a.Key() == converted })
+				for _, name := range []string{"b", "b1"} {
+					w := workloadAt(d, m.ip(name))
+					has = has && w != nil && slices.Contains(w.AuthorizationPolicies, converted)
+				}
+				return has == want
+			}
+		}
+		if err := m.mesh.WaitZtunnels(ctx, converted+" on b and b1", bound(true)); err != nil {
+			t.Fatal(err)
+		}
+		m.wantDenied(t, "c", m.addr("b"))
+		m.wantDenied(t, "c", m.addr("b1"))
+		m.wantReach(t, "c", m.target("b:8080"), "b")
+		m.wantReach(t, "a", m.addr("b"), "b")
+		if err := m.istio.SecurityV1().PeerAuthentications("shop").Delete(ctx, pa.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.mesh.WaitZtunnels(ctx, converted+" gone", bound(false)); err != nil {
+			t.Fatal(err)
+		}
+		m.wantReach(t, "c", m.addr("b"), "b")
+	})
+
+	t.Run("no rejects", m.wantNoRejects)
+}
+
+// wantNoRejects checks, after everything else ran, that the ztunnels took
+// every resource Istio's istiod sent and understood all of it: no NACK
+// on either side, no policy enforced stricter for parts not understood,
+// no xDS stream lost.
+func (m *mesh) wantNoRejects(t *testing.T) {
+	t.Helper()
+	for _, n := range m.l.Nodes {
+		for line := range strings.Lines(m.mesh.Ztunnel(n).Logs(100000)) {
+			for _, bad := range []string{`"xds NACK"`, "not understood", `"xds disconnected"`} {
+				if strings.Contains(line, bad) {
+					t.Errorf("ztunnel on %s: got %s", n.Name, line)
+				}
+			}
+		}
+		metrics, err := lab.HTTPGet(t.Context(), n.NS, labmesh.ZtunnelMetrics)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range samples(metrics, "ambit_xds_nacks_total") {
+			t.Errorf("ztunnel on %s: got %s, want no NACK", n.Name, s)
+		}
+	}
+	metrics, err := lab.HTTPGet(t.Context(), m.l.ControlPlaneNS(), "http://127.0.0.1:15014/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(metrics, "pilot_xds_pushes") {
+		t.Fatalf("Istio's istiod metrics: no pilot_xds_pushes; not its metrics?\n%s", metrics)
+	}
+	for _, s := range samples(metrics, "pilot_total_xds_rejects") {
+		t.Errorf("Istio's istiod: got %s, want no rejected response", s)
+	}
+}
+
+// samples returns the Prometheus samples of metric in text whose value
+// is not 0.
+func samples(text, metric string) []string {
+	var out []string
+	for line := range strings.Lines(text) {
+		line = strings.TrimSpace(line)
+		name, _, _ := strings.Cut(line, "{")
+		name, _, _ = strings.Cut(name, " ")
+		if name != metric {
+			continue
+		}
+		if f := strings.Fields(line); f[len(f)-1] != "0" {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 // hop is a connection a policy case makes: from a pod to "b", "b1" (port
@@ -330,9 +433,14 @@ type hop struct{ from, to string }
 func (h hop) host() string { return strings.Split(h.to, ":")[0] }
 
 type policyCase struct {
-	name          string
-	action        secapi.AuthorizationPolicy_Action
-	rule          *secapi.Rule
+	name   string
+	action secapi.AuthorizationPolicy_Action
+	rule   *secapi.Rule
+	// namespace is the policy's, shop if empty; everywhere drops its
+	// selector (app=b), so it holds for its whole namespace, or the
+	// whole mesh in the root namespace.
+	namespace     string
+	everywhere    bool
 	reach, refuse []hop
 }
 
@@ -417,6 +525,15 @@ func (m *mesh) policyCases() []policyCase {
 		{name: "deny principals", action: deny, rule: src(&secapi.Source{Principals: []string{frontendP}}),
 			reach:  []hop{{"a2", "b"}, {"o", "b"}, {"c", "b"}},
 			refuse: []hop{{"a", "b"}}},
+		// Scopes: Istio sends a policy without a selector as NAMESPACE,
+		// in the root namespace as GLOBAL, bound to no workload.
+		{name: "namespace-wide principals", action: allow, everywhere: true, rule: src(&secapi.Source{Principals: []string{frontendP}}),
+			reach:  []hop{{"a", "b"}, {"a", "b1"}},
+			refuse: []hop{{"a2", "b"}, {"o", "b1"}}},
+		{name: "mesh-wide deny namespaces", action: deny, namespace: labmesh.IstiodNamespace, everywhere: true,
+			rule:   src(&secapi.Source{Namespaces: []string{"other"}}),
+			reach:  []hop{{"a", "b"}, {"c", "b"}},
+			refuse: []hop{{"o", "b"}, {"o", "b1"}}},
 	}
 }
 
@@ -527,10 +644,49 @@ func (m *mesh) wantReachAny(t *testing.T, name, to string, hosts ...string) {
 	}
 }
 
+// wantRefused checks that pod name does not reach to.
 func (m *mesh) wantRefused(t *testing.T, name, to string) {
 	t.Helper()
 	if rep, err := m.send(name, to, "hello"); err == nil {
 		t.Errorf("%s to %s: got an answer from %s, want the connection refused", name, to, rep.Hostname)
+	}
+}
+
+// wantDenied checks that pod name does not reach to, a pod's ip:port,
+// and that the destination's ztunnel refused it for its policies (not,
+// say, for want of a certificate on the way).
+func (m *mesh) wantDenied(t *testing.T, name, to string) {
+	t.Helper()
+	ip, _, _ := net.SplitHostPort(to)
+	var dst *lab.Node
+	for _, p := range m.pods {
+		if p.Status.PodIP == ip {
+			dst = m.l.Node(p.Spec.NodeName)
+		}
+	}
+	if dst == nil {
+		t.Fatalf("%s to %s: no pod there", name, to)
+	}
+	// The refusal names the client: its identity on a tunnel, its
+	// address in plain text.
+	src := m.pods[name]
+	client := fmt.Sprintf(`"src.addr":"%s:`, src.Status.PodIP)
+	if src.Namespace != "plain" {
+		client = fmt.Sprintf(`"peer":"spiffe://cluster.local/ns/%s/sa/%s"`, src.Namespace, src.Spec.ServiceAccountName)
+	}
+	denials := func() int {
+		n := 0
+		for line := range strings.Lines(m.mesh.Ztunnel(dst).Logs(400)) {
+			if strings.Contains(line, "denied by policy") && strings.Contains(line, client) && strings.Contains(line, to) {
+				n++
+			}
+		}
+		return n
+	}
+	before := denials()
+	m.wantRefused(t, name, to)
+	if err := lab.PollUntil(t.Context(), 5*time.Second, func() bool { return denials() > before }); err != nil {
+		t.Errorf("%s to %s: refused, but %s's ztunnel logged no denial by policy of %s", name, to, dst.Name, client)
 	}
 }
 
