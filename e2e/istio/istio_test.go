@@ -57,6 +57,7 @@ type mesh struct {
 	l     *lab.Lab
 	mesh  *labmesh.Mesh
 	istio istioclient.Interface
+	ist   lab.Istio
 	pilot *lab.Process
 	pods  map[string]*corev1.Pod // by name
 }
@@ -371,18 +372,81 @@ func TestIstiod(t *testing.T) {
 		m.wantReach(t, "c", m.addr("b"), "b")
 	})
 
-	t.Run("no rejects", m.wantNoRejects)
+	t.Run("no rejects", func(t *testing.T) { m.wantNoRejects(t, false) })
+
+	t.Run("istiod restart", func(t *testing.T) {
+		// What changed while Istio's istiod was away reaches the ztunnels
+		// once it is back: they resume their streams with the versions
+		// they hold, and Istio's istiod sends what changed and removes
+		// what went. A policy removed meanwhile and kept would still
+		// allow what it allowed.
+		rootBefore := m.root(t)
+		allow := m.policy("b-from-frontend", secapi.AuthorizationPolicy_ALLOW, &secapi.Rule{From: from(&secapi.Source{Principals: []string{"cluster.local/ns/shop/sa/frontend"}})})
+		m.apply(t, allow)
+		deny := m.policy("b-deny-a", secapi.AuthorizationPolicy_DENY, &secapi.Rule{From: from(&secapi.Source{IpBlocks: []string{m.ip("a") + "/32"}})})
+		m.pilot.Stop(5 * time.Second)
+		// The last state holds.
+		m.wantReach(t, "a", m.addr("b"), "b")
+		m.wantDenied(t, "a2", m.addr("b"))
+		if err := m.istio.SecurityV1().AuthorizationPolicies("shop").Delete(ctx, allow.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.istio.SecurityV1().AuthorizationPolicies("shop").Create(ctx, deny, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer m.remove(t, deny)
+		if err := m.l.DeletePod(ctx, "shop", "opt"); err != nil {
+			t.Fatal(err)
+		}
+		d, err := m.l.RunPod(ctx, lab.EchoPod("shop", "d", "node2", map[string]string{"app": "d"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.pods["d"] = d
+
+		if m.pilot, err = istio.StartPilot(ctx, m.l, m.mesh, m.ist); err != nil {
+			t.Fatal(err)
+		}
+		if root := m.root(t); !root.Equal(rootBefore) {
+			t.Errorf("Istio's istiod restarted with root %s, want the one of istio-ca-secret from before %s", root.Subject, rootBefore.Subject)
+		}
+		if err := m.mesh.WaitPolicy(ctx, "shop", allow.Name, m.ip("b"), false); err != nil {
+			t.Error(err)
+		}
+		if err := m.mesh.WaitPolicy(ctx, "shop", deny.Name, m.ip("b"), true); err != nil {
+			t.Error(err)
+		}
+		if err := m.mesh.WaitZtunnels(ctx, "shop/opt gone", func(d *ztunnel.Dump) bool {
+			return !slices.ContainsFunc(d.Workloads, func(w *config.Workload) bool { return w.Namespace == "shop" && w.Name == "opt" })
+		}); err != nil {
+			t.Error(err)
+		}
+		if err := m.mesh.WaitWorkload(ctx, m.ip("d"), true); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.mesh.WaitCertificates(ctx); err != nil {
+			t.Fatal(err)
+		}
+		m.wantReach(t, "a2", m.addr("b"), "b")
+		m.wantDenied(t, "a", m.addr("b"))
+		m.wantReach(t, "a", m.addr("d"), "d")
+		m.wantNoRejects(t, true)
+	})
 }
 
-// wantNoRejects checks, after everything else ran, that the ztunnels took
-// every resource Istio's istiod sent and understood all of it: no NACK
-// on either side, no policy enforced stricter for parts not understood,
-// no xDS stream lost.
-func (m *mesh) wantNoRejects(t *testing.T) {
+// wantNoRejects checks that the ztunnels took every resource Istio's
+// istiod sent and understood all of it: no NACK on either side, no
+// policy enforced stricter for parts not understood, and, unless istiod
+// restarted, no xDS stream lost.
+func (m *mesh) wantNoRejects(t *testing.T, restarted bool) {
 	t.Helper()
+	bad := []string{`"xds NACK"`, "not understood"}
+	if !restarted {
+		bad = append(bad, `"xds disconnected"`)
+	}
 	for _, n := range m.l.Nodes {
 		for line := range strings.Lines(m.mesh.Ztunnel(n).Logs(100000)) {
-			for _, bad := range []string{`"xds NACK"`, "not understood", `"xds disconnected"`} {
+			for _, bad := range bad {
 				if strings.Contains(line, bad) {
 					t.Errorf("ztunnel on %s: got %s", n.Name, line)
 				}
@@ -466,10 +530,22 @@ func (m *mesh) policyCases() []policyCase {
 		{name: "principals prefix", action: allow, rule: src(&secapi.Source{Principals: []string{"cluster.local/ns/shop/*"}}),
 			reach:  []hop{{"a", "b"}, {"a2", "b"}},
 			refuse: []hop{{"o", "b"}, {"c", "b"}}},
+		{name: "principals suffix", action: allow, rule: src(&secapi.Source{Principals: []string{"*/sa/frontend"}}),
+			reach:  []hop{{"a", "b"}, {"o", "b"}},
+			refuse: []hop{{"a2", "b"}, {"c", "b"}}},
+		{name: "principals any", action: allow, rule: src(&secapi.Source{Principals: []string{"*"}}),
+			reach:  []hop{{"a", "b"}, {"a2", "b"}, {"o", "b"}},
+			refuse: []hop{{"c", "b"}}},
+		{name: "notPrincipals any", action: allow, rule: src(&secapi.Source{NotPrincipals: []string{"*"}}),
+			reach:  []hop{{"c", "b"}},
+			refuse: []hop{{"a", "b"}, {"o", "b"}}},
 		{name: "notPrincipals", action: allow, rule: src(&secapi.Source{NotPrincipals: []string{frontendP}}),
 			reach:  []hop{{"a2", "b"}, {"o", "b"}},
 			refuse: []hop{{"a", "b"}}},
 		{name: "namespaces", action: allow, rule: src(&secapi.Source{Namespaces: []string{"other"}}),
+			reach:  []hop{{"o", "b"}},
+			refuse: []hop{{"a", "b"}, {"c", "b"}}},
+		{name: "namespaces prefix", action: allow, rule: src(&secapi.Source{Namespaces: []string{"oth*"}}),
 			reach:  []hop{{"o", "b"}},
 			refuse: []hop{{"a", "b"}, {"c", "b"}}},
 		{name: "notNamespaces", action: allow, rule: src(&secapi.Source{NotNamespaces: []string{"shop"}}),
@@ -765,7 +841,7 @@ func start(t *testing.T) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &mesh{l: l, pods: map[string]*corev1.Pod{}}
+	m := &mesh{l: l, ist: ist, pods: map[string]*corev1.Pod{}}
 	t.Cleanup(func() {
 		if t.Failed() {
 			if m.pilot != nil {
@@ -827,20 +903,38 @@ func start(t *testing.T) *mesh {
 	if _, err := l.Client.CoreV1().Services("shop").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	type podSpec struct{ ns, name, node, app, sa string }
-	specs := []podSpec{
-		{"shop", "a", "node1", "a", "frontend"},
-		{"shop", "a2", "node1", "a2", ""},
-		{"shop", "b", "node2", "b", "backend"},
-		{"shop", "b1", "node1", "b", ""},
-		{"shop", "opt", "node2", "opt", ""},
-		{"other", "o", "node1", "o", "frontend"},
-		{"plain", "c", "node1", "c", ""},
+	m.run(t,
+		podSpec{"shop", "a", "node1", "a", "frontend"},
+		podSpec{"shop", "a2", "node1", "a2", ""},
+		podSpec{"shop", "b", "node2", "b", "backend"},
+		podSpec{"shop", "b1", "node1", "b", ""},
+		podSpec{"shop", "opt", "node2", "opt", ""},
+		podSpec{"other", "o", "node1", "o", "frontend"},
+		podSpec{"plain", "c", "node1", "c", ""},
+	)
+	for _, ep := range []string{"b", "b1"} {
+		if err := l.WaitServiceProgrammed(ctx, "shop", "b", m.ip(ep)); err != nil {
+			t.Fatal(err)
+		}
 	}
+	return m
+}
+
+type podSpec struct{ ns, name, node, app, sa string }
+
+// run starts echo pods and waits until they are ready and, those in the
+// mesh (in shop or other, but for opt, which opts out), enrolled and
+// known to every ztunnel as HBONE workloads.
+func (m *mesh) run(t *testing.T, specs ...podSpec) {
+	t.Helper()
+	ctx := t.Context()
 	// Created together, waited for together: each pod takes a few
 	// seconds to be ready.
-	errs := make(chan error, len(specs))
-	results := make(chan *corev1.Pod, len(specs))
+	type result struct {
+		pod *corev1.Pod
+		err error
+	}
+	results := make(chan result, len(specs))
 	for _, s := range specs {
 		labels := map[string]string{"app": s.app}
 		if s.name == "opt" {
@@ -849,34 +943,30 @@ func start(t *testing.T) *mesh {
 		p := lab.EchoPod(s.ns, s.name, s.node, labels)
 		p.Spec.ServiceAccountName = s.sa
 		go func() {
-			got, err := l.RunPod(ctx, p)
-			errs <- err
-			results <- got
+			got, err := m.l.RunPod(ctx, p)
+			results <- result{got, err}
 		}()
 	}
 	for range specs {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
 		}
-		p := <-results
-		m.pods[p.Name] = p
+		m.pods[r.pod.Name] = r.pod
 	}
-	for _, name := range []string{"a", "a2", "b", "b1", "o"} {
-		if _, err := l.WaitPod(ctx, m.pods[name].Namespace, name, func(p *corev1.Pod) bool {
+	for _, s := range specs {
+		if s.ns == "plain" || s.name == "opt" {
+			continue
+		}
+		if _, err := m.l.WaitPod(ctx, s.ns, s.name, func(p *corev1.Pod) bool {
 			return p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.mesh.WaitWorkload(ctx, m.ip(name), true); err != nil {
+		if err := m.mesh.WaitWorkload(ctx, m.ip(s.name), true); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, ep := range []string{"b", "b1"} {
-		if err := l.WaitServiceProgrammed(ctx, "shop", "b", m.ip(ep)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return m
 }
 
 // forward listens on a loopback port of the host and forwards each
