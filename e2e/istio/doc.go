@@ -12,5 +12,7 @@
 // nodes, Service VIPs, and every L4 field of AuthorizationPolicy and a
 // STRICT PeerAuthentication as Istio translates them. It is a module of
 // its own so that nothing Istio pins reaches Ambit's module graph; `make
-// test` runs it. The tests need root.
+// test` runs it after `make lab-bins` has built pilot-discovery (cold,
+// about 15 minutes of CPU; the suite builds it itself if it must, and
+// then needs a longer -timeout). The tests need root.
 package istio
