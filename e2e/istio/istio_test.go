@@ -68,8 +68,8 @@ var (
 )
 
 // TestIstiod runs Ambit's ztunnels and node agents against Istio's own
-// istiod (pilot-discovery). The subtests share one lab and one istiod
-// and each leaves them as it found them.
+// istiod (pilot-discovery). The subtests share one lab and one istiod,
+// in order; each leaves them as the next expects.
 func TestIstiod(t *testing.T) {
 	m := start(t)
 	ctx := t.Context()
@@ -445,7 +445,7 @@ func (m *mesh) wantNoRejects(t *testing.T, restarted bool) {
 		bad = append(bad, `"xds disconnected"`)
 	}
 	for _, n := range m.l.Nodes {
-		for line := range strings.Lines(m.mesh.Ztunnel(n).Logs(100000)) {
+		for line := range strings.Lines(m.mesh.Ztunnel(n).Logs(1 << 20)) {
 			for _, bad := range bad {
 				if strings.Contains(line, bad) {
 					t.Errorf("ztunnel on %s: got %s", n.Name, line)
@@ -752,7 +752,7 @@ func (m *mesh) wantDenied(t *testing.T, name, to string) {
 	}
 	denials := func() int {
 		n := 0
-		for line := range strings.Lines(m.mesh.Ztunnel(dst).Logs(400)) {
+		for line := range strings.Lines(m.mesh.Ztunnel(dst).Logs(1 << 20)) {
 			if strings.Contains(line, "denied by policy") && strings.Contains(line, client) && strings.Contains(line, to) {
 				n++
 			}
