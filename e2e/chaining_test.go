@@ -232,7 +232,7 @@ func TestRedirectChaining(t *testing.T) {
 			}
 			// A primary that (re-)attaches before Ambit's and passes
 			// everything would send a's connection on in plain text: the
-			// agent finds it, and its next attach puts Ambit's first again.
+			// agent's guard finds it and puts Ambit's first again.
 			before := newPrimary(t, actOK)
 			before.attachTCX(t, node1, veth("a"), link.Head())
 			var ahead []ebpf.ProgramID
@@ -242,11 +242,15 @@ func TestRedirectChaining(t *testing.T) {
 			if len(ahead) != 1 {
 				t.Errorf("programs ahead of Ambit's on a's veth: got %v, want the stand-in's", ahead)
 			}
-			if err := node1.NS.Do(func() error { return r.AttachPod(veth("a")) }); err != nil {
+			var fixed []string
+			if err := node1.NS.Do(func() (err error) { fixed, err = r.Guard(); return err }); err != nil {
 				t.Fatal(err)
 			}
+			if len(fixed) != 1 || fixed[0] != veth("a") {
+				t.Errorf("interfaces the agent's guard fixed: got %v, want [%s]", fixed, veth("a"))
+			}
 			if err := node1.NS.Do(func() (err error) { ahead, err = r.Ahead(veth("a")); return err }); err != nil || len(ahead) != 0 {
-				t.Errorf("programs ahead of Ambit's after the agent attached again: got %v, %v; want none", ahead, err)
+				t.Errorf("programs ahead of Ambit's after the guard: got %v, %v; want none", ahead, err)
 			}
 			wantCaptured(t, "a primary that passes everything, attached before Ambit's")
 			if n := attachments(t, node1, ip("a"), mode); n != 3 {

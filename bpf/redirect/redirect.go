@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -58,6 +59,8 @@ type Redirector struct {
 	pinDir string
 	objs   redirectObjects
 	mode   Mode
+	// attachMu serialises attaching, which reads and replaces pins.
+	attachMu sync.Mutex
 }
 
 // Open loads the programs and the maps pinned in pinDir (creating them on
@@ -119,6 +122,9 @@ func (r *Redirector) linkPin(ifname string) string {
 }
 
 func (r *Redirector) attach(ifname string, prog *ebpf.Program) error {
+	// The agent's workers and its guard attach concurrently.
+	r.attachMu.Lock()
+	defer r.attachMu.Unlock()
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return fmt.Errorf("attach redirect to %s: %w", ifname, err)
@@ -216,6 +222,74 @@ func aheadOf(ifindex int, id link.ID) ([]ebpf.ProgramID, error) {
 		ahead = append(ahead, p.ID)
 	}
 	return nil, fmt.Errorf("ambit's link %d is not attached to ifindex %d", id, ifindex)
+}
+
+// Guard checks every interface Ambit is attached to and puts Ambit's
+// program back at the head of the chain where another program has been
+// attached before it (TCX only). It returns the interfaces it fixed. The
+// agent runs it periodically, so that a primary CNI that re-attaches at
+// the head cannot keep Ambit's program from seeing enrolled pods'
+// connections for longer than a period.
+func (r *Redirector) Guard() (fixed []string, err error) {
+	if r.mode == ModeClsact {
+		return nil, nil
+	}
+	names, err := r.Attached()
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, name := range names {
+		ahead, err := r.Ahead(name)
+		if err != nil {
+			if _, ierr := net.InterfaceByName(name); ierr != nil {
+				continue // the interface went with its pod
+			}
+			errs = append(errs, err)
+			continue
+		}
+		if len(ahead) == 0 {
+			continue
+		}
+		prog, err := r.attachedProgram(name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := r.attach(name, prog); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fixed = append(fixed, name)
+	}
+	return fixed, errors.Join(errs...)
+}
+
+// attachedProgram is this process's copy of the program on ifname's
+// link: the wire program or the pod program, told apart by name.
+func (r *Redirector) attachedProgram(ifname string) (*ebpf.Program, error) {
+	l, err := link.LoadPinnedLink(r.linkPin(ifname), nil)
+	if err != nil {
+		return nil, fmt.Errorf("program on %s: %w", ifname, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return nil, fmt.Errorf("program on %s: %w", ifname, err)
+	}
+	p, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		return nil, fmt.Errorf("program on %s: %w", ifname, err)
+	}
+	defer p.Close()
+	pi, err := p.Info()
+	if err != nil {
+		return nil, fmt.Errorf("program on %s: %w", ifname, err)
+	}
+	if pi.Name == "ambit_from_wire" {
+		return r.objs.AmbitFromWire, nil
+	}
+	return r.objs.AmbitFromPod, nil
 }
 
 // Ahead lists the programs that run before Ambit's on the ingress of

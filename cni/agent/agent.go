@@ -81,10 +81,15 @@ type Agent struct {
 	ready  atomic.Bool
 	reg    *prometheus.Registry
 	gauges struct {
-		enrolled prometheus.Gauge
-		syncs    *prometheus.CounterVec
+		enrolled   prometheus.Gauge
+		syncs      *prometheus.CounterVec
+		reanchored prometheus.Counter
 	}
 }
+
+// guardInterval is how often the agent checks that Ambit's programs still
+// run first on every interface (redirect.Redirector.Guard).
+const guardInterval = 2 * time.Second
 
 // PluginKubeconfigName is the file the plugin's kubeconfig is written to
 // in the CNI config dir.
@@ -98,7 +103,9 @@ func Run(ctx context.Context, cfg Config) error {
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())}
 	a.gauges.enrolled = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ambit_cni_enrolled_pods", Help: "Pods of this node whose traffic is redirected."})
 	a.gauges.syncs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambit_cni_pod_syncs_total", Help: "Pod reconciliations by result."}, []string{"result"})
-	a.reg.MustRegister(a.gauges.enrolled, a.gauges.syncs)
+	a.gauges.reanchored = prometheus.NewCounter(prometheus.CounterOpts{Name: "ambit_cni_redirect_reanchored_total",
+		Help: "Times another program was found before Ambit's redirection on an interface, and Ambit's put back at the head."})
+	a.reg.MustRegister(a.gauges.enrolled, a.gauges.syncs, a.gauges.reanchored)
 	defer a.queue.ShutDown()
 
 	var err error
@@ -197,6 +204,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		})
 	}
+	wg.Go(func() { a.guard(ctx) })
 	a.log.Info("node agent running", "node", cfg.NodeName)
 	<-ctx.Done()
 	a.queue.ShutDown()
@@ -444,6 +452,29 @@ func (a *Agent) handleDel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// guard keeps Ambit's programs first on every interface it is attached
+// to: a program put before them (a primary CNI that re-attached at the
+// head) could pass an enrolled pod's connection on in plain text.
+func (a *Agent) guard(ctx context.Context) {
+	t := time.NewTicker(guardInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fixed, err := a.redir.Guard()
+		for _, name := range fixed {
+			a.gauges.reanchored.Inc()
+			a.log.Warn("another program ran before Ambit's redirection; put Ambit's back first", "interface", name)
+		}
+		if err != nil {
+			a.log.Error("check redirection order", "err", err)
+		}
+	}
 }
 
 // serveMonitor serves /readyz (ready once the plugin is chained) and
