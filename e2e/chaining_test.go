@@ -256,6 +256,29 @@ func TestRedirectChaining(t *testing.T) {
 			if n := attachments(t, node1, ip("a"), mode); n != 3 {
 				t.Errorf("programs on a's veth: got %d, want 3 (Ambit's once, and the two stand-ins)", n)
 			}
+
+			// The primary re-attaches at the head while the agent is down;
+			// the restarted agent's first attach puts Ambit's first again.
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			again := newPrimary(t, actOK)
+			again.attachTCX(t, node1, veth("a"), link.Head())
+			if err := node1.NS.Do(func() (err error) {
+				if r, err = redirect.OpenMode(l.BPFPinDir(node1), mode); err != nil {
+					return err
+				}
+				return r.AttachPod(veth("a"))
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := node1.NS.Do(func() (err error) { ahead, err = r.Ahead(veth("a")); return err }); err != nil || len(ahead) != 0 {
+				t.Errorf("programs ahead of Ambit's after an agent restart: got %v, %v; want none", ahead, err)
+			}
+			wantCaptured(t, "a primary that re-attached before Ambit's while the agent was down")
+			if n := attachments(t, node1, ip("a"), mode); n != 4 {
+				t.Errorf("programs on a's veth: got %d, want 4 (Ambit's once, and three stand-ins)", n)
+			}
 		})
 	}
 }
