@@ -79,6 +79,10 @@ type Agent struct {
 	mu     sync.Mutex
 	known  map[string]netip.Addr // pod key → address enrolled for it
 	ready  atomic.Bool
+	// guardErr is why the last check of the redirection's order failed,
+	// or nil: the agent is not ready while Ambit's programs may not run
+	// first.
+	guardErr atomic.Pointer[error]
 	reg    *prometheus.Registry
 	gauges struct {
 		enrolled   prometheus.Gauge
@@ -473,11 +477,15 @@ func (a *Agent) guard(ctx context.Context) {
 		}
 		if err != nil {
 			a.log.Error("check redirection order", "err", err)
+			a.guardErr.Store(&err)
+		} else {
+			a.guardErr.Store(nil)
 		}
 	}
 }
 
-// serveMonitor serves /readyz (ready once the plugin is chained) and
+// serveMonitor serves /readyz (ready once the plugin is chained, and
+// while the redirection is known to run first on every interface) and
 // /metrics.
 func (a *Agent) serveMonitor(wg *sync.WaitGroup) (*http.Server, error) {
 	l, err := net.Listen("tcp", a.cfg.MonitorAddr)
@@ -488,6 +496,10 @@ func (a *Agent) serveMonitor(wg *sync.WaitGroup) (*http.Server, error) {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.ready.Load() {
 			http.Error(w, "CNI plugin not chained yet", http.StatusServiceUnavailable)
+			return
+		}
+		if err := a.guardErr.Load(); err != nil {
+			http.Error(w, "redirection may not run first: "+(*err).Error(), http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ok\n"))
