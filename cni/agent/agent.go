@@ -70,21 +70,21 @@ type Config struct {
 
 // Agent is a running node agent.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	redir  *redirect.Redirector
-	pods   listersv1.PodLister
-	nss    listersv1.NamespaceLister
-	queue  workqueue.TypedRateLimitingInterface[string]
-	mu     sync.Mutex
-	known  map[string]netip.Addr // pod key → address enrolled for it
-	ready  atomic.Bool
+	cfg   Config
+	log   *slog.Logger
+	redir *redirect.Redirector
+	pods  listersv1.PodLister
+	nss   listersv1.NamespaceLister
+	queue workqueue.TypedRateLimitingInterface[string]
+	mu    sync.Mutex
+	known map[string]netip.Addr // pod key → address enrolled for it
+	ready atomic.Bool
 	// guardErr is why the last check of the redirection's order failed,
 	// or nil: the agent is not ready while Ambit's programs may not run
 	// first.
 	guardErr atomic.Pointer[error]
-	reg    *prometheus.Registry
-	gauges struct {
+	reg      *prometheus.Registry
+	gauges   struct {
 		enrolled   prometheus.Gauge
 		syncs      *prometheus.CounterVec
 		reanchored prometheus.Counter
