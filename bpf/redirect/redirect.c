@@ -24,6 +24,16 @@
 // Traffic that ztunnel and the kubelet originate in the node namespace
 // leaves through egress and is never seen here, so there is no loop and
 // probes pass.
+//
+// Chaining with other programs on the same hook (a primary CNI's): what
+// the programs do not take they return as NEXT (TCX_NEXT under TCX, the
+// same value as TC_ACT_UNSPEC under clsact), so that the programs after
+// Ambit's still see every packet of pods outside the mesh. What they take
+// (a captured flow's packets, steered to ztunnel) ends the chain with
+// TC_ACT_OK, and what must be captured but cannot be is dropped: no later
+// program may send an enrolled pod's connection anywhere but ztunnel. The
+// agent attaches them first in the chain (TCX head), so that no program
+// before them can pass such a connection on in plain text.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -43,6 +53,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define PORT_OUTBOUND 15001
 #define PORT_INBOUND_PLAIN 15006
 #define PORT_HBONE 15008
+
+// NEXT runs the next program on the hook: TCX_NEXT (Linux 6.6+, not in
+// older UAPI headers) and, under clsact, TC_ACT_UNSPEC; both are -1.
+#define NEXT TC_ACT_UNSPEC
 
 // Mark set on redirected packets; the agent routes it to the local table.
 // Must match redirect.Mark in Go.
@@ -113,7 +127,7 @@ static __always_inline int redirect(struct __sk_buff *skb, struct iphdr *ip, str
 		}
 	}
 	if (!tcp->syn || tcp->ack)
-		return TC_ACT_OK; // a flow from before enrolment: leave it
+		return NEXT; // a flow from before enrolment: not ours
 
 	// ztunnel's listener: one bound to the destination address itself
 	// (ztunnel may listen per workload address, transparently) or to the
@@ -184,12 +198,12 @@ int ambit_from_pod(struct __sk_buff *skb)
 	struct iphdr *ip;
 	struct tcphdr *tcp;
 	if (!parse(skb, &ip, &tcp))
-		return TC_ACT_OK;
+		return NEXT;
 	if (captured(ip->saddr))
 		return redirect(skb, ip, tcp, PORT_OUTBOUND, STAT_OUTBOUND);
 	if (captured(ip->daddr))
 		return inbound(skb, ip, tcp);
-	return TC_ACT_OK;
+	return NEXT;
 }
 
 SEC("tc")
@@ -198,8 +212,8 @@ int ambit_from_wire(struct __sk_buff *skb)
 	struct iphdr *ip;
 	struct tcphdr *tcp;
 	if (!parse(skb, &ip, &tcp))
-		return TC_ACT_OK;
+		return NEXT;
 	if (captured(ip->daddr))
 		return inbound(skb, ip, tcp);
-	return TC_ACT_OK;
+	return NEXT;
 }

@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -58,6 +59,8 @@ type Redirector struct {
 	pinDir string
 	objs   redirectObjects
 	mode   Mode
+	// attachMu serialises attaching, which reads and replaces pins.
+	attachMu sync.Mutex
 }
 
 // Open loads the programs and the maps pinned in pinDir (creating them on
@@ -119,6 +122,9 @@ func (r *Redirector) linkPin(ifname string) string {
 }
 
 func (r *Redirector) attach(ifname string, prog *ebpf.Program) error {
+	// The agent's workers and its guard attach concurrently.
+	r.attachMu.Lock()
+	defer r.attachMu.Unlock()
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return fmt.Errorf("attach redirect to %s: %w", ifname, err)
@@ -127,24 +133,71 @@ func (r *Redirector) attach(ifname string, prog *ebpf.Program) error {
 		return attachClsact(iface.Index, prog)
 	}
 	pin := r.linkPin(ifname)
-	// Already attached (agent restart): swap the program in place.
+	// Already attached (agent restart): swap the program in place, as
+	// long as it still runs first.
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		defer l.Close()
 		info, ierr := l.Info()
 		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == iface.Index {
-			if err := l.Update(prog); err != nil {
-				return fmt.Errorf("update redirect on %s: %w", ifname, err)
+			ahead, err := aheadOf(iface.Index, info.ID)
+			if err != nil {
+				return fmt.Errorf("attach redirect to %s: %w", ifname, err)
 			}
-			return nil
+			if len(ahead) == 0 {
+				if err := l.Update(prog); err != nil {
+					return fmt.Errorf("update redirect on %s: %w", ifname, err)
+				}
+				return nil
+			}
+			// Another program was put before Ambit's (a primary CNI that
+			// re-attached): it could pass an enrolled pod's connection on
+			// in plain text. Attach at the head again before letting go
+			// of the old link, so that the interface is never without
+			// Ambit's program; the kernel takes a program once per hook,
+			// so the new link gets a copy of it.
+			fresh, err := r.loadCopy()
+			if err != nil {
+				return fmt.Errorf("re-anchor redirect on %s: %w", ifname, err)
+			}
+			defer fresh.Close()
+			if prog == r.objs.AmbitFromPod {
+				prog = fresh.AmbitFromPod
+			} else {
+				prog = fresh.AmbitFromWire
+			}
+			return r.attachHead(ifname, iface.Index, prog, pin, l)
 		}
 		// A stale pin from an interface that was deleted and recreated.
 		_ = l.Unpin()
 	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: iface.Index, Program: prog, Attach: ebpf.AttachTCXIngress})
+	return r.attachHead(ifname, iface.Index, prog, pin, nil)
+}
+
+// loadCopy loads the programs again, on the same pinned maps.
+func (r *Redirector) loadCopy() (*redirectObjects, error) {
+	var objs redirectObjects
+	if err := loadRedirectObjects(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: r.pinDir}}); err != nil {
+		return nil, fmt.Errorf("load redirect programs: %w", err)
+	}
+	return &objs, nil
+}
+
+// attachHead attaches prog first in the TCX ingress chain of the
+// interface and pins the link, then detaches old, if any.
+func (r *Redirector) attachHead(ifname string, ifindex int, prog *ebpf.Program, pin string, old link.Link) error {
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
 	if err != nil {
 		return fmt.Errorf("attach redirect to %s: %w", ifname, err)
 	}
 	defer l.Close()
+	if old != nil {
+		if err := old.Unpin(); err != nil {
+			l.Unpin()
+			return fmt.Errorf("re-anchor redirect on %s: %w", ifname, err)
+		}
+		// The old link goes when its last handle (old, closed by the
+		// caller) does.
+	}
 	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
 		return fmt.Errorf("pin redirect link of %s: %w", ifname, err)
 	}
@@ -152,6 +205,114 @@ func (r *Redirector) attach(ifname string, prog *ebpf.Program) error {
 		return fmt.Errorf("pin redirect link of %s: %w", ifname, err)
 	}
 	return nil
+}
+
+// aheadOf lists the programs that run before the one of link id in the
+// TCX ingress chain of the interface.
+func aheadOf(ifindex int, id link.ID) ([]ebpf.ProgramID, error) {
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return nil, fmt.Errorf("query tcx programs of ifindex %d: %w", ifindex, err)
+	}
+	var ahead []ebpf.ProgramID
+	for _, p := range res.Programs {
+		if lid, ok := p.LinkID(); ok && lid == id {
+			return ahead, nil
+		}
+		ahead = append(ahead, p.ID)
+	}
+	return nil, fmt.Errorf("ambit's link %d is not attached to ifindex %d", id, ifindex)
+}
+
+// Guard checks every interface Ambit is attached to and puts Ambit's
+// program back at the head of the chain where another program has been
+// attached before it (TCX only). It returns the interfaces it fixed. The
+// agent runs it periodically, so that a primary CNI that re-attaches at
+// the head cannot keep Ambit's program from seeing enrolled pods'
+// connections for longer than a period.
+func (r *Redirector) Guard() (fixed []string, err error) {
+	if r.mode == ModeClsact {
+		return nil, nil
+	}
+	names, err := r.Attached()
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, name := range names {
+		ahead, err := r.Ahead(name)
+		if err != nil {
+			if _, ierr := net.InterfaceByName(name); ierr != nil {
+				continue // the interface went with its pod
+			}
+			errs = append(errs, err)
+			continue
+		}
+		if len(ahead) == 0 {
+			continue
+		}
+		prog, err := r.attachedProgram(name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := r.attach(name, prog); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fixed = append(fixed, name)
+	}
+	return fixed, errors.Join(errs...)
+}
+
+// attachedProgram is this process's copy of the program on ifname's
+// link: the wire program or the pod program, told apart by name.
+func (r *Redirector) attachedProgram(ifname string) (*ebpf.Program, error) {
+	l, err := link.LoadPinnedLink(r.linkPin(ifname), nil)
+	if err != nil {
+		return nil, fmt.Errorf("program on %s: %w", ifname, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return nil, fmt.Errorf("program on %s: %w", ifname, err)
+	}
+	p, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		return nil, fmt.Errorf("program on %s: %w", ifname, err)
+	}
+	defer p.Close()
+	pi, err := p.Info()
+	if err != nil {
+		return nil, fmt.Errorf("program on %s: %w", ifname, err)
+	}
+	if pi.Name == "ambit_from_wire" {
+		return r.objs.AmbitFromWire, nil
+	}
+	return r.objs.AmbitFromPod, nil
+}
+
+// Ahead lists the programs that run before Ambit's on the ingress of
+// ifname: none, while Ambit's runs first, as it must (TCX only; under
+// clsact the filter priorities order the programs).
+func (r *Redirector) Ahead(ifname string) ([]ebpf.ProgramID, error) {
+	if r.mode == ModeClsact {
+		return nil, nil
+	}
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("programs ahead on %s: %w", ifname, err)
+	}
+	l, err := link.LoadPinnedLink(r.linkPin(ifname), nil)
+	if err != nil {
+		return nil, fmt.Errorf("programs ahead on %s: %w", ifname, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return nil, fmt.Errorf("programs ahead on %s: %w", ifname, err)
+	}
+	return aheadOf(iface.Index, info.ID)
 }
 
 // Detach removes the program from ifname. Detaching an interface that has

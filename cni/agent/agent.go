@@ -70,21 +70,30 @@ type Config struct {
 
 // Agent is a running node agent.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	redir  *redirect.Redirector
-	pods   listersv1.PodLister
-	nss    listersv1.NamespaceLister
-	queue  workqueue.TypedRateLimitingInterface[string]
-	mu     sync.Mutex
-	known  map[string]netip.Addr // pod key → address enrolled for it
-	ready  atomic.Bool
-	reg    *prometheus.Registry
-	gauges struct {
-		enrolled prometheus.Gauge
-		syncs    *prometheus.CounterVec
+	cfg   Config
+	log   *slog.Logger
+	redir *redirect.Redirector
+	pods  listersv1.PodLister
+	nss   listersv1.NamespaceLister
+	queue workqueue.TypedRateLimitingInterface[string]
+	mu    sync.Mutex
+	known map[string]netip.Addr // pod key → address enrolled for it
+	ready atomic.Bool
+	// guardErr is why the last check of the redirection's order failed,
+	// or nil: the agent is not ready while Ambit's programs may not run
+	// first.
+	guardErr atomic.Pointer[error]
+	reg      *prometheus.Registry
+	gauges   struct {
+		enrolled   prometheus.Gauge
+		syncs      *prometheus.CounterVec
+		reanchored prometheus.Counter
 	}
 }
+
+// guardInterval is how often the agent checks that Ambit's programs still
+// run first on every interface (redirect.Redirector.Guard).
+const guardInterval = 2 * time.Second
 
 // PluginKubeconfigName is the file the plugin's kubeconfig is written to
 // in the CNI config dir.
@@ -98,7 +107,9 @@ func Run(ctx context.Context, cfg Config) error {
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())}
 	a.gauges.enrolled = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ambit_cni_enrolled_pods", Help: "Pods of this node whose traffic is redirected."})
 	a.gauges.syncs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambit_cni_pod_syncs_total", Help: "Pod reconciliations by result."}, []string{"result"})
-	a.reg.MustRegister(a.gauges.enrolled, a.gauges.syncs)
+	a.gauges.reanchored = prometheus.NewCounter(prometheus.CounterOpts{Name: "ambit_cni_redirect_reanchored_total",
+		Help: "Times another program was found before Ambit's redirection on an interface, and Ambit's put back at the head."})
+	a.reg.MustRegister(a.gauges.enrolled, a.gauges.syncs, a.gauges.reanchored)
 	defer a.queue.ShutDown()
 
 	var err error
@@ -197,6 +208,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		})
 	}
+	wg.Go(func() { a.guard(ctx) })
 	a.log.Info("node agent running", "node", cfg.NodeName)
 	<-ctx.Done()
 	a.queue.ShutDown()
@@ -446,7 +458,34 @@ func (a *Agent) handleDel(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
-// serveMonitor serves /readyz (ready once the plugin is chained) and
+// guard keeps Ambit's programs first on every interface it is attached
+// to: a program put before them (a primary CNI that re-attached at the
+// head) could pass an enrolled pod's connection on in plain text.
+func (a *Agent) guard(ctx context.Context) {
+	t := time.NewTicker(guardInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fixed, err := a.redir.Guard()
+		for _, name := range fixed {
+			a.gauges.reanchored.Inc()
+			a.log.Warn("another program ran before Ambit's redirection; put Ambit's back first", "interface", name)
+		}
+		if err != nil {
+			a.log.Error("check redirection order", "err", err)
+			a.guardErr.Store(&err)
+		} else {
+			a.guardErr.Store(nil)
+		}
+	}
+}
+
+// serveMonitor serves /readyz (ready once the plugin is chained, and
+// while the redirection is known to run first on every interface) and
 // /metrics.
 func (a *Agent) serveMonitor(wg *sync.WaitGroup) (*http.Server, error) {
 	l, err := net.Listen("tcp", a.cfg.MonitorAddr)
@@ -457,6 +496,10 @@ func (a *Agent) serveMonitor(wg *sync.WaitGroup) (*http.Server, error) {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.ready.Load() {
 			http.Error(w, "CNI plugin not chained yet", http.StatusServiceUnavailable)
+			return
+		}
+		if err := a.guardErr.Load(); err != nil {
+			http.Error(w, "redirection may not run first: "+(*err).Error(), http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ok\n"))

@@ -1,0 +1,284 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ambitmesh/ambit/bpf/redirect"
+	"github.com/ambitmesh/ambit/internal/lab"
+)
+
+// TC verdicts of the stand-in programs (linux/pkt_cls.h, and TCX's
+// enum tcx_action_base: TCX_NEXT -1, TCX_PASS 0, TCX_DROP 2).
+const (
+	actNext = -1
+	actOK   = 0
+	actShot = 2
+)
+
+// primary stands in for a primary CNI's program on a pod's host veth: it
+// counts the packets it sees and returns a fixed verdict.
+type primary struct {
+	prog    *ebpf.Program
+	counter *ebpf.Map
+}
+
+func newPrimary(t *testing.T, verdict int32) *primary {
+	t.Helper()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:    ebpf.SchedCLS,
+		License: "Dual BSD/GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R1, 0),
+			asm.StoreMem(asm.RFP, -4, asm.R1, asm.Word),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.LoadMapPtr(asm.R1, m.FD()),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.Mov.Imm(asm.R1, 1),
+			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+			asm.Mov.Imm(asm.R0, verdict).WithSymbol("out"),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	return &primary{prog: prog, counter: m}
+}
+
+func (p *primary) seen(t *testing.T) uint64 {
+	t.Helper()
+	var n uint64
+	if err := p.counter.Lookup(uint32(0), &n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// attachTCX attaches the stand-in to the ingress of veth on node n, at
+// the head or the tail of the chain, until the test ends.
+func (p *primary) attachTCX(t *testing.T, n *lab.Node, veth string, anchor link.Anchor) {
+	t.Helper()
+	var l link.Link
+	err := n.NS.Do(func() error {
+		iface, err := net.InterfaceByName(veth)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachTCX(link.TCXOptions{Interface: iface.Index, Program: p.prog, Attach: ebpf.AttachTCXIngress, Anchor: anchor})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+}
+
+// attachClsact adds the stand-in as a tc filter at priority prio on the
+// ingress of veth on node n, until the test ends.
+func (p *primary) attachClsact(t *testing.T, n *lab.Node, veth string, prio uint16) {
+	t.Helper()
+	var f *netlink.BpfFilter
+	err := n.NS.Do(func() error {
+		iface, err := net.InterfaceByName(veth)
+		if err != nil {
+			return err
+		}
+		f = &netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: iface.Index, Parent: netlink.HANDLE_MIN_INGRESS, Handle: 0x7, Protocol: unix.ETH_P_ALL, Priority: prio},
+			Fd:          p.prog.FD(), Name: "standin_primary", DirectAction: true,
+		}
+		return netlink.FilterAdd(f)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.NS.Do(func() error { return netlink.FilterDel(f) }) })
+}
+
+// TestRedirectChaining: Ambit's programs chain with a primary CNI's on the
+// same hook, with the kernel's TCX and clsact semantics. What Ambit does
+// not take reaches the programs after it (a primary CNI keeps seeing, and
+// dropping, its pods' traffic); what it takes no program after it can
+// send elsewhere; and a program put before it (a primary that re-attached)
+// is found, and Ambit's goes back to the head when the agent attaches
+// again, so an enrolled pod's connection is never passed on in plain text.
+func TestRedirectChaining(t *testing.T) {
+	l := startLab(t, lab.Config{Nodes: 2})
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	const ns = "chaining"
+	if err := l.CreateNamespace(ctx, ns, nil); err != nil {
+		t.Fatal(err)
+	}
+	// a is enrolled, c is not, both on node1; d (node2) is the destination.
+	pods := map[string]*corev1.Pod{}
+	for name, node := range map[string]string{"a": "node1", "c": "node1", "d": "node2"} {
+		p, err := l.RunPod(ctx, lab.EchoPod(ns, name, node, map[string]string{"app": name}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods[name] = p
+	}
+	ip := func(name string) string { return pods[name].Status.PodIP }
+	node1 := l.Node("node1")
+	startFakeZtunnel(t, node1)
+	veth := func(name string) string {
+		t.Helper()
+		var v string
+		if err := node1.NS.Do(func() (err error) {
+			v, err = redirect.HostInterface(netip.MustParseAddr(ip(name)))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	toD := net.JoinHostPort(ip("d"), "9000")
+	wantCaptured := func(t *testing.T, what string) {
+		t.Helper()
+		rep, err := podTCP(ctx, l, ns, "a", toD)
+		if err != nil || rep.Hostname != "ztunnel-node1-15001" {
+			t.Errorf("%s: a to d: got %+v, %v; want ztunnel's outbound (ztunnel-node1-15001), never d in plain text", what, rep, err)
+		}
+	}
+
+	for _, mode := range []redirect.Mode{redirect.ModeTCX, redirect.ModeClsact} {
+		t.Run(string(mode), func(t *testing.T) {
+			var r *redirect.Redirector
+			if err := node1.NS.Do(func() (err error) {
+				if r, err = redirect.OpenMode(l.BPFPinDir(node1), mode); err != nil {
+					return err
+				}
+				for _, name := range []string{"a", "c"} {
+					if err := r.AttachPod(veth(name)); err != nil {
+						return err
+					}
+				}
+				return r.Enroll(netip.MustParseAddr(ip("a")))
+			}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := node1.NS.Do(r.Remove); err != nil {
+					t.Errorf("remove redirect: %v", err)
+				}
+			})
+
+			// A primary's programs after Ambit's: one that passes on c's
+			// veth, one that drops on a's.
+			after := newPrimary(t, actOK)
+			dropper := newPrimary(t, actShot)
+			if mode == redirect.ModeTCX {
+				after.attachTCX(t, node1, veth("c"), link.Tail())
+				dropper.attachTCX(t, node1, veth("a"), link.Tail())
+			} else {
+				after.attachClsact(t, node1, veth("c"), 0xb00)
+				dropper.attachClsact(t, node1, veth("a"), 0xb00)
+			}
+			rep, err := podTCP(ctx, l, ns, "c", toD)
+			if err != nil || rep.Hostname != "d" {
+				t.Errorf("c (not enrolled) to d: got %+v, %v; want d", rep, err)
+			}
+			if n := after.seen(t); n == 0 {
+				t.Errorf("primary program after Ambit's on c's veth: saw %d packets of c's traffic, want them all (Ambit must return NEXT for what it does not take)", n)
+			}
+			wantCaptured(t, "a primary that drops, after Ambit's")
+			if n := dropper.seen(t); n != 0 {
+				t.Errorf("primary program after Ambit's on a's veth: saw %d packets of a's captured connection, want none (Ambit ends the chain for what it takes)", n)
+			}
+
+			// The primary's drops still drop what Ambit does not take.
+			cDropper := newPrimary(t, actShot)
+			if mode == redirect.ModeTCX {
+				cDropper.attachTCX(t, node1, veth("c"), link.Head())
+				// Head again: Ambit's goes back before it.
+				if err := node1.NS.Do(func() error { return r.AttachPod(veth("c")) }); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				cDropper.attachClsact(t, node1, veth("c"), 0xa00)
+			}
+			dctx, dcancel := context.WithTimeout(ctx, 3*time.Second)
+			rep, err = podTCP(dctx, l, ns, "c", toD)
+			dcancel()
+			if err == nil {
+				t.Errorf("c to d with the primary dropping: got an answer from %s, want the connection dropped", rep.Hostname)
+			}
+			if cDropper.seen(t) == 0 {
+				t.Error("dropping primary on c's veth: saw no packets")
+			}
+
+			if mode != redirect.ModeTCX {
+				return
+			}
+			// A primary that (re-)attaches before Ambit's and passes
+			// everything would send a's connection on in plain text: the
+			// agent's guard finds it and puts Ambit's first again.
+			before := newPrimary(t, actOK)
+			before.attachTCX(t, node1, veth("a"), link.Head())
+			var ahead []ebpf.ProgramID
+			if err := node1.NS.Do(func() (err error) { ahead, err = r.Ahead(veth("a")); return err }); err != nil {
+				t.Fatal(err)
+			}
+			if len(ahead) != 1 {
+				t.Errorf("programs ahead of Ambit's on a's veth: got %v, want the stand-in's", ahead)
+			}
+			var fixed []string
+			if err := node1.NS.Do(func() (err error) { fixed, err = r.Guard(); return err }); err != nil {
+				t.Fatal(err)
+			}
+			if len(fixed) != 1 || fixed[0] != veth("a") {
+				t.Errorf("interfaces the agent's guard fixed: got %v, want [%s]", fixed, veth("a"))
+			}
+			if err := node1.NS.Do(func() (err error) { ahead, err = r.Ahead(veth("a")); return err }); err != nil || len(ahead) != 0 {
+				t.Errorf("programs ahead of Ambit's after the guard: got %v, %v; want none", ahead, err)
+			}
+			wantCaptured(t, "a primary that passes everything, attached before Ambit's")
+			if n := attachments(t, node1, ip("a"), mode); n != 3 {
+				t.Errorf("programs on a's veth: got %d, want 3 (Ambit's once, and the two stand-ins)", n)
+			}
+
+			// The primary re-attaches at the head while the agent is down;
+			// the restarted agent's first attach puts Ambit's first again.
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			again := newPrimary(t, actOK)
+			again.attachTCX(t, node1, veth("a"), link.Head())
+			if err := node1.NS.Do(func() (err error) {
+				if r, err = redirect.OpenMode(l.BPFPinDir(node1), mode); err != nil {
+					return err
+				}
+				return r.AttachPod(veth("a"))
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := node1.NS.Do(func() (err error) { ahead, err = r.Ahead(veth("a")); return err }); err != nil || len(ahead) != 0 {
+				t.Errorf("programs ahead of Ambit's after an agent restart: got %v, %v; want none", ahead, err)
+			}
+			wantCaptured(t, "a primary that re-attached before Ambit's while the agent was down")
+			if n := attachments(t, node1, ip("a"), mode); n != 4 {
+				t.Errorf("programs on a's veth: got %d, want 4 (Ambit's once, and three stand-ins)", n)
+			}
+		})
+	}
+}

@@ -1,0 +1,41 @@
+package hbone
+
+import (
+	"sync"
+)
+
+// Pooled DATA payload buffers.
+
+// Pools of DATA payload buffers by size class.
+var chunkPools = [...]struct {
+	size int
+	pool sync.Pool
+}{{size: 1 << 10}, {size: 16 << 10}, {size: maxFrameSize}}
+
+func getChunk(n int) *[]byte {
+	for i := range chunkPools {
+		p := &chunkPools[i]
+		if n <= p.size {
+			if b, ok := p.pool.Get().(*[]byte); ok {
+				return b
+			}
+			b := make([]byte, p.size)
+			return &b
+		}
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func putChunk(b *[]byte) {
+	if b == nil {
+		return
+	}
+	for i := range chunkPools {
+		if p := &chunkPools[i]; cap(*b) == p.size {
+			*b = (*b)[:p.size]
+			p.pool.Put(b)
+			return
+		}
+	}
+}
