@@ -343,6 +343,22 @@ func TestObjects(t *testing.T) {
 	if slices.ContainsFunc(off, func(k objKey) bool { return strings.Contains(k.kind, "ValidatingAdmissionPolicy") }) {
 		t.Errorf("admissionPolicies.enabled=false: got admission policies in %v, want none", off)
 	}
+	// Without Ambit's istiod (beside Istio's, say): the data plane only,
+	// and nothing that would stand in the way of another istiod running
+	// as istiod (the admission policy refused Istio's leader election).
+	dataPlane := []objKey{
+		{"*v1.ClusterRole", "", "ambit-cni-agent"},
+		{"*v1.ClusterRoleBinding", "", "ambit-cni-agent"},
+		{"*v1.DaemonSet", ns, "ambit-cni-agent"},
+		{"*v1.DaemonSet", ns, "ztunnel"},
+		{"*v1.ServiceAccount", ns, "ambit-cni-agent"},
+		{"*v1.ServiceAccount", ns, "ztunnel"},
+		{"*v1.ValidatingAdmissionPolicy", "", "ambit-cni-agent"},
+		{"*v1.ValidatingAdmissionPolicyBinding", "", "ambit-cni-agent"},
+	}
+	if diff := gocmp.Diff(dataPlane, keys(render(t, ns, map[string]any{"istiod": map[string]any{"enabled": false}})), gocmp.AllowUnexported(objKey{})); diff != "" {
+		t.Errorf("istiod.enabled=false: objects (-want +got):\n%s", diff)
+	}
 }
 
 // TestRBAC pins every rule: a change to what a component may do must
