@@ -40,8 +40,8 @@ type Inbound struct {
 	Log       *slog.Logger
 	AccessLog *slog.Logger
 	// ReservedPorts are the tunnel's own ports (15001, 15006, 15008,
-	// 15020, 15021, 15000, 15053); no connection is forwarded to them,
-	// whatever the address.
+	// 15000, 15020, 15021, 15022, 15053); no connection is forwarded to
+	// them, whatever the address.
 	ReservedPorts []uint16
 	// NodeAddr, when set, reports whether an address belongs to the node
 	// itself (ztunnel's own network namespace); no connection is
