@@ -35,6 +35,27 @@ type primary struct {
 
 func newPrimary(t *testing.T, verdict int32) *primary {
 	t.Helper()
+	return newPrimaryTo(t, verdict, netip.Addr{})
+}
+
+// newPrimaryTo is a stand-in that counts only the IPv4 packets to dst (all
+// packets when dst is the zero address).
+func newPrimaryTo(t *testing.T, verdict int32, dst netip.Addr) *primary {
+	t.Helper()
+	var filter asm.Instructions
+	if dst.IsValid() {
+		// Legacy packet loads (BPF_ABS) need the context in R6 and give
+		// the value in host order.
+		b := dst.As4()
+		want := int32(uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]))
+		filter = asm.Instructions{
+			asm.Mov.Reg(asm.R6, asm.R1),
+			asm.LoadAbs(12, asm.Half),
+			asm.JNE.Imm(asm.R0, 0x0800, "out"),
+			asm.LoadAbs(30, asm.Word),
+			asm.JNE.Imm(asm.R0, want, "out"),
+		}
+	}
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +64,7 @@ func newPrimary(t *testing.T, verdict int32) *primary {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:    ebpf.SchedCLS,
 		License: "Dual BSD/GPL",
-		Instructions: asm.Instructions{
+		Instructions: append(filter,
 			asm.Mov.Imm(asm.R1, 0),
 			asm.StoreMem(asm.RFP, -4, asm.R1, asm.Word),
 			asm.Mov.Reg(asm.R2, asm.RFP),
@@ -55,7 +76,7 @@ func newPrimary(t *testing.T, verdict int32) *primary {
 			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
 			asm.Mov.Imm(asm.R0, verdict).WithSymbol("out"),
 			asm.Return(),
-		},
+		),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -129,9 +150,10 @@ func TestRedirectChaining(t *testing.T) {
 	if err := l.CreateNamespace(ctx, ns, nil); err != nil {
 		t.Fatal(err)
 	}
-	// a is enrolled, c is not, both on node1; d (node2) is the destination.
+	// a is enrolled, c is not, both on node1; d (node2) is the destination,
+	// and b (node2) an enrolled one behind node2's uplink.
 	pods := map[string]*corev1.Pod{}
-	for name, node := range map[string]string{"a": "node1", "c": "node1", "d": "node2"} {
+	for name, node := range map[string]string{"a": "node1", "c": "node1", "d": "node2", "b": "node2"} {
 		p, err := l.RunPod(ctx, lab.EchoPod(ns, name, node, map[string]string{"app": name}))
 		if err != nil {
 			t.Fatal(err)
@@ -139,8 +161,9 @@ func TestRedirectChaining(t *testing.T) {
 		pods[name] = p
 	}
 	ip := func(name string) string { return pods[name].Status.PodIP }
-	node1 := l.Node("node1")
+	node1, node2 := l.Node("node1"), l.Node("node2")
 	startFakeZtunnel(t, node1)
+	startFakeZtunnel(t, node2)
 	veth := func(name string) string {
 		t.Helper()
 		var v string
@@ -225,6 +248,51 @@ func TestRedirectChaining(t *testing.T) {
 			}
 			if cDropper.seen(t) == 0 {
 				t.Error("dropping primary on c's veth: saw no packets")
+			}
+
+			// Node2's uplink: the wire program returns NEXT for what is not
+			// for an enrolled pod there, and ends the chain for what it
+			// captures.
+			var r2 *redirect.Redirector
+			if err := node2.NS.Do(func() (err error) {
+				if r2, err = redirect.OpenMode(l.BPFPinDir(node2), mode); err != nil {
+					return err
+				}
+				if err := r2.AttachUplink("eth0"); err != nil {
+					return err
+				}
+				return r2.Enroll(netip.MustParseAddr(ip("b")))
+			}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := node2.NS.Do(r2.Remove); err != nil {
+					t.Errorf("remove redirect on node2: %v", err)
+				}
+			})
+			// Two primary programs after Ambit's, the first counting what
+			// goes to d and passing it on, the second what goes to b.
+			wire := newPrimaryTo(t, actNext, netip.MustParseAddr(ip("d")))
+			wireB := newPrimaryTo(t, actOK, netip.MustParseAddr(ip("b")))
+			if mode == redirect.ModeTCX {
+				wire.attachTCX(t, node2, "eth0", link.Tail())
+				wireB.attachTCX(t, node2, "eth0", link.Tail())
+			} else {
+				wire.attachClsact(t, node2, "eth0", 0xb00)
+				wireB.attachClsact(t, node2, "eth0", 0xb01)
+			}
+			// From node1 itself (c's own traffic is dropped by now).
+			if rep, err := nsTCP(ctx, node1.NS, toD); err != nil || rep.Hostname != "d" {
+				t.Errorf("node1 to d through node2's uplink: got %+v, %v; want d", rep, err)
+			}
+			if wire.seen(t) == 0 {
+				t.Error("primary program after Ambit's on node2's uplink: saw none of node1's traffic to d, want all of it")
+			}
+			if rep, err := nsTCP(ctx, node1.NS, net.JoinHostPort(ip("b"), "9000")); err != nil || rep.Hostname != "ztunnel-node2-15006" {
+				t.Errorf("node1 to b (enrolled, node2): got %+v, %v; want node2's ztunnel (inbound plaintext)", rep, err)
+			}
+			if n := wireB.seen(t); n != 0 {
+				t.Errorf("primary program after Ambit's on node2's uplink: saw %d packets of node1's connection to enrolled b, want none", n)
 			}
 
 			if mode != redirect.ModeTCX {
