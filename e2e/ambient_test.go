@@ -30,7 +30,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/internal/labmesh"
-	"github.com/ambitmesh/ambit/ztunnel"
+	"github.com/ambitmesh/ambit/ztunnel/admin"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
@@ -234,7 +234,7 @@ func TestAmbient(t *testing.T) {
 		node2 := l.Nodes[1]
 		nodeIP := node2.IP
 		ztunnelID := identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: labmesh.IstiodNamespace, ServiceAccount: labmesh.ZtunnelSA}
-		if err := mesh.WaitZtunnels(ctx, "the host-network ztunnel pod at "+nodeIP.String(), func(d *ztunnel.Dump) bool {
+		if err := mesh.WaitZtunnels(ctx, "the host-network ztunnel pod at "+nodeIP.String(), func(d *admin.Dump) bool {
 			return slices.ContainsFunc(d.Workloads, func(w *config.Workload) bool {
 				return w.HostNetwork() && slices.Contains(w.Addresses, nodeIP)
 			})
@@ -633,7 +633,7 @@ func tryCertOf(ctx context.Context, n *lab.Node, id identity.Identity) (identity
 	if err != nil {
 		return identity.CertInfo{}, false
 	}
-	var d ztunnel.Dump
+	var d admin.Dump
 	if err := json.Unmarshal([]byte(body), &d); err != nil {
 		return identity.CertInfo{}, false
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
-	"github.com/ambitmesh/ambit/ztunnel"
+	"github.com/ambitmesh/ambit/ztunnel/admin"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
@@ -121,7 +121,7 @@ func TestCertificatesFollowWorkloads(t *testing.T) {
 	m := newMesh(t, meshOptions{})
 	dumped := func() []string {
 		var ids []string
-		for _, c := range m.a.z.ConfigDump().(ztunnel.Dump).Certificates {
+		for _, c := range m.a.z.ConfigDump().(admin.Dump).Certificates {
 			ids = append(ids, c.Identity)
 		}
 		return ids

@@ -384,20 +384,10 @@ func (z *Ztunnel) WaitReady(ctx context.Context) error {
 	return z.Ready()
 }
 
-// Dump is what /config_dump shows.
-type Dump struct {
-	Node         string                  `json:"node"`
-	Version      uint64                  `json:"version"`
-	Workloads    []*config.Workload      `json:"workloads"`
-	Services     []*config.Service       `json:"services"`
-	Policies     []*config.Authorization `json:"policies"`
-	Certificates []identity.CertInfo     `json:"certificates"`
-}
-
 // ConfigDump returns the current model and certificates.
 func (z *Ztunnel) ConfigDump() any {
 	snap := z.cfg.Store.Snapshot()
-	return Dump{
+	return admin.Dump{
 		Node: z.cfg.Node, Version: snap.Version,
 		Workloads: snap.Workloads, Services: snap.Services, Policies: snap.Policies,
 		Certificates: z.certs.Dump(),

@@ -24,6 +24,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/ztunnel"
+	"github.com/ambitmesh/ambit/ztunnel/admin"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 	"github.com/ambitmesh/ambit/ztunnel/inbound"
 	"github.com/ambitmesh/ambit/ztunnel/outbound"
@@ -426,7 +427,7 @@ func TestReadinessAndConfigDump(t *testing.T) {
 	if err := z.WaitReady(context.Background()); err != nil {
 		t.Fatalf("WaitReady after config: %v", err)
 	}
-	dump := z.ConfigDump().(ztunnel.Dump)
+	dump := z.ConfigDump().(admin.Dump)
 	var ids []string
 	for _, c := range dump.Certificates {
 		ids = append(ids, c.Identity)
@@ -531,7 +532,7 @@ func TestHostNetworkAndUnenrolledNotServed(t *testing.T) {
 		return st
 	}})
 	var certs []string
-	for _, c := range m.b.z.ConfigDump().(ztunnel.Dump).Certificates {
+	for _, c := range m.b.z.ConfigDump().(admin.Dump).Certificates {
 		certs = append(certs, c.Identity)
 	}
 	want := []string{"spiffe://cluster.local/ns/shop/sa/server", "spiffe://cluster.local/ns/shop/sa/server2"}

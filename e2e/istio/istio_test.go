@@ -38,7 +38,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/testutil"
-	"github.com/ambitmesh/ambit/ztunnel"
+	"github.com/ambitmesh/ambit/ztunnel/admin"
 	"github.com/ambitmesh/ambit/ztunnel/caclient"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
@@ -80,7 +80,7 @@ func TestIstiod(t *testing.T) {
 		for _, name := range []string{"a", "a2", "b", "b1", "o"} {
 			p := m.pods[name]
 			id := identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: p.Namespace, ServiceAccount: p.Spec.ServiceAccountName}
-			if err := m.mesh.WaitZtunnels(ctx, fmt.Sprintf("workload %s as %s on %s", name, id, p.Spec.NodeName), func(d *ztunnel.Dump) bool {
+			if err := m.mesh.WaitZtunnels(ctx, fmt.Sprintf("workload %s as %s on %s", name, id, p.Spec.NodeName), func(d *admin.Dump) bool {
 				w := workloadAt(d, p.Status.PodIP)
 				return w != nil && w.HBONE() && w.Name == name && w.Identity() == id && w.Node == p.Spec.NodeName
 			}); err != nil {
@@ -99,7 +99,7 @@ func TestIstiod(t *testing.T) {
 			t.Fatal(err)
 		}
 		vip := netip.MustParseAddr(svc.Spec.ClusterIP)
-		if err := m.mesh.WaitZtunnels(ctx, "service shop/b", func(d *ztunnel.Dump) bool {
+		if err := m.mesh.WaitZtunnels(ctx, "service shop/b", func(d *admin.Dump) bool {
 			i := slices.IndexFunc(d.Services, func(s *config.Service) bool { return s.Key() == "shop/b.shop.svc.cluster.local" })
 			if i < 0 || !slices.ContainsFunc(d.Services[i].Addresses, func(a config.NetworkAddress) bool { return a.Address == vip }) {
 				return false
@@ -320,7 +320,7 @@ func TestIstiod(t *testing.T) {
 		if err := m.istio.SecurityV1().PeerAuthentications("shop").Delete(ctx, "default", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.mesh.WaitZtunnels(ctx, "STRICT gone from b", func(d *ztunnel.Dump) bool {
+		if err := m.mesh.WaitZtunnels(ctx, "STRICT gone from b", func(d *admin.Dump) bool {
 			w := workloadAt(d, m.ip("b"))
 			return w != nil && !slices.Contains(w.AuthorizationPolicies, labmesh.IstiodNamespace+"/istio_converted_static_strict")
 		}); err != nil {
@@ -346,8 +346,8 @@ func TestIstiod(t *testing.T) {
 			t.Fatal(err)
 		}
 		const converted = "shop/converted_peer_authentication_b-strict"
-		bound := func(want bool) func(d *ztunnel.Dump) bool {
-			return func(d *ztunnel.Dump) bool {
+		bound := func(want bool) func(d *admin.Dump) bool {
+			return func(d *admin.Dump) bool {
 				has := slices.ContainsFunc(d.Policies, func(a *config.Authorization) bool { return a.Key() == converted })
 				for _, name := range []string{"b", "b1"} {
 					w := workloadAt(d, m.ip(name))
@@ -416,7 +416,7 @@ func TestIstiod(t *testing.T) {
 		if err := m.mesh.WaitPolicy(ctx, "shop", deny.Name, m.ip("b"), true); err != nil {
 			t.Error(err)
 		}
-		if err := m.mesh.WaitZtunnels(ctx, "shop/opt gone", func(d *ztunnel.Dump) bool {
+		if err := m.mesh.WaitZtunnels(ctx, "shop/opt gone", func(d *admin.Dump) bool {
 			return !slices.ContainsFunc(d.Workloads, func(w *config.Workload) bool { return w.Namespace == "shop" && w.Name == "opt" })
 		}); err != nil {
 			t.Error(err)
@@ -789,7 +789,7 @@ func parseCert(t *testing.T, data []byte) *x509.Certificate {
 	return c
 }
 
-func workloadAt(d *ztunnel.Dump, ip string) *config.Workload {
+func workloadAt(d *admin.Dump, ip string) *config.Workload {
 	addr := netip.MustParseAddr(ip)
 	for _, w := range d.Workloads {
 		if slices.Contains(w.Addresses, addr) {
@@ -805,7 +805,7 @@ func certOf(t *testing.T, ctx context.Context, n *lab.Node, id identity.Identity
 	t.Helper()
 	var got identity.CertInfo
 	err := lab.WaitHTTPBody(ctx, n.NS, labmesh.ZtunnelAdmin+"/config_dump", 30*time.Second, func(body string) bool {
-		var d ztunnel.Dump
+		var d admin.Dump
 		if json.Unmarshal([]byte(body), &d) != nil {
 			return false
 		}

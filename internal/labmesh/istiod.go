@@ -29,7 +29,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/ca"
-	"github.com/ambitmesh/ambit/ztunnel"
+	"github.com/ambitmesh/ambit/ztunnel/admin"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
@@ -385,7 +385,7 @@ func (m *Mesh) podToken(ctx context.Context, n *lab.Node, app, sa, container str
 // WaitZtunnels waits until the config dump of every running ztunnel
 // satisfies cond: how a test knows that what it changed in the cluster
 // has reached the data plane.
-func (m *Mesh) WaitZtunnels(ctx context.Context, what string, cond func(d *ztunnel.Dump) bool) error {
+func (m *Mesh) WaitZtunnels(ctx context.Context, what string, cond func(d *admin.Dump) bool) error {
 	for name, p := range m.ztunnels {
 		select {
 		case <-p.Exited():
@@ -394,7 +394,7 @@ func (m *Mesh) WaitZtunnels(ctx context.Context, what string, cond func(d *ztunn
 		}
 		var last string
 		err := lab.WaitHTTPBody(ctx, m.l.Node(name).NS, ZtunnelAdmin+"/config_dump", time.Minute, func(body string) bool {
-			var d ztunnel.Dump
+			var d admin.Dump
 			if err := json.Unmarshal([]byte(body), &d); err != nil {
 				last = err.Error()
 				return false
@@ -415,7 +415,7 @@ func (m *Mesh) WaitWorkload(ctx context.Context, ip string, hbone bool) error {
 	if err != nil {
 		return fmt.Errorf("wait for workload: %w", err)
 	}
-	return m.WaitZtunnels(ctx, fmt.Sprintf("workload %s (HBONE %t)", ip, hbone), func(d *ztunnel.Dump) bool {
+	return m.WaitZtunnels(ctx, fmt.Sprintf("workload %s (HBONE %t)", ip, hbone), func(d *admin.Dump) bool {
 		for _, w := range d.Workloads {
 			if slices.Contains(w.Addresses, addr) {
 				return w.HBONE() == hbone
@@ -434,7 +434,7 @@ func (m *Mesh) WaitPolicy(ctx context.Context, namespace, name, ip string, prese
 		return fmt.Errorf("wait for policy: %w", err)
 	}
 	key := namespace + "/" + name
-	return m.WaitZtunnels(ctx, fmt.Sprintf("policy %s on %s (present %t)", key, ip, present), func(d *ztunnel.Dump) bool {
+	return m.WaitZtunnels(ctx, fmt.Sprintf("policy %s on %s (present %t)", key, ip, present), func(d *admin.Dump) bool {
 		i := slices.IndexFunc(d.Policies, func(a *config.Authorization) bool { return a.Key() == key })
 		if !present || i < 0 {
 			return (i >= 0) == present
@@ -455,7 +455,7 @@ func (m *Mesh) WaitPolicy(ctx context.Context, namespace, name, ip string, prese
 // is available (after the CA or the apiserver was away long enough for
 // short-lived certificates to expire).
 func (m *Mesh) WaitCertificates(ctx context.Context) error {
-	return m.WaitZtunnels(ctx, "certificates available", func(d *ztunnel.Dump) bool {
+	return m.WaitZtunnels(ctx, "certificates available", func(d *admin.Dump) bool {
 		for _, c := range d.Certificates {
 			if c.State != identity.StateAvailable {
 				return false

@@ -10,7 +10,22 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strings"
+
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/ztunnel/config"
 )
+
+// Dump is what /config_dump shows: the model ztunnel runs with and the
+// certificates it holds (never their keys). Readers (the lab, tools)
+// decode it with this type without linking the tunnel itself.
+type Dump struct {
+	Node         string                  `json:"node"`
+	Version      uint64                  `json:"version"`
+	Workloads    []*config.Workload      `json:"workloads"`
+	Services     []*config.Service       `json:"services"`
+	Policies     []*config.Authorization `json:"policies"`
+	Certificates []identity.CertInfo     `json:"certificates"`
+}
 
 // Options is what the admin handler shows and controls.
 type Options struct {
