@@ -15,12 +15,17 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
+
+// fakeClock adapts k8s.io/utils' fake clock to identity.Clock.
+type fakeClock struct{ *clocktesting.FakeClock }
+
+func (f fakeClock) NewTimer(d time.Duration) identity.Timer { return f.FakeClock.NewTimer(d) }
 
 // subnet hands each test its own block of loopback addresses, so that
 // tunnels can listen on the standard ports without colliding.
@@ -156,7 +161,7 @@ type meshOptions struct {
 	aSource, bSource identity.Source
 	// aClock and bClock replace the nodes' clocks of certificate
 	// management.
-	aClock, bClock clock.Clock
+	aClock, bClock identity.Clock
 	// before runs once the CA and store exist, before the nodes start.
 	before func(m *mesh)
 	state  func(ip func(byte) netip.Addr) config.State
@@ -222,7 +227,7 @@ func newMesh(t testing.TB, o meshOptions) *mesh {
 	return m
 }
 
-func (m *mesh) startNode(t testing.TB, name string, src identity.Source, clk clock.Clock) *node {
+func (m *mesh) startNode(t testing.TB, name string, src identity.Source, clk identity.Clock) *node {
 	t.Helper()
 	lb := &logBuffer{notify: make(chan struct{}, 1)}
 	z, err := ztunnel.New(ztunnel.Config{

@@ -40,7 +40,7 @@ func TestCertificateRotation(t *testing.T) {
 		}
 		return ca.get().Certificate(ctx, id)
 	})
-	m := newMesh(t, meshOptions{aSource: src, aClock: clk, before: func(m *mesh) { ca.set(m.ca) }})
+	m := newMesh(t, meshOptions{aSource: src, aClock: fakeClock{clk}, before: func(m *mesh) { ca.set(m.ca) }})
 	client := identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "client"}
 	server := netip.AddrPortFrom(m.ip(11), 8080)
 

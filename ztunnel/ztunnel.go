@@ -19,8 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/utils/clock"
-
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/origdst"
@@ -59,7 +57,7 @@ type Config struct {
 	Roots *x509.CertPool
 	// Clock drives certificate renewal; nil means the real clock. Tests
 	// inject a fake one.
-	Clock clock.Clock
+	Clock identity.Clock
 
 	// OutboundAddr is the outbound listener, e.g. "127.0.0.1:15001".
 	OutboundAddr string

@@ -18,7 +18,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
@@ -106,7 +105,7 @@ func TestIdentityRefusals(t *testing.T) {
 		name string
 		src  func(ca *identity.CA) identity.Source
 		// bClock is node B's clock, nil for the real one.
-		bClock clock.Clock
+		bClock identity.Clock
 		want   string
 	}{
 		{
@@ -133,7 +132,7 @@ func TestIdentityRefusals(t *testing.T) {
 					return ca.IssueValidity(id, time.Now().Add(-3*time.Hour), time.Now().Add(-time.Hour))
 				})
 			},
-			bClock: clocktesting.NewFakeClock(time.Now().Add(-150 * time.Minute)),
+			bClock: fakeClock{clocktesting.NewFakeClock(time.Now().Add(-150 * time.Minute))},
 			want:   identity.ErrExpired.Error(),
 		},
 	}

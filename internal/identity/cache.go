@@ -6,13 +6,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"math"
 	"sort"
 	"sync"
 	"time"
-
-	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/utils/clock"
 )
 
 // Source issues workload certificates: the test CA, or a client of
@@ -51,7 +47,7 @@ const UnavailableRetry = 5 * time.Second
 // up to a minute while a valid certificate remains (at most
 // UnavailableRetry once none does), each plus up to 10% at random so that
 // ztunnels do not retry in step.
-var DefaultBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Jitter: 0.1, Steps: math.MaxInt32, Cap: time.Minute}
+var DefaultBackoff = Backoff{Duration: time.Second, Factor: 2, Jitter: 0.1, Cap: time.Minute}
 
 // Cache manages the certificates of the identities it tracks, as Istio's
 // ztunnel's SecretManager does. Each tracked identity has a background
@@ -67,10 +63,10 @@ type Cache struct {
 	Source Source
 	// Clock drives refreshes and judges validity; nil means the real
 	// clock. Tests inject a fake one.
-	Clock clock.Clock
+	Clock Clock
 	// Backoff spaces retries after a failed fetch; the zero value means
 	// DefaultBackoff. It restarts after each success.
-	Backoff wait.Backoff
+	Backoff Backoff
 	// Concurrency caps the fetches in flight (DefaultConcurrency when
 	// zero), so a node full of new workloads does not flood the CA.
 	Concurrency int
@@ -120,14 +116,14 @@ func (c *Cache) init() {
 	})
 }
 
-func (c *Cache) clock() clock.Clock {
+func (c *Cache) clock() Clock {
 	if c.Clock != nil {
 		return c.Clock
 	}
-	return clock.RealClock{}
+	return RealClock{}
 }
 
-func (c *Cache) backoff() wait.Backoff {
+func (c *Cache) backoff() Backoff {
 	if c.Backoff.Duration > 0 {
 		return c.Backoff
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
-	"k8s.io/apimachinery/pkg/util/wait"
 	clocktesting "k8s.io/utils/clock/testing"
 )
 
@@ -63,7 +61,12 @@ type manager struct {
 }
 
 // testBackoff has no jitter, so retry times are exact.
-var testBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Steps: math.MaxInt32, Cap: 8 * time.Second}
+var testBackoff = Backoff{Duration: time.Second, Factor: 2, Cap: 8 * time.Second}
+
+// fakeClock adapts k8s.io/utils' fake clock to Clock.
+type fakeClock struct{ *clocktesting.FakeClock }
+
+func (f fakeClock) NewTimer(d time.Duration) Timer { return f.FakeClock.NewTimer(d) }
 
 func newManager(t *testing.T) *manager {
 	t.Helper()
@@ -76,7 +79,7 @@ func newManager(t *testing.T) *manager {
 	}
 	m.c = &Cache{
 		Source:    m.src,
-		Clock:     m.clk,
+		Clock:     fakeClock{m.clk},
 		Backoff:   testBackoff,
 		OnRefresh: func(r Refresh) { m.events <- r },
 	}

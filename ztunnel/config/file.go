@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 
-	"sigs.k8s.io/yaml"
+	"go.yaml.in/yaml/v3"
 )
 
 // ParseState reads a static config in YAML or JSON:
@@ -18,7 +18,12 @@ import (
 // Unknown fields are errors, so that a misspelt field is not silently
 // ignored.
 func ParseState(data []byte) (State, error) {
-	js, err := yaml.YAMLToJSON(data)
+	// YAML to JSON, then JSON's strict decoding into the model.
+	var doc any
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return State{}, fmt.Errorf("parse config: %w", err)
+	}
+	js, err := json.Marshal(doc)
 	if err != nil {
 		return State{}, fmt.Errorf("parse config: %w", err)
 	}
