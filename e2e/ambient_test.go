@@ -10,8 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -195,7 +193,10 @@ func TestAmbient(t *testing.T) {
 
 		// What crosses node1's link: an enrolled pod's marker never, the
 		// non-mesh pod's marker in clear (the capture's control).
-		capture := startCapture(t, ctx, l, "v-node1")
+		capture, err := l.StartCapture(ctx, "v-node1")
+		if err != nil {
+			t.Fatal(err)
+		}
 		secret, clear := "AMBIT-SECRET-"+randHex(), "AMBIT-CLEAR-"+randHex()
 		if rep, err := send("shop", "a", addr("b"), secret); err != nil || rep.Hostname != "b" || rep.Message != secret {
 			t.Errorf("a to b: got %+v, %v; want b's echo of the secret", rep, err)
@@ -206,7 +207,9 @@ func TestAmbient(t *testing.T) {
 		if _, err := send("plain", "c", addr("b"), clear); err != nil {
 			t.Error(err)
 		}
-		capture.wantOnly(t, clear, secret)
+		if err := capture.NoneInClear(t.Context(), clear, secret); err != nil {
+			t.Error(err)
+		}
 
 		// The destination's ztunnel saw a's identity, from istiod's CA.
 		metrics := get(t, ctx, l.Node("node2"), labmesh.ZtunnelMetrics)
@@ -491,7 +494,10 @@ func TestAmbient(t *testing.T) {
 	})
 
 	t.Run("ztunnel restart fails closed", func(t *testing.T) {
-		capture := startCapture(t, ctx, l, "v-node1")
+		capture, err := l.StartCapture(ctx, "v-node1")
+		if err != nil {
+			t.Fatal(err)
+		}
 		mesh.StopZtunnel(l.Node("node1"))
 		secret := "AMBIT-SECRET-" + randHex()
 		if rep, err := send("shop", "a", addr("b"), secret); err == nil {
@@ -501,7 +507,9 @@ func TestAmbient(t *testing.T) {
 		if _, err := send("plain", "c", addr("b"), clear); err != nil {
 			t.Error(err)
 		}
-		capture.wantOnly(t, clear, secret)
+		if err := capture.NoneInClear(t.Context(), clear, secret); err != nil {
+			t.Error(err)
+		}
 		if err := mesh.StartZtunnel(ctx, l.Node("node1")); err != nil {
 			t.Fatal(err)
 		}
@@ -528,45 +536,6 @@ func notRestarted(t *testing.T, ctx context.Context, l *lab.Lab, pods map[string
 		if p.UID != was.UID || restarts != 0 {
 			t.Errorf("pod %s/%s: uid %s → %s, %d restarts; want the same pod, not restarted", ns, name, was.UID, p.UID, restarts)
 		}
-	}
-}
-
-// capture records the TCP packets crossing a node's link, in the bridge's
-// namespace.
-type capture struct {
-	path string
-	proc *lab.Process
-}
-
-func startCapture(t *testing.T, ctx context.Context, l *lab.Lab, link string) *capture {
-	t.Helper()
-	c := &capture{path: filepath.Join(l.Dir, link+"-"+randHex()+".pcap")}
-	var err error
-	c.proc, err = l.StartProcessIn(l.BridgeNS(), "tcpdump-"+link, nil, "tcpdump", "--immediate-mode", "-i", link, "-U", "-n", "-w", c.path, "tcp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := lab.PollUntil(ctx, 30*time.Second, func() bool { return strings.Contains(c.proc.Logs(5), "listening on") }); err != nil {
-		t.Fatalf("tcpdump did not start: %v\n%s", err, c.proc.Logs(5))
-	}
-	return c
-}
-
-// wantOnly waits until the control marker has been captured (packets are
-// written in order, so everything sent before it is in the file too),
-// stops the capture and checks that secret never crossed in clear.
-func (c *capture) wantOnly(t *testing.T, control, secret string) {
-	t.Helper()
-	defer c.proc.Stop(5 * time.Second)
-	var wire []byte
-	if err := lab.PollUntil(t.Context(), 30*time.Second, func() bool {
-		wire, _ = os.ReadFile(c.path)
-		return strings.Contains(string(wire), control)
-	}); err != nil {
-		t.Fatalf("capture %s: no %q from the non-mesh pod; the capture does not see the traffic (%d bytes)", c.path, control, len(wire))
-	}
-	if strings.Contains(string(wire), secret) {
-		t.Errorf("capture %s: found %q: an enrolled pod's bytes crossed in plaintext", c.path, secret)
 	}
 }
 

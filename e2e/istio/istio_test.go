@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -178,7 +177,10 @@ func TestIstiod(t *testing.T) {
 	})
 
 	t.Run("mTLS across nodes", func(t *testing.T) {
-		capture := startCapture(t, ctx, m.l, "v-node1")
+		capture, err := m.l.StartCapture(ctx, "v-node1")
+		if err != nil {
+			t.Fatal(err)
+		}
 		secret, clear := "AMBIT-SECRET-"+randHex(), "AMBIT-CLEAR-"+randHex()
 		if rep, err := m.send("a", m.addr("b"), secret); err != nil || rep.Hostname != "b" || rep.Message != secret {
 			t.Errorf("a to b: got %+v, %v; want b's echo of the secret", rep, err)
@@ -186,7 +188,9 @@ func TestIstiod(t *testing.T) {
 		if _, err := m.send("c", m.addr("b"), clear); err != nil {
 			t.Error(err)
 		}
-		capture.wantOnly(t, clear, secret)
+		if err := capture.NoneInClear(t.Context(), clear, secret); err != nil {
+			t.Error(err)
+		}
 		m.wantReach(t, "a", m.addr("b"), "b")
 		metrics, err := lab.HTTPGet(ctx, m.l.Node("node2").NS, labmesh.ZtunnelMetrics)
 		if err != nil {
@@ -1002,44 +1006,6 @@ func forward(t *testing.T, ns interface {
 		}
 	}()
 	return ln.Addr().String()
-}
-
-// capture records the TCP packets crossing a node's link, in the bridge's
-// namespace.
-type capture struct {
-	path string
-	proc *lab.Process
-}
-
-func startCapture(t *testing.T, ctx context.Context, l *lab.Lab, link string) *capture {
-	t.Helper()
-	c := &capture{path: filepath.Join(l.Dir, link+"-"+randHex()+".pcap")}
-	var err error
-	c.proc, err = l.StartProcessIn(l.BridgeNS(), "tcpdump-"+link, nil, "tcpdump", "--immediate-mode", "-i", link, "-U", "-n", "-w", c.path, "tcp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := lab.PollUntil(ctx, 30*time.Second, func() bool { return strings.Contains(c.proc.Logs(5), "listening on") }); err != nil {
-		t.Fatalf("tcpdump did not start: %v\n%s", err, c.proc.Logs(5))
-	}
-	return c
-}
-
-// wantOnly waits until the control marker has been captured, stops the
-// capture and checks that secret never crossed in clear.
-func (c *capture) wantOnly(t *testing.T, control, secret string) {
-	t.Helper()
-	defer c.proc.Stop(5 * time.Second)
-	var wire []byte
-	if err := lab.PollUntil(t.Context(), 30*time.Second, func() bool {
-		wire, _ = os.ReadFile(c.path)
-		return strings.Contains(string(wire), control)
-	}); err != nil {
-		t.Fatalf("capture %s: no %q from the non-mesh pod; the capture does not see the traffic (%d bytes)", c.path, control, len(wire))
-	}
-	if strings.Contains(string(wire), secret) {
-		t.Errorf("capture %s: found %q: an enrolled pod's bytes crossed in plaintext", c.path, secret)
-	}
 }
 
 func copyAndClose(dst, src net.Conn) {
