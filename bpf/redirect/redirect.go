@@ -304,9 +304,6 @@ func aheadOf(ifindex int, id link.ID) ([]ebpf.ProgramID, error) {
 // the head cannot keep Ambit's program from seeing enrolled pods'
 // connections for longer than a period.
 func (r *Redirector) Guard() (fixed []string, err error) {
-	if r.mode == ModeClsact {
-		return nil, nil
-	}
 	names, err := r.Attached()
 	if err != nil {
 		return nil, err
@@ -341,16 +338,33 @@ func (r *Redirector) Guard() (fixed []string, err error) {
 // attachedProgram is this process's copy of the program on ifname's
 // link: the wire program or the pod program, told apart by name.
 func (r *Redirector) attachedProgram(ifname string) (*ebpf.Program, error) {
-	l, err := link.LoadPinnedLink(r.linkPin(ifname), nil)
-	if err != nil {
-		return nil, fmt.Errorf("program on %s: %w", ifname, err)
+	var id ebpf.ProgramID
+	if r.mode == ModeClsact {
+		iface, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return nil, fmt.Errorf("program on %s: %w", ifname, err)
+		}
+		ours, _, err := clsactFilters(iface.Index, netlink.HANDLE_MIN_INGRESS)
+		if err != nil {
+			return nil, fmt.Errorf("program on %s: %w", ifname, err)
+		}
+		if len(ours) == 0 {
+			return nil, fmt.Errorf("program on %s: ambit's tc filter is gone", ifname)
+		}
+		id = ebpf.ProgramID(ours[0].Id)
+	} else {
+		l, err := link.LoadPinnedLink(r.linkPin(ifname), nil)
+		if err != nil {
+			return nil, fmt.Errorf("program on %s: %w", ifname, err)
+		}
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil {
+			return nil, fmt.Errorf("program on %s: %w", ifname, err)
+		}
+		id = info.Program
 	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		return nil, fmt.Errorf("program on %s: %w", ifname, err)
-	}
-	p, err := ebpf.NewProgramFromID(info.Program)
+	p, err := ebpf.NewProgramFromID(id)
 	if err != nil {
 		return nil, fmt.Errorf("program on %s: %w", ifname, err)
 	}
@@ -366,15 +380,19 @@ func (r *Redirector) attachedProgram(ifname string) (*ebpf.Program, error) {
 }
 
 // Ahead lists the programs that run before Ambit's on the ingress of
-// ifname: none, while Ambit's runs first, as it must (TCX only; under
-// clsact the filter priorities order the programs).
+// ifname: none, while Ambit's runs first, as it must (under clsact, the
+// filters before Ambit's, by priority and, within one, newest first).
 func (r *Redirector) Ahead(ifname string) ([]ebpf.ProgramID, error) {
-	if r.mode == ModeClsact {
-		return nil, nil
-	}
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return nil, fmt.Errorf("programs ahead on %s: %w", ifname, err)
+	}
+	if r.mode == ModeClsact {
+		ids, err := clsactAhead(iface.Index)
+		if err != nil {
+			return nil, fmt.Errorf("programs ahead on %s: %w", ifname, err)
+		}
+		return ids, nil
 	}
 	l, err := link.LoadPinnedLink(r.linkPin(ifname), nil)
 	if err != nil {
