@@ -4,12 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -60,8 +59,9 @@ func (r *Redirector) setupPodPath() error {
 // up: one end of a veth pair whose other end (PathDevice+"p") only keeps
 // it up (a dummy interface would do, but not every kernel has them).
 // Packets the stack hands it reach only its egress program, which never
-// lets one through; its reverse-path filter is off, because replies
-// re-enter through its ingress from sources routed elsewhere.
+// lets one through (the kernel's own IPv6 neighbour discovery there is
+// dropped too); its reverse-path filter is off, because replies re-enter
+// through its ingress from sources routed elsewhere.
 func ensurePathDevice() (netlink.Link, error) {
 	dev, err := netlink.LinkByName(PathDevice)
 	if err != nil {
@@ -92,22 +92,35 @@ func ensurePathDevice() (netlink.Link, error) {
 			return nil, fmt.Errorf("bring up pod path device %s: %w", l.Attrs().Name, err)
 		}
 	}
-	p := filepath.Join("/proc/sys/net/ipv4/conf", PathDevice, "rp_filter")
-	if err := os.WriteFile(p, []byte("0"), 0o644); err != nil {
-		return nil, fmt.Errorf("set %s: %w", p, err)
-	}
-	// No IPv6 there either (the pod path is IPv4 so far): the kernel's
-	// own neighbour discovery would only be dropped and counted.
-	for _, name := range []string{PathDevice, pathPeer} {
-		p := filepath.Join("/proc/sys/net/ipv6/conf", name, "disable_ipv6")
-		if err := os.WriteFile(p, []byte("1"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("set %s: %w", p, err)
-		}
+	if err := setRPFilterOff(dev.Attrs().Index); err != nil {
+		return nil, fmt.Errorf("turn off rp_filter on pod path device %s: %w", PathDevice, err)
 	}
 	return dev, nil
 }
 
 const pathPeer = PathDevice + "p"
+
+// ipv4DevconfRPFilter is IPV4_DEVCONF_RP_FILTER (linux/ip.h).
+const ipv4DevconfRPFilter = 8
+
+// setRPFilterOff sets net.ipv4.conf.<dev>.rp_filter to 0 through netlink
+// (IFLA_AF_SPEC, AF_INET, IFLA_INET_CONF), not /proc/sys, which a
+// container runtime mounts read-only for a container that is not
+// privileged, as the agent's is not.
+func setRPFilterOff(ifindex int) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(ifindex)
+	req.AddData(msg)
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	conf := spec.AddRtAttr(unix.AF_INET, nil).AddRtAttr(unix.IFLA_INET_CONF, nil)
+	conf.AddRtAttr(ipv4DevconfRPFilter, nl.Uint32Attr(0))
+	req.AddData(spec)
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return err
+	}
+	return nil
+}
 
 func ensureRule(mark uint32, table, priority int) error {
 	rules, err := netlink.RuleList(netlink.FAMILY_V4)

@@ -296,15 +296,17 @@ static __always_inline int set_dst_mac(struct __sk_buff *skb, const __u8 *mac)
 // as if the pod had sent it, so that the primary CNI's programs, the
 // node's routing and firewall (FORWARD) and NetworkPolicy treat it as the
 // pod's traffic. A packet from an address that is not an enrolled pod of
-// this node is dropped: the path device leads nowhere else.
+// this node is dropped and counted: the path device leads nowhere else.
 SEC("tc")
 int ambit_pod_path(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-		goto drop;
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_SHOT;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_SHOT; // the kernel's own (IPv6 neighbour discovery): not counted
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > end)
 		goto drop;
