@@ -13,11 +13,21 @@ INTEROP  := ztunnel/interop
 # against Istio's own istiod (pilot-discovery, built by lab-bins from the
 # istio.io/istio module pinned in $(ISTIO_E2E)/pilotbuild).
 ISTIO_E2E := e2e/istio
+# The image builder: a module of its own, so that go-containerregistry
+# stays out of Ambit's binaries. `make images` writes the images into
+# $(IMAGES_OUT) (docs/images.md); IMAGE_TAG and IMAGE_HUB override the
+# chart's appVersion and hub, SOURCE_DATE_EPOCH the images' timestamps
+# (default 0, the Unix epoch).
+IMAGES   := deploy/images
+IMAGES_OUT := _output/images
+IMAGE_TAG ?=
+IMAGE_HUB ?=
 
-.PHONY: help build test unit lint generate generate-check bench demo clean clean-lab deps lab-bins
+.PHONY: help build images test unit lint generate generate-check bench demo clean clean-lab deps lab-bins
 
 help:
 	@echo "build           build every binary into $(BIN)"
+	@echo "images          OCI images of istiod, ztunnel and the node agent into $(IMAGES_OUT)"
 	@echo "test            lint, unit tests and the privileged lab tests (root)"
 	@echo "lint            gofmt, go vet, staticcheck"
 	@echo "generate        regenerate generated code (bpf2go, protobuf)"
@@ -29,6 +39,9 @@ help:
 
 build:
 	$(GO) build -o $(BIN)/ ./samples/echo ./samples/bookinfo ./e2e/labctl ./cni/cmd/ambit-cni ./cni/cmd/ambit-cni-agent ./ztunnel/cmd/ztunnel ./istiod/cmd/istiod
+
+images:
+	cd $(IMAGES) && $(GO) run ./cmd/ambit-images -root $(CURDIR) -out $(CURDIR)/$(IMAGES_OUT) -version "$(IMAGE_TAG)" -hub "$(IMAGE_HUB)"
 
 deps:
 	@bash internal/lab/deps.sh
@@ -47,6 +60,7 @@ lint:
 	$(GO) build -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 	cd $(INTEROP) && $(GO) vet ./... && $(CURDIR)/$(BIN)/staticcheck ./...
 	cd $(ISTIO_E2E) && $(GO) vet ./... && $(CURDIR)/$(BIN)/staticcheck ./...
+	cd $(IMAGES) && $(GO) vet ./... && $(CURDIR)/$(BIN)/staticcheck ./...
 
 unit:
 	$(GO) test -count=1 $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /e2e)
@@ -55,6 +69,7 @@ unit:
 
 test: deps lint generate-check lab-bins
 	cd $(CHARTTEST) && $(GO) test -count=1 $(GOTEST_FLAGS) ./...
+	cd $(IMAGES) && $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./...
 	$(GO) test -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
 	cd $(INTEROP) && $(GO) test -count=1 -timeout 5m $(GOTEST_FLAGS) ./...
 	cd $(ISTIO_E2E) && $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./...
