@@ -102,7 +102,49 @@ const PluginKubeconfigName = "ZZZ-ambit-cni-kubeconfig"
 // Run starts the agent and blocks until ctx ends. On return the
 // redirection stays in place (pinned): traffic is not disturbed by an agent
 // restart.
+//
+// The agent owns three parts, constructed and started in this order: the
+// redirection (eBPF programs and maps, the uplink), the pod watch (the
+// informers and the workers that enrol and release pods), and the plugin's
+// side (the socket it calls, its binary, kubeconfig and config entry).
 func Run(ctx context.Context, cfg Config) error {
+	a := newAgent(cfg)
+	defer a.queue.ShutDown()
+	if err := a.openRedirection(); err != nil {
+		return err
+	}
+	defer a.redir.Close()
+	stopWatch, err := a.startWatch(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopWatch()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	closeServers, err := a.serve(&wg)
+	if err != nil {
+		return err
+	}
+	defer closeServers()
+	if err := a.installPlugin(ctx, &wg); err != nil {
+		return err
+	}
+	for range 2 {
+		wg.Go(func() {
+			for a.next(ctx) {
+			}
+		})
+	}
+	wg.Go(func() { a.guard(ctx) })
+	a.log.Info("node agent running", "node", cfg.NodeName)
+	<-ctx.Done()
+	a.queue.ShutDown()
+	return nil
+}
+
+// newAgent constructs the agent's state and metrics.
+func newAgent(cfg Config) *Agent {
 	a := &Agent{cfg: cfg, log: cfg.Log, known: map[string]netip.Addr{}, reg: prometheus.NewRegistry(),
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())}
 	a.gauges.enrolled = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ambit_cni_enrolled_pods", Help: "Pods of this node whose traffic is redirected."})
@@ -110,28 +152,40 @@ func Run(ctx context.Context, cfg Config) error {
 	a.gauges.reanchored = prometheus.NewCounter(prometheus.CounterOpts{Name: "ambit_cni_redirect_reanchored_total",
 		Help: "Times another program was found before Ambit's redirection on an interface, and Ambit's put back at the head."})
 	a.reg.MustRegister(a.gauges.enrolled, a.gauges.syncs, a.gauges.reanchored)
-	defer a.queue.ShutDown()
+	return a
+}
 
+// openRedirection loads the redirection (or takes over the pinned one)
+// and attaches the wire program to the node's uplink.
+func (a *Agent) openRedirection() error {
 	var err error
-	if a.redir, err = redirect.Open(cfg.PinDir); err != nil {
+	if a.redir, err = redirect.Open(a.cfg.PinDir); err != nil {
 		return err
 	}
-	defer a.redir.Close()
-	uplink := cfg.Uplink
+	uplink := a.cfg.Uplink
 	if uplink == "" {
-		if uplink, err = redirect.FindUplink(cfg.HostIP); err != nil {
+		if uplink, err = redirect.FindUplink(a.cfg.HostIP); err != nil {
+			a.redir.Close()
 			return fmt.Errorf("%w (set --uplink)", err)
 		}
-		a.log.Info("uplink found", "uplink", uplink, "host_ip", cfg.HostIP.String())
+		a.log.Info("uplink found", "uplink", uplink, "host_ip", a.cfg.HostIP.String())
 	}
 	if err := a.redir.AttachUplink(uplink); err != nil {
+		a.redir.Close()
 		return err
 	}
-	a.log.Info("redirection loaded", "mode", a.redir.Mode(), "pins", cfg.PinDir)
+	a.log.Info("redirection loaded", "mode", a.redir.Mode(), "pins", a.cfg.PinDir)
+	return nil
+}
 
-	factory := informers.NewSharedInformerFactory(cfg.Client, 0)
-	podFactory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + cfg.NodeName }))
+// startWatch starts the informers of the node's pods and of namespaces,
+// which queue the pods to reconcile, waits for them to sync and queues
+// every pod once (after removing what the pins hold for pods that are
+// gone). stop shuts the informers down.
+func (a *Agent) startWatch(ctx context.Context) (stop func(), err error) {
+	factory := informers.NewSharedInformerFactory(a.cfg.Client, 0)
+	podFactory := informers.NewSharedInformerFactoryWithOptions(a.cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + a.cfg.NodeName }))
 	podInf := podFactory.Core().V1().Pods()
 	nsInf := factory.Core().V1().Namespaces()
 	a.pods, a.nss = podInf.Lister(), nsInf.Lister()
@@ -143,7 +197,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if _, err := podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: enqueue,
 	}); err != nil {
-		return fmt.Errorf("watch pods: %w", err)
+		return nil, fmt.Errorf("watch pods: %w", err)
 	}
 	// A namespace label change concerns all its pods on this node.
 	nsChanged := func(obj any) {
@@ -159,59 +213,63 @@ func Run(ctx context.Context, cfg Config) error {
 	if _, err := nsInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: nsChanged, UpdateFunc: func(_, o any) { nsChanged(o) },
 	}); err != nil {
-		return fmt.Errorf("watch namespaces: %w", err)
+		return nil, fmt.Errorf("watch namespaces: %w", err)
 	}
 	factory.Start(ctx.Done())
 	podFactory.Start(ctx.Done())
-	defer factory.Shutdown()
-	defer podFactory.Shutdown()
+	stop = func() {
+		podFactory.Shutdown()
+		factory.Shutdown()
+	}
 	if !cache.WaitForCacheSync(ctx.Done(), podInf.Informer().HasSynced, nsInf.Informer().HasSynced) {
-		return fmt.Errorf("sync informers: %w", ctx.Err())
+		stop()
+		return nil, fmt.Errorf("sync informers: %w", ctx.Err())
 	}
 	if err := a.reconcile(); err != nil {
-		return err
+		stop()
+		return nil, err
 	}
+	return stop, nil
+}
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	srv, err := a.serveSocket(&wg)
+// serve opens the plugin's socket and the monitor (/readyz, /metrics).
+func (a *Agent) serve(wg *sync.WaitGroup) (closeAll func(), err error) {
+	srv, err := a.serveSocket(wg)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer srv.Close()
-	mon, err := a.serveMonitor(&wg)
+	mon, err := a.serveMonitor(wg)
 	if err != nil {
-		return err
+		srv.Close()
+		return nil, err
 	}
-	defer mon.Close()
+	return func() {
+		mon.Close()
+		srv.Close()
+	}, nil
+}
 
-	if err := os.MkdirAll(cfg.CNIBinDir, 0o755); err != nil {
+// installPlugin copies the plugin's binary into the CNI bin dir, writes
+// and keeps its kubeconfig, and keeps its entry in the node's CNI config
+// (the agent is ready once it is there).
+func (a *Agent) installPlugin(ctx context.Context, wg *sync.WaitGroup) error {
+	if err := os.MkdirAll(a.cfg.CNIBinDir, 0o755); err != nil {
 		return fmt.Errorf("create CNI bin dir: %w", err)
 	}
-	if err := install.CopyBinary(cfg.PluginBinary, cfg.CNIBinDir); err != nil {
+	if err := install.CopyBinary(a.cfg.PluginBinary, a.cfg.CNIBinDir); err != nil {
 		return err
 	}
-	kubeconfig := filepath.Join(cfg.CNIConfDir, PluginKubeconfigName)
+	kubeconfig := filepath.Join(a.cfg.CNIConfDir, PluginKubeconfigName)
 	if err := a.writePluginKubeconfig(kubeconfig); err != nil {
 		return err
 	}
 	wg.Go(func() { a.keepPluginKubeconfig(ctx, kubeconfig) })
-	entry := map[string]any{"type": install.PluginType, "kubeconfig": kubeconfig, "agent_socket": cfg.Socket}
+	entry := map[string]any{"type": install.PluginType, "kubeconfig": kubeconfig, "agent_socket": a.cfg.Socket}
 	wg.Go(func() {
-		if err := install.Keep(ctx, cfg.CNIConfDir, entry, a.log, func() { a.ready.Store(true) }); err != nil {
+		if err := install.Keep(ctx, a.cfg.CNIConfDir, entry, a.log, func() { a.ready.Store(true) }); err != nil {
 			a.log.Error("keep CNI config", "err", err)
 		}
 	})
-	for range 2 {
-		wg.Go(func() {
-			for a.next(ctx) {
-			}
-		})
-	}
-	wg.Go(func() { a.guard(ctx) })
-	a.log.Info("node agent running", "node", cfg.NodeName)
-	<-ctx.Done()
-	a.queue.ShutDown()
 	return nil
 }
 
