@@ -175,7 +175,9 @@ func TestNetworkPolicy(t *testing.T) {
 		results := make([]result, len(checks))
 		var wg sync.WaitGroup
 		for i, c := range checks {
-			wg.Go(func() { results[i] = result{c, reach(ctx, l, ns, c.from, net.JoinHostPort(ips[c.to], "9000"), c.to, ips[c.from])} })
+			wg.Go(func() {
+				results[i] = result{c, reach(ctx, l, ns, c.from, net.JoinHostPort(ips[c.to], "9000"), c.to, ips[c.from])}
+			})
 		}
 		wg.Wait()
 		for _, r := range results {
