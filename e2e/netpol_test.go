@@ -210,12 +210,17 @@ func TestNetworkPolicy(t *testing.T) {
 		}
 	}
 
-	t.Run("ingress after enrolment", func(t *testing.T) {
+	// Both fail on main today, though the policies' verdicts are right:
+	// the flows ztunnel answers for a pod are half untracked (Ambit's
+	// NOTRACK of marked packets), so conntrack calls ztunnel's replies
+	// INVALID and kube-router's per-pod chains drop them: no enrolled
+	// connection completes on a node that runs it (docs/architecture.md,
+	// "NetworkPolicy"). The egress checks may also depend on issue #12's
+	// item 2 with other implementations.
+	t.Run("after enrolment ingress", func(t *testing.T) {
 		try(t, ingress, true)
 	})
-	// Until what ztunnel sends for a pod leaves on the pod's own path
-	// (issue #12, item 2), a pod's egress policy may not hold for it.
-	t.Run("egress after enrolment (issue #12 item 2)", func(t *testing.T) {
+	t.Run("after enrolment egress", func(t *testing.T) {
 		try(t, egress, true)
 	})
 }
