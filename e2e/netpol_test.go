@@ -210,13 +210,14 @@ func TestNetworkPolicy(t *testing.T) {
 		}
 	}
 
-	// Both fail on main today, though the policies' verdicts are right:
-	// the flows ztunnel answers for a pod are half untracked (Ambit's
-	// NOTRACK of marked packets), so conntrack calls ztunnel's replies
-	// INVALID and kube-router's per-pod chains drop them: no enrolled
-	// connection completes on a node that runs it (docs/architecture.md,
-	// "NetworkPolicy"). The egress checks may also depend on issue #12's
-	// item 2 with other implementations.
+	// Both fail on main today (with issue #12's item 2 merged too),
+	// though the policies' verdicts are right: the flows ztunnel answers
+	// for a pod are half untracked (Ambit's NOTRACK of packets marked
+	// 0x400), so conntrack calls ztunnel's replies INVALID and
+	// kube-router's per-pod chains drop them: no enrolled connection
+	// completes on a node that runs it (docs/architecture.md,
+	// "NetworkPolicy"). The failure log has the filter table with its
+	// counters.
 	t.Run("after enrolment ingress", func(t *testing.T) {
 		try(t, ingress, true)
 	})
