@@ -22,6 +22,11 @@ func startLab(t testing.TB, cfg lab.Config) *lab.Lab {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if cfg.NetworkPolicy {
+		if bins.KubeRouter, err = lab.EnsureKubeRouter(t.Context(), lab.BuildOptions{Log: log}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg.Binaries = bins
 	cfg.Log = log
 	l, err := lab.Start(t.Context(), cfg)

@@ -41,6 +41,13 @@ func main() {
 				fmt.Printf("pilot-discovery (istio %s, %s): %s\n", ist.Version, ist.Revision, ist.PilotDiscovery)
 			}
 		}
+		if err == nil {
+			// For the labs that enforce NetworkPolicy (e2e TestNetworkPolicy).
+			var kr string
+			if kr, err = lab.EnsureKubeRouter(ctx, lab.BuildOptions{Log: log}); err == nil {
+				fmt.Printf("kube-router: %s\n", kr)
+			}
+		}
 	case "demo":
 		err = demo(ctx, log, os.Getenv("DEMO_NONINTERACTIVE") != "")
 	case "clean":

@@ -45,6 +45,9 @@ type Binaries struct {
 	Istiod string
 	// CNIDir holds the reference CNI plugins (ptp, host-local, loopback).
 	CNIDir string
+	// KubeRouter is the NetworkPolicy controller, for labs with
+	// Config.NetworkPolicy; EnsureKubeRouter builds it.
+	KubeRouter string
 }
 
 // BuildOptions say where the sources are and where built programs are

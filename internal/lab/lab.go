@@ -68,6 +68,11 @@ type Config struct {
 	// Images maps a container image name to the program that stands in for
 	// it. The echo workload is always there as EchoImage.
 	Images map[string]string
+	// NetworkPolicy runs a NetworkPolicy controller on every node
+	// (kube-router's, firewall only: Binaries.KubeRouter from
+	// EnsureKubeRouter), standing in for a primary CNI's enforcement. Off by
+	// default: only the tests about NetworkPolicy pay for it.
+	NetworkPolicy bool
 	// Dir keeps the lab's files (PKI, logs, pod files); a new temporary
 	// directory when empty. It is removed by Close.
 	Dir string
@@ -140,6 +145,9 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if cfg.Binaries.KubeAPIServer == "" {
 		return nil, errors.New("start lab: no binaries: call EnsureBinaries first")
 	}
+	if cfg.NetworkPolicy && cfg.Binaries.KubeRouter == "" {
+		return nil, errors.New("start lab: NetworkPolicy without Binaries.KubeRouter: call EnsureKubeRouter first")
+	}
 	idb := make([]byte, 3)
 	rand.Read(idb)
 	l := &Lab{ID: hex.EncodeToString(idb), cfg: cfg}
@@ -182,6 +190,11 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	}
 	if err := l.startDNS(ctx); err != nil {
 		return nil, err
+	}
+	if cfg.NetworkPolicy {
+		if err := l.allowKubeRouter(ctx); err != nil {
+			return nil, err
+		}
 	}
 	for _, n := range l.Nodes {
 		if err := l.startNode(ctx, bgCtx, n); err != nil {

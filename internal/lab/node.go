@@ -68,9 +68,23 @@ func (l *Lab) startNode(ctx, bgCtx context.Context, n *Node) error {
 		return err
 	}
 	l.procs = append(l.procs, proxy)
-	return waitFor(ctx, "kube-proxy on "+n.Name, 60*time.Second, proxy, func(ctx context.Context) error {
+	if err := waitFor(ctx, "kube-proxy on "+n.Name, 60*time.Second, proxy, func(ctx context.Context) error {
 		return httpGet(ctx, n.NS, nil, "http://127.0.0.1:10256/healthz")
-	})
+	}); err != nil {
+		return err
+	}
+	if !l.cfg.NetworkPolicy {
+		return nil
+	}
+	cert, key, err = l.pki.issue("kube-router-"+n.Name, kubeRouterUser, nil, nil, nil)
+	if err != nil {
+		return err
+	}
+	kubeconfig = filepath.Join(dir, "kube-router.kubeconfig")
+	if err := l.pki.kubeconfig(kubeconfig, APIServerURL(), cert, key); err != nil {
+		return err
+	}
+	return l.startNetworkPolicy(ctx, n, kubeconfig)
 }
 
 // writeConflist writes the node's primary CNI network: the ptp plugin with
