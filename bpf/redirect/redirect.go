@@ -632,8 +632,16 @@ func onBPFFS(path string) bool {
 }
 
 // setupRouting makes marked packets local (the condition for
-// bpf_sk_assign) and keeps them out of conntrack, so that kube-proxy does
-// not rewrite a Service VIP before ztunnel sees it.
+// bpf_sk_assign), and keeps kube-proxy from rewriting a Service VIP
+// before ztunnel sees it: captured packets skip the nat table's
+// PREROUTING (first rule there). They stay tracked: conntrack must see
+// both directions of a captured connection, the pod's packets here and
+// ztunnel's answers in OUTPUT, or it takes those answers for INVALID
+// (the first an unknown SYN-ACK), and NetworkPolicy implementations and
+// kube-proxy drop INVALID packets. The same holds for what ztunnel sends
+// with the mark (HBONE to its own node), tracked in OUTPUT. Only replies
+// the reply program hands back through the path device are not tracked
+// (again): conntrack saw them on their way to the pod.
 func setupRouting() error {
 	_, all, _ := net.ParseCIDR("0.0.0.0/0")
 	lo, err := netlink.LinkByName("lo")
@@ -654,17 +662,43 @@ func setupRouting() error {
 			return fmt.Errorf("add ip rule fwmark %#x: %w", Mark, err)
 		}
 	}
+	// An older agent kept captured packets out of conntrack altogether.
 	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
-		args := []string{"-t", "raw", "-C", chain, "-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", Mark, Mark), "-j", "NOTRACK", "-m", "comment", "--comment", "ambit redirect"}
-		if exec.Command("iptables", args...).Run() == nil {
+		for exec.Command("iptables", notrackArgs("-D", chain, Mark)...).Run() == nil {
+		}
+	}
+	for _, r := range iptablesRules() {
+		if exec.Command("iptables", r.args("-C")...).Run() == nil {
 			continue
 		}
-		args[2] = "-I"
-		if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("add notrack rule: %w: %s", err, out)
+		if out, err := exec.Command("iptables", r.args("-I")...).CombinedOutput(); err != nil {
+			return fmt.Errorf("add %s rule: %w: %s", r.table, err, out)
 		}
 	}
 	return nil
+}
+
+// iptablesRule is one rule the redirection needs, inserted first in its
+// chain.
+type iptablesRule struct {
+	table, chain string
+	spec         []string
+}
+
+func (r iptablesRule) args(op string) []string {
+	args := []string{"-t", r.table, op, r.chain}
+	if op == "-I" {
+		args = append(args, "1")
+	}
+	return append(append(args, r.spec...), "-m", "comment", "--comment", "ambit redirect")
+}
+
+func iptablesRules() []iptablesRule {
+	mark := fmt.Sprintf("%#x/%#x", Mark, Mark)
+	return []iptablesRule{
+		{"nat", "PREROUTING", []string{"-m", "mark", "--mark", mark, "-j", "RETURN"}},
+		{"raw", "PREROUTING", []string{"-i", PathDevice, "-j", "NOTRACK"}},
+	}
 }
 
 func removeRouting() error {
@@ -683,9 +717,12 @@ func removeRouting() error {
 			errs = append(errs, fmt.Errorf("delete local route: %w", err))
 		}
 	}
+	for _, r := range iptablesRules() {
+		for exec.Command("iptables", r.args("-D")...).Run() == nil {
+		}
+	}
 	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
-		args := []string{"-t", "raw", "-D", chain, "-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", Mark, Mark), "-j", "NOTRACK", "-m", "comment", "--comment", "ambit redirect"}
-		for exec.Command("iptables", args...).Run() == nil {
+		for exec.Command("iptables", notrackArgs("-D", chain, Mark)...).Run() == nil {
 		}
 	}
 	return errors.Join(errs...)
