@@ -210,14 +210,10 @@ func TestNetworkPolicy(t *testing.T) {
 		}
 	}
 
-	// Both fail on main today (with issue #12's item 2 merged too),
-	// though the policies' verdicts are right: the flows ztunnel answers
-	// for a pod are half untracked (Ambit's NOTRACK of packets marked
-	// 0x400), so conntrack calls ztunnel's replies INVALID and
-	// kube-router's per-pod chains drop them: no enrolled connection
-	// completes on a node that runs it (docs/architecture.md,
-	// "NetworkPolicy"). The failure log has the filter table with its
-	// counters.
+	// The same verdicts after enrolment, each allowed connection carried
+	// by ztunnel. (Both failed while Ambit untracked captured packets:
+	// conntrack then called ztunnel's answers INVALID, and kube-router's
+	// per-pod chains drop INVALID; docs/architecture.md, "NetworkPolicy".)
 	t.Run("after enrolment ingress", func(t *testing.T) {
 		try(t, ingress, true)
 	})
