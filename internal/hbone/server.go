@@ -24,7 +24,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/identity"
 )
 
-// Request is one CONNECT a server received, as its hooks see it.
+// Request is one CONNECT a server received, as its handler sees it.
 type Request struct {
 	// Peer is the client's verified identity.
 	Peer identity.Identity
@@ -38,23 +38,33 @@ type Request struct {
 	Header http.Header
 }
 
-// Server accepts HBONE tunnels. Certificate, Verifier, Authorize and Dial
-// are required; a Server missing Authorize refuses every CONNECT.
+// Handler serves the CONNECT streams a Server accepted. ServeStream
+// answers st exactly once, with st.Accept (200, then st is the tunnel) or
+// st.Refuse (an error status); it runs in the stream's own goroutine, and
+// ctx ends when the stream does (the client reset it, or the connection
+// ended). The server closes st once ServeStream returns, and refuses a
+// stream left unanswered with 503.
+type Handler interface {
+	ServeStream(ctx context.Context, r *Request, st *ServerStream)
+}
+
+// HandlerFunc is a function used as a Handler.
+type HandlerFunc func(ctx context.Context, r *Request, st *ServerStream)
+
+// ServeStream calls f.
+func (f HandlerFunc) ServeStream(ctx context.Context, r *Request, st *ServerStream) { f(ctx, r, st) }
+
+// Server accepts HBONE tunnels. Certificate, Verifier and Handler are
+// required; a Server without a Handler refuses every CONNECT.
 type Server struct {
 	// Certificate picks the server's certificate for a handshake, usually
 	// by the local address the client reached.
 	Certificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	// Verifier checks client chains against the mesh roots.
 	Verifier *identity.Verifier
-	// Authorize approves a CONNECT or refuses it. Errors wrapping
-	// ErrBadRequest answer 400, other errors 401. The server never dials a
-	// target that Authorize did not approve.
-	Authorize func(ctx context.Context, r *Request) error
-	// Dial connects to an approved target; an error answers 503.
-	Dial func(ctx context.Context, r *Request) (net.Conn, error)
-	// Handle runs the tunnel once the upstream is connected and 200 sent:
-	// it owns both connections and must close them. Nil means Join.
-	Handle func(ctx context.Context, r *Request, client, upstream net.Conn)
+	// Handler gets every well-formed CONNECT to an ip:port; the server
+	// answers malformed requests 400 itself, without it.
+	Handler Handler
 	// Log receives handshake failures and refusals; nil discards them.
 	Log *slog.Logger
 	// MaxHandshakes bounds the connections not yet past the TLS
@@ -439,96 +449,89 @@ func parseRequest(fields []hpack.HeaderField) (requestHead, error) {
 	return r, nil
 }
 
-// serveStream answers one request and, if approved, runs its tunnel.
+// serveStream answers one request, through the handler when it is a
+// well-formed CONNECT.
 func (s *Server) serveStream(st *stream, fields []hpack.HeaderField, ci connInfo) {
 	defer st.releaseSlot()
-	ctx, cancel := st.ctx, st.cancel
-	defer cancel()
+	defer st.cancel()
+	ss := &ServerStream{stream: st, srv: s, ci: ci}
+	s.dispatch(st.ctx, ss, fields)
+	ss.end()
+}
+
+// dispatch is the CONNECT logic apart from the connection, so that
+// fuzzing can drive it: a malformed request is refused 400, a CONNECT
+// goes to the handler.
+func (s *Server) dispatch(ctx context.Context, ss *ServerStream, fields []hpack.HeaderField) {
 	head, err := parseRequest(fields)
-	var d decision
+	ss.authority = head.authority
 	if err != nil {
-		d = decision{code: http.StatusBadRequest, err: err}
-	} else {
-		d = s.decide(ctx, ci, head)
-	}
-	if d.code != http.StatusOK {
-		s.refuse(st, ci, head.authority, d.code, d.err)
+		ss.Refuse(http.StatusBadRequest, err)
 		return
 	}
-	if err := st.c.writeHeaders(st.id, []hpack.HeaderField{{Name: ":status", Value: "200"}}, false); err != nil {
-		d.upstream.Close()
-		st.Close()
-		return
-	}
-	if s.Handle != nil {
-		s.Handle(ctx, d.req, st, d.upstream)
-		st.Close()
-		return
-	}
-	Join(st, d.upstream)
-}
-
-// decision is the answer to a request: 200 with a connected upstream, or
-// a refusal.
-type decision struct {
-	code     int
-	err      error
-	req      *Request
-	upstream net.Conn
-}
-
-// decide is the CONNECT logic, apart from the connection so that fuzzing
-// can drive it.
-func (s *Server) decide(ctx context.Context, ci connInfo, head requestHead) decision {
 	target, err := ParseTarget(head.method, head.authority)
 	if err != nil {
-		return decision{code: http.StatusBadRequest, err: err}
+		ss.Refuse(http.StatusBadRequest, err)
+		return
 	}
-	req := &Request{Peer: ci.peer, PeerAddr: ci.peerAddr, LocalAddr: ci.localAddr, Target: target, Header: head.header}
-	if s.Authorize == nil {
-		return decision{code: http.StatusUnauthorized, err: errors.New("no authorization hook")}
+	if s.Handler == nil {
+		ss.Refuse(http.StatusUnauthorized, errors.New("no handler"))
+		return
 	}
-	if err := s.Authorize(ctx, req); err != nil {
-		code := http.StatusUnauthorized
-		if errors.Is(err, ErrBadRequest) {
-			code = http.StatusBadRequest
+	r := &Request{Peer: ss.ci.peer, PeerAddr: ss.ci.peerAddr, LocalAddr: ss.ci.localAddr, Target: target, Header: head.header}
+	s.Handler.ServeStream(ctx, r, ss)
+}
+
+// ServerStream is a CONNECT stream a server accepted, as its Handler
+// gets it. It is answered once, with Accept or Refuse; after Accept it
+// is the tunnel to the client, a net.Conn that CloseWrite half-closes.
+type ServerStream struct {
+	// stream is nil for a request FuzzCONNECT drives without a
+	// connection: the answer is only recorded.
+	*stream
+	srv       *Server
+	ci        connInfo
+	authority string
+	// status is the answer sent, 0 before.
+	status int
+}
+
+// errAnswered is returned by Accept on a stream already answered.
+var errAnswered = errors.New("hbone stream already answered")
+
+// Accept answers the CONNECT 200: the tunnel is open. An error means
+// the stream has ended (the client went away); the handler has nothing
+// more to do with it.
+func (ss *ServerStream) Accept() error {
+	if ss.status != 0 {
+		return errAnswered
+	}
+	ss.status = http.StatusOK
+	if ss.stream == nil {
+		return nil
+	}
+	return ss.c.writeHeaders(ss.id, []hpack.HeaderField{{Name: ":status", Value: "200"}}, false)
+}
+
+// Refuse answers the CONNECT with an error status and the status's short
+// reason as a text body, then ends the stream. err, the detail, goes to
+// the server's log only: the peer is never told which addresses are
+// workloads here, the dial error, the policy's name, or the authority it
+// sent. After Accept, Refuse only closes the stream.
+func (ss *ServerStream) Refuse(code int, err error) {
+	if ss.status != 0 {
+		if ss.stream != nil {
+			ss.stream.Close()
 		}
-		return decision{code: code, err: err}
+		return
 	}
-	if s.Dial == nil {
-		return decision{code: http.StatusServiceUnavailable, err: errors.New("no dial hook")}
+	ss.status = code
+	ss.srv.log().Info("hbone connect refused", logKeyPeer, ss.ci.peer.String(), logKeyPeerAddr, ss.ci.peerAddr.String(),
+		logKeyAuthority, ss.authority, logKeyStatus, code, logKeyError, err.Error())
+	if ss.stream == nil {
+		return
 	}
-	if err := ctx.Err(); err != nil {
-		// The client reset the stream meanwhile: dial nothing for it.
-		return decision{code: http.StatusServiceUnavailable, err: fmt.Errorf("stream ended before the dial: %w", err)}
-	}
-	up, err := s.Dial(ctx, req)
-	if err != nil {
-		return decision{code: http.StatusServiceUnavailable, err: err}
-	}
-	return decision{code: http.StatusOK, req: req, upstream: up}
-}
-
-// refusalText is what a refused peer is told: the status's short reason,
-// never the detail (which addresses are workloads here, the dial error,
-// the policy's name, the authority it sent), which goes to the log.
-func refusalText(code int) string {
-	switch code {
-	case http.StatusBadRequest:
-		return "bad request"
-	case http.StatusUnauthorized:
-		return "denied"
-	case http.StatusServiceUnavailable:
-		return "destination unavailable"
-	}
-	return strings.ToLower(http.StatusText(code))
-}
-
-// refuse answers a request with an error status and a short reason as a
-// text body, then ends the stream; the detail is logged.
-func (s *Server) refuse(st *stream, ci connInfo, authority string, code int, err error) {
-	s.log().Info("hbone connect refused", logKeyPeer, ci.peer.String(), logKeyPeerAddr, ci.peerAddr.String(),
-		logKeyAuthority, authority, logKeyStatus, code, logKeyError, err.Error())
+	st := ss.stream
 	c := st.c
 	if c.writeHeaders(st.id, []hpack.HeaderField{
 		{Name: ":status", Value: strconv.Itoa(code)},
@@ -548,6 +551,31 @@ func (s *Server) refuse(st *stream, ci connInfo, authority string, code int, err
 		st.reset(codeNo, errors.New("request refused"))
 	}
 	st.Close()
+}
+
+// end ends a stream once its handler returned: refused 503 if the
+// handler left it unanswered, closed in any case.
+func (ss *ServerStream) end() {
+	if ss.status == 0 {
+		ss.Refuse(http.StatusServiceUnavailable, errors.New("handler returned without answering"))
+	}
+	if ss.stream != nil {
+		ss.stream.Close()
+	}
+}
+
+// refusalText is what a refused peer is told: the status's short reason,
+// never the detail, which goes to the log.
+func refusalText(code int) string {
+	switch code {
+	case http.StatusBadRequest:
+		return "bad request"
+	case http.StatusUnauthorized:
+		return "denied"
+	case http.StatusServiceUnavailable:
+		return "destination unavailable"
+	}
+	return strings.ToLower(http.StatusText(code))
 }
 
 // Shutdown stops accepting, tells clients to open no more streams

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -101,29 +102,9 @@ func (in *Inbound) init() {
 	in.once.Do(func() {
 		in.conns = map[*tracked]struct{}{}
 		in.server = &hbone.Server{
-			Certificate: in.certificate,
-			Verifier:    in.Verifier,
-			Authorize: func(_ context.Context, r *hbone.Request) error {
-				snap := in.Store.Snapshot()
-				src, _ := clientAddr(snap, r)
-				w, err := in.authorize(snap, r.Peer, src.Addr(), r.LocalAddr, r.Target)
-				in.logDryRun(snap, w, authz.Conn{Source: r.Peer, SourceIP: src.Addr(), Destination: r.Target})
-				if err != nil {
-					// The destination's access log shows refusals too, with
-					// who was refused.
-					e := accesslog.Entry{Direction: accesslog.Inbound, SourceAddr: src, SourceIdentity: r.Peer.String(), DestinationAddr: r.Target, Err: err}
-					if w != nil {
-						e.DestinationWorkload, e.DestinationIdentity = w.Name, w.Identity().String()
-					}
-					e.Log(in.AccessLog)
-				}
-				return err
-			},
-			Dial: func(ctx context.Context, r *hbone.Request) (net.Conn, error) {
-				src, _ := clientAddr(in.Store.Snapshot(), r)
-				return in.dial(ctx, r.Target, src.Addr())
-			},
-			Handle:        in.handleHBONE,
+			Certificate:   in.certificate,
+			Verifier:      in.Verifier,
+			Handler:       hbone.HandlerFunc(in.handleHBONE),
 			Log:           in.Log.With(accesslog.KeyComponent, "hbone"),
 			MaxHandshakes: in.MaxHandshakes,
 		}
@@ -227,28 +208,57 @@ func (in *Inbound) ServeHBONE(ln net.Listener) error {
 	return in.server.Serve(ln)
 }
 
-func (in *Inbound) handleHBONE(_ context.Context, r *hbone.Request, client, upstream net.Conn) {
+// handleHBONE serves one CONNECT in one pass over one snapshot of the
+// config: authorize, dial, track, answer 200, join. A target that is not
+// this tunnel's to reach and a denial by policy both answer 401 (see
+// authorize), a failed dial 503.
+func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.ServerStream) {
 	snap := in.Store.Snapshot()
-	w := snap.WorkloadByAddr(r.Target.Addr())
-	if w == nil { // removed since it was authorized
-		client.Close()
-		upstream.Close()
+	src, srcW := clientAddr(snap, r)
+	c := authz.Conn{Source: r.Peer, SourceIP: src.Addr(), Destination: r.Target}
+	w, err := in.authorize(snap, r.Peer, src.Addr(), r.LocalAddr, r.Target)
+	in.logDryRun(snap, w, c)
+	e := accesslog.Entry{Direction: accesslog.Inbound, SourceAddr: src, SourceIdentity: r.Peer.String(), DestinationAddr: r.Target}
+	if w != nil {
+		e.DestinationWorkload, e.DestinationIdentity = w.Name, w.Identity().String()
+	}
+	if err != nil {
+		// The destination's access log shows refusals too, with who was
+		// refused.
+		e.Err = err
+		e.Log(in.AccessLog)
+		st.Refuse(http.StatusUnauthorized, err)
 		return
 	}
-	src, srcW := clientAddr(snap, r)
-	t := &tracked{
-		conn:     authz.Conn{Source: r.Peer, SourceIP: src.Addr(), Destination: r.Target},
-		local:    r.LocalAddr,
-		client:   client,
-		upstream: upstream,
+	if srcW != nil {
+		e.SourceWorkload, e.SourceNamespace = srcW.Name, srcW.Namespace
 	}
-	e := accesslog.Entry{
-		Direction:           accesslog.Inbound,
-		SourceAddr:          src,
-		SourceIdentity:      r.Peer.String(),
-		DestinationAddr:     r.Target,
-		DestinationIdentity: w.Identity().String(),
-		DestinationWorkload: w.Name,
+	if err := ctx.Err(); err != nil {
+		// The client reset the stream meanwhile: dial nothing for it.
+		st.Refuse(http.StatusServiceUnavailable, fmt.Errorf("stream ended before the dial: %w", err))
+		return
+	}
+	up, err := in.dial(ctx, r.Target, src.Addr())
+	if err != nil {
+		st.Refuse(http.StatusServiceUnavailable, err)
+		return
+	}
+	t := &tracked{conn: c, local: r.LocalAddr, client: st, upstream: up}
+	if err := in.admit(snap, t); err != nil {
+		up.Close()
+		if errors.Is(err, ErrPolicyChanged) {
+			e.Err = err
+			e.Log(in.AccessLog)
+			st.Refuse(http.StatusUnauthorized, err)
+			return
+		}
+		st.Refuse(http.StatusServiceUnavailable, err)
+		return
+	}
+	defer in.untrack(t)
+	if err := st.Accept(); err != nil {
+		up.Close()
+		return
 	}
 	labels := metrics.Labels{
 		Reporter:                     metrics.ReporterDestination,
@@ -263,28 +273,36 @@ func (in *Inbound) handleHBONE(_ context.Context, r *hbone.Request, client, upst
 		ConnectionSecurityPolicy:     metrics.MutualTLS,
 	}
 	if srcW != nil {
-		e.SourceWorkload = srcW.Name
-		e.SourceNamespace = srcW.Namespace
 		labels.SourceWorkload = srcW.MetricName()
 		labels.SourceCanonicalService = srcW.CanonicalName
 		labels.SourceCanonicalRevision = srcW.CanonicalRevision
 	}
-	in.run(t, e, labels)
+	in.join(t, e, labels)
 }
 
-// run proxies a tracked connection until it ends, with telemetry.
-func (in *Inbound) run(t *tracked, e accesslog.Entry, labels metrics.Labels) {
+// errShuttingDown refuses connections once Shutdown began.
+var errShuttingDown = errors.New("shutting down")
+
+// admit tracks t, authorized against snap, so that Reevaluate sees it
+// from now on. A policy change after snap was read and before t was
+// tracked is one Reevaluate could not apply to t: when the config moved
+// on meanwhile, t is authorized again against the current snapshot. An
+// error (ErrPolicyChanged, or shutting down) means t was not tracked.
+func (in *Inbound) admit(snap *config.Snapshot, t *tracked) error {
 	if !in.track(t) {
-		t.close(errors.New("shutting down"))
-		return
+		return errShuttingDown
 	}
-	defer in.untrack(t)
-	// The policy may have changed between the authorization and track,
-	// when Reevaluate could not see this connection yet: check again now
-	// that any later change will.
-	if _, err := in.authorize(in.Store.Snapshot(), t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
-		t.close(fmt.Errorf("%w: %w", ErrPolicyChanged, err))
+	if now := in.Store.Snapshot(); now != snap {
+		if _, err := in.authorize(now, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
+			in.untrack(t)
+			return fmt.Errorf("%w: %w", ErrPolicyChanged, err)
+		}
 	}
+	return nil
+}
+
+// join proxies a tracked connection until it ends, with telemetry.
+func (in *Inbound) join(t *tracked, e accesslog.Entry, labels metrics.Labels) {
 	start := time.Now()
 	in.Metrics.Opened(labels)
 	st, err := hbone.Join(t.client, t.upstream)
@@ -398,6 +416,14 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 		return
 	}
 	t := &tracked{conn: authz.Conn{SourceIP: src.Addr(), Destination: target}, local: local, client: c, upstream: up}
+	if err := in.admit(snap, t); err != nil {
+		c.Close()
+		up.Close()
+		e.Err = err
+		e.Log(in.AccessLog)
+		return
+	}
+	defer in.untrack(t)
 	labels := metrics.Labels{
 		Reporter:                     metrics.ReporterDestination,
 		DestinationWorkload:          w.MetricName(),
@@ -406,7 +432,7 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 		RequestProtocol:              "tcp",
 		ConnectionSecurityPolicy:     metrics.None,
 	}
-	in.run(t, e, labels)
+	in.join(t, e, labels)
 }
 
 // Shutdown stops accepting tunnels, lets open connections finish until ctx
