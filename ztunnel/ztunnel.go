@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/hbone/pool"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/ztunnel/accesslog"
@@ -28,7 +29,6 @@ import (
 	"github.com/ambitmesh/ambit/ztunnel/inbound"
 	"github.com/ambitmesh/ambit/ztunnel/metrics"
 	"github.com/ambitmesh/ambit/ztunnel/outbound"
-	"github.com/ambitmesh/ambit/ztunnel/pool"
 )
 
 // Default ports, as Istio's.
@@ -50,7 +50,7 @@ type Config struct {
 	// Store holds the mesh model; a source (static file, xDS) fills it.
 	Store *config.Store
 	// Certificates issues workload certificates: istiod's CA through
-	// ztunnel/caclient, or the test CA. The tunnel keeps the certificates
+	// internal/caclient, or the test CA. The tunnel keeps the certificates
 	// of its local workloads and renews them at half-life.
 	Certificates identity.Source
 	// Roots are the mesh trust anchors.

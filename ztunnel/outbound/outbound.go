@@ -18,11 +18,11 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/hbone/pool"
 	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/ztunnel/accesslog"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 	"github.com/ambitmesh/ambit/ztunnel/metrics"
-	"github.com/ambitmesh/ambit/ztunnel/pool"
 )
 
 // Outbound serves the outbound listener. Set every field but Dialer.
