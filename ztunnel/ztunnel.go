@@ -23,11 +23,10 @@ import (
 	"github.com/ambitmesh/ambit/internal/hbone/pool"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/origdst"
-	"github.com/ambitmesh/ambit/ztunnel/accesslog"
+	"github.com/ambitmesh/ambit/internal/telemetry"
 	"github.com/ambitmesh/ambit/ztunnel/admin"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 	"github.com/ambitmesh/ambit/ztunnel/inbound"
-	"github.com/ambitmesh/ambit/ztunnel/metrics"
 	"github.com/ambitmesh/ambit/ztunnel/outbound"
 )
 
@@ -120,7 +119,7 @@ type Ztunnel struct {
 	log      *slog.Logger
 	certs    *identity.Cache
 	verifier *identity.Verifier
-	metrics  *metrics.Metrics
+	metrics  *telemetry.Metrics
 	pool     *pool.Pool
 	in       *inbound.Inbound
 	out      *outbound.Outbound
@@ -167,12 +166,12 @@ func New(cfg Config) (*Ztunnel, error) {
 	if cfg.AccessLog == nil {
 		cfg.AccessLog = cfg.Log
 	}
-	log := cfg.Log.With(accesslog.KeyNode, cfg.Node)
+	log := cfg.Log.With(telemetry.KeyNode, cfg.Node)
 	z := &Ztunnel{
 		cfg:      cfg,
 		log:      log,
 		verifier: &identity.Verifier{Roots: cfg.Roots},
-		metrics:  metrics.New(),
+		metrics:  telemetry.New(),
 		inLns:    map[netip.Addr][]net.Listener{},
 	}
 	z.certs = &identity.Cache{Source: cfg.Certificates, Clock: cfg.Clock, OnRefresh: z.logRefresh}
@@ -185,7 +184,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	z.in = &inbound.Inbound{
 		Node: cfg.Node, Store: cfg.Store, Certs: z.certs, Verifier: z.verifier, Metrics: z.metrics,
-		Log: log.With(accesslog.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
+		Log: log.With(telemetry.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
 		// The tunnel never leads to a port of its own, wherever it
 		// listens.
 		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort, OutboundPort, outboundPort(cfg.OutboundAddr),
@@ -203,7 +202,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	z.out = &outbound.Outbound{
 		Node: cfg.Node, Store: cfg.Store, Pool: z.pool, Metrics: z.metrics,
-		Log: log.With(accesslog.KeyComponent, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
+		Log: log.With(telemetry.KeyComponent, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
 		HBONEPort: cfg.HBONEPort, PreserveSource: cfg.PreserveSource,
 	}
 	return z, nil
@@ -212,13 +211,13 @@ func New(cfg Config) (*Ztunnel, error) {
 // logRefresh logs the outcome of a certificate fetch.
 func (z *Ztunnel) logRefresh(r identity.Refresh) {
 	if r.Err != nil {
-		z.log.Warn("fetch certificate; retrying", accesslog.KeyIdentity, r.Identity.String(),
-			accesslog.KeyNextRefresh, r.Next, accesslog.KeyError, r.Err.Error())
+		z.log.Warn("fetch certificate; retrying", telemetry.KeyIdentity, r.Identity.String(),
+			telemetry.KeyNextRefresh, r.Next, telemetry.KeyError, r.Err.Error())
 		return
 	}
-	z.log.Info("certificate issued", accesslog.KeyIdentity, r.Identity.String(),
-		accesslog.KeySerial, r.Certificate.Leaf.SerialNumber.String(),
-		accesslog.KeyExpires, r.Certificate.Leaf.NotAfter, accesslog.KeyNextRefresh, r.Next)
+	z.log.Info("certificate issued", telemetry.KeyIdentity, r.Identity.String(),
+		telemetry.KeySerial, r.Certificate.Leaf.SerialNumber.String(),
+		telemetry.KeyExpires, r.Certificate.Leaf.NotAfter, telemetry.KeyNextRefresh, r.Next)
 }
 
 func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientConn, error) {
@@ -339,13 +338,13 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 		}
 		hb, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.HBONEPort))
 		if err != nil {
-			z.log.Error("listen hbone", accesslog.KeyAddr, a.String(), accesslog.KeyError, err.Error())
+			z.log.Error("listen hbone", telemetry.KeyAddr, a.String(), telemetry.KeyError, err.Error())
 			continue
 		}
 		pt, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.PlaintextPort))
 		if err != nil {
 			hb.Close()
-			z.log.Error("listen plaintext", accesslog.KeyAddr, a.String(), accesslog.KeyError, err.Error())
+			z.log.Error("listen plaintext", telemetry.KeyAddr, a.String(), telemetry.KeyError, err.Error())
 			continue
 		}
 		z.inLns[a] = []net.Listener{hb, pt}
@@ -354,7 +353,7 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 	}
 	z.mu.Unlock()
 	if n := z.in.Reevaluate(snap); n > 0 {
-		z.log.Info("closed connections after policy change", accesslog.KeyCount, n, accesslog.KeyVersion, snap.Version)
+		z.log.Info("closed connections after policy change", telemetry.KeyCount, n, telemetry.KeyVersion, snap.Version)
 	}
 }
 
@@ -401,7 +400,7 @@ func (z *Ztunnel) OutboundAddr() netip.AddrPort {
 }
 
 // Metrics are the tunnel's collectors.
-func (z *Ztunnel) Metrics() *metrics.Metrics { return z.metrics }
+func (z *Ztunnel) Metrics() *telemetry.Metrics { return z.metrics }
 
 // PoolConns is the number of pooled HBONE connections per key.
 func (z *Ztunnel) PoolConns() map[pool.Key]int { return z.pool.Conns() }

@@ -22,10 +22,9 @@ import (
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/origdst"
-	"github.com/ambitmesh/ambit/ztunnel/accesslog"
+	"github.com/ambitmesh/ambit/internal/telemetry"
 	"github.com/ambitmesh/ambit/ztunnel/authz"
 	"github.com/ambitmesh/ambit/ztunnel/config"
-	"github.com/ambitmesh/ambit/ztunnel/metrics"
 )
 
 // Inbound serves the node's inbound listeners. Set every field but
@@ -36,7 +35,7 @@ type Inbound struct {
 	Store    *config.Store
 	Certs    *identity.Cache
 	Verifier *identity.Verifier
-	Metrics  *metrics.Metrics
+	Metrics  *telemetry.Metrics
 	// Log is the operational log, AccessLog gets one line per connection.
 	Log       *slog.Logger
 	AccessLog *slog.Logger
@@ -105,7 +104,7 @@ func (in *Inbound) init() {
 			Certificate:   in.certificate,
 			Verifier:      in.Verifier,
 			Handler:       hbone.HandlerFunc(in.handleHBONE),
-			Log:           in.Log.With(accesslog.KeyComponent, "hbone"),
+			Log:           in.Log.With(telemetry.KeyComponent, "hbone"),
 			MaxHandshakes: in.MaxHandshakes,
 		}
 	})
@@ -175,8 +174,8 @@ func (in *Inbound) logDryRun(snap *config.Snapshot, w *config.Workload, c authz.
 	if verdict != nil {
 		result = verdict.Error()
 	}
-	in.Log.Info("dry-run authorization", accesslog.KeySourceAddr, c.SourceIP.String(), accesslog.KeySourceIdentity, c.Source.String(),
-		accesslog.KeyDestinationAddr, c.Destination.String(), accesslog.KeyResult, result)
+	in.Log.Info("dry-run authorization", telemetry.KeySourceAddr, c.SourceIP.String(), telemetry.KeySourceIdentity, c.Source.String(),
+		telemetry.KeyDestinationAddr, c.Destination.String(), telemetry.KeyResult, result)
 }
 
 // dial connects to a workload on this node, from src when the client's
@@ -218,7 +217,7 @@ func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.
 	c := authz.Conn{Source: r.Peer, SourceIP: src.Addr(), Destination: r.Target}
 	w, err := in.authorize(snap, r.Peer, src.Addr(), r.LocalAddr, r.Target)
 	in.logDryRun(snap, w, c)
-	e := accesslog.Entry{Direction: accesslog.Inbound, SourceAddr: src, SourceIdentity: r.Peer.String(), DestinationAddr: r.Target}
+	e := telemetry.Entry{Direction: telemetry.Inbound, SourceAddr: src, SourceIdentity: r.Peer.String(), DestinationAddr: r.Target}
 	if w != nil {
 		e.DestinationWorkload, e.DestinationIdentity = w.Name, w.Identity().String()
 	}
@@ -260,8 +259,8 @@ func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.
 		up.Close()
 		return
 	}
-	labels := metrics.Labels{
-		Reporter:                     metrics.ReporterDestination,
+	labels := telemetry.Labels{
+		Reporter:                     telemetry.ReporterDestination,
 		SourcePrincipal:              r.Peer.String(),
 		SourceWorkloadNamespace:      r.Peer.Namespace,
 		DestinationWorkload:          w.MetricName(),
@@ -270,7 +269,7 @@ func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.
 		DestinationCanonicalService:  w.CanonicalName,
 		DestinationCanonicalRevision: w.CanonicalRevision,
 		RequestProtocol:              "tcp",
-		ConnectionSecurityPolicy:     metrics.MutualTLS,
+		ConnectionSecurityPolicy:     telemetry.MutualTLS,
 	}
 	if srcW != nil {
 		labels.SourceWorkload = srcW.MetricName()
@@ -302,7 +301,7 @@ func (in *Inbound) admit(snap *config.Snapshot, t *tracked) error {
 }
 
 // join proxies a tracked connection until it ends, with telemetry.
-func (in *Inbound) join(t *tracked, e accesslog.Entry, labels metrics.Labels) {
+func (in *Inbound) join(t *tracked, e telemetry.Entry, labels telemetry.Labels) {
 	start := time.Now()
 	in.Metrics.Opened(labels)
 	st, err := hbone.Join(t.client, t.upstream)
@@ -352,8 +351,8 @@ func (in *Inbound) Reevaluate(snap *config.Snapshot) int {
 	}
 	in.mu.Unlock()
 	for _, t := range deny {
-		in.Log.Info("closing connection no longer allowed", accesslog.KeySourceAddr, t.conn.SourceIP.String(),
-			accesslog.KeySourceIdentity, t.conn.Source.String(), accesslog.KeyDestinationAddr, t.conn.Destination.String())
+		in.Log.Info("closing connection no longer allowed", telemetry.KeySourceAddr, t.conn.SourceIP.String(),
+			telemetry.KeySourceIdentity, t.conn.Source.String(), telemetry.KeyDestinationAddr, t.conn.Destination.String())
 		t.close(ErrPolicyChanged)
 	}
 	return len(deny)
@@ -379,7 +378,7 @@ func (in *Inbound) ServePlaintext(ln net.Listener) error {
 func (in *Inbound) handlePlaintext(c net.Conn) {
 	src := hbone.AddrPort(c.RemoteAddr())
 	local := hbone.AddrPort(c.LocalAddr())
-	e := accesslog.Entry{Direction: accesslog.InboundPlaintext, SourceAddr: src}
+	e := telemetry.Entry{Direction: telemetry.InboundPlaintext, SourceAddr: src}
 	target, err := in.OrigDst(c)
 	if err != nil {
 		c.Close()
@@ -424,13 +423,13 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 		return
 	}
 	defer in.untrack(t)
-	labels := metrics.Labels{
-		Reporter:                     metrics.ReporterDestination,
+	labels := telemetry.Labels{
+		Reporter:                     telemetry.ReporterDestination,
 		DestinationWorkload:          w.MetricName(),
 		DestinationWorkloadNamespace: w.Namespace,
 		DestinationPrincipal:         w.Identity().String(),
 		RequestProtocol:              "tcp",
-		ConnectionSecurityPolicy:     metrics.None,
+		ConnectionSecurityPolicy:     telemetry.None,
 	}
 	in.join(t, e, labels)
 }

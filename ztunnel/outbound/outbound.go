@@ -20,9 +20,8 @@ import (
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/hbone/pool"
 	"github.com/ambitmesh/ambit/internal/origdst"
-	"github.com/ambitmesh/ambit/ztunnel/accesslog"
+	"github.com/ambitmesh/ambit/internal/telemetry"
 	"github.com/ambitmesh/ambit/ztunnel/config"
-	"github.com/ambitmesh/ambit/ztunnel/metrics"
 )
 
 // Outbound serves the outbound listener. Set every field but Dialer.
@@ -30,7 +29,7 @@ type Outbound struct {
 	Node      string
 	Store     *config.Store
 	Pool      *pool.Pool
-	Metrics   *metrics.Metrics
+	Metrics   *telemetry.Metrics
 	Log       *slog.Logger
 	AccessLog *slog.Logger
 	// OrigDst finds where a captured connection was going.
@@ -167,7 +166,7 @@ func targetPort(svc *config.Service, w *config.Workload, port uint16) (uint16, b
 func (o *Outbound) handle(c net.Conn) {
 	start := time.Now()
 	src := hbone.AddrPort(c.RemoteAddr())
-	e := accesslog.Entry{Direction: accesslog.Outbound, SourceAddr: src}
+	e := telemetry.Entry{Direction: telemetry.Outbound, SourceAddr: src}
 	fail := func(err error) {
 		c.Close()
 		e.Err, e.Duration = err, time.Since(start)
@@ -195,15 +194,15 @@ func (o *Outbound) handle(c net.Conn) {
 	}
 	srcID := srcW.Identity()
 	e.SourceWorkload, e.SourceNamespace, e.SourceIdentity = srcW.Name, srcW.Namespace, srcID.String()
-	labels := metrics.Labels{
-		Reporter:                 metrics.ReporterSource,
+	labels := telemetry.Labels{
+		Reporter:                 telemetry.ReporterSource,
 		SourceWorkload:           srcW.MetricName(),
 		SourceWorkloadNamespace:  srcW.Namespace,
 		SourcePrincipal:          srcID.String(),
 		SourceCanonicalService:   srcW.CanonicalName,
 		SourceCanonicalRevision:  srcW.CanonicalRevision,
 		RequestProtocol:          "tcp",
-		ConnectionSecurityPolicy: metrics.None,
+		ConnectionSecurityPolicy: telemetry.None,
 	}
 	r, err := resolve(snap, srcW.Namespace, dst)
 	if r.service != nil {
@@ -239,7 +238,7 @@ func (o *Outbound) handle(c net.Conn) {
 			Addr:        netip.AddrPortFrom(r.target.Addr(), o.HBONEPort),
 		}
 		e.DestinationHBONE = key.Addr
-		labels.ConnectionSecurityPolicy = metrics.MutualTLS
+		labels.ConnectionSecurityPolicy = telemetry.MutualTLS
 		up, err = o.Pool.Connect(ctx, key, r.target, http.Header{
 			hbone.HeaderForwarded: {hbone.Forwarded(src.Addr())},
 		})

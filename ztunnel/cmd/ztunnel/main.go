@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/api"
+	"github.com/ambitmesh/ambit/internal/telemetry"
 	"github.com/ambitmesh/ambit/ztunnel"
-	"github.com/ambitmesh/ambit/ztunnel/accesslog"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
@@ -107,9 +107,9 @@ func run(o options) error {
 	}
 	defer src.stop()
 	if o.localConfig != "" || o.certs.fakeCADir != "" {
-		log.Warn("running in development mode", accesslog.KeyConfig, src.String(), accesslog.KeyCA, certsFrom)
+		log.Warn("running in development mode", telemetry.KeyConfig, src.String(), telemetry.KeyCA, certsFrom)
 	} else {
-		log.Info("started", accesslog.KeyConfig, src.String(), accesslog.KeyCA, certsFrom)
+		log.Info("started", telemetry.KeyConfig, src.String(), telemetry.KeyCA, certsFrom)
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -117,13 +117,13 @@ func run(o options) error {
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			if reloaded, err := src.reload(); err != nil {
-				log.Error("reload config; keeping the last good one", accesslog.KeyError, err.Error())
+				log.Error("reload config; keeping the last good one", telemetry.KeyError, err.Error())
 			} else if reloaded {
-				log.Info("reloaded config", accesslog.KeyVersion, store.Snapshot().Version)
+				log.Info("reloaded config", telemetry.KeyVersion, store.Snapshot().Version)
 			}
 			continue
 		}
-		log.Info("draining", accesslog.KeySignal, sig.String(), accesslog.KeyDeadline, o.drain.String())
+		log.Info("draining", telemetry.KeySignal, sig.String(), telemetry.KeyDeadline, o.drain.String())
 		ctx, cancel := context.WithTimeout(context.Background(), o.drain)
 		err := z.Shutdown(ctx)
 		cancel()

@@ -1,6 +1,7 @@
-// Package accesslog writes the node tunnel's one log line per proxied
-// connection and defines the attribute keys every ztunnel log uses.
-package accesslog
+package telemetry
+
+// The access log: one line per proxied connection, and the attribute
+// keys every ztunnel log uses.
 
 import (
 	"context"
