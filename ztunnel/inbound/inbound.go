@@ -66,12 +66,13 @@ type Inbound struct {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	}
 
-	once   sync.Once
-	server *hbone.Server
-	mu     sync.Mutex
-	conns  map[*tracked]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	once      sync.Once
+	server    *hbone.Server
+	telemetry *telemetry.Recorder
+	mu        sync.Mutex
+	conns     map[*tracked]struct{}
+	closed    bool
+	wg        sync.WaitGroup
 }
 
 // ErrUnknownDestination is wrapped when a connection asks for an address
@@ -100,6 +101,7 @@ func (t *tracked) close(reason error) {
 func (in *Inbound) init() {
 	in.once.Do(func() {
 		in.conns = map[*tracked]struct{}{}
+		in.telemetry = &telemetry.Recorder{Metrics: in.Metrics, AccessLog: in.AccessLog}
 		in.server = &hbone.Server{
 			Certificate:   in.certificate,
 			Verifier:      in.Verifier,
@@ -217,20 +219,19 @@ func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.
 	c := authz.Conn{Source: r.Peer, SourceIP: src.Addr(), Destination: r.Target}
 	w, err := in.authorize(snap, r.Peer, src.Addr(), r.LocalAddr, r.Target)
 	in.logDryRun(snap, w, c)
-	e := telemetry.Entry{Direction: telemetry.Inbound, SourceAddr: src, SourceIdentity: r.Peer.String(), DestinationAddr: r.Target}
+	rec := &telemetry.Conn{Direction: telemetry.Inbound, Source: telemetry.Endpoint{Addr: src, Identity: r.Peer}, Destination: telemetry.Endpoint{Addr: r.Target}}
 	if w != nil {
-		e.DestinationWorkload, e.DestinationIdentity = w.Name, w.Identity().String()
+		rec.Destination = w.Endpoint(r.Target)
 	}
 	if err != nil {
 		// The destination's access log shows refusals too, with who was
 		// refused.
-		e.Err = err
-		e.Log(in.AccessLog)
+		in.telemetry.Refuse(rec, err)
 		st.Refuse(http.StatusUnauthorized, err)
 		return
 	}
 	if srcW != nil {
-		e.SourceWorkload, e.SourceNamespace = srcW.Name, srcW.Namespace
+		rec.Source.Workload = srcW.Telemetry()
 	}
 	if err := ctx.Err(); err != nil {
 		// The client reset the stream meanwhile: dial nothing for it.
@@ -246,8 +247,7 @@ func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.
 	if err := in.admit(snap, t); err != nil {
 		up.Close()
 		if errors.Is(err, ErrPolicyChanged) {
-			e.Err = err
-			e.Log(in.AccessLog)
+			in.telemetry.Refuse(rec, err)
 			st.Refuse(http.StatusUnauthorized, err)
 			return
 		}
@@ -259,24 +259,7 @@ func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.
 		up.Close()
 		return
 	}
-	labels := telemetry.Labels{
-		Reporter:                     telemetry.ReporterDestination,
-		SourcePrincipal:              r.Peer.String(),
-		SourceWorkloadNamespace:      r.Peer.Namespace,
-		DestinationWorkload:          w.MetricName(),
-		DestinationWorkloadNamespace: w.Namespace,
-		DestinationPrincipal:         w.Identity().String(),
-		DestinationCanonicalService:  w.CanonicalName,
-		DestinationCanonicalRevision: w.CanonicalRevision,
-		RequestProtocol:              "tcp",
-		ConnectionSecurityPolicy:     telemetry.MutualTLS,
-	}
-	if srcW != nil {
-		labels.SourceWorkload = srcW.MetricName()
-		labels.SourceCanonicalService = srcW.CanonicalName
-		labels.SourceCanonicalRevision = srcW.CanonicalRevision
-	}
-	in.join(t, e, labels)
+	in.join(t, rec)
 }
 
 // errShuttingDown refuses connections once Shutdown began.
@@ -301,9 +284,8 @@ func (in *Inbound) admit(snap *config.Snapshot, t *tracked) error {
 }
 
 // join proxies a tracked connection until it ends, with telemetry.
-func (in *Inbound) join(t *tracked, e telemetry.Entry, labels telemetry.Labels) {
-	start := time.Now()
-	in.Metrics.Opened(labels)
+func (in *Inbound) join(t *tracked, rec *telemetry.Conn) {
+	in.telemetry.Open(rec)
 	st, err := hbone.Join(t.client, t.upstream)
 	// Settle closeOnce: a later close is a no-op, and reason, written
 	// inside an earlier one, is safe to read.
@@ -311,9 +293,7 @@ func (in *Inbound) join(t *tracked, e telemetry.Entry, labels telemetry.Labels) 
 	if t.reason != nil {
 		err = errors.Join(t.reason, err)
 	}
-	e.Received, e.Sent, e.Duration, e.Err = st.AToB, st.BToA, time.Since(start), err
-	in.Metrics.Closed(labels, st.AToB, st.BToA)
-	e.Log(in.AccessLog)
+	in.telemetry.Close(rec, st.AToB, st.BToA, err)
 }
 
 func (in *Inbound) track(t *tracked) bool {
@@ -378,60 +358,45 @@ func (in *Inbound) ServePlaintext(ln net.Listener) error {
 func (in *Inbound) handlePlaintext(c net.Conn) {
 	src := hbone.AddrPort(c.RemoteAddr())
 	local := hbone.AddrPort(c.LocalAddr())
-	e := telemetry.Entry{Direction: telemetry.InboundPlaintext, SourceAddr: src}
+	rec := &telemetry.Conn{Direction: telemetry.InboundPlaintext, Source: telemetry.Endpoint{Addr: src}}
+	fail := func(err error) {
+		c.Close()
+		in.telemetry.Refuse(rec, err)
+	}
 	target, err := in.OrigDst(c)
 	if err != nil {
-		c.Close()
-		e.Err = err
-		e.Log(in.AccessLog)
+		fail(err)
 		return
 	}
-	e.DestinationAddr = target
+	rec.Destination.Addr = target
 	if !in.Transparent && target == local {
 		// Not redirected; following it would loop into this listener.
-		c.Close()
-		e.Err = fmt.Errorf("plaintext to %s: connection addressed to the inbound port itself, not redirected", target)
-		e.Log(in.AccessLog)
+		fail(fmt.Errorf("plaintext to %s: connection addressed to the inbound port itself, not redirected", target))
 		return
 	}
 	snap := in.Store.Snapshot()
 	w, err := in.authorize(snap, identity.Identity{}, src.Addr(), local, target)
 	in.logDryRun(snap, w, authz.Conn{SourceIP: src.Addr(), Destination: target})
 	if err != nil {
-		c.Close()
-		e.Err = err
-		e.Log(in.AccessLog)
+		fail(err)
 		return
 	}
-	e.DestinationWorkload = w.Name
-	e.DestinationIdentity = w.Identity().String()
+	rec.Destination = w.Endpoint(target)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	up, err := in.dial(ctx, target, src.Addr())
 	cancel()
 	if err != nil {
-		c.Close()
-		e.Err = err
-		e.Log(in.AccessLog)
+		fail(err)
 		return
 	}
 	t := &tracked{conn: authz.Conn{SourceIP: src.Addr(), Destination: target}, local: local, client: c, upstream: up}
 	if err := in.admit(snap, t); err != nil {
-		c.Close()
 		up.Close()
-		e.Err = err
-		e.Log(in.AccessLog)
+		fail(err)
 		return
 	}
 	defer in.untrack(t)
-	labels := telemetry.Labels{
-		Reporter:                     telemetry.ReporterDestination,
-		DestinationWorkload:          w.MetricName(),
-		DestinationWorkloadNamespace: w.Namespace,
-		DestinationPrincipal:         w.Identity().String(),
-		RequestProtocol:              "tcp",
-		ConnectionSecurityPolicy:     telemetry.None,
-	}
-	in.join(t, e, labels)
+	in.join(t, rec)
 }
 
 // Shutdown stops accepting tunnels, lets open connections finish until ctx

@@ -164,20 +164,18 @@ func targetPort(svc *config.Service, w *config.Workload, port uint16) (uint16, b
 }
 
 func (o *Outbound) handle(c net.Conn) {
-	start := time.Now()
 	src := hbone.AddrPort(c.RemoteAddr())
-	e := telemetry.Entry{Direction: telemetry.Outbound, SourceAddr: src}
+	rec := &telemetry.Conn{Direction: telemetry.Outbound, Source: telemetry.Endpoint{Addr: src}, Start: time.Now()}
 	fail := func(err error) {
 		c.Close()
-		e.Err, e.Duration = err, time.Since(start)
-		e.Log(o.AccessLog)
+		o.telemetry().Refuse(rec, err)
 	}
 	dst, err := o.OrigDst(c)
 	if err != nil {
 		fail(err)
 		return
 	}
-	e.DestinationAddr = dst
+	rec.Destination.Addr = dst
 	if !o.Transparent && dst == hbone.AddrPort(c.LocalAddr()) {
 		// Not redirected: conntrack reports a direct connection's own
 		// destination, and following it would loop into this listener.
@@ -193,36 +191,17 @@ func (o *Outbound) handle(c net.Conn) {
 		return
 	}
 	srcID := srcW.Identity()
-	e.SourceWorkload, e.SourceNamespace, e.SourceIdentity = srcW.Name, srcW.Namespace, srcID.String()
-	labels := telemetry.Labels{
-		Reporter:                 telemetry.ReporterSource,
-		SourceWorkload:           srcW.MetricName(),
-		SourceWorkloadNamespace:  srcW.Namespace,
-		SourcePrincipal:          srcID.String(),
-		SourceCanonicalService:   srcW.CanonicalName,
-		SourceCanonicalRevision:  srcW.CanonicalRevision,
-		RequestProtocol:          "tcp",
-		ConnectionSecurityPolicy: telemetry.None,
-	}
+	rec.Source = srcW.Endpoint(src)
 	r, err := resolve(snap, srcW.Namespace, dst)
 	if r.service != nil {
-		e.DestinationService = r.service.Hostname
-		labels.DestinationService = r.service.Hostname
-		labels.DestinationServiceName = r.service.Name
-		labels.DestinationServiceNamespace = r.service.Namespace
+		rec.Service = r.service.Telemetry()
 	}
 	if err != nil {
 		fail(err)
 		return
 	}
 	if w := r.workload; w != nil {
-		dstID := w.Identity()
-		e.DestinationWorkload, e.DestinationIdentity = w.Name, dstID.String()
-		labels.DestinationWorkload = w.MetricName()
-		labels.DestinationWorkloadNamespace = w.Namespace
-		labels.DestinationPrincipal = dstID.String()
-		labels.DestinationCanonicalService = w.CanonicalName
-		labels.DestinationCanonicalRevision = w.CanonicalRevision
+		rec.Destination = w.Endpoint(dst)
 		if !w.Reachable() {
 			fail(fmt.Errorf("outbound to %s (workload %s, tunnel protocol %s): %w", r.target, w.Key(), w.TunnelProtocol, ErrUnsupportedTunnel))
 			return
@@ -237,8 +216,7 @@ func (o *Outbound) handle(c net.Conn) {
 			Destination: w.Identity(),
 			Addr:        netip.AddrPortFrom(r.target.Addr(), o.HBONEPort),
 		}
-		e.DestinationHBONE = key.Addr
-		labels.ConnectionSecurityPolicy = telemetry.MutualTLS
+		rec.Tunnel = key.Addr
 		up, err = o.Pool.Connect(ctx, key, r.target, http.Header{
 			hbone.HeaderForwarded: {hbone.Forwarded(src.Addr())},
 		})
@@ -254,11 +232,13 @@ func (o *Outbound) handle(c net.Conn) {
 		fail(err)
 		return
 	}
-	o.Metrics.Opened(labels)
+	o.telemetry().Open(rec)
 	st, err := hbone.Join(c, up)
-	e.Received, e.Sent, e.Duration, e.Err = st.AToB, st.BToA, time.Since(start), err
-	o.Metrics.Closed(labels, st.AToB, st.BToA)
-	e.Log(o.AccessLog)
+	o.telemetry().Close(rec, st.AToB, st.BToA, err)
+}
+
+func (o *Outbound) telemetry() *telemetry.Recorder {
+	return &telemetry.Recorder{Metrics: o.Metrics, AccessLog: o.AccessLog}
 }
 
 // dial makes a passthrough connection, from the address from when the
