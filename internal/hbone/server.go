@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/tracker"
 )
 
 // Request is one CONNECT a server received, as its handler sees it.
@@ -81,10 +82,8 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	// drained is closed when the last connection ends after shutdown.
-	drained  chan struct{}
-	shutdown bool
+	shutdown  bool
+	conns     tracker.Tracker[*conn]
 	// Connections in the handshake, in all and by source address; shed
 	// counts those closed for the bounds, shedLogged is when the last
 	// warning about it was logged.
@@ -314,11 +313,11 @@ func (s *Server) serveConn(raw net.Conn, h *handshake) {
 		st.remote = net.TCPAddrFromAddrPort(ci.peerAddr)
 		go s.serveStream(st, fields, ci)
 	}
-	if !s.track(c, true) {
+	if !s.conns.Add(c) {
 		tc.Close()
 		return
 	}
-	defer s.track(c, false)
+	defer s.conns.Remove(c)
 	if err := c.start(); err != nil {
 		c.fail(err)
 		return
@@ -328,29 +327,6 @@ func (s *Server) serveConn(raw net.Conn, h *handshake) {
 	if err := c.Err(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
 		s.log().Info("hbone connection failed", logKeyPeer, peer.String(), logKeyPeerAddr, ci.peerAddr.String(), logKeyError, err.Error())
 	}
-}
-
-// track adds or removes a connection; it refuses to add one once the
-// server shuts down.
-func (s *Server) track(c *conn, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		if s.shutdown {
-			return false
-		}
-		if s.conns == nil {
-			s.conns = map[*conn]struct{}{}
-		}
-		s.conns[c] = struct{}{}
-		return true
-	}
-	delete(s.conns, c)
-	if s.shutdown && len(s.conns) == 0 && s.drained != nil {
-		close(s.drained)
-		s.drained = nil
-	}
-	return true
 }
 
 type connInfo struct {
@@ -582,50 +558,28 @@ func refusalText(code int) string {
 // (GOAWAY), waits for open streams to end until ctx is done, then closes
 // every connection.
 func (s *Server) Shutdown(ctx context.Context) error {
-	conns, drained := s.stopAccepting(true)
-	for _, c := range conns {
-		c.goAway()
+	s.closeListeners()
+	if err := s.conns.Shutdown(ctx, (*conn).goAway, func(c *conn) { c.Close() }); err != nil {
+		return fmt.Errorf("drain hbone streams: %w", err)
 	}
-	if drained == nil {
-		return nil
-	}
-	select {
-	case <-drained:
-		return nil
-	case <-ctx.Done():
-		s.Close()
-		return fmt.Errorf("drain hbone streams: %w", ctx.Err())
-	}
+	return nil
 }
 
 // Close closes listeners and connections at once.
 func (s *Server) Close() error {
-	conns, _ := s.stopAccepting(false)
-	for _, c := range conns {
+	s.closeListeners()
+	for _, c := range s.conns.Stop() {
 		c.Close()
 	}
 	return nil
 }
 
-// stopAccepting marks the server shut down, closes its listeners and
-// returns its open connections; with drain, also the channel closed once
-// they have all ended (nil when there are none).
-func (s *Server) stopAccepting(drain bool) ([]*conn, chan struct{}) {
+// closeListeners marks the server shut down and closes its listeners.
+func (s *Server) closeListeners() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.shutdown = true
 	for ln := range s.listeners {
 		ln.Close()
 	}
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	if !drain || len(conns) == 0 {
-		return conns, nil
-	}
-	if s.drained == nil {
-		s.drained = make(chan struct{})
-	}
-	return conns, s.drained
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/internal/telemetry"
+	"github.com/ambitmesh/ambit/internal/tracker"
 	"github.com/ambitmesh/ambit/ztunnel/authz"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
@@ -69,10 +70,7 @@ type Inbound struct {
 	once      sync.Once
 	server    *hbone.Server
 	telemetry *telemetry.Recorder
-	mu        sync.Mutex
-	conns     map[*tracked]struct{}
-	closed    bool
-	wg        sync.WaitGroup
+	conns     tracker.Tracker[*tracked]
 }
 
 // ErrUnknownDestination is wrapped when a connection asks for an address
@@ -100,7 +98,6 @@ func (t *tracked) close(reason error) {
 
 func (in *Inbound) init() {
 	in.once.Do(func() {
-		in.conns = map[*tracked]struct{}{}
 		in.telemetry = &telemetry.Recorder{Metrics: in.Metrics, AccessLog: in.AccessLog}
 		in.server = &hbone.Server{
 			Certificate:   in.certificate,
@@ -254,7 +251,7 @@ func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.
 		st.Refuse(http.StatusServiceUnavailable, err)
 		return
 	}
-	defer in.untrack(t)
+	defer in.conns.Remove(t)
 	if err := st.Accept(); err != nil {
 		up.Close()
 		return
@@ -271,12 +268,12 @@ var errShuttingDown = errors.New("shutting down")
 // on meanwhile, t is authorized again against the current snapshot. An
 // error (ErrPolicyChanged, or shutting down) means t was not tracked.
 func (in *Inbound) admit(snap *config.Snapshot, t *tracked) error {
-	if !in.track(t) {
+	if !in.conns.Add(t) {
 		return errShuttingDown
 	}
 	if now := in.Store.Snapshot(); now != snap {
 		if _, err := in.authorize(now, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
-			in.untrack(t)
+			in.conns.Remove(t)
 			return fmt.Errorf("%w: %w", ErrPolicyChanged, err)
 		}
 	}
@@ -296,24 +293,6 @@ func (in *Inbound) join(t *tracked, rec *telemetry.Conn) {
 	in.telemetry.Close(rec, st.AToB, st.BToA, err)
 }
 
-func (in *Inbound) track(t *tracked) bool {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.closed {
-		return false
-	}
-	in.conns[t] = struct{}{}
-	in.wg.Add(1)
-	return true
-}
-
-func (in *Inbound) untrack(t *tracked) {
-	in.mu.Lock()
-	delete(in.conns, t)
-	in.mu.Unlock()
-	in.wg.Done()
-}
-
 // ErrPolicyChanged is the reason a connection closed because policy no
 // longer allows it.
 var ErrPolicyChanged = errors.New("closed: no longer allowed by policy")
@@ -322,14 +301,12 @@ var ErrPolicyChanged = errors.New("closed: no longer allowed by policy")
 // it no longer allows. It returns how many it closed.
 func (in *Inbound) Reevaluate(snap *config.Snapshot) int {
 	in.init()
-	in.mu.Lock()
 	var deny []*tracked
-	for t := range in.conns {
+	for _, t := range in.conns.Items() {
 		if _, err := in.authorize(snap, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
 			deny = append(deny, t)
 		}
 	}
-	in.mu.Unlock()
 	for _, t := range deny {
 		in.Log.Info("closing connection no longer allowed", telemetry.KeySourceAddr, t.conn.SourceIP.String(),
 			telemetry.KeySourceIdentity, t.conn.Source.String(), telemetry.KeyDestinationAddr, t.conn.Destination.String())
@@ -395,7 +372,7 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 		fail(err)
 		return
 	}
-	defer in.untrack(t)
+	defer in.conns.Remove(t)
 	in.join(t, rec)
 }
 
@@ -403,32 +380,16 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 // is done, then closes the rest.
 func (in *Inbound) Shutdown(ctx context.Context) error {
 	in.init()
-	in.mu.Lock()
-	in.closed = true
-	in.mu.Unlock()
+	in.conns.Stop()
 	serr := in.server.Shutdown(ctx)
-	done := make(chan struct{})
-	go func() { in.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return serr
-	case <-ctx.Done():
+	if err := in.conns.Shutdown(ctx, nil, func(t *tracked) { t.close(errors.New("closed: shutdown deadline")) }); err != nil {
+		return fmt.Errorf("drain inbound connections: %w", err)
 	}
-	in.mu.Lock()
-	for t := range in.conns {
-		t.close(errors.New("closed: shutdown deadline"))
-	}
-	in.mu.Unlock()
-	<-done
-	return fmt.Errorf("drain inbound connections: %w", ctx.Err())
+	return serr
 }
 
 // OpenConns is the number of connections being proxied.
-func (in *Inbound) OpenConns() int {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return len(in.conns)
-}
+func (in *Inbound) OpenConns() int { return in.conns.Len() }
 
 // clientAddr is the address of an HBONE connection's client workload:
 // the one the source tunnel names in Forwarded (for=), when it is the

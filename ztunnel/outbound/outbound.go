@@ -14,13 +14,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/hbone/pool"
 	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/internal/telemetry"
+	"github.com/ambitmesh/ambit/internal/tracker"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
@@ -52,10 +52,7 @@ type Outbound struct {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	}
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	conns tracker.Tracker[net.Conn]
 }
 
 // Errors a captured connection can end with.
@@ -81,12 +78,12 @@ func (o *Outbound) Serve(ln net.Listener) error {
 			}
 			return err
 		}
-		if !o.track(c) {
+		if !o.conns.Add(c) {
 			c.Close()
 			continue
 		}
 		go func() {
-			defer o.untrack(c)
+			defer o.conns.Remove(c)
 			o.handle(c)
 		}()
 	}
@@ -264,45 +261,11 @@ func (o *Outbound) dial(ctx context.Context, target netip.AddrPort, from netip.A
 	return c, nil
 }
 
-func (o *Outbound) track(c net.Conn) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.closed {
-		return false
-	}
-	if o.conns == nil {
-		o.conns = map[net.Conn]struct{}{}
-	}
-	o.conns[c] = struct{}{}
-	o.wg.Add(1)
-	return true
-}
-
-func (o *Outbound) untrack(c net.Conn) {
-	o.mu.Lock()
-	delete(o.conns, c)
-	o.mu.Unlock()
-	o.wg.Done()
-}
-
 // Shutdown refuses new connections, waits for open ones to end until ctx
 // is done, then closes the rest. The caller closes the listener.
 func (o *Outbound) Shutdown(ctx context.Context) error {
-	o.mu.Lock()
-	o.closed = true
-	o.mu.Unlock()
-	done := make(chan struct{})
-	go func() { o.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
+	if err := o.conns.Shutdown(ctx, nil, func(c net.Conn) { c.Close() }); err != nil {
+		return fmt.Errorf("drain outbound connections: %w", err)
 	}
-	o.mu.Lock()
-	for c := range o.conns {
-		c.Close()
-	}
-	o.mu.Unlock()
-	<-done
-	return fmt.Errorf("drain outbound connections: %w", ctx.Err())
+	return nil
 }
