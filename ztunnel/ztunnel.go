@@ -22,6 +22,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/hbone/pool"
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/internal/telemetry"
 	"github.com/ambitmesh/ambit/ztunnel/admin"
@@ -166,7 +167,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	if cfg.AccessLog == nil {
 		cfg.AccessLog = cfg.Log
 	}
-	log := cfg.Log.With(telemetry.KeyNode, cfg.Node)
+	log := cfg.Log.With(logkey.Node, cfg.Node)
 	z := &Ztunnel{
 		cfg:      cfg,
 		log:      log,
@@ -184,7 +185,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	z.in = &inbound.Inbound{
 		Node: cfg.Node, Store: cfg.Store, Certs: z.certs, Verifier: z.verifier, Metrics: z.metrics,
-		Log: log.With(telemetry.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
+		Log: log.With(logkey.Component, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
 		// The tunnel never leads to a port of its own, wherever it
 		// listens.
 		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort, OutboundPort, outboundPort(cfg.OutboundAddr),
@@ -202,7 +203,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	z.out = &outbound.Outbound{
 		Node: cfg.Node, Store: cfg.Store, Pool: z.pool, Metrics: z.metrics,
-		Log: log.With(telemetry.KeyComponent, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
+		Log: log.With(logkey.Component, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
 		HBONEPort: cfg.HBONEPort, PreserveSource: cfg.PreserveSource,
 	}
 	return z, nil
@@ -211,13 +212,13 @@ func New(cfg Config) (*Ztunnel, error) {
 // logRefresh logs the outcome of a certificate fetch.
 func (z *Ztunnel) logRefresh(r identity.Refresh) {
 	if r.Err != nil {
-		z.log.Warn("fetch certificate; retrying", telemetry.KeyIdentity, r.Identity.String(),
-			telemetry.KeyNextRefresh, r.Next, telemetry.KeyError, r.Err.Error())
+		z.log.Warn("fetch certificate; retrying", logkey.Identity, r.Identity.String(),
+			logkey.NextRefresh, r.Next, logkey.Error, r.Err.Error())
 		return
 	}
-	z.log.Info("certificate issued", telemetry.KeyIdentity, r.Identity.String(),
-		telemetry.KeySerial, r.Certificate.Leaf.SerialNumber.String(),
-		telemetry.KeyExpires, r.Certificate.Leaf.NotAfter, telemetry.KeyNextRefresh, r.Next)
+	z.log.Info("certificate issued", logkey.Identity, r.Identity.String(),
+		logkey.Serial, r.Certificate.Leaf.SerialNumber.String(),
+		logkey.Expires, r.Certificate.Leaf.NotAfter, logkey.NextRefresh, r.Next)
 }
 
 func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientConn, error) {
@@ -338,13 +339,13 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 		}
 		hb, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.HBONEPort))
 		if err != nil {
-			z.log.Error("listen hbone", telemetry.KeyAddr, a.String(), telemetry.KeyError, err.Error())
+			z.log.Error("listen hbone", logkey.Addr, a.String(), logkey.Error, err.Error())
 			continue
 		}
 		pt, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.PlaintextPort))
 		if err != nil {
 			hb.Close()
-			z.log.Error("listen plaintext", telemetry.KeyAddr, a.String(), telemetry.KeyError, err.Error())
+			z.log.Error("listen plaintext", logkey.Addr, a.String(), logkey.Error, err.Error())
 			continue
 		}
 		z.inLns[a] = []net.Listener{hb, pt}
@@ -353,7 +354,7 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 	}
 	z.mu.Unlock()
 	if n := z.in.Reevaluate(snap); n > 0 {
-		z.log.Info("closed connections after policy change", telemetry.KeyCount, n, telemetry.KeyVersion, snap.Version)
+		z.log.Info("closed connections after policy change", logkey.Count, n, logkey.Version, snap.Version)
 	}
 }
 

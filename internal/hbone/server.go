@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/tracker"
 )
 
@@ -143,8 +144,8 @@ func (s *Server) shedLocked(src netip.Addr) {
 	s.shed++
 	if now := time.Now(); now.Sub(s.shedLogged) >= 10*time.Second {
 		s.shedLogged = now
-		s.log().Warn("hbone connections closed unauthenticated: too many in the handshake", logKeyPeerAddr, src.String(),
-			logKeyCount, s.shed, logKeyInHandshake, s.pending.Len(), logKeyFromPeer, s.bySource[src])
+		s.log().Warn("hbone connections closed unauthenticated: too many in the handshake", logkey.PeerAddr, src.String(),
+			logkey.Count, s.shed, logkey.InHandshake, s.pending.Len(), logkey.FromPeer, s.bySource[src])
 	}
 }
 
@@ -182,19 +183,6 @@ func (s *Server) log() *slog.Logger {
 	}
 	return s.Log
 }
-
-// Log attribute keys of the server.
-const (
-	logKeyPeer      = "peer"
-	logKeyPeerAddr  = "peer_addr"
-	logKeyAuthority = "authority"
-	logKeyStatus    = "status"
-	logKeyError     = "error"
-	// Of the handshake bounds.
-	logKeyCount       = "count"
-	logKeyInHandshake = "in_handshake"
-	logKeyFromPeer    = "from_peer"
-)
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("hbone server closed")
@@ -234,7 +222,7 @@ func (s *Server) Serve(ln net.Listener) error {
 				// Out of descriptors or a transient failure: back off
 				// rather than spin.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log().Warn("hbone accept failed", logKeyError, err.Error())
+				s.log().Warn("hbone accept failed", logkey.Error, err.Error())
 				time.Sleep(delay)
 				continue
 			}
@@ -276,7 +264,7 @@ func (s *Server) serveConn(raw net.Conn, h *handshake) {
 	ci := connInfo{peerAddr: AddrPort(raw.RemoteAddr()), localAddr: AddrPort(raw.LocalAddr())}
 	tc := tls.Server(raw, s.TLSConfig())
 	refuse := func(msg string, err error) {
-		s.log().Info(msg, logKeyPeerAddr, ci.peerAddr.String(), logKeyError, err.Error())
+		s.log().Info(msg, logkey.PeerAddr, ci.peerAddr.String(), logkey.Error, err.Error())
 		tc.Close()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
@@ -325,7 +313,7 @@ func (s *Server) serveConn(raw net.Conn, h *handshake) {
 	c.idleAfter(idleTimeout)
 	c.readLoop()
 	if err := c.Err(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
-		s.log().Info("hbone connection failed", logKeyPeer, peer.String(), logKeyPeerAddr, ci.peerAddr.String(), logKeyError, err.Error())
+		s.log().Info("hbone connection failed", logkey.Peer, peer.String(), logkey.PeerAddr, ci.peerAddr.String(), logkey.Error, err.Error())
 	}
 }
 
@@ -502,8 +490,8 @@ func (ss *ServerStream) Refuse(code int, err error) {
 		return
 	}
 	ss.status = code
-	ss.srv.log().Info("hbone connect refused", logKeyPeer, ss.ci.peer.String(), logKeyPeerAddr, ss.ci.peerAddr.String(),
-		logKeyAuthority, ss.authority, logKeyStatus, code, logKeyError, err.Error())
+	ss.srv.log().Info("hbone connect refused", logkey.Peer, ss.ci.peer.String(), logkey.PeerAddr, ss.ci.peerAddr.String(),
+		logkey.Authority, ss.authority, logkey.Status, code, logkey.Error, err.Error())
 	if ss.stream == nil {
 		return
 	}

@@ -1,47 +1,14 @@
 package telemetry
 
-// The access log: one line per proxied connection, and the attribute
-// keys every ztunnel log uses.
+// The access log: one line per proxied connection.
 
 import (
 	"context"
 	"log/slog"
 	"net/netip"
 	"time"
-)
 
-// Attribute keys of ztunnel logs. They live here, once.
-const (
-	KeyDirection           = "direction"
-	KeySourceAddr          = "src.addr"
-	KeySourceWorkload      = "src.workload"
-	KeySourceNamespace     = "src.namespace"
-	KeySourceIdentity      = "src.identity"
-	KeyDestinationAddr     = "dst.addr"
-	KeyDestinationHBONE    = "dst.hbone_addr"
-	KeyDestinationWorkload = "dst.workload"
-	KeyDestinationService  = "dst.service"
-	KeyDestinationIdentity = "dst.identity"
-	KeyBytesSent           = "bytes_sent"
-	KeyBytesReceived       = "bytes_recv"
-	KeyDuration            = "duration"
-	KeyError               = "error"
-	KeyPolicy              = "policy"
-	KeyAction              = "action"
-	KeyResult              = "result"
-	KeyAddr                = "addr"
-	KeyNode                = "node"
-	KeyComponent           = "component"
-	KeyCount               = "count"
-	KeyVersion             = "version"
-	KeyConfig              = "config"
-	KeyCA                  = "ca"
-	KeySignal              = "signal"
-	KeyDeadline            = "deadline"
-	KeyIdentity            = "identity"
-	KeySerial              = "serial"
-	KeyExpires             = "expires"
-	KeyNextRefresh         = "next_refresh"
+	"github.com/ambitmesh/ambit/internal/logkey"
 )
 
 // Directions.
@@ -49,14 +16,6 @@ const (
 	Inbound          = "inbound"
 	InboundPlaintext = "inbound_plaintext"
 	Outbound         = "outbound"
-)
-
-// Attribute keys of the workload-discovery (xDS) client's logs.
-const (
-	KeyTypeURL = "type_url"
-	KeyNonce   = "nonce"
-	KeyRemoved = "removed"
-	KeyBackoff = "backoff"
 )
 
 // Entry is what is known about one finished connection.
@@ -80,31 +39,31 @@ type Entry struct {
 // Log writes e to l at Info, or at Warn when the connection failed.
 func (e Entry) Log(l *slog.Logger) {
 	attrs := []slog.Attr{
-		slog.String(KeyDirection, e.Direction),
-		slog.String(KeySourceAddr, addr(e.SourceAddr)),
-		slog.String(KeyDestinationAddr, addr(e.DestinationAddr)),
+		slog.String(logkey.Direction, e.Direction),
+		slog.String(logkey.SourceAddr, addr(e.SourceAddr)),
+		slog.String(logkey.DestinationAddr, addr(e.DestinationAddr)),
 	}
 	add := func(k, v string) {
 		if v != "" {
 			attrs = append(attrs, slog.String(k, v))
 		}
 	}
-	add(KeySourceWorkload, e.SourceWorkload)
-	add(KeySourceNamespace, e.SourceNamespace)
-	add(KeySourceIdentity, e.SourceIdentity)
-	add(KeyDestinationHBONE, addr(e.DestinationHBONE))
-	add(KeyDestinationWorkload, e.DestinationWorkload)
-	add(KeyDestinationService, e.DestinationService)
-	add(KeyDestinationIdentity, e.DestinationIdentity)
+	add(logkey.SourceWorkload, e.SourceWorkload)
+	add(logkey.SourceNamespace, e.SourceNamespace)
+	add(logkey.SourceIdentity, e.SourceIdentity)
+	add(logkey.DestinationHBONE, addr(e.DestinationHBONE))
+	add(logkey.DestinationWorkload, e.DestinationWorkload)
+	add(logkey.DestinationService, e.DestinationService)
+	add(logkey.DestinationIdentity, e.DestinationIdentity)
 	attrs = append(attrs,
-		slog.Int64(KeyBytesSent, e.Sent),
-		slog.Int64(KeyBytesReceived, e.Received),
-		slog.Duration(KeyDuration, e.Duration),
+		slog.Int64(logkey.BytesSent, e.Sent),
+		slog.Int64(logkey.BytesReceived, e.Received),
+		slog.Duration(logkey.Duration, e.Duration),
 	)
 	level := slog.LevelInfo
 	if e.Err != nil {
 		level = slog.LevelWarn
-		attrs = append(attrs, slog.String(KeyError, e.Err.Error()))
+		attrs = append(attrs, slog.String(logkey.Error, e.Err.Error()))
 	}
 	l.LogAttrs(context.Background(), level, "connection complete", attrs...)
 }

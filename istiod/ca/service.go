@@ -24,6 +24,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+
+	"github.com/ambitmesh/ambit/internal/logkey"
 )
 
 // Audience a caller's token must be bound to.
@@ -122,7 +124,7 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 	chain, reason, err := s.create(ctx, req)
 	if err != nil {
 		s.refused.WithLabelValues(reason).Inc()
-		s.opts.Log.Warn("certificate refused", "reason", reason, "err", err)
+		s.opts.Log.Warn("certificate refused", logkey.Reason, reason, logkey.Error, err)
 		code := codes.InvalidArgument
 		switch {
 		case errors.Is(err, ErrUnauthenticated), errors.Is(err, ErrTooManyFailures):

@@ -21,6 +21,7 @@ import (
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/internal/telemetry"
 	"github.com/ambitmesh/ambit/internal/tracker"
@@ -103,7 +104,7 @@ func (in *Inbound) init() {
 			Certificate:   in.certificate,
 			Verifier:      in.Verifier,
 			Handler:       hbone.HandlerFunc(in.handleHBONE),
-			Log:           in.Log.With(telemetry.KeyComponent, "hbone"),
+			Log:           in.Log.With(logkey.Component, "hbone"),
 			MaxHandshakes: in.MaxHandshakes,
 		}
 	})
@@ -173,8 +174,8 @@ func (in *Inbound) logDryRun(snap *config.Snapshot, w *config.Workload, c authz.
 	if verdict != nil {
 		result = verdict.Error()
 	}
-	in.Log.Info("dry-run authorization", telemetry.KeySourceAddr, c.SourceIP.String(), telemetry.KeySourceIdentity, c.Source.String(),
-		telemetry.KeyDestinationAddr, c.Destination.String(), telemetry.KeyResult, result)
+	in.Log.Info("dry-run authorization", logkey.SourceAddr, c.SourceIP.String(), logkey.SourceIdentity, c.Source.String(),
+		logkey.DestinationAddr, c.Destination.String(), logkey.Result, result)
 }
 
 // dial connects to a workload on this node, from src when the client's
@@ -308,8 +309,8 @@ func (in *Inbound) Reevaluate(snap *config.Snapshot) int {
 		}
 	}
 	for _, t := range deny {
-		in.Log.Info("closing connection no longer allowed", telemetry.KeySourceAddr, t.conn.SourceIP.String(),
-			telemetry.KeySourceIdentity, t.conn.Source.String(), telemetry.KeyDestinationAddr, t.conn.Destination.String())
+		in.Log.Info("closing connection no longer allowed", logkey.SourceAddr, t.conn.SourceIP.String(),
+			logkey.SourceIdentity, t.conn.Source.String(), logkey.DestinationAddr, t.conn.Destination.String())
 		t.close(ErrPolicyChanged)
 	}
 	return len(deny)

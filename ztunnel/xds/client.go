@@ -55,7 +55,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/ambitmesh/ambit/internal/telemetry"
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
@@ -188,7 +188,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		cfg:  cfg,
-		log:  cfg.Log.With(telemetry.KeyComponent, "xds"),
+		log:  cfg.Log.With(logkey.Component, "xds"),
 		held: map[string]*typeState{},
 		metrics: clientMetrics{
 			terminations: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -254,7 +254,7 @@ func (c *Client) Run(ctx context.Context) {
 			b.reset()
 		}
 		wait := b.next()
-		c.log.Warn("xds disconnected", telemetry.KeyAddr, c.cfg.Address, telemetry.KeyError, err.Error(), telemetry.KeyBackoff, wait.String())
+		c.log.Warn("xds disconnected", logkey.Addr, c.cfg.Address, logkey.Error, err.Error(), logkey.Backoff, wait.String())
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -289,7 +289,7 @@ func (c *Client) session(ctx context.Context) (healthy bool, reason string, err 
 		if err := stream.Send(req); err != nil {
 			return false, endReason(false, err), fmt.Errorf("subscribe to %s at %s: %w", typ, c.cfg.Address, sendErr(stream, err))
 		}
-		c.log.Debug("xds subscribed", telemetry.KeyTypeURL, typ, telemetry.KeyCount, len(req.InitialResourceVersions))
+		c.log.Debug("xds subscribed", logkey.TypeURL, typ, logkey.Count, len(req.InitialResourceVersions))
 	}
 	for {
 		resp, err := stream.Recv()
@@ -299,7 +299,7 @@ func (c *Client) session(ctx context.Context) (healthy bool, reason string, err 
 		if !healthy {
 			healthy = true
 			c.setConnected()
-			c.log.Info("xds connected", telemetry.KeyAddr, c.cfg.Address)
+			c.log.Info("xds connected", logkey.Addr, c.cfg.Address)
 		}
 		req := c.handle(resp)
 		if err := stream.Send(req); err != nil {
@@ -359,11 +359,11 @@ func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.Delta
 		c.status.NACKs++
 		c.status.LastNACK = err.Error()
 		c.mu.Unlock()
-		c.log.Warn("xds NACK", telemetry.KeyTypeURL, typ, telemetry.KeyNonce, resp.GetNonce(), telemetry.KeyError, err.Error())
+		c.log.Warn("xds NACK", logkey.TypeURL, typ, logkey.Nonce, resp.GetNonce(), logkey.Error, err.Error())
 		return req
 	}
-	c.log.Debug("xds ACK", telemetry.KeyTypeURL, typ, telemetry.KeyNonce, resp.GetNonce(),
-		telemetry.KeyCount, len(resp.GetResources()), telemetry.KeyRemoved, len(resp.GetRemovedResources()))
+	c.log.Debug("xds ACK", logkey.TypeURL, typ, logkey.Nonce, resp.GetNonce(),
+		logkey.Count, len(resp.GetResources()), logkey.Removed, len(resp.GetRemovedResources()))
 	return req
 }
 
@@ -397,7 +397,7 @@ func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 		if it.policy != nil {
 			if nu := it.policy.NotUnderstood(); len(nu) > 0 {
 				c.log.Warn("authorization policy enforced stricter than sent: parts not understood",
-					telemetry.KeyPolicy, r.GetName(), telemetry.KeyAction, string(it.policy.Action), telemetry.KeyError, strings.Join(nu, "; "))
+					logkey.Policy, r.GetName(), logkey.Action, string(it.policy.Action), logkey.Error, strings.Join(nu, "; "))
 			}
 		}
 		changes[r.GetName()] = it

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambitmesh/ambit/api"
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/memlimit"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
@@ -52,7 +53,7 @@ func main() {
 		log.Info("go memory limit from the container's", "bytes", limit)
 	}
 	if err := run(o.cfg, o.kubeconfig, o.noPolicies, log); err != nil {
-		log.Error("istiod", "err", err)
+		log.Error("istiod", logkey.Error, err)
 		os.Exit(1)
 	}
 }

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/api"
-	"github.com/ambitmesh/ambit/internal/telemetry"
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
@@ -107,9 +107,9 @@ func run(o options) error {
 	}
 	defer src.stop()
 	if o.localConfig != "" || o.certs.fakeCADir != "" {
-		log.Warn("running in development mode", telemetry.KeyConfig, src.String(), telemetry.KeyCA, certsFrom)
+		log.Warn("running in development mode", logkey.Config, src.String(), logkey.CA, certsFrom)
 	} else {
-		log.Info("started", telemetry.KeyConfig, src.String(), telemetry.KeyCA, certsFrom)
+		log.Info("started", logkey.Config, src.String(), logkey.CA, certsFrom)
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -117,13 +117,13 @@ func run(o options) error {
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			if reloaded, err := src.reload(); err != nil {
-				log.Error("reload config; keeping the last good one", telemetry.KeyError, err.Error())
+				log.Error("reload config; keeping the last good one", logkey.Error, err.Error())
 			} else if reloaded {
-				log.Info("reloaded config", telemetry.KeyVersion, store.Snapshot().Version)
+				log.Info("reloaded config", logkey.Version, store.Snapshot().Version)
 			}
 			continue
 		}
-		log.Info("draining", telemetry.KeySignal, sig.String(), telemetry.KeyDeadline, o.drain.String())
+		log.Info("draining", logkey.Signal, sig.String(), logkey.Deadline, o.drain.String())
 		ctx, cancel := context.WithTimeout(context.Background(), o.drain)
 		err := z.Shutdown(ctx)
 		cancel()
