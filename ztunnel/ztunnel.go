@@ -23,6 +23,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/hbone/pool"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/mesh"
 	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/internal/telemetry"
 	"github.com/ambitmesh/ambit/ztunnel/admin"
@@ -33,13 +34,13 @@ import (
 
 // Default ports, as Istio's.
 const (
-	OutboundPort         = 15001
-	InboundPlaintextPort = 15006
-	AdminPort            = 15000
-	MetricsPort          = 15020
-	ReadinessPort        = 15021
-	LivenessPort         = 15022
-	DNSPort              = 15053
+	OutboundPort         = mesh.OutboundPort
+	InboundPlaintextPort = mesh.InboundPlaintextPort
+	AdminPort            = mesh.AdminPort
+	MetricsPort          = mesh.MetricsPort
+	ReadinessPort        = mesh.ReadinessPort
+	LivenessPort         = mesh.LivenessPort
+	DNSPort              = mesh.DNSPort
 )
 
 // Config is everything the tunnel needs. Zero values take Istio's
@@ -475,5 +476,5 @@ func outboundPort(addr string) uint16 {
 			return port
 		}
 	}
-	return 15001
+	return mesh.OutboundPort
 }

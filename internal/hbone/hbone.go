@@ -15,10 +15,12 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/ambitmesh/ambit/internal/mesh"
 )
 
 // Port is the HBONE tunnel port of every mesh workload.
-const Port = 15008
+const Port = mesh.HBONEPort
 
 // ALPN is the only application protocol HBONE speaks over TLS.
 const ALPN = "h2"

@@ -26,6 +26,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/mesh"
 )
 
 // Audience a caller's token must be bound to.
@@ -89,7 +90,7 @@ func NewService(opts ServiceOptions) (*Service, error) {
 		return nil, errors.New("new certificate service: want an authority, a Kubernetes client and a pod lister")
 	}
 	if opts.TrustDomain == "" {
-		opts.TrustDomain = "cluster.local"
+		opts.TrustDomain = mesh.DefaultTrustDomain
 	}
 	if opts.DefaultTTL == 0 {
 		opts.DefaultTTL = 24 * time.Hour

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/mesh"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/xds"
@@ -174,7 +175,7 @@ func (s *Server) Authority() *ca.Authority { return s.authority }
 func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	td := s.cfg.Ambient.TrustDomain
 	if td == "" {
-		td = "cluster.local"
+		td = mesh.DefaultTrustDomain
 	}
 	a, src, err := ca.LoadOrCreate(ctx, s.kube, s.cfg.CA.Namespace, td)
 	if err != nil {

@@ -12,11 +12,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/mesh"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
@@ -46,13 +48,13 @@ func main() {
 	flag.StringVar(&o.xdsRootCert, "xds-root-cert", "/var/run/secrets/istio/root-cert.pem", "PEM file of the mesh root that istiod's serving certificate chains to")
 	flag.StringVar(&o.xdsToken, "xds-token", "/var/run/secrets/tokens/istio-token", "file of the bearer token sent to istiod, re-read for every connection; empty sends none")
 	flag.BoolVar(&o.xdsPlaintext, "xds-plaintext", false, "connect to istiod without TLS and token (its port 15010); development only")
-	flag.StringVar(&o.outbound, "outbound", ":15001", "outbound listener")
+	flag.StringVar(&o.outbound, "outbound", port(mesh.OutboundPort), "outbound listener")
 	flag.StringVar(&o.redirect, "redirect", "tproxy", "how captured connections arrive: tproxy (Ambit's eBPF redirection, transparent listeners) or nat (iptables REDIRECT, SO_ORIGINAL_DST)")
 	flag.BoolVar(&o.preserveSource, "preserve-source", true, "with --redirect tproxy, connect to pods (local workloads, and pods outside the mesh on passthrough) from their client's address, as Istio's ztunnel does (needs CAP_NET_ADMIN)")
-	flag.StringVar(&o.admin, "admin", "127.0.0.1:15000", "admin listener (config dump, pprof, logging)")
-	flag.StringVar(&o.metrics, "metrics", ":15020", "Prometheus metrics listener")
-	flag.StringVar(&o.readiness, "readiness", ":15021", "readiness listener")
-	flag.StringVar(&o.liveness, "liveness", ":15022", "liveness listener (/healthz/live), of its own so that load never fails it")
+	flag.StringVar(&o.admin, "admin", "127.0.0.1"+port(mesh.AdminPort), "admin listener (config dump, pprof, logging)")
+	flag.StringVar(&o.metrics, "metrics", port(mesh.MetricsPort), "Prometheus metrics listener")
+	flag.StringVar(&o.readiness, "readiness", port(mesh.ReadinessPort), "readiness listener")
+	flag.StringVar(&o.liveness, "liveness", port(mesh.LivenessPort), "liveness listener (/healthz/live), of its own so that load never fails it")
 	flag.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	flag.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown")
 	flag.Parse()
@@ -131,3 +133,6 @@ func run(o options) error {
 	}
 	return nil
 }
+
+// port is the listen address ":port".
+func port(p uint16) string { return ":" + strconv.Itoa(int(p)) }
