@@ -33,6 +33,12 @@ func haveTCX(prog *ebpf.Program) bool {
 }
 
 func attachClsact(ifindex int, prog *ebpf.Program) error {
+	return attachClsactDir(ifindex, prog, netlink.HANDLE_MIN_INGRESS)
+}
+
+// attachClsactDir attaches prog as Ambit's filter of one direction:
+// parent is netlink.HANDLE_MIN_INGRESS or HANDLE_MIN_EGRESS.
+func attachClsactDir(ifindex int, prog *ebpf.Program, parent uint32) error {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
 		QdiscType:  "clsact",
@@ -42,7 +48,7 @@ func attachClsact(ifindex int, prog *ebpf.Program) error {
 	}
 	filter := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: ifindex, Parent: netlink.HANDLE_MIN_INGRESS, Handle: clsactHandle,
+			LinkIndex: ifindex, Parent: parent, Handle: clsactHandle,
 			Protocol: unix.ETH_P_ALL, Priority: clsactPriority,
 		},
 		Fd: prog.FD(), Name: clsactName, DirectAction: true,
@@ -59,14 +65,16 @@ func detachClsact(ifindex int) error {
 	if err != nil {
 		return nil // gone with its filters
 	}
-	filters, err := netlink.FilterList(link, netlink.HANDLE_MIN_INGRESS)
-	if err != nil {
-		return fmt.Errorf("list tc filters of %s: %w", link.Attrs().Name, err)
-	}
-	for _, f := range filters {
-		if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, clsactName) {
-			if err := netlink.FilterDel(f); err != nil {
-				return fmt.Errorf("delete tc filter of %s: %w", link.Attrs().Name, err)
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		filters, err := netlink.FilterList(link, parent)
+		if err != nil {
+			return fmt.Errorf("list tc filters of %s: %w", link.Attrs().Name, err)
+		}
+		for _, f := range filters {
+			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, clsactName) {
+				if err := netlink.FilterDel(f); err != nil {
+					return fmt.Errorf("delete tc filter of %s: %w", link.Attrs().Name, err)
+				}
 			}
 		}
 	}
