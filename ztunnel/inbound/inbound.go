@@ -208,7 +208,7 @@ func (in *Inbound) ServeHBONE(ln net.Listener) error {
 }
 
 // handleHBONE serves one CONNECT in one pass over one snapshot of the
-// config: authorize, dial, track, answer 200, join. A target that is not
+// config: authorize, dial, answer 200, track, join. A target that is not
 // this tunnel's to reach and a denial by policy both answer 401 (see
 // authorize), a failed dial 503.
 func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.ServerStream) {
@@ -241,22 +241,20 @@ func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.
 		st.Refuse(http.StatusServiceUnavailable, err)
 		return
 	}
-	t := &tracked{conn: c, local: r.LocalAddr, client: st, upstream: up}
-	if err := in.admit(snap, t); err != nil {
-		up.Close()
-		if errors.Is(err, ErrPolicyChanged) {
-			in.telemetry.Refuse(rec, err)
-			st.Refuse(http.StatusUnauthorized, err)
-			return
-		}
-		st.Refuse(http.StatusServiceUnavailable, err)
-		return
-	}
-	defer in.conns.Remove(t)
+	// 200 before tracking: a tracked connection may be closed by
+	// Reevaluate or Shutdown at any time, and an answer must not follow
+	// the reset that closing sends.
 	if err := st.Accept(); err != nil {
 		up.Close()
 		return
 	}
+	t := &tracked{conn: c, local: r.LocalAddr, client: st, upstream: up}
+	if err := in.admit(snap, t); err != nil {
+		t.close(err)
+		in.telemetry.Refuse(rec, err)
+		return
+	}
+	defer in.conns.Remove(t)
 	in.join(t, rec)
 }
 
