@@ -20,26 +20,27 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/hbone/pool"
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/mesh"
 	"github.com/ambitmesh/ambit/internal/origdst"
-	"github.com/ambitmesh/ambit/ztunnel/accesslog"
+	"github.com/ambitmesh/ambit/internal/telemetry"
 	"github.com/ambitmesh/ambit/ztunnel/admin"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 	"github.com/ambitmesh/ambit/ztunnel/inbound"
-	"github.com/ambitmesh/ambit/ztunnel/metrics"
 	"github.com/ambitmesh/ambit/ztunnel/outbound"
-	"github.com/ambitmesh/ambit/ztunnel/pool"
 )
 
 // Default ports, as Istio's.
 const (
-	OutboundPort         = 15001
-	InboundPlaintextPort = 15006
-	AdminPort            = 15000
-	MetricsPort          = 15020
-	ReadinessPort        = 15021
-	LivenessPort         = 15022
-	DNSPort              = 15053
+	OutboundPort         = mesh.OutboundPort
+	InboundPlaintextPort = mesh.InboundPlaintextPort
+	AdminPort            = mesh.AdminPort
+	MetricsPort          = mesh.MetricsPort
+	ReadinessPort        = mesh.ReadinessPort
+	LivenessPort         = mesh.LivenessPort
+	DNSPort              = mesh.DNSPort
 )
 
 // Config is everything the tunnel needs. Zero values take Istio's
@@ -50,7 +51,7 @@ type Config struct {
 	// Store holds the mesh model; a source (static file, xDS) fills it.
 	Store *config.Store
 	// Certificates issues workload certificates: istiod's CA through
-	// ztunnel/caclient, or the test CA. The tunnel keeps the certificates
+	// internal/caclient, or the test CA. The tunnel keeps the certificates
 	// of its local workloads and renews them at half-life.
 	Certificates identity.Source
 	// Roots are the mesh trust anchors.
@@ -129,7 +130,7 @@ type Ztunnel struct {
 	log      *slog.Logger
 	certs    *identity.Cache
 	verifier *identity.Verifier
-	metrics  *metrics.Metrics
+	metrics  *telemetry.Metrics
 	pool     *pool.Pool
 	in       *inbound.Inbound
 	out      *outbound.Outbound
@@ -176,12 +177,12 @@ func New(cfg Config) (*Ztunnel, error) {
 	if cfg.AccessLog == nil {
 		cfg.AccessLog = cfg.Log
 	}
-	log := cfg.Log.With(accesslog.KeyNode, cfg.Node)
+	log := cfg.Log.With(logkey.Node, cfg.Node)
 	z := &Ztunnel{
 		cfg:      cfg,
 		log:      log,
 		verifier: &identity.Verifier{Roots: cfg.Roots},
-		metrics:  metrics.New(),
+		metrics:  telemetry.New(),
 		inLns:    map[netip.Addr][]net.Listener{},
 	}
 	z.certs = &identity.Cache{Source: cfg.Certificates, Clock: cfg.Clock, OnRefresh: z.logRefresh}
@@ -194,7 +195,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	z.in = &inbound.Inbound{
 		Node: cfg.Node, Store: cfg.Store, Certs: z.certs, Verifier: z.verifier, Metrics: z.metrics,
-		Log: log.With(accesslog.KeyComponent, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
+		Log: log.With(logkey.Component, "inbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
 		// The tunnel never leads to a port of its own, wherever it
 		// listens.
 		ReservedPorts: []uint16{cfg.HBONEPort, cfg.PlaintextPort, OutboundPort, outboundPort(cfg.OutboundAddr),
@@ -212,7 +213,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	z.out = &outbound.Outbound{
 		Node: cfg.Node, Store: cfg.Store, Pool: z.pool, Metrics: z.metrics,
-		Log: log.With(accesslog.KeyComponent, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
+		Log: log.With(logkey.Component, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
 		HBONEPort: cfg.HBONEPort, PreserveSource: cfg.PreserveSource,
 	}
 	if cfg.Transparent {
@@ -224,13 +225,13 @@ func New(cfg Config) (*Ztunnel, error) {
 // logRefresh logs the outcome of a certificate fetch.
 func (z *Ztunnel) logRefresh(r identity.Refresh) {
 	if r.Err != nil {
-		z.log.Warn("fetch certificate; retrying", accesslog.KeyIdentity, r.Identity.String(),
-			accesslog.KeyNextRefresh, r.Next, accesslog.KeyError, r.Err.Error())
+		z.log.Warn("fetch certificate; retrying", logkey.Identity, r.Identity.String(),
+			logkey.NextRefresh, r.Next, logkey.Error, r.Err.Error())
 		return
 	}
-	z.log.Info("certificate issued", accesslog.KeyIdentity, r.Identity.String(),
-		accesslog.KeySerial, r.Certificate.Leaf.SerialNumber.String(),
-		accesslog.KeyExpires, r.Certificate.Leaf.NotAfter, accesslog.KeyNextRefresh, r.Next)
+	z.log.Info("certificate issued", logkey.Identity, r.Identity.String(),
+		logkey.Serial, r.Certificate.Leaf.SerialNumber.String(),
+		logkey.Expires, r.Certificate.Leaf.NotAfter, logkey.NextRefresh, r.Next)
 }
 
 func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientConn, error) {
@@ -360,13 +361,13 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 		}
 		hb, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.HBONEPort))
 		if err != nil {
-			z.log.Error("listen hbone", accesslog.KeyAddr, a.String(), accesslog.KeyError, err.Error())
+			z.log.Error("listen hbone", logkey.Addr, a.String(), logkey.Error, err.Error())
 			continue
 		}
 		pt, err := z.cfg.ListenInbound(w, netip.AddrPortFrom(a, z.cfg.PlaintextPort))
 		if err != nil {
 			hb.Close()
-			z.log.Error("listen plaintext", accesslog.KeyAddr, a.String(), accesslog.KeyError, err.Error())
+			z.log.Error("listen plaintext", logkey.Addr, a.String(), logkey.Error, err.Error())
 			continue
 		}
 		z.inLns[a] = []net.Listener{hb, pt}
@@ -375,7 +376,7 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 	}
 	z.mu.Unlock()
 	if n := z.in.Reevaluate(snap); n > 0 {
-		z.log.Info("closed connections after policy change", accesslog.KeyCount, n, accesslog.KeyVersion, snap.Version)
+		z.log.Info("closed connections after policy change", logkey.Count, n, logkey.Version, snap.Version)
 	}
 }
 
@@ -422,7 +423,7 @@ func (z *Ztunnel) OutboundAddr() netip.AddrPort {
 }
 
 // Metrics are the tunnel's collectors.
-func (z *Ztunnel) Metrics() *metrics.Metrics { return z.metrics }
+func (z *Ztunnel) Metrics() *telemetry.Metrics { return z.metrics }
 
 // PoolConns is the number of pooled HBONE connections per key.
 func (z *Ztunnel) PoolConns() map[pool.Key]int { return z.pool.Conns() }
@@ -496,5 +497,5 @@ func outboundPort(addr string) uint16 {
 			return port
 		}
 	}
-	return 15001
+	return mesh.OutboundPort
 }

@@ -30,6 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ambitmesh/ambit/e2e/istio"
+	"github.com/ambitmesh/ambit/internal/caclient"
 	"github.com/ambitmesh/ambit/internal/echo"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/hbone"
@@ -38,7 +39,6 @@ import (
 	"github.com/ambitmesh/ambit/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/testutil"
 	"github.com/ambitmesh/ambit/ztunnel/admin"
-	"github.com/ambitmesh/ambit/ztunnel/caclient"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 

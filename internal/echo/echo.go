@@ -22,6 +22,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ambitmesh/ambit/internal/logkey"
 )
 
 // Report is what the server saw of one request.
@@ -112,16 +114,16 @@ func (s *Server) Serve(ctx context.Context, tcp, web []net.Listener) error {
 	var wg sync.WaitGroup
 	var servers []*http.Server
 	for _, l := range tcp {
-		log.Info("serving tcp", "addr", l.Addr().String())
+		log.Info("serving tcp", logkey.Addr, l.Addr().String())
 		wg.Go(func() { s.serveTCP(ctx, l, log) })
 	}
 	for _, l := range web {
-		log.Info("serving http", "addr", l.Addr().String())
+		log.Info("serving http", logkey.Addr, l.Addr().String())
 		hs := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 		servers = append(servers, hs)
 		wg.Go(func() {
 			if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("serve http", "addr", l.Addr().String(), "err", err)
+				log.Error("serve http", logkey.Addr, l.Addr().String(), logkey.Error, err)
 			}
 		})
 	}
@@ -143,7 +145,7 @@ func (s *Server) serveTCP(ctx context.Context, l net.Listener, log *slog.Logger)
 		c, err := l.Accept()
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
-				log.Error("accept tcp", "addr", l.Addr().String(), "err", err)
+				log.Error("accept tcp", logkey.Addr, l.Addr().String(), logkey.Error, err)
 			}
 			return
 		}

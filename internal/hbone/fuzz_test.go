@@ -18,7 +18,8 @@ import (
 
 // FuzzCONNECT drives the server's request handling with arbitrary methods,
 // authorities and headers. Whatever the request says, the server answers
-// one of its four statuses and dials only a target Authorize approved,
+// one of its four statuses and dials only a target the handler's
+// Authorize approved,
 // which is exactly the parsed :authority.
 func FuzzCONNECT(f *testing.F) {
 	f.Add("CONNECT", "10.0.0.1:80", "")
@@ -34,8 +35,8 @@ func FuzzCONNECT(f *testing.F) {
 	f.Fuzz(func(t *testing.T, method, authority, forwarded string) {
 		var authorized netip.AddrPort
 		var dialed []netip.AddrPort
-		s := &Server{
-			Authorize: func(_ context.Context, r *Request) error {
+		s := &Server{Handler: proxy(
+			func(_ context.Context, r *Request) error {
 				authorized = r.Target
 				if r.Target.Addr() == approved || r.Target.Port() == 503 {
 					return nil
@@ -45,7 +46,7 @@ func FuzzCONNECT(f *testing.F) {
 				}
 				return ErrBadRequest
 			},
-			Dial: func(_ context.Context, r *Request) (net.Conn, error) {
+			func(_ context.Context, r *Request) (net.Conn, error) {
 				dialed = append(dialed, r.Target)
 				if r.Target.Port() == 503 {
 					return nil, errors.New("connection refused")
@@ -54,21 +55,20 @@ func FuzzCONNECT(f *testing.F) {
 				b.Close()
 				return a, nil
 			},
-		}
-		h := http.Header{}
-		h.Set(HeaderForwarded, forwarded)
-		d := s.decide(t.Context(), connInfo{peer: clientID}, requestHead{method: method, authority: authority, header: h})
-		if d.upstream != nil {
-			d.upstream.Close()
-		}
-		w := struct{ Code int }{d.code}
+		)}
+		ss := &ServerStream{srv: s, ci: connInfo{peer: clientID}}
+		fields := []hpack.HeaderField{{Name: ":method", Value: method}, {Name: ":authority", Value: authority}, {Name: "forwarded", Value: forwarded}}
+		s.dispatch(t.Context(), ss, fields)
+		ss.end()
+		w := struct{ Code int }{ss.status}
 		switch w.Code {
 		case http.StatusOK, http.StatusBadRequest, http.StatusUnauthorized, http.StatusServiceUnavailable:
 		default:
 			t.Fatalf("%q %q: got status %d, want 200, 400, 401 or 503", method, authority, w.Code)
 		}
+		_, herr := parseRequest(fields)
 		target, perr := ParseTarget(method, authority)
-		if perr != nil {
+		if herr != nil || perr != nil {
 			if w.Code != http.StatusBadRequest || len(dialed) != 0 || authorized.IsValid() {
 				t.Fatalf("%q %q: unparsable target: got status %d, %d dials, authorized %v; want 400, none, none", method, authority, w.Code, len(dialed), authorized)
 			}

@@ -782,6 +782,8 @@ func (g *gate) waitEntered(t *testing.T, n int) {
 	}
 }
 
+func allowAll(context.Context, *Request) error { return nil }
+
 func dialUpstream(ctx context.Context, r *Request) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", r.Target.String())
@@ -790,7 +792,7 @@ func dialUpstream(ctx context.Context, r *Request) (net.Conn, error) {
 // gatedServer starts a Server whose Authorize is g.
 func (f *fixture) gatedServer(t *testing.T, g *gate) netip.AddrPort {
 	t.Helper()
-	return f.serve(t, &Server{Authorize: g.authorize, Dial: dialUpstream})
+	return f.serve(t, &Server{Handler: proxy(g.authorize, dialUpstream)})
 }
 
 // sendData sends n bytes on stream id in frames of the default size.
@@ -1083,8 +1085,7 @@ func TestServerManyStreamsNoResets(t *testing.T) {
 func TestServerGracefulShutdown(t *testing.T) {
 	f := newFixture(t, nil)
 	s := &Server{
-		Authorize: func(context.Context, *Request) error { return nil },
-		Dial:      dialUpstream,
+		Handler: proxy(allowAll, dialUpstream),
 	}
 	addr := f.serve(t, s)
 	p := f.newPeer(t, addr)
@@ -1652,8 +1653,7 @@ func TestClientKeepaliveAnswered(t *testing.T) {
 func TestServerHandshakeBounds(t *testing.T) {
 	f := newFixture(t, nil)
 	s := &Server{
-		Authorize:              func(context.Context, *Request) error { return nil },
-		Dial:                   dialUpstream,
+		Handler:                proxy(allowAll, dialUpstream),
 		MaxHandshakes:          4,
 		MaxHandshakesPerSource: 2,
 	}

@@ -2,9 +2,9 @@
 // mutual TLS 1.3 (ALPN "h2", no SNI), where each side proves a SPIFFE
 // workload identity with its certificate. It holds the client, which dials
 // a peer's tunnel port and opens one CONNECT stream per proxied
-// connection, and the server, which accepts tunnels, asks its caller
-// whether the target may be reached and by whom, and only then connects
-// upstream.
+// connection, and the server, which accepts tunnels, proves who the
+// client is, and hands each CONNECT to one handler that answers it (and,
+// for a proxy, checks it, connects upstream and joins the two).
 package hbone
 
 import (
@@ -15,10 +15,12 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/ambitmesh/ambit/internal/mesh"
 )
 
 // Port is the HBONE tunnel port of every mesh workload.
-const Port = 15008
+const Port = mesh.HBONEPort
 
 // ALPN is the only application protocol HBONE speaks over TLS.
 const ALPN = "h2"
@@ -49,8 +51,7 @@ const (
 	HeaderBaggage = "Baggage"
 )
 
-// StatusError is a CONNECT refused by the peer, or a refusal a server hook
-// asks for.
+// StatusError is a CONNECT refused by the peer.
 type StatusError struct {
 	Code int
 	Err  error
@@ -66,8 +67,8 @@ func (e *StatusError) Error() string {
 
 func (e *StatusError) Unwrap() error { return e.Err }
 
-// Refusals a server hook returns. Authorize errors that wrap
-// ErrBadRequest become 400, any other error 401.
+// Reasons of refusals: a malformed request (the server answers it 400),
+// and a connection a policy denies.
 var (
 	ErrBadRequest = errors.New("bad request")
 	ErrDenied     = errors.New("denied by policy")

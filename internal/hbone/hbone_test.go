@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -59,6 +60,41 @@ func closedPort(t *testing.T) netip.AddrPort {
 	return ap
 }
 
+// proxy is the handler of a tunnel proxy in one pass: authorize (an
+// error wrapping ErrBadRequest answers 400, any other 401), dial (503 on
+// an error, or when the stream ended meanwhile), answer 200, join.
+func proxy(authorize func(context.Context, *Request) error, dial func(context.Context, *Request) (net.Conn, error)) Handler {
+	return HandlerFunc(func(ctx context.Context, r *Request, st *ServerStream) {
+		if err := authorize(ctx, r); err != nil {
+			code := http.StatusUnauthorized
+			if errors.Is(err, ErrBadRequest) {
+				code = http.StatusBadRequest
+			}
+			st.Refuse(code, err)
+			return
+		}
+		if err := ctx.Err(); err != nil {
+			// The client reset the stream meanwhile: dial nothing for it.
+			st.Refuse(http.StatusServiceUnavailable, fmt.Errorf("stream ended before the dial: %w", err))
+			return
+		}
+		up, err := dial(ctx, r)
+		if err != nil {
+			st.Refuse(http.StatusServiceUnavailable, err)
+			return
+		}
+		if err := st.Accept(); err != nil {
+			up.Close()
+			return
+		}
+		if st.stream == nil {
+			up.Close() // FuzzCONNECT: no tunnel to join
+			return
+		}
+		Join(st, up)
+	})
+}
+
 type fixture struct {
 	ca       *identity.CA
 	addr     netip.AddrPort // the server's tunnel address
@@ -82,7 +118,7 @@ func newFixture(t testing.TB, serverCert *tls.Certificate) *fixture {
 	s := &Server{
 		Certificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serverCert, nil },
 		Verifier:    f.verifier,
-		Authorize: func(_ context.Context, r *Request) error {
+		Handler: proxy(func(_ context.Context, r *Request) error {
 			f.mu.Lock()
 			f.lastPeer = r.Peer
 			f.mu.Unlock()
@@ -90,12 +126,11 @@ func newFixture(t testing.TB, serverCert *tls.Certificate) *fixture {
 				return nil
 			}
 			return ErrDenied
-		},
-		Dial: func(ctx context.Context, r *Request) (net.Conn, error) {
+		}, func(ctx context.Context, r *Request) (net.Conn, error) {
 			f.dials.Add(1)
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", r.Target.String())
-		},
+		}),
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

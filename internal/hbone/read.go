@@ -420,7 +420,7 @@ func (c *conn) newStreamLocked(id uint32) *stream {
 	}
 	st.cond.L = &st.mu
 	if c.server {
-		// The request's hooks stop when the stream ends.
+		// The handler's context ends when the stream does.
 		st.ctx, st.cancel = context.WithCancel(context.Background())
 	} else {
 		st.resp = make(chan response, 1)

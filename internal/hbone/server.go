@@ -22,9 +22,11 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/tracker"
 )
 
-// Request is one CONNECT a server received, as its hooks see it.
+// Request is one CONNECT a server received, as its handler sees it.
 type Request struct {
 	// Peer is the client's verified identity.
 	Peer identity.Identity
@@ -38,23 +40,33 @@ type Request struct {
 	Header http.Header
 }
 
-// Server accepts HBONE tunnels. Certificate, Verifier, Authorize and Dial
-// are required; a Server missing Authorize refuses every CONNECT.
+// Handler serves the CONNECT streams a Server accepted. ServeStream
+// answers st exactly once, with st.Accept (200, then st is the tunnel) or
+// st.Refuse (an error status); it runs in the stream's own goroutine, and
+// ctx ends when the stream does (the client reset it, or the connection
+// ended). The server closes st once ServeStream returns, and refuses a
+// stream left unanswered with 503.
+type Handler interface {
+	ServeStream(ctx context.Context, r *Request, st *ServerStream)
+}
+
+// HandlerFunc is a function used as a Handler.
+type HandlerFunc func(ctx context.Context, r *Request, st *ServerStream)
+
+// ServeStream calls f.
+func (f HandlerFunc) ServeStream(ctx context.Context, r *Request, st *ServerStream) { f(ctx, r, st) }
+
+// Server accepts HBONE tunnels. Certificate, Verifier and Handler are
+// required; a Server without a Handler refuses every CONNECT.
 type Server struct {
 	// Certificate picks the server's certificate for a handshake, usually
 	// by the local address the client reached.
 	Certificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	// Verifier checks client chains against the mesh roots.
 	Verifier *identity.Verifier
-	// Authorize approves a CONNECT or refuses it. Errors wrapping
-	// ErrBadRequest answer 400, other errors 401. The server never dials a
-	// target that Authorize did not approve.
-	Authorize func(ctx context.Context, r *Request) error
-	// Dial connects to an approved target; an error answers 503.
-	Dial func(ctx context.Context, r *Request) (net.Conn, error)
-	// Handle runs the tunnel once the upstream is connected and 200 sent:
-	// it owns both connections and must close them. Nil means Join.
-	Handle func(ctx context.Context, r *Request, client, upstream net.Conn)
+	// Handler gets every well-formed CONNECT to an ip:port; the server
+	// answers malformed requests 400 itself, without it.
+	Handler Handler
 	// Log receives handshake failures and refusals; nil discards them.
 	Log *slog.Logger
 	// MaxHandshakes bounds the connections not yet past the TLS
@@ -71,10 +83,8 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	// drained is closed when the last connection ends after shutdown.
-	drained  chan struct{}
-	shutdown bool
+	shutdown  bool
+	conns     tracker.Tracker[*conn]
 	// Connections in the handshake, in all and by source address; shed
 	// counts those closed for the bounds, shedLogged is when the last
 	// warning about it was logged.
@@ -134,8 +144,8 @@ func (s *Server) shedLocked(src netip.Addr) {
 	s.shed++
 	if now := time.Now(); now.Sub(s.shedLogged) >= 10*time.Second {
 		s.shedLogged = now
-		s.log().Warn("hbone connections closed unauthenticated: too many in the handshake", logKeyPeerAddr, src.String(),
-			logKeyCount, s.shed, logKeyInHandshake, s.pending.Len(), logKeyFromPeer, s.bySource[src])
+		s.log().Warn("hbone connections closed unauthenticated: too many in the handshake", logkey.PeerAddr, src.String(),
+			logkey.Count, s.shed, logkey.InHandshake, s.pending.Len(), logkey.FromPeer, s.bySource[src])
 	}
 }
 
@@ -173,19 +183,6 @@ func (s *Server) log() *slog.Logger {
 	}
 	return s.Log
 }
-
-// Log attribute keys of the server.
-const (
-	logKeyPeer      = "peer"
-	logKeyPeerAddr  = "peer_addr"
-	logKeyAuthority = "authority"
-	logKeyStatus    = "status"
-	logKeyError     = "error"
-	// Of the handshake bounds.
-	logKeyCount       = "count"
-	logKeyInHandshake = "in_handshake"
-	logKeyFromPeer    = "from_peer"
-)
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("hbone server closed")
@@ -225,7 +222,7 @@ func (s *Server) Serve(ln net.Listener) error {
 				// Out of descriptors or a transient failure: back off
 				// rather than spin.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log().Warn("hbone accept failed", logKeyError, err.Error())
+				s.log().Warn("hbone accept failed", logkey.Error, err.Error())
 				time.Sleep(delay)
 				continue
 			}
@@ -267,7 +264,7 @@ func (s *Server) serveConn(raw net.Conn, h *handshake) {
 	ci := connInfo{peerAddr: AddrPort(raw.RemoteAddr()), localAddr: AddrPort(raw.LocalAddr())}
 	tc := tls.Server(raw, s.TLSConfig())
 	refuse := func(msg string, err error) {
-		s.log().Info(msg, logKeyPeerAddr, ci.peerAddr.String(), logKeyError, err.Error())
+		s.log().Info(msg, logkey.PeerAddr, ci.peerAddr.String(), logkey.Error, err.Error())
 		tc.Close()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
@@ -304,11 +301,11 @@ func (s *Server) serveConn(raw net.Conn, h *handshake) {
 		st.remote = net.TCPAddrFromAddrPort(ci.peerAddr)
 		go s.serveStream(st, fields, ci)
 	}
-	if !s.track(c, true) {
+	if !s.conns.Add(c) {
 		tc.Close()
 		return
 	}
-	defer s.track(c, false)
+	defer s.conns.Remove(c)
 	if err := c.start(); err != nil {
 		c.fail(err)
 		return
@@ -316,31 +313,8 @@ func (s *Server) serveConn(raw net.Conn, h *handshake) {
 	c.idleAfter(idleTimeout)
 	c.readLoop()
 	if err := c.Err(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
-		s.log().Info("hbone connection failed", logKeyPeer, peer.String(), logKeyPeerAddr, ci.peerAddr.String(), logKeyError, err.Error())
+		s.log().Info("hbone connection failed", logkey.Peer, peer.String(), logkey.PeerAddr, ci.peerAddr.String(), logkey.Error, err.Error())
 	}
-}
-
-// track adds or removes a connection; it refuses to add one once the
-// server shuts down.
-func (s *Server) track(c *conn, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		if s.shutdown {
-			return false
-		}
-		if s.conns == nil {
-			s.conns = map[*conn]struct{}{}
-		}
-		s.conns[c] = struct{}{}
-		return true
-	}
-	delete(s.conns, c)
-	if s.shutdown && len(s.conns) == 0 && s.drained != nil {
-		close(s.drained)
-		s.drained = nil
-	}
-	return true
 }
 
 type connInfo struct {
@@ -439,96 +413,89 @@ func parseRequest(fields []hpack.HeaderField) (requestHead, error) {
 	return r, nil
 }
 
-// serveStream answers one request and, if approved, runs its tunnel.
+// serveStream answers one request, through the handler when it is a
+// well-formed CONNECT.
 func (s *Server) serveStream(st *stream, fields []hpack.HeaderField, ci connInfo) {
 	defer st.releaseSlot()
-	ctx, cancel := st.ctx, st.cancel
-	defer cancel()
+	defer st.cancel()
+	ss := &ServerStream{stream: st, srv: s, ci: ci}
+	s.dispatch(st.ctx, ss, fields)
+	ss.end()
+}
+
+// dispatch is the CONNECT logic apart from the connection, so that
+// fuzzing can drive it: a malformed request is refused 400, a CONNECT
+// goes to the handler.
+func (s *Server) dispatch(ctx context.Context, ss *ServerStream, fields []hpack.HeaderField) {
 	head, err := parseRequest(fields)
-	var d decision
+	ss.authority = head.authority
 	if err != nil {
-		d = decision{code: http.StatusBadRequest, err: err}
-	} else {
-		d = s.decide(ctx, ci, head)
-	}
-	if d.code != http.StatusOK {
-		s.refuse(st, ci, head.authority, d.code, d.err)
+		ss.Refuse(http.StatusBadRequest, err)
 		return
 	}
-	if err := st.c.writeHeaders(st.id, []hpack.HeaderField{{Name: ":status", Value: "200"}}, false); err != nil {
-		d.upstream.Close()
-		st.Close()
-		return
-	}
-	if s.Handle != nil {
-		s.Handle(ctx, d.req, st, d.upstream)
-		st.Close()
-		return
-	}
-	Join(st, d.upstream)
-}
-
-// decision is the answer to a request: 200 with a connected upstream, or
-// a refusal.
-type decision struct {
-	code     int
-	err      error
-	req      *Request
-	upstream net.Conn
-}
-
-// decide is the CONNECT logic, apart from the connection so that fuzzing
-// can drive it.
-func (s *Server) decide(ctx context.Context, ci connInfo, head requestHead) decision {
 	target, err := ParseTarget(head.method, head.authority)
 	if err != nil {
-		return decision{code: http.StatusBadRequest, err: err}
+		ss.Refuse(http.StatusBadRequest, err)
+		return
 	}
-	req := &Request{Peer: ci.peer, PeerAddr: ci.peerAddr, LocalAddr: ci.localAddr, Target: target, Header: head.header}
-	if s.Authorize == nil {
-		return decision{code: http.StatusUnauthorized, err: errors.New("no authorization hook")}
+	if s.Handler == nil {
+		ss.Refuse(http.StatusUnauthorized, errors.New("no handler"))
+		return
 	}
-	if err := s.Authorize(ctx, req); err != nil {
-		code := http.StatusUnauthorized
-		if errors.Is(err, ErrBadRequest) {
-			code = http.StatusBadRequest
+	r := &Request{Peer: ss.ci.peer, PeerAddr: ss.ci.peerAddr, LocalAddr: ss.ci.localAddr, Target: target, Header: head.header}
+	s.Handler.ServeStream(ctx, r, ss)
+}
+
+// ServerStream is a CONNECT stream a server accepted, as its Handler
+// gets it. It is answered once, with Accept or Refuse; after Accept it
+// is the tunnel to the client, a net.Conn that CloseWrite half-closes.
+type ServerStream struct {
+	// stream is nil for a request FuzzCONNECT drives without a
+	// connection: the answer is only recorded.
+	*stream
+	srv       *Server
+	ci        connInfo
+	authority string
+	// status is the answer sent, 0 before.
+	status int
+}
+
+// errAnswered is returned by Accept on a stream already answered.
+var errAnswered = errors.New("hbone stream already answered")
+
+// Accept answers the CONNECT 200: the tunnel is open. An error means
+// the stream has ended (the client went away); the handler has nothing
+// more to do with it.
+func (ss *ServerStream) Accept() error {
+	if ss.status != 0 {
+		return errAnswered
+	}
+	ss.status = http.StatusOK
+	if ss.stream == nil {
+		return nil
+	}
+	return ss.c.writeHeaders(ss.id, []hpack.HeaderField{{Name: ":status", Value: "200"}}, false)
+}
+
+// Refuse answers the CONNECT with an error status and the status's short
+// reason as a text body, then ends the stream. err, the detail, goes to
+// the server's log only: the peer is never told which addresses are
+// workloads here, the dial error, the policy's name, or the authority it
+// sent. After Accept, Refuse only closes the stream.
+func (ss *ServerStream) Refuse(code int, err error) {
+	if ss.status != 0 {
+		if ss.stream != nil {
+			ss.stream.Close()
 		}
-		return decision{code: code, err: err}
+		return
 	}
-	if s.Dial == nil {
-		return decision{code: http.StatusServiceUnavailable, err: errors.New("no dial hook")}
+	ss.status = code
+	ss.srv.log().Info("hbone connect refused", logkey.Peer, ss.ci.peer.String(), logkey.PeerAddr, ss.ci.peerAddr.String(),
+		logkey.Authority, ss.authority, logkey.Status, code, logkey.Error, err.Error())
+	if ss.stream == nil {
+		return
 	}
-	if err := ctx.Err(); err != nil {
-		// The client reset the stream meanwhile: dial nothing for it.
-		return decision{code: http.StatusServiceUnavailable, err: fmt.Errorf("stream ended before the dial: %w", err)}
-	}
-	up, err := s.Dial(ctx, req)
-	if err != nil {
-		return decision{code: http.StatusServiceUnavailable, err: err}
-	}
-	return decision{code: http.StatusOK, req: req, upstream: up}
-}
-
-// refusalText is what a refused peer is told: the status's short reason,
-// never the detail (which addresses are workloads here, the dial error,
-// the policy's name, the authority it sent), which goes to the log.
-func refusalText(code int) string {
-	switch code {
-	case http.StatusBadRequest:
-		return "bad request"
-	case http.StatusUnauthorized:
-		return "denied"
-	case http.StatusServiceUnavailable:
-		return "destination unavailable"
-	}
-	return strings.ToLower(http.StatusText(code))
-}
-
-// refuse answers a request with an error status and a short reason as a
-// text body, then ends the stream; the detail is logged.
-func (s *Server) refuse(st *stream, ci connInfo, authority string, code int, err error) {
-	s.log().Info("hbone connect refused", logKeyPeer, ci.peer.String(), logKeyPeerAddr, ci.peerAddr.String(),
-		logKeyAuthority, authority, logKeyStatus, code, logKeyError, err.Error())
+	st := ss.stream
 	c := st.c
 	if c.writeHeaders(st.id, []hpack.HeaderField{
 		{Name: ":status", Value: strconv.Itoa(code)},
@@ -550,54 +517,57 @@ func (s *Server) refuse(st *stream, ci connInfo, authority string, code int, err
 	st.Close()
 }
 
+// end ends a stream once its handler returned: refused 503 if the
+// handler left it unanswered, closed in any case.
+func (ss *ServerStream) end() {
+	if ss.status == 0 {
+		ss.Refuse(http.StatusServiceUnavailable, errors.New("handler returned without answering"))
+	}
+	if ss.stream != nil {
+		ss.stream.Close()
+	}
+}
+
+// refusalText is what a refused peer is told: the status's short reason,
+// never the detail, which goes to the log.
+func refusalText(code int) string {
+	switch code {
+	case http.StatusBadRequest:
+		return "bad request"
+	case http.StatusUnauthorized:
+		return "denied"
+	case http.StatusServiceUnavailable:
+		return "destination unavailable"
+	}
+	return strings.ToLower(http.StatusText(code))
+}
+
 // Shutdown stops accepting, tells clients to open no more streams
 // (GOAWAY), waits for open streams to end until ctx is done, then closes
 // every connection.
 func (s *Server) Shutdown(ctx context.Context) error {
-	conns, drained := s.stopAccepting(true)
-	for _, c := range conns {
-		c.goAway()
+	s.closeListeners()
+	if err := s.conns.Shutdown(ctx, (*conn).goAway, func(c *conn) { c.Close() }); err != nil {
+		return fmt.Errorf("drain hbone streams: %w", err)
 	}
-	if drained == nil {
-		return nil
-	}
-	select {
-	case <-drained:
-		return nil
-	case <-ctx.Done():
-		s.Close()
-		return fmt.Errorf("drain hbone streams: %w", ctx.Err())
-	}
+	return nil
 }
 
 // Close closes listeners and connections at once.
 func (s *Server) Close() error {
-	conns, _ := s.stopAccepting(false)
-	for _, c := range conns {
+	s.closeListeners()
+	for _, c := range s.conns.Stop() {
 		c.Close()
 	}
 	return nil
 }
 
-// stopAccepting marks the server shut down, closes its listeners and
-// returns its open connections; with drain, also the channel closed once
-// they have all ended (nil when there are none).
-func (s *Server) stopAccepting(drain bool) ([]*conn, chan struct{}) {
+// closeListeners marks the server shut down and closes its listeners.
+func (s *Server) closeListeners() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.shutdown = true
 	for ln := range s.listeners {
 		ln.Close()
 	}
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	if !drain || len(conns) == 0 {
-		return conns, nil
-	}
-	if s.drained == nil {
-		s.drained = make(chan struct{})
-	}
-	return conns, s.drained
 }

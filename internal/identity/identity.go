@@ -11,10 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/ambitmesh/ambit/internal/mesh"
 )
 
 // DefaultTrustDomain is the trust domain Istio uses when none is configured.
-const DefaultTrustDomain = "cluster.local"
+const DefaultTrustDomain = mesh.DefaultTrustDomain
 
 // Identity is a workload identity in Istio's SPIFFE form.
 type Identity struct {

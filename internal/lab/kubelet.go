@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/netns"
 )
 
@@ -221,7 +222,7 @@ func (k *Kubelet) keepLease(ctx context.Context) {
 			_, err = leases.Update(ctx, lease, metav1.UpdateOptions{})
 		}
 		if err != nil && ctx.Err() == nil {
-			k.log.Warn("renew node lease", "err", err)
+			k.log.Warn("renew node lease", logkey.Error, err)
 		}
 	}
 	renew()
@@ -245,7 +246,7 @@ func (k *Kubelet) processNext(ctx context.Context) bool {
 	defer k.queue.Done(key)
 	if err := k.sync(ctx, key); err != nil {
 		if ctx.Err() == nil {
-			k.log.Warn("sync pod", "pod", key, "err", err)
+			k.log.Warn("sync pod", "pod", key, logkey.Error, err)
 			k.queue.AddRateLimited(key)
 		}
 		return true
@@ -624,7 +625,7 @@ func (k *Kubelet) supervise(ctx context.Context, pod *corev1.Pod, rt *podRuntime
 				if ctx.Err() != nil {
 					return
 				}
-				k.log.Warn("report pod status", "pod", rt.key, "err", err)
+				k.log.Warn("report pod status", "pod", rt.key, logkey.Error, err)
 			} else {
 				last = st
 			}
@@ -779,7 +780,7 @@ func (k *Kubelet) reportFailure(ctx context.Context, pod *corev1.Pod, cause erro
 		return err
 	})
 	if err != nil && ctx.Err() == nil {
-		k.log.Warn("report pod failure", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+		k.log.Warn("report pod failure", "pod", pod.Namespace+"/"+pod.Name, logkey.Error, err)
 	}
 }
 
@@ -799,7 +800,7 @@ func (k *Kubelet) teardown(ctx context.Context, rt *podRuntime, grace time.Durat
 		if !force {
 			return err
 		}
-		k.log.Warn("cni del at shutdown", "pod", rt.key, "err", err)
+		k.log.Warn("cni del at shutdown", "pod", rt.key, logkey.Error, err)
 		if err := rt.ns.Delete(); !rt.hostNetwork && err != nil {
 			return err
 		}

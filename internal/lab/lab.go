@@ -35,6 +35,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/netns"
 )
 
@@ -166,7 +167,7 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	// An interrupted test run cannot clean up after itself; the next lab
 	// does it.
 	if err := CleanStale(); err != nil {
-		l.log.Warn("clean stale labs", "err", err)
+		l.log.Warn("clean stale labs", logkey.Error, err)
 	}
 	bgCtx, cancel := context.WithCancel(context.Background())
 	l.cancel = cancel

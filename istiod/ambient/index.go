@@ -20,6 +20,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/istiod/authz"
 )
 
@@ -180,7 +181,7 @@ func (x *Index) handler(set func(obj any), del func(namespace, name string)) cac
 			}
 			m, err := meta.Accessor(obj)
 			if err != nil {
-				x.log.Error("deleted object without metadata", "err", err)
+				x.log.Error("deleted object without metadata", logkey.Error, err)
 				return
 			}
 			x.mu.Lock()
@@ -267,7 +268,7 @@ func (x *Index) flush(first bool) {
 	if x.policiesChanged && x.authzPols != nil {
 		x.policiesChanged = false
 		if t, err := x.translatePolicies(); err != nil {
-			x.log.Error("read security policies", "err", err)
+			x.log.Error("read security policies", logkey.Error, err)
 		} else {
 			x.builder.SetPolicies(t)
 		}
@@ -278,7 +279,7 @@ func (x *Index) flush(first bool) {
 	x.log.Debug("ambient model flushed", "addresses", len(d.Addresses), "removedAddresses", len(d.RemovedAddresses),
 		"authorizations", len(d.Authorizations), "removedAuthorizations", len(d.RemovedAuthorizations), "took", time.Since(start))
 	for k, v := range d.PolicyStatus {
-		x.log.Debug("policy translation", "policy", k, "status", v)
+		x.log.Debug("policy translation", logkey.Policy, k, logkey.Status, v)
 	}
 	if x.opts.OnChange != nil && (first || !d.Empty()) {
 		x.opts.OnChange(d)

@@ -12,6 +12,7 @@ import (
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/internal/enrolment"
+	"github.com/ambitmesh/ambit/internal/mesh"
 )
 
 // Labels and values of the ambient surface, the same as Istio's.
@@ -44,10 +45,10 @@ func (c Config) withDefaults() Config {
 		c.ClusterID = api.DefaultClusterID
 	}
 	if c.TrustDomain == "" {
-		c.TrustDomain = "cluster.local"
+		c.TrustDomain = mesh.DefaultTrustDomain
 	}
 	if c.DomainSuffix == "" {
-		c.DomainSuffix = "cluster.local"
+		c.DomainSuffix = mesh.DefaultDomainSuffix
 	}
 	if c.RootNamespace == "" {
 		c.RootNamespace = "istio-system"

@@ -13,6 +13,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/ambitmesh/ambit/internal/logkey"
 )
 
 // RootCertConfigMap is the ConfigMap, in every namespace, that carries the
@@ -90,7 +92,7 @@ func (p *RootCertPublisher) Run(ctx context.Context) {
 			return
 		}
 		if err := p.ensure(ctx, ns); err != nil {
-			p.log.Warn("publish root certificate", "namespace", ns, "err", err)
+			p.log.Warn("publish root certificate", logkey.Namespace, ns, logkey.Error, err)
 			p.queue.AddRateLimited(ns)
 		} else {
 			p.queue.Forget(ns)

@@ -24,6 +24,9 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/mesh"
 )
 
 // Audience a caller's token must be bound to.
@@ -87,7 +90,7 @@ func NewService(opts ServiceOptions) (*Service, error) {
 		return nil, errors.New("new certificate service: want an authority, a Kubernetes client and a pod lister")
 	}
 	if opts.TrustDomain == "" {
-		opts.TrustDomain = "cluster.local"
+		opts.TrustDomain = mesh.DefaultTrustDomain
 	}
 	if opts.DefaultTTL == 0 {
 		opts.DefaultTTL = 24 * time.Hour
@@ -122,7 +125,7 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 	chain, reason, err := s.create(ctx, req)
 	if err != nil {
 		s.refused.WithLabelValues(reason).Inc()
-		s.opts.Log.Warn("certificate refused", "reason", reason, "err", err)
+		s.opts.Log.Warn("certificate refused", logkey.Reason, reason, logkey.Error, err)
 		code := codes.InvalidArgument
 		switch {
 		case errors.Is(err, ErrUnauthenticated), errors.Is(err, ErrTooManyFailures):

@@ -31,6 +31,8 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/mesh"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/xds"
@@ -173,14 +175,14 @@ func (s *Server) Authority() *ca.Authority { return s.authority }
 func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	td := s.cfg.Ambient.TrustDomain
 	if td == "" {
-		td = "cluster.local"
+		td = mesh.DefaultTrustDomain
 	}
 	a, src, err := ca.LoadOrCreate(ctx, s.kube, s.cfg.CA.Namespace, td)
 	if err != nil {
 		return nil, err
 	}
 	s.authority = a
-	s.log.Info("certificate authority loaded", "source", src, "namespace", s.cfg.CA.Namespace)
+	s.log.Info("certificate authority loaded", "source", src, logkey.Namespace, s.cfg.CA.Namespace)
 	authn := ca.NewAuthenticator(s.kube, ca.AuthenticatorOptions{ClusterID: s.cfg.Ambient.ClusterID})
 	svc, err := ca.NewService(ca.ServiceOptions{
 		Authority: a, Kube: s.kube, Authenticator: authn, TrustDomain: td, Pods: s.index.Pods(), NodeAgents: s.cfg.CA.NodeAgents,
@@ -216,7 +218,7 @@ func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})),
 		grpc.ChainStreamInterceptor(authn.StreamInterceptor("/"+discovery.AggregatedDiscoveryService_ServiceDesc.ServiceName+"/", func(method string, err error) {
-			xdsLog.Warn("xds stream refused", "method", method, "err", err)
+			xdsLog.Warn("xds stream refused", "method", method, logkey.Error, err)
 		})),
 	)
 	svc.Register(g)
@@ -253,10 +255,10 @@ func (s *Server) publish(d ambient.Delta) {
 	// Policies first: a workload must never reference a policy its
 	// client does not have yet.
 	if err := s.xds.Apply(xds.AuthorizationType, auths, d.RemovedAuthorizations); err != nil {
-		s.log.Error("publish authorizations", "err", err)
+		s.log.Error("publish authorizations", logkey.Error, err)
 	}
 	if err := s.xds.Apply(xds.AddressType, addrs, d.RemovedAddresses); err != nil {
-		s.log.Error("publish addresses", "err", err)
+		s.log.Error("publish addresses", logkey.Error, err)
 	}
 	if s.status != nil && d.PolicyStatus != nil {
 		s.status.offer(d.PolicyStatus)

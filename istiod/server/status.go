@@ -10,6 +10,7 @@ import (
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/istiod/authz"
 )
 
@@ -57,10 +58,10 @@ func (w *statusWriter) run(ctx context.Context) {
 					continue
 				}
 				if msg != "" {
-					w.log.Warn("policy not enforced as written", "policy", key, "reason", msg)
+					w.log.Warn("policy not enforced as written", logkey.Policy, key, logkey.Reason, msg)
 				}
 				if err := w.write(ctx, key, msg); err != nil {
-					w.log.Warn("write policy status", "policy", key, "err", err)
+					w.log.Warn("write policy status", logkey.Policy, key, logkey.Error, err)
 					continue
 				}
 				w.written[key] = msg
@@ -68,7 +69,7 @@ func (w *statusWriter) run(ctx context.Context) {
 			for key := range w.written {
 				if _, ok := st[key]; !ok {
 					if err := w.write(ctx, key, ""); err != nil {
-						w.log.Debug("clear policy status", "policy", key, "err", err)
+						w.log.Debug("clear policy status", logkey.Policy, key, logkey.Error, err)
 					}
 					delete(w.written, key)
 				}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/telemetry"
 )
 
 // TunnelProtocol is how traffic reaches a workload (istio.workload.TunnelProtocol).
@@ -102,6 +103,17 @@ func (w *Workload) MetricName() string {
 	return w.Name
 }
 
+// Telemetry is what telemetry says about the workload.
+func (w *Workload) Telemetry() *telemetry.Workload {
+	return &telemetry.Workload{Name: w.Name, Namespace: w.Namespace, MetricName: w.MetricName(),
+		CanonicalService: w.CanonicalName, CanonicalRevision: w.CanonicalRevision}
+}
+
+// Endpoint is the workload at addr, for telemetry.
+func (w *Workload) Endpoint(addr netip.AddrPort) telemetry.Endpoint {
+	return telemetry.Endpoint{Addr: addr, Identity: w.Identity(), Workload: w.Telemetry()}
+}
+
 // Key is "<namespace>/<name>".
 func (w *Workload) Key() string { return w.Namespace + "/" + w.Name }
 
@@ -181,6 +193,11 @@ type Service struct {
 	// Visibility limits which clients reach the service through its
 	// addresses; to other clients they are not the service's.
 	Visibility Visibility `json:"visibility,omitempty"`
+}
+
+// Telemetry is what telemetry says about the service.
+func (s *Service) Telemetry() *telemetry.Service {
+	return &telemetry.Service{Hostname: s.Hostname, Name: s.Name, Namespace: s.Namespace}
 }
 
 // Key is "<namespace>/<hostname>", the key workloads use in Services.

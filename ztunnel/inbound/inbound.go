@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -20,11 +21,12 @@ import (
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/origdst"
-	"github.com/ambitmesh/ambit/ztunnel/accesslog"
+	"github.com/ambitmesh/ambit/internal/telemetry"
+	"github.com/ambitmesh/ambit/internal/tracker"
 	"github.com/ambitmesh/ambit/ztunnel/authz"
 	"github.com/ambitmesh/ambit/ztunnel/config"
-	"github.com/ambitmesh/ambit/ztunnel/metrics"
 )
 
 // Inbound serves the node's inbound listeners. Set every field but
@@ -35,7 +37,7 @@ type Inbound struct {
 	Store    *config.Store
 	Certs    *identity.Cache
 	Verifier *identity.Verifier
-	Metrics  *metrics.Metrics
+	Metrics  *telemetry.Metrics
 	// Log is the operational log, AccessLog gets one line per connection.
 	Log       *slog.Logger
 	AccessLog *slog.Logger
@@ -66,12 +68,10 @@ type Inbound struct {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	}
 
-	once   sync.Once
-	server *hbone.Server
-	mu     sync.Mutex
-	conns  map[*tracked]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	once      sync.Once
+	server    *hbone.Server
+	telemetry *telemetry.Recorder
+	conns     tracker.Tracker[*tracked]
 }
 
 // ErrUnknownDestination is wrapped when a connection asks for an address
@@ -99,32 +99,12 @@ func (t *tracked) close(reason error) {
 
 func (in *Inbound) init() {
 	in.once.Do(func() {
-		in.conns = map[*tracked]struct{}{}
+		in.telemetry = &telemetry.Recorder{Metrics: in.Metrics, AccessLog: in.AccessLog}
 		in.server = &hbone.Server{
-			Certificate: in.certificate,
-			Verifier:    in.Verifier,
-			Authorize: func(_ context.Context, r *hbone.Request) error {
-				snap := in.Store.Snapshot()
-				src, _ := clientAddr(snap, r)
-				w, err := in.authorize(snap, r.Peer, src.Addr(), r.LocalAddr, r.Target)
-				in.logDryRun(snap, w, authz.Conn{Source: r.Peer, SourceIP: src.Addr(), Destination: r.Target})
-				if err != nil {
-					// The destination's access log shows refusals too, with
-					// who was refused.
-					e := accesslog.Entry{Direction: accesslog.Inbound, SourceAddr: src, SourceIdentity: r.Peer.String(), DestinationAddr: r.Target, Err: err}
-					if w != nil {
-						e.DestinationWorkload, e.DestinationIdentity = w.Name, w.Identity().String()
-					}
-					e.Log(in.AccessLog)
-				}
-				return err
-			},
-			Dial: func(ctx context.Context, r *hbone.Request) (net.Conn, error) {
-				src, _ := clientAddr(in.Store.Snapshot(), r)
-				return in.dial(ctx, r.Target, src.Addr())
-			},
-			Handle:        in.handleHBONE,
-			Log:           in.Log.With(accesslog.KeyComponent, "hbone"),
+			Certificate:   in.certificate,
+			Verifier:      in.Verifier,
+			Handler:       hbone.HandlerFunc(in.handleHBONE),
+			Log:           in.Log.With(logkey.Component, "hbone"),
 			MaxHandshakes: in.MaxHandshakes,
 		}
 	})
@@ -194,8 +174,8 @@ func (in *Inbound) logDryRun(snap *config.Snapshot, w *config.Workload, c authz.
 	if verdict != nil {
 		result = verdict.Error()
 	}
-	in.Log.Info("dry-run authorization", accesslog.KeySourceAddr, c.SourceIP.String(), accesslog.KeySourceIdentity, c.Source.String(),
-		accesslog.KeyDestinationAddr, c.Destination.String(), accesslog.KeyResult, result)
+	in.Log.Info("dry-run authorization", logkey.SourceAddr, c.SourceIP.String(), logkey.SourceIdentity, c.Source.String(),
+		logkey.DestinationAddr, c.Destination.String(), logkey.Result, result)
 }
 
 // dial connects to a workload on this node, from src when the client's
@@ -227,66 +207,81 @@ func (in *Inbound) ServeHBONE(ln net.Listener) error {
 	return in.server.Serve(ln)
 }
 
-func (in *Inbound) handleHBONE(_ context.Context, r *hbone.Request, client, upstream net.Conn) {
+// handleHBONE serves one CONNECT in one pass over one snapshot of the
+// config: authorize, dial, answer 200, track, join. A target that is not
+// this tunnel's to reach and a denial by policy both answer 401 (see
+// authorize), a failed dial 503.
+func (in *Inbound) handleHBONE(ctx context.Context, r *hbone.Request, st *hbone.ServerStream) {
 	snap := in.Store.Snapshot()
-	w := snap.WorkloadByAddr(r.Target.Addr())
-	if w == nil { // removed since it was authorized
-		client.Close()
-		upstream.Close()
-		return
-	}
 	src, srcW := clientAddr(snap, r)
-	t := &tracked{
-		conn:     authz.Conn{Source: r.Peer, SourceIP: src.Addr(), Destination: r.Target},
-		local:    r.LocalAddr,
-		client:   client,
-		upstream: upstream,
+	c := authz.Conn{Source: r.Peer, SourceIP: src.Addr(), Destination: r.Target}
+	w, err := in.authorize(snap, r.Peer, src.Addr(), r.LocalAddr, r.Target)
+	in.logDryRun(snap, w, c)
+	rec := &telemetry.Conn{Direction: telemetry.Inbound, Source: telemetry.Endpoint{Addr: src, Identity: r.Peer}, Destination: telemetry.Endpoint{Addr: r.Target}}
+	if w != nil {
+		rec.Destination = w.Endpoint(r.Target)
 	}
-	e := accesslog.Entry{
-		Direction:           accesslog.Inbound,
-		SourceAddr:          src,
-		SourceIdentity:      r.Peer.String(),
-		DestinationAddr:     r.Target,
-		DestinationIdentity: w.Identity().String(),
-		DestinationWorkload: w.Name,
-	}
-	labels := metrics.Labels{
-		Reporter:                     metrics.ReporterDestination,
-		SourcePrincipal:              r.Peer.String(),
-		SourceWorkloadNamespace:      r.Peer.Namespace,
-		DestinationWorkload:          w.MetricName(),
-		DestinationWorkloadNamespace: w.Namespace,
-		DestinationPrincipal:         w.Identity().String(),
-		DestinationCanonicalService:  w.CanonicalName,
-		DestinationCanonicalRevision: w.CanonicalRevision,
-		RequestProtocol:              "tcp",
-		ConnectionSecurityPolicy:     metrics.MutualTLS,
+	if err != nil {
+		// The destination's access log shows refusals too, with who was
+		// refused.
+		in.telemetry.Refuse(rec, err)
+		st.Refuse(http.StatusUnauthorized, err)
+		return
 	}
 	if srcW != nil {
-		e.SourceWorkload = srcW.Name
-		e.SourceNamespace = srcW.Namespace
-		labels.SourceWorkload = srcW.MetricName()
-		labels.SourceCanonicalService = srcW.CanonicalName
-		labels.SourceCanonicalRevision = srcW.CanonicalRevision
+		rec.Source.Workload = srcW.Telemetry()
 	}
-	in.run(t, e, labels)
-}
-
-// run proxies a tracked connection until it ends, with telemetry.
-func (in *Inbound) run(t *tracked, e accesslog.Entry, labels metrics.Labels) {
-	if !in.track(t) {
-		t.close(errors.New("shutting down"))
+	if err := ctx.Err(); err != nil {
+		// The client reset the stream meanwhile: dial nothing for it.
+		st.Refuse(http.StatusServiceUnavailable, fmt.Errorf("stream ended before the dial: %w", err))
 		return
 	}
-	defer in.untrack(t)
-	// The policy may have changed between the authorization and track,
-	// when Reevaluate could not see this connection yet: check again now
-	// that any later change will.
-	if _, err := in.authorize(in.Store.Snapshot(), t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
-		t.close(fmt.Errorf("%w: %w", ErrPolicyChanged, err))
+	up, err := in.dial(ctx, r.Target, src.Addr())
+	if err != nil {
+		st.Refuse(http.StatusServiceUnavailable, err)
+		return
 	}
-	start := time.Now()
-	in.Metrics.Opened(labels)
+	// 200 before tracking: a tracked connection may be closed by
+	// Reevaluate or Shutdown at any time, and an answer must not follow
+	// the reset that closing sends.
+	if err := st.Accept(); err != nil {
+		up.Close()
+		return
+	}
+	t := &tracked{conn: c, local: r.LocalAddr, client: st, upstream: up}
+	if err := in.admit(snap, t); err != nil {
+		t.close(err)
+		in.telemetry.Refuse(rec, err)
+		return
+	}
+	defer in.conns.Remove(t)
+	in.join(t, rec)
+}
+
+// errShuttingDown refuses connections once Shutdown began.
+var errShuttingDown = errors.New("shutting down")
+
+// admit tracks t, authorized against snap, so that Reevaluate sees it
+// from now on. A policy change after snap was read and before t was
+// tracked is one Reevaluate could not apply to t: when the config moved
+// on meanwhile, t is authorized again against the current snapshot. An
+// error (ErrPolicyChanged, or shutting down) means t was not tracked.
+func (in *Inbound) admit(snap *config.Snapshot, t *tracked) error {
+	if !in.conns.Add(t) {
+		return errShuttingDown
+	}
+	if now := in.Store.Snapshot(); now != snap {
+		if _, err := in.authorize(now, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
+			in.conns.Remove(t)
+			return fmt.Errorf("%w: %w", ErrPolicyChanged, err)
+		}
+	}
+	return nil
+}
+
+// join proxies a tracked connection until it ends, with telemetry.
+func (in *Inbound) join(t *tracked, rec *telemetry.Conn) {
+	in.telemetry.Open(rec)
 	st, err := hbone.Join(t.client, t.upstream)
 	// Settle closeOnce: a later close is a no-op, and reason, written
 	// inside an earlier one, is safe to read.
@@ -294,27 +289,7 @@ func (in *Inbound) run(t *tracked, e accesslog.Entry, labels metrics.Labels) {
 	if t.reason != nil {
 		err = errors.Join(t.reason, err)
 	}
-	e.Received, e.Sent, e.Duration, e.Err = st.AToB, st.BToA, time.Since(start), err
-	in.Metrics.Closed(labels, st.AToB, st.BToA)
-	e.Log(in.AccessLog)
-}
-
-func (in *Inbound) track(t *tracked) bool {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.closed {
-		return false
-	}
-	in.conns[t] = struct{}{}
-	in.wg.Add(1)
-	return true
-}
-
-func (in *Inbound) untrack(t *tracked) {
-	in.mu.Lock()
-	delete(in.conns, t)
-	in.mu.Unlock()
-	in.wg.Done()
+	in.telemetry.Close(rec, st.AToB, st.BToA, err)
 }
 
 // ErrPolicyChanged is the reason a connection closed because policy no
@@ -325,17 +300,15 @@ var ErrPolicyChanged = errors.New("closed: no longer allowed by policy")
 // it no longer allows. It returns how many it closed.
 func (in *Inbound) Reevaluate(snap *config.Snapshot) int {
 	in.init()
-	in.mu.Lock()
 	var deny []*tracked
-	for t := range in.conns {
+	for _, t := range in.conns.Items() {
 		if _, err := in.authorize(snap, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
 			deny = append(deny, t)
 		}
 	}
-	in.mu.Unlock()
 	for _, t := range deny {
-		in.Log.Info("closing connection no longer allowed", accesslog.KeySourceAddr, t.conn.SourceIP.String(),
-			accesslog.KeySourceIdentity, t.conn.Source.String(), accesslog.KeyDestinationAddr, t.conn.Destination.String())
+		in.Log.Info("closing connection no longer allowed", logkey.SourceAddr, t.conn.SourceIP.String(),
+			logkey.SourceIdentity, t.conn.Source.String(), logkey.DestinationAddr, t.conn.Destination.String())
 		t.close(ErrPolicyChanged)
 	}
 	return len(deny)
@@ -361,84 +334,61 @@ func (in *Inbound) ServePlaintext(ln net.Listener) error {
 func (in *Inbound) handlePlaintext(c net.Conn) {
 	src := hbone.AddrPort(c.RemoteAddr())
 	local := hbone.AddrPort(c.LocalAddr())
-	e := accesslog.Entry{Direction: accesslog.InboundPlaintext, SourceAddr: src}
+	rec := &telemetry.Conn{Direction: telemetry.InboundPlaintext, Source: telemetry.Endpoint{Addr: src}}
+	fail := func(err error) {
+		c.Close()
+		in.telemetry.Refuse(rec, err)
+	}
 	target, err := in.OrigDst(c)
 	if err != nil {
-		c.Close()
-		e.Err = err
-		e.Log(in.AccessLog)
+		fail(err)
 		return
 	}
-	e.DestinationAddr = target
+	rec.Destination.Addr = target
 	if !in.Transparent && target == local {
 		// Not redirected; following it would loop into this listener.
-		c.Close()
-		e.Err = fmt.Errorf("plaintext to %s: connection addressed to the inbound port itself, not redirected", target)
-		e.Log(in.AccessLog)
+		fail(fmt.Errorf("plaintext to %s: connection addressed to the inbound port itself, not redirected", target))
 		return
 	}
 	snap := in.Store.Snapshot()
 	w, err := in.authorize(snap, identity.Identity{}, src.Addr(), local, target)
 	in.logDryRun(snap, w, authz.Conn{SourceIP: src.Addr(), Destination: target})
 	if err != nil {
-		c.Close()
-		e.Err = err
-		e.Log(in.AccessLog)
+		fail(err)
 		return
 	}
-	e.DestinationWorkload = w.Name
-	e.DestinationIdentity = w.Identity().String()
+	rec.Destination = w.Endpoint(target)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	up, err := in.dial(ctx, target, src.Addr())
 	cancel()
 	if err != nil {
-		c.Close()
-		e.Err = err
-		e.Log(in.AccessLog)
+		fail(err)
 		return
 	}
 	t := &tracked{conn: authz.Conn{SourceIP: src.Addr(), Destination: target}, local: local, client: c, upstream: up}
-	labels := metrics.Labels{
-		Reporter:                     metrics.ReporterDestination,
-		DestinationWorkload:          w.MetricName(),
-		DestinationWorkloadNamespace: w.Namespace,
-		DestinationPrincipal:         w.Identity().String(),
-		RequestProtocol:              "tcp",
-		ConnectionSecurityPolicy:     metrics.None,
+	if err := in.admit(snap, t); err != nil {
+		up.Close()
+		fail(err)
+		return
 	}
-	in.run(t, e, labels)
+	defer in.conns.Remove(t)
+	in.join(t, rec)
 }
 
 // Shutdown stops accepting tunnels, lets open connections finish until ctx
 // is done, then closes the rest.
 func (in *Inbound) Shutdown(ctx context.Context) error {
 	in.init()
-	in.mu.Lock()
-	in.closed = true
-	in.mu.Unlock()
+	in.conns.Stop()
 	serr := in.server.Shutdown(ctx)
-	done := make(chan struct{})
-	go func() { in.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return serr
-	case <-ctx.Done():
+	if err := in.conns.Shutdown(ctx, nil, func(t *tracked) { t.close(errors.New("closed: shutdown deadline")) }); err != nil {
+		return fmt.Errorf("drain inbound connections: %w", err)
 	}
-	in.mu.Lock()
-	for t := range in.conns {
-		t.close(errors.New("closed: shutdown deadline"))
-	}
-	in.mu.Unlock()
-	<-done
-	return fmt.Errorf("drain inbound connections: %w", ctx.Err())
+	return serr
 }
 
 // OpenConns is the number of connections being proxied.
-func (in *Inbound) OpenConns() int {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return len(in.conns)
-}
+func (in *Inbound) OpenConns() int { return in.conns.Len() }
 
 // clientAddr is the address of an HBONE connection's client workload:
 // the one the source tunnel names in Forwarded (for=), when it is the

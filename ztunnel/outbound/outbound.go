@@ -14,15 +14,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/hbone/pool"
 	"github.com/ambitmesh/ambit/internal/origdst"
-	"github.com/ambitmesh/ambit/ztunnel/accesslog"
+	"github.com/ambitmesh/ambit/internal/telemetry"
+	"github.com/ambitmesh/ambit/internal/tracker"
 	"github.com/ambitmesh/ambit/ztunnel/config"
-	"github.com/ambitmesh/ambit/ztunnel/metrics"
-	"github.com/ambitmesh/ambit/ztunnel/pool"
 )
 
 // Outbound serves the outbound listener. Set every field but Dialer.
@@ -30,7 +29,7 @@ type Outbound struct {
 	Node      string
 	Store     *config.Store
 	Pool      *pool.Pool
-	Metrics   *metrics.Metrics
+	Metrics   *telemetry.Metrics
 	Log       *slog.Logger
 	AccessLog *slog.Logger
 	// OrigDst finds where a captured connection was going.
@@ -59,10 +58,7 @@ type Outbound struct {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	}
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	conns tracker.Tracker[net.Conn]
 }
 
 // Errors a captured connection can end with.
@@ -88,12 +84,12 @@ func (o *Outbound) Serve(ln net.Listener) error {
 			}
 			return err
 		}
-		if !o.track(c) {
+		if !o.conns.Add(c) {
 			c.Close()
 			continue
 		}
 		go func() {
-			defer o.untrack(c)
+			defer o.conns.Remove(c)
 			o.handle(c)
 		}()
 	}
@@ -171,20 +167,18 @@ func targetPort(svc *config.Service, w *config.Workload, port uint16) (uint16, b
 }
 
 func (o *Outbound) handle(c net.Conn) {
-	start := time.Now()
 	src := hbone.AddrPort(c.RemoteAddr())
-	e := accesslog.Entry{Direction: accesslog.Outbound, SourceAddr: src}
+	rec := &telemetry.Conn{Direction: telemetry.Outbound, Source: telemetry.Endpoint{Addr: src}, Start: time.Now()}
 	fail := func(err error) {
 		c.Close()
-		e.Err, e.Duration = err, time.Since(start)
-		e.Log(o.AccessLog)
+		o.telemetry().Refuse(rec, err)
 	}
 	dst, err := o.OrigDst(c)
 	if err != nil {
 		fail(err)
 		return
 	}
-	e.DestinationAddr = dst
+	rec.Destination.Addr = dst
 	if !o.Transparent && dst == hbone.AddrPort(c.LocalAddr()) {
 		// Not redirected: conntrack reports a direct connection's own
 		// destination, and following it would loop into this listener.
@@ -200,36 +194,17 @@ func (o *Outbound) handle(c net.Conn) {
 		return
 	}
 	srcID := srcW.Identity()
-	e.SourceWorkload, e.SourceNamespace, e.SourceIdentity = srcW.Name, srcW.Namespace, srcID.String()
-	labels := metrics.Labels{
-		Reporter:                 metrics.ReporterSource,
-		SourceWorkload:           srcW.MetricName(),
-		SourceWorkloadNamespace:  srcW.Namespace,
-		SourcePrincipal:          srcID.String(),
-		SourceCanonicalService:   srcW.CanonicalName,
-		SourceCanonicalRevision:  srcW.CanonicalRevision,
-		RequestProtocol:          "tcp",
-		ConnectionSecurityPolicy: metrics.None,
-	}
+	rec.Source = srcW.Endpoint(src)
 	r, err := resolve(snap, srcW.Namespace, dst)
 	if r.service != nil {
-		e.DestinationService = r.service.Hostname
-		labels.DestinationService = r.service.Hostname
-		labels.DestinationServiceName = r.service.Name
-		labels.DestinationServiceNamespace = r.service.Namespace
+		rec.Service = r.service.Telemetry()
 	}
 	if err != nil {
 		fail(err)
 		return
 	}
 	if w := r.workload; w != nil {
-		dstID := w.Identity()
-		e.DestinationWorkload, e.DestinationIdentity = w.Name, dstID.String()
-		labels.DestinationWorkload = w.MetricName()
-		labels.DestinationWorkloadNamespace = w.Namespace
-		labels.DestinationPrincipal = dstID.String()
-		labels.DestinationCanonicalService = w.CanonicalName
-		labels.DestinationCanonicalRevision = w.CanonicalRevision
+		rec.Destination = w.Endpoint(dst)
 		if !w.Reachable() {
 			fail(fmt.Errorf("outbound to %s (workload %s, tunnel protocol %s): %w", r.target, w.Key(), w.TunnelProtocol, ErrUnsupportedTunnel))
 			return
@@ -244,8 +219,7 @@ func (o *Outbound) handle(c net.Conn) {
 			Destination: w.Identity(),
 			Addr:        netip.AddrPortFrom(r.target.Addr(), o.HBONEPort),
 		}
-		e.DestinationHBONE = key.Addr
-		labels.ConnectionSecurityPolicy = metrics.MutualTLS
+		rec.Tunnel = key.Addr
 		up, err = o.Pool.Connect(ctx, key, r.target, http.Header{
 			hbone.HeaderForwarded: {hbone.Forwarded(src.Addr())},
 		})
@@ -261,11 +235,13 @@ func (o *Outbound) handle(c net.Conn) {
 		fail(err)
 		return
 	}
-	o.Metrics.Opened(labels)
+	o.telemetry().Open(rec)
 	st, err := hbone.Join(c, up)
-	e.Received, e.Sent, e.Duration, e.Err = st.AToB, st.BToA, time.Since(start), err
-	o.Metrics.Closed(labels, st.AToB, st.BToA)
-	e.Log(o.AccessLog)
+	o.telemetry().Close(rec, st.AToB, st.BToA, err)
+}
+
+func (o *Outbound) telemetry() *telemetry.Recorder {
+	return &telemetry.Recorder{Metrics: o.Metrics, AccessLog: o.AccessLog}
 }
 
 // dial makes a passthrough connection, from the address from when the
@@ -291,45 +267,11 @@ func (o *Outbound) dial(ctx context.Context, target netip.AddrPort, from netip.A
 	return c, nil
 }
 
-func (o *Outbound) track(c net.Conn) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.closed {
-		return false
-	}
-	if o.conns == nil {
-		o.conns = map[net.Conn]struct{}{}
-	}
-	o.conns[c] = struct{}{}
-	o.wg.Add(1)
-	return true
-}
-
-func (o *Outbound) untrack(c net.Conn) {
-	o.mu.Lock()
-	delete(o.conns, c)
-	o.mu.Unlock()
-	o.wg.Done()
-}
-
 // Shutdown refuses new connections, waits for open ones to end until ctx
 // is done, then closes the rest. The caller closes the listener.
 func (o *Outbound) Shutdown(ctx context.Context) error {
-	o.mu.Lock()
-	o.closed = true
-	o.mu.Unlock()
-	done := make(chan struct{})
-	go func() { o.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
+	if err := o.conns.Shutdown(ctx, nil, func(c net.Conn) { c.Close() }); err != nil {
+		return fmt.Errorf("drain outbound connections: %w", err)
 	}
-	o.mu.Lock()
-	for c := range o.conns {
-		c.Close()
-	}
-	o.mu.Unlock()
-	<-done
-	return fmt.Errorf("drain outbound connections: %w", ctx.Err())
+	return nil
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/internal/xdsclient"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	istiodxds "github.com/ambitmesh/ambit/istiod/xds"
 	"github.com/ambitmesh/ambit/ztunnel/config"
@@ -427,7 +428,7 @@ func TestNACKKeepsLastGoodState(t *testing.T) {
 		if st := c.Status(); st.NACKs != i+1 || st.LastNACK != clients[0].LastNACK {
 			t.Errorf("%s: client status: got %d NACKs, last %q; want %d, %q", step.name, st.NACKs, st.LastNACK, i+1, clients[0].LastNACK)
 		}
-		if got := testutil.ToFloat64(c.metrics.nacks.WithLabelValues(AddressType)); got != float64(i+1) {
+		if got := testutil.ToFloat64(c.Metrics().NACKs.WithLabelValues(AddressType)); got != float64(i+1) {
 			t.Errorf("%s: ambit_xds_nacks_total: got %v, want %d", step.name, got, i+1)
 		}
 		snap := store.Snapshot()
@@ -654,7 +655,7 @@ func TestStopWhileAway(t *testing.T) {
 	lis.Close() // nothing listens: every attempt is refused
 	c := startClient(t, Config{Address: addr, Plaintext: true})
 	waitFor(t, "a refused attempt", func() bool { return strings.Contains(c.Status().LastError, "connection refused") })
-	if got := testutil.ToFloat64(c.metrics.terminations.WithLabelValues(reasonConnectionError)); got < 1 {
+	if got := testutil.ToFloat64(c.Metrics().Terminations.WithLabelValues(xdsclient.ReasonConnectionError)); got < 1 {
 		t.Errorf("istio_xds_connection_terminations_total{reason=ConnectionError}: got %v, want at least 1", got)
 	}
 }

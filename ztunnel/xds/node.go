@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/ambitmesh/ambit/api"
+	"github.com/ambitmesh/ambit/internal/mesh"
 )
 
 // Node describes this ztunnel to istiod. The fields come from the
@@ -74,7 +75,7 @@ func (n Node) proto() *core.Node {
 	}
 	domain := n.Domain
 	if domain == "" {
-		domain = "cluster.local"
+		domain = mesh.DefaultDomainSuffix
 	}
 	ips := make([]string, 0, len(n.IPs))
 	for _, a := range n.IPs {

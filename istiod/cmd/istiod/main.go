@@ -19,7 +19,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambitmesh/ambit/api"
+	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/memlimit"
+	"github.com/ambitmesh/ambit/internal/mesh"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
 
@@ -52,7 +54,7 @@ func main() {
 		log.Info("go memory limit from the container's", "bytes", limit)
 	}
 	if err := run(o.cfg, o.kubeconfig, o.noPolicies, log); err != nil {
-		log.Error("istiod", "err", err)
+		log.Error("istiod", logkey.Error, err)
 		os.Exit(1)
 	}
 }
@@ -68,8 +70,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&cfg.MonitoringAddr, "monitoring-addr", ":15014", "listen address of /metrics and /ready (and /debug/ with --debug-endpoints)")
 	fs.BoolVar(&cfg.DebugEndpoints, "debug-endpoints", false, "serve /debug/model and /debug/clients on the monitoring address, without authentication")
 	fs.StringVar(&cfg.Ambient.ClusterID, "cluster-id", api.DefaultClusterID, "cluster name in workload uids; callers naming another cluster (clusterid) are refused on 15012")
-	fs.StringVar(&cfg.Ambient.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
-	fs.StringVar(&cfg.Ambient.DomainSuffix, "domain-suffix", "cluster.local", "cluster DNS domain")
+	fs.StringVar(&cfg.Ambient.TrustDomain, "trust-domain", mesh.DefaultTrustDomain, "SPIFFE trust domain")
+	fs.StringVar(&cfg.Ambient.DomainSuffix, "domain-suffix", mesh.DefaultDomainSuffix, "cluster DNS domain")
 	fs.StringVar(&cfg.Ambient.Network, "network", "", "network of the cluster's addresses")
 	fs.StringVar(&cfg.Ambient.RootNamespace, "root-namespace", "istio-system", "namespace of mesh-wide policies")
 	fs.DurationVar(&cfg.Quiet, "debounce", 0, "quiet time that ends a burst of cluster events (default 10ms)")

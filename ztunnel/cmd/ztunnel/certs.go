@@ -8,8 +8,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/ambitmesh/ambit/internal/caclient"
 	"github.com/ambitmesh/ambit/internal/identity"
-	"github.com/ambitmesh/ambit/ztunnel/caclient"
 )
 
 // certFlags choose where workload certificates and the mesh roots come

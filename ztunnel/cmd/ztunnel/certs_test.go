@@ -9,8 +9,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/ambitmesh/ambit/internal/caclient"
 	"github.com/ambitmesh/ambit/internal/identity"
-	"github.com/ambitmesh/ambit/ztunnel/caclient"
 )
 
 func TestCertFlagDefaults(t *testing.T) {

@@ -12,12 +12,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/ambitmesh/ambit/api"
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/mesh"
 	"github.com/ambitmesh/ambit/ztunnel"
-	"github.com/ambitmesh/ambit/ztunnel/accesslog"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
@@ -47,14 +49,14 @@ func main() {
 	flag.StringVar(&o.xdsRootCert, "xds-root-cert", "/var/run/secrets/istio/root-cert.pem", "PEM file of the mesh root that istiod's serving certificate chains to")
 	flag.StringVar(&o.xdsToken, "xds-token", "/var/run/secrets/tokens/istio-token", "file of the bearer token sent to istiod, re-read for every connection; empty sends none")
 	flag.BoolVar(&o.xdsPlaintext, "xds-plaintext", false, "connect to istiod without TLS and token (its port 15010); development only")
-	flag.StringVar(&o.outbound, "outbound", ":15001", "outbound listener")
+	flag.StringVar(&o.outbound, "outbound", port(mesh.OutboundPort), "outbound listener")
 	flag.StringVar(&o.redirect, "redirect", "tproxy", "how captured connections arrive: tproxy (Ambit's eBPF redirection, transparent listeners) or nat (iptables REDIRECT, SO_ORIGINAL_DST)")
 	flag.BoolVar(&o.preserveSource, "preserve-source", true, "with --redirect tproxy, connect to pods (local workloads, and pods outside the mesh on passthrough) from their client's address, as Istio's ztunnel does (needs CAP_NET_ADMIN)")
 	flag.BoolVar(&o.podPath, "pod-path", true, "with --redirect tproxy, send what this tunnel sends on a pod's behalf (HBONE to other nodes, passthrough) from the pod's address with socket mark 0x800, which the node agent routes back through the pod's own veth, so that the node's firewall and the primary CNI's policy apply to it as to the pod's own traffic")
-	flag.StringVar(&o.admin, "admin", "127.0.0.1:15000", "admin listener (config dump, pprof, logging)")
-	flag.StringVar(&o.metrics, "metrics", ":15020", "Prometheus metrics listener")
-	flag.StringVar(&o.readiness, "readiness", ":15021", "readiness listener")
-	flag.StringVar(&o.liveness, "liveness", ":15022", "liveness listener (/healthz/live), of its own so that load never fails it")
+	flag.StringVar(&o.admin, "admin", "127.0.0.1"+port(mesh.AdminPort), "admin listener (config dump, pprof, logging)")
+	flag.StringVar(&o.metrics, "metrics", port(mesh.MetricsPort), "Prometheus metrics listener")
+	flag.StringVar(&o.readiness, "readiness", port(mesh.ReadinessPort), "readiness listener")
+	flag.StringVar(&o.liveness, "liveness", port(mesh.LivenessPort), "liveness listener (/healthz/live), of its own so that load never fails it")
 	flag.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	flag.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown")
 	flag.Parse()
@@ -119,9 +121,9 @@ func run(o options) error {
 	}
 	defer src.stop()
 	if o.localConfig != "" || o.certs.fakeCADir != "" {
-		log.Warn("running in development mode", accesslog.KeyConfig, src.String(), accesslog.KeyCA, certsFrom)
+		log.Warn("running in development mode", logkey.Config, src.String(), logkey.CA, certsFrom)
 	} else {
-		log.Info("started", accesslog.KeyConfig, src.String(), accesslog.KeyCA, certsFrom)
+		log.Info("started", logkey.Config, src.String(), logkey.CA, certsFrom)
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -129,13 +131,13 @@ func run(o options) error {
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			if reloaded, err := src.reload(); err != nil {
-				log.Error("reload config; keeping the last good one", accesslog.KeyError, err.Error())
+				log.Error("reload config; keeping the last good one", logkey.Error, err.Error())
 			} else if reloaded {
-				log.Info("reloaded config", accesslog.KeyVersion, store.Snapshot().Version)
+				log.Info("reloaded config", logkey.Version, store.Snapshot().Version)
 			}
 			continue
 		}
-		log.Info("draining", accesslog.KeySignal, sig.String(), accesslog.KeyDeadline, o.drain.String())
+		log.Info("draining", logkey.Signal, sig.String(), logkey.Deadline, o.drain.String())
 		ctx, cancel := context.WithTimeout(context.Background(), o.drain)
 		err := z.Shutdown(ctx)
 		cancel()
@@ -143,3 +145,6 @@ func run(o options) error {
 	}
 	return nil
 }
+
+// port is the listen address ":port".
+func port(p uint16) string { return ":" + strconv.Itoa(int(p)) }

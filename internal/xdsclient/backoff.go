@@ -1,4 +1,4 @@
-package xds
+package xdsclient
 
 import (
 	"math/rand/v2"

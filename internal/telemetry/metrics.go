@@ -1,7 +1,9 @@
-// Package metrics is the node tunnel's Prometheus telemetry, with Istio's
-// metric names and labels (istio_tcp_connections_opened_total and its
-// siblings) so that existing dashboards and Kiali read it unchanged.
-package metrics
+// Package telemetry is the data plane's per-connection telemetry: one
+// JSON access-log line per proxied connection, and Prometheus metrics
+// with Istio's names and labels (istio_tcp_connections_opened_total and
+// its siblings) so that existing dashboards and Kiali read them
+// unchanged.
+package telemetry
 
 import (
 	"net/http"

@@ -1,4 +1,4 @@
-package accesslog
+package telemetry
 
 import (
 	"bytes"

@@ -38,9 +38,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/ambitmesh/ambit/api"
+	"github.com/ambitmesh/ambit/internal/caclient"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/istiod/ca"
-	"github.com/ambitmesh/ambit/ztunnel/caclient"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

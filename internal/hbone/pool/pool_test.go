@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -57,11 +58,19 @@ func newFixture(t *testing.T, maxStreams int, idle time.Duration) *fixture {
 	s := &hbone.Server{
 		Certificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serverCert, nil },
 		Verifier:    v,
-		Authorize:   func(context.Context, *hbone.Request) error { return nil },
-		Dial: func(ctx context.Context, r *hbone.Request) (net.Conn, error) {
+		Handler: hbone.HandlerFunc(func(ctx context.Context, r *hbone.Request, st *hbone.ServerStream) {
 			var d net.Dialer
-			return d.DialContext(ctx, "tcp", r.Target.String())
-		},
+			up, err := d.DialContext(ctx, "tcp", r.Target.String())
+			if err != nil {
+				st.Refuse(http.StatusServiceUnavailable, err)
+				return
+			}
+			if st.Accept() != nil {
+				up.Close()
+				return
+			}
+			hbone.Join(st, up)
+		}),
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
