@@ -39,6 +39,7 @@ import (
 	"github.com/ambitmesh/ambit/cni/install"
 	"github.com/ambitmesh/ambit/cni/plugin"
 	"github.com/ambitmesh/ambit/internal/enrolment"
+	"github.com/ambitmesh/ambit/internal/logkey"
 )
 
 // Config is the agent's configuration.
@@ -267,7 +268,7 @@ func (a *Agent) installPlugin(ctx context.Context, wg *sync.WaitGroup) error {
 	entry := map[string]any{"type": install.PluginType, "kubeconfig": kubeconfig, "agent_socket": a.cfg.Socket}
 	wg.Go(func() {
 		if err := install.Keep(ctx, a.cfg.CNIConfDir, entry, a.log, func() { a.ready.Store(true) }); err != nil {
-			a.log.Error("keep CNI config", "err", err)
+			a.log.Error("keep CNI config", logkey.Error, err)
 		}
 	})
 	return nil
@@ -328,7 +329,7 @@ func (a *Agent) next(ctx context.Context) bool {
 	defer a.queue.Done(key)
 	if err := a.sync(ctx, key); err != nil {
 		a.gauges.syncs.WithLabelValues("error").Inc()
-		a.log.Warn("sync pod", "pod", key, "err", err)
+		a.log.Warn("sync pod", "pod", key, logkey.Error, err)
 		a.queue.AddRateLimited(key)
 		return true
 	}
@@ -534,7 +535,7 @@ func (a *Agent) guard(ctx context.Context) {
 			a.log.Warn("another program ran before Ambit's redirection; put Ambit's back first", "interface", name)
 		}
 		if err != nil {
-			a.log.Error("check redirection order", "err", err)
+			a.log.Error("check redirection order", logkey.Error, err)
 			a.guardErr.Store(&err)
 		} else {
 			a.guardErr.Store(nil)

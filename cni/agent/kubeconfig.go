@@ -14,6 +14,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/ambitmesh/ambit/cni/install"
+	"github.com/ambitmesh/ambit/internal/logkey"
 )
 
 // PluginKubeconfigEvery is how often the agent reads the plugin's
@@ -101,7 +102,7 @@ func (a *Agent) keepPluginKubeconfig(ctx context.Context, path string) {
 		case <-t.C:
 		}
 		if err := a.writePluginKubeconfig(path); err != nil {
-			a.log.Warn("renew plugin kubeconfig; the plugin keeps the last one", "err", err)
+			a.log.Warn("renew plugin kubeconfig; the plugin keeps the last one", logkey.Error, err)
 		}
 	}
 }

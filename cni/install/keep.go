@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/ambitmesh/ambit/internal/logkey"
 )
 
 // Keep inserts entry into the primary conflist of dir and puts it back
@@ -51,7 +53,7 @@ func Keep(ctx context.Context, dir string, entry map[string]any, log *slog.Logge
 			log.Info("waiting for the primary CNI config", "dir", dir)
 		default:
 			// A malformed file is left alone; the next change retries.
-			log.Error("chain ambit into CNI config", "err", err)
+			log.Error("chain ambit into CNI config", logkey.Error, err)
 		}
 	}
 	check()
@@ -71,7 +73,7 @@ func Keep(ctx context.Context, dir string, entry map[string]any, log *slog.Logge
 			if !ok {
 				return nil
 			}
-			log.Warn("watch CNI config dir", "err", err)
+			log.Warn("watch CNI config dir", logkey.Error, err)
 		}
 	}
 }

@@ -47,6 +47,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambitmesh/ambit/internal/enrolment"
+	"github.com/ambitmesh/ambit/internal/logkey"
 )
 
 // Conf is the plugin's entry in the conflist.
@@ -110,11 +111,11 @@ func (p *Plugin) Main() int {
 		return 0
 	}
 	if os.Getenv("CNI_COMMAND") == "DEL" {
-		p.Log.Warn("DEL: error ignored, success returned", "container", os.Getenv("CNI_CONTAINERID"), "err", err)
+		p.Log.Warn("DEL: error ignored, success returned", "container", os.Getenv("CNI_CONTAINERID"), logkey.Error, err)
 		return 0
 	}
 	if perr := err.Print(); perr != nil {
-		p.Log.Error("print CNI error", "cni_error", err, "err", perr)
+		p.Log.Error("print CNI error", "cni_error", err, logkey.Error, perr)
 	}
 	return 1
 }
@@ -254,12 +255,12 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	conf, err := decodeConf(args.StdinData)
 	if err != nil {
-		p.Log.Warn("DEL: config ignored, agent not told", "container", args.ContainerID, "err", err)
+		p.Log.Warn("DEL: config ignored, agent not told", "container", args.ContainerID, logkey.Error, err)
 		return nil
 	}
 	var ka k8sArgs
 	if err := types.LoadArgs(args.Args, &ka); err != nil {
-		p.Log.Warn("DEL: CNI_ARGS ignored", "container", args.ContainerID, "err", err)
+		p.Log.Warn("DEL: CNI_ARGS ignored", "container", args.ContainerID, logkey.Error, err)
 	}
 	req := PodRequest{Namespace: string(ka.K8S_POD_NAMESPACE), Name: string(ka.K8S_POD_NAME), UID: string(ka.K8S_POD_UID), ContainerID: args.ContainerID}
 	err = parsePrevResult(conf)
@@ -267,7 +268,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		req.IPs, err = addresses(conf.PrevResult)
 	}
 	if err != nil {
-		p.Log.Warn("DEL: prevResult ignored, agent told without the pod's addresses", "container", args.ContainerID, "err", err)
+		p.Log.Warn("DEL: prevResult ignored, agent told without the pod's addresses", "container", args.ContainerID, logkey.Error, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
