@@ -13,9 +13,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/samples/bookinfo/app"
-	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
 )
 
 // TestBookinfo: Bookinfo deployed across two nodes answers /productpage

@@ -23,10 +23,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
-	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
 )
 
 const (

@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 
-	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
+	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
 )
 
 func TestLab(t *testing.T) {
@@ -67,7 +67,7 @@ func TestLab(t *testing.T) {
 // services and (as Deployment templates) pods as Lab, but for the node and
 // the image name, which is a placeholder there.
 func TestYAMLMatchesLab(t *testing.T) {
-	data, err := os.ReadFile("../bookinfo.yaml")
+	data, err := os.ReadFile("../../../samples/bookinfo/bookinfo.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
