@@ -93,7 +93,7 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 	if err := l.CreateNamespace(ctx, bookinfoNS, nil); err != nil {
 		return err
 	}
-	bpods, err := deploy.Install(ctx, l, bookinfoNS, deploy.Spread("node1", "node2"))
+	bpods, err := bookinfo.Install(ctx, l, bookinfoNS, bookinfo.Spread("node1", "node2"))
 	if err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 	if _, err := l.RunPod(ctx, lab.EchoPod(clientNS, "client", "node1", map[string]string{"app": "client"})); err != nil {
 		return err
 	}
-	productpage := fmt.Sprintf("http://productpage.%s.svc.cluster.local:%d", bookinfoNS, deploy.Port)
+	productpage := fmt.Sprintf("http://productpage.%s.svc.cluster.local:%d", bookinfoNS, bookinfo.Port)
 	pages(ctx, &step, l, bins, productpage, 6)
 
 	step.say("Enrolling Bookinfo: kubectl label namespace %s %s=%s; the running pods join without a restart", bookinfoNS, enrolment.LabelDataplaneMode, enrolment.ModeAmbient)

@@ -1,4 +1,4 @@
-package deploy_test
+package bookinfo_test
 
 import (
 	"bufio"
@@ -18,7 +18,7 @@ import (
 )
 
 func TestLab(t *testing.T) {
-	o, err := deploy.Lab("shop", deploy.Spread("node1", "node2"))
+	o, err := bookinfo.Lab("shop", bookinfo.Spread("node1", "node2"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestLab(t *testing.T) {
 		t.Errorf("pods (-want +got):\n%s", diff)
 	}
 
-	if _, err := deploy.Lab("shop", func(deploy.Workload) string { return "" }); err == nil {
+	if _, err := bookinfo.Lab("shop", func(bookinfo.Workload) string { return "" }); err == nil {
 		t.Error("Lab with a placement that names no node: got no error, want one")
 	}
 }
@@ -104,7 +104,7 @@ func TestYAMLMatchesLab(t *testing.T) {
 		}
 	}
 
-	lab, err := deploy.Lab("", deploy.Spread("node"))
+	lab, err := bookinfo.Lab("", bookinfo.Spread("node"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestYAMLMatchesLab(t *testing.T) {
 		}
 		wc, gc := want.Spec.Containers[0], got.Containers[0]
 		// What the lab has no use for: pulling images, a security context.
-		gc.Image, gc.ImagePullPolicy, gc.SecurityContext = deploy.Image, "", nil
+		gc.Image, gc.ImagePullPolicy, gc.SecurityContext = bookinfo.Image, "", nil
 		if diff := cmp.Diff(wc, gc); diff != "" {
 			t.Errorf("Deployment %s container (-lab +yaml):\n%s", want.Name, diff)
 		}
