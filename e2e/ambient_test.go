@@ -10,8 +10,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/ambitmesh/ambit/bpf/redirect"
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/echo"
 	"github.com/ambitmesh/ambit/internal/enrolment"
@@ -226,6 +229,55 @@ func TestAmbient(t *testing.T) {
 		wantReach(t, "shop", "a", addr("c"), "c")     // mesh to non-mesh: passthrough
 		wantReach(t, "shop", "a", addr("opt"), "opt") // to the opted-out pod: passthrough
 		wantReach(t, "shop", "opt", addr("b"), "b")   // from it: plaintext, allowed
+	})
+
+	t.Run("what ztunnel sends for a pod takes the pod's path", func(t *testing.T) {
+		// A server outside the mesh and outside the pod network: in the
+		// control plane's namespace, on the lab's wire.
+		host := l.ControlPlaneIP().String()
+		outside := net.JoinHostPort(host, "9100")
+		p, err := l.StartProcessIn(l.ControlPlaneNS(), "outside-echo", []string{"POD_NAME=outside"}, l.Binaries().Echo, "serve", "--tcp", ":9100", "--http", "127.0.0.1:9180")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Stop(time.Second) })
+		if err := lab.WaitHTTP(ctx, l.ControlPlaneNS(), "http://127.0.0.1:9180/", 10*time.Second, p); err != nil {
+			t.Fatal(err)
+		}
+		node1 := l.Node("node1")
+		stats := func() redirect.Stats {
+			t.Helper()
+			var s redirect.Stats
+			if err := node1.NS.Do(func() (err error) { s, err = redirect.PinnedStats(l.BPFPinDir(node1)); return err }); err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		before := stats()
+		// It sees the pod's own address, enrolled or not.
+		wantReach(t, "shop", "a", outside, "outside")
+		wantReach(t, "plain", "c", outside, "outside")
+
+		// node1's firewall drops the pods' traffic to it (the metadata-
+		// service guard's shape): the non-mesh pod's, and the enrolled
+		// pod's, which ztunnel makes on its behalf.
+		for _, pod := range []string{"a", "c"} {
+			nodeRule(t, node1, "FORWARD", "-s", ip(pod), "-d", host, "-p", "tcp", "--dport", "9100", "-j", "DROP")
+		}
+		wantRefused(t, "plain", "c", outside)
+		wantRefused(t, "shop", "a", outside)
+
+		// HBONE to another node leaves as the pod's traffic too: from
+		// its address to the destination's port 15008, through FORWARD.
+		drop := nodeRule(t, node1, "FORWARD", "-s", ip("a2"), "-d", ip("b"), "-p", "tcp", "--dport", "15008", "-j", "DROP")
+		wantRefused(t, "shop", "a2", addr("b"))
+		drop()
+		wantReach(t, "shop", "a2", addr("b"), "b")
+
+		if after := stats(); after.PodPath <= before.PodPath || after.DroppedNoPodPath != before.DroppedNoPodPath {
+			t.Errorf("node1 redirect counters: pod path %d -> %d, dropped with no pod path %d -> %d; want the first to grow and the second not",
+				before.PodPath, after.PodPath, before.DroppedNoPodPath, after.DroppedNoPodPath)
+		}
 	})
 
 	t.Run("host-network pods are not the tunnel's", func(t *testing.T) {
@@ -648,4 +700,33 @@ func get(t *testing.T, ctx context.Context, n *lab.Node, url string) string {
 		t.Fatal(err)
 	}
 	return string(body)
+}
+
+// nodeRule inserts an iptables rule (filter table) in a node's namespace
+// and returns a function that deletes it; the test's cleanup deletes it
+// too.
+func nodeRule(t *testing.T, n *lab.Node, chain string, spec ...string) (del func()) {
+	t.Helper()
+	run := func(op string) error {
+		args := append([]string{op, chain}, spec...)
+		return n.NS.Do(func() error {
+			if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("iptables %s: %w: %s", strings.Join(args, " "), err, out)
+			}
+			return nil
+		})
+	}
+	if err := run("-I"); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	del = func() {
+		once.Do(func() {
+			if err := run("-D"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(del)
+	return del
 }

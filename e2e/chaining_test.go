@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,6 +43,46 @@ func newPrimary(t *testing.T, verdict int32) *primary {
 // packets when dst is the zero address).
 func newPrimaryTo(t *testing.T, verdict int32, dst netip.Addr) *primary {
 	t.Helper()
+	return newStandin(t, dst, "out", asm.Instructions{
+		asm.Mov.Imm(asm.R0, verdict).WithSymbol("out"),
+		asm.Return(),
+	})
+}
+
+// newRedirecting is a stand-in that counts the IPv4 packets to dst and
+// sends them to ifindex as a primary CNI's fast paths do, returning
+// TC_ACT_REDIRECT: into the namespace of the veth's peer
+// (bpf_redirect_peer, Cilium's path between pods of a node) or, with
+// neigh, out of ifindex to the next hop (bpf_redirect_neigh, its path to
+// other nodes). Other packets (ARP) go on (TCX_NEXT).
+func newRedirecting(t *testing.T, dst netip.Addr, ifindex int, neigh bool) *primary {
+	t.Helper()
+	call := asm.Instructions{
+		asm.Mov.Imm(asm.R1, int32(ifindex)),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.FnRedirectPeer.Call(),
+		asm.Return(),
+	}
+	if neigh {
+		call = asm.Instructions{
+			asm.Mov.Imm(asm.R1, int32(ifindex)),
+			asm.Mov.Imm(asm.R2, 0),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.Mov.Imm(asm.R4, 0),
+			asm.FnRedirectNeigh.Call(),
+			asm.Return(),
+		}
+	}
+	return newStandin(t, dst, "next", append(call,
+		asm.Mov.Imm(asm.R0, actNext).WithSymbol("next"),
+		asm.Return(),
+	))
+}
+
+// newStandin counts the packets (IPv4 to dst only, when dst is valid; the
+// others jump to the label miss) and ends with end.
+func newStandin(t *testing.T, dst netip.Addr, miss string, end asm.Instructions) *primary {
+	t.Helper()
 	var filter asm.Instructions
 	if dst.IsValid() {
 		// Legacy packet loads (BPF_ABS) need the context in R6 and give
@@ -51,9 +92,9 @@ func newPrimaryTo(t *testing.T, verdict int32, dst netip.Addr) *primary {
 		filter = asm.Instructions{
 			asm.Mov.Reg(asm.R6, asm.R1),
 			asm.LoadAbs(12, asm.Half),
-			asm.JNE.Imm(asm.R0, 0x0800, "out"),
+			asm.JNE.Imm(asm.R0, 0x0800, miss),
 			asm.LoadAbs(30, asm.Word),
-			asm.JNE.Imm(asm.R0, want, "out"),
+			asm.JNE.Imm(asm.R0, want, miss),
 		}
 	}
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
@@ -64,19 +105,17 @@ func newPrimaryTo(t *testing.T, verdict int32, dst netip.Addr) *primary {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:    ebpf.SchedCLS,
 		License: "Dual BSD/GPL",
-		Instructions: append(filter,
+		Instructions: append(append(filter,
 			asm.Mov.Imm(asm.R1, 0),
 			asm.StoreMem(asm.RFP, -4, asm.R1, asm.Word),
 			asm.Mov.Reg(asm.R2, asm.RFP),
 			asm.Add.Imm(asm.R2, -4),
 			asm.LoadMapPtr(asm.R1, m.FD()),
 			asm.FnMapLookupElem.Call(),
-			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.JEq.Imm(asm.R0, 0, miss),
 			asm.Mov.Imm(asm.R1, 1),
 			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
-			asm.Mov.Imm(asm.R0, verdict).WithSymbol("out"),
-			asm.Return(),
-		),
+		), end...),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -113,6 +152,10 @@ func (p *primary) attachTCX(t *testing.T, n *lab.Node, veth string, anchor link.
 	t.Cleanup(func() { l.Close() })
 }
 
+// standinHandle numbers the stand-ins' tc filters, which may share a
+// priority on one interface.
+var standinHandle atomic.Uint32
+
 // attachClsact adds the stand-in as a tc filter at priority prio on the
 // ingress of veth on node n, until the test ends.
 func (p *primary) attachClsact(t *testing.T, n *lab.Node, veth string, prio uint16) {
@@ -124,7 +167,7 @@ func (p *primary) attachClsact(t *testing.T, n *lab.Node, veth string, prio uint
 			return err
 		}
 		f = &netlink.BpfFilter{
-			FilterAttrs: netlink.FilterAttrs{LinkIndex: iface.Index, Parent: netlink.HANDLE_MIN_INGRESS, Handle: 0x7, Protocol: unix.ETH_P_ALL, Priority: prio},
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: iface.Index, Parent: netlink.HANDLE_MIN_INGRESS, Handle: standinHandle.Add(1), Protocol: unix.ETH_P_ALL, Priority: prio},
 			Fd:          p.prog.FD(), Name: "standin_primary", DirectAction: true,
 		}
 		return netlink.FilterAdd(f)
@@ -229,6 +272,59 @@ func TestRedirectChaining(t *testing.T) {
 				t.Errorf("primary program after Ambit's on a's veth: saw %d packets of a's captured connection, want none (Ambit ends the chain for what it takes)", n)
 			}
 
+			// A primary's fast paths after Ambit's (TC_ACT_REDIRECT): on a's
+			// veth, one that sends a's packets for c straight into c's
+			// namespace; on c's, one that sends c's packets for d straight
+			// out of the uplink. a's connection never reaches the first;
+			// c's reaches the second.
+			var cIndex, uplink int
+			if err := node1.NS.Do(func() error {
+				ci, err := net.InterfaceByName(veth("c"))
+				if err != nil {
+					return err
+				}
+				u, err := net.InterfaceByName("eth0")
+				if err != nil {
+					return err
+				}
+				cIndex, uplink = ci.Index, u.Index
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			toPeer := newRedirecting(t, netip.MustParseAddr(ip("c")), cIndex, false)
+			toWire := newRedirecting(t, netip.MustParseAddr(ip("d")), uplink, true)
+			if mode == redirect.ModeTCX {
+				toPeer.attachTCX(t, node1, veth("a"), link.Head())
+				toWire.attachTCX(t, node1, veth("c"), link.Head())
+				// The agent's next attach puts Ambit's first again.
+				if err := node1.NS.Do(func() error {
+					if err := r.AttachPod(veth("a")); err != nil {
+						return err
+					}
+					return r.AttachPod(veth("c"))
+				}); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				toPeer.attachClsact(t, node1, veth("a"), 0xa00)
+				toWire.attachClsact(t, node1, veth("c"), 0xa00)
+			}
+			if rep, err := podTCP(ctx, l, ns, "a", net.JoinHostPort(ip("c"), "9000")); err != nil || rep.Hostname != "ztunnel-node1-15001" {
+				t.Errorf("a to c with a primary redirecting to c's namespace after Ambit's: got %+v, %v; want ztunnel's outbound, never c in plain text", rep, err)
+			}
+			if n := toPeer.seen(t); n != 0 {
+				t.Errorf("redirecting primary after Ambit's on a's veth: saw %d packets of a's captured connection, want none", n)
+			}
+			// (Whether d answers is the stand-in's business: its packets skip
+			// node1's conntrack, which then takes d's answer for INVALID.)
+			wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+			podTCP(wctx, l, ns, "c", toD)
+			wcancel()
+			if toWire.seen(t) == 0 {
+				t.Error("redirecting primary after Ambit's on c's veth: saw none of c's traffic to d, want all of it")
+			}
+
 			// The primary's drops still drop what Ambit does not take.
 			cDropper := newPrimary(t, actShot)
 			if mode == redirect.ModeTCX {
@@ -295,14 +391,17 @@ func TestRedirectChaining(t *testing.T) {
 				t.Errorf("primary program after Ambit's on node2's uplink: saw %d packets of node1's connection to enrolled b, want none", n)
 			}
 
-			if mode != redirect.ModeTCX {
-				return
-			}
 			// A primary that (re-)attaches before Ambit's and passes
 			// everything would send a's connection on in plain text: the
-			// agent's guard finds it and puts Ambit's first again.
+			// agent's guard finds it and puts Ambit's first again. Under
+			// clsact it takes Ambit's priority, 1, where the newest filter
+			// runs first.
 			before := newPrimary(t, actOK)
-			before.attachTCX(t, node1, veth("a"), link.Head())
+			if mode == redirect.ModeTCX {
+				before.attachTCX(t, node1, veth("a"), link.Head())
+			} else {
+				before.attachClsact(t, node1, veth("a"), 1)
+			}
 			var ahead []ebpf.ProgramID
 			if err := node1.NS.Do(func() (err error) { ahead, err = r.Ahead(veth("a")); return err }); err != nil {
 				t.Fatal(err)
@@ -321,8 +420,9 @@ func TestRedirectChaining(t *testing.T) {
 				t.Errorf("programs ahead of Ambit's after the guard: got %v, %v; want none", ahead, err)
 			}
 			wantCaptured(t, "a primary that passes everything, attached before Ambit's")
-			if n := attachments(t, node1, ip("a"), mode); n != 3 {
-				t.Errorf("programs on a's veth: got %d, want 3 (Ambit's once, and the two stand-ins)", n)
+			want := map[redirect.Mode]int{redirect.ModeTCX: 4, redirect.ModeClsact: 1}[mode]
+			if n := attachments(t, node1, ip("a"), mode); n != want {
+				t.Errorf("programs on a's veth: got %d, want %d (Ambit's once, and under TCX the three stand-ins)", n, want)
 			}
 
 			// The primary re-attaches at the head while the agent is down;
@@ -330,8 +430,13 @@ func TestRedirectChaining(t *testing.T) {
 			if err := r.Close(); err != nil {
 				t.Fatal(err)
 			}
-			again := newPrimary(t, actOK)
-			again.attachTCX(t, node1, veth("a"), link.Head())
+			// This one redirects a's packets for d out of the uplink.
+			again := newRedirecting(t, netip.MustParseAddr(ip("d")), uplink, true)
+			if mode == redirect.ModeTCX {
+				again.attachTCX(t, node1, veth("a"), link.Head())
+			} else {
+				again.attachClsact(t, node1, veth("a"), 1)
+			}
 			if err := node1.NS.Do(func() (err error) {
 				if r, err = redirect.OpenMode(l.BPFPinDir(node1), mode); err != nil {
 					return err
@@ -344,8 +449,12 @@ func TestRedirectChaining(t *testing.T) {
 				t.Errorf("programs ahead of Ambit's after an agent restart: got %v, %v; want none", ahead, err)
 			}
 			wantCaptured(t, "a primary that re-attached before Ambit's while the agent was down")
-			if n := attachments(t, node1, ip("a"), mode); n != 4 {
-				t.Errorf("programs on a's veth: got %d, want 4 (Ambit's once, and three stand-ins)", n)
+			if n := again.seen(t); n != 0 {
+				t.Errorf("redirecting primary put before Ambit's while the agent was down: saw %d packets of a's connection after the restart, want none", n)
+			}
+			want = map[redirect.Mode]int{redirect.ModeTCX: 5, redirect.ModeClsact: 1}[mode]
+			if n := attachments(t, node1, ip("a"), mode); n != want {
+				t.Errorf("programs on a's veth: got %d, want %d (Ambit's once, and under TCX the four stand-ins)", n, want)
 			}
 		})
 	}

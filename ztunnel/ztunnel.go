@@ -101,6 +101,15 @@ type Config struct {
 	// to pods outside the mesh (outbound.Outbound.PreserveSource). In
 	// transparent mode the eBPF redirection delivers the replies.
 	PreserveSource bool
+	// PodPathMark, in transparent mode, is the socket mark of the
+	// connections this tunnel makes on behalf of a pod of this node
+	// (bpf/redirect.PathMark, 0x800): HBONE to other nodes and
+	// passthrough. They leave from the pod's address, and the node agent
+	// routes their packets back through the pod's own veth, so the node's
+	// firewall and the primary CNI's policy treat them as the pod's
+	// traffic. 0 makes HBONE leave from the node's address and
+	// passthrough (pods outside the mesh only) straight out of the node.
+	PodPathMark uint32
 
 	// MaxStreams and IdleTimeout tune the connection pool.
 	MaxStreams  int
@@ -206,6 +215,9 @@ func New(cfg Config) (*Ztunnel, error) {
 		Log: log.With(accesslog.KeyComponent, "outbound"), AccessLog: cfg.AccessLog, OrigDst: cfg.OrigDst, Transparent: cfg.Transparent,
 		HBONEPort: cfg.HBONEPort, PreserveSource: cfg.PreserveSource,
 	}
+	if cfg.Transparent {
+		z.out.PodPathMark = cfg.PodPathMark
+	}
 	return z, nil
 }
 
@@ -230,8 +242,17 @@ func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientCon
 	if z.cfg.BindSource && key.SourceAddr.IsValid() {
 		cfg.Dialer = &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(key.SourceAddr, 0))}
 	}
+	sameNode := false
+	if z.cfg.Transparent {
+		w := z.cfg.Store.Snapshot().WorkloadByAddr(key.Addr.Addr())
+		sameNode = w != nil && w.Node == z.cfg.Node
+	}
+	if z.cfg.Transparent && z.cfg.PodPathMark != 0 && key.SourceAddr.IsValid() && !sameNode {
+		// The pod's own path out of the node, from its address.
+		cfg.Dialer = origdst.FromDialer(key.SourceAddr, z.cfg.PodPathMark)
+	}
 	if z.cfg.Transparent && z.cfg.LocalMark != 0 {
-		if w := z.cfg.Store.Snapshot().WorkloadByAddr(key.Addr.Addr()); w != nil && w.Node == z.cfg.Node {
+		if sameNode {
 			// From an address the node owns (not the default, which would
 			// be the non-local destination itself) and not loopback (kube-
 			// proxy drops untracked replies to 127/8).

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ambitmesh/ambit/internal/netns"
+	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/internal/testutil"
 )
 
@@ -111,12 +113,59 @@ func (n *benchNode) transfer(b *testing.B, addr string, size int) time.Duration 
 	return time.Since(start)
 }
 
+// relay modes of the ztunnel stand-in.
+const (
+	relayNone    = iota // discard: the plaintext hop into ztunnel alone
+	relayNode           // forward to the destination from the node's address
+	relayPodPath        // forward from the pod's address on the pod path
+)
+
+// relay accepts connections on l and, by *mode, discards them or
+// forwards them to their original destination as ztunnel does.
+func relay(l net.Listener, node *netns.NS, mode *atomic.Int32) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			m := mode.Load()
+			if m == relayNone {
+				io.Copy(io.Discard, c)
+				return
+			}
+			dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+			src := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
+			var up net.Conn
+			err := node.Do(func() (err error) {
+				d := &net.Dialer{}
+				if m == relayPodPath {
+					d = origdst.FromDialer(src, PathMark)
+				}
+				up, err = d.Dial("tcp", dst.String())
+				return err
+			})
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			io.Copy(up, c)
+			up.(*net.TCPConn).CloseWrite()
+			io.Copy(io.Discard, up) // until the sink closes
+		}()
+	}
+}
+
 // BenchmarkRedirectThroughput measures one TCP stream from a pod, side by
 // side in one run: to another pod with no program attached (baseline),
 // with Ambit's programs attached but the pod not enrolled (must be within
 // noise of the baseline), and enrolled, into a ztunnel stand-in that
-// discards (the plaintext hop into ztunnel). Reported as ratios to the
-// baseline.
+// discards (the plaintext hop into ztunnel), that forwards to the
+// destination from the node's address, and that forwards it on the pod
+// path (from the pod's address, re-entering through its veth, as ztunnel
+// does). Reported as ratios to the baseline, and the pod path's to the
+// forward from the node.
 func BenchmarkRedirectThroughput(b *testing.B) {
 	n := newBenchNode(b)
 	const size = 64 << 20
@@ -136,7 +185,8 @@ func BenchmarkRedirectThroughput(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer zt.Close()
-	go sink(zt)
+	var mode atomic.Int32
+	go relay(zt, n.node, &mode)
 
 	pinDir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("ambit-bench-%d", os.Getpid()))
 	var r *Redirector
@@ -186,8 +236,8 @@ func BenchmarkRedirectThroughput(b *testing.B) {
 		}
 	}
 	addr := net.JoinHostPort(n.serverIP.String(), "5001")
-	var none, attached, enrolled time.Duration
-	b.SetBytes(3 * size)
+	var none, attached, enrolled, fromNode, podPath time.Duration
+	b.SetBytes(5 * size)
 	b.ResetTimer()
 	for range b.N {
 		attach(false)
@@ -195,7 +245,12 @@ func BenchmarkRedirectThroughput(b *testing.B) {
 		attach(true)
 		attached += n.transfer(b, addr, size)
 		enroll(true)
+		mode.Store(relayNone)
 		enrolled += n.transfer(b, addr, size)
+		mode.Store(relayNode)
+		fromNode += n.transfer(b, addr, size)
+		mode.Store(relayPodPath)
+		podPath += n.transfer(b, addr, size)
 		enroll(false)
 	}
 	b.StopTimer()
@@ -205,4 +260,7 @@ func BenchmarkRedirectThroughput(b *testing.B) {
 	b.ReportMetric(mbps(enrolled), "enrolled-MB/s")
 	b.ReportMetric(mbps(attached)/mbps(none), "attached/none")
 	b.ReportMetric(mbps(enrolled)/mbps(none), "enrolled/none")
+	b.ReportMetric(mbps(fromNode), "relay-node-MB/s")
+	b.ReportMetric(mbps(podPath), "relay-podpath-MB/s")
+	b.ReportMetric(mbps(podPath)/mbps(fromNode), "podpath/node")
 }

@@ -58,12 +58,32 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 // older UAPI headers) and, under clsact, TC_ACT_UNSPEC; both are -1.
 #define NEXT TC_ACT_UNSPEC
 
-// Mark set on redirected packets; the agent routes it to the local table.
-// Must match redirect.Mark in Go.
+// Mark set on redirected packets; the agent routes it to the local table
+// and keeps it out of conntrack. Must match redirect.Mark in Go.
 #define REDIRECT_MARK 0x400
+// Marks of the pod path (what ztunnel sends on a pod's behalf re-enters
+// the node through the pod's own veth). Must match redirect.go.
+//   PATH_MARK      ztunnel's socket mark on connections it makes for a pod
+//                  of this node: policy routing sends them to the path
+//                  device, whose egress program re-enters them.
+//   REENTER_MARK   on a packet between the path device and the pod's veth,
+//                  where ambit_from_pod clears it and lets it pass.
+//   REPLY_MARK     a reply to such a connection: delivered locally, like
+//                  REDIRECT_MARK, but tracked, so that conntrack sees both
+//                  directions of the connection it saw leave as the pod's.
+#define PATH_MARK 0x800
+#define REENTER_MARK 0x1000
+#define REPLY_MARK 0x200
 
 struct pod_info {
 	__u32 flags;
+};
+
+// Where a pod's packets enter the node: the host end of its veth.
+struct pod_link {
+	__u32 ifindex;
+	__u8 mac[ETH_ALEN];
+	__u8 pad[2];
 };
 
 // Enrolled pods on this node, by IPv4 address (network byte order).
@@ -75,12 +95,34 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ambit_pods SEC(".maps");
 
+// The host end of each enrolled pod's veth, by IPv4 address.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct pod_link);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ambit_pod_links SEC(".maps");
+
+// The path device (index 0): where ambit_to_pod hands replies back to
+// the node's stack.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pod_link);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ambit_path_dev SEC(".maps");
+
 // Counters, by the index constants below.
 enum {
 	STAT_OUTBOUND = 0,
 	STAT_INBOUND_PLAIN,
 	STAT_INBOUND_HBONE,
 	STAT_DROP_NO_LISTENER,
+	STAT_POD_PATH,
+	STAT_DROP_NO_POD_PATH,
+	STAT_POD_PATH_REPLY,
 	STAT_MAX,
 };
 
@@ -105,6 +147,15 @@ static __always_inline int captured(__u32 addr)
 	return p && (p->flags & POD_CAPTURED);
 }
 
+// on_pod_path tells whether sk is a connection ztunnel made on a pod's
+// behalf (its socket mark): one whose packets re-enter through the pod's
+// veth.
+static __always_inline int on_pod_path(struct bpf_sock *sk)
+{
+	struct bpf_sock *full = bpf_sk_fullsock(sk);
+	return full && (full->mark & PATH_MARK);
+}
+
 // redirect steers one packet of a captured connection to ztunnel's
 // listener on port.
 static __always_inline int redirect(struct __sk_buff *skb, struct iphdr *ip, struct tcphdr *tcp, __u16 port, __u32 stat)
@@ -120,7 +171,14 @@ static __always_inline int redirect(struct __sk_buff *skb, struct iphdr *ip, str
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
 		int own = sk->state != BPF_TCP_LISTEN;
+		int path = own && on_pod_path(sk);
 		bpf_sk_release(sk);
+		if (path) {
+			// A reply to a connection ztunnel made for a pod, which
+			// left through the pod's path and was tracked there.
+			skb->mark |= REPLY_MARK;
+			return TC_ACT_OK;
+		}
 		if (own) {
 			skb->mark |= REDIRECT_MARK;
 			return TC_ACT_OK;
@@ -195,6 +253,13 @@ static __always_inline int inbound(struct __sk_buff *skb, struct iphdr *ip, stru
 SEC("tc")
 int ambit_from_pod(struct __sk_buff *skb)
 {
+	if (skb->mark & REENTER_MARK) {
+		// ztunnel's packet for this pod, re-entered by ambit_pod_path:
+		// from here on it is the pod's own (no pod can set a mark: the
+		// veth clears it as a packet leaves the pod's namespace).
+		skb->mark = 0;
+		return NEXT;
+	}
 	struct iphdr *ip;
 	struct tcphdr *tcp;
 	if (!parse(skb, &ip, &tcp))
@@ -216,4 +281,82 @@ int ambit_from_wire(struct __sk_buff *skb)
 	if (captured(ip->daddr))
 		return inbound(skb, ip, tcp);
 	return NEXT;
+}
+
+// set_dst_mac makes the packet addressed to the interface it is about to
+// enter, so that the stack takes it as its own (not another host's).
+static __always_inline int set_dst_mac(struct __sk_buff *skb, const __u8 *mac)
+{
+	return bpf_skb_store_bytes(skb, __builtin_offsetof(struct ethhdr, h_dest), mac, ETH_ALEN, 0);
+}
+
+// ambit_pod_path, on the egress of the path device: every packet ztunnel
+// sends on a pod's behalf (socket mark PATH_MARK, routed here by the
+// agent's rule) enters the node again at the host end of that pod's veth,
+// as if the pod had sent it, so that the primary CNI's programs, the
+// node's routing and firewall (FORWARD) and NetworkPolicy treat it as the
+// pod's traffic. A packet from an address that is not an enrolled pod of
+// this node is dropped: the path device leads nowhere else.
+SEC("tc")
+int ambit_pod_path(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		goto drop;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end)
+		goto drop;
+	__u32 src = ip->saddr;
+	struct pod_link *l = bpf_map_lookup_elem(&ambit_pod_links, &src);
+	if (!l)
+		goto drop;
+	if (set_dst_mac(skb, l->mac))
+		goto drop;
+	skb->mark = (skb->mark & ~PATH_MARK) | REENTER_MARK;
+	count(STAT_POD_PATH);
+	return bpf_redirect(l->ifindex, BPF_F_INGRESS);
+drop:
+	count(STAT_DROP_NO_POD_PATH);
+	return TC_ACT_SHOT;
+}
+
+// ambit_to_pod, on the egress of each pod's host veth: a reply to a
+// connection ztunnel made on an enrolled pod's behalf that the stack is
+// about to hand the pod (after conntrack undid NAT: masquerading or a
+// Service's DNAT on the way out, so the wire program could not match it to
+// ztunnel's socket) goes back into the node to ztunnel instead, through
+// the path device, marked for local delivery and kept out of conntrack,
+// which has seen it already. Everything else continues.
+SEC("tc")
+int ambit_to_pod(struct __sk_buff *skb)
+{
+	struct iphdr *ip;
+	struct tcphdr *tcp;
+	if (!parse(skb, &ip, &tcp))
+		return NEXT;
+	if (!captured(ip->daddr))
+		return NEXT;
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = ip->saddr;
+	t.ipv4.daddr = ip->daddr;
+	t.ipv4.sport = tcp->source;
+	t.ipv4.dport = tcp->dest;
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return NEXT;
+	int path = sk->state != BPF_TCP_LISTEN && on_pod_path(sk);
+	bpf_sk_release(sk);
+	if (!path)
+		return NEXT;
+	__u32 zero = 0;
+	struct pod_link *dev = bpf_map_lookup_elem(&ambit_path_dev, &zero);
+	if (!dev || !dev->ifindex)
+		return TC_ACT_SHOT; // ztunnel's, yet no way back to it: never the pod's
+	if (set_dst_mac(skb, dev->mac))
+		return TC_ACT_SHOT;
+	skb->mark = REDIRECT_MARK;
+	count(STAT_POD_PATH_REPLY);
+	return bpf_redirect(dev->ifindex, BPF_F_INGRESS);
 }

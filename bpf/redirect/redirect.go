@@ -43,6 +43,23 @@ const (
 	// rulePriority orders the mark rule before the main table.
 	rulePriority = 154
 
+	// PathMark is the socket mark ztunnel puts on the connections it
+	// makes on behalf of a pod of this node: policy routing sends their
+	// packets to the path device (PathDevice, table PathTable), whose
+	// program re-enters them at the host end of the pod's veth, so that
+	// they take the pod's own path out of the node.
+	PathMark = 0x800
+	// ReplyMark is set on replies to those connections: delivered
+	// locally (table RouteTable) like Mark, but tracked.
+	ReplyMark = 0x200
+	// PathTable routes PathMark's packets to the path device.
+	PathTable = 155
+	// PathDevice is the dummy interface of the pod path.
+	PathDevice = "ambit0"
+
+	pathRulePriority  = 155
+	replyRulePriority = 153
+
 	podCaptured = 1
 )
 
@@ -95,6 +112,10 @@ func OpenMode(pinDir string, mode Mode) (*Redirector, error) {
 		r.objs.Close()
 		return nil, err
 	}
+	if err := r.setupPodPath(); err != nil {
+		r.objs.Close()
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -106,9 +127,12 @@ func (r *Redirector) Mode() Mode { return r.mode }
 func (r *Redirector) Close() error { return r.objs.Close() }
 
 // AttachPod attaches the pod program to the ingress of a pod's host-side
-// veth.
+// veth, and the reply program to its egress.
 func (r *Redirector) AttachPod(ifname string) error {
-	return r.attach(ifname, r.objs.AmbitFromPod)
+	if err := r.attach(ifname, r.objs.AmbitFromPod); err != nil {
+		return err
+	}
+	return r.attachEgress(ifname, r.objs.AmbitToPod)
 }
 
 // AttachUplink attaches the wire program to the ingress of the node's
@@ -118,7 +142,56 @@ func (r *Redirector) AttachUplink(ifname string) error {
 }
 
 func (r *Redirector) linkPin(ifname string) string {
-	return filepath.Join(r.pinDir, "links", ifname+"-ingress")
+	return filepath.Join(r.pinDir, "links", ifname+ingressSuffix)
+}
+
+func (r *Redirector) egressPin(ifname string) string {
+	return filepath.Join(r.pinDir, "links", ifname+egressSuffix)
+}
+
+const (
+	ingressSuffix = "-ingress"
+	egressSuffix  = "-egress"
+)
+
+// attachEgress attaches prog to the egress of ifname, first in the
+// chain, or swaps it into the link already there. What runs there only
+// takes packets that belong to ztunnel, so its place guards nothing: it
+// is not re-anchored.
+func (r *Redirector) attachEgress(ifname string, prog *ebpf.Program) error {
+	r.attachMu.Lock()
+	defer r.attachMu.Unlock()
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return fmt.Errorf("attach egress program to %s: %w", ifname, err)
+	}
+	if r.mode == ModeClsact {
+		return attachClsactDir(iface.Index, prog, netlink.HANDLE_MIN_EGRESS)
+	}
+	pin := r.egressPin(ifname)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer l.Close()
+		info, ierr := l.Info()
+		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == iface.Index {
+			if err := l.Update(prog); err != nil {
+				return fmt.Errorf("update egress program on %s: %w", ifname, err)
+			}
+			return nil
+		}
+		_ = l.Unpin()
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: iface.Index, Program: prog, Attach: ebpf.AttachTCXEgress, Anchor: link.Head()})
+	if err != nil {
+		return fmt.Errorf("attach egress program to %s: %w", ifname, err)
+	}
+	defer l.Close()
+	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
+		return fmt.Errorf("pin egress link of %s: %w", ifname, err)
+	}
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pin egress link of %s: %w", ifname, err)
+	}
+	return nil
 }
 
 func (r *Redirector) attach(ifname string, prog *ebpf.Program) error {
@@ -231,9 +304,6 @@ func aheadOf(ifindex int, id link.ID) ([]ebpf.ProgramID, error) {
 // the head cannot keep Ambit's program from seeing enrolled pods'
 // connections for longer than a period.
 func (r *Redirector) Guard() (fixed []string, err error) {
-	if r.mode == ModeClsact {
-		return nil, nil
-	}
 	names, err := r.Attached()
 	if err != nil {
 		return nil, err
@@ -268,16 +338,33 @@ func (r *Redirector) Guard() (fixed []string, err error) {
 // attachedProgram is this process's copy of the program on ifname's
 // link: the wire program or the pod program, told apart by name.
 func (r *Redirector) attachedProgram(ifname string) (*ebpf.Program, error) {
-	l, err := link.LoadPinnedLink(r.linkPin(ifname), nil)
-	if err != nil {
-		return nil, fmt.Errorf("program on %s: %w", ifname, err)
+	var id ebpf.ProgramID
+	if r.mode == ModeClsact {
+		iface, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return nil, fmt.Errorf("program on %s: %w", ifname, err)
+		}
+		ours, _, err := clsactFilters(iface.Index, netlink.HANDLE_MIN_INGRESS)
+		if err != nil {
+			return nil, fmt.Errorf("program on %s: %w", ifname, err)
+		}
+		if len(ours) == 0 {
+			return nil, fmt.Errorf("program on %s: ambit's tc filter is gone", ifname)
+		}
+		id = ebpf.ProgramID(ours[0].Id)
+	} else {
+		l, err := link.LoadPinnedLink(r.linkPin(ifname), nil)
+		if err != nil {
+			return nil, fmt.Errorf("program on %s: %w", ifname, err)
+		}
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil {
+			return nil, fmt.Errorf("program on %s: %w", ifname, err)
+		}
+		id = info.Program
 	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		return nil, fmt.Errorf("program on %s: %w", ifname, err)
-	}
-	p, err := ebpf.NewProgramFromID(info.Program)
+	p, err := ebpf.NewProgramFromID(id)
 	if err != nil {
 		return nil, fmt.Errorf("program on %s: %w", ifname, err)
 	}
@@ -293,15 +380,19 @@ func (r *Redirector) attachedProgram(ifname string) (*ebpf.Program, error) {
 }
 
 // Ahead lists the programs that run before Ambit's on the ingress of
-// ifname: none, while Ambit's runs first, as it must (TCX only; under
-// clsact the filter priorities order the programs).
+// ifname: none, while Ambit's runs first, as it must (under clsact, the
+// filters before Ambit's, by priority and, within one, newest first).
 func (r *Redirector) Ahead(ifname string) ([]ebpf.ProgramID, error) {
-	if r.mode == ModeClsact {
-		return nil, nil
-	}
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return nil, fmt.Errorf("programs ahead on %s: %w", ifname, err)
+	}
+	if r.mode == ModeClsact {
+		ids, err := clsactAhead(iface.Index)
+		if err != nil {
+			return nil, fmt.Errorf("programs ahead on %s: %w", ifname, err)
+		}
+		return ids, nil
 	}
 	l, err := link.LoadPinnedLink(r.linkPin(ifname), nil)
 	if err != nil {
@@ -324,19 +415,22 @@ func (r *Redirector) Detach(ifname string) error {
 		}
 		return nil
 	}
-	pin := r.linkPin(ifname)
-	l, err := link.LoadPinnedLink(pin, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+	var errs []error
+	for _, pin := range []string{r.linkPin(ifname), r.egressPin(ifname)} {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("detach redirect from %s: %w", ifname, err))
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("detach redirect from %s: %w", ifname, err))
+		}
+		l.Close() // closing the last reference detaches
 	}
-	if err != nil {
-		return fmt.Errorf("detach redirect from %s: %w", ifname, err)
-	}
-	defer l.Close()
-	if err := l.Unpin(); err != nil {
-		return fmt.Errorf("detach redirect from %s: %w", ifname, err)
-	}
-	return nil // closing the last reference detaches
+	return errors.Join(errs...)
 }
 
 // Attached lists the interfaces that have Ambit's program.
@@ -353,7 +447,9 @@ func (r *Redirector) Attached() ([]string, error) {
 	}
 	var names []string
 	for _, e := range entries {
-		names = append(names, strings.TrimSuffix(e.Name(), "-ingress"))
+		if name, ok := strings.CutSuffix(e.Name(), ingressSuffix); ok {
+			names = append(names, name)
+		}
 	}
 	return names, nil
 }
@@ -365,10 +461,41 @@ func (r *Redirector) Enroll(ip netip.Addr) error {
 	if err != nil {
 		return err
 	}
+	// The pod's way into the node first: the pod path needs it as soon
+	// as ztunnel makes a connection for the pod.
+	pl, err := hostLink(ip)
+	if err != nil {
+		return fmt.Errorf("enroll %s: %w", ip, err)
+	}
+	if err := r.objs.AmbitPodLinks.Update(key, pl, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("enroll %s: %w", ip, err)
+	}
 	if err := r.objs.AmbitPods.Update(key, redirectPodInfo{Flags: podCaptured}, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("enroll %s: %w", ip, err)
 	}
 	return nil
+}
+
+// hostLink is the host end of the veth that routes to a pod's address.
+func hostLink(ip netip.Addr) (redirectPodLink, error) {
+	routes, err := netlink.RouteGet(ip.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return redirectPodLink{}, fmt.Errorf("find host interface of pod %s: %w", ip, err)
+	}
+	l, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return redirectPodLink{}, fmt.Errorf("find host interface of pod %s: %w", ip, err)
+	}
+	return podLink(l)
+}
+
+func podLink(l netlink.Link) (redirectPodLink, error) {
+	pl := redirectPodLink{Ifindex: uint32(l.Attrs().Index)}
+	if len(l.Attrs().HardwareAddr) != len(pl.Mac) {
+		return pl, fmt.Errorf("interface %s has no Ethernet address", l.Attrs().Name)
+	}
+	copy(pl.Mac[:], l.Attrs().HardwareAddr)
+	return pl, nil
 }
 
 // Unenroll stops capturing the pod's new connections. Removing one that is
@@ -379,6 +506,9 @@ func (r *Redirector) Unenroll(ip netip.Addr) error {
 		return err
 	}
 	if err := r.objs.AmbitPods.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unenroll %s: %w", ip, err)
+	}
+	if err := r.objs.AmbitPodLinks.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("unenroll %s: %w", ip, err)
 	}
 	return nil
@@ -407,15 +537,33 @@ func enrolledIn(m *ebpf.Map) ([]netip.Addr, error) {
 // Stats are the programs' counters, summed over CPUs.
 type Stats struct {
 	Outbound, InboundPlain, InboundHBONE, DroppedNoListener uint64
+	// PodPath counts packets ztunnel sent for a pod that re-entered
+	// through the pod's veth, DroppedNoPodPath those that could not
+	// (no enrolled pod has their source address), PodPathReplies the
+	// replies to them handed back to ztunnel after NAT was undone.
+	PodPath, DroppedNoPodPath, PodPathReplies uint64
 }
 
 // Stats reads the counters.
-func (r *Redirector) Stats() (Stats, error) {
+func (r *Redirector) Stats() (Stats, error) { return statsIn(r.objs.AmbitStats) }
+
+// PinnedStats reads the counters pinned in pinDir, without loading the
+// programs: for tests and debugging.
+func PinnedStats(pinDir string) (Stats, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "ambit_stats"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return Stats{}, fmt.Errorf("load pinned stats: %w", err)
+	}
+	defer m.Close()
+	return statsIn(m)
+}
+
+func statsIn(m *ebpf.Map) (Stats, error) {
 	var s Stats
-	dst := []*uint64{&s.Outbound, &s.InboundPlain, &s.InboundHBONE, &s.DroppedNoListener}
+	dst := []*uint64{&s.Outbound, &s.InboundPlain, &s.InboundHBONE, &s.DroppedNoListener, &s.PodPath, &s.DroppedNoPodPath, &s.PodPathReplies}
 	for i, d := range dst {
 		var per []uint64
-		if err := r.objs.AmbitStats.Lookup(uint32(i), &per); err != nil {
+		if err := m.Lookup(uint32(i), &per); err != nil {
 			return s, fmt.Errorf("read redirect stats: %w", err)
 		}
 		for _, v := range per {
@@ -431,11 +579,11 @@ func (r *Redirector) Remove() error {
 	var errs []error
 	names, err := r.Attached()
 	errs = append(errs, err)
-	for _, n := range names {
+	for _, n := range append(names, PathDevice) {
 		errs = append(errs, r.Detach(n))
 	}
-	errs = append(errs, r.objs.AmbitPods.Unpin(), r.objs.AmbitStats.Unpin())
-	errs = append(errs, r.Close(), removeRouting(), os.RemoveAll(r.pinDir))
+	errs = append(errs, r.objs.AmbitPods.Unpin(), r.objs.AmbitStats.Unpin(), r.objs.AmbitPodLinks.Unpin(), r.objs.AmbitPathDev.Unpin())
+	errs = append(errs, r.Close(), removeRouting(), removePodPath(), os.RemoveAll(r.pinDir))
 	return errors.Join(errs...)
 }
 

@@ -18,14 +18,25 @@ type redirectPodInfo struct {
 	Flags uint32
 }
 
+type redirectPodLink struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Mac     [6]uint8
+	Pad     [2]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	redirectMapAmbitPathDev   = "ambit_path_dev"
+	redirectMapAmbitPodLinks  = "ambit_pod_links"
 	redirectMapAmbitPods      = "ambit_pods"
 	redirectMapAmbitStats     = "ambit_stats"
 	redirectProgAmbitFromPod  = "ambit_from_pod"
 	redirectProgAmbitFromWire = "ambit_from_wire"
+	redirectProgAmbitPodPath  = "ambit_pod_path"
+	redirectProgAmbitToPod    = "ambit_to_pod"
 )
 
 // loadRedirect returns the embedded CollectionSpec for redirect.
@@ -72,14 +83,18 @@ type redirectSpecs struct {
 type redirectProgramSpecs struct {
 	AmbitFromPod  *ebpf.ProgramSpec `ebpf:"ambit_from_pod"`
 	AmbitFromWire *ebpf.ProgramSpec `ebpf:"ambit_from_wire"`
+	AmbitPodPath  *ebpf.ProgramSpec `ebpf:"ambit_pod_path"`
+	AmbitToPod    *ebpf.ProgramSpec `ebpf:"ambit_to_pod"`
 }
 
 // redirectMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectMapSpecs struct {
-	AmbitPods  *ebpf.MapSpec `ebpf:"ambit_pods"`
-	AmbitStats *ebpf.MapSpec `ebpf:"ambit_stats"`
+	AmbitPathDev  *ebpf.MapSpec `ebpf:"ambit_path_dev"`
+	AmbitPodLinks *ebpf.MapSpec `ebpf:"ambit_pod_links"`
+	AmbitPods     *ebpf.MapSpec `ebpf:"ambit_pods"`
+	AmbitStats    *ebpf.MapSpec `ebpf:"ambit_stats"`
 }
 
 // redirectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -108,12 +123,16 @@ func (o *redirectObjects) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectMaps struct {
-	AmbitPods  *ebpf.Map `ebpf:"ambit_pods"`
-	AmbitStats *ebpf.Map `ebpf:"ambit_stats"`
+	AmbitPathDev  *ebpf.Map `ebpf:"ambit_path_dev"`
+	AmbitPodLinks *ebpf.Map `ebpf:"ambit_pod_links"`
+	AmbitPods     *ebpf.Map `ebpf:"ambit_pods"`
+	AmbitStats    *ebpf.Map `ebpf:"ambit_stats"`
 }
 
 func (m *redirectMaps) Close() error {
 	return _RedirectClose(
+		m.AmbitPathDev,
+		m.AmbitPodLinks,
 		m.AmbitPods,
 		m.AmbitStats,
 	)
@@ -131,12 +150,16 @@ type redirectVariables struct {
 type redirectPrograms struct {
 	AmbitFromPod  *ebpf.Program `ebpf:"ambit_from_pod"`
 	AmbitFromWire *ebpf.Program `ebpf:"ambit_from_wire"`
+	AmbitPodPath  *ebpf.Program `ebpf:"ambit_pod_path"`
+	AmbitToPod    *ebpf.Program `ebpf:"ambit_to_pod"`
 }
 
 func (p *redirectPrograms) Close() error {
 	return _RedirectClose(
 		p.AmbitFromPod,
 		p.AmbitFromWire,
+		p.AmbitPodPath,
+		p.AmbitToPod,
 	)
 }
 

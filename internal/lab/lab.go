@@ -370,6 +370,10 @@ func ControlPlaneIP() netip.Addr { return controlPlaneIP }
 // between them, where a test can capture what crosses it.
 func (l *Lab) BridgeNS() *netns.NS { return l.bridge }
 
+// ControlPlaneIP is the control plane's address on the lab's wire: an
+// address outside the pod network that every node routes to.
+func (l *Lab) ControlPlaneIP() netip.Addr { return controlPlaneIP }
+
 // ControlPlaneNS is the control-plane node's network namespace.
 func (l *Lab) ControlPlaneNS() *netns.NS { return l.cp }
 

@@ -98,22 +98,39 @@ func NodeAddr() (netip.Addr, error) {
 // the socket cannot be made transparent it binds src all the same, which
 // works for addresses the node owns (loopback in tests).
 func DialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
-	d := net.Dialer{
-		Timeout:   timeout,
-		LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)),
-		Control: func(_, _ string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) {
-				// Best effort: without it, binding a foreign address
-				// fails below with a clear error.
-				_ = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-			})
-		},
-	}
+	d := FromDialer(src, 0)
+	d.Timeout = timeout
 	c, err := d.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from %s: %w", dst, src, err)
 	}
 	return c, nil
+}
+
+// FromDialer is the dialer of DialFrom, whose sockets also carry mark
+// when it is not zero (SO_MARK, for the node's policy routing).
+func FromDialer(src netip.Addr, mark uint32) *net.Dialer {
+	return &net.Dialer{
+		LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)),
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				// Best effort: without it, binding a foreign address
+				// fails below with a clear error.
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+				if mark != 0 {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+				}
+			})
+			if err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("set socket mark %#x: %w", mark, serr)
+			}
+			return nil
+		},
+	}
 }
 
 // LocalAddrs tells whether an address belongs to this network namespace

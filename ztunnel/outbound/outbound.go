@@ -48,6 +48,12 @@ type Outbound struct {
 	// NAT (a Service VIP, masquerading) the replies could not be steered
 	// back. Ignored when Dialer is set.
 	PreserveSource bool
+	// PodPathMark, when not 0, makes every passthrough connection
+	// (whatever its destination) leave from the source pod's address
+	// with this socket mark, which the node agent routes through the
+	// pod's own veth (see ztunnel.Config.PodPathMark). Ignored when
+	// Dialer is set.
+	PodPathMark uint32
 	// Dialer makes passthrough connections; nil means a net.Dialer.
 	Dialer interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
@@ -245,7 +251,7 @@ func (o *Outbound) handle(c net.Conn) {
 		})
 	} else {
 		var from netip.Addr
-		if r.workload != nil {
+		if r.workload != nil || o.PodPathMark != 0 {
 			from = src.Addr()
 		}
 		up, err = o.dial(ctx, r.target, from)
@@ -265,10 +271,10 @@ func (o *Outbound) handle(c net.Conn) {
 // dial makes a passthrough connection, from the address from when the
 // source is preserved.
 func (o *Outbound) dial(ctx context.Context, target netip.AddrPort, from netip.Addr) (net.Conn, error) {
-	if o.PreserveSource && o.Dialer == nil && from.IsValid() {
-		c, err := origdst.DialFrom(ctx, from, target, 0)
+	if o.Dialer == nil && from.IsValid() && (o.PreserveSource || o.PodPathMark != 0) {
+		c, err := origdst.FromDialer(from, o.PodPathMark).DialContext(ctx, "tcp", target.String())
 		if err != nil {
-			return nil, fmt.Errorf("passthrough to %s: %w", target, err)
+			return nil, fmt.Errorf("passthrough to %s from %s: %w", target, from, err)
 		}
 		return c, nil
 	}

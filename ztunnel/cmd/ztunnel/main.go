@@ -31,6 +31,7 @@ type options struct {
 	logLevel                                      string
 	redirect                                      string
 	preserveSource                                bool
+	podPath                                       bool
 	drain                                         time.Duration
 	certs                                         certFlags
 }
@@ -49,6 +50,7 @@ func main() {
 	flag.StringVar(&o.outbound, "outbound", ":15001", "outbound listener")
 	flag.StringVar(&o.redirect, "redirect", "tproxy", "how captured connections arrive: tproxy (Ambit's eBPF redirection, transparent listeners) or nat (iptables REDIRECT, SO_ORIGINAL_DST)")
 	flag.BoolVar(&o.preserveSource, "preserve-source", true, "with --redirect tproxy, connect to pods (local workloads, and pods outside the mesh on passthrough) from their client's address, as Istio's ztunnel does (needs CAP_NET_ADMIN)")
+	flag.BoolVar(&o.podPath, "pod-path", true, "with --redirect tproxy, send what this tunnel sends on a pod's behalf (HBONE to other nodes, passthrough) from the pod's address with socket mark 0x800, which the node agent routes back through the pod's own veth, so that the node's firewall and the primary CNI's policy apply to it as to the pod's own traffic")
 	flag.StringVar(&o.admin, "admin", "127.0.0.1:15000", "admin listener (config dump, pprof, logging)")
 	flag.StringVar(&o.metrics, "metrics", ":15020", "Prometheus metrics listener")
 	flag.StringVar(&o.readiness, "readiness", ":15021", "readiness listener")
@@ -63,8 +65,13 @@ func main() {
 }
 
 // localMark is the mark Ambit's eBPF redirection routes locally
-// (bpf/redirect.Mark), used for HBONE to workloads on this node.
-const localMark = 0x400
+// (bpf/redirect.Mark), used for HBONE to workloads on this node;
+// podPathMark the one it routes through a pod's veth
+// (bpf/redirect.PathMark).
+const (
+	localMark   = 0x400
+	podPathMark = 0x800
+)
 
 func run(o options) error {
 	if o.redirect != "tproxy" && o.redirect != "nat" {
@@ -81,11 +88,16 @@ func run(o options) error {
 	}
 	defer closeCerts()
 	store := config.NewStore()
+	var pathMark uint32
+	if o.redirect == "tproxy" && o.podPath {
+		pathMark = podPathMark
+	}
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, Store: store, Certificates: certs, Roots: roots,
 		Transparent:    o.redirect == "tproxy",
 		PreserveSource: o.redirect == "tproxy" && o.preserveSource,
 		LocalMark:      localMark,
+		PodPathMark:    pathMark,
 		OutboundAddr:   o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness, LivenessAddr: o.liveness,
 		Log: log, LogLevel: &level,
 	})
