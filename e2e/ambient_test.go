@@ -26,11 +26,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ambitmesh/ambit/bpf/redirect"
+	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/echo"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/lab"
-	"github.com/ambitmesh/ambit/internal/labmesh"
 	"github.com/ambitmesh/ambit/ztunnel/admin"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )

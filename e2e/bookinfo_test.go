@@ -13,9 +13,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/samples/bookinfo/app"
-	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
 )
 
 // TestBookinfo: Bookinfo deployed across two nodes answers /productpage
@@ -26,8 +26,8 @@ import (
 // with the error in its place.
 func TestBookinfo(t *testing.T) {
 	l := startLab(t, lab.Config{Nodes: 2})
-	if deploy.Image != lab.BookinfoImage {
-		t.Fatalf("bookinfo image: deploy uses %q, the lab runs %q", deploy.Image, lab.BookinfoImage)
+	if bookinfo.Image != lab.BookinfoImage {
+		t.Fatalf("bookinfo image: e2e/internal/bookinfo uses %q, the lab runs %q", bookinfo.Image, lab.BookinfoImage)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -36,7 +36,7 @@ func TestBookinfo(t *testing.T) {
 	if err := l.CreateNamespace(ctx, ns, nil); err != nil {
 		t.Fatal(err)
 	}
-	pods, err := deploy.Install(ctx, l, ns, deploy.Spread("node1", "node2"))
+	pods, err := bookinfo.Install(ctx, l, ns, bookinfo.Spread("node1", "node2"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestBookinfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := "http://" + net.JoinHostPort(svc.Spec.ClusterIP, fmt.Sprint(deploy.Port))
+	base := "http://" + net.JoinHostPort(svc.Spec.ClusterIP, fmt.Sprint(bookinfo.Port))
 
 	// Every version of reviews answers, each with its own stars: v1 none,
 	// v2 black, v3 red (from ratings, on the other node).

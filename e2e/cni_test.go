@@ -18,9 +18,9 @@ import (
 
 	"github.com/ambitmesh/ambit/bpf/redirect"
 	"github.com/ambitmesh/ambit/cni/install"
+	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
-	"github.com/ambitmesh/ambit/internal/labmesh"
 )
 
 // TestCNIAgent: the node agent chains the plugin into the node's conflist;

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
-	"github.com/ambitmesh/ambit/internal/labmesh"
 )
 
 // BenchmarkPodStartCNI measures what Ambit's plugin adds to pod start:

@@ -23,10 +23,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
+	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
-	"github.com/ambitmesh/ambit/internal/labmesh"
-	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
 )
 
 const (
@@ -37,68 +37,147 @@ const (
 // reviewsPod finds which reviews pod served a product page.
 var reviewsPod = regexp.MustCompile(`<span id="reviews-pod">([^<]*)</span>`)
 
-// demo starts a two-node lab with Ambit on every node, deploys Bookinfo,
-// puts it in the ambient mesh by labelling its namespace, and shows what
-// changed: who talks to whom with which identity, that the bytes between
-// nodes are encrypted, and an authorization policy at work.
-func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err error) {
+// demo is what the demo's steps share: each step uses what the ones before
+// it made.
+type demo struct {
+	log  *slog.Logger
+	step *stepper
+	bins lab.Binaries
+	lab  *lab.Lab
+	mesh *labmesh.Mesh
+	// bookinfo holds Bookinfo's Ready pods by name.
+	bookinfo map[string]*corev1.Pod
+	// productpage is productpage's URL by its cluster DNS name.
+	productpage string
+	// pcap is the capture of node1's link while pages were served.
+	pcap string
+}
+
+// runDemo starts a two-node lab with Ambit on every node, deploys
+// Bookinfo, puts it in the ambient mesh by labelling its namespace, and
+// shows what changed: who talks to whom with which identity, that the
+// bytes between nodes are encrypted, and an authorization policy at work.
+// Each step is a method of demo; a step that returns an error ends the
+// demo with the step's name.
+func runDemo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo needs root (network namespaces, eBPF): run sudo make demo")
 	}
-	step := stepper{}
-	step.say("Building (or finding in the cache) the programs: Kubernetes, CoreDNS, Ambit's istiod, node agent, CNI plugin and ztunnel, Bookinfo")
-	bins, err := lab.EnsureBinaries(runCtx, lab.BuildOptions{Log: log})
-	if err != nil {
-		return err
-	}
-	step.say("Starting a lab cluster: etcd, kube-apiserver, kube-controller-manager, CoreDNS; two nodes with kube-proxy and a kubelet stand-in, all in network namespaces")
-	l, err := lab.Start(runCtx, lab.Config{Nodes: 2, Binaries: bins, Log: log})
-	if err != nil {
+	d := &demo{log: log, step: &stepper{w: os.Stdout}}
+	// Building takes minutes on a cold cache: no deadline but Ctrl-C.
+	if err := d.step.runAll(runCtx, []demoStep{
+		{"build", "Building (or finding in the cache) the programs: Kubernetes, CoreDNS, Ambit's istiod, node agent, CNI plugin and ztunnel, Bookinfo", d.build},
+		{"lab", "Starting a lab cluster: etcd, kube-apiserver, kube-controller-manager, CoreDNS; two nodes with kube-proxy and a kubelet stand-in, all in network namespaces", d.startLab},
+	}); err != nil {
 		return err
 	}
 	defer func() {
-		step.say("Tearing the lab down")
-		if cerr := l.Close(); cerr != nil {
+		d.step.say("Tearing the lab down")
+		if cerr := d.lab.Close(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
 	}()
-	for _, n := range l.Nodes {
-		step.ok("node %s at %s, pods in %s", n.Name, n.IP, n.PodCIDR)
-	}
 	ctx, cancel := context.WithTimeout(runCtx, 4*time.Minute)
 	defer cancel()
+	if err := d.step.runAll(ctx, []demoStep{
+		{"istiod", "Installing Ambit's control plane: istiod on the control-plane node (workload discovery over delta xDS, the CA), with Istio's security CRDs", d.installIstiod},
+		{"nodes", "Installing Ambit on every node: the node agent chains its CNI plugin into the node's conflist and loads the eBPF redirection; ztunnel connects to istiod", d.installNodes},
+		{"bookinfo", fmt.Sprintf("Deploying Bookinfo in namespace %q (not in the mesh yet) and a client pod in %q", bookinfoNS, clientNS), d.deployBookinfo},
+		{"enrol", fmt.Sprintf("Enrolling Bookinfo: kubectl label namespace %s %s=%s; the running pods join without a restart", bookinfoNS, enrolment.LabelDataplaneMode, enrolment.ModeAmbient), d.enrol},
+		{"capture", "Capturing node1's link while Bookinfo serves pages through the mesh", d.capture},
+		{"identities", "Who talked to whom, as the destination ztunnels saw it (client identity from its mTLS certificate)", d.showIdentities},
+		{"encryption", "Were the bytes between the nodes encrypted?", d.checkEncryption},
+		{"authorization", fmt.Sprintf("Authorization: only reviews may call ratings (an ALLOW policy on ratings for principal cluster.local/ns/%s/sa/bookinfo-reviews)", bookinfoNS), d.checkAuthorization},
+	}); err != nil {
+		return err
+	}
+	cancel()
+	if err := d.step.err(); err != nil {
+		return err
+	}
+	if nonInteractive {
+		d.step.say("All steps passed (DEMO_NONINTERACTIVE set: not waiting)")
+		return nil
+	}
+	fmt.Printf(`
+The lab is running. In another terminal:
 
-	step.say("Installing Ambit's control plane: istiod on the control-plane node (workload discovery over delta xDS, the CA), with Istio's security CRDs")
-	mesh, err := labmesh.New(l)
+  export KUBECONFIG=%s
+  %s get nodes,pods,svc -A -o wide
+  ip netns exec %s %s http --body %s/productpage    # a page from node1's network
+  tail -f %s/logs/ztunnel-node2-*.log                 # ztunnel's access log on node2
+
+Press Ctrl-C to stop and clean up.
+`, d.lab.Kubeconfig, d.bins.Kubectl, d.lab.Node("node1").NS.Name(), d.bins.Echo, d.productpage, d.lab.Dir)
+	<-runCtx.Done()
+	return nil
+}
+
+// build builds the programs the lab runs, or finds them in the cache.
+func (d *demo) build(ctx context.Context) error {
+	bins, err := lab.EnsureBinaries(ctx, lab.BuildOptions{Log: d.log})
 	if err != nil {
 		return err
 	}
+	d.bins = bins
+	return nil
+}
+
+// startLab starts a two-node lab.
+func (d *demo) startLab(ctx context.Context) error {
+	l, err := lab.Start(ctx, lab.Config{Nodes: 2, Binaries: d.bins, Log: d.log})
+	if err != nil {
+		return err
+	}
+	d.lab = l
+	for _, n := range l.Nodes {
+		d.step.ok("node %s at %s, pods in %s", n.Name, n.IP, n.PodCIDR)
+	}
+	return nil
+}
+
+// installIstiod starts istiod as the chart runs it.
+func (d *demo) installIstiod(ctx context.Context) error {
+	mesh, err := labmesh.New(d.lab)
+	if err != nil {
+		return err
+	}
+	d.mesh = mesh
 	if err := mesh.StartIstiod(ctx, labmesh.IstiodOptions{}); err != nil {
 		return err
 	}
-	step.ok("istiod ready; mesh root published in ConfigMap istio-ca-root-cert of every namespace")
+	d.step.ok("istiod ready; mesh root published in ConfigMap istio-ca-root-cert of every namespace")
+	return nil
+}
 
-	step.say("Installing Ambit on every node: the node agent chains its CNI plugin into the node's conflist and loads the eBPF redirection; ztunnel connects to istiod")
-	if err := mesh.StartAgents(ctx); err != nil {
+// installNodes starts the node agent and ztunnel on every node.
+func (d *demo) installNodes(ctx context.Context) error {
+	if err := d.mesh.StartAgents(ctx); err != nil {
 		return err
 	}
-	if err := mesh.StartZtunnels(ctx); err != nil {
+	if err := d.mesh.StartZtunnels(ctx); err != nil {
 		return err
 	}
-	for _, n := range l.Nodes {
-		step.ok("%s: ambit-cni chained after ptp in %s; ztunnel ready", n.Name, filepath.Base(n.CNIConfDir)+"/10-lab.conflist")
+	for _, n := range d.lab.Nodes {
+		d.step.ok("%s: ambit-cni chained after ptp in %s; ztunnel ready", n.Name, filepath.Base(n.CNIConfDir)+"/10-lab.conflist")
 	}
+	return nil
+}
 
-	step.say("Deploying Bookinfo in namespace %q (not in the mesh yet) and a client pod in %q", bookinfoNS, clientNS)
+// deployBookinfo deploys Bookinfo over both nodes and a client pod, and
+// shows pages served without the mesh.
+func (d *demo) deployBookinfo(ctx context.Context) error {
+	l := d.lab
 	if err := l.CreateNamespace(ctx, bookinfoNS, nil); err != nil {
 		return err
 	}
-	bpods, err := deploy.Install(ctx, l, bookinfoNS, deploy.Spread("node1", "node2"))
+	bpods, err := bookinfo.Install(ctx, l, bookinfoNS, bookinfo.Spread("node1", "node2"))
 	if err != nil {
 		return err
 	}
+	d.bookinfo = bpods
 	for _, name := range slices.Sorted(maps.Keys(bpods)) {
-		step.ok("pod %s/%s Ready on %s", bookinfoNS, name, bpods[name].Spec.NodeName)
+		d.step.ok("pod %s/%s Ready on %s", bookinfoNS, name, bpods[name].Spec.NodeName)
 	}
 	if err := l.CreateNamespace(ctx, clientNS, nil); err != nil {
 		return err
@@ -106,61 +185,82 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 	if _, err := l.RunPod(ctx, lab.EchoPod(clientNS, "client", "node1", map[string]string{"app": "client"})); err != nil {
 		return err
 	}
-	productpage := fmt.Sprintf("http://productpage.%s.svc.cluster.local:%d", bookinfoNS, deploy.Port)
-	pages(ctx, &step, l, bins, productpage, 6)
+	d.productpage = fmt.Sprintf("http://productpage.%s.svc.cluster.local:%d", bookinfoNS, bookinfo.Port)
+	d.pages(ctx, 6)
+	return nil
+}
 
-	step.say("Enrolling Bookinfo: kubectl label namespace %s %s=%s; the running pods join without a restart", bookinfoNS, enrolment.LabelDataplaneMode, enrolment.ModeAmbient)
+// enrol labels Bookinfo's namespace and waits until every pod is
+// redirected and every ztunnel serves it over HBONE.
+func (d *demo) enrol(ctx context.Context) error {
 	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, enrolment.LabelDataplaneMode, enrolment.ModeAmbient)
-	if _, err := l.Client.CoreV1().Namespaces().Patch(ctx, bookinfoNS, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+	if _, err := d.lab.Client.CoreV1().Namespaces().Patch(ctx, bookinfoNS, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		return err
 	}
-	for _, name := range slices.Sorted(maps.Keys(bpods)) {
-		p, err := l.WaitPod(ctx, bookinfoNS, name, func(p *corev1.Pod) bool {
+	for _, name := range slices.Sorted(maps.Keys(d.bookinfo)) {
+		p, err := d.lab.WaitPod(ctx, bookinfoNS, name, func(p *corev1.Pod) bool {
 			return p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
 		})
 		if err != nil {
 			return err
 		}
-		if err := mesh.WaitWorkload(ctx, p.Status.PodIP, true); err != nil {
+		if err := d.mesh.WaitWorkload(ctx, p.Status.PodIP, true); err != nil {
 			return err
 		}
-		step.ok("%s: %s=%s, restarts %d; every ztunnel knows it as HBONE", name, enrolment.AnnotationRedirection, enrolment.AnnotationEnabled, p.Status.ContainerStatuses[0].RestartCount)
+		d.step.ok("%s: %s=%s, restarts %d; every ztunnel knows it as HBONE", name, enrolment.AnnotationRedirection, enrolment.AnnotationEnabled, p.Status.ContainerStatuses[0].RestartCount)
 	}
+	return nil
+}
 
-	step.say("Capturing node1's link while Bookinfo serves pages through the mesh")
-	pcap := filepath.Join(l.Dir, "node1-link.pcap")
-	dump, err := l.StartProcessIn(l.BridgeNS(), "tcpdump-node1", nil, "tcpdump", "--immediate-mode", "-i", "v-node1", "-U", "-n", "-w", pcap, "tcp")
+// capture records node1's link with tcpdump while pages are served
+// through the mesh.
+func (d *demo) capture(ctx context.Context) error {
+	l := d.lab
+	d.pcap = filepath.Join(l.Dir, "node1-link.pcap")
+	dump, err := l.StartProcessIn(l.BridgeNS(), "tcpdump-node1", nil, "tcpdump", "--immediate-mode", "-i", "v-node1", "-U", "-n", "-w", d.pcap, "tcp")
 	if err != nil {
 		return err
 	}
 	if err := lab.PollUntil(ctx, 30*time.Second, func() bool { return strings.Contains(dump.Logs(5), "listening on") }); err != nil {
 		return fmt.Errorf("start tcpdump: %w\n%s", err, dump.Logs(5))
 	}
-	pages(ctx, &step, l, bins, productpage, 12)
+	d.pages(ctx, 12)
 	dump.Stop(5 * time.Second)
+	return nil
+}
 
-	step.say("Who talked to whom, as the destination ztunnels saw it (client identity from its mTLS certificate)")
-	for _, line := range identities(mesh, l) {
-		step.ok("%s", line)
+// showIdentities shows the client identities the destination ztunnels saw.
+func (d *demo) showIdentities(context.Context) error {
+	for _, line := range identities(d.mesh, d.lab) {
+		d.step.ok("%s", line)
 	}
+	return nil
+}
 
-	step.say("Were the bytes between the nodes encrypted?")
-	wire, err := os.ReadFile(pcap)
+// checkEncryption checks that none of the services' bytes crossed node1's link
+// in plaintext.
+func (d *demo) checkEncryption(context.Context) error {
+	wire, err := os.ReadFile(d.pcap)
 	if err != nil {
 		return err
 	}
 	leaked := false
 	for _, s := range []string{"PublisherA", "Reviewer1", "An extremely entertaining play", "GET /details", "GET /reviews", "GET /ratings"} {
 		if strings.Contains(string(wire), s) {
-			step.fail("%q crossed node1's link in plaintext", s)
+			d.step.fail("%q crossed node1's link in plaintext", s)
 			leaked = true
 		}
 	}
 	if !leaked {
-		step.ok("%d bytes captured on node1's link; none of the pages' text, the request lines or the JSON between the services is in them (HBONE: mTLS 1.3)", len(wire))
+		d.step.ok("%d bytes captured on node1's link; none of the pages' text, the request lines or the JSON between the services is in them (HBONE: mTLS 1.3)", len(wire))
 	}
+	return nil
+}
 
-	step.say("Authorization: only reviews may call ratings (an ALLOW policy on ratings for principal cluster.local/ns/%s/sa/bookinfo-reviews)", bookinfoNS)
+// checkAuthorization applies "only reviews may call ratings" and shows reviews
+// allowed and productpage refused.
+func (d *demo) checkAuthorization(ctx context.Context) error {
+	l, bins := d.lab, d.bins
 	policy := &securityv1.AuthorizationPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: "ratings-only-from-reviews", Namespace: bookinfoNS},
 		Spec: secapi.AuthorizationPolicy{
@@ -179,76 +279,56 @@ func demo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err er
 		return err
 	}
 	var ratingsIP string
-	for _, p := range bpods {
+	for _, p := range d.bookinfo {
 		if p.Labels["app"] == "ratings" {
 			ratingsIP = p.Status.PodIP
 		}
 	}
-	if err := mesh.WaitPolicy(ctx, bookinfoNS, policy.Name, ratingsIP, true); err != nil {
+	if err := d.mesh.WaitPolicy(ctx, bookinfoNS, policy.Name, ratingsIP, true); err != nil {
 		return err
 	}
-	step.ok("AuthorizationPolicy %s/%s created; istiod translated it and every ztunnel has it", bookinfoNS, policy.Name)
+	d.step.ok("AuthorizationPolicy %s/%s created; istiod translated it and every ztunnel has it", bookinfoNS, policy.Name)
 	stars := 0
 	for range 6 {
-		out, err := l.Exec(ctx, clientNS, "client", bins.Echo, "http", "--body", productpage+"/productpage")
+		out, err := l.Exec(ctx, clientNS, "client", bins.Echo, "http", "--body", d.productpage+"/productpage")
 		if err == nil {
 			stars += strings.Count(string(out), `class="stars"`)
 		}
 	}
 	if stars > 0 {
-		step.ok("reviews → ratings allowed: the product pages still show star ratings")
+		d.step.ok("reviews → ratings allowed: the product pages still show star ratings")
 	} else {
-		step.fail("reviews → ratings: no star ratings on 6 pages")
+		d.step.fail("reviews → ratings: no star ratings on 6 pages")
 	}
-	out, err := l.Exec(ctx, clientNS, "client", bins.Echo, "http", "--body", productpage+"/api/v1/products/0/ratings")
+	out, err := l.Exec(ctx, clientNS, "client", bins.Echo, "http", "--body", d.productpage+"/api/v1/products/0/ratings")
 	if err != nil {
-		step.ok("productpage → ratings denied: GET /api/v1/products/0/ratings: %s", lastLine(err.Error()))
+		d.step.ok("productpage → ratings denied: GET /api/v1/products/0/ratings: %s", lastLine(err.Error()))
 	} else {
-		step.fail("productpage → ratings: got %s, want a denial", strings.TrimSpace(string(out)))
+		d.step.fail("productpage → ratings: got %s, want a denial", strings.TrimSpace(string(out)))
 	}
-	for _, line := range denials(mesh, l) {
-		step.ok("%s", line)
+	for _, line := range denials(d.mesh, d.lab) {
+		d.step.ok("%s", line)
 	}
-
-	cancel()
-	if step.failed > 0 {
-		return fmt.Errorf("%d demo step(s) failed", step.failed)
-	}
-	if nonInteractive {
-		step.say("All steps passed (DEMO_NONINTERACTIVE set: not waiting)")
-		return nil
-	}
-	fmt.Printf(`
-The lab is running. In another terminal:
-
-  export KUBECONFIG=%s
-  %s get nodes,pods,svc -A -o wide
-  ip netns exec %s %s http --body %s/productpage    # a page from node1's network
-  tail -f %s/logs/ztunnel-node2-*.log                 # ztunnel's access log on node2
-
-Press Ctrl-C to stop and clean up.
-`, l.Kubeconfig, bins.Kubectl, l.Node("node1").NS.Name(), bins.Echo, productpage, l.Dir)
-	<-runCtx.Done()
 	return nil
 }
 
 // pages fetches n product pages from the client pod (which resolves the
 // name with the cluster's DNS) and reports which reviews versions served
 // them.
-func pages(ctx context.Context, step *stepper, l *lab.Lab, bins lab.Binaries, productpage string, n int) {
+func (d *demo) pages(ctx context.Context, n int) {
 	served := map[string]int{}
 	for range n {
-		out, err := l.Exec(ctx, clientNS, "client", bins.Echo, "http", "--body", productpage+"/productpage")
+		out, err := d.lab.Exec(ctx, clientNS, "client", d.bins.Echo, "http", "--body", d.productpage+"/productpage")
 		page := string(out)
 		if err != nil || !strings.Contains(page, "Book Details") || !strings.Contains(page, "Book Reviews") {
-			step.fail("GET %s/productpage: %v", productpage, err)
+			d.step.fail("GET %s/productpage: %v", d.productpage, err)
 			return
 		}
 		if m := reviewsPod.FindStringSubmatch(page); m != nil {
 			served[m[1]]++
 		}
 	}
-	step.ok("GET /productpage ×%d from %s/client: details and reviews on every page; reviews served by %v", n, clientNS, served)
+	d.step.ok("GET /productpage ×%d from %s/client: details and reviews on every page; reviews served by %v", n, clientNS, served)
 }
 
 // accessLog returns the access-log entries of every ztunnel.
@@ -303,23 +383,4 @@ func lastLine(s string) string {
 		last = last[i+len("echo: "):]
 	}
 	return last
-}
-
-type stepper struct {
-	n      int
-	failed int
-}
-
-func (s *stepper) say(format string, args ...any) {
-	s.n++
-	fmt.Printf("\n==> %d. %s\n", s.n, fmt.Sprintf(format, args...))
-}
-
-func (s *stepper) ok(format string, args ...any) {
-	fmt.Printf("    ok   %s\n", strings.TrimSpace(fmt.Sprintf(format, args...)))
-}
-
-func (s *stepper) fail(format string, args ...any) {
-	s.failed++
-	fmt.Printf("    FAIL %s\n", strings.TrimSpace(fmt.Sprintf(format, args...)))
 }

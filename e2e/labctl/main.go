@@ -49,7 +49,7 @@ func main() {
 			}
 		}
 	case "demo":
-		err = demo(ctx, log, os.Getenv("DEMO_NONINTERACTIVE") != "")
+		err = runDemo(ctx, log, os.Getenv("DEMO_NONINTERACTIVE") != "")
 	case "clean":
 		err = lab.CleanAll()
 	default:

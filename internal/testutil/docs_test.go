@@ -1,11 +1,13 @@
 package testutil
 
 import (
+	"errors"
 	"go/parser"
 	"go/token"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -68,4 +70,60 @@ func TestPackageDocs(t *testing.T) {
 	if checked == 0 {
 		t.Fatal("checked no packages: got 0, want the module's packages")
 	}
+}
+
+// TestPackageMap: docs/architecture.md's package map has a row for every
+// package of the module, and every path it names is a directory of the
+// repository.
+func TestPackageMap(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "architecture.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapped, err := packageMap(string(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range listPackages(t) {
+		rel, ok := inModule(p.ImportPath)
+		if ok && !slices.Contains(mapped, rel) {
+			t.Errorf("package %s: no row in docs/architecture.md's package map, want one that says what it does and who may import it", rel)
+		}
+	}
+	for _, rel := range mapped {
+		if fi, err := os.Stat(filepath.Join(root, rel)); err != nil || !fi.IsDir() {
+			t.Errorf("docs/architecture.md's package map names %s: got no such directory, want the rows to follow the code", rel)
+		}
+	}
+}
+
+// packageMap returns the package paths in the first column of the table
+// under the "## Package map" heading of doc.
+func packageMap(doc string) ([]string, error) {
+	_, section, ok := strings.Cut(doc, "\n## Package map\n")
+	if !ok {
+		return nil, errors.New(`find package map: no "## Package map" heading`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	var paths []string
+	for line := range strings.Lines(section) {
+		cells := strings.Split(line, "|")
+		if len(cells) < 3 || !strings.HasPrefix(line, "| `") {
+			continue
+		}
+		for _, cell := range strings.Split(cells[1], ",") {
+			cell = strings.TrimSpace(cell)
+			if p, ok := strings.CutPrefix(cell, "`"); ok && strings.HasSuffix(p, "`") {
+				paths = append(paths, strings.TrimSuffix(p, "`"))
+			}
+		}
+	}
+	if len(paths) == 0 {
+		return nil, errors.New("find package map: no rows under the heading")
+	}
+	return paths, nil
 }

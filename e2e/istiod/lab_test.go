@@ -1,4 +1,4 @@
-package server_test
+package istiod
 
 import (
 	"context"
@@ -29,8 +29,8 @@ import (
 
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/lab"
-	"github.com/ambitmesh/ambit/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/testutil"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/server"
@@ -382,18 +382,4 @@ func jsonValue(v any) string {
 		return "null"
 	}
 	return fmt.Sprintf("%q", v)
-}
-
-// runServer runs s until the test ends, then stops it (cancel ends ctx)
-// and checks that it stopped cleanly.
-func runServer(t *testing.T, ctx context.Context, cancel context.CancelFunc, s *server.Server) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("istiod run: %v", err)
-		}
-	})
 }

@@ -1,4 +1,4 @@
-package deploy_test
+package bookinfo_test
 
 import (
 	"bufio"
@@ -14,11 +14,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 
-	"github.com/ambitmesh/ambit/samples/bookinfo/deploy"
+	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
 )
 
 func TestLab(t *testing.T) {
-	o, err := deploy.Lab("shop", deploy.Spread("node1", "node2"))
+	o, err := bookinfo.Lab("shop", bookinfo.Spread("node1", "node2"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestLab(t *testing.T) {
 		t.Errorf("pods (-want +got):\n%s", diff)
 	}
 
-	if _, err := deploy.Lab("shop", func(deploy.Workload) string { return "" }); err == nil {
+	if _, err := bookinfo.Lab("shop", func(bookinfo.Workload) string { return "" }); err == nil {
 		t.Error("Lab with a placement that names no node: got no error, want one")
 	}
 }
@@ -67,7 +67,7 @@ func TestLab(t *testing.T) {
 // services and (as Deployment templates) pods as Lab, but for the node and
 // the image name, which is a placeholder there.
 func TestYAMLMatchesLab(t *testing.T) {
-	data, err := os.ReadFile("../bookinfo.yaml")
+	data, err := os.ReadFile("../../../samples/bookinfo/bookinfo.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestYAMLMatchesLab(t *testing.T) {
 		}
 	}
 
-	lab, err := deploy.Lab("", deploy.Spread("node"))
+	lab, err := bookinfo.Lab("", bookinfo.Spread("node"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestYAMLMatchesLab(t *testing.T) {
 		}
 		wc, gc := want.Spec.Containers[0], got.Containers[0]
 		// What the lab has no use for: pulling images, a security context.
-		gc.Image, gc.ImagePullPolicy, gc.SecurityContext = deploy.Image, "", nil
+		gc.Image, gc.ImagePullPolicy, gc.SecurityContext = bookinfo.Image, "", nil
 		if diff := cmp.Diff(wc, gc); diff != "" {
 			t.Errorf("Deployment %s container (-lab +yaml):\n%s", want.Name, diff)
 		}

@@ -1,4 +1,4 @@
-// Package deploy returns the Kubernetes objects that run Bookinfo in the
+// Package bookinfo returns the Kubernetes objects that run Bookinfo in the
 // lab (internal/lab), the way Istio's samples/bookinfo/platform/kube/
 // bookinfo.yaml runs it on a cluster: a ServiceAccount per service
 // (bookinfo-productpage, bookinfo-details, bookinfo-reviews,
@@ -8,7 +8,7 @@
 // scheduler and no Deployment controller, so Pods are made directly, each
 // on the node a Placement names. samples/bookinfo/bookinfo.yaml is the same
 // as Deployments for a real cluster.
-package deploy
+package bookinfo
 
 import (
 	"fmt"

@@ -1,0 +1,27 @@
+// Package istiod runs istiod's server (istiod/server) in the lab
+// (internal/lab), in process, against a real kube-apiserver with pods
+// made by the kubelet stand-in: workload discovery as a delta xDS client
+// sees it, and the CA's authorization of ztunnels and workloads. They
+// need root.
+package istiod
+
+import (
+	"context"
+	"testing"
+
+	"github.com/ambitmesh/ambit/istiod/server"
+)
+
+// runServer runs s until the test ends, then stops it (cancel ends ctx)
+// and checks that it stopped cleanly.
+func runServer(t *testing.T, ctx context.Context, cancel context.CancelFunc, s *server.Server) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("istiod run: %v", err)
+		}
+	})
+}
