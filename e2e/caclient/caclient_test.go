@@ -1,3 +1,5 @@
+// Package caclient_test tests internal/caclient against istiod's real CA
+// (istiod/ca): under e2e/, because it joins two components.
 package caclient_test
 
 import (
