@@ -12,6 +12,7 @@ import (
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/internal/enrolment"
+	"github.com/ambitmesh/ambit/internal/identity"
 )
 
 // Labels and values of the ambient surface, the same as Istio's.
@@ -39,12 +40,13 @@ type Config struct {
 	RootNamespace string
 }
 
-func (c Config) withDefaults() Config {
+// WithDefaults fills what c leaves empty with Istio's defaults.
+func (c Config) WithDefaults() Config {
 	if c.ClusterID == "" {
 		c.ClusterID = api.DefaultClusterID
 	}
 	if c.TrustDomain == "" {
-		c.TrustDomain = "cluster.local"
+		c.TrustDomain = identity.DefaultTrustDomain
 	}
 	if c.DomainSuffix == "" {
 		c.DomainSuffix = "cluster.local"

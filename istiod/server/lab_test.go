@@ -34,7 +34,6 @@ import (
 	"github.com/ambitmesh/ambit/internal/testutil"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/server"
-	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
 func startLab(t *testing.T) *lab.Lab {
@@ -83,7 +82,7 @@ func connect(ctx context.Context, t *testing.T, addr string) *adsClient {
 		t.Fatal(err)
 	}
 	c := &adsClient{t: t, stream: st, addrs: map[string]*workload.Address{}, auths: map[string]*security.Authorization{}}
-	for _, typ := range []string{xds.AddressType, xds.AuthorizationType} {
+	for _, typ := range []string{ambient.AddressType, ambient.AuthorizationType} {
 		if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "test"}, TypeUrl: typ, ResourceNamesSubscribe: []string{"*"}}); err != nil {
 			t.Fatal(err)
 		}
@@ -101,13 +100,13 @@ func (c *adsClient) await(what string, cond func() bool) {
 		}
 		for _, r := range resp.GetResources() {
 			switch resp.GetTypeUrl() {
-			case xds.AddressType:
+			case ambient.AddressType:
 				var a workload.Address
 				if err := r.GetResource().UnmarshalTo(&a); err != nil {
 					c.t.Fatalf("decode %s: %v", r.GetName(), err)
 				}
 				c.addrs[r.GetName()] = &a
-			case xds.AuthorizationType:
+			case ambient.AuthorizationType:
 				var a security.Authorization
 				if err := r.GetResource().UnmarshalTo(&a); err != nil {
 					c.t.Fatalf("decode %s: %v", r.GetName(), err)
