@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambitmesh/ambit/internal/kubelog"
 	"github.com/ambitmesh/ambit/internal/memlimit"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
@@ -42,6 +43,9 @@ func main() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// client-go's logs (klog) in istiod's, at slog levels; its cancelled
+	// watches at shutdown at Debug.
+	kubelog.Route(log.Handler())
 	// 90% of the container's memory limit, as Istio does with
 	// automemlimit: at 50k pods istiod's heap grows past 1 GiB with the
 	// default GC pacing, and its RSS stays near 900 MiB with a 900 MiB soft
