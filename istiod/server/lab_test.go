@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/internal/kubelog"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/testutil"
@@ -36,10 +38,15 @@ import (
 	"github.com/ambitmesh/ambit/istiod/server"
 )
 
+// routeKlog routes klog (global) once per test binary: client-go's logs
+// in the test's output at slog levels, cancelled watches left out.
+var routeKlog sync.Once
+
 func startLab(t *testing.T) *lab.Lab {
 	t.Helper()
 	testutil.RequireRoot(t)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	routeKlog.Do(func() { kubelog.Route(log.Handler()) })
 	bins, err := lab.EnsureBinaries(t.Context(), lab.BuildOptions{Log: log})
 	if err != nil {
 		t.Fatal(err)
