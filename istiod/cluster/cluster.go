@@ -1,6 +1,6 @@
 // Package cluster is istiod's one view of the cluster: a client and one
 // shared informer factory per API group set istiod watches (Kubernetes,
-// Istio's security.istio.io), started and synced in one place. istiod's
+// Istio's security.istio.io, Gateway API), started and synced in one place. istiod's
 // subsystems (istiod/ambient, istiod/ca) register the informers they read
 // on these factories, so that each kind of object is listed and watched
 // once however many parts of istiod read it; the server starts them all
@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 )
 
 // Cluster holds the clients and their informer factories.
@@ -29,11 +31,20 @@ type Cluster struct {
 	// installed).
 	Istio          istioclient.Interface
 	IstioInformers istioinformers.SharedInformerFactory
+	// GatewayAPI is the Gateway API client and GatewayAPIInformers its
+	// factory; both nil when istiod does not watch Gateway API objects.
+	GatewayAPI          gatewayclient.Interface
+	GatewayAPIInformers gatewayinformers.SharedInformerFactory
 }
 
 // New makes the factories of the clients; istio may be nil. Nothing
 // reaches the apiserver before Start.
 func New(kube kubernetes.Interface, istio istioclient.Interface) *Cluster {
+	return NewWithGatewayAPI(kube, istio, nil)
+}
+
+// NewWithGatewayAPI is New with a Gateway API client too (nil: none).
+func NewWithGatewayAPI(kube kubernetes.Interface, istio istioclient.Interface, gw gatewayclient.Interface) *Cluster {
 	// Managed fields are most of a typical object's size and nothing in
 	// istiod reads them: drop them from every cache, as Istio does. No
 	// resync: every consumer is driven by changes.
@@ -44,6 +55,10 @@ func New(kube kubernetes.Interface, istio istioclient.Interface) *Cluster {
 	if istio != nil {
 		c.Istio = istio
 		c.IstioInformers = istioinformers.NewSharedInformerFactoryWithOptions(istio, 0, istioinformers.WithTransform(dropManagedFields))
+	}
+	if gw != nil {
+		c.GatewayAPI = gw
+		c.GatewayAPIInformers = gatewayinformers.NewSharedInformerFactoryWithOptions(gw, 0, gatewayinformers.WithTransform(dropManagedFields))
 	}
 	return c
 }
@@ -64,6 +79,9 @@ func (c *Cluster) Start(ctx context.Context) {
 	if c.IstioInformers != nil {
 		c.IstioInformers.Start(ctx.Done())
 	}
+	if c.GatewayAPIInformers != nil {
+		c.GatewayAPIInformers.Start(ctx.Done())
+	}
 }
 
 // WaitForCacheSync waits until every started informer has listed its
@@ -82,6 +100,13 @@ func (c *Cluster) WaitForCacheSync(ctx context.Context) error {
 			}
 		}
 	}
+	if c.GatewayAPIInformers != nil {
+		for typ, ok := range c.GatewayAPIInformers.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				return fmt.Errorf("sync informer %v: %w", typ, context.Cause(ctx))
+			}
+		}
+	}
 	return nil
 }
 
@@ -91,5 +116,8 @@ func (c *Cluster) Shutdown() {
 	c.KubeInformers.Shutdown()
 	if c.IstioInformers != nil {
 		c.IstioInformers.Shutdown()
+	}
+	if c.GatewayAPIInformers != nil {
+		c.GatewayAPIInformers.Shutdown()
 	}
 }

@@ -27,10 +27,12 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/cluster"
+	"github.com/ambitmesh/ambit/istiod/gateway"
 	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
@@ -38,9 +40,10 @@ import (
 //
 // It owns the cluster's clients and informer factories (istiod/cluster)
 // and the listeners. Its subsystems are each built, registered and run
-// the same way: the ambient index and the CA register the informers they
-// read on the one set of factories and the ambient index its resource
-// types on the xDS server, in New; Run starts the factories once, waits
+// the same way: the ambient index, the CA and (with Gateway API) the
+// GatewayClass controller register the informers they read on the one set
+// of factories, and the ambient index its resource types on the xDS
+// server, in New; Run starts the factories once, waits
 // for them to sync, and runs the subsystems.
 type Server struct {
 	cfg   Config
@@ -54,19 +57,38 @@ type Server struct {
 	xdsLis, monLis, secLis net.Listener
 	ca                     *ca.CA // nil without SecureAddr
 	status                 *statusWriter
+	classes                *gateway.ClassController // nil without a Gateway API client
 }
 
-// New builds istiod and opens its listeners, so that the addresses are
-// known (and ports taken) before Run.
-func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log *slog.Logger) (_ *Server, err error) {
+// Clients are the cluster's clients istiod uses. Istio nil watches no
+// security policies (their CRDs are not installed); GatewayAPI nil runs
+// no Gateway API controller.
+type Clients struct {
+	Kube       kubernetes.Interface
+	Istio      istioclient.Interface
+	GatewayAPI gatewayclient.Interface
+}
+
+// New builds istiod without Gateway API (NewWithClients).
+func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log *slog.Logger) (*Server, error) {
+	return NewWithClients(cfg, Clients{Kube: kube, Istio: istio}, log)
+}
+
+// NewWithClients builds istiod and opens its listeners, so that the
+// addresses are known (and ports taken) before Run.
+func NewWithClients(cfg Config, clients Clients, log *slog.Logger) (_ *Server, err error) {
+	kube, istio := clients.Kube, clients.Istio
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if kube == nil {
+		return nil, errors.New("new istiod: no Kubernetes client")
 	}
 	if cfg.XDSAddr == "" && cfg.SecureAddr == "" {
 		return nil, errors.New("new istiod: no xDS listener: want a secure address (15012), or a plaintext one for development")
 	}
 	cfg = cfg.WithDefaults()
-	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), cluster: cluster.New(kube, istio)}
+	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), cluster: cluster.NewWithGatewayAPI(kube, istio, clients.GatewayAPI)}
 	if istio != nil {
 		s.status = newStatusWriter(istio, log.With("component", "status"))
 	}
@@ -90,6 +112,12 @@ func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log
 			return nil, err
 		}
 		if err := s.ca.RegisterInformers(s.cluster); err != nil {
+			return nil, err
+		}
+	}
+	if clients.GatewayAPI != nil {
+		s.classes = gateway.NewClassController(log.With("component", "gateway"))
+		if err := s.classes.RegisterInformers(s.cluster); err != nil {
 			return nil, err
 		}
 	}
@@ -237,6 +265,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	if s.status != nil {
 		go s.status.run(ctx)
+	}
+	if s.classes != nil {
+		go s.classes.Run(ctx)
 	}
 	go func() { errc <- s.index.Run(ctx) }()
 	s.log.Info("istiod running", "xds", s.XDSAddr(), "secure", s.SecureAddr(), "monitoring", s.MonitoringAddr(), "debug_endpoints", s.cfg.DebugEndpoints)

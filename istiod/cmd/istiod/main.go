@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/internal/kubelog"
 	"github.com/ambitmesh/ambit/internal/memlimit"
@@ -28,6 +29,7 @@ type options struct {
 	cfg               server.Config
 	kubeconfig        string
 	noPolicies, debug bool
+	gatewayAPI        bool
 }
 
 func main() {
@@ -53,7 +55,7 @@ func main() {
 	if limit, err := memlimit.Set(0.9); err == nil && limit > 0 {
 		log.Info("go memory limit from the container's", "bytes", limit)
 	}
-	if err := run(o.cfg, o.kubeconfig, o.noPolicies, log); err != nil {
+	if err := run(o, log); err != nil {
 		log.Error("istiod", "err", err)
 		os.Exit(1)
 	}
@@ -92,12 +94,14 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&cfg.CA.CertTTL, "cert-ttl", def.CA.CertTTL, "default lifetime of workload certificates")
 	fs.DurationVar(&cfg.CA.MaxCertTTL, "max-cert-ttl", 0, "longest lifetime a caller may request (default cert-ttl)")
 	fs.BoolVar(&o.noPolicies, "no-policies", false, "do not watch security.istio.io policies (their CRDs are not installed)")
+	fs.BoolVar(&o.gatewayAPI, "gateway-api", false, "watch Gateway API objects (their CRDs must be installed) and keep the istio-waypoint GatewayClass")
 	fs.BoolVar(&o.debug, "debug", false, "debug logs")
 	err := fs.Parse(args)
 	return o, err
 }
 
-func run(cfg server.Config, kubeconfig string, noPolicies bool, log *slog.Logger) error {
+func run(o options, log *slog.Logger) error {
+	cfg, kubeconfig, noPolicies := o.cfg, o.kubeconfig, o.noPolicies
 	var rc *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -118,7 +122,13 @@ func run(cfg server.Config, kubeconfig string, noPolicies bool, log *slog.Logger
 			return fmt.Errorf("create istio client: %w", err)
 		}
 	}
-	s, err := server.New(cfg, kube, istio, log)
+	clients := server.Clients{Kube: kube, Istio: istio}
+	if o.gatewayAPI {
+		if clients.GatewayAPI, err = gatewayclient.NewForConfig(rc); err != nil {
+			return fmt.Errorf("create gateway api client: %w", err)
+		}
+	}
+	s, err := server.NewWithClients(cfg, clients, log)
 	if err != nil {
 		return err
 	}
