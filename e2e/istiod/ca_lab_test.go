@@ -31,9 +31,9 @@ import (
 
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/server"
-	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
 func csrFor(t *testing.T, key crypto.Signer, uri string) string {
@@ -213,7 +213,7 @@ func TestCAInLab(t *testing.T) {
 			}
 			st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(sctx)
 			if err == nil {
-				err = st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "ztunnel"}, TypeUrl: xds.AddressType})
+				err = st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "ztunnel"}, TypeUrl: ambient.AddressType})
 			}
 			if err == nil {
 				_, err = st.Recv()

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,17 +31,22 @@ import (
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
+	"github.com/ambitmesh/ambit/internal/kubelog"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/internal/testutil"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/server"
-	"github.com/ambitmesh/ambit/istiod/xds"
 )
+
+// routeKlog routes klog (global) once per test binary: client-go's logs
+// in the test's output at slog levels, cancelled watches left out.
+var routeKlog sync.Once
 
 func startLab(t *testing.T) *lab.Lab {
 	t.Helper()
 	testutil.RequireRoot(t)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	routeKlog.Do(func() { kubelog.Route(log.Handler()) })
 	bins, err := lab.EnsureBinaries(t.Context(), lab.BuildOptions{Log: log})
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +89,7 @@ func connect(ctx context.Context, t *testing.T, addr string) *adsClient {
 		t.Fatal(err)
 	}
 	c := &adsClient{t: t, stream: st, addrs: map[string]*workload.Address{}, auths: map[string]*security.Authorization{}}
-	for _, typ := range []string{xds.AddressType, xds.AuthorizationType} {
+	for _, typ := range []string{ambient.AddressType, ambient.AuthorizationType} {
 		if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "test"}, TypeUrl: typ, ResourceNamesSubscribe: []string{"*"}}); err != nil {
 			t.Fatal(err)
 		}
@@ -101,13 +107,13 @@ func (c *adsClient) await(what string, cond func() bool) {
 		}
 		for _, r := range resp.GetResources() {
 			switch resp.GetTypeUrl() {
-			case xds.AddressType:
+			case ambient.AddressType:
 				var a workload.Address
 				if err := r.GetResource().UnmarshalTo(&a); err != nil {
 					c.t.Fatalf("decode %s: %v", r.GetName(), err)
 				}
 				c.addrs[r.GetName()] = &a
-			case xds.AuthorizationType:
+			case ambient.AuthorizationType:
 				var a security.Authorization
 				if err := r.GetResource().UnmarshalTo(&a); err != nil {
 					c.t.Fatalf("decode %s: %v", r.GetName(), err)

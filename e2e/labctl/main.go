@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/ambitmesh/ambit/internal/kubelog"
 	"github.com/ambitmesh/ambit/internal/lab"
 )
 
@@ -28,6 +29,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// The lab's informers (the kubelet stand-in's, the mesh's waits) log
+	// through client-go: into the demo's output at slog levels, without
+	// the errors of watches cancelled as the lab stops.
+	kubelog.Route(log.Handler())
 	var err error
 	switch os.Args[1] {
 	case "build":

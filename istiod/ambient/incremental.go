@@ -97,7 +97,7 @@ func removeFrom(m map[string]set, k, v string) {
 // NewBuilder returns a Builder of an empty cluster.
 func NewBuilder(cfg Config) *Builder {
 	return &Builder{
-		cfg:         cfg.withDefaults(),
+		cfg:         cfg.WithDefaults(),
 		namespaces:  map[string]*corev1.Namespace{},
 		nodes:       map[string]*corev1.Node{},
 		pods:        map[string]*corev1.Pod{},

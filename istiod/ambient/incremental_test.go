@@ -23,9 +23,9 @@ import (
 	"github.com/ambitmesh/ambit/istiod/authz"
 )
 
-// cluster is the test's own record of the cluster objects, from which
+// objects is the test's own record of the cluster objects, from which
 // the reference model is built with Build.
-type cluster struct {
+type objects struct {
 	namespaces map[string]*corev1.Namespace
 	nodes      map[string]*corev1.Node
 	pods       map[string]*corev1.Pod
@@ -43,7 +43,7 @@ func sortedValues[T any](m map[string]T) []T {
 	return out
 }
 
-func (c *cluster) state() State {
+func (c *objects) state() State {
 	return State{
 		Namespaces:     sortedValues(c.namespaces),
 		Nodes:          sortedValues(c.nodes),
@@ -188,7 +188,7 @@ func TestBuilderMatchesBuild(t *testing.T) {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
 			g := gen{rand.New(rand.NewPCG(seed, 42))}
 			cfg := Config{ClusterID: "c1"}
-			c := &cluster{
+			c := &objects{
 				namespaces: map[string]*corev1.Namespace{}, nodes: map[string]*corev1.Node{}, pods: map[string]*corev1.Pod{},
 				services: map[string]*corev1.Service{}, slices: map[string]*discoveryv1.EndpointSlice{}, aps: map[string]*securityv1.AuthorizationPolicy{},
 			}

@@ -8,20 +8,17 @@ import (
 	"sync"
 	"time"
 
-	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	securitylisters "istio.io/client-go/pkg/listers/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/istiod/authz"
+	"github.com/ambitmesh/ambit/istiod/cluster"
 )
 
 // Debounce defaults: a burst of events is folded into one flush until
@@ -47,37 +44,26 @@ const (
 // IndexOptions configures an Index.
 type IndexOptions struct {
 	Config Config
-	// Kube is the cluster client; required.
-	Kube kubernetes.Interface
-	// Istio is the client for security.istio.io policies; nil watches no
-	// policies (their CRDs must be installed otherwise).
-	Istio istioclient.Interface
 	// OnChange receives what each flush changed, from one goroutine, in
 	// order; the first holds the whole model (and comes even when empty).
 	// It must not modify the delta's resources.
 	OnChange func(Delta)
 	// Quiet and Max tune the debounce; defaults when zero.
 	Quiet, Max time.Duration
-	// Resync of the informers; none when zero.
-	Resync time.Duration
-	// Informers is a shared factory to register on, so that other parts
-	// of istiod share the caches; a new one when nil. Run starts it.
-	Informers informers.SharedInformerFactory
-	Log       *slog.Logger
+	Log        *slog.Logger
 }
 
 // Index watches the cluster with shared informers, hands each event's
 // object to a Builder and, after each burst of events, flushes what they
-// changed to OnChange.
+// changed to OnChange. It is built (NewIndex), registered on istiod's
+// informers (RegisterInformers), then run (Run) once the caller has
+// started them.
 type Index struct {
-	opts    IndexOptions
-	log     *slog.Logger
-	kubeInf informers.SharedInformerFactory
-	istInf  istioinformers.SharedInformerFactory
-	dirty   chan struct{}
-	regs    []cache.ResourceEventHandlerRegistration
+	opts  IndexOptions
+	log   *slog.Logger
+	dirty chan struct{}
+	regs  []cache.ResourceEventHandlerRegistration
 
-	pods      corelisters.PodLister
 	accounts  corelisters.ServiceAccountLister
 	authzPols securitylisters.AuthorizationPolicyLister
 	peerAuths securitylisters.PeerAuthenticationLister
@@ -88,11 +74,8 @@ type Index struct {
 	flushes         uint64
 }
 
-// NewIndex sets up the informers; Run starts them.
-func NewIndex(opts IndexOptions) (*Index, error) {
-	if opts.Kube == nil {
-		return nil, errors.New("new ambient index: no Kubernetes client")
-	}
+// NewIndex builds an Index that has seen nothing yet.
+func NewIndex(opts IndexOptions) *Index {
 	if opts.Quiet == 0 {
 		opts.Quiet = DefaultQuiet
 	}
@@ -102,13 +85,16 @@ func NewIndex(opts IndexOptions) (*Index, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	opts.Config = opts.Config.withDefaults()
-	x := &Index{opts: opts, log: opts.Log, dirty: make(chan struct{}, 1), builder: NewBuilder(opts.Config)}
-	x.kubeInf = opts.Informers
-	if x.kubeInf == nil {
-		x.kubeInf = informers.NewSharedInformerFactory(opts.Kube, opts.Resync)
-	}
-	core := x.kubeInf.Core().V1()
+	opts.Config = opts.Config.WithDefaults()
+	return &Index{opts: opts, log: opts.Log, dirty: make(chan struct{}, 1), builder: NewBuilder(opts.Config)}
+}
+
+// RegisterInformers adds the index's event handlers to the cluster's
+// informers: Namespaces, Pods, Services, EndpointSlices and Nodes, and
+// the security policies when the cluster has an Istio client. Call it
+// once, before Run.
+func (x *Index) RegisterInformers(c *cluster.Cluster) error {
+	core := c.KubeInformers.Core().V1()
 	b := x.builder
 	handlers := []struct {
 		inf cache.SharedIndexInformer
@@ -123,7 +109,7 @@ func NewIndex(opts IndexOptions) (*Index, error) {
 		{core.Services().Informer(), x.handler(
 			func(o any) { b.SetService(o.(*corev1.Service)) },
 			b.DeleteService)},
-		{x.kubeInf.Discovery().V1().EndpointSlices().Informer(), x.handler(
+		{c.KubeInformers.Discovery().V1().EndpointSlices().Informer(), x.handler(
 			func(o any) { b.SetEndpointSlice(o.(*discoveryv1.EndpointSlice)) },
 			b.DeleteEndpointSlice)},
 		{core.Nodes().Informer(), x.handler(
@@ -131,12 +117,9 @@ func NewIndex(opts IndexOptions) (*Index, error) {
 			func(_, name string) { b.DeleteNode(name) })},
 	}
 	// Service accounts are only looked up (ServiceAccounts), not modelled.
-	core.ServiceAccounts().Informer()
-	x.pods = core.Pods().Lister()
 	x.accounts = core.ServiceAccounts().Lister()
-	if opts.Istio != nil {
-		x.istInf = istioinformers.NewSharedInformerFactory(opts.Istio, opts.Resync)
-		sec := x.istInf.Security().V1()
+	if c.IstioInformers != nil {
+		sec := c.IstioInformers.Security().V1()
 		// Policies are few and translated together at the next flush.
 		changed := func() { x.policiesChanged = true }
 		for _, inf := range []cache.SharedIndexInformer{sec.AuthorizationPolicies().Informer(), sec.PeerAuthentications().Informer()} {
@@ -147,16 +130,18 @@ func NewIndex(opts IndexOptions) (*Index, error) {
 		}
 		x.authzPols = sec.AuthorizationPolicies().Lister()
 		x.peerAuths = sec.PeerAuthentications().Lister()
+		x.mu.Lock()
 		x.policiesChanged = true
+		x.mu.Unlock()
 	}
 	for _, h := range handlers {
 		reg, err := h.inf.AddEventHandler(h.h)
 		if err != nil {
-			return nil, fmt.Errorf("add event handler: %w", err)
+			return fmt.Errorf("add event handler: %w", err)
 		}
 		x.regs = append(x.regs, reg)
 	}
-	return x, nil
+	return nil
 }
 
 // handler records an informer's events in the builder under the lock and
@@ -199,27 +184,13 @@ func (x *Index) markDirty() {
 	}
 }
 
-// Run starts the informers, waits until the builder has seen every
-// object of their initial lists, publishes the first model and then
-// what changed after each burst of events until ctx ends.
+// Run waits until the builder has seen every object of the informers'
+// initial lists, publishes the first model and then what changed after
+// each burst of events until ctx ends. The caller starts the informers
+// (before or after Run) and stops them.
 func (x *Index) Run(ctx context.Context) error {
-	x.kubeInf.Start(ctx.Done())
-	defer x.kubeInf.Shutdown()
-	if x.istInf != nil {
-		x.istInf.Start(ctx.Done())
-		defer x.istInf.Shutdown()
-	}
-	for typ, ok := range x.kubeInf.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("sync informer %v: %w", typ, context.Cause(ctx))
-		}
-	}
-	if x.istInf != nil {
-		for typ, ok := range x.istInf.WaitForCacheSync(ctx.Done()) {
-			if !ok {
-				return fmt.Errorf("sync informer %v: %w", typ, context.Cause(ctx))
-			}
-		}
+	if x.regs == nil {
+		return errors.New("run ambient index: no informers registered")
 	}
 	synced := make([]cache.InformerSynced, 0, len(x.regs))
 	for _, r := range x.regs {
@@ -320,6 +291,3 @@ func (x *Index) ServiceAccounts(namespace string) ([]string, error) {
 	}
 	return out, nil
 }
-
-// Pods is the lister of the pod informer the index watches.
-func (x *Index) Pods() corelisters.PodLister { return x.pods }

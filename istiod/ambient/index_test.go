@@ -10,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/ambitmesh/ambit/istiod/cluster"
 )
 
 // TestIndexDeltas: the Index turns informer events into deltas that name
@@ -23,10 +25,12 @@ func TestIndexDeltas(t *testing.T) {
 		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, ClusterIP: "10.96.0.1"},
 	})
 	deltas := make(chan Delta, 16)
-	x, err := NewIndex(IndexOptions{Kube: kube, OnChange: func(d Delta) { deltas <- d }})
-	if err != nil {
+	x := NewIndex(IndexOptions{OnChange: func(d Delta) { deltas <- d }})
+	c := cluster.New(kube, nil)
+	if err := x.RegisterInformers(c); err != nil {
 		t.Fatal(err)
 	}
+	c.Start(ctx)
 	done := make(chan error, 1)
 	go func() { done <- x.Run(ctx) }()
 	t.Cleanup(func() {
@@ -34,6 +38,7 @@ func TestIndexDeltas(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Errorf("run: %v", err)
 		}
+		c.Shutdown()
 	})
 	uid := PodUID("Kubernetes", "shop", "web")
 	svc := ServiceName("shop", "web.shop.svc.cluster.local")

@@ -40,7 +40,8 @@ type Config struct {
 	RootNamespace string
 }
 
-func (c Config) withDefaults() Config {
+// WithDefaults fills what c leaves empty with Istio's defaults.
+func (c Config) WithDefaults() Config {
 	if c.ClusterID == "" {
 		c.ClusterID = api.DefaultClusterID
 	}

@@ -59,7 +59,7 @@ func Redirected(pod *corev1.Pod) bool {
 // its input. istiod keeps its model up to date with a Builder instead;
 // Build is the reference the Builder is tested against.
 func Build(s State, cfg Config) Model {
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	m := Model{
 		Addresses:      map[string]*workload.Address{},
 		Authorizations: map[string]*security.Authorization{},

@@ -39,10 +39,11 @@ type RootCertPublisher struct {
 }
 
 // NewRootCertPublisher registers its handlers on the informers; they must
-// be started by the caller.
-func NewRootCertPublisher(kube kubernetes.Interface, rootPEM string, namespaces coreinformers.NamespaceInformer, configMaps coreinformers.ConfigMapInformer, log *slog.Logger) (*RootCertPublisher, error) {
+// be started by the caller. Namespaces are queued as the informers report
+// them and worked by Run.
+func NewRootCertPublisher(kube kubernetes.Interface, namespaces coreinformers.NamespaceInformer, configMaps coreinformers.ConfigMapInformer, log *slog.Logger) (*RootCertPublisher, error) {
 	p := &RootCertPublisher{
-		kube: kube, rootPEM: rootPEM, log: log,
+		kube: kube, log: log,
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 	}
 	if _, err := namespaces.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -80,8 +81,9 @@ func (p *RootCertPublisher) enqueue(o any) {
 	}
 }
 
-// Run works the queue until ctx ends.
-func (p *RootCertPublisher) Run(ctx context.Context) {
+// Run works the queue until ctx ends, publishing rootPEM. Call it once.
+func (p *RootCertPublisher) Run(ctx context.Context, rootPEM string) {
+	p.rootPEM = rootPEM
 	go func() {
 		<-ctx.Done()
 		p.queue.ShutDown()

@@ -15,7 +15,7 @@ import (
 func TestRootCertNamespaces(t *testing.T) {
 	kube := fake.NewClientset()
 	f := informers.NewSharedInformerFactory(kube, 0)
-	p, err := NewRootCertPublisher(kube, "root", f.Core().V1().Namespaces(), f.Core().V1().ConfigMaps(), slog.New(slog.DiscardHandler))
+	p, err := NewRootCertPublisher(kube, f.Core().V1().Namespaces(), f.Core().V1().ConfigMaps(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,6 @@ import (
 
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/server"
-	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
 // Environment of the client process of BenchmarkPodReady.
@@ -276,7 +275,7 @@ func awaitFullPush(b *testing.B, ctx context.Context, addr string, want int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "probe"}, TypeUrl: xds.AddressType}); err != nil {
+	if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "probe"}, TypeUrl: ambient.AddressType}); err != nil {
 		b.Fatal(err)
 	}
 	have := map[string]bool{}
@@ -337,7 +336,7 @@ func benchClients(addr string) error {
 		if err != nil {
 			return err
 		}
-		if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "bench"}, TypeUrl: xds.AddressType}); err != nil {
+		if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "bench"}, TypeUrl: ambient.AddressType}); err != nil {
 			return err
 		}
 		go func() {

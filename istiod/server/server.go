@@ -1,8 +1,9 @@
 // Package server assembles istiod: the ambient index watching the
 // cluster, the delta xDS server fed by it, the CA, and the monitoring
 // endpoint (metrics, readiness and, when enabled, debug dumps). It owns
-// the listeners; the logic lives in istiod/ambient, istiod/authz,
-// istiod/ca and istiod/xds.
+// the listeners, the cluster's informers (istiod/cluster) and istiod's
+// defaults (Config.WithDefaults); the logic lives in istiod/ambient,
+// istiod/authz, istiod/ca and istiod/xds.
 package server
 
 import (
@@ -24,58 +25,27 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
-	"github.com/ambitmesh/ambit/internal/mesh"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/ca"
+	"github.com/ambitmesh/ambit/istiod/cluster"
+	"github.com/ambitmesh/ambit/istiod/gateway"
 	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
-// Config is istiod's configuration, filled from flags by the main.
-type Config struct {
-	// XDSAddr serves plaintext delta xDS without authentication (Istio:
-	// 15010); none when empty. Whoever reaches it reads every workload,
-	// service and policy: for development and tests only.
-	XDSAddr string
-	// MonitoringAddr serves /metrics and /ready (Istio: 15014), and with
-	// DebugEndpoints /debug/model and /debug/clients, all without
-	// authentication; none when empty.
-	MonitoringAddr string
-	DebugEndpoints bool
-	Ambient        ambient.Config
-	// Quiet and MaxDebounce tune how bursts of cluster events fold into
-	// one push; ambient's defaults when zero.
-	Quiet, MaxDebounce time.Duration
-	// SecureAddr serves the CA and delta xDS over TLS (Istio: 15012),
-	// both only to callers with a service account token (audience
-	// istio-ca, checked by TokenReview); empty runs no CA.
-	SecureAddr string
-	CA         CAConfig
-}
-
-// CAConfig configures the certificate authority.
-type CAConfig struct {
-	// Namespace holds the CA Secrets (istio-system when empty).
-	Namespace string
-	// NodeAgents may ask for the identities of pods on their node
-	// ("namespace/name"; istio-system/ztunnel when empty).
-	NodeAgents []string
-	// CertTTL is the default lifetime of workload certificates (24h when
-	// zero), MaxCertTTL the longest a caller may ask for.
-	CertTTL, MaxCertTTL time.Duration
-	// DNSNames of istiod's serving certificate on SecureAddr
-	// (istiod.<namespace>.svc when empty).
-	DNSNames []string
-}
-
 // Server is a configured istiod; Run starts it.
+//
+// It owns the cluster's clients and informer factories (istiod/cluster)
+// and the listeners. Its subsystems are each built, registered and run
+// the same way: the ambient index, the CA and (with Gateway API) the
+// GatewayClass controller register the informers they read on the one set
+// of factories, and the ambient index its resource types on the xDS
+// server, in New; Run starts the factories once, waits
+// for them to sync, and runs the subsystems.
 type Server struct {
 	cfg   Config
 	log   *slog.Logger
@@ -84,48 +54,73 @@ type Server struct {
 	reg   *prometheus.Registry
 	ready atomic.Bool
 
-	kube                   kubernetes.Interface
-	informers              informers.SharedInformerFactory
-	cmInformers            informers.SharedInformerFactory
+	cluster                *cluster.Cluster
 	xdsLis, monLis, secLis net.Listener
-	authority              *ca.Authority
+	ca                     *ca.CA // nil without SecureAddr
 	status                 *statusWriter
+	classes                *gateway.ClassController // nil without a Gateway API client
 }
 
-// New builds istiod and opens its listeners, so that the addresses are
-// known (and ports taken) before Run.
-func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log *slog.Logger) (_ *Server, err error) {
+// Clients are the cluster's clients istiod uses. Istio nil watches no
+// security policies (their CRDs are not installed); GatewayAPI nil runs
+// no Gateway API controller.
+type Clients struct {
+	Kube       kubernetes.Interface
+	Istio      istioclient.Interface
+	GatewayAPI gatewayclient.Interface
+}
+
+// New builds istiod without Gateway API (NewWithClients).
+func New(cfg Config, kube kubernetes.Interface, istio istioclient.Interface, log *slog.Logger) (*Server, error) {
+	return NewWithClients(cfg, Clients{Kube: kube, Istio: istio}, log)
+}
+
+// NewWithClients builds istiod and opens its listeners, so that the
+// addresses are known (and ports taken) before Run.
+func NewWithClients(cfg Config, clients Clients, log *slog.Logger) (_ *Server, err error) {
+	kube, istio := clients.Kube, clients.Istio
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if kube == nil {
+		return nil, errors.New("new istiod: no Kubernetes client")
 	}
 	if cfg.XDSAddr == "" && cfg.SecureAddr == "" {
 		return nil, errors.New("new istiod: no xDS listener: want a secure address (15012), or a plaintext one for development")
 	}
-	if cfg.CA.Namespace == "" {
-		cfg.CA.Namespace = "istio-system"
-	}
-	if len(cfg.CA.NodeAgents) == 0 {
-		cfg.CA.NodeAgents = []string{cfg.CA.Namespace + "/ztunnel"}
-	}
-	if len(cfg.CA.DNSNames) == 0 {
-		cfg.CA.DNSNames = []string{"istiod." + cfg.CA.Namespace + ".svc"}
-	}
-	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), kube: kube}
-	// Managed fields are most of a typical object's size and nothing here
-	// reads them: drop them from the caches, as Istio does.
-	s.informers = informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTransform(dropManagedFields))
+	cfg = cfg.WithDefaults()
+	s := &Server{cfg: cfg, log: log, reg: prometheus.NewRegistry(), cluster: cluster.NewWithGatewayAPI(kube, istio, clients.GatewayAPI)}
 	if istio != nil {
 		s.status = newStatusWriter(istio, log.With("component", "status"))
 	}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s.xds = xds.New(xds.Options{Log: log.With("component", "xds"), Registerer: s.reg})
-	s.index, err = ambient.NewIndex(ambient.IndexOptions{
-		Config: cfg.Ambient, Kube: kube, Istio: istio, OnChange: s.publish,
+	s.index = ambient.NewIndex(ambient.IndexOptions{
+		Config: cfg.Ambient, OnChange: s.publish,
 		Quiet: cfg.Quiet, Max: cfg.MaxDebounce, Log: log.With("component", "ambient"),
-		Informers: s.informers,
 	})
-	if err != nil {
+	if err := s.index.RegisterInformers(s.cluster); err != nil {
 		return nil, err
+	}
+	// The xDS server serves the resource types its translators register:
+	// the ambient index's today.
+	s.xds = xds.New(xds.Options{Log: log.With("component", "xds"), Registerer: s.reg, Types: ambient.XDSTypes()})
+	if cfg.SecureAddr != "" {
+		if s.ca, err = ca.New(kube, ca.Options{
+			Namespace: cfg.CA.Namespace, TrustDomain: cfg.Ambient.TrustDomain, ClusterID: cfg.Ambient.ClusterID,
+			NodeAgents: cfg.CA.NodeAgents, DefaultTTL: cfg.CA.CertTTL, MaxTTL: cfg.CA.MaxCertTTL,
+			Log: log.With("component", "ca"), Registerer: s.reg,
+		}); err != nil {
+			return nil, err
+		}
+		if err := s.ca.RegisterInformers(s.cluster); err != nil {
+			return nil, err
+		}
+	}
+	if clients.GatewayAPI != nil {
+		s.classes = gateway.NewClassController(log.With("component", "gateway"))
+		if err := s.classes.RegisterInformers(s.cluster); err != nil {
+			return nil, err
+		}
 	}
 	for _, l := range []struct {
 		what, addr string
@@ -150,15 +145,6 @@ func (s *Server) closeListeners() {
 	}
 }
 
-// dropManagedFields is the informers' transform: it clears
-// metadata.managedFields of every object.
-func dropManagedFields(obj any) (any, error) {
-	if m, err := meta.Accessor(obj); err == nil {
-		m.SetManagedFields(nil)
-	}
-	return obj, nil
-}
-
 // SecureAddr is the address of the TLS listener (CA and xDS), nil if none.
 func (s *Server) SecureAddr() net.Addr {
 	if s.secLis == nil {
@@ -168,46 +154,17 @@ func (s *Server) SecureAddr() net.Addr {
 }
 
 // Authority is the CA once Run has loaded it; nil before or without CA.
-func (s *Server) Authority() *ca.Authority { return s.authority }
+func (s *Server) Authority() *ca.Authority {
+	if s.ca == nil {
+		return nil
+	}
+	return s.ca.Authority()
+}
 
-// startCA loads or creates the signing key, starts the root certificate
-// publisher and returns the gRPC server for SecureAddr.
-func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
-	td := s.cfg.Ambient.TrustDomain
-	if td == "" {
-		td = mesh.DefaultTrustDomain
-	}
-	a, src, err := ca.LoadOrCreate(ctx, s.kube, s.cfg.CA.Namespace, td)
-	if err != nil {
-		return nil, err
-	}
-	s.authority = a
-	s.log.Info("certificate authority loaded", "source", src, logkey.Namespace, s.cfg.CA.Namespace)
-	authn := ca.NewAuthenticator(s.kube, ca.AuthenticatorOptions{ClusterID: s.cfg.Ambient.ClusterID})
-	svc, err := ca.NewService(ca.ServiceOptions{
-		Authority: a, Kube: s.kube, Authenticator: authn, TrustDomain: td, Pods: s.index.Pods(), NodeAgents: s.cfg.CA.NodeAgents,
-		DefaultTTL: s.cfg.CA.CertTTL, MaxTTL: s.cfg.CA.MaxCertTTL, Log: s.log.With("component", "ca"), Registerer: s.reg,
-	})
-	if err != nil {
-		return nil, err
-	}
-	s.cmInformers = informers.NewSharedInformerFactoryWithOptions(s.kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.FieldSelector = "metadata.name=" + ca.RootCertConfigMap
-	}))
-	pub, err := ca.NewRootCertPublisher(s.kube, a.RootPEM(), s.informers.Core().V1().Namespaces(), s.cmInformers.Core().V1().ConfigMaps(), s.log.With("component", "rootcert"))
-	if err != nil {
-		return nil, err
-	}
-	s.cmInformers.Start(ctx.Done())
-	s.informers.Start(ctx.Done())
-	// The impersonation rule reads pods: serve only with a synced cache.
-	for typ, ok := range s.informers.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return nil, fmt.Errorf("sync informer %v: %w", typ, context.Cause(ctx))
-		}
-	}
-	go pub.Run(ctx)
-	cert, err := a.ServingCertificate(s.cfg.CA.DNSNames, 365*24*time.Hour)
+// secureServer is the gRPC server of SecureAddr: the CA and delta xDS
+// over TLS with istiod's serving certificate; after the CA's Load.
+func (s *Server) secureServer() (*grpc.Server, error) {
+	cert, err := s.ca.Authority().ServingCertificate(s.cfg.CA.DNSNames, servingCertTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -217,11 +174,11 @@ func (s *Server) startCA(ctx context.Context) (*grpc.Server, error) {
 	xdsLog := s.log.With("component", "xds")
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})),
-		grpc.ChainStreamInterceptor(authn.StreamInterceptor("/"+discovery.AggregatedDiscoveryService_ServiceDesc.ServiceName+"/", func(method string, err error) {
+		grpc.ChainStreamInterceptor(s.ca.Authenticator().StreamInterceptor("/"+discovery.AggregatedDiscoveryService_ServiceDesc.ServiceName+"/", func(method string, err error) {
 			xdsLog.Warn("xds stream refused", "method", method, logkey.Error, err)
 		})),
 	)
-	svc.Register(g)
+	s.ca.Register(g)
 	s.xds.Register(g)
 	return g, nil
 }
@@ -244,21 +201,8 @@ func (s *Server) MonitoringAddr() net.Addr {
 
 // publish hands what changed in the model to the xDS server.
 func (s *Server) publish(d ambient.Delta) {
-	addrs := make(map[string]proto.Message, len(d.Addresses))
-	for k, v := range d.Addresses {
-		addrs[k] = v
-	}
-	auths := make(map[string]proto.Message, len(d.Authorizations))
-	for k, v := range d.Authorizations {
-		auths[k] = v
-	}
-	// Policies first: a workload must never reference a policy its
-	// client does not have yet.
-	if err := s.xds.Apply(xds.AuthorizationType, auths, d.RemovedAuthorizations); err != nil {
-		s.log.Error("publish authorizations", logkey.Error, err)
-	}
-	if err := s.xds.Apply(xds.AddressType, addrs, d.RemovedAddresses); err != nil {
-		s.log.Error("publish addresses", logkey.Error, err)
+	if err := d.Publish(s.xds); err != nil {
+		s.log.Error("publish ambient model", logkey.Error, err)
 	}
 	if s.status != nil && d.PolicyStatus != nil {
 		s.status.offer(d.PolicyStatus)
@@ -266,17 +210,54 @@ func (s *Server) publish(d ambient.Delta) {
 	s.ready.Store(true)
 }
 
-// Run serves until ctx ends.
+// Run serves until ctx ends: the CA loads its key, the informers start
+// and sync, then the subsystems run and the listeners serve (monitoring
+// and plaintext xDS at once, answering from empty state until then).
 func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 4)
-	var sec *grpc.Server
-	if s.secLis != nil {
-		var err error
-		if sec, err = s.startCA(ctx); err != nil {
+	var hs *http.Server
+	if s.monLis != nil {
+		hs = &http.Server{Handler: s.monitoring(), ReadHeaderTimeout: 10 * time.Second}
+		defer hs.Close()
+		go func() {
+			if err := hs.Serve(s.monLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve monitoring: %w", err)
+			}
+		}()
+	}
+	if s.xdsLis != nil {
+		g := grpc.NewServer()
+		s.xds.Register(g)
+		defer g.Stop()
+		go func() {
+			if err := g.Serve(s.xdsLis); err != nil {
+				errc <- fmt.Errorf("serve xds: %w", err)
+			}
+		}()
+	}
+	if s.ca != nil {
+		if err := s.ca.Load(ctx); err != nil {
+			return stopped(ctx, err)
+		}
+	}
+	// The one place the informers start: every subsystem registered its
+	// own in New. Shutdown waits for their goroutines once ctx is done.
+	s.cluster.Start(ctx)
+	defer s.cluster.Shutdown()
+	defer cancel()
+	// The CA's node agent rule reads pods: serve only with synced caches.
+	if err := s.cluster.WaitForCacheSync(ctx); err != nil {
+		return stopped(ctx, err)
+	}
+	if s.ca != nil {
+		sec, err := s.secureServer()
+		if err != nil {
 			return err
 		}
+		defer sec.Stop()
+		go s.ca.Run(ctx)
 		go func() {
 			if err := sec.Serve(s.secLis); err != nil {
 				errc <- fmt.Errorf("serve secure: %w", err)
@@ -286,44 +267,24 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.status != nil {
 		go s.status.run(ctx)
 	}
+	if s.classes != nil {
+		go s.classes.Run(ctx)
+	}
 	go func() { errc <- s.index.Run(ctx) }()
-	var g *grpc.Server
-	if s.xdsLis != nil {
-		g = grpc.NewServer()
-		s.xds.Register(g)
-		go func() {
-			if err := g.Serve(s.xdsLis); err != nil {
-				errc <- fmt.Errorf("serve xds: %w", err)
-			}
-		}()
-	}
-	var hs *http.Server
-	if s.monLis != nil {
-		hs = &http.Server{Handler: s.monitoring(), ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			if err := hs.Serve(s.monLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("serve monitoring: %w", err)
-			}
-		}()
-	}
 	s.log.Info("istiod running", "xds", s.XDSAddr(), "secure", s.SecureAddr(), "monitoring", s.MonitoringAddr(), "debug_endpoints", s.cfg.DebugEndpoints)
-	var err error
 	select {
 	case <-ctx.Done():
-	case err = <-errc:
+		return nil
+	case err := <-errc:
+		return err
 	}
-	cancel()
-	if g != nil {
-		g.Stop()
-	}
-	if sec != nil {
-		sec.Stop()
-	}
-	if s.cmInformers != nil {
-		s.cmInformers.Shutdown()
-	}
-	if hs != nil {
-		hs.Close()
+}
+
+// stopped is nil when ctx ended (a stop while starting is no failure), err
+// otherwise.
+func stopped(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
 	}
 	return err
 }

@@ -26,9 +26,9 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/ambitmesh/ambit/api"
+	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/server"
-	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
 // fakeTokenReview answers TokenReviews as an apiserver would for a few
@@ -155,7 +155,7 @@ func firstDelta(ctx context.Context, cc *grpc.ClientConn) error {
 	}
 	// A stream the server already ended returns io.EOF from Send; its
 	// status comes from Recv.
-	if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "test"}, TypeUrl: xds.AddressType}); err != nil && !errors.Is(err, io.EOF) {
+	if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "test"}, TypeUrl: ambient.AddressType}); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
 	_, err = st.Recv()

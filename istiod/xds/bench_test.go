@@ -10,6 +10,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
@@ -21,7 +22,7 @@ func BenchmarkPush(b *testing.B) {
 	for _, n := range []int{1000, 10000, 50000} {
 		b.Run(fmt.Sprintf("resources=%d/clients=100", n), func(b *testing.B) {
 			const clients = 100
-			s := xds.New(xds.Options{})
+			s := xds.New(xds.Options{Types: ambient.XDSTypes()})
 			res := map[string]proto.Message{}
 			for i := range n {
 				name := fmt.Sprintf("Kubernetes//Pod/ns%d/p%d", i%20, i)
@@ -42,7 +43,7 @@ func BenchmarkPush(b *testing.B) {
 			errc := make(chan error, 1)
 			for range clients {
 				c := dial(b, cc)
-				c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+				c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
 				wg.Add(1)
 				go func() {
 					defer wg.Done()

@@ -1,9 +1,12 @@
-// Package xds serves the ambient model to ztunnels over delta xDS
-// (DeltaAggregatedResources) with go-control-plane's delta server. Each
-// type URL has a changeCache (changecache.go) behind a MuxCache. It does
-// not know where the resources come from; callers hand it either complete
-// sets (Update, which diffs them against the previous set) or only what
-// changed (Apply), and it pushes only what changed.
+// Package xds serves resources over delta xDS (DeltaAggregatedResources)
+// with go-control-plane's delta server: the ambient model to ztunnels
+// today, the waypoints' Envoy types beside it later. It serves the
+// resource types its translators register (Options.Types), each with a
+// changeCache (changecache.go) behind a MuxCache, and knows nothing else
+// about them. It does not know where the resources come from either;
+// callers hand it either complete sets (Update, which diffs them against
+// the previous set) or only what changed (Apply), and it pushes only what
+// changed.
 //
 // Behaviour, pinned down by the tests:
 //   - Versions are hashes of the resources, so a client that reconnects
@@ -12,11 +15,12 @@
 //   - A stream has at most one outstanding response per type; the next is
 //     prepared only after the client's next request (ACK or NACK). A slow
 //     client therefore holds back nothing but its own stream.
-//   - Address resources carry their aliases ("<network>/<ip>" of each
-//     address), and an on-demand client may subscribe by alias: it gets
-//     the resources under their own names, with the aliases, and from then
-//     on their changes. A subscribed name that is neither a resource nor
-//     an alias is answered with its removal, as Istio does.
+//   - Resources of a type with Aliases carry their aliases (for the
+//     workload API's Address: "<network>/<ip>" of each address), and an
+//     on-demand client may subscribe by alias: it gets the resources under
+//     their own names, with the aliases, and from then on their changes. A
+//     subscribed name that is neither a resource nor an alias is answered
+//     with its removal, as Istio does.
 //   - A NACK does not resend: the server already recorded what it sent, so
 //     the client gets the next change, not the same rejected resources
 //     again. NACKs are logged with the client's reason.
@@ -27,7 +31,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"sort"
 	"sync"
 	"time"
@@ -39,15 +42,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
-
-	"github.com/ambitmesh/ambit/api/workload"
 )
 
-// Type URLs of the ambient resources.
-const (
-	AddressType       = "type.googleapis.com/istio.workload.Address"
-	AuthorizationType = "type.googleapis.com/istio.security.Authorization"
-)
+// Type is a resource type the server serves.
+type Type struct {
+	// URL is the type URL clients ask for,
+	// "type.googleapis.com/<message full name>".
+	URL string
+	// Aliases, when not nil, gives the names other than its own that a
+	// resource answers to in on-demand subscriptions.
+	Aliases func(proto.Message) []string
+}
 
 // Log attribute keys.
 const (
@@ -68,9 +73,12 @@ type Options struct {
 	// MaxResponseBytes bounds the resources in one response (a full push
 	// is split over several); DefaultMaxResponseBytes when zero.
 	MaxResponseBytes int
+	// Types are the resource types served, registered by the translators
+	// that produce them. A client asking for any other type gets none.
+	Types []Type
 }
 
-// Server is the delta ADS server of the ambient resources.
+// Server is the delta ADS server of the registered resource types.
 type Server struct {
 	log    *slog.Logger
 	caches map[string]*changeCache
@@ -104,7 +112,9 @@ type metrics struct {
 	updateTime prometheus.Histogram
 }
 
-// New builds a Server with empty caches.
+// New builds a Server with empty caches of opts.Types. It panics when a
+// type has no URL or two types share one: a program error, as registering
+// a gRPC service twice is.
 func New(opts Options) *Server {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
@@ -120,15 +130,17 @@ func New(opts Options) *Server {
 		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
 		Caches:        map[string]cache.Cache{},
 	}
-	for _, typ := range []string{AddressType, AuthorizationType} {
-		var aliases func(proto.Message) []string
-		if typ == AddressType {
-			aliases = addressAliases
+	for _, typ := range opts.Types {
+		if typ.URL == "" {
+			panic("new xds server: a type without URL")
 		}
-		c := newChangeCache(typ, opts.MaxResponseBytes, aliases)
-		s.caches[typ] = c
-		mux.Caches[typ] = c
-		s.current[typ] = map[string]proto.Message{}
+		if _, dup := s.caches[typ.URL]; dup {
+			panic("new xds server: type " + typ.URL + " registered twice")
+		}
+		c := newChangeCache(typ.URL, opts.MaxResponseBytes, typ.Aliases)
+		s.caches[typ.URL] = c
+		mux.Caches[typ.URL] = c
+		s.current[typ.URL] = map[string]proto.Message{}
 	}
 	s.metrics = metrics{
 		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -245,29 +257,6 @@ func (s *Server) Apply(typeURL string, changed map[string]proto.Message, removed
 	s.metrics.updateTime.Observe(time.Since(start).Seconds())
 	s.log.Debug("xds apply", logType, typeURL, logCount, len(changed), logRemoved, len(removed))
 	return nil
-}
-
-// addressAliases are the names an Address answers to besides its own, as
-// in Istio: "<network>/<ip>" for each address of the workload or service.
-func addressAliases(m proto.Message) []string {
-	a, ok := m.(*workload.Address)
-	if !ok {
-		return nil
-	}
-	var out []string
-	if w := a.GetWorkload(); w != nil {
-		for _, b := range w.GetAddresses() {
-			if ip, ok := netip.AddrFromSlice(b); ok {
-				out = append(out, w.GetNetwork()+"/"+ip.String())
-			}
-		}
-	}
-	for _, na := range a.GetService().GetAddresses() {
-		if ip, ok := netip.AddrFromSlice(na.GetAddress()); ok {
-			out = append(out, na.GetNetwork()+"/"+ip.String())
-		}
-	}
-	return out
 }
 
 // ClientInfo describes a connected client, for the debug endpoint.

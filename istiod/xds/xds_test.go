@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
@@ -98,7 +99,7 @@ func (c *deltaClient) recv() (*discovery.DeltaDiscoveryResponse, update) {
 		u.Names = append(u.Names, r.GetName())
 		c.versions[r.GetName()] = r.GetVersion()
 		var a workload.Address
-		if resp.GetTypeUrl() == xds.AddressType {
+		if resp.GetTypeUrl() == ambient.AddressType {
 			if err := r.GetResource().UnmarshalTo(&a); err != nil {
 				c.t.Errorf("decode %s: %v", r.GetName(), err)
 			}
@@ -129,16 +130,16 @@ func wl(uid, node string) proto.Message {
 
 func mustUpdate(t testing.TB, s *xds.Server, res map[string]proto.Message) {
 	t.Helper()
-	if err := s.Update(xds.AddressType, res); err != nil {
+	if err := s.Update(ambient.AddressType, res); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestWildcardIncrementalAndRemoval(t *testing.T) {
-	s := xds.New(xds.Options{})
+	s := xds.New(xds.Options{Types: ambient.XDSTypes()})
 	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")})
 	c := dial(t, startServer(t, s))
-	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
 	c.recvAck(update{Names: []string{"a", "b"}})
 
 	// b changes, c appears, a is untouched: only b and c travel.
@@ -157,12 +158,12 @@ func TestWildcardIncrementalAndRemoval(t *testing.T) {
 }
 
 func TestOnDemand(t *testing.T) {
-	s := xds.New(xds.Options{})
+	s := xds.New(xds.Options{Types: ambient.XDSTypes()})
 	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")})
 	c := dial(t, startServer(t, s))
 	// A name the server does not know is answered with its removal, as
 	// Istio does, so that an on-demand client stops waiting for it.
-	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{"b", "missing"}})
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType, ResourceNamesSubscribe: []string{"b", "missing"}})
 	c.recvAck(update{Names: []string{"b"}, Removed: []string{"missing"}})
 
 	// A change to a resource the client did not ask for is not sent; the
@@ -171,29 +172,29 @@ func TestOnDemand(t *testing.T) {
 	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n2"), "b": wl("b", "n1"), "missing": wl("missing", "n1")})
 	c.recvAck(update{Names: []string{"missing"}})
 
-	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{"a"}})
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType, ResourceNamesSubscribe: []string{"a"}})
 	c.recvAck(update{Names: []string{"a"}})
 }
 
 func TestNACKIsNotRetried(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	s := xds.New(xds.Options{Registerer: reg})
+	s := xds.New(xds.Options{Types: ambient.XDSTypes(), Registerer: reg})
 	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1")})
 	c := dial(t, startServer(t, s))
-	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
 	resp, got := c.recv()
 	if diff := cmp.Diff(update{Names: []string{"a"}}, got); diff != "" {
 		t.Errorf("first response (-want +got):\n%s", diff)
 	}
 	c.send(&discovery.DeltaDiscoveryRequest{
-		TypeUrl: xds.AddressType, ResponseNonce: resp.GetNonce(),
+		TypeUrl: ambient.AddressType, ResponseNonce: resp.GetNonce(),
 		ErrorDetail: &statuspb.Status{Code: 3, Message: "workload a: bad address"},
 	})
 	// Were the rejected resource resent, it would come before b.
 	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")})
 	c.recvAck(update{Names: []string{"b"}})
 
-	if got := testutil.ToFloat64(s.NACKCounter(xds.AddressType)); got != 1 {
+	if got := testutil.ToFloat64(s.NACKCounter(ambient.AddressType)); got != 1 {
 		t.Errorf("NACK counter: got %v, want 1", got)
 	}
 	var nacked []string
@@ -206,11 +207,11 @@ func TestNACKIsNotRetried(t *testing.T) {
 }
 
 func TestResume(t *testing.T) {
-	s := xds.New(xds.Options{})
+	s := xds.New(xds.Options{Types: ambient.XDSTypes()})
 	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1"), "c": wl("c", "n1")})
 	cc := startServer(t, s)
 	c := dial(t, cc)
-	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
 	c.recvAck(update{Names: []string{"a", "b", "c"}})
 	held := c.versions
 	c.cancel()
@@ -219,14 +220,14 @@ func TestResume(t *testing.T) {
 	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n2"), "d": wl("d", "n1")})
 
 	c2 := dial(t, cc)
-	c2.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, InitialResourceVersions: held})
+	c2.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType, InitialResourceVersions: held})
 	c2.recvAck(update{Names: []string{"b", "d"}, Removed: []string{"c"}})
 }
 
 // TestSlowClient: a client that never reads nor ACKs holds nothing back
 // from the others.
 func TestSlowClient(t *testing.T) {
-	s := xds.New(xds.Options{})
+	s := xds.New(xds.Options{Types: ambient.XDSTypes()})
 	big := func(node string) map[string]proto.Message {
 		m := map[string]proto.Message{}
 		for i := range 2000 {
@@ -238,9 +239,9 @@ func TestSlowClient(t *testing.T) {
 	mustUpdate(t, s, big("n0"))
 	cc := startServer(t, s)
 	slow := dial(t, cc)
-	slow.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	slow.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
 	fast := dial(t, cc)
-	fast.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	fast.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
 	for i := range 20 {
 		resp, got := fast.recv()
 		if len(got.Names) != 2000 {
@@ -254,10 +255,10 @@ func TestSlowClient(t *testing.T) {
 // TestFarBehind: a client that ACKs only after more changes than the
 // change log keeps still converges to the current state.
 func TestFarBehind(t *testing.T) {
-	s := xds.New(xds.Options{})
+	s := xds.New(xds.Options{Types: ambient.XDSTypes()})
 	mustUpdate(t, s, map[string]proto.Message{"a": wl("a", "n0"), "b": wl("b", "n0")})
 	c := dial(t, startServer(t, s))
-	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
 	resp, got := c.recv()
 	if diff := cmp.Diff(update{Names: []string{"a", "b"}}, got); diff != "" {
 		t.Fatalf("first response (-want +got):\n%s", diff)
@@ -289,7 +290,7 @@ func TestFarBehind(t *testing.T) {
 // TestLargePushIsSplit: a full push larger than MaxResponseBytes arrives
 // over several responses, each after the client's ACK, and completely.
 func TestLargePushIsSplit(t *testing.T) {
-	s := xds.New(xds.Options{MaxResponseBytes: 2000})
+	s := xds.New(xds.Options{Types: ambient.XDSTypes(), MaxResponseBytes: 2000})
 	all := map[string]proto.Message{}
 	for i := range 200 {
 		name := fmt.Sprintf("Kubernetes//Pod/ns/p%03d", i)
@@ -297,7 +298,7 @@ func TestLargePushIsSplit(t *testing.T) {
 	}
 	mustUpdate(t, s, all)
 	c := dial(t, startServer(t, s))
-	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
 	responses := 0
 	for len(c.versions) < len(all) {
 		resp, got := c.recv()
@@ -320,12 +321,12 @@ func TestLargePushIsSplit(t *testing.T) {
 }
 
 func TestApply(t *testing.T) {
-	s := xds.New(xds.Options{})
-	if err := s.Apply(xds.AddressType, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")}, nil); err != nil {
+	s := xds.New(xds.Options{Types: ambient.XDSTypes()})
+	if err := s.Apply(ambient.AddressType, map[string]proto.Message{"a": wl("a", "n1"), "b": wl("b", "n1")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	c := dial(t, startServer(t, s))
-	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
 	c.recvAck(update{Names: []string{"a", "b"}})
 
 	tests := []struct {
@@ -342,7 +343,7 @@ func TestApply(t *testing.T) {
 		{"changed and removed at once is removed", map[string]proto.Message{"b": wl("b", "n3"), "c": wl("c", "n2")}, []string{"b"}, update{Names: []string{"c"}, Removed: []string{"b"}}},
 	}
 	for _, tc := range tests {
-		if err := s.Apply(xds.AddressType, tc.changed, tc.removed); err != nil {
+		if err := s.Apply(ambient.AddressType, tc.changed, tc.removed); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		if len(tc.want.Names)+len(tc.want.Removed) > 0 {
@@ -397,7 +398,7 @@ func recvAliased(t *testing.T, c *deltaClient) ([]aliased, []string) {
 // know by "<network>/<ip>"; the answer is the resource under its own name
 // with its aliases, and its later changes follow.
 func TestSubscribeByAlias(t *testing.T) {
-	s := xds.New(xds.Options{})
+	s := xds.New(xds.Options{Types: ambient.XDSTypes()})
 	const (
 		podA = "Kubernetes//Pod/ns/a"
 		podB = "Kubernetes//Pod/ns/b"
@@ -405,7 +406,7 @@ func TestSubscribeByAlias(t *testing.T) {
 	)
 	apply := func(changed map[string]proto.Message, removed ...string) {
 		t.Helper()
-		if err := s.Apply(xds.AddressType, changed, removed); err != nil {
+		if err := s.Apply(ambient.AddressType, changed, removed); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -462,7 +463,7 @@ func TestSubscribeByAlias(t *testing.T) {
 	}
 	for _, st := range steps {
 		if st.subscribe != nil {
-			c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: st.subscribe})
+			c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType, ResourceNamesSubscribe: st.subscribe})
 		}
 		if st.change != nil {
 			st.change()
@@ -493,7 +494,7 @@ func TestSubscribeByAlias(t *testing.T) {
 // version. Run with -race: it exercises the version maps the cache
 // updates in place while go-control-plane's streams use them.
 func TestConvergesUnderChurn(t *testing.T) {
-	s := xds.New(xds.Options{MaxResponseBytes: 400})
+	s := xds.New(xds.Options{Types: ambient.XDSTypes(), MaxResponseBytes: 400})
 	cc := startServer(t, s)
 	const n, rounds = 40, 30
 	name := func(i int) string { return fmt.Sprintf("Kubernetes//Pod/ns/p%02d", i%n) }
@@ -502,7 +503,7 @@ func TestConvergesUnderChurn(t *testing.T) {
 	apply := func(i, version int) {
 		a := addrWorkload(name(i), "", ip(i))
 		a.GetWorkload().Node = fmt.Sprint("n", version)
-		if err := s.Apply(xds.AddressType, map[string]proto.Message{name(i): a}, nil); err != nil {
+		if err := s.Apply(ambient.AddressType, map[string]proto.Message{name(i): a}, nil); err != nil {
 			t.Fatal(err)
 		}
 		state[name(i)] = a.GetWorkload().GetNode()
@@ -528,11 +529,11 @@ func TestConvergesUnderChurn(t *testing.T) {
 	for k := range 4 {
 		cl := &client{c: dial(t, cc), v: &view{nodes: map[string]string{}, notify: make(chan struct{}, 1)}}
 		if k < 2 {
-			cl.c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType})
+			cl.c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
 			cl.want = func() map[string]string { return maps.Clone(state) }
 		} else {
 			// By name and by alias; widened by one name each round.
-			cl.c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{name(k), "/" + ip(k+1)}})
+			cl.c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType, ResourceNamesSubscribe: []string{name(k), "/" + ip(k+1)}})
 			cl.want = func() map[string]string {
 				out := map[string]string{}
 				for _, i := range append([]int{k, k + 1}, func() []int {
@@ -589,7 +590,7 @@ func TestConvergesUnderChurn(t *testing.T) {
 		}
 		for k, cl := range clients[2:] {
 			cl.sendMu.Lock()
-			err := cl.c.stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.AddressType, ResourceNamesSubscribe: []string{name(k + 2 + round)}})
+			err := cl.c.stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType, ResourceNamesSubscribe: []string{name(k + 2 + round)}})
 			cl.sendMu.Unlock()
 			if err != nil {
 				t.Fatal(err)

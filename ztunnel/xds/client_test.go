@@ -29,14 +29,15 @@ import (
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/internal/xdsclient"
+	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	istiodxds "github.com/ambitmesh/ambit/istiod/xds"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
 func TestTypeURLsMatchIstiod(t *testing.T) {
-	if AddressType != istiodxds.AddressType || AuthorizationType != istiodxds.AuthorizationType {
-		t.Errorf("type URLs: got %s and %s, want istiod's %s and %s", AddressType, AuthorizationType, istiodxds.AddressType, istiodxds.AuthorizationType)
+	if AddressType != ambient.AddressType || AuthorizationType != ambient.AuthorizationType {
+		t.Errorf("type URLs: got %s and %s, want istiod's %s and %s", AddressType, AuthorizationType, ambient.AddressType, ambient.AuthorizationType)
 	}
 }
 
@@ -263,10 +264,10 @@ func model() (auths, addrs map[string]proto.Message) {
 
 func publish(t *testing.T, s *istiodxds.Server, auths, addrs map[string]proto.Message) {
 	t.Helper()
-	if err := s.Update(istiodxds.AuthorizationType, auths); err != nil {
+	if err := s.Update(ambient.AuthorizationType, auths); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Update(istiodxds.AddressType, addrs); err != nil {
+	if err := s.Update(ambient.AddressType, addrs); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -297,7 +298,7 @@ func lastOfType(rec recorded, typ string) *discovery.DeltaDiscoveryResponse {
 }
 
 func TestInitialPushAndIncrementalUpdates(t *testing.T) {
-	s := istiodxds.New(istiodxds.Options{})
+	s := istiodxds.New(istiodxds.Options{Types: ambient.XDSTypes()})
 	auths, addrs := model()
 	publish(t, s, auths, addrs)
 	rec := &recorder{}
@@ -341,7 +342,7 @@ func TestInitialPushAndIncrementalUpdates(t *testing.T) {
 	addrs[webUID] = wlAddress(webWorkload("node-c"))
 	addrs["Kubernetes//Pod/shop/new-1"] = wlAddress(&workload.Workload{Uid: "Kubernetes//Pod/shop/new-1", Name: "new-1", Namespace: "shop", Addresses: [][]byte{ip("127.0.10.2")}})
 	delete(addrs, reviewsKey)
-	if err := s.Update(istiodxds.AddressType, addrs); err != nil {
+	if err := s.Update(ambient.AddressType, addrs); err != nil {
 		t.Fatal(err)
 	}
 	snap = waitStore(t, store, "the update", func(s *config.Snapshot) bool {
@@ -357,7 +358,7 @@ func TestInitialPushAndIncrementalUpdates(t *testing.T) {
 	}
 
 	// A policy goes: the workloads stay, the policy no longer applies.
-	if err := s.Update(istiodxds.AuthorizationType, nil); err != nil {
+	if err := s.Update(ambient.AuthorizationType, nil); err != nil {
 		t.Fatal(err)
 	}
 	snap = waitStore(t, store, "the policy removal", func(s *config.Snapshot) bool { return len(s.Policies) == 0 })
@@ -371,7 +372,7 @@ func TestInitialPushAndIncrementalUpdates(t *testing.T) {
 
 func TestNACKKeepsLastGoodState(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	s := istiodxds.New(istiodxds.Options{Registerer: reg})
+	s := istiodxds.New(istiodxds.Options{Types: ambient.XDSTypes(), Registerer: reg})
 	auths, addrs := model()
 	publish(t, s, auths, addrs)
 	addr, _ := serve(t, s, "127.0.0.1:0", &recorder{})
@@ -410,11 +411,11 @@ func TestNACKKeepsLastGoodState(t *testing.T) {
 			bad[k] = v
 		}
 		step.change(bad)
-		if err := s.Update(istiodxds.AddressType, bad); err != nil {
+		if err := s.Update(ambient.AddressType, bad); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, step.name+": the server counting the NACK", func() bool {
-			return testutil.ToFloat64(s.NACKCounter(istiodxds.AddressType)) == float64(i+1)
+			return testutil.ToFloat64(s.NACKCounter(ambient.AddressType)) == float64(i+1)
 		})
 		clients := s.Clients()
 		if len(clients) != 1 {
@@ -450,7 +451,7 @@ func TestNACKKeepsLastGoodState(t *testing.T) {
 
 	// The next good update applies.
 	addrs["Kubernetes//Pod/shop/fixed"] = wlAddress(&workload.Workload{Uid: "Kubernetes//Pod/shop/fixed", Name: "fixed", Namespace: "shop", Addresses: [][]byte{ip("127.0.10.5")}})
-	if err := s.Update(istiodxds.AddressType, addrs); err != nil {
+	if err := s.Update(ambient.AddressType, addrs); err != nil {
 		t.Fatal(err)
 	}
 	snap := waitStore(t, store, "the good update after the NACKs", func(s *config.Snapshot) bool {
@@ -465,13 +466,13 @@ func TestNACKKeepsLastGoodState(t *testing.T) {
 	if got := snap.WorkloadByUID(webUID).Node; got != "node-z" {
 		t.Errorf("node of %s after the good update: got %q, want node-z (applied with the first NACKed response)", webUID, got)
 	}
-	if got := testutil.ToFloat64(s.NACKCounter(istiodxds.AddressType)); got != 2 {
+	if got := testutil.ToFloat64(s.NACKCounter(ambient.AddressType)); got != 2 {
 		t.Errorf("NACKs the server counted: got %v, want 2 (none resent)", got)
 	}
 }
 
 func TestReconnectResumes(t *testing.T) {
-	s1 := istiodxds.New(istiodxds.Options{})
+	s1 := istiodxds.New(istiodxds.Options{Types: ambient.XDSTypes()})
 	auths, addrs := model()
 	publish(t, s1, auths, addrs)
 	rec1 := &recorder{}
@@ -496,7 +497,7 @@ func TestReconnectResumes(t *testing.T) {
 
 	// A new istiod on the same address with the same model, but for one
 	// workload that changed meanwhile.
-	s2 := istiodxds.New(istiodxds.Options{})
+	s2 := istiodxds.New(istiodxds.Options{Types: ambient.XDSTypes()})
 	addrs[webUID] = wlAddress(webWorkload("node-c"))
 	publish(t, s2, auths, addrs)
 	rec2 := &recorder{}
@@ -554,7 +555,7 @@ func serveTLS(t *testing.T, s *istiodxds.Server, addr string, rec *recorder, a *
 }
 
 func TestTLSAndToken(t *testing.T) {
-	s := istiodxds.New(istiodxds.Options{})
+	s := istiodxds.New(istiodxds.Options{Types: ambient.XDSTypes()})
 	auths, addrs := model()
 	publish(t, s, auths, addrs)
 	rec := &recorder{accept: map[string]bool{"Bearer token-1": true, "Bearer token-2": true}}

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambitmesh/ambit/cni/agent"
+	"github.com/ambitmesh/ambit/internal/kubelog"
 )
 
 func main() {
@@ -56,6 +57,7 @@ func run() error {
 	}
 	flag.Parse()
 	cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	kubelog.Route(cfg.Log.Handler())
 
 	if uninstall {
 		return agent.Uninstall(cfg)

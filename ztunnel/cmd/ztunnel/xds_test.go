@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/istiod/ambient"
 	istiodxds "github.com/ambitmesh/ambit/istiod/xds"
 )
 
@@ -45,12 +46,12 @@ func TestBinaryWithXDS(t *testing.T) {
 	// A loopback address of this test's own (the ztunnel package's
 	// tests use 127.100-249.x.x).
 	wlIP := fmt.Sprintf("127.%d.%d.1", 20+rand.IntN(80), 1+rand.IntN(250))
-	s := istiodxds.New(istiodxds.Options{})
+	s := istiodxds.New(istiodxds.Options{Types: ambient.XDSTypes()})
 	uid := "Kubernetes//Pod/shop/web-1"
-	if err := s.Update(istiodxds.AuthorizationType, nil); err != nil {
+	if err := s.Update(ambient.AuthorizationType, nil); err != nil {
 		t.Fatal(err)
 	}
-	err := s.Update(istiodxds.AddressType, map[string]proto.Message{uid: &workload.Address{Type: &workload.Address_Workload{Workload: &workload.Workload{
+	err := s.Update(ambient.AddressType, map[string]proto.Message{uid: &workload.Address{Type: &workload.Address_Workload{Workload: &workload.Workload{
 		Uid: uid, Name: "web-1", Namespace: "shop", ServiceAccount: "web", Node: "node-a",
 		Addresses: [][]byte{net.ParseIP(wlIP).To4()}, TunnelProtocol: workload.TunnelProtocol_HBONE,
 	}}}})
