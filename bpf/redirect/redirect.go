@@ -31,13 +31,15 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ambitmesh/ambit/internal/mesh"
 )
 
 // Values shared with redirect.c.
 const (
 	// Mark is set on packets steered to ztunnel; policy routing delivers
 	// marked packets locally.
-	Mark = 0x400
+	Mark = mesh.CaptureMark
 	// RouteTable holds the local default route for marked packets.
 	RouteTable = 154
 	// rulePriority orders the mark rule before the main table.
@@ -48,10 +50,10 @@ const (
 	// packets to the path device (PathDevice, table PathTable), whose
 	// program re-enters them at the host end of the pod's veth, so that
 	// they take the pod's own path out of the node.
-	PathMark = 0x800
+	PathMark = mesh.PodPathMark
 	// ReplyMark is set on replies to those connections: delivered
 	// locally (table RouteTable) like Mark, but tracked.
-	ReplyMark = 0x200
+	ReplyMark = mesh.ReplyMark
 	// PathTable routes PathMark's packets to the path device.
 	PathTable = 155
 	// PathDevice is the dummy interface of the pod path.

@@ -34,3 +34,20 @@ const (
 	// DNSPort is the node tunnel's DNS proxy.
 	DNSPort = 15053
 )
+
+// Packet marks of the node's eBPF redirection (bpf/redirect; redirect.c
+// keeps the same values as #defines, and a test there checks that they
+// agree). ztunnel sets the socket marks; the node agent routes by them.
+const (
+	// CaptureMark is on packets steered to ztunnel, and on ztunnel's own
+	// HBONE to its node's workloads: delivered locally, not NAT'd.
+	CaptureMark = 0x400
+	// PodPathMark is ztunnel's socket mark on connections it makes on a
+	// pod's behalf: routed back through the pod's own veth.
+	PodPathMark = 0x800
+	// ReplyMark is on replies to those connections: delivered locally.
+	ReplyMark = 0x200
+	// ReenterMark is on a pod-path packet between the path device and
+	// the pod's veth.
+	ReenterMark = 0x1000
+)

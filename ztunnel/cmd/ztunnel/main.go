@@ -71,8 +71,8 @@ func main() {
 // podPathMark the one it routes through a pod's veth
 // (bpf/redirect.PathMark).
 const (
-	localMark   = 0x400
-	podPathMark = 0x800
+	localMark   = mesh.CaptureMark
+	podPathMark = mesh.PodPathMark
 )
 
 func run(o options) error {
