@@ -20,7 +20,7 @@ import (
 const CoreDNSVersion = "v1.12.1"
 
 // kubeCommands are the Kubernetes programs built from internal/lab/kubebuild.
-var kubeCommands = []string{"kube-apiserver", "kube-controller-manager", "kube-proxy", "kubectl"}
+var kubeCommands = []string{"kube-apiserver", "kube-controller-manager", "kube-proxy", "kube-scheduler", "kubectl", "kubelet"}
 
 // Binaries are the programs the lab runs.
 type Binaries struct {
@@ -28,6 +28,14 @@ type Binaries struct {
 	KubeAPIServer         string
 	KubeControllerManager string
 	KubeProxy             string
+	// KubeScheduler and Kubelet run on labs with real nodes
+	// (Config.RealNodes).
+	KubeScheduler string
+	Kubelet       string
+	// RuncWrap is runc for containerd on real nodes (internal/lab/runcwrap)
+	// and Pause the program of their pause image (internal/lab/cmd/pause).
+	RuncWrap string
+	Pause    string
 	// Kubectl is for people using a running lab.
 	Kubectl string
 	CoreDNS string
@@ -135,6 +143,8 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	b.KubeControllerManager = filepath.Join(kubeDir, "kube-controller-manager")
 	b.KubeProxy = filepath.Join(kubeDir, "kube-proxy")
 	b.Kubectl = filepath.Join(kubeDir, "kubectl")
+	b.KubeScheduler = filepath.Join(kubeDir, "kube-scheduler")
+	b.Kubelet = filepath.Join(kubeDir, "kubelet")
 
 	if b.CoreDNS, err = ensureCoreDNS(ctx, opts, goVersion); err != nil {
 		return b, err
@@ -147,7 +157,9 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	b.CNIAgent = filepath.Join(binDir, "ambit-cni-agent")
 	b.Ztunnel = filepath.Join(binDir, "ztunnel")
 	b.Istiod = filepath.Join(binDir, "istiod")
-	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel", "./istiod/cmd/istiod"); err != nil {
+	b.RuncWrap = filepath.Join(binDir, "runcwrap")
+	b.Pause = filepath.Join(binDir, "pause")
+	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel", "./istiod/cmd/istiod", "./internal/lab/cmd/runcwrap", "./internal/lab/cmd/pause"); err != nil {
 		return b, err
 	}
 	return b, nil
