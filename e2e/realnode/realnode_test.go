@@ -1,0 +1,202 @@
+package realnode
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	images "github.com/ambitmesh/ambit/deploy/images"
+	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/testutil"
+)
+
+// echoImage is the test workload's image as the pod names it: a registry
+// name that only the lab's mirror serves.
+const echoImage = "ambit.dev/echo:dev"
+
+// TestRealNode starts the lab with one real node (kubelet, containerd,
+// runc), runs a pod from an image the lab's registry serves, execs into
+// it through the kubelet, deletes it, and checks that the lab leaves no
+// namespace, mount, process or cgroup behind.
+func TestRealNode(t *testing.T) {
+	testutil.RequireRoot(t)
+	ctx := t.Context()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	bins, err := lab.EnsureBinaries(ctx, lab.BuildOptions{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := lab.FindRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	pause, err := images.BuildProgram(ctx, images.Options{Root: root, Out: out, Hub: "localhost:5000/ambit", Version: "lab"}, "pause",
+		images.Component{Packages: []string{"./internal/lab/cmd/pause"}, User: "0:0", Description: "the lab's pod sandbox (pause) image"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo, err := images.BuildProgram(ctx, images.Options{Root: root, Out: out, Hub: "ambit.dev", Version: "dev"}, "echo",
+		images.Component{Packages: []string{"./samples/echo"}, User: fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID), Description: "the echo test workload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	l, err := lab.Start(ctx, lab.Config{Nodes: 1, RealNodes: true, Binaries: bins, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	labDir := l.Dir
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("lab logs:\n%s", l.Logs(60))
+		}
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+		left, err := lab.Leftovers(l.ID, labDir)
+		if err != nil {
+			t.Errorf("check lab leftovers: %v", err)
+		}
+		if len(left) > 0 {
+			t.Errorf("after Close: got leftovers %v, want none", left)
+		}
+	})
+	reg, err := ServeRegistry(ctx, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	for _, im := range []struct{ layout, ref string }{
+		{pause.Layout, strings.TrimPrefix(lab.PauseImage, "localhost:5000/")},
+		{echo.Layout, strings.TrimPrefix(echoImage, "ambit.dev/")},
+	} {
+		if err := reg.Push(ctx, im.layout, im.ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	node := l.Nodes[0]
+	// The node's CNI directory is the node's own, not the host's.
+	if _, err := os.Stat(filepath.Join(node.CNIConfDir, "10-lab.conflist")); err != nil {
+		t.Fatalf("node conflist: %v", err)
+	}
+	if data, err := exec.Command("nsenter", "--mount="+node.MountNS(), "--", "ls", "/etc/cni/net.d").CombinedOutput(); err != nil || strings.TrimSpace(string(data)) != "10-lab.conflist" {
+		t.Errorf("/etc/cni/net.d in the node: got %q (%v), want 10-lab.conflist", data, err)
+	}
+
+	pods := l.Client.CoreV1().Pods("default")
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{
+				Name:  "echo",
+				Image: echoImage,
+				Args:  []string{"serve"},
+				Env:   []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
+					HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8080)},
+				}, PeriodSeconds: 1},
+			}},
+		},
+	}
+	if _, err := pods.Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var ip string
+	if err := waitPod(ctx, l, "echo", 3*time.Minute, func(p *corev1.Pod) bool {
+		ip = p.Status.PodIP
+		return p.Spec.NodeName == node.Name && podReady(p)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !node.PodCIDR.Contains(mustAddr(t, ip)) {
+		t.Errorf("pod IP %s: want one in the node's pod CIDR %s", ip, node.PodCIDR)
+	}
+
+	// exec through the apiserver and the real kubelet: the workload's own
+	// client asks its server on the pod's loopback.
+	cmd := exec.CommandContext(ctx, bins.Kubectl, "--kubeconfig", l.Kubeconfig, "exec", "-n", "default", "echo", "--",
+		"/usr/local/bin/echo", "http", "http://127.0.0.1:8080/exec")
+	data, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl exec: %v\n%s", err, data)
+	}
+	var rep struct {
+		Hostname string `json:"hostname"`
+		Path     string `json:"path"`
+	}
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatalf("kubectl exec output %q: %v", data, err)
+	}
+	if rep.Hostname != "echo" || rep.Path != "/exec" {
+		t.Errorf("kubectl exec: got hostname %q path %q, want echo and /exec", rep.Hostname, rep.Path)
+	}
+	// The pod answers on its IP from the node.
+	if body, err := lab.HTTPGet(ctx, node.NS, "http://"+ip+":8080/node"); err != nil || !strings.Contains(body, `"hostname":"echo"`) {
+		t.Errorf("GET the pod from its node: got %q, %v; want the echo pod's reply", body, err)
+	}
+
+	// Deleting the pod runs the sandbox teardown (CNI DEL) on the node.
+	if err := pods.Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.PollUntil(ctx, 2*time.Minute, func() bool {
+		_, err := pods.Get(ctx, "echo", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	}); err != nil {
+		t.Fatalf("wait for the pod to be gone: %v", err)
+	}
+	if ips, _ := filepath.Glob(filepath.Join(labDir, "nodes", node.Name, "ipam", "lab", "10.*")); len(ips) != 0 {
+		t.Errorf("after the pod is gone: got IP reservations %v, want none (CNI DEL)", ips)
+	}
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// waitPod polls the pod until cond holds.
+func waitPod(ctx context.Context, l *lab.Lab, name string, timeout time.Duration, cond func(*corev1.Pod) bool) error {
+	var last *corev1.Pod
+	err := lab.PollUntil(ctx, timeout, func() bool {
+		p, err := l.Client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		last = p
+		return cond(p)
+	})
+	if err != nil {
+		st, _ := json.Marshal(last)
+		return fmt.Errorf("wait for pod %s: %w; last: %s", name, err, st)
+	}
+	return nil
+}
+
+func mustAddr(t *testing.T, s string) netip.Addr {
+	t.Helper()
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		t.Fatalf("parse pod IP %q: %v", s, err)
+	}
+	return a
+}
