@@ -27,11 +27,21 @@ import (
 // name that only the lab's mirror serves.
 const echoImage = "ambit.dev/echo:dev"
 
-// TestRealNode starts the lab with one real node (kubelet, containerd,
-// runc), runs a pod from an image the lab's registry serves, execs into
-// it through the kubelet, deletes it, and checks that the lab leaves no
-// namespace, mount, process or cgroup behind.
-func TestRealNode(t *testing.T) {
+// realLab is a lab with one real node and its registry serving the
+// pause image.
+type realLab struct {
+	*lab.Lab
+	bins lab.Binaries
+	root string
+	reg  *Registry
+}
+
+// startRealLab starts a lab with one real node and the lab registry, with
+// the pause image and the given programs (image name to Go package of the
+// Ambit module, as <hub>/<name>:<version> refs) pushed. It is torn down
+// after the test, which fails if anything is left behind.
+func startRealLab(t *testing.T) *realLab {
+	t.Helper()
 	testutil.RequireRoot(t)
 	ctx := t.Context()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -43,18 +53,6 @@ func TestRealNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := t.TempDir()
-	pause, err := images.BuildProgram(ctx, images.Options{Root: root, Out: out, Hub: "localhost:5000/ambit", Version: "lab"}, "pause",
-		images.Component{Packages: []string{"./internal/lab/cmd/pause"}, User: "0:0", Description: "the lab's pod sandbox (pause) image"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	echo, err := images.BuildProgram(ctx, images.Options{Root: root, Out: out, Hub: "ambit.dev", Version: "dev"}, "echo",
-		images.Component{Packages: []string{"./samples/echo"}, User: fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID), Description: "the echo test workload"})
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	l, err := lab.Start(ctx, lab.Config{Nodes: 1, RealNodes: true, Binaries: bins, Log: log})
 	if err != nil {
 		t.Fatal(err)
@@ -80,14 +78,55 @@ func TestRealNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	for _, im := range []struct{ layout, ref string }{
-		{pause.Layout, strings.TrimPrefix(lab.PauseImage, "localhost:5000/")},
-		{echo.Layout, strings.TrimPrefix(echoImage, "ambit.dev/")},
-	} {
-		if err := reg.Push(ctx, im.layout, im.ref); err != nil {
-			t.Fatal(err)
-		}
+	rl := &realLab{Lab: l, bins: bins, root: root, reg: reg}
+	rl.pushProgram(t, lab.PauseImage, "./internal/lab/cmd/pause", "0:0")
+	return rl
+}
+
+// pushProgram builds an image of a Go main package of the Ambit module
+// with deploy/images' builder and pushes it as ref (<hub>/<name>:<tag>;
+// the hub is any name of lab.MirroredRegistries).
+func (rl *realLab) pushProgram(t *testing.T, ref, pkg, user string) {
+	t.Helper()
+	colon, slash := strings.LastIndex(ref, ":"), strings.LastIndex(ref, "/")
+	if slash < 0 || colon < slash {
+		t.Fatalf("push %s: want <hub>/<name>:<tag>", ref)
 	}
+	hub, imageName, tag := ref[:slash], ref[slash+1:colon], ref[colon+1:]
+	im, err := images.BuildProgram(t.Context(), images.Options{Root: rl.root, Out: t.TempDir(), Hub: hub, Version: tag}, imageName,
+		images.Component{Packages: []string{pkg}, User: user, Description: "lab image " + imageName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im.Ref != ref {
+		t.Fatalf("built %s, want %s", im.Ref, ref)
+	}
+	rl.push(t, im.Layout, ref)
+}
+
+// push pushes an OCI layout as ref, whose registry name is dropped (every
+// mirrored name resolves to the lab registry).
+func (rl *realLab) push(t *testing.T, layout, ref string) {
+	t.Helper()
+	_, repoTag, ok := strings.Cut(ref, "/")
+	if !ok {
+		t.Fatalf("push %s: want <registry>/<repository>:<tag>", ref)
+	}
+	if err := rl.reg.Push(t.Context(), layout, repoTag); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRealNode starts the lab with one real node (kubelet, containerd,
+// runc), runs a pod from an image the lab's registry serves, execs into
+// it through the kubelet, deletes it, and checks that the lab leaves no
+// namespace, mount, process or cgroup behind.
+func TestRealNode(t *testing.T) {
+	l := startRealLab(t)
+	ctx := t.Context()
+	bins := l.bins
+	labDir := l.Dir
+	l.pushProgram(t, echoImage, "./samples/echo", fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID))
 
 	node := l.Nodes[0]
 	// The node's CNI directory is the node's own, not the host's.
@@ -96,6 +135,11 @@ func TestRealNode(t *testing.T) {
 	}
 	if data, err := exec.Command("nsenter", "--mount="+node.MountNS(), "--", "ls", "/etc/cni/net.d").CombinedOutput(); err != nil || strings.TrimSpace(string(data)) != "10-lab.conflist" {
 		t.Errorf("/etc/cni/net.d in the node: got %q (%v), want 10-lab.conflist", data, err)
+	}
+
+	// The node has a bpffs of its own.
+	if data, err := exec.Command("nsenter", "--mount="+node.MountNS(), "--", "stat", "-fc", "%T", "/sys/fs/bpf").CombinedOutput(); err != nil || strings.TrimSpace(string(data)) != "bpf_fs" {
+		t.Errorf("/sys/fs/bpf in the node: got %q (%v), want a bpf_fs", data, err)
 	}
 
 	pods := l.Client.CoreV1().Pods("default")
@@ -117,7 +161,7 @@ func TestRealNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ip string
-	if err := waitPod(ctx, l, "echo", 3*time.Minute, func(p *corev1.Pod) bool {
+	if err := waitPod(ctx, l.Lab, "echo", 3*time.Minute, func(p *corev1.Pod) bool {
 		ip = p.Status.PodIP
 		return p.Spec.NodeName == node.Name && podReady(p)
 	}); err != nil {
@@ -125,6 +169,11 @@ func TestRealNode(t *testing.T) {
 	}
 	if !node.PodCIDR.Contains(mustAddr(t, ip)) {
 		t.Errorf("pod IP %s: want one in the node's pod CIDR %s", ip, node.PodCIDR)
+	}
+
+	// The container's log is in the node's podLogsDir.
+	if logs, _ := filepath.Glob(filepath.Join(labDir, "nodes", node.Name, "pods-logs", "default_echo_*", "echo", "0.log")); len(logs) != 1 {
+		t.Errorf("container logs in the node's /var/log/pods: got %v, want one 0.log", logs)
 	}
 
 	// exec through the apiserver and the real kubelet: the workload's own

@@ -189,13 +189,47 @@ func ensureKube(ctx context.Context, opts BuildOptions, goVersion string) (strin
 	for _, c := range kubeCommands {
 		pkgs = append(pkgs, "k8s.io/kubernetes/cmd/"+c)
 	}
+	src := filepath.Join(opts.Root, "internal", "lab", "kubebuild")
+	ldflags, err := kubeVersionFlags(filepath.Join(src, "go.mod"))
+	if err != nil {
+		return "", err
+	}
 	return ensureModuleBuild(ctx, opts, goVersion, moduleBuild{
 		what:  "kubernetes",
-		src:   filepath.Join(opts.Root, "internal", "lab", "kubebuild"),
+		src:   src,
 		cache: "kube",
 		names: kubeCommands,
 		pkgs:  pkgs,
+		flags: []string{"-ldflags=" + ldflags},
 	})
+}
+
+// kubeVersionFlags are the linker flags that stamp the Kubernetes version
+// the pinning module requires into the programs, as Kubernetes' own build
+// does (hack/lib/version.sh): without them the apiserver reports
+// v0.0.0-master and Helm refuses charts with a kubeVersion constraint.
+func kubeVersionFlags(goMod string) (string, error) {
+	data, err := os.ReadFile(goMod)
+	if err != nil {
+		return "", fmt.Errorf("read kubernetes version: %w", err)
+	}
+	var version string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require ")); len(f) >= 2 && f[0] == "k8s.io/kubernetes" {
+			version = f[1]
+			break
+		}
+	}
+	major, rest, _ := strings.Cut(strings.TrimPrefix(version, "v"), ".")
+	minor, _, _ := strings.Cut(rest, ".")
+	if version == "" || major == "" || minor == "" {
+		return "", fmt.Errorf("read kubernetes version: no k8s.io/kubernetes vX.Y.Z requirement in %s", goMod)
+	}
+	var flags []string
+	for _, pkg := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
+		flags = append(flags, "-X "+pkg+".gitVersion="+version, "-X "+pkg+".gitMajor="+major, "-X "+pkg+".gitMinor="+minor, "-X "+pkg+".gitTreeState=clean")
+	}
+	return strings.Join(flags, " "), nil
 }
 
 // moduleBuild is a set of programs built with `go build` in a pinning
