@@ -2,8 +2,12 @@ package realnode
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,6 +84,50 @@ func TestHelmInstall(t *testing.T) {
 			t.Logf("pod %s: %s %+v", p.Name, p.Status.Phase, p.Status.ContainerStatuses)
 		}
 		t.Fatalf("wait for the chart's workloads to be Ready: %v; %s", err, last)
+	}
+
+	// The node agent chained ambit-cni after the node's primary network
+	// and installed the plugin, in the node's own directories.
+	node := l.Nodes[0]
+	data, err := os.ReadFile(filepath.Join(node.CNIConfDir, "10-lab.conflist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conflist struct {
+		Plugins []struct {
+			Type string `json:"type"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(data, &conflist); err != nil {
+		t.Fatalf("parse the node's conflist: %v\n%s", err, data)
+	}
+	var types []string
+	for _, p := range conflist.Plugins {
+		types = append(types, p.Type)
+	}
+	if len(types) != 2 || types[0] != "ptp" || types[1] != "ambit-cni" {
+		t.Errorf("node conflist plugins: got %v, want [ptp ambit-cni]", types)
+	}
+	if _, err := os.Stat(filepath.Join(node.CNIBinDir, "ambit-cni")); err != nil {
+		t.Errorf("ambit-cni in the node's /opt/cni/bin: %v", err)
+	}
+	// Its pins are in the node's bpffs, not the host's.
+	out, err := exec.Command("nsenter", "--mount="+node.MountNS(), "--", "ls", "/sys/fs/bpf/ambit").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) == "" {
+		t.Errorf("pins in the node's /sys/fs/bpf/ambit: got %q (%v), want some", out, err)
+	}
+	if _, err := os.Stat("/sys/fs/bpf/ambit"); err == nil {
+		t.Errorf("/sys/fs/bpf/ambit on the host: exists, want it only in the node's bpffs")
+	}
+
+	// A pod started now goes through the chain (containerd calls
+	// ambit-cni after ptp) and runs.
+	l.pushProgram(t, echoImage, "./samples/echo", fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID))
+	if _, err := l.Client.CoreV1().Pods("default").Create(ctx, echoPod(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitPod(ctx, l.Lab, "echo", 2*time.Minute, podReady); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -143,21 +143,7 @@ func TestRealNode(t *testing.T) {
 	}
 
 	pods := l.Client.CoreV1().Pods("default")
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: corev1.PodSpec{
-			Containers: []corev1.Container{{
-				Name:  "echo",
-				Image: echoImage,
-				Args:  []string{"serve"},
-				Env:   []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
-				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
-					HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8080)},
-				}, PeriodSeconds: 1},
-			}},
-		},
-	}
-	if _, err := pods.Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+	if _, err := pods.Create(ctx, echoPod(), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var ip string
@@ -211,6 +197,25 @@ func TestRealNode(t *testing.T) {
 	}
 	if ips, _ := filepath.Glob(filepath.Join(labDir, "nodes", node.Name, "ipam", "lab", "10.*")); len(ips) != 0 {
 		t.Errorf("after the pod is gone: got IP reservations %v, want none (CNI DEL)", ips)
+	}
+}
+
+// echoPod is the echo workload in the default namespace, Ready once it
+// answers HTTP (a probe the kubelet makes into the pod).
+func echoPod() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "default"},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{
+				Name:  "echo",
+				Image: echoImage,
+				Args:  []string{"serve"},
+				Env:   []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
+					HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8080)},
+				}, PeriodSeconds: 1},
+			}},
+		},
 	}
 }
 
