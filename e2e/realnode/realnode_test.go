@@ -254,3 +254,40 @@ func mustAddr(t *testing.T, s string) netip.Addr {
 	}
 	return a
 }
+
+// TestRealNodeCleanStale: a lab with a real node whose owner is gone (a
+// crashed test run) is removed by the next lab's CleanStale: its
+// containers, shims, containerd and kubelet, cgroups, mounts and
+// namespaces.
+func TestRealNodeCleanStale(t *testing.T) {
+	l := startRealLab(t)
+	ctx := t.Context()
+	l.pushProgram(t, echoImage, "./samples/echo", fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID))
+	if _, err := l.Client.CoreV1().Pods("default").Create(ctx, echoPod(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitPod(ctx, l.Lab, "echo", 2*time.Minute, podReady); err != nil {
+		t.Fatal(err)
+	}
+	// The owner is now a process that has exited.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(l.Dir, "owner"), []byte(fmt.Sprint(dead.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.CleanStale(); err != nil {
+		t.Fatalf("clean stale labs: %v", err)
+	}
+	left, err := lab.Leftovers(l.ID, l.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Errorf("after CleanStale: got leftovers %v, want none", left)
+	}
+	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
+		t.Errorf("lab dir after CleanStale: got %v, want it gone", err)
+	}
+}
