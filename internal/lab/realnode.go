@@ -214,6 +214,8 @@ func (l *Lab) makeMountNS(n *Node, rn *realNode) error {
 	if err := os.MkdirAll(nsDir, 0o700); err != nil {
 		return fmt.Errorf("create mount namespace dir: %w", err)
 	}
+	// Set first: close unmounts whatever of it exists.
+	rn.mntNS = filepath.Join(nsDir, "mnt")
 	// unshare --mount=<file> needs the file on a private mount.
 	if err := unix.Mount(nsDir, nsDir, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s: %w", nsDir, err)
@@ -221,7 +223,6 @@ func (l *Lab) makeMountNS(n *Node, rn *realNode) error {
 	if err := unix.Mount("", nsDir, "", unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make %s private: %w", nsDir, err)
 	}
-	rn.mntNS = filepath.Join(nsDir, "mnt")
 	if err := os.WriteFile(rn.mntNS, nil, 0o600); err != nil {
 		return fmt.Errorf("create mount namespace file: %w", err)
 	}
@@ -397,6 +398,10 @@ func cgroupProcs(root string) []int {
 
 // mountNSProcs returns the processes in the mount namespace bound to file.
 func mountNSProcs(file string) []int {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(file, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		return nil // not (or no longer) a namespace
+	}
 	var st unix.Stat_t
 	if err := unix.Stat(file, &st); err != nil {
 		return nil
