@@ -198,6 +198,47 @@ func Build(ctx context.Context, o Options) ([]Image, error) {
 	return out, nil
 }
 
+// BuildProgram builds one image of Go main packages of the Ambit module
+// (the first is the entrypoint) with the same builder and base as
+// Components, named <o.Hub>/<imageName>:<o.Version>: for the lab's own
+// images (the real node's pause image, test workloads). Hub and Version
+// must be set.
+func BuildProgram(ctx context.Context, o Options, imageName string, c Component) (Image, error) {
+	if o.Go == "" {
+		o.Go = "go"
+	}
+	if o.Arch == "" {
+		o.Arch = runtime.GOARCH
+	}
+	if o.Hub == "" || o.Version == "" || imageName == "" || len(c.Packages) == 0 {
+		return Image{}, fmt.Errorf("build image %q: want a hub, a version, a name and packages", imageName)
+	}
+	istio, err := istioVersion(filepath.Join(o.Root, "api", "istio.go"))
+	if err != nil {
+		return Image{}, err
+	}
+	bin, err := os.MkdirTemp("", "ambit-images-bin-")
+	if err != nil {
+		return Image{}, fmt.Errorf("create binary dir: %w", err)
+	}
+	defer os.RemoveAll(bin)
+	if err := goBuild(ctx, o, bin, c.Packages); err != nil {
+		return Image{}, err
+	}
+	base, err := baseLayer(o.Epoch)
+	if err != nil {
+		return Image{}, err
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return Image{}, fmt.Errorf("create %s: %w", o.Out, err)
+	}
+	im, err := buildOne(o, c, imageName, istio, bin, base)
+	if err != nil {
+		return Image{}, fmt.Errorf("build image %s: %w", imageName, err)
+	}
+	return im, nil
+}
+
 // Chart is what the images take from the Helm chart.
 type Chart struct {
 	AppVersion string

@@ -295,3 +295,33 @@ func TestEpochFromEnv(t *testing.T) {
 		t.Errorf("yesterday: got %v, want an error naming SOURCE_DATE_EPOCH", err)
 	}
 }
+
+func TestBuildProgram(t *testing.T) {
+	root := filepath.Join("..", "..")
+	o := Options{Root: root, Out: t.TempDir(), Hub: "localhost:5000/ambit", Version: "lab"}
+	c := Component{Packages: []string{"./internal/lab/cmd/pause"}, User: "0:0", Description: "pause"}
+	im, err := BuildProgram(t.Context(), o, "pause", c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "localhost:5000/ambit/pause:lab"; im.Ref != want {
+		t.Errorf("ref: got %s, want %s", im.Ref, want)
+	}
+	if got, want := im.Config.Config.Entrypoint, []string{BinDir + "/pause"}; len(got) != 1 || got[0] != want[0] {
+		t.Errorf("entrypoint: got %v, want %v", got, want)
+	}
+	for _, bad := range []struct {
+		name string
+		o    Options
+		c    Component
+	}{
+		{"", o, c},
+		{"pause", Options{Root: root, Out: o.Out, Version: "lab"}, c},
+		{"pause", Options{Root: root, Out: o.Out, Hub: "h"}, c},
+		{"pause", o, Component{}},
+	} {
+		if _, err := BuildProgram(t.Context(), bad.o, bad.name, bad.c); err == nil {
+			t.Errorf("BuildProgram(%q, hub %q, version %q, %d packages): got no error, want one", bad.name, bad.o.Hub, bad.o.Version, len(bad.c.Packages))
+		}
+	}
+}

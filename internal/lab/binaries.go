@@ -20,7 +20,7 @@ import (
 const CoreDNSVersion = "v1.12.1"
 
 // kubeCommands are the Kubernetes programs built from internal/lab/kubebuild.
-var kubeCommands = []string{"kube-apiserver", "kube-controller-manager", "kube-proxy", "kubectl"}
+var kubeCommands = []string{"kube-apiserver", "kube-controller-manager", "kube-proxy", "kube-scheduler", "kubectl", "kubelet"}
 
 // Binaries are the programs the lab runs.
 type Binaries struct {
@@ -28,6 +28,14 @@ type Binaries struct {
 	KubeAPIServer         string
 	KubeControllerManager string
 	KubeProxy             string
+	// KubeScheduler and Kubelet run on labs with real nodes
+	// (Config.RealNodes).
+	KubeScheduler string
+	Kubelet       string
+	// RuncWrap is runc for containerd on real nodes (internal/lab/runcwrap)
+	// and Pause the program of their pause image (internal/lab/cmd/pause).
+	RuncWrap string
+	Pause    string
 	// Kubectl is for people using a running lab.
 	Kubectl string
 	CoreDNS string
@@ -138,6 +146,8 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	b.KubeControllerManager = filepath.Join(kubeDir, "kube-controller-manager")
 	b.KubeProxy = filepath.Join(kubeDir, "kube-proxy")
 	b.Kubectl = filepath.Join(kubeDir, "kubectl")
+	b.KubeScheduler = filepath.Join(kubeDir, "kube-scheduler")
+	b.Kubelet = filepath.Join(kubeDir, "kubelet")
 
 	if b.CoreDNS, err = ensureCoreDNS(ctx, opts, goVersion); err != nil {
 		return b, err
@@ -150,7 +160,9 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	b.CNIAgent = filepath.Join(binDir, "ambit-cni-agent")
 	b.Ztunnel = filepath.Join(binDir, "ztunnel")
 	b.Istiod = filepath.Join(binDir, "istiod")
-	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel", "./istiod/cmd/istiod"); err != nil {
+	b.RuncWrap = filepath.Join(binDir, "runcwrap")
+	b.Pause = filepath.Join(binDir, "pause")
+	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel", "./istiod/cmd/istiod", "./internal/lab/cmd/runcwrap", "./internal/lab/cmd/pause"); err != nil {
 		return b, err
 	}
 	return b, nil
@@ -180,13 +192,47 @@ func ensureKube(ctx context.Context, opts BuildOptions, goVersion string) (strin
 	for _, c := range kubeCommands {
 		pkgs = append(pkgs, "k8s.io/kubernetes/cmd/"+c)
 	}
+	src := filepath.Join(opts.Root, "internal", "lab", "kubebuild")
+	ldflags, err := kubeVersionFlags(filepath.Join(src, "go.mod"))
+	if err != nil {
+		return "", err
+	}
 	return ensureModuleBuild(ctx, opts, goVersion, moduleBuild{
 		what:  "kubernetes",
-		src:   filepath.Join(opts.Root, "internal", "lab", "kubebuild"),
+		src:   src,
 		cache: "kube",
 		names: kubeCommands,
 		pkgs:  pkgs,
+		flags: []string{"-ldflags=" + ldflags},
 	})
+}
+
+// kubeVersionFlags are the linker flags that stamp the Kubernetes version
+// the pinning module requires into the programs, as Kubernetes' own build
+// does (hack/lib/version.sh): without them the apiserver reports
+// v0.0.0-master and Helm refuses charts with a kubeVersion constraint.
+func kubeVersionFlags(goMod string) (string, error) {
+	data, err := os.ReadFile(goMod)
+	if err != nil {
+		return "", fmt.Errorf("read kubernetes version: %w", err)
+	}
+	var version string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require ")); len(f) >= 2 && f[0] == "k8s.io/kubernetes" {
+			version = f[1]
+			break
+		}
+	}
+	major, rest, _ := strings.Cut(strings.TrimPrefix(version, "v"), ".")
+	minor, _, _ := strings.Cut(rest, ".")
+	if version == "" || major == "" || minor == "" {
+		return "", fmt.Errorf("read kubernetes version: no k8s.io/kubernetes vX.Y.Z requirement in %s", goMod)
+	}
+	var flags []string
+	for _, pkg := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
+		flags = append(flags, "-X "+pkg+".gitVersion="+version, "-X "+pkg+".gitMajor="+major, "-X "+pkg+".gitMinor="+minor, "-X "+pkg+".gitTreeState=clean")
+	}
+	return strings.Join(flags, " "), nil
 }
 
 // moduleBuild is a set of programs built with `go build` in a pinning

@@ -34,6 +34,12 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The apiserver's client certificate towards kubelets (exec, logs,
+	// port-forward on real nodes).
+	kubeletClientCert, kubeletClientKey, err := p.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, nil, nil)
+	if err != nil {
+		return err
+	}
 	saPub, saKey, err := p.serviceAccountKey()
 	if err != nil {
 		return err
@@ -74,6 +80,9 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 		"--tls-cert-file", apiCert,
 		"--tls-private-key-file", apiKey,
 		"--client-ca-file", p.CAFile,
+		"--kubelet-client-certificate", kubeletClientCert,
+		"--kubelet-client-key", kubeletClientKey,
+		"--kubelet-preferred-address-types", "InternalIP,Hostname",
 		"--service-account-key-file", saPub,
 		"--service-account-signing-key-file", saKey,
 		"--service-account-issuer", issuer,

@@ -3,7 +3,7 @@
 # libbpf for the eBPF programs), idempotently: nothing is
 # downloaded when they are all there already.
 set -euo pipefail
-pkgs=(etcd-server containernetworking-plugins iproute2 iptables ipset conntrack tcpdump ca-certificates clang llvm libbpf-dev linux-libc-dev stunnel4 protobuf-compiler libprotobuf-dev)
+pkgs=(etcd-server containernetworking-plugins iproute2 iptables ipset conntrack tcpdump ca-certificates clang llvm libbpf-dev linux-libc-dev stunnel4 protobuf-compiler libprotobuf-dev containerd runc)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -78,6 +78,14 @@ type Config struct {
 	// directory when empty. It is removed by Close.
 	Dir string
 	Log *slog.Logger
+	// RealNodes makes every node a real one (realnode.go): a real kubelet
+	// with containerd and runc, in a mount namespace of its own, pulling
+	// from the lab's registry (RegistryAddr), which the caller serves; the
+	// control plane then runs kube-scheduler too. Images is not used.
+	RealNodes bool
+	// SandboxImage is containerd's pause image on real nodes; PauseImage
+	// when empty.
+	SandboxImage string
 }
 
 // EchoImage is the image name that runs the echo test workload, and
@@ -129,6 +137,8 @@ type Node struct {
 	// finds plugins in CNIBinDir first, then in the reference plugins' dir.
 	CNIConfDir string
 	CNIBinDir  string
+
+	real *realNode // a real node's kubelet and containerd, nil for the stand-in
 }
 
 // Start builds and starts a lab. On error, everything already started is
@@ -188,6 +198,11 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	}
 	if err := l.startControlPlane(ctx); err != nil {
 		return nil, err
+	}
+	if cfg.RealNodes {
+		if err := l.startScheduler(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := l.startDNS(ctx); err != nil {
 		return nil, err
@@ -417,6 +432,11 @@ func (l *Lab) close() error {
 				errs = append(errs, err)
 			}
 		}
+		if n.real != nil {
+			if err := n.real.close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	if l.cancel != nil {
 		l.cancel()
@@ -466,6 +486,13 @@ func (l *Lab) Logs(lines int) string {
 		if n.Kubelet != nil {
 			b.WriteString(n.Kubelet.logs(lines))
 		}
+		if n.real != nil {
+			for _, p := range []*process{n.real.containerd, n.real.kubelet} {
+				if p != nil {
+					fmt.Fprintf(&b, "==== %s (%s)\n%s\n", p.name, p.logPath, p.tail(lines))
+				}
+			}
+		}
 	}
 	return b.String()
 }
@@ -492,6 +519,7 @@ func CleanAll() error {
 	}
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "ambit-lab-*"))
 	for _, d := range dirs {
+		errs = append(errs, cleanRealNodes("", d))
 		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, err)
 		}
@@ -567,6 +595,7 @@ func CleanStale() error {
 		if pids, err := labProcesses(id); err == nil {
 			errs = append(errs, killAll(pids))
 		}
+		errs = append(errs, cleanRealNodes(id, d))
 		errs = append(errs, os.RemoveAll(d))
 	}
 	names, err := netns.List(NamePrefix)
@@ -620,10 +649,17 @@ func restConfig(path string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// Leftovers lists what of lab id is still there (namespaces, processes),
-// for tests to assert that Close removed everything.
-func Leftovers(id string) ([]string, error) {
+// Leftovers lists what of lab id is still there (namespaces, processes,
+// and of real nodes cgroups and mounts under the lab's directory dir, if
+// given), for tests to assert that Close removed everything.
+func Leftovers(id string, dir ...string) ([]string, error) {
 	var left []string
+	for _, d := range dir {
+		left = append(left, realLeftovers(id, d)...)
+	}
+	if len(dir) == 0 {
+		left = append(left, realLeftovers(id, "")...)
+	}
 	names, err := netns.List(NamePrefix + id + "-")
 	if err != nil {
 		return nil, err

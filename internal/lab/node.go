@@ -13,6 +13,9 @@ import (
 // its kubelet stand-in and kube-proxy.
 func (l *Lab) startNode(ctx, bgCtx context.Context, n *Node) error {
 	dir := filepath.Join(l.Dir, "nodes", n.Name)
+	if l.cfg.RealNodes {
+		return l.startRealNode(ctx, n, dir)
+	}
 	confDir := filepath.Join(dir, "cni", "net.d")
 	n.CNIConfDir, n.CNIBinDir = confDir, filepath.Join(dir, "cni", "bin")
 	for _, d := range []string{confDir, n.CNIBinDir} {
@@ -43,7 +46,12 @@ func (l *Lab) startNode(ctx, bgCtx context.Context, n *Node) error {
 		return err
 	}
 	n.Kubelet = k
+	return l.startKubeProxy(ctx, n, dir)
+}
 
+// startKubeProxy runs kube-proxy (iptables mode) in the node's network
+// namespace.
+func (l *Lab) startKubeProxy(ctx context.Context, n *Node, dir string) error {
 	cert, key, err := l.pki.issue("kube-proxy-"+n.Name, "system:kube-proxy", nil, nil, nil)
 	if err != nil {
 		return err

@@ -1,0 +1,293 @@
+package realnode
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	images "github.com/ambitmesh/ambit/deploy/images"
+	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/testutil"
+)
+
+// echoImage is the test workload's image as the pod names it: a registry
+// name that only the lab's mirror serves.
+const echoImage = "ambit.dev/echo:dev"
+
+// realLab is a lab with one real node and its registry serving the
+// pause image.
+type realLab struct {
+	*lab.Lab
+	bins lab.Binaries
+	root string
+	reg  *Registry
+}
+
+// startRealLab starts a lab with one real node and the lab registry, with
+// the pause image and the given programs (image name to Go package of the
+// Ambit module, as <hub>/<name>:<version> refs) pushed. It is torn down
+// after the test, which fails if anything is left behind.
+func startRealLab(t *testing.T) *realLab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	ctx := t.Context()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	bins, err := lab.EnsureBinaries(ctx, lab.BuildOptions{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := lab.FindRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := lab.Start(ctx, lab.Config{Nodes: 1, RealNodes: true, Binaries: bins, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	labDir := l.Dir
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("lab logs:\n%s", l.Logs(60))
+		}
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+		left, err := lab.Leftovers(l.ID, labDir)
+		if err != nil {
+			t.Errorf("check lab leftovers: %v", err)
+		}
+		if len(left) > 0 {
+			t.Errorf("after Close: got leftovers %v, want none", left)
+		}
+	})
+	reg, err := ServeRegistry(ctx, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	rl := &realLab{Lab: l, bins: bins, root: root, reg: reg}
+	rl.pushProgram(t, lab.PauseImage, "./internal/lab/cmd/pause", "0:0")
+	return rl
+}
+
+// pushProgram builds an image of a Go main package of the Ambit module
+// with deploy/images' builder and pushes it as ref (<hub>/<name>:<tag>;
+// the hub is any name of lab.MirroredRegistries).
+func (rl *realLab) pushProgram(t *testing.T, ref, pkg, user string) {
+	t.Helper()
+	colon, slash := strings.LastIndex(ref, ":"), strings.LastIndex(ref, "/")
+	if slash < 0 || colon < slash {
+		t.Fatalf("push %s: want <hub>/<name>:<tag>", ref)
+	}
+	hub, imageName, tag := ref[:slash], ref[slash+1:colon], ref[colon+1:]
+	im, err := images.BuildProgram(t.Context(), images.Options{Root: rl.root, Out: t.TempDir(), Hub: hub, Version: tag}, imageName,
+		images.Component{Packages: []string{pkg}, User: user, Description: "lab image " + imageName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im.Ref != ref {
+		t.Fatalf("built %s, want %s", im.Ref, ref)
+	}
+	rl.push(t, im.Layout, ref)
+}
+
+// push pushes an OCI layout as ref, whose registry name is dropped (every
+// mirrored name resolves to the lab registry).
+func (rl *realLab) push(t *testing.T, layout, ref string) {
+	t.Helper()
+	_, repoTag, ok := strings.Cut(ref, "/")
+	if !ok {
+		t.Fatalf("push %s: want <registry>/<repository>:<tag>", ref)
+	}
+	if err := rl.reg.Push(t.Context(), layout, repoTag); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRealNode starts the lab with one real node (kubelet, containerd,
+// runc), runs a pod from an image the lab's registry serves, execs into
+// it through the kubelet, deletes it, and checks that the lab leaves no
+// namespace, mount, process or cgroup behind.
+func TestRealNode(t *testing.T) {
+	l := startRealLab(t)
+	ctx := t.Context()
+	bins := l.bins
+	labDir := l.Dir
+	l.pushProgram(t, echoImage, "./samples/echo", fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID))
+
+	node := l.Nodes[0]
+	// The node's CNI directory is the node's own, not the host's.
+	if _, err := os.Stat(filepath.Join(node.CNIConfDir, "10-lab.conflist")); err != nil {
+		t.Fatalf("node conflist: %v", err)
+	}
+	if data, err := exec.Command("nsenter", "--mount="+node.MountNS(), "--", "ls", "/etc/cni/net.d").CombinedOutput(); err != nil || strings.TrimSpace(string(data)) != "10-lab.conflist" {
+		t.Errorf("/etc/cni/net.d in the node: got %q (%v), want 10-lab.conflist", data, err)
+	}
+
+	// The node has a bpffs of its own.
+	if data, err := exec.Command("nsenter", "--mount="+node.MountNS(), "--", "stat", "-fc", "%T", "/sys/fs/bpf").CombinedOutput(); err != nil || strings.TrimSpace(string(data)) != "bpf_fs" {
+		t.Errorf("/sys/fs/bpf in the node: got %q (%v), want a bpf_fs", data, err)
+	}
+
+	pods := l.Client.CoreV1().Pods("default")
+	if _, err := pods.Create(ctx, echoPod(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var ip string
+	if err := waitPod(ctx, l.Lab, "echo", 3*time.Minute, func(p *corev1.Pod) bool {
+		ip = p.Status.PodIP
+		return p.Spec.NodeName == node.Name && podReady(p)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !node.PodCIDR.Contains(mustAddr(t, ip)) {
+		t.Errorf("pod IP %s: want one in the node's pod CIDR %s", ip, node.PodCIDR)
+	}
+
+	// The container's log is in the node's podLogsDir.
+	if logs, _ := filepath.Glob(filepath.Join(labDir, "nodes", node.Name, "pods-logs", "default_echo_*", "echo", "0.log")); len(logs) != 1 {
+		t.Errorf("container logs in the node's /var/log/pods: got %v, want one 0.log", logs)
+	}
+
+	// exec through the apiserver and the real kubelet: the workload's own
+	// client asks its server on the pod's loopback.
+	cmd := exec.CommandContext(ctx, bins.Kubectl, "--kubeconfig", l.Kubeconfig, "exec", "-n", "default", "echo", "--",
+		"/usr/local/bin/echo", "http", "http://127.0.0.1:8080/exec")
+	data, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl exec: %v\n%s", err, data)
+	}
+	var rep struct {
+		Hostname string `json:"hostname"`
+		Path     string `json:"path"`
+	}
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatalf("kubectl exec output %q: %v", data, err)
+	}
+	if rep.Hostname != "echo" || rep.Path != "/exec" {
+		t.Errorf("kubectl exec: got hostname %q path %q, want echo and /exec", rep.Hostname, rep.Path)
+	}
+	// The pod answers on its IP from the node.
+	if body, err := lab.HTTPGet(ctx, node.NS, "http://"+ip+":8080/node"); err != nil || !strings.Contains(body, `"hostname":"echo"`) {
+		t.Errorf("GET the pod from its node: got %q, %v; want the echo pod's reply", body, err)
+	}
+
+	// Deleting the pod runs the sandbox teardown (CNI DEL) on the node.
+	if err := pods.Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.PollUntil(ctx, 2*time.Minute, func() bool {
+		_, err := pods.Get(ctx, "echo", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	}); err != nil {
+		t.Fatalf("wait for the pod to be gone: %v", err)
+	}
+	if ips, _ := filepath.Glob(filepath.Join(labDir, "nodes", node.Name, "ipam", "lab", "10.*")); len(ips) != 0 {
+		t.Errorf("after the pod is gone: got IP reservations %v, want none (CNI DEL)", ips)
+	}
+}
+
+// echoPod is the echo workload in the default namespace, Ready once it
+// answers HTTP (a probe the kubelet makes into the pod).
+func echoPod() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "default"},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{
+				Name:  "echo",
+				Image: echoImage,
+				Args:  []string{"serve"},
+				Env:   []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
+					HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8080)},
+				}, PeriodSeconds: 1},
+			}},
+		},
+	}
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// waitPod polls the pod until cond holds.
+func waitPod(ctx context.Context, l *lab.Lab, name string, timeout time.Duration, cond func(*corev1.Pod) bool) error {
+	var last *corev1.Pod
+	err := lab.PollUntil(ctx, timeout, func() bool {
+		p, err := l.Client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		last = p
+		return cond(p)
+	})
+	if err != nil {
+		st, _ := json.Marshal(last)
+		return fmt.Errorf("wait for pod %s: %w; last: %s", name, err, st)
+	}
+	return nil
+}
+
+func mustAddr(t *testing.T, s string) netip.Addr {
+	t.Helper()
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		t.Fatalf("parse pod IP %q: %v", s, err)
+	}
+	return a
+}
+
+// TestRealNodeCleanStale: a lab with a real node whose owner is gone (a
+// crashed test run) is removed by the next lab's CleanStale: its
+// containers, shims, containerd and kubelet, cgroups, mounts and
+// namespaces.
+func TestRealNodeCleanStale(t *testing.T) {
+	l := startRealLab(t)
+	ctx := t.Context()
+	l.pushProgram(t, echoImage, "./samples/echo", fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID))
+	if _, err := l.Client.CoreV1().Pods("default").Create(ctx, echoPod(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitPod(ctx, l.Lab, "echo", 2*time.Minute, podReady); err != nil {
+		t.Fatal(err)
+	}
+	// The owner is now a process that has exited.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(l.Dir, "owner"), []byte(fmt.Sprint(dead.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.CleanStale(); err != nil {
+		t.Fatalf("clean stale labs: %v", err)
+	}
+	left, err := lab.Leftovers(l.ID, l.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Errorf("after CleanStale: got leftovers %v, want none", left)
+	}
+	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
+		t.Errorf("lab dir after CleanStale: got %v, want it gone", err)
+	}
+}
