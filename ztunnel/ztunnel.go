@@ -204,6 +204,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		// descriptors the process may open.
 		MaxHandshakes:  handshakeBound(),
 		PreserveSource: cfg.PreserveSource,
+		Pool:           z.pool,
 	}
 	if cfg.Transparent {
 		// Workloads have addresses of their own, never the node's: the

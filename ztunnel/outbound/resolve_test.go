@@ -84,7 +84,7 @@ func TestResolve(t *testing.T) {
 				ns = "shop"
 			}
 			for range 20 { // the pick is random; the unhealthy one must never win
-				r, err := resolve(snap, ns, netip.MustParseAddrPort(tt.dst))
+				r, err := resolve(snap, &config.Workload{Namespace: ns}, netip.MustParseAddrPort(tt.dst))
 				if tt.wantErr != nil {
 					if !errors.Is(err, tt.wantErr) {
 						t.Fatalf("got %v, want %v", err, tt.wantErr)
