@@ -34,7 +34,7 @@ func waypointAddr() *config.GatewayAddress {
 }
 
 // waypointState is defaultState with the waypoint, changed by edit.
-func waypointState(ip func(byte) netip.Addr, edit func(st *config.State, wl map[string]*config.Workload, svc *config.Service)) config.State {
+func waypointState(ip func(byte) netip.Addr, edit func(wl map[string]*config.Workload, svc *config.Service)) config.State {
 	st := defaultState(ip)
 	st.Workloads = append(st.Workloads, &config.Workload{
 		UID: "shop/waypoint", Name: "waypoint", Namespace: "shop", ServiceAccount: "waypoint",
@@ -51,7 +51,7 @@ func waypointState(ip func(byte) netip.Addr, edit func(st *config.State, wl map[
 		wl[w.Name] = w
 	}
 	if edit != nil {
-		edit(&st, wl, st.Services[0])
+		edit(wl, st.Services[0])
 	}
 	return st
 }
@@ -118,7 +118,7 @@ func startStandIn(t *testing.T, m *mesh) *standIn {
 	return s
 }
 
-// expectConnects checks what the stand-in saw since the last check.
+// expect checks what the stand-in saw since the last check.
 func (s *standIn) expect(t *testing.T, want ...connect) {
 	t.Helper()
 	got := s.connects()
@@ -142,7 +142,7 @@ func TestWaypointSteering(t *testing.T) {
 		return waypointState(f, nil)
 	}})
 	wp := startStandIn(t, m)
-	set := func(t *testing.T, edit func(st *config.State, wl map[string]*config.Workload, svc *config.Service)) {
+	set := func(t *testing.T, edit func(wl map[string]*config.Workload, svc *config.Service)) {
 		t.Helper()
 		if err := m.store.Replace(waypointState(ip, edit)); err != nil {
 			t.Fatal(err)
@@ -153,7 +153,7 @@ func TestWaypointSteering(t *testing.T) {
 	client, server, vip := ip(1), netip.AddrPortFrom(ip(11), 8080), netip.AddrPortFrom(ip(20), 80)
 
 	t.Run("service addressed", func(t *testing.T) {
-		set(t, func(_ *config.State, _ map[string]*config.Workload, svc *config.Service) { svc.Waypoint = waypointAddr() })
+		set(t, func(_ map[string]*config.Workload, svc *config.Service) { svc.Waypoint = waypointAddr() })
 		c := m.outbound(t, client, vip)
 		expectEcho(t, c, server, "via the service's waypoint")
 		c.Close() // access-log lines are written when connections end
@@ -170,7 +170,7 @@ func TestWaypointSteering(t *testing.T) {
 	})
 
 	t.Run("pod addressed", func(t *testing.T) {
-		set(t, func(_ *config.State, wl map[string]*config.Workload, _ *config.Service) { wl["server"].Waypoint = waypointAddr() })
+		set(t, func(wl map[string]*config.Workload, _ *config.Service) { wl["server"].Waypoint = waypointAddr() })
 		expectEcho(t, m.outbound(t, client, server), server, "via the pod's waypoint")
 		wp.expect(t, connect{server, clientID})
 	})
@@ -178,13 +178,13 @@ func TestWaypointSteering(t *testing.T) {
 	t.Run("service account: through a service without a waypoint", func(t *testing.T) {
 		// The waypoint binds the endpoint (istio.io/use-waypoint on its
 		// service account), not the Service.
-		set(t, func(_ *config.State, wl map[string]*config.Workload, _ *config.Service) { wl["server"].Waypoint = waypointAddr() })
+		set(t, func(wl map[string]*config.Workload, _ *config.Service) { wl["server"].Waypoint = waypointAddr() })
 		expectEcho(t, m.outbound(t, client, vip), server, "via the endpoint's waypoint")
 		wp.expect(t, connect{vip, clientID})
 	})
 
 	t.Run("bypass refused", func(t *testing.T) {
-		set(t, func(_ *config.State, wl map[string]*config.Workload, _ *config.Service) { wl["server"].Waypoint = waypointAddr() })
+		set(t, func(wl map[string]*config.Workload, _ *config.Service) { wl["server"].Waypoint = waypointAddr() })
 		// A client that tunnels to the server's ztunnel directly.
 		cc := m.hboneTo(t, 11, "server")
 		_, err := cc.Connect(context.Background(), server, nil)
@@ -205,21 +205,21 @@ func TestWaypointSteering(t *testing.T) {
 	t.Run("fail closed", func(t *testing.T) {
 		tests := []struct {
 			name string
-			edit func(st *config.State, wl map[string]*config.Workload, svc *config.Service)
+			edit func(wl map[string]*config.Workload, svc *config.Service)
 			dst  netip.AddrPort
 			want error
 		}{
-			{"service bound to a waypoint not in the config", func(_ *config.State, _ map[string]*config.Workload, svc *config.Service) {
+			{"service bound to a waypoint not in the config", func(_ map[string]*config.Workload, svc *config.Service) {
 				svc.Waypoint = &config.GatewayAddress{Hostname: "gone.shop.svc.cluster.local", Namespace: "shop"}
 			}, vip, config.ErrWaypointMissing},
-			{"service bound to a waypoint without a healthy endpoint", func(_ *config.State, wl map[string]*config.Workload, svc *config.Service) {
+			{"service bound to a waypoint without a healthy endpoint", func(wl map[string]*config.Workload, svc *config.Service) {
 				svc.Waypoint = waypointAddr()
 				wl["waypoint"].Status = config.Unhealthy
 			}, vip, config.ErrWaypointNoEndpoint},
-			{"pod bound to a waypoint address with nothing there", func(_ *config.State, wl map[string]*config.Workload, _ *config.Service) {
+			{"pod bound to a waypoint address with nothing there", func(wl map[string]*config.Workload, _ *config.Service) {
 				wl["server"].Waypoint = &config.GatewayAddress{Address: &config.NetworkAddress{Address: ip(99)}}
 			}, server, config.ErrWaypointMissing},
-			{"endpoint's waypoint without a healthy endpoint", func(_ *config.State, wl map[string]*config.Workload, _ *config.Service) {
+			{"endpoint's waypoint without a healthy endpoint", func(wl map[string]*config.Workload, _ *config.Service) {
 				wl["server"].Waypoint = waypointAddr()
 				wl["waypoint"].Status = config.Unhealthy
 			}, vip, config.ErrWaypointNoEndpoint},
@@ -235,7 +235,7 @@ func TestWaypointSteering(t *testing.T) {
 		}
 		// The server's ztunnel refuses every tunnel to a workload whose
 		// waypoint it cannot find, and plaintext too.
-		set(t, func(_ *config.State, wl map[string]*config.Workload, _ *config.Service) {
+		set(t, func(wl map[string]*config.Workload, _ *config.Service) {
 			wl["server"].Waypoint = &config.GatewayAddress{Hostname: "gone.shop.svc.cluster.local", Namespace: "shop"}
 		})
 		cc := m.hboneTo(t, 11, "server")
