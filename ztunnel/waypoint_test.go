@@ -184,7 +184,15 @@ func TestWaypointSteering(t *testing.T) {
 	})
 
 	t.Run("bypass refused", func(t *testing.T) {
+		set(t, nil)
+		open := m.outbound(t, client, server)
+		expectEcho(t, open, server, "before the binding")
 		set(t, func(wl map[string]*config.Workload, _ *config.Service) { wl["server"].Waypoint = waypointAddr() })
+		// A tunnel opened straight to the server before it was bound is
+		// closed by the binding, as by a policy change.
+		if _, err := roundTrip(open, "after the binding"); err == nil {
+			t.Error("direct tunnel opened before the binding: still open after it, want it closed")
+		}
 		// A client that tunnels to the server's ztunnel directly.
 		cc := m.hboneTo(t, 11, "server")
 		_, err := cc.Connect(context.Background(), server, nil)

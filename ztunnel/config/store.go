@@ -251,7 +251,7 @@ func (s *Snapshot) ServiceByKey(key string) *Service { return s.byKey[key] }
 // is refused, never sent around it.
 var (
 	ErrWaypointMissing    = errors.New("waypoint not in the config")
-	ErrWaypointNoEndpoint = errors.New("waypoint has no healthy endpoint over HBONE")
+	ErrWaypointNoEndpoint = errors.New("waypoint has no healthy endpoint")
 )
 
 // WaypointMembers are the workloads that make up waypoint g, whatever
@@ -279,7 +279,9 @@ func (s *Snapshot) WaypointMembers(g *GatewayAddress) []*Workload {
 }
 
 // Waypoint is the workloads that can carry a connection to waypoint g
-// now: its members that are healthy and take HBONE. The error
+// now: its healthy members. Their tunnel protocol does not matter: a
+// waypoint takes HBONE itself, on g's port, whatever istiod says of its
+// pods (which ztunnel does not capture). The error
 // (ErrWaypointMissing, ErrWaypointNoEndpoint) names the waypoint.
 func (s *Snapshot) Waypoint(g *GatewayAddress) ([]*Workload, error) {
 	members := s.WaypointMembers(g)
@@ -296,7 +298,7 @@ func (s *Snapshot) Waypoint(g *GatewayAddress) ([]*Workload, error) {
 	}
 	var out []*Workload
 	for _, w := range members {
-		if w.Healthy() && w.HBONE() && len(w.Addresses) > 0 {
+		if w.Healthy() && len(w.Addresses) > 0 {
 			out = append(out, w)
 		}
 	}
