@@ -165,6 +165,31 @@ func TestWaypointSteering(t *testing.T) {
 		m.a.log.waitFor(t, `"direction":"outbound"`, `"src.workload":"client"`, `"dst.addr":"`+vip.String()+`"`,
 			`"dst.hbone_addr":"`+netip.AddrPortFrom(ip(50), waypointPort).String()+`"`, `"dst.workload":"waypoint"`,
 			`"dst.service":"server.shop.svc.cluster.local"`, `"waypoint":"shop/`+waypointHost+`"`)
+		// Its metrics: the waypoint's workload as the destination, the
+		// service addressed as the destination service.
+		mfs, err := m.a.z.Metrics().Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, mf := range mfs {
+			if mf.GetName() != "istio_tcp_connections_opened_total" {
+				continue
+			}
+			for _, mt := range mf.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range mt.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				if labels["reporter"] == "source" && labels["source_workload"] == "client" && labels["destination_workload"] == "waypoint" &&
+					labels["destination_service"] == "server.shop.svc.cluster.local" && labels["destination_principal"] == waypointID.String() {
+					found = true
+				}
+			}
+		}
+		if !found {
+			t.Error("node A istio_tcp_connections_opened_total: no series from client to the waypoint for the service")
+		}
 		// The server's ztunnel sees the waypoint as its peer.
 		m.b.log.waitFor(t, `"direction":"inbound"`, `"src.identity":"`+waypointID.String()+`"`, `"dst.workload":"server"`)
 	})
