@@ -212,11 +212,17 @@ func TestWaypointSteering(t *testing.T) {
 		set(t, nil)
 		open := m.outbound(t, client, server)
 		expectEcho(t, open, server, "before the binding")
+		plain := m.dial(t, ip(30), netip.AddrPortFrom(ip(11), 15006), server)
+		expectEcho(t, plain, server, "plaintext before the binding")
 		set(t, func(wl map[string]*config.Workload, _ *config.Service) { wl["server"].Waypoint = waypointAddr() })
-		// A tunnel opened straight to the server before it was bound is
-		// closed by the binding, as by a policy change.
+		// A tunnel, and plaintext, that reached the server directly
+		// before it was bound are closed by the binding, as by a policy
+		// change.
 		if _, err := roundTrip(open, "after the binding"); err == nil {
 			t.Error("direct tunnel opened before the binding: still open after it, want it closed")
+		}
+		if _, err := roundTrip(plain, "after the binding"); err == nil {
+			t.Error("direct plaintext opened before the binding: still open after it, want it closed")
 		}
 		// A client that tunnels to the server's ztunnel directly.
 		cc := m.hboneTo(t, 11, "server")

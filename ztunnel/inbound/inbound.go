@@ -94,12 +94,30 @@ var (
 // tracked is an open proxied connection, kept so that a policy change or
 // a shutdown can close it.
 type tracked struct {
-	conn      authz.Conn
-	local     netip.AddrPort
-	client    net.Conn
-	upstream  net.Conn
-	closeOnce sync.Once
-	reason    error
+	conn     authz.Conn
+	local    netip.AddrPort
+	client   net.Conn
+	upstream net.Conn
+	// viaWaypoint: a plaintext connection sent through the destination's
+	// waypoint rather than to it directly.
+	viaWaypoint bool
+	closeOnce   sync.Once
+	reason      error
+}
+
+// recheck authorizes t again against snap: as a new connection would be,
+// and, for plaintext that went to its destination directly, refused once
+// the destination is bound to a waypoint (the bypass a new connection
+// would not get).
+func (in *Inbound) recheck(snap *config.Snapshot, t *tracked) error {
+	w, err := in.authorize(snap, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination)
+	if err != nil {
+		return err
+	}
+	if t.conn.Source.IsZero() && !t.viaWaypoint && w.Waypoint != nil {
+		return fmt.Errorf("%w: %w: plaintext sent to it directly", hbone.ErrDenied, ErrNotFromWaypoint)
+	}
+	return nil
 }
 
 func (t *tracked) close(reason error) {
@@ -309,7 +327,7 @@ func (in *Inbound) admit(snap *config.Snapshot, t *tracked) error {
 		return errShuttingDown
 	}
 	if now := in.Store.Snapshot(); now != snap {
-		if _, err := in.authorize(now, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
+		if err := in.recheck(now, t); err != nil {
 			in.conns.Remove(t)
 			return fmt.Errorf("%w: %w", ErrPolicyChanged, err)
 		}
@@ -340,7 +358,7 @@ func (in *Inbound) Reevaluate(snap *config.Snapshot) int {
 	in.init()
 	var deny []*tracked
 	for _, t := range in.conns.Items() {
-		if _, err := in.authorize(snap, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
+		if err := in.recheck(snap, t); err != nil {
 			deny = append(deny, t)
 		}
 	}
@@ -409,7 +427,7 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 		fail(err)
 		return
 	}
-	t := &tracked{conn: authz.Conn{SourceIP: src.Addr(), Destination: target}, local: local, client: c, upstream: up}
+	t := &tracked{conn: authz.Conn{SourceIP: src.Addr(), Destination: target}, local: local, client: c, upstream: up, viaWaypoint: w.Waypoint != nil}
 	if err := in.admit(snap, t); err != nil {
 		up.Close()
 		fail(err)
