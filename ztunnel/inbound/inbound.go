@@ -198,7 +198,9 @@ func fromWaypoint(snap *config.Snapshot, w *config.Workload, src identity.Identi
 	}
 	members := snap.WaypointMembers(g)
 	if len(members) == 0 {
-		return fmt.Errorf("%w: waypoint %s: %w", ErrWaypointUnavailable, g, config.ErrWaypointMissing)
+		// Not in the config, or nothing behind it: say which.
+		_, err := snap.Waypoint(g)
+		return fmt.Errorf("%w: %w", ErrWaypointUnavailable, err)
 	}
 	for _, m := range members {
 		if m.Identity() == src {
