@@ -204,6 +204,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		// descriptors the process may open.
 		MaxHandshakes:  handshakeBound(),
 		PreserveSource: cfg.PreserveSource,
+		Pool:           z.pool,
 	}
 	if cfg.Transparent {
 		// Workloads have addresses of their own, never the node's: the
@@ -245,8 +246,10 @@ func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientCon
 	}
 	sameNode := false
 	if z.cfg.Transparent {
+		// Only a workload this tunnel serves has a listener here to
+		// deliver to; a waypoint's pod on this node speaks HBONE itself.
 		w := z.cfg.Store.Snapshot().WorkloadByAddr(key.Addr.Addr())
-		sameNode = w != nil && w.Node == z.cfg.Node
+		sameNode = w != nil && w.ServedOn(z.cfg.Node)
 	}
 	if z.cfg.Transparent && z.cfg.PodPathMark != 0 && key.SourceAddr.IsValid() && !sameNode {
 		// The pod's own path out of the node, from its address.

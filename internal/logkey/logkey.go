@@ -18,6 +18,7 @@ const (
 	DestinationWorkload = "dst.workload"
 	DestinationService  = "dst.service"
 	DestinationIdentity = "dst.identity"
+	Waypoint            = "waypoint"
 	BytesSent           = "bytes_sent"
 	BytesReceived       = "bytes_recv"
 	Duration            = "duration"

@@ -30,6 +30,8 @@ type Entry struct {
 	DestinationWorkload string
 	DestinationService  string
 	DestinationIdentity string
+	// Waypoint names the waypoint the connection went through.
+	Waypoint string
 	// Received is the bytes from the client, Sent the bytes to it.
 	Received, Sent int64
 	Duration       time.Duration
@@ -55,6 +57,7 @@ func (e Entry) Log(l *slog.Logger) {
 	add(logkey.DestinationWorkload, e.DestinationWorkload)
 	add(logkey.DestinationService, e.DestinationService)
 	add(logkey.DestinationIdentity, e.DestinationIdentity)
+	add(logkey.Waypoint, e.Waypoint)
 	attrs = append(attrs,
 		slog.Int64(logkey.BytesSent, e.Sent),
 		slog.Int64(logkey.BytesReceived, e.Received),

@@ -52,6 +52,10 @@ type Conn struct {
 	// Tunnel is the peer's HBONE address an outbound connection goes
 	// through; unset for one sent as it is.
 	Tunnel netip.AddrPort
+	// Waypoint names the waypoint an outbound connection was sent
+	// through (or bound to, when refused); Destination is then the
+	// waypoint's workload.
+	Waypoint string
 	// Start is when the connection arrived; Open sets it if unset.
 	Start time.Time
 }
@@ -97,6 +101,7 @@ func (c *Conn) Entry() Entry {
 		SourceIdentity:      principal(c.Source.Identity),
 		DestinationAddr:     c.Destination.Addr,
 		DestinationHBONE:    c.Tunnel,
+		Waypoint:            c.Waypoint,
 		DestinationIdentity: principal(c.Destination.Identity),
 	}
 	if !c.Start.IsZero() {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -69,6 +70,11 @@ func TestParseStateRefusals(t *testing.T) {
 		{"action", "policies: [{name: p, namespace: ns, scope: GLOBAL, action: AUDIT}]", "action"},
 		{"scope", "policies: [{name: p, namespace: ns, scope: CLUSTER, action: ALLOW}]", "scope"},
 		{"string match", "policies: [{name: p, namespace: ns, scope: GLOBAL, action: ALLOW, rules: [{clauses: [{matches: [{principals: [{}]}]}]}]}]", "want 1"},
+		{"waypoint with hostname and address", "services: [{name: s, namespace: ns, hostname: s.ns, addresses: [], ports: [], waypoint: {hostname: w.ns, namespace: ns, address: {address: 10.0.0.5}}}]", "exactly one of hostname and address"},
+		{"waypoint with neither", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1], waypoint: {hbonePort: 15008}}]", "exactly one of hostname and address"},
+		{"waypoint hostname without namespace", "workloads: [{uid: a, name: a, namespace: ns, addresses: [10.0.0.1], waypoint: {hostname: w.ns}}]", "want the namespace"},
+		{"waypoint range", "services: [{name: s, namespace: ns, hostname: s.ns, addresses: [], ports: [], waypoint: {address: {address: 10.0.0.0, length: 8}}}]", "want one IP address"},
+		{"waypoint port", "services: [{name: s, namespace: ns, hostname: s.ns, addresses: [], ports: [], waypoint: {hostname: w.ns, namespace: ns, hbonePort: 70000}}]", "hbonePort 70000"},
 		{"not yaml", "workloads: [", "parse config"},
 	}
 	for _, tt := range tests {
@@ -150,5 +156,70 @@ func TestServiceRanges(t *testing.T) {
 		if got != want {
 			t.Errorf("ServiceByAddr(%s): got %q, want %q", addr, got, want)
 		}
+	}
+}
+
+func TestWaypoint(t *testing.T) {
+	st, err := ParseState([]byte(`workloads:
+- {uid: wp1, name: wp1, namespace: ns, serviceAccount: waypoint, addresses: [10.0.0.5], tunnelProtocol: HBONE, services: {ns/waypoint.ns: {ports: []}}}
+- {uid: wp2, name: wp2, namespace: ns, serviceAccount: waypoint, addresses: [10.0.0.6], tunnelProtocol: HBONE, status: UNHEALTHY, services: {ns/waypoint.ns: {ports: []}}}
+- {uid: plain, name: plain, namespace: ns, addresses: [10.0.0.7], services: {ns/plain.ns: {ports: []}}}
+- {uid: app, name: app, namespace: ns, addresses: [10.0.0.8], tunnelProtocol: HBONE, waypoint: {hostname: waypoint.ns, namespace: ns}}
+services:
+- {name: waypoint, namespace: ns, hostname: waypoint.ns, addresses: [{address: 10.96.0.5}], ports: [{servicePort: 15008}]}
+- {name: plain, namespace: ns, hostname: plain.ns, addresses: [], ports: []}
+- {name: app, namespace: ns, hostname: app.ns, addresses: [{address: 10.96.0.8}], ports: [{servicePort: 80}], waypoint: {address: {address: 10.96.0.5}, hbonePort: 15009}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := newSnapshot(st, 1)
+	app := snap.WorkloadByUID("app")
+	svc := snap.ServiceByAddr(netip.MustParseAddr("10.96.0.8"))
+	if app.Waypoint == nil || svc.Waypoint == nil {
+		t.Fatalf("waypoints: got workload %v, service %v, want both", app.Waypoint, svc.Waypoint)
+	}
+	if got := []uint16{app.Waypoint.Port(), svc.Waypoint.Port()}; got[0] != 15008 || got[1] != 15009 {
+		t.Errorf("Port(): got %v, want [15008 15009]", got)
+	}
+	addr := func(a string) *NetworkAddress { return &NetworkAddress{Address: netip.MustParseAddr(a)} }
+	tests := []struct {
+		name    string
+		g       *GatewayAddress
+		want    []string // uids that can carry a connection
+		members int
+		err     error
+	}{
+		{"by hostname", app.Waypoint, []string{"wp1"}, 2, nil},
+		{"by service address", svc.Waypoint, []string{"wp1"}, 2, nil},
+		{"by workload address", &GatewayAddress{Address: addr("10.0.0.5")}, []string{"wp1"}, 1, nil},
+		{"unhealthy workload", &GatewayAddress{Address: addr("10.0.0.6")}, nil, 1, ErrWaypointNoEndpoint},
+		// A waypoint's pods are not captured; istiod may send them so.
+		{"workload outside the mesh", &GatewayAddress{Hostname: "plain.ns", Namespace: "ns"}, []string{"plain"}, 1, nil},
+		{"service without endpoints", &GatewayAddress{Address: addr("10.96.0.8")}, nil, 0, ErrWaypointNoEndpoint},
+		{"hostname not in the config", &GatewayAddress{Hostname: "gone.ns", Namespace: "ns"}, nil, 0, ErrWaypointMissing},
+		{"hostname in another namespace", &GatewayAddress{Hostname: "waypoint.ns", Namespace: "other"}, nil, 0, ErrWaypointMissing},
+		{"address not in the config", &GatewayAddress{Address: addr("10.0.0.99")}, nil, 0, ErrWaypointMissing},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := snap.Waypoint(tt.g)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("Waypoint: got error %v, want %v", err, tt.err)
+			}
+			var uids []string
+			for _, w := range got {
+				uids = append(uids, w.UID)
+			}
+			if diff := cmp.Diff(tt.want, uids); diff != "" {
+				t.Errorf("Waypoint (-want +got):\n%s", diff)
+			}
+			if got := len(snap.WaypointMembers(tt.g)); got != tt.members {
+				t.Errorf("WaypointMembers: got %d, want %d", got, tt.members)
+			}
+		})
+	}
+	if !snap.IsWaypointMember(app.Waypoint, snap.WorkloadByUID("wp2")) || snap.IsWaypointMember(app.Waypoint, app) {
+		t.Error("IsWaypointMember: got wrong answers for wp2 (a member) and app (not one)")
 	}
 }

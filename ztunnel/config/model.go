@@ -8,6 +8,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 
@@ -79,6 +80,12 @@ type Workload struct {
 	AuthorizationPolicies []string       `json:"authorizationPolicies,omitempty"`
 	Status                WorkloadStatus `json:"status,omitempty"`
 	NetworkMode           NetworkMode    `json:"networkMode,omitempty"`
+	// Waypoint, when set, is the waypoint that traffic addressed to this
+	// workload goes through: istiod sets it for a waypoint bound with
+	// istio.io/waypoint-for workload or all. Connections to the
+	// workload's address go to the waypoint, and the workload's tunnel
+	// accepts HBONE only from the waypoint.
+	Waypoint *GatewayAddress `json:"waypoint,omitempty"`
 }
 
 // Identity is the workload's SPIFFE identity.
@@ -193,6 +200,60 @@ type Service struct {
 	// Visibility limits which clients reach the service through its
 	// addresses; to other clients they are not the service's.
 	Visibility Visibility `json:"visibility,omitempty"`
+	// Waypoint, when set, is the waypoint that connections to the
+	// service's addresses go through.
+	Waypoint *GatewayAddress `json:"waypoint,omitempty"`
+}
+
+// DefaultWaypointPort is the waypoint's HBONE port when a GatewayAddress
+// names none.
+const DefaultWaypointPort = 15008
+
+// GatewayAddress locates a waypoint (istio.workload.GatewayAddress): by
+// the hostname of its Service, or by an address, which is a Service's
+// virtual address or a workload's. Exactly one of Hostname and Address is
+// set. The waypoint's identity is that of the workload picked to carry
+// the connection.
+type GatewayAddress struct {
+	// Hostname and Namespace name the waypoint's Service.
+	Hostname  string `json:"hostname,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	// Address is a Service's virtual address or a workload's address.
+	Address *NetworkAddress `json:"address,omitempty"`
+	// HBONEPort is the port the waypoint takes HBONE on; 0 means 15008.
+	HBONEPort uint32 `json:"hbonePort,omitempty"`
+}
+
+// String names the waypoint for logs: "namespace/hostname" or the
+// address.
+func (g *GatewayAddress) String() string {
+	if g.Address != nil {
+		return g.Address.Address.String()
+	}
+	return g.Namespace + "/" + g.Hostname
+}
+
+// Port is the waypoint's HBONE port.
+func (g *GatewayAddress) Port() uint16 {
+	if g.HBONEPort == 0 {
+		return DefaultWaypointPort
+	}
+	return uint16(g.HBONEPort)
+}
+
+// validate checks g, the waypoint of what name names.
+func (g *GatewayAddress) validate(name string) error {
+	switch {
+	case (g.Hostname != "") == (g.Address != nil):
+		return fmt.Errorf("%s: waypoint: want exactly one of hostname and address", name)
+	case g.Hostname != "" && g.Namespace == "":
+		return fmt.Errorf("%s: waypoint %s: want the namespace of its hostname", name, g.Hostname)
+	case g.Address != nil && (!g.Address.Address.IsValid() || g.Address.IsRange()):
+		return fmt.Errorf("%s: waypoint: address %v, want one IP address", name, g.Address.Address)
+	case g.HBONEPort > 65535:
+		return fmt.Errorf("%s: waypoint %s: hbonePort %d, want 1 to 65535", name, g, g.HBONEPort)
+	}
+	return nil
 }
 
 // Telemetry is what telemetry says about the service.

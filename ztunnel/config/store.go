@@ -63,6 +63,11 @@ func (s *State) Validate() error {
 		if err := w.Identity().Validate(); err != nil && w.Namespace != "" {
 			errs = append(errs, fmt.Errorf("%s: identity: %w", name, err))
 		}
+		if w.Waypoint != nil {
+			if err := w.Waypoint.validate(name); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	vips := map[netip.Addr]string{}
 	for i, svc := range s.Services {
@@ -78,6 +83,11 @@ func (s *State) Validate() error {
 		case "", VisibilityPublic, VisibilityNamespace:
 		default:
 			errs = append(errs, fmt.Errorf("%s: visibility %q, want PUBLIC or NAMESPACE", name, svc.Visibility))
+		}
+		if svc.Waypoint != nil {
+			if err := svc.Waypoint.validate(name); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		for _, a := range svc.Addresses {
 			if !a.Address.IsValid() {
@@ -151,6 +161,7 @@ type Snapshot struct {
 	byAddr    map[netip.Addr]*Workload
 	byUID     map[string]*Workload
 	byVIP     map[netip.Addr]*Service
+	byKey     map[string]*Service
 	endpoints map[string][]*Workload // service key -> workloads
 	policies  map[string]*Authorization
 }
@@ -189,6 +200,7 @@ func newSnapshot(s State, version uint64) *Snapshot {
 		byAddr:    map[netip.Addr]*Workload{},
 		byUID:     map[string]*Workload{},
 		byVIP:     map[netip.Addr]*Service{},
+		byKey:     map[string]*Service{},
 		endpoints: map[string][]*Workload{},
 		policies:  map[string]*Authorization{},
 	}
@@ -210,6 +222,7 @@ func newSnapshot(s State, version uint64) *Snapshot {
 	// whose traffic goes to the original destination anyway, and STATIC,
 	// whose endpoints ztunnel does not pick for a range yet.
 	for _, svc := range s.Services {
+		snap.byKey[svc.Key()] = svc
 		for _, a := range svc.Addresses {
 			if !a.IsRange() {
 				snap.byVIP[a.Address.Unmap()] = svc
@@ -230,6 +243,76 @@ func (s *Snapshot) WorkloadByUID(uid string) *Workload { return s.byUID[uid] }
 
 // ServiceByAddr is the service with virtual address a, or nil.
 func (s *Snapshot) ServiceByAddr(a netip.Addr) *Service { return s.byVIP[a.Unmap()] }
+
+// ServiceByKey is the service "<namespace>/<hostname>", or nil.
+func (s *Snapshot) ServiceByKey(key string) *Service { return s.byKey[key] }
+
+// Errors a waypoint binding resolves to; traffic bound to such a waypoint
+// is refused, never sent around it.
+var (
+	ErrWaypointMissing    = errors.New("waypoint not in the config")
+	ErrWaypointNoEndpoint = errors.New("waypoint has no healthy endpoint")
+)
+
+// WaypointMembers are the workloads that make up waypoint g, whatever
+// their health: the endpoints of the Service it names (by hostname or
+// virtual address), or the workload at its address. None when g names
+// nothing in the config.
+func (s *Snapshot) WaypointMembers(g *GatewayAddress) []*Workload {
+	var svc *Service
+	switch {
+	case g.Address != nil:
+		svc = s.ServiceByAddr(g.Address.Address)
+		if svc == nil {
+			if w := s.WorkloadByAddr(g.Address.Address); w != nil {
+				return []*Workload{w}
+			}
+			return nil
+		}
+	default:
+		svc = s.byKey[g.Namespace+"/"+g.Hostname]
+	}
+	if svc == nil {
+		return nil
+	}
+	return s.Endpoints(svc)
+}
+
+// Waypoint is the workloads that can carry a connection to waypoint g
+// now: its healthy members. Their tunnel protocol does not matter: a
+// waypoint takes HBONE itself, on g's port, whatever istiod says of its
+// pods (which ztunnel does not capture). The error
+// (ErrWaypointMissing, ErrWaypointNoEndpoint) names the waypoint.
+func (s *Snapshot) Waypoint(g *GatewayAddress) ([]*Workload, error) {
+	members := s.WaypointMembers(g)
+	if len(members) == 0 {
+		found := false
+		if g.Address != nil {
+			found = s.ServiceByAddr(g.Address.Address) != nil
+		} else {
+			found = s.byKey[g.Namespace+"/"+g.Hostname] != nil
+		}
+		if !found {
+			return nil, fmt.Errorf("waypoint %s: %w", g, ErrWaypointMissing)
+		}
+	}
+	var out []*Workload
+	for _, w := range members {
+		if w.Healthy() && len(w.Addresses) > 0 {
+			out = append(out, w)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("waypoint %s: %w", g, ErrWaypointNoEndpoint)
+	}
+	return out, nil
+}
+
+// IsWaypointMember reports whether w is one of the workloads of
+// waypoint g: its own connections are not sent back to it.
+func (s *Snapshot) IsWaypointMember(g *GatewayAddress, w *Workload) bool {
+	return slices.Contains(s.WaypointMembers(g), w)
+}
 
 // Endpoints are the workloads selected by svc.
 func (s *Snapshot) Endpoints(svc *Service) []*Workload { return s.endpoints[svc.Key()] }

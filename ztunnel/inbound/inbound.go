@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/hbone/pool"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/origdst"
@@ -63,6 +65,9 @@ type Inbound struct {
 	// source tunnel names in Forwarded when it belongs to a workload with
 	// the identity the peer proved. Ignored when Dialer is set.
 	PreserveSource bool
+	// Pool carries plaintext connections to a workload bound to a
+	// waypoint through that waypoint, over HBONE.
+	Pool *pool.Pool
 	// Dialer connects to local workloads; nil means a net.Dialer.
 	Dialer interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
@@ -78,15 +83,41 @@ type Inbound struct {
 // that is not a workload on this node.
 var ErrUnknownDestination = errors.New("destination is not a workload on this node")
 
+// Waypoint refusals: a workload bound to a waypoint (for workload or
+// all traffic) takes HBONE only from that waypoint, and none at all when
+// the waypoint cannot be found.
+var (
+	ErrNotFromWaypoint     = errors.New("destination is bound to a waypoint and takes tunnels only from it")
+	ErrWaypointUnavailable = errors.New("destination is bound to a waypoint that cannot be reached; not bypassing it")
+)
+
 // tracked is an open proxied connection, kept so that a policy change or
 // a shutdown can close it.
 type tracked struct {
-	conn      authz.Conn
-	local     netip.AddrPort
-	client    net.Conn
-	upstream  net.Conn
-	closeOnce sync.Once
-	reason    error
+	conn     authz.Conn
+	local    netip.AddrPort
+	client   net.Conn
+	upstream net.Conn
+	// viaWaypoint: a plaintext connection sent through the destination's
+	// waypoint rather than to it directly.
+	viaWaypoint bool
+	closeOnce   sync.Once
+	reason      error
+}
+
+// recheck authorizes t again against snap: as a new connection would be,
+// and, for plaintext that went to its destination directly, refused once
+// the destination is bound to a waypoint (the bypass a new connection
+// would not get).
+func (in *Inbound) recheck(snap *config.Snapshot, t *tracked) error {
+	w, err := in.authorize(snap, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination)
+	if err != nil {
+		return err
+	}
+	if t.conn.Source.IsZero() && !t.viaWaypoint && w.Waypoint != nil {
+		return fmt.Errorf("%w: %w: plaintext sent to it directly", hbone.ErrDenied, ErrNotFromWaypoint)
+	}
+	return nil
 }
 
 func (t *tracked) close(reason error) {
@@ -145,11 +176,38 @@ func (in *Inbound) authorize(snap *config.Snapshot, src identity.Identity, srcIP
 	if lw := snap.WorkloadByAddr(local.Addr()); lw != w {
 		return nil, fmt.Errorf("%w: %w: %s reached through the tunnel of %s", hbone.ErrDenied, ErrUnknownDestination, target, tunnelOf(lw, local))
 	}
+	if err := fromWaypoint(snap, w, src); err != nil {
+		return w, fmt.Errorf("%w: %w", hbone.ErrDenied, err)
+	}
 	c := authz.Conn{Source: src, SourceIP: srcIP, Destination: target}
 	if err := authz.Evaluate(snap.PoliciesFor(w), c); err != nil {
 		return w, fmt.Errorf("%w: %w", hbone.ErrDenied, err)
 	}
 	return w, nil
+}
+
+// fromWaypoint checks that a tunnel from peer src to w, when w is bound
+// to a waypoint, comes from that waypoint: src (proven by mutual TLS) is
+// the identity of one of its workloads. Stricter than Istio, which lets
+// any peer reach such a workload directly. A zero src is a plaintext
+// connection, which handlePlaintext sends through the waypoint.
+func fromWaypoint(snap *config.Snapshot, w *config.Workload, src identity.Identity) error {
+	g := w.Waypoint
+	if g == nil || src.IsZero() {
+		return nil
+	}
+	members := snap.WaypointMembers(g)
+	if len(members) == 0 {
+		// Not in the config, or nothing behind it: say which.
+		_, err := snap.Waypoint(g)
+		return fmt.Errorf("%w: %w", ErrWaypointUnavailable, err)
+	}
+	for _, m := range members {
+		if m.Identity() == src {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s is not waypoint %s", ErrNotFromWaypoint, src, g)
 }
 
 // tunnelOf names the workload whose tunnel a connection arrived on.
@@ -271,7 +329,7 @@ func (in *Inbound) admit(snap *config.Snapshot, t *tracked) error {
 		return errShuttingDown
 	}
 	if now := in.Store.Snapshot(); now != snap {
-		if _, err := in.authorize(now, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
+		if err := in.recheck(now, t); err != nil {
 			in.conns.Remove(t)
 			return fmt.Errorf("%w: %w", ErrPolicyChanged, err)
 		}
@@ -302,7 +360,7 @@ func (in *Inbound) Reevaluate(snap *config.Snapshot) int {
 	in.init()
 	var deny []*tracked
 	for _, t := range in.conns.Items() {
-		if _, err := in.authorize(snap, t.conn.Source, t.conn.SourceIP, t.local, t.conn.Destination); err != nil {
+		if err := in.recheck(snap, t); err != nil {
 			deny = append(deny, t)
 		}
 	}
@@ -359,13 +417,19 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 	}
 	rec.Destination = w.Endpoint(target)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	up, err := in.dial(ctx, target, src.Addr())
+	var up net.Conn
+	if w.Waypoint != nil {
+		rec.Waypoint = w.Waypoint.String()
+		up, err = in.viaWaypoint(ctx, snap, w, src, target)
+	} else {
+		up, err = in.dial(ctx, target, src.Addr())
+	}
 	cancel()
 	if err != nil {
 		fail(err)
 		return
 	}
-	t := &tracked{conn: authz.Conn{SourceIP: src.Addr(), Destination: target}, local: local, client: c, upstream: up}
+	t := &tracked{conn: authz.Conn{SourceIP: src.Addr(), Destination: target}, local: local, client: c, upstream: up, viaWaypoint: w.Waypoint != nil}
 	if err := in.admit(snap, t); err != nil {
 		up.Close()
 		fail(err)
@@ -373,6 +437,29 @@ func (in *Inbound) handlePlaintext(c net.Conn) {
 	}
 	defer in.conns.Remove(t)
 	in.join(t, rec)
+}
+
+// viaWaypoint carries a plaintext connection from src to w (at target)
+// through w's waypoint: HBONE to one of the waypoint's workloads, with
+// w's own identity (the source has none), target as the :authority and
+// the client named in Forwarded. The waypoint then tunnels it back to w,
+// whose tunnel accepts it as the waypoint's. No waypoint workload: the
+// connection fails, it never goes to w directly.
+func (in *Inbound) viaWaypoint(ctx context.Context, snap *config.Snapshot, w *config.Workload, src, target netip.AddrPort) (net.Conn, error) {
+	wps, err := snap.Waypoint(w.Waypoint)
+	if err != nil {
+		return nil, fmt.Errorf("plaintext to %s: %w: %w", target, ErrWaypointUnavailable, err)
+	}
+	if in.Pool == nil {
+		return nil, fmt.Errorf("plaintext to %s: %w: no HBONE pool", target, ErrWaypointUnavailable)
+	}
+	wp := wps[rand.IntN(len(wps))]
+	key := pool.Key{Source: w.Identity(), Destination: wp.Identity(), Addr: netip.AddrPortFrom(wp.Addresses[0], w.Waypoint.Port())}
+	c, err := in.Pool.Connect(ctx, key, target, http.Header{hbone.HeaderForwarded: {hbone.Forwarded(src.Addr())}})
+	if err != nil {
+		return nil, fmt.Errorf("plaintext to %s through waypoint %s: %w", target, w.Waypoint, err)
+	}
+	return c, nil
 }
 
 // Shutdown stops accepting tunnels, lets open connections finish until ctx

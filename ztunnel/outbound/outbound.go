@@ -71,6 +71,10 @@ var (
 	// protocol it does not know). The connection is refused rather than
 	// sent in plain text.
 	ErrUnsupportedTunnel = errors.New("destination expects a tunnel protocol ztunnel does not originate; not sending plain text")
+	// ErrWaypointUnavailable: the destination is bound to a waypoint that
+	// is not in the config or has no healthy endpoint. The connection is
+	// refused rather than sent around the waypoint.
+	ErrWaypointUnavailable = errors.New("destination is bound to a waypoint that cannot be reached; not bypassing it")
 )
 
 // Serve handles connections accepted on ln until ln fails.
@@ -100,14 +104,35 @@ type route struct {
 	workload *config.Workload // nil for passthrough
 	service  *config.Service
 	target   netip.AddrPort // the workload address and target port
+	// waypoint, when set, carries the connection: workload is the
+	// waypoint's workload picked, tunnel its HBONE address, and target
+	// the original destination (a Service's VIP:port or a pod's
+	// address), which is the CONNECT's :authority.
+	waypoint *config.GatewayAddress
+	tunnel   netip.AddrPort
 }
 
-// resolve maps the original destination of a connection from a client
-// in namespace ns to a route: the address of a Service visible to the
-// client picks a healthy endpoint that ztunnel can reach, a workload
-// address is that workload, anything else passes through.
-func resolve(snap *config.Snapshot, ns string, dst netip.AddrPort) (route, error) {
-	if svc := snap.ServiceByAddr(dst.Addr()); svc != nil && svc.VisibleTo(ns) {
+// resolve maps the original destination of a connection from client src
+// to a route: the address of a Service visible to the client picks a
+// healthy endpoint that ztunnel can reach, a workload address is that
+// workload, anything else passes through.
+//
+// Waypoints come first, as in Istio's ztunnel: a Service with a waypoint
+// is reached through it; so is a workload address whose workload has one
+// (bound for workload or all traffic); and, for a Service without a
+// waypoint of its own, the endpoint picked, when its workload has one
+// (a waypoint bound by service account), with the Service's VIP:port as
+// the :authority, as Istio 1.21's ztunnel did. The waypoint's own
+// connections go straight on. A waypoint that is not in the config, or
+// has no endpoint, fails the connection: it is never sent around it.
+func resolve(snap *config.Snapshot, src *config.Workload, dst netip.AddrPort) (route, error) {
+	bound := func(g *config.GatewayAddress) bool {
+		return g != nil && !snap.IsWaypointMember(g, src)
+	}
+	if svc := snap.ServiceByAddr(dst.Addr()); svc != nil && svc.VisibleTo(src.Namespace) {
+		if bound(svc.Waypoint) {
+			return viaWaypoint(snap, svc.Waypoint, svc, dst)
+		}
 		type candidate struct {
 			w    *config.Workload
 			port uint16
@@ -134,12 +159,31 @@ func resolve(snap *config.Snapshot, ns string, dst netip.AddrPort) (route, error
 			return route{service: svc}, fmt.Errorf("route %s (%s): %w", dst, svc.Hostname, ErrNoEndpoint)
 		}
 		c := cands[rand.IntN(len(cands))]
+		if bound(c.w.Waypoint) {
+			return viaWaypoint(snap, c.w.Waypoint, svc, dst)
+		}
 		return route{workload: c.w, service: svc, target: netip.AddrPortFrom(c.w.Addresses[0], c.port)}, nil
 	}
 	if w := snap.WorkloadByAddr(dst.Addr()); w != nil {
+		if bound(w.Waypoint) {
+			return viaWaypoint(snap, w.Waypoint, nil, dst)
+		}
 		return route{workload: w, target: dst}, nil
 	}
 	return route{target: dst}, nil
+}
+
+// viaWaypoint routes a connection to dst (of service svc, if any)
+// through waypoint g: one of its healthy workloads, at g's HBONE port.
+func viaWaypoint(snap *config.Snapshot, g *config.GatewayAddress, svc *config.Service, dst netip.AddrPort) (route, error) {
+	r := route{service: svc, target: dst, waypoint: g}
+	wps, err := snap.Waypoint(g)
+	if err != nil {
+		return r, fmt.Errorf("route %s: %w: %w", dst, ErrWaypointUnavailable, err)
+	}
+	w := wps[rand.IntN(len(wps))]
+	r.workload, r.tunnel = w, netip.AddrPortFrom(w.Addresses[0], g.Port())
+	return r, nil
 }
 
 // targetPort maps a service port to w's port: the workload's own mapping
@@ -195,15 +239,20 @@ func (o *Outbound) handle(c net.Conn) {
 	}
 	srcID := srcW.Identity()
 	rec.Source = srcW.Endpoint(src)
-	r, err := resolve(snap, srcW.Namespace, dst)
+	r, err := resolve(snap, srcW, dst)
 	if r.service != nil {
 		rec.Service = r.service.Telemetry()
+	}
+	if r.waypoint != nil {
+		rec.Waypoint = r.waypoint.String()
 	}
 	if err != nil {
 		fail(err)
 		return
 	}
 	if w := r.workload; w != nil {
+		// Through a waypoint, the destination is the waypoint's workload
+		// (as in Istio's ztunnel), dst.addr the original destination.
 		rec.Destination = w.Endpoint(dst)
 		if !w.Reachable() {
 			fail(fmt.Errorf("outbound to %s (workload %s, tunnel protocol %s): %w", r.target, w.Key(), w.TunnelProtocol, ErrUnsupportedTunnel))
@@ -218,6 +267,9 @@ func (o *Outbound) handle(c net.Conn) {
 			SourceAddr:  src.Addr(),
 			Destination: w.Identity(),
 			Addr:        netip.AddrPortFrom(r.target.Addr(), o.HBONEPort),
+		}
+		if r.tunnel.IsValid() {
+			key.Addr = r.tunnel
 		}
 		rec.Tunnel = key.Addr
 		up, err = o.Pool.Connect(ctx, key, r.target, http.Header{

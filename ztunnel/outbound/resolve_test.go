@@ -84,7 +84,7 @@ func TestResolve(t *testing.T) {
 				ns = "shop"
 			}
 			for range 20 { // the pick is random; the unhealthy one must never win
-				r, err := resolve(snap, ns, netip.MustParseAddrPort(tt.dst))
+				r, err := resolve(snap, &config.Workload{Namespace: ns}, netip.MustParseAddrPort(tt.dst))
 				if tt.wantErr != nil {
 					if !errors.Is(err, tt.wantErr) {
 						t.Fatalf("got %v, want %v", err, tt.wantErr)
@@ -101,6 +101,69 @@ func TestResolve(t *testing.T) {
 				if got != tt.wantWorkload || r.target.String() != tt.wantTarget {
 					t.Fatalf("got %q %s, want %q %s", got, r.target, tt.wantWorkload, tt.wantTarget)
 				}
+			}
+		})
+	}
+}
+
+func TestResolveWaypoint(t *testing.T) {
+	ip := netip.MustParseAddr
+	wpHost := "waypoint.shop.svc.cluster.local"
+	byName := &config.GatewayAddress{Hostname: wpHost, Namespace: "shop"}
+	wl := func(uid, addr string, services ...string) *config.Workload {
+		w := &config.Workload{UID: uid, Name: uid, Namespace: "shop", Addresses: []netip.Addr{ip(addr)}, TunnelProtocol: config.TunnelHBONE}
+		for _, s := range services {
+			if w.Services == nil {
+				w.Services = map[string]config.PortList{}
+			}
+			w.Services["shop/"+s] = config.PortList{Ports: []config.Port{{ServicePort: 80, TargetPort: 8080}}}
+		}
+		return w
+	}
+	client, wp := wl("client", "10.0.0.1"), wl("waypoint", "10.0.0.5", wpHost)
+	bound := wl("bound", "10.0.0.2", "plain.shop")
+	bound.Waypoint = byName
+	st := config.State{
+		Workloads: []*config.Workload{client, wp, bound, wl("free", "10.0.0.3", "l7.shop")},
+		Services: []*config.Service{
+			{Name: "waypoint", Namespace: "shop", Hostname: wpHost, Addresses: []config.NetworkAddress{{Address: ip("10.96.0.5")}}},
+			{Name: "l7", Namespace: "shop", Hostname: "l7.shop", Addresses: []config.NetworkAddress{{Address: ip("10.96.0.1")}}, Ports: []config.Port{{ServicePort: 80}},
+				Waypoint: &config.GatewayAddress{Address: &config.NetworkAddress{Address: ip("10.96.0.5")}, HBONEPort: 15009}},
+			{Name: "plain", Namespace: "shop", Hostname: "plain.shop", Addresses: []config.NetworkAddress{{Address: ip("10.96.0.2")}}, Ports: []config.Port{{ServicePort: 80}}},
+		},
+	}
+	store := config.NewStore()
+	if err := store.Replace(st); err != nil {
+		t.Fatal(err)
+	}
+	snap := store.Snapshot()
+	tests := []struct {
+		name                 string
+		src                  *config.Workload
+		dst                  string
+		wantWorkload         string
+		wantTarget, wantPeer string // wantPeer empty: no waypoint
+	}{
+		{"service with a waypoint", client, "10.96.0.1:80", "waypoint", "10.96.0.1:80", "10.0.0.5:15009"},
+		{"pod with a waypoint", client, "10.0.0.2:8080", "waypoint", "10.0.0.2:8080", "10.0.0.5:15008"},
+		{"service without one, endpoint with one", client, "10.96.0.2:80", "waypoint", "10.96.0.2:80", "10.0.0.5:15008"},
+		{"pod without one", client, "10.0.0.3:8080", "free", "10.0.0.3:8080", ""},
+		{"the waypoint's own connection to the service", wp, "10.96.0.1:80", "free", "10.0.0.3:8080", ""},
+		{"the waypoint's own connection to the pod", wp, "10.0.0.2:8080", "bound", "10.0.0.2:8080", ""},
+		{"the waypoint's own connection through the endpoint's", wp, "10.96.0.2:80", "bound", "10.0.0.2:8080", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := resolve(snap, tt.src, netip.MustParseAddrPort(tt.dst))
+			if err != nil {
+				t.Fatal(err)
+			}
+			peer := ""
+			if r.waypoint != nil {
+				peer = r.tunnel.String()
+			}
+			if r.workload == nil || r.workload.UID != tt.wantWorkload || r.target.String() != tt.wantTarget || peer != tt.wantPeer {
+				t.Errorf("got workload %v, target %s, waypoint %q; want %s, %s, %q", r.workload, r.target, peer, tt.wantWorkload, tt.wantTarget, tt.wantPeer)
 			}
 		})
 	}

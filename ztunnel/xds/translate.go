@@ -101,8 +101,8 @@ func (it *item) addTo(st *config.State) {
 	}
 }
 
-// fromWorkload translates an istio.workload.Workload. Fields the model has no
-// place for (hostname, waypoint, network gateway, locality, workload type,
+// fromWorkload translates an istio.workload.Workload, with its waypoint.
+// Fields the model has no place for (hostname, network gateway, locality, workload type,
 // application tunnel, cluster id, capacity, extensions) are
 // not carried over.
 //
@@ -158,6 +158,13 @@ func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 	default:
 		return nil, fmt.Errorf("workload %s: status %d, want HEALTHY or UNHEALTHY", pb.GetUid(), pb.GetStatus())
 	}
+	if pb.GetWaypoint() != nil {
+		wp, err := fromGatewayAddress(pb.GetWaypoint())
+		if err != nil {
+			return nil, fmt.Errorf("workload %s: %w", pb.GetUid(), err)
+		}
+		w.Waypoint = wp
+	}
 	// Sorted so that errors name the same service every time.
 	for _, key := range slices.Sorted(maps.Keys(pb.GetServices())) {
 		ports, err := ports(pb.GetServices()[key].GetPorts())
@@ -172,10 +179,11 @@ func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 	return w, nil
 }
 
-// fromService translates an istio.workload.Service, with its visibility
-// and its addresses' prefix lengths. Not carried over, as the model has
-// no place for them: the waypoint fields (waypoint, weighted_waypoints,
-// ingress_use_waypoint: ztunnel does not send to waypoints yet),
+// fromService translates an istio.workload.Service, with its visibility,
+// its addresses' prefix lengths and its waypoint. Not carried over, as the
+// model has no place for them: weighted_waypoints (waypoint names the
+// main one, which takes every connection here) and ingress_use_waypoint
+// (for gateways, not ztunnel),
 // load_balancing (no locality preference or PASSTHROUGH mode yet),
 // subject_alt_names, ip_families, extensions, canonical (a DNS matter)
 // and the ports' app_protocol (a hint for L7).
@@ -213,7 +221,38 @@ func fromService(pb *workload.Service) (*config.Service, error) {
 	if s.Ports, err = ports(pb.GetPorts()); err != nil {
 		return nil, fmt.Errorf("service %s: %w", name, err)
 	}
+	if pb.GetWaypoint() != nil {
+		if s.Waypoint, err = fromGatewayAddress(pb.GetWaypoint()); err != nil {
+			return nil, fmt.Errorf("service %s: %w", name, err)
+		}
+	}
 	return s, nil
+}
+
+// fromGatewayAddress translates a waypoint's istio.workload.GatewayAddress.
+// A waypoint that cannot be read fails the resource: dropping it would
+// send the traffic bound to the waypoint around it.
+func fromGatewayAddress(pb *workload.GatewayAddress) (*config.GatewayAddress, error) {
+	g := &config.GatewayAddress{HBONEPort: pb.GetHboneMtlsPort()}
+	if g.HBONEPort > 65535 {
+		return nil, fmt.Errorf("waypoint: hbone_mtls_port %d, want 1 to 65535", g.HBONEPort)
+	}
+	switch d := pb.GetDestination().(type) {
+	case *workload.GatewayAddress_Hostname:
+		g.Hostname, g.Namespace = d.Hostname.GetHostname(), d.Hostname.GetNamespace()
+		if g.Hostname == "" || g.Namespace == "" {
+			return nil, fmt.Errorf("waypoint: hostname %q in namespace %q, want both", g.Hostname, g.Namespace)
+		}
+	case *workload.GatewayAddress_Address:
+		a, err := addr(d.Address.GetAddress())
+		if err != nil {
+			return nil, fmt.Errorf("waypoint: address: %w", err)
+		}
+		g.Address = &config.NetworkAddress{Network: d.Address.GetNetwork(), Address: a}
+	default:
+		return nil, errors.New("waypoint: neither a hostname nor an address")
+	}
+	return g, nil
 }
 
 // fromAuthorization translates an istio.security.Authorization. What it

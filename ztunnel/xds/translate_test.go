@@ -154,6 +154,7 @@ func TestTranslateService(t *testing.T) {
 		},
 		Ports:      []*workload.Port{{ServicePort: 80, TargetPort: 8080, AppProtocol: workload.AppProtocol_HTTP2}, {ServicePort: 9090}},
 		Visibility: workload.Service_NAMESPACE,
+		Waypoint:   &workload.GatewayAddress{Destination: &workload.GatewayAddress_Address{Address: &workload.NetworkAddress{Address: ip("10.0.0.50")}}, HboneMtlsPort: 15008},
 		// Not in the model.
 		SubjectAltNames:    []string{"spiffe://example.org/ns/shop/sa/reviews"},
 		Canonical:          true,
@@ -175,6 +176,7 @@ func TestTranslateService(t *testing.T) {
 		},
 		Ports:      []config.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 9090}},
 		Visibility: config.VisibilityNamespace,
+		Waypoint:   &config.GatewayAddress{Address: &config.NetworkAddress{Address: netip.MustParseAddr("10.0.0.50")}, HBONEPort: 15008},
 	}
 	it, err := translate(AddressType, resource(t, "shop/reviews.shop.svc.cluster.local", svcAddress(pb)))
 	if err != nil {
@@ -194,6 +196,41 @@ func TestTranslateService(t *testing.T) {
 	}
 	if it.service.Visibility != config.VisibilityPublic || !it.service.VisibleTo("other") {
 		t.Errorf("visibility of the zero enum: got %q (visible to other namespaces: %t), want PUBLIC (true)", it.service.Visibility, it.service.VisibleTo("other"))
+	}
+}
+
+func TestTranslateWaypoint(t *testing.T) {
+	byName := &workload.GatewayAddress{
+		Destination:   &workload.GatewayAddress_Hostname{Hostname: &workload.NamespacedHostname{Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local"}},
+		HboneMtlsPort: 15008,
+	}
+	pb := &workload.Workload{Uid: "u", Name: "n", Namespace: "shop", Addresses: [][]byte{ip("10.0.0.6")}, TunnelProtocol: workload.TunnelProtocol_HBONE, Waypoint: byName}
+	it, err := translate(AddressType, resource(t, "u", wlAddress(pb)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &config.GatewayAddress{Hostname: "waypoint.shop.svc.cluster.local", Namespace: "shop", HBONEPort: 15008}
+	if diff := cmp.Diff(want, it.workload.Waypoint); diff != "" {
+		t.Errorf("workload waypoint (-want +got):\n%s", diff)
+	}
+
+	// A waypoint that cannot be read fails the resource rather than
+	// letting the traffic bound to it go around it.
+	bad := map[string]*workload.GatewayAddress{
+		"no destination":      {HboneMtlsPort: 15008},
+		"hostname without ns": {Destination: &workload.GatewayAddress_Hostname{Hostname: &workload.NamespacedHostname{Hostname: "w"}}},
+		"short address":       {Destination: &workload.GatewayAddress_Address{Address: &workload.NetworkAddress{Address: []byte{10, 0}}}},
+		"port out of range":   {Destination: &workload.GatewayAddress_Address{Address: &workload.NetworkAddress{Address: ip("10.0.0.50")}}, HboneMtlsPort: 70000},
+	}
+	for name, g := range bad {
+		svc := &workload.Service{Name: "s", Namespace: "shop", Hostname: "s.shop", Waypoint: g}
+		if _, err := translate(AddressType, resource(t, "shop/s.shop", svcAddress(svc))); err == nil || !strings.Contains(err.Error(), "waypoint") {
+			t.Errorf("%s: got %v, want an error naming the waypoint", name, err)
+		}
+		w := &workload.Workload{Uid: "u", Name: "n", Namespace: "shop", Addresses: [][]byte{ip("10.0.0.6")}, Waypoint: g}
+		if _, err := translate(AddressType, resource(t, "u", wlAddress(w))); err == nil || !strings.Contains(err.Error(), "waypoint") {
+			t.Errorf("%s (workload): got %v, want an error naming the waypoint", name, err)
+		}
 	}
 }
 
