@@ -407,11 +407,24 @@ func (c *conn) fail(err error) {
 		c.werr = net.ErrClosed
 	}
 	c.wmu.Unlock()
-	c.nc.Close()
+	if c.server && code != codeNo {
+		// A peer that broke the protocol (or abused it) is likely still
+		// writing: closing now, with its bytes unread, makes the kernel
+		// answer with a reset that can overtake the GOAWAY. Linger a
+		// little so the peer can read why (the reader goes on discarding:
+		// every stream has ended).
+		time.AfterFunc(abuseLinger, func() { c.nc.Close() })
+	} else {
+		c.nc.Close()
+	}
 	if hook != nil {
 		hook()
 	}
 }
+
+// abuseLinger is how long a server keeps a connection it ended for the
+// peer's error open after its GOAWAY.
+const abuseLinger = 250 * time.Millisecond
 
 // Close ends the connection and all its streams.
 func (c *conn) Close() error {

@@ -474,6 +474,9 @@ func (ss *ServerStream) Accept() error {
 	if ss.stream == nil {
 		return nil
 	}
+	if err := ss.stream.sendEnded(); err != nil {
+		return err
+	}
 	return ss.c.writeHeaders(ss.id, []hpack.HeaderField{{Name: ":status", Value: "200"}}, false)
 }
 
@@ -497,6 +500,12 @@ func (ss *ServerStream) Refuse(code int, err error) {
 	}
 	st := ss.stream
 	c := st.c
+	if st.sendEnded() != nil {
+		// Reset already (by the peer, or by this server for the peer's
+		// error): no HEADERS on a closed stream.
+		st.Close()
+		return
+	}
 	if c.writeHeaders(st.id, []hpack.HeaderField{
 		{Name: ":status", Value: strconv.Itoa(code)},
 		{Name: "content-type", Value: "text/plain; charset=utf-8"},

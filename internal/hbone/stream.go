@@ -236,6 +236,23 @@ func (st *stream) abort(err error) {
 // A stream that already failed (reset by either side, or its connection
 // ended) sends no RST_STREAM: at most one per stream, none in answer to
 // the peer's (RFC 9113 section 5.4.2).
+// sendEnded returns why nothing more may be sent on the stream (it was
+// reset, or left the connection), or nil.
+func (st *stream) sendEnded() error {
+	st.c.mu.Lock()
+	defer st.c.mu.Unlock()
+	if st.sendErr != nil {
+		return st.sendErr
+	}
+	if st.done {
+		return errStreamDone
+	}
+	return nil
+}
+
+// errStreamDone: the stream has left its connection.
+var errStreamDone = errors.New("hbone stream ended")
+
 func (st *stream) reset(code errCode, why error) {
 	err := fmt.Errorf("%w: %w", &ResetError{Code: uint32(code)}, why)
 	st.c.mu.Lock()
