@@ -677,15 +677,15 @@ func (b *Builder) flushWaypoints() {
 	}
 }
 
-// backendsBound reports whether a pod backing svc has a waypoint binding
-// of its own (pod or service account) for service-addressed traffic.
+// backendsBound reports whether a pod backing svc has a Workload.waypoint
+// from a binding of its own (pod or service account).
 func (b *Builder) backendsBound(svc *corev1.Service) bool {
 	bound := func(pk string) bool {
 		pod := b.pods[pk]
 		if pod == nil || b.waypoints.isWaypointPod(pod) {
 			return false
 		}
-		a, _ := b.waypoints.ownBinding(pod, b.namespaces[pod.Namespace], b.accounts[key(pod.Namespace, podServiceAccount(pod))], serviceTraffic)
+		a, _ := b.waypoints.ownBinding(pod, b.namespaces[pod.Namespace], b.accounts[key(pod.Namespace, podServiceAccount(pod))], workloadTraffic)
 		return a != nil
 	}
 	if len(svc.Spec.Selector) > 0 {

@@ -111,9 +111,9 @@ func Build(s State, cfg Config) Model {
 			m.WaypointStatus[StatusKey("ServiceAccount", sa.Namespace, sa.Name)] = st
 		}
 	}
-	// Pods with a binding of their own (pod or service account) for
-	// service-addressed traffic: a Service backed by one leaves the
-	// namespace's waypoint to ztunnel's choice per endpoint.
+	// Pods whose Workload.waypoint comes from a binding of their own (pod
+	// or service account): a Service backed by one leaves the namespace's
+	// waypoint to ztunnel's choice per endpoint.
 	podsByKey := map[string]*corev1.Pod{}
 	for _, pod := range s.Pods {
 		podsByKey[key(pod.Namespace, pod.Name)] = pod
@@ -123,7 +123,7 @@ func Build(s State, cfg Config) Model {
 		if pod == nil || wps.isWaypointPod(pod) {
 			return false
 		}
-		a, _ := wps.ownBinding(pod, namespaces[pod.Namespace], accounts[key(pod.Namespace, podServiceAccount(pod))], serviceTraffic)
+		a, _ := wps.ownBinding(pod, namespaces[pod.Namespace], accounts[key(pod.Namespace, podServiceAccount(pod))], workloadTraffic)
 		return a != nil
 	}
 	svcBackendsBound := map[string]bool{}

@@ -124,7 +124,7 @@ func TestWaypointBindings(t *testing.T) {
 			setLabels(&appNS(s).ObjectMeta, use("ns-wp"))
 			setLabels(&reviewsSA(s).ObjectMeta, use("sa-wp"))
 			setLabels(&reviewsPod(s).ObjectMeta, use("pod-wp"))
-		}, wantWorkload: "10.96.1.3", wantSvc: "10.96.1.1"}, // pod-wp takes no service traffic: the namespace's applies
+		}, wantWorkload: "10.96.1.3", wantSvc: ""}, // the endpoint's binding beats the namespace's
 		{name: "service beats everything for service traffic", edit: func(s *State) {
 			setLabels(&appNS(s).ObjectMeta, use("ns-wp"))
 			setLabels(&reviewsSA(s).ObjectMeta, use("sa-wp"))
