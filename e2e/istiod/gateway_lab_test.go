@@ -25,15 +25,17 @@ import (
 	"github.com/ambitmesh/ambit/istiod/server"
 )
 
-// gatewayAPICRD is the GatewayClass CRD of the Gateway API module that
-// go.mod pins (its standard channel).
-func gatewayAPICRD(t *testing.T) string {
+// gatewayAPICRDs are the GatewayClass and Gateway CRDs of the Gateway API
+// module that go.mod pins (its standard channel): istiod with Gateway API
+// watches both (the class, and Gateways for waypoint bindings).
+func gatewayAPICRDs(t *testing.T) []string {
 	t.Helper()
 	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api").Output()
 	if err != nil {
 		t.Fatalf("find the gateway api module: %v", err)
 	}
-	return filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard", "gateway.networking.k8s.io_gatewayclasses.yaml")
+	dir := filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard")
+	return []string{filepath.Join(dir, "gateway.networking.k8s.io_gatewayclasses.yaml"), filepath.Join(dir, "gateway.networking.k8s.io_gateways.yaml")}
 }
 
 // TestWaypointGatewayClass: istiod with Gateway API creates the
@@ -43,7 +45,7 @@ func TestWaypointGatewayClass(t *testing.T) {
 	l := startLab(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	if err := labmesh.InstallCRDFiles(ctx, l, gatewayAPICRD(t)); err != nil {
+	if err := labmesh.InstallCRDFiles(ctx, l, gatewayAPICRDs(t)...); err != nil {
 		t.Fatal(err)
 	}
 	gw, err := gatewayclient.NewForConfig(l.RESTConfig)
