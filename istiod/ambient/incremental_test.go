@@ -87,6 +87,8 @@ func (g gen) labels(keys ...string) map[string]string {
 			out[k] = g.pick(WaypointForService, WaypointForWorkload, WaypointForAll, WaypointForNone, "bogus")
 		case LabelGatewayName:
 			out[k] = g.pick("w0", "w1")
+		case LabelGatewayManaged:
+			out[k] = GatewayManagedMesh
 		default:
 			out[k] = g.pick("a", "b")
 		}
@@ -133,7 +135,7 @@ func (g gen) pod() *corev1.Pod {
 func (g gen) service() *corev1.Service {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: g.pick("ns0", "ns1", "ns2"), Name: g.pick("s0", "s1", "s2", "s3", "w0", "w1"),
-			Labels: g.labels(LabelUseWaypoint, LabelUseWaypointNamespace)},
+			Labels: g.labels(LabelUseWaypoint, LabelUseWaypointNamespace, LabelGatewayManaged)},
 		Spec: corev1.ServiceSpec{
 			Selector:   g.labels("app", "version"),
 			ClusterIPs: []string{g.pick("10.96.0.1", "10.96.0.2", "None")},

@@ -35,6 +35,10 @@ const (
 	AnnotationForServiceAccount = "istio.io/for-service-account"
 	// LabelGatewayName marks the pods of a Gateway (the waypoint's own).
 	LabelGatewayName = "gateway.networking.k8s.io/gateway-name"
+	// LabelGatewayManaged with value GatewayManagedMesh marks what the
+	// waypoint controller made (Istio's label), such as its Service.
+	LabelGatewayManaged = "gateway.istio.io/managed"
+	GatewayManagedMesh  = "istio.io-mesh-controller"
 
 	UseWaypointNone     = "none"
 	WaypointForService  = "service"
@@ -53,13 +57,16 @@ const (
 // (and Namespace) to say whether its binding took.
 const ConditionWaypointBound = "istio.io/WaypointBound"
 
-// Reasons of a BindingStatus.
+// Reasons of a BindingStatus. The first four are Istio's (its istiod's
+// ambient status.go); Istio has no counterpart of the last two, since it
+// ignores a Gateway that is no waypoint and has no service-account
+// waypoints.
 const (
 	ReasonWaypointAccepted   = "WaypointAccepted"
-	ReasonWaypointNotFound   = "WaypointNotFound"
+	ReasonWaypointNotFound   = "WaypointIsNotReady"
+	ReasonWaypointNotAllowed = "AttachmentDenied"
+	ReasonWaypointTraffic    = "UnsupportedTrafficType"
 	ReasonWaypointInvalid    = "WaypointInvalid"
-	ReasonWaypointNotAllowed = "WaypointNotAllowed"
-	ReasonWaypointTraffic    = "WaypointUnsupportedTrafficType"
 	ReasonWaypointConflict   = "ServiceAccountClaimedTwice"
 )
 
@@ -333,8 +340,12 @@ func (ws *waypoints) isWaypointPod(pod *corev1.Pod) bool {
 	return w != nil && w.invalid == ""
 }
 
-// isWaypointService reports whether a Service is a waypoint's own.
+// isWaypointService reports whether a Service is a waypoint's own: the
+// controller's label says so, or a waypoint has its name.
 func (ws *waypoints) isWaypointService(svc *corev1.Service) bool {
+	if svc.Labels[LabelGatewayManaged] == GatewayManagedMesh {
+		return true
+	}
 	w := ws.byKey[key(svc.Namespace, svc.Name)]
 	return w != nil && w.invalid == ""
 }
