@@ -74,9 +74,9 @@ const (
 // istio.io/WaypointBound condition of a Service or Namespace, the
 // validity of a waypoint Gateway, the binding of a ServiceAccount.
 type BindingStatus struct {
-	Bound   bool
-	Reason  string
-	Message string
+	Bound   bool   `json:"bound"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
 }
 
 // StatusKey is the key of an object in Model.WaypointStatus.
