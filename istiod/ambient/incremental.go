@@ -266,9 +266,13 @@ func (b *Builder) SetPod(p *corev1.Pod) {
 	if old != nil && old.Spec.NodeName != p.Spec.NodeName {
 		removeFrom(b.podsByNode, old.Spec.NodeName, k)
 	}
-	b.markPodServices(old)
+	// The Services a pod backs depend on its labels (their selectors, its
+	// binding) and service account only, not on its status.
+	if old == nil || !maps.Equal(old.Labels, p.Labels) || podServiceAccount(old) != podServiceAccount(p) {
+		b.markPodServices(old)
+		b.markPodServices(p)
+	}
 	b.pods[k] = p
-	b.markPodServices(p)
 	addTo(b.podsByNS, p.Namespace, k)
 	addTo(b.podsByNode, p.Spec.NodeName, k)
 	b.dirtyPods.add(k)
