@@ -175,7 +175,13 @@ func (b *Builder) SetServiceAccount(sa *corev1.ServiceAccount) {
 	k := key(sa.Namespace, sa.Name)
 	old := b.accounts[k]
 	b.accounts[k] = sa
-	if old == nil || old.Labels[LabelUseWaypoint] != sa.Labels[LabelUseWaypoint] || old.Labels[LabelUseWaypointNamespace] != sa.Labels[LabelUseWaypointNamespace] {
+	b.dirtyAccounts.add(k)
+	// An account without the labels binds as much as none at all.
+	var oldLabels map[string]string
+	if old != nil {
+		oldLabels = old.Labels
+	}
+	if oldLabels[LabelUseWaypoint] != sa.Labels[LabelUseWaypoint] || oldLabels[LabelUseWaypointNamespace] != sa.Labels[LabelUseWaypointNamespace] {
 		b.accountChanged(sa.Namespace, sa.Name)
 	}
 }
@@ -183,11 +189,15 @@ func (b *Builder) SetServiceAccount(sa *corev1.ServiceAccount) {
 // DeleteServiceAccount records a ServiceAccount's deletion.
 func (b *Builder) DeleteServiceAccount(namespace, name string) {
 	k := key(namespace, name)
-	if _, ok := b.accounts[k]; !ok {
+	old, ok := b.accounts[k]
+	if !ok {
 		return
 	}
 	delete(b.accounts, k)
-	b.accountChanged(namespace, name)
+	b.dirtyAccounts.add(k)
+	if old.Labels[LabelUseWaypoint] != "" || old.Labels[LabelUseWaypointNamespace] != "" {
+		b.accountChanged(namespace, name)
+	}
 }
 
 // accountChanged marks the pods running as a service account and the
