@@ -249,3 +249,63 @@ func TestWaypointOwnPods(t *testing.T) {
 		t.Errorf("waypoint pod has waypoint %v, want none", w.GetWaypoint())
 	}
 }
+
+// TestBuilderWaypointEvents: the Builder follows each kind of event that
+// moves a binding, as Build does.
+func TestBuilderWaypointEvents(t *testing.T) {
+	s := waypointState()
+	s.Namespaces[0].Labels[LabelUseWaypoint] = "ns-wp"
+	b := NewBuilder(Config{})
+	for _, n := range s.Namespaces {
+		b.SetNamespace(n)
+	}
+	for _, x := range s.Services {
+		b.SetService(x)
+	}
+	for _, x := range s.Pods {
+		b.SetPod(x)
+	}
+	for _, x := range s.ServiceAccounts {
+		b.SetServiceAccount(x)
+	}
+	for _, x := range s.Gateways {
+		b.SetGateway(x)
+	}
+	check := func(what string) {
+		t.Helper()
+		b.Flush()
+		want := Build(*s, Config{})
+		got := b.Model()
+		for _, k := range []string{PodUID("Kubernetes", "app", "reviews-1"), ServiceName("app", "reviews.app.svc.cluster.local")} {
+			if g, w := waypointOf(addrWaypoint(got.Addresses[k])), waypointOf(addrWaypoint(want.Addresses[k])); g != w {
+				t.Errorf("%s: %s waypoint: got %q, want %q (Build)", what, k, g, w)
+			}
+		}
+	}
+	check("start")
+	sa := s.ServiceAccounts[0].DeepCopy()
+	sa.Labels = use("sa-wp")
+	s.ServiceAccounts[0] = sa
+	b.SetServiceAccount(sa)
+	check("service account labelled")
+	gw := s.Gateways[3].DeepCopy() // sa-wp
+	gw.Spec.Listeners[0].Port = 1
+	s.Gateways[3] = gw
+	b.SetGateway(gw)
+	check("service account's waypoint broken")
+	p := s.Pods[0].DeepCopy()
+	p.Labels[LabelUseWaypoint] = "pod-wp"
+	s.Pods[0] = p
+	b.SetPod(p)
+	check("pod labelled")
+	b.DeleteServiceAccount("app", "reviews")
+	s.ServiceAccounts = nil
+	check("service account deleted")
+}
+
+func addrWaypoint(a *workload.Address) *workload.GatewayAddress {
+	if w := a.GetWorkload(); w != nil {
+		return w.GetWaypoint()
+	}
+	return a.GetService().GetWaypoint()
+}
