@@ -292,7 +292,45 @@ func TestBuilderMatchesBuild(t *testing.T) {
 			}
 			for range 60 {
 				var ev string
-				switch g.r.IntN(17) {
+				// Some events aim at an existing pod: its service account
+				// relabelled, a Service that selects it; random ones
+				// rarely line up so.
+				var target *corev1.Pod
+				if len(c.pods) > 0 {
+					target = c.pods[g.pick(slices.Sorted(maps.Keys(c.pods))...)]
+				}
+				switch g.r.IntN(20) {
+				case 19:
+					if target == nil {
+						continue
+					}
+					es := g.slice()
+					es.Namespace = target.Namespace
+					es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{"10.1.0.9"},
+						TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: target.Name}})
+					c.slices[key(es.Namespace, es.Name)] = es
+					b.SetEndpointSlice(es)
+					ev = "set slice naming a pod " + key(es.Namespace, es.Name)
+				case 17:
+					if target == nil {
+						continue
+					}
+					sa := g.account()
+					sa.Namespace, sa.Name = target.Namespace, podServiceAccount(target)
+					c.accounts[key(sa.Namespace, sa.Name)] = sa
+					b.SetServiceAccount(sa)
+					ev = "set serviceaccount of a pod " + key(sa.Namespace, sa.Name)
+				case 18:
+					if target == nil {
+						continue
+					}
+					svc := g.service()
+					svc.Namespace = target.Namespace
+					svc.Spec.Type = ""
+					svc.Spec.Selector = map[string]string{"app": target.Labels["app"]}
+					c.services[key(svc.Namespace, svc.Name)] = svc
+					b.SetService(svc)
+					ev = "set service selecting a pod " + key(svc.Namespace, svc.Name)
 				case 13:
 					sa := g.account()
 					c.accounts[key(sa.Namespace, sa.Name)] = sa

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -271,12 +272,18 @@ func TestBuilderWaypointEvents(t *testing.T) {
 	for _, x := range s.Gateways {
 		b.SetGateway(x)
 	}
+	// A selector-less Service whose EndpointSlice names the pod later.
+	legacy := vipService("app", "legacy", "10.96.0.11", nil)
+	legacy.Spec.Selector = nil
+	s.Services = append(s.Services, legacy)
+	b.SetService(legacy)
 	check := func(what string) {
 		t.Helper()
 		b.Flush()
 		want := Build(*s, Config{})
 		got := b.Model()
-		for _, k := range []string{PodUID("Kubernetes", "app", "reviews-1"), ServiceName("app", "reviews.app.svc.cluster.local")} {
+		for _, k := range []string{PodUID("Kubernetes", "app", "reviews-1"), ServiceName("app", "reviews.app.svc.cluster.local"),
+			ServiceName("app", "legacy.app.svc.cluster.local")} {
 			if g, w := waypointOf(addrWaypoint(got.Addresses[k])), waypointOf(addrWaypoint(want.Addresses[k])); g != w {
 				t.Errorf("%s: %s waypoint: got %q, want %q (Build)", what, k, g, w)
 			}
@@ -288,6 +295,13 @@ func TestBuilderWaypointEvents(t *testing.T) {
 	s.ServiceAccounts[0] = sa
 	b.SetServiceAccount(sa)
 	check("service account labelled")
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "legacy-1", Labels: map[string]string{discoveryv1.LabelServiceName: "legacy"}},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.244.0.5"}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "reviews-1"}}},
+	}
+	s.EndpointSlices = append(s.EndpointSlices, es)
+	b.SetEndpointSlice(es)
+	check("slice names the bound pod")
 	gw := s.Gateways[3].DeepCopy() // sa-wp
 	gw.Spec.Listeners[0].Port = 1
 	s.Gateways[3] = gw
@@ -301,6 +315,9 @@ func TestBuilderWaypointEvents(t *testing.T) {
 	b.DeleteServiceAccount("app", "reviews")
 	s.ServiceAccounts = nil
 	check("service account deleted")
+	b.DeleteEndpointSlice("app", "legacy-1")
+	s.EndpointSlices = nil
+	check("slice deleted")
 }
 
 func addrWaypoint(a *workload.Address) *workload.GatewayAddress {
