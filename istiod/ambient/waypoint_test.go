@@ -297,7 +297,7 @@ func TestBuilderWaypointEvents(t *testing.T) {
 	check("service account labelled")
 	es := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "legacy-1", Labels: map[string]string{discoveryv1.LabelServiceName: "legacy"}},
-		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.244.0.5"}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "reviews-1"}}},
+		Endpoints:  []discoveryv1.Endpoint{{Addresses: []string{"10.244.0.5"}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "reviews-1"}}},
 	}
 	s.EndpointSlices = append(s.EndpointSlices, es)
 	b.SetEndpointSlice(es)
