@@ -2,7 +2,11 @@ package istiod
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -20,37 +25,43 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
+	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
+	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/gateway"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
 
-// gatewayAPICRD is the GatewayClass CRD of the Gateway API module that
-// go.mod pins (its standard channel).
-func gatewayAPICRD(t *testing.T) string {
+// gatewayAPICRDs are the GatewayClass and Gateway CRDs of the Gateway API
+// module that go.mod pins (its standard channel): istiod with Gateway API
+// watches both (the class, and Gateways for waypoint bindings).
+func gatewayAPICRDs(t *testing.T) []string {
 	t.Helper()
 	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api").Output()
 	if err != nil {
 		t.Fatalf("find the gateway api module: %v", err)
 	}
-	return filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard", "gateway.networking.k8s.io_gatewayclasses.yaml")
+	dir := filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard")
+	return []string{filepath.Join(dir, "gateway.networking.k8s.io_gatewayclasses.yaml"), filepath.Join(dir, "gateway.networking.k8s.io_gateways.yaml")}
 }
 
 // TestWaypointGatewayClass: istiod with Gateway API creates the
 // istio-waypoint GatewayClass for Istio's mesh controller, reports it
-// Accepted, and creates it again when it is deleted.
+// Accepted, and creates it again when it is deleted; then its waypoint
+// bindings (waypointBindings).
 func TestWaypointGatewayClass(t *testing.T) {
 	l := startLab(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	if err := labmesh.InstallCRDFiles(ctx, l, gatewayAPICRD(t)); err != nil {
+	if err := labmesh.InstallCRDFiles(ctx, l, gatewayAPICRDs(t)...); err != nil {
 		t.Fatal(err)
 	}
 	gw, err := gatewayclient.NewForConfig(l.RESTConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0"}, server.Clients{Kube: l.Client, GatewayAPI: gw},
+	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", DebugEndpoints: true}, server.Clients{Kube: l.Client, GatewayAPI: gw},
 		slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatal(err)
@@ -104,5 +115,124 @@ func TestWaypointGatewayClass(t *testing.T) {
 	again := await("after its deletion", string(gc.UID))
 	if again.Spec.ControllerName != gateway.MeshController {
 		t.Errorf("controllerName after re-creation: got %q, want %q", again.Spec.ControllerName, gateway.MeshController)
+	}
+
+	// In the same lab, to spare another start.
+	t.Run("waypoint bindings", func(t *testing.T) { waypointBindings(ctx, t, l, gw, s) })
+}
+
+// waypointBindings: against the real apiserver, Gateways, labels and a
+// ServiceAccount bind traffic to waypoints in workload discovery (the
+// waypoint's Service VIP, port 15008), and bad input is reported and not
+// applied. s must run with Gateway API and the debug endpoints.
+func waypointBindings(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewayclient.Interface, s *server.Server) {
+	c := connect(ctx, t, s.XDSAddr().String())
+	const ns = "shop"
+	if err := l.CreateNamespace(ctx, ns, map[string]string{ambient.LabelUseWaypoint: "waypoint"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CreateNamespace(ctx, "infra", nil); err != nil {
+		t.Fatal(err)
+	}
+	mkGateway := func(namespace, name string, port gatewayv1.PortNumber, lbls map[string]string) {
+		t.Helper()
+		_, err := gw.GatewayV1().Gateways(namespace).Create(ctx, &gatewayv1.Gateway{
+			ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Labels: lbls},
+			Spec: gatewayv1.GatewaySpec{GatewayClassName: gateway.WaypointClass,
+				Listeners: []gatewayv1.Listener{{Name: "mesh", Port: port, Protocol: ambient.WaypointListenerProtocol}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkService := func(namespace, name string, lbls, selector map[string]string) *corev1.Service {
+		t.Helper()
+		svc, err := l.Client.CoreV1().Services(namespace).Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Labels: lbls},
+			Spec:       corev1.ServiceSpec{Selector: selector, Ports: []corev1.ServicePort{{Name: "p", Port: 9080}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return svc
+	}
+	// The namespace's waypoint (for service traffic, the default), one
+	// for the reviews service account, one on a wrong port, and one in
+	// another namespace that admits only its own.
+	mkGateway(ns, "waypoint", 15008, nil)
+	nsWP := mkService(ns, "waypoint", nil, map[string]string{ambient.LabelGatewayName: "waypoint"})
+	mkGateway(ns, "reviews-wp", 15008, nil)
+	saWP := mkService(ns, "reviews-wp", nil, map[string]string{ambient.LabelGatewayName: "reviews-wp"})
+	mkGateway(ns, "bad", 15009, nil)
+	mkService(ns, "bad", nil, nil)
+	mkGateway("infra", "shared", 15008, map[string]string{ambient.LabelWaypointFor: ambient.WaypointForAll})
+	mkService("infra", "shared", nil, nil)
+	if _, err := l.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "reviews", Labels: map[string]string{ambient.LabelUseWaypoint: "reviews-wp"}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mkService(ns, "reviews", nil, map[string]string{"app": "reviews"})
+	mkService(ns, "ratings", nil, map[string]string{"app": "ratings"})
+	mkService(ns, "details", map[string]string{ambient.LabelUseWaypoint: "bad"}, map[string]string{"app": "details"})
+	mkService(ns, "legacy", map[string]string{ambient.LabelUseWaypoint: "shared", ambient.LabelUseWaypointNamespace: "infra"}, nil)
+	p := lab.EchoPod(ns, "reviews-1", "node1", map[string]string{"app": "reviews"})
+	p.Spec.ServiceAccountName = "reviews"
+	if _, err := l.RunPod(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+
+	vip := func(ga *workload.GatewayAddress) string {
+		if ga == nil || ga.GetHboneMtlsPort() != 15008 {
+			return fmt.Sprint(ga)
+		}
+		a, _ := netip.AddrFromSlice(ga.GetAddress().GetAddress())
+		return a.String()
+	}
+	svcOf := func(name string) *workload.Service {
+		return c.addrs[ambient.ServiceName(ns, name+"."+ns+".svc.cluster.local")].GetService()
+	}
+	uid := ambient.PodUID("Kubernetes", ns, "reviews-1")
+	c.await("bindings", func() bool {
+		w := c.workload(uid)
+		return w != nil && w.GetWaypoint() != nil && svcOf("ratings").GetWaypoint() != nil && svcOf("details") != nil && svcOf("legacy") != nil
+	})
+	// Workload-addressed: the service account's waypoint (for all, by
+	// default when bound that way), not the namespace's (for services).
+	if got, want := vip(c.workload(uid).GetWaypoint()), saWP.Spec.ClusterIP; got != want {
+		t.Errorf("reviews-1 waypoint: got %s, want %s (reviews-wp)", got, want)
+	}
+	// Service-addressed: the namespace's waypoint, except where the
+	// endpoint has its own (reviews) or the binding is bad input.
+	if got, want := vip(svcOf("ratings").GetWaypoint()), nsWP.Spec.ClusterIP; got != want {
+		t.Errorf("ratings waypoint: got %s, want %s (the namespace's)", got, want)
+	}
+	for _, name := range []string{"reviews", "details", "legacy", "waypoint"} {
+		if wp := svcOf(name).GetWaypoint(); wp != nil {
+			t.Errorf("%s waypoint: got %v, want none", name, wp)
+		}
+	}
+
+	resp, err := http.Get("http://" + s.MonitoringAddr().String() + "/debug/model")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var model struct {
+		WaypointStatus map[string]ambient.BindingStatus `json:"waypointStatus"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&model); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{
+		"Namespace/shop":              ambient.ReasonWaypointAccepted,
+		"ServiceAccount/shop/reviews": ambient.ReasonWaypointAccepted,
+		"Service/shop/details":        ambient.ReasonWaypointInvalid,
+		"Gateway/shop/bad":            ambient.ReasonWaypointInvalid,
+		"Service/shop/legacy":         ambient.ReasonWaypointNotAllowed,
+	} {
+		if got := model.WaypointStatus[k]; got.Reason != want || got.Message == "" {
+			t.Errorf("waypoint status of %s: got %+v, want reason %s", k, got, want)
+		}
 	}
 }

@@ -41,6 +41,8 @@ const (
 	Status    = "status"
 	Signal    = "signal"
 	Deadline  = "deadline"
+	// Object is "Kind/namespace/name" of a cluster object.
+	Object = "object"
 )
 
 // Certificates.

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
@@ -55,7 +56,10 @@ type Builder struct {
 	pods       map[string]*corev1.Pod // "namespace/name"
 	services   map[string]*corev1.Service
 	slices     map[string]*discoveryv1.EndpointSlice
+	accounts   map[string]*corev1.ServiceAccount
+	gateways   map[string]*gatewayv1.Gateway
 	policies   *authz.Translation
+	waypoints  *waypoints
 
 	podsByNS    map[string]set // namespace -> pod keys
 	podsByNode  map[string]set // node -> pod keys
@@ -66,10 +70,12 @@ type Builder struct {
 	addrs     map[string]*workload.Address
 	auths     map[string]*security.Authorization
 	status    map[string]string
+	wpStatus  map[string]BindingStatus
 	sliceUIDs map[string][]string // slice key -> uids of its non-pod workloads
 
 	dirtyPods, dirtySvcs, dirtySlices set
-	policiesDirty                     bool
+	dirtyNSs, dirtyAccounts           set
+	policiesDirty, waypointsDirty     bool
 }
 
 type set map[string]struct{}
@@ -97,24 +103,30 @@ func removeFrom(m map[string]set, k, v string) {
 // NewBuilder returns a Builder of an empty cluster.
 func NewBuilder(cfg Config) *Builder {
 	return &Builder{
-		cfg:         cfg.WithDefaults(),
-		namespaces:  map[string]*corev1.Namespace{},
-		nodes:       map[string]*corev1.Node{},
-		pods:        map[string]*corev1.Pod{},
-		services:    map[string]*corev1.Service{},
-		slices:      map[string]*discoveryv1.EndpointSlice{},
-		podsByNS:    map[string]set{},
-		podsByNode:  map[string]set{},
-		svcsByNS:    map[string]set{},
-		slicesBySvc: map[string]set{},
-		slicesByPod: map[string]set{},
-		addrs:       map[string]*workload.Address{},
-		auths:       map[string]*security.Authorization{},
-		status:      map[string]string{},
-		sliceUIDs:   map[string][]string{},
-		dirtyPods:   set{},
-		dirtySvcs:   set{},
-		dirtySlices: set{},
+		cfg:           cfg.WithDefaults(),
+		namespaces:    map[string]*corev1.Namespace{},
+		nodes:         map[string]*corev1.Node{},
+		pods:          map[string]*corev1.Pod{},
+		services:      map[string]*corev1.Service{},
+		slices:        map[string]*discoveryv1.EndpointSlice{},
+		accounts:      map[string]*corev1.ServiceAccount{},
+		gateways:      map[string]*gatewayv1.Gateway{},
+		waypoints:     newWaypoints(nil, nil, cfg.WithDefaults().DomainSuffix),
+		wpStatus:      map[string]BindingStatus{},
+		dirtyNSs:      set{},
+		dirtyAccounts: set{},
+		podsByNS:      map[string]set{},
+		podsByNode:    map[string]set{},
+		svcsByNS:      map[string]set{},
+		slicesBySvc:   map[string]set{},
+		slicesByPod:   map[string]set{},
+		addrs:         map[string]*workload.Address{},
+		auths:         map[string]*security.Authorization{},
+		status:        map[string]string{},
+		sliceUIDs:     map[string][]string{},
+		dirtyPods:     set{},
+		dirtySvcs:     set{},
+		dirtySlices:   set{},
 	}
 }
 
@@ -125,7 +137,7 @@ func (b *Builder) SetNamespace(ns *corev1.Namespace) {
 	old := b.namespaces[ns.Name]
 	b.namespaces[ns.Name] = ns
 	if old == nil || !maps.Equal(old.Labels, ns.Labels) {
-		b.markPods(b.podsByNS[ns.Name])
+		b.namespaceChanged(ns.Name)
 	}
 }
 
@@ -135,7 +147,102 @@ func (b *Builder) DeleteNamespace(name string) {
 		return
 	}
 	delete(b.namespaces, name)
+	b.namespaceChanged(name)
+}
+
+// namespaceChanged marks what a namespace's labels decide: its pods'
+// capture and waypoint, its Services' waypoint and the binding status
+// of it and its service accounts.
+func (b *Builder) namespaceChanged(name string) {
 	b.markPods(b.podsByNS[name])
+	for pk := range b.podsByNS[name] {
+		b.markPodServices(b.pods[pk]) // Services in other namespaces naming them
+	}
+	for sk := range b.svcsByNS[name] {
+		b.dirtySvcs.add(sk)
+	}
+	b.dirtyNSs.add(name)
+	for k, sa := range b.accounts {
+		if sa.Namespace == name {
+			b.dirtyAccounts.add(k)
+		}
+	}
+}
+
+// SetServiceAccount records a new or changed ServiceAccount; only its
+// waypoint binding matters.
+func (b *Builder) SetServiceAccount(sa *corev1.ServiceAccount) {
+	k := key(sa.Namespace, sa.Name)
+	old := b.accounts[k]
+	b.accounts[k] = sa
+	b.dirtyAccounts.add(k)
+	// An account without the labels binds as much as none at all.
+	var oldLabels map[string]string
+	if old != nil {
+		oldLabels = old.Labels
+	}
+	if oldLabels[LabelUseWaypoint] != sa.Labels[LabelUseWaypoint] || oldLabels[LabelUseWaypointNamespace] != sa.Labels[LabelUseWaypointNamespace] {
+		b.accountChanged(sa.Namespace, sa.Name)
+	}
+}
+
+// DeleteServiceAccount records a ServiceAccount's deletion.
+func (b *Builder) DeleteServiceAccount(namespace, name string) {
+	k := key(namespace, name)
+	old, ok := b.accounts[k]
+	if !ok {
+		return
+	}
+	delete(b.accounts, k)
+	b.dirtyAccounts.add(k)
+	if old.Labels[LabelUseWaypoint] != "" || old.Labels[LabelUseWaypointNamespace] != "" {
+		b.accountChanged(namespace, name)
+	}
+}
+
+// accountChanged marks the pods running as a service account and the
+// Services they back.
+func (b *Builder) accountChanged(namespace, name string) {
+	b.dirtyAccounts.add(key(namespace, name))
+	for pk := range b.podsByNS[namespace] {
+		if p := b.pods[pk]; podServiceAccount(p) == name {
+			b.dirtyPods.add(pk)
+			b.markPodServices(p)
+		}
+	}
+}
+
+// SetGateway records a new or changed Gateway.
+func (b *Builder) SetGateway(gw *gatewayv1.Gateway) {
+	b.gateways[key(gw.Namespace, gw.Name)] = gw
+	b.waypointsDirty = true
+}
+
+// DeleteGateway records a Gateway's deletion.
+func (b *Builder) DeleteGateway(namespace, name string) {
+	if _, ok := b.gateways[key(namespace, name)]; !ok {
+		return
+	}
+	delete(b.gateways, key(namespace, name))
+	b.waypointsDirty = true
+}
+
+// markPodServices marks the Services a pod backs, through their
+// selector or their EndpointSlices: whether it has a waypoint binding of
+// its own decides whether they take their namespace's.
+func (b *Builder) markPodServices(p *corev1.Pod) {
+	if p == nil {
+		return
+	}
+	for sk := range b.svcsByNS[p.Namespace] {
+		if svc := b.services[sk]; len(svc.Spec.Selector) > 0 && selects(svc.Spec.Selector, p.Labels) {
+			b.dirtySvcs.add(sk)
+		}
+	}
+	for esk := range b.slicesByPod[key(p.Namespace, p.Name)] {
+		es := b.slices[esk]
+		b.dirtySvcs.add(key(es.Namespace, es.Labels[discoveryv1.LabelServiceName]))
+	}
 }
 
 // SetNode records a new or changed node; only its locality matters.
@@ -165,8 +272,15 @@ func (b *Builder) markPods(keys set) {
 // SetPod records a new or changed pod.
 func (b *Builder) SetPod(p *corev1.Pod) {
 	k := key(p.Namespace, p.Name)
-	if old := b.pods[k]; old != nil && old.Spec.NodeName != p.Spec.NodeName {
+	old := b.pods[k]
+	if old != nil && old.Spec.NodeName != p.Spec.NodeName {
 		removeFrom(b.podsByNode, old.Spec.NodeName, k)
+	}
+	// The Services a pod backs depend on its labels (their selectors, its
+	// binding) and service account only, not on its status.
+	if old == nil || !maps.Equal(old.Labels, p.Labels) || podServiceAccount(old) != podServiceAccount(p) {
+		b.markPodServices(old)
+		b.markPodServices(p)
 	}
 	b.pods[k] = p
 	addTo(b.podsByNS, p.Namespace, k)
@@ -181,6 +295,7 @@ func (b *Builder) DeletePod(namespace, name string) {
 	if old == nil {
 		return
 	}
+	b.markPodServices(old)
 	delete(b.pods, k)
 	removeFrom(b.podsByNS, namespace, k)
 	removeFrom(b.podsByNode, old.Spec.NodeName, k)
@@ -194,6 +309,9 @@ func (b *Builder) SetService(svc *corev1.Service) {
 	b.services[k] = svc
 	addTo(b.svcsByNS, svc.Namespace, k)
 	b.dirtySvcs.add(k)
+	if _, ok := b.gateways[k]; ok {
+		b.waypointsDirty = true // the waypoint's address
+	}
 	if old != nil && old.Spec.Type == svc.Spec.Type && maps.Equal(old.Spec.Selector, svc.Spec.Selector) && reflect.DeepEqual(old.Spec.Ports, svc.Spec.Ports) {
 		return // what the workloads carry of it is unchanged
 	}
@@ -211,6 +329,9 @@ func (b *Builder) DeleteService(namespace, name string) {
 	delete(b.services, k)
 	removeFrom(b.svcsByNS, namespace, k)
 	b.dirtySvcs.add(k)
+	if _, ok := b.gateways[k]; ok {
+		b.waypointsDirty = true
+	}
 	b.serviceBackendsChanged(old)
 }
 
@@ -262,6 +383,7 @@ func (b *Builder) SetEndpointSlice(es *discoveryv1.EndpointSlice) {
 		b.forgetSlice(old)
 	}
 	b.slices[k] = es
+	b.dirtySvcs.add(key(es.Namespace, es.Labels[discoveryv1.LabelServiceName]))
 	addTo(b.slicesBySvc, key(es.Namespace, es.Labels[discoveryv1.LabelServiceName]), k)
 	for _, pk := range slicePods(es) {
 		addTo(b.slicesByPod, pk, k)
@@ -284,6 +406,7 @@ func (b *Builder) DeleteEndpointSlice(namespace, name string) {
 // forgetSlice drops a slice's index entries and marks what it named.
 func (b *Builder) forgetSlice(es *discoveryv1.EndpointSlice) {
 	k := key(es.Namespace, es.Name)
+	b.dirtySvcs.add(key(es.Namespace, es.Labels[discoveryv1.LabelServiceName]))
 	removeFrom(b.slicesBySvc, key(es.Namespace, es.Labels[discoveryv1.LabelServiceName]), k)
 	for _, pk := range slicePods(es) {
 		removeFrom(b.slicesByPod, pk, k)
@@ -319,15 +442,48 @@ func (b *Builder) Flush() Delta {
 			d.RemovedAddresses = append(d.RemovedAddresses, name)
 		}
 	}
+	if b.waypointsDirty {
+		b.waypointsDirty = false
+		b.flushWaypoints()
+	}
+	setStatus := func(k string, st BindingStatus, ok bool) {
+		if ok {
+			b.wpStatus[k] = st
+		} else {
+			delete(b.wpStatus, k)
+		}
+	}
 	for k := range b.dirtySvcs {
 		svc := b.services[k]
+		ns, name := splitKey(k)
 		if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
-			ns, name := splitKey(k)
 			removeAddr(ServiceName(ns, name+"."+ns+".svc."+b.cfg.DomainSuffix))
+			delete(b.wpStatus, StatusKey("Service", ns, name))
 			continue
 		}
+		nsObj := b.namespaces[ns]
 		ws := translateService(svc, b.cfg)
+		ws.Waypoint = b.waypoints.serviceWaypoint(svc, nsObj, b.backendsBound(svc))
 		setAddr(ServiceName(ws.Namespace, ws.Hostname), &workload.Address{Type: &workload.Address_Service{Service: ws}})
+		st, ok := b.waypoints.serviceStatus(svc, nsObj)
+		setStatus(StatusKey("Service", ns, name), st, ok)
+	}
+	for n := range b.dirtyNSs {
+		var st BindingStatus
+		ok := false
+		if nsObj := b.namespaces[n]; nsObj != nil {
+			st, ok = b.waypoints.namespaceStatus(nsObj)
+		}
+		setStatus(StatusKey("Namespace", "", n), st, ok)
+	}
+	for k := range b.dirtyAccounts {
+		var st BindingStatus
+		ok := false
+		ns, name := splitKey(k)
+		if sa := b.accounts[k]; sa != nil {
+			st, ok = b.waypoints.serviceAccountStatus(sa, b.namespaces[ns])
+		}
+		setStatus(StatusKey("ServiceAccount", ns, name), st, ok)
 	}
 	for k := range b.dirtySlices {
 		next := b.sliceWorkloads(b.slices[k])
@@ -359,6 +515,8 @@ func (b *Builder) Flush() Delta {
 	clear(b.dirtyPods)
 	clear(b.dirtySvcs)
 	clear(b.dirtySlices)
+	clear(b.dirtyNSs)
+	clear(b.dirtyAccounts)
 	slices.Sort(d.RemovedAddresses)
 	return d
 }
@@ -418,6 +576,7 @@ func (b *Builder) podWorkload(k string) *workload.Workload {
 	if w == nil {
 		return nil
 	}
+	b.waypoints.applyTo(w, pod, b.namespaces[pod.Namespace], b.accounts[key(pod.Namespace, podServiceAccount(pod))])
 	for sk := range b.svcsByNS[pod.Namespace] {
 		svc := b.services[sk]
 		if svc.Spec.Type == corev1.ServiceTypeExternalName || len(svc.Spec.Selector) == 0 || !selects(svc.Spec.Selector, pod.Labels) {
@@ -490,5 +649,73 @@ func splitKey(k string) (namespace, name string) {
 
 // Model returns a copy of the current model.
 func (b *Builder) Model() Model {
-	return Model{Addresses: maps.Clone(b.addrs), Authorizations: maps.Clone(b.auths), PolicyStatus: maps.Clone(b.status)}
+	return Model{Addresses: maps.Clone(b.addrs), Authorizations: maps.Clone(b.auths), PolicyStatus: maps.Clone(b.status),
+		WaypointStatus: maps.Clone(b.wpStatus)}
+}
+
+// flushWaypoints resolves the waypoints again; when any changed (they
+// change rarely: a Gateway's spec, labels or annotations, or its
+// Service's address), every binding is evaluated again.
+func (b *Builder) flushWaypoints() {
+	gws := make([]*gatewayv1.Gateway, 0, len(b.gateways))
+	for _, k := range slices.Sorted(maps.Keys(b.gateways)) {
+		gws = append(gws, b.gateways[k])
+	}
+	next := newWaypoints(gws, func(ns, name string) *corev1.Service {
+		if svc := b.services[key(ns, name)]; svc != nil && svc.Spec.Type != corev1.ServiceTypeExternalName {
+			return svc
+		}
+		return nil
+	}, b.cfg.DomainSuffix)
+	for k := range b.wpStatus {
+		if strings.HasPrefix(k, "Gateway/") {
+			delete(b.wpStatus, k)
+		}
+	}
+	next.gatewayStatuses(b.wpStatus)
+	if next.equal(b.waypoints) {
+		return
+	}
+	b.waypoints = next
+	for k := range b.pods {
+		b.dirtyPods.add(k)
+	}
+	for k := range b.services {
+		b.dirtySvcs.add(k)
+	}
+	for k := range b.namespaces {
+		b.dirtyNSs.add(k)
+	}
+	for k := range b.accounts {
+		b.dirtyAccounts.add(k)
+	}
+}
+
+// backendsBound reports whether a pod backing svc has a Workload.waypoint
+// from a binding of its own (pod or service account).
+func (b *Builder) backendsBound(svc *corev1.Service) bool {
+	bound := func(pk string) bool {
+		pod := b.pods[pk]
+		if pod == nil || b.waypoints.isWaypointPod(pod) {
+			return false
+		}
+		a, _ := b.waypoints.ownBinding(pod, b.namespaces[pod.Namespace], b.accounts[key(pod.Namespace, podServiceAccount(pod))], workloadTraffic)
+		return a != nil
+	}
+	if len(svc.Spec.Selector) > 0 {
+		for pk := range b.podsByNS[svc.Namespace] {
+			if selects(svc.Spec.Selector, b.pods[pk].Labels) && bound(pk) {
+				return true
+			}
+		}
+		return false
+	}
+	for sk := range b.slicesBySvc[key(svc.Namespace, svc.Name)] {
+		for _, pk := range slicePods(b.slices[sk]) {
+			if bound(pk) {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
@@ -32,6 +33,8 @@ type objects struct {
 	services   map[string]*corev1.Service
 	slices     map[string]*discoveryv1.EndpointSlice
 	aps        map[string]*securityv1.AuthorizationPolicy
+	accounts   map[string]*corev1.ServiceAccount
+	gateways   map[string]*gatewayv1.Gateway
 	policies   *authz.Translation
 }
 
@@ -45,12 +48,14 @@ func sortedValues[T any](m map[string]T) []T {
 
 func (c *objects) state() State {
 	return State{
-		Namespaces:     sortedValues(c.namespaces),
-		Nodes:          sortedValues(c.nodes),
-		Pods:           sortedValues(c.pods),
-		Services:       sortedValues(c.services),
-		EndpointSlices: sortedValues(c.slices),
-		Policies:       c.policies,
+		Namespaces:      sortedValues(c.namespaces),
+		Nodes:           sortedValues(c.nodes),
+		Pods:            sortedValues(c.pods),
+		Services:        sortedValues(c.services),
+		EndpointSlices:  sortedValues(c.slices),
+		ServiceAccounts: sortedValues(c.accounts),
+		Gateways:        sortedValues(c.gateways),
+		Policies:        c.policies,
 	}
 }
 
@@ -74,6 +79,16 @@ func (g gen) labels(keys ...string) map[string]string {
 			out[k] = g.pick(DataplaneModeAmbient, DataplaneModeNone)
 		case labelRegion, labelZone:
 			out[k] = g.pick("r1", "r2")
+		case LabelUseWaypoint:
+			out[k] = g.pick("w0", "w1", "w2", UseWaypointNone)
+		case LabelUseWaypointNamespace:
+			out[k] = g.pick("ns0", "ns1")
+		case LabelWaypointFor:
+			out[k] = g.pick(WaypointForService, WaypointForWorkload, WaypointForAll, WaypointForNone, "bogus")
+		case LabelGatewayName:
+			out[k] = g.pick("w0", "w1")
+		case LabelGatewayManaged:
+			out[k] = GatewayManagedMesh
 		default:
 			out[k] = g.pick("a", "b")
 		}
@@ -82,7 +97,7 @@ func (g gen) labels(keys ...string) map[string]string {
 }
 
 func (g gen) namespace() *corev1.Namespace {
-	return ns(g.pick("ns0", "ns1", "ns2"), g.labels(DataplaneModeLabel, "team"))
+	return ns(g.pick("ns0", "ns1", "ns2"), g.labels(DataplaneModeLabel, "team", LabelUseWaypoint, LabelUseWaypointNamespace))
 }
 
 func (g gen) node() *corev1.Node {
@@ -91,7 +106,8 @@ func (g gen) node() *corev1.Node {
 
 func (g gen) pod() *corev1.Pod {
 	ip := g.pick("", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "fd00::5")
-	p := pod(g.pick("ns0", "ns1", "ns2"), g.pick("p0", "p1", "p2", "p3", "p4", "p5"), ip, g.pick("n0", "n1", "n2", "n3"), g.labels("app", "version", DataplaneModeLabel))
+	p := pod(g.pick("ns0", "ns1", "ns2"), g.pick("p0", "p1", "p2", "p3", "p4", "p5"), ip, g.pick("n0", "n1", "n2", "n3"), g.labels("app", "version", DataplaneModeLabel, LabelUseWaypoint, LabelUseWaypointNamespace, LabelGatewayName))
+	p.Spec.ServiceAccountName = g.pick("", "sa0", "sa1")
 	if ip == "" {
 		p.Status.PodIPs = nil
 	}
@@ -118,7 +134,8 @@ func (g gen) pod() *corev1.Pod {
 
 func (g gen) service() *corev1.Service {
 	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: g.pick("ns0", "ns1", "ns2"), Name: g.pick("s0", "s1", "s2", "s3")},
+		ObjectMeta: metav1.ObjectMeta{Namespace: g.pick("ns0", "ns1", "ns2"), Name: g.pick("s0", "s1", "s2", "s3", "w0", "w1"),
+			Labels: g.labels(LabelUseWaypoint, LabelUseWaypointNamespace, LabelGatewayManaged)},
 		Spec: corev1.ServiceSpec{
 			Selector:   g.labels("app", "version"),
 			ClusterIPs: []string{g.pick("10.96.0.1", "10.96.0.2", "None")},
@@ -166,6 +183,39 @@ func (g gen) slice() *discoveryv1.EndpointSlice {
 	return es
 }
 
+func (g gen) account() *corev1.ServiceAccount {
+	return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: g.pick("ns0", "ns1", "ns2"), Name: g.pick("default", "sa0", "sa1"),
+		Labels: g.labels(LabelUseWaypoint, LabelUseWaypointNamespace)}}
+}
+
+// gateway makes a waypoint Gateway, often a wrong one.
+func (g gen) gateway() *gatewayv1.Gateway {
+	gw := waypointGateway(g.pick("ns0", "ns1", "ns2"), g.pick("w0", "w1", "w2"), g.labels(LabelWaypointFor))
+	switch g.r.IntN(8) {
+	case 0:
+		gw.Spec.GatewayClassName = "other"
+	case 1:
+		gw.Spec.Listeners[0].Port = 15009
+	case 2:
+		gw.Spec.Listeners[0].Protocol = gatewayv1.HTTPProtocolType
+	case 3:
+		gw.Spec.Listeners[0].Protocol = WaypointListenerProtocolAll
+	}
+	switch g.r.IntN(3) {
+	case 0:
+		from := gatewayv1.NamespacesFromAll
+		gw.Spec.Listeners[0].AllowedRoutes = &gatewayv1.AllowedRoutes{Namespaces: &gatewayv1.RouteNamespaces{From: &from}}
+	case 1:
+		from := gatewayv1.NamespacesFromSelector
+		gw.Spec.Listeners[0].AllowedRoutes = &gatewayv1.AllowedRoutes{Namespaces: &gatewayv1.RouteNamespaces{From: &from,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "a"}}}}
+	}
+	if g.r.IntN(3) == 0 {
+		gw.Annotations = map[string]string{AnnotationForServiceAccount: g.pick("sa0", "sa1")}
+	}
+	return gw
+}
+
 func (g gen) policy() *securityv1.AuthorizationPolicy {
 	ap := &securityv1.AuthorizationPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: g.pick("ns0", "ns1", "istio-system"), Name: g.pick("ap0", "ap1", "ap2")},
@@ -184,6 +234,17 @@ func (g gen) policy() *securityv1.AuthorizationPolicy {
 // applied one after the other, give that model too (what an xDS client
 // ends up with).
 func TestBuilderMatchesBuild(t *testing.T) {
+	// seen counts what the final models held, so that the test fails if
+	// the generator stops producing waypoint bindings.
+	seen := map[string]int{}
+	defer func() {
+		for _, what := range []string{"service waypoint", "service waypoint hostname", "workload waypoint",
+			ReasonWaypointAccepted, ReasonWaypointNotFound, ReasonWaypointInvalid, ReasonWaypointNotAllowed, ReasonWaypointTraffic, ReasonWaypointConflict} {
+			if seen[what] == 0 && !t.Failed() {
+				t.Errorf("no final model had a %s", what)
+			}
+		}
+	}()
 	for seed := range uint64(300) {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
 			g := gen{rand.New(rand.NewPCG(seed, 42))}
@@ -191,6 +252,7 @@ func TestBuilderMatchesBuild(t *testing.T) {
 			c := &objects{
 				namespaces: map[string]*corev1.Namespace{}, nodes: map[string]*corev1.Node{}, pods: map[string]*corev1.Pod{},
 				services: map[string]*corev1.Service{}, slices: map[string]*discoveryv1.EndpointSlice{}, aps: map[string]*securityv1.AuthorizationPolicy{},
+				accounts: map[string]*corev1.ServiceAccount{}, gateways: map[string]*gatewayv1.Gateway{},
 			}
 			b := NewBuilder(cfg)
 			client := Model{Addresses: map[string]*workload.Address{}, Authorizations: map[string]*security.Authorization{}}
@@ -230,7 +292,65 @@ func TestBuilderMatchesBuild(t *testing.T) {
 			}
 			for range 60 {
 				var ev string
-				switch g.r.IntN(13) {
+				// Some events aim at an existing pod: its service account
+				// relabelled, a Service that selects it; random ones
+				// rarely line up so.
+				var target *corev1.Pod
+				if len(c.pods) > 0 {
+					target = c.pods[g.pick(slices.Sorted(maps.Keys(c.pods))...)]
+				}
+				switch g.r.IntN(20) {
+				case 19:
+					if target == nil {
+						continue
+					}
+					es := g.slice()
+					es.Namespace = target.Namespace
+					es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{"10.1.0.9"},
+						TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: target.Name}})
+					c.slices[key(es.Namespace, es.Name)] = es
+					b.SetEndpointSlice(es)
+					ev = "set slice naming a pod " + key(es.Namespace, es.Name)
+				case 17:
+					if target == nil {
+						continue
+					}
+					sa := g.account()
+					sa.Namespace, sa.Name = target.Namespace, podServiceAccount(target)
+					c.accounts[key(sa.Namespace, sa.Name)] = sa
+					b.SetServiceAccount(sa)
+					ev = "set serviceaccount of a pod " + key(sa.Namespace, sa.Name)
+				case 18:
+					if target == nil {
+						continue
+					}
+					svc := g.service()
+					svc.Namespace = target.Namespace
+					svc.Spec.Type = ""
+					svc.Spec.Selector = map[string]string{"app": target.Labels["app"]}
+					c.services[key(svc.Namespace, svc.Name)] = svc
+					b.SetService(svc)
+					ev = "set service selecting a pod " + key(svc.Namespace, svc.Name)
+				case 13:
+					sa := g.account()
+					c.accounts[key(sa.Namespace, sa.Name)] = sa
+					b.SetServiceAccount(sa)
+					ev = "set serviceaccount " + key(sa.Namespace, sa.Name)
+				case 14:
+					sa := g.account()
+					delete(c.accounts, key(sa.Namespace, sa.Name))
+					b.DeleteServiceAccount(sa.Namespace, sa.Name)
+					ev = "delete serviceaccount " + key(sa.Namespace, sa.Name)
+				case 15:
+					gw := g.gateway()
+					c.gateways[key(gw.Namespace, gw.Name)] = gw
+					b.SetGateway(gw)
+					ev = "set gateway " + key(gw.Namespace, gw.Name)
+				case 16:
+					gw := g.gateway()
+					delete(c.gateways, key(gw.Namespace, gw.Name))
+					b.DeleteGateway(gw.Namespace, gw.Name)
+					ev = "delete gateway " + key(gw.Namespace, gw.Name)
 				case 0:
 					n := g.namespace()
 					c.namespaces[n.Name] = n
@@ -299,6 +419,21 @@ func TestBuilderMatchesBuild(t *testing.T) {
 				}
 			}
 			check()
+			m := b.Model()
+			for _, a := range m.Addresses {
+				if wp := a.GetService().GetWaypoint(); wp != nil {
+					seen["service waypoint"]++
+					if wp.GetHostname() != nil {
+						seen["service waypoint hostname"]++
+					}
+				}
+				if a.GetWorkload().GetWaypoint() != nil {
+					seen["workload waypoint"]++
+				}
+			}
+			for _, st := range m.WaypointStatus {
+				seen[st.Reason]++
+			}
 		})
 	}
 }

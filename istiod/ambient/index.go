@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/istiod/authz"
@@ -72,6 +74,8 @@ type Index struct {
 	builder         *Builder
 	policiesChanged bool
 	flushes         uint64
+	// wpStatus is the waypoint status last logged.
+	wpStatus map[string]BindingStatus
 }
 
 // NewIndex builds an Index that has seen nothing yet.
@@ -116,8 +120,23 @@ func (x *Index) RegisterInformers(c *cluster.Cluster) error {
 			func(o any) { b.SetNode(o.(*corev1.Node)) },
 			func(_, name string) { b.DeleteNode(name) })},
 	}
-	// Service accounts are only looked up (ServiceAccounts), not modelled.
+	// Service accounts are looked up (ServiceAccounts) and carry
+	// waypoint bindings.
+	handlers = append(handlers, struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandler
+	}{core.ServiceAccounts().Informer(), x.handler(
+		func(o any) { b.SetServiceAccount(o.(*corev1.ServiceAccount)) },
+		b.DeleteServiceAccount)})
 	x.accounts = core.ServiceAccounts().Lister()
+	if c.GatewayAPIInformers != nil {
+		handlers = append(handlers, struct {
+			inf cache.SharedIndexInformer
+			h   cache.ResourceEventHandler
+		}{c.GatewayAPIInformers.Gateway().V1().Gateways().Informer(), x.handler(
+			func(o any) { b.SetGateway(o.(*gatewayv1.Gateway)) },
+			b.DeleteGateway)})
+	}
 	if c.IstioInformers != nil {
 		sec := c.IstioInformers.Security().V1()
 		// Policies are few and translated together at the next flush.
@@ -246,6 +265,7 @@ func (x *Index) flush(first bool) {
 	}
 	d := x.builder.Flush()
 	x.flushes++
+	x.logWaypointStatus(x.builder.wpStatus)
 	x.mu.Unlock()
 	x.log.Debug("ambient model flushed", "addresses", len(d.Addresses), "removedAddresses", len(d.RemovedAddresses),
 		"authorizations", len(d.Authorizations), "removedAuthorizations", len(d.RemovedAuthorizations), "took", time.Since(start))
@@ -290,4 +310,27 @@ func (x *Index) ServiceAccounts(namespace string) ([]string, error) {
 		out = append(out, sa.Name)
 	}
 	return out, nil
+}
+
+// logWaypointStatus logs each binding whose status changed: a warning
+// when a binding was not applied (or waits for its waypoint), so that a
+// wrong Gateway or label is visible without reading the model. Writing
+// these as istio.io/WaypointBound conditions is the controller's part.
+func (x *Index) logWaypointStatus(now map[string]BindingStatus) {
+	for k, st := range now {
+		if old, ok := x.wpStatus[k]; ok && old == st {
+			continue
+		}
+		if st.Bound {
+			x.log.Info("waypoint binding", logkey.Object, k, logkey.Reason, st.Reason, logkey.Status, st.Message)
+		} else {
+			x.log.Warn("waypoint binding not applied", logkey.Object, k, logkey.Reason, st.Reason, logkey.Status, st.Message)
+		}
+	}
+	for k := range x.wpStatus {
+		if _, ok := now[k]; !ok {
+			x.log.Info("waypoint binding removed", logkey.Object, k)
+		}
+	}
+	x.wpStatus = maps.Clone(now)
 }

@@ -67,6 +67,11 @@ type Model struct {
 	// rejected or changed (for example turned into a deny); absent when it
 	// was translated as written.
 	PolicyStatus map[string]string
+	// WaypointStatus says, per object (StatusKey), whether its waypoint
+	// binding took: Services, Namespaces and ServiceAccounts that carry
+	// istio.io/use-waypoint, and waypoint Gateways that are invalid or
+	// claim a service account another one claims.
+	WaypointStatus map[string]BindingStatus
 }
 
 // ServiceName is the xDS resource name of a service.

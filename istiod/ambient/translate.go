@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
@@ -20,6 +21,9 @@ type State struct {
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Nodes          []*corev1.Node
+	// ServiceAccounts and Gateways carry waypoint bindings.
+	ServiceAccounts []*corev1.ServiceAccount
+	Gateways        []*gatewayv1.Gateway
 	// Policies are the translated security policies; nil means none.
 	Policies *authz.Translation
 }
@@ -64,6 +68,7 @@ func Build(s State, cfg Config) Model {
 		Addresses:      map[string]*workload.Address{},
 		Authorizations: map[string]*security.Authorization{},
 		PolicyStatus:   map[string]string{},
+		WaypointStatus: map[string]BindingStatus{},
 	}
 	if s.Policies != nil {
 		for k, v := range s.Policies.Authorizations {
@@ -89,8 +94,71 @@ func Build(s State, cfg Config) Model {
 		}
 		services[svc.Namespace+"/"+svc.Name] = svc
 		svcsByNS[svc.Namespace] = append(svcsByNS[svc.Namespace], svc)
-		ws := translateService(svc, cfg)
-		m.Addresses[ServiceName(ws.Namespace, ws.Hostname)] = &workload.Address{Type: &workload.Address_Service{Service: ws}}
+	}
+	accounts := map[string]*corev1.ServiceAccount{}
+	for _, sa := range s.ServiceAccounts {
+		accounts[key(sa.Namespace, sa.Name)] = sa
+	}
+	wps := newWaypoints(s.Gateways, func(ns, name string) *corev1.Service { return services[key(ns, name)] }, cfg.DomainSuffix)
+	wps.gatewayStatuses(m.WaypointStatus)
+	for _, n := range s.Namespaces {
+		if st, ok := wps.namespaceStatus(n); ok {
+			m.WaypointStatus[StatusKey("Namespace", "", n.Name)] = st
+		}
+	}
+	for _, sa := range s.ServiceAccounts {
+		if st, ok := wps.serviceAccountStatus(sa, namespaces[sa.Namespace]); ok {
+			m.WaypointStatus[StatusKey("ServiceAccount", sa.Namespace, sa.Name)] = st
+		}
+	}
+	// Pods whose Workload.waypoint comes from a binding of their own (pod
+	// or service account): a Service backed by one leaves the namespace's
+	// waypoint to ztunnel's choice per endpoint.
+	podsByKey := map[string]*corev1.Pod{}
+	for _, pod := range s.Pods {
+		podsByKey[key(pod.Namespace, pod.Name)] = pod
+	}
+	ownBound := func(pk string) bool {
+		pod := podsByKey[pk]
+		if pod == nil || wps.isWaypointPod(pod) {
+			return false
+		}
+		a, _ := wps.ownBinding(pod, namespaces[pod.Namespace], accounts[key(pod.Namespace, podServiceAccount(pod))], workloadTraffic)
+		return a != nil
+	}
+	svcBackendsBound := map[string]bool{}
+	for _, pod := range s.Pods {
+		if !ownBound(key(pod.Namespace, pod.Name)) {
+			continue
+		}
+		for _, svc := range svcsByNS[pod.Namespace] {
+			if len(svc.Spec.Selector) > 0 && selects(svc.Spec.Selector, pod.Labels) {
+				svcBackendsBound[key(svc.Namespace, svc.Name)] = true
+			}
+		}
+	}
+	for _, es := range s.EndpointSlices {
+		sk := key(es.Namespace, es.Labels[discoveryv1.LabelServiceName])
+		if svc := services[sk]; svc == nil || len(svc.Spec.Selector) > 0 {
+			continue
+		}
+		for _, pk := range slicePods(es) {
+			if ownBound(pk) {
+				svcBackendsBound[sk] = true
+			}
+		}
+	}
+	for _, svc := range s.Services {
+		if svc.Spec.Type == corev1.ServiceTypeExternalName {
+			continue
+		}
+		nsObj := namespaces[svc.Namespace]
+		sv := translateService(svc, cfg)
+		sv.Waypoint = wps.serviceWaypoint(svc, nsObj, svcBackendsBound[key(svc.Namespace, svc.Name)])
+		m.Addresses[ServiceName(sv.Namespace, sv.Hostname)] = &workload.Address{Type: &workload.Address_Service{Service: sv}}
+		if st, ok := wps.serviceStatus(svc, nsObj); ok {
+			m.WaypointStatus[StatusKey("Service", svc.Namespace, svc.Name)] = st
+		}
 	}
 
 	pods := map[string]*workload.Workload{} // namespace/name
@@ -99,6 +167,7 @@ func Build(s State, cfg Config) Model {
 		if w == nil {
 			continue
 		}
+		wps.applyTo(w, pod, namespaces[pod.Namespace], accounts[key(pod.Namespace, podServiceAccount(pod))])
 		for _, svc := range svcsByNS[pod.Namespace] {
 			if len(svc.Spec.Selector) == 0 || !selects(svc.Spec.Selector, pod.Labels) {
 				continue

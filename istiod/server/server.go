@@ -312,11 +312,12 @@ func (s *Server) monitoring() http.Handler {
 	mux.HandleFunc("/debug/model", func(w http.ResponseWriter, _ *http.Request) {
 		m, builds := s.index.Model()
 		out := struct {
-			Builds         uint64                     `json:"builds"`
-			Addresses      map[string]json.RawMessage `json:"addresses"`
-			Authorizations map[string]json.RawMessage `json:"authorizations"`
-			PolicyStatus   map[string]string          `json:"policyStatus"`
-		}{builds, map[string]json.RawMessage{}, map[string]json.RawMessage{}, m.PolicyStatus}
+			Builds         uint64                           `json:"builds"`
+			Addresses      map[string]json.RawMessage       `json:"addresses"`
+			Authorizations map[string]json.RawMessage       `json:"authorizations"`
+			PolicyStatus   map[string]string                `json:"policyStatus"`
+			WaypointStatus map[string]ambient.BindingStatus `json:"waypointStatus"`
+		}{builds, map[string]json.RawMessage{}, map[string]json.RawMessage{}, m.PolicyStatus, m.WaypointStatus}
 		for k, v := range m.Addresses {
 			out.Addresses[k], _ = protojson.Marshal(v)
 		}
