@@ -25,6 +25,10 @@ type ClientConfig struct {
 	Verifier *identity.Verifier
 	// Expected is the identity the peer must prove.
 	Expected identity.Identity
+	// Match, if set, replaces the check against Expected: the peer's
+	// verified identity is accepted when Match returns nil (a proxy that
+	// checks a SAN prefix, as an Envoy cluster's SAN matchers do).
+	Match func(identity.Identity) error
 	// Dialer makes the TCP connection; nil means a net.Dialer.
 	Dialer interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
@@ -51,7 +55,7 @@ func Dial(ctx context.Context, addr netip.AddrPort, cfg ClientConfig) (*ClientCo
 	if cfg.Verifier == nil {
 		return nil, fmt.Errorf("dial hbone %s: no verifier", addr)
 	}
-	if cfg.Expected.IsZero() {
+	if cfg.Expected.IsZero() && cfg.Match == nil {
 		return nil, fmt.Errorf("dial hbone %s: no expected peer identity", addr)
 	}
 	var d interface {
@@ -107,7 +111,11 @@ func clientTLSConfig(cfg ClientConfig, peer *identity.Identity) *tls.Config {
 			if err != nil {
 				return err
 			}
-			if id != cfg.Expected {
+			if cfg.Match != nil {
+				if err := cfg.Match(id); err != nil {
+					return fmt.Errorf("verify peer: %w: %s: %v", identity.ErrWrongIdentity, id, err)
+				}
+			} else if id != cfg.Expected {
 				return fmt.Errorf("verify peer: %w: got %s, want %s", identity.ErrWrongIdentity, id, cfg.Expected)
 			}
 			*peer = id

@@ -70,3 +70,14 @@ const (
 	InHandshake = "in_handshake"
 	FromPeer    = "from_peer"
 )
+
+// The waypoint: Envoy's names for a request's parts and outcome.
+const (
+	Listener      = "listener"
+	Chain         = "filter_chain"
+	Cluster       = "cluster"
+	Endpoint      = "endpoint"
+	Method        = "method"
+	Path          = "path"
+	ResponseFlags = "response_flags"
+)

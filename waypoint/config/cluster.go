@@ -1,0 +1,175 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	internalup "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/internal_upstream/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+func buildCluster(c *cluster.Cluster, cla map[string]*endpoint.ClusterLoadAssignment) (*Cluster, error) {
+	if err := c.ValidateAll(); err != nil {
+		return nil, err
+	}
+	out := &Cluster{Name: c.GetName(), ConnectTimeout: dur(c.GetConnectTimeout())}
+	if out.ConnectTimeout == 0 {
+		out.ConnectTimeout = defaultConnectTimeout
+	}
+	switch c.GetLbPolicy() {
+	case cluster.Cluster_ROUND_ROBIN, cluster.Cluster_LEAST_REQUEST, cluster.Cluster_RANDOM, cluster.Cluster_CLUSTER_PROVIDED:
+		// Served round robin: with equal weights and one proxy the
+		// difference is in tail behaviour only.
+	default:
+		return nil, unsupported(fmt.Sprintf("lb_policy %v", c.GetLbPolicy()))
+	}
+	if c.GetClusterType() != nil {
+		return nil, unsupported("custom cluster_type")
+	}
+	var load *endpoint.ClusterLoadAssignment
+	switch c.GetType() {
+	case cluster.Cluster_STATIC:
+		out.Type = ClusterStatic
+		load = c.GetLoadAssignment()
+	case cluster.Cluster_EDS:
+		out.Type = ClusterEDS
+		name := c.GetEdsClusterConfig().GetServiceName()
+		if name == "" {
+			name = c.GetName()
+		}
+		load = cla[name] // none yet: no endpoints
+	case cluster.Cluster_ORIGINAL_DST:
+		out.Type = ClusterOriginalDst
+		out.PortOverride = uint16(c.GetOriginalDstLbConfig().GetUpstreamPortOverride().GetValue())
+		if c.GetOriginalDstLbConfig().GetUseHttpHeader() || c.GetOriginalDstLbConfig().GetMetadataKey() != nil {
+			return nil, unsupported("original_dst_lb_config use_http_header and metadata_key")
+		}
+	default:
+		return nil, unsupported(fmt.Sprintf("cluster type %v", c.GetType()))
+	}
+	if ts := c.GetTransportSocket(); ts != nil {
+		if err := clusterTransport(out, ts); err != nil {
+			return nil, err
+		}
+	}
+	if len(c.GetTransportSocketMatches()) > 0 {
+		return nil, unsupported("transport_socket_matches")
+	}
+	eps, err := endpoints(load)
+	if err != nil {
+		return nil, err
+	}
+	out.Endpoints = eps
+	return out, nil
+}
+
+// defaultConnectTimeout is Envoy's.
+const defaultConnectTimeout = 5 * time.Second
+
+func clusterTransport(out *Cluster, ts *core.TransportSocket) error {
+	t := innerType(ts.GetTypedConfig())
+	switch t {
+	case "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport":
+		var iu internalup.InternalUpstreamTransport
+		if err := anyTo(ts.GetTypedConfig(), &iu); err != nil {
+			return err
+		}
+		out.Internal = true
+		for _, pm := range iu.GetPassthroughMetadata() {
+			if pm.GetKind().GetHost() == nil {
+				return unsupported("internal_upstream passthrough metadata other than host")
+			}
+			out.PassthroughHost = append(out.PassthroughHost, pm.GetName())
+		}
+		if inner := iu.GetTransportSocket(); inner != nil && !strings.HasSuffix(inner.GetTypedConfig().GetTypeUrl(), "RawBuffer") {
+			return unsupported("internal_upstream wrapping a transport other than raw_buffer")
+		}
+	case "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer":
+	case "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":
+		var u tlsv3.UpstreamTlsContext
+		if err := anyTo(ts.GetTypedConfig(), &u); err != nil {
+			return err
+		}
+		out.TLS = true
+		ctx := u.GetCommonTlsContext()
+		vc := ctx.GetCombinedValidationContext().GetDefaultValidationContext()
+		if vc == nil {
+			vc = ctx.GetValidationContext()
+		}
+		for _, m := range vc.GetMatchTypedSubjectAltNames() {
+			if m.GetSanType() != tlsv3.SubjectAltNameMatcher_URI {
+				return unsupported(fmt.Sprintf("SAN matcher of type %v", m.GetSanType()))
+			}
+			sm, err := compileString(m.GetMatcher())
+			if err != nil {
+				return fmt.Errorf("san matcher: %w", err)
+			}
+			out.SANMatch = append(out.SANMatch, sm)
+		}
+		for _, m := range vc.GetMatchSubjectAltNames() {
+			sm, err := compileString(m)
+			if err != nil {
+				return fmt.Errorf("san matcher: %w", err)
+			}
+			out.SANMatch = append(out.SANMatch, sm)
+		}
+	default:
+		return unsupported(fmt.Sprintf("transport socket %s (%s)", ts.GetName(), t))
+	}
+	return nil
+}
+
+func endpoints(load *endpoint.ClusterLoadAssignment) ([]*Endpoint, error) {
+	var out []*Endpoint
+	for _, lle := range load.GetEndpoints() {
+		for _, le := range lle.GetLbEndpoints() {
+			switch le.GetHealthStatus() {
+			case core.HealthStatus_UNKNOWN, core.HealthStatus_HEALTHY, core.HealthStatus_DEGRADED:
+			default:
+				continue // unhealthy, draining, timeout: not picked
+			}
+			ep := le.GetEndpoint()
+			if ep == nil {
+				return nil, unsupported("lb endpoint by name")
+			}
+			e := &Endpoint{Metadata: map[string]map[string]string{}}
+			switch a := ep.GetAddress().GetAddress().(type) {
+			case *core.Address_SocketAddress:
+				ip, err := netip.ParseAddr(a.SocketAddress.GetAddress())
+				if err != nil {
+					return nil, fmt.Errorf("endpoint address %q: %w", a.SocketAddress.GetAddress(), err)
+				}
+				e.Address = netip.AddrPortFrom(ip, uint16(a.SocketAddress.GetPortValue()))
+			case *core.Address_EnvoyInternalAddress:
+				e.Listener = a.EnvoyInternalAddress.GetServerListenerName()
+				e.ID = a.EnvoyInternalAddress.GetEndpointId()
+				if e.Listener == "" {
+					return nil, fmt.Errorf("internal endpoint without server_listener_name")
+				}
+			default:
+				return nil, unsupported(fmt.Sprintf("endpoint address %T", a))
+			}
+			for ns, st := range le.GetMetadata().GetFilterMetadata() {
+				e.Metadata[ns] = stringFields(st)
+			}
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func stringFields(st *structpb.Struct) map[string]string {
+	out := map[string]string{}
+	for k, v := range st.GetFields() {
+		if s, ok := v.GetKind().(*structpb.Value_StringValue); ok {
+			out[k] = s.StringValue
+		}
+	}
+	return out
+}

@@ -1,0 +1,709 @@
+package waypoint
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/waypoint/config"
+)
+
+// view is one request (or connection) as matchers and format strings
+// read it.
+type view struct {
+	req   *http.Request
+	ci    *connInfo
+	fs    map[string]string
+	query url.Values
+}
+
+var _ config.Request = (*view)(nil)
+var _ config.FormatContext = (*view)(nil)
+
+func (v *view) Header(name string) (string, bool) {
+	if v.req == nil {
+		return "", false
+	}
+	switch name {
+	case ":method":
+		return v.req.Method, true
+	case ":authority", "host":
+		return v.req.Host, v.req.Host != ""
+	case ":path":
+		return v.req.RequestURI, true
+	case ":scheme":
+		return "http", true
+	}
+	vs := v.req.Header.Values(name)
+	if len(vs) == 0 {
+		return "", false
+	}
+	return strings.Join(vs, ","), true
+}
+
+func (v *view) Path() string {
+	if v.req == nil {
+		return ""
+	}
+	return v.req.RequestURI
+}
+
+func (v *view) Query() map[string][]string {
+	if v.query == nil && v.req != nil {
+		_, q, _ := strings.Cut(v.req.RequestURI, "?")
+		v.query, _ = url.ParseQuery(q)
+	}
+	return v.query
+}
+
+func (v *view) Destination() netip.AddrPort { return v.ci.local }
+func (v *view) Source() netip.AddrPort      { return v.ci.remote }
+
+func (v *view) FilterState(key string) (string, bool) {
+	s, ok := v.fs[key]
+	return s, ok
+}
+
+func (v *view) PeerPrincipal() (string, bool)  { return v.ci.peer, v.ci.peer != "" }
+func (v *view) LocalPrincipal() (string, bool) { return v.ci.localSAN, v.ci.localSAN != "" }
+
+// setFilterState runs set_filter_state values; a read-only key already
+// set is kept.
+func (v *view) setFilterState(vals []*config.FilterStateValue) {
+	for _, fv := range vals {
+		s, ok := fv.Value.Eval(v)
+		if !ok && fv.SkipIfEmpty || s == "" && fv.SkipIfEmpty {
+			continue
+		}
+		if _, set := v.fs[fv.Key]; set && fv.ReadOnly {
+			continue
+		}
+		v.fs[fv.Key] = s
+	}
+}
+
+// selectRoute picks the virtual host by :authority (Envoy's order:
+// exact, suffix wildcard, prefix wildcard, "*") and its first matching
+// route.
+func selectRoute(h *config.HCM, v *view, req *http.Request) *config.Route {
+	vh := selectVirtualHost(h.VirtualHosts, req.Host)
+	if vh == nil {
+		return nil
+	}
+	for _, r := range vh.Routes {
+		if r.Match.Matches(v, req.Method) {
+			return r
+		}
+	}
+	return nil
+}
+
+func selectVirtualHost(vhs []*config.VirtualHost, host string) *config.VirtualHost {
+	host = strings.ToLower(host)
+	hostNoPort := host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		hostNoPort = h
+	}
+	var best *config.VirtualHost
+	bestRank, bestLen := 0, -1
+	for _, vh := range vhs {
+		for _, d := range vh.Domains {
+			d = strings.ToLower(d)
+			rank, l := 0, len(d)
+			switch {
+			case d == host || d == hostNoPort:
+				rank = 4
+			case strings.HasPrefix(d, "*") && d != "*" && (strings.HasSuffix(host, d[1:]) || strings.HasSuffix(hostNoPort, d[1:])):
+				rank = 3
+			case strings.HasSuffix(d, "*") && d != "*" && strings.HasPrefix(host, d[:len(d)-1]):
+				rank = 2
+			case d == "*":
+				rank = 1
+			}
+			if rank > bestRank || rank == bestRank && rank > 0 && l > bestLen {
+				best, bestRank, bestLen = vh, rank, l
+			}
+		}
+	}
+	return best
+}
+
+// hopHeaders are removed before forwarding (RFC 9110 section 7.6.1).
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// errHead is a request head the waypoint refuses before parsing it.
+type errHead struct {
+	status int
+	msg    string
+}
+
+func (e *errHead) Error() string { return e.msg }
+
+// checkHead waits for a whole request head in the buffer and checks
+// what net/http would let through: the size and header-count limits,
+// and Content-Length together with Transfer-Encoding (Envoy refuses it
+// unless allow_chunked_length; net/http would drop the length), the
+// classic request-smuggling ambiguity.
+func checkHead(br *bufio.Reader, maxBytes, maxHeaders int) error {
+	for n := 1; ; {
+		b, err := br.Peek(n)
+		if len(b) < n {
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 || bytes.Contains(b, []byte("\n\n")) {
+			return inspectHead(b, maxHeaders)
+		}
+		if n >= maxBytes {
+			return &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
+		}
+		n = min(max(n+1, br.Buffered()+1), maxBytes)
+	}
+}
+
+func inspectHead(b []byte, maxHeaders int) error {
+	lines := bytes.Split(b, []byte("\n"))
+	count, cl, te := 0, 0, false
+	for i, line := range lines {
+		if i == 0 {
+			continue
+		}
+		line = bytes.TrimRight(line, "\r")
+		if len(line) == 0 {
+			break
+		}
+		count++
+		name, _, _ := bytes.Cut(line, []byte(":"))
+		switch strings.ToLower(string(bytes.TrimSpace(name))) {
+		case "content-length":
+			cl++
+		case "transfer-encoding":
+			te = true
+		}
+	}
+	if count > maxHeaders {
+		return &errHead{http.StatusRequestHeaderFieldsTooLarge, "too many headers"}
+	}
+	if te && cl > 0 {
+		return &errHead{http.StatusBadRequest, "content-length and transfer-encoding together"}
+	}
+	return nil
+}
+
+// serveHTTP is an HTTP connection manager on one connection: HTTP/1.1
+// requests one after the other (keep-alive), each against the snapshot
+// current when it arrives.
+func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c *sniffConn, ci *connInfo) {
+	for {
+		snap := p.snap.Load()
+		hcm := lookupHCM(snap, listenerName, chainName)
+		if hcm == nil {
+			return // the chain is gone: the connection drains with it
+		}
+		// Header-read and idle timeouts: the stream has no deadlines,
+		// so a timer closes it.
+		wait := hcm.IdleTimeout
+		if hcm.RequestHeadersTimeout > 0 && (wait == 0 || hcm.RequestHeadersTimeout < wait) {
+			wait = hcm.RequestHeadersTimeout
+		}
+		var timer *time.Timer
+		if wait > 0 {
+			timer = time.AfterFunc(wait, func() { c.Close() })
+		}
+		err := checkHead(c.br, hcm.MaxRequestHeadersKB<<10, hcm.MaxHeadersCount)
+		var req *http.Request
+		if err == nil {
+			req, err = http.ReadRequest(c.br)
+		}
+		if timer != nil && !timer.Stop() {
+			return
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			status := http.StatusBadRequest
+			var eh *errHead
+			if errors.As(err, &eh) {
+				status = eh.status
+			}
+			p.stats.badRequests.Add(1)
+			p.log.Debug("malformed request", logkey.Error, err.Error())
+			writeLocal(c, nil, status, http.StatusText(status), nil, true)
+			return
+		}
+		keep := p.serveRequest(ctx, snap, hcm, c, ci, req)
+		if !keep || req.Close {
+			return
+		}
+	}
+}
+
+func lookupHCM(snap *config.Snapshot, listener, chain string) *config.HCM {
+	if snap == nil {
+		return nil
+	}
+	l := snap.Listeners[listener]
+	if l == nil {
+		return nil
+	}
+	ch := l.Chain(chain)
+	if ch == nil {
+		return nil
+	}
+	return ch.HCM
+}
+
+// writeLocal writes a response the waypoint makes itself.
+func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.Header, closeConn bool) error {
+	resp := &http.Response{StatusCode: status, ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{}, Request: req, Close: closeConn}
+	for k, vs := range h {
+		resp.Header[k] = vs
+	}
+	if body != "" {
+		resp.Header.Set("Content-Type", "text/plain")
+		resp.Body = io.NopCloser(strings.NewReader(body))
+	}
+	resp.ContentLength = int64(len(body))
+	return resp.Write(w)
+}
+
+// serveRequest runs the HTTP filters and the router for one request; it
+// reports whether the connection may carry another.
+func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, c *sniffConn, ci *connInfo, req *http.Request) bool {
+	start := time.Now()
+	defer req.Body.Close()
+	fs := make(map[string]string, len(ci.fs))
+	for k, v := range ci.fs {
+		fs[k] = v
+	}
+	v := &view{req: req, ci: ci, fs: fs}
+	rt := selectRoute(hcm, v, req)
+	status, flags := 0, "-"
+	defer func() {
+		p.stats.request(status)
+		p.log.Debug("request", logkey.Method, req.Method, logkey.Authority, req.Host, logkey.Path, req.RequestURI, logkey.Status, status,
+			logkey.ResponseFlags, flags, logkey.Duration, time.Since(start).String(), logkey.Peer, fs["io.istio.peer_principal"])
+	}()
+	local := func(code int, body string, flag string, h http.Header) bool {
+		status, flags = code, flag
+		if err := writeLocal(c, req, code, body, h, false); err != nil {
+			return false
+		}
+		return drainBody(req)
+	}
+	for _, f := range hcm.Filters {
+		if rt != nil && rt.DisabledFilters[f.Name] {
+			continue
+		}
+		switch f.Kind {
+		case config.FilterSetFilterState:
+			v.setFilterState(f.SetFilterState)
+		case config.FilterRBAC:
+			if f.RBAC.Shadow != nil {
+				if ok, pol := f.RBAC.Shadow.Allowed(v); !ok {
+					p.log.Info("shadow RBAC would deny", logkey.Policy, pol, logkey.Path, req.RequestURI)
+				}
+			}
+			if ok, pol := f.RBAC.Rules.Allowed(v); !ok {
+				p.stats.rbacDenied.Add(1)
+				p.log.Info("request denied by RBAC", logkey.Policy, pol, logkey.Method, req.Method, logkey.Path, req.RequestURI, logkey.Peer, fs["io.istio.peer_principal"])
+				return local(http.StatusForbidden, "RBAC: access denied", "RBAC", nil)
+			}
+		case config.FilterFault:
+			ft := f.Fault
+			if rt != nil && rt.Fault != nil {
+				ft = rt.Fault
+			}
+			if code, flag, ok := p.fault(ctx, ft, v, req); ok {
+				if code == 0 {
+					continue
+				}
+				return local(code, "fault filter abort", flag, nil)
+			} else if flag == "DI" {
+				flags = "DI"
+			} else if ctx.Err() != nil {
+				return false
+			}
+		case config.FilterCORS:
+			if rt != nil && rt.CORS != nil {
+				if done, keep := p.cors(rt.CORS, c, req, &status); done {
+					return keep
+				}
+			}
+		case config.FilterRouter:
+			if rt == nil {
+				return local(http.StatusNotFound, "", "NR", nil)
+			}
+			switch {
+			case rt.Direct != nil:
+				h := http.Header{}
+				applyResponseMutation(h, rt.Headers)
+				return local(rt.Direct.Status, rt.Direct.Body, "-", h)
+			case rt.Redirect != nil:
+				code := rt.Redirect.Code
+				if code == 0 {
+					code = http.StatusMovedPermanently
+				}
+				h := http.Header{"Location": {redirectLocation(rt, req)}}
+				return local(code, "", "-", h)
+			default:
+				code, flag, keep := p.forward(ctx, snap, hcm, rt, c, ci, req, v)
+				status, flags = code, flag
+				return keep
+			}
+		}
+	}
+	return false
+}
+
+// drainBody reads what is left of a request body so that the next
+// request can be read; a large remainder closes the connection instead.
+func drainBody(req *http.Request) bool {
+	n, err := io.CopyN(io.Discard, req.Body, 256<<10)
+	return err == io.EOF || err == nil && n == 0
+}
+
+// fault applies a fault filter: a delay (reported as flag DI, then the
+// request goes on), or an abort status (flag FI). ok is false when the
+// request ended during a delay.
+func (p *Proxy) fault(ctx context.Context, f *config.Fault, v *view, req *http.Request) (code int, flag string, ok bool) {
+	for _, h := range f.Headers {
+		if !h(v) {
+			return 0, "", true
+		}
+	}
+	if f.Delay > 0 && rollPercent(f.DelayPercent) {
+		t := time.NewTimer(f.Delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return 0, "", false
+		}
+		flag = "DI"
+	}
+	status := f.AbortStatus
+	if f.AbortHeader {
+		status, _ = strconv.Atoi(req.Header.Get("x-envoy-fault-abort-request"))
+	}
+	if status >= 200 && status < 600 && rollPercent(f.AbortPercent) {
+		return status, "FI", true
+	}
+	return 0, flag, true
+}
+
+// cors answers a preflight request, or marks the response of an allowed
+// origin.
+func (p *Proxy) cors(cp *config.CORS, c *sniffConn, req *http.Request, status *int) (done, keep bool) {
+	origin := req.Header.Get("Origin")
+	if origin == "" {
+		return false, false
+	}
+	allowed := false
+	for _, m := range cp.AllowOrigins {
+		if m(origin) {
+			allowed = true
+		}
+	}
+	if !allowed {
+		return false, false
+	}
+	req.Header.Set("X-Ambit-Cors-Origin", origin) // marks the response below
+	if req.Method != http.MethodOptions || req.Header.Get("Access-Control-Request-Method") == "" {
+		return false, false
+	}
+	h := http.Header{"Access-Control-Allow-Origin": {origin}}
+	if cp.AllowMethods != "" {
+		h.Set("Access-Control-Allow-Methods", cp.AllowMethods)
+	}
+	if cp.AllowHeaders != "" {
+		h.Set("Access-Control-Allow-Headers", cp.AllowHeaders)
+	}
+	if cp.MaxAge != "" {
+		h.Set("Access-Control-Max-Age", cp.MaxAge)
+	}
+	if cp.AllowCredentials {
+		h.Set("Access-Control-Allow-Credentials", "true")
+	}
+	*status = http.StatusOK
+	if writeLocal(c, req, http.StatusOK, "", h, false) != nil {
+		return true, false
+	}
+	return true, drainBody(req)
+}
+
+func redirectLocation(rt *config.Route, req *http.Request) string {
+	r := rt.Redirect
+	scheme := "http"
+	if r.Scheme != "" {
+		scheme = r.Scheme
+	}
+	host := req.Host
+	if r.Host != "" {
+		host = r.Host
+	}
+	if r.Port != 0 {
+		h := host
+		if hh, _, err := net.SplitHostPort(host); err == nil {
+			h = hh
+		}
+		host = net.JoinHostPort(h, strconv.Itoa(int(r.Port)))
+	} else if r.Host != "" || r.Scheme != "" {
+		// A new host or scheme drops the request's port unless it is
+		// set (Envoy keeps it only when neither changed).
+		if hh, _, err := net.SplitHostPort(host); err == nil && r.Host == "" {
+			host = hh
+		}
+	}
+	path, query, hasQuery := strings.Cut(req.RequestURI, "?")
+	switch {
+	case r.Path != "":
+		path = r.Path
+		if strings.Contains(r.Path, "?") {
+			hasQuery = false
+		}
+	case r.RegexRewrite != nil:
+		path = r.RegexRewrite.Pattern.ReplaceAllString(path, r.RegexRewrite.Substitution)
+	case r.PrefixRewrite != "":
+		path = rewritePrefix(rt.Match, path, r.PrefixRewrite)
+	}
+	loc := scheme + "://" + host + path
+	if hasQuery && !r.StripQuery {
+		loc += "?" + query
+	}
+	return loc
+}
+
+func rewritePrefix(m *config.RouteMatch, path, to string) string {
+	prefix := m.Prefix()
+	if prefix == "" || !strings.HasPrefix(path, prefix) {
+		return path
+	}
+	return to + path[len(prefix):]
+}
+
+func applyRequestMutation(h http.Header, m config.HeaderMutation) {
+	for _, n := range m.RequestRemove {
+		h.Del(n)
+	}
+	for _, hv := range m.RequestAdd {
+		applyHeader(h, hv)
+	}
+}
+
+func applyResponseMutation(h http.Header, m config.HeaderMutation) {
+	for _, n := range m.ResponseRemove {
+		h.Del(n)
+	}
+	for _, hv := range m.ResponseAdd {
+		applyHeader(h, hv)
+	}
+}
+
+func applyHeader(h http.Header, hv config.HeaderValue) {
+	switch {
+	case hv.AddIfAbsent:
+		if h.Get(hv.Name) == "" {
+			h.Set(hv.Name, hv.Value)
+		}
+	case hv.Append:
+		h.Add(hv.Name, hv.Value)
+	default:
+		h.Set(hv.Name, hv.Value)
+	}
+}
+
+// forward is the router: it sends the request to the route's cluster and
+// the response back. It returns the status, the response flag and
+// whether the connection may carry another request.
+func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, rt *config.Route, c *sniffConn, ci *connInfo, req *http.Request, v *view) (int, string, bool) {
+	a := rt.Action
+	local := func(code int, body, flag string) (int, string, bool) {
+		if writeLocal(c, req, code, body, nil, false) != nil {
+			return code, flag, false
+		}
+		return code, flag, drainBody(req)
+	}
+	name, hostRewrite := a.Cluster, a.HostRewrite
+	var wc *config.WeightedCluster
+	if len(a.Weighted) > 0 {
+		if wc = pickWeighted(a.Weighted); wc == nil {
+			return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
+		}
+		name = wc.Name
+		if wc.HostRewrite != "" && hostRewrite == "" {
+			hostRewrite = wc.HostRewrite
+		}
+	}
+	cl := snap.Clusters[name]
+	if cl == nil {
+		return local(a.ClusterNotFoundCode, "", "NC")
+	}
+	ep := cl.Pick()
+	if ep == nil {
+		return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
+	}
+	upgrade := ""
+	if isUpgrade(req) {
+		t := strings.ToLower(req.Header.Get("Upgrade"))
+		on, set := a.Upgrades[t]
+		if !set {
+			on = hcm.Upgrades[t]
+		}
+		if !on {
+			return local(http.StatusForbidden, "", "-") // Envoy refuses an upgrade it is not configured for
+		}
+		upgrade = req.Header.Get("Upgrade")
+	}
+	out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: upstreamShare(ci, v)}))
+	for _, h := range hopHeaders {
+		out.Header.Del(h)
+	}
+	for _, h := range strings.Split(req.Header.Get("Connection"), ",") {
+		if h = strings.TrimSpace(h); h != "" && !strings.EqualFold(h, "upgrade") {
+			out.Header.Del(h)
+		}
+	}
+	if upgrade != "" {
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", upgrade)
+	}
+	out.Header.Del("X-Ambit-Cors-Origin")
+	if out.Header.Get("X-Forwarded-Proto") == "" {
+		out.Header.Set("X-Forwarded-Proto", "http")
+	}
+	applyRequestMutation(out.Header, rt.Headers)
+	if wc != nil {
+		applyRequestMutation(out.Header, wc.Headers)
+	}
+	path, query, hasQuery := strings.Cut(req.RequestURI, "?")
+	switch {
+	case a.RegexRewrite != nil:
+		path = a.RegexRewrite.Pattern.ReplaceAllString(path, a.RegexRewrite.Substitution)
+	case a.PrefixRewrite != "":
+		path = rewritePrefix(rt.Match, path, a.PrefixRewrite)
+	}
+	uri := path
+	if hasQuery {
+		uri += "?" + query
+	}
+	out.URL = &url.URL{Scheme: "http", Host: endpointHost(cl, ep), Opaque: uri}
+	out.RequestURI = ""
+	if hostRewrite != "" {
+		out.Host = hostRewrite
+	}
+	if req.ContentLength == 0 {
+		out.Body = nil
+	}
+	var cancel context.CancelFunc = func() {}
+	if a.Timeout > 0 {
+		var tctx context.Context
+		tctx, cancel = context.WithTimeout(out.Context(), a.Timeout)
+		out = out.WithContext(tctx)
+	}
+	defer cancel()
+	resp, err := p.transport.RoundTrip(out)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")
+		}
+		p.stats.upstreamFail.Add(1)
+		p.log.Info("upstream request failed", logkey.Cluster, cl.Name, logkey.Endpoint, ep.String(), logkey.Error, err.Error())
+		return local(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure", flagFor(err))
+	}
+	defer resp.Body.Close()
+	for _, h := range hopHeaders {
+		if resp.StatusCode == http.StatusSwitchingProtocols && (h == "Upgrade") {
+			continue
+		}
+		resp.Header.Del(h)
+	}
+	applyResponseMutation(resp.Header, rt.Headers)
+	if wc != nil {
+		applyResponseMutation(resp.Header, wc.Headers)
+	}
+	if o := req.Header.Get("X-Ambit-Cors-Origin"); o != "" {
+		resp.Header.Set("Access-Control-Allow-Origin", o)
+		if rt.CORS != nil && rt.CORS.ExposeHeaders != "" {
+			resp.Header.Set("Access-Control-Expose-Headers", rt.CORS.ExposeHeaders)
+		}
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return resp.StatusCode, "-", p.switchProtocols(c, resp)
+	}
+	resp.Close = resp.Close || req.Close
+	// TransferEncoding from the upstream is the upstream hop's framing;
+	// Write frames the body for this hop.
+	if resp.ContentLength < 0 {
+		resp.TransferEncoding = []string{"chunked"}
+	} else {
+		resp.TransferEncoding = nil
+	}
+	if err := resp.Write(c); err != nil {
+		return resp.StatusCode, "-", false
+	}
+	return resp.StatusCode, "-", !resp.Close && drainBody(req)
+}
+
+// upstreamShare is the downstream connection info with the request's
+// filter state, as shared with the upstream connection.
+func upstreamShare(ci *connInfo, v *view) *connInfo {
+	out := ci.clone()
+	for k, val := range v.fs {
+		out.fs[k] = val
+	}
+	return out
+}
+
+func isUpgrade(req *http.Request) bool {
+	if req.Header.Get("Upgrade") == "" {
+		return false
+	}
+	for _, t := range strings.Split(req.Header.Get("Connection"), ",") {
+		if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
+			return true
+		}
+	}
+	return false
+}
+
+// switchProtocols relays a 101 answer, then the two byte streams (a
+// WebSocket) until either side ends. The connection carries no more
+// requests.
+func (p *Proxy) switchProtocols(c *sniffConn, resp *http.Response) bool {
+	up, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		return false
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/1.1 101 Switching Protocols\r\n")
+	resp.Header.Write(&b)
+	b.WriteString("Connection: Upgrade\r\n\r\n")
+	if _, err := c.Write(b.Bytes()); err != nil {
+		return false
+	}
+	done := make(chan struct{})
+	go func() {
+		io.Copy(up, c)
+		up.Close()
+		close(done)
+	}()
+	io.Copy(c, up)
+	c.Close()
+	<-done
+	return false
+}

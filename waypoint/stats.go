@@ -1,0 +1,63 @@
+package waypoint
+
+import (
+	"math/rand/v2"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Stats are the proxy's counters, exported as Prometheus metrics (Envoy's
+// own names where one exists; Istio's request metrics come with
+// telemetry, later).
+type Stats struct {
+	requests2xx, requests3xx, requests4xx, requests5xx atomic.Uint64
+	rbacDenied, upstreamFail, badRequests, noChain     atomic.Uint64
+}
+
+func newStats() *Stats { return &Stats{} }
+
+func (s *Stats) request(status int) {
+	switch {
+	case status >= 500:
+		s.requests5xx.Add(1)
+	case status >= 400:
+		s.requests4xx.Add(1)
+	case status >= 300:
+		s.requests3xx.Add(1)
+	case status >= 200:
+		s.requests2xx.Add(1)
+	}
+}
+
+// RBACDenied counts requests and connections RBAC denied.
+func (s *Stats) RBACDenied() uint64 { return s.rbacDenied.Load() }
+
+// Describe and Collect make Stats a prometheus.Collector.
+func (s *Stats) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(s, ch) }
+
+var (
+	descRequests = prometheus.NewDesc("envoy_http_downstream_rq_xx", "Requests answered, by status class.", []string{"envoy_response_code_class"}, nil)
+	descRBAC     = prometheus.NewDesc("envoy_http_rbac_denied", "Requests and connections denied by RBAC.", nil, nil)
+	descUF       = prometheus.NewDesc("envoy_cluster_upstream_cx_connect_fail", "Upstream connections that failed.", nil, nil)
+	descBad      = prometheus.NewDesc("envoy_http_downstream_rq_rx_reset", "Malformed requests answered 4xx and closed.", nil, nil)
+	descNoChain  = prometheus.NewDesc("envoy_listener_no_filter_chain_match", "Connections no filter chain matched.", nil, nil)
+)
+
+func (s *Stats) Collect(ch chan<- prometheus.Metric) {
+	for class, v := range map[string]uint64{"2": s.requests2xx.Load(), "3": s.requests3xx.Load(), "4": s.requests4xx.Load(), "5": s.requests5xx.Load()} {
+		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(v), class)
+	}
+	ch <- prometheus.MustNewConstMetric(descRBAC, prometheus.CounterValue, float64(s.rbacDenied.Load()))
+	ch <- prometheus.MustNewConstMetric(descUF, prometheus.CounterValue, float64(s.upstreamFail.Load()))
+	ch <- prometheus.MustNewConstMetric(descBad, prometheus.CounterValue, float64(s.badRequests.Load()))
+	ch <- prometheus.MustNewConstMetric(descNoChain, prometheus.CounterValue, float64(s.noChain.Load()))
+}
+
+// rollPercent is true with probability p.
+func rollPercent(p float64) bool {
+	if p >= 1 {
+		return true
+	}
+	return rand.Float64() < p
+}

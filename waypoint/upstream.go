@@ -1,0 +1,248 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/ambitmesh/ambit/internal/hbone"
+	"github.com/ambitmesh/ambit/internal/hbone/pool"
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/waypoint/config"
+)
+
+// Upstream failures, as Envoy's response flags name them.
+var (
+	// ErrNoHealthyUpstream: the cluster has no usable endpoint (UH).
+	ErrNoHealthyUpstream = errors.New("no healthy upstream")
+	// ErrClusterNotFound: the route or tcp_proxy names a missing
+	// cluster (NC).
+	ErrClusterNotFound = errors.New("cluster not found")
+	// ErrUpstreamConnect: the connection to the endpoint failed (UF).
+	ErrUpstreamConnect = errors.New("upstream connect error")
+)
+
+// sanMatchers remembers, per pooled connection key, the cluster's SAN
+// matchers that the pool's dial checks the peer with.
+var sanMatchers sync.Map // pool.Key -> func(identity.Identity) error
+
+func sanCheck(key pool.Key) func(identity.Identity) error {
+	if m, ok := sanMatchers.Load(key); ok {
+		return m.(func(identity.Identity) error)
+	}
+	return func(identity.Identity) error { return errors.New("no SAN matcher for this connection") }
+}
+
+func clusterSANCheck(c *config.Cluster) func(identity.Identity) error {
+	return func(id identity.Identity) error {
+		if len(c.SANMatch) == 0 {
+			return nil // Envoy: no matchers, any identity the roots sign
+		}
+		for _, m := range c.SANMatch {
+			if m(id.String()) {
+				return nil
+			}
+		}
+		return fmt.Errorf("identity %s matches none of cluster %s's SAN matchers", id, c.Name)
+	}
+}
+
+// pickWeighted picks a cluster of a weighted set in proportion to the
+// weights; zero weights are never picked.
+func pickWeighted(ws []config.WeightedCluster) *config.WeightedCluster {
+	var total uint64
+	for _, w := range ws {
+		total += uint64(w.Weight)
+	}
+	if total == 0 {
+		return nil
+	}
+	n := rand.Uint64N(total)
+	for i := range ws {
+		if n < uint64(ws[i].Weight) {
+			return &ws[i]
+		}
+		n -= uint64(ws[i].Weight)
+	}
+	return nil
+}
+
+// proxyTCP is a tcp_proxy: it connects upstream and joins the two.
+func (p *Proxy) proxyTCP(ctx context.Context, snap *config.Snapshot, tp *config.TCPProxy, c net.Conn, ci *connInfo) {
+	up, err := p.dialTCPProxy(ctx, snap, tp, ci)
+	if err != nil {
+		p.stats.upstreamFail.Add(1)
+		p.log.Info("tcp_proxy upstream failed", logkey.Listener, tp.StatPrefix, logkey.DestinationAddr, ci.local.String(), logkey.Error, err.Error(), logkey.ResponseFlags, flagFor(err))
+		return
+	}
+	defer up.Close()
+	hbone.Join(c, up)
+}
+
+// dialTCPProxy opens the tcp_proxy's upstream: a cluster's endpoint, or,
+// with tunneling_config, a CONNECT to the rendered hostname through the
+// cluster.
+func (p *Proxy) dialTCPProxy(ctx context.Context, snap *config.Snapshot, tp *config.TCPProxy, ci *connInfo) (net.Conn, error) {
+	name := tp.Cluster
+	if len(tp.Weighted) > 0 {
+		w := pickWeighted(tp.Weighted)
+		if w == nil {
+			return nil, ErrNoHealthyUpstream
+		}
+		name = w.Name
+	}
+	c := snap.Clusters[name]
+	if c == nil {
+		return nil, fmt.Errorf("%w: %s", ErrClusterNotFound, name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.ConnectTimeout)
+	defer cancel()
+	if tp.Tunnel == nil {
+		ep := c.Pick()
+		if c.Type == config.ClusterOriginalDst {
+			ep = &config.Endpoint{Address: originalDst(c, ci)}
+		}
+		if ep == nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.Name, ErrNoHealthyUpstream)
+		}
+		return p.dialEndpoint(ctx, snap, c, ep, ci)
+	}
+	hostname, _ := tp.Tunnel.Eval(&view{ci: ci, fs: ci.fs})
+	target, err := netip.ParseAddrPort(hostname)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel hostname %q: the waypoint tunnels to ip:port only: %w", hostname, err)
+	}
+	if !c.TLS {
+		return nil, fmt.Errorf("cluster %s: tunnelling needs an upstream TLS (HBONE) cluster", c.Name)
+	}
+	var dst netip.AddrPort
+	switch c.Type {
+	case config.ClusterOriginalDst:
+		dst = originalDst(c, ci)
+	default:
+		ep := c.Pick()
+		if ep == nil || ep.Listener != "" {
+			return nil, fmt.Errorf("cluster %s: %w", c.Name, ErrNoHealthyUpstream)
+		}
+		dst = ep.Address
+	}
+	if !dst.IsValid() {
+		return nil, fmt.Errorf("cluster %s: no original destination", c.Name)
+	}
+	key := pool.Key{Source: p.cfg.Identity, Addr: dst}
+	sanMatchers.Store(key, clusterSANCheck(c))
+	h := http.Header{}
+	for _, hv := range tp.TunnelHeaders {
+		h.Add(hv.Name, hv.Value)
+	}
+	conn, err := p.pool.Connect(ctx, key, target, h)
+	if err != nil {
+		return nil, fmt.Errorf("%w: hbone %s via %s: %w", ErrUpstreamConnect, target, dst, err)
+	}
+	return conn, nil
+}
+
+// originalDst is an ORIGINAL_DST cluster's destination: the
+// connection's local address, its port overridden.
+func originalDst(c *config.Cluster, ci *connInfo) netip.AddrPort {
+	a := ci.local
+	if c.PortOverride != 0 && a.IsValid() {
+		a = netip.AddrPortFrom(a.Addr(), c.PortOverride)
+	}
+	return a
+}
+
+// dialEndpoint connects to one endpoint: an internal listener in
+// process, or a socket.
+func (p *Proxy) dialEndpoint(ctx context.Context, snap *config.Snapshot, c *config.Cluster, ep *config.Endpoint, ci *connInfo) (net.Conn, error) {
+	if ep.Listener == "" {
+		if c.TLS {
+			return nil, fmt.Errorf("cluster %s: upstream TLS without tunnelling is not supported", c.Name)
+		}
+		d := p.cfg.Dialer
+		conn, err := d.DialContext(ctx, "tcp", ep.Address.String())
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrUpstreamConnect, err)
+		}
+		return conn, nil
+	}
+	l := snap.Listeners[ep.Listener]
+	if l == nil {
+		return nil, fmt.Errorf("%w: internal listener %s not found", ErrUpstreamConnect, ep.Listener)
+	}
+	ici := upstreamInfo(ci, c, ep)
+	restoreOriginalDst(l, ici)
+	// An internal listener whose one chain is a tcp_proxy (Istio's
+	// connect_originate) is a dial through: its upstream is the
+	// connection, with no copy in between.
+	if l.Matcher == nil && len(l.Chains) == 1 && l.Chains[0].TCP != nil {
+		chain := l.Chains[0]
+		if !p.networkFilters(chain, ici) {
+			return nil, fmt.Errorf("%w: denied by listener %s", ErrUpstreamConnect, l.Name)
+		}
+		return p.dialTCPProxy(ctx, snap, chain.TCP, ici)
+	}
+	// Any other internal listener serves one end of a pipe.
+	a, b := net.Pipe()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.serveInternal(p.ctx, snap, l, b, ici)
+	}()
+	return a, nil
+}
+
+// dialKey carries an HTTP request's upstream choice to the transport's
+// dial.
+type dialKey struct{}
+
+type dialInfo struct {
+	snap    *config.Snapshot
+	cluster *config.Cluster
+	ep      *config.Endpoint
+	ci      *connInfo
+}
+
+// dialHTTP is the HTTP transport's dial: the endpoint the request picked.
+// Idle connections are pooled per endpoint (the request URL's host is the
+// endpoint's key).
+func (p *Proxy) dialHTTP(ctx context.Context, _, _ string) (net.Conn, error) {
+	di, ok := ctx.Value(dialKey{}).(*dialInfo)
+	if !ok {
+		return nil, errors.New("dial without an endpoint")
+	}
+	ctx, cancel := context.WithTimeout(ctx, di.cluster.ConnectTimeout)
+	defer cancel()
+	return p.dialEndpoint(ctx, di.snap, di.cluster, di.ep, di.ci)
+}
+
+// endpointHost is the URL host naming an endpoint in the transport's
+// pool.
+func endpointHost(c *config.Cluster, ep *config.Endpoint) string {
+	if ep.Listener == "" {
+		return ep.Address.String()
+	}
+	id := strings.NewReplacer(":", ".", "[", "", "]", "", "/", ".").Replace(ep.ID)
+	return strings.ToLower(ep.Listener+"."+id+"."+strings.NewReplacer("|", ".", "_", "-").Replace(c.Name)) + ".internal"
+}
+
+// flagFor is the Envoy response flag of an upstream error.
+func flagFor(err error) string {
+	switch {
+	case errors.Is(err, ErrNoHealthyUpstream):
+		return "UH"
+	case errors.Is(err, ErrClusterNotFound):
+		return "NC"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "UT"
+	default:
+		return "UF"
+	}
+}
