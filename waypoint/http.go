@@ -156,21 +156,28 @@ func (e *errHead) Error() string { return e.msg }
 // unless allow_chunked_length; net/http would drop the length), the
 // classic request-smuggling ambiguity.
 func checkHead(br *bufio.Reader, maxBytes, maxHeaders int) error {
-	for n := 1; ; {
-		b, err := br.Peek(n)
-		if len(b) < n {
-			if err == nil {
-				err = io.ErrUnexpectedEOF
-			}
-			return err
+	for {
+		n := br.Buffered()
+		b, _ := br.Peek(n)
+		if i := bytes.Index(b, []byte("\n\r\n")); i >= 0 {
+			return inspectHead(b[:i+3], maxHeaders)
 		}
-		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 || bytes.Contains(b, []byte("\n\n")) {
-			return inspectHead(b, maxHeaders)
+		if i := bytes.Index(b, []byte("\n\n")); i >= 0 {
+			return inspectHead(b[:i+2], maxHeaders)
 		}
 		if n >= maxBytes {
 			return &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
 		}
-		n = min(max(n+1, br.Buffered()+1), maxBytes)
+		// Wait for more.
+		if _, err := br.Peek(n + 1); err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
+			}
+			if n > 0 && errors.Is(err, io.EOF) {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
 	}
 }
 
@@ -243,6 +250,13 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 			p.stats.badRequests.Add(1)
 			p.log.Debug("malformed request", logkey.Error, err.Error())
 			writeLocal(c, nil, status, http.StatusText(status), nil, true)
+			return
+		}
+		// The request runs against the snapshot current now that it has
+		// arrived, not the one current when the connection went idle.
+		snap = p.snap.Load()
+		if hcm = lookupHCM(snap, listenerName, chainName); hcm == nil {
+			writeLocal(c, req, http.StatusServiceUnavailable, "", nil, true)
 			return
 		}
 		keep := p.serveRequest(ctx, snap, hcm, c, ci, req)
