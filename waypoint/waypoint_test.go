@@ -137,8 +137,10 @@ func startZtunnel(t *testing.T, node string, e *env) *ztunnel.Ztunnel {
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: node, Store: e.store, Certificates: e.ca, Roots: e.ca.Roots(),
 		OutboundAddr: "127.0.0.1:0", BindSource: true, PreserveSource: true,
-		OrigDst: func(net.Conn) (netip.AddrPort, error) { return netip.AddrPort{}, fmt.Errorf("no redirection in this test") },
-		Log:     slog.New(slog.DiscardHandler),
+		OrigDst: func(net.Conn) (netip.AddrPort, error) {
+			return netip.AddrPort{}, fmt.Errorf("no redirection in this test")
+		},
+		Log: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -540,7 +542,10 @@ func TestWebSocketUpgrade(t *testing.T) {
 
 func TestBadRequests(t *testing.T) {
 	e := newEnv(t, basicConfig)
-	for _, tc := range []struct{ name, raw string; status int }{
+	for _, tc := range []struct {
+		name, raw string
+		status    int
+	}{
 		{"malformed request line", "GARBAGE\r\n\r\n", 400},
 		{"content-length with transfer-encoding", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
 		{"differing content-lengths", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400},

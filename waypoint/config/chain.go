@@ -30,9 +30,9 @@ import (
 
 type (
 	corev3HeaderValueOption = core.HeaderValueOption
-	regexpT          = regexp.Regexp
-	filterStateInput = networkinputs.FilterStateInput
-	stringValue      = wrapperspb.StringValue
+	regexpT                 = regexp.Regexp
+	filterStateInput        = networkinputs.FilterStateInput
+	stringValue             = wrapperspb.StringValue
 )
 
 // Envoy's defaults where the config leaves a timeout out.
@@ -47,9 +47,9 @@ const (
 // (Istio's peer metadata and stats, grpc_stats): accepted, and changing
 // nothing on the request path. TypedStruct wraps Istio's own.
 const (
-	typePeerMetadata = "io.istio.http.peer_metadata.Config"
-	typeIstioStats   = "stats.PluginConfig"
-	typeGRPCStats    = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+	typePeerMetadata     = "io.istio.http.peer_metadata.Config"
+	typeIstioStats       = "stats.PluginConfig"
+	typeGRPCStats        = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
 	typeMetadataExchange = "envoy.tcp.metadataexchange.config.MetadataExchange"
 )
 

@@ -85,10 +85,10 @@ type Chain struct {
 
 // FilterStateValue is one value a set_filter_state filter sets.
 type FilterStateValue struct {
-	Key      string
-	Value    *Format
-	Shared   bool
-	ReadOnly bool
+	Key         string
+	Value       *Format
+	Shared      bool
+	ReadOnly    bool
 	SkipIfEmpty bool
 }
 
@@ -108,12 +108,12 @@ const (
 // MatchNode is one node of an xds.type.matcher.v3 tree: either an action
 // (a chain name) or a tree reading an input.
 type MatchNode struct {
-	Action string // chain name; "" for a tree
-	Input  Input
-	Key    string // filter-state key for InputFilterState
-	Exact  map[string]*MatchNode
-	Prefix map[string]*MatchNode
-	IP     []IPRange // longest prefix first
+	Action  string // chain name; "" for a tree
+	Input   Input
+	Key     string // filter-state key for InputFilterState
+	Exact   map[string]*MatchNode
+	Prefix  map[string]*MatchNode
+	IP      []IPRange // longest prefix first
 	NoMatch *MatchNode
 }
 
@@ -239,10 +239,10 @@ type HeaderMutation struct {
 // HeaderValue is one header to add: Append adds a value, otherwise it
 // replaces the header.
 type HeaderValue struct {
-	Name         string
-	Value        string
-	Append       bool
-	AddIfAbsent  bool
+	Name        string
+	Value       string
+	Append      bool
+	AddIfAbsent bool
 }
 
 // Route is one route.
@@ -336,9 +336,9 @@ type TCPProxy struct {
 	Weighted   []WeightedCluster
 	// Tunnel: the connection is carried as a CONNECT to Hostname's
 	// rendering (tunneling_config).
-	Tunnel      *Format
+	Tunnel        *Format
 	TunnelHeaders []HeaderValue
-	IdleTimeout time.Duration
+	IdleTimeout   time.Duration
 }
 
 // ClusterType is how a cluster finds its endpoints.
@@ -368,7 +368,7 @@ type Cluster struct {
 	// SANMatch when set.
 	TLS      bool
 	SANMatch []StringMatch
-	rr atomic.Uint64
+	rr       atomic.Uint64
 }
 
 // Pick returns the next endpoint round robin, or nil when none is

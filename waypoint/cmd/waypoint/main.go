@@ -1,0 +1,49 @@
+// Command waypoint is Ambit's waypoint proxy. It takes Envoy xDS from
+// istiod (--xds-address) and its certificate from istiod's CA
+// (--ca-address); for development, a static file (--static-config) and a
+// file-based test CA (--fake-ca-dir) stand in for them. The pod's
+// identity comes from POD_NAME, POD_NAMESPACE, INSTANCE_IP and
+// SERVICE_ACCOUNT, as Istio's proxies read it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"time"
+
+	"github.com/ambitmesh/ambit/internal/mesh"
+	"github.com/ambitmesh/ambit/waypoint"
+)
+
+func main() {
+	var o waypoint.Options
+	port := func(p int) string { return ":" + strconv.Itoa(p) }
+	flag.StringVar(&o.XDSAddress, "xds-address", os.Getenv("XDS_ADDRESS"), "istiod's xDS (delta ADS), e.g. istiod.istio-system.svc:15012")
+	flag.StringVar(&o.CAAddress, "ca-address", os.Getenv("CA_ADDRESS"), "istiod's CA, e.g. istiod.istio-system.svc:15012")
+	flag.StringVar(&o.StaticConfig, "static-config", "", "static Envoy configuration (bootstrap static_resources, JSON) instead of xDS; development only")
+	flag.StringVar(&o.FakeCADir, "fake-ca-dir", "", "directory of a test CA to sign the waypoint's own certificate; development only")
+	flag.StringVar(&o.RootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "PEM file of the mesh root")
+	flag.StringVar(&o.TokenFile, "token", "/var/run/secrets/tokens/istio-token", "bearer token for istiod")
+	flag.StringVar(&o.TrustDomain, "trust-domain", mesh.DefaultTrustDomain, "the mesh's trust domain")
+	flag.StringVar(&o.Node.ClusterID, "cluster-id", os.Getenv("CLUSTER_ID"), "this cluster's id")
+	flag.StringVar(&o.HBONE, "hbone", port(mesh.HBONEPort), "HBONE listener")
+	flag.StringVar(&o.Admin, "admin", "127.0.0.1"+port(mesh.AdminPort), "admin listener")
+	flag.StringVar(&o.Metrics, "metrics", port(mesh.MetricsPort), "metrics listener (/stats/prometheus)")
+	flag.StringVar(&o.Readiness, "readiness", port(mesh.ReadinessPort), "readiness listener (/healthz/ready)")
+	flag.DurationVar(&o.Drain, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown")
+	flag.Parse()
+	o.Node.PodName, o.Node.PodNamespace = os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+	o.Node.IP, o.Node.ServiceAccount = os.Getenv("INSTANCE_IP"), os.Getenv("SERVICE_ACCOUNT")
+	o.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), waypoint.Signals...)
+	defer stop()
+	if err := waypoint.Run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "waypoint:", err)
+		os.Exit(1)
+	}
+}

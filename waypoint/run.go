@@ -1,0 +1,133 @@
+package waypoint
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ambitmesh/ambit/internal/caclient"
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/xdsclient"
+	"github.com/ambitmesh/ambit/waypoint/config"
+)
+
+// Options are the command's settings (flags and the pod's environment).
+type Options struct {
+	XDSAddress, CAAddress string
+	// StaticConfig is a static configuration file (development mode:
+	// no istiod); SIGHUP is not needed, the file is read once.
+	StaticConfig string
+	// RootCert is the mesh root PEM; TokenFile the bearer token for
+	// istiod.
+	RootCert, TokenFile string
+	// FakeCADir is a test CA's directory (identity.LoadCA), for
+	// development.
+	FakeCADir                        string
+	Node                             Node
+	TrustDomain                      string
+	HBONE, Admin, Metrics, Readiness string
+	Drain                            time.Duration
+	Log                              *slog.Logger
+}
+
+// Run runs the waypoint until ctx ends or /quitquitquit.
+func Run(ctx context.Context, o Options) error {
+	log := o.Log
+	id := identity.Identity{TrustDomain: o.TrustDomain, Namespace: o.Node.PodNamespace, ServiceAccount: o.Node.ServiceAccount}
+	if err := id.Validate(); err != nil {
+		return fmt.Errorf("waypoint identity: %w", err)
+	}
+	var src identity.Source
+	var roots *x509.CertPool
+	switch {
+	case o.FakeCADir != "":
+		ca, err := identity.LoadCA(o.FakeCADir)
+		if err != nil {
+			return fmt.Errorf("load fake ca: %w", err)
+		}
+		src, roots = ca, ca.Roots()
+	case o.CAAddress != "":
+		r, err := caclient.LoadRoots(o.RootCert)
+		if err != nil {
+			return fmt.Errorf("load mesh roots: %w", err)
+		}
+		c, err := caclient.New(caclient.Config{Address: o.CAAddress, Roots: r, TokenFile: o.TokenFile, ClusterID: o.Node.ClusterID})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		src, roots = c, r
+	default:
+		return errors.New("no certificate source: set --ca-address or --fake-ca-dir")
+	}
+	certs := &identity.Cache{Source: src}
+	defer certs.Close()
+	certs.Track(id)
+	p, err := New(Config{Identity: id, Certificates: certs, Roots: roots, Log: log})
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(p.Stats())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	switch {
+	case o.StaticConfig != "":
+		r, err := config.LoadFile(o.StaticConfig)
+		if err != nil {
+			return err
+		}
+		snap, err := r.Build()
+		if err != nil {
+			return fmt.Errorf("static config %s: %w", o.StaticConfig, err)
+		}
+		p.Update(snap)
+	case o.XDSAddress != "":
+		xc, err := xdsclient.New(xdsclient.Config{
+			Address: o.XDSAddress, Types: Types, Handler: &Handler{Proxy: p}, RootCAs: roots,
+			TokenFile: o.TokenFile, ClusterID: o.Node.ClusterID, Node: o.Node.Proto(), Log: log, Registerer: reg,
+		})
+		if err != nil {
+			return err
+		}
+		go xc.Run(ctx)
+	default:
+		return errors.New("no configuration source: set --xds-address or --static-config")
+	}
+	servers := []*http.Server{
+		{Addr: o.Admin, Handler: p.AdminHandler(reg, cancel)},
+		{Addr: o.Metrics, Handler: p.AdminHandler(reg, nil)},
+		{Addr: o.Readiness, Handler: p.ReadinessHandler()},
+	}
+	for _, s := range servers {
+		ln, err := net.Listen("tcp", s.Addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", s.Addr, err)
+		}
+		go s.Serve(ln)
+		defer s.Close()
+	}
+	ln, err := net.Listen("tcp", o.HBONE)
+	if err != nil {
+		return fmt.Errorf("listen hbone %s: %w", o.HBONE, err)
+	}
+	go p.ServeHBONE(ln)
+	log.Info("waypoint started", logkey.Identity, id.String(), logkey.Addr, o.HBONE)
+	<-ctx.Done()
+	sctx, scancel := context.WithTimeout(context.Background(), o.Drain)
+	defer scancel()
+	return p.Shutdown(sctx)
+}
+
+// Signals that end the waypoint.
+var Signals = []os.Signal{syscall.SIGTERM, os.Interrupt}
