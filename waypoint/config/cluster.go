@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 Envoy still honours its deprecated fields, and istiod may send them
+
 package config
 
 import (
@@ -82,10 +84,15 @@ func clusterTransport(out *Cluster, ts *core.TransportSocket) error {
 		}
 		out.Internal = true
 		for _, pm := range iu.GetPassthroughMetadata() {
-			if pm.GetKind().GetHost() == nil {
-				return unsupported("internal_upstream passthrough metadata other than host")
+			switch {
+			case pm.GetKind().GetHost() != nil:
+				out.PassthroughHost = append(out.PassthroughHost, pm.GetName())
+			case pm.GetKind().GetCluster() != nil:
+				// Cluster metadata (Istio's "istio" services) feeds
+				// telemetry only; nothing on the data path reads it.
+			default:
+				return unsupported("internal_upstream passthrough metadata other than host and cluster")
 			}
-			out.PassthroughHost = append(out.PassthroughHost, pm.GetName())
 		}
 		if inner := iu.GetTransportSocket(); inner != nil && !strings.HasSuffix(inner.GetTypedConfig().GetTypeUrl(), "RawBuffer") {
 			return unsupported("internal_upstream wrapping a transport other than raw_buffer")

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 Envoy still honours its deprecated fields, and istiod may send them
+
 package config
 
 import (

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -774,13 +773,6 @@ func headerValues(hs []*core.HeaderValueOption) ([]HeaderValue, error) {
 	return out, nil
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	slices.Sort(ks)
-	return ks
-}
-
 var _ = route.Route{}
+
+//lint:file-ignore SA1019 Envoy still honours its deprecated fields, and istiod may send them
