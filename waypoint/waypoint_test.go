@@ -53,6 +53,8 @@ const host = "server.shop.svc.cluster.local"
 // with the client either a real ztunnel (node A) or the test speaking
 // HBONE as node A's ztunnel would.
 type env struct {
+	// res, when set, replaces cfg as the source of the config.
+	res   func() *config.Resources
 	ca    *identity.CA
 	ip    func(byte) netip.Addr
 	wp    *waypoint.Proxy
@@ -65,12 +67,19 @@ func (e *env) vip(port uint16) netip.AddrPort { return netip.AddrPortFrom(e.ip(2
 
 func newEnv(t *testing.T, cfg func(ip func(byte) netip.Addr) *waypointConfig) *env {
 	t.Helper()
+	return newEnvWith(t, host, [2]uint16{80, 90}, [2]uint16{8080, 9090}, func(e *env) { e.cfg = cfg(e.ip) })
+}
+
+// newEnvWith sets up a service svcHost with an HTTP and a TCP port
+// (ports, served by the pods on targets); setup fills in the config.
+func newEnvWith(t *testing.T, svcHost string, ports, targets [2]uint16, setup func(e *env)) *env {
+	t.Helper()
 	ca, err := identity.NewCA(identity.DefaultTrustDomain)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &env{ca: ca, ip: addrs()}
-	e.cfg = cfg(e.ip)
+	setup(e)
 	// ztunnel's view: the server behind the service, bound to the
 	// waypoint at .50.
 	wl := func(name, node string, h byte) *zconfig.Workload {
@@ -79,15 +88,15 @@ func newEnv(t *testing.T, cfg func(ip func(byte) netip.Addr) *waypointConfig) *e
 	}
 	server, server2 := wl("server", "node-b", 11), wl("server2", "node-b", 12)
 	for _, s := range []*zconfig.Workload{server, server2} {
-		s.Services = map[string]zconfig.PortList{"shop/" + host: {Ports: []zconfig.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 90, TargetPort: 9090}}}}
+		s.Services = map[string]zconfig.PortList{"shop/" + svcHost: {Ports: []zconfig.Port{{ServicePort: uint32(ports[0]), TargetPort: uint32(targets[0])}, {ServicePort: uint32(ports[1]), TargetPort: uint32(targets[1])}}}}
 	}
 	wpw := wl("waypoint", "node-w", 50)
 	st := zconfig.State{
 		Workloads: []*zconfig.Workload{wl("client", "node-a", 1), server, server2, wpw},
 		Services: []*zconfig.Service{{
-			Name: "server", Namespace: "shop", Hostname: host,
+			Name: strings.Split(svcHost, ".")[0], Namespace: "shop", Hostname: svcHost,
 			Addresses: []zconfig.NetworkAddress{{Address: e.ip(20)}},
-			Ports:     []zconfig.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 90, TargetPort: 9090}},
+			Ports:     []zconfig.Port{{ServicePort: uint32(ports[0]), TargetPort: uint32(targets[0])}, {ServicePort: uint32(ports[1]), TargetPort: uint32(targets[1])}},
 			Waypoint:  &zconfig.GatewayAddress{Address: &zconfig.NetworkAddress{Address: e.ip(50)}},
 		}},
 	}
@@ -97,8 +106,8 @@ func newEnv(t *testing.T, cfg func(ip func(byte) netip.Addr) *waypointConfig) *e
 	}
 	e.zb = startZtunnel(t, "node-b", e)
 	for _, h := range []byte{11, 12} {
-		httpApp(t, netip.AddrPortFrom(e.ip(h), 8080))
-		tcpEcho(t, netip.AddrPortFrom(e.ip(h), 9090))
+		httpApp(t, netip.AddrPortFrom(e.ip(h), targets[0]))
+		tcpEcho(t, netip.AddrPortFrom(e.ip(h), targets[1]))
 	}
 	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: ca, Roots: ca.Roots(), Log: testLog(t)})
 	if err != nil {
@@ -125,7 +134,11 @@ func testLog(t *testing.T) *slog.Logger {
 // apply builds the config and installs it.
 func (e *env) apply(t *testing.T) {
 	t.Helper()
-	snap, err := e.cfg.resources().Build()
+	res := e.res
+	if res == nil {
+		res = e.cfg.resources
+	}
+	snap, err := res().Build()
 	if err != nil {
 		t.Fatalf("build config: %v", err)
 	}
