@@ -68,6 +68,8 @@ type Proxy struct {
 	transport *http.Transport
 	conns     tracker.Tracker[net.Conn]
 	stats     *Stats
+	// sanMatchers: see sanCheck.
+	sanMatchers sync.Map
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -109,7 +111,7 @@ func New(cfg Config) (*Proxy, error) {
 			if err != nil {
 				return nil, fmt.Errorf("certificate of %s: %w", cfg.Identity, err)
 			}
-			return hbone.Dial(ctx, key.Addr, hbone.ClientConfig{Certificate: cert, Verifier: verifier, Match: sanCheck(key), Dialer: cfg.Dialer})
+			return hbone.Dial(ctx, key.Addr, hbone.ClientConfig{Certificate: cert, Verifier: verifier, Match: p.sanCheck(key), Dialer: cfg.Dialer})
 		},
 	}
 	p.transport = &http.Transport{

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/hbone/pool"
@@ -29,12 +28,11 @@ var (
 	ErrUpstreamConnect = errors.New("upstream connect error")
 )
 
-// sanMatchers remembers, per pooled connection key, the cluster's SAN
-// matchers that the pool's dial checks the peer with.
-var sanMatchers sync.Map // pool.Key -> func(identity.Identity) error
-
-func sanCheck(key pool.Key) func(identity.Identity) error {
-	if m, ok := sanMatchers.Load(key); ok {
+// sanCheck is the check the pool's dial for key applies to the peer: the
+// SAN matchers of the cluster that last asked for key (p.sanMatchers,
+// pool.Key -> func(identity.Identity) error).
+func (p *Proxy) sanCheck(key pool.Key) func(identity.Identity) error {
+	if m, ok := p.sanMatchers.Load(key); ok {
 		return m.(func(identity.Identity) error)
 	}
 	return func(identity.Identity) error { return errors.New("no SAN matcher for this connection") }
@@ -137,7 +135,7 @@ func (p *Proxy) dialTCPProxy(ctx context.Context, snap *config.Snapshot, tp *con
 		return nil, fmt.Errorf("cluster %s: no original destination", c.Name)
 	}
 	key := pool.Key{Source: p.cfg.Identity, Addr: dst}
-	sanMatchers.Store(key, clusterSANCheck(c))
+	p.sanMatchers.Store(key, clusterSANCheck(c))
 	h := http.Header{}
 	for _, hv := range tp.TunnelHeaders {
 		h.Add(hv.Name, hv.Value)
