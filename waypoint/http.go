@@ -300,6 +300,13 @@ func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.
 func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, c *sniffConn, ci *connInfo, req *http.Request) bool {
 	start := time.Now()
 	defer req.Body.Close()
+	uri, err := normalizePath(hcm, req.RequestURI)
+	if err != nil {
+		p.stats.badRequests.Add(1)
+		writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
+		return false
+	}
+	req.RequestURI = uri
 	fs := make(map[string]string, len(ci.fs))
 	for k, v := range ci.fs {
 		fs[k] = v
@@ -583,7 +590,8 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		}
 		upgrade = req.Header.Get("Upgrade")
 	}
-	out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: upstreamShare(ci, v)}))
+	share := upstreamShare(ci, v)
+	out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share}))
 	for _, h := range hopHeaders {
 		out.Header.Del(h)
 	}
@@ -615,7 +623,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	if hasQuery {
 		uri += "?" + query
 	}
-	out.URL = &url.URL{Scheme: "http", Host: endpointHost(cl, ep), Opaque: uri}
+	out.URL = &url.URL{Scheme: "http", Host: endpointHost(cl, ep, share), Opaque: uri}
 	out.RequestURI = ""
 	if hostRewrite != "" {
 		out.Host = hostRewrite

@@ -158,6 +158,7 @@ func (w *waypointConfig) mainInternal() *listener.Listener {
 					VirtualHosts: []*route.VirtualHost{{Name: fmt.Sprintf("inbound|http|%d", p.port), Domains: []string{"*"}, Routes: routes}},
 				}},
 				UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+				NormalizePath:  wrapperspb.Bool(true), // as istiod sets it
 				HttpFilters:    append(append([]*hcmv3.HttpFilter{}, p.httpFilters...), routerFilter()),
 			}
 			chains = append(chains, &listener.FilterChain{Name: name, Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(h)}}}})

@@ -221,14 +221,24 @@ func (p *Proxy) dialHTTP(ctx context.Context, _, _ string) (net.Conn, error) {
 	return p.dialEndpoint(ctx, di.snap, di.cluster, di.ep, di.ci)
 }
 
-// endpointHost is the URL host naming an endpoint in the transport's
-// pool.
-func endpointHost(c *config.Cluster, ep *config.Endpoint) string {
+// endpointHost is the URL host naming an upstream connection in the
+// transport's pool: the endpoint, and for an internal one also where its
+// listener will send it (its passthrough original destination, else the
+// original destination in the filter state shared with it), as Envoy
+// keys its connection pools by the filter state shared upstream. So the
+// encap cluster's one endpoint never shares a connection between two
+// destinations.
+func endpointHost(c *config.Cluster, ep *config.Endpoint, ci *connInfo) string {
 	if ep.Listener == "" {
 		return ep.Address.String()
 	}
-	id := strings.NewReplacer(":", ".", "[", "", "]", "", "/", ".").Replace(ep.ID)
-	return strings.ToLower(ep.Listener+"."+id+"."+strings.NewReplacer("|", ".", "_", "-").Replace(c.Name)) + ".internal"
+	dst := ep.Metadata[metaOriginalDst]["local"]
+	if dst == "" {
+		dst = ci.fs[keyOriginalDstLocal]
+	}
+	r := strings.NewReplacer(":", "-", "[", "", "]", "", "/", "-", "|", "-", "_", "-", ".", "-", "%", "-")
+	label := func(s string) string { return "x" + strings.ToLower(r.Replace(s)) }
+	return label(ep.Listener) + "." + label(ep.ID) + "." + label(dst) + "." + label(c.Name) + ".internal"
 }
 
 // flagFor is the Envoy response flag of an upstream error.

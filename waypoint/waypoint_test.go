@@ -492,6 +492,9 @@ func TestRBAC(t *testing.T) {
 				Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}}, Principals: []*rbacv3.Principal{anyPrincipal}}}),
 		)
 		expectStatus(t, c.do(t, get(t, "/admin/x?y")), 403)
+		// The path is normalised before RBAC sees it.
+		expectStatus(t, c.do(t, get(t, "/ok/../admin")), 403)
+		expectStatus(t, c.do(t, get(t, "/%61dmin")), 403)
 		expectStatus(t, c.do(t, get(t, "/ok")), 200)
 		del, _ := http.NewRequest(http.MethodDelete, "http://"+host+"/ok", nil)
 		expectStatus(t, c.do(t, del), 403)

@@ -205,6 +205,20 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 		MaxRequestHeadersKB:   int(h.GetMaxRequestHeadersKb().GetValue()),
 		MaxHeadersCount:       int(h.GetCommonHttpProtocolOptions().GetMaxHeadersCount().GetValue()),
 		ServerName:            h.GetServerName(),
+		NormalizePath:         h.GetNormalizePath().GetValue(),
+		MergeSlashes:          h.GetMergeSlashes(),
+	}
+	switch h.GetPathWithEscapedSlashesAction() {
+	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcmv3.HttpConnectionManager_KEEP_UNCHANGED:
+	case hcmv3.HttpConnectionManager_REJECT_REQUEST:
+		out.RejectEscapedSlashes = true
+	case hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD:
+		out.UnescapeSlashes = true
+	default:
+		return nil, nil, unsupported(fmt.Sprintf("path_with_escaped_slashes_action %v", h.GetPathWithEscapedSlashesAction()))
+	}
+	if h.GetPathNormalizationOptions() != nil {
+		return nil, nil, unsupported("path_normalization_options")
 	}
 	if h.GetStreamIdleTimeout() == nil {
 		out.StreamIdleTimeout = defaultStreamIdleTimeout

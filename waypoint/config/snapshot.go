@@ -194,6 +194,14 @@ type HCM struct {
 	MaxRequestHeadersKB   int
 	MaxHeadersCount       int
 	ServerName            string
+	// Path handling before routing and RBAC: normalize_path (RFC 3986
+	// dot segments, unreserved percent-encodings decoded), merge_slashes,
+	// and path_with_escaped_slashes_action (RejectEscapedSlashes,
+	// UnescapeSlashes).
+	NormalizePath        bool
+	MergeSlashes         bool
+	RejectEscapedSlashes bool
+	UnescapeSlashes      bool
 }
 
 // HTTPFilterKind is what an HTTP filter does.
