@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -71,7 +72,7 @@ func TestAdmin(t *testing.T) {
 	if got := strings.Join(types, " "); got != want {
 		t.Errorf("config_dump types: got %s, want %s", got, want)
 	}
-	if !strings.Contains(body, `"name": "main_internal"`) {
+	if !regexp.MustCompile(`"name":\s*"main_internal"`).MatchString(body) {
 		t.Error("config_dump: no main_internal listener")
 	}
 	if code, body := get(admin.URL + "/stats/prometheus"); code != 200 || !strings.Contains(body, "envoy_http_rbac_denied") {

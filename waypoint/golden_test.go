@@ -60,3 +60,50 @@ func TestGoldenService(t *testing.T) {
 		t.Errorf("tcp echo: got %q, want a pod's 9090 answering", line)
 	}
 }
+
+// TestGoldenNamespaceSniffing runs istiod's golden namespace-waypoint
+// xDS: Service ratings' port 9080 has no declared protocol, so the
+// waypoint sniffs it (http_inspector, application-protocol matcher):
+// HTTP goes through the HTTP chain, anything else through the TCP chain
+// to the same pod.
+func TestGoldenNamespaceSniffing(t *testing.T) {
+	const svc = "ratings.shop.svc.cluster.local"
+	raw, err := os.ReadFile("testdata/istiod/namespace.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvWith(t, svc, [2]uint16{9080, 9081}, [2]uint16{9080, 9081}, func(e *env) {
+		moved := strings.NewReplacer(`"10.96.0.31"`, `"`+e.ip(20).String()+`"`, `"10.96.0.30"`, `"`+e.ip(21).String()+`"`,
+			"10.244.1.7:", e.ip(11).String()+":", "10.244.1.5:", e.ip(13).String()+":", "10.244.2.6:", e.ip(14).String()+":").Replace(string(raw))
+		e.res = func() *config.Resources {
+			r, err := config.ParseStatic([]byte(moved))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+	})
+	// HTTP: the waypoint's HTTP chain answers with the app's response.
+	cl := &client{c: e.tunnel(t, clientID, e.vip(9080))}
+	cl.br = bufio.NewReader(cl.c)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+svc+":9080/ratings/1", nil)
+	resp := cl.do(t, req)
+	expectStatus(t, resp, http.StatusOK)
+	if got, want := body(resp), netip.AddrPortFrom(e.ip(11), 9080).String()+" GET "+svc+":9080 /ratings/1 "; got != want {
+		t.Errorf("http: got %q, want %q", got, want)
+	}
+	// Not HTTP: the TCP chain carries the bytes to the pod untouched, so
+	// the app itself (not the waypoint) answers them.
+	c := e.tunnel(t, clientID, e.vip(9080))
+	fmt.Fprintf(c, "\x16\x03\x01 not http\r\n\r\n")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(line, "HTTP/1.1 400") {
+		t.Fatalf("tcp: got %q, want the app's own 400", line)
+	}
+	if got := e.wp.Stats().BadRequests(); got != 0 {
+		t.Errorf("waypoint's malformed-request count: got %d, want 0 (the TCP chain took the bytes)", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	xdscore "github.com/cncf/xds/go/xds/core/v3"
 	cncfmatcher "github.com/cncf/xds/go/xds/type/matcher/v3"
@@ -71,6 +72,8 @@ type waypointConfig struct {
 	vip      netip.Addr
 	ports    []svcPort
 	backends []netip.AddrPort // pod ip:targetPort, same target port assumed per service port offset
+	// requestHeadersTimeout is the HTTP chains' request_headers_timeout.
+	requestHeadersTimeout time.Duration
 	// extraClusters are more service clusters (for weighted routes):
 	// name -> backends.
 	extraClusters map[string][]netip.AddrPort
@@ -157,9 +160,10 @@ func (w *waypointConfig) mainInternal() *listener.Listener {
 					Name:         name,
 					VirtualHosts: []*route.VirtualHost{{Name: fmt.Sprintf("inbound|http|%d", p.port), Domains: []string{"*"}, Routes: routes}},
 				}},
-				UpgradeConfigs: []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
-				NormalizePath:  wrapperspb.Bool(true), // as istiod sets it
-				HttpFilters:    append(append([]*hcmv3.HttpFilter{}, p.httpFilters...), routerFilter()),
+				UpgradeConfigs:        []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+				NormalizePath:         wrapperspb.Bool(true), // as istiod sets it
+				RequestHeadersTimeout: durationpb.New(w.requestHeadersTimeout),
+				HttpFilters:           append(append([]*hcmv3.HttpFilter{}, p.httpFilters...), routerFilter()),
 			}
 			chains = append(chains, &listener.FilterChain{Name: name, Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(h)}}}})
 			portMap[fmt.Sprint(p.port)] = toChain(name)

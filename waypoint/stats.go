@@ -61,3 +61,6 @@ func rollPercent(p float64) bool {
 	}
 	return rand.Float64() < p
 }
+
+// BadRequests counts malformed requests the waypoint answered itself.
+func (s *Stats) BadRequests() uint64 { return s.badRequests.Load() }

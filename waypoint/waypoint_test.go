@@ -18,7 +18,10 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	corsfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -655,3 +658,91 @@ func TestThroughZtunnels(t *testing.T) {
 }
 
 var _ = config.ErrUnsupported
+
+// TestRBACFailsClosed: an RBAC rule the waypoint cannot compile (a
+// metadata matcher, as for JWT request principals) makes its filter deny
+// everything, instead of refusing the update and leaving the previous,
+// more permissive rules in force.
+func TestRBACFailsClosed(t *testing.T) {
+	e := newEnv(t, basicConfig)
+	c := e.client(t, clientID)
+	expectStatus(t, c.do(t, get(t, "/")), 200)
+	e.cfg.ports[0].httpFilters = []*hcmFilter{rbacFilter("rbac-deny", rbacv3.RBAC_DENY, map[string]*rbacv3.Policy{"jwt": {
+		Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}},
+		Principals:  []*rbacv3.Principal{{Identifier: &rbacv3.Principal_Metadata{}}},
+	}})}
+	e.apply(t)
+	if w := e.wp.Snapshot().Warnings; len(w) != 1 || !strings.Contains(w[0], "rbac-deny") {
+		t.Errorf("warnings: got %v, want one naming rbac-deny", w)
+	}
+	expectStatus(t, c.do(t, get(t, "/")), 403)
+}
+
+// TestSlowClient: a connection that does not finish its request head
+// within request_headers_timeout is closed; others are served.
+func TestSlowClient(t *testing.T) {
+	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+		w := basicConfig(ip)
+		w.requestHeadersTimeout = 100 * time.Millisecond
+		return w
+	})
+	c := e.client(t, clientID)
+	io.WriteString(c.c, "GET / HTTP/1.1\r\nHost: x\r\n") // and nothing more
+	if _, err := c.br.ReadByte(); err == nil {
+		t.Fatal("a slow client's connection got data, want it closed")
+	}
+	expectStatus(t, e.client(t, clientID).do(t, get(t, "/")), 200)
+}
+
+// TestChainRemoved: when the service's chain leaves the config, its open
+// connections end at their next request.
+func TestChainRemoved(t *testing.T) {
+	e := newEnv(t, basicConfig)
+	c := e.client(t, clientID)
+	expectStatus(t, c.do(t, get(t, "/")), 200)
+	e.cfg.ports = e.cfg.ports[1:]
+	e.apply(t)
+	get(t, "/").Write(c.c)
+	resp, err := http.ReadResponse(c.br, nil)
+	if err == nil {
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("after the chain left: got %d, want 503 or the connection closed", resp.StatusCode)
+		}
+		if _, err := c.br.ReadByte(); err == nil {
+			t.Error("connection still open after its chain left")
+		}
+	}
+}
+
+// TestCORS: a route's CORS policy answers preflights and marks
+// responses to allowed origins.
+func TestCORS(t *testing.T) {
+	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+		w := basicConfig(ip)
+		r := prefixRoute("/", clusterName("http", 80, host))
+		r.TypedPerFilterConfig = map[string]*anypb.Any{"envoy.filters.http.cors": mustAny(&corsfilter.CorsPolicy{
+			AllowOriginStringMatch: []*matcherv3.StringMatcher{exact("https://shop.example")},
+			AllowMethods:           "GET,POST", MaxAge: "60",
+		})}
+		w.ports[0].routes = []*route.Route{r}
+		w.ports[0].httpFilters = []*hcmFilter{{Name: "envoy.filters.http.cors", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&corsfilter.Cors{})}}}
+		return w
+	})
+	c := e.client(t, clientID)
+	pre, _ := http.NewRequest(http.MethodOptions, "http://"+host+"/", nil)
+	pre.Header.Set("Origin", "https://shop.example")
+	pre.Header.Set("Access-Control-Request-Method", "POST")
+	resp := c.do(t, pre)
+	expectStatus(t, resp, 200)
+	if got := resp.Header.Get("Access-Control-Allow-Methods"); got != "GET,POST" {
+		t.Errorf("preflight allow-methods: got %q, want GET,POST", got)
+	}
+	resp = c.do(t, get(t, "/", "Origin", "https://shop.example"))
+	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "https://shop.example" {
+		t.Errorf("allow-origin: got %q, want the origin", got)
+	}
+	resp = c.do(t, get(t, "/", "Origin", "https://evil.example"))
+	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" {
+		t.Errorf("allow-origin for another origin: got %q, want none", got)
+	}
+}
