@@ -326,6 +326,7 @@ func TestHandshakeRefusals(t *testing.T) {
 		want error
 	}{
 		{name: "wrong san", cfg: ClientConfig{Expected: clientID}, want: identity.ErrWrongIdentity},
+		{name: "match refuses", cfg: ClientConfig{Match: func(identity.Identity) error { return errors.New("not this one") }}, want: identity.ErrWrongIdentity},
 		{name: "client trusts other root", cfg: ClientConfig{Verifier: &identity.Verifier{Roots: other.Roots()}}, want: identity.ErrUntrustedRoot},
 		{name: "client cert from untrusted root", cfg: ClientConfig{Certificate: f.issue(t, other, clientID, time.Hour)}},
 		{name: "expired client cert", cfg: ClientConfig{Certificate: expired}},
@@ -346,6 +347,26 @@ func TestHandshakeRefusals(t *testing.T) {
 	}
 	if got := f.dials.Load(); got != 0 {
 		t.Errorf("upstream dials after refused handshakes: got %d, want 0", got)
+	}
+}
+
+// TestMatch: a client with Match accepts any peer identity Match
+// accepts (a SAN prefix, as the waypoint's clusters check it).
+func TestMatch(t *testing.T) {
+	f := newFixture(t, nil)
+	var seen identity.Identity
+	cc, err := f.dial(t, ClientConfig{Expected: clientID, Match: func(id identity.Identity) error {
+		seen = id
+		if !strings.HasPrefix(id.String(), "spiffe://cluster.local/") {
+			return errors.New("outside the trust domain")
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen != serverID || cc.Peer() != serverID {
+		t.Errorf("peer: got %v (matcher saw %v), want %v", cc.Peer(), seen, serverID)
 	}
 }
 
