@@ -25,7 +25,7 @@ import (
 type Options struct {
 	XDSAddress, CAAddress string
 	// StaticConfig is a static configuration file (development mode:
-	// no istiod); SIGHUP is not needed, the file is read once.
+	// no istiod), read once.
 	StaticConfig string
 	// RootCert is the mesh root PEM; TokenFile the bearer token for
 	// istiod.
@@ -38,6 +38,8 @@ type Options struct {
 	HBONE, Admin, Metrics, Readiness string
 	Drain                            time.Duration
 	Log                              *slog.Logger
+	// OnListening, if set, is called once every listener is open.
+	OnListening func()
 }
 
 // Run runs the waypoint until ctx ends or /quitquitquit.
@@ -122,6 +124,9 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("listen hbone %s: %w", o.HBONE, err)
 	}
 	go p.ServeHBONE(ln)
+	if o.OnListening != nil {
+		o.OnListening()
+	}
 	log.Info("waypoint started", logkey.Identity, id.String(), logkey.Addr, o.HBONE)
 	<-ctx.Done()
 	sctx, scancel := context.WithTimeout(context.Background(), o.Drain)

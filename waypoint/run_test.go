@@ -1,0 +1,73 @@
+package waypoint_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/waypoint"
+)
+
+// TestRunStatic: the command's development mode, a static config file
+// (istiod's golden service waypoint) and a file-based test CA: ready,
+// serving the config dump, ended by /quitquitquit.
+func TestRunStatic(t *testing.T) {
+	ca, err := identity.NewCA(identity.DefaultTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := ca.WriteFiles(dir); err != nil {
+		t.Fatal(err)
+	}
+	ip := addrs()(50)
+	at := func(port uint16) string { return netip.AddrPortFrom(ip, port).String() }
+	listening := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- waypoint.Run(context.Background(), waypoint.Options{
+			StaticConfig: "testdata/istiod/service.json", FakeCADir: dir, TrustDomain: identity.DefaultTrustDomain,
+			Node:  waypoint.Node{PodName: "reviews-waypoint-1", PodNamespace: "shop", ServiceAccount: "reviews-waypoint"},
+			HBONE: at(15008), Admin: at(15000), Metrics: at(15020), Readiness: at(15021), Drain: time.Second,
+			Log: slog.New(slog.DiscardHandler), OnListening: func() { close(listening) },
+		})
+	}()
+	select {
+	case <-listening:
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	}
+	get := func(url string) int {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get("http://" + at(15021) + "/healthz/ready"); code != 200 {
+		t.Errorf("readiness: got %d, want 200", code)
+	}
+	if code := get("http://" + at(15000) + "/config_dump"); code != 200 {
+		t.Errorf("config_dump: got %d, want 200", code)
+	}
+	resp, err := http.Post("http://"+at(15000)+"/quitquitquit", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run after quitquitquit: got %v, want nil", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not end after /quitquitquit")
+	}
+}
