@@ -574,10 +574,6 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	if cl == nil {
 		return local(a.ClusterNotFoundCode, "", "NC")
 	}
-	ep := cl.Pick()
-	if ep == nil {
-		return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
-	}
 	upgrade := ""
 	if isUpgrade(req) {
 		t := strings.ToLower(req.Header.Get("Upgrade"))
@@ -591,27 +587,6 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		upgrade = req.Header.Get("Upgrade")
 	}
 	share := upstreamShare(ci, v)
-	out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share}))
-	for _, h := range hopHeaders {
-		out.Header.Del(h)
-	}
-	for _, h := range strings.Split(req.Header.Get("Connection"), ",") {
-		if h = strings.TrimSpace(h); h != "" && !strings.EqualFold(h, "upgrade") {
-			out.Header.Del(h)
-		}
-	}
-	if upgrade != "" {
-		out.Header.Set("Connection", "Upgrade")
-		out.Header.Set("Upgrade", upgrade)
-	}
-	out.Header.Del("X-Ambit-Cors-Origin")
-	if out.Header.Get("X-Forwarded-Proto") == "" {
-		out.Header.Set("X-Forwarded-Proto", "http")
-	}
-	applyRequestMutation(out.Header, rt.Headers)
-	if wc != nil {
-		applyRequestMutation(out.Header, wc.Headers)
-	}
 	path, query, hasQuery := strings.Cut(req.RequestURI, "?")
 	switch {
 	case a.RegexRewrite != nil:
@@ -623,22 +598,99 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	if hasQuery {
 		uri += "?" + query
 	}
-	out.URL = &url.URL{Scheme: "http", Host: endpointHost(cl, ep, share), Opaque: uri}
-	out.RequestURI = ""
-	if hostRewrite != "" {
-		out.Host = hostRewrite
-	}
-	if req.ContentLength == 0 {
-		out.Body = nil
-	}
-	var cancel context.CancelFunc = func() {}
+	// The route timeout covers every try.
 	if a.Timeout > 0 {
-		var tctx context.Context
-		tctx, cancel = context.WithTimeout(out.Context(), a.Timeout)
-		out = out.WithContext(tctx)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.Timeout)
+		defer cancel()
 	}
-	defer cancel()
-	resp, err := p.transport.RoundTrip(out)
+	// A retry needs the body again: one of known, small length is
+	// buffered; a longer or chunked one is sent once.
+	retry := a.Retry
+	var buffered []byte
+	if retry != nil && (upgrade != "" || req.ContentLength < 0 || req.ContentLength > maxRetryBody) {
+		retry = nil
+	}
+	if retry != nil && req.ContentLength > 0 {
+		b, err := io.ReadAll(io.LimitReader(req.Body, req.ContentLength))
+		if err != nil {
+			return http.StatusBadRequest, "-", false
+		}
+		buffered = b
+	}
+	tries := 1
+	if retry != nil {
+		tries += retry.NumRetries
+	}
+	tried := map[*config.Endpoint]bool{}
+	var resp *http.Response
+	var err error
+	var ep *config.Endpoint
+	for try := 0; ; try++ {
+		ep = pickEndpoint(cl, tried, retry)
+		if ep == nil {
+			return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
+		}
+		tried[ep] = true
+		out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share}))
+		for _, h := range hopHeaders {
+			out.Header.Del(h)
+		}
+		for _, h := range strings.Split(req.Header.Get("Connection"), ",") {
+			if h = strings.TrimSpace(h); h != "" && !strings.EqualFold(h, "upgrade") {
+				out.Header.Del(h)
+			}
+		}
+		if upgrade != "" {
+			out.Header.Set("Connection", "Upgrade")
+			out.Header.Set("Upgrade", upgrade)
+		}
+		out.Header.Del("X-Ambit-Cors-Origin")
+		if out.Header.Get("X-Forwarded-Proto") == "" {
+			out.Header.Set("X-Forwarded-Proto", "http")
+		}
+		applyRequestMutation(out.Header, rt.Headers)
+		if wc != nil {
+			applyRequestMutation(out.Header, wc.Headers)
+		}
+		out.URL = &url.URL{Scheme: "http", Host: endpointHost(cl, ep, share), Opaque: uri}
+		out.RequestURI = ""
+		if hostRewrite != "" {
+			out.Host = hostRewrite
+		}
+		switch {
+		case req.ContentLength == 0:
+			out.Body = nil
+		case buffered != nil:
+			out.Body = io.NopCloser(bytes.NewReader(buffered))
+		}
+		var tryCancel context.CancelFunc
+		if retry != nil && retry.PerTryTimeout > 0 {
+			var tctx context.Context
+			tctx, tryCancel = context.WithTimeout(out.Context(), retry.PerTryTimeout)
+			out = out.WithContext(tctx)
+		}
+		resp, err = p.transport.RoundTrip(out)
+		if tryCancel != nil {
+			// (no upgrade here: an upgrade is never retried)
+			if resp != nil {
+				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: tryCancel}
+			} else {
+				tryCancel()
+			}
+		}
+		if try+1 >= tries || ctx.Err() != nil || !shouldRetry(retry, resp, err) {
+			break
+		}
+		p.stats.retries.Add(1)
+		if resp != nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+		}
+		if !backoff(ctx, retry, try) {
+			break
+		}
+	}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")

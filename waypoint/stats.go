@@ -13,6 +13,7 @@ import (
 type Stats struct {
 	requests2xx, requests3xx, requests4xx, requests5xx atomic.Uint64
 	rbacDenied, upstreamFail, badRequests, noChain     atomic.Uint64
+	retries                                            atomic.Uint64
 }
 
 func newStats() *Stats { return &Stats{} }
@@ -41,6 +42,7 @@ var (
 	descRBAC     = prometheus.NewDesc("envoy_http_rbac_denied", "Requests and connections denied by RBAC.", nil, nil)
 	descUF       = prometheus.NewDesc("envoy_cluster_upstream_cx_connect_fail", "Upstream connections that failed.", nil, nil)
 	descBad      = prometheus.NewDesc("envoy_http_downstream_rq_rx_reset", "Malformed requests answered 4xx and closed.", nil, nil)
+	descRetries  = prometheus.NewDesc("envoy_cluster_upstream_rq_retry", "Requests retried.", nil, nil)
 	descNoChain  = prometheus.NewDesc("envoy_listener_no_filter_chain_match", "Connections no filter chain matched.", nil, nil)
 )
 
@@ -51,6 +53,7 @@ func (s *Stats) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRBAC, prometheus.CounterValue, float64(s.rbacDenied.Load()))
 	ch <- prometheus.MustNewConstMetric(descUF, prometheus.CounterValue, float64(s.upstreamFail.Load()))
 	ch <- prometheus.MustNewConstMetric(descBad, prometheus.CounterValue, float64(s.badRequests.Load()))
+	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(s.retries.Load()))
 	ch <- prometheus.MustNewConstMetric(descNoChain, prometheus.CounterValue, float64(s.noChain.Load()))
 }
 
@@ -64,3 +67,6 @@ func rollPercent(p float64) bool {
 
 // BadRequests counts malformed requests the waypoint answered itself.
 func (s *Stats) BadRequests() uint64 { return s.badRequests.Load() }
+
+// Retries counts requests retried.
+func (s *Stats) Retries() uint64 { return s.retries.Load() }

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/hbone/pool"
@@ -253,4 +256,78 @@ func flagFor(err error) string {
 	default:
 		return "UF"
 	}
+}
+
+// maxRetryBody is the largest request body kept for retries.
+const maxRetryBody = 64 << 10
+
+// pickEndpoint picks the next endpoint; with the previous_hosts
+// predicate, one not tried yet while there is one.
+func pickEndpoint(c *config.Cluster, tried map[*config.Endpoint]bool, r *config.RetryPolicy) *config.Endpoint {
+	ep := c.Pick()
+	if r == nil || !r.OtherHosts || len(tried) == 0 {
+		return ep
+	}
+	for range c.Endpoints {
+		if ep == nil || !tried[ep] {
+			return ep
+		}
+		ep = c.Pick()
+	}
+	return ep
+}
+
+// shouldRetry is Envoy's retry_on for one try's outcome.
+func shouldRetry(r *config.RetryPolicy, resp *http.Response, err error) bool {
+	if r == nil {
+		return false
+	}
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return r.On["5xx"] || r.On["gateway-error"] // a per-try timeout
+		}
+		return r.On["connect-failure"] || r.On["reset"] || r.On["5xx"] || r.On["gateway-error"] || r.On["refused-stream"]
+	}
+	code := resp.StatusCode
+	switch {
+	case r.On["5xx"] && code >= 500:
+		return true
+	case r.On["gateway-error"] && (code == 502 || code == 503 || code == 504):
+		return true
+	case r.On["retriable-status-codes"] && slices.Contains(r.StatusCodes, code):
+		return true
+	}
+	return false
+}
+
+// backoff waits before retry try+1: Envoy's exponential back-off with
+// full jitter from the base interval, capped; false if ctx ended.
+func backoff(ctx context.Context, r *config.RetryPolicy, try int) bool {
+	d := r.BaseBackoff << min(try, 10)
+	if d > r.MaxBackoff {
+		d = r.MaxBackoff
+	}
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(time.Duration(rand.Int64N(int64(d)) + 1))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// cancelBody ends a try's context once its response body is closed.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }

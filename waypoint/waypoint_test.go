@@ -21,6 +21,7 @@ import (
 	corsfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	previoushosts "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"go.uber.org/goleak"
@@ -744,5 +745,41 @@ func TestCORS(t *testing.T) {
 	resp = c.do(t, get(t, "/", "Origin", "https://evil.example"))
 	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" {
 		t.Errorf("allow-origin for another origin: got %q, want none", got)
+	}
+}
+
+// TestRetries: Istio's default retry policy (connect-failure, ...,
+// retriable-status-codes 503, previous_hosts) sends a request that met a
+// dead endpoint to the live one.
+func TestRetries(t *testing.T) {
+	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+		w := basicConfig(ip)
+		w.backends = []netip.AddrPort{netip.AddrPortFrom(ip(13), 8080), netip.AddrPortFrom(ip(11), 8080)} // nothing serves .13
+		r := prefixRoute("/", clusterName("http", 80, host))
+		r.GetRoute().RetryPolicy = &route.RetryPolicy{
+			RetryOn:              "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+			NumRetries:           wrapU32(2),
+			RetriableStatusCodes: []uint32{503},
+			RetryHostPredicate:   []*route.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts", ConfigType: &route.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: mustAny(&previoushosts.PreviousHostsPredicate{})}}},
+		}
+		w.ports[0].routes = []*route.Route{r}
+		return w
+	})
+	c := e.client(t, clientID)
+	for range 4 {
+		resp := c.do(t, get(t, "/"))
+		expectStatus(t, resp, 200)
+	}
+	post, _ := http.NewRequest(http.MethodPost, "http://"+host+"/p", strings.NewReader("body"))
+	for range 2 {
+		post.Body = io.NopCloser(strings.NewReader("body"))
+		resp := c.do(t, post)
+		expectStatus(t, resp, 200)
+		if got := body(resp); !strings.HasSuffix(got, " body") {
+			t.Errorf("retried POST: got %q, want the body sent again", got)
+		}
+	}
+	if e.wp.Stats().Retries() == 0 {
+		t.Error("retries: got none, want the dead endpoint's requests retried")
 	}
 }

@@ -350,10 +350,17 @@ func buildVirtualHost(vh *route.VirtualHost) (*VirtualHost, error) {
 	if out.Headers, err = mutation(vh.GetRequestHeadersToAdd(), vh.GetRequestHeadersToRemove(), vh.GetResponseHeadersToAdd(), vh.GetResponseHeadersToRemove()); err != nil {
 		return nil, err
 	}
+	vhRetry, err := buildRetry(vh.GetRetryPolicy())
+	if err != nil {
+		return nil, err
+	}
 	for i, r := range vh.GetRoutes() {
 		rt, err := buildRoute(r)
 		if err != nil {
 			return nil, fmt.Errorf("route %d %s: %w", i, r.GetName(), err)
+		}
+		if rt.Action != nil && rt.Action.Retry == nil {
+			rt.Action.Retry = vhRetry
 		}
 		out.Routes = append(out.Routes, rt)
 	}
@@ -475,8 +482,13 @@ func buildRouteAction(a *route.RouteAction) (*RouteAction, error) {
 	if len(a.GetRateLimits()) > 0 || a.GetHedgePolicy() != nil || a.GetInternalRedirectPolicy() != nil {
 		return nil, unsupported("rate limits, hedging and internal redirects")
 	}
-	// retry_policy, hash_policy and max_grpc_timeout are accepted;
-	// retries are not made yet (see docs/waypoint.md).
+	// hash_policy and max_grpc_timeout are accepted and change nothing
+	// (round robin; no gRPC).
+	retry, err := buildRetry(a.GetRetryPolicy())
+	if err != nil {
+		return nil, err
+	}
+	out.Retry = retry
 	for _, u := range a.GetUpgradeConfigs() {
 		on := u.GetEnabled() == nil || u.GetEnabled().GetValue()
 		t := strings.ToLower(u.GetUpgradeType())
@@ -620,6 +632,42 @@ func buildTCPProxy(t *tcpv3.TcpProxy) (*TCPProxy, error) {
 	}
 	if t.GetHashPolicy() != nil || t.GetOnDemand() != nil || t.GetMetadataMatch() != nil {
 		return nil, unsupported("tcp_proxy hash_policy, on_demand, metadata_match")
+	}
+	return out, nil
+}
+
+func buildRetry(r *route.RetryPolicy) (*RetryPolicy, error) {
+	if r == nil {
+		return nil, nil
+	}
+	out := &RetryPolicy{NumRetries: 1, On: map[string]bool{}, PerTryTimeout: dur(r.GetPerTryTimeout()),
+		BaseBackoff: 25 * time.Millisecond}
+	if r.GetNumRetries() != nil {
+		out.NumRetries = int(r.GetNumRetries().GetValue())
+	}
+	for c := range strings.SplitSeq(r.GetRetryOn(), ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			out.On[c] = true
+		}
+	}
+	for _, c := range r.GetRetriableStatusCodes() {
+		out.StatusCodes = append(out.StatusCodes, int(c))
+	}
+	for _, p := range r.GetRetryHostPredicate() {
+		if !strings.HasSuffix(p.GetName(), "previous_hosts") {
+			return nil, unsupported(fmt.Sprintf("retry host predicate %s", p.GetName()))
+		}
+		out.OtherHosts = true
+	}
+	if b := r.GetRetryBackOff(); b != nil {
+		out.BaseBackoff = dur(b.GetBaseInterval())
+		out.MaxBackoff = dur(b.GetMaxInterval())
+	}
+	if out.MaxBackoff == 0 {
+		out.MaxBackoff = 10 * out.BaseBackoff
+	}
+	if r.GetRetryPriority() != nil || len(r.GetRetriableHeaders()) > 0 || len(r.GetRetriableRequestHeaders()) > 0 || r.GetRateLimitedRetryBackOff() != nil {
+		return nil, unsupported("retry priority, retriable headers and rate-limited back-off")
 	}
 	return out, nil
 }

@@ -283,6 +283,24 @@ type RouteAction struct {
 	// Connect: the CONNECT request is terminated and its payload sent to
 	// the cluster (connect_config).
 	Connect bool
+	// Retry is the route's (else its virtual host's) retry policy.
+	Retry *RetryPolicy
+}
+
+// RetryPolicy is the part of Envoy's retry policy the waypoint acts on.
+type RetryPolicy struct {
+	NumRetries int
+	// On holds the retry_on conditions: connect-failure, reset,
+	// refused-stream, 5xx, gateway-error, retriable-status-codes
+	// (unavailable, cancelled and the other gRPC conditions need HTTP/2
+	// and never fire here).
+	On            map[string]bool
+	StatusCodes   []int
+	PerTryTimeout time.Duration
+	// OtherHosts: the previous_hosts predicate, a retry goes to an
+	// endpoint not tried yet when there is one.
+	OtherHosts              bool
+	BaseBackoff, MaxBackoff time.Duration
 }
 
 // WeightedCluster is one weighted cluster.
