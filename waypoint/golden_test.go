@@ -107,3 +107,49 @@ func TestGoldenNamespaceSniffing(t *testing.T) {
 		t.Errorf("waypoint's malformed-request count: got %d, want 0 (the TCP chain took the bytes)", got)
 	}
 }
+
+// TestGoldenServiceAccount runs istiod's golden service-account
+// waypoint: service-addressed HTTP, and pod-addressed HTTP and TCP
+// through the direct-http and direct-tcp chains and the encap cluster,
+// whose one endpoint (connect_originate) reaches each pod by the
+// original destination carried in filter state.
+func TestGoldenServiceAccount(t *testing.T) {
+	const svc = "reviews.shop.svc.cluster.local"
+	raw, err := os.ReadFile("testdata/istiod/serviceaccount.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvWith(t, svc, [2]uint16{9080, 9081}, [2]uint16{9080, 9081}, func(e *env) {
+		moved := strings.NewReplacer(`"10.96.0.30"`, `"`+e.ip(20).String()+`"`, `"10.96.0.40"`, `"`+e.ip(21).String()+`"`,
+			"10.244.1.5", e.ip(11).String(), "10.244.2.6", e.ip(12).String()).Replace(string(raw))
+		e.res = func() *config.Resources {
+			r, err := config.ParseStatic([]byte(moved))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+	})
+	for _, target := range []netip.AddrPort{e.vip(9080), netip.AddrPortFrom(e.ip(11), 9080), netip.AddrPortFrom(e.ip(12), 9080)} {
+		cl := &client{c: e.tunnel(t, clientID, target)}
+		cl.br = bufio.NewReader(cl.c)
+		for range 2 { // the second request reuses the upstream connection
+			req, _ := http.NewRequest(http.MethodGet, "http://"+target.String()+"/x", nil)
+			resp := cl.do(t, req)
+			expectStatus(t, resp, http.StatusOK)
+			addr, _, _ := strings.Cut(body(resp), " ")
+			if target != e.vip(9080) && addr != target.String() {
+				t.Errorf("pod-addressed %s: answered by %s", target, addr)
+			}
+		}
+	}
+	c := e.tunnel(t, clientID, netip.AddrPortFrom(e.ip(12), 9081))
+	fmt.Fprintf(c, "\x00raw\n")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := netip.AddrPortFrom(e.ip(12), 9081).String() + ": \x00raw\n"; line != want {
+		t.Errorf("direct-tcp: got %q, want %q", line, want)
+	}
+}
