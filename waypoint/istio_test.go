@@ -60,6 +60,9 @@ type svcPort struct {
 	port   uint32
 	target uint16 // the pods' port; the backends' own when 0
 	http   bool
+	// sniff: protocol unknown, both chains and the application-protocol
+	// matcher, as istiod configures a port without a declared protocol.
+	sniff bool
 	// routes replace the default route to the port's cluster.
 	routes []*route.Route
 	// httpFilters go before the router (RBAC, fault).
@@ -72,6 +75,10 @@ type waypointConfig struct {
 	vip      netip.Addr
 	ports    []svcPort
 	backends []netip.AddrPort // pod ip:targetPort, same target port assumed per service port offset
+	// filtersTimeout and continueOnTimeout are main_internal's
+	// listener_filters_timeout and continue_on_listener_filters_timeout.
+	filtersTimeout    time.Duration
+	continueOnTimeout bool
 	// requestHeadersTimeout is the HTTP chains' request_headers_timeout.
 	requestHeadersTimeout time.Duration
 	// extraClusters are more service clusters (for weighted routes):
@@ -147,8 +154,10 @@ func (w *waypointConfig) mainInternal() *listener.Listener {
 	portMap := map[string]*cncfmatcher.Matcher_OnMatch{}
 	var chains []*listener.FilterChain
 	for _, p := range w.ports {
-		if p.http {
+		var httpChain, tcpChain string
+		if p.http || p.sniff {
 			name := clusterName("http", p.port, w.host)
+			httpChain = name
 			routes := p.routes
 			if routes == nil {
 				routes = []*route.Route{{Name: "default", Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
@@ -167,11 +176,23 @@ func (w *waypointConfig) mainInternal() *listener.Listener {
 			}
 			chains = append(chains, &listener.FilterChain{Name: name, Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(h)}}}})
 			portMap[fmt.Sprint(p.port)] = toChain(name)
-		} else {
+		}
+		if !p.http || p.sniff {
 			name := clusterName("tcp", p.port, w.host)
+			tcpChain = name
 			tp := &tcpv3.TcpProxy{StatPrefix: name, ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: name}}
 			chains = append(chains, &listener.FilterChain{Name: name, Filters: []*listener.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(tp)}}}})
 			portMap[fmt.Sprint(p.port)] = toChain(name)
+		}
+		if p.sniff {
+			portMap[fmt.Sprint(p.port)] = &cncfmatcher.Matcher_OnMatch{OnMatch: &cncfmatcher.Matcher_OnMatch_Matcher{Matcher: &cncfmatcher.Matcher{
+				MatcherType: &cncfmatcher.Matcher_MatcherTree_{MatcherTree: &cncfmatcher.Matcher_MatcherTree{
+					Input: &xdscore.TypedExtensionConfig{Name: "application-protocol", TypedConfig: mustAny(&networkinputs.ApplicationProtocolInput{})},
+					TreeType: &cncfmatcher.Matcher_MatcherTree_ExactMatchMap{ExactMatchMap: &cncfmatcher.Matcher_MatcherTree_MatchMap{Map: map[string]*cncfmatcher.Matcher_OnMatch{
+						"'http/1.1'": toChain(httpChain), "'h2c'": toChain(httpChain)}}},
+				}},
+				OnNoMatch: toChain(tcpChain),
+			}}}
 		}
 	}
 	portMatcher := &cncfmatcher.Matcher{MatcherType: &cncfmatcher.Matcher_MatcherTree_{MatcherTree: &cncfmatcher.Matcher_MatcherTree{
@@ -189,8 +210,10 @@ func (w *waypointConfig) mainInternal() *listener.Listener {
 			{Name: "envoy.filters.listener.original_dst", ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldst.OriginalDst{})}},
 			{Name: "envoy.filters.listener.http_inspector", ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: mustAny(&httpinspector.HttpInspector{})}},
 		},
-		TrafficDirection: core.TrafficDirection_INBOUND,
-		FilterChains:     chains,
+		TrafficDirection:                 core.TrafficDirection_INBOUND,
+		ListenerFiltersTimeout:           durationpb.New(w.filtersTimeout),
+		ContinueOnListenerFiltersTimeout: w.continueOnTimeout,
+		FilterChains:                     chains,
 		FilterChainMatcher: &cncfmatcher.Matcher{MatcherType: &cncfmatcher.Matcher_MatcherTree_{MatcherTree: &cncfmatcher.Matcher_MatcherTree{
 			Input:    &xdscore.TypedExtensionConfig{Name: "ip", TypedConfig: mustAny(&networkinputs.DestinationIPInput{})},
 			TreeType: &cncfmatcher.Matcher_MatcherTree_CustomMatch{CustomMatch: &xdscore.TypedExtensionConfig{Name: "ip", TypedConfig: mustAny(ipm)}},
@@ -273,20 +296,25 @@ func (w *waypointConfig) resources() *config.Resources {
 		},
 	)
 	for _, p := range w.ports {
-		kind := "tcp"
-		if p.http {
-			kind = "http"
+		var kinds []string
+		if p.http || p.sniff {
+			kinds = append(kinds, "http")
 		}
-		name := clusterName(kind, p.port, w.host)
-		r.Clusters = append(r.Clusters, edsCluster(name))
-		bs := w.backends
-		if p.target != 0 {
-			bs = nil
-			for _, b := range w.backends {
-				bs = append(bs, netip.AddrPortFrom(b.Addr(), p.target))
+		if !p.http || p.sniff {
+			kinds = append(kinds, "tcp")
+		}
+		for _, kind := range kinds {
+			name := clusterName(kind, p.port, w.host)
+			r.Clusters = append(r.Clusters, edsCluster(name))
+			bs := w.backends
+			if p.target != 0 {
+				bs = nil
+				for _, b := range w.backends {
+					bs = append(bs, netip.AddrPortFrom(b.Addr(), p.target))
+				}
 			}
+			r.Endpoints = append(r.Endpoints, originateEndpoints(name, bs))
 		}
-		r.Endpoints = append(r.Endpoints, originateEndpoints(name, bs))
 	}
 	for name, bs := range w.extraClusters {
 		r.Clusters = append(r.Clusters, edsCluster(name))

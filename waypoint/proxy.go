@@ -351,7 +351,11 @@ func (p *Proxy) selectChain(l *config.Listener, sc *sniffConn, ci *connInfo) *co
 		}
 		return l.Default
 	}
-	name := l.Matcher.Match(&inputs{l: l, sc: sc, ci: ci})
+	in := &inputs{l: l, sc: sc, ci: ci}
+	name := l.Matcher.Match(in)
+	if in.timedOut {
+		return nil
+	}
 	if name == "" {
 		return l.Default
 	}
@@ -363,6 +367,9 @@ type inputs struct {
 	l  *config.Listener
 	sc *sniffConn
 	ci *connInfo
+	// timedOut: the listener filters timed out and the listener does not
+	// continue without them.
+	timedOut bool
 }
 
 func (in *inputs) Input(kind config.Input, key string) (string, bool) {
@@ -385,7 +392,10 @@ func (in *inputs) Input(kind config.Input, key string) (string, bool) {
 				return "", false
 			}
 		}
-		proto := in.sc.sniff()
+		proto, timedOut := in.sc.sniffWithin(in.l.FiltersTimeout)
+		if timedOut && !in.l.ContinueOnTimeout {
+			in.timedOut = true
+		}
 		if proto == "" {
 			return "", false
 		}

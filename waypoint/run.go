@@ -117,7 +117,12 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("listen %s: %w", s.Addr, err)
 		}
 		go s.Serve(ln)
-		defer s.Close()
+		defer func() {
+			// Gracefully: /quitquitquit's own answer still goes out.
+			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer scancel()
+			s.Shutdown(sctx)
+		}()
 	}
 	ln, err := net.Listen("tcp", o.HBONE)
 	if err != nil {

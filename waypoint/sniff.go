@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"time"
 )
 
 // sniffConn is a downstream connection read through a buffer, so that
@@ -15,6 +16,9 @@ type sniffConn struct {
 	br      *bufio.Reader
 	sniffed bool
 	proto   string
+	// pending is the sniff still waiting for bytes after its timeout:
+	// reads wait for it, so that the buffer has one reader at a time.
+	pending chan struct{}
 }
 
 // readBufferSize holds a whole request head at the largest limit
@@ -25,38 +29,77 @@ func newSniffConn(c net.Conn) *sniffConn {
 	return &sniffConn{Conn: c, br: bufio.NewReaderSize(c, readBufferSize)}
 }
 
-func (s *sniffConn) Read(p []byte) (int, error) { return s.br.Read(p) }
+func (s *sniffConn) wait() {
+	if s.pending != nil {
+		<-s.pending
+		s.pending = nil
+	}
+}
+
+func (s *sniffConn) Read(p []byte) (int, error) {
+	s.wait()
+	return s.br.Read(p)
+}
 
 // WriteTo lets copies skip the buffer once it is drained.
-func (s *sniffConn) WriteTo(w io.Writer) (int64, error) { return s.br.WriteTo(w) }
+func (s *sniffConn) WriteTo(w io.Writer) (int64, error) {
+	s.wait()
+	return s.br.WriteTo(w)
+}
+
+// sniffWithin is sniff bounded by d (0: unbounded): timedOut when the
+// client sent nothing decisive in time (a server-first protocol).
+func (s *sniffConn) sniffWithin(d time.Duration) (proto string, timedOut bool) {
+	if s.sniffed || d <= 0 {
+		return s.sniff(), false
+	}
+	done := make(chan struct{})
+	var got string
+	go func() {
+		defer close(done)
+		got = detect(s.br)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	s.sniffed = true
+	select {
+	case <-done:
+		s.proto = got
+		return got, false
+	case <-t.C:
+		s.pending = done
+		return "", true
+	}
+}
 
 // sniff is Envoy's http_inspector: "h2c" for the HTTP/2 preface,
 // "http/1.1" or "http/1.0" for an HTTP/1 request line, "" otherwise. It
 // waits for the first line (up to 8 KiB) or the first byte that cannot
 // belong to one.
 func (s *sniffConn) sniff() string {
-	if s.sniffed {
-		return s.proto
+	if !s.sniffed {
+		s.sniffed, s.proto = true, detect(s.br)
 	}
-	s.sniffed = true
+	return s.proto
+}
+
+// detect reads the protocol off the buffer's first bytes.
+func detect(br *bufio.Reader) string {
 	const limit = 8 << 10
 	for n := 1; n <= limit; n++ {
-		b, _ := s.br.Peek(n)
+		b, _ := br.Peek(n)
 		if len(b) < n {
 			return "" // closed before a whole line
 		}
 		if bytes.HasPrefix([]byte("PRI * HTTP/2.0\r\n"), b) {
 			if n == len("PRI * HTTP/2.0\r\n") {
-				s.proto = "h2c"
-				return s.proto
+				return "h2c"
 			}
 			continue
 		}
 		c := b[n-1]
 		if c == '\n' {
-			line := bytes.TrimRight(b, "\r\n")
-			s.proto = requestLineProto(line)
-			return s.proto
+			return requestLineProto(bytes.TrimRight(b, "\r\n"))
 		}
 		if c < 0x20 && c != '\r' && c != '\t' || c == 0x7f {
 			return "" // binary: not HTTP

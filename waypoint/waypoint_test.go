@@ -783,3 +783,36 @@ func TestRetries(t *testing.T) {
 		t.Error("retries: got none, want the dead endpoint's requests retried")
 	}
 }
+
+// TestServerFirstOnSniffedPort: on a port whose protocol is sniffed, a
+// server-first protocol (the client waits for a banner) is not held up
+// for ever: after listener_filters_timeout the connection goes on to the
+// TCP chain when continue_on_listener_filters_timeout is set, and is
+// closed when it is not, as Envoy does.
+func TestServerFirstOnSniffedPort(t *testing.T) {
+	for _, cont := range []bool{true, false} {
+		t.Run(fmt.Sprintf("continue=%v", cont), func(t *testing.T) {
+			e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+				w := basicConfig(ip)
+				w.ports = append(w.ports, svcPort{port: 91, target: 9191, sniff: true})
+				w.filtersTimeout, w.continueOnTimeout = 100*time.Millisecond, cont
+				return w
+			})
+			banner := netip.AddrPortFrom(e.ip(11), 9191)
+			serve(t, banner, func(c net.Conn) {
+				fmt.Fprintf(c, "banner from %s\n", banner)
+				io.Copy(io.Discard, c)
+			})
+			c := e.tunnel(t, clientID, e.vip(91))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			switch {
+			case cont && err != nil:
+				t.Fatalf("banner: %v", err)
+			case cont && line != fmt.Sprintf("banner from %s\n", banner):
+				t.Errorf("banner: got %q", line)
+			case !cont && err == nil:
+				t.Errorf("got %q, want the connection closed after the listener filters timed out", line)
+			}
+		})
+	}
+}

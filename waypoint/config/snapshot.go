@@ -58,7 +58,13 @@ type Listener struct {
 	// protocol, except on InspectorDisabledPorts.
 	HTTPInspector          bool
 	InspectorDisabledPorts []uint16
-	Chains                 []*Chain
+	// FiltersTimeout bounds the listener filters' wait for the client's
+	// first bytes (listener_filters_timeout, 15 s when unset, 0 none);
+	// on expiry the connection goes on without the sniffed protocol if
+	// ContinueOnTimeout, else it is closed.
+	FiltersTimeout    time.Duration
+	ContinueOnTimeout bool
+	Chains            []*Chain
 	// Matcher is the filter_chain_matcher tree; without it, the chains'
 	// filter_chain_match pick (only empty matches are supported) and
 	// Default.
@@ -511,6 +517,11 @@ func buildListener(l *listener.Listener) (*Listener, []string, error) {
 	default:
 		return nil, nil, unsupported("listener without socket address or internal_listener")
 	}
+	out.FiltersTimeout = 15 * time.Second
+	if l.GetListenerFiltersTimeout() != nil {
+		out.FiltersTimeout = l.GetListenerFiltersTimeout().AsDuration()
+	}
+	out.ContinueOnTimeout = l.GetContinueOnListenerFiltersTimeout()
 	if l.GetUseOriginalDst().GetValue() {
 		return nil, nil, unsupported("use_original_dst")
 	}
