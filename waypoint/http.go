@@ -300,6 +300,21 @@ func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.
 func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, c *sniffConn, ci *connInfo, req *http.Request) bool {
 	start := time.Now()
 	defer req.Body.Close()
+	switch {
+	case req.ProtoMajor == 1 && req.ProtoMinor == 0 && !hcm.AcceptHTTP10:
+		writeLocal(c, req, http.StatusUpgradeRequired, "", nil, true)
+		return false
+	case req.ProtoAtLeast(1, 1) && req.Host == "":
+		p.stats.badRequests.Add(1)
+		writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
+		return false
+	}
+	// An absolute-form target becomes origin-form, its host the
+	// authority, as Envoy reads it.
+	if !strings.HasPrefix(req.RequestURI, "/") && req.URL.Host != "" {
+		req.Host = req.URL.Host
+		req.RequestURI = req.URL.RequestURI()
+	}
 	uri, err := normalizePath(hcm, req.RequestURI)
 	if err != nil {
 		p.stats.badRequests.Add(1)
@@ -585,6 +600,13 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 			return local(http.StatusForbidden, "", "-") // Envoy refuses an upgrade it is not configured for
 		}
 		upgrade = req.Header.Get("Upgrade")
+	}
+	if !hcm.Proxy100Continue && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		// Envoy's default: answer it here, so the client sends its body.
+		req.Header.Del("Expect")
+		if _, err := io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+			return 0, "-", false
+		}
 	}
 	share := upstreamShare(ci, v)
 	path, query, hasQuery := strings.Cut(req.RequestURI, "?")

@@ -569,6 +569,8 @@ func TestBadRequests(t *testing.T) {
 		{"malformed request line", "GARBAGE\r\n\r\n", 400},
 		{"content-length with transfer-encoding", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
 		{"differing content-lengths", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400},
+		{"HTTP/1.0 without accept_http_10", "GET / HTTP/1.0\r\nHost: x\r\n\r\n", 426},
+		{"HTTP/1.1 without Host", "GET / HTTP/1.1\r\n\r\n", 400},
 		{"too many headers", "GET / HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-A: b\r\n", 101) + "\r\n", 431},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -814,5 +816,37 @@ func TestServerFirstOnSniffedPort(t *testing.T) {
 				t.Errorf("got %q, want the connection closed after the listener filters timed out", line)
 			}
 		})
+	}
+}
+
+// TestRequestForms: an absolute-form target is routed by its path and
+// host; Expect: 100-continue is answered by the waypoint, so the client
+// sends its body.
+func TestRequestForms(t *testing.T) {
+	e := newEnv(t, basicConfig)
+	c := e.client(t, clientID)
+	fmt.Fprintf(c.c, "GET http://%s/abs?q=1 HTTP/1.1\r\nHost: ignored.example\r\n\r\n", host)
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := body(resp), fmt.Sprintf("%s GET %s /abs?q=1 ", netip.AddrPortFrom(e.ip(11), 8080), host); got != want {
+		t.Errorf("absolute form: got %q, want %q", got, want)
+	}
+	fmt.Fprintf(c.c, "POST /continue HTTP/1.1\r\nHost: %s\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n", host)
+	resp, err = http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusContinue {
+		t.Fatalf("expect 100-continue: got %d, want 100", resp.StatusCode)
+	}
+	io.WriteString(c.c, "body")
+	resp, err = http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := body(resp); !strings.HasSuffix(got, "/continue body") {
+		t.Errorf("after 100 Continue: got %q, want the body forwarded", got)
 	}
 }

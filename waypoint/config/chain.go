@@ -207,6 +207,8 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 		ServerName:            h.GetServerName(),
 		NormalizePath:         h.GetNormalizePath().GetValue(),
 		MergeSlashes:          h.GetMergeSlashes(),
+		AcceptHTTP10:          h.GetHttpProtocolOptions().GetAcceptHttp_10(),
+		Proxy100Continue:      h.GetProxy_100Continue(),
 	}
 	switch h.GetPathWithEscapedSlashesAction() {
 	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcmv3.HttpConnectionManager_KEEP_UNCHANGED:

@@ -204,6 +204,12 @@ type HCM struct {
 	// dot segments, unreserved percent-encodings decoded), merge_slashes,
 	// and path_with_escaped_slashes_action (RejectEscapedSlashes,
 	// UnescapeSlashes).
+	// AcceptHTTP10: HTTP/1.0 requests are served (else 426, Envoy's
+	// default).
+	AcceptHTTP10 bool
+	// Proxy100Continue: Expect: 100-continue goes upstream (else the
+	// waypoint answers 100 Continue itself and drops the header).
+	Proxy100Continue     bool
 	NormalizePath        bool
 	MergeSlashes         bool
 	RejectEscapedSlashes bool
