@@ -364,7 +364,7 @@ func headerOpts(k, v string) []*core.HeaderValueOption {
 }
 
 // jwtHCM is f's HTTP connection manager with a jwt_authn filter first.
-func jwtHCM(t *testing.T, f *listener.Filter) *listener.Filter_TypedConfig {
+func jwtHCM(t testing.TB, f *listener.Filter) *listener.Filter_TypedConfig {
 	t.Helper()
 	var h hcmv3.HttpConnectionManager
 	if err := f.GetTypedConfig().UnmarshalTo(&h); err != nil {

@@ -69,14 +69,14 @@ type env struct {
 
 func (e *env) vip(port uint16) netip.AddrPort { return netip.AddrPortFrom(e.ip(20), port) }
 
-func newEnv(t *testing.T, cfg func(ip func(byte) netip.Addr) *waypointConfig) *env {
+func newEnv(t testing.TB, cfg func(ip func(byte) netip.Addr) *waypointConfig) *env {
 	t.Helper()
 	return newEnvWith(t, host, [2]uint16{80, 90}, [2]uint16{8080, 9090}, func(e *env) { e.cfg = cfg(e.ip) })
 }
 
 // newEnvWith sets up a service svcHost with an HTTP and a TCP port
 // (ports, served by the pods on targets); setup fills in the config.
-func newEnvWith(t *testing.T, svcHost string, ports, targets [2]uint16, setup func(e *env)) *env {
+func newEnvWith(t testing.TB, svcHost string, ports, targets [2]uint16, setup func(e *env)) *env {
 	t.Helper()
 	ca, err := identity.NewCA(identity.DefaultTrustDomain)
 	if err != nil {
@@ -128,7 +128,7 @@ func newEnvWith(t *testing.T, svcHost string, ports, targets [2]uint16, setup fu
 	return e
 }
 
-func testLog(t *testing.T) *slog.Logger {
+func testLog(t testing.TB) *slog.Logger {
 	if os.Getenv("WAYPOINT_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -136,7 +136,7 @@ func testLog(t *testing.T) *slog.Logger {
 }
 
 // apply builds the config and installs it.
-func (e *env) apply(t *testing.T) {
+func (e *env) apply(t testing.TB) {
 	t.Helper()
 	res := e.res
 	if res == nil {
@@ -149,7 +149,7 @@ func (e *env) apply(t *testing.T) {
 	e.wp.Update(snap)
 }
 
-func startZtunnel(t *testing.T, node string, e *env) *ztunnel.Ztunnel {
+func startZtunnel(t testing.TB, node string, e *env) *ztunnel.Ztunnel {
 	t.Helper()
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: node, Store: e.store, Certificates: e.ca, Roots: e.ca.Roots(),
@@ -176,7 +176,7 @@ func startZtunnel(t *testing.T, node string, e *env) *ztunnel.Ztunnel {
 	return z
 }
 
-func serve(t *testing.T, addr netip.AddrPort, handle func(net.Conn)) {
+func serve(t testing.TB, addr netip.AddrPort, handle func(net.Conn)) {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
@@ -200,7 +200,7 @@ func serve(t *testing.T, addr netip.AddrPort, handle func(net.Conn)) {
 // httpApp answers "<addr> <method> <host> <uri>" and echoes the headers
 // it got as X-Got-<name>; /slow waits for the client to go away;
 // Upgrade: echo switches to a line echo.
-func httpApp(t *testing.T, addr netip.AddrPort) {
+func httpApp(t testing.TB, addr netip.AddrPort) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 			w.Header().Set("Upgrade", "websocket")
@@ -236,7 +236,7 @@ func httpApp(t *testing.T, addr netip.AddrPort) {
 	t.Cleanup(func() { srv.Close() })
 }
 
-func tcpEcho(t *testing.T, addr netip.AddrPort) {
+func tcpEcho(t testing.TB, addr netip.AddrPort) {
 	serve(t, addr, func(c net.Conn) {
 		sc := bufio.NewScanner(c)
 		for sc.Scan() {
@@ -247,7 +247,7 @@ func tcpEcho(t *testing.T, addr netip.AddrPort) {
 
 // tunnel opens an HBONE CONNECT to target through the waypoint, as a
 // source ztunnel does for a client with id.
-func (e *env) tunnel(t *testing.T, id identity.Identity, target netip.AddrPort) net.Conn {
+func (e *env) tunnel(t testing.TB, id identity.Identity, target netip.AddrPort) net.Conn {
 	t.Helper()
 	cert, err := e.ca.Issue(id, time.Hour)
 	if err != nil {
@@ -274,12 +274,12 @@ type client struct {
 	br *bufio.Reader
 }
 
-func (e *env) client(t *testing.T, id identity.Identity) *client {
+func (e *env) client(t testing.TB, id identity.Identity) *client {
 	c := e.tunnel(t, id, e.vip(80))
 	return &client{c: c, br: bufio.NewReader(c)}
 }
 
-func (c *client) do(t *testing.T, req *http.Request) *http.Response {
+func (c *client) do(t testing.TB, req *http.Request) *http.Response {
 	t.Helper()
 	if err := req.Write(c.c); err != nil {
 		t.Fatalf("write request: %v", err)
@@ -299,7 +299,7 @@ func body(resp *http.Response) string {
 	return string(b)
 }
 
-func get(t *testing.T, path string, hdr ...string) *http.Request {
+func get(t testing.TB, path string, hdr ...string) *http.Request {
 	req, err := http.NewRequest(http.MethodGet, "http://"+host+path, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -310,7 +310,7 @@ func get(t *testing.T, path string, hdr ...string) *http.Request {
 	return req
 }
 
-func expectStatus(t *testing.T, resp *http.Response, want int) {
+func expectStatus(t testing.TB, resp *http.Response, want int) {
 	t.Helper()
 	if resp.StatusCode != want {
 		t.Fatalf("status: got %d (%s), want %d", resp.StatusCode, body(resp), want)
