@@ -292,7 +292,26 @@ func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.
 		resp.Body = io.NopCloser(strings.NewReader(body))
 	}
 	resp.ContentLength = int64(len(body))
-	return resp.Write(w)
+	bw := bufio.NewWriter(w)
+	if err := resp.Write(bw); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// flushingBody flushes w before each read of the body it wraps.
+type flushingBody struct {
+	io.ReadCloser
+	w *bufio.Writer
+}
+
+func (b *flushingBody) Read(p []byte) (int, error) {
+	if b.w.Buffered() > 0 {
+		if err := b.w.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return b.ReadCloser.Read(p)
 }
 
 // serveRequest runs the HTTP filters and the router for one request; it
@@ -749,7 +768,16 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	} else {
 		resp.TransferEncoding = nil
 	}
-	if err := resp.Write(c); err != nil {
+	// The head and the body go out through one buffer (net/http writes
+	// each header line on its own, which on a tunnel would be a frame
+	// and a TLS record each); it is flushed before each wait for more of
+	// the upstream's body, so a streamed response is not held back.
+	bw := bufio.NewWriterSize(c, 32<<10)
+	resp.Body = &flushingBody{ReadCloser: resp.Body, w: bw}
+	if err := resp.Write(bw); err != nil {
+		return resp.StatusCode, "-", false
+	}
+	if err := bw.Flush(); err != nil {
 		return resp.StatusCode, "-", false
 	}
 	return resp.StatusCode, "-", !resp.Close && drainBody(req)
