@@ -299,6 +299,9 @@ func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.
 	return bw.Flush()
 }
 
+// writerOnly hides everything of a writer but Write.
+type writerOnly struct{ io.Writer }
+
 // flushingBody flushes w before each read of the body it wraps.
 type flushingBody struct {
 	io.ReadCloser
@@ -774,7 +777,9 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	// the upstream's body, so a streamed response is not held back.
 	bw := bufio.NewWriterSize(c, 32<<10)
 	resp.Body = &flushingBody{ReadCloser: resp.Body, w: bw}
-	if err := resp.Write(bw); err != nil {
+	// (writerOnly: bufio's ReadFrom would hand the body's Read its own
+	// buffer, which the flush in that Read then rewrites.)
+	if err := resp.Write(writerOnly{bw}); err != nil {
 		return resp.StatusCode, "-", false
 	}
 	if err := bw.Flush(); err != nil {

@@ -218,6 +218,12 @@ func httpApp(t testing.TB, addr netip.AddrPort) {
 			}
 			return
 		}
+		if r.URL.Path == "/stream" {
+			io.WriteString(w, "first\n")
+			http.NewResponseController(w).Flush()
+			<-r.Context().Done()
+			return
+		}
 		if r.URL.Path == "/slow" {
 			<-r.Context().Done()
 			return
@@ -849,4 +855,21 @@ func TestRequestForms(t *testing.T) {
 	if got := body(resp); !strings.HasSuffix(got, "/continue body") {
 		t.Errorf("after 100 Continue: got %q, want the body forwarded", got)
 	}
+}
+
+// TestStreamedResponse: a response body is passed on as it comes, not
+// held back until it ends.
+func TestStreamedResponse(t *testing.T) {
+	e := newEnv(t, basicConfig)
+	c := e.client(t, clientID)
+	get(t, "/stream").Write(c.c)
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "first\n" {
+		t.Fatalf("first part of a streamed body: got %q, %v; want it before the body ends", line, err)
+	}
+	c.c.Close()
 }
