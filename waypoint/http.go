@@ -642,10 +642,18 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	if hasQuery {
 		uri += "?" + query
 	}
-	// The route timeout covers every try.
+	// The route timeout covers every try and the whole response; for an
+	// upgrade only the wait for the upstream's answer (Envoy disables it
+	// once the upgrade is done).
+	var upgradeTimer *time.Timer
 	if a.Timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, a.Timeout)
+		if upgrade == "" {
+			ctx, cancel = context.WithTimeout(ctx, a.Timeout)
+		} else {
+			ctx, cancel = context.WithCancel(ctx)
+			upgradeTimer = time.AfterFunc(a.Timeout, cancel)
+		}
 		defer cancel()
 	}
 	// A retry needs the body again: one of known, small length is
@@ -734,6 +742,13 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		if !backoff(ctx, retry, try) {
 			break
 		}
+	}
+	if upgradeTimer != nil && !upgradeTimer.Stop() {
+		// The upgrade's answer came too late (or never).
+		if resp != nil {
+			resp.Body.Close()
+		}
+		return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")
 	}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {

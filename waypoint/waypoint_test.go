@@ -546,7 +546,15 @@ func TestFault(t *testing.T) {
 }
 
 func TestWebSocketUpgrade(t *testing.T) {
-	e := newEnv(t, basicConfig)
+	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+		w := basicConfig(ip)
+		// A route timeout bounds the wait for the upgrade, not the
+		// upgraded connection.
+		r := prefixRoute("/", clusterName("http", 80, host))
+		r.GetRoute().Timeout = durationpb.New(50 * time.Millisecond)
+		w.ports[0].routes = []*route.Route{r}
+		return w
+	})
 	c := e.client(t, clientID)
 	fmt.Fprintf(c.c, "GET /ws HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", host)
 	resp, err := http.ReadResponse(c.br, nil)
@@ -556,6 +564,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("status: got %d, want 101", resp.StatusCode)
 	}
+	time.Sleep(150 * time.Millisecond) // past the route timeout
 	fmt.Fprintf(c.c, "frame\n")
 	line, err := c.br.ReadString('\n')
 	if err != nil {
