@@ -79,6 +79,8 @@ type waypointConfig struct {
 	// listener_filters_timeout and continue_on_listener_filters_timeout.
 	filtersTimeout    time.Duration
 	continueOnTimeout bool
+	// tcpIdleTimeout is the TCP chains' idle_timeout.
+	tcpIdleTimeout time.Duration
 	// requestHeadersTimeout is the HTTP chains' request_headers_timeout.
 	requestHeadersTimeout time.Duration
 	// extraClusters are more service clusters (for weighted routes):
@@ -181,6 +183,9 @@ func (w *waypointConfig) mainInternal() *listener.Listener {
 			name := clusterName("tcp", p.port, w.host)
 			tcpChain = name
 			tp := &tcpv3.TcpProxy{StatPrefix: name, ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: name}}
+			if w.tcpIdleTimeout > 0 {
+				tp.IdleTimeout = durationpb.New(w.tcpIdleTimeout)
+			}
 			chains = append(chains, &listener.FilterChain{Name: name, Filters: []*listener.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(tp)}}}})
 			portMap[fmt.Sprint(p.port)] = toChain(name)
 		}

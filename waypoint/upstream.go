@@ -84,7 +84,9 @@ func (p *Proxy) proxyTCP(ctx context.Context, snap *config.Snapshot, tp *config.
 		return
 	}
 	defer up.Close()
-	hbone.Join(c, up)
+	a, b, stop := withIdleTimeout(c, up, tp.IdleTimeout)
+	defer stop()
+	hbone.Join(a, b)
 }
 
 // dialTCPProxy opens the tcp_proxy's upstream: a cluster's endpoint, or,

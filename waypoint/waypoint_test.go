@@ -882,3 +882,25 @@ func TestStreamedResponse(t *testing.T) {
 	}
 	c.c.Close()
 }
+
+// TestTCPIdleTimeout: a TCP chain's connection that moves nothing for the
+// tcp_proxy's idle_timeout is closed; one that keeps talking is not.
+func TestTCPIdleTimeout(t *testing.T) {
+	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+		w := basicConfig(ip)
+		w.tcpIdleTimeout = 200 * time.Millisecond
+		return w
+	})
+	c := e.tunnel(t, clientID, e.vip(90))
+	br := bufio.NewReader(c)
+	for i := range 3 {
+		fmt.Fprintf(c, "line %d\n", i)
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatalf("echo %d: %v", i, err)
+		}
+	}
+	// Now idle: the waypoint closes it.
+	if line, err := br.ReadString('\n'); err == nil {
+		t.Fatalf("idle connection: got %q, want it closed", line)
+	}
+}
