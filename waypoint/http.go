@@ -658,12 +658,17 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	}
 	// A retry needs the body again: one of known, small length is
 	// buffered; a longer or chunked one is sent once.
-	retry := a.Retry
+	retry, mirrors := a.Retry, a.Mirrors
 	var buffered []byte
-	if retry != nil && (upgrade != "" || req.ContentLength < 0 || req.ContentLength > maxRetryBody) {
+	if upgrade != "" || req.ContentLength < 0 || req.ContentLength > maxRetryBody {
+		// A body that is not kept is sent once: no retry, and no mirror
+		// unless there is no body at all.
 		retry = nil
+		if req.ContentLength != 0 {
+			mirrors = nil
+		}
 	}
-	if retry != nil && req.ContentLength > 0 {
+	if (retry != nil || len(mirrors) > 0) && req.ContentLength > 0 {
 		b, err := io.ReadAll(io.LimitReader(req.Body, req.ContentLength))
 		if err != nil {
 			return http.StatusBadRequest, "-", false
@@ -673,6 +678,11 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	tries := 1
 	if retry != nil {
 		tries += retry.NumRetries
+	}
+	for _, m := range mirrors {
+		if rollPercent(m.Fraction) {
+			p.mirror(snap, m, req, share, rt, wc, uri, hostRewrite, buffered, a.Timeout)
+		}
 	}
 	tried := map[*config.Endpoint]bool{}
 	var resp *http.Response
@@ -684,38 +694,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 			return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
 		}
 		tried[ep] = true
-		out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share}))
-		for _, h := range hopHeaders {
-			out.Header.Del(h)
-		}
-		for _, h := range strings.Split(req.Header.Get("Connection"), ",") {
-			if h = strings.TrimSpace(h); h != "" && !strings.EqualFold(h, "upgrade") {
-				out.Header.Del(h)
-			}
-		}
-		if upgrade != "" {
-			out.Header.Set("Connection", "Upgrade")
-			out.Header.Set("Upgrade", upgrade)
-		}
-		out.Header.Del("X-Ambit-Cors-Origin")
-		if out.Header.Get("X-Forwarded-Proto") == "" {
-			out.Header.Set("X-Forwarded-Proto", "http")
-		}
-		applyRequestMutation(out.Header, rt.Headers)
-		if wc != nil {
-			applyRequestMutation(out.Header, wc.Headers)
-		}
-		out.URL = &url.URL{Scheme: "http", Host: endpointHost(cl, ep, share), Opaque: uri}
-		out.RequestURI = ""
-		if hostRewrite != "" {
-			out.Host = hostRewrite
-		}
-		switch {
-		case req.ContentLength == 0:
-			out.Body = nil
-		case buffered != nil:
-			out.Body = io.NopCloser(bytes.NewReader(buffered))
-		}
+		out := p.upstreamRequest(ctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, upgrade, buffered)
 		var tryCancel context.CancelFunc
 		if retry != nil && retry.PerTryTimeout > 0 {
 			var tctx context.Context
@@ -850,4 +829,91 @@ func (p *Proxy) switchProtocols(c *sniffConn, resp *http.Response) bool {
 	c.Close()
 	<-done
 	return false
+}
+
+// upstreamRequest is the request sent to endpoint ep of cluster cl: hop
+// headers dropped, the route's and weighted cluster's mutations, the
+// rewritten path and host.
+func (p *Proxy) upstreamRequest(ctx context.Context, req *http.Request, snap *config.Snapshot, cl *config.Cluster, ep *config.Endpoint,
+	share *connInfo, rt *config.Route, wc *config.WeightedCluster, uri, hostRewrite, upgrade string, buffered []byte) *http.Request {
+	out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share}))
+	for _, h := range hopHeaders {
+		out.Header.Del(h)
+	}
+	for _, h := range strings.Split(req.Header.Get("Connection"), ",") {
+		if h = strings.TrimSpace(h); h != "" && !strings.EqualFold(h, "upgrade") {
+			out.Header.Del(h)
+		}
+	}
+	if upgrade != "" {
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", upgrade)
+	}
+	out.Header.Del("X-Ambit-Cors-Origin")
+	if out.Header.Get("X-Forwarded-Proto") == "" {
+		out.Header.Set("X-Forwarded-Proto", "http")
+	}
+	applyRequestMutation(out.Header, rt.Headers)
+	if wc != nil {
+		applyRequestMutation(out.Header, wc.Headers)
+	}
+	out.URL = &url.URL{Scheme: "http", Host: endpointHost(cl, ep, share), Opaque: uri}
+	out.RequestURI = ""
+	if hostRewrite != "" {
+		out.Host = hostRewrite
+	}
+	switch {
+	case req.ContentLength == 0:
+		out.Body = nil
+	case buffered != nil:
+		out.Body = io.NopCloser(bytes.NewReader(buffered))
+	}
+	return out
+}
+
+// mirror sends a copy of the request to the mirror's cluster, its host
+// suffixed "-shadow", and discards the answer; it never delays or
+// changes the request itself.
+func (p *Proxy) mirror(snap *config.Snapshot, m config.Mirror, req *http.Request, share *connInfo, rt *config.Route,
+	wc *config.WeightedCluster, uri, hostRewrite string, buffered []byte, timeout time.Duration) {
+	cl := snap.Clusters[m.Cluster]
+	if cl == nil {
+		return
+	}
+	ep := cl.Pick()
+	if ep == nil {
+		return
+	}
+	if timeout <= 0 || timeout > maxMirrorTime {
+		timeout = maxMirrorTime
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, timeout)
+	out := p.upstreamRequest(ctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, "", buffered)
+	if m.HostSuffix {
+		out.Host = shadowHost(out.Host)
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer cancel()
+		resp, err := p.transport.RoundTrip(out)
+		if err != nil {
+			p.log.Debug("mirror failed", logkey.Cluster, cl.Name, logkey.Error, err.Error())
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}()
+}
+
+// maxMirrorTime bounds a mirrored request whose route has no timeout.
+const maxMirrorTime = 30 * time.Second
+
+// shadowHost is Envoy's shadow host: "-shadow" after the host name,
+// before any port.
+func shadowHost(h string) string {
+	if host, port, err := net.SplitHostPort(h); err == nil {
+		return net.JoinHostPort(host+"-shadow", port)
+	}
+	return h + "-shadow"
 }

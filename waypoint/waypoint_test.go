@@ -904,3 +904,43 @@ func TestTCPIdleTimeout(t *testing.T) {
 		t.Fatalf("idle connection: got %q, want it closed", line)
 	}
 }
+
+// TestMirror: request_mirror_policies send a copy, host suffixed
+// "-shadow", to the mirror cluster; the client gets the primary's answer.
+func TestMirror(t *testing.T) {
+	const mirrorCluster = "inbound-vip|80|http|mirror.shop.svc.cluster.local"
+	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+		w := basicConfig(ip)
+		w.extraClusters = map[string][]netip.AddrPort{mirrorCluster: {netip.AddrPortFrom(ip(12), 8181)}}
+		r := prefixRoute("/", clusterName("http", 80, host))
+		r.GetRoute().RequestMirrorPolicies = []*route.RouteAction_RequestMirrorPolicy{{Cluster: mirrorCluster}}
+		w.ports[0].routes = []*route.Route{r}
+		return w
+	})
+	seen := make(chan string, 4)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		seen <- r.Host + " " + r.Method + " " + r.RequestURI + " " + string(b)
+	})}
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(e.ip(12), 8181).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	c := e.client(t, clientID)
+	req, _ := http.NewRequest(http.MethodPost, "http://"+host+"/m", strings.NewReader("copy"))
+	resp := c.do(t, req)
+	expectStatus(t, resp, 200)
+	if got := body(resp); !strings.HasPrefix(got, netip.AddrPortFrom(e.ip(11), 8080).String()) {
+		t.Errorf("answer: got %q, want the primary's", got)
+	}
+	select {
+	case got := <-seen:
+		if want := "server.shop.svc.cluster.local-shadow POST /m copy"; got != want {
+			t.Errorf("mirrored: got %q, want %q", got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no mirrored request")
+	}
+}

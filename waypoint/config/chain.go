@@ -478,8 +478,17 @@ func buildRouteAction(a *route.RouteAction) (*RouteAction, error) {
 	if a.GetHostRewriteSpecifier() != nil && out.HostRewrite == "" {
 		return nil, unsupported(fmt.Sprintf("host rewrite %T", a.GetHostRewriteSpecifier()))
 	}
-	if len(a.GetRequestMirrorPolicies()) > 0 {
-		return nil, unsupported("request mirror policies")
+	for _, m := range a.GetRequestMirrorPolicies() {
+		if m.GetCluster() == "" || m.GetClusterHeader() != "" {
+			return nil, unsupported("request mirror by cluster_header")
+		}
+		// No runtime layer: the fraction's default value applies, as in
+		// Envoy when no runtime sets its key.
+		f := 1.0
+		if rf := m.GetRuntimeFraction(); rf != nil {
+			f = percent(rf.GetDefaultValue())
+		}
+		out.Mirrors = append(out.Mirrors, Mirror{Cluster: m.GetCluster(), Fraction: f, HostSuffix: !m.GetDisableShadowHostSuffixAppend()})
 	}
 	if len(a.GetRateLimits()) > 0 || a.GetHedgePolicy() != nil || a.GetInternalRedirectPolicy() != nil {
 		return nil, unsupported("rate limits, hedging and internal redirects")

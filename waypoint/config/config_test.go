@@ -160,8 +160,8 @@ func TestVirtualHostsAndErrorsName(t *testing.T) {
 	// An unsupported route action names its route.
 	_, err := buildRoute(&route.Route{Name: "r1", Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
 		Action: &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: "c"},
-			RequestMirrorPolicies: []*route.RouteAction_RequestMirrorPolicy{{Cluster: "m"}}}}})
-	if err == nil || !strings.Contains(err.Error(), "mirror") {
-		t.Errorf("mirror: got %v, want an error naming request mirror policies", err)
+			RequestMirrorPolicies: []*route.RouteAction_RequestMirrorPolicy{{ClusterHeader: "x-mirror"}}}}})
+	if err == nil || !strings.Contains(err.Error(), "cluster_header") {
+		t.Errorf("mirror by header: got %v, want an error naming cluster_header", err)
 	}
 }

@@ -156,6 +156,7 @@ type RouteMatch struct {
 	query   []func(map[string][]string) bool
 	connect bool
 	prefix  string
+	state   []func(Request) bool
 }
 
 // Matches reports whether r matches, with method the request's method.
@@ -171,6 +172,11 @@ func (m *RouteMatch) Matches(r Request, method string) bool {
 	}
 	for _, h := range m.headers {
 		if !h(r) {
+			return false
+		}
+	}
+	for _, f := range m.state {
+		if !f(r) {
 			return false
 		}
 	}
@@ -192,10 +198,23 @@ func compileRouteMatch(m *route.RouteMatch) (*RouteMatch, error) {
 	if m.GetGrpc() != nil {
 		return nil, fmt.Errorf("route match: grpc matcher not supported")
 	}
-	if m.GetRuntimeFraction() != nil || len(m.GetDynamicMetadata()) > 0 || m.GetTlsContext() != nil || m.GetFilterState() != nil {
-		return nil, fmt.Errorf("route match: runtime_fraction, dynamic_metadata, tls_context and filter_state are not supported")
+	if m.GetRuntimeFraction() != nil || len(m.GetDynamicMetadata()) > 0 || m.GetTlsContext() != nil {
+		return nil, unsupported("route match: runtime_fraction, dynamic_metadata and tls_context")
 	}
 	out := &RouteMatch{}
+	// filter_state: Istio matches a consumer route's source on the peer
+	// principal the connect_terminate hop stored.
+	for _, fs := range m.GetFilterState() {
+		key := fs.GetKey()
+		if fs.GetStringMatch() == nil {
+			return nil, unsupported(fmt.Sprintf("route match: filter_state %s other than string_match", key))
+		}
+		sm, err := compileString(fs.GetStringMatch())
+		if err != nil {
+			return nil, fmt.Errorf("route match: filter_state %s: %w", key, err)
+		}
+		out.state = append(out.state, func(r Request) bool { v, ok := r.FilterState(key); return ok && sm(v) })
+	}
 	cs := m.GetCaseSensitive() == nil || m.GetCaseSensitive().GetValue()
 	fold := func(s string) string {
 		if cs {

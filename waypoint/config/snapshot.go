@@ -297,6 +297,19 @@ type RouteAction struct {
 	Connect bool
 	// Retry is the route's (else its virtual host's) retry policy.
 	Retry *RetryPolicy
+	// Mirrors are request_mirror_policies: a copy of the request goes
+	// to each cluster, its answer discarded.
+	Mirrors []Mirror
+}
+
+// Mirror is one request mirror policy.
+type Mirror struct {
+	Cluster string
+	// Fraction of requests mirrored, in [0, 1].
+	Fraction float64
+	// HostSuffix: "-shadow" is appended to the mirrored request's host,
+	// as Envoy does unless disable_shadow_host_suffix_append.
+	HostSuffix bool
 }
 
 // RetryPolicy is the part of Envoy's retry policy the waypoint acts on.
