@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/waypoint/config"
 )
 
@@ -151,5 +152,60 @@ func TestGoldenServiceAccount(t *testing.T) {
 	}
 	if want := netip.AddrPortFrom(e.ip(12), 9081).String() + ": \x00raw\n"; line != want {
 		t.Errorf("direct-tcp: got %q, want %q", line, want)
+	}
+}
+
+// TestGoldenAuthz runs istiod's golden authz case: AuthorizationPolicies
+// on Service reviews (ALLOW by principal, method, path, notPaths and a
+// header condition; AUDIT; a dry-run one) and on the waypoint (DENY
+// /debug*), as istiod translated them into HTTP RBAC filters.
+func TestGoldenAuthz(t *testing.T) {
+	const svc = "reviews.shop.svc.cluster.local"
+	raw, err := os.ReadFile("testdata/istiod/authz.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvWith(t, svc, [2]uint16{9080, 9090}, [2]uint16{9080, 9090}, func(e *env) {
+		moved := strings.NewReplacer(`"10.96.0.30"`, `"`+e.ip(20).String()+`"`, "10.244.1.5:", e.ip(11).String()+":", "10.244.2.6:", e.ip(12).String()+":").Replace(string(raw))
+		e.res = func() *config.Resources {
+			r, err := config.ParseStatic([]byte(moved))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+	})
+	productpage := identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "productpage"}
+	other := identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "other"}
+	for _, tc := range []struct {
+		name   string
+		id     identity.Identity
+		method string
+		path   string
+		tenant string
+		want   int
+	}{
+		{"allowed", productpage, "GET", "/reviews/1", "acme", 200},
+		{"HEAD allowed", productpage, "HEAD", "/health", "globex", 200},
+		{"no tenant header", productpage, "GET", "/reviews/1", "", 403},
+		{"other tenant", productpage, "GET", "/reviews/1", "initech", 403},
+		{"notPaths", productpage, "GET", "/reviews/admin/x", "acme", 403},
+		{"method not allowed", productpage, "POST", "/reviews/1", "acme", 403},
+		{"path not allowed", productpage, "GET", "/other", "acme", 403},
+		{"denied on the waypoint", productpage, "GET", "/debug/x", "acme", 403},
+		{"other principal", other, "GET", "/reviews/1", "acme", 403},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl := &client{c: e.tunnel(t, tc.id, e.vip(9080))}
+			cl.br = bufio.NewReader(cl.c)
+			req, _ := http.NewRequest(tc.method, "http://"+svc+":9080"+tc.path, nil)
+			if tc.tenant != "" {
+				req.Header.Set("x-tenant", tc.tenant)
+			}
+			resp := cl.do(t, req)
+			if resp.StatusCode != tc.want {
+				t.Errorf("%s %s as %s: got %d, want %d", tc.method, tc.path, tc.id, resp.StatusCode, tc.want)
+			}
+		})
 	}
 }
