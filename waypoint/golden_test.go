@@ -209,3 +209,47 @@ func TestGoldenAuthz(t *testing.T) {
 		})
 	}
 }
+
+// TestGoldenRouteMatches runs istiod's golden httproute-matches case:
+// HTTPRoute matches (path prefix, exact and regex, headers exact and
+// regex, query parameter, method) choosing between reviews-v1 (.11) and
+// reviews-v2 (.12).
+func TestGoldenRouteMatches(t *testing.T) {
+	const svc = "reviews.shop.svc.cluster.local"
+	raw, err := os.ReadFile("testdata/istiod/httproute-matches.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvWith(t, svc, [2]uint16{9080, 9090}, [2]uint16{9080, 9090}, func(e *env) {
+		moved := strings.NewReplacer(`"10.96.0.30"`, `"`+e.ip(20).String()+`"`, "10.244.1.5:", e.ip(11).String()+":", "10.244.2.6:", e.ip(12).String()+":").Replace(string(raw))
+		e.res = func() *config.Resources {
+			r, err := config.ParseStatic([]byte(moved))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+	})
+	v1, v2 := netip.AddrPortFrom(e.ip(11), 9080).String(), netip.AddrPortFrom(e.ip(12), 9080).String()
+	cl := &client{c: e.tunnel(t, clientID, e.vip(9080))}
+	cl.br = bufio.NewReader(cl.c)
+	for _, tc := range []struct {
+		name, method, path string
+		headers            []string
+		want               string
+	}{
+		{"canary by headers, query and method", "GET", "/api/v2/x?debug=1", []string{"x-canary", "true", "x-user", "alice"}, v2},
+		{"exact path", "GET", "/health", nil, v1},
+		{"regex path", "GET", "/reviews/42", nil, v1},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://"+svc+":9080"+tc.path, nil)
+		for i := 0; i+1 < len(tc.headers); i += 2 {
+			req.Header.Set(tc.headers[i], tc.headers[i+1])
+		}
+		resp := cl.do(t, req)
+		expectStatus(t, resp, 200)
+		if addr, _, _ := strings.Cut(body(resp), " "); addr != tc.want {
+			t.Errorf("%s: answered by %s, want %s", tc.name, addr, tc.want)
+		}
+	}
+}
