@@ -1,0 +1,304 @@
+// Package waypoint builds the Envoy xDS configuration of one waypoint
+// proxy (Listener, Cluster and ClusterLoadAssignment, go-control-plane
+// types) in Istio's structure and with Istio's names, so that Istio's
+// own waypoint proxy, an upstream Envoy (Istio-only HTTP filters are
+// marked is_optional) and Ambit's Go waypoint run the same config:
+//
+//   - connect_terminate (0.0.0.0:15008): mTLS 1.3 with a client
+//     certificate of the trust domain, HTTP/2 CONNECT upgraded to the
+//     internal listener main_internal; set_filter_state keeps the
+//     CONNECT :authority (the original VIP:port or podIP:port), the
+//     downstream address and the peer's principal for the inner hop.
+//   - main_internal (internal listener): a filter_chain_matcher picks a
+//     chain by destination IP (service VIPs: then port; workload IPs:
+//     then application protocol) and, for addresses it does not know, by
+//     the filter-state authority "host:port". Chains per service port
+//     inbound-vip|<port>|http|<host> (HTTP connection manager, routes
+//     inline) and inbound-vip|<port>|tcp|<host> (tcp_proxy); direct-http
+//     and direct-tcp for traffic addressed to a bound workload.
+//   - connect_originate (internal listener): tcp_proxy tunnelling again
+//     as HBONE to the chosen endpoint, through the ORIGINAL_DST cluster
+//     connect_originate (port 15008, the peer's certificate checked
+//     against the trust domain's SPIFFE prefix).
+//
+// Clusters: main_internal and encap (STATIC, to the internal
+// listeners), connect_originate, and per service port the EDS clusters
+// inbound-vip|<port>|http|<host> and |tcp| whose endpoints are the
+// internal listener connect_originate with the endpoint's podIP:port.
+// Certificates come over SDS (default and ROOTCA on cluster sds-grpc),
+// as for Istio's proxies.
+//
+// What a waypoint serves comes from the ambient model (istiod/ambient):
+// the Services whose Address names the waypoint, the workloads whose
+// Workload.waypoint names it, and, for a waypoint that serves a service
+// account's workloads, the Services those workloads back (with only
+// those workloads as endpoints, since ztunnel picked one of them). The
+// package reads the model and the cluster's objects and builds; it does
+// not watch or serve (istiod/xds serves).
+package waypoint
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/istiod/ambient"
+)
+
+// Input is the cluster state a waypoint's config is built from.
+type Input struct {
+	// Config are the mesh-wide settings (trust domain, DNS domain).
+	Config ambient.Config
+	// Model is the ambient model: it says what each waypoint serves and
+	// which workloads back each Service.
+	Model ambient.Model
+	// Services are the Kubernetes Services by "namespace/name", for what
+	// the model does not keep: each port's protocol.
+	Services map[string]*corev1.Service
+}
+
+// Resources are one waypoint's xDS resources, each list sorted by name.
+type Resources struct {
+	Listeners []*listener.Listener
+	Clusters  []*cluster.Cluster
+	Endpoints []*endpoint.ClusterLoadAssignment
+}
+
+// Ref names a waypoint: its Gateway's namespace and name.
+type Ref struct{ Namespace, Name string }
+
+func (r Ref) String() string { return r.Namespace + "/" + r.Name }
+
+// protocol is what a waypoint does with a service port's traffic.
+type protocol int
+
+const (
+	protoUnknown protocol = iota // sniffed: both chains
+	protoHTTP
+	protoHTTP2
+	protoTCP
+)
+
+// servedPort is one port of a served service.
+type servedPort struct {
+	port  uint32
+	proto protocol
+}
+
+// served is one service a waypoint serves.
+type served struct {
+	namespace, name, hostname string
+	vips                      []netip.Addr
+	ports                     []servedPort
+	// endpoints are the workloads backing it with their target port per
+	// service port.
+	endpoints []backend
+}
+
+type backend struct {
+	w       *workload.Workload
+	targets map[uint32]uint32 // service port -> target port
+}
+
+// scope is what one waypoint serves.
+type scope struct {
+	ref       Ref
+	services  []*served            // sorted by hostname
+	workloads []*workload.Workload // bound by address, sorted by uid
+}
+
+// Build builds waypoint ref's resources from in. Every resource passes
+// Validate; an error means a resource did not (a program error, reported
+// rather than served).
+func Build(in *Input, ref Ref) (*Resources, error) {
+	cfg := in.Config.WithDefaults()
+	sc := findScope(in, cfg, ref)
+	b := &builder{cfg: cfg, in: in, sc: sc}
+	res := &Resources{
+		Listeners: []*listener.Listener{b.connectTerminate(), b.mainInternal(), b.connectOriginateListener()},
+		Clusters:  b.clusters(),
+		Endpoints: b.endpoints(),
+	}
+	sort.Slice(res.Listeners, func(i, j int) bool { return res.Listeners[i].Name < res.Listeners[j].Name })
+	sort.Slice(res.Clusters, func(i, j int) bool { return res.Clusters[i].Name < res.Clusters[j].Name })
+	sort.Slice(res.Endpoints, func(i, j int) bool { return res.Endpoints[i].ClusterName < res.Endpoints[j].ClusterName })
+	if err := res.Validate(); err != nil {
+		return nil, fmt.Errorf("build waypoint %s: %w", ref, err)
+	}
+	return res, nil
+}
+
+type builder struct {
+	cfg ambient.Config
+	in  *Input
+	sc  *scope
+}
+
+// names reports whether a GatewayAddress names the waypoint: by its
+// Service's hostname, or by one of that Service's addresses.
+type waypointAddr struct {
+	namespace, hostname string
+	vips                map[netip.Addr]bool
+}
+
+func (wa waypointAddr) names(g *workload.GatewayAddress) bool {
+	if g == nil {
+		return false
+	}
+	if h := g.GetHostname(); h != nil {
+		return h.GetNamespace() == wa.namespace && h.GetHostname() == wa.hostname
+	}
+	ip, ok := netip.AddrFromSlice(g.GetAddress().GetAddress())
+	return ok && wa.vips[ip.Unmap()]
+}
+
+func findScope(in *Input, cfg ambient.Config, ref Ref) *scope {
+	wa := waypointAddr{namespace: ref.Namespace, hostname: ref.Name + "." + ref.Namespace + ".svc." + cfg.DomainSuffix, vips: map[netip.Addr]bool{}}
+	if a := in.Model.Addresses[ambient.ServiceName(ref.Namespace, wa.hostname)]; a != nil {
+		for _, na := range a.GetService().GetAddresses() {
+			if ip, ok := netip.AddrFromSlice(na.GetAddress()); ok {
+				wa.vips[ip.Unmap()] = true
+			}
+		}
+	}
+	sc := &scope{ref: ref}
+	svcs := map[string]*workload.Service{}       // resource name -> service
+	own := map[string]bool{}                     // services bound to the waypoint themselves
+	bound := map[string][]*workload.Workload{}   // service name -> bound workloads backing it
+	backing := map[string][]*workload.Workload{} // service name -> healthy workloads backing it
+	for k, a := range in.Model.Addresses {
+		switch {
+		case a.GetService() != nil:
+			svcs[k] = a.GetService()
+			if wa.names(a.GetService().GetWaypoint()) {
+				own[k] = true
+			}
+		case a.GetWorkload() != nil:
+			w := a.GetWorkload()
+			if w.GetStatus() != workload.WorkloadStatus_HEALTHY {
+				continue
+			}
+			me := wa.names(w.GetWaypoint())
+			if me {
+				sc.workloads = append(sc.workloads, w)
+			}
+			for sk := range w.GetServices() {
+				backing[sk] = append(backing[sk], w)
+				if me {
+					bound[sk] = append(bound[sk], w)
+				}
+			}
+		}
+	}
+	for k, s := range svcs {
+		var eps []*workload.Workload
+		switch {
+		case own[k]:
+			eps = backing[k]
+		case s.GetWaypoint() == nil && len(bound[k]) > 0:
+			// Served for its workloads bound to the waypoint (a service
+			// account's): ztunnel sends the VIP's traffic here only after
+			// picking one of them.
+			eps = bound[k]
+		default:
+			continue
+		}
+		sc.services = append(sc.services, newServed(in, k, s, eps))
+	}
+	sort.Slice(sc.services, func(i, j int) bool { return sc.services[i].hostname < sc.services[j].hostname })
+	sort.Slice(sc.workloads, func(i, j int) bool { return sc.workloads[i].Uid < sc.workloads[j].Uid })
+	return sc
+}
+
+func newServed(in *Input, key string, s *workload.Service, eps []*workload.Workload) *served {
+	sv := &served{namespace: s.GetNamespace(), name: s.GetName(), hostname: s.GetHostname()}
+	for _, na := range s.GetAddresses() {
+		if ip, ok := netip.AddrFromSlice(na.GetAddress()); ok {
+			sv.vips = append(sv.vips, ip.Unmap())
+		}
+	}
+	k8s := in.Services[s.GetNamespace()+"/"+s.GetName()]
+	for _, p := range s.GetPorts() {
+		sv.ports = append(sv.ports, servedPort{port: p.GetServicePort(), proto: portProtocol(k8s, p.GetServicePort())})
+	}
+	sort.Slice(sv.ports, func(i, j int) bool { return sv.ports[i].port < sv.ports[j].port })
+	for _, w := range eps {
+		b := backend{w: w, targets: map[uint32]uint32{}}
+		for _, p := range w.GetServices()[key].GetPorts() {
+			b.targets[p.GetServicePort()] = p.GetTargetPort()
+		}
+		sv.endpoints = append(sv.endpoints, b)
+	}
+	sort.Slice(sv.endpoints, func(i, j int) bool { return sv.endpoints[i].w.Uid < sv.endpoints[j].w.Uid })
+	return sv
+}
+
+// portProtocol is a service port's protocol as Istio reads it: the
+// port's appProtocol, else its name ("http", "http-web", "grpc", ...),
+// else unknown (sniffed).
+func portProtocol(svc *corev1.Service, port uint32) protocol {
+	if svc == nil {
+		return protoUnknown
+	}
+	for _, p := range svc.Spec.Ports {
+		if uint32(p.Port) != port {
+			continue
+		}
+		if p.AppProtocol != nil {
+			if pr, ok := protocolName(*p.AppProtocol); ok {
+				return pr
+			}
+		}
+		name := p.Name
+		if i := strings.IndexByte(name, '-'); i >= 0 {
+			name = name[:i]
+		}
+		if pr, ok := protocolName(name); ok {
+			return pr
+		}
+		return protoUnknown
+	}
+	return protoUnknown
+}
+
+func protocolName(s string) (protocol, bool) {
+	switch strings.ToLower(s) {
+	case "http", "http1", "http/1.1":
+		return protoHTTP, true
+	case "http2", "grpc", "grpc-web", "h2c", "kubernetes.io/h2c":
+		return protoHTTP2, true
+	case "tcp", "tls", "https", "mongo", "mysql", "redis", "kubernetes.io/ws", "kubernetes.io/wss":
+		return protoTCP, true
+	}
+	return protoUnknown, false
+}
+
+// clusterName is Istio's inbound-vip cluster (and chain) name.
+func clusterName(kind string, port uint32, host string) string {
+	return "inbound-vip|" + strconv.FormatUint(uint64(port), 10) + "|" + kind + "|" + host
+}
+
+func hostPort(ip netip.Addr, port uint32) string {
+	return netip.AddrPortFrom(ip, uint16(port)).String()
+}
+
+func workloadIP(w *workload.Workload) (netip.Addr, bool) {
+	for _, b := range w.GetAddresses() {
+		if ip, ok := netip.AddrFromSlice(b); ok {
+			return ip.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// ErrInvalid marks a resource that failed validation.
+var ErrInvalid = errors.New("invalid resource")
