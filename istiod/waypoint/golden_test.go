@@ -95,7 +95,8 @@ func (o *objects) waypointOf() (Ref, bool) {
 }
 
 func (o *objects) input(cfg ambient.Config) *Input {
-	return &Input{Config: cfg, Model: ambient.Build(o.state, cfg), Services: o.services}
+	return &Input{Config: cfg, Addresses: ambient.Build(o.state, cfg).Addresses,
+		Service: func(ns, name string) *corev1.Service { return o.services[ns+"/"+name] }}
 }
 
 func TestGolden(t *testing.T) {

@@ -41,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,12 +59,14 @@ import (
 type Input struct {
 	// Config are the mesh-wide settings (trust domain, DNS domain).
 	Config ambient.Config
-	// Model is the ambient model: it says what each waypoint serves and
-	// which workloads back each Service.
-	Model ambient.Model
-	// Services are the Kubernetes Services by "namespace/name", for what
-	// the model does not keep: each port's protocol.
-	Services map[string]*corev1.Service
+	// Addresses are the ambient model's (ambient.Model.Addresses): they
+	// say what each waypoint serves and which workloads back each
+	// Service.
+	Addresses map[string]*workload.Address
+	// Service looks up a Kubernetes Service, for what the model does not
+	// keep: each port's protocol. Nil, or a nil result: every port is
+	// sniffed.
+	Service func(namespace, name string) *corev1.Service
 }
 
 // Resources are one waypoint's xDS resources, each list sorted by name.
@@ -121,8 +124,11 @@ type scope struct {
 // rather than served).
 func Build(in *Input, ref Ref) (*Resources, error) {
 	cfg := in.Config.WithDefaults()
-	sc := findScope(in, cfg, ref)
-	b := &builder{cfg: cfg, in: in, sc: sc}
+	return buildScope(cfg, scopes(in, cfg, []Ref{ref})[ref])
+}
+
+func buildScope(cfg ambient.Config, sc *scope) (*Resources, error) {
+	b := &builder{cfg: cfg, sc: sc}
 	res := &Resources{
 		Listeners: []*listener.Listener{b.connectTerminate(), b.mainInternal(), b.connectOriginateListener()},
 		Clusters:  b.clusters(),
@@ -132,91 +138,115 @@ func Build(in *Input, ref Ref) (*Resources, error) {
 	sort.Slice(res.Clusters, func(i, j int) bool { return res.Clusters[i].Name < res.Clusters[j].Name })
 	sort.Slice(res.Endpoints, func(i, j int) bool { return res.Endpoints[i].ClusterName < res.Endpoints[j].ClusterName })
 	if err := res.Validate(); err != nil {
-		return nil, fmt.Errorf("build waypoint %s: %w", ref, err)
+		return nil, fmt.Errorf("build waypoint %s: %w", sc.ref, err)
 	}
 	return res, nil
 }
 
 type builder struct {
 	cfg ambient.Config
-	in  *Input
 	sc  *scope
 }
 
-// names reports whether a GatewayAddress names the waypoint: by its
-// Service's hostname, or by one of that Service's addresses.
-type waypointAddr struct {
-	namespace, hostname string
-	vips                map[netip.Addr]bool
+// waypointIndex resolves a GatewayAddress to the waypoint it names: by
+// its Service's hostname, or by one of that Service's addresses.
+type waypointIndex struct {
+	byHost map[string]Ref // "namespace/hostname"
+	byVIP  map[netip.Addr]Ref
 }
 
-func (wa waypointAddr) names(g *workload.GatewayAddress) bool {
-	if g == nil {
-		return false
-	}
-	if h := g.GetHostname(); h != nil {
-		return h.GetNamespace() == wa.namespace && h.GetHostname() == wa.hostname
-	}
-	ip, ok := netip.AddrFromSlice(g.GetAddress().GetAddress())
-	return ok && wa.vips[ip.Unmap()]
-}
-
-func findScope(in *Input, cfg ambient.Config, ref Ref) *scope {
-	wa := waypointAddr{namespace: ref.Namespace, hostname: ref.Name + "." + ref.Namespace + ".svc." + cfg.DomainSuffix, vips: map[netip.Addr]bool{}}
-	if a := in.Model.Addresses[ambient.ServiceName(ref.Namespace, wa.hostname)]; a != nil {
-		for _, na := range a.GetService().GetAddresses() {
-			if ip, ok := netip.AddrFromSlice(na.GetAddress()); ok {
-				wa.vips[ip.Unmap()] = true
+func newWaypointIndex(in *Input, cfg ambient.Config, refs []Ref) *waypointIndex {
+	ix := &waypointIndex{byHost: map[string]Ref{}, byVIP: map[netip.Addr]Ref{}}
+	for _, ref := range refs {
+		host := ref.Name + "." + ref.Namespace + ".svc." + cfg.DomainSuffix
+		ix.byHost[ref.Namespace+"/"+host] = ref
+		if a := in.Addresses[ambient.ServiceName(ref.Namespace, host)]; a != nil {
+			for _, na := range a.GetService().GetAddresses() {
+				if ip, ok := netip.AddrFromSlice(na.GetAddress()); ok {
+					ix.byVIP[ip.Unmap()] = ref
+				}
 			}
 		}
 	}
-	sc := &scope{ref: ref}
-	svcs := map[string]*workload.Service{}       // resource name -> service
-	own := map[string]bool{}                     // services bound to the waypoint themselves
-	bound := map[string][]*workload.Workload{}   // service name -> bound workloads backing it
-	backing := map[string][]*workload.Workload{} // service name -> healthy workloads backing it
-	for k, a := range in.Model.Addresses {
+	return ix
+}
+
+func (ix *waypointIndex) resolve(g *workload.GatewayAddress) (Ref, bool) {
+	if g == nil {
+		return Ref{}, false
+	}
+	if h := g.GetHostname(); h != nil {
+		r, ok := ix.byHost[h.GetNamespace()+"/"+h.GetHostname()]
+		return r, ok
+	}
+	ip, ok := netip.AddrFromSlice(g.GetAddress().GetAddress())
+	if !ok {
+		return Ref{}, false
+	}
+	r, ok := ix.byVIP[ip.Unmap()]
+	return r, ok
+}
+
+// scopes computes what each of refs serves, in one pass over the model.
+func scopes(in *Input, cfg ambient.Config, refs []Ref) map[Ref]*scope {
+	ix := newWaypointIndex(in, cfg, refs)
+	out := make(map[Ref]*scope, len(refs))
+	for _, r := range refs {
+		out[r] = &scope{ref: r}
+	}
+	svcs := map[string]*workload.Service{}             // resource name -> service
+	own := map[string]Ref{}                            // services bound to a waypoint themselves
+	bound := map[Ref]map[string][]*workload.Workload{} // waypoint -> service -> its workloads bound to it
+	backing := map[string][]*workload.Workload{}       // service -> healthy workloads backing it
+	for k, a := range in.Addresses {
 		switch {
 		case a.GetService() != nil:
 			svcs[k] = a.GetService()
-			if wa.names(a.GetService().GetWaypoint()) {
-				own[k] = true
+			if r, ok := ix.resolve(a.GetService().GetWaypoint()); ok {
+				own[k] = r
 			}
 		case a.GetWorkload() != nil:
 			w := a.GetWorkload()
 			if w.GetStatus() != workload.WorkloadStatus_HEALTHY {
 				continue
 			}
-			me := wa.names(w.GetWaypoint())
+			r, me := ix.resolve(w.GetWaypoint())
 			if me {
-				sc.workloads = append(sc.workloads, w)
+				out[r].workloads = append(out[r].workloads, w)
 			}
 			for sk := range w.GetServices() {
 				backing[sk] = append(backing[sk], w)
 				if me {
-					bound[sk] = append(bound[sk], w)
+					if bound[r] == nil {
+						bound[r] = map[string][]*workload.Workload{}
+					}
+					bound[r][sk] = append(bound[r][sk], w)
 				}
 			}
 		}
 	}
 	for k, s := range svcs {
-		var eps []*workload.Workload
-		switch {
-		case own[k]:
-			eps = backing[k]
-		case s.GetWaypoint() == nil && len(bound[k]) > 0:
-			// Served for its workloads bound to the waypoint (a service
-			// account's): ztunnel sends the VIP's traffic here only after
-			// picking one of them.
-			eps = bound[k]
-		default:
+		if r, ok := own[k]; ok {
+			out[r].services = append(out[r].services, newServed(in, k, s, backing[k]))
 			continue
 		}
-		sc.services = append(sc.services, newServed(in, k, s, eps))
+		if s.GetWaypoint() != nil {
+			continue
+		}
+		// Served for its workloads bound to a waypoint (a service
+		// account's): ztunnel sends the VIP's traffic there only after
+		// picking one of them.
+		for r, m := range bound {
+			if eps := m[k]; len(eps) > 0 {
+				out[r].services = append(out[r].services, newServed(in, k, s, eps))
+			}
+		}
 	}
-	sort.Slice(sc.services, func(i, j int) bool { return sc.services[i].hostname < sc.services[j].hostname })
-	sort.Slice(sc.workloads, func(i, j int) bool { return sc.workloads[i].Uid < sc.workloads[j].Uid })
-	return sc
+	for _, sc := range out {
+		sort.Slice(sc.services, func(i, j int) bool { return sc.services[i].hostname < sc.services[j].hostname })
+		sort.Slice(sc.workloads, func(i, j int) bool { return sc.workloads[i].Uid < sc.workloads[j].Uid })
+	}
+	return out
 }
 
 func newServed(in *Input, key string, s *workload.Service, eps []*workload.Workload) *served {
@@ -226,7 +256,10 @@ func newServed(in *Input, key string, s *workload.Service, eps []*workload.Workl
 			sv.vips = append(sv.vips, ip.Unmap())
 		}
 	}
-	k8s := in.Services[s.GetNamespace()+"/"+s.GetName()]
+	var k8s *corev1.Service
+	if in.Service != nil {
+		k8s = in.Service(s.GetNamespace(), s.GetName())
+	}
 	for _, p := range s.GetPorts() {
 		sv.ports = append(sv.ports, servedPort{port: p.GetServicePort(), proto: portProtocol(k8s, p.GetServicePort())})
 	}
@@ -240,6 +273,37 @@ func newServed(in *Input, key string, s *workload.Service, eps []*workload.Workl
 	}
 	sort.Slice(sv.endpoints, func(i, j int) bool { return sv.endpoints[i].w.Uid < sv.endpoints[j].w.Uid })
 	return sv
+}
+
+// fingerprint is everything of a scope the resources are built from:
+// equal fingerprints, equal resources.
+func (sc *scope) fingerprint() string {
+	var b strings.Builder
+	for _, sv := range sc.services {
+		fmt.Fprintf(&b, "S%s|%s|%s|%v|%v\n", sv.namespace, sv.name, sv.hostname, sv.vips, sv.ports)
+		for _, be := range sv.endpoints {
+			ip, _ := workloadIP(be.w)
+			l := be.w.GetLocality()
+			fmt.Fprintf(&b, "E%s|%s|%s/%s/%s|", be.w.Uid, ip, l.GetRegion(), l.GetZone(), l.GetSubzone())
+			for _, p := range sortedPorts(be.targets) {
+				fmt.Fprintf(&b, "%d:%d,", p, be.targets[p])
+			}
+			b.WriteByte('\n')
+		}
+	}
+	for _, w := range sc.workloads {
+		fmt.Fprintf(&b, "W%s|%x\n", w.Uid, w.GetAddresses())
+	}
+	return b.String()
+}
+
+func sortedPorts(m map[uint32]uint32) []uint32 {
+	out := make([]uint32, 0, len(m))
+	for p := range m {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // portProtocol is a service port's protocol as Istio reads it: the

@@ -1,0 +1,378 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	gatewaylisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
+
+	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/istiod/ambient"
+	"github.com/ambitmesh/ambit/istiod/cluster"
+	"github.com/ambitmesh/ambit/istiod/gateway"
+	"github.com/ambitmesh/ambit/istiod/xds"
+)
+
+// Type URLs of a waypoint's resources.
+const (
+	ListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	ClusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+)
+
+// Publisher takes what changed in one waypoint's resources of one type
+// (xds.Server).
+type Publisher interface {
+	ApplyPartition(typeURL, partition string, changed map[string]proto.Message, removed []string) error
+}
+
+var _ Publisher = (*xds.Server)(nil)
+
+// ControllerOptions configure a Controller.
+type ControllerOptions struct {
+	Config ambient.Config
+	// Quiet and Max debounce bursts of changes, as the ambient index
+	// does (ambient.DefaultQuiet, ambient.DefaultMax when zero).
+	Quiet, Max time.Duration
+	Log        *slog.Logger
+}
+
+// Controller keeps every waypoint's resources up to date and hands what
+// changed to the Publisher, one partition per waypoint ("namespace/name"
+// of its Gateway; Run's publisher). Its inputs are the ambient model's changes (OnModel)
+// and the objects it watches itself: Services (port protocols) and
+// Gateways (which waypoints exist). After each burst of changes it
+// computes what every waypoint serves in one pass over the model and
+// rebuilds only the waypoints whose inputs changed (scope fingerprint),
+// and of those publishes only the resources that differ.
+//
+// OnModel and the informers' handlers may run on any goroutine; the
+// building and publishing run on Run's.
+type Controller struct {
+	opts ControllerOptions
+	cfg  ambient.Config
+	log  *slog.Logger
+	pub  Publisher // Run's
+
+	services corelisters.ServiceLister
+	pods     corelisters.PodLister
+	// podsSynced says whether pods has seen the initial list.
+	podsSynced cache.InformerSynced
+	gateways   gatewaylisters.GatewayLister
+	regs       []cache.ResourceEventHandlerRegistration
+	dirty      chan struct{}
+
+	mu        sync.Mutex
+	addrs     map[string]*workload.Address
+	haveModel bool
+
+	// Owned by Run's goroutine.
+	published map[Ref]*publishedWaypoint
+	// pushed counts flushes that published something, for tests.
+	pushed chan struct{}
+}
+
+type publishedWaypoint struct {
+	fingerprint string
+	byType      map[string]map[string]proto.Message
+}
+
+// NewController builds a Controller that has seen nothing yet.
+func NewController(opts ControllerOptions) *Controller {
+	if opts.Quiet == 0 {
+		opts.Quiet = ambient.DefaultQuiet
+	}
+	if opts.Max == 0 {
+		opts.Max = ambient.DefaultMax
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Controller{
+		opts: opts, cfg: opts.Config.WithDefaults(), log: opts.Log,
+		dirty: make(chan struct{}, 1), addrs: map[string]*workload.Address{},
+		published: map[Ref]*publishedWaypoint{},
+	}
+}
+
+// XDSTypes are the waypoint's resource types, partitioned by waypoint
+// (Partition), in the order Envoy wants them: clusters, their endpoints,
+// then the listeners that name the clusters.
+func (c *Controller) XDSTypes() []xds.Type {
+	return []xds.Type{{URL: ClusterType, Partition: c.Partition}, {URL: EndpointType, Partition: c.Partition}, {URL: ListenerType, Partition: c.Partition}}
+}
+
+// RegisterInformers adds the controller's handlers to the cluster's
+// informers; it needs the Gateway API's. Call it once, before Run.
+func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
+	if cl.GatewayAPIInformers == nil {
+		return errors.New("register waypoint informers: no Gateway API client")
+	}
+	core := cl.KubeInformers.Core().V1()
+	c.services = core.Services().Lister()
+	c.pods = core.Pods().Lister()
+	c.gateways = cl.GatewayAPIInformers.Gateway().V1().Gateways().Lister()
+	h := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.markDirty() },
+		UpdateFunc: func(any, any) { c.markDirty() },
+		DeleteFunc: func(any) { c.markDirty() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{core.Services().Informer(), cl.GatewayAPIInformers.Gateway().V1().Gateways().Informer()} {
+		reg, err := inf.AddEventHandler(h)
+		if err != nil {
+			return fmt.Errorf("add event handler: %w", err)
+		}
+		c.regs = append(c.regs, reg)
+	}
+	// The pod informer is the ambient index's; the controller only looks
+	// pods up (Partition).
+	c.podsSynced = core.Pods().Informer().HasSynced
+	return nil
+}
+
+// OnModel takes what a flush of the ambient model changed; the first
+// delta holds the whole model.
+func (c *Controller) OnModel(d ambient.Delta) {
+	c.mu.Lock()
+	for k, v := range d.Addresses {
+		c.addrs[k] = v
+	}
+	for _, k := range d.RemovedAddresses {
+		delete(c.addrs, k)
+	}
+	c.haveModel = true
+	c.mu.Unlock()
+	c.markDirty()
+}
+
+func (c *Controller) markDirty() {
+	select {
+	case c.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// Run builds and publishes to pub until ctx ends, starting once the
+// informers synced and the first model came.
+func (c *Controller) Run(ctx context.Context, pub Publisher) error {
+	if c.regs == nil {
+		return errors.New("run waypoint controller: no informers registered")
+	}
+	c.pub = pub
+	synced := make([]cache.InformerSynced, 0, len(c.regs))
+	for _, r := range c.regs {
+		synced = append(synced, r.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return fmt.Errorf("sync event handlers: %w", context.Cause(ctx))
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.dirty:
+		}
+		if !c.debounce(ctx) {
+			return nil
+		}
+		c.flush()
+	}
+}
+
+func (c *Controller) debounce(ctx context.Context) bool {
+	deadline := time.NewTimer(c.opts.Max)
+	defer deadline.Stop()
+	quiet := time.NewTimer(c.opts.Quiet)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return true
+		case <-quiet.C:
+			return true
+		case <-c.dirty:
+			quiet.Reset(c.opts.Quiet)
+		}
+	}
+}
+
+// waypointRefs are the Gateways of the waypoint class.
+func (c *Controller) waypointRefs() ([]Ref, error) {
+	gws, err := c.gateways.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list gateways: %w", err)
+	}
+	var refs []Ref
+	for _, gw := range gws {
+		if string(gw.Spec.GatewayClassName) == gateway.WaypointClass {
+			refs = append(refs, Ref{Namespace: gw.Namespace, Name: gw.Name})
+		}
+	}
+	return refs, nil
+}
+
+// flush rebuilds the waypoints whose inputs changed and publishes the
+// difference.
+func (c *Controller) flush() {
+	start := time.Now()
+	refs, err := c.waypointRefs()
+	if err != nil {
+		c.log.Error("list waypoints", logkey.Error, err)
+		return
+	}
+	in := &Input{Config: c.cfg, Service: c.service}
+	c.mu.Lock()
+	if !c.haveModel {
+		c.mu.Unlock()
+		return
+	}
+	in.Addresses = c.addrs
+	scs := scopes(in, c.cfg, refs)
+	c.mu.Unlock()
+	rebuilt := 0
+	for ref, sc := range scs {
+		fp := sc.fingerprint()
+		if p := c.published[ref]; p != nil && p.fingerprint == fp {
+			continue
+		}
+		res, err := buildScope(c.cfg, sc)
+		if err != nil {
+			// A program error: keep serving the last good config.
+			c.log.Error("build waypoint", logkey.Object, ref.String(), logkey.Error, err)
+			continue
+		}
+		rebuilt++
+		c.publish(ref, fp, res.byType())
+	}
+	for ref := range c.published {
+		if _, ok := scs[ref]; !ok {
+			c.publish(ref, "", nil)
+			delete(c.published, ref)
+		}
+	}
+	c.log.Debug("waypoints flushed", "waypoints", len(scs), "rebuilt", rebuilt, "took", time.Since(start))
+	if c.pushed != nil && rebuilt > 0 {
+		select {
+		case c.pushed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (c *Controller) service(namespace, name string) *corev1.Service {
+	svc, err := c.services.Services(namespace).Get(name)
+	if err != nil {
+		return nil
+	}
+	return svc
+}
+
+// publish hands the resources of ref that differ from what it published
+// to the Publisher; nil byType removes them all.
+func (c *Controller) publish(ref Ref, fp string, byType map[string]map[string]proto.Message) {
+	old := c.published[ref]
+	next := &publishedWaypoint{fingerprint: fp, byType: byType}
+	for _, typ := range []string{ClusterType, EndpointType, ListenerType} {
+		var before map[string]proto.Message
+		if old != nil {
+			before = old.byType[typ]
+		}
+		now := byType[typ]
+		changed := map[string]proto.Message{}
+		for name, m := range now {
+			if o, ok := before[name]; !ok || !proto.Equal(o, m) {
+				changed[name] = m
+			}
+		}
+		var removed []string
+		for name := range before {
+			if _, ok := now[name]; !ok {
+				removed = append(removed, name)
+			}
+		}
+		if err := c.pub.ApplyPartition(typ, ref.String(), changed, removed); err != nil {
+			c.log.Error("publish waypoint", logkey.Object, ref.String(), logkey.Error, err)
+			// Publish it all again next time.
+			next.fingerprint = ""
+		}
+	}
+	if byType != nil {
+		c.published[ref] = next
+	}
+}
+
+func (r *Resources) byType() map[string]map[string]proto.Message {
+	out := map[string]map[string]proto.Message{ListenerType: {}, ClusterType: {}, EndpointType: {}}
+	for _, l := range r.Listeners {
+		out[ListenerType][l.Name] = l
+	}
+	for _, cl := range r.Clusters {
+		out[ClusterType][cl.Name] = cl
+	}
+	for _, e := range r.Endpoints {
+		out[EndpointType][e.ClusterName] = e
+	}
+	return out
+}
+
+// podSyncWait bounds how long Partition waits for the pod informer.
+const podSyncWait = 10 * time.Second
+
+// Node metadata keys Istio's proxies send.
+const (
+	metadataLabels    = "LABELS"
+	metadataNamespace = "NAMESPACE"
+)
+
+// Partition names the waypoint a proxy is, "namespace/name" of its
+// Gateway, as Istio tells: the node id is
+// "waypoint~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>"; the Gateway
+// is the pod's gateway.networking.k8s.io/gateway-name label, from the
+// node's LABELS metadata or else from the pod itself. "" when the node
+// is no waypoint or names none: it is served nothing.
+func (c *Controller) Partition(n *core.Node) string {
+	parts := strings.Split(n.GetId(), "~")
+	if len(parts) != 4 || parts[0] != "waypoint" {
+		return ""
+	}
+	pod, ns, ok := strings.Cut(parts[2], ".")
+	if !ok || pod == "" || ns == "" {
+		return ""
+	}
+	md := n.GetMetadata().GetFields()
+	if v := md[metadataNamespace].GetStringValue(); v != "" && v != ns {
+		return ""
+	}
+	name := md[metadataLabels].GetStructValue().GetFields()[ambient.LabelGatewayName].GetStringValue()
+	if name == "" && c.pods != nil {
+		// A stream keeps its partition: a proxy that connects while
+		// istiod is starting waits for the pods to be known.
+		if c.podsSynced != nil && !c.podsSynced() {
+			stop := make(chan struct{})
+			t := time.AfterFunc(podSyncWait, func() { close(stop) })
+			cache.WaitForCacheSync(stop, c.podsSynced)
+			t.Stop()
+		}
+		if p, err := c.pods.Pods(ns).Get(pod); err == nil {
+			name = p.Labels[ambient.LabelGatewayName]
+		}
+	}
+	if name == "" {
+		return ""
+	}
+	return Ref{Namespace: ns, Name: name}.String()
+}
