@@ -21,7 +21,7 @@ func (b *builder) clusters() []*cluster.Cluster {
 		internalCluster(Encap, ConnectOriginate),
 		b.connectOriginateCluster(),
 	}
-	for _, sv := range b.sc.services {
+	for _, sv := range append(append([]*served(nil), b.sc.services...), b.sc.backends...) {
 		for _, p := range sv.ports {
 			switch p.proto {
 			case protoHTTP, protoHTTP2:
@@ -104,7 +104,7 @@ func vipCluster(name string, sv *served, p servedPort) *cluster.Cluster {
 
 func (b *builder) endpoints() []*endpoint.ClusterLoadAssignment {
 	var out []*endpoint.ClusterLoadAssignment
-	for _, sv := range b.sc.services {
+	for _, sv := range append(append([]*served(nil), b.sc.services...), b.sc.backends...) {
 		for _, p := range sv.ports {
 			names := []string{clusterName("http", p.port, sv.hostname), clusterName("tcp", p.port, sv.hostname)}
 			switch p.proto {

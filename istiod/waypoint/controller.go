@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gatewaylisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
 
 	"github.com/ambitmesh/ambit/api/workload"
@@ -53,7 +54,8 @@ type ControllerOptions struct {
 // changed to the Publisher, one partition per waypoint ("namespace/name"
 // of its Gateway; Run's publisher). Its inputs are the ambient model's changes (OnModel)
 // and the objects it watches itself: Services (port protocols) and
-// Gateways (which waypoints exist). After each burst of changes it
+// Gateways (which waypoints exist) and HTTPRoutes, whose status it
+// writes (Accepted, ResolvedRefs per Service parentRef). After each burst of changes it
 // computes what every waypoint serves in one pass over the model and
 // rebuilds only the waypoints whose inputs changed (scope fingerprint),
 // and of those publishes only the resources that differ.
@@ -71,6 +73,8 @@ type Controller struct {
 	// podsSynced says whether pods has seen the initial list.
 	podsSynced cache.InformerSynced
 	gateways   gatewaylisters.GatewayLister
+	httpRoutes gatewaylisters.HTTPRouteLister
+	gwClient   gatewayclient.Interface
 	regs       []cache.ResourceEventHandlerRegistration
 	dirty      chan struct{}
 
@@ -123,13 +127,16 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 	core := cl.KubeInformers.Core().V1()
 	c.services = core.Services().Lister()
 	c.pods = core.Pods().Lister()
-	c.gateways = cl.GatewayAPIInformers.Gateway().V1().Gateways().Lister()
+	gw := cl.GatewayAPIInformers.Gateway().V1()
+	c.gateways = gw.Gateways().Lister()
+	c.httpRoutes = gw.HTTPRoutes().Lister()
+	c.gwClient = cl.GatewayAPI
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.markDirty() },
 		UpdateFunc: func(any, any) { c.markDirty() },
 		DeleteFunc: func(any) { c.markDirty() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{core.Services().Informer(), cl.GatewayAPIInformers.Gateway().V1().Gateways().Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{core.Services().Informer(), gw.Gateways().Informer(), gw.HTTPRoutes().Informer()} {
 		reg, err := inf.AddEventHandler(h)
 		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
@@ -187,7 +194,7 @@ func (c *Controller) Run(ctx context.Context, pub Publisher) error {
 		if !c.debounce(ctx) {
 			return nil
 		}
-		c.flush()
+		c.flush(ctx)
 	}
 }
 
@@ -227,21 +234,26 @@ func (c *Controller) waypointRefs() ([]Ref, error) {
 
 // flush rebuilds the waypoints whose inputs changed and publishes the
 // difference.
-func (c *Controller) flush() {
+func (c *Controller) flush(ctx context.Context) {
 	start := time.Now()
 	refs, err := c.waypointRefs()
 	if err != nil {
 		c.log.Error("list waypoints", logkey.Error, err)
 		return
 	}
-	in := &Input{Config: c.cfg, Service: c.service}
+	routes, err := c.httpRoutes.List(labels.Everything())
+	if err != nil {
+		c.log.Error("list httproutes", logkey.Error, err)
+		return
+	}
+	in := &Input{Config: c.cfg, Service: c.service, HTTPRoutes: routes}
 	c.mu.Lock()
 	if !c.haveModel {
 		c.mu.Unlock()
 		return
 	}
 	in.Addresses = c.addrs
-	scs := scopes(in, c.cfg, refs)
+	scs, statuses := scopes(in, c.cfg, refs)
 	c.mu.Unlock()
 	rebuilt := 0
 	for ref, sc := range scs {
@@ -249,7 +261,7 @@ func (c *Controller) flush() {
 		if p := c.published[ref]; p != nil && p.fingerprint == fp {
 			continue
 		}
-		res, err := buildScope(c.cfg, sc)
+		res, err := buildScope(in, c.cfg, sc)
 		if err != nil {
 			// A program error: keep serving the last good config.
 			c.log.Error("build waypoint", logkey.Object, ref.String(), logkey.Error, err)
@@ -265,6 +277,7 @@ func (c *Controller) flush() {
 		}
 	}
 	c.log.Debug("waypoints flushed", "waypoints", len(scs), "rebuilt", rebuilt, "took", time.Since(start))
+	c.writeStatuses(ctx, statuses)
 	if c.pushed != nil && rebuilt > 0 {
 		select {
 		case c.pushed <- struct{}{}:

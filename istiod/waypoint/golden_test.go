@@ -3,6 +3,7 @@ package waypoint
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -28,8 +30,10 @@ var update = flag.Bool("update", false, "rewrite testdata/<case>/golden.json fro
 
 // objects are the Kubernetes objects of one test input.
 type objects struct {
-	state    ambient.State
-	services map[string]*corev1.Service
+	state      ambient.State
+	services   map[string]*corev1.Service
+	httpRoutes []*gatewayv1.HTTPRoute
+	grants     []*gatewayv1.ReferenceGrant
 }
 
 var decoder = func() runtime.Decoder {
@@ -77,6 +81,10 @@ func loadObjects(r io.Reader) (*objects, error) {
 			o.state.ServiceAccounts = append(o.state.ServiceAccounts, v)
 		case *gatewayv1.Gateway:
 			o.state.Gateways = append(o.state.Gateways, v)
+		case *gatewayv1.HTTPRoute:
+			o.httpRoutes = append(o.httpRoutes, v)
+		case *gatewayv1.ReferenceGrant:
+			o.grants = append(o.grants, v)
 		default:
 			return nil, fmt.Errorf("document %d: unsupported kind %T", i, obj)
 		}
@@ -96,7 +104,8 @@ func (o *objects) waypointOf() (Ref, bool) {
 
 func (o *objects) input(cfg ambient.Config) *Input {
 	return &Input{Config: cfg, Addresses: ambient.Build(o.state, cfg).Addresses,
-		Service: func(ns, name string) *corev1.Service { return o.services[ns+"/"+name] }}
+		Service:    func(ns, name string) *corev1.Service { return o.services[ns+"/"+name] },
+		HTTPRoutes: o.httpRoutes, ReferenceGrants: o.grants}
 }
 
 func TestGolden(t *testing.T) {
@@ -123,10 +132,13 @@ func TestGolden(t *testing.T) {
 			if !ok {
 				t.Fatalf("%s has no Gateway of class %s", in, gateway.WaypointClass)
 			}
-			res, err := Build(objs.input(ambient.Config{}), ref)
+			in := objs.input(ambient.Config{})
+			res, err := Build(in, ref)
 			if err != nil {
 				t.Fatalf("Build: %v", err)
 			}
+			_, statuses := scopes(in, in.Config.WithDefaults(), nil)
+			compareFile(t, filepath.Join(dir, "status.json"), statusJSON(t, statuses))
 			got, err := res.JSON()
 			if err != nil {
 				t.Fatal(err)
@@ -135,22 +147,71 @@ func TestGolden(t *testing.T) {
 			if err != nil || !bytes.Equal(got, again) {
 				t.Fatalf("JSON is not stable (err %v)", err)
 			}
-			golden := filepath.Join(dir, "golden.json")
-			if *update {
-				if err := os.WriteFile(golden, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("read golden (run with -update to create it): %v", err)
-			}
-			if diff := cmp.Diff(string(want), string(got)); diff != "" {
-				t.Errorf("%s differs (-want +got; -update rewrites it):\n%s", golden, diff)
-			}
+			compareFile(t, filepath.Join(dir, "golden.json"), got)
 		})
 	}
+}
+
+// compareFile compares got with a golden file (none: got is nil), or
+// rewrites it with -update.
+func compareFile(t *testing.T, path string, got []byte) {
+	t.Helper()
+	if *update {
+		if got == nil {
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+			return
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) && got == nil {
+		return
+	}
+	if err != nil {
+		t.Fatalf("read golden (run with -update to create it): %v", err)
+	}
+	if diff := cmp.Diff(string(want), string(got)); diff != "" {
+		t.Errorf("%s differs (-want +got; -update rewrites it):\n%s", path, diff)
+	}
+}
+
+// statusJSON renders route statuses, nil when there are none.
+func statusJSON(t *testing.T, st []RouteStatus) []byte {
+	t.Helper()
+	if len(st) == 0 {
+		return nil
+	}
+	type cond struct{ Type, Status, Reason, Message string }
+	type parent struct {
+		Parent     string
+		Conditions []cond
+	}
+	type route struct {
+		Route   string
+		Parents []parent
+	}
+	var out []route
+	for _, s := range st {
+		r := route{Route: s.Kind + "/" + s.Namespace + "/" + s.Name}
+		for _, p := range s.Parents {
+			pp := parent{Parent: fmt.Sprintf("%s/%s port %d", ptrOr(p.Parent.Namespace, gatewayv1.Namespace(s.Namespace)), p.Parent.Name, ptrOr(p.Parent.Port, 0))}
+			for _, c := range []metav1.Condition{p.Accepted, p.ResolvedRefs} {
+				pp.Conditions = append(pp.Conditions, cond{c.Type, string(c.Status), c.Reason, c.Message})
+			}
+			r.Parents = append(r.Parents, pp)
+		}
+		out = append(out, r)
+	}
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(b, '\n')
 }
 
 func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }

@@ -225,7 +225,7 @@ func (b *builder) routeConfig(cluster string, sv *served, p servedPort) *route.R
 	if sv != nil {
 		op = sv.hostname + ":" + strconv.FormatUint(uint64(p.port), 10) + "/*"
 	}
-	return &route.RouteConfiguration{
+	rc := &route.RouteConfiguration{
 		Name:             cluster,
 		ValidateClusters: wrapperspb.Bool(false),
 		VirtualHosts: []*route.VirtualHost{{
@@ -246,6 +246,10 @@ func (b *builder) routeConfig(cluster string, sv *served, p servedPort) *route.R
 			}},
 		}},
 	}
+	if sv != nil && len(sv.rules[p.port]) > 0 {
+		rc.VirtualHosts[0].Routes = b.httpRoutes(sv.rules[p.port], sv, p.port)
+	}
+	return rc
 }
 
 // connectOriginateListener tunnels each connection again as HBONE, to the

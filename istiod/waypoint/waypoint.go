@@ -50,6 +50,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	corev1 "k8s.io/api/core/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/istiod/ambient"
@@ -67,6 +68,11 @@ type Input struct {
 	// keep: each port's protocol. Nil, or a nil result: every port is
 	// sniffed.
 	Service func(namespace, name string) *corev1.Service
+	// HTTPRoutes are the cluster's HTTPRoutes; those with a Service
+	// parentRef (GAMMA) route that Service's HTTP traffic.
+	HTTPRoutes []*gatewayv1.HTTPRoute
+	// ReferenceGrants allow routes to use Services of other namespaces.
+	ReferenceGrants []*gatewayv1.ReferenceGrant
 }
 
 // Resources are one waypoint's xDS resources, each list sorted by name.
@@ -105,6 +111,11 @@ type served struct {
 	// endpoints are the workloads backing it with their target port per
 	// service port.
 	endpoints []backend
+	// rules are the HTTPRoute rules attached, by service port.
+	rules map[uint32][]routeRule
+	// backendOnly: not served, only a route's backend (HTTP clusters of
+	// its ports, no chains).
+	backendOnly bool
 }
 
 type backend struct {
@@ -116,6 +127,7 @@ type backend struct {
 type scope struct {
 	ref       Ref
 	services  []*served            // sorted by hostname
+	backends  []*served            // route backends not served, sorted by hostname
 	workloads []*workload.Workload // bound by address, sorted by uid
 }
 
@@ -124,11 +136,12 @@ type scope struct {
 // rather than served).
 func Build(in *Input, ref Ref) (*Resources, error) {
 	cfg := in.Config.WithDefaults()
-	return buildScope(cfg, scopes(in, cfg, []Ref{ref})[ref])
+	scs, _ := scopes(in, cfg, []Ref{ref})
+	return buildScope(in, cfg, scs[ref])
 }
 
-func buildScope(cfg ambient.Config, sc *scope) (*Resources, error) {
-	b := &builder{cfg: cfg, sc: sc}
+func buildScope(in *Input, cfg ambient.Config, sc *scope) (*Resources, error) {
+	b := &builder{cfg: cfg, sc: sc, in: in}
 	res := &Resources{
 		Listeners: []*listener.Listener{b.connectTerminate(), b.mainInternal(), b.connectOriginateListener()},
 		Clusters:  b.clusters(),
@@ -146,6 +159,7 @@ func buildScope(cfg ambient.Config, sc *scope) (*Resources, error) {
 type builder struct {
 	cfg ambient.Config
 	sc  *scope
+	in  *Input
 }
 
 // waypointIndex resolves a GatewayAddress to the waypoint it names: by
@@ -187,8 +201,9 @@ func (ix *waypointIndex) resolve(g *workload.GatewayAddress) (Ref, bool) {
 	return r, ok
 }
 
-// scopes computes what each of refs serves, in one pass over the model.
-func scopes(in *Input, cfg ambient.Config, refs []Ref) map[Ref]*scope {
+// scopes computes what each of refs serves, in one pass over the model,
+// and the status of every route.
+func scopes(in *Input, cfg ambient.Config, refs []Ref) (map[Ref]*scope, []RouteStatus) {
 	ix := newWaypointIndex(in, cfg, refs)
 	out := make(map[Ref]*scope, len(refs))
 	for _, r := range refs {
@@ -242,11 +257,82 @@ func scopes(in *Input, cfg ambient.Config, refs []Ref) map[Ref]*scope {
 			}
 		}
 	}
+	svcExists := func(ns, name string) bool {
+		_, ok := svcs[ambient.ServiceName(ns, name+"."+ns+".svc."+cfg.DomainSuffix)]
+		return ok
+	}
+	att, statuses := attachRoutes(in, svcExists)
 	for _, sc := range out {
 		sort.Slice(sc.services, func(i, j int) bool { return sc.services[i].hostname < sc.services[j].hostname })
 		sort.Slice(sc.workloads, func(i, j int) bool { return sc.workloads[i].Uid < sc.workloads[j].Uid })
+		sc.attachRules(att, func(ns, name string) (string, *workload.Service) {
+			k := ambient.ServiceName(ns, name+"."+ns+".svc."+cfg.DomainSuffix)
+			return k, svcs[k]
+		}, in, backing)
 	}
-	return out
+	return out, statuses
+}
+
+// attachRules gives each served service port its route rules, and adds
+// the rules' backends the waypoint does not serve.
+func (sc *scope) attachRules(att map[string]map[uint32]*attachment, lookup func(ns, name string) (string, *workload.Service),
+	in *Input, backing map[string][]*workload.Workload) {
+	// have: HTTP clusters the served services provide, "host|port".
+	have := map[string]bool{}
+	for _, sv := range sc.services {
+		for _, p := range sv.ports {
+			if p.proto == protoTCP {
+				continue
+			}
+			have[sv.hostname+"|"+strconv.FormatUint(uint64(p.port), 10)] = true
+			if rules := rulesFor(att, sv.namespace, sv.name, p.port); len(rules) > 0 {
+				if sv.rules == nil {
+					sv.rules = map[uint32][]routeRule{}
+				}
+				sv.rules[p.port] = rules
+			}
+		}
+	}
+	extra := map[string]*served{}
+	need := func(routeNS string, ref gatewayv1.BackendObjectReference) {
+		ns := string(ptrOr(ref.Namespace, gatewayv1.Namespace(routeNS)))
+		if !in.granted(routeNS, ns, string(ref.Name)) {
+			return
+		}
+		port := uint32(ptrOr(ref.Port, 0))
+		k, s := lookup(ns, string(ref.Name))
+		if s == nil || port == 0 || have[s.GetHostname()+"|"+strconv.FormatUint(uint64(port), 10)] {
+			return
+		}
+		have[s.GetHostname()+"|"+strconv.FormatUint(uint64(port), 10)] = true
+		sv := extra[k]
+		if sv == nil {
+			sv = newServed(in, k, s, backing[k])
+			sv.backendOnly = true
+			sv.ports = nil
+			extra[k] = sv
+		}
+		sv.ports = append(sv.ports, servedPort{port: port, proto: protoHTTP})
+	}
+	for _, sv := range sc.services {
+		for _, rules := range sv.rules {
+			for _, rr := range rules {
+				for _, be := range rr.rule.BackendRefs {
+					need(rr.route.Namespace, be.BackendObjectReference)
+				}
+				for _, f := range rr.rule.Filters {
+					if f.RequestMirror != nil {
+						need(rr.route.Namespace, f.RequestMirror.BackendRef)
+					}
+				}
+			}
+		}
+	}
+	for _, sv := range extra {
+		sort.Slice(sv.ports, func(i, j int) bool { return sv.ports[i].port < sv.ports[j].port })
+		sc.backends = append(sc.backends, sv)
+	}
+	sort.Slice(sc.backends, func(i, j int) bool { return sc.backends[i].hostname < sc.backends[j].hostname })
 }
 
 func newServed(in *Input, key string, s *workload.Service, eps []*workload.Workload) *served {
@@ -279,8 +365,13 @@ func newServed(in *Input, key string, s *workload.Service, eps []*workload.Workl
 // equal fingerprints, equal resources.
 func (sc *scope) fingerprint() string {
 	var b strings.Builder
-	for _, sv := range sc.services {
-		fmt.Fprintf(&b, "S%s|%s|%s|%v|%v\n", sv.namespace, sv.name, sv.hostname, sv.vips, sv.ports)
+	for _, sv := range append(append([]*served(nil), sc.services...), sc.backends...) {
+		fmt.Fprintf(&b, "S%s|%s|%s|%v|%v|%v\n", sv.namespace, sv.name, sv.hostname, sv.vips, sv.ports, sv.backendOnly)
+		for _, p := range sortedRulePorts(sv.rules) {
+			for _, rr := range sv.rules[p] {
+				fmt.Fprintf(&b, "R%d|%s/%s|%s|%d|%s\n", p, rr.route.Namespace, rr.route.Name, rr.route.ResourceVersion, rr.index, rr.consumer)
+			}
+		}
 		for _, be := range sv.endpoints {
 			ip, _ := workloadIP(be.w)
 			l := be.w.GetLocality()
@@ -295,6 +386,15 @@ func (sc *scope) fingerprint() string {
 		fmt.Fprintf(&b, "W%s|%x\n", w.Uid, w.GetAddresses())
 	}
 	return b.String()
+}
+
+func sortedRulePorts(m map[uint32][]routeRule) []uint32 {
+	out := make([]uint32, 0, len(m))
+	for p := range m {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func sortedPorts(m map[uint32]uint32) []uint32 {
