@@ -12,6 +12,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/types/known/structpb"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -181,4 +182,49 @@ func TestWaypointXDS(t *testing.T) {
 	await("ratings bound", func(v waypointView) bool {
 		return slices.Contains(v.clusters, "inbound-vip|9080|http|ratings.shop.svc.cluster.local") && v.endpoints["inbound-vip|9080|http|ratings.shop.svc.cluster.local"] == 1
 	})
+
+	// An HTTPRoute on reviews sending to ratings: istiod writes its
+	// status, and the route's backend needs no new cluster (ratings'
+	// is there).
+	w, err := gw.GatewayV1().HTTPRoutes(ns).Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	port := gatewayv1.PortNumber(9080)
+	kind := gatewayv1.Kind("Service")
+	if _, err := gw.GatewayV1().HTTPRoutes(ns).Create(ctx, &gatewayv1.HTTPRoute{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "to-ratings"},
+		Spec: gatewayv1.HTTPRouteSpec{
+			CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{{Kind: &kind, Name: "reviews"}, {Kind: &kind, Name: "nosuch"}}},
+			Rules: []gatewayv1.HTTPRouteRule{{BackendRefs: []gatewayv1.HTTPBackendRef{{BackendRef: gatewayv1.BackendRef{
+				BackendObjectReference: gatewayv1.BackendObjectReference{Name: "ratings", Port: &port}}}}}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for ev := range w.ResultChan() {
+		r, ok := ev.Object.(*gatewayv1.HTTPRoute)
+		if !ok || len(r.Status.Parents) == 0 {
+			continue
+		}
+		got := map[string]string{}
+		for _, p := range r.Status.Parents {
+			for _, c := range p.Conditions {
+				got[string(p.ParentRef.Name)+" "+c.Type] = string(c.Status) + " " + c.Reason
+			}
+			if p.ControllerName != "istio.io/mesh-controller" {
+				t.Errorf("controllerName: got %q, want istio.io/mesh-controller", p.ControllerName)
+			}
+		}
+		want := map[string]string{
+			"reviews Accepted": "True Accepted", "reviews ResolvedRefs": "True ResolvedRefs",
+			"nosuch Accepted": "False NoMatchingParent", "nosuch ResolvedRefs": "True ResolvedRefs",
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("route status (-want +got):\n%s", diff)
+		}
+		return
+	}
+	t.Fatal("no status written on HTTPRoute to-ratings")
 }

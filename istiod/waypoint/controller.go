@@ -74,6 +74,7 @@ type Controller struct {
 	podsSynced cache.InformerSynced
 	gateways   gatewaylisters.GatewayLister
 	httpRoutes gatewaylisters.HTTPRouteLister
+	grants     gatewaylisters.ReferenceGrantLister
 	gwClient   gatewayclient.Interface
 	regs       []cache.ResourceEventHandlerRegistration
 	dirty      chan struct{}
@@ -130,13 +131,14 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 	gw := cl.GatewayAPIInformers.Gateway().V1()
 	c.gateways = gw.Gateways().Lister()
 	c.httpRoutes = gw.HTTPRoutes().Lister()
+	c.grants = gw.ReferenceGrants().Lister()
 	c.gwClient = cl.GatewayAPI
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.markDirty() },
 		UpdateFunc: func(any, any) { c.markDirty() },
 		DeleteFunc: func(any) { c.markDirty() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{core.Services().Informer(), gw.Gateways().Informer(), gw.HTTPRoutes().Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{core.Services().Informer(), gw.Gateways().Informer(), gw.HTTPRoutes().Informer(), gw.ReferenceGrants().Informer()} {
 		reg, err := inf.AddEventHandler(h)
 		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
@@ -246,7 +248,12 @@ func (c *Controller) flush(ctx context.Context) {
 		c.log.Error("list httproutes", logkey.Error, err)
 		return
 	}
-	in := &Input{Config: c.cfg, Service: c.service, HTTPRoutes: routes}
+	grants, err := c.grants.List(labels.Everything())
+	if err != nil {
+		c.log.Error("list referencegrants", logkey.Error, err)
+		return
+	}
+	in := &Input{Config: c.cfg, Service: c.service, HTTPRoutes: routes, ReferenceGrants: grants}
 	c.mu.Lock()
 	if !c.haveModel {
 		c.mu.Unlock()
@@ -255,9 +262,14 @@ func (c *Controller) flush(ctx context.Context) {
 	in.Addresses = c.addrs
 	scs, statuses := scopes(in, c.cfg, refs)
 	c.mu.Unlock()
+	// ReferenceGrants decide which backends resolve, in any scope.
+	var gd strings.Builder
+	for _, g := range grants {
+		fmt.Fprintf(&gd, "G%s/%s/%s\n", g.Namespace, g.Name, g.ResourceVersion)
+	}
 	rebuilt := 0
 	for ref, sc := range scs {
-		fp := sc.fingerprint()
+		fp := gd.String() + sc.fingerprint()
 		if p := c.published[ref]; p != nil && p.fingerprint == fp {
 			continue
 		}
