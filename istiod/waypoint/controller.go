@@ -11,6 +11,7 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/proto"
+	securitylisters "istio.io/client-go/pkg/listers/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -54,8 +55,9 @@ type ControllerOptions struct {
 // changed to the Publisher, one partition per waypoint ("namespace/name"
 // of its Gateway; Run's publisher). Its inputs are the ambient model's changes (OnModel)
 // and the objects it watches itself: Services (port protocols) and
-// Gateways (which waypoints exist) and HTTPRoutes, whose status it
-// writes (Accepted, ResolvedRefs per Service parentRef). After each burst of changes it
+// Gateways (which waypoints exist), HTTPRoutes, whose status it writes
+// (Accepted, ResolvedRefs per Service parentRef), ReferenceGrants and
+// AuthorizationPolicies with targetRefs. After each burst of changes it
 // computes what every waypoint serves in one pass over the model and
 // rebuilds only the waypoints whose inputs changed (scope fingerprint),
 // and of those publishes only the resources that differ.
@@ -75,6 +77,7 @@ type Controller struct {
 	gateways   gatewaylisters.GatewayLister
 	httpRoutes gatewaylisters.HTTPRouteLister
 	grants     gatewaylisters.ReferenceGrantLister
+	policies   securitylisters.AuthorizationPolicyLister // nil without Istio's CRDs
 	gwClient   gatewayclient.Interface
 	regs       []cache.ResourceEventHandlerRegistration
 	dirty      chan struct{}
@@ -140,6 +143,15 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 	}
 	for _, inf := range []cache.SharedIndexInformer{core.Services().Informer(), gw.Gateways().Informer(), gw.HTTPRoutes().Informer(), gw.ReferenceGrants().Informer()} {
 		reg, err := inf.AddEventHandler(h)
+		if err != nil {
+			return fmt.Errorf("add event handler: %w", err)
+		}
+		c.regs = append(c.regs, reg)
+	}
+	if cl.IstioInformers != nil {
+		pi := cl.IstioInformers.Security().V1().AuthorizationPolicies()
+		c.policies = pi.Lister()
+		reg, err := pi.Informer().AddEventHandler(h)
 		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
 		}
@@ -254,6 +266,12 @@ func (c *Controller) flush(ctx context.Context) {
 		return
 	}
 	in := &Input{Config: c.cfg, Service: c.service, HTTPRoutes: routes, ReferenceGrants: grants}
+	if c.policies != nil {
+		if in.AuthorizationPolicies, err = c.policies.List(labels.Everything()); err != nil {
+			c.log.Error("list authorizationpolicies", logkey.Error, err)
+			return
+		}
+	}
 	c.mu.Lock()
 	if !c.haveModel {
 		c.mu.Unlock()
@@ -266,6 +284,12 @@ func (c *Controller) flush(ctx context.Context) {
 	var gd strings.Builder
 	for _, g := range grants {
 		fmt.Fprintf(&gd, "G%s/%s/%s\n", g.Namespace, g.Name, g.ResourceVersion)
+	}
+	// So do policies with targetRefs (few; any change rebuilds all).
+	for _, ap := range in.AuthorizationPolicies {
+		if len(ap.Spec.GetTargetRefs()) > 0 || ap.Spec.GetTargetRef() != nil {
+			fmt.Fprintf(&gd, "P%s/%s/%s\n", ap.Namespace, ap.Name, ap.ResourceVersion)
+		}
 	}
 	rebuilt := 0
 	for ref, sc := range scs {
@@ -280,6 +304,9 @@ func (c *Controller) flush(ctx context.Context) {
 			continue
 		}
 		rebuilt++
+		for k, v := range res.PolicyNotes {
+			c.log.Warn("waypoint policy enforced stricter than written", logkey.Object, ref.String(), logkey.Policy, k, logkey.Status, strings.Join(v, "; "))
+		}
 		c.publish(ref, fp, res.byType())
 	}
 	for ref := range c.published {

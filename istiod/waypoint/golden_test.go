@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,11 +35,12 @@ type objects struct {
 	services   map[string]*corev1.Service
 	httpRoutes []*gatewayv1.HTTPRoute
 	grants     []*gatewayv1.ReferenceGrant
+	policies   []*securityv1.AuthorizationPolicy
 }
 
 var decoder = func() runtime.Decoder {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, discoveryv1.AddToScheme, gatewayv1.Install} {
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, discoveryv1.AddToScheme, gatewayv1.Install, securityv1.AddToScheme} {
 		if err := add(s); err != nil {
 			panic(err)
 		}
@@ -85,6 +87,8 @@ func loadObjects(r io.Reader) (*objects, error) {
 			o.httpRoutes = append(o.httpRoutes, v)
 		case *gatewayv1.ReferenceGrant:
 			o.grants = append(o.grants, v)
+		case *securityv1.AuthorizationPolicy:
+			o.policies = append(o.policies, v)
 		default:
 			return nil, fmt.Errorf("document %d: unsupported kind %T", i, obj)
 		}
@@ -105,7 +109,7 @@ func (o *objects) waypointOf() (Ref, bool) {
 func (o *objects) input(cfg ambient.Config) *Input {
 	return &Input{Config: cfg, Addresses: ambient.Build(o.state, cfg).Addresses,
 		Service:    func(ns, name string) *corev1.Service { return o.services[ns+"/"+name] },
-		HTTPRoutes: o.httpRoutes, ReferenceGrants: o.grants}
+		HTTPRoutes: o.httpRoutes, ReferenceGrants: o.grants, AuthorizationPolicies: o.policies}
 }
 
 func TestGolden(t *testing.T) {
@@ -148,6 +152,14 @@ func TestGolden(t *testing.T) {
 				t.Fatalf("JSON is not stable (err %v)", err)
 			}
 			compareFile(t, filepath.Join(dir, "golden.json"), got)
+			var notes []byte
+			if len(res.PolicyNotes) > 0 {
+				if notes, err = json.MarshalIndent(res.PolicyNotes, "", "  "); err != nil {
+					t.Fatal(err)
+				}
+				notes = append(notes, '\n')
+			}
+			compareFile(t, filepath.Join(dir, "policy-status.json"), notes)
 		})
 	}
 }

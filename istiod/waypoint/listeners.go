@@ -17,6 +17,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+
 	"github.com/ambitmesh/ambit/internal/mesh"
 )
 
@@ -95,10 +97,10 @@ func (b *builder) mainInternal() *listener.Listener {
 				chains = append(chains, b.httpChain(httpName, sv, p, httpName))
 				to = toChain(httpName)
 			case protoTCP:
-				chains = append(chains, b.tcpChain(tcpName, tcpName))
+				chains = append(chains, b.tcpChain(tcpName, sv, tcpName))
 				to = toChain(tcpName)
 			default:
-				chains = append(chains, b.tcpChain(tcpName, tcpName), b.httpChain(httpName, sv, p, httpName))
+				chains = append(chains, b.tcpChain(tcpName, sv, tcpName), b.httpChain(httpName, sv, p, httpName))
 				to = toMatcher(appProtocol(httpName, tcpName))
 			}
 			ps := strconv.FormatUint(uint64(p.port), 10)
@@ -121,7 +123,8 @@ func (b *builder) mainInternal() *listener.Listener {
 	}
 	// Traffic addressed to a bound workload itself.
 	chains = append(chains,
-		&listener.FilterChain{Name: DirectTCP, Filters: append([]*listener.Filter{connectAuthorityNetwork()}, tcpProxy(Encap, Encap))},
+		&listener.FilterChain{Name: DirectTCP, Filters: append(append([]*listener.Filter{connectAuthorityNetwork()},
+			b.networkRBACFilters(b.chainPolicies(nil), DirectTCP, b.notes)...), tcpProxy(Encap, Encap))},
 		&listener.FilterChain{Name: DirectHTTP, Filters: []*listener.Filter{connectAuthorityNetwork(), b.hcm(Encap, nil, servedPort{proto: protoUnknown}, Encap)}},
 	)
 	var wlRanges []*xdscore.CidrRange
@@ -184,8 +187,9 @@ func tcpProxy(statPrefix, cluster string) *listener.Filter {
 	})}}
 }
 
-func (b *builder) tcpChain(name, cluster string) *listener.FilterChain {
-	return &listener.FilterChain{Name: name, Filters: []*listener.Filter{tcpProxy(name, cluster)}}
+func (b *builder) tcpChain(name string, sv *served, cluster string) *listener.FilterChain {
+	fs := b.networkRBACFilters(b.chainPolicies(sv), name, b.notes)
+	return &listener.FilterChain{Name: name, Filters: append(fs, tcpProxy(name, cluster))}
 }
 
 func (b *builder) httpChain(name string, sv *served, p servedPort, cluster string) *listener.FilterChain {
@@ -213,9 +217,22 @@ func (b *builder) hcm(statPrefix string, sv *served, p servedPort, cluster strin
 	return &listener.Filter{Name: filterHCM, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(h)}}
 }
 
-// policyFilters are the authorization filters before the rest (none
-// yet: L7 policies come with AuthorizationPolicy targetRefs).
-func (b *builder) policyFilters(*served) []*hcm.HttpFilter { return nil }
+// policyFilters are the authorization filters of a chain (sv nil: a
+// direct chain, the waypoint's own policies only).
+func (b *builder) policyFilters(sv *served) []*hcm.HttpFilter {
+	return b.rbacFilters(b.chainPolicies(sv), b.notes)
+}
+
+func (b *builder) chainPolicies(sv *served) []*securityv1.AuthorizationPolicy {
+	if b.in == nil {
+		return nil
+	}
+	k := ""
+	if sv != nil {
+		k = serviceKey(sv.namespace, sv.name)
+	}
+	return policiesFor(b.in.AuthorizationPolicies, b.cfg.RootNamespace, b.sc.ref, k)
+}
 
 // routeConfig is a chain's route table: the default route to the
 // chain's own cluster, as Istio's inbound route.

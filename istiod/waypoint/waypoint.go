@@ -49,6 +49,7 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -73,6 +74,10 @@ type Input struct {
 	HTTPRoutes []*gatewayv1.HTTPRoute
 	// ReferenceGrants allow routes to use Services of other namespaces.
 	ReferenceGrants []*gatewayv1.ReferenceGrant
+	// AuthorizationPolicies are the cluster's; those with targetRefs
+	// (a waypoint's Gateway, a Service, the istio-waypoint GatewayClass
+	// in the root namespace) are enforced on waypoints.
+	AuthorizationPolicies []*securityv1.AuthorizationPolicy
 }
 
 // Resources are one waypoint's xDS resources, each list sorted by name.
@@ -80,6 +85,10 @@ type Resources struct {
 	Listeners []*listener.Listener
 	Clusters  []*cluster.Cluster
 	Endpoints []*endpoint.ClusterLoadAssignment
+	// PolicyNotes say, per policy "AuthorizationPolicy/namespace/name",
+	// what of it this waypoint could not enforce as written and how it
+	// failed safe; not part of the xDS.
+	PolicyNotes map[string][]string
 }
 
 // Ref names a waypoint: its Gateway's namespace and name.
@@ -141,15 +150,21 @@ func Build(in *Input, ref Ref) (*Resources, error) {
 }
 
 func buildScope(in *Input, cfg ambient.Config, sc *scope) (*Resources, error) {
-	b := &builder{cfg: cfg, sc: sc, in: in}
+	b := &builder{cfg: cfg, sc: sc, in: in, notes: map[string][]string{}}
 	res := &Resources{
-		Listeners: []*listener.Listener{b.connectTerminate(), b.mainInternal(), b.connectOriginateListener()},
-		Clusters:  b.clusters(),
-		Endpoints: b.endpoints(),
+		PolicyNotes: b.notes,
+		Listeners:   []*listener.Listener{b.connectTerminate(), b.mainInternal(), b.connectOriginateListener()},
+		Clusters:    b.clusters(),
+		Endpoints:   b.endpoints(),
 	}
 	sort.Slice(res.Listeners, func(i, j int) bool { return res.Listeners[i].Name < res.Listeners[j].Name })
 	sort.Slice(res.Clusters, func(i, j int) bool { return res.Clusters[i].Name < res.Clusters[j].Name })
 	sort.Slice(res.Endpoints, func(i, j int) bool { return res.Endpoints[i].ClusterName < res.Endpoints[j].ClusterName })
+	for k, v := range res.PolicyNotes {
+		// Each chain notes the same things: once is enough.
+		slices.Sort(v)
+		res.PolicyNotes[k] = slices.Compact(v)
+	}
 	if err := res.Validate(); err != nil {
 		return nil, fmt.Errorf("build waypoint %s: %w", sc.ref, err)
 	}
@@ -157,9 +172,10 @@ func buildScope(in *Input, cfg ambient.Config, sc *scope) (*Resources, error) {
 }
 
 type builder struct {
-	cfg ambient.Config
-	sc  *scope
-	in  *Input
+	cfg   ambient.Config
+	sc    *scope
+	in    *Input
+	notes map[string][]string
 }
 
 // waypointIndex resolves a GatewayAddress to the waypoint it names: by
