@@ -378,30 +378,66 @@ func newServed(in *Input, key string, s *workload.Service, eps []*workload.Workl
 }
 
 // fingerprint is everything of a scope the resources are built from:
-// equal fingerprints, equal resources.
+// equal fingerprints, equal resources. Built with appends, not fmt: it
+// is computed for every waypoint on every flush.
 func (sc *scope) fingerprint() string {
-	var b strings.Builder
+	b := make([]byte, 0, 1024)
+	u := func(v uint64) { b = strconv.AppendUint(b, v, 10); b = append(b, ',') }
+	str := func(s string) { b = append(b, s...); b = append(b, '|') }
 	for _, sv := range append(append([]*served(nil), sc.services...), sc.backends...) {
-		fmt.Fprintf(&b, "S%s|%s|%s|%v|%v|%v\n", sv.namespace, sv.name, sv.hostname, sv.vips, sv.ports, sv.backendOnly)
+		b = append(b, 'S')
+		str(sv.namespace)
+		str(sv.name)
+		str(sv.hostname)
+		for _, ip := range sv.vips {
+			b = ip.AppendTo(b)
+			b = append(b, ',')
+		}
+		for _, p := range sv.ports {
+			u(uint64(p.port))
+			u(uint64(p.proto))
+		}
+		if sv.backendOnly {
+			b = append(b, 'B')
+		}
+		b = append(b, '\n')
 		for _, p := range sortedRulePorts(sv.rules) {
 			for _, rr := range sv.rules[p] {
-				fmt.Fprintf(&b, "R%d|%s/%s|%s|%d|%s\n", p, rr.route.Namespace, rr.route.Name, rr.route.ResourceVersion, rr.index, rr.consumer)
+				b = append(b, 'R')
+				u(uint64(p))
+				str(rr.route.Namespace)
+				str(rr.route.Name)
+				str(rr.route.ResourceVersion)
+				u(uint64(rr.index))
+				str(rr.consumer)
 			}
 		}
 		for _, be := range sv.endpoints {
-			ip, _ := workloadIP(be.w)
-			l := be.w.GetLocality()
-			fmt.Fprintf(&b, "E%s|%s|%s/%s/%s|", be.w.Uid, ip, l.GetRegion(), l.GetZone(), l.GetSubzone())
-			for _, p := range sortedPorts(be.targets) {
-				fmt.Fprintf(&b, "%d:%d,", p, be.targets[p])
+			b = append(b, 'E')
+			str(be.w.Uid)
+			if ip, ok := workloadIP(be.w); ok {
+				b = ip.AppendTo(b)
 			}
-			b.WriteByte('\n')
+			l := be.w.GetLocality()
+			str(l.GetRegion())
+			str(l.GetZone())
+			str(l.GetSubzone())
+			for _, p := range sortedPorts(be.targets) {
+				u(uint64(p))
+				u(uint64(be.targets[p]))
+			}
+			b = append(b, '\n')
 		}
 	}
 	for _, w := range sc.workloads {
-		fmt.Fprintf(&b, "W%s|%x\n", w.Uid, w.GetAddresses())
+		b = append(b, 'W')
+		str(w.Uid)
+		for _, a := range w.GetAddresses() {
+			b = append(b, a...)
+		}
+		b = append(b, '\n')
 	}
-	return b.String()
+	return string(b)
 }
 
 func sortedRulePorts(m map[uint32][]routeRule) []uint32 {

@@ -4,10 +4,9 @@
 // resource types its translators register (Options.Types), each with a
 // changeCache (changecache.go; one per partition) behind a MuxCache, and
 // knows nothing else about them. It does not know where the resources
-// come from either;
-// callers hand it either complete sets (Update, which diffs them against
-// the previous set) or only what changed (Apply), and it pushes only what
-// changed.
+// come from either; callers hand it either complete sets (Update, which
+// diffs them against the previous set) or only what changed (Apply,
+// ApplyPartition), and it pushes only what changed.
 //
 // Behaviour, pinned down by the tests:
 //   - Versions are hashes of the resources, so a client that reconnects
