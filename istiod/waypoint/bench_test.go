@@ -51,8 +51,6 @@ func benchRoute(ns string, i, w int, rv string) *gatewayv1.HTTPRoute {
 	}
 }
 
-func ptrTo[T any](v T) *T { return &v }
-
 // BenchmarkRouteChange measures how long an HTTPRoute change takes to
 // reach its waypoint's xDS client: the controller's flush (what every
 // waypoint serves, the changed waypoint rebuilt, the difference
@@ -116,6 +114,7 @@ func BenchmarkRouteChange(b *testing.B) {
 	c.services = corelisters.NewServiceLister(svcIdx)
 	c.gateways = gatewaylisters.NewGatewayLister(gwIdx)
 	c.httpRoutes = gatewaylisters.NewHTTPRouteLister(routeIdx)
+	c.grpcRoutes = gatewaylisters.NewGRPCRouteLister(indexer())
 	c.grants = gatewaylisters.NewReferenceGrantLister(indexer())
 	c.addrs, c.haveModel = model.Addresses, true
 	srv := xds.New(xds.Options{Types: c.XDSTypes()})

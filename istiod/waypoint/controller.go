@@ -76,6 +76,7 @@ type Controller struct {
 	podsSynced cache.InformerSynced
 	gateways   gatewaylisters.GatewayLister
 	httpRoutes gatewaylisters.HTTPRouteLister
+	grpcRoutes gatewaylisters.GRPCRouteLister
 	grants     gatewaylisters.ReferenceGrantLister
 	policies   securitylisters.AuthorizationPolicyLister // nil without Istio's CRDs
 	gwClient   gatewayclient.Interface
@@ -134,6 +135,7 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 	gw := cl.GatewayAPIInformers.Gateway().V1()
 	c.gateways = gw.Gateways().Lister()
 	c.httpRoutes = gw.HTTPRoutes().Lister()
+	c.grpcRoutes = gw.GRPCRoutes().Lister()
 	c.grants = gw.ReferenceGrants().Lister()
 	c.gwClient = cl.GatewayAPI
 	h := cache.ResourceEventHandlerFuncs{
@@ -141,7 +143,7 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 		UpdateFunc: func(any, any) { c.markDirty() },
 		DeleteFunc: func(any) { c.markDirty() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{core.Services().Informer(), gw.Gateways().Informer(), gw.HTTPRoutes().Informer(), gw.ReferenceGrants().Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{core.Services().Informer(), gw.Gateways().Informer(), gw.HTTPRoutes().Informer(), gw.GRPCRoutes().Informer(), gw.ReferenceGrants().Informer()} {
 		reg, err := inf.AddEventHandler(h)
 		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
@@ -260,12 +262,17 @@ func (c *Controller) flush(ctx context.Context) {
 		c.log.Error("list httproutes", logkey.Error, err)
 		return
 	}
+	grpcRoutes, err := c.grpcRoutes.List(labels.Everything())
+	if err != nil {
+		c.log.Error("list grpcroutes", logkey.Error, err)
+		return
+	}
 	grants, err := c.grants.List(labels.Everything())
 	if err != nil {
 		c.log.Error("list referencegrants", logkey.Error, err)
 		return
 	}
-	in := &Input{Config: c.cfg, Service: c.service, HTTPRoutes: routes, ReferenceGrants: grants}
+	in := &Input{Config: c.cfg, Service: c.service, HTTPRoutes: routes, GRPCRoutes: grpcRoutes, ReferenceGrants: grants}
 	if c.policies != nil {
 		if in.AuthorizationPolicies, err = c.policies.List(labels.Everything()); err != nil {
 			c.log.Error("list authorizationpolicies", logkey.Error, err)

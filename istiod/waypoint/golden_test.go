@@ -34,6 +34,7 @@ type objects struct {
 	state      ambient.State
 	services   map[string]*corev1.Service
 	httpRoutes []*gatewayv1.HTTPRoute
+	grpcRoutes []*gatewayv1.GRPCRoute
 	grants     []*gatewayv1.ReferenceGrant
 	policies   []*securityv1.AuthorizationPolicy
 }
@@ -85,6 +86,8 @@ func loadObjects(r io.Reader) (*objects, error) {
 			o.state.Gateways = append(o.state.Gateways, v)
 		case *gatewayv1.HTTPRoute:
 			o.httpRoutes = append(o.httpRoutes, v)
+		case *gatewayv1.GRPCRoute:
+			o.grpcRoutes = append(o.grpcRoutes, v)
 		case *gatewayv1.ReferenceGrant:
 			o.grants = append(o.grants, v)
 		case *securityv1.AuthorizationPolicy:
@@ -109,7 +112,7 @@ func (o *objects) waypointOf() (Ref, bool) {
 func (o *objects) input(cfg ambient.Config) *Input {
 	return &Input{Config: cfg, Addresses: ambient.Build(o.state, cfg).Addresses,
 		Service:    func(ns, name string) *corev1.Service { return o.services[ns+"/"+name] },
-		HTTPRoutes: o.httpRoutes, ReferenceGrants: o.grants, AuthorizationPolicies: o.policies}
+		HTTPRoutes: o.httpRoutes, GRPCRoutes: o.grpcRoutes, ReferenceGrants: o.grants, AuthorizationPolicies: o.policies}
 }
 
 func TestGolden(t *testing.T) {

@@ -50,6 +50,7 @@ type RouteStatus struct {
 
 // routeRule is one rule of an accepted route, attached to a service.
 type routeRule struct {
+	kind  string // KindHTTPRoute or KindGRPCRoute
 	route *gatewayv1.HTTPRoute
 	index int
 	rule  *gatewayv1.HTTPRouteRule
@@ -159,6 +160,12 @@ func attachRoutes(in *Input, svcExists func(ns, name string) bool) (map[string]m
 	out := map[string]map[uint32]*attachment{}
 	var statuses []RouteStatus
 	routes := append([]*gatewayv1.HTTPRoute(nil), in.HTTPRoutes...)
+	kinds := map[*gatewayv1.HTTPRoute]string{}
+	for _, g := range in.GRPCRoutes {
+		h := grpcAsHTTP(g)
+		kinds[h] = KindGRPCRoute
+		routes = append(routes, h)
+	}
 	// The spec's tie-break: oldest first, then by namespace/name.
 	sort.SliceStable(routes, func(i, j int) bool {
 		a, b := routes[i], routes[j]
@@ -168,9 +175,13 @@ func attachRoutes(in *Input, svcExists func(ns, name string) bool) (map[string]m
 		return serviceKey(a.Namespace, a.Name) < serviceKey(b.Namespace, b.Name)
 	})
 	for _, r := range routes {
-		st := RouteStatus{Kind: "HTTPRoute", Namespace: r.Namespace, Name: r.Name, Generation: r.Generation}
+		kind := KindHTTPRoute
+		if k, ok := kinds[r]; ok {
+			kind = k
+		}
+		st := RouteStatus{Kind: kind, Namespace: r.Namespace, Name: r.Name, Generation: r.Generation}
 		reason, msg := routeProblem(r)
-		refsReason, refsMsg := resolveBackends(in, r, svcExists)
+		refsReason, refsMsg := resolveBackends(in, kind, r, svcExists)
 		for _, p := range r.Spec.ParentRefs {
 			if !isServiceParent(p) {
 				continue // a Gateway's route: not the mesh's to report on
@@ -213,7 +224,7 @@ func attachRoutes(in *Input, svcExists func(ns, name string) bool) (map[string]m
 				consumer = r.Namespace
 			}
 			for i := range r.Spec.Rules {
-				a.rules = append(a.rules, routeRule{route: r, index: i, rule: &r.Spec.Rules[i], consumer: consumer})
+				a.rules = append(a.rules, routeRule{kind: kind, route: r, index: i, rule: &r.Spec.Rules[i], consumer: consumer})
 			}
 		}
 		if len(st.Parents) > 0 {
@@ -234,15 +245,15 @@ func cond(typ string, ok bool, reason, msg string, gen int64) metav1.Condition {
 // resolveBackends checks a route's backendRefs and mirror targets:
 // Services that exist, of the route's namespace or of one whose
 // ReferenceGrant allows it.
-func resolveBackends(in *Input, r *gatewayv1.HTTPRoute, svcExists func(ns, name string) bool) (string, string) {
+func resolveBackends(in *Input, kind string, r *gatewayv1.HTTPRoute, svcExists func(ns, name string) bool) (string, string) {
 	check := func(ref gatewayv1.BackendObjectReference, where string) (string, string) {
 		g, k := string(ptrOr(ref.Group, "")), string(ptrOr(ref.Kind, "Service"))
 		if (g != "" && g != "core") || k != "Service" {
 			return ReasonInvalidKind, fmt.Sprintf("%s: kind %s/%s is not supported, only Service", where, g, k)
 		}
 		ns := string(ptrOr(ref.Namespace, gatewayv1.Namespace(r.Namespace)))
-		if !in.granted(r.Namespace, ns, string(ref.Name)) {
-			return ReasonRefNotPermitted, fmt.Sprintf("%s: Service %s/%s is in another namespace and no ReferenceGrant there allows HTTPRoutes of %s", where, ns, ref.Name, r.Namespace)
+		if !in.granted(kind, r.Namespace, ns, string(ref.Name)) {
+			return ReasonRefNotPermitted, fmt.Sprintf("%s: Service %s/%s is in another namespace and no ReferenceGrant there allows %ss of %s", where, ns, ref.Name, kind, r.Namespace)
 		}
 		if !svcExists(ns, string(ref.Name)) {
 			return ReasonBackendNotFound, fmt.Sprintf("%s: Service %s/%s does not exist", where, ns, ref.Name)
@@ -288,10 +299,10 @@ func rulesFor(att map[string]map[uint32]*attachment, ns, name string, port uint3
 // allowed (another kind, another namespace without ReferenceGrant)
 // names a cluster that never exists, so that its share of requests gets
 // the 500 the spec asks for, as a missing Service's does.
-func (b *builder) backendCluster(routeNS string, ref gatewayv1.BackendObjectReference) string {
+func (b *builder) backendCluster(kind, routeNS string, ref gatewayv1.BackendObjectReference) string {
 	ns := string(ptrOr(ref.Namespace, gatewayv1.Namespace(routeNS)))
 	g, k := string(ptrOr(ref.Group, "")), string(ptrOr(ref.Kind, "Service"))
-	if (g != "" && g != "core") || k != "Service" || !b.in.granted(routeNS, ns, string(ref.Name)) {
+	if (g != "" && g != "core") || k != "Service" || !b.in.granted(kind, routeNS, ns, string(ref.Name)) {
 		return unresolvedCluster
 	}
 	return clusterName("http", uint32(ptrOr(ref.Port, 0)), string(ref.Name)+"."+ns+".svc."+b.cfg.DomainSuffix)
@@ -300,9 +311,10 @@ func (b *builder) backendCluster(routeNS string, ref gatewayv1.BackendObjectRefe
 // unresolvedCluster is the cluster of backends that may not be used.
 const unresolvedCluster = "unresolved-backend"
 
-// granted reports whether an HTTPRoute of namespace from may use Service
-// ns/name: its own namespace's, or one a ReferenceGrant of ns allows.
-func (in *Input) granted(from, ns, name string) bool {
+// granted reports whether a route of a kind and of namespace from may use
+// Service ns/name: its own namespace's, or one a ReferenceGrant of ns
+// allows.
+func (in *Input) granted(kind, from, ns, name string) bool {
 	if from == ns {
 		return true
 	}
@@ -312,7 +324,7 @@ func (in *Input) granted(from, ns, name string) bool {
 		}
 		fromOK := false
 		for _, f := range g.Spec.From {
-			if f.Group == gatewayv1.GroupName && f.Kind == "HTTPRoute" && string(f.Namespace) == from {
+			if f.Group == gatewayv1.GroupName && string(f.Kind) == kind && string(f.Namespace) == from {
 				fromOK = true
 			}
 		}
@@ -472,7 +484,7 @@ func (b *builder) translateRule(fm flatMatch, sv *served, port uint32) *route.Ro
 		}
 	}
 	for _, m := range mirrors {
-		mp := &route.RouteAction_RequestMirrorPolicy{Cluster: b.backendCluster(r.Namespace, m.BackendRef)}
+		mp := &route.RouteAction_RequestMirrorPolicy{Cluster: b.backendCluster(fm.rr.kind, r.Namespace, m.BackendRef)}
 		switch {
 		case m.Fraction != nil:
 			den := ptrOr(m.Fraction.Denominator, 100)
@@ -488,7 +500,7 @@ func (b *builder) translateRule(fm flatMatch, sv *served, port uint32) *route.Ro
 		if w == 0 {
 			continue
 		}
-		cw := &route.WeightedCluster_ClusterWeight{Name: b.backendCluster(r.Namespace, be.BackendObjectReference), Weight: wrapperspb.UInt32(uint32(w))}
+		cw := &route.WeightedCluster_ClusterWeight{Name: b.backendCluster(fm.rr.kind, r.Namespace, be.BackendObjectReference), Weight: wrapperspb.UInt32(uint32(w))}
 		for _, f := range be.Filters {
 			switch f.Type {
 			case gatewayv1.HTTPRouteFilterRequestHeaderModifier:

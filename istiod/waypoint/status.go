@@ -54,18 +54,36 @@ func (c *Controller) writeStatuses(ctx context.Context, statuses []RouteStatus) 
 	}
 	now := metav1.Now()
 	for _, st := range statuses {
-		r, err := c.httpRoutes.HTTPRoutes(st.Namespace).Get(st.Name)
+		obj := st.Kind + "/" + st.Namespace + "/" + st.Name
+		var err error
+		switch st.Kind {
+		case KindHTTPRoute:
+			r, gerr := c.httpRoutes.HTTPRoutes(st.Namespace).Get(st.Name)
+			if gerr != nil {
+				continue // gone since
+			}
+			parents := routeParents(r.Status.Parents, st, now)
+			if equality.Semantic.DeepEqual(parents, r.Status.Parents) {
+				continue
+			}
+			r = r.DeepCopy()
+			r.Status.Parents = parents
+			_, err = c.gwClient.GatewayV1().HTTPRoutes(st.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{})
+		case KindGRPCRoute:
+			r, gerr := c.grpcRoutes.GRPCRoutes(st.Namespace).Get(st.Name)
+			if gerr != nil {
+				continue
+			}
+			parents := routeParents(r.Status.Parents, st, now)
+			if equality.Semantic.DeepEqual(parents, r.Status.Parents) {
+				continue
+			}
+			r = r.DeepCopy()
+			r.Status.Parents = parents
+			_, err = c.gwClient.GatewayV1().GRPCRoutes(st.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{})
+		}
 		if err != nil {
-			continue // gone since
-		}
-		parents := routeParents(r.Status.Parents, st, now)
-		if equality.Semantic.DeepEqual(parents, r.Status.Parents) {
-			continue
-		}
-		r = r.DeepCopy()
-		r.Status.Parents = parents
-		if _, err := c.gwClient.GatewayV1().HTTPRoutes(st.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{}); err != nil {
-			c.log.Warn("write route status", logkey.Object, "HTTPRoute/"+st.Namespace+"/"+st.Name, logkey.Error, err)
+			c.log.Warn("write route status", logkey.Object, obj, logkey.Error, err)
 		}
 	}
 }

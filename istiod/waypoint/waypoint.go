@@ -72,6 +72,8 @@ type Input struct {
 	// HTTPRoutes are the cluster's HTTPRoutes; those with a Service
 	// parentRef (GAMMA) route that Service's HTTP traffic.
 	HTTPRoutes []*gatewayv1.HTTPRoute
+	// GRPCRoutes likewise, for gRPC (routed as the HTTP/2 it is).
+	GRPCRoutes []*gatewayv1.GRPCRoute
 	// ReferenceGrants allow routes to use Services of other namespaces.
 	ReferenceGrants []*gatewayv1.ReferenceGrant
 	// AuthorizationPolicies are the cluster's; those with targetRefs
@@ -310,9 +312,9 @@ func (sc *scope) attachRules(att map[string]map[uint32]*attachment, lookup func(
 		}
 	}
 	extra := map[string]*served{}
-	need := func(routeNS string, ref gatewayv1.BackendObjectReference) {
+	need := func(kind, routeNS string, ref gatewayv1.BackendObjectReference) {
 		ns := string(ptrOr(ref.Namespace, gatewayv1.Namespace(routeNS)))
-		if !in.granted(routeNS, ns, string(ref.Name)) {
+		if !in.granted(kind, routeNS, ns, string(ref.Name)) {
 			return
 		}
 		port := uint32(ptrOr(ref.Port, 0))
@@ -328,17 +330,22 @@ func (sc *scope) attachRules(att map[string]map[uint32]*attachment, lookup func(
 			sv.ports = nil
 			extra[k] = sv
 		}
-		sv.ports = append(sv.ports, servedPort{port: port, proto: protoHTTP})
+		// The upstream speaks HTTP/2 when its port says so, or for gRPC.
+		pr := protoHTTP
+		if in.Service != nil && portProtocol(in.Service(ns, string(ref.Name)), port) == protoHTTP2 || kind == KindGRPCRoute {
+			pr = protoHTTP2
+		}
+		sv.ports = append(sv.ports, servedPort{port: port, proto: pr})
 	}
 	for _, sv := range sc.services {
 		for _, rules := range sv.rules {
 			for _, rr := range rules {
 				for _, be := range rr.rule.BackendRefs {
-					need(rr.route.Namespace, be.BackendObjectReference)
+					need(rr.kind, rr.route.Namespace, be.BackendObjectReference)
 				}
 				for _, f := range rr.rule.Filters {
 					if f.RequestMirror != nil {
-						need(rr.route.Namespace, f.RequestMirror.BackendRef)
+						need(rr.kind, rr.route.Namespace, f.RequestMirror.BackendRef)
 					}
 				}
 			}
@@ -405,6 +412,7 @@ func (sc *scope) fingerprint() string {
 			for _, rr := range sv.rules[p] {
 				b = append(b, 'R')
 				u(uint64(p))
+				str(rr.kind)
 				str(rr.route.Namespace)
 				str(rr.route.Name)
 				str(rr.route.ResourceVersion)
