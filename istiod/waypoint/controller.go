@@ -86,6 +86,13 @@ type Controller struct {
 	mu        sync.Mutex
 	addrs     map[string]*workload.Address
 	haveModel bool
+	// baseGen counts changes of what base scopes depend on (the model,
+	// Services, Gateways).
+	baseGen uint64
+
+	// Owned by Run's goroutine: the base scopes of baseAt.
+	base   *baseScopes
+	baseAt uint64
 
 	// Owned by Run's goroutine.
 	published map[Ref]*publishedWaypoint
@@ -143,8 +150,25 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 		UpdateFunc: func(any, any) { c.markDirty() },
 		DeleteFunc: func(any) { c.markDirty() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{core.Services().Informer(), gw.Gateways().Informer(), gw.HTTPRoutes().Informer(), gw.GRPCRoutes().Informer(), gw.ReferenceGrants().Informer()} {
-		reg, err := inf.AddEventHandler(h)
+	baseChanged := func() {
+		c.mu.Lock()
+		c.baseGen++
+		c.mu.Unlock()
+		c.markDirty()
+	}
+	hb := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { baseChanged() },
+		UpdateFunc: func(any, any) { baseChanged() },
+		DeleteFunc: func(any) { baseChanged() },
+	}
+	for _, x := range []struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandler
+	}{
+		{core.Services().Informer(), hb}, {gw.Gateways().Informer(), hb},
+		{gw.HTTPRoutes().Informer(), h}, {gw.GRPCRoutes().Informer(), h}, {gw.ReferenceGrants().Informer(), h},
+	} {
+		reg, err := x.inf.AddEventHandler(x.h)
 		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
 		}
@@ -176,6 +200,7 @@ func (c *Controller) OnModel(d ambient.Delta) {
 		delete(c.addrs, k)
 	}
 	c.haveModel = true
+	c.baseGen++
 	c.mu.Unlock()
 	c.markDirty()
 }
@@ -285,8 +310,11 @@ func (c *Controller) flush(ctx context.Context) {
 		return
 	}
 	in.Addresses = c.addrs
-	scs, statuses := scopes(in, c.cfg, refs)
+	if c.base == nil || c.baseAt != c.baseGen {
+		c.base, c.baseAt = computeBase(in, c.cfg, refs), c.baseGen
+	}
 	c.mu.Unlock()
+	scs, statuses := c.base.attach(in, c.cfg)
 	// ReferenceGrants decide which backends resolve, in any scope.
 	var gd strings.Builder
 	for _, g := range grants {

@@ -222,6 +222,11 @@ func (ix *waypointIndex) resolve(g *workload.GatewayAddress) (Ref, bool) {
 // scopes computes what each of refs serves, in one pass over the model,
 // and the status of every route.
 func scopes(in *Input, cfg ambient.Config, refs []Ref) (map[Ref]*scope, []RouteStatus) {
+	return computeBase(in, cfg, refs).attach(in, cfg)
+}
+
+// computeBase is the pass over the model of scopes.
+func computeBase(in *Input, cfg ambient.Config, refs []Ref) *baseScopes {
 	ix := newWaypointIndex(in, cfg, refs)
 	out := make(map[Ref]*scope, len(refs))
 	for _, r := range refs {
@@ -275,20 +280,41 @@ func scopes(in *Input, cfg ambient.Config, refs []Ref) (map[Ref]*scope, []RouteS
 			}
 		}
 	}
-	svcExists := func(ns, name string) bool {
-		_, ok := svcs[ambient.ServiceName(ns, name+"."+ns+".svc."+cfg.DomainSuffix)]
-		return ok
-	}
-	att, statuses := attachRoutes(in, svcExists)
 	for _, sc := range out {
 		sort.Slice(sc.services, func(i, j int) bool { return sc.services[i].hostname < sc.services[j].hostname })
 		sort.Slice(sc.workloads, func(i, j int) bool { return sc.workloads[i].Uid < sc.workloads[j].Uid })
+	}
+	return &baseScopes{scopes: out, svcs: svcs, backing: backing}
+}
+
+// baseScopes is what every waypoint serves before routes attach: it
+// depends on the model, Services and Gateways only, so a change of
+// routes, grants or policies reuses it.
+type baseScopes struct {
+	scopes  map[Ref]*scope
+	svcs    map[string]*workload.Service
+	backing map[string][]*workload.Workload
+}
+
+// attach attaches the routes of in to the base scopes (replacing what an
+// earlier attach did) and returns the scopes and the routes' statuses.
+func (bs *baseScopes) attach(in *Input, cfg ambient.Config) (map[Ref]*scope, []RouteStatus) {
+	svcExists := func(ns, name string) bool {
+		_, ok := bs.svcs[ambient.ServiceName(ns, name+"."+ns+".svc."+cfg.DomainSuffix)]
+		return ok
+	}
+	att, statuses := attachRoutes(in, svcExists)
+	for _, sc := range bs.scopes {
+		sc.backends = nil
+		for _, sv := range sc.services {
+			sv.rules = nil
+		}
 		sc.attachRules(att, func(ns, name string) (string, *workload.Service) {
 			k := ambient.ServiceName(ns, name+"."+ns+".svc."+cfg.DomainSuffix)
-			return k, svcs[k]
-		}, in, backing)
+			return k, bs.svcs[k]
+		}, in, bs.backing)
 	}
-	return out, statuses
+	return bs.scopes, statuses
 }
 
 // attachRules gives each served service port its route rules, and adds
