@@ -203,6 +203,7 @@ func TestWaypointXDS(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	seen := false
 	for ev := range w.ResultChan() {
 		r, ok := ev.Object.(*gatewayv1.HTTPRoute)
 		if !ok || len(r.Status.Parents) == 0 {
@@ -224,7 +225,16 @@ func TestWaypointXDS(t *testing.T) {
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("route status (-want +got):\n%s", diff)
 		}
-		return
+		seen = true
+		break
 	}
-	t.Fatal("no status written on HTTPRoute to-ratings")
+	if !seen {
+		t.Fatal("no status written on HTTPRoute to-ratings")
+	}
+
+	// The Gateway goes: its proxy's resources are removed.
+	if err := gw.GatewayV1().Gateways(ns).Delete(ctx, "wp", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	await("waypoint gone", func(v waypointView) bool { return len(v.listeners) == 0 && len(v.clusters) == 0 })
 }
