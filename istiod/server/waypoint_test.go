@@ -110,6 +110,9 @@ func TestWaypointXDS(t *testing.T) {
 	// The simple fake: NewClientset's tracker does not know Gateway's
 	// schema (and files objects given to it under v1beta1).
 	gw := gatewayfake.NewSimpleClientset()
+	// What discovery says the API server serves (the route CRDs).
+	gw.Resources = []*metav1.APIResourceList{{GroupVersion: gatewayv1.GroupVersion.String(), APIResources: []metav1.APIResource{
+		{Name: "gateways"}, {Name: "httproutes"}, {Name: "grpcroutes"}, {Name: "referencegrants"}}}}
 	if _, err := gw.GatewayV1().Gateways(ns).Create(ctx, &gatewayv1.Gateway{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wp"},
 		Spec: gatewayv1.GatewaySpec{GatewayClassName: "istio-waypoint", Listeners: []gatewayv1.Listener{
@@ -237,4 +240,60 @@ func TestWaypointXDS(t *testing.T) {
 		t.Fatal(err)
 	}
 	await("waypoint gone", func(v waypointView) bool { return len(v.listeners) == 0 && len(v.clusters) == 0 })
+}
+
+// TestWaypointXDSWithoutRouteCRDs: when discovery says only Gateways
+// are served (no HTTPRoute, GRPCRoute or ReferenceGrant CRD), istiod
+// watches no routes and serves waypoints all the same. Against a real
+// API server an informer of a resource without its CRD never syncs, and
+// istiod would wait for it forever; the fake clientset would list
+// anything, so this test checks the discovery path, the lab the rest.
+func TestWaypointXDSWithoutRouteCRDs(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	const ns = "shop"
+	kube := fake.NewClientset(
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}},
+		service(ns, "wp", "10.96.0.10", map[string]string{"gateway.istio.io/managed": "istio.io-mesh-controller"}, nil, 15008, "mesh"),
+		service(ns, "reviews", "10.96.0.30", map[string]string{"istio.io/use-waypoint": "wp"}, map[string]string{"app": "reviews"}, 9080, "http"),
+		readyPod(ns, "reviews-v1", "10.244.1.5", "reviews", map[string]string{"app": "reviews"}),
+	)
+	gw := gatewayfake.NewSimpleClientset()
+	gw.Resources = []*metav1.APIResourceList{{GroupVersion: gatewayv1.GroupVersion.String(), APIResources: []metav1.APIResource{{Name: "gateways"}}}}
+	if _, err := gw.GatewayV1().Gateways(ns).Create(ctx, &gatewayv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wp"},
+		Spec: gatewayv1.GatewaySpec{GatewayClassName: "istio-waypoint", Listeners: []gatewayv1.Listener{
+			{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0"}, server.Clients{Kube: kube, GatewayAPI: gw}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runServer(t, ctx, cancel, s)
+	views := make(chan waypointView, 16)
+	c, err := xdsclient.New(xdsclient.Config{
+		Address: s.XDSAddr().String(), Plaintext: true,
+		Types:   []string{waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType},
+		Handler: waypointHandler{views: views},
+		Node: &core.Node{Id: "waypoint~10.244.1.9~wp-5d8f-abc.shop~shop.svc.cluster.local", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+			"LABELS": structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+				"gateway.networking.k8s.io/gateway-name": structpb.NewStringValue("wp")}}),
+		}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go c.Run(ctx)
+	for {
+		select {
+		case v := <-views:
+			if v.endpoints["inbound-vip|9080|http|reviews.shop.svc.cluster.local"] == 1 && len(v.listeners) == 3 {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("waypoint config not served without the route CRDs")
+		}
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gatewaylisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
 
@@ -141,9 +142,6 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 	c.pods = core.Pods().Lister()
 	gw := cl.GatewayAPIInformers.Gateway().V1()
 	c.gateways = gw.Gateways().Lister()
-	c.httpRoutes = gw.HTTPRoutes().Lister()
-	c.grpcRoutes = gw.GRPCRoutes().Lister()
-	c.grants = gw.ReferenceGrants().Lister()
 	c.gwClient = cl.GatewayAPI
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.markDirty() },
@@ -161,13 +159,28 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 		UpdateFunc: func(any, any) { baseChanged() },
 		DeleteFunc: func(any) { baseChanged() },
 	}
-	for _, x := range []struct {
+	type watched struct {
 		inf cache.SharedIndexInformer
 		h   cache.ResourceEventHandler
-	}{
-		{core.Services().Informer(), hb}, {gw.Gateways().Informer(), hb},
-		{gw.HTTPRoutes().Informer(), h}, {gw.GRPCRoutes().Informer(), h}, {gw.ReferenceGrants().Informer(), h},
-	} {
+	}
+	ws := []watched{{core.Services().Informer(), hb}, {gw.Gateways().Informer(), hb}}
+	// Routes and grants only where the API server serves them: an
+	// informer of a resource without its CRD never syncs, and istiod
+	// would wait for it forever.
+	served := c.servedResources(cl)
+	if served["httproutes"] {
+		c.httpRoutes = gw.HTTPRoutes().Lister()
+		ws = append(ws, watched{gw.HTTPRoutes().Informer(), h})
+	}
+	if served["grpcroutes"] {
+		c.grpcRoutes = gw.GRPCRoutes().Lister()
+		ws = append(ws, watched{gw.GRPCRoutes().Informer(), h})
+	}
+	if served["referencegrants"] {
+		c.grants = gw.ReferenceGrants().Lister()
+		ws = append(ws, watched{gw.ReferenceGrants().Informer(), h})
+	}
+	for _, x := range ws {
 		reg, err := x.inf.AddEventHandler(x.h)
 		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
@@ -187,6 +200,25 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 	// pods up (Partition).
 	c.podsSynced = core.Pods().Informer().HasSynced
 	return nil
+}
+
+// servedResources are the Gateway API v1 resources the API server serves.
+func (c *Controller) servedResources(cl *cluster.Cluster) map[string]bool {
+	out := map[string]bool{}
+	rl, err := cl.GatewayAPI.Discovery().ServerResourcesForGroupVersion(gatewayv1.GroupVersion.String())
+	if err != nil {
+		c.log.Warn("discover Gateway API resources; routes on waypoints are not watched", logkey.Error, err)
+		return out
+	}
+	for _, r := range rl.APIResources {
+		out[r.Name] = true
+	}
+	for _, r := range []string{"httproutes", "grpcroutes", "referencegrants"} {
+		if !out[r] {
+			c.log.Info("Gateway API resource not served; not watched", "resource", r)
+		}
+	}
+	return out
 }
 
 // OnModel takes what a flush of the ambient model changed; the first
@@ -282,20 +314,26 @@ func (c *Controller) flush(ctx context.Context) {
 		c.log.Error("list waypoints", logkey.Error, err)
 		return
 	}
-	routes, err := c.httpRoutes.List(labels.Everything())
-	if err != nil {
-		c.log.Error("list httproutes", logkey.Error, err)
-		return
+	var routes []*gatewayv1.HTTPRoute
+	var grpcRoutes []*gatewayv1.GRPCRoute
+	var grants []*gatewayv1.ReferenceGrant
+	if c.httpRoutes != nil {
+		if routes, err = c.httpRoutes.List(labels.Everything()); err != nil {
+			c.log.Error("list httproutes", logkey.Error, err)
+			return
+		}
 	}
-	grpcRoutes, err := c.grpcRoutes.List(labels.Everything())
-	if err != nil {
-		c.log.Error("list grpcroutes", logkey.Error, err)
-		return
+	if c.grpcRoutes != nil {
+		if grpcRoutes, err = c.grpcRoutes.List(labels.Everything()); err != nil {
+			c.log.Error("list grpcroutes", logkey.Error, err)
+			return
+		}
 	}
-	grants, err := c.grants.List(labels.Everything())
-	if err != nil {
-		c.log.Error("list referencegrants", logkey.Error, err)
-		return
+	if c.grants != nil {
+		if grants, err = c.grants.List(labels.Everything()); err != nil {
+			c.log.Error("list referencegrants", logkey.Error, err)
+			return
+		}
 	}
 	in := &Input{Config: c.cfg, Service: c.service, HTTPRoutes: routes, GRPCRoutes: grpcRoutes, ReferenceGrants: grants}
 	if c.policies != nil {

@@ -58,6 +58,9 @@ func (c *Controller) writeStatuses(ctx context.Context, statuses []RouteStatus) 
 		var err error
 		switch st.Kind {
 		case KindHTTPRoute:
+			if c.httpRoutes == nil {
+				continue
+			}
 			r, gerr := c.httpRoutes.HTTPRoutes(st.Namespace).Get(st.Name)
 			if gerr != nil {
 				continue // gone since
@@ -70,6 +73,9 @@ func (c *Controller) writeStatuses(ctx context.Context, statuses []RouteStatus) 
 			r.Status.Parents = parents
 			_, err = c.gwClient.GatewayV1().HTTPRoutes(st.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{})
 		case KindGRPCRoute:
+			if c.grpcRoutes == nil {
+				continue
+			}
 			r, gerr := c.grpcRoutes.GRPCRoutes(st.Namespace).Get(st.Name)
 			if gerr != nil {
 				continue
