@@ -1,5 +1,6 @@
 // Package server assembles istiod: the ambient index watching the
-// cluster, the delta xDS server fed by it, the CA, and the monitoring
+// cluster, the delta xDS server fed by it, with Gateway API the
+// waypoints' Envoy xDS (istiod/waypoint), the CA, and the monitoring
 // endpoint (metrics, readiness and, when enabled, debug dumps). It owns
 // the listeners, the cluster's informers (istiod/cluster) and istiod's
 // defaults (Config.WithDefaults); the logic lives in istiod/ambient,
@@ -34,6 +35,7 @@ import (
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/cluster"
 	"github.com/ambitmesh/ambit/istiod/gateway"
+	"github.com/ambitmesh/ambit/istiod/waypoint"
 	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
@@ -59,6 +61,7 @@ type Server struct {
 	ca                     *ca.CA // nil without SecureAddr
 	status                 *statusWriter
 	classes                *gateway.ClassController // nil without a Gateway API client
+	waypoints              *waypoint.Controller     // nil without a Gateway API client
 }
 
 // Clients are the cluster's clients istiod uses. Istio nil watches no
@@ -102,8 +105,19 @@ func NewWithClients(cfg Config, clients Clients, log *slog.Logger) (_ *Server, e
 		return nil, err
 	}
 	// The xDS server serves the resource types its translators register:
-	// the ambient index's today.
-	s.xds = xds.New(xds.Options{Log: log.With("component", "xds"), Registerer: s.reg, Types: ambient.XDSTypes()})
+	// the ambient index's, and with Gateway API the waypoints' Envoy
+	// types (one partition per waypoint).
+	types := ambient.XDSTypes()
+	if clients.GatewayAPI != nil {
+		s.waypoints = waypoint.NewController(waypoint.ControllerOptions{
+			Config: cfg.Ambient, Quiet: cfg.Quiet, Max: cfg.MaxDebounce, Log: log.With("component", "waypoint"),
+		})
+		if err := s.waypoints.RegisterInformers(s.cluster); err != nil {
+			return nil, err
+		}
+		types = append(types, s.waypoints.XDSTypes()...)
+	}
+	s.xds = xds.New(xds.Options{Log: log.With("component", "xds"), Registerer: s.reg, Types: types})
 	if cfg.SecureAddr != "" {
 		if s.ca, err = ca.New(kube, ca.Options{
 			Namespace: cfg.CA.Namespace, TrustDomain: cfg.Ambient.TrustDomain, ClusterID: cfg.Ambient.ClusterID,
@@ -204,6 +218,9 @@ func (s *Server) publish(d ambient.Delta) {
 	if err := d.Publish(s.xds); err != nil {
 		s.log.Error("publish ambient model", logkey.Error, err)
 	}
+	if s.waypoints != nil {
+		s.waypoints.OnModel(d)
+	}
 	if s.status != nil && d.PolicyStatus != nil {
 		s.status.offer(d.PolicyStatus)
 	}
@@ -216,7 +233,7 @@ func (s *Server) publish(d ambient.Delta) {
 func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	var hs *http.Server
 	if s.monLis != nil {
 		hs = &http.Server{Handler: s.monitoring(), ReadHeaderTimeout: 10 * time.Second}
@@ -271,6 +288,9 @@ func (s *Server) Run(ctx context.Context) error {
 		go s.classes.Run(ctx)
 	}
 	go func() { errc <- s.index.Run(ctx) }()
+	if s.waypoints != nil {
+		go func() { errc <- s.waypoints.Run(ctx, s.xds) }()
+	}
 	s.log.Info("istiod running", "xds", s.XDSAddr(), "secure", s.SecureAddr(), "monitoring", s.MonitoringAddr(), "debug_endpoints", s.cfg.DebugEndpoints)
 	select {
 	case <-ctx.Done():

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
@@ -80,8 +81,9 @@ type deltaWatch struct {
 
 var _ cache.Cache = (*changeCache)(nil)
 
-// errSotW: Ambit serves the ambient types over delta xDS only, as Istio.
-var errSotW = errors.New("state-of-the-world xDS is not served for ambient types: use delta xDS")
+// errSotW: Ambit serves its types over delta xDS only, as Istio serves
+// ztunnels and waypoints by default.
+var errSotW = errors.New("state-of-the-world xDS is not served: use delta xDS")
 
 // DefaultMaxResponseBytes keeps responses under the 4 MiB that gRPC
 // clients (grpc-go, tonic) accept by default.
@@ -112,7 +114,7 @@ func (c *changeCache) Fetch(context.Context, *cache.Request) (cache.Response, er
 	return nil, errSotW
 }
 
-func (c *changeCache) noteRequest(stream int64, req *discovery.DeltaDiscoveryRequest) {
+func (c *changeCache) noteRequest(stream int64, req *discovery.DeltaDiscoveryRequest, _ *core.Node) {
 	c.mu.Lock()
 	c.pending[req] = stream
 	c.mu.Unlock()

@@ -1,12 +1,12 @@
 // Package xds serves resources over delta xDS (DeltaAggregatedResources)
-// with go-control-plane's delta server: the ambient model to ztunnels
-// today, the waypoints' Envoy types beside it later. It serves the
+// with go-control-plane's delta server: the ambient model to ztunnels,
+// and each waypoint its Envoy types (partitioned types). It serves the
 // resource types its translators register (Options.Types), each with a
-// changeCache (changecache.go) behind a MuxCache, and knows nothing else
-// about them. It does not know where the resources come from either;
-// callers hand it either complete sets (Update, which diffs them against
-// the previous set) or only what changed (Apply), and it pushes only what
-// changed.
+// changeCache (changecache.go; one per partition) behind a MuxCache, and
+// knows nothing else about them. It does not know where the resources
+// come from either; callers hand it either complete sets (Update, which
+// diffs them against the previous set) or only what changed (Apply,
+// ApplyPartition), and it pushes only what changed.
 //
 // Behaviour, pinned down by the tests:
 //   - Versions are hashes of the resources, so a client that reconnects
@@ -21,6 +21,11 @@
 //     their own names, with the aliases, and from then on their changes. A
 //     subscribed name that is neither a resource nor an alias is answered
 //     with its removal, as Istio does.
+//   - A partitioned type (Type.Partition: a waypoint's Envoy types) is
+//     served per partition: each stream gets the resources of the
+//     partition its first node names, under names other partitions use
+//     too (every waypoint has a listener connect_terminate), and only
+//     that partition's changes (ApplyPartition).
 //   - A NACK does not resend: the server already recorded what it sent, so
 //     the client gets the next change, not the same rejected resources
 //     again. NACKs are logged with the client's reason.
@@ -52,6 +57,12 @@ type Type struct {
 	// Aliases, when not nil, gives the names other than its own that a
 	// resource answers to in on-demand subscriptions.
 	Aliases func(proto.Message) []string
+	// Partition, when not nil, makes the type partitioned: each client
+	// is served the resources of the partition its node names (for a
+	// waypoint's Envoy types, its waypoint: every waypoint has a
+	// listener named connect_terminate), filled with ApplyPartition. A
+	// node that names none ("") gets nothing.
+	Partition func(*core.Node) string
 }
 
 // Log attribute keys.
@@ -63,6 +74,8 @@ const (
 	logReason  = "reason"
 	logCount   = "resources"
 	logRemoved = "removed"
+
+	logPartition = "partition"
 )
 
 // Options configure a Server.
@@ -81,7 +94,7 @@ type Options struct {
 // Server is the delta ADS server of the registered resource types.
 type Server struct {
 	log    *slog.Logger
-	caches map[string]*changeCache
+	caches map[string]typeCache
 	ads    serverv3.Server
 
 	mu      sync.Mutex                          // serialises Update
@@ -98,6 +111,7 @@ type Server struct {
 type client struct {
 	id        int64
 	node      string
+	nodeProto *core.Node // as sent on the stream's first request
 	connected time.Time
 	acked     map[string]string // type -> last ACKed nonce
 	nacks     int
@@ -121,7 +135,7 @@ func New(opts Options) *Server {
 	}
 	s := &Server{
 		log:     opts.Log,
-		caches:  map[string]*changeCache{},
+		caches:  map[string]typeCache{},
 		current: map[string]map[string]proto.Message{},
 		clients: map[int64]*client{},
 	}
@@ -137,10 +151,15 @@ func New(opts Options) *Server {
 		if _, dup := s.caches[typ.URL]; dup {
 			panic("new xds server: type " + typ.URL + " registered twice")
 		}
-		c := newChangeCache(typ.URL, opts.MaxResponseBytes, typ.Aliases)
+		var c typeCache
+		if typ.Partition != nil {
+			c = newPartitioned(typ, opts.MaxResponseBytes)
+		} else {
+			c = newChangeCache(typ.URL, opts.MaxResponseBytes, typ.Aliases)
+			s.current[typ.URL] = map[string]proto.Message{}
+		}
 		s.caches[typ.URL] = c
 		mux.Caches[typ.URL] = c
-		s.current[typ.URL] = map[string]proto.Message{}
 	}
 	s.metrics = metrics{
 		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -186,9 +205,9 @@ func (s *Server) Update(typeURL string, resources map[string]proto.Message) erro
 	start := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c, ok := s.caches[typeURL]
+	c, ok := s.caches[typeURL].(*changeCache)
 	if !ok {
-		return fmt.Errorf("update %s: unknown type", typeURL)
+		return fmt.Errorf("update %s: unknown or partitioned type", typeURL)
 	}
 	old := s.current[typeURL]
 	changed := map[string]proto.Message{}
@@ -231,9 +250,9 @@ func (s *Server) Apply(typeURL string, changed map[string]proto.Message, removed
 	start := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c, ok := s.caches[typeURL]
+	c, ok := s.caches[typeURL].(*changeCache)
 	if !ok {
-		return fmt.Errorf("apply %s: unknown type", typeURL)
+		return fmt.Errorf("apply %s: unknown or partitioned type", typeURL)
 	}
 	if len(changed) == 0 && len(removed) == 0 {
 		return nil
@@ -256,6 +275,32 @@ func (s *Server) Apply(typeURL string, changed map[string]proto.Message, removed
 	}
 	s.metrics.updateTime.Observe(time.Since(start).Seconds())
 	s.log.Debug("xds apply", logType, typeURL, logCount, len(changed), logRemoved, len(removed))
+	return nil
+}
+
+// ApplyPartition changes some resources of one partition of a
+// partitioned type, as Apply does for a type that is not: only the
+// clients whose node names the partition see them.
+func (s *Server) ApplyPartition(typeURL, partition string, changed map[string]proto.Message, removed []string) error {
+	start := time.Now()
+	p, ok := s.caches[typeURL].(*partitioned)
+	if !ok {
+		return fmt.Errorf("apply %s to partition %s: unknown type, or not partitioned", typeURL, partition)
+	}
+	if len(changed) == 0 && len(removed) == 0 {
+		return nil
+	}
+	if len(removed) > 0 && len(changed) > 0 {
+		changed = maps.Clone(changed)
+		for _, name := range removed {
+			delete(changed, name)
+		}
+	}
+	if err := p.get(partition).update(changed, removed); err != nil {
+		return fmt.Errorf("apply %s to partition %s: %w", typeURL, partition, err)
+	}
+	s.metrics.updateTime.Observe(time.Since(start).Seconds())
+	s.log.Debug("xds apply", logType, typeURL, logPartition, partition, logCount, len(changed), logRemoved, len(removed))
 	return nil
 }
 
@@ -306,17 +351,24 @@ func (s *Server) onClosed(id int64, node *core.Node) {
 }
 
 func (s *Server) onRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
-	if c := s.caches[req.GetTypeUrl()]; c != nil {
-		c.noteRequest(id, req)
-	}
 	s.cmu.Lock()
 	c := s.clients[id]
-	if c != nil && req.GetNode().GetId() != "" {
-		c.node = req.GetNode().GetId()
+	if c != nil && req.GetNode() != nil {
+		if c.nodeProto == nil {
+			// A stream's partition is its first node's.
+			c.nodeProto = req.GetNode()
+		}
+		if req.GetNode().GetId() != "" {
+			c.node = req.GetNode().GetId()
+		}
 	}
 	node := ""
+	var nodeProto *core.Node
 	if c != nil {
-		node = c.node
+		node, nodeProto = c.node, c.nodeProto
+	}
+	if nodeProto == nil {
+		nodeProto = req.GetNode()
 	}
 	switch {
 	case req.GetErrorDetail() != nil:
@@ -328,6 +380,9 @@ func (s *Server) onRequest(id int64, req *discovery.DeltaDiscoveryRequest) error
 		c.acked[req.GetTypeUrl()] = req.GetResponseNonce()
 	}
 	s.cmu.Unlock()
+	if tc := s.caches[req.GetTypeUrl()]; tc != nil {
+		tc.noteRequest(id, req, nodeProto)
+	}
 	if d := req.GetErrorDetail(); d != nil {
 		// Logged once per NACK; nothing is resent (see the package doc).
 		s.metrics.nacks.WithLabelValues(req.GetTypeUrl()).Inc()

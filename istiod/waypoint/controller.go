@@ -1,0 +1,503 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/proto"
+	securitylisters "istio.io/client-go/pkg/listers/security/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+	gatewaylisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
+
+	"github.com/ambitmesh/ambit/api/workload"
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/istiod/ambient"
+	"github.com/ambitmesh/ambit/istiod/cluster"
+	"github.com/ambitmesh/ambit/istiod/gateway"
+	"github.com/ambitmesh/ambit/istiod/xds"
+)
+
+// Type URLs of a waypoint's resources.
+const (
+	ListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	ClusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+)
+
+// Publisher takes what changed in one waypoint's resources of one type
+// (xds.Server).
+type Publisher interface {
+	ApplyPartition(typeURL, partition string, changed map[string]proto.Message, removed []string) error
+}
+
+var _ Publisher = (*xds.Server)(nil)
+
+// ControllerOptions configure a Controller.
+type ControllerOptions struct {
+	Config ambient.Config
+	// Quiet and Max debounce bursts of changes, as the ambient index
+	// does (ambient.DefaultQuiet, ambient.DefaultMax when zero).
+	Quiet, Max time.Duration
+	Log        *slog.Logger
+}
+
+// Controller keeps every waypoint's resources up to date and hands what
+// changed to the Publisher, one partition per waypoint ("namespace/name"
+// of its Gateway; Run's publisher). Its inputs are the ambient model's changes (OnModel)
+// and the objects it watches itself: Services (port protocols) and
+// Gateways (which waypoints exist), HTTPRoutes, whose status it writes
+// (Accepted, ResolvedRefs per Service parentRef), ReferenceGrants and
+// AuthorizationPolicies with targetRefs. After each burst of changes it
+// computes what every waypoint serves in one pass over the model and
+// rebuilds only the waypoints whose inputs changed (scope fingerprint),
+// and of those publishes only the resources that differ.
+//
+// OnModel and the informers' handlers may run on any goroutine; the
+// building and publishing run on Run's.
+type Controller struct {
+	opts ControllerOptions
+	cfg  ambient.Config
+	log  *slog.Logger
+	pub  Publisher // Run's
+
+	services corelisters.ServiceLister
+	pods     corelisters.PodLister
+	// podsSynced says whether pods has seen the initial list.
+	podsSynced cache.InformerSynced
+	gateways   gatewaylisters.GatewayLister
+	httpRoutes gatewaylisters.HTTPRouteLister
+	grpcRoutes gatewaylisters.GRPCRouteLister
+	grants     gatewaylisters.ReferenceGrantLister
+	policies   securitylisters.AuthorizationPolicyLister // nil without Istio's CRDs
+	gwClient   gatewayclient.Interface
+	regs       []cache.ResourceEventHandlerRegistration
+	dirty      chan struct{}
+
+	mu        sync.Mutex
+	addrs     map[string]*workload.Address
+	haveModel bool
+	// baseGen counts changes of what base scopes depend on (the model,
+	// Services, Gateways).
+	baseGen uint64
+
+	// Owned by Run's goroutine: the base scopes of baseAt.
+	base   *baseScopes
+	baseAt uint64
+
+	// Owned by Run's goroutine.
+	published map[Ref]*publishedWaypoint
+	// pushed counts flushes that published something, for tests.
+	pushed chan struct{}
+}
+
+type publishedWaypoint struct {
+	fingerprint string
+	byType      map[string]map[string]proto.Message
+}
+
+// NewController builds a Controller that has seen nothing yet.
+func NewController(opts ControllerOptions) *Controller {
+	if opts.Quiet == 0 {
+		opts.Quiet = ambient.DefaultQuiet
+	}
+	if opts.Max == 0 {
+		opts.Max = ambient.DefaultMax
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Controller{
+		opts: opts, cfg: opts.Config.WithDefaults(), log: opts.Log,
+		dirty: make(chan struct{}, 1), addrs: map[string]*workload.Address{},
+		published: map[Ref]*publishedWaypoint{},
+	}
+}
+
+// XDSTypes are the waypoint's resource types, partitioned by waypoint
+// (Partition), in the order Envoy wants them: clusters, their endpoints,
+// then the listeners that name the clusters.
+func (c *Controller) XDSTypes() []xds.Type {
+	return []xds.Type{{URL: ClusterType, Partition: c.Partition}, {URL: EndpointType, Partition: c.Partition}, {URL: ListenerType, Partition: c.Partition}}
+}
+
+// RegisterInformers adds the controller's handlers to the cluster's
+// informers; it needs the Gateway API's. Call it once, before Run.
+func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
+	if cl.GatewayAPIInformers == nil {
+		return errors.New("register waypoint informers: no Gateway API client")
+	}
+	core := cl.KubeInformers.Core().V1()
+	c.services = core.Services().Lister()
+	c.pods = core.Pods().Lister()
+	gw := cl.GatewayAPIInformers.Gateway().V1()
+	c.gateways = gw.Gateways().Lister()
+	c.gwClient = cl.GatewayAPI
+	h := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.markDirty() },
+		UpdateFunc: func(any, any) { c.markDirty() },
+		DeleteFunc: func(any) { c.markDirty() },
+	}
+	baseChanged := func() {
+		c.mu.Lock()
+		c.baseGen++
+		c.mu.Unlock()
+		c.markDirty()
+	}
+	hb := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { baseChanged() },
+		UpdateFunc: func(any, any) { baseChanged() },
+		DeleteFunc: func(any) { baseChanged() },
+	}
+	type watched struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandler
+	}
+	ws := []watched{{core.Services().Informer(), hb}, {gw.Gateways().Informer(), hb}}
+	// Routes and grants only where the API server serves them: an
+	// informer of a resource without its CRD never syncs, and istiod
+	// would wait for it forever.
+	served := c.servedResources(cl)
+	if served["httproutes"] {
+		c.httpRoutes = gw.HTTPRoutes().Lister()
+		ws = append(ws, watched{gw.HTTPRoutes().Informer(), h})
+	}
+	if served["grpcroutes"] {
+		c.grpcRoutes = gw.GRPCRoutes().Lister()
+		ws = append(ws, watched{gw.GRPCRoutes().Informer(), h})
+	}
+	if served["referencegrants"] {
+		c.grants = gw.ReferenceGrants().Lister()
+		ws = append(ws, watched{gw.ReferenceGrants().Informer(), h})
+	}
+	for _, x := range ws {
+		reg, err := x.inf.AddEventHandler(x.h)
+		if err != nil {
+			return fmt.Errorf("add event handler: %w", err)
+		}
+		c.regs = append(c.regs, reg)
+	}
+	if cl.IstioInformers != nil {
+		pi := cl.IstioInformers.Security().V1().AuthorizationPolicies()
+		c.policies = pi.Lister()
+		reg, err := pi.Informer().AddEventHandler(h)
+		if err != nil {
+			return fmt.Errorf("add event handler: %w", err)
+		}
+		c.regs = append(c.regs, reg)
+	}
+	// The pod informer is the ambient index's; the controller only looks
+	// pods up (Partition).
+	c.podsSynced = core.Pods().Informer().HasSynced
+	return nil
+}
+
+// servedResources are the Gateway API v1 resources the API server serves.
+func (c *Controller) servedResources(cl *cluster.Cluster) map[string]bool {
+	out := map[string]bool{}
+	rl, err := cl.GatewayAPI.Discovery().ServerResourcesForGroupVersion(gatewayv1.GroupVersion.String())
+	if err != nil {
+		c.log.Warn("discover Gateway API resources; routes on waypoints are not watched", logkey.Error, err)
+		return out
+	}
+	for _, r := range rl.APIResources {
+		out[r.Name] = true
+	}
+	for _, r := range []string{"httproutes", "grpcroutes", "referencegrants"} {
+		if !out[r] {
+			c.log.Info("Gateway API resource not served; not watched", "resource", r)
+		}
+	}
+	return out
+}
+
+// OnModel takes what a flush of the ambient model changed; the first
+// delta holds the whole model.
+func (c *Controller) OnModel(d ambient.Delta) {
+	c.mu.Lock()
+	for k, v := range d.Addresses {
+		c.addrs[k] = v
+	}
+	for _, k := range d.RemovedAddresses {
+		delete(c.addrs, k)
+	}
+	c.haveModel = true
+	c.baseGen++
+	c.mu.Unlock()
+	c.markDirty()
+}
+
+func (c *Controller) markDirty() {
+	select {
+	case c.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// Run builds and publishes to pub until ctx ends, starting once the
+// informers synced and the first model came.
+func (c *Controller) Run(ctx context.Context, pub Publisher) error {
+	if c.regs == nil {
+		return errors.New("run waypoint controller: no informers registered")
+	}
+	c.pub = pub
+	synced := make([]cache.InformerSynced, 0, len(c.regs))
+	for _, r := range c.regs {
+		synced = append(synced, r.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return fmt.Errorf("sync event handlers: %w", context.Cause(ctx))
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.dirty:
+		}
+		if !c.debounce(ctx) {
+			return nil
+		}
+		c.flush(ctx)
+	}
+}
+
+func (c *Controller) debounce(ctx context.Context) bool {
+	deadline := time.NewTimer(c.opts.Max)
+	defer deadline.Stop()
+	quiet := time.NewTimer(c.opts.Quiet)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return true
+		case <-quiet.C:
+			return true
+		case <-c.dirty:
+			quiet.Reset(c.opts.Quiet)
+		}
+	}
+}
+
+// waypointRefs are the Gateways of the waypoint class.
+func (c *Controller) waypointRefs() ([]Ref, error) {
+	gws, err := c.gateways.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list gateways: %w", err)
+	}
+	var refs []Ref
+	for _, gw := range gws {
+		if string(gw.Spec.GatewayClassName) == gateway.WaypointClass {
+			refs = append(refs, Ref{Namespace: gw.Namespace, Name: gw.Name})
+		}
+	}
+	return refs, nil
+}
+
+// flush rebuilds the waypoints whose inputs changed and publishes the
+// difference.
+func (c *Controller) flush(ctx context.Context) {
+	start := time.Now()
+	refs, err := c.waypointRefs()
+	if err != nil {
+		c.log.Error("list waypoints", logkey.Error, err)
+		return
+	}
+	var routes []*gatewayv1.HTTPRoute
+	var grpcRoutes []*gatewayv1.GRPCRoute
+	var grants []*gatewayv1.ReferenceGrant
+	if c.httpRoutes != nil {
+		if routes, err = c.httpRoutes.List(labels.Everything()); err != nil {
+			c.log.Error("list httproutes", logkey.Error, err)
+			return
+		}
+	}
+	if c.grpcRoutes != nil {
+		if grpcRoutes, err = c.grpcRoutes.List(labels.Everything()); err != nil {
+			c.log.Error("list grpcroutes", logkey.Error, err)
+			return
+		}
+	}
+	if c.grants != nil {
+		if grants, err = c.grants.List(labels.Everything()); err != nil {
+			c.log.Error("list referencegrants", logkey.Error, err)
+			return
+		}
+	}
+	in := &Input{Config: c.cfg, Service: c.service, HTTPRoutes: routes, GRPCRoutes: grpcRoutes, ReferenceGrants: grants}
+	if c.policies != nil {
+		if in.AuthorizationPolicies, err = c.policies.List(labels.Everything()); err != nil {
+			c.log.Error("list authorizationpolicies", logkey.Error, err)
+			return
+		}
+	}
+	c.mu.Lock()
+	if !c.haveModel {
+		c.mu.Unlock()
+		return
+	}
+	in.Addresses = c.addrs
+	if c.base == nil || c.baseAt != c.baseGen {
+		c.base, c.baseAt = computeBase(in, c.cfg, refs), c.baseGen
+	}
+	c.mu.Unlock()
+	scs, statuses := c.base.attach(in, c.cfg)
+	// ReferenceGrants decide which backends resolve, in any scope.
+	var gd strings.Builder
+	for _, g := range grants {
+		fmt.Fprintf(&gd, "G%s/%s/%s\n", g.Namespace, g.Name, g.ResourceVersion)
+	}
+	// So do policies with targetRefs (few; any change rebuilds all).
+	for _, ap := range in.AuthorizationPolicies {
+		if len(ap.Spec.GetTargetRefs()) > 0 || ap.Spec.GetTargetRef() != nil {
+			fmt.Fprintf(&gd, "P%s/%s/%s\n", ap.Namespace, ap.Name, ap.ResourceVersion)
+		}
+	}
+	rebuilt := 0
+	for ref, sc := range scs {
+		fp := gd.String() + sc.fingerprint()
+		if p := c.published[ref]; p != nil && p.fingerprint == fp {
+			continue
+		}
+		res, err := buildScope(in, c.cfg, sc)
+		if err != nil {
+			// A program error: keep serving the last good config.
+			c.log.Error("build waypoint", logkey.Object, ref.String(), logkey.Error, err)
+			continue
+		}
+		rebuilt++
+		for k, v := range res.PolicyNotes {
+			c.log.Warn("waypoint policy enforced stricter than written", logkey.Object, ref.String(), logkey.Policy, k, logkey.Status, strings.Join(v, "; "))
+		}
+		c.publish(ref, fp, res.byType())
+	}
+	for ref := range c.published {
+		if _, ok := scs[ref]; !ok {
+			c.publish(ref, "", nil)
+			delete(c.published, ref)
+		}
+	}
+	c.log.Debug("waypoints flushed", "waypoints", len(scs), "rebuilt", rebuilt, "took", time.Since(start))
+	c.writeStatuses(ctx, statuses)
+	if c.pushed != nil && rebuilt > 0 {
+		select {
+		case c.pushed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (c *Controller) service(namespace, name string) *corev1.Service {
+	svc, err := c.services.Services(namespace).Get(name)
+	if err != nil {
+		return nil
+	}
+	return svc
+}
+
+// publish hands the resources of ref that differ from what it published
+// to the Publisher; nil byType removes them all.
+func (c *Controller) publish(ref Ref, fp string, byType map[string]map[string]proto.Message) {
+	old := c.published[ref]
+	next := &publishedWaypoint{fingerprint: fp, byType: byType}
+	for _, typ := range []string{ClusterType, EndpointType, ListenerType} {
+		var before map[string]proto.Message
+		if old != nil {
+			before = old.byType[typ]
+		}
+		now := byType[typ]
+		changed := map[string]proto.Message{}
+		for name, m := range now {
+			if o, ok := before[name]; !ok || !proto.Equal(o, m) {
+				changed[name] = m
+			}
+		}
+		var removed []string
+		for name := range before {
+			if _, ok := now[name]; !ok {
+				removed = append(removed, name)
+			}
+		}
+		if err := c.pub.ApplyPartition(typ, ref.String(), changed, removed); err != nil {
+			c.log.Error("publish waypoint", logkey.Object, ref.String(), logkey.Error, err)
+			// Publish it all again next time.
+			next.fingerprint = ""
+		}
+	}
+	if byType != nil {
+		c.published[ref] = next
+	}
+}
+
+func (r *Resources) byType() map[string]map[string]proto.Message {
+	out := map[string]map[string]proto.Message{ListenerType: {}, ClusterType: {}, EndpointType: {}}
+	for _, l := range r.Listeners {
+		out[ListenerType][l.Name] = l
+	}
+	for _, cl := range r.Clusters {
+		out[ClusterType][cl.Name] = cl
+	}
+	for _, e := range r.Endpoints {
+		out[EndpointType][e.ClusterName] = e
+	}
+	return out
+}
+
+// podSyncWait bounds how long Partition waits for the pod informer.
+const podSyncWait = 10 * time.Second
+
+// Node metadata keys Istio's proxies send.
+const (
+	metadataLabels    = "LABELS"
+	metadataNamespace = "NAMESPACE"
+)
+
+// Partition names the waypoint a proxy is, "namespace/name" of its
+// Gateway, as Istio tells: the node id is
+// "waypoint~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>"; the Gateway
+// is the pod's gateway.networking.k8s.io/gateway-name label, from the
+// node's LABELS metadata or else from the pod itself. "" when the node
+// is no waypoint or names none: it is served nothing.
+func (c *Controller) Partition(n *core.Node) string {
+	parts := strings.Split(n.GetId(), "~")
+	if len(parts) != 4 || parts[0] != "waypoint" {
+		return ""
+	}
+	pod, ns, ok := strings.Cut(parts[2], ".")
+	if !ok || pod == "" || ns == "" {
+		return ""
+	}
+	md := n.GetMetadata().GetFields()
+	if v := md[metadataNamespace].GetStringValue(); v != "" && v != ns {
+		return ""
+	}
+	name := md[metadataLabels].GetStructValue().GetFields()[ambient.LabelGatewayName].GetStringValue()
+	if name == "" && c.pods != nil {
+		// A stream keeps its partition: a proxy that connects while
+		// istiod is starting waits for the pods to be known.
+		if c.podsSynced != nil && !c.podsSynced() {
+			stop := make(chan struct{})
+			t := time.AfterFunc(podSyncWait, func() { close(stop) })
+			cache.WaitForCacheSync(stop, c.podsSynced)
+			t.Stop()
+		}
+		if p, err := c.pods.Pods(ns).Get(pod); err == nil {
+			name = p.Labels[ambient.LabelGatewayName]
+		}
+	}
+	if name == "" {
+		return ""
+	}
+	return Ref{Namespace: ns, Name: name}.String()
+}
