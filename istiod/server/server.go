@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protojson"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
@@ -59,6 +61,8 @@ type Server struct {
 	ca                     *ca.CA // nil without SecureAddr
 	status                 *statusWriter
 	classes                *gateway.ClassController // nil without a Gateway API client
+	waypoints              *gateway.WaypointController
+	bindings               *gateway.BindingWriter
 }
 
 // Clients are the cluster's clients istiod uses. Istio nil watches no
@@ -95,7 +99,7 @@ func NewWithClients(cfg Config, clients Clients, log *slog.Logger) (_ *Server, e
 	}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.index = ambient.NewIndex(ambient.IndexOptions{
-		Config: cfg.Ambient, OnChange: s.publish,
+		Config: cfg.Ambient, OnChange: s.publish, OnWaypointStatus: s.waypointStatus,
 		Quiet: cfg.Quiet, Max: cfg.MaxDebounce, Log: log.With("component", "ambient"),
 	})
 	if err := s.index.RegisterInformers(s.cluster); err != nil {
@@ -121,6 +125,18 @@ func NewWithClients(cfg Config, clients Clients, log *slog.Logger) (_ *Server, e
 		if err := s.classes.RegisterInformers(s.cluster); err != nil {
 			return nil, err
 		}
+		s.waypoints = gateway.NewWaypointController(gateway.WaypointOptions{
+			Log: log.With("component", "waypoints"), Namespace: cfg.CA.Namespace,
+			Deploy: gateway.DeployConfig{
+				Image: cfg.Waypoint.Image, ImagePullPolicy: cfg.Waypoint.ImagePullPolicy, IstiodAddress: cfg.Waypoint.IstiodAddress,
+				TrustDomain: cfg.Ambient.TrustDomain, ClusterID: cfg.Ambient.ClusterID, DomainSuffix: cfg.Ambient.DomainSuffix,
+			},
+		})
+		if err := s.waypoints.RegisterInformers(s.cluster); err != nil {
+			return nil, err
+		}
+		s.bindings = gateway.NewBindingWriter(log.With("component", "waypoints"))
+		s.bindings.RegisterInformers(s.cluster)
 	}
 	for _, l := range []struct {
 		what, addr string
@@ -210,6 +226,31 @@ func (s *Server) publish(d ambient.Delta) {
 	s.ready.Store(true)
 }
 
+// waypointStatus hands the waypoint bindings' statuses to their writers
+// (with Gateway API): the bound objects' to the binding writer, the
+// service accounts claimed twice to the waypoint controller.
+func (s *Server) waypointStatus(st map[string]ambient.BindingStatus) {
+	if s.bindings == nil {
+		return
+	}
+	bindings := map[string]gateway.Binding{}
+	conflicts := map[types.NamespacedName]string{}
+	for k, v := range st {
+		kind, rest, _ := strings.Cut(k, "/")
+		switch kind {
+		case "Gateway":
+			if v.Reason == ambient.ReasonWaypointConflict {
+				ns, name, _ := strings.Cut(rest, "/")
+				conflicts[types.NamespacedName{Namespace: ns, Name: name}] = v.Message
+			}
+		default:
+			bindings[k] = gateway.Binding(v)
+		}
+	}
+	s.bindings.Offer(bindings)
+	s.waypoints.SetClaimConflicts(conflicts)
+}
+
 // Run serves until ctx ends: the CA loads its key, the informers start
 // and sync, then the subsystems run and the listeners serve (monitoring
 // and plaintext xDS at once, answering from empty state until then).
@@ -269,6 +310,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	if s.classes != nil {
 		go s.classes.Run(ctx)
+		go s.waypoints.Run(ctx)
+		go s.bindings.Run(ctx)
 	}
 	go func() { errc <- s.index.Run(ctx) }()
 	s.log.Info("istiod running", "xds", s.XDSAddr(), "secure", s.SecureAddr(), "monitoring", s.MonitoringAddr(), "debug_endpoints", s.cfg.DebugEndpoints)
