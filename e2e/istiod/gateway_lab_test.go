@@ -61,7 +61,12 @@ func TestWaypointGatewayClass(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", DebugEndpoints: true}, server.Clients{Kube: l.Client, GatewayAPI: gw},
+	// The waypoint controller's class defaults live in istiod's namespace.
+	if err := l.CreateNamespace(ctx, server.DefaultCANamespace, nil); err != nil {
+		t.Fatal(err)
+	}
+	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", DebugEndpoints: true,
+		Waypoint: server.WaypointConfig{Image: testWaypointImage}}, server.Clients{Kube: l.Client, GatewayAPI: gw},
 		slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatal(err)
@@ -119,6 +124,7 @@ func TestWaypointGatewayClass(t *testing.T) {
 
 	// In the same lab, to spare another start.
 	t.Run("waypoint bindings", func(t *testing.T) { waypointBindings(ctx, t, l, gw, s) })
+	t.Run("waypoint controller", func(t *testing.T) { waypointController(ctx, t, l, gw) })
 }
 
 // waypointBindings: against the real apiserver, Gateways, labels and a
@@ -158,15 +164,15 @@ func waypointBindings(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewayc
 	}
 	// The namespace's waypoint (for service traffic, the default), one
 	// for the reviews service account, one on a wrong port, and one in
-	// another namespace that admits only its own.
+	// another namespace that admits only its own. The controller makes
+	// the valid ones' Services.
 	mkGateway(ns, "waypoint", 15008, nil)
-	nsWP := mkService(ns, "waypoint", nil, map[string]string{ambient.LabelGatewayName: "waypoint"})
 	mkGateway(ns, "reviews-wp", 15008, nil)
-	saWP := mkService(ns, "reviews-wp", nil, map[string]string{ambient.LabelGatewayName: "reviews-wp"})
 	mkGateway(ns, "bad", 15009, nil)
 	mkService(ns, "bad", nil, nil)
 	mkGateway("infra", "shared", 15008, map[string]string{ambient.LabelWaypointFor: ambient.WaypointForAll})
-	mkService("infra", "shared", nil, nil)
+	nsWP := awaitObject(ctx, t, "waypoint's service", l.Client.CoreV1().Services(ns), "waypoint", func(*corev1.Service) bool { return true })
+	saWP := awaitObject(ctx, t, "reviews-wp's service", l.Client.CoreV1().Services(ns), "reviews-wp", func(*corev1.Service) bool { return true })
 	if _, err := l.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "reviews", Labels: map[string]string{ambient.LabelUseWaypoint: "reviews-wp"}},
 	}, metav1.CreateOptions{}); err != nil {

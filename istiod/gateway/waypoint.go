@@ -314,7 +314,6 @@ func (c *WaypointController) reconcile(ctx context.Context, key types.Namespaced
 	}
 	switch {
 	case st.v.invalid != "":
-		c.log.Warn("waypoint gateway not deployed", logkey.Object, key.String(), logkey.Reason, st.v.reason, logkey.Status, st.v.invalid)
 		if err := c.deleteChildren(ctx, key); err != nil {
 			return err
 		}
@@ -528,6 +527,9 @@ func (c *WaypointController) writeStatus(ctx context.Context, gw *gatewayv1.Gate
 	}
 	if _, err := c.gwClient.GatewayV1().Gateways(gw.Namespace).UpdateStatus(ctx, next, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("update gateway %s/%s status: %w", gw.Namespace, gw.Name, err)
+	}
+	if st.v.invalid != "" {
+		c.log.Warn("waypoint gateway not accepted", logkey.Object, gw.Namespace+"/"+gw.Name, logkey.Reason, st.v.reason, logkey.Status, st.v.invalid)
 	}
 	return nil
 }
