@@ -390,8 +390,12 @@ func TestHelmRBAC(t *testing.T) {
 		wantForbidden(t, "list secrets in kube-system", err)
 		_, err = c.CoreV1().Secrets(ns).Get(ctx, "someone-elses", metav1.GetOptions{})
 		wantForbidden(t, "get another secret in its namespace", err)
-		_, err = c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{})
-		wantForbidden(t, "list all configmaps", err)
+		// It lists and watches ConfigMaps (waypoint customisations, as
+		// Istio's istiod reads them), but changes only the root's.
+		_, err = c.CoreV1().ConfigMaps("helm-app").Update(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "helm-app", Name: "not-the-root"}}, metav1.UpdateOptions{DryRun: dryRun})
+		wantForbidden(t, "update another configmap", err)
+		_, err = c.CoreV1().ConfigMaps(ns).Get(ctx, "someone-elses", metav1.GetOptions{})
+		wantForbidden(t, "get another configmap by name", err)
 		if _, err := c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + ca.RootCertConfigMap}); err != nil {
 			t.Errorf("list configmaps named %s: %v, want allowed", ca.RootCertConfigMap, err)
 		}

@@ -241,4 +241,12 @@ func waypointBindings(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewayc
 			t.Errorf("waypoint status of %s: got %+v, want reason %s", k, got, want)
 		}
 	}
+	// The bound Services carry it as Istio's condition; the refused
+	// binding is False with the reason, the rest of the mesh untouched.
+	for name, want := range map[string]string{"details": ambient.ReasonWaypointInvalid, "legacy": ambient.ReasonWaypointNotAllowed} {
+		awaitObject(ctx, t, "condition of service "+name, l.Client.CoreV1().Services(ns), name, func(s *corev1.Service) bool {
+			c := condition(s.Status.Conditions, gateway.ConditionWaypointBound)
+			return c.Status == metav1.ConditionFalse && c.Reason == want
+		})
+	}
 }
