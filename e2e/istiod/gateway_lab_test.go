@@ -54,6 +54,9 @@ func TestWaypointGatewayClass(t *testing.T) {
 	l := startLab(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
+	// Before the CRDs exist, the istiod binary (Gateway API on by
+	// default) runs without it and says so.
+	istiodWithoutCRDs(ctx, t, l)
 	if err := labmesh.InstallCRDFiles(ctx, l, gatewayAPICRDs(t)...); err != nil {
 		t.Fatal(err)
 	}
@@ -248,5 +251,30 @@ func waypointBindings(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewayc
 			c := condition(s.Status.Conditions, gateway.ConditionWaypointBound)
 			return c.Status == metav1.ConditionFalse && c.Reason == want
 		})
+	}
+}
+
+// istiodWithoutCRDs runs the istiod binary with its defaults (Gateway API
+// on) where the Gateway API CRDs are not installed: it becomes ready,
+// having logged that Gateway API is off and which resources are missing.
+func istiodWithoutCRDs(ctx context.Context, t *testing.T, l *lab.Lab) {
+	t.Helper()
+	kc, err := l.KubeconfigFor("istiod-nocrds", "istiod-nocrds", "system:masters")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const mon = "127.0.0.1:15014"
+	p, err := l.StartProcessIn(l.ControlPlaneNS(), "istiod-nocrds", nil, l.Binaries().Istiod,
+		"--kubeconfig", kc, "--secure-addr=", "--xds-addr=127.0.0.1:15010", "--monitoring-addr="+mon, "--no-policies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop(5 * time.Second)
+	if err := lab.WaitHTTP(ctx, l.ControlPlaneNS(), "http://"+mon+"/ready", time.Minute, p); err != nil {
+		t.Fatalf("istiod without gateway api crds: %v\n%s", err, p.Logs(20))
+	}
+	logs := p.Logs(50)
+	if !strings.Contains(logs, "gateway api off: its CRDs are not installed") || !strings.Contains(logs, "gatewayclasses") {
+		t.Errorf("istiod without gateway api crds: logs do not say gateway api is off and what is missing:\n%s", logs)
 	}
 }
