@@ -77,3 +77,10 @@ func validate(gw *gatewayv1.Gateway) validation {
 	}
 	return v
 }
+
+// WaypointProblem says why a Gateway of the waypoint class is no usable
+// waypoint, "" when it is one: the controller's Accepted condition and
+// the ambient index's bindings judge by it alike.
+func WaypointProblem(gw *gatewayv1.Gateway) string {
+	return validate(gw).invalid
+}
