@@ -232,3 +232,22 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestKeepCustomisations: the ConfigMap cache keeps the data only of
+// ConfigMaps that hold a customisation.
+func TestKeepCustomisations(t *testing.T) {
+	other := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "big", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "x"}}},
+		Data: map[string]string{"blob": "..."}, BinaryData: map[string][]byte{"b": {1}}}
+	cust := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "params"}, Data: map[string]string{KeyService: "{}", "note": "kept"}}
+	for _, cm := range []*corev1.ConfigMap{other, cust} {
+		if _, err := keepCustomisations(cm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if other.Data != nil || other.BinaryData != nil || other.ManagedFields != nil {
+		t.Errorf("other configmap: got data %v, binary %v, managed fields %v; want none", other.Data, other.BinaryData, other.ManagedFields)
+	}
+	if len(cust.Data) != 2 {
+		t.Errorf("customisation: got data %v, want all of it (an unknown key is reported, not dropped)", cust.Data)
+	}
+}
