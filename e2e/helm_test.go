@@ -31,16 +31,23 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/ca"
+	"github.com/ambitmesh/ambit/istiod/gateway"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
 
@@ -384,14 +391,92 @@ func TestHelmRBAC(t *testing.T) {
 		}
 	})
 
+	t.Run("istiod deploys a waypoint and reports bindings", func(t *testing.T) {
+		// With the chart's access only: it applies the waypoint's
+		// ServiceAccount, Service and Deployment (the chart's
+		// --waypoint-image), writes the Gateway's status and a bound
+		// Service's istio.io/WaypointBound.
+		gw, err := gatewayclient.NewForConfig(l.RESTConfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := gw.GatewayV1().Gateways("helm-app").Create(ctx, &gatewayv1.Gateway{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "helm-app", Name: "waypoint"},
+			Spec: gatewayv1.GatewaySpec{GatewayClassName: gateway.WaypointClass,
+				Listeners: []gatewayv1.Listener{{Name: "mesh", Port: 15008, Protocol: gateway.ListenerProtocolHBONE}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Client.CoreV1().Services("helm-app").Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "helm-app", Name: "bound", Labels: map[string]string{"istio.io/use-waypoint": "waypoint"}},
+			Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "bound"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		until := func(what string, lw cache.ListerWatcher, obj runtime.Object, cond func(runtime.Object) bool) {
+			t.Helper()
+			if _, err := watchtools.UntilWithSync(wctx, lw, obj, nil, func(e watch.Event) (bool, error) {
+				return e.Type != watch.Deleted && cond(e.Object), nil
+			}); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		}
+		named := func(name string, list func(context.Context, metav1.ListOptions) (runtime.Object, error), w func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.ListerWatcher {
+			sel := "metadata.name=" + name
+			return &cache.ListWatch{
+				ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+					o.FieldSelector = sel
+					return list(ctx, o)
+				},
+				WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+					o.FieldSelector = sel
+					return w(ctx, o)
+				},
+			}
+		}
+		var image string
+		for _, a := range discovery.Args {
+			if v, ok := strings.CutPrefix(a, "--waypoint-image="); ok {
+				image = v
+			}
+		}
+		if image == "" {
+			t.Fatalf("istiod's args %q: no --waypoint-image", discovery.Args)
+		}
+		deps := l.Client.AppsV1().Deployments("helm-app")
+		until("waypoint deployment", named("waypoint", func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return deps.List(ctx, o) }, deps.Watch),
+			&appsv1.Deployment{}, func(o runtime.Object) bool {
+				d, ok := o.(*appsv1.Deployment)
+				return ok && len(d.OwnerReferences) == 1 && d.Spec.Template.Spec.Containers[0].Image == image
+			})
+		gws := gw.GatewayV1().Gateways("helm-app")
+		until("gateway accepted with addresses", named("waypoint", func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return gws.List(ctx, o) }, gws.Watch),
+			&gatewayv1.Gateway{}, func(o runtime.Object) bool {
+				g, ok := o.(*gatewayv1.Gateway)
+				return ok && apimeta.IsStatusConditionTrue(g.Status.Conditions, "Accepted") && len(g.Status.Addresses) > 0
+			})
+		svcs := l.Client.CoreV1().Services("helm-app")
+		until("bound service's condition", named("bound", func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return svcs.List(ctx, o) }, svcs.Watch),
+			&corev1.Service{}, func(o runtime.Object) bool {
+				s, ok := o.(*corev1.Service)
+				return ok && apimeta.IsStatusConditionTrue(s.Status.Conditions, gateway.ConditionWaypointBound)
+			})
+	})
+
 	t.Run("istiod may do nothing else", func(t *testing.T) {
 		c := clientWithToken(t, l, istiodToken)
 		_, err := c.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
 		wantForbidden(t, "list secrets in kube-system", err)
 		_, err = c.CoreV1().Secrets(ns).Get(ctx, "someone-elses", metav1.GetOptions{})
 		wantForbidden(t, "get another secret in its namespace", err)
-		_, err = c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{})
-		wantForbidden(t, "list all configmaps", err)
+		// It lists and watches ConfigMaps (waypoint customisations, as
+		// Istio's istiod reads them), but changes only the root's.
+		_, err = c.CoreV1().ConfigMaps("helm-app").Update(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "helm-app", Name: "not-the-root"}}, metav1.UpdateOptions{DryRun: dryRun})
+		wantForbidden(t, "update another configmap", err)
+		_, err = c.CoreV1().ConfigMaps(ns).Get(ctx, "someone-elses", metav1.GetOptions{})
+		wantForbidden(t, "get another configmap by name", err)
 		if _, err := c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + ca.RootCertConfigMap}); err != nil {
 			t.Errorf("list configmaps named %s: %v, want allowed", ca.RootCertConfigMap, err)
 		}

@@ -54,6 +54,9 @@ func TestWaypointGatewayClass(t *testing.T) {
 	l := startLab(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
+	// Before the CRDs exist, the istiod binary (Gateway API on by
+	// default) runs without it and says so.
+	istiodWithoutCRDs(ctx, t, l)
 	if err := labmesh.InstallCRDFiles(ctx, l, gatewayAPICRDs(t)...); err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +64,12 @@ func TestWaypointGatewayClass(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", DebugEndpoints: true}, server.Clients{Kube: l.Client, GatewayAPI: gw},
+	// The waypoint controller's class defaults live in istiod's namespace.
+	if err := l.CreateNamespace(ctx, server.DefaultCANamespace, nil); err != nil {
+		t.Fatal(err)
+	}
+	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", DebugEndpoints: true,
+		Waypoint: server.WaypointConfig{Image: testWaypointImage}}, server.Clients{Kube: l.Client, GatewayAPI: gw},
 		slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatal(err)
@@ -119,6 +127,7 @@ func TestWaypointGatewayClass(t *testing.T) {
 
 	// In the same lab, to spare another start.
 	t.Run("waypoint bindings", func(t *testing.T) { waypointBindings(ctx, t, l, gw, s) })
+	t.Run("waypoint controller", func(t *testing.T) { waypointController(ctx, t, l, gw) })
 }
 
 // waypointBindings: against the real apiserver, Gateways, labels and a
@@ -158,15 +167,15 @@ func waypointBindings(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewayc
 	}
 	// The namespace's waypoint (for service traffic, the default), one
 	// for the reviews service account, one on a wrong port, and one in
-	// another namespace that admits only its own.
+	// another namespace that admits only its own. The controller makes
+	// the valid ones' Services.
 	mkGateway(ns, "waypoint", 15008, nil)
-	nsWP := mkService(ns, "waypoint", nil, map[string]string{ambient.LabelGatewayName: "waypoint"})
 	mkGateway(ns, "reviews-wp", 15008, nil)
-	saWP := mkService(ns, "reviews-wp", nil, map[string]string{ambient.LabelGatewayName: "reviews-wp"})
 	mkGateway(ns, "bad", 15009, nil)
 	mkService(ns, "bad", nil, nil)
 	mkGateway("infra", "shared", 15008, map[string]string{ambient.LabelWaypointFor: ambient.WaypointForAll})
-	mkService("infra", "shared", nil, nil)
+	nsWP := awaitObject(ctx, t, "waypoint's service", l.Client.CoreV1().Services(ns), "waypoint", func(*corev1.Service) bool { return true })
+	saWP := awaitObject(ctx, t, "reviews-wp's service", l.Client.CoreV1().Services(ns), "reviews-wp", func(*corev1.Service) bool { return true })
 	if _, err := l.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "reviews", Labels: map[string]string{ambient.LabelUseWaypoint: "reviews-wp"}},
 	}, metav1.CreateOptions{}); err != nil {
@@ -234,5 +243,38 @@ func waypointBindings(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewayc
 		if got := model.WaypointStatus[k]; got.Reason != want || got.Message == "" {
 			t.Errorf("waypoint status of %s: got %+v, want reason %s", k, got, want)
 		}
+	}
+	// The bound Services carry it as Istio's condition; the refused
+	// binding is False with the reason, the rest of the mesh untouched.
+	for name, want := range map[string]string{"details": ambient.ReasonWaypointInvalid, "legacy": ambient.ReasonWaypointNotAllowed} {
+		awaitObject(ctx, t, "condition of service "+name, l.Client.CoreV1().Services(ns), name, func(s *corev1.Service) bool {
+			c := condition(s.Status.Conditions, gateway.ConditionWaypointBound)
+			return c.Status == metav1.ConditionFalse && c.Reason == want
+		})
+	}
+}
+
+// istiodWithoutCRDs runs the istiod binary with its defaults (Gateway API
+// on) where the Gateway API CRDs are not installed: it becomes ready,
+// having logged that Gateway API is off and which resources are missing.
+func istiodWithoutCRDs(ctx context.Context, t *testing.T, l *lab.Lab) {
+	t.Helper()
+	kc, err := l.KubeconfigFor("istiod-nocrds", "istiod-nocrds", "system:masters")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const mon = "127.0.0.1:15014"
+	p, err := l.StartProcessIn(l.ControlPlaneNS(), "istiod-nocrds", nil, l.Binaries().Istiod,
+		"--kubeconfig", kc, "--secure-addr=", "--xds-addr=127.0.0.1:15010", "--monitoring-addr="+mon, "--no-policies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop(5 * time.Second)
+	if err := lab.WaitHTTP(ctx, l.ControlPlaneNS(), "http://"+mon+"/ready", time.Minute, p); err != nil {
+		t.Fatalf("istiod without gateway api crds: %v\n%s", err, p.Logs(20))
+	}
+	logs := p.Logs(50)
+	if !strings.Contains(logs, "gateway api off: its CRDs are not installed") || !strings.Contains(logs, "gatewayclasses") {
+		t.Errorf("istiod without gateway api crds: logs do not say gateway api is off and what is missing:\n%s", logs)
 	}
 }

@@ -50,6 +50,11 @@ type IndexOptions struct {
 	// order; the first holds the whole model (and comes even when empty).
 	// It must not modify the delta's resources.
 	OnChange func(Delta)
+	// OnWaypointStatus receives the complete waypoint binding statuses
+	// (Model.WaypointStatus) after each flush that changed them, and after
+	// the first; from OnChange's goroutine, after OnChange. It owns the
+	// map.
+	OnWaypointStatus func(map[string]BindingStatus)
 	// Quiet and Max tune the debounce; defaults when zero.
 	Quiet, Max time.Duration
 	Log        *slog.Logger
@@ -265,7 +270,11 @@ func (x *Index) flush(first bool) {
 	}
 	d := x.builder.Flush()
 	x.flushes++
-	x.logWaypointStatus(x.builder.wpStatus)
+	wpChanged := x.logWaypointStatus(x.builder.wpStatus)
+	var wpStatus map[string]BindingStatus
+	if x.opts.OnWaypointStatus != nil && (first || wpChanged) {
+		wpStatus = maps.Clone(x.builder.wpStatus)
+	}
 	x.mu.Unlock()
 	x.log.Debug("ambient model flushed", "addresses", len(d.Addresses), "removedAddresses", len(d.RemovedAddresses),
 		"authorizations", len(d.Authorizations), "removedAuthorizations", len(d.RemovedAuthorizations), "took", time.Since(start))
@@ -274,6 +283,9 @@ func (x *Index) flush(first bool) {
 	}
 	if x.opts.OnChange != nil && (first || !d.Empty()) {
 		x.opts.OnChange(d)
+	}
+	if wpStatus != nil {
+		x.opts.OnWaypointStatus(wpStatus)
 	}
 }
 
@@ -315,12 +327,15 @@ func (x *Index) ServiceAccounts(namespace string) ([]string, error) {
 // logWaypointStatus logs each binding whose status changed: a warning
 // when a binding was not applied (or waits for its waypoint), so that a
 // wrong Gateway or label is visible without reading the model. Writing
-// these as istio.io/WaypointBound conditions is the controller's part.
-func (x *Index) logWaypointStatus(now map[string]BindingStatus) {
+// these on the objects is istiod/gateway's part (OnWaypointStatus). It
+// reports whether any changed.
+func (x *Index) logWaypointStatus(now map[string]BindingStatus) bool {
+	changed := false
 	for k, st := range now {
 		if old, ok := x.wpStatus[k]; ok && old == st {
 			continue
 		}
+		changed = true
 		if st.Bound {
 			x.log.Info("waypoint binding", logkey.Object, k, logkey.Reason, st.Reason, logkey.Status, st.Message)
 		} else {
@@ -330,7 +345,9 @@ func (x *Index) logWaypointStatus(now map[string]BindingStatus) {
 	for k := range x.wpStatus {
 		if _, ok := now[k]; !ok {
 			x.log.Info("waypoint binding removed", logkey.Object, k)
+			changed = true
 		}
 	}
 	x.wpStatus = maps.Clone(now)
+	return changed
 }

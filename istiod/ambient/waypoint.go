@@ -28,17 +28,17 @@ const (
 	// LabelWaypointFor on a waypoint Gateway says which traffic it takes:
 	// WaypointForService (the default), WaypointForWorkload,
 	// WaypointForAll or WaypointForNone.
-	LabelWaypointFor = "istio.io/waypoint-for"
+	LabelWaypointFor = gateway.LabelWaypointFor
 	// AnnotationForServiceAccount on a waypoint Gateway makes it the
 	// waypoint of one service account's workloads in its namespace, as
 	// Istio 1.18-1.21 did.
 	AnnotationForServiceAccount = "istio.io/for-service-account"
 	// LabelGatewayName marks the pods of a Gateway (the waypoint's own).
-	LabelGatewayName = "gateway.networking.k8s.io/gateway-name"
+	LabelGatewayName = gateway.LabelGatewayName
 	// LabelGatewayManaged with value GatewayManagedMesh marks what the
 	// waypoint controller made (Istio's label), such as its Service.
-	LabelGatewayManaged = "gateway.istio.io/managed"
-	GatewayManagedMesh  = "istio.io-mesh-controller"
+	LabelGatewayManaged = gateway.LabelManaged
+	GatewayManagedMesh  = gateway.ManagedMesh
 
 	UseWaypointNone     = "none"
 	WaypointForService  = "service"
@@ -49,13 +49,13 @@ const (
 	// WaypointListenerProtocol is the protocol of a waypoint's listener;
 	// Istio 1.18-1.21 service-account waypoints used
 	// WaypointListenerProtocolAll.
-	WaypointListenerProtocol    = "HBONE"
-	WaypointListenerProtocolAll = "ALL"
+	WaypointListenerProtocol    = gateway.ListenerProtocolHBONE
+	WaypointListenerProtocolAll = gateway.ListenerProtocolAll
 )
 
 // ConditionWaypointBound is the condition Istio puts on a bound Service
 // (and Namespace) to say whether its binding took.
-const ConditionWaypointBound = "istio.io/WaypointBound"
+const ConditionWaypointBound = gateway.ConditionWaypointBound
 
 // Reasons of a BindingStatus. The first four are Istio's (its istiod's
 // ambient status.go); Istio has no counterpart of the last two, since it
@@ -150,10 +150,9 @@ func resolveWaypoint(gw *gatewayv1.Gateway, svc *corev1.Service) *waypoint {
 		w.foreign = true
 		return w
 	}
-	switch w.forLabel {
-	case "", WaypointForService, WaypointForWorkload, WaypointForAll, WaypointForNone:
-	default:
-		w.invalid = fmt.Sprintf("label %s is %q, want one of service, workload, all, none", LabelWaypointFor, w.forLabel)
+	// One judge of what a waypoint is, the controller's (its Accepted
+	// condition says the same).
+	if w.invalid = gateway.WaypointProblem(gw); w.invalid != "" {
 		return w
 	}
 	var l *gatewayv1.Listener
@@ -163,14 +162,6 @@ func resolveWaypoint(gw *gatewayv1.Gateway, svc *corev1.Service) *waypoint {
 			l = &gw.Spec.Listeners[i]
 			break
 		}
-	}
-	switch {
-	case l == nil:
-		w.invalid = fmt.Sprintf("no listener with protocol %s (or %s)", WaypointListenerProtocol, WaypointListenerProtocolAll)
-		return w
-	case l.Port != mesh.HBONEPort:
-		w.invalid = fmt.Sprintf("listener %q has port %d, want %d", l.Name, l.Port, mesh.HBONEPort)
-		return w
 	}
 	if ar := l.AllowedRoutes; ar != nil && ar.Namespaces != nil {
 		if ar.Namespaces.From != nil {

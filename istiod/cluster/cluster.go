@@ -11,12 +11,14 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 )
@@ -35,6 +37,19 @@ type Cluster struct {
 	// factory; both nil when istiod does not watch Gateway API objects.
 	GatewayAPI          gatewayclient.Interface
 	GatewayAPIInformers gatewayinformers.SharedInformerFactory
+
+	// extra are informers of their own (AddInformer), started and synced
+	// with the factories'.
+	extra        []cache.SharedIndexInformer
+	startedExtra int
+	running      sync.WaitGroup
+}
+
+// AddInformer adds an informer that cannot share a factory's (one kind
+// watched with other options than the factory's informer of that kind
+// uses), to be started and synced with the rest.
+func (c *Cluster) AddInformer(inf cache.SharedIndexInformer) {
+	c.extra = append(c.extra, inf)
 }
 
 // New makes the factories of the clients; istio may be nil. Nothing
@@ -82,6 +97,14 @@ func (c *Cluster) Start(ctx context.Context) {
 	if c.GatewayAPIInformers != nil {
 		c.GatewayAPIInformers.Start(ctx.Done())
 	}
+	for _, inf := range c.extra[c.startedExtra:] {
+		c.running.Add(1)
+		go func() {
+			defer c.running.Done()
+			inf.RunWithContext(ctx)
+		}()
+	}
+	c.startedExtra = len(c.extra)
 }
 
 // WaitForCacheSync waits until every started informer has listed its
@@ -107,6 +130,11 @@ func (c *Cluster) WaitForCacheSync(ctx context.Context) error {
 			}
 		}
 	}
+	for _, inf := range c.extra {
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			return fmt.Errorf("sync informer: %w", context.Cause(ctx))
+		}
+	}
 	return nil
 }
 
@@ -120,4 +148,5 @@ func (c *Cluster) Shutdown() {
 	if c.GatewayAPIInformers != nil {
 		c.GatewayAPIInformers.Shutdown()
 	}
+	c.running.Wait()
 }

@@ -1,10 +1,12 @@
-// Package gateway is istiod's Gateway API controller. So far it keeps the
+// Package gateway is istiod's Gateway API controller. It keeps the
 // waypoints' GatewayClass, as Istio's istiod does: it creates
 // `istio-waypoint` (controller `istio.io/mesh-controller`) when it is
 // missing, and again when it is deleted, but never changes a class that
 // exists (users may manage it themselves); and it reports a class of its
-// controller Accepted in its status. Waypoint Gateways come next (issue
-// 14).
+// controller Accepted in its status (ClassController). It deploys each
+// waypoint Gateway and reports its status (WaypointController), and
+// writes the outcome of waypoint bindings on the bound objects
+// (BindingWriter).
 package gateway
 
 import (

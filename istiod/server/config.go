@@ -26,6 +26,20 @@ type Config struct {
 	// istio-ca, checked by TokenReview); empty runs no CA.
 	SecureAddr string
 	CA         CAConfig
+	// Waypoint is how istiod deploys waypoints (with Gateway API).
+	Waypoint WaypointConfig
+}
+
+// WaypointConfig says what istiod deploys for each waypoint Gateway.
+type WaypointConfig struct {
+	// Image of the waypoint proxy; no waypoint is deployed when empty
+	// (Gateways are reported not programmed).
+	Image string
+	// ImagePullPolicy of that image; Kubernetes' default when empty.
+	ImagePullPolicy string
+	// IstiodAddress is istiod's TLS port (xDS and CA) as waypoints reach
+	// it (istiod.<CA namespace>.svc:15012 when empty).
+	IstiodAddress string
 }
 
 // CAConfig configures the certificate authority.
@@ -76,6 +90,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if len(c.CA.DNSNames) == 0 {
 		c.CA.DNSNames = []string{"istiod." + c.CA.Namespace + ".svc"}
+	}
+	if c.Waypoint.IstiodAddress == "" {
+		c.Waypoint.IstiodAddress = "istiod." + c.CA.Namespace + ".svc:15012"
 	}
 	if c.CA.CertTTL == 0 {
 		c.CA.CertTTL = DefaultCertTTL

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protojson"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
@@ -61,7 +63,9 @@ type Server struct {
 	ca                     *ca.CA // nil without SecureAddr
 	status                 *statusWriter
 	classes                *gateway.ClassController // nil without a Gateway API client
-	waypoints              *waypoint.Controller     // nil without a Gateway API client
+	waypointXDS            *waypoint.Controller     // nil without a Gateway API client
+	waypoints              *gateway.WaypointController
+	bindings               *gateway.BindingWriter
 }
 
 // Clients are the cluster's clients istiod uses. Istio nil watches no
@@ -98,7 +102,7 @@ func NewWithClients(cfg Config, clients Clients, log *slog.Logger) (_ *Server, e
 	}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.index = ambient.NewIndex(ambient.IndexOptions{
-		Config: cfg.Ambient, OnChange: s.publish,
+		Config: cfg.Ambient, OnChange: s.publish, OnWaypointStatus: s.waypointStatus,
 		Quiet: cfg.Quiet, Max: cfg.MaxDebounce, Log: log.With("component", "ambient"),
 	})
 	if err := s.index.RegisterInformers(s.cluster); err != nil {
@@ -109,13 +113,13 @@ func NewWithClients(cfg Config, clients Clients, log *slog.Logger) (_ *Server, e
 	// types (one partition per waypoint).
 	types := ambient.XDSTypes()
 	if clients.GatewayAPI != nil {
-		s.waypoints = waypoint.NewController(waypoint.ControllerOptions{
+		s.waypointXDS = waypoint.NewController(waypoint.ControllerOptions{
 			Config: cfg.Ambient, Quiet: cfg.Quiet, Max: cfg.MaxDebounce, Log: log.With("component", "waypoint"),
 		})
-		if err := s.waypoints.RegisterInformers(s.cluster); err != nil {
+		if err := s.waypointXDS.RegisterInformers(s.cluster); err != nil {
 			return nil, err
 		}
-		types = append(types, s.waypoints.XDSTypes()...)
+		types = append(types, s.waypointXDS.XDSTypes()...)
 	}
 	s.xds = xds.New(xds.Options{Log: log.With("component", "xds"), Registerer: s.reg, Types: types})
 	if cfg.SecureAddr != "" {
@@ -135,6 +139,18 @@ func NewWithClients(cfg Config, clients Clients, log *slog.Logger) (_ *Server, e
 		if err := s.classes.RegisterInformers(s.cluster); err != nil {
 			return nil, err
 		}
+		s.waypoints = gateway.NewWaypointController(gateway.WaypointOptions{
+			Log: log.With("component", "waypoints"), Namespace: cfg.CA.Namespace,
+			Deploy: gateway.DeployConfig{
+				Image: cfg.Waypoint.Image, ImagePullPolicy: cfg.Waypoint.ImagePullPolicy, IstiodAddress: cfg.Waypoint.IstiodAddress,
+				TrustDomain: cfg.Ambient.TrustDomain, ClusterID: cfg.Ambient.ClusterID, DomainSuffix: cfg.Ambient.DomainSuffix,
+			},
+		})
+		if err := s.waypoints.RegisterInformers(s.cluster); err != nil {
+			return nil, err
+		}
+		s.bindings = gateway.NewBindingWriter(log.With("component", "waypoints"))
+		s.bindings.RegisterInformers(s.cluster)
 	}
 	for _, l := range []struct {
 		what, addr string
@@ -218,13 +234,38 @@ func (s *Server) publish(d ambient.Delta) {
 	if err := d.Publish(s.xds); err != nil {
 		s.log.Error("publish ambient model", logkey.Error, err)
 	}
-	if s.waypoints != nil {
-		s.waypoints.OnModel(d)
+	if s.waypointXDS != nil {
+		s.waypointXDS.OnModel(d)
 	}
 	if s.status != nil && d.PolicyStatus != nil {
 		s.status.offer(d.PolicyStatus)
 	}
 	s.ready.Store(true)
+}
+
+// waypointStatus hands the waypoint bindings' statuses to their writers
+// (with Gateway API): the bound objects' to the binding writer, the
+// service accounts claimed twice to the waypoint controller.
+func (s *Server) waypointStatus(st map[string]ambient.BindingStatus) {
+	if s.bindings == nil {
+		return
+	}
+	bindings := map[string]gateway.Binding{}
+	conflicts := map[types.NamespacedName]string{}
+	for k, v := range st {
+		kind, rest, _ := strings.Cut(k, "/")
+		switch kind {
+		case "Gateway":
+			if v.Reason == ambient.ReasonWaypointConflict {
+				ns, name, _ := strings.Cut(rest, "/")
+				conflicts[types.NamespacedName{Namespace: ns, Name: name}] = v.Message
+			}
+		default:
+			bindings[k] = gateway.Binding(v)
+		}
+	}
+	s.bindings.Offer(bindings)
+	s.waypoints.SetClaimConflicts(conflicts)
 }
 
 // Run serves until ctx ends: the CA loads its key, the informers start
@@ -286,10 +327,12 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	if s.classes != nil {
 		go s.classes.Run(ctx)
+		go s.waypoints.Run(ctx)
+		go s.bindings.Run(ctx)
 	}
 	go func() { errc <- s.index.Run(ctx) }()
-	if s.waypoints != nil {
-		go func() { errc <- s.waypoints.Run(ctx, s.xds) }()
+	if s.waypointXDS != nil {
+		go func() { errc <- s.waypointXDS.Run(ctx, s.xds) }()
 	}
 	s.log.Info("istiod running", "xds", s.XDSAddr(), "secure", s.SecureAddr(), "monitoring", s.MonitoringAddr(), "debug_endpoints", s.cfg.DebugEndpoints)
 	select {

@@ -372,7 +372,17 @@ func TestRBAC(t *testing.T) {
 		{APIGroups: names("security.istio.io"), Resources: names("authorizationpolicies", "peerauthentications"), Verbs: names("get", "list", "watch")},
 		{APIGroups: names("security.istio.io"), Resources: names("authorizationpolicies/status", "peerauthentications/status"), Verbs: names("update")},
 		{APIGroups: core, Resources: names("configmaps"), ResourceNames: names("istio-ca-root-cert"), Verbs: names("get", "list", "watch", "update")},
+		{APIGroups: core, Resources: names("configmaps"), Verbs: names("list", "watch")},
 		{APIGroups: core, Resources: names("configmaps"), Verbs: names("create")},
+		{APIGroups: names("gateway.networking.k8s.io"), Resources: names("gatewayclasses"), Verbs: names("list", "watch", "create")},
+		{APIGroups: names("gateway.networking.k8s.io"), Resources: names("gateways", "httproutes", "grpcroutes"), Verbs: names("list", "watch")},
+		{APIGroups: names("gateway.networking.k8s.io"), Resources: names("gatewayclasses/status", "gateways/status"), Verbs: names("update")},
+		{APIGroups: core, Resources: names("serviceaccounts", "services"), Verbs: names("create", "patch", "delete")},
+		{APIGroups: names("apps"), Resources: names("deployments"), Verbs: names("list", "watch", "create", "patch", "delete")},
+		{APIGroups: names("autoscaling"), Resources: names("horizontalpodautoscalers"), Verbs: names("create", "patch", "delete")},
+		{APIGroups: names("policy"), Resources: names("poddisruptionbudgets"), Verbs: names("create", "patch", "delete")},
+		{APIGroups: core, Resources: names("services/status"), Verbs: names("patch")},
+		{APIGroups: names("events.k8s.io"), Resources: names("events"), Verbs: names("create", "patch")},
 		{APIGroups: names("authentication.k8s.io"), Resources: names("tokenreviews"), Verbs: names("create")},
 	}
 	if diff := gocmp.Diff(wantIstiod, get[*rbacv1.ClusterRole](t, r, "ambit-istiod").Rules); diff != "" {
@@ -462,12 +472,14 @@ func TestIstiod(t *testing.T) {
 		"ca-namespace": namespace, "node-agent": namespace + "/ztunnel", "dns-name": "istiod." + namespace + ".svc",
 		"root-namespace": namespace, "trust-domain": "cluster.local", "cluster-id": "Kubernetes",
 		"domain-suffix": "cluster.local", "cert-ttl": "24h",
+		"waypoint-image": "localhost:5000/ambit/waypoint:0.1.0", "waypoint-image-pull-policy": "IfNotPresent",
+		"waypoint-istiod-address": "istiod." + namespace + ".svc:15012",
 	} {
 		if got := flagValue(t, c.Args, flag); got != want {
 			t.Errorf("--%s: got %q, want %q", flag, got, want)
 		}
 	}
-	for _, f := range []string{"kubeconfig", "no-policies", "network", "max-cert-ttl", "debug", "xds-addr", "debug-endpoints"} {
+	for _, f := range []string{"kubeconfig", "no-policies", "network", "max-cert-ttl", "debug", "xds-addr", "debug-endpoints", "gateway-api"} {
 		if hasFlag(c.Args, f) {
 			t.Errorf("args %q: got --%s, want it unset by default", c.Args, f)
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/kubelog"
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/memlimit"
+	"github.com/ambitmesh/ambit/istiod/gateway"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
 
@@ -95,7 +96,10 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&cfg.CA.CertTTL, "cert-ttl", def.CA.CertTTL, "default lifetime of workload certificates")
 	fs.DurationVar(&cfg.CA.MaxCertTTL, "max-cert-ttl", 0, "longest lifetime a caller may request (default cert-ttl)")
 	fs.BoolVar(&o.noPolicies, "no-policies", false, "do not watch security.istio.io policies (their CRDs are not installed)")
-	fs.BoolVar(&o.gatewayAPI, "gateway-api", false, "watch Gateway API objects (their CRDs must be installed) and keep the istio-waypoint GatewayClass")
+	fs.BoolVar(&o.gatewayAPI, "gateway-api", true, "watch Gateway API objects: keep the istio-waypoint GatewayClass, deploy waypoints, bind traffic to them; off (with a warning) while their CRDs are not installed")
+	fs.StringVar(&cfg.Waypoint.Image, "waypoint-image", "", "image of the waypoint proxy deployed for each waypoint Gateway; none is deployed when empty")
+	fs.StringVar(&cfg.Waypoint.ImagePullPolicy, "waypoint-image-pull-policy", "", "pull policy of the waypoint image (Kubernetes' default when empty)")
+	fs.StringVar(&cfg.Waypoint.IstiodAddress, "waypoint-istiod-address", "", "address of istiod's TLS port (xDS and CA) that waypoints dial (default istiod.<ca-namespace>.svc:15012)")
 	fs.BoolVar(&o.debug, "debug", false, "debug logs")
 	err := fs.Parse(args)
 	return o, err
@@ -125,8 +129,18 @@ func run(o options, log *slog.Logger) error {
 	}
 	clients := server.Clients{Kube: kube, Istio: istio}
 	if o.gatewayAPI {
-		if clients.GatewayAPI, err = gatewayclient.NewForConfig(rc); err != nil {
-			return fmt.Errorf("create gateway api client: %w", err)
+		// Without the CRDs the informers would never sync: istiod runs
+		// without Gateway API and says so, rather than not starting.
+		missing, err := gateway.MissingCRDs(kube.Discovery())
+		switch {
+		case err != nil:
+			log.Warn("gateway api off: cannot tell whether its CRDs are installed; waypoints are not deployed or bound", logkey.Error, err)
+		case len(missing) > 0:
+			log.Warn("gateway api off: its CRDs are not installed (deploy/crds); waypoints are not deployed or bound until they are and istiod restarts", "missing", missing)
+		default:
+			if clients.GatewayAPI, err = gatewayclient.NewForConfig(rc); err != nil {
+				return fmt.Errorf("create gateway api client: %w", err)
+			}
 		}
 	}
 	s, err := server.NewWithClients(cfg, clients, log)

@@ -17,6 +17,13 @@ func TestFlags(t *testing.T) {
 		{"plaintext xDS", []string{"--xds-addr=:15010"}, ":15010", ":15012", ":15014", false},
 		{"debug endpoints", []string{"--debug-endpoints"}, "", ":15012", ":15014", true},
 	}
+	// Gateway API is on unless turned off (istiod checks its CRDs).
+	if o, err := parseFlags(nil); err != nil || !o.gatewayAPI {
+		t.Errorf("defaults: got gateway api %t (%v), want on", o.gatewayAPI, err)
+	}
+	if o, err := parseFlags([]string{"--gateway-api=false"}); err != nil || o.gatewayAPI {
+		t.Errorf("--gateway-api=false: got gateway api %t (%v), want off", o.gatewayAPI, err)
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			o, err := parseFlags(tc.args)
