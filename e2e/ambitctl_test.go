@@ -279,6 +279,19 @@ func TestAmbitctl(t *testing.T) {
 			t.Errorf("delete nosuch: got exit %d, stderr %q, want an error naming it", code, errOut)
 		}
 	})
+
+	t.Run("analyze", func(t *testing.T) {
+		// The namespace still names the deleted waypoint: its traffic is
+		// refused, an Error.
+		code, out, errOut := ambitctl(t, "analyze", "-n", "shop")
+		if code != 1 || !strings.Contains(out, "Error [WaypointNotFound] (Namespace shop) bound to waypoint shop/waypoint") || !strings.Contains(errOut, "errors found") {
+			t.Errorf("analyze with the waypoint gone: got exit %d, stdout %q, stderr %q; want 1 and WaypointNotFound for namespace shop", code, out, errOut)
+		}
+		ok(t, "waypoint", "apply", "-n", "shop")
+		if out := ok(t, "analyze", "-n", "shop"); out != "No issues found in namespace shop.\n" {
+			t.Errorf("analyze with the waypoint back: got %q", out)
+		}
+	})
 }
 
 // gatewayCRDs are the GatewayClass and Gateway CRDs (standard channel) of

@@ -68,6 +68,7 @@ apiserver's pod port-forward.`,
 		c.versionCmd(),
 		c.ztunnelConfigCmd(),
 		c.waypointCmd(),
+		c.analyzeCmd(),
 		c.experimentalCmd(),
 		completionCmd(),
 	)
