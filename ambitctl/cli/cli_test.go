@@ -88,6 +88,9 @@ func TestBadInput(t *testing.T) {
 		{[]string{"ztunnel-config", "log", "--level", "loud"}, `level "loud"`},
 		{[]string{"ztunnel-config", "workload", "a", "b"}, "accepts at most 1 arg"},
 		{[]string{"nosuch"}, "unknown command"},
+		{[]string{"waypoint", "apply", "--for", "service-account"}, "--service-account NAME"},
+		{[]string{"waypoint", "generate", "--name", "none"}, `"none": reserved`},
+		{[]string{"waypoint", "delete"}, "name waypoints or give --all"},
 	}
 	for _, tt := range tests {
 		code, _, errOut := run(t, tt.args...)

@@ -101,6 +101,9 @@ istio.io/use-waypoint, so that its workloads' traffic goes through it.`,
 			if err := fillSpec(); err != nil {
 				return err
 			}
+			if _, err := spec.Gateway(); err != nil {
+				return fmt.Errorf("apply waypoint: %w", err)
+			}
 			wc, err := c.waypointClient()
 			if err != nil {
 				return err

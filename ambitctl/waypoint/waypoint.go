@@ -80,6 +80,9 @@ func (s Spec) Gateway() (*gatewayv1.Gateway, error) {
 	if name == ambient.UseWaypointNone {
 		return nil, fmt.Errorf("waypoint name %q: reserved (it opts objects out of a waypoint)", name)
 	}
+	if s.For == "service-account" {
+		return nil, errors.New(`traffic type "service-account": a service account's waypoint is made with --service-account NAME`)
+	}
 	if s.For != "" && !slices.Contains(TrafficTypes, s.For) {
 		return nil, fmt.Errorf("traffic type %q: want one of %s", s.For, strings.Join(TrafficTypes, ", "))
 	}

@@ -26,6 +26,7 @@ func TestSpecGateway(t *testing.T) {
 			metav1.ObjectMeta{Name: "reviews-wp", Namespace: "shop", Labels: map[string]string{"istio.io/waypoint-for": "all"},
 				Annotations: map[string]string{"istio.io/for-service-account": "reviews"}}, ""},
 		{"reserved name", Spec{Namespace: "shop", Name: "none"}, metav1.ObjectMeta{}, `"none": reserved`},
+		{"service account as a traffic type", Spec{Namespace: "shop", For: "service-account"}, metav1.ObjectMeta{}, "--service-account NAME"},
 		{"bad traffic type", Spec{Namespace: "shop", For: "services"}, metav1.ObjectMeta{}, `"services": want one of all, none, service, workload`},
 	}
 	for _, tt := range tests {
