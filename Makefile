@@ -31,7 +31,7 @@ IMAGE_HUB ?=
 
 help:
 	@echo "build           build every binary into $(BIN)"
-	@echo "images          OCI images of istiod, ztunnel and the node agent into $(IMAGES_OUT)"
+	@echo "images          OCI images of istiod, ztunnel, the node agent and ambitctl into $(IMAGES_OUT)"
 	@echo "test            lint, unit tests and the privileged lab tests (root)"
 	@echo "lint            gofmt, go vet, staticcheck"
 	@echo "generate        regenerate generated code (bpf2go, protobuf)"
@@ -42,7 +42,7 @@ help:
 	@echo "clean-lab       remove what a crashed lab left behind (root)"
 
 build:
-	$(GO) build -o $(BIN)/ ./samples/echo ./samples/bookinfo ./e2e/labctl ./cni/cmd/ambit-cni ./cni/cmd/ambit-cni-agent ./ztunnel/cmd/ztunnel ./istiod/cmd/istiod
+	$(GO) build -o $(BIN)/ ./samples/echo ./samples/bookinfo ./e2e/labctl ./cni/cmd/ambit-cni ./cni/cmd/ambit-cni-agent ./ztunnel/cmd/ztunnel ./istiod/cmd/istiod ./ambitctl/cmd/ambitctl
 
 images:
 	cd $(IMAGES) && $(GO) run ./cmd/ambit-images -root $(CURDIR) -out $(CURDIR)/$(IMAGES_OUT) -version "$(IMAGE_TAG)" -hub "$(IMAGE_HUB)"

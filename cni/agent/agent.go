@@ -40,6 +40,7 @@ import (
 	"github.com/ambitmesh/ambit/cni/plugin"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/version"
 )
 
 // Config is the agent's configuration.
@@ -544,8 +545,8 @@ func (a *Agent) guard(ctx context.Context) {
 }
 
 // serveMonitor serves /readyz (ready once the plugin is chained, and
-// while the redirection is known to run first on every interface) and
-// /metrics.
+// while the redirection is known to run first on every interface),
+// /metrics and /version.
 func (a *Agent) serveMonitor(wg *sync.WaitGroup) (*http.Server, error) {
 	l, err := net.Listen("tcp", a.cfg.MonitorAddr)
 	if err != nil {
@@ -564,6 +565,7 @@ func (a *Agent) serveMonitor(wg *sync.WaitGroup) (*http.Server, error) {
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.Handle(version.Path, version.Handler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	wg.Go(func() { _ = srv.Serve(l) })
 	return srv, nil

@@ -67,7 +67,10 @@ const (
 // module), the first of which is the entrypoint.
 type Component struct {
 	// ValuesKey is the chart's values key whose .image names the image.
-	ValuesKey   string
+	ValuesKey string
+	// Image names an image the chart does not deploy (ambitctl); used
+	// when ValuesKey is empty.
+	Image       string
 	Packages    []string
 	User        string
 	Description string
@@ -76,8 +79,8 @@ type Component struct {
 	IPTables bool
 }
 
-// Components are Ambit's images. There is no ambitctl command and no
-// waypoint yet; they join this list when they exist.
+// Components are Ambit's images. The waypoint joins this list when it
+// exists.
 var Components = []Component{
 	{
 		ValuesKey:   "istiod",
@@ -97,6 +100,14 @@ var Components = []Component{
 		User:        "0:0",
 		Description: "Ambit node agent, with the chained CNI plugin ambit-cni it installs on the node",
 		IPTables:    true,
+	},
+	{
+		// The command line, for jobs and for running x precheck on a
+		// node (as root, with the host's /etc/cni/net.d and /sys).
+		Image:       "ambitctl",
+		Packages:    []string{"./ambitctl/cmd/ambitctl"},
+		User:        fmt.Sprintf("%d:%d", NonRootUID, NonRootUID),
+		Description: "ambitctl: Ambit's command line (waypoints, ztunnel-config, version, precheck)",
 	},
 }
 
@@ -185,9 +196,12 @@ func Build(ctx context.Context, o Options) ([]Image, error) {
 	}
 	var out []Image
 	for _, c := range Components {
-		imageName := chart.Images[c.ValuesKey]
-		if imageName == "" {
-			return nil, fmt.Errorf("read chart: values.yaml has no %s.image", c.ValuesKey)
+		imageName := c.Image
+		if c.ValuesKey != "" {
+			imageName = chart.Images[c.ValuesKey]
+			if imageName == "" {
+				return nil, fmt.Errorf("read chart: values.yaml has no %s.image", c.ValuesKey)
+			}
 		}
 		im, err := buildOne(o, c, imageName, istio, bin, base)
 		if err != nil {
@@ -308,12 +322,21 @@ func istioVersion(file string) (string, error) {
 	return v, nil
 }
 
+// VersionVar is the linker variable that holds a binary's version
+// (internal/version), stamped with the images' tag.
+const VersionVar = "github.com/ambitmesh/ambit/internal/version.version"
+
 // goBuild builds static, reproducible binaries: no cgo, no file system
 // paths (-trimpath), no VCS stamp (a dirty tree would differ from a clean
 // one with the same files), an empty build id, no symbol table or DWARF
-// (stack traces keep function names).
+// (stack traces keep function names); the version stamped is the
+// images' tag.
 func goBuild(ctx context.Context, o Options, dir string, pkgs []string) error {
-	args := append([]string{"build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid=", "-o", dir + "/"}, pkgs...)
+	if strings.ContainsAny(o.Version, " '\"\t\n") {
+		return fmt.Errorf("go build: version %q: want no spaces or quotes", o.Version)
+	}
+	ldflags := "-ldflags=-s -w -buildid= -X " + VersionVar + "=" + o.Version
+	args := append([]string{"build", "-trimpath", "-buildvcs=false", ldflags, "-o", dir + "/"}, pkgs...)
 	cmd := exec.CommandContext(ctx, o.Go, args...)
 	cmd.Dir = o.Root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+o.Arch, "GOFLAGS=-mod=readonly")

@@ -74,6 +74,7 @@ func TestReproducible(t *testing.T) {
 		"istiod":    {ref: chart.Hub + "/istiod:" + chart.AppVersion, user: "1337:1337", entrypoint: "/usr/local/bin/istiod"},
 		"ztunnel":   {ref: chart.Hub + "/ztunnel:" + chart.AppVersion, user: "0:0", entrypoint: "/usr/local/bin/ztunnel"},
 		"ambit-cni": {ref: chart.Hub + "/ambit-cni:" + chart.AppVersion, user: "0:0", entrypoint: "/usr/local/bin/ambit-cni-agent", also: []string{"/usr/local/bin/ambit-cni", "/usr/sbin/iptables"}},
+		"ambitctl":  {ref: chart.Hub + "/ambitctl:" + chart.AppVersion, user: "1337:1337", entrypoint: "/usr/local/bin/ambitctl"},
 	}
 	for _, im := range first {
 		t.Run(im.Name, func(t *testing.T) {
@@ -152,6 +153,14 @@ func TestReproducible(t *testing.T) {
 			}
 			if im.Name == "ambit-cni" {
 				runIPTables(t, dir)
+			}
+			if im.Name == "ambitctl" {
+				// The binary runs on its own and says the version it was
+				// stamped with: the images' tag.
+				out, err := exec.Command(filepath.Join(dir, w.entrypoint), "version", "--remote=false", "-o", "json").Output()
+				if err != nil || !strings.Contains(string(out), `"version": "`+chart.AppVersion+`"`) {
+					t.Errorf("ambitctl version: got %s (%v), want version %s", out, err, chart.AppVersion)
+				}
 			}
 		})
 	}

@@ -180,6 +180,9 @@ func TestRealNode(t *testing.T) {
 	if rep.Hostname != "echo" || rep.Path != "/exec" {
 		t.Errorf("kubectl exec: got hostname %q path %q, want echo and /exec", rep.Hostname, rep.Path)
 	}
+	// port-forward through the apiserver and the real kubelet, as
+	// ambitctl reaches components' admin ports.
+	checkPortForward(t, ctx, l.Lab, node.Name)
 	// The pod answers on its IP from the node.
 	if body, err := lab.HTTPGet(ctx, node.NS, "http://"+ip+":8080/node"); err != nil || !strings.Contains(body, `"hostname":"echo"`) {
 		t.Errorf("GET the pod from its node: got %q, %v; want the echo pod's reply", body, err)

@@ -29,6 +29,20 @@ var crossImports = map[[2]string]string{
 	{"cni", "bpf"}: "the node agent loads, attaches and pins the redirection programs",
 }
 
+// cliImports are the components' packages that ambitctl (the command
+// line, not a component) may import, code and tests, with the reason:
+// the types and names of what it reads and writes, and the node checks
+// its precheck shares with the node agent. Any other component package
+// stays out of the CLI.
+var cliImports = map[string]string{
+	"ztunnel/admin":  "the config dump ztunnel-config decodes",
+	"ztunnel/config": "the workload, service and policy types of that dump",
+	"istiod/ambient": "the waypoint labels and annotations istiod reads",
+	"istiod/gateway": "the waypoint GatewayClass",
+	"cni/install":    "which conflist the agent chains into (precheck)",
+	"bpf/redirect":   "the TCX probe the agent uses to pick its attach mode (precheck)",
+}
+
 // goPackage is what go list says about one package.
 type goPackage struct {
 	ImportPath   string
@@ -46,6 +60,8 @@ type goPackage struct {
 //     another component's code where crossImports allows it; so nothing
 //     under internal/, api/ or samples/ imports a component, and ztunnel
 //     and the waypoint do not import each other, istiod or cni;
+//   - ambitctl, the command line, imports of the components only the
+//     packages cliImports lists;
 //   - only e2e/ imports e2e/, tests included.
 func importViolations(pkgs []goPackage) []string {
 	var bad []string
@@ -85,6 +101,12 @@ func importRule(from, to string, test bool) string {
 	}
 	if !slices.Contains(components, toTop) || toTop == fromTop || fromTop == "e2e" {
 		return ""
+	}
+	if fromTop == "ambitctl" {
+		if _, ok := cliImports[to]; ok {
+			return ""
+		}
+		return fmt.Sprintf("ambitctl imports only the component packages cliImports lists, not %s", to)
 	}
 	if !slices.Contains(components, fromTop) {
 		return fmt.Sprintf("%s/ is not a component and imports none (test tooling that needs components lives under e2e/)", fromTop)
@@ -177,6 +199,7 @@ func TestImportViolations(t *testing.T) {
 		{ImportPath: m("e2e/internal/labmesh"), Imports: []string{m("ztunnel/admin"), m("istiod/ca"), m("internal/lab")}},
 		{ImportPath: m("e2e"), TestImports: []string{m("e2e/internal/labmesh"), m("cni/agent")}},
 		{ImportPath: m("samples/echo"), Imports: []string{m("internal/echo")}},
+		{ImportPath: m("ambitctl/cli"), Imports: []string{m("ztunnel/admin"), m("istiod/ambient"), m("internal/version")}, TestImports: []string{m("bpf/redirect")}},
 		{ImportPath: "example.com/other", Imports: []string{m("e2e/internal/labmesh")}},
 		{ImportPath: module + "x/ztunnel", Imports: []string{m("istiod/xds")}},
 		// Refused.
@@ -189,9 +212,12 @@ func TestImportViolations(t *testing.T) {
 		{ImportPath: m("bpf/redirect"), Imports: []string{m("cni/agent")}},
 		{ImportPath: m("istiod/server"), TestImports: []string{m("e2e/internal/labmesh")}},
 		{ImportPath: m("internal/testutil"), Imports: []string{m("e2e/internal/bookinfo")}},
+		{ImportPath: m("ambitctl/cli"), Imports: []string{m("ztunnel/inbound")}, TestImports: []string{m("e2e/internal/labmesh")}},
 	}
 	got := importViolations(pkgs)
 	want := []string{
+		"ambitctl/cli imports in its tests e2e/internal/labmesh: only e2e/ imports e2e/ (its tooling runs the components)",
+		"ambitctl/cli imports ztunnel/inbound: ambitctl imports only the component packages cliImports lists, not ztunnel/inbound",
 		"bpf/redirect imports cni/agent: component bpf does not import component cni (shared code lives in internal/ or api/)",
 		"internal/lab imports in its tests istiod/ca: internal/ is not a component and imports none (test tooling that needs components lives under e2e/)",
 		"internal/labmesh imports ztunnel/admin: internal/ is not a component and imports none (test tooling that needs components lives under e2e/)",

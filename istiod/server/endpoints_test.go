@@ -19,7 +19,7 @@ import (
 
 // TestOptionalEndpoints: plaintext, unauthenticated xDS and the debug
 // endpoints are served only when configured, as Istio recommends for
-// production; /metrics and /ready always.
+// production; /metrics, /ready and /version always.
 func TestOptionalEndpoints(t *testing.T) {
 	tests := []struct {
 		name          string
@@ -66,6 +66,7 @@ func TestOptionalEndpoints(t *testing.T) {
 				{"/metrics", []int{http.StatusOK}},
 				// Ready or not yet, but served.
 				{"/ready", []int{http.StatusOK, http.StatusServiceUnavailable}},
+				{"/version", []int{http.StatusOK}},
 				{"/debug/model", []int{tc.wantDebug}},
 				{"/debug/clients", []int{tc.wantDebug}},
 			} {

@@ -33,6 +33,7 @@ import (
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/internal/version"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/cluster"
@@ -352,7 +353,7 @@ func stopped(ctx context.Context, err error) error {
 	return err
 }
 
-// monitoring serves /metrics and /ready, and the debug dumps when
+// monitoring serves /metrics, /ready and /version, and the debug dumps when
 // enabled: they show every workload and client, to anyone who reaches
 // the port.
 func (s *Server) monitoring() http.Handler {
@@ -365,6 +366,7 @@ func (s *Server) monitoring() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	mux.Handle(version.Path, version.Handler())
 	if !s.cfg.DebugEndpoints {
 		return mux
 	}

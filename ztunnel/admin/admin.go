@@ -1,6 +1,7 @@
 // Package admin is the node tunnel's local admin interface (served on
 // 127.0.0.1:15000): the config dump, the Go profiler, and the log level;
-// and its readiness endpoint (15021).
+// and its readiness endpoint (15021). The admin interface also says which
+// version runs (/version).
 package admin
 
 import (
@@ -12,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/version"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
 
@@ -35,7 +37,8 @@ type Options struct {
 	Level *slog.LevelVar
 }
 
-// Handler serves /config_dump, /debug/pprof/ and /logging.
+// Handler serves /config_dump, /version (internal/version), /debug/pprof/
+// and /logging.
 func Handler(o Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
@@ -46,6 +49,7 @@ func Handler(o Options) http.Handler {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 		}
 	})
+	mux.Handle("GET "+version.Path, version.Handler())
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -24,6 +24,7 @@ func TestHandler(t *testing.T) {
 		{"GET", "/logging?level=debug", 405, "POST"},
 		{"POST", "/logging?level=loud", 400, "loud"},
 		{"GET", "/debug/pprof/", 200, "goroutine"},
+		{"GET", "/version", 200, `"istioVersion":`},
 	}
 	for _, tt := range tests {
 		rec := httptest.NewRecorder()
