@@ -62,6 +62,7 @@ func startRealLab(t *testing.T) *realLab {
 		if t.Failed() {
 			t.Logf("lab logs:\n%s", l.Logs(60))
 		}
+		podNS := nodePodNetNS(l)
 		if err := l.Close(); err != nil {
 			t.Errorf("close lab: %v", err)
 		}
@@ -69,6 +70,7 @@ func startRealLab(t *testing.T) *realLab {
 		if err != nil {
 			t.Errorf("check lab leftovers: %v", err)
 		}
+		left = append(left, hostNetNSFiles(podNS)...)
 		if len(left) > 0 {
 			t.Errorf("after Close: got leftovers %v, want none", left)
 		}
@@ -155,6 +157,16 @@ func TestRealNode(t *testing.T) {
 	}
 	if !node.PodCIDR.Contains(mustAddr(t, ip)) {
 		t.Errorf("pod IP %s: want one in the node's pod CIDR %s", ip, node.PodCIDR)
+	}
+
+	// containerd's bind mount of the pod's network namespace is in the
+	// node's own /var/run/netns, never a file in the host's.
+	podNS := node.PodNetNS()
+	if len(podNS) == 0 {
+		t.Errorf("node's /var/run/netns: got no files, want the echo pod's sandbox namespace")
+	}
+	if left := hostNetNSFiles(podNS); len(left) > 0 {
+		t.Errorf("host's /var/run/netns: got %v, want no namespace of the node's pods", left)
 	}
 
 	// The container's log is in the node's podLogsDir.
@@ -269,6 +281,7 @@ func TestRealNodeCleanStale(t *testing.T) {
 	if err := waitPod(ctx, l.Lab, "echo", 2*time.Minute, podReady); err != nil {
 		t.Fatal(err)
 	}
+	podNS := nodePodNetNS(l.Lab)
 	// The owner is now a process that has exited.
 	dead := exec.Command("true")
 	if err := dead.Run(); err != nil {
@@ -284,10 +297,34 @@ func TestRealNodeCleanStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	left = append(left, hostNetNSFiles(podNS)...)
 	if len(left) > 0 {
 		t.Errorf("after CleanStale: got leftovers %v, want none", left)
 	}
 	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
 		t.Errorf("lab dir after CleanStale: got %v, want it gone", err)
 	}
+}
+
+// nodePodNetNS lists the pod sandbox namespaces (cni-<uuid>) of the lab's
+// real nodes.
+func nodePodNetNS(l *lab.Lab) []string {
+	var names []string
+	for _, n := range l.Nodes {
+		names = append(names, n.PodNetNS()...)
+	}
+	return names
+}
+
+// hostNetNSFiles lists which of the namespace files names are in the
+// host's /var/run/netns (a leftover: containerd's netns files belong in
+// the node's own directory).
+func hostNetNSFiles(names []string) []string {
+	var left []string
+	for _, n := range names {
+		if _, err := os.Lstat(filepath.Join("/var/run/netns", n)); err == nil {
+			left = append(left, "netns file /var/run/netns/"+n)
+		}
+	}
+	return left
 }
