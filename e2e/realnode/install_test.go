@@ -1,0 +1,370 @@
+package realnode
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	images "github.com/ambitmesh/ambit/deploy/images"
+	"github.com/ambitmesh/ambit/internal/lab"
+)
+
+// The install as the README's "Installing on a real cluster" section
+// shows it, command for command; TestInstall runs exactly these with
+// the Helm command line (lab.EnsureHelm) and kubectl (the lab's, built
+// from the Kubernetes modules), with <your registry> the lab's registry,
+// which every registry name the manifests use resolves to.
+const (
+	releaseNS = "istio-system"
+	appNS     = "bookinfo"
+	// trustDomain is the chart's default.
+	trustDomain = "cluster.local"
+)
+
+var (
+	helmInstall   = []string{"install", "ambit", "deploy/charts/ambit", "-n", releaseNS, "--create-namespace", "--set", "hub=localhost:5000/ambit", "--wait", "--timeout", "5m"}
+	helmUninstall = []string{"uninstall", "ambit", "-n", releaseNS, "--wait", "--timeout", "5m"}
+	createNS      = []string{"create", "namespace", appNS}
+	applyBookinfo = []string{"apply", "-n", appNS, "-f", "samples/bookinfo/bookinfo.yaml"}
+	waitBookinfo  = []string{"wait", "-n", appNS, "--for=condition=Available", "deployment", "--all", "--timeout=5m"}
+	labelAmbient  = []string{"label", "namespace", appNS, "istio.io/dataplane-mode=ambient"}
+	applyPolicy   = []string{"apply", "-n", appNS, "-f", "samples/bookinfo/ratings-policy.yaml"}
+)
+
+// bookinfoImage is the image samples/bookinfo/bookinfo.yaml names.
+const bookinfoImage = "ambit.dev/bookinfo:dev"
+
+// cli runs the Helm and kubectl programs as a user does, from the
+// repository root, against the lab's cluster.
+type cli struct {
+	helm, kubectl, root, kubeconfig string
+	env                             []string
+}
+
+func newCLI(t *testing.T, l *realLab) *cli {
+	t.Helper()
+	helm, err := lab.EnsureHelm(t.Context(), lab.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Helm's own state (repositories, cache, plugins) in the test's
+	// directory, not the host's $HOME.
+	home := t.TempDir()
+	return &cli{helm: helm, kubectl: l.bins.Kubectl, root: l.root, kubeconfig: l.Kubeconfig, env: []string{
+		"KUBECONFIG=" + l.Kubeconfig,
+		"HELM_CACHE_HOME=" + filepath.Join(home, "cache"),
+		"HELM_CONFIG_HOME=" + filepath.Join(home, "config"),
+		"HELM_DATA_HOME=" + filepath.Join(home, "data"),
+	}}
+}
+
+func (c *cli) run(ctx context.Context, bin string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Dir = c.root
+	cmd.Env = append(os.Environ(), c.env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), strings.Join(args, " "), err, out.String())
+	}
+	return out.String(), nil
+}
+
+// must runs Helm or kubectl and fails the test if it fails.
+func (c *cli) must(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	out, err := c.run(t.Context(), bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// retry calls f every second until it returns nil, for at most timeout.
+func retry(ctx context.Context, timeout time.Duration, f func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("after %s: %w", timeout, err)
+		case <-tick.C:
+		}
+	}
+}
+
+// TestInstall installs Ambit as the README says, with the Helm command
+// line, onto the real node, with the images `make images` builds served by
+// the lab registry; deploys Bookinfo from its manifest and enrols its
+// namespace with the label; checks that Bookinfo's pods talk HBONE with
+// their own identities and that an AuthorizationPolicy holds; that a pod
+// started while the node agent is away is refused by the plugin and
+// enrolled on the kubelet's retry, and that the agent's going away leaves
+// the plugin chained; and that `helm uninstall` leaves the node as before.
+func TestInstall(t *testing.T) {
+	l := startRealLab(t)
+	ctx := t.Context()
+	c := newCLI(t, l)
+	ims, err := images.Build(ctx, images.Options{Root: l.root, Out: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, im := range ims {
+		l.push(t, im.Layout, im.Ref)
+	}
+	l.pushProgram(t, bookinfoImage, "./samples/bookinfo", "65532:65532")
+	l.pushProgram(t, echoImage, "./samples/echo", fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID))
+
+	node := l.Nodes[0]
+	conflist := filepath.Join(node.CNIConfDir, "10-lab.conflist")
+	if _, err := os.ReadFile(conflist); err != nil {
+		t.Fatal(err)
+	}
+
+	if out, err := c.run(ctx, c.helm, helmInstall...); err != nil {
+		pods, _ := c.run(context.WithoutCancel(ctx), c.kubectl, "get", "pods", "-A", "-o", "wide")
+		t.Fatalf("%v\npods:\n%s", err, pods)
+	} else {
+		t.Logf("helm install:\n%s", out)
+	}
+
+	// The node agent chained ambit-cni after the node's primary network
+	// and installed the plugin, in the node's own directories.
+	chained, err := os.ReadFile(conflist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pluginTypes(t, chained); strings.Join(got, ",") != "ptp,ambit-cni" {
+		t.Errorf("node conflist plugins: got %v, want [ptp ambit-cni]", got)
+	}
+	if _, err := os.Stat(filepath.Join(node.CNIBinDir, "ambit-cni")); err != nil {
+		t.Errorf("ambit-cni in the node's /opt/cni/bin: %v", err)
+	}
+	// Its pins are in the node's bpffs, not the host's.
+	if out, err := inNode(node, "ls", "/sys/fs/bpf/ambit"); err != nil || strings.TrimSpace(out) == "" {
+		t.Errorf("pins in the node's /sys/fs/bpf/ambit: got %q (%v), want some", out, err)
+	}
+	if _, err := os.Stat("/sys/fs/bpf/ambit"); err == nil {
+		t.Errorf("/sys/fs/bpf/ambit on the host: exists, want it only in the node's bpffs")
+	}
+
+	// Bookinfo from its manifest, then its namespace enrolled: the running
+	// pods join without a restart.
+	c.must(t, c.kubectl, createNS...)
+	c.must(t, c.kubectl, applyBookinfo...)
+	c.must(t, c.kubectl, waitBookinfo...)
+	c.must(t, c.kubectl, labelAmbient...)
+	// A client in the namespace: the echo program, which also fetches.
+	c.must(t, c.kubectl, "run", "client", "-n", appNS, "--image", echoImage, "--restart=Never", "--", "serve")
+	c.must(t, c.kubectl, "wait", "-n", appNS, "--for=condition=Ready", "pod/client", "--timeout=3m")
+	fetch := func(url string) (string, error) {
+		return c.run(ctx, c.kubectl, "exec", "-n", appNS, "client", "--", "/usr/local/bin/echo", "http", "-body", url)
+	}
+	sa := func(name string) string { return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", trustDomain, appNS, name) }
+
+	// productpage calls details and reviews, reviews v2 and v3 call
+	// ratings: every hop is HBONE between ztunnels, and the destination
+	// sees the caller's own identity.
+	wantHops := []hop{
+		{sa("default"), "productpage-v1"},
+		{sa("bookinfo-productpage"), "details-v1"},
+		{sa("bookinfo-productpage"), "reviews-v"},
+		{sa("bookinfo-reviews"), "ratings-v1"},
+	}
+	err = retry(ctx, 2*time.Minute, func() error {
+		body, err := fetch("http://productpage:9080/productpage")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(body, "Book Details") {
+			return fmt.Errorf("productpage: got %q, want the product page", body)
+		}
+		return missingHops(c, ctx, wantHops)
+	})
+	if err != nil {
+		t.Fatalf("Bookinfo over HBONE: %v", err)
+	}
+	if out := c.must(t, c.kubectl, "get", "pods", "-n", appNS, "-o", "jsonpath={range .items[*]}{.metadata.name}={.metadata.annotations.ambient\\.istio\\.io/redirection}{\"\\n\"}{end}"); strings.Contains(out, "=\n") {
+		t.Errorf("pods' ambient.istio.io/redirection annotations: got\n%s\nwant enabled on every pod", out)
+	}
+
+	// Only reviews may call ratings: the client's connection to ratings
+	// is refused, reviews still get their stars.
+	c.must(t, c.kubectl, applyPolicy...)
+	err = retry(ctx, time.Minute, func() error {
+		body, err := fetch("http://ratings:9080/ratings/0")
+		if err == nil {
+			return fmt.Errorf("client to ratings under the policy: got %q, want the connection refused", body)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := retry(ctx, time.Minute, func() error {
+		if denied := accessLog(c, ctx, func(e logEntry) bool {
+			return e.Direction == "inbound" && e.Error != "" && e.SrcIdentity == sa("default") && strings.HasPrefix(e.DstWorkload, "ratings-v1")
+		}); len(denied) == 0 {
+			return fmt.Errorf("no denied inbound connection from %s to ratings in ztunnel's access log", sa("default"))
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	err = retry(ctx, time.Minute, func() error {
+		body, err := fetch("http://reviews:9080/reviews/0")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(body, `"stars"`) {
+			return fmt.Errorf("reviews under the policy: got %q, want stars from ratings (v2 or v3)", body)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The node agent goes away (its DaemonSet no longer selects the node,
+	// an ordinary restart as far as the node can tell): the plugin stays
+	// chained, and a pod of the ambient namespace that starts meanwhile is
+	// refused by the plugin with a clear error, never started outside the
+	// mesh; back, the agent enrols it on the kubelet's retry.
+	c.must(t, c.kubectl, "patch", "daemonset", "-n", releaseNS, "ambit-cni-agent", "--type=merge", "-p", `{"spec":{"template":{"spec":{"nodeSelector":{"ambit.dev/test-away":"true"}}}}}`)
+	if err := retry(ctx, 2*time.Minute, func() error {
+		out, err := c.run(ctx, c.kubectl, "get", "pods", "-n", releaseNS, "-l", "app=ambit-cni-agent", "-o", "name")
+		if err != nil || strings.TrimSpace(out) != "" {
+			return fmt.Errorf("agent pods: %q, %v; want none", out, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(conflist); err != nil || !bytes.Equal(got, chained) {
+		t.Errorf("conflist with the agent away: got %s (%v), want it still chained:\n%s", got, err, chained)
+	}
+	c.must(t, c.kubectl, "run", "late", "-n", appNS, "--image", echoImage, "--restart=Never", "--", "serve")
+	if err := retry(ctx, 2*time.Minute, func() error {
+		out, err := c.run(ctx, c.kubectl, "get", "events", "-n", appNS, "--field-selector", "involvedObject.name=late,reason=FailedCreatePodSandBox", "-o", "jsonpath={.items[*].message}")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "ambit-cni: pod bookinfo/late is in the ambient mesh but its redirection could not be set up") {
+			return fmt.Errorf("events of pod late: got %q, want the plugin's refusal", out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if phase := c.must(t, c.kubectl, "get", "pod", "-n", appNS, "late", "-o", "jsonpath={.status.phase}"); phase != "Pending" {
+		t.Errorf("pod late with the agent away: got phase %q, want Pending", phase)
+	}
+	c.must(t, c.kubectl, "patch", "daemonset", "-n", releaseNS, "ambit-cni-agent", "--type=json", "-p", `[{"op":"remove","path":"/spec/template/spec/nodeSelector/ambit.dev~1test-away"}]`)
+	c.must(t, c.kubectl, "rollout", "status", "daemonset", "-n", releaseNS, "ambit-cni-agent", "--timeout=3m")
+	c.must(t, c.kubectl, "wait", "-n", appNS, "--for=condition=Ready", "pod/late", "--timeout=5m")
+	if got, err := os.ReadFile(conflist); err != nil || !bytes.Equal(got, chained) {
+		t.Errorf("conflist with the agent back: got %s (%v), want as before:\n%s", got, err, chained)
+	}
+	lateIP := c.must(t, c.kubectl, "get", "pod", "-n", appNS, "late", "-o", "jsonpath={.status.podIP}")
+	if err := retry(ctx, time.Minute, func() error {
+		if _, err := fetch("http://" + lateIP + ":8080/late"); err != nil {
+			return err
+		}
+		return missingHops(c, ctx, []hop{{sa("default"), "late"}})
+	}); err != nil {
+		t.Errorf("pod late enrolled on the retry: %v", err)
+	}
+}
+
+// hop is a connection a destination ztunnel accepted over HBONE: the
+// caller's identity, and the destination workload's name prefix.
+type hop struct{ identity, workload string }
+
+// missingHops returns an error naming the hops ztunnel's access log does
+// not show yet.
+func missingHops(c *cli, ctx context.Context, want []hop) error {
+	log := accessLog(c, ctx, func(e logEntry) bool { return e.Direction == "inbound" && e.Error == "" })
+	var missing []string
+	for _, h := range want {
+		found := false
+		for _, e := range log {
+			if e.SrcIdentity == h.identity && strings.HasPrefix(e.DstWorkload, h.workload) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			missing = append(missing, fmt.Sprintf("%s → %s", h.identity, h.workload))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("inbound HBONE connections missing from ztunnel's access log: %v", missing)
+	}
+	return nil
+}
+
+// logEntry is a line of ztunnel's access log (docs/architecture.md).
+type logEntry struct {
+	Direction   string `json:"direction"`
+	SrcIdentity string `json:"src.identity"`
+	DstWorkload string `json:"dst.workload"`
+	DstHBONE    string `json:"dst.hbone_addr"`
+	Error       string `json:"error"`
+}
+
+// accessLog reads ztunnel's access log with kubectl logs and returns the
+// entries keep accepts.
+func accessLog(c *cli, ctx context.Context, keep func(logEntry) bool) []logEntry {
+	out, err := c.run(ctx, c.kubectl, "logs", "-n", releaseNS, "-l", "app=ztunnel", "--tail=-1")
+	if err != nil {
+		return nil
+	}
+	var entries []logEntry
+	s := bufio.NewScanner(strings.NewReader(out))
+	s.Buffer(nil, 1<<20)
+	for s.Scan() {
+		var e logEntry
+		if json.Unmarshal(s.Bytes(), &e) == nil && e.Direction != "" && keep(e) {
+			entries = append(entries, e)
+		}
+	}
+	return entries
+}
+
+// inNode runs a command in the node's mount and network namespaces.
+func inNode(n *lab.Node, args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"--mount=" + n.MountNS(), "--net=" + n.NS.Path(), "--"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func pluginTypes(t *testing.T, conflist []byte) []string {
+	t.Helper()
+	var c struct {
+		Plugins []struct {
+			Type string `json:"type"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(conflist, &c); err != nil {
+		t.Fatalf("parse the node's conflist: %v\n%s", err, conflist)
+	}
+	var types []string
+	for _, p := range c.Plugins {
+		types = append(types, p.Type)
+	}
+	return types
+}
