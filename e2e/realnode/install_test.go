@@ -9,9 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	images "github.com/ambitmesh/ambit/deploy/images"
 	"github.com/ambitmesh/ambit/internal/lab"
@@ -132,8 +135,10 @@ func TestInstall(t *testing.T) {
 
 	node := l.Nodes[0]
 	conflist := filepath.Join(node.CNIConfDir, "10-lab.conflist")
-	if _, err := os.ReadFile(conflist); err != nil {
-		t.Fatal(err)
+	// The node as Ambit finds it, to compare with after `helm uninstall`.
+	before := snapshotNode(t, node)
+	if len(before.bpf) > 0 {
+		t.Fatalf("eBPF programs on the node before the install: %v, want none (the primary CNI, ptp, attaches none)", before.bpf)
 	}
 
 	if out, err := c.run(ctx, c.helm, helmInstall...); err != nil {
@@ -289,6 +294,125 @@ func TestInstall(t *testing.T) {
 	}); err != nil {
 		t.Errorf("pod late enrolled on the retry: %v", err)
 	}
+
+	// An ordinary restart of the agent (its pod killed, the DaemonSet
+	// makes a new one): the plugin stays chained while it is away.
+	c.must(t, c.kubectl, "delete", "pod", "-n", releaseNS, "-l", "app=ambit-cni-agent", "--grace-period=1", "--wait=true")
+	if got, err := os.ReadFile(conflist); err != nil || !bytes.Equal(got, chained) {
+		t.Errorf("conflist once the agent's pod is deleted: got %s (%v), want it still chained:\n%s", got, err, chained)
+	}
+	c.must(t, c.kubectl, "wait", "-n", releaseNS, "--for=condition=Ready", "pod", "-l", "app=ambit-cni-agent", "--timeout=3m")
+
+	// helm uninstall: the agent sees its DaemonSet deleted and takes
+	// Ambit out of the node as it stops.
+	installed := snapshotNode(t, node)
+	if len(installed.bpf) == 0 {
+		t.Fatalf("eBPF programs on the node with Ambit installed: none, want Ambit's")
+	}
+	c.must(t, c.helm, helmUninstall...)
+	if err := retry(ctx, 2*time.Minute, func() error {
+		out, err := c.run(ctx, c.kubectl, "get", "pods", "-n", releaseNS, "-o", "name")
+		if err != nil || strings.TrimSpace(out) != "" {
+			return fmt.Errorf("pods in %s after helm uninstall: %q, %v; want none", releaseNS, out, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	after := snapshotNode(t, node)
+	if !bytes.Equal(after.conflist, before.conflist) {
+		t.Errorf("node conflist after helm uninstall:\n%s\nwant it byte for byte as before the install:\n%s", after.conflist, before.conflist)
+	}
+	if !slices.Equal(after.confDir, before.confDir) || !slices.Equal(after.binDir, before.binDir) {
+		t.Errorf("node CNI dirs after helm uninstall: conf %v, bin %v; want as before: conf %v, bin %v", after.confDir, after.binDir, before.confDir, before.binDir)
+	}
+	if len(after.bpf) > 0 {
+		t.Errorf("eBPF programs on the node's interfaces after helm uninstall: %v, want none", after.bpf)
+	}
+	var ids []ebpf.ProgramID
+	for _, a := range installed.bpf {
+		ids = append(ids, a.Prog)
+	}
+	if loaded := loadedPrograms(ids); len(loaded) > 0 {
+		t.Errorf("Ambit's eBPF programs %v still loaded after helm uninstall, want none", loaded)
+	}
+	if after.pins != "" {
+		t.Errorf("the node's /sys/fs/bpf/ambit after helm uninstall: %q, want it gone", after.pins)
+	}
+	if after.rules != before.rules {
+		t.Errorf("ip rules of the node after helm uninstall:\n%s\nwant as before:\n%s", after.rules, before.rules)
+	}
+	if after.ambitRoutes != "" || after.ambitLink != "" || after.ambitIptables != "" {
+		t.Errorf("Ambit's routes, link or iptables rules on the node after helm uninstall: routes %q, link %q, iptables %q; want none",
+			after.ambitRoutes, after.ambitLink, after.ambitIptables)
+	}
+}
+
+// nodeState is what Ambit changes on a node.
+type nodeState struct {
+	conflist        []byte
+	confDir, binDir []string
+	bpf             []bpfAttachment
+	// pins lists the node's /sys/fs/bpf/ambit, "" when it is not there.
+	pins string
+	// rules is `ip rule`; ambitRoutes the routes of Ambit's tables (154,
+	// 155), ambitLink its path device (ambit0), ambitIptables the
+	// iptables rules that name Ambit.
+	rules, ambitRoutes, ambitLink, ambitIptables string
+}
+
+func snapshotNode(t *testing.T, n *lab.Node) nodeState {
+	t.Helper()
+	var s nodeState
+	var err error
+	if s.conflist, err = os.ReadFile(filepath.Join(n.CNIConfDir, "10-lab.conflist")); err != nil {
+		t.Fatal(err)
+	}
+	s.confDir, s.binDir = dirNames(t, n.CNIConfDir), dirNames(t, n.CNIBinDir)
+	if s.bpf, err = nodeBPF(n); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := inNode(n, "ls", "/sys/fs/bpf/ambit"); err == nil {
+		s.pins = "pins: " + out
+	}
+	if s.rules, err = inNode(n, "ip", "rule"); err != nil {
+		t.Fatalf("ip rule in the node: %v: %s", err, s.rules)
+	}
+	routes, err := inNode(n, "ip", "route", "show", "table", "all")
+	if err != nil {
+		t.Fatalf("ip route show table all in the node: %v: %s", err, routes)
+	}
+	for _, line := range strings.Split(routes, "\n") {
+		if strings.Contains(line, "table 154") || strings.Contains(line, "table 155") || strings.Contains(line, "ambit0") {
+			s.ambitRoutes += line + "\n"
+		}
+	}
+	if out, err := inNode(n, "ip", "link", "show", "ambit0"); err == nil {
+		s.ambitLink = out
+	}
+	out, err := inNode(n, "iptables-save")
+	if err != nil {
+		t.Fatalf("iptables-save in the node: %v: %s", err, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(strings.ToLower(line), "ambit") {
+			s.ambitIptables += line + "\n"
+		}
+	}
+	return s
+}
+
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
 }
 
 // hop is a connection a destination ztunnel accepted over HBONE: the
