@@ -16,34 +16,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	images "github.com/ambitmesh/ambit/deploy/images"
 	"github.com/ambitmesh/ambit/internal/lab"
 )
-
-// The install as the README's "Installing on a real cluster" section
-// shows it, command for command; TestInstall runs exactly these with
-// the Helm command line (lab.EnsureHelm) and kubectl (the lab's, built
-// from the Kubernetes modules), with <your registry> the lab's registry,
-// which every registry name the manifests use resolves to.
-const (
-	releaseNS = "istio-system"
-	appNS     = "bookinfo"
-	// trustDomain is the chart's default.
-	trustDomain = "cluster.local"
-)
-
-var (
-	helmInstall   = []string{"install", "ambit", "deploy/charts/ambit", "-n", releaseNS, "--create-namespace", "--set", "hub=localhost:5000/ambit", "--wait", "--timeout", "5m"}
-	helmUninstall = []string{"uninstall", "ambit", "-n", releaseNS, "--wait", "--timeout", "5m"}
-	createNS      = []string{"create", "namespace", appNS}
-	applyBookinfo = []string{"apply", "-n", appNS, "-f", "samples/bookinfo/bookinfo.yaml"}
-	waitBookinfo  = []string{"wait", "-n", appNS, "--for=condition=Available", "deployment", "--all", "--timeout=5m"}
-	labelAmbient  = []string{"label", "namespace", appNS, "istio.io/dataplane-mode=ambient"}
-	applyPolicy   = []string{"apply", "-n", appNS, "-f", "samples/bookinfo/ratings-policy.yaml"}
-)
-
-// bookinfoImage is the image samples/bookinfo/bookinfo.yaml names.
-const bookinfoImage = "ambit.dev/bookinfo:dev"
 
 // cli runs the Helm and kubectl programs as a user does, from the
 // repository root, against the lab's cluster.
@@ -123,15 +97,9 @@ func TestInstall(t *testing.T) {
 	l := startRealLab(t)
 	ctx := t.Context()
 	c := newCLI(t, l)
-	ims, err := images.Build(ctx, images.Options{Root: l.root, Out: t.TempDir()})
-	if err != nil {
+	if err := l.reg.PushProduct(ctx, l.root); err != nil {
 		t.Fatal(err)
 	}
-	for _, im := range ims {
-		l.push(t, im.Layout, im.Ref)
-	}
-	l.pushProgram(t, bookinfoImage, "./samples/bookinfo", "65532:65532")
-	l.pushProgram(t, echoImage, "./samples/echo", fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID))
 
 	node := l.Nodes[0]
 	conflist := filepath.Join(node.CNIConfDir, "10-lab.conflist")
@@ -141,7 +109,7 @@ func TestInstall(t *testing.T) {
 		t.Fatalf("eBPF programs on the node before the install: %v, want none (the primary CNI, ptp, attaches none)", before.bpf)
 	}
 
-	if out, err := c.run(ctx, c.helm, helmInstall...); err != nil {
+	if out, err := c.run(ctx, c.helm, HelmInstall...); err != nil {
 		pods, _ := c.run(context.WithoutCancel(ctx), c.kubectl, "get", "pods", "-A", "-o", "wide")
 		t.Fatalf("%v\npods:\n%s", err, pods)
 	} else {
@@ -170,17 +138,19 @@ func TestInstall(t *testing.T) {
 
 	// Bookinfo from its manifest, then its namespace enrolled: the running
 	// pods join without a restart.
-	c.must(t, c.kubectl, createNS...)
-	c.must(t, c.kubectl, applyBookinfo...)
-	c.must(t, c.kubectl, waitBookinfo...)
-	c.must(t, c.kubectl, labelAmbient...)
+	c.must(t, c.kubectl, CreateNamespace...)
+	c.must(t, c.kubectl, ApplyBookinfo...)
+	c.must(t, c.kubectl, WaitBookinfo...)
+	c.must(t, c.kubectl, LabelAmbient...)
 	// A client in the namespace: the echo program, which also fetches.
-	c.must(t, c.kubectl, "run", "client", "-n", appNS, "--image", echoImage, "--restart=Never", "--", "serve")
-	c.must(t, c.kubectl, "wait", "-n", appNS, "--for=condition=Ready", "pod/client", "--timeout=3m")
+	c.must(t, c.kubectl, "run", "client", "-n", AppNamespace, "--image", echoImage, "--restart=Never", "--", "serve")
+	c.must(t, c.kubectl, "wait", "-n", AppNamespace, "--for=condition=Ready", "pod/client", "--timeout=3m")
 	fetch := func(url string) (string, error) {
-		return c.run(ctx, c.kubectl, "exec", "-n", appNS, "client", "--", "/usr/local/bin/echo", "http", "-body", url)
+		return c.run(ctx, c.kubectl, "exec", "-n", AppNamespace, "client", "--", "/usr/local/bin/echo", "http", "-body", url)
 	}
-	sa := func(name string) string { return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", trustDomain, appNS, name) }
+	sa := func(name string) string {
+		return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", TrustDomain, AppNamespace, name)
+	}
 
 	// productpage calls details and reviews, reviews v2 and v3 call
 	// ratings: every hop is HBONE between ztunnels, and the destination
@@ -204,13 +174,13 @@ func TestInstall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Bookinfo over HBONE: %v", err)
 	}
-	if out := c.must(t, c.kubectl, "get", "pods", "-n", appNS, "-o", "jsonpath={range .items[*]}{.metadata.name}={.metadata.annotations.ambient\\.istio\\.io/redirection}{\"\\n\"}{end}"); strings.Contains(out, "=\n") {
+	if out := c.must(t, c.kubectl, "get", "pods", "-n", AppNamespace, "-o", "jsonpath={range .items[*]}{.metadata.name}={.metadata.annotations.ambient\\.istio\\.io/redirection}{\"\\n\"}{end}"); strings.Contains(out, "=\n") {
 		t.Errorf("pods' ambient.istio.io/redirection annotations: got\n%s\nwant enabled on every pod", out)
 	}
 
 	// Only reviews may call ratings: the client's connection to ratings
 	// is refused, reviews still get their stars.
-	c.must(t, c.kubectl, applyPolicy...)
+	c.must(t, c.kubectl, ApplyPolicy...)
 	err = retry(ctx, time.Minute, func() error {
 		body, err := fetch("http://ratings:9080/ratings/0")
 		if err == nil {
@@ -250,9 +220,9 @@ func TestInstall(t *testing.T) {
 	// chained, and a pod of the ambient namespace that starts meanwhile is
 	// refused by the plugin with a clear error, never started outside the
 	// mesh; back, the agent enrols it on the kubelet's retry.
-	c.must(t, c.kubectl, "patch", "daemonset", "-n", releaseNS, "ambit-cni-agent", "--type=merge", "-p", `{"spec":{"template":{"spec":{"nodeSelector":{"ambit.dev/test-away":"true"}}}}}`)
+	c.must(t, c.kubectl, "patch", "daemonset", "-n", ReleaseNamespace, "ambit-cni-agent", "--type=merge", "-p", `{"spec":{"template":{"spec":{"nodeSelector":{"ambit.dev/test-away":"true"}}}}}`)
 	if err := retry(ctx, 2*time.Minute, func() error {
-		out, err := c.run(ctx, c.kubectl, "get", "pods", "-n", releaseNS, "-l", "app=ambit-cni-agent", "-o", "name")
+		out, err := c.run(ctx, c.kubectl, "get", "pods", "-n", ReleaseNamespace, "-l", "app=ambit-cni-agent", "-o", "name")
 		if err != nil || strings.TrimSpace(out) != "" {
 			return fmt.Errorf("agent pods: %q, %v; want none", out, err)
 		}
@@ -263,9 +233,9 @@ func TestInstall(t *testing.T) {
 	if got, err := os.ReadFile(conflist); err != nil || !bytes.Equal(got, chained) {
 		t.Errorf("conflist with the agent away: got %s (%v), want it still chained:\n%s", got, err, chained)
 	}
-	c.must(t, c.kubectl, "run", "late", "-n", appNS, "--image", echoImage, "--restart=Never", "--", "serve")
+	c.must(t, c.kubectl, "run", "late", "-n", AppNamespace, "--image", echoImage, "--restart=Never", "--", "serve")
 	if err := retry(ctx, 2*time.Minute, func() error {
-		out, err := c.run(ctx, c.kubectl, "get", "events", "-n", appNS, "--field-selector", "involvedObject.name=late,reason=FailedCreatePodSandBox", "-o", "jsonpath={.items[*].message}")
+		out, err := c.run(ctx, c.kubectl, "get", "events", "-n", AppNamespace, "--field-selector", "involvedObject.name=late,reason=FailedCreatePodSandBox", "-o", "jsonpath={.items[*].message}")
 		if err != nil {
 			return err
 		}
@@ -276,16 +246,16 @@ func TestInstall(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if phase := c.must(t, c.kubectl, "get", "pod", "-n", appNS, "late", "-o", "jsonpath={.status.phase}"); phase != "Pending" {
+	if phase := c.must(t, c.kubectl, "get", "pod", "-n", AppNamespace, "late", "-o", "jsonpath={.status.phase}"); phase != "Pending" {
 		t.Errorf("pod late with the agent away: got phase %q, want Pending", phase)
 	}
-	c.must(t, c.kubectl, "patch", "daemonset", "-n", releaseNS, "ambit-cni-agent", "--type=json", "-p", `[{"op":"remove","path":"/spec/template/spec/nodeSelector/ambit.dev~1test-away"}]`)
-	c.must(t, c.kubectl, "rollout", "status", "daemonset", "-n", releaseNS, "ambit-cni-agent", "--timeout=3m")
-	c.must(t, c.kubectl, "wait", "-n", appNS, "--for=condition=Ready", "pod/late", "--timeout=5m")
+	c.must(t, c.kubectl, "patch", "daemonset", "-n", ReleaseNamespace, "ambit-cni-agent", "--type=json", "-p", `[{"op":"remove","path":"/spec/template/spec/nodeSelector/ambit.dev~1test-away"}]`)
+	c.must(t, c.kubectl, "rollout", "status", "daemonset", "-n", ReleaseNamespace, "ambit-cni-agent", "--timeout=3m")
+	c.must(t, c.kubectl, "wait", "-n", AppNamespace, "--for=condition=Ready", "pod/late", "--timeout=5m")
 	if got, err := os.ReadFile(conflist); err != nil || !bytes.Equal(got, chained) {
 		t.Errorf("conflist with the agent back: got %s (%v), want as before:\n%s", got, err, chained)
 	}
-	lateIP := c.must(t, c.kubectl, "get", "pod", "-n", appNS, "late", "-o", "jsonpath={.status.podIP}")
+	lateIP := c.must(t, c.kubectl, "get", "pod", "-n", AppNamespace, "late", "-o", "jsonpath={.status.podIP}")
 	if err := retry(ctx, time.Minute, func() error {
 		if _, err := fetch("http://" + lateIP + ":8080/late"); err != nil {
 			return err
@@ -297,11 +267,11 @@ func TestInstall(t *testing.T) {
 
 	// An ordinary restart of the agent (its pod killed, the DaemonSet
 	// makes a new one): the plugin stays chained while it is away.
-	c.must(t, c.kubectl, "delete", "pod", "-n", releaseNS, "-l", "app=ambit-cni-agent", "--grace-period=1", "--wait=true")
+	c.must(t, c.kubectl, "delete", "pod", "-n", ReleaseNamespace, "-l", "app=ambit-cni-agent", "--grace-period=1", "--wait=true")
 	if got, err := os.ReadFile(conflist); err != nil || !bytes.Equal(got, chained) {
 		t.Errorf("conflist once the agent's pod is deleted: got %s (%v), want it still chained:\n%s", got, err, chained)
 	}
-	c.must(t, c.kubectl, "wait", "-n", releaseNS, "--for=condition=Ready", "pod", "-l", "app=ambit-cni-agent", "--timeout=3m")
+	c.must(t, c.kubectl, "wait", "-n", ReleaseNamespace, "--for=condition=Ready", "pod", "-l", "app=ambit-cni-agent", "--timeout=3m")
 
 	// helm uninstall: the agent sees its DaemonSet deleted and takes
 	// Ambit out of the node as it stops.
@@ -309,11 +279,11 @@ func TestInstall(t *testing.T) {
 	if len(installed.bpf) == 0 {
 		t.Fatalf("eBPF programs on the node with Ambit installed: none, want Ambit's")
 	}
-	c.must(t, c.helm, helmUninstall...)
+	c.must(t, c.helm, HelmUninstall...)
 	if err := retry(ctx, 2*time.Minute, func() error {
-		out, err := c.run(ctx, c.kubectl, "get", "pods", "-n", releaseNS, "-o", "name")
+		out, err := c.run(ctx, c.kubectl, "get", "pods", "-n", ReleaseNamespace, "-o", "name")
 		if err != nil || strings.TrimSpace(out) != "" {
-			return fmt.Errorf("pods in %s after helm uninstall: %q, %v; want none", releaseNS, out, err)
+			return fmt.Errorf("pods in %s after helm uninstall: %q, %v; want none", ReleaseNamespace, out, err)
 		}
 		return nil
 	}); err != nil {
@@ -454,7 +424,7 @@ type logEntry struct {
 // accessLog reads ztunnel's access log with kubectl logs and returns the
 // entries keep accepts.
 func accessLog(c *cli, ctx context.Context, keep func(logEntry) bool) []logEntry {
-	out, err := c.run(ctx, c.kubectl, "logs", "-n", releaseNS, "-l", "app=ztunnel", "--tail=-1")
+	out, err := c.run(ctx, c.kubectl, "logs", "-n", ReleaseNamespace, "-l", "app=ztunnel", "--tail=-1")
 	if err != nil {
 		return nil
 	}
