@@ -102,7 +102,8 @@ demo: deps
 # The cluster of the real-node suite (e2e/realnode), for a person: prints
 # the kubeconfig and the README's install commands, tears down on Ctrl-C.
 cluster: deps
-	cd $(REALNODE) && $(GO) run ./cmd/ambit-cluster
+	cd $(REALNODE) && $(GO) build -o $(CURDIR)/$(BIN)/ambit-cluster ./cmd/ambit-cluster
+	$(BIN)/ambit-cluster
 
 clean:
 	rm -rf _output

@@ -17,7 +17,10 @@ const (
 )
 
 var (
-	HelmInstall     = []string{"install", "ambit", "deploy/charts/ambit", "-n", ReleaseNamespace, "--create-namespace", "--set", "hub=localhost:5000/ambit", "--wait", "--timeout", "5m"}
+	HelmInstall = []string{"install", "ambit", "deploy/charts/ambit", "-n", ReleaseNamespace, "--create-namespace", "--set", "hub=localhost:5000/ambit", "--wait", "--timeout", "5m"}
+	// helm's --wait takes a DaemonSet with maxUnavailable 1 for ready with
+	// one pod not ready yet: on a one-node cluster, with none.
+	WaitMesh        = []string{"wait", "-n", ReleaseNamespace, "--for=condition=Ready", "pod", "--all", "--timeout=5m"}
 	CreateNamespace = []string{"create", "namespace", AppNamespace}
 	ApplyBookinfo   = []string{"apply", "-n", AppNamespace, "-f", "samples/bookinfo/bookinfo.yaml"}
 	WaitBookinfo    = []string{"wait", "-n", AppNamespace, "--for=condition=Available", "deployment", "--all", "--timeout=5m"}
@@ -32,6 +35,7 @@ func InstallSection() []string {
 	line := func(prog string, args []string) string { return prog + " " + strings.Join(args, " ") }
 	return []string{
 		line("helm", HelmInstall),
+		line("kubectl", WaitMesh),
 		line("kubectl", CreateNamespace),
 		line("kubectl", ApplyBookinfo),
 		line("kubectl", WaitBookinfo),

@@ -116,6 +116,8 @@ func TestInstall(t *testing.T) {
 		t.Logf("helm install:\n%s", out)
 	}
 
+	c.must(t, c.kubectl, WaitMesh...)
+
 	// The node agent chained ambit-cni after the node's primary network
 	// and installed the plugin, in the node's own directories.
 	chained, err := os.ReadFile(conflist)
