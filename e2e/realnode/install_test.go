@@ -171,7 +171,21 @@ func TestInstall(t *testing.T) {
 		if !strings.Contains(body, "Book Details") {
 			return fmt.Errorf("productpage: got %q, want the product page", body)
 		}
-		return missingHops(c, ctx, wantHops)
+		if err := missingHops(c, ctx, wantHops); err != nil {
+			return err
+		}
+		// The sources' side: each connection went out through a tunnel
+		// to the destination's ztunnel, none in plaintext.
+		out := accessLog(c, ctx, func(e logEntry) bool { return e.Direction == "outbound" && e.Error == "" })
+		if len(out) == 0 {
+			return fmt.Errorf("no outbound connection in ztunnel's access log")
+		}
+		for _, e := range out {
+			if !strings.HasSuffix(e.DstHBONE, ":15008") {
+				return fmt.Errorf("outbound connection to %s: got tunnel %q, want HBONE to port 15008", e.DstWorkload, e.DstHBONE)
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatalf("Bookinfo over HBONE: %v", err)
