@@ -27,7 +27,7 @@ IMAGES_OUT := _output/images
 IMAGE_TAG ?=
 IMAGE_HUB ?=
 
-.PHONY: help build images test unit lint generate generate-check bench demo clean clean-lab deps lab-bins
+.PHONY: help build images test unit lint generate generate-check bench demo cluster clean clean-lab deps lab-bins
 
 help:
 	@echo "build           build every binary into $(BIN)"
@@ -38,6 +38,7 @@ help:
 	@echo "generate-check  fail if regeneration changes anything"
 	@echo "bench           benchmarks"
 	@echo "demo            start the lab and show it working (root)"
+	@echo "cluster         start a cluster with a real node to install Ambit by hand, as the README says (root)"
 	@echo "clean           remove build output"
 	@echo "clean-lab       remove what a crashed lab left behind (root)"
 
@@ -78,7 +79,7 @@ test: deps lint generate-check lab-bins
 	$(GO) test -count=1 -timeout 25m $(GOTEST_FLAGS) ./...
 	cd $(INTEROP) && $(GO) test -count=1 -timeout 5m $(GOTEST_FLAGS) ./...
 	cd $(ISTIO_E2E) && $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./...
-	cd $(REALNODE) && $(GO) test -count=1 -timeout 10m $(GOTEST_FLAGS) ./...
+	cd $(REALNODE) && $(GO) test -count=1 -timeout 20m $(GOTEST_FLAGS) ./...
 
 generate: deps
 	$(GO) generate ./...
@@ -97,6 +98,12 @@ bench: deps lab-bins
 
 demo: deps
 	$(GO) run ./e2e/labctl demo
+
+# The cluster of the real-node suite (e2e/realnode), for a person: prints
+# the kubeconfig and the README's install commands, tears down on Ctrl-C.
+cluster: deps
+	cd $(REALNODE) && $(GO) build -o $(CURDIR)/$(BIN)/ambit-cluster ./cmd/ambit-cluster
+	$(BIN)/ambit-cluster
 
 clean:
 	rm -rf _output

@@ -24,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -67,7 +68,15 @@ type Config struct {
 	HostIP netip.Addr
 	// MonitorAddr serves /readyz and /metrics.
 	MonitorAddr string
-	Log         *slog.Logger
+	// DaemonSet is the agent's own DaemonSet, when it runs as one. The
+	// agent watches it and, when it stops after seeing it deleted or
+	// marked for deletion (helm uninstall), takes Ambit out of the node
+	// (Uninstall). Any other stop, an ordinary restart, an upgrade, or a
+	// DaemonSet the agent never saw, leaves everything in place: pods
+	// that start meanwhile wait for the agent rather than start outside
+	// the mesh. Empty: never uninstall on stop.
+	DaemonSet types.NamespacedName
+	Log       *slog.Logger
 }
 
 // Agent is a running node agent.
@@ -85,8 +94,11 @@ type Agent struct {
 	// or nil: the agent is not ready while Ambit's programs may not run
 	// first.
 	guardErr atomic.Pointer[error]
-	reg      *prometheus.Registry
-	gauges   struct {
+	// dsSeen and dsRemoving: the agent's DaemonSet was seen, and seen
+	// deleted or marked for deletion (Config.DaemonSet).
+	dsSeen, dsRemoving atomic.Bool
+	reg                *prometheus.Registry
+	gauges             struct {
 		enrolled   prometheus.Gauge
 		syncs      *prometheus.CounterVec
 		reanchored prometheus.Counter
@@ -103,7 +115,9 @@ const PluginKubeconfigName = "ZZZ-ambit-cni-kubeconfig"
 
 // Run starts the agent and blocks until ctx ends. On return the
 // redirection stays in place (pinned): traffic is not disturbed by an agent
-// restart.
+// restart. Only when the agent's DaemonSet is gone or being deleted
+// (Config.DaemonSet) does it take Ambit out of the node once everything
+// it runs has stopped (Uninstall).
 //
 // The agent owns three parts, constructed and started in this order: the
 // redirection (eBPF programs and maps, the uplink), the pod watch (the
@@ -111,6 +125,47 @@ const PluginKubeconfigName = "ZZZ-ambit-cni-kubeconfig"
 // side (the socket it calls, its binary, kubeconfig and config entry).
 func Run(ctx context.Context, cfg Config) error {
 	a := newAgent(cfg)
+	if err := a.run(ctx); err != nil {
+		return err
+	}
+	if !a.removing() {
+		return nil
+	}
+	a.log.Info("daemonset deleted: removing ambit from the node", logkey.Object, "DaemonSet/"+cfg.DaemonSet.String())
+	if err := Uninstall(cfg); err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	a.log.Info("ambit removed from the node")
+	return nil
+}
+
+// removing tells whether the agent's DaemonSet is gone or being deleted:
+// seen so by the watch, or, if the watch saw the DaemonSet but missed its
+// end, by asking once more.
+func (a *Agent) removing() bool {
+	if a.cfg.DaemonSet.Name == "" || !a.dsSeen.Load() {
+		return false
+	}
+	if a.dsRemoving.Load() {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ds, err := a.cfg.Client.AppsV1().DaemonSets(a.cfg.DaemonSet.Namespace).Get(ctx, a.cfg.DaemonSet.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return true
+	case err != nil:
+		// Unknown: keep the node as it is (a stale entry makes pods wait
+		// for an agent; a removed one would start them outside the mesh).
+		a.log.Warn("check daemonset on stop: keeping ambit on the node", logkey.Error, err)
+		return false
+	default:
+		return ds.DeletionTimestamp != nil
+	}
+}
+
+func (a *Agent) run(ctx context.Context) error {
 	defer a.queue.ShutDown()
 	if err := a.openRedirection(); err != nil {
 		return err
@@ -139,7 +194,7 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	}
 	wg.Go(func() { a.guard(ctx) })
-	a.log.Info("node agent running", "node", cfg.NodeName)
+	a.log.Info("node agent running", "node", a.cfg.NodeName)
 	<-ctx.Done()
 	a.queue.ShutDown()
 	return nil
@@ -217,13 +272,40 @@ func (a *Agent) startWatch(ctx context.Context) (stop func(), err error) {
 	}); err != nil {
 		return nil, fmt.Errorf("watch namespaces: %w", err)
 	}
+	synced := []cache.InformerSynced{podInf.Informer().HasSynced, nsInf.Informer().HasSynced}
+	var dsFactory informers.SharedInformerFactory
+	if ds := a.cfg.DaemonSet; ds.Name != "" {
+		dsFactory = informers.NewSharedInformerFactoryWithOptions(a.cfg.Client, 0, informers.WithNamespace(ds.Namespace),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + ds.Name }))
+		dsInf := dsFactory.Apps().V1().DaemonSets().Informer()
+		seen := func(obj any) {
+			if d, ok := obj.(*appsv1.DaemonSet); ok {
+				a.dsSeen.Store(true)
+				if d.DeletionTimestamp != nil {
+					a.dsRemoving.Store(true)
+				}
+			}
+		}
+		if _, err := dsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: seen, UpdateFunc: func(_, o any) { seen(o) },
+			DeleteFunc: func(any) { a.dsRemoving.Store(true) },
+		}); err != nil {
+			return nil, fmt.Errorf("watch daemonset: %w", err)
+		}
+		// Not waited for: an agent that cannot watch it (RBAC) runs as
+		// usual, and never saw it, so never uninstalls.
+		dsFactory.Start(ctx.Done())
+	}
 	factory.Start(ctx.Done())
 	podFactory.Start(ctx.Done())
 	stop = func() {
 		podFactory.Shutdown()
 		factory.Shutdown()
+		if dsFactory != nil {
+			dsFactory.Shutdown()
+		}
 	}
-	if !cache.WaitForCacheSync(ctx.Done(), podInf.Informer().HasSynced, nsInf.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		stop()
 		return nil, fmt.Errorf("sync informers: %w", ctx.Err())
 	}

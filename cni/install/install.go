@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -43,6 +44,11 @@ func PrimaryConflist(dir string) (string, error) {
 // PluginType) last in the plugins of the conflist at path, replacing an
 // older Ambit entry. It reports whether the file changed. A file that is
 // not a valid conflist is refused and left as it is.
+//
+// The file is edited in place, not re-encoded: Ambit's entry goes after
+// the last plugin, separated from it as that plugin is from the one
+// before, and every other byte stays as it was, so that Remove gives back
+// the primary CNI's file byte for byte.
 func Insert(path string, entry map[string]any) (bool, error) {
 	if entry["type"] != PluginType {
 		return false, fmt.Errorf("insert into %s: entry type %v, want %q", path, entry["type"], PluginType)
@@ -51,26 +57,42 @@ func Insert(path string, entry map[string]any) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("read conflist: %w", err)
 	}
-	conf, plugins, err := parse(path, data)
-	if err != nil {
+	if _, _, err := parse(path, data); err != nil {
 		return false, err
 	}
 	raw, err := json.Marshal(entry)
 	if err != nil {
 		return false, fmt.Errorf("encode ambit entry: %w", err)
 	}
-	var kept []json.RawMessage
-	for _, p := range plugins {
-		if !isAmbit(p) {
-			kept = append(kept, p)
-		}
+	els, err := pluginSpans(path, data)
+	if err != nil {
+		return false, err
 	}
-	kept = append(kept, raw)
-	return write(path, data, conf, kept)
+	if last := els[len(els)-1]; last.ambit && jsonEqual(data[last.start:last.end], raw) && countAmbit(els) == 1 {
+		return false, nil
+	}
+	out := cutAmbit(data, els)
+	if els, err = pluginSpans(path, out); err != nil {
+		return false, err
+	}
+	if len(els) == 0 {
+		return false, fmt.Errorf("insert into %s: no plugin but Ambit's: want a primary plugin to chain after", path)
+	}
+	last := els[len(els)-1]
+	// The separator before the last plugin: what follows its comma (or
+	// the list's opening bracket).
+	ws := last.start
+	for ws > 0 && isSpace(out[ws-1]) {
+		ws--
+	}
+	sep := append([]byte(","), out[ws:last.start]...)
+	edited := slices.Concat(out[:last.end], sep, raw, out[last.end:])
+	return write(path, data, edited)
 }
 
-// Remove takes Ambit's entries out of the conflist at path. It reports
-// whether the file changed; a missing file is not an error.
+// Remove takes Ambit's entries out of the conflist at path, each with the
+// separator Insert put before it. It reports whether the file changed; a
+// missing file is not an error.
 func Remove(path string) (bool, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -79,21 +101,104 @@ func Remove(path string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("read conflist: %w", err)
 	}
-	conf, plugins, err := parse(path, data)
+	if _, _, err := parse(path, data); err != nil {
+		return false, err
+	}
+	els, err := pluginSpans(path, data)
 	if err != nil {
 		return false, err
 	}
-	var kept []json.RawMessage
-	for _, p := range plugins {
-		if !isAmbit(p) {
-			kept = append(kept, p)
-		}
-	}
-	if len(kept) == len(plugins) {
+	if countAmbit(els) == 0 {
 		return false, nil
 	}
-	return write(path, data, conf, kept)
+	return write(path, data, cutAmbit(data, els))
 }
+
+// span is where one plugin's JSON value is in the file.
+type span struct {
+	start, end int
+	ambit      bool
+}
+
+// pluginSpans returns where each element of the top-level "plugins" array
+// is in data (a conflist that parse accepted).
+func pluginSpans(path string, data []byte) ([]span, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	fail := func(err error) ([]span, error) { return nil, fmt.Errorf("parse conflist %s: %w", path, err) }
+	if _, err := dec.Token(); err != nil { // {
+		return fail(err)
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return fail(err)
+		}
+		if key != "plugins" {
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return fail(err)
+			}
+			continue
+		}
+		if _, err := dec.Token(); err != nil { // [
+			return fail(err)
+		}
+		var els []span
+		for dec.More() {
+			var el json.RawMessage
+			if err := dec.Decode(&el); err != nil {
+				return fail(err)
+			}
+			end := int(dec.InputOffset())
+			els = append(els, span{start: end - len(el), end: end, ambit: isAmbit(el)})
+		}
+		return els, nil
+	}
+	return fail(errors.New("no plugins"))
+}
+
+// cutAmbit removes Ambit's elements from data: each with the comma and
+// space before it, or, for a first element, with those after it.
+func cutAmbit(data []byte, els []span) []byte {
+	out := slices.Clone(data)
+	for i := len(els) - 1; i >= 0; i-- {
+		e := els[i]
+		if !e.ambit {
+			continue
+		}
+		if i > 0 {
+			out = slices.Delete(out, els[i-1].end, e.end)
+			continue
+		}
+		// The first element, cut last: the elements after it up to the
+		// first kept one went with their separators, [els[0].end,
+		// els[j-1].end); the kept one now starts that much earlier.
+		j := slices.IndexFunc(els, func(s span) bool { return !s.ambit })
+		if j < 0 {
+			out = slices.Delete(out, e.start, e.end)
+			continue
+		}
+		out = slices.Delete(out, e.start, els[j].start-(els[j-1].end-e.end))
+	}
+	return out
+}
+
+func countAmbit(els []span) int {
+	n := 0
+	for _, e := range els {
+		if e.ambit {
+			n++
+		}
+	}
+	return n
+}
+
+func jsonEqual(a, b []byte) bool {
+	var x, y bytes.Buffer
+	return json.Compact(&x, a) == nil && json.Compact(&y, b) == nil && bytes.Equal(x.Bytes(), y.Bytes())
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 // Has reports whether the conflist at path has Ambit's entry last.
 func Has(path string) (bool, error) {
@@ -145,19 +250,9 @@ func isAmbit(p json.RawMessage) bool {
 	return json.Unmarshal(p, &pc) == nil && pc.Type == PluginType
 }
 
-// write replaces the plugins and writes the file atomically (temporary
-// file in the same directory, then rename) with the old file's mode.
-func write(path string, old []byte, conf map[string]json.RawMessage, plugins []json.RawMessage) (bool, error) {
-	list, err := json.Marshal(plugins)
-	if err != nil {
-		return false, fmt.Errorf("encode plugins: %w", err)
-	}
-	conf["plugins"] = list
-	out, err := json.MarshalIndent(conf, "", "  ")
-	if err != nil {
-		return false, fmt.Errorf("encode conflist: %w", err)
-	}
-	out = append(out, '\n')
+// write writes the edited conflist atomically (temporary file in the same
+// directory, then rename) with the old file's mode, unless it is unchanged.
+func write(path string, old, out []byte) (bool, error) {
 	if bytes.Equal(out, old) {
 		return false, nil
 	}

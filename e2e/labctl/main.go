@@ -53,6 +53,14 @@ func main() {
 				fmt.Printf("kube-router: %s\n", kr)
 			}
 		}
+		if err == nil {
+			// The Helm command line of the real-node suite (e2e/realnode)
+			// and of `make cluster`.
+			var helm string
+			if helm, err = lab.EnsureHelm(ctx, lab.BuildOptions{Log: log}); err == nil {
+				fmt.Printf("helm: %s\n", helm)
+			}
+		}
 	case "demo":
 		err = runDemo(ctx, log, os.Getenv("DEMO_NONINTERACTIVE") != "")
 	case "clean":

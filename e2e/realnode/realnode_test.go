@@ -18,17 +18,16 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	images "github.com/ambitmesh/ambit/deploy/images"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/internal/testutil"
 )
 
 // echoImage is the test workload's image as the pod names it: a registry
 // name that only the lab's mirror serves.
-const echoImage = "ambit.dev/echo:dev"
+const echoImage = EchoImage
 
 // realLab is a lab with one real node and its registry serving the
-// pause image.
+// pause image and the samples' images.
 type realLab struct {
 	*lab.Lab
 	bins lab.Binaries
@@ -37,9 +36,8 @@ type realLab struct {
 }
 
 // startRealLab starts a lab with one real node and the lab registry, with
-// the pause image and the given programs (image name to Go package of the
-// Ambit module, as <hub>/<name>:<version> refs) pushed. It is torn down
-// after the test, which fails if anything is left behind.
+// the pause image and the samples' images pushed (PushLabImages). It is
+// torn down after the test, which fails if anything is left behind.
 func startRealLab(t *testing.T) *realLab {
 	t.Helper()
 	testutil.RequireRoot(t)
@@ -62,6 +60,7 @@ func startRealLab(t *testing.T) *realLab {
 		if t.Failed() {
 			t.Logf("lab logs:\n%s", l.Logs(60))
 		}
+		podNS := nodePodNetNS(l)
 		if err := l.Close(); err != nil {
 			t.Errorf("close lab: %v", err)
 		}
@@ -69,6 +68,7 @@ func startRealLab(t *testing.T) *realLab {
 		if err != nil {
 			t.Errorf("check lab leftovers: %v", err)
 		}
+		left = append(left, hostNetNSFiles(podNS)...)
 		if len(left) > 0 {
 			t.Errorf("after Close: got leftovers %v, want none", left)
 		}
@@ -78,43 +78,10 @@ func startRealLab(t *testing.T) *realLab {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	rl := &realLab{Lab: l, bins: bins, root: root, reg: reg}
-	rl.pushProgram(t, lab.PauseImage, "./internal/lab/cmd/pause", "0:0")
-	return rl
-}
-
-// pushProgram builds an image of a Go main package of the Ambit module
-// with deploy/images' builder and pushes it as ref (<hub>/<name>:<tag>;
-// the hub is any name of lab.MirroredRegistries).
-func (rl *realLab) pushProgram(t *testing.T, ref, pkg, user string) {
-	t.Helper()
-	colon, slash := strings.LastIndex(ref, ":"), strings.LastIndex(ref, "/")
-	if slash < 0 || colon < slash {
-		t.Fatalf("push %s: want <hub>/<name>:<tag>", ref)
-	}
-	hub, imageName, tag := ref[:slash], ref[slash+1:colon], ref[colon+1:]
-	im, err := images.BuildProgram(t.Context(), images.Options{Root: rl.root, Out: t.TempDir(), Hub: hub, Version: tag}, imageName,
-		images.Component{Packages: []string{pkg}, User: user, Description: "lab image " + imageName})
-	if err != nil {
+	if err := reg.PushLabImages(ctx, root); err != nil {
 		t.Fatal(err)
 	}
-	if im.Ref != ref {
-		t.Fatalf("built %s, want %s", im.Ref, ref)
-	}
-	rl.push(t, im.Layout, ref)
-}
-
-// push pushes an OCI layout as ref, whose registry name is dropped (every
-// mirrored name resolves to the lab registry).
-func (rl *realLab) push(t *testing.T, layout, ref string) {
-	t.Helper()
-	_, repoTag, ok := strings.Cut(ref, "/")
-	if !ok {
-		t.Fatalf("push %s: want <registry>/<repository>:<tag>", ref)
-	}
-	if err := rl.reg.Push(t.Context(), layout, repoTag); err != nil {
-		t.Fatal(err)
-	}
+	return &realLab{Lab: l, bins: bins, root: root, reg: reg}
 }
 
 // TestRealNode starts the lab with one real node (kubelet, containerd,
@@ -126,7 +93,6 @@ func TestRealNode(t *testing.T) {
 	ctx := t.Context()
 	bins := l.bins
 	labDir := l.Dir
-	l.pushProgram(t, echoImage, "./samples/echo", fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID))
 
 	node := l.Nodes[0]
 	// The node's CNI directory is the node's own, not the host's.
@@ -155,6 +121,16 @@ func TestRealNode(t *testing.T) {
 	}
 	if !node.PodCIDR.Contains(mustAddr(t, ip)) {
 		t.Errorf("pod IP %s: want one in the node's pod CIDR %s", ip, node.PodCIDR)
+	}
+
+	// containerd's bind mount of the pod's network namespace is in the
+	// node's own /var/run/netns, never a file in the host's.
+	podNS := node.PodNetNS()
+	if len(podNS) == 0 {
+		t.Errorf("node's /var/run/netns: got no files, want the echo pod's sandbox namespace")
+	}
+	if left := hostNetNSFiles(podNS); len(left) > 0 {
+		t.Errorf("host's /var/run/netns: got %v, want no namespace of the node's pods", left)
 	}
 
 	// The container's log is in the node's podLogsDir.
@@ -265,13 +241,13 @@ func mustAddr(t *testing.T, s string) netip.Addr {
 func TestRealNodeCleanStale(t *testing.T) {
 	l := startRealLab(t)
 	ctx := t.Context()
-	l.pushProgram(t, echoImage, "./samples/echo", fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID))
 	if _, err := l.Client.CoreV1().Pods("default").Create(ctx, echoPod(), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := waitPod(ctx, l.Lab, "echo", 2*time.Minute, podReady); err != nil {
 		t.Fatal(err)
 	}
+	podNS := nodePodNetNS(l.Lab)
 	// The owner is now a process that has exited.
 	dead := exec.Command("true")
 	if err := dead.Run(); err != nil {
@@ -287,10 +263,34 @@ func TestRealNodeCleanStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	left = append(left, hostNetNSFiles(podNS)...)
 	if len(left) > 0 {
 		t.Errorf("after CleanStale: got leftovers %v, want none", left)
 	}
 	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
 		t.Errorf("lab dir after CleanStale: got %v, want it gone", err)
 	}
+}
+
+// nodePodNetNS lists the pod sandbox namespaces (cni-<uuid>) of the lab's
+// real nodes.
+func nodePodNetNS(l *lab.Lab) []string {
+	var names []string
+	for _, n := range l.Nodes {
+		names = append(names, n.PodNetNS()...)
+	}
+	return names
+}
+
+// hostNetNSFiles lists which of the namespace files names are in the
+// host's /var/run/netns (a leftover: containerd's netns files belong in
+// the node's own directory).
+func hostNetNSFiles(names []string) []string {
+	var left []string
+	for _, n := range names {
+		if _, err := os.Lstat(filepath.Join("/var/run/netns", n)); err == nil {
+			left = append(left, "netns file /var/run/netns/"+n)
+		}
+	}
+	return left
 }

@@ -6,12 +6,15 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"os"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	images "github.com/ambitmesh/ambit/deploy/images"
 	"github.com/ambitmesh/ambit/internal/lab"
 )
 
@@ -71,6 +74,85 @@ func (r *Registry) Push(ctx context.Context, layoutDir, repoTag string) error {
 	defer tr.CloseIdleConnections()
 	if err := remote.Write(ref, img, remote.WithContext(ctx), remote.WithTransport(tr)); err != nil {
 		return fmt.Errorf("push %s: %w", ref, err)
+	}
+	return nil
+}
+
+// PushRef pushes an OCI layout as ref, <registry>/<repository>:<tag>,
+// whose registry name is dropped: every mirrored name resolves to the lab
+// registry.
+func (r *Registry) PushRef(ctx context.Context, layoutDir, ref string) error {
+	_, repoTag, ok := strings.Cut(ref, "/")
+	if !ok {
+		return fmt.Errorf("push %s: want <registry>/<repository>:<tag>", ref)
+	}
+	return r.Push(ctx, layoutDir, repoTag)
+}
+
+// PushProgram builds an image of a Go main package of the Ambit module
+// (root is the repository) with deploy/images' builder, running as user
+// ("uid:gid"), and pushes it as ref (<hub>/<name>:<tag>; the hub is any
+// name of lab.MirroredRegistries).
+func (r *Registry) PushProgram(ctx context.Context, root, ref, pkg, user string) error {
+	colon, slash := strings.LastIndex(ref, ":"), strings.LastIndex(ref, "/")
+	if slash < 0 || colon < slash {
+		return fmt.Errorf("push %s: want <hub>/<name>:<tag>", ref)
+	}
+	hub, imageName, tag := ref[:slash], ref[slash+1:colon], ref[colon+1:]
+	out, err := os.MkdirTemp("", "ambit-image-")
+	if err != nil {
+		return fmt.Errorf("push %s: %w", ref, err)
+	}
+	defer os.RemoveAll(out)
+	im, err := images.BuildProgram(ctx, images.Options{Root: root, Out: out, Hub: hub, Version: tag}, imageName,
+		images.Component{Packages: []string{pkg}, User: user, Description: "lab image " + imageName})
+	if err != nil {
+		return err
+	}
+	if im.Ref != ref {
+		return fmt.Errorf("push %s: built %s", ref, im.Ref)
+	}
+	return r.PushRef(ctx, im.Layout, ref)
+}
+
+// PushProduct builds Ambit's images as `make images` does, with the
+// chart's default hub and tag, and pushes them.
+func (r *Registry) PushProduct(ctx context.Context, root string) error {
+	out, err := os.MkdirTemp("", "ambit-images-")
+	if err != nil {
+		return fmt.Errorf("push images: %w", err)
+	}
+	defer os.RemoveAll(out)
+	ims, err := images.Build(ctx, images.Options{Root: root, Out: out})
+	if err != nil {
+		return err
+	}
+	for _, im := range ims {
+		if err := r.PushRef(ctx, im.Layout, im.Ref); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// The lab's sample images, as the manifests name them (registries only
+// the lab's mirror serves).
+const (
+	EchoImage     = "ambit.dev/echo:dev"
+	BookinfoImage = "ambit.dev/bookinfo:dev"
+)
+
+// PushLabImages pushes what a real node needs besides Ambit's own
+// images: the pause image, and the samples' (echo, Bookinfo).
+func (r *Registry) PushLabImages(ctx context.Context, root string) error {
+	for _, im := range []struct{ ref, pkg, user string }{
+		{lab.PauseImage, "./internal/lab/cmd/pause", "0:0"},
+		{EchoImage, "./samples/echo", fmt.Sprintf("%d:%d", images.NonRootUID, images.NonRootUID)},
+		{BookinfoImage, "./samples/bookinfo", "65532:65532"},
+	} {
+		if err := r.PushProgram(ctx, root, im.ref, im.pkg, im.user); err != nil {
+			return err
+		}
 	}
 	return nil
 }

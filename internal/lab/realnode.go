@@ -27,9 +27,9 @@ import (
 // mount namespace of the node's own, in which the node's directories are
 // bind-mounted over the standard paths (/etc/cni/net.d, /opt/cni/bin,
 // /var/lib/kubelet, /var/lib/containerd, /run/containerd, /var/log/pods,
-// /var/lib/cni, /run/ambit) and /sys/fs/bpf is a bpffs of the node's own:
-// the chart's hostPath volumes name those paths, and a second node beside
-// it must not see them. docs/real-node-plan.md has the design.
+// /var/lib/cni, /run/ambit, /run/netns) and /sys/fs/bpf is a bpffs of the
+// node's own: the chart's hostPath volumes name those paths, and a second
+// node beside it must not see them. docs/real-node-plan.md has the design.
 const (
 	// RegistryAddr is where the lab's registry listens, on the control-plane
 	// node: containerd on real nodes pulls every image from it
@@ -56,6 +56,13 @@ var nodePaths = []struct{ std, own string }{
 	{"/run/containerd", "containerd/state"},
 	{"/var/log/pods", "pods-logs"},
 	{"/run/ambit", "ambit"},
+	// containerd bind-mounts each pod sandbox's network namespace on a
+	// file it creates in /var/run/netns (cni-<uuid>). The host's
+	// /run/netns is a shared mount of the host's filesystem: without a
+	// directory of the node's own there, the files (not the mounts, which
+	// stay in the node's namespace) land on the host and outlive the node
+	// when its containers are killed rather than stopped.
+	{"/run/netns", "netns"},
 }
 
 // realNode is what the lab keeps of a real node to tear it down.
@@ -74,6 +81,21 @@ func (n *Node) MountNS() string {
 		return ""
 	}
 	return n.real.mntNS
+}
+
+// PodNetNS lists the files of a real node's /var/run/netns (the network
+// namespaces containerd made for pod sandboxes, cni-<uuid>) as the host
+// sees them: in the node's own directory, not in the host's /run/netns.
+func (n *Node) PodNetNS() []string {
+	if n.real == nil {
+		return nil
+	}
+	entries, _ := os.ReadDir(filepath.Join(n.real.dir, "netns"))
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
 }
 
 // ContainerdSocket is a real node's containerd socket as the host sees it.

@@ -11,8 +11,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -52,6 +54,14 @@ func run() error {
 	})
 	flag.StringVar(&cfg.MonitorAddr, "monitor-addr", ":15029", "address of /readyz and /metrics")
 	flag.BoolVar(&uninstall, "uninstall", false, "remove Ambit from the node and exit")
+	flag.Func("daemonset", "the agent's own DaemonSet, <namespace>/<name>: when it stops after the DaemonSet is deleted, the agent removes Ambit from the node (default: never)", func(s string) error {
+		ns, name, ok := strings.Cut(s, "/")
+		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return fmt.Errorf("daemonset %q: want <namespace>/<name>", s)
+		}
+		cfg.DaemonSet = types.NamespacedName{Namespace: ns, Name: name}
+		return nil
+	})
 	if a, err := netip.ParseAddr(os.Getenv("HOST_IP")); err == nil {
 		cfg.HostIP = a
 	}

@@ -325,7 +325,9 @@ func TestObjects(t *testing.T) {
 		{"*v1.DaemonSet", ns, "ambit-cni-agent"},
 		{"*v1.DaemonSet", ns, "ztunnel"},
 		{"*v1.Deployment", ns, "istiod"},
+		{"*v1.Role", ns, "ambit-cni-agent"},
 		{"*v1.Role", ns, "ambit-istiod"},
+		{"*v1.RoleBinding", ns, "ambit-cni-agent"},
 		{"*v1.RoleBinding", ns, "ambit-istiod"},
 		{"*v1.Service", ns, "istiod"},
 		{"*v1.ServiceAccount", ns, "ambit-cni-agent"},
@@ -351,6 +353,8 @@ func TestObjects(t *testing.T) {
 		{"*v1.ClusterRoleBinding", "", "ambit-cni-agent"},
 		{"*v1.DaemonSet", ns, "ambit-cni-agent"},
 		{"*v1.DaemonSet", ns, "ztunnel"},
+		{"*v1.Role", ns, "ambit-cni-agent"},
+		{"*v1.RoleBinding", ns, "ambit-cni-agent"},
 		{"*v1.ServiceAccount", ns, "ambit-cni-agent"},
 		{"*v1.ServiceAccount", ns, "ztunnel"},
 		{"*v1.ValidatingAdmissionPolicy", "", "ambit-cni-agent"},
@@ -405,6 +409,18 @@ func TestRBAC(t *testing.T) {
 	}
 	if diff := gocmp.Diff(wantAgent, get[*rbacv1.ClusterRole](t, r, "ambit-cni-agent").Rules); diff != "" {
 		t.Errorf("node agent's ClusterRole (-want +got):\n%s", diff)
+	}
+	// Its own DaemonSet only, to take Ambit out of the node when the
+	// DaemonSet is deleted.
+	wantAgentRole := []rbacv1.PolicyRule{
+		{APIGroups: names("apps"), Resources: names("daemonsets"), ResourceNames: names("ambit-cni-agent"), Verbs: names("get", "list", "watch")},
+	}
+	agentRole := get[*rbacv1.Role](t, r, "ambit-cni-agent")
+	if diff := gocmp.Diff(wantAgentRole, agentRole.Rules); diff != "" {
+		t.Errorf("node agent's Role (-want +got):\n%s", diff)
+	}
+	if agentRole.Namespace != "mesh" {
+		t.Errorf("node agent's Role: got namespace %q, want the release's, mesh", agentRole.Namespace)
 	}
 
 	// Every binding names a rendered role and a rendered service account;
@@ -617,6 +633,7 @@ func TestCNIAgent(t *testing.T) {
 	wantArgs := map[string]string{
 		"cni-conf-dir": "/etc/cni/net.d", "cni-bin-dir": "/opt/cni/bin", "pin-dir": "/sys/fs/bpf/ambit",
 		"socket": "/var/run/ambit/cni.sock", "monitor-addr": ":15029",
+		"daemonset": namespace + "/ambit-cni-agent",
 	}
 	for flag, want := range wantArgs {
 		if got := flagValue(t, c.Args, flag); got != want {
