@@ -29,6 +29,13 @@ func main() {
 	flag.StringVar(&o.FakeCADir, "fake-ca-dir", "", "directory of a test CA to sign the waypoint's own certificate; development only")
 	flag.StringVar(&o.RootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "PEM file of the mesh root")
 	flag.StringVar(&o.TokenFile, "token", "/var/run/secrets/tokens/istio-token", "bearer token for istiod")
+	// The names istiod's waypoint controller passes (istiod/gateway's
+	// render.go), as ztunnel's: the waypoint uses one root and one token
+	// for xDS and the CA.
+	flag.StringVar(&o.RootCert, "xds-root-cert", o.RootCert, "same as --root-cert")
+	flag.StringVar(&o.RootCert, "ca-root-cert", o.RootCert, "same as --root-cert")
+	flag.StringVar(&o.TokenFile, "xds-token", o.TokenFile, "same as --token")
+	flag.StringVar(&o.TokenFile, "ca-token", o.TokenFile, "same as --token")
 	flag.StringVar(&o.TrustDomain, "trust-domain", mesh.DefaultTrustDomain, "the mesh's trust domain")
 	flag.StringVar(&o.Node.ClusterID, "cluster-id", os.Getenv("CLUSTER_ID"), "this cluster's id")
 	flag.StringVar(&o.HBONE, "hbone", port(mesh.HBONEPort), "HBONE listener")
