@@ -79,8 +79,7 @@ type Component struct {
 	IPTables bool
 }
 
-// Components are Ambit's images. The waypoint joins this list when it
-// exists.
+// Components are Ambit's images.
 var Components = []Component{
 	{
 		ValuesKey:   "istiod",
@@ -100,6 +99,12 @@ var Components = []Component{
 		User:        "0:0",
 		Description: "Ambit node agent, with the chained CNI plugin ambit-cni it installs on the node",
 		IPTables:    true,
+	},
+	{
+		ValuesKey:   "waypoint",
+		Packages:    []string{"./waypoint/cmd/waypoint"},
+		User:        fmt.Sprintf("%d:%d", NonRootUID, NonRootUID),
+		Description: "Ambit waypoint: the L7 proxy istiod deploys per waypoint Gateway (Envoy xDS, HBONE in and out)",
 	},
 	{
 		// The command line, for jobs and for running x precheck on a

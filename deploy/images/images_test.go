@@ -75,6 +75,7 @@ func TestReproducible(t *testing.T) {
 		"ztunnel":   {ref: chart.Hub + "/ztunnel:" + chart.AppVersion, user: "0:0", entrypoint: "/usr/local/bin/ztunnel"},
 		"ambit-cni": {ref: chart.Hub + "/ambit-cni:" + chart.AppVersion, user: "0:0", entrypoint: "/usr/local/bin/ambit-cni-agent", also: []string{"/usr/local/bin/ambit-cni", "/usr/sbin/iptables"}},
 		"ambitctl":  {ref: chart.Hub + "/ambitctl:" + chart.AppVersion, user: "1337:1337", entrypoint: "/usr/local/bin/ambitctl"},
+		"waypoint":  {ref: chart.Hub + "/waypoint:" + chart.AppVersion, user: "1337:1337", entrypoint: "/usr/local/bin/waypoint"},
 	}
 	for _, im := range first {
 		t.Run(im.Name, func(t *testing.T) {
