@@ -216,45 +216,8 @@ func (x *Index) Run(ctx context.Context) error {
 	if x.regs == nil {
 		return errors.New("run ambient index: no informers registered")
 	}
-	synced := make([]cache.InformerSynced, 0, len(x.regs))
-	for _, r := range x.regs {
-		synced = append(synced, r.HasSynced)
-	}
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return fmt.Errorf("sync event handlers: %w", context.Cause(ctx))
-	}
-	x.flush(true)
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-x.dirty:
-		}
-		if !x.debounce(ctx) {
-			return nil
-		}
-		x.flush(false)
-	}
-}
-
-// debounce waits until no event came for Quiet, or Max passed.
-func (x *Index) debounce(ctx context.Context) bool {
-	deadline := time.NewTimer(x.opts.Max)
-	defer deadline.Stop()
-	quiet := time.NewTimer(x.opts.Quiet)
-	defer quiet.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-deadline.C:
-			return true
-		case <-quiet.C:
-			return true
-		case <-x.dirty:
-			quiet.Reset(x.opts.Quiet)
-		}
-	}
+	return RunDebounced(ctx, x.regs, x.dirty, x.opts.Quiet, x.opts.Max,
+		func() { x.flush(true) }, func() { x.flush(false) })
 }
 
 func (x *Index) flush(first bool) {

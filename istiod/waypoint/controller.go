@@ -251,43 +251,8 @@ func (c *Controller) Run(ctx context.Context, pub Publisher) error {
 		return errors.New("run waypoint controller: no informers registered")
 	}
 	c.pub = pub
-	synced := make([]cache.InformerSynced, 0, len(c.regs))
-	for _, r := range c.regs {
-		synced = append(synced, r.HasSynced)
-	}
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return fmt.Errorf("sync event handlers: %w", context.Cause(ctx))
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-c.dirty:
-		}
-		if !c.debounce(ctx) {
-			return nil
-		}
-		c.flush(ctx)
-	}
-}
-
-func (c *Controller) debounce(ctx context.Context) bool {
-	deadline := time.NewTimer(c.opts.Max)
-	defer deadline.Stop()
-	quiet := time.NewTimer(c.opts.Quiet)
-	defer quiet.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-deadline.C:
-			return true
-		case <-quiet.C:
-			return true
-		case <-c.dirty:
-			quiet.Reset(c.opts.Quiet)
-		}
-	}
+	return ambient.RunDebounced(ctx, c.regs, c.dirty, c.opts.Quiet, c.opts.Max,
+		nil, func() { c.flush(ctx) })
 }
 
 // waypointRefs are the Gateways of the waypoint class.
