@@ -246,6 +246,21 @@ type moduleBuild struct {
 	flags []string // go build flags before the packages
 }
 
+// buildCached is ensureModuleBuild for this Go toolchain, holding the
+// cache's lock while it runs. opts must have its defaults.
+func buildCached(ctx context.Context, opts BuildOptions, b moduleBuild) (string, error) {
+	goVersion, err := goEnv(ctx, "GOVERSION")
+	if err != nil {
+		return "", err
+	}
+	unlock, err := lockDir(opts.CacheDir)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	return ensureModuleBuild(ctx, opts, goVersion, b)
+}
+
 // ensureModuleBuild builds b into a cache directory named by a hash of
 // the pinning module, the flags and the Go version, unless it is there.
 func ensureModuleBuild(ctx context.Context, opts BuildOptions, goVersion string, b moduleBuild) (string, error) {

@@ -18,16 +18,7 @@ func EnsureHelm(ctx context.Context, opts BuildOptions) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	goVersion, err := goEnv(ctx, "GOVERSION")
-	if err != nil {
-		return "", err
-	}
-	unlock, err := lockDir(opts.CacheDir)
-	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	dir, err := ensureModuleBuild(ctx, opts, goVersion, moduleBuild{
+	dir, err := buildCached(ctx, opts, moduleBuild{
 		what:  "helm",
 		src:   filepath.Join(opts.Root, HelmBuildDir),
 		cache: "helm",

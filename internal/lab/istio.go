@@ -65,17 +65,8 @@ func EnsureIstio(ctx context.Context, opts BuildOptions) (Istio, error) {
 	// A pseudo-version ends in the commit: v0.0.0-<time>-<commit>.
 	ist.Revision = istio.Version[strings.LastIndexByte(istio.Version, '-')+1:]
 
-	goVersion, err := goEnv(ctx, "GOVERSION")
-	if err != nil {
-		return ist, err
-	}
-	unlock, err := lockDir(opts.CacheDir)
-	if err != nil {
-		return ist, err
-	}
-	defer unlock()
 	const pkg = "istio.io/istio/pkg/version."
-	dir, err := ensureModuleBuild(ctx, opts, goVersion, moduleBuild{
+	dir, err := buildCached(ctx, opts, moduleBuild{
 		what:  "istio",
 		src:   src,
 		cache: "istio",

@@ -41,16 +41,7 @@ func EnsureKubeRouter(ctx context.Context, opts BuildOptions) (string, error) {
 	if _, err := exec.LookPath("ipset"); err != nil {
 		return "", fmt.Errorf("find ipset: %w (apt-get install ipset)", err)
 	}
-	goVersion, err := goEnv(ctx, "GOVERSION")
-	if err != nil {
-		return "", err
-	}
-	unlock, err := lockDir(opts.CacheDir)
-	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	dir, err := ensureModuleBuild(ctx, opts, goVersion, moduleBuild{
+	dir, err := buildCached(ctx, opts, moduleBuild{
 		what:  "kube-router",
 		src:   filepath.Join(opts.Root, KubeRouterBuildDir),
 		cache: "kube-router",
