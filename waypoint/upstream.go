@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
@@ -260,35 +261,30 @@ func flagFor(err error) string {
 	}
 }
 
-// maxRetryBody is the largest request body kept for retries.
-const maxRetryBody = 64 << 10
-
-// pickEndpoint picks the next endpoint; with the previous_hosts
-// predicate, one not tried yet while there is one.
-func pickEndpoint(c *config.Cluster, tried map[*config.Endpoint]bool, r *config.RetryPolicy) *config.Endpoint {
-	ep := c.Pick()
-	if r == nil || !r.OtherHosts || len(tried) == 0 {
-		return ep
-	}
-	for range c.Endpoints {
-		if ep == nil || !tried[ep] {
-			return ep
-		}
-		ep = c.Pick()
-	}
-	return ep
-}
-
-// shouldRetry is Envoy's retry_on for one try's outcome.
+// shouldRetry is Envoy's retry_on for one try's outcome: a failure to
+// get an answer (connect-failure, refused-stream, reset; 5xx and
+// gateway-error include them), the status (5xx, gateway-error,
+// retriable-4xx, retriable-status-codes), and a gRPC trailers-only
+// answer's grpc-status (cancelled, deadline-exceeded, internal,
+// resource-exhausted, unavailable).
 func shouldRetry(r *config.RetryPolicy, resp *http.Response, err error) bool {
 	if r == nil {
 		return false
 	}
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return r.On["5xx"] || r.On["gateway-error"] // a per-try timeout
+		switch {
+		case errors.Is(err, errOverflow):
+			return false
+		case r.On["5xx"] || r.On["gateway-error"] || r.On["reset"]:
+			return true // includes a per-try timeout
+		case errors.Is(err, context.DeadlineExceeded):
+			return false
+		case r.On["connect-failure"] && errors.Is(err, ErrUpstreamConnect):
+			return true
+		case r.On["refused-stream"] && strings.Contains(err.Error(), "REFUSED_STREAM"):
+			return true
 		}
-		return r.On["connect-failure"] || r.On["reset"] || r.On["5xx"] || r.On["gateway-error"] || r.On["refused-stream"]
+		return false
 	}
 	code := resp.StatusCode
 	switch {
@@ -296,8 +292,14 @@ func shouldRetry(r *config.RetryPolicy, resp *http.Response, err error) bool {
 		return true
 	case r.On["gateway-error"] && (code == 502 || code == 503 || code == 504):
 		return true
+	case r.On["retriable-4xx"] && code == 409:
+		return true
 	case r.On["retriable-status-codes"] && slices.Contains(r.StatusCodes, code):
 		return true
+	}
+	if g := resp.Header.Get("Grpc-Status"); g != "" {
+		cond := map[string]string{"1": "cancelled", "4": "deadline-exceeded", "8": "resource-exhausted", "13": "internal", "14": "unavailable"}[g]
+		return cond != "" && r.On[cond]
 	}
 	return false
 }
@@ -322,14 +324,16 @@ func backoff(ctx context.Context, r *config.RetryPolicy, try int) bool {
 	}
 }
 
-// cancelBody ends a try's context once its response body is closed.
+// cancelBody runs cancel (once) when its response body is closed: a
+// try's context ends, an endpoint's active request count goes down.
 type cancelBody struct {
 	io.ReadCloser
-	cancel context.CancelFunc
+	cancel func()
+	once   sync.Once
 }
 
 func (b *cancelBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.cancel()
+	b.once.Do(b.cancel)
 	return err
 }

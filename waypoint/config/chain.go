@@ -43,6 +43,8 @@ const (
 	defaultIdleTimeout       = time.Hour
 	defaultRouteTimeout      = 15 * time.Second
 	defaultTCPIdleTimeout    = time.Hour
+	// defaultBufferLimit is Envoy's per_connection_buffer_limit_bytes.
+	defaultBufferLimit = 1 << 20
 )
 
 // Type URLs of the filters that observe traffic for telemetry only
@@ -238,7 +240,11 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 		return nil, nil, unsupported("RDS and scoped routes (the waypoint reads inline route_config)")
 	}
 	switch h.GetCodecType() {
-	case hcmv3.HttpConnectionManager_AUTO, hcmv3.HttpConnectionManager_HTTP1, hcmv3.HttpConnectionManager_HTTP2:
+	case hcmv3.HttpConnectionManager_AUTO:
+	case hcmv3.HttpConnectionManager_HTTP1:
+		out.Codec = CodecHTTP1
+	case hcmv3.HttpConnectionManager_HTTP2:
+		out.Codec = CodecHTTP2
 	default:
 		return nil, nil, unsupported(fmt.Sprintf("codec_type %v", h.GetCodecType()))
 	}
@@ -356,6 +362,7 @@ func buildVirtualHost(vh *route.VirtualHost) (*VirtualHost, error) {
 	if err != nil {
 		return nil, err
 	}
+	vhLimit := int(vh.GetPerRequestBufferLimitBytes().GetValue())
 	for i, r := range vh.GetRoutes() {
 		rt, err := buildRoute(r)
 		if err != nil {
@@ -363,6 +370,16 @@ func buildVirtualHost(vh *route.VirtualHost) (*VirtualHost, error) {
 		}
 		if rt.Action != nil && rt.Action.Retry == nil {
 			rt.Action.Retry = vhRetry
+		}
+		if rt.Action != nil {
+			switch {
+			case r.GetPerRequestBufferLimitBytes() != nil:
+				rt.Action.BufferLimit = int(r.GetPerRequestBufferLimitBytes().GetValue())
+			case vhLimit > 0:
+				rt.Action.BufferLimit = vhLimit
+			default:
+				rt.Action.BufferLimit = defaultBufferLimit
+			}
 		}
 		out.Routes = append(out.Routes, rt)
 	}

@@ -193,6 +193,9 @@ type HCM struct {
 	// Upgrades are the upgrade types the HCM allows (lower case:
 	// "websocket", "connect").
 	Upgrades map[string]bool
+	// Codec is the codec_type: AUTO serves HTTP/2 to a client that opens
+	// with its preface (h2c prior knowledge), HTTP/1 otherwise.
+	Codec Codec
 	// StreamIdleTimeout, RequestHeadersTimeout, IdleTimeout: 0 is none.
 	StreamIdleTimeout     time.Duration
 	RequestHeadersTimeout time.Duration
@@ -215,6 +218,15 @@ type HCM struct {
 	RejectEscapedSlashes bool
 	UnescapeSlashes      bool
 }
+
+// Codec is an HTTP connection manager's codec_type.
+type Codec int
+
+const (
+	CodecAuto Codec = iota
+	CodecHTTP1
+	CodecHTTP2
+)
 
 // HTTPFilterKind is what an HTTP filter does.
 type HTTPFilterKind int
@@ -300,6 +312,11 @@ type RouteAction struct {
 	// Mirrors are request_mirror_policies: a copy of the request goes
 	// to each cluster, its answer discarded.
 	Mirrors []Mirror
+	// BufferLimit is the most of a request body kept for retries and
+	// mirrors (the route's, else the virtual host's
+	// per_request_buffer_limit_bytes, else Envoy's 1 MiB connection
+	// buffer); a longer body is streamed and not retried.
+	BufferLimit int
 }
 
 // Mirror is one request mirror policy.
@@ -418,7 +435,18 @@ type Cluster struct {
 	// SANMatch when set.
 	TLS      bool
 	SANMatch []StringMatch
-	rr       atomic.Uint64
+	// Protocol is the HTTP version spoken to the endpoints; IdleTimeout
+	// closes an upstream connection unused for it (0: Envoy's hour).
+	Protocol    UpstreamProtocol
+	IdleTimeout time.Duration
+	// LeastRequest: Envoy's least-request balancer (the fewer active
+	// requests of ChoiceCount random endpoints), else round robin.
+	LeastRequest    bool
+	ChoiceCount     int
+	CircuitBreakers CircuitBreakers
+	// Outlier, when set, ejects failing endpoints.
+	Outlier *OutlierDetection
+	rr      atomic.Uint64
 }
 
 // Pick returns the next endpoint round robin, or nil when none is
