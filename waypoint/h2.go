@@ -135,7 +135,12 @@ func (r *h2Responder) proxied(req *http.Request, resp *http.Response) bool {
 	}
 	r.w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(r.w)
-	rc.Flush()
+	if resp.ContentLength != 0 {
+		// The head goes now (a stream's client may wait for it); a
+		// known-empty answer (gRPC's trailers-only) goes whole, its
+		// headers ending the stream.
+		rc.Flush()
+	}
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -326,8 +331,11 @@ func (p *Proxy) newH2Transport() *http.Transport {
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	return &http.Transport{
-		DialContext:        p.dialHTTP,
-		Protocols:          &protos,
+		DialContext: p.dialHTTP,
+		Protocols:   &protos,
+		// One connection per endpoint key, its streams multiplexed
+		// (without it, requests that start together each dial one).
+		MaxConnsPerHost:    1,
 		IdleConnTimeout:    time.Hour,
 		DisableCompression: true,
 		HTTP2: &http.HTTP2Config{
