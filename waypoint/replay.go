@@ -167,7 +167,9 @@ type idleWatch struct {
 
 func newIdleWatch(d time.Duration, cancel func()) *idleWatch {
 	w := &idleWatch{d: d, last: time.Now(), cancel: cancel}
+	w.mu.Lock()
 	w.t = time.AfterFunc(d, w.check)
+	w.mu.Unlock()
 	return w
 }
 
