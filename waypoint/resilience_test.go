@@ -156,7 +156,7 @@ func TestRetryLargeBody(t *testing.T) {
 					r.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "retriable-status-codes", RetriableStatusCodes: []uint32{503},
 						NumRetries: wrapU32(2), RetryHostPredicate: previousHosts()}
 					if tc.limit > 0 {
-						r.PerRequestBufferLimitBytes = wrapperspb.UInt32(tc.limit)
+						r.RequestBodyBufferLimit = wrapperspb.UInt64(uint64(tc.limit))
 					}
 				})
 			}))

@@ -363,6 +363,9 @@ func buildVirtualHost(vh *route.VirtualHost) (*VirtualHost, error) {
 		return nil, err
 	}
 	vhLimit := int(vh.GetPerRequestBufferLimitBytes().GetValue())
+	if l := vh.GetRequestBodyBufferLimit(); l != nil {
+		vhLimit = int(min(l.GetValue(), 1<<31-1))
+	}
 	for i, r := range vh.GetRoutes() {
 		rt, err := buildRoute(r)
 		if err != nil {
@@ -373,6 +376,8 @@ func buildVirtualHost(vh *route.VirtualHost) (*VirtualHost, error) {
 		}
 		if rt.Action != nil {
 			switch {
+			case r.GetRequestBodyBufferLimit() != nil:
+				rt.Action.BufferLimit = int(min(r.GetRequestBodyBufferLimit().GetValue(), 1<<31-1))
 			case r.GetPerRequestBufferLimitBytes() != nil:
 				rt.Action.BufferLimit = int(r.GetPerRequestBufferLimitBytes().GetValue())
 			case vhLimit > 0:
