@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/waypoint/config"
 )
 
 // dialTunnel is tunnel for use off the test goroutine: an HBONE CONNECT
@@ -376,5 +378,75 @@ func TestGRPCLocalReply(t *testing.T) {
 	_, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{})
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("call to a dead service: got %v, want Unavailable", err)
+	}
+}
+
+// TestGoldenGRPCRoute runs istiod's golden GRPCRoute waypoint
+// (testdata/istiod/grpcroute.json: Service shop/catalog on 7070 with
+// appProtocol grpc, its clusters HTTP/2; a route by method and header to
+// catalog-v2, a regex method route, an 80/20 split), addresses moved to
+// loopback: gRPC calls reach the pods the routes name.
+func TestGoldenGRPCRoute(t *testing.T) {
+	const svc = "catalog.shop.svc.cluster.local"
+	raw, err := os.ReadFile("testdata/istiod/grpcroute.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvWith(t, svc, [2]uint16{7070, 9090}, [2]uint16{7071, 9090}, func(e *env) {
+		moved := strings.NewReplacer(`"10.96.0.50"`, `"`+e.ip(20).String()+`"`, "10.244.1.20:", e.ip(11).String()+":", "10.244.2.21:", e.ip(12).String()+":").Replace(string(raw))
+		e.res = func() *config.Resources {
+			r, err := config.ParseStatic([]byte(moved))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		for _, h := range []byte{11, 12} {
+			addr := netip.AddrPortFrom(e.ip(h), 7070)
+			ln, err := net.Listen("tcp", addr.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Any method: the pod's address and the method it got.
+			srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+				var in testgrpc.SimpleRequest
+				if err := stream.RecvMsg(&in); err != nil {
+					return err
+				}
+				m, _ := grpc.MethodFromServerStream(stream)
+				return stream.SendMsg(&testgrpc.SimpleResponse{Payload: &testgrpc.Payload{Body: []byte(addr.String() + " " + m)}})
+			}))
+			go srv.Serve(ln)
+			t.Cleanup(srv.Stop)
+		}
+	})
+	cc, err := grpc.NewClient("passthrough:///"+svc+":7070",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return e.dialTunnel(ctx, clientID, e.vip(7070))
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v2 := netip.AddrPortFrom(e.ip(12), 7070).String()
+	call := func(method string, md ...string) string {
+		t.Helper()
+		var out testgrpc.SimpleResponse
+		if err := cc.Invoke(metadata.AppendToOutgoingContext(ctx, md...), method, &testgrpc.SimpleRequest{}, &out); err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		return string(out.GetPayload().GetBody())
+	}
+	if got, want := call("/shop.Catalog/Get", "x-canary", "true"), v2+" /shop.Catalog/Get"; got != want {
+		t.Errorf("canary Get: got %q, want %q", got, want)
+	}
+	if got, want := call("/shop.Catalog/ListItems"), v2+" /shop.Catalog/ListItems"; got != want {
+		t.Errorf("List by regex: got %q, want %q", got, want)
+	}
+	if got := call("/shop.Catalog/Get"); !strings.HasSuffix(got, " /shop.Catalog/Get") {
+		t.Errorf("split Get: got %q, want a catalog pod", got)
 	}
 }

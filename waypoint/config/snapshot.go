@@ -333,9 +333,10 @@ type Mirror struct {
 type RetryPolicy struct {
 	NumRetries int
 	// On holds the retry_on conditions: connect-failure, reset,
-	// refused-stream, 5xx, gateway-error, retriable-status-codes
-	// (unavailable, cancelled and the other gRPC conditions need HTTP/2
-	// and never fire here).
+	// refused-stream, 5xx, gateway-error, retriable-4xx,
+	// retriable-status-codes, and gRPC's cancelled, deadline-exceeded,
+	// internal, resource-exhausted, unavailable (a trailers-only
+	// answer's grpc-status).
 	On            map[string]bool
 	StatusCodes   []int
 	PerTryTimeout time.Duration
