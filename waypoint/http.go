@@ -217,8 +217,14 @@ func inspectHead(b []byte, maxHeaders int) error {
 // current when it arrives.
 func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c *sniffConn, ci *connInfo) {
 	if hcm := lookupHCM(p.snap.Load(), listenerName, chainName); hcm != nil {
+		// The first bytes decide the codec; the header-read and idle
+		// timeouts bound the wait for them.
+		wait := hcm.IdleTimeout
+		if hcm.RequestHeadersTimeout > 0 && (wait == 0 || hcm.RequestHeadersTimeout < wait) {
+			wait = hcm.RequestHeadersTimeout
+		}
 		var timer *time.Timer
-		if wait := hcm.RequestHeadersTimeout; wait > 0 {
+		if wait > 0 {
 			timer = time.AfterFunc(wait, func() { c.Close() })
 		}
 		h2 := isH2(hcm, c)
