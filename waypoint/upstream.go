@@ -242,10 +242,13 @@ func endpointHost(c *config.Cluster, ep *config.Endpoint, ci *connInfo) string {
 	if dst == "" {
 		dst = ci.fs[keyOriginalDstLocal]
 	}
-	r := strings.NewReplacer(":", "-", "[", "", "]", "", "/", "-", "|", "-", "_", "-", ".", "-", "%", "-")
-	label := func(s string) string { return "x" + strings.ToLower(r.Replace(s)) }
+	label := func(s string) string { return "x" + strings.ToLower(hostLabel.Replace(s)) }
 	return label(ep.Listener) + "." + label(ep.ID) + "." + label(dst) + "." + label(c.Name) + ".internal"
 }
+
+// hostLabel makes a DNS-label-like string of a name (built once: a
+// Replacer compiles its table on first use).
+var hostLabel = strings.NewReplacer(":", "-", "[", "", "]", "", "/", "-", "|", "-", "_", "-", ".", "-", "%", "-")
 
 // flagFor is the Envoy response flag of an upstream error.
 func flagFor(err error) string {
