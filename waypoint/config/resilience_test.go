@@ -42,28 +42,28 @@ func TestClusterResilience(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		cluster *cluster.Cluster
-		want    Cluster
+		want    *Cluster
 		wantErr error
 	}{
-		{"defaults", base(func(*cluster.Cluster) {}), Cluster{ChoiceCount: 2, CircuitBreakers: CircuitBreakers{1024, 1024, 1024, 3}}, nil},
+		{"defaults", base(func(*cluster.Cluster) {}), &Cluster{ChoiceCount: 2, CircuitBreakers: CircuitBreakers{1024, 1024, 1024, 3}}, nil},
 		{"explicit h2, least request", base(func(c *cluster.Cluster) {
 			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{HTTPProtocolOptionsKey: mustAny(t, h2)}
 			c.LbPolicy = cluster.Cluster_LEAST_REQUEST
 			c.LbConfig = &cluster.Cluster_LeastRequestLbConfig_{LeastRequestLbConfig: &cluster.Cluster_LeastRequestLbConfig{ChoiceCount: wrapperspb.UInt32(3)}}
-		}), Cluster{Protocol: UpstreamHTTP2, LeastRequest: true, ChoiceCount: 3, CircuitBreakers: CircuitBreakers{1024, 1024, 1024, 3}}, nil},
+		}), &Cluster{Protocol: UpstreamHTTP2, LeastRequest: true, ChoiceCount: 3, CircuitBreakers: CircuitBreakers{1024, 1024, 1024, 3}}, nil},
 		{"downstream protocol, istiod's circuit breakers", base(func(c *cluster.Cluster) {
 			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{HTTPProtocolOptionsKey: mustAny(t, down)}
 			max := wrapperspb.UInt32(4294967295)
 			c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{MaxConnections: max, MaxPendingRequests: max, MaxRequests: max, MaxRetries: max}}}
-		}), Cluster{Protocol: UpstreamDownstream, ChoiceCount: 2, CircuitBreakers: CircuitBreakers{1<<31 - 1, 1<<31 - 1, 1<<31 - 1, 1<<31 - 1}}, nil},
+		}), &Cluster{Protocol: UpstreamDownstream, ChoiceCount: 2, CircuitBreakers: CircuitBreakers{1<<31 - 1, 1<<31 - 1, 1<<31 - 1, 1<<31 - 1}}, nil},
 		{"outlier detection", base(func(c *cluster.Cluster) {
 			c.OutlierDetection = &cluster.OutlierDetection{Consecutive_5Xx: wrapperspb.UInt32(7), BaseEjectionTime: durationpb.New(time.Minute), MaxEjectionPercent: wrapperspb.UInt32(100)}
-		}), Cluster{ChoiceCount: 2, CircuitBreakers: CircuitBreakers{1024, 1024, 1024, 3}, Outlier: &OutlierDetection{
+		}), &Cluster{ChoiceCount: 2, CircuitBreakers: CircuitBreakers{1024, 1024, 1024, 3}, Outlier: &OutlierDetection{
 			Consecutive5xx: 7, ConsecutiveGatewayFailure: 5, Enforcing5xx: 100, Interval: 10 * time.Second,
 			BaseEjectionTime: time.Minute, MaxEjectionTime: 300 * time.Second, MaxEjectionPercent: 100}}, nil},
 		{"unknown protocol options", base(func(c *cluster.Cluster) {
 			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions": mustAny(t, wrapperspb.String("x"))}
-		}), Cluster{}, ErrUnsupported},
+		}), &Cluster{}, ErrUnsupported},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := &Cluster{}
@@ -74,7 +74,7 @@ func TestClusterResilience(t *testing.T) {
 			if err != nil {
 				return
 			}
-			if diff := cmp.Diff(&tc.want, got, cmpopts.IgnoreUnexported(Cluster{})); diff != "" {
+			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreUnexported(Cluster{})); diff != "" {
 				t.Errorf("cluster (-want +got):\n%s", diff)
 			}
 		})
