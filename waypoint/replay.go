@@ -13,14 +13,19 @@ import (
 // be sending the rest (Envoy's router buffers for retries the same way,
 // and once the buffer limit is passed it streams on without retries).
 //
-// Concurrency: one mutex over the client's body and the kept bytes. A
-// try's reader reads kept bytes, then pulls from the client under the
-// mutex; a try that ends is closed, so that it stops pulling. Reads of
-// replayBody itself (the connection manager draining what is left
-// after the answer) go to the client body under the same mutex.
+// Concurrency: pullMu serialises reads of the client's body (a read may
+// block until the client sends more); mu guards the kept bytes and the
+// readers' state and is never held across a read of the client, so
+// that ending a try or asking whether the body is replayable never
+// waits for the client. A try that ends is closed, so that it stops
+// pulling; a read it had in progress still lands in the kept bytes.
+// Reads of replayBody itself (the connection manager draining what is
+// left after the answer) pull the same way.
 type replayBody struct {
+	pullMu sync.Mutex
+	src    io.ReadCloser
+
 	mu       sync.Mutex
-	src      io.ReadCloser
 	kept     []byte
 	n        int64 // bytes read from src
 	limit    int
@@ -66,23 +71,27 @@ func (b *replayBody) closeReaders() {
 	b.mu.Unlock()
 }
 
-// pull reads from the client into p (b.mu held).
-func (b *replayBody) pull(p []byte) (int, error) {
-	if b.err != nil {
-		return 0, b.err
+// pull reads the client's next bytes into p (b.pullMu held, b.mu not)
+// and keeps them; at is the offset they start at.
+func (b *replayBody) pull(p []byte) (n int, at int64, err error) {
+	b.mu.Lock()
+	at, err = b.n, b.err
+	b.mu.Unlock()
+	if err != nil {
+		return 0, at, err
 	}
-	n, err := b.src.Read(p)
-	if n > 0 {
-		if b.touch != nil {
-			b.touch()
-		}
-		b.n += int64(n)
-		if !b.overflow {
-			if len(b.kept)+n > b.limit {
-				b.overflow, b.kept = true, nil
-			} else {
-				b.kept = append(b.kept, p[:n]...)
-			}
+	n, err = b.src.Read(p)
+	if n > 0 && b.touch != nil {
+		b.touch()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.n += int64(n)
+	if n > 0 && !b.overflow {
+		if len(b.kept)+n > b.limit {
+			b.overflow, b.kept = true, nil
+		} else {
+			b.kept = append(b.kept, p[:n]...)
 		}
 	}
 	if err != nil {
@@ -93,14 +102,15 @@ func (b *replayBody) pull(p []byte) (int, error) {
 			f(b.kept)
 		}
 	}
-	return n, err
+	return n, at, err
 }
 
 // Read drains the client's body (what no try read).
 func (b *replayBody) Read(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.pull(p)
+	b.pullMu.Lock()
+	defer b.pullMu.Unlock()
+	n, _, err := b.pull(p)
+	return n, err
 }
 
 func (b *replayBody) Close() error { return b.src.Close() }
@@ -123,27 +133,49 @@ func (b *replayBody) whenComplete(f func([]byte)) {
 type replayReader struct {
 	b      *replayBody
 	off    int64
-	closed bool
+	closed bool // guarded by b.mu
 }
 
 func (r *replayReader) Read(p []byte) (int, error) {
 	b := r.b
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if r.closed {
-		return 0, io.ErrClosedPipe
-	}
-	if r.off < b.n {
-		if b.overflow {
+	for {
+		b.mu.Lock()
+		switch {
+		case r.closed:
+			b.mu.Unlock()
+			return 0, io.ErrClosedPipe
+		case r.off < b.n && b.overflow:
+			b.mu.Unlock()
 			return 0, errBodyNotKept
+		case r.off < b.n:
+			n := copy(p, b.kept[r.off:])
+			r.off += int64(n)
+			b.mu.Unlock()
+			return n, nil
+		case b.err != nil:
+			err := b.err
+			b.mu.Unlock()
+			return 0, err
 		}
-		n := copy(p, b.kept[r.off:])
+		b.mu.Unlock()
+		b.pullMu.Lock()
+		b.mu.Lock()
+		behind := r.off < b.n // another reader pulled meanwhile
+		b.mu.Unlock()
+		if behind {
+			b.pullMu.Unlock()
+			continue
+		}
+		n, at, err := b.pull(p)
+		b.pullMu.Unlock()
+		if at != r.off {
+			continue // cannot happen: pulls are serialised and we were level
+		}
+		b.mu.Lock()
 		r.off += int64(n)
-		return n, nil
+		b.mu.Unlock()
+		return n, err
 	}
-	n, err := b.pull(p)
-	r.off += int64(n)
-	return n, err
 }
 
 func (r *replayReader) Close() error {

@@ -307,17 +307,13 @@ func shouldRetry(r *config.RetryPolicy, resp *http.Response, err error) bool {
 	return false
 }
 
-// backoff waits before retry try+1: Envoy's exponential back-off with
-// full jitter from the base interval, capped; false if ctx ended.
+// backoff waits before retry try+1 (backoffDelay); false if ctx ended.
 func backoff(ctx context.Context, r *config.RetryPolicy, try int) bool {
-	d := r.BaseBackoff << min(try, 10)
-	if d > r.MaxBackoff {
-		d = r.MaxBackoff
-	}
+	d := backoffDelay(r, try)
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
-	t := time.NewTimer(time.Duration(rand.Int64N(int64(d)) + 1))
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
@@ -325,6 +321,19 @@ func backoff(ctx context.Context, r *config.RetryPolicy, try int) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// backoffDelay is Envoy's jittered exponential back-off: a random wait
+// up to the base interval doubled per try, capped at the max interval.
+func backoffDelay(r *config.RetryPolicy, try int) time.Duration {
+	d := r.BaseBackoff << min(try, 10)
+	if d > r.MaxBackoff {
+		d = r.MaxBackoff
+	}
+	if d <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(d)) + 1)
 }
 
 // cancelBody runs cancel (once) when its response body is closed: a
