@@ -188,7 +188,7 @@ func TestPerTryTimeout(t *testing.T) {
 	e := newEnv(t, resConfig(func(p *svcPort) {
 		p.routes = resRoute(func(r *route.Route) {
 			r.GetRoute().RetryPolicy = &route.RetryPolicy{RetryOn: "5xx", NumRetries: wrapU32(1),
-				PerTryTimeout: durationpb.New(200 * time.Millisecond), RetryHostPredicate: previousHosts()}
+				PerTryTimeout: durationpb.New(time.Second), RetryHostPredicate: previousHosts()}
 		})
 	}))
 	hang := func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
