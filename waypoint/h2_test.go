@@ -363,6 +363,10 @@ func TestH2COnSniffedPort(t *testing.T) {
 				if got := resp.Header.Get("X-Proto"); got != tc.wantProto {
 					t.Errorf("upstream protocol: got %s, want %s", got, tc.wantProto)
 				}
+				// The waypoint's router (not the TCP chain) forwarded it.
+				if got := resp.Header.Get("X-Got-X-Forwarded-Proto"); got != "http" {
+					t.Errorf("x-forwarded-proto at the pod: got %q, want the router's http", got)
+				}
 			}
 		})
 	}
