@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -453,4 +454,36 @@ func TestGoldenGRPCRoute(t *testing.T) {
 	if got := call("/shop.Catalog/Get"); !strings.HasSuffix(got, " /shop.Catalog/Get") {
 		t.Errorf("split Get: got %q, want a catalog pod", got)
 	}
+}
+
+// TestGRPCRBAC: an AuthorizationPolicy DENY on one gRPC method applies to
+// HTTP/2 streams as to HTTP/1.1 requests; the denied call gets gRPC's
+// PERMISSION_DENIED (Envoy's 403 local reply in gRPC form), the other
+// method on the same connection goes through.
+func TestGRPCRBAC(t *testing.T) {
+	e := newEnvWith(t, host, [2]uint16{80, 90}, [2]uint16{8080, 9090}, func(e *env) {
+		e.cfg = grpcConfig(func(p *svcPort) {
+			deny := &rbacv3.Permission{Rule: &rbacv3.Permission_UrlPath{UrlPath: &pathMatcher{Rule: &pathMatcherPath{Path: exact("/grpc.testing.TestService/UnaryCall")}}}}
+			p.httpFilters = []*hcmFilter{rbacFilter("rbac-deny", rbacv3.RBAC_DENY, map[string]*rbacv3.Policy{"ns[shop]-policy[deny-unary]-rule[0]": {
+				Permissions: []*rbacv3.Permission{deny}, Principals: []*rbacv3.Principal{{Identifier: &rbacv3.Principal_Any{Any: true}}}}})}
+		})(e.ip)
+		startGRPC(t, netip.AddrPortFrom(e.ip(11), 7070), &grpcServer{})
+	})
+	client := e.grpcClient(t, 7070)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("denied method: got %v, want PermissionDenied", err)
+	}
+	stream, err := client.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := stream.Recv(); err != nil || string(out.GetPayload().GetBody()) != "echo x" {
+		t.Fatalf("allowed method: got %v, %v", out, err)
+	}
+	stream.CloseSend()
 }
