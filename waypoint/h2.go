@@ -312,6 +312,23 @@ func grpcStatusFor(status int) int {
 	}
 }
 
+// grpcTimeout parses a grpc-timeout header: up to eight digits and a
+// unit (H, M, S, m, u, n), as gRPC's HTTP/2 protocol defines it.
+func grpcTimeout(v string) (time.Duration, bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v[:len(v)-1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	unit := map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second, 'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}[v[len(v)-1]]
+	if unit == 0 {
+		return 0, false
+	}
+	return time.Duration(n) * unit, true
+}
+
 // grpcStatusOf is a gRPC response's grpc-status: from the trailers, or
 // the headers of a trailers-only response; "" when it has none.
 func grpcStatusOf(resp *http.Response) string {

@@ -17,12 +17,14 @@ import (
 	"time"
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
@@ -486,4 +488,29 @@ func TestGRPCRBAC(t *testing.T) {
 		t.Fatalf("allowed method: got %v, %v", out, err)
 	}
 	stream.CloseSend()
+}
+
+// TestGRPCTimeoutHeader: with max_grpc_timeout set (istiod sets it on
+// waypoint routes), a call's grpc-timeout is its route timeout, capped
+// by max_grpc_timeout: a call that the pod holds past the cap is ended
+// by the waypoint (504 as gRPC: UNAVAILABLE "upstream request
+// timeout") long before the client's own deadline.
+func TestGRPCTimeoutHeader(t *testing.T) {
+	gsrv := &grpcServer{hold: make(chan struct{})}
+	defer close(gsrv.hold)
+	e := newEnvWith(t, host, [2]uint16{80, 90}, [2]uint16{8080, 9090}, func(e *env) {
+		e.cfg = grpcConfig(func(p *svcPort) {
+			r := prefixRoute("/", clusterName("http", 7070, host))
+			r.GetRoute().MaxGrpcTimeout = durationpb.New(200 * time.Millisecond)
+			p.routes = []*route.Route{r}
+		})(e.ip)
+		startGRPC(t, netip.AddrPortFrom(e.ip(11), 7070), gsrv)
+	})
+	client := e.grpcClient(t, 7070)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "upstream request timeout" {
+		t.Fatalf("held call: got %v, want UNAVAILABLE upstream request timeout from the waypoint", err)
+	}
 }

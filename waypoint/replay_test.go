@@ -80,3 +80,22 @@ func TestBackoff(t *testing.T) {
 		t.Error("back-off of an ended request: got true, want false")
 	}
 }
+
+// TestGRPCTimeout: grpc-timeout values as gRPC's protocol writes them;
+// anything else is not a timeout.
+func TestGRPCTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"100m", 100 * time.Millisecond, true}, {"2S", 2 * time.Second, true}, {"1H", time.Hour, true},
+		{"5u", 5 * time.Microsecond, true}, {"99999999n", 99999999, true},
+		{"", 0, false}, {"m", 0, false}, {"10x", 0, false}, {"-1S", 0, false}, {"123456789S", 0, false},
+	} {
+		got, ok := grpcTimeout(tc.in)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("grpcTimeout(%q): got %v, %v; want %v, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}

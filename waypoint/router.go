@@ -80,13 +80,22 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	// upgrade only the wait for the upstream's answer (Envoy disables it
 	// once the upgrade is done).
 	var upgradeTimer *time.Timer
-	if a.Timeout > 0 {
+	timeout := a.Timeout
+	if a.MaxGRPCTimeout != nil && isGRPC(req) {
+		if d, ok := grpcTimeout(req.Header.Get("Grpc-Timeout")); ok {
+			timeout = d
+			if m := *a.MaxGRPCTimeout; m > 0 && d > m {
+				timeout = m
+			}
+		}
+	}
+	if timeout > 0 {
 		var cancel context.CancelFunc
 		if upgrade == "" {
-			ctx, cancel = context.WithTimeout(ctx, a.Timeout)
+			ctx, cancel = context.WithTimeout(ctx, timeout)
 		} else {
 			ctx, cancel = context.WithCancel(ctx)
-			upgradeTimer = time.AfterFunc(a.Timeout, cancel)
+			upgradeTimer = time.AfterFunc(timeout, cancel)
 		}
 		defer cancel()
 	}

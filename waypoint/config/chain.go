@@ -515,7 +515,11 @@ func buildRouteAction(a *route.RouteAction) (*RouteAction, error) {
 	if len(a.GetRateLimits()) > 0 || a.GetHedgePolicy() != nil || a.GetInternalRedirectPolicy() != nil {
 		return nil, unsupported("rate limits, hedging and internal redirects")
 	}
-	// hash_policy and max_grpc_timeout are accepted and change nothing
+	if m := a.GetMaxGrpcTimeout(); m != nil {
+		d := m.AsDuration()
+		out.MaxGRPCTimeout = &d
+	}
+	// hash_policy is accepted and changes nothing
 	// (round robin; no gRPC).
 	retry, err := buildRetry(a.GetRetryPolicy())
 	if err != nil {

@@ -300,10 +300,14 @@ type RouteAction struct {
 	ClusterNotFoundCode int
 	Timeout             time.Duration
 	IdleTimeout         time.Duration
-	PrefixRewrite       string
-	RegexRewrite        *RegexRewrite
-	HostRewrite         string
-	Upgrades            map[string]bool
+	// MaxGRPCTimeout, when set (istiod sets it to the route timeout), makes
+	// a gRPC request's grpc-timeout header its timeout, capped by it
+	// unless 0.
+	MaxGRPCTimeout *time.Duration
+	PrefixRewrite  string
+	RegexRewrite   *RegexRewrite
+	HostRewrite    string
+	Upgrades       map[string]bool
 	// Connect: the CONNECT request is terminated and its payload sent to
 	// the cluster (connect_config).
 	Connect bool
