@@ -501,6 +501,7 @@ func TestGRPCTimeoutHeader(t *testing.T) {
 	e := newEnvWith(t, host, [2]uint16{80, 90}, [2]uint16{8080, 9090}, func(e *env) {
 		e.cfg = grpcConfig(func(p *svcPort) {
 			r := prefixRoute("/", clusterName("http", 7070, host))
+			//lint:ignore SA1019 istiod sets it on waypoint routes, Envoy honours it
 			r.GetRoute().MaxGrpcTimeout = durationpb.New(200 * time.Millisecond)
 			p.routes = []*route.Route{r}
 		})(e.ip)
