@@ -561,7 +561,9 @@ func TestWebSocketUpgrade(t *testing.T) {
 		// A route timeout bounds the wait for the upgrade, not the
 		// upgraded connection.
 		r := prefixRoute("/", clusterName("http", 80, host))
-		r.GetRoute().Timeout = durationpb.New(50 * time.Millisecond)
+		// (500 ms: the first HBONE connection to the pod must fit in it
+		// under -race on a loaded machine.)
+		r.GetRoute().Timeout = durationpb.New(500 * time.Millisecond)
 		w.ports[0].routes = []*route.Route{r}
 		return w
 	})
@@ -574,7 +576,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("status: got %d, want 101", resp.StatusCode)
 	}
-	time.Sleep(150 * time.Millisecond) // past the route timeout
+	time.Sleep(600 * time.Millisecond) // past the route timeout
 	fmt.Fprintf(c.c, "frame\n")
 	line, err := c.br.ReadString('\n')
 	if err != nil {
