@@ -26,8 +26,9 @@ type view struct {
 	ci    *connInfo
 	fs    map[string]string
 	query url.Values
-	// rec is the request's record, nil on a connection.
-	rec *requestRecord
+	// result is what the router and filters record of the request (nil
+	// on a connection).
+	result *requestRecord
 }
 
 var _ config.Request = (*view)(nil)
@@ -381,7 +382,7 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 		fs[k] = v
 	}
 	rec := &requestRecord{Protocol: rw.protocol(), Flags: "-"}
-	v := &view{req: req, ci: ci, fs: fs, rec: rec}
+	v := &view{req: req, ci: ci, fs: fs, result: rec}
 	rt := selectRoute(hcm, v, req)
 	defer func() {
 		p.stats.request(rec.Status)

@@ -21,7 +21,7 @@ import (
 // whether the connection may carry another request.
 func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, rt *config.Route, rw responder, ci *connInfo, req *http.Request, v *view) bool {
 	a := rt.Action
-	rec := v.rec
+	rec := v.result
 	local := func(code int, body, flag string) bool {
 		rec.local(req, code, flag)
 		if rw.local(req, code, body, nil) != nil {
