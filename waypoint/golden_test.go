@@ -93,6 +93,20 @@ func TestGoldenNamespaceSniffing(t *testing.T) {
 	if got, want := body(resp), netip.AddrPortFrom(e.ip(11), 9080).String()+" GET "+svc+":9080 /ratings/1 "; got != want {
 		t.Errorf("http: got %q, want %q", got, want)
 	}
+	// h2c (a gRPC client's prior knowledge): the inspector's 'h2c' takes
+	// it to the HTTP chain too, served HTTP/2; the cluster without
+	// protocol options speaks HTTP/1.1 to the pod.
+	hc := e.h2cClient(9080)
+	defer hc.CloseIdleConnections()
+	h2resp, err := hc.Get("http://" + svc + ":9080/ratings/2")
+	if err != nil {
+		t.Fatalf("h2c: %v", err)
+	}
+	h2resp.Body.Close()
+	if h2resp.ProtoMajor != 2 || h2resp.StatusCode != 200 || h2resp.Header.Get("X-Proto") != "HTTP/1.1" || h2resp.Header.Get("X-Got-X-Forwarded-Proto") != "http" {
+		t.Errorf("h2c: got %s %d, upstream %q, x-forwarded-proto %q; want HTTP/2 200 through the router, HTTP/1.1 upstream",
+			h2resp.Proto, h2resp.StatusCode, h2resp.Header.Get("X-Proto"), h2resp.Header.Get("X-Got-X-Forwarded-Proto"))
+	}
 	// Not HTTP: the TCP chain carries the bytes to the pod untouched, so
 	// the app itself (not the waypoint) answers them.
 	c := e.tunnel(t, clientID, e.vip(9080))

@@ -26,6 +26,9 @@ type view struct {
 	ci    *connInfo
 	fs    map[string]string
 	query url.Values
+	// result is what the router and filters record of the request (nil
+	// on a connection).
+	result *requestRecord
 }
 
 var _ config.Request = (*view)(nil)
@@ -214,6 +217,27 @@ func inspectHead(b []byte, maxHeaders int) error {
 // requests one after the other (keep-alive), each against the snapshot
 // current when it arrives.
 func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c *sniffConn, ci *connInfo) {
+	if hcm := lookupHCM(p.snap.Load(), listenerName, chainName); hcm != nil {
+		// The first bytes decide the codec; the header-read and idle
+		// timeouts bound the wait for them.
+		wait := hcm.IdleTimeout
+		if hcm.RequestHeadersTimeout > 0 && (wait == 0 || hcm.RequestHeadersTimeout < wait) {
+			wait = hcm.RequestHeadersTimeout
+		}
+		var timer *time.Timer
+		if wait > 0 {
+			timer = time.AfterFunc(wait, func() { c.Close() })
+		}
+		h2 := isH2(hcm, c)
+		if timer != nil && !timer.Stop() {
+			return
+		}
+		if h2 {
+			p.serveH2(ctx, hcm, listenerName, chainName, c, ci)
+			return
+		}
+	}
+	rw := h1Responder{c}
 	for {
 		snap := p.snap.Load()
 		hcm := lookupHCM(snap, listenerName, chainName)
@@ -259,7 +283,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 			writeLocal(c, req, http.StatusServiceUnavailable, "", nil, true)
 			return
 		}
-		keep := p.serveRequest(ctx, snap, hcm, c, ci, req)
+		keep := p.serveRequest(ctx, snap, hcm, rw, ci, req)
 		if !keep || req.Close {
 			return
 		}
@@ -319,15 +343,20 @@ func (b *flushingBody) Read(p []byte) (int, error) {
 
 // serveRequest runs the HTTP filters and the router for one request; it
 // reports whether the connection may carry another.
-func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, c *sniffConn, ci *connInfo, req *http.Request) bool {
+func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, rw responder, ci *connInfo, req *http.Request) bool {
 	start := time.Now()
 	defer req.Body.Close()
+	c := rw.conn()
 	switch {
 	case req.ProtoMajor == 1 && req.ProtoMinor == 0 && !hcm.AcceptHTTP10:
 		writeLocal(c, req, http.StatusUpgradeRequired, "", nil, true)
 		return false
 	case req.ProtoAtLeast(1, 1) && req.Host == "":
 		p.stats.badRequests.Add(1)
+		if c == nil {
+			rw.local(req, http.StatusBadRequest, "Bad Request", nil)
+			return false
+		}
 		writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
 		return false
 	}
@@ -340,6 +369,10 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	uri, err := normalizePath(hcm, req.RequestURI)
 	if err != nil {
 		p.stats.badRequests.Add(1)
+		if c == nil {
+			rw.local(req, http.StatusBadRequest, "Bad Request", nil)
+			return false
+		}
 		writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
 		return false
 	}
@@ -348,20 +381,21 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	for k, v := range ci.fs {
 		fs[k] = v
 	}
-	v := &view{req: req, ci: ci, fs: fs}
+	rec := &requestRecord{Protocol: rw.protocol(), Flags: "-"}
+	v := &view{req: req, ci: ci, fs: fs, result: rec}
 	rt := selectRoute(hcm, v, req)
-	status, flags := 0, "-"
 	defer func() {
-		p.stats.request(status)
-		p.log.Debug("request", logkey.Method, req.Method, logkey.Authority, req.Host, logkey.Path, req.RequestURI, logkey.Status, status,
-			logkey.ResponseFlags, flags, logkey.Duration, time.Since(start).String(), logkey.Peer, fs["io.istio.peer_principal"])
+		p.stats.request(rec.Status)
+		p.log.Debug("request", logkey.Method, req.Method, logkey.Authority, req.Host, logkey.Path, req.RequestURI, logkey.Status, rec.Status,
+			logkey.ResponseFlags, rec.Flags, logkey.Duration, time.Since(start).String(), logkey.Peer, fs["io.istio.peer_principal"],
+			logkey.GRPCStatus, rec.GRPCStatus)
 	}()
 	local := func(code int, body string, flag string, h http.Header) bool {
-		status, flags = code, flag
-		if err := writeLocal(c, req, code, body, h, false); err != nil {
+		rec.local(req, code, flag)
+		if err := rw.local(req, code, body, h); err != nil {
 			return false
 		}
-		return drainBody(req)
+		return rw.done(req)
 	}
 	for _, f := range hcm.Filters {
 		if rt != nil && rt.DisabledFilters[f.Name] {
@@ -392,13 +426,13 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 				}
 				return local(code, "fault filter abort", flag, nil)
 			} else if flag == "DI" {
-				flags = "DI"
+				rec.Flags = "DI"
 			} else if ctx.Err() != nil {
 				return false
 			}
 		case config.FilterCORS:
 			if rt != nil && rt.CORS != nil {
-				if done, keep := p.cors(rt.CORS, c, req, &status); done {
+				if done, keep := p.cors(rt.CORS, rw, req, rec); done {
 					return keep
 				}
 			}
@@ -419,9 +453,7 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 				h := http.Header{"Location": {redirectLocation(rt, req)}}
 				return local(code, "", "-", h)
 			default:
-				code, flag, keep := p.forward(ctx, snap, hcm, rt, c, ci, req, v)
-				status, flags = code, flag
-				return keep
+				return p.forward(ctx, snap, hcm, rt, rw, ci, req, v)
 			}
 		}
 	}
@@ -466,7 +498,7 @@ func (p *Proxy) fault(ctx context.Context, f *config.Fault, v *view, req *http.R
 
 // cors answers a preflight request, or marks the response of an allowed
 // origin.
-func (p *Proxy) cors(cp *config.CORS, c *sniffConn, req *http.Request, status *int) (done, keep bool) {
+func (p *Proxy) cors(cp *config.CORS, rw responder, req *http.Request, rec *requestRecord) (done, keep bool) {
 	origin := req.Header.Get("Origin")
 	if origin == "" {
 		return false, false
@@ -497,11 +529,11 @@ func (p *Proxy) cors(cp *config.CORS, c *sniffConn, req *http.Request, status *i
 	if cp.AllowCredentials {
 		h.Set("Access-Control-Allow-Credentials", "true")
 	}
-	*status = http.StatusOK
-	if writeLocal(c, req, http.StatusOK, "", h, false) != nil {
+	rec.Status = http.StatusOK
+	if rw.local(req, http.StatusOK, "", h) != nil {
 		return true, false
 	}
-	return true, drainBody(req)
+	return true, rw.done(req)
 }
 
 func redirectLocation(rt *config.Route, req *http.Request) string {
@@ -585,203 +617,6 @@ func applyHeader(h http.Header, hv config.HeaderValue) {
 	}
 }
 
-// forward is the router: it sends the request to the route's cluster and
-// the response back. It returns the status, the response flag and
-// whether the connection may carry another request.
-func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, rt *config.Route, c *sniffConn, ci *connInfo, req *http.Request, v *view) (int, string, bool) {
-	a := rt.Action
-	local := func(code int, body, flag string) (int, string, bool) {
-		if writeLocal(c, req, code, body, nil, false) != nil {
-			return code, flag, false
-		}
-		return code, flag, drainBody(req)
-	}
-	name, hostRewrite := a.Cluster, a.HostRewrite
-	var wc *config.WeightedCluster
-	if len(a.Weighted) > 0 {
-		if wc = pickWeighted(a.Weighted); wc == nil {
-			return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
-		}
-		name = wc.Name
-		if wc.HostRewrite != "" && hostRewrite == "" {
-			hostRewrite = wc.HostRewrite
-		}
-	}
-	cl := snap.Clusters[name]
-	if cl == nil {
-		return local(a.ClusterNotFoundCode, "", "NC")
-	}
-	upgrade := ""
-	if isUpgrade(req) {
-		t := strings.ToLower(req.Header.Get("Upgrade"))
-		on, set := a.Upgrades[t]
-		if !set {
-			on = hcm.Upgrades[t]
-		}
-		if !on {
-			return local(http.StatusForbidden, "", "-") // Envoy refuses an upgrade it is not configured for
-		}
-		upgrade = req.Header.Get("Upgrade")
-	}
-	if !hcm.Proxy100Continue && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
-		// Envoy's default: answer it here, so the client sends its body.
-		req.Header.Del("Expect")
-		if _, err := io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
-			return 0, "-", false
-		}
-	}
-	share := upstreamShare(ci, v)
-	path, query, hasQuery := strings.Cut(req.RequestURI, "?")
-	switch {
-	case a.RegexRewrite != nil:
-		path = a.RegexRewrite.Pattern.ReplaceAllString(path, a.RegexRewrite.Substitution)
-	case a.PrefixRewrite != "":
-		path = rewritePrefix(rt.Match, path, a.PrefixRewrite)
-	}
-	uri := path
-	if hasQuery {
-		uri += "?" + query
-	}
-	// The route timeout covers every try and the whole response; for an
-	// upgrade only the wait for the upstream's answer (Envoy disables it
-	// once the upgrade is done).
-	var upgradeTimer *time.Timer
-	if a.Timeout > 0 {
-		var cancel context.CancelFunc
-		if upgrade == "" {
-			ctx, cancel = context.WithTimeout(ctx, a.Timeout)
-		} else {
-			ctx, cancel = context.WithCancel(ctx)
-			upgradeTimer = time.AfterFunc(a.Timeout, cancel)
-		}
-		defer cancel()
-	}
-	// A retry needs the body again: one of known, small length is
-	// buffered; a longer or chunked one is sent once.
-	retry, mirrors := a.Retry, a.Mirrors
-	var buffered []byte
-	if upgrade != "" || req.ContentLength < 0 || req.ContentLength > maxRetryBody {
-		// A body that is not kept is sent once: no retry, and no mirror
-		// unless there is no body at all.
-		retry = nil
-		if req.ContentLength != 0 {
-			mirrors = nil
-		}
-	}
-	if (retry != nil || len(mirrors) > 0) && req.ContentLength > 0 {
-		b, err := io.ReadAll(io.LimitReader(req.Body, req.ContentLength))
-		if err != nil {
-			return http.StatusBadRequest, "-", false
-		}
-		buffered = b
-	}
-	tries := 1
-	if retry != nil {
-		tries += retry.NumRetries
-	}
-	for _, m := range mirrors {
-		if rollPercent(m.Fraction) {
-			p.mirror(snap, m, req, share, rt, wc, uri, hostRewrite, buffered, a.Timeout)
-		}
-	}
-	tried := map[*config.Endpoint]bool{}
-	var resp *http.Response
-	var err error
-	var ep *config.Endpoint
-	for try := 0; ; try++ {
-		ep = pickEndpoint(cl, tried, retry)
-		if ep == nil {
-			return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
-		}
-		tried[ep] = true
-		out := p.upstreamRequest(ctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, upgrade, buffered)
-		var tryCancel context.CancelFunc
-		if retry != nil && retry.PerTryTimeout > 0 {
-			var tctx context.Context
-			tctx, tryCancel = context.WithTimeout(out.Context(), retry.PerTryTimeout)
-			out = out.WithContext(tctx)
-		}
-		resp, err = p.transport.RoundTrip(out)
-		if tryCancel != nil {
-			// (no upgrade here: an upgrade is never retried)
-			if resp != nil {
-				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: tryCancel}
-			} else {
-				tryCancel()
-			}
-		}
-		if try+1 >= tries || ctx.Err() != nil || !shouldRetry(retry, resp, err) {
-			break
-		}
-		p.stats.retries.Add(1)
-		if resp != nil {
-			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-			resp.Body.Close()
-		}
-		if !backoff(ctx, retry, try) {
-			break
-		}
-	}
-	if upgradeTimer != nil && !upgradeTimer.Stop() {
-		// The upgrade's answer came too late (or never).
-		if resp != nil {
-			resp.Body.Close()
-		}
-		return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")
-	}
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")
-		}
-		p.stats.upstreamFail.Add(1)
-		p.log.Info("upstream request failed", logkey.Cluster, cl.Name, logkey.Endpoint, ep.String(), logkey.Error, err.Error())
-		return local(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure", flagFor(err))
-	}
-	defer resp.Body.Close()
-	for _, h := range hopHeaders {
-		if resp.StatusCode == http.StatusSwitchingProtocols && (h == "Upgrade") {
-			continue
-		}
-		resp.Header.Del(h)
-	}
-	applyResponseMutation(resp.Header, rt.Headers)
-	if wc != nil {
-		applyResponseMutation(resp.Header, wc.Headers)
-	}
-	if o := req.Header.Get("X-Ambit-Cors-Origin"); o != "" {
-		resp.Header.Set("Access-Control-Allow-Origin", o)
-		if rt.CORS != nil && rt.CORS.ExposeHeaders != "" {
-			resp.Header.Set("Access-Control-Expose-Headers", rt.CORS.ExposeHeaders)
-		}
-	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return resp.StatusCode, "-", p.switchProtocols(c, resp)
-	}
-	resp.Close = resp.Close || req.Close
-	// TransferEncoding from the upstream is the upstream hop's framing;
-	// Write frames the body for this hop.
-	if resp.ContentLength < 0 {
-		resp.TransferEncoding = []string{"chunked"}
-	} else {
-		resp.TransferEncoding = nil
-	}
-	// The head and the body go out through one buffer (net/http writes
-	// each header line on its own, which on a tunnel would be a frame
-	// and a TLS record each); it is flushed before each wait for more of
-	// the upstream's body, so a streamed response is not held back.
-	bw := bufio.NewWriterSize(c, 32<<10)
-	resp.Body = &flushingBody{ReadCloser: resp.Body, w: bw}
-	// (writerOnly: bufio's ReadFrom would hand the body's Read its own
-	// buffer, which the flush in that Read then rewrites.)
-	if err := resp.Write(writerOnly{bw}); err != nil {
-		return resp.StatusCode, "-", false
-	}
-	if err := bw.Flush(); err != nil {
-		return resp.StatusCode, "-", false
-	}
-	return resp.StatusCode, "-", !resp.Close && drainBody(req)
-}
-
 // upstreamShare is the downstream connection info with the request's
 // filter state, as shared with the upstream connection.
 func upstreamShare(ci *connInfo, v *view) *connInfo {
@@ -829,91 +664,4 @@ func (p *Proxy) switchProtocols(c *sniffConn, resp *http.Response) bool {
 	c.Close()
 	<-done
 	return false
-}
-
-// upstreamRequest is the request sent to endpoint ep of cluster cl: hop
-// headers dropped, the route's and weighted cluster's mutations, the
-// rewritten path and host.
-func (p *Proxy) upstreamRequest(ctx context.Context, req *http.Request, snap *config.Snapshot, cl *config.Cluster, ep *config.Endpoint,
-	share *connInfo, rt *config.Route, wc *config.WeightedCluster, uri, hostRewrite, upgrade string, buffered []byte) *http.Request {
-	out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share}))
-	for _, h := range hopHeaders {
-		out.Header.Del(h)
-	}
-	for _, h := range strings.Split(req.Header.Get("Connection"), ",") {
-		if h = strings.TrimSpace(h); h != "" && !strings.EqualFold(h, "upgrade") {
-			out.Header.Del(h)
-		}
-	}
-	if upgrade != "" {
-		out.Header.Set("Connection", "Upgrade")
-		out.Header.Set("Upgrade", upgrade)
-	}
-	out.Header.Del("X-Ambit-Cors-Origin")
-	if out.Header.Get("X-Forwarded-Proto") == "" {
-		out.Header.Set("X-Forwarded-Proto", "http")
-	}
-	applyRequestMutation(out.Header, rt.Headers)
-	if wc != nil {
-		applyRequestMutation(out.Header, wc.Headers)
-	}
-	out.URL = &url.URL{Scheme: "http", Host: endpointHost(cl, ep, share), Opaque: uri}
-	out.RequestURI = ""
-	if hostRewrite != "" {
-		out.Host = hostRewrite
-	}
-	switch {
-	case req.ContentLength == 0:
-		out.Body = nil
-	case buffered != nil:
-		out.Body = io.NopCloser(bytes.NewReader(buffered))
-	}
-	return out
-}
-
-// mirror sends a copy of the request to the mirror's cluster, its host
-// suffixed "-shadow", and discards the answer; it never delays or
-// changes the request itself.
-func (p *Proxy) mirror(snap *config.Snapshot, m config.Mirror, req *http.Request, share *connInfo, rt *config.Route,
-	wc *config.WeightedCluster, uri, hostRewrite string, buffered []byte, timeout time.Duration) {
-	cl := snap.Clusters[m.Cluster]
-	if cl == nil {
-		return
-	}
-	ep := cl.Pick()
-	if ep == nil {
-		return
-	}
-	if timeout <= 0 || timeout > maxMirrorTime {
-		timeout = maxMirrorTime
-	}
-	ctx, cancel := context.WithTimeout(p.ctx, timeout)
-	out := p.upstreamRequest(ctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, "", buffered)
-	if m.HostSuffix {
-		out.Host = shadowHost(out.Host)
-	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		defer cancel()
-		resp, err := p.transport.RoundTrip(out)
-		if err != nil {
-			p.log.Debug("mirror failed", logkey.Cluster, cl.Name, logkey.Error, err.Error())
-			return
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}()
-}
-
-// maxMirrorTime bounds a mirrored request whose route has no timeout.
-const maxMirrorTime = 30 * time.Second
-
-// shadowHost is Envoy's shadow host: "-shadow" after the host name,
-// before any port.
-func shadowHost(h string) string {
-	if host, port, err := net.SplitHostPort(h); err == nil {
-		return net.JoinHostPort(host+"-shadow", port)
-	}
-	return h + "-shadow"
 }

@@ -28,6 +28,7 @@ import (
 	internalup "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/internal_upstream/v3"
 	rawbuffer "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	"google.golang.org/protobuf/proto"
@@ -67,6 +68,13 @@ type svcPort struct {
 	routes []*route.Route
 	// httpFilters go before the router (RBAC, fault).
 	httpFilters []*hcmv3.HttpFilter
+	// upstream is the HTTP cluster's protocol: "" (HTTP/1.1), "h2"
+	// (explicit, istiod's for grpc and http2 ports) or "downstream".
+	upstream string
+	// editHCM and editCluster change the port's HTTP connection manager
+	// and HTTP cluster.
+	editHCM     func(*hcmv3.HttpConnectionManager)
+	editCluster func(*cluster.Cluster)
 }
 
 // waypointConfig is the test's istiod.
@@ -175,6 +183,9 @@ func (w *waypointConfig) mainInternal() *listener.Listener {
 				NormalizePath:         wrapperspb.Bool(true), // as istiod sets it
 				RequestHeadersTimeout: durationpb.New(w.requestHeadersTimeout),
 				HttpFilters:           append(append([]*hcmv3.HttpFilter{}, p.httpFilters...), routerFilter()),
+			}
+			if p.editHCM != nil {
+				p.editHCM(h)
 			}
 			chains = append(chains, &listener.FilterChain{Name: name, Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(h)}}}})
 			portMap[fmt.Sprint(p.port)] = toChain(name)
@@ -310,7 +321,23 @@ func (w *waypointConfig) resources() *config.Resources {
 		}
 		for _, kind := range kinds {
 			name := clusterName(kind, p.port, w.host)
-			r.Clusters = append(r.Clusters, edsCluster(name))
+			c := edsCluster(name)
+			if kind == "http" {
+				switch p.upstream {
+				case "h2":
+					c.TypedExtensionProtocolOptions = map[string]*anypb.Any{config.HTTPProtocolOptionsKey: mustAny(&upstreamhttp.HttpProtocolOptions{
+						UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
+							ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}}}}})}
+				case "downstream":
+					c.TypedExtensionProtocolOptions = map[string]*anypb.Any{config.HTTPProtocolOptionsKey: mustAny(&upstreamhttp.HttpProtocolOptions{
+						UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_UseDownstreamProtocolConfig{UseDownstreamProtocolConfig: &upstreamhttp.HttpProtocolOptions_UseDownstreamHttpConfig{
+							HttpProtocolOptions: &core.Http1ProtocolOptions{}, Http2ProtocolOptions: &core.Http2ProtocolOptions{}}}})}
+				}
+				if p.editCluster != nil {
+					p.editCluster(c)
+				}
+			}
+			r.Clusters = append(r.Clusters, c)
 			bs := w.backends
 			if p.target != 0 {
 				bs = nil

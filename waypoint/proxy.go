@@ -7,10 +7,13 @@
 // handed in process, without a socket, to the internal listener its
 // route's cluster names; there the filter_chain_matcher picks a chain by
 // destination IP, port and application protocol; an HTTP connection
-// manager routes each HTTP/1.1 request (RBAC, fault, CORS, route
-// matching, rewrites, redirects, direct responses, weighted clusters,
-// timeouts), a tcp_proxy each connection; upstream connections go
-// through connect_originate as HBONE to the endpoint's podIP:15008.
+// manager routes each HTTP/1.1 or HTTP/2 (h2c, gRPC) request (RBAC,
+// fault, CORS, route matching, rewrites, redirects, direct responses,
+// weighted clusters, timeouts, retries, mirrors), a tcp_proxy each
+// connection; upstream requests are balanced (round robin or least
+// request) under the cluster's circuit breakers and outlier detection,
+// over HTTP/1.1 or multiplexed HTTP/2 connections that go through
+// connect_originate as HBONE to the endpoint's podIP:15008.
 //
 // Configuration is an immutable config.Snapshot swapped atomically: a
 // connection's chain is chosen once, as Envoy's, but each request on it
@@ -66,6 +69,12 @@ type Proxy struct {
 	server    *hbone.Server
 	pool      *pool.Pool
 	transport *http.Transport
+	// h2transport reaches HTTP/2 clusters (h2.go).
+	h2transport *http.Transport
+	// clusters is the runtime state of clusters by name (balance.go);
+	// ejections counts outlier ejections.
+	clusters  sync.Map
+	ejections atomic.Int64
 	conns     tracker.Tracker[net.Conn]
 	stats     *Stats
 	// sanMatchers: see sanCheck.
@@ -122,6 +131,7 @@ func New(cfg Config) (*Proxy, error) {
 		// The waypoint forwards what it gets, proxies nothing further.
 		Proxy: nil,
 	}
+	p.h2transport = p.newH2Transport()
 	return p, nil
 }
 
@@ -153,6 +163,7 @@ func (p *Proxy) Close() error {
 	}
 	p.pool.Close()
 	p.transport.CloseIdleConnections()
+	p.h2transport.CloseIdleConnections()
 	p.wg.Wait()
 	return err
 }

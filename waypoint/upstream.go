@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/hbone"
@@ -241,10 +242,13 @@ func endpointHost(c *config.Cluster, ep *config.Endpoint, ci *connInfo) string {
 	if dst == "" {
 		dst = ci.fs[keyOriginalDstLocal]
 	}
-	r := strings.NewReplacer(":", "-", "[", "", "]", "", "/", "-", "|", "-", "_", "-", ".", "-", "%", "-")
-	label := func(s string) string { return "x" + strings.ToLower(r.Replace(s)) }
+	label := func(s string) string { return "x" + strings.ToLower(hostLabel.Replace(s)) }
 	return label(ep.Listener) + "." + label(ep.ID) + "." + label(dst) + "." + label(c.Name) + ".internal"
 }
+
+// hostLabel makes a DNS-label-like string of a name (built once: a
+// Replacer compiles its table on first use).
+var hostLabel = strings.NewReplacer(":", "-", "[", "", "]", "", "/", "-", "|", "-", "_", "-", ".", "-", "%", "-")
 
 // flagFor is the Envoy response flag of an upstream error.
 func flagFor(err error) string {
@@ -260,35 +264,30 @@ func flagFor(err error) string {
 	}
 }
 
-// maxRetryBody is the largest request body kept for retries.
-const maxRetryBody = 64 << 10
-
-// pickEndpoint picks the next endpoint; with the previous_hosts
-// predicate, one not tried yet while there is one.
-func pickEndpoint(c *config.Cluster, tried map[*config.Endpoint]bool, r *config.RetryPolicy) *config.Endpoint {
-	ep := c.Pick()
-	if r == nil || !r.OtherHosts || len(tried) == 0 {
-		return ep
-	}
-	for range c.Endpoints {
-		if ep == nil || !tried[ep] {
-			return ep
-		}
-		ep = c.Pick()
-	}
-	return ep
-}
-
-// shouldRetry is Envoy's retry_on for one try's outcome.
+// shouldRetry is Envoy's retry_on for one try's outcome: a failure to
+// get an answer (connect-failure, refused-stream, reset; 5xx and
+// gateway-error include them), the status (5xx, gateway-error,
+// retriable-4xx, retriable-status-codes), and a gRPC trailers-only
+// answer's grpc-status (cancelled, deadline-exceeded, internal,
+// resource-exhausted, unavailable).
 func shouldRetry(r *config.RetryPolicy, resp *http.Response, err error) bool {
 	if r == nil {
 		return false
 	}
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return r.On["5xx"] || r.On["gateway-error"] // a per-try timeout
+		switch {
+		case errors.Is(err, errOverflow):
+			return false
+		case r.On["5xx"] || r.On["gateway-error"] || r.On["reset"]:
+			return true // includes a per-try timeout
+		case errors.Is(err, context.DeadlineExceeded):
+			return false
+		case r.On["connect-failure"] && errors.Is(err, ErrUpstreamConnect):
+			return true
+		case r.On["refused-stream"] && strings.Contains(err.Error(), "REFUSED_STREAM"):
+			return true
 		}
-		return r.On["connect-failure"] || r.On["reset"] || r.On["5xx"] || r.On["gateway-error"] || r.On["refused-stream"]
+		return false
 	}
 	code := resp.StatusCode
 	switch {
@@ -296,23 +295,25 @@ func shouldRetry(r *config.RetryPolicy, resp *http.Response, err error) bool {
 		return true
 	case r.On["gateway-error"] && (code == 502 || code == 503 || code == 504):
 		return true
+	case r.On["retriable-4xx"] && code == 409:
+		return true
 	case r.On["retriable-status-codes"] && slices.Contains(r.StatusCodes, code):
 		return true
+	}
+	if g := resp.Header.Get("Grpc-Status"); g != "" {
+		cond := map[string]string{"1": "cancelled", "4": "deadline-exceeded", "8": "resource-exhausted", "13": "internal", "14": "unavailable"}[g]
+		return cond != "" && r.On[cond]
 	}
 	return false
 }
 
-// backoff waits before retry try+1: Envoy's exponential back-off with
-// full jitter from the base interval, capped; false if ctx ended.
+// backoff waits before retry try+1 (backoffDelay); false if ctx ended.
 func backoff(ctx context.Context, r *config.RetryPolicy, try int) bool {
-	d := r.BaseBackoff << min(try, 10)
-	if d > r.MaxBackoff {
-		d = r.MaxBackoff
-	}
+	d := backoffDelay(r, try)
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
-	t := time.NewTimer(time.Duration(rand.Int64N(int64(d)) + 1))
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
@@ -322,14 +323,29 @@ func backoff(ctx context.Context, r *config.RetryPolicy, try int) bool {
 	}
 }
 
-// cancelBody ends a try's context once its response body is closed.
+// backoffDelay is Envoy's jittered exponential back-off: a random wait
+// up to the base interval doubled per try, capped at the max interval.
+func backoffDelay(r *config.RetryPolicy, try int) time.Duration {
+	d := r.BaseBackoff << min(try, 10)
+	if d > r.MaxBackoff {
+		d = r.MaxBackoff
+	}
+	if d <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(d)) + 1)
+}
+
+// cancelBody runs cancel (once) when its response body is closed: a
+// try's context ends, an endpoint's active request count goes down.
 type cancelBody struct {
 	io.ReadCloser
-	cancel context.CancelFunc
+	cancel func()
+	once   sync.Once
 }
 
 func (b *cancelBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.cancel()
+	b.once.Do(b.cancel)
 	return err
 }

@@ -65,6 +65,8 @@ type env struct {
 	cfg   *waypointConfig
 	store *zconfig.Store
 	zb    *ztunnel.Ztunnel
+	// log, when set, is the waypoint's logger.
+	log *slog.Logger
 }
 
 func (e *env) vip(port uint16) netip.AddrPort { return netip.AddrPortFrom(e.ip(20), port) }
@@ -113,7 +115,11 @@ func newEnvWith(t testing.TB, svcHost string, ports, targets [2]uint16, setup fu
 		httpApp(t, netip.AddrPortFrom(e.ip(h), targets[0]))
 		tcpEcho(t, netip.AddrPortFrom(e.ip(h), targets[1]))
 	}
-	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: ca, Roots: ca.Roots(), Log: testLog(t)})
+	log := e.log
+	if log == nil {
+		log = testLog(t)
+	}
+	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: ca, Roots: ca.Roots(), Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +207,11 @@ func serve(t testing.TB, addr netip.AddrPort, handle func(net.Conn)) {
 // it got as X-Got-<name>; /slow waits for the client to go away;
 // Upgrade: echo switches to a line echo.
 func httpApp(t testing.TB, addr netip.AddrPort) {
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true) // h2c with prior knowledge too
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Proto", r.Proto)
 		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 			w.Header().Set("Upgrade", "websocket")
 			w.Header().Set("Connection", "Upgrade")
@@ -551,7 +561,9 @@ func TestWebSocketUpgrade(t *testing.T) {
 		// A route timeout bounds the wait for the upgrade, not the
 		// upgraded connection.
 		r := prefixRoute("/", clusterName("http", 80, host))
-		r.GetRoute().Timeout = durationpb.New(50 * time.Millisecond)
+		// (500 ms: the first HBONE connection to the pod must fit in it
+		// under -race on a loaded machine.)
+		r.GetRoute().Timeout = durationpb.New(500 * time.Millisecond)
 		w.ports[0].routes = []*route.Route{r}
 		return w
 	})
@@ -564,7 +576,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("status: got %d, want 101", resp.StatusCode)
 	}
-	time.Sleep(150 * time.Millisecond) // past the route timeout
+	time.Sleep(600 * time.Millisecond) // past the route timeout
 	fmt.Fprintf(c.c, "frame\n")
 	line, err := c.br.ReadString('\n')
 	if err != nil {

@@ -80,4 +80,6 @@ const (
 	Method        = "method"
 	Path          = "path"
 	ResponseFlags = "response_flags"
+	// GRPCStatus is a gRPC response's grpc-status.
+	GRPCStatus = "grpc_status"
 )

@@ -43,6 +43,8 @@ const (
 	defaultIdleTimeout       = time.Hour
 	defaultRouteTimeout      = 15 * time.Second
 	defaultTCPIdleTimeout    = time.Hour
+	// defaultBufferLimit is Envoy's per_connection_buffer_limit_bytes.
+	defaultBufferLimit = 1 << 20
 )
 
 // Type URLs of the filters that observe traffic for telemetry only
@@ -238,7 +240,11 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 		return nil, nil, unsupported("RDS and scoped routes (the waypoint reads inline route_config)")
 	}
 	switch h.GetCodecType() {
-	case hcmv3.HttpConnectionManager_AUTO, hcmv3.HttpConnectionManager_HTTP1, hcmv3.HttpConnectionManager_HTTP2:
+	case hcmv3.HttpConnectionManager_AUTO:
+	case hcmv3.HttpConnectionManager_HTTP1:
+		out.Codec = CodecHTTP1
+	case hcmv3.HttpConnectionManager_HTTP2:
+		out.Codec = CodecHTTP2
 	default:
 		return nil, nil, unsupported(fmt.Sprintf("codec_type %v", h.GetCodecType()))
 	}
@@ -356,6 +362,10 @@ func buildVirtualHost(vh *route.VirtualHost) (*VirtualHost, error) {
 	if err != nil {
 		return nil, err
 	}
+	vhLimit := int(vh.GetPerRequestBufferLimitBytes().GetValue())
+	if l := vh.GetRequestBodyBufferLimit(); l != nil {
+		vhLimit = int(min(l.GetValue(), 1<<31-1))
+	}
 	for i, r := range vh.GetRoutes() {
 		rt, err := buildRoute(r)
 		if err != nil {
@@ -363,6 +373,18 @@ func buildVirtualHost(vh *route.VirtualHost) (*VirtualHost, error) {
 		}
 		if rt.Action != nil && rt.Action.Retry == nil {
 			rt.Action.Retry = vhRetry
+		}
+		if rt.Action != nil {
+			switch {
+			case r.GetRequestBodyBufferLimit() != nil:
+				rt.Action.BufferLimit = int(min(r.GetRequestBodyBufferLimit().GetValue(), 1<<31-1))
+			case r.GetPerRequestBufferLimitBytes() != nil:
+				rt.Action.BufferLimit = int(r.GetPerRequestBufferLimitBytes().GetValue())
+			case vhLimit > 0:
+				rt.Action.BufferLimit = vhLimit
+			default:
+				rt.Action.BufferLimit = defaultBufferLimit
+			}
 		}
 		out.Routes = append(out.Routes, rt)
 	}
@@ -493,7 +515,11 @@ func buildRouteAction(a *route.RouteAction) (*RouteAction, error) {
 	if len(a.GetRateLimits()) > 0 || a.GetHedgePolicy() != nil || a.GetInternalRedirectPolicy() != nil {
 		return nil, unsupported("rate limits, hedging and internal redirects")
 	}
-	// hash_policy and max_grpc_timeout are accepted and change nothing
+	if m := a.GetMaxGrpcTimeout(); m != nil {
+		d := m.AsDuration()
+		out.MaxGRPCTimeout = &d
+	}
+	// hash_policy is accepted and changes nothing
 	// (round robin; no gRPC).
 	retry, err := buildRetry(a.GetRetryPolicy())
 	if err != nil {

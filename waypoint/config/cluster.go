@@ -26,8 +26,9 @@ func buildCluster(c *cluster.Cluster, cla map[string]*endpoint.ClusterLoadAssign
 	}
 	switch c.GetLbPolicy() {
 	case cluster.Cluster_ROUND_ROBIN, cluster.Cluster_LEAST_REQUEST, cluster.Cluster_RANDOM, cluster.Cluster_CLUSTER_PROVIDED:
-		// Served round robin: with equal weights and one proxy the
-		// difference is in tail behaviour only.
+		// LEAST_REQUEST as Envoy's (see buildResilience); the others
+		// round robin: with equal weights and one proxy the difference
+		// is in tail behaviour only.
 	default:
 		return nil, unsupported(fmt.Sprintf("lb_policy %v", c.GetLbPolicy()))
 	}
@@ -62,6 +63,9 @@ func buildCluster(c *cluster.Cluster, cla map[string]*endpoint.ClusterLoadAssign
 	}
 	if len(c.GetTransportSocketMatches()) > 0 {
 		return nil, unsupported("transport_socket_matches")
+	}
+	if err := buildResilience(out, c); err != nil {
+		return nil, err
 	}
 	eps, err := endpoints(load)
 	if err != nil {

@@ -193,6 +193,9 @@ type HCM struct {
 	// Upgrades are the upgrade types the HCM allows (lower case:
 	// "websocket", "connect").
 	Upgrades map[string]bool
+	// Codec is the codec_type: AUTO serves HTTP/2 to a client that opens
+	// with its preface (h2c prior knowledge), HTTP/1 otherwise.
+	Codec Codec
 	// StreamIdleTimeout, RequestHeadersTimeout, IdleTimeout: 0 is none.
 	StreamIdleTimeout     time.Duration
 	RequestHeadersTimeout time.Duration
@@ -215,6 +218,15 @@ type HCM struct {
 	RejectEscapedSlashes bool
 	UnescapeSlashes      bool
 }
+
+// Codec is an HTTP connection manager's codec_type.
+type Codec int
+
+const (
+	CodecAuto Codec = iota
+	CodecHTTP1
+	CodecHTTP2
+)
 
 // HTTPFilterKind is what an HTTP filter does.
 type HTTPFilterKind int
@@ -288,10 +300,14 @@ type RouteAction struct {
 	ClusterNotFoundCode int
 	Timeout             time.Duration
 	IdleTimeout         time.Duration
-	PrefixRewrite       string
-	RegexRewrite        *RegexRewrite
-	HostRewrite         string
-	Upgrades            map[string]bool
+	// MaxGRPCTimeout, when set (istiod sets it to the route timeout), makes
+	// a gRPC request's grpc-timeout header its timeout, capped by it
+	// unless 0.
+	MaxGRPCTimeout *time.Duration
+	PrefixRewrite  string
+	RegexRewrite   *RegexRewrite
+	HostRewrite    string
+	Upgrades       map[string]bool
 	// Connect: the CONNECT request is terminated and its payload sent to
 	// the cluster (connect_config).
 	Connect bool
@@ -300,6 +316,11 @@ type RouteAction struct {
 	// Mirrors are request_mirror_policies: a copy of the request goes
 	// to each cluster, its answer discarded.
 	Mirrors []Mirror
+	// BufferLimit is the most of a request body kept for retries and
+	// mirrors (the route's, else the virtual host's
+	// per_request_buffer_limit_bytes, else Envoy's 1 MiB connection
+	// buffer); a longer body is streamed and not retried.
+	BufferLimit int
 }
 
 // Mirror is one request mirror policy.
@@ -316,9 +337,10 @@ type Mirror struct {
 type RetryPolicy struct {
 	NumRetries int
 	// On holds the retry_on conditions: connect-failure, reset,
-	// refused-stream, 5xx, gateway-error, retriable-status-codes
-	// (unavailable, cancelled and the other gRPC conditions need HTTP/2
-	// and never fire here).
+	// refused-stream, 5xx, gateway-error, retriable-4xx,
+	// retriable-status-codes, and gRPC's cancelled, deadline-exceeded,
+	// internal, resource-exhausted, unavailable (a trailers-only
+	// answer's grpc-status).
 	On            map[string]bool
 	StatusCodes   []int
 	PerTryTimeout time.Duration
@@ -418,7 +440,18 @@ type Cluster struct {
 	// SANMatch when set.
 	TLS      bool
 	SANMatch []StringMatch
-	rr       atomic.Uint64
+	// Protocol is the HTTP version spoken to the endpoints; IdleTimeout
+	// closes an upstream connection unused for it (0: Envoy's hour).
+	Protocol    UpstreamProtocol
+	IdleTimeout time.Duration
+	// LeastRequest: Envoy's least-request balancer (the fewer active
+	// requests of ChoiceCount random endpoints), else round robin.
+	LeastRequest    bool
+	ChoiceCount     int
+	CircuitBreakers CircuitBreakers
+	// Outlier, when set, ejects failing endpoints.
+	Outlier *OutlierDetection
+	rr      atomic.Uint64
 }
 
 // Pick returns the next endpoint round robin, or nil when none is

@@ -1,0 +1,259 @@
+package waypoint
+
+import (
+	"errors"
+	"io"
+	"sync"
+	"time"
+)
+
+// replayBody is a request body read once from the client and handed to
+// each try: what has been read is kept, up to the route's buffer limit,
+// so that a retry starts from the first byte while the client may still
+// be sending the rest (Envoy's router buffers for retries the same way,
+// and once the buffer limit is passed it streams on without retries).
+//
+// Concurrency: pullMu serialises reads of the client's body (a read may
+// block until the client sends more); mu guards the kept bytes and the
+// readers' state and is never held across a read of the client, so
+// that ending a try or asking whether the body is replayable never
+// waits for the client. A try that ends is closed, so that it stops
+// pulling; a read it had in progress still lands in the kept bytes.
+// Reads of replayBody itself (the connection manager draining what is
+// left after the answer) pull the same way.
+type replayBody struct {
+	pullMu sync.Mutex
+	src    io.ReadCloser
+
+	mu       sync.Mutex
+	kept     []byte
+	n        int64 // bytes read from src
+	limit    int
+	overflow bool // kept no longer holds all n bytes
+	err      error
+	readers  []*replayReader
+	// onEOF runs once, with the whole body, when src ends within the
+	// limit (mirrors start then).
+	onEOF func(body []byte)
+	// touch marks activity for the stream idle timeout.
+	touch func()
+}
+
+// errBodyNotKept: a try needs bytes the buffer no longer holds.
+var errBodyNotKept = errors.New("request body larger than the buffer limit: not kept for this try")
+
+func newReplayBody(src io.ReadCloser, limit int, touch func()) *replayBody {
+	return &replayBody{src: src, limit: limit, touch: touch}
+}
+
+// replayable: every byte read so far is kept.
+func (b *replayBody) replayable() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.overflow
+}
+
+// reader is a new try's body, from the first byte.
+func (b *replayBody) reader() io.ReadCloser {
+	r := &replayReader{b: b}
+	b.mu.Lock()
+	b.readers = append(b.readers, r)
+	b.mu.Unlock()
+	return r
+}
+
+// closeReaders ends every try's reader.
+func (b *replayBody) closeReaders() {
+	b.mu.Lock()
+	for _, r := range b.readers {
+		r.closed = true
+	}
+	b.mu.Unlock()
+}
+
+// pull reads the client's next bytes into p (b.pullMu held, b.mu not)
+// and keeps them; at is the offset they start at.
+func (b *replayBody) pull(p []byte) (n int, at int64, err error) {
+	b.mu.Lock()
+	at, err = b.n, b.err
+	b.mu.Unlock()
+	if err != nil {
+		return 0, at, err
+	}
+	n, err = b.src.Read(p)
+	if n > 0 && b.touch != nil {
+		b.touch()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.n += int64(n)
+	if n > 0 && !b.overflow {
+		if len(b.kept)+n > b.limit {
+			b.overflow, b.kept = true, nil
+		} else {
+			b.kept = append(b.kept, p[:n]...)
+		}
+	}
+	if err != nil {
+		b.err = err
+		if err == io.EOF && !b.overflow && b.onEOF != nil {
+			f := b.onEOF
+			b.onEOF = nil
+			f(b.kept)
+		}
+	}
+	return n, at, err
+}
+
+// Read drains the client's body (what no try read).
+func (b *replayBody) Read(p []byte) (int, error) {
+	b.pullMu.Lock()
+	defer b.pullMu.Unlock()
+	n, _, err := b.pull(p)
+	return n, err
+}
+
+func (b *replayBody) Close() error { return b.src.Close() }
+
+// whenComplete runs f with the whole body once it has been read, at
+// once if it has; never if it is larger than the limit.
+func (b *replayBody) whenComplete(f func([]byte)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.overflow:
+	case b.err == io.EOF:
+		f(b.kept)
+	case b.err == nil:
+		b.onEOF = f
+	}
+}
+
+// replayReader is one try's view of the body.
+type replayReader struct {
+	b      *replayBody
+	off    int64
+	closed bool // guarded by b.mu
+}
+
+func (r *replayReader) Read(p []byte) (int, error) {
+	b := r.b
+	for {
+		b.mu.Lock()
+		switch {
+		case r.closed:
+			b.mu.Unlock()
+			return 0, io.ErrClosedPipe
+		case r.off < b.n && b.overflow:
+			b.mu.Unlock()
+			return 0, errBodyNotKept
+		case r.off < b.n:
+			n := copy(p, b.kept[r.off:])
+			r.off += int64(n)
+			b.mu.Unlock()
+			return n, nil
+		case b.err != nil:
+			err := b.err
+			b.mu.Unlock()
+			return 0, err
+		}
+		b.mu.Unlock()
+		b.pullMu.Lock()
+		b.mu.Lock()
+		behind := r.off < b.n // another reader pulled meanwhile
+		b.mu.Unlock()
+		if behind {
+			b.pullMu.Unlock()
+			continue
+		}
+		n, at, err := b.pull(p)
+		b.pullMu.Unlock()
+		if at != r.off {
+			continue // cannot happen: pulls are serialised and we were level
+		}
+		b.mu.Lock()
+		r.off += int64(n)
+		b.mu.Unlock()
+		return n, err
+	}
+}
+
+func (r *replayReader) Close() error {
+	r.b.mu.Lock()
+	r.closed = true
+	r.b.mu.Unlock()
+	return nil
+}
+
+// idleWatch is a stream idle timeout (HCM stream_idle_timeout, or the
+// route's idle_timeout): cancel runs when nothing moved for d. Activity
+// is a timestamp store; the timer re-arms itself for what is left.
+type idleWatch struct {
+	d      time.Duration
+	mu     sync.Mutex
+	last   time.Time
+	t      *time.Timer
+	fired  bool
+	cancel func()
+}
+
+func newIdleWatch(d time.Duration, cancel func()) *idleWatch {
+	w := &idleWatch{d: d, last: time.Now(), cancel: cancel}
+	w.mu.Lock()
+	w.t = time.AfterFunc(d, w.check)
+	w.mu.Unlock()
+	return w
+}
+
+func (w *idleWatch) check() {
+	w.mu.Lock()
+	left := w.d - time.Since(w.last)
+	if left > 0 && w.t != nil {
+		w.t.Reset(left)
+		w.mu.Unlock()
+		return
+	}
+	w.fired = w.t != nil
+	w.mu.Unlock()
+	if w.fired {
+		w.cancel()
+	}
+}
+
+func (w *idleWatch) touch() {
+	w.mu.Lock()
+	w.last = time.Now()
+	w.mu.Unlock()
+}
+
+// stop ends the watch; it reports whether the timeout fired.
+func (w *idleWatch) stop() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.t != nil {
+		w.t.Stop()
+		w.t = nil
+	}
+	return w.fired
+}
+
+// timedOut reports whether the timeout fired.
+func (w *idleWatch) timedOut() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fired
+}
+
+// touchBody marks activity on each read of a response body.
+type touchBody struct {
+	io.ReadCloser
+	touch func()
+}
+
+func (b *touchBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.touch()
+	}
+	return n, err
+}

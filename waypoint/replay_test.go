@@ -1,0 +1,101 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ambitmesh/ambit/waypoint/config"
+)
+
+// TestReplayBody: a second try reads the whole body again, part kept
+// and part still arriving; past the limit nothing is replayable and a
+// try behind gets errBodyNotKept; ending tries never waits for a client
+// read in progress.
+func TestReplayBody(t *testing.T) {
+	pr, pw := io.Pipe()
+	b := newReplayBody(pr, 10, nil)
+	first := b.reader()
+	go pw.Write([]byte("hello "))
+	buf := make([]byte, 64)
+	n, err := first.Read(buf)
+	if err != nil || string(buf[:n]) != "hello " {
+		t.Fatalf("first try: got %q, %v", buf[:n], err)
+	}
+	// first is blocked in a read of the client now: closing tries and
+	// asking for replayability must not wait for it.
+	readDone := make(chan struct{})
+	go func() {
+		first.Read(buf)
+		close(readDone)
+	}()
+	b.closeReaders()
+	if !b.replayable() {
+		t.Fatal("replayable: got false within the limit")
+	}
+	second := b.reader()
+	go func() {
+		pw.Write([]byte("you"))
+		pw.Close()
+	}()
+	<-readDone // the first try's pending read took "you" into the kept bytes
+	got, err := io.ReadAll(second)
+	if err != nil || string(got) != "hello you" {
+		t.Fatalf("second try: got %q, %v; want the whole body", got, err)
+	}
+
+	over := newReplayBody(io.NopCloser(strings.NewReader(strings.Repeat("x", 30))), 10, nil)
+	r1 := over.reader()
+	if n, err := io.Copy(io.Discard, r1); n != 30 || err != nil {
+		t.Fatalf("streaming past the limit: got %d, %v", n, err)
+	}
+	if over.replayable() {
+		t.Error("replayable past the limit: got true")
+	}
+	if _, err := over.reader().Read(buf); !errors.Is(err, errBodyNotKept) {
+		t.Errorf("a try behind past the limit: got %v, want errBodyNotKept", err)
+	}
+}
+
+// TestBackoff: Envoy's jittered exponential back-off waits at most
+// base×2^n, capped at max_interval, and stops when the request ends.
+func TestBackoff(t *testing.T) {
+	r := &config.RetryPolicy{BaseBackoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond}
+	for _, tc := range []struct {
+		try  int
+		want time.Duration
+	}{{0, time.Millisecond}, {1, 2 * time.Millisecond}, {2, 4 * time.Millisecond}, {9, 4 * time.Millisecond}} {
+		for range 50 {
+			if d := backoffDelay(r, tc.try); d <= 0 || d > tc.want {
+				t.Fatalf("try %d: got %v, want in (0, %v]", tc.try, d, tc.want)
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if backoff(ctx, &config.RetryPolicy{BaseBackoff: time.Hour, MaxBackoff: time.Hour}, 0) {
+		t.Error("back-off of an ended request: got true, want false")
+	}
+}
+
+// TestGRPCTimeout: grpc-timeout values as gRPC's protocol writes them;
+// anything else is not a timeout.
+func TestGRPCTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"100m", 100 * time.Millisecond, true}, {"2S", 2 * time.Second, true}, {"1H", time.Hour, true},
+		{"5u", 5 * time.Microsecond, true}, {"99999999n", 99999999, true},
+		{"", 0, false}, {"m", 0, false}, {"10x", 0, false}, {"-1S", 0, false}, {"123456789S", 0, false},
+	} {
+		got, ok := grpcTimeout(tc.in)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("grpcTimeout(%q): got %v, %v; want %v, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}

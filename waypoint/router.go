@@ -1,0 +1,420 @@
+package waypoint
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/ambitmesh/ambit/internal/logkey"
+	"github.com/ambitmesh/ambit/waypoint/config"
+)
+
+// forward is the router: it sends the request to the route's cluster
+// (circuit breakers, load balancing, retries, outlier detection, the
+// route and stream idle timeouts) and the response back. It reports
+// whether the connection may carry another request.
+func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, rt *config.Route, rw responder, ci *connInfo, req *http.Request, v *view) bool {
+	a := rt.Action
+	rec := v.result
+	local := func(code int, body, flag string) bool {
+		rec.local(req, code, flag)
+		if rw.local(req, code, body, nil) != nil {
+			return false
+		}
+		return rw.done(req)
+	}
+	name, hostRewrite := a.Cluster, a.HostRewrite
+	var wc *config.WeightedCluster
+	if len(a.Weighted) > 0 {
+		if wc = pickWeighted(a.Weighted); wc == nil {
+			return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
+		}
+		name = wc.Name
+		if wc.HostRewrite != "" && hostRewrite == "" {
+			hostRewrite = wc.HostRewrite
+		}
+	}
+	cl := snap.Clusters[name]
+	if cl == nil {
+		return local(a.ClusterNotFoundCode, "", "NC")
+	}
+	rec.Cluster = cl.Name
+	upgrade := ""
+	if rw.conn() != nil && isUpgrade(req) {
+		t := strings.ToLower(req.Header.Get("Upgrade"))
+		on, set := a.Upgrades[t]
+		if !set {
+			on = hcm.Upgrades[t]
+		}
+		if !on {
+			return local(http.StatusForbidden, "", "-") // Envoy refuses an upgrade it is not configured for
+		}
+		upgrade = req.Header.Get("Upgrade")
+	}
+	if !hcm.Proxy100Continue && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		// Envoy's default: answer it here, so the client sends its body.
+		req.Header.Del("Expect")
+		if rw.continue100() != nil {
+			return false
+		}
+	}
+	share := upstreamShare(ci, v)
+	path, query, hasQuery := strings.Cut(req.RequestURI, "?")
+	switch {
+	case a.RegexRewrite != nil:
+		path = a.RegexRewrite.Pattern.ReplaceAllString(path, a.RegexRewrite.Substitution)
+	case a.PrefixRewrite != "":
+		path = rewritePrefix(rt.Match, path, a.PrefixRewrite)
+	}
+	uri := path
+	if hasQuery {
+		uri += "?" + query
+	}
+	// The route timeout covers every try and the whole response; for an
+	// upgrade only the wait for the upstream's answer (Envoy disables it
+	// once the upgrade is done).
+	var upgradeTimer *time.Timer
+	timeout := a.Timeout
+	if a.MaxGRPCTimeout != nil && isGRPC(req) {
+		if d, ok := grpcTimeout(req.Header.Get("Grpc-Timeout")); ok {
+			timeout = d
+			if m := *a.MaxGRPCTimeout; m > 0 && d > m {
+				timeout = m
+			}
+		}
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		if upgrade == "" {
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+		} else {
+			ctx, cancel = context.WithCancel(ctx)
+			upgradeTimer = time.AfterFunc(timeout, cancel)
+		}
+		defer cancel()
+	}
+	// The stream idle timeout: the route's idle_timeout, else the
+	// connection manager's stream_idle_timeout; each byte of request or
+	// response body is activity.
+	var watch *idleWatch
+	touch := func() {}
+	if idle := cmpOr(a.IdleTimeout, hcm.StreamIdleTimeout); idle > 0 && upgrade == "" {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		watch = newIdleWatch(idle, cancel)
+		defer watch.stop()
+		touch = watch.touch
+	}
+	cs := p.clusterState(cl.Name)
+	tr := p.transportFor(cl, req, upgrade)
+	release, err := cs.admit(ctx, cl, tr == p.transport)
+	if err != nil {
+		if errors.Is(err, errOverflow) {
+			return local(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "UO")
+		}
+		if watch != nil && watch.timedOut() {
+			return local(http.StatusRequestTimeout, "stream timeout", "SI")
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")
+		}
+		rec.Flags = "DC"
+		return false
+	}
+	defer release()
+	// The body is read once and kept for retries up to the buffer limit;
+	// mirrors get it once it is whole.
+	retry, mirrors := a.Retry, a.Mirrors
+	if upgrade != "" {
+		retry = nil
+	}
+	var body *replayBody
+	if req.ContentLength != 0 && req.Body != nil && req.Body != http.NoBody {
+		body = newReplayBody(req.Body, cmpOr(a.BufferLimit, 1<<20), touch)
+		req.Body = body // what no try reads is drained from here
+		defer body.closeReaders()
+	}
+	for _, m := range mirrors {
+		if !rollPercent(m.Fraction) {
+			continue
+		}
+		mirror := func(b []byte) { p.mirror(snap, m, req, share, rt, wc, uri, hostRewrite, b, a.Timeout) }
+		if body == nil {
+			mirror(nil)
+		} else {
+			body.whenComplete(mirror)
+		}
+	}
+	tries := 1
+	if retry != nil {
+		tries += retry.NumRetries
+	}
+	tried := map[*config.Endpoint]bool{}
+	var resp *http.Response
+	var ep *config.Endpoint
+	holdsRetry, exhausted := false, false
+	for try := 0; ; try++ {
+		ep = p.pick(cl, cs, tried, retry != nil && retry.OtherHosts)
+		if ep == nil {
+			return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
+		}
+		tried[ep] = true
+		var bodyR io.ReadCloser
+		if body != nil {
+			bodyR = body.reader()
+		}
+		out := p.upstreamRequest(ctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, upgrade, bodyR)
+		var tryCancel context.CancelFunc
+		if retry != nil && retry.PerTryTimeout > 0 {
+			var tctx context.Context
+			tctx, tryCancel = context.WithTimeout(out.Context(), retry.PerTryTimeout)
+			out = out.WithContext(tctx)
+		}
+		hs := cs.host(ep)
+		hs.active.Add(1)
+		resp, err = tr.RoundTrip(out)
+		if tryCancel != nil {
+			// (no upgrade here: an upgrade is never retried)
+			if resp != nil {
+				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: tryCancel}
+			} else {
+				tryCancel()
+			}
+		}
+		o := outcome{local: err != nil}
+		if resp != nil {
+			o.status = resp.StatusCode
+		}
+		p.report(cl, cs, ep, o)
+		again := try+1 < tries && ctx.Err() == nil && shouldRetry(retry, resp, err) && (body == nil || body.replayable())
+		if again && !holdsRetry {
+			if holdsRetry = cs.retry(cl); holdsRetry {
+				defer cs.retries.Add(-1)
+			} else {
+				again = false
+				rec.Flags = "UO" // Envoy's retry overflow: the answer goes back as it is
+			}
+		}
+		if !again {
+			exhausted = try+1 >= tries && try > 0 && shouldRetry(retry, resp, err)
+			defer hs.active.Add(-1) // active until the response is through
+			break
+		}
+		hs.active.Add(-1)
+		p.stats.retries.Add(1)
+		rec.Retries++
+		if resp != nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+		}
+		if body != nil {
+			body.closeReaders()
+		}
+		if !backoff(ctx, retry, try) {
+			break
+		}
+	}
+	rec.Endpoint = ep.String()
+	if upgradeTimer != nil && !upgradeTimer.Stop() {
+		// The upgrade's answer came too late (or never).
+		if resp != nil {
+			resp.Body.Close()
+		}
+		return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")
+	}
+	if err != nil {
+		switch {
+		case watch != nil && watch.timedOut():
+			return local(http.StatusRequestTimeout, "stream timeout", "SI")
+		case errors.Is(err, context.DeadlineExceeded):
+			return local(http.StatusGatewayTimeout, "upstream request timeout", withURX("UT", exhausted))
+		case errors.Is(ctx.Err(), context.Canceled):
+			rec.Flags = "DC" // the client went away
+			return false
+		}
+		p.stats.upstreamFail.Add(1)
+		p.log.Info("upstream request failed", logkey.Cluster, cl.Name, logkey.Endpoint, ep.String(), logkey.Error, err.Error())
+		return local(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure", withURX(flagFor(err), exhausted))
+	}
+	defer resp.Body.Close()
+	if exhausted && rec.Flags == "-" {
+		rec.Flags = "URX"
+	}
+	for _, h := range hopHeaders {
+		if resp.StatusCode == http.StatusSwitchingProtocols && (h == "Upgrade") {
+			continue
+		}
+		resp.Header.Del(h)
+	}
+	applyResponseMutation(resp.Header, rt.Headers)
+	if wc != nil {
+		applyResponseMutation(resp.Header, wc.Headers)
+	}
+	if o := req.Header.Get("X-Ambit-Cors-Origin"); o != "" {
+		resp.Header.Set("Access-Control-Allow-Origin", o)
+		if rt.CORS != nil && rt.CORS.ExposeHeaders != "" {
+			resp.Header.Set("Access-Control-Expose-Headers", rt.CORS.ExposeHeaders)
+		}
+	}
+	rec.Status = resp.StatusCode
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if c := rw.conn(); c != nil {
+			return p.switchProtocols(c, resp)
+		}
+		return false
+	}
+	if watch != nil {
+		resp.Body = &touchBody{ReadCloser: resp.Body, touch: watch.touch}
+	}
+	keep := rw.proxied(req, resp)
+	rec.GRPCStatus = grpcStatusOf(resp)
+	if watch != nil && watch.timedOut() {
+		rec.Flags = "SI"
+		return false
+	}
+	return keep
+}
+
+func cmpOr[T comparable](a, b T) T {
+	var zero T
+	if a != zero {
+		return a
+	}
+	return b
+}
+
+// withURX adds Envoy's URX flag (retries exhausted) to a flag.
+func withURX(flag string, exhausted bool) string {
+	if exhausted {
+		return flag + ",URX"
+	}
+	return flag
+}
+
+// transportFor is the upstream transport of a request to cl: HTTP/2 for
+// a cluster configured so (or following an HTTP/2 client), HTTP/1.1
+// otherwise and for upgrades.
+func (p *Proxy) transportFor(cl *config.Cluster, req *http.Request, upgrade string) *http.Transport {
+	if upgrade != "" {
+		return p.transport
+	}
+	switch cl.Protocol {
+	case config.UpstreamHTTP2:
+		return p.h2transport
+	case config.UpstreamDownstream:
+		if req.ProtoMajor == 2 {
+			return p.h2transport
+		}
+	}
+	return p.transport
+}
+
+// upstreamRequest is the request sent to endpoint ep of cluster cl: hop
+// headers dropped, the route's and weighted cluster's mutations, the
+// rewritten path and host, body the try's body.
+func (p *Proxy) upstreamRequest(ctx context.Context, req *http.Request, snap *config.Snapshot, cl *config.Cluster, ep *config.Endpoint,
+	share *connInfo, rt *config.Route, wc *config.WeightedCluster, uri, hostRewrite, upgrade string, body io.ReadCloser) *http.Request {
+	out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share}))
+	te := req.Header.Get("Te")
+	for _, h := range hopHeaders {
+		out.Header.Del(h)
+	}
+	for _, h := range strings.Split(req.Header.Get("Connection"), ",") {
+		if h = strings.TrimSpace(h); h != "" && !strings.EqualFold(h, "upgrade") {
+			out.Header.Del(h)
+		}
+	}
+	if strings.EqualFold(strings.TrimSpace(te), "trailers") {
+		out.Header.Set("Te", "trailers") // gRPC needs it; the one TE value HTTP/2 allows
+	}
+	if upgrade != "" {
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", upgrade)
+	}
+	out.Header.Del("X-Ambit-Cors-Origin")
+	if out.Header.Get("X-Forwarded-Proto") == "" {
+		out.Header.Set("X-Forwarded-Proto", "http")
+	}
+	applyRequestMutation(out.Header, rt.Headers)
+	if wc != nil {
+		applyRequestMutation(out.Header, wc.Headers)
+	}
+	out.URL = &url.URL{Scheme: "http", Host: endpointHost(cl, ep, share), Opaque: uri}
+	out.RequestURI = ""
+	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
+	if hostRewrite != "" {
+		out.Host = hostRewrite
+	}
+	// Request trailers arrive with the end of the body: the same map.
+	out.Trailer = req.Trailer
+	out.GetBody = nil
+	if req.ContentLength == 0 || body == nil {
+		out.Body, out.ContentLength = nil, 0
+	} else {
+		out.Body = body
+	}
+	return out
+}
+
+// mirror sends a copy of the request to the mirror's cluster, its host
+// suffixed "-shadow", and discards the answer; it never delays or
+// changes the request itself.
+func (p *Proxy) mirror(snap *config.Snapshot, m config.Mirror, req *http.Request, share *connInfo, rt *config.Route,
+	wc *config.WeightedCluster, uri, hostRewrite string, body []byte, timeout time.Duration) {
+	cl := snap.Clusters[m.Cluster]
+	if cl == nil {
+		return
+	}
+	ep := p.pick(cl, p.clusterState(cl.Name), nil, false)
+	if ep == nil {
+		return
+	}
+	if timeout <= 0 || timeout > maxMirrorTime {
+		timeout = maxMirrorTime
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, timeout)
+	var b io.ReadCloser
+	if body != nil {
+		b = io.NopCloser(bytes.NewReader(body))
+	}
+	out := p.upstreamRequest(ctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, "", b)
+	out.Trailer = nil
+	if body != nil {
+		out.ContentLength = int64(len(body))
+	}
+	if m.HostSuffix {
+		out.Host = shadowHost(out.Host)
+	}
+	tr := p.transportFor(cl, req, "")
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer cancel()
+		resp, err := tr.RoundTrip(out)
+		if err != nil {
+			p.log.Debug("mirror failed", logkey.Cluster, cl.Name, logkey.Error, err.Error())
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}()
+}
+
+// maxMirrorTime bounds a mirrored request whose route has no timeout.
+const maxMirrorTime = 30 * time.Second
+
+// shadowHost is Envoy's shadow host: "-shadow" after the host name,
+// before any port.
+func shadowHost(h string) string {
+	if host, port, err := net.SplitHostPort(h); err == nil {
+		return net.JoinHostPort(host+"-shadow", port)
+	}
+	return h + "-shadow"
+}
