@@ -26,6 +26,7 @@ type view struct {
 	ci    *connInfo
 	fs    map[string]string
 	query url.Values
+	rec   *reqRecord // telemetry of the request
 }
 
 var _ config.Request = (*view)(nil)
@@ -349,9 +350,11 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 		fs[k] = v
 	}
 	v := &view{req: req, ci: ci, fs: fs}
+	v.rec = p.beginRequest(c, ci, fs, req, snap, hcm)
 	rt := selectRoute(hcm, v, req)
 	status, flags := 0, "-"
 	defer func() {
+		v.rec.finish(rt, status, flags)
 		p.stats.request(status)
 		p.log.Debug("request", logkey.Method, req.Method, logkey.Authority, req.Host, logkey.Path, req.RequestURI, logkey.Status, status,
 			logkey.ResponseFlags, flags, logkey.Duration, time.Since(start).String(), logkey.Peer, fs["io.istio.peer_principal"])
@@ -379,7 +382,8 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 			if ok, pol := f.RBAC.Rules.Allowed(v); !ok {
 				p.stats.rbacDenied.Add(1)
 				p.log.Info("request denied by RBAC", logkey.Policy, pol, logkey.Method, req.Method, logkey.Path, req.RequestURI, logkey.Peer, fs["io.istio.peer_principal"])
-				return local(http.StatusForbidden, "RBAC: access denied", "RBAC", nil)
+				v.rec.details = rbacDetails(pol)
+				return local(http.StatusForbidden, "RBAC: access denied", "-", nil)
 			}
 		case config.FilterFault:
 			ft := f.Fault
@@ -694,6 +698,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 			return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
 		}
 		tried[ep] = true
+		v.rec.upstream(cl, ep)
 		out := p.upstreamRequest(ctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, upgrade, buffered)
 		var tryCancel context.CancelFunc
 		if retry != nil && retry.PerTryTimeout > 0 {
