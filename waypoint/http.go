@@ -716,6 +716,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 			}
 		}
 		if try+1 >= tries || ctx.Err() != nil || !shouldRetry(retry, resp, err) {
+			v.rec.retryLimit(tries > 1 && try+1 >= tries && shouldRetry(retry, resp, err))
 			break
 		}
 		p.stats.retries.Add(1)
@@ -743,6 +744,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		return local(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure", flagFor(err))
 	}
 	defer resp.Body.Close()
+	v.rec.response(resp.Header, resp.Trailer)
 	for _, h := range hopHeaders {
 		if resp.StatusCode == http.StatusSwitchingProtocols && (h == "Upgrade") {
 			continue
@@ -775,14 +777,14 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	// and a TLS record each); it is flushed before each wait for more of
 	// the upstream's body, so a streamed response is not held back.
 	bw := bufio.NewWriterSize(c, 32<<10)
-	resp.Body = &flushingBody{ReadCloser: resp.Body, w: bw}
+	resp.Body = &flushingBody{ReadCloser: v.rec.watch(resp.Body), w: bw}
 	// (writerOnly: bufio's ReadFrom would hand the body's Read its own
 	// buffer, which the flush in that Read then rewrites.)
 	if err := resp.Write(writerOnly{bw}); err != nil {
-		return resp.StatusCode, "-", false
+		return resp.StatusCode, v.rec.copyFailed(), false
 	}
 	if err := bw.Flush(); err != nil {
-		return resp.StatusCode, "-", false
+		return resp.StatusCode, v.rec.copyFailed(), false
 	}
 	return resp.StatusCode, "-", !resp.Close && drainBody(req)
 }

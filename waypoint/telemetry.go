@@ -487,6 +487,14 @@ func grpcStatusOf(status int, h, trailer http.Header) string {
 	}
 }
 
+// addFlag adds a response flag to a flag list ("-" for none).
+func addFlag(flags, f string) string {
+	if flags == "" || flags == "-" {
+		return f
+	}
+	return flags + "," + f
+}
+
 // rbacDetails is Envoy's response_code_details of an RBAC denial.
 func rbacDetails(policy string) string {
 	if policy == "" {
@@ -546,6 +554,49 @@ type reqRecord struct {
 	// Response headers and trailers, when the waypoint saw them (gRPC
 	// status).
 	respHeader, respTrailer http.Header
+	// urx: the retry limit was reached (URX); upstreamErr: reading the
+	// upstream's body failed (UC, else a failed copy is DC).
+	urx         bool
+	upstreamErr atomic.Bool
+}
+
+// retryLimit notes whether the last try would have been retried but for
+// the limit.
+func (r *reqRecord) retryLimit(reached bool) {
+	if r != nil {
+		r.urx = reached
+	}
+}
+
+// watch wraps an upstream response body to tell an upstream failure from
+// a downstream one.
+func (r *reqRecord) watch(body io.ReadCloser) io.ReadCloser {
+	if r == nil {
+		return body
+	}
+	return &watchedBody{ReadCloser: body, r: r}
+}
+
+type watchedBody struct {
+	io.ReadCloser
+	r *reqRecord
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.r.upstreamErr.Store(true)
+	}
+	return n, err
+}
+
+// copyFailed is the flag of a response that broke off while being
+// relayed: UC when the upstream failed, DC when the downstream did.
+func (r *reqRecord) copyFailed() string {
+	if r != nil && r.upstreamErr.Load() {
+		return "UC"
+	}
+	return "DC"
 }
 
 // beginRequest starts a request's record: ids given, body counted.
@@ -592,6 +643,9 @@ func (r *reqRecord) finish(rt *config.Route, status int, flags string) {
 	}
 	if flags == "" {
 		flags = "-"
+	}
+	if r.urx {
+		flags = addFlag(flags, "URX")
 	}
 	if rt != nil {
 		r.route = rt.Name

@@ -117,9 +117,9 @@ func decodeAddress(r *discovery.Resource) (*workload.Address, error) {
 	return &a, nil
 }
 
-// buildWorkloads indexes addresses (in name order, so that the same set
+// NewWorkloads indexes addresses (in name order, so that the same set
 // always gives the same index).
-func buildWorkloads(addrs []*workload.Address) *Workloads {
+func NewWorkloads(addrs []*workload.Address) *Workloads {
 	w := &Workloads{byAddr: map[netip.Addr]*Peer{}, byIdentity: map[string]*Peer{}, services: map[string]*ServiceInfo{}}
 	ambiguous := map[string]bool{}
 	for _, a := range addrs {

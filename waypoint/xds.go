@@ -217,7 +217,7 @@ func (h *Handler) Update(held xdsclient.Held, complete bool) error {
 	}
 	addrs := held.Values(TypeAddress)
 	if h.lastAddrs == nil || !sameValues(addrs, h.lastAddrs) {
-		h.Proxy.stats.SetWorkloads(buildWorkloads(heldAddresses(addrs)))
+		h.Proxy.stats.SetWorkloads(NewWorkloads(heldAddresses(addrs)))
 		h.lastAddrs = addrs
 	}
 	if snap != h.last.snap {
