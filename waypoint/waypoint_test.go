@@ -65,6 +65,9 @@ type env struct {
 	cfg   *waypointConfig
 	store *zconfig.Store
 	zb    *ztunnel.Ztunnel
+	// certs, when set (by setup), is the waypoint's certificate source
+	// instead of the CA itself.
+	certs identity.Source
 }
 
 func (e *env) vip(port uint16) netip.AddrPort { return netip.AddrPortFrom(e.ip(20), port) }
@@ -113,7 +116,11 @@ func newEnvWith(t testing.TB, svcHost string, ports, targets [2]uint16, setup fu
 		httpApp(t, netip.AddrPortFrom(e.ip(h), targets[0]))
 		tcpEcho(t, netip.AddrPortFrom(e.ip(h), targets[1]))
 	}
-	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: ca, Roots: ca.Roots(), Log: testLog(t)})
+	var certs identity.Source = ca
+	if e.certs != nil {
+		certs = e.certs
+	}
+	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: certs, Roots: ca.Roots(), Log: testLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
