@@ -699,19 +699,20 @@ func (r *reqRecord) finish(rt *config.Route, status int, flags string) {
 
 // tcpRecord is one TCP connection's telemetry (a tcp_proxy chain).
 type tcpRecord struct {
-	t       *telemetry
-	start   time.Time
-	ci      *connInfo
-	meter   *meteredConn
-	cluster string
-	labels  []string
-	opened  bool
-	details string
+	t        *telemetry
+	start    time.Time
+	ci       *connInfo
+	meter    *meteredConn
+	cluster  string
+	labels   []string
+	opened   bool
+	details  string
+	services *serviceIndex
 }
 
 // beginTCP starts a TCP connection's record.
-func (p *Proxy) beginTCP(c net.Conn, ci *connInfo) *tcpRecord {
-	return &tcpRecord{t: p.stats.tel, start: time.Now(), ci: ci, meter: meterOf(c)}
+func (p *Proxy) beginTCP(c net.Conn, ci *connInfo, snap *config.Snapshot) *tcpRecord {
+	return &tcpRecord{t: p.stats.tel, start: time.Now(), ci: ci, meter: meterOf(c), services: p.stats.tel.servicesOf(snap)}
 }
 
 // open counts the connection opened once its upstream is up (or failed,
@@ -730,11 +731,7 @@ func (r *tcpRecord) open(up net.Conn, cluster string, flags string) {
 			dst = t.workloads.Load().ByAddr(a.AddrPort().Addr())
 		}
 	}
-	si := t.services.Load()
-	var svc *ServiceInfo
-	if si != nil {
-		svc = si.clusters[cluster]
-	}
+	svc := r.services.clusters[cluster]
 	if svc == nil {
 		svc = serviceFromName(cluster)
 	}

@@ -77,7 +77,7 @@ func pickWeighted(ws []config.WeightedCluster) *config.WeightedCluster {
 
 // proxyTCP is a tcp_proxy: it connects upstream and joins the two.
 func (p *Proxy) proxyTCP(ctx context.Context, snap *config.Snapshot, tp *config.TCPProxy, c net.Conn, ci *connInfo) {
-	rec := p.beginTCP(c, ci)
+	rec := p.beginTCP(c, ci, snap)
 	up, err := p.dialTCPProxy(ctx, snap, tp, ci)
 	if err != nil {
 		p.stats.upstreamFail.Add(1)
