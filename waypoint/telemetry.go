@@ -602,9 +602,9 @@ func (r *reqRecord) copyFailed() string {
 // beginRequest starts a request's record: ids given, body counted.
 func (p *Proxy) beginRequest(c net.Conn, ci *connInfo, fs map[string]string, req *http.Request, snap *config.Snapshot, hcm *config.HCM) *reqRecord {
 	t := p.stats.tel
-	ensureRequestIDs(req.Header)
 	r := &reqRecord{t: t, start: time.Now(), ci: ci, fs: fs, req: req, method: req.Method, path: req.RequestURI, authority: req.Host,
 		grpc: isGRPC(req.Header), head: headSize(req), meter: meterOf(c)}
+	ensureRequestIDs(req.Header)
 	if r.meter != nil {
 		r.written0 = r.meter.written.Load()
 	}
