@@ -20,7 +20,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -349,18 +348,21 @@ func ensureRequestIDs(h http.Header) {
 type meteredConn struct {
 	net.Conn
 	read, written atomic.Int64
-	// onRead and onWrite, once set, also get each count (a TCP
-	// connection's byte counters, live while it is open).
-	mu              sync.Mutex
-	onRead, onWrite prometheus.Counter
+	// live, once set, also gets the counts (a TCP connection's byte
+	// counters, live while it is open); reportedRead and reportedWritten
+	// are what it has got, so that each byte is added once.
+	live                          atomic.Pointer[liveCounters]
+	reportedRead, reportedWritten atomic.Int64
 }
+
+type liveCounters struct{ received, sent prometheus.Counter }
 
 func (m *meteredConn) Read(p []byte) (int, error) {
 	n, err := m.Conn.Read(p)
 	if n > 0 {
 		m.read.Add(int64(n))
-		if c := m.readCounter(); c != nil {
-			c.Add(float64(n))
+		if l := m.live.Load(); l != nil {
+			report(&m.read, &m.reportedRead, l.received)
 		}
 	}
 	return n, err
@@ -370,33 +372,33 @@ func (m *meteredConn) Write(p []byte) (int, error) {
 	n, err := m.Conn.Write(p)
 	if n > 0 {
 		m.written.Add(int64(n))
-		if c := m.writeCounter(); c != nil {
-			c.Add(float64(n))
+		if l := m.live.Load(); l != nil {
+			report(&m.written, &m.reportedWritten, l.sent)
 		}
 	}
 	return n, err
 }
 
-func (m *meteredConn) readCounter() prometheus.Counter {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.onRead
+// report adds to c what total has that reported has not.
+func report(total, reported *atomic.Int64, c prometheus.Counter) {
+	for {
+		prev, cur := reported.Load(), total.Load()
+		if cur <= prev {
+			return
+		}
+		if reported.CompareAndSwap(prev, cur) {
+			c.Add(float64(cur - prev))
+			return
+		}
+	}
 }
 
-func (m *meteredConn) writeCounter() prometheus.Counter {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.onWrite
-}
-
-// attach starts counting into received and sent, with what was already
-// moved.
+// attach starts counting into received and sent, what was already moved
+// included.
 func (m *meteredConn) attach(received, sent prometheus.Counter) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.onRead, m.onWrite = received, sent
-	received.Add(float64(m.read.Load()))
-	sent.Add(float64(m.written.Load()))
+	m.live.Store(&liveCounters{received: received, sent: sent})
+	report(&m.read, &m.reportedRead, received)
+	report(&m.written, &m.reportedWritten, sent)
 }
 
 // CloseWrite half-closes the connection when it can.
