@@ -713,18 +713,19 @@ type tcpRecord struct {
 }
 
 // beginTCP starts a TCP connection's record.
-func (p *Proxy) beginTCP(c net.Conn, ci *connInfo, snap *config.Snapshot) *tcpRecord {
-	return &tcpRecord{t: p.stats.tel, start: time.Now(), ci: ci, meter: meterOf(c), services: p.stats.tel.servicesOf(snap)}
+func (p *Proxy) beginTCP(c net.Conn, ci *connInfo, snap *config.Snapshot, tp *config.TCPProxy) *tcpRecord {
+	return &tcpRecord{t: p.stats.tel, start: time.Now(), ci: ci, meter: meterOf(c), services: p.stats.tel.servicesOf(snap), cluster: tcpCluster(tp)}
 }
 
 // open counts the connection opened once its upstream is up (or failed,
 // with flags), its labels fixed from then on, as Envoy's are once
 // reported; up is the upstream connection (its remote address the pod).
-func (r *tcpRecord) open(up net.Conn, cluster string, flags string) {
+func (r *tcpRecord) open(up net.Conn, flags string) {
 	if r == nil || r.opened {
 		return
 	}
-	r.opened, r.cluster = true, cluster
+	r.opened = true
+	cluster := r.cluster
 	t := r.t
 	principal, src, mtls := t.downstreamPeer(r.ci, r.ci.fs)
 	var dst *Peer
@@ -754,7 +755,7 @@ func (r *tcpRecord) close(flags string) {
 		return
 	}
 	if !r.opened {
-		r.open(nil, r.cluster, flags)
+		r.open(nil, flags)
 	}
 	t := r.t
 	t.tcpClosed.WithLabelValues(r.labels...).Inc()
@@ -777,7 +778,7 @@ func (r *tcpRecord) close(flags string) {
 // telemetry can tell: the one cluster, or the only weighted one (with
 // several, the pick is not reported back; destination_service then
 // falls back to the destination's canonical service).
-func tcpCluster(tp *config.TCPProxy, _ net.Conn) string {
+func tcpCluster(tp *config.TCPProxy) string {
 	switch {
 	case tp.Cluster != "":
 		return tp.Cluster

@@ -406,3 +406,31 @@ func TestResponseFlags(t *testing.T) {
 		t.Errorf("access log flags and details (-want +got):\n%s", diff)
 	}
 }
+
+// TestTCPTelemetryUpstreamDown: a tcp_proxy connection whose upstream
+// cannot be reached is counted opened and closed with flag UF, and logged.
+func TestTCPTelemetryUpstreamDown(t *testing.T) {
+	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+		w := basicConfig(ip)
+		w.backends = []netip.AddrPort{netip.AddrPortFrom(ip(13), 8080)} // no ztunnel serves .13
+		return w
+	})
+	log := &syncBuffer{}
+	e.wp.Stats().SetAccessLog(log)
+	c := e.tunnel(t, clientID, e.vip(90))
+	fmt.Fprintf(c, "hello\n")
+	// The waypoint closes the connection once it has recorded it.
+	if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+		t.Fatal("read through a tcp_proxy without upstream: got a line, want the connection closed")
+	}
+	mfs := scrape(t, e.wp)
+	for _, name := range []string{"istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total"} {
+		if got := find(t, mfs, name, map[string]string{"response_flags": "UF", "request_protocol": "tcp"}).GetCounter().GetValue(); got != 1 {
+			t.Errorf("%s with UF: got %v, want 1", name, got)
+		}
+	}
+	lines := log.lines(t)
+	if len(lines) != 1 || lines[0]["response_flags"] != "UF" || lines[0]["upstream_cluster"] != clusterName("tcp", 90, host) {
+		t.Errorf("access log: got %v, want one line with UF through %s", lines, clusterName("tcp", 90, host))
+	}
+}

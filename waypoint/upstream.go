@@ -77,7 +77,7 @@ func pickWeighted(ws []config.WeightedCluster) *config.WeightedCluster {
 
 // proxyTCP is a tcp_proxy: it connects upstream and joins the two.
 func (p *Proxy) proxyTCP(ctx context.Context, snap *config.Snapshot, tp *config.TCPProxy, c net.Conn, ci *connInfo) {
-	rec := p.beginTCP(c, ci, snap)
+	rec := p.beginTCP(c, ci, snap, tp)
 	up, err := p.dialTCPProxy(ctx, snap, tp, ci)
 	if err != nil {
 		p.stats.upstreamFail.Add(1)
@@ -85,7 +85,7 @@ func (p *Proxy) proxyTCP(ctx context.Context, snap *config.Snapshot, tp *config.
 		rec.close(flagFor(err))
 		return
 	}
-	rec.open(up, tcpCluster(tp, up), "")
+	rec.open(up, "")
 	defer rec.close("")
 	defer up.Close()
 	a, b, stop := withIdleTimeout(c, up, tp.IdleTimeout)
