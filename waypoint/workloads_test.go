@@ -1,6 +1,7 @@
 package waypoint_test
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -143,6 +144,11 @@ func TestNodeMetadata(t *testing.T) {
 		if got := md[k].GetStringValue(); got != want {
 			t.Errorf("metadata %s: got %q, want %q", k, got, want)
 		}
+	}
+	// istiod sends the older filter variants below 1.29.2.
+	var v [3]int
+	if _, err := fmt.Sscanf(waypoint.IstioVersion, "%d.%d.%d", &v[0], &v[1], &v[2]); err != nil || v[0] != 1 || v[1]*1000+v[2] < 29*1000+2 {
+		t.Errorf("ISTIO_VERSION %q: want 1.29.2 or later (%v)", waypoint.IstioVersion, err)
 	}
 	if got := md["LABELS"].GetStructValue().GetFields()[waypoint.LabelGatewayName].GetStringValue(); got != "reviews-waypoint" {
 		t.Errorf("LABELS gateway name: got %q, want reviews-waypoint", got)
