@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -108,17 +109,38 @@ func FuzzInboundHTTP(f *testing.F) {
 		f.Fatal("golden config without main_internal")
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
+		var log bytes.Buffer
+		p.Stats().SetAccessLog(&log)
+		defer p.Stats().SetAccessLog(nil)
 		c := &bytesConn{r: bytes.NewReader(in)}
 		p.serveInternal(context.Background(), snap, l, c, inboundInfo())
 		out := c.out.Bytes()
+		var codes []int
+		for _, line := range bytes.Split(bytes.TrimSpace(log.Bytes()), []byte("\n")) {
+			if len(line) == 0 {
+				continue
+			}
+			var entry struct {
+				ResponseCode int `json:"response_code"`
+			}
+			if err := json.Unmarshal(line, &entry); err != nil {
+				t.Fatalf("access log line of %q: %q: %v", in, line, err)
+			}
+			codes = append(codes, entry.ResponseCode)
+		}
 		if len(out) == 0 {
 			return
 		}
 		if !bytes.HasPrefix(out, []byte("HTTP/1.1 ")) {
 			t.Fatalf("answer to %q: got %q, want an HTTP/1.1 response", in, out)
 		}
-		if _, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(out)), nil); err != nil {
+		resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(out)), nil)
+		if err != nil {
 			t.Fatalf("answer to %q: %q does not parse: %v", in, out, err)
+		}
+		// Every answer is logged with its code.
+		if len(codes) == 0 || codes[0] != resp.StatusCode {
+			t.Fatalf("answer to %q: status %d, access log codes %v, want the first logged with it", in, resp.StatusCode, codes)
 		}
 	})
 }

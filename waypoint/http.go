@@ -250,7 +250,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 			}
 			p.stats.badRequests.Add(1)
 			p.log.Debug("malformed request", logkey.Error, err.Error())
-			writeLocal(c, nil, status, http.StatusText(status), nil, true)
+			p.malformedRequest(c, ci, snap, hcm, status) // answers it
 			return
 		}
 		// The request runs against the snapshot current now that it has
@@ -323,13 +323,16 @@ func (b *flushingBody) Read(p []byte) (int, error) {
 func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, c *sniffConn, ci *connInfo, req *http.Request) bool {
 	start := time.Now()
 	defer req.Body.Close()
+	rec := p.beginRequest(c, ci, req, snap, hcm)
 	switch {
 	case req.ProtoMajor == 1 && req.ProtoMinor == 0 && !hcm.AcceptHTTP10:
 		writeLocal(c, req, http.StatusUpgradeRequired, "", nil, true)
+		rec.local(http.StatusUpgradeRequired, "low_version")
 		return false
 	case req.ProtoAtLeast(1, 1) && req.Host == "":
 		p.stats.badRequests.Add(1)
 		writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
+		rec.local(http.StatusBadRequest, "missing_host_header")
 		return false
 	}
 	// An absolute-form target becomes origin-form, its host the
@@ -342,6 +345,7 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	if err != nil {
 		p.stats.badRequests.Add(1)
 		writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
+		rec.local(http.StatusBadRequest, "path_normalization_failed")
 		return false
 	}
 	req.RequestURI = uri
@@ -349,8 +353,7 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	for k, v := range ci.fs {
 		fs[k] = v
 	}
-	v := &view{req: req, ci: ci, fs: fs}
-	v.rec = p.beginRequest(c, ci, fs, req, snap, hcm)
+	v := &view{req: req, ci: ci, fs: fs, rec: rec}
 	rt := selectRoute(hcm, v, req)
 	status, flags := 0, "-"
 	defer func() {

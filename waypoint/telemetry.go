@@ -601,10 +601,11 @@ func (r *reqRecord) copyFailed() string {
 	return "DC"
 }
 
-// beginRequest starts a request's record: ids given, body counted.
-func (p *Proxy) beginRequest(c net.Conn, ci *connInfo, fs map[string]string, req *http.Request, snap *config.Snapshot, hcm *config.HCM) *reqRecord {
+// beginRequest starts a request's record as the request arrives (its
+// head and path as sent): ids given, body counted.
+func (p *Proxy) beginRequest(c net.Conn, ci *connInfo, req *http.Request, snap *config.Snapshot, hcm *config.HCM) *reqRecord {
 	t := p.stats.tel
-	r := &reqRecord{t: t, start: time.Now(), ci: ci, fs: fs, req: req, method: req.Method, path: req.RequestURI, authority: req.Host,
+	r := &reqRecord{t: t, start: time.Now(), ci: ci, fs: ci.fs, req: req, method: req.Method, path: req.RequestURI,
 		grpc: isGRPC(req.Header), head: headSize(req), meter: meterOf(c)}
 	ensureRequestIDs(req.Header)
 	if r.meter != nil {
@@ -616,6 +617,32 @@ func (p *Proxy) beginRequest(c net.Conn, ci *connInfo, fs map[string]string, req
 	}
 	r.service = t.servicesOf(snap).hcms[hcm]
 	return r
+}
+
+// local records a request the connection manager refused before its
+// filters ran, with Envoy's details.
+func (r *reqRecord) local(status int, details string) {
+	if r != nil {
+		r.details = details
+		r.finish(nil, status, "-")
+	}
+}
+
+// malformedRequest answers a request that could not be parsed with
+// status, closing the connection, and records it: Envoy's downstream
+// protocol error (DPE), its head unknown.
+func (p *Proxy) malformedRequest(c net.Conn, ci *connInfo, snap *config.Snapshot, hcm *config.HCM, status int) {
+	req := &http.Request{Proto: "HTTP/1.1", Header: http.Header{}, Body: http.NoBody}
+	r := &reqRecord{t: p.stats.tel, start: time.Now(), ci: ci, fs: ci.fs, req: req, meter: meterOf(c),
+		details: "http1.codec_error", service: p.stats.tel.servicesOf(snap).hcms[hcm]}
+	if r.meter != nil {
+		r.written0 = r.meter.written.Load()
+	}
+	if status == http.StatusRequestHeaderFieldsTooLarge {
+		r.details = "http1.headers_too_large"
+	}
+	writeLocal(c, nil, status, http.StatusText(status), nil, true)
+	r.finish(nil, status, "DPE")
 }
 
 // upstream notes the cluster and endpoint the router picked.
@@ -669,6 +696,7 @@ func (r *reqRecord) finish(rt *config.Route, status int, flags string) {
 	if r.body != nil {
 		received += r.body.n.Load()
 	}
+	r.authority = r.req.Host
 	var sent int64
 	if r.meter != nil {
 		sent = r.meter.written.Load() - r.written0

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -391,7 +392,15 @@ func TestResponseFlags(t *testing.T) {
 	// The next request on the connection is read once the last one is
 	// recorded.
 	expectStatus(t, c.do(t, get(t, "/")), http.StatusOK)
+	// A smuggling attempt: refused as Envoy's codec refuses it (DPE); the
+	// connection closes once it is recorded.
+	bad := e.tunnel(t, clientID, e.vip(80))
+	io.WriteString(bad, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	if out, _ := io.ReadAll(bad); !strings.HasPrefix(string(out), "HTTP/1.1 400 ") {
+		t.Errorf("smuggling attempt: got %q, want 400", out)
+	}
 	mfs := scrape(t, e.wp)
+	find(t, mfs, "istio_requests_total", map[string]string{"response_code": "400", "response_flags": "DPE"})
 	find(t, mfs, "istio_requests_total", map[string]string{"response_code": "503", "response_flags": "UF,URX"})
 	find(t, mfs, "istio_requests_total", map[string]string{"response_code": "403", "response_flags": "-"})
 	var details []any
@@ -401,7 +410,8 @@ func TestResponseFlags(t *testing.T) {
 		}
 		details = append(details, l["response_flags"], l["response_code_details"])
 	}
-	want := []any{"UF,URX", "upstream_reset_before_response_started{connection_failure}", "-", "rbac_access_denied_matched_policy[ns[shop]-policy[no_admin]-rule[0]]"}
+	want := []any{"UF,URX", "upstream_reset_before_response_started{connection_failure}", "-", "rbac_access_denied_matched_policy[ns[shop]-policy[no_admin]-rule[0]]",
+		"DPE", "http1.codec_error"}
 	if diff := cmp.Diff(want, details); diff != "" {
 		t.Errorf("access log flags and details (-want +got):\n%s", diff)
 	}
