@@ -32,9 +32,10 @@ import (
 type responder interface {
 	// local writes a response the waypoint makes itself.
 	local(req *http.Request, status int, body string, h http.Header) error
-	// proxied writes an upstream's response, body and trailers; false
-	// when the connection can carry no more requests.
-	proxied(req *http.Request, resp *http.Response) bool
+	// proxied writes an upstream's response, body and trailers; keep is
+	// false when the connection can carry no more requests, failed when
+	// the response broke off.
+	proxied(req *http.Request, resp *http.Response) (keep, failed bool)
 	// continue100 tells the client to send its body.
 	continue100() error
 	// done ends the request: false when the connection can carry no
@@ -65,7 +66,7 @@ func (r h1Responder) done(req *http.Request) bool { return drainBody(req) }
 func (r h1Responder) conn() *sniffConn            { return r.c }
 func (r h1Responder) protocol() string            { return "http" }
 
-func (r h1Responder) proxied(req *http.Request, resp *http.Response) bool {
+func (r h1Responder) proxied(req *http.Request, resp *http.Response) (keep, failed bool) {
 	resp.Close = resp.Close || req.Close
 	// TransferEncoding from the upstream is the upstream hop's framing;
 	// Write frames the body for this hop.
@@ -84,12 +85,12 @@ func (r h1Responder) proxied(req *http.Request, resp *http.Response) bool {
 	// (writerOnly: bufio's ReadFrom would hand the body's Read its own
 	// buffer, which the flush in that Read then rewrites.)
 	if err := resp.Write(writerOnly{bw}); err != nil {
-		return false
+		return false, true
 	}
 	if err := bw.Flush(); err != nil {
-		return false
+		return false, true
 	}
-	return !resp.Close && drainBody(req)
+	return !resp.Close && drainBody(req), false
 }
 
 // h2Responder answers one HTTP/2 stream.
@@ -97,7 +98,11 @@ type h2Responder struct {
 	w http.ResponseWriter
 	// aborted: the response could not be completed; the stream is reset.
 	aborted bool
+	// written counts the body bytes written (telemetry's response bytes).
+	written int64
 }
+
+func (r *h2Responder) bytesWritten() int64 { return r.written }
 
 func (r *h2Responder) local(req *http.Request, status int, body string, h http.Header) error {
 	if isGRPC(req) {
@@ -111,7 +116,8 @@ func (r *h2Responder) local(req *http.Request, status int, body string, h http.H
 	}
 	r.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	r.w.WriteHeader(status)
-	_, err := io.WriteString(r.w, body)
+	n, err := io.WriteString(r.w, body)
+	r.written += int64(n)
 	return err
 }
 
@@ -125,7 +131,7 @@ func (r *h2Responder) abort()                  { r.aborted = true }
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-func (r *h2Responder) proxied(req *http.Request, resp *http.Response) bool {
+func (r *h2Responder) proxied(req *http.Request, resp *http.Response) (keep, failed bool) {
 	h := r.w.Header()
 	for k, vs := range resp.Header {
 		h[k] = vs
@@ -147,9 +153,11 @@ func (r *h2Responder) proxied(req *http.Request, resp *http.Response) bool {
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
-			if _, werr := r.w.Write(buf[:n]); werr != nil {
+			w, werr := r.w.Write(buf[:n])
+			r.written += int64(w)
+			if werr != nil {
 				r.abort()
-				return false
+				return false, true
 			}
 			rc.Flush()
 		}
@@ -158,13 +166,13 @@ func (r *h2Responder) proxied(req *http.Request, resp *http.Response) bool {
 		}
 		if err != nil {
 			r.abort()
-			return false
+			return false, true
 		}
 	}
 	for k, vs := range resp.Trailer {
 		h[http.TrailerPrefix+k] = vs
 	}
-	return true
+	return true, false
 }
 
 var (

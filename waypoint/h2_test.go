@@ -279,6 +279,22 @@ func TestGRPC(t *testing.T) {
 	if got := rec.last(); got["grpc_status"] != "5" || got["status"] != "200" {
 		t.Errorf("request record of the failing call: got grpc_status %q status %q, want 5 and 200", got["grpc_status"], got["status"])
 	}
+
+	// Istio's metrics count the HTTP/2 calls as gRPC, by gRPC status,
+	// with the response bytes of the stream (not of the connection).
+	mfs := scrape(t, e.wp)
+	ok := find(t, mfs, "istio_requests_total", map[string]string{"request_protocol": "grpc", "grpc_response_status": "0", "response_code": "200"})
+	if got := ok.GetCounter().GetValue(); got != 2 {
+		t.Errorf("istio_requests_total of grpc status 0: got %v, want 2 (the unary call and the stream)", got)
+	}
+	notFound := find(t, mfs, "istio_requests_total", map[string]string{"request_protocol": "grpc", "grpc_response_status": "5"})
+	if got := notFound.GetCounter().GetValue(); got != 1 {
+		t.Errorf("istio_requests_total of grpc status 5: got %v, want 1", got)
+	}
+	sent := find(t, mfs, "istio_response_bytes", map[string]string{"request_protocol": "grpc", "grpc_response_status": "0"}).GetHistogram()
+	if sent.GetSampleCount() != 2 || sent.GetSampleSum() <= 0 {
+		t.Errorf("istio_response_bytes of grpc status 0: got %d samples summing to %v, want 2 with bytes", sent.GetSampleCount(), sent.GetSampleSum())
+	}
 }
 
 // TestGRPCMultiplexed: concurrent calls to an HTTP/2 cluster share one

@@ -29,6 +29,8 @@ type view struct {
 	// result is what the router and filters record of the request (nil
 	// on a connection).
 	result *requestRecord
+	// rec is the request's telemetry (nil on a connection).
+	rec *reqRecord
 }
 
 var _ config.Request = (*view)(nil)
@@ -273,7 +275,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 			}
 			p.stats.badRequests.Add(1)
 			p.log.Debug("malformed request", logkey.Error, err.Error())
-			writeLocal(c, nil, status, http.StatusText(status), nil, true)
+			p.malformedRequest(c, ci, snap, hcm, status) // answers it
 			return
 		}
 		// The request runs against the snapshot current now that it has
@@ -347,17 +349,27 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	start := time.Now()
 	defer req.Body.Close()
 	c := rw.conn()
+	var dc net.Conn // the HTTP/1 connection, metered; nil on HTTP/2
+	if c != nil {
+		dc = c
+	}
+	trec := p.beginRequest(dc, ci, req, snap, hcm)
+	if h2, ok := rw.(*h2Responder); ok {
+		trec.sent = h2.bytesWritten
+	}
 	switch {
 	case req.ProtoMajor == 1 && req.ProtoMinor == 0 && !hcm.AcceptHTTP10:
 		writeLocal(c, req, http.StatusUpgradeRequired, "", nil, true)
+		trec.local(http.StatusUpgradeRequired, "low_version")
 		return false
 	case req.ProtoAtLeast(1, 1) && req.Host == "":
 		p.stats.badRequests.Add(1)
 		if c == nil {
 			rw.local(req, http.StatusBadRequest, "Bad Request", nil)
-			return false
+		} else {
+			writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
 		}
-		writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
+		trec.local(http.StatusBadRequest, "missing_host_header")
 		return false
 	}
 	// An absolute-form target becomes origin-form, its host the
@@ -371,9 +383,10 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 		p.stats.badRequests.Add(1)
 		if c == nil {
 			rw.local(req, http.StatusBadRequest, "Bad Request", nil)
-			return false
+		} else {
+			writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
 		}
-		writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
+		trec.local(http.StatusBadRequest, "path_normalization_failed")
 		return false
 	}
 	req.RequestURI = uri
@@ -382,9 +395,11 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 		fs[k] = v
 	}
 	rec := &requestRecord{Protocol: rw.protocol(), Flags: "-"}
-	v := &view{req: req, ci: ci, fs: fs, result: rec}
+	v := &view{req: req, ci: ci, fs: fs, result: rec, rec: trec}
 	rt := selectRoute(hcm, v, req)
 	defer func() {
+		trec.grpcStatus = rec.GRPCStatus
+		trec.finish(rt, rec.Status, rec.Flags)
 		p.stats.request(rec.Status)
 		p.log.Debug("request", logkey.Method, req.Method, logkey.Authority, req.Host, logkey.Path, req.RequestURI, logkey.Status, rec.Status,
 			logkey.ResponseFlags, rec.Flags, logkey.Duration, time.Since(start).String(), logkey.Peer, fs["io.istio.peer_principal"],
@@ -413,7 +428,8 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 			if ok, pol := f.RBAC.Rules.Allowed(v); !ok {
 				p.stats.rbacDenied.Add(1)
 				p.log.Info("request denied by RBAC", logkey.Policy, pol, logkey.Method, req.Method, logkey.Path, req.RequestURI, logkey.Peer, fs["io.istio.peer_principal"])
-				return local(http.StatusForbidden, "RBAC: access denied", "RBAC", nil)
+				v.rec.details = rbacDetails(pol)
+				return local(http.StatusForbidden, "RBAC: access denied", "-", nil)
 			}
 		case config.FilterFault:
 			ft := f.Fault

@@ -317,7 +317,7 @@ func (p *Proxy) serveInternal(ctx context.Context, snap *config.Snapshot, l *con
 	}
 	defer p.conns.Remove(c)
 	restoreOriginalDst(l, ci)
-	sc := newSniffConn(c)
+	sc := newSniffConn(metered(c))
 	chain := p.selectChain(l, sc, ci)
 	if chain == nil {
 		p.log.Debug("no filter chain matched", logkey.Listener, l.Name, logkey.DestinationAddr, ci.local.String())

@@ -166,6 +166,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 			return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
 		}
 		tried[ep] = true
+		v.rec.upstream(cl, ep)
 		var bodyR io.ReadCloser
 		if body != nil {
 			bodyR = body.reader()
@@ -273,8 +274,15 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	if watch != nil {
 		resp.Body = &touchBody{ReadCloser: resp.Body, touch: watch.touch}
 	}
-	keep := rw.proxied(req, resp)
+	v.rec.response(resp.Header, resp.Trailer)
+	resp.Body = v.rec.watch(resp.Body)
+	keep, failed := rw.proxied(req, resp)
 	rec.GRPCStatus = grpcStatusOf(resp)
+	if failed {
+		// Envoy's flag for a response that broke off: UC when the
+		// upstream failed, DC when the client did.
+		rec.Flags = addFlag(rec.Flags, v.rec.copyFailed())
+	}
 	if watch != nil && watch.timedOut() {
 		rec.Flags = "SI"
 		return false

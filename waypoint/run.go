@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -38,6 +39,9 @@ type Options struct {
 	HBONE, Admin, Metrics, Readiness string
 	Drain                            time.Duration
 	Log                              *slog.Logger
+	// AccessLog receives one JSON line per request and TCP connection;
+	// nil for none.
+	AccessLog io.Writer
 	// OnListening, if set, is called once every listener is open.
 	OnListening func()
 }
@@ -79,6 +83,15 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	if o.Node.TrustDomain == "" {
+		o.Node.TrustDomain = o.TrustDomain
+	}
+	cluster := o.Node.ClusterID
+	if cluster == "" {
+		cluster = "Kubernetes"
+	}
+	p.Stats().SetNode(NodeInfo{Namespace: o.Node.PodNamespace, ClusterID: cluster})
+	p.Stats().SetAccessLog(o.AccessLog)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(p.Stats())
 	ctx, cancel := context.WithCancel(ctx)
@@ -96,7 +109,7 @@ func Run(ctx context.Context, o Options) error {
 		p.Update(snap)
 	case o.XDSAddress != "":
 		xc, err := xdsclient.New(xdsclient.Config{
-			Address: o.XDSAddress, Types: Types, Handler: &Handler{Proxy: p}, RootCAs: roots,
+			Address: o.XDSAddress, Types: Types, Optional: Optional, Handler: &Handler{Proxy: p}, RootCAs: roots,
 			TokenFile: o.TokenFile, ClusterID: o.Node.ClusterID, Node: o.Node.Proto(), Log: log, Registerer: reg,
 		})
 		if err != nil {

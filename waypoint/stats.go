@@ -7,16 +7,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Stats are the proxy's counters, exported as Prometheus metrics (Envoy's
-// own names where one exists; Istio's request metrics come with
-// telemetry, later).
+// Stats are the proxy's counters, exported as Prometheus metrics: Envoy's
+// own names where one exists, and Istio's standard metrics with
+// reporter="waypoint" (telemetry.go).
 type Stats struct {
 	requests2xx, requests3xx, requests4xx, requests5xx atomic.Uint64
 	rbacDenied, upstreamFail, badRequests, noChain     atomic.Uint64
 	retries                                            atomic.Uint64
+	tel                                                *telemetry
 }
 
-func newStats() *Stats { return &Stats{} }
+func newStats() *Stats { return &Stats{tel: newTelemetry()} }
 
 func (s *Stats) request(status int) {
 	switch {
@@ -35,7 +36,14 @@ func (s *Stats) request(status int) {
 func (s *Stats) RBACDenied() uint64 { return s.rbacDenied.Load() }
 
 // Describe and Collect make Stats a prometheus.Collector.
-func (s *Stats) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(s, ch) }
+func (s *Stats) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRequests, descRBAC, descUF, descBad, descRetries, descNoChain} {
+		ch <- d
+	}
+	for _, c := range s.tel.collectors() {
+		c.Describe(ch)
+	}
+}
 
 var (
 	descRequests = prometheus.NewDesc("envoy_http_downstream_rq_xx", "Requests answered, by status class.", []string{"envoy_response_code_class"}, nil)
@@ -55,6 +63,9 @@ func (s *Stats) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBad, prometheus.CounterValue, float64(s.badRequests.Load()))
 	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(s.retries.Load()))
 	ch <- prometheus.MustNewConstMetric(descNoChain, prometheus.CounterValue, float64(s.noChain.Load()))
+	for _, c := range s.tel.collectors() {
+		c.Collect(ch)
+	}
 }
 
 // rollPercent is true with probability p.

@@ -78,12 +78,16 @@ func pickWeighted(ws []config.WeightedCluster) *config.WeightedCluster {
 
 // proxyTCP is a tcp_proxy: it connects upstream and joins the two.
 func (p *Proxy) proxyTCP(ctx context.Context, snap *config.Snapshot, tp *config.TCPProxy, c net.Conn, ci *connInfo) {
+	rec := p.beginTCP(c, ci, snap, tp)
 	up, err := p.dialTCPProxy(ctx, snap, tp, ci)
 	if err != nil {
 		p.stats.upstreamFail.Add(1)
 		p.log.Info("tcp_proxy upstream failed", logkey.Listener, tp.StatPrefix, logkey.DestinationAddr, ci.local.String(), logkey.Error, err.Error(), logkey.ResponseFlags, flagFor(err))
+		rec.close(flagFor(err))
 		return
 	}
+	rec.open(up, "")
+	defer rec.close("")
 	defer up.Close()
 	a, b, stop := withIdleTimeout(c, up, tp.IdleTimeout)
 	defer stop()

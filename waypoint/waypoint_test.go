@@ -67,6 +67,9 @@ type env struct {
 	zb    *ztunnel.Ztunnel
 	// log, when set, is the waypoint's logger.
 	log *slog.Logger
+	// certs, when set (by setup), is the waypoint's certificate source
+	// instead of the CA itself.
+	certs identity.Source
 }
 
 func (e *env) vip(port uint16) netip.AddrPort { return netip.AddrPortFrom(e.ip(20), port) }
@@ -119,7 +122,11 @@ func newEnvWith(t testing.TB, svcHost string, ports, targets [2]uint16, setup fu
 	if log == nil {
 		log = testLog(t)
 	}
-	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: ca, Roots: ca.Roots(), Log: log})
+	var certs identity.Source = ca
+	if e.certs != nil {
+		certs = e.certs
+	}
+	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: certs, Roots: ca.Roots(), Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

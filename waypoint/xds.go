@@ -1,7 +1,9 @@
 package waypoint
 
 import (
+	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -24,8 +26,14 @@ const (
 	TypeListener = "type.googleapis.com/envoy.config.listener.v3.Listener"
 )
 
-// Types are the types a waypoint subscribes to.
-var Types = []string{TypeCluster, TypeEndpoint, TypeListener}
+// Types are the types a waypoint subscribes to: Envoy's, and Istio's
+// workload API for peer metadata (TypeAddress, Optional: the Envoy
+// config applies without it, as in Istio's Envoy waypoint).
+var Types = []string{TypeCluster, TypeEndpoint, TypeListener, TypeAddress}
+
+// Optional are the types whose first response the config does not wait
+// for (xdsclient.Config.Optional).
+var Optional = []string{TypeAddress}
 
 // IstioVersion is the version the waypoint reports to istiod: new enough
 // (1.29.2 and later) that istiod sends the current filter variants.
@@ -33,9 +41,63 @@ const IstioVersion = "1.30.0"
 
 // Node describes the waypoint to istiod as Istio's waypoint proxies do:
 // id "waypoint~<ip>~<pod>.<ns>~<ns>.svc.<domain>", metadata with the
-// pod's name, namespace, IPs, service account, cluster and Istio version.
+// pod's name, namespace, IPs, service account, cluster, labels (istiod
+// finds the waypoint's Gateway by its gateway.networking.k8s.io/gateway-name
+// label), owner and Istio version.
 type Node struct {
 	PodName, PodNamespace, IP, ServiceAccount, ClusterID, Domain string
+	// NodeName is the Kubernetes node the pod runs on; TrustDomain the
+	// mesh's (sent as MESH_ID, as Istio's waypoint template does).
+	NodeName, TrustDomain string
+	// Labels are the pod's labels.
+	Labels map[string]string
+}
+
+// ParseLabels reads pod labels as the downward API writes them to a file
+// (Istio's /etc/istio/pod/labels: one key="value" a line, the value
+// quoted as Go quotes it) or as JSON (Istio's ISTIO_METAJSON_LABELS).
+func ParseLabels(b []byte) (map[string]string, error) {
+	out := map[string]string{}
+	text := strings.TrimSpace(string(b))
+	if strings.HasPrefix(text, "{") {
+		if err := json.Unmarshal([]byte(text), &out); err != nil {
+			return nil, fmt.Errorf("parse labels json: %w", err)
+		}
+		return out, nil
+	}
+	for i, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("parse labels line %d %q: want key=\"value\"", i+1, line)
+		}
+		uv, err := strconv.Unquote(v)
+		if err != nil {
+			return nil, fmt.Errorf("parse labels line %d %q: %w", i+1, line, err)
+		}
+		out[k] = uv
+	}
+	return out, nil
+}
+
+// LabelGatewayName is the label naming a waypoint pod's Gateway.
+const LabelGatewayName = "gateway.networking.k8s.io/gateway-name"
+
+// WorkloadName is the waypoint's Deployment: its Gateway's name (Istio's
+// waypoint Deployment is named after it), else the pod name without its
+// ReplicaSet and pod suffixes.
+func (n Node) WorkloadName() string {
+	if g := n.Labels[LabelGatewayName]; g != "" {
+		return g
+	}
+	parts := strings.Split(n.PodName, "-")
+	if len(parts) >= 3 {
+		return strings.Join(parts[:len(parts)-2], "-")
+	}
+	return n.PodName
 }
 
 // Proto is the node sent to istiod.
@@ -55,9 +117,21 @@ func (n Node) Proto() *core.Node {
 	fields := map[string]*structpb.Value{}
 	for k, v := range map[string]string{
 		"NAME": n.PodName, "NAMESPACE": n.PodNamespace, "INSTANCE_IPS": n.IP, "SERVICE_ACCOUNT": n.ServiceAccount,
-		"CLUSTER_ID": cluster, "ISTIO_VERSION": IstioVersion, "WORKLOAD_NAME": strings.TrimSuffix(n.PodName, "-"),
+		"CLUSTER_ID": cluster, "ISTIO_VERSION": IstioVersion, "WORKLOAD_NAME": n.WorkloadName(),
+		"OWNER":             "kubernetes://apis/apps/v1/namespaces/" + n.PodNamespace + "/deployments/" + n.WorkloadName(),
+		"INTERCEPTION_MODE": "REDIRECT", "ENABLE_HBONE": "true", "METADATA_DISCOVERY": "true",
+		"NODE_NAME": n.NodeName, "MESH_ID": n.TrustDomain,
 	} {
-		fields[k] = structpb.NewStringValue(v)
+		if v != "" {
+			fields[k] = structpb.NewStringValue(v)
+		}
+	}
+	if len(n.Labels) > 0 {
+		labels := &structpb.Struct{Fields: map[string]*structpb.Value{}}
+		for k, v := range n.Labels {
+			labels.Fields[k] = structpb.NewStringValue(v)
+		}
+		fields["LABELS"] = structpb.NewStructValue(labels)
 	}
 	return &core.Node{
 		Id:       "waypoint~" + ip + "~" + n.PodName + "." + n.PodNamespace + "~" + n.PodNamespace + ".svc." + domain,
@@ -74,6 +148,15 @@ type Handler struct {
 	Proxy *Proxy
 	// OnUpdate, if set, runs after a snapshot is installed.
 	OnUpdate func(*config.Snapshot)
+
+	// last are the Envoy resources the last snapshot was built from, so
+	// that a response of workload addresses alone does not rebuild it.
+	last struct {
+		listeners, clusters, endpoints []any
+		snap                           *config.Snapshot
+	}
+	// lastAddrs are the addresses the installed index was built from.
+	lastAddrs []any
 }
 
 var _ xdsclient.Handler = (*Handler)(nil)
@@ -94,6 +177,8 @@ func (h *Handler) Decode(typ string, r *discovery.Resource) (any, error) {
 		var e endpoint.ClusterLoadAssignment
 		err = r.GetResource().UnmarshalTo(&e)
 		return &e, wrapDecode(typ, r, err)
+	case TypeAddress:
+		return decodeAddress(r)
 	}
 	return nil, fmt.Errorf("decode %s: type not subscribed", typ)
 }
@@ -105,27 +190,56 @@ func wrapDecode(typ string, r *discovery.Resource, err error) error {
 	return nil
 }
 
-// Update builds the held set; with complete, it installs it.
+// Update builds the held set; with complete, it installs it. The Envoy
+// snapshot is rebuilt only when an Envoy resource changed, the workload
+// index only when an address did.
 func (h *Handler) Update(held xdsclient.Held, complete bool) error {
-	var r config.Resources
-	for _, v := range held.Values(TypeListener) {
-		r.Listeners = append(r.Listeners, v.(*listener.Listener))
+	ls, cs, es := held.Values(TypeListener), held.Values(TypeCluster), held.Values(TypeEndpoint)
+	snap := h.last.snap
+	if snap == nil || !sameValues(ls, h.last.listeners) || !sameValues(cs, h.last.clusters) || !sameValues(es, h.last.endpoints) {
+		var r config.Resources
+		for _, v := range ls {
+			r.Listeners = append(r.Listeners, v.(*listener.Listener))
+		}
+		for _, v := range cs {
+			r.Clusters = append(r.Clusters, v.(*cluster.Cluster))
+		}
+		for _, v := range es {
+			r.Endpoints = append(r.Endpoints, v.(*endpoint.ClusterLoadAssignment))
+		}
+		var err error
+		if snap, err = r.Build(); err != nil {
+			return err
+		}
 	}
-	for _, v := range held.Values(TypeCluster) {
-		r.Clusters = append(r.Clusters, v.(*cluster.Cluster))
+	if !complete {
+		return nil
 	}
-	for _, v := range held.Values(TypeEndpoint) {
-		r.Endpoints = append(r.Endpoints, v.(*endpoint.ClusterLoadAssignment))
+	addrs := held.Values(TypeAddress)
+	if h.lastAddrs == nil || !sameValues(addrs, h.lastAddrs) {
+		h.Proxy.stats.SetWorkloads(NewWorkloads(heldAddresses(addrs)))
+		h.lastAddrs = addrs
 	}
-	snap, err := r.Build()
-	if err != nil {
-		return err
-	}
-	if complete {
+	if snap != h.last.snap {
+		h.last.listeners, h.last.clusters, h.last.endpoints, h.last.snap = ls, cs, es, snap
 		h.Proxy.Update(snap)
 		if h.OnUpdate != nil {
 			h.OnUpdate(snap)
 		}
 	}
 	return nil
+}
+
+// sameValues: the same decoded resources (a response replaces the
+// values of what it changes, so identity is change).
+func sameValues(a, b []any) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }

@@ -17,6 +17,7 @@
 //     and a resumed stream gets the left-out resources again, as their
 //     versions are not among those the client holds.
 //   - The held set is complete only once the first response of each type
+//     (but the Optional ones, which a server may not serve)
 //     has been applied; before that the Handler only checks it, so that a
 //     user never starts with one type but not the others.
 //   - When the stream ends the client reconnects with exponential backoff
@@ -145,6 +146,11 @@ type Config struct {
 	// each time; none is sent when empty. ClusterID is sent with it.
 	TokenFile string
 	ClusterID string
+	// Optional are types among Types whose first response the held set
+	// does not wait for to be complete (as Envoy's workload discovery
+	// does not hold back its listeners): a server that does not serve
+	// them still configures the client.
+	Optional []string
 	// Node describes this client to the server.
 	Node *core.Node
 	// Log is the operational log; nothing is logged when nil.
@@ -457,7 +463,7 @@ func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 	}
 	complete := true
 	for _, other := range c.cfg.Types {
-		if other != typ && !c.held[other].received {
+		if other != typ && !c.held[other].received && !slices.Contains(c.cfg.Optional, other) {
 			complete = false
 		}
 	}

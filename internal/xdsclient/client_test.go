@@ -105,3 +105,21 @@ func TestHandle(t *testing.T) {
 		t.Errorf("versions held (-want +got):\n%s", diff)
 	}
 }
+
+// TestOptionalType: an optional type does not hold back completeness;
+// when it arrives later it applies to the complete set at once.
+func TestOptionalType(t *testing.T) {
+	h := &stringsHandler{}
+	c, err := New(Config{Address: "127.0.0.1:1", Plaintext: true, Types: []string{typeA, typeB}, Optional: []string{typeB}, Handler: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Handle(resp(t, typeA, "1", map[string]string{"a1": "x"}))
+	if diff := cmp.Diff(map[string][]string{typeA: {"x"}}, h.current); diff != "" {
+		t.Fatalf("after A only, B optional (-want +got):\n%s", diff)
+	}
+	c.Handle(resp(t, typeB, "2", map[string]string{"b1": "y"}))
+	if diff := cmp.Diff(map[string][]string{typeA: {"x"}, typeB: {"y"}}, h.current); diff != "" {
+		t.Fatalf("after B (-want +got):\n%s", diff)
+	}
+}

@@ -349,6 +349,9 @@ func deployment(gw *gatewayv1.Gateway, cfg DeployConfig) *appsv1.Deployment {
 						VolumeMounts: []corev1.VolumeMount{
 							{Name: "istio-token", MountPath: tokenDir, ReadOnly: true},
 							{Name: "istiod-ca-cert", MountPath: rootCertDir, ReadOnly: true},
+							// The pod's labels, which the waypoint sends
+							// istiod as LABELS (Istio's podinfo volume).
+							{Name: "istio-podinfo", MountPath: "/etc/istio/pod", ReadOnly: true},
 						},
 					}},
 					Volumes: []corev1.Volume{
@@ -359,6 +362,9 @@ func deployment(gw *gatewayv1.Gateway, cfg DeployConfig) *appsv1.Deployment {
 						}}},
 						{Name: "istiod-ca-cert", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 							LocalObjectReference: corev1.LocalObjectReference{Name: "istio-ca-root-cert"},
+						}}},
+						{Name: "istio-podinfo", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
+							Items: []corev1.DownwardAPIVolumeFile{{Path: "labels", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}}},
 						}}},
 					},
 				},

@@ -120,11 +120,17 @@ func TestRender(t *testing.T) {
 		!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0 {
 		t.Errorf("security context %+v: want non-root, read-only root, no capabilities, no escalation", sc)
 	}
-	var audience string
+	var audience, labelsFile string
 	for _, v := range pod.Spec.Volumes {
 		if v.Projected != nil {
 			audience = v.Projected.Sources[0].ServiceAccountToken.Audience
 		}
+		if v.DownwardAPI != nil && len(v.DownwardAPI.Items) > 0 && v.DownwardAPI.Items[0].FieldRef.FieldPath == "metadata.labels" {
+			labelsFile = v.DownwardAPI.Items[0].Path
+		}
+	}
+	if labelsFile != "labels" {
+		t.Errorf("podinfo volume: labels file %q, want the pod's labels in labels (Istio's /etc/istio/pod/labels, sent as LABELS)", labelsFile)
 	}
 	if audience != "istio-ca" {
 		t.Errorf("projected token audience: got %q, want istio-ca", audience)

@@ -21,7 +21,9 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
+	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/internal/xdsclient"
+	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/server"
 	"github.com/ambitmesh/ambit/istiod/waypoint"
 )
@@ -31,6 +33,7 @@ import (
 type waypointView struct {
 	listeners, clusters []string
 	endpoints           map[string]int // cluster -> endpoints
+	workloads           []string       // names of the workload API's workloads
 }
 
 type waypointHandler struct{ views chan waypointView }
@@ -66,6 +69,11 @@ func (h waypointHandler) Update(held xdsclient.Held, complete bool) error {
 			n += len(l.LbEndpoints)
 		}
 		v.endpoints[cla.ClusterName] = n
+	}
+	for _, a := range held.Values(ambient.AddressType) {
+		if w := a.(*workload.Address).GetWorkload(); w != nil {
+			v.workloads = append(v.workloads, w.GetName())
+		}
 	}
 	h.views <- v
 	return nil
@@ -129,7 +137,9 @@ func TestWaypointXDS(t *testing.T) {
 	views := make(chan waypointView, 16)
 	c, err := xdsclient.New(xdsclient.Config{
 		Address: s.XDSAddr().String(), Plaintext: true,
-		Types:   []string{waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType},
+		// The workload API on the same stream, as Istio's waypoints
+		// (and Ambit's) ask for it, for peer metadata.
+		Types:   []string{waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType, ambient.AddressType},
 		Handler: waypointHandler{views: views},
 		// As Istio's proxies, it names its pod's labels.
 		Node: &core.Node{Id: "waypoint~10.244.1.9~wp-5d8f-abc.shop~shop.svc.cluster.local", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
@@ -160,6 +170,9 @@ func TestWaypointXDS(t *testing.T) {
 	}
 	// Clusters and endpoints come before the listeners that name them.
 	v := await("reviews served", func(v waypointView) bool { return v.endpoints[reviewsCluster] == 1 && len(v.listeners) > 0 })
+	if !slices.Contains(v.workloads, "reviews-v1") || !slices.Contains(v.workloads, "ratings-v1") {
+		t.Errorf("workload API on the waypoint's stream: got %v, want every workload, reviews-v1 and ratings-v1 among them", v.workloads)
+	}
 	if want := []string{"connect_originate", "connect_terminate", "main_internal"}; !slices.Equal(v.listeners, want) {
 		t.Errorf("listeners: got %v, want %v", v.listeners, want)
 	}
@@ -275,7 +288,9 @@ func TestWaypointXDSWithoutRouteCRDs(t *testing.T) {
 	views := make(chan waypointView, 16)
 	c, err := xdsclient.New(xdsclient.Config{
 		Address: s.XDSAddr().String(), Plaintext: true,
-		Types:   []string{waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType},
+		// The workload API on the same stream, as Istio's waypoints
+		// (and Ambit's) ask for it, for peer metadata.
+		Types:   []string{waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType, ambient.AddressType},
 		Handler: waypointHandler{views: views},
 		Node: &core.Node{Id: "waypoint~10.244.1.9~wp-5d8f-abc.shop~shop.svc.cluster.local", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
 			"LABELS": structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"strconv"
@@ -43,9 +44,39 @@ func main() {
 	flag.StringVar(&o.Metrics, "metrics", port(mesh.MetricsPort), "metrics listener (/stats/prometheus)")
 	flag.StringVar(&o.Readiness, "readiness", port(mesh.ReadinessPort), "readiness listener (/healthz/ready)")
 	flag.DurationVar(&o.Drain, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown")
+	accessLog := flag.String("access-log", "/dev/stdout", "where the JSON access log goes (one line per request and TCP connection); empty for none")
+	labelsFile := flag.String("pod-labels", "/etc/istio/pod/labels", "the pod's labels as the downward API writes them (Istio's podinfo volume); ISTIO_METAJSON_LABELS (JSON) is read too")
 	flag.Parse()
 	o.Node.PodName, o.Node.PodNamespace = os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
 	o.Node.IP, o.Node.ServiceAccount = os.Getenv("INSTANCE_IP"), os.Getenv("SERVICE_ACCOUNT")
+	o.Node.NodeName = os.Getenv("NODE_NAME")
+	o.Node.Labels = map[string]string{}
+	for _, src := range []func() ([]byte, error){
+		func() ([]byte, error) { return os.ReadFile(*labelsFile) },
+		func() ([]byte, error) { return []byte(os.Getenv("ISTIO_METAJSON_LABELS")), nil },
+	} {
+		if b, err := src(); err == nil && len(b) > 0 {
+			l, err := waypoint.ParseLabels(b)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "waypoint:", err)
+				os.Exit(1)
+			}
+			maps.Copy(o.Node.Labels, l)
+		}
+	}
+	switch *accessLog {
+	case "":
+	case "/dev/stdout":
+		o.AccessLog = os.Stdout
+	default:
+		f, err := os.OpenFile(*accessLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "waypoint: open access log:", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		o.AccessLog = f
+	}
 	o.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), waypoint.Signals...)
 	defer stop()

@@ -1,0 +1,825 @@
+package waypoint
+
+// Istio's standard metrics as Istio's Envoy waypoint reports them (its
+// istio.stats filter with reporter SERVER_GATEWAY, istio/proxy
+// source/extensions/filters/http/istio_stats): names, labels, the values
+// used when something is unknown ("unknown"; "latest" for the source's
+// canonical revision), and Envoy's default histogram buckets, so that
+// Kiali's and Grafana's queries over reporter="waypoint" read them.
+//
+// One record per request (reqRecord) and per TCP connection (tcpRecord)
+// feeds both the metrics and the access-log line, so they never
+// disagree.
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ambitmesh/ambit/waypoint/config"
+)
+
+// Label values Istio uses.
+const (
+	reporterWaypoint = "waypoint"
+	unknown          = "unknown"
+	mutualTLS        = "mutual_tls"
+	securityNone     = "none"
+)
+
+// envoyBuckets are Envoy's default histogram buckets (Istio sets no
+// others by default), used for durations in milliseconds and for sizes
+// in bytes alike.
+var envoyBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
+
+// peerLabels are the labels of both ends, in Istio's order.
+var peerLabels = []string{
+	"reporter",
+	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+	"source_canonical_service", "source_canonical_revision", "source_cluster",
+	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+	"destination_service", "destination_service_name", "destination_service_namespace",
+	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
+	"request_protocol", "response_flags", "connection_security_policy",
+}
+
+// httpLabels add the response's code and gRPC status.
+var httpLabels = append(append([]string(nil), peerLabels...), "response_code", "grpc_response_status")
+
+// telemetry holds Istio's metrics and the access log.
+type telemetry struct {
+	workloads atomic.Pointer[Workloads]
+	node      atomic.Pointer[NodeInfo]
+	accessLog atomic.Pointer[accessLog]
+	services  atomic.Pointer[serviceIndex]
+
+	requests                      *prometheus.CounterVec
+	duration, reqBytes, respBytes *prometheus.HistogramVec
+	tcpOpened, tcpClosed          *prometheus.CounterVec
+	tcpSent, tcpReceived          *prometheus.CounterVec
+	build                         *prometheus.GaugeVec
+}
+
+// NodeInfo is what the waypoint reports of itself: its namespace and
+// cluster (destination_service_namespace's fallback and
+// destination_cluster, as Istio's waypoint).
+type NodeInfo struct {
+	Namespace, ClusterID string
+}
+
+func newTelemetry() *telemetry {
+	t := &telemetry{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_requests_total",
+			Help: "The total number of requests"}, httpLabels),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_duration_milliseconds",
+			Help: "The duration of requests in milliseconds", Buckets: envoyBuckets}, httpLabels),
+		reqBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_bytes",
+			Help: "The size of requests in bytes", Buckets: envoyBuckets}, httpLabels),
+		respBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_response_bytes",
+			Help: "The size of responses in bytes", Buckets: envoyBuckets}, httpLabels),
+		tcpOpened: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_connections_opened_total",
+			Help: "The total number of TCP connections opened"}, peerLabels),
+		tcpClosed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_connections_closed_total",
+			Help: "The total number of TCP connections closed"}, peerLabels),
+		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_sent_bytes_total",
+			Help: "The size of total bytes sent during response in case of a TCP connection"}, peerLabels),
+		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_tcp_received_bytes_total",
+			Help: "The size of total bytes received during request in case of a TCP connection"}, peerLabels),
+		build: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "istio_build",
+			Help: "Istio component build info"}, []string{"component", "tag"}),
+	}
+	t.build.WithLabelValues("proxy", IstioVersion).Set(1)
+	t.node.Store(&NodeInfo{})
+	return t
+}
+
+func (t *telemetry) collectors() []prometheus.Collector {
+	return []prometheus.Collector{t.requests, t.duration, t.reqBytes, t.respBytes, t.tcpOpened, t.tcpClosed, t.tcpSent, t.tcpReceived, t.build}
+}
+
+// SetWorkloads installs the workload index peer metadata comes from.
+func (s *Stats) SetWorkloads(w *Workloads) { s.tel.workloads.Store(w) }
+
+// Workloads is the installed workload index (nil before the first).
+func (s *Stats) Workloads() *Workloads { return s.tel.workloads.Load() }
+
+// SetNode sets what the waypoint reports of itself.
+func (s *Stats) SetNode(n NodeInfo) { s.tel.node.Store(&n) }
+
+// SetAccessLog makes the waypoint write one JSON line per request and
+// per TCP connection to w (Istio's default JSON access-log fields); nil
+// turns it off.
+func (s *Stats) SetAccessLog(w io.Writer) {
+	if w == nil {
+		s.tel.accessLog.Store(nil)
+		return
+	}
+	s.tel.accessLog.Store(&accessLog{w: w})
+}
+
+// serviceIndex is what telemetry reads of one snapshot: the service of
+// each cluster (its istio filter metadata, as Istio's stats filter reads
+// it) and of each HTTP connection manager's chain (inbound-vip chains
+// name it), for requests that never reach a cluster.
+type serviceIndex struct {
+	snap     *config.Snapshot
+	clusters map[string]*ServiceInfo
+	hcms     map[*config.HCM]*ServiceInfo
+}
+
+func (t *telemetry) servicesOf(snap *config.Snapshot) *serviceIndex {
+	if si := t.services.Load(); si != nil && si.snap == snap {
+		return si
+	}
+	si := &serviceIndex{snap: snap, clusters: map[string]*ServiceInfo{}, hcms: map[*config.HCM]*ServiceInfo{}}
+	if snap != nil {
+		for _, c := range snap.RawClusters {
+			if s := clusterService(c.GetMetadata().GetFilterMetadata()["istio"].GetFields()["services"].GetListValue().GetValues()); s != nil {
+				si.clusters[c.GetName()] = s
+			} else if s := serviceFromName(c.GetName()); s != nil {
+				si.clusters[c.GetName()] = s
+			}
+		}
+		for _, l := range snap.Listeners {
+			for _, ch := range l.Chains {
+				if ch.HCM != nil {
+					if s := serviceFromName(ch.Name); s != nil {
+						si.hcms[ch.HCM] = s
+					}
+				}
+			}
+		}
+	}
+	t.services.Store(si)
+	return si
+}
+
+// clusterService reads istio.services[0] {host, name, namespace}.
+func clusterService(vs []*structpb.Value) *ServiceInfo {
+	if len(vs) == 0 {
+		return nil
+	}
+	f := vs[0].GetStructValue().GetFields()
+	s := &ServiceInfo{Hostname: f["host"].GetStringValue(), Name: f["name"].GetStringValue(), Namespace: f["namespace"].GetStringValue()}
+	if s.Hostname == "" {
+		return nil
+	}
+	if s.Name == "" {
+		s.Name, _, _ = strings.Cut(s.Hostname, ".")
+	}
+	return s
+}
+
+// serviceFromName reads Istio's cluster and chain names
+// "inbound-vip|<port>|<proto>|<host>" (and "outbound|<port>|<subset>|<host>").
+func serviceFromName(name string) *ServiceInfo {
+	parts := strings.Split(name, "|")
+	if len(parts) != 4 || parts[3] == "" {
+		return nil
+	}
+	host := parts[3]
+	s := &ServiceInfo{Hostname: host}
+	labels := strings.Split(host, ".")
+	s.Name = labels[0]
+	if len(labels) >= 3 && labels[2] == "svc" {
+		s.Namespace = labels[1]
+	}
+	return s
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return unknown
+	}
+	return s
+}
+
+// peerValues are the values of peerLabels.
+type peerValues struct {
+	src, dst        *Peer
+	srcPrincipal    string
+	srcNamespace    string
+	service         *ServiceInfo
+	hostFallback    string
+	protocol, flags string
+	mtls            bool
+}
+
+func (t *telemetry) values(pv *peerValues) []string {
+	node := t.node.Load()
+	v := make([]string, 0, len(httpLabels))
+	v = append(v, reporterWaypoint)
+	src, dst := pv.src, pv.dst
+	if src == nil {
+		src = &Peer{}
+	}
+	ns := pv.srcNamespace
+	if ns == "" {
+		ns = src.Namespace
+	}
+	rev := src.CanonicalRevision
+	if rev == "" {
+		rev = "latest"
+	}
+	v = append(v, orUnknown(src.WorkloadName), orUnknown(ns), orUnknown(pv.srcPrincipal), unknown, unknown,
+		orUnknown(src.CanonicalName), rev, orUnknown(src.ClusterID))
+	dw, dns, dp, dcs, dcr := unknown, unknown, unknown, unknown, unknown
+	if dst != nil {
+		dw, dns, dp, dcs, dcr = orUnknown(dst.WorkloadName), orUnknown(dst.Namespace), orUnknown(dst.Identity), orUnknown(dst.CanonicalName), orUnknown(dst.CanonicalRevision)
+	}
+	svc, svcName, svcNS := dcs, dcs, node.Namespace
+	if pv.service != nil {
+		svc, svcName = pv.service.Hostname, pv.service.Name
+		if pv.service.Namespace != "" {
+			svcNS = pv.service.Namespace
+		}
+	} else if pv.hostFallback != "" {
+		svc, svcName = pv.hostFallback, pv.hostFallback
+	}
+	sec := securityNone
+	if pv.mtls {
+		sec = mutualTLS
+	}
+	v = append(v, dw, dns, dp, unknown, unknown, svc, svcName, orUnknown(svcNS), dcs, dcr, orUnknown(node.ClusterID),
+		pv.protocol, pv.flags, sec)
+	return v
+}
+
+// principalNamespace is the namespace of a SPIFFE ID ("/ns/<ns>/").
+func principalNamespace(p string) string {
+	_, rest, ok := strings.Cut(p, "/ns/")
+	if !ok {
+		return ""
+	}
+	ns, _, _ := strings.Cut(rest, "/")
+	return ns
+}
+
+// downstreamPeer is the source of a connection: its proven principal
+// (filter state io.istio.peer_principal, else the TLS peer) and the
+// workload behind it.
+func (t *telemetry) downstreamPeer(ci *connInfo, fs map[string]string) (principal string, p *Peer, mtls bool) {
+	principal = fs["io.istio.peer_principal"]
+	local := fs["io.istio.local_principal"]
+	if principal == "" && local == "" {
+		principal, local = ci.peer, ci.localSAN
+	}
+	return principal, t.workloads.Load().source(ci.remote.Addr(), principal), principal != "" && local != ""
+}
+
+// upstreamPeer is the workload of an endpoint: the pod behind an
+// internal connect_originate endpoint (its original destination) or at
+// the endpoint's address.
+func (t *telemetry) upstreamPeer(ep *config.Endpoint) *Peer {
+	if ep == nil {
+		return nil
+	}
+	a := ep.Address
+	if ep.Listener != "" {
+		a, _ = netip.ParseAddrPort(ep.Metadata[metaOriginalDst]["local"])
+	}
+	if !a.IsValid() {
+		return nil
+	}
+	return t.workloads.Load().ByAddr(a.Addr())
+}
+
+// newID is a random hex string of n bytes.
+func newID(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newUUID is a random (version 4) UUID, as Envoy's request ids.
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// validTraceparent checks a W3C traceparent of version 00
+// ("00-<32 hex>-<16 hex>-<2 hex>", ids not all zero).
+func validTraceparent(s string) bool {
+	if len(s) != 55 || s[:3] != "00-" || s[35] != '-' || s[52] != '-' {
+		return false
+	}
+	trace, parent, flags := s[3:35], s[36:52], s[53:]
+	for _, part := range []string{trace, parent, flags} {
+		for i := 0; i < len(part); i++ {
+			c := part[i]
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return strings.Trim(trace, "0") != "" && strings.Trim(parent, "0") != ""
+}
+
+// ensureRequestIDs gives a request the ids a waypoint propagates: an
+// x-request-id (a UUID, as Envoy generates) and a W3C traceparent (a new
+// trace when absent or malformed; passed on unchanged otherwise, as the
+// waypoint records no span of its own, so its sampled flag is 0).
+func ensureRequestIDs(h http.Header) {
+	if h.Get("X-Request-Id") == "" {
+		h.Set("X-Request-Id", newUUID())
+	}
+	if tp := h.Values("Traceparent"); len(tp) != 1 || !validTraceparent(tp[0]) {
+		h.Del("Tracestate") // belongs to the trace being replaced
+		h.Set("Traceparent", "00-"+newID(16)+"-"+newID(8)+"-00")
+	}
+}
+
+// meteredConn counts the bytes read from and written to a downstream
+// connection: Envoy's downstream wire bytes.
+type meteredConn struct {
+	net.Conn
+	read, written atomic.Int64
+	// live, once set, also gets the counts (a TCP connection's byte
+	// counters, live while it is open); reportedRead and reportedWritten
+	// are what it has got, so that each byte is added once.
+	live                          atomic.Pointer[liveCounters]
+	reportedRead, reportedWritten atomic.Int64
+}
+
+type liveCounters struct{ received, sent prometheus.Counter }
+
+func (m *meteredConn) Read(p []byte) (int, error) {
+	n, err := m.Conn.Read(p)
+	if n > 0 {
+		m.read.Add(int64(n))
+		if l := m.live.Load(); l != nil {
+			report(&m.read, &m.reportedRead, l.received)
+		}
+	}
+	return n, err
+}
+
+func (m *meteredConn) Write(p []byte) (int, error) {
+	n, err := m.Conn.Write(p)
+	if n > 0 {
+		m.written.Add(int64(n))
+		if l := m.live.Load(); l != nil {
+			report(&m.written, &m.reportedWritten, l.sent)
+		}
+	}
+	return n, err
+}
+
+// report adds to c what total has that reported has not.
+func report(total, reported *atomic.Int64, c prometheus.Counter) {
+	for {
+		prev, cur := reported.Load(), total.Load()
+		if cur <= prev {
+			return
+		}
+		if reported.CompareAndSwap(prev, cur) {
+			c.Add(float64(cur - prev))
+			return
+		}
+	}
+}
+
+// attach starts counting into received and sent, what was already moved
+// included.
+func (m *meteredConn) attach(received, sent prometheus.Counter) {
+	m.live.Store(&liveCounters{received: received, sent: sent})
+	report(&m.read, &m.reportedRead, received)
+	report(&m.written, &m.reportedWritten, sent)
+}
+
+// CloseWrite half-closes the connection when it can.
+func (m *meteredConn) CloseWrite() error {
+	if cw, ok := m.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return m.Conn.Close()
+}
+
+// metered wraps a downstream connection to count its bytes.
+func metered(c net.Conn) net.Conn { return &meteredConn{Conn: c} }
+
+// meterOf finds the meter under a downstream connection.
+func meterOf(c net.Conn) *meteredConn {
+	for c != nil {
+		switch x := c.(type) {
+		case *meteredConn:
+			return x
+		case *sniffConn:
+			c = x.Conn
+		case *idleConn:
+			c = x.Conn
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// countingBody counts the bytes of a request body read.
+type countingBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+// headSize is the size of a request head on the wire, as read back from
+// the parsed request (HTTP/1.1: request line, Host, the headers).
+func headSize(req *http.Request) int64 {
+	n := len(req.Method) + 1 + len(req.RequestURI) + 1 + len(req.Proto) + 2
+	if req.Host != "" {
+		n += len("Host: ") + len(req.Host) + 2
+	}
+	for k, vs := range req.Header {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return int64(n + 2)
+}
+
+// isGRPC: the request is gRPC (Istio's request_protocol "grpc").
+func isGRPCHeader(h http.Header) bool {
+	ct := h.Get("Content-Type")
+	return strings.HasPrefix(ct, "application/grpc")
+}
+
+// grpcStatusOf is a gRPC response's status: grpc-status of its trailers
+// or headers, else Envoy's mapping of the HTTP status (none for 200).
+func grpcStatusFromHeaders(status int, h, trailer http.Header) string {
+	if s := trailer.Get("Grpc-Status"); s != "" {
+		return s
+	}
+	if s := h.Get("Grpc-Status"); s != "" {
+		return s
+	}
+	switch status {
+	case 0, http.StatusOK:
+		return ""
+	case http.StatusBadRequest:
+		return "13"
+	case http.StatusUnauthorized:
+		return "16"
+	case http.StatusForbidden:
+		return "7"
+	case http.StatusNotFound:
+		return "12"
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return "14"
+	default:
+		return "2"
+	}
+}
+
+// addFlag adds a response flag to a flag list ("-" for none).
+func addFlag(flags, f string) string {
+	if flags == "" || flags == "-" {
+		return f
+	}
+	return flags + "," + f
+}
+
+// rbacDetails is Envoy's response_code_details of an RBAC denial.
+func rbacDetails(policy string) string {
+	if policy == "" {
+		policy = "none"
+	}
+	return "rbac_access_denied_matched_policy[" + strings.Join(strings.Fields(policy), "_") + "]"
+}
+
+// detailsFor are Envoy's response_code_details for a flag, when nothing
+// more precise was noted.
+func detailsFor(flags string, upstream bool) string {
+	switch {
+	case strings.Contains(flags, "NR"):
+		return "route_not_found"
+	case strings.Contains(flags, "UH"):
+		return "no_healthy_upstream"
+	case strings.Contains(flags, "UF"):
+		return "upstream_reset_before_response_started{connection_failure}"
+	case strings.Contains(flags, "UT"):
+		return "response_timeout"
+	case strings.Contains(flags, "FI"):
+		return "fault_filter_abort"
+	case strings.Contains(flags, "NC"):
+		return "cluster_not_found"
+	case strings.Contains(flags, "UO"):
+		return "upstream_reset_before_response_started{overflow}"
+	case strings.Contains(flags, "DC"):
+		return "downstream_remote_disconnect"
+	case strings.Contains(flags, "UC"):
+		return "upstream_reset_after_response_started{connection_termination}"
+	case upstream:
+		return "via_upstream"
+	}
+	return ""
+}
+
+// reqRecord is one request's telemetry.
+type reqRecord struct {
+	t         *telemetry
+	start     time.Time
+	ci        *connInfo
+	fs        map[string]string
+	req       *http.Request
+	method    string
+	path      string
+	authority string
+	grpc      bool
+	head      int64
+	body      *countingBody
+	meter     *meteredConn
+	written0  int64
+	service   *ServiceInfo
+	route     string
+	cluster   string
+	ep        *config.Endpoint
+	details   string
+	// Response headers and trailers, when the waypoint saw them (gRPC
+	// status).
+	respHeader, respTrailer http.Header
+	// urx: the retry limit was reached (URX); upstreamErr: reading the
+	// upstream's body failed (UC, else a failed copy is DC).
+	urx         bool
+	upstreamErr atomic.Bool
+	// grpcStatus is the status the router recorded, when it did; sent
+	// counts the response bytes of a request on a connection the meter
+	// cannot attribute (an HTTP/2 stream).
+	grpcStatus string
+	sent       func() int64
+}
+
+// retryLimit notes whether the last try would have been retried but for
+// the limit.
+func (r *reqRecord) retryLimit(reached bool) {
+	if r != nil {
+		r.urx = reached
+	}
+}
+
+// watch wraps an upstream response body to tell an upstream failure from
+// a downstream one.
+func (r *reqRecord) watch(body io.ReadCloser) io.ReadCloser {
+	if r == nil {
+		return body
+	}
+	return &watchedBody{ReadCloser: body, r: r}
+}
+
+type watchedBody struct {
+	io.ReadCloser
+	r *reqRecord
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.r.upstreamErr.Store(true)
+	}
+	return n, err
+}
+
+// copyFailed is the flag of a response that broke off while being
+// relayed: UC when the upstream failed, DC when the downstream did.
+func (r *reqRecord) copyFailed() string {
+	if r != nil && r.upstreamErr.Load() {
+		return "UC"
+	}
+	return "DC"
+}
+
+// beginRequest starts a request's record as the request arrives (its
+// head and path as sent): ids given, body counted.
+func (p *Proxy) beginRequest(c net.Conn, ci *connInfo, req *http.Request, snap *config.Snapshot, hcm *config.HCM) *reqRecord {
+	t := p.stats.tel
+	r := &reqRecord{t: t, start: time.Now(), ci: ci, fs: ci.fs, req: req, method: req.Method, path: req.RequestURI,
+		grpc: isGRPCHeader(req.Header), head: headSize(req), meter: meterOf(c)}
+	ensureRequestIDs(req.Header)
+	if r.meter != nil {
+		r.written0 = r.meter.written.Load()
+	}
+	if req.Body != nil && req.Body != http.NoBody {
+		r.body = &countingBody{ReadCloser: req.Body}
+		req.Body = r.body
+	}
+	r.service = t.servicesOf(snap).hcms[hcm]
+	return r
+}
+
+// local records a request the connection manager refused before its
+// filters ran, with Envoy's details.
+func (r *reqRecord) local(status int, details string) {
+	if r != nil {
+		r.details = details
+		r.finish(nil, status, "-")
+	}
+}
+
+// malformedRequest answers a request that could not be parsed with
+// status, closing the connection, and records it: Envoy's downstream
+// protocol error (DPE), its head unknown.
+func (p *Proxy) malformedRequest(c net.Conn, ci *connInfo, snap *config.Snapshot, hcm *config.HCM, status int) {
+	req := &http.Request{Proto: "HTTP/1.1", Header: http.Header{}, Body: http.NoBody}
+	r := &reqRecord{t: p.stats.tel, start: time.Now(), ci: ci, fs: ci.fs, req: req, meter: meterOf(c),
+		details: "http1.codec_error", service: p.stats.tel.servicesOf(snap).hcms[hcm]}
+	if r.meter != nil {
+		r.written0 = r.meter.written.Load()
+	}
+	if status == http.StatusRequestHeaderFieldsTooLarge {
+		r.details = "http1.headers_too_large"
+	}
+	writeLocal(c, nil, status, http.StatusText(status), nil, true)
+	r.finish(nil, status, "DPE")
+}
+
+// upstream notes the cluster and endpoint the router picked.
+func (r *reqRecord) upstream(c *config.Cluster, ep *config.Endpoint) {
+	if r == nil {
+		return
+	}
+	r.cluster, r.ep = c.Name, ep
+	if si := r.t.services.Load(); si != nil && si.clusters[c.Name] != nil {
+		r.service = si.clusters[c.Name]
+	} else if s := serviceFromName(c.Name); s != nil {
+		r.service = s
+	}
+}
+
+// response notes the response's headers and trailers (for gRPC status).
+func (r *reqRecord) response(h, trailer http.Header) {
+	if r != nil {
+		r.respHeader, r.respTrailer = h, trailer
+	}
+}
+
+// finish records the request: metrics and the access-log line.
+func (r *reqRecord) finish(rt *config.Route, status int, flags string) {
+	if r == nil {
+		return
+	}
+	if flags == "" {
+		flags = "-"
+	}
+	if r.urx {
+		flags = addFlag(flags, "URX")
+	}
+	if rt != nil {
+		r.route = rt.Name
+	}
+	t := r.t
+	principal, src, mtls := t.downstreamPeer(r.ci, r.fs)
+	srcNS := principalNamespace(principal)
+	pv := &peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: srcNS, service: r.service,
+		hostFallback: r.authority, protocol: "http", flags: flags, mtls: mtls}
+	if r.grpc {
+		pv.protocol = "grpc"
+	}
+	grpcStatus := ""
+	if r.grpc {
+		grpcStatus = cmpOr(r.grpcStatus, grpcStatusFromHeaders(status, r.respHeader, r.respTrailer))
+	}
+	vals := append(t.values(pv), strconv.Itoa(status), grpcStatus)
+	received := r.head
+	if r.body != nil {
+		received += r.body.n.Load()
+	}
+	r.authority = r.req.Host
+	var sent int64
+	switch {
+	case r.sent != nil:
+		sent = r.sent()
+	case r.meter != nil:
+		sent = r.meter.written.Load() - r.written0
+	}
+	dur := time.Since(r.start)
+	t.requests.WithLabelValues(vals...).Inc()
+	t.duration.WithLabelValues(vals...).Observe(float64(dur.Milliseconds()))
+	t.reqBytes.WithLabelValues(vals...).Observe(float64(received))
+	t.respBytes.WithLabelValues(vals...).Observe(float64(sent))
+	al := t.accessLog.Load()
+	if al == nil {
+		return
+	}
+	details := r.details
+	if details == "" {
+		details = detailsFor(flags, r.ep != nil)
+	}
+	e := &accessEntry{
+		start: r.start, route: r.route, method: r.method, path: r.path, protocol: r.req.Proto, code: status, flags: flags,
+		details: details, received: received, sent: sent, duration: dur,
+		xff: r.req.Header.Get("X-Forwarded-For"), userAgent: r.req.Header.Get("User-Agent"), requestID: r.req.Header.Get("X-Request-Id"),
+		authority: r.authority, upstreamCluster: r.cluster, local: r.ci.local, remote: r.ci.remote,
+		traceparent: r.req.Header.Get("Traceparent"),
+	}
+	if r.ep != nil {
+		e.upstreamHost = r.ep.String()
+	}
+	al.write(e)
+}
+
+// tcpRecord is one TCP connection's telemetry (a tcp_proxy chain).
+type tcpRecord struct {
+	t        *telemetry
+	start    time.Time
+	ci       *connInfo
+	meter    *meteredConn
+	cluster  string
+	labels   []string
+	opened   bool
+	details  string
+	services *serviceIndex
+}
+
+// beginTCP starts a TCP connection's record.
+func (p *Proxy) beginTCP(c net.Conn, ci *connInfo, snap *config.Snapshot, tp *config.TCPProxy) *tcpRecord {
+	return &tcpRecord{t: p.stats.tel, start: time.Now(), ci: ci, meter: meterOf(c), services: p.stats.tel.servicesOf(snap), cluster: tcpCluster(tp)}
+}
+
+// open counts the connection opened once its upstream is up (or failed,
+// with flags), its labels fixed from then on, as Envoy's are once
+// reported; up is the upstream connection (its remote address the pod).
+func (r *tcpRecord) open(up net.Conn, flags string) {
+	if r == nil || r.opened {
+		return
+	}
+	r.opened = true
+	cluster := r.cluster
+	t := r.t
+	principal, src, mtls := t.downstreamPeer(r.ci, r.ci.fs)
+	var dst *Peer
+	if up != nil {
+		if a, ok := up.RemoteAddr().(*net.TCPAddr); ok {
+			dst = t.workloads.Load().ByAddr(a.AddrPort().Addr())
+		}
+	}
+	svc := r.services.clusters[cluster]
+	if svc == nil {
+		svc = serviceFromName(cluster)
+	}
+	if flags == "" {
+		flags = "-"
+	}
+	r.labels = t.values(&peerValues{src: src, dst: dst, srcPrincipal: principal, srcNamespace: principalNamespace(principal),
+		service: svc, protocol: "tcp", flags: flags, mtls: mtls})
+	t.tcpOpened.WithLabelValues(r.labels...).Inc()
+	if r.meter != nil {
+		r.meter.attach(t.tcpReceived.WithLabelValues(r.labels...), t.tcpSent.WithLabelValues(r.labels...))
+	}
+}
+
+// close counts the connection closed and writes its access-log line.
+func (r *tcpRecord) close(flags string) {
+	if r == nil {
+		return
+	}
+	if !r.opened {
+		r.open(nil, flags)
+	}
+	t := r.t
+	t.tcpClosed.WithLabelValues(r.labels...).Inc()
+	al := t.accessLog.Load()
+	if al == nil {
+		return
+	}
+	if flags == "" {
+		flags = "-"
+	}
+	e := &accessEntry{start: r.start, flags: flags, details: r.details, duration: time.Since(r.start), upstreamCluster: r.cluster,
+		local: r.ci.local, remote: r.ci.remote, tcp: true}
+	if r.meter != nil {
+		e.received, e.sent = r.meter.read.Load(), r.meter.written.Load()
+	}
+	al.write(e)
+}
+
+// tcpCluster is the cluster a tcp_proxy connection went to, as far as
+// telemetry can tell: the one cluster, or the only weighted one (with
+// several, the pick is not reported back; destination_service then
+// falls back to the destination's canonical service).
+func tcpCluster(tp *config.TCPProxy) string {
+	switch {
+	case tp.Cluster != "":
+		return tp.Cluster
+	case len(tp.Weighted) == 1:
+		return tp.Weighted[0].Name
+	}
+	return ""
+}

@@ -1,0 +1,104 @@
+package waypoint
+
+import (
+	"bufio"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// TestServicesOfGolden: the service of a cluster comes from its istio
+// filter metadata as istiod writes it (services[0] host, name,
+// namespace), and a chain's from its inbound-vip name.
+func TestServicesOfGolden(t *testing.T) {
+	p, snap := fuzzProxy(t, "testdata/istiod/service.json")
+	si := p.stats.tel.servicesOf(snap)
+	want := &ServiceInfo{Hostname: "reviews.shop.svc.cluster.local", Name: "reviews", Namespace: "shop"}
+	if diff := cmp.Diff(want, si.clusters["inbound-vip|9080|http|reviews.shop.svc.cluster.local"]); diff != "" {
+		t.Errorf("cluster service (-want +got):\n%s", diff)
+	}
+	found := false
+	for _, s := range si.hcms {
+		found = found || cmp.Equal(want, s)
+	}
+	if !found {
+		t.Errorf("chain services: got %v, want reviews's HTTP chain", si.hcms)
+	}
+	if p.stats.tel.servicesOf(snap) != si {
+		t.Error("services of the same snapshot computed again")
+	}
+}
+
+func TestTraceparent(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		keep bool
+	}{
+		{"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", true},
+		{"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", true},
+		{"00-00000000000000000000000000000000-b7ad6b7169203331-01", false}, // zero trace id
+		{"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", false}, // zero parent id
+		{"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", false}, // upper case
+		{"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", false}, // unknown version, other length rules
+		{"garbage", false},
+		{"", false},
+	} {
+		h := http.Header{}
+		if tt.in != "" {
+			h.Set("Traceparent", tt.in)
+			h.Set("Tracestate", "vendor=1")
+		}
+		ensureRequestIDs(h)
+		got := h.Get("Traceparent")
+		if tt.keep != (got == tt.in) {
+			t.Errorf("traceparent %q: got %q, want it kept: %v", tt.in, got, tt.keep)
+		}
+		if !validTraceparent(got) || !strings.HasSuffix(got, "-01") && !strings.HasSuffix(got, "-00") {
+			t.Errorf("traceparent after %q: got %q, want a valid one", tt.in, got)
+		}
+		if !tt.keep && h.Get("Tracestate") != "" {
+			t.Errorf("tracestate with a new trace after %q: got %q, want none", tt.in, h.Get("Tracestate"))
+		}
+		if len(h.Get("X-Request-Id")) != 36 {
+			t.Errorf("x-request-id: got %q, want a UUID", h.Get("X-Request-Id"))
+		}
+	}
+}
+
+// TestHeadSize: the head size read back from a parsed request is the
+// size on the wire.
+func TestHeadSize(t *testing.T) {
+	for _, raw := range []string{
+		"GET /a?b=c HTTP/1.1\r\nHost: reviews:9080\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-A: 1\r\nX-A: 2\r\n\r\n",
+	} {
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := headSize(req); got != int64(len(raw)) {
+			t.Errorf("head size of %q: got %d, want %d", raw, got, len(raw))
+		}
+	}
+}
+
+func TestGRPCStatus(t *testing.T) {
+	for _, tt := range []struct {
+		status          int
+		header, trailer http.Header
+		want            string
+	}{
+		{200, http.Header{}, http.Header{"Grpc-Status": {"5"}}, "5"},
+		{200, http.Header{"Grpc-Status": {"0"}}, http.Header{}, "0"},
+		{200, http.Header{}, http.Header{}, ""},
+		{503, nil, nil, "14"},
+		{403, nil, nil, "7"},
+		{500, nil, nil, "2"},
+	} {
+		if got := grpcStatusFromHeaders(tt.status, tt.header, tt.trailer); got != tt.want {
+			t.Errorf("grpc status of %d %v %v: got %q, want %q", tt.status, tt.header, tt.trailer, got, tt.want)
+		}
+	}
+}
