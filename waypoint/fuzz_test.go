@@ -131,6 +131,14 @@ func FuzzInboundHTTP(f *testing.F) {
 		if len(out) == 0 {
 			return
 		}
+		if bytes.HasPrefix(in, []byte(http2Preface)) {
+			// Served as HTTP/2 (codec AUTO): the answer opens with the
+			// server's SETTINGS frame (type 4 on stream 0).
+			if len(out) < 9 || out[3] != 0x4 || !bytes.Equal(out[5:9], []byte{0, 0, 0, 0}) {
+				t.Fatalf("answer to %q: got %q, want HTTP/2 frames opening with SETTINGS", in, out)
+			}
+			return
+		}
 		if !bytes.HasPrefix(out, []byte("HTTP/1.1 ")) {
 			t.Fatalf("answer to %q: got %q, want an HTTP/1.1 response", in, out)
 		}

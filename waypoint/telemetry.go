@@ -556,23 +556,14 @@ type reqRecord struct {
 	// Response headers and trailers, when the waypoint saw them (gRPC
 	// status).
 	respHeader, respTrailer http.Header
-	// urx: the retry limit was reached (URX); upstreamErr: reading the
-	// upstream's body failed (UC, else a failed copy is DC).
-	urx         bool
+	// upstreamErr: reading the upstream's body failed (UC, else a failed
+	// copy is DC).
 	upstreamErr atomic.Bool
 	// grpcStatus is the status the router recorded, when it did; sent
 	// counts the response bytes of a request on a connection the meter
 	// cannot attribute (an HTTP/2 stream).
 	grpcStatus string
 	sent       func() int64
-}
-
-// retryLimit notes whether the last try would have been retried but for
-// the limit.
-func (r *reqRecord) retryLimit(reached bool) {
-	if r != nil {
-		r.urx = reached
-	}
 }
 
 // watch wraps an upstream response body to tell an upstream failure from
@@ -677,9 +668,6 @@ func (r *reqRecord) finish(rt *config.Route, status int, flags string) {
 	}
 	if flags == "" {
 		flags = "-"
-	}
-	if r.urx {
-		flags = addFlag(flags, "URX")
 	}
 	if rt != nil {
 		r.route = rt.Name
