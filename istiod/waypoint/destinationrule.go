@@ -250,6 +250,10 @@ func (t *istioTraffic) destinationRuleFor(wpNS string, sv *served) *networkingv1
 	return nil
 }
 
+// leastConn is LoadBalancerSettings_LEAST_CONN, deprecated for
+// LEAST_REQUEST and still accepted.
+const leastConn netapi.LoadBalancerSettings_SimpleLB = 1
+
 // mergeTrafficPolicy is a subset's policy over the rule's, by component
 // (load balancer, connection pool, outlier detection, TLS), as Istio
 // merges them.
@@ -283,7 +287,10 @@ func applyTrafficPolicy(c *cluster.Cluster, tp *netapi.TrafficPolicy) {
 		return
 	}
 	switch tp.GetLoadBalancer().GetSimple() {
-	case netapi.LoadBalancerSettings_LEAST_REQUEST, netapi.LoadBalancerSettings_LEAST_CONN: //nolint:staticcheck // LEAST_CONN is LEAST_REQUEST's old name
+	case leastConn:
+		// LEAST_CONN is LEAST_REQUEST's old name.
+		c.LbPolicy = cluster.Cluster_LEAST_REQUEST
+	case netapi.LoadBalancerSettings_LEAST_REQUEST:
 		c.LbPolicy = cluster.Cluster_LEAST_REQUEST
 	case netapi.LoadBalancerSettings_RANDOM:
 		c.LbPolicy = cluster.Cluster_RANDOM

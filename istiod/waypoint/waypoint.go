@@ -308,7 +308,7 @@ func computeBase(in *Input, cfg ambient.Config, refs []Ref) *baseScopes {
 	for k, s := range svcs {
 		byHost[s.GetHostname()] = k
 	}
-	return &baseScopes{scopes: out, svcs: svcs, backing: backing, byHost: byHost}
+	return &baseScopes{scopes: out, svcs: svcs, backing: backing, byHost: byHost, ix: ix}
 }
 
 // baseScopes is what every waypoint serves before routes attach: it
@@ -320,6 +320,7 @@ type baseScopes struct {
 	backing map[string][]*workload.Workload
 	// byHost: resource name of each service by hostname.
 	byHost map[string]string
+	ix     *waypointIndex
 	// istioStatus is the last attach's status of VirtualServices and
 	// DestinationRules.
 	istioStatus []ObjectStatus
@@ -675,3 +676,26 @@ func workloadIP(w *workload.Workload) (netip.Addr, bool) {
 
 // ErrInvalid marks a resource that failed validation.
 var ErrInvalid = errors.New("invalid resource")
+
+// serviceWaypoint says which waypoint serves Service ns/name ("" when
+// none); ok false when there is no such Service.
+func (bs *baseScopes) serviceWaypoint(cfg ambient.Config, ns, name string) (string, bool) {
+	s, ok := bs.svcs[ambient.ServiceName(ns, name+"."+ns+".svc."+cfg.DomainSuffix)]
+	if !ok {
+		return "", false
+	}
+	g := s.GetWaypoint()
+	if g == nil {
+		return "", true
+	}
+	if r, ok := bs.ix.resolve(g); ok {
+		return r.String(), true
+	}
+	if h := g.GetHostname(); h != nil {
+		return h.GetNamespace() + "/" + h.GetHostname(), true
+	}
+	if ip, ok := netip.AddrFromSlice(g.GetAddress().GetAddress()); ok {
+		return ip.Unmap().String(), true
+	}
+	return "a waypoint", true
+}
