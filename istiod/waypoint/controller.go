@@ -61,8 +61,10 @@ type ControllerOptions struct {
 // of its Gateway; Run's publisher). Its inputs are the ambient model's changes (OnModel)
 // and the objects it watches itself: Services (port protocols) and
 // Gateways (which waypoints exist), HTTPRoutes, whose status it writes
-// (Accepted, ResolvedRefs per Service parentRef), ReferenceGrants and
-// AuthorizationPolicies with targetRefs. After each burst of changes it
+// (Accepted, ResolvedRefs per Service parentRef), ReferenceGrants,
+// AuthorizationPolicies with targetRefs (WaypointAccepted),
+// VirtualServices and DestinationRules (Accepted, ResolvedRefs) and
+// pods' labels (which DestinationRule subsets select). After each burst of changes it
 // computes what every waypoint serves in one pass over the model and
 // rebuilds only the waypoints whose inputs changed (scope fingerprint),
 // and of those publishes only the resources that differ.

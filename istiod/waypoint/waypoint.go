@@ -32,9 +32,14 @@
 // the Services whose Address names the waypoint, the workloads whose
 // Workload.waypoint names it, and, for a waypoint that serves a service
 // account's workloads, the Services those workloads back (with only
-// those workloads as endpoints, since ztunnel picked one of them). The
-// package reads the model and the cluster's objects and builds; it does
-// not watch or serve (istiod/xds serves).
+// those workloads as endpoints, since ztunnel picked one of them). Routes
+// come from HTTPRoutes and GRPCRoutes with a Service parent and from
+// VirtualServices naming a served host; DestinationRules set clusters'
+// policy and define subset clusters (inbound-vip|<port>|http/<subset>|
+// <host>) of the backends their labels select. An object with a field
+// the waypoint does not apply is refused whole, and its status says so.
+// The package reads the model and the cluster's objects and builds; the
+// Controller watches them and writes their status; istiod/xds serves.
 package waypoint
 
 import (
