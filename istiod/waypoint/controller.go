@@ -27,6 +27,7 @@ import (
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/istiod/ambient"
+	"github.com/ambitmesh/ambit/istiod/authz"
 	"github.com/ambitmesh/ambit/istiod/cluster"
 	"github.com/ambitmesh/ambit/istiod/gateway"
 	"github.com/ambitmesh/ambit/istiod/xds"
@@ -442,17 +443,19 @@ func (c *Controller) flush(ctx context.Context) {
 		fmt.Fprintf(&gd, "G%s/%s/%s\n", g.Namespace, g.Name, g.ResourceVersion)
 	}
 	// So do VirtualServices and DestinationRules (any change rebuilds
-	// all: a host's routes may name any other host).
+	// all: a host's routes may name any other host). Their generation,
+	// not resource version: istiod's own status writes must not rebuild.
 	for _, vs := range in.VirtualServices {
-		fmt.Fprintf(&gd, "V%s/%s/%s\n", vs.Namespace, vs.Name, vs.ResourceVersion)
+		fmt.Fprintf(&gd, "V%s/%s/%d/%s\n", vs.Namespace, vs.Name, vs.Generation, vs.UID)
 	}
 	for _, dr := range in.DestinationRules {
-		fmt.Fprintf(&gd, "D%s/%s/%s\n", dr.Namespace, dr.Name, dr.ResourceVersion)
+		fmt.Fprintf(&gd, "D%s/%s/%d/%s\n", dr.Namespace, dr.Name, dr.Generation, dr.UID)
 	}
-	// So do policies with targetRefs (few; any change rebuilds all).
+	// So do policies with targetRefs (few; any change rebuilds all): the
+	// spec's generation and the dry-run annotation.
 	for _, ap := range in.AuthorizationPolicies {
 		if len(ap.Spec.GetTargetRefs()) > 0 || ap.Spec.GetTargetRef() != nil {
-			fmt.Fprintf(&gd, "P%s/%s/%s\n", ap.Namespace, ap.Name, ap.ResourceVersion)
+			fmt.Fprintf(&gd, "P%s/%s/%d/%s/%q\n", ap.Namespace, ap.Name, ap.Generation, ap.UID, ap.Annotations[authz.DryRunAnnotation])
 		}
 	}
 	rebuilt := 0

@@ -184,7 +184,7 @@ func (t *istioTraffic) resolveVS(vs *networkingv1.VirtualService, hostExists fun
 			return ReasonBackendNotFound, fmt.Sprintf("%s: host %s is no Service of the mesh; its requests get 503", where, host)
 		}
 		if s := d.GetSubset(); s != "" {
-			if !t.hasSubset(host, s, vs.Namespace) {
+			if !t.hasSubset(host, s) {
 				return ReasonSubsetNotFound, fmt.Sprintf("%s: no DestinationRule defines subset %q of %s; its requests get 503", where, s, host)
 			}
 		}
@@ -205,9 +205,10 @@ func (t *istioTraffic) resolveVS(vs *networkingv1.VirtualService, hostExists fun
 	return "", ""
 }
 
-// hasSubset: an accepted DestinationRule for host, in a namespace it
-// could apply from, defines the subset.
-func (t *istioTraffic) hasSubset(host, subset, fromNS string) bool {
+// hasSubset: an accepted DestinationRule for host, of any namespace,
+// defines the subset (which rule applies on a waypoint depends on the
+// waypoint's namespace; status is written once for all waypoints).
+func (t *istioTraffic) hasSubset(host, subset string) bool {
 	for _, byHost := range t.destinationRules {
 		for h, dr := range byHost {
 			if !hostMatches(h, host) {
