@@ -90,6 +90,13 @@ func vsProblem(vs *networkingv1.VirtualService) (reason, msg string) {
 				}
 			}
 			checks := map[string]*netapi.StringMatch{"uri": m.GetUri(), "method": m.GetMethod()}
+			for _, k := range sortedKeys(m.GetHeaders()) {
+				if strings.HasPrefix(k, "@") {
+					// Istio's @request.auth.claims routing needs a
+					// validated JWT; waypoints validate none.
+					return ReasonUnsupportedValue, at("match[%d].headers[%s]: JWT claim matches are not supported on waypoints", j, k)
+				}
+			}
 			for k, v := range m.GetHeaders() {
 				checks["headers["+k+"]"] = v
 			}
