@@ -358,6 +358,8 @@ func TestIstiodInLab(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("Istio traffic CRDs", func(t *testing.T) { istioTrafficCRDs(ctx, t, istio, ns) })
 }
 
 // awaitPolicyCondition watches an AuthorizationPolicy until its

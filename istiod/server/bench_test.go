@@ -303,6 +303,9 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	// Istio's generated fake clientset sends no watch-list bookmarks;
+	// informers of it sync only with plain list and watch.
+	os.Setenv("KUBE_FEATURE_WatchListClient", "false")
 	os.Exit(m.Run())
 }
 

@@ -9,9 +9,11 @@ import (
 	metaapi "istio.io/api/meta/v1alpha1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/istiod/authz"
+	"github.com/ambitmesh/ambit/istiod/waypoint"
 )
 
 // ConditionZtunnelAccepted is the condition istiod sets on a security
@@ -68,7 +70,9 @@ func (w *statusWriter) run(ctx context.Context) {
 			}
 			for key := range w.written {
 				if _, ok := st[key]; !ok {
-					if err := w.write(ctx, key, ""); err != nil {
+					// Deleted, or now a waypoint's (targetRefs): no
+					// longer ztunnel's to report on.
+					if err := w.clear(ctx, key); err != nil {
 						w.log.Debug("clear policy status", logkey.Policy, key, logkey.Error, err)
 					}
 					delete(w.written, key)
@@ -92,35 +96,59 @@ func condition(msg string) *metaapi.IstioCondition {
 }
 
 func (w *statusWriter) write(ctx context.Context, key, msg string) error {
+	c := condition(msg)
+	return w.update(ctx, key, func(conds []*metaapi.IstioCondition, gen int64) ([]*metaapi.IstioCondition, bool) {
+		c.ObservedGeneration = gen
+		return waypoint.SetCondition(conds, c, metav1.Now())
+	})
+}
+
+// clear removes the ZtunnelAccepted condition of a policy, if it still
+// exists.
+func (w *statusWriter) clear(ctx context.Context, key string) error {
+	return w.update(ctx, key, func(conds []*metaapi.IstioCondition, _ int64) ([]*metaapi.IstioCondition, bool) {
+		return waypoint.RemoveCondition(conds, ConditionZtunnelAccepted)
+	})
+}
+
+// update changes a policy's conditions with f, keeping those of other
+// types (the waypoints' WaypointAccepted), and writes them if f changed
+// anything.
+func (w *statusWriter) update(ctx context.Context, key string, f func([]*metaapi.IstioCondition, int64) ([]*metaapi.IstioCondition, bool)) error {
 	kind, rest, _ := strings.Cut(key, "/")
 	ns, name, _ := strings.Cut(rest, "/")
-	cond := condition(msg)
 	sec := w.istio.SecurityV1()
-	switch kind {
-	case authz.KindAuthorizationPolicy:
-		p, err := sec.AuthorizationPolicies(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("get %s: %w", key, err)
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		switch kind {
+		case authz.KindAuthorizationPolicy:
+			p, err := sec.AuthorizationPolicies(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return fmt.Errorf("get %s: %w", key, err)
+			}
+			conds, changed := f(p.Status.Conditions, p.Generation)
+			if !changed {
+				return nil
+			}
+			p.Status.Conditions = conds
+			if _, err = sec.AuthorizationPolicies(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+				return fmt.Errorf("update status of %s: %w", key, err)
+			}
+		case authz.KindPeerAuthentication:
+			p, err := sec.PeerAuthentications(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return fmt.Errorf("get %s: %w", key, err)
+			}
+			conds, changed := f(p.Status.Conditions, p.Generation)
+			if !changed {
+				return nil
+			}
+			p.Status.Conditions = conds
+			if _, err = sec.PeerAuthentications(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+				return fmt.Errorf("update status of %s: %w", key, err)
+			}
+		default:
+			return fmt.Errorf("write status of %s: unknown kind", key)
 		}
-		cond.ObservedGeneration = p.Generation
-		p.Status.Conditions = []*metaapi.IstioCondition{cond}
-		_, err = sec.AuthorizationPolicies(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
-		if err != nil {
-			return fmt.Errorf("update status of %s: %w", key, err)
-		}
-	case authz.KindPeerAuthentication:
-		p, err := sec.PeerAuthentications(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("get %s: %w", key, err)
-		}
-		cond.ObservedGeneration = p.Generation
-		p.Status.Conditions = []*metaapi.IstioCondition{cond}
-		_, err = sec.PeerAuthentications(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
-		if err != nil {
-			return fmt.Errorf("update status of %s: %w", key, err)
-		}
-	default:
-		return fmt.Errorf("write status of %s: unknown kind", key)
-	}
-	return nil
+		return nil
+	})
 }

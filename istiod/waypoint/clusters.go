@@ -7,9 +7,12 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tls "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	netapi "istio.io/api/networking/v1alpha3"
 
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/internal/mesh"
@@ -23,17 +26,60 @@ func (b *builder) clusters() []*cluster.Cluster {
 	}
 	for _, sv := range append(append([]*served(nil), b.sc.services...), b.sc.backends...) {
 		for _, p := range sv.ports {
-			switch p.proto {
-			case protoHTTP, protoHTTP2:
-				out = append(out, vipCluster(clusterName("http", p.port, sv.hostname), sv, p))
-			case protoTCP:
-				out = append(out, vipCluster(clusterName("tcp", p.port, sv.hostname), sv, p))
-			default:
-				out = append(out, vipCluster(clusterName("http", p.port, sv.hostname), sv, p), vipCluster(clusterName("tcp", p.port, sv.hostname), sv, p))
+			for _, k := range clusterKinds(p) {
+				c := vipCluster(clusterName(k, p.port, sv.hostname), sv, p)
+				if sv.dr != nil {
+					applyTrafficPolicy(c, sv.dr.Spec.GetTrafficPolicy())
+					addClusterMetadata(c, sv.dr, "")
+				}
+				out = append(out, c)
+				if sv.dr == nil {
+					continue
+				}
+				// Istio's subset clusters, <kind>/<subset>: the subset's
+				// endpoints, its policy over the rule's.
+				for _, ss := range sv.dr.Spec.GetSubsets() {
+					sub := k + "/" + ss.GetName()
+					c := vipCluster(clusterName(sub, p.port, sv.hostname), sv, p)
+					applyTrafficPolicy(c, mergeTrafficPolicy(sv.dr.Spec.GetTrafficPolicy(), ss.GetTrafficPolicy()))
+					addClusterMetadata(c, sv.dr, sub)
+					out = append(out, c)
+				}
 			}
 		}
 	}
 	return out
+}
+
+// clusterKinds are the chains (and clusters) of a service port: http,
+// tcp, or both when the protocol is sniffed.
+func clusterKinds(p servedPort) []string {
+	switch p.proto {
+	case protoHTTP, protoHTTP2:
+		return []string{"http"}
+	case protoTCP:
+		return []string{"tcp"}
+	}
+	return []string{"http", "tcp"}
+}
+
+// setCommonHTTPOptions sets the common HTTP options of a cluster's
+// upstream protocol options, keeping the protocol they choose (HTTP/1.1
+// when none did).
+func setCommonHTTPOptions(c *cluster.Cluster, opts *core.HttpProtocolOptions) {
+	hpo := &upstreamhttp.HttpProtocolOptions{}
+	if a := c.TypedExtensionProtocolOptions[httpProtocolOptionsType]; a != nil {
+		if err := a.UnmarshalTo(hpo); err != nil {
+			panic(err) // our own message: a program error
+		}
+	}
+	hpo.CommonHttpProtocolOptions = opts
+	if hpo.UpstreamProtocolOptions == nil {
+		hpo.UpstreamProtocolOptions = &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &core.Http1ProtocolOptions{}},
+		}}
+	}
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsType: mustAny(hpo)}
 }
 
 // internalCluster is a single-endpoint cluster to an internal listener.
@@ -106,28 +152,31 @@ func (b *builder) endpoints() []*endpoint.ClusterLoadAssignment {
 	var out []*endpoint.ClusterLoadAssignment
 	for _, sv := range append(append([]*served(nil), b.sc.services...), b.sc.backends...) {
 		for _, p := range sv.ports {
-			names := []string{clusterName("http", p.port, sv.hostname), clusterName("tcp", p.port, sv.hostname)}
-			switch p.proto {
-			case protoHTTP, protoHTTP2:
-				names = names[:1]
-			case protoTCP:
-				names = names[1:]
-			}
-			for _, n := range names {
-				out = append(out, loadAssignment(n, sv, p.port))
+			for _, k := range clusterKinds(p) {
+				out = append(out, loadAssignment(clusterName(k, p.port, sv.hostname), sv, p.port, nil))
+				if sv.dr == nil {
+					continue
+				}
+				for _, ss := range sv.dr.Spec.GetSubsets() {
+					out = append(out, loadAssignment(clusterName(k+"/"+ss.GetName(), p.port, sv.hostname), sv, p.port, ss))
+				}
 			}
 		}
 	}
 	return out
 }
 
-// loadAssignment lists a service port's backends, grouped by locality.
-func loadAssignment(name string, sv *served, port uint32) *endpoint.ClusterLoadAssignment {
+// loadAssignment lists a service port's backends (of a subset: those its
+// labels select), grouped by locality.
+func loadAssignment(name string, sv *served, port uint32, subset *netapi.Subset) *endpoint.ClusterLoadAssignment {
 	type loc struct{ region, zone, subzone string }
 	groups := map[loc][]*endpoint.LbEndpoint{}
 	for _, be := range sv.endpoints {
 		tp, ok := be.targets[port]
 		if !ok {
+			continue
+		}
+		if subset != nil && !subsetSelects(subset, be.labels) {
 			continue
 		}
 		ip, ok := workloadIP(be.w)

@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/proto"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	networkinglisters "istio.io/client-go/pkg/listers/networking/v1"
 	securitylisters "istio.io/client-go/pkg/listers/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -23,6 +27,7 @@ import (
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/istiod/ambient"
+	"github.com/ambitmesh/ambit/istiod/authz"
 	"github.com/ambitmesh/ambit/istiod/cluster"
 	"github.com/ambitmesh/ambit/istiod/gateway"
 	"github.com/ambitmesh/ambit/istiod/xds"
@@ -57,8 +62,10 @@ type ControllerOptions struct {
 // of its Gateway; Run's publisher). Its inputs are the ambient model's changes (OnModel)
 // and the objects it watches itself: Services (port protocols) and
 // Gateways (which waypoints exist), HTTPRoutes, whose status it writes
-// (Accepted, ResolvedRefs per Service parentRef), ReferenceGrants and
-// AuthorizationPolicies with targetRefs. After each burst of changes it
+// (Accepted, ResolvedRefs per Service parentRef), ReferenceGrants,
+// AuthorizationPolicies with targetRefs (WaypointAccepted),
+// VirtualServices and DestinationRules (Accepted, ResolvedRefs) and
+// pods' labels (which DestinationRule subsets select). After each burst of changes it
 // computes what every waypoint serves in one pass over the model and
 // rebuilds only the waypoints whose inputs changed (scope fingerprint),
 // and of those publishes only the resources that differ.
@@ -80,7 +87,10 @@ type Controller struct {
 	grpcRoutes gatewaylisters.GRPCRouteLister
 	grants     gatewaylisters.ReferenceGrantLister
 	policies   securitylisters.AuthorizationPolicyLister // nil without Istio's CRDs
+	vss        networkinglisters.VirtualServiceLister    // nil without their CRD
+	drs        networkinglisters.DestinationRuleLister   // nil without their CRD
 	gwClient   gatewayclient.Interface
+	istio      istioclient.Interface // nil without Istio's CRDs
 	regs       []cache.ResourceEventHandlerRegistration
 	dirty      chan struct{}
 
@@ -97,6 +107,9 @@ type Controller struct {
 
 	// Owned by Run's goroutine.
 	published map[Ref]*publishedWaypoint
+	// wroteStatus are the conditions last written per Istio object
+	// ("Kind/namespace/name"); Run's.
+	wroteStatus map[string]string
 	// pushed counts flushes that published something, for tests.
 	pushed chan struct{}
 }
@@ -104,6 +117,8 @@ type Controller struct {
 type publishedWaypoint struct {
 	fingerprint string
 	byType      map[string]map[string]proto.Message
+	// notes are the build's PolicyNotes.
+	notes map[string][]string
 }
 
 // NewController builds a Controller that has seen nothing yet.
@@ -120,7 +135,7 @@ func NewController(opts ControllerOptions) *Controller {
 	return &Controller{
 		opts: opts, cfg: opts.Config.WithDefaults(), log: opts.Log,
 		dirty: make(chan struct{}, 1), addrs: map[string]*workload.Address{},
-		published: map[Ref]*publishedWaypoint{},
+		published: map[Ref]*publishedWaypoint{}, wroteStatus: map[string]string{},
 	}
 }
 
@@ -188,18 +203,77 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 		c.regs = append(c.regs, reg)
 	}
 	if cl.IstioInformers != nil {
+		c.istio = cl.Istio
 		pi := cl.IstioInformers.Security().V1().AuthorizationPolicies()
 		c.policies = pi.Lister()
-		reg, err := pi.Informer().AddEventHandler(h)
-		if err != nil {
-			return fmt.Errorf("add event handler: %w", err)
+		ws := []watched{{pi.Informer(), h}}
+		// VirtualServices and DestinationRules only where their CRDs
+		// are installed (the chart installs them).
+		if c.servedNetworking(cl) {
+			net := cl.IstioInformers.Networking().V1()
+			c.vss, c.drs = net.VirtualServices().Lister(), net.DestinationRules().Lister()
+			ws = append(ws, watched{net.VirtualServices().Informer(), h}, watched{net.DestinationRules().Informer(), h})
 		}
-		c.regs = append(c.regs, reg)
+		for _, x := range ws {
+			reg, err := x.inf.AddEventHandler(x.h)
+			if err != nil {
+				return fmt.Errorf("add event handler: %w", err)
+			}
+			c.regs = append(c.regs, reg)
+		}
 	}
-	// The pod informer is the ambient index's; the controller only looks
-	// pods up (Partition).
+	// The pod informer is the ambient index's; the controller looks pods
+	// up (Partition, workload labels) and rebuilds when a pod's labels
+	// change (DestinationRule subsets select by them; the model does not
+	// keep them).
 	c.podsSynced = core.Pods().Informer().HasSynced
+	reg, err := core.Pods().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(o, n any) {
+			op, ok1 := o.(*corev1.Pod)
+			np, ok2 := n.(*corev1.Pod)
+			if ok1 && ok2 && !maps.Equal(op.Labels, np.Labels) {
+				baseChanged()
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("add event handler: %w", err)
+	}
+	c.regs = append(c.regs, reg)
 	return nil
+}
+
+// servedNetworking reports whether the API server serves
+// VirtualServices and DestinationRules (networking.istio.io/v1).
+func (c *Controller) servedNetworking(cl *cluster.Cluster) bool {
+	rl, err := cl.Istio.Discovery().ServerResourcesForGroupVersion("networking.istio.io/v1")
+	if err != nil {
+		c.log.Info("networking.istio.io/v1 not served; VirtualServices and DestinationRules are not watched", logkey.Error, err)
+		return false
+	}
+	have := map[string]bool{}
+	for _, r := range rl.APIResources {
+		have[r.Name] = true
+	}
+	if !have["virtualservices"] || !have["destinationrules"] {
+		c.log.Info("VirtualServices or DestinationRules not served; neither is watched")
+		return false
+	}
+	return true
+}
+
+// workloadLabels are a pod workload's labels, from the pod informer.
+func (c *Controller) workloadLabels(uid string) map[string]string {
+	parts := strings.Split(uid, "/")
+	// <cluster>//Pod/<namespace>/<name>
+	if len(parts) != 5 || parts[2] != "Pod" || c.pods == nil {
+		return nil
+	}
+	p, err := c.pods.Pods(parts[3]).Get(parts[4])
+	if err != nil {
+		return nil
+	}
+	return p.Labels
 }
 
 // servedResources are the Gateway API v1 resources the API server serves.
@@ -300,7 +374,17 @@ func (c *Controller) flush(ctx context.Context) {
 			return
 		}
 	}
-	in := &Input{Config: c.cfg, Service: c.service, HTTPRoutes: routes, GRPCRoutes: grpcRoutes, ReferenceGrants: grants}
+	in := &Input{Config: c.cfg, Service: c.service, HTTPRoutes: routes, GRPCRoutes: grpcRoutes, ReferenceGrants: grants, WorkloadLabels: c.workloadLabels}
+	if c.vss != nil {
+		if in.VirtualServices, err = c.vss.List(labels.Everything()); err != nil {
+			c.log.Error("list virtualservices", logkey.Error, err)
+			return
+		}
+		if in.DestinationRules, err = c.drs.List(labels.Everything()); err != nil {
+			c.log.Error("list destinationrules", logkey.Error, err)
+			return
+		}
+	}
 	if c.policies != nil {
 		if in.AuthorizationPolicies, err = c.policies.List(labels.Everything()); err != nil {
 			c.log.Error("list authorizationpolicies", logkey.Error, err)
@@ -323,10 +407,20 @@ func (c *Controller) flush(ctx context.Context) {
 	for _, g := range grants {
 		fmt.Fprintf(&gd, "G%s/%s/%s\n", g.Namespace, g.Name, g.ResourceVersion)
 	}
-	// So do policies with targetRefs (few; any change rebuilds all).
+	// So do VirtualServices and DestinationRules (any change rebuilds
+	// all: a host's routes may name any other host). Their generation,
+	// not resource version: istiod's own status writes must not rebuild.
+	for _, vs := range in.VirtualServices {
+		fmt.Fprintf(&gd, "V%s/%s/%d/%s\n", vs.Namespace, vs.Name, vs.Generation, vs.UID)
+	}
+	for _, dr := range in.DestinationRules {
+		fmt.Fprintf(&gd, "D%s/%s/%d/%s\n", dr.Namespace, dr.Name, dr.Generation, dr.UID)
+	}
+	// So do policies with targetRefs (few; any change rebuilds all): the
+	// spec's generation and the dry-run annotation.
 	for _, ap := range in.AuthorizationPolicies {
 		if len(ap.Spec.GetTargetRefs()) > 0 || ap.Spec.GetTargetRef() != nil {
-			fmt.Fprintf(&gd, "P%s/%s/%s\n", ap.Namespace, ap.Name, ap.ResourceVersion)
+			fmt.Fprintf(&gd, "P%s/%s/%d/%s/%q\n", ap.Namespace, ap.Name, ap.Generation, ap.UID, ap.Annotations[authz.DryRunAnnotation])
 		}
 	}
 	rebuilt := 0
@@ -346,6 +440,9 @@ func (c *Controller) flush(ctx context.Context) {
 			c.log.Warn("waypoint policy enforced stricter than written", logkey.Object, ref.String(), logkey.Policy, k, logkey.Status, strings.Join(v, "; "))
 		}
 		c.publish(ref, fp, res.byType())
+		if p := c.published[ref]; p != nil {
+			p.notes = res.PolicyNotes
+		}
 	}
 	for ref := range c.published {
 		if _, ok := scs[ref]; !ok {
@@ -355,12 +452,36 @@ func (c *Controller) flush(ctx context.Context) {
 	}
 	c.log.Debug("waypoints flushed", "waypoints", len(scs), "rebuilt", rebuilt, "took", time.Since(start))
 	c.writeStatuses(ctx, statuses)
+	c.writeIstioStatuses(ctx, append(append([]ObjectStatus(nil), c.base.istioStatus...), c.policyStatuses(in, refs)...))
 	if c.pushed != nil && rebuilt > 0 {
 		select {
 		case c.pushed <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// policyStatuses are the WaypointAccepted conditions of the policies
+// with targetRefs, with what every waypoint noted of them.
+func (c *Controller) policyStatuses(in *Input, refs []Ref) []ObjectStatus {
+	notes := map[string][]string{}
+	for _, p := range c.published {
+		for k, v := range p.notes {
+			notes[k] = append(notes[k], v...)
+		}
+	}
+	for k, v := range notes {
+		slices.Sort(v)
+		notes[k] = slices.Compact(v)
+	}
+	wps := map[Ref]bool{}
+	for _, r := range refs {
+		wps[r] = true
+	}
+	return policyStatuses(in.AuthorizationPolicies, policyTargets{
+		rootNS: c.cfg.RootNamespace, waypoints: wps,
+		service: func(ns, name string) (string, bool) { return c.base.serviceWaypoint(c.cfg, ns, name) },
+	}, notes)
 }
 
 func (c *Controller) service(namespace, name string) *corev1.Service {

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -37,11 +38,14 @@ type objects struct {
 	grpcRoutes []*gatewayv1.GRPCRoute
 	grants     []*gatewayv1.ReferenceGrant
 	policies   []*securityv1.AuthorizationPolicy
+	vss        []*networkingv1.VirtualService
+	drs        []*networkingv1.DestinationRule
+	podLabels  map[string]map[string]string // by workload uid
 }
 
 var decoder = func() runtime.Decoder {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, discoveryv1.AddToScheme, gatewayv1.Install, securityv1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, discoveryv1.AddToScheme, gatewayv1.Install, securityv1.AddToScheme, networkingv1.AddToScheme} {
 		if err := add(s); err != nil {
 			panic(err)
 		}
@@ -51,7 +55,7 @@ var decoder = func() runtime.Decoder {
 
 // loadObjects reads a multi-document YAML of Kubernetes objects.
 func loadObjects(r io.Reader) (*objects, error) {
-	o := &objects{services: map[string]*corev1.Service{}}
+	o := &objects{services: map[string]*corev1.Service{}, podLabels: map[string]map[string]string{}}
 	rd := utilyaml.NewYAMLReader(bufioReader(r))
 	for i := 0; ; i++ {
 		doc, err := rd.Read()
@@ -73,6 +77,7 @@ func loadObjects(r io.Reader) (*objects, error) {
 			o.state.Namespaces = append(o.state.Namespaces, v)
 		case *corev1.Pod:
 			o.state.Pods = append(o.state.Pods, v)
+			o.podLabels[ambient.PodUID(ambient.Config{}.WithDefaults().ClusterID, v.Namespace, v.Name)] = v.Labels
 		case *corev1.Service:
 			o.state.Services = append(o.state.Services, v)
 			o.services[v.Namespace+"/"+v.Name] = v
@@ -92,6 +97,10 @@ func loadObjects(r io.Reader) (*objects, error) {
 			o.grants = append(o.grants, v)
 		case *securityv1.AuthorizationPolicy:
 			o.policies = append(o.policies, v)
+		case *networkingv1.VirtualService:
+			o.vss = append(o.vss, v)
+		case *networkingv1.DestinationRule:
+			o.drs = append(o.drs, v)
 		default:
 			return nil, fmt.Errorf("document %d: unsupported kind %T", i, obj)
 		}
@@ -112,7 +121,9 @@ func (o *objects) waypointOf() (Ref, bool) {
 func (o *objects) input(cfg ambient.Config) *Input {
 	return &Input{Config: cfg, Addresses: ambient.Build(o.state, cfg).Addresses,
 		Service:    func(ns, name string) *corev1.Service { return o.services[ns+"/"+name] },
-		HTTPRoutes: o.httpRoutes, GRPCRoutes: o.grpcRoutes, ReferenceGrants: o.grants, AuthorizationPolicies: o.policies}
+		HTTPRoutes: o.httpRoutes, GRPCRoutes: o.grpcRoutes, ReferenceGrants: o.grants, AuthorizationPolicies: o.policies,
+		VirtualServices: o.vss, DestinationRules: o.drs,
+		WorkloadLabels: func(uid string) map[string]string { return o.podLabels[uid] }}
 }
 
 func TestGolden(t *testing.T) {
@@ -144,8 +155,10 @@ func TestGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Build: %v", err)
 			}
-			_, statuses := scopes(in, in.Config.WithDefaults(), nil)
+			bs := computeBase(in, in.Config.WithDefaults(), nil)
+			_, statuses := bs.attach(in, in.Config.WithDefaults())
 			compareFile(t, filepath.Join(dir, "status.json"), statusJSON(t, statuses))
+			compareFile(t, filepath.Join(dir, "istio-status.json"), objectStatusJSON(t, bs.istioStatus))
 			got, err := res.JSON()
 			if err != nil {
 				t.Fatal(err)
@@ -155,6 +168,8 @@ func TestGolden(t *testing.T) {
 				t.Fatalf("JSON is not stable (err %v)", err)
 			}
 			compareFile(t, filepath.Join(dir, "golden.json"), got)
+			// The Go waypoint's tests run the same files.
+			compareFile(t, filepath.Join("..", "..", "waypoint", "testdata", "istiod", filepath.Base(dir)+".json"), got)
 			var notes []byte
 			if len(res.PolicyNotes) > 0 {
 				if notes, err = json.MarshalIndent(res.PolicyNotes, "", "  "); err != nil {
@@ -221,6 +236,33 @@ func statusJSON(t *testing.T, st []RouteStatus) []byte {
 			r.Parents = append(r.Parents, pp)
 		}
 		out = append(out, r)
+	}
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(b, '\n')
+}
+
+// objectStatusJSON renders the status of Istio objects, nil when there
+// is none.
+func objectStatusJSON(t *testing.T, st []ObjectStatus) []byte {
+	t.Helper()
+	if len(st) == 0 {
+		return nil
+	}
+	type cond struct{ Type, Status, Reason, Message string }
+	type object struct {
+		Object     string
+		Conditions []cond
+	}
+	var out []object
+	for _, s := range st {
+		o := object{Object: s.Kind + "/" + s.Namespace + "/" + s.Name}
+		for _, c := range s.Conditions {
+			o.Conditions = append(o.Conditions, cond{c.Type, string(c.Status), c.Reason, c.Message})
+		}
+		out = append(out, o)
 	}
 	b, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {

@@ -263,8 +263,17 @@ func (b *builder) routeConfig(cluster string, sv *served, p servedPort) *route.R
 			}},
 		}},
 	}
-	if sv != nil && len(sv.rules[p.port]) > 0 {
-		rc.VirtualHosts[0].Routes = b.httpRoutes(sv.rules[p.port], sv, p.port)
+	if sv != nil {
+		// HTTPRoutes' rules first, then VirtualServices' routes, oldest
+		// VirtualService first; the first match wins (docs/waypoint.md).
+		var routes []*route.Route
+		if len(sv.rules[p.port]) > 0 {
+			routes = b.httpRoutes(sv.rules[p.port], sv, p.port)
+		}
+		routes = append(routes, b.vsRoutes(sv, p.port)...)
+		if len(routes) > 0 {
+			rc.VirtualHosts[0].Routes = routes
+		}
 	}
 	return rc
 }

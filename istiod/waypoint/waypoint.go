@@ -32,9 +32,14 @@
 // the Services whose Address names the waypoint, the workloads whose
 // Workload.waypoint names it, and, for a waypoint that serves a service
 // account's workloads, the Services those workloads back (with only
-// those workloads as endpoints, since ztunnel picked one of them). The
-// package reads the model and the cluster's objects and builds; it does
-// not watch or serve (istiod/xds serves).
+// those workloads as endpoints, since ztunnel picked one of them). Routes
+// come from HTTPRoutes and GRPCRoutes with a Service parent and from
+// VirtualServices naming a served host; DestinationRules set clusters'
+// policy and define subset clusters (inbound-vip|<port>|http/<subset>|
+// <host>) of the backends their labels select. An object with a field
+// the waypoint does not apply is refused whole, and its status says so.
+// The package reads the model and the cluster's objects and builds; the
+// Controller watches them and writes their status; istiod/xds serves.
 package waypoint
 
 import (
@@ -49,6 +54,8 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	netapi "istio.io/api/networking/v1alpha3"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -80,6 +87,16 @@ type Input struct {
 	// (a waypoint's Gateway, a Service, the istio-waypoint GatewayClass
 	// in the root namespace) are enforced on waypoints.
 	AuthorizationPolicies []*securityv1.AuthorizationPolicy
+	// VirtualServices and DestinationRules are the cluster's; a
+	// VirtualService routes a served Service's HTTP traffic when one of
+	// its hosts names the Service, and it is in the waypoint's or the
+	// Service's namespace; a DestinationRule sets the Service's clusters'
+	// policy and defines its subsets.
+	VirtualServices  []*networkingv1.VirtualService
+	DestinationRules []*networkingv1.DestinationRule
+	// WorkloadLabels are a workload's labels (by uid), which
+	// DestinationRule subsets select; nil: no labels.
+	WorkloadLabels func(uid string) map[string]string
 }
 
 // Resources are one waypoint's xDS resources, each list sorted by name.
@@ -127,11 +144,17 @@ type served struct {
 	// backendOnly: not served, only a route's backend (HTTP clusters of
 	// its ports, no chains).
 	backendOnly bool
+	// svcPorts are all the Service's ports (ports, of a backend, only
+	// those routes use).
+	svcPorts []uint32
+	// dr is the DestinationRule that applies to it on this waypoint.
+	dr *networkingv1.DestinationRule
 }
 
 type backend struct {
 	w       *workload.Workload
 	targets map[uint32]uint32 // service port -> target port
+	labels  map[string]string // the workload's, which subsets select
 }
 
 // scope is what one waypoint serves.
@@ -140,6 +163,8 @@ type scope struct {
 	services  []*served            // sorted by hostname
 	backends  []*served            // route backends not served, sorted by hostname
 	workloads []*workload.Workload // bound by address, sorted by uid
+	// traffic are the accepted VirtualServices and DestinationRules.
+	traffic *istioTraffic
 }
 
 // Build builds waypoint ref's resources from in. Every resource passes
@@ -284,7 +309,11 @@ func computeBase(in *Input, cfg ambient.Config, refs []Ref) *baseScopes {
 		sort.Slice(sc.services, func(i, j int) bool { return sc.services[i].hostname < sc.services[j].hostname })
 		sort.Slice(sc.workloads, func(i, j int) bool { return sc.workloads[i].Uid < sc.workloads[j].Uid })
 	}
-	return &baseScopes{scopes: out, svcs: svcs, backing: backing}
+	byHost := make(map[string]string, len(svcs))
+	for k, s := range svcs {
+		byHost[s.GetHostname()] = k
+	}
+	return &baseScopes{scopes: out, svcs: svcs, backing: backing, byHost: byHost, ix: ix}
 }
 
 // baseScopes is what every waypoint serves before routes attach: it
@@ -294,6 +323,12 @@ type baseScopes struct {
 	scopes  map[Ref]*scope
 	svcs    map[string]*workload.Service
 	backing map[string][]*workload.Workload
+	// byHost: resource name of each service by hostname.
+	byHost map[string]string
+	ix     *waypointIndex
+	// istioStatus is the last attach's status of VirtualServices and
+	// DestinationRules.
+	istioStatus []ObjectStatus
 }
 
 // attach attaches the routes of in to the base scopes (replacing what an
@@ -304,8 +339,14 @@ func (bs *baseScopes) attach(in *Input, cfg ambient.Config) (map[Ref]*scope, []R
 		return ok
 	}
 	att, statuses := attachRoutes(in, svcExists)
+	traffic, istioStatus := newIstioTraffic(in, cfg.DomainSuffix, cfg.RootNamespace, func(h string) bool {
+		_, ok := bs.byHost[h]
+		return ok
+	})
+	bs.istioStatus = istioStatus
 	for _, sc := range bs.scopes {
 		sc.backends = nil
+		sc.traffic = traffic
 		for _, sv := range sc.services {
 			sv.rules = nil
 		}
@@ -313,8 +354,87 @@ func (bs *baseScopes) attach(in *Input, cfg ambient.Config) (map[Ref]*scope, []R
 			k := ambient.ServiceName(ns, name+"."+ns+".svc."+cfg.DomainSuffix)
 			return k, bs.svcs[k]
 		}, in, bs.backing)
+		sc.attachTraffic(bs, in)
 	}
 	return bs.scopes, statuses
+}
+
+// attachTraffic adds the services the VirtualServices of served services
+// route to that the waypoint does not serve, and gives every service its
+// DestinationRule.
+func (sc *scope) attachTraffic(bs *baseScopes, in *Input) {
+	have := map[string]*served{}
+	for _, sv := range sc.services {
+		have[sv.hostname] = sv
+	}
+	for _, sv := range sc.backends {
+		have[sv.hostname] = sv
+	}
+	need := func(host string, port uint32) {
+		k, ok := bs.byHost[host]
+		if !ok {
+			return
+		}
+		sv := have[host]
+		if sv == nil {
+			sv = newServed(in, k, bs.svcs[k], bs.backing[k])
+			sv.backendOnly = true
+			sv.ports = nil
+			have[host] = sv
+			sc.backends = append(sc.backends, sv)
+		}
+		if !sv.backendOnly {
+			return
+		}
+		for _, p := range sv.ports {
+			if p.port == port {
+				return
+			}
+		}
+		pr := protoHTTP
+		if in.Service != nil && portProtocol(in.Service(sv.namespace, sv.name), port) == protoHTTP2 {
+			pr = protoHTTP2
+		}
+		sv.ports = append(sv.ports, servedPort{port: port, proto: pr})
+	}
+	for _, sv := range sc.services {
+		for _, vs := range sc.traffic.virtualServicesFor(sc.ref.Namespace, sv) {
+			for _, p := range sv.ports {
+				if p.proto == protoTCP {
+					continue
+				}
+				for _, h := range vs.Spec.GetHttp() {
+					dests := make([]*netapi.Destination, 0, len(h.GetRoute())+1)
+					for _, d := range h.GetRoute() {
+						dests = append(dests, d.GetDestination())
+					}
+					if h.GetMirror() != nil {
+						dests = append(dests, h.GetMirror())
+					}
+					for _, d := range dests {
+						// Istio's port: the destination's, else the
+						// Service's only one, else the request's.
+						host := resolveHost(d.GetHost(), vs.Namespace, sc.traffic.domain)
+						port := d.GetPort().GetNumber()
+						if k, ok := bs.byHost[host]; ok && port == 0 && len(bs.svcs[k].GetPorts()) == 1 {
+							port = bs.svcs[k].GetPorts()[0].GetServicePort()
+						}
+						if port == 0 {
+							port = p.port
+						}
+						need(host, port)
+					}
+				}
+			}
+		}
+	}
+	for _, sv := range sc.backends {
+		sort.Slice(sv.ports, func(i, j int) bool { return sv.ports[i].port < sv.ports[j].port })
+	}
+	sort.Slice(sc.backends, func(i, j int) bool { return sc.backends[i].hostname < sc.backends[j].hostname })
+	for _, sv := range append(append([]*served(nil), sc.services...), sc.backends...) {
+		sv.dr = sc.traffic.destinationRuleFor(sc.ref.Namespace, sv)
+	}
 }
 
 // attachRules gives each served service port its route rules, and adds
@@ -397,10 +517,15 @@ func newServed(in *Input, key string, s *workload.Service, eps []*workload.Workl
 	}
 	for _, p := range s.GetPorts() {
 		sv.ports = append(sv.ports, servedPort{port: p.GetServicePort(), proto: portProtocol(k8s, p.GetServicePort())})
+		sv.svcPorts = append(sv.svcPorts, p.GetServicePort())
 	}
 	sort.Slice(sv.ports, func(i, j int) bool { return sv.ports[i].port < sv.ports[j].port })
+	slices.Sort(sv.svcPorts)
 	for _, w := range eps {
 		b := backend{w: w, targets: map[uint32]uint32{}}
+		if in.WorkloadLabels != nil {
+			b.labels = in.WorkloadLabels(w.GetUid())
+		}
 		for _, p := range w.GetServices()[key].GetPorts() {
 			b.targets[p.GetServicePort()] = p.GetTargetPort()
 		}
@@ -459,6 +584,10 @@ func (sc *scope) fingerprint() string {
 			for _, p := range sortedPorts(be.targets) {
 				u(uint64(p))
 				u(uint64(be.targets[p]))
+			}
+			for _, k := range sortedKeys(be.labels) {
+				str(k)
+				str(be.labels[k])
 			}
 			b = append(b, '\n')
 		}
@@ -552,3 +681,26 @@ func workloadIP(w *workload.Workload) (netip.Addr, bool) {
 
 // ErrInvalid marks a resource that failed validation.
 var ErrInvalid = errors.New("invalid resource")
+
+// serviceWaypoint says which waypoint serves Service ns/name ("" when
+// none); ok false when there is no such Service.
+func (bs *baseScopes) serviceWaypoint(cfg ambient.Config, ns, name string) (string, bool) {
+	s, ok := bs.svcs[ambient.ServiceName(ns, name+"."+ns+".svc."+cfg.DomainSuffix)]
+	if !ok {
+		return "", false
+	}
+	g := s.GetWaypoint()
+	if g == nil {
+		return "", true
+	}
+	if r, ok := bs.ix.resolve(g); ok {
+		return r.String(), true
+	}
+	if h := g.GetHostname(); h != nil {
+		return h.GetNamespace() + "/" + h.GetHostname(), true
+	}
+	if ip, ok := netip.AddrFromSlice(g.GetAddress().GetAddress()); ok {
+		return ip.Unmap().String(), true
+	}
+	return "a waypoint", true
+}

@@ -375,6 +375,8 @@ func TestRBAC(t *testing.T) {
 		{APIGroups: names("discovery.k8s.io"), Resources: names("endpointslices"), Verbs: names("list", "watch")},
 		{APIGroups: names("security.istio.io"), Resources: names("authorizationpolicies", "peerauthentications"), Verbs: names("get", "list", "watch")},
 		{APIGroups: names("security.istio.io"), Resources: names("authorizationpolicies/status", "peerauthentications/status"), Verbs: names("update")},
+		{APIGroups: names("networking.istio.io"), Resources: names("virtualservices", "destinationrules"), Verbs: names("get", "list", "watch")},
+		{APIGroups: names("networking.istio.io"), Resources: names("virtualservices/status", "destinationrules/status"), Verbs: names("update")},
 		{APIGroups: core, Resources: names("configmaps"), ResourceNames: names("istio-ca-root-cert"), Verbs: names("get", "list", "watch", "update")},
 		{APIGroups: core, Resources: names("configmaps"), Verbs: names("list", "watch")},
 		{APIGroups: core, Resources: names("configmaps"), Verbs: names("create")},

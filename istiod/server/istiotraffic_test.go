@@ -1,0 +1,188 @@
+package server_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+	netapi "istio.io/api/networking/v1alpha3"
+	secapi "istio.io/api/security/v1beta1"
+	typeapi "istio.io/api/type/v1beta1"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	fakediscovery "k8s.io/client-go/discovery/fake"
+	"k8s.io/client-go/kubernetes/fake"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
+
+	"github.com/ambitmesh/ambit/internal/xdsclient"
+	"github.com/ambitmesh/ambit/istiod/server"
+	"github.com/ambitmesh/ambit/istiod/waypoint"
+)
+
+// TestWaypointIstioTraffic: a DestinationRule's subsets become subset
+// clusters whose endpoints follow the pods' labels (a relabelled pod
+// moves between subsets), a VirtualService routing to them is served,
+// and istiod writes the status of VirtualServices (Accepted,
+// ResolvedRefs) and of AuthorizationPolicies with targetRefs
+// (WaypointAccepted), keeping the conditions of other types.
+func TestWaypointIstioTraffic(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	const ns = "shop"
+	kube := fake.NewClientset(
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}},
+		service(ns, "wp", "10.96.0.10", map[string]string{"gateway.istio.io/managed": "istio.io-mesh-controller"},
+			map[string]string{"gateway.networking.k8s.io/gateway-name": "wp"}, 15008, "mesh"),
+		readyPod(ns, "wp-5d8f-abc", "10.244.1.9", "wp", map[string]string{"gateway.networking.k8s.io/gateway-name": "wp"}),
+		service(ns, "reviews", "10.96.0.30", map[string]string{"istio.io/use-waypoint": "wp"}, map[string]string{"app": "reviews"}, 9080, "http"),
+		readyPod(ns, "reviews-v1", "10.244.1.5", "reviews", map[string]string{"app": "reviews", "version": "v1"}),
+		readyPod(ns, "reviews-v2", "10.244.1.6", "reviews", map[string]string{"app": "reviews", "version": "v2"}),
+	)
+	gw := gatewayfake.NewSimpleClientset()
+	gw.Resources = []*metav1.APIResourceList{{GroupVersion: gatewayv1.GroupVersion.String(), APIResources: []metav1.APIResource{{Name: "gateways"}}}}
+	if _, err := gw.GatewayV1().Gateways(ns).Create(ctx, &gatewayv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wp"},
+		Spec: gatewayv1.GatewaySpec{GatewayClassName: "istio-waypoint", Listeners: []gatewayv1.Listener{
+			{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	istio := istiofake.NewSimpleClientset(
+		&networkingv1.DestinationRule{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "reviews"}, Spec: netapi.DestinationRule{
+			Host: "reviews", Subsets: []*netapi.Subset{{Name: "v1", Labels: map[string]string{"version": "v1"}}, {Name: "v2", Labels: map[string]string{"version": "v2"}}}}},
+		&networkingv1.VirtualService{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "reviews"}, Spec: netapi.VirtualService{
+			Hosts: []string{"reviews"}, Http: []*netapi.HTTPRoute{{Route: []*netapi.HTTPRouteDestination{{Destination: &netapi.Destination{Host: "reviews", Subset: "v2"}}}}}}},
+		&networkingv1.VirtualService{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "bad"}, Spec: netapi.VirtualService{
+			Hosts: []string{"reviews"}, Http: []*netapi.HTTPRoute{{CorsPolicy: &netapi.CorsPolicy{}, Route: []*netapi.HTTPRouteDestination{{Destination: &netapi.Destination{Host: "reviews"}}}}}}},
+		&securityv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "on-wp"}, Spec: secapi.AuthorizationPolicy{
+			TargetRefs: []*typeapi.PolicyTargetReference{{Group: "gateway.networking.k8s.io", Kind: "Gateway", Name: "wp"}},
+			Rules:      []*secapi.Rule{{When: []*secapi.Condition{{Key: "request.auth.claims[group]", Values: []string{"admin"}}}}}}},
+		&securityv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "on-nothing"}, Spec: secapi.AuthorizationPolicy{
+			TargetRefs: []*typeapi.PolicyTargetReference{{Kind: "Service", Name: "nosuch"}}}},
+	)
+	istio.Discovery().(*fakediscovery.FakeDiscovery).Resources = []*metav1.APIResourceList{{GroupVersion: "networking.istio.io/v1", APIResources: []metav1.APIResource{
+		{Name: "virtualservices"}, {Name: "destinationrules"}}}}
+	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0"}, server.Clients{Kube: kube, Istio: istio, GatewayAPI: gw}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runServer(t, ctx, cancel, s)
+
+	views := make(chan waypointView, 16)
+	c, err := xdsclient.New(xdsclient.Config{
+		Address: s.XDSAddr().String(), Plaintext: true,
+		Types:   []string{waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType},
+		Handler: waypointHandler{views: views},
+		Node: &core.Node{Id: "waypoint~10.244.1.9~wp-5d8f-abc.shop~shop.svc.cluster.local", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+			"LABELS": structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+				"gateway.networking.k8s.io/gateway-name": structpb.NewStringValue("wp")}}),
+		}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go c.Run(ctx)
+	await := func(what string, ok func(waypointView) bool) {
+		t.Helper()
+		var last waypointView
+		for {
+			select {
+			case v := <-views:
+				if ok(v) {
+					return
+				}
+				last = v
+			case <-ctx.Done():
+				t.Fatalf("%s: not seen; last view %+v", what, last)
+			}
+		}
+	}
+	const v1, v2 = "inbound-vip|9080|http/v1|reviews.shop.svc.cluster.local", "inbound-vip|9080|http/v2|reviews.shop.svc.cluster.local"
+	await("subset clusters", func(v waypointView) bool {
+		return slices.Contains(v.clusters, v1) && slices.Contains(v.clusters, v2) && v.endpoints[v1] == 1 && v.endpoints[v2] == 1
+	})
+
+	// reviews-v1 becomes a v2: it moves to subset v2.
+	p, err := kube.CoreV1().Pods(ns).Get(ctx, "reviews-v1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Labels["version"] = "v2"
+	if _, err := kube.CoreV1().Pods(ns).Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	await("relabelled pod in subset v2", func(v waypointView) bool { return v.endpoints[v1] == 0 && v.endpoints[v2] == 2 })
+
+	// Statuses.
+	want := map[string]map[string]string{
+		"vs/reviews": {"Accepted": "True Accepted", "ResolvedRefs": "True ResolvedRefs"},
+		"vs/bad":     {"Accepted": "False UnsupportedValue"},
+		"dr/reviews": {"Accepted": "True Accepted"},
+		// request.auth.claims: an ALLOW allows less.
+		"ap/on-wp":      {"WaypointAccepted": "True UnsupportedValue"},
+		"ap/on-nothing": {"WaypointAccepted": "False TargetNotFound"},
+	}
+	for {
+		got := map[string]map[string]string{}
+		add := func(k, typ, status, reason string) {
+			if got[k] == nil {
+				got[k] = map[string]string{}
+			}
+			got[k][typ] = status + " " + reason
+		}
+		for _, name := range []string{"reviews", "bad"} {
+			if o, err := istio.NetworkingV1().VirtualServices(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+				for _, c := range o.Status.Conditions {
+					add("vs/"+name, c.Type, c.Status, c.Reason)
+				}
+			}
+		}
+		if o, err := istio.NetworkingV1().DestinationRules(ns).Get(ctx, "reviews", metav1.GetOptions{}); err == nil {
+			for _, c := range o.Status.Conditions {
+				add("dr/reviews", c.Type, c.Status, c.Reason)
+			}
+		}
+		for _, name := range []string{"on-wp", "on-nothing"} {
+			if o, err := istio.SecurityV1().AuthorizationPolicies(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+				for _, c := range o.Status.Conditions {
+					add("ap/"+name, c.Type, c.Status, c.Reason)
+				}
+			}
+		}
+		if equalStatus(got, want) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("statuses: got %v, want %v", got, want)
+		case <-time.After(20 * time.Millisecond):
+			// The fake clientset has no status watch of its own worth
+			// waiting on across three kinds: poll.
+		}
+	}
+}
+
+func equalStatus(a, b map[string]map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		w, ok := b[k]
+		if !ok || len(v) != len(w) {
+			return false
+		}
+		for kk, vv := range v {
+			if w[kk] != vv {
+				return false
+			}
+		}
+	}
+	return true
+}
