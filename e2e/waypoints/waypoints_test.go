@@ -2,10 +2,12 @@ package waypoints
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"net"
 	"net/http/httptrace"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -429,5 +431,130 @@ func TestWaypoints(t *testing.T) {
 		s.waitBound(t, ctx, accts, "x", "shared", infra)
 		s.waitCondition(t, ctx, accts, "x", "True", "")
 		viaWaypoint(t, s.url(accts, "x", "/admitted"), infra, "shared")
+	})
+
+	t.Run("istiod away: the waypoint keeps its last config", func(t *testing.T) {
+		s.route(t, ctx, ns, "echo-away", "echo", `[{"matches":[{"headers":[{"name":"end-user","value":"jason"}]}],"backendRefs":[{"name":"echo-v2","port":80}]},{"backendRefs":[{"name":"echo-v1","port":80}]}]`)
+		m.StopIstiod()
+		for range 5 {
+			if r := get(t, ctx, c, s.url(ns, "echo", "/away"), map[string]string{"end-user": "jason"}); r.report.Hostname != "v2" {
+				t.Errorf("istiod away, end-user: jason: got %d from %q, want v2", r.code, r.report.Hostname)
+			}
+			if r := get(t, ctx, c, s.url(ns, "echo", "/away"), nil); r.report.Hostname != "v1" {
+				t.Errorf("istiod away, no end-user: got %d from %q, want v1", r.code, r.report.Hostname)
+			}
+		}
+		if err := m.StartIstiod(ctx, labmesh.IstiodOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		s.deleteRoute(t, ctx, ns, "echo-away")
+	})
+
+	t.Run("waypoint restarted under traffic fails closed", func(t *testing.T) {
+		wp := s.waypointPods(t, ctx, ns, "waypoint", 1)[0]
+		type outcome struct {
+			peer string
+			err  error
+		}
+		var (
+			mu       sync.Mutex
+			outcomes []outcome
+		)
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		lc := client(t, ctx, l, ns, "client", false)
+		lc.Timeout = 3 * time.Second
+		go func() {
+			defer close(done)
+			// A request every 10ms at most: steady traffic, not a flood.
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				r, err := do(ctx, lc, "GET", s.url(ns, "echo-v1", "/restart"), nil)
+				if err == nil && r.code != 200 {
+					err = fmt.Errorf("status %d", r.code)
+				}
+				mu.Lock()
+				outcomes = append(outcomes, outcome{peer: peerOf(t, r), err: err})
+				mu.Unlock()
+			}
+		}()
+		if err := l.Node(wp.Spec.NodeName).Kubelet.KillContainer(ns, wp.Name, "istio-proxy"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.WaitPod(ctx, ns, wp.Name, func(p *corev1.Pod) bool {
+			return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount >= 1 && lab.PodReady(p)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// Back: the next requests pass the restarted waypoint.
+		mu.Lock()
+		mark := len(outcomes)
+		mu.Unlock()
+		if err := lab.PollUntil(ctx, time.Minute, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			ok := 0
+			for _, o := range outcomes[mark:] {
+				if o.err == nil {
+					ok++
+				}
+			}
+			return ok >= 5
+		}); err != nil {
+			t.Errorf("after the restart: no 5 successful requests: %v", err)
+		}
+		close(stop)
+		<-done
+		failed := 0
+		for _, o := range outcomes {
+			switch {
+			case o.err != nil:
+				failed++
+			case o.peer != wp.Status.PodIP:
+				t.Errorf("a request while the waypoint restarted reached echo from %s, want only through the waypoint %s (never direct)", o.peer, wp.Status.PodIP)
+			}
+		}
+		t.Logf("%d requests while the waypoint restarted: %d failed closed, the rest through the waypoint", len(outcomes), failed)
+	})
+
+	t.Run("two waypoint replicas share the load", func(t *testing.T) {
+		if _, err := l.Client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "duo-params"},
+			Data:       map[string]string{gateway.KeyDeployment: "spec:\n  replicas: 2\n"},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		gw := &gatewayv1.Gateway{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "duo"},
+			Spec: gatewayv1.GatewaySpec{GatewayClassName: gateway.WaypointClass,
+				Infrastructure: &gatewayv1.GatewayInfrastructure{ParametersRef: &gatewayv1.LocalParametersReference{Group: "", Kind: "ConfigMap", Name: "duo-params"}},
+				Listeners:      []gatewayv1.Listener{{Name: "mesh", Port: 15008, Protocol: gateway.ListenerProtocolHBONE}}},
+		}
+		if _, err := s.gw.GatewayV1().Gateways(ns).Create(ctx, gw, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		label(t, ctx, l, "services", ns, "echo-v1", labelUseWaypoint, ptr("duo"))
+		wps, err := m.WaitWaypoint(ctx, ns, "duo", 2, "the echo-v1 service", func(d string) bool {
+			return strings.Contains(d, "inbound-vip|80|http|echo-v1.shop.svc.cluster.local")
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.waitBound(t, ctx, ns, "echo-v1", "duo")
+		count := map[string]int{}
+		for range 60 {
+			r := get(t, ctx, c, s.url(ns, "echo-v1", "/duo"), nil)
+			count[peerOf(t, r)]++
+		}
+		if count[wps[0].Status.PodIP] == 0 || count[wps[1].Status.PodIP] == 0 || count[wps[0].Status.PodIP]+count[wps[1].Status.PodIP] != 60 {
+			t.Errorf("60 connections to echo-v1 through waypoint duo: got clients %v, want both replicas %s and %s and nothing else", count, wps[0].Status.PodIP, wps[1].Status.PodIP)
+		}
+		label(t, ctx, l, "services", ns, "echo-v1", labelUseWaypoint, nil)
 	})
 }
