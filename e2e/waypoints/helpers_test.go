@@ -16,7 +16,13 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
@@ -231,26 +237,36 @@ func roundTrip(c net.Conn, msg string) (echo.Report, error) {
 	return rep, err
 }
 
-// waitCondition waits until Service ns/name has the condition
-// istio.io/WaypointBound with status (and, if message is not empty, a
-// message that contains it).
+// waitCondition waits, watching, until Service ns/name has the
+// condition istio.io/WaypointBound with status (and, if message is not
+// empty, a message that contains it).
 func (s *suite) waitCondition(t *testing.T, ctx context.Context, ns, name, status, message string) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	svcs := s.l.Client.CoreV1().Services(ns)
+	sel := fields.OneTermEqualSelector("metadata.name", name).String()
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return svcs.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return svcs.Watch(ctx, o)
+		},
+	}
 	var last []metav1.Condition
-	err := lab.PollUntil(ctx, time.Minute, func() bool {
-		svc, err := s.l.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false
+	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Service{}, nil, func(ev watch.Event) (bool, error) {
+		svc, ok := ev.Object.(*corev1.Service)
+		if !ok || ev.Type == watch.Deleted {
+			return false, nil
 		}
 		last = svc.Status.Conditions
-		for _, c := range svc.Status.Conditions {
-			if c.Type == gateway.ConditionWaypointBound {
-				return string(c.Status) == status && strings.Contains(c.Message, message)
-			}
-		}
-		return false
+		c := apimeta.FindStatusCondition(svc.Status.Conditions, gateway.ConditionWaypointBound)
+		return c != nil && string(c.Status) == status && strings.Contains(c.Message, message), nil
 	})
 	if err != nil {
-		t.Fatalf("service %s/%s: no condition %s=%s with %q: got %+v", ns, name, gateway.ConditionWaypointBound, status, message, last)
+		t.Fatalf("service %s/%s: no condition %s=%s with %q: %v; got %+v", ns, name, gateway.ConditionWaypointBound, status, message, err, last)
 	}
 }
