@@ -43,7 +43,7 @@ help:
 	@echo "clean-lab       remove what a crashed lab left behind (root)"
 
 build:
-	$(GO) build -o $(BIN)/ ./samples/echo ./samples/bookinfo ./e2e/labctl ./cni/cmd/ambit-cni ./cni/cmd/ambit-cni-agent ./ztunnel/cmd/ztunnel ./istiod/cmd/istiod ./ambitctl/cmd/ambitctl
+	$(GO) build -o $(BIN)/ ./samples/echo ./samples/bookinfo ./e2e/labctl ./cni/cmd/ambit-cni ./cni/cmd/ambit-cni-agent ./ztunnel/cmd/ztunnel ./istiod/cmd/istiod ./waypoint/cmd/waypoint ./ambitctl/cmd/ambitctl
 
 images:
 	cd $(IMAGES) && $(GO) run ./cmd/ambit-images -root $(CURDIR) -out $(CURDIR)/$(IMAGES_OUT) -version "$(IMAGE_TAG)" -hub "$(IMAGE_HUB)"

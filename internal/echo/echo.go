@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -58,6 +59,9 @@ type Server struct {
 	Hostname  string
 	Namespace string
 	Log       *slog.Logger
+
+	mu     sync.Mutex
+	counts map[string]int // requests by path
 }
 
 // Identity returns the hostname and namespace of the running process:
@@ -180,11 +184,41 @@ func (s *Server) report(proto string, peer, local net.Addr) Report {
 	return Report{Hostname: s.Hostname, Namespace: s.Namespace, Protocol: proto, Peer: peer.String(), Local: local.String()}
 }
 
-// ServeHTTP answers /healthz with "ok" and every other path with a Report.
+// ServeHTTP answers /healthz with "ok", /requests with how many
+// requests each path got (JSON, health checks and itself not counted),
+// and every other path with a Report. The query parameters `delay` (a
+// duration) and `status` (a code) make it wait before answering and
+// answer with that status, for tests of timeouts and retries.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/healthz" {
+	switch r.URL.Path {
+	case "/healthz":
 		io.WriteString(w, "ok\n")
 		return
+	case "/requests":
+		s.mu.Lock()
+		b, _ := json.Marshal(s.counts)
+		s.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(b)
+		return
+	}
+	s.mu.Lock()
+	if s.counts == nil {
+		s.counts = map[string]int{}
+	}
+	s.counts[r.URL.Path]++
+	s.mu.Unlock()
+	q := r.URL.Query()
+	if d, err := time.ParseDuration(q.Get("delay")); err == nil && d > 0 {
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	status := http.StatusOK
+	if c, err := strconv.Atoi(q.Get("status")); err == nil && c >= 200 && c <= 599 {
+		status = c
 	}
 	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
 	rep := Report{
@@ -199,6 +233,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rep.PeerIdentities = peerIdentities(r.TLS)
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(rep)
 }
 

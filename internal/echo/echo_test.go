@@ -2,10 +2,13 @@ package echo
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func startServer(t *testing.T) (tcpAddr, httpAddr string) {
@@ -68,5 +71,42 @@ func TestHTTPReport(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz: got status %d, want 200", resp.StatusCode)
+	}
+}
+
+// TestHTTPStatusDelayCounts: ?status answers with that code, ?delay waits
+// (cut short when the client gives up), and /requests counts by path.
+func TestHTTPStatusDelayCounts(t *testing.T) {
+	_, httpAddr := startServer(t)
+	get := func(ctx context.Context, path string) (int, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	for range 2 {
+		if code, err := get(context.Background(), "/fail?status=500"); err != nil || code != 500 {
+			t.Errorf("/fail?status=500: got %d, %v; want 500", code, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if code, err := get(ctx, "/slow?delay=1h"); err == nil {
+		t.Errorf("/slow?delay=1h with a 100ms client timeout: got %d, want a timeout", code)
+	}
+	resp, err := http.Get("http://" + httpAddr + "/requests")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got map[string]int
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]int{"/fail": 2, "/slow": 1}; !reflect.DeepEqual(got, want) {
+		t.Errorf("/requests: got %v, want %v", got, want)
 	}
 }

@@ -28,8 +28,8 @@ type Binaries struct {
 	KubeAPIServer         string
 	KubeControllerManager string
 	KubeProxy             string
-	// KubeScheduler and Kubelet run on labs with real nodes
-	// (Config.RealNodes).
+	// KubeScheduler runs on labs with Config.Scheduler or real nodes,
+	// Kubelet on real nodes (Config.RealNodes).
 	KubeScheduler string
 	Kubelet       string
 	// RuncWrap is runc for containerd on real nodes (internal/lab/runcwrap)
@@ -51,6 +51,12 @@ type Binaries struct {
 	Ztunnel string
 	// Istiod is Ambit's control plane.
 	Istiod string
+	// Waypoint is Ambit's waypoint proxy, run by the lab for
+	// WaypointImage.
+	Waypoint string
+	// PodInit mounts a container's volumes before running it
+	// (internal/lab/cmd/podinit).
+	PodInit string
 	// CNIDir holds the reference CNI plugins (ptp, host-local, loopback).
 	CNIDir string
 	// KubeRouter is the NetworkPolicy controller, for labs with
@@ -160,9 +166,11 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	b.CNIAgent = filepath.Join(binDir, "ambit-cni-agent")
 	b.Ztunnel = filepath.Join(binDir, "ztunnel")
 	b.Istiod = filepath.Join(binDir, "istiod")
+	b.Waypoint = filepath.Join(binDir, "waypoint")
+	b.PodInit = filepath.Join(binDir, "podinit")
 	b.RuncWrap = filepath.Join(binDir, "runcwrap")
 	b.Pause = filepath.Join(binDir, "pause")
-	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel", "./istiod/cmd/istiod", "./internal/lab/cmd/runcwrap", "./internal/lab/cmd/pause"); err != nil {
+	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel", "./istiod/cmd/istiod", "./waypoint/cmd/waypoint", "./internal/lab/cmd/podinit", "./internal/lab/cmd/runcwrap", "./internal/lab/cmd/pause"); err != nil {
 		return b, err
 	}
 	return b, nil

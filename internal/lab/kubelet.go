@@ -69,7 +69,10 @@ type kubeletConfig struct {
 	client   kubernetes.Interface
 	caFile   string
 	images   map[string]string
-	log      *slog.Logger
+	// podInit is internal/lab/cmd/podinit, which mounts a container's
+	// volumes before running it.
+	podInit string
+	log     *slog.Logger
 }
 
 // podRuntime is what the kubelet runs for one pod.
@@ -505,12 +508,60 @@ func (k *Kubelet) writePodFiles(ctx context.Context, pod *corev1.Pod, rt *podRun
 			}
 		}
 	}
+	for _, v := range pod.Spec.Volumes {
+		if err := k.writeVolume(ctx, pod, rt, v); err != nil {
+			return err
+		}
+	}
 	resolv := fmt.Sprintf("search %[1]s.svc.%[2]s svc.%[2]s %[2]s\nnameserver %[3]s\noptions ndots:5\n", pod.Namespace, ClusterDomain, DNSServiceIP)
 	if err := rt.ns.SetEtcFile("resolv.conf", []byte(resolv)); err != nil {
 		return err
 	}
 	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost\n%s\t%s\n", rt.ip, pod.Name)
 	return rt.ns.SetEtcFile("hosts", []byte(hosts))
+}
+
+// writeVolume writes the files of a ConfigMap volume, and makes an
+// emptyDir, under the pod's volumes/<name>: what startContainer mounts at
+// the containers' mount paths. A missing ConfigMap that is not optional
+// fails the pod's start, which is retried, as a kubelet waits for it.
+func (k *Kubelet) writeVolume(ctx context.Context, pod *corev1.Pod, rt *podRuntime, v corev1.Volume) error {
+	dir := filepath.Join(rt.dir, "volumes", v.Name)
+	switch {
+	case v.EmptyDir != nil:
+		return os.MkdirAll(dir, 0o777)
+	case v.ConfigMap != nil:
+		cm, err := k.cfg.client.CoreV1().ConfigMaps(pod.Namespace).Get(ctx, v.ConfigMap.Name, getOpts)
+		if apierrors.IsNotFound(err) && ptr.Deref(v.ConfigMap.Optional, false) {
+			return os.MkdirAll(dir, 0o755)
+		}
+		if err != nil {
+			return fmt.Errorf("volume %s: configmap %s/%s: %w", v.Name, pod.Namespace, v.ConfigMap.Name, err)
+		}
+		files := map[string]string{}
+		if len(v.ConfigMap.Items) == 0 {
+			for key, val := range cm.Data {
+				files[key] = val
+			}
+		}
+		for _, it := range v.ConfigMap.Items {
+			val, ok := cm.Data[it.Key]
+			if !ok {
+				return fmt.Errorf("volume %s: configmap %s/%s has no key %q", v.Name, pod.Namespace, v.ConfigMap.Name, it.Key)
+			}
+			files[it.Path] = val
+		}
+		for name, val := range files {
+			p := filepath.Join(dir, name)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return fmt.Errorf("volume %s: %w", v.Name, err)
+			}
+			if err := os.WriteFile(p, []byte(val), 0o644); err != nil {
+				return fmt.Errorf("volume %s: %w", v.Name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // PodDirEnv names the environment variable that tells a pod's processes
@@ -536,6 +587,23 @@ func (k *Kubelet) startContainer(pod *corev1.Pod, rt *podRuntime, c *corev1.Cont
 			v = k.fieldRef(pod, rt, e.ValueFrom.FieldRef.FieldPath)
 		}
 		env = append(env, e.Name+"="+v)
+	}
+	if len(c.VolumeMounts) > 0 {
+		// The container sees its volumes at their mount paths, in a mount
+		// namespace of its own (podinit).
+		pre := []string{k.cfg.podInit}
+		for _, vm := range c.VolumeMounts {
+			src := filepath.Join(rt.dir, "volumes", vm.Name, vm.SubPath)
+			if _, err := os.Stat(src); err != nil {
+				return fmt.Errorf("start container %s of %s: volume %s: %w", c.Name, rt.key, vm.Name, err)
+			}
+			m := src + "=" + vm.MountPath
+			if vm.ReadOnly {
+				m += ":ro"
+			}
+			pre = append(pre, "--mount", m)
+		}
+		argv = append(append(pre, "--"), argv...)
 	}
 	p, err := startProcess(k.cfg.labID, rt.dir, c.Name, rt.ns, env, argv[0], argv[1:]...)
 	if err != nil {

@@ -74,6 +74,12 @@ type Config struct {
 	// EnsureKubeRouter), standing in for a primary CNI's enforcement. Off by
 	// default: only the tests about NetworkPolicy pay for it.
 	NetworkPolicy bool
+	// Scheduler runs kube-scheduler, so that pods made by controllers
+	// (a Deployment's ReplicaSet) are placed on nodes and run, as on a
+	// cluster: istiod's waypoint Deployments. Off by default: tests that
+	// create pods name their node, and tests of controllers that make
+	// pods stand in for the kubelet themselves. Real nodes always have it.
+	Scheduler bool
 	// Dir keeps the lab's files (PKI, logs, pod files); a new temporary
 	// directory when empty. It is removed by Close.
 	Dir string
@@ -88,11 +94,13 @@ type Config struct {
 	SandboxImage string
 }
 
-// EchoImage is the image name that runs the echo test workload, and
-// BookinfoImage the one that runs the Bookinfo sample.
+// EchoImage is the image name that runs the echo test workload,
+// BookinfoImage the one that runs the Bookinfo sample, and WaypointImage
+// Ambit's waypoint proxy (istiod's --waypoint-image in the lab).
 const (
 	EchoImage     = "ambit.dev/echo"
 	BookinfoImage = "ambit.dev/bookinfo"
+	WaypointImage = "ambit.dev/waypoint"
 )
 
 // Lab is a running cluster.
@@ -199,7 +207,7 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if err := l.startControlPlane(ctx); err != nil {
 		return nil, err
 	}
-	if cfg.RealNodes {
+	if cfg.RealNodes || cfg.Scheduler {
 		if err := l.startScheduler(ctx); err != nil {
 			return nil, err
 		}

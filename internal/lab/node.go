@@ -26,7 +26,7 @@ func (l *Lab) startNode(ctx, bgCtx context.Context, n *Node) error {
 	if err := writeConflist(filepath.Join(confDir, "10-lab.conflist"), n, filepath.Join(dir, "ipam")); err != nil {
 		return err
 	}
-	images := map[string]string{EchoImage: l.cfg.Binaries.Echo, BookinfoImage: l.cfg.Binaries.Bookinfo}
+	images := map[string]string{EchoImage: l.cfg.Binaries.Echo, BookinfoImage: l.cfg.Binaries.Bookinfo, WaypointImage: l.cfg.Binaries.Waypoint}
 	for k, v := range l.cfg.Images {
 		images[k] = v
 	}
@@ -40,6 +40,7 @@ func (l *Lab) startNode(ctx, bgCtx context.Context, n *Node) error {
 		client:   l.Client,
 		caFile:   l.pki.CAFile,
 		images:   images,
+		podInit:  l.cfg.Binaries.PodInit,
 		log:      l.log.With("node", n.Name),
 	})
 	if err != nil {

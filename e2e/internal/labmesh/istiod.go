@@ -85,6 +85,12 @@ func (m *Mesh) StartIstiod(ctx context.Context, opts IstiodOptions) error {
 	}
 	if opts.NoGatewayAPI {
 		args = append(args, "--gateway-api=false")
+	} else {
+		// Waypoints run as the lab's pods (waypoint.go).
+		args = append(args, "--waypoint-image="+lab.WaypointImage)
+		if err := m.istiodEndpoints(ctx); err != nil {
+			return err
+		}
 	}
 	m.starts++
 	p, err := m.l.StartProcessIn(m.l.ControlPlaneNS(), fmt.Sprintf("istiod-%d", m.starts), nil, m.l.Binaries().Istiod, args...)
