@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -275,5 +278,59 @@ func TestIstioManifests(t *testing.T) {
 	if diff := cmp.Diff([]string{"details-v1 selects app=details version=v1", "productpage-v1 selects app=productpage version=v1", "ratings-v1 selects app=ratings version=v1",
 		"reviews-v1 selects app=reviews version=v1", "reviews-v2 selects app=reviews version=v2", "reviews-v3 selects app=reviews version=v3"}, versions); diff != "" {
 		t.Errorf("bookinfo-versions.yaml services (-want +got):\n%s", diff)
+	}
+}
+
+// page renders a real product page of the Go Bookinfo with reviews
+// version v served by pod podName.
+func page(t *testing.T, v, podName string) string {
+	t.Helper()
+	env := map[string]string{"HOSTNAME": podName, "SERVICE_VERSION": v}
+	serve := func(service string) string {
+		cfg, err := app.ConfigFromEnv(service, func(k string) string { return env[k] })
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := app.New(cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		u, _ := url.Parse(srv.URL)
+		return u.Port()
+	}
+	env["RATINGS_HOSTNAME"], env["REVIEWS_HOSTNAME"], env["DETAILS_HOSTNAME"] = "127.0.0.1", "127.0.0.1", "127.0.0.1"
+	env["RATINGS_SERVICE_PORT"] = serve(app.Ratings)
+	env["REVIEWS_SERVICE_PORT"] = serve(app.Reviews)
+	env["DETAILS_SERVICE_PORT"] = serve(app.Details)
+	resp, err := http.Get("http://127.0.0.1:" + serve(app.Productpage) + "/productpage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestReviewsVersion(t *testing.T) {
+	for _, v := range []string{"v1", "v2", "v3"} {
+		got, err := bookinfo.ReviewsVersion(page(t, v, "reviews-"+v+"-5d8f7c9b6-x2x7q"))
+		if err != nil || got != v {
+			t.Errorf("page of reviews %s: got %q, %v, want %s", v, got, err, v)
+		}
+	}
+	// A page whose stars do not match the pod's version is refused.
+	if _, err := bookinfo.ReviewsVersion(page(t, "v3", "reviews-v2-abc")); err == nil || !strings.Contains(err.Error(), "red stars, want black") {
+		t.Errorf("v3's stars under a v2 pod: got %v, want an error about the colour", err)
+	}
+	if _, err := bookinfo.ReviewsVersion(page(t, "v2", "reviews-v1-abc")); err == nil || !strings.Contains(err.Error(), "want none") {
+		t.Errorf("v2's stars under a v1 pod: got %v, want an error", err)
+	}
+	if _, err := bookinfo.ReviewsVersion("<html>no reviews</html>"); err == nil {
+		t.Error("a page without reviews: got no error, want one")
 	}
 }

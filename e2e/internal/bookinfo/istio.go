@@ -4,10 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/samples/bookinfo/app"
@@ -73,4 +79,84 @@ func IstioManifests(ctx context.Context, root string) (string, error) {
 		return "", fmt.Errorf("find istio's bookinfo.yaml: %w", err)
 	}
 	return dir, nil
+}
+
+// Kubectl runs the lab's kubectl with the lab's admin kubeconfig and
+// returns its output; an error quotes it.
+func Kubectl(ctx context.Context, l *lab.Lab, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, l.Binaries().Kubectl, append([]string{"--kubeconfig", l.Kubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return out, nil
+}
+
+// InstallIstio applies Istio's bookinfo.yaml and bookinfo-versions.yaml,
+// from dir (IstioManifests), unchanged, with kubectl in namespace of a lab
+// started with a scheduler and the images of IstioImages; it waits until
+// every Deployment is Available and kube-proxy on every node has every
+// Service. It returns the Ready pods by name.
+func InstallIstio(ctx context.Context, l *lab.Lab, namespace, dir string) (map[string]*corev1.Pod, error) {
+	if _, err := Kubectl(ctx, l, "apply", "-n", namespace, "-f", filepath.Join(dir, "bookinfo.yaml"), "-f", filepath.Join(dir, "bookinfo-versions.yaml")); err != nil {
+		return nil, fmt.Errorf("install istio's bookinfo: %w", err)
+	}
+	if _, err := Kubectl(ctx, l, "wait", "-n", namespace, "--for=condition=Available", "deployment", "--all", "--timeout=3m"); err != nil {
+		return nil, fmt.Errorf("install istio's bookinfo: %w", err)
+	}
+	pods, err := l.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app,version"})
+	if err != nil {
+		return nil, fmt.Errorf("install istio's bookinfo: %w", err)
+	}
+	ready := map[string]*corev1.Pod{}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.DeletionTimestamp == nil && lab.PodReady(p) {
+			ready[p.Name] = p
+		}
+	}
+	for _, p := range ready {
+		for _, svc := range []string{p.Labels["app"], p.Labels["app"] + "-" + p.Labels["version"]} {
+			if err := l.WaitServiceProgrammed(ctx, namespace, svc, p.Status.PodIP); err != nil {
+				return nil, fmt.Errorf("install istio's bookinfo: %w", err)
+			}
+		}
+	}
+	return ready, nil
+}
+
+// reviewsPodRE finds the reviews pod that served a product page;
+// starsRE each star rating on it.
+var (
+	reviewsPodRE = regexp.MustCompile(`<span id="reviews-pod">([^<]*)</span>`)
+	starsRE      = regexp.MustCompile(`class="stars" style="[^"]*" data-color="([^"]*)"`)
+)
+
+// ReviewsVersion reads which reviews version served a product page, from
+// the pod named on it (reviews-<version>[-...]), and checks that the page
+// shows that version's stars: none for v1, black for v2, red for v3.
+func ReviewsVersion(page string) (string, error) {
+	m := reviewsPodRE.FindStringSubmatch(page)
+	if m == nil {
+		return "", errors.New("read reviews version: the page names no reviews pod")
+	}
+	rest, ok := strings.CutPrefix(m[1], app.Reviews+"-")
+	if !ok {
+		return "", fmt.Errorf("read reviews version: pod %q is no reviews pod", m[1])
+	}
+	version, _, _ := strings.Cut(rest, "-")
+	want := map[string]string{"v1": "", "v2": "black", "v3": "red"}[version]
+	stars := starsRE.FindAllStringSubmatch(page, -1)
+	switch {
+	case want == "" && len(stars) > 0:
+		return "", fmt.Errorf("read reviews version: %s shows %d star ratings, want none", m[1], len(stars))
+	case want != "" && len(stars) != 2:
+		return "", fmt.Errorf("read reviews version: %s shows %d star ratings, want 2 %s", m[1], len(stars), want)
+	}
+	for _, s := range stars {
+		if s[1] != want {
+			return "", fmt.Errorf("read reviews version: %s shows %s stars, want %s", m[1], s[1], want)
+		}
+	}
+	return version, nil
 }
