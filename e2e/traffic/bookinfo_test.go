@@ -30,7 +30,6 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/ambitmesh/ambit/ambitctl/cli"
-	"github.com/ambitmesh/ambit/ambitctl/proxyconfig"
 	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
@@ -268,37 +267,6 @@ func (e *env) waypoint(t *testing.T, ctx context.Context, sa string) {
 	}
 }
 
-// shortCluster names an Istio cluster by its service's short name:
-// inbound-vip|9080|http|reviews-v1.bookinfo.svc.cluster.local is
-// reviews-v1.
-func shortCluster(s string) string {
-	parts := strings.Split(s, "|")
-	host, _, _ := strings.Cut(parts[len(parts)-1], ".")
-	return host
-}
-
-// reviewsRoutes is the reviews Service's routes in a waypoint's config
-// dump: "match → destination", clusters by short name.
-func reviewsRoutes(dump string) []string {
-	d, err := proxyconfig.Parse([]byte(dump))
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, r := range d.RouteSummary() {
-		if !strings.HasSuffix(r.Name, "|reviews."+ns+".svc.cluster.local") {
-			continue
-		}
-		var dests []string
-		for _, part := range strings.Split(r.Destination, ", ") {
-			name, weight, _ := strings.Cut(part, " ")
-			dests = append(dests, strings.TrimSpace(shortCluster(name)+" "+weight))
-		}
-		out = append(out, r.Match+" → "+strings.Join(dests, ", "))
-	}
-	return out
-}
-
 // apply applies sample files of samples/bookinfo with kubectl and waits
 // until the reviews waypoint routes as want says.
 func (e *env) apply(t *testing.T, ctx context.Context, want []string, files ...string) {
@@ -312,7 +280,7 @@ func (e *env) apply(t *testing.T, ctx context.Context, want []string, files ...s
 	}
 	var last []string
 	_, err := e.mesh.WaitWaypoint(ctx, ns, "bookinfo-reviews", 1, fmt.Sprintf("routes %q", want), func(dump string) bool {
-		last = reviewsRoutes(dump)
+		last = bookinfo.ReviewsRoutes(dump, ns)
 		return slices.Equal(last, want)
 	})
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/ambitmesh/ambit/ambitctl/proxyconfig"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/samples/bookinfo/app"
 )
@@ -159,4 +160,31 @@ func ReviewsVersion(page string) (string, error) {
 		}
 	}
 	return version, nil
+}
+
+// ReviewsRoutes is the reviews Service's routes in a waypoint's config
+// dump (admin /config_dump): "match → destination", one per route, with
+// clusters by their Service's short name and weights in percent, e.g.
+// "/* → reviews-v1 90%, reviews-v2 10%" (ambitctl/proxyconfig's route
+// summary). Nil when the dump does not parse.
+func ReviewsRoutes(dump, namespace string) []string {
+	d, err := proxyconfig.Parse([]byte(dump))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, r := range d.RouteSummary() {
+		if !strings.HasSuffix(r.Name, "|reviews."+namespace+".svc.cluster.local") {
+			continue
+		}
+		var dests []string
+		for _, part := range strings.Split(r.Destination, ", ") {
+			name, weight, _ := strings.Cut(part, " ")
+			parts := strings.Split(name, "|")
+			host, _, _ := strings.Cut(parts[len(parts)-1], ".")
+			dests = append(dests, strings.TrimSpace(host+" "+weight))
+		}
+		out = append(out, r.Match+" → "+strings.Join(dests, ", "))
+	}
+	return out
 }
