@@ -69,7 +69,9 @@ func start(t *testing.T, ctx context.Context) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	images, err := bookinfo.IstioImages(bins.Bookinfo, t.TempDir())
+	// Next to the programs: Istio's manifests mount an emptyDir over
+	// their pods' /tmp, which would hide links under it.
+	images, err := bookinfo.IstioImages(bins.Bookinfo, filepath.Join(filepath.Dir(bins.Bookinfo), "istio-images"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,15 +150,19 @@ func start(t *testing.T, ctx context.Context) *env {
 	}
 	// Istio's manifests have no readiness probes: wait until the page
 	// is served whole.
+	var last error
 	if err := lab.PollUntil(ctx, time.Minute, func() bool {
 		page, err := e.get(ctx, e.productpage+"/productpage", nil)
-		if err != nil {
-			return false
+		if err == nil && !strings.Contains(page, "Book Details") {
+			err = fmt.Errorf("no book details on the page:\n%s", page)
 		}
-		_, err = bookinfo.ReviewsVersion(page)
-		return err == nil && strings.Contains(page, "Book Details")
+		if err == nil {
+			_, err = bookinfo.ReviewsVersion(page)
+		}
+		last = err
+		return err == nil
 	}); err != nil {
-		t.Fatalf("productpage never served a whole page: %v", err)
+		t.Fatalf("productpage never served a whole page: %v; last: %v", err, last)
 	}
 	return e
 }

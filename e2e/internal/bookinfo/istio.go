@@ -31,7 +31,8 @@ var IstioRegistries = []string{"registry.istio.io/release", "docker.io/istio"}
 // service and version (app.ParseImageName). It returns the lab's image
 // map (lab.Config.Images) from each image name, in every registry of
 // IstioRegistries and without a tag, to its link, so that Istio's own
-// bookinfo.yaml runs unchanged in the lab.
+// bookinfo.yaml runs unchanged in the lab. dir must not be under /tmp:
+// Istio's manifests mount an emptyDir there, which hides it from the pod.
 func IstioImages(bin, dir string) (map[string]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create image links: %w", err)
