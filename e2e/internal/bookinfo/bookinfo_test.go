@@ -22,7 +22,10 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
+	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/samples/bookinfo/app"
+	"github.com/ambitmesh/ambit/waypoint"
+	wpconfig "github.com/ambitmesh/ambit/waypoint/config"
 )
 
 func TestLab(t *testing.T) {
@@ -332,5 +335,47 @@ func TestReviewsVersion(t *testing.T) {
 	}
 	if _, err := bookinfo.ReviewsVersion("<html>no reviews</html>"); err == nil {
 		t.Error("a page without reviews: got no error, want one")
+	}
+}
+
+// TestRoutes: the route summary of a real waypoint's config dump, run in
+// process on istiod's golden HTTPRoute matches (Service reviews in shop).
+func TestRoutes(t *testing.T) {
+	ca, err := identity.NewCA(identity.DefaultTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := waypoint.New(waypoint.Config{Identity: identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "waypoint"},
+		Certificates: ca, Roots: ca.Roots()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := wpconfig.LoadFile("../../../waypoint/testdata/istiod/httproute-matches.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := res.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Update(snap)
+	dump, err := p.ConfigDump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := bookinfo.ReviewsRoutes(string(dump), "shop")
+	want := []string{
+		"/health → reviews-v1",
+		"regex /reviews/[0-9]+ → reviews-v1",
+		"/api/v2/* x-canary=true x-user~^(alice|bob)$ :method=GET ?debug=1 → reviews-v2",
+		"/api/* :method=POST → reviews-v2",
+		"/api/* → reviews-v1 90%, reviews-v2 10%",
+		"/* → reviews",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("routes (-want +got):\n%s", diff)
+	}
+	if got := bookinfo.ReviewsRoutes("not a dump", "shop"); got != nil {
+		t.Errorf("routes of garbage: got %q, want none", got)
 	}
 }

@@ -163,27 +163,45 @@ func ReviewsVersion(page string) (string, error) {
 	return version, nil
 }
 
+// shortCluster names an Istio cluster by its Service's short name and
+// subset: inbound-vip|9080|http|reviews-v1.bookinfo.svc.cluster.local is
+// reviews-v1, inbound-vip|9080|http/v2|reviews.bookinfo.svc.cluster.local
+// (a DestinationRule's subset) reviews/v2.
+func shortCluster(name string) string {
+	parts := strings.Split(name, "|")
+	host, _, _ := strings.Cut(parts[len(parts)-1], ".")
+	if len(parts) == 4 {
+		if _, subset, ok := strings.Cut(parts[2], "/"); ok {
+			host += "/" + subset
+		}
+	}
+	return host
+}
+
 // ReviewsRoutes is the reviews Service's routes in a waypoint's config
 // dump (admin /config_dump): "match → destination", one per route, with
-// clusters by their Service's short name and weights in percent, e.g.
-// "/* → reviews-v1 90%, reviews-v2 10%" (ambitctl/proxyconfig's route
-// summary). Nil when the dump does not parse.
+// clusters by their Service's short name (shortCluster) and weights in
+// percent, e.g. "/* → reviews-v1 90%, reviews-v2 10%" (ambitctl/
+// proxyconfig's route summary). Nil when the dump does not parse.
 func ReviewsRoutes(dump, namespace string) []string {
+	return Routes(dump, "reviews", namespace)
+}
+
+// Routes is ReviewsRoutes for any Service of namespace.
+func Routes(dump, service, namespace string) []string {
 	d, err := proxyconfig.Parse([]byte(dump))
 	if err != nil {
 		return nil
 	}
 	var out []string
 	for _, r := range d.RouteSummary() {
-		if !strings.HasSuffix(r.Name, "|reviews."+namespace+".svc.cluster.local") {
+		if !strings.HasSuffix(r.Name, "|"+service+"."+namespace+".svc.cluster.local") {
 			continue
 		}
 		var dests []string
 		for _, part := range strings.Split(r.Destination, ", ") {
 			name, weight, _ := strings.Cut(part, " ")
-			parts := strings.Split(name, "|")
-			host, _, _ := strings.Cut(parts[len(parts)-1], ".")
-			dests = append(dests, strings.TrimSpace(host+" "+weight))
+			dests = append(dests, strings.TrimSpace(shortCluster(name)+" "+weight))
 		}
 		out = append(out, r.Match+" → "+strings.Join(dests, ", "))
 	}
