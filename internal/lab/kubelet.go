@@ -936,6 +936,31 @@ func (k *Kubelet) Exec(ctx context.Context, namespace, name string, argv ...stri
 	return out, nil
 }
 
+// KillContainer kills the processes of a container of a pod running on
+// this node (SIGKILL), as a crash would; the pod's restart policy then
+// applies.
+func (k *Kubelet) KillContainer(namespace, name, container string) error {
+	k.mu.Lock()
+	rt := k.pods[namespace+"/"+name]
+	k.mu.Unlock()
+	if rt == nil {
+		return fmt.Errorf("kill container %s of pod %s/%s: not running on %s", container, namespace, name, k.cfg.node.Name)
+	}
+	rt.mu.Lock()
+	var cr *containerRuntime
+	for _, c := range rt.containers {
+		if c.name == container {
+			cr = c
+		}
+	}
+	rt.mu.Unlock()
+	if cr == nil {
+		return fmt.Errorf("kill container %s of pod %s/%s: no such container", container, namespace, name)
+	}
+	cr.proc.stop(0)
+	return nil
+}
+
 // TakeCNIAddDurations returns how long each successful CNI ADD took since
 // the last call, and forgets them.
 func (k *Kubelet) TakeCNIAddDurations() []time.Duration {

@@ -443,10 +443,12 @@ func (ws *waypoints) gatewayStatuses(out map[string]BindingStatus) {
 }
 
 // applyTo sets a pod's Workload.waypoint; a waypoint's own pods speak
-// HBONE themselves (they are not captured) and have no waypoint.
+// HBONE themselves (they are not captured: native_tunnel, as Istio marks
+// them) and have no waypoint.
 func (ws *waypoints) applyTo(w *workload.Workload, pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount) {
 	if ws.isWaypointPod(pod) {
 		w.TunnelProtocol = workload.TunnelProtocol_HBONE
+		w.NativeTunnel = true
 		return
 	}
 	w.Waypoint = ws.workloadWaypoint(pod, ns, sa)

@@ -243,8 +243,8 @@ func TestWaypointOwnPods(t *testing.T) {
 	s.Pods = append(s.Pods, wp)
 	m := Build(*s, Config{})
 	w := m.Addresses[PodUID("Kubernetes", "app", "ns-wp-7c9")].GetWorkload()
-	if w.GetTunnelProtocol() != workload.TunnelProtocol_HBONE {
-		t.Errorf("waypoint pod tunnel: got %v, want HBONE", w.GetTunnelProtocol())
+	if w.GetTunnelProtocol() != workload.TunnelProtocol_HBONE || !w.GetNativeTunnel() {
+		t.Errorf("waypoint pod tunnel: got %v (native %t), want HBONE, native (no ztunnel serves it)", w.GetTunnelProtocol(), w.GetNativeTunnel())
 	}
 	if w.GetWaypoint() != nil {
 		t.Errorf("waypoint pod has waypoint %v, want none", w.GetWaypoint())

@@ -223,3 +223,17 @@ services:
 		t.Error("IsWaypointMember: got wrong answers for wp2 (a member) and app (not one)")
 	}
 }
+
+// TestServedOnNativeTunnel: a workload that terminates HBONE itself (a
+// waypoint's pod) is never served by the tunnel of its node, which
+// would otherwise listen on its address and take its HBONE.
+func TestServedOnNativeTunnel(t *testing.T) {
+	w := &Workload{Node: "n1", TunnelProtocol: TunnelHBONE}
+	if !w.ServedOn("n1") {
+		t.Fatal("captured HBONE workload on n1: got not served, want served")
+	}
+	w.NativeTunnel = true
+	if w.ServedOn("n1") {
+		t.Error("native-tunnel workload on n1: got served, want not served")
+	}
+}

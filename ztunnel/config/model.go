@@ -80,6 +80,10 @@ type Workload struct {
 	AuthorizationPolicies []string       `json:"authorizationPolicies,omitempty"`
 	Status                WorkloadStatus `json:"status,omitempty"`
 	NetworkMode           NetworkMode    `json:"networkMode,omitempty"`
+	// NativeTunnel: the workload terminates HBONE itself (a waypoint's
+	// pod), so no node tunnel serves it; connections to it are HBONE to
+	// its own address.
+	NativeTunnel bool `json:"nativeTunnel,omitempty"`
 	// Waypoint, when set, is the waypoint that traffic addressed to this
 	// workload goes through: istiod sets it for a waypoint bound with
 	// istio.io/waypoint-for workload or all. Connections to the
@@ -136,9 +140,10 @@ func (w *Workload) HostNetwork() bool { return w.NetworkMode == NetworkHost }
 // certificate, or let a CONNECT through. A host-network workload is
 // never served, as in Istio: its address is the node's, and serving it
 // would put every port of the node (the kubelet's, the tunnel's own)
-// behind the tunnel.
+// behind the tunnel. Nor is a workload that terminates HBONE itself
+// (NativeTunnel: a waypoint's pod), which is not captured.
 func (w *Workload) ServedOn(node string) bool {
-	return w.Node == node && w.HBONE() && !w.HostNetwork()
+	return w.Node == node && w.HBONE() && !w.HostNetwork() && !w.NativeTunnel
 }
 
 // Plaintext reports whether the workload receives plain traffic (tunnel

@@ -143,6 +143,7 @@ func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 	default:
 		w.TunnelProtocol = config.TunnelUnknown
 	}
+	w.NativeTunnel = pb.GetNativeTunnel()
 	switch pb.GetNetworkMode() {
 	case workload.NetworkMode_STANDARD:
 	case workload.NetworkMode_HOST_NETWORK:

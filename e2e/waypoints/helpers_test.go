@@ -1,0 +1,256 @@
+package waypoints
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"sigs.k8s.io/yaml"
+
+	securityapi "istio.io/api/security/v1beta1"
+	typev1beta1 "istio.io/api/type/v1beta1"
+
+	"github.com/ambitmesh/ambit/internal/echo"
+	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/istiod/gateway"
+	"github.com/ambitmesh/ambit/ztunnel/admin"
+	"github.com/ambitmesh/ambit/ztunnel/config"
+)
+
+// waypointPods returns the n ready pods of waypoint ns/name.
+func (s *suite) waypointPods(t *testing.T, ctx context.Context, ns, name string, n int) []*corev1.Pod {
+	t.Helper()
+	pods, err := s.mesh.WaypointPods(ctx, ns, name, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pods
+}
+
+// waitWaypointDump waits until the config dump of every pod of the
+// waypoint ns/wp satisfies cond.
+func (s *suite) waitWaypointDump(t *testing.T, ctx context.Context, ns, wp string, n int, what string, cond func(string) bool) {
+	t.Helper()
+	if _, err := s.mesh.WaitWaypoint(ctx, ns, wp, n, what, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitBound waits until every ztunnel sends Service ns/svc through the
+// waypoint wpNS/wp (wp empty: through none).
+func (s *suite) waitBound(t *testing.T, ctx context.Context, ns, svc, wp string, wpNS ...string) {
+	t.Helper()
+	wns := ns
+	if len(wpNS) > 0 {
+		wns = wpNS[0]
+	}
+	var vip string
+	if wp != "" {
+		ws, err := s.l.Client.CoreV1().Services(wns).Get(ctx, wp, metav1.GetOptions{})
+		if err == nil {
+			vip = ws.Spec.ClusterIP
+		} else if !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	host := wp + "." + wns + ".svc.cluster.local"
+	err := s.mesh.WaitZtunnels(ctx, fmt.Sprintf("service %s/%s through waypoint %q", ns, svc, wp), func(d *admin.Dump) bool {
+		i := slices.IndexFunc(d.Services, func(x *config.Service) bool { return x.Namespace == ns && x.Name == svc })
+		if i < 0 {
+			return false
+		}
+		g := d.Services[i].Waypoint
+		if wp == "" {
+			return g == nil
+		}
+		return g != nil && (g.Hostname == host || (g.Address != nil && g.Address.Address.String() == vip))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitWorkloadBound waits until every ztunnel has the workload at ip
+// bound to a waypoint (or to none).
+func (s *suite) waitWorkloadBound(t *testing.T, ctx context.Context, ip string, bound bool) {
+	t.Helper()
+	err := s.mesh.WaitZtunnels(ctx, fmt.Sprintf("workload %s bound %t", ip, bound), func(d *admin.Dump) bool {
+		for _, w := range d.Workloads {
+			for _, a := range w.Addresses {
+				if a.String() == ip {
+					return (w.Waypoint != nil) == bound
+				}
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// policy applies an AuthorizationPolicy attached to Service target (at
+// its waypoint) with rules given as JSON, and waits until the waypoint
+// s.wp has it.
+func (s *suite) policy(t *testing.T, ctx context.Context, ns, name, target, action, rulesJSON string) {
+	t.Helper()
+	ap := &securityv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	ap.Spec.TargetRefs = []*typev1beta1.PolicyTargetReference{{Group: "", Kind: "Service", Name: target}}
+	ap.Spec.Action = securityapi.AuthorizationPolicy_Action(securityapi.AuthorizationPolicy_Action_value[action])
+	var rule securityapi.Rule
+	if err := json.Unmarshal([]byte(rulesJSON), &rule); err != nil {
+		t.Fatalf("policy %s: %v", name, err)
+	}
+	ap.Spec.Rules = []*securityapi.Rule{&rule}
+	if _, err := s.istio.SecurityV1().AuthorizationPolicies(ns).Create(ctx, ap, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprintf("ns[%s]-policy[%s]-rule[0]", ns, name)
+	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "policy "+name, func(d string) bool { return strings.Contains(d, key) })
+}
+
+// deletePolicy deletes a policy applied with policy and waits until the
+// waypoint no longer has it.
+func (s *suite) deletePolicy(t *testing.T, ctx context.Context, ns, name string) {
+	t.Helper()
+	if err := s.istio.SecurityV1().AuthorizationPolicies(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprintf("ns[%s]-policy[%s]-rule[0]", ns, name)
+	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "policy "+name+" gone", func(d string) bool { return !strings.Contains(d, key) })
+}
+
+// policySelector applies an L4 AuthorizationPolicy selecting workloads
+// and waits until every ztunnel has it bound to the workload at on.
+func (s *suite) policySelector(t *testing.T, ctx context.Context, ns, name string, selector map[string]string, action, rulesJSON, on string) {
+	t.Helper()
+	ap := &securityv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	ap.Spec.Selector = &typev1beta1.WorkloadSelector{MatchLabels: selector}
+	ap.Spec.Action = securityapi.AuthorizationPolicy_Action(securityapi.AuthorizationPolicy_Action_value[action])
+	var rule securityapi.Rule
+	if err := json.Unmarshal([]byte(rulesJSON), &rule); err != nil {
+		t.Fatalf("policy %s: %v", name, err)
+	}
+	ap.Spec.Rules = []*securityapi.Rule{&rule}
+	if _, err := s.istio.SecurityV1().AuthorizationPolicies(ns).Create(ctx, ap, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.mesh.WaitPolicy(ctx, ns, name, on, true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// route applies an HTTPRoute parented to Service parent with rules given
+// as JSON, and waits until the waypoint s.wp has its first rule.
+func (s *suite) route(t *testing.T, ctx context.Context, ns, name, parent, rulesJSON string) {
+	t.Helper()
+	var rules []gatewayv1.HTTPRouteRule
+	if err := yaml.Unmarshal([]byte(rulesJSON), &rules); err != nil {
+		t.Fatalf("route %s: %v", name, err)
+	}
+	kind, group := gatewayv1.Kind("Service"), gatewayv1.Group("")
+	port := gatewayv1.PortNumber(80)
+	hr := &gatewayv1.HTTPRoute{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: gatewayv1.HTTPRouteSpec{
+			CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{{Group: &group, Kind: &kind, Name: gatewayv1.ObjectName(parent), Port: &port}}},
+			Rules:           rules,
+		},
+	}
+	if _, err := s.gw.GatewayV1().HTTPRoutes(ns).Create(ctx, hr, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	key := strconv.Quote(ns + "." + name + ".0")
+	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "route "+name, func(d string) bool { return strings.Contains(d, key) })
+}
+
+// deleteRoute deletes a route applied with route and waits until the
+// waypoint no longer has it.
+func (s *suite) deleteRoute(t *testing.T, ctx context.Context, ns, name string) {
+	t.Helper()
+	if err := s.gw.GatewayV1().HTTPRoutes(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	key := strconv.Quote(ns + "." + name + ".0")
+	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "route "+name+" gone", func(d string) bool { return !strings.Contains(d, key) })
+}
+
+// waypointRequests is the number of requests a waypoint pod has served
+// (istio_requests_total, its metrics on 15020).
+func (s *suite) waypointRequests(t *testing.T, ctx context.Context, p *corev1.Pod) int {
+	t.Helper()
+	pns, ok := s.l.Node(p.Spec.NodeName).Kubelet.PodNetNS(p.Namespace, p.Name)
+	if !ok {
+		t.Fatalf("waypoint pod %s/%s: no network namespace", p.Namespace, p.Name)
+	}
+	body, err := lab.HTTPGet(ctx, pns, "http://127.0.0.1:15020/stats/prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, "istio_requests_total{") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			t.Fatalf("waypoint metrics: %q: %v", line, err)
+		}
+		total += int(v)
+	}
+	return total
+}
+
+// roundTrip sends one line on an open echo TCP connection and reads the
+// answer.
+func roundTrip(c net.Conn, msg string) (echo.Report, error) {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, msg+"\n"); err != nil {
+		return echo.Report{}, err
+	}
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	if err != nil {
+		return echo.Report{}, err
+	}
+	var rep echo.Report
+	err = json.Unmarshal(line, &rep)
+	return rep, err
+}
+
+// waitCondition waits until Service ns/name has the condition
+// istio.io/WaypointBound with status (and, if message is not empty, a
+// message that contains it).
+func (s *suite) waitCondition(t *testing.T, ctx context.Context, ns, name, status, message string) {
+	t.Helper()
+	var last []metav1.Condition
+	err := lab.PollUntil(ctx, time.Minute, func() bool {
+		svc, err := s.l.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		last = svc.Status.Conditions
+		for _, c := range svc.Status.Conditions {
+			if c.Type == gateway.ConditionWaypointBound {
+				return string(c.Status) == status && strings.Contains(c.Message, message)
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatalf("service %s/%s: no condition %s=%s with %q: got %+v", ns, name, gateway.ConditionWaypointBound, status, message, last)
+	}
+}
