@@ -225,7 +225,8 @@ func (e *env) versions(t *testing.T, ctx context.Context, n int, cookies []*http
 		}
 		v, err := bookinfo.ReviewsVersion(page)
 		if err != nil {
-			t.Fatal(err)
+			i := strings.Index(page, `<div id="reviews">`)
+			t.Fatalf("%v; the page's reviews: %.300s", err, page[max(i, 0):])
 		}
 		got[v]++
 	}
