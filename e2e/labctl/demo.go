@@ -102,6 +102,7 @@ func runDemo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err
 		{"encryption", "Were the bytes between the nodes encrypted?", d.checkEncryption},
 		{"authorization", fmt.Sprintf("Authorization: only reviews may call ratings (an ALLOW policy on ratings for principal cluster.local/ns/%s/sa/bookinfo-reviews)", bookinfoNS), d.checkAuthorization},
 		{"versions", "L7: Istio's bookinfo-versions.yaml, unchanged: a Service per reviews version, for routes to name", d.deployVersions},
+		{"client", fmt.Sprintf("The client pod joins the mesh too: kubectl label namespace %s %s=%s (its calls to a Service then reach the Service's waypoint as calls to the Service)", clientNS, enrolment.LabelDataplaneMode, enrolment.ModeAmbient), d.enrolClient},
 		{"waypoint", "A waypoint for the reviews service account, with ambitctl: istiod deploys it (Gateway → Deployment → pod) and binds the account's pods to it", d.reviewsWaypointStep},
 		{"split", fmt.Sprintf("Which reviews version served %d product pages, through the waypoint, with no route", pagesPerSplit), d.splitBefore},
 		{"routing", "Routing at the waypoint: jason to reviews v2, everyone else 50/50 to v1 and v3 (an HTTPRoute on the reviews Service)", d.routeJason},

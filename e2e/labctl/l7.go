@@ -14,11 +14,14 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/ambitmesh/ambit/ambitctl/cli"
 	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
+	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/ztunnel/admin"
 )
@@ -43,7 +46,7 @@ func (d *demo) ambitctl(ctx context.Context, args ...string) error {
 	d.step.ok("$ ambitctl %s", strings.Join(args, " "))
 	for _, line := range strings.Split(strings.TrimSpace(out.String()+errOut.String()), "\n") {
 		if line != "" {
-			d.step.say("    %s", line)
+			d.step.detail("%s", line)
 		}
 	}
 	if code != 0 {
@@ -61,7 +64,7 @@ func (d *demo) kubectlApply(ctx context.Context, files ...string) error {
 	out, err := bookinfo.Kubectl(ctx, d.lab, args...)
 	d.step.ok("$ kubectl %s", strings.Join(args, " "))
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		d.step.say("    %s", line)
+		d.step.detail("%s", line)
 	}
 	return err
 }
@@ -181,6 +184,29 @@ func (d *demo) deployWaypoint(ctx context.Context, sa string) error {
 		return err
 	}
 	d.step.ok("waypoint pod %s/%s on %s (istiod's Deployment, the Go waypoint); every ztunnel sends %s's %d pods' traffic through it", bookinfoNS, pods[0].Name, pods[0].Spec.NodeName, sa, len(ips))
+	return nil
+}
+
+// enrolClient puts the client pod's namespace in the mesh, so that what
+// it sends to a Service reaches the Service's waypoint addressed to the
+// Service (HBONE to the VIP), where the policies attached to the Service
+// apply. (Plaintext from outside the mesh arrives through kube-proxy
+// already addressed to a pod.)
+func (d *demo) enrolClient(ctx context.Context) error {
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, enrolment.LabelDataplaneMode, enrolment.ModeAmbient)
+	if _, err := d.lab.Client.CoreV1().Namespaces().Patch(ctx, clientNS, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		return err
+	}
+	p, err := d.lab.WaitPod(ctx, clientNS, "client", func(p *corev1.Pod) bool {
+		return p.Annotations[enrolment.AnnotationRedirection] == enrolment.AnnotationEnabled
+	})
+	if err != nil {
+		return err
+	}
+	if err := d.mesh.WaitWorkload(ctx, p.Status.PodIP, true); err != nil {
+		return err
+	}
+	d.step.ok("%s/client: %s=%s; every ztunnel knows it as HBONE", clientNS, enrolment.AnnotationRedirection, enrolment.AnnotationEnabled)
 	return nil
 }
 
@@ -348,7 +374,7 @@ func (d *demo) waypointMetrics(ctx context.Context) error {
 		}
 		d.step.ok("waypoint %s (pod %s), GET :15020/stats/prometheus:", wp, p.Name)
 		for _, l := range lines {
-			d.step.say("    %s", l)
+			d.step.detail("%s", l)
 		}
 	}
 	return nil
