@@ -34,6 +34,10 @@ var (
 	Ztunnel = Component{Name: "ztunnel", Selector: "app=ztunnel", Port: 15000, PerNode: true}
 	Agent   = Component{Name: "ambit-cni-agent", Selector: "app=ambit-cni-agent", Port: 15029, PerNode: true}
 	Istiod  = Component{Name: "istiod", Selector: "app=istiod", Port: 15014}
+	// Waypoint is a waypoint proxy's admin (Envoy's port, 15000 on
+	// loopback), in the namespace of its Gateway: its pods carry the
+	// Gateway's name in this label.
+	Waypoint = Component{Name: "waypoint", Selector: "gateway.networking.k8s.io/gateway-name", Port: 15000}
 )
 
 // Target is one running instance of a component.
@@ -41,16 +45,27 @@ type Target struct {
 	Component Component
 	// Node is the node it runs on.
 	Node string
-	// Pod is its pod's name, empty where it is no pod (the lab).
+	// Pod is its pod's name, empty where it is no pod (the lab's
+	// per-node components).
 	Pod string
+	// Namespace is the pod's namespace; empty for the Istio namespace
+	// the dialer was made for. A waypoint's is its Gateway's.
+	Namespace string
 }
 
 // String names the target for people: pod and node.
 func (t Target) String() string {
-	if t.Pod == "" {
-		return fmt.Sprintf("%s on %s", t.Component.Name, t.Node)
+	pod := t.Pod
+	if t.Namespace != "" {
+		pod += "." + t.Namespace
 	}
-	return fmt.Sprintf("%s (%s) on %s", t.Component.Name, t.Pod, t.Node)
+	switch {
+	case t.Pod == "":
+		return fmt.Sprintf("%s on %s", t.Component.Name, t.Node)
+	case t.Node == "":
+		return fmt.Sprintf("%s (%s)", t.Component.Name, pod)
+	}
+	return fmt.Sprintf("%s (%s) on %s", t.Component.Name, pod, t.Node)
 }
 
 // Dialer finds the instances of a component and opens connections to

@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -17,7 +18,9 @@ import (
 // a network namespace named Prefix+<node name> and runs ztunnel and the
 // node agent as processes on its loopback, and istiod runs in the
 // control plane's namespace, Prefix+"cp". Nodes are the cluster's Node
-// objects. It needs root (it enters namespaces).
+// objects. Pods (waypoints) have network namespaces of their own, named
+// by the lab's kubelet Prefix+"pod-"+<the first 12 hex digits of the
+// pod's UID>. It needs root (it enters namespaces).
 type Netns struct {
 	// Prefix is the lab's namespace prefix, "ambit-<lab id>-".
 	Prefix string
@@ -63,9 +66,18 @@ func (n *Netns) Targets(ctx context.Context, c Component, node string) ([]Target
 	return out, nil
 }
 
-// Dial connects to 127.0.0.1:<port> inside the target's namespace.
+// Dial connects to 127.0.0.1:<port> inside the target's namespace: its
+// pod's when it names a pod in a namespace, else its node's.
 func (n *Netns) Dial(ctx context.Context, t Target) (net.Conn, error) {
-	ns, err := netns.Open(n.Prefix + t.Node)
+	name := n.Prefix + t.Node
+	if t.Pod != "" && t.Namespace != "" {
+		pod, err := n.Client.CoreV1().Pods(t.Namespace).Get(ctx, t.Pod, metav1.GetOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("dial %s: %w", t, err)
+		}
+		name = PodNetnsName(n.Prefix, string(pod.UID))
+	}
+	ns, err := netns.Open(name)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", t, err)
 	}
@@ -74,3 +86,13 @@ func (n *Netns) Dial(ctx context.Context, t Target) (net.Conn, error) {
 
 // Close does nothing: Netns keeps no state.
 func (n *Netns) Close() error { return nil }
+
+// PodNetnsName is the name the lab's kubelet gives a pod's network
+// namespace.
+func PodNetnsName(prefix, uid string) string {
+	id := strings.ReplaceAll(uid, "-", "")
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	return prefix + "pod-" + id
+}

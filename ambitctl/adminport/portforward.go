@@ -80,13 +80,17 @@ func (p *PortForward) Dial(ctx context.Context, t Target) (net.Conn, error) {
 }
 
 func (p *PortForward) forward(t Target) (uint16, error) {
-	key := fmt.Sprintf("%s:%d", t.Pod, t.Component.Port)
+	ns := p.Namespace
+	if t.Namespace != "" {
+		ns = t.Namespace
+	}
+	key := fmt.Sprintf("%s/%s:%d", ns, t.Pod, t.Component.Port)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if f, ok := p.forwards[key]; ok {
 		return f.local, nil
 	}
-	req := p.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(p.Namespace).Name(t.Pod).SubResource("portforward")
+	req := p.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(t.Pod).SubResource("portforward")
 	u := req.URL()
 	rt, upgrader, err := spdy.RoundTripperFor(p.Config)
 	if err != nil {

@@ -40,7 +40,8 @@ func TestHelp(t *testing.T) {
 	root := New(genericiooptions.NewTestIOStreamsDiscard())
 	walk(root, nil)
 	for _, want := range [][]string{{"version"}, {"ztunnel-config", "workload"}, {"ztunnel-config", "connections"}, {"ztunnel-config", "log"},
-		{"waypoint", "apply"}, {"waypoint", "status"}, {"x", "precheck"}, {"analyze"}, {"completion"}} {
+		{"waypoint", "apply"}, {"waypoint", "status"}, {"x", "precheck"}, {"analyze"}, {"completion"},
+		{"proxy-config", "listener"}, {"proxy-config", "route"}, {"proxy-config", "cluster"}, {"proxy-config", "endpoint"}} {
 		found := false
 		for _, p := range paths {
 			found = found || strings.Join(p, " ") == strings.Join(want, " ")

@@ -3,7 +3,7 @@
 // (--kubeconfig, --context, -n/--namespace, ...), -A for all namespaces,
 // -o yaml|json for machine-readable output, tables for people, and
 // completion scripts for bash and zsh. The verbs are istioctl's:
-// version, ztunnel-config, waypoint and x precheck.
+// version, ztunnel-config, proxy-config, waypoint, analyze and x precheck.
 package cli
 
 import (
@@ -35,14 +35,19 @@ type ctl struct {
 
 	restConfig *rest.Config
 	client     kubernetes.Interface
+	// dial, when set, is the way to admin ports (tests).
+	dial adminport.Dialer
 }
 
 // New returns ambitctl's root command writing to streams.
 func New(streams genericiooptions.IOStreams) *cobra.Command {
-	c := &ctl{streams: streams, kube: genericclioptions.NewConfigFlags(true)}
+	return newRoot(&ctl{streams: streams, kube: genericclioptions.NewConfigFlags(true)})
+}
+
+func newRoot(c *ctl) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "ambitctl",
-		Short: "Ambit's command line: waypoints, ztunnel's state, versions and node checks",
+		Short: "Ambit's command line: waypoints, ztunnel's and waypoints' state, versions and node checks",
 		Long: `ambitctl manages and inspects Ambit, a sidecarless (ambient) service mesh
 with Istio's API. It reaches the cluster as kubectl does (--kubeconfig,
 --context, -n), and the components' local admin ports through the
@@ -54,9 +59,9 @@ apiserver's pod port-forward.`,
 			return cmd.Help()
 		},
 	}
-	root.SetIn(streams.In)
-	root.SetOut(streams.Out)
-	root.SetErr(streams.ErrOut)
+	root.SetIn(c.streams.In)
+	root.SetOut(c.streams.Out)
+	root.SetErr(c.streams.ErrOut)
 	c.kube.AddFlags(root.PersistentFlags())
 	root.PersistentFlags().StringVarP(&c.istioNamespace, "istio-namespace", "i", DefaultIstioNamespace,
 		"namespace of Ambit's istiod, ztunnel and node agent")
@@ -69,6 +74,7 @@ apiserver's pod port-forward.`,
 		c.ztunnelConfigCmd(),
 		c.waypointCmd(),
 		c.analyzeCmd(),
+		c.proxyConfigCmd(),
 		c.experimentalCmd(),
 		completionCmd(),
 	)
@@ -131,6 +137,9 @@ func (c *ctl) namespace() (ns string, explicit bool, err error) {
 // dialer is the way to the components' local ports: the lab's network
 // namespaces when --lab-netns-prefix is set, pod port-forward otherwise.
 func (c *ctl) dialer() (adminport.Dialer, error) {
+	if c.dial != nil {
+		return c.dial, nil
+	}
 	cfg, cl, err := c.clients()
 	if err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -51,12 +52,24 @@ type demo struct {
 	productpage string
 	// pcap is the capture of node1's link while pages were served.
 	pcap string
+	// client sends HTTP from the client pod's network namespace.
+	client *http.Client
+}
+
+// ratingsPolicy is the L4 policy "only reviews may call ratings".
+const ratingsPolicy = "ratings-only-from-reviews"
+
+func (d *demo) istioClient() (istioclient.Interface, error) {
+	return istioclient.NewForConfig(d.lab.RESTConfig)
 }
 
 // runDemo starts a two-node lab with Ambit on every node, deploys
 // Bookinfo, puts it in the ambient mesh by labelling its namespace, and
 // shows what changed: who talks to whom with which identity, that the
-// bytes between nodes are encrypted, and an authorization policy at work.
+// bytes between nodes are encrypted, and an authorization policy at work;
+// then L7: a waypoint for reviews' service account, the reviews versions
+// of product pages before and after an HTTPRoute, an L7 policy at ratings'
+// waypoint, and the waypoints' request metrics (l7.go).
 // Each step is a method of demo; a step that returns an error ends the
 // demo with the step's name.
 func runDemo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err error) {
@@ -66,8 +79,8 @@ func runDemo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err
 	d := &demo{log: log, step: &stepper{w: os.Stdout}}
 	// Building takes minutes on a cold cache: no deadline but Ctrl-C.
 	if err := d.step.runAll(runCtx, []demoStep{
-		{"build", "Building (or finding in the cache) the programs: Kubernetes, CoreDNS, Ambit's istiod, node agent, CNI plugin and ztunnel, Bookinfo", d.build},
-		{"lab", "Starting a lab cluster: etcd, kube-apiserver, kube-controller-manager, CoreDNS; two nodes with kube-proxy and a kubelet stand-in, all in network namespaces", d.startLab},
+		{"build", "Building (or finding in the cache) the programs: Kubernetes, CoreDNS, Ambit's istiod, node agent, CNI plugin, ztunnel and waypoint, Bookinfo", d.build},
+		{"lab", "Starting a lab cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, CoreDNS; two nodes with kube-proxy and a kubelet stand-in, all in network namespaces", d.startLab},
 	}); err != nil {
 		return err
 	}
@@ -77,7 +90,7 @@ func runDemo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err
 			err = errors.Join(err, cerr)
 		}
 	}()
-	ctx, cancel := context.WithTimeout(runCtx, 4*time.Minute)
+	ctx, cancel := context.WithTimeout(runCtx, 10*time.Minute)
 	defer cancel()
 	if err := d.step.runAll(ctx, []demoStep{
 		{"istiod", "Installing Ambit's control plane: istiod on the control-plane node (workload discovery over delta xDS, the CA), with Istio's security CRDs", d.installIstiod},
@@ -88,6 +101,13 @@ func runDemo(runCtx context.Context, log *slog.Logger, nonInteractive bool) (err
 		{"identities", "Who talked to whom, as the destination ztunnels saw it (client identity from its mTLS certificate)", d.showIdentities},
 		{"encryption", "Were the bytes between the nodes encrypted?", d.checkEncryption},
 		{"authorization", fmt.Sprintf("Authorization: only reviews may call ratings (an ALLOW policy on ratings for principal cluster.local/ns/%s/sa/bookinfo-reviews)", bookinfoNS), d.checkAuthorization},
+		{"versions", "L7: Istio's bookinfo-versions.yaml, unchanged: a Service per reviews version, for routes to name", d.deployVersions},
+		{"client", fmt.Sprintf("The client pod joins the mesh too: kubectl label namespace %s %s=%s (its calls to a Service then reach the Service's waypoint as calls to the Service)", clientNS, enrolment.LabelDataplaneMode, enrolment.ModeAmbient), d.enrolClient},
+		{"waypoint", "A waypoint for the reviews service account, with ambitctl: istiod deploys it (Gateway → Deployment → pod) and binds the account's pods to it", d.reviewsWaypointStep},
+		{"split", fmt.Sprintf("Which reviews version served %d product pages, through the waypoint, with no route", pagesPerSplit), d.splitBefore},
+		{"routing", "Routing at the waypoint: jason to reviews v2, everyone else 50/50 to v1 and v3 (an HTTPRoute on the reviews Service)", d.routeJason},
+		{"l7-policy", "L7 authorization at a waypoint: ratings read-only (DENY POST and DELETE), GET still allowed", d.ratingsReadOnly},
+		{"metrics", "The waypoints' request metrics", d.waypointMetrics},
 	}); err != nil {
 		return err
 	}
@@ -125,7 +145,7 @@ func (d *demo) build(ctx context.Context) error {
 
 // startLab starts a two-node lab.
 func (d *demo) startLab(ctx context.Context) error {
-	l, err := lab.Start(ctx, lab.Config{Nodes: 2, Binaries: d.bins, Log: d.log})
+	l, err := lab.Start(ctx, lab.Config{Nodes: 2, Binaries: d.bins, Log: d.log, Scheduler: true})
 	if err != nil {
 		return err
 	}
@@ -262,7 +282,7 @@ func (d *demo) checkEncryption(context.Context) error {
 func (d *demo) checkAuthorization(ctx context.Context) error {
 	l, bins := d.lab, d.bins
 	policy := &securityv1.AuthorizationPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "ratings-only-from-reviews", Namespace: bookinfoNS},
+		ObjectMeta: metav1.ObjectMeta{Name: ratingsPolicy, Namespace: bookinfoNS},
 		Spec: secapi.AuthorizationPolicy{
 			Selector: &typeapi.WorkloadSelector{MatchLabels: map[string]string{"app": "ratings"}},
 			Action:   secapi.AuthorizationPolicy_ALLOW,
@@ -271,7 +291,7 @@ func (d *demo) checkAuthorization(ctx context.Context) error {
 			}}}}},
 		},
 	}
-	istio, err := istioclient.NewForConfig(l.RESTConfig)
+	istio, err := d.istioClient()
 	if err != nil {
 		return err
 	}

@@ -62,6 +62,11 @@ func (s *stepper) ok(format string, args ...any) {
 	fmt.Fprintf(s.w, "    ok   %s\n", strings.TrimSpace(fmt.Sprintf(format, args...)))
 }
 
+// detail prints a line of what a command printed, under the step.
+func (s *stepper) detail(format string, args ...any) {
+	fmt.Fprintf(s.w, "         %s\n", fmt.Sprintf(format, args...))
+}
+
 // fail prints a check of the running step that failed; the demo goes on.
 func (s *stepper) fail(format string, args ...any) {
 	if s.fails == nil {

@@ -34,6 +34,10 @@ func main() {
 type mount struct {
 	src, dst string
 	ro       bool
+	// fd holds src open (O_PATH) from before the first mount: a mount
+	// over a directory above a later source (Istio's manifests mount an
+	// emptyDir over /tmp, where the lab keeps its files) would hide it.
+	fd int
 }
 
 func run(args []string) error {
@@ -58,6 +62,13 @@ func run(args []string) error {
 		return errors.New("parse arguments: no command after --")
 	}
 	argv := args[1:]
+	for i := range mounts {
+		fd, err := unix.Open(mounts[i].src, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("mount %s: %w", mounts[i].src, err)
+		}
+		mounts[i].fd = fd
+	}
 	for _, m := range mounts {
 		if err := bind(m); err != nil {
 			return err
@@ -84,16 +95,18 @@ func lookPath(name string) (string, error) {
 	return "", fmt.Errorf("find %s in PATH", name)
 }
 
-// bind mounts m.src at m.dst, making m.dst first if needed.
+// bind mounts m.src (through its open fd) at m.dst, making m.dst first
+// if needed.
 func bind(m mount) error {
-	fi, err := os.Stat(m.src)
+	src := fmt.Sprintf("/proc/self/fd/%d", m.fd)
+	fi, err := os.Stat(src)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", m.src, err)
 	}
 	if err := mountpoint(m.dst, fi.IsDir()); err != nil {
 		return fmt.Errorf("mount %s at %s: %w", m.src, m.dst, err)
 	}
-	if err := unix.Mount(m.src, m.dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+	if err := unix.Mount(src, m.dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("mount %s at %s: %w", m.src, m.dst, err)
 	}
 	if m.ro {
