@@ -446,7 +446,11 @@ func (ws *waypoints) gatewayStatuses(out map[string]BindingStatus) {
 // HBONE themselves (they are not captured) and have no waypoint.
 func (ws *waypoints) applyTo(w *workload.Workload, pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount) {
 	if ws.isWaypointPod(pod) {
+		// native_tunnel, as Istio sets it for waypoints: no ztunnel
+		// serves the pod, so a ztunnel on its node dials it as any other
+		// HBONE peer rather than its own inbound.
 		w.TunnelProtocol = workload.TunnelProtocol_HBONE
+		w.NativeTunnel = true
 		return
 	}
 	w.Waypoint = ws.workloadWaypoint(pod, ns, sa)

@@ -246,6 +246,9 @@ func TestWaypointOwnPods(t *testing.T) {
 	if w.GetTunnelProtocol() != workload.TunnelProtocol_HBONE {
 		t.Errorf("waypoint pod tunnel: got %v, want HBONE", w.GetTunnelProtocol())
 	}
+	if !w.GetNativeTunnel() {
+		t.Errorf("waypoint pod native_tunnel: got false, want true (no ztunnel serves it)")
+	}
 	if w.GetWaypoint() != nil {
 		t.Errorf("waypoint pod has waypoint %v, want none", w.GetWaypoint())
 	}

@@ -86,6 +86,9 @@ type Workload struct {
 	// workload's address go to the waypoint, and the workload's tunnel
 	// accepts HBONE only from the waypoint.
 	Waypoint *GatewayAddress `json:"waypoint,omitempty"`
+	// NativeTunnel marks a workload that terminates HBONE itself (a
+	// waypoint's pod): no ztunnel serves it, not even its node's.
+	NativeTunnel bool `json:"nativeTunnel,omitempty"`
 }
 
 // Identity is the workload's SPIFFE identity.
@@ -131,14 +134,14 @@ func (w *Workload) HBONE() bool { return w.TunnelProtocol == TunnelHBONE }
 func (w *Workload) HostNetwork() bool { return w.NetworkMode == NetworkHost }
 
 // ServedOn reports whether the tunnel on node carries the workload's
-// traffic: it runs there, it is in the mesh (HBONE), and its address is
-// its own. Only for such workloads does a tunnel listen, hold a
+// traffic: it runs there, it is in the mesh (HBONE), its address is its
+// own, and it does not terminate HBONE itself (a waypoint). Only for such workloads does a tunnel listen, hold a
 // certificate, or let a CONNECT through. A host-network workload is
 // never served, as in Istio: its address is the node's, and serving it
 // would put every port of the node (the kubelet's, the tunnel's own)
 // behind the tunnel.
 func (w *Workload) ServedOn(node string) bool {
-	return w.Node == node && w.HBONE() && !w.HostNetwork()
+	return w.Node == node && w.HBONE() && !w.HostNetwork() && !w.NativeTunnel
 }
 
 // Plaintext reports whether the workload receives plain traffic (tunnel

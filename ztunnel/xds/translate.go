@@ -125,6 +125,7 @@ func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 		CanonicalName:         pb.GetCanonicalName(),
 		CanonicalRevision:     pb.GetCanonicalRevision(),
 		AuthorizationPolicies: slices.Clone(pb.GetAuthorizationPolicies()),
+		NativeTunnel:          pb.GetNativeTunnel(),
 	}
 	for i, b := range pb.GetAddresses() {
 		a, err := addr(b)
