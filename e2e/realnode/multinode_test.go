@@ -123,7 +123,9 @@ func TestTwoNodes(t *testing.T) {
 	}
 	// The source's node never accepted the connection itself, nor did the
 	// destination's node originate it.
-	if in := podAccessLog(c, ctx, ztA, func(e fullLogEntry) bool { return e.Direction == "inbound" && strings.HasPrefix(e.DstWorkload, "server") }); len(in) > 0 {
+	if in := podAccessLog(c, ctx, ztA, func(e fullLogEntry) bool {
+		return e.Direction == "inbound" && strings.HasPrefix(e.DstWorkload, "server")
+	}); len(in) > 0 {
 		t.Errorf("%s's ztunnel: inbound connections to server %v, want none (server runs on %s)", a.Name, in, b.Name)
 	}
 
