@@ -118,12 +118,19 @@ func (r *Registry) PushProgram(ctx context.Context, root, ref, pkg, user string)
 // PushProduct builds Ambit's images as `make images` does, with the
 // chart's default hub and tag, and pushes them.
 func (r *Registry) PushProduct(ctx context.Context, root string) error {
+	return r.PushProductVersion(ctx, root, "")
+}
+
+// PushProductVersion is PushProduct with the images built as version (a
+// release to upgrade to: the binaries report it, the images are tagged
+// with it); the chart's appVersion when empty.
+func (r *Registry) PushProductVersion(ctx context.Context, root, version string) error {
 	out, err := os.MkdirTemp("", "ambit-images-")
 	if err != nil {
 		return fmt.Errorf("push images: %w", err)
 	}
 	defer os.RemoveAll(out)
-	ims, err := images.Build(ctx, images.Options{Root: root, Out: out})
+	ims, err := images.Build(ctx, images.Options{Root: root, Out: out, Version: version})
 	if err != nil {
 		return err
 	}
