@@ -129,6 +129,45 @@ func TestTwoNodes(t *testing.T) {
 		t.Errorf("%s's ztunnel: inbound connections to server %v, want none (server runs on %s)", a.Name, in, b.Name)
 	}
 
+	// A namespace waypoint, and a client on each node: whichever node the
+	// waypoint's pod lands on, one client shares it, and its ztunnel must
+	// dial the waypoint's pod (which terminates HBONE itself), not its own
+	// inbound.
+	wpFile := filepath.Join(t.TempDir(), "waypoint.yaml")
+	if err := os.WriteFile(wpFile, []byte(waypointYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.must(t, c.kubectl, "apply", "-n", ns, "-f", wpFile)
+	c.must(t, c.kubectl, "wait", "-n", ns, "--for=condition=Programmed", "gateway/waypoint", "--timeout=3m")
+	c.must(t, c.kubectl, "label", "namespace", ns, "istio.io/use-waypoint=waypoint")
+	runOn("client2", "client", b)
+	c.must(t, c.kubectl, "wait", "-n", ns, "--for=condition=Ready", "pod/client2", "--timeout=3m")
+	wpIP := c.must(t, c.kubectl, "get", "pods", "-n", ns, "-l", "gateway.networking.k8s.io/gateway-name=waypoint", "-o", "jsonpath={.items[0].status.podIP}")
+	wpNode := c.must(t, c.kubectl, "get", "pods", "-n", ns, "-l", "gateway.networking.k8s.io/gateway-name=waypoint", "-o", "jsonpath={.items[0].spec.nodeName}")
+	for _, cl := range []struct {
+		pod  string
+		node *lab.Node
+	}{{"client", a}, {"client2", b}} {
+		zt := podOn(t, c, ReleaseNamespace, "app=ztunnel", cl.node.Name)
+		if err := retry(ctx, 2*time.Minute, func() error {
+			body, err := c.run(ctx, c.kubectl, "exec", "-n", ns, cl.pod, "--", "/usr/local/bin/echo", "http", "-body", "http://server:8080/via-waypoint")
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(body, `"hostname":"server"`) {
+				return fmt.Errorf("%s → server through the waypoint: got %q, want the server's reply", cl.pod, body)
+			}
+			if via := podAccessLog(c, ctx, zt, func(e fullLogEntry) bool {
+				return e.Direction == "outbound" && e.Error == "" && e.DstHBONE == wpIP+":15008" && strings.HasPrefix(e.DstWorkload, "waypoint")
+			}); len(via) == 0 {
+				return fmt.Errorf("%s's ztunnel (%s): no outbound connection through the waypoint %s:15008 yet", cl.node.Name, zt, wpIP)
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("through the waypoint (on %s) from %s on %s: %v", wpNode, cl.pod, cl.node.Name, err)
+		}
+	}
+
 	// helm uninstall: each node's agent takes Ambit out of its own node.
 	c.must(t, c.helm, HelmUninstall...)
 	if err := retry(ctx, 2*time.Minute, func() error {
