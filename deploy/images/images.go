@@ -77,6 +77,20 @@ type Component struct {
 	// IPTables adds the build machine's iptables (nft) with the shared
 	// libraries and extensions it loads.
 	IPTables bool
+	// Files are files made elsewhere (programs built from other modules,
+	// certificates) that the image holds besides Packages' binaries.
+	Files []File
+	// Entrypoint is the image's entrypoint when it is not the first of
+	// Packages (an image of Files only).
+	Entrypoint string
+}
+
+// File is a file of the build machine put into an image.
+type File struct {
+	// Path is the file's absolute path in the image, Source the file to
+	// copy, Mode its permission bits.
+	Path, Source string
+	Mode         fs.FileMode
 }
 
 // Components are Ambit's images.
@@ -229,8 +243,11 @@ func BuildProgram(ctx context.Context, o Options, imageName string, c Component)
 	if o.Arch == "" {
 		o.Arch = runtime.GOARCH
 	}
-	if o.Hub == "" || o.Version == "" || imageName == "" || len(c.Packages) == 0 {
-		return Image{}, fmt.Errorf("build image %q: want a hub, a version, a name and packages", imageName)
+	if o.Hub == "" || o.Version == "" || imageName == "" || len(c.Packages)+len(c.Files) == 0 {
+		return Image{}, fmt.Errorf("build image %q: want a hub, a version, a name and packages or files", imageName)
+	}
+	if len(c.Packages) == 0 && c.Entrypoint == "" {
+		return Image{}, fmt.Errorf("build image %q: want an entrypoint for an image of files only", imageName)
 	}
 	istio, err := istioVersion(filepath.Join(o.Root, "api", "istio.go"))
 	if err != nil {
@@ -241,8 +258,10 @@ func BuildProgram(ctx context.Context, o Options, imageName string, c Component)
 		return Image{}, fmt.Errorf("create binary dir: %w", err)
 	}
 	defer os.RemoveAll(bin)
-	if err := goBuild(ctx, o, bin, c.Packages); err != nil {
-		return Image{}, err
+	if len(c.Packages) > 0 {
+		if err := goBuild(ctx, o, bin, c.Packages); err != nil {
+			return Image{}, err
+		}
 	}
 	base, err := baseLayer(o.Epoch)
 	if err != nil {
@@ -369,6 +388,19 @@ func buildOne(o Options, c Component, imageName, istio, bin string, base v1.Laye
 		if i == 0 {
 			entrypoint = path.Join(BinDir, exe)
 		}
+	}
+	for _, f := range c.Files {
+		if !path.IsAbs(f.Path) {
+			return Image{}, fmt.Errorf("add %s: want an absolute path in the image", f.Path)
+		}
+		b, err := os.ReadFile(f.Source)
+		if err != nil {
+			return Image{}, fmt.Errorf("add %s: %w", f.Path, err)
+		}
+		files.file(path.Clean(f.Path), b, f.Mode)
+	}
+	if c.Entrypoint != "" {
+		entrypoint = c.Entrypoint
 	}
 	if c.IPTables {
 		if err := addIPTables(files, o.Arch); err != nil {

@@ -335,3 +335,62 @@ func TestBuildProgram(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildFiles builds an image of files made elsewhere (as the lab's
+// conformance echo image is: Istio's programs and certificates) and reads
+// them back from the layout with their modes.
+func TestBuildFiles(t *testing.T) {
+	root := filepath.Join("..", "..")
+	src := t.TempDir()
+	prog, cert := filepath.Join(src, "server"), filepath.Join(src, "cert.pem")
+	os.WriteFile(prog, []byte("#!/bin/false\n"), 0o755)
+	os.WriteFile(cert, []byte("certificate\n"), 0o644)
+	o := Options{Root: root, Out: t.TempDir(), Hub: "registry.example/echo", Version: "v1"}
+	c := Component{User: "1338:1338", Entrypoint: BinDir + "/server", Files: []File{
+		{Path: BinDir + "/server", Source: prog, Mode: 0o755},
+		{Path: "/cert.crt", Source: cert, Mode: 0o644},
+	}}
+	im, err := BuildProgram(t.Context(), o, "app", c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := im.Config.Config.Entrypoint, []string{BinDir + "/server"}; len(got) != 1 || got[0] != want[0] {
+		t.Errorf("entrypoint: got %v, want %v", got, want)
+	}
+	p, err := layout.FromPath(im.Layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := p.Image(im.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	extract(t, mutate.Extract(img), dir, time.Unix(0, 0).UTC())
+	for _, f := range []struct {
+		path, data string
+		mode       fs.FileMode
+	}{
+		{BinDir + "/server", "#!/bin/false\n", 0o755},
+		{"/cert.crt", "certificate\n", 0o644},
+	} {
+		fi, err := os.Stat(filepath.Join(dir, f.path))
+		if err != nil {
+			t.Errorf("%s in the image: %v", f.path, err)
+			continue
+		}
+		if data, _ := os.ReadFile(filepath.Join(dir, f.path)); string(data) != f.data || fi.Mode().Perm() != f.mode {
+			t.Errorf("%s in the image: got %q mode %v, want %q mode %v", f.path, data, fi.Mode().Perm(), f.data, f.mode)
+		}
+	}
+
+	for _, bad := range []Component{
+		{Files: c.Files},
+		{Entrypoint: "/x", Files: []File{{Path: "relative", Source: prog, Mode: 0o755}}},
+		{Entrypoint: "/x", Files: []File{{Path: "/missing", Source: filepath.Join(src, "missing"), Mode: 0o644}}},
+	} {
+		if _, err := BuildProgram(t.Context(), o, "app", bad); err == nil {
+			t.Errorf("BuildProgram(%+v): got no error, want one", bad)
+		}
+	}
+}

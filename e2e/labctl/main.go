@@ -47,6 +47,14 @@ func main() {
 			}
 		}
 		if err == nil {
+			// Istio's echo app, the Gateway API conformance suite's echo
+			// image (e2e/realnode).
+			var echo lab.IstioEcho
+			if echo, err = lab.EnsureIstioEcho(ctx, lab.BuildOptions{Log: log}); err == nil {
+				fmt.Printf("istio echo (%s): %s %s\n", echo.ModuleVersion, echo.Server, echo.Client)
+			}
+		}
+		if err == nil {
 			// For the labs that enforce NetworkPolicy (e2e TestNetworkPolicy).
 			var kr string
 			if kr, err = lab.EnsureKubeRouter(ctx, lab.BuildOptions{Log: log}); err == nil {

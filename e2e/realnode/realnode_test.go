@@ -40,6 +40,12 @@ type realLab struct {
 // torn down after the test, which fails if anything is left behind.
 func startRealLab(t *testing.T) *realLab {
 	t.Helper()
+	return startRealLabN(t, 1)
+}
+
+// startRealLabN is startRealLab with n real nodes.
+func startRealLabN(t *testing.T, n int) *realLab {
+	t.Helper()
 	testutil.RequireRoot(t)
 	ctx := t.Context()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -51,7 +57,7 @@ func startRealLab(t *testing.T) *realLab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := lab.Start(ctx, lab.Config{Nodes: 1, RealNodes: true, Binaries: bins, Log: log})
+	l, err := lab.Start(ctx, lab.Config{Nodes: n, RealNodes: true, Binaries: bins, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -118,12 +118,19 @@ func (r *Registry) PushProgram(ctx context.Context, root, ref, pkg, user string)
 // PushProduct builds Ambit's images as `make images` does, with the
 // chart's default hub and tag, and pushes them.
 func (r *Registry) PushProduct(ctx context.Context, root string) error {
+	return r.PushProductVersion(ctx, root, "")
+}
+
+// PushProductVersion is PushProduct with the images built as version (a
+// release to upgrade to: the binaries report it, the images are tagged
+// with it); the chart's appVersion when empty.
+func (r *Registry) PushProductVersion(ctx context.Context, root, version string) error {
 	out, err := os.MkdirTemp("", "ambit-images-")
 	if err != nil {
 		return fmt.Errorf("push images: %w", err)
 	}
 	defer os.RemoveAll(out)
-	ims, err := images.Build(ctx, images.Options{Root: root, Out: out})
+	ims, err := images.Build(ctx, images.Options{Root: root, Out: out, Version: version})
 	if err != nil {
 		return err
 	}
@@ -155,4 +162,50 @@ func (r *Registry) PushLabImages(ctx context.Context, root string) error {
 		}
 	}
 	return nil
+}
+
+// ConformanceEchoImage is the image the Gateway API conformance suite's
+// mesh manifests (sigs.k8s.io/gateway-api/conformance v1.6.3,
+// mesh/manifests.yaml) name for their echo pods. Upstream builds it FROM
+// Istio's app image (docker/Dockerfile.echo-advanced: gcr.io/istio-release/
+// app:1.21.2); the lab builds the same programs from the istio.io/istio
+// module (lab.EnsureIstioEcho) and serves them under this name.
+const ConformanceEchoImage = "registry.k8s.io/gateway-api/echo-advanced:v1.5.1"
+
+// ConformanceEchoUser is the echo app's user, as in Istio's app image
+// (pkg/test/echo/docker/Dockerfile.app: user "application", uid 1338).
+const ConformanceEchoUser = "1338:1338"
+
+// PushConformanceEcho builds the conformance suite's echo image as Istio's
+// app image is laid out (pkg/test/echo/docker/Dockerfile.app): the server
+// at /usr/local/bin/server as the entrypoint, the client at
+// /usr/local/bin/client (on the PATH: the suite execs `client`), and
+// Istio's test serving certificate and key at /cert.crt and /cert.key;
+// and pushes it as ConformanceEchoImage.
+func (r *Registry) PushConformanceEcho(ctx context.Context, root string, echo lab.IstioEcho) error {
+	ref := ConformanceEchoImage
+	slash, colon := strings.LastIndex(ref, "/"), strings.LastIndex(ref, ":")
+	out, err := os.MkdirTemp("", "ambit-image-")
+	if err != nil {
+		return fmt.Errorf("push %s: %w", ref, err)
+	}
+	defer os.RemoveAll(out)
+	im, err := images.BuildProgram(ctx, images.Options{Root: root, Out: out, Hub: ref[:slash], Version: ref[colon+1:]}, ref[slash+1:colon], images.Component{
+		User:        ConformanceEchoUser,
+		Entrypoint:  images.BinDir + "/server",
+		Description: fmt.Sprintf("Istio's echo app (istio.io/istio %s, Istio %s commit %s) as the Gateway API conformance echo-advanced image", echo.ModuleVersion, echo.Version, echo.Revision),
+		Files: []images.File{
+			{Path: images.BinDir + "/server", Source: echo.Server, Mode: 0o755},
+			{Path: images.BinDir + "/client", Source: echo.Client, Mode: 0o755},
+			{Path: "/cert.crt", Source: echo.Cert, Mode: 0o644},
+			{Path: "/cert.key", Source: echo.Key, Mode: 0o644},
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if im.Ref != ref {
+		return fmt.Errorf("push %s: built %s", ref, im.Ref)
+	}
+	return r.PushRef(ctx, im.Layout, ref)
 }

@@ -110,3 +110,41 @@ func TestHTTPStatusDelayCounts(t *testing.T) {
 		t.Errorf("/requests: got %v, want %v", got, want)
 	}
 }
+
+// TestProbe: both probe clients reach a server; the held one on one
+// connection, the new one on a connection per request; a server that
+// goes away shows as failures.
+func TestProbe(t *testing.T) {
+	_, httpAddr := startServer(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+	defer cancel()
+	var out strings.Builder
+	if err := Probe(ctx, "http://"+httpAddr+"/probe", 50*time.Millisecond, &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var last ProbeResult
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil {
+		t.Fatalf("last line %q: %v", lines[len(lines)-1], err)
+	}
+	if !last.Done || last.Held.OK < 5 || last.New.OK < 5 || last.Held.Failed+last.New.Failed != 0 {
+		t.Errorf("probe of a live server: got %+v, want done, at least 5 answers each and no failure", last)
+	}
+	if last.Held.Conns != 1 || last.New.Conns != last.New.OK {
+		t.Errorf("connections: got held %d, new %d for %d requests; want 1 and one per request", last.Held.Conns, last.New.Conns, last.New.OK)
+	}
+
+	ctx, cancel = context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	out.Reset()
+	if err := Probe(ctx, "http://127.0.0.1:1/closed", 50*time.Millisecond, &out); err != nil {
+		t.Fatal(err)
+	}
+	lines = strings.Split(strings.TrimSpace(out.String()), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil {
+		t.Fatal(err)
+	}
+	if last.Held.Failed == 0 || last.New.Failed == 0 || last.Held.OK+last.New.OK != 0 || last.New.FirstFail == "" {
+		t.Errorf("probe of a closed port: got %+v, want only failures", last)
+	}
+}

@@ -122,3 +122,76 @@ func moduleSources(ctx context.Context, dir string, paths ...string) (map[string
 	}
 	return mods, nil
 }
+
+// IstioEchoBuildDir is the module, relative to the repository root, that
+// pins Istio's echo app at the commit of IstioBuildDir.
+const IstioEchoBuildDir = "e2e/istio/echobuild"
+
+// IstioEcho is Istio's echo app (pkg/test/echo), built from the
+// istio.io/istio module pinned in IstioEchoBuildDir: what the Gateway API
+// conformance suite's echo-advanced image holds.
+type IstioEcho struct {
+	// Server is the echo server (the image's entrypoint), Client the
+	// client the conformance suite execs in the echo pods.
+	Server, Client string
+	// Cert and Key are the serving certificate and key Istio's app image
+	// puts at /cert.crt and /cert.key (tests/testdata/certs/dns in the
+	// module: a certificate for DNS names under the test domain, signed by
+	// Istio's test root).
+	Cert, Key string
+	// ModuleVersion is the istio.io/istio pseudo-version, Revision the
+	// Istio commit, Version the version stamped into the programs.
+	ModuleVersion, Revision, Version string
+}
+
+// EnsureIstioEcho returns Istio's echo server and client, building them
+// first (with `go build` in IstioEchoBuildDir, about a minute with a warm
+// Go build cache) if the cache does not hold them for the pinned module
+// and this Go toolchain.
+func EnsureIstioEcho(ctx context.Context, opts BuildOptions) (IstioEcho, error) {
+	var e IstioEcho
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return e, err
+	}
+	src := filepath.Join(opts.Root, IstioEchoBuildDir)
+	mods, err := moduleSources(ctx, src, "istio.io/istio")
+	if err != nil {
+		return e, err
+	}
+	istio := mods["istio.io/istio"]
+	version, err := os.ReadFile(filepath.Join(istio.Dir, "VERSION"))
+	if err != nil {
+		return e, fmt.Errorf("read istio version: %w", err)
+	}
+	e.ModuleVersion = istio.Version
+	e.Version = strings.TrimSpace(string(version)) + "-dev"
+	e.Revision = istio.Version[strings.LastIndexByte(istio.Version, '-')+1:]
+	e.Cert = filepath.Join(istio.Dir, "tests", "testdata", "certs", "dns", "cert-chain.pem")
+	e.Key = filepath.Join(istio.Dir, "tests", "testdata", "certs", "dns", "key.pem")
+	for _, f := range []string{e.Cert, e.Key} {
+		if _, err := os.Stat(f); err != nil {
+			return e, fmt.Errorf("find echo certificate: %w", err)
+		}
+	}
+
+	const pkg = "istio.io/istio/pkg/version."
+	dir, err := buildCached(ctx, opts, moduleBuild{
+		what:  "istio echo",
+		src:   src,
+		cache: "istio-echo",
+		names: []string{"server", "client"},
+		pkgs:  []string{"istio.io/istio/pkg/test/echo/cmd/server", "istio.io/istio/pkg/test/echo/cmd/client"},
+		flags: []string{"-trimpath", "-tags", istioBuildTags, "-ldflags", strings.Join([]string{
+			"-s", "-w", "-buildid=",
+			"-X", pkg + "buildVersion=" + e.Version,
+			"-X", pkg + "buildGitRevision=" + e.Revision,
+			"-X", pkg + "buildStatus=Clean",
+		}, " ")},
+	})
+	if err != nil {
+		return e, err
+	}
+	e.Server, e.Client = filepath.Join(dir, "server"), filepath.Join(dir, "client")
+	return e, nil
+}

@@ -447,6 +447,9 @@ func (ws *waypoints) gatewayStatuses(out map[string]BindingStatus) {
 // them) and have no waypoint.
 func (ws *waypoints) applyTo(w *workload.Workload, pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount) {
 	if ws.isWaypointPod(pod) {
+		// native_tunnel, as Istio sets it for waypoints: no ztunnel
+		// serves the pod, so a ztunnel on its node dials it as any other
+		// HBONE peer rather than its own inbound.
 		w.TunnelProtocol = workload.TunnelProtocol_HBONE
 		w.NativeTunnel = true
 		return

@@ -29,7 +29,8 @@ func main() {
 const usage = `usage:
   echo serve [--tcp :9000,...] [--http :8080,...]
   echo tcp ADDR MESSAGE
-  echo http [--header K=V]... [--body] URL`
+  echo http [--header K=V]... [--body] URL
+  echo probe [--interval 100ms] [--duration 1m] URL`
 
 func run(args []string) error {
 	if len(args) == 0 {
@@ -91,6 +92,19 @@ func run(args []string) error {
 			return err
 		}
 		return json.NewEncoder(os.Stdout).Encode(rep)
+	case "probe":
+		fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+		interval := fs.Duration("interval", 100*time.Millisecond, "time between requests of each client")
+		duration := fs.Duration("duration", time.Minute, "how long to probe")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return fmt.Errorf("probe wants one URL\n%s", usage)
+		}
+		ctx, cancel := context.WithTimeout(ctx, *duration)
+		defer cancel()
+		return echo.Probe(ctx, fs.Arg(0), *interval, os.Stdout)
 	default:
 		return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 	}

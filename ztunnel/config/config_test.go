@@ -224,16 +224,23 @@ services:
 	}
 }
 
-// TestServedOnNativeTunnel: a workload that terminates HBONE itself (a
-// waypoint's pod) is never served by the tunnel of its node, which
-// would otherwise listen on its address and take its HBONE.
-func TestServedOnNativeTunnel(t *testing.T) {
-	w := &Workload{Node: "n1", TunnelProtocol: TunnelHBONE}
-	if !w.ServedOn("n1") {
-		t.Fatal("captured HBONE workload on n1: got not served, want served")
-	}
-	w.NativeTunnel = true
-	if w.ServedOn("n1") {
-		t.Error("native-tunnel workload on n1: got served, want not served")
+// TestServedOn: a tunnel serves the HBONE workloads of its node, not a
+// host-network one, and not a waypoint's pod (native tunnel), which
+// terminates HBONE itself: a same-node dial must reach the pod.
+func TestServedOn(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		w    Workload
+		want bool
+	}{
+		{"captured pod", Workload{Node: "n1", TunnelProtocol: TunnelHBONE}, true},
+		{"other node", Workload{Node: "n2", TunnelProtocol: TunnelHBONE}, false},
+		{"outside the mesh", Workload{Node: "n1", TunnelProtocol: TunnelNone}, false},
+		{"host network", Workload{Node: "n1", TunnelProtocol: TunnelHBONE, NetworkMode: NetworkHost}, false},
+		{"waypoint pod", Workload{Node: "n1", TunnelProtocol: TunnelHBONE, NativeTunnel: true}, false},
+	} {
+		if got := tc.w.ServedOn("n1"); got != tc.want {
+			t.Errorf("%s: ServedOn(n1) got %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -135,8 +135,8 @@ func (w *Workload) HBONE() bool { return w.TunnelProtocol == TunnelHBONE }
 func (w *Workload) HostNetwork() bool { return w.NetworkMode == NetworkHost }
 
 // ServedOn reports whether the tunnel on node carries the workload's
-// traffic: it runs there, it is in the mesh (HBONE), and its address is
-// its own. Only for such workloads does a tunnel listen, hold a
+// traffic: it runs there, it is in the mesh (HBONE), its address is its
+// own, and it does not terminate HBONE itself (a waypoint). Only for such workloads does a tunnel listen, hold a
 // certificate, or let a CONNECT through. A host-network workload is
 // never served, as in Istio: its address is the node's, and serving it
 // would put every port of the node (the kubelet's, the tunnel's own)

@@ -125,6 +125,7 @@ func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 		CanonicalName:         pb.GetCanonicalName(),
 		CanonicalRevision:     pb.GetCanonicalRevision(),
 		AuthorizationPolicies: slices.Clone(pb.GetAuthorizationPolicies()),
+		NativeTunnel:          pb.GetNativeTunnel(),
 	}
 	for i, b := range pb.GetAddresses() {
 		a, err := addr(b)
@@ -143,7 +144,6 @@ func fromWorkload(pb *workload.Workload) (*config.Workload, error) {
 	default:
 		w.TunnelProtocol = config.TunnelUnknown
 	}
-	w.NativeTunnel = pb.GetNativeTunnel()
 	switch pb.GetNetworkMode() {
 	case workload.NetworkMode_STANDARD:
 	case workload.NetworkMode_HOST_NETWORK:

@@ -69,6 +69,7 @@ func TestTranslateWorkload(t *testing.T) {
 		WorkloadType: workload.WorkloadType_POD,
 		Locality:     &workload.Locality{Region: "r", Zone: "z"},
 		Capacity:     wrapperspb.UInt32(3),
+		NativeTunnel: true,
 	}
 	want := &config.Workload{
 		UID:               "Kubernetes//Pod/shop/reviews-1",
@@ -89,6 +90,7 @@ func TestTranslateWorkload(t *testing.T) {
 		},
 		AuthorizationPolicies: []string{"shop/only-frontend"},
 		Status:                config.Unhealthy,
+		NativeTunnel:          true,
 	}
 	it, err := translate(AddressType, resource(t, pb.Uid, wlAddress(pb)))
 	if err != nil {

@@ -1,0 +1,166 @@
+package realnode
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ambitmesh/ambit/internal/echo"
+)
+
+// upgradeVersion is the release TestUpgrade upgrades to: the same source
+// built as another version (the binaries report it, the images are tagged
+// with it).
+const upgradeVersion = "0.1.1-upgrade"
+
+// TestUpgrade installs Ambit on two real nodes, then `helm upgrade`s it to
+// images of another tag while a client on node1 calls a server on node2
+// through the mesh on one kept-alive connection and on a new connection
+// every 100 ms (echo probe), and checks that the DaemonSets rolled (every
+// node agent and ztunnel runs the new tag) and that the mesh carries new
+// and held connections again after the roll. What the roll did to the
+// connections is logged, for docs/upgrades.md: the test does not assert
+// it (the chart's DaemonSets restart ztunnel in place, see there).
+func TestUpgrade(t *testing.T) {
+	l := startRealLabN(t, 2)
+	ctx := t.Context()
+	c := newCLI(t, l)
+	if err := l.reg.PushProduct(ctx, l.root); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.reg.PushProductVersion(ctx, l.root, upgradeVersion); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.run(ctx, c.helm, HelmInstall...); err != nil {
+		t.Fatal(err)
+	}
+	c.must(t, c.kubectl, WaitMesh...)
+
+	const ns = "upgrade"
+	c.must(t, c.kubectl, "create", "namespace", ns)
+	c.must(t, c.kubectl, "label", "namespace", ns, "istio.io/dataplane-mode=ambient")
+	runOn := func(name, node string) {
+		t.Helper()
+		overrides, _ := json.Marshal(map[string]any{"spec": map[string]any{"nodeName": node}})
+		c.must(t, c.kubectl, "run", name, "-n", ns, "--image", echoImage, "--restart=Never", "--labels", "app="+name,
+			"--overrides", string(overrides), "--", "serve")
+	}
+	runOn("server", l.Nodes[1].Name)
+	runOn("client", l.Nodes[0].Name)
+	c.must(t, c.kubectl, "expose", "pod", "server", "-n", ns, "--port", "8080")
+	c.must(t, c.kubectl, "wait", "-n", ns, "--for=condition=Ready", "pod/server", "pod/client", "--timeout=3m")
+	if err := retry(ctx, 2*time.Minute, func() error {
+		_, err := c.run(ctx, c.kubectl, "exec", "-n", ns, "client", "--", "/usr/local/bin/echo", "http", "http://server:8080/before")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The probe runs in the client pod for longer than the roll takes;
+	// its lines are read as they come.
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	defer stopProbe()
+	probe := exec.CommandContext(probeCtx, c.kubectl, "exec", "-n", ns, "client", "--", "/usr/local/bin/echo", "probe",
+		"--interval", "100ms", "--duration", "10m", "http://server:8080/probe")
+	probe.Env = append(probe.Environ(), c.env...)
+	stdout, err := probe.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probeStart := time.Now()
+	if err := probe.Start(); err != nil {
+		t.Fatal(err)
+	}
+	results := make(chan echo.ProbeResult, 1000)
+	go func() {
+		defer close(results)
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			var r echo.ProbeResult
+			if json.Unmarshal(s.Bytes(), &r) == nil {
+				results <- r
+			}
+		}
+	}()
+	var last echo.ProbeResult
+	next := func() echo.ProbeResult {
+		t.Helper()
+		select {
+		case r, ok := <-results:
+			if !ok {
+				t.Fatalf("probe ended early; last %+v", last)
+			}
+			last = r
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no probe line for 30 s; last %+v", last)
+		}
+		return last
+	}
+	// A few seconds of steady state first.
+	for next().Held.OK < 30 {
+	}
+	before := last
+	if before.Held.Failed+before.New.Failed != 0 {
+		t.Fatalf("probe before the upgrade: %+v, want no failures", before)
+	}
+
+	start := time.Now()
+	c.must(t, c.helm, "upgrade", "ambit", "deploy/charts/ambit", "-n", ReleaseNamespace, "--reuse-values", "--set", "tag="+upgradeVersion, "--wait", "--timeout", "10m")
+	for _, ds := range []string{"ztunnel", "ambit-cni-agent"} {
+		c.must(t, c.kubectl, "rollout", "status", "daemonset", "-n", ReleaseNamespace, ds, "--timeout=10m")
+	}
+	rolled := time.Since(start)
+	for _, app := range []string{"ztunnel", "ambit-cni-agent", "istiod"} {
+		out := c.must(t, c.kubectl, "get", "pods", "-n", ReleaseNamespace, "-l", "app="+app, "-o", "jsonpath={range .items[*]}{.spec.containers[0].image}{\"\\n\"}{end}")
+		for _, img := range strings.Fields(out) {
+			if !strings.HasSuffix(img, ":"+upgradeVersion) {
+				t.Errorf("%s after the upgrade: runs %s, want tag %s", app, img, upgradeVersion)
+			}
+		}
+	}
+	// Both clients work again after the roll: ten more answers each with
+	// no new failure. Lines queue while the roll runs: skip to those
+	// written after it.
+	rolledAt := time.Since(probeStart)
+	for {
+		d, err := time.ParseDuration(next().Elapsed)
+		if err != nil {
+			t.Fatalf("probe line %+v: %v", last, err)
+		}
+		if d >= rolledAt {
+			break
+		}
+	}
+	after := last
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatalf("3 minutes after the roll the mesh still fails: last %+v", last)
+		}
+		r := next()
+		if r.Held.Failed != after.Held.Failed || r.New.Failed != after.New.Failed {
+			after = r
+			continue
+		}
+		if r.Held.OK >= after.Held.OK+10 && r.New.OK >= after.New.OK+10 {
+			break
+		}
+	}
+	stopProbe()
+	probe.Wait()
+	roll, _ := json.MarshalIndent(struct {
+		Before, After echo.ProbeResult
+		Roll          string
+	}{before, last, rolled.Round(time.Second).String()}, "", "  ")
+	t.Logf("during `helm upgrade` (DaemonSets rolled in %s):\n%s", rolled.Round(time.Second), roll)
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "held connection: %d requests failed, %d connections opened in all; new connections: %d failed of %d",
+		last.Held.Failed, last.Held.Conns, last.New.Failed, last.New.Failed+last.New.OK)
+	t.Log(buf.String())
+}
