@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/kubelog"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/internal/testutil"
@@ -38,24 +39,6 @@ func startLab(t testing.TB, cfg lab.Config) *lab.Lab {
 	}
 	cfg.Binaries = bins
 	cfg.Log = log
-	l, err := lab.Start(t.Context(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("lab logs:\n%s", l.Logs(40))
-		}
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-		left, err := lab.Leftovers(l.ID)
-		if err != nil {
-			t.Errorf("check lab leftovers: %v", err)
-		}
-		if len(left) > 0 {
-			t.Errorf("after Close: got leftovers %v, want none", left)
-		}
-	})
+	l := labmesh.StartLab(t, cfg)
 	return l
 }

@@ -75,29 +75,13 @@ func start(t *testing.T, ctx context.Context) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := lab.Start(ctx, lab.Config{Nodes: 2, Binaries: bins, Log: log, Scheduler: true, Images: images})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := labmesh.StartLab(t, lab.Config{Nodes: 2, Binaries: bins, Log: log, Scheduler: true, Images: images})
 	e := &env{l: l, root: root}
 	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("lab logs:\n%s", l.Logs(60))
-			if e.mesh != nil {
-				if p := e.mesh.Istiod(); p != nil {
-					t.Logf("istiod:\n%s", p.Logs(60))
-				}
+		if t.Failed() && e.mesh != nil {
+			if p := e.mesh.Istiod(); p != nil {
+				t.Logf("istiod:\n%s", p.Logs(60))
 			}
-		}
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-		left, err := lab.Leftovers(l.ID)
-		if err != nil {
-			t.Errorf("check lab leftovers: %v", err)
-		}
-		if len(left) > 0 {
-			t.Errorf("after Close: got leftovers %v, want none", left)
 		}
 	})
 	if e.mesh, err = labmesh.New(l); err != nil {

@@ -44,25 +44,7 @@ func startLab(t *testing.T) *lab.Lab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := lab.Start(t.Context(), lab.Config{Nodes: 2, Binaries: bins, Log: log, Scheduler: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("lab logs:\n%s", l.Logs(60))
-		}
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-		left, err := lab.Leftovers(l.ID)
-		if err != nil {
-			t.Errorf("check lab leftovers: %v", err)
-		}
-		if len(left) > 0 {
-			t.Errorf("after Close: got leftovers %v, want none", left)
-		}
-	})
+	l := labmesh.StartLab(t, lab.Config{Nodes: 2, Binaries: bins, Log: log, Scheduler: true})
 	return l
 }
 
