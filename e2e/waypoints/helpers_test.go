@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"google.golang.org/grpc/metadata"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -198,6 +201,13 @@ func (s *suite) deleteRoute(t *testing.T, ctx context.Context, ns, name string) 
 // (istio_requests_total, its metrics on 15020).
 func (s *suite) waypointRequests(t *testing.T, ctx context.Context, p *corev1.Pod) int {
 	t.Helper()
+	return s.waypointCounter(t, ctx, p, "istio_requests_total", nil)
+}
+
+// waypointCounter is the sum of the counter name's series whose labels
+// include want, in a waypoint pod's metrics on 15020.
+func (s *suite) waypointCounter(t *testing.T, ctx context.Context, p *corev1.Pod, name string, want map[string]string) int {
+	t.Helper()
 	pns, ok := s.l.Node(p.Spec.NodeName).Kubelet.PodNetNS(p.Namespace, p.Name)
 	if !ok {
 		t.Fatalf("waypoint pod %s/%s: no network namespace", p.Namespace, p.Name)
@@ -206,19 +216,64 @@ func (s *suite) waypointRequests(t *testing.T, ctx context.Context, p *corev1.Po
 	if err != nil {
 		t.Fatal(err)
 	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("waypoint metrics of %s/%s: %v", p.Namespace, p.Name, err)
+	}
 	total := 0
-	for _, line := range strings.Split(body, "\n") {
-		if !strings.HasPrefix(line, "istio_requests_total{") {
-			continue
+	for _, m := range mfs[name].GetMetric() {
+		labels := map[string]string{}
+		for _, lp := range m.GetLabel() {
+			labels[lp.GetName()] = lp.GetValue()
 		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			t.Fatalf("waypoint metrics: %q: %v", line, err)
+		match := true
+		for k, v := range want {
+			if labels[k] != v {
+				match = false
+			}
 		}
-		total += int(v)
+		if match {
+			total += int(m.GetCounter().GetValue())
+		}
 	}
 	return total
+}
+
+// grpcRoute applies a GRPCRoute parented to port of Service parent with
+// rules given as JSON, and waits until the waypoint s.wp has its first
+// rule (istiod routes it as the HTTPRoute it amounts to).
+func (s *suite) grpcRoute(t *testing.T, ctx context.Context, ns, name, parent string, port int32, rulesJSON string) {
+	t.Helper()
+	var rules []gatewayv1.GRPCRouteRule
+	if err := yaml.Unmarshal([]byte(rulesJSON), &rules); err != nil {
+		t.Fatalf("grpc route %s: %v", name, err)
+	}
+	kind, group := gatewayv1.Kind("Service"), gatewayv1.Group("")
+	pn := gatewayv1.PortNumber(port)
+	gr := &gatewayv1.GRPCRoute{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: gatewayv1.GRPCRouteSpec{
+			CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{{Group: &group, Kind: &kind, Name: gatewayv1.ObjectName(parent), Port: &pn}}},
+			Rules:           rules,
+		},
+	}
+	if _, err := s.gw.GatewayV1().GRPCRoutes(ns).Create(ctx, gr, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	key := strconv.Quote(ns + "." + name + ".0")
+	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "grpc route "+name, func(d string) bool { return strings.Contains(d, key) })
+}
+
+// deleteGRPCRoute deletes a route applied with grpcRoute and waits until
+// the waypoint no longer has it.
+func (s *suite) deleteGRPCRoute(t *testing.T, ctx context.Context, ns, name string) {
+	t.Helper()
+	if err := s.gw.GatewayV1().GRPCRoutes(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	key := strconv.Quote(ns + "." + name + ".0")
+	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "grpc route "+name+" gone", func(d string) bool { return !strings.Contains(d, key) })
 }
 
 // roundTrip sends one line on an open echo TCP connection and reads the
@@ -269,4 +324,12 @@ func (s *suite) waitCondition(t *testing.T, ctx context.Context, ns, name, statu
 	if err != nil {
 		t.Fatalf("service %s/%s: no condition %s=%s with %q: %v; got %+v", ns, name, gateway.ConditionWaypointBound, status, message, err, last)
 	}
+}
+
+// first is the first value of metadata key k, or "".
+func first(md metadata.MD, k string) string {
+	if v := md.Get(k); len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }

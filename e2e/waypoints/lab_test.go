@@ -92,11 +92,11 @@ func echoPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, node, sa s
 	return got
 }
 
-// echoService is a Service over pods with the selector: HTTP on 80 and
-// TCP on 9000.
+// echoService is a Service over pods with the selector: HTTP on 80, TCP
+// on 9000 and gRPC on 7070.
 func echoService(t *testing.T, ctx context.Context, l *lab.Lab, ns, name string, selector, labels map[string]string) *corev1.Service {
 	t.Helper()
-	http := "http"
+	http, grpc := "http", "grpc"
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
 		Spec: corev1.ServiceSpec{
@@ -104,6 +104,7 @@ func echoService(t *testing.T, ctx context.Context, l *lab.Lab, ns, name string,
 			Ports: []corev1.ServicePort{
 				{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), AppProtocol: &http},
 				{Name: "tcp", Port: 9000, TargetPort: intstr.FromString("tcp")},
+				{Name: "grpc", Port: 7070, TargetPort: intstr.FromString("grpc"), AppProtocol: &grpc},
 			},
 		},
 	}

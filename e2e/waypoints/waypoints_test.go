@@ -2,7 +2,9 @@ package waypoints
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http/httptrace"
@@ -11,6 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,6 +26,7 @@ import (
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
+	"github.com/ambitmesh/ambit/internal/echo"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/gateway"
@@ -289,6 +296,108 @@ func TestWaypoints(t *testing.T) {
 		if host, _, _ := net.SplitHostPort(rep.Peer); rep.Message != "tcp-through" || host != wps[0].Status.PodIP {
 			t.Errorf("TCP to Service echo:9000: got %+v, want the message back through the waypoint %s", rep, wps[0].Status.PodIP)
 		}
+	})
+
+	t.Run("gRPC unary and streaming through the waypoint", func(t *testing.T) {
+		// Service echo's port 7070 has appProtocol grpc: the waypoint
+		// serves it as HTTP/2 and counts its calls as gRPC.
+		wp := s.waypointPods(t, ctx, ns, "waypoint", 1)[0]
+		grpcOK := map[string]string{"request_protocol": "grpc", "grpc_response_status": "0"}
+		before := s.waypointCounter(t, ctx, wp, "istio_requests_total", grpcOK)
+		dial := podDialer(t, ctx, l, ns, "client")
+		cc, err := grpc.NewClient("passthrough:///"+net.JoinHostPort(s.svcs[ns+"/echo"].Spec.ClusterIP, "7070"),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, "tcp", addr) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		gc := testgrpc.NewTestServiceClient(cc)
+		// viaWaypoint checks an answer's metadata: from an echo pod
+		// (hostname in the header and the trailer), whose client was the
+		// waypoint.
+		viaWaypoint := func(t *testing.T, what string, hdr, trl metadata.MD) string {
+			t.Helper()
+			host, trlHost := first(hdr, echo.GRPCHostname), first(trl, echo.GRPCHostname)
+			if (host != "v1" && host != "v2") || trlHost != host {
+				t.Errorf("%s: got hostname %q in the header and %q in the trailer, want v1 or v2 in both", what, host, trlHost)
+			}
+			if peer, _, _ := net.SplitHostPort(first(hdr, echo.GRPCPeer)); peer != wp.Status.PodIP {
+				t.Errorf("%s: echo's client was %q, want the waypoint %s", what, first(hdr, echo.GRPCPeer), wp.Status.PodIP)
+			}
+			return host
+		}
+		unary := func(t *testing.T) string {
+			t.Helper()
+			var hdr, trl metadata.MD
+			resp, err := gc.UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("grpc-unary")}}, grpc.Header(&hdr), grpc.Trailer(&trl))
+			if err != nil {
+				t.Fatalf("UnaryCall: %v", err)
+			}
+			host := viaWaypoint(t, "UnaryCall", hdr, trl)
+			if resp.GetHostname() != host || string(resp.GetPayload().GetBody()) != "grpc-unary" {
+				t.Errorf("UnaryCall: got hostname %q, payload %q; want %q (as the header), grpc-unary", resp.GetHostname(), resp.GetPayload().GetBody(), host)
+			}
+			return host
+		}
+		stream := func(t *testing.T) string {
+			t.Helper()
+			st, err := gc.FullDuplexCall(ctx)
+			if err != nil {
+				t.Fatalf("FullDuplexCall: %v", err)
+			}
+			// One message at a time, each answered before the next: the
+			// waypoint forwards the stream as it flows.
+			for _, msg := range []string{"one", "two", "three"} {
+				if err := st.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte(msg)}}); err != nil {
+					t.Fatalf("FullDuplexCall send %q: %v", msg, err)
+				}
+				resp, err := st.Recv()
+				if err != nil {
+					t.Fatalf("FullDuplexCall receive after %q: %v", msg, err)
+				}
+				if got := string(resp.GetPayload().GetBody()); got != msg {
+					t.Errorf("FullDuplexCall: got %q back, want %q", got, msg)
+				}
+			}
+			if err := st.CloseSend(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.Recv(); !errors.Is(err, io.EOF) {
+				t.Fatalf("FullDuplexCall end: got %v, want io.EOF (status OK)", err)
+			}
+			hdr, err := st.Header()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return viaWaypoint(t, "FullDuplexCall", hdr, st.Trailer())
+		}
+		unary(t)
+		stream(t)
+		// The waypoint counts a call when it has forwarded its trailers,
+		// which can be just after the client has them: read until the
+		// count moves, then check it moved by the two calls exactly.
+		var got int
+		if err := lab.PollUntil(ctx, 10*time.Second, func() bool {
+			got = s.waypointCounter(t, ctx, wp, "istio_requests_total", grpcOK) - before
+			return got >= 2
+		}); err != nil || got != 2 {
+			t.Errorf("waypoint istio_requests_total{request_protocol=\"grpc\",grpc_response_status=\"0\"}: moved by %d, want 2 (the unary call and the stream)", got)
+		}
+
+		// A GRPCRoute sends UnaryCall to v2 and every other method to v1.
+		s.grpcRoute(t, ctx, ns, "echo-grpc", "echo", 7070, `[
+			{"matches":[{"method":{"service":"grpc.testing.TestService","method":"UnaryCall"}}],"backendRefs":[{"name":"echo-v2","port":7070}]},
+			{"backendRefs":[{"name":"echo-v1","port":7070}]}]`)
+		for range 5 {
+			if host := unary(t); host != "v2" {
+				t.Errorf("UnaryCall under the GRPCRoute: answered by %q, want v2", host)
+			}
+			if host := stream(t); host != "v1" {
+				t.Errorf("FullDuplexCall under the GRPCRoute: answered by %q, want v1", host)
+			}
+		}
+		s.deleteGRPCRoute(t, ctx, ns, "echo-grpc")
 	})
 
 	// Namespace accts, in the mesh, with no namespace waypoint: pods of

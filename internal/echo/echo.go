@@ -1,6 +1,7 @@
 // Package echo is the test workload: a TCP and HTTP server that answers
 // every request with a report of what it saw (peer and local address,
-// headers, TLS peer identity), and the client that asks it.
+// headers, TLS peer identity), and the client that asks it. It can also
+// serve gRPC: grpc-go's interop TestService, answering with its hostname.
 //
 // Tests and the demo run it inside lab pods to show where traffic came from
 // and how it arrived.
@@ -23,6 +24,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
 )
@@ -50,11 +54,14 @@ type Report struct {
 	PeerIdentities []string `json:"peerIdentities,omitempty"`
 }
 
-// Server answers TCP and HTTP requests with Reports.
+// Server answers TCP and HTTP requests with Reports, and gRPC calls of
+// the interop TestService (see grpc.go).
 type Server struct {
-	// TCPAddrs and HTTPAddrs are listen addresses such as ":9000".
+	// TCPAddrs, HTTPAddrs and GRPCAddrs are listen addresses such as
+	// ":9000".
 	TCPAddrs  []string
 	HTTPAddrs []string
+	GRPCAddrs []string
 	// Hostname and Namespace go into every Report.
 	Hostname  string
 	Namespace string
@@ -105,12 +112,23 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 		ls = append(ls, l)
 		web = append(web, l)
 	}
-	return s.Serve(ctx, tcp, web)
+	var rpc []net.Listener
+	for _, a := range s.GRPCAddrs {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listen grpc %s: %w", a, err)
+		}
+		ls = append(ls, l)
+		rpc = append(rpc, l)
+	}
+	return s.Serve(ctx, tcp, web, rpc...)
 }
 
 // Serve serves on listeners that are already open until ctx ends, then
-// closes them.
-func (s *Server) Serve(ctx context.Context, tcp, web []net.Listener) error {
+// closes them: TCP reports on tcp, HTTP on web, and the gRPC TestService
+// (cleartext HTTP/2) on rpc.
+func (s *Server) Serve(ctx context.Context, tcp, web []net.Listener, rpc ...net.Listener) error {
 	log := s.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -131,7 +149,23 @@ func (s *Server) Serve(ctx context.Context, tcp, web []net.Listener) error {
 			}
 		})
 	}
+	var gs *grpc.Server
+	if len(rpc) > 0 {
+		gs = grpc.NewServer()
+		testgrpc.RegisterTestServiceServer(gs, grpcService{s: s})
+	}
+	for _, l := range rpc {
+		log.Info("serving grpc", logkey.Addr, l.Addr().String())
+		wg.Go(func() {
+			if err := gs.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				log.Error("serve grpc", logkey.Addr, l.Addr().String(), logkey.Error, err)
+			}
+		})
+	}
 	<-ctx.Done()
+	if gs != nil {
+		gs.Stop()
+	}
 	for _, l := range tcp {
 		l.Close()
 	}

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -521,15 +523,32 @@ func (k *Kubelet) writePodFiles(ctx context.Context, pod *corev1.Pod, rt *podRun
 	return rt.ns.SetEtcFile("hosts", []byte(hosts))
 }
 
-// writeVolume writes the files of a ConfigMap volume, and makes an
-// emptyDir, under the pod's volumes/<name>: what startContainer mounts at
-// the containers' mount paths. A missing ConfigMap that is not optional
-// fails the pod's start, which is retried, as a kubelet waits for it.
+// writeVolume writes the files of a ConfigMap or downward API volume, and
+// makes an emptyDir, under the pod's volumes/<name>: what startContainer
+// mounts at the containers' mount paths. A missing ConfigMap that is not
+// optional fails the pod's start, which is retried, as a kubelet waits for
+// it.
 func (k *Kubelet) writeVolume(ctx context.Context, pod *corev1.Pod, rt *podRuntime, v corev1.Volume) error {
 	dir := filepath.Join(rt.dir, "volumes", v.Name)
 	switch {
 	case v.EmptyDir != nil:
 		return os.MkdirAll(dir, 0o777)
+	case v.DownwardAPI != nil:
+		files := map[string]string{}
+		for _, it := range v.DownwardAPI.Items {
+			if it.FieldRef == nil {
+				return fmt.Errorf("volume %s: item %s: only fieldRef is supported", v.Name, it.Path)
+			}
+			switch it.FieldRef.FieldPath {
+			case "metadata.labels":
+				files[it.Path] = formatMap(pod.Labels)
+			case "metadata.annotations":
+				files[it.Path] = formatMap(pod.Annotations)
+			default:
+				files[it.Path] = k.fieldRef(pod, rt, it.FieldRef.FieldPath)
+			}
+		}
+		return writeFiles(dir, v.Name, files)
 	case v.ConfigMap != nil:
 		cm, err := k.cfg.client.CoreV1().ConfigMaps(pod.Namespace).Get(ctx, v.ConfigMap.Name, getOpts)
 		if apierrors.IsNotFound(err) && ptr.Deref(v.ConfigMap.Optional, false) {
@@ -551,17 +570,37 @@ func (k *Kubelet) writeVolume(ctx context.Context, pod *corev1.Pod, rt *podRunti
 			}
 			files[it.Path] = val
 		}
-		for name, val := range files {
-			p := filepath.Join(dir, name)
-			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				return fmt.Errorf("volume %s: %w", v.Name, err)
-			}
-			if err := os.WriteFile(p, []byte(val), 0o644); err != nil {
-				return fmt.Errorf("volume %s: %w", v.Name, err)
-			}
+		return writeFiles(dir, v.Name, files)
+	}
+	return nil
+}
+
+// writeFiles writes the files of volume name (path -> content) under dir.
+func writeFiles(dir, name string, files map[string]string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("volume %s: %w", name, err)
+	}
+	for path, val := range files {
+		p := filepath.Join(dir, path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return fmt.Errorf("volume %s: %w", name, err)
+		}
+		if err := os.WriteFile(p, []byte(val), 0o644); err != nil {
+			return fmt.Errorf("volume %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+// formatMap writes labels or annotations as the kubelet's downward API
+// does: one key="value" a line (the value quoted as Go quotes it), sorted
+// by key.
+func formatMap(m map[string]string) string {
+	var lines []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		lines = append(lines, fmt.Sprintf("%s=%q", k, m[k]))
+	}
+	return strings.Join(lines, "\n")
 }
 
 // PodDirEnv names the environment variable that tells a pod's processes

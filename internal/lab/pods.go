@@ -133,7 +133,8 @@ func (l *Lab) Exec(ctx context.Context, namespace, name string, argv ...string) 
 }
 
 // EchoPod returns a pod that runs the echo workload on node, serving TCP on
-// 9000 and HTTP on 8080, with a readiness probe on /healthz.
+// 9000, HTTP on 8080 and gRPC (the interop TestService) on 7070, with a
+// readiness probe on /healthz.
 func EchoPod(namespace, name, node string, labels map[string]string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: labels},
@@ -142,10 +143,11 @@ func EchoPod(namespace, name, node string, labels map[string]string) *corev1.Pod
 			Containers: []corev1.Container{{
 				Name:  "echo",
 				Image: EchoImage,
-				Args:  []string{"serve", "--tcp", ":9000", "--http", ":8080"},
+				Args:  []string{"serve", "--tcp", ":9000", "--http", ":8080", "--grpc", ":7070"},
 				Ports: []corev1.ContainerPort{
 					{Name: "tcp", ContainerPort: 9000},
 					{Name: "http", ContainerPort: 8080},
+					{Name: "grpc", ContainerPort: 7070},
 				},
 				Env: []corev1.EnvVar{
 					{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},

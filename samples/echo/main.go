@@ -1,5 +1,5 @@
 // Command echo is the test workload: `echo serve` runs the TCP and HTTP
-// report server; `echo tcp ADDR MESSAGE` and `echo http URL` are clients
+// report server (and, with --grpc, the gRPC TestService); `echo tcp ADDR MESSAGE` and `echo http URL` are clients
 // that print the server's report as JSON.
 package main
 
@@ -27,7 +27,7 @@ func main() {
 }
 
 const usage = `usage:
-  echo serve [--tcp :9000,...] [--http :8080,...]
+  echo serve [--tcp :9000,...] [--http :8080,...] [--grpc :7070,...]
   echo tcp ADDR MESSAGE
   echo http [--header K=V]... [--body] URL
   echo probe [--interval 100ms] [--duration 1m] URL`
@@ -43,12 +43,13 @@ func run(args []string) error {
 		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 		tcp := fs.String("tcp", ":9000", "comma-separated TCP listen addresses")
 		web := fs.String("http", ":8080", "comma-separated HTTP listen addresses")
+		rpc := fs.String("grpc", "", "comma-separated gRPC listen addresses (none by default)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
 		host, ns := echo.Identity()
 		s := &echo.Server{
-			TCPAddrs: split(*tcp), HTTPAddrs: split(*web),
+			TCPAddrs: split(*tcp), HTTPAddrs: split(*web), GRPCAddrs: split(*rpc),
 			Hostname: host, Namespace: ns,
 			Log: slog.New(slog.NewJSONHandler(os.Stderr, nil)),
 		}
