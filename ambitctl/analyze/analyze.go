@@ -188,7 +188,7 @@ func (s *state) checkBinding(kind, ns, name string, lbls map[string]string) *Fin
 			Fix:     fmt.Sprintf("create it (ambitctl waypoint apply -n %s --name %s) or remove the label", wns, wp)}
 	case string(gw.Spec.GatewayClassName) != gateway.WaypointClass:
 		return &Finding{Level: Error, Code: CodeNotAWaypoint, Object: obj,
-			Message: fmt.Sprintf("bound to Gateway %s/%s of class %q, not a waypoint (%s): the binding is not applied", wns, wp, gw.Spec.GatewayClassName, gateway.WaypointClass),
+			Message: fmt.Sprintf("bound to Gateway %s/%s of class %q, not a waypoint (%s): its traffic is refused until it binds to one", wns, wp, gw.Spec.GatewayClassName, gateway.WaypointClass),
 			Fix:     "bind to a Gateway of class " + gateway.WaypointClass}
 	}
 	return nil

@@ -76,16 +76,32 @@ func (s *suite) waitBound(t *testing.T, ctx context.Context, ns, svc, wp string,
 		}
 	}
 	host := wp + "." + wns + ".svc.cluster.local"
-	err := s.mesh.WaitZtunnels(ctx, fmt.Sprintf("service %s/%s through waypoint %q", ns, svc, wp), func(d *admin.Dump) bool {
-		i := slices.IndexFunc(d.Services, func(x *config.Service) bool { return x.Namespace == ns && x.Name == svc })
-		if i < 0 {
-			return false
-		}
-		g := d.Services[i].Waypoint
+	s.waitServiceWaypoint(t, ctx, fmt.Sprintf("service %s/%s through waypoint %q", ns, svc, wp), ns, svc, func(g *config.GatewayAddress) bool {
 		if wp == "" {
 			return g == nil
 		}
 		return g != nil && (g.Hostname == host || (g.Address != nil && g.Address.Address.String() == vip))
+	})
+}
+
+// waitRefused waits until every ztunnel steers Service ns/svc to the
+// address istiod gives a binding that fails closed though its waypoint
+// wns/wp exists (istiod/ambient: a hostname under "invalid").
+func (s *suite) waitRefused(t *testing.T, ctx context.Context, ns, svc, wp, wns string) {
+	t.Helper()
+	host := wp + "." + wns + ".waypoint.invalid"
+	s.waitServiceWaypoint(t, ctx, fmt.Sprintf("service %s/%s refused by waypoint %s/%s", ns, svc, wns, wp), ns, svc, func(g *config.GatewayAddress) bool {
+		return g != nil && g.Hostname == host
+	})
+}
+
+// waitServiceWaypoint waits until every ztunnel's Service ns/svc has a
+// waypoint for which ok holds.
+func (s *suite) waitServiceWaypoint(t *testing.T, ctx context.Context, what, ns, svc string, ok func(*config.GatewayAddress) bool) {
+	t.Helper()
+	err := s.mesh.WaitZtunnels(ctx, what, func(d *admin.Dump) bool {
+		i := slices.IndexFunc(d.Services, func(x *config.Service) bool { return x.Namespace == ns && x.Name == svc })
+		return i >= 0 && ok(d.Services[i].Waypoint)
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -518,12 +518,16 @@ func TestWaypoints(t *testing.T) {
 		label(t, ctx, l, "services", accts, "x", labelUseWaypoint, ptr("shared"))
 		// The listener admits routes from its own namespace only (the
 		// default): the binding is refused with a condition that says
-		// why, and not applied (istiod/ambient: as Istio, the Service
-		// stays at L4; the waypoint never sees its traffic).
+		// why, and fails closed (istiod/ambient; Istio lets the Service
+		// go direct at L4, skipping the policy the label asked for). The
+		// waypoint never sees its traffic.
 		s.waitCondition(t, ctx, accts, "x", "False", "allowedRoutes")
+		s.waitRefused(t, ctx, accts, "x", "shared", infra)
 		shared := s.waypointPods(t, ctx, infra, "shared", 1)[0]
 		before := s.waypointRequests(t, ctx, shared)
-		direct(t, s.url(accts, "x", "/refused"))
+		if r, err := do(ctx, c, "GET", s.url(accts, "x", "/refused"), nil); err == nil {
+			t.Errorf("to Service x bound to waypoint infra/shared, which refuses namespace accts: got %d from %s, want the connection refused", r.code, r.report.Peer)
+		}
 		if got := s.waypointRequests(t, ctx, shared); got != before {
 			t.Errorf("waypoint infra/shared, which refuses namespace accts: served %d requests of it, want none", got-before)
 		}

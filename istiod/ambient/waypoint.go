@@ -257,6 +257,18 @@ func (ws *waypoints) address(namespace, name string) *workload.GatewayAddress {
 	return ga
 }
 
+// refusedSuffix ends the hostname of a binding that must fail closed
+// although its Gateway exists: under the reserved top-level domain
+// "invalid" (RFC 6761), so no Service or ServiceEntry can answer to it.
+const refusedSuffix = ".waypoint.invalid"
+
+// refusedAddress is a GatewayAddress that resolves to nothing: ztunnel
+// refuses the traffic it steers there, as for a missing waypoint.
+func refusedAddress(namespace, name string) *workload.GatewayAddress {
+	return &workload.GatewayAddress{HboneMtlsPort: mesh.HBONEPort, Destination: &workload.GatewayAddress_Hostname{
+		Hostname: &workload.NamespacedHostname{Namespace: namespace, Hostname: name + "." + namespace + refusedSuffix}}}
+}
+
 // binding is the outcome of one object's istio.io/use-waypoint label.
 type binding struct {
 	// set: the object has the label (so it decides, whatever the outcome).
@@ -294,13 +306,17 @@ func (ws *waypoints) bindTo(ns *corev1.Namespace, wns, name string, t traffic, d
 		return binding{set: true, addr: ws.address(wns, name), status: BindingStatus{Reason: ReasonWaypointNotFound,
 			Message: fmt.Sprintf("waypoint %s does not exist; bound traffic is refused until it does", ref)}}
 	}
+	// A Gateway that is no waypoint, or one that refuses the namespace,
+	// fails closed too: the label asks for the waypoint's policy, and
+	// going direct would skip it silently. (Istio's istiod leaves such
+	// a binding out, and the traffic goes direct at L4.)
 	if w.invalid != "" {
-		return binding{set: true, status: BindingStatus{Reason: ReasonWaypointInvalid,
-			Message: fmt.Sprintf("Gateway %s is no waypoint: %s; binding not applied", ref, w.invalid)}}
+		return binding{set: true, addr: refusedAddress(wns, name), status: BindingStatus{Reason: ReasonWaypointInvalid,
+			Message: fmt.Sprintf("Gateway %s is no waypoint: %s; bound traffic is refused until it is one", ref, w.invalid)}}
 	}
 	if wns != nsName(ns) && !w.admits(ns) {
-		return binding{set: true, status: BindingStatus{Reason: ReasonWaypointNotAllowed,
-			Message: fmt.Sprintf("waypoint %s's listener does not allow routes from namespace %s (allowedRoutes.namespaces.from: %s); binding not applied", ref, nsName(ns), w.from)}}
+		return binding{set: true, addr: refusedAddress(wns, name), status: BindingStatus{Reason: ReasonWaypointNotAllowed,
+			Message: fmt.Sprintf("waypoint %s's listener does not allow routes from namespace %s (allowedRoutes.namespaces.from: %s); bound traffic is refused until it does", ref, nsName(ns), w.from)}}
 	}
 	forValue := w.forLabel
 	if forValue == "" {

@@ -164,24 +164,24 @@ func TestWaypointBindings(t *testing.T) {
 			s.Services = s.Services[:1]
 			setLabels(&appNS(s).ObjectMeta, use("ns-wp"))
 		}, wantWorkload: "host:ns-wp.app.svc.cluster.local", wantSvc: "host:ns-wp.app.svc.cluster.local"},
-		{name: "wrong class: not applied", edit: func(s *State) {
+		{name: "wrong class: fails closed", edit: func(s *State) {
 			gw(s, "svc-wp").Spec.GatewayClassName = "istio"
 			setLabels(&reviewsSvc(s).ObjectMeta, use("svc-wp"))
-		}, wantStatus: map[string]string{"Service/app/reviews": ReasonWaypointInvalid, "Gateway/app/svc-wp": "-"}},
-		{name: "wrong port: not applied", edit: func(s *State) {
+		}, wantSvc: "host:svc-wp.app.waypoint.invalid", wantStatus: map[string]string{"Service/app/reviews": ReasonWaypointInvalid, "Gateway/app/svc-wp": "-"}},
+		{name: "wrong port: fails closed", edit: func(s *State) {
 			gw(s, "svc-wp").Spec.Listeners[0].Port = 15009
 			setLabels(&reviewsSvc(s).ObjectMeta, use("svc-wp"))
-		}, wantStatus: map[string]string{"Service/app/reviews": ReasonWaypointInvalid, "Gateway/app/svc-wp": ReasonWaypointInvalid}},
-		{name: "wrong protocol: not applied", edit: func(s *State) {
+		}, wantSvc: "host:svc-wp.app.waypoint.invalid", wantStatus: map[string]string{"Service/app/reviews": ReasonWaypointInvalid, "Gateway/app/svc-wp": ReasonWaypointInvalid}},
+		{name: "wrong protocol: fails closed", edit: func(s *State) {
 			gw(s, "svc-wp").Spec.Listeners[0].Protocol = gatewayv1.HTTPProtocolType
 			setLabels(&reviewsSvc(s).ObjectMeta, use("svc-wp"))
-		}, wantStatus: map[string]string{"Service/app/reviews": ReasonWaypointInvalid, "Gateway/app/svc-wp": ReasonWaypointInvalid}},
+		}, wantSvc: "host:svc-wp.app.waypoint.invalid", wantStatus: map[string]string{"Service/app/reviews": ReasonWaypointInvalid, "Gateway/app/svc-wp": ReasonWaypointInvalid}},
 		{name: "wrong traffic type: a workload waypoint for a service", edit: func(s *State) {
 			setLabels(&reviewsSvc(s).ObjectMeta, use("pod-wp"))
 		}, wantStatus: map[string]string{"Service/app/reviews": ReasonWaypointTraffic}},
-		{name: "other namespace refused by allowedRoutes (Same)", edit: func(s *State) {
+		{name: "other namespace refused by allowedRoutes (Same): fails closed", edit: func(s *State) {
 			setLabels(&reviewsSvc(s).ObjectMeta, map[string]string{LabelUseWaypoint: "shared", LabelUseWaypointNamespace: "infra"})
-		}, wantStatus: map[string]string{"Service/app/reviews": ReasonWaypointNotAllowed}},
+		}, wantSvc: "host:shared.infra.waypoint.invalid", wantStatus: map[string]string{"Service/app/reviews": ReasonWaypointNotAllowed}},
 		{name: "other namespace allowed (All)", edit: func(s *State) {
 			gw(s, "shared").Spec.Listeners[0].AllowedRoutes = &gatewayv1.AllowedRoutes{Namespaces: &gatewayv1.RouteNamespaces{From: &fromAll}}
 			setLabels(&appNS(s).ObjectMeta, map[string]string{LabelUseWaypoint: "shared", LabelUseWaypointNamespace: "infra"})
@@ -191,11 +191,11 @@ func TestWaypointBindings(t *testing.T) {
 				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "a"}}}}
 			setLabels(&reviewsSA(s).ObjectMeta, map[string]string{LabelUseWaypoint: "shared", LabelUseWaypointNamespace: "infra"})
 		}, wantWorkload: "10.96.2.1"},
-		{name: "other namespace refused by selector", edit: func(s *State) {
+		{name: "other namespace refused by selector: fails closed", edit: func(s *State) {
 			gw(s, "shared").Spec.Listeners[0].AllowedRoutes = &gatewayv1.AllowedRoutes{Namespaces: &gatewayv1.RouteNamespaces{From: &fromSel,
 				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "b"}}}}
 			setLabels(&reviewsSA(s).ObjectMeta, map[string]string{LabelUseWaypoint: "shared", LabelUseWaypointNamespace: "infra"})
-		}, wantStatus: map[string]string{"ServiceAccount/app/reviews": ReasonWaypointNotAllowed}},
+		}, wantWorkload: "host:shared.infra.waypoint.invalid", wantStatus: map[string]string{"ServiceAccount/app/reviews": ReasonWaypointNotAllowed}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
