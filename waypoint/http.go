@@ -80,6 +80,11 @@ func (v *view) FilterState(key string) (string, bool) {
 	return s, ok
 }
 
+func (v *view) DynamicMetadata(namespace, key string) (string, bool) {
+	s, ok := v.ci.meta[namespace][key]
+	return s, ok
+}
+
 func (v *view) PeerPrincipal() (string, bool)  { return v.ci.peer, v.ci.peer != "" }
 func (v *view) LocalPrincipal() (string, bool) { return v.ci.localSAN, v.ci.localSAN != "" }
 

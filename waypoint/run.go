@@ -67,7 +67,7 @@ func Run(ctx context.Context, o Options) error {
 		if err != nil {
 			return fmt.Errorf("load mesh roots: %w", err)
 		}
-		c, err := caclient.New(caclient.Config{Address: o.CAAddress, Roots: r, TokenFile: o.TokenFile, ClusterID: o.Node.ClusterID})
+		c, err := caclient.New(caclient.Config{Address: o.CAAddress, Roots: r, TokenFile: o.TokenFile, ClusterID: o.Node.ClusterID, Own: true})
 		if err != nil {
 			return err
 		}

@@ -157,10 +157,21 @@ func (p *Proxy) dialTCPProxy(ctx context.Context, snap *config.Snapshot, tp *con
 	return conn, nil
 }
 
-// originalDst is an ORIGINAL_DST cluster's destination: the
-// connection's local address, its port overridden.
+// originalDst is an ORIGINAL_DST cluster's destination: the address in
+// the dynamic metadata field the cluster names, when there is one (Istio
+// puts a destination's waypoint there), else the connection's local
+// address; its port overridden.
 func originalDst(c *config.Cluster, ci *connInfo) netip.AddrPort {
 	a := ci.local
+	if m := c.DstMetadata; m != nil {
+		if v, ok := ci.meta[m.Namespace][m.Key]; ok && v != "" {
+			if ap, err := netip.ParseAddrPort(v); err == nil {
+				a = ap
+			} else if ip, err := netip.ParseAddr(v); err == nil {
+				a = netip.AddrPortFrom(ip, a.Port())
+			}
+		}
+	}
 	if c.PortOverride != 0 && a.IsValid() {
 		a = netip.AddrPortFrom(a.Addr(), c.PortOverride)
 	}

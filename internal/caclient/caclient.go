@@ -89,6 +89,11 @@ type Config struct {
 	// (api.DefaultClusterID when empty). istiod reviews the token, and
 	// checks the impersonated workload's pods, in that cluster.
 	ClusterID string
+	// Own: the caller asks only for its own identity (a waypoint does),
+	// so requests carry no ImpersonatedIdentity. Istio's CA refuses that
+	// metadata from a caller that is not a trusted node agent, even when
+	// it names the caller's own identity; Ambit's istiod accepts both.
+	Own bool
 }
 
 // Client asks istiod's CA for workload certificates. It is safe for
@@ -151,9 +156,11 @@ func (c *Client) Certificate(ctx context.Context, id identity.Identity) (*tls.Ce
 	req := &pb.IstioCertificateRequest{
 		Csr:              csr,
 		ValidityDuration: int64(c.cfg.TTL / time.Second),
-		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+	}
+	if !c.cfg.Own {
+		req.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{
 			ImpersonatedIdentity: structpb.NewStringValue(id.String()),
-		}},
+		}}
 	}
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token, api.ClusterIDMetadata, c.cfg.ClusterID)
 	resp, err := c.ca.CreateCertificate(ctx, req)

@@ -157,14 +157,13 @@ func objectMeta(gw *gatewayv1.Gateway) metav1.ObjectMeta {
 func render(gw *gatewayv1.Gateway, cfg DeployConfig, cust customisation) (rendered, error) {
 	var out rendered
 	var err error
-	sa := &corev1.ServiceAccount{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"}, ObjectMeta: objectMeta(gw)}
+	sa, svc, d := WaypointObjects(gw, cfg)
 	if out.serviceAccount, err = finish(sa, cust[KeyServiceAccount], gw); err != nil {
 		return out, err
 	}
-	if out.service, err = finish(service(gw), cust[KeyService], gw); err != nil {
+	if out.service, err = finish(svc, cust[KeyService], gw); err != nil {
 		return out, err
 	}
-	d := deployment(gw, cfg)
 	if len(cust[KeyHorizontalPodAutoscaler]) > 0 {
 		// The autoscaler owns the replica count.
 		d.Spec.Replicas = nil
@@ -371,4 +370,14 @@ func deployment(gw *gatewayv1.Gateway, cfg DeployConfig) *appsv1.Deployment {
 			},
 		},
 	}
+}
+
+// WaypointObjects are the ServiceAccount, Service and Deployment the
+// waypoint controller applies for the waypoint Gateway gw, before any
+// customisation: for running Ambit's waypoint under a control plane
+// that does not deploy it, such as Istio's own istiod with its
+// deployment controller off (e2e/istio).
+func WaypointObjects(gw *gatewayv1.Gateway, cfg DeployConfig) (*corev1.ServiceAccount, *corev1.Service, *appsv1.Deployment) {
+	sa := &corev1.ServiceAccount{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"}, ObjectMeta: objectMeta(gw)}
+	return sa, service(gw), deployment(gw, cfg)
 }

@@ -50,8 +50,16 @@ func buildCluster(c *cluster.Cluster, cla map[string]*endpoint.ClusterLoadAssign
 	case cluster.Cluster_ORIGINAL_DST:
 		out.Type = ClusterOriginalDst
 		out.PortOverride = uint16(c.GetOriginalDstLbConfig().GetUpstreamPortOverride().GetValue())
-		if c.GetOriginalDstLbConfig().GetUseHttpHeader() || c.GetOriginalDstLbConfig().GetMetadataKey() != nil {
-			return nil, unsupported("original_dst_lb_config use_http_header and metadata_key")
+		if c.GetOriginalDstLbConfig().GetUseHttpHeader() {
+			return nil, unsupported("original_dst_lb_config use_http_header")
+		}
+		if mk := c.GetOriginalDstLbConfig().GetMetadataKey(); mk != nil {
+			// Istio's connect_originate: envoy.filters.listener.original_dst
+			// / waypoint, a destination's waypoint to tunnel to instead.
+			if len(mk.GetPath()) != 1 || mk.GetKey() == "" || mk.GetPath()[0].GetKey() == "" {
+				return nil, unsupported("original_dst_lb_config metadata_key other than one key under a namespace")
+			}
+			out.DstMetadata = &MetadataKey{Namespace: mk.GetKey(), Key: mk.GetPath()[0].GetKey()}
 		}
 	default:
 		return nil, unsupported(fmt.Sprintf("cluster type %v", c.GetType()))

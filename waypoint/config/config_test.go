@@ -33,7 +33,13 @@ func (r *req) Query() map[string][]string {
 func (r *req) Destination() netip.AddrPort         { return r.dst }
 func (r *req) Source() netip.AddrPort              { return netip.MustParseAddrPort("10.0.0.1:1234") }
 func (r *req) FilterState(k string) (string, bool) { v, ok := r.fs[k]; return v, ok }
-func (r *req) PeerPrincipal() (string, bool)       { return r.peer, r.peer != "" }
+func (r *req) DynamicMetadata(ns, k string) (string, bool) {
+	if ns != "envoy.filters.listener.original_dst" || k != "local" {
+		return "", false
+	}
+	return "10.0.0.9:8080", true
+}
+func (r *req) PeerPrincipal() (string, bool) { return r.peer, r.peer != "" }
 func (r *req) LocalPrincipal() (string, bool) {
 	return "spiffe://cluster.local/ns/shop/sa/waypoint", true
 }
@@ -98,12 +104,14 @@ func TestRBACSemantics(t *testing.T) {
 func TestFormat(t *testing.T) {
 	r := &req{headers: map[string]string{":authority": "10.0.0.2:80"}, peer: "spiffe://cluster.local/ns/shop/sa/client", fs: map[string]string{"k": "v"}, dst: netip.MustParseAddrPort("10.0.0.5:8080")}
 	for in, want := range map[string]string{
-		"%REQ(:AUTHORITY)%":            "10.0.0.2:80",
-		"%DOWNSTREAM_PEER_URI_SAN%":    "spiffe://cluster.local/ns/shop/sa/client",
-		"%DOWNSTREAM_LOCAL_ADDRESS%":   "10.0.0.5:8080",
-		"%DOWNSTREAM_REMOTE_ADDRESS%":  "10.0.0.1:1234",
-		"%FILTER_STATE(k:PLAIN)%":      "v",
-		"a-%REQ(x-missing)%-b %% done": "a---b % done",
+		"%REQ(:AUTHORITY)%":                                               "10.0.0.2:80",
+		"%DOWNSTREAM_PEER_URI_SAN%":                                       "spiffe://cluster.local/ns/shop/sa/client",
+		"%DOWNSTREAM_LOCAL_ADDRESS%":                                      "10.0.0.5:8080",
+		"%DOWNSTREAM_REMOTE_ADDRESS%":                                     "10.0.0.1:1234",
+		"%FILTER_STATE(k:PLAIN)%":                                         "v",
+		"%DYNAMIC_METADATA(envoy.filters.listener.original_dst:local)%":   "10.0.0.9:8080",
+		"[%DYNAMIC_METADATA(envoy.filters.listener.original_dst:other)%]": "[-]",
+		"a-%REQ(x-missing)%-b %% done":                                    "a---b % done",
 	} {
 		f, err := ParseFormat(in)
 		if err != nil {
@@ -113,7 +121,7 @@ func TestFormat(t *testing.T) {
 			t.Errorf("%q: got %q, want %q", in, got, want)
 		}
 	}
-	for _, bad := range []string{"%START_TIME%", "%REQ(x", "%UPSTREAM_HOST%"} {
+	for _, bad := range []string{"%START_TIME%", "%REQ(x", "%UPSTREAM_HOST%", "%DYNAMIC_METADATA(ns)%", "%DYNAMIC_METADATA(ns:a:b)%"} {
 		if _, err := ParseFormat(bad); err == nil {
 			t.Errorf("parse %q: got no error, want the operator refused", bad)
 		}

@@ -10,6 +10,10 @@ import (
 type FormatContext interface {
 	Header(name string) (string, bool)
 	FilterState(key string) (string, bool)
+	// DynamicMetadata is a string field of the connection's dynamic
+	// metadata: on an internal listener, the metadata its endpoint
+	// passed through (internal_upstream's passthrough_metadata).
+	DynamicMetadata(namespace, key string) (string, bool)
 	PeerPrincipal() (string, bool)
 	LocalPrincipal() (string, bool)
 	Destination() netip.AddrPort
@@ -20,7 +24,8 @@ type FormatContext interface {
 // operators a waypoint's config uses: %REQ(h)%, %DOWNSTREAM_PEER_URI_SAN%,
 // %DOWNSTREAM_LOCAL_URI_SAN%, %DOWNSTREAM_REMOTE_ADDRESS%,
 // %DOWNSTREAM_LOCAL_ADDRESS% (and their _WITHOUT_PORT forms) and
-// %FILTER_STATE(key:PLAIN)%; other operators are refused.
+// %FILTER_STATE(key:PLAIN)% and %DYNAMIC_METADATA(namespace:key)%;
+// other operators are refused.
 type Format struct {
 	parts []formatPart
 	src   string
@@ -129,6 +134,14 @@ func formatOperator(op string) (func(FormatContext) (string, bool), error) {
 			return nil, fmt.Errorf("operator %s: only PLAIN and TYPED serialisations", op)
 		}
 		return func(c FormatContext) (string, bool) { return c.FilterState(key) }, nil
+	case "DYNAMIC_METADATA":
+		// namespace:key[:key...]; the waypoint's dynamic metadata is
+		// flat (string fields), so one key.
+		parts := strings.Split(arg, ":")
+		if len(parts) != 2 || parts[0] == "" || parts[1] == "" {
+			return nil, fmt.Errorf("operator %s: want DYNAMIC_METADATA(namespace:key)", op)
+		}
+		return func(c FormatContext) (string, bool) { return c.DynamicMetadata(parts[0], parts[1]) }, nil
 	default:
 		return nil, fmt.Errorf("operator %%%s%% not supported", op)
 	}

@@ -88,6 +88,9 @@ type Chain struct {
 	TLS bool
 }
 
+// MetadataKey names one string field of dynamic metadata.
+type MetadataKey struct{ Namespace, Key string }
+
 // FilterStateValue is one value a set_filter_state filter sets.
 type FilterStateValue struct {
 	Key         string
@@ -431,6 +434,10 @@ type Cluster struct {
 	Endpoints []*Endpoint
 	// PortOverride replaces the port of an ORIGINAL_DST destination.
 	PortOverride uint16
+	// DstMetadata, when set, names the dynamic metadata field that, when
+	// present, is an ORIGINAL_DST cluster's destination instead of the
+	// connection's local address (original_dst_lb_config.metadata_key).
+	DstMetadata *MetadataKey
 	// Internal: endpoints are internal listeners, reached through the
 	// internal_upstream transport passing PassthroughHost metadata
 	// namespaces of the endpoint.

@@ -41,6 +41,13 @@ const (
 // istiod at istiod.istio-system.svc:15012 as on a cluster: the address
 // istiod's waypoint controller puts in every waypoint Deployment.
 func (m *Mesh) istiodEndpoints(ctx context.Context) error {
+	return IstiodEndpoints(ctx, m.l)
+}
+
+// IstiodEndpoints puts the control-plane node's address behind Service
+// istio-system/istiod, for an istiod the caller runs there (Istio's own,
+// in e2e/istio) whose clients are pods.
+func IstiodEndpoints(ctx context.Context, l *lab.Lab) error {
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: istiodSlice, Namespace: IstiodNamespace, Labels: map[string]string{
 			discoveryv1.LabelServiceName: "istiod",
@@ -55,7 +62,7 @@ func (m *Mesh) istiodEndpoints(ctx context.Context) error {
 			{Name: ptr.To("tls-xds-ca"), Port: ptr.To[int32](IstiodSecurePort), Protocol: ptr.To(corev1.ProtocolTCP)},
 		},
 	}
-	_, err := m.l.Client.DiscoveryV1().EndpointSlices(IstiodNamespace).Create(ctx, slice, metav1.CreateOptions{})
+	_, err := l.Client.DiscoveryV1().EndpointSlices(IstiodNamespace).Create(ctx, slice, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("istiod endpoints: %w", err)
 	}
