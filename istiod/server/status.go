@@ -2,14 +2,15 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 
 	metaapi "istio.io/api/meta/v1alpha1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/istiod/authz"
@@ -117,38 +118,25 @@ func (w *statusWriter) clear(ctx context.Context, key string) error {
 func (w *statusWriter) update(ctx context.Context, key string, f func([]*metaapi.IstioCondition, int64) ([]*metaapi.IstioCondition, bool)) error {
 	kind, rest, _ := strings.Cut(key, "/")
 	ns, name, _ := strings.Cut(rest, "/")
+	change := func(st *metaapi.IstioStatus, gen int64) bool {
+		var changed bool
+		st.Conditions, changed = f(st.Conditions, gen)
+		return changed
+	}
 	sec := w.istio.SecurityV1()
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		switch kind {
-		case authz.KindAuthorizationPolicy:
-			p, err := sec.AuthorizationPolicies(ns).Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return fmt.Errorf("get %s: %w", key, err)
-			}
-			conds, changed := f(p.Status.Conditions, p.Generation)
-			if !changed {
-				return nil
-			}
-			p.Status.Conditions = conds
-			if _, err = sec.AuthorizationPolicies(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-				return fmt.Errorf("update status of %s: %w", key, err)
-			}
-		case authz.KindPeerAuthentication:
-			p, err := sec.PeerAuthentications(ns).Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return fmt.Errorf("get %s: %w", key, err)
-			}
-			conds, changed := f(p.Status.Conditions, p.Generation)
-			if !changed {
-				return nil
-			}
-			p.Status.Conditions = conds
-			if _, err = sec.PeerAuthentications(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-				return fmt.Errorf("update status of %s: %w", key, err)
-			}
-		default:
-			return fmt.Errorf("write status of %s: unknown kind", key)
-		}
-		return nil
-	})
+	var err error
+	switch kind {
+	case authz.KindAuthorizationPolicy:
+		err = waypoint.UpdateIstioStatus(ctx, sec.AuthorizationPolicies(ns), name,
+			func(p *securityv1.AuthorizationPolicy) *metaapi.IstioStatus { return &p.Status }, change)
+	case authz.KindPeerAuthentication:
+		err = waypoint.UpdateIstioStatus(ctx, sec.PeerAuthentications(ns), name,
+			func(p *securityv1.PeerAuthentication) *metaapi.IstioStatus { return &p.Status }, change)
+	default:
+		err = errors.New("unknown kind")
+	}
+	if err != nil {
+		return fmt.Errorf("write status of %s: %w", key, err)
+	}
+	return nil
 }
