@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -615,16 +614,7 @@ func dialPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, addr strin
 // answer.
 func roundTrip(c net.Conn, msg string) (echo.Report, error) {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, msg+"\n"); err != nil {
-		return echo.Report{}, err
-	}
-	line, err := bufio.NewReader(c).ReadBytes('\n')
-	if err != nil {
-		return echo.Report{}, err
-	}
-	var rep echo.Report
-	err = json.Unmarshal(line, &rep)
-	return rep, err
+	return echo.RoundTrip(c, msg)
 }
 
 func applyPolicy(t *testing.T, ctx context.Context, istio istioclient.Interface, mesh *labmesh.Mesh, p *securityv1.AuthorizationPolicy, on string) {

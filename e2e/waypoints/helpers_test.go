@@ -1,11 +1,9 @@
 package waypoints
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"strconv"
@@ -304,16 +302,7 @@ func (s *suite) waypointCounter(t *testing.T, ctx context.Context, p *corev1.Pod
 // answer.
 func roundTrip(c net.Conn, msg string) (echo.Report, error) {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, msg+"\n"); err != nil {
-		return echo.Report{}, err
-	}
-	line, err := bufio.NewReader(c).ReadBytes('\n')
-	if err != nil {
-		return echo.Report{}, err
-	}
-	var rep echo.Report
-	err = json.Unmarshal(line, &rep)
-	return rep, err
+	return echo.RoundTrip(c, msg)
 }
 
 // waitCondition waits, watching, until Service ns/name has the
