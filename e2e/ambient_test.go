@@ -47,31 +47,7 @@ func TestAmbient(t *testing.T) {
 	l := startLab(t, lab.Config{Nodes: 2})
 	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
-	mesh, err := labmesh.New(l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			if p := mesh.Istiod(); p != nil {
-				t.Logf("istiod:\n%s", p.Logs(40))
-			}
-			for _, n := range l.Nodes {
-				if p := mesh.Ztunnel(n); p != nil {
-					t.Logf("ztunnel on %s:\n%s", n.Name, p.Logs(40))
-				}
-			}
-		}
-	})
-	if err := mesh.StartIstiod(ctx, labmesh.IstiodOptions{CertTTL: certTTL}); err != nil {
-		t.Fatal(err)
-	}
-	if err := mesh.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := mesh.StartZtunnels(ctx); err != nil {
-		t.Fatal(err)
-	}
+	mesh := labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{CertTTL: certTTL})
 	istio, err := istioclient.NewForConfig(l.RESTConfig)
 	if err != nil {
 		t.Fatal(err)

@@ -48,37 +48,6 @@ func startLab(t *testing.T) *lab.Lab {
 	return l
 }
 
-// startMesh runs istiod (with its waypoint controller), the node agents
-// and ztunnels on every node.
-func startMesh(t *testing.T, ctx context.Context, l *lab.Lab) *labmesh.Mesh {
-	t.Helper()
-	m, err := labmesh.New(l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			if p := m.Istiod(); p != nil {
-				t.Logf("istiod:\n%s", p.Logs(60))
-			}
-			for _, n := range l.Nodes {
-				if p := m.Ztunnel(n); p != nil {
-					t.Logf("ztunnel on %s:\n%s", n.Name, p.Logs(60))
-				}
-			}
-		}
-	})
-	if err := m.StartIstiod(ctx, labmesh.IstiodOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.StartZtunnels(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
 
 // echoPod runs the echo workload as service account sa on node.
 func echoPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, node, sa string, labels map[string]string) *corev1.Pod {

@@ -81,7 +81,7 @@ func TestWaypoints(t *testing.T) {
 	l := startLab(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-	m := startMesh(t, ctx, l)
+	m := labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{})
 	s := &suite{l: l, mesh: m, wp: "waypoint", pods: map[string]*corev1.Pod{}, svcs: map[string]*corev1.Service{}}
 	var err error
 	if s.gw, err = gatewayclient.NewForConfig(l.RESTConfig); err != nil {
