@@ -570,13 +570,9 @@ func notRestarted(t *testing.T, ctx context.Context, l *lab.Lab, pods map[string
 // namespace, so the mesh captures it as the pod's own).
 func dialPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, addr string) net.Conn {
 	t.Helper()
-	p, err := l.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	pns, err := l.PodNetNS(ctx, ns, name)
 	if err != nil {
 		t.Fatal(err)
-	}
-	pns, ok := l.Node(p.Spec.NodeName).Kubelet.PodNetNS(ns, name)
-	if !ok {
-		t.Fatalf("pod %s/%s: no network namespace", ns, name)
 	}
 	c, err := pns.DialContext(ctx, "tcp", addr)
 	if err != nil {

@@ -212,13 +212,9 @@ func TestNetworkPolicy(t *testing.T) {
 // client at clientIP. Anything else (no connection, no answer within a few
 // seconds, another server) is an error.
 func reach(ctx context.Context, l *lab.Lab, ns, from, addr, wantHost, clientIP string) error {
-	p, err := l.Client.CoreV1().Pods(ns).Get(ctx, from, metav1.GetOptions{})
+	pns, err := l.PodNetNS(ctx, ns, from)
 	if err != nil {
 		return err
-	}
-	pns, ok := l.Node(p.Spec.NodeName).Kubelet.PodNetNS(ns, from)
-	if !ok {
-		return fmt.Errorf("pod %s/%s: no network namespace", ns, from)
 	}
 	// Refusals are REJECTs (fast); the bound is for a drop.
 	const bound = 5 * time.Second

@@ -48,7 +48,6 @@ func startLab(t *testing.T) *lab.Lab {
 	return l
 }
 
-
 // echoPod runs the echo workload as service account sa on node.
 func echoPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, node, sa string, labels map[string]string) *corev1.Pod {
 	t.Helper()
@@ -126,13 +125,9 @@ func ptr[T any](v T) *T { return &v }
 // mesh captures what it sends as the pod's own traffic).
 func podDialer(t *testing.T, ctx context.Context, l *lab.Lab, ns, name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	t.Helper()
-	p, err := l.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	pns, err := l.PodNetNS(ctx, ns, name)
 	if err != nil {
 		t.Fatal(err)
-	}
-	pns, ok := l.Node(p.Spec.NodeName).Kubelet.PodNetNS(ns, name)
-	if !ok {
-		t.Fatalf("pod %s/%s: no network namespace", ns, name)
 	}
 	return pns.DialContext
 }
@@ -190,13 +185,9 @@ func get(t *testing.T, ctx context.Context, c *http.Client, url string, header m
 // requestCounts reads the echo pod's /requests from inside its own pod.
 func requestCounts(t *testing.T, ctx context.Context, l *lab.Lab, ns, name string) map[string]int {
 	t.Helper()
-	p, err := l.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	pns, err := l.PodNetNS(ctx, ns, name)
 	if err != nil {
 		t.Fatal(err)
-	}
-	pns, ok := l.Node(p.Spec.NodeName).Kubelet.PodNetNS(ns, name)
-	if !ok {
-		t.Fatalf("pod %s/%s: no network namespace", ns, name)
 	}
 	body, err := lab.HTTPGet(ctx, pns, "http://127.0.0.1:8080/requests")
 	if err != nil {
