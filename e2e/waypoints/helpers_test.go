@@ -19,10 +19,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
@@ -31,6 +28,7 @@ import (
 	typev1beta1 "istio.io/api/type/v1beta1"
 
 	"github.com/ambitmesh/ambit/internal/echo"
+	"github.com/ambitmesh/ambit/internal/kubewatch"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/gateway"
 	"github.com/ambitmesh/ambit/ztunnel/admin"
@@ -313,17 +311,7 @@ func (s *suite) waitCondition(t *testing.T, ctx context.Context, ns, name, statu
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	svcs := s.l.Client.CoreV1().Services(ns)
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return svcs.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return svcs.Watch(ctx, o)
-		},
-	}
+	lw := kubewatch.Named(svcs, name)
 	var last []metav1.Condition
 	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Service{}, nil, func(ev watch.Event) (bool, error) {
 		svc, ok := ev.Object.(*corev1.Service)
