@@ -31,7 +31,6 @@ func TestWaypointIstioTraffic(t *testing.T) {
 	defer cancel()
 	const ns = "shop"
 	kube := fake.NewClientset(waypointObjects(ns,
-		service(ns, "reviews", "10.96.0.30", map[string]string{"istio.io/use-waypoint": "wp"}, map[string]string{"app": "reviews"}, 9080, "http"),
 		readyPod(ns, "reviews-v1", "10.244.1.5", "reviews", map[string]string{"app": "reviews", "version": "v1"}),
 		readyPod(ns, "reviews-v2", "10.244.1.6", "reviews", map[string]string{"app": "reviews", "version": "v2"}),
 	)...)

@@ -102,13 +102,15 @@ func service(ns, name, ip string, labels, selector map[string]string, port int32
 // Service and its ready pod wp-5d8f-abc at 10.244.1.9.
 
 // waypointObjects are namespace ns (ambient) with waypoint wp's Service
-// and pod, then more.
+// and pod and Service reviews (HTTP 9080, app=reviews) bound to wp, then
+// more (reviews' pods among them).
 func waypointObjects(ns string, more ...runtime.Object) []runtime.Object {
 	return append([]runtime.Object{
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}},
 		service(ns, "wp", "10.96.0.10", map[string]string{"gateway.istio.io/managed": "istio.io-mesh-controller"},
 			map[string]string{"gateway.networking.k8s.io/gateway-name": "wp"}, 15008, "mesh"),
 		readyPod(ns, "wp-5d8f-abc", "10.244.1.9", "wp", map[string]string{"gateway.networking.k8s.io/gateway-name": "wp"}),
+		service(ns, "reviews", "10.96.0.30", map[string]string{"istio.io/use-waypoint": "wp"}, map[string]string{"app": "reviews"}, 9080, "http"),
 	}, more...)
 }
 
@@ -196,7 +198,6 @@ func TestWaypointXDS(t *testing.T) {
 	defer cancel()
 	const ns = "shop"
 	kube := fake.NewClientset(waypointObjects(ns,
-		service(ns, "reviews", "10.96.0.30", map[string]string{"istio.io/use-waypoint": "wp"}, map[string]string{"app": "reviews"}, 9080, "http"),
 		readyPod(ns, "reviews-v1", "10.244.1.5", "reviews", map[string]string{"app": "reviews"}),
 		service(ns, "ratings", "10.96.0.31", nil, map[string]string{"app": "ratings"}, 9080, "http"),
 		readyPod(ns, "ratings-v1", "10.244.1.7", "ratings", map[string]string{"app": "ratings"}),
@@ -308,7 +309,6 @@ func TestWaypointXDSWithoutRouteCRDs(t *testing.T) {
 	defer cancel()
 	const ns = "shop"
 	kube := fake.NewClientset(waypointObjects(ns,
-		service(ns, "reviews", "10.96.0.30", map[string]string{"istio.io/use-waypoint": "wp"}, map[string]string{"app": "reviews"}, 9080, "http"),
 		readyPod(ns, "reviews-v1", "10.244.1.5", "reviews", map[string]string{"app": "reviews"}),
 	)...)
 	gw := waypointGatewayAPI(t, ns, "gateways")
