@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -48,31 +47,7 @@ func TestAmbient(t *testing.T) {
 	l := startLab(t, lab.Config{Nodes: 2})
 	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
-	mesh, err := labmesh.New(l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			if p := mesh.Istiod(); p != nil {
-				t.Logf("istiod:\n%s", p.Logs(40))
-			}
-			for _, n := range l.Nodes {
-				if p := mesh.Ztunnel(n); p != nil {
-					t.Logf("ztunnel on %s:\n%s", n.Name, p.Logs(40))
-				}
-			}
-		}
-	})
-	if err := mesh.StartIstiod(ctx, labmesh.IstiodOptions{CertTTL: certTTL}); err != nil {
-		t.Fatal(err)
-	}
-	if err := mesh.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := mesh.StartZtunnels(ctx); err != nil {
-		t.Fatal(err)
-	}
+	mesh := labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{CertTTL: certTTL})
 	istio, err := istioclient.NewForConfig(l.RESTConfig)
 	if err != nil {
 		t.Fatal(err)
@@ -595,13 +570,9 @@ func notRestarted(t *testing.T, ctx context.Context, l *lab.Lab, pods map[string
 // namespace, so the mesh captures it as the pod's own).
 func dialPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, addr string) net.Conn {
 	t.Helper()
-	p, err := l.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	pns, err := l.PodNetNS(ctx, ns, name)
 	if err != nil {
 		t.Fatal(err)
-	}
-	pns, ok := l.Node(p.Spec.NodeName).Kubelet.PodNetNS(ns, name)
-	if !ok {
-		t.Fatalf("pod %s/%s: no network namespace", ns, name)
 	}
 	c, err := pns.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -615,16 +586,7 @@ func dialPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, addr strin
 // answer.
 func roundTrip(c net.Conn, msg string) (echo.Report, error) {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, msg+"\n"); err != nil {
-		return echo.Report{}, err
-	}
-	line, err := bufio.NewReader(c).ReadBytes('\n')
-	if err != nil {
-		return echo.Report{}, err
-	}
-	var rep echo.Report
-	err = json.Unmarshal(line, &rep)
-	return rep, err
+	return echo.RoundTrip(c, msg)
 }
 
 func applyPolicy(t *testing.T, ctx context.Context, istio istioclient.Interface, mesh *labmesh.Mesh, p *securityv1.AuthorizationPolicy, on string) {

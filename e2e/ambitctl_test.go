@@ -32,21 +32,9 @@ func TestAmbitctl(t *testing.T) {
 	l := startLab(t, lab.Config{Nodes: 2})
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	mesh, err := labmesh.New(l)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The waypoint subtest stands in for istiod's waypoint controller
 	// (it sets Programmed itself), so istiod runs without Gateway API.
-	if err := mesh.StartIstiod(ctx, labmesh.IstiodOptions{NoGatewayAPI: true}); err != nil {
-		t.Fatal(err)
-	}
-	if err := mesh.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := mesh.StartZtunnels(ctx); err != nil {
-		t.Fatal(err)
-	}
+	mesh := labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{NoGatewayAPI: true})
 	if err := labmesh.InstallCRDFiles(ctx, l, gatewayCRDs(t)...); err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,7 @@ import (
 
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
+	"github.com/ambitmesh/ambit/internal/kubewatch"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/gateway"
@@ -423,19 +424,6 @@ func TestHelmRBAC(t *testing.T) {
 				t.Fatalf("%s: %v", what, err)
 			}
 		}
-		named := func(name string, list func(context.Context, metav1.ListOptions) (runtime.Object, error), w func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.ListerWatcher {
-			sel := "metadata.name=" + name
-			return &cache.ListWatch{
-				ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-					o.FieldSelector = sel
-					return list(ctx, o)
-				},
-				WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-					o.FieldSelector = sel
-					return w(ctx, o)
-				},
-			}
-		}
 		var image string
 		for _, a := range discovery.Args {
 			if v, ok := strings.CutPrefix(a, "--waypoint-image="); ok {
@@ -446,19 +434,19 @@ func TestHelmRBAC(t *testing.T) {
 			t.Fatalf("istiod's args %q: no --waypoint-image", discovery.Args)
 		}
 		deps := l.Client.AppsV1().Deployments("helm-app")
-		until("waypoint deployment", named("waypoint", func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return deps.List(ctx, o) }, deps.Watch),
+		until("waypoint deployment", kubewatch.Named(deps, "waypoint"),
 			&appsv1.Deployment{}, func(o runtime.Object) bool {
 				d, ok := o.(*appsv1.Deployment)
 				return ok && len(d.OwnerReferences) == 1 && d.Spec.Template.Spec.Containers[0].Image == image
 			})
 		gws := gw.GatewayV1().Gateways("helm-app")
-		until("gateway accepted with addresses", named("waypoint", func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return gws.List(ctx, o) }, gws.Watch),
+		until("gateway accepted with addresses", kubewatch.Named(gws, "waypoint"),
 			&gatewayv1.Gateway{}, func(o runtime.Object) bool {
 				g, ok := o.(*gatewayv1.Gateway)
 				return ok && apimeta.IsStatusConditionTrue(g.Status.Conditions, "Accepted") && len(g.Status.Addresses) > 0
 			})
 		svcs := l.Client.CoreV1().Services("helm-app")
-		until("bound service's condition", named("bound", func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return svcs.List(ctx, o) }, svcs.Watch),
+		until("bound service's condition", kubewatch.Named(svcs, "bound"),
 			&corev1.Service{}, func(o runtime.Object) bool {
 				s, ok := o.(*corev1.Service)
 				return ok && apimeta.IsStatusConditionTrue(s.Status.Conditions, gateway.ConditionWaypointBound)

@@ -43,31 +43,16 @@ func TestNetworkPolicy(t *testing.T) {
 	l := startLab(t, lab.Config{Nodes: 2, NetworkPolicy: true})
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	mesh, err := labmesh.New(l)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mesh := labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{})
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, n := range l.Nodes {
-				if p := mesh.Ztunnel(n); p != nil {
-					t.Logf("ztunnel on %s:\n%s", n.Name, p.Logs(40))
-				}
 				// With packet counters: which rule took what.
 				out, _ := n.NS.Command(context.Background(), "iptables-save", "-c").CombinedOutput()
 				t.Logf("iptables of %s:\n%s", n.Name, out)
 			}
 		}
 	})
-	if err := mesh.StartIstiod(ctx, labmesh.IstiodOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := mesh.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := mesh.StartZtunnels(ctx); err != nil {
-		t.Fatal(err)
-	}
 
 	const ns = "np"
 	if err := l.CreateNamespace(ctx, ns, nil); err != nil {
@@ -227,13 +212,9 @@ func TestNetworkPolicy(t *testing.T) {
 // client at clientIP. Anything else (no connection, no answer within a few
 // seconds, another server) is an error.
 func reach(ctx context.Context, l *lab.Lab, ns, from, addr, wantHost, clientIP string) error {
-	p, err := l.Client.CoreV1().Pods(ns).Get(ctx, from, metav1.GetOptions{})
+	pns, err := l.PodNetNS(ctx, ns, from)
 	if err != nil {
 		return err
-	}
-	pns, ok := l.Node(p.Spec.NodeName).Kubelet.PodNetNS(ns, from)
-	if !ok {
-		return fmt.Errorf("pod %s/%s: no network namespace", ns, from)
 	}
 	// Refusals are REJECTs (fast); the bound is for a drop.
 	const bound = 5 * time.Second

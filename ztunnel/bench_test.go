@@ -183,23 +183,9 @@ func BenchmarkLatency(b *testing.B) {
 // rawEcho echoes bytes back as they arrive.
 func rawEcho(tb testing.TB, addr netip.AddrPort) {
 	tb.Helper()
-	ln, err := net.Listen("tcp", addr.String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			// Not io.Copy(c, c): TCP to TCP splices through pipes that
-			// Go keeps in a pool, which TestMain would count as leaked
-			// descriptors.
-			go func() { io.Copy(struct{ io.Writer }{c}, c); c.Close() }()
-		}
-	}()
+	// Not io.Copy(c, c): TCP to TCP splices through pipes that Go keeps
+	// in a pool, which TestMain would count as leaked descriptors.
+	serveTCP(tb, addr, func(c net.Conn) { io.Copy(struct{ io.Writer }{c}, c) })
 }
 
 // BenchmarkMemoryPerConnection opens 1,000 tunnelled connections and

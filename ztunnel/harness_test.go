@@ -18,6 +18,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/testutil"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
@@ -265,23 +266,7 @@ func (m *mesh) startNode(t testing.TB, name string, src identity.Source, clk ide
 // connection, closing it when handle returns.
 func serveTCP(tb testing.TB, addr netip.AddrPort, handle func(net.Conn)) {
 	tb.Helper()
-	ln, err := net.Listen("tcp", addr.String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
+	testutil.ServeTCP(tb, addr.String(), handle)
 }
 
 // echoApp answers each line it reads with "<addr>: <line>".

@@ -17,9 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/ambitmesh/ambit/ambitctl/adminport"
-	"github.com/ambitmesh/ambit/internal/identity"
-	"github.com/ambitmesh/ambit/waypoint"
-	"github.com/ambitmesh/ambit/waypoint/config"
+	"github.com/ambitmesh/ambit/waypoint/waypointtest"
 )
 
 // addrDialer dials one address whatever the target, standing in for the
@@ -46,24 +44,7 @@ func (a *addrDialer) Close() error { return nil }
 // its admin API, as on its port 15000.
 func startWaypoint(t *testing.T) string {
 	t.Helper()
-	ca, err := identity.NewCA(identity.DefaultTrustDomain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := waypoint.New(waypoint.Config{Identity: identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "waypoint"},
-		Certificates: ca, Roots: ca.Roots()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := config.LoadFile("../../waypoint/testdata/istiod/service.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := res.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Update(snap)
+	p := waypointtest.Golden(t, "service.json")
 	srv := httptest.NewServer(p.AdminHandler(prometheus.NewRegistry(), nil))
 	t.Cleanup(srv.Close)
 	return srv.Listener.Addr().String()

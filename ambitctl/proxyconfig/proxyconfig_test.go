@@ -7,44 +7,12 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/ambitmesh/ambit/ambitctl/proxyconfig"
-	"github.com/ambitmesh/ambit/internal/identity"
-	"github.com/ambitmesh/ambit/waypoint"
-	"github.com/ambitmesh/ambit/waypoint/config"
+	"github.com/ambitmesh/ambit/waypoint/waypointtest"
 )
-
-// waypointDump runs Ambit's waypoint in process on one of istiod's golden
-// waypoint configurations (waypoint/testdata/istiod) and returns its
-// admin config dump, as GET /config_dump answers it.
-func waypointDump(t *testing.T, golden string) []byte {
-	t.Helper()
-	ca, err := identity.NewCA(identity.DefaultTrustDomain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "waypoint"}
-	p, err := waypoint.New(waypoint.Config{Identity: id, Certificates: ca, Roots: ca.Roots()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := config.LoadFile("../../waypoint/testdata/istiod/" + golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := res.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Update(snap)
-	raw, err := p.ConfigDump()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return raw
-}
 
 func parse(t *testing.T, golden string) *proxyconfig.Dump {
 	t.Helper()
-	d, err := proxyconfig.Parse(waypointDump(t, golden))
+	d, err := proxyconfig.Parse(waypointtest.GoldenDump(t, golden))
 	if err != nil {
 		t.Fatal(err)
 	}

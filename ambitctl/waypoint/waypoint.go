@@ -20,17 +20,15 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/internal/enrolment"
+	"github.com/ambitmesh/ambit/internal/kubewatch"
 	"github.com/ambitmesh/ambit/internal/mesh"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/gateway"
@@ -227,18 +225,8 @@ func (c *Client) WaitProgrammed(ctx context.Context, ns, name string, timeout ti
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
 	gws := c.Gateway.GatewayV1().Gateways(ns)
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return gws.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return gws.Watch(ctx, o)
-		},
-	}
+	lw := kubewatch.Named(gws, name)
 	var last *gatewayv1.Gateway
 	_, err := watchtools.UntilWithSync(ctx, lw, &gatewayv1.Gateway{}, nil, func(ev watch.Event) (bool, error) {
 		gw, ok := ev.Object.(*gatewayv1.Gateway)

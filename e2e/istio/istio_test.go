@@ -1,7 +1,6 @@
 package istio_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -1023,16 +1022,7 @@ func copyAndClose(dst, src net.Conn) {
 // answer.
 func roundTrip(c net.Conn, msg string) (echo.Report, error) {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, msg+"\n"); err != nil {
-		return echo.Report{}, err
-	}
-	line, err := bufio.NewReader(c).ReadBytes('\n')
-	if err != nil {
-		return echo.Report{}, err
-	}
-	var rep echo.Report
-	err = json.Unmarshal(line, &rep)
-	return rep, err
+	return echo.RoundTrip(c, msg)
 }
 
 func randHex() string {

@@ -17,16 +17,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
+	"github.com/ambitmesh/ambit/internal/kubewatch"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/gateway"
@@ -77,17 +75,7 @@ func TestWaypointGatewayClass(t *testing.T) {
 	runServer(t, ctx, cancel, s)
 
 	classes := gw.GatewayV1().GatewayClasses()
-	sel := fields.OneTermEqualSelector("metadata.name", gateway.WaypointClass).String()
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return classes.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return classes.Watch(ctx, o)
-		},
-	}
+	lw := kubewatch.Named(classes, gateway.WaypointClass)
 	// await waits for the class to be accepted, by another object than
 	// notUID.
 	await := func(what string, notUID string) *gatewayv1.GatewayClass {

@@ -51,21 +51,7 @@ func startLab(t *testing.T) *lab.Lab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := lab.Start(t.Context(), lab.Config{Nodes: 2, Binaries: bins, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("lab logs:\n%s", l.Logs(40))
-		}
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-		if left, err := lab.Leftovers(l.ID); err != nil || len(left) > 0 {
-			t.Errorf("after Close: got leftovers %v (%v), want none", left, err)
-		}
-	})
+	l := labmesh.StartLab(t, lab.Config{Nodes: 2, Binaries: bins, Log: log})
 	return l
 }
 

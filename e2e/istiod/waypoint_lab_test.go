@@ -13,7 +13,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
@@ -23,6 +22,7 @@ import (
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/internal/enrolment"
+	"github.com/ambitmesh/ambit/internal/kubewatch"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/gateway"
@@ -33,33 +33,13 @@ import (
 // tests; nothing pulls it (the lab has no container runtime).
 const testWaypointImage = "localhost:5000/ambit/waypoint:test"
 
-// listWatcher is a typed client of one namespace's objects of a kind.
-type listWatcher[L runtime.Object] interface {
-	List(context.Context, metav1.ListOptions) (L, error)
-	Watch(context.Context, metav1.ListOptions) (watch.Interface, error)
-}
-
-func nameLW[L runtime.Object](c listWatcher[L], name string) *cache.ListWatch {
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
-	return &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return c.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return c.Watch(ctx, o)
-		},
-	}
-}
-
 // awaitObject watches the object name until cond holds for it, and
 // returns it.
-func awaitObject[T runtime.Object, L runtime.Object](ctx context.Context, t *testing.T, what string, c listWatcher[L], name string, cond func(T) bool) T {
+func awaitObject[T runtime.Object, L runtime.Object](ctx context.Context, t *testing.T, what string, c kubewatch.Client[L], name string, cond func(T) bool) T {
 	t.Helper()
 	var zero, got T
 	typ := reflect.New(reflect.TypeOf(zero).Elem()).Interface().(runtime.Object)
-	_, err := watchtools.UntilWithSync(ctx, nameLW(c, name), typ, nil, func(e watch.Event) (bool, error) {
+	_, err := watchtools.UntilWithSync(ctx, kubewatch.Named(c, name), typ, nil, func(e watch.Event) (bool, error) {
 		o, ok := e.Object.(T)
 		if !ok || e.Type == watch.Deleted {
 			return false, nil
@@ -74,11 +54,11 @@ func awaitObject[T runtime.Object, L runtime.Object](ctx context.Context, t *tes
 }
 
 // awaitGone watches the object name until it does not exist.
-func awaitGone[T runtime.Object, L runtime.Object](ctx context.Context, t *testing.T, what string, c listWatcher[L], name string) {
+func awaitGone[T runtime.Object, L runtime.Object](ctx context.Context, t *testing.T, what string, c kubewatch.Client[L], name string) {
 	t.Helper()
 	var zero T
 	typ := reflect.New(reflect.TypeOf(zero).Elem()).Interface().(runtime.Object)
-	_, err := watchtools.UntilWithSync(ctx, nameLW(c, name), typ, func(s cache.Store) (bool, error) {
+	_, err := watchtools.UntilWithSync(ctx, kubewatch.Named(c, name), typ, func(s cache.Store) (bool, error) {
 		return len(s.List()) == 0, nil
 	}, func(e watch.Event) (bool, error) { return e.Type == watch.Deleted, nil })
 	if err != nil {
@@ -200,16 +180,7 @@ func waypointController(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewa
 	// Deployment controller reports the Deployment available.
 	podWatch := kube.CoreV1().Pods(ns)
 	ready := 0
-	_, err = watchtools.UntilWithSync(ctx, &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = gateway.LabelGatewayName + "=wp"
-			return podWatch.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = gateway.LabelGatewayName + "=wp"
-			return podWatch.Watch(ctx, o)
-		},
-	}, &corev1.Pod{}, nil, func(e watch.Event) (bool, error) {
+	_, err = watchtools.UntilWithSync(ctx, kubewatch.Labelled(podWatch, gateway.LabelGatewayName+"=wp"), &corev1.Pod{}, nil, func(e watch.Event) (bool, error) {
 		p, ok := e.Object.(*corev1.Pod)
 		if !ok || e.Type != watch.Added {
 			return false, nil
@@ -304,10 +275,7 @@ func waypointController(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewa
 		t.Fatal(err)
 	}
 	evs := kube.EventsV1().Events("shop")
-	_, err = watchtools.UntilWithSync(ctx, &cache.ListWatch{
-		ListWithContextFunc:  func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return evs.List(ctx, o) },
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return evs.Watch(ctx, o) },
-	}, &eventsv1.Event{}, nil, func(e watch.Event) (bool, error) {
+	_, err = watchtools.UntilWithSync(ctx, kubewatch.Selected(evs, metav1.ListOptions{}), &eventsv1.Event{}, nil, func(e watch.Event) (bool, error) {
 		ev, ok := e.Object.(*eventsv1.Event)
 		return ok && ev.Regarding.Kind == "ServiceAccount" && ev.Regarding.UID == sa.UID && ev.Reason == ambient.ReasonWaypointAccepted, nil
 	})

@@ -77,25 +77,7 @@ func start(t *testing.T, ctx context.Context) *env {
 	}
 	l := labmesh.StartLab(t, lab.Config{Nodes: 2, Binaries: bins, Log: log, Scheduler: true, Images: images})
 	e := &env{l: l, root: root}
-	t.Cleanup(func() {
-		if t.Failed() && e.mesh != nil {
-			if p := e.mesh.Istiod(); p != nil {
-				t.Logf("istiod:\n%s", p.Logs(60))
-			}
-		}
-	})
-	if e.mesh, err = labmesh.New(l); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.mesh.StartIstiod(ctx, labmesh.IstiodOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.mesh.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.mesh.StartZtunnels(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e.mesh = labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{})
 	if err := l.CreateNamespace(ctx, ns, map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}); err != nil {
 		t.Fatal(err)
 	}

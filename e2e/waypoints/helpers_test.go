@@ -1,11 +1,9 @@
 package waypoints
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"strconv"
@@ -21,10 +19,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
@@ -33,6 +28,7 @@ import (
 	typev1beta1 "istio.io/api/type/v1beta1"
 
 	"github.com/ambitmesh/ambit/internal/echo"
+	"github.com/ambitmesh/ambit/internal/kubewatch"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/gateway"
 	"github.com/ambitmesh/ambit/ztunnel/admin"
@@ -178,39 +174,99 @@ func (s *suite) policySelector(t *testing.T, ctx context.Context, ns, name strin
 	}
 }
 
-// route applies an HTTPRoute parented to Service parent with rules given
-// as JSON, and waits until the waypoint s.wp has its first rule.
+// route applies an HTTPRoute parented to port 80 of Service parent with
+// rules given as JSON, and waits until the waypoint s.wp has its first
+// rule.
 func (s *suite) route(t *testing.T, ctx context.Context, ns, name, parent, rulesJSON string) {
 	t.Helper()
-	var rules []gatewayv1.HTTPRouteRule
-	if err := yaml.Unmarshal([]byte(rulesJSON), &rules); err != nil {
-		t.Fatalf("route %s: %v", name, err)
-	}
-	kind, group := gatewayv1.Kind("Service"), gatewayv1.Group("")
-	port := gatewayv1.PortNumber(80)
-	hr := &gatewayv1.HTTPRoute{
+	applyRoute(t, ctx, s, "route", s.gw.GatewayV1().HTTPRoutes(ns), &gatewayv1.HTTPRoute{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: gatewayv1.HTTPRouteSpec{
-			CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{{Group: &group, Kind: &kind, Name: gatewayv1.ObjectName(parent), Port: &port}}},
-			Rules:           rules,
+			CommonRouteSpec: serviceParent(parent, 80),
+			Rules:           decodeRules[gatewayv1.HTTPRouteRule](t, "route "+name, rulesJSON),
 		},
-	}
-	if _, err := s.gw.GatewayV1().HTTPRoutes(ns).Create(ctx, hr, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	key := strconv.Quote(ns + "." + name + ".0")
-	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "route "+name, func(d string) bool { return strings.Contains(d, key) })
+	})
 }
 
 // deleteRoute deletes a route applied with route and waits until the
 // waypoint no longer has it.
 func (s *suite) deleteRoute(t *testing.T, ctx context.Context, ns, name string) {
 	t.Helper()
-	if err := s.gw.GatewayV1().HTTPRoutes(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+	s.removeRoute(t, ctx, "route", s.gw.GatewayV1().HTTPRoutes(ns), ns, name)
+}
+
+// grpcRoute applies a GRPCRoute parented to port of Service parent with
+// rules given as JSON, and waits until the waypoint s.wp has its first
+// rule (istiod routes it as the HTTPRoute it amounts to).
+func (s *suite) grpcRoute(t *testing.T, ctx context.Context, ns, name, parent string, port int32, rulesJSON string) {
+	t.Helper()
+	applyRoute(t, ctx, s, "grpc route", s.gw.GatewayV1().GRPCRoutes(ns), &gatewayv1.GRPCRoute{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: gatewayv1.GRPCRouteSpec{
+			CommonRouteSpec: serviceParent(parent, port),
+			Rules:           decodeRules[gatewayv1.GRPCRouteRule](t, "grpc route "+name, rulesJSON),
+		},
+	})
+}
+
+// deleteGRPCRoute deletes a route applied with grpcRoute and waits until
+// the waypoint no longer has it.
+func (s *suite) deleteGRPCRoute(t *testing.T, ctx context.Context, ns, name string) {
+	t.Helper()
+	s.removeRoute(t, ctx, "grpc route", s.gw.GatewayV1().GRPCRoutes(ns), ns, name)
+}
+
+// serviceParent parents a route to port of Service name (GAMMA).
+func serviceParent(name string, port int32) gatewayv1.CommonRouteSpec {
+	kind, group := gatewayv1.Kind("Service"), gatewayv1.Group("")
+	pn := gatewayv1.PortNumber(port)
+	return gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{{Group: &group, Kind: &kind, Name: gatewayv1.ObjectName(name), Port: &pn}}}
+}
+
+// decodeRules reads a route's rules given as JSON.
+func decodeRules[R any](t *testing.T, what, rulesJSON string) []R {
+	t.Helper()
+	var rules []R
+	if err := yaml.Unmarshal([]byte(rulesJSON), &rules); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	return rules
+}
+
+// applyRoute creates route r (of a kind, named what in messages) with
+// client c, and waits until the waypoint s.wp has its first rule.
+func applyRoute[T metav1.Object](t *testing.T, ctx context.Context, s *suite, what string, c interface {
+	Create(context.Context, T, metav1.CreateOptions) (T, error)
+}, r T) {
+	t.Helper()
+	if _, err := c.Create(ctx, r, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	s.awaitRoute(t, ctx, what, r.GetNamespace(), r.GetName(), true)
+}
+
+// removeRoute deletes route ns/name with client c and waits until the
+// waypoint s.wp no longer has it.
+func (s *suite) removeRoute(t *testing.T, ctx context.Context, what string, c interface {
+	Delete(context.Context, string, metav1.DeleteOptions) error
+}, ns, name string) {
+	t.Helper()
+	if err := c.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s.awaitRoute(t, ctx, what, ns, name, false)
+}
+
+// awaitRoute waits until the first rule of route ns/name is in (present)
+// or gone from the config of the waypoint s.wp.
+func (s *suite) awaitRoute(t *testing.T, ctx context.Context, what, ns, name string, present bool) {
+	t.Helper()
 	key := strconv.Quote(ns + "." + name + ".0")
-	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "route "+name+" gone", func(d string) bool { return !strings.Contains(d, key) })
+	desc := what + " " + name
+	if !present {
+		desc += " gone"
+	}
+	s.waitWaypointDump(t, ctx, ns, s.wp, 1, desc, func(d string) bool { return strings.Contains(d, key) == present })
 }
 
 // waypointRequests is the number of requests a waypoint pod has served
@@ -256,56 +312,11 @@ func (s *suite) waypointCounter(t *testing.T, ctx context.Context, p *corev1.Pod
 	return total
 }
 
-// grpcRoute applies a GRPCRoute parented to port of Service parent with
-// rules given as JSON, and waits until the waypoint s.wp has its first
-// rule (istiod routes it as the HTTPRoute it amounts to).
-func (s *suite) grpcRoute(t *testing.T, ctx context.Context, ns, name, parent string, port int32, rulesJSON string) {
-	t.Helper()
-	var rules []gatewayv1.GRPCRouteRule
-	if err := yaml.Unmarshal([]byte(rulesJSON), &rules); err != nil {
-		t.Fatalf("grpc route %s: %v", name, err)
-	}
-	kind, group := gatewayv1.Kind("Service"), gatewayv1.Group("")
-	pn := gatewayv1.PortNumber(port)
-	gr := &gatewayv1.GRPCRoute{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: gatewayv1.GRPCRouteSpec{
-			CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{{Group: &group, Kind: &kind, Name: gatewayv1.ObjectName(parent), Port: &pn}}},
-			Rules:           rules,
-		},
-	}
-	if _, err := s.gw.GatewayV1().GRPCRoutes(ns).Create(ctx, gr, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	key := strconv.Quote(ns + "." + name + ".0")
-	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "grpc route "+name, func(d string) bool { return strings.Contains(d, key) })
-}
-
-// deleteGRPCRoute deletes a route applied with grpcRoute and waits until
-// the waypoint no longer has it.
-func (s *suite) deleteGRPCRoute(t *testing.T, ctx context.Context, ns, name string) {
-	t.Helper()
-	if err := s.gw.GatewayV1().GRPCRoutes(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	key := strconv.Quote(ns + "." + name + ".0")
-	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "grpc route "+name+" gone", func(d string) bool { return !strings.Contains(d, key) })
-}
-
 // roundTrip sends one line on an open echo TCP connection and reads the
 // answer.
 func roundTrip(c net.Conn, msg string) (echo.Report, error) {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, msg+"\n"); err != nil {
-		return echo.Report{}, err
-	}
-	line, err := bufio.NewReader(c).ReadBytes('\n')
-	if err != nil {
-		return echo.Report{}, err
-	}
-	var rep echo.Report
-	err = json.Unmarshal(line, &rep)
-	return rep, err
+	return echo.RoundTrip(c, msg)
 }
 
 // waitCondition waits, watching, until Service ns/name has the
@@ -316,17 +327,7 @@ func (s *suite) waitCondition(t *testing.T, ctx context.Context, ns, name, statu
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	svcs := s.l.Client.CoreV1().Services(ns)
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return svcs.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return svcs.Watch(ctx, o)
-		},
-	}
+	lw := kubewatch.Named(svcs, name)
 	var last []metav1.Condition
 	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Service{}, nil, func(ev watch.Event) (bool, error) {
 		svc, ok := ev.Object.(*corev1.Service)

@@ -48,38 +48,6 @@ func startLab(t *testing.T) *lab.Lab {
 	return l
 }
 
-// startMesh runs istiod (with its waypoint controller), the node agents
-// and ztunnels on every node.
-func startMesh(t *testing.T, ctx context.Context, l *lab.Lab) *labmesh.Mesh {
-	t.Helper()
-	m, err := labmesh.New(l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			if p := m.Istiod(); p != nil {
-				t.Logf("istiod:\n%s", p.Logs(60))
-			}
-			for _, n := range l.Nodes {
-				if p := m.Ztunnel(n); p != nil {
-					t.Logf("ztunnel on %s:\n%s", n.Name, p.Logs(60))
-				}
-			}
-		}
-	})
-	if err := m.StartIstiod(ctx, labmesh.IstiodOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.StartAgents(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.StartZtunnels(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
 // echoPod runs the echo workload as service account sa on node.
 func echoPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, node, sa string, labels map[string]string) *corev1.Pod {
 	t.Helper()
@@ -157,13 +125,9 @@ func ptr[T any](v T) *T { return &v }
 // mesh captures what it sends as the pod's own traffic).
 func podDialer(t *testing.T, ctx context.Context, l *lab.Lab, ns, name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	t.Helper()
-	p, err := l.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	pns, err := l.PodNetNS(ctx, ns, name)
 	if err != nil {
 		t.Fatal(err)
-	}
-	pns, ok := l.Node(p.Spec.NodeName).Kubelet.PodNetNS(ns, name)
-	if !ok {
-		t.Fatalf("pod %s/%s: no network namespace", ns, name)
 	}
 	return pns.DialContext
 }
@@ -221,13 +185,9 @@ func get(t *testing.T, ctx context.Context, c *http.Client, url string, header m
 // requestCounts reads the echo pod's /requests from inside its own pod.
 func requestCounts(t *testing.T, ctx context.Context, l *lab.Lab, ns, name string) map[string]int {
 	t.Helper()
-	p, err := l.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	pns, err := l.PodNetNS(ctx, ns, name)
 	if err != nil {
 		t.Fatal(err)
-	}
-	pns, ok := l.Node(p.Spec.NodeName).Kubelet.PodNetNS(ns, name)
-	if !ok {
-		t.Fatalf("pod %s/%s: no network namespace", ns, name)
 	}
 	body, err := lab.HTTPGet(ctx, pns, "http://127.0.0.1:8080/requests")
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
@@ -81,7 +82,7 @@ func TestWaypoints(t *testing.T) {
 	l := startLab(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-	m := startMesh(t, ctx, l)
+	m := labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{})
 	s := &suite{l: l, mesh: m, wp: "waypoint", pods: map[string]*corev1.Pod{}, svcs: map[string]*corev1.Service{}}
 	var err error
 	if s.gw, err = gatewayclient.NewForConfig(l.RESTConfig); err != nil {
@@ -531,14 +532,19 @@ func TestWaypoints(t *testing.T) {
 		if got := s.waypointRequests(t, ctx, shared); got != before {
 			t.Errorf("waypoint infra/shared, which refuses namespace accts: served %d requests of it, want none", got-before)
 		}
-		// Admit every namespace.
-		gw, err := s.gw.GatewayV1().Gateways(infra).Get(ctx, "shared", metav1.GetOptions{})
+		// Admit every namespace (istiod writes the Gateway's status
+		// meanwhile: a conflict is tried again).
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			gw, err := s.gw.GatewayV1().Gateways(infra).Get(ctx, "shared", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			all := gatewayv1.NamespacesFromAll
+			gw.Spec.Listeners[0].AllowedRoutes = &gatewayv1.AllowedRoutes{Namespaces: &gatewayv1.RouteNamespaces{From: &all}}
+			_, err = s.gw.GatewayV1().Gateways(infra).Update(ctx, gw, metav1.UpdateOptions{})
+			return err
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		all := gatewayv1.NamespacesFromAll
-		gw.Spec.Listeners[0].AllowedRoutes = &gatewayv1.AllowedRoutes{Namespaces: &gatewayv1.RouteNamespaces{From: &all}}
-		if _, err := s.gw.GatewayV1().Gateways(infra).Update(ctx, gw, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		s.waitBound(t, ctx, accts, "x", "shared", infra)

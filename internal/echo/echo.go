@@ -294,15 +294,27 @@ func TCP(ctx context.Context, addr, message string) (Report, error) {
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
+	return RoundTrip(c, message)
+}
+
+// RoundTrip sends message as one line on c, an open connection to a
+// server's TCP port, and returns the server's Report of it; c stays open
+// for more. The caller sets c's deadline.
+func RoundTrip(c net.Conn, message string) (Report, error) {
 	if strings.ContainsAny(message, "\r\n") {
 		return Report{}, fmt.Errorf("tcp message %q: want a single line", message)
 	}
 	if _, err := io.WriteString(c, message+"\n"); err != nil {
-		return Report{}, fmt.Errorf("send to %s: %w", addr, err)
+		return Report{}, fmt.Errorf("send to %s: %w", c.RemoteAddr(), err)
+	}
+	// One line: the server answers each line with one.
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	if err != nil {
+		return Report{}, fmt.Errorf("read report from %s: %w", c.RemoteAddr(), err)
 	}
 	var rep Report
-	if err := json.NewDecoder(c).Decode(&rep); err != nil {
-		return Report{}, fmt.Errorf("read report from %s: %w", addr, err)
+	if err := json.Unmarshal(line, &rep); err != nil {
+		return Report{}, fmt.Errorf("read report from %s: %w", c.RemoteAddr(), err)
 	}
 	return rep, nil
 }

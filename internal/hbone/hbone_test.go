@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/testutil"
 )
 
 var (
@@ -28,24 +29,7 @@ var (
 // then closes it.
 func echoServer(t testing.TB) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return testutil.ServeTCP(t, "127.0.0.1:0", func(c net.Conn) { io.Copy(c, c) })
 }
 
 // closedPort is a loopback address nothing listens on.

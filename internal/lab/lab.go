@@ -31,6 +31,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -422,6 +423,24 @@ func (l *Lab) Node(name string) *Node {
 		}
 	}
 	return nil
+}
+
+// PodNetNS returns the network namespace of pod namespace/name, from the
+// kubelet of the node the pod runs on.
+func (l *Lab) PodNetNS(ctx context.Context, namespace, name string) (*netns.NS, error) {
+	p, err := l.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("get pod %s/%s: %w", namespace, name, err)
+	}
+	n := l.Node(p.Spec.NodeName)
+	if n == nil {
+		return nil, fmt.Errorf("pod %s/%s: on node %q, not one of the lab's", namespace, name, p.Spec.NodeName)
+	}
+	pns, ok := n.Kubelet.PodNetNS(namespace, name)
+	if !ok {
+		return nil, fmt.Errorf("pod %s/%s: no network namespace", namespace, name)
+	}
+	return pns, nil
 }
 
 // Close stops everything the lab started and removes its namespaces and

@@ -9,11 +9,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
+
+	"github.com/ambitmesh/ambit/internal/kubewatch"
 )
 
 // CreateNamespace creates a namespace with labels and waits until the
@@ -29,16 +29,7 @@ func (l *Lab) CreateNamespace(ctx context.Context, name string, labels map[strin
 
 // WaitServiceAccount waits until the service account exists.
 func (l *Lab) WaitServiceAccount(ctx context.Context, namespace, name string) error {
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
-			return l.Client.CoreV1().ServiceAccounts(namespace).List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
-			return l.Client.CoreV1().ServiceAccounts(namespace).Watch(ctx, o)
-		},
-	}
+	lw := kubewatch.Named(l.Client.CoreV1().ServiceAccounts(namespace), name)
 	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.ServiceAccount{}, nil, func(ev watch.Event) (bool, error) {
 		return ev.Type == watch.Added || ev.Type == watch.Modified, nil
 	})
@@ -50,17 +41,7 @@ func (l *Lab) WaitServiceAccount(ctx context.Context, namespace, name string) er
 
 // WaitPod waits until cond holds for the pod, watching it.
 func (l *Lab) WaitPod(ctx context.Context, namespace, name string, cond func(*corev1.Pod) bool) (*corev1.Pod, error) {
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return l.Client.CoreV1().Pods(namespace).List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return l.Client.CoreV1().Pods(namespace).Watch(ctx, o)
-		},
-	}
+	lw := kubewatch.Named(l.Client.CoreV1().Pods(namespace), name)
 	ev, err := watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
 		p, ok := ev.Object.(*corev1.Pod)
 		return ok && ev.Type != watch.Deleted && cond(p), nil

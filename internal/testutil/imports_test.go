@@ -46,8 +46,7 @@ var cliImports = map[string]string{
 // cliTestImports are the components' packages ambitctl's tests (only)
 // may import, with the reason.
 var cliTestImports = map[string]string{
-	"waypoint":        "proxy-config's tests read the config dump of the real waypoint, run in process",
-	"waypoint/config": "which they load with istiod's golden waypoint configuration",
+	"waypoint/waypointtest": "proxy-config's tests read the config dump of the real waypoint, run in process on istiod's golden waypoint configuration",
 }
 
 // goPackage is what go list says about one package.

@@ -2,6 +2,8 @@
 package testutil
 
 import (
+	"net"
+	"net/netip"
 	"os"
 	"testing"
 )
@@ -22,4 +24,30 @@ func RequireRoot(t testing.TB) {
 		t.Fatal("this test needs root and CI runs as root: got euid", os.Geteuid(), "want 0")
 	}
 	t.Skip("needs root (network namespaces); run with sudo")
+}
+
+// ServeTCP listens on addr ("127.0.0.1:0" for any free port) until the
+// test ends and calls handle for each connection in its own goroutine,
+// closing the connection when handle returns. It returns the address
+// listened on.
+func ServeTCP(tb testing.TB, addr string, handle func(net.Conn)) netip.AddrPort {
+	tb.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
 }

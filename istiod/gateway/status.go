@@ -21,6 +21,7 @@ import (
 
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/istiod/cluster"
+	"github.com/ambitmesh/ambit/istiod/statusqueue"
 )
 
 // ConditionWaypointBound is the condition Istio puts on a bound Service
@@ -55,8 +56,7 @@ type BindingWriter struct {
 	services   corelisters.ServiceLister
 	namespaces corelisters.NamespaceLister
 	accounts   corelisters.ServiceAccountLister
-	latest     chan map[string]Binding
-	written    map[string]Binding
+	queue      *statusqueue.Queue[Binding]
 }
 
 // NewBindingWriter builds the writer; RegisterInformers, then Run.
@@ -64,7 +64,7 @@ func NewBindingWriter(log *slog.Logger) *BindingWriter {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &BindingWriter{log: log, latest: make(chan map[string]Binding, 1), written: map[string]Binding{}}
+	return &BindingWriter{log: log, queue: statusqueue.New[Binding]()}
 }
 
 // RegisterInformers takes the listers it reads current objects from.
@@ -78,19 +78,7 @@ func (w *BindingWriter) RegisterInformers(cl *cluster.Cluster) {
 
 // Offer hands over the complete binding statuses, replacing any not yet
 // written.
-func (w *BindingWriter) Offer(st map[string]Binding) {
-	for {
-		select {
-		case w.latest <- st:
-			return
-		default:
-		}
-		select {
-		case <-w.latest:
-		default:
-		}
-	}
-}
+func (w *BindingWriter) Offer(st map[string]Binding) { w.queue.Offer(st) }
 
 // Run writes until ctx ends.
 func (w *BindingWriter) Run(ctx context.Context) {
@@ -98,31 +86,17 @@ func (w *BindingWriter) Run(ctx context.Context) {
 	b.StartRecordingToSink(ctx.Done())
 	defer b.Shutdown()
 	rec := b.NewRecorder(scheme.Scheme, "istiod")
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case st := <-w.latest:
-			for key, cur := range st {
-				if old, ok := w.written[key]; ok && old == cur {
-					continue
-				}
-				if err := w.write(ctx, rec, key, &cur); err != nil {
-					w.log.Warn("write waypoint binding status", logkey.Object, key, logkey.Error, err)
-					continue
-				}
-				w.written[key] = cur
-			}
-			for key := range w.written {
-				if _, ok := st[key]; !ok {
-					if err := w.write(ctx, rec, key, nil); err != nil {
-						w.log.Debug("clear waypoint binding status", logkey.Object, key, logkey.Error, err)
-					}
-					delete(w.written, key)
-				}
-			}
+	w.queue.Run(ctx, func(ctx context.Context, key string, cur Binding) error {
+		err := w.write(ctx, rec, key, &cur)
+		if err != nil {
+			w.log.Warn("write waypoint binding status", logkey.Object, key, logkey.Error, err)
 		}
-	}
+		return err
+	}, func(ctx context.Context, key string) {
+		if err := w.write(ctx, rec, key, nil); err != nil {
+			w.log.Debug("clear waypoint binding status", logkey.Object, key, logkey.Error, err)
+		}
+	})
 }
 
 // write reports one object's binding; b nil: it has none any more.

@@ -6,22 +6,16 @@ import (
 	"testing"
 	"time"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"google.golang.org/protobuf/types/known/structpb"
 	netapi "istio.io/api/networking/v1alpha3"
 	secapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	"k8s.io/client-go/kubernetes/fake"
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	gatewayfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
-	"github.com/ambitmesh/ambit/internal/xdsclient"
 	"github.com/ambitmesh/ambit/istiod/server"
 	"github.com/ambitmesh/ambit/istiod/waypoint"
 )
@@ -36,24 +30,11 @@ func TestWaypointIstioTraffic(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	const ns = "shop"
-	kube := fake.NewClientset(
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}},
-		service(ns, "wp", "10.96.0.10", map[string]string{"gateway.istio.io/managed": "istio.io-mesh-controller"},
-			map[string]string{"gateway.networking.k8s.io/gateway-name": "wp"}, 15008, "mesh"),
-		readyPod(ns, "wp-5d8f-abc", "10.244.1.9", "wp", map[string]string{"gateway.networking.k8s.io/gateway-name": "wp"}),
-		service(ns, "reviews", "10.96.0.30", map[string]string{"istio.io/use-waypoint": "wp"}, map[string]string{"app": "reviews"}, 9080, "http"),
+	kube := fake.NewClientset(waypointObjects(ns,
 		readyPod(ns, "reviews-v1", "10.244.1.5", "reviews", map[string]string{"app": "reviews", "version": "v1"}),
 		readyPod(ns, "reviews-v2", "10.244.1.6", "reviews", map[string]string{"app": "reviews", "version": "v2"}),
-	)
-	gw := gatewayfake.NewSimpleClientset()
-	gw.Resources = []*metav1.APIResourceList{{GroupVersion: gatewayv1.GroupVersion.String(), APIResources: []metav1.APIResource{{Name: "gateways"}}}}
-	if _, err := gw.GatewayV1().Gateways(ns).Create(ctx, &gatewayv1.Gateway{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wp"},
-		Spec: gatewayv1.GatewaySpec{GatewayClassName: "istio-waypoint", Listeners: []gatewayv1.Listener{
-			{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	)...)
+	gw := waypointGatewayAPI(t, ns, "gateways")
 	istio := istiofake.NewSimpleClientset(
 		&networkingv1.DestinationRule{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "reviews"}, Spec: netapi.DestinationRule{
 			Host: "reviews", Subsets: []*netapi.Subset{{Name: "v1", Labels: map[string]string{"version": "v1"}}, {Name: "v2", Labels: map[string]string{"version": "v2"}}}}},
@@ -69,41 +50,9 @@ func TestWaypointIstioTraffic(t *testing.T) {
 	)
 	istio.Discovery().(*fakediscovery.FakeDiscovery).Resources = []*metav1.APIResourceList{{GroupVersion: "networking.istio.io/v1", APIResources: []metav1.APIResource{
 		{Name: "virtualservices"}, {Name: "destinationrules"}}}}
-	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0"}, server.Clients{Kube: kube, Istio: istio, GatewayAPI: gw}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runServer(t, ctx, cancel, s)
-
-	views := make(chan waypointView, 16)
-	c, err := xdsclient.New(xdsclient.Config{
-		Address: s.XDSAddr().String(), Plaintext: true,
-		Types:   []string{waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType},
-		Handler: waypointHandler{views: views},
-		Node: &core.Node{Id: "waypoint~10.244.1.9~wp-5d8f-abc.shop~shop.svc.cluster.local", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
-			"LABELS": structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
-				"gateway.networking.k8s.io/gateway-name": structpb.NewStringValue("wp")}}),
-		}}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go c.Run(ctx)
-	await := func(what string, ok func(waypointView) bool) {
-		t.Helper()
-		var last waypointView
-		for {
-			select {
-			case v := <-views:
-				if ok(v) {
-					return
-				}
-				last = v
-			case <-ctx.Done():
-				t.Fatalf("%s: not seen; last view %+v", what, last)
-			}
-		}
-	}
+	wp := startWaypointXDS(t, ctx, cancel, ns, server.Clients{Kube: kube, Istio: istio, GatewayAPI: gw},
+		waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType)
+	await := wp.await
 	const v1, v2 = "inbound-vip|9080|http/v1|reviews.shop.svc.cluster.local", "inbound-vip|9080|http/v2|reviews.shop.svc.cluster.local"
 	await("subset clusters", func(v waypointView) bool {
 		return slices.Contains(v.clusters, v1) && slices.Contains(v.clusters, v2) && v.endpoints[v1] == 1 && v.endpoints[v2] == 1

@@ -2,17 +2,19 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 
 	metaapi "istio.io/api/meta/v1alpha1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/istiod/authz"
+	"github.com/ambitmesh/ambit/istiod/statusqueue"
 	"github.com/ambitmesh/ambit/istiod/waypoint"
 )
 
@@ -21,65 +23,38 @@ import (
 const ConditionZtunnelAccepted = "ZtunnelAccepted"
 
 // statusWriter reports policy translation results in the policies'
-// status. It writes only what changed since its last write, from its own
-// goroutine, so a slow apiserver never delays a push.
+// status, from its own goroutine (statusqueue), so a slow apiserver never
+// delays a push.
 type statusWriter struct {
-	istio   istioclient.Interface
-	log     *slog.Logger
-	latest  chan map[string]string
-	written map[string]string
+	istio istioclient.Interface
+	log   *slog.Logger
+	queue *statusqueue.Queue[string]
 }
 
 func newStatusWriter(istio istioclient.Interface, log *slog.Logger) *statusWriter {
-	return &statusWriter{istio: istio, log: log, latest: make(chan map[string]string, 1), written: map[string]string{}}
+	return &statusWriter{istio: istio, log: log, queue: statusqueue.New[string]()}
 }
 
 // offer hands over the newest statuses, replacing any not yet written.
-func (w *statusWriter) offer(st map[string]string) {
-	for {
-		select {
-		case w.latest <- st:
-			return
-		default:
-		}
-		select {
-		case <-w.latest:
-		default:
-		}
-	}
-}
+func (w *statusWriter) offer(st map[string]string) { w.queue.Offer(st) }
 
 func (w *statusWriter) run(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case st := <-w.latest:
-			for key, msg := range st {
-				if old, ok := w.written[key]; ok && old == msg {
-					continue
-				}
-				if msg != "" {
-					w.log.Warn("policy not enforced as written", logkey.Policy, key, logkey.Reason, msg)
-				}
-				if err := w.write(ctx, key, msg); err != nil {
-					w.log.Warn("write policy status", logkey.Policy, key, logkey.Error, err)
-					continue
-				}
-				w.written[key] = msg
-			}
-			for key := range w.written {
-				if _, ok := st[key]; !ok {
-					// Deleted, or now a waypoint's (targetRefs): no
-					// longer ztunnel's to report on.
-					if err := w.clear(ctx, key); err != nil {
-						w.log.Debug("clear policy status", logkey.Policy, key, logkey.Error, err)
-					}
-					delete(w.written, key)
-				}
-			}
+	w.queue.Run(ctx, func(ctx context.Context, key, msg string) error {
+		if msg != "" {
+			w.log.Warn("policy not enforced as written", logkey.Policy, key, logkey.Reason, msg)
 		}
-	}
+		err := w.write(ctx, key, msg)
+		if err != nil {
+			w.log.Warn("write policy status", logkey.Policy, key, logkey.Error, err)
+		}
+		return err
+	}, func(ctx context.Context, key string) {
+		// Deleted, or now a waypoint's (targetRefs): no longer
+		// ztunnel's to report on.
+		if err := w.clear(ctx, key); err != nil {
+			w.log.Debug("clear policy status", logkey.Policy, key, logkey.Error, err)
+		}
+	})
 }
 
 func condition(msg string) *metaapi.IstioCondition {
@@ -117,38 +92,25 @@ func (w *statusWriter) clear(ctx context.Context, key string) error {
 func (w *statusWriter) update(ctx context.Context, key string, f func([]*metaapi.IstioCondition, int64) ([]*metaapi.IstioCondition, bool)) error {
 	kind, rest, _ := strings.Cut(key, "/")
 	ns, name, _ := strings.Cut(rest, "/")
+	change := func(st *metaapi.IstioStatus, gen int64) bool {
+		var changed bool
+		st.Conditions, changed = f(st.Conditions, gen)
+		return changed
+	}
 	sec := w.istio.SecurityV1()
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		switch kind {
-		case authz.KindAuthorizationPolicy:
-			p, err := sec.AuthorizationPolicies(ns).Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return fmt.Errorf("get %s: %w", key, err)
-			}
-			conds, changed := f(p.Status.Conditions, p.Generation)
-			if !changed {
-				return nil
-			}
-			p.Status.Conditions = conds
-			if _, err = sec.AuthorizationPolicies(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-				return fmt.Errorf("update status of %s: %w", key, err)
-			}
-		case authz.KindPeerAuthentication:
-			p, err := sec.PeerAuthentications(ns).Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return fmt.Errorf("get %s: %w", key, err)
-			}
-			conds, changed := f(p.Status.Conditions, p.Generation)
-			if !changed {
-				return nil
-			}
-			p.Status.Conditions = conds
-			if _, err = sec.PeerAuthentications(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-				return fmt.Errorf("update status of %s: %w", key, err)
-			}
-		default:
-			return fmt.Errorf("write status of %s: unknown kind", key)
-		}
-		return nil
-	})
+	var err error
+	switch kind {
+	case authz.KindAuthorizationPolicy:
+		err = waypoint.UpdateIstioStatus(ctx, sec.AuthorizationPolicies(ns), name,
+			func(p *securityv1.AuthorizationPolicy) *metaapi.IstioStatus { return &p.Status }, change)
+	case authz.KindPeerAuthentication:
+		err = waypoint.UpdateIstioStatus(ctx, sec.PeerAuthentications(ns), name,
+			func(p *securityv1.PeerAuthentication) *metaapi.IstioStatus { return &p.Status }, change)
+	default:
+		err = errors.New("unknown kind")
+	}
+	if err != nil {
+		return fmt.Errorf("write status of %s: %w", key, err)
+	}
+	return nil
 }

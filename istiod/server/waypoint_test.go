@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -97,52 +98,68 @@ func service(ns, name, ip string, labels, selector map[string]string, port int32
 	}
 }
 
-// TestWaypointXDS: a waypoint proxy (node id waypoint~ip~pod.ns~...)
-// gets delta ADS of its Gateway's Listeners, Clusters and endpoints from
-// istiod, built from the cluster's objects, and the changes of a new
-// backend and of a newly bound Service.
-func TestWaypointXDS(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	const ns = "shop"
-	kube := fake.NewClientset(
+// The waypoint of these tests: Gateway wp in an ambient namespace, its
+// Service and its ready pod wp-5d8f-abc at 10.244.1.9.
+
+// waypointObjects are namespace ns (ambient) with waypoint wp's Service
+// and pod and Service reviews (HTTP 9080, app=reviews) bound to wp, then
+// more (reviews' pods among them).
+func waypointObjects(ns string, more ...runtime.Object) []runtime.Object {
+	return append([]runtime.Object{
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}},
 		service(ns, "wp", "10.96.0.10", map[string]string{"gateway.istio.io/managed": "istio.io-mesh-controller"},
 			map[string]string{"gateway.networking.k8s.io/gateway-name": "wp"}, 15008, "mesh"),
 		readyPod(ns, "wp-5d8f-abc", "10.244.1.9", "wp", map[string]string{"gateway.networking.k8s.io/gateway-name": "wp"}),
 		service(ns, "reviews", "10.96.0.30", map[string]string{"istio.io/use-waypoint": "wp"}, map[string]string{"app": "reviews"}, 9080, "http"),
-		readyPod(ns, "reviews-v1", "10.244.1.5", "reviews", map[string]string{"app": "reviews"}),
-		service(ns, "ratings", "10.96.0.31", nil, map[string]string{"app": "ratings"}, 9080, "http"),
-		readyPod(ns, "ratings-v1", "10.244.1.7", "ratings", map[string]string{"app": "ratings"}),
-	)
+	}, more...)
+}
+
+// waypointGatewayAPI is a Gateway API clientset holding Gateway wp in
+// ns, whose discovery says the API server serves resources (of
+// gateway.networking.k8s.io/v1: "gateways", "httproutes", ...).
+func waypointGatewayAPI(t *testing.T, ns string, resources ...string) *gatewayfake.Clientset {
+	t.Helper()
 	// The simple fake: NewClientset's tracker does not know Gateway's
 	// schema (and files objects given to it under v1beta1).
 	gw := gatewayfake.NewSimpleClientset()
-	// What discovery says the API server serves (the route CRDs).
-	gw.Resources = []*metav1.APIResourceList{{GroupVersion: gatewayv1.GroupVersion.String(), APIResources: []metav1.APIResource{
-		{Name: "gateways"}, {Name: "httproutes"}, {Name: "grpcroutes"}, {Name: "referencegrants"}}}}
-	if _, err := gw.GatewayV1().Gateways(ns).Create(ctx, &gatewayv1.Gateway{
+	var served []metav1.APIResource
+	for _, r := range resources {
+		served = append(served, metav1.APIResource{Name: r})
+	}
+	gw.Resources = []*metav1.APIResourceList{{GroupVersion: gatewayv1.GroupVersion.String(), APIResources: served}}
+	if _, err := gw.GatewayV1().Gateways(ns).Create(t.Context(), &gatewayv1.Gateway{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wp"},
 		Spec: gatewayv1.GatewaySpec{GatewayClassName: "istio-waypoint", Listeners: []gatewayv1.Listener{
 			{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0"}, server.Clients{Kube: kube, GatewayAPI: gw}, nil)
+	return gw
+}
+
+// waypointXDS is waypoint wp's xDS client connected to an istiod.
+type waypointXDS struct {
+	t     *testing.T
+	ctx   context.Context
+	views chan waypointView
+}
+
+// startWaypointXDS runs istiod on clients until ctx ends (cancel stops
+// it at cleanup) and connects wp's xDS client in ns to it, asking for
+// types. The client names its pod's labels, as Istio's proxies do.
+func startWaypointXDS(t *testing.T, ctx context.Context, cancel context.CancelFunc, ns string, clients server.Clients, types ...string) *waypointXDS {
+	t.Helper()
+	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0"}, clients, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	runServer(t, ctx, cancel, s)
-
-	views := make(chan waypointView, 16)
+	w := &waypointXDS{t: t, ctx: ctx, views: make(chan waypointView, 16)}
 	c, err := xdsclient.New(xdsclient.Config{
 		Address: s.XDSAddr().String(), Plaintext: true,
-		// The workload API on the same stream, as Istio's waypoints
-		// (and Ambit's) ask for it, for peer metadata.
-		Types:   []string{waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType, ambient.AddressType},
-		Handler: waypointHandler{views: views},
-		// As Istio's proxies, it names its pod's labels.
-		Node: &core.Node{Id: "waypoint~10.244.1.9~wp-5d8f-abc.shop~shop.svc.cluster.local", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+		Types:   types,
+		Handler: waypointHandler{views: w.views},
+		Node: &core.Node{Id: fmt.Sprintf("waypoint~10.244.1.9~wp-5d8f-abc.%s~%s.svc.cluster.local", ns, ns), Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
 			"LABELS": structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
 				"gateway.networking.k8s.io/gateway-name": structpb.NewStringValue("wp")}}),
 		}}},
@@ -151,23 +168,49 @@ func TestWaypointXDS(t *testing.T) {
 		t.Fatal(err)
 	}
 	go c.Run(ctx)
+	return w
+}
 
-	const reviewsCluster = "inbound-vip|9080|http|reviews.shop.svc.cluster.local"
-	await := func(what string, ok func(waypointView) bool) waypointView {
-		t.Helper()
-		var last waypointView
-		for {
-			select {
-			case v := <-views:
-				if ok(v) {
-					return v
-				}
-				last = v
-			case <-ctx.Done():
-				t.Fatalf("%s: not seen; last view %+v", what, last)
+// await returns the first view that is ok; the test fails when none is
+// before ctx ends.
+func (w *waypointXDS) await(what string, ok func(waypointView) bool) waypointView {
+	w.t.Helper()
+	var last waypointView
+	for {
+		select {
+		case v := <-w.views:
+			if ok(v) {
+				return v
 			}
+			last = v
+		case <-w.ctx.Done():
+			w.t.Fatalf("%s: not seen; last view %+v", what, last)
 		}
 	}
+}
+
+// TestWaypointXDS: a waypoint proxy (node id waypoint~ip~pod.ns~...)
+// gets delta ADS of its Gateway's Listeners, Clusters and endpoints from
+// istiod, built from the cluster's objects, and the changes of a new
+// backend and of a newly bound Service.
+func TestWaypointXDS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	const ns = "shop"
+	kube := fake.NewClientset(waypointObjects(ns,
+		readyPod(ns, "reviews-v1", "10.244.1.5", "reviews", map[string]string{"app": "reviews"}),
+		service(ns, "ratings", "10.96.0.31", nil, map[string]string{"app": "ratings"}, 9080, "http"),
+		readyPod(ns, "ratings-v1", "10.244.1.7", "ratings", map[string]string{"app": "ratings"}),
+	)...)
+	// What discovery says the API server serves (the route CRDs).
+	gw := waypointGatewayAPI(t, ns, "gateways", "httproutes", "grpcroutes", "referencegrants")
+	// The workload API on the same stream, as Istio's waypoints (and
+	// Ambit's) ask for it, for peer metadata.
+	wp := startWaypointXDS(t, ctx, cancel, ns, server.Clients{Kube: kube, GatewayAPI: gw},
+		waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType, ambient.AddressType)
+	await := wp.await
+
+	const reviewsCluster = "inbound-vip|9080|http|reviews.shop.svc.cluster.local"
 	// Clusters and endpoints come before the listeners that name them.
 	v := await("reviews served", func(v waypointView) bool { return v.endpoints[reviewsCluster] == 1 && len(v.listeners) > 0 })
 	if !slices.Contains(v.workloads, "reviews-v1") || !slices.Contains(v.workloads, "ratings-v1") {
@@ -265,50 +308,13 @@ func TestWaypointXDSWithoutRouteCRDs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	const ns = "shop"
-	kube := fake.NewClientset(
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}},
-		service(ns, "wp", "10.96.0.10", map[string]string{"gateway.istio.io/managed": "istio.io-mesh-controller"}, nil, 15008, "mesh"),
-		service(ns, "reviews", "10.96.0.30", map[string]string{"istio.io/use-waypoint": "wp"}, map[string]string{"app": "reviews"}, 9080, "http"),
+	kube := fake.NewClientset(waypointObjects(ns,
 		readyPod(ns, "reviews-v1", "10.244.1.5", "reviews", map[string]string{"app": "reviews"}),
-	)
-	gw := gatewayfake.NewSimpleClientset()
-	gw.Resources = []*metav1.APIResourceList{{GroupVersion: gatewayv1.GroupVersion.String(), APIResources: []metav1.APIResource{{Name: "gateways"}}}}
-	if _, err := gw.GatewayV1().Gateways(ns).Create(ctx, &gatewayv1.Gateway{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wp"},
-		Spec: gatewayv1.GatewaySpec{GatewayClassName: "istio-waypoint", Listeners: []gatewayv1.Listener{
-			{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0"}, server.Clients{Kube: kube, GatewayAPI: gw}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runServer(t, ctx, cancel, s)
-	views := make(chan waypointView, 16)
-	c, err := xdsclient.New(xdsclient.Config{
-		Address: s.XDSAddr().String(), Plaintext: true,
-		// The workload API on the same stream, as Istio's waypoints
-		// (and Ambit's) ask for it, for peer metadata.
-		Types:   []string{waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType, ambient.AddressType},
-		Handler: waypointHandler{views: views},
-		Node: &core.Node{Id: "waypoint~10.244.1.9~wp-5d8f-abc.shop~shop.svc.cluster.local", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
-			"LABELS": structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
-				"gateway.networking.k8s.io/gateway-name": structpb.NewStringValue("wp")}}),
-		}}},
+	)...)
+	gw := waypointGatewayAPI(t, ns, "gateways")
+	wp := startWaypointXDS(t, ctx, cancel, ns, server.Clients{Kube: kube, GatewayAPI: gw},
+		waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType, ambient.AddressType)
+	wp.await("waypoint config without the route CRDs", func(v waypointView) bool {
+		return v.endpoints["inbound-vip|9080|http|reviews.shop.svc.cluster.local"] == 1 && len(v.listeners) == 3
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go c.Run(ctx)
-	for {
-		select {
-		case v := <-views:
-			if v.endpoints["inbound-vip|9080|http|reviews.shop.svc.cluster.local"] == 1 && len(v.listeners) == 3 {
-				return
-			}
-		case <-ctx.Done():
-			t.Fatal("waypoint config not served without the route CRDs")
-		}
-	}
 }

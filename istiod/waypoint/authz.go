@@ -297,6 +297,107 @@ func notRule(p *rbac.Permission) *rbac.Permission {
 	return &rbac.Permission{Rule: &rbac.Permission_NotRule{NotRule: p}}
 }
 
+// ruleKind is how matchers of one side of an RBAC policy combine: the
+// principals (who) and the permissions (what) are built the same way
+// from different Envoy types.
+type ruleKind[T any] struct {
+	any     func() T
+	or, and func([]T) T
+	not     func(T) T
+}
+
+var (
+	principalRules  = ruleKind[*rbac.Principal]{any: anyPrincipal, or: orIDs, and: andIDs, not: notID}
+	permissionRules = ruleKind[*rbac.Permission]{any: anyPermission, or: orRules, and: andRules, not: notRule}
+)
+
+// convertAll converts each value; the first error stops it.
+func convertAll[T any](values []string, conv func(string) (T, error)) ([]T, error) {
+	out := make([]T, 0, len(values))
+	for _, v := range values {
+		m, err := conv(v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// fields collects the fields of one source or operation: a field
+// matches any of its values (or none of them, for its not-form), and
+// all fields must match.
+type fields[T any] struct {
+	kind ruleKind[T]
+	note func(string)
+	and  []T
+	bad  bool // a field cannot be enforced
+}
+
+func (f *fields[T]) add(name string, values []string, not bool, conv func(string) (T, error)) {
+	if len(values) == 0 {
+		return
+	}
+	or, err := convertAll(values, conv)
+	if err != nil {
+		f.fail(fmt.Sprintf("%s: %v", name, err))
+		return
+	}
+	m := f.kind.or(or)
+	if not {
+		m = f.kind.not(m)
+	}
+	f.and = append(f.and, m)
+}
+
+// fail notes a field that cannot be enforced.
+func (f *fields[T]) fail(msg string) {
+	f.note(msg)
+	f.bad = true
+}
+
+// match is the conjunction of the fields; ok false when, in an ALLOW, a
+// field cannot be enforced (what, "source" or "operation", matches
+// nothing). In a DENY such fields are taken to match.
+func (f *fields[T]) match(deny bool, what string) (m T, ok bool) {
+	if f.bad {
+		if !deny {
+			f.note("this ALLOW " + what + " matches nothing")
+			return m, false
+		}
+		f.note("in this DENY " + what + " the fields named are taken to match")
+	}
+	if len(f.and) == 0 {
+		return f.kind.any(), true
+	}
+	return f.kind.and(f.and), true
+}
+
+// conditionMatch is a when condition's values and notValues converted
+// with conv: any of the values and none of the notValues; nil when it
+// has neither.
+func conditionMatch[T any](k ruleKind[T], c *secapi.Condition, conv func(string) (T, error)) (m T, err error) {
+	vals, err := convertAll(c.GetValues(), conv)
+	if err != nil {
+		return m, fmt.Errorf("condition %s: %w", c.GetKey(), err)
+	}
+	nots, err := convertAll(c.GetNotValues(), conv)
+	if err != nil {
+		return m, fmt.Errorf("condition %s: %w", c.GetKey(), err)
+	}
+	var and []T
+	if len(vals) > 0 {
+		and = append(and, k.or(vals))
+	}
+	if len(nots) > 0 {
+		and = append(and, k.not(k.or(nots)))
+	}
+	if len(and) == 0 {
+		return m, nil
+	}
+	return k.and(and), nil
+}
+
 // peer matches the peer principal kept in filter state by connect_terminate.
 func peer(sm *envoymatcher.StringMatcher) *rbac.Principal {
 	return &rbac.Principal{Identifier: &rbac.Principal_FilterState{FilterState: &envoymatcher.FilterStateMatcher{
@@ -330,28 +431,7 @@ func (b *builder) source(s *secapi.Source, deny bool, ns string, note func(strin
 	if s == nil {
 		return anyPrincipal(), true
 	}
-	var and []*rbac.Principal
-	bad := false
-	add := func(name string, values []string, not bool, conv func(string) (*rbac.Principal, error)) {
-		if len(values) == 0 {
-			return
-		}
-		var or []*rbac.Principal
-		for _, v := range values {
-			p, err := conv(v)
-			if err != nil {
-				note(fmt.Sprintf("%s: %v", name, err))
-				bad = true
-				return
-			}
-			or = append(or, p)
-		}
-		p := orIDs(or)
-		if not {
-			p = notID(p)
-		}
-		and = append(and, p)
-	}
+	f := fields[*rbac.Principal]{kind: principalRules, note: note}
 	principal := func(v string) (*rbac.Principal, error) { return peer(istioString(v, "spiffe://")), nil }
 	namespace := func(v string) (*rbac.Principal, error) {
 		var seg string
@@ -392,33 +472,22 @@ func (b *builder) source(s *secapi.Source, deny bool, ns string, note func(strin
 			return &rbac.Principal{Identifier: &rbac.Principal_DirectRemoteIp{DirectRemoteIp: c}}, nil
 		}
 	}
-	add("principals", s.GetPrincipals(), false, principal)
-	add("notPrincipals", s.GetNotPrincipals(), true, principal)
-	add("namespaces", s.GetNamespaces(), false, namespace)
-	add("notNamespaces", s.GetNotNamespaces(), true, namespace)
-	add("serviceAccounts", s.GetServiceAccounts(), false, serviceAccount)
-	add("notServiceAccounts", s.GetNotServiceAccounts(), true, serviceAccount)
-	add("trustDomains", s.GetTrustDomains(), false, trustDomain)
-	add("notTrustDomains", s.GetNotTrustDomains(), true, trustDomain)
-	add("ipBlocks", s.GetIpBlocks(), false, cidr(false))
-	add("notIpBlocks", s.GetNotIpBlocks(), true, cidr(false))
-	add("remoteIpBlocks", s.GetRemoteIpBlocks(), false, cidr(true))
-	add("notRemoteIpBlocks", s.GetNotRemoteIpBlocks(), true, cidr(true))
+	f.add("principals", s.GetPrincipals(), false, principal)
+	f.add("notPrincipals", s.GetNotPrincipals(), true, principal)
+	f.add("namespaces", s.GetNamespaces(), false, namespace)
+	f.add("notNamespaces", s.GetNotNamespaces(), true, namespace)
+	f.add("serviceAccounts", s.GetServiceAccounts(), false, serviceAccount)
+	f.add("notServiceAccounts", s.GetNotServiceAccounts(), true, serviceAccount)
+	f.add("trustDomains", s.GetTrustDomains(), false, trustDomain)
+	f.add("notTrustDomains", s.GetNotTrustDomains(), true, trustDomain)
+	f.add("ipBlocks", s.GetIpBlocks(), false, cidr(false))
+	f.add("notIpBlocks", s.GetNotIpBlocks(), true, cidr(false))
+	f.add("remoteIpBlocks", s.GetRemoteIpBlocks(), false, cidr(true))
+	f.add("notRemoteIpBlocks", s.GetNotRemoteIpBlocks(), true, cidr(true))
 	if len(s.GetRequestPrincipals())+len(s.GetNotRequestPrincipals()) > 0 {
-		note("requestPrincipals: request authentication (JWT) is not supported on waypoints")
-		bad = true
+		f.fail("requestPrincipals: request authentication (JWT) is not supported on waypoints")
 	}
-	if bad {
-		if !deny {
-			note("this ALLOW source matches nothing")
-			return nil, false
-		}
-		note("in this DENY source the fields named are taken to match")
-	}
-	if len(and) == 0 {
-		return anyPrincipal(), true
-	}
-	return andIDs(and), true
+	return f.match(deny, "source")
 }
 
 func cidrRange(v string) (*core.CidrRange, error) {
@@ -438,28 +507,7 @@ func (b *builder) operation(o *secapi.Operation, deny, tcp bool, note func(strin
 	if o == nil {
 		return anyPermission(), true
 	}
-	var and []*rbac.Permission
-	bad := false
-	add := func(name string, values []string, not bool, conv func(string) (*rbac.Permission, error)) {
-		if len(values) == 0 {
-			return
-		}
-		var or []*rbac.Permission
-		for _, v := range values {
-			p, err := conv(v)
-			if err != nil {
-				note(fmt.Sprintf("%s: %v", name, err))
-				bad = true
-				return
-			}
-			or = append(or, p)
-		}
-		p := orRules(or)
-		if not {
-			p = notRule(p)
-		}
-		and = append(and, p)
-	}
+	f := fields[*rbac.Permission]{kind: permissionRules, note: note}
 	header := func(name string, ignoreCase bool) func(string) (*rbac.Permission, error) {
 		return func(v string) (*rbac.Permission, error) {
 			sm := istioString(v, "")
@@ -480,28 +528,17 @@ func (b *builder) operation(o *secapi.Operation, deny, tcp bool, note func(strin
 		return &rbac.Permission{Rule: &rbac.Permission_DestinationPort{DestinationPort: uint32(p)}}, nil
 	}
 	if tcp && len(o.GetHosts())+len(o.GetNotHosts())+len(o.GetMethods())+len(o.GetNotMethods())+len(o.GetPaths())+len(o.GetNotPaths()) > 0 {
-		note("hosts, methods or paths: not known on a TCP chain")
-		bad = true
+		f.fail("hosts, methods or paths: not known on a TCP chain")
 	}
-	add("hosts", o.GetHosts(), false, header(":authority", true))
-	add("notHosts", o.GetNotHosts(), true, header(":authority", true))
-	add("methods", o.GetMethods(), false, header(":method", false))
-	add("notMethods", o.GetNotMethods(), true, header(":method", false))
-	add("paths", o.GetPaths(), false, path)
-	add("notPaths", o.GetNotPaths(), true, path)
-	add("ports", o.GetPorts(), false, port)
-	add("notPorts", o.GetNotPorts(), true, port)
-	if bad {
-		if !deny {
-			note("this ALLOW operation matches nothing")
-			return nil, false
-		}
-		note("in this DENY operation the fields named are taken to match")
-	}
-	if len(and) == 0 {
-		return anyPermission(), true
-	}
-	return andRules(and), true
+	f.add("hosts", o.GetHosts(), false, header(":authority", true))
+	f.add("notHosts", o.GetNotHosts(), true, header(":authority", true))
+	f.add("methods", o.GetMethods(), false, header(":method", false))
+	f.add("notMethods", o.GetNotMethods(), true, header(":method", false))
+	f.add("paths", o.GetPaths(), false, path)
+	f.add("notPaths", o.GetNotPaths(), true, path)
+	f.add("ports", o.GetPorts(), false, port)
+	f.add("notPorts", o.GetNotPorts(), true, port)
+	return f.match(deny, "operation")
 }
 
 var headerKey = regexp.MustCompile(`^request\.headers\[([^\]]+)\]$`)
@@ -513,75 +550,13 @@ func (b *builder) condition(c *secapi.Condition, tcp bool) (*rbac.Principal, *rb
 	if tcp && strings.HasPrefix(key, "request.") {
 		return nil, nil, fmt.Errorf("condition %s: not known on a TCP chain", key)
 	}
-	both := func(vals, nots []*rbac.Principal) *rbac.Principal {
-		var and []*rbac.Principal
-		if len(vals) > 0 {
-			and = append(and, orIDs(vals))
-		}
-		if len(nots) > 0 {
-			and = append(and, notID(orIDs(nots)))
-		}
-		if len(and) == 0 {
-			return nil
-		}
-		return andIDs(and)
+	principalIDs := func(conv func(string) (*rbac.Principal, error)) (*rbac.Principal, *rbac.Permission, error) {
+		id, err := conditionMatch(principalRules, c, conv)
+		return id, nil, err
 	}
-	bothPerm := func(vals, nots []*rbac.Permission) *rbac.Permission {
-		var and []*rbac.Permission
-		if len(vals) > 0 {
-			and = append(and, orRules(vals))
-		}
-		if len(nots) > 0 {
-			and = append(and, notRule(orRules(nots)))
-		}
-		if len(and) == 0 {
-			return nil
-		}
-		return andRules(and)
-	}
-	idsOf := func(in []string, f func(string) (*rbac.Principal, error)) ([]*rbac.Principal, error) {
-		var out []*rbac.Principal
-		for _, v := range in {
-			p, err := f(v)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, p)
-		}
-		return out, nil
-	}
-	permsOf := func(in []string, f func(string) (*rbac.Permission, error)) ([]*rbac.Permission, error) {
-		var out []*rbac.Permission
-		for _, v := range in {
-			p, err := f(v)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, p)
-		}
-		return out, nil
-	}
-	principalIDs := func(f func(string) (*rbac.Principal, error)) (*rbac.Principal, *rbac.Permission, error) {
-		vals, err := idsOf(c.GetValues(), f)
-		if err != nil {
-			return nil, nil, fmt.Errorf("condition %s: %w", key, err)
-		}
-		nots, err := idsOf(c.GetNotValues(), f)
-		if err != nil {
-			return nil, nil, fmt.Errorf("condition %s: %w", key, err)
-		}
-		return both(vals, nots), nil, nil
-	}
-	permissions := func(f func(string) (*rbac.Permission, error)) (*rbac.Principal, *rbac.Permission, error) {
-		vals, err := permsOf(c.GetValues(), f)
-		if err != nil {
-			return nil, nil, fmt.Errorf("condition %s: %w", key, err)
-		}
-		nots, err := permsOf(c.GetNotValues(), f)
-		if err != nil {
-			return nil, nil, fmt.Errorf("condition %s: %w", key, err)
-		}
-		return nil, bothPerm(vals, nots), nil
+	permissions := func(conv func(string) (*rbac.Permission, error)) (*rbac.Principal, *rbac.Permission, error) {
+		perm, err := conditionMatch(permissionRules, c, conv)
+		return nil, perm, err
 	}
 	if m := headerKey.FindStringSubmatch(key); m != nil {
 		return permissions(func(v string) (*rbac.Permission, error) {

@@ -2,12 +2,14 @@ package waypoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 	metaapi "istio.io/api/meta/v1alpha1"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
@@ -184,6 +186,40 @@ func RemoveCondition(conds []*metaapi.IstioCondition, typ string) ([]*metaapi.Is
 	return out, len(out) != len(conds)
 }
 
+// IstioStatusClient is what UpdateIstioStatus needs of a typed Istio
+// client of one kind in one namespace (AuthorizationPolicies(ns), ...).
+type IstioStatusClient[T any] interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error)
+	UpdateStatus(ctx context.Context, obj T, opts metav1.UpdateOptions) (T, error)
+}
+
+// UpdateIstioStatus reads object name with c, lets change edit its
+// status (status returns the object's) knowing its generation, and
+// writes the status back when change says it changed anything; it
+// retries on conflict.
+func UpdateIstioStatus[T metav1.Object](ctx context.Context, c IstioStatusClient[T], name string, status func(T) *metaapi.IstioStatus, change func(st *metaapi.IstioStatus, generation int64) bool) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		o, err := c.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("get %s: %w", name, err)
+		}
+		if !change(status(o), o.GetGeneration()) {
+			return nil
+		}
+		if _, err := c.UpdateStatus(ctx, o, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("update status of %s: %w", name, err)
+		}
+		return nil
+	})
+}
+
+// The status fields of the kinds whose status istiod writes.
+func authorizationPolicyStatus(o *securityv1.AuthorizationPolicy) *metaapi.IstioStatus {
+	return &o.Status
+}
+func virtualServiceStatus(o *networkingv1.VirtualService) *metaapi.IstioStatus   { return &o.Status }
+func destinationRuleStatus(o *networkingv1.DestinationRule) *metaapi.IstioStatus { return &o.Status }
+
 func istioCondition(c metav1.Condition) *metaapi.IstioCondition {
 	return &metaapi.IstioCondition{Type: c.Type, Status: string(c.Status), Reason: c.Reason, Message: c.Message, ObservedGeneration: c.ObservedGeneration}
 }
@@ -217,18 +253,10 @@ func (c *Controller) writeIstioStatuses(ctx context.Context, sts []ObjectStatus)
 		if kind != authz.KindAuthorizationPolicy {
 			continue // deleted
 		}
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			p, err := c.istio.SecurityV1().AuthorizationPolicies(ns).Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			conds, changed := RemoveCondition(p.Status.Conditions, ConditionWaypointAccepted)
-			if !changed {
-				return nil
-			}
-			p.Status.Conditions = conds
-			_, err = c.istio.SecurityV1().AuthorizationPolicies(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
-			return err
+		err := UpdateIstioStatus(ctx, c.istio.SecurityV1().AuthorizationPolicies(ns), name, authorizationPolicyStatus, func(st *metaapi.IstioStatus, _ int64) bool {
+			var changed bool
+			st.Conditions, changed = RemoveCondition(st.Conditions, ConditionWaypointAccepted)
+			return changed
 		})
 		if err != nil {
 			c.log.Debug("clear waypoint policy status", logkey.Object, k, logkey.Error, err)
@@ -241,7 +269,7 @@ func (c *Controller) writeIstioStatus(ctx context.Context, st ObjectStatus) erro
 		return nil
 	}
 	now := metav1.Now()
-	apply := func(have *metaapi.IstioStatus) bool {
+	apply := func(have *metaapi.IstioStatus, _ int64) bool {
 		any := false
 		for _, cd := range st.Conditions {
 			var changed bool
@@ -250,41 +278,17 @@ func (c *Controller) writeIstioStatus(ctx context.Context, st ObjectStatus) erro
 		}
 		return any
 	}
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		switch st.Kind {
-		case KindVirtualService:
-			o, err := c.istio.NetworkingV1().VirtualServices(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			if !apply(&o.Status) {
-				return nil
-			}
-			_, err = c.istio.NetworkingV1().VirtualServices(st.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{})
-			return err
-		case KindDestinationRule:
-			o, err := c.istio.NetworkingV1().DestinationRules(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			if !apply(&o.Status) {
-				return nil
-			}
-			_, err = c.istio.NetworkingV1().DestinationRules(st.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{})
-			return err
-		case authz.KindAuthorizationPolicy:
-			o, err := c.istio.SecurityV1().AuthorizationPolicies(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			if !apply(&o.Status) {
-				return nil
-			}
-			_, err = c.istio.SecurityV1().AuthorizationPolicies(st.Namespace).UpdateStatus(ctx, o, metav1.UpdateOptions{})
-			return err
-		}
-		return fmt.Errorf("write status of %s: unknown kind", st.key())
-	})
+	var err error
+	switch st.Kind {
+	case KindVirtualService:
+		err = UpdateIstioStatus(ctx, c.istio.NetworkingV1().VirtualServices(st.Namespace), st.Name, virtualServiceStatus, apply)
+	case KindDestinationRule:
+		err = UpdateIstioStatus(ctx, c.istio.NetworkingV1().DestinationRules(st.Namespace), st.Name, destinationRuleStatus, apply)
+	case authz.KindAuthorizationPolicy:
+		err = UpdateIstioStatus(ctx, c.istio.SecurityV1().AuthorizationPolicies(st.Namespace), st.Name, authorizationPolicyStatus, apply)
+	default:
+		err = errors.New("unknown kind")
+	}
 	if err != nil {
 		return fmt.Errorf("update status of %s: %w", st.key(), err)
 	}

@@ -20,6 +20,7 @@ import (
 	pkiutil "istio.io/istio/security/pkg/pki/util"
 
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/testutil"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
@@ -48,26 +49,12 @@ func block() func(host byte) netip.Addr {
 // echoApp answers each line with "<addr>: <line>" until the test ends.
 func echoApp(t *testing.T, addr netip.AddrPort) {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "%s: %s\n", addr, sc.Text())
-				}
-			}()
+	testutil.ServeTCP(t, addr.String(), func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			fmt.Fprintf(c, "%s: %s\n", addr, sc.Text())
 		}
-	}()
+	})
 }
 
 // roundTrip sends a line over c and returns the line it gets back.

@@ -22,10 +22,8 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
-	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/samples/bookinfo/app"
-	"github.com/ambitmesh/ambit/waypoint"
-	wpconfig "github.com/ambitmesh/ambit/waypoint/config"
+	"github.com/ambitmesh/ambit/waypoint/waypointtest"
 )
 
 func TestLab(t *testing.T) {
@@ -341,28 +339,7 @@ func TestReviewsVersion(t *testing.T) {
 // TestRoutes: the route summary of a real waypoint's config dump, run in
 // process on istiod's golden HTTPRoute matches (Service reviews in shop).
 func TestRoutes(t *testing.T) {
-	ca, err := identity.NewCA(identity.DefaultTrustDomain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := waypoint.New(waypoint.Config{Identity: identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "waypoint"},
-		Certificates: ca, Roots: ca.Roots()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := wpconfig.LoadFile("../../../waypoint/testdata/istiod/httproute-matches.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := res.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Update(snap)
-	dump, err := p.ConfigDump()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dump := waypointtest.GoldenDump(t, "httproute-matches.json")
 	got := bookinfo.ReviewsRoutes(string(dump), "shop")
 	want := []string{
 		"/health → reviews-v1",

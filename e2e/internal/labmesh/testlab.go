@@ -1,6 +1,7 @@
 package labmesh
 
 import (
+	"context"
 	"testing"
 
 	"github.com/ambitmesh/ambit/internal/lab"
@@ -31,4 +32,38 @@ func StartLab(t testing.TB, cfg lab.Config) *lab.Lab {
 		}
 	})
 	return l
+}
+
+// StartMesh runs Ambit on l for the test t: istiod with opts, then the
+// node agents and ztunnels on every node. After a failure it logs the
+// last lines of istiod and of each ztunnel.
+func StartMesh(t testing.TB, ctx context.Context, l *lab.Lab, opts IstiodOptions) *Mesh {
+	t.Helper()
+	m, err := New(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		if p := m.Istiod(); p != nil {
+			t.Logf("istiod:\n%s", p.Logs(60))
+		}
+		for _, n := range l.Nodes {
+			if p := m.Ztunnel(n); p != nil {
+				t.Logf("ztunnel on %s:\n%s", n.Name, p.Logs(60))
+			}
+		}
+	})
+	if err := m.StartIstiod(ctx, opts); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.StartAgents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.StartZtunnels(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -9,12 +9,12 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/utils/ptr"
 
+	"github.com/ambitmesh/ambit/internal/kubewatch"
 	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/gateway"
 )
@@ -76,16 +76,7 @@ func (m *Mesh) WaypointPods(ctx context.Context, namespace, name string, n int) 
 	defer cancel()
 	pods := m.l.Client.CoreV1().Pods(namespace)
 	sel := gateway.LabelGatewayName + "=" + name
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = sel
-			return pods.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = sel
-			return pods.Watch(ctx, o)
-		},
-	}
+	lw := kubewatch.Labelled(pods, sel)
 	var ready []*corev1.Pod
 	check := func(s cache.Store) (bool, error) {
 		ready = ready[:0]
