@@ -100,7 +100,10 @@ spec:
 // names one test of the suite to run alone (the suite's RunTest), to
 // repeat one test without the others.
 func TestMeshConformance(t *testing.T) {
+	began := time.Now()
+	phase := func(what string) { t.Logf("%s: %s since the test began", what, time.Since(began).Round(time.Second)) }
 	l := startRealLabN(t, 2)
+	phase("lab started")
 	ctx := t.Context()
 	echo, err := lab.EnsureIstioEcho(ctx, lab.BuildOptions{})
 	if err != nil {
@@ -109,14 +112,17 @@ func TestMeshConformance(t *testing.T) {
 	if err := l.reg.PushConformanceEcho(ctx, l.root, echo); err != nil {
 		t.Fatal(err)
 	}
+	phase("echo image built and pushed")
 	if err := l.reg.PushProduct(ctx, l.root); err != nil {
 		t.Fatal(err)
 	}
+	phase("Ambit's images built and pushed")
 	c := newCLI(t, l)
 	if _, err := c.run(ctx, c.helm, HelmInstall...); err != nil {
 		t.Fatal(err)
 	}
 	c.must(t, c.kubectl, WaitMesh...)
+	phase("helm install done, mesh ready")
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig)
 	if err != nil {
@@ -195,6 +201,7 @@ func TestMeshConformance(t *testing.T) {
 		}
 	}
 	t.Logf("waypoints Programmed: %s", time.Since(start).Round(time.Second))
+	t.Logf("pods:\n%s", c.must(t, c.kubectl, "get", "pods", "-A", "-o", "wide"))
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
