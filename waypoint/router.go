@@ -330,6 +330,10 @@ func (p *Proxy) transportFor(cl *config.Cluster, req *http.Request, upgrade stri
 func (p *Proxy) upstreamRequest(ctx context.Context, req *http.Request, snap *config.Snapshot, cl *config.Cluster, ep *config.Endpoint,
 	share *connInfo, rt *config.Route, wc *config.WeightedCluster, uri, hostRewrite, upgrade string, body io.ReadCloser) *http.Request {
 	out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share}))
+	// A downstream "Connection: close" ends the downstream connection
+	// only: the upstream connection stays in the pool (as Envoy's), or
+	// every such request would cost a new tunnel to the endpoint.
+	out.Close = false
 	te := req.Header.Get("Te")
 	for _, h := range hopHeaders {
 		out.Header.Del(h)

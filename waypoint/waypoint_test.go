@@ -963,3 +963,39 @@ func TestMirror(t *testing.T) {
 		t.Fatal("no mirrored request")
 	}
 }
+
+// TestConnectionCloseKeepsUpstream: requests that each end their
+// downstream connection (Connection: close, as the conformance suite's
+// echo client sends) still share one upstream connection, and the
+// upstream sees no Connection header: it is hop-by-hop.
+func TestConnectionCloseKeepsUpstream(t *testing.T) {
+	e := newEnv(t, basicConfig)
+	for i := range 3 {
+		c := e.client(t, clientID)
+		req := get(t, fmt.Sprintf("/close/%d", i))
+		req.Close = true
+		resp := c.do(t, req)
+		expectStatus(t, resp, http.StatusOK)
+		if !resp.Close {
+			t.Errorf("request %d: downstream response does not close the connection, want Connection: close", i)
+		}
+		if got := resp.Header.Get("X-Got-Connection"); got != "" {
+			t.Errorf("request %d: upstream got Connection %q, want none", i, got)
+		}
+	}
+	mfs, err := e.zb.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opened float64
+	for _, mf := range mfs {
+		if mf.GetName() == "istio_tcp_connections_opened_total" {
+			for _, m := range mf.GetMetric() {
+				opened += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if opened != 1 {
+		t.Errorf("connections the server's ztunnel opened: got %v, want 1 (the three requests on one upstream connection)", opened)
+	}
+}

@@ -1,9 +1,13 @@
 package realnode
 
 import (
+	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,15 +37,16 @@ import (
 // The suite's mesh namespaces (conformance/mesh/manifests.yaml).
 var meshNamespaces = []string{"gateway-conformance-mesh", "gateway-conformance-mesh-consumer"}
 
-// meshFeatures are the features Ambit declares for the MESH-HTTP
-// profile: what its waypoints implement and the suite has passed
-// (docs/conformance.md). MeshConsumerRoute is not declared: a route in
+// meshFeatures are the features Ambit declares for the MESH-HTTP and
+// MESH-GRPC profiles: what its waypoints implement and the suite has
+// passed (docs/conformance.md). MeshConsumerRoute is not declared: a route in
 // the consumer's namespace would have to apply to that namespace's
 // traffic only, which a waypoint at the destination cannot tell (Istio's
 // ambient run leaves it out for the same reason).
 var meshFeatures = []features.FeatureName{
 	features.SupportMesh,
 	features.SupportHTTPRoute,
+	features.SupportGRPCRoute,
 	features.SupportMeshClusterIPMatching,
 	features.SupportHTTPRouteResponseHeaderModification,
 	features.SupportHTTPRouteParentRefPort,
@@ -61,9 +66,7 @@ var meshFeatures = []features.FeatureName{
 // reliably today, with the reason (docs/conformance.md). The profile's
 // result is then "partial", and the skipped tests are listed in the
 // report.
-var skippedMeshTests = map[string]string{
-	"MeshHTTPRouteWeight": "flaky: passed in 1 of 2 runs on the loaded lab machine; in the other, batches of requests (`client --count`) kept failing (the client exited 1) for the test's minute; not yet investigated",
-}
+var skippedMeshTests = map[string]string{}
 
 // waypointYAML is a namespace waypoint as `ambitctl waypoint apply`
 // writes it (and istioctl's): Gateway "waypoint" of class istio-waypoint
@@ -84,17 +87,23 @@ spec:
 
 // TestMeshConformance runs the Gateway API conformance suite
 // (sigs.k8s.io/gateway-api/conformance, the version of the CRDs in
-// deploy/crds) for the MESH-HTTP profile, through its own runner, against
+// deploy/crds) for the MESH-HTTP and MESH-GRPC profiles, through its own runner, against
 // Ambit installed with Helm on two real nodes: the suite applies its
 // mesh manifests (echo pods of Istio's echo app, ConformanceEchoImage) in
 // namespaces it labels istio.io/dataplane-mode=ambient; each of them then
 // gets a namespace waypoint, as Istio's own ambient run does
 // (tests/integration/ambient/gateway_conformance_test.go), and the suite
 // runs its tests with `client` exec'd in the echo pods through the real
-// kubelets. CONFORMANCE_REPORT names a file to write the suite's report
-// to (docs/conformance-mesh-http.yaml is one).
+// kubelets. CONFORMANCE_REPORT_DIR names a folder to write each
+// profile's report to (docs/conformance-mesh-http.yaml and
+// docs/conformance-mesh-grpc.yaml are such). CONFORMANCE_RUN_TEST
+// names one test of the suite to run alone (the suite's RunTest), to
+// repeat one test without the others.
 func TestMeshConformance(t *testing.T) {
+	began := time.Now()
+	phase := func(what string) { t.Logf("%s: %s since the test began", what, time.Since(began).Round(time.Second)) }
 	l := startRealLabN(t, 2)
+	phase("lab started")
 	ctx := t.Context()
 	echo, err := lab.EnsureIstioEcho(ctx, lab.BuildOptions{})
 	if err != nil {
@@ -103,14 +112,17 @@ func TestMeshConformance(t *testing.T) {
 	if err := l.reg.PushConformanceEcho(ctx, l.root, echo); err != nil {
 		t.Fatal(err)
 	}
+	phase("echo image built and pushed")
 	if err := l.reg.PushProduct(ctx, l.root); err != nil {
 		t.Fatal(err)
 	}
+	phase("Ambit's images built and pushed")
 	c := newCLI(t, l)
 	if _, err := c.run(ctx, c.helm, HelmInstall...); err != nil {
 		t.Fatal(err)
 	}
 	c.must(t, c.kubectl, WaitMesh...)
+	phase("helm install done, mesh ready")
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig)
 	if err != nil {
@@ -139,13 +151,15 @@ func TestMeshConformance(t *testing.T) {
 	for name := range skippedMeshTests {
 		skip = append(skip, name)
 	}
+	runTest := os.Getenv("CONFORMANCE_RUN_TEST")
 	opts := suite.ConformanceOptions{
 		ConfigurableOptions: suite.ConfigurableOptions{
 			CleanupBaseResources: false, // the lab goes with the test
 			CleanupTestResources: true,
 			SupportedFeatures:    meshFeatures,
 			SkipTests:            skip,
-			ConformanceProfiles:  []suite.ConformanceProfileName{suite.MeshHTTPConformanceProfileName},
+			RunTest:              runTest,
+			ConformanceProfiles:  []suite.ConformanceProfileName{suite.MeshHTTPConformanceProfileName, suite.MeshGRPCConformanceProfileName},
 			NamespaceLabels:      map[string]string{"istio.io/dataplane-mode": "ambient"},
 			Mode:                 "default",
 			Implementation: confv1.Implementation{
@@ -187,12 +201,42 @@ func TestMeshConformance(t *testing.T) {
 		}
 	}
 	t.Logf("waypoints Programmed: %s", time.Since(start).Round(time.Second))
+	t.Logf("pods:\n%s", c.must(t, c.kubectl, "get", "pods", "-A", "-o", "wide"))
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, ns := range meshNamespaces {
+			out, _ := c.run(context.Background(), c.kubectl, "logs", "-n", ns, "deploy/waypoint", "--tail=80")
+			t.Logf("waypoint logs in %s:\n%s", ns, out)
+		}
+	})
 
-	// The suite's tests may be parallel subtests: they finish when the
-	// subtest running them does.
-	var runErr error
-	t.Run("suite", func(t *testing.T) { runErr = cSuite.Run(t, tests.ConformanceTests) })
-	t.Logf("suite run: %s", time.Since(start).Round(time.Second))
+	// CONFORMANCE_REPEAT runs the suite that many times in the one lab.
+	runs := 1
+	if n := os.Getenv("CONFORMANCE_REPEAT"); n != "" {
+		if runs, err = strconv.Atoi(n); err != nil || runs < 1 {
+			t.Fatalf("CONFORMANCE_REPEAT=%q: want a count of runs, 1 or more", n)
+		}
+	}
+	for i := range runs {
+		// The suite's tests may be parallel subtests: they finish when
+		// the subtest running them does.
+		var runErr error
+		t.Run("suite", func(t *testing.T) { runErr = cSuite.Run(t, tests.ConformanceTests) })
+		t.Logf("suite run %d of %d: %s", i+1, runs, time.Since(start).Round(time.Second))
+		if runErr != nil {
+			t.Error(runErr)
+		}
+		checkMeshReport(t, cSuite, runTest)
+	}
+}
+
+// checkMeshReport checks the suite's report of its last run: no test
+// failed, none skipped but skippedMeshTests (and, when runTest names one
+// test, the others), and writes it where CONFORMANCE_REPORT_DIR says.
+func checkMeshReport(t *testing.T, cSuite *suite.ConformanceTestSuite, runTest string) {
+	t.Helper()
 	report, err := cSuite.Report()
 	if err != nil {
 		t.Fatal(err)
@@ -202,13 +246,10 @@ func TestMeshConformance(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("conformance report:\n%s", data)
-	if out := os.Getenv("CONFORMANCE_REPORT"); out != "" {
-		if err := os.WriteFile(out, data, 0o644); err != nil {
+	if dir := os.Getenv("CONFORMANCE_REPORT_DIR"); dir != "" {
+		if err := writeProfileReports(dir, report); err != nil {
 			t.Error(err)
 		}
-	}
-	if runErr != nil {
-		t.Error(runErr)
 	}
 	for _, p := range report.ProfileReports {
 		for _, st := range []*confv1.Status{&p.Core, extended(p)} {
@@ -219,11 +260,11 @@ func TestMeshConformance(t *testing.T) {
 				t.Errorf("profile %s: failed tests %v (%d), want none", p.Name, st.FailedTests, st.Failed)
 			}
 			for _, name := range st.SkippedTests {
-				if _, ok := skippedMeshTests[name]; !ok {
+				if _, ok := skippedMeshTests[name]; !ok && (runTest == "" || name == runTest) {
 					t.Errorf("profile %s: test %s skipped, want it run (or listed in skippedMeshTests)", p.Name, name)
 				}
 			}
-			if st.Result != confv1.Success && !(st.Result == confv1.Partial && len(st.SkippedTests) > 0) {
+			if runTest == "" && st.Result != confv1.Success && !(st.Result == confv1.Partial && len(st.SkippedTests) > 0) {
 				t.Errorf("profile %s: got result %s, want success (partial only for skippedMeshTests)", p.Name, st.Result)
 			}
 		}
@@ -235,4 +276,24 @@ func extended(p confv1.ProfileReport) *confv1.Status {
 		return nil
 	}
 	return &p.Extended.Status
+}
+
+// writeProfileReports writes the report of each profile in dir, as
+// conformance-<profile>.yaml (conformance-mesh-http.yaml,
+// conformance-mesh-grpc.yaml), each the suite's report with that
+// profile only, the form in which implementations publish them.
+func writeProfileReports(dir string, report *confv1.ConformanceReport) error {
+	for _, p := range report.ProfileReports {
+		one := *report
+		one.ProfileReports = []confv1.ProfileReport{p}
+		data, err := yaml.Marshal(one)
+		if err != nil {
+			return fmt.Errorf("marshal report of %s: %w", p.Name, err)
+		}
+		f := filepath.Join(dir, "conformance-"+strings.ToLower(p.Name)+".yaml")
+		if err := os.WriteFile(f, data, 0o644); err != nil {
+			return fmt.Errorf("write report: %w", err)
+		}
+	}
+	return nil
 }
