@@ -78,6 +78,19 @@ type Config struct {
 	// namespace. The node agent will supply one that opens the socket
 	// inside the pod's namespace (Istio's in-pod mode).
 	ListenInbound func(w *config.Workload, addr netip.AddrPort) (net.Listener, error)
+	// Shared opens every listener with SO_REUSEPORT, and the newest
+	// listener on an address takes its new connections
+	// (origdst.NewestTakesOver): the next ztunnel of an upgrade listens
+	// beside this one on the node, takes over new connections once it
+	// is ready, and this one drains (docs/upgrades.md). With Transparent
+	// it needs Linux 6.5 (origdst.AssignsReusePort).
+	Shared bool
+	// ListenWhenReady opens the data listeners (outbound, inbound) only
+	// once Ready: before, the redirection keeps delivering new
+	// connections to the ztunnel that still serves (with Shared) or
+	// drops them (fail closed), instead of handing them to a tunnel that
+	// has no config or certificates yet. The HTTP servers open at Start.
+	ListenWhenReady bool
 	// Transparent is for Ambit's eBPF redirection (and TPROXY): listeners
 	// are transparent, inbound ones bind workload addresses that are not
 	// the node's, and a connection's original destination is its local
@@ -136,6 +149,7 @@ type Ztunnel struct {
 	out      *outbound.Outbound
 
 	mu      sync.Mutex
+	serving bool // data listeners open (see Config.ListenWhenReady)
 	outLn   net.Listener
 	inLns   map[netip.Addr][]net.Listener
 	https   []*http.Server
@@ -159,10 +173,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	if cfg.ListenInbound == nil {
 		cfg.ListenInbound = func(_ *config.Workload, addr netip.AddrPort) (net.Listener, error) {
-			if cfg.Transparent {
-				return origdst.ListenTransparent(context.Background(), addr.String())
-			}
-			return net.Listen("tcp", addr.String())
+			return origdst.Listen(context.Background(), addr.String(), origdst.ListenOptions{Transparent: cfg.Transparent, Shared: cfg.Shared})
 		}
 	}
 	if cfg.OrigDst == nil {
@@ -185,7 +196,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		metrics:  telemetry.New(),
 		inLns:    map[netip.Addr][]net.Listener{},
 	}
-	z.certs = &identity.Cache{Source: cfg.Certificates, Clock: cfg.Clock, OnRefresh: z.logRefresh}
+	z.certs = &identity.Cache{Source: cfg.Certificates, Clock: cfg.Clock, OnRefresh: z.onRefresh}
 	z.pool = &pool.Pool{
 		MaxStreams: cfg.MaxStreams, IdleTimeout: cfg.IdleTimeout, Dial: z.dialHBONE,
 		// A pooled connection takes new streams only while it presents
@@ -223,8 +234,9 @@ func New(cfg Config) (*Ztunnel, error) {
 	return z, nil
 }
 
-// logRefresh logs the outcome of a certificate fetch.
-func (z *Ztunnel) logRefresh(r identity.Refresh) {
+// onRefresh logs the outcome of a certificate fetch; the last missing
+// certificate may make the tunnel ready to serve.
+func (z *Ztunnel) onRefresh(r identity.Refresh) {
 	if r.Err != nil {
 		z.log.Warn("fetch certificate; retrying", logkey.Identity, r.Identity.String(),
 			logkey.NextRefresh, r.Next, logkey.Error, r.Err.Error())
@@ -233,6 +245,11 @@ func (z *Ztunnel) logRefresh(r identity.Refresh) {
 	z.log.Info("certificate issued", logkey.Identity, r.Identity.String(),
 		logkey.Serial, r.Certificate.Leaf.SerialNumber.String(),
 		logkey.Expires, r.Certificate.Leaf.NotAfter, logkey.NextRefresh, r.Next)
+	if z.cfg.ListenWhenReady && !z.Serving() {
+		// Not on the refresher's own goroutine: onConfig tracks and
+		// forgets certificates.
+		go z.onConfig(z.cfg.Store.Snapshot())
+	}
 }
 
 func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientConn, error) {
@@ -274,19 +291,11 @@ func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientCon
 }
 
 // Start opens the listeners and returns once they are bound; serving goes
-// on in the background until Shutdown.
+// on in the background until Shutdown. With Config.ListenWhenReady the
+// data listeners open later, once the tunnel is ready.
 func (z *Ztunnel) Start() error {
-	if z.cfg.OutboundAddr != "" {
-		listen := func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
-		if z.cfg.Transparent {
-			listen = func(addr string) (net.Listener, error) { return origdst.ListenTransparent(context.Background(), addr) }
-		}
-		ln, err := listen(z.cfg.OutboundAddr)
-		if err != nil {
-			return fmt.Errorf("listen outbound %s: %w", z.cfg.OutboundAddr, err)
-		}
-		z.outLn = ln
-		go z.out.Serve(ln)
+	listen := func(addr string) (net.Listener, error) {
+		return origdst.Listen(context.Background(), addr, origdst.ListenOptions{Shared: z.cfg.Shared})
 	}
 	servers := []struct {
 		addr string
@@ -301,7 +310,7 @@ func (z *Ztunnel) Start() error {
 		if s.addr == "" {
 			continue
 		}
-		ln, err := net.Listen("tcp", s.addr)
+		ln, err := listen(s.addr)
 		if err != nil {
 			z.closeListeners()
 			return fmt.Errorf("listen %s: %w", s.addr, err)
@@ -312,9 +321,42 @@ func (z *Ztunnel) Start() error {
 		z.mu.Unlock()
 		go srv.Serve(ln)
 	}
+	if !z.cfg.ListenWhenReady {
+		z.mu.Lock()
+		err := z.serveLocked()
+		z.mu.Unlock()
+		if err != nil {
+			z.closeListeners()
+			return err
+		}
+	}
 	z.unsub = z.cfg.Store.Subscribe(z.onConfig)
 	z.onConfig(z.cfg.Store.Snapshot())
 	return nil
+}
+
+// serveLocked opens the outbound listener; from now on onConfig opens
+// the inbound ones. z.mu is held.
+func (z *Ztunnel) serveLocked() error {
+	z.serving = true
+	if z.cfg.OutboundAddr == "" {
+		return nil
+	}
+	ln, err := origdst.Listen(context.Background(), z.cfg.OutboundAddr,
+		origdst.ListenOptions{Transparent: z.cfg.Transparent, Shared: z.cfg.Shared})
+	if err != nil {
+		return fmt.Errorf("listen outbound %s: %w", z.cfg.OutboundAddr, err)
+	}
+	z.outLn = ln
+	go z.out.Serve(ln)
+	return nil
+}
+
+// Serving reports whether the data listeners are open.
+func (z *Ztunnel) Serving() bool {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.serving
 }
 
 func (z *Ztunnel) metricsHandler() http.Handler {
@@ -358,7 +400,20 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 			delete(z.inLns, a)
 		}
 	}
+	if !z.serving && z.cfg.ListenWhenReady && z.readyFor(snap) == nil {
+		if err := z.serveLocked(); err != nil {
+			// Fail closed: the redirection keeps dropping new
+			// connections it cannot deliver; the next update retries.
+			z.serving = false
+			z.log.Error("open data listeners", logkey.Error, err.Error())
+		} else {
+			z.log.Info("ready: data listeners open", logkey.Version, snap.Version)
+		}
+	}
 	for a, w := range want {
+		if !z.serving {
+			break
+		}
 		if _, ok := z.inLns[a]; ok {
 			continue
 		}
@@ -386,10 +441,15 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 // Ready is nil once the config is loaded and every local workload has a
 // certificate; otherwise it says what is missing.
 func (z *Ztunnel) Ready() error {
+	return z.readyFor(z.cfg.Store.Snapshot())
+}
+
+// readyFor is Ready for snap.
+func (z *Ztunnel) readyFor(snap *config.Snapshot) error {
 	if !z.cfg.Store.Loaded() {
 		return errors.New("config not loaded")
 	}
-	for _, w := range z.cfg.Store.Snapshot().LocalWorkloads(z.cfg.Node) {
+	for _, w := range snap.LocalWorkloads(z.cfg.Node) {
 		if !z.certs.Has(w.Identity()) {
 			return fmt.Errorf("no certificate yet for %s", w.Identity())
 		}
