@@ -147,6 +147,8 @@ type mesh struct {
 	redir *redirector
 	ip    func(byte) netip.Addr
 	a, b  *node
+	// shared: see meshOptions.shared.
+	shared bool
 }
 
 // certSource lets a test make one node misbehave.
@@ -165,6 +167,10 @@ type meshOptions struct {
 	// before runs once the CA and store exist, before the nodes start.
 	before func(m *mesh)
 	state  func(ip func(byte) netip.Addr) config.State
+	// shared opens the nodes' listeners as the ztunnel command does
+	// (Config.Shared and ListenWhenReady), so that a second tunnel of
+	// the same node can listen beside the first (startNodeAt).
+	shared bool
 }
 
 // Workload addresses: node A holds .1 (client) and .2 (other), node B .11
@@ -200,7 +206,7 @@ func newMesh(t testing.TB, o meshOptions) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &mesh{ca: ca, store: config.NewStore(), redir: newRedirector(), ip: addrs(t)}
+	m := &mesh{ca: ca, store: config.NewStore(), redir: newRedirector(), ip: addrs(t), shared: o.shared}
 	st := defaultState(m.ip)
 	if o.state != nil {
 		st = o.state(m.ip)
@@ -229,6 +235,12 @@ func newMesh(t testing.TB, o meshOptions) *mesh {
 
 func (m *mesh) startNode(t testing.TB, name string, src identity.Source, clk identity.Clock) *node {
 	t.Helper()
+	return m.startNodeAt(t, name, src, clk, "127.0.0.1:0")
+}
+
+// startNodeAt is startNode with the outbound listener on outbound.
+func (m *mesh) startNodeAt(t testing.TB, name string, src identity.Source, clk identity.Clock, outbound string) *node {
+	t.Helper()
 	lb := &logBuffer{notify: make(chan struct{}, 1)}
 	z, err := ztunnel.New(ztunnel.Config{
 		Node:         name,
@@ -236,8 +248,9 @@ func (m *mesh) startNode(t testing.TB, name string, src identity.Source, clk ide
 		Certificates: src,
 		Roots:        m.ca.Roots(),
 		Clock:        clk,
-		OutboundAddr: "127.0.0.1:0",
+		OutboundAddr: outbound,
 		OrigDst:      m.redir.OrigDst,
+		Shared:       m.shared, ListenWhenReady: m.shared,
 		BindSource:   true,
 		// Loopback addresses are the test host's own: bound without
 		// IP_TRANSPARENT.

@@ -438,13 +438,22 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 	}
 }
 
-// Ready is nil once the config is loaded and every local workload has a
-// certificate; otherwise it says what is missing.
+// Ready is nil once the config is loaded, every local workload has a
+// certificate and the data listeners are open; otherwise it says what is
+// missing. (Readiness ends an upgrade's overlap: the previous tunnel of
+// the node drains once this one is ready, so it must be serving.)
 func (z *Ztunnel) Ready() error {
-	return z.readyFor(z.cfg.Store.Snapshot())
+	if err := z.readyFor(z.cfg.Store.Snapshot()); err != nil {
+		return err
+	}
+	if !z.Serving() {
+		return errors.New("data listeners not open yet")
+	}
+	return nil
 }
 
-// readyFor is Ready for snap.
+// readyFor is nil once the config is loaded and every local workload of
+// snap has a certificate: the tunnel can serve.
 func (z *Ztunnel) readyFor(snap *config.Snapshot) error {
 	if !z.cfg.Store.Loaded() {
 		return errors.New("config not loaded")
@@ -464,6 +473,9 @@ func (z *Ztunnel) WaitReady(ctx context.Context) error {
 			return err
 		}
 	}
+	// Open the data listeners now rather than on the certificate's
+	// refresh callback, which runs apart.
+	z.onConfig(z.cfg.Store.Snapshot())
 	return z.Ready()
 }
 

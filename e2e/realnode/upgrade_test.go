@@ -19,14 +19,19 @@ import (
 // with it).
 const upgradeVersion = "0.1.1-upgrade"
 
+// upgradeDrain is the chart's ztunnel.drainTimeoutSeconds: how long an
+// old ztunnel keeps the connections it carries once it is told to stop.
+const upgradeDrain = 30 * time.Second
+
 // TestUpgrade installs Ambit on two real nodes, then `helm upgrade`s it to
 // images of another tag while a client on node1 calls a server on node2
 // through the mesh on one kept-alive connection and on a new connection
 // every 100 ms (echo probe), and checks that the DaemonSets rolled (every
-// node agent and ztunnel runs the new tag) and that the mesh carries new
-// and held connections again after the roll. What the roll did to the
-// connections is logged, for docs/upgrades.md: the test does not assert
-// it (the chart's DaemonSets restart ztunnel in place, see there).
+// node agent and ztunnel runs the new tag), that no request failed
+// during the roll (new ztunnels start beside the old ones and take over
+// new connections, docs/upgrades.md), that the held connection was not
+// lost before an old ztunnel's drain timeout could have ended it, and
+// that the mesh carries new and held connections after the roll.
 func TestUpgrade(t *testing.T) {
 	l := startRealLabN(t, 2)
 	ctx := t.Context()
@@ -111,6 +116,7 @@ func TestUpgrade(t *testing.T) {
 	}
 
 	start := time.Now()
+	upgradeAt := time.Since(probeStart)
 	c.must(t, c.helm, "upgrade", "ambit", "deploy/charts/ambit", "-n", ReleaseNamespace, "--reuse-values", "--set", "tag="+upgradeVersion, "--wait", "--timeout", "10m")
 	for _, ds := range []string{"ztunnel", "ambit-cni-agent"} {
 		c.must(t, c.kubectl, "rollout", "status", "daemonset", "-n", ReleaseNamespace, ds, "--timeout=10m")
@@ -128,14 +134,19 @@ func TestUpgrade(t *testing.T) {
 	// no new failure. Lines queue while the roll runs: skip to those
 	// written after it.
 	rolledAt := time.Since(probeStart)
-	for {
-		d, err := time.ParseDuration(next().Elapsed)
+	var heldLost time.Duration // when the held client first opened another connection
+	elapsed := func(r echo.ProbeResult) time.Duration {
+		t.Helper()
+		d, err := time.ParseDuration(r.Elapsed)
 		if err != nil {
-			t.Fatalf("probe line %+v: %v", last, err)
+			t.Fatalf("probe line %+v: %v", r, err)
 		}
-		if d >= rolledAt {
-			break
+		if heldLost == 0 && r.Held.Conns > before.Held.Conns {
+			heldLost = d
 		}
+		return d
+	}
+	for elapsed(next()) < rolledAt {
 	}
 	after := last
 	deadline := time.Now().Add(3 * time.Minute)
@@ -144,6 +155,7 @@ func TestUpgrade(t *testing.T) {
 			t.Fatalf("3 minutes after the roll the mesh still fails: last %+v", last)
 		}
 		r := next()
+		elapsed(r)
 		if r.Held.Failed != after.Held.Failed || r.New.Failed != after.New.Failed {
 			after = r
 			continue
@@ -162,5 +174,27 @@ func TestUpgrade(t *testing.T) {
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "held connection: %d requests failed, %d connections opened in all; new connections: %d failed of %d",
 		last.Held.Failed, last.Held.Conns, last.New.Failed, last.New.Failed+last.New.OK)
+	if heldLost != 0 {
+		fmt.Fprintf(&buf, "; the held connection was replaced %s after `helm upgrade` began", (heldLost - upgradeAt).Round(time.Second))
+	}
 	t.Log(buf.String())
+
+	if n := last.New.Failed - before.New.Failed; n != 0 {
+		t.Errorf("new connections during the roll: %d failed (%v, first at %s, last at %s), want none",
+			n, last.New.Errors, last.New.FirstFail, last.New.LastFail)
+	}
+	// No old ztunnel is told to stop before `helm upgrade` begins, and
+	// each keeps its connections for the drain timeout: only then may
+	// the held connection end (a request on it failing at that moment).
+	if n := last.Held.Failed - before.Held.Failed; n != 0 {
+		first, err := time.ParseDuration(last.Held.FirstFail)
+		if err != nil || first-upgradeAt < upgradeDrain {
+			t.Errorf("requests on the held connection: %d failed (%v), first at %s, %s after `helm upgrade` began; want none before the drain timeout (%s)",
+				n, last.Held.Errors, last.Held.FirstFail, (first - upgradeAt).Round(time.Second), upgradeDrain)
+		}
+	}
+	if heldLost != 0 && heldLost-upgradeAt < upgradeDrain {
+		t.Errorf("held connection replaced %s after `helm upgrade` began, want not before the drain timeout (%s)",
+			(heldLost - upgradeAt).Round(time.Second), upgradeDrain)
+	}
 }

@@ -1,0 +1,93 @@
+package ztunnel_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/ambitmesh/ambit/ztunnel"
+)
+
+// opened is a tunnel's istio_tcp_connections_opened_total, all series.
+func opened(t *testing.T, z *ztunnel.Ztunnel) float64 {
+	t.Helper()
+	mfs, err := z.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() == "istio_tcp_connections_opened_total" {
+			for _, m := range mf.GetMetric() {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
+}
+
+// TestHandover upgrades each node's tunnel as the chart's DaemonSet does
+// (docs/upgrades.md): a second tunnel of the node starts beside the
+// first on the same ports (shared listeners), takes the new connections
+// once ready, and the first drains. Through both replacements new
+// connections all succeed, and a connection held through the old tunnel
+// keeps working until it ends by itself, which ends the drain early.
+func TestHandover(t *testing.T) {
+	m := newMesh(t, meshOptions{shared: true})
+	server := netip.AddrPortFrom(m.ip(11), 8080)
+	parent := t // the new tunnels outlive their subtest
+	for _, tt := range []struct {
+		node string
+		old  func() *node
+		set  func(*node)
+	}{
+		// Node B first: the server's side (inbound HBONE); node A's
+		// pooled HBONE connection to the old tunnel gets GOAWAY.
+		{"node-b", func() *node { return m.b }, func(n *node) { m.b = n }},
+		// Node A: the client's side (outbound listener).
+		{"node-a", func() *node { return m.a }, func(n *node) { m.a = n }},
+	} {
+		t.Run(tt.node, func(t *testing.T) {
+			held := m.outbound(t, m.ip(1), server)
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("node A log:\n%s", m.a.log)
+				}
+			})
+			expectEcho(t, held, server, "before")
+			old := tt.old()
+			next := m.startNodeAt(parent, tt.node, m.ca, nil, old.z.OutboundAddr().String())
+			if !next.z.Serving() {
+				t.Fatal("new tunnel ready but not serving")
+			}
+			before := opened(t, next.z)
+			drained := make(chan error, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				drained <- old.z.Shutdown(ctx)
+			}()
+			for i := range 20 {
+				c := m.outbound(t, m.ip(1), server)
+				expectEcho(t, c, server, fmt.Sprintf("new %d", i))
+				c.Close()
+				expectEcho(t, held, server, fmt.Sprintf("held %d", i))
+			}
+			if got := opened(t, next.z) - before; got < 20 {
+				t.Errorf("connections the new tunnel opened while the old drained: got %v, want at least 20", got)
+			}
+			select {
+			case err := <-drained:
+				t.Fatalf("old tunnel drained (%v) while a connection through it was open", err)
+			default:
+			}
+			held.Close()
+			if err := <-drained; err != nil {
+				t.Errorf("drain after the held connection ended: %v, want nil (ended before the deadline)", err)
+			}
+			tt.set(next)
+		})
+	}
+}
