@@ -251,7 +251,7 @@ func (m *mesh) startNodeAt(t testing.TB, name string, src identity.Source, clk i
 		OutboundAddr: outbound,
 		OrigDst:      m.redir.OrigDst,
 		Shared:       m.shared, ListenWhenReady: m.shared,
-		BindSource:   true,
+		BindSource: true,
 		// Loopback addresses are the test host's own: bound without
 		// IP_TRANSPARENT.
 		PreserveSource: true,
