@@ -243,15 +243,16 @@ func (m *mesh) startNodeAt(t testing.TB, name string, src identity.Source, clk i
 	t.Helper()
 	lb := &logBuffer{notify: make(chan struct{}, 1)}
 	z, err := ztunnel.New(ztunnel.Config{
-		Node:         name,
-		Store:        m.store,
-		Certificates: src,
-		Roots:        m.ca.Roots(),
-		Clock:        clk,
-		OutboundAddr: outbound,
-		OrigDst:      m.redir.OrigDst,
-		Shared:       m.shared, ListenWhenReady: m.shared,
-		BindSource: true,
+		Node:            name,
+		Store:           m.store,
+		Certificates:    src,
+		Roots:           m.ca.Roots(),
+		Clock:           clk,
+		OutboundAddr:    outbound,
+		OrigDst:         m.redir.OrigDst,
+		Shared:          m.shared,
+		ListenWhenReady: m.shared,
+		BindSource:      true,
 		// Loopback addresses are the test host's own: bound without
 		// IP_TRANSPARENT.
 		PreserveSource: true,
