@@ -58,11 +58,10 @@ func TestHandover(t *testing.T) {
 			})
 			expectEcho(t, held, server, "before")
 			old := tt.old()
-			next := m.startNodeAt(parent, tt.node, m.ca, nil, old.z.OutboundAddr().String())
+			next := m.startNodeAt(parent, tt.node, m.ca, nil, old.z.OutboundAddr().String(), old.z.ReadinessAddr())
 			if !next.z.Serving() {
 				t.Fatal("new tunnel ready but not serving")
 			}
-			before := opened(t, next.z)
 			drained := make(chan error, 1)
 			go func() {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -75,9 +74,6 @@ func TestHandover(t *testing.T) {
 				c.Close()
 				expectEcho(t, held, server, fmt.Sprintf("held %d", i))
 			}
-			if got := opened(t, next.z) - before; got < 20 {
-				t.Errorf("connections the new tunnel opened while the old drained: got %v, want at least 20", got)
-			}
 			select {
 			case err := <-drained:
 				t.Fatalf("old tunnel drained (%v) while a connection through it was open", err)
@@ -87,7 +83,56 @@ func TestHandover(t *testing.T) {
 			if err := <-drained; err != nil {
 				t.Errorf("drain after the held connection ended: %v, want nil (ended before the deadline)", err)
 			}
+			// Node A's pool may have kept its connection to the old
+			// tunnel until its GOAWAY; now every new one is the new
+			// tunnel's.
+			before := opened(t, next.z)
+			for i := range 5 {
+				c := m.outbound(t, m.ip(1), server)
+				expectEcho(t, c, server, fmt.Sprintf("after %d", i))
+				c.Close()
+			}
+			if got := opened(t, next.z) - before; got != 5 {
+				t.Errorf("connections the new tunnel opened after the old one drained: got %v, want 5", got)
+			}
 			tt.set(next)
 		})
+	}
+}
+
+// TestHandoverWaitsForSuccessor: a tunnel told to stop before its
+// successor is ready (the kubelet took the old tunnel's answer on the
+// shared readiness port for the new one's) keeps its listeners open and
+// serving until the successor answers ready, then hands over: no
+// moment without a listener.
+func TestHandoverWaitsForSuccessor(t *testing.T) {
+	m := newMesh(t, meshOptions{shared: true, handoverWait: time.Minute})
+	server := netip.AddrPortFrom(m.ip(11), 8080)
+	old := m.a
+	drained := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		drained <- old.z.Shutdown(ctx)
+	}()
+	// Stopping, but alone: it still takes and serves new connections.
+	for i := range 5 {
+		c := m.outbound(t, m.ip(1), server)
+		expectEcho(t, c, server, fmt.Sprintf("waiting %d", i))
+		c.Close()
+	}
+	next := m.startNodeAt(t, "node-a", m.ca, nil, old.z.OutboundAddr().String(), old.z.ReadinessAddr())
+	old.log.waitFor(t, "successor ready; closing listeners")
+	before := opened(t, next.z)
+	for i := range 5 {
+		c := m.outbound(t, m.ip(1), server)
+		expectEcho(t, c, server, fmt.Sprintf("handed over %d", i))
+		c.Close()
+	}
+	if got := opened(t, next.z) - before; got < 5 {
+		t.Errorf("connections the successor opened after the handover: got %v, want 5", got)
+	}
+	if err := <-drained; err != nil {
+		t.Errorf("drain: %v, want nil", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -91,6 +92,14 @@ type Config struct {
 	// drops them (fail closed), instead of handing them to a tunnel that
 	// has no config or certificates yet. The HTTP servers open at Start.
 	ListenWhenReady bool
+	// HandoverWait, with Shared and a readiness listener, is how long
+	// Shutdown keeps the listeners open, waiting for another tunnel of
+	// the node to answer ready on the shared readiness port, before it
+	// closes them and drains. In an upgrade the new tunnel is ready
+	// before the old one is told to stop, and the wait ends at once; it
+	// covers the kubelet having taken the old tunnel's answer to a probe
+	// for the new one's. 0 closes at once.
+	HandoverWait time.Duration
 	// Transparent is for Ambit's eBPF redirection (and TPROXY): listeners
 	// are transparent, inbound ones bind workload addresses that are not
 	// the node's, and a connection's original destination is its local
@@ -148,6 +157,12 @@ type Ztunnel struct {
 	in       *inbound.Inbound
 	out      *outbound.Outbound
 
+	// instance tells this tunnel's readiness answers from another's
+	// on a shared port (the Ambit-Instance header).
+	instance string
+	// readyAddr is the bound readiness listener.
+	readyAddr string
+
 	mu      sync.Mutex
 	serving bool // data listeners open (see Config.ListenWhenReady)
 	outLn   net.Listener
@@ -195,6 +210,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		verifier: &identity.Verifier{Roots: cfg.Roots},
 		metrics:  telemetry.New(),
 		inLns:    map[netip.Addr][]net.Listener{},
+		instance: fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()),
 	}
 	z.certs = &identity.Cache{Source: cfg.Certificates, Clock: cfg.Clock, OnRefresh: z.onRefresh}
 	z.pool = &pool.Pool{
@@ -297,13 +313,17 @@ func (z *Ztunnel) Start() error {
 	listen := func(addr string) (net.Listener, error) {
 		return origdst.Listen(context.Background(), addr, origdst.ListenOptions{Shared: z.cfg.Shared})
 	}
+	ready := admin.Readiness(z.Ready)
 	servers := []struct {
 		addr string
 		h    http.Handler
 	}{
 		{z.cfg.AdminAddr, admin.Handler(admin.Options{Dump: z.ConfigDump, Level: z.cfg.LogLevel})},
 		{z.cfg.MetricsAddr, z.metricsHandler()},
-		{z.cfg.ReadinessAddr, admin.Readiness(z.Ready)},
+		{z.cfg.ReadinessAddr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set(InstanceHeader, z.instance)
+			ready.ServeHTTP(w, r)
+		})},
 		{z.cfg.LivenessAddr, admin.Liveness()},
 	}
 	for _, s := range servers {
@@ -314,6 +334,9 @@ func (z *Ztunnel) Start() error {
 		if err != nil {
 			z.closeListeners()
 			return fmt.Errorf("listen %s: %w", s.addr, err)
+		}
+		if s.addr == z.cfg.ReadinessAddr {
+			z.readyAddr = ln.Addr().String()
 		}
 		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
 		z.mu.Lock()
@@ -497,6 +520,9 @@ func (z *Ztunnel) OutboundAddr() netip.AddrPort {
 	return z.outLn.Addr().(*net.TCPAddr).AddrPort()
 }
 
+// ReadinessAddr is the bound readiness listener address, empty without one.
+func (z *Ztunnel) ReadinessAddr() string { return z.readyAddr }
+
 // Metrics are the tunnel's collectors.
 func (z *Ztunnel) Metrics() *telemetry.Metrics { return z.metrics }
 
@@ -532,6 +558,7 @@ func (z *Ztunnel) Shutdown(ctx context.Context) error {
 	if z.unsub != nil {
 		z.unsub()
 	}
+	z.awaitSuccessor(ctx)
 	z.closeListeners()
 	var wg sync.WaitGroup
 	var inErr, outErr error
@@ -546,6 +573,46 @@ func (z *Ztunnel) Shutdown(ctx context.Context) error {
 	}
 	z.mu.Unlock()
 	return errors.Join(inErr, outErr)
+}
+
+// InstanceHeader names the tunnel instance that answered a readiness
+// request: on a shared readiness port, a tunnel tells its own answers
+// from a successor's.
+const InstanceHeader = "Ambit-Instance"
+
+// awaitSuccessor waits, up to Config.HandoverWait or until ctx is done,
+// until another tunnel answers ready on the shared readiness port (the
+// newest listener takes the connection).
+func (z *Ztunnel) awaitSuccessor(ctx context.Context) {
+	if !z.cfg.Shared || z.cfg.HandoverWait <= 0 || z.readyAddr == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, z.cfg.HandoverWait)
+	defer cancel()
+	_, port, _ := net.SplitHostPort(z.readyAddr)
+	url := "http://" + net.JoinHostPort("127.0.0.1", port) + "/healthz/ready"
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Second}
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return
+		}
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if id := resp.Header.Get(InstanceHeader); resp.StatusCode == http.StatusOK && id != z.instance {
+				z.log.Info("successor ready; closing listeners", logkey.Instance, id)
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			z.log.Info("no successor ready; closing listeners")
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // handshakeBound is how many connections may be in the HBONE handshake
