@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,6 +116,7 @@ func TestUpgrade(t *testing.T) {
 		t.Fatalf("probe before the upgrade: %+v, want no failures", before)
 	}
 
+	oldZtunnels := strings.Fields(c.must(t, c.kubectl, "get", "pods", "-n", ReleaseNamespace, "-l", "app=ztunnel", "-o", "name"))
 	start := time.Now()
 	upgradeAt := time.Since(probeStart)
 	c.must(t, c.helm, "upgrade", "ambit", "deploy/charts/ambit", "-n", ReleaseNamespace, "--reuse-values", "--set", "tag="+upgradeVersion, "--wait", "--timeout", "10m")
@@ -122,6 +124,39 @@ func TestUpgrade(t *testing.T) {
 		c.must(t, c.kubectl, "rollout", "status", "daemonset", "-n", ReleaseNamespace, ds, "--timeout=10m")
 	}
 	rolled := time.Since(start)
+	// The old ztunnels drain for up to the drain timeout after the roll:
+	// follow their logs (for a failure's explanation) until they are
+	// gone, and look at the probe until then.
+	var logWG sync.WaitGroup
+	oldLogs := make([]bytes.Buffer, len(oldZtunnels))
+	for i, pod := range oldZtunnels {
+		cmd := exec.CommandContext(ctx, c.kubectl, "logs", "-f", "-n", ReleaseNamespace, pod)
+		cmd.Env = append(cmd.Environ(), c.env...)
+		cmd.Stdout = &oldLogs[i]
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		logWG.Go(func() { cmd.Wait() })
+	}
+	c.must(t, c.kubectl, append([]string{"wait", "-n", ReleaseNamespace, "--for=delete", "--timeout=3m"}, oldZtunnels...)...)
+	drained := time.Since(start)
+	logWG.Wait()
+	dumped := false
+	dumpOldLogs := func() {
+		if dumped {
+			return
+		}
+		dumped = true
+		for i, pod := range oldZtunnels {
+			var lines []string
+			for _, l := range strings.Split(oldLogs[i].String(), "\n") {
+				if !strings.Contains(l, `"level":"INFO","msg":"connection complete"`) && !strings.Contains(l, "certificate issued") {
+					lines = append(lines, l)
+				}
+			}
+			t.Logf("log of %s (%d bytes; completed connections at INFO left out):\n%s", pod, oldLogs[i].Len(), strings.Join(lines, "\n"))
+		}
+	}
 	for _, app := range []string{"ztunnel", "ambit-cni-agent", "istiod"} {
 		out := c.must(t, c.kubectl, "get", "pods", "-n", ReleaseNamespace, "-l", "app="+app, "-o", "jsonpath={range .items[*]}{.spec.containers[0].image}{\"\\n\"}{end}")
 		for _, img := range strings.Fields(out) {
@@ -133,7 +168,8 @@ func TestUpgrade(t *testing.T) {
 	// Both clients work again after the roll: ten more answers each with
 	// no new failure. Lines queue while the roll runs: skip to those
 	// written after it.
-	rolledAt := time.Since(probeStart)
+	rolledAt := time.Since(probeStart) // the old ztunnels are gone
+	heldConns := before.Held.Conns
 	var heldLost time.Duration // when the held client first opened another connection
 	elapsed := func(r echo.ProbeResult) time.Duration {
 		t.Helper()
@@ -143,6 +179,10 @@ func TestUpgrade(t *testing.T) {
 		}
 		if heldLost == 0 && r.Held.Conns > before.Held.Conns {
 			heldLost = d
+		}
+		if r.Held.Conns != heldConns {
+			t.Logf("held client: connection %d at %s (%s after `helm upgrade` began)", r.Held.Conns, d, (d - upgradeAt).Round(time.Second))
+			heldConns = r.Held.Conns
 		}
 		return d
 	}
@@ -169,8 +209,9 @@ func TestUpgrade(t *testing.T) {
 	roll, _ := json.MarshalIndent(struct {
 		Before, After echo.ProbeResult
 		Roll          string
-	}{before, last, rolled.Round(time.Second).String()}, "", "  ")
-	t.Logf("during `helm upgrade` (DaemonSets rolled in %s):\n%s", rolled.Round(time.Second), roll)
+		Drained       string
+	}{before, last, rolled.Round(time.Second).String(), drained.Round(time.Second).String()}, "", "  ")
+	t.Logf("during `helm upgrade` (DaemonSets rolled in %s, old ztunnels gone after %s):\n%s", rolled.Round(time.Second), drained.Round(time.Second), roll)
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "held connection: %d requests failed, %d connections opened in all; new connections: %d failed of %d",
 		last.Held.Failed, last.Held.Conns, last.New.Failed, last.New.Failed+last.New.OK)
@@ -180,6 +221,7 @@ func TestUpgrade(t *testing.T) {
 	t.Log(buf.String())
 
 	if n := last.New.Failed - before.New.Failed; n != 0 {
+		defer dumpOldLogs()
 		t.Errorf("new connections during the roll: %d failed (%v, first at %s, last at %s), want none",
 			n, last.New.Errors, last.New.FirstFail, last.New.LastFail)
 	}
@@ -189,11 +231,13 @@ func TestUpgrade(t *testing.T) {
 	if n := last.Held.Failed - before.Held.Failed; n != 0 {
 		first, err := time.ParseDuration(last.Held.FirstFail)
 		if err != nil || first-upgradeAt < upgradeDrain {
+			defer dumpOldLogs()
 			t.Errorf("requests on the held connection: %d failed (%v), first at %s, %s after `helm upgrade` began; want none before the drain timeout (%s)",
 				n, last.Held.Errors, last.Held.FirstFail, (first - upgradeAt).Round(time.Second), upgradeDrain)
 		}
 	}
 	if heldLost != 0 && heldLost-upgradeAt < upgradeDrain {
+		defer dumpOldLogs()
 		t.Errorf("held connection replaced %s after `helm upgrade` began, want not before the drain timeout (%s)",
 			(heldLost - upgradeAt).Round(time.Second), upgradeDrain)
 	}
