@@ -136,3 +136,43 @@ func TestHandoverWaitsForSuccessor(t *testing.T) {
 		t.Errorf("drain: %v, want nil", err)
 	}
 }
+
+// TestHandoverHeldAcrossBoth replaces the server's node's tunnel and then
+// the client's while one connection stays open through the old ones:
+// it keeps working while both drain.
+func TestHandoverHeldAcrossBoth(t *testing.T) {
+	m := newMesh(t, meshOptions{shared: true})
+	server := netip.AddrPortFrom(m.ip(11), 8080)
+	held := m.outbound(t, m.ip(1), server)
+	expectEcho(t, held, server, "before")
+	drain := func(n *node) {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			n.z.Shutdown(ctx)
+		}()
+	}
+	oldB := m.b
+	m.b = m.startNodeAt(t, "node-b", m.ca, nil, oldB.z.OutboundAddr().String(), oldB.z.ReadinessAddr())
+	drain(oldB)
+	for i := range 5 {
+		c := m.outbound(t, m.ip(1), server)
+		expectEcho(t, c, server, fmt.Sprintf("b replaced %d", i))
+		c.Close()
+		expectEcho(t, held, server, fmt.Sprintf("held b %d", i))
+	}
+	oldA := m.a
+	m.a = m.startNodeAt(t, "node-a", m.ca, nil, oldA.z.OutboundAddr().String(), oldA.z.ReadinessAddr())
+	drain(oldA)
+	for i := range 5 {
+		c := m.outbound(t, m.ip(1), server)
+		expectEcho(t, c, server, fmt.Sprintf("a replaced %d", i))
+		c.Close()
+		expectEcho(t, held, server, fmt.Sprintf("held a %d", i))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("old node A log:\n%s\nold node B log:\n%s", oldA.log, oldB.log)
+		}
+	})
+}

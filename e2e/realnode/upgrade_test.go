@@ -117,6 +117,21 @@ func TestUpgrade(t *testing.T) {
 	}
 
 	oldZtunnels := strings.Fields(c.must(t, c.kubectl, "get", "pods", "-n", ReleaseNamespace, "-l", "app=ztunnel", "-o", "name"))
+	oldAgents := strings.Fields(c.must(t, c.kubectl, "get", "pods", "-n", ReleaseNamespace, "-l", "app=ambit-cni-agent", "-o", "name"))
+	// Follow the old pods' logs (for a failure's explanation) until they
+	// are gone.
+	var logWG sync.WaitGroup
+	oldPods := append(append([]string{}, oldZtunnels...), oldAgents...)
+	oldLogs := make([]bytes.Buffer, len(oldPods))
+	for i, pod := range oldPods {
+		cmd := exec.CommandContext(ctx, c.kubectl, "logs", "-f", "--timestamps", "-n", ReleaseNamespace, pod)
+		cmd.Env = append(cmd.Environ(), c.env...)
+		cmd.Stdout, cmd.Stderr = &oldLogs[i], &oldLogs[i]
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		logWG.Go(func() { cmd.Wait() })
+	}
 	start := time.Now()
 	upgradeAt := time.Since(probeStart)
 	c.must(t, c.helm, "upgrade", "ambit", "deploy/charts/ambit", "-n", ReleaseNamespace, "--reuse-values", "--set", "tag="+upgradeVersion, "--wait", "--timeout", "10m")
@@ -125,19 +140,7 @@ func TestUpgrade(t *testing.T) {
 	}
 	rolled := time.Since(start)
 	// The old ztunnels drain for up to the drain timeout after the roll:
-	// follow their logs (for a failure's explanation) until they are
-	// gone, and look at the probe until then.
-	var logWG sync.WaitGroup
-	oldLogs := make([]bytes.Buffer, len(oldZtunnels))
-	for i, pod := range oldZtunnels {
-		cmd := exec.CommandContext(ctx, c.kubectl, "logs", "-f", "-n", ReleaseNamespace, pod)
-		cmd.Env = append(cmd.Environ(), c.env...)
-		cmd.Stdout = &oldLogs[i]
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		logWG.Go(func() { cmd.Wait() })
-	}
+	// look at the probe until they are gone.
 	c.must(t, c.kubectl, append([]string{"wait", "-n", ReleaseNamespace, "--for=delete", "--timeout=3m"}, oldZtunnels...)...)
 	drained := time.Since(start)
 	logWG.Wait()
@@ -147,14 +150,23 @@ func TestUpgrade(t *testing.T) {
 			return
 		}
 		dumped = true
-		for i, pod := range oldZtunnels {
+		for i, pod := range oldPods {
 			var lines []string
 			for _, l := range strings.Split(oldLogs[i].String(), "\n") {
-				if !strings.Contains(l, `"level":"INFO","msg":"connection complete"`) && !strings.Contains(l, "certificate issued") {
-					lines = append(lines, l)
+				// Connections that lasted less than 3 s and ended
+				// without an error are the new-connection client's.
+				var e struct {
+					Msg      string
+					Duration int64
+					Error    string
 				}
+				if _, js, ok := strings.Cut(l, " "); ok && json.Unmarshal([]byte(js), &e) == nil &&
+					e.Msg == "connection complete" && e.Error == "" && e.Duration < int64(3*time.Second) {
+					continue
+				}
+				lines = append(lines, l)
 			}
-			t.Logf("log of %s (%d bytes; completed connections at INFO left out):\n%s", pod, oldLogs[i].Len(), strings.Join(lines, "\n"))
+			t.Logf("log of %s (%d bytes; connections shorter than 3 s left out):\n%s", pod, oldLogs[i].Len(), strings.Join(lines, "\n"))
 		}
 	}
 	for _, app := range []string{"ztunnel", "ambit-cni-agent", "istiod"} {
