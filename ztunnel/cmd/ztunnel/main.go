@@ -57,7 +57,7 @@ func main() {
 	flag.BoolVar(&o.preserveSource, "preserve-source", true, "with --redirect tproxy, connect to pods (local workloads, and pods outside the mesh on passthrough) from their client's address, as Istio's ztunnel does (needs CAP_NET_ADMIN)")
 	flag.BoolVar(&o.podPath, "pod-path", true, "with --redirect tproxy, send what this tunnel sends on a pod's behalf (HBONE to other nodes, passthrough) from the pod's address with socket mark 0x800, which the node agent routes back through the pod's own veth, so that the node's firewall and the primary CNI's policy apply to it as to the pod's own traffic")
 	flag.BoolVar(&o.handover, "handover", true, "listen with SO_REUSEPORT, so that the next ztunnel of an upgrade can listen beside this one, take new connections once it is ready (its data listeners open only then) and let this one drain (docs/upgrades.md); with --redirect tproxy it needs Linux 6.5, and is off on older kernels")
-	flag.DurationVar(&o.handoverWait, "handover-wait", 10*time.Second, "with --handover, how long a stopping ztunnel keeps its listeners open until another ztunnel of the node answers ready on the readiness port (part of --drain-timeout)")
+	flag.DurationVar(&o.handoverWait, "handover-wait", 0, "with --handover, how long a stopping ztunnel keeps its listeners open until another ztunnel of the node answers ready on the readiness port (part of --drain-timeout; the chart sets 10s for its surge roll); 0 closes them at once")
 	flag.StringVar(&o.admin, "admin", "127.0.0.1"+port(mesh.AdminPort), "admin listener (config dump, pprof, logging)")
 	flag.StringVar(&o.metrics, "metrics", port(mesh.MetricsPort), "Prometheus metrics listener")
 	flag.StringVar(&o.readiness, "readiness", port(mesh.ReadinessPort), "readiness listener")
