@@ -148,6 +148,9 @@ type mesh struct {
 	redir *redirector
 	ip    func(byte) netip.Addr
 	a, b  *node
+	// shared, handoverWait: see meshOptions.
+	shared       bool
+	handoverWait time.Duration
 }
 
 // certSource lets a test make one node misbehave.
@@ -166,6 +169,14 @@ type meshOptions struct {
 	// before runs once the CA and store exist, before the nodes start.
 	before func(m *mesh)
 	state  func(ip func(byte) netip.Addr) config.State
+	// shared opens the nodes' listeners as the ztunnel command does
+	// (Config.Shared and ListenWhenReady), so that a second tunnel of
+	// the same node can listen beside the first (startNodeAt).
+	shared bool
+	// handoverWait is the shared tunnels' Config.HandoverWait. (A tunnel
+	// stopped without a successor waits for it, up to the cleanup's
+	// five seconds.)
+	handoverWait time.Duration
 }
 
 // Workload addresses: node A holds .1 (client) and .2 (other), node B .11
@@ -201,7 +212,7 @@ func newMesh(t testing.TB, o meshOptions) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &mesh{ca: ca, store: config.NewStore(), redir: newRedirector(), ip: addrs(t)}
+	m := &mesh{ca: ca, store: config.NewStore(), redir: newRedirector(), ip: addrs(t), shared: o.shared, handoverWait: o.handoverWait}
 	st := defaultState(m.ip)
 	if o.state != nil {
 		st = o.state(m.ip)
@@ -230,16 +241,27 @@ func newMesh(t testing.TB, o meshOptions) *mesh {
 
 func (m *mesh) startNode(t testing.TB, name string, src identity.Source, clk identity.Clock) *node {
 	t.Helper()
+	return m.startNodeAt(t, name, src, clk, "127.0.0.1:0", "127.0.0.1:0")
+}
+
+// startNodeAt is startNode with the outbound listener on outbound and,
+// in a shared mesh, the readiness listener on readiness.
+func (m *mesh) startNodeAt(t testing.TB, name string, src identity.Source, clk identity.Clock, outbound, readiness string) *node {
+	t.Helper()
 	lb := &logBuffer{notify: make(chan struct{}, 1)}
 	z, err := ztunnel.New(ztunnel.Config{
-		Node:         name,
-		Store:        m.store,
-		Certificates: src,
-		Roots:        m.ca.Roots(),
-		Clock:        clk,
-		OutboundAddr: "127.0.0.1:0",
-		OrigDst:      m.redir.OrigDst,
-		BindSource:   true,
+		Node:            name,
+		Store:           m.store,
+		Certificates:    src,
+		Roots:           m.ca.Roots(),
+		Clock:           clk,
+		OutboundAddr:    outbound,
+		OrigDst:         m.redir.OrigDst,
+		Shared:          m.shared,
+		ListenWhenReady: m.shared,
+		HandoverWait:    m.handoverWait,
+		ReadinessAddr:   readinessAddr(m.shared, readiness),
+		BindSource:      true,
 		// Loopback addresses are the test host's own: bound without
 		// IP_TRANSPARENT.
 		PreserveSource: true,
@@ -340,4 +362,12 @@ func expectRefused(t testing.TB, c net.Conn) {
 	if err == nil {
 		t.Fatalf("round trip: got %q, want the connection closed", got)
 	}
+}
+
+// readinessAddr is Config.ReadinessAddr of a shared mesh's tunnels.
+func readinessAddr(shared bool, addr string) string {
+	if shared {
+		return addr
+	}
+	return ""
 }

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -78,6 +79,27 @@ type Config struct {
 	// namespace. The node agent will supply one that opens the socket
 	// inside the pod's namespace (Istio's in-pod mode).
 	ListenInbound func(w *config.Workload, addr netip.AddrPort) (net.Listener, error)
+	// Shared opens every listener with SO_REUSEPORT, and the newest
+	// listener on an address takes its new connections
+	// (origdst.NewestTakesOver): the next ztunnel of an upgrade listens
+	// beside this one on the node, takes over new connections once it
+	// is ready, and this one drains (docs/upgrades.md). With Transparent
+	// it needs Linux 6.5 (origdst.AssignsReusePort).
+	Shared bool
+	// ListenWhenReady opens the data listeners (outbound, inbound) only
+	// once Ready: before, the redirection keeps delivering new
+	// connections to the ztunnel that still serves (with Shared) or
+	// drops them (fail closed), instead of handing them to a tunnel that
+	// has no config or certificates yet. The HTTP servers open at Start.
+	ListenWhenReady bool
+	// HandoverWait, with Shared and a readiness listener, is how long
+	// Shutdown keeps the listeners open, waiting for another tunnel of
+	// the node to answer ready on the shared readiness port, before it
+	// closes them and drains. In an upgrade the new tunnel is ready
+	// before the old one is told to stop, and the wait ends at once; it
+	// covers the kubelet having taken the old tunnel's answer to a probe
+	// for the new one's. 0 closes at once.
+	HandoverWait time.Duration
 	// Transparent is for Ambit's eBPF redirection (and TPROXY): listeners
 	// are transparent, inbound ones bind workload addresses that are not
 	// the node's, and a connection's original destination is its local
@@ -135,7 +157,14 @@ type Ztunnel struct {
 	in       *inbound.Inbound
 	out      *outbound.Outbound
 
+	// instance tells this tunnel's readiness answers from another's
+	// on a shared port (the Ambit-Instance header).
+	instance string
+	// readyAddr is the bound readiness listener.
+	readyAddr string
+
 	mu      sync.Mutex
+	serving bool // data listeners open (see Config.ListenWhenReady)
 	outLn   net.Listener
 	inLns   map[netip.Addr][]net.Listener
 	https   []*http.Server
@@ -159,10 +188,7 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	if cfg.ListenInbound == nil {
 		cfg.ListenInbound = func(_ *config.Workload, addr netip.AddrPort) (net.Listener, error) {
-			if cfg.Transparent {
-				return origdst.ListenTransparent(context.Background(), addr.String())
-			}
-			return net.Listen("tcp", addr.String())
+			return origdst.Listen(context.Background(), addr.String(), origdst.ListenOptions{Transparent: cfg.Transparent, Shared: cfg.Shared})
 		}
 	}
 	if cfg.OrigDst == nil {
@@ -184,8 +210,9 @@ func New(cfg Config) (*Ztunnel, error) {
 		verifier: &identity.Verifier{Roots: cfg.Roots},
 		metrics:  telemetry.New(),
 		inLns:    map[netip.Addr][]net.Listener{},
+		instance: fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano()),
 	}
-	z.certs = &identity.Cache{Source: cfg.Certificates, Clock: cfg.Clock, OnRefresh: z.logRefresh}
+	z.certs = &identity.Cache{Source: cfg.Certificates, Clock: cfg.Clock, OnRefresh: z.onRefresh}
 	z.pool = &pool.Pool{
 		MaxStreams: cfg.MaxStreams, IdleTimeout: cfg.IdleTimeout, Dial: z.dialHBONE,
 		// A pooled connection takes new streams only while it presents
@@ -223,8 +250,9 @@ func New(cfg Config) (*Ztunnel, error) {
 	return z, nil
 }
 
-// logRefresh logs the outcome of a certificate fetch.
-func (z *Ztunnel) logRefresh(r identity.Refresh) {
+// onRefresh logs the outcome of a certificate fetch; the last missing
+// certificate may make the tunnel ready to serve.
+func (z *Ztunnel) onRefresh(r identity.Refresh) {
 	if r.Err != nil {
 		z.log.Warn("fetch certificate; retrying", logkey.Identity, r.Identity.String(),
 			logkey.NextRefresh, r.Next, logkey.Error, r.Err.Error())
@@ -233,6 +261,11 @@ func (z *Ztunnel) logRefresh(r identity.Refresh) {
 	z.log.Info("certificate issued", logkey.Identity, r.Identity.String(),
 		logkey.Serial, r.Certificate.Leaf.SerialNumber.String(),
 		logkey.Expires, r.Certificate.Leaf.NotAfter, logkey.NextRefresh, r.Next)
+	if z.cfg.ListenWhenReady && !z.Serving() {
+		// Not on the refresher's own goroutine: onConfig tracks and
+		// forgets certificates.
+		go z.onConfig(z.cfg.Store.Snapshot())
+	}
 }
 
 func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientConn, error) {
@@ -274,37 +307,36 @@ func (z *Ztunnel) dialHBONE(ctx context.Context, key pool.Key) (*hbone.ClientCon
 }
 
 // Start opens the listeners and returns once they are bound; serving goes
-// on in the background until Shutdown.
+// on in the background until Shutdown. With Config.ListenWhenReady the
+// data listeners open later, once the tunnel is ready.
 func (z *Ztunnel) Start() error {
-	if z.cfg.OutboundAddr != "" {
-		listen := func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
-		if z.cfg.Transparent {
-			listen = func(addr string) (net.Listener, error) { return origdst.ListenTransparent(context.Background(), addr) }
-		}
-		ln, err := listen(z.cfg.OutboundAddr)
-		if err != nil {
-			return fmt.Errorf("listen outbound %s: %w", z.cfg.OutboundAddr, err)
-		}
-		z.outLn = ln
-		go z.out.Serve(ln)
+	listen := func(addr string) (net.Listener, error) {
+		return origdst.Listen(context.Background(), addr, origdst.ListenOptions{Shared: z.cfg.Shared})
 	}
+	ready := admin.Readiness(z.Ready)
 	servers := []struct {
 		addr string
 		h    http.Handler
 	}{
 		{z.cfg.AdminAddr, admin.Handler(admin.Options{Dump: z.ConfigDump, Level: z.cfg.LogLevel})},
 		{z.cfg.MetricsAddr, z.metricsHandler()},
-		{z.cfg.ReadinessAddr, admin.Readiness(z.Ready)},
+		{z.cfg.ReadinessAddr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set(InstanceHeader, z.instance)
+			ready.ServeHTTP(w, r)
+		})},
 		{z.cfg.LivenessAddr, admin.Liveness()},
 	}
 	for _, s := range servers {
 		if s.addr == "" {
 			continue
 		}
-		ln, err := net.Listen("tcp", s.addr)
+		ln, err := listen(s.addr)
 		if err != nil {
 			z.closeListeners()
 			return fmt.Errorf("listen %s: %w", s.addr, err)
+		}
+		if s.addr == z.cfg.ReadinessAddr {
+			z.readyAddr = ln.Addr().String()
 		}
 		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
 		z.mu.Lock()
@@ -312,9 +344,42 @@ func (z *Ztunnel) Start() error {
 		z.mu.Unlock()
 		go srv.Serve(ln)
 	}
+	if !z.cfg.ListenWhenReady {
+		z.mu.Lock()
+		err := z.serveLocked()
+		z.mu.Unlock()
+		if err != nil {
+			z.closeListeners()
+			return err
+		}
+	}
 	z.unsub = z.cfg.Store.Subscribe(z.onConfig)
 	z.onConfig(z.cfg.Store.Snapshot())
 	return nil
+}
+
+// serveLocked opens the outbound listener; from now on onConfig opens
+// the inbound ones. z.mu is held.
+func (z *Ztunnel) serveLocked() error {
+	z.serving = true
+	if z.cfg.OutboundAddr == "" {
+		return nil
+	}
+	ln, err := origdst.Listen(context.Background(), z.cfg.OutboundAddr,
+		origdst.ListenOptions{Transparent: z.cfg.Transparent, Shared: z.cfg.Shared})
+	if err != nil {
+		return fmt.Errorf("listen outbound %s: %w", z.cfg.OutboundAddr, err)
+	}
+	z.outLn = ln
+	go z.out.Serve(ln)
+	return nil
+}
+
+// Serving reports whether the data listeners are open.
+func (z *Ztunnel) Serving() bool {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.serving
 }
 
 func (z *Ztunnel) metricsHandler() http.Handler {
@@ -358,7 +423,20 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 			delete(z.inLns, a)
 		}
 	}
+	if !z.serving && z.cfg.ListenWhenReady && z.readyFor(snap) == nil {
+		if err := z.serveLocked(); err != nil {
+			// Fail closed: the redirection keeps dropping new
+			// connections it cannot deliver; the next update retries.
+			z.serving = false
+			z.log.Error("open data listeners", logkey.Error, err.Error())
+		} else {
+			z.log.Info("ready: data listeners open", logkey.Version, snap.Version)
+		}
+	}
 	for a, w := range want {
+		if !z.serving {
+			break
+		}
 		if _, ok := z.inLns[a]; ok {
 			continue
 		}
@@ -383,13 +461,27 @@ func (z *Ztunnel) onConfig(snap *config.Snapshot) {
 	}
 }
 
-// Ready is nil once the config is loaded and every local workload has a
-// certificate; otherwise it says what is missing.
+// Ready is nil once the config is loaded, every local workload has a
+// certificate and the data listeners are open; otherwise it says what is
+// missing. (Readiness ends an upgrade's overlap: the previous tunnel of
+// the node drains once this one is ready, so it must be serving.)
 func (z *Ztunnel) Ready() error {
+	if err := z.readyFor(z.cfg.Store.Snapshot()); err != nil {
+		return err
+	}
+	if !z.Serving() {
+		return errors.New("data listeners not open yet")
+	}
+	return nil
+}
+
+// readyFor is nil once the config is loaded and every local workload of
+// snap has a certificate: the tunnel can serve.
+func (z *Ztunnel) readyFor(snap *config.Snapshot) error {
 	if !z.cfg.Store.Loaded() {
 		return errors.New("config not loaded")
 	}
-	for _, w := range z.cfg.Store.Snapshot().LocalWorkloads(z.cfg.Node) {
+	for _, w := range snap.LocalWorkloads(z.cfg.Node) {
 		if !z.certs.Has(w.Identity()) {
 			return fmt.Errorf("no certificate yet for %s", w.Identity())
 		}
@@ -404,6 +496,9 @@ func (z *Ztunnel) WaitReady(ctx context.Context) error {
 			return err
 		}
 	}
+	// Open the data listeners now rather than on the certificate's
+	// refresh callback, which runs apart.
+	z.onConfig(z.cfg.Store.Snapshot())
 	return z.Ready()
 }
 
@@ -424,6 +519,9 @@ func (z *Ztunnel) OutboundAddr() netip.AddrPort {
 	}
 	return z.outLn.Addr().(*net.TCPAddr).AddrPort()
 }
+
+// ReadinessAddr is the bound readiness listener address, empty without one.
+func (z *Ztunnel) ReadinessAddr() string { return z.readyAddr }
 
 // Metrics are the tunnel's collectors.
 func (z *Ztunnel) Metrics() *telemetry.Metrics { return z.metrics }
@@ -460,6 +558,7 @@ func (z *Ztunnel) Shutdown(ctx context.Context) error {
 	if z.unsub != nil {
 		z.unsub()
 	}
+	z.awaitSuccessor(ctx)
 	z.closeListeners()
 	var wg sync.WaitGroup
 	var inErr, outErr error
@@ -474,6 +573,46 @@ func (z *Ztunnel) Shutdown(ctx context.Context) error {
 	}
 	z.mu.Unlock()
 	return errors.Join(inErr, outErr)
+}
+
+// InstanceHeader names the tunnel instance that answered a readiness
+// request: on a shared readiness port, a tunnel tells its own answers
+// from a successor's.
+const InstanceHeader = "Ambit-Instance"
+
+// awaitSuccessor waits, up to Config.HandoverWait or until ctx is done,
+// until another tunnel answers ready on the shared readiness port (the
+// newest listener takes the connection).
+func (z *Ztunnel) awaitSuccessor(ctx context.Context) {
+	if !z.cfg.Shared || z.cfg.HandoverWait <= 0 || z.readyAddr == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, z.cfg.HandoverWait)
+	defer cancel()
+	_, port, _ := net.SplitHostPort(z.readyAddr)
+	url := "http://" + net.JoinHostPort("127.0.0.1", port) + "/healthz/ready"
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Second}
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return
+		}
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if id := resp.Header.Get(InstanceHeader); resp.StatusCode == http.StatusOK && id != z.instance {
+				z.log.Info("successor ready; closing listeners", logkey.Instance, id)
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			z.log.Info("no successor ready; closing listeners")
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // handshakeBound is how many connections may be in the HBONE handshake

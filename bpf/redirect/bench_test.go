@@ -28,7 +28,7 @@ type benchNode struct {
 	clientIP, serverIP   netip.Addr
 }
 
-func newBenchNode(b *testing.B) *benchNode {
+func newBenchNode(b testing.TB) *benchNode {
 	b.Helper()
 	testutil.RequireRoot(b)
 	dir := b.TempDir()

@@ -40,6 +40,7 @@ const (
 	Config    = "config"
 	Status    = "status"
 	Signal    = "signal"
+	Instance  = "instance"
 	Deadline  = "deadline"
 	// Object is "Kind/namespace/name" of a cluster object.
 	Object = "object"

@@ -37,20 +37,7 @@ func Transparent(ownPorts ...uint16) func(net.Conn) (netip.AddrPort, error) {
 // connections redirected to it whatever their destination address, and may
 // bind an address that is not the node's own (a workload's).
 func ListenTransparent(ctx context.Context, addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	l, err := lc.Listen(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen transparently on %s: %w", addr, err)
-	}
-	return l, nil
+	return Listen(ctx, addr, ListenOptions{Transparent: true})
 }
 
 // MarkControl returns a socket Control function that sets SO_MARK, for a

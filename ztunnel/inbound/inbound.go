@@ -463,10 +463,13 @@ func (in *Inbound) viaWaypoint(ctx context.Context, snap *config.Snapshot, w *co
 }
 
 // Shutdown stops accepting tunnels, lets open connections finish until ctx
-// is done, then closes the rest.
+// is done, then closes the rest. The HBONE server's GOAWAY ends the
+// tunnels: a stream the peer opened before it got the GOAWAY (up to the
+// last stream id it names) is still served, as HTTP/2 requires, not
+// refused after its 200; later ones are refused at the HTTP/2 layer,
+// which the peer retries elsewhere (in an upgrade, at the new ztunnel).
 func (in *Inbound) Shutdown(ctx context.Context) error {
 	in.init()
-	in.conns.Stop()
 	serr := in.server.Shutdown(ctx)
 	if err := in.conns.Shutdown(ctx, nil, func(t *tracked) { t.close(errors.New("closed: shutdown deadline")) }); err != nil {
 		return fmt.Errorf("drain inbound connections: %w", err)

@@ -19,6 +19,7 @@ import (
 	"github.com/ambitmesh/ambit/api"
 	"github.com/ambitmesh/ambit/internal/logkey"
 	"github.com/ambitmesh/ambit/internal/mesh"
+	"github.com/ambitmesh/ambit/internal/origdst"
 	"github.com/ambitmesh/ambit/ztunnel"
 	"github.com/ambitmesh/ambit/ztunnel/config"
 )
@@ -34,6 +35,8 @@ type options struct {
 	redirect                                      string
 	preserveSource                                bool
 	podPath                                       bool
+	handover                                      bool
+	handoverWait                                  time.Duration
 	drain                                         time.Duration
 	certs                                         certFlags
 }
@@ -53,6 +56,8 @@ func main() {
 	flag.StringVar(&o.redirect, "redirect", "tproxy", "how captured connections arrive: tproxy (Ambit's eBPF redirection, transparent listeners) or nat (iptables REDIRECT, SO_ORIGINAL_DST)")
 	flag.BoolVar(&o.preserveSource, "preserve-source", true, "with --redirect tproxy, connect to pods (local workloads, and pods outside the mesh on passthrough) from their client's address, as Istio's ztunnel does (needs CAP_NET_ADMIN)")
 	flag.BoolVar(&o.podPath, "pod-path", true, "with --redirect tproxy, send what this tunnel sends on a pod's behalf (HBONE to other nodes, passthrough) from the pod's address with socket mark 0x800, which the node agent routes back through the pod's own veth, so that the node's firewall and the primary CNI's policy apply to it as to the pod's own traffic")
+	flag.BoolVar(&o.handover, "handover", true, "listen with SO_REUSEPORT, so that the next ztunnel of an upgrade can listen beside this one, take new connections once it is ready (its data listeners open only then) and let this one drain (docs/upgrades.md); with --redirect tproxy it needs Linux 6.5, and is off on older kernels")
+	flag.DurationVar(&o.handoverWait, "handover-wait", 0, "with --handover, how long a stopping ztunnel keeps its listeners open until another ztunnel of the node answers ready on the readiness port (part of --drain-timeout; the chart sets 10s for its surge roll); 0 closes them at once")
 	flag.StringVar(&o.admin, "admin", "127.0.0.1"+port(mesh.AdminPort), "admin listener (config dump, pprof, logging)")
 	flag.StringVar(&o.metrics, "metrics", port(mesh.MetricsPort), "Prometheus metrics listener")
 	flag.StringVar(&o.readiness, "readiness", port(mesh.ReadinessPort), "readiness listener")
@@ -94,13 +99,24 @@ func run(o options) error {
 	if o.redirect == "tproxy" && o.podPath {
 		pathMark = podPathMark
 	}
+	shared := o.handover
+	if shared && o.redirect == "tproxy" && !origdst.AssignsReusePort() {
+		log.Warn("kernel older than 6.5: listeners not shared, upgrades interrupt connections (docs/upgrades.md)")
+		shared = false
+	}
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, Store: store, Certificates: certs, Roots: roots,
 		Transparent:    o.redirect == "tproxy",
 		PreserveSource: o.redirect == "tproxy" && o.preserveSource,
 		LocalMark:      localMark,
 		PodPathMark:    pathMark,
-		OutboundAddr:   o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness, LivenessAddr: o.liveness,
+		Shared:         shared,
+		// Only a ready tunnel takes connections: with shared listeners
+		// the previous one serves meanwhile; alone, the redirection
+		// fails closed until then, as while ztunnel is down.
+		ListenWhenReady: true,
+		HandoverWait:    o.handoverWait,
+		OutboundAddr:    o.outbound, AdminAddr: o.admin, MetricsAddr: o.metrics, ReadinessAddr: o.readiness, LivenessAddr: o.liveness,
 		Log: log, LogLevel: &level,
 	})
 	if err != nil {
