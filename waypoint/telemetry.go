@@ -7,9 +7,9 @@ package waypoint
 // canonical revision), and Envoy's default histogram buckets, so that
 // Kiali's and Grafana's queries over reporter="waypoint" read them.
 //
-// One record per request (reqRecord) and per TCP connection (tcpRecord)
-// feeds both the metrics and the access-log line, so they never
-// disagree.
+// One record per request (requestRecord, filled along the request's
+// path) and per TCP connection (tcpRecord) feeds both the metrics and
+// the access-log line, so they never disagree.
 
 import (
 	"crypto/rand"
@@ -533,170 +533,19 @@ func detailsFor(flags string, upstream bool) string {
 	return ""
 }
 
-// reqRecord is one request's telemetry.
-type reqRecord struct {
-	t         *telemetry
-	start     time.Time
-	ci        *connInfo
-	fs        map[string]string
-	req       *http.Request
-	method    string
-	path      string
-	authority string
-	grpc      bool
-	head      int64
-	body      *countingBody
-	meter     *meteredConn
-	written0  int64
-	service   *ServiceInfo
-	route     string
-	cluster   string
-	ep        *config.Endpoint
-	details   string
-	// Response headers and trailers, when the waypoint saw them (gRPC
-	// status).
-	respHeader, respTrailer http.Header
-	// upstreamErr: reading the upstream's body failed (UC, else a failed
-	// copy is DC).
-	upstreamErr atomic.Bool
-	// grpcStatus is the status the router recorded, when it did; sent
-	// counts the response bytes of a request on a connection the meter
-	// cannot attribute (an HTTP/2 stream).
-	grpcStatus string
-	sent       func() int64
-}
-
-// watch wraps an upstream response body to tell an upstream failure from
-// a downstream one.
-func (r *reqRecord) watch(body io.ReadCloser) io.ReadCloser {
-	if r == nil {
-		return body
-	}
-	return &watchedBody{ReadCloser: body, r: r}
-}
-
-type watchedBody struct {
-	io.ReadCloser
-	r *reqRecord
-}
-
-func (b *watchedBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
-		b.r.upstreamErr.Store(true)
-	}
-	return n, err
-}
-
-// copyFailed is the flag of a response that broke off while being
-// relayed: UC when the upstream failed, DC when the downstream did.
-func (r *reqRecord) copyFailed() string {
-	if r != nil && r.upstreamErr.Load() {
-		return "UC"
-	}
-	return "DC"
-}
-
-// beginRequest starts a request's record as the request arrives (its
-// head and path as sent): ids given, body counted.
-func (p *Proxy) beginRequest(c net.Conn, ci *connInfo, req *http.Request, snap *config.Snapshot, hcm *config.HCM) *reqRecord {
-	t := p.stats.tel
-	r := &reqRecord{t: t, start: time.Now(), ci: ci, fs: ci.fs, req: req, method: req.Method, path: req.RequestURI,
-		grpc: isGRPCHeader(req.Header), head: headSize(req), meter: meterOf(c)}
-	ensureRequestIDs(req.Header)
-	if r.meter != nil {
-		r.written0 = r.meter.written.Load()
-	}
-	if req.Body != nil && req.Body != http.NoBody {
-		r.body = &countingBody{ReadCloser: req.Body}
-		req.Body = r.body
-	}
-	r.service = t.servicesOf(snap).hcms[hcm]
-	return r
-}
-
-// local records a request the connection manager refused before its
-// filters ran, with Envoy's details.
-func (r *reqRecord) local(status int, details string) {
-	if r != nil {
-		r.details = details
-		r.finish(nil, status, "-")
-	}
-}
-
-// malformedRequest answers a request that could not be parsed with
-// status, closing the connection, and records it: Envoy's downstream
-// protocol error (DPE), its head unknown.
-func (p *Proxy) malformedRequest(c net.Conn, ci *connInfo, snap *config.Snapshot, hcm *config.HCM, status int) {
-	req := &http.Request{Proto: "HTTP/1.1", Header: http.Header{}, Body: http.NoBody}
-	r := &reqRecord{t: p.stats.tel, start: time.Now(), ci: ci, fs: ci.fs, req: req, meter: meterOf(c),
-		details: "http1.codec_error", service: p.stats.tel.servicesOf(snap).hcms[hcm]}
-	if r.meter != nil {
-		r.written0 = r.meter.written.Load()
-	}
-	if status == http.StatusRequestHeaderFieldsTooLarge {
-		r.details = "http1.headers_too_large"
-	}
-	writeLocal(c, nil, status, http.StatusText(status), nil, true)
-	r.finish(nil, status, "DPE")
-}
-
-// upstream notes the cluster and endpoint the router picked.
-func (r *reqRecord) upstream(c *config.Cluster, ep *config.Endpoint) {
-	if r == nil {
-		return
-	}
-	r.cluster, r.ep = c.Name, ep
-	if si := r.t.services.Load(); si != nil && si.clusters[c.Name] != nil {
-		r.service = si.clusters[c.Name]
-	} else if s := serviceFromName(c.Name); s != nil {
-		r.service = s
-	}
-}
-
-// response notes the response's headers and trailers (for gRPC status).
-func (r *reqRecord) response(h, trailer http.Header) {
-	if r != nil {
-		r.respHeader, r.respTrailer = h, trailer
-	}
-}
-
-// finish records the request: metrics and the access-log line.
-func (r *reqRecord) finish(rt *config.Route, status int, flags string) {
-	if r == nil {
-		return
-	}
-	if flags == "" {
-		flags = "-"
-	}
-	if rt != nil {
-		r.route = rt.Name
-	}
+// finish ends a request: its metrics and access-log line, from the
+// record as the request's path left it.
+func (r *requestRecord) finish() {
 	t := r.t
-	principal, src, mtls := t.downstreamPeer(r.ci, r.fs)
-	srcNS := principalNamespace(principal)
-	pv := &peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: srcNS, service: r.service,
-		hostFallback: r.authority, protocol: "http", flags: flags, mtls: mtls}
+	flags := cmpOr(r.Flags, "-")
+	principal, src, mtls := t.downstreamPeer(r.ci, r.ci.fs)
+	pv := &peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: principalNamespace(principal),
+		service: r.service, protocol: "http", flags: flags, mtls: mtls}
 	if r.grpc {
 		pv.protocol = "grpc"
 	}
-	grpcStatus := ""
-	if r.grpc {
-		grpcStatus = cmpOr(r.grpcStatus, grpcStatusFromHeaders(status, r.respHeader, r.respTrailer))
-	}
-	vals := append(t.values(pv), strconv.Itoa(status), grpcStatus)
-	received := r.head
-	if r.body != nil {
-		received += r.body.n.Load()
-	}
-	r.authority = r.req.Host
-	var sent int64
-	switch {
-	case r.sent != nil:
-		sent = r.sent()
-	case r.meter != nil:
-		sent = r.meter.written.Load() - r.written0
-	}
+	vals := append(t.values(pv), strconv.Itoa(r.Status), r.grpcResponseStatus())
+	received, sent := r.received(), r.sent()
 	dur := time.Since(r.start)
 	t.requests.WithLabelValues(vals...).Inc()
 	t.duration.WithLabelValues(vals...).Observe(float64(dur.Milliseconds()))
@@ -706,19 +555,19 @@ func (r *reqRecord) finish(rt *config.Route, status int, flags string) {
 	if al == nil {
 		return
 	}
-	details := r.details
+	details := r.Details
 	if details == "" {
 		details = detailsFor(flags, r.ep != nil)
 	}
 	e := &accessEntry{
-		start: r.start, route: r.route, method: r.method, path: r.path, protocol: r.req.Proto, code: status, flags: flags,
+		start: r.start, route: r.route, method: r.method, path: r.path, protocol: r.req.Proto, code: r.Status, flags: flags,
 		details: details, received: received, sent: sent, duration: dur,
 		xff: r.req.Header.Get("X-Forwarded-For"), userAgent: r.req.Header.Get("User-Agent"), requestID: r.req.Header.Get("X-Request-Id"),
-		authority: r.authority, upstreamCluster: r.cluster, local: r.ci.local, remote: r.ci.remote,
+		authority: r.req.Host, local: r.ci.local, remote: r.ci.remote,
 		traceparent: r.req.Header.Get("Traceparent"),
 	}
 	if r.ep != nil {
-		e.upstreamHost = r.ep.String()
+		e.upstreamHost, e.upstreamCluster = r.ep.String(), r.Cluster
 	}
 	al.write(e)
 }
