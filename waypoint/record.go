@@ -1,12 +1,15 @@
 package waypoint
 
 import (
+	"encoding/binary"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ambitmesh/ambit/waypoint/config"
 )
@@ -55,6 +58,9 @@ type requestRecord struct {
 	// upstreamErr: reading the upstream's body failed (UC, else a failed
 	// copy is DC).
 	upstreamErr atomic.Bool
+	// reqMsgs and respMsgs count a gRPC request's messages each way (nil
+	// when the request is not gRPC).
+	reqMsgs, respMsgs *grpcFrames
 }
 
 // beginRequest starts a request's record as the request arrives (its
@@ -71,8 +77,11 @@ func (p *Proxy) beginRequest(c net.Conn, rw responder, ci *connInfo, req *http.R
 	if h2, ok := rw.(*h2Responder); ok {
 		r.stream = h2
 	}
+	if r.grpc {
+		r.reqMsgs, r.respMsgs = &grpcFrames{}, &grpcFrames{}
+	}
 	if req.Body != nil && req.Body != http.NoBody {
-		r.body = &countingBody{ReadCloser: req.Body}
+		r.body = &countingBody{ReadCloser: req.Body, frames: r.reqMsgs}
 		req.Body = r.body
 	}
 	r.service = t.servicesOf(snap).hcms[hcm]
@@ -123,9 +132,15 @@ func (r *requestRecord) upstream(c *config.Cluster, ep *config.Endpoint) {
 }
 
 // watch wraps the upstream's response body to tell an upstream failure
-// from a downstream one.
+// from a downstream one and to count a gRPC response's messages. The
+// response's head fixes the labels of a gRPC stream's message counters:
+// from here on they count live, as Envoy reports a long stream's
+// messages while it runs.
 func (r *requestRecord) watch(resp *http.Response) {
 	resp.Body = &watchedBody{ReadCloser: resp.Body, r: r}
+	if r.grpc {
+		r.t.attachMessages(r, nil)
+	}
 }
 
 type watchedBody struct {
@@ -135,6 +150,9 @@ type watchedBody struct {
 
 func (b *watchedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	if n > 0 && b.r.respMsgs != nil {
+		b.r.respMsgs.scan(p[:n])
+	}
 	if err != nil && err != io.EOF {
 		b.r.upstreamErr.Store(true)
 	}
@@ -179,4 +197,67 @@ func (r *requestRecord) grpcResponseStatus() string {
 		return ""
 	}
 	return cmpOr(r.GRPCStatus, grpcStatusFromHeaders(r.Status, nil, nil))
+}
+
+// grpcFrames counts the gRPC messages in one direction of a stream: each
+// is a 5-byte prefix (a compressed flag and a big-endian length) and that
+// many bytes, read here as they pass, never held. One reader scans;
+// the count is read from anywhere.
+type grpcFrames struct {
+	// skip is what is left of the current message; prefix holds the
+	// part of a prefix seen so far (havePrefix bytes).
+	skip       uint32
+	prefix     [5]byte
+	havePrefix int
+	n          atomic.Int64
+	// live, once set, gets the count as it grows (reported: what it has
+	// got).
+	live     atomic.Pointer[liveCounter]
+	reported atomic.Int64
+}
+
+type liveCounter struct{ c prometheus.Counter }
+
+// scan reads p, the next bytes of the stream.
+func (f *grpcFrames) scan(p []byte) {
+	counted := false
+	for len(p) > 0 {
+		if f.skip > 0 {
+			k := uint32(len(p))
+			if k > f.skip {
+				k = f.skip
+			}
+			f.skip -= k
+			p = p[k:]
+			continue
+		}
+		k := copy(f.prefix[f.havePrefix:], p)
+		f.havePrefix += k
+		p = p[k:]
+		if f.havePrefix == len(f.prefix) {
+			f.havePrefix = 0
+			f.skip = binary.BigEndian.Uint32(f.prefix[1:])
+			f.n.Add(1)
+			counted = true
+		}
+	}
+	if counted {
+		if l := f.live.Load(); l != nil {
+			report(&f.n, &f.reported, l.c)
+		}
+	}
+}
+
+// attach starts counting into c, what was counted already included.
+func (f *grpcFrames) attach(c prometheus.Counter) {
+	if f.live.CompareAndSwap(nil, &liveCounter{c: c}) {
+		report(&f.n, &f.reported, c)
+	}
+}
+
+// flush reports what the live counter has not got yet.
+func (f *grpcFrames) flush() {
+	if l := f.live.Load(); l != nil {
+		report(&f.n, &f.reported, l.c)
+	}
 }

@@ -53,6 +53,11 @@ var peerLabels = []string{
 	"request_protocol", "response_flags", "connection_security_policy",
 }
 
+// messageLabels are the labels of gRPC message counts: only the peers'
+// (Istio's stats filter counts a stream's messages before it knows the
+// protocol, flags and security labels it adds for the request metrics).
+var messageLabels = peerLabels[:len(peerLabels)-3]
+
 // httpLabels add the response's code and gRPC status.
 var httpLabels = append(append([]string(nil), peerLabels...), "response_code", "grpc_response_status")
 
@@ -64,6 +69,7 @@ type telemetry struct {
 	services  atomic.Pointer[serviceIndex]
 
 	requests                      *prometheus.CounterVec
+	reqMessages, respMessages     *prometheus.CounterVec
 	duration, reqBytes, respBytes *prometheus.HistogramVec
 	tcpOpened, tcpClosed          *prometheus.CounterVec
 	tcpSent, tcpReceived          *prometheus.CounterVec
@@ -81,6 +87,10 @@ func newTelemetry() *telemetry {
 	t := &telemetry{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_requests_total",
 			Help: "The total number of requests"}, httpLabels),
+		reqMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_request_messages_total",
+			Help: "The total number of gRPC messages sent from the client"}, messageLabels),
+		respMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_response_messages_total",
+			Help: "The total number of gRPC messages sent from the server"}, messageLabels),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_duration_milliseconds",
 			Help: "The duration of requests in milliseconds", Buckets: envoyBuckets}, httpLabels),
 		reqBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_bytes",
@@ -104,7 +114,7 @@ func newTelemetry() *telemetry {
 }
 
 func (t *telemetry) collectors() []prometheus.Collector {
-	return []prometheus.Collector{t.requests, t.duration, t.reqBytes, t.respBytes, t.tcpOpened, t.tcpClosed, t.tcpSent, t.tcpReceived, t.build}
+	return []prometheus.Collector{t.requests, t.reqMessages, t.respMessages, t.duration, t.reqBytes, t.respBytes, t.tcpOpened, t.tcpClosed, t.tcpSent, t.tcpReceived, t.build}
 }
 
 // SetWorkloads installs the workload index peer metadata comes from.
@@ -433,11 +443,16 @@ func meterOf(c net.Conn) *meteredConn {
 type countingBody struct {
 	io.ReadCloser
 	n atomic.Int64
+	// frames counts a gRPC request's messages (nil if not gRPC).
+	frames *grpcFrames
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	if n > 0 && b.frames != nil {
+		b.frames.scan(p[:n])
+	}
 	return n, err
 }
 
@@ -545,6 +560,11 @@ func (r *requestRecord) finish() {
 		pv.protocol = "grpc"
 	}
 	vals := append(t.values(pv), strconv.Itoa(r.Status), r.grpcResponseStatus())
+	if r.grpc {
+		t.attachMessages(r, vals)
+		r.reqMsgs.flush()
+		r.respMsgs.flush()
+	}
 	received, sent := r.received(), r.sent()
 	dur := time.Since(r.start)
 	t.requests.WithLabelValues(vals...).Inc()
@@ -570,6 +590,22 @@ func (r *requestRecord) finish() {
 		e.upstreamHost, e.upstreamCluster = r.ep.String(), r.Cluster
 	}
 	al.write(e)
+}
+
+// attachMessages gives a gRPC request's message counts their counters,
+// labelled with the peers as they are now (vals, when computed already).
+func (t *telemetry) attachMessages(r *requestRecord, vals []string) {
+	if r.reqMsgs.live.Load() != nil {
+		return
+	}
+	if vals == nil {
+		principal, src, mtls := t.downstreamPeer(r.ci, r.ci.fs)
+		vals = t.values(&peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: principalNamespace(principal),
+			service: r.service, mtls: mtls})
+	}
+	vals = vals[:len(messageLabels)]
+	r.reqMsgs.attach(t.reqMessages.WithLabelValues(vals...))
+	r.respMsgs.attach(t.respMessages.WithLabelValues(vals...))
 }
 
 // tcpRecord is one TCP connection's telemetry (a tcp_proxy chain).

@@ -2,6 +2,7 @@ package waypoint
 
 import (
 	"bufio"
+	"encoding/binary"
 	"net/http"
 	"strings"
 	"testing"
@@ -100,5 +101,36 @@ func TestGRPCStatus(t *testing.T) {
 		if got := grpcStatusFromHeaders(tt.status, tt.header, tt.trailer); got != tt.want {
 			t.Errorf("grpc status of %d %v %v: got %q, want %q", tt.status, tt.header, tt.trailer, got, tt.want)
 		}
+	}
+}
+
+// TestGRPCFrames: messages are counted however the stream is cut into
+// reads, prefixes split included, and an empty message counts.
+func TestGRPCFrames(t *testing.T) {
+	msg := func(n int) []byte {
+		b := make([]byte, 5+n)
+		binary.BigEndian.PutUint32(b[1:], uint32(n))
+		return b
+	}
+	var stream []byte
+	for _, n := range []int{0, 1, 3, 70000, 0, 12} {
+		stream = append(stream, msg(n)...)
+	}
+	for _, size := range []int{1, 2, 4, 5, 6, 7, 1000, len(stream)} {
+		f := &grpcFrames{}
+		for b := stream; len(b) > 0; {
+			k := min(size, len(b))
+			f.scan(b[:k])
+			b = b[k:]
+		}
+		if got := f.n.Load(); got != 6 {
+			t.Errorf("reads of %d bytes: got %d messages, want 6", size, got)
+		}
+	}
+	// A message's prefix counts it, before its payload is through.
+	f := &grpcFrames{}
+	f.scan(msg(100)[:5])
+	if got := f.n.Load(); got != 1 {
+		t.Errorf("after a prefix: got %d messages, want 1", got)
 	}
 }
