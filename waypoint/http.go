@@ -392,7 +392,7 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	v := &view{req: req, ci: ci, fs: fs, rec: rec}
 	rt := selectRoute(hcm, v, req)
 	if rt != nil {
-		rec.route = rt.Name
+		rec.route, rec.operation = rt.Name, rt.Operation
 	}
 	defer func() {
 		rec.finish()

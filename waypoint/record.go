@@ -58,6 +58,10 @@ type requestRecord struct {
 	// upstreamErr: reading the upstream's body failed (UC, else a failed
 	// copy is DC).
 	upstreamErr atomic.Bool
+	// trace is the request's span when its HCM traces (nil otherwise);
+	// operation the route's decorator operation, the span's name.
+	trace     *spanContext
+	operation string
 	// reqMsgs and respMsgs count a gRPC request's messages each way (nil
 	// when the request is not gRPC).
 	reqMsgs, respMsgs *grpcFrames
@@ -70,6 +74,9 @@ func (p *Proxy) beginRequest(c net.Conn, rw responder, ci *connInfo, req *http.R
 	t := p.stats.tel
 	r := &requestRecord{t: t, start: time.Now(), ci: ci, req: req, method: req.Method, path: req.RequestURI,
 		grpc: isGRPCHeader(req.Header), head: headSize(req), meter: meterOf(c), Protocol: rw.protocol(), Flags: "-"}
+	if hcm.Tracing != nil {
+		r.trace = startSpan(hcm.Tracing, req.Header)
+	}
 	ensureRequestIDs(req.Header)
 	if r.meter != nil {
 		r.written0 = r.meter.written.Load()

@@ -74,6 +74,8 @@ type telemetry struct {
 	tcpOpened, tcpClosed          *prometheus.CounterVec
 	tcpSent, tcpReceived          *prometheus.CounterVec
 	build                         *prometheus.GaugeVec
+	// tracer sends sampled requests' spans (nil: none are sent).
+	tracer *tracer
 }
 
 // NodeInfo is what the waypoint reports of itself: its namespace and
@@ -81,6 +83,9 @@ type telemetry struct {
 // destination_cluster, as Istio's waypoint).
 type NodeInfo struct {
 	Namespace, ClusterID string
+	// ID is the xDS node id (spans' node_id tag); ServiceCluster the
+	// node's cluster, the spans' local service name.
+	ID, ServiceCluster string
 }
 
 func newTelemetry() *telemetry {
@@ -114,7 +119,11 @@ func newTelemetry() *telemetry {
 }
 
 func (t *telemetry) collectors() []prometheus.Collector {
-	return []prometheus.Collector{t.requests, t.reqMessages, t.respMessages, t.duration, t.reqBytes, t.respBytes, t.tcpOpened, t.tcpClosed, t.tcpSent, t.tcpReceived, t.build}
+	cs := []prometheus.Collector{t.requests, t.reqMessages, t.respMessages, t.duration, t.reqBytes, t.respBytes, t.tcpOpened, t.tcpClosed, t.tcpSent, t.tcpReceived, t.build}
+	if t.tracer != nil {
+		cs = append(cs, t.tracer.collectors()...)
+	}
+	return cs
 }
 
 // SetWorkloads installs the workload index peer metadata comes from.
@@ -571,6 +580,9 @@ func (r *requestRecord) finish() {
 	t.duration.WithLabelValues(vals...).Observe(float64(dur.Milliseconds()))
 	t.reqBytes.WithLabelValues(vals...).Observe(float64(received))
 	t.respBytes.WithLabelValues(vals...).Observe(float64(sent))
+	if s := r.trace; s != nil && s.sampled && s.tracing.Zipkin != nil && t.tracer != nil {
+		t.tracer.enqueue(r.span(r.Status, flags, received, sent, dur))
+	}
 	al := t.accessLog.Load()
 	if al == nil {
 		return
