@@ -158,7 +158,7 @@ func (r *requestRecord) span(status int, flags string, received, sent int64, dur
 		"guid:x-request-id":  r.req.Header.Get("X-Request-Id"),
 		"http.url":           url,
 		"http.method":        r.method,
-		"http.protocol":      r.req.Proto,
+		"http.protocol":      envoyProtocol(r.req),
 		"downstream_cluster": cmpOr(r.req.Header.Get("X-Envoy-Downstream-Service-Cluster"), "-"),
 		"user_agent":         cmpOr(r.req.Header.Get("User-Agent"), "-"),
 		"request_size":       strconv.FormatInt(r.bodyReceived(received), 10),
@@ -199,6 +199,14 @@ func (r *requestRecord) span(status int, flags string, received, sent int64, dur
 	return &zipkinSpan{TraceID: s.traceID, ParentID: s.parentID, ID: s.spanID, Kind: "SERVER", Name: name,
 		Timestamp: r.start.UnixMicro(), Duration: max(dur.Microseconds(), 1),
 		LocalEndpoint: &zipkinEndpoint{ServiceName: node.ServiceCluster}, Tags: tags, to: s.tracing.Zipkin}
+}
+
+// envoyProtocol is a request's protocol as Envoy names it.
+func envoyProtocol(req *http.Request) string {
+	if req.ProtoMajor == 2 {
+		return "HTTP/2"
+	}
+	return req.Proto
 }
 
 // bodyReceived is the request body's size (Envoy's request_size tag).
