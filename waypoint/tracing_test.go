@@ -1,7 +1,9 @@
 package waypoint_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -17,6 +19,9 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tracingtype "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/grpc/codes"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ambitmesh/ambit/waypoint/config"
@@ -252,5 +257,53 @@ func TestTracingSampling(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the caller-sampled request's span never came")
+	}
+}
+
+// TestTracingGRPC: a gRPC call over HTTP/2 through a tracing waypoint
+// makes a span with the HTTP/2 protocol and the gRPC status, and a
+// failing call's span carries its status too.
+func TestTracingGRPC(t *testing.T) {
+	collector, spans := zipkinCollector(t)
+	gs := &grpcServer{}
+	e := newEnvWith(t, host, [2]uint16{80, 90}, [2]uint16{8080, 9090}, func(e *env) {
+		e.cfg = grpcConfig(func(p *svcPort) { p.editHCM = tracingHCM(100) })(e.ip)
+		startGRPC(t, netip.AddrPortFrom(e.ip(11), 7070), gs)
+		e.res = func() *config.Resources {
+			r := e.cfg.resources()
+			r.Clusters = append(r.Clusters, staticCluster("outbound|9411||zipkin.istio-system.svc.cluster.local", collector))
+			return r
+		}
+	})
+	client := e.grpcClient(t, 7070)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	next := func() zipkinV2Span {
+		t.Helper()
+		select {
+		case s := <-spans:
+			return s
+		case <-ctx.Done():
+			t.Fatal("no span reached the collector")
+		}
+		return zipkinV2Span{}
+	}
+	if _, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("hi")}}); err != nil {
+		t.Fatalf("unary call: %v", err)
+	}
+	s := next()
+	want := map[string]string{"http.protocol": "HTTP/2", "http.method": "POST", "grpc.status_code": "0", "http.status_code": "200",
+		"http.url": "http://" + host + ":7070/grpc.testing.TestService/UnaryCall"}
+	for k, v := range want {
+		if s.Tags[k] != v {
+			t.Errorf("span tag %s: got %q, want %q", k, s.Tags[k], v)
+		}
+	}
+	gs.fails.Store(1)
+	if _, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte(fmt.Sprintf("fail:%d", codes.NotFound))}}); status.Code(err) != codes.NotFound {
+		t.Fatalf("failing call: got %v, want NotFound", err)
+	}
+	if s := next(); s.Tags["grpc.status_code"] != "5" {
+		t.Errorf("failing call's span: got grpc.status_code %q, want 5", s.Tags["grpc.status_code"])
 	}
 }
