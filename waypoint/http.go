@@ -26,11 +26,9 @@ type view struct {
 	ci    *connInfo
 	fs    map[string]string
 	query url.Values
-	// result is what the router and filters record of the request (nil
+	// rec is what the filters and the router record of the request (nil
 	// on a connection).
-	result *requestRecord
-	// rec is the request's telemetry (nil on a connection).
-	rec *reqRecord
+	rec *requestRecord
 }
 
 var _ config.Request = (*view)(nil)
@@ -358,14 +356,11 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	if c != nil {
 		dc = c
 	}
-	trec := p.beginRequest(dc, ci, req, snap, hcm)
-	if h2, ok := rw.(*h2Responder); ok {
-		trec.sent = h2.bytesWritten
-	}
+	rec := p.beginRequest(dc, rw, ci, req, snap, hcm)
 	switch {
 	case req.ProtoMajor == 1 && req.ProtoMinor == 0 && !hcm.AcceptHTTP10:
 		writeLocal(c, req, http.StatusUpgradeRequired, "", nil, true)
-		trec.local(http.StatusUpgradeRequired, "low_version")
+		rec.refused(http.StatusUpgradeRequired, "low_version")
 		return false
 	case req.ProtoAtLeast(1, 1) && req.Host == "":
 		p.stats.badRequests.Add(1)
@@ -374,7 +369,7 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 		} else {
 			writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
 		}
-		trec.local(http.StatusBadRequest, "missing_host_header")
+		rec.refused(http.StatusBadRequest, "missing_host_header")
 		return false
 	}
 	// An absolute-form target becomes origin-form, its host the
@@ -391,7 +386,7 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 		} else {
 			writeLocal(c, req, http.StatusBadRequest, "Bad Request", nil, true)
 		}
-		trec.local(http.StatusBadRequest, "path_normalization_failed")
+		rec.refused(http.StatusBadRequest, "path_normalization_failed")
 		return false
 	}
 	req.RequestURI = uri
@@ -399,19 +394,20 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	for k, v := range ci.fs {
 		fs[k] = v
 	}
-	rec := &requestRecord{Protocol: rw.protocol(), Flags: "-"}
-	v := &view{req: req, ci: ci, fs: fs, result: rec, rec: trec}
+	v := &view{req: req, ci: ci, fs: fs, rec: rec}
 	rt := selectRoute(hcm, v, req)
+	if rt != nil {
+		rec.route, rec.operation = rt.Name, rt.Operation
+	}
 	defer func() {
-		trec.grpcStatus = rec.GRPCStatus
-		trec.finish(rt, rec.Status, rec.Flags)
+		rec.finish()
 		p.stats.request(rec.Status)
 		p.log.Debug("request", logkey.Method, req.Method, logkey.Authority, req.Host, logkey.Path, req.RequestURI, logkey.Status, rec.Status,
 			logkey.ResponseFlags, rec.Flags, logkey.Duration, time.Since(start).String(), logkey.Peer, fs["io.istio.peer_principal"],
 			logkey.GRPCStatus, rec.GRPCStatus)
 	}()
 	local := func(code int, body string, flag string, h http.Header) bool {
-		rec.local(req, code, flag)
+		rec.local(code, flag)
 		if err := rw.local(req, code, body, h); err != nil {
 			return false
 		}
@@ -433,7 +429,7 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 			if ok, pol := f.RBAC.Rules.Allowed(v); !ok {
 				p.stats.rbacDenied.Add(1)
 				p.log.Info("request denied by RBAC", logkey.Policy, pol, logkey.Method, req.Method, logkey.Path, req.RequestURI, logkey.Peer, fs["io.istio.peer_principal"])
-				v.rec.details = rbacDetails(pol)
+				rec.Details = rbacDetails(pol)
 				return local(http.StatusForbidden, "RBAC: access denied", "-", nil)
 			}
 		case config.FilterFault:

@@ -132,6 +132,13 @@ func New(cfg Config) (*Proxy, error) {
 		Proxy: nil,
 	}
 	p.h2transport = p.newH2Transport()
+	tr := newTracer(p)
+	p.stats.tel.tracer = tr
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		tr.run(p.ctx)
+	}()
 	return p, nil
 }
 

@@ -21,9 +21,9 @@ import (
 // whether the connection may carry another request.
 func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.HCM, rt *config.Route, rw responder, ci *connInfo, req *http.Request, v *view) bool {
 	a := rt.Action
-	rec := v.result
+	rec := v.rec
 	local := func(code int, body, flag string) bool {
-		rec.local(req, code, flag)
+		rec.local(code, flag)
 		if rw.local(req, code, body, nil) != nil {
 			return false
 		}
@@ -166,7 +166,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 			return local(http.StatusServiceUnavailable, "no healthy upstream", "UH")
 		}
 		tried[ep] = true
-		v.rec.upstream(cl, ep)
+		rec.upstream(cl, ep)
 		var bodyR io.ReadCloser
 		if body != nil {
 			bodyR = body.reader()
@@ -222,7 +222,6 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 			break
 		}
 	}
-	rec.Endpoint = ep.String()
 	if upgradeTimer != nil && !upgradeTimer.Stop() {
 		// The upgrade's answer came too late (or never).
 		if resp != nil {
@@ -274,14 +273,13 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	if watch != nil {
 		resp.Body = &touchBody{ReadCloser: resp.Body, touch: watch.touch}
 	}
-	v.rec.response(resp.Header, resp.Trailer)
-	resp.Body = v.rec.watch(resp.Body)
+	rec.watch(resp)
 	keep, failed := rw.proxied(req, resp)
 	rec.GRPCStatus = grpcStatusOf(resp)
 	if failed {
 		// Envoy's flag for a response that broke off: UC when the
 		// upstream failed, DC when the client did.
-		rec.Flags = addFlag(rec.Flags, v.rec.copyFailed())
+		rec.Flags = addFlag(rec.Flags, rec.copyFailed())
 	}
 	if watch != nil && watch.timedOut() {
 		rec.Flags = "SI"

@@ -90,7 +90,8 @@ func Run(ctx context.Context, o Options) error {
 	if cluster == "" {
 		cluster = "Kubernetes"
 	}
-	p.Stats().SetNode(NodeInfo{Namespace: o.Node.PodNamespace, ClusterID: cluster})
+	np := o.Node.Proto()
+	p.Stats().SetNode(NodeInfo{Namespace: o.Node.PodNamespace, ClusterID: cluster, ID: np.GetId(), ServiceCluster: np.GetCluster()})
 	p.Stats().SetAccessLog(o.AccessLog)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(p.Stats())

@@ -7,9 +7,9 @@ package waypoint
 // canonical revision), and Envoy's default histogram buckets, so that
 // Kiali's and Grafana's queries over reporter="waypoint" read them.
 //
-// One record per request (reqRecord) and per TCP connection (tcpRecord)
-// feeds both the metrics and the access-log line, so they never
-// disagree.
+// One record per request (requestRecord, filled along the request's
+// path) and per TCP connection (tcpRecord) feeds both the metrics and
+// the access-log line, so they never disagree.
 
 import (
 	"crypto/rand"
@@ -53,6 +53,11 @@ var peerLabels = []string{
 	"request_protocol", "response_flags", "connection_security_policy",
 }
 
+// messageLabels are the labels of gRPC message counts: only the peers'
+// (Istio's stats filter counts a stream's messages before it knows the
+// protocol, flags and security labels it adds for the request metrics).
+var messageLabels = peerLabels[:len(peerLabels)-3]
+
 // httpLabels add the response's code and gRPC status.
 var httpLabels = append(append([]string(nil), peerLabels...), "response_code", "grpc_response_status")
 
@@ -64,10 +69,13 @@ type telemetry struct {
 	services  atomic.Pointer[serviceIndex]
 
 	requests                      *prometheus.CounterVec
+	reqMessages, respMessages     *prometheus.CounterVec
 	duration, reqBytes, respBytes *prometheus.HistogramVec
 	tcpOpened, tcpClosed          *prometheus.CounterVec
 	tcpSent, tcpReceived          *prometheus.CounterVec
 	build                         *prometheus.GaugeVec
+	// tracer sends sampled requests' spans (nil: none are sent).
+	tracer *tracer
 }
 
 // NodeInfo is what the waypoint reports of itself: its namespace and
@@ -75,12 +83,19 @@ type telemetry struct {
 // destination_cluster, as Istio's waypoint).
 type NodeInfo struct {
 	Namespace, ClusterID string
+	// ID is the xDS node id (spans' node_id tag); ServiceCluster the
+	// node's cluster, the spans' local service name.
+	ID, ServiceCluster string
 }
 
 func newTelemetry() *telemetry {
 	t := &telemetry{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_requests_total",
 			Help: "The total number of requests"}, httpLabels),
+		reqMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_request_messages_total",
+			Help: "The total number of gRPC messages sent from the client"}, messageLabels),
+		respMessages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_response_messages_total",
+			Help: "The total number of gRPC messages sent from the server"}, messageLabels),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_duration_milliseconds",
 			Help: "The duration of requests in milliseconds", Buckets: envoyBuckets}, httpLabels),
 		reqBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_bytes",
@@ -104,7 +119,11 @@ func newTelemetry() *telemetry {
 }
 
 func (t *telemetry) collectors() []prometheus.Collector {
-	return []prometheus.Collector{t.requests, t.duration, t.reqBytes, t.respBytes, t.tcpOpened, t.tcpClosed, t.tcpSent, t.tcpReceived, t.build}
+	cs := []prometheus.Collector{t.requests, t.reqMessages, t.respMessages, t.duration, t.reqBytes, t.respBytes, t.tcpOpened, t.tcpClosed, t.tcpSent, t.tcpReceived, t.build}
+	if t.tracer != nil {
+		cs = append(cs, t.tracer.collectors()...)
+	}
+	return cs
 }
 
 // SetWorkloads installs the workload index peer metadata comes from.
@@ -433,11 +452,16 @@ func meterOf(c net.Conn) *meteredConn {
 type countingBody struct {
 	io.ReadCloser
 	n atomic.Int64
+	// frames counts a gRPC request's messages (nil if not gRPC).
+	frames *grpcFrames
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	if n > 0 && b.frames != nil {
+		b.frames.scan(p[:n])
+	}
 	return n, err
 }
 
@@ -533,194 +557,67 @@ func detailsFor(flags string, upstream bool) string {
 	return ""
 }
 
-// reqRecord is one request's telemetry.
-type reqRecord struct {
-	t         *telemetry
-	start     time.Time
-	ci        *connInfo
-	fs        map[string]string
-	req       *http.Request
-	method    string
-	path      string
-	authority string
-	grpc      bool
-	head      int64
-	body      *countingBody
-	meter     *meteredConn
-	written0  int64
-	service   *ServiceInfo
-	route     string
-	cluster   string
-	ep        *config.Endpoint
-	details   string
-	// Response headers and trailers, when the waypoint saw them (gRPC
-	// status).
-	respHeader, respTrailer http.Header
-	// upstreamErr: reading the upstream's body failed (UC, else a failed
-	// copy is DC).
-	upstreamErr atomic.Bool
-	// grpcStatus is the status the router recorded, when it did; sent
-	// counts the response bytes of a request on a connection the meter
-	// cannot attribute (an HTTP/2 stream).
-	grpcStatus string
-	sent       func() int64
-}
-
-// watch wraps an upstream response body to tell an upstream failure from
-// a downstream one.
-func (r *reqRecord) watch(body io.ReadCloser) io.ReadCloser {
-	if r == nil {
-		return body
-	}
-	return &watchedBody{ReadCloser: body, r: r}
-}
-
-type watchedBody struct {
-	io.ReadCloser
-	r *reqRecord
-}
-
-func (b *watchedBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
-		b.r.upstreamErr.Store(true)
-	}
-	return n, err
-}
-
-// copyFailed is the flag of a response that broke off while being
-// relayed: UC when the upstream failed, DC when the downstream did.
-func (r *reqRecord) copyFailed() string {
-	if r != nil && r.upstreamErr.Load() {
-		return "UC"
-	}
-	return "DC"
-}
-
-// beginRequest starts a request's record as the request arrives (its
-// head and path as sent): ids given, body counted.
-func (p *Proxy) beginRequest(c net.Conn, ci *connInfo, req *http.Request, snap *config.Snapshot, hcm *config.HCM) *reqRecord {
-	t := p.stats.tel
-	r := &reqRecord{t: t, start: time.Now(), ci: ci, fs: ci.fs, req: req, method: req.Method, path: req.RequestURI,
-		grpc: isGRPCHeader(req.Header), head: headSize(req), meter: meterOf(c)}
-	ensureRequestIDs(req.Header)
-	if r.meter != nil {
-		r.written0 = r.meter.written.Load()
-	}
-	if req.Body != nil && req.Body != http.NoBody {
-		r.body = &countingBody{ReadCloser: req.Body}
-		req.Body = r.body
-	}
-	r.service = t.servicesOf(snap).hcms[hcm]
-	return r
-}
-
-// local records a request the connection manager refused before its
-// filters ran, with Envoy's details.
-func (r *reqRecord) local(status int, details string) {
-	if r != nil {
-		r.details = details
-		r.finish(nil, status, "-")
-	}
-}
-
-// malformedRequest answers a request that could not be parsed with
-// status, closing the connection, and records it: Envoy's downstream
-// protocol error (DPE), its head unknown.
-func (p *Proxy) malformedRequest(c net.Conn, ci *connInfo, snap *config.Snapshot, hcm *config.HCM, status int) {
-	req := &http.Request{Proto: "HTTP/1.1", Header: http.Header{}, Body: http.NoBody}
-	r := &reqRecord{t: p.stats.tel, start: time.Now(), ci: ci, fs: ci.fs, req: req, meter: meterOf(c),
-		details: "http1.codec_error", service: p.stats.tel.servicesOf(snap).hcms[hcm]}
-	if r.meter != nil {
-		r.written0 = r.meter.written.Load()
-	}
-	if status == http.StatusRequestHeaderFieldsTooLarge {
-		r.details = "http1.headers_too_large"
-	}
-	writeLocal(c, nil, status, http.StatusText(status), nil, true)
-	r.finish(nil, status, "DPE")
-}
-
-// upstream notes the cluster and endpoint the router picked.
-func (r *reqRecord) upstream(c *config.Cluster, ep *config.Endpoint) {
-	if r == nil {
-		return
-	}
-	r.cluster, r.ep = c.Name, ep
-	if si := r.t.services.Load(); si != nil && si.clusters[c.Name] != nil {
-		r.service = si.clusters[c.Name]
-	} else if s := serviceFromName(c.Name); s != nil {
-		r.service = s
-	}
-}
-
-// response notes the response's headers and trailers (for gRPC status).
-func (r *reqRecord) response(h, trailer http.Header) {
-	if r != nil {
-		r.respHeader, r.respTrailer = h, trailer
-	}
-}
-
-// finish records the request: metrics and the access-log line.
-func (r *reqRecord) finish(rt *config.Route, status int, flags string) {
-	if r == nil {
-		return
-	}
-	if flags == "" {
-		flags = "-"
-	}
-	if rt != nil {
-		r.route = rt.Name
-	}
+// finish ends a request: its metrics and access-log line, from the
+// record as the request's path left it.
+func (r *requestRecord) finish() {
 	t := r.t
-	principal, src, mtls := t.downstreamPeer(r.ci, r.fs)
-	srcNS := principalNamespace(principal)
-	pv := &peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: srcNS, service: r.service,
-		hostFallback: r.authority, protocol: "http", flags: flags, mtls: mtls}
+	flags := cmpOr(r.Flags, "-")
+	principal, src, mtls := t.downstreamPeer(r.ci, r.ci.fs)
+	pv := &peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: principalNamespace(principal),
+		service: r.service, protocol: "http", flags: flags, mtls: mtls}
 	if r.grpc {
 		pv.protocol = "grpc"
 	}
-	grpcStatus := ""
+	vals := append(t.values(pv), strconv.Itoa(r.Status), r.grpcResponseStatus())
 	if r.grpc {
-		grpcStatus = cmpOr(r.grpcStatus, grpcStatusFromHeaders(status, r.respHeader, r.respTrailer))
+		t.attachMessages(r, vals)
+		r.reqMsgs.flush()
+		r.respMsgs.flush()
 	}
-	vals := append(t.values(pv), strconv.Itoa(status), grpcStatus)
-	received := r.head
-	if r.body != nil {
-		received += r.body.n.Load()
-	}
-	r.authority = r.req.Host
-	var sent int64
-	switch {
-	case r.sent != nil:
-		sent = r.sent()
-	case r.meter != nil:
-		sent = r.meter.written.Load() - r.written0
-	}
+	received, sent := r.received(), r.sent()
 	dur := time.Since(r.start)
 	t.requests.WithLabelValues(vals...).Inc()
 	t.duration.WithLabelValues(vals...).Observe(float64(dur.Milliseconds()))
 	t.reqBytes.WithLabelValues(vals...).Observe(float64(received))
 	t.respBytes.WithLabelValues(vals...).Observe(float64(sent))
+	if s := r.trace; s != nil && s.sampled && s.tracing.Zipkin != nil && t.tracer != nil {
+		t.tracer.enqueue(r.span(r.Status, flags, received, sent, dur))
+	}
 	al := t.accessLog.Load()
 	if al == nil {
 		return
 	}
-	details := r.details
+	details := r.Details
 	if details == "" {
 		details = detailsFor(flags, r.ep != nil)
 	}
 	e := &accessEntry{
-		start: r.start, route: r.route, method: r.method, path: r.path, protocol: r.req.Proto, code: status, flags: flags,
+		start: r.start, route: r.route, method: r.method, path: r.path, protocol: r.req.Proto, code: r.Status, flags: flags,
 		details: details, received: received, sent: sent, duration: dur,
 		xff: r.req.Header.Get("X-Forwarded-For"), userAgent: r.req.Header.Get("User-Agent"), requestID: r.req.Header.Get("X-Request-Id"),
-		authority: r.authority, upstreamCluster: r.cluster, local: r.ci.local, remote: r.ci.remote,
+		authority: r.req.Host, local: r.ci.local, remote: r.ci.remote,
 		traceparent: r.req.Header.Get("Traceparent"),
 	}
 	if r.ep != nil {
-		e.upstreamHost = r.ep.String()
+		e.upstreamHost, e.upstreamCluster = r.ep.String(), r.Cluster
 	}
 	al.write(e)
+}
+
+// attachMessages gives a gRPC request's message counts their counters,
+// labelled with the peers as they are now (vals, when computed already).
+func (t *telemetry) attachMessages(r *requestRecord, vals []string) {
+	if r.reqMsgs.live.Load() != nil {
+		return
+	}
+	if vals == nil {
+		principal, src, mtls := t.downstreamPeer(r.ci, r.ci.fs)
+		vals = t.values(&peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: principalNamespace(principal),
+			service: r.service, mtls: mtls})
+	}
+	vals = vals[:len(messageLabels)]
+	r.reqMsgs.attach(t.reqMessages.WithLabelValues(vals...))
+	r.respMsgs.attach(t.respMessages.WithLabelValues(vals...))
 }
 
 // tcpRecord is one TCP connection's telemetry (a tcp_proxy chain).

@@ -2,11 +2,15 @@ package waypoint
 
 import (
 	"bufio"
+	"encoding/binary"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ambitmesh/ambit/waypoint/config"
 )
 
 // TestServicesOfGolden: the service of a cluster comes from its istio
@@ -100,5 +104,93 @@ func TestGRPCStatus(t *testing.T) {
 		if got := grpcStatusFromHeaders(tt.status, tt.header, tt.trailer); got != tt.want {
 			t.Errorf("grpc status of %d %v %v: got %q, want %q", tt.status, tt.header, tt.trailer, got, tt.want)
 		}
+	}
+}
+
+// TestGRPCFrames: messages are counted however the stream is cut into
+// reads, prefixes split included, and an empty message counts.
+func TestGRPCFrames(t *testing.T) {
+	msg := func(n int) []byte {
+		b := make([]byte, 5+n)
+		binary.BigEndian.PutUint32(b[1:], uint32(n))
+		return b
+	}
+	var stream []byte
+	for _, n := range []int{0, 1, 3, 70000, 0, 12} {
+		stream = append(stream, msg(n)...)
+	}
+	for _, size := range []int{1, 2, 4, 5, 6, 7, 1000, len(stream)} {
+		f := &grpcFrames{}
+		for b := stream; len(b) > 0; {
+			k := min(size, len(b))
+			f.scan(b[:k])
+			b = b[k:]
+		}
+		if got := f.n.Load(); got != 6 {
+			t.Errorf("reads of %d bytes: got %d messages, want 6", size, got)
+		}
+	}
+	// A message's prefix counts it, before its payload is through.
+	f := &grpcFrames{}
+	f.scan(msg(100)[:5])
+	if got := f.n.Load(); got != 1 {
+		t.Errorf("after a prefix: got %d messages, want 1", got)
+	}
+}
+
+// TestSpanQueueFull: a span that does not fit the export queue is
+// dropped and counted, never waited for.
+func TestSpanQueueFull(t *testing.T) {
+	tr := newTracer(nil) // not running: nothing drains the queue
+	for range spanQueue + 3 {
+		tr.enqueue(&zipkinSpan{})
+	}
+	if got := len(tr.queue); got != spanQueue {
+		t.Errorf("queued: got %d, want %d", got, spanQueue)
+	}
+	if got := testutil.ToFloat64(tr.spansDropped); got != 3 {
+		t.Errorf("dropped: got %v, want 3", got)
+	}
+}
+
+// TestStartSpan: the trace context a request goes on with.
+func TestStartSpan(t *testing.T) {
+	tr := &config.Tracing{RandomSampling: 100, OverallSampling: 100, Zipkin: &config.Zipkin{TraceID128: true}}
+	for _, tc := range []struct {
+		name        string
+		in          http.Header
+		sampling    float64
+		wantTrace   string
+		wantParent  string
+		wantSampled bool
+	}{
+		{name: "new trace", in: http.Header{}, sampling: 100, wantSampled: true},
+		{name: "new trace unsampled", in: http.Header{}, sampling: 0},
+		{name: "traceparent sampled wins over 0%", in: http.Header{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}},
+			sampling: 0, wantTrace: "4bf92f3577b34da6a3ce929d0e0e4736", wantParent: "00f067aa0ba902b7", wantSampled: true},
+		{name: "traceparent unsampled wins over 100%", in: http.Header{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}},
+			sampling: 100, wantTrace: "4bf92f3577b34da6a3ce929d0e0e4736", wantParent: "00f067aa0ba902b7"},
+		{name: "b3 64-bit, debug", in: http.Header{"X-B3-Traceid": {"48485A3953BB6124"}, "X-B3-Spanid": {"a2fb4a1d1a96d312"}, "X-B3-Flags": {"1"}},
+			sampling: 0, wantTrace: "48485a3953bb6124", wantParent: "a2fb4a1d1a96d312", wantSampled: true},
+		{name: "malformed b3 ignored", in: http.Header{"X-B3-Traceid": {"xyz"}, "X-B3-Spanid": {"a2fb4a1d1a96d312"}}, sampling: 100, wantSampled: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := *tr
+			c.RandomSampling = tc.sampling
+			s := startSpan(&c, tc.in)
+			if tc.wantTrace != "" && s.traceID != tc.wantTrace || tc.wantTrace == "" && len(s.traceID) != 32 {
+				t.Errorf("trace: got %q, want %q (32 hex digits when new)", s.traceID, tc.wantTrace)
+			}
+			if s.parentID != tc.wantParent || s.sampled != tc.wantSampled {
+				t.Errorf("parent, sampled: got %q %v, want %q %v", s.parentID, s.sampled, tc.wantParent, tc.wantSampled)
+			}
+			tp := tc.in.Get("Traceparent")
+			if !validTraceparent(tp) || tp[36:52] != s.spanID || !strings.HasSuffix(tp, map[bool]string{true: "-01", false: "-00"}[tc.wantSampled]) {
+				t.Errorf("traceparent out: got %q, want span %s, sampled %v", tp, s.spanID, tc.wantSampled)
+			}
+			if !strings.HasSuffix(tp[3:35], s.traceID) {
+				t.Errorf("traceparent out: got trace %s, want %s (zero-padded)", tp[3:35], s.traceID)
+			}
+		})
 	}
 }

@@ -256,7 +256,11 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 			out.Upgrades[strings.ToLower(u.GetUpgradeType())] = true
 		}
 	}
-	var warns []string
+	tr, warns, err := buildTracing(h.GetTracing())
+	if err != nil {
+		return nil, nil, err
+	}
+	out.Tracing = tr
 	for i, f := range h.GetHttpFilters() {
 		if f.GetDisabled() {
 			continue
@@ -392,7 +396,7 @@ func buildVirtualHost(vh *route.VirtualHost) (*VirtualHost, error) {
 }
 
 func buildRoute(r *route.Route) (*Route, error) {
-	out := &Route{Name: r.GetName(), DisabledFilters: map[string]bool{}}
+	out := &Route{Name: r.GetName(), DisabledFilters: map[string]bool{}, Operation: r.GetDecorator().GetOperation()}
 	var err error
 	if out.Match, err = compileRouteMatch(r.GetMatch()); err != nil {
 		return nil, err

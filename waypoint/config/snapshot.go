@@ -220,6 +220,8 @@ type HCM struct {
 	MergeSlashes         bool
 	RejectEscapedSlashes bool
 	UnescapeSlashes      bool
+	// Tracing is nil when the HCM traces nothing.
+	Tracing *Tracing
 }
 
 // Codec is an HTTP connection manager's codec_type.
@@ -293,6 +295,8 @@ type Route struct {
 	CORS  *CORS
 	// DisabledFilters are filters disabled on this route.
 	DisabledFilters map[string]bool
+	// Operation is the route's decorator operation: the span's name.
+	Operation string
 }
 
 // RouteAction forwards to a cluster.

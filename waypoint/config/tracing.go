@@ -1,0 +1,111 @@
+package config
+
+import (
+	"fmt"
+
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+)
+
+// Tracing is an HTTP connection manager's tracing: whether a request is
+// sampled, the tags its span gets, and where spans go.
+type Tracing struct {
+	// RandomSampling and OverallSampling are percentages (Envoy's
+	// defaults: 100 when unset).
+	RandomSampling, OverallSampling float64
+	// MaxPathTagLength bounds the http.url tag (Envoy's default 256).
+	MaxPathTagLength int
+	CustomTags       []CustomTag
+	// Zipkin is the span sink; nil when the provider is one the waypoint
+	// does not export to (the HCM then samples and propagates, and
+	// records nothing).
+	Zipkin *Zipkin
+}
+
+// Zipkin is envoy.tracers.zipkin: spans POSTed as JSON (Zipkin API v2)
+// to a cluster.
+type Zipkin struct {
+	Cluster  string
+	Endpoint string
+	// Hostname is the Host of the POST (the cluster name when unset, as
+	// Envoy).
+	Hostname string
+	// TraceID128: new traces get 128-bit ids (else 64-bit).
+	TraceID128 bool
+}
+
+// CustomTag is a span tag from a literal, a request header or an
+// environment variable (with a default when absent).
+type CustomTag struct {
+	Tag string
+	// One of Literal (set), Header, Env.
+	Literal, Header, Env string
+	Default              string
+}
+
+// defaultMaxPathTagLength is Envoy's max_path_tag_length default.
+const defaultMaxPathTagLength = 256
+
+// buildTracing reads an HCM's tracing; unsupported parts are warnings,
+// never a refusal: tracing must not stop traffic.
+func buildTracing(t *hcmv3.HttpConnectionManager_Tracing) (*Tracing, []string, error) {
+	if t == nil {
+		return nil, nil, nil
+	}
+	pct := func(p interface{ GetValue() float64 }, set bool) float64 {
+		if !set {
+			return 100
+		}
+		return p.GetValue()
+	}
+	out := &Tracing{
+		RandomSampling:   pct(t.GetRandomSampling(), t.GetRandomSampling() != nil),
+		OverallSampling:  pct(t.GetOverallSampling(), t.GetOverallSampling() != nil),
+		MaxPathTagLength: int(t.GetMaxPathTagLength().GetValue()),
+	}
+	if out.MaxPathTagLength == 0 {
+		out.MaxPathTagLength = defaultMaxPathTagLength
+	}
+	var warns []string
+	for _, ct := range t.GetCustomTags() {
+		tag := CustomTag{Tag: ct.GetTag()}
+		switch {
+		case ct.GetLiteral() != nil:
+			tag.Literal = ct.GetLiteral().GetValue()
+		case ct.GetRequestHeader() != nil:
+			tag.Header, tag.Default = ct.GetRequestHeader().GetName(), ct.GetRequestHeader().GetDefaultValue()
+		case ct.GetEnvironment() != nil:
+			tag.Env, tag.Default = ct.GetEnvironment().GetName(), ct.GetEnvironment().GetDefaultValue()
+		default:
+			warns = append(warns, fmt.Sprintf("tracing custom tag %s: only literal, request_header and environment tags are recorded", ct.GetTag()))
+			continue
+		}
+		out.CustomTags = append(out.CustomTags, tag)
+	}
+	if p := t.GetProvider(); p != nil {
+		switch innerType(p.GetTypedConfig()) {
+		case "envoy.config.trace.v3.ZipkinConfig":
+			var z tracev3.ZipkinConfig
+			if err := anyTo(p.GetTypedConfig(), &z); err != nil {
+				return nil, nil, fmt.Errorf("tracing provider %s: %w", p.GetName(), err)
+			}
+			if z.GetCollectorEndpointVersion() != tracev3.ZipkinConfig_HTTP_JSON {
+				warns = append(warns, fmt.Sprintf("tracing provider %s: collector_endpoint_version %v not supported (HTTP_JSON only); no spans are sent",
+					p.GetName(), z.GetCollectorEndpointVersion()))
+				break
+			}
+			out.Zipkin = &Zipkin{Cluster: z.GetCollectorCluster(), Endpoint: z.GetCollectorEndpoint(), Hostname: z.GetCollectorHostname(),
+				TraceID128: z.GetTraceId_128Bit()}
+			if out.Zipkin.Hostname == "" {
+				out.Zipkin.Hostname = out.Zipkin.Cluster
+			}
+			if out.Zipkin.Endpoint == "" {
+				out.Zipkin.Endpoint = "/api/v2/spans"
+			}
+		default:
+			warns = append(warns, fmt.Sprintf("tracing provider %s (%s) not supported (zipkin only); requests are sampled and propagated, no spans are sent",
+				p.GetName(), innerType(p.GetTypedConfig())))
+		}
+	}
+	return out, warns, nil
+}

@@ -1,0 +1,62 @@
+package config
+
+import (
+	"strings"
+	"testing"
+
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tracingtype "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// TestBuildTracing: an HCM's tracing as Envoy reads it, Envoy's defaults
+// where unset, and what the waypoint cannot record is a warning, never a
+// refused listener.
+func TestBuildTracing(t *testing.T) {
+	zipkin, _ := anypb.New(&tracev3.ZipkinConfig{CollectorCluster: "zipkin", CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true})
+	otel, _ := anypb.New(&tracev3.OpenTelemetryConfig{ServiceName: "waypoint"})
+	protoZipkin, _ := anypb.New(&tracev3.ZipkinConfig{CollectorCluster: "zipkin", CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_PROTO})
+	for _, tc := range []struct {
+		name     string
+		in       *hcmv3.HttpConnectionManager_Tracing
+		want     *Tracing
+		wantWarn string
+	}{
+		{name: "defaults", in: &hcmv3.HttpConnectionManager_Tracing{},
+			want: &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256}},
+		{name: "zipkin", in: &hcmv3.HttpConnectionManager_Tracing{RandomSampling: &typev3.Percent{Value: 1.5},
+			CustomTags: []*tracingtype.CustomTag{
+				{Tag: "a", Type: &tracingtype.CustomTag_Literal_{Literal: &tracingtype.CustomTag_Literal{Value: "x"}}},
+				{Tag: "b", Type: &tracingtype.CustomTag_RequestHeader{RequestHeader: &tracingtype.CustomTag_Header{Name: "h", DefaultValue: "d"}}},
+				{Tag: "c", Type: &tracingtype.CustomTag_Environment_{Environment: &tracingtype.CustomTag_Environment{Name: "E"}}},
+			},
+			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.zipkin", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: zipkin}}},
+			want: &Tracing{RandomSampling: 1.5, OverallSampling: 100, MaxPathTagLength: 256,
+				CustomTags: []CustomTag{{Tag: "a", Literal: "x"}, {Tag: "b", Header: "h", Default: "d"}, {Tag: "c", Env: "E"}},
+				Zipkin:     &Zipkin{Cluster: "zipkin", Endpoint: "/api/v2/spans", Hostname: "zipkin", TraceID128: true}}},
+		{name: "opentelemetry", in: &hcmv3.HttpConnectionManager_Tracing{
+			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.opentelemetry", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: otel}}},
+			want:     &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256},
+			wantWarn: "envoy.tracers.opentelemetry (envoy.config.trace.v3.OpenTelemetryConfig) not supported"},
+		{name: "zipkin proto", in: &hcmv3.HttpConnectionManager_Tracing{
+			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.zipkin", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: protoZipkin}}},
+			want:     &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256},
+			wantWarn: "collector_endpoint_version HTTP_PROTO not supported"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, warns, err := buildTracing(tc.in)
+			if err != nil {
+				t.Fatalf("buildTracing: %v", err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("tracing (-want +got):\n%s", diff)
+			}
+			if w := strings.Join(warns, "; "); tc.wantWarn == "" && w != "" || !strings.Contains(w, tc.wantWarn) {
+				t.Errorf("warnings: got %q, want %q", w, tc.wantWarn)
+			}
+		})
+	}
+}
