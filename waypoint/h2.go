@@ -100,6 +100,9 @@ type h2Responder struct {
 	aborted bool
 	// written counts the body bytes written (telemetry's response bytes).
 	written int64
+	// dropTrailers: the upstream's trailers do not pass (an HTTP/1.1
+	// endpoint of a cluster without enable_trailers).
+	dropTrailers bool
 }
 
 func (r *h2Responder) bytesWritten() int64 { return r.written }
@@ -169,8 +172,10 @@ func (r *h2Responder) proxied(req *http.Request, resp *http.Response) (keep, fai
 			return false, true
 		}
 	}
-	for k, vs := range resp.Trailer {
-		h[http.TrailerPrefix+k] = vs
+	if !r.dropTrailers {
+		for k, vs := range resp.Trailer {
+			h[http.TrailerPrefix+k] = vs
+		}
 	}
 	return true, false
 }

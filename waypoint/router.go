@@ -114,6 +114,16 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	}
 	cs := p.clusterState(cl.Name)
 	tr := p.transportFor(cl, req, upgrade)
+	// Trailers pass where both ends' codecs have them: HTTP/2 always,
+	// HTTP/1.1 with enable_trailers (the connection manager's towards
+	// the client, the cluster's towards the endpoint), as Envoy's
+	// HTTP/1 codec drops them otherwise.
+	trailers := upgrade == "" && (req.ProtoMajor == 2 || hcm.EnableTrailers) && (tr != p.transport || cl.EnableTrailers)
+	if trailers && req.Trailer == nil && req.ContentLength < 0 && req.ProtoMajor == 1 {
+		// A chunked body's trailers land in this map when it ends,
+		// announced or not; the upstream request shares it.
+		req.Trailer = http.Header{}
+	}
 	release, err := cs.admit(ctx, cl, tr == p.transport)
 	if err != nil {
 		if errors.Is(err, errOverflow) {
@@ -172,6 +182,9 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 			bodyR = body.reader()
 		}
 		out := p.upstreamRequest(ctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, upgrade, bodyR)
+		if !trailers || tr == p.transport && out.ContentLength >= 0 {
+			out.Trailer = nil // (HTTP/1.1 sends trailers only after a chunked body)
+		}
 		var tryCancel context.CancelFunc
 		if retry != nil && retry.PerTryTimeout > 0 {
 			var tctx context.Context
@@ -274,9 +287,26 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	if watch != nil {
 		resp.Body = &touchBody{ReadCloser: resp.Body, touch: watch.touch}
 	}
+	// The response's trailers: the transport fills resp.Trailer when the
+	// body ends. An HTTP/1.1 client gets them after a chunked body (the
+	// map must exist when the head is written); where they do not pass,
+	// the writer sees none while telemetry still reads them.
+	wr := resp
+	if h2r, ok := rw.(*h2Responder); ok {
+		h2r.dropTrailers = !trailers
+	} else if trailers && resp.ContentLength < 0 {
+		if resp.Trailer == nil {
+			resp.Trailer = http.Header{}
+		}
+	} else if resp.Trailer != nil {
+		c := *resp
+		c.Trailer = nil
+		wr = &c
+	}
 	v.rec.response(resp.Header, resp.Trailer)
 	resp.Body = v.rec.watch(resp.Body)
-	keep, failed := rw.proxied(req, resp)
+	wr.Body = resp.Body
+	keep, failed := rw.proxied(req, wr)
 	rec.GRPCStatus = grpcStatusOf(resp)
 	if failed {
 		// Envoy's flag for a response that broke off: UC when the

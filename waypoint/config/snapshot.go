@@ -212,7 +212,11 @@ type HCM struct {
 	AcceptHTTP10 bool
 	// Proxy100Continue: Expect: 100-continue goes upstream (else the
 	// waypoint answers 100 Continue itself and drops the header).
-	Proxy100Continue     bool
+	Proxy100Continue bool
+	// EnableTrailers: http_protocol_options.enable_trailers, trailers
+	// read from and written to HTTP/1.1 clients (Envoy's HTTP/1 codec
+	// drops them otherwise; HTTP/2 clients always have them).
+	EnableTrailers       bool
 	NormalizePath        bool
 	MergeSlashes         bool
 	RejectEscapedSlashes bool
@@ -444,6 +448,10 @@ type Cluster struct {
 	// closes an upstream connection unused for it (0: Envoy's hour).
 	Protocol    UpstreamProtocol
 	IdleTimeout time.Duration
+	// EnableTrailers: the HTTP/1 protocol options' enable_trailers,
+	// trailers written to and read from HTTP/1.1 endpoints (else
+	// dropped, as Envoy's HTTP/1 codec does).
+	EnableTrailers bool
 	// LeastRequest: Envoy's least-request balancer (the fewer active
 	// requests of ChoiceCount random endpoints), else round robin.
 	LeastRequest    bool
