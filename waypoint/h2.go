@@ -103,6 +103,9 @@ type h2Responder struct {
 	// dropTrailers: the upstream's trailers do not pass (an HTTP/1.1
 	// endpoint of a cluster without enable_trailers).
 	dropTrailers bool
+	// down is the stream of an extended CONNECT (WebSocket over
+	// HTTP/2), the tunnel's downstream side; nil otherwise.
+	down io.ReadCloser
 }
 
 func (r *h2Responder) bytesWritten() int64 { return r.written }
@@ -244,6 +247,9 @@ func (p *Proxy) serveH2(ctx context.Context, hcm *config.HCM, listenerName, chai
 			if hcm == nil {
 				rw.local(req, http.StatusServiceUnavailable, "", nil)
 				return
+			}
+			if req.Method == http.MethodConnect && req.Header.Get(":protocol") != "" {
+				rw.extendedConnect(req)
 			}
 			p.serveRequest(req.Context(), snap, hcm, rw, ci, req)
 			if rw.aborted {

@@ -46,11 +46,16 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	}
 	rec.Cluster = cl.Name
 	upgrade := ""
-	if rw.conn() != nil && isUpgrade(req) {
+	// An upgrade: HTTP/1.1's, or an HTTP/2 extended CONNECT made into
+	// one (HTTP/2 requests cannot carry Upgrade otherwise).
+	if isUpgrade(req) {
 		t := strings.ToLower(req.Header.Get("Upgrade"))
 		on, set := a.Upgrades[t]
 		if !set {
 			on = hcm.Upgrades[t]
+		}
+		if rw.conn() == nil && !hcm.AllowConnect {
+			on = false
 		}
 		if !on {
 			return local(http.StatusForbidden, "", "-") // Envoy refuses an upgrade it is not configured for
@@ -281,6 +286,9 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if c := rw.conn(); c != nil {
 			return p.switchProtocols(c, resp)
+		}
+		if h2r, ok := rw.(*h2Responder); ok && h2r.down != nil {
+			return h2r.tunnel(resp)
 		}
 		return false
 	}

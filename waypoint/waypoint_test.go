@@ -36,7 +36,16 @@ import (
 	zconfig "github.com/ambitmesh/ambit/ztunnel/config"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// As the command does: Go's HTTP/2 server takes extended CONNECT
+	// (WebSocket over HTTP/2) only with GODEBUG http2xconnect=1 from the
+	// start.
+	if err := waypoint.ExecWithExtendedConnect(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 var subnet atomic.Uint32
 

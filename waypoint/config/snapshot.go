@@ -216,7 +216,11 @@ type HCM struct {
 	// EnableTrailers: http_protocol_options.enable_trailers, trailers
 	// read from and written to HTTP/1.1 clients (Envoy's HTTP/1 codec
 	// drops them otherwise; HTTP/2 clients always have them).
-	EnableTrailers       bool
+	EnableTrailers bool
+	// AllowConnect: http2_protocol_options.allow_connect, an HTTP/2
+	// client's extended CONNECT (RFC 8441, WebSocket over HTTP/2) is
+	// an upgrade (else refused, as Envoy's codec refuses it).
+	AllowConnect         bool
 	NormalizePath        bool
 	MergeSlashes         bool
 	RejectEscapedSlashes bool
