@@ -30,6 +30,10 @@ type clusterState struct {
 	// conns are HTTP/1 connection slots (max_connections, with
 	// max_pending_requests waiting for one).
 	conns slots
+	// pending are HTTP/2 requests admitted whose stream has not started
+	// (waiting for a connection to be established, or for a stream):
+	// max_pending_requests.
+	pending atomic.Int64
 
 	mu    sync.Mutex
 	hosts map[string]*hostState
@@ -202,29 +206,51 @@ var errOverflow = errors.New("upstream overflow")
 
 // admit applies the cluster's circuit breakers to a new request:
 // max_requests, and for HTTP/1 (a connection per request in flight)
-// max_connections with up to max_pending_requests waiting for one. The
-// returned release ends the request's share.
-func (cs *clusterState) admit(ctx context.Context, cl *config.Cluster, http1 bool) (release func(), err error) {
+// max_connections with up to max_pending_requests waiting for one. On
+// HTTP/2 a request is pending until its stream starts (its headers are
+// written: until then it waits for a connection being established, or
+// for a stream); at most max_pending_requests are. The returned release
+// ends the request's share; started, when not nil, ends its pending
+// time (idempotent: the caller calls it when the stream's headers are
+// written and when the try has ended).
+func (cs *clusterState) admit(ctx context.Context, cl *config.Cluster, http1 bool) (release, started func(), err error) {
 	cb := cl.CircuitBreakers
 	if cs.active.Add(1) > int64(cb.MaxRequests) {
 		cs.active.Add(-1)
 		cs.overflows.Add(1)
-		return nil, errOverflow
+		return nil, nil, errOverflow
 	}
 	if !http1 {
-		return func() { cs.active.Add(-1) }, nil
+		release = func() { cs.active.Add(-1) }
+		if cb.MaxPendingRequests >= cb.MaxRequests {
+			// Pending requests are admitted ones: the limit cannot be
+			// reached, and nothing needs counting (Envoy's defaults).
+			return release, nil, nil
+		}
+		if cs.pending.Add(1) > int64(cb.MaxPendingRequests) {
+			cs.pending.Add(-1)
+			cs.active.Add(-1)
+			cs.overflows.Add(1)
+			return nil, nil, errOverflow
+		}
+		var done atomic.Bool
+		return release, func() {
+			if done.CompareAndSwap(false, true) {
+				cs.pending.Add(-1)
+			}
+		}, nil
 	}
 	if err := cs.conns.acquire(ctx, cb.MaxConnections, cb.MaxPendingRequests); err != nil {
 		cs.active.Add(-1)
 		if errors.Is(err, errOverflow) {
 			cs.overflows.Add(1)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	return func() {
 		cs.conns.release()
 		cs.active.Add(-1)
-	}, nil
+	}, nil, nil
 }
 
 // retry takes a retry slot (max_retries); false is an overflow.

@@ -26,7 +26,8 @@ import (
 // trailers passed on. Upstream, a cluster whose HttpProtocolOptions say
 // HTTP/2 (istiod's for grpc and http2 ports), or use_downstream_protocol
 // with an HTTP/2 client, is reached over cleartext HTTP/2 with prior
-// knowledge: one connection per endpoint multiplexing its requests.
+// knowledge: a connection per endpoint multiplexing its requests, and
+// another when the server's stream limit is reached.
 
 // responder answers one request downstream.
 type responder interface {
@@ -369,8 +370,10 @@ func (p *Proxy) newH2Transport() *http.Transport {
 	return &http.Transport{
 		DialContext: p.dialHTTP,
 		Protocols:   &protos,
-		// One connection per endpoint key, its streams multiplexed
-		// (without it, requests that start together each dial one).
+		// One dial at a time per endpoint key, so requests that start
+		// together share its streams (without it each dials one); for
+		// HTTP/2 it bounds only dials in progress: a connection whose
+		// streams are all in use gets a sibling.
 		MaxConnsPerHost:    1,
 		IdleConnTimeout:    time.Hour,
 		DisableCompression: true,

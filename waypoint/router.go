@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"time"
@@ -129,7 +130,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		// announced or not; the upstream request shares it.
 		req.Trailer = http.Header{}
 	}
-	release, err := cs.admit(ctx, cl, tr == p.transport)
+	release, started, err := cs.admit(ctx, cl, tr == p.transport)
 	if err != nil {
 		if errors.Is(err, errOverflow) {
 			return local(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "UO")
@@ -144,6 +145,9 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		return false
 	}
 	defer release()
+	if started != nil {
+		defer started() // (a request that never reached a try)
+	}
 	// The body is read once and kept for retries up to the buffer limit;
 	// mirrors get it once it is whole.
 	retry, mirrors := a.Retry, a.Mirrors
@@ -186,7 +190,13 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		if body != nil {
 			bodyR = body.reader()
 		}
-		out := p.upstreamRequest(ctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, upgrade, bodyR)
+		tctx := ctx
+		if started != nil && try == 0 {
+			// An HTTP/2 request is pending until its stream's
+			// headers are written.
+			tctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteHeaders: started})
+		}
+		out := p.upstreamRequest(tctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, upgrade, bodyR)
 		if !trailers || tr == p.transport && out.ContentLength >= 0 {
 			out.Trailer = nil // (HTTP/1.1 sends trailers only after a chunked body)
 		}
@@ -199,6 +209,9 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		hs := cs.host(ep)
 		hs.active.Add(1)
 		resp, err = tr.RoundTrip(out)
+		if started != nil {
+			started() // (the first try ended without a stream, or has one)
+		}
 		if tryCancel != nil {
 			// (no upgrade here: an upgrade is never retried)
 			if resp != nil {

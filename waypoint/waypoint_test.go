@@ -79,6 +79,11 @@ type env struct {
 	// certs, when set (by setup), is the waypoint's certificate source
 	// instead of the CA itself.
 	certs identity.Source
+	// dialer, when set (by setup), makes the waypoint's upstream TCP
+	// connections.
+	dialer interface {
+		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	}
 }
 
 func (e *env) vip(port uint16) netip.AddrPort { return netip.AddrPortFrom(e.ip(20), port) }
@@ -135,7 +140,7 @@ func newEnvWith(t testing.TB, svcHost string, ports, targets [2]uint16, setup fu
 	if e.certs != nil {
 		certs = e.certs
 	}
-	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: certs, Roots: ca.Roots(), Log: log})
+	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: certs, Roots: ca.Roots(), Log: log, Dialer: e.dialer})
 	if err != nil {
 		t.Fatal(err)
 	}
