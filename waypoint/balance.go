@@ -25,8 +25,10 @@ import (
 type clusterState struct {
 	rr atomic.Uint64
 	// active requests and active retries (circuit breakers max_requests,
-	// max_retries); overflows counts requests and retries refused.
-	active, retries, overflows atomic.Int64
+	// max_retries).
+	active, retries atomic.Int64
+	// st are the cluster's counters as Envoy names them (clusterstats.go).
+	st clusterCounters
 	// conns are HTTP/1 connection slots (max_connections, with
 	// max_pending_requests waiting for one).
 	conns slots
@@ -165,11 +167,19 @@ func (p *Proxy) report(cl *config.Cluster, cs *clusterState, ep *config.Endpoint
 	} else {
 		h.consecGw = 0
 	}
-	eject := od.Consecutive5xx > 0 && h.consec5xx >= od.Consecutive5xx && rollPercent(float64(od.Enforcing5xx)/100) ||
-		od.ConsecutiveGatewayFailure > 0 && h.consecGw >= od.ConsecutiveGatewayFailure && rollPercent(float64(od.EnforcingGatewayFailure)/100)
 	already := now.Before(h.ejectedUntil)
+	det5xx := od.Consecutive5xx > 0 && h.consec5xx == od.Consecutive5xx && !already
+	detGw := od.ConsecutiveGatewayFailure > 0 && h.consecGw == od.ConsecutiveGatewayFailure && !already
+	enf5xx := det5xx && rollPercent(float64(od.Enforcing5xx)/100)
+	enfGw := !enf5xx && detGw && rollPercent(float64(od.EnforcingGatewayFailure)/100)
 	h.mu.Unlock()
-	if !eject || already {
+	if det5xx {
+		cs.st.ejDetected5xx.Add(1)
+	}
+	if detGw {
+		cs.st.ejDetectedGw.Add(1)
+	}
+	if !enf5xx && !enfGw {
 		return
 	}
 	// max_ejection_percent over the endpoints ejected now (Envoy ejects
@@ -181,6 +191,7 @@ func (p *Proxy) report(cl *config.Cluster, cs *clusterState, ep *config.Endpoint
 		}
 	}
 	if len(cl.Endpoints) == 0 || 100*ejected/len(cl.Endpoints) >= od.MaxEjectionPercent {
+		cs.st.ejOverflow.Add(1)
 		return
 	}
 	h.mu.Lock()
@@ -198,7 +209,12 @@ func (p *Proxy) report(cl *config.Cluster, cs *clusterState, ep *config.Endpoint
 	h.ejectedUntil = now.Add(d)
 	h.consec5xx, h.consecGw = 0, 0
 	h.mu.Unlock()
-	p.ejections.Add(1)
+	cs.st.ejEnforced.Add(1)
+	if enf5xx {
+		cs.st.ejEnforced5xx.Add(1)
+	} else {
+		cs.st.ejEnforcedGw.Add(1)
+	}
 }
 
 // errOverflow is a circuit breaker's refusal (response flag UO).
@@ -217,7 +233,7 @@ func (cs *clusterState) admit(ctx context.Context, cl *config.Cluster, http1 boo
 	cb := cl.CircuitBreakers
 	if cs.active.Add(1) > int64(cb.MaxRequests) {
 		cs.active.Add(-1)
-		cs.overflows.Add(1)
+		cs.st.rqPendingOverflow.Add(1) // (Envoy counts max_requests here too)
 		return nil, nil, errOverflow
 	}
 	if !http1 {
@@ -230,7 +246,7 @@ func (cs *clusterState) admit(ctx context.Context, cl *config.Cluster, http1 boo
 		if cs.pending.Add(1) > int64(cb.MaxPendingRequests) {
 			cs.pending.Add(-1)
 			cs.active.Add(-1)
-			cs.overflows.Add(1)
+			cs.st.rqPendingOverflow.Add(1)
 			return nil, nil, errOverflow
 		}
 		var done atomic.Bool
@@ -240,10 +256,10 @@ func (cs *clusterState) admit(ctx context.Context, cl *config.Cluster, http1 boo
 			}
 		}, nil
 	}
-	if err := cs.conns.acquire(ctx, cb.MaxConnections, cb.MaxPendingRequests); err != nil {
+	if err := cs.conns.acquire(ctx, cb.MaxConnections, cb.MaxPendingRequests, &cs.st.cxOverflow); err != nil {
 		cs.active.Add(-1)
 		if errors.Is(err, errOverflow) {
-			cs.overflows.Add(1)
+			cs.st.rqPendingOverflow.Add(1)
 		}
 		return nil, nil, err
 	}
@@ -257,7 +273,7 @@ func (cs *clusterState) admit(ctx context.Context, cl *config.Cluster, http1 boo
 func (cs *clusterState) retry(cl *config.Cluster) bool {
 	if cs.retries.Add(1) > int64(cl.CircuitBreakers.MaxRetries) {
 		cs.retries.Add(-1)
-		cs.overflows.Add(1)
+		cs.st.rqRetryOverflow.Add(1)
 		return false
 	}
 	return true
@@ -271,13 +287,17 @@ type slots struct {
 	waiters []chan struct{}
 }
 
-func (s *slots) acquire(ctx context.Context, limit, maxWaiting int) error {
+// acquire takes a slot, waiting for one among at most maxWaiting;
+// cxOverflow counts the times all limit slots were busy (Envoy's
+// upstream_cx_overflow: a connection the breaker did not allow).
+func (s *slots) acquire(ctx context.Context, limit, maxWaiting int, cxOverflow *atomic.Uint64) error {
 	s.mu.Lock()
 	if s.busy < limit {
 		s.busy++
 		s.mu.Unlock()
 		return nil
 	}
+	cxOverflow.Add(1)
 	if len(s.waiters) >= maxWaiting {
 		s.mu.Unlock()
 		return errOverflow

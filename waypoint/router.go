@@ -209,6 +209,9 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		hs := cs.host(ep)
 		hs.active.Add(1)
 		resp, err = tr.RoundTrip(out)
+		if tryCancel != nil && err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			cs.st.rqPerTryTimeout.Add(1)
+		}
 		if started != nil {
 			started() // (the first try ended without a stream, or has one)
 		}
@@ -241,6 +244,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		}
 		hs.active.Add(-1)
 		p.stats.retries.Add(1)
+		cs.st.rqRetry.Add(1)
 		rec.Retries++
 		if resp != nil {
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -259,6 +263,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		if resp != nil {
 			resp.Body.Close()
 		}
+		cs.st.rqTimeout.Add(1)
 		return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")
 	}
 	if err != nil {
@@ -266,6 +271,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		case watch != nil && watch.timedOut():
 			return local(http.StatusRequestTimeout, "stream timeout", "SI")
 		case errors.Is(err, context.DeadlineExceeded):
+			cs.st.rqTimeout.Add(1)
 			return local(http.StatusGatewayTimeout, "upstream request timeout", withURX("UT", exhausted))
 		case errors.Is(ctx.Err(), context.Canceled):
 			rec.Flags = "DC" // the client went away
