@@ -75,8 +75,8 @@ func (e readyError) Error() string { return string(e) }
 const errNotConfigured = readyError("no configuration yet")
 
 // AdminHandler serves Envoy's admin paths the waypoint supports:
-// /config_dump, /stats/prometheus, /ready and POST /quitquitquit (which
-// calls quit).
+// /config_dump, /stats (Envoy's cluster statistics), /stats/prometheus,
+// /ready and POST /quitquitquit (which calls quit).
 func (p *Proxy) AdminHandler(reg *prometheus.Registry, quit func()) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, r *http.Request) {
@@ -88,7 +88,9 @@ func (p *Proxy) AdminHandler(reg *prometheus.Registry, quit func()) http.Handler
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(b)
 	})
-	mux.Handle("/stats/prometheus", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	prom := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	mux.Handle("/stats/prometheus", prom)
+	mux.HandleFunc("/stats", p.statsHandler(prom))
 	mux.HandleFunc("/ready", p.readyHandler)
 	mux.HandleFunc("/quitquitquit", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {

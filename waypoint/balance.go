@@ -25,11 +25,17 @@ import (
 type clusterState struct {
 	rr atomic.Uint64
 	// active requests and active retries (circuit breakers max_requests,
-	// max_retries); overflows counts requests and retries refused.
-	active, retries, overflows atomic.Int64
+	// max_retries).
+	active, retries atomic.Int64
+	// st are the cluster's counters as Envoy names them (clusterstats.go).
+	st clusterCounters
 	// conns are HTTP/1 connection slots (max_connections, with
 	// max_pending_requests waiting for one).
 	conns slots
+	// pending are HTTP/2 requests admitted whose stream has not started
+	// (waiting for a connection to be established, or for a stream):
+	// max_pending_requests.
+	pending atomic.Int64
 
 	mu    sync.Mutex
 	hosts map[string]*hostState
@@ -161,11 +167,19 @@ func (p *Proxy) report(cl *config.Cluster, cs *clusterState, ep *config.Endpoint
 	} else {
 		h.consecGw = 0
 	}
-	eject := od.Consecutive5xx > 0 && h.consec5xx >= od.Consecutive5xx && rollPercent(float64(od.Enforcing5xx)/100) ||
-		od.ConsecutiveGatewayFailure > 0 && h.consecGw >= od.ConsecutiveGatewayFailure && rollPercent(float64(od.EnforcingGatewayFailure)/100)
 	already := now.Before(h.ejectedUntil)
+	det5xx := od.Consecutive5xx > 0 && h.consec5xx == od.Consecutive5xx && !already
+	detGw := od.ConsecutiveGatewayFailure > 0 && h.consecGw == od.ConsecutiveGatewayFailure && !already
+	enf5xx := det5xx && rollPercent(float64(od.Enforcing5xx)/100)
+	enfGw := !enf5xx && detGw && rollPercent(float64(od.EnforcingGatewayFailure)/100)
 	h.mu.Unlock()
-	if !eject || already {
+	if det5xx {
+		cs.st.ejDetected5xx.Add(1)
+	}
+	if detGw {
+		cs.st.ejDetectedGw.Add(1)
+	}
+	if !enf5xx && !enfGw {
 		return
 	}
 	// max_ejection_percent over the endpoints ejected now (Envoy ejects
@@ -177,6 +191,7 @@ func (p *Proxy) report(cl *config.Cluster, cs *clusterState, ep *config.Endpoint
 		}
 	}
 	if len(cl.Endpoints) == 0 || 100*ejected/len(cl.Endpoints) >= od.MaxEjectionPercent {
+		cs.st.ejOverflow.Add(1)
 		return
 	}
 	h.mu.Lock()
@@ -194,7 +209,12 @@ func (p *Proxy) report(cl *config.Cluster, cs *clusterState, ep *config.Endpoint
 	h.ejectedUntil = now.Add(d)
 	h.consec5xx, h.consecGw = 0, 0
 	h.mu.Unlock()
-	p.ejections.Add(1)
+	cs.st.ejEnforced.Add(1)
+	if enf5xx {
+		cs.st.ejEnforced5xx.Add(1)
+	} else {
+		cs.st.ejEnforcedGw.Add(1)
+	}
 }
 
 // errOverflow is a circuit breaker's refusal (response flag UO).
@@ -202,36 +222,58 @@ var errOverflow = errors.New("upstream overflow")
 
 // admit applies the cluster's circuit breakers to a new request:
 // max_requests, and for HTTP/1 (a connection per request in flight)
-// max_connections with up to max_pending_requests waiting for one. The
-// returned release ends the request's share.
-func (cs *clusterState) admit(ctx context.Context, cl *config.Cluster, http1 bool) (release func(), err error) {
+// max_connections with up to max_pending_requests waiting for one. On
+// HTTP/2 a request is pending until its stream starts (its headers are
+// written: until then it waits for a connection being established, or
+// for a stream); at most max_pending_requests are. The returned release
+// ends the request's share; started, when not nil, ends its pending
+// time (idempotent: the caller calls it when the stream's headers are
+// written and when the try has ended).
+func (cs *clusterState) admit(ctx context.Context, cl *config.Cluster, http1 bool) (release, started func(), err error) {
 	cb := cl.CircuitBreakers
 	if cs.active.Add(1) > int64(cb.MaxRequests) {
 		cs.active.Add(-1)
-		cs.overflows.Add(1)
-		return nil, errOverflow
+		cs.st.rqPendingOverflow.Add(1) // (Envoy counts max_requests here too)
+		return nil, nil, errOverflow
 	}
 	if !http1 {
-		return func() { cs.active.Add(-1) }, nil
+		release = func() { cs.active.Add(-1) }
+		if cb.MaxPendingRequests >= cb.MaxRequests {
+			// Pending requests are admitted ones: the limit cannot be
+			// reached, and nothing needs counting (Envoy's defaults).
+			return release, nil, nil
+		}
+		if cs.pending.Add(1) > int64(cb.MaxPendingRequests) {
+			cs.pending.Add(-1)
+			cs.active.Add(-1)
+			cs.st.rqPendingOverflow.Add(1)
+			return nil, nil, errOverflow
+		}
+		var done atomic.Bool
+		return release, func() {
+			if done.CompareAndSwap(false, true) {
+				cs.pending.Add(-1)
+			}
+		}, nil
 	}
-	if err := cs.conns.acquire(ctx, cb.MaxConnections, cb.MaxPendingRequests); err != nil {
+	if err := cs.conns.acquire(ctx, cb.MaxConnections, cb.MaxPendingRequests, &cs.st.cxOverflow); err != nil {
 		cs.active.Add(-1)
 		if errors.Is(err, errOverflow) {
-			cs.overflows.Add(1)
+			cs.st.rqPendingOverflow.Add(1)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	return func() {
 		cs.conns.release()
 		cs.active.Add(-1)
-	}, nil
+	}, nil, nil
 }
 
 // retry takes a retry slot (max_retries); false is an overflow.
 func (cs *clusterState) retry(cl *config.Cluster) bool {
 	if cs.retries.Add(1) > int64(cl.CircuitBreakers.MaxRetries) {
 		cs.retries.Add(-1)
-		cs.overflows.Add(1)
+		cs.st.rqRetryOverflow.Add(1)
 		return false
 	}
 	return true
@@ -245,13 +287,17 @@ type slots struct {
 	waiters []chan struct{}
 }
 
-func (s *slots) acquire(ctx context.Context, limit, maxWaiting int) error {
+// acquire takes a slot, waiting for one among at most maxWaiting;
+// cxOverflow counts the times all limit slots were busy (Envoy's
+// upstream_cx_overflow: a connection the breaker did not allow).
+func (s *slots) acquire(ctx context.Context, limit, maxWaiting int, cxOverflow *atomic.Uint64) error {
 	s.mu.Lock()
 	if s.busy < limit {
 		s.busy++
 		s.mu.Unlock()
 		return nil
 	}
+	cxOverflow.Add(1)
 	if len(s.waiters) >= maxWaiting {
 		s.mu.Unlock()
 		return errOverflow

@@ -26,7 +26,8 @@ import (
 // trailers passed on. Upstream, a cluster whose HttpProtocolOptions say
 // HTTP/2 (istiod's for grpc and http2 ports), or use_downstream_protocol
 // with an HTTP/2 client, is reached over cleartext HTTP/2 with prior
-// knowledge: one connection per endpoint multiplexing its requests.
+// knowledge: a connection per endpoint multiplexing its requests, and
+// another when the server's stream limit is reached.
 
 // responder answers one request downstream.
 type responder interface {
@@ -100,6 +101,12 @@ type h2Responder struct {
 	aborted bool
 	// written counts the body bytes written (telemetry's response bytes).
 	written int64
+	// dropTrailers: the upstream's trailers do not pass (an HTTP/1.1
+	// endpoint of a cluster without enable_trailers).
+	dropTrailers bool
+	// down is the stream of an extended CONNECT (WebSocket over
+	// HTTP/2), the tunnel's downstream side; nil otherwise.
+	down io.ReadCloser
 }
 
 func (r *h2Responder) bytesWritten() int64 { return r.written }
@@ -169,8 +176,10 @@ func (r *h2Responder) proxied(req *http.Request, resp *http.Response) (keep, fai
 			return false, true
 		}
 	}
-	for k, vs := range resp.Trailer {
-		h[http.TrailerPrefix+k] = vs
+	if !r.dropTrailers {
+		for k, vs := range resp.Trailer {
+			h[http.TrailerPrefix+k] = vs
+		}
 	}
 	return true, false
 }
@@ -239,6 +248,9 @@ func (p *Proxy) serveH2(ctx context.Context, hcm *config.HCM, listenerName, chai
 			if hcm == nil {
 				rw.local(req, http.StatusServiceUnavailable, "", nil)
 				return
+			}
+			if req.Method == http.MethodConnect && req.Header.Get(":protocol") != "" {
+				rw.extendedConnect(req)
 			}
 			p.serveRequest(req.Context(), snap, hcm, rw, ci, req)
 			if rw.aborted {
@@ -358,8 +370,10 @@ func (p *Proxy) newH2Transport() *http.Transport {
 	return &http.Transport{
 		DialContext: p.dialHTTP,
 		Protocols:   &protos,
-		// One connection per endpoint key, its streams multiplexed
-		// (without it, requests that start together each dial one).
+		// One dial at a time per endpoint key, so requests that start
+		// together share its streams (without it each dials one); for
+		// HTTP/2 it bounds only dials in progress: a connection whose
+		// streams are all in use gets a sibling.
 		MaxConnsPerHost:    1,
 		IdleConnTimeout:    time.Hour,
 		DisableCompression: true,

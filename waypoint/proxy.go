@@ -71,12 +71,10 @@ type Proxy struct {
 	transport *http.Transport
 	// h2transport reaches HTTP/2 clusters (h2.go).
 	h2transport *http.Transport
-	// clusters is the runtime state of clusters by name (balance.go);
-	// ejections counts outlier ejections.
-	clusters  sync.Map
-	ejections atomic.Int64
-	conns     tracker.Tracker[net.Conn]
-	stats     *Stats
+	// clusters is the runtime state of clusters by name (balance.go).
+	clusters sync.Map
+	conns    tracker.Tracker[net.Conn]
+	stats    *Stats
 	// sanMatchers: see sanCheck.
 	sanMatchers sync.Map
 
@@ -104,6 +102,7 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.Dialer = &net.Dialer{}
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With(logkey.Component, "waypoint"), stats: newStats()}
+	p.stats.clusters = p.eachClusterStat
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	verifier := &identity.Verifier{Roots: cfg.Roots}
 	p.server = &hbone.Server{

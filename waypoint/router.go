@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"time"
@@ -46,11 +47,16 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	}
 	rec.Cluster = cl.Name
 	upgrade := ""
-	if rw.conn() != nil && isUpgrade(req) {
+	// An upgrade: HTTP/1.1's, or an HTTP/2 extended CONNECT made into
+	// one (HTTP/2 requests cannot carry Upgrade otherwise).
+	if isUpgrade(req) {
 		t := strings.ToLower(req.Header.Get("Upgrade"))
 		on, set := a.Upgrades[t]
 		if !set {
 			on = hcm.Upgrades[t]
+		}
+		if rw.conn() == nil && !hcm.AllowConnect {
+			on = false
 		}
 		if !on {
 			return local(http.StatusForbidden, "", "-") // Envoy refuses an upgrade it is not configured for
@@ -114,7 +120,17 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	}
 	cs := p.clusterState(cl.Name)
 	tr := p.transportFor(cl, req, upgrade)
-	release, err := cs.admit(ctx, cl, tr == p.transport)
+	// Trailers pass where both ends' codecs have them: HTTP/2 always,
+	// HTTP/1.1 with enable_trailers (the connection manager's towards
+	// the client, the cluster's towards the endpoint), as Envoy's
+	// HTTP/1 codec drops them otherwise.
+	trailers := upgrade == "" && (req.ProtoMajor == 2 || hcm.EnableTrailers) && (tr != p.transport || cl.EnableTrailers)
+	if trailers && req.Trailer == nil && req.ContentLength < 0 && req.ProtoMajor == 1 {
+		// A chunked body's trailers land in this map when it ends,
+		// announced or not; the upstream request shares it.
+		req.Trailer = http.Header{}
+	}
+	release, started, err := cs.admit(ctx, cl, tr == p.transport)
 	if err != nil {
 		if errors.Is(err, errOverflow) {
 			return local(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "UO")
@@ -129,6 +145,9 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		return false
 	}
 	defer release()
+	if started != nil {
+		defer started() // (a request that never reached a try)
+	}
 	// The body is read once and kept for retries up to the buffer limit;
 	// mirrors get it once it is whole.
 	retry, mirrors := a.Retry, a.Mirrors
@@ -171,7 +190,16 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		if body != nil {
 			bodyR = body.reader()
 		}
-		out := p.upstreamRequest(ctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, upgrade, bodyR)
+		tctx := ctx
+		if started != nil && try == 0 {
+			// An HTTP/2 request is pending until its stream's
+			// headers are written.
+			tctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteHeaders: started})
+		}
+		out := p.upstreamRequest(tctx, req, snap, cl, ep, share, rt, wc, uri, hostRewrite, upgrade, bodyR)
+		if !trailers || tr == p.transport && out.ContentLength >= 0 {
+			out.Trailer = nil // (HTTP/1.1 sends trailers only after a chunked body)
+		}
 		var tryCancel context.CancelFunc
 		if retry != nil && retry.PerTryTimeout > 0 {
 			var tctx context.Context
@@ -181,6 +209,12 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		hs := cs.host(ep)
 		hs.active.Add(1)
 		resp, err = tr.RoundTrip(out)
+		if tryCancel != nil && err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			cs.st.rqPerTryTimeout.Add(1)
+		}
+		if started != nil {
+			started() // (the first try ended without a stream, or has one)
+		}
 		if tryCancel != nil {
 			// (no upgrade here: an upgrade is never retried)
 			if resp != nil {
@@ -210,6 +244,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		}
 		hs.active.Add(-1)
 		p.stats.retries.Add(1)
+		cs.st.rqRetry.Add(1)
 		rec.Retries++
 		if resp != nil {
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -227,6 +262,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		if resp != nil {
 			resp.Body.Close()
 		}
+		cs.st.rqTimeout.Add(1)
 		return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")
 	}
 	if err != nil {
@@ -234,6 +270,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		case watch != nil && watch.timedOut():
 			return local(http.StatusRequestTimeout, "stream timeout", "SI")
 		case errors.Is(err, context.DeadlineExceeded):
+			cs.st.rqTimeout.Add(1)
 			return local(http.StatusGatewayTimeout, "upstream request timeout", withURX("UT", exhausted))
 		case errors.Is(ctx.Err(), context.Canceled):
 			rec.Flags = "DC" // the client went away
@@ -268,13 +305,33 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		if c := rw.conn(); c != nil {
 			return p.switchProtocols(c, resp)
 		}
+		if h2r, ok := rw.(*h2Responder); ok && h2r.down != nil {
+			return h2r.tunnel(resp)
+		}
 		return false
 	}
 	if watch != nil {
 		resp.Body = &touchBody{ReadCloser: resp.Body, touch: watch.touch}
 	}
+	// The response's trailers: the transport fills resp.Trailer when the
+	// body ends. An HTTP/1.1 client gets them after a chunked body (the
+	// map must exist when the head is written); where they do not pass,
+	// the writer sees none while telemetry still reads them.
+	wr := resp
+	if h2r, ok := rw.(*h2Responder); ok {
+		h2r.dropTrailers = !trailers
+	} else if trailers && resp.ContentLength < 0 {
+		if resp.Trailer == nil {
+			resp.Trailer = http.Header{}
+		}
+	} else if resp.Trailer != nil {
+		c := *resp
+		c.Trailer = nil
+		wr = &c
+	}
 	rec.watch(resp)
-	keep, failed := rw.proxied(req, resp)
+	wr.Body = resp.Body
+	keep, failed := rw.proxied(req, wr)
 	rec.GRPCStatus = grpcStatusOf(resp)
 	if failed {
 		// Envoy's flag for a response that broke off: UC when the

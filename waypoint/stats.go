@@ -15,6 +15,9 @@ type Stats struct {
 	rbacDenied, upstreamFail, badRequests, noChain     atomic.Uint64
 	retries                                            atomic.Uint64
 	tel                                                *telemetry
+	// clusters reports every cluster's statistics (clusterstats.go);
+	// nil reports none.
+	clusters func(f func(cluster string, st *clusterStat, v uint64))
 }
 
 func newStats() *Stats { return &Stats{tel: newTelemetry()} }
@@ -37,8 +40,11 @@ func (s *Stats) RBACDenied() uint64 { return s.rbacDenied.Load() }
 
 // Describe and Collect make Stats a prometheus.Collector.
 func (s *Stats) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descRBAC, descUF, descBad, descRetries, descNoChain} {
+	for _, d := range []*prometheus.Desc{descRequests, descRBAC, descUF, descBad, descNoChain} {
 		ch <- d
+	}
+	for _, st := range clusterStats {
+		ch <- st.desc
 	}
 	for _, c := range s.tel.collectors() {
 		c.Describe(ch)
@@ -50,7 +56,6 @@ var (
 	descRBAC     = prometheus.NewDesc("envoy_http_rbac_denied", "Requests and connections denied by RBAC.", nil, nil)
 	descUF       = prometheus.NewDesc("envoy_cluster_upstream_cx_connect_fail", "Upstream connections that failed.", nil, nil)
 	descBad      = prometheus.NewDesc("envoy_http_downstream_rq_rx_reset", "Malformed requests answered 4xx and closed.", nil, nil)
-	descRetries  = prometheus.NewDesc("envoy_cluster_upstream_rq_retry", "Requests retried.", nil, nil)
 	descNoChain  = prometheus.NewDesc("envoy_listener_no_filter_chain_match", "Connections no filter chain matched.", nil, nil)
 )
 
@@ -61,8 +66,16 @@ func (s *Stats) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRBAC, prometheus.CounterValue, float64(s.rbacDenied.Load()))
 	ch <- prometheus.MustNewConstMetric(descUF, prometheus.CounterValue, float64(s.upstreamFail.Load()))
 	ch <- prometheus.MustNewConstMetric(descBad, prometheus.CounterValue, float64(s.badRequests.Load()))
-	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(s.retries.Load()))
 	ch <- prometheus.MustNewConstMetric(descNoChain, prometheus.CounterValue, float64(s.noChain.Load()))
+	if s.clusters != nil {
+		s.clusters(func(cluster string, st *clusterStat, v uint64) {
+			typ := prometheus.CounterValue
+			if st.gauge {
+				typ = prometheus.GaugeValue
+			}
+			ch <- prometheus.MustNewConstMetric(st.desc, typ, float64(v), cluster)
+		})
+	}
 	for _, c := range s.tel.collectors() {
 		c.Collect(ch)
 	}

@@ -36,7 +36,16 @@ import (
 	zconfig "github.com/ambitmesh/ambit/ztunnel/config"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// As the command does: Go's HTTP/2 server takes extended CONNECT
+	// (WebSocket over HTTP/2) only with GODEBUG http2xconnect=1 from the
+	// start.
+	if err := waypoint.ExecWithExtendedConnect(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 var subnet atomic.Uint32
 
@@ -70,6 +79,11 @@ type env struct {
 	// certs, when set (by setup), is the waypoint's certificate source
 	// instead of the CA itself.
 	certs identity.Source
+	// dialer, when set (by setup), makes the waypoint's upstream TCP
+	// connections.
+	dialer interface {
+		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	}
 }
 
 func (e *env) vip(port uint16) netip.AddrPort { return netip.AddrPortFrom(e.ip(20), port) }
@@ -126,7 +140,7 @@ func newEnvWith(t testing.TB, svcHost string, ports, targets [2]uint16, setup fu
 	if e.certs != nil {
 		certs = e.certs
 	}
-	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: certs, Roots: ca.Roots(), Log: log})
+	wp, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: certs, Roots: ca.Roots(), Log: log, Dialer: e.dialer})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -211,6 +211,8 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 		MergeSlashes:          h.GetMergeSlashes(),
 		AcceptHTTP10:          h.GetHttpProtocolOptions().GetAcceptHttp_10(),
 		Proxy100Continue:      h.GetProxy_100Continue(),
+		EnableTrailers:        h.GetHttpProtocolOptions().GetEnableTrailers(),
+		AllowConnect:          h.GetHttp2ProtocolOptions().GetAllowConnect(),
 	}
 	switch h.GetPathWithEscapedSlashesAction() {
 	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcmv3.HttpConnectionManager_KEEP_UNCHANGED:

@@ -74,6 +74,9 @@ func buildResilience(out *Cluster, c *cluster.Cluster) error {
 			// has only to HBONE: HTTP/1.1 as Envoy falls back to.
 			out.Protocol = UpstreamHTTP1
 		}
+		out.EnableTrailers = po.GetExplicitHttpConfig().GetHttpProtocolOptions().GetEnableTrailers() ||
+			po.GetUseDownstreamProtocolConfig().GetHttpProtocolOptions().GetEnableTrailers() ||
+			po.GetAutoConfig().GetHttpProtocolOptions().GetEnableTrailers()
 		if len(po.GetHttpFilters()) > 0 {
 			return unsupported("upstream http_filters")
 		}

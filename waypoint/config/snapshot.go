@@ -215,7 +215,15 @@ type HCM struct {
 	AcceptHTTP10 bool
 	// Proxy100Continue: Expect: 100-continue goes upstream (else the
 	// waypoint answers 100 Continue itself and drops the header).
-	Proxy100Continue     bool
+	Proxy100Continue bool
+	// EnableTrailers: http_protocol_options.enable_trailers, trailers
+	// read from and written to HTTP/1.1 clients (Envoy's HTTP/1 codec
+	// drops them otherwise; HTTP/2 clients always have them).
+	EnableTrailers bool
+	// AllowConnect: http2_protocol_options.allow_connect, an HTTP/2
+	// client's extended CONNECT (RFC 8441, WebSocket over HTTP/2) is
+	// an upgrade (else refused, as Envoy's codec refuses it).
+	AllowConnect         bool
 	NormalizePath        bool
 	MergeSlashes         bool
 	RejectEscapedSlashes bool
@@ -455,6 +463,10 @@ type Cluster struct {
 	// closes an upstream connection unused for it (0: Envoy's hour).
 	Protocol    UpstreamProtocol
 	IdleTimeout time.Duration
+	// EnableTrailers: the HTTP/1 protocol options' enable_trailers,
+	// trailers written to and read from HTTP/1.1 endpoints (else
+	// dropped, as Envoy's HTTP/1 codec does).
+	EnableTrailers bool
 	// LeastRequest: Envoy's least-request balancer (the fewer active
 	// requests of ChoiceCount random endpoints), else round robin.
 	LeastRequest    bool

@@ -22,6 +22,12 @@ import (
 )
 
 func main() {
+	// WebSocket over HTTP/2 needs Go's HTTP/2 server started with
+	// GODEBUG http2xconnect=1: restart with it unless GODEBUG sets it.
+	if err := waypoint.ExecWithExtendedConnect(); err != nil {
+		fmt.Fprintln(os.Stderr, "waypoint:", err)
+		os.Exit(1)
+	}
 	var o waypoint.Options
 	port := func(p int) string { return ":" + strconv.Itoa(p) }
 	flag.StringVar(&o.XDSAddress, "xds-address", os.Getenv("XDS_ADDRESS"), "istiod's xDS (delta ADS), e.g. istiod.istio-system.svc:15012")
