@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -45,6 +46,10 @@ var (
 		"BenchmarkProxies: how long fortio loads each path at each fixed rate and at saturation")
 	proxiesRounds = flag.Int("proxies.rounds", 3,
 		"BenchmarkProxies: rounds over the paths at each fixed rate (the latencies are medians over rounds)")
+	proxiesOnly = flag.String("proxies.only", "",
+		"BenchmarkProxies: a regular expression of the proxies to run (waypoint, haproxy, nginx, reverseproxy); empty for all")
+	proxiesProfile = flag.String("proxies.cpuprofile", "",
+		"BenchmarkProxies: write a CPU profile of the waypoint process at saturation (its admin's /debug/pprof/profile) to this file")
 )
 
 // The workload of BenchmarkProxies (issue 17): HTTP/1.1 POSTs of 1 KiB
@@ -88,10 +93,13 @@ func BenchmarkProxies(b *testing.B) {
 	e := newEnvWith(b, host, [2]uint16{80, 90}, [2]uint16{8080, 9090}, func(e *env) {
 		e.cfg, e.app, e.external = basicConfig(e.ip), http.HandlerFunc(fhttp.EchoHandler), true
 	})
+	only, err := regexp.Compile(*proxiesOnly)
+	if err != nil {
+		b.Fatalf("-proxies.only: %v", err)
+	}
 	pinLoad(b)
-	var paths []*benchPath
-	paths = append(paths, e.directPath(b), e.waypointPath(b, filepath.Join(bins, "waypoint"), dir))
-	paths = append(paths, tlsHops(b, e, bins, dir)...)
+	paths := []*benchPath{e.directPath(b), e.waypointPath(b, filepath.Join(bins, "waypoint"), dir)}
+	paths = append(paths, tlsHops(b, e, bins, dir, only)...)
 
 	d, rounds := *proxiesDuration, *proxiesRounds
 	fixed := map[string]map[float64][]*loadResult{}
@@ -133,9 +141,11 @@ type benchPath struct {
 	// url is what fortio asks for: an address, never a name (fortio
 	// would look it up in DNS); host, if set, its Host header.
 	url, host string
-	dial    func(ctx context.Context) (net.Conn, error)
-	tls     *tls.Config
-	peakRSS int
+	dial      func(ctx context.Context) (net.Conn, error)
+	tls       *tls.Config
+	peakRSS   int
+	// profile is the proxy's pprof CPU profile URL, if it has one.
+	profile string
 }
 
 // loadResult is one fortio run on a path.
@@ -183,7 +193,16 @@ func (p *benchPath) load(b *testing.B, qps float64, d time.Duration) *loadResult
 	if p.pid != 0 {
 		cpu0 = procCPU(b, p.pid)
 	}
+	profiled := make(chan error, 1)
+	if qps < 0 && p.profile != "" && *proxiesProfile != "" {
+		go func() { profiled <- fetchProfile(p.profile, max(time.Second, d-time.Second), *proxiesProfile) }()
+	} else {
+		profiled <- nil
+	}
 	res, err := fhttp.RunHTTPTest(o)
+	if perr := <-profiled; perr != nil {
+		b.Errorf("profile %s: %v", p.name, perr)
+	}
 	if err != nil {
 		b.Fatalf("fortio %s via %s: %v", p.url, p.name, err)
 	}
@@ -199,6 +218,27 @@ func (p *benchPath) load(b *testing.B, qps float64, d time.Duration) *loadResult
 		b.Fatalf("fortio %s via %s: got %d connections, want %d kept alive", p.url, p.name, res.SocketCount, proxiesConnections)
 	}
 	return r
+}
+
+// fetchProfile writes a CPU profile of d from url to path.
+func fetchProfile(url string, d time.Duration, path string) error {
+	resp, err := http.Get(fmt.Sprintf("%s?seconds=%d", url, int(d.Seconds())))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("get %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // requestTimes records the duration of each request as fortio timed it
@@ -278,7 +318,8 @@ func (e *env) waypointPath(b *testing.B, bin, dir string) *benchPath {
 	b.Cleanup(func() { cc.Close() })
 	hdr := http.Header{hbone.HeaderForwarded: {hbone.Forwarded(e.ip(1))}}
 	return &benchPath{name: "waypoint", pid: pid, url: "http://" + e.vip(80).String() + "/echo", host: host,
-		dial: func(ctx context.Context) (net.Conn, error) { return cc.Connect(ctx, e.vip(80), hdr) }}
+		dial:    func(ctx context.Context) (net.Conn, error) { return cc.Connect(ctx, e.vip(80), hdr) },
+		profile: "http://" + at(15000) + "/debug/pprof/profile"}
 }
 
 // writeStaticConfig writes r as the waypoint's static config file (the
@@ -318,7 +359,7 @@ func writeStaticConfig(tb testing.TB, path string, r *config.Resources) {
 // tlsHops starts the echo backend with TLS and, in front of it, each
 // proxy of the comparison that is installed: HAProxy, nginx and
 // benchproxy (httputil.ReverseProxy), each pinned to proxyCPU.
-func tlsHops(b *testing.B, e *env, bins, dir string) []*benchPath {
+func tlsHops(b *testing.B, e *env, bins, dir string, only *regexp.Regexp) []*benchPath {
 	b.Helper()
 	backend := netip.AddrPortFrom(e.ip(70), 8443)
 	listen := map[string]netip.AddrPort{
@@ -329,6 +370,9 @@ func tlsHops(b *testing.B, e *env, bins, dir string) []*benchPath {
 	serveTLSBackend(b, backend, pki)
 	var paths []*benchPath
 	for _, name := range []string{"haproxy", "nginx", "reverseproxy"} {
+		if !only.MatchString(name) {
+			continue
+		}
 		at := listen[name]
 		var cmd *exec.Cmd
 		switch name {
@@ -711,23 +755,23 @@ func proxiesTable(b *testing.B, paths []*benchPath, fixed map[string]map[float64
 		}
 		fmt.Fprintln(&t)
 	}
-	fmt.Fprintf(&t, "\n%-14s %9s %9s %9s %9s %9s %10s %9s %9s %9s %9s\n", "proxy", "vCPU/1k", "vCPU/1k", "RSS MiB", "RSS MiB",
+	fmt.Fprintf(&t, "\n%-14s %9s %9s %9s %9s %9s %9s %10s %9s %9s %9s %9s\n", "proxy", "vCPU/1k", "req/s", "vCPU/1k", "RSS MiB", "RSS MiB",
 		"peak RSS", "max req/s", "proxy", "req/s", "x-wp", "x-wp")
-	fmt.Fprintf(&t, "%-14s %9s %9s %9s %9s %9s %10s %9s %9s %9s %9s\n", "", "@1k", "@5k", "@1k", "@5k", "MiB", "", "CPU", "per core",
+	fmt.Fprintf(&t, "%-14s %9s %9s %9s %9s %9s %9s %10s %9s %9s %9s %9s\n", "", "@1k", "@5k", "@5k", "@1k", "@5k", "MiB", "", "CPU", "per core",
 		"req/s/core", "vCPU@1k")
 	type row struct{ vcpu1k, vcpu5k, rpsCore float64 }
 	rows := map[string]row{}
 	for _, p := range paths[1:] {
 		var r row
 		var rss [2][]int
-		var v5k []float64
-		var v1k []float64
+		var v5k, v1k, q5k []float64
 		for _, res := range fixed[p.name][1000] {
 			v1k = append(v1k, vcpuPer1k(res, d))
 			rss[0] = append(rss[0], res.rss)
 		}
 		for _, res := range fixed[p.name][5000] {
 			v5k = append(v5k, vcpuPer1k(res, d))
+			q5k = append(q5k, res.qps)
 			rss[1] = append(rss[1], res.rss)
 		}
 		r.vcpu1k, r.vcpu5k = medianOf(v1k), medianOf(v5k)
@@ -736,14 +780,14 @@ func proxiesTable(b *testing.B, paths []*benchPath, fixed map[string]map[float64
 		r.rpsCore = sat.qps / cpuShare
 		rows[p.name] = r
 		wp := rows["waypoint"]
-		fmt.Fprintf(&t, "%-14s %9.3f %9.3f %9.1f %9.1f %9.1f %10.0f %8.0f%% %9.0f %9.2f %9.2f\n", p.name, r.vcpu1k, r.vcpu5k,
+		fmt.Fprintf(&t, "%-14s %9.3f %9.0f %9.3f %9.1f %9.1f %9.1f %10.0f %8.0f%% %9.0f %9.2f %9.2f\n", p.name, r.vcpu1k, medianOf(q5k), r.vcpu5k,
 			float64(medianOf(rss[0]))/1024, float64(medianOf(rss[1]))/1024, float64(p.peakRSS)/1024, sat.qps, 100*cpuShare,
 			r.rpsCore, r.rpsCore/wp.rpsCore, r.vcpu1k/wp.vcpu1k)
 		name := strings.ReplaceAll(p.name, " ", "-")
 		b.ReportMetric(r.vcpu1k, name+"-vCPU-per-1k-rps")
 		b.ReportMetric(r.rpsCore, name+"-rps-per-core")
 	}
-	fmt.Fprintf(&t, "(vCPU/1k: the proxy's CPU seconds per second per 1,000 req/s achieved; req/s per core: max req/s over the\n"+
+	fmt.Fprintf(&t, "(vCPU/1k: the proxy's CPU seconds per second per 1,000 req/s achieved (req/s @5k: what the 5k runs achieved);\n req/s per core: max req/s over the\n"+
 		" proxy's CPU share at saturation; x-wp: that proxy's figure over the waypoint's. A CPU share well under 100%%\n"+
 		" means the load side, not the proxy, was the limit.)\n")
 	wp := rows["waypoint"]
@@ -772,4 +816,3 @@ func proxiesTable(b *testing.B, paths []*benchPath, fixed map[string]map[float64
 	}
 	return t.String()
 }
-
