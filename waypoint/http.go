@@ -433,6 +433,11 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 		return false
 	}
 	req.RequestURI = uri
+	if c != nil && req.ContentLength > 0 && req.ContentLength <= holdMax && int64(c.br.Buffered()) >= req.ContentLength {
+		// A small body that came with its head: the router forwards it
+		// from memory (bufferedBody), with the head in one write.
+		req.Body = &bufferedBody{ReadCloser: req.Body, n: req.ContentLength}
+	}
 	fs := make(map[string]string, len(ci.fs))
 	for k, v := range ci.fs {
 		fs[k] = v
