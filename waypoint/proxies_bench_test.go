@@ -49,7 +49,7 @@ var (
 	proxiesOnly = flag.String("proxies.only", "",
 		"BenchmarkProxies: a regular expression of the proxies to run (waypoint, haproxy, nginx, reverseproxy); empty for all")
 	proxiesProfile = flag.String("proxies.cpuprofile", "",
-		"BenchmarkProxies: write a CPU profile of the waypoint process at saturation (its admin's /debug/pprof/profile) to this file")
+		"BenchmarkProxies: write a CPU profile of the waypoint process at saturation (its admin's /debug/pprof/profile) to this file, and its heap at the end to the file .heap")
 )
 
 // The workload of BenchmarkProxies (issue 17): HTTP/1.1 POSTs of 1 KiB
@@ -126,6 +126,12 @@ func BenchmarkProxies(b *testing.B) {
 	for _, p := range paths {
 		if p.pid != 0 {
 			p.peakRSS = procStatusKiB(b, p.pid, "VmHWM")
+		}
+		if p.profile != "" && *proxiesProfile != "" {
+			// The heap as the runs left it, beside the CPU profile.
+			if err := fetchProfile(strings.TrimSuffix(p.profile, "profile")+"heap", 0, *proxiesProfile+".heap"); err != nil {
+				b.Errorf("heap profile %s: %v", p.name, err)
+			}
 		}
 	}
 	// On stdout rather than in b.Log, which go test cuts to a few lines
@@ -220,9 +226,13 @@ func (p *benchPath) load(b *testing.B, qps float64, d time.Duration) *loadResult
 	return r
 }
 
-// fetchProfile writes a CPU profile of d from url to path.
+// fetchProfile writes a profile from url (a CPU profile of d, if d > 0)
+// to path.
 func fetchProfile(url string, d time.Duration, path string) error {
-	resp, err := http.Get(fmt.Sprintf("%s?seconds=%d", url, int(d.Seconds())))
+	if d > 0 {
+		url = fmt.Sprintf("%s?seconds=%d", url, int(d.Seconds()))
+	}
+	resp, err := http.Get(url)
 	if err != nil {
 		return err
 	}
