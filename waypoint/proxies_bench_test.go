@@ -176,6 +176,10 @@ func (p *benchPath) load(b *testing.B, qps float64, d time.Duration) *loadResult
 	o.AccessLogger = times
 	o.URL = p.url
 	o.Payload = make([]byte, proxiesBody)
+	// Generous: on a loaded machine the first handshakes through a proxy
+	// (fortio's warm-up) can take seconds; a slow request is measured,
+	// not failed.
+	o.HTTPReqTimeOut = 30 * time.Second
 	if p.host != "" {
 		if err := o.AddAndValidateExtraHeader("Host: " + p.host); err != nil {
 			b.Fatal(err)
