@@ -27,7 +27,7 @@ IMAGES_OUT := _output/images
 IMAGE_TAG ?=
 IMAGE_HUB ?=
 
-.PHONY: help build images test unit lint generate generate-check bench demo cluster clean clean-lab deps lab-bins
+.PHONY: help build images test unit lint generate generate-check bench bench-waypoint demo cluster clean clean-lab deps lab-bins
 
 help:
 	@echo "build           build every binary into $(BIN)"
@@ -37,6 +37,7 @@ help:
 	@echo "generate        regenerate generated code (bpf2go, protobuf)"
 	@echo "generate-check  fail if regeneration changes anything"
 	@echo "bench           benchmarks"
+	@echo "bench-waypoint  the waypoint against HAProxy, nginx and httputil.ReverseProxy, one table (root, ~5 min)"
 	@echo "demo            start the lab and show it working (root)"
 	@echo "cluster         start a cluster with a real node to install Ambit by hand, as the README says (root)"
 	@echo "clean           remove build output"
@@ -92,9 +93,23 @@ generate-check:
 	after=$$(git status --porcelain; git diff); \
 	if [ "$$before" != "$$after" ]; then echo "regeneration changed files:"; git status --porcelain; exit 1; fi
 
+# The C proxies BenchmarkProxies compares the waypoint with (Debian's).
+BENCH_PKGS := haproxy nginx-light util-linux
+
 # Root: the benchmarks make network namespaces and start labs.
 bench: deps lab-bins
+	@bash internal/lab/deps.sh $(BENCH_PKGS)
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
+
+# Only waypoint's BenchmarkProxies (docs/performance.md): each proxy
+# pinned to CPU 0, the load on CPU 1; prints one table. Extra flags, e.g.
+# BENCH_WAYPOINT_FLAGS='-proxies.duration 10s -proxies.rounds 5'.
+BENCH_WAYPOINT_FLAGS ?=
+bench-waypoint:
+	@bash internal/lab/deps.sh $(BENCH_PKGS)
+	$(GO) build -o $(BIN)/ ./waypoint/cmd/waypoint ./internal/benchproxy
+	$(GO) test -c -o $(BIN)/waypoint.test ./waypoint
+	cd waypoint && AMBIT_BENCH_BIN=$(CURDIR)/$(BIN) $(CURDIR)/$(BIN)/waypoint.test -test.run '^$$' -test.bench '^BenchmarkProxies$$' -test.benchtime 1x -test.timeout 15m $(BENCH_WAYPOINT_FLAGS)
 
 demo: deps
 	$(GO) run ./e2e/labctl demo

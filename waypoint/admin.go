@@ -3,6 +3,7 @@ package waypoint
 import (
 	"context"
 	"net/http"
+	"net/http/pprof"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -102,6 +103,20 @@ func (p *Proxy) AdminHandler(reg *prometheus.Registry, quit func()) http.Handler
 			go quit()
 		}
 	})
+	return mux
+}
+
+// withPprof adds Go's profiles under /debug/pprof/ to h, for the admin
+// listener only (loopback by default, as ztunnel's admin): how the
+// waypoint benchmark profiles the pinned process (docs/performance.md).
+func withPprof(h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", h)
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

@@ -22,48 +22,18 @@ import (
 func BenchmarkHTTP(b *testing.B) {
 	e := newEnv(b, basicConfig)
 	via := e.client(b, clientID)
-	cert, err := e.ca.Issue(clientID, time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
-	pod := netip.AddrPortFrom(e.ip(11), 8080)
-	cc, err := hbone.Dial(context.Background(), netip.AddrPortFrom(e.ip(11), 15008), hbone.ClientConfig{
-		Certificate: cert, Verifier: &identity.Verifier{Roots: e.ca.Roots()},
-		Expected: identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "server"},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cc.Close()
-	dc, err := cc.Connect(context.Background(), pod, nil)
+	dc, err := e.direct(b).Connect(context.Background(), e.pod(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer dc.Close()
 	direct := &client{c: dc, br: bufio.NewReader(dc)}
 	req := get(b, "/bench")
-	run := func(c *client, n int) time.Duration {
-		start := time.Now()
-		for range n {
-			resp := c.do(b, req)
-			if resp.StatusCode != http.StatusOK {
-				b.Fatalf("status %d", resp.StatusCode)
-			}
+	compareDirect(b, func(c *client) {
+		if resp := c.do(b, req); resp.StatusCode != http.StatusOK {
+			b.Fatalf("status %d", resp.StatusCode)
 		}
-		return time.Since(start)
-	}
-	run(via, 10)
-	run(direct, 10)
-	b.ResetTimer()
-	var dWay, dDirect time.Duration
-	for b.Loop() {
-		dWay += run(via, 1)
-		dDirect += run(direct, 1)
-	}
-	b.StopTimer()
-	if dDirect > 0 {
-		b.ReportMetric(float64(dWay)/float64(dDirect), "x-direct")
-	}
+	}, via, direct)
 }
 
 // BenchmarkHTTP2: sequential h2c requests (prior knowledge) on one
@@ -78,47 +48,67 @@ func BenchmarkHTTP2(b *testing.B) {
 	})
 	via := e.h2cClient(80)
 	defer via.CloseIdleConnections()
+	cc := e.direct(b)
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	direct := &http.Client{Transport: &http.Transport{Protocols: &protos, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return cc.Connect(ctx, e.pod(), nil)
+	}}}
+	defer direct.CloseIdleConnections()
+	compareDirect(b, func(c *http.Client) {
+		resp, err := c.Get("http://" + host + "/bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+			b.Fatalf("answer %s %d", resp.Proto, resp.StatusCode)
+		}
+	}, via, direct)
+}
+
+// pod is the address of the pod behind the waypoint's HTTP port.
+func (e *env) pod() netip.AddrPort { return netip.AddrPortFrom(e.ip(11), 8080) }
+
+// direct dials the pod's ztunnel over HBONE as the client, bypassing the
+// waypoint: the baseline of the waypoint benchmarks.
+func (e *env) direct(tb testing.TB) *hbone.ClientConn {
+	tb.Helper()
 	cert, err := e.ca.Issue(clientID, time.Hour)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	pod := netip.AddrPortFrom(e.ip(11), 8080)
 	cc, err := hbone.Dial(context.Background(), netip.AddrPortFrom(e.ip(11), 15008), hbone.ClientConfig{
 		Certificate: cert, Verifier: &identity.Verifier{Roots: e.ca.Roots()},
 		Expected: identity.Identity{TrustDomain: identity.DefaultTrustDomain, Namespace: "shop", ServiceAccount: "server"},
 	})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer cc.Close()
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	direct := &http.Client{Transport: &http.Transport{Protocols: &protos, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return cc.Connect(ctx, pod, nil)
-	}}}
-	defer direct.CloseIdleConnections()
-	run := func(c *http.Client, n int) time.Duration {
+	tb.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// compareDirect times one request (do) through the waypoint (via) and
+// one straight to the pod (direct), alternately, b.N times, and reports
+// the waypoint's time over the direct one as x-direct.
+func compareDirect[C any](b *testing.B, do func(C), via, direct C) {
+	b.Helper()
+	timed := func(c C, n int) time.Duration {
 		start := time.Now()
 		for range n {
-			resp, err := c.Get("http://" + host + "/bench")
-			if err != nil {
-				b.Fatal(err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
-				b.Fatalf("answer %s %d", resp.Proto, resp.StatusCode)
-			}
+			do(c)
 		}
 		return time.Since(start)
 	}
-	run(via, 10)
-	run(direct, 10)
+	timed(via, 10)
+	timed(direct, 10)
 	b.ResetTimer()
 	var dWay, dDirect time.Duration
 	for b.Loop() {
-		dWay += run(via, 1)
-		dDirect += run(direct, 1)
+		dWay += timed(via, 1)
+		dDirect += timed(direct, 1)
 	}
 	b.StopTimer()
 	if dDirect > 0 {

@@ -1,7 +1,6 @@
 package waypoint
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -80,9 +79,11 @@ func (r h1Responder) proxied(req *http.Request, resp *http.Response) (keep, fail
 	// The head and the body go out through one buffer (net/http writes
 	// each header line on its own, which on a tunnel would be a frame
 	// and a TLS record each); it is flushed before each wait for more of
-	// the upstream's body, so a streamed response is not held back.
-	bw := bufio.NewWriterSize(r.c, 32<<10)
-	resp.Body = &flushingBody{ReadCloser: resp.Body, w: bw}
+	// the upstream's body, so a streamed response is not held back
+	// (flushingBody: a small body of known length goes with its head).
+	bw := getWriter(r.c)
+	fb := newFlushingBody(resp, bw)
+	defer putWriter(bw, fb)
 	// (writerOnly: bufio's ReadFrom would hand the body's Read its own
 	// buffer, which the flush in that Read then rewrites.)
 	if err := resp.Write(writerOnly{bw}); err != nil {

@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/logkey"
@@ -331,19 +333,60 @@ func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.
 // writerOnly hides everything of a writer but Write.
 type writerOnly struct{ io.Writer }
 
-// flushingBody flushes w before each read of the body it wraps.
+// flushingBody flushes w before each read of the body it wraps, unless
+// it holds: a body whose length is known and at most holdMax goes out
+// with its head in one write, as Envoy's codec sends a head and body
+// that arrived together (on a tunnel each write is a frame and a TLS
+// record; measured in docs/performance.md, "waypoint against C
+// proxies").
 type flushingBody struct {
 	io.ReadCloser
-	w *bufio.Writer
+	// w is nil once the response is written (its buffer is pooled).
+	w    *bufio.Writer
+	hold bool
+}
+
+// holdMax is the largest body that waits for its head: well inside the
+// response buffer (respBufSize), so head and body flush once.
+const holdMax = 16 << 10
+
+// respBufSize is the buffer a proxied HTTP/1 response goes through.
+const respBufSize = 32 << 10
+
+// newFlushingBody wraps resp's body so that bw is flushed before each
+// read of it, and sets it as resp's body.
+func newFlushingBody(resp *http.Response, bw *bufio.Writer) *flushingBody {
+	fb := &flushingBody{ReadCloser: resp.Body, w: bw, hold: resp.ContentLength >= 0 && resp.ContentLength <= holdMax}
+	resp.Body = fb
+	return fb
 }
 
 func (b *flushingBody) Read(p []byte) (int, error) {
-	if b.w.Buffered() > 0 {
+	if b.w != nil && !b.hold && b.w.Buffered() > 0 {
 		if err := b.w.Flush(); err != nil {
 			return 0, err
 		}
 	}
 	return b.ReadCloser.Read(p)
+}
+
+// respWriters pools the response buffers: at a few thousand requests a
+// second, a fresh 32 KiB buffer per response was most of the waypoint's
+// garbage.
+var respWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, respBufSize) }}
+
+func getWriter(w io.Writer) *bufio.Writer {
+	bw := respWriters.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw
+}
+
+// putWriter returns bw to the pool once fb, the body that flushes it, is
+// done with it.
+func putWriter(bw *bufio.Writer, fb *flushingBody) {
+	fb.w = nil
+	bw.Reset(nil)
+	respWriters.Put(bw)
 }
 
 // serveRequest runs the HTTP filters and the router for one request; it
@@ -390,6 +433,11 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 		return false
 	}
 	req.RequestURI = uri
+	if c != nil && req.ContentLength > 0 && req.ContentLength <= holdMax && int64(c.br.Buffered()) >= req.ContentLength {
+		// A small body that came with its head: the router forwards it
+		// from memory (bufferedBody), with the head in one write.
+		req.Body = &bufferedBody{ReadCloser: req.Body, n: req.ContentLength}
+	}
 	fs := make(map[string]string, len(ci.fs))
 	for k, v := range ci.fs {
 		fs[k] = v
@@ -402,6 +450,9 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	defer func() {
 		rec.finish()
 		p.stats.request(rec.Status)
+		if !p.log.Enabled(ctx, slog.LevelDebug) {
+			return // (its arguments cost allocations on every request)
+		}
 		p.log.Debug("request", logkey.Method, req.Method, logkey.Authority, req.Host, logkey.Path, req.RequestURI, logkey.Status, rec.Status,
 			logkey.ResponseFlags, rec.Flags, logkey.Duration, time.Since(start).String(), logkey.Peer, fs["io.istio.peer_principal"],
 			logkey.GRPCStatus, rec.GRPCStatus)

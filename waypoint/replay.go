@@ -1,6 +1,7 @@
 package waypoint
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"sync"
@@ -43,7 +44,27 @@ type replayBody struct {
 var errBodyNotKept = errors.New("request body larger than the buffer limit: not kept for this try")
 
 func newReplayBody(src io.ReadCloser, limit int, touch func()) *replayBody {
-	return &replayBody{src: src, limit: limit, touch: touch}
+	b := &replayBody{src: src, limit: limit, touch: touch}
+	if bb, ok := src.(*bufferedBody); ok && bb.n <= int64(limit) {
+		// Read now, without waiting: every try then gets the body in
+		// memory (reader), which net/http writes with the request's
+		// head in one write instead of flushing the head first.
+		p := make([]byte, bb.n+1) // +1: room to see the end
+		for {
+			if _, _, err := b.pull(p); err != nil {
+				break
+			}
+		}
+	}
+	return b
+}
+
+// bufferedBody is a request body of n bytes that is already whole in
+// the connection's read buffer (serveRequest checks), so that reading it
+// never waits for the client.
+type bufferedBody struct {
+	io.ReadCloser
+	n int64
 }
 
 // replayable: every byte read so far is kept.
@@ -53,10 +74,16 @@ func (b *replayBody) replayable() bool {
 	return !b.overflow
 }
 
-// reader is a new try's body, from the first byte.
+// reader is a new try's body, from the first byte: the kept bytes in
+// memory once the whole body has been read.
 func (b *replayBody) reader() io.ReadCloser {
 	r := &replayReader{b: b}
 	b.mu.Lock()
+	if b.err == io.EOF && !b.overflow {
+		kept := b.kept
+		b.mu.Unlock()
+		return io.NopCloser(bytes.NewReader(kept))
+	}
 	b.readers = append(b.readers, r)
 	b.mu.Unlock()
 	return r

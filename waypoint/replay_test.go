@@ -99,3 +99,30 @@ func TestGRPCTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayBodyBuffered: a body already whole in the connection's
+// buffer is read at once, each try gets it in memory (a body net/http
+// sends with the request's head), mirrors get it at once; one over the
+// limit is left to stream.
+func TestReplayBodyBuffered(t *testing.T) {
+	b := newReplayBody(&bufferedBody{ReadCloser: io.NopCloser(strings.NewReader("hello")), n: 5}, 10, nil)
+	for try := range 2 {
+		r := b.reader()
+		if _, ok := r.(*replayReader); ok {
+			t.Fatalf("try %d: got a replayReader, want the body in memory", try)
+		}
+		got, err := io.ReadAll(r)
+		if err != nil || string(got) != "hello" {
+			t.Errorf("try %d: got %q, %v, want %q", try, got, err, "hello")
+		}
+	}
+	var mirrored string
+	b.whenComplete(func(body []byte) { mirrored = string(body) })
+	if mirrored != "hello" {
+		t.Errorf("mirror: got %q, want %q at once", mirrored, "hello")
+	}
+	big := newReplayBody(&bufferedBody{ReadCloser: io.NopCloser(strings.NewReader("0123456789ab")), n: 12}, 10, nil)
+	if _, ok := big.reader().(*replayReader); !ok {
+		t.Errorf("body over the limit: got it in memory, want it streamed through a replayReader")
+	}
+}

@@ -121,7 +121,7 @@ func Run(ctx context.Context, o Options) error {
 		return errors.New("no configuration source: set --xds-address or --static-config")
 	}
 	servers := []*http.Server{
-		{Addr: o.Admin, Handler: p.AdminHandler(reg, cancel)},
+		{Addr: o.Admin, Handler: withPprof(p.AdminHandler(reg, cancel))},
 		{Addr: o.Metrics, Handler: p.AdminHandler(reg, nil)},
 		{Addr: o.Readiness, Handler: p.ReadinessHandler()},
 	}

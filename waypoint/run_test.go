@@ -15,7 +15,8 @@ import (
 
 // TestRunStatic: the command's development mode, a static config file
 // (istiod's golden service waypoint) and a file-based test CA: ready,
-// serving the config dump, ended by /quitquitquit.
+// serving the config dump and (admin only) pprof, ended by
+// /quitquitquit.
 func TestRunStatic(t *testing.T) {
 	ca, err := identity.NewCA(identity.DefaultTrustDomain)
 	if err != nil {
@@ -56,6 +57,12 @@ func TestRunStatic(t *testing.T) {
 	}
 	if code := get("http://" + at(15000) + "/config_dump"); code != 200 {
 		t.Errorf("config_dump: got %d, want 200", code)
+	}
+	if code := get("http://" + at(15000) + "/debug/pprof/heap"); code != 200 {
+		t.Errorf("admin /debug/pprof/heap: got %d, want 200", code)
+	}
+	if code := get("http://" + at(15020) + "/debug/pprof/heap"); code != 404 {
+		t.Errorf("metrics port /debug/pprof/heap: got %d, want 404 (profiles on the loopback admin only)", code)
 	}
 	resp, err := http.Post("http://"+at(15000)+"/quitquitquit", "", nil)
 	if err != nil {

@@ -84,6 +84,12 @@ type env struct {
 	dialer interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	}
+	// app, when set (by setup), is the pods' HTTP server instead of
+	// httpApp.
+	app http.Handler
+	// external, when set (by setup), leaves the waypoint out: one runs
+	// in a process of its own at ip(50) (BenchmarkProxies).
+	external bool
 }
 
 func (e *env) vip(port uint16) netip.AddrPort { return netip.AddrPortFrom(e.ip(20), port) }
@@ -129,8 +135,15 @@ func newEnvWith(t testing.TB, svcHost string, ports, targets [2]uint16, setup fu
 	}
 	e.zb = startZtunnel(t, "node-b", e)
 	for _, h := range []byte{11, 12} {
-		httpApp(t, netip.AddrPortFrom(e.ip(h), targets[0]))
+		if e.app != nil {
+			serveHTTP(t, netip.AddrPortFrom(e.ip(h), targets[0]), e.app)
+		} else {
+			httpApp(t, netip.AddrPortFrom(e.ip(h), targets[0]))
+		}
 		tcpEcho(t, netip.AddrPortFrom(e.ip(h), targets[1]))
+	}
+	if e.external {
+		return e
 	}
 	log := e.log
 	if log == nil {
@@ -228,10 +241,8 @@ func serve(t testing.TB, addr netip.AddrPort, handle func(net.Conn)) {
 // it got as X-Got-<name>; /slow waits for the client to go away;
 // Upgrade: echo switches to a line echo.
 func httpApp(t testing.TB, addr netip.AddrPort) {
-	var protos http.Protocols
-	protos.SetHTTP1(true)
-	protos.SetUnencryptedHTTP2(true) // h2c with prior knowledge too
-	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	t.Helper()
+	serveHTTP(t, addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Proto", r.Proto)
 		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 			w.Header().Set("Upgrade", "websocket")
@@ -264,7 +275,16 @@ func httpApp(t testing.TB, addr netip.AddrPort) {
 		}
 		body, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %s %s %s %s", addr, r.Method, r.Host, r.RequestURI, body)
-	})}
+	}))
+}
+
+// serveHTTP serves h on addr: HTTP/1.1 and h2c with prior knowledge.
+func serveHTTP(t testing.TB, addr netip.AddrPort, h http.Handler) {
+	t.Helper()
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true) // h2c with prior knowledge too
+	srv := &http.Server{Protocols: &protos, Handler: h}
 	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
 		t.Fatal(err)

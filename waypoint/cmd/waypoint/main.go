@@ -46,7 +46,7 @@ func main() {
 	flag.StringVar(&o.TrustDomain, "trust-domain", mesh.DefaultTrustDomain, "the mesh's trust domain")
 	flag.StringVar(&o.Node.ClusterID, "cluster-id", os.Getenv("CLUSTER_ID"), "this cluster's id")
 	flag.StringVar(&o.HBONE, "hbone", port(mesh.HBONEPort), "HBONE listener")
-	flag.StringVar(&o.Admin, "admin", "127.0.0.1"+port(mesh.AdminPort), "admin listener")
+	flag.StringVar(&o.Admin, "admin", "127.0.0.1"+port(mesh.AdminPort), "admin listener (config dump, stats, pprof, quitquitquit)")
 	flag.StringVar(&o.Metrics, "metrics", port(mesh.MetricsPort), "metrics listener (/stats/prometheus)")
 	flag.StringVar(&o.Readiness, "readiness", port(mesh.ReadinessPort), "readiness listener (/healthz/ready)")
 	flag.DurationVar(&o.Drain, "drain-timeout", 30*time.Second, "how long open connections may finish on shutdown")
