@@ -183,12 +183,21 @@ func endpoints(load *endpoint.ClusterLoadAssignment) ([]*Endpoint, error) {
 	return out, nil
 }
 
+// stringFields are a metadata struct's string fields, those of nested
+// structs under their dotted path ("double_hbone.hbone_target_address").
 func stringFields(st *structpb.Struct) map[string]string {
 	out := map[string]string{}
-	for k, v := range st.GetFields() {
-		if s, ok := v.GetKind().(*structpb.Value_StringValue); ok {
-			out[k] = s.StringValue
+	var walk func(prefix string, st *structpb.Struct)
+	walk = func(prefix string, st *structpb.Struct) {
+		for k, v := range st.GetFields() {
+			switch x := v.GetKind().(type) {
+			case *structpb.Value_StringValue:
+				out[prefix+k] = x.StringValue
+			case *structpb.Value_StructValue:
+				walk(prefix+k+".", x.StructValue)
+			}
 		}
 	}
+	walk("", st)
 	return out
 }

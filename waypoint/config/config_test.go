@@ -34,10 +34,13 @@ func (r *req) Destination() netip.AddrPort         { return r.dst }
 func (r *req) Source() netip.AddrPort              { return netip.MustParseAddrPort("10.0.0.1:1234") }
 func (r *req) FilterState(k string) (string, bool) { v, ok := r.fs[k]; return v, ok }
 func (r *req) DynamicMetadata(ns, k string) (string, bool) {
-	if ns != "envoy.filters.listener.original_dst" || k != "local" {
-		return "", false
+	switch {
+	case ns == "envoy.filters.listener.original_dst" && k == "local":
+		return "10.0.0.9:8080", true
+	case ns == "istio" && k == "double_hbone.hbone_target_address":
+		return "svc.ns.svc.cluster.local:80", true
 	}
-	return "10.0.0.9:8080", true
+	return "", false
 }
 func (r *req) PeerPrincipal() (string, bool) { return r.peer, r.peer != "" }
 func (r *req) LocalPrincipal() (string, bool) {
@@ -111,6 +114,7 @@ func TestFormat(t *testing.T) {
 		"%FILTER_STATE(k:PLAIN)%":                                         "v",
 		"%DYNAMIC_METADATA(envoy.filters.listener.original_dst:local)%":   "10.0.0.9:8080",
 		"[%DYNAMIC_METADATA(envoy.filters.listener.original_dst:other)%]": "[-]",
+		"%DYNAMIC_METADATA(istio:double_hbone:hbone_target_address)%":     "svc.ns.svc.cluster.local:80",
 		"a-%REQ(x-missing)%-b %% done":                                    "a---b % done",
 	} {
 		f, err := ParseFormat(in)
@@ -121,7 +125,7 @@ func TestFormat(t *testing.T) {
 			t.Errorf("%q: got %q, want %q", in, got, want)
 		}
 	}
-	for _, bad := range []string{"%START_TIME%", "%REQ(x", "%UPSTREAM_HOST%", "%DYNAMIC_METADATA(ns)%", "%DYNAMIC_METADATA(ns:a:b)%"} {
+	for _, bad := range []string{"%START_TIME%", "%REQ(x", "%UPSTREAM_HOST%", "%DYNAMIC_METADATA(ns)%", "%DYNAMIC_METADATA(ns::b)%"} {
 		if _, err := ParseFormat(bad); err == nil {
 			t.Errorf("parse %q: got no error, want the operator refused", bad)
 		}

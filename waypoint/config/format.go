@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -135,13 +136,14 @@ func formatOperator(op string) (func(FormatContext) (string, bool), error) {
 		}
 		return func(c FormatContext) (string, bool) { return c.FilterState(key) }, nil
 	case "DYNAMIC_METADATA":
-		// namespace:key[:key...]; the waypoint's dynamic metadata is
-		// flat (string fields), so one key.
+		// namespace:key[:key...]: the waypoint keeps a namespace's
+		// string fields flat, a nested one under its dotted path.
 		parts := strings.Split(arg, ":")
-		if len(parts) != 2 || parts[0] == "" || parts[1] == "" {
-			return nil, fmt.Errorf("operator %s: want DYNAMIC_METADATA(namespace:key)", op)
+		if len(parts) < 2 || slices.Contains(parts, "") {
+			return nil, fmt.Errorf("operator %s: want DYNAMIC_METADATA(namespace:key[:key...])", op)
 		}
-		return func(c FormatContext) (string, bool) { return c.DynamicMetadata(parts[0], parts[1]) }, nil
+		key := strings.Join(parts[1:], ".")
+		return func(c FormatContext) (string, bool) { return c.DynamicMetadata(parts[0], key) }, nil
 	default:
 		return nil, fmt.Errorf("operator %%%s%% not supported", op)
 	}

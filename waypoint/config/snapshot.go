@@ -528,6 +528,10 @@ func Build(listeners []*listener.Listener, clusters []*cluster.Cluster, endpoint
 	}
 	for _, c := range clusters {
 		tc, err := buildCluster(c, cla)
+		if err != nil && leaveOut(c.GetName(), err) {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("cluster %s left out: %v", c.GetName(), err))
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", c.GetName(), err)
 		}
@@ -538,6 +542,10 @@ func Build(listeners []*listener.Listener, clusters []*cluster.Cluster, endpoint
 	}
 	for _, l := range listeners {
 		tl, warns, err := buildListener(l)
+		if err != nil && leaveOut(l.GetName(), err) {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("listener %s left out: %v", l.GetName(), err))
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("listener %s: %w", l.GetName(), err)
 		}
@@ -570,6 +578,22 @@ func (l *Listener) Chain(name string) *Chain {
 		}
 	}
 	return nil
+}
+
+// multiNetwork are the resources Istio's istiod (1.29 and later) gives
+// every waypoint for double HBONE, the inner tunnel of a connection to
+// another network's east-west gateway: an internal listener and the
+// cluster to it, which wrap TLS in an internal upstream. The waypoint
+// does not carry traffic across networks, so when it cannot build them
+// it leaves them out with a warning instead of refusing the whole
+// configuration; traffic routed to them finds no such listener or
+// cluster and is answered 503, never sent another way.
+var multiNetwork = map[string]bool{"inner_connect_originate": true}
+
+// leaveOut reports whether resource name, which failed to build with
+// err, is left out rather than refused.
+func leaveOut(name string, err error) bool {
+	return multiNetwork[name] && errors.Is(err, ErrUnsupported)
 }
 
 func unsupported(what string) error { return fmt.Errorf("%s: %w", what, ErrUnsupported) }
