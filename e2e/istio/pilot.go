@@ -149,10 +149,6 @@ func StartPilot(ctx context.Context, l *lab.Lab, mesh *labmesh.Mesh, ist lab.Ist
 		"PLATFORM=",
 		// The ambient profile's.
 		"PILOT_ENABLE_AMBIENT=true",
-		// Waypoints here are Ambit's, deployed as Ambit's waypoint
-		// controller renders them (goWaypoint): Istio's would deploy
-		// its Envoy from its injection templates, which the lab has not.
-		"PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER=false",
 		// Every pod's: istiod then checks tokens with TokenReview, as in
 		// a cluster, instead of fetching the issuer's OIDC discovery.
 		"KUBERNETES_SERVICE_HOST=10.96.0.1",
