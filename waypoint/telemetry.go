@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +62,31 @@ var messageLabels = peerLabels[:len(peerLabels)-3]
 // httpLabels add the response's code and gRPC status.
 var httpLabels = append(append([]string(nil), peerLabels...), "response_code", "grpc_response_status")
 
+// requestLabels are the values of httpLabels: one series of the request
+// metrics.
+type requestLabels [25]string
+
+// maxRequestSeries bounds the request series cache: past it the cache
+// starts over (a busy waypoint's label sets are few: peers, services,
+// codes and flags; more than this many is the exception).
+const maxRequestSeries = 4096
+
+// requestSeries are the children of the four request metrics of one
+// label set.
+type requestSeries struct {
+	requests                      prometheus.Counter
+	duration, reqBytes, respBytes prometheus.Observer
+}
+
+// seriesCache holds the request series of the label sets seen, so that a
+// request's metrics cost one map lookup rather than four label hashings
+// and checks in the metric vectors. It only caches what the vectors
+// return: nothing deletes their series.
+type seriesCache struct {
+	mu sync.RWMutex
+	m  map[requestLabels]*requestSeries
+}
+
 // telemetry holds Istio's metrics and the access log.
 type telemetry struct {
 	workloads atomic.Pointer[Workloads]
@@ -74,6 +100,7 @@ type telemetry struct {
 	tcpOpened, tcpClosed          *prometheus.CounterVec
 	tcpSent, tcpReceived          *prometheus.CounterVec
 	build                         *prometheus.GaugeVec
+	series                        seriesCache
 	// tracer sends sampled requests' spans (nil: none are sent).
 	tracer *tracer
 }
@@ -116,6 +143,28 @@ func newTelemetry() *telemetry {
 	t.build.WithLabelValues("proxy", IstioVersion).Set(1)
 	t.node.Store(&NodeInfo{})
 	return t
+}
+
+// requestSeries are the request metrics' children labelled vals.
+func (t *telemetry) requestSeries(vals *requestLabels) *requestSeries {
+	c := &t.series
+	c.mu.RLock()
+	s := c.m[*vals]
+	c.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	lv := make([]string, len(vals))
+	copy(lv, vals[:])
+	s = &requestSeries{requests: t.requests.WithLabelValues(lv...), duration: t.duration.WithLabelValues(lv...),
+		reqBytes: t.reqBytes.WithLabelValues(lv...), respBytes: t.respBytes.WithLabelValues(lv...)}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxRequestSeries {
+		c.m = make(map[requestLabels]*requestSeries)
+	}
+	c.m[*vals] = s
+	c.mu.Unlock()
+	return s
 }
 
 func (t *telemetry) collectors() []prometheus.Collector {
@@ -235,8 +284,12 @@ type peerValues struct {
 }
 
 func (t *telemetry) values(pv *peerValues) []string {
+	return t.appendValues(make([]string, 0, len(httpLabels)), pv)
+}
+
+// appendValues appends the values of peerLabels to v.
+func (t *telemetry) appendValues(v []string, pv *peerValues) []string {
 	node := t.node.Load()
-	v := make([]string, 0, len(httpLabels))
 	v = append(v, reporterWaypoint)
 	src, dst := pv.src, pv.dst
 	if src == nil {
@@ -568,18 +621,24 @@ func (r *requestRecord) finish() {
 	if r.grpc {
 		pv.protocol = "grpc"
 	}
-	vals := append(t.values(pv), strconv.Itoa(r.Status), r.grpcResponseStatus())
+	var vals requestLabels
+	if n := len(append(t.appendValues(vals[:0], pv), strconv.Itoa(r.Status), r.grpcResponseStatus())); n != len(vals) {
+		panic("request labels: " + strconv.Itoa(n) + " values") // httpLabels and requestLabels disagree
+	}
 	if r.grpc {
-		t.attachMessages(r, vals)
+		lv := make([]string, len(vals))
+		copy(lv, vals[:])
+		t.attachMessages(r, lv)
 		r.reqMsgs.flush()
 		r.respMsgs.flush()
 	}
 	received, sent := r.received(), r.sent()
 	dur := time.Since(r.start)
-	t.requests.WithLabelValues(vals...).Inc()
-	t.duration.WithLabelValues(vals...).Observe(float64(dur.Milliseconds()))
-	t.reqBytes.WithLabelValues(vals...).Observe(float64(received))
-	t.respBytes.WithLabelValues(vals...).Observe(float64(sent))
+	s := t.requestSeries(&vals)
+	s.requests.Inc()
+	s.duration.Observe(float64(dur.Milliseconds()))
+	s.reqBytes.Observe(float64(received))
+	s.respBytes.Observe(float64(sent))
 	if s := r.trace; s != nil && s.sampled && s.tracing.Zipkin != nil && t.tracer != nil {
 		t.tracer.enqueue(r.span(r.Status, flags, received, sent, dur))
 	}
