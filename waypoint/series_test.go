@@ -86,3 +86,11 @@ func BenchmarkTelemetryFinish(b *testing.B) {
 		}
 	})
 }
+
+func TestStatusCode(t *testing.T) {
+	for _, code := range []int{0, 99, 100, 200, 404, 503, 599, 600, 1000} {
+		if got, want := statusCode(code), strconv.Itoa(code); got != want {
+			t.Errorf("statusCode(%d): got %q, want %q", code, got, want)
+		}
+	}
+}

@@ -167,6 +167,23 @@ func (t *telemetry) requestSeries(vals *requestLabels) *requestSeries {
 	return s
 }
 
+// statusCodes are the HTTP status codes 100 to 599 as strings.
+var statusCodes = func() (s [500]string) {
+	for i := range s {
+		s[i] = strconv.Itoa(100 + i)
+	}
+	return s
+}()
+
+// statusCode is code as a string (response_code), without allocating
+// for a valid status.
+func statusCode(code int) string {
+	if code >= 100 && code < 600 {
+		return statusCodes[code-100]
+	}
+	return strconv.Itoa(code)
+}
+
 func (t *telemetry) collectors() []prometheus.Collector {
 	cs := []prometheus.Collector{t.requests, t.reqMessages, t.respMessages, t.duration, t.reqBytes, t.respBytes, t.tcpOpened, t.tcpClosed, t.tcpSent, t.tcpReceived, t.build}
 	if t.tracer != nil {
@@ -622,7 +639,7 @@ func (r *requestRecord) finish() {
 		pv.protocol = "grpc"
 	}
 	var vals requestLabels
-	if n := len(append(t.appendValues(vals[:0], pv), strconv.Itoa(r.Status), r.grpcResponseStatus())); n != len(vals) {
+	if n := len(append(t.appendValues(vals[:0], pv), statusCode(r.Status), r.grpcResponseStatus())); n != len(vals) {
 		panic("request labels: " + strconv.Itoa(n) + " values") // httpLabels and requestLabels disagree
 	}
 	if r.grpc {
