@@ -20,7 +20,7 @@ func TestRequestSeriesCache(t *testing.T) {
 	tel := newTelemetry()
 	ci := &connInfo{remote: netip.MustParseAddrPort("10.0.0.1:40000"), fs: map[string]string{}}
 	req := &http.Request{Method: "GET", RequestURI: "/", Proto: "HTTP/1.1", Header: http.Header{}}
-	const sets, rounds = maxRequestSeries + 100, 2
+	const sets, rounds = maxSeries + 100, 2
 	var wg sync.WaitGroup
 	for w := range 4 {
 		wg.Add(1)
@@ -51,14 +51,15 @@ func TestRequestSeriesCache(t *testing.T) {
 	tel.series.mu.RLock()
 	n := len(tel.series.m)
 	tel.series.mu.RUnlock()
-	if n > maxRequestSeries {
-		t.Errorf("cached series: got %d, want at most %d", n, maxRequestSeries)
+	if n > maxSeries {
+		t.Errorf("cached series: got %d, want at most %d", n, maxSeries)
 	}
 }
 
 // BenchmarkTelemetryFinish: the metrics of one finished request (the
-// four request metrics of a label set seen before, no access log): the
-// per-request telemetry cost on the waypoint's hot path.
+// four request metrics of a label set seen before, no access log; grpc:
+// and its message counts, attached when the response's head arrived):
+// the per-request telemetry cost on the waypoint's hot path.
 func BenchmarkTelemetryFinish(b *testing.B) {
 	t := newTelemetry()
 	src := netip.MustParseAddr("10.0.0.1")
@@ -77,14 +78,28 @@ func BenchmarkTelemetryFinish(b *testing.B) {
 	ep := &config.Endpoint{Address: netip.AddrPortFrom(dst, 8080)}
 	svc := &ServiceInfo{Hostname: "reviews.shop.svc.cluster.local", Name: "reviews", Namespace: "shop"}
 	req := &http.Request{Method: "GET", RequestURI: "/", Proto: "HTTP/1.1", Header: http.Header{}}
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			r := &requestRecord{t: t, start: time.Now(), ci: ci, req: req, head: 100, Protocol: "http", Status: http.StatusOK, Flags: "-",
-				service: svc, Cluster: "outbound|8080||reviews.shop.svc.cluster.local", ep: ep}
-			r.finish()
+	for _, grpc := range []bool{false, true} {
+		name := "http"
+		if grpc {
+			name = "grpc"
 		}
-	})
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					r := &requestRecord{t: t, start: time.Now(), ci: ci, req: req, head: 100, Protocol: "http", Status: http.StatusOK, Flags: "-",
+						service: svc, Cluster: "outbound|8080||reviews.shop.svc.cluster.local", ep: ep, grpc: grpc}
+					if grpc {
+						r.reqMsgs, r.respMsgs = &grpcFrames{}, &grpcFrames{}
+						r.reqMsgs.n.Store(1)
+						r.respMsgs.n.Store(1)
+						t.attachMessages(r, nil) // as the response's head arrives
+					}
+					r.finish()
+				}
+			})
+		})
+	}
 }
 
 func TestStatusCode(t *testing.T) {
@@ -92,5 +107,16 @@ func TestStatusCode(t *testing.T) {
 		if got, want := statusCode(code), strconv.Itoa(code); got != want {
 			t.Errorf("statusCode(%d): got %q, want %q", code, got, want)
 		}
+	}
+}
+
+// TestSeriesKeys: the cache keys hold as many values as the metrics
+// have labels.
+func TestSeriesKeys(t *testing.T) {
+	if got, want := len(requestLabels{}), len(httpLabels); got != want {
+		t.Errorf("request series key: got %d values, want %d", got, want)
+	}
+	if got, want := len(messageValues{}), len(messageLabels); got != want {
+		t.Errorf("message series key: got %d values, want %d", got, want)
 	}
 }

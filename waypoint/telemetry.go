@@ -66,10 +66,10 @@ var httpLabels = append(append([]string(nil), peerLabels...), "response_code", "
 // metrics.
 type requestLabels [25]string
 
-// maxRequestSeries bounds the request series cache: past it the cache
-// starts over (a busy waypoint's label sets are few: peers, services,
-// codes and flags; more than this many is the exception).
-const maxRequestSeries = 4096
+// maxSeries bounds each series cache: past it the cache starts over (a
+// busy waypoint's label sets are few: peers, services, codes and flags;
+// more than this many is the exception).
+const maxSeries = 4096
 
 // requestSeries are the children of the four request metrics of one
 // label set.
@@ -78,13 +78,38 @@ type requestSeries struct {
 	duration, reqBytes, respBytes prometheus.Observer
 }
 
-// seriesCache holds the request series of the label sets seen, so that a
-// request's metrics cost one map lookup rather than four label hashings
-// and checks in the metric vectors. It only caches what the vectors
-// return: nothing deletes their series.
-type seriesCache struct {
+// messageValues are the values of messageLabels.
+type messageValues [20]string
+
+// messageSeries are the children of the two gRPC message counts of one
+// label set.
+type messageSeries struct{ req, resp prometheus.Counter }
+
+// seriesCache holds metric children by their label values, so that a
+// request's metrics cost one map lookup rather than label hashings and
+// checks in the metric vectors. It only caches what the vectors return:
+// nothing deletes their series.
+type seriesCache[K comparable, V any] struct {
 	mu sync.RWMutex
-	m  map[requestLabels]*requestSeries
+	m  map[K]*V
+}
+
+// get is the children labelled k, made by build the first time.
+func (c *seriesCache[K, V]) get(k *K, build func() *V) *V {
+	c.mu.RLock()
+	v := c.m[*k]
+	c.mu.RUnlock()
+	if v != nil {
+		return v
+	}
+	v = build()
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxSeries {
+		c.m = map[K]*V{}
+	}
+	c.m[*k] = v
+	c.mu.Unlock()
+	return v
 }
 
 // telemetry holds Istio's metrics and the access log.
@@ -100,7 +125,8 @@ type telemetry struct {
 	tcpOpened, tcpClosed          *prometheus.CounterVec
 	tcpSent, tcpReceived          *prometheus.CounterVec
 	build                         *prometheus.GaugeVec
-	series                        seriesCache
+	series                        seriesCache[requestLabels, requestSeries]
+	messages                      seriesCache[messageValues, messageSeries]
 	// tracer sends sampled requests' spans (nil: none are sent).
 	tracer *tracer
 }
@@ -147,24 +173,21 @@ func newTelemetry() *telemetry {
 
 // requestSeries are the request metrics' children labelled vals.
 func (t *telemetry) requestSeries(vals *requestLabels) *requestSeries {
-	c := &t.series
-	c.mu.RLock()
-	s := c.m[*vals]
-	c.mu.RUnlock()
-	if s != nil {
-		return s
-	}
-	lv := make([]string, len(vals))
-	copy(lv, vals[:])
-	s = &requestSeries{requests: t.requests.WithLabelValues(lv...), duration: t.duration.WithLabelValues(lv...),
-		reqBytes: t.reqBytes.WithLabelValues(lv...), respBytes: t.respBytes.WithLabelValues(lv...)}
-	c.mu.Lock()
-	if c.m == nil || len(c.m) >= maxRequestSeries {
-		c.m = make(map[requestLabels]*requestSeries)
-	}
-	c.m[*vals] = s
-	c.mu.Unlock()
-	return s
+	return t.series.get(vals, func() *requestSeries {
+		lv := make([]string, len(vals))
+		copy(lv, vals[:])
+		return &requestSeries{requests: t.requests.WithLabelValues(lv...), duration: t.duration.WithLabelValues(lv...),
+			reqBytes: t.reqBytes.WithLabelValues(lv...), respBytes: t.respBytes.WithLabelValues(lv...)}
+	})
+}
+
+// messageSeries are the gRPC message counts' children labelled vals.
+func (t *telemetry) messageSeries(vals *messageValues) *messageSeries {
+	return t.messages.get(vals, func() *messageSeries {
+		lv := make([]string, len(vals))
+		copy(lv, vals[:])
+		return &messageSeries{req: t.reqMessages.WithLabelValues(lv...), resp: t.respMessages.WithLabelValues(lv...)}
+	})
 }
 
 // statusCodes are the HTTP status codes 100 to 599 as strings.
@@ -643,9 +666,7 @@ func (r *requestRecord) finish() {
 		panic("request labels: " + strconv.Itoa(n) + " values") // httpLabels and requestLabels disagree
 	}
 	if r.grpc {
-		lv := make([]string, len(vals))
-		copy(lv, vals[:])
-		t.attachMessages(r, lv)
+		t.attachMessages(r, &vals)
 		r.reqMsgs.flush()
 		r.respMsgs.flush()
 	}
@@ -682,18 +703,22 @@ func (r *requestRecord) finish() {
 
 // attachMessages gives a gRPC request's message counts their counters,
 // labelled with the peers as they are now (vals, when computed already).
-func (t *telemetry) attachMessages(r *requestRecord, vals []string) {
+func (t *telemetry) attachMessages(r *requestRecord, vals *requestLabels) {
 	if r.reqMsgs.live.Load() != nil {
 		return
 	}
+	var peers requestLabels
 	if vals == nil {
 		principal, src, mtls := t.downstreamPeer(r.ci, r.ci.fs)
-		vals = t.values(&peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: principalNamespace(principal),
+		t.appendValues(peers[:0], &peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: principalNamespace(principal),
 			service: r.service, mtls: mtls})
+		vals = &peers
 	}
-	vals = vals[:len(messageLabels)]
-	r.reqMsgs.attach(t.reqMessages.WithLabelValues(vals...))
-	r.respMsgs.attach(t.respMessages.WithLabelValues(vals...))
+	var key messageValues
+	copy(key[:], vals[:])
+	s := t.messageSeries(&key)
+	r.reqMsgs.attach(s.req)
+	r.respMsgs.attach(s.resp)
 }
 
 // tcpRecord is one TCP connection's telemetry (a tcp_proxy chain).
