@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +62,56 @@ var messageLabels = peerLabels[:len(peerLabels)-3]
 // httpLabels add the response's code and gRPC status.
 var httpLabels = append(append([]string(nil), peerLabels...), "response_code", "grpc_response_status")
 
+// requestLabels are the values of httpLabels: one series of the request
+// metrics.
+type requestLabels [25]string
+
+// maxSeries bounds each series cache: past it the cache starts over (a
+// busy waypoint's label sets are few: peers, services, codes and flags;
+// more than this many is the exception).
+const maxSeries = 4096
+
+// requestSeries are the children of the four request metrics of one
+// label set.
+type requestSeries struct {
+	requests                      prometheus.Counter
+	duration, reqBytes, respBytes prometheus.Observer
+}
+
+// messageValues are the values of messageLabels.
+type messageValues [20]string
+
+// messageSeries are the children of the two gRPC message counts of one
+// label set.
+type messageSeries struct{ req, resp prometheus.Counter }
+
+// seriesCache holds metric children by their label values, so that a
+// request's metrics cost one map lookup rather than label hashings and
+// checks in the metric vectors. It only caches what the vectors return:
+// nothing deletes their series.
+type seriesCache[K comparable, V any] struct {
+	mu sync.RWMutex
+	m  map[K]*V
+}
+
+// get is the children labelled k, made by build the first time.
+func (c *seriesCache[K, V]) get(k *K, build func() *V) *V {
+	c.mu.RLock()
+	v := c.m[*k]
+	c.mu.RUnlock()
+	if v != nil {
+		return v
+	}
+	v = build()
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxSeries {
+		c.m = map[K]*V{}
+	}
+	c.m[*k] = v
+	c.mu.Unlock()
+	return v
+}
+
 // telemetry holds Istio's metrics and the access log.
 type telemetry struct {
 	workloads atomic.Pointer[Workloads]
@@ -74,6 +125,8 @@ type telemetry struct {
 	tcpOpened, tcpClosed          *prometheus.CounterVec
 	tcpSent, tcpReceived          *prometheus.CounterVec
 	build                         *prometheus.GaugeVec
+	series                        seriesCache[requestLabels, requestSeries]
+	messages                      seriesCache[messageValues, messageSeries]
 	// tracer sends sampled requests' spans (nil: none are sent).
 	tracer *tracer
 }
@@ -116,6 +169,42 @@ func newTelemetry() *telemetry {
 	t.build.WithLabelValues("proxy", IstioVersion).Set(1)
 	t.node.Store(&NodeInfo{})
 	return t
+}
+
+// requestSeries are the request metrics' children labelled vals.
+func (t *telemetry) requestSeries(vals *requestLabels) *requestSeries {
+	return t.series.get(vals, func() *requestSeries {
+		lv := make([]string, len(vals))
+		copy(lv, vals[:])
+		return &requestSeries{requests: t.requests.WithLabelValues(lv...), duration: t.duration.WithLabelValues(lv...),
+			reqBytes: t.reqBytes.WithLabelValues(lv...), respBytes: t.respBytes.WithLabelValues(lv...)}
+	})
+}
+
+// messageSeries are the gRPC message counts' children labelled vals.
+func (t *telemetry) messageSeries(vals *messageValues) *messageSeries {
+	return t.messages.get(vals, func() *messageSeries {
+		lv := make([]string, len(vals))
+		copy(lv, vals[:])
+		return &messageSeries{req: t.reqMessages.WithLabelValues(lv...), resp: t.respMessages.WithLabelValues(lv...)}
+	})
+}
+
+// statusCodes are the HTTP status codes 100 to 599 as strings.
+var statusCodes = func() (s [500]string) {
+	for i := range s {
+		s[i] = strconv.Itoa(100 + i)
+	}
+	return s
+}()
+
+// statusCode is code as a string (response_code), without allocating
+// for a valid status.
+func statusCode(code int) string {
+	if code >= 100 && code < 600 {
+		return statusCodes[code-100]
+	}
+	return strconv.Itoa(code)
 }
 
 func (t *telemetry) collectors() []prometheus.Collector {
@@ -235,8 +324,12 @@ type peerValues struct {
 }
 
 func (t *telemetry) values(pv *peerValues) []string {
+	return t.appendValues(make([]string, 0, len(httpLabels)), pv)
+}
+
+// appendValues appends the values of peerLabels to v.
+func (t *telemetry) appendValues(v []string, pv *peerValues) []string {
 	node := t.node.Load()
-	v := make([]string, 0, len(httpLabels))
 	v = append(v, reporterWaypoint)
 	src, dst := pv.src, pv.dst
 	if src == nil {
@@ -568,18 +661,22 @@ func (r *requestRecord) finish() {
 	if r.grpc {
 		pv.protocol = "grpc"
 	}
-	vals := append(t.values(pv), strconv.Itoa(r.Status), r.grpcResponseStatus())
+	var vals requestLabels
+	if n := len(append(t.appendValues(vals[:0], pv), statusCode(r.Status), r.grpcResponseStatus())); n != len(vals) {
+		panic("request labels: " + strconv.Itoa(n) + " values") // httpLabels and requestLabels disagree
+	}
 	if r.grpc {
-		t.attachMessages(r, vals)
+		t.attachMessages(r, &vals)
 		r.reqMsgs.flush()
 		r.respMsgs.flush()
 	}
 	received, sent := r.received(), r.sent()
 	dur := time.Since(r.start)
-	t.requests.WithLabelValues(vals...).Inc()
-	t.duration.WithLabelValues(vals...).Observe(float64(dur.Milliseconds()))
-	t.reqBytes.WithLabelValues(vals...).Observe(float64(received))
-	t.respBytes.WithLabelValues(vals...).Observe(float64(sent))
+	s := t.requestSeries(&vals)
+	s.requests.Inc()
+	s.duration.Observe(float64(dur.Milliseconds()))
+	s.reqBytes.Observe(float64(received))
+	s.respBytes.Observe(float64(sent))
 	if s := r.trace; s != nil && s.sampled && s.tracing.Zipkin != nil && t.tracer != nil {
 		t.tracer.enqueue(r.span(r.Status, flags, received, sent, dur))
 	}
@@ -606,18 +703,22 @@ func (r *requestRecord) finish() {
 
 // attachMessages gives a gRPC request's message counts their counters,
 // labelled with the peers as they are now (vals, when computed already).
-func (t *telemetry) attachMessages(r *requestRecord, vals []string) {
+func (t *telemetry) attachMessages(r *requestRecord, vals *requestLabels) {
 	if r.reqMsgs.live.Load() != nil {
 		return
 	}
+	var peers requestLabels
 	if vals == nil {
 		principal, src, mtls := t.downstreamPeer(r.ci, r.ci.fs)
-		vals = t.values(&peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: principalNamespace(principal),
+		t.appendValues(peers[:0], &peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: principalNamespace(principal),
 			service: r.service, mtls: mtls})
+		vals = &peers
 	}
-	vals = vals[:len(messageLabels)]
-	r.reqMsgs.attach(t.reqMessages.WithLabelValues(vals...))
-	r.respMsgs.attach(t.respMessages.WithLabelValues(vals...))
+	var key messageValues
+	copy(key[:], vals[:])
+	s := t.messageSeries(&key)
+	r.reqMsgs.attach(s.req)
+	r.respMsgs.attach(s.resp)
 }
 
 // tcpRecord is one TCP connection's telemetry (a tcp_proxy chain).
