@@ -30,6 +30,7 @@ import (
 
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
+	"github.com/ambitmesh/ambit/internal/testutil"
 	"github.com/ambitmesh/ambit/waypoint"
 	"github.com/ambitmesh/ambit/waypoint/config"
 	"github.com/ambitmesh/ambit/ztunnel"
@@ -218,23 +219,7 @@ func startZtunnel(t testing.TB, node string, e *env) *ztunnel.Ztunnel {
 
 func serve(t testing.TB, addr netip.AddrPort, handle func(net.Conn)) {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
+	testutil.ServeTCP(t, addr.String(), handle)
 }
 
 // httpApp answers "<addr> <method> <host> <uri>" and echoes the headers

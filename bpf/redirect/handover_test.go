@@ -11,39 +11,8 @@ import (
 	"testing"
 
 	"github.com/ambitmesh/ambit/internal/origdst"
+	"github.com/ambitmesh/ambit/internal/testutil"
 )
-
-// greeter accepts on ln, writes name and a newline on each connection,
-// then echoes until the connection ends; the returned group ends when
-// ln is closed.
-func greeter(ln net.Listener, name string) *sync.WaitGroup {
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := c.Write([]byte(name + "\n")); err != nil {
-					return
-				}
-				buf := make([]byte, 512)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	})
-	return &wg
-}
 
 // TestSharedListenerHandover is a ztunnel upgrade as the eBPF redirection
 // sees it: an enrolled pod's connections are handed (bpf_sk_assign) to
@@ -117,7 +86,7 @@ func TestSharedListenerHandover(t *testing.T) {
 	}
 
 	old := listen()
-	oldDone := greeter(old, "old")
+	oldDone := testutil.ServeListener(old, testutil.Greet("old"))
 	held, name, err := greeting()
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +96,7 @@ func TestSharedListenerHandover(t *testing.T) {
 		t.Fatalf("first connection accepted by %q, want old", name)
 	}
 
-	greeter(listen(), "new")
+	testutil.ServeListener(listen(), testutil.Greet("new"))
 	for i := range 30 {
 		expect(fmt.Sprintf("connection %d after the new listener joined", i), "new")
 	}

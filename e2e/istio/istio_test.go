@@ -978,33 +978,18 @@ func forward(t *testing.T, ns interface {
 	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 }, addr string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := ns.DialContext(context.Background(), "tcp", addr)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				done := make(chan struct{}, 2)
-				go func() { copyAndClose(up, c); done <- struct{}{} }()
-				go func() { copyAndClose(c, up); done <- struct{}{} }()
-				<-done
-				<-done
-			}()
+	return testutil.ServeTCP(t, "127.0.0.1:0", func(c net.Conn) {
+		up, err := ns.DialContext(context.Background(), "tcp", addr)
+		if err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String()
+		defer up.Close()
+		done := make(chan struct{}, 2)
+		go func() { copyAndClose(up, c); done <- struct{}{} }()
+		go func() { copyAndClose(c, up); done <- struct{}{} }()
+		<-done
+		<-done
+	}).String()
 }
 
 func copyAndClose(dst, src net.Conn) {

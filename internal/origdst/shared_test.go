@@ -6,39 +6,9 @@ import (
 	"net"
 	"sync"
 	"testing"
-)
 
-// namedServer accepts on ln and writes name and a newline on each
-// connection, then echoes what it reads until the connection ends.
-func namedServer(t *testing.T, ln net.Listener, name string) *sync.WaitGroup {
-	t.Helper()
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := c.Write([]byte(name + "\n")); err != nil {
-					return
-				}
-				buf := make([]byte, 512)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	})
-	return &wg
-}
+	"github.com/ambitmesh/ambit/internal/testutil"
+)
 
 // greeting dials addr and returns the connection and the name of the
 // server that accepted it.
@@ -68,7 +38,7 @@ func TestSharedHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer old.Close()
-	oldDone := namedServer(t, old, "old")
+	oldDone := testutil.ServeListener(old, testutil.Greet("old"))
 	addr := old.Addr().String()
 
 	held, name := greeting(t, addr)
@@ -88,7 +58,7 @@ func TestSharedHandover(t *testing.T) {
 		t.Fatalf("listen beside the old listener: %v", err)
 	}
 	defer next.Close()
-	namedServer(t, next, "new")
+	testutil.ServeListener(next, testutil.Greet("new"))
 	for i := range 50 {
 		c, name := greeting(t, addr)
 		c.Close()

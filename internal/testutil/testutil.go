@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"testing"
 )
 
@@ -37,7 +38,16 @@ func ServeTCP(tb testing.TB, addr string, handle func(net.Conn)) netip.AddrPort 
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { ln.Close() })
-	go func() {
+	ServeListener(ln, handle)
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// ServeListener calls handle for each connection ln accepts, in its own
+// goroutine, closing the connection when handle returns. The group ends
+// when ln is closed (not waiting for the connections).
+func ServeListener(ln net.Listener, handle func(net.Conn)) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -48,6 +58,27 @@ func ServeTCP(tb testing.TB, addr string, handle func(net.Conn)) netip.AddrPort 
 				handle(c)
 			}()
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	})
+	return &wg
+}
+
+// Greet is a connection handler that writes name and a newline, then
+// echoes what it reads until the connection ends: a server that says
+// which of several listeners took the connection.
+func Greet(name string) func(net.Conn) {
+	return func(c net.Conn) {
+		if _, err := c.Write([]byte(name + "\n")); err != nil {
+			return
+		}
+		buf := make([]byte, 512)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
 }
