@@ -192,7 +192,7 @@ func waypointBindings(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewayc
 	uid := ambient.PodUID("Kubernetes", ns, "reviews-1")
 	c.await("bindings", func() bool {
 		w := c.workload(uid)
-		return w != nil && w.GetWaypoint() != nil && svcOf("ratings").GetWaypoint() != nil && svcOf("details") != nil && svcOf("legacy") != nil
+		return w != nil && w.GetWaypoint() != nil && svcOf("ratings").GetWaypoint() != nil && svcOf("details").GetWaypoint() != nil && svcOf("legacy").GetWaypoint() != nil
 	})
 	// Workload-addressed: the service account's waypoint (for all, by
 	// default when bound that way), not the namespace's (for services).
@@ -204,9 +204,16 @@ func waypointBindings(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewayc
 	if got, want := vip(svcOf("ratings").GetWaypoint()), nsWP.Spec.ClusterIP; got != want {
 		t.Errorf("ratings waypoint: got %s, want %s (the namespace's)", got, want)
 	}
-	for _, name := range []string{"reviews", "details", "legacy", "waypoint"} {
+	for _, name := range []string{"reviews", "waypoint"} {
 		if wp := svcOf(name).GetWaypoint(); wp != nil {
 			t.Errorf("%s waypoint: got %v, want none", name, wp)
+		}
+	}
+	// A binding its Gateway cannot take (not a waypoint; allowedRoutes
+	// refuses the namespace) fails closed: an address nothing answers to.
+	for name, want := range map[string]string{"details": "bad.shop.waypoint.invalid", "legacy": "shared.infra.waypoint.invalid"} {
+		if got := svcOf(name).GetWaypoint().GetHostname().GetHostname(); got != want {
+			t.Errorf("%s waypoint: got %v, want hostname %s (fail closed)", name, svcOf(name).GetWaypoint(), want)
 		}
 	}
 

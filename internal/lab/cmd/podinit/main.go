@@ -62,6 +62,21 @@ func run(args []string) error {
 		return errors.New("parse arguments: no command after --")
 	}
 	argv := args[1:]
+	// The command is opened before any mount too: a volume mounted over
+	// its directory (an emptyDir at /tmp, where a lab under /tmp keeps
+	// its binaries) would hide it. It runs from the open file.
+	bin := argv[0]
+	if !strings.ContainsRune(bin, '/') {
+		p, err := lookPath(bin)
+		if err != nil {
+			return err
+		}
+		bin = p
+	}
+	binFD, err := unix.Open(bin, unix.O_PATH, 0)
+	if err != nil {
+		return fmt.Errorf("open command %s: %w", bin, err)
+	}
 	for i := range mounts {
 		fd, err := unix.Open(mounts[i].src, unix.O_PATH|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -74,15 +89,10 @@ func run(args []string) error {
 			return err
 		}
 	}
-	bin := argv[0]
-	if !strings.ContainsRune(bin, '/') {
-		p, err := lookPath(bin)
-		if err != nil {
-			return err
-		}
-		bin = p
+	if err := syscall.Exec(fmt.Sprintf("/proc/self/fd/%d", binFD), argv, os.Environ()); err != nil {
+		return fmt.Errorf("exec %s: %w", bin, err)
 	}
-	return syscall.Exec(bin, argv, os.Environ())
+	return nil
 }
 
 func lookPath(name string) (string, error) {
