@@ -39,9 +39,7 @@ func TestAmbitctl(t *testing.T) {
 	if _, err := l.Client.CoreV1().ServiceAccounts("shop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "reviews"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	p := lab.EchoPod("shop", "reviews-v1", "node1", map[string]string{"app": "reviews"})
-	p.Spec.ServiceAccountName = "reviews"
-	pod, err := l.RunPod(ctx, p)
+	pod, err := l.RunEchoPod(ctx, "shop", "reviews-v1", "node1", "reviews", map[string]string{"app": "reviews"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,9 +37,7 @@ func startLab(t *testing.T) *lab.Lab {
 // echoPod runs the echo workload as service account sa on node.
 func echoPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, node, sa string, labels map[string]string) *corev1.Pod {
 	t.Helper()
-	p := lab.EchoPod(ns, name, node, labels)
-	p.Spec.ServiceAccountName = sa
-	got, err := l.RunPod(ctx, p)
+	got, err := l.RunEchoPod(ctx, ns, name, node, sa, labels)
 	if err != nil {
 		t.Fatal(err)
 	}
