@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,12 +15,14 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/ambitctl/cli"
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/ztunnel/admin"
 )
 
 // TestAmbitctl runs ambitctl, in process, against a lab with Ambit
@@ -91,13 +94,7 @@ func TestAmbitctl(t *testing.T) {
 
 	t.Run("ztunnel-config workload", func(t *testing.T) {
 		out := ok(t, "ztunnel-config", "workload", "--node", "node2", "-n", "shop")
-		var row []string
-		for _, line := range strings.Split(out, "\n") {
-			if f := strings.Fields(line); len(f) > 1 && f[1] == "reviews-v1" {
-				row = f
-			}
-		}
-		if want := []string{"shop", "reviews-v1", pod.Status.PodIP, "node1", "None", "HBONE"}; strings.Join(row, " ") != strings.Join(want, " ") {
+		if row, want := workloadRow(out, "reviews-v1"), []string{"shop", "reviews-v1", pod.Status.PodIP, "node1", "None", "HBONE"}; !slices.Equal(row, want) {
 			t.Errorf("ztunnel-config workload on node2: got row %q in\n%s\nwant %q", row, out, want)
 		}
 		// The ztunnel of the pod's own node, found from the pod; raw JSON.
@@ -209,11 +206,39 @@ func TestAmbitctl(t *testing.T) {
 			}
 		}
 		gw, err := gwc.GatewayV1().Gateways("shop").Get(ctx, "reviews-wp", metav1.GetOptions{})
-		if err != nil || gw.Annotations["istio.io/for-service-account"] != "reviews" || gw.Spec.GatewayClassName != "istio-waypoint" {
-			t.Errorf("gateway shop/reviews-wp: got %+v (%v), want class istio-waypoint annotated for reviews", gw, err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gw.Annotations["istio.io/for-service-account"] != "reviews" || gw.Spec.GatewayClassName != "istio-waypoint" {
+			t.Errorf("gateway shop/reviews-wp: got %+v, want class istio-waypoint annotated for reviews", gw)
 		}
 		if sa, err := l.Client.CoreV1().ServiceAccounts("shop").Get(ctx, "reviews", metav1.GetOptions{}); err != nil || sa.Labels["istio.io/use-waypoint"] != "reviews-wp" {
 			t.Errorf("serviceaccount shop/reviews: got labels %v (%v), want istio.io/use-waypoint=reviews-wp", sa.GetLabels(), err)
+		}
+		// ztunnel binds the account's workload to the address the
+		// controller reports for the waypoint, and ztunnel-config shows it.
+		var vip string
+		for _, a := range gw.Status.Addresses {
+			if a.Type != nil && *a.Type == gatewayv1.IPAddressType {
+				vip = a.Value
+			}
+		}
+		if vip == "" {
+			t.Fatalf("gateway shop/reviews-wp: got addresses %+v, want its Service's IP", gw.Status.Addresses)
+		}
+		if err := mesh.WaitZtunnels(ctx, "reviews-v1 bound to waypoint "+vip, func(d *admin.Dump) bool {
+			for _, w := range d.Workloads {
+				if w.Namespace == "shop" && w.Name == "reviews-v1" {
+					return w.Waypoint != nil && w.Waypoint.String() == vip
+				}
+			}
+			return false
+		}); err != nil {
+			t.Fatal(err)
+		}
+		out = ok(t, "ztunnel-config", "workload", "--node", "node2", "-n", "shop")
+		if row, want := workloadRow(out, "reviews-v1"), []string{"shop", "reviews-v1", pod.Status.PodIP, "node1", vip, "HBONE"}; !slices.Equal(row, want) {
+			t.Errorf("ztunnel-config workload after the waypoint: got row %q in\n%s\nwant %q", row, out, want)
 		}
 
 		// A waypoint whose pods the namespace's quota refuses: the
@@ -306,4 +331,15 @@ func wantRows(t *testing.T, what, out string, want []string) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("%s: rows differ (-want +got):\n%s\nin\n%s", what, diff, out)
 	}
+}
+
+// workloadRow is the row of pod name in ztunnel-config workload's table,
+// split into its fields.
+func workloadRow(out, name string) []string {
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[1] == name {
+			return f
+		}
+	}
+	return nil
 }
