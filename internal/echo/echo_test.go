@@ -13,23 +13,32 @@ import (
 
 func startServer(t *testing.T) (tcpAddr, httpAddr string) {
 	t.Helper()
-	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	tl, hl := listen(t), listen(t)
+	serve(t, []net.Listener{tl}, []net.Listener{hl})
+	return tl.Addr().String(), hl.Addr().String()
+}
+
+// listen listens on a free loopback port.
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	hl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	return ln
+}
+
+// serve runs a Server (pod-a in ns1) on the listeners until the test
+// ends.
+func serve(t *testing.T, tcp, web []net.Listener, rpc ...net.Listener) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{Hostname: "pod-a", Namespace: "ns1"}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.Serve(ctx, []net.Listener{tl}, []net.Listener{hl})
+		s.Serve(ctx, tcp, web, rpc...)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return tl.Addr().String(), hl.Addr().String()
 }
 
 func TestTCPReport(t *testing.T) {
