@@ -312,14 +312,18 @@ func (tr *tracer) record(r *requestRecord, flags string, received, sent int64, d
 	if t.Zipkin == nil && t.OTel == nil {
 		return
 	}
-	select {
-	case tr.queue <- r.span(r.Status, flags, received, sent, dur):
-	default:
-		if t.OTel != nil {
-			tr.otel.spansDropped.Inc()
-		} else {
-			tr.zipkin.spansDropped.Inc()
+	// A full queue drops the span before it is built.
+	if len(tr.queue) < cap(tr.queue) {
+		select {
+		case tr.queue <- r.span(r.Status, flags, received, sent, dur):
+			return
+		default:
 		}
+	}
+	if t.OTel != nil {
+		tr.otel.spansDropped.Inc()
+	} else {
+		tr.zipkin.spansDropped.Inc()
 	}
 }
 

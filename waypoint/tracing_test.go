@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ambitmesh/ambit/waypoint/config"
@@ -77,6 +78,15 @@ func zipkinCollector(t *testing.T) (netip.AddrPort, <-chan zipkinV2Span) {
 // zipkin extension provider (Istio's tracing.go): sampling, the Zipkin
 // provider on its collector cluster, and custom tags.
 func tracingHCM(sampling float64) func(*hcmv3.HttpConnectionManager) {
+	return tracingProvider(sampling, "envoy.tracers.zipkin", &tracev3.ZipkinConfig{
+		CollectorCluster: zipkinCluster, CollectorEndpoint: "/api/v2/spans",
+		CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true, CollectorHostname: "zipkin.istio-system:9411",
+	})
+}
+
+// tracingProvider configures the HTTP chain's tracing with a provider,
+// the sampling and custom tags of each kind.
+func tracingProvider(sampling float64, name string, provider proto.Message) func(*hcmv3.HttpConnectionManager) {
 	return func(h *hcmv3.HttpConnectionManager) {
 		h.Tracing = &hcmv3.HttpConnectionManager_Tracing{
 			RandomSampling: &typev3.Percent{Value: sampling},
@@ -85,13 +95,35 @@ func tracingHCM(sampling float64) func(*hcmv3.HttpConnectionManager) {
 				{Tag: "tenant", Type: &tracingtype.CustomTag_RequestHeader{RequestHeader: &tracingtype.CustomTag_Header{Name: "x-tenant", DefaultValue: "none"}}},
 				{Tag: "home", Type: &tracingtype.CustomTag_Environment_{Environment: &tracingtype.CustomTag_Environment{Name: "AMBIT_TRACING_TEST_ENV", DefaultValue: "unset"}}},
 			},
-			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.zipkin", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: mustAny(&tracev3.ZipkinConfig{
-				CollectorCluster: "outbound|9411||zipkin.istio-system.svc.cluster.local", CollectorEndpoint: "/api/v2/spans",
-				CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true, CollectorHostname: "zipkin.istio-system:9411",
-			})}},
+			Provider: &tracev3.Tracing_Http{Name: name, ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: mustAny(provider)}},
 		}
 	}
 }
+
+// withCollector adds a collector's cluster to the env's config, as
+// istiod adds the outbound cluster of a tracing provider's service.
+func withCollector(e *env, name string, a netip.AddrPort) {
+	e.res = func() *config.Resources {
+		r := e.cfg.resources()
+		r.Clusters = append(r.Clusters, staticCluster(name, a))
+		return r
+	}
+}
+
+// receive is the next value a collector got.
+func receive[T any](t testing.TB, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatal("nothing reached the collector")
+	}
+	var zero T
+	return zero
+}
+
+const zipkinCluster = "outbound|9411||zipkin.istio-system.svc.cluster.local"
 
 func staticCluster(name string, a netip.AddrPort) *cluster.Cluster {
 	return &cluster.Cluster{
@@ -119,23 +151,10 @@ func TestTracing(t *testing.T) {
 			Action:    &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: clusterName("http", 80, host)}}}}}
 		return w
 	})
-	e.res = func() *config.Resources {
-		r := e.cfg.resources()
-		r.Clusters = append(r.Clusters, staticCluster("outbound|9411||zipkin.istio-system.svc.cluster.local", collector))
-		return r
-	}
+	withCollector(e, zipkinCluster, collector)
 	e.apply(t)
 	c := e.client(t, clientID)
-	next := func() zipkinV2Span {
-		t.Helper()
-		select {
-		case s := <-spans:
-			return s
-		case <-time.After(30 * time.Second):
-			t.Fatal("no span reached the collector")
-		}
-		return zipkinV2Span{}
-	}
+	next := func() zipkinV2Span { t.Helper(); return receive(t, spans) }
 	upstreamContext := func(resp *http.Response) (trace, span, flags string) {
 		t.Helper()
 		tp := resp.Header.Get("X-Got-Traceparent")
@@ -235,11 +254,7 @@ func TestTracingSampling(t *testing.T) {
 		w.ports[0].editHCM = tracingHCM(0)
 		return w
 	})
-	e.res = func() *config.Resources {
-		r := e.cfg.resources()
-		r.Clusters = append(r.Clusters, staticCluster("outbound|9411||zipkin.istio-system.svc.cluster.local", collector))
-		return r
-	}
+	withCollector(e, zipkinCluster, collector)
 	e.apply(t)
 	c := e.client(t, clientID)
 	for range 20 {
@@ -250,13 +265,8 @@ func TestTracingSampling(t *testing.T) {
 	}
 	resp := c.do(t, get(t, "/forced", "X-B3-Sampled", "1"))
 	expectStatus(t, resp, http.StatusOK)
-	select {
-	case s := <-spans:
-		if s.Tags["http.url"] != "http://"+host+"/forced" {
-			t.Errorf("first span at 0%%: got %s, want only the caller-sampled /forced", s.Tags["http.url"])
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the caller-sampled request's span never came")
+	if s := receive(t, spans); s.Tags["http.url"] != "http://"+host+"/forced" {
+		t.Errorf("first span at 0%%: got %s, want only the caller-sampled /forced", s.Tags["http.url"])
 	}
 }
 
@@ -269,25 +279,12 @@ func TestTracingGRPC(t *testing.T) {
 	e := newEnvWith(t, host, [2]uint16{80, 90}, [2]uint16{8080, 9090}, func(e *env) {
 		e.cfg = grpcConfig(func(p *svcPort) { p.editHCM = tracingHCM(100) })(e.ip)
 		startGRPC(t, netip.AddrPortFrom(e.ip(11), 7070), gs)
-		e.res = func() *config.Resources {
-			r := e.cfg.resources()
-			r.Clusters = append(r.Clusters, staticCluster("outbound|9411||zipkin.istio-system.svc.cluster.local", collector))
-			return r
-		}
+		withCollector(e, zipkinCluster, collector)
 	})
 	client := e.grpcClient(t, 7070)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	next := func() zipkinV2Span {
-		t.Helper()
-		select {
-		case s := <-spans:
-			return s
-		case <-ctx.Done():
-			t.Fatal("no span reached the collector")
-		}
-		return zipkinV2Span{}
-	}
+	next := func() zipkinV2Span { t.Helper(); return receive(t, spans) }
 	if _, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("hi")}}); err != nil {
 		t.Fatalf("unary call: %v", err)
 	}

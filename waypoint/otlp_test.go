@@ -1,0 +1,405 @@
+package waypoint_test
+
+import (
+	"context"
+	"encoding/hex"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	detectorsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/tracers/opentelemetry/resource_detectors/v3"
+	collectorlogs "go.opentelemetry.io/proto/otlp/collector/logs/v1"
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// The OTLP collector stand-ins: a real gRPC server with OTLP's trace
+// and logs services and an HTTP server for OTLP/HTTP, decoding the
+// published protos. Each hands over what it got one span or log
+// record at a time, with the export it came in.
+
+// otlpSpan is one span a collector got.
+type otlpSpan struct {
+	span     *tracepb.Span
+	resource map[string]string
+	scope    *commonpb.InstrumentationScope
+	// header is the export's gRPC metadata or HTTP header; authority
+	// its :authority or Host.
+	header    map[string][]string
+	authority string
+}
+
+// otlpLog is one log record a collector got.
+type otlpLog struct {
+	record   *logspb.LogRecord
+	resource map[string]string
+	header   map[string][]string
+}
+
+func attrMap(kvs []*commonpb.KeyValue) map[string]string {
+	m := map[string]string{}
+	for _, kv := range kvs {
+		m[kv.GetKey()] = kv.GetValue().GetStringValue()
+	}
+	return m
+}
+
+type collector struct {
+	spans chan otlpSpan
+	logs  chan otlpLog
+}
+
+func newCollector() *collector {
+	return &collector{spans: make(chan otlpSpan, 100), logs: make(chan otlpLog, 100)}
+}
+
+func (c *collector) traces(req *collectortrace.ExportTraceServiceRequest, header map[string][]string, authority string) {
+	for _, rs := range req.GetResourceSpans() {
+		for _, ss := range rs.GetScopeSpans() {
+			for _, s := range ss.GetSpans() {
+				c.spans <- otlpSpan{span: s, resource: attrMap(rs.GetResource().GetAttributes()), scope: ss.GetScope(), header: header, authority: authority}
+			}
+		}
+	}
+}
+
+func (c *collector) records(req *collectorlogs.ExportLogsServiceRequest, header map[string][]string) {
+	for _, rl := range req.GetResourceLogs() {
+		for _, sl := range rl.GetScopeLogs() {
+			for _, r := range sl.GetLogRecords() {
+				c.logs <- otlpLog{record: r, resource: attrMap(rl.GetResource().GetAttributes()), header: header}
+			}
+		}
+	}
+}
+
+type traceService struct {
+	collectortrace.UnimplementedTraceServiceServer
+	c *collector
+}
+
+func (s *traceService) Export(ctx context.Context, req *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	s.c.traces(req, md, strings.Join(md.Get(":authority"), ","))
+	return &collectortrace.ExportTraceServiceResponse{}, nil
+}
+
+type logsService struct {
+	collectorlogs.UnimplementedLogsServiceServer
+	c *collector
+}
+
+func (s *logsService) Export(ctx context.Context, req *collectorlogs.ExportLogsServiceRequest) (*collectorlogs.ExportLogsServiceResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	s.c.records(req, md)
+	return &collectorlogs.ExportLogsServiceResponse{}, nil
+}
+
+// otlpGRPCCollector is an OTLP/gRPC collector on loopback.
+func otlpGRPCCollector(t *testing.T) (netip.AddrPort, *collector) {
+	t.Helper()
+	c := newCollector()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	collectortrace.RegisterTraceServiceServer(srv, &traceService{c: c})
+	collectorlogs.RegisterLogsServiceServer(srv, &logsService{c: c})
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return netip.MustParseAddrPort(ln.Addr().String()), c
+}
+
+// otlpHTTPCollector is an OTLP/HTTP collector on loopback: protobuf
+// POSTs to /v1/traces and /v1/logs.
+func otlpHTTPCollector(t *testing.T) (netip.AddrPort, *collector) {
+	t.Helper()
+	c := newCollector()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil || r.Method != http.MethodPost || r.Header.Get("Content-Type") != "application/x-protobuf" {
+			t.Errorf("collector got %s %s content type %q (%v), want a POST of application/x-protobuf", r.Method, r.URL.Path, r.Header.Get("Content-Type"), err)
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		var m proto.Message
+		switch r.URL.Path {
+		case "/v1/traces":
+			m = &collectortrace.ExportTraceServiceRequest{}
+		case "/v1/logs":
+			m = &collectorlogs.ExportLogsServiceRequest{}
+		default:
+			t.Errorf("collector got a POST to %s, want /v1/traces or /v1/logs", r.URL.Path)
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		if err := proto.Unmarshal(body, m); err != nil {
+			t.Errorf("collector: decode %s: %v", r.URL.Path, err)
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		switch m := m.(type) {
+		case *collectortrace.ExportTraceServiceRequest:
+			c.traces(m, r.Header, r.Host)
+		case *collectorlogs.ExportLogsServiceRequest:
+			c.records(m, r.Header)
+		}
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.Write(nil)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return netip.MustParseAddrPort(ln.Addr().String()), c
+}
+
+const (
+	otelHost        = "opentelemetry-collector.observability.svc.cluster.local"
+	otelGRPCCluster = "outbound|4317||" + otelHost
+	otelHTTPCluster = "outbound|4318||" + otelHost
+)
+
+// otelGRPCProvider is the OpenTelemetryConfig istiod writes for an
+// opentelemetry provider on port 4317 (Istio's tracing.go).
+func otelGRPCProvider() *tracev3.OpenTelemetryConfig {
+	return &tracev3.OpenTelemetryConfig{
+		GrpcService: &core.GrpcService{
+			TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: otelGRPCCluster, Authority: otelHost}},
+			Timeout:         durationpb.New(3 * time.Second),
+			InitialMetadata: []*core.HeaderValue{{Key: "x-otel-tenant", Value: "shop"}},
+		},
+		ServiceName: "waypoint.shop",
+		ResourceDetectors: []*core.TypedExtensionConfig{{Name: "envoy.tracers.opentelemetry.resource_detectors.environment",
+			TypedConfig: mustAny(&detectorsv3.EnvironmentResourceDetectorConfig{})}},
+	}
+}
+
+// otelHTTPProvider is the same on port 4318 with an http path.
+func otelHTTPProvider() *tracev3.OpenTelemetryConfig {
+	return &tracev3.OpenTelemetryConfig{
+		HttpService: &core.HttpService{
+			HttpUri: &core.HttpUri{Uri: "http://" + otelHost + ":4318/v1/traces", HttpUpstreamType: &core.HttpUri_Cluster{Cluster: otelHTTPCluster},
+				Timeout: durationpb.New(3 * time.Second)},
+			RequestHeadersToAdd: []*core.HeaderValueOption{{Header: &core.HeaderValue{Key: "Authorization", Value: "Bearer shop"}}},
+		},
+		ServiceName: "waypoint.shop",
+	}
+}
+
+// tracedEnv is a waypoint whose HTTP chain traces with edit's provider
+// to a collector at a (cluster name), its route decorated.
+func tracedEnv(t *testing.T, edit func(*hcmv3.HttpConnectionManager), name string, a netip.AddrPort) *env {
+	t.Helper()
+	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+		w := basicConfig(ip)
+		w.ports[0].editHCM = edit
+		w.ports[0].routes = []*route.Route{{Name: "default", Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+			Decorator: &route.Decorator{Operation: host + ":80/*"},
+			Action:    &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: clusterName("http", 80, host)}}}}}
+		return w
+	})
+	withCollector(e, name, a)
+	e.apply(t)
+	return e
+}
+
+// upstreamTraceparent is the traceparent the app got.
+func upstreamTraceparent(t *testing.T, resp *http.Response) (trace, span, flags string) {
+	t.Helper()
+	parts := strings.Split(resp.Header.Get("X-Got-Traceparent"), "-")
+	if len(parts) != 4 {
+		t.Fatalf("traceparent upstream: got %q, want one", resp.Header.Get("X-Got-Traceparent"))
+	}
+	return parts[1], parts[2], parts[3]
+}
+
+// TestOTelTracingGRPC: real requests through a waypoint whose HCM
+// traces with the OpenTelemetry provider over OTLP/gRPC: each sampled
+// request's span reaches the collector's TraceService as Envoy's
+// OpenTelemetry tracer sends it (ids as bytes matching the traceparent
+// the app got, the caller's span as parent, kind SERVER, the
+// decorator's name, Envoy's tags and the custom tags as string
+// attributes, tracestate kept), under the provider's resource, with the
+// configured authority and metadata; the trace context is W3C only, and
+// a traceparent that does not parse is not traced.
+func TestOTelTracingGRPC(t *testing.T) {
+	t.Setenv("AMBIT_TRACING_TEST_ENV", "from-env")
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.namespace.name=shop,deployment.environment=test")
+	addr, col := otlpGRPCCollector(t)
+	e := tracedEnv(t, tracingProvider(100, "envoy.tracers.opentelemetry", otelGRPCProvider()), otelGRPCCluster, addr)
+	c := e.client(t, clientID)
+
+	// A sampled caller with tracestate and B3 headers: the B3 headers
+	// pass untouched (W3C only), the span is the caller's child.
+	callerTrace, parent := "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	resp := c.do(t, get(t, "/first?q=1", "Traceparent", "00-"+callerTrace+"-"+parent+"-01", "Tracestate", "vendor=abc",
+		"X-B3-Spanid", "a2fb4a1d1a96d312", "X-Tenant", "acme", "User-Agent", "tester"))
+	expectStatus(t, resp, http.StatusOK)
+	trace, span, flags := upstreamTraceparent(t, resp)
+	if trace != callerTrace || span == parent || flags != "01" {
+		t.Errorf("traceparent upstream: got trace %s span %s flags %s, want trace %s, a new span, 01", trace, span, flags, callerTrace)
+	}
+	if got := resp.Header.Get("X-Got-Tracestate"); got != "vendor=abc" {
+		t.Errorf("tracestate upstream: got %q, want vendor=abc", got)
+	}
+	if got, sampled := resp.Header.Get("X-Got-X-B3-Spanid"), resp.Header.Get("X-Got-X-B3-Sampled"); got != "a2fb4a1d1a96d312" || sampled != "" {
+		t.Errorf("b3 upstream: got x-b3-spanid %q x-b3-sampled %q, want the caller's, untouched, and none", got, sampled)
+	}
+	s := receive(t, col.spans)
+	if s.authority != otelHost || strings.Join(s.header["x-otel-tenant"], ",") != "shop" || !strings.HasPrefix(strings.Join(s.header["user-agent"], ","), "OTel-OTLP-Exporter-Ambit/") {
+		t.Errorf("export call: got authority %q, x-otel-tenant %q, user-agent %q; want %s, shop, OTel-OTLP-Exporter-Ambit/...",
+			s.authority, s.header["x-otel-tenant"], s.header["user-agent"], otelHost)
+	}
+	wantResource := map[string]string{"service.name": "waypoint.shop", "k8s.namespace.name": "shop", "deployment.environment": "test",
+		"telemetry.sdk.name": "ambit-waypoint", "telemetry.sdk.language": "go", "telemetry.sdk.version": "dev"}
+	for k, v := range wantResource {
+		if s.resource[k] != v {
+			t.Errorf("resource attribute %s: got %q, want %q", k, s.resource[k], v)
+		}
+	}
+	if s.scope.GetName() != "ambit-waypoint" {
+		t.Errorf("instrumentation scope: got %q, want ambit-waypoint", s.scope.GetName())
+	}
+	sp := s.span
+	if got, want := hex.EncodeToString(sp.GetTraceId()), callerTrace; got != want {
+		t.Errorf("span trace id: got %s, want %s", got, want)
+	}
+	if got := hex.EncodeToString(sp.GetSpanId()); got != span {
+		t.Errorf("span id: got %s, want the span the app got as parent, %s", got, span)
+	}
+	if got := hex.EncodeToString(sp.GetParentSpanId()); got != parent {
+		t.Errorf("parent span id: got %s, want the caller's %s", got, parent)
+	}
+	if sp.GetKind() != tracepb.Span_SPAN_KIND_SERVER || sp.GetName() != host+":80/*" || sp.GetTraceState() != "vendor=abc" {
+		t.Errorf("span: got kind %v name %q tracestate %q, want SERVER, %q, vendor=abc", sp.GetKind(), sp.GetName(), sp.GetTraceState(), host+":80/*")
+	}
+	if start, end := sp.GetStartTimeUnixNano(), sp.GetEndTimeUnixNano(); start == 0 || end <= start {
+		t.Errorf("span times: got start %d end %d, want 0 < start < end", start, end)
+	}
+	for _, a := range sp.GetAttributes() {
+		if _, ok := a.GetValue().GetValue().(*commonpb.AnyValue_StringValue); !ok {
+			t.Errorf("attribute %s: got %T, want a string (as Envoy's setTag)", a.GetKey(), a.GetValue().GetValue())
+		}
+	}
+	attrs := attrMap(sp.GetAttributes())
+	want := map[string]string{
+		"component": "proxy", "http.method": "GET", "http.url": "http://" + host + "/first?q=1", "http.status_code": "200",
+		"http.protocol": "HTTP/1.1", "response_flags": "-", "upstream_cluster": clusterName("http", 80, host), "user_agent": "tester",
+		"guid:x-request-id": resp.Header.Get("X-Got-X-Request-Id"), "request_size": "0",
+		"istio.canonical_service": "waypoint", "tenant": "acme", "home": "from-env",
+	}
+	for k, v := range want {
+		if attrs[k] != v {
+			t.Errorf("span attribute %s: got %q, want %q", k, attrs[k], v)
+		}
+	}
+
+	// No traceparent: a new root span, sampled at 100%, no B3 written.
+	resp = c.do(t, get(t, "/root"))
+	trace, span, _ = upstreamTraceparent(t, resp)
+	if got := resp.Header.Get("X-Got-X-B3-Traceid"); got != "" {
+		t.Errorf("x-b3-traceid upstream: got %q, want none (W3C only)", got)
+	}
+	sp = receive(t, col.spans).span
+	if hex.EncodeToString(sp.GetTraceId()) != trace || hex.EncodeToString(sp.GetSpanId()) != span || len(sp.GetParentSpanId()) != 0 {
+		t.Errorf("root span: got trace %x span %x parent %x, want trace %s span %s, no parent", sp.GetTraceId(), sp.GetSpanId(), sp.GetParentSpanId(), trace, span)
+	}
+
+	// A traceparent that does not parse, then an unsampled caller: no
+	// spans; the next one is the sampled request's.
+	c.do(t, get(t, "/malformed", "Traceparent", "00-xyz-00f067aa0ba902b7-01"))
+	resp = c.do(t, get(t, "/unsampled", "Traceparent", "00-"+callerTrace+"-"+parent+"-00"))
+	if _, _, flags := upstreamTraceparent(t, resp); flags != "00" {
+		t.Errorf("unsampled caller upstream: got flags %s, want 00", flags)
+	}
+	c.do(t, get(t, "/last"))
+	if got := attrMap(receive(t, col.spans).span.GetAttributes())["http.url"]; got != "http://"+host+"/last" {
+		t.Errorf("next span: got one for %s, want /last's (malformed and unsampled requests record none)", got)
+	}
+
+	mfs := scrape(t, e.wp)
+	if got := find(t, mfs, "envoy_tracing_opentelemetry_spans_sent", nil).GetCounter().GetValue(); got != 3 {
+		t.Errorf("envoy_tracing_opentelemetry_spans_sent: got %v, want 3", got)
+	}
+	if got := find(t, mfs, "envoy_tracing_opentelemetry_grpc_reports_success", nil).GetCounter().GetValue(); got < 1 {
+		t.Errorf("envoy_tracing_opentelemetry_grpc_reports_success: got %v, want at least 1", got)
+	}
+}
+
+// TestOTelTracingHTTP: the same provider over OTLP/HTTP: protobuf
+// POSTs to the URI's path with its host and the configured headers.
+func TestOTelTracingHTTP(t *testing.T) {
+	addr, col := otlpHTTPCollector(t)
+	e := tracedEnv(t, tracingProvider(100, "envoy.tracers.opentelemetry", otelHTTPProvider()), otelHTTPCluster, addr)
+	resp := e.client(t, clientID).do(t, get(t, "/over-http"))
+	expectStatus(t, resp, http.StatusOK)
+	trace, span, _ := upstreamTraceparent(t, resp)
+	s := receive(t, col.spans)
+	if s.authority != otelHost+":4318" || strings.Join(s.header["Authorization"], ",") != "Bearer shop" ||
+		!strings.HasPrefix(strings.Join(s.header["User-Agent"], ","), "OTel-OTLP-Exporter-Ambit/") {
+		t.Errorf("export POST: got host %q, authorization %q, user-agent %q; want %s:4318, Bearer shop, OTel-OTLP-Exporter-Ambit/...",
+			s.authority, s.header["Authorization"], s.header["User-Agent"], otelHost)
+	}
+	if hex.EncodeToString(s.span.GetTraceId()) != trace || hex.EncodeToString(s.span.GetSpanId()) != span || s.resource["service.name"] != "waypoint.shop" {
+		t.Errorf("span: got trace %x span %x service %q, want %s %s waypoint.shop", s.span.GetTraceId(), s.span.GetSpanId(), s.resource["service.name"], trace, span)
+	}
+	mfs := scrape(t, e.wp)
+	if got := find(t, mfs, "envoy_tracing_opentelemetry_http_reports_success", nil).GetCounter().GetValue(); got != 1 {
+		t.Errorf("envoy_tracing_opentelemetry_http_reports_success: got %v, want 1", got)
+	}
+}
+
+// TestOTelCollectorDown: with the collector's cluster pointing at a
+// closed port, or missing, requests go through as ever, and the failed
+// exports are counted.
+func TestOTelCollectorDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close()
+	for _, tc := range []struct {
+		name, cluster, metric string
+		provider              *tracev3.OpenTelemetryConfig
+	}{
+		{name: "grpc", cluster: otelGRPCCluster, metric: "envoy_tracing_opentelemetry_grpc_reports_failed", provider: otelGRPCProvider()},
+		{name: "http", cluster: otelHTTPCluster, metric: "envoy_tracing_opentelemetry_http_reports_failed", provider: otelHTTPProvider()},
+		{name: "no cluster", cluster: "outbound|1||elsewhere", metric: "envoy_tracing_opentelemetry_reports_skipped_no_cluster", provider: otelGRPCProvider()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := tracedEnv(t, tracingProvider(100, "envoy.tracers.opentelemetry", tc.provider), tc.cluster, closed)
+			c := e.client(t, clientID)
+			for range 3 {
+				expectStatus(t, c.do(t, get(t, "/down")), http.StatusOK)
+			}
+			// The batch goes within a second of the first span; its
+			// failure is counted when the export gives up.
+			deadline := time.Now().Add(30 * time.Second)
+			for find(t, scrape(t, e.wp), tc.metric, nil).GetCounter().GetValue() < 1 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: still 0 after 30 s", tc.metric)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}
