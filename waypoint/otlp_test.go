@@ -1,3 +1,4 @@
+//lint:file-ignore SA1019 Istio writes common_config (deprecated in Envoy, still honoured)
 package waypoint_test
 
 import (
@@ -7,13 +8,17 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	detectorsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/tracers/opentelemetry/resource_detectors/v3"
 	collectorlogs "go.opentelemetry.io/proto/otlp/collector/logs/v1"
@@ -399,6 +404,105 @@ func TestOTelCollectorDown(t *testing.T) {
 					t.Fatalf("%s: still 0 after 30 s", tc.metric)
 				}
 				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// otelAccessLog is the access logger istiod writes for an envoyOtelAls
+// provider with a format and labels (Istio's
+// buildOpenTelemetryAccessLogConfig), on the given exporter.
+func otelAccessLog(edit func(*otelalsv3.OpenTelemetryAccessLogConfig)) func(*hcmv3.HttpConnectionManager) {
+	str := func(s string) *commonpb.AnyValue {
+		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: s}}
+	}
+	c := &otelalsv3.OpenTelemetryAccessLogConfig{
+		DisableBuiltinLabels: true,
+		Body:                 str(`%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% "%REQ(:AUTHORITY)%" %UPSTREAM_CLUSTER_RAW% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% %REQ(X-TENANT):3%`),
+		Attributes: &commonpb.KeyValueList{Values: []*commonpb.KeyValue{
+			{Key: "peer", Value: str("%DOWNSTREAM_PEER_URI_SAN%")},
+			{Key: "trace", Value: str("%TRACE_ID%")},
+			{Key: "start", Value: str("%START_TIME(%s)%")},
+			{Key: "fixed", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: 7}}},
+		}},
+		ResourceAttributes: &commonpb.KeyValueList{Values: []*commonpb.KeyValue{{Key: "k8s.cluster.name", Value: str("c1")}}},
+	}
+	edit(c)
+	return func(h *hcmv3.HttpConnectionManager) {
+		h.AccessLog = append(h.AccessLog, &accesslogv3.AccessLog{Name: "envoy.access_loggers.open_telemetry",
+			ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(c)}})
+	}
+}
+
+// TestOTelAccessLog: each request through a chain with an
+// OpenTelemetry access logger reaches the collector's LogsService (or
+// its OTLP/HTTP /v1/logs) as one LogRecord: body and attributes the
+// format strings evaluated against the request, constants kept, the
+// request's trace and span ids, the resource attributes, and the
+// built-in labels unless disabled.
+func TestOTelAccessLog(t *testing.T) {
+	grpcAddr, grpcCol := otlpGRPCCollector(t)
+	httpAddr, httpCol := otlpHTTPCollector(t)
+	for _, tc := range []struct {
+		name    string
+		cluster string
+		addr    netip.AddrPort
+		col     *collector
+		edit    func(*otelalsv3.OpenTelemetryAccessLogConfig)
+	}{
+		{name: "grpc", cluster: otelGRPCCluster, addr: grpcAddr, col: grpcCol, edit: func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
+			c.CommonConfig = &grpcalsv3.CommonGrpcAccessLogConfig{LogName: "otel_envoy_accesslog", TransportApiVersion: core.ApiVersion_V3,
+				GrpcService: &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: otelGRPCCluster, Authority: otelHost}}}}
+		}},
+		{name: "http", cluster: otelHTTPCluster, addr: httpAddr, col: httpCol, edit: func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
+			c.LogName, c.DisableBuiltinLabels = "http_log", false
+			c.HttpService = &core.HttpService{HttpUri: &core.HttpUri{Uri: "http://" + otelHost + ":4318/v1/logs",
+				HttpUpstreamType: &core.HttpUri_Cluster{Cluster: otelHTTPCluster}, Timeout: durationpb.New(3 * time.Second)}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			traced := func(h *hcmv3.HttpConnectionManager) {
+				tracingProvider(100, "envoy.tracers.opentelemetry", otelGRPCProvider())(h)
+				otelAccessLog(tc.edit)(h)
+			}
+			e := tracedEnv(t, traced, tc.cluster, tc.addr)
+			resp := e.client(t, clientID).do(t, get(t, "/logged?x=1", "X-Tenant", "acme-corp"))
+			expectStatus(t, resp, http.StatusOK)
+			trace, span, _ := upstreamTraceparent(t, resp)
+			l := receive(t, tc.col.logs)
+			rec := l.record
+			wantBody := `GET /logged?x=1 HTTP/1.1 200 - "` + host + `" ` + clusterName("http", 80, host) + ` - acm`
+			if got := rec.GetBody().GetStringValue(); got != wantBody {
+				t.Errorf("body: got %q, want %q", got, wantBody)
+			}
+			attrs := map[string]*commonpb.AnyValue{}
+			for _, kv := range rec.GetAttributes() {
+				attrs[kv.GetKey()] = kv.GetValue()
+			}
+			if got, want := attrs["peer"].GetStringValue(), clientID.String(); got != want {
+				t.Errorf("peer attribute: got %q, want %q", got, want)
+			}
+			if got := attrs["trace"].GetStringValue(); got != trace {
+				t.Errorf("trace attribute: got %q, want %s", got, trace)
+			}
+			if got, want := attrs["start"].GetStringValue(), strconv.FormatInt(int64(rec.GetTimeUnixNano()/1e9), 10); got != want {
+				t.Errorf("start attribute: got %q, want the record's time in seconds, %s", got, want)
+			}
+			if attrs["fixed"].GetIntValue() != 7 {
+				t.Errorf("constant attribute: got %v, want 7", attrs["fixed"])
+			}
+			if hex.EncodeToString(rec.GetTraceId()) != trace || hex.EncodeToString(rec.GetSpanId()) != span {
+				t.Errorf("record ids: got trace %x span %x, want %s %s (the request's span)", rec.GetTraceId(), rec.GetSpanId(), trace, span)
+			}
+			if l.resource["k8s.cluster.name"] != "c1" {
+				t.Errorf("resource: got %v, want k8s.cluster.name=c1", l.resource)
+			}
+			if _, builtin := l.resource["log_name"]; builtin != (tc.name == "http") || tc.name == "http" && l.resource["log_name"] != "http_log" {
+				t.Errorf("built-in labels: got %v, want log_name only when not disabled", l.resource)
+			}
+			mfs := scrape(t, e.wp)
+			if got := find(t, mfs, "envoy_access_logs_open_telemetry_access_log_logs_written", nil).GetCounter().GetValue(); got != 1 {
+				t.Errorf("logs_written: got %v, want 1", got)
 			}
 		})
 	}

@@ -680,6 +680,9 @@ func (r *requestRecord) finish() {
 	if s := r.trace; s != nil && s.sampled && t.tracer != nil {
 		t.tracer.record(r, flags, received, sent, dur)
 	}
+	if t.tracer != nil {
+		t.tracer.logRequest(r, flags, received, sent, dur)
+	}
 	al := t.accessLog.Load()
 	if al == nil {
 		return

@@ -361,7 +361,7 @@ func (tr *tracer) run(ctx context.Context) {
 			spans = nil
 		case l := <-tr.logs:
 			if len(logs) == 0 {
-				logTimer.Reset(logFlush)
+				logTimer.Reset(cmpOr(l.to.FlushInterval, logFlush))
 			}
 			logs = append(logs, l)
 			if len(logs) >= logBatch {
