@@ -507,3 +507,33 @@ func TestOTelAccessLog(t *testing.T) {
 		})
 	}
 }
+
+// TestOTelConfigRefused: a malformed OpenTelemetry provider or access
+// logger refuses the listener with an error naming it (a NACK: the
+// waypoint keeps its last good config), where a merely unsupported part
+// would only warn.
+func TestOTelConfigRefused(t *testing.T) {
+	bad := otelGRPCProvider()
+	bad.HttpService = otelHTTPProvider().HttpService
+	for _, tc := range []struct {
+		name    string
+		edit    func(*hcmv3.HttpConnectionManager)
+		wantErr string
+	}{
+		{name: "two exporters", edit: tracingProvider(100, "envoy.tracers.opentelemetry", bad),
+			wantErr: "tracing provider envoy.tracers.opentelemetry: want exactly one of grpc_service, http_service and exporter, got 2"},
+		{name: "unknown operator", edit: otelAccessLog(func(c *otelalsv3.OpenTelemetryAccessLogConfig) {
+			c.GrpcService = otelGRPCProvider().GrpcService
+			c.Body = &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "%CEL(request.path)%"}}
+		}), wantErr: `access log envoy.access_loggers.open_telemetry: body: format "%CEL(request.path)%": operator CEL: not supported by the waypoint`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := basicConfig(addrs())
+			w.ports[0].editHCM = tc.edit
+			_, err := w.resources().Build()
+			if err == nil || !strings.Contains(err.Error(), "listener main_internal") || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("build: got %v, want an error naming main_internal and %q", err, tc.wantErr)
+			}
+		})
+	}
+}

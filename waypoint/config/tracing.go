@@ -48,7 +48,9 @@ type CustomTag struct {
 const defaultMaxPathTagLength = 256
 
 // buildTracing reads an HCM's tracing; unsupported parts are warnings,
-// never a refusal: tracing must not stop traffic.
+// never a refusal: tracing must not stop traffic. A provider config that
+// Envoy itself would refuse (a malformed OpenTelemetryConfig) is an
+// error.
 func buildTracing(t *hcmv3.HttpConnectionManager_Tracing) (*Tracing, []string, error) {
 	if t == nil {
 		return nil, nil, nil
