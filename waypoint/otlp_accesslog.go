@@ -238,6 +238,13 @@ func (v *logView) operator(p *config.LogPart) (string, bool) {
 			return v.header(p.Alt)
 		}
 		return "", false
+	case "REQ_WITHOUT_QUERY":
+		s, ok := v.header(p.Arg)
+		if !ok && p.Alt != "" {
+			s, ok = v.header(p.Alt)
+		}
+		s, _, _ = strings.Cut(s, "?")
+		return s, ok
 	case "START_TIME":
 		return config.Strftime(r.start, p.Arg), true
 	case "PROTOCOL":
@@ -254,17 +261,26 @@ func (v *logView) operator(p *config.LogPart) (string, bool) {
 		return strconv.FormatInt(v.sent, 10), true
 	case "DURATION":
 		return strconv.FormatInt(v.dur.Milliseconds(), 10), true
-	case "UPSTREAM_HOST":
+	case "UPSTREAM_HOST", "UPSTREAM_REMOTE_ADDRESS":
 		if r.ep == nil {
 			return "", false
 		}
 		return r.ep.String(), true
+	case "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
+		if r.ep == nil {
+			return "", false
+		}
+		return r.ep.Address.Addr().String(), r.ep.Address.IsValid()
 	case "UPSTREAM_CLUSTER", "UPSTREAM_CLUSTER_RAW":
 		return r.Cluster, r.ep != nil && r.Cluster != ""
 	case "DOWNSTREAM_LOCAL_ADDRESS":
 		return addrValue(r.ci.local, true)
 	case "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":
 		return addrValue(r.ci.local, false)
+	case "DOWNSTREAM_LOCAL_PORT":
+		return strconv.Itoa(int(r.ci.local.Port())), r.ci.local.IsValid()
+	case "DOWNSTREAM_REMOTE_PORT":
+		return strconv.Itoa(int(r.ci.remote.Port())), r.ci.remote.IsValid()
 	case "DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_DIRECT_REMOTE_ADDRESS":
 		return addrValue(r.ci.remote, true)
 	case "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT":
@@ -309,7 +325,8 @@ func (v *logView) operator(p *config.LogPart) (string, bool) {
 	}
 	// RESP, TRAILER, CONNECTION_TERMINATION_DETAILS,
 	// UPSTREAM_TRANSPORT_FAILURE_REASON, UPSTREAM_LOCAL_ADDRESS,
-	// REQUESTED_SERVER_NAME: not recorded for a request.
+	// REQUESTED_SERVER_NAME and Envoy's operators the waypoint does not
+	// record (config.LogFormat.Unrecorded): no value.
 	return "", false
 }
 

@@ -3,6 +3,7 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -118,9 +119,8 @@ func buildOTelAccessLog(c *otelalsv3.OpenTelemetryAccessLogConfig) (*OTelAccessL
 	if len(c.GetResourceDetectors()) > 0 {
 		warns = append(warns, fmt.Sprintf("access log %s: resource_detectors not supported; skipped", out.Name))
 	}
-	if len(c.GetFormatters()) > 0 {
-		return nil, nil, fmt.Errorf("formatters extensions are not supported")
-	}
+	// formatters name the extensions (req_without_query, metadata, CEL)
+	// whose operators the formats use: the operators are read below.
 	for _, kv := range c.GetResourceAttributes().GetValues() {
 		out.Resource = append(out.Resource, Attribute{Key: kv.GetKey(), Value: kv.GetValue().GetStringValue()})
 	}
@@ -136,7 +136,34 @@ func buildOTelAccessLog(c *otelalsv3.OpenTelemetryAccessLogConfig) (*OTelAccessL
 		return nil, nil, fmt.Errorf("attributes: %w", err)
 	}
 	out.Attributes = kvs
+	var unrecorded []string
+	walkFormats(&LogValue{KV: append([]LogKeyValue{{Value: out.Body}}, kvs...)}, func(f *LogFormat) {
+		for _, op := range f.Unrecorded() {
+			if !slices.Contains(unrecorded, op) {
+				unrecorded = append(unrecorded, op)
+			}
+		}
+	})
+	if len(unrecorded) > 0 {
+		warns = append(warns, fmt.Sprintf("access log %s: %s not recorded by the waypoint; logged as -", out.Name, strings.Join(unrecorded, ", ")))
+	}
 	return out, warns, nil
+}
+
+// walkFormats calls fn on each format string in v.
+func walkFormats(v *LogValue, fn func(*LogFormat)) {
+	if v == nil {
+		return
+	}
+	if v.Format != nil {
+		fn(v.Format)
+	}
+	for _, kv := range v.KV {
+		walkFormats(kv.Value, fn)
+	}
+	for _, e := range v.Array {
+		walkFormats(e, fn)
+	}
 }
 
 func logKeyValues(kvs []*commonpb.KeyValue) ([]LogKeyValue, error) {
@@ -213,17 +240,56 @@ type LogPart struct {
 // logOperators are the command operators the waypoint evaluates, and
 // whether each takes an argument.
 var logOperators = map[string]bool{
-	"REQ": true, "RESP": true, "TRAILER": true, "ENVIRONMENT": true, "FILTER_STATE": true, "START_TIME": true,
+	"REQ": true, "RESP": true, "TRAILER": true, "REQ_WITHOUT_QUERY": true, "ENVIRONMENT": true, "FILTER_STATE": true, "START_TIME": true,
 	"PROTOCOL": false, "RESPONSE_CODE": false, "RESPONSE_FLAGS": false, "RESPONSE_CODE_DETAILS": false,
 	"CONNECTION_TERMINATION_DETAILS": false, "UPSTREAM_TRANSPORT_FAILURE_REASON": false,
 	"BYTES_RECEIVED": false, "BYTES_SENT": false, "DURATION": false,
-	"UPSTREAM_HOST": false, "UPSTREAM_CLUSTER": false, "UPSTREAM_CLUSTER_RAW": false, "UPSTREAM_LOCAL_ADDRESS": false,
-	"DOWNSTREAM_LOCAL_ADDRESS": false, "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": false,
-	"DOWNSTREAM_REMOTE_ADDRESS": false, "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": false,
+	"UPSTREAM_HOST": false, "UPSTREAM_REMOTE_ADDRESS": false, "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": false,
+	"UPSTREAM_CLUSTER": false, "UPSTREAM_CLUSTER_RAW": false, "UPSTREAM_LOCAL_ADDRESS": false,
+	"DOWNSTREAM_LOCAL_ADDRESS": false, "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": false, "DOWNSTREAM_LOCAL_PORT": false,
+	"DOWNSTREAM_REMOTE_ADDRESS": false, "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": false, "DOWNSTREAM_REMOTE_PORT": false,
 	"DOWNSTREAM_DIRECT_REMOTE_ADDRESS": false, "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": false,
 	"DOWNSTREAM_PEER_URI_SAN": false, "REQUESTED_SERVER_NAME": false, "ROUTE_NAME": false,
 	"GRPC_STATUS": false, "GRPC_STATUS_NUMBER": false, "TRACE_ID": false, "HOSTNAME": false,
 	"UPSTREAM_REQUEST_ATTEMPT_COUNT": false,
+}
+
+// envoyOnlyOperators are operators Envoy knows (with the formatter
+// extensions istiod configures: metadata, CEL) that the waypoint does
+// not record: accepted, with a warning, and rendered "-".
+var envoyOnlyOperators = map[string]bool{
+	"METADATA": true, "DYNAMIC_METADATA": true, "CLUSTER_METADATA": true, "UPSTREAM_METADATA": true, "CEL": true,
+	"UPSTREAM_FILTER_STATE": true, "RESPONSE_FLAGS_LONG": true, "REQUEST_DURATION": true, "REQUEST_TX_DURATION": true,
+	"RESPONSE_DURATION": true, "RESPONSE_TX_DURATION": true, "DOWNSTREAM_HANDSHAKE_DURATION": true, "ROUNDTRIP_DURATION": true,
+	"UPSTREAM_WIRE_BYTES_SENT": true, "UPSTREAM_WIRE_BYTES_RECEIVED": true, "DOWNSTREAM_WIRE_BYTES_SENT": true,
+	"DOWNSTREAM_WIRE_BYTES_RECEIVED": true, "UPSTREAM_HEADER_BYTES_SENT": true, "UPSTREAM_HEADER_BYTES_RECEIVED": true,
+	"DOWNSTREAM_HEADER_BYTES_SENT": true, "DOWNSTREAM_HEADER_BYTES_RECEIVED": true, "UPSTREAM_REMOTE_PORT": true,
+	"UPSTREAM_LOCAL_PORT": true, "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": true, "UPSTREAM_HOST_NAME": true,
+	"UPSTREAM_HOST_NAME_WITHOUT_PORT": true, "DOWNSTREAM_DIRECT_REMOTE_PORT": true, "CONNECTION_ID": true,
+	"UPSTREAM_CONNECTION_ID": true, "STREAM_ID": true, "UNIQUE_ID": true, "DOWNSTREAM_LOCAL_URI_SAN": true,
+	"DOWNSTREAM_PEER_DNS_SAN": true, "DOWNSTREAM_LOCAL_DNS_SAN": true, "DOWNSTREAM_PEER_SUBJECT": true,
+	"DOWNSTREAM_LOCAL_SUBJECT": true, "DOWNSTREAM_PEER_ISSUER": true, "DOWNSTREAM_TLS_SESSION_ID": true,
+	"DOWNSTREAM_TLS_CIPHER": true, "DOWNSTREAM_TLS_VERSION": true, "DOWNSTREAM_PEER_FINGERPRINT_256": true,
+	"DOWNSTREAM_PEER_FINGERPRINT_1": true, "DOWNSTREAM_PEER_SERIAL": true, "DOWNSTREAM_PEER_CERT": true,
+	"DOWNSTREAM_PEER_CERT_V_START": true, "DOWNSTREAM_PEER_CERT_V_END": true, "UPSTREAM_PEER_URI_SAN": true,
+	"UPSTREAM_PEER_DNS_SAN": true, "UPSTREAM_PEER_SUBJECT": true, "UPSTREAM_PEER_ISSUER": true,
+	"UPSTREAM_TLS_SESSION_ID": true, "UPSTREAM_TLS_CIPHER": true, "UPSTREAM_TLS_VERSION": true,
+	"VIRTUAL_CLUSTER_NAME": true, "REQUEST_HEADERS_BYTES": true, "RESPONSE_HEADERS_BYTES": true,
+	"RESPONSE_TRAILERS_BYTES": true, "LOCAL_REPLY_BODY": true, "ACCESS_LOG_TYPE": true, "EMIT_TIME": true,
+	"DOWNSTREAM_TRANSPORT_FAILURE_REASON": true, "CUSTOM_FLAGS": true, "QUERY_PARAM": true, "PATH": true,
+	"COMMON_DURATION": true, "UPSTREAM_DETECTED_HOST_HEALTH": true, "SPAN_ID": true,
+}
+
+// Unrecorded lists the operators of f that Envoy knows and the waypoint
+// renders "-".
+func (f *LogFormat) Unrecorded() []string {
+	var out []string
+	for _, p := range f.Parts {
+		if envoyOnlyOperators[p.Op] && !slices.Contains(out, p.Op) {
+			out = append(out, p.Op)
+		}
+	}
+	return out
 }
 
 // ParseLogFormat compiles an access-log format string.
@@ -290,7 +356,11 @@ func logOperator(op string) (LogPart, error) {
 	}
 	takesArg, ok := logOperators[name]
 	if !ok {
-		return p, fmt.Errorf("operator %s: not supported by the waypoint", name)
+		if envoyOnlyOperators[name] {
+			p.Op, p.Arg = name, arg
+			return p, nil
+		}
+		return p, fmt.Errorf("operator %s: not a known command operator", name)
 	}
 	if takesArg && arg == "" && name != "START_TIME" {
 		return p, fmt.Errorf("operator %s: wants an argument", name)
@@ -300,7 +370,7 @@ func logOperator(op string) (LogPart, error) {
 	}
 	p.Op = name
 	switch name {
-	case "REQ", "RESP", "TRAILER":
+	case "REQ", "RESP", "TRAILER", "REQ_WITHOUT_QUERY":
 		h, alt, _ := strings.Cut(arg, "?")
 		p.Arg, p.Alt = strings.ToLower(h), strings.ToLower(alt)
 	case "FILTER_STATE":

@@ -50,6 +50,8 @@ func TestBuildAccessLogs(t *testing.T) {
 		ResourceAttributes: &commonpb.KeyValueList{Values: []*commonpb.KeyValue{{Key: "k8s.cluster.name", Value: str("c1")}}},
 	}
 	httpALS := &otelalsv3.OpenTelemetryAccessLogConfig{LogName: "http", BufferFlushInterval: durationpb.New(200 * time.Millisecond),
+		Attributes: &commonpb.KeyValueList{Values: []*commonpb.KeyValue{{Key: "x", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_KvlistValue{
+			KvlistValue: &commonpb.KeyValueList{Values: []*commonpb.KeyValue{{Key: "cel", Value: str("%CEL(request.path)% %METADATA(ROUTE:a)% %CEL(x)%")}}}}}}}},
 		HttpService: &core.HttpService{HttpUri: &core.HttpUri{Uri: "http://otel:4318/v1/logs", HttpUpstreamType: &core.HttpUri_Cluster{Cluster: "otel-http"},
 			Timeout: durationpb.New(time.Second)}}}
 	logger := func(name string, c *otelalsv3.OpenTelemetryAccessLogConfig, filter *accesslogv3.AccessLogFilter) *accesslogv3.AccessLog {
@@ -73,8 +75,9 @@ func TestBuildAccessLogs(t *testing.T) {
 	if len(got) != 2 {
 		t.Fatalf("loggers: got %d, want 2 (the OpenTelemetry ones without filters)", len(got))
 	}
-	if w := strings.Join(warns, "; "); !strings.Contains(w, "access log filtered: filters not supported") {
-		t.Errorf("warnings: got %q, want the filtered logger's", w)
+	if w := strings.Join(warns, "; "); !strings.Contains(w, "access log filtered: filters not supported") ||
+		!strings.Contains(w, "access log http: CEL, METADATA not recorded by the waypoint; logged as -") {
+		t.Errorf("warnings: got %q, want the filtered logger's and the unrecorded operators'", w)
 	}
 	a := got[0]
 	if a.Name != "otel_envoy_accesslog" || a.BuiltinLabels || a.Body.Format.String() != istioTextFormat {
@@ -93,7 +96,7 @@ func TestBuildAccessLogs(t *testing.T) {
 	}
 	h := got[1]
 	wantHTTP := OTLPExporter{Cluster: "otel-http", Authority: "otel:4318", Path: "/v1/logs", Timeout: time.Second}
-	if diff := cmp.Diff(wantHTTP, h.Exporter); diff != "" || h.FlushInterval != 200*time.Millisecond || !h.BuiltinLabels || h.Body != nil {
+	if diff := cmp.Diff(wantHTTP, h.Exporter); diff != "" || h.FlushInterval != 200*time.Millisecond || !h.BuiltinLabels || h.Body != nil || len(h.Attributes) != 1 {
 		t.Errorf("http logger: got flush %v builtin %v body %v, exporter (-want +got):\n%s", h.FlushInterval, h.BuiltinLabels, h.Body, diff)
 	}
 
@@ -107,7 +110,7 @@ func TestBuildAccessLogs(t *testing.T) {
 		{name: "two exporters", c: &otelalsv3.OpenTelemetryAccessLogConfig{GrpcService: envoyGrpc, HttpService: httpALS.HttpService},
 			wantErr: "got 2"},
 		{name: "unknown operator", c: &otelalsv3.OpenTelemetryAccessLogConfig{GrpcService: envoyGrpc, Body: str("%NOT_AN_OPERATOR%")},
-			wantErr: `body: format "%NOT_AN_OPERATOR%": operator NOT_AN_OPERATOR: not supported by the waypoint`},
+			wantErr: `body: format "%NOT_AN_OPERATOR%": operator NOT_AN_OPERATOR: not a known command operator`},
 		{name: "bad attribute", c: &otelalsv3.OpenTelemetryAccessLogConfig{GrpcService: envoyGrpc,
 			Attributes: &commonpb.KeyValueList{Values: []*commonpb.KeyValue{{Key: "a", Value: str("%REQ(x")}}}},
 			wantErr: `attributes: a: format "%REQ(x": unterminated operator`},
@@ -135,7 +138,9 @@ func TestParseLogFormat(t *testing.T) {
 		{in: "[%START_TIME(%Y-%m-%dT%H:%M:%E3S)%] %PROTOCOL%", want: []LogPart{{Literal: "["}, {Op: "START_TIME", Arg: "%Y-%m-%dT%H:%M:%E3S"}, {Literal: "] "}, {Op: "PROTOCOL"}}},
 		{in: "%FILTER_STATE(io.istio.peer_principal:PLAIN)%", want: []LogPart{{Op: "FILTER_STATE", Arg: "io.istio.peer_principal"}}},
 		{in: istioTextFormat},
-		{in: "%DYNAMIC_METADATA(istio)%", wantErr: "operator DYNAMIC_METADATA: not supported by the waypoint"},
+		{in: "%DYNAMIC_METADATA(istio:x):5%", want: []LogPart{{Op: "DYNAMIC_METADATA", Arg: "istio:x", Max: 5}}},
+		{in: "%REQ_WITHOUT_QUERY(:PATH)%", want: []LogPart{{Op: "REQ_WITHOUT_QUERY", Arg: ":path"}}},
+		{in: "%BOGUS%", wantErr: "operator BOGUS: not a known command operator"},
 		{in: "%PROTOCOL(x)%", wantErr: "operator PROTOCOL: takes no argument"},
 		{in: "%REQ()%", wantErr: "operator REQ: wants an argument"},
 		{in: "%REQ(a):x%", wantErr: `length "x" is not a positive number`},
