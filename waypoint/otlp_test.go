@@ -197,11 +197,12 @@ func otelGRPCProvider() *tracev3.OpenTelemetryConfig {
 	}
 }
 
-// otelHTTPProvider is the same on port 4318 with an http path.
+// otelHTTPProvider is the same on port 4318 with an http path: istiod
+// writes the URI as url.JoinPath(hostname, path), no scheme.
 func otelHTTPProvider() *tracev3.OpenTelemetryConfig {
 	return &tracev3.OpenTelemetryConfig{
 		HttpService: &core.HttpService{
-			HttpUri: &core.HttpUri{Uri: "http://" + otelHost + ":4318/v1/traces", HttpUpstreamType: &core.HttpUri_Cluster{Cluster: otelHTTPCluster},
+			HttpUri: &core.HttpUri{Uri: otelHost + "/v1/traces", HttpUpstreamType: &core.HttpUri_Cluster{Cluster: otelHTTPCluster},
 				Timeout: durationpb.New(3 * time.Second)},
 			RequestHeadersToAdd: []*core.HeaderValueOption{{Header: &core.HeaderValue{Key: "Authorization", Value: "Bearer shop"}}},
 		},
@@ -358,9 +359,9 @@ func TestOTelTracingHTTP(t *testing.T) {
 	expectStatus(t, resp, http.StatusOK)
 	trace, span, _ := upstreamTraceparent(t, resp)
 	s := receive(t, col.spans)
-	if s.authority != otelHost+":4318" || strings.Join(s.header["Authorization"], ",") != "Bearer shop" ||
+	if s.authority != otelHost || strings.Join(s.header["Authorization"], ",") != "Bearer shop" ||
 		!strings.HasPrefix(strings.Join(s.header["User-Agent"], ","), "OTel-OTLP-Exporter-Ambit/") {
-		t.Errorf("export POST: got host %q, authorization %q, user-agent %q; want %s:4318, Bearer shop, OTel-OTLP-Exporter-Ambit/...",
+		t.Errorf("export POST: got host %q, authorization %q, user-agent %q; want %s, Bearer shop, OTel-OTLP-Exporter-Ambit/...",
 			s.authority, s.header["Authorization"], s.header["User-Agent"], otelHost)
 	}
 	if hex.EncodeToString(s.span.GetTraceId()) != trace || hex.EncodeToString(s.span.GetSpanId()) != span || s.resource["service.name"] != "waypoint.shop" {

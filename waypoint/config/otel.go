@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -189,15 +188,29 @@ func httpExporter(h *core.HttpService) (*OTLPExporter, error) {
 	if hu.GetCluster() == "" {
 		return nil, fmt.Errorf("http_service: http_uri %q has no cluster", hu.GetUri())
 	}
-	u, err := url.Parse(hu.GetUri())
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("http_service: http_uri %q: want an absolute URI with a host", hu.GetUri())
+	host, path := hostPath(hu.GetUri())
+	if host == "" {
+		return nil, fmt.Errorf("http_service: http_uri %q: want a host", hu.GetUri())
 	}
-	e := &OTLPExporter{Cluster: hu.GetCluster(), Authority: u.Host, Path: cmpOr(u.RequestURI(), "/"), Timeout: dur(hu.GetTimeout())}
+	e := &OTLPExporter{Cluster: hu.GetCluster(), Authority: host, Path: path, Timeout: dur(hu.GetTimeout())}
 	for _, o := range h.GetRequestHeadersToAdd() {
 		e.Headers = append(e.Headers, Attribute{Key: strings.ToLower(o.GetHeader().GetKey()), Value: o.GetHeader().GetValue()})
 	}
 	return e, nil
+}
+
+// hostPath splits a URI as Envoy's HTTP services do: the scheme is
+// optional (istiod writes "<hostname>/v1/traces"), the host runs to the
+// first slash, the path is the rest ("/" when none).
+func hostPath(uri string) (host, path string) {
+	if _, rest, ok := strings.Cut(uri, "://"); ok {
+		uri = rest
+	}
+	i := strings.IndexByte(uri, '/')
+	if i < 0 {
+		return uri, "/"
+	}
+	return uri[:i], uri[i:]
 }
 
 func sortedAttributes(m map[string]string) []Attribute {
