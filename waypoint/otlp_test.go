@@ -15,7 +15,6 @@ import (
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	otelalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
@@ -210,23 +209,6 @@ func otelHTTPProvider() *tracev3.OpenTelemetryConfig {
 	}
 }
 
-// tracedEnv is a waypoint whose HTTP chain traces with edit's provider
-// to a collector at a (cluster name), its route decorated.
-func tracedEnv(t *testing.T, edit func(*hcmv3.HttpConnectionManager), name string, a netip.AddrPort) *env {
-	t.Helper()
-	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
-		w := basicConfig(ip)
-		w.ports[0].editHCM = edit
-		w.ports[0].routes = []*route.Route{{Name: "default", Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-			Decorator: &route.Decorator{Operation: host + ":80/*"},
-			Action:    &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: clusterName("http", 80, host)}}}}}
-		return w
-	})
-	withCollector(e, name, a)
-	e.apply(t)
-	return e
-}
-
 // upstreamTraceparent is the traceparent the app got.
 func upstreamTraceparent(t *testing.T, resp *http.Response) (trace, span, flags string) {
 	t.Helper()
@@ -305,18 +287,7 @@ func TestOTelTracingGRPC(t *testing.T) {
 			t.Errorf("attribute %s: got %T, want a string (as Envoy's setTag)", a.GetKey(), a.GetValue().GetValue())
 		}
 	}
-	attrs := attrMap(sp.GetAttributes())
-	want := map[string]string{
-		"component": "proxy", "http.method": "GET", "http.url": "http://" + host + "/first?q=1", "http.status_code": "200",
-		"http.protocol": "HTTP/1.1", "response_flags": "-", "upstream_cluster": clusterName("http", 80, host), "user_agent": "tester",
-		"guid:x-request-id": resp.Header.Get("X-Got-X-Request-Id"), "request_size": "0",
-		"istio.canonical_service": "waypoint", "tenant": "acme", "home": "from-env",
-	}
-	for k, v := range want {
-		if attrs[k] != v {
-			t.Errorf("span attribute %s: got %q, want %q", k, attrs[k], v)
-		}
-	}
+	expectTags(t, attrMap(sp.GetAttributes()), firstRequestTags(resp))
 
 	// No traceparent: a new root span, sampled at 100%, no B3 written.
 	resp = c.do(t, get(t, "/root"))
@@ -341,13 +312,7 @@ func TestOTelTracingGRPC(t *testing.T) {
 		t.Errorf("next span: got one for %s, want /last's (malformed and unsampled requests record none)", got)
 	}
 
-	mfs := scrape(t, e.wp)
-	if got := find(t, mfs, "envoy_tracing_opentelemetry_spans_sent", nil).GetCounter().GetValue(); got != 3 {
-		t.Errorf("envoy_tracing_opentelemetry_spans_sent: got %v, want 3", got)
-	}
-	if got := find(t, mfs, "envoy_tracing_opentelemetry_grpc_reports_success", nil).GetCounter().GetValue(); got < 1 {
-		t.Errorf("envoy_tracing_opentelemetry_grpc_reports_success: got %v, want at least 1", got)
-	}
+	expectCounters(t, e, map[string]float64{"envoy_tracing_opentelemetry_spans_sent": 3, "envoy_tracing_opentelemetry_grpc_reports_success": 1})
 }
 
 // TestOTelTracingHTTP: the same provider over OTLP/HTTP: protobuf
@@ -367,10 +332,7 @@ func TestOTelTracingHTTP(t *testing.T) {
 	if hex.EncodeToString(s.span.GetTraceId()) != trace || hex.EncodeToString(s.span.GetSpanId()) != span || s.resource["service.name"] != "waypoint.shop" {
 		t.Errorf("span: got trace %x span %x service %q, want %s %s waypoint.shop", s.span.GetTraceId(), s.span.GetSpanId(), s.resource["service.name"], trace, span)
 	}
-	mfs := scrape(t, e.wp)
-	if got := find(t, mfs, "envoy_tracing_opentelemetry_http_reports_success", nil).GetCounter().GetValue(); got != 1 {
-		t.Errorf("envoy_tracing_opentelemetry_http_reports_success: got %v, want 1", got)
-	}
+	expectCounters(t, e, map[string]float64{"envoy_tracing_opentelemetry_http_reports_success": 1})
 }
 
 // TestOTelCollectorDown: with the collector's cluster pointing at a
@@ -400,7 +362,7 @@ func TestOTelCollectorDown(t *testing.T) {
 			// The batch goes within a second of the first span; its
 			// failure is counted when the export gives up.
 			deadline := time.Now().Add(30 * time.Second)
-			for find(t, scrape(t, e.wp), tc.metric, nil).GetCounter().GetValue() < 1 {
+			for counter(t, e, tc.metric) < 1 {
 				if time.Now().After(deadline) {
 					t.Fatalf("%s: still 0 after 30 s", tc.metric)
 				}
@@ -501,10 +463,7 @@ func TestOTelAccessLog(t *testing.T) {
 			if _, builtin := l.resource["log_name"]; builtin != (tc.name == "http") || tc.name == "http" && l.resource["log_name"] != "http_log" {
 				t.Errorf("built-in labels: got %v, want log_name only when not disabled", l.resource)
 			}
-			mfs := scrape(t, e.wp)
-			if got := find(t, mfs, "envoy_access_logs_open_telemetry_access_log_logs_written", nil).GetCounter().GetValue(); got != 1 {
-				t.Errorf("logs_written: got %v, want 1", got)
-			}
+			expectCounters(t, e, map[string]float64{"envoy_access_logs_open_telemetry_access_log_logs_written": 1})
 		})
 	}
 }

@@ -334,50 +334,65 @@ func (tr *tracer) run(ctx context.Context) {
 			cc.Close()
 		}
 	}()
-	var spans []*finishedSpan
-	var logs []*otelLogRecord
-	spanTimer, logTimer := time.NewTimer(spanFlush), time.NewTimer(logFlush)
-	spanTimer.Stop()
-	logTimer.Stop()
-	defer spanTimer.Stop()
-	defer logTimer.Stop()
+	spans, logs := newBatch[*finishedSpan](spanBatch), newBatch[*otelLogRecord](logBatch)
+	defer spans.timer.Stop()
+	defer logs.timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case s := <-tr.queue:
-			if len(spans) == 0 {
-				spanTimer.Reset(spanFlush)
+			if spans.add(s, spanFlush) {
+				tr.send(ctx, spans.take(), false)
 			}
-			spans = append(spans, s)
-			if len(spans) >= spanBatch {
-				spanTimer.Stop()
-				tr.send(ctx, spans)
-				spans = nil
-			}
-		case <-spanTimer.C:
-			tr.otel.timerFlushed.Inc()
-			tr.send(ctx, spans)
-			spans = nil
+		case <-spans.timer.C:
+			tr.send(ctx, spans.take(), true)
 		case l := <-tr.logs:
-			if len(logs) == 0 {
-				logTimer.Reset(cmpOr(l.to.FlushInterval, logFlush))
+			if logs.add(l, cmpOr(l.to.FlushInterval, logFlush)) {
+				tr.sendLogs(ctx, logs.take())
 			}
-			logs = append(logs, l)
-			if len(logs) >= logBatch {
-				logTimer.Stop()
-				tr.sendLogs(ctx, logs)
-				logs = nil
-			}
-		case <-logTimer.C:
-			tr.sendLogs(ctx, logs)
-			logs = nil
+		case <-logs.timer.C:
+			tr.sendLogs(ctx, logs.take())
 		}
 	}
 }
 
+// batch collects queued items until it holds max or its timer, started
+// by the first, fires.
+type batch[T any] struct {
+	items []T
+	max   int
+	timer *time.Timer
+}
+
+func newBatch[T any](max int) *batch[T] {
+	b := &batch[T]{max: max, timer: time.NewTimer(time.Hour)}
+	b.timer.Stop()
+	return b
+}
+
+// add adds v; true when the batch is full (and its timer stopped).
+func (b *batch[T]) add(v T, wait time.Duration) bool {
+	if len(b.items) == 0 {
+		b.timer.Reset(wait)
+	}
+	b.items = append(b.items, v)
+	if len(b.items) < b.max {
+		return false
+	}
+	b.timer.Stop()
+	return true
+}
+
+func (b *batch[T]) take() []T {
+	out := b.items
+	b.items = nil
+	return out
+}
+
 // send sends a batch, one report per collector.
-func (tr *tracer) send(ctx context.Context, batch []*finishedSpan) {
+// timer: the flush interval passed (else the batch is full).
+func (tr *tracer) send(ctx context.Context, batch []*finishedSpan, timer bool) {
 	zipkin := map[config.Zipkin][]*zipkinSpan{}
 	otel := map[*config.OTel][]*finishedSpan{}
 	var order []*config.OTel
@@ -394,6 +409,9 @@ func (tr *tracer) send(ctx context.Context, batch []*finishedSpan) {
 	}
 	for dest, spans := range zipkin {
 		tr.report(ctx, dest, spans)
+	}
+	if timer && len(order) > 0 {
+		tr.otel.timerFlushed.Inc()
 	}
 	for _, o := range order {
 		tr.exportSpans(ctx, o, otel[o])

@@ -2,6 +2,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -295,19 +296,33 @@ func (f *LogFormat) Unrecorded() []string {
 // ParseLogFormat compiles an access-log format string.
 func ParseLogFormat(s string) (*LogFormat, error) {
 	f := &LogFormat{src: s}
+	err := scanFormat(s, func(lit string) { f.Parts = append(f.Parts, LogPart{Literal: lit}) }, func(op string) error {
+		p, err := logOperator(op)
+		f.Parts = append(f.Parts, p)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("format %q: %w", s, err)
+	}
+	return f, nil
+}
+
+// scanFormat splits an Envoy format string into literals and command
+// operators (the text between two %, "%%" a literal %). An operator's
+// argument may hold a % (START_TIME's strftime format): the operator
+// then ends at the first % after its closing parenthesis.
+func scanFormat(s string, literal func(string), operator func(string) error) error {
 	rest := s
 	for rest != "" {
 		i := strings.IndexByte(rest, '%')
 		if i < 0 {
-			f.Parts = append(f.Parts, LogPart{Literal: rest})
+			literal(rest)
 			break
 		}
 		if i > 0 {
-			f.Parts = append(f.Parts, LogPart{Literal: rest[:i]})
+			literal(rest[:i])
 		}
 		rest = rest[i+1:]
-		// An operator's argument may hold a % (START_TIME's format):
-		// the operator ends at the first % after its parenthesis.
 		end := strings.IndexByte(rest, '%')
 		if open := strings.IndexByte(rest, '('); open >= 0 && (end < 0 || open < end) {
 			if cl := strings.IndexByte(rest[open:], ')'); cl >= 0 {
@@ -317,21 +332,19 @@ func ParseLogFormat(s string) (*LogFormat, error) {
 			}
 		}
 		if end < 0 {
-			return nil, fmt.Errorf("format %q: unterminated operator", s)
+			return errors.New("unterminated operator")
 		}
 		op := rest[:end]
 		rest = rest[end+1:]
 		if op == "" {
-			f.Parts = append(f.Parts, LogPart{Literal: "%"})
+			literal("%")
 			continue
 		}
-		p, err := logOperator(op)
-		if err != nil {
-			return nil, fmt.Errorf("format %q: %w", s, err)
+		if err := operator(op); err != nil {
+			return err
 		}
-		f.Parts = append(f.Parts, p)
 	}
-	return f, nil
+	return nil
 }
 
 func logOperator(op string) (LogPart, error) {
