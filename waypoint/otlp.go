@@ -223,6 +223,17 @@ func (tr *tracer) invoke(ctx context.Context, e *config.OTLPExporter, method str
 	return nil
 }
 
+// pruneGRPC closes the client connections of clusters no longer
+// configured.
+func (tr *tracer) pruneGRPC() {
+	for k, cc := range tr.grpc {
+		if !tr.hasCluster(k.cluster) {
+			cc.Close()
+			delete(tr.grpc, k)
+		}
+	}
+}
+
 // dialCollector is a gRPC dialer that connects to an endpoint of the
 // cluster, as the waypoint dials any upstream.
 func (tr *tracer) dialCollector(cluster string) func(context.Context, string) (net.Conn, error) {

@@ -104,6 +104,7 @@ func (tr *tracer) logRequest(r *requestRecord, flags string, received, sent int6
 
 // sendLogs sends a batch, one export per logger.
 func (tr *tracer) sendLogs(ctx context.Context, batch []*otelLogRecord) {
+	tr.pruneGRPC()
 	by := map[*config.OTelAccessLog][]*logspb.LogRecord{}
 	var order []*config.OTelAccessLog
 	for _, l := range batch {

@@ -14,7 +14,7 @@ import (
 func TestSpanQueueFull(t *testing.T) {
 	tr := newTracer(nil) // not running: nothing drains the queue
 	zipkin := &requestRecord{trace: &spanContext{tracing: &config.Tracing{Zipkin: &config.Zipkin{}}}}
-	otel := &requestRecord{trace: &spanContext{tracing: &config.Tracing{OTel: &config.OTel{}}}}
+	otel := &requestRecord{trace: &spanContext{tracing: &config.Tracing{OTel: &config.OTel{Exporter: config.OTLPExporter{Cluster: "otel"}}}}}
 	for range spanQueue {
 		tr.queue <- &finishedSpan{}
 	}
@@ -98,5 +98,22 @@ func TestOTLPSpan(t *testing.T) {
 	}
 	if a := s.GetAttributes(); len(a) != 2 || a[1].GetKey() != "http.status_code" || a[1].GetValue().GetStringValue() != "200" {
 		t.Errorf("attributes: got %v, want component, http.status_code=200", a)
+	}
+}
+
+// TestNoExporterNoSpan: an OpenTelemetry provider the waypoint cannot
+// export to (google_grpc) still propagates W3C context but queues
+// nothing, and counts no drop.
+func TestNoExporterNoSpan(t *testing.T) {
+	tr := newTracer(nil)
+	cfg := &config.Tracing{RandomSampling: 100, OverallSampling: 100, OTel: &config.OTel{}}
+	h := http.Header{}
+	s := startSpan(cfg, h)
+	if s == nil || !s.sampled || h.Get("Traceparent") == "" || h.Get("X-B3-Traceid") != "" {
+		t.Fatalf("context: got span %+v, headers %v; want a sampled W3C-only context", s, h)
+	}
+	tr.record(&requestRecord{trace: s}, "-", 0, 0, 0)
+	if len(tr.queue) != 0 || testutil.ToFloat64(tr.otel.spansDropped) != 0 {
+		t.Errorf("queued %d, dropped %v: want nothing", len(tr.queue), testutil.ToFloat64(tr.otel.spansDropped))
 	}
 }

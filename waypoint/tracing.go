@@ -309,7 +309,7 @@ func (tr *tracer) collectors() []prometheus.Collector {
 // when the queue is full.
 func (tr *tracer) record(r *requestRecord, flags string, received, sent int64, dur time.Duration) {
 	t := r.trace.tracing
-	if t.Zipkin == nil && t.OTel == nil {
+	if t.Zipkin == nil && (t.OTel == nil || t.OTel.Exporter.Cluster == "") {
 		return
 	}
 	// A full queue drops the span before it is built.
@@ -393,6 +393,7 @@ func (b *batch[T]) take() []T {
 // send sends a batch, one report per collector.
 // timer: the flush interval passed (else the batch is full).
 func (tr *tracer) send(ctx context.Context, batch []*finishedSpan, timer bool) {
+	tr.pruneGRPC()
 	zipkin := map[config.Zipkin][]*zipkinSpan{}
 	otel := map[*config.OTel][]*finishedSpan{}
 	var order []*config.OTel

@@ -29,7 +29,10 @@ type OTel struct {
 	// AlwaysSample is the always_on sampler: every span is sampled,
 	// whatever the HCM's sampling and the caller said.
 	AlwaysSample bool
-	Exporter     OTLPExporter
+	// Exporter is where spans go; its Cluster is empty when the waypoint
+	// cannot export (google_grpc, a custom exporter): requests are then
+	// sampled and propagated as Envoy's tracer would, and no spans made.
+	Exporter OTLPExporter
 }
 
 // Attribute is a key and a string value (Envoy's resource and span
@@ -94,9 +97,9 @@ func buildOTel(name string, c *tracev3.OpenTelemetryConfig) (*OTel, []string, er
 		}
 		if e == nil {
 			warns = append(warns, fmt.Sprintf("tracing provider %s: grpc_service without envoy_grpc (google_grpc) not supported; no spans are sent", name))
-			return nil, warns, nil
+		} else {
+			out.Exporter = *e
 		}
-		out.Exporter = *e
 	case c.GetHttpService() != nil:
 		e, err := httpExporter(c.GetHttpService())
 		if err != nil {
@@ -105,7 +108,6 @@ func buildOTel(name string, c *tracev3.OpenTelemetryConfig) (*OTel, []string, er
 		out.Exporter = *e
 	default:
 		warns = append(warns, fmt.Sprintf("tracing provider %s: custom exporter %s not supported; no spans are sent", name, c.GetExporter().GetName()))
-		return nil, warns, nil
 	}
 	attrs := map[string]string{}
 	if boolOr(c.GetSetServiceNameResourceAttribute(), true) {

@@ -80,7 +80,8 @@ func TestBuildOTel(t *testing.T) {
 			want:     &OTel{Scope: true, Resource: []Attribute{{"service.name", "unknown_service:envoy"}}, Exporter: OTLPExporter{Cluster: "otel", GRPC: true, Authority: "otel"}},
 			wantWarn: "sampler envoy.tracers.opentelemetry.samplers.dynatrace (envoy.extensions.tracers.opentelemetry.samplers.v3.DynatraceSamplerConfig) not supported"},
 		{name: "google_grpc", in: &tracev3.OpenTelemetryConfig{GrpcService: &core.GrpcService{TargetSpecifier: &core.GrpcService_GoogleGrpc_{
-			GoogleGrpc: &core.GrpcService_GoogleGrpc{TargetUri: "otel:4317", StatPrefix: "otel"}}}},
+			GoogleGrpc: &core.GrpcService_GoogleGrpc{TargetUri: "otel:4317", StatPrefix: "otel"}}}, SetTelemetrySdkResourceAttributes: wrapperspb.Bool(false)},
+			want:     &OTel{Scope: true, Resource: []Attribute{{"service.name", "unknown_service:envoy"}}},
 			wantWarn: "google_grpc) not supported; no spans are sent"},
 		{name: "no exporter", in: &tracev3.OpenTelemetryConfig{ServiceName: "w"},
 			wantErr: "tracing provider otel: want exactly one of grpc_service, http_service and exporter, got 0"},
