@@ -125,6 +125,7 @@ func (tr *tracer) exportSpans(ctx context.Context, o *config.OTel, spans []*fini
 	e := &o.Exporter
 	if !tr.hasCluster(e.Cluster) {
 		st.reportsNoCluster.Inc()
+		tr.p.log.Debug("export spans", logkey.Cluster, e.Cluster, logkey.Error, errNoCluster.Error())
 		return
 	}
 	st.spansSent.Add(float64(len(spans)))

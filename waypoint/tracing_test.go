@@ -125,15 +125,18 @@ func receive[T any](t testing.TB, ch <-chan T) T {
 
 // tracedEnv is a waypoint whose HTTP chain traces with edit's provider
 // to a collector at a (cluster name), its route decorated.
-func tracedEnv(t *testing.T, edit func(*hcmv3.HttpConnectionManager), name string, a netip.AddrPort) *env {
+func tracedEnv(t *testing.T, edit func(*hcmv3.HttpConnectionManager), name string, a netip.AddrPort, setup ...func(*env)) *env {
 	t.Helper()
-	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
-		w := basicConfig(ip)
+	e := newEnvWith(t, host, [2]uint16{80, 90}, [2]uint16{8080, 9090}, func(e *env) {
+		w := basicConfig(e.ip)
 		w.ports[0].editHCM = edit
 		w.ports[0].routes = []*route.Route{{Name: "default", Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
 			Decorator: &route.Decorator{Operation: host + ":80/*"},
 			Action:    &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: clusterName("http", 80, host)}}}}}
-		return w
+		e.cfg = w
+		for _, f := range setup {
+			f(e)
+		}
 	})
 	withCollector(e, name, a)
 	e.apply(t)
