@@ -677,8 +677,11 @@ func (r *requestRecord) finish() {
 	s.duration.Observe(float64(dur.Milliseconds()))
 	s.reqBytes.Observe(float64(received))
 	s.respBytes.Observe(float64(sent))
-	if s := r.trace; s != nil && s.sampled && s.tracing.Zipkin != nil && t.tracer != nil {
-		t.tracer.enqueue(r.span(r.Status, flags, received, sent, dur))
+	if s := r.trace; s != nil && s.sampled && t.tracer != nil {
+		t.tracer.record(r, flags, received, sent, dur)
+	}
+	if t.tracer != nil {
+		t.tracer.logRequest(r, flags, received, sent, dur)
 	}
 	al := t.accessLog.Load()
 	if al == nil {

@@ -263,6 +263,11 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 		return nil, nil, err
 	}
 	out.Tracing = tr
+	logs, logWarns, err := buildAccessLogs(h.GetAccessLog())
+	if err != nil {
+		return nil, nil, err
+	}
+	out.OTelLogs, warns = logs, append(warns, logWarns...)
 	for i, f := range h.GetHttpFilters() {
 		if f.GetDisabled() {
 			continue

@@ -230,6 +230,8 @@ type HCM struct {
 	UnescapeSlashes      bool
 	// Tracing is nil when the HCM traces nothing.
 	Tracing *Tracing
+	// OTelLogs are the HCM's OpenTelemetry access loggers (otel_accesslog.go).
+	OTelLogs []*OTelAccessLog
 }
 
 // Codec is an HTTP connection manager's codec_type.
