@@ -292,6 +292,9 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 		}
 		keep := p.serveRequest(ctx, snap, hcm, rw, ci, req)
 		if !keep || req.Close {
+			if keep {
+				c.answered = true // in full; the client asked to close
+			}
 			return
 		}
 	}
@@ -327,7 +330,27 @@ func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.
 	if err := resp.Write(bw); err != nil {
 		return err
 	}
-	return bw.Flush()
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if closeConn {
+		if c, ok := w.(*sniffConn); ok {
+			c.answered = true
+		}
+	}
+	return nil
+}
+
+// halfClose ends the sending side of a downstream connection whose last
+// response went out whole (an HTTP "Connection: close"): an HBONE stream
+// ends with END_STREAM, and the close that follows with RST_STREAM
+// NO_ERROR rather than CANCEL (RFC 9113 section 8.1), so that the
+// client's ztunnel sees an orderly end; TCP sends its FIN before the
+// close, as net/http's server does.
+func halfClose(c *sniffConn) {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
 }
 
 // writerOnly hides everything of a writer but Write.

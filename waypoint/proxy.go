@@ -338,6 +338,9 @@ func (p *Proxy) serveInternal(ctx context.Context, snap *config.Snapshot, l *con
 		p.proxyTCP(ctx, snap, chain.TCP, sc, ci)
 	case chain.HCM != nil:
 		p.serveHTTP(ctx, l.Name, chain.Name, sc, ci)
+		if sc.answered {
+			halfClose(sc) // (after the last request was recorded)
+		}
 	}
 }
 
