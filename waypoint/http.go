@@ -709,13 +709,13 @@ func applyHeader(h http.Header, hv config.HeaderValue) {
 }
 
 // upstreamShare is the downstream connection info with the request's
-// filter state, as shared with the upstream connection.
+// filter state, as shared with the upstream connection. The request's
+// filter state (the connection's and what its filters set) is complete
+// once the router runs, and from then on only read: shared, not copied.
 func upstreamShare(ci *connInfo, v *view) *connInfo {
-	out := ci.clone()
-	for k, val := range v.fs {
-		out.fs[k] = val
-	}
-	return out
+	out := *ci
+	out.fs = v.fs
+	return &out
 }
 
 func isUpgrade(req *http.Request) bool {

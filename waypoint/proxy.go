@@ -191,15 +191,6 @@ type connInfo struct {
 	meta           map[string]map[string]string
 }
 
-func (ci *connInfo) clone() *connInfo {
-	out := *ci
-	out.fs = make(map[string]string, len(ci.fs))
-	for k, v := range ci.fs {
-		out.fs[k] = v
-	}
-	return &out
-}
-
 // serveConnect handles one CONNECT on the HBONE listener: the socket
 // listener's single TLS chain, an HTTP connection manager whose route
 // upgrades CONNECT to a cluster (main_internal).
