@@ -593,7 +593,8 @@ func benchBinaries(b *testing.B) string {
 		return d
 	}
 	d := b.TempDir()
-	out, err := exec.Command("go", "build", "-o", d+"/", "./cmd/waypoint", "../internal/benchproxy").CombinedOutput()
+	// As the image ships it (deploy/images), as make bench-waypoint does.
+	out, err := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", d+"/", "./cmd/waypoint", "../internal/benchproxy").CombinedOutput()
 	if err != nil {
 		b.Fatalf("go build the waypoint and benchproxy: %v\n%s", err, out)
 	}
