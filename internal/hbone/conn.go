@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -340,6 +341,16 @@ func (c *conn) flushLocked(wait bool) error {
 		// writes until the queue is empty), or a new round is due.
 	}
 	c.flushing = true
+	if !wait {
+		// Let goroutines that are ready to run go first: under load they
+		// are often other streams' writers, whose frames then join this
+		// write instead of making their own (with one P, nothing else
+		// runs while this goroutine is in the system call). With nothing
+		// else ready this returns at once.
+		c.wmu.Unlock()
+		runtime.Gosched()
+		c.wmu.Lock()
+	}
 	for c.werr == nil && len(c.out) > 0 {
 		b := c.out
 		c.out, c.spare = c.spare[:0], nil
