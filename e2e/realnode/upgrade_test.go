@@ -24,7 +24,8 @@ const upgradeVersion = "0.1.1-upgrade"
 // old ztunnel keeps the connections it carries once it is told to stop.
 const upgradeDrain = 30 * time.Second
 
-// TestUpgrade installs Ambit on two real nodes, then `helm upgrade`s it to
+// TestUpgrade installs Ambit on two real nodes, restarts the node agents
+// and istiod alone (checkRestartsKeepConnections), then `helm upgrade`s it to
 // images of another tag while a client on node1 calls a server on node2
 // through the mesh on one kept-alive connection and on a new connection
 // every 100 ms (echo probe), and checks that the DaemonSets rolled (every
@@ -44,10 +45,11 @@ func TestUpgrade(t *testing.T) {
 	// A few seconds of steady state first.
 	for p.next().Held.OK < 30 {
 	}
-	before := p.last
-	if before.Held.Failed+before.New.Failed != 0 {
-		t.Fatalf("probe before the upgrade: %+v, want no failures", before)
+	if p.last.Held.Failed+p.last.New.Failed != 0 {
+		t.Fatalf("probe before the restarts: %+v, want no failures", p.last)
 	}
+	checkRestartsKeepConnections(t, c, p)
+	before := p.last
 	probeStart := p.start
 	next := p.next
 
