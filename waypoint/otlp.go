@@ -140,6 +140,7 @@ func (tr *tracer) exportSpans(ctx context.Context, o *config.OTel, spans []*fini
 			tr.p.log.Debug("export spans: collector rejected some", logkey.Cluster, e.Cluster, logkey.Error, ps.GetErrorMessage())
 		}
 		st.grpcReportsOK.Inc()
+		tr.p.log.Debug("spans exported", logkey.Cluster, e.Cluster, logkey.Count, len(spans))
 		return
 	}
 	st.httpReportsSent.Inc()
@@ -148,6 +149,7 @@ func (tr *tracer) exportSpans(ctx context.Context, o *config.OTel, spans []*fini
 		return
 	}
 	st.httpReportsOK.Inc()
+	tr.p.log.Debug("spans exported", logkey.Cluster, e.Cluster, logkey.Count, len(spans))
 }
 
 func (tr *tracer) exportFailed(e *config.OTLPExporter, err error) {

@@ -233,7 +233,9 @@ func TestOTelTracingGRPC(t *testing.T) {
 	t.Setenv("AMBIT_TRACING_TEST_ENV", "from-env")
 	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.namespace.name=shop,deployment.environment=test")
 	addr, col := otlpGRPCCollector(t)
-	e := tracedEnv(t, tracingProvider(100, "envoy.tracers.opentelemetry", otelGRPCProvider()), otelGRPCCluster, addr)
+	exported := make(chan string, 10)
+	e := tracedEnv(t, tracingProvider(100, "envoy.tracers.opentelemetry", otelGRPCProvider()), otelGRPCCluster, addr,
+		func(e *env) { e.log = slog.New(&messages{msg: "spans exported", ch: exported}) })
 	c := e.client(t, clientID)
 
 	// A sampled caller with tracestate and B3 headers: the B3 headers
@@ -313,6 +315,9 @@ func TestOTelTracingGRPC(t *testing.T) {
 		t.Errorf("next span: got one for %s, want /last's (malformed and unsampled requests record none)", got)
 	}
 
+	// The collector has the spans; the exporter counts its report once
+	// the answer is back, then logs it.
+	receive(t, exported)
 	expectCounters(t, e, map[string]float64{"envoy_tracing_opentelemetry_spans_sent": 3, "envoy_tracing_opentelemetry_grpc_reports_success": 1})
 }
 
@@ -320,7 +325,9 @@ func TestOTelTracingGRPC(t *testing.T) {
 // POSTs to the URI's path with its host and the configured headers.
 func TestOTelTracingHTTP(t *testing.T) {
 	addr, col := otlpHTTPCollector(t)
-	e := tracedEnv(t, tracingProvider(100, "envoy.tracers.opentelemetry", otelHTTPProvider()), otelHTTPCluster, addr)
+	exported := make(chan string, 10)
+	e := tracedEnv(t, tracingProvider(100, "envoy.tracers.opentelemetry", otelHTTPProvider()), otelHTTPCluster, addr,
+		func(e *env) { e.log = slog.New(&messages{msg: "spans exported", ch: exported}) })
 	resp := e.client(t, clientID).do(t, get(t, "/over-http"))
 	expectStatus(t, resp, http.StatusOK)
 	trace, span, _ := upstreamTraceparent(t, resp)
@@ -333,6 +340,7 @@ func TestOTelTracingHTTP(t *testing.T) {
 	if hex.EncodeToString(s.span.GetTraceId()) != trace || hex.EncodeToString(s.span.GetSpanId()) != span || s.resource["service.name"] != "waypoint.shop" {
 		t.Errorf("span: got trace %x span %x service %q, want %s %s waypoint.shop", s.span.GetTraceId(), s.span.GetSpanId(), s.resource["service.name"], trace, span)
 	}
+	receive(t, exported)
 	expectCounters(t, e, map[string]float64{"envoy_tracing_opentelemetry_http_reports_success": 1})
 }
 
