@@ -190,7 +190,7 @@ func (p *Proxy) dialEndpoint(ctx context.Context, snap *config.Snapshot, c *conf
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrUpstreamConnect, err)
 		}
-		return conn, nil
+		return withKeepalive(c, conn), nil
 	}
 	l := snap.Listeners[ep.Listener]
 	if l == nil {
