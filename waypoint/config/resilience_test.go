@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 the tests set the cluster's deprecated protocol fields, which Envoy still honours
+
 package config
 
 import (
