@@ -64,6 +64,8 @@ type upConn struct {
 	dialErr error
 	ready   chan struct{} // closed when the dial has ended
 	http2   bool
+	// tcp: a tcp_proxy connection's slot (no ClientConn).
+	tcp bool
 	// active requests on it, requests it has carried.
 	active, served int
 	draining, gone bool
@@ -184,7 +186,7 @@ func (cp *connPool) get(ctx context.Context, cl *config.Cluster, tr *http.Transp
 			connecting := false
 			if http2 {
 				for _, uc := range cp.hosts[host] {
-					connecting = connecting || uc.cc == nil && !uc.gone
+					connecting = connecting || uc.cc == nil && !uc.gone && !uc.tcp
 				}
 			}
 			if !connecting {
@@ -443,4 +445,131 @@ func withKeepalive(cl *config.Cluster, c net.Conn) net.Conn {
 	}
 	tc.SetKeepAliveConfig(cfg)
 	return c
+}
+
+// A tcp_proxy connection holds one of its cluster's max_connections
+// while it is open; with all taken it waits as a pending request (within
+// the connect timeout) or overflows (UO), as Envoy's TCP pool.
+
+// tcpSlot is one tcp_proxy connection's share of its cluster.
+type tcpSlot struct {
+	cp *connPool
+	uc *upConn
+}
+
+// tcpAdmit takes a connection slot of cl for a tcp_proxy connection.
+func (p *Proxy) tcpAdmit(ctx context.Context, cl *config.Cluster) (*tcpSlot, error) {
+	cs := p.clusterState(cl.Name)
+	cp, st, cb := &cs.pool, &cs.st, cl.CircuitBreakers
+	pending, overflowed := false, false
+	defer func() {
+		if pending {
+			cp.mu.Lock()
+			cp.pending--
+			cp.mu.Unlock()
+		}
+	}()
+	for {
+		wait := cp.waitCh()
+		cp.mu.Lock()
+		if cp.closed {
+			cp.mu.Unlock()
+			return nil, ErrUpstreamConnect
+		}
+		cp.reapLocked()
+		if cp.open < cb.MaxConnections || len(cp.hosts[tcpHost]) == 0 {
+			if cp.open >= cb.MaxConnections && !overflowed {
+				st.cxOverflow.Add(1)
+			}
+			uc := &upConn{host: tcpHost, tcp: true}
+			if cp.hosts == nil {
+				cp.hosts = map[string][]*upConn{}
+			}
+			cp.hosts[tcpHost] = append(cp.hosts[tcpHost], uc)
+			cp.open++
+			st.cxTotal.Add(1)
+			cp.mu.Unlock()
+			return &tcpSlot{cp, uc}, nil
+		}
+		if !overflowed {
+			overflowed = true
+			st.cxOverflow.Add(1)
+		}
+		if !pending {
+			if cp.pending >= cb.MaxPendingRequests {
+				cp.mu.Unlock()
+				st.rqPendingOverflow.Add(1)
+				return nil, errOverflow
+			}
+			cp.pending++
+			pending = true
+		}
+		cp.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// tcpHost keys a cluster's tcp_proxy connections in its pool: tcp_proxy
+// picks its endpoint after taking the slot, so they count as one
+// endpoint's (which always may have one).
+const tcpHost = "tcp_proxy"
+
+// bind gives the slot to the dialled connection, released when it
+// closes, or releases it at once when the dial failed.
+func (s *tcpSlot) bind(conn *net.Conn, err *error) {
+	if *err != nil || *conn == nil {
+		s.release()
+		return
+	}
+	*conn = &slotConn{Conn: *conn, slot: s}
+}
+
+func (s *tcpSlot) release() {
+	s.cp.mu.Lock()
+	s.cp.removeLocked(s.uc)
+	s.cp.mu.Unlock()
+	s.cp.signal()
+}
+
+// slotConn releases its slot when closed.
+type slotConn struct {
+	net.Conn
+	slot *tcpSlot
+	once sync.Once
+}
+
+func (c *slotConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.slot.release)
+	return err
+}
+
+// CloseWrite passes a half close on, where the connection has one.
+func (c *slotConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// tcpPick is tcp_proxy's endpoint choice: the cluster's balancer, with
+// outlier detection.
+func (p *Proxy) tcpPick(cl *config.Cluster) *config.Endpoint {
+	return p.pick(cl, p.clusterState(cl.Name), nil, false)
+}
+
+// dialTCPEndpoint dials a tcp_proxy's endpoint and feeds the outcome to
+// outlier detection: a failure to connect is a local-origin failure, a
+// connection a success.
+func (p *Proxy) dialTCPEndpoint(ctx context.Context, snap *config.Snapshot, cl *config.Cluster, ep *config.Endpoint, ci *connInfo) (net.Conn, error) {
+	conn, err := p.dialEndpoint(ctx, snap, cl, ep, ci)
+	if cl.Outlier != nil && cl.Type != config.ClusterOriginalDst {
+		o := outcome{status: 200, local: err != nil}
+		p.report(cl, p.clusterState(cl.Name), ep, o)
+	}
+	return conn, err
 }

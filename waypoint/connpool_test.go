@@ -1,6 +1,8 @@
 package waypoint_test
 
 import (
+	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -276,5 +278,55 @@ func TestMaxConnectionDuration(t *testing.T) {
 				t.Errorf("pod A's connections: got %d, want 2", got)
 			}
 		})
+	}
+}
+
+// TestTCPMaxConnections: a tcp_proxy connection holds one of its
+// cluster's max_connections while open (Istio's tcp.maxConnections on a
+// TCP port); with max_pending_requests 0 the next one overflows: closed
+// at once (flag UO, upstream_cx_overflow); once the first closes,
+// another gets through.
+func TestTCPMaxConnections(t *testing.T) {
+	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+		w := basicConfig(ip)
+		w.ports = append(w.ports, svcPort{port: 93, target: 9090, editTCPCluster: func(c *cluster.Cluster) {
+			c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+				MaxConnections: wrapperspb.UInt32(1), MaxPendingRequests: wrapperspb.UInt32(0),
+			}}}
+		}})
+		return w
+	})
+	_, stats := e.adminStats(t)
+	tcpCluster := "cluster." + clusterName("tcp", 93, host) + "."
+	stat := func(name string) uint64 { return stats()[tcpCluster+name] }
+	echo := func(c net.Conn) (string, error) {
+		fmt.Fprintf(c, "hello\n")
+		return bufio.NewReader(c).ReadString('\n')
+	}
+	first := e.tunnel(t, clientID, e.vip(93))
+	if _, err := echo(first); err != nil {
+		t.Fatalf("first connection: %v", err)
+	}
+	second := e.tunnel(t, clientID, e.vip(93))
+	if line, err := echo(second); err == nil {
+		t.Fatalf("second connection: echoed %q, want it closed (overflow)", line)
+	}
+	if got := stat("upstream_cx_overflow"); got != 1 {
+		t.Errorf("upstream_cx_overflow: got %d, want 1", got)
+	}
+	if got := stat("upstream_cx_active"); got != 1 {
+		t.Errorf("upstream_cx_active: got %d, want 1", got)
+	}
+	first.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for stat("upstream_cx_active") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("first connection's slot not released")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	third := e.tunnel(t, clientID, e.vip(93))
+	if _, err := echo(third); err != nil {
+		t.Fatalf("third connection: %v", err)
 	}
 }
