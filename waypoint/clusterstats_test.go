@@ -100,6 +100,8 @@ func TestClusterStatsCircuitBreaker(t *testing.T) {
 	if got := <-results; got != 503 {
 		t.Fatalf("overflow: got %d, want 503", got)
 	}
+	// (The overflowed request ends its share after its answer.)
+	awaitStatEq(t, stats, "upstream_rq_active", 3)
 	// Two hold a connection each, one waits (the overflow proves it
 	// waits), one overflowed; the second connection and the wait each
 	// found the breaker open.

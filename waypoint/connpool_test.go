@@ -98,6 +98,22 @@ func awaitStat(t testing.TB, stats func() map[string]uint64, name string, want u
 	}
 }
 
+// awaitStatEq waits for a cluster statistic to settle at want.
+func awaitStatEq(t testing.TB, stats func() map[string]uint64, name string, want uint64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := stats()[resCluster+name]
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: got %d, want %d", name, got, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // TestHTTP2MaxConnections: on an HTTP/2 cluster, max_connections counts
 // connections, and a connection carries at most max_concurrent_streams
 // requests: with both 1 (and max_pending_requests 1), while each pod's
