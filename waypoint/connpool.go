@@ -98,7 +98,7 @@ func (cp *connPool) waitCh() <-chan struct{} {
 // the transport.
 func (p *Proxy) roundTrip(cs *clusterState, cl *config.Cluster, tr *http.Transport, out *http.Request) (*http.Response, error) {
 	if out.Header.Get("Upgrade") != "" {
-		return tr.RoundTrip(out)
+		return p.upgradeTrip(cs, cl, tr, out)
 	}
 	uc, err := cs.pool.get(out.Context(), cl, tr, out.URL.Host, tr != p.transport, &cs.st)
 	if err != nil {
@@ -459,8 +459,14 @@ type tcpSlot struct {
 
 // tcpAdmit takes a connection slot of cl for a tcp_proxy connection.
 func (p *Proxy) tcpAdmit(ctx context.Context, cl *config.Cluster) (*tcpSlot, error) {
-	cs := p.clusterState(cl.Name)
-	cp, st, cb := &cs.pool, &cs.st, cl.CircuitBreakers
+	return p.clusterState(cl.Name).pool.slot(ctx, cl, tcpHost, &p.clusterState(cl.Name).st)
+}
+
+// slot takes a connection slot of cl that the pool does not manage
+// itself (a tcp_proxy connection, an upgraded one), counted as one of
+// host's connections.
+func (cp *connPool) slot(ctx context.Context, cl *config.Cluster, host string, st *clusterCounters) (*tcpSlot, error) {
+	cb := cl.CircuitBreakers
 	pending, overflowed := false, false
 	defer func() {
 		if pending {
@@ -477,15 +483,15 @@ func (p *Proxy) tcpAdmit(ctx context.Context, cl *config.Cluster) (*tcpSlot, err
 			return nil, ErrUpstreamConnect
 		}
 		cp.reapLocked()
-		if cp.open < cb.MaxConnections || len(cp.hosts[tcpHost]) == 0 {
+		if cp.open < cb.MaxConnections || len(cp.hosts[host]) == 0 {
 			if cp.open >= cb.MaxConnections && !overflowed {
 				st.cxOverflow.Add(1)
 			}
-			uc := &upConn{host: tcpHost, tcp: true}
+			uc := &upConn{host: host, tcp: true}
 			if cp.hosts == nil {
 				cp.hosts = map[string][]*upConn{}
 			}
-			cp.hosts[tcpHost] = append(cp.hosts[tcpHost], uc)
+			cp.hosts[host] = append(cp.hosts[host], uc)
 			cp.open++
 			st.cxTotal.Add(1)
 			cp.mu.Unlock()
@@ -517,6 +523,40 @@ func (p *Proxy) tcpAdmit(ctx context.Context, cl *config.Cluster) (*tcpSlot, err
 // picks its endpoint after taking the slot, so they count as one
 // endpoint's (which always may have one).
 const tcpHost = "tcp_proxy"
+
+// upgradeTrip sends an upgrade (WebSocket) through the transport, its
+// connection one of the cluster's max_connections until the upgraded
+// stream (or the refusal's body) is closed.
+func (p *Proxy) upgradeTrip(cs *clusterState, cl *config.Cluster, tr *http.Transport, out *http.Request) (*http.Response, error) {
+	s, err := cs.pool.slot(out.Context(), cl, "upgrade "+out.URL.Host, &cs.st)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := tr.RoundTrip(out)
+	if err != nil {
+		s.release()
+		return nil, err
+	}
+	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
+		resp.Body = &slotRWC{ReadWriteCloser: rwc, slot: s}
+	} else {
+		resp.Body = &poolBody{ReadCloser: resp.Body, done: s.release}
+	}
+	return resp, nil
+}
+
+// slotRWC is an upgraded stream that releases its slot when closed.
+type slotRWC struct {
+	io.ReadWriteCloser
+	slot *tcpSlot
+	once sync.Once
+}
+
+func (c *slotRWC) Close() error {
+	err := c.ReadWriteCloser.Close()
+	c.once.Do(c.slot.release)
+	return err
+}
 
 // bind gives the slot to the dialled connection, released when it
 // closes, or releases it at once when the dial failed.

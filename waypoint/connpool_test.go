@@ -2,6 +2,7 @@ package waypoint_test
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"golang.org/x/net/websocket"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -345,4 +347,37 @@ func TestTCPMaxConnections(t *testing.T) {
 	if _, err := echo(third); err != nil {
 		t.Fatalf("third connection: %v", err)
 	}
+}
+
+// TestWebSocketMaxConnections: an upgraded connection is one of the
+// cluster's max_connections while open. With 1 (and no pending
+// requests), WebSockets to pod A and pod B are open (an endpoint
+// without a connection gets one), and a third handshake, to pod A,
+// overflows with 503.
+func TestWebSocketMaxConnections(t *testing.T) {
+	e := newEnv(t, resConfig(func(p *svcPort) {
+		p.editCluster = func(c *cluster.Cluster) {
+			c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+				MaxConnections: wrapperspb.UInt32(1), MaxPendingRequests: wrapperspb.UInt32(0),
+			}}}
+		}
+	}))
+	wsEchoPods(t, e)
+	_, stats := e.adminStats(t)
+	cfg, err := websocket.NewConfig("ws://"+host+"/ws", "http://"+host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		ws, err := websocket.NewClient(cfg, e.tunnel(t, clientID, e.vip(resPort)))
+		if err != nil {
+			t.Fatalf("websocket %d: %v", i, err)
+		}
+		defer ws.Close()
+	}
+	_, err = websocket.NewClient(cfg, e.tunnel(t, clientID, e.vip(resPort)))
+	if !errors.Is(err, websocket.ErrBadStatus) {
+		t.Fatalf("third websocket: got %v, want a refused handshake", err)
+	}
+	wantStats(t, stats(), map[string]uint64{"upstream_rq_pending_overflow": 1, "upstream_cx_active": 2})
 }
