@@ -22,7 +22,10 @@ import (
 //     free stream) opens one while the breaker allows, else waits
 //     (upstream_cx_overflow); an endpoint without any connection gets
 //     one anyway, as Envoy's pool does, so that its requests are not
-//     queued with no way to be served.
+//     queued with no way to be served. An idle connection to another
+//     endpoint is closed to make room before a request waits (Envoy
+//     drains the pools of endpoints EDS removes; the waypoint's pool
+//     keys do not tell which those are).
 //   - max_pending_requests bounds the requests waiting for a
 //     connection or a stream (HTTP/2 requests wait for a connection
 //     being established, which will carry them all); one more
@@ -191,6 +194,16 @@ func (cp *connPool) get(ctx context.Context, cl *config.Cluster, tr *http.Transp
 			}
 			if !connecting {
 				cp.reapLocked()
+				if cp.open >= cb.MaxConnections && len(cp.hosts[host]) > 0 {
+					// An idle connection to another endpoint (one EDS
+					// may have removed) makes room rather than hold
+					// this request back.
+					if cc := cp.evictIdleLocked(host); cc != nil {
+						cp.mu.Unlock()
+						cc.Close()
+						continue
+					}
+				}
 				switch {
 				case cp.open < cb.MaxConnections || len(cp.hosts[host]) == 0:
 					if cp.open >= cb.MaxConnections && !overflowed {
@@ -371,6 +384,23 @@ func (cp *connPool) removeLocked(uc *upConn) {
 			t.Stop()
 		}
 	}
+}
+
+// evictIdleLocked takes an idle connection to another host than host
+// out of the pool (cp.mu held) and returns it for the caller to close.
+func (cp *connPool) evictIdleLocked(host string) *http.ClientConn {
+	for h, list := range cp.hosts {
+		if h == host {
+			continue
+		}
+		for _, uc := range list {
+			if uc.cc != nil && !uc.tcp && uc.active == 0 {
+				cp.removeLocked(uc)
+				return uc.cc
+			}
+		}
+	}
+	return nil
 }
 
 // reapLocked takes closed connections out (cp.mu held), so that they

@@ -381,3 +381,42 @@ func TestWebSocketMaxConnections(t *testing.T) {
 	}
 	wantStats(t, stats(), map[string]uint64{"upstream_rq_pending_overflow": 1, "upstream_cx_active": 2})
 }
+
+// TestIdleConnectionMakesRoom: with max_connections 2, an idle
+// connection to pod A does not hold back a second request to pod B
+// while B's connection is busy: it is closed to make room, and the
+// request gets a second connection to B at once instead of waiting.
+func TestIdleConnectionMakesRoom(t *testing.T) {
+	e := newEnv(t, resConfig(func(p *svcPort) {
+		p.editCluster = func(c *cluster.Cluster) {
+			c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+				MaxConnections: wrapperspb.UInt32(2),
+			}}}
+		}
+	}))
+	_, stats := e.adminStats(t)
+	arrived, release := make(chan string, 4), make(chan struct{})
+	defer close(release)
+	podHandlers(t, e, (&holdPod{"A", arrived, release}).ServeHTTP, (&holdPod{"B", arrived, release}).ServeHTTP)
+	c := e.resClient(t)
+	if got := body(c.do(t, get(t, "/"))); got != "A" { // A's connection, now idle
+		t.Fatalf("first request: got %q, want A", got)
+	}
+	held := e.resClient(t)
+	get(t, "/hold").Write(held.c) // pod B's connection, held
+	<-arrived
+	if got := body(c.do(t, get(t, "/"))); got != "A" { // (round robin: A)
+		t.Fatalf("third request: got %q, want A", got)
+	}
+	held2 := e.resClient(t)
+	get(t, "/hold").Write(held2.c) // to B, busy: A's idle connection is closed for a second one
+	select {
+	case got := <-arrived:
+		if got != "B" {
+			t.Fatalf("fourth request reached %s, want B", got)
+		}
+	case <-time.After(30 * time.Second): // turns a hang into a failure
+		t.Fatal("fourth request waits: the idle connection did not make room")
+	}
+	wantStats(t, stats(), map[string]uint64{"upstream_cx_total": 3, "upstream_rq_pending_active": 0})
+}
