@@ -91,6 +91,9 @@ func (p *Proxy) pick(cl *config.Cluster, cs *clusterState, tried map[*config.End
 	if len(eps) == 0 {
 		return nil
 	}
+	if cl.Prioritized {
+		eps = cs.priorityLevel(cl, eps)
+	}
 	if cl.Outlier != nil {
 		now := time.Now()
 		var healthy []*config.Endpoint
@@ -137,6 +140,30 @@ func (p *Proxy) pick(cl *config.Cluster, cs *clusterState, tried map[*config.End
 		return best
 	}
 	return eps[(cs.rr.Add(1)-1)%uint64(len(eps))]
+}
+
+// priorityLevel are the endpoints of the highest priority (lowest
+// number) that has one not ejected, as Envoy's priority load (without
+// its overprovisioning factor's partial spill to the next level); all
+// of them when none is healthy (panic mode decides then).
+func (cs *clusterState) priorityLevel(cl *config.Cluster, eps []*config.Endpoint) []*config.Endpoint {
+	now := time.Now()
+	best, found := uint32(0), false
+	for _, ep := range eps {
+		if (!found || ep.Priority < best) && (cl.Outlier == nil || !cs.host(ep).ejected(now)) {
+			best, found = ep.Priority, true
+		}
+	}
+	if !found {
+		return eps
+	}
+	var out []*config.Endpoint
+	for _, ep := range eps {
+		if ep.Priority == best {
+			out = append(out, ep)
+		}
+	}
+	return out
 }
 
 // errOverflow is a circuit breaker's refusal (response flag UO).

@@ -72,3 +72,31 @@ func TestSuccessRateOutliers(t *testing.T) {
 		}
 	}
 }
+
+// TestPickPriority: the balancer sends to the highest priority (Istio's
+// locality failover puts other localities at lower ones) while it has
+// an endpoint not ejected, then to the next.
+func TestPickPriority(t *testing.T) {
+	a := &config.Endpoint{Listener: "l", ID: "a"}
+	b := &config.Endpoint{Listener: "l", ID: "b", Priority: 1}
+	c := &config.Endpoint{Listener: "l", ID: "c", Priority: 1}
+	cl := &config.Cluster{Endpoints: []*config.Endpoint{a, b, c}, Prioritized: true, Outlier: &config.OutlierDetection{
+		Interval: 10 * time.Second, BaseEjectionTime: time.Minute, MaxEjectionTime: time.Hour, MaxEjectionPercent: 100}}
+	cs := &clusterState{hosts: map[string]*hostState{}}
+	p := &Proxy{}
+	for range 4 {
+		if got := p.pick(cl, cs, nil, false); got != a {
+			t.Fatalf("pick with priority 0 healthy: got %s, want a", got.ID)
+		}
+	}
+	if !cs.eject(cl, cs.host(a), kind5xx, time.Now()) {
+		t.Fatal("eject a refused")
+	}
+	seen := map[string]bool{}
+	for range 4 {
+		seen[p.pick(cl, cs, nil, false).ID] = true
+	}
+	if len(seen) != 2 || !seen["b"] || !seen["c"] {
+		t.Errorf("picks with priority 0 ejected: got %v, want b and c", seen)
+	}
+}

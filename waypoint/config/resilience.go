@@ -263,7 +263,7 @@ func refuseCluster(c *cluster.Cluster) error {
 		{c.GetUpstreamBindConfig() != nil, "upstream_bind_config"},
 		{len(c.GetFilters()) > 0, "upstream network filters"},
 		{c.GetUpstreamConfig() != nil, "upstream_config"},
-		{c.GetCommonLbConfig().GetZoneAwareLbConfig() != nil || c.GetCommonLbConfig().GetLocalityWeightedLbConfig() != nil, "common_lb_config locality-aware balancing"},
+		{c.GetCommonLbConfig().GetZoneAwareLbConfig() != nil, "common_lb_config zone_aware_lb_config"},
 		{c.GetCommonLbConfig().GetOverrideHostStatus() != nil, "common_lb_config override_host_status"},
 		{c.GetHttpProtocolOptions().GetHeaderKeyFormat() != nil, "http_protocol_options header_key_format"},
 	} {

@@ -474,6 +474,9 @@ type Cluster struct {
 	Pool ConnPool
 	// Outlier, when set, ejects failing endpoints.
 	Outlier *OutlierDetection
+	// Prioritized: some endpoint has a priority below 0's (Istio's
+	// locality failover).
+	Prioritized bool
 	// PanicThreshold is common_lb_config.healthy_panic_threshold, a
 	// percentage (Envoy's 50 when unset; 0 disables panic mode).
 	PanicThreshold float64
@@ -499,6 +502,9 @@ type Endpoint struct {
 	ID       string
 	// Metadata is the endpoint's filter_metadata, string fields only.
 	Metadata map[string]map[string]string
+	// Priority is its locality's priority (0 the highest): traffic goes
+	// to the highest priority with a healthy endpoint.
+	Priority uint32
 }
 
 // String names the endpoint for logs and pool keys.
