@@ -227,12 +227,18 @@ func (cp *connPool) get(ctx context.Context, cl *config.Cluster, tr *http.Transp
 
 // take reserves a request on a usable connection to host (cp.mu held).
 func (cp *connPool) take(host string, limit int, cl *config.Cluster) *upConn {
+	var dead []*upConn
+	defer func() {
+		for _, uc := range dead {
+			cp.removeLocked(uc)
+		}
+	}()
 	for _, uc := range cp.hosts[host] {
 		if uc.cc == nil || uc.gone || uc.draining || uc.active >= limit {
 			continue
 		}
 		if uc.cc.Err() != nil {
-			cp.removeLocked(uc)
+			dead = append(dead, uc)
 			continue
 		}
 		if uc.cc.Reserve() != nil {
@@ -297,13 +303,16 @@ func (cp *connPool) done(uc *upConn, cl *config.Cluster, st *clusterCounters) {
 	cp.mu.Lock()
 	uc.active--
 	var closeCC *http.ClientConn
-	if uc.active == 0 && uc.draining && !uc.gone {
+	switch {
+	case uc.active == 0 && uc.draining && !uc.gone:
 		if n := cl.Pool.MaxRequestsPerConnection; n > 0 && uc.served >= n {
 			st.cxMaxRequests.Add(1)
 		}
 		closeCC = uc.cc
 		cp.removeLocked(uc)
-	} else {
+	case uc.cc.Err() != nil:
+		cp.removeLocked(uc) // the server closed it (or it broke)
+	default:
 		cp.idleLocked(uc, cl, st)
 	}
 	cp.mu.Unlock()
@@ -406,12 +415,16 @@ func (cp *connPool) evictIdleLocked(host string) *http.ClientConn {
 // reapLocked takes closed connections out (cp.mu held), so that they
 // no longer count against max_connections.
 func (cp *connPool) reapLocked() {
+	var dead []*upConn
 	for _, list := range cp.hosts {
 		for _, uc := range list {
 			if uc.cc != nil && uc.cc.Err() != nil {
-				cp.removeLocked(uc)
+				dead = append(dead, uc)
 			}
 		}
+	}
+	for _, uc := range dead {
+		cp.removeLocked(uc)
 	}
 }
 
