@@ -76,3 +76,27 @@ func TestKeepaliveSocket(t *testing.T) {
 		})
 	}
 }
+
+// TestRetryBudget: with a retry budget, the retries allowed at once are
+// budget_percent of the active and pending requests, at least
+// min_retry_concurrency; without, max_retries.
+func TestRetryBudget(t *testing.T) {
+	budget := &config.Cluster{CircuitBreakers: config.CircuitBreakers{MaxRetries: 3, RetryBudget: true, BudgetPercent: 20, MinRetryConcurrency: 3}}
+	plain := &config.Cluster{CircuitBreakers: config.CircuitBreakers{MaxRetries: 5}}
+	for _, tc := range []struct {
+		cl     *config.Cluster
+		active int64
+		want   int
+	}{
+		{budget, 0, 3},
+		{budget, 10, 3},
+		{budget, 100, 20},
+		{plain, 100, 5},
+	} {
+		cs := &clusterState{}
+		cs.active.Store(tc.active)
+		if got := cs.maxRetries(tc.cl); got != tc.want {
+			t.Errorf("budget %v, %d active: got %d retries, want %d", tc.cl.CircuitBreakers.RetryBudget, tc.active, got, tc.want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -135,5 +136,26 @@ func TestClusterResilience(t *testing.T) {
 				t.Errorf("cluster (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestEndpointPriority: a locality's priority reaches its endpoints,
+// and a cluster with any below priority 0 is marked prioritized.
+func TestEndpointPriority(t *testing.T) {
+	ep := func(ip string) *endpoint.LbEndpoint {
+		return &endpoint.LbEndpoint{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: &core.Address{
+			Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{Address: ip, PortSpecifier: &core.SocketAddress_PortValue{PortValue: 80}}}}}}}
+	}
+	c := &cluster.Cluster{Name: "c", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpoint.LocalityLbEndpoints{
+			{LbEndpoints: []*endpoint.LbEndpoint{ep("10.0.0.1")}},
+			{Priority: 1, LbEndpoints: []*endpoint.LbEndpoint{ep("10.0.0.2")}},
+		}}}
+	got, err := buildCluster(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Prioritized || len(got.Endpoints) != 2 || got.Endpoints[0].Priority != 0 || got.Endpoints[1].Priority != 1 {
+		t.Errorf("got prioritized %v, endpoints %+v; want prioritized, priorities 0 and 1", got.Prioritized, got.Endpoints)
 	}
 }
