@@ -1,6 +1,7 @@
 package waypoint_test
 
 import (
+	"bufio"
 	"net"
 	"net/http"
 	"net/netip"
@@ -12,6 +13,8 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ambitmesh/ambit/internal/testutil"
 )
 
 // Outlier detection beyond Istio's consecutive errors (outlier.go), as
@@ -164,5 +167,41 @@ func TestOutlierPanicThreshold(t *testing.T) {
 				t.Errorf("with both pods ejected: got %d %q, want 503 %q", resp.StatusCode, got, tc.wantBody)
 			}
 		})
+	}
+}
+
+// TestOutlierTCP: tcp_proxy picks through outlier detection and feeds
+// it: pod A accepts no connection on the TCP port, its connect failure
+// counts as a 5xx (no split) and ejects it; the connections after all
+// reach pod B.
+func TestOutlierTCP(t *testing.T) {
+	e := newEnv(t, func(ip func(byte) netip.Addr) *waypointConfig {
+		w := resConfig(nil)(ip)
+		w.ports = append(w.ports, svcPort{port: 94, target: 9494, editTCPCluster: func(c *cluster.Cluster) {
+			c.OutlierDetection = &cluster.OutlierDetection{
+				Consecutive_5Xx: wrapperspb.UInt32(1), BaseEjectionTime: durationpb.New(time.Hour), MaxEjectionPercent: wrapperspb.UInt32(50),
+			}
+		}})
+		return w
+	})
+	testutil.ServeTCP(t, netip.AddrPortFrom(e.ip(12), 9494).String(), testutil.Greet("B"))
+	_, stats := e.adminStats(t)
+	tcpCluster := "cluster." + clusterName("tcp", 94, host) + "."
+	greeting := func() string {
+		c := e.tunnel(t, clientID, e.vip(94))
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return line
+	}
+	got := map[string]int{}
+	for range 6 {
+		got[greeting()]++
+	}
+	// Round robin: A first (fails, ejected), then B only.
+	if got["B\n"] != 5 || got[""] != 1 {
+		t.Errorf("greetings: got %v, want B 5 times and one failure", got)
+	}
+	if n := stats()[tcpCluster+"outlier_detection.ejections_enforced_consecutive_5xx"]; n != 1 {
+		t.Errorf("ejections_enforced_consecutive_5xx: got %d, want 1", n)
 	}
 }
