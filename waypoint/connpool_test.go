@@ -242,7 +242,7 @@ func TestUpstreamIdleTimeout(t *testing.T) {
 				p.upstream = proto
 				p.editCluster = func(c *cluster.Cluster) {
 					editProtocolOptions(t, c, func(po *upstreamhttp.HttpProtocolOptions) {
-						po.CommonHttpProtocolOptions = &core.HttpProtocolOptions{IdleTimeout: durationpb.New(20 * time.Millisecond)}
+						po.CommonHttpProtocolOptions = &core.HttpProtocolOptions{IdleTimeout: durationpb.New(100 * time.Millisecond)}
 					})
 				}
 			}))
@@ -271,7 +271,7 @@ func TestMaxConnectionDuration(t *testing.T) {
 				p.upstream = proto
 				p.editCluster = func(c *cluster.Cluster) {
 					editProtocolOptions(t, c, func(po *upstreamhttp.HttpProtocolOptions) {
-						po.CommonHttpProtocolOptions = &core.HttpProtocolOptions{MaxConnectionDuration: durationpb.New(20 * time.Millisecond)}
+						po.CommonHttpProtocolOptions = &core.HttpProtocolOptions{MaxConnectionDuration: durationpb.New(200 * time.Millisecond)}
 					})
 				}
 			}))
