@@ -32,6 +32,11 @@ type clusterCounters struct {
 	rqTimeout, rqPerTryTimeout              atomic.Uint64
 	ejEnforced, ejEnforced5xx, ejEnforcedGw atomic.Uint64
 	ejDetected5xx, ejDetectedGw, ejOverflow atomic.Uint64
+	// the connection pool's (connpool.go)
+	cxTotal, cxMaxRequests       atomic.Uint64
+	cxIdleTimeout, cxMaxDuration atomic.Uint64
+	// outlier detection's other kinds (outlier.go)
+	od outlierCounters
 }
 
 // clusterStat is one statistic of every cluster.
@@ -64,6 +69,14 @@ var clusterStats = func() []*clusterStat {
 	st := []*clusterStat{
 		counter("upstream_rq_pending_overflow", "Requests that overflowed the connection pool or requests circuit breaking and were failed.", func(c *clusterCounters) *atomic.Uint64 { return &c.rqPendingOverflow }),
 		counter("upstream_cx_overflow", "Times the cluster's connection circuit breaker overflowed.", func(c *clusterCounters) *atomic.Uint64 { return &c.cxOverflow }),
+		counter("upstream_cx_total", "Connections opened (or being opened).", func(c *clusterCounters) *atomic.Uint64 { return &c.cxTotal }),
+		counter("upstream_cx_max_requests", "Connections closed for reaching max_requests_per_connection.", func(c *clusterCounters) *atomic.Uint64 { return &c.cxMaxRequests }),
+		counter("upstream_cx_idle_timeout", "Connections closed by the idle timeout.", func(c *clusterCounters) *atomic.Uint64 { return &c.cxIdleTimeout }),
+		counter("upstream_cx_max_duration_reached", "Connections drained for reaching max_connection_duration.", func(c *clusterCounters) *atomic.Uint64 { return &c.cxMaxDuration }),
+		gauge("upstream_cx_active", "Connections open or being established.", func(cs *clusterState, _ *config.Cluster, _ time.Time) uint64 {
+			open, _ := cs.pool.stats()
+			return uint64(open)
+		}),
 		counter("upstream_rq_retry", "Request retries.", func(c *clusterCounters) *atomic.Uint64 { return &c.rqRetry }),
 		counter("upstream_rq_retry_overflow", "Requests not retried due to circuit breaking.", func(c *clusterCounters) *atomic.Uint64 { return &c.rqRetryOverflow }),
 		counter("upstream_rq_timeout", "Requests that timed out waiting for a response.", func(c *clusterCounters) *atomic.Uint64 { return &c.rqTimeout }),
@@ -90,7 +103,8 @@ var clusterStats = func() []*clusterStat {
 		counter("outlier_detection.ejections_enforced_consecutive_gateway_failure", "Enforced consecutive gateway failure ejections.", func(c *clusterCounters) *atomic.Uint64 { return &c.ejEnforcedGw }),
 		counter("outlier_detection.ejections_detected_consecutive_gateway_failure", "Detected consecutive gateway failure ejections (even if not enforced).", func(c *clusterCounters) *atomic.Uint64 { return &c.ejDetectedGw }),
 		gauge("circuit_breakers.default.cx_open", "Whether the connection circuit breaker is at its limit (0 or 1).", func(cs *clusterState, cl *config.Cluster, _ time.Time) uint64 {
-			return b2u(cs.conns.inUse() >= cl.CircuitBreakers.MaxConnections)
+			open, _ := cs.pool.stats()
+			return b2u(open >= cl.CircuitBreakers.MaxConnections)
 		}),
 		gauge("circuit_breakers.default.rq_pending_open", "Whether the pending requests circuit breaker is at its limit (0 or 1).", func(cs *clusterState, cl *config.Cluster, _ time.Time) uint64 {
 			return b2u(cs.pendingActive() >= cl.CircuitBreakers.MaxPendingRequests)
@@ -99,31 +113,20 @@ var clusterStats = func() []*clusterStat {
 			return b2u(cs.active.Load() >= int64(cl.CircuitBreakers.MaxRequests))
 		}),
 		gauge("circuit_breakers.default.rq_retry_open", "Whether the retry circuit breaker is at its limit (0 or 1).", func(cs *clusterState, cl *config.Cluster, _ time.Time) uint64 {
-			return b2u(cs.retries.Load() >= int64(cl.CircuitBreakers.MaxRetries))
+			return b2u(cs.retries.Load() >= int64(cs.maxRetries(cl)))
 		}),
 	}
+	st = append(st, outlierStats()...)
 	for _, s := range st {
 		s.desc = prometheus.NewDesc("envoy_cluster_"+strings.ReplaceAll(s.name, ".", "_"), s.help, []string{"cluster_name"}, nil)
 	}
 	return st
 }()
 
-// pendingActive: requests waiting for an HTTP/1 connection slot or for
-// their HTTP/2 stream.
+// pendingActive: requests waiting for a connection or a stream.
 func (cs *clusterState) pendingActive() int {
-	return int(cs.pending.Load()) + cs.conns.waiting()
-}
-
-func (s *slots) waiting() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.waiters)
-}
-
-func (s *slots) inUse() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.busy
+	_, pending := cs.pool.stats()
+	return pending
 }
 
 // eachClusterStat calls f with every statistic of every cluster of the

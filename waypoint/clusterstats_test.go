@@ -74,14 +74,20 @@ func TestClusterStatsCircuitBreaker(t *testing.T) {
 	wantStats(t, stats(), map[string]uint64{"upstream_rq_pending_overflow": 0, "circuit_breakers.default.cx_open": 0, "upstream_rq_active": 0})
 	arrived, release := make(chan string, 4), make(chan struct{})
 	podHandlers(t, e, (&holdPod{"A", arrived, release}).ServeHTTP, (&holdPod{"B", arrived, release}).ServeHTTP)
-	first := e.resClient(t)
-	get(t, "/hold").Write(first.c)
-	<-arrived
+	// Pod A's connection and pod B's (past the limit: an endpoint
+	// without a connection gets one) each carry a held request.
+	var held []*client
+	for range 2 {
+		c := e.resClient(t)
+		get(t, "/hold").Write(c.c)
+		<-arrived
+		held = append(held, c)
+	}
 	results := make(chan int, 2)
 	for range 2 {
 		c := e.resClient(t)
 		go func() {
-			get(t, "/").Write(c.c)
+			get(t, "/hold").Write(c.c)
 			resp, err := http.ReadResponse(c.br, nil)
 			if err != nil {
 				results <- -1
@@ -94,10 +100,14 @@ func TestClusterStatsCircuitBreaker(t *testing.T) {
 	if got := <-results; got != 503 {
 		t.Fatalf("overflow: got %d, want 503", got)
 	}
-	// One holds the connection, one waits (the overflow proves it
-	// waits), one overflowed.
+	// (The overflowed request ends its share after its answer.)
+	awaitStatEq(t, stats, "upstream_rq_active", 3)
+	// Two hold a connection each, one waits (the overflow proves it
+	// waits), one overflowed; the second connection and the wait each
+	// found the breaker open.
 	wantStats(t, stats(), map[string]uint64{
-		"upstream_rq_pending_overflow": 1, "upstream_cx_overflow": 2, "upstream_rq_active": 2, "upstream_rq_pending_active": 1,
+		"upstream_rq_pending_overflow": 1, "upstream_cx_overflow": 2, "upstream_rq_active": 3, "upstream_rq_pending_active": 1,
+		"upstream_cx_active": 2, "upstream_cx_total": 2,
 		"circuit_breakers.default.cx_open": 1, "circuit_breakers.default.rq_pending_open": 1, "circuit_breakers.default.rq_open": 0,
 	})
 	resp, err := http.Get(url + "/stats/prometheus")
@@ -135,8 +145,10 @@ func TestClusterStatsCircuitBreaker(t *testing.T) {
 		t.Errorf("/stats?format=json&filter=...: got %+v, want only %supstream_rq_pending_overflow 1", js.Stats, resCluster)
 	}
 	close(release)
-	if resp, err := http.ReadResponse(first.br, nil); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("first request: %v", err)
+	for i, c := range held {
+		if resp, err := http.ReadResponse(c.br, nil); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("held request %d: %v", i, err)
+		}
 	}
 	if got := <-results; got != 200 {
 		t.Errorf("waiting request: got %d, want 200", got)

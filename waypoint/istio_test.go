@@ -75,6 +75,8 @@ type svcPort struct {
 	// and HTTP cluster.
 	editHCM     func(*hcmv3.HttpConnectionManager)
 	editCluster func(*cluster.Cluster)
+	// editTCPCluster changes the port's TCP cluster.
+	editTCPCluster func(*cluster.Cluster)
 }
 
 // waypointConfig is the test's istiod.
@@ -336,6 +338,8 @@ func (w *waypointConfig) resources() *config.Resources {
 				if p.editCluster != nil {
 					p.editCluster(c)
 				}
+			} else if p.editTCPCluster != nil {
+				p.editTCPCluster(c)
 			}
 			r.Clusters = append(r.Clusters, c)
 			bs := w.backends

@@ -170,6 +170,7 @@ func (p *Proxy) Close() error {
 	p.pool.Close()
 	p.transport.CloseIdleConnections()
 	p.h2transport.CloseIdleConnections()
+	p.closePools()
 	p.wg.Wait()
 	return err
 }

@@ -313,9 +313,11 @@ func TestOutlierDetection(t *testing.T) {
 }
 
 // TestCircuitBreaker: with max_connections 1 and max_pending_requests 1
-// (a DestinationRule's connectionPool), a third request while one is in
-// flight and one waits overflows: 503 at once, flag UO; the other two
-// are answered.
+// (a DestinationRule's connectionPool), while pod A's connection carries
+// a request and pod B's another (an endpoint without any connection
+// gets one past the limit, as Envoy's pool does), a third request waits
+// for a connection and a fourth overflows: 503 at once, flag UO; the
+// others are answered.
 func TestCircuitBreaker(t *testing.T) {
 	e := newEnv(t, resConfig(func(p *svcPort) {
 		p.editCluster = func(c *cluster.Cluster) {
@@ -326,10 +328,14 @@ func TestCircuitBreaker(t *testing.T) {
 	}))
 	arrived, release := make(chan string, 4), make(chan struct{})
 	podHandlers(t, e, (&holdPod{"A", arrived, release}).ServeHTTP, (&holdPod{"B", arrived, release}).ServeHTTP)
-	first := e.resClient(t)
-	get(t, "/hold").Write(first.c)
-	<-arrived
-	// Two more: one waits for the connection, the other overflows.
+	var held []*client
+	for range 2 {
+		c := e.resClient(t)
+		get(t, "/hold").Write(c.c)
+		<-arrived
+		held = append(held, c)
+	}
+	// Two more: one waits for a connection, the other overflows.
 	type result struct {
 		status int
 		body   string
@@ -341,7 +347,7 @@ func TestCircuitBreaker(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			get(t, "/").Write(c.c)
+			get(t, "/hold").Write(c.c)
 			resp, err := http.ReadResponse(c.br, nil)
 			if err != nil {
 				results <- result{status: -1, body: err.Error()}
@@ -356,8 +362,10 @@ func TestCircuitBreaker(t *testing.T) {
 		t.Fatalf("overflowing request: got %d %q, want 503 overflow", over.status, over.body)
 	}
 	close(release)
-	if resp, err := http.ReadResponse(first.br, nil); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("first request: %v", err)
+	for i, c := range held {
+		if resp, err := http.ReadResponse(c.br, nil); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("held request %d: %v", i, err)
+		}
 	}
 	wg.Wait()
 	if r := <-results; r.status != 200 {

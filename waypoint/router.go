@@ -208,7 +208,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		}
 		hs := cs.host(ep)
 		hs.active.Add(1)
-		resp, err = tr.RoundTrip(out)
+		resp, err = p.roundTrip(cs, cl, tr, out)
 		if tryCancel != nil && err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			cs.st.rqPerTryTimeout.Add(1)
 		}
@@ -223,7 +223,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 				tryCancel()
 			}
 		}
-		o := outcome{local: err != nil}
+		o := outcome{local: err != nil && !errors.Is(err, errOverflow)}
 		if resp != nil {
 			o.status = resp.StatusCode
 		}
@@ -275,6 +275,8 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		case errors.Is(ctx.Err(), context.Canceled):
 			rec.Flags = "DC" // the client went away
 			return false
+		case errors.Is(err, errOverflow):
+			return local(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "UO")
 		}
 		p.stats.upstreamFail.Add(1)
 		p.log.Info("upstream request failed", logkey.Cluster, cl.Name, logkey.Endpoint, ep.String(), logkey.Error, err.Error())

@@ -97,7 +97,7 @@ func (p *Proxy) proxyTCP(ctx context.Context, snap *config.Snapshot, tp *config.
 // dialTCPProxy opens the tcp_proxy's upstream: a cluster's endpoint, or,
 // with tunneling_config, a CONNECT to the rendered hostname through the
 // cluster.
-func (p *Proxy) dialTCPProxy(ctx context.Context, snap *config.Snapshot, tp *config.TCPProxy, ci *connInfo) (net.Conn, error) {
+func (p *Proxy) dialTCPProxy(ctx context.Context, snap *config.Snapshot, tp *config.TCPProxy, ci *connInfo) (conn net.Conn, err error) {
 	name := tp.Cluster
 	if len(tp.Weighted) > 0 {
 		w := pickWeighted(tp.Weighted)
@@ -112,15 +112,20 @@ func (p *Proxy) dialTCPProxy(ctx context.Context, snap *config.Snapshot, tp *con
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.ConnectTimeout)
 	defer cancel()
+	slot, err := p.tcpAdmit(ctx, c) // max_connections (connpool.go)
+	if err != nil {
+		return nil, err
+	}
+	defer slot.bind(&conn, &err)
 	if tp.Tunnel == nil {
-		ep := c.Pick()
+		ep := p.tcpPick(c)
 		if c.Type == config.ClusterOriginalDst {
 			ep = &config.Endpoint{Address: originalDst(c, ci)}
 		}
 		if ep == nil {
 			return nil, fmt.Errorf("cluster %s: %w", c.Name, ErrNoHealthyUpstream)
 		}
-		return p.dialEndpoint(ctx, snap, c, ep, ci)
+		return p.dialTCPEndpoint(ctx, snap, c, ep, ci)
 	}
 	hostname, _ := tp.Tunnel.Eval(&view{ci: ci, fs: ci.fs})
 	target, err := netip.ParseAddrPort(hostname)
@@ -135,7 +140,7 @@ func (p *Proxy) dialTCPProxy(ctx context.Context, snap *config.Snapshot, tp *con
 	case config.ClusterOriginalDst:
 		dst = originalDst(c, ci)
 	default:
-		ep := c.Pick()
+		ep := p.tcpPick(c)
 		if ep == nil || ep.Listener != "" {
 			return nil, fmt.Errorf("cluster %s: %w", c.Name, ErrNoHealthyUpstream)
 		}
@@ -150,11 +155,11 @@ func (p *Proxy) dialTCPProxy(ctx context.Context, snap *config.Snapshot, tp *con
 	for _, hv := range tp.TunnelHeaders {
 		h.Add(hv.Name, hv.Value)
 	}
-	conn, err := p.pool.Connect(ctx, key, target, h)
+	hc, err := p.pool.Connect(ctx, key, target, h)
 	if err != nil {
 		return nil, fmt.Errorf("%w: hbone %s via %s: %w", ErrUpstreamConnect, target, dst, err)
 	}
-	return conn, nil
+	return hc, nil
 }
 
 // originalDst is an ORIGINAL_DST cluster's destination: the address in
@@ -190,7 +195,7 @@ func (p *Proxy) dialEndpoint(ctx context.Context, snap *config.Snapshot, c *conf
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrUpstreamConnect, err)
 		}
-		return conn, nil
+		return withKeepalive(c, conn), nil
 	}
 	l := snap.Listeners[ep.Listener]
 	if l == nil {
@@ -299,6 +304,8 @@ func flagFor(err error) string {
 		return "NC"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "UT"
+	case errors.Is(err, errOverflow):
+		return "UO"
 	default:
 		return "UF"
 	}

@@ -24,7 +24,10 @@ var trafficPolicyFields = []string{
 	"connection_pool.tcp.max_connections", "connection_pool.tcp.connect_timeout",
 	"connection_pool.http.http1_max_pending_requests", "connection_pool.http.http2_max_requests",
 	"connection_pool.http.max_requests_per_connection", "connection_pool.http.max_retries", "connection_pool.http.idle_timeout",
+	"connection_pool.http.max_concurrent_streams", "connection_pool.tcp.max_connection_duration", "connection_pool.tcp.idle_timeout",
+	"connection_pool.tcp.tcp_keepalive.probes", "connection_pool.tcp.tcp_keepalive.time", "connection_pool.tcp.tcp_keepalive.interval",
 	"outlier_detection.consecutive_5xx_errors", "outlier_detection.consecutive_gateway_errors",
+	"outlier_detection.split_external_local_origin_errors", "outlier_detection.consecutive_local_origin_failures",
 	"outlier_detection.interval", "outlier_detection.base_ejection_time",
 	"outlier_detection.max_ejection_percent", "outlier_detection.min_health_percent",
 	"tls.mode",
@@ -62,10 +65,14 @@ func drProblem(dr *networkingv1.DestinationRule) (reason, msg string) {
 			return ReasonUnsupportedValue, fmt.Sprintf("%stls.mode: %v is not supported on waypoints (their upstream is HBONE, always Istio mutual TLS)", where, tp.GetTls().GetMode())
 		}
 		for name, d := range map[string]*durationpb.Duration{
-			"connectionPool.tcp.connectTimeout": tp.GetConnectionPool().GetTcp().GetConnectTimeout(),
-			"connectionPool.http.idleTimeout":   tp.GetConnectionPool().GetHttp().GetIdleTimeout(),
-			"outlierDetection.interval":         tp.GetOutlierDetection().GetInterval(),
-			"outlierDetection.baseEjectionTime": tp.GetOutlierDetection().GetBaseEjectionTime(),
+			"connectionPool.tcp.connectTimeout":        tp.GetConnectionPool().GetTcp().GetConnectTimeout(),
+			"connectionPool.http.idleTimeout":          tp.GetConnectionPool().GetHttp().GetIdleTimeout(),
+			"connectionPool.tcp.idleTimeout":           tp.GetConnectionPool().GetTcp().GetIdleTimeout(),
+			"connectionPool.tcp.maxConnectionDuration": tp.GetConnectionPool().GetTcp().GetMaxConnectionDuration(),
+			"connectionPool.tcp.tcpKeepalive.time":     tp.GetConnectionPool().GetTcp().GetTcpKeepalive().GetTime(),
+			"connectionPool.tcp.tcpKeepalive.interval": tp.GetConnectionPool().GetTcp().GetTcpKeepalive().GetInterval(),
+			"outlierDetection.interval":                tp.GetOutlierDetection().GetInterval(),
+			"outlierDetection.baseEjectionTime":        tp.GetOutlierDetection().GetBaseEjectionTime(),
 		} {
 			if d != nil && (d.CheckValid() != nil || d.AsDuration() < 0) {
 				return ReasonUnsupportedValue, fmt.Sprintf("%s%s: %v is not a valid duration", where, name, d)
@@ -320,16 +327,7 @@ func applyTrafficPolicy(c *cluster.Cluster, tp *netapi.TrafficPolicy) {
 			}
 		}
 		c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{th}}
-		if h := cp.GetHttp(); h.GetIdleTimeout() != nil || h.GetMaxRequestsPerConnection() > 0 {
-			opts := &core.HttpProtocolOptions{}
-			if h.GetIdleTimeout() != nil {
-				opts.IdleTimeout = durationpb.New(h.GetIdleTimeout().AsDuration())
-			}
-			if h.GetMaxRequestsPerConnection() > 0 {
-				opts.MaxRequestsPerConnection = wrapperspb.UInt32(uint32(h.GetMaxRequestsPerConnection()))
-			}
-			setCommonHTTPOptions(c, opts)
-		}
+		connectionOptions(c, cp) // (drresilience.go)
 	}
 	if od := tp.GetOutlierDetection(); od != nil {
 		out := &cluster.OutlierDetection{EnforcingSuccessRate: wrapperspb.UInt32(0)}
@@ -350,6 +348,7 @@ func applyTrafficPolicy(c *cluster.Cluster, tp *netapi.TrafficPolicy) {
 		if od.GetMaxEjectionPercent() > 0 {
 			out.MaxEjectionPercent = wrapperspb.UInt32(uint32(od.GetMaxEjectionPercent()))
 		}
+		outlierSplit(out, od)
 		c.OutlierDetection = out
 		// Istio turns the panic threshold off unless asked (few pods per
 		// service are the rule in Kubernetes).

@@ -80,6 +80,9 @@ func buildCluster(c *cluster.Cluster, cla map[string]*endpoint.ClusterLoadAssign
 		return nil, err
 	}
 	out.Endpoints = eps
+	for _, e := range eps {
+		out.Prioritized = out.Prioritized || e.Priority != 0
+	}
 	return out, nil
 }
 
@@ -157,7 +160,7 @@ func endpoints(load *endpoint.ClusterLoadAssignment) ([]*Endpoint, error) {
 			if ep == nil {
 				return nil, unsupported("lb endpoint by name")
 			}
-			e := &Endpoint{Metadata: map[string]map[string]string{}}
+			e := &Endpoint{Metadata: map[string]map[string]string{}, Priority: lle.GetPriority()}
 			switch a := ep.GetAddress().GetAddress().(type) {
 			case *core.Address_SocketAddress:
 				ip, err := netip.ParseAddr(a.SocketAddress.GetAddress())

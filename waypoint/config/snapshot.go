@@ -461,10 +461,8 @@ type Cluster struct {
 	// SANMatch when set.
 	TLS      bool
 	SANMatch []StringMatch
-	// Protocol is the HTTP version spoken to the endpoints; IdleTimeout
-	// closes an upstream connection unused for it (0: Envoy's hour).
-	Protocol    UpstreamProtocol
-	IdleTimeout time.Duration
+	// Protocol is the HTTP version spoken to the endpoints.
+	Protocol UpstreamProtocol
 	// EnableTrailers: the HTTP/1 protocol options' enable_trailers,
 	// trailers written to and read from HTTP/1.1 endpoints (else
 	// dropped, as Envoy's HTTP/1 codec does).
@@ -474,9 +472,17 @@ type Cluster struct {
 	LeastRequest    bool
 	ChoiceCount     int
 	CircuitBreakers CircuitBreakers
+	// Pool: the upstream connections' limits (resilience.go).
+	Pool ConnPool
 	// Outlier, when set, ejects failing endpoints.
 	Outlier *OutlierDetection
-	rr      atomic.Uint64
+	// Prioritized: some endpoint has a priority below 0's (Istio's
+	// locality failover).
+	Prioritized bool
+	// PanicThreshold is common_lb_config.healthy_panic_threshold, a
+	// percentage (Envoy's 50 when unset; 0 disables panic mode).
+	PanicThreshold float64
+	rr             atomic.Uint64
 }
 
 // Pick returns the next endpoint round robin, or nil when none is
@@ -498,6 +504,9 @@ type Endpoint struct {
 	ID       string
 	// Metadata is the endpoint's filter_metadata, string fields only.
 	Metadata map[string]map[string]string
+	// Priority is its locality's priority (0 the highest): traffic goes
+	// to the highest priority with a healthy endpoint.
+	Priority uint32
 }
 
 // String names the endpoint for logs and pool keys.
