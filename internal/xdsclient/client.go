@@ -235,8 +235,6 @@ type Client struct {
 	complete bool
 	// timedOut is when the last initial fetch timeout was acted on.
 	timedOut time.Time
-	// now is the clock (tests replace it).
-	now func() time.Time
 
 	mu     sync.Mutex
 	status Status
@@ -305,7 +303,6 @@ func New(cfg Config) (*Client, error) {
 		cfg:  cfg,
 		log:  cfg.Log.With(logkey.Component, "xds"),
 		held: map[string]*typeState{},
-		now:  time.Now,
 		metrics: Metrics{
 			Terminations: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Name: "istio_xds_connection_terminations_total",
@@ -457,7 +454,7 @@ func (c *Client) session(ctx context.Context) (healthy bool, reason string, err 
 			timeout <-chan time.Time
 		)
 		if d, ok := c.deadline(); ok {
-			timer = time.NewTimer(d.Sub(c.now()))
+			timer = time.NewTimer(time.Until(d))
 			timeout = timer.C
 		}
 		var r received
@@ -567,7 +564,7 @@ func (c *Client) deadline() (time.Time, bool) {
 // that no answer came for, if nothing else is missing, as Envoy ends a
 // cluster's warming at its initial_fetch_timeout.
 func (c *Client) fetchTimedOut() {
-	now := c.now()
+	now := time.Now()
 	c.timedOut = now
 	subs := map[string]map[string]time.Time{}
 	var missing []string
@@ -741,7 +738,7 @@ func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 		// does not count as received.
 		return rejection(errs)
 	}
-	now := c.now()
+	now := time.Now()
 	held := c.heldWith(typ, changes)
 	subs := c.subscriptions(held, typ, changes, now)
 	complete := c.complete || c.ready(typ, subs, now)
