@@ -110,7 +110,7 @@ func Run(ctx context.Context, o Options) error {
 		p.Update(snap)
 	case o.XDSAddress != "":
 		xc, err := xdsclient.New(xdsclient.Config{
-			Address: o.XDSAddress, Types: Types, Optional: Optional, Handler: &Handler{Proxy: p}, RootCAs: roots,
+			Address: o.XDSAddress, Types: Types, Optional: Optional, Named: Named, Handler: &Handler{Proxy: p}, RootCAs: roots,
 			TokenFile: o.TokenFile, ClusterID: o.Node.ClusterID, Node: o.Node.Proto(), Log: log, Registerer: reg,
 		})
 		if err != nil {

@@ -1,6 +1,7 @@
 package waypoint
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -34,6 +35,28 @@ var Types = []string{TypeCluster, TypeEndpoint, TypeListener, TypeAddress}
 // Optional are the types whose first response the config does not wait
 // for (xdsclient.Config.Optional).
 var Optional = []string{TypeAddress}
+
+// Named are the types subscribed to by name (xdsclient.Config.Named):
+// endpoints, by the EDS names of the clusters held, as Envoy subscribes
+// to EDS. Istio's istiod sends clusters and listeners to a wildcard but
+// endpoints only for the names asked for. Routes are not among them:
+// Istio's waypoint routes are inline, and the waypoint refuses RDS.
+var Named = map[string]xdsclient.NamesFunc{TypeEndpoint: EndpointNames}
+
+// EndpointNames are the ClusterLoadAssignment names the clusters held
+// need: each EDS cluster's eds_cluster_config.service_name, or its name
+// when that is empty, as Envoy asks for them.
+func EndpointNames(held xdsclient.Held) []string {
+	var out []string
+	for _, v := range held.Values(TypeCluster) {
+		c := v.(*cluster.Cluster)
+		if c.GetType() != cluster.Cluster_EDS {
+			continue
+		}
+		out = append(out, cmp.Or(c.GetEdsClusterConfig().GetServiceName(), c.GetName()))
+	}
+	return out
+}
 
 // IstioVersion is the version the waypoint reports to istiod: new enough
 // (1.29.2 and later) that istiod sends the current filter variants.

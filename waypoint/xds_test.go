@@ -2,13 +2,16 @@ package waypoint_test
 
 import (
 	"context"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -42,9 +45,11 @@ func snapshotOf(t *testing.T, version string, r *config.Resources) *cache.Snapsh
 }
 
 // TestXDS: the waypoint's delta ADS client against go-control-plane's
-// server: Istio's node id, the config applied, an update with jwt_authn
-// NACKed naming the listener and the filter while the last good
-// snapshot stays.
+// server: Istio's node id, the config applied with the endpoints of its
+// EDS clusters, subscribed to by name as Envoy does (the server answers
+// no wildcard for them); an update with jwt_authn NACKed naming the
+// listener and the filter while the last good snapshot stays; a cluster
+// removed unsubscribes its endpoints.
 func TestXDS(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -53,10 +58,22 @@ func TestXDS(t *testing.T) {
 	var mu sync.Mutex
 	nacks := make(chan string, 4)
 	var gotNode string
+	// eds are the endpoint names subscribed to.
+	eds := map[string]bool{}
+	unsubscribed := make(chan string, 4)
 	cb := server.CallbackFuncs{StreamDeltaRequestFunc: func(_ int64, req *discovery.DeltaDiscoveryRequest) error {
 		mu.Lock()
 		if req.GetNode().GetId() != "" {
 			gotNode = req.GetNode().GetId()
+		}
+		if req.GetTypeUrl() == waypoint.TypeEndpoint {
+			for _, n := range req.GetResourceNamesSubscribe() {
+				eds[n] = true
+			}
+			for _, n := range req.GetResourceNamesUnsubscribe() {
+				delete(eds, n)
+				unsubscribed <- n
+			}
 		}
 		mu.Unlock()
 		if req.GetErrorDetail() != nil {
@@ -74,6 +91,8 @@ func TestXDS(t *testing.T) {
 	defer g.Stop()
 
 	w := basicConfig(func(b byte) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 0, b}) })
+	const extra = "outbound|80||extra.shop.svc.cluster.local"
+	w.extraClusters = map[string][]netip.AddrPort{extra: {netip.MustParseAddrPort("127.0.0.9:80")}}
 	if err := snaps.SetSnapshot(ctx, nodeID, snapshotOf(t, "1", w.resources())); err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +107,7 @@ func TestXDS(t *testing.T) {
 	defer p.Close()
 	updates := make(chan *config.Snapshot, 4)
 	node := waypoint.Node{PodName: "wp-1", PodNamespace: "shop", IP: "10.0.0.9", ServiceAccount: "waypoint"}
-	xc, err := xdsclient.New(xdsclient.Config{Address: ln.Addr().String(), Types: waypoint.Types, Plaintext: true, Node: node.Proto(),
+	xc, err := xdsclient.New(xdsclient.Config{Address: ln.Addr().String(), Types: waypoint.Types, Named: waypoint.Named, Plaintext: true, Node: node.Proto(),
 		Handler: &waypoint.Handler{Proxy: p, OnUpdate: func(s *config.Snapshot) { updates <- s }}})
 	if err != nil {
 		t.Fatal(err)
@@ -110,6 +129,18 @@ func TestXDS(t *testing.T) {
 	if gotNode != nodeID {
 		t.Errorf("node id: got %q, want %q", gotNode, nodeID)
 	}
+	var wantEDS []string
+	for _, c := range w.resources().Clusters {
+		if c.GetType() == cluster.Cluster_EDS {
+			wantEDS = append(wantEDS, c.GetName())
+			if n := len(first.Clusters[c.GetName()].Endpoints); n == 0 {
+				t.Errorf("cluster %s: got no endpoints, want those served", c.GetName())
+			}
+		}
+	}
+	if got := slices.Sorted(maps.Keys(eds)); !slices.Equal(got, slices.Sorted(slices.Values(wantEDS))) || len(got) < 2 {
+		t.Errorf("endpoints subscribed to: got %v, want the EDS clusters %v", got, wantEDS)
+	}
 	mu.Unlock()
 	if v := node.Proto().GetMetadata().GetFields()["ISTIO_VERSION"].GetStringValue(); v != waypoint.IstioVersion {
 		t.Errorf("ISTIO_VERSION: got %q, want %q", v, waypoint.IstioVersion)
@@ -130,5 +161,18 @@ func TestXDS(t *testing.T) {
 	}
 	if p.Snapshot() != first {
 		t.Error("snapshot changed after a NACKed update, want the last good one kept")
+	}
+
+	w.extraClusters = nil
+	if err := snaps.SetSnapshot(ctx, nodeID, snapshotOf(t, "3", w.resources())); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-unsubscribed:
+		if n != extra {
+			t.Errorf("unsubscribed: got %s, want %s", n, extra)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("cluster %s removed: no unsubscription of its endpoints", extra)
 	}
 }

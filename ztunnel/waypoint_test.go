@@ -194,6 +194,20 @@ func TestWaypointSteering(t *testing.T) {
 		m.b.log.waitFor(t, `"direction":"inbound"`, `"src.identity":"`+waypointID.String()+`"`, `"dst.workload":"server"`)
 	})
 
+	t.Run("waypoint's workload not HBONE", func(t *testing.T) {
+		// Istio's istiod gives a waypoint's pod tunnel protocol NONE (its
+		// traffic is not redirected); it is reached over HBONE all the
+		// same, at its Gateway's HBONE port, never bypassed in plain text.
+		set(t, func(wl map[string]*config.Workload, svc *config.Service) {
+			svc.Waypoint = waypointAddr()
+			wl["waypoint"].TunnelProtocol = config.TunnelNone
+		})
+		c := m.outbound(t, client, vip)
+		expectEcho(t, c, server, "via the service's waypoint")
+		c.Close()
+		wp.expect(t, connect{vip, clientID})
+	})
+
 	t.Run("pod addressed", func(t *testing.T) {
 		set(t, func(wl map[string]*config.Workload, _ *config.Service) { wl["server"].Waypoint = waypointAddr() })
 		expectEcho(t, m.outbound(t, client, server), server, "via the pod's waypoint")

@@ -435,6 +435,8 @@ func TestIstiod(t *testing.T) {
 		m.wantReach(t, "a", m.addr("d"), "d")
 		m.wantNoRejects(t, true)
 	})
+
+	t.Run("Ambit's waypoint", m.goWaypoint)
 }
 
 // wantNoRejects checks that the ztunnels took every resource Istio's

@@ -149,6 +149,9 @@ func StartPilot(ctx context.Context, l *lab.Lab, mesh *labmesh.Mesh, ist lab.Ist
 		"PLATFORM=",
 		// The ambient profile's.
 		"PILOT_ENABLE_AMBIENT=true",
+		// Ambit's waypoint controller renders the waypoint's Deployment
+		// (goWaypoint); Istio's would deploy its own proxy image.
+		"PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER=false",
 		// Every pod's: istiod then checks tokens with TokenReview, as in
 		// a cluster, instead of fetching the issuer's OIDC discovery.
 		"KUBERNETES_SERVICE_HOST=10.96.0.1",

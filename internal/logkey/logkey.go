@@ -61,6 +61,11 @@ const (
 	Nonce   = "nonce"
 	Removed = "removed"
 	Backoff = "backoff"
+	// Subscribe and Unsubscribe count the names a request subscribes
+	// to and unsubscribes from; Names lists resource names.
+	Subscribe   = "subscribe"
+	Unsubscribe = "unsubscribe"
+	Names       = "names"
 )
 
 // The HBONE server: a peer, what it asked for, and the handshake bounds.

@@ -50,7 +50,7 @@ func TestWaypointIstioTraffic(t *testing.T) {
 	)
 	istio.Discovery().(*fakediscovery.FakeDiscovery).Resources = []*metav1.APIResourceList{{GroupVersion: "networking.istio.io/v1", APIResources: []metav1.APIResource{
 		{Name: "virtualservices"}, {Name: "destinationrules"}}}}
-	wp := startWaypointXDS(t, ctx, cancel, ns, server.Clients{Kube: kube, Istio: istio, GatewayAPI: gw},
+	wp := startWaypointXDS(t, ctx, cancel, ns, server.Clients{Kube: kube, Istio: istio, GatewayAPI: gw}, nil,
 		waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType)
 	await := wp.await
 	const v1, v2 = "inbound-vip|9080|http/v1|reviews.shop.svc.cluster.local", "inbound-vip|9080|http/v2|reviews.shop.svc.cluster.local"

@@ -146,8 +146,9 @@ type waypointXDS struct {
 
 // startWaypointXDS runs istiod on clients until ctx ends (cancel stops
 // it at cleanup) and connects wp's xDS client in ns to it, asking for
-// types. The client names its pod's labels, as Istio's proxies do.
-func startWaypointXDS(t *testing.T, ctx context.Context, cancel context.CancelFunc, ns string, clients server.Clients, types ...string) *waypointXDS {
+// types, those in named by name. The client names its pod's labels, as
+// Istio's proxies do.
+func startWaypointXDS(t *testing.T, ctx context.Context, cancel context.CancelFunc, ns string, clients server.Clients, named map[string]xdsclient.NamesFunc, types ...string) *waypointXDS {
 	t.Helper()
 	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0"}, clients, nil)
 	if err != nil {
@@ -158,6 +159,7 @@ func startWaypointXDS(t *testing.T, ctx context.Context, cancel context.CancelFu
 	c, err := xdsclient.New(xdsclient.Config{
 		Address: s.XDSAddr().String(), Plaintext: true,
 		Types:   types,
+		Named:   named,
 		Handler: waypointHandler{views: w.views},
 		Node: &core.Node{Id: fmt.Sprintf("waypoint~10.244.1.9~wp-5d8f-abc.%s~%s.svc.cluster.local", ns, ns), Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
 			"LABELS": structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
@@ -192,8 +194,32 @@ func (w *waypointXDS) await(what string, ok func(waypointView) bool) waypointVie
 // TestWaypointXDS: a waypoint proxy (node id waypoint~ip~pod.ns~...)
 // gets delta ADS of its Gateway's Listeners, Clusters and endpoints from
 // istiod, built from the cluster's objects, and the changes of a new
-// backend and of a newly bound Service.
+// backend and of a newly bound Service; endpoints subscribed to as a
+// wildcard, or by the EDS clusters' names as Envoy and Ambit's waypoint
+// subscribe to them.
 func TestWaypointXDS(t *testing.T) {
+	t.Run("wildcard EDS", func(t *testing.T) { testWaypointXDS(t, nil) })
+	t.Run("EDS by name", func(t *testing.T) {
+		testWaypointXDS(t, map[string]xdsclient.NamesFunc{waypoint.EndpointType: edsNames})
+	})
+}
+
+// edsNames are the EDS names of the clusters held.
+func edsNames(held xdsclient.Held) []string {
+	var out []string
+	for _, v := range held.Values(waypoint.ClusterType) {
+		if c := v.(*cluster.Cluster); c.GetType() == cluster.Cluster_EDS {
+			name := c.GetEdsClusterConfig().GetServiceName()
+			if name == "" {
+				name = c.GetName()
+			}
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+func testWaypointXDS(t *testing.T, named map[string]xdsclient.NamesFunc) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	const ns = "shop"
@@ -206,7 +232,7 @@ func TestWaypointXDS(t *testing.T) {
 	gw := waypointGatewayAPI(t, ns, "gateways", "httproutes", "grpcroutes", "referencegrants")
 	// The workload API on the same stream, as Istio's waypoints (and
 	// Ambit's) ask for it, for peer metadata.
-	wp := startWaypointXDS(t, ctx, cancel, ns, server.Clients{Kube: kube, GatewayAPI: gw},
+	wp := startWaypointXDS(t, ctx, cancel, ns, server.Clients{Kube: kube, GatewayAPI: gw}, named,
 		waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType, ambient.AddressType)
 	await := wp.await
 
@@ -312,7 +338,7 @@ func TestWaypointXDSWithoutRouteCRDs(t *testing.T) {
 		readyPod(ns, "reviews-v1", "10.244.1.5", "reviews", map[string]string{"app": "reviews"}),
 	)...)
 	gw := waypointGatewayAPI(t, ns, "gateways")
-	wp := startWaypointXDS(t, ctx, cancel, ns, server.Clients{Kube: kube, GatewayAPI: gw},
+	wp := startWaypointXDS(t, ctx, cancel, ns, server.Clients{Kube: kube, GatewayAPI: gw}, nil,
 		waypoint.ClusterType, waypoint.EndpointType, waypoint.ListenerType, ambient.AddressType)
 	wp.await("waypoint config without the route CRDs", func(v waypointView) bool {
 		return v.endpoints["inbound-vip|9080|http|reviews.shop.svc.cluster.local"] == 1 && len(v.listeners) == 3

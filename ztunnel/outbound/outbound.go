@@ -254,14 +254,18 @@ func (o *Outbound) handle(c net.Conn) {
 		// Through a waypoint, the destination is the waypoint's workload
 		// (as in Istio's ztunnel), dst.addr the original destination.
 		rec.Destination = w.Endpoint(dst)
-		if !w.Reachable() {
+		if r.waypoint == nil && !w.Reachable() {
 			fail(fmt.Errorf("outbound to %s (workload %s, tunnel protocol %s): %w", r.target, w.Key(), w.TunnelProtocol, ErrUnsupportedTunnel))
 			return
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	var up net.Conn
-	if w := r.workload; w != nil && w.HBONE() {
+	// A waypoint is reached over HBONE at its HBONE port whatever its
+	// workload's tunnel protocol, as Istio's ztunnel does: Istio's istiod
+	// gives a waypoint's pod NONE (its own traffic is not redirected),
+	// and plain text to the original destination would bypass it.
+	if w := r.workload; w != nil && (w.HBONE() || r.waypoint != nil) {
 		key := pool.Key{
 			Source:      srcID,
 			SourceAddr:  src.Addr(),
