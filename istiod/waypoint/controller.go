@@ -439,6 +439,9 @@ func (c *Controller) flush(ctx context.Context) {
 		for k, v := range res.PolicyNotes {
 			c.log.Warn("waypoint policy enforced stricter than written", logkey.Object, ref.String(), logkey.Policy, k, logkey.Status, strings.Join(v, "; "))
 		}
+		for _, n := range res.TelemetryNotes {
+			c.log.Warn("waypoint telemetry not configured as asked", logkey.Object, ref.String(), logkey.Status, n)
+		}
 		c.publish(ref, fp, res.byType())
 		if p := c.published[ref]; p != nil {
 			p.notes = res.PolicyNotes

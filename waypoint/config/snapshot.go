@@ -230,6 +230,10 @@ type HCM struct {
 	UnescapeSlashes      bool
 	// Tracing is nil when the HCM traces nothing.
 	Tracing *Tracing
+	// AccessLogs are the HCM's access logs (accesslog.go); Stats the
+	// istio.stats filter's config (nil: Istio's defaults).
+	AccessLogs []*AccessLog
+	Stats      *Stats
 }
 
 // Codec is an HTTP connection manager's codec_type.
@@ -426,6 +430,8 @@ type TCPProxy struct {
 	Tunnel        *Format
 	TunnelHeaders []HeaderValue
 	IdleTimeout   time.Duration
+	// AccessLogs are the tcp_proxy's access logs.
+	AccessLogs []*AccessLog
 }
 
 // ClusterType is how a cluster finds its endpoints.
