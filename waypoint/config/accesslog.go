@@ -15,8 +15,8 @@ import (
 	"strings"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3" // Istio's filter type, read as the Any's type URL
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3" // Istio's filter type, read as the Any's type URL
 	otelalv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -256,4 +256,3 @@ func unknownWarning(unknown []string) []string {
 	sort.Strings(unknown)
 	return []string{"operators " + strings.Join(slices.Compact(unknown), ", ") + " not supported; they render \"-\""}
 }
-
