@@ -74,6 +74,9 @@ type Metrics struct {
 	Overrides []MetricOverride // sorted by name
 	// ReportingInterval of TCP metrics in seconds (0: the default).
 	ReportingIntervalSeconds float64
+	// DisabledAll: an override disabled ALL_METRICS (Istio then emits no
+	// stats filter).
+	DisabledAll bool
 }
 
 // Config is what applies to one chain.
@@ -411,7 +414,7 @@ func (ix *Index) metrics(ts []*telemetryv1.Telemetry) []Metrics {
 				interval[p] = ri.AsDuration().Seconds()
 			}
 			for _, o := range m.GetOverrides() {
-				if !modeMatches(o.GetMatch().GetMode()) && o.GetMatch().GetMode() != tpb.WorkloadMode_CLIENT_AND_SERVER {
+				if !modeMatches(o.GetMatch().GetMode()) {
 					continue
 				}
 				sel := o.GetMatch()
@@ -450,9 +453,7 @@ func (ix *Index) metrics(ts []*telemetryv1.Telemetry) []Metrics {
 	}
 	names := make([]string, 0, len(providers))
 	for n := range providers {
-		if !disabledAll[n] {
-			names = append(names, n)
-		}
+		names = append(names, n)
 	}
 	sort.Strings(names)
 	var out []Metrics
@@ -461,7 +462,11 @@ func (ix *Index) metrics(ts []*telemetryv1.Telemetry) []Metrics {
 		if p == nil {
 			continue
 		}
-		m := Metrics{Provider: p, ReportingIntervalSeconds: interval[n]}
+		m := Metrics{Provider: p, ReportingIntervalSeconds: interval[n], DisabledAll: disabledAll[n]}
+		if m.DisabledAll {
+			out = append(out, m)
+			continue
+		}
 		for name, ov := range providers[n] {
 			mo := MetricOverride{Name: name, Disabled: ov.disabled != nil && *ov.disabled}
 			for k, v := range ov.tags {

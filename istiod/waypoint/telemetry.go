@@ -168,6 +168,14 @@ func statsConfig(m telemetry.Metrics) *stats.PluginConfig {
 		return nil
 	}
 	cfg := &stats.PluginConfig{Reporter: stats.Reporter_SERVER_GATEWAY}
+	if m.DisabledAll {
+		// Istio emits no filter; Envoy without it reports nothing, while
+		// Ambit's waypoint reports Istio's defaults for a chain without
+		// one. One unnamed dropped metric (all of them) says "none" to
+		// both.
+		cfg.Metrics = []*stats.MetricConfig{{Drop: true}}
+		return cfg
+	}
 	if m.ReportingIntervalSeconds > 0 {
 		cfg.TcpReportingDuration = durationpb.New(secondsDuration(m.ReportingIntervalSeconds))
 	}

@@ -30,6 +30,8 @@ type Stats struct {
 	Remove map[string][]string
 	// Values are tags set per metric: tag -> expression.
 	Values map[string]map[string]*StatExpr
+	// Overrides: any of Drop, Remove, Values is set.
+	Overrides bool
 	// TCPReportingDuration is how often open TCP connections report (0:
 	// Istio's default).
 	TCPReportingDuration time.Duration
@@ -140,7 +142,9 @@ func buildStats(a *anypb.Any) (*Stats, []string, error) {
 			if m.GetDrop() {
 				out.Drop[name] = true
 			}
-			out.Remove[name] = append(out.Remove[name], m.GetTagsToRemove()...)
+			if len(m.GetTagsToRemove()) > 0 {
+				out.Remove[name] = append(out.Remove[name], m.GetTagsToRemove()...)
+			}
 			tags := make([]string, 0, len(m.GetDimensions()))
 			for t := range m.GetDimensions() {
 				tags = append(tags, t)
@@ -163,6 +167,7 @@ func buildStats(a *anypb.Any) (*Stats, []string, error) {
 			}
 		}
 	}
+	out.Overrides = len(out.Drop) > 0 || len(out.Remove) > 0 || len(out.Values) > 0
 	if len(pc.GetDefinitions()) > 0 {
 		warns = append(warns, "stats definitions (custom metrics) are not supported; ignored")
 	}
