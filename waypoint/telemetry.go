@@ -118,8 +118,8 @@ type telemetry struct {
 	node      atomic.Pointer[NodeInfo]
 	accessLog atomic.Pointer[accessLog]
 	// sinks are where the xDS's access logs write.
-	sinks *logSinks
-	services  atomic.Pointer[serviceIndex]
+	sinks    *logSinks
+	services atomic.Pointer[serviceIndex]
 
 	requests                      *prometheus.CounterVec
 	reqMessages, respMessages     *prometheus.CounterVec
