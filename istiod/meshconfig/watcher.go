@@ -36,6 +36,13 @@ type Watcher struct {
 	lastErr string
 	subs    []func(*meshv1alpha1.MeshConfig)
 	rec     events.EventRecorder
+	// pending is a refusal seen before Run had a recorder.
+	pending *refusal
+}
+
+type refusal struct {
+	cm  *corev1.ConfigMap
+	err error
 }
 
 // NewWatcher watches ConfigMap "istio" in namespace; until it is seen,
@@ -66,7 +73,12 @@ func (w *Watcher) Run(ctx context.Context) {
 	b.StartRecordingToSink(ctx.Done())
 	w.mu.Lock()
 	w.rec = b.NewRecorder(scheme.Scheme, "istiod")
+	p := w.pending
+	w.pending = nil
 	w.mu.Unlock()
+	if p != nil {
+		w.event(w.rec, p)
+	}
 	<-ctx.Done()
 	b.Shutdown()
 }
@@ -104,20 +116,28 @@ func (w *Watcher) update(o any) {
 		w.mu.Lock()
 		w.lastErr = err.Error()
 		rec := w.rec
+		if rec == nil {
+			w.pending = &refusal{cm: cm, err: err}
+		}
 		w.mu.Unlock()
 		if rec != nil {
-			rec.Eventf(cm, nil, corev1.EventTypeWarning, ReasonInvalid, "LoadMeshConfig",
-				"mesh config refused, the last good one stays in force: %v", err)
+			w.event(rec, &refusal{cm: cm, err: err})
 		}
 		return
 	}
 	w.apply(m, cm)
 }
 
+func (w *Watcher) event(rec events.EventRecorder, r *refusal) {
+	rec.Eventf(r.cm, nil, corev1.EventTypeWarning, ReasonInvalid, "LoadMeshConfig",
+		"mesh config refused, the last good one stays in force: %v", r.err)
+}
+
 func (w *Watcher) apply(m *meshv1alpha1.MeshConfig, cm *corev1.ConfigMap) {
 	w.mu.Lock()
 	w.current = m
 	w.lastErr = ""
+	w.pending = nil
 	subs := slices.Clone(w.subs)
 	w.mu.Unlock()
 	if cm != nil {
