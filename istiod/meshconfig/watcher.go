@@ -8,7 +8,10 @@ import (
 
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/cache"
@@ -51,8 +54,18 @@ func NewWatcher(kube kubernetes.Interface, namespace string, log *slog.Logger) *
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	lw := cache.NewListWatchFromClient(kube.CoreV1().RESTClient(), "configmaps", namespace,
-		fields.OneTermEqualSelector("metadata.name", ConfigMapName))
+	sel := fields.OneTermEqualSelector("metadata.name", ConfigMapName).String()
+	cms := kube.CoreV1().ConfigMaps(namespace)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return cms.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return cms.Watch(ctx, o)
+		},
+	}
 	w := &Watcher{namespace: namespace, kube: kube, log: log, current: Default(),
 		informer: cache.NewSharedIndexInformer(lw, &corev1.ConfigMap{}, 0, cache.Indexers{})}
 	_, _ = w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{

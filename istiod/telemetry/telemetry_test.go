@@ -40,7 +40,6 @@ func providers(names ...string) []*tpb.ProviderRef {
 	return out
 }
 
-
 func TestFor(t *testing.T) {
 	m, err := meshconfig.Parse(`
 extensionProviders:
