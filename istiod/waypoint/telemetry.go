@@ -490,9 +490,8 @@ func textFormat(f string, omitEmpty bool) *fileal.FileAccessLog_LogFormat {
 
 func jsonFormat(labels *structpb.Struct, omitEmpty bool) *fileal.FileAccessLog_LogFormat {
 	return &fileal.FileAccessLog_LogFormat{LogFormat: &core.SubstitutionFormatString{
-		Format:            &core.SubstitutionFormatString_JsonFormat{JsonFormat: labels},
-		JsonFormatOptions: &core.JsonFormatOptions{SortProperties: false},
-		OmitEmptyValues:   omitEmpty,
+		Format:          &core.SubstitutionFormatString_JsonFormat{JsonFormat: labels},
+		OmitEmptyValues: omitEmpty,
 	}}
 }
 
@@ -510,6 +509,7 @@ func (b *builder) otelAccessLog(p *meshv1alpha1.MeshConfig_ExtensionProvider_Env
 		body = t
 	}
 	cfg := &otelal.OpenTelemetryAccessLogConfig{
+		//lint:ignore SA1019 Istio's form, which Envoy still honours
 		CommonConfig: &grpcal.CommonGrpcAccessLogConfig{
 			LogName: name,
 			GrpcService: &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{

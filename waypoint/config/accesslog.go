@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 Envoy still honours its deprecated access-log fields, and a control plane may send them
+
 package config
 
 // Access logs as Istio configures them on HTTP connection managers and
@@ -197,7 +199,7 @@ func buildFileAccessLog(fl *filev3.FileAccessLog) (*AccessLog, []string, error) 
 	switch {
 	case lf == nil:
 		text = DefaultLogFormat
-		if fl.GetFormat() != "" { //nolint:staticcheck // Envoy still honours format
+		if fl.GetFormat() != "" {
 			text = fl.GetFormat()
 		}
 		if js := fl.GetJsonFormat(); js != nil {
@@ -210,8 +212,8 @@ func buildFileAccessLog(fl *filev3.FileAccessLog) (*AccessLog, []string, error) 
 		if text == "" {
 			return nil, nil, fmt.Errorf("text_format_source other than inline_string")
 		}
-	case lf.GetTextFormat() != "": //nolint:staticcheck
-		text = lf.GetTextFormat() //nolint:staticcheck
+	case lf.GetTextFormat() != "":
+		text = lf.GetTextFormat()
 	default:
 		return nil, nil, fmt.Errorf("log_format other than text or JSON")
 	}

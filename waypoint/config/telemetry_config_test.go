@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 Envoy still honours its deprecated access-log fields, and a control plane may send them
+
 package config
 
 import (
