@@ -64,16 +64,20 @@ func TestWaypointTelemetry(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := l.Client.CoreV1().ConfigMaps(labmesh.IstiodNamespace).Create(ctx, &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: meshconfig.ConfigMapName},
-		Data: map[string]string{meshconfig.ConfigMapKey: `
+	// The chart's MeshConfig (none set), edited as a user would.
+	cms := l.Client.CoreV1().ConfigMaps(labmesh.IstiodNamespace)
+	cm, err := cms.Get(ctx, meshconfig.ConfigMapName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the chart's MeshConfig: %v", err)
+	}
+	cm.Data[meshconfig.ConfigMapKey] = `
 extensionProviders:
 - name: zipkin
   zipkin:
     service: zipkin.shop.svc.cluster.local
     port: 9411
-`},
-	}, metav1.CreateOptions{}); err != nil {
+`
+	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
