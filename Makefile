@@ -104,10 +104,12 @@ bench: deps lab-bins
 # Only waypoint's BenchmarkProxies (docs/performance.md): each proxy
 # pinned to CPU 0, the load on CPU 1; prints one table. Extra flags, e.g.
 # BENCH_WAYPOINT_FLAGS='-proxies.duration 10s -proxies.rounds 5'.
+# The waypoint is built as its image ships it (deploy/images: -trimpath,
+# -s -w), so that its RSS is the shipped binary's.
 BENCH_WAYPOINT_FLAGS ?=
 bench-waypoint:
 	@bash internal/lab/deps.sh $(BENCH_PKGS)
-	$(GO) build -o $(BIN)/ ./waypoint/cmd/waypoint ./internal/benchproxy
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ ./waypoint/cmd/waypoint ./internal/benchproxy
 	$(GO) test -c -o $(BIN)/waypoint.test ./waypoint
 	cd waypoint && AMBIT_BENCH_BIN=$(CURDIR)/$(BIN) $(CURDIR)/$(BIN)/waypoint.test -test.run '^$$' -test.bench '^BenchmarkProxies$$' -test.benchtime 1x -test.timeout 15m $(BENCH_WAYPOINT_FLAGS)
 

@@ -65,9 +65,7 @@ func TestAmbient(t *testing.T) {
 	pods := map[string]*corev1.Pod{}
 	run := func(t *testing.T, ns, name, node string, labels map[string]string, sa string) {
 		t.Helper()
-		p := lab.EchoPod(ns, name, node, labels)
-		p.Spec.ServiceAccountName = sa
-		got, err := l.RunPod(ctx, p)
+		got, err := l.RunEchoPod(ctx, ns, name, node, sa, labels)
 		if err != nil {
 			t.Fatal(err)
 		}

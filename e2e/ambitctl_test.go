@@ -5,13 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"os/exec"
-	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -21,32 +22,27 @@ import (
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/ztunnel/admin"
 )
 
 // TestAmbitctl runs ambitctl, in process, against a lab with Ambit
-// running: versions of every component, ztunnel's state of a meshed pod
-// through the lab's namespace dialer, the precheck of a lab node, and
-// waypoints applied, listed and deleted against the real apiserver with
-// the Gateway API CRDs of the module go.mod pins.
+// running as a user meets it: versions of every component, ztunnel's
+// state of a meshed pod through the lab's namespace dialer, the precheck
+// of a lab node, and waypoints applied, waited for, listed, inspected
+// and deleted with istiod's waypoint controller deploying them (the
+// scheduler places their pods) and reporting their status.
 func TestAmbitctl(t *testing.T) {
-	l := startLab(t, lab.Config{Nodes: 2})
-	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	l := startLab(t, lab.Config{Nodes: 2, Scheduler: true})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	// The waypoint subtest stands in for istiod's waypoint controller
-	// (it sets Programmed itself), so istiod runs without Gateway API.
-	mesh := labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{NoGatewayAPI: true})
-	if err := labmesh.InstallCRDFiles(ctx, l, gatewayCRDs(t)...); err != nil {
-		t.Fatal(err)
-	}
+	mesh := labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{})
 	if err := l.CreateNamespace(ctx, "shop", map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.Client.CoreV1().ServiceAccounts("shop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "reviews"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	p := lab.EchoPod("shop", "reviews-v1", "node1", map[string]string{"app": "reviews"})
-	p.Spec.ServiceAccountName = "reviews"
-	pod, err := l.RunPod(ctx, p)
+	pod, err := l.RunEchoPod(ctx, "shop", "reviews-v1", "node1", "reviews", map[string]string{"app": "reviews"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,13 +94,7 @@ func TestAmbitctl(t *testing.T) {
 
 	t.Run("ztunnel-config workload", func(t *testing.T) {
 		out := ok(t, "ztunnel-config", "workload", "--node", "node2", "-n", "shop")
-		var row []string
-		for _, line := range strings.Split(out, "\n") {
-			if f := strings.Fields(line); len(f) > 1 && f[1] == "reviews-v1" {
-				row = f
-			}
-		}
-		if want := []string{"shop", "reviews-v1", pod.Status.PodIP, "node1", "None", "HBONE"}; strings.Join(row, " ") != strings.Join(want, " ") {
+		if row, want := workloadRow(out, "reviews-v1"), []string{"shop", "reviews-v1", pod.Status.PodIP, "node1", "None", "HBONE"}; !slices.Equal(row, want) {
 			t.Errorf("ztunnel-config workload on node2: got row %q in\n%s\nwant %q", row, out, want)
 		}
 		// The ztunnel of the pod's own node, found from the pod; raw JSON.
@@ -185,9 +175,14 @@ func TestAmbitctl(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Run("waypoint", func(t *testing.T) {
-		out := ok(t, "waypoint", "apply", "-n", "shop", "--enroll-namespace")
-		if !strings.Contains(out, "waypoint shop/waypoint applied") || !strings.Contains(out, `namespace shop labeled with "istio.io/use-waypoint": "waypoint"`) {
-			t.Errorf("apply --enroll-namespace: got %q", out)
+		// Waited for: istiod's waypoint controller deploys it, the
+		// scheduler places its pod, and the controller reports
+		// Programmed once its Deployment is available.
+		out := ok(t, "waypoint", "apply", "-n", "shop", "--enroll-namespace", "--wait", "--timeout", "2m")
+		for _, want := range []string{"waypoint shop/waypoint applied", "waypoint shop/waypoint is ready", `namespace shop labeled with "istio.io/use-waypoint": "waypoint"`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("apply --enroll-namespace --wait: got %q, want %q", out, want)
+			}
 		}
 		if ns, err := l.Client.CoreV1().Namespaces().Get(ctx, "shop", metav1.GetOptions{}); err != nil || ns.Labels["istio.io/use-waypoint"] != "waypoint" {
 			t.Errorf("namespace shop: got labels %v (%v), want istio.io/use-waypoint=waypoint", ns.GetLabels(), err)
@@ -201,59 +196,92 @@ func TestAmbitctl(t *testing.T) {
 			t.Error("apply without --overwrite: gateway shop/other was created")
 		}
 
-		// The service account's waypoint, waited for: the test stands in
-		// for the controller and sets Programmed once the Gateway exists.
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for ctx.Err() == nil {
-				gw, err := gwc.GatewayV1().Gateways("shop").Get(ctx, "reviews", metav1.GetOptions{})
-				if err != nil {
-					time.Sleep(50 * time.Millisecond)
-					continue
-				}
-				gw.Status.Conditions = []metav1.Condition{{Type: string(gatewayv1.GatewayConditionProgrammed), Status: metav1.ConditionTrue,
-					Reason: "Programmed", LastTransitionTime: metav1.Now(), ObservedGeneration: gw.Generation}}
-				if _, err := gwc.GatewayV1().Gateways("shop").UpdateStatus(ctx, gw, metav1.UpdateOptions{}); err == nil {
-					return
-				}
-			}
-		}()
-		out = ok(t, "waypoint", "apply", "-n", "shop", "--service-account", "reviews", "--wait", "--timeout", "1m")
-		<-done
-		for _, want := range []string{"waypoint shop/reviews applied", "waypoint shop/reviews is ready", `serviceaccount shop/reviews labeled with "istio.io/use-waypoint": "reviews"`} {
+		// The service account's waypoint, named apart from the account:
+		// the controller gives a waypoint's pods a service account of
+		// the Gateway's name.
+		out = ok(t, "waypoint", "apply", "-n", "shop", "--service-account", "reviews", "--name", "reviews-wp", "--wait", "--timeout", "2m")
+		for _, want := range []string{"waypoint shop/reviews-wp applied", "waypoint shop/reviews-wp is ready", `serviceaccount shop/reviews labeled with "istio.io/use-waypoint": "reviews-wp"`} {
 			if !strings.Contains(out, want) {
 				t.Errorf("apply --service-account --wait: got %q, want %q", out, want)
 			}
 		}
-		gw, err := gwc.GatewayV1().Gateways("shop").Get(ctx, "reviews", metav1.GetOptions{})
-		if err != nil || gw.Annotations["istio.io/for-service-account"] != "reviews" || gw.Spec.GatewayClassName != "istio-waypoint" {
-			t.Errorf("gateway shop/reviews: got %+v (%v), want class istio-waypoint annotated for reviews", gw, err)
+		gw, err := gwc.GatewayV1().Gateways("shop").Get(ctx, "reviews-wp", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
 		}
-		if sa, err := l.Client.CoreV1().ServiceAccounts("shop").Get(ctx, "reviews", metav1.GetOptions{}); err != nil || sa.Labels["istio.io/use-waypoint"] != "reviews" {
-			t.Errorf("serviceaccount shop/reviews: got labels %v (%v), want istio.io/use-waypoint=reviews", sa.GetLabels(), err)
+		if gw.Annotations["istio.io/for-service-account"] != "reviews" || gw.Spec.GatewayClassName != "istio-waypoint" {
+			t.Errorf("gateway shop/reviews-wp: got %+v, want class istio-waypoint annotated for reviews", gw)
+		}
+		if sa, err := l.Client.CoreV1().ServiceAccounts("shop").Get(ctx, "reviews", metav1.GetOptions{}); err != nil || sa.Labels["istio.io/use-waypoint"] != "reviews-wp" {
+			t.Errorf("serviceaccount shop/reviews: got labels %v (%v), want istio.io/use-waypoint=reviews-wp", sa.GetLabels(), err)
+		}
+		// ztunnel binds the account's workload to the address the
+		// controller reports for the waypoint, and ztunnel-config shows it.
+		var vip string
+		for _, a := range gw.Status.Addresses {
+			if a.Type != nil && *a.Type == gatewayv1.IPAddressType {
+				vip = a.Value
+			}
+		}
+		if vip == "" {
+			t.Fatalf("gateway shop/reviews-wp: got addresses %+v, want its Service's IP", gw.Status.Addresses)
+		}
+		if err := mesh.WaitZtunnels(ctx, "reviews-v1 bound to waypoint "+vip, func(d *admin.Dump) bool {
+			for _, w := range d.Workloads {
+				if w.Namespace == "shop" && w.Name == "reviews-v1" {
+					return w.Waypoint != nil && w.Waypoint.String() == vip
+				}
+			}
+			return false
+		}); err != nil {
+			t.Fatal(err)
+		}
+		out = ok(t, "ztunnel-config", "workload", "--node", "node2", "-n", "shop")
+		if row, want := workloadRow(out, "reviews-v1"), []string{"shop", "reviews-v1", pod.Status.PodIP, "node1", vip, "HBONE"}; !slices.Equal(row, want) {
+			t.Errorf("ztunnel-config workload after the waypoint: got row %q in\n%s\nwant %q", row, out, want)
 		}
 
-		out = ok(t, "waypoint", "list", "-A")
-		want := "NAMESPACE   NAME       TRAFFIC TYPE        SERVICE ACCOUNT   PROGRAMMED\n" +
-			"shop        reviews    all (default)       reviews           True\n" +
-			"shop        waypoint   service (default)   None              Unknown\n"
-		if out != want {
-			t.Errorf("waypoint list -A: got\n%s\nwant\n%s", out, want)
+		// A waypoint whose pods the namespace's quota refuses: the
+		// controller reports it Pending, and --wait ends with that.
+		if err := l.CreateNamespace(ctx, "full", nil); err != nil {
+			t.Fatal(err)
 		}
-		if out := ok(t, "waypoint", "status", "-n", "shop", "--name", "reviews"); !strings.Contains(out, "reviews   True     Programmed   Programmed") {
-			t.Errorf("waypoint status --name reviews: got %q", out)
+		quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: "no-pods"}, Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}}
+		if _, err := l.Client.CoreV1().ResourceQuotas("full").Create(ctx, quota, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		code, _, errOut := ambitctl(t, "waypoint", "apply", "-n", "full", "--name", "slow", "--wait", "--timeout", "10s")
+		if want := "Programmed is False: Pending: waiting for deployment slow to be available"; code == 0 || !strings.Contains(errOut, "timed out") || !strings.Contains(errOut, want) {
+			t.Errorf("apply --wait with its pods refused: got exit %d, stderr %q, want a timeout with %q", code, errOut, want)
 		}
 
-		// --wait on a waypoint nobody programs ends with the condition
-		// the Gateway CRD defaults (Programmed Unknown, Pending).
-		code, _, errOut := ambitctl(t, "waypoint", "apply", "-n", "shop", "--name", "slow", "--wait", "--timeout", "2s")
-		if code == 0 || !strings.Contains(errOut, "timed out") || !strings.Contains(errOut, "Programmed is Unknown: Pending") {
-			t.Errorf("apply --wait with no controller: got exit %d, stderr %q, want a timeout with the Programmed condition", code, errOut)
+		wantRows(t, "waypoint list -A", ok(t, "waypoint", "list", "-A"), []string{
+			"NAMESPACE NAME TRAFFIC TYPE SERVICE ACCOUNT PROGRAMMED",
+			"full slow service (default) None False",
+			"shop reviews-wp all (default) reviews True",
+			"shop waypoint service (default) None True",
+		})
+		wantRows(t, "waypoint status --name reviews-wp", ok(t, "waypoint", "status", "-n", "shop", "--name", "reviews-wp"), []string{
+			"NAME STATUS TYPE REASON MESSAGE",
+			"reviews-wp True Accepted Accepted Handled by Ambit's istiod",
+			"reviews-wp True Programmed Programmed deployment reviews-wp is available",
+		})
+		wantRows(t, "waypoint status -n full", ok(t, "waypoint", "status", "-n", "full"), []string{
+			"NAME STATUS TYPE REASON MESSAGE",
+			"slow True Accepted Accepted Handled by Ambit's istiod",
+			"slow False Programmed Pending waiting for deployment slow to be available",
+		})
+
+		// The waypoint the controller deployed serves its config.
+		out = ok(t, "proxy-config", "listener", "reviews-wp", "-n", "shop")
+		for _, want := range []string{"connect_terminate", "main_internal"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("proxy-config listener reviews-wp: got\n%s\nwant listener %s", out, want)
+			}
 		}
 
 		out = ok(t, "waypoint", "delete", "--all", "-n", "shop")
-		for _, want := range []string{"waypoint shop/reviews deleted", "waypoint shop/slow deleted", "waypoint shop/waypoint deleted", "serviceaccount shop/reviews no longer uses it"} {
+		for _, want := range []string{"waypoint shop/reviews-wp deleted", "waypoint shop/waypoint deleted", "serviceaccount shop/reviews no longer uses it"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("delete --all: got %q, want %q", out, want)
 			}
@@ -261,8 +289,17 @@ func TestAmbitctl(t *testing.T) {
 		if sa, err := l.Client.CoreV1().ServiceAccounts("shop").Get(ctx, "reviews", metav1.GetOptions{}); err != nil || sa.Labels["istio.io/use-waypoint"] != "" {
 			t.Errorf("serviceaccount after delete: got labels %v (%v), want no istio.io/use-waypoint", sa.GetLabels(), err)
 		}
+		// With their Gateways go the waypoints' pods.
+		for _, name := range []string{"waypoint", "reviews-wp"} {
+			if _, err := mesh.WaypointPods(ctx, "shop", name, 0); err != nil {
+				t.Error(err)
+			}
+		}
 		if out := ok(t, "waypoint", "list", "-n", "shop"); out != "No waypoints found.\n" {
 			t.Errorf("list after delete: got %q", out)
+		}
+		if out := ok(t, "waypoint", "delete", "slow", "-n", "full"); out != "waypoint full/slow deleted\n" {
+			t.Errorf("delete slow: got %q", out)
 		}
 		code, _, errOut = ambitctl(t, "waypoint", "delete", "nosuch", "-n", "shop")
 		if code == 0 || !strings.Contains(errOut, "nosuch") {
@@ -284,14 +321,25 @@ func TestAmbitctl(t *testing.T) {
 	})
 }
 
-// gatewayCRDs are the GatewayClass and Gateway CRDs (standard channel) of
-// the Gateway API module go.mod pins.
-func gatewayCRDs(t *testing.T) []string {
+// wantRows checks a table's rows, white space folded, against want.
+func wantRows(t *testing.T, what, out string, want []string) {
 	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api").Output()
-	if err != nil {
-		t.Fatalf("find the gateway api module: %v", err)
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		got = append(got, strings.Join(strings.Fields(line), " "))
 	}
-	dir := filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard")
-	return []string{filepath.Join(dir, "gateway.networking.k8s.io_gatewayclasses.yaml"), filepath.Join(dir, "gateway.networking.k8s.io_gateways.yaml")}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("%s: rows differ (-want +got):\n%s\nin\n%s", what, diff, out)
+	}
+}
+
+// workloadRow is the row of pod name in ztunnel-config workload's table,
+// split into its fields.
+func workloadRow(out, name string) []string {
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[1] == name {
+			return f
+		}
+	}
+	return nil
 }

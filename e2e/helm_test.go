@@ -336,9 +336,7 @@ func TestHelmRBAC(t *testing.T) {
 		if _, err := l.Client.CoreV1().ServiceAccounts("helm-app").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "frontend"}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		app := lab.EchoPod("helm-app", "frontend", node1.Name, nil)
-		app.Spec.ServiceAccountName = "frontend"
-		if _, err := l.RunPod(ctx, app); err != nil {
+		if _, err := l.RunEchoPod(ctx, "helm-app", "frontend", node1.Name, "frontend", nil); err != nil {
 			t.Fatal(err)
 		}
 		roots := waitRoot(ctx, t, l, "helm-app")

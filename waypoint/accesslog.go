@@ -122,7 +122,7 @@ func (l *accessLog) write(e *accessEntry) {
 // connection managers and tcp_proxy): Envoy's file access logger with a
 // text or JSON substitution format. Lines go to the process's stdout or
 // stderr, or are appended to a file opened on first use. The OTel access
-// logger (config.AccessLog.OTel) is the OTLP exporter's, not this.
+// logger is the OTLP exporter's (otel_accesslog.go), not this.
 
 // logSinks are where configured access logs write.
 type logSinks struct {
@@ -180,7 +180,7 @@ func (v logValue) text() string {
 }
 
 // operator is part p's value for entry e.
-func (e *accessEntry) operator(p *config.LogPart) logValue {
+func (e *accessEntry) operator(p *config.FileLogPart) logValue {
 	hdr := func(h http.Header) logValue {
 		if h == nil {
 			return logValue{}
@@ -302,7 +302,7 @@ func (e *accessEntry) render(al *config.AccessLog) []byte {
 	if al.OmitEmpty {
 		empty = ""
 	}
-	renderParts := func(b []byte, parts []config.LogPart) []byte {
+	renderParts := func(b []byte, parts []config.FileLogPart) []byte {
 		for i := range parts {
 			p := &parts[i]
 			if p.Op == "" {
@@ -353,7 +353,7 @@ func (e *accessEntry) render(al *config.AccessLog) []byte {
 // writeConfigured writes e to each configured file access log.
 func (s *logSinks) writeConfigured(als []*config.AccessLog, e *accessEntry) {
 	for _, al := range als {
-		if al.OTel != nil || al.Path == "" {
+		if al.Path == "" {
 			continue
 		}
 		s.write(al.Path, e.render(al))

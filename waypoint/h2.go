@@ -92,7 +92,11 @@ func (r h1Responder) proxied(req *http.Request, resp *http.Response) (keep, fail
 	if err := bw.Flush(); err != nil {
 		return false, true
 	}
-	return !resp.Close && drainBody(req), false
+	if resp.Close {
+		r.c.answered = true
+		return false, false
+	}
+	return drainBody(req), false
 }
 
 // h2Responder answers one HTTP/2 stream.

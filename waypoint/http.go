@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -24,10 +25,13 @@ import (
 // view is one request (or connection) as matchers and format strings
 // read it.
 type view struct {
-	req   *http.Request
-	ci    *connInfo
-	fs    map[string]string
-	query url.Values
+	req *http.Request
+	ci  *connInfo
+	fs  map[string]string
+	// fsShared: fs is the connection's, read-only here; the first value
+	// a filter sets copies it.
+	fsShared bool
+	query    url.Values
 	// rec is what the filters and the router record of the request (nil
 	// on a connection).
 	rec *requestRecord
@@ -98,6 +102,11 @@ func (v *view) setFilterState(vals []*config.FilterStateValue) {
 		}
 		if _, set := v.fs[fv.Key]; set && fv.ReadOnly {
 			continue
+		}
+		if v.fsShared || v.fs == nil {
+			own := make(map[string]string, len(v.fs)+len(vals))
+			maps.Copy(own, v.fs)
+			v.fs, v.fsShared = own, false
 		}
 		v.fs[fv.Key] = s
 	}
@@ -292,6 +301,9 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 		}
 		keep := p.serveRequest(ctx, snap, hcm, rw, ci, req)
 		if !keep || req.Close {
+			if keep {
+				c.answered = true // in full; the client asked to close
+			}
 			return
 		}
 	}
@@ -327,7 +339,27 @@ func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.
 	if err := resp.Write(bw); err != nil {
 		return err
 	}
-	return bw.Flush()
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if closeConn {
+		if c, ok := w.(*sniffConn); ok {
+			c.answered = true
+		}
+	}
+	return nil
+}
+
+// halfClose ends the sending side of a downstream connection whose last
+// response went out whole (an HTTP "Connection: close"): an HBONE stream
+// ends with END_STREAM, and the close that follows with RST_STREAM
+// NO_ERROR rather than CANCEL (RFC 9113 section 8.1), so that the
+// client's ztunnel sees an orderly end; TCP sends its FIN before the
+// close, as net/http's server does.
+func halfClose(c *sniffConn) {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
 }
 
 // writerOnly hides everything of a writer but Write.
@@ -438,11 +470,9 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 		// from memory (bufferedBody), with the head in one write.
 		req.Body = &bufferedBody{ReadCloser: req.Body, n: req.ContentLength}
 	}
-	fs := make(map[string]string, len(ci.fs))
-	for k, v := range ci.fs {
-		fs[k] = v
-	}
-	v := &view{req: req, ci: ci, fs: fs, rec: rec}
+	// The request's filter state starts as the connection's, copied only
+	// if a filter sets a value (most requests set none).
+	v := &view{req: req, ci: ci, fs: ci.fs, fsShared: true, rec: rec}
 	rt := selectRoute(hcm, v, req)
 	if rt != nil {
 		rec.route, rec.operation = rt.Name, rt.Operation
@@ -454,7 +484,7 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 			return // (its arguments cost allocations on every request)
 		}
 		p.log.Debug("request", logkey.Method, req.Method, logkey.Authority, req.Host, logkey.Path, req.RequestURI, logkey.Status, rec.Status,
-			logkey.ResponseFlags, rec.Flags, logkey.Duration, time.Since(start).String(), logkey.Peer, fs["io.istio.peer_principal"],
+			logkey.ResponseFlags, rec.Flags, logkey.Duration, time.Since(start).String(), logkey.Peer, v.fs["io.istio.peer_principal"],
 			logkey.GRPCStatus, rec.GRPCStatus)
 	}()
 	local := func(code int, body string, flag string, h http.Header) bool {
@@ -479,7 +509,7 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 			}
 			if ok, pol := f.RBAC.Rules.Allowed(v); !ok {
 				p.stats.rbacDenied.Add(1)
-				p.log.Info("request denied by RBAC", logkey.Policy, pol, logkey.Method, req.Method, logkey.Path, req.RequestURI, logkey.Peer, fs["io.istio.peer_principal"])
+				p.log.Info("request denied by RBAC", logkey.Policy, pol, logkey.Method, req.Method, logkey.Path, req.RequestURI, logkey.Peer, v.fs["io.istio.peer_principal"])
 				rec.Details = rbacDetails(pol)
 				return local(http.StatusForbidden, "RBAC: access denied", "-", nil)
 			}
@@ -686,13 +716,13 @@ func applyHeader(h http.Header, hv config.HeaderValue) {
 }
 
 // upstreamShare is the downstream connection info with the request's
-// filter state, as shared with the upstream connection.
+// filter state, as shared with the upstream connection. The request's
+// filter state (the connection's and what its filters set) is complete
+// once the router runs, and from then on only read: shared, not copied.
 func upstreamShare(ci *connInfo, v *view) *connInfo {
-	out := ci.clone()
-	for k, val := range v.fs {
-		out.fs[k] = val
-	}
-	return out
+	out := *ci
+	out.fs = v.fs
+	return &out
 }
 
 func isUpgrade(req *http.Request) bool {

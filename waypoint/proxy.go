@@ -191,15 +191,6 @@ type connInfo struct {
 	meta           map[string]map[string]string
 }
 
-func (ci *connInfo) clone() *connInfo {
-	out := *ci
-	out.fs = make(map[string]string, len(ci.fs))
-	for k, v := range ci.fs {
-		out.fs[k] = v
-	}
-	return &out
-}
-
 // serveConnect handles one CONNECT on the HBONE listener: the socket
 // listener's single TLS chain, an HTTP connection manager whose route
 // upgrades CONNECT to a cluster (main_internal).
@@ -338,6 +329,9 @@ func (p *Proxy) serveInternal(ctx context.Context, snap *config.Snapshot, l *con
 		p.proxyTCP(ctx, snap, chain.TCP, sc, ci)
 	case chain.HCM != nil:
 		p.serveHTTP(ctx, l.Name, chain.Name, sc, ci)
+		if sc.answered {
+			halfClose(sc) // (after the last request was recorded)
+		}
 	}
 }
 

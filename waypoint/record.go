@@ -62,6 +62,8 @@ type requestRecord struct {
 	// operation the route's decorator operation, the span's name.
 	trace     *spanContext
 	operation string
+	// otelLogs are the HCM's OpenTelemetry access loggers.
+	otelLogs []*config.OTelAccessLog
 	// reqMsgs and respMsgs count a gRPC request's messages each way (nil
 	// when the request is not gRPC).
 	reqMsgs, respMsgs *grpcFrames
@@ -80,6 +82,7 @@ func (p *Proxy) beginRequest(c net.Conn, rw responder, ci *connInfo, req *http.R
 	if hcm.Tracing != nil {
 		r.trace = startSpan(hcm.Tracing, req.Header)
 	}
+	r.otelLogs = hcm.OTelLogs
 	ensureRequestIDs(req.Header)
 	if r.meter != nil {
 		r.written0 = r.meter.written.Load()

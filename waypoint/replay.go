@@ -49,9 +49,12 @@ func newReplayBody(src io.ReadCloser, limit int, touch func()) *replayBody {
 		// Read now, without waiting: every try then gets the body in
 		// memory (reader), which net/http writes with the request's
 		// head in one write instead of flushing the head first.
-		p := make([]byte, bb.n+1) // +1: room to see the end
+		// One buffer, read into where the kept bytes go (pull's append
+		// then copies nothing): +1, room to see the end.
+		p := make([]byte, bb.n+1)
+		b.kept = p[:0]
 		for {
-			if _, _, err := b.pull(p); err != nil {
+			if _, _, err := b.pull(p[len(b.kept):]); err != nil || len(b.kept) == len(p) {
 				break
 			}
 		}

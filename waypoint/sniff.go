@@ -19,6 +19,9 @@ type sniffConn struct {
 	// pending is the sniff still waiting for bytes after its timeout:
 	// reads wait for it, so that the buffer has one reader at a time.
 	pending chan struct{}
+	// answered says the HTTP/1 connection manager's last response went
+	// out whole and closes the connection (halfClose).
+	answered bool
 }
 
 // readBufferSize holds a whole request head at the largest limit

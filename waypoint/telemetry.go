@@ -692,8 +692,11 @@ func (r *requestRecord) finish() {
 		s.reqBytes.Observe(float64(received))
 		s.respBytes.Observe(float64(sent))
 	}
-	if s := r.trace; s != nil && s.sampled && s.tracing.Zipkin != nil && t.tracer != nil {
-		t.tracer.enqueue(r.span(r.Status, flags, received, sent, dur))
+	if s := r.trace; s != nil && s.sampled && t.tracer != nil {
+		t.tracer.record(r, flags, received, sent, dur)
+	}
+	if t.tracer != nil {
+		t.tracer.logRequest(r, flags, received, sent, dur)
 	}
 	var logs []*config.AccessLog
 	if r.hcm != nil {

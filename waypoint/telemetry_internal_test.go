@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ambitmesh/ambit/waypoint/config"
 )
@@ -135,21 +134,6 @@ func TestGRPCFrames(t *testing.T) {
 	f.scan(msg(100)[:5])
 	if got := f.n.Load(); got != 1 {
 		t.Errorf("after a prefix: got %d messages, want 1", got)
-	}
-}
-
-// TestSpanQueueFull: a span that does not fit the export queue is
-// dropped and counted, never waited for.
-func TestSpanQueueFull(t *testing.T) {
-	tr := newTracer(nil) // not running: nothing drains the queue
-	for range spanQueue + 3 {
-		tr.enqueue(&zipkinSpan{})
-	}
-	if got := len(tr.queue); got != spanQueue {
-		t.Errorf("queued: got %d, want %d", got, spanQueue)
-	}
-	if got := testutil.ToFloat64(tr.spansDropped); got != 3 {
-		t.Errorf("dropped: got %v, want 3", got)
 	}
 }
 

@@ -257,9 +257,34 @@ func endpointHost(c *config.Cluster, ep *config.Endpoint, ci *connInfo) string {
 	if dst == "" {
 		dst = ci.fs[keyOriginalDstLocal]
 	}
+	k := hostKey{ep.Listener, ep.ID, dst, c.Name}
+	hostNames.Lock()
+	defer hostNames.Unlock()
+	if h, ok := hostNames.m[k]; ok {
+		return h
+	}
 	label := func(s string) string { return "x" + strings.ToLower(hostLabel.Replace(s)) }
-	return label(ep.Listener) + "." + label(ep.ID) + "." + label(dst) + "." + label(c.Name) + ".internal"
+	h := label(ep.Listener) + "." + label(ep.ID) + "." + label(dst) + "." + label(c.Name) + ".internal"
+	if len(hostNames.m) >= maxHostNames {
+		clear(hostNames.m) // (names of endpoints and configs gone)
+	}
+	hostNames.m[k] = h
+	return h
 }
+
+// hostNames remembers endpointHost's names of internal endpoints: made
+// for every request otherwise, they were a few percent of the
+// waypoint's CPU time and garbage.
+var hostNames = struct {
+	sync.Mutex
+	m map[hostKey]string
+}{m: map[hostKey]string{}}
+
+type hostKey struct{ listener, id, dst, cluster string }
+
+// maxHostNames bounds hostNames (one per internal endpoint and
+// destination).
+const maxHostNames = 4096
 
 // hostLabel makes a DNS-label-like string of a name (built once: a
 // Replacer compiles its table on first use).

@@ -4,19 +4,18 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"fortio.org/fortio/fhttp"
-	"fortio.org/fortio/periodic"
 	"fortio.org/log"
+
+	"github.com/ambitmesh/ambit/internal/loadgen"
 )
 
 var fortioDuration = flag.Duration("fortio.duration", 15*time.Second,
@@ -30,65 +29,22 @@ const (
 	fortioRounds      = 3
 )
 
-// requestTimes records the duration of each request as fortio timed it
-// (fortio's own histogram has buckets too coarse for loopback
-// microseconds), and counts failures.
-type requestTimes struct {
-	mu     sync.Mutex
-	ok     []time.Duration
-	failed int
-}
-
-func (r *requestTimes) Start(ctx context.Context, _ periodic.ThreadID, _ int64, _ time.Time) context.Context {
-	return ctx
-}
-
-func (r *requestTimes) Report(_ context.Context, _ periodic.ThreadID, _ int64, _ time.Time, latency float64, ok bool, _ string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !ok {
-		r.failed++
-		return
-	}
-	r.ok = append(r.ok, time.Duration(latency*float64(time.Second)))
-}
-
-func (r *requestTimes) Info() string { return "in-memory request times" }
-
 // fortioLoad runs fortio's HTTP load against url for d, with every
-// connection made by dial, and returns the request durations.
+// connection made by dial, and returns the request durations and this
+// process's CPU time meanwhile.
 func fortioLoad(tb testing.TB, name, url string, d time.Duration, dial func(ctx context.Context) (net.Conn, error)) ([]time.Duration, time.Duration) {
 	tb.Helper()
 	cpu0 := cpuTime(tb)
-	times := &requestTimes{}
-	o := &fhttp.HTTPRunnerOptions{}
-	o.QPS = fortioQPS
-	o.NumThreads = fortioConnections
-	o.Duration = d
-	o.Uniform = true // stagger the connections' requests evenly
-	o.Out = io.Discard
-	o.AccessLogger = times
-	o.URL = url
-	// fortio's standard client, so that its transport can take our dialer;
-	// one client, hence one keep-alive connection, per thread.
-	o.DisableFastClient = true
-	o.Transport = func(base http.RoundTripper) http.RoundTripper {
-		tr := base.(*http.Transport)
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) }
-		return tr
-	}
-	res, err := fhttp.RunHTTPTest(o)
+	res, err := loadgen.Run(loadgen.Options{URL: url, QPS: fortioQPS, Connections: fortioConnections, Duration: d, Dial: dial})
 	if err != nil {
-		tb.Fatalf("fortio %s via %s: %v", url, name, err)
+		tb.Fatalf("via %s: %v", name, err)
 	}
-	if times.failed > 0 || res.RetCodes[http.StatusOK] != int64(len(times.ok)) {
-		tb.Fatalf("fortio %s via %s: got %d failed requests and status codes %v, want every request 200", url, name, times.failed, res.RetCodes)
+	times := res.Times
+	if want := int(d.Seconds() * fortioQPS * 0.9); len(times) < want {
+		slices.Sort(times)
+		tb.Fatalf("fortio %s via %s: got %d requests, want at least %d at %d qps (slowest %v)", url, name, len(times), want, fortioQPS, times[len(times)-5:])
 	}
-	if want := int(d.Seconds() * fortioQPS * 0.9); len(times.ok) < want {
-		slices.Sort(times.ok)
-		tb.Fatalf("fortio %s via %s: got %d requests, want at least %d at %d qps (slowest %v)", url, name, len(times.ok), want, fortioQPS, times.ok[len(times.ok)-5:])
-	}
-	return times.ok, cpuTime(tb) - cpu0
+	return times, cpuTime(tb) - cpu0
 }
 
 // BenchmarkFortioLatency loads an HTTP server with fortio at 1,000

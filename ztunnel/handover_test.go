@@ -3,6 +3,7 @@ package ztunnel_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -26,6 +27,40 @@ func opened(t *testing.T, z *ztunnel.Ztunnel) float64 {
 		}
 	}
 	return n
+}
+
+// successor starts a second tunnel of node name beside old, on old's
+// shared outbound and readiness ports; t owns it.
+func (m *mesh) successor(t testing.TB, name string, old *node) *node {
+	t.Helper()
+	return m.startNodeAt(t, name, m.ca, nil, old.z.OutboundAddr().String(), old.z.ReadinessAddr())
+}
+
+// drain shuts z down in the background with a minute for its drain; the
+// channel gets Shutdown's result.
+func drain(z *ztunnel.Ztunnel) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		done <- z.Shutdown(ctx)
+	}()
+	return done
+}
+
+// echoNew opens n new connections from the client pod to server, checks
+// that each echoes and closes it; with held set, it checks after each
+// that the held connection still echoes.
+func (m *mesh) echoNew(t *testing.T, server netip.AddrPort, n int, what string, held net.Conn) {
+	t.Helper()
+	for i := range n {
+		c := m.outbound(t, m.ip(1), server)
+		expectEcho(t, c, server, fmt.Sprintf("%s %d", what, i))
+		c.Close()
+		if held != nil {
+			expectEcho(t, held, server, fmt.Sprintf("held %s %d", what, i))
+		}
+	}
 }
 
 // TestHandover upgrades each node's tunnel as the chart's DaemonSet does
@@ -58,22 +93,12 @@ func TestHandover(t *testing.T) {
 			})
 			expectEcho(t, held, server, "before")
 			old := tt.old()
-			next := m.startNodeAt(parent, tt.node, m.ca, nil, old.z.OutboundAddr().String(), old.z.ReadinessAddr())
+			next := m.successor(parent, tt.node, old)
 			if !next.z.Serving() {
 				t.Fatal("new tunnel ready but not serving")
 			}
-			drained := make(chan error, 1)
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				drained <- old.z.Shutdown(ctx)
-			}()
-			for i := range 20 {
-				c := m.outbound(t, m.ip(1), server)
-				expectEcho(t, c, server, fmt.Sprintf("new %d", i))
-				c.Close()
-				expectEcho(t, held, server, fmt.Sprintf("held %d", i))
-			}
+			drained := drain(old.z)
+			m.echoNew(t, server, 20, "new", held)
 			select {
 			case err := <-drained:
 				t.Fatalf("old tunnel drained (%v) while a connection through it was open", err)
@@ -87,11 +112,7 @@ func TestHandover(t *testing.T) {
 			// tunnel until its GOAWAY; now every new one is the new
 			// tunnel's.
 			before := opened(t, next.z)
-			for i := range 5 {
-				c := m.outbound(t, m.ip(1), server)
-				expectEcho(t, c, server, fmt.Sprintf("after %d", i))
-				c.Close()
-			}
+			m.echoNew(t, server, 5, "after", nil)
 			if got := opened(t, next.z) - before; got != 5 {
 				t.Errorf("connections the new tunnel opened after the old one drained: got %v, want 5", got)
 			}
@@ -109,26 +130,13 @@ func TestHandoverWaitsForSuccessor(t *testing.T) {
 	m := newMesh(t, meshOptions{shared: true, handoverWait: time.Minute})
 	server := netip.AddrPortFrom(m.ip(11), 8080)
 	old := m.a
-	drained := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		drained <- old.z.Shutdown(ctx)
-	}()
+	drained := drain(old.z)
 	// Stopping, but alone: it still takes and serves new connections.
-	for i := range 5 {
-		c := m.outbound(t, m.ip(1), server)
-		expectEcho(t, c, server, fmt.Sprintf("waiting %d", i))
-		c.Close()
-	}
-	next := m.startNodeAt(t, "node-a", m.ca, nil, old.z.OutboundAddr().String(), old.z.ReadinessAddr())
+	m.echoNew(t, server, 5, "waiting", nil)
+	next := m.successor(t, "node-a", old)
 	old.log.waitFor(t, "successor ready; closing listeners")
 	before := opened(t, next.z)
-	for i := range 5 {
-		c := m.outbound(t, m.ip(1), server)
-		expectEcho(t, c, server, fmt.Sprintf("handed over %d", i))
-		c.Close()
-	}
+	m.echoNew(t, server, 5, "handed over", nil)
 	if got := opened(t, next.z) - before; got < 5 {
 		t.Errorf("connections the successor opened after the handover: got %v, want 5", got)
 	}
@@ -145,31 +153,14 @@ func TestHandoverHeldAcrossBoth(t *testing.T) {
 	server := netip.AddrPortFrom(m.ip(11), 8080)
 	held := m.outbound(t, m.ip(1), server)
 	expectEcho(t, held, server, "before")
-	drain := func(n *node) {
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			n.z.Shutdown(ctx)
-		}()
-	}
 	oldB := m.b
-	m.b = m.startNodeAt(t, "node-b", m.ca, nil, oldB.z.OutboundAddr().String(), oldB.z.ReadinessAddr())
-	drain(oldB)
-	for i := range 5 {
-		c := m.outbound(t, m.ip(1), server)
-		expectEcho(t, c, server, fmt.Sprintf("b replaced %d", i))
-		c.Close()
-		expectEcho(t, held, server, fmt.Sprintf("held b %d", i))
-	}
+	m.b = m.successor(t, "node-b", oldB)
+	drain(oldB.z)
+	m.echoNew(t, server, 5, "b replaced", held)
 	oldA := m.a
-	m.a = m.startNodeAt(t, "node-a", m.ca, nil, oldA.z.OutboundAddr().String(), oldA.z.ReadinessAddr())
-	drain(oldA)
-	for i := range 5 {
-		c := m.outbound(t, m.ip(1), server)
-		expectEcho(t, c, server, fmt.Sprintf("a replaced %d", i))
-		c.Close()
-		expectEcho(t, held, server, fmt.Sprintf("held a %d", i))
-	}
+	m.a = m.successor(t, "node-a", oldA)
+	drain(oldA.z)
+	m.echoNew(t, server, 5, "a replaced", held)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("old node A log:\n%s\nold node B log:\n%s", oldA.log, oldB.log)

@@ -60,11 +60,20 @@ func (r *redirector) waiter(src netip.AddrPort) chan struct{} {
 	return ch
 }
 
+// set registers dst for the connection from src. A source port is
+// reused once its connection has gone (a benchmark's many short
+// connections): the registration of a connection the tunnel never asked
+// about is replaced.
 func (r *redirector) set(src, dst netip.AddrPort) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.dst[src] = dst
-	close(r.waiter(src))
+	ch := r.waiter(src)
+	select {
+	case <-ch: // registered before and not yet asked for
+	default:
+		close(ch)
+	}
 }
 
 func (r *redirector) OrigDst(c net.Conn) (netip.AddrPort, error) {
@@ -79,7 +88,12 @@ func (r *redirector) OrigDst(c net.Conn) (netip.AddrPort, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.dst[src], nil
+	// Asked once per connection: the next connection from the same
+	// port waits for its own registration.
+	dst := r.dst[src]
+	delete(r.dst, src)
+	delete(r.waiters, src)
+	return dst, nil
 }
 
 // logBuffer collects JSON log lines from several goroutines.

@@ -50,7 +50,7 @@ istio.io/use-waypoint, so that its workloads' traffic goes through it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	wp.PersistentFlags().StringVar(&spec.Name, "name", "", `the waypoint's name ("waypoint", or the service account's name with --service-account)`)
+	wp.PersistentFlags().StringVar(&spec.Name, "name", "", `the waypoint's name ("waypoint", or the service account's name and "-waypoint" with --service-account)`)
 	specFlags := func(cmd *cobra.Command) {
 		cmd.Flags().StringVar(&spec.For, "for", "", "traffic the waypoint takes: "+strings.Join(waypoint.TrafficTypes, ", ")+" (istiod's default, service, when empty)")
 		_ = cmd.RegisterFlagCompletionFunc("for", cobra.FixedCompletions(waypoint.TrafficTypes, cobra.ShellCompDirectiveNoFileComp))

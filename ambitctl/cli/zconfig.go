@@ -180,12 +180,29 @@ func filterDump(d *admin.Dump, ns string) {
 	d.Policies = slices.DeleteFunc(d.Policies, func(p *config.Authorization) bool { return p.Namespace != ns })
 }
 
+// sortedByName is a copy of objs sorted by namespace, then name.
+func sortedByName[T any](objs []T, name func(T) (namespace, name string)) []T {
+	out := slices.Clone(objs)
+	slices.SortFunc(out, func(a, b T) int {
+		ans, an := name(a)
+		bns, bn := name(b)
+		return cmp.Or(cmp.Compare(ans, bns), cmp.Compare(an, bn))
+	})
+	return out
+}
+
+// waypointOrNone names a workload's or service's waypoint, None when it
+// has none.
+func waypointOrNone(gw *config.GatewayAddress) string {
+	if gw == nil {
+		return "None"
+	}
+	return orNone(gw.String())
+}
+
 func printWorkloads(w io.Writer, d *admin.Dump, ns string) error {
 	filterDump(d, ns)
-	ws := slices.Clone(d.Workloads)
-	slices.SortFunc(ws, func(a, b *config.Workload) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
+	ws := sortedByName(d.Workloads, func(w *config.Workload) (string, string) { return w.Namespace, w.Name })
 	tw := newTable(w)
 	fmt.Fprintln(tw, "NAMESPACE\tPOD NAME\tADDRESS\tNODE\tWAYPOINT\tPROTOCOL")
 	for _, wl := range ws {
@@ -193,15 +210,11 @@ func printWorkloads(w io.Writer, d *admin.Dump, ns string) error {
 		for _, a := range wl.Addresses {
 			addrs = append(addrs, a.String())
 		}
-		wp := ""
-		if wl.Waypoint != nil {
-			wp = wl.Waypoint.String()
-		}
 		proto := string(wl.TunnelProtocol)
 		if proto == "" {
 			proto = string(config.TunnelNone)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", wl.Namespace, wl.Name, strings.Join(addrs, ","), wl.Node, orNone(wp), proto)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", wl.Namespace, wl.Name, strings.Join(addrs, ","), wl.Node, waypointOrNone(wl.Waypoint), proto)
 	}
 	return tw.Flush()
 }
@@ -217,10 +230,7 @@ func printServices(w io.Writer, d *admin.Dump, ns string) error {
 			}
 		}
 	}
-	ss := slices.Clone(d.Services)
-	slices.SortFunc(ss, func(a, b *config.Service) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
+	ss := sortedByName(d.Services, func(s *config.Service) (string, string) { return s.Namespace, s.Name })
 	tw := newTable(w)
 	fmt.Fprintln(tw, "NAMESPACE\tSERVICE NAME\tSERVICE VIP\tWAYPOINT\tENDPOINTS")
 	for _, s := range ss {
@@ -228,21 +238,14 @@ func printServices(w io.Writer, d *admin.Dump, ns string) error {
 		for _, a := range s.Addresses {
 			vips = append(vips, a.Address.String())
 		}
-		wp := ""
-		if s.Waypoint != nil {
-			wp = s.Waypoint.String()
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\n", s.Namespace, s.Name, strings.Join(vips, ","), orNone(wp), healthy[s.Key()], total[s.Key()])
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\n", s.Namespace, s.Name, strings.Join(vips, ","), waypointOrNone(s.Waypoint), healthy[s.Key()], total[s.Key()])
 	}
 	return tw.Flush()
 }
 
 func printPolicies(w io.Writer, d *admin.Dump, ns string) error {
 	filterDump(d, ns)
-	ps := slices.Clone(d.Policies)
-	slices.SortFunc(ps, func(a, b *config.Authorization) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
+	ps := sortedByName(d.Policies, func(p *config.Authorization) (string, string) { return p.Namespace, p.Name })
 	tw := newTable(w)
 	fmt.Fprintln(tw, "NAMESPACE\tPOLICY NAME\tACTION\tSCOPE")
 	for _, p := range ps {

@@ -21,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	watchtools "k8s.io/client-go/tools/watch"
@@ -66,10 +67,19 @@ func (s Spec) GatewayName() string {
 	case s.Name != "":
 		return s.Name
 	case s.ServiceAccount != "":
-		return s.ServiceAccount
+		return s.ServiceAccount + ServiceAccountSuffix
 	}
 	return DefaultName
 }
+
+// ServiceAccountSuffix ends the default name of a service account's
+// waypoint. The waypoint controller names the waypoint's own
+// ServiceAccount, Service and Deployment after the Gateway, so a Gateway
+// named as the workloads' account would collide with that account; the
+// controller refuses to take it over, and the suffix keeps the default
+// clear of it, as Istio 1.18-1.21 suffixed the objects of its
+// service-account waypoints.
+const ServiceAccountSuffix = "-waypoint"
 
 // Gateway returns the waypoint Gateway of s, or an error that names the
 // bad input.
@@ -77,6 +87,12 @@ func (s Spec) Gateway() (*gatewayv1.Gateway, error) {
 	name := s.GatewayName()
 	if name == ambient.UseWaypointNone {
 		return nil, fmt.Errorf("waypoint name %q: reserved (it opts objects out of a waypoint)", name)
+	}
+	if errs := validation.IsDNS1035Label(name); len(errs) > 0 {
+		return nil, fmt.Errorf("waypoint name %q: %s (its Service is named after it): choose one with --name", name, strings.Join(errs, "; "))
+	}
+	if s.ServiceAccount != "" && name == s.ServiceAccount {
+		return nil, fmt.Errorf("waypoint name %q: the name of the service account it serves; the waypoint's own ServiceAccount is named after the waypoint, and would be that account: choose another name", name)
 	}
 	if s.For == "service-account" {
 		return nil, errors.New(`traffic type "service-account": a service account's waypoint is made with --service-account NAME`)

@@ -120,40 +120,34 @@ const (
 	relayPodPath        // forward from the pod's address on the pod path
 )
 
-// relay accepts connections on l and, by *mode, discards them or
-// forwards them to their original destination as ztunnel does.
-func relay(l net.Listener, node *netns.NS, mode *atomic.Int32) {
-	for {
-		c, err := l.Accept()
+// relay handles a connection accepted by the ztunnel stand-in: by
+// *mode, it discards it or forwards it to its original destination as
+// ztunnel does.
+func relay(node *netns.NS, mode *atomic.Int32) func(net.Conn) {
+	return func(c net.Conn) {
+		m := mode.Load()
+		if m == relayNone {
+			io.Copy(io.Discard, c)
+			return
+		}
+		dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		src := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
+		var up net.Conn
+		err := node.Do(func() (err error) {
+			d := &net.Dialer{}
+			if m == relayPodPath {
+				d = origdst.FromDialer(src, PathMark)
+			}
+			up, err = d.Dial("tcp", dst.String())
+			return err
+		})
 		if err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			m := mode.Load()
-			if m == relayNone {
-				io.Copy(io.Discard, c)
-				return
-			}
-			dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
-			src := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
-			var up net.Conn
-			err := node.Do(func() (err error) {
-				d := &net.Dialer{}
-				if m == relayPodPath {
-					d = origdst.FromDialer(src, PathMark)
-				}
-				up, err = d.Dial("tcp", dst.String())
-				return err
-			})
-			if err != nil {
-				return
-			}
-			defer up.Close()
-			io.Copy(up, c)
-			up.(*net.TCPConn).CloseWrite()
-			io.Copy(io.Discard, up) // until the sink closes
-		}()
+		defer up.Close()
+		io.Copy(up, c)
+		up.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, up) // until the sink closes
 	}
 }
 
@@ -186,7 +180,7 @@ func BenchmarkRedirectThroughput(b *testing.B) {
 	}
 	defer zt.Close()
 	var mode atomic.Int32
-	go relay(zt, n.node, &mode)
+	testutil.ServeListener(zt, relay(n.node, &mode))
 
 	pinDir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("ambit-bench-%d", os.Getpid()))
 	var r *Redirector

@@ -1,13 +1,11 @@
 package redirect
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/ambitmesh/ambit/internal/origdst"
@@ -61,84 +59,5 @@ func TestSharedListenerHandover(t *testing.T) {
 	// The pod connects to the server pod; the redirection delivers the
 	// connection to whichever listener the group picks.
 	addr := net.JoinHostPort(n.serverIP.String(), "5001")
-	greeting := func() (net.Conn, string, error) {
-		c, err := n.client.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return nil, "", err
-		}
-		name, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			c.Close()
-			return nil, "", err
-		}
-		return c, name[:len(name)-1], nil
-	}
-	expect := func(when, want string) {
-		t.Helper()
-		c, got, err := greeting()
-		if err != nil {
-			t.Fatalf("%s: %v", when, err)
-		}
-		c.Close()
-		if got != want {
-			t.Fatalf("%s: accepted by %q, want %q", when, got, want)
-		}
-	}
-
-	old := listen()
-	oldDone := testutil.ServeListener(old, testutil.Greet("old"))
-	held, name, err := greeting()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if name != "old" {
-		t.Fatalf("first connection accepted by %q, want old", name)
-	}
-
-	testutil.ServeListener(listen(), testutil.Greet("new"))
-	for i := range 30 {
-		expect(fmt.Sprintf("connection %d after the new listener joined", i), "new")
-	}
-
-	stop := make(chan struct{})
-	var dialers sync.WaitGroup
-	var mu sync.Mutex
-	var lost []error
-	for range 4 {
-		dialers.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				c, _, err := greeting()
-				if err != nil {
-					mu.Lock()
-					lost = append(lost, err)
-					mu.Unlock()
-					continue
-				}
-				c.Close()
-			}
-		})
-	}
-	old.Close()
-	oldDone.Wait()
-	for i := range 10 {
-		expect(fmt.Sprintf("connection %d after the old listener closed", i), "new")
-	}
-	close(stop)
-	dialers.Wait()
-	if len(lost) > 0 {
-		t.Errorf("connections lost while the old listener closed: got %d (first: %v), want none", len(lost), lost[0])
-	}
-	if _, err := held.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4)
-	if _, err := held.Read(buf); err != nil || string(buf) != "ping" {
-		t.Errorf("held connection after the handover: got %q, %v; want ping echoed", buf, err)
-	}
+	testutil.Handover(t, ctx, n.client.DialContext, addr, listen(), listen)
 }

@@ -30,7 +30,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
-	"github.com/ambitmesh/ambit/internal/lab"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/server"
@@ -66,9 +65,7 @@ func TestCAInLab(t *testing.T) {
 		}
 	}
 	run := func(ns, name, node, sa string) *corev1.Pod {
-		p := lab.EchoPod(ns, name, node, nil)
-		p.Spec.ServiceAccountName = sa
-		got, err := l.RunPod(ctx, p)
+		got, err := l.RunEchoPod(ctx, ns, name, node, sa, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -173,9 +173,7 @@ func waypointBindings(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewayc
 	mkService(ns, "ratings", nil, map[string]string{"app": "ratings"})
 	mkService(ns, "details", map[string]string{ambient.LabelUseWaypoint: "bad"}, map[string]string{"app": "details"})
 	mkService(ns, "legacy", map[string]string{ambient.LabelUseWaypoint: "shared", ambient.LabelUseWaypointNamespace: "infra"}, nil)
-	p := lab.EchoPod(ns, "reviews-1", "node1", map[string]string{"app": "reviews"})
-	p.Spec.ServiceAccountName = "reviews"
-	if _, err := l.RunPod(ctx, p); err != nil {
+	if _, err := l.RunEchoPod(ctx, ns, "reviews-1", "node1", "reviews", map[string]string{"app": "reviews"}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,28 +30,14 @@ import (
 	"github.com/ambitmesh/ambit/api/security"
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
-	"github.com/ambitmesh/ambit/internal/kubelog"
 	"github.com/ambitmesh/ambit/internal/lab"
-	"github.com/ambitmesh/ambit/internal/testutil"
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
 
-// routeKlog routes klog (global) once per test binary: client-go's logs
-// in the test's output at slog levels, cancelled watches left out.
-var routeKlog sync.Once
-
 func startLab(t *testing.T) *lab.Lab {
 	t.Helper()
-	testutil.RequireRoot(t)
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	routeKlog.Do(func() { kubelog.Route(log.Handler()) })
-	bins, err := lab.EnsureBinaries(t.Context(), lab.BuildOptions{Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := labmesh.StartLab(t, lab.Config{Nodes: 2, Binaries: bins, Log: log})
-	return l
+	return labmesh.StartRootLab(t, lab.Config{Nodes: 2}, slog.LevelWarn)
 }
 
 // adsClient holds what a delta client has received, per type.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -249,6 +250,35 @@ func waypointController(ctx context.Context, t *testing.T, l *lab.Lab, gw gatewa
 	}
 	if g, err := gws.Get(ctx, "wp", metav1.GetOptions{}); err != nil || condition(g.Status.Conditions, "Programmed").Status != metav1.ConditionTrue {
 		t.Errorf("wp after the bad gateways: got %v (%v), want Programmed", g.Status.Conditions, err)
+	}
+
+	// A Gateway named as an existing ServiceAccount (a workload's) is not
+	// deployed: the controller does not take the account over, which
+	// would give the waypoint its identity and delete it with the Gateway.
+	accounts := kube.CoreV1().ServiceAccounts(ns)
+	if _, err := accounts.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "shared"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mk("shared", 15008, nil, nil)
+	g = awaitObject(ctx, t, "gateway over a workload's account refused", gws, "shared", func(g *gatewayv1.Gateway) bool {
+		return condition(g.Status.Conditions, "Programmed").Reason == string(gatewayv1.GatewayReasonInvalid)
+	})
+	if c := condition(g.Status.Conditions, "Programmed"); c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "ServiceAccount "+ns+"/shared exists") {
+		t.Errorf("Programmed over a workload's account: got %+v, want False naming the ServiceAccount", c)
+	}
+	if _, err := deps.Get(ctx, "shared", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("deployment over a workload's account: got %v, want not found", err)
+	}
+	if err := gws.Delete(ctx, "shared", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	awaitGone[*gatewayv1.Gateway](ctx, t, "gateway shared", gws, "shared")
+	acct, err := accounts.Get(ctx, "shared", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the workload's account after its namesake Gateway went: %v", err)
+	}
+	if len(acct.OwnerReferences) != 0 || acct.Labels[gateway.LabelManaged] != "" {
+		t.Errorf("the workload's account: owners %v labels %v, want untouched", acct.OwnerReferences, acct.Labels)
 	}
 
 	// Services bound to a waypoint carry istio.io/WaypointBound; a

@@ -20,6 +20,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/ambitmesh/ambit/ambitctl/cli"
+	"github.com/ambitmesh/ambit/ambitctl/waypoint"
 	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
 	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/internal/lab"
@@ -32,8 +33,10 @@ import (
 
 // The demo's waypoints: one per service account, named after it.
 const (
-	reviewsWaypoint = "bookinfo-reviews"
-	ratingsWaypoint = "bookinfo-ratings"
+	reviewsAccount  = "bookinfo-reviews"
+	ratingsAccount  = "bookinfo-ratings"
+	reviewsWaypoint = reviewsAccount + waypoint.ServiceAccountSuffix
+	ratingsWaypoint = ratingsAccount + waypoint.ServiceAccountSuffix
 	pagesPerSplit   = 100
 )
 
@@ -160,7 +163,7 @@ func (d *demo) deployWaypoint(ctx context.Context, sa string) error {
 	if err := d.ambitctl(ctx, "waypoint", "apply", "-n", bookinfoNS, "--service-account", sa, "--wait", "--timeout", "3m"); err != nil {
 		return err
 	}
-	pods, err := d.mesh.WaypointPods(ctx, bookinfoNS, sa, 1)
+	pods, err := d.mesh.WaypointPods(ctx, bookinfoNS, sa+waypoint.ServiceAccountSuffix, 1)
 	if err != nil {
 		return err
 	}
@@ -226,7 +229,7 @@ func (d *demo) deployVersions(ctx context.Context) error {
 
 // reviewsWaypointStep deploys the reviews service account's waypoint.
 func (d *demo) reviewsWaypointStep(ctx context.Context) error {
-	return d.deployWaypoint(ctx, reviewsWaypoint)
+	return d.deployWaypoint(ctx, reviewsAccount)
 }
 
 // splitBefore counts the reviews versions of 100 pages with no route:
@@ -296,7 +299,7 @@ func (d *demo) ratingsReadOnly(ctx context.Context) error {
 		return err
 	}
 	d.step.ok("L4 policy %s deleted: behind a waypoint, ratings' ztunnel sees the waypoint's identity", ratingsPolicy)
-	if err := d.deployWaypoint(ctx, ratingsWaypoint); err != nil {
+	if err := d.deployWaypoint(ctx, ratingsAccount); err != nil {
 		return err
 	}
 	root, err := lab.FindRoot()

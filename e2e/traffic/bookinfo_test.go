@@ -30,6 +30,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/ambitmesh/ambit/ambitctl/cli"
+	"github.com/ambitmesh/ambit/ambitctl/waypoint"
 	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
@@ -215,7 +216,7 @@ func (e *env) ambitctl(t *testing.T, ctx context.Context, args ...string) string
 func (e *env) waypoint(t *testing.T, ctx context.Context, sa string) {
 	t.Helper()
 	e.ambitctl(t, ctx, "waypoint", "apply", "-n", ns, "--service-account", sa, "--wait", "--timeout", "3m")
-	if _, err := e.mesh.WaypointPods(ctx, ns, sa, 1); err != nil {
+	if _, err := e.mesh.WaypointPods(ctx, ns, sa+waypoint.ServiceAccountSuffix, 1); err != nil {
 		t.Fatal(err)
 	}
 	var ips []string
@@ -252,7 +253,7 @@ func (e *env) apply(t *testing.T, ctx context.Context, want []string, files ...s
 		t.Fatal(err)
 	}
 	var last []string
-	_, err := e.mesh.WaitWaypoint(ctx, ns, "bookinfo-reviews", 1, fmt.Sprintf("routes %q", want), func(dump string) bool {
+	_, err := e.mesh.WaitWaypoint(ctx, ns, "bookinfo-reviews"+waypoint.ServiceAccountSuffix, 1, fmt.Sprintf("routes %q", want), func(dump string) bool {
 		last = bookinfo.ReviewsRoutes(dump, ns)
 		return slices.Equal(last, want)
 	})
@@ -326,7 +327,7 @@ func TestBookinfoTraffic(t *testing.T) {
 		within(t, "v2", got["v2"], 200, 0.1)
 		// ambitctl shows the waypoint's route, read from the waypoint
 		// pod's admin port in its own network namespace.
-		out := e.ambitctl(t, ctx, "proxy-config", "route", "bookinfo-reviews", "-n", ns)
+		out := e.ambitctl(t, ctx, "proxy-config", "route", "bookinfo-reviews"+waypoint.ServiceAccountSuffix, "-n", ns)
 		if !strings.Contains(out, "inbound-vip|9080|http|reviews-v1."+ns+".svc.cluster.local 90%, inbound-vip|9080|http|reviews-v2."+ns+".svc.cluster.local 10%") {
 			t.Errorf("ambitctl proxy-config route: got\n%s\nwant the 90/10 split", out)
 		}
@@ -355,7 +356,7 @@ func TestBookinfoTraffic(t *testing.T) {
 			t.Fatal(err)
 		}
 		key := fmt.Sprintf("ns[%s]-policy[ratings-read-only]-rule[0]", ns)
-		if _, err := e.mesh.WaitWaypoint(ctx, ns, "bookinfo-ratings", 1, "policy ratings-read-only", func(d string) bool { return strings.Contains(d, key) }); err != nil {
+		if _, err := e.mesh.WaitWaypoint(ctx, ns, "bookinfo-ratings"+waypoint.ServiceAccountSuffix, 1, "policy ratings-read-only", func(d string) bool { return strings.Contains(d, key) }); err != nil {
 			t.Fatal(err)
 		}
 		for _, tc := range []struct {

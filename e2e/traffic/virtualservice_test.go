@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambitmesh/ambit/ambitctl/waypoint"
 	"github.com/ambitmesh/ambit/e2e/internal/bookinfo"
 	"github.com/ambitmesh/ambit/samples/bookinfo/app"
 )
@@ -27,7 +28,7 @@ func (e *env) applyVS(t *testing.T, ctx context.Context, service string, want []
 		t.Fatal(err)
 	}
 	var last []string
-	_, err := e.mesh.WaitWaypoint(ctx, ns, "bookinfo-"+service, 1, fmt.Sprintf("%s routes %q", service, want), func(dump string) bool {
+	_, err := e.mesh.WaitWaypoint(ctx, ns, "bookinfo-"+service+waypoint.ServiceAccountSuffix, 1, fmt.Sprintf("%s routes %q", service, want), func(dump string) bool {
 		last = bookinfo.Routes(dump, service, ns)
 		return slices.Equal(last, want)
 	})

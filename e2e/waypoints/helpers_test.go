@@ -123,13 +123,13 @@ func (s *suite) waitWorkloadBound(t *testing.T, ctx context.Context, ip string, 
 	}
 }
 
-// policy applies an AuthorizationPolicy attached to Service target (at
-// its waypoint) with rules given as JSON, and waits until the waypoint
-// s.wp has it.
-func (s *suite) policy(t *testing.T, ctx context.Context, ns, name, target, action, rulesJSON string) {
+// createPolicy creates AuthorizationPolicy ns/name with action and one
+// rule given as JSON; scope says what it applies to (its targetRefs or
+// selector).
+func (s *suite) createPolicy(t *testing.T, ctx context.Context, ns, name, action, rulesJSON string, scope func(*securityv1.AuthorizationPolicy)) {
 	t.Helper()
 	ap := &securityv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	ap.Spec.TargetRefs = []*typev1beta1.PolicyTargetReference{{Group: "", Kind: "Service", Name: target}}
+	scope(ap)
 	ap.Spec.Action = securityapi.AuthorizationPolicy_Action(securityapi.AuthorizationPolicy_Action_value[action])
 	var rule securityapi.Rule
 	if err := json.Unmarshal([]byte(rulesJSON), &rule); err != nil {
@@ -139,6 +139,16 @@ func (s *suite) policy(t *testing.T, ctx context.Context, ns, name, target, acti
 	if _, err := s.istio.SecurityV1().AuthorizationPolicies(ns).Create(ctx, ap, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// policy applies an AuthorizationPolicy attached to Service target (at
+// its waypoint) with rules given as JSON, and waits until the waypoint
+// s.wp has it.
+func (s *suite) policy(t *testing.T, ctx context.Context, ns, name, target, action, rulesJSON string) {
+	t.Helper()
+	s.createPolicy(t, ctx, ns, name, action, rulesJSON, func(ap *securityv1.AuthorizationPolicy) {
+		ap.Spec.TargetRefs = []*typev1beta1.PolicyTargetReference{{Group: "", Kind: "Service", Name: target}}
+	})
 	key := fmt.Sprintf("ns[%s]-policy[%s]-rule[0]", ns, name)
 	s.waitWaypointDump(t, ctx, ns, s.wp, 1, "policy "+name, func(d string) bool { return strings.Contains(d, key) })
 }
@@ -158,17 +168,9 @@ func (s *suite) deletePolicy(t *testing.T, ctx context.Context, ns, name string)
 // and waits until every ztunnel has it bound to the workload at on.
 func (s *suite) policySelector(t *testing.T, ctx context.Context, ns, name string, selector map[string]string, action, rulesJSON, on string) {
 	t.Helper()
-	ap := &securityv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	ap.Spec.Selector = &typev1beta1.WorkloadSelector{MatchLabels: selector}
-	ap.Spec.Action = securityapi.AuthorizationPolicy_Action(securityapi.AuthorizationPolicy_Action_value[action])
-	var rule securityapi.Rule
-	if err := json.Unmarshal([]byte(rulesJSON), &rule); err != nil {
-		t.Fatalf("policy %s: %v", name, err)
-	}
-	ap.Spec.Rules = []*securityapi.Rule{&rule}
-	if _, err := s.istio.SecurityV1().AuthorizationPolicies(ns).Create(ctx, ap, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	s.createPolicy(t, ctx, ns, name, action, rulesJSON, func(ap *securityv1.AuthorizationPolicy) {
+		ap.Spec.Selector = &typev1beta1.WorkloadSelector{MatchLabels: selector}
+	})
 	if err := s.mesh.WaitPolicy(ctx, ns, name, on, true); err != nil {
 		t.Fatal(err)
 	}

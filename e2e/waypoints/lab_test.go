@@ -12,9 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,35 +23,21 @@ import (
 
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/echo"
-	"github.com/ambitmesh/ambit/internal/kubelog"
 	"github.com/ambitmesh/ambit/internal/lab"
-	"github.com/ambitmesh/ambit/internal/testutil"
 )
-
-var routeKlog sync.Once
 
 // startLab starts a lab with a scheduler (waypoint Deployments' pods run
 // on its nodes) and tears it down after, checking that nothing is left
 // behind. On failure it prints the lab's logs.
 func startLab(t *testing.T) *lab.Lab {
 	t.Helper()
-	testutil.RequireRoot(t)
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	routeKlog.Do(func() { kubelog.Route(log.Handler()) })
-	bins, err := lab.EnsureBinaries(t.Context(), lab.BuildOptions{Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := labmesh.StartLab(t, lab.Config{Nodes: 2, Binaries: bins, Log: log, Scheduler: true})
-	return l
+	return labmesh.StartRootLab(t, lab.Config{Nodes: 2, Scheduler: true}, slog.LevelInfo)
 }
 
 // echoPod runs the echo workload as service account sa on node.
 func echoPod(t *testing.T, ctx context.Context, l *lab.Lab, ns, name, node, sa string, labels map[string]string) *corev1.Pod {
 	t.Helper()
-	p := lab.EchoPod(ns, name, node, labels)
-	p.Spec.ServiceAccountName = sa
-	got, err := l.RunPod(ctx, p)
+	got, err := l.RunEchoPod(ctx, ns, name, node, sa, labels)
 	if err != nil {
 		t.Fatal(err)
 	}

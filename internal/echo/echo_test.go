@@ -7,29 +7,39 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 func startServer(t *testing.T) (tcpAddr, httpAddr string) {
 	t.Helper()
-	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	tl, hl := listen(t), listen(t)
+	serve(t, []net.Listener{tl}, []net.Listener{hl})
+	return tl.Addr().String(), hl.Addr().String()
+}
+
+// listen listens on a free loopback port.
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	hl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	return ln
+}
+
+// serve runs a Server (pod-a in ns1) on the listeners until the test
+// ends.
+func serve(t *testing.T, tcp, web []net.Listener, rpc ...net.Listener) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{Hostname: "pod-a", Namespace: "ns1"}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.Serve(ctx, []net.Listener{tl}, []net.Listener{hl})
+		s.Serve(ctx, tcp, web, rpc...)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return tl.Addr().String(), hl.Addr().String()
 }
 
 func TestTCPReport(t *testing.T) {
@@ -130,7 +140,8 @@ func TestProbe(t *testing.T) {
 	if !last.Done || last.Held.OK < 5 || last.New.OK < 5 || last.Held.Failed+last.New.Failed != 0 {
 		t.Errorf("probe of a live server: got %+v, want done, at least 5 answers each and no failure", last)
 	}
-	if last.Held.Conns != 1 || last.New.Conns != last.New.OK {
+	// The last request may have had its connection when the probe ended.
+	if last.Held.Conns != 1 || last.New.Conns < last.New.OK || last.New.Conns > last.New.OK+1 {
 		t.Errorf("connections: got held %d, new %d for %d requests; want 1 and one per request", last.Held.Conns, last.New.Conns, last.New.OK)
 	}
 
@@ -146,5 +157,63 @@ func TestProbe(t *testing.T) {
 	}
 	if last.Held.Failed == 0 || last.New.Failed == 0 || last.Held.OK+last.New.OK != 0 || last.New.FirstFail == "" {
 		t.Errorf("probe of a closed port: got %+v, want only failures", last)
+	}
+}
+
+// TestProbeHeldEnds: the held client replaces its connection only when
+// the peer ends it, and says why: closed by the server between two
+// requests (an idle timeout shorter than the interval), or an answer
+// with Connection: close. Neither fails a request.
+func TestProbeHeldEnds(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		srv  func(h http.Handler) *http.Server
+		want string
+	}{
+		{"idle timeout", func(h http.Handler) *http.Server {
+			return &http.Server{Handler: h, IdleTimeout: 10 * time.Millisecond}
+		}, ": EOF"},
+		{"connection close", func(h http.Handler) *http.Server {
+			var n atomic.Int64
+			return &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if n.Add(1)%3 == 0 {
+					w.Header().Set("Connection", "close")
+				}
+				h.ServeHTTP(w, r)
+			})}
+		}, ": answer asked to close the connection"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			hs := tt.srv(&Server{Hostname: "pod-a"})
+			go hs.Serve(l)
+			t.Cleanup(func() { hs.Close() })
+			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+			defer cancel()
+			var out strings.Builder
+			if err := Probe(ctx, "http://"+l.Addr().String()+"/probe", 50*time.Millisecond, &out); err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			var last ProbeResult
+			if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil {
+				t.Fatal(err)
+			}
+			h := last.Held
+			if h.Failed != 0 || h.OK < 5 {
+				t.Errorf("held client: got %d answers, %d failed (%v); want at least 5 and none failed", h.OK, h.Failed, h.Errors)
+			}
+			if h.Conns < 3 || len(h.Ends) < h.Conns-1 {
+				t.Fatalf("held client: got %d connections, ends %q; want at least 3, each replaced one with its end", h.Conns, h.Ends)
+			}
+			for _, e := range h.Ends {
+				if !strings.HasSuffix(e, tt.want) {
+					t.Errorf("held connection end %q, want one ending in %q", e, tt.want)
+				}
+			}
+		})
 	}
 }

@@ -1,10 +1,8 @@
 package echo
 
 import (
-	"context"
 	"errors"
 	"io"
-	"net"
 	"strings"
 	"testing"
 
@@ -20,18 +18,8 @@ import (
 // of it.
 func startGRPC(t *testing.T) testgrpc.TestServiceClient {
 	t.Helper()
-	gl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{Hostname: "pod-a", Namespace: "ns1"}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.Serve(ctx, nil, nil, gl)
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	gl := listen(t)
+	serve(t, nil, nil, gl)
 	cc, err := grpc.NewClient("passthrough:///"+gl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,11 +20,18 @@ import (
 //     its stream's buffer; it never writes to the connection, so it keeps
 //     reading however slow the peer is to read what this side sends (the
 //     peer's windows, not its reads, bound what it sends us).
-//   - A stream's writer writes its DATA frame itself, under the write
-//     lock, in one TLS write together with any control frames queued
-//     (WINDOW_UPDATE, SETTINGS and PING acknowledgements, RST_STREAM):
-//     there is no writer goroutine in between. Control frames queued while
-//     nobody writes are written by the connection's control goroutine.
+//   - Frames wait in one queue (out), in the order they were made:
+//     whoever has a frame to send appends it under the write lock, which
+//     is never held across a system call. A stream's writer then writes
+//     the queue itself, in one TLS write, unless another goroutine is
+//     writing already: that one takes the frames queued meanwhile in its
+//     next write (write combining). There is no writer goroutine in
+//     between, and under load the frames of many streams share a TLS
+//     record and a system call, as h2's and x/net's write loops batch
+//     theirs. Control frames (WINDOW_UPDATE, SETTINGS and PING
+//     acknowledgements, RST_STREAM) that the reading goroutine queues
+//     while nobody writes are written by the connection's control
+//     goroutine.
 //
 // A byte of a tunnel thus crosses one goroutine hand-off per direction
 // and tunnel end (reading goroutine to the stream's reader), where
@@ -32,20 +40,25 @@ type conn struct {
 	nc     net.Conn
 	server bool
 
-	// Writing. wmu orders frames on the connection; enc and wbuf are its.
-	wmu  sync.Mutex
-	wbuf []byte
-	enc  *hpack.Encoder
-	hbuf bytes.Buffer
-	werr error
+	// Writing (wmu): out holds whole frames waiting to be written, in
+	// order; flushing says a goroutine is writing (flush), spare is the
+	// buffer it gives back; queued and wrote count the bytes appended to
+	// out and written, so that a caller can wait for its own (wdone
+	// signals each write). enc and hbuf encode header blocks.
+	wmu      sync.Mutex
+	wdone    sync.Cond
+	out      []byte
+	spare    []byte
+	flushing bool
+	queued   uint64
+	wrote    uint64
+	enc      *hpack.Encoder
+	hbuf     bytes.Buffer
+	werr     error
+	ctrlWake chan struct{}
 	// peerTableSize is the peer's SETTINGS_HEADER_TABLE_SIZE, applied to
 	// enc before the next header block (-1: unchanged).
 	peerTableSize atomic.Int64
-
-	// Control frames waiting for the next write (cmu).
-	cmu      sync.Mutex
-	ctrl     []byte
-	ctrlWake chan struct{}
 
 	// Connection and stream state (mu). cond signals send windows,
 	// stream slots and closing.
@@ -157,10 +170,17 @@ const (
 	// maxBlockFrames the frames of one block.
 	maxHeaderBlock = 64 << 10
 	maxBlockFrames = 64
-	// maxControlQueue bounds control frames waiting to be written: a
-	// peer that sends PINGs or SETTINGS but does not read the answers is
-	// cut off.
+	// maxControlQueue bounds the frames waiting to be written when a
+	// control frame joins them: a peer that sends PINGs or SETTINGS but
+	// does not read the answers is cut off.
 	maxControlQueue = 1 << 20
+	// maxPending is how much a stream's writer leaves queued for another
+	// goroutine's write before it waits for that write: it bounds the
+	// queue (and its buffers) while one write to a slow peer blocks.
+	maxPending = 64 << 10
+	// maxKeptBuffer is the largest write buffer a connection keeps
+	// between writes.
+	maxKeptBuffer = 64 << 10
 	// closeTimeout bounds writing a GOAWAY when closing.
 	closeTimeout = time.Second
 )
@@ -208,6 +228,7 @@ func newConn(nc net.Conn, server bool) *conn {
 		closed:     make(chan struct{}),
 	}
 	c.cond.L = &c.mu
+	c.wdone.L = &c.wmu
 	c.enc = hpack.NewEncoder(&c.hbuf)
 	c.peerTableSize.Store(-1)
 	c.dec = hpack.NewDecoder(4096, nil)
@@ -234,7 +255,8 @@ func (c *conn) start() error {
 	b = appendSettings(b, s...)
 	b = appendWindowUpdate(b, 0, connWindow-defaultWindow)
 	c.wmu.Lock()
-	_, err := c.nc.Write(b)
+	c.appendLocked(b)
+	err := c.flushLocked(true)
 	c.wmu.Unlock()
 	if err != nil {
 		return fmt.Errorf("write settings: %w", err)
@@ -250,21 +272,26 @@ func (c *conn) Err() error {
 	return c.err
 }
 
-// queueControl queues whole control frames for the next write.
+// queueControl queues whole control frames. It never waits on the
+// socket (the reading goroutine calls it): the goroutine writing takes
+// them, or the control goroutine when nobody writes.
 func (c *conn) queueControl(b []byte) {
-	c.cmu.Lock()
-	over := len(c.ctrl)+len(b) > maxControlQueue
+	c.wmu.Lock()
+	over := len(c.out)+len(b) > maxControlQueue
 	if !over {
-		c.ctrl = append(c.ctrl, b...)
+		c.appendLocked(b)
 	}
-	c.cmu.Unlock()
+	wake := !c.flushing
+	c.wmu.Unlock()
 	if over {
 		go c.fail(&connError{code: codeEnhanceYourCalm, msg: "peer does not read the control frames it asks for"})
 		return
 	}
-	select {
-	case c.ctrlWake <- struct{}{}:
-	default:
+	if wake {
+		select {
+		case c.ctrlWake <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -277,7 +304,7 @@ func (c *conn) controlLoop() {
 			return
 		}
 		c.wmu.Lock()
-		err := c.writeLocked(nil)
+		err := c.flushLocked(false)
 		c.wmu.Unlock()
 		if err != nil {
 			c.fail(err)
@@ -286,39 +313,72 @@ func (c *conn) controlLoop() {
 	}
 }
 
-// writeLocked writes the queued control frames followed by frames (whole
-// frames) in one write. The caller holds wmu.
-func (c *conn) writeLocked(frames []byte) error {
-	b := append(c.takeControl(c.wbuf[:0]), frames...)
-	c.wbuf = b
-	return c.writeRaw(b)
+// appendLocked queues whole frames. The caller holds wmu.
+func (c *conn) appendLocked(b []byte) {
+	c.out = append(c.out, b...)
+	c.queued += uint64(len(b))
 }
 
-// takeControl appends the queued control frames to b.
-func (c *conn) takeControl(b []byte) []byte {
-	c.cmu.Lock()
-	b = append(b, c.ctrl...)
-	c.ctrl = c.ctrl[:0]
-	c.cmu.Unlock()
-	return b
-}
-
-func (c *conn) writeRaw(b []byte) error {
+// flushLocked writes the queued frames, unless another goroutine is
+// writing: then that one writes them, and flushLocked returns at once
+// (wait false, and less than maxPending queued) or once they are
+// written. The writing goroutine goes on until the queue is empty, one
+// TLS write per round. The caller holds wmu; flushLocked releases it
+// while it writes.
+func (c *conn) flushLocked(wait bool) error {
+	if c.flushing {
+		if !wait && len(c.out) < maxPending {
+			return c.werr
+		}
+		mark := c.queued
+		for c.flushing && c.wrote < mark && c.werr == nil {
+			c.wdone.Wait()
+		}
+		if c.flushing || c.wrote >= mark || c.werr != nil {
+			return c.werr
+		}
+		// The writer stopped short of these frames (it cannot: it
+		// writes until the queue is empty), or a new round is due.
+	}
+	c.flushing = true
+	if !wait {
+		// Let goroutines that are ready to run go first: under load they
+		// are often other streams' writers, whose frames then join this
+		// write instead of making their own (with one P, nothing else
+		// runs while this goroutine is in the system call). With nothing
+		// else ready this returns at once.
+		c.wmu.Unlock()
+		runtime.Gosched()
+		c.wmu.Lock()
+	}
+	for c.werr == nil && len(c.out) > 0 {
+		b := c.out
+		c.out, c.spare = c.spare[:0], nil
+		c.wmu.Unlock()
+		_, err := c.nc.Write(b)
+		c.wmu.Lock()
+		if cap(b) <= maxKeptBuffer {
+			c.spare = b[:0]
+		}
+		c.wrote += uint64(len(b))
+		if err != nil {
+			c.werr = fmt.Errorf("write frames: %w", err)
+		}
+		c.wdone.Broadcast()
+	}
 	if c.werr != nil {
-		return c.werr
+		c.out = c.out[:0] // nothing more goes out
 	}
-	if len(b) == 0 {
-		return nil
+	if cap(c.out) > maxKeptBuffer {
+		c.out = nil
 	}
-	if _, err := c.nc.Write(b); err != nil {
-		c.werr = fmt.Errorf("write frames: %w", err)
-		return c.werr
-	}
-	return nil
+	c.flushing = false
+	c.wdone.Broadcast()
+	return c.werr
 }
 
 // writeData writes one DATA frame of p, ending the stream with it if end,
-// after the queued control frames, in one write.
+// together with whatever else is queued (flushLocked).
 func (c *conn) writeData(id uint32, p []byte, end bool) error {
 	var flags uint8
 	if end {
@@ -326,9 +386,13 @@ func (c *conn) writeData(id uint32, p []byte, end bool) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	b := appendFrame(c.takeControl(c.wbuf[:0]), frameData, flags, id, p)
-	c.wbuf = b
-	return c.writeRaw(b)
+	if c.werr != nil {
+		return c.werr
+	}
+	n := len(c.out)
+	c.out = appendFrame(c.out, frameData, flags, id, p)
+	c.queued += uint64(len(c.out) - n)
+	return c.flushLocked(false)
 }
 
 // writeHeaders encodes fields as one header block on stream id and writes
@@ -353,22 +417,28 @@ func (c *conn) writeHeadersLocked(id uint32, fields []hpack.HeaderField, end boo
 	c.mu.Lock()
 	max := int(c.peer.maxFrame)
 	c.mu.Unlock()
-	var b []byte
+	if c.werr != nil {
+		return c.werr
+	}
+	b := c.out
+	n := len(b)
 	typ := frameHeaders
 	for first := true; first || len(block) > 0; first = false {
-		n := min(len(block), max)
+		k := min(len(block), max)
 		var flags uint8
 		if first && end {
 			flags |= flagEndStream
 		}
-		if n == len(block) {
+		if k == len(block) {
 			flags |= flagEndHeaders
 		}
-		b = appendFrame(b, typ, flags, id, block[:n])
-		block = block[n:]
+		b = appendFrame(b, typ, flags, id, block[:k])
+		block = block[k:]
 		typ = frameContinuation
 	}
-	return c.writeLocked(b)
+	c.out = b
+	c.queued += uint64(len(b) - n)
+	return c.flushLocked(false)
 }
 
 // fail ends the connection: every stream fails with err, the peer gets a
@@ -402,7 +472,10 @@ func (c *conn) fail(err error) {
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(closeTimeout))
 	c.wmu.Lock()
-	c.writeLocked(appendGoAway(nil, lastID, code, debug))
+	if c.werr == nil {
+		c.appendLocked(appendGoAway(nil, lastID, code, debug))
+		c.flushLocked(true)
+	}
 	if c.werr == nil {
 		c.werr = net.ErrClosed
 	}

@@ -460,3 +460,115 @@ func TestJoinedRoundTrips(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestServerEndsAnsweredStream: a server handler that answers in full,
+// ends its side and returns before the client ended its own (an HTTP
+// server after "Connection: close") ends the stream with END_STREAM and
+// RST_STREAM NO_ERROR (RFC 9113 section 8.1), not CANCEL: the client
+// reads the whole answer and an EOF, its writes end as on a closed
+// connection, and a tunnel joining the stream to a TCP connection (a
+// source ztunnel) ends without an error.
+func TestServerEndsAnsweredStream(t *testing.T) {
+	f := newFixture(t, nil)
+	const answer = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+	cert := f.issue(t, f.ca, serverID, time.Hour)
+	s := &Server{
+		Certificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil },
+		Verifier:    f.verifier,
+		Handler: HandlerFunc(func(_ context.Context, _ *Request, ss *ServerStream) {
+			if err := ss.Accept(); err != nil {
+				return
+			}
+			line := make([]byte, len("request\n"))
+			if _, err := io.ReadFull(ss, line); err != nil {
+				return
+			}
+			io.WriteString(ss, answer)
+			ss.CloseWrite()
+			ss.Close()
+		}),
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	f.addr = ln.Addr().(*net.TCPAddr).AddrPort()
+	cc, err := f.dial(t, ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("stream", func(t *testing.T) {
+		conn, err := cc.Connect(context.Background(), f.allowed, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := io.WriteString(conn, "request\n"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(conn)
+		if err != nil || string(got) != answer {
+			t.Fatalf("read answer: got %q, %v; want %q, EOF", got, err, answer)
+		}
+		// The reset follows the END_STREAM: writes succeed until it
+		// has arrived, then fail as on a closed connection.
+		for {
+			_, err = conn.Write([]byte("more"))
+			if err != nil {
+				break
+			}
+		}
+		var re *ResetError
+		if !errors.Is(err, net.ErrClosed) || !errors.As(err, &re) || re.Code != 0 {
+			t.Errorf("write after the server's end: got %v, want net.ErrClosed with RST_STREAM NO_ERROR", err)
+		}
+	})
+
+	t.Run("joined", func(t *testing.T) {
+		conn, err := cc.Connect(context.Background(), f.allowed, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		app, tun := tcpPair(t)
+		joined := make(chan error, 1)
+		go func() {
+			_, err := Join(tun, conn)
+			joined <- err
+		}()
+		if _, err := io.WriteString(app, "request\n"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(app)
+		if err != nil || string(got) != answer {
+			t.Fatalf("read answer: got %q, %v; want %q, EOF", got, err, answer)
+		}
+		app.Close()
+		if err := <-joined; err != nil {
+			t.Errorf("Join: got %v, want nil (an orderly end, not a reset)", err)
+		}
+	})
+}
+
+// tcpPair is the two ends of a TCP connection on loopback.
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	b, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return a, b
+}

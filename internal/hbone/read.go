@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -99,8 +100,14 @@ func (c *conn) readFrame(h frameHeader) error {
 		code := errCode(binary.BigEndian.Uint32(p))
 		if st := c.stream(h.streamID); st != nil {
 			err := error(&ResetError{Code: uint32(code), Remote: true})
-			if code == codeRefusedStream {
+			switch {
+			case code == codeRefusedStream:
 				err = fmt.Errorf("%w: %w", ErrRefusedStream, err)
+			case code == codeNo && st.ended():
+				// The peer answered in full and wants no more of this
+				// side's data (RFC 9113 section 8.1): an orderly end of
+				// the sending side, as a closed connection is.
+				err = fmt.Errorf("%w: %w", net.ErrClosed, err)
 			}
 			st.abort(err)
 			return st.countReset()

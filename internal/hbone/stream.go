@@ -174,6 +174,13 @@ func (st *stream) receiveHeaders(fields []hpack.HeaderField, end bool) error {
 	return nil
 }
 
+// ended reports whether the peer's END_STREAM was received.
+func (st *stream) ended() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.recvEnd
+}
+
 // endRecv notes END_STREAM received; the stream ends once both sides did.
 func (c *conn) endRecv(st *stream) {
 	c.mu.Lock()
@@ -330,10 +337,12 @@ func (st *stream) waitLocked() error {
 		switch {
 		case st.closed:
 			return net.ErrClosed
+		case st.recvEnd:
+			// Everything the peer sent was read: a reset after its
+			// END_STREAM ends only the sending side.
+			return io.EOF
 		case st.recvErr != nil:
 			return st.recvErr
-		case st.recvEnd:
-			return io.EOF
 		}
 		st.cond.Wait()
 	}
@@ -555,6 +564,13 @@ func (st *stream) Close() error {
 	case done:
 	case recvEnd && recvErr == nil && !sentEnd && sendErr == nil:
 		st.CloseWrite()
+	case c.server && sentEnd && sendErr == nil && recvErr == nil:
+		// The response is complete and the rest of the request is not
+		// wanted (the handler ended after an HTTP "Connection: close",
+		// say): RST_STREAM NO_ERROR, as RFC 9113 section 8.1 has a
+		// server end a stream it answered in full. The client reads its
+		// whole response and an orderly end, not a cancellation.
+		st.reset(codeNo, net.ErrClosed)
 	default:
 		st.reset(codeCancel, net.ErrClosed)
 	}

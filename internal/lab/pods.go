@@ -113,6 +113,14 @@ func (l *Lab) Exec(ctx context.Context, namespace, name string, argv ...string) 
 	return n.Kubelet.Exec(ctx, namespace, name, argv...)
 }
 
+// RunEchoPod runs an EchoPod as service account sa (the namespace's
+// default when empty) and waits until it is Ready.
+func (l *Lab) RunEchoPod(ctx context.Context, namespace, name, node, sa string, labels map[string]string) (*corev1.Pod, error) {
+	p := EchoPod(namespace, name, node, labels)
+	p.Spec.ServiceAccountName = sa
+	return l.RunPod(ctx, p)
+}
+
 // EchoPod returns a pod that runs the echo workload on node, serving TCP on
 // 9000, HTTP on 8080 and gRPC (the interop TestService) on 7070, with a
 // readiness probe on /healthz.

@@ -40,28 +40,9 @@ func startProcess(labID, dir, name string, ns *netns.NS, env []string, bin strin
 // startProcessAt is startProcess with workDir as the working directory
 // (the caller's when empty).
 func startProcessAt(labID, dir, workDir, name string, ns *netns.NS, env []string, bin string, args ...string) (*process, error) {
-	logPath := filepath.Join(dir, name+".log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
 	cmd := ns.Command(context.Background(), bin, args...)
-	cmd.Env = append(append(os.Environ(), EnvLabID+"="+labID), env...)
 	cmd.Dir = workDir
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	return p, nil
+	return startCommand(labID, dir, name, cmd, env)
 }
 
 // exited reports whether the process has ended.

@@ -50,17 +50,7 @@ func TestRedirected(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			c, err := ns.DialContext(ctx, "tcp", tt.orig)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			s, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			got, err := Get(s)
+			got, err := Get(accepted(t, ln, ns.DialContext, tt.orig))
 			if err != nil {
 				t.Fatalf("Get: %v", err)
 			}
@@ -70,17 +60,7 @@ func TestRedirected(t *testing.T) {
 			// A connection made straight to the listener, where NAT is
 			// in use, reports the listener itself: why the outbound
 			// refuses a destination equal to its own address.
-			d, err := ns.DialContext(ctx, "tcp", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer d.Close()
-			ds, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ds.Close()
-			self, err := Get(ds)
+			self, err := Get(accepted(t, ln, ns.DialContext, ln.Addr().String()))
 			if err == nil && self != netip.MustParseAddrPort(ln.Addr().String()) {
 				t.Errorf("direct connection: got %s, want the listener %s or ErrNotRedirected", self, ln.Addr())
 			}

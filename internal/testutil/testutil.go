@@ -2,9 +2,14 @@
 package testutil
 
 import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -80,5 +85,102 @@ func Greet(name string) func(net.Conn) {
 				return
 			}
 		}
+	}
+}
+
+// Dial is how a test's client connects: net.Dialer's DialContext, or a
+// network namespace's.
+type Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Greeting dials addr and returns the connection and the name the
+// server greeted it with (a Greet handler's).
+func Greeting(ctx context.Context, dial Dial, addr string) (net.Conn, string, error) {
+	c, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, "", err
+	}
+	name, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		c.Close()
+		return nil, "", fmt.Errorf("read greeting from %s: %w", addr, err)
+	}
+	return c, strings.TrimSuffix(name, "\n"), nil
+}
+
+// Handover checks a listener handover on addr as a tunnel's upgrade
+// makes it. old is the listener that serves first (Handover serves it as
+// Greet("old")); a connection is held on it; join starts the listener
+// beside it and returns it (Handover serves it as Greet("new")); every
+// new connection must go to the new one; then old closes while four
+// clients keep connecting, and none of their connections may be lost;
+// last, the held connection must still reach the old server.
+func Handover(t *testing.T, ctx context.Context, dial Dial, addr string, old net.Listener, join func() net.Listener) {
+	t.Helper()
+	expect := func(when, want string) {
+		t.Helper()
+		c, got, err := Greeting(ctx, dial, addr)
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		c.Close()
+		if got != want {
+			t.Fatalf("%s: accepted by %q, want %q", when, got, want)
+		}
+	}
+	oldDone := ServeListener(old, Greet("old"))
+	held, name, err := Greeting(ctx, dial, addr)
+	if err != nil {
+		t.Fatalf("first connection: %v", err)
+	}
+	defer held.Close()
+	if name != "old" {
+		t.Fatalf("first connection accepted by %q, want old", name)
+	}
+
+	ServeListener(join(), Greet("new"))
+	for i := range 50 {
+		expect(fmt.Sprintf("connection %d after the new listener joined", i), "new")
+	}
+
+	stop := make(chan struct{})
+	var dialers sync.WaitGroup
+	var mu sync.Mutex
+	var lost []error
+	for range 4 {
+		dialers.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, _, err := Greeting(ctx, dial, addr)
+				if err != nil {
+					mu.Lock()
+					lost = append(lost, err)
+					mu.Unlock()
+					continue
+				}
+				c.Close()
+			}
+		})
+	}
+	old.Close()
+	oldDone.Wait()
+	for i := range 20 {
+		expect(fmt.Sprintf("connection %d after the old listener closed", i), "new")
+	}
+	close(stop)
+	dialers.Wait()
+	if len(lost) > 0 {
+		t.Errorf("connections lost while the old listener closed: got %d (first: %v), want none", len(lost), lost[0])
+	}
+
+	if _, err := held.Write([]byte("ping")); err != nil {
+		t.Fatalf("write on the held connection: %v", err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(held, buf); err != nil || string(buf) != "ping" {
+		t.Errorf("held connection after the handover: got %q, %v; want ping echoed", buf, err)
 	}
 }

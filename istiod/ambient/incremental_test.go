@@ -332,25 +332,13 @@ func TestBuilderMatchesBuild(t *testing.T) {
 					b.SetService(svc)
 					ev = "set service selecting a pod " + key(svc.Namespace, svc.Name)
 				case 13:
-					sa := g.account()
-					c.accounts[key(sa.Namespace, sa.Name)] = sa
-					b.SetServiceAccount(sa)
-					ev = "set serviceaccount " + key(sa.Namespace, sa.Name)
+					ev = "set serviceaccount " + setObject(c.accounts, g.account(), b.SetServiceAccount)
 				case 14:
-					sa := g.account()
-					delete(c.accounts, key(sa.Namespace, sa.Name))
-					b.DeleteServiceAccount(sa.Namespace, sa.Name)
-					ev = "delete serviceaccount " + key(sa.Namespace, sa.Name)
+					ev = "delete serviceaccount " + deleteObject(c.accounts, g.account(), b.DeleteServiceAccount)
 				case 15:
-					gw := g.gateway()
-					c.gateways[key(gw.Namespace, gw.Name)] = gw
-					b.SetGateway(gw)
-					ev = "set gateway " + key(gw.Namespace, gw.Name)
+					ev = "set gateway " + setObject(c.gateways, g.gateway(), b.SetGateway)
 				case 16:
-					gw := g.gateway()
-					delete(c.gateways, key(gw.Namespace, gw.Name))
-					b.DeleteGateway(gw.Namespace, gw.Name)
-					ev = "delete gateway " + key(gw.Namespace, gw.Name)
+					ev = "delete gateway " + deleteObject(c.gateways, g.gateway(), b.DeleteGateway)
 				case 0:
 					n := g.namespace()
 					c.namespaces[n.Name] = n
@@ -372,35 +360,17 @@ func TestBuilderMatchesBuild(t *testing.T) {
 					b.DeleteNode(n)
 					ev = "delete node " + n
 				case 4, 5, 6:
-					p := g.pod()
-					c.pods[key(p.Namespace, p.Name)] = p
-					b.SetPod(p)
-					ev = "set pod " + key(p.Namespace, p.Name)
+					ev = "set pod " + setObject(c.pods, g.pod(), b.SetPod)
 				case 7:
-					p := g.pod()
-					delete(c.pods, key(p.Namespace, p.Name))
-					b.DeletePod(p.Namespace, p.Name)
-					ev = "delete pod " + key(p.Namespace, p.Name)
+					ev = "delete pod " + deleteObject(c.pods, g.pod(), b.DeletePod)
 				case 8:
-					s := g.service()
-					c.services[key(s.Namespace, s.Name)] = s
-					b.SetService(s)
-					ev = "set service " + key(s.Namespace, s.Name)
+					ev = "set service " + setObject(c.services, g.service(), b.SetService)
 				case 9:
-					s := g.service()
-					delete(c.services, key(s.Namespace, s.Name))
-					b.DeleteService(s.Namespace, s.Name)
-					ev = "delete service " + key(s.Namespace, s.Name)
+					ev = "delete service " + deleteObject(c.services, g.service(), b.DeleteService)
 				case 10:
-					es := g.slice()
-					c.slices[key(es.Namespace, es.Name)] = es
-					b.SetEndpointSlice(es)
-					ev = "set slice " + key(es.Namespace, es.Name)
+					ev = "set slice " + setObject(c.slices, g.slice(), b.SetEndpointSlice)
 				case 11:
-					es := g.slice()
-					delete(c.slices, key(es.Namespace, es.Name))
-					b.DeleteEndpointSlice(es.Namespace, es.Name)
-					ev = "delete slice " + key(es.Namespace, es.Name)
+					ev = "delete slice " + deleteObject(c.slices, g.slice(), b.DeleteEndpointSlice)
 				case 12:
 					ap := g.policy()
 					if g.r.IntN(3) == 0 {
@@ -436,4 +406,22 @@ func TestBuilderMatchesBuild(t *testing.T) {
 			}
 		})
 	}
+}
+
+// setObject puts o in the reference cluster's map m and gives it to the
+// builder (apply); it returns o's key.
+func setObject[T metav1.Object](m map[string]T, o T, apply func(T)) string {
+	k := key(o.GetNamespace(), o.GetName())
+	m[k] = o
+	apply(o)
+	return k
+}
+
+// deleteObject takes o out of the reference cluster's map m and the builder
+// (remove); it returns o's key.
+func deleteObject[T metav1.Object](m map[string]T, o T, remove func(namespace, name string)) string {
+	k := key(o.GetNamespace(), o.GetName())
+	delete(m, k)
+	remove(o.GetNamespace(), o.GetName())
+	return k
 }

@@ -320,6 +320,9 @@ func (c *WaypointController) reconcile(ctx context.Context, key types.Namespaced
 	case c.opts.Deploy.Image == "":
 		st.noImage = true
 	default:
+		if st.taken = c.taken(key); st.taken != "" {
+			break
+		}
 		if err := c.applyAll(ctx, gw, r); err != nil {
 			return err
 		}
@@ -399,6 +402,26 @@ func (c *WaypointController) applyAll(ctx context.Context, gw *gatewayv1.Gateway
 	return nil
 }
 
+// taken says which object named after the Gateway key exists but is not
+// one the controller made for it (a workload's ServiceAccount, a Service
+// or Deployment of the same name), or "" when none is. The controller
+// applies nothing over such an object: server-side apply with force would
+// take it over, giving the waypoint's pods that account's identity and
+// deleting the object with the Gateway.
+func (c *WaypointController) taken(key types.NamespacedName) string {
+	ns, name := key.Namespace, key.Name
+	if sa, err := c.accounts.ServiceAccounts(ns).Get(name); err == nil && !ours(sa, key) {
+		return "ServiceAccount " + key.String()
+	}
+	if s, err := c.services.Services(ns).Get(name); err == nil && !ours(s, key) {
+		return "Service " + key.String()
+	}
+	if d, err := c.deploys.Deployments(ns).Get(name); err == nil && !ours(d, key) {
+		return "Deployment " + key.String()
+	}
+	return ""
+}
+
 // ours reports whether an object is one the controller made for the
 // Gateway key.
 func ours(m metav1.Object, key types.NamespacedName) bool {
@@ -453,6 +476,8 @@ type gatewayState struct {
 	available bool
 	svc       *corev1.Service
 	conflict  string
+	// taken names an object in the way of the waypoint's (see taken).
+	taken string
 }
 
 func (c *WaypointController) writeStatus(ctx context.Context, gw *gatewayv1.Gateway, st gatewayState) error {
@@ -474,6 +499,10 @@ func (c *WaypointController) writeStatus(ctx context.Context, gw *gatewayv1.Gate
 	case st.noImage:
 		set(&s.Conditions, accepted, true, string(gatewayv1.GatewayReasonAccepted), acceptedMessage)
 		set(&s.Conditions, programmed, false, string(gatewayv1.GatewayReasonNoResources), "istiod has no waypoint image (--waypoint-image): nothing is deployed")
+	case st.taken != "":
+		set(&s.Conditions, accepted, true, string(gatewayv1.GatewayReasonAccepted), acceptedMessage)
+		set(&s.Conditions, programmed, false, string(gatewayv1.GatewayReasonInvalid),
+			fmt.Sprintf("not deployed: %s exists and istiod did not make it for this waypoint; the waypoint's objects are named after the Gateway: rename the Gateway", st.taken))
 	case st.available:
 		set(&s.Conditions, accepted, true, string(gatewayv1.GatewayReasonAccepted), acceptedMessage)
 		set(&s.Conditions, programmed, true, string(gatewayv1.GatewayReasonProgrammed), fmt.Sprintf("deployment %s is available", gw.Name))
@@ -512,7 +541,7 @@ func (c *WaypointController) writeStatus(ctx context.Context, gw *gatewayv1.Gate
 		set(&ls.Conditions, string(gatewayv1.ListenerConditionResolvedRefs), true, string(gatewayv1.ListenerReasonResolvedRefs), "no references")
 		set(&ls.Conditions, string(gatewayv1.ListenerConditionConflicted), false, string(gatewayv1.ListenerReasonNoConflicts), "no conflicts")
 		switch {
-		case !lc.ok || st.v.invalid != "":
+		case !lc.ok || st.v.invalid != "" || st.taken != "":
 			set(&ls.Conditions, string(gatewayv1.ListenerConditionProgrammed), false, string(gatewayv1.ListenerReasonInvalid), "listener not deployed")
 		case st.available:
 			set(&ls.Conditions, string(gatewayv1.ListenerConditionProgrammed), true, string(gatewayv1.ListenerReasonProgrammed), "deployed")
@@ -527,6 +556,9 @@ func (c *WaypointController) writeStatus(ctx context.Context, gw *gatewayv1.Gate
 	}
 	if _, err := c.gwClient.GatewayV1().Gateways(gw.Namespace).UpdateStatus(ctx, next, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("update gateway %s/%s status: %w", gw.Namespace, gw.Name, err)
+	}
+	if st.taken != "" {
+		c.log.Warn("waypoint not deployed: an object it would be is not istiod's", logkey.Object, gw.Namespace+"/"+gw.Name, logkey.Status, st.taken)
 	}
 	if st.v.invalid != "" {
 		c.log.Warn("waypoint gateway not accepted", logkey.Object, gw.Namespace+"/"+gw.Name, logkey.Reason, st.v.reason, logkey.Status, st.v.invalid)

@@ -257,12 +257,7 @@ func (s *Server) Apply(typeURL string, changed map[string]proto.Message, removed
 	if len(changed) == 0 && len(removed) == 0 {
 		return nil
 	}
-	if len(removed) > 0 && len(changed) > 0 {
-		changed = maps.Clone(changed)
-		for _, name := range removed {
-			delete(changed, name)
-		}
-	}
+	changed = withoutRemoved(changed, removed)
 	if err := c.update(changed, removed); err != nil {
 		return fmt.Errorf("apply %s: %w", typeURL, err)
 	}
@@ -278,6 +273,19 @@ func (s *Server) Apply(typeURL string, changed map[string]proto.Message, removed
 	return nil
 }
 
+// withoutRemoved is changed without the names removed also names (the
+// removal wins), a copy when there are any.
+func withoutRemoved(changed map[string]proto.Message, removed []string) map[string]proto.Message {
+	if len(removed) == 0 || len(changed) == 0 {
+		return changed
+	}
+	changed = maps.Clone(changed)
+	for _, name := range removed {
+		delete(changed, name)
+	}
+	return changed
+}
+
 // ApplyPartition changes some resources of one partition of a
 // partitioned type, as Apply does for a type that is not: only the
 // clients whose node names the partition see them.
@@ -290,12 +298,7 @@ func (s *Server) ApplyPartition(typeURL, partition string, changed map[string]pr
 	if len(changed) == 0 && len(removed) == 0 {
 		return nil
 	}
-	if len(removed) > 0 && len(changed) > 0 {
-		changed = maps.Clone(changed)
-		for _, name := range removed {
-			delete(changed, name)
-		}
-	}
+	changed = withoutRemoved(changed, removed)
 	if err := p.get(partition).update(changed, removed); err != nil {
 		return fmt.Errorf("apply %s to partition %s: %w", typeURL, partition, err)
 	}

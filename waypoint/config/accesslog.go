@@ -19,7 +19,6 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3" // Istio's filter type, read as the Any's type URL
-	otelalv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -35,19 +34,16 @@ type AccessLog struct {
 	// process's.
 	Path string
 	// Text is a text format's parts (nil for JSON).
-	Text []LogPart
+	Text []FileLogPart
 	// JSON are a JSON format's fields, in key order (nil for text).
-	JSON []LogField
+	JSON []FileLogField
 	// OmitEmpty: omit_empty_values (an empty operator renders "" rather
 	// than "-", and a JSON field without a value is left out).
 	OmitEmpty bool
-	// OTel is an envoy.access_loggers.open_telemetry log's config (the
-	// OTLP exporter reads it); Path, Text and JSON are then unset.
-	OTel *otelalv3.OpenTelemetryAccessLogConfig
 }
 
-// LogPart is a literal or a command operator (%OP(Arg):MaxLen%).
-type LogPart struct {
+// FileLogPart is a literal or a command operator (%OP(Arg):MaxLen%).
+type FileLogPart struct {
 	Literal string
 	Op, Arg string
 	// Alt is REQ(a?b)'s and RESP(a?b)'s second header.
@@ -55,17 +51,17 @@ type LogPart struct {
 	MaxLen int
 }
 
-// LogField is one key of a JSON format: its value's parts (a value that
+// FileLogField is one key of a JSON format: its value's parts (a value that
 // is exactly one operator keeps the operator's type: numbers for codes,
 // bytes and durations).
-type LogField struct {
+type FileLogField struct {
 	Key   string
-	Parts []LogPart
+	Parts []FileLogPart
 }
 
-// logOperators are the command operators the waypoint renders; others
+// fileLogOperators are the command operators the waypoint renders; others
 // render "-" (and the config warns).
-var logOperators = map[string]bool{
+var fileLogOperators = map[string]bool{
 	"START_TIME": true, "REQ": true, "RESP": true, "TRAILER": true, "PROTOCOL": true, "RESPONSE_CODE": true,
 	"RESPONSE_FLAGS": true, "RESPONSE_FLAGS_LONG": true, "RESPONSE_CODE_DETAILS": true, "CONNECTION_TERMINATION_DETAILS": true,
 	"UPSTREAM_TRANSPORT_FAILURE_REASON": true, "BYTES_RECEIVED": true, "BYTES_SENT": true, "DURATION": true,
@@ -76,20 +72,20 @@ var logOperators = map[string]bool{
 	"UPSTREAM_SERVICE_TIME": true, "GRPC_STATUS": true, "HOSTNAME": true,
 }
 
-// ParseLogFormat compiles an access-log format string; unknown
+// ParseFileLogFormat compiles an access-log format string; unknown
 // operators are returned to warn about.
-func ParseLogFormat(s string) ([]LogPart, []string, error) {
-	var parts []LogPart
+func ParseFileLogFormat(s string) ([]FileLogPart, []string, error) {
+	var parts []FileLogPart
 	var unknown []string
 	rest := s
 	for rest != "" {
 		i := strings.IndexByte(rest, '%')
 		if i < 0 {
-			parts = append(parts, LogPart{Literal: rest})
+			parts = append(parts, FileLogPart{Literal: rest})
 			break
 		}
 		if i > 0 {
-			parts = append(parts, LogPart{Literal: rest[:i]})
+			parts = append(parts, FileLogPart{Literal: rest[:i]})
 		}
 		rest = rest[i+1:]
 		// An operator's argument may hold '%'-free text with ':' and '?'.
@@ -100,10 +96,10 @@ func ParseLogFormat(s string) ([]LogPart, []string, error) {
 		op := rest[:j]
 		rest = rest[j+1:]
 		if op == "" {
-			parts = append(parts, LogPart{Literal: "%"})
+			parts = append(parts, FileLogPart{Literal: "%"})
 			continue
 		}
-		p := LogPart{}
+		p := FileLogPart{}
 		name, arg, hasArg := strings.Cut(op, "(")
 		if hasArg {
 			k := strings.LastIndexByte(arg, ')')
@@ -125,7 +121,7 @@ func ParseLogFormat(s string) ([]LogPart, []string, error) {
 		} else {
 			p.Arg = arg
 		}
-		if !logOperators[name] {
+		if !fileLogOperators[name] {
 			unknown = append(unknown, "%"+op+"%")
 		}
 		parts = append(parts, p)
@@ -133,17 +129,21 @@ func ParseLogFormat(s string) ([]LogPart, []string, error) {
 	return parts, unknown, nil
 }
 
-// buildAccessLogs compiles a chain's access logs.
-func buildAccessLogs(als []*accesslogv3.AccessLog) ([]*AccessLog, []string) {
+// buildFileAccessLogs compiles a chain's file access logs; OpenTelemetry
+// loggers are otel_accesslog.go's.
+func buildFileAccessLogs(als []*accesslogv3.AccessLog) ([]*AccessLog, []string) {
 	var out []*AccessLog
 	var warns []string
 	for _, al := range als {
+		t := innerType(al.GetTypedConfig())
+		if t == "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig" {
+			continue // otel_accesslog.go's
+		}
 		if f := al.GetFilter(); f != nil {
 			warns = append(warns, fmt.Sprintf("access log %s: filters (%s) are not evaluated by this waypoint; this log is off",
 				al.GetName(), filterName(f)))
 			continue
 		}
-		t := innerType(al.GetTypedConfig())
 		switch t {
 		case "envoy.extensions.access_loggers.file.v3.FileAccessLog":
 			var fl filev3.FileAccessLog
@@ -160,13 +160,6 @@ func buildAccessLogs(als []*accesslogv3.AccessLog) ([]*AccessLog, []string) {
 				warns = append(warns, fmt.Sprintf("access log %s: %s", al.GetName(), u))
 			}
 			out = append(out, l)
-		case "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig":
-			var oc otelalv3.OpenTelemetryAccessLogConfig
-			if err := anyTo(al.GetTypedConfig(), &oc); err != nil {
-				warns = append(warns, fmt.Sprintf("access log %s: %v; this log is off", al.GetName(), err))
-				continue
-			}
-			out = append(out, &AccessLog{OTel: &oc})
 		default:
 			warns = append(warns, fmt.Sprintf("access log %s (%s) not supported (file and open_telemetry are); this log is off", al.GetName(), t))
 		}
@@ -218,7 +211,7 @@ func buildFileAccessLog(fl *filev3.FileAccessLog) (*AccessLog, []string, error) 
 		return nil, nil, fmt.Errorf("log_format other than text or JSON")
 	}
 	out.OmitEmpty = lf.GetOmitEmptyValues()
-	parts, unk, err := ParseLogFormat(text)
+	parts, unk, err := ParseFileLogFormat(text)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -241,12 +234,12 @@ func jsonLog(out *AccessLog, js *structpb.Struct, omit bool) (*AccessLog, []stri
 		if !ok {
 			return nil, nil, fmt.Errorf("json_format %s: only string values (nested and typed values are not supported)", k)
 		}
-		parts, unk, err := ParseLogFormat(s.StringValue)
+		parts, unk, err := ParseFileLogFormat(s.StringValue)
 		if err != nil {
 			return nil, nil, fmt.Errorf("json_format %s: %w", k, err)
 		}
 		unknown = append(unknown, unk...)
-		out.JSON = append(out.JSON, LogField{Key: k, Parts: parts})
+		out.JSON = append(out.JSON, FileLogField{Key: k, Parts: parts})
 	}
 	return out, unknownWarning(unknown), nil
 }

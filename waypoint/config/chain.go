@@ -127,7 +127,7 @@ func buildChain(fc *listener.FilterChain, name string) (*Chain, []string, error)
 			if err != nil {
 				return nil, nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
 			}
-			als, w := buildAccessLogs(tp.GetAccessLog())
+			als, w := buildFileAccessLogs(tp.GetAccessLog())
 			t.AccessLogs, warns = als, append(warns, w...)
 			c.TCP = t
 		case "envoy.extensions.filters.network.set_filter_state.v3.Config":
@@ -265,7 +265,12 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 		return nil, nil, err
 	}
 	out.Tracing = tr
-	als, w := buildAccessLogs(h.GetAccessLog())
+	logs, logWarns, err := buildAccessLogs(h.GetAccessLog())
+	if err != nil {
+		return nil, nil, err
+	}
+	out.OTelLogs, warns = logs, append(warns, logWarns...)
+	als, w := buildFileAccessLogs(h.GetAccessLog())
 	out.AccessLogs, warns = als, append(warns, w...)
 	for i, f := range h.GetHttpFilters() {
 		if f.GetDisabled() {

@@ -61,32 +61,13 @@ func (f *Format) Eval(c FormatContext) (string, bool) {
 // ParseFormat compiles an Envoy format string.
 func ParseFormat(s string) (*Format, error) {
 	f := &Format{src: s}
-	rest := s
-	for rest != "" {
-		i := strings.IndexByte(rest, '%')
-		if i < 0 {
-			f.parts = append(f.parts, formatPart{literal: rest})
-			break
-		}
-		if i > 0 {
-			f.parts = append(f.parts, formatPart{literal: rest[:i]})
-		}
-		rest = rest[i+1:]
-		j := strings.IndexByte(rest, '%')
-		if j < 0 {
-			return nil, fmt.Errorf("format %q: unterminated operator", s)
-		}
-		op := rest[:j]
-		rest = rest[j+1:]
-		if op == "" {
-			f.parts = append(f.parts, formatPart{literal: "%"})
-			continue
-		}
+	err := scanFormat(s, func(lit string) { f.parts = append(f.parts, formatPart{literal: lit}) }, func(op string) error {
 		ev, err := formatOperator(op)
-		if err != nil {
-			return nil, fmt.Errorf("format %q: %w", s, err)
-		}
 		f.parts = append(f.parts, formatPart{eval: ev})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("format %q: %w", s, err)
 	}
 	return f, nil
 }

@@ -230,7 +230,9 @@ type HCM struct {
 	UnescapeSlashes      bool
 	// Tracing is nil when the HCM traces nothing.
 	Tracing *Tracing
-	// AccessLogs are the HCM's access logs (accesslog.go); Stats the
+	// OTelLogs are the HCM's OpenTelemetry access loggers (otel_accesslog.go).
+	OTelLogs []*OTelAccessLog
+	// AccessLogs are the HCM's file access logs (accesslog.go); Stats the
 	// istio.stats filter's config (nil: Istio's defaults).
 	AccessLogs []*AccessLog
 	Stats      *Stats

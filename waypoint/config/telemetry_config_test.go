@@ -70,7 +70,7 @@ func TestBuildStats(t *testing.T) {
 	}
 }
 
-func TestBuildAccessLogs(t *testing.T) {
+func TestBuildFileAccessLogs(t *testing.T) {
 	file := func(fl *filev3.FileAccessLog) *accesslogv3.AccessLog {
 		a, err := anypb.New(fl)
 		if err != nil {
@@ -81,7 +81,7 @@ func TestBuildAccessLogs(t *testing.T) {
 	filtered := file(&filev3.FileAccessLog{Path: "/dev/stdout"})
 	filtered.Filter = &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{
 		ExtensionFilter: &accesslogv3.ExtensionFilter{Name: "envoy.access_loggers.extension_filters.cel"}}}
-	als, warns := buildAccessLogs([]*accesslogv3.AccessLog{
+	als, warns := buildFileAccessLogs([]*accesslogv3.AccessLog{
 		file(&filev3.FileAccessLog{Path: "/dev/stdout"}),
 		filtered,
 		file(&filev3.FileAccessLog{Path: "/tmp/x", AccessLogFormat: &filev3.FileAccessLog_Format{Format: "%FOO% %REQ(A?B):3%\n"}}),
@@ -100,7 +100,7 @@ func TestBuildAccessLogs(t *testing.T) {
 	if !strings.Contains(joined, "filters (envoy.access_loggers.extension_filters.cel) are not evaluated") || !strings.Contains(joined, "%FOO%") {
 		t.Errorf("warnings %q: want the filter refused and %%FOO%% named", joined)
 	}
-	if _, _, err := ParseLogFormat("%REQ(A"); err == nil {
-		t.Errorf("ParseLogFormat of an unterminated operator: no error")
+	if _, _, err := ParseFileLogFormat("%REQ(A"); err == nil {
+		t.Errorf("ParseFileLogFormat of an unterminated operator: no error")
 	}
 }

@@ -16,10 +16,11 @@ type Tracing struct {
 	// MaxPathTagLength bounds the http.url tag (Envoy's default 256).
 	MaxPathTagLength int
 	CustomTags       []CustomTag
-	// Zipkin is the span sink; nil when the provider is one the waypoint
-	// does not export to (the HCM then samples and propagates, and
-	// records nothing).
+	// Zipkin or OTel is the span sink; both nil when the provider is one
+	// the waypoint does not export to (the HCM then samples and
+	// propagates, and records nothing).
 	Zipkin *Zipkin
+	OTel   *OTel
 }
 
 // Zipkin is envoy.tracers.zipkin: spans POSTed as JSON (Zipkin API v2)
@@ -47,7 +48,9 @@ type CustomTag struct {
 const defaultMaxPathTagLength = 256
 
 // buildTracing reads an HCM's tracing; unsupported parts are warnings,
-// never a refusal: tracing must not stop traffic.
+// never a refusal: tracing must not stop traffic. A provider config that
+// Envoy itself would refuse (a malformed OpenTelemetryConfig) is an
+// error.
 func buildTracing(t *hcmv3.HttpConnectionManager_Tracing) (*Tracing, []string, error) {
 	if t == nil {
 		return nil, nil, nil
@@ -102,8 +105,18 @@ func buildTracing(t *hcmv3.HttpConnectionManager_Tracing) (*Tracing, []string, e
 			if out.Zipkin.Endpoint == "" {
 				out.Zipkin.Endpoint = "/api/v2/spans"
 			}
+		case "envoy.config.trace.v3.OpenTelemetryConfig":
+			var c tracev3.OpenTelemetryConfig
+			if err := anyTo(p.GetTypedConfig(), &c); err != nil {
+				return nil, nil, fmt.Errorf("tracing provider %s: %w", p.GetName(), err)
+			}
+			o, w, err := buildOTel(p.GetName(), &c)
+			if err != nil {
+				return nil, nil, err
+			}
+			out.OTel, warns = o, append(warns, w...)
 		default:
-			warns = append(warns, fmt.Sprintf("tracing provider %s (%s) not supported (zipkin only); requests are sampled and propagated, no spans are sent",
+			warns = append(warns, fmt.Sprintf("tracing provider %s (%s) not supported (zipkin and opentelemetry only); requests are sampled and propagated, no spans are sent",
 				p.GetName(), innerType(p.GetTypedConfig())))
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tracingtype "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
@@ -17,7 +18,9 @@ import (
 // refused listener.
 func TestBuildTracing(t *testing.T) {
 	zipkin, _ := anypb.New(&tracev3.ZipkinConfig{CollectorCluster: "zipkin", CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true})
-	otel, _ := anypb.New(&tracev3.OpenTelemetryConfig{ServiceName: "waypoint"})
+	otel, _ := anypb.New(&tracev3.OpenTelemetryConfig{ServiceName: "waypoint",
+		GrpcService: &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: "otel"}}}})
+	datadog, _ := anypb.New(&tracev3.DatadogConfig{CollectorCluster: "dd", ServiceName: "waypoint"})
 	protoZipkin, _ := anypb.New(&tracev3.ZipkinConfig{CollectorCluster: "zipkin", CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_PROTO})
 	for _, tc := range []struct {
 		name     string
@@ -39,8 +42,13 @@ func TestBuildTracing(t *testing.T) {
 				Zipkin:     &Zipkin{Cluster: "zipkin", Endpoint: "/api/v2/spans", Hostname: "zipkin", TraceID128: true}}},
 		{name: "opentelemetry", in: &hcmv3.HttpConnectionManager_Tracing{
 			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.opentelemetry", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: otel}}},
+			want: &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256, OTel: &OTel{Scope: true,
+				Resource: []Attribute{{"service.name", "waypoint"}, {"telemetry.sdk.language", "go"}, {"telemetry.sdk.name", "ambit-waypoint"}, {"telemetry.sdk.version", "dev"}},
+				Exporter: OTLPExporter{Cluster: "otel", GRPC: true, Authority: "otel"}}}},
+		{name: "custom provider", in: &hcmv3.HttpConnectionManager_Tracing{
+			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.datadog", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: datadog}}},
 			want:     &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256},
-			wantWarn: "envoy.tracers.opentelemetry (envoy.config.trace.v3.OpenTelemetryConfig) not supported"},
+			wantWarn: "envoy.tracers.datadog (envoy.config.trace.v3.DatadogConfig) not supported"},
 		{name: "zipkin proto", in: &hcmv3.HttpConnectionManager_Tracing{
 			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.zipkin", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: protoZipkin}}},
 			want:     &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256},

@@ -53,9 +53,6 @@ type IstiodOptions struct {
 	// CertTTL is the lifetime of workload certificates; 0 is istiod's
 	// default (24h).
 	CertTTL time.Duration
-	// NoGatewayAPI starts istiod with --gateway-api=false: no waypoint
-	// controller, for tests that stand in for it.
-	NoGatewayAPI bool
 }
 
 // IstiodAddr is istiod's TLS address (CA and xDS) as nodes reach it.
@@ -83,14 +80,10 @@ func (m *Mesh) StartIstiod(ctx context.Context, opts IstiodOptions) error {
 	if opts.CertTTL > 0 {
 		args = append(args, "--cert-ttl", opts.CertTTL.String())
 	}
-	if opts.NoGatewayAPI {
-		args = append(args, "--gateway-api=false")
-	} else {
-		// Waypoints run as the lab's pods (waypoint.go).
-		args = append(args, "--waypoint-image="+lab.WaypointImage)
-		if err := m.istiodEndpoints(ctx); err != nil {
-			return err
-		}
+	// Waypoints run as the lab's pods (waypoint.go).
+	args = append(args, "--waypoint-image="+lab.WaypointImage)
+	if err := m.istiodEndpoints(ctx); err != nil {
+		return err
 	}
 	m.starts++
 	p, err := m.l.StartProcessIn(m.l.ControlPlaneNS(), fmt.Sprintf("istiod-%d", m.starts), nil, m.l.Binaries().Istiod, args...)

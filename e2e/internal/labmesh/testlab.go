@@ -2,10 +2,42 @@ package labmesh
 
 import (
 	"context"
+	"log/slog"
+	"os"
+	"sync"
 	"testing"
 
+	"github.com/ambitmesh/ambit/internal/kubelog"
 	"github.com/ambitmesh/ambit/internal/lab"
+	"github.com/ambitmesh/ambit/internal/testutil"
 )
+
+// routeKlog routes klog (global) once per test binary.
+var routeKlog sync.Once
+
+// StartRootLab is how an end-to-end suite starts its lab: it needs root
+// (testutil.RequireRoot), logs at level to stderr, with client-go's logs
+// (the lab's own watches) routed there at slog levels without the errors
+// of watches cancelled when a wait ends, builds or finds the lab's
+// binaries (kube-router too with cfg.NetworkPolicy), and starts the lab
+// with cfg and them (StartLab).
+func StartRootLab(t testing.TB, cfg lab.Config, level slog.Level) *lab.Lab {
+	t.Helper()
+	testutil.RequireRoot(t)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	routeKlog.Do(func() { kubelog.Route(log.Handler()) })
+	bins, err := lab.EnsureBinaries(t.Context(), lab.BuildOptions{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NetworkPolicy {
+		if bins.KubeRouter, err = lab.EnsureKubeRouter(t.Context(), lab.BuildOptions{Log: log}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg.Binaries, cfg.Log = bins, log
+	return StartLab(t, cfg)
+}
 
 // StartLab starts a lab with cfg (its Binaries set) for the test t and
 // closes it when the test ends: after a failure it logs the lab's last
