@@ -67,6 +67,9 @@ type requestRecord struct {
 	// reqMsgs and respMsgs count a gRPC request's messages each way (nil
 	// when the request is not gRPC).
 	reqMsgs, respMsgs *grpcFrames
+	// hcm is the connection manager's config: its access logs and
+	// istio.stats overrides (telemetry_config.go).
+	hcm *config.HCM
 }
 
 // beginRequest starts a request's record as the request arrives (its
@@ -75,7 +78,7 @@ type requestRecord struct {
 func (p *Proxy) beginRequest(c net.Conn, rw responder, ci *connInfo, req *http.Request, snap *config.Snapshot, hcm *config.HCM) *requestRecord {
 	t := p.stats.tel
 	r := &requestRecord{t: t, start: time.Now(), ci: ci, req: req, method: req.Method, path: req.RequestURI,
-		grpc: isGRPCHeader(req.Header), head: headSize(req), meter: meterOf(c), Protocol: rw.protocol(), Flags: "-"}
+		grpc: isGRPCHeader(req.Header), head: headSize(req), meter: meterOf(c), Protocol: rw.protocol(), Flags: "-", hcm: hcm}
 	if hcm.Tracing != nil {
 		r.trace = startSpan(hcm.Tracing, req.Header)
 	}
@@ -119,7 +122,7 @@ func (r *requestRecord) refused(status int, details string) {
 func (p *Proxy) malformedRequest(c net.Conn, ci *connInfo, snap *config.Snapshot, hcm *config.HCM, status int) {
 	req := &http.Request{Proto: "HTTP/1.1", Header: http.Header{}, Body: http.NoBody}
 	r := &requestRecord{t: p.stats.tel, start: time.Now(), ci: ci, req: req, meter: meterOf(c), Protocol: "http",
-		Status: status, Flags: "DPE", Details: "http1.codec_error", service: p.stats.tel.servicesOf(snap).hcms[hcm]}
+		Status: status, Flags: "DPE", Details: "http1.codec_error", service: p.stats.tel.servicesOf(snap).hcms[hcm], hcm: hcm}
 	if r.meter != nil {
 		r.written0 = r.meter.written.Load()
 	}

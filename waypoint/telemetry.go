@@ -117,7 +117,9 @@ type telemetry struct {
 	workloads atomic.Pointer[Workloads]
 	node      atomic.Pointer[NodeInfo]
 	accessLog atomic.Pointer[accessLog]
-	services  atomic.Pointer[serviceIndex]
+	// sinks are where the xDS's access logs write.
+	sinks    *logSinks
+	services atomic.Pointer[serviceIndex]
 
 	requests                      *prometheus.CounterVec
 	reqMessages, respMessages     *prometheus.CounterVec
@@ -166,6 +168,7 @@ func newTelemetry() *telemetry {
 		build: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "istio_build",
 			Help: "Istio component build info"}, []string{"component", "tag"}),
 	}
+	t.sinks = newLogSinks()
 	t.build.WithLabelValues("proxy", IstioVersion).Set(1)
 	t.node.Store(&NodeInfo{})
 	return t
@@ -233,6 +236,14 @@ func (s *Stats) SetAccessLog(w io.Writer) {
 		return
 	}
 	s.tel.accessLog.Store(&accessLog{w: w})
+}
+
+// SetAccessLogStdout makes the access logs the xDS configures with path
+// /dev/stdout write to w (os.Stdout by default).
+func (s *Stats) SetAccessLogStdout(w io.Writer) {
+	s.tel.sinks.mu.Lock()
+	s.tel.sinks.stdout = w
+	s.tel.sinks.mu.Unlock()
 }
 
 // serviceIndex is what telemetry reads of one snapshot: the service of
@@ -672,36 +683,34 @@ func (r *requestRecord) finish() {
 	}
 	received, sent := r.received(), r.sent()
 	dur := time.Since(r.start)
-	s := t.requestSeries(&vals)
-	s.requests.Inc()
-	s.duration.Observe(float64(dur.Milliseconds()))
-	s.reqBytes.Observe(float64(received))
-	s.respBytes.Observe(float64(sent))
+	if st := statsOf(r.hcm); st != nil && st.Overrides {
+		t.observeRequest(st, r, &vals, dur, received, sent)
+	} else {
+		s := t.requestSeries(&vals)
+		s.requests.Inc()
+		s.duration.Observe(float64(dur.Milliseconds()))
+		s.reqBytes.Observe(float64(received))
+		s.respBytes.Observe(float64(sent))
+	}
 	if s := r.trace; s != nil && s.sampled && t.tracer != nil {
 		t.tracer.record(r, flags, received, sent, dur)
 	}
 	if t.tracer != nil {
 		t.tracer.logRequest(r, flags, received, sent, dur)
 	}
+	var logs []*config.AccessLog
+	if r.hcm != nil {
+		logs = r.hcm.AccessLogs
+	}
 	al := t.accessLog.Load()
-	if al == nil {
+	if al == nil && len(logs) == 0 {
 		return
 	}
-	details := r.Details
-	if details == "" {
-		details = detailsFor(flags, r.ep != nil)
+	e := r.accessEntry(flags, principal, received, sent, dur)
+	if al != nil {
+		al.write(e)
 	}
-	e := &accessEntry{
-		start: r.start, route: r.route, method: r.method, path: r.path, protocol: r.req.Proto, code: r.Status, flags: flags,
-		details: details, received: received, sent: sent, duration: dur,
-		xff: r.req.Header.Get("X-Forwarded-For"), userAgent: r.req.Header.Get("User-Agent"), requestID: r.req.Header.Get("X-Request-Id"),
-		authority: r.req.Host, local: r.ci.local, remote: r.ci.remote,
-		traceparent: r.req.Header.Get("Traceparent"),
-	}
-	if r.ep != nil {
-		e.upstreamHost, e.upstreamCluster = r.ep.String(), r.Cluster
-	}
-	al.write(e)
+	t.sinks.writeConfigured(logs, e)
 }
 
 // attachMessages gives a gRPC request's message counts their counters,
@@ -735,11 +744,13 @@ type tcpRecord struct {
 	opened   bool
 	details  string
 	services *serviceIndex
+	// tp is the tcp_proxy's config: its access logs.
+	tp *config.TCPProxy
 }
 
 // beginTCP starts a TCP connection's record.
 func (p *Proxy) beginTCP(c net.Conn, ci *connInfo, snap *config.Snapshot, tp *config.TCPProxy) *tcpRecord {
-	return &tcpRecord{t: p.stats.tel, start: time.Now(), ci: ci, meter: meterOf(c), services: p.stats.tel.servicesOf(snap), cluster: tcpCluster(tp)}
+	return &tcpRecord{t: p.stats.tel, start: time.Now(), ci: ci, meter: meterOf(c), services: p.stats.tel.servicesOf(snap), cluster: tcpCluster(tp), tp: tp}
 }
 
 // open counts the connection opened once its upstream is up (or failed,
@@ -784,8 +795,12 @@ func (r *tcpRecord) close(flags string) {
 	}
 	t := r.t
 	t.tcpClosed.WithLabelValues(r.labels...).Inc()
+	var logs []*config.AccessLog
+	if r.tp != nil {
+		logs = r.tp.AccessLogs
+	}
 	al := t.accessLog.Load()
-	if al == nil {
+	if al == nil && len(logs) == 0 {
 		return
 	}
 	if flags == "" {
@@ -796,7 +811,10 @@ func (r *tcpRecord) close(flags string) {
 	if r.meter != nil {
 		e.received, e.sent = r.meter.read.Load(), r.meter.written.Load()
 	}
-	al.write(e)
+	if al != nil {
+		al.write(e)
+	}
+	t.sinks.writeConfigured(logs, e)
 }
 
 // tcpCluster is the cluster a tcp_proxy connection went to, as far as

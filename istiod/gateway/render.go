@@ -317,6 +317,10 @@ func deployment(gw *gatewayv1.Gateway, cfg DeployConfig) *appsv1.Deployment {
 							"--ca-address=" + cfg.IstiodAddress,
 							"--ca-root-cert=" + rootCert,
 							"--ca-token=" + tokenFile,
+							// Access logs are what the xDS configures
+							// (MeshConfig, Telemetry), as Istio's: none by
+							// default.
+							"--access-log=",
 						},
 						// Its identity and xDS node (waypoint~<ip>~<pod>.<ns>~<ns>.svc.<domain>).
 						Env: []corev1.EnvVar{

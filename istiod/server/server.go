@@ -38,6 +38,7 @@ import (
 	"github.com/ambitmesh/ambit/istiod/ca"
 	"github.com/ambitmesh/ambit/istiod/cluster"
 	"github.com/ambitmesh/ambit/istiod/gateway"
+	"github.com/ambitmesh/ambit/istiod/meshconfig"
 	"github.com/ambitmesh/ambit/istiod/waypoint"
 	"github.com/ambitmesh/ambit/istiod/xds"
 )
@@ -67,6 +68,8 @@ type Server struct {
 	waypointXDS            *waypoint.Controller     // nil without a Gateway API client
 	waypoints              *gateway.WaypointController
 	bindings               *gateway.BindingWriter
+	// mesh watches MeshConfig (ConfigMap istio in istiod's namespace).
+	mesh *meshconfig.Watcher
 }
 
 // Clients are the cluster's clients istiod uses. Istio nil watches no
@@ -121,6 +124,11 @@ func NewWithClients(cfg Config, clients Clients, log *slog.Logger) (_ *Server, e
 			return nil, err
 		}
 		types = append(types, s.waypointXDS.XDSTypes()...)
+		// MeshConfig, as Istio's istiod reads it: ConfigMap istio, key
+		// mesh, in istiod's namespace; every change reaches the waypoints.
+		s.mesh = meshconfig.NewWatcher(kube, cfg.CA.Namespace, log.With("component", "meshconfig"))
+		s.mesh.Subscribe(s.waypointXDS.SetMesh)
+		s.cluster.AddInformer(s.mesh.Informer())
 	}
 	s.xds = xds.New(xds.Options{Log: log.With("component", "xds"), Registerer: s.reg, Types: types})
 	if cfg.SecureAddr != "" {
@@ -332,6 +340,9 @@ func (s *Server) Run(ctx context.Context) error {
 		go s.bindings.Run(ctx)
 	}
 	go func() { errc <- s.index.Run(ctx) }()
+	if s.mesh != nil {
+		go s.mesh.Run(ctx)
+	}
 	if s.waypointXDS != nil {
 		go func() { errc <- s.waypointXDS.Run(ctx, s.xds) }()
 	}

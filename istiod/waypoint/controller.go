@@ -13,9 +13,12 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/proto"
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	networkinglisters "istio.io/client-go/pkg/listers/networking/v1"
 	securitylisters "istio.io/client-go/pkg/listers/security/v1"
+	telemetrylisters "istio.io/client-go/pkg/listers/telemetry/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -30,6 +33,8 @@ import (
 	"github.com/ambitmesh/ambit/istiod/authz"
 	"github.com/ambitmesh/ambit/istiod/cluster"
 	"github.com/ambitmesh/ambit/istiod/gateway"
+	"github.com/ambitmesh/ambit/istiod/meshconfig"
+	"github.com/ambitmesh/ambit/istiod/telemetry"
 	"github.com/ambitmesh/ambit/istiod/xds"
 )
 
@@ -64,7 +69,8 @@ type ControllerOptions struct {
 // Gateways (which waypoints exist), HTTPRoutes, whose status it writes
 // (Accepted, ResolvedRefs per Service parentRef), ReferenceGrants,
 // AuthorizationPolicies with targetRefs (WaypointAccepted),
-// VirtualServices and DestinationRules (Accepted, ResolvedRefs) and
+// VirtualServices and DestinationRules (Accepted, ResolvedRefs),
+// Telemetry objects with the MeshConfig istiod reads (SetMesh), and
 // pods' labels (which DestinationRule subsets select). After each burst of changes it
 // computes what every waypoint serves in one pass over the model and
 // rebuilds only the waypoints whose inputs changed (scope fingerprint),
@@ -89,6 +95,7 @@ type Controller struct {
 	policies   securitylisters.AuthorizationPolicyLister // nil without Istio's CRDs
 	vss        networkinglisters.VirtualServiceLister    // nil without their CRD
 	drs        networkinglisters.DestinationRuleLister   // nil without their CRD
+	telemetry  telemetrylisters.TelemetryLister          // nil without its CRD
 	gwClient   gatewayclient.Interface
 	istio      istioclient.Interface // nil without Istio's CRDs
 	regs       []cache.ResourceEventHandlerRegistration
@@ -100,6 +107,10 @@ type Controller struct {
 	// baseGen counts changes of what base scopes depend on (the model,
 	// Services, Gateways).
 	baseGen uint64
+	// mesh is the MeshConfig in force (SetMesh); meshGen counts its
+	// changes.
+	mesh    *meshv1alpha1.MeshConfig
+	meshGen uint64
 
 	// Owned by Run's goroutine: the base scopes of baseAt.
 	base   *baseScopes
@@ -214,6 +225,13 @@ func (c *Controller) RegisterInformers(cl *cluster.Cluster) error {
 			c.vss, c.drs = net.VirtualServices().Lister(), net.DestinationRules().Lister()
 			ws = append(ws, watched{net.VirtualServices().Informer(), h}, watched{net.DestinationRules().Informer(), h})
 		}
+		// Telemetry only where its CRD is installed (the chart installs
+		// it).
+		if c.servedTelemetry(cl) {
+			ti := cl.IstioInformers.Telemetry().V1().Telemetries()
+			c.telemetry = ti.Lister()
+			ws = append(ws, watched{ti.Informer(), h})
+		}
 		for _, x := range ws {
 			reg, err := x.inf.AddEventHandler(x.h)
 			if err != nil {
@@ -260,6 +278,34 @@ func (c *Controller) servedNetworking(cl *cluster.Cluster) bool {
 		return false
 	}
 	return true
+}
+
+// servedTelemetry reports whether the API server serves Telemetry
+// (telemetry.istio.io/v1).
+func (c *Controller) servedTelemetry(cl *cluster.Cluster) bool {
+	rl, err := cl.Istio.Discovery().ServerResourcesForGroupVersion("telemetry.istio.io/v1")
+	if err != nil {
+		c.log.Info("telemetry.istio.io/v1 not served; Telemetry is not watched", logkey.Error, err)
+		return false
+	}
+	for _, r := range rl.APIResources {
+		if r.Name == "telemetries" {
+			return true
+		}
+	}
+	c.log.Info("Telemetry not served; not watched")
+	return false
+}
+
+// SetMesh makes m the MeshConfig waypoints are built with (until the
+// first call, Istio's default); waypoints whose config changes are
+// pushed.
+func (c *Controller) SetMesh(m *meshv1alpha1.MeshConfig) {
+	c.mu.Lock()
+	c.mesh = m
+	c.meshGen++
+	c.mu.Unlock()
+	c.markDirty()
 }
 
 // workloadLabels are a pod workload's labels, from the pod informer.
@@ -391,11 +437,28 @@ func (c *Controller) flush(ctx context.Context) {
 			return
 		}
 	}
+	var telemetries []*telemetryv1.Telemetry
+	if c.telemetry != nil {
+		if telemetries, err = c.telemetry.List(labels.Everything()); err != nil {
+			c.log.Error("list telemetries", logkey.Error, err)
+			return
+		}
+	}
 	c.mu.Lock()
 	if !c.haveModel {
 		c.mu.Unlock()
 		return
 	}
+	mesh, meshGen := c.mesh, c.meshGen
+	if mesh == nil {
+		mesh = meshconfig.Default()
+	}
+	// istiod's root namespace (its flag) is the one policies use.
+	if c.cfg.RootNamespace != "" && mesh.GetRootNamespace() != c.cfg.RootNamespace {
+		mesh = proto.Clone(mesh).(*meshv1alpha1.MeshConfig)
+		mesh.RootNamespace = c.cfg.RootNamespace
+	}
+	in.Telemetry = telemetry.NewIndex(mesh, telemetries)
 	in.Addresses = c.addrs
 	if c.base == nil || c.baseAt != c.baseGen {
 		c.base, c.baseAt = computeBase(in, c.cfg, refs), c.baseGen
@@ -423,6 +486,11 @@ func (c *Controller) flush(ctx context.Context) {
 			fmt.Fprintf(&gd, "P%s/%s/%d/%s/%q\n", ap.Namespace, ap.Name, ap.Generation, ap.UID, ap.Annotations[authz.DryRunAnnotation])
 		}
 	}
+	// So do MeshConfig and Telemetry objects (any change rebuilds all).
+	fmt.Fprintf(&gd, "M%d\n", meshGen)
+	for _, t := range telemetries {
+		fmt.Fprintf(&gd, "T%s/%s/%d/%s\n", t.Namespace, t.Name, t.Generation, t.UID)
+	}
 	rebuilt := 0
 	for ref, sc := range scs {
 		fp := gd.String() + sc.fingerprint()
@@ -438,6 +506,9 @@ func (c *Controller) flush(ctx context.Context) {
 		rebuilt++
 		for k, v := range res.PolicyNotes {
 			c.log.Warn("waypoint policy enforced stricter than written", logkey.Object, ref.String(), logkey.Policy, k, logkey.Status, strings.Join(v, "; "))
+		}
+		for _, n := range res.TelemetryNotes {
+			c.log.Warn("waypoint telemetry not configured as asked", logkey.Object, ref.String(), logkey.Status, n)
 		}
 		c.publish(ref, fp, res.byType())
 		if p := c.published[ref]; p != nil {

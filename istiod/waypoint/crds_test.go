@@ -8,8 +8,8 @@ import (
 	"testing"
 )
 
-// TestNetworkingCRDsFromModule: deploy/crds holds the VirtualService and
-// DestinationRule CRDs of the istio.io/api module go.mod pins, unchanged
+// TestNetworkingCRDsFromModule: deploy/crds holds the VirtualService,
+// DestinationRule and Telemetry CRDs of the istio.io/api module go.mod pins, unchanged
 // (the documents of its kubernetes/customresourcedefinitions.gen.yaml),
 // so that the API server checks them against Istio's own schema: an
 // unknown field is refused there (kubectl's strict field validation)
@@ -24,17 +24,21 @@ func TestNetworkingCRDsFromModule(t *testing.T) {
 		t.Fatal(err)
 	}
 	docs := strings.Split(string(gen), "\n---\n")
-	for _, plural := range []string{"virtualservices", "destinationrules"} {
+	for _, plural := range []string{"virtualservices", "destinationrules", "telemetries"} {
+		group := "networking.istio.io"
+		if plural == "telemetries" {
+			group = "telemetry.istio.io"
+		}
 		var want string
 		for _, d := range docs {
-			if strings.Contains(d, "\n  name: "+plural+".networking.istio.io\n") {
+			if strings.Contains(d, "\n  name: "+plural+"."+group+"\n") {
 				want = strings.Trim(d, "\n") + "\n"
 			}
 		}
 		if want == "" {
 			t.Fatalf("%s: not in the module's CRDs", plural)
 		}
-		path := filepath.Join("..", "..", "deploy", "crds", "networking.istio.io_"+plural+".yaml")
+		path := filepath.Join("..", "..", "deploy", "crds", group+"_"+plural+".yaml")
 		got, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)

@@ -76,7 +76,6 @@ const (
 	filterUpstream    = "waypoint_upstream_peer_metadata"
 
 	peerMetadataType = "type.googleapis.com/io.istio.http.peer_metadata.Config"
-	statsType        = "type.googleapis.com/stats.PluginConfig"
 )
 
 // Istio's HBONE keepalive, the same as ztunnel's.
@@ -193,13 +192,6 @@ func upstreamPeerMetadata() *hcm.HttpFilter {
 		TypedConfig: typedStruct(peerMetadataType, map[string]any{
 			"upstream_discovery": []any{map[string]any{"workload_discovery": map[string]any{}}},
 		})}}
-}
-
-// statsFilter is Istio's telemetry filter, reporting as a waypoint
-// (reporter SERVER_GATEWAY, shown as reporter="waypoint").
-func statsFilter() *hcm.HttpFilter {
-	return &hcm.HttpFilter{Name: filterStats, IsOptional: true, ConfigType: &hcm.HttpFilter_TypedConfig{
-		TypedConfig: typedStruct(statsType, map[string]any{"reporter": "SERVER_GATEWAY"})}}
 }
 
 func routerFilter() *hcm.HttpFilter {

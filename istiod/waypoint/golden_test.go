@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,6 +27,8 @@ import (
 
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/gateway"
+	"github.com/ambitmesh/ambit/istiod/meshconfig"
+	"github.com/ambitmesh/ambit/istiod/telemetry"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/<case>/golden.json from the builder's output")
@@ -41,11 +44,15 @@ type objects struct {
 	vss        []*networkingv1.VirtualService
 	drs        []*networkingv1.DestinationRule
 	podLabels  map[string]map[string]string // by workload uid
+	// mesh is the YAML of ConfigMap istio's "mesh" key; telemetries the
+	// Telemetry objects.
+	mesh        string
+	telemetries []*telemetryv1.Telemetry
 }
 
 var decoder = func() runtime.Decoder {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, discoveryv1.AddToScheme, gatewayv1.Install, securityv1.AddToScheme, networkingv1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, discoveryv1.AddToScheme, gatewayv1.Install, securityv1.AddToScheme, networkingv1.AddToScheme, telemetryv1.AddToScheme} {
 		if err := add(s); err != nil {
 			panic(err)
 		}
@@ -101,6 +108,13 @@ func loadObjects(r io.Reader) (*objects, error) {
 			o.vss = append(o.vss, v)
 		case *networkingv1.DestinationRule:
 			o.drs = append(o.drs, v)
+		case *telemetryv1.Telemetry:
+			o.telemetries = append(o.telemetries, v)
+		case *corev1.ConfigMap:
+			if v.Name != meshconfig.ConfigMapName {
+				return nil, fmt.Errorf("document %d: ConfigMap %s, want only %s (MeshConfig)", i, v.Name, meshconfig.ConfigMapName)
+			}
+			o.mesh = v.Data[meshconfig.ConfigMapKey]
 		default:
 			return nil, fmt.Errorf("document %d: unsupported kind %T", i, obj)
 		}
@@ -119,7 +133,11 @@ func (o *objects) waypointOf() (Ref, bool) {
 }
 
 func (o *objects) input(cfg ambient.Config) *Input {
-	return &Input{Config: cfg, Addresses: ambient.Build(o.state, cfg).Addresses,
+	mesh, err := meshconfig.Parse(o.mesh)
+	if err != nil {
+		panic(err) // the test's own input
+	}
+	return &Input{Config: cfg, Telemetry: telemetry.NewIndex(mesh, o.telemetries), Addresses: ambient.Build(o.state, cfg).Addresses,
 		Service:    func(ns, name string) *corev1.Service { return o.services[ns+"/"+name] },
 		HTTPRoutes: o.httpRoutes, GRPCRoutes: o.grpcRoutes, ReferenceGrants: o.grants, AuthorizationPolicies: o.policies,
 		VirtualServices: o.vss, DestinationRules: o.drs,

@@ -7,6 +7,7 @@ import (
 
 	xdscore "github.com/cncf/xds/go/xds/core/v3"
 	matcher "github.com/cncf/xds/go/xds/type/matcher/v3"
+	accesslog "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -124,7 +125,7 @@ func (b *builder) mainInternal() *listener.Listener {
 	// Traffic addressed to a bound workload itself.
 	chains = append(chains,
 		&listener.FilterChain{Name: DirectTCP, Filters: append(append([]*listener.Filter{connectAuthorityNetwork()},
-			b.networkRBACFilters(b.chainPolicies(nil), DirectTCP, b.notes)...), tcpProxy(Encap, Encap))},
+			b.networkRBACFilters(b.chainPolicies(nil), DirectTCP, b.notes)...), tcpProxy(Encap, Encap, b.tcpAccessLogs(nil)...))},
 		&listener.FilterChain{Name: DirectHTTP, Filters: []*listener.Filter{connectAuthorityNetwork(), b.hcm(Encap, nil, servedPort{proto: protoUnknown}, Encap)}},
 	)
 	var wlRanges []*xdscore.CidrRange
@@ -180,16 +181,17 @@ func sameKind(a, b protocol) bool {
 	return a == b || isHTTP(a) && isHTTP(b)
 }
 
-func tcpProxy(statPrefix, cluster string) *listener.Filter {
+func tcpProxy(statPrefix, cluster string, logs ...*accesslog.AccessLog) *listener.Filter {
 	return &listener.Filter{Name: filterTCPProxy, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(&tcp.TcpProxy{
 		StatPrefix:       statPrefix,
 		ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: cluster},
+		AccessLog:        logs,
 	})}}
 }
 
 func (b *builder) tcpChain(name string, sv *served, cluster string) *listener.FilterChain {
 	fs := b.networkRBACFilters(b.chainPolicies(sv), name, b.notes)
-	return &listener.FilterChain{Name: name, Filters: append(fs, tcpProxy(name, cluster))}
+	return &listener.FilterChain{Name: name, Filters: append(fs, tcpProxy(name, cluster, b.tcpAccessLogs(sv)...))}
 }
 
 func (b *builder) httpChain(name string, sv *served, p servedPort, cluster string) *listener.FilterChain {
@@ -213,7 +215,9 @@ func (b *builder) hcm(statPrefix string, sv *served, p servedPort, cluster strin
 		h.Http2ProtocolOptions = &core.Http2ProtocolOptions{}
 	}
 	h.HttpFilters = append(h.HttpFilters, b.policyFilters(sv)...)
-	h.HttpFilters = append(h.HttpFilters, grpcStatsFilter(), faultFilter(), corsFilter(), upstreamPeerMetadata(), statsFilter(), routerFilter())
+	statsFilters := b.applyHTTPTelemetry(h, sv)
+	h.HttpFilters = append(h.HttpFilters, grpcStatsFilter(), faultFilter(), corsFilter(), upstreamPeerMetadata())
+	h.HttpFilters = append(append(h.HttpFilters, statsFilters...), routerFilter())
 	return &listener.Filter{Name: filterHCM, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(h)}}
 }
 

@@ -62,6 +62,7 @@ import (
 
 	"github.com/ambitmesh/ambit/api/workload"
 	"github.com/ambitmesh/ambit/istiod/ambient"
+	"github.com/ambitmesh/ambit/istiod/telemetry"
 )
 
 // Input is the cluster state a waypoint's config is built from.
@@ -97,6 +98,9 @@ type Input struct {
 	// WorkloadLabels are a workload's labels (by uid), which
 	// DestinationRule subsets select; nil: no labels.
 	WorkloadLabels func(uid string) map[string]string
+	// Telemetry is the MeshConfig and the Telemetry objects (nil:
+	// Istio's default MeshConfig, no Telemetry).
+	Telemetry *telemetry.Index
 }
 
 // Resources are one waypoint's xDS resources, each list sorted by name.
@@ -108,6 +112,10 @@ type Resources struct {
 	// what of it this waypoint could not enforce as written and how it
 	// failed safe; not part of the xDS.
 	PolicyNotes map[string][]string
+	// TelemetryNotes say what of MeshConfig's and the Telemetry API's
+	// telemetry this waypoint could not configure (a provider not
+	// supported, a collector not found); not part of the xDS.
+	TelemetryNotes []string
 }
 
 // Ref names a waypoint: its Gateway's namespace and name.
@@ -178,15 +186,17 @@ func Build(in *Input, ref Ref) (*Resources, error) {
 
 func buildScope(in *Input, cfg ambient.Config, sc *scope) (*Resources, error) {
 	b := &builder{cfg: cfg, sc: sc, in: in, notes: map[string][]string{}}
-	res := &Resources{
-		PolicyNotes: b.notes,
-		Listeners:   []*listener.Listener{b.connectTerminate(), b.mainInternal(), b.connectOriginateListener()},
-		Clusters:    b.clusters(),
-		Endpoints:   b.endpoints(),
-	}
+	// Listeners first: their chains name the collector clusters.
+	res := &Resources{PolicyNotes: b.notes}
+	res.Listeners = []*listener.Listener{b.connectTerminate(), b.mainInternal(), b.connectOriginateListener()}
+	res.Clusters, res.Endpoints = b.clusters(), b.endpoints()
+	ccl, ccla := b.collectorClusters()
+	res.Clusters, res.Endpoints = append(res.Clusters, ccl...), append(res.Endpoints, ccla...)
 	sort.Slice(res.Listeners, func(i, j int) bool { return res.Listeners[i].Name < res.Listeners[j].Name })
 	sort.Slice(res.Clusters, func(i, j int) bool { return res.Clusters[i].Name < res.Clusters[j].Name })
 	sort.Slice(res.Endpoints, func(i, j int) bool { return res.Endpoints[i].ClusterName < res.Endpoints[j].ClusterName })
+	slices.Sort(b.telNotes)
+	res.TelemetryNotes = slices.Compact(b.telNotes)
 	for k, v := range res.PolicyNotes {
 		// Each chain notes the same things: once is enough.
 		slices.Sort(v)
@@ -203,6 +213,11 @@ type builder struct {
 	sc    *scope
 	in    *Input
 	notes map[string][]string
+	// tel is the telemetry index (telemetryIndex); collectors the
+	// telemetry collectors' clusters the chains named.
+	tel        *telemetry.Index
+	collectors map[string]*collectorCluster
+	telNotes   []string
 }
 
 // waypointIndex resolves a GatewayAddress to the waypoint it names: by

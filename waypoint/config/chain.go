@@ -127,6 +127,8 @@ func buildChain(fc *listener.FilterChain, name string) (*Chain, []string, error)
 			if err != nil {
 				return nil, nil, fmt.Errorf("filter %s: %w", f.GetName(), err)
 			}
+			als, w := buildFileAccessLogs(tp.GetAccessLog())
+			t.AccessLogs, warns = als, append(warns, w...)
 			c.TCP = t
 		case "envoy.extensions.filters.network.set_filter_state.v3.Config":
 			var s sfsnet.Config
@@ -268,6 +270,8 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 		return nil, nil, err
 	}
 	out.OTelLogs, warns = logs, append(warns, logWarns...)
+	als, w := buildFileAccessLogs(h.GetAccessLog())
+	out.AccessLogs, warns = als, append(warns, w...)
 	for i, f := range h.GetHttpFilters() {
 		if f.GetDisabled() {
 			continue
@@ -318,6 +322,14 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 		default:
 			if telemetryType(t) {
 				hf.Kind = FilterTelemetry
+				if t == typeIstioStats {
+					st, w, err := buildStats(f.GetTypedConfig())
+					if err != nil {
+						warns = append(warns, fmt.Sprintf("http filter %s: %v; Istio's default metrics", f.GetName(), err))
+						break
+					}
+					out.Stats, warns = st, append(warns, w...)
+				}
 				break
 			}
 			if f.GetIsOptional() {

@@ -232,6 +232,10 @@ type HCM struct {
 	Tracing *Tracing
 	// OTelLogs are the HCM's OpenTelemetry access loggers (otel_accesslog.go).
 	OTelLogs []*OTelAccessLog
+	// AccessLogs are the HCM's file access logs (accesslog.go); Stats the
+	// istio.stats filter's config (nil: Istio's defaults).
+	AccessLogs []*AccessLog
+	Stats      *Stats
 }
 
 // Codec is an HTTP connection manager's codec_type.
@@ -428,6 +432,8 @@ type TCPProxy struct {
 	Tunnel        *Format
 	TunnelHeaders []HeaderValue
 	IdleTimeout   time.Duration
+	// AccessLogs are the tcp_proxy's access logs.
+	AccessLogs []*AccessLog
 }
 
 // ClusterType is how a cluster finds its endpoints.

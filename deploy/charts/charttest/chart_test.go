@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/yaml"
 )
 
 var update = flag.Bool("update", false, "rewrite the chart's crds/ from deploy/crds, and the rendered manifests in e2e/testdata")
@@ -322,6 +323,7 @@ func TestObjects(t *testing.T) {
 		{"*v1.ClusterRole", "", "ambit-istiod"},
 		{"*v1.ClusterRoleBinding", "", "ambit-cni-agent"},
 		{"*v1.ClusterRoleBinding", "", "ambit-istiod"},
+		{"*v1.ConfigMap", ns, "istio"},
 		{"*v1.DaemonSet", ns, "ambit-cni-agent"},
 		{"*v1.DaemonSet", ns, "ztunnel"},
 		{"*v1.Deployment", ns, "istiod"},
@@ -377,6 +379,7 @@ func TestRBAC(t *testing.T) {
 		{APIGroups: names("security.istio.io"), Resources: names("authorizationpolicies/status", "peerauthentications/status"), Verbs: names("update")},
 		{APIGroups: names("networking.istio.io"), Resources: names("virtualservices", "destinationrules"), Verbs: names("get", "list", "watch")},
 		{APIGroups: names("networking.istio.io"), Resources: names("virtualservices/status", "destinationrules/status"), Verbs: names("update")},
+		{APIGroups: names("telemetry.istio.io"), Resources: names("telemetries"), Verbs: names("list", "watch")},
 		{APIGroups: core, Resources: names("configmaps"), ResourceNames: names("istio-ca-root-cert"), Verbs: names("get", "list", "watch", "update")},
 		{APIGroups: core, Resources: names("configmaps"), Verbs: names("list", "watch")},
 		{APIGroups: core, Resources: names("configmaps"), Verbs: names("create")},
@@ -883,5 +886,34 @@ func TestNoStrayText(t *testing.T) {
 		if len(bytes.TrimRight(line, " \t")) != len(line) {
 			t.Errorf("rendered line %d %q: trailing whitespace", i+1, line)
 		}
+	}
+}
+
+// TestMeshConfig: the meshConfig values are rendered, as YAML, into the
+// ConfigMap istio (key mesh) istiod watches; none renders "{}".
+func TestMeshConfig(t *testing.T) {
+	meshOf := func(r rendered) string {
+		for _, o := range r.objs {
+			if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "istio" {
+				return cm.Data["mesh"]
+			}
+		}
+		t.Fatal("no ConfigMap istio")
+		return ""
+	}
+	if got := meshOf(render(t, namespace, nil)); strings.TrimSpace(got) != "{}" {
+		t.Errorf("default mesh: got %q, want {}", got)
+	}
+	got := meshOf(render(t, namespace, map[string]any{"meshConfig": map[string]any{
+		"accessLogFile": "/dev/stdout",
+		"extensionProviders": []any{map[string]any{"name": "zipkin",
+			"zipkin": map[string]any{"service": "zipkin.istio-system.svc.cluster.local", "port": 9411}}},
+	}}))
+	var m map[string]any
+	if err := yaml.Unmarshal([]byte(got), &m); err != nil {
+		t.Fatalf("mesh %q: %v", got, err)
+	}
+	if m["accessLogFile"] != "/dev/stdout" || len(m["extensionProviders"].([]any)) != 1 {
+		t.Errorf("mesh: got %v, want the values' meshConfig", m)
 	}
 }

@@ -51,8 +51,8 @@ func ChartObjects(path string) ([]runtime.Object, error) {
 	return objs, nil
 }
 
-// ApplyAccess creates the chart's service accounts, RBAC, Services and
-// admission policies; objects that exist are left as they are. Not its
+// ApplyAccess creates the chart's service accounts, RBAC, Services,
+// admission policies and ConfigMaps (istiod's MeshConfig); objects that exist are left as they are. Not its
 // Deployment and DaemonSets: the lab runs the programs itself.
 func ApplyAccess(ctx context.Context, c kubernetes.Interface, objs []runtime.Object) error {
 	co := metav1.CreateOptions{}
@@ -63,6 +63,8 @@ func ApplyAccess(ctx context.Context, c kubernetes.Interface, objs []runtime.Obj
 			_, err = c.CoreV1().ServiceAccounts(v.Namespace).Create(ctx, v, co)
 		case *corev1.Service:
 			_, err = c.CoreV1().Services(v.Namespace).Create(ctx, v, co)
+		case *corev1.ConfigMap:
+			_, err = c.CoreV1().ConfigMaps(v.Namespace).Create(ctx, v, co)
 		case *rbacv1.ClusterRole:
 			_, err = c.RbacV1().ClusterRoles().Create(ctx, v, co)
 		case *rbacv1.ClusterRoleBinding:
