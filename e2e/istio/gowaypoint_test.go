@@ -173,6 +173,14 @@ func (m *mesh) goWaypoint(t *testing.T) {
 		}
 	}
 
+	// The waypoint's admin dumps the configuration Istio's istiod sent,
+	// Istio's own extension types (peer metadata, ...) included.
+	if _, err := m.mesh.WaitWaypoint(ctx, "shop", "waypoint", 1, "its config dump", func(dump string) bool {
+		return strings.Contains(dump, "connect_terminate") && strings.Contains(dump, "io.istio.")
+	}); err != nil {
+		t.Error(err)
+	}
+
 	// Istio's istiod saw no NACK from the waypoint.
 	for line := range strings.Lines(m.pilot.Logs(1 << 20)) {
 		if strings.Contains(line, "NACK") || strings.Contains(line, "ACK ERROR") {
