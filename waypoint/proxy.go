@@ -33,6 +33,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,11 +143,20 @@ func New(cfg Config) (*Proxy, error) {
 }
 
 // Update installs a new snapshot: the next connection and the next
-// request on an open connection use it.
+// request on an open connection use it. Its warnings (a fail-closed
+// filter, a part of the config left out or not recorded) are logged when
+// they are new: a warning the previous snapshot had too is not repeated
+// at every push.
 func (p *Proxy) Update(s *config.Snapshot) {
-	p.snap.Store(s)
+	prev := p.snap.Swap(s)
+	var had []string
+	if prev != nil {
+		had = prev.Warnings
+	}
 	for _, w := range s.Warnings {
-		p.log.Warn("config applies with a fail-closed filter", logkey.Error, w)
+		if !slices.Contains(had, w) {
+			p.log.Warn("config applies with a warning", logkey.Error, w)
+		}
 	}
 }
 

@@ -719,8 +719,14 @@ var _ = config.ErrUnsupported
 // metadata matcher, as for JWT request principals) makes its filter deny
 // everything, instead of refusing the update and leaving the previous,
 // more permissive rules in force.
+//
+// The warning is logged once, not again at a push that keeps it.
 func TestRBACFailsClosed(t *testing.T) {
-	e := newEnv(t, basicConfig)
+	warned := make(chan string, 10)
+	e := newEnvWith(t, host, [2]uint16{80, 90}, [2]uint16{8080, 9090}, func(e *env) {
+		e.cfg = basicConfig(e.ip)
+		e.log = slog.New(&messages{msg: "config applies with a warning", ch: warned})
+	})
 	c := e.client(t, clientID)
 	expectStatus(t, c.do(t, get(t, "/")), 200)
 	e.cfg.ports[0].httpFilters = []*hcmFilter{rbacFilter("rbac-deny", rbacv3.RBAC_DENY, map[string]*rbacv3.Policy{"jwt": {
@@ -732,6 +738,10 @@ func TestRBACFailsClosed(t *testing.T) {
 		t.Errorf("warnings: got %v, want one naming rbac-deny", w)
 	}
 	expectStatus(t, c.do(t, get(t, "/")), 403)
+	e.apply(t)
+	if n := len(warned); n != 1 {
+		t.Errorf("warnings logged over two pushes with the same one: got %d, want 1", n)
+	}
 }
 
 // TestSlowClient: a connection that does not finish its request head
