@@ -10,11 +10,9 @@ import (
 	tpb "istio.io/api/telemetry/v1alpha1"
 	typev1beta1 "istio.io/api/type/v1beta1"
 	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
-	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
 	"github.com/ambitmesh/ambit/internal/enrolment"
@@ -32,15 +30,8 @@ func TestWaypointTelemetry(t *testing.T) {
 	l := startLab(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
-	m := labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{})
-	s := &suite{l: l, mesh: m, wp: "waypoint", pods: map[string]*corev1.Pod{}, svcs: map[string]*corev1.Service{}}
-	var err error
-	if s.gw, err = gatewayclient.NewForConfig(l.RESTConfig); err != nil {
-		t.Fatal(err)
-	}
-	if s.istio, err = istioclient.NewForConfig(l.RESTConfig); err != nil {
-		t.Fatal(err)
-	}
+	s := newSuite(t, ctx, l)
+	m := s.mesh
 	const ns = "shop"
 	if err := l.CreateNamespace(ctx, ns, map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}); err != nil {
 		t.Fatal(err)

@@ -78,10 +78,11 @@ func (s *suite) waypoint(t *testing.T, ctx context.Context, ns, name, waypointFo
 	}
 }
 
-func TestWaypoints(t *testing.T) {
-	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
-	defer cancel()
+// newSuite starts the mesh (istiod with the waypoint controller) in l,
+// with clients of the Gateway API and Istio's APIs, for waypoint
+// "waypoint".
+func newSuite(t *testing.T, ctx context.Context, l *lab.Lab) *suite {
+	t.Helper()
 	m := labmesh.StartMesh(t, ctx, l, labmesh.IstiodOptions{})
 	s := &suite{l: l, mesh: m, wp: "waypoint", pods: map[string]*corev1.Pod{}, svcs: map[string]*corev1.Service{}}
 	var err error
@@ -91,6 +92,15 @@ func TestWaypoints(t *testing.T) {
 	if s.istio, err = istioclient.NewForConfig(l.RESTConfig); err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+func TestWaypoints(t *testing.T) {
+	l := startLab(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	s := newSuite(t, ctx, l)
+	m := s.mesh
 
 	// Namespace shop, in the mesh: a client on node1, echo v1 on node2
 	// and v2 on node1 behind Service echo.
