@@ -10,10 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/ambitmesh/ambit/internal/anytypes"
 )
 
 // ConfigDump is the current configuration in Envoy's admin ConfigDump
@@ -69,30 +68,7 @@ func (p *Proxy) ConfigDump() ([]byte, error) {
 // cannot expand those and would fail the whole dump, so they are shown
 // with their type URL and no fields.
 func marshalDump(m proto.Message) ([]byte, error) {
-	return protojson.MarshalOptions{Indent: "  ", Resolver: dumpTypes{}}.Marshal(m)
-}
-
-// dumpTypes resolves the types linked in, and any other as an empty
-// message.
-type dumpTypes struct{}
-
-func (dumpTypes) FindMessageByURL(url string) (protoreflect.MessageType, error) {
-	if mt, err := protoregistry.GlobalTypes.FindMessageByURL(url); err == nil {
-		return mt, nil
-	}
-	return (&emptypb.Empty{}).ProtoReflect().Type(), nil
-}
-
-func (dumpTypes) FindMessageByName(name protoreflect.FullName) (protoreflect.MessageType, error) {
-	return protoregistry.GlobalTypes.FindMessageByName(name)
-}
-
-func (dumpTypes) FindExtensionByName(name protoreflect.FullName) (protoreflect.ExtensionType, error) {
-	return protoregistry.GlobalTypes.FindExtensionByName(name)
-}
-
-func (dumpTypes) FindExtensionByNumber(message protoreflect.FullName, field protoreflect.FieldNumber) (protoreflect.ExtensionType, error) {
-	return protoregistry.GlobalTypes.FindExtensionByNumber(message, field)
+	return protojson.MarshalOptions{Indent: "  ", Resolver: anytypes.Lenient{}}.Marshal(m)
 }
 
 // Ready is nil once the proxy has a configuration and its certificate.

@@ -48,6 +48,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	_ "google.golang.org/protobuf/types/known/wrapperspb"
+	_ "istio.io/api/envoy/extensions/stats"
+
+	"github.com/ambitmesh/ambit/internal/anytypes"
 )
 
 // Dump is the part of a config dump the summaries read.
@@ -63,7 +66,9 @@ type Dump struct {
 // skipped.
 func Parse(raw []byte) (*Dump, error) {
 	var cd adminv3.ConfigDump
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, &cd); err != nil {
+	// Extensions of types not linked into ambitctl (Istio's proxy's, its
+	// stats config) are read as empty rather than failing the dump.
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true, Resolver: anytypes.Lenient{}}).Unmarshal(raw, &cd); err != nil {
 		return nil, fmt.Errorf("decode config dump: %w", err)
 	}
 	d := &Dump{}

@@ -98,7 +98,7 @@ func TestClustersAndEndpoints(t *testing.T) {
 func TestParseBadInput(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"not json", "decode config dump"},
-		{`{"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": [{"active_state": {"listener": {"@type": "type.googleapis.com/no.such.Type"}}}]}]}`, "decode config dump"},
+		{`{"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": [{"active_state": {"listener": {"@type": "type.googleapis.com/no.such.Type"}}}]}]}`, "no.such.Type"},
 	} {
 		if _, err := proxyconfig.Parse([]byte(tc.in)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Parse(%.40q): got %v, want an error with %q", tc.in, err, tc.want)
@@ -107,5 +107,21 @@ func TestParseBadInput(t *testing.T) {
 	d, err := proxyconfig.Parse([]byte(`{}`))
 	if err != nil || len(d.ListenerSummary()) != 0 {
 		t.Errorf("Parse of an empty dump: got %v, %v, want nothing and no error", d, err)
+	}
+}
+
+// TestParseUnlinkedExtension: an extension of a type ambitctl does not
+// link (an Istio proxy filter, with its fields) inside a listener is
+// skipped over, not an error: the listener is read.
+func TestParseUnlinkedExtension(t *testing.T) {
+	dump := `{"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": [{"name": "main_internal", "active_state": {"listener": {
+		"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "main_internal",
+		"listener_filters": [{"name": "istio.peer_metadata", "typed_config": {"@type": "type.googleapis.com/io.istio.http.peer_metadata.Config", "upstream_discovery": [{"workload_discovery": {}}]}}]}}}]}]}`
+	d, err := proxyconfig.Parse([]byte(dump))
+	if err != nil {
+		t.Fatalf("Parse with an unlinked extension: %v", err)
+	}
+	if len(d.Listeners) != 1 || d.Listeners[0].GetName() != "main_internal" {
+		t.Errorf("listeners: got %v, want main_internal", d.Listeners)
 	}
 }
