@@ -1,6 +1,8 @@
 # Ambit. `make help` lists the targets.
 GO       ?= go
 BIN      := _output/bin
+# internal/version.BuildTags
+TAGS     := grpcnotrace
 # Extra flags for go test, e.g. GOTEST_FLAGS=-v or -run TestLabSmoke.
 GOTEST_FLAGS ?=
 # The Helm chart's tests: a module of their own, so that Helm's
@@ -44,7 +46,7 @@ help:
 	@echo "clean-lab       remove what a crashed lab left behind (root)"
 
 build:
-	$(GO) build -o $(BIN)/ ./samples/echo ./samples/bookinfo ./e2e/labctl ./cni/cmd/ambit-cni ./cni/cmd/ambit-cni-agent ./ztunnel/cmd/ztunnel ./istiod/cmd/istiod ./waypoint/cmd/waypoint ./ambitctl/cmd/ambitctl
+	$(GO) build -tags $(TAGS) -o $(BIN)/ ./samples/echo ./samples/bookinfo ./e2e/labctl ./cni/cmd/ambit-cni ./cni/cmd/ambit-cni-agent ./ztunnel/cmd/ztunnel ./istiod/cmd/istiod ./waypoint/cmd/waypoint ./ambitctl/cmd/ambitctl
 
 images:
 	cd $(IMAGES) && $(GO) run ./cmd/ambit-images -root $(CURDIR) -out $(CURDIR)/$(IMAGES_OUT) -version "$(IMAGE_TAG)" -hub "$(IMAGE_HUB)"
@@ -109,7 +111,7 @@ bench: deps lab-bins
 BENCH_WAYPOINT_FLAGS ?=
 bench-waypoint:
 	@bash internal/lab/deps.sh $(BENCH_PKGS)
-	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ ./waypoint/cmd/waypoint ./internal/benchproxy
+	$(GO) build -tags $(TAGS) -trimpath -ldflags '-s -w' -o $(BIN)/ ./waypoint/cmd/waypoint ./internal/benchproxy
 	$(GO) test -c -o $(BIN)/waypoint.test ./waypoint
 	cd waypoint && AMBIT_BENCH_BIN=$(CURDIR)/$(BIN) $(CURDIR)/$(BIN)/waypoint.test -test.run '^$$' -test.bench '^BenchmarkProxies$$' -test.benchtime 1x -test.timeout 15m $(BENCH_WAYPOINT_FLAGS)
 

@@ -37,6 +37,7 @@ import (
 	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/loadgen"
+	"github.com/ambitmesh/ambit/internal/version"
 	"github.com/ambitmesh/ambit/waypoint/config"
 )
 
@@ -49,6 +50,10 @@ var (
 		"BenchmarkProxies: a regular expression of the proxies to run (waypoint, haproxy, nginx, reverseproxy); empty for all")
 	proxiesProfile = flag.String("proxies.cpuprofile", "",
 		"BenchmarkProxies: write a CPU profile of the waypoint process at saturation (its admin's /debug/pprof/profile) to this file, and its heap at the end to the file .heap")
+	proxiesEnv = flag.String("proxies.env", "",
+		"BenchmarkProxies: environment variables added to the waypoint's, space-separated (GOGC=200 GOMAXPROCS=2)")
+	proxiesProfileRate = flag.Float64("proxies.profilerate", -1,
+		"BenchmarkProxies: the rate of the run -proxies.cpuprofile profiles (requests/s, one of the fixed rates; -1: saturation); the last run at that rate wins")
 )
 
 // The workload of BenchmarkProxies (issue 17): HTTP/1.1 POSTs of 1 KiB
@@ -176,7 +181,7 @@ func (p *benchPath) load(b *testing.B, qps float64, d time.Duration) *loadResult
 		cpu0 = procCPU(b, p.pid)
 	}
 	profiled := make(chan error, 1)
-	if qps < 0 && p.profile != "" && *proxiesProfile != "" {
+	if qps == *proxiesProfileRate && p.profile != "" && *proxiesProfile != "" {
 		go func() { profiled <- fetchProfile(p.profile, max(time.Second, d-time.Second), *proxiesProfile) }()
 	} else {
 		profiled <- nil
@@ -253,6 +258,7 @@ func (e *env) waypointPath(b *testing.B, bin, dir string) *benchPath {
 		"--access-log", "", "--pod-labels", filepath.Join(dir, "no-labels"), "--drain-timeout", "1s")
 	cmd.Env = append(os.Environ(), "POD_NAME=waypoint-0", "POD_NAMESPACE="+waypointID.Namespace,
 		"SERVICE_ACCOUNT="+waypointID.ServiceAccount, "INSTANCE_IP="+ip.String())
+	cmd.Env = append(cmd.Env, strings.Fields(*proxiesEnv)...)
 	pid := startProxy(b, cmd, dir, "waypoint", func() error {
 		resp, err := http.Get("http://" + at(15021) + "/healthz/ready")
 		if err != nil {
@@ -538,7 +544,7 @@ func benchBinaries(b *testing.B) string {
 	}
 	d := b.TempDir()
 	// As the image ships it (deploy/images), as make bench-waypoint does.
-	out, err := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", d+"/", "./cmd/waypoint", "../internal/benchproxy").CombinedOutput()
+	out, err := exec.Command("go", "build", "-tags", version.BuildTags, "-trimpath", "-ldflags", "-s -w", "-o", d+"/", "./cmd/waypoint", "../internal/benchproxy").CombinedOutput()
 	if err != nil {
 		b.Fatalf("go build the waypoint and benchproxy: %v\n%s", err, out)
 	}

@@ -350,6 +350,11 @@ func istioVersion(file string) (string, error) {
 // (internal/version), stamped with the images' tag.
 const VersionVar = "github.com/ambitmesh/ambit/internal/version.version"
 
+// BuildTags are the build tags of every binary: Ambit's
+// internal/version.BuildTags (this module cannot import it; the main
+// module's TestBuildTags checks that the two agree).
+const BuildTags = "grpcnotrace"
+
 // goBuild builds static, reproducible binaries: no cgo, no file system
 // paths (-trimpath), no VCS stamp (a dirty tree would differ from a clean
 // one with the same files), an empty build id, no symbol table or DWARF
@@ -360,7 +365,7 @@ func goBuild(ctx context.Context, o Options, dir string, pkgs []string) error {
 		return fmt.Errorf("go build: version %q: want no spaces or quotes", o.Version)
 	}
 	ldflags := "-ldflags=-s -w -buildid= -X " + VersionVar + "=" + o.Version
-	args := append([]string{"build", "-trimpath", "-buildvcs=false", ldflags, "-o", dir + "/"}, pkgs...)
+	args := append([]string{"build", "-tags", BuildTags, "-trimpath", "-buildvcs=false", ldflags, "-o", dir + "/"}, pkgs...)
 	cmd := exec.CommandContext(ctx, o.Go, args...)
 	cmd.Dir = o.Root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+o.Arch, "GOFLAGS=-mod=readonly")

@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ambitmesh/ambit/internal/version"
 )
 
 // CoreDNSVersion is the CoreDNS release the lab builds from its Go module.
@@ -170,7 +172,7 @@ func EnsureBinaries(ctx context.Context, opts BuildOptions) (Binaries, error) {
 	b.PodInit = filepath.Join(binDir, "podinit")
 	b.RuncWrap = filepath.Join(binDir, "runcwrap")
 	b.Pause = filepath.Join(binDir, "pause")
-	if err := goBuild(ctx, opts.Root, binDir, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel", "./istiod/cmd/istiod", "./waypoint/cmd/waypoint", "./internal/lab/cmd/podinit", "./internal/lab/cmd/runcwrap", "./internal/lab/cmd/pause"); err != nil {
+	if err := goBuild(ctx, opts.Root, binDir, "-tags", version.BuildTags, "./samples/echo", "./samples/bookinfo", "./cni/cmd/ambit-cni", "./cni/cmd/ambit-cni-agent", "./ztunnel/cmd/ztunnel", "./istiod/cmd/istiod", "./waypoint/cmd/waypoint", "./internal/lab/cmd/podinit", "./internal/lab/cmd/runcwrap", "./internal/lab/cmd/pause"); err != nil {
 		return b, err
 	}
 	return b, nil
