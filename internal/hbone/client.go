@@ -69,7 +69,7 @@ func Dial(ctx context.Context, addr netip.AddrPort, cfg ClientConfig) (*ClientCo
 		return nil, fmt.Errorf("dial hbone %s: %w", addr, err)
 	}
 	var peer identity.Identity
-	tc := tls.Client(raw, clientTLSConfig(cfg, &peer))
+	tc := tls.Client(direct(raw), clientTLSConfig(cfg, &peer))
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {

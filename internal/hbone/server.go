@@ -262,7 +262,7 @@ func (s *Server) TLSConfig() *tls.Config {
 func (s *Server) serveConn(raw net.Conn, h *handshake) {
 	defer s.release(h)
 	ci := connInfo{peerAddr: AddrPort(raw.RemoteAddr()), localAddr: AddrPort(raw.LocalAddr())}
-	tc := tls.Server(raw, s.TLSConfig())
+	tc := tls.Server(direct(raw), s.TLSConfig())
 	refuse := func(msg string, err error) {
 		s.log().Info(msg, logkey.PeerAddr, ci.peerAddr.String(), logkey.Error, err.Error())
 		tc.Close()
