@@ -415,7 +415,8 @@ func Strftime(t time.Time, f string) string {
 // (seconds since the epoch), %f and %1f..%9f (the fraction of the
 // second, 9 digits or as many as asked, truncated) and %E3S..%E9S
 // (seconds with that many fractional digits). An empty format is
-// Envoy's default, %Y-%m-%dT%H:%M:%E3SZ.
+// Envoy's default, %Y-%m-%dT%H:%M:%E3SZ. Another conversion is copied
+// as it is.
 func AppendStrftime(b []byte, t time.Time, f string) []byte {
 	t = t.UTC()
 	if f == "" {
@@ -429,7 +430,8 @@ func AppendStrftime(b []byte, t time.Time, f string) []byte {
 		i++
 		switch c := f[i]; c {
 		case 'E':
-			if i+2 >= len(f) {
+			if i+2 >= len(f) || f[i+1] < '1' || f[i+1] > '9' || f[i+2] != 'S' {
+				b = append(b, '%', c)
 				continue
 			}
 			b = appendPadded(b, t.Second(), 2)
