@@ -2,6 +2,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -187,6 +188,20 @@ func TestStrftime(t *testing.T) {
 	} {
 		if got := Strftime(at, f); got != want {
 			t.Errorf("Strftime(%q): got %q, want %q", f, got, want)
+		}
+	}
+}
+
+// TestLogOperatorsDocumented: docs/telemetry.md lists every operator the
+// waypoint renders.
+func TestLogOperatorsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/telemetry.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range LogOperatorNames() {
+		if !strings.Contains(string(doc), "`"+name+"`") && !strings.Contains(string(doc), "`"+name+"(") {
+			t.Errorf("docs/telemetry.md: operator %s not listed", name)
 		}
 	}
 }
