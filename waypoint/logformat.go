@@ -292,8 +292,7 @@ func (e *accessEntry) appendRaw(b []byte, p *config.LogPart) ([]byte, valueKind)
 	case config.OpHostname:
 		return appendStr(b, hostname())
 	case config.OpEnvironment:
-		v, _ := os.LookupEnv(p.Arg)
-		return appendStr(b, v)
+		return appendStr(b, p.Alt)
 	case config.OpFilterState:
 		return appendStr(b, e.fs[p.Arg])
 	case config.OpDynamicMetadata:

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/textproto"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -192,9 +193,9 @@ type LogPart struct {
 	Code LogOp
 	// Arg is the operator's argument: a header (lower case), a filter
 	// state key, an environment variable, START_TIME's strftime format,
-	// GRPC_STATUS's and PATH's options, DYNAMIC_METADATA's
-	// namespace:key; Alt is REQ's, RESP's and TRAILER's alternative
-	// header (the a?b form).
+	// GRPC_STATUS's and PATH's options, DYNAMIC_METADATA's namespace;
+	// Alt is REQ's, RESP's and TRAILER's alternative header (the a?b
+	// form), DYNAMIC_METADATA's key, PATH's source, ENVIRONMENT's value.
 	Arg, Alt string
 	// Key and AltKey are Arg and Alt as Go's http.Header keys them.
 	Key, AltKey string
@@ -358,6 +359,10 @@ func parseOperator(op string) (LogPart, error) {
 			return p, fmt.Errorf("operator %s: %w", op, err)
 		}
 		p.Arg = arg
+	case OpEnvironment:
+		// Read once, when the format is compiled, as Envoy does (an
+		// unset or empty variable renders as missing).
+		p.Arg, p.Alt = arg, os.Getenv(arg)
 	case OpGRPCStatus:
 		switch arg {
 		case "", "CAMEL_STRING", "SNAKE_STRING", "NUMBER":
