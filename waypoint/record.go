@@ -67,6 +67,9 @@ type requestRecord struct {
 	// reqMsgs and respMsgs count a gRPC request's messages each way (nil
 	// when the request is not gRPC).
 	reqMsgs, respMsgs *grpcFrames
+	// resp is the upstream's response (its headers and trailers for
+	// %RESP% and %TRAILER%), nil for a local reply.
+	resp *http.Response
 	// hcm is the connection manager's config: its access logs and
 	// istio.stats overrides (telemetry_config.go).
 	hcm *config.HCM
@@ -150,6 +153,7 @@ func (r *requestRecord) upstream(c *config.Cluster, ep *config.Endpoint) {
 // from here on they count live, as Envoy reports a long stream's
 // messages while it runs.
 func (r *requestRecord) watch(resp *http.Response) {
+	r.resp = resp
 	resp.Body = &watchedBody{ReadCloser: resp.Body, r: r}
 	if r.grpc {
 		r.t.attachMessages(r, nil)

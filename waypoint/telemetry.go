@@ -695,18 +695,19 @@ func (r *requestRecord) finish() {
 	if s := r.trace; s != nil && s.sampled && t.tracer != nil {
 		t.tracer.record(r, flags, received, sent, dur)
 	}
-	if t.tracer != nil {
-		t.tracer.logRequest(r, flags, received, sent, dur)
-	}
 	var logs []*config.AccessLog
 	if r.hcm != nil {
 		logs = r.hcm.AccessLogs
 	}
 	al := t.accessLog.Load()
-	if al == nil && len(logs) == 0 {
+	otel := t.tracer != nil && len(r.otelLogs) > 0
+	if al == nil && len(logs) == 0 && !otel {
 		return
 	}
 	e := r.accessEntry(flags, principal, received, sent, dur)
+	if otel {
+		t.tracer.logRequest(r, e)
+	}
 	if al != nil {
 		al.write(e)
 	}
@@ -806,8 +807,12 @@ func (r *tcpRecord) close(flags string) {
 	if flags == "" {
 		flags = "-"
 	}
-	e := &accessEntry{start: r.start, flags: flags, details: r.details, duration: time.Since(r.start), upstreamCluster: r.cluster,
-		local: r.ci.local, remote: r.ci.remote, tcp: true}
+	principal, _, _ := t.downstreamPeer(r.ci, r.ci.fs)
+	e := &accessEntry{start: r.start, flags: flags, details: r.details, duration: time.Since(r.start), cluster: r.cluster,
+		local: r.ci.local, remote: r.ci.remote, tcp: true, peer: principal, localSAN: r.ci.localSAN, fs: r.ci.fs, meta: r.ci.meta}
+	if l := r.ci.fs["io.istio.local_principal"]; l != "" {
+		e.localSAN = l
+	}
 	if r.meter != nil {
 		e.received, e.sent = r.meter.read.Load(), r.meter.written.Load()
 	}

@@ -7,7 +7,6 @@ package waypoint
 // value, which Prometheus treats as absent.
 
 import (
-	"net/http"
 	"strings"
 	"time"
 
@@ -110,27 +109,4 @@ func (t *telemetry) observeRequest(st *config.Stats, r *requestRecord, vals *req
 	if !st.Drop[metricRespBytes] {
 		t.respBytes.WithLabelValues(overridden(st, metricRespBytes, vals[:], r)...).Observe(float64(sent))
 	}
-}
-
-// accessEntryOf is a request's access-log entry.
-func (r *requestRecord) accessEntry(flags, principal string, received, sent int64, dur time.Duration) *accessEntry {
-	details := r.Details
-	if details == "" {
-		details = detailsFor(flags, r.ep != nil)
-	}
-	e := &accessEntry{
-		start: r.start, route: r.route, method: r.method, path: r.path, protocol: r.req.Proto, code: r.Status, flags: flags,
-		details: details, received: received, sent: sent, duration: dur,
-		xff: r.req.Header.Get("X-Forwarded-For"), userAgent: r.req.Header.Get("User-Agent"), requestID: r.req.Header.Get("X-Request-Id"),
-		authority: r.req.Host, local: r.ci.local, remote: r.ci.remote,
-		traceparent: r.req.Header.Get("Traceparent"),
-		reqHeader:   r.req.Header, grpcStatus: r.grpcResponseStatus(), peer: principal,
-	}
-	if e.reqHeader == nil {
-		e.reqHeader = http.Header{}
-	}
-	if r.ep != nil {
-		e.upstreamHost, e.upstreamCluster = r.ep.String(), r.Cluster
-	}
-	return e
 }

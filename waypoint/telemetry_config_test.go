@@ -34,7 +34,7 @@ func TestConfiguredTelemetry(t *testing.T) {
 			TypedConfig: mustAny(&filev3.FileAccessLog{Path: path, AccessLogFormat: &filev3.FileAccessLog_LogFormat{LogFormat: lf}})}}
 	}
 	text := &core.SubstitutionFormatString{Format: &core.SubstitutionFormatString_TextFormatSource{TextFormatSource: &core.DataSource{
-		Specifier: &core.DataSource_InlineString{InlineString: "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %UPSTREAM_CLUSTER_RAW% %REQ(X-MISSING)%\n"}}}}
+		Specifier: &core.DataSource_InlineString{InlineString: "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %UPSTREAM_CLUSTER_RAW% %REQ(X-MISSING)% %RESP(X-PROTO)%\n"}}}}
 	labels, err := structpb.NewStruct(map[string]any{"code": "%RESPONSE_CODE%", "authority": "%REQ(:AUTHORITY)%", "route": "at %ROUTE_NAME%", "missing": "%REQ(X-MISSING)%"})
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +71,9 @@ func TestConfiguredTelemetry(t *testing.T) {
 	out := stdout.b.String()
 	stdout.mu.Unlock()
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	want := "GET /one 200 " + clusterName("http", 80, host) + " -"
+	// X-Proto is the backend's response header (the upstream's
+	// protocol): %RESP% reads the upstream's response.
+	want := "GET /one 200 " + clusterName("http", 80, host) + " - HTTP/1.1"
 	if len(lines) == 0 || lines[0] != want {
 		t.Fatalf("stdout access log: got %q, want first line %q and no line of the filtered log", out, want)
 	}

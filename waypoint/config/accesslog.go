@@ -6,14 +6,15 @@ package config
 // tcp_proxy (envoy.access_loggers.file with a text or JSON
 // substitution format; envoy.access_loggers.open_telemetry for
 // MeshConfig's envoyOtelAls), compiled into parts the waypoint renders
-// per request. What the waypoint cannot do is a warning and that log is
-// off, never a refused config: logging must not stop traffic.
+// per request (logformat.go). What the waypoint cannot do (a filter, an
+// operator Envoy does not know) is a warning and that log is off, never
+// a refused config: logging must not stop traffic.
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -33,8 +34,8 @@ type AccessLog struct {
 	// Path of a file log; "/dev/stdout" and "/dev/stderr" are the
 	// process's.
 	Path string
-	// Text is a text format's parts (nil for JSON).
-	Text []FileLogPart
+	// Text is a text format (nil for JSON).
+	Text *LogFormat
 	// JSON are a JSON format's fields, in key order (nil for text).
 	JSON []FileLogField
 	// OmitEmpty: omit_empty_values (an empty operator renders "" rather
@@ -42,91 +43,14 @@ type AccessLog struct {
 	OmitEmpty bool
 }
 
-// FileLogPart is a literal or a command operator (%OP(Arg):MaxLen%).
-type FileLogPart struct {
-	Literal string
-	Op, Arg string
-	// Alt is REQ(a?b)'s and RESP(a?b)'s second header.
-	Alt    string
-	MaxLen int
-}
-
-// FileLogField is one key of a JSON format: its value's parts (a value that
-// is exactly one operator keeps the operator's type: numbers for codes,
-// bytes and durations).
+// FileLogField is one key of a JSON format and its value's format (a
+// value that is exactly one operator keeps the operator's type: numbers
+// for codes, bytes and durations).
 type FileLogField struct {
-	Key   string
-	Parts []FileLogPart
-}
-
-// fileLogOperators are the command operators the waypoint renders; others
-// render "-" (and the config warns).
-var fileLogOperators = map[string]bool{
-	"START_TIME": true, "REQ": true, "RESP": true, "TRAILER": true, "PROTOCOL": true, "RESPONSE_CODE": true,
-	"RESPONSE_FLAGS": true, "RESPONSE_FLAGS_LONG": true, "RESPONSE_CODE_DETAILS": true, "CONNECTION_TERMINATION_DETAILS": true,
-	"UPSTREAM_TRANSPORT_FAILURE_REASON": true, "BYTES_RECEIVED": true, "BYTES_SENT": true, "DURATION": true,
-	"UPSTREAM_HOST": true, "UPSTREAM_CLUSTER": true, "UPSTREAM_CLUSTER_RAW": true, "UPSTREAM_LOCAL_ADDRESS": true,
-	"DOWNSTREAM_LOCAL_ADDRESS": true, "DOWNSTREAM_REMOTE_ADDRESS": true, "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": true,
-	"DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": true, "DOWNSTREAM_PEER_URI_SAN": true, "DOWNSTREAM_LOCAL_URI_SAN": true,
-	"REQUESTED_SERVER_NAME": true, "ROUTE_NAME": true, "METHOD": true, "PATH": true, "REQ_WITHOUT_QUERY": true,
-	"UPSTREAM_SERVICE_TIME": true, "GRPC_STATUS": true, "HOSTNAME": true,
-}
-
-// ParseFileLogFormat compiles an access-log format string; unknown
-// operators are returned to warn about.
-func ParseFileLogFormat(s string) ([]FileLogPart, []string, error) {
-	var parts []FileLogPart
-	var unknown []string
-	rest := s
-	for rest != "" {
-		i := strings.IndexByte(rest, '%')
-		if i < 0 {
-			parts = append(parts, FileLogPart{Literal: rest})
-			break
-		}
-		if i > 0 {
-			parts = append(parts, FileLogPart{Literal: rest[:i]})
-		}
-		rest = rest[i+1:]
-		// An operator's argument may hold '%'-free text with ':' and '?'.
-		j := strings.IndexByte(rest, '%')
-		if j < 0 {
-			return nil, nil, fmt.Errorf("format %q: unterminated operator", s)
-		}
-		op := rest[:j]
-		rest = rest[j+1:]
-		if op == "" {
-			parts = append(parts, FileLogPart{Literal: "%"})
-			continue
-		}
-		p := FileLogPart{}
-		name, arg, hasArg := strings.Cut(op, "(")
-		if hasArg {
-			k := strings.LastIndexByte(arg, ')')
-			if k < 0 {
-				return nil, nil, fmt.Errorf("format %q: operator %s: unbalanced parenthesis", s, op)
-			}
-			if tail := arg[k+1:]; tail != "" {
-				n, err := strconv.Atoi(strings.TrimPrefix(tail, ":"))
-				if err != nil || !strings.HasPrefix(tail, ":") {
-					return nil, nil, fmt.Errorf("format %q: operator %s: bad length %q", s, op, tail)
-				}
-				p.MaxLen = n
-			}
-			arg = arg[:k]
-		}
-		p.Op = name
-		if name == "REQ" || name == "RESP" || name == "TRAILER" {
-			p.Arg, p.Alt, _ = strings.Cut(arg, "?")
-		} else {
-			p.Arg = arg
-		}
-		if !fileLogOperators[name] {
-			unknown = append(unknown, "%"+op+"%")
-		}
-		parts = append(parts, p)
-	}
-	return parts, unknown, nil
+	Key string
+	// QuotedKey is Key as a JSON string.
+	QuotedKey string
+	Format    *LogFormat
 }
 
 // buildFileAccessLogs compiles a chain's file access logs; OpenTelemetry
@@ -186,7 +110,6 @@ func buildFileAccessLog(fl *filev3.FileAccessLog) (*AccessLog, []string, error) 
 	if out.Path == "" {
 		return nil, nil, fmt.Errorf("no path")
 	}
-	var unknown []string
 	lf := fl.GetLogFormat()
 	var text string
 	switch {
@@ -211,13 +134,12 @@ func buildFileAccessLog(fl *filev3.FileAccessLog) (*AccessLog, []string, error) 
 		return nil, nil, fmt.Errorf("log_format other than text or JSON")
 	}
 	out.OmitEmpty = lf.GetOmitEmptyValues()
-	parts, unk, err := ParseFileLogFormat(text)
+	f, err := ParseLogFormat(text)
 	if err != nil {
 		return nil, nil, err
 	}
-	unknown = append(unknown, unk...)
-	out.Text = parts
-	return out, unknownWarning(unknown), nil
+	out.Text = f
+	return out, unrecordedWarning(f.Unrecorded()), nil
 }
 
 func jsonLog(out *AccessLog, js *structpb.Struct, omit bool) (*AccessLog, []string, error) {
@@ -227,27 +149,30 @@ func jsonLog(out *AccessLog, js *structpb.Struct, omit bool) (*AccessLog, []stri
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var unknown []string
+	var unrecorded []string
 	for _, k := range keys {
 		v := js.GetFields()[k]
 		s, ok := v.GetKind().(*structpb.Value_StringValue)
 		if !ok {
 			return nil, nil, fmt.Errorf("json_format %s: only string values (nested and typed values are not supported)", k)
 		}
-		parts, unk, err := ParseFileLogFormat(s.StringValue)
+		f, err := ParseLogFormat(s.StringValue)
 		if err != nil {
 			return nil, nil, fmt.Errorf("json_format %s: %w", k, err)
 		}
-		unknown = append(unknown, unk...)
-		out.JSON = append(out.JSON, FileLogField{Key: k, Parts: parts})
+		unrecorded = append(unrecorded, f.Unrecorded()...)
+		q, _ := json.Marshal(k)
+		out.JSON = append(out.JSON, FileLogField{Key: k, QuotedKey: string(q), Format: f})
 	}
-	return out, unknownWarning(unknown), nil
+	return out, unrecordedWarning(unrecorded), nil
 }
 
-func unknownWarning(unknown []string) []string {
-	if len(unknown) == 0 {
+// unrecordedWarning names the operators Envoy knows that the waypoint
+// does not record.
+func unrecordedWarning(ops []string) []string {
+	if len(ops) == 0 {
 		return nil
 	}
-	sort.Strings(unknown)
-	return []string{"operators " + strings.Join(slices.Compact(unknown), ", ") + " not supported; they render \"-\""}
+	sort.Strings(ops)
+	return []string{"operators " + strings.Join(slices.Compact(ops), ", ") + " not recorded by the waypoint; logged as -"}
 }

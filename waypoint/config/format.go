@@ -3,7 +3,6 @@ package config
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"strings"
 )
 
@@ -82,49 +81,40 @@ func addrString(a netip.AddrPort, port bool) (string, bool) {
 	return a.Addr().String(), true
 }
 
+// formatOperator compiles one operator with the access logs' parser
+// (logformat.go), limited to what FormatContext offers.
 func formatOperator(op string) (func(FormatContext) (string, bool), error) {
-	name, arg, hasArg := strings.Cut(op, "(")
-	if hasArg {
-		if !strings.HasSuffix(arg, ")") {
-			return nil, fmt.Errorf("operator %s: unbalanced parenthesis", op)
-		}
-		arg = strings.TrimSuffix(arg, ")")
+	p, err := parseOperator(op)
+	if err != nil {
+		return nil, err
 	}
-	switch name {
-	case "REQ":
-		h, _, _ := strings.Cut(arg, "?") // REQ(a?b): the first present
-		h = strings.ToLower(h)
-		if h == "" {
-			return nil, fmt.Errorf("operator %s: no header", op)
-		}
-		return func(c FormatContext) (string, bool) { return c.Header(h) }, nil
-	case "DOWNSTREAM_PEER_URI_SAN":
+	switch p.Code {
+	case OpReq:
+		h, alt := p.Arg, p.Alt
+		return func(c FormatContext) (string, bool) {
+			if v, ok := c.Header(h); ok || alt == "" {
+				return v, ok
+			}
+			return c.Header(alt)
+		}, nil
+	case OpDownstreamPeerURISAN:
 		return func(c FormatContext) (string, bool) { return c.PeerPrincipal() }, nil
-	case "DOWNSTREAM_LOCAL_URI_SAN":
+	case OpDownstreamLocalURISAN:
 		return func(c FormatContext) (string, bool) { return c.LocalPrincipal() }, nil
-	case "DOWNSTREAM_REMOTE_ADDRESS", "DOWNSTREAM_DIRECT_REMOTE_ADDRESS":
+	case OpDownstreamRemoteAddress, OpDownstreamDirectRemoteAddress:
 		return func(c FormatContext) (string, bool) { return addrString(c.Source(), true) }, nil
-	case "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT":
+	case OpDownstreamRemoteAddressWithoutPort, OpDownstreamDirectRemoteAddressWithoutPort:
 		return func(c FormatContext) (string, bool) { return addrString(c.Source(), false) }, nil
-	case "DOWNSTREAM_LOCAL_ADDRESS":
+	case OpDownstreamLocalAddress:
 		return func(c FormatContext) (string, bool) { return addrString(c.Destination(), true) }, nil
-	case "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":
+	case OpDownstreamLocalAddressWithoutPort:
 		return func(c FormatContext) (string, bool) { return addrString(c.Destination(), false) }, nil
-	case "FILTER_STATE":
-		key, how, _ := strings.Cut(arg, ":")
-		if how != "" && how != "PLAIN" && how != "TYPED" {
-			return nil, fmt.Errorf("operator %s: only PLAIN and TYPED serialisations", op)
-		}
+	case OpFilterState:
+		key := p.Arg
 		return func(c FormatContext) (string, bool) { return c.FilterState(key) }, nil
-	case "DYNAMIC_METADATA":
-		// namespace:key[:key...]: the waypoint keeps a namespace's
-		// string fields flat, a nested one under its dotted path.
-		parts := strings.Split(arg, ":")
-		if len(parts) < 2 || slices.Contains(parts, "") {
-			return nil, fmt.Errorf("operator %s: want DYNAMIC_METADATA(namespace:key[:key...])", op)
-		}
-		key := strings.Join(parts[1:], ".")
-		return func(c FormatContext) (string, bool) { return c.DynamicMetadata(parts[0], key) }, nil
+	case OpDynamicMetadata:
+		ns, key := p.Arg, p.Alt
+		return func(c FormatContext) (string, bool) { return c.DynamicMetadata(ns, key) }, nil
 	default:
 		return nil, fmt.Errorf("operator %%%s%% not supported", op)
 	}

@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"testing"
+	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -92,4 +93,49 @@ func replace[T any](s []T, i int, m T) []T {
 		return s
 	}
 	return append(s, m)
+}
+
+// FuzzLogFormat: any string given as an access-log format string is
+// refused with an error or compiled, never panics; a compiled format
+// keeps its source, its parts are literals or known operators with a
+// non-negative length, and START_TIME's strftime renders. The shared
+// parser also backs config.ParseFormat, checked the same way. Seeds
+// (testdata/fuzz/FuzzLogFormat) are Istio's formats and the edge cases
+// of Envoy's syntax: %%, arguments holding % and :, truncation,
+// unterminated operators.
+func FuzzLogFormat(f *testing.F) {
+	for _, s := range []string{
+		"[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS%\n",
+		"%START_TIME(%Y-%m-%dT%H:%M:%E3S %s.%3f %f)%", "100%% %UPSTREAM_HOST:5% %REQ(A?B):3%", "%REQ(a", "%", "%%%",
+		"%DYNAMIC_METADATA(istio:double_hbone:target)% %FILTER_STATE(k:PLAIN)%", "%GRPC_STATUS(SNAKE_STRING)%", "%CEL(x)%",
+		"%PATH(NQ:ORIG)%", "%(%)%", "%REQ():%", "%START_TIME(%E)%",
+	} {
+		f.Add(s)
+	}
+	at := time.Date(2026, 12, 3, 9, 5, 7, 123456789, time.UTC)
+	f.Fuzz(func(t *testing.T, s string) {
+		_ = config.AppendStrftime(nil, at, s)
+		lf, err := config.ParseLogFormat(s)
+		if _, ferr := config.ParseFormat(s); ferr == nil && err != nil {
+			t.Errorf("%q: ParseFormat accepts what ParseLogFormat refuses (%v)", s, err)
+		}
+		if err != nil {
+			return
+		}
+		if lf.String() != s {
+			t.Errorf("String: got %q, want %q", lf.String(), s)
+		}
+		for _, p := range lf.Parts {
+			switch {
+			case p.Op == "" && p.Literal == "":
+				t.Errorf("%q: an empty literal part", s)
+			case p.Op != "" && p.Code == config.OpLiteral:
+				t.Errorf("%q: operator %s without a code", s, p.Op)
+			case p.Max < 0:
+				t.Errorf("%q: length %d", s, p.Max)
+			case p.Code == config.OpStartTime:
+				_ = config.AppendStrftime(nil, at, p.Arg)
+			}
+		}
+	})
 }

@@ -2,6 +2,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -76,7 +77,7 @@ func TestBuildAccessLogs(t *testing.T) {
 		t.Fatalf("loggers: got %d, want 2 (the OpenTelemetry ones without filters)", len(got))
 	}
 	if w := strings.Join(warns, "; "); !strings.Contains(w, "access log filtered: filters not supported") ||
-		!strings.Contains(w, "access log http: CEL, METADATA not recorded by the waypoint; logged as -") {
+		!strings.Contains(w, "access log http: operators CEL, METADATA not recorded by the waypoint; logged as -") {
 		t.Errorf("warnings: got %q, want the filtered logger's and the unrecorded operators'", w)
 	}
 	a := got[0]
@@ -134,18 +135,26 @@ func TestParseLogFormat(t *testing.T) {
 		wantErr string
 	}{
 		{in: "plain", want: []LogPart{{Literal: "plain"}}},
-		{in: "%REQ(X-Envoy-Original-Path?:PATH):10% 100%%", want: []LogPart{{Op: "REQ", Arg: "x-envoy-original-path", Alt: ":path", Max: 10}, {Literal: " 100"}, {Literal: "%"}}},
-		{in: "[%START_TIME(%Y-%m-%dT%H:%M:%E3S)%] %PROTOCOL%", want: []LogPart{{Literal: "["}, {Op: "START_TIME", Arg: "%Y-%m-%dT%H:%M:%E3S"}, {Literal: "] "}, {Op: "PROTOCOL"}}},
-		{in: "%FILTER_STATE(io.istio.peer_principal:PLAIN)%", want: []LogPart{{Op: "FILTER_STATE", Arg: "io.istio.peer_principal"}}},
+		{in: "%REQ(X-Envoy-Original-Path?:PATH):10% 100%%", want: []LogPart{{Op: "REQ", Code: OpReq, Arg: "x-envoy-original-path", Alt: ":path", Key: "X-Envoy-Original-Path", AltKey: ":path", Max: 10}, {Literal: " 100%"}}},
+		{in: "[%START_TIME(%Y-%m-%dT%H:%M:%E3S)%] %PROTOCOL%", want: []LogPart{{Literal: "["}, {Op: "START_TIME", Code: OpStartTime, Arg: "%Y-%m-%dT%H:%M:%E3S"}, {Literal: "] "}, {Op: "PROTOCOL", Code: OpProtocol}}},
+		{in: "%FILTER_STATE(io.istio.peer_principal:PLAIN)%", want: []LogPart{{Op: "FILTER_STATE", Code: OpFilterState, Arg: "io.istio.peer_principal"}}},
 		{in: istioTextFormat},
-		{in: "%DYNAMIC_METADATA(istio:x):5%", want: []LogPart{{Op: "DYNAMIC_METADATA", Arg: "istio:x", Max: 5}}},
-		{in: "%REQ_WITHOUT_QUERY(:PATH)%", want: []LogPart{{Op: "REQ_WITHOUT_QUERY", Arg: ":path"}}},
+		{in: "%DYNAMIC_METADATA(istio:x):5%", want: []LogPart{{Op: "DYNAMIC_METADATA", Code: OpDynamicMetadata, Arg: "istio", Alt: "x", Max: 5}}},
+		{in: "%REQ_WITHOUT_QUERY(:PATH)%", want: []LogPart{{Op: "REQ_WITHOUT_QUERY", Code: OpReqWithoutQuery, Arg: ":path", Key: ":path"}}},
 		{in: "%BOGUS%", wantErr: "operator BOGUS: not a known command operator"},
 		{in: "%PROTOCOL(x)%", wantErr: "operator PROTOCOL: takes no argument"},
 		{in: "%REQ()%", wantErr: "operator REQ: wants an argument"},
 		{in: "%REQ(a):x%", wantErr: `length "x" is not a positive number`},
 		{in: "%START_TIME(%Q)%", wantErr: `strftime conversion "%Q" not supported`},
-		{in: "%FILTER_STATE(k:TYPED)%", wantErr: "only PLAIN values are supported"},
+		{in: "%FILTER_STATE(k:FIELD)%", wantErr: "want FILTER_STATE(key[:PLAIN|:TYPED])"},
+		{in: "%DYNAMIC_METADATA(ns)%", wantErr: "want DYNAMIC_METADATA(namespace:key"},
+		{in: "%GRPC_STATUS(LOUD)%", wantErr: "want CAMEL_STRING, SNAKE_STRING or NUMBER"},
+		{in: "%PATH(XQ)%", wantErr: "want PATH(WQ|NQ"},
+		{in: "%REQ(a", wantErr: "unterminated operator"},
+		{in: "100%", wantErr: "unterminated operator"},
+		{in: "%UPSTREAM_HOST:0%", wantErr: `length "0" is not a positive number`},
+		{in: "%UPSTREAM_HOST:12%", want: []LogPart{{Op: "UPSTREAM_HOST", Code: OpUpstreamHost, Max: 12}}},
+		{in: "%START_TIME(%s.%3f)%", want: []LogPart{{Op: "START_TIME", Code: OpStartTime, Arg: "%s.%3f"}}},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			f, err := ParseLogFormat(tc.in)
@@ -174,9 +183,25 @@ func TestStrftime(t *testing.T) {
 		"":                       "2026-12-03T09:05:07.123Z",
 		"%Y-%m-%dT%H:%M:%E6S%z":  "2026-12-03T09:05:07.123456+0000",
 		"%s %j %e %I%p %b %a %%": "1796288707 337  3 09AM Dec Thu %",
+		"%s.%3f|%f|%1f|%6f":      "1796288707.123|123456789|1|123456",
+		"%E9S %T %y%B%A %Z %H":   "07.123456789 09:05:07 26DecemberThursday UTC 09",
 	} {
 		if got := Strftime(at, f); got != want {
 			t.Errorf("Strftime(%q): got %q, want %q", f, got, want)
+		}
+	}
+}
+
+// TestLogOperatorsDocumented: docs/telemetry.md lists every operator the
+// waypoint renders.
+func TestLogOperatorsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/telemetry.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range LogOperatorNames() {
+		if !strings.Contains(string(doc), "`"+name+"`") && !strings.Contains(string(doc), "`"+name+"(") {
+			t.Errorf("docs/telemetry.md: operator %s not listed", name)
 		}
 	}
 }

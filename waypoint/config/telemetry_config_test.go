@@ -84,23 +84,27 @@ func TestBuildFileAccessLogs(t *testing.T) {
 	als, warns := buildFileAccessLogs([]*accesslogv3.AccessLog{
 		file(&filev3.FileAccessLog{Path: "/dev/stdout"}),
 		filtered,
-		file(&filev3.FileAccessLog{Path: "/tmp/x", AccessLogFormat: &filev3.FileAccessLog_Format{Format: "%FOO% %REQ(A?B):3%\n"}}),
+		file(&filev3.FileAccessLog{Path: "/tmp/x", AccessLogFormat: &filev3.FileAccessLog_Format{Format: "%UPSTREAM_WIRE_BYTES_SENT% %REQ(A?B):3%\n"}}),
+		file(&filev3.FileAccessLog{Path: "/tmp/y", AccessLogFormat: &filev3.FileAccessLog_Format{Format: "%FOO% %REQ(A)%\n"}}),
 	})
 	if len(als) != 2 {
-		t.Fatalf("got %d logs, want 2 (the filtered one off)", len(als))
+		t.Fatalf("got %d logs, want 2 (the filtered one and the one with an unknown operator off)", len(als))
 	}
-	if len(als[0].Text) == 0 || als[0].Text[0].Literal != "[" || als[0].Text[1].Op != "START_TIME" {
+	if parts := als[0].Text.Parts; len(parts) < 2 || parts[0].Literal != "[" || parts[1].Code != OpStartTime {
 		t.Errorf("default format: got %+v, want Envoy's default", als[0].Text)
 	}
-	p := als[1].Text[2]
-	if p.Op != "REQ" || p.Arg != "A" || p.Alt != "B" || p.MaxLen != 3 {
+	p := als[1].Text.Parts[2]
+	if p.Code != OpReq || p.Arg != "a" || p.Alt != "b" || p.Max != 3 {
 		t.Errorf("REQ(A?B):3: got %+v", p)
 	}
 	joined := strings.Join(warns, "\n")
-	if !strings.Contains(joined, "filters (envoy.access_loggers.extension_filters.cel) are not evaluated") || !strings.Contains(joined, "%FOO%") {
-		t.Errorf("warnings %q: want the filter refused and %%FOO%% named", joined)
-	}
-	if _, _, err := ParseFileLogFormat("%REQ(A"); err == nil {
-		t.Errorf("ParseFileLogFormat of an unterminated operator: no error")
+	for _, w := range []string{
+		"filters (envoy.access_loggers.extension_filters.cel) are not evaluated",
+		"UPSTREAM_WIRE_BYTES_SENT not recorded by the waypoint; logged as -",
+		`format "%FOO% %REQ(A)%\n": operator FOO: not a known command operator; this log is off`,
+	} {
+		if !strings.Contains(joined, w) {
+			t.Errorf("warnings %q: want one saying %q", joined, w)
+		}
 	}
 }
