@@ -111,7 +111,7 @@ bench: deps lab-bins
 BENCH_WAYPOINT_FLAGS ?=
 bench-waypoint:
 	@bash internal/lab/deps.sh $(BENCH_PKGS)
-	$(GO) build -tags $(TAGS) -trimpath -ldflags '-s -w' -o $(BIN)/ ./waypoint/cmd/waypoint ./internal/benchproxy
+	CGO_ENABLED=0 $(GO) build -tags $(TAGS) -trimpath -ldflags '-s -w' -o $(BIN)/ ./waypoint/cmd/waypoint ./internal/benchproxy
 	$(GO) test -c -o $(BIN)/waypoint.test ./waypoint
 	cd waypoint && AMBIT_BENCH_BIN=$(CURDIR)/$(BIN) $(CURDIR)/$(BIN)/waypoint.test -test.run '^$$' -test.bench '^BenchmarkProxies$$' -test.benchtime 1x -test.timeout 15m $(BENCH_WAYPOINT_FLAGS)
 

@@ -174,8 +174,9 @@ func (e *errHead) Error() string { return e.msg }
 // and Content-Length together with Transfer-Encoding (Envoy refuses it
 // unless allow_chunked_length; net/http would drop the length), the
 // classic request-smuggling ambiguity.
-func checkHead(br *bufio.Reader, maxBytes, maxHeaders int) error {
+func checkHead(c *sniffConn, maxBytes, maxHeaders int) error {
 	for {
+		br := c.br
 		n := br.Buffered()
 		b, _ := br.Peek(n)
 		if i := bytes.Index(b, []byte("\n\r\n")); i >= 0 {
@@ -190,6 +191,10 @@ func checkHead(br *bufio.Reader, maxBytes, maxHeaders int) error {
 		// Wait for more.
 		if _, err := br.Peek(n + 1); err != nil {
 			if errors.Is(err, bufio.ErrBufferFull) {
+				if br.Size() < maxBytes {
+					c.grow(maxBytes)
+					continue
+				}
 				return &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
 			}
 			if n > 0 && errors.Is(err, io.EOF) {
@@ -270,7 +275,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 		if wait > 0 {
 			timer = time.AfterFunc(wait, func() { c.Close() })
 		}
-		err := checkHead(c.br, hcm.MaxRequestHeadersKB<<10, hcm.MaxHeadersCount)
+		err := checkHead(c, hcm.MaxRequestHeadersKB<<10, hcm.MaxHeadersCount)
 		var req *http.Request
 		if err == nil {
 			req, err = http.ReadRequest(c.br)

@@ -544,7 +544,9 @@ func benchBinaries(b *testing.B) string {
 	}
 	d := b.TempDir()
 	// As the image ships it (deploy/images), as make bench-waypoint does.
-	out, err := exec.Command("go", "build", "-tags", version.BuildTags, "-trimpath", "-ldflags", "-s -w", "-o", d+"/", "./cmd/waypoint", "../internal/benchproxy").CombinedOutput()
+	cmd := exec.Command("go", "build", "-tags", version.BuildTags, "-trimpath", "-ldflags", "-s -w", "-o", d+"/", "./cmd/waypoint", "../internal/benchproxy")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		b.Fatalf("go build the waypoint and benchproxy: %v\n%s", err, out)
 	}

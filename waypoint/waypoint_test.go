@@ -647,6 +647,37 @@ func TestBadRequests(t *testing.T) {
 	expectStatus(t, e.client(t, clientID).do(t, get(t, "/")), 200)
 }
 
+// TestLargeRequestHeads: a head larger than a connection's first read
+// buffer (8 KiB) but within max_request_headers_kb (60 KiB here) is
+// proxied whole, and the connection's next request after it too; one
+// over the limit is refused with 431.
+func TestLargeRequestHeads(t *testing.T) {
+	e := newEnv(t, basicConfig)
+	c := e.client(t, clientID)
+	big := strings.Repeat("b", 40<<10)
+	resp := c.do(t, get(t, "/", "X-Big", big))
+	expectStatus(t, resp, 200)
+	if got := resp.Header.Get("X-Got-X-Big"); got != big {
+		t.Errorf("upstream X-Big: got %d bytes, want %d", len(got), len(big))
+	}
+	resp = c.do(t, get(t, "/", "X-Small", "s"))
+	expectStatus(t, resp, 200)
+	if got := resp.Header.Get("X-Got-X-Small"); got != "s" {
+		t.Errorf("next request's X-Small: got %q, want s", got)
+	}
+
+	c = e.client(t, clientID)
+	// The waypoint answers before reading the whole head: write it aside.
+	go io.WriteString(c.c, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("b", 61<<10)+"\r\n\r\n")
+	over, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if over.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a 61 KiB head: status %d, want 431", over.StatusCode)
+	}
+}
+
 func TestNACKKeepsLastGoodConfig(t *testing.T) {
 	e := newEnv(t, basicConfig)
 	good := e.wp.Snapshot()
