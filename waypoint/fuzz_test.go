@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,16 +60,52 @@ func fuzzProxy(tb testing.TB, file string) (*Proxy, *config.Snapshot) {
 }
 
 // bytesConn is a downstream connection that delivers in and then EOF,
-// and keeps what is written to it.
+// and keeps what is written to it. It is safe for concurrent use: the
+// HTTP/2 server writes frames from goroutines of its own, which can
+// still be writing when serveInternal has returned; once closed, reads
+// and writes fail as on a closed socket.
 type bytesConn struct {
-	r   *bytes.Reader
-	out bytes.Buffer
+	mu     sync.Mutex
+	r      *bytes.Reader
+	out    bytes.Buffer
+	closed bool
 }
 
-func (c *bytesConn) Read(p []byte) (int, error)  { return c.r.Read(p) }
-func (c *bytesConn) Write(p []byte) (int, error) { return c.out.Write(p) }
-func (c *bytesConn) Close() error                { return nil }
-func (c *bytesConn) LocalAddr() net.Addr         { return net.TCPAddrFromAddrPort(goldenVIP) }
+func (c *bytesConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	return c.r.Read(p)
+}
+
+func (c *bytesConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	return c.out.Write(p)
+}
+
+func (c *bytesConn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	return nil
+}
+
+// answer closes the connection, as the client does when the server is
+// done with it, and returns all that was written to it before.
+func (c *bytesConn) answer() []byte {
+	c.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return bytes.Clone(c.out.Bytes())
+}
+
+func (c *bytesConn) LocalAddr() net.Addr { return net.TCPAddrFromAddrPort(goldenVIP) }
 func (c *bytesConn) RemoteAddr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(10, 244, 0, 9), Port: 40000}
 }
@@ -114,7 +151,7 @@ func FuzzInboundHTTP(f *testing.F) {
 		defer p.Stats().SetAccessLog(nil)
 		c := &bytesConn{r: bytes.NewReader(in)}
 		p.serveInternal(context.Background(), snap, l, c, inboundInfo())
-		out := c.out.Bytes()
+		out := c.answer()
 		var codes []int
 		for _, line := range bytes.Split(bytes.TrimSpace(log.Bytes()), []byte("\n")) {
 			if len(line) == 0 {

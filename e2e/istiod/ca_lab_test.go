@@ -1,7 +1,6 @@
 package istiod
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,9 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"log/slog"
 	"net/url"
-	"os"
 	"testing"
 	"time"
 
@@ -49,16 +46,8 @@ func csrFor(t *testing.T, key crypto.Signer, uri string) string {
 }
 
 func TestCAInLab(t *testing.T) {
-	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
-	defer cancel()
-
 	// A ztunnel pod on node1, and workloads on both nodes.
-	for _, ns := range []string{"istio-system", "app"} {
-		if err := l.CreateNamespace(ctx, ns, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	l, ctx := startLab(t, 4*time.Minute, "istio-system", "app")
 	for _, sa := range []struct{ ns, name string }{{"istio-system", "ztunnel"}, {"app", "here"}, {"app", "there"}} {
 		if _, err := l.Client.CoreV1().ServiceAccounts(sa.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa.name}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -78,11 +67,11 @@ func TestCAInLab(t *testing.T) {
 	s, err := server.New(server.Config{
 		SecureAddr: "127.0.0.1:0",
 		CA:         server.CAConfig{CertTTL: 2 * time.Hour},
-	}, l.Client, nil, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	}, l.Client, nil, warnLog())
 	if err != nil {
 		t.Fatal(err)
 	}
-	runServer(t, ctx, cancel, s)
+	runServer(t, ctx, s)
 	roots, _, err := labmesh.WaitRoot(ctx, l, "app")
 	if err != nil {
 		t.Fatal(err)

@@ -4,10 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -49,9 +47,7 @@ func gatewayAPICRDs(t *testing.T) []string {
 // Accepted, and creates it again when it is deleted; then its waypoint
 // bindings (waypointBindings).
 func TestWaypointGatewayClass(t *testing.T) {
-	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
+	l, ctx := startLab(t, 3*time.Minute)
 	// Before the CRDs exist, the istiod binary (Gateway API on by
 	// default) runs without it and says so.
 	istiodWithoutCRDs(ctx, t, l)
@@ -68,11 +64,11 @@ func TestWaypointGatewayClass(t *testing.T) {
 	}
 	s, err := server.NewWithClients(server.Config{XDSAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", DebugEndpoints: true,
 		Waypoint: server.WaypointConfig{Image: testWaypointImage}}, server.Clients{Kube: l.Client, GatewayAPI: gw},
-		slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		warnLog())
 	if err != nil {
 		t.Fatal(err)
 	}
-	runServer(t, ctx, cancel, s)
+	runServer(t, ctx, s)
 
 	classes := gw.GatewayV1().GatewayClasses()
 	lw := kubewatch.Named(classes, gateway.WaypointClass)

@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -34,11 +32,6 @@ import (
 	"github.com/ambitmesh/ambit/istiod/ambient"
 	"github.com/ambitmesh/ambit/istiod/server"
 )
-
-func startLab(t *testing.T) *lab.Lab {
-	t.Helper()
-	return labmesh.StartRootLab(t, lab.Config{Nodes: 2}, slog.LevelWarn)
-}
 
 // adsClient holds what a delta client has received, per type.
 type adsClient struct {
@@ -115,9 +108,8 @@ func (c *adsClient) awaitTunnel(uid string, want workload.TunnelProtocol) {
 }
 
 func TestIstiodInLab(t *testing.T) {
-	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
-	defer cancel()
+	const ns = "shop"
+	l, ctx := startLab(t, 4*time.Minute, ns)
 	if err := labmesh.InstallCRDs(ctx, l, "../../deploy/crds"); err != nil {
 		t.Fatal(err)
 	}
@@ -125,17 +117,12 @@ func TestIstiodInLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := server.New(server.Config{XDSAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", DebugEndpoints: true}, l.Client, istio, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	s, err := server.New(server.Config{XDSAddr: "127.0.0.1:0", MonitoringAddr: "127.0.0.1:0", DebugEndpoints: true}, l.Client, istio, warnLog())
 	if err != nil {
 		t.Fatal(err)
 	}
-	runServer(t, ctx, cancel, s)
+	runServer(t, ctx, s)
 	c := connect(ctx, t, s.XDSAddr().String())
-
-	const ns = "shop"
-	if err := l.CreateNamespace(ctx, ns, nil); err != nil {
-		t.Fatal(err)
-	}
 	svc, err := l.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
 		Spec: corev1.ServiceSpec{

@@ -1,9 +1,6 @@
 package istiod
 
 import (
-	"context"
-	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -23,14 +20,9 @@ import (
 // does not parse is refused with a Warning Event on the ConfigMap and
 // the last good one stays; deleting it brings Istio's defaults back.
 func TestMeshConfigWatchInLab(t *testing.T) {
-	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
 	const ns = "istio-system"
-	if err := l.CreateNamespace(ctx, ns, nil); err != nil {
-		t.Fatal(err)
-	}
-	w := meshconfig.NewWatcher(l.Client, ns, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	l, ctx := startLab(t, 3*time.Minute, ns)
+	w := meshconfig.NewWatcher(l.Client, ns, warnLog())
 	got := make(chan *meshv1alpha1.MeshConfig, 16)
 	w.Subscribe(func(m *meshv1alpha1.MeshConfig) { got <- m })
 	go w.Informer().Run(ctx.Done())

@@ -2,9 +2,9 @@ package waypoints
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	tpb "istio.io/api/telemetry/v1alpha1"
@@ -15,33 +15,20 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ambitmesh/ambit/e2e/internal/labmesh"
-	"github.com/ambitmesh/ambit/internal/enrolment"
 	"github.com/ambitmesh/ambit/istiod/meshconfig"
 )
 
-// TestWaypointTelemetry: MeshConfig (ConfigMap istio) names a Zipkin
-// provider, and a Telemetry attached to one waypoint's Gateway sets its
-// tracing and access logs as in Istio. With sampling 0 the requests the
-// backend gets through the waypoint carry a trace context that is not
-// sampled; changing the Telemetry to 100% (and turning on the built-in
-// "envoy" access log) reaches the running waypoint, and every request is
-// then sampled.
-func TestWaypointTelemetry(t *testing.T) {
-	l := startLab(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
-	defer cancel()
-	s := newSuite(t, ctx, l)
-	m := s.mesh
-	const ns = "shop"
-	if err := l.CreateNamespace(ctx, ns, map[string]string{enrolment.LabelDataplaneMode: enrolment.ModeAmbient}); err != nil {
-		t.Fatal(err)
-	}
-	for _, sa := range []string{"client", "echo"} {
-		createSA(t, ctx, l, ns, sa, nil)
-	}
-	s.pods[ns+"/client"] = echoPod(t, ctx, l, ns, "client", "node1", "client", map[string]string{"app": "client"})
-	s.pods[ns+"/v1"] = echoPod(t, ctx, l, ns, "v1", "node2", "echo", map[string]string{"app": "echo", "version": "v1"})
-	s.svcs[ns+"/echo"] = echoService(t, ctx, l, ns, "echo", map[string]string{"app": "echo"}, nil)
+// telemetry (the last subtest of TestWaypoints: it changes the
+// mesh-wide MeshConfig): MeshConfig (ConfigMap istio) names a Zipkin
+// provider, and a Telemetry attached to namespace ns's waypoint Gateway
+// "waypoint" sets its tracing and access logs as in Istio. With sampling
+// 0 the requests the backend gets through the waypoint carry a trace
+// context that is not sampled; changing the Telemetry to 100% (and
+// turning on the built-in "envoy" access log) reaches the running
+// waypoint, and every request is then sampled. c is a client in ns
+// whose requests to Service echo pass that waypoint.
+func (s *suite) telemetry(t *testing.T, ctx context.Context, ns string, c *http.Client) {
+	l := s.l
 	// The collector: any HTTP server takes the spans' POSTs.
 	if _, err := l.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "zipkin", Namespace: ns},
@@ -49,11 +36,6 @@ func TestWaypointTelemetry(t *testing.T) {
 			Ports: []corev1.ServicePort{{Name: "http", Port: 9411, TargetPort: intstr.FromString("http")}}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
-	}
-	for _, p := range []string{"client", "v1"} {
-		if err := m.WaitWorkload(ctx, s.ip(ns, p), true); err != nil {
-			t.Fatal(err)
-		}
 	}
 	// The chart's MeshConfig (none set), edited as a user would.
 	cms := l.Client.CoreV1().ConfigMaps(labmesh.IstiodNamespace)
@@ -65,16 +47,12 @@ func TestWaypointTelemetry(t *testing.T) {
 extensionProviders:
 - name: zipkin
   zipkin:
-    service: zipkin.shop.svc.cluster.local
+    service: zipkin.` + ns + `.svc.cluster.local
     port: 9411
 `
 	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-
-	s.waypoint(t, ctx, ns, "waypoint", "", nil)
-	label(t, ctx, l, "namespaces", "", ns, labelUseWaypoint, ptr("waypoint"))
-	s.waitBound(t, ctx, ns, "echo", "waypoint")
 
 	tels := s.istio.TelemetryV1().Telemetries(ns)
 	spec := func(pct float64, phase string, logs bool) *tpb.Telemetry {
@@ -97,7 +75,6 @@ extensionProviders:
 	s.waitWaypointDump(t, ctx, ns, "waypoint", 1, "zipkin tracing at 0%", func(d string) bool {
 		return strings.Contains(d, "envoy.tracers.zipkin") && strings.Contains(d, "phase-none") && !strings.Contains(d, "envoy.access_loggers.file")
 	})
-	c := client(t, ctx, l, ns, "client", false)
 	sampled := func(t *testing.T, want string) {
 		t.Helper()
 		for i := range 5 {

@@ -686,4 +686,10 @@ func TestWaypoints(t *testing.T) {
 		}
 		label(t, ctx, l, "services", ns, "echo-v1", labelUseWaypoint, nil)
 	})
+
+	// Last: it changes the mesh-wide MeshConfig, which no subtest
+	// above expects.
+	t.Run("Telemetry sets the waypoint's tracing and access logs", func(t *testing.T) {
+		s.telemetry(t, ctx, ns, c)
+	})
 }

@@ -507,17 +507,34 @@ func (c *conn) Close() error {
 
 // goAway stops the peer from opening more streams (server) and closes the
 // connection once its streams have ended.
+//
+// The GOAWAY is queued in the same critical section that sets
+// goAwaySent (the write lock first, as request takes them): a stream the
+// reading goroutine refuses because of it (openPeerStream) queues its
+// RST_STREAM behind the GOAWAY. Were the GOAWAY queued after, the
+// refusal could reach the peer first, and the peer would retry on this
+// connection, which it still thinks open, only to be refused again.
 func (c *conn) goAway() {
+	c.wmu.Lock()
 	c.mu.Lock()
 	if c.goAwaySent || c.err != nil {
 		c.mu.Unlock()
+		c.wmu.Unlock()
 		return
 	}
 	c.goAwaySent = true
 	lastID := c.lastPeerID
 	idle := c.active == 0
 	c.mu.Unlock()
-	c.queueControl(appendGoAway(nil, lastID, codeNo, "shutting down"))
+	c.appendLocked(appendGoAway(nil, lastID, codeNo, "shutting down"))
+	wake := !c.flushing
+	c.wmu.Unlock()
+	if wake {
+		select {
+		case c.ctrlWake <- struct{}{}:
+		default:
+		}
+	}
 	if idle {
 		c.Close()
 	}

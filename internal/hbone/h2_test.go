@@ -1726,3 +1726,73 @@ func TestServerHandshakeBounds(t *testing.T) {
 	}
 	waitHandshakes(3) // the two newest of the flood, and the last idle one
 }
+
+// TestServerGoAwayBeforeItsRefusals: a stream that reaches a server
+// shutting down after its GOAWAY was decided is refused (RST_STREAM
+// REFUSED_STREAM), and on the wire that refusal comes after the GOAWAY,
+// never before: a client learns that the connection takes no more
+// streams before it hears of the refusal, so the retry it makes goes to
+// a new connection rather than to this one, to be refused again. (The
+// refusal overtook the GOAWAY now and then under load, and a pooled
+// client's one retry failed the same way: ztunnel's TestHandover saw a
+// new connection reset while the server's tunnel drained.) The peer
+// opens streams without pause while the server begins to shut down;
+// the race is narrow, so it is run many times.
+func TestServerGoAwayBeforeItsRefusals(t *testing.T) {
+	f := newFixture(t, nil)
+	denied := netip.AddrPortFrom(f.allowed.Addr(), f.allowed.Port()+1)
+	for trial := range 100 {
+		g := newGate(t, f.allowed)
+		s := &Server{Handler: proxy(g.authorize, dialUpstream)}
+		addr := f.serve(t, s)
+		p := f.newPeer(t, addr)
+		// The server's SETTINGS, acknowledged before the writer starts
+		// (one goroutine writes from then on).
+		fm, err := p.fr.ReadFrame()
+		if sf, ok := fm.(*http2.SettingsFrame); err != nil || !ok || sf.IsAck() {
+			t.Fatalf("trial %d: first frame: got %v, %v; want the server's SETTINGS", trial, fm, err)
+		}
+		p.check(p.fr.WriteSettingsAck())
+		// Streams held in Authorize until the gate opens, fewer than the
+		// server's concurrent-stream limit.
+		wrote := make(chan struct{})
+		go func() {
+			defer close(wrote)
+			for id := uint32(1); id < 2*maxConcurrentStreams-100; id += 2 {
+				fields := []string{":method", "CONNECT", ":authority", denied.String()}
+				if p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.block(fields...), EndHeaders: true}) != nil {
+					return
+				}
+				// PINGs between them keep the server's write lock busy
+				// with their acknowledgements, as other streams' frames
+				// do on a busy connection.
+				for range 20 {
+					if p.fr.WritePing(false, [8]byte{}) != nil {
+						return
+					}
+				}
+			}
+		}()
+		g.waitEntered(t, 10)
+		ctx, cancel := context.WithCancel(t.Context())
+		shut := make(chan error, 1)
+		go func() { shut <- s.Shutdown(ctx) }()
+		for goAway := false; !goAway; {
+			fm, err := p.fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("trial %d: read frames: %v before a GOAWAY", trial, err)
+			}
+			switch fm := fm.(type) {
+			case *http2.GoAwayFrame:
+				goAway = true
+			case *http2.RSTStreamFrame:
+				t.Fatalf("trial %d: got %s before the GOAWAY, want the GOAWAY first", trial, describe(fm))
+			}
+		}
+		g.open()
+		<-wrote
+		cancel()
+		<-shut
+		p.tc.Close()
+	}
+}

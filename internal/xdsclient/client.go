@@ -401,6 +401,42 @@ func (c *Client) session(ctx context.Context) (healthy bool, reason string, err 
 	for _, ts := range c.held {
 		ts.told = nil
 	}
+	// Responses come from a goroutine of their own once the first
+	// requests are sent (below), so that the wait for them can end at an
+	// initial fetch timeout.
+	type received struct {
+		resp *discovery.DeltaDiscoveryResponse
+		err  error
+	}
+	recv := make(chan received)
+	receiving := false
+	// ended is the stream's status when Send reports only that the
+	// stream ended (io.EOF): what receiving from it returns, received by
+	// the one goroutine that receives (gRPC allows no two at once).
+	ended := func(err error) error {
+		if !errors.Is(err, io.EOF) {
+			return err
+		}
+		var rerr error
+		if !receiving {
+			rerr = stream.RecvMsg(new(discovery.DeltaDiscoveryResponse))
+		} else {
+			// Responses still on their way are dropped: the stream has
+			// ended.
+			for rerr == nil {
+				select {
+				case r := <-recv:
+					rerr = r.err
+				case <-ctx.Done():
+					return err
+				}
+			}
+		}
+		if rerr != nil && !errors.Is(rerr, io.EOF) {
+			return rerr
+		}
+		return err
+	}
 	// subscribe sends the subscription requests due, in the order of
 	// Types: at first every type's initial request, later the changed
 	// names of named types.
@@ -411,7 +447,7 @@ func (c *Client) session(ctx context.Context) (healthy bool, reason string, err 
 				continue
 			}
 			if err := stream.Send(req); err != nil {
-				return fmt.Errorf("subscribe to %s at %s: %w", typ, c.cfg.Address, sendErr(stream, err))
+				return fmt.Errorf("subscribe to %s at %s: %w", typ, c.cfg.Address, ended(err))
 			}
 			c.log.Debug("xds subscribed", logkey.TypeURL, typ, logkey.Count, len(req.InitialResourceVersions),
 				logkey.Subscribe, len(req.ResourceNamesSubscribe), logkey.Unsubscribe, len(req.ResourceNamesUnsubscribe))
@@ -422,14 +458,8 @@ func (c *Client) session(ctx context.Context) (healthy bool, reason string, err 
 		return false, endReason(false, err), err
 	}
 
-	// Responses come from a goroutine of their own, so that the wait for
-	// them can end at an initial fetch timeout.
-	type received struct {
-		resp *discovery.DeltaDiscoveryResponse
-		err  error
-	}
-	recv := make(chan received)
 	recvDone := make(chan struct{})
+	receiving = true
 	go func() {
 		defer close(recvDone)
 		for {
@@ -484,7 +514,7 @@ func (c *Client) session(ctx context.Context) (healthy bool, reason string, err 
 			return healthy, endReason(healthy, err), err
 		}
 		if err := stream.Send(ack); err != nil {
-			return healthy, endReason(healthy, err), fmt.Errorf("send to xds %s: %w", c.cfg.Address, sendErr(stream, err))
+			return healthy, endReason(healthy, err), fmt.Errorf("send to xds %s: %w", c.cfg.Address, ended(err))
 		}
 	}
 }
@@ -611,17 +641,6 @@ func (c *Client) ready(typ string, subs map[string]map[string]time.Time, now tim
 		}
 	}
 	return true
-}
-
-// sendErr is the stream's status when Send reports only that it ended.
-func sendErr(stream grpc.ClientStream, err error) error {
-	if !errors.Is(err, io.EOF) {
-		return err
-	}
-	if rerr := stream.RecvMsg(new(discovery.DeltaDiscoveryResponse)); rerr != nil && !errors.Is(rerr, io.EOF) {
-		return rerr
-	}
-	return err
 }
 
 // endReason classifies the end of a stream as Istio's ztunnel does: the
