@@ -256,6 +256,9 @@ func (e *env) waypointPath(b *testing.B, bin, dir string) *benchPath {
 	cmd := pinnedCommand(b, dir, "waypoint", bin, "--static-config", cfg, "--fake-ca-dir", caDir,
 		"--hbone", at(15008), "--admin", at(15000), "--metrics", at(15020), "--readiness", at(15021),
 		"--access-log", "", "--pod-labels", filepath.Join(dir, "no-labels"), "--drain-timeout", "1s")
+	if *proxiesProfile != "" {
+		cmd.Args = append(cmd.Args, "--heap-profiling") // for the heap profile beside the CPU profile
+	}
 	cmd.Env = append(os.Environ(), "POD_NAME=waypoint-0", "POD_NAMESPACE="+waypointID.Namespace,
 		"SERVICE_ACCOUNT="+waypointID.ServiceAccount, "INSTANCE_IP="+ip.String())
 	cmd.Env = append(cmd.Env, strings.Fields(*proxiesEnv)...)
