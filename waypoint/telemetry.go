@@ -424,14 +424,38 @@ func newID(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// newUUID is a random (version 4) UUID, as Envoy's request ids.
+// newUUID is a random (version 4) UUID, as Envoy's request ids, built
+// in one buffer (it is made for most requests).
 func newUUID() string {
 	var b [16]byte
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
+}
+
+// newTraceparent is a W3C traceparent of a new trace, not sampled:
+// "00-<16 random bytes>-<8 random bytes>-00", built in one buffer.
+func newTraceparent() string {
+	var b [24]byte
+	rand.Read(b[:])
+	var s [55]byte
+	copy(s[:], "00-")
+	hex.Encode(s[3:35], b[:16])
+	s[35] = '-'
+	hex.Encode(s[36:52], b[16:])
+	copy(s[52:], "-00")
+	return string(s[:])
 }
 
 // validTraceparent checks a W3C traceparent of version 00
@@ -462,7 +486,7 @@ func ensureRequestIDs(h http.Header) {
 	}
 	if tp := h.Values("Traceparent"); len(tp) != 1 || !validTraceparent(tp[0]) {
 		h.Del("Tracestate") // belongs to the trace being replaced
-		h.Set("Traceparent", "00-"+newID(16)+"-"+newID(8)+"-00")
+		h.Set("Traceparent", newTraceparent())
 	}
 }
 

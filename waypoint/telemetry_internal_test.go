@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -176,5 +177,23 @@ func TestStartSpan(t *testing.T) {
 				t.Errorf("traceparent out: got trace %s, want %s (zero-padded)", tp[3:35], s.traceID)
 			}
 		})
+	}
+}
+
+func TestNewIDs(t *testing.T) {
+	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	seen := map[string]bool{}
+	for range 100 {
+		u, tp := newUUID(), newTraceparent()
+		if !uuid.MatchString(u) {
+			t.Errorf("newUUID: %q, not a version 4 UUID", u)
+		}
+		if !validTraceparent(tp) || !strings.HasSuffix(tp, "-00") {
+			t.Errorf("newTraceparent: %q, not a valid unsampled traceparent", tp)
+		}
+		if seen[u] || seen[tp] {
+			t.Fatalf("repeated id %q or %q", u, tp)
+		}
+		seen[u], seen[tp] = true, true
 	}
 }
