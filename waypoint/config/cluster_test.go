@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	xdstype "github.com/cncf/xds/go/xds/type/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -70,5 +71,29 @@ func TestTransportSocketMatches(t *testing.T) {
 				t.Errorf("TLS: got %v, want %v", got.TLS, tc.wantTLS)
 			}
 		})
+	}
+}
+
+// TestIstioPeerMetadataClusterFilters: the upstream network filters
+// Istio's istiod puts on outbound clusters to discover peers' metadata
+// (telemetry only) are accepted; any other upstream filter is refused.
+func TestIstioPeerMetadataClusterFilters(t *testing.T) {
+	typed := func(url string) *anypb.Any {
+		a, _ := anypb.New(&xdstype.TypedStruct{TypeUrl: url, Value: &structpb.Struct{}})
+		return a
+	}
+	base := func(fs ...*cluster.Filter) *cluster.Cluster {
+		return &cluster.Cluster{Name: "outbound|9411||zipkin.istio-system.svc.cluster.local", ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
+			ConnectTimeout: durationpb.New(10e9), Filters: fs}
+	}
+	istio := base(
+		&cluster.Filter{Name: "istio.metadata_exchange", TypedConfig: typed("type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange")},
+		&cluster.Filter{Name: "upstream_hbone_peer_metadata", TypedConfig: typed("type.googleapis.com/envoy.extensions.network_filters.peer_metadata.UpstreamConfig")})
+	if _, err := buildCluster(istio, nil); err != nil {
+		t.Errorf("Istio's peer metadata filters: got %v, want accepted", err)
+	}
+	other := base(&cluster.Filter{Name: "proxy_protocol", TypedConfig: typed("type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC")})
+	if _, err := buildCluster(other, nil); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("another upstream filter: got %v, want not supported", err)
 	}
 }
