@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
@@ -75,7 +76,7 @@ func buildTracing(t *hcmv3.HttpConnectionManager_Tracing) (*Tracing, []string, e
 	if out.MaxPathTagLength == 0 {
 		out.MaxPathTagLength = defaultMaxPathTagLength
 	}
-	var warns []string
+	var warns, unrecorded []string
 	for _, ct := range t.GetCustomTags() {
 		tag := CustomTag{Tag: ct.GetTag()}
 		switch {
@@ -86,10 +87,17 @@ func buildTracing(t *hcmv3.HttpConnectionManager_Tracing) (*Tracing, []string, e
 		case ct.GetEnvironment() != nil:
 			tag.Env, tag.Default = ct.GetEnvironment().GetName(), ct.GetEnvironment().GetDefaultValue()
 		default:
-			warns = append(warns, fmt.Sprintf("tracing custom tag %s: only literal, request_header and environment tags are recorded", ct.GetTag()))
+			unrecorded = append(unrecorded, ct.GetTag())
 			continue
 		}
 		out.CustomTags = append(out.CustomTags, tag)
+	}
+	if len(unrecorded) > 0 {
+		// One warning for them all: both istiods give every waypoint
+		// chain Istio's 22 dry-run policy (metadata) and peer (value)
+		// tags.
+		warns = append(warns, fmt.Sprintf("tracing custom tags %s: only literal, request_header and environment tags are recorded",
+			strings.Join(unrecorded, ", ")))
 	}
 	if p := t.GetProvider(); p != nil {
 		switch innerType(p.GetTypedConfig()) {

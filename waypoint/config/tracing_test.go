@@ -61,6 +61,12 @@ func TestBuildTracing(t *testing.T) {
 			want: &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256, OTel: &OTel{Scope: true,
 				Resource: []Attribute{{"service.name", "waypoint"}, {"telemetry.sdk.language", "go"}, {"telemetry.sdk.name", "ambit-waypoint"}, {"telemetry.sdk.version", "dev"}},
 				Exporter: OTLPExporter{Cluster: "otel", GRPC: true, Authority: "otel"}}}},
+		{name: "unrecorded tags", in: &hcmv3.HttpConnectionManager_Tracing{CustomTags: []*tracingtype.CustomTag{
+			{Tag: "istio.source_workload", Type: &tracingtype.CustomTag_Value{Value: "%FILTER_STATE(downstream_peer_obj:FIELD:workload)%"}},
+			{Tag: "istio.destination_workload", Type: &tracingtype.CustomTag_Value{Value: "%FILTER_STATE(upstream_peer_obj:FIELD:workload)%"}},
+		}},
+			want:     &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256},
+			wantWarn: "tracing custom tags istio.source_workload, istio.destination_workload: only literal"},
 		{name: "custom provider", in: &hcmv3.HttpConnectionManager_Tracing{
 			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.datadog", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: datadog}}},
 			want:     &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256},
