@@ -280,7 +280,7 @@ func refuseCluster(c *cluster.Cluster) error {
 // and the HBONE peer metadata filter. They do not change what is sent
 // where; the waypoint learns its peers from the workload API instead.
 var peerMetadataUpstreamFilters = map[string]bool{
-	"envoy.tcp.metadataexchange.config.MetadataExchange":           true,
+	"envoy.tcp.metadataexchange.config.MetadataExchange":            true,
 	"envoy.extensions.network_filters.peer_metadata.UpstreamConfig": true,
 }
 
