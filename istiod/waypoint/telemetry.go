@@ -602,7 +602,7 @@ func jsonFormat(labels *structpb.Struct, omitEmpty bool) *fileal.FileAccessLog_L
 	}
 	return &fileal.FileAccessLog_LogFormat{LogFormat: &core.SubstitutionFormatString{
 		Format:            &core.SubstitutionFormatString_JsonFormat{JsonFormat: labels},
-		JsonFormatOptions: &core.JsonFormatOptions{SortProperties: false},
+		JsonFormatOptions: &core.JsonFormatOptions{}, // Istio's (sort_properties false, the default)
 		OmitEmptyValues:   omitEmpty,
 		Formatters:        formatters(used),
 	}}
