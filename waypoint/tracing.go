@@ -490,7 +490,12 @@ func (tr *tracer) report(ctx context.Context, dest config.Zipkin, spans []*zipki
 	}
 	if err == nil {
 		tr.zipkin.spansSent.Add(float64(len(spans)))
-		err = tr.post(ctx, c, dest.Hostname, dest.Endpoint, reportTimeout, http.Header{"Content-Type": {"application/json"}}, body)
+		h := http.Header{}
+		for _, a := range dest.Headers.List() {
+			h.Set(a.Key, a.Value)
+		}
+		h.Set("Content-Type", "application/json")
+		err = tr.post(ctx, c, dest.Hostname, dest.Endpoint, dest.Timeout, h, body)
 	}
 	if err != nil {
 		tr.zipkin.reportsFailed.Inc()

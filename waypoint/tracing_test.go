@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ambitmesh/ambit/waypoint/config"
 )
@@ -337,5 +338,53 @@ func TestTracingGRPC(t *testing.T) {
 	}
 	if s := next(); s.Tags["grpc.status_code"] != "5" {
 		t.Errorf("failing call's span: got grpc.status_code %q, want 5", s.Tags["grpc.status_code"])
+	}
+}
+
+// TestTracingZipkinCollectorService: the Zipkin tracer configured in the
+// collector_service form (what Istio's istiod, and Ambit's, send proxies
+// of Istio 1.29+) reports to the service's cluster, at the URI's path,
+// with its host as Host and its headers; TestTracing covers the older
+// collector_cluster form.
+func TestTracingZipkinCollectorService(t *testing.T) {
+	type report struct {
+		host, path, token, contentType string
+		spans                          []zipkinV2Span
+	}
+	reports := make(chan report, 10)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rep := report{host: r.Host, path: r.URL.Path, token: r.Header.Get("X-Token"), contentType: r.Header.Get("Content-Type")}
+		if err := json.NewDecoder(r.Body).Decode(&rep.spans); err != nil {
+			t.Errorf("collector: decode spans: %v", err)
+		}
+		reports <- rep
+		w.WriteHeader(http.StatusAccepted)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	const collectorHost = "zipkin.istio-system.svc.cluster.local"
+	e := tracedEnv(t, tracingProvider(100, "envoy.tracers.zipkin", &tracev3.ZipkinConfig{
+		CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true, SharedSpanContext: wrapperspb.Bool(false),
+		CollectorService: &core.HttpService{
+			HttpUri: &core.HttpUri{Uri: "http://" + collectorHost + "/custom/spans",
+				HttpUpstreamType: &core.HttpUri_Cluster{Cluster: zipkinCluster}, Timeout: durationpb.New(5 * time.Second)},
+			RequestHeadersToAdd: []*core.HeaderValueOption{{Header: &core.HeaderValue{Key: "x-token", Value: "secret"},
+				AppendAction: core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}},
+		},
+	}), zipkinCluster, netip.MustParseAddrPort(ln.Addr().String()))
+	resp := e.client(t, clientID).do(t, get(t, "/first"))
+	expectStatus(t, resp, http.StatusOK)
+	rep := receive(t, reports)
+	if rep.host != collectorHost || rep.path != "/custom/spans" || rep.token != "secret" || rep.contentType != "application/json" {
+		t.Errorf("report: got host %q path %q x-token %q content type %q, want %s /custom/spans secret application/json",
+			rep.host, rep.path, rep.token, rep.contentType, collectorHost)
+	}
+	if len(rep.spans) != 1 || len(rep.spans[0].TraceID) != 32 || rep.spans[0].Tags["http.url"] != "http://"+host+"/first" {
+		t.Errorf("report spans: got %+v, want /first's span with a 128-bit trace id", rep.spans)
 	}
 }

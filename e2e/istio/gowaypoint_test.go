@@ -181,6 +181,9 @@ func (m *mesh) goWaypoint(t *testing.T) {
 		t.Error(err)
 	}
 
+	// Its telemetry config is what Ambit's istiod builds.
+	t.Run("telemetry as Istio's", m.telemetryAsIstio)
+
 	// Istio's istiod saw no NACK from the waypoint.
 	for line := range strings.Lines(m.pilot.Logs(1 << 20)) {
 		if strings.Contains(line, "NACK") || strings.Contains(line, "ACK ERROR") {

@@ -29,9 +29,11 @@ const (
 	ZtunnelAccount = labmesh.IstiodNamespace + "/" + labmesh.ZtunnelSA
 )
 
-// meshConfig is the mesh config Istio's chart renders with its default
-// values and the ambient profile.
-const meshConfig = `trustDomain: cluster.local
+// MeshConfig is the mesh config Istio's chart renders with its default
+// values and the ambient profile, plus the extension providers the
+// telemetry comparison (gowaypoint_telemetry_test.go) names: a Zipkin
+// tracer and a file access log with a custom JSON format.
+const MeshConfig = `trustDomain: cluster.local
 rootNamespace: istio-system
 defaultProviders:
   metrics:
@@ -48,6 +50,23 @@ serviceScopeConfigs:
       operator: In
       values: ["true"]
   scope: GLOBAL
+extensionProviders:
+- name: zipkin
+  zipkin:
+    service: zipkin.istio-system.svc.cluster.local
+    port: 9411
+    maxTagLength: 128
+    headers:
+    - name: x-collector-token
+      value: lab
+- name: custom-log
+  envoyFileAccessLog:
+    path: /dev/stdout
+    logFormat:
+      labels:
+        code: "%RESPONSE_CODE%"
+        path: "%REQ_WITHOUT_QUERY(:PATH)%"
+        flags: "%RESPONSE_FLAGS%"
 `
 
 // StartPilot runs Istio's pilot-discovery as the mesh's istiod on the
@@ -124,7 +143,7 @@ func StartPilot(ctx context.Context, l *lab.Lab, mesh *labmesh.Mesh, ist lab.Ist
 	}
 	dir := filepath.Join(l.Dir, "istio-pilot")
 	for path, data := range map[string]string{
-		"etc/istio/config/mesh":              meshConfig,
+		"etc/istio/config/mesh":              MeshConfig,
 		"var/run/secrets/tokens/istio-token": caToken,
 	} {
 		path = filepath.Join(dir, path)

@@ -49,6 +49,10 @@ type Tracing struct {
 	// RandomSamplingPercentage, when set; else MeshConfig's.
 	RandomSamplingPercentage *float64
 	CustomTags               map[string]*tpb.Tracing_CustomTag
+	// EnableIstioTags: spans get Istio's own tags (the proxy's canonical
+	// service, namespace, mesh and cluster, and the dry-run policy
+	// results); true unless a Telemetry's enableIstioTags says false.
+	EnableIstioTags bool
 }
 
 // AccessLog is one access log provider of a chain with its filter.
@@ -251,7 +255,7 @@ func (ix *Index) tracing(ts []*telemetryv1.Telemetry) *Tracing {
 	if len(specs) == 0 && len(defaults) == 0 {
 		return nil
 	}
-	out := &Tracing{}
+	out := &Tracing{EnableIstioTags: true}
 	if len(defaults) > 0 {
 		out.Provider = meshconfig.Provider(ix.mesh, defaults[0])
 	}
@@ -271,6 +275,9 @@ func (ix *Index) tracing(ts []*telemetryv1.Telemetry) *Tracing {
 		if s.GetRandomSamplingPercentage() != nil {
 			v := s.GetRandomSamplingPercentage().GetValue()
 			out.RandomSamplingPercentage = &v
+		}
+		if s.GetEnableIstioTags() != nil {
+			out.EnableIstioTags = s.GetEnableIstioTags().GetValue()
 		}
 	}
 	if out.Provider == nil {

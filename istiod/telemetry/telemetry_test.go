@@ -140,3 +140,29 @@ extensionProviders:
 		t.Errorf("PrometheusMetricName: got %q", got)
 	}
 }
+
+// TestEnableIstioTags: Istio's tags are on by default and the last level
+// that says decides (Istio's TracingSpec.EnableIstioTags).
+func TestEnableIstioTags(t *testing.T) {
+	m, err := meshconfig.Parse("extensionProviders:\n- name: zipkin\n  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := tel("istio-system", "mesh", 0, &tpb.Telemetry{Tracing: []*tpb.Tracing{{Providers: providers("zipkin")}}})
+	off := tel("shop", "ns", 1, &tpb.Telemetry{Tracing: []*tpb.Tracing{{EnableIstioTags: wrapperspb.Bool(false)}}})
+	on := tel("shop", "gw", 2, &tpb.Telemetry{TargetRefs: refs("Gateway", "waypoint"), Tracing: []*tpb.Tracing{{EnableIstioTags: wrapperspb.Bool(true)}}})
+	tg := Target{WaypointNamespace: "shop", WaypointName: "waypoint"}
+	for _, tc := range []struct {
+		name string
+		ts   []*telemetryv1.Telemetry
+		want bool
+	}{
+		{"default", []*telemetryv1.Telemetry{root}, true},
+		{"namespace off", []*telemetryv1.Telemetry{root, off}, false},
+		{"gateway on again", []*telemetryv1.Telemetry{root, off, on}, true},
+	} {
+		if got := NewIndex(m, tc.ts).For(tg).Tracing.EnableIstioTags; got != tc.want {
+			t.Errorf("%s: EnableIstioTags got %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -6,11 +6,15 @@ package waypoint
 // emit for a waypoint:
 //
 //   - the HCM's tracing: zipkin (envoy.tracers.zipkin, HTTP_JSON v2 to
-//     the collector's outbound cluster) or opentelemetry
+//     the collector's outbound cluster in the collector_service form
+//     Istio sends proxies of 1.29+) or opentelemetry
 //     (envoy.tracers.opentelemetry, grpc_service envoy_grpc, or
 //     http_service when the provider says http); sampling client 100,
 //     overall 100, random the Telemetry's randomSamplingPercentage, else
-//     defaultConfig.tracing.sampling, else 1%; custom tags. Without any
+//     defaultConfig.tracing.sampling, else 1%; tags as Istio's for a
+//     waypoint (its own and the dry-run policy tags unless
+//     enableIstioTags is false, the peers' always), then the custom
+//     tags. Without any
 //     Telemetry tracing or default tracing provider, MeshConfig's
 //     enableTracing keeps Istio's legacy tracing (sampling and tags, the
 //     provider being the proxy's bootstrap's, which Ambit's waypoint has
@@ -47,6 +51,8 @@ import (
 	grpcal "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	otelal "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	reqwoq "github.com/envoyproxy/go-control-plane/envoy/extensions/formatter/req_without_query/v3"
+	metadatatype "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	tracingtype "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	xdstype "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	otlpcommon "go.opentelemetry.io/proto/otlp/common/v1"
@@ -167,7 +173,9 @@ func statsConfig(m telemetry.Metrics) *stats.PluginConfig {
 	if m.Provider.GetPrometheus() == nil {
 		return nil
 	}
-	cfg := &stats.PluginConfig{Reporter: stats.Reporter_SERVER_GATEWAY}
+	// A waypoint's chains are inbound to Istio (ListenerClassSidecarInbound):
+	// destination_service never falls back to the Host header.
+	cfg := &stats.PluginConfig{Reporter: stats.Reporter_SERVER_GATEWAY, DisableHostHeaderFallback: true}
 	if m.DisabledAll {
 		// Istio emits no filter; Envoy without it reports nothing, while
 		// Ambit's waypoint reports Istio's defaults for a chain without
@@ -189,7 +197,8 @@ func statsConfig(m telemetry.Metrics) *stats.PluginConfig {
 	return cfg
 }
 
-// tracing is an HCM's tracing (nil: none).
+// tracing is an HCM's tracing (nil: none), as Istio's
+// configureTracingFromTelemetry builds a waypoint's (server side).
 func (b *builder) tracing(t *telemetry.Tracing) *hcm.HttpConnectionManager_Tracing {
 	mesh := b.mesh()
 	pc := mesh.GetDefaultConfig()
@@ -199,8 +208,8 @@ func (b *builder) tracing(t *telemetry.Tracing) *hcm.HttpConnectionManager_Traci
 		}
 		out := &hcm.HttpConnectionManager_Tracing{}
 		sampling(out, proxyConfigSampling(pc))
-		out.CustomTags = append(b.istioTags(), proxyConfigTags(pc.GetTracing().GetCustomTags())...)
-		sortTags(out.CustomTags)
+		istioTags := pc.GetTracing().GetEnableIstioTags() == nil || pc.GetTracing().GetEnableIstioTags().GetValue()
+		out.CustomTags = b.spanTags(istioTags, proxyConfigTags(pc.GetTracing().GetCustomTags()))
 		if l := pc.GetTracing().GetMaxPathTagLength(); l != 0 {
 			out.MaxPathTagLength = wrapperspb.UInt32(l)
 		}
@@ -220,14 +229,11 @@ func (b *builder) tracing(t *telemetry.Tracing) *hcm.HttpConnectionManager_Traci
 		pct = *t.RandomSamplingPercentage
 	}
 	sampling(out, pct)
-	tags := b.istioTags()
-	if len(t.CustomTags) == 0 {
-		tags = append(tags, proxyConfigTags(pc.GetTracing().GetCustomTags())...)
-	} else {
-		tags = append(tags, telemetryTags(t.CustomTags)...)
+	tags := t.CustomTags
+	if len(tags) == 0 {
+		tags = proxyConfigTags(pc.GetTracing().GetCustomTags())
 	}
-	sortTags(tags)
-	out.CustomTags = tags
+	out.CustomTags = b.spanTags(t.EnableIstioTags, tags)
 	if out.MaxPathTagLength == nil && pc.GetTracing().GetMaxPathTagLength() != 0 {
 		out.MaxPathTagLength = wrapperspb.UInt32(pc.GetTracing().GetMaxPathTagLength())
 	}
@@ -252,46 +258,111 @@ func proxyConfigSampling(pc *meshv1alpha1.ProxyConfig) float64 {
 	return meshconfig.DefaultTraceSampling
 }
 
-// istioTags are the literal tags Istio gives a proxy's spans.
+// spanTags are a waypoint HCM's span tags, sorted by name as Istio sorts
+// them: with istioTags Istio's literal tags of the proxy and its dry-run
+// policy tags; always, as for every waypoint, the peers' tags; then the
+// user's.
+func (b *builder) spanTags(istioTags bool, user map[string]*tpb.Tracing_CustomTag) []*tracingtype.CustomTag {
+	var tags []*tracingtype.CustomTag
+	if istioTags {
+		tags = append(b.istioTags(), dryRunPolicyTags()...)
+	}
+	tags = append(tags, waypointPeerTags()...)
+	tags = append(tags, customTags(user)...)
+	sort.SliceStable(tags, func(i, j int) bool { return tags[i].Tag < tags[j].Tag })
+	return tags
+}
+
+// istioTags are the literal tags Istio gives a proxy's spans, from its
+// node: the waypoint's canonical service (its Gateway's name, the
+// service.istio.io/canonical-name label of its pods), namespace, mesh
+// (MeshConfig's defaultConfig.meshId, else the trust domain, as Istio's
+// agent reports MESH_ID) and cluster.
 func (b *builder) istioTags() []*tracingtype.CustomTag {
-	lit := func(tag, v string) *tracingtype.CustomTag {
-		return &tracingtype.CustomTag{Tag: tag, Type: &tracingtype.CustomTag_Literal_{Literal: &tracingtype.CustomTag_Literal{Value: v}}}
+	meshID := b.mesh().GetDefaultConfig().GetMeshId()
+	if meshID == "" {
+		meshID = b.cfg.TrustDomain
 	}
 	return []*tracingtype.CustomTag{
-		lit("istio.canonical_revision", "latest"),
-		lit("istio.canonical_service", b.sc.ref.Name),
-		lit("istio.cluster_id", b.cfg.ClusterID),
-		lit("istio.mesh_id", b.cfg.TrustDomain),
-		lit("istio.namespace", b.sc.ref.Namespace),
+		literalTag("istio.canonical_revision", "latest"),
+		literalTag("istio.canonical_service", b.sc.ref.Name),
+		literalTag("istio.cluster_id", b.cfg.ClusterID),
+		literalTag("istio.mesh_id", meshID),
+		literalTag("istio.namespace", b.sc.ref.Namespace),
 	}
 }
 
-func sortTags(tags []*tracingtype.CustomTag) {
-	sort.SliceStable(tags, func(i, j int) bool { return tags[i].Tag < tags[j].Tag })
+func literalTag(tag, v string) *tracingtype.CustomTag {
+	return &tracingtype.CustomTag{Tag: tag, Type: &tracingtype.CustomTag_Literal_{Literal: &tracingtype.CustomTag_Literal{Value: v}}}
 }
 
-func proxyConfigTags(m map[string]*meshv1alpha1.Tracing_CustomTag) []*tracingtype.CustomTag {
+// dryRunPolicyTags are Istio's tags of the RBAC filter's shadow (dry-run)
+// results, read from the request's dynamic metadata; absent when no
+// dry-run policy ran.
+func dryRunPolicyTags() []*tracingtype.CustomTag {
+	tag := func(name, key string) *tracingtype.CustomTag {
+		return &tracingtype.CustomTag{Tag: name, Type: &tracingtype.CustomTag_Metadata_{Metadata: &tracingtype.CustomTag_Metadata{
+			Kind: &metadatatype.MetadataKind{Kind: &metadatatype.MetadataKind_Request_{Request: &metadatatype.MetadataKind_Request{}}},
+			MetadataKey: &metadatatype.MetadataKey{Key: filterRBAC, Path: []*metadatatype.MetadataKey_PathSegment{
+				{Segment: &metadatatype.MetadataKey_PathSegment_Key{Key: key}}}},
+		}}}
+	}
+	return []*tracingtype.CustomTag{
+		tag("istio.authorization.dry_run.allow_policy.name", "istio_dry_run_allow_shadow_effective_policy_id"),
+		tag("istio.authorization.dry_run.allow_policy.result", "istio_dry_run_allow_shadow_engine_result"),
+		tag("istio.authorization.dry_run.deny_policy.name", "istio_dry_run_deny_shadow_effective_policy_id"),
+		tag("istio.authorization.dry_run.deny_policy.result", "istio_dry_run_deny_shadow_engine_result"),
+	}
+}
+
+// peerFields are the fields of Istio's peer metadata object a
+// waypoint's spans are tagged with (tag suffix, field).
+var peerFields = [][2]string{
+	{"workload", "workload"}, {"namespace", "namespace"}, {"cluster_id", "cluster"},
+	{"canonical_service", "service"}, {"canonical_revision", "revision"}, {"app", "app"},
+	{"app_version", "version"}, {"workload_type", "type"}, {"instance_name", "name"},
+}
+
+// waypointPeerTags are the tags Istio gives a waypoint's spans about its
+// client and its destination: formatter values of the peer metadata
+// filter's downstream_peer_obj and upstream_peer_obj filter state.
+func waypointPeerTags() []*tracingtype.CustomTag {
 	var out []*tracingtype.CustomTag
-	for name, t := range m {
-		ct := &tracingtype.CustomTag{Tag: name}
-		switch {
-		case t.GetLiteral() != nil:
-			ct.Type = &tracingtype.CustomTag_Literal_{Literal: &tracingtype.CustomTag_Literal{Value: t.GetLiteral().GetValue()}}
-		case t.GetEnvironment() != nil:
-			ct.Type = &tracingtype.CustomTag_Environment_{Environment: &tracingtype.CustomTag_Environment{
-				Name: t.GetEnvironment().GetName(), DefaultValue: t.GetEnvironment().GetDefaultValue()}}
-		case t.GetHeader() != nil:
-			ct.Type = &tracingtype.CustomTag_RequestHeader{RequestHeader: &tracingtype.CustomTag_Header{
-				Name: t.GetHeader().GetName(), DefaultValue: t.GetHeader().GetDefaultValue()}}
-		default:
-			continue
+	for _, side := range [][2]string{{"destination", "upstream"}, {"source", "downstream"}} {
+		for _, f := range peerFields {
+			out = append(out, &tracingtype.CustomTag{Tag: "istio." + side[0] + "_" + f[0],
+				Type: &tracingtype.CustomTag_Value{Value: "%FILTER_STATE(" + side[1] + "_peer_obj:FIELD:" + f[1] + ")%"}})
 		}
-		out = append(out, ct)
 	}
 	return out
 }
 
-func telemetryTags(m map[string]*tpb.Tracing_CustomTag) []*tracingtype.CustomTag {
+// proxyConfigTags are defaultConfig.tracing.customTags in the Telemetry
+// API's form (the same three kinds), so that one converter serves both.
+func proxyConfigTags(m map[string]*meshv1alpha1.Tracing_CustomTag) map[string]*tpb.Tracing_CustomTag {
+	out := make(map[string]*tpb.Tracing_CustomTag, len(m))
+	for name, t := range m {
+		var ct *tpb.Tracing_CustomTag
+		switch {
+		case t.GetLiteral() != nil:
+			ct = &tpb.Tracing_CustomTag{Type: &tpb.Tracing_CustomTag_Literal{Literal: &tpb.Tracing_Literal{Value: t.GetLiteral().GetValue()}}}
+		case t.GetEnvironment() != nil:
+			ct = &tpb.Tracing_CustomTag{Type: &tpb.Tracing_CustomTag_Environment{Environment: &tpb.Tracing_Environment{
+				Name: t.GetEnvironment().GetName(), DefaultValue: t.GetEnvironment().GetDefaultValue()}}}
+		case t.GetHeader() != nil:
+			ct = &tpb.Tracing_CustomTag{Type: &tpb.Tracing_CustomTag_Header{Header: &tpb.Tracing_RequestHeader{
+				Name: t.GetHeader().GetName(), DefaultValue: t.GetHeader().GetDefaultValue()}}}
+		default:
+			continue
+		}
+		out[name] = ct
+	}
+	return out
+}
+
+// customTags are Envoy's custom tags of a Telemetry's (or, normalised by
+// proxyConfigTags, MeshConfig's) customTags.
+func customTags(m map[string]*tpb.Tracing_CustomTag) []*tracingtype.CustomTag {
 	var out []*tracingtype.CustomTag
 	for name, t := range m {
 		ct := &tracingtype.CustomTag{Tag: name}
@@ -324,20 +395,7 @@ func (b *builder) tracingProvider(p *meshv1alpha1.MeshConfig_ExtensionProvider) 
 		if err != nil {
 			return nil, fmt.Errorf("tracing provider %s: %w", p.GetName(), err)
 		}
-		path := pr.Zipkin.GetPath()
-		if path == "" {
-			path = "/api/v2/spans"
-		}
-		// The collector_cluster form (Istio's for proxies before 1.29).
-		zc := &trace.ZipkinConfig{
-			CollectorCluster:         cl,
-			CollectorEndpoint:        path,
-			CollectorHostname:        host,
-			CollectorEndpointVersion: trace.ZipkinConfig_HTTP_JSON,
-			TraceId_128Bit:           !pr.Zipkin.GetEnable_64BitTraceId(),
-			SharedSpanContext:        wrapperspb.Bool(false),
-		}
-		out.Provider = &trace.Tracing_Http{Name: tracerZipkin, ConfigType: &trace.Tracing_Http_TypedConfig{TypedConfig: mustAny(zc)}}
+		out.Provider = &trace.Tracing_Http{Name: tracerZipkin, ConfigType: &trace.Tracing_Http_TypedConfig{TypedConfig: mustAny(zipkinConfig(pr.Zipkin, host, cl))}}
 		if l := pr.Zipkin.GetMaxTagLength(); l != 0 {
 			out.MaxPathTagLength = wrapperspb.UInt32(l)
 		}
@@ -374,6 +432,42 @@ func (b *builder) tracingProvider(p *meshv1alpha1.MeshConfig_ExtensionProvider) 
 		return nil, fmt.Errorf("tracing provider %s: %T is not supported for tracing on waypoints (zipkin and opentelemetry are)", p.GetName(), pr)
 	}
 	return out, nil
+}
+
+// zipkinTimeout is Istio's timeout of a span report when the provider
+// sets none (Envoy requires one in collector_service).
+const zipkinTimeout = 5 * time.Second
+
+// zipkinConfig is a zipkin provider's tracer config in the form Istio
+// sends proxies of Istio 1.29 and later (Envoy 1.29+): the collector as
+// collector_service (an HttpService: http://<host><path> on the
+// collector's cluster, the provider's timeout, default 5 s, and
+// headers) rather than collector_cluster/_endpoint/_hostname, which
+// cannot carry either.
+func zipkinConfig(z *meshv1alpha1.MeshConfig_ExtensionProvider_ZipkinTracingProvider, host, cl string) *trace.ZipkinConfig {
+	path := z.GetPath()
+	if path == "" {
+		path = "/api/v2/spans"
+	}
+	timeout := z.GetTimeout()
+	if timeout == nil {
+		timeout = durationpb.New(zipkinTimeout)
+	}
+	tc := trace.ZipkinConfig_USE_B3
+	if z.GetTraceContextOption() == meshv1alpha1.MeshConfig_ExtensionProvider_ZipkinTracingProvider_USE_B3_WITH_W3C_PROPAGATION {
+		tc = trace.ZipkinConfig_USE_B3_WITH_W3C_PROPAGATION
+	}
+	return &trace.ZipkinConfig{
+		CollectorService: &core.HttpService{
+			HttpUri: &core.HttpUri{Uri: "http://" + host + path,
+				HttpUpstreamType: &core.HttpUri_Cluster{Cluster: cl}, Timeout: timeout},
+			RequestHeadersToAdd: headersToAdd(z.GetHeaders()),
+		},
+		CollectorEndpointVersion: trace.ZipkinConfig_HTTP_JSON,
+		TraceId_128Bit:           !z.GetEnable_64BitTraceId(),
+		SharedSpanContext:        wrapperspb.Bool(false),
+		TraceContextOption:       tc,
+	}
 }
 
 func headersToAdd(hs []*meshv1alpha1.MeshConfig_ExtensionProvider_HttpHeader) []*core.HeaderValueOption {
@@ -485,13 +579,32 @@ func textFormat(f string, omitEmpty bool) *fileal.FileAccessLog_LogFormat {
 		Format: &core.SubstitutionFormatString_TextFormatSource{TextFormatSource: &core.DataSource{
 			Specifier: &core.DataSource_InlineString{InlineString: f}}},
 		OmitEmptyValues: omitEmpty,
+		Formatters:      formatters(strings.Contains(f, reqWithoutQuery)),
 	}}
 }
 
+// reqWithoutQuery is the operator that needs Envoy's req_without_query
+// formatter extension named in the format (Envoy refuses the format
+// without it; Istio adds it).
+const reqWithoutQuery = "%REQ_WITHOUT_QUERY"
+
+func formatters(reqWithoutQueryUsed bool) []*core.TypedExtensionConfig {
+	if !reqWithoutQueryUsed {
+		return nil
+	}
+	return []*core.TypedExtensionConfig{{Name: "envoy.formatter.req_without_query", TypedConfig: mustAny(&reqwoq.ReqWithoutQuery{})}}
+}
+
 func jsonFormat(labels *structpb.Struct, omitEmpty bool) *fileal.FileAccessLog_LogFormat {
+	used := false
+	for _, v := range labels.GetFields() {
+		used = used || strings.Contains(v.GetStringValue(), reqWithoutQuery)
+	}
 	return &fileal.FileAccessLog_LogFormat{LogFormat: &core.SubstitutionFormatString{
-		Format:          &core.SubstitutionFormatString_JsonFormat{JsonFormat: labels},
-		OmitEmptyValues: omitEmpty,
+		Format:            &core.SubstitutionFormatString_JsonFormat{JsonFormat: labels},
+		JsonFormatOptions: &core.JsonFormatOptions{}, // Istio's (sort_properties false, the default)
+		OmitEmptyValues:   omitEmpty,
+		Formatters:        formatters(used),
 	}}
 }
 

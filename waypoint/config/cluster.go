@@ -13,6 +13,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	internalup "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/internal_upstream/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -64,14 +65,6 @@ func buildCluster(c *cluster.Cluster, cla map[string]*endpoint.ClusterLoadAssign
 	default:
 		return nil, unsupported(fmt.Sprintf("cluster type %v", c.GetType()))
 	}
-	if ts := c.GetTransportSocket(); ts != nil {
-		if err := clusterTransport(out, ts); err != nil {
-			return nil, err
-		}
-	}
-	if len(c.GetTransportSocketMatches()) > 0 {
-		return nil, unsupported("transport_socket_matches")
-	}
 	if err := buildResilience(out, c); err != nil {
 		return nil, err
 	}
@@ -79,11 +72,70 @@ func buildCluster(c *cluster.Cluster, cla map[string]*endpoint.ClusterLoadAssign
 	if err != nil {
 		return nil, err
 	}
+	ts, err := transportSocket(c, eps)
+	if err != nil {
+		return nil, err
+	}
+	if ts != nil {
+		if err := clusterTransport(out, ts); err != nil {
+			return nil, err
+		}
+	}
 	out.Endpoints = eps
 	for _, e := range eps {
 		out.Prioritized = out.Prioritized || e.Priority != 0
 	}
 	return out, nil
+}
+
+// transportSocketMatch is the endpoint metadata namespace Envoy's
+// transport_socket_matches compare against.
+const transportSocketMatch = "envoy.transport_socket_match"
+
+// transportSocket is the cluster's transport socket. With
+// transport_socket_matches (Istio's outbound clusters: tlsMode-istio for
+// endpoints whose metadata says tlsMode: istio, else plaintext), each
+// endpoint takes the first match whose fields its
+// envoy.transport_socket_match metadata all has, else the cluster's
+// transport_socket, as in Envoy; the waypoint keeps one transport per
+// cluster, so endpoints that would take different ones are not
+// supported.
+func transportSocket(c *cluster.Cluster, eps []*Endpoint) (*core.TransportSocket, error) {
+	ms := c.GetTransportSocketMatches()
+	if len(ms) == 0 {
+		return c.GetTransportSocket(), nil
+	}
+	pick := func(md map[string]string) (*core.TransportSocket, error) {
+	next:
+		for _, m := range ms {
+			for k, v := range m.GetMatch().GetFields() {
+				sv, ok := v.GetKind().(*structpb.Value_StringValue)
+				if !ok {
+					return nil, unsupported(fmt.Sprintf("transport_socket_matches %s: a criterion other than a string", m.GetName()))
+				}
+				if got, found := md[k]; !found || got != sv.StringValue {
+					continue next
+				}
+			}
+			return m.GetTransportSocket(), nil
+		}
+		return c.GetTransportSocket(), nil
+	}
+	if len(eps) == 0 {
+		return pick(nil)
+	}
+	var chosen *core.TransportSocket
+	for i, e := range eps {
+		ts, err := pick(e.Metadata[transportSocketMatch])
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 && !proto.Equal(ts, chosen) {
+			return nil, unsupported("transport_socket_matches picking different transports for endpoints of one cluster")
+		}
+		chosen = ts
+	}
+	return chosen, nil
 }
 
 // defaultConnectTimeout is Envoy's.

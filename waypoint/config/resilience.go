@@ -261,7 +261,7 @@ func refuseCluster(c *cluster.Cluster) error {
 		{c.GetLoadBalancingPolicy() != nil, "load_balancing_policy (use lb_policy)"},
 		{c.GetRingHashLbConfig() != nil || c.GetMaglevLbConfig() != nil || c.GetOriginalDstLbConfig() != nil && c.GetType() != cluster.Cluster_ORIGINAL_DST, "lb_config of another lb_policy"},
 		{c.GetUpstreamBindConfig() != nil, "upstream_bind_config"},
-		{len(c.GetFilters()) > 0, "upstream network filters"},
+		{!peerMetadataFilters(c.GetFilters()), "upstream network filters (other than Istio's peer metadata discovery)"},
 		{c.GetUpstreamConfig() != nil, "upstream_config"},
 		{c.GetCommonLbConfig().GetZoneAwareLbConfig() != nil, "common_lb_config zone_aware_lb_config"},
 		{c.GetCommonLbConfig().GetOverrideHostStatus() != nil, "common_lb_config override_host_status"},
@@ -272,6 +272,26 @@ func refuseCluster(c *cluster.Cluster) error {
 		}
 	}
 	return nil
+}
+
+// peerMetadataUpstreamFilters are the upstream network filters Istio's
+// istiod puts on outbound clusters (a waypoint's telemetry collectors')
+// to learn the peer's workload metadata for telemetry: metadata exchange
+// and the HBONE peer metadata filter. They do not change what is sent
+// where; the waypoint learns its peers from the workload API instead.
+var peerMetadataUpstreamFilters = map[string]bool{
+	"envoy.tcp.metadataexchange.config.MetadataExchange":            true,
+	"envoy.extensions.network_filters.peer_metadata.UpstreamConfig": true,
+}
+
+// peerMetadataFilters: fs has only such filters (or none).
+func peerMetadataFilters(fs []*cluster.Filter) bool {
+	for _, f := range fs {
+		if !peerMetadataUpstreamFilters[innerType(f.GetTypedConfig())] {
+			return false
+		}
+	}
+	return true
 }
 
 // circuitBreakers reads the default-priority thresholds.

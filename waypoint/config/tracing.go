@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"strings"
+	"time"
 
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -24,7 +26,8 @@ type Tracing struct {
 }
 
 // Zipkin is envoy.tracers.zipkin: spans POSTed as JSON (Zipkin API v2)
-// to a cluster.
+// to a cluster (zipkin.go reads both of its config forms). It is
+// comparable: reports are batched per Zipkin.
 type Zipkin struct {
 	Cluster  string
 	Endpoint string
@@ -33,6 +36,10 @@ type Zipkin struct {
 	Hostname string
 	// TraceID128: new traces get 128-bit ids (else 64-bit).
 	TraceID128 bool
+	// Timeout bounds one report (0: the waypoint's default, 5 s);
+	// Headers go with every report (collector_service only).
+	Timeout time.Duration
+	Headers ZipkinHeaders
 }
 
 // CustomTag is a span tag from a literal, a request header or an
@@ -69,7 +76,7 @@ func buildTracing(t *hcmv3.HttpConnectionManager_Tracing) (*Tracing, []string, e
 	if out.MaxPathTagLength == 0 {
 		out.MaxPathTagLength = defaultMaxPathTagLength
 	}
-	var warns []string
+	var warns, unrecorded []string
 	for _, ct := range t.GetCustomTags() {
 		tag := CustomTag{Tag: ct.GetTag()}
 		switch {
@@ -80,10 +87,17 @@ func buildTracing(t *hcmv3.HttpConnectionManager_Tracing) (*Tracing, []string, e
 		case ct.GetEnvironment() != nil:
 			tag.Env, tag.Default = ct.GetEnvironment().GetName(), ct.GetEnvironment().GetDefaultValue()
 		default:
-			warns = append(warns, fmt.Sprintf("tracing custom tag %s: only literal, request_header and environment tags are recorded", ct.GetTag()))
+			unrecorded = append(unrecorded, ct.GetTag())
 			continue
 		}
 		out.CustomTags = append(out.CustomTags, tag)
+	}
+	if len(unrecorded) > 0 {
+		// One warning for them all: both istiods give every waypoint
+		// chain Istio's 22 dry-run policy (metadata) and peer (value)
+		// tags.
+		warns = append(warns, fmt.Sprintf("tracing custom tags %s: only literal, request_header and environment tags are recorded",
+			strings.Join(unrecorded, ", ")))
 	}
 	if p := t.GetProvider(); p != nil {
 		switch innerType(p.GetTypedConfig()) {
@@ -92,19 +106,11 @@ func buildTracing(t *hcmv3.HttpConnectionManager_Tracing) (*Tracing, []string, e
 			if err := anyTo(p.GetTypedConfig(), &z); err != nil {
 				return nil, nil, fmt.Errorf("tracing provider %s: %w", p.GetName(), err)
 			}
-			if z.GetCollectorEndpointVersion() != tracev3.ZipkinConfig_HTTP_JSON {
-				warns = append(warns, fmt.Sprintf("tracing provider %s: collector_endpoint_version %v not supported (HTTP_JSON only); no spans are sent",
-					p.GetName(), z.GetCollectorEndpointVersion()))
-				break
+			zc, w, err := buildZipkin(p.GetName(), &z)
+			if err != nil {
+				return nil, nil, err
 			}
-			out.Zipkin = &Zipkin{Cluster: z.GetCollectorCluster(), Endpoint: z.GetCollectorEndpoint(), Hostname: z.GetCollectorHostname(),
-				TraceID128: z.GetTraceId_128Bit()}
-			if out.Zipkin.Hostname == "" {
-				out.Zipkin.Hostname = out.Zipkin.Cluster
-			}
-			if out.Zipkin.Endpoint == "" {
-				out.Zipkin.Endpoint = "/api/v2/spans"
-			}
+			out.Zipkin, warns = zc, append(warns, w...)
 		case "envoy.config.trace.v3.OpenTelemetryConfig":
 			var c tracev3.OpenTelemetryConfig
 			if err := anyTo(p.GetTypedConfig(), &c); err != nil {

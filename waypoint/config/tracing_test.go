@@ -3,6 +3,7 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
@@ -11,6 +12,7 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // TestBuildTracing: an HCM's tracing as Envoy reads it, Envoy's defaults
@@ -21,6 +23,15 @@ func TestBuildTracing(t *testing.T) {
 	otel, _ := anypb.New(&tracev3.OpenTelemetryConfig{ServiceName: "waypoint",
 		GrpcService: &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: "otel"}}}})
 	datadog, _ := anypb.New(&tracev3.DatadogConfig{CollectorCluster: "dd", ServiceName: "waypoint"})
+	// The form Istio's istiod (and Ambit's) sends proxies of Istio 1.29+.
+	zipkinService, _ := anypb.New(&tracev3.ZipkinConfig{CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON, TraceId_128Bit: true,
+		CollectorService: &core.HttpService{
+			HttpUri: &core.HttpUri{Uri: "http://zipkin.istio-system.svc.cluster.local/api/v2/spans",
+				HttpUpstreamType: &core.HttpUri_Cluster{Cluster: "outbound|9411||zipkin.istio-system.svc.cluster.local"}, Timeout: durationpb.New(3 * time.Second)},
+			RequestHeadersToAdd: []*core.HeaderValueOption{{Header: &core.HeaderValue{Key: "X-Token", Value: "t"}}},
+		},
+		// Envoy ignores the older fields when collector_service is set.
+		CollectorCluster: "ignored", CollectorEndpoint: "/ignored"})
 	protoZipkin, _ := anypb.New(&tracev3.ZipkinConfig{CollectorCluster: "zipkin", CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_PROTO})
 	for _, tc := range []struct {
 		name     string
@@ -40,11 +51,22 @@ func TestBuildTracing(t *testing.T) {
 			want: &Tracing{RandomSampling: 1.5, OverallSampling: 100, MaxPathTagLength: 256,
 				CustomTags: []CustomTag{{Tag: "a", Literal: "x"}, {Tag: "b", Header: "h", Default: "d"}, {Tag: "c", Env: "E"}},
 				Zipkin:     &Zipkin{Cluster: "zipkin", Endpoint: "/api/v2/spans", Hostname: "zipkin", TraceID128: true}}},
+		{name: "zipkin collector_service", in: &hcmv3.HttpConnectionManager_Tracing{
+			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.zipkin", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: zipkinService}}},
+			want: &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256,
+				Zipkin: &Zipkin{Cluster: "outbound|9411||zipkin.istio-system.svc.cluster.local", Endpoint: "/api/v2/spans",
+					Hostname: "zipkin.istio-system.svc.cluster.local", TraceID128: true, Timeout: 3 * time.Second, Headers: "x-token\x00t\x00"}}},
 		{name: "opentelemetry", in: &hcmv3.HttpConnectionManager_Tracing{
 			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.opentelemetry", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: otel}}},
 			want: &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256, OTel: &OTel{Scope: true,
 				Resource: []Attribute{{"service.name", "waypoint"}, {"telemetry.sdk.language", "go"}, {"telemetry.sdk.name", "ambit-waypoint"}, {"telemetry.sdk.version", "dev"}},
 				Exporter: OTLPExporter{Cluster: "otel", GRPC: true, Authority: "otel"}}}},
+		{name: "unrecorded tags", in: &hcmv3.HttpConnectionManager_Tracing{CustomTags: []*tracingtype.CustomTag{
+			{Tag: "istio.source_workload", Type: &tracingtype.CustomTag_Value{Value: "%FILTER_STATE(downstream_peer_obj:FIELD:workload)%"}},
+			{Tag: "istio.destination_workload", Type: &tracingtype.CustomTag_Value{Value: "%FILTER_STATE(upstream_peer_obj:FIELD:workload)%"}},
+		}},
+			want:     &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256},
+			wantWarn: "tracing custom tags istio.source_workload, istio.destination_workload: only literal"},
 		{name: "custom provider", in: &hcmv3.HttpConnectionManager_Tracing{
 			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.datadog", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: datadog}}},
 			want:     &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256},
@@ -66,5 +88,17 @@ func TestBuildTracing(t *testing.T) {
 				t.Errorf("warnings: got %q, want %q", w, tc.wantWarn)
 			}
 		})
+	}
+}
+
+// TestBuildTracingZipkinServiceInvalid: a collector_service Envoy would
+// refuse (no cluster) refuses the listener.
+func TestBuildTracingZipkinServiceInvalid(t *testing.T) {
+	z, _ := anypb.New(&tracev3.ZipkinConfig{CollectorEndpointVersion: tracev3.ZipkinConfig_HTTP_JSON,
+		CollectorService: &core.HttpService{HttpUri: &core.HttpUri{Uri: "http://zipkin/api/v2/spans"}}})
+	_, _, err := buildTracing(&hcmv3.HttpConnectionManager_Tracing{
+		Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.zipkin", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: z}}})
+	if err == nil || !strings.Contains(err.Error(), "collector_service") {
+		t.Errorf("buildTracing: got %v, want an error naming collector_service", err)
 	}
 }
