@@ -73,8 +73,11 @@ type h1Conn struct {
 	lim limitReader
 	// served is the requests sent on the connection.
 	served int
-	broken atomic.Bool
-	once   sync.Once
+	// bodyRead: the body writer has read the request's body to its end
+	// (what is left is its last write).
+	bodyRead atomic.Bool
+	broken   atomic.Bool
+	once     sync.Once
 	// onBroken tells the pool the connection ended while idle.
 	onBroken func()
 
@@ -283,6 +286,7 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 		return fail(err)
 	}
 	var wrote chan error // the body writer's end, when it has one
+	c.bodyRead.Store(false)
 	if inline {
 		if mem != nil {
 			if chunked {
@@ -304,7 +308,7 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 	} else {
 		wrote = make(chan error, 1)
 		go func() {
-			err := writeBody(bw, req.Body, chunked, req.ContentLength, req.Trailer)
+			err := writeBody(bw, req.Body, chunked, req.ContentLength, req.Trailer, &c.bodyRead)
 			releaseWriter(bw)
 			if err != nil {
 				c.Close() // the request is incomplete: so is the exchange
@@ -402,15 +406,24 @@ func (b *h1Body) Close() error {
 		return nil
 	}
 	b.closed = true
-	reuse := b.stop() && b.reuse && b.eof && b.rd.Buffered() == 0
+	written := true
 	if b.wrote != nil {
-		select {
-		case err := <-b.wrote:
-			reuse = reuse && err == nil
-		default:
-			reuse = false // the body is still being sent
+		// An answer read whole while the writer makes its last write
+		// (the upstream answered as the body's end reached it) waits for
+		// that write, which the try's context can still end; a body
+		// still being read from the client is not waited for.
+		if b.eof && b.c.bodyRead.Load() {
+			written = <-b.wrote == nil
+		} else {
+			select {
+			case err := <-b.wrote:
+				written = err == nil
+			default:
+				written = false
+			}
 		}
 	}
+	reuse := b.stop() && written && b.reuse && b.eof && b.rd.Buffered() == 0
 	if reuse {
 		b.c.idle()
 	} else {
@@ -551,7 +564,7 @@ func endChunked(w *bufio.Writer, trailer http.Header) error {
 // writeBody sends a body not in memory after the head in w: the head
 // at once (the upstream may answer an "Expect: 100-continue" before the
 // client sends more), then each read as it comes.
-func writeBody(w *bufio.Writer, body io.Reader, chunked bool, length int64, trailer http.Header) error {
+func writeBody(w *bufio.Writer, body io.Reader, chunked bool, length int64, trailer http.Header, read *atomic.Bool) error {
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("write request head: %w", err)
 	}
@@ -564,6 +577,11 @@ func writeBody(w *bufio.Writer, body io.Reader, chunked bool, length int64, trai
 				return fmt.Errorf("request body longer than its Content-Length %d", length)
 			}
 			n += int64(m)
+			if !chunked && n == length {
+				// This write is the last: the read after it only sees
+				// the end (a body of a known length ends at once).
+				read.Store(true)
+			}
 			var err error
 			if chunked {
 				err = writeChunk(w, buf[:m])
@@ -578,6 +596,7 @@ func writeBody(w *bufio.Writer, body io.Reader, chunked bool, length int64, trai
 			}
 		}
 		if rerr == io.EOF {
+			read.Store(true)
 			break
 		}
 		if rerr != nil {
