@@ -2,6 +2,7 @@ package waypoint
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -37,15 +38,18 @@ import (
 //     (upstream_cx_idle_timeout); max_concurrent_streams bounds the
 //     streams of an HTTP/2 connection below the server's SETTINGS.
 //
-// Connections are net/http's ClientConn (Transport.NewClientConn, the
-// same dial and HTTP/2 settings as the transports), one per dial. Only
-// upgrades (which take the connection over) use the transport's own
-// pool.
+// HTTP/1 connections are the waypoint's own client (h1Conn, h1client.go:
+// the request's goroutine writes the request and reads the answer);
+// HTTP/2 ones are net/http's ClientConn (Transport.NewClientConn, the
+// HTTP/2 transport's settings). Both dial through the transports' dial,
+// one connection per dial. Only upgrades (which take the connection
+// over) use the transport's own pool.
 //
 // Concurrency: connPool.mu guards the hosts map and every upConn's
-// fields; ClientConn methods may run under it, because the state hook
-// they call synchronously only signals (sigMu, taken under mu, never
-// the other way round).
+// fields; poolConn methods other than RoundTrip may run under it,
+// because the state hook a ClientConn calls synchronously only signals
+// (sigMu, taken under mu, never the other way round), and h1Conn's
+// take no lock.
 
 // connPool is one cluster's upstream connections.
 type connPool struct {
@@ -59,10 +63,27 @@ type connPool struct {
 	changed chan struct{}
 }
 
+// poolConn is an upstream connection the pool hands out: an h1Conn, or
+// net/http's ClientConn for HTTP/2.
+type poolConn interface {
+	RoundTrip(*http.Request) (*http.Response, error)
+	// Reserve takes a request's room on the connection before
+	// RoundTrip; an error if it has none.
+	Reserve() error
+	// Err is non-nil once the connection can carry no request.
+	Err() error
+	Close() error
+}
+
+var (
+	_ poolConn = (*http.ClientConn)(nil)
+	_ poolConn = (*h1Conn)(nil)
+)
+
 // upConn is one upstream connection of a pool.
 type upConn struct {
 	host string
-	cc   *http.ClientConn // nil while being established
+	cc   poolConn // nil while being established
 	// dialErr: the establishment failed (the conn is out of the pool).
 	dialErr error
 	ready   chan struct{} // closed when the dial has ended
@@ -103,17 +124,55 @@ func (p *Proxy) roundTrip(cs *clusterState, cl *config.Cluster, tr *http.Transpo
 	if out.Header.Get("Upgrade") != "" {
 		return p.upgradeTrip(cs, cl, tr, out)
 	}
-	uc, err := cs.pool.get(out.Context(), cl, tr, out.URL.Host, tr != p.transport, &cs.st)
+	http2 := tr != p.transport
+	uc, err := cs.pool.get(out.Context(), cl, tr, out.URL.Host, http2, &cs.st)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := uc.cc.RoundTrip(out)
 	if err != nil {
 		cs.pool.done(uc, cl, &cs.st)
-		return nil, err
+		if h, ok := uc.cc.(*h1Conn); !ok || h.served < 2 || !errors.Is(err, errClosedBeforeResponse) || !resendable(out) {
+			return nil, err
+		}
+		// A kept-alive connection the upstream had closed (as idle, most
+		// likely) before this request reached it: once more on another,
+		// as net/http's transport does for a request it may send twice
+		// (its reading goroutine saw such closes before a request came;
+		// this client has none).
+		if uc, err = cs.pool.get(out.Context(), cl, tr, out.URL.Host, http2, &cs.st); err != nil {
+			return nil, err
+		}
+		if resp, err = uc.cc.RoundTrip(out); err != nil {
+			cs.pool.done(uc, cl, &cs.st)
+			return nil, err
+		}
 	}
 	resp.Body = &poolBody{ReadCloser: resp.Body, done: func() { cs.pool.done(uc, cl, &cs.st) }}
 	return resp, nil
+}
+
+// resendable: out may be sent again (an idempotent method, or an
+// Idempotency-Key, as net/http's transport has it), its body from the
+// start; resetting it if so.
+func resendable(out *http.Request) bool {
+	switch out.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+	default:
+		if _, ok := out.Header["Idempotency-Key"]; !ok {
+			if _, ok := out.Header["X-Idempotency-Key"]; !ok {
+				return false
+			}
+		}
+	}
+	switch b := out.Body.(type) {
+	case nil:
+		return true
+	case *memBody:
+		b.off = 0
+		return true
+	}
+	return false
 }
 
 // poolBody ends its request's share of the connection when closed.
@@ -147,7 +206,70 @@ func (cp *connPool) get(ctx context.Context, cl *config.Cluster, tr *http.Transp
 	cb := cl.CircuitBreakers
 	limit := streamLimit(cl, http2)
 	var mine *upConn // the connection this request is establishing
-	pending, overflowed := false, false
+	var got *upConn
+	overflowed := false
+	grab := func() (bool, error) {
+		if mine != nil && mine.dialErr != nil {
+			return true, mine.dialErr
+		}
+		if got = cp.take(host, limit, cl); got != nil {
+			return true, nil
+		}
+		if mine != nil && mine.cc != nil {
+			mine = nil // established, and taken by another request
+		}
+		return false, nil
+	}
+	prepare := func() (after func()) {
+		if mine != nil {
+			return nil
+		}
+		// An HTTP/2 connection being established takes this request;
+		// else a new connection while the breaker allows (or the
+		// endpoint has none).
+		if http2 {
+			for _, uc := range cp.hosts[host] {
+				if uc.cc == nil && !uc.gone && !uc.tcp {
+					return nil
+				}
+			}
+		}
+		cp.reapLocked()
+		if cp.open >= cb.MaxConnections && len(cp.hosts[host]) > 0 {
+			// An idle connection to another endpoint (one EDS may have
+			// removed) makes room rather than hold this request back.
+			if cc := cp.evictIdleLocked(host); cc != nil {
+				return func() { cc.Close() }
+			}
+		}
+		switch {
+		case cp.open < cb.MaxConnections || len(cp.hosts[host]) == 0:
+			if cp.open >= cb.MaxConnections && !overflowed {
+				st.cxOverflow.Add(1)
+			}
+			mine = cp.dial(ctx, cl, tr, host, http2, st)
+		case !overflowed:
+			overflowed = true
+			st.cxOverflow.Add(1)
+		}
+		return nil
+	}
+	if err := cp.admit(ctx, cb.MaxPendingRequests, st, grab, prepare); err != nil {
+		return nil, err
+	}
+	return got, nil
+}
+
+// admit is a request's wait for room in the pool (a connection, a
+// stream, a slot), shared by get and slot: under cp.mu, grab takes the
+// room if there is some (done, or an error to return); else the request
+// counts as pending while max_pending_requests allows (one more
+// overflows, UO), and prepare may start making room (a dial). When
+// prepare returns an after, it runs without the lock and the request
+// looks again at once; else the request waits for the pool to change,
+// or for ctx to end.
+func (cp *connPool) admit(ctx context.Context, maxPending int, st *clusterCounters, grab func() (bool, error), prepare func() (after func())) error {
+	pending := false
 	defer func() {
 		if pending {
 			cp.mu.Lock()
@@ -160,67 +282,34 @@ func (cp *connPool) get(ctx context.Context, cl *config.Cluster, tr *http.Transp
 		cp.mu.Lock()
 		if cp.closed {
 			cp.mu.Unlock()
-			return nil, ErrUpstreamConnect
+			return ErrUpstreamConnect
 		}
-		if mine != nil && mine.dialErr != nil {
+		if done, err := grab(); done {
 			cp.mu.Unlock()
-			return nil, mine.dialErr
-		}
-		if uc := cp.take(host, limit, cl); uc != nil {
-			cp.mu.Unlock()
-			return uc, nil
-		}
-		if mine != nil && mine.cc != nil {
-			mine = nil // established, and taken by another request
+			return err
 		}
 		if !pending {
-			if cp.pending >= cb.MaxPendingRequests {
+			if cp.pending >= maxPending {
 				cp.mu.Unlock()
 				st.rqPendingOverflow.Add(1)
-				return nil, errOverflow
+				return errOverflow
 			}
 			cp.pending++
 			pending = true
 		}
-		if mine == nil {
-			// An HTTP/2 connection being established takes this
-			// request; else a new connection while the breaker allows
-			// (or the endpoint has none).
-			connecting := false
-			if http2 {
-				for _, uc := range cp.hosts[host] {
-					connecting = connecting || uc.cc == nil && !uc.gone && !uc.tcp
-				}
-			}
-			if !connecting {
-				cp.reapLocked()
-				if cp.open >= cb.MaxConnections && len(cp.hosts[host]) > 0 {
-					// An idle connection to another endpoint (one EDS
-					// may have removed) makes room rather than hold
-					// this request back.
-					if cc := cp.evictIdleLocked(host); cc != nil {
-						cp.mu.Unlock()
-						cc.Close()
-						continue
-					}
-				}
-				switch {
-				case cp.open < cb.MaxConnections || len(cp.hosts[host]) == 0:
-					if cp.open >= cb.MaxConnections && !overflowed {
-						st.cxOverflow.Add(1)
-					}
-					mine = cp.dial(ctx, cl, tr, host, http2, st)
-				case !overflowed:
-					overflowed = true
-					st.cxOverflow.Add(1)
-				}
-			}
+		var after func()
+		if prepare != nil {
+			after = prepare()
 		}
 		cp.mu.Unlock()
+		if after != nil {
+			after()
+			continue
+		}
 		select {
 		case <-wait:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
 	}
 }
@@ -271,7 +360,20 @@ func (cp *connPool) dial(ctx context.Context, cl *config.Cluster, tr *http.Trans
 	// the request's values (the endpoint to reach) but not its end.
 	dctx := context.WithoutCancel(ctx)
 	go func() {
-		cc, err := tr.NewClientConn(dctx, "http", net.JoinHostPort(host, "80"))
+		var cc poolConn
+		var err error
+		if http2 {
+			var hc *http.ClientConn
+			if hc, err = tr.NewClientConn(dctx, "http", net.JoinHostPort(host, "80")); err == nil {
+				hc.SetStateHook(func(*http.ClientConn) { cp.signal() })
+				cc = hc
+			}
+		} else {
+			var c net.Conn
+			if c, err = tr.DialContext(dctx, "tcp", net.JoinHostPort(host, "80")); err == nil {
+				cc = newH1Conn(c, host, cp.signal)
+			}
+		}
 		cp.mu.Lock()
 		if err != nil {
 			uc.dialErr = err
@@ -284,7 +386,6 @@ func (cp *connPool) dial(ctx context.Context, cl *config.Cluster, tr *http.Trans
 			return
 		} else {
 			uc.cc = cc
-			cc.SetStateHook(func(*http.ClientConn) { cp.signal() })
 			if d := cl.Pool.MaxConnectionDuration; d > 0 {
 				uc.maxAge = time.AfterFunc(d, func() { cp.expire(uc, st) })
 			}
@@ -302,7 +403,7 @@ func (cp *connPool) dial(ctx context.Context, cl *config.Cluster, tr *http.Trans
 func (cp *connPool) done(uc *upConn, cl *config.Cluster, st *clusterCounters) {
 	cp.mu.Lock()
 	uc.active--
-	var closeCC *http.ClientConn
+	var closeCC poolConn
 	switch {
 	case uc.active == 0 && uc.draining && !uc.gone:
 		if n := cl.Pool.MaxRequestsPerConnection; n > 0 && uc.served >= n {
@@ -356,7 +457,7 @@ func (cp *connPool) expire(uc *upConn, st *clusterCounters) {
 	}
 	st.cxMaxDuration.Add(1)
 	uc.draining = true
-	var cc *http.ClientConn
+	var cc poolConn
 	if uc.active == 0 {
 		cc = uc.cc
 		cp.removeLocked(uc)
@@ -397,7 +498,7 @@ func (cp *connPool) removeLocked(uc *upConn) {
 
 // evictIdleLocked takes an idle connection to another host than host
 // out of the pool (cp.mu held) and returns it for the caller to close.
-func (cp *connPool) evictIdleLocked(host string) *http.ClientConn {
+func (cp *connPool) evictIdleLocked(host string) poolConn {
 	for h, list := range cp.hosts {
 		if h == host {
 			continue
@@ -440,7 +541,7 @@ func (cp *connPool) stats() (open, pending int) {
 func (cp *connPool) close() {
 	cp.mu.Lock()
 	cp.closed = true
-	var ccs []*http.ClientConn
+	var ccs []poolConn
 	for _, list := range cp.hosts {
 		for _, uc := range list {
 			if uc.cc != nil {
@@ -510,21 +611,9 @@ func (p *Proxy) tcpAdmit(ctx context.Context, cl *config.Cluster) (*tcpSlot, err
 // host's connections.
 func (cp *connPool) slot(ctx context.Context, cl *config.Cluster, host string, st *clusterCounters) (*tcpSlot, error) {
 	cb := cl.CircuitBreakers
-	pending, overflowed := false, false
-	defer func() {
-		if pending {
-			cp.mu.Lock()
-			cp.pending--
-			cp.mu.Unlock()
-		}
-	}()
-	for {
-		wait := cp.waitCh()
-		cp.mu.Lock()
-		if cp.closed {
-			cp.mu.Unlock()
-			return nil, ErrUpstreamConnect
-		}
+	overflowed := false
+	var s *tcpSlot
+	grab := func() (bool, error) {
 		cp.reapLocked()
 		if cp.open < cb.MaxConnections || len(cp.hosts[host]) == 0 {
 			if cp.open >= cb.MaxConnections && !overflowed {
@@ -537,29 +626,19 @@ func (cp *connPool) slot(ctx context.Context, cl *config.Cluster, host string, s
 			cp.hosts[host] = append(cp.hosts[host], uc)
 			cp.open++
 			st.cxTotal.Add(1)
-			cp.mu.Unlock()
-			return &tcpSlot{cp, uc}, nil
+			s = &tcpSlot{cp, uc}
+			return true, nil
 		}
 		if !overflowed {
 			overflowed = true
 			st.cxOverflow.Add(1)
 		}
-		if !pending {
-			if cp.pending >= cb.MaxPendingRequests {
-				cp.mu.Unlock()
-				st.rqPendingOverflow.Add(1)
-				return nil, errOverflow
-			}
-			cp.pending++
-			pending = true
-		}
-		cp.mu.Unlock()
-		select {
-		case <-wait:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+		return false, nil
 	}
+	if err := cp.admit(ctx, cb.MaxPendingRequests, st, grab, nil); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // tcpHost keys a cluster's tcp_proxy connections in its pool: tcp_proxy

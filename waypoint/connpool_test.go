@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -419,4 +420,52 @@ func TestIdleConnectionMakesRoom(t *testing.T) {
 		t.Fatal("fourth request waits: the idle connection did not make room")
 	}
 	wantStats(t, stats(), map[string]uint64{"upstream_cx_total": 3, "upstream_rq_pending_active": 0})
+}
+
+// TestUpstreamClosesKeptAlive: pods that answer one request per
+// connection and then close it without saying so (as a server with a
+// short keep-alive timeout does). A GET sent on such a connection
+// before the close was seen goes once more on a new one; a connection
+// closed while idle leaves the pool (the idle watcher sees the close)
+// before a POST, which is not sent twice, would go on it.
+func TestUpstreamClosesKeptAlive(t *testing.T) {
+	e := newEnv(t, resConfig(nil))
+	_, stats := e.adminStats(t)
+	for _, h := range []byte{11, 12} {
+		ln, err := net.Listen("tcp", netip.AddrPortFrom(e.ip(h), 8181).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					br := bufio.NewReader(c)
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}()
+			}
+		}()
+	}
+	c := e.resClient(t)
+	for range 6 {
+		expectStatus(t, c.do(t, get(t, "/")), http.StatusOK)
+	}
+	for range 4 {
+		awaitStatEq(t, stats, "upstream_cx_active", 0)
+		req, err := http.NewRequest(http.MethodPost, "http://"+host+"/", strings.NewReader("body"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		expectStatus(t, c.do(t, req), http.StatusOK)
+	}
 }

@@ -1,7 +1,6 @@
 package waypoint
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"sync"
@@ -85,7 +84,7 @@ func (b *replayBody) reader() io.ReadCloser {
 	if b.err == io.EOF && !b.overflow {
 		kept := b.kept
 		b.mu.Unlock()
-		return io.NopCloser(bytes.NewReader(kept))
+		return &memBody{b: kept}
 	}
 	b.readers = append(b.readers, r)
 	b.mu.Unlock()
