@@ -37,22 +37,39 @@ func ExtendedConnect() bool {
 // http2xconnect (either way); it returns only when it does not exec, or
 // when exec fails.
 func ExecWithExtendedConnect() error {
-	godebug := os.Getenv("GODEBUG")
-	if strings.Contains(godebug, "http2xconnect=") {
+	if strings.Contains(os.Getenv("GODEBUG"), "http2xconnect=") {
 		return nil
-	}
-	if godebug != "" {
-		godebug += ","
 	}
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find executable: %w", err)
 	}
-	env := append(os.Environ(), "GODEBUG="+godebug+"http2xconnect=1")
-	if err := syscall.Exec(exe, os.Args, env); err != nil {
+	if err := syscall.Exec(exe, os.Args, extendedConnectEnv(os.Environ())); err != nil {
 		return fmt.Errorf("exec %s with GODEBUG http2xconnect=1: %w", exe, err)
 	}
 	return nil
+}
+
+// extendedConnectEnv is environ with http2xconnect=1 added to its
+// GODEBUG. The entry is replaced, not added beside it: a process reads
+// the first of two (os.Getenv), so a pod that set GODEBUG had the
+// waypoint exec itself again and again, never starting.
+func extendedConnectEnv(environ []string) []string {
+	out := make([]string, 0, len(environ)+1)
+	godebug, seen := "", false
+	for _, kv := range environ {
+		if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+			if !seen {
+				godebug, seen = v, true
+			}
+			continue
+		}
+		out = append(out, kv)
+	}
+	if godebug != "" {
+		godebug += ","
+	}
+	return append(out, "GODEBUG="+godebug+"http2xconnect=1")
 }
 
 // extendedConnect turns an extended CONNECT into the HTTP/1.1 upgrade
