@@ -44,6 +44,22 @@ func TestCleanStale(t *testing.T) {
 		}
 		t.Cleanup(func() { netns.Delete(name) })
 	}
+	// A live lab whose directory is elsewhere (its process had another
+	// TMPDIR) is known by its registry entry; a dead owner's entry goes.
+	const elsewhere = "e15e00"
+	if err := register(elsewhere); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(filepath.Join(registryDir, elsewhere)) })
+	if _, err := netns.Create(NamePrefix + elsewhere + "-node1"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netns.Delete(NamePrefix + elsewhere + "-node1") })
+	deadEntry := filepath.Join(registryDir, "deadbe")
+	if err := os.WriteFile(deadEntry, []byte(strconv.Itoa(dead.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(deadEntry) })
 	// Another test's namespace with the prefix but no lab id is not a lab.
 	other := NamePrefix + "othertest-" + strconv.Itoa(os.Getpid())
 	if _, err := netns.Create(other); err != nil {
@@ -55,6 +71,12 @@ func TestCleanStale(t *testing.T) {
 	}
 	if _, err := netns.Open(other); err != nil {
 		t.Errorf("namespace %s of another test: got removed (%v), want left alone", other, err)
+	}
+	if _, err := netns.Open(NamePrefix + elsewhere + "-node1"); err != nil {
+		t.Errorf("live lab %s registered with its directory elsewhere: namespace removed (%v), want left alone", elsewhere, err)
+	}
+	if _, err := os.Stat(deadEntry); err == nil {
+		t.Errorf("registry entry %s of a dead owner: still there", deadEntry)
 	}
 	for _, l := range labs {
 		_, err := netns.Open(NamePrefix + l.id + "-node1")

@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -181,6 +182,9 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	l.Dir = cfg.Dir
 	l.cfg = cfg
 	if err := os.WriteFile(filepath.Join(l.Dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, fmt.Errorf("start lab: %w", err)
+	}
+	if err := register(l.ID); err != nil {
 		return nil, fmt.Errorf("start lab: %w", err)
 	}
 	// An interrupted test run cannot clean up after itself; the next lab
@@ -491,6 +495,9 @@ func (l *Lab) close() error {
 		}
 	}
 	errs = append(errs, removePins(l.ID))
+	if err := os.Remove(filepath.Join(registryDir, l.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("unregister lab: %w", err))
+	}
 	if l.Dir != "" && os.Getenv("AMBIT_LAB_KEEP_DIR") == "" {
 		if err := os.RemoveAll(l.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove lab dir: %w", err))
@@ -600,15 +607,55 @@ func removePins(id string) error {
 // lab.
 const ownerFile = "owner"
 
+// registryDir holds a file per running lab, named by its id and holding
+// its owner's pid. A lab's directory is under its process's TMPDIR, or
+// Config.Dir anywhere, so another process's CleanStale cannot find it
+// there: without the registry it took a live lab run with another
+// TMPDIR for a stale one and deleted its namespaces.
+const registryDir = "/run/ambit-labs"
+
+func register(id string) error {
+	if err := os.MkdirAll(registryDir, 0o755); err != nil {
+		return fmt.Errorf("register lab: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(registryDir, id), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return fmt.Errorf("register lab: %w", err)
+	}
+	return nil
+}
+
+// registered returns the ids of the labs whose owners live, and removes
+// the others' entries.
+func registered() map[string]bool {
+	live := map[string]bool{}
+	entries, _ := os.ReadDir(registryDir)
+	for _, e := range entries {
+		path := filepath.Join(registryDir, e.Name())
+		data, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && processAlive(pid) {
+			live[e.Name()] = true
+			continue
+		}
+		os.Remove(path)
+	}
+	return live
+}
+
 // CleanStale removes labs whose owning process is gone: their namespaces,
 // processes and directories. Labs of live processes are left alone, so it
 // is safe while other labs run.
 func CleanStale() error {
-	live := map[string]bool{}
+	live := registered()
 	var errs []error
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "ambit-lab-*"))
 	for _, d := range dirs {
 		id, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), "ambit-lab-"), "-")
+		if live[id] {
+			continue
+		}
 		data, err := os.ReadFile(filepath.Join(d, ownerFile))
 		if err == nil {
 			if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && processAlive(pid) {
