@@ -386,7 +386,12 @@ func (p *Proxy) transportFor(cl *config.Cluster, req *http.Request, upgrade stri
 // rewritten path and host, body the try's body.
 func (p *Proxy) upstreamRequest(ctx context.Context, req *http.Request, snap *config.Snapshot, cl *config.Cluster, ep *config.Endpoint,
 	share *connInfo, rt *config.Route, wc *config.WeightedCluster, uri, hostRewrite, upgrade string, body io.ReadCloser) *http.Request {
-	out := req.Clone(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share}))
+	// A shallow copy with its own header map: everything else the try
+	// changes it replaces (URL, Host, Body, Trailer). Request.Clone also
+	// deep-copied the URL, the trailer map and the forms (it was 5 % of
+	// a CPU profile at 1,000 req/s).
+	out := req.WithContext(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share}))
+	out.Header = req.Header.Clone()
 	// A downstream "Connection: close" ends the downstream connection
 	// only: the upstream connection stays in the pool (as Envoy's), or
 	// every such request would cost a new tunnel to the endpoint.
