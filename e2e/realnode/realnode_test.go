@@ -259,7 +259,7 @@ func TestRealNodeCleanStale(t *testing.T) {
 	if err := dead.Run(); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(l.Dir, "owner"), []byte(fmt.Sprint(dead.Process.Pid)), 0o644); err != nil {
+	if err := l.SetOwner(dead.Process.Pid); err != nil {
 		t.Fatal(err)
 	}
 	if err := lab.CleanStale(); err != nil {

@@ -47,7 +47,7 @@ func TestCleanStale(t *testing.T) {
 	// A live lab whose directory is elsewhere (its process had another
 	// TMPDIR) is known by its registry entry; a dead owner's entry goes.
 	const elsewhere = "e15e00"
-	if err := register(elsewhere); err != nil {
+	if err := register(elsewhere, os.Getpid()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Remove(filepath.Join(registryDir, elsewhere)) })

@@ -181,10 +181,7 @@ func Start(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	}
 	l.Dir = cfg.Dir
 	l.cfg = cfg
-	if err := os.WriteFile(filepath.Join(l.Dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		return nil, fmt.Errorf("start lab: %w", err)
-	}
-	if err := register(l.ID); err != nil {
+	if err := l.SetOwner(os.Getpid()); err != nil {
 		return nil, fmt.Errorf("start lab: %w", err)
 	}
 	// An interrupted test run cannot clean up after itself; the next lab
@@ -614,11 +611,21 @@ const ownerFile = "owner"
 // TMPDIR for a stale one and deleted its namespaces.
 const registryDir = "/run/ambit-labs"
 
-func register(id string) error {
+// SetOwner records pid as the lab's owner, in its directory and in the
+// registry of running labs: CleanStale takes the lab for a stale one
+// once that process is gone (tests of CleanStale orphan a lab so).
+func (l *Lab) SetOwner(pid int) error {
+	if err := os.WriteFile(filepath.Join(l.Dir, ownerFile), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		return fmt.Errorf("set lab owner: %w", err)
+	}
+	return register(l.ID, pid)
+}
+
+func register(id string, pid int) error {
 	if err := os.MkdirAll(registryDir, 0o755); err != nil {
 		return fmt.Errorf("register lab: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(registryDir, id), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(registryDir, id), []byte(strconv.Itoa(pid)), 0o644); err != nil {
 		return fmt.Errorf("register lab: %w", err)
 	}
 	return nil
