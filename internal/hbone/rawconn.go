@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -34,6 +35,21 @@ import (
 type rawConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
+	// in and out hold each direction's call, their functions made once:
+	// a closure per call, passed to RawConn, cost three allocations per
+	// read and per write on the tunnel.
+	in, out rawCall
+}
+
+// rawCall is one direction's system call: p the buffer, n and errno
+// what the call left. mu makes concurrent calls of one direction wait
+// their turn (the fd's own lock covers only the function).
+type rawCall struct {
+	mu    sync.Mutex
+	p     []byte
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool
 }
 
 // direct returns c reading and writing with raw system calls if it is a
@@ -47,31 +63,60 @@ func direct(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &rawConn{TCPConn: tc, rc: rc}
+	r := &rawConn{TCPConn: tc, rc: rc}
+	r.in.fn = r.in.read
+	r.out.fn = r.out.write
+	return r
+}
+
+// read is one read(2), false (wait, then again) on EAGAIN.
+func (k *rawCall) read(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&k.p[0])), uintptr(len(k.p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		case 0:
+			k.n = int(r)
+		default:
+			k.errno = e
+		}
+		return true
+	}
+}
+
+// write writes all of p, false (wait, then on) on EAGAIN.
+func (k *rawCall) write(fd uintptr) bool {
+	for k.n < len(k.p) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&k.p[k.n])), uintptr(len(k.p)-k.n))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		case 0:
+			k.n += int(r)
+		default:
+			k.errno = e
+			return true
+		}
+	}
+	return true
 }
 
 func (c *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			case 0:
-				n = int(r)
-			default:
-				errno = e
-			}
-			return true
-		}
-	})
+	k := &c.in
+	k.mu.Lock()
+	k.p, k.n, k.errno = p, 0, 0
+	err := c.rc.Read(k.fn)
+	n, errno := k.n, k.errno
+	k.p = nil
+	k.mu.Unlock()
 	switch {
 	case err != nil:
 		return 0, c.opError("read", err)
@@ -84,25 +129,13 @@ func (c *rawConn) Read(p []byte) (int, error) {
 }
 
 func (c *rawConn) Write(p []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n))
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			case 0:
-				n += int(r)
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+	k := &c.out
+	k.mu.Lock()
+	k.p, k.n, k.errno = p, 0, 0
+	err := c.rc.Write(k.fn)
+	n, errno := k.n, k.errno
+	k.p = nil
+	k.mu.Unlock()
 	switch {
 	case err != nil:
 		return n, c.opError("write", err)
