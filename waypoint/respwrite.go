@@ -120,7 +120,7 @@ func writeResponse(w *bufio.Writer, resp *http.Response) (closeConn bool, err er
 		}
 	}
 	writeHeaderLines(w, resp.Header, true, "")
-	if cl == 0 && !isChunkedTE(resp.TransferEncoding) && !sendLen {
+	if cl == 0 && !isChunkedTE(resp.TransferEncoding) && !sendLen && statusHasBody(resp.StatusCode) {
 		w.WriteString("Content-Length: 0\r\n")
 	}
 	if _, err := w.WriteString("\r\n"); err != nil {
