@@ -64,17 +64,17 @@ func writeResponse(w *bufio.Writer, resp *http.Response) (closeConn bool, err er
 		body = resp.Body
 	}
 	cl := resp.ContentLength
-	var one [1]byte
-	probed := 0
+	var first []byte // the byte read ahead
 	if cl == 0 && body != nil {
-		n, err := body.Read(one[:])
+		one := make([]byte, 1)
+		n, err := body.Read(one)
 		if err != nil && err != io.EOF {
 			return closing, err
 		}
 		if n == 0 {
 			body = http.NoBody
 		} else {
-			cl, probed = -1, 1
+			cl, first = -1, one
 		}
 	}
 	at11 := resp.ProtoAtLeast(1, 1)
@@ -133,7 +133,7 @@ func writeResponse(w *bufio.Writer, resp *http.Response) (closeConn bool, err er
 		if chunked {
 			limit = -1
 		}
-		n, err = copyBody(w, tBody, one[:probed], chunked, limit)
+		n, err = copyBody(w, tBody, first, chunked, limit)
 		if err == nil && chunked {
 			_, err = w.WriteString("0\r\n")
 		}
@@ -171,13 +171,15 @@ func writeStatusLine(w *bufio.Writer, major, minor, code int, status string) {
 		w.Write(strconv.AppendInt(w.AvailableBuffer(), int64(minor), 10))
 		w.WriteByte(' ')
 	}
+	// (digits only compared: written from w's own buffer, it stays on
+	// the stack.)
 	var digits [20]byte
 	d := strconv.AppendInt(digits[:0], int64(code), 10)
 	if code >= 0 && code < 1000 {
 		for i := len(d); i < 3; i++ {
 			w.WriteByte('0')
 		}
-		w.Write(d)
+		w.Write(strconv.AppendInt(w.AvailableBuffer(), int64(code), 10))
 	} else {
 		fmt.Fprintf(w, "%03d", code)
 	}
@@ -188,7 +190,7 @@ func writeStatusLine(w *bufio.Writer, major, minor, code int, status string) {
 			w.WriteString(text)
 		} else {
 			w.WriteString("status code ")
-			w.Write(d)
+			w.Write(strconv.AppendInt(w.AvailableBuffer(), int64(code), 10))
 		}
 	case len(status) > len(d) && status[len(d)] == ' ' && status[:len(d)] == string(d):
 		w.WriteString(status[len(d)+1:])
