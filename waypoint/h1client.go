@@ -332,8 +332,8 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 	rd.Reset(&c.lim)
 	b := &h1Body{c: c, rd: rd, stop: stop, cancelled: &cancelled, ctx: ctx, wrote: wrote}
 	for {
-		resp, err = c.head.read(rd, req, &b.body)
-		if err != nil {
+		resp = &b.resp
+		if err = c.head.read(rd, req, resp, &b.body); err != nil {
 			rd.Reset(nil)
 			readers.Put(rd)
 			if c.lim.read == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)) {
@@ -369,7 +369,9 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 // request written whole) or ends it.
 type h1Body struct {
 	c *h1Conn
-	// body reads the body's bytes as the response's head framed them.
+	// resp is the response; body reads its bytes as its head framed
+	// them.
+	resp      http.Response
 	body      respBody
 	rd        *bufio.Reader
 	stop      func() bool

@@ -161,27 +161,32 @@ func (b *respBody) readTrailer() error {
 // req) (for tests; h1Conn keeps a respReader and its body's framing).
 func readResponse(rd *bufio.Reader, req *http.Request) (*http.Response, error) {
 	var p respReader
-	return p.read(rd, req, new(respBody))
+	resp := new(http.Response)
+	if err := p.read(rd, req, resp, new(respBody)); err != nil {
+		return nil, err
+	}
+	return resp, nil
 }
 
-// read reads a response head from rd; body is set up as its body
-// (resp.Body, unless the response has none: http.NoBody).
-func (p *respReader) read(rd *bufio.Reader, req *http.Request, body *respBody) (*http.Response, error) {
+// read reads a response head from rd into resp (h1Body holds both, so
+// that a response costs one allocation less); body is set up as its
+// body (resp.Body, unless the response has none: http.NoBody).
+func (p *respReader) read(rd *bufio.Reader, req *http.Request, resp *http.Response, body *respBody) error {
 	p.slab, p.fields = p.slab[:0], p.fields[:0]
 	defer p.release()
 	line, err := p.readLine(rd, false, -1)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	resp := &http.Response{Request: req}
+	*resp = http.Response{Request: req}
 	proto, rest, ok := bytes.Cut(line, []byte{' '})
 	if !ok {
-		return nil, fmt.Errorf("malformed HTTP response %q", clip(line))
+		return fmt.Errorf("malformed HTTP response %q", clip(line))
 	}
 	rest = bytes.TrimLeft(rest, " ")
 	code, _, _ := bytes.Cut(rest, []byte{' '})
 	if len(code) != 3 || !asciiDigit(code[0]) || !asciiDigit(code[1]) || !asciiDigit(code[2]) {
-		return nil, fmt.Errorf("malformed HTTP status code %q", clip(code))
+		return fmt.Errorf("malformed HTTP status code %q", clip(code))
 	}
 	resp.StatusCode = int(code[0]-'0')*100 + int(code[1]-'0')*10 + int(code[2]-'0')
 	switch {
@@ -192,17 +197,17 @@ func (p *respReader) read(rd *bufio.Reader, req *http.Request, body *respBody) (
 	case len(proto) == 8 && string(proto[:7]) == "HTTP/1." && asciiDigit(proto[7]):
 		resp.Proto, resp.ProtoMajor, resp.ProtoMinor = string(proto), 1, int(proto[7]-'0')
 	default:
-		return nil, fmt.Errorf("malformed HTTP version %q", clip(proto))
+		return fmt.Errorf("malformed HTTP version %q", clip(proto))
 	}
 	for _, c := range rest {
 		if c < ' ' && c != '\t' || c == 0x7f {
-			return nil, fmt.Errorf("malformed HTTP status %q", clip(rest))
+			return fmt.Errorf("malformed HTTP status %q", clip(rest))
 		}
 	}
 	p.slab = append(p.slab, rest...)
 	statusEnd := len(p.slab)
 	if err := p.readFields(rd, false, -1); err != nil {
-		return nil, err
+		return err
 	}
 	h, s, te := p.header(true)
 	resp.Status = s[:statusEnd]
@@ -213,9 +218,9 @@ func (p *respReader) read(rd *bufio.Reader, req *http.Request, body *respBody) (
 		}
 	}
 	if err := setFraming(resp, req, body, rd, p, te); err != nil {
-		return nil, err
+		return err
 	}
-	return resp, nil
+	return nil
 }
 
 // setFraming reads the body's framing from resp's header, as net/http's
