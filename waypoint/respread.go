@@ -416,17 +416,17 @@ func (p *respReader) readFields(rd *bufio.Reader, crlf bool, limit int) error {
 			v = v[:len(v)-1]
 		}
 		f := respField{k0: len(p.slab)}
+		p.slab = append(p.slab, name...)
+		f.k1 = len(p.slab)
 		upper := true
-		for _, c := range name {
+		for i, c := range p.slab[f.k0:f.k1] {
 			if upper && 'a' <= c && c <= 'z' {
-				c -= 'a' - 'A'
+				p.slab[f.k0+i] = c - ('a' - 'A')
 			} else if !upper && 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
+				p.slab[f.k0+i] = c + ('a' - 'A')
 			}
-			p.slab = append(p.slab, c)
 			upper = c == '-'
 		}
-		f.k1 = len(p.slab)
 		p.slab = append(p.slab, v...)
 		f.v0, f.v1 = f.k1, len(p.slab)
 		p.fields = append(p.fields, f)
@@ -515,9 +515,14 @@ func (p *respReader) release() {
 func asciiDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 // tcharByte: c may be in a field name (RFC 9110 tchar).
-func tcharByte(c byte) bool {
-	return c < 0x80 && httpguts.IsTokenRune(rune(c))
-}
+func tcharByte(c byte) bool { return tchars[c] }
+
+var tchars = func() (t [256]bool) {
+	for c := range 0x80 {
+		t[c] = httpguts.IsTokenRune(rune(c))
+	}
+	return t
+}()
 
 // clip is at most the first 80 bytes of b, for an error.
 func clip(b []byte) []byte {
