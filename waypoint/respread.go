@@ -15,24 +15,24 @@ import (
 )
 
 // The waypoint's own HTTP/1.x response head parser, for the answers of
-// its HTTP/1 upstreams (h1client.go). It takes what http.ReadResponse
-// takes and makes the same Response of it (status, canonical header
-// names, the framing of the body, Close, trailers), and refuses what
-// ReadResponse refuses (a fuzz target holds it to both:
-// FuzzResponseHead). What it leaves out is the garbage
-// (docs/performance.md, "the waypoint's own HTTP/1 response head"):
-// ReadResponse makes a string of each line, of each value and of each
-// uncommon name, a transferReader and a body; here the status text,
-// names and values of a head are copied into one string, the values
-// cut from one slice, and the body's framing is a value the caller
-// holds (h1Body).
+// its HTTP/1 upstreams (h1client.go). What it takes, it reads into the
+// Response http.ReadResponse makes of it (status, canonical header
+// names, the framing of the body, Close, trailers, and the same bytes
+// left on the connection); what ReadResponse refuses, it refuses
+// (FuzzResponseHead holds it to both). What it leaves out is the
+// garbage (docs/performance.md, "The waypoint's own HTTP/1 response
+// head"): ReadResponse makes a string of the status line, of each value
+// and of each uncommon name, a transferReader and a body; here the
+// status text, names and values of a head are copied into one string,
+// the values cut from one slice, and the Response and its body's
+// framing are part of the caller's h1Body.
 //
-// It is stricter than ReadResponse where ReadResponse takes what RFC
-// 9112 does not: a status code not of three digits ("+99"), a version
-// other than HTTP/1.x, a control character in the reason phrase, a
-// field name that is not a token (ReadResponse takes a space in one),
-// a folded field line (obs-fold, which RFC 9112 section 5.2 lets a
-// proxy refuse), and trailers not in CRLF lines.
+// It refuses some of what ReadResponse takes: a status code that is not
+// three digits ("+99"), a version other than HTTP/1.x, a control
+// character in the reason phrase, a field name that is not a token
+// (ReadResponse takes a space in one), a folded field line (obs-fold,
+// which RFC 9112 section 5.2 lets a proxy refuse), and trailers not in
+// CRLF lines.
 
 // respReader reads response heads: one per connection, its scratch
 // kept from one response to the next.

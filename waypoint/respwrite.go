@@ -16,7 +16,7 @@ import (
 // downstream (proxied answers, local replies, a 101). It writes what
 // net/http's Response.Write writes, byte for byte: the same status
 // line, framing and header order, values cleaned the same way. What it
-// leaves out is the cost (docs/performance.md, "the waypoint's own
+// leaves out is the cost (docs/performance.md, "The waypoint's own
 // HTTP/1 response head"): Response.Write copies the response, formats
 // the status line with fmt, builds a transferWriter, sorts the header
 // keys in a pooled sorter and copies each cleaned value through a
