@@ -233,9 +233,11 @@ func TestInstall(t *testing.T) {
 
 	// The node agent goes away (its DaemonSet no longer selects the node,
 	// an ordinary restart as far as the node can tell): the plugin stays
-	// chained, and a pod of the ambient namespace that starts meanwhile is
+	// chained, a pod of the ambient namespace that starts meanwhile is
 	// refused by the plugin with a clear error, never started outside the
-	// mesh; back, the agent enrols it on the kubelet's retry.
+	// mesh, and a pod outside the mesh starts (the plugin's credentials,
+	// bound to the node, outlive the agent's pod); back, the agent enrols
+	// the refused pod on the kubelet's retry.
 	c.must(t, c.kubectl, "patch", "daemonset", "-n", ReleaseNamespace, "ambit-cni-agent", "--type=merge", "-p", `{"spec":{"template":{"spec":{"nodeSelector":{"ambit.dev/test-away":"true"}}}}}`)
 	if err := retry(ctx, 2*time.Minute, func() error {
 		out, err := c.run(ctx, c.kubectl, "get", "pods", "-n", ReleaseNamespace, "-l", "app=ambit-cni-agent", "-o", "name")
@@ -250,22 +252,24 @@ func TestInstall(t *testing.T) {
 		t.Errorf("conflist with the agent away: got %s (%v), want it still chained:\n%s", got, err, chained)
 	}
 	c.must(t, c.kubectl, "run", "late", "-n", AppNamespace, "--image", echoImage, "--restart=Never", "--", "serve")
+	c.must(t, c.kubectl, "run", "outside", "-n", "default", "--image", echoImage, "--restart=Never", "--", "serve")
 	if err := retry(ctx, 2*time.Minute, func() error {
 		out, err := c.run(ctx, c.kubectl, "get", "events", "-n", AppNamespace, "--field-selector", "involvedObject.name=late,reason=FailedCreatePodSandBox", "-o", "jsonpath={.items[*].message}")
 		if err != nil {
 			return err
 		}
-		// Either refusal: the agent's, or, when the credentials the
-		// agent left the plugin were bound to the agent's deleted pod,
-		// the plugin's own (it cannot read the pod's labels to decide).
-		if !strings.Contains(out, "ambit-cni: pod bookinfo/late is in the ambient mesh but its redirection could not be set up") &&
-			!strings.Contains(out, "ambit-cni: decide enrolment of pod bookinfo/late") {
+		if !strings.Contains(out, "ambit-cni: pod bookinfo/late is in the ambient mesh but its redirection could not be set up") {
 			return fmt.Errorf("events of pod late: got %q, want the plugin's refusal", out)
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
+	if out, err := c.run(ctx, c.kubectl, "wait", "-n", "default", "--for=condition=Ready", "pod/outside", "--timeout=2m"); err != nil {
+		events, _ := c.run(ctx, c.kubectl, "get", "events", "-n", "default", "--field-selector", "involvedObject.name=outside", "-o", "jsonpath={.items[*].message}")
+		t.Errorf("pod outside the mesh with the agent away: %v %s; want it Ready (events: %s)", err, out, events)
+	}
+	c.must(t, c.kubectl, "delete", "pod", "-n", "default", "outside", "--wait=true")
 	if phase := c.must(t, c.kubectl, "get", "pod", "-n", AppNamespace, "late", "-o", "jsonpath={.status.phase}"); phase != "Pending" {
 		t.Errorf("pod late with the agent away: got phase %q, want Pending", phase)
 	}

@@ -36,6 +36,7 @@ func run() error {
 		cfg              agent.Config
 		kubeconfig       string
 		pluginKubeconfig string
+		pluginSA         types.NamespacedName
 		uninstall        bool
 	)
 	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
@@ -53,6 +54,14 @@ func run() error {
 		return err
 	})
 	flag.StringVar(&cfg.MonitorAddr, "monitor-addr", ":15029", "address of /readyz and /metrics")
+	flag.Func("plugin-service-account", "the plugin's own service account, <namespace>/<name>: in a cluster, the agent requests the plugin's tokens for it, bound to this node (default: the plugin gets the agent's own credentials)", func(s string) error {
+		ns, name, ok := strings.Cut(s, "/")
+		if !ok || ns == "" || name == "" {
+			return fmt.Errorf("plugin service account %q: want <namespace>/<name>", s)
+		}
+		pluginSA = types.NamespacedName{Namespace: ns, Name: name}
+		return nil
+	})
 	flag.BoolVar(&uninstall, "uninstall", false, "remove Ambit from the node and exit")
 	flag.Func("daemonset", "the agent's own DaemonSet, <namespace>/<name>: when it stops after the DaemonSet is deleted, the agent removes Ambit from the node (default: never)", func(s string) error {
 		ns, name, ok := strings.Cut(s, "/")
@@ -93,9 +102,13 @@ func run() error {
 		cfg.PluginKubeconfig = agent.PluginKubeconfigFile(pluginKubeconfig)
 	case kubeconfig != "":
 		cfg.PluginKubeconfig = agent.PluginKubeconfigFile(kubeconfig)
+	case pluginSA.Name != "":
+		// A DaemonSet pod: the plugin gets tokens of its own account,
+		// bound to the node, so that they outlive the agent's pod.
+		cfg.PluginKubeconfig = agent.TokenRequestPluginKubeconfig(cfg.Client, rc, pluginSA, cfg.NodeName, agent.InClusterPluginKubeconfig(rc), cfg.Log)
 	default:
-		// A DaemonSet pod: the plugin gets the agent's own credentials,
-		// renewed as the kubelet rotates the token.
+		// The plugin gets the agent's own credentials, renewed as the
+		// kubelet rotates the token.
 		cfg.PluginKubeconfig = agent.InClusterPluginKubeconfig(rc)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -320,8 +320,10 @@ func TestObjects(t *testing.T) {
 	ns := namespace
 	want := []objKey{
 		{"*v1.ClusterRole", "", "ambit-cni-agent"},
+		{"*v1.ClusterRole", "", "ambit-cni-plugin"},
 		{"*v1.ClusterRole", "", "ambit-istiod"},
 		{"*v1.ClusterRoleBinding", "", "ambit-cni-agent"},
+		{"*v1.ClusterRoleBinding", "", "ambit-cni-plugin"},
 		{"*v1.ClusterRoleBinding", "", "ambit-istiod"},
 		{"*v1.ConfigMap", ns, "istio"},
 		{"*v1.DaemonSet", ns, "ambit-cni-agent"},
@@ -333,6 +335,7 @@ func TestObjects(t *testing.T) {
 		{"*v1.RoleBinding", ns, "ambit-istiod"},
 		{"*v1.Service", ns, "istiod"},
 		{"*v1.ServiceAccount", ns, "ambit-cni-agent"},
+		{"*v1.ServiceAccount", ns, "ambit-cni-plugin"},
 		{"*v1.ServiceAccount", ns, "istiod"},
 		{"*v1.ServiceAccount", ns, "ztunnel"},
 		{"*v1.ValidatingAdmissionPolicy", "", "ambit-cni-agent"},
@@ -352,12 +355,15 @@ func TestObjects(t *testing.T) {
 	// as istiod (the admission policy refused Istio's leader election).
 	dataPlane := []objKey{
 		{"*v1.ClusterRole", "", "ambit-cni-agent"},
+		{"*v1.ClusterRole", "", "ambit-cni-plugin"},
 		{"*v1.ClusterRoleBinding", "", "ambit-cni-agent"},
+		{"*v1.ClusterRoleBinding", "", "ambit-cni-plugin"},
 		{"*v1.DaemonSet", ns, "ambit-cni-agent"},
 		{"*v1.DaemonSet", ns, "ztunnel"},
 		{"*v1.Role", ns, "ambit-cni-agent"},
 		{"*v1.RoleBinding", ns, "ambit-cni-agent"},
 		{"*v1.ServiceAccount", ns, "ambit-cni-agent"},
+		{"*v1.ServiceAccount", ns, "ambit-cni-plugin"},
 		{"*v1.ServiceAccount", ns, "ztunnel"},
 		{"*v1.ValidatingAdmissionPolicy", "", "ambit-cni-agent"},
 		{"*v1.ValidatingAdmissionPolicyBinding", "", "ambit-cni-agent"},
@@ -416,9 +422,10 @@ func TestRBAC(t *testing.T) {
 		t.Errorf("node agent's ClusterRole (-want +got):\n%s", diff)
 	}
 	// Its own DaemonSet only, to take Ambit out of the node when the
-	// DaemonSet is deleted.
+	// DaemonSet is deleted; tokens of the plugin's account only.
 	wantAgentRole := []rbacv1.PolicyRule{
 		{APIGroups: names("apps"), Resources: names("daemonsets"), ResourceNames: names("ambit-cni-agent"), Verbs: names("get", "list", "watch")},
+		{APIGroups: core, Resources: names("serviceaccounts/token"), ResourceNames: names("ambit-cni-plugin"), Verbs: names("create")},
 	}
 	agentRole := get[*rbacv1.Role](t, r, "ambit-cni-agent")
 	if diff := gocmp.Diff(wantAgentRole, agentRole.Rules); diff != "" {
@@ -426,6 +433,13 @@ func TestRBAC(t *testing.T) {
 	}
 	if agentRole.Namespace != "mesh" {
 		t.Errorf("node agent's Role: got namespace %q, want the release's, mesh", agentRole.Namespace)
+	}
+	// The CNI plugin reads the new pod and its namespace, nothing more.
+	wantPlugin := []rbacv1.PolicyRule{
+		{APIGroups: core, Resources: names("pods", "namespaces"), Verbs: names("get")},
+	}
+	if diff := gocmp.Diff(wantPlugin, get[*rbacv1.ClusterRole](t, r, "ambit-cni-plugin").Rules); diff != "" {
+		t.Errorf("CNI plugin's ClusterRole (-want +got):\n%s", diff)
 	}
 
 	// Every binding names a rendered role and a rendered service account;
@@ -459,7 +473,7 @@ func TestRBAC(t *testing.T) {
 	if got, ok := bound["ztunnel"]; ok {
 		t.Errorf("ztunnel: bound to %s, want no role (it never calls the API)", got)
 	}
-	for _, sa := range []string{"istiod", "ambit-cni-agent"} {
+	for _, sa := range []string{"istiod", "ambit-cni-agent", "ambit-cni-plugin"} {
 		if _, ok := bound[sa]; !ok {
 			t.Errorf("service account %s: bound to nothing", sa)
 		}
