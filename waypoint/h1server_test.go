@@ -392,3 +392,43 @@ func BenchmarkRequestHead(b *testing.B) {
 		}
 	})
 }
+
+// TestRequestHeadCombinations compares readRequest with net/http on
+// every request line of a set with every pair of header lines of a
+// set, the lines chosen where parsers disagree (framing, folding,
+// whitespace, Host, case), each followed by a body and a next request.
+func TestRequestHeadCombinations(t *testing.T) {
+	lines := []string{
+		"GET / HTTP/1.1", "POST /a?b HTTP/1.1", "POST http://h:1/p HTTP/1.1", "PUT /x HTTP/1.0",
+		"CONNECT h:443 HTTP/1.1", "OPTIONS * HTTP/1.1", "PRI * HTTP/2.0", "POST / HTTP/0.0", "POST / HTTP/1.2",
+	}
+	fields := []string{
+		"", "Host: h", "host: h:80", "Host: ", "Host: [::1]:8", "Host: a_b",
+		"Content-Length: 3", "content-length: 03", "Content-Length: 3 ", "Content-Length: 4", "Content-Length: -1", "Content-Length: 3,3",
+		"Transfer-Encoding: chunked", "transfer-encoding: CHUNKED", "Transfer-Encoding: chunked, identity", "Transfer-Encoding: identity",
+		"Trailer: x-t", "Connection: close", "Connection: keep-alive", "Pragma: no-cache", "Cache-Control: max-age=1",
+		"X-A: 1\r\n 2", "X-A:\r\n\t3", "X-A: b\r\nx-a: c", " folded: 1", "NoColon", "X\tA: 1", "X-A : 1", "X-A: \x01",
+	}
+	bodies := []string{"abc", "3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n", "0\r\n\r\n"}
+	n, took := 0, 0
+	for _, l := range lines {
+		for _, f1 := range fields {
+			for _, f2 := range fields {
+				for _, body := range bodies {
+					head := l + "\r\n"
+					for _, f := range []string{f1, f2} {
+						if f != "" {
+							head += f + "\r\n"
+						}
+					}
+					in := head + "\r\n" + body + "GET /next HTTP/1.1\r\nHost: n\r\n\r\n"
+					if compareWithNetHTTP(t, []byte(in)) == nil {
+						took++
+					}
+					n++
+				}
+			}
+		}
+	}
+	t.Logf("%d heads compared, %d taken", n, took)
+}
