@@ -56,6 +56,15 @@ import (
 //   - a Host header that is not a valid authority (net/http's server and
 //     Envoy's request header checks).
 //
+// On request smuggling: the body's framing is net/http's, so a client
+// that frames a request one way cannot have it read another way here;
+// every framing net/http and Envoy could read differently is refused
+// above, but one: Transfer-Encoding on HTTP/1.0 is ignored as net/http
+// ignores it (the request has no body, and what follows is read as the
+// next request), where Envoy reads the chunks. HTTP/1.0 reaches the
+// connection manager's filters only with accept_http_10, and without
+// Connection: keep-alive its connection closes after it.
+//
 // The errors it returns are io.EOF (the connection ended before a
 // byte), io.ErrUnexpectedEOF (in the middle of a head), the
 // connection's read error, *errHead for the limits and the smuggling
