@@ -63,14 +63,17 @@ import (
 // chunked, with the request's trailers after a chunked body; an
 // "Expect: 100-continue" request's body sent at once (the transport had
 // no ExpectContinueTimeout) and 1xx answers other than 101 skipped;
-// response heads parsed by http.ReadResponse, so chunked bodies and
-// their trailers (resp.Trailer, filled when the body ends), HEAD, 204
-// and 304 are as before.
+// response heads parsed as http.ReadResponse parses them (respread.go,
+// its own parser, held to ReadResponse by a differential fuzz target),
+// so chunked bodies and their trailers (resp.Trailer, filled when the
+// body ends), HEAD, 204 and 304 are as before.
 type h1Conn struct {
 	conn net.Conn
 	host string // for errors
 	// lim counts what a response head may still read (maxResponseHead).
 	lim limitReader
+	// head reads the response heads (its scratch kept for the next).
+	head respReader
 	// served is the requests sent on the connection.
 	served int
 	// bodyRead: the body writer has read the request's body to its end
@@ -327,9 +330,10 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 	rd := readers.Get().(*bufio.Reader)
 	c.lim.n, c.lim.read = maxResponseHead, 0
 	rd.Reset(&c.lim)
+	b := &h1Body{c: c, rd: rd, stop: stop, cancelled: &cancelled, ctx: ctx, wrote: wrote}
 	for {
-		resp, err = http.ReadResponse(rd, req)
-		if err != nil {
+		resp = &b.resp
+		if err = c.head.read(rd, req, resp, &b.body); err != nil {
 			rd.Reset(nil)
 			readers.Put(rd)
 			if c.lim.read == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)) {
@@ -351,14 +355,11 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
-		resp.Body.Close() // (a 1xx has none)
+		// (A 1xx has no body.)
 	}
 	c.lim.n = -1
-	b := &h1Body{c: c, rc: resp.Body, rd: rd, stop: stop, cancelled: &cancelled, ctx: ctx, wrote: wrote,
-		reuse: !resp.Close && resp.ProtoAtLeast(1, 1)}
-	if resp.Body == http.NoBody {
-		b.eof = true
-	}
+	b.reuse = !resp.Close && resp.ProtoAtLeast(1, 1)
+	b.eof = resp.Body == http.NoBody
 	resp.Body = b
 	return resp, nil
 }
@@ -367,8 +368,11 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 // (reusable: the body read to its end, no "Connection: close", the
 // request written whole) or ends it.
 type h1Body struct {
-	c         *h1Conn
-	rc        io.ReadCloser
+	c *h1Conn
+	// resp is the response; body reads its bytes as its head framed
+	// them.
+	resp      http.Response
+	body      respBody
 	rd        *bufio.Reader
 	stop      func() bool
 	cancelled *atomic.Bool
@@ -386,7 +390,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	if b.eof {
 		return 0, io.EOF
 	}
-	n, err := b.rc.Read(p)
+	n, err := b.body.Read(p)
 	switch {
 	case err == io.EOF:
 		b.eof = true

@@ -69,8 +69,10 @@ func (r h1Responder) protocol() string            { return "http" }
 func (r h1Responder) proxied(req *http.Request, resp *http.Response) (keep, failed bool) {
 	resp.Close = resp.Close || req.Close
 	// TransferEncoding from the upstream is the upstream hop's framing;
-	// Write frames the body for this hop.
-	if resp.ContentLength < 0 {
+	// the writer frames the body for this hop: chunked when its length
+	// is unknown, except to an HTTP/1.0 client, which reads it to the
+	// close (as net/http's server answers one; the writer then closes).
+	if resp.ContentLength < 0 && req.ProtoAtLeast(1, 1) {
 		resp.TransferEncoding = []string{"chunked"}
 	} else {
 		resp.TransferEncoding = nil
@@ -84,15 +86,14 @@ func (r h1Responder) proxied(req *http.Request, resp *http.Response) (keep, fail
 	bw := getWriter(r.c)
 	fb := newFlushingBody(resp, bw)
 	defer putWriter(bw, fb)
-	// (writerOnly: bufio's ReadFrom would hand the body's Read its own
-	// buffer, which the flush in that Read then rewrites.)
-	if err := resp.Write(writerOnly{bw}); err != nil {
+	closeConn, err := writeResponse(bw, resp)
+	if err != nil {
 		return false, true
 	}
 	if err := bw.Flush(); err != nil {
 		return false, true
 	}
-	if resp.Close {
+	if closeConn {
 		r.c.answered = true
 		return false, false
 	}

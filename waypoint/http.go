@@ -2,10 +2,8 @@ package waypoint
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"maps"
@@ -267,20 +265,42 @@ func lookupHCM(snap *config.Snapshot, listener, chain string) *config.HCM {
 	return ch.HCM
 }
 
-// writeLocal writes a response the waypoint makes itself.
+// writeLocal writes a response the waypoint makes itself, as net/http's
+// Response.Write would write it (a text/plain body of known length),
+// without building a Response and a header map for it; a status without
+// a body gets no framing and no body (respwrite.go says why).
 func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.Header, closeConn bool) error {
-	resp := &http.Response{StatusCode: status, ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{}, Request: req, Close: closeConn}
-	for k, vs := range h {
-		resp.Header[k] = vs
+	method := ""
+	if req != nil {
+		method = req.Method
 	}
+	bw := getWriter(w)
+	defer releaseWriter(bw)
+	writeStatusLine(bw, 1, 1, status, "")
+	if closeConn && !listHasToken(firstValue(h, "Connection"), "close") {
+		bw.WriteString("Connection: close\r\n")
+	}
+	// Response.Write's order: the length before the other fields for a
+	// body, or for an empty one answering POST, PUT or PATCH; after them
+	// for another empty one.
+	framed := statusHasBody(status) || method == http.MethodHead
+	first := framed && (body != "" || method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch)
+	if first {
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(body)), 10))
+		bw.WriteString("\r\n")
+	}
+	ctype := ""
 	if body != "" {
-		resp.Header.Set("Content-Type", "text/plain")
-		resp.Body = io.NopCloser(strings.NewReader(body))
+		ctype = "text/plain"
 	}
-	resp.ContentLength = int64(len(body))
-	bw := bufio.NewWriter(w)
-	if err := resp.Write(bw); err != nil {
-		return err
+	writeHeaderLines(bw, h, true, ctype)
+	if !first && statusHasBody(status) {
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	bw.WriteString("\r\n")
+	if method != http.MethodHead && statusHasBody(status) {
+		bw.WriteString(body)
 	}
 	if err := bw.Flush(); err != nil {
 		return err
@@ -688,11 +708,13 @@ func (p *Proxy) switchProtocols(c *sniffConn, resp *http.Response) bool {
 	if !ok {
 		return false
 	}
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "HTTP/1.1 101 Switching Protocols\r\n")
-	resp.Header.Write(&b)
-	b.WriteString("Connection: Upgrade\r\n\r\n")
-	if _, err := c.Write(b.Bytes()); err != nil {
+	bw := getWriter(c)
+	bw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	writeHeaderLines(bw, resp.Header, false, "")
+	bw.WriteString("Connection: Upgrade\r\n\r\n")
+	err := bw.Flush()
+	releaseWriter(bw)
+	if err != nil {
 		return false
 	}
 	done := make(chan struct{})

@@ -126,3 +126,46 @@ func TestReplayBodyBuffered(t *testing.T) {
 		t.Errorf("body over the limit: got it in memory, want it streamed through a replayReader")
 	}
 }
+
+// TestStreamTimer: each timeout cancels the request's context with
+// itself as the cause, and fired says which; stop cancels with no
+// timeout fired.
+func TestStreamTimer(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		route, idle time.Duration
+		want        error
+	}{
+		{"route", time.Millisecond, 0, errRouteTimeout},
+		{"idle", 0, time.Millisecond, errStreamIdle},
+		{"idle before route", time.Hour, time.Millisecond, errStreamIdle},
+		{"route before idle", time.Millisecond, time.Hour, errRouteTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, st := newStreamTimer(context.Background(), tc.route, tc.idle)
+			defer st.stop()
+			<-ctx.Done()
+			if got := context.Cause(ctx); got != tc.want {
+				t.Errorf("cause: got %v, want %v", got, tc.want)
+			}
+			if got := st.fired(); got != tc.want {
+				t.Errorf("fired: got %v, want %v", got, tc.want)
+			}
+		})
+	}
+	t.Run("stopped", func(t *testing.T) {
+		ctx, st := newStreamTimer(context.Background(), time.Hour, time.Hour)
+		st.touch()
+		st.stop()
+		<-ctx.Done()
+		if got := st.fired(); got != nil {
+			t.Errorf("fired: got %v, want none", got)
+		}
+		if got := context.Cause(ctx); got != context.Canceled {
+			t.Errorf("cause: got %v, want %v", got, context.Canceled)
+		}
+	})
+	if got := (*streamTimer)(nil).fired(); got != nil {
+		t.Errorf("nil timer fired: got %v, want none", got)
+	}
+}

@@ -95,28 +95,30 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 			}
 		}
 	}
-	if timeout > 0 {
+	// An upgrade's route timeout covers only the wait for the
+	// upstream's answer; it has no stream idle timeout.
+	if timeout > 0 && upgrade != "" {
 		var cancel context.CancelFunc
-		if upgrade == "" {
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-		} else {
-			ctx, cancel = context.WithCancel(ctx)
-			upgradeTimer = time.AfterFunc(timeout, cancel)
-		}
+		ctx, cancel = context.WithCancel(ctx)
+		upgradeTimer = time.AfterFunc(timeout, cancel)
 		defer cancel()
+		timeout = 0
 	}
 	// The stream idle timeout: the route's idle_timeout, else the
 	// connection manager's stream_idle_timeout; each byte of request or
-	// response body is activity.
-	var watch *idleWatch
+	// response body is activity. One timer runs both timeouts.
+	var st *streamTimer
 	touch := func() {}
-	if idle := cmpOr(a.IdleTimeout, hcm.StreamIdleTimeout); idle > 0 && upgrade == "" {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
-		watch = newIdleWatch(idle, cancel)
-		defer watch.stop()
-		touch = watch.touch
+	idle := cmpOr(a.IdleTimeout, hcm.StreamIdleTimeout)
+	if upgrade != "" {
+		idle = 0
+	}
+	if timeout > 0 || idle > 0 {
+		ctx, st = newStreamTimer(ctx, timeout, idle)
+		defer st.stop()
+		if idle > 0 {
+			touch = st.touch
+		}
 	}
 	cs := p.clusterState(cl.Name)
 	tr := p.transportFor(cl, req, upgrade)
@@ -135,10 +137,10 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		if errors.Is(err, errOverflow) {
 			return local(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "UO")
 		}
-		if watch != nil && watch.timedOut() {
+		switch why := st.fired(); {
+		case why == errStreamIdle:
 			return local(http.StatusRequestTimeout, "stream timeout", "SI")
-		}
-		if errors.Is(err, context.DeadlineExceeded) {
+		case why == errRouteTimeout || errors.Is(err, context.DeadlineExceeded):
 			return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")
 		}
 		rec.Flags = "DC"
@@ -266,10 +268,11 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		return local(http.StatusGatewayTimeout, "upstream request timeout", "UT")
 	}
 	if err != nil {
+		why := st.fired()
 		switch {
-		case watch != nil && watch.timedOut():
+		case why == errStreamIdle:
 			return local(http.StatusRequestTimeout, "stream timeout", "SI")
-		case errors.Is(err, context.DeadlineExceeded):
+		case why == errRouteTimeout || errors.Is(err, context.DeadlineExceeded):
 			cs.st.rqTimeout.Add(1)
 			return local(http.StatusGatewayTimeout, "upstream request timeout", withURX("UT", exhausted))
 		case errors.Is(ctx.Err(), context.Canceled):
@@ -312,8 +315,8 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		}
 		return false
 	}
-	if watch != nil {
-		resp.Body = &touchBody{ReadCloser: resp.Body, touch: watch.touch}
+	if idle > 0 {
+		resp.Body = &touchBody{ReadCloser: resp.Body, touch: st.touch}
 	}
 	// The response's trailers: the transport fills resp.Trailer when the
 	// body ends. An HTTP/1.1 client gets them after a chunked body (the
@@ -340,7 +343,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		// upstream failed, DC when the client did.
 		rec.Flags = addFlag(rec.Flags, rec.copyFailed())
 	}
-	if watch != nil && watch.timedOut() {
+	if st.fired() == errStreamIdle {
 		rec.Flags = "SI"
 		return false
 	}

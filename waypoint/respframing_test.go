@@ -1,0 +1,87 @@
+package waypoint_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"testing"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+)
+
+// TestResponseFramingDownstream: how the waypoint frames an answer for
+// its HTTP/1 client. A streamed answer (the pod's length unknown) goes
+// to an HTTP/1.1 client chunked, to an HTTP/1.0 one (accept_http_10) to
+// the close; a known length as it is.
+func TestResponseFramingDownstream(t *testing.T) {
+	e := newEnv(t, resConfig(func(p *svcPort) {
+		p.editHCM = func(h *hcmv3.HttpConnectionManager) {
+			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true}
+		}
+	}))
+	pod := func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stream" {
+			io.WriteString(w, "part one, ")
+			http.NewResponseController(w).Flush() // the length is not known
+			io.WriteString(w, "part two")
+			return
+		}
+		io.WriteString(w, "whole")
+	}
+	podHandlers(t, e, pod, pod)
+	for _, tc := range []struct {
+		name, request  string
+		chunked, close bool
+		length         int64
+		body           string
+	}{
+		{"1.1, streamed", "GET /stream HTTP/1.1\r\nHost: " + host + "\r\n\r\n", true, false, -1, "part one, part two"},
+		{"1.1, length", "GET /whole HTTP/1.1\r\nHost: " + host + "\r\n\r\n", false, false, 5, "whole"},
+		{"1.0 keep-alive, streamed", "GET /stream HTTP/1.0\r\nHost: " + host + "\r\nConnection: keep-alive\r\n\r\n", false, true, -1, "part one, part two"},
+		{"1.0, streamed", "GET /stream HTTP/1.0\r\nHost: " + host + "\r\n\r\n", false, true, -1, "part one, part two"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := e.resClient(t)
+			io.WriteString(c.c, tc.request)
+			resp, err := http.ReadResponse(c.br, &http.Request{Method: http.MethodGet})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Proto != "HTTP/1.1" || resp.StatusCode != 200 {
+				t.Errorf("status: got %s %d, want HTTP/1.1 200", resp.Proto, resp.StatusCode)
+			}
+			if got := len(resp.TransferEncoding) > 0; got != tc.chunked {
+				t.Errorf("chunked: got %v (%q), want %v", got, resp.TransferEncoding, tc.chunked)
+			}
+			if resp.Close != tc.close {
+				t.Errorf("Connection: close: got %v, want %v", resp.Close, tc.close)
+			}
+			if resp.ContentLength != tc.length {
+				t.Errorf("length: got %d, want %d", resp.ContentLength, tc.length)
+			}
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatalf("read body: %v", err)
+			}
+			if string(b) != tc.body {
+				t.Errorf("body: got %q, want %q", b, tc.body)
+			}
+			if tc.close {
+				if _, err := c.br.ReadByte(); err != io.EOF {
+					t.Errorf("after a body to the close: got %v, want EOF", err)
+				}
+				return
+			}
+			// The connection carries the next request.
+			fmt.Fprintf(c.c, "GET /whole HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+			next, err := http.ReadResponse(c.br, nil)
+			if err != nil {
+				t.Fatalf("next request: %v", err)
+			}
+			if b, _ := io.ReadAll(next.Body); string(b) != "whole" {
+				t.Errorf("next request's body: got %q, want whole", b)
+			}
+		})
+	}
+}
