@@ -73,7 +73,7 @@ import (
 // check, and any other error for a head that does not parse.
 func readRequest(c *sniffConn, maxBytes, maxHeaders int) (*http.Request, error) {
 	c.wait()
-	n, fields, err := waitHead(c, maxBytes)
+	n, fields, hosts, err := waitHead(c, maxBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -82,17 +82,19 @@ func readRequest(c *sniffConn, maxBytes, maxHeaders int) (*http.Request, error) 
 	}
 	br := c.br
 	head, _ := br.Peek(n)
-	req, err := parseHead(head, fields, br)
+	req, err := parseHead(head, fields-hosts, br)
 	br.Discard(n)
 	return req, err
 }
 
 // waitHead waits until c's buffer holds a whole request head: the
 // request line, the header lines and the empty line ending them (CRLF
-// or a bare LF, as net/http reads lines). It returns the head's length
-// and its number of header fields (lines that do not continue the one
-// before). The buffer grows to maxBytes for a head that needs it.
-func waitHead(c *sniffConn, maxBytes int) (n, fields int, err error) {
+// or a bare LF, as net/http reads lines). It returns the head's length,
+// its number of header fields (lines that do not continue the one
+// before) and how many of them are Host (which does not go into the
+// header map: a map made for eight or fewer is half the size). The
+// buffer grows to maxBytes for a head that needs it.
+func waitHead(c *sniffConn, maxBytes int) (n, fields, hosts int, err error) {
 	off, lines := 0, 0 // off: where the first line not looked at starts
 	for {
 		br := c.br
@@ -107,18 +109,21 @@ func waitHead(c *sniffConn, maxBytes int) (n, fields int, err error) {
 			if lines > 0 {
 				if len(line) == 0 || len(line) == 1 && line[0] == '\r' {
 					if off > maxBytes {
-						return 0, 0, &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
+						return 0, 0, 0, &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
 					}
-					return off, fields, nil
+					return off, fields, hosts, nil
 				}
 				if line[0] != ' ' && line[0] != '\t' {
 					fields++
+					if len(line) > 4 && line[4] == ':' && line[0]|0x20 == 'h' && line[1]|0x20 == 'o' && line[2]|0x20 == 's' && line[3]|0x20 == 't' {
+						hosts++
+					}
 				}
 			}
 			lines++
 		}
 		if len(b) >= maxBytes {
-			return 0, 0, &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
+			return 0, 0, 0, &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
 		}
 		// Wait for more.
 		if _, err := br.Peek(len(b) + 1); err != nil {
@@ -128,12 +133,12 @@ func waitHead(c *sniffConn, maxBytes int) (n, fields int, err error) {
 					c.br.Peek(len(b)) // the same bytes again: off holds
 					continue
 				}
-				return 0, 0, &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
+				return 0, 0, 0, &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
 			}
 			if len(b) > 0 && errors.Is(err, io.EOF) {
-				return 0, 0, io.ErrUnexpectedEOF
+				return 0, 0, 0, io.ErrUnexpectedEOF
 			}
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 	}
 }
@@ -163,7 +168,8 @@ type headFields struct {
 	te    string
 }
 
-// parseHead parses a whole head (waitHead's), whose body follows in br.
+// parseHead parses a whole head (waitHead's), whose body follows in br;
+// fields is about how many go into the header map (a hint).
 func parseHead(head []byte, fields int, br *bufio.Reader) (*http.Request, error) {
 	a := new(h1Request)
 	req := &a.req
