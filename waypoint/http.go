@@ -2,7 +2,6 @@ package waypoint
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -160,78 +159,14 @@ func selectVirtualHost(vhs []*config.VirtualHost, host string) *config.VirtualHo
 // hopHeaders are removed before forwarding (RFC 9110 section 7.6.1).
 var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
-// errHead is a request head the waypoint refuses before parsing it.
+// errHead is a request head the waypoint refuses for its size or its
+// framing (readRequest), with the status it answers.
 type errHead struct {
 	status int
 	msg    string
 }
 
 func (e *errHead) Error() string { return e.msg }
-
-// checkHead waits for a whole request head in the buffer and checks
-// what net/http would let through: the size and header-count limits,
-// and Content-Length together with Transfer-Encoding (Envoy refuses it
-// unless allow_chunked_length; net/http would drop the length), the
-// classic request-smuggling ambiguity.
-func checkHead(c *sniffConn, maxBytes, maxHeaders int) error {
-	for {
-		br := c.br
-		n := br.Buffered()
-		b, _ := br.Peek(n)
-		if i := bytes.Index(b, []byte("\n\r\n")); i >= 0 {
-			return inspectHead(b[:i+3], maxHeaders)
-		}
-		if i := bytes.Index(b, []byte("\n\n")); i >= 0 {
-			return inspectHead(b[:i+2], maxHeaders)
-		}
-		if n >= maxBytes {
-			return &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
-		}
-		// Wait for more.
-		if _, err := br.Peek(n + 1); err != nil {
-			if errors.Is(err, bufio.ErrBufferFull) {
-				if br.Size() < maxBytes {
-					c.grow(maxBytes)
-					continue
-				}
-				return &errHead{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
-			}
-			if n > 0 && errors.Is(err, io.EOF) {
-				return io.ErrUnexpectedEOF
-			}
-			return err
-		}
-	}
-}
-
-func inspectHead(b []byte, maxHeaders int) error {
-	lines := bytes.Split(b, []byte("\n"))
-	count, cl, te := 0, 0, false
-	for i, line := range lines {
-		if i == 0 {
-			continue
-		}
-		line = bytes.TrimRight(line, "\r")
-		if len(line) == 0 {
-			break
-		}
-		count++
-		name, _, _ := bytes.Cut(line, []byte(":"))
-		switch strings.ToLower(string(bytes.TrimSpace(name))) {
-		case "content-length":
-			cl++
-		case "transfer-encoding":
-			te = true
-		}
-	}
-	if count > maxHeaders {
-		return &errHead{http.StatusRequestHeaderFieldsTooLarge, "too many headers"}
-	}
-	if te && cl > 0 {
-		return &errHead{http.StatusBadRequest, "content-length and transfer-encoding together"}
-	}
-	return nil
-}
 
 // serveHTTP is an HTTP connection manager on one connection: HTTP/1.1
 // requests one after the other (keep-alive), each against the snapshot
@@ -274,11 +209,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 		if wait > 0 {
 			timer = time.AfterFunc(wait, func() { c.Close() })
 		}
-		err := checkHead(c, hcm.MaxRequestHeadersKB<<10, hcm.MaxHeadersCount)
-		var req *http.Request
-		if err == nil {
-			req, err = http.ReadRequest(c.br)
-		}
+		req, err := readRequest(c, hcm.MaxRequestHeadersKB<<10, hcm.MaxHeadersCount)
 		if timer != nil && !timer.Stop() {
 			return
 		}
@@ -303,11 +234,17 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 			writeLocal(c, req, http.StatusServiceUnavailable, "", nil, true)
 			return
 		}
+		body := req.Body
 		keep := p.serveRequest(ctx, snap, hcm, rw, ci, req)
 		if !keep || req.Close {
 			if keep {
 				c.answered = true // in full; the client asked to close
 			}
+			return
+		}
+		if !bodyDone(body) {
+			// Never read a request from the middle of a body: whatever
+			// kept the connection, its body was not read to the end.
 			return
 		}
 	}

@@ -625,6 +625,11 @@ func TestBadRequests(t *testing.T) {
 		{"HTTP/1.0 without accept_http_10", "GET / HTTP/1.0\r\nHost: x\r\n\r\n", 426},
 		{"HTTP/1.1 without Host", "GET / HTTP/1.1\r\n\r\n", 400},
 		{"too many headers", "GET / HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-A: b\r\n", 101) + "\r\n", 431},
+		// Refused as Envoy refuses them; net/http.ReadRequest alone
+		// would take them (readRequest).
+		{"space before a colon", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc", 400},
+		{"invalid Host", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400},
+		{"unsupported transfer-encoding", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := e.client(t, clientID)
