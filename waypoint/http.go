@@ -193,24 +193,34 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 		}
 	}
 	rw := h1Responder{c}
+	// Header-read and idle timeouts: the stream has no deadlines, so a
+	// timer closes it; one timer for the connection, re-armed for each
+	// request (a new one per request was two allocations and a closure).
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		snap := p.snap.Load()
 		hcm := lookupHCM(snap, listenerName, chainName)
 		if hcm == nil {
 			return // the chain is gone: the connection drains with it
 		}
-		// Header-read and idle timeouts: the stream has no deadlines,
-		// so a timer closes it.
 		wait := hcm.IdleTimeout
 		if hcm.RequestHeadersTimeout > 0 && (wait == 0 || hcm.RequestHeadersTimeout < wait) {
 			wait = hcm.RequestHeadersTimeout
 		}
-		var timer *time.Timer
 		if wait > 0 {
-			timer = time.AfterFunc(wait, func() { c.Close() })
+			if timer == nil {
+				timer = time.AfterFunc(wait, func() { c.Close() })
+			} else {
+				timer.Reset(wait)
+			}
 		}
 		req, err := readRequest(c, hcm.MaxRequestHeadersKB<<10, hcm.MaxHeadersCount)
-		if timer != nil && !timer.Stop() {
+		if wait > 0 && !timer.Stop() {
 			return
 		}
 		if err != nil {
