@@ -153,16 +153,5 @@ func Run(ctx context.Context, o Options) error {
 	return p.Shutdown(sctx)
 }
 
-// GCPercent is the waypoint's garbage-collector target (GOGC) unless the
-// environment sets GOGC: the heap may grow 50 % over what the last
-// collection left live, not Go's default 100 %. The waypoint's live heap
-// is small (about 4 MB at 1,000 req/s, half of it the Envoy API's
-// protobuf descriptors), so the heap goal is most of its anonymous
-// memory: at 1,000 req/s the target of 50 took the RSS from 30.6 to
-// 28.7 MiB, for about 5 % more CPU at 5,000 req/s (0.089 to 0.094 vCPU
-// per 1,000 req/s; docs/performance.md, 2026-12-04). Prometheus lowers
-// its default the same way (to 75, prometheus/prometheus#14288).
-const GCPercent = 50
-
 // Signals that end the waypoint.
 var Signals = []os.Signal{syscall.SIGTERM, os.Interrupt}

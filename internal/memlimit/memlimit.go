@@ -1,8 +1,7 @@
-// Package memlimit sets the Go runtime's memory bounds: the soft memory
-// limit from the container's memory limit (cgroup v2 memory.max, or v1
+// Package memlimit sets the Go runtime's soft memory limit from the
+// container's memory limit (cgroup v2 memory.max, or v1
 // memory.limit_in_bytes), so that the garbage collector works harder
-// before the kernel's OOM killer does, and a component's own GC target.
-// An explicit GOMEMLIMIT or GOGC wins.
+// before the kernel's OOM killer does. An explicit GOMEMLIMIT wins.
 package memlimit
 
 import (
@@ -60,17 +59,4 @@ func Set(ratio float64) (int64, error) {
 	limit := int64(float64(n) * ratio)
 	debug.SetMemoryLimit(limit)
 	return limit, nil
-}
-
-// GCPercent sets the collector's target (GOGC: how far the heap grows
-// over what the last collection left live, in percent) to percent,
-// unless GOGC is set, and returns the target in effect.
-func GCPercent(percent int) int {
-	if os.Getenv("GOGC") != "" {
-		p := debug.SetGCPercent(-1)
-		debug.SetGCPercent(p)
-		return p
-	}
-	debug.SetGCPercent(percent)
-	return percent
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"testing"
 )
 
@@ -40,26 +39,5 @@ func TestRead(t *testing.T) {
 	}
 	if _, err := Read([]string{write("bad", "lots")}); err == nil {
 		t.Error("Read of a malformed file: got nil error, want one naming the value")
-	}
-}
-
-// TestGCPercent: the component's target applies unless GOGC is set, and
-// GOGC wins.
-func TestGCPercent(t *testing.T) {
-	defer debug.SetGCPercent(debug.SetGCPercent(100))
-	t.Setenv("GOGC", "")
-	if got := GCPercent(50); got != 50 {
-		t.Errorf("without GOGC: got %d, want 50", got)
-	}
-	if got := debug.SetGCPercent(50); got != 50 {
-		t.Errorf("without GOGC: the runtime's target is %d, want 50", got)
-	}
-	t.Setenv("GOGC", "200")
-	debug.SetGCPercent(200) // as the runtime reads GOGC at start
-	if got := GCPercent(50); got != 200 {
-		t.Errorf("with GOGC=200: got %d, want 200", got)
-	}
-	if got := debug.SetGCPercent(200); got != 200 {
-		t.Errorf("with GOGC=200: the runtime's target is %d, want 200", got)
 	}
 }
