@@ -246,7 +246,7 @@ func setFraming(resp *http.Response, req *http.Request, body *respBody, rd *bufi
 			if len(enc) != 1 {
 				return fmt.Errorf("too many transfer encodings: %q", enc)
 			}
-			if !foldEqualASCII(enc[0], "chunked") {
+			if !asciiEqualFold(enc[0], "chunked") {
 				return fmt.Errorf("unsupported transfer encoding: %q", enc[0])
 			}
 			chunked = true

@@ -395,7 +395,7 @@ func listHasToken(v, token string) bool {
 		if end := sp + len(token); end != len(v) && !isListBoundary(v[end]) {
 			continue
 		}
-		if foldEqualASCII(v[sp:sp+len(token)], token) {
+		if asciiEqualFold(v[sp:sp+len(token)], token) {
 			return true
 		}
 	}
@@ -403,24 +403,3 @@ func listHasToken(v, token string) bool {
 }
 
 func isListBoundary(b byte) bool { return b == ' ' || b == ',' || b == '\t' }
-
-// foldEqualASCII compares ASCII letters without case (and nothing else
-// so: not strings.EqualFold's Unicode folding).
-func foldEqualASCII(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
