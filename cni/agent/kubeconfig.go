@@ -108,17 +108,26 @@ const PluginTokenLifetime = time.Hour
 //
 // When no token is at hand (the request failed: an apiserver before
 // Kubernetes 1.31 refuses to bind a token to a Node, or the role is
-// missing), the source gives fallback's kubeconfig and log says why;
+// missing), the source gives fallback's kubeconfig and log says why,
+// once until a request succeeds again (the agent asks every minute);
 // the next call requests again. A token still valid is kept when its
 // renewal fails.
 func TokenRequestPluginKubeconfig(client kubernetes.Interface, rc *rest.Config, sa types.NamespacedName, node string, fallback func() ([]byte, error), log *slog.Logger) func() ([]byte, error) {
 	ts := &pluginTokens{client: client, sa: sa, node: node, now: time.Now}
+	failing := false
 	return func() ([]byte, error) {
 		token, err := ts.get()
 		if err != nil {
-			log.Warn("request a token for the plugin; it gets the agent's own credentials meanwhile", logkey.Error, err)
+			if !failing {
+				log.Warn("request a token for the plugin; it gets the agent's own credentials meanwhile", logkey.Error, err)
+			}
+			failing = true
 			return fallback()
 		}
+		if failing {
+			log.Info("the plugin has a token of its own again")
+		}
+		failing = false
 		return pluginKubeconfig(rc, token)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,9 +152,15 @@ func TestPluginTokens(t *testing.T) {
 	// agent's own credentials.
 	rc := &rest.Config{Host: "https://10.96.0.1:443", TLSClientConfig: rest.TLSClientConfig{CAData: []byte("the CA")}}
 	fallback := func() ([]byte, error) { return []byte("agent's own"), nil }
-	src := TokenRequestPluginKubeconfig(client, rc, sa, "node-a", fallback, slog.New(slog.DiscardHandler))
-	if b, err := src(); err != nil || string(b) != "agent's own" {
-		t.Errorf("source with the apiserver refusing: got %q, %v; want the fallback's", b, err)
+	var logged strings.Builder
+	src := TokenRequestPluginKubeconfig(client, rc, sa, "node-a", fallback, slog.New(slog.NewTextHandler(&logged, nil)))
+	for range 2 {
+		if b, err := src(); err != nil || string(b) != "agent's own" {
+			t.Errorf("source with the apiserver refusing: got %q, %v; want the fallback's", b, err)
+		}
+	}
+	if n := strings.Count(logged.String(), "level=WARN"); n != 1 {
+		t.Errorf("warnings over two failing calls: got %d, want 1 (once until a request succeeds):\n%s", n, logged.String())
 	}
 	fail = false
 	b, err := src()
