@@ -83,7 +83,11 @@ func (v *view) FilterState(key string) (string, bool) {
 }
 
 func (v *view) DynamicMetadata(namespace, key string) (string, bool) {
-	s, ok := v.ci.meta[namespace][key]
+	meta := v.ci.meta
+	if v.rec != nil && v.rec.meta != nil {
+		meta = v.rec.meta
+	}
+	s, ok := meta[namespace][key]
 	return s, ok
 }
 
@@ -475,10 +479,9 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 		case config.FilterSetFilterState:
 			v.setFilterState(f.SetFilterState)
 		case config.FilterRBAC:
-			if f.RBAC.Shadow != nil {
-				if ok, pol := f.RBAC.Shadow.Allowed(v); !ok {
-					p.log.Info("shadow RBAC would deny", logkey.Policy, pol, logkey.Path, req.RequestURI)
-				}
+			if res, pol, ok := f.RBAC.ShadowResult(v); ok {
+				p.shadowResult(ctx, f.RBAC, res, pol)
+				rec.setMeta(config.RBACMetadataHTTP, f.RBAC.ShadowPrefix, res, pol)
 			}
 			if ok, pol := f.RBAC.Rules.Allowed(v); !ok {
 				p.stats.rbacDenied.Add(1)

@@ -53,6 +53,9 @@ type accessEntry struct {
 	traceID    string
 	fs         map[string]string
 	meta       map[string]map[string]string
+	// src and dst are the peers: FILTER_STATE's downstream_peer_obj and
+	// upstream_peer_obj.
+	src, dst *Peer
 }
 
 // accessEntry is a finished request's entry; principal is the
@@ -65,7 +68,7 @@ func (r *requestRecord) accessEntry(flags, principal string, received, sent int6
 	e := &accessEntry{start: r.start, duration: dur, req: r.req, method: r.method, path: r.path, resp: r.resp,
 		protocol: envoyProtocol(r.req), code: r.Status, flags: flags, details: details, received: received, sent: sent,
 		route: r.route, ep: r.ep, local: r.ci.local, remote: r.ci.remote, peer: principal, localSAN: r.ci.localSAN,
-		grpcStatus: r.grpcResponseStatus(), fs: r.ci.fs, meta: r.ci.meta}
+		grpcStatus: r.grpcResponseStatus(), fs: r.ci.fs, meta: r.metadata(), src: r.src, dst: r.dst}
 	if l := r.ci.fs["io.istio.local_principal"]; l != "" {
 		e.localSAN = l
 	}
@@ -76,6 +79,48 @@ func (r *requestRecord) accessEntry(flags, principal string, received, sent int6
 		e.traceID = r.trace.traceID
 	}
 	return e
+}
+
+// Istio's peer metadata objects in filter state (its proxy's
+// peer_metadata filter): the downstream's and the upstream's workload.
+const (
+	downstreamPeerObj = "downstream_peer_obj"
+	upstreamPeerObj   = "upstream_peer_obj"
+)
+
+// peerField is FILTER_STATE(key:FIELD:field): a field of a peer object,
+// named as Istio's proxy names them. The workload API carries no app
+// labels, so app and version have no value, as in the metrics.
+func (e *accessEntry) peerField(key, field string) string {
+	var p *Peer
+	switch key {
+	case downstreamPeerObj:
+		p = e.src
+	case upstreamPeerObj:
+		p = e.dst
+	}
+	if p == nil {
+		return ""
+	}
+	switch field {
+	case "namespace":
+		return p.Namespace
+	case "cluster":
+		return p.ClusterID
+	case "service":
+		return p.CanonicalName
+	case "revision":
+		return p.CanonicalRevision
+	case "workload":
+		return p.WorkloadName
+	case "name":
+		return p.Name
+	case "type":
+		return p.Type
+	case "identity":
+		return p.Identity
+	}
+	return ""
 }
 
 // valueKind is what appendValue found.
@@ -294,6 +339,9 @@ func (e *accessEntry) appendRaw(b []byte, p *config.LogPart) ([]byte, valueKind)
 	case config.OpEnvironment:
 		return appendStr(b, p.Alt)
 	case config.OpFilterState:
+		if p.Alt != "" {
+			return appendStr(b, e.peerField(p.Arg, p.Alt))
+		}
 		return appendStr(b, e.fs[p.Arg])
 	case config.OpDynamicMetadata:
 		return appendStr(b, e.meta[p.Arg][p.Alt])

@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -346,6 +347,38 @@ func (p *Proxy) serveInternal(ctx context.Context, snap *config.Snapshot, l *con
 	}
 }
 
+// shadowResult counts and logs (at debug, as Envoy's "shadow denied,
+// matched policy ...") one RBAC shadow result.
+func (p *Proxy) shadowResult(ctx context.Context, rb *config.RBAC, result, policy string) {
+	p.stats.shadowResult(rb.Shadow.Action, result)
+	if p.log.Enabled(ctx, slog.LevelDebug) {
+		p.log.Debug("shadow "+result, logkey.Policy, cmpOr(policy, "none"), logkey.Listener, rb.StatPrefix)
+	}
+}
+
+// setShadowMeta records a shadow result in the connection's dynamic
+// metadata (namespace ns; keys after prefix), as Envoy's network RBAC
+// filter does. It runs before the connection's first request, while
+// nothing else reads ci.
+func (ci *connInfo) setShadowMeta(ns, prefix, result, policy string) {
+	if ci.meta == nil {
+		ci.meta = map[string]map[string]string{}
+	}
+	ci.meta[ns] = withShadow(ci.meta[ns], prefix, result, policy)
+}
+
+// withShadow is md (copied, never changed) with a shadow result's keys.
+func withShadow(md map[string]string, prefix, result, policy string) map[string]string {
+	out := make(map[string]string, len(md)+2)
+	maps.Copy(out, md)
+	out[prefix+config.ShadowEngineResultKey] = result
+	delete(out, prefix+config.ShadowEffectivePolicyKey)
+	if policy != "" {
+		out[prefix+config.ShadowEffectivePolicyKey] = policy
+	}
+	return out
+}
+
 // networkFilters runs a chain's set_filter_state and RBAC network
 // filters on a new connection: false when RBAC denies it.
 func (p *Proxy) networkFilters(chain *config.Chain, ci *connInfo) bool {
@@ -355,6 +388,10 @@ func (p *Proxy) networkFilters(chain *config.Chain, ci *connInfo) bool {
 	}
 	for _, rb := range chain.RBAC {
 		v := &view{ci: ci, fs: ci.fs}
+		if res, pol, ok := rb.ShadowResult(v); ok {
+			p.shadowResult(context.Background(), rb, res, pol)
+			ci.setShadowMeta(config.RBACMetadataNetwork, rb.ShadowPrefix, res, pol)
+		}
 		if ok, pol := rb.Rules.Allowed(v); !ok {
 			p.stats.rbacDenied.Add(1)
 			p.log.Info("connection denied by RBAC", logkey.Policy, pol, logkey.DestinationAddr, ci.local.String(), logkey.Peer, ci.fs["io.istio.peer_principal"])

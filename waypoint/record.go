@@ -3,6 +3,7 @@ package waypoint
 import (
 	"encoding/binary"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strconv"
@@ -73,6 +74,32 @@ type requestRecord struct {
 	// hcm is the connection manager's config: its access logs and
 	// istio.stats overrides (telemetry_config.go).
 	hcm *config.HCM
+	// meta is the request's dynamic metadata: nil while it is the
+	// connection's (ci.meta), a copy once a filter sets a value.
+	meta map[string]map[string]string
+	// principal, src and dst are the downstream's principal and the two
+	// peers, as finish found them (for value tags and FILTER_STATE's
+	// peer objects).
+	principal string
+	src, dst  *Peer
+}
+
+// metadata is the request's dynamic metadata.
+func (r *requestRecord) metadata() map[string]map[string]string {
+	if r.meta != nil {
+		return r.meta
+	}
+	return r.ci.meta
+}
+
+// setMeta records an RBAC shadow result in the request's dynamic
+// metadata (namespace ns; keys after prefix).
+func (r *requestRecord) setMeta(ns, prefix, result, policy string) {
+	if r.meta == nil {
+		r.meta = make(map[string]map[string]string, len(r.ci.meta)+1)
+		maps.Copy(r.meta, r.ci.meta)
+	}
+	r.meta[ns] = withShadow(r.meta[ns], prefix, result, policy)
 }
 
 // beginRequest starts a request's record as the request arrives (its

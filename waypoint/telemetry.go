@@ -691,7 +691,8 @@ func (r *requestRecord) finish() {
 	t := r.t
 	flags := cmpOr(r.Flags, "-")
 	principal, src, mtls := t.downstreamPeer(r.ci, r.ci.fs)
-	pv := &peerValues{src: src, dst: t.upstreamPeer(r.ep), srcPrincipal: principal, srcNamespace: principalNamespace(principal),
+	r.principal, r.src, r.dst = principal, src, t.upstreamPeer(r.ep)
+	pv := &peerValues{src: src, dst: r.dst, srcPrincipal: principal, srcNamespace: principalNamespace(principal),
 		service: r.service, protocol: "http", flags: flags, mtls: mtls}
 	if r.grpc {
 		pv.protocol = "grpc"
@@ -771,6 +772,8 @@ type tcpRecord struct {
 	services *serviceIndex
 	// tp is the tcp_proxy's config: its access logs.
 	tp *config.TCPProxy
+	// src and dst are the peers, once open found them.
+	src, dst *Peer
 }
 
 // beginTCP starts a TCP connection's record.
@@ -802,6 +805,7 @@ func (r *tcpRecord) open(up net.Conn, flags string) {
 	if flags == "" {
 		flags = "-"
 	}
+	r.src, r.dst = src, dst
 	r.labels = t.values(&peerValues{src: src, dst: dst, srcPrincipal: principal, srcNamespace: principalNamespace(principal),
 		service: svc, protocol: "tcp", flags: flags, mtls: mtls})
 	t.tcpOpened.WithLabelValues(r.labels...).Inc()
@@ -833,7 +837,8 @@ func (r *tcpRecord) close(flags string) {
 	}
 	principal, _, _ := t.downstreamPeer(r.ci, r.ci.fs)
 	e := &accessEntry{start: r.start, flags: flags, details: r.details, duration: time.Since(r.start), cluster: r.cluster,
-		local: r.ci.local, remote: r.ci.remote, tcp: true, peer: principal, localSAN: r.ci.localSAN, fs: r.ci.fs, meta: r.ci.meta}
+		local: r.ci.local, remote: r.ci.remote, tcp: true, peer: principal, localSAN: r.ci.localSAN, fs: r.ci.fs, meta: r.ci.meta,
+		src: r.src, dst: r.dst}
 	if l := r.ci.fs["io.istio.local_principal"]; l != "" {
 		e.localSAN = l
 	}

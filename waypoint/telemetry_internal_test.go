@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"strings"
 	"testing"
@@ -195,5 +196,54 @@ func TestNewIDs(t *testing.T) {
 			t.Fatalf("repeated id %q or %q", u, tp)
 		}
 		seen[u], seen[tp] = true, true
+	}
+}
+
+// TestNetworkShadowGolden: the network RBAC filter istiod writes for a
+// tcp chain with a dry-run ALLOW policy lets every connection through, and records
+// the shadow result as Envoy's network RBAC filter does: in the
+// connection's dynamic metadata (envoy.filters.network.rbac, keys after
+// istio_dry_run_allow_) and in the dry-run counters.
+func TestNetworkShadowGolden(t *testing.T) {
+	p, snap := fuzzProxy(t, "testdata/istiod/authz.json")
+	// The filter alone: the chain's others hold HTTP rules a connection
+	// cannot match, which deny all (fail closed).
+	var chain *config.Chain
+	for _, l := range snap.Listeners {
+		for _, c := range l.Chains {
+			for _, rb := range c.RBAC {
+				if rb.Shadow != nil {
+					chain = &config.Chain{RBAC: []*config.RBAC{rb}}
+				}
+			}
+		}
+	}
+	if chain == nil {
+		t.Fatal("authz.json: no chain with a network RBAC shadow policy")
+	}
+	const ns, prefix = config.RBACMetadataNetwork, "istio_dry_run_allow_"
+	for _, tc := range []struct {
+		principal, result, policy string
+	}{
+		{"spiffe://cluster.local/ns/shop/sa/productpage", "allowed", "ns[shop]-policy[try-stricter]-rule[0]"},
+		{"spiffe://cluster.local/ns/shop/sa/reviews", "denied", ""},
+	} {
+		ci := &connInfo{local: netip.MustParseAddrPort("10.0.0.20:9090"), remote: netip.MustParseAddrPort("10.0.0.5:40000"),
+			fs: map[string]string{"io.istio.peer_principal": tc.principal}}
+		if !p.networkFilters(chain, ci) {
+			t.Errorf("%s: connection denied, want it through (the shadow policy is a dry run)", tc.principal)
+		}
+		md := ci.meta[ns]
+		if got := md[prefix+"shadow_engine_result"]; got != tc.result {
+			t.Errorf("%s: %s shadow_engine_result: got %q, want %q", tc.principal, ns, got, tc.result)
+		}
+		if got, ok := md[prefix+"shadow_effective_policy_id"]; got != tc.policy || ok != (tc.policy != "") {
+			t.Errorf("%s: %s shadow_effective_policy_id: got %q (set %v), want %q", tc.principal, ns, got, ok, tc.policy)
+		}
+	}
+	for i, want := range []uint64{1, 1} {
+		if got := p.stats.shadow[0][i].Load(); got != want {
+			t.Errorf("dry-run ALLOW counter %s: got %d, want %d", shadowResults[i], got, want)
+		}
 	}
 }

@@ -201,18 +201,33 @@ func (r *requestRecord) span(status int, flags string, received, sent int64, dur
 	if status >= 500 || status == 0 {
 		fs.tags = append(fs.tags, config.Attribute{Key: "error", Value: "true"})
 	}
-	for _, ct := range s.tracing.CustomTags {
+	var e *accessEntry
+	for i := range s.tracing.CustomTags {
+		ct := &s.tracing.CustomTags[i]
 		v := ct.Literal
 		switch {
 		case ct.Header != "":
 			v = r.req.Header.Get(ct.Header)
 		case ct.Env != "":
 			v = os.Getenv(ct.Env)
+		case ct.MetaNamespace != "":
+			v = r.metadata()[ct.MetaNamespace][ct.MetaKey]
+		case ct.Value != nil:
+			// As Envoy's value tags: the access log's operators, a
+			// missing value empty, and no tag when all is empty.
+			if e == nil {
+				e = r.accessEntry(flags, r.principal, received, sent, dur)
+			}
+			var buf [64]byte
+			if b := e.appendText(buf[:0], ct.Value, true); len(b) > 0 {
+				fs.setTag(ct.Tag, string(b))
+			}
+			continue
 		}
 		if v == "" {
 			v = ct.Default
 		}
-		if v != "" || ct.Header == "" && ct.Env == "" {
+		if v != "" || ct.Header == "" && ct.Env == "" && ct.MetaNamespace == "" {
 			fs.setTag(ct.Tag, v)
 		}
 	}

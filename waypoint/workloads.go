@@ -13,6 +13,7 @@ package waypoint
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
@@ -33,6 +34,9 @@ type Peer struct {
 	ClusterID                        string
 	// Identity is the workload's SPIFFE identity.
 	Identity string
+	// Type is the workload's kind in lower case (deployment, cronjob,
+	// pod, job), as Istio's peer metadata names it.
+	Type string
 }
 
 // ServiceInfo is a service the workload API names.
@@ -162,6 +166,7 @@ func peerOf(wl *workload.Workload) *Peer {
 	p := &Peer{
 		Name: wl.GetName(), Namespace: wl.GetNamespace(), WorkloadName: wl.GetWorkloadName(),
 		CanonicalName: wl.GetCanonicalName(), CanonicalRevision: wl.GetCanonicalRevision(), ClusterID: wl.GetClusterId(),
+		Type: strings.ToLower(wl.GetWorkloadType().String()),
 	}
 	if wl.GetServiceAccount() != "" && wl.GetNamespace() != "" {
 		td := wl.GetTrustDomain()

@@ -148,7 +148,7 @@ func buildChain(fc *listener.FilterChain, name string) (*Chain, []string, error)
 			if r.GetMatcher() != nil || r.GetShadowMatcher() != nil {
 				return nil, nil, unsupported(fmt.Sprintf("filter %s: matcher-based RBAC", f.GetName()))
 			}
-			rb := &RBAC{StatPrefix: r.GetStatPrefix(), Rules: compileRBACRules(r.GetRules(), false), Shadow: compileRBACRules(r.GetShadowRules(), false)}
+			rb := &RBAC{StatPrefix: r.GetStatPrefix(), ShadowPrefix: r.GetShadowRulesStatPrefix(), Rules: compileRBACRules(r.GetRules(), false), Shadow: compileRBACRules(r.GetShadowRules(), false)}
 			if rb.Rules != nil && rb.Rules.Broken != "" {
 				warns = append(warns, fmt.Sprintf("network RBAC %s denies all: %s", f.GetName(), rb.Rules.Broken))
 			}
@@ -298,7 +298,7 @@ func buildHCM(h *hcmv3.HttpConnectionManager) (*HCM, []string, error) {
 				return nil, nil, unsupported(fmt.Sprintf("http filter %s: matcher-based RBAC", f.GetName()))
 			}
 			hf.Kind = FilterRBAC
-			hf.RBAC = &RBAC{StatPrefix: r.GetShadowRulesStatPrefix(), Rules: compileRBACRules(r.GetRules(), true), Shadow: compileRBACRules(r.GetShadowRules(), true)}
+			hf.RBAC = &RBAC{StatPrefix: r.GetRulesStatPrefix(), ShadowPrefix: r.GetShadowRulesStatPrefix(), Rules: compileRBACRules(r.GetRules(), true), Shadow: compileRBACRules(r.GetShadowRules(), true)}
 			if hf.RBAC.Rules != nil && hf.RBAC.Rules.Broken != "" {
 				warns = append(warns, fmt.Sprintf("http RBAC %s denies all: %s", f.GetName(), hf.RBAC.Rules.Broken))
 			}

@@ -110,6 +110,9 @@ func formatOperator(op string) (func(FormatContext) (string, bool), error) {
 	case OpDownstreamLocalAddressWithoutPort:
 		return func(c FormatContext) (string, bool) { return addrString(c.Destination(), false) }, nil
 	case OpFilterState:
+		if p.Alt != "" {
+			return nil, fmt.Errorf("operator %%%s%% with FIELD not supported here (only in access logs and span tags)", op)
+		}
 		key := p.Arg
 		return func(c FormatContext) (string, bool) { return c.FilterState(key) }, nil
 	case OpDynamicMetadata:

@@ -192,7 +192,7 @@ type LogPart struct {
 	Op   string
 	Code LogOp
 	// Arg is the operator's argument: a header (lower case), a filter
-	// state key, an environment variable, START_TIME's strftime format,
+	// state key (Alt its FIELD's name), an environment variable, START_TIME's strftime format,
 	// GRPC_STATUS's and PATH's options, DYNAMIC_METADATA's namespace;
 	// Alt is REQ's, RESP's and TRAILER's alternative header (the a?b
 	// form), DYNAMIC_METADATA's key, PATH's source, ENVIRONMENT's value.
@@ -342,10 +342,16 @@ func parseOperator(op string) (LogPart, error) {
 		p.Key, p.AltKey = textproto.CanonicalMIMEHeaderKey(p.Arg), textproto.CanonicalMIMEHeaderKey(p.Alt)
 	case OpFilterState:
 		key, kind, _ := strings.Cut(arg, ":")
-		if key == "" || kind != "" && kind != "PLAIN" && kind != "TYPED" {
-			return p, fmt.Errorf("operator %s: want FILTER_STATE(key[:PLAIN|:TYPED]) (the waypoint's filter state holds strings)", op)
+		kind, field, isField := strings.Cut(kind, ":")
+		switch {
+		case key == "" || isField != (kind == "FIELD"):
+			return p, fmt.Errorf("operator %s: want FILTER_STATE(key[:PLAIN|:TYPED|:FIELD:name])", op)
+		case isField && (field == "" || strings.Contains(field, ":")):
+			return p, fmt.Errorf("operator %s: want FILTER_STATE(key:FIELD:name) with one field name", op)
+		case !isField && kind != "" && kind != "PLAIN" && kind != "TYPED":
+			return p, fmt.Errorf("operator %s: want FILTER_STATE(key[:PLAIN|:TYPED|:FIELD:name]) (the waypoint's filter state holds strings)", op)
 		}
-		p.Arg = key
+		p.Arg, p.Alt = key, field
 	case OpDynamicMetadata:
 		// namespace:key[:key...]: the waypoint keeps a namespace's
 		// string fields flat, a nested one under its dotted path.

@@ -20,7 +20,24 @@ type RBAC struct {
 	Shadow *RBACRules
 	// StatPrefix names the filter in logs.
 	StatPrefix string
+	// ShadowPrefix is shadow_rules_stat_prefix: it begins the names of
+	// the shadow result's dynamic metadata keys (Envoy's
+	// <prefix>shadow_engine_result and <prefix>shadow_effective_policy_id;
+	// Istio's dry-run policies use istio_dry_run_allow_ and
+	// istio_dry_run_deny_).
+	ShadowPrefix string
 }
+
+// Envoy's RBAC dynamic metadata: the namespaces its HTTP and network
+// filters write, and the keys of a shadow result (after ShadowPrefix).
+const (
+	RBACMetadataHTTP         = "envoy.filters.http.rbac"
+	RBACMetadataNetwork      = "envoy.filters.network.rbac"
+	ShadowEngineResultKey    = "shadow_engine_result"
+	ShadowEffectivePolicyKey = "shadow_effective_policy_id"
+	ShadowAllowed            = "allowed"
+	ShadowDenied             = "denied"
+)
 
 // RBACRules is one set of rules with its action.
 type RBACRules struct {
@@ -314,4 +331,19 @@ func compilePrincipals(ps []*rbacv3.Principal, http bool) ([]Matcher, error) {
 func pathWithoutQuery(r Request) string {
 	p, _, _ := strings.Cut(r.Path(), "?")
 	return p
+}
+
+// ShadowResult evaluates the shadow rules, as Envoy's RBAC filters do
+// before enforcing: result is ShadowAllowed or ShadowDenied and policy
+// the policy that matched ("" when none did); ok is false when the
+// filter has no shadow rules.
+func (rb *RBAC) ShadowResult(r Request) (result, policy string, ok bool) {
+	if rb.Shadow == nil {
+		return "", "", false
+	}
+	allowed, policy := rb.Shadow.Allowed(r)
+	if allowed {
+		return ShadowAllowed, policy, true
+	}
+	return ShadowDenied, policy, true
 }

@@ -2,11 +2,13 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tracingtype "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 )
 
 // Tracing is an HTTP connection manager's tracing: whether a request is
@@ -42,13 +44,25 @@ type Zipkin struct {
 	Headers ZipkinHeaders
 }
 
-// CustomTag is a span tag from a literal, a request header or an
-// environment variable (with a default when absent).
+// CustomTag is a span tag from a literal, a request header, an
+// environment variable or the request's dynamic metadata (with a
+// default when absent), or a format string (Value).
 type CustomTag struct {
 	Tag string
-	// One of Literal (set), Header, Env.
-	Literal, Header, Env string
-	Default              string
+	// One of Literal (set), Header, Env, MetaNamespace (with MetaKey, a
+	// nested key's path joined by dots, as DYNAMIC_METADATA's), Value.
+	Literal, Header, Env   string
+	MetaNamespace, MetaKey string
+	// Value is rendered as access logs render a format string, except
+	// that a missing value is empty: an empty result sets no tag.
+	Value   *LogFormat
+	Default string
+}
+
+// isValueTag: ct's value is a format string.
+func isValueTag(ct *tracingtype.CustomTag) bool {
+	_, ok := ct.GetType().(*tracingtype.CustomTag_Value)
+	return ok
 }
 
 // defaultMaxPathTagLength is Envoy's max_path_tag_length default.
@@ -86,17 +100,36 @@ func buildTracing(t *hcmv3.HttpConnectionManager_Tracing) (*Tracing, []string, e
 			tag.Header, tag.Default = ct.GetRequestHeader().GetName(), ct.GetRequestHeader().GetDefaultValue()
 		case ct.GetEnvironment() != nil:
 			tag.Env, tag.Default = ct.GetEnvironment().GetName(), ct.GetEnvironment().GetDefaultValue()
+		case ct.GetMetadata() != nil && ct.GetMetadata().GetKind().GetRequest() != nil:
+			md := ct.GetMetadata()
+			var path []string
+			for _, seg := range md.GetMetadataKey().GetPath() {
+				path = append(path, seg.GetKey())
+			}
+			if md.GetMetadataKey().GetKey() == "" || len(path) == 0 || slices.Contains(path, "") {
+				warns = append(warns, fmt.Sprintf("tracing custom tag %s: metadata tag without a namespace and key path", ct.GetTag()))
+				continue
+			}
+			tag.MetaNamespace, tag.MetaKey, tag.Default = md.GetMetadataKey().GetKey(), strings.Join(path, "."), md.GetDefaultValue()
+		case isValueTag(ct):
+			f, err := ParseLogFormat(ct.GetValue())
+			if err != nil {
+				warns = append(warns, fmt.Sprintf("tracing custom tag %s: %v", ct.GetTag(), err))
+				continue
+			}
+			if u := f.Unrecorded(); len(u) > 0 {
+				warns = append(warns, fmt.Sprintf("tracing custom tag %s: operators %s are not recorded and render empty", ct.GetTag(), strings.Join(u, ", ")))
+			}
+			tag.Value = f
 		default:
+			// Metadata of a route, cluster or host.
 			unrecorded = append(unrecorded, ct.GetTag())
 			continue
 		}
 		out.CustomTags = append(out.CustomTags, tag)
 	}
 	if len(unrecorded) > 0 {
-		// One warning for them all: both istiods give every waypoint
-		// chain Istio's 22 dry-run policy (metadata) and peer (value)
-		// tags.
-		warns = append(warns, fmt.Sprintf("tracing custom tags %s: only literal, request_header and environment tags are recorded",
+		warns = append(warns, fmt.Sprintf("tracing custom tags %s: metadata tags are recorded from the request's dynamic metadata only",
 			strings.Join(unrecorded, ", ")))
 	}
 	if p := t.GetProvider(); p != nil {

@@ -8,6 +8,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	tracingtype "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/google/go-cmp/cmp"
@@ -61,12 +62,36 @@ func TestBuildTracing(t *testing.T) {
 			want: &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256, OTel: &OTel{Scope: true,
 				Resource: []Attribute{{"service.name", "waypoint"}, {"telemetry.sdk.language", "go"}, {"telemetry.sdk.name", "ambit-waypoint"}, {"telemetry.sdk.version", "dev"}},
 				Exporter: OTLPExporter{Cluster: "otel", GRPC: true, Authority: "otel"}}}},
-		{name: "unrecorded tags", in: &hcmv3.HttpConnectionManager_Tracing{CustomTags: []*tracingtype.CustomTag{
+		{name: "istio's value and metadata tags", in: &hcmv3.HttpConnectionManager_Tracing{CustomTags: []*tracingtype.CustomTag{
 			{Tag: "istio.source_workload", Type: &tracingtype.CustomTag_Value{Value: "%FILTER_STATE(downstream_peer_obj:FIELD:workload)%"}},
 			{Tag: "istio.destination_workload", Type: &tracingtype.CustomTag_Value{Value: "%FILTER_STATE(upstream_peer_obj:FIELD:workload)%"}},
+			{Tag: "istio.authorization.dry_run.allow_policy.result", Type: &tracingtype.CustomTag_Metadata_{Metadata: &tracingtype.CustomTag_Metadata{
+				Kind:         &metadatav3.MetadataKind{Kind: &metadatav3.MetadataKind_Request_{Request: &metadatav3.MetadataKind_Request{}}},
+				MetadataKey:  &metadatav3.MetadataKey{Key: "envoy.filters.http.rbac", Path: []*metadatav3.MetadataKey_PathSegment{{Segment: &metadatav3.MetadataKey_PathSegment_Key{Key: "istio_dry_run_allow_shadow_engine_result"}}}},
+				DefaultValue: "none"}}},
 		}},
-			want:     &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256},
-			wantWarn: "tracing custom tags istio.source_workload, istio.destination_workload: only literal"},
+			want: &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256, CustomTags: []CustomTag{
+				{Tag: "istio.source_workload", Value: mustLogFormat(t, "%FILTER_STATE(downstream_peer_obj:FIELD:workload)%")},
+				{Tag: "istio.destination_workload", Value: mustLogFormat(t, "%FILTER_STATE(upstream_peer_obj:FIELD:workload)%")},
+				{Tag: "istio.authorization.dry_run.allow_policy.result", MetaNamespace: "envoy.filters.http.rbac", MetaKey: "istio_dry_run_allow_shadow_engine_result", Default: "none"},
+			}}},
+		{name: "tags the waypoint cannot record", in: &hcmv3.HttpConnectionManager_Tracing{CustomTags: []*tracingtype.CustomTag{
+			{Tag: "route_meta", Type: &tracingtype.CustomTag_Metadata_{Metadata: &tracingtype.CustomTag_Metadata{
+				Kind:        &metadatav3.MetadataKind{Kind: &metadatav3.MetadataKind_Route_{Route: &metadatav3.MetadataKind_Route{}}},
+				MetadataKey: &metadatav3.MetadataKey{Key: "ns", Path: []*metadatav3.MetadataKey_PathSegment{{Segment: &metadatav3.MetadataKey_PathSegment_Key{Key: "k"}}}}}}},
+			{Tag: "no_path", Type: &tracingtype.CustomTag_Metadata_{Metadata: &tracingtype.CustomTag_Metadata{
+				Kind:        &metadatav3.MetadataKind{Kind: &metadatav3.MetadataKind_Request_{Request: &metadatav3.MetadataKind_Request{}}},
+				MetadataKey: &metadatav3.MetadataKey{Key: "ns"}}}},
+			{Tag: "bad_value", Type: &tracingtype.CustomTag_Value{Value: "%BOGUS%"}},
+			{Tag: "unrecorded_value", Type: &tracingtype.CustomTag_Value{Value: "%UPSTREAM_FILTER_STATE(k)%"}},
+		}},
+			want: &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256, CustomTags: []CustomTag{
+				{Tag: "unrecorded_value", Value: mustLogFormat(t, "%UPSTREAM_FILTER_STATE(k)%")},
+			}},
+			wantWarn: "tracing custom tag no_path: metadata tag without a namespace and key path; " +
+				"tracing custom tag bad_value: format \"%BOGUS%\": operator BOGUS: not a known command operator; " +
+				"tracing custom tag unrecorded_value: operators UPSTREAM_FILTER_STATE are not recorded and render empty; " +
+				"tracing custom tags route_meta: metadata tags are recorded from the request's dynamic metadata only"},
 		{name: "custom provider", in: &hcmv3.HttpConnectionManager_Tracing{
 			Provider: &tracev3.Tracing_Http{Name: "envoy.tracers.datadog", ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: datadog}}},
 			want:     &Tracing{RandomSampling: 100, OverallSampling: 100, MaxPathTagLength: 256},
@@ -81,7 +106,9 @@ func TestBuildTracing(t *testing.T) {
 			if err != nil {
 				t.Fatalf("buildTracing: %v", err)
 			}
-			if diff := cmp.Diff(tc.want, got); diff != "" {
+			if diff := cmp.Diff(tc.want, got, cmp.Comparer(func(a, b *LogFormat) bool {
+				return a == nil && b == nil || a != nil && b != nil && a.String() == b.String()
+			})); diff != "" {
 				t.Errorf("tracing (-want +got):\n%s", diff)
 			}
 			if w := strings.Join(warns, "; "); tc.wantWarn == "" && w != "" || !strings.Contains(w, tc.wantWarn) {
@@ -101,4 +128,13 @@ func TestBuildTracingZipkinServiceInvalid(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "collector_service") {
 		t.Errorf("buildTracing: got %v, want an error naming collector_service", err)
 	}
+}
+
+func mustLogFormat(t *testing.T, s string) *LogFormat {
+	t.Helper()
+	f, err := ParseLogFormat(s)
+	if err != nil {
+		t.Fatalf("ParseLogFormat(%q): %v", s, err)
+	}
+	return f
 }
