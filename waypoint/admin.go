@@ -26,9 +26,8 @@ import (
 // envoy.admin.v3.ConfigDump of a ClustersConfigDump, an
 // EndpointsConfigDump and a ListenersConfigDump, in that order, indented.
 // The envelope is written here rather than by protojson from the admin
-// types: those, and the bootstrap types they import, made up about 1 MB
-// of the binary (and of its resident memory) for three lists of Anys.
-// The resources inside are protojson's.
+// types: those were 0.65 MB of the binary (and of its resident memory)
+// for three lists of Anys. The resources inside are protojson's.
 func (p *Proxy) ConfigDump() ([]byte, error) {
 	var (
 		ls []*listenerv3.Listener
