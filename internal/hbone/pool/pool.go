@@ -101,8 +101,11 @@ func (p *Pool) idleTimeout() time.Duration {
 // key, dialing one if none has room.
 func (p *Pool) Connect(ctx context.Context, key Key, target netip.AddrPort, header http.Header) (net.Conn, error) {
 	retried := false
+	// refusedBy is the connection that refused the stream, passed over
+	// by the one retry.
+	var refusedBy *entry
 	for {
-		e, wait, err := p.take(key)
+		e, wait, err := p.take(key, refusedBy)
 		if err != nil {
 			return nil, err
 		}
@@ -137,8 +140,9 @@ func (p *Pool) Connect(ctx context.Context, key Key, target netip.AddrPort, head
 			case errors.Is(err, hbone.ErrRefusedStream):
 				// The peer did not take the stream (GOAWAY: the
 				// connection takes no more and ends with its streams;
-				// REFUSED_STREAM): once more, elsewhere if need be.
-				retry = true
+				// REFUSED_STREAM: it is at a limit of its own): once
+				// more, on another connection or a new one.
+				retry, refusedBy = true, e
 			}
 			if retry && !retried && ctx.Err() == nil {
 				retried = true
@@ -150,9 +154,9 @@ func (p *Pool) Connect(ctx context.Context, key Key, target netip.AddrPort, head
 	}
 }
 
-// take reserves a stream on a connection with room, or returns the dial
-// to wait for, or neither when the caller must dial.
-func (p *Pool) take(key Key) (*entry, *dial, error) {
+// take reserves a stream on a connection with room other than avoid, or
+// returns the dial to wait for, or neither when the caller must dial.
+func (p *Pool) take(key Key, avoid *entry) (*entry, *dial, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -174,7 +178,7 @@ func (p *Pool) take(key Key) (*entry, *dial, error) {
 			continue
 		}
 		live = append(live, e)
-		if found == nil && current && e.streams < p.maxStreams() && e.cc.Available() > 0 {
+		if found == nil && current && e != avoid && e.streams < p.maxStreams() && e.cc.Available() > 0 {
 			found = e
 		}
 	}

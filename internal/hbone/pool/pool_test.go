@@ -252,9 +252,28 @@ func TestRotatedCertificate(t *testing.T) {
 
 // TestGoAwayRetried runs a peer that answers the first stream of its
 // first connection, then refuses the next with GOAWAY (last stream 1), as
-// a shutting-down peer does: the refused CONNECT is retried on a new
-// connection, and the stream already open on the old one carries on.
+// a shutting-down peer does, or with REFUSED_STREAM alone, as a peer at
+// its stream limit does: the refused CONNECT is retried on a new
+// connection, not on the one that refused it, and the stream already
+// open on the old one carries on.
 func TestGoAwayRetried(t *testing.T) {
+	for _, mode := range []refusal{refuseGoAway, refuseStream} {
+		t.Run(mode.String(), func(t *testing.T) { testRefusalRetried(t, mode) })
+	}
+}
+
+// refusal is how goAwayPeer refuses the streams after the first.
+type refusal int
+
+const (
+	refuseNone refusal = iota
+	refuseGoAway
+	refuseStream
+)
+
+func (r refusal) String() string { return [...]string{"none", "GOAWAY", "REFUSED_STREAM"}[r] }
+
+func testRefusalRetried(t *testing.T, mode refusal) {
 	ca, serverCert, clientCert := issueCerts(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -269,7 +288,11 @@ func TestGoAwayRetried(t *testing.T) {
 			if err != nil {
 				return
 			}
-			served.Go(func() { goAwayPeer(c, serverCert, n == 0) })
+			m := refuseNone
+			if n == 0 {
+				m = mode
+			}
+			served.Go(func() { goAwayPeer(c, serverCert, m) })
 		}
 	}()
 	v := &identity.Verifier{Roots: ca.Roots()}
@@ -288,7 +311,7 @@ func TestGoAwayRetried(t *testing.T) {
 	defer first.Close()
 	second, err := p.Connect(t.Context(), key, target, nil)
 	if err != nil {
-		t.Fatalf("CONNECT refused by GOAWAY: got %v, want it retried on a new connection", err)
+		t.Fatalf("CONNECT refused by %s: got %v, want it retried on a new connection", mode, err)
 	}
 	defer second.Close()
 	if got := dials.Load(); got != 2 {
@@ -306,9 +329,9 @@ func TestGoAwayRetried(t *testing.T) {
 }
 
 // goAwayPeer serves HBONE frame by frame: it answers CONNECTs 200 and
-// echoes DATA, except that with goAway it answers stream 1 only and
-// meets any later stream with GOAWAY.
-func goAwayPeer(c net.Conn, cert *tls.Certificate, goAway bool) {
+// echoes DATA, except that with a refusal it answers stream 1 only and
+// meets any later stream with GOAWAY or RST_STREAM(REFUSED_STREAM).
+func goAwayPeer(c net.Conn, cert *tls.Certificate, mode refusal) {
 	defer c.Close()
 	tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2"}, ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS13})
 	preface := make([]byte, len(http2.ClientPreface))
@@ -331,8 +354,12 @@ func goAwayPeer(c net.Conn, cert *tls.Certificate, goAway bool) {
 				fr.WriteSettingsAck()
 			}
 		case *http2.MetaHeadersFrame:
-			if goAway && fm.StreamID > 1 {
+			switch {
+			case mode == refuseGoAway && fm.StreamID > 1:
 				fr.WriteGoAway(1, http2.ErrCodeNo, nil)
+				continue
+			case mode == refuseStream && fm.StreamID > 1:
+				fr.WriteRSTStream(fm.StreamID, http2.ErrCodeRefusedStream)
 				continue
 			}
 			var hb bytes.Buffer
