@@ -10,23 +10,12 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/ambitmesh/ambit/internal/identity"
-	"github.com/ambitmesh/ambit/waypoint"
 )
 
 // TestAdmin: readiness only with config; /config_dump in Envoy's
 // ConfigDump shape; /stats/prometheus counts RBAC denials.
 func TestAdmin(t *testing.T) {
-	ca, err := identity.NewCA(identity.DefaultTrustDomain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: ca, Roots: ca.Roots()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := testProxy(t, nil)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(p.Stats())
 	quit := make(chan struct{})

@@ -37,8 +37,9 @@ func unlinkedAny(t *testing.T) *anypb.Any {
 	return &anypb.Any{TypeUrl: unlinkedURL, Value: value}
 }
 
-// dumpProxy is a waypoint holding snap (nil: none yet).
-func dumpProxy(t *testing.T, snap *config.Snapshot) *waypoint.Proxy {
+// testProxy is a waypoint with no listeners open, holding snap (nil:
+// no configuration yet).
+func testProxy(t *testing.T, snap *config.Snapshot) *waypoint.Proxy {
 	t.Helper()
 	ca, err := identity.NewCA(identity.DefaultTrustDomain)
 	if err != nil {
@@ -168,7 +169,7 @@ func TestConfigDumpAsAdminTypes(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			snap := c.snap(t)
-			got, err := dumpProxy(t, snap).ConfigDump()
+			got, err := testProxy(t, snap).ConfigDump()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -192,7 +193,7 @@ func TestDumpUnlinkedTypes(t *testing.T) {
 		Name:       "istio.peer_metadata",
 		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: unlinkedAny(t)},
 	}}}
-	b, err := dumpProxy(t, &config.Snapshot{RawListeners: []*listenerv3.Listener{l}}).ConfigDump()
+	b, err := testProxy(t, &config.Snapshot{RawListeners: []*listenerv3.Listener{l}}).ConfigDump()
 	if err != nil {
 		t.Fatalf("dump with an unlinked type: %v", err)
 	}

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambitmesh/ambit/api/workload"
-	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/xdsclient"
 	"github.com/ambitmesh/ambit/waypoint"
 	"github.com/ambitmesh/ambit/waypoint/config"
@@ -37,15 +36,7 @@ func deltaResponse(t *testing.T, typ, nonce string, res map[string]proto.Message
 // by name and the rest applies; the index finds peers by address and by
 // identity.
 func TestWorkloadDiscovery(t *testing.T) {
-	ca, err := identity.NewCA(identity.DefaultTrustDomain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: ca, Roots: ca.Roots()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := testProxy(t, nil)
 	installs := 0
 	c, err := xdsclient.New(xdsclient.Config{Address: "127.0.0.1:1", Plaintext: true, Types: waypoint.Types, Optional: waypoint.Optional,
 		Handler: &waypoint.Handler{Proxy: p, OnUpdate: func(*config.Snapshot) { installs++ }}})

@@ -19,7 +19,6 @@ import (
 	server "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 
-	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/internal/xdsclient"
 	"github.com/ambitmesh/ambit/waypoint"
 	"github.com/ambitmesh/ambit/waypoint/config"
@@ -96,15 +95,7 @@ func TestXDS(t *testing.T) {
 	if err := snaps.SetSnapshot(ctx, nodeID, snapshotOf(t, "1", w.resources())); err != nil {
 		t.Fatal(err)
 	}
-	ca, err := identity.NewCA(identity.DefaultTrustDomain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := waypoint.New(waypoint.Config{Identity: waypointID, Certificates: ca, Roots: ca.Roots()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := testProxy(t, nil)
 	updates := make(chan *config.Snapshot, 4)
 	node := waypoint.Node{PodName: "wp-1", PodNamespace: "shop", IP: "10.0.0.9", ServiceAccount: "waypoint"}
 	xc, err := xdsclient.New(xdsclient.Config{Address: ln.Addr().String(), Types: waypoint.Types, Named: waypoint.Named, Plaintext: true, Node: node.Proto(),
