@@ -229,6 +229,10 @@ func (p *Proxy) serveConnect(ctx context.Context, r *hbone.Request, st *hbone.Se
 		case config.FilterSetFilterState:
 			v.setFilterState(f.SetFilterState)
 		case config.FilterRBAC:
+			if res, pol, ok := f.RBAC.ShadowResult(v); ok {
+				p.shadowResult(ctx, f.RBAC, res, pol)
+				ci.setShadowMeta(config.RBACMetadataHTTP, f.RBAC.ShadowPrefix, res, pol)
+			}
 			if ok, _ := f.RBAC.Rules.Allowed(v); !ok {
 				st.Refuse(http.StatusForbidden, errors.New("RBAC: access denied"))
 				return
