@@ -244,19 +244,32 @@ func readFields(s *strings.Builder, b []byte, h http.Header, slab []string, spar
 	}
 }
 
-// chunkedEncoding is net/http's reading of the Transfer-Encoding fields
-// hf counted (which leave the header): they count on HTTP/1.1 and later
-// only (an unset version, 0.0, counts as 1.1), as one field "chunked"
-// and nothing else.
+// Errors of a Transfer-Encoding the codec does not read (each side
+// answers them its own way: readRequest with Envoy's statuses, the
+// response reader as an upstream that failed).
+var (
+	// errUnsupportedTE: anything but one field "chunked".
+	errUnsupportedTE = errors.New("unsupported transfer encoding")
+	// errTEBeforeHTTP11: Transfer-Encoding on an HTTP/1.0 (or 0.x)
+	// message, whose framing RFC 9112 section 6.1 says to treat as
+	// faulty, closing the connection after it: a peer that framed it
+	// with chunks would otherwise have them read as its next message.
+	errTEBeforeHTTP11 = errors.New("transfer encoding before HTTP/1.1")
+)
+
+// chunkedEncoding reads the Transfer-Encoding fields hf counted (which
+// leave the header): one field "chunked" and nothing else, on HTTP/1.1
+// and later (an unset version, 0.0, counts as 1.1, as net/http reads
+// it).
 func chunkedEncoding(hf *headFields, major, minor int) (bool, error) {
-	if hf.tes == 0 || !(major > 1 || major == 1 && minor >= 1 || major == 0 && minor == 0) {
+	if hf.tes == 0 {
 		return false, nil
 	}
-	if hf.tes != 1 {
-		return false, fmt.Errorf("parse header: too many transfer encodings (%d)", hf.tes)
+	if hf.tes != 1 || !asciiEqualFold(hf.te, "chunked") {
+		return false, fmt.Errorf("parse header: %w: %q (%d fields)", errUnsupportedTE, hf.te, hf.tes)
 	}
-	if !asciiEqualFold(hf.te, "chunked") {
-		return false, fmt.Errorf("parse header: unsupported transfer encoding %q", hf.te)
+	if !(major > 1 || major == 1 && minor >= 1 || major == 0 && minor == 0) {
+		return false, fmt.Errorf("parse header: %w: HTTP/%d.%d with chunked: faulty framing", errTEBeforeHTTP11, major, minor)
 	}
 	return true, nil
 }

@@ -32,9 +32,9 @@ import (
 // (FuzzRequestHead and TestRequestHead compare them field by field, and
 // the body byte by byte): textproto's reading of header lines (bare LF
 // line ends, obs-fold joined with one space, values trimmed, keys
-// canonical), net/http's framing (a single Transfer-Encoding, chunked,
-// on HTTP/1.1 and later only; identical Content-Lengths folded into
-// one; no body without either), its Host (the absolute target's, else
+// canonical), net/http's framing (a single Transfer-Encoding, chunked;
+// identical Content-Lengths folded into one; no body without either),
+// its Host (the absolute target's, else
 // the Host header's, which leaves Header), Close, Trailer, the HTTP/2
 // preface as a request with Close, and a body whose Read and Close
 // behave as net/http's (ErrUnexpectedEOF for a connection that ends
@@ -53,16 +53,17 @@ import (
 //     as Content-Length (RFC 9112 section 5.1: a server MUST reject it;
 //     net/http's server refuses it too), in heads and trailers;
 //   - a Host header that is not a valid authority (net/http's server and
-//     Envoy's request header checks).
+//     Envoy's request header checks);
+//   - Transfer-Encoding on HTTP/1.0 (or 0.x), which net/http ignores,
+//     reading the request as one without a body and its chunks as the
+//     next request: RFC 9112 section 6.1 has a server treat its framing
+//     as faulty and close the connection after it, so it is refused
+//     (and the connection closed) before anything reads a body.
 //
 // On request smuggling: the body's framing is net/http's, so a client
 // that frames a request one way cannot have it read another way here;
 // every framing net/http and Envoy could read differently is refused
-// above, but one: Transfer-Encoding on HTTP/1.0 is ignored as net/http
-// ignores it (the request has no body, and what follows is read as the
-// next request), where Envoy reads the chunks. HTTP/1.0 reaches the
-// connection manager's filters only with accept_http_10, and without
-// Connection: keep-alive its connection closes after it.
+// above.
 //
 // The errors it returns are io.EOF (the connection ended before a
 // byte), io.ErrUnexpectedEOF (in the middle of a head), the
@@ -211,7 +212,10 @@ func parseHead(head []byte, fields int, br *bufio.Reader) (*http.Request, error)
 	// The framing of the body, net/http's: chunked, else Content-Length,
 	// else none.
 	chunked, err := chunkedEncoding(&hf, major, minor)
-	if err != nil {
+	switch {
+	case errors.Is(err, errUnsupportedTE), errors.Is(err, errTEBeforeHTTP11):
+		return nil, &errHead{http.StatusBadRequest, err.Error()}
+	case err != nil:
 		return nil, err
 	}
 	length, err := contentLength(h)

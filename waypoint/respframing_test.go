@@ -85,3 +85,38 @@ func TestResponseFramingDownstream(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTP10Downstream: an HTTP/1.0 client (accept_http_10) on a
+// connection it asks to keep.
+func TestHTTP10Downstream(t *testing.T) {
+	e := newEnv(t, resConfig(func(p *svcPort) {
+		p.editHCM = func(h *hcmv3.HttpConnectionManager) {
+			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true}
+		}
+	}))
+	pod := func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %q", r.Method, r.URL.Path, b)
+	}
+	podHandlers(t, e, pod, pod)
+
+	// Transfer-Encoding on HTTP/1.0: net/http would read a request
+	// without a body, then the chunk as the next request; refused, and
+	// the connection closed (RFC 9112 section 6.1).
+	t.Run("transfer-encoding refused", func(t *testing.T) {
+		c := e.resClient(t)
+		smuggled := "GET /smuggled HTTP/1.0\r\nHost: " + host + "\r\nConnection: keep-alive\r\n\r\n"
+		fmt.Fprintf(c.c, "POST /a HTTP/1.0\r\nHost: %s\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", host, len(smuggled), smuggled)
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("status: got %d (%q), want 400", resp.StatusCode, b)
+		}
+		if _, err := c.br.ReadByte(); err == nil {
+			t.Errorf("connection still open after the refusal")
+		}
+	})
+}

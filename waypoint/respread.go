@@ -30,8 +30,11 @@ import (
 // three digits ("+99"), a version other than HTTP/1.x, a control
 // character in the reason phrase, a field name that is not a token
 // (ReadResponse takes a space in one), a folded field line (obs-fold,
-// which RFC 9112 section 5.2 lets a proxy refuse), and trailers not in
-// CRLF lines.
+// which RFC 9112 section 5.2 lets a proxy refuse), trailers not in
+// CRLF lines, and Transfer-Encoding on an HTTP/1.0 response, which
+// ReadResponse ignores (reading the body to the close, or by a
+// Content-Length beside it) and RFC 9112 section 6.1 has a client treat
+// as faulty framing: the try fails and the connection is not reused.
 
 // respReader reads response heads: one per connection, its scratch
 // kept from one response to the next.
@@ -177,8 +180,8 @@ func parseStatusLine(line []byte, resp *http.Response) (text int, err error) {
 }
 
 // setFraming reads the body's framing from resp's header, as net/http's
-// readTransfer: Transfer-Encoding (chunked, the only one; ignored in
-// HTTP/1.0), Content-Length (repeated only with one value), no body for
+// readTransfer: Transfer-Encoding (chunked, the only one; refused in
+// HTTP/1.0: chunkedEncoding), Content-Length (repeated only with one value), no body for
 // HEAD, 1xx, 204 and 304, else to the close; Connection: close (and
 // HTTP/1.0 without keep-alive); the announced trailers. te is a slice
 // of one for resp.TransferEncoding.
