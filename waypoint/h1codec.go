@@ -248,7 +248,8 @@ func readFields(s *strings.Builder, b []byte, h http.Header, slab []string, spar
 // answers them its own way: readRequest with Envoy's statuses, the
 // response reader as an upstream that failed).
 var (
-	// errUnsupportedTE: anything but one field "chunked".
+	// errUnsupportedTE: anything but one field "chunked" (a request's
+	// is answered 501, as Envoy's codec answers it).
 	errUnsupportedTE = errors.New("unsupported transfer encoding")
 	// errTEBeforeHTTP11: Transfer-Encoding on an HTTP/1.0 (or 0.x)
 	// message, whose framing RFC 9112 section 6.1 says to treat as

@@ -54,6 +54,10 @@ import (
 //     net/http's server refuses it too), in heads and trailers;
 //   - a Host header that is not a valid authority (net/http's server and
 //     Envoy's request header checks);
+//   - a Transfer-Encoding that is not one field "chunked" ("gzip",
+//     "gzip, chunked", two fields): 501 Not Implemented, as Envoy's codec
+//     answers it (RFC 9112 section 6.1: a server SHOULD answer 501 for a
+//     coding it does not understand), where net/http answers 400;
 //   - Transfer-Encoding on HTTP/1.0 (or 0.x), which net/http ignores,
 //     reading the request as one without a body and its chunks as the
 //     next request: RFC 9112 section 6.1 has a server treat its framing
@@ -213,7 +217,9 @@ func parseHead(head []byte, fields int, br *bufio.Reader) (*http.Request, error)
 	// else none.
 	chunked, err := chunkedEncoding(&hf, major, minor)
 	switch {
-	case errors.Is(err, errUnsupportedTE), errors.Is(err, errTEBeforeHTTP11):
+	case errors.Is(err, errUnsupportedTE):
+		return nil, &errHead{http.StatusNotImplemented, err.Error()}
+	case errors.Is(err, errTEBeforeHTTP11):
 		return nil, &errHead{http.StatusBadRequest, err.Error()}
 	case err != nil:
 		return nil, err
