@@ -62,7 +62,8 @@ import (
 //     reading the request as one without a body and its chunks as the
 //     next request: RFC 9112 section 6.1 has a server treat its framing
 //     as faulty and close the connection after it, so it is refused
-//     (and the connection closed) before anything reads a body.
+//     (and the connection closed) before anything reads a body. (Here
+//     the rule is RFC 9112's: Envoy's codec has no check of its own.)
 //
 // On request smuggling: the body's framing is net/http's, so a client
 // that frames a request one way cannot have it read another way here;
@@ -71,8 +72,9 @@ import (
 //
 // The errors it returns are io.EOF (the connection ended before a
 // byte), io.ErrUnexpectedEOF (in the middle of a head), the
-// connection's read error, *errHead for the limits and the smuggling
-// check, and any other error for a head that does not parse.
+// connection's read error, *errHead for the limits, the framing checks
+// and the transfer codings, and any other error for a head that does
+// not parse.
 func readRequest(c *sniffConn, maxBytes, maxHeaders int) (*http.Request, error) {
 	c.wait()
 	n, fields, hosts, err := waitHead(c, maxBytes)
