@@ -22,14 +22,32 @@ import (
 // (contentLength, chunkedEncoding, declaredTrailers, shouldClose) and
 // read the body, its chunks and its trailer section with one msgBody.
 //
-// The two sides are not equally lenient, on purpose, and fieldRules
-// says how (the values below): a request is read as net/http's
-// http.ReadRequest reads it (readRequest's doc: it is pinned to it field
-// by field), so bare LF line ends and obs-fold are taken in its head and
-// in its trailers; an upstream's response is read as http.ReadResponse
-// reads it, but a folded line is refused (RFC 9112 section 5.2 lets a
-// proxy refuse one from a server) and its trailer lines must end in
-// CRLF.
+// The two sides are not equally lenient, on purpose. A request is read
+// as net/http's http.ReadRequest reads it (readRequest's doc: it is
+// pinned to it field by field) where Envoy does not refuse more; an
+// upstream's response as http.ReadResponse reads it, less what a proxy
+// may refuse from a server. Where they differ:
+//   - field lines (fieldRules, the values below): bare LF line ends and
+//     obs-fold are taken in a request's head and trailers, as textproto
+//     takes them; a response's folded line is refused (RFC 9112 section
+//     5.2), and its trailer lines must end in CRLF;
+//   - Host: a request's goes apart (req.Host), a response's is a header
+//     like another (hostApart);
+//   - Content-Length with Transfer-Encoding: a request is refused (400,
+//     as Envoy), a response's length dropped as net/http drops it
+//     (parseHead, setFraming);
+//   - "Connection: close": dropped from an HTTP/1.1 response's header,
+//     kept in a request's, as net/http does (shouldClose's removeClose);
+//   - bounds: a request's head within max_request_headers_kb and
+//     max_headers_count (readRequest), a response's within the
+//     connection's maxResponseHead (h1Conn); either's trailer section
+//     within the read buffer, as net/http bounds it (msgBody);
+//   - refusals: a request's are answered with the status Envoy gives
+//     (errHead), a response's fail the try.
+// Everything else is one code for both: the field grammar, keys made
+// canonical, values trimmed and checked, Content-Length (repeated only
+// with one number), Transfer-Encoding (one "chunked", HTTP/1.1 and
+// later), declared trailers, Pragma, the body and its chunks.
 
 // fieldRules are what a field section may hold beyond RFC 9112's
 // field-line grammar (name ":" OWS value OWS CRLF).
