@@ -401,6 +401,7 @@ func TestH1BadResponses(t *testing.T) {
 		{"endless 1xx", strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", 4000), errResponseHead.Error()},
 		{"bad header line", "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "malformed MIME header"},
 		{"bad content length", "HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", "bad Content-Length"},
+		{"transfer-encoding on HTTP/1.0", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "faulty framing"},
 		{"binary", "\x00\x01\x02\xff\r\n\r\n", "malformed HTTP response"},
 	} {
 		addr := rawServer(t, func(c net.Conn, br *bufio.Reader) {

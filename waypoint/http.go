@@ -291,14 +291,18 @@ func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.
 	bw := getWriter(w)
 	defer releaseWriter(bw)
 	writeStatusLine(bw, 1, 1, status, "")
-	if closeConn && !listHasToken(firstValue(h, "Connection"), "close") {
-		bw.WriteString("Connection: close\r\n")
-	}
 	// Response.Write's order: the length before the other fields for a
 	// body, or for an empty one answering POST, PUT or PATCH; after them
 	// for another empty one.
 	framed := statusHasBody(status) || method == http.MethodHead
 	first := framed && (body != "" || method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch)
+	switch conn := firstValue(h, "Connection"); {
+	case closeConn && !listHasToken(conn, "close"):
+		bw.WriteString("Connection: close\r\n")
+	case !closeConn && keepAlive10(req) && (first || statusHasBody(status)) && !listHasToken(conn, "keep-alive"):
+		// (As writeResponseTo: the length keeps the connection.)
+		bw.WriteString("Connection: keep-alive\r\n")
+	}
 	if first {
 		bw.WriteString("Content-Length: ")
 		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(body)), 10))

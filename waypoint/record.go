@@ -156,8 +156,11 @@ func (p *Proxy) malformedRequest(c net.Conn, ci *connInfo, snap *config.Snapshot
 	if r.meter != nil {
 		r.written0 = r.meter.written.Load()
 	}
-	if status == http.StatusRequestHeaderFieldsTooLarge {
+	switch status {
+	case http.StatusRequestHeaderFieldsTooLarge:
 		r.Details = "http1.headers_too_large"
+	case http.StatusNotImplemented:
+		r.Details = "http1.invalid_transfer_encoding"
 	}
 	writeLocal(c, nil, status, http.StatusText(status), nil, true)
 	r.finish()

@@ -85,3 +85,70 @@ func TestResponseFramingDownstream(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTP10Downstream: an HTTP/1.0 client (accept_http_10) on a
+// connection it asks to keep.
+func TestHTTP10Downstream(t *testing.T) {
+	e := newEnv(t, resConfig(func(p *svcPort) {
+		p.editHCM = func(h *hcmv3.HttpConnectionManager) {
+			h.HttpProtocolOptions = &core.Http1ProtocolOptions{AcceptHttp_10: true}
+		}
+	}))
+	pod := func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %q", r.Method, r.URL.Path, b)
+	}
+	podHandlers(t, e, pod, pod)
+
+	// "Connection: keep-alive" asked: an answer of known length says it
+	// keeps the connection (as Envoy's connection manager): proxied, or
+	// the waypoint's own (TestWriteKeepAlive10); without it an HTTP/1.0
+	// client closes.
+	t.Run("keep-alive", func(t *testing.T) {
+		c := e.resClient(t)
+		for _, path := range []string{"/one", "/two"} {
+			fmt.Fprintf(c.c, "GET %s HTTP/1.0\r\nHost: %s\r\nConnection: keep-alive\r\n\r\n", path, host)
+			resp, err := http.ReadResponse(c.br, nil)
+			if err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if got := resp.Header.Get("Connection"); got != "keep-alive" || resp.ContentLength != int64(len(b)) {
+				t.Errorf("%s: got status %d, Connection %q, length %d (body %q), want keep-alive and the body's length", path, resp.StatusCode, got, resp.ContentLength, b)
+			}
+		}
+		// Without keep-alive, the connection closes after the answer.
+		fmt.Fprintf(c.c, "GET /last HTTP/1.0\r\nHost: %s\r\n\r\n", host)
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if !resp.Close || resp.Header.Get("Connection") != "" {
+			t.Errorf("/last: Connection %q (close %v), want close", resp.Header.Get("Connection"), resp.Close)
+		}
+		if _, err := c.br.ReadByte(); err == nil {
+			t.Errorf("connection still open after an HTTP/1.0 request without keep-alive")
+		}
+	})
+
+	// Transfer-Encoding on HTTP/1.0: net/http would read a request
+	// without a body, then the chunk as the next request; refused, and
+	// the connection closed (RFC 9112 section 6.1).
+	t.Run("transfer-encoding refused", func(t *testing.T) {
+		c := e.resClient(t)
+		smuggled := "GET /smuggled HTTP/1.0\r\nHost: " + host + "\r\nConnection: keep-alive\r\n\r\n"
+		fmt.Fprintf(c.c, "POST /a HTTP/1.0\r\nHost: %s\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", host, len(smuggled), smuggled)
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("status: got %d (%q), want 400", resp.StatusCode, b)
+		}
+		if _, err := c.br.ReadByte(); err == nil {
+			t.Errorf("connection still open after the refusal")
+		}
+	})
+}

@@ -139,7 +139,6 @@ var readCases = []struct {
 	{"1.0 to the close", "HTTP/1.0 200 OK\r\n\r\nall of it", "GET", true},
 	{"1.1 to the close", "HTTP/1.1 200 OK\r\n\r\nall of it", "GET", true},
 	{"1.0 keep-alive", "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\nok", "GET", true},
-	{"1.0 chunked ignored", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\nok", "GET", true},
 	{"1.1 close", "HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok", "GET", true},
 	{"1.2", "HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok", "GET", true},
 	{"same length twice", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length:  2 \r\n\r\nok", "GET", true},
@@ -156,6 +155,8 @@ var readCases = []struct {
 	{"signed length", "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello", "GET", false},
 	{"empty length", "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n", "GET", false},
 	{"huge length", "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n", "GET", false},
+	{"1.0 chunked", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\nok", "GET", false},
+	{"1.0 chunked, keep-alive", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "GET", false},
 	{"gzip encoding", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "GET", false},
 	{"two encodings", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", "GET", false},
 	{"forbidden trailer", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Content-Length\r\n\r\n0\r\n\r\n", "GET", false},
@@ -195,6 +196,7 @@ func TestReadResponseErrors(t *testing.T) {
 		{"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "bad Content-Length"},
 		{"HTTP/1.1 2000 OK\r\n\r\n", "malformed HTTP status code"},
 		{"HTTP/1.1 200 OK\r\n", io.ErrUnexpectedEOF.Error()},
+		{"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "faulty framing"},
 	} {
 		_, err := readResponse(bufio.NewReader(strings.NewReader(tc.raw)), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

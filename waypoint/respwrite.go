@@ -38,6 +38,16 @@ import (
 // (its length unknown and no chunking: an HTTP/1.0 request, or a
 // response that is not HTTP/1.1). The body is closed.
 func writeResponse(w *bufio.Writer, resp *http.Response) (closeConn bool, err error) {
+	return writeResponseTo(w, resp, false)
+}
+
+// writeResponseTo is writeResponse for a client that may be HTTP/1.0:
+// keepAlive10, the client is HTTP/1.0 and asked to keep the connection
+// ("Connection: keep-alive"); if it stays open after this answer (which
+// a Content-Length frames), the answer says so with "Connection:
+// keep-alive", without which an HTTP/1.0 client closes it. Envoy's
+// connection manager and net/http's server answer such a client so.
+func writeResponseTo(w *bufio.Writer, resp *http.Response, keepAlive10 bool) (closeConn bool, err error) {
 	writeStatusLine(w, resp.ProtoMajor, resp.ProtoMinor, resp.StatusCode, resp.Status)
 	method := ""
 	if resp.Request != nil {
@@ -103,10 +113,15 @@ func writeResponse(w *bufio.Writer, resp *http.Response) (closeConn bool, err er
 	if !chunked {
 		trailer = nil
 	}
-	if closing && !listHasToken(firstValue(resp.Header, "Connection"), "close") {
-		w.WriteString("Connection: close\r\n")
-	}
 	sendLen := shouldSendContentLength(chunked, tLen, method, tEnc)
+	// (Or "Content-Length: 0" after the fields.)
+	zeroLen := cl == 0 && !isChunkedTE(resp.TransferEncoding) && !sendLen && statusHasBody(resp.StatusCode)
+	switch conn := firstValue(resp.Header, "Connection"); {
+	case closing && !listHasToken(conn, "close"):
+		w.WriteString("Connection: close\r\n")
+	case !closing && keepAlive10 && (sendLen || zeroLen) && !listHasToken(conn, "keep-alive"):
+		w.WriteString("Connection: keep-alive\r\n")
+	}
 	if sendLen {
 		w.WriteString("Content-Length: ")
 		w.Write(strconv.AppendInt(w.AvailableBuffer(), tLen, 10))
@@ -120,7 +135,7 @@ func writeResponse(w *bufio.Writer, resp *http.Response) (closeConn bool, err er
 		}
 	}
 	writeHeaderLines(w, resp.Header, true, "")
-	if cl == 0 && !isChunkedTE(resp.TransferEncoding) && !sendLen && statusHasBody(resp.StatusCode) {
+	if zeroLen {
 		w.WriteString("Content-Length: 0\r\n")
 	}
 	if _, err := w.WriteString("\r\n"); err != nil {

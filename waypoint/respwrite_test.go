@@ -282,6 +282,70 @@ func TestWriteLocalAsNetHTTP(t *testing.T) {
 	}
 }
 
+// TestWriteKeepAlive10: an HTTP/1.0 client that asked for keep-alive is
+// told "Connection: keep-alive" when a length keeps its connection
+// open, by the proxied answer's writer and by the waypoint's own.
+func TestWriteKeepAlive10(t *testing.T) {
+	keep := &http.Request{Method: "GET", ProtoMajor: 1, ProtoMinor: 0}
+	for _, tc := range []struct {
+		name    string
+		resp    func() *http.Response
+		want    string // the head
+		closing bool
+	}{
+		{"length", mkResp("GET", 0, 200, 2, []string{"ok"}, nil),
+			"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n", false},
+		{"length 0", mkResp("GET", 0, 200, 0, []string{}, http.Header{"X-A": {"1"}}),
+			"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n", false},
+		{"HEAD, length", mkResp("HEAD", 0, 200, 9, []string{}, nil),
+			"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 9\r\n\r\n", false},
+		{"already said", mkResp("GET", 0, 200, 2, []string{"ok"}, http.Header{"Connection": {"Keep-Alive"}}),
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Keep-Alive\r\n\r\n", false},
+		{"unknown length: to the close", mkResp("GET", 0, 200, -1, []string{"ok"}, nil),
+			"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", true},
+		{"upstream closes", with(mkResp("GET", 0, 200, 2, []string{"ok"}, nil), func(r *http.Response) { r.Close = true }),
+			"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n", true},
+		{"204: no length", mkResp("GET", 0, 204, 0, []string{}, nil),
+			"HTTP/1.1 204 No Content\r\n\r\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bytes.Buffer
+			bw := bufio.NewWriter(&b)
+			closing, err := writeResponseTo(bw, tc.resp(), true)
+			bw.Flush()
+			if err != nil {
+				t.Fatal(err)
+			}
+			head, _, _ := strings.Cut(b.String(), "\r\n\r\n")
+			if got := head + "\r\n\r\n"; got != tc.want || closing != tc.closing {
+				t.Errorf("got %q (close %v), want %q (close %v)", got, closing, tc.want, tc.closing)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name   string
+		status int
+		body   string
+		close  bool
+		want   string
+	}{
+		{"403", 403, "denied", false, "HTTP/1.1 403 Forbidden\r\nConnection: keep-alive\r\nContent-Length: 6\r\nContent-Type: text/plain\r\n\r\ndenied"},
+		{"503, no body", 503, "", false, "HTTP/1.1 503 Service Unavailable\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"},
+		{"503, close", 503, "", true, "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"},
+		{"204", 204, "", false, "HTTP/1.1 204 No Content\r\n\r\n"},
+	} {
+		t.Run("local "+tc.name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := writeLocal(&b, keep, tc.status, tc.body, nil, tc.close); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.String(); got != tc.want {
+				t.Errorf("got  %q\nwant %q", got, tc.want)
+			}
+		})
+	}
+}
+
 // TestWriteHeaderLinesAsNetHTTP: a 101's fields (switchProtocols) as
 // Header.Write writes them.
 func TestWriteHeaderLinesAsNetHTTP(t *testing.T) {

@@ -399,8 +399,15 @@ func TestResponseFlags(t *testing.T) {
 	if out, _ := io.ReadAll(bad); !strings.HasPrefix(string(out), "HTTP/1.1 400 ") {
 		t.Errorf("smuggling attempt: got %q, want 400", out)
 	}
+	// A transfer coding the codec does not read: 501, as Envoy's codec.
+	gzip := e.tunnel(t, clientID, e.vip(80))
+	io.WriteString(gzip, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
+	if out, _ := io.ReadAll(gzip); !strings.HasPrefix(string(out), "HTTP/1.1 501 ") {
+		t.Errorf("gzip transfer coding: got %q, want 501", out)
+	}
 	mfs := scrape(t, e.wp)
 	find(t, mfs, "istio_requests_total", map[string]string{"response_code": "400", "response_flags": "DPE"})
+	find(t, mfs, "istio_requests_total", map[string]string{"response_code": "501", "response_flags": "DPE"})
 	find(t, mfs, "istio_requests_total", map[string]string{"response_code": "503", "response_flags": "UF,URX"})
 	find(t, mfs, "istio_requests_total", map[string]string{"response_code": "403", "response_flags": "-"})
 	var details []any
@@ -411,7 +418,7 @@ func TestResponseFlags(t *testing.T) {
 		details = append(details, l["response_flags"], l["response_code_details"])
 	}
 	want := []any{"UF,URX", "upstream_reset_before_response_started{connection_failure}", "-", "rbac_access_denied_matched_policy[ns[shop]-policy[no_admin]-rule[0]]",
-		"DPE", "http1.codec_error"}
+		"DPE", "http1.codec_error", "DPE", "http1.invalid_transfer_encoding"}
 	if diff := cmp.Diff(want, details); diff != "" {
 		t.Errorf("access log flags and details (-want +got):\n%s", diff)
 	}

@@ -629,7 +629,9 @@ func TestBadRequests(t *testing.T) {
 		// would take them (readRequest).
 		{"space before a colon", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc", 400},
 		{"invalid Host", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400},
-		{"unsupported transfer-encoding", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400},
+		{"unsupported transfer-encoding", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+		{"unsupported transfer-encoding, HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+		{"two transfer-encodings", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := e.client(t, clientID)
