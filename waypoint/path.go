@@ -103,6 +103,9 @@ func decodeUnreserved(p string) string {
 
 // removeDotSegments is RFC 3986 section 5.2.4 on an absolute path.
 func removeDotSegments(p string) string {
+	if !strings.Contains(p, "/.") {
+		return p // no segment begins with a dot: nothing to remove
+	}
 	segs := strings.Split(p[1:], "/")
 	out := make([]string, 0, len(segs))
 	for i, s := range segs {

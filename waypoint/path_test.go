@@ -27,6 +27,12 @@ func TestNormalizePath(t *testing.T) {
 		{reject, "/a%2Fadmin", "", true},
 		{unescape, "/x/..%2Fadmin", "/admin", false},
 		{&config.HCM{}, "/a/../b", "/a/../b", false},
+		{norm, "/api/v1/reviews", "/api/v1/reviews", false},
+		{norm, "/a/.well-known/b/..", "/a/.well-known/", false},
+		{norm, "/a/.hidden/x.y", "/a/.hidden/x.y", false},
+		{norm, "/a/%2e%2e/b", "/b", false},
+		{norm, "/", "/", false},
+		{norm, "/.", "/", false},
 	} {
 		got, err := normalizePath(tc.h, tc.in)
 		if (err != nil) != tc.err || got != tc.out {

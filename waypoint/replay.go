@@ -37,15 +37,15 @@ type replayBody struct {
 	// onEOF runs once, with the whole body, when src ends within the
 	// limit (mirrors start then).
 	onEOF func(body []byte)
-	// touch marks activity for the stream idle timeout.
-	touch func()
+	// st's idle timeout counts each read as activity (nil: none).
+	st *streamTimer
 }
 
 // errBodyNotKept: a try needs bytes the buffer no longer holds.
 var errBodyNotKept = errors.New("request body larger than the buffer limit: not kept for this try")
 
-func newReplayBody(src io.ReadCloser, limit int, touch func()) *replayBody {
-	b := &replayBody{src: src, limit: limit, touch: touch}
+func newReplayBody(src io.ReadCloser, limit int, st *streamTimer) *replayBody {
+	b := &replayBody{src: src, limit: limit, st: st}
 	if bb, ok := src.(*bufferedBody); ok && bb.n <= int64(limit) {
 		// Read now, without waiting: every try then gets the body in
 		// memory (reader), which net/http writes with the request's
@@ -112,8 +112,8 @@ func (b *replayBody) pull(p []byte) (n int, at int64, err error) {
 		return 0, at, err
 	}
 	n, err = b.src.Read(p)
-	if n > 0 && b.touch != nil {
-		b.touch()
+	if n > 0 {
+		b.st.touch()
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -291,9 +291,10 @@ func (s *streamTimer) check() {
 	s.cancel(why)
 }
 
-// touch marks activity (a no-op without an idle timeout).
+// touch marks activity (a no-op without an idle timeout, and for a nil
+// s).
 func (s *streamTimer) touch() {
-	if s.idle == 0 {
+	if s == nil || s.idle == 0 {
 		return
 	}
 	s.mu.Lock()
@@ -326,13 +327,13 @@ func (s *streamTimer) fired() error {
 // touchBody marks activity on each read of a response body.
 type touchBody struct {
 	io.ReadCloser
-	touch func()
+	st *streamTimer
 }
 
 func (b *touchBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 {
-		b.touch()
+		b.st.touch()
 	}
 	return n, err
 }

@@ -108,7 +108,6 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	// connection manager's stream_idle_timeout; each byte of request or
 	// response body is activity. One timer runs both timeouts.
 	var st *streamTimer
-	touch := func() {}
 	idle := cmpOr(a.IdleTimeout, hcm.StreamIdleTimeout)
 	if upgrade != "" {
 		idle = 0
@@ -116,9 +115,6 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	if timeout > 0 || idle > 0 {
 		ctx, st = newStreamTimer(ctx, timeout, idle)
 		defer st.stop()
-		if idle > 0 {
-			touch = st.touch
-		}
 	}
 	cs := p.clusterState(cl.Name)
 	tr := p.transportFor(cl, req, upgrade)
@@ -158,7 +154,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	}
 	var body *replayBody
 	if req.ContentLength != 0 && req.Body != nil && req.Body != http.NoBody {
-		body = newReplayBody(req.Body, cmpOr(a.BufferLimit, 1<<20), touch)
+		body = newReplayBody(req.Body, cmpOr(a.BufferLimit, 1<<20), st)
 		req.Body = body // what no try reads is drained from here
 		defer body.closeReaders()
 	}
@@ -166,6 +162,9 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		if !rollPercent(m.Fraction) {
 			continue
 		}
+		// (copies: what a closure that outlives the request captures
+		// moves to the heap, and these are read on every request)
+		m, wc, uri, hostRewrite := m, wc, uri, hostRewrite
 		mirror := func(b []byte) { p.mirror(snap, m, req, share, rt, wc, uri, hostRewrite, b, a.Timeout) }
 		if body == nil {
 			mirror(nil)
@@ -181,6 +180,18 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	var resp *http.Response
 	var ep *config.Endpoint
 	holdsRetry, exhausted := false, false
+	// active is the endpoint whose response is being passed on: active
+	// until it is through. (One defer outside the loop: a defer in a
+	// loop is allocated, and makes every defer of the function slower.)
+	var active *hostState
+	defer func() {
+		if active != nil {
+			active.active.Add(-1)
+		}
+		if holdsRetry {
+			cs.retries.Add(-1)
+		}
+	}()
 	for try := 0; ; try++ {
 		ep = p.pick(cl, cs, tried, retry != nil && retry.OtherHosts)
 		if ep == nil {
@@ -232,16 +243,14 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		p.report(cl, cs, ep, o)
 		again := try+1 < tries && ctx.Err() == nil && shouldRetry(retry, resp, err) && (body == nil || body.replayable())
 		if again && !holdsRetry {
-			if holdsRetry = cs.retry(cl); holdsRetry {
-				defer cs.retries.Add(-1)
-			} else {
+			if holdsRetry = cs.retry(cl); !holdsRetry {
 				again = false
 				rec.Flags = "UO" // Envoy's retry overflow: the answer goes back as it is
 			}
 		}
 		if !again {
 			exhausted = try+1 >= tries && try > 0 && shouldRetry(retry, resp, err)
-			defer hs.active.Add(-1) // active until the response is through
+			active = hs
 			break
 		}
 		hs.active.Add(-1)
@@ -316,7 +325,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		return false
 	}
 	if idle > 0 {
-		resp.Body = &touchBody{ReadCloser: resp.Body, touch: st.touch}
+		resp.Body = &touchBody{ReadCloser: resp.Body, st: st}
 	}
 	// The response's trailers: the transport fills resp.Trailer when the
 	// body ends. An HTTP/1.1 client gets them after a chunked body (the
@@ -403,7 +412,9 @@ func (p *Proxy) upstreamRequest(ctx context.Context, req *http.Request, snap *co
 	for _, h := range hopHeaders {
 		out.Header.Del(h)
 	}
-	for _, h := range strings.Split(req.Header.Get("Connection"), ",") {
+	for rest := req.Header.Get("Connection"); rest != ""; {
+		var h string
+		h, rest, _ = strings.Cut(rest, ",")
 		if h = strings.TrimSpace(h); h != "" && !strings.EqualFold(h, "upgrade") {
 			out.Header.Del(h)
 		}
