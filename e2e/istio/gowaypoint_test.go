@@ -173,6 +173,42 @@ func (m *mesh) goWaypoint(t *testing.T) {
 		}
 	}
 
+	// A dry-run DENY policy (istio.io/dry-run): Istio's istiod sends it
+	// as RBAC shadow rules. The waypoint lets the request through and
+	// counts what the policy would have done, where Istio's dry-run task
+	// reads it.
+	dry := &securityv1.AuthorizationPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-dry-run", Namespace: "shop", Annotations: map[string]string{"istio.io/dry-run": "true"}},
+		Spec: secapi.AuthorizationPolicy{
+			TargetRefs: []*typeapi.PolicyTargetReference{{Kind: "Service", Group: "", Name: "web"}},
+			Action:     secapi.AuthorizationPolicy_DENY,
+			Rules:      []*secapi.Rule{{To: []*secapi.Rule_To{{Operation: &secapi.Operation{Paths: []string{"/public/dry"}}}}}},
+		},
+	}
+	if _, err := m.istio.SecurityV1().AuthorizationPolicies("shop").Create(ctx, dry, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer m.remove(t, dry)
+	if _, err := m.mesh.WaitWaypoint(ctx, "shop", "waypoint", 1, "the dry-run policy's shadow rules", func(dump string) bool {
+		return strings.Contains(dump, "istio_dry_run_deny_") && strings.Contains(dump, "web-dry-run")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, err := m.http("a", url+"public/dry"); err != nil || code != 200 {
+		t.Errorf("a to %spublic/dry under dry-run policy web-dry-run: got %d, %v; want 200 (a dry run refuses nothing)", url, code, err)
+	}
+	wpNS, ok := m.l.Node(wp.Spec.NodeName).Kubelet.PodNetNS("shop", wp.Name)
+	if !ok {
+		t.Fatalf("waypoint pod %s: no network namespace on %s", wp.Name, wp.Spec.NodeName)
+	}
+	// (the waypoint writes a dry-run series once it has counted one)
+	const wouldDeny = `envoy_http_rbac{authz_dry_run_action="deny",authz_dry_run_result="denied"} `
+	if err := lab.WaitHTTPBody(ctx, wpNS, labmesh.WaypointAdmin+"/stats/prometheus", time.Minute, func(body string) bool {
+		return strings.Contains(body, wouldDeny)
+	}); err != nil {
+		t.Errorf("the waypoint's metrics: want %s: %v", wouldDeny, err)
+	}
+
 	// The waypoint's admin dumps the configuration Istio's istiod sent,
 	// Istio's own extension types (peer metadata, ...) included.
 	if _, err := m.mesh.WaitWaypoint(ctx, "shop", "waypoint", 1, "its config dump", func(dump string) bool {
