@@ -332,6 +332,11 @@ func deployment(gw *gatewayv1.Gateway, cfg DeployConfig) *appsv1.Deployment {
 							{Name: "TRUST_DOMAIN", Value: cfg.TrustDomain},
 							{Name: "CLUSTER_ID", Value: cfg.ClusterID},
 							{Name: "CLUSTER_DOMAIN", Value: cfg.DomainSuffix},
+							// HTTP/2 extended CONNECT (WebSocket over
+							// HTTP/2) from the start: without it the
+							// waypoint re-execs itself to set it
+							// (waypoint/xconnect.go).
+							{Name: "GODEBUG", Value: "http2xconnect=1"},
 						},
 						Ports: []corev1.ContainerPort{
 							{Name: "hbone", ContainerPort: mesh.HBONEPort, Protocol: corev1.ProtocolTCP},

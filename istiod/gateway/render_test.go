@@ -111,6 +111,9 @@ func TestRender(t *testing.T) {
 	if !slices.Contains(c.Args, "--xds-address=istiod.istio-system.svc:15012") || !slices.Contains(c.Args, "--ca-token=/var/run/secrets/tokens/istio-token") {
 		t.Errorf("args %q: want istiod's address and the istio-ca token", c.Args)
 	}
+	if i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GODEBUG" }); i < 0 || c.Env[i].Value != "http2xconnect=1" {
+		t.Errorf("env %v: want GODEBUG=http2xconnect=1 (so the waypoint starts once, not twice)", c.Env)
+	}
 	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Port.IntVal != StatusPort {
 		t.Errorf("readiness probe %+v: want HTTP on %d", p, StatusPort)
 	}
