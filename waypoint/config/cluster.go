@@ -232,6 +232,7 @@ func endpoints(load *endpoint.ClusterLoadAssignment) ([]*Endpoint, error) {
 			for ns, st := range le.GetMetadata().GetFilterMetadata() {
 				e.Metadata[ns] = stringFields(st)
 			}
+			e.name = e.makeName()
 			out = append(out, e)
 		}
 	}

@@ -513,10 +513,20 @@ type Endpoint struct {
 	// Priority is its locality's priority (0 the highest): traffic goes
 	// to the highest priority with a healthy endpoint.
 	Priority uint32
+	// name is String's, made once when the endpoint is built (the
+	// balancer keys its hosts by it on every request).
+	name string
 }
 
 // String names the endpoint for logs and pool keys.
 func (e *Endpoint) String() string {
+	if e.name != "" {
+		return e.name
+	}
+	return e.makeName()
+}
+
+func (e *Endpoint) makeName() string {
 	if e.Listener != "" {
 		return "envoy://" + e.Listener + "/" + e.ID
 	}
