@@ -86,7 +86,7 @@ func (r h1Responder) proxied(req *http.Request, resp *http.Response) (keep, fail
 	bw := getWriter(r.c)
 	fb := newFlushingBody(resp, bw)
 	defer putWriter(bw, fb)
-	closeConn, err := writeResponseTo(bw, resp, keepAlive10(req))
+	closeConn, err := writeResponseTo(bw, resp, req)
 	if err != nil {
 		return false, true
 	}
@@ -103,7 +103,12 @@ func (r h1Responder) proxied(req *http.Request, resp *http.Response) (keep, fail
 // keepAlive10: req is HTTP/1.0 and asks to keep its connection
 // (writeResponseTo).
 func keepAlive10(req *http.Request) bool {
-	return req != nil && req.ProtoMajor == 1 && req.ProtoMinor == 0 && !req.Close
+	return is10(req) && !req.Close
+}
+
+// is10: req is HTTP/1.0.
+func is10(req *http.Request) bool {
+	return req != nil && req.ProtoMajor == 1 && req.ProtoMinor == 0
 }
 
 // h2Responder answers one HTTP/2 stream.

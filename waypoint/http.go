@@ -290,7 +290,11 @@ func writeLocal(w io.Writer, req *http.Request, status int, body string, h http.
 	}
 	bw := getWriter(w)
 	defer releaseWriter(bw)
-	writeStatusLine(bw, 1, 1, status, "")
+	if is10(req) {
+		writeStatusLine(bw, 1, 0, status, "") // as writeResponseTo
+	} else {
+		writeStatusLine(bw, 1, 1, status, "")
+	}
 	// Response.Write's order: the length before the other fields for a
 	// body, or for an empty one answering POST, PUT or PATCH; after them
 	// for another empty one.
@@ -415,7 +419,9 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	rec := p.beginRequest(dc, rw, ci, req, snap, hcm)
 	switch {
 	case req.ProtoMajor == 1 && req.ProtoMinor == 0 && !hcm.AcceptHTTP10:
-		writeLocal(c, req, http.StatusUpgradeRequired, "", nil, true)
+		// In HTTP/1.1, as Envoy refuses it: only accept_http_10 answers
+		// an HTTP/1.0 client in its own version.
+		writeLocal(c, nil, http.StatusUpgradeRequired, "", nil, true)
 		rec.refused(http.StatusUpgradeRequired, "low_version")
 		return false
 	case req.ProtoAtLeast(1, 1) && req.Host == "":

@@ -38,17 +38,25 @@ import (
 // (its length unknown and no chunking: an HTTP/1.0 request, or a
 // response that is not HTTP/1.1). The body is closed.
 func writeResponse(w *bufio.Writer, resp *http.Response) (closeConn bool, err error) {
-	return writeResponseTo(w, resp, false)
+	return writeResponseTo(w, resp, nil)
 }
 
-// writeResponseTo is writeResponse for a client that may be HTTP/1.0:
-// keepAlive10, the client is HTTP/1.0 and asked to keep the connection
-// ("Connection: keep-alive"); if it stays open after this answer (which
-// a Content-Length frames), the answer says so with "Connection:
-// keep-alive", without which an HTTP/1.0 client closes it. Envoy's
-// connection manager and net/http's server answer such a client so.
-func writeResponseTo(w *bufio.Writer, resp *http.Response, keepAlive10 bool) (closeConn bool, err error) {
-	writeStatusLine(w, resp.ProtoMajor, resp.ProtoMinor, resp.StatusCode, resp.Status)
+// writeResponseTo is writeResponse answering req, a client's request
+// that may be HTTP/1.0 (nil: an HTTP/1.1 client). An HTTP/1.0 client
+// gets an HTTP/1.0 status line, as Envoy's codec answers one when
+// accept_http_10 lets it in (the waypoint refuses HTTP/1.0 otherwise).
+// One that asked to keep the connection ("Connection: keep-alive") is
+// told "Connection: keep-alive" if the connection stays open after this
+// answer (which a Content-Length frames), without which an HTTP/1.0
+// client closes it: Envoy's connection manager and net/http's server
+// answer such a client so.
+func writeResponseTo(w *bufio.Writer, resp *http.Response, req *http.Request) (closeConn bool, err error) {
+	major, minor := resp.ProtoMajor, resp.ProtoMinor
+	if is10(req) {
+		major, minor = 1, 0
+	}
+	keepAlive10 := keepAlive10(req)
+	writeStatusLine(w, major, minor, resp.StatusCode, resp.Status)
 	method := ""
 	if resp.Request != nil {
 		method = resp.Request.Method

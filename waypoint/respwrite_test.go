@@ -294,24 +294,24 @@ func TestWriteKeepAlive10(t *testing.T) {
 		closing bool
 	}{
 		{"length", mkResp("GET", 0, 200, 2, []string{"ok"}, nil),
-			"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n", false},
+			"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n", false},
 		{"length 0", mkResp("GET", 0, 200, 0, []string{}, http.Header{"X-A": {"1"}}),
-			"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n", false},
+			"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n", false},
 		{"HEAD, length", mkResp("HEAD", 0, 200, 9, []string{}, nil),
-			"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 9\r\n\r\n", false},
+			"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 9\r\n\r\n", false},
 		{"already said", mkResp("GET", 0, 200, 2, []string{"ok"}, http.Header{"Connection": {"Keep-Alive"}}),
-			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Keep-Alive\r\n\r\n", false},
+			"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: Keep-Alive\r\n\r\n", false},
 		{"unknown length: to the close", mkResp("GET", 0, 200, -1, []string{"ok"}, nil),
-			"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", true},
+			"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n", true},
 		{"upstream closes", with(mkResp("GET", 0, 200, 2, []string{"ok"}, nil), func(r *http.Response) { r.Close = true }),
-			"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n", true},
+			"HTTP/1.0 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n", true},
 		{"204: no length", mkResp("GET", 0, 204, 0, []string{}, nil),
-			"HTTP/1.1 204 No Content\r\n\r\n", false},
+			"HTTP/1.0 204 No Content\r\n\r\n", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer
 			bw := bufio.NewWriter(&b)
-			closing, err := writeResponseTo(bw, tc.resp(), true)
+			closing, err := writeResponseTo(bw, tc.resp(), keep)
 			bw.Flush()
 			if err != nil {
 				t.Fatal(err)
@@ -329,10 +329,10 @@ func TestWriteKeepAlive10(t *testing.T) {
 		close  bool
 		want   string
 	}{
-		{"403", 403, "denied", false, "HTTP/1.1 403 Forbidden\r\nConnection: keep-alive\r\nContent-Length: 6\r\nContent-Type: text/plain\r\n\r\ndenied"},
-		{"503, no body", 503, "", false, "HTTP/1.1 503 Service Unavailable\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"},
-		{"503, close", 503, "", true, "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"},
-		{"204", 204, "", false, "HTTP/1.1 204 No Content\r\n\r\n"},
+		{"403", 403, "denied", false, "HTTP/1.0 403 Forbidden\r\nConnection: keep-alive\r\nContent-Length: 6\r\nContent-Type: text/plain\r\n\r\ndenied"},
+		{"503, no body", 503, "", false, "HTTP/1.0 503 Service Unavailable\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"},
+		{"503, close", 503, "", true, "HTTP/1.0 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"},
+		{"204", 204, "", false, "HTTP/1.0 204 No Content\r\n\r\n"},
 	} {
 		t.Run("local "+tc.name, func(t *testing.T) {
 			var b bytes.Buffer
