@@ -49,7 +49,8 @@ func writeResponse(w *bufio.Writer, resp *http.Response) (closeConn bool, err er
 // told "Connection: keep-alive" if the connection stays open after this
 // answer (which a Content-Length frames), without which an HTTP/1.0
 // client closes it: Envoy's connection manager and net/http's server
-// answer such a client so.
+// answer such a client so. An answer with no length (a 204 or 304) ends
+// such a client's connection, as Envoy's connection manager ends it.
 func writeResponseTo(w *bufio.Writer, resp *http.Response, req *http.Request) (closeConn bool, err error) {
 	major, minor := resp.ProtoMajor, resp.ProtoMinor
 	if is10(req) {
@@ -64,6 +65,10 @@ func writeResponseTo(w *bufio.Writer, resp *http.Response, req *http.Request) (c
 	head := method == http.MethodHead
 	closing := resp.Close
 	if !head && !statusHasBody(resp.StatusCode) {
+		// No length either: an HTTP/1.0 client's connection ends here,
+		// as Envoy's connection manager ends one when the answer has no
+		// Content-Length.
+		closing = closing || keepAlive10
 		if resp.Body != nil {
 			resp.Body.Close()
 		}

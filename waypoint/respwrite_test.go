@@ -305,8 +305,8 @@ func TestWriteKeepAlive10(t *testing.T) {
 			"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n", true},
 		{"upstream closes", with(mkResp("GET", 0, 200, 2, []string{"ok"}, nil), func(r *http.Response) { r.Close = true }),
 			"HTTP/1.0 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n", true},
-		{"204: no length", mkResp("GET", 0, 204, 0, []string{}, nil),
-			"HTTP/1.0 204 No Content\r\n\r\n", false},
+		{"204: no length, so closed", mkResp("GET", 0, 204, 0, []string{}, nil),
+			"HTTP/1.0 204 No Content\r\nConnection: close\r\n\r\n", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer
