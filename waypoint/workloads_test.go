@@ -127,7 +127,18 @@ func TestNodeMetadata(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := waypoint.Node{PodName: "reviews-waypoint-7d9c8b6f5-abcde", PodNamespace: "shop", IP: "10.0.0.9", ServiceAccount: "reviews-waypoint", Labels: labels, TrustDomain: "cluster.local"}
-	md := n.Proto().GetMetadata().GetFields()
+	np := n.Proto()
+	// The cluster as Istio's agent names it: the workload and namespace
+	// without an app label, the app label's with one.
+	if got := np.GetCluster(); got != "reviews-waypoint.shop" {
+		t.Errorf("node cluster: got %q, want reviews-waypoint.shop (workload.namespace, as Istio's agent)", got)
+	}
+	withApp := n
+	withApp.Labels = map[string]string{"app": "reviews", waypoint.LabelGatewayName: "reviews-waypoint"}
+	if got := withApp.Proto().GetCluster(); got != "reviews.shop" {
+		t.Errorf("node cluster with an app label: got %q, want reviews.shop", got)
+	}
+	md := np.GetMetadata().GetFields()
 	for k, want := range map[string]string{
 		"WORKLOAD_NAME": "reviews-waypoint", "OWNER": "kubernetes://apis/apps/v1/namespaces/shop/deployments/reviews-waypoint",
 		"ISTIO_VERSION": waypoint.IstioVersion, "CLUSTER_ID": "Kubernetes", "NAMESPACE": "shop", "METADATA_DISCOVERY": "true", "MESH_ID": "cluster.local",

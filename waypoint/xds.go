@@ -158,9 +158,24 @@ func (n Node) Proto() *core.Node {
 	}
 	return &core.Node{
 		Id:       "waypoint~" + ip + "~" + n.PodName + "." + n.PodNamespace + "~" + n.PodNamespace + ".svc." + domain,
-		Cluster:  n.PodName + "." + n.PodNamespace,
+		Cluster:  n.ServiceCluster(),
 		Metadata: &structpb.Struct{Fields: fields},
 	}
+}
+
+// ServiceCluster is the node's cluster as Istio's agent names it (its
+// default tracing service name, APP_LABEL_AND_NAMESPACE): the app label
+// and the namespace, else the workload's name and the namespace. istiod
+// sends it back as an OpenTelemetry tracer's service name; spans carry
+// it as their local service.
+func (n Node) ServiceCluster() string {
+	if app := n.Labels["app"]; app != "" {
+		return app + "." + n.PodNamespace
+	}
+	if w := n.WorkloadName(); w != "" {
+		return w + "." + n.PodNamespace
+	}
+	return "istio-proxy." + n.PodNamespace
 }
 
 // Handler applies delta xDS responses to a proxy: each resource is

@@ -52,13 +52,23 @@ const webChain = "inbound-vip|80|http|web.shop.svc." + lab.ClusterDomain
 // istio.stats filter's config (reporter, overrides).
 func (m *mesh) telemetryAsIstio(t *testing.T) {
 	ctx := t.Context()
-	zipkin := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "zipkin", Namespace: labmesh.IstiodNamespace},
-		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "zipkin"},
-			Ports: []corev1.ServicePort{{Name: "http-zipkin", Port: 9411, TargetPort: intstr.FromInt32(9411)}}},
-	}
-	if _, err := m.l.Client.CoreV1().Services(zipkin.Namespace).Create(ctx, zipkin, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
+	// The collectors' Services (nothing serves them: the test compares
+	// configuration).
+	for _, c := range []*corev1.Service{
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "zipkin", Namespace: labmesh.IstiodNamespace},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "zipkin"},
+				Ports: []corev1.ServicePort{{Name: "http-zipkin", Port: 9411, TargetPort: intstr.FromInt32(9411)}}},
+		},
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "otel-collector", Namespace: labmesh.IstiodNamespace},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "otel-collector"},
+				Ports: []corev1.ServicePort{{Name: "grpc-otlp", Port: 4317, TargetPort: intstr.FromInt32(4317)}}},
+		},
+	} {
+		if _, err := m.l.Client.CoreV1().Services(c.Namespace).Create(ctx, c, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
 	}
 	root := &telemetryv1.Telemetry{ObjectMeta: metav1.ObjectMeta{Name: "mesh-default", Namespace: labmesh.IstiodNamespace}}
 	root.Spec.AccessLogging = []*tpb.AccessLogging{{Providers: []*tpb.ProviderRef{{Name: "custom-log"}}}}
@@ -152,6 +162,44 @@ func (m *mesh) telemetryAsIstio(t *testing.T) {
 	if len(theirStats.GetMetrics()) != 2 || theirs.GetTracing().GetProvider().GetName() != "envoy.tracers.zipkin" || len(theirs.GetAccessLog()) != 1 {
 		t.Errorf("Istio's config of %s: got metrics %v, tracer %q, %d access logs; want 2 overrides, zipkin, 1 log",
 			webChain, theirStats.GetMetrics(), theirs.GetTracing().GetProvider().GetName(), len(theirs.GetAccessLog()))
+	}
+
+	// The namespace's tracing moved to the OpenTelemetry provider: its
+	// service name (the waypoint's service cluster), exporter and
+	// resource as Istio's.
+	tels := m.istio.TelemetryV1().Telemetries("shop")
+	cur, err := tels.Get(ctx, shop.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Spec.Tracing = []*tpb.Tracing{{Providers: []*tpb.ProviderRef{{Name: "otel"}}, RandomSamplingPercentage: wrapperspb.Double(50)}}
+	if _, err := tels.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	theirs = nil
+	if _, err := m.mesh.WaitWaypoint(ctx, "shop", "waypoint", 1, "Istio's OpenTelemetry tracing", func(dump string) bool {
+		h, err := dumpedHCM(dump, webChain)
+		if err != nil {
+			lastErr = err
+			return false
+		}
+		if h.GetTracing().GetProvider().GetName() != "envoy.tracers.opentelemetry" {
+			lastErr = fmt.Errorf("chain %s: tracer %q: not yet the Telemetry's", webChain, h.GetTracing().GetProvider().GetName())
+			return false
+		}
+		theirs = h
+		return true
+	}); err != nil {
+		t.Fatalf("%v (last: %v)", err, lastErr)
+	}
+	if res, err = m.ambitWaypoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ours, err = builtHCM(res, webChain); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(theirs.GetTracing(), ours.GetTracing(), opts...); diff != "" {
+		t.Errorf("OpenTelemetry tracing of %s (-Istio's +Ambit's):\n%s", webChain, diff)
 	}
 
 	for line := range strings.Lines(m.pilot.Logs(1 << 20)) {

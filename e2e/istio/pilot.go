@@ -59,6 +59,10 @@ extensionProviders:
     headers:
     - name: x-collector-token
       value: lab
+- name: otel
+  opentelemetry:
+    service: otel-collector.istio-system.svc.cluster.local
+    port: 4317
 - name: custom-log
   envoyFileAccessLog:
     path: /dev/stdout
