@@ -1,6 +1,7 @@
 package waypoint_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -166,6 +167,10 @@ type loadResult struct {
 	// at the end.
 	cpu time.Duration
 	rss int
+	// allocs and allocBytes are what the waypoint's heap allocated
+	// during the run (the Go runtime's Mallocs and TotalAlloc); 0
+	// elsewhere.
+	allocs, allocBytes uint64
 }
 
 func (p *benchPath) load(b *testing.B, qps float64, d time.Duration) *loadResult {
@@ -177,6 +182,10 @@ func (p *benchPath) load(b *testing.B, qps float64, d time.Duration) *loadResult
 		// measured, not failed.
 		Timeout: 30 * time.Second}
 	var cpu0 time.Duration
+	var m0 memCounts
+	if p.profile != "" {
+		m0 = fetchMemCounts(b, p.profile) // (before the CPU is read: it costs the waypoint some)
+	}
 	if p.pid != 0 {
 		cpu0 = procCPU(b, p.pid)
 	}
@@ -198,11 +207,51 @@ func (p *benchPath) load(b *testing.B, qps float64, d time.Duration) *loadResult
 		r.cpu = procCPU(b, p.pid) - cpu0
 		r.rss = procStatusKiB(b, p.pid, "VmRSS")
 	}
+	if p.profile != "" {
+		m := fetchMemCounts(b, p.profile)
+		r.allocs, r.allocBytes = m.mallocs-m0.mallocs, m.totalAlloc-m0.totalAlloc
+	}
 	if res.Sockets > proxiesConnections {
 		// A reconnect costs the proxy a handshake: said, not fatal.
 		b.Logf("fortio %s via %s at %v req/s: %d connections, not %d kept alive", p.url, p.name, qps, res.Sockets, proxiesConnections)
 	}
 	return r
+}
+
+// memCounts are a Go process's cumulative heap allocations.
+type memCounts struct{ mallocs, totalAlloc uint64 }
+
+// fetchMemCounts reads them from the runtime.MemStats that a pprof
+// allocs profile in text ends with; profile is the process's
+// /debug/pprof/profile URL.
+func fetchMemCounts(tb testing.TB, profile string) memCounts {
+	tb.Helper()
+	url := strings.TrimSuffix(profile, "profile") + "allocs?debug=1"
+	resp, err := http.Get(url)
+	if err != nil {
+		tb.Fatalf("memory statistics: %v", err)
+	}
+	defer resp.Body.Close()
+	var m memCounts
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), " = ")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseUint(v, 10, 64)
+		switch k {
+		case "# Mallocs":
+			m.mallocs = n
+		case "# TotalAlloc":
+			m.totalAlloc = n
+		}
+	}
+	if err := sc.Err(); err != nil || m.mallocs == 0 {
+		tb.Fatalf("memory statistics from %s: none read (%v)", url, err)
+	}
+	return m
 }
 
 // fetchProfile writes a profile from url (a CPU profile of d, if d > 0)
@@ -771,6 +820,21 @@ func proxiesTable(b *testing.B, paths []*benchPath, fixed map[string]map[float64
 			return "met"
 		}
 		return "NOT met"
+	}
+	for _, rate := range proxiesRates {
+		var n, bytes []float64
+		for _, res := range fixed["waypoint"][rate] {
+			reqs := res.qps * d.Seconds()
+			n, bytes = append(n, float64(res.allocs)/reqs), append(bytes, float64(res.allocBytes)/reqs)
+		}
+		if len(n) > 0 {
+			fmt.Fprintf(&t, "waypoint heap allocation per request at %.0f req/s: %.0f B in %.1f allocations (medians over rounds; the Go runtime's count)\n",
+				rate, medianOf(bytes), medianOf(n))
+			if rate == 1000 {
+				b.ReportMetric(medianOf(bytes), "waypoint-B-per-req")
+				b.ReportMetric(medianOf(n), "waypoint-allocs-per-req")
+			}
+		}
 	}
 	fmt.Fprintf(&t, "\naims (issue 17)\n")
 	fmt.Fprintf(&t, "  waypoint vCPU per 1k req/s at 1k <= 0.10: %.3f, %s\n", wp.vcpu1k, met(wp.vcpu1k <= 0.10))

@@ -39,6 +39,11 @@ type replayBody struct {
 	onEOF func(body []byte)
 	// st's idle timeout counts each read as activity (nil: none).
 	st *streamTimer
+	// pooled is kept's buffer when it came from keptBufs (release
+	// gives it back); shared: whenComplete handed kept to a mirror,
+	// which may read it after the request.
+	pooled *[]byte
+	shared bool
 }
 
 // errBodyNotKept: a try needs bytes the buffer no longer holds.
@@ -51,8 +56,10 @@ func newReplayBody(src io.ReadCloser, limit int, st *streamTimer) *replayBody {
 		// memory (reader), which net/http writes with the request's
 		// head in one write instead of flushing the head first.
 		// One buffer, read into where the kept bytes go (pull's append
-		// then copies nothing): +1, room to see the end.
-		p := make([]byte, bb.n+1)
+		// then copies nothing): +1, room to see the end. Pooled: it was
+		// a fifth of the bytes the waypoint allocated per request.
+		b.pooled = getKept(int(bb.n) + 1)
+		p := (*b.pooled)[:bb.n+1]
 		b.kept = p[:0]
 		for {
 			if _, _, err := b.pull(p[len(b.kept):]); err != nil || len(b.kept) == len(p) {
@@ -61,6 +68,51 @@ func newReplayBody(src io.ReadCloser, limit int, st *streamTimer) *replayBody {
 		}
 	}
 	return b
+}
+
+// keptBufs pools the buffers of small request bodies kept for
+// retries, by size class (the largest holds a body of holdMax bytes
+// and the byte more that shows its end).
+var keptBufs = [...]struct {
+	size int
+	pool sync.Pool
+}{{size: 2 << 10}, {size: 4 << 10}, {size: 8 << 10}, {size: holdMax + 1}}
+
+func getKept(n int) *[]byte {
+	for i := range keptBufs {
+		if c := &keptBufs[i]; n <= c.size {
+			if b, ok := c.pool.Get().(*[]byte); ok {
+				return b
+			}
+			b := make([]byte, c.size)
+			return &b
+		}
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// release gives the kept bytes' buffer back to keptBufs, unless a
+// mirror was handed them. Only the router calls it, when the request is
+// done and no try can still read the bytes: every try's body was written
+// within its round trip (HTTP/1.1, a body of at most holdMax bytes).
+// Reads after it find the end of the body, or the error the body ended
+// with.
+func (b *replayBody) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pooled == nil || b.shared || b.err == nil {
+		return
+	}
+	buf := b.pooled
+	b.pooled, b.kept, b.overflow = nil, nil, true
+	for i := range keptBufs {
+		if c := &keptBufs[i]; cap(*buf) == c.size {
+			*buf = (*buf)[:c.size]
+			c.pool.Put(buf)
+			return
+		}
+	}
 }
 
 // bufferedBody is a request body of n bytes that is already whole in
@@ -81,13 +133,13 @@ func (b *replayBody) replayable() bool {
 // reader is a new try's body, from the first byte: the kept bytes in
 // memory once the whole body has been read.
 func (b *replayBody) reader() io.ReadCloser {
-	r := &replayReader{b: b}
 	b.mu.Lock()
 	if b.err == io.EOF && !b.overflow {
 		kept := b.kept
 		b.mu.Unlock()
 		return &memBody{b: kept}
 	}
+	r := &replayReader{b: b}
 	b.readers = append(b.readers, r)
 	b.mu.Unlock()
 	return r
@@ -151,6 +203,7 @@ func (b *replayBody) Close() error { return b.src.Close() }
 func (b *replayBody) whenComplete(f func([]byte)) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.shared = true
 	switch {
 	case b.overflow:
 	case b.err == io.EOF:

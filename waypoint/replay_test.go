@@ -127,6 +127,50 @@ func TestReplayBodyBuffered(t *testing.T) {
 	}
 }
 
+// TestReplayBodyRelease: release gives a buffered body's buffer back
+// to its pool only when nothing can read it after the request: not
+// while the body is still being read, not once a mirror was handed the
+// bytes; reads after it find the body's end.
+func TestReplayBodyRelease(t *testing.T) {
+	body := strings.Repeat("b", 1500)
+	buffered := func() *replayBody {
+		return newReplayBody(&bufferedBody{ReadCloser: io.NopCloser(strings.NewReader(body)), n: int64(len(body))}, 4096, nil)
+	}
+
+	b := buffered()
+	if b.pooled == nil {
+		t.Fatal("a buffered body: got no pooled buffer")
+	}
+	if got, err := io.ReadAll(b.reader()); err != nil || string(got) != body {
+		t.Fatalf("try: got %d bytes, %v, want the %d of the body", len(got), err, len(body))
+	}
+	b.release()
+	if b.pooled != nil || b.kept != nil {
+		t.Errorf("after release: the body still holds its buffer")
+	}
+	if n, err := b.Read(make([]byte, 10)); n != 0 || err != io.EOF {
+		t.Errorf("read after release: got %d, %v, want 0, EOF", n, err)
+	}
+
+	// A mirror's bytes outlive the request: never reused under it.
+	m := buffered()
+	var mirrored []byte
+	m.whenComplete(func(b []byte) { mirrored = b })
+	m.release()
+	if m.pooled == nil {
+		t.Errorf("a mirrored body: release gave its buffer back")
+	}
+	for range 10 {
+		p := getKept(len(body) + 1)
+		for i := range *p {
+			(*p)[i] = 'x'
+		}
+	}
+	if string(mirrored) != body {
+		t.Errorf("mirrored bytes after release: changed, want the body")
+	}
+}
+
 // TestStreamTimer: each timeout cancels the request's context with
 // itself as the cause, and fired says which; stop cancels with no
 // timeout fired.

@@ -156,7 +156,16 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	if req.ContentLength != 0 && req.Body != nil && req.Body != http.NoBody {
 		body = newReplayBody(req.Body, cmpOr(a.BufferLimit, 1<<20), st)
 		req.Body = body // what no try reads is drained from here
-		defer body.closeReaders()
+		// The kept bytes' buffer goes back to its pool when the request
+		// is done, where each try wrote its body within its round trip
+		// (HTTP/2's transport may still be writing one after).
+		h1 := tr == p.transport && upgrade == ""
+		defer func() {
+			body.closeReaders()
+			if h1 {
+				body.release()
+			}
+		}()
 	}
 	for _, m := range mirrors {
 		if !rollPercent(m.Fraction) {
