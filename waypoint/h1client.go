@@ -80,7 +80,10 @@ type h1Conn struct {
 	// (what is left is its last write).
 	bodyRead atomic.Bool
 	broken   atomic.Bool
-	once     sync.Once
+	// cancelled: the exchange in progress was ended because its request
+	// was cancelled (reset for each).
+	cancelled atomic.Bool
+	once      sync.Once
 	// onBroken tells the pool the connection ended while idle.
 	onBroken func()
 
@@ -267,15 +270,12 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 	c.watched = nil
 	c.mu.Unlock()
 	ctx := req.Context()
-	var cancelled atomic.Bool
-	stop := context.AfterFunc(ctx, func() {
-		cancelled.Store(true)
-		c.Close()
-	})
+	c.cancelled.Store(false)
+	w := c.watchCancel(ctx)
 	fail := func(err error) (*http.Response, error) {
-		stop()
+		w.release()
 		c.Close()
-		if cancelled.Load() || ctx.Err() != nil {
+		if c.cancelled.Load() || ctx.Err() != nil {
 			return nil, fmt.Errorf("upstream %s: %w", c.host, ctx.Err())
 		}
 		return nil, err
@@ -330,7 +330,7 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 	rd := readers.Get().(*bufio.Reader)
 	c.lim.n, c.lim.read = maxResponseHead, 0
 	rd.Reset(&c.lim)
-	b := &h1Body{c: c, rd: rd, stop: stop, cancelled: &cancelled, ctx: ctx, wrote: wrote}
+	b := &h1Body{c: c, rd: rd, watch: w, ctx: ctx, wrote: wrote}
 	for {
 		resp = &b.resp
 		if err = c.head.read(rd, req, resp, &b.body); err != nil {
@@ -344,7 +344,7 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 			if wrote != nil {
 				select {
 				case werr := <-wrote:
-					if werr != nil && c.lim.read == 0 && !cancelled.Load() {
+					if werr != nil && c.lim.read == 0 && !c.cancelled.Load() {
 						err = fmt.Errorf("write request to %s: %w", c.host, werr)
 					}
 				default:
@@ -364,6 +364,40 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 	return resp, nil
 }
 
+// cancelWatch ends an exchange's connection if its request is
+// cancelled: through the request's streamTimer where the try's context
+// is it (a field set, no allocation), else context.AfterFunc.
+type cancelWatch struct {
+	st   *streamTimer
+	c    *h1Conn
+	stop func() bool
+}
+
+func (c *h1Conn) watchCancel(ctx context.Context) cancelWatch {
+	if di, ok := ctx.Value(dialKey{}).(*dialInfo); ok && di.st != nil {
+		if !di.st.setAbort(c) {
+			c.abort() // cancelled already
+		}
+		return cancelWatch{st: di.st, c: c}
+	}
+	return cancelWatch{stop: context.AfterFunc(ctx, c.abort)}
+}
+
+// release ends the watch; false if the request was cancelled while it
+// ran (its connection is ended, or being).
+func (w cancelWatch) release() bool {
+	if w.st != nil {
+		return w.st.clearAbort(w.c)
+	}
+	return w.stop()
+}
+
+// abort ends the exchange of a cancelled request.
+func (c *h1Conn) abort() {
+	c.cancelled.Store(true)
+	c.Close()
+}
+
 // h1Body is a response's body; closing it gives the connection back
 // (reusable: the body read to its end, no "Connection: close", the
 // request written whole) or ends it.
@@ -371,16 +405,15 @@ type h1Body struct {
 	c *h1Conn
 	// resp is the response; body reads its bytes as its head framed
 	// them.
-	resp      http.Response
-	body      respBody
-	rd        *bufio.Reader
-	stop      func() bool
-	cancelled *atomic.Bool
-	ctx       context.Context
-	wrote     chan error
-	reuse     bool
-	eof       bool
-	closed    bool
+	resp   http.Response
+	body   respBody
+	rd     *bufio.Reader
+	watch  cancelWatch
+	ctx    context.Context
+	wrote  chan error
+	reuse  bool
+	eof    bool
+	closed bool
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
@@ -396,7 +429,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		b.eof = true
 	case err != nil:
 		b.reuse = false
-		if b.cancelled.Load() || b.ctx.Err() != nil {
+		if b.c.cancelled.Load() || b.ctx.Err() != nil {
 			err = fmt.Errorf("upstream %s: %w", b.c.host, b.ctx.Err())
 		} else {
 			err = fmt.Errorf("read response body from %s: %w", b.c.host, err)
@@ -427,7 +460,7 @@ func (b *h1Body) Close() error {
 			}
 		}
 	}
-	reuse := b.stop() && written && b.reuse && b.eof && b.rd.Buffered() == 0
+	reuse := b.watch.release() && written && b.reuse && b.eof && b.rd.Buffered() == 0
 	if reuse {
 		b.c.idle()
 	} else {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ambitmesh/ambit/waypoint/config"
 )
@@ -335,45 +336,75 @@ func TestH1Trailers(t *testing.T) {
 
 // TestH1Cancel: a try's context ending interrupts a read blocked on the
 // answer's head, or on its body, with the context's error; the
-// connection is discarded.
+// connection is discarded. The try's context is a plain one (the
+// exchange watches it with context.AfterFunc), or the request's
+// streamTimer on a connection's connCtx, as the router makes it (the
+// exchange registers with the timer; the client's connection ends).
 func TestH1Cancel(t *testing.T) {
-	for _, where := range []string{"head", "body"} {
-		read := make(chan struct{})
-		addr := rawServer(t, func(c net.Conn, br *bufio.Reader) {
-			if _, err := http.ReadRequest(br); err != nil {
-				return
-			}
-			if where == "body" {
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
-			}
-			close(read)
-			io.Copy(io.Discard, br) // until the client closes
-		})
-		h, _ := dialH1(t, addr)
-		ctx, cancel := context.WithCancel(context.Background())
-		t.Cleanup(cancel)
-		if where == "head" {
-			go func() {
-				<-read
-				cancel()
-			}()
+	for _, tc := range []struct{ where, how string }{
+		{"head", "context"}, {"body", "context"}, {"head", "stream timer"}, {"body", "stream timer"},
+	} {
+		t.Run(tc.where+" "+tc.how, func(t *testing.T) { testH1Cancel(t, tc.where, tc.how) })
+	}
+}
+
+func testH1Cancel(t *testing.T, where, how string) {
+	read := make(chan struct{})
+	addr := rawServer(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
 		}
-		resp, err := h.RoundTrip(newReq(t, ctx, "GET", "/", nil))
 		if where == "body" {
-			if err != nil {
-				t.Fatal(err)
-			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+		}
+		close(read)
+		io.Copy(io.Discard, br) // until the client closes
+	})
+	h, _ := dialH1(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	var st *streamTimer
+	if how == "stream timer" {
+		cc := newConnCtx(ctx)
+		t.Cleanup(cc.close)
+		var sctx context.Context
+		sctx, st = newStreamTimer(cc, time.Hour, time.Hour)
+		t.Cleanup(st.stop)
+		ctx = context.WithValue(sctx, dialKey{}, &dialInfo{st: st})
+	}
+	registered := func() {
+		if st == nil {
+			return
+		}
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.abort != h {
+			t.Errorf("the exchange did not register with the request's stream timer")
+		}
+	}
+	if where == "head" {
+		go func() {
 			<-read
-			go cancel() // while the read below waits for the rest
-			_, err = io.ReadAll(resp.Body)
-			resp.Body.Close()
+			registered()
+			cancel()
+		}()
+	}
+	resp, err := h.RoundTrip(newReq(t, ctx, "GET", "/", nil))
+	if where == "body" {
+		if err != nil {
+			t.Fatal(err)
 		}
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("%s: got %v, want %v", where, err, context.Canceled)
-		}
-		if h.Err() == nil {
-			t.Errorf("%s: connection reusable after a cancelled try", where)
-		}
+		<-read
+		registered()
+		go cancel() // while the read below waits for the rest
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("%s: got %v, want %v", where, err, context.Canceled)
+	}
+	if h.Err() == nil {
+		t.Errorf("%s: connection reusable after a cancelled try", where)
 	}
 }
 

@@ -197,6 +197,10 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 		}
 	}
 	rw := h1Responder{c}
+	// Requests are cancelled with the connection through cc: one
+	// registration with the stream's context for all of them.
+	cc := newConnCtx(ctx)
+	defer cc.close()
 	// Header-read and idle timeouts: the stream has no deadlines, so a
 	// timer closes it; one timer for the connection, re-armed for each
 	// request (a new one per request was two allocations and a closure).
@@ -249,7 +253,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 			return
 		}
 		body := req.Body
-		keep := p.serveRequest(ctx, snap, hcm, rw, ci, req)
+		keep := p.serveRequest(cc, snap, hcm, rw, ci, req)
 		if !keep || req.Close {
 			if keep {
 				c.answered = true // in full; the client asked to close

@@ -1,12 +1,9 @@
 package waypoint
 
 import (
-	"context"
 	"errors"
 	"io"
-	"math"
 	"sync"
-	"time"
 )
 
 // replayBody is a request body read once from the client and handed to
@@ -267,114 +264,6 @@ func (r *replayReader) Close() error {
 	r.closed = true
 	r.b.mu.Unlock()
 	return nil
-}
-
-// streamTimer is a request's route timeout (a deadline over every try
-// and the whole response) and its stream idle timeout (the route's
-// idle_timeout, else the connection manager's stream_idle_timeout:
-// nothing moved for idle) on one timer and one cancellation of the
-// request's context, with the timeout that fired as the cause. Activity
-// is a timestamp store; the timer re-arms itself for what is left. A
-// timer and a cancellable context each cost allocations, a lock and a
-// timer-heap insertion per request: with one of each per timeout they
-// were about 4 % of the waypoint's CPU at 1,000 requests/s.
-type streamTimer struct {
-	idle     time.Duration // 0: none
-	deadline time.Time     // zero: no route timeout
-	cancel   context.CancelCauseFunc
-
-	mu   sync.Mutex
-	last time.Time
-	t    *time.Timer // nil once stopped
-	why  error       // the timeout that fired, nil while none has
-}
-
-// The causes a streamTimer cancels its context with.
-var (
-	errRouteTimeout = errors.New("route timeout")
-	errStreamIdle   = errors.New("stream idle timeout")
-)
-
-// newStreamTimer starts the timeouts (route and idle, 0 for none, not
-// both 0) of a request whose context is ctx, and returns the context
-// they cancel.
-func newStreamTimer(ctx context.Context, route, idle time.Duration) (context.Context, *streamTimer) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	now := time.Now()
-	s := &streamTimer{idle: idle, cancel: cancel, last: now}
-	if route > 0 {
-		s.deadline = now.Add(route)
-	}
-	d, _ := s.left(now)
-	s.mu.Lock()
-	s.t = time.AfterFunc(d, s.check)
-	s.mu.Unlock()
-	return ctx, s
-}
-
-// left is the time until the first timeout, and which (s.mu held, or
-// s not yet shared); the route timeout wins a tie.
-func (s *streamTimer) left(now time.Time) (time.Duration, error) {
-	d, why := time.Duration(math.MaxInt64), error(nil)
-	if s.idle > 0 {
-		d, why = s.idle-now.Sub(s.last), errStreamIdle
-	}
-	if !s.deadline.IsZero() {
-		if r := s.deadline.Sub(now); r <= d {
-			d, why = r, errRouteTimeout
-		}
-	}
-	return d, why
-}
-
-func (s *streamTimer) check() {
-	s.mu.Lock()
-	if s.t == nil {
-		s.mu.Unlock()
-		return
-	}
-	d, why := s.left(time.Now())
-	if d > 0 {
-		s.t.Reset(d)
-		s.mu.Unlock()
-		return
-	}
-	s.why = why
-	s.mu.Unlock()
-	s.cancel(why)
-}
-
-// touch marks activity (a no-op without an idle timeout, and for a nil
-// s).
-func (s *streamTimer) touch() {
-	if s == nil || s.idle == 0 {
-		return
-	}
-	s.mu.Lock()
-	s.last = time.Now()
-	s.mu.Unlock()
-}
-
-// stop ends the timeouts and cancels the context (the request is done).
-func (s *streamTimer) stop() {
-	s.mu.Lock()
-	if s.t != nil {
-		s.t.Stop()
-		s.t = nil
-	}
-	s.mu.Unlock()
-	s.cancel(nil)
-}
-
-// fired is the timeout that fired: errRouteTimeout, errStreamIdle, or
-// nil (also for a nil streamTimer: no timeouts).
-func (s *streamTimer) fired() error {
-	if s == nil {
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.why
 }
 
 // touchBody marks activity on each read of a response body.

@@ -398,6 +398,46 @@ func TestStreamIdleTimeout(t *testing.T) {
 	}
 }
 
+// TestClientGoneEndsUpstream: a client that goes away while its
+// request waits for the answer ends the request's upstream exchange (the
+// pod sees its connection close), with and without a route timeout
+// (the stream idle timeout's default is always there); the next client
+// is served as before.
+func TestClientGoneEndsUpstream(t *testing.T) {
+	for _, routeTimeout := range []bool{false, true} {
+		t.Run(fmt.Sprintf("route timeout=%v", routeTimeout), func(t *testing.T) {
+			e := newEnv(t, resConfig(func(p *svcPort) {
+				if routeTimeout {
+					p.routes = resRoute(func(r *route.Route) { r.GetRoute().Timeout = durationpb.New(time.Hour) })
+				}
+			}))
+			arrived, gone := make(chan struct{}, 2), make(chan struct{}, 2)
+			hold := func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/hold" {
+					arrived <- struct{}{}
+					<-r.Context().Done() // the upstream connection ended
+					gone <- struct{}{}
+					return
+				}
+				fmt.Fprint(w, "ok")
+			}
+			podHandlers(t, e, hold, hold)
+			c := e.resClient(t)
+			if err := get(t, "/hold").Write(c.c); err != nil {
+				t.Fatal(err)
+			}
+			<-arrived
+			c.c.Close()
+			select {
+			case <-gone:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the pod's request still open 10 s after its client went away")
+			}
+			expectStatus(t, e.resClient(t).do(t, get(t, "/next")), http.StatusOK)
+		})
+	}
+}
+
 // TestMirrorLargeBody: a body past 64 KiB (within the buffer limit) is
 // mirrored whole.
 func TestMirrorLargeBody(t *testing.T) {

@@ -232,6 +232,10 @@ type dialInfo struct {
 	cluster *config.Cluster
 	ep      *config.Endpoint
 	ci      *connInfo
+	// st is the request's streamTimer when the try's context is it
+	// (no per-try timeout between): an HTTP/1 exchange registers with
+	// it to be ended if the request is cancelled.
+	st *streamTimer
 }
 
 // dialHTTP is the HTTP transport's dial: the endpoint the request picked.

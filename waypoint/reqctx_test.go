@@ -1,0 +1,173 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestStreamTimer: each timeout cancels the request's context, and
+// fired says which; stop cancels it with no timeout fired.
+func TestStreamTimer(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		route, idle time.Duration
+		want        error
+	}{
+		{"route", time.Millisecond, 0, errRouteTimeout},
+		{"idle", 0, time.Millisecond, errStreamIdle},
+		{"idle before route", time.Hour, time.Millisecond, errStreamIdle},
+		{"route before idle", time.Millisecond, time.Hour, errRouteTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, st := newStreamTimer(context.Background(), tc.route, tc.idle)
+			defer st.stop()
+			<-ctx.Done()
+			if got := ctx.Err(); got != context.Canceled {
+				t.Errorf("Err: got %v, want %v", got, context.Canceled)
+			}
+			if got := st.fired(); got != tc.want {
+				t.Errorf("fired: got %v, want %v", got, tc.want)
+			}
+		})
+	}
+	t.Run("stopped", func(t *testing.T) {
+		ctx, st := newStreamTimer(context.Background(), time.Hour, time.Hour)
+		st.touch()
+		st.stop()
+		<-ctx.Done()
+		if got := st.fired(); got != nil {
+			t.Errorf("fired: got %v, want none", got)
+		}
+		if got := ctx.Err(); got != context.Canceled {
+			t.Errorf("Err: got %v, want %v", got, context.Canceled)
+		}
+	})
+	if got := (*streamTimer)(nil).fired(); got != nil {
+		t.Errorf("nil timer fired: got %v, want none", got)
+	}
+}
+
+// TestStreamTimerParent: the request's context ends with its parent's,
+// with the parent's error, both where the parent is a connection's
+// connCtx (registered once for the connection) and where something
+// that cancels sits between (context.AfterFunc); a request that ends
+// leaves the connection's context alone.
+func TestStreamTimerParent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wrap func(context.Context) context.Context
+		conn bool
+	}{
+		{"connection's context", func(c context.Context) context.Context { return c }, true},
+		{"values between", func(c context.Context) context.Context {
+			return context.WithValue(c, dialKey{}, &dialInfo{})
+		}, true},
+		{"a cancellable context between", func(c context.Context) context.Context {
+			c, cancel := context.WithCancel(c)
+			t.Cleanup(cancel)
+			return c
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			parent, cancel := context.WithCancelCause(context.Background())
+			cc := newConnCtx(parent)
+			defer cc.close()
+			ctx, st := newStreamTimer(tc.wrap(cc), time.Hour, 0)
+			if got := st.conn != nil; got != tc.conn {
+				t.Errorf("registered with the connection: got %v, want %v", got, tc.conn)
+			}
+			var aborted atomic.Bool
+			a := &abortFunc{func() { aborted.Store(true) }}
+			if !st.setAbort(a) {
+				t.Fatal("setAbort on a live request: got false")
+			}
+			cancel(errors.New("client gone"))
+			<-ctx.Done()
+			if got := ctx.Err(); got != context.Canceled {
+				t.Errorf("Err: got %v, want the parent's %v", got, context.Canceled)
+			}
+			if !aborted.Load() {
+				t.Errorf("the try's exchange: not ended")
+			}
+			if st.clearAbort(a) {
+				t.Errorf("clearAbort after the cancellation: got true, want false")
+			}
+			if st.setAbort(a) {
+				t.Errorf("setAbort on a cancelled request: got true, want false")
+			}
+			st.stop()
+			if got := st.fired(); got != nil {
+				t.Errorf("fired: got %v, want none", got)
+			}
+		})
+	}
+	t.Run("request ends first", func(t *testing.T) {
+		parent, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		cc := newConnCtx(parent)
+		defer cc.close()
+		for range 3 {
+			ctx, st := newStreamTimer(cc, 0, time.Hour)
+			a := &abortFunc{func() { t.Errorf("a finished request's exchange ended") }}
+			st.setAbort(a)
+			if !st.clearAbort(a) {
+				t.Errorf("clearAbort before any cancellation: got false")
+			}
+			st.stop()
+			<-ctx.Done()
+			if cc.cur != nil {
+				t.Errorf("the connection still holds a finished request")
+			}
+		}
+		if cc.Err() != nil {
+			t.Errorf("the connection's context: got %v, want it live", cc.Err())
+		}
+	})
+	t.Run("connection already ended", func(t *testing.T) {
+		parent, cancel := context.WithCancel(context.Background())
+		cc := newConnCtx(parent)
+		defer cc.close()
+		cancel()
+		ctx, st := newStreamTimer(cc, 0, time.Hour)
+		defer st.stop()
+		<-ctx.Done()
+	})
+}
+
+// TestStreamTimerAfterFunc: a context made from the request's (a try's
+// timeout) and context.AfterFunc end with it, through its AfterFunc; a
+// stopped one does not run.
+func TestStreamTimerAfterFunc(t *testing.T) {
+	ctx, st := newStreamTimer(context.Background(), time.Hour, 0)
+	try, cancel := context.WithTimeout(ctx, time.Hour)
+	defer cancel()
+	ran := make(chan struct{})
+	context.AfterFunc(ctx, func() { close(ran) })
+	stop := st.AfterFunc(func() { t.Errorf("a stopped AfterFunc ran") })
+	if !stop() {
+		t.Errorf("stop before the cancellation: got false")
+	}
+	if len(st.afters) != 2 {
+		t.Errorf("registered: got %d AfterFuncs, want 2 (the try's context and context.AfterFunc's)", len(st.afters))
+	}
+	st.stop()
+	<-try.Done()
+	<-ran
+	if got := try.Err(); got != context.Canceled {
+		t.Errorf("the try's context: got %v, want %v", got, context.Canceled)
+	}
+	after := make(chan struct{})
+	if st.AfterFunc(func() { close(after) })() {
+		t.Errorf("stop of an AfterFunc on a cancelled request: got true")
+	}
+	<-after
+}
+
+// abortFunc is an aborter that runs f (a pointer: an aborter is
+// compared).
+type abortFunc struct{ f func() }
+
+func (a *abortFunc) abort() { a.f() }
