@@ -201,6 +201,11 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 	// registration with the stream's context for all of them.
 	cc := newConnCtx(ctx)
 	defer cc.close()
+	// reuse is the connection's request, reused by each next one: the
+	// loop reads a request only once the one before is done, and nothing
+	// keeps a request after (telemetry records it as it ends; a mirror
+	// makes a request of its own).
+	var reuse *h1Request
 	// Header-read and idle timeouts: the stream has no deadlines, so a
 	// timer closes it; one timer for the connection, re-armed for each
 	// request (a new one per request was two allocations and a closure).
@@ -227,7 +232,10 @@ func (p *Proxy) serveHTTP(ctx context.Context, listenerName, chainName string, c
 				timer.Reset(wait)
 			}
 		}
-		req, err := readRequest(c, hcm.MaxRequestHeadersKB<<10, hcm.MaxHeadersCount)
+		if reuse == nil {
+			reuse = new(h1Request)
+		}
+		req, err := readRequest(c, hcm.MaxRequestHeadersKB<<10, hcm.MaxHeadersCount, reuse)
 		if wait > 0 && !timer.Stop() {
 			return
 		}

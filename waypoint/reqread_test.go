@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -21,12 +23,18 @@ const (
 	testMaxHeaders = 100
 )
 
-// readOurs reads one request from in with readRequest.
+// readOurs reads one request from in with readRequest, into the
+// h1Request of the request it read before (as a connection's requests
+// reuse one), so that every comparison also checks that nothing of the
+// request before shows through. (The tests that call it do not run in
+// parallel.)
 func readOurs(in []byte) (*http.Request, *sniffConn, error) {
 	c := newSniffConn(&bytesConn{r: bytes.NewReader(in)})
-	req, err := readRequest(c, testMaxHead, testMaxHeaders)
+	req, err := readRequest(c, testMaxHead, testMaxHeaders, reused)
 	return req, c, err
 }
+
+var reused = new(h1Request)
 
 // readTheirs reads one request from in with http.ReadRequest.
 func readTheirs(in []byte) (*http.Request, *bufio.Reader, error) {
@@ -237,14 +245,14 @@ func TestRequestHeadWait(t *testing.T) {
 	// limit and the whole head is read.
 	big := "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("b", 3*readBufferSize) + "\r\n\r\nGET /next HTTP/1.1\r\n\r\n"
 	c := newSniffConn(&bytesConn{r: bytes.NewReader([]byte(big))})
-	req, err := readRequest(c, 60<<10, testMaxHeaders)
+	req, err := readRequest(c, 60<<10, testMaxHeaders, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := len(req.Header.Get("X-Big")); got != 3*readBufferSize {
 		t.Errorf("X-Big: got %d bytes, want %d", got, 3*readBufferSize)
 	}
-	if next, err := readRequest(c, 60<<10, testMaxHeaders); err != nil || next.RequestURI != "/next" {
+	if next, err := readRequest(c, 60<<10, testMaxHeaders, nil); err != nil || next.RequestURI != "/next" {
 		t.Errorf("next request: got %v, %v, want /next", next, err)
 	}
 }
@@ -269,7 +277,7 @@ func TestRequestBody(t *testing.T) {
 		if _, err := req.Body.Read(make([]byte, 1)); err != http.ErrBodyReadAfterClose {
 			t.Fatalf("read after close: got %v, want %v", err, http.ErrBodyReadAfterClose)
 		}
-		next, err := readRequest(c, testMaxHead, testMaxHeaders)
+		next, err := readRequest(c, testMaxHead, testMaxHeaders, nil)
 		if err != nil || next.RequestURI != "/next" {
 			t.Fatalf("next request: got %v, %v, want /next", next, err)
 		}
@@ -374,7 +382,7 @@ func BenchmarkRequestHead(b *testing.B) {
 		for b.Loop() {
 			rd.Reset(in)
 			c.br.Reset(rd)
-			req, err := readRequest(c, 60<<10, 100)
+			req, err := readRequest(c, 60<<10, 100, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -435,4 +443,45 @@ func TestRequestHeadCombinations(t *testing.T) {
 		}
 	}
 	t.Logf("%d heads compared, %d taken", n, took)
+}
+
+// TestRequestHeadReuse: a connection's next request reuses the
+// h1Request of the one before, header map included, and nothing of the
+// request before shows through; a map that grew past maxReusedFields is
+// not kept.
+func TestRequestHeadReuse(t *testing.T) {
+	a := new(h1Request)
+	read := func(in string) *http.Request {
+		t.Helper()
+		c := newSniffConn(&bytesConn{r: bytes.NewReader([]byte(in))})
+		req, err := readRequest(c, testMaxHead, testMaxHeaders, a)
+		if err != nil {
+			t.Fatalf("read %q: %v", in, err)
+		}
+		return req
+	}
+	first := read("POST /a?q=1 HTTP/1.1\r\nHost: one\r\nX-Old: 1\r\nX-Old: 2\r\nContent-Length: 3\r\nTrailer: X-T\r\n\r\nabc")
+	firstMap := reflect.ValueOf(first.Header).UnsafePointer()
+	second := read("GET /b HTTP/1.1\r\nHost: two\r\nX-New: 3\r\n\r\n")
+	want, _, err := readTheirs([]byte("GET /b HTTP/1.1\r\nHost: two\r\nX-New: 3\r\n\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(viewOf(want), viewOf(second), cmpURL); d != "" {
+		t.Errorf("the second request (-net/http +ours, reused):\n%s", d)
+	}
+	if got := reflect.ValueOf(second.Header).UnsafePointer(); got != firstMap {
+		t.Errorf("the header map: a new one, want the first request's reused")
+	}
+	var many strings.Builder
+	many.WriteString("GET /c HTTP/1.1\r\nHost: three\r\n")
+	for i := range maxReusedFields + 1 {
+		fmt.Fprintf(&many, "X-F%d: v\r\n", i)
+	}
+	many.WriteString("\r\n")
+	big := read(many.String())
+	bigMap := reflect.ValueOf(big.Header).UnsafePointer()
+	if last := read("GET /d HTTP/1.1\r\nHost: four\r\n\r\n"); len(last.Header) != 0 || reflect.ValueOf(last.Header).UnsafePointer() == bigMap {
+		t.Errorf("after a request of %d fields: got %d fields, or its map kept", maxReusedFields+1, len(last.Header))
+	}
 }
