@@ -148,7 +148,7 @@ func (p *Proxy) roundTrip(cs *clusterState, cl *config.Cluster, tr *http.Transpo
 			return nil, err
 		}
 	}
-	resp.Body = &poolBody{ReadCloser: resp.Body, done: func() { cs.pool.done(uc, cl, &cs.st) }}
+	resp.Body = &poolBody{ReadCloser: resp.Body, pool: &cs.pool, uc: uc, cl: cl, st: &cs.st}
 	return resp, nil
 }
 
@@ -175,17 +175,31 @@ func resendable(out *http.Request) bool {
 	return false
 }
 
-// poolBody ends its request's share of the connection when closed.
+// poolBody ends its request's share of the connection when closed (a
+// pool's connection, or an upgrade's slot). Its fields rather than a
+// closure: one allocation per request, not two.
 type poolBody struct {
 	io.ReadCloser
 	once sync.Once
-	done func()
+	pool *connPool
+	uc   *upConn
+	cl   *config.Cluster
+	st   *clusterCounters
+	slot *tcpSlot
 }
 
 func (b *poolBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.once.Do(b.done)
 	return err
+}
+
+func (b *poolBody) done() {
+	if b.slot != nil {
+		b.slot.release()
+		return
+	}
+	b.pool.done(b.uc, b.cl, b.st)
 }
 
 // streamLimit is the requests one connection carries at once.
@@ -662,7 +676,7 @@ func (p *Proxy) upgradeTrip(cs *clusterState, cl *config.Cluster, tr *http.Trans
 	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
 		resp.Body = &slotRWC{ReadWriteCloser: rwc, slot: s}
 	} else {
-		resp.Body = &poolBody{ReadCloser: resp.Body, done: s.release}
+		resp.Body = &poolBody{ReadCloser: resp.Body, slot: s}
 	}
 	return resp, nil
 }

@@ -718,6 +718,9 @@ func applyHeader(h http.Header, hv config.HeaderValue) {
 // filter state (the connection's and what its filters set) is complete
 // once the router runs, and from then on only read: shared, not copied.
 func upstreamShare(ci *connInfo, v *view) *connInfo {
+	if v.fsShared {
+		return ci // no filter set a value: the connection's as it is
+	}
 	out := *ci
 	out.fs = v.fs
 	return &out

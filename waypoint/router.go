@@ -415,7 +415,8 @@ func (p *Proxy) upstreamRequest(ctx context.Context, req *http.Request, snap *co
 	// changes it replaces (URL, Host, Body, Trailer). Request.Clone also
 	// deep-copied the URL, the trailer map and the forms (it was 5 % of
 	// a CPU profile at 1,000 req/s).
-	out := req.WithContext(context.WithValue(ctx, dialKey{}, &dialInfo{snap: snap, cluster: cl, ep: ep, ci: share, st: st}))
+	t := &tryCtx{Context: ctx, di: dialInfo{snap: snap, cluster: cl, ep: ep, ci: share, st: st}}
+	out := req.WithContext(t)
 	out.Header = req.Header.Clone()
 	// A downstream "Connection: close" ends the downstream connection
 	// only: the upstream connection stays in the pool (as Envoy's), or
@@ -447,7 +448,8 @@ func (p *Proxy) upstreamRequest(ctx context.Context, req *http.Request, snap *co
 	if wc != nil {
 		applyRequestMutation(out.Header, wc.Headers)
 	}
-	out.URL = &url.URL{Scheme: "http", Host: endpointHost(cl, ep, share), Opaque: uri}
+	t.url = url.URL{Scheme: "http", Host: endpointHost(cl, ep, share), Opaque: uri}
+	out.URL = &t.url
 	out.RequestURI = ""
 	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
 	if hostRewrite != "" {

@@ -424,14 +424,19 @@ func newID(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// newUUID is a random (version 4) UUID, as Envoy's request ids, built
-// in one buffer (it is made for most requests).
+// newUUID is a random (version 4) UUID, as Envoy's request ids.
 func newUUID() string {
+	var s [36]byte
+	putUUID(s[:])
+	return string(s[:])
+}
+
+// putUUID writes a random UUID into its 36 bytes.
+func putUUID(s []byte) {
 	var b [16]byte
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	var s [36]byte
 	hex.Encode(s[0:8], b[0:4])
 	s[8] = '-'
 	hex.Encode(s[9:13], b[4:6])
@@ -440,22 +445,26 @@ func newUUID() string {
 	s[18] = '-'
 	hex.Encode(s[19:23], b[8:10])
 	s[23] = '-'
-	hex.Encode(s[24:], b[10:])
-	return string(s[:])
+	hex.Encode(s[24:36], b[10:])
 }
 
 // newTraceparent is a W3C traceparent of a new trace, not sampled:
-// "00-<16 random bytes>-<8 random bytes>-00", built in one buffer.
+// "00-<16 random bytes>-<8 random bytes>-00".
 func newTraceparent() string {
+	var s [55]byte
+	putTraceparent(s[:])
+	return string(s[:])
+}
+
+// putTraceparent writes a new traceparent into its 55 bytes.
+func putTraceparent(s []byte) {
 	var b [24]byte
 	rand.Read(b[:])
-	var s [55]byte
-	copy(s[:], "00-")
+	copy(s, "00-")
 	hex.Encode(s[3:35], b[:16])
 	s[35] = '-'
 	hex.Encode(s[36:52], b[16:])
-	copy(s[52:], "-00")
-	return string(s[:])
+	copy(s[52:55], "-00")
 }
 
 // validTraceparent checks a W3C traceparent of version 00
@@ -481,12 +490,35 @@ func validTraceparent(s string) bool {
 // trace when absent or malformed; passed on unchanged otherwise, as the
 // waypoint records no span of its own, so its sampled flag is 0).
 func ensureRequestIDs(h http.Header) {
-	if h.Get("X-Request-Id") == "" {
-		h.Set("X-Request-Id", newUUID())
+	id := h.Get("X-Request-Id") == ""
+	tp := h.Values("Traceparent")
+	trace := len(tp) != 1 || !validTraceparent(tp[0])
+	if !id && !trace {
+		return
 	}
-	if tp := h.Values("Traceparent"); len(tp) != 1 || !validTraceparent(tp[0]) {
+	// Both made for most requests: one string and one slice for the two
+	// (four allocations were 1 in 10 of the waypoint's per request).
+	var buf [36 + 55]byte
+	n := 0
+	if id {
+		putUUID(buf[:36])
+		n = 36
+	}
+	if trace {
+		putTraceparent(buf[n : n+55])
+		n += 55
+	}
+	str := string(buf[:n])
+	vals := make([]string, 0, 2)
+	if id {
+		vals = append(vals, str[:36])
+		h["X-Request-Id"] = vals[0:1:1]
+		str = str[36:]
+	}
+	if trace {
 		h.Del("Tracestate") // belongs to the trace being replaced
-		h.Set("Traceparent", newTraceparent())
+		vals = append(vals, str)
+		h["Traceparent"] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 }
 

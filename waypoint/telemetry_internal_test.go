@@ -247,3 +247,38 @@ func TestNetworkShadowGolden(t *testing.T) {
 		}
 	}
 }
+
+// TestEnsureRequestIDs: an x-request-id and a valid traceparent the
+// client sent are kept, the missing ones made; the values made share
+// one slice, and adding to one header leaves the other alone.
+func TestEnsureRequestIDs(t *testing.T) {
+	const tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	for _, tc := range []struct {
+		name     string
+		in       http.Header
+		keepID   bool
+		keepTrce bool
+	}{
+		{"none", http.Header{}, false, false},
+		{"id sent", http.Header{"X-Request-Id": {"mine"}}, true, false},
+		{"trace sent", http.Header{"Traceparent": {tp}}, false, true},
+		{"both sent", http.Header{"X-Request-Id": {"mine"}, "Traceparent": {tp}}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := tc.in
+			ensureRequestIDs(h)
+			id, trace := h.Get("X-Request-Id"), h.Get("Traceparent")
+			if got := id == "mine"; got != tc.keepID || len(id) != 36 && !tc.keepID {
+				t.Errorf("x-request-id: got %q, want kept: %v", id, tc.keepID)
+			}
+			if got := trace == tp; got != tc.keepTrce || !validTraceparent(trace) {
+				t.Errorf("traceparent: got %q, want kept: %v", trace, tc.keepTrce)
+			}
+			h.Add("X-Request-Id", "added")
+			h.Add("Traceparent", "added")
+			if h.Get("X-Request-Id") != id || h.Get("Traceparent") != trace || len(h["X-Request-Id"]) != 2 || len(h["Traceparent"]) != 2 {
+				t.Errorf("after adding a value to each: got %q and %q, want %q and %q first", h["X-Request-Id"], h["Traceparent"], id, trace)
+			}
+		})
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -236,6 +237,22 @@ type dialInfo struct {
 	// (no per-try timeout between): an HTTP/1 exchange registers with
 	// it to be ended if the request is cancelled.
 	st *streamTimer
+}
+
+// tryCtx is a try's context: the request's, with the try's dialInfo as
+// the value of dialKey, and the room for its URL (one allocation for
+// what context.WithValue, the dialInfo and the URL took three).
+type tryCtx struct {
+	context.Context
+	di  dialInfo
+	url url.URL
+}
+
+func (t *tryCtx) Value(key any) any {
+	if key == (dialKey{}) {
+		return &t.di
+	}
+	return t.Context.Value(key)
 }
 
 // dialHTTP is the HTTP transport's dial: the endpoint the request picked.
