@@ -130,12 +130,34 @@ func selectRoute(h *config.HCM, v *view, req *http.Request) *config.Route {
 	return nil
 }
 
+// hostWithoutPort is host's host where it is "host:port" or
+// "[ipv6]:port", as net.SplitHostPort would split it, else host itself
+// (SplitHostPort made an error, an allocation, for every request whose
+// authority had no port).
+func hostWithoutPort(host string) string {
+	i := strings.LastIndexByte(host, ':')
+	if i < 0 {
+		return host
+	}
+	h := host[:i]
+	if strings.ContainsAny(host[i+1:], "[]") {
+		return host
+	}
+	if strings.HasPrefix(h, "[") {
+		if !strings.HasSuffix(h, "]") || strings.ContainsAny(h[1:len(h)-1], "[]") {
+			return host
+		}
+		return h[1 : len(h)-1]
+	}
+	if strings.ContainsAny(h, ":[]") {
+		return host // an IPv6 address without brackets, or a stray bracket
+	}
+	return h
+}
+
 func selectVirtualHost(vhs []*config.VirtualHost, host string) *config.VirtualHost {
 	host = strings.ToLower(host)
-	hostNoPort := host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		hostNoPort = h
-	}
+	hostNoPort := hostWithoutPort(host)
 	var best *config.VirtualHost
 	bestRank, bestLen := 0, -1
 	for _, vh := range vhs {
@@ -559,6 +581,11 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 // drainBody reads what is left of a request body so that the next
 // request can be read; a large remainder closes the connection instead.
 func drainBody(req *http.Request) bool {
+	if b, ok := req.Body.(*replayBody); ok {
+		if err := b.ended(); err != nil {
+			return err == io.EOF // (read whole by the tries: the usual case)
+		}
+	}
 	n, err := io.CopyN(io.Discard, req.Body, 256<<10)
 	return err == io.EOF || err == nil && n == 0
 }

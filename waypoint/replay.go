@@ -185,6 +185,14 @@ func (b *replayBody) pull(p []byte) (n int, at int64, err error) {
 	return n, at, err
 }
 
+// ended is the error the client's body ended with (io.EOF: read
+// whole), nil while it has not.
+func (b *replayBody) ended() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
 // Read drains the client's body (what no try read).
 func (b *replayBody) Read(p []byte) (int, error) {
 	b.pullMu.Lock()

@@ -3,6 +3,7 @@ package waypoint
 import (
 	"context"
 	"errors"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -171,3 +172,38 @@ func TestStreamTimerAfterFunc(t *testing.T) {
 type abortFunc struct{ f func() }
 
 func (a *abortFunc) abort() { a.f() }
+
+// TestHostWithoutPort: the host of an authority, as net.SplitHostPort
+// splits it; the authority itself where it does not.
+func TestHostWithoutPort(t *testing.T) {
+	for _, in := range []string{
+		"reviews", "reviews:9080", "reviews.default.svc.cluster.local:80", "10.0.0.1", "10.0.0.1:80",
+		"[::1]:80", "[::1]", "::1", "fe80::1%eth0", "[fe80::1%eth0]:8080", "host:", ":80", "", ":",
+		"[a]b:80", "a]:80", "[[::1]]:80", "a:b:c", "[::1]:8[0", "[]:80",
+	} {
+		want := in
+		if h, _, err := net.SplitHostPort(in); err == nil {
+			want = h
+		}
+		if got := hostWithoutPort(in); got != want {
+			t.Errorf("%q: got %q, want %q (net.SplitHostPort's)", in, got, want)
+		}
+	}
+}
+
+// FuzzHostWithoutPort: hostWithoutPort agrees with net.SplitHostPort
+// on any authority.
+func FuzzHostWithoutPort(f *testing.F) {
+	for _, s := range []string{"reviews:9080", "[::1]:80", "::1", "a]:80", "[a]b:80"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		want := in
+		if h, _, err := net.SplitHostPort(in); err == nil {
+			want = h
+		}
+		if got := hostWithoutPort(in); got != want {
+			t.Errorf("%q: got %q, want %q (net.SplitHostPort's)", in, got, want)
+		}
+	})
+}
