@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"reflect"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // TestStreamTimer: each timeout cancels the request's context, and
@@ -206,4 +211,37 @@ func FuzzHostWithoutPort(f *testing.F) {
 			t.Errorf("%q: got %q, want %q (net.SplitHostPort's)", in, got, want)
 		}
 	})
+}
+
+// TestHeaderScratch: clone gives what Header.Clone gives, each time,
+// into the same map; nothing of a head before shows through.
+func TestHeaderScratch(t *testing.T) {
+	var s headerScratch
+	heads := []http.Header{
+		{"A": {"1", "2"}, "B": {"3"}, "Empty": {}, "Nil": nil},
+		{"C": {"4"}},
+		nil,
+		{"A": {"5"}, "D": {"6", "7", "8"}},
+	}
+	var first http.Header
+	for i, src := range heads {
+		got := s.clone(src)
+		if d := cmp.Diff(src.Clone(), got); d != "" {
+			t.Errorf("head %d (-Header.Clone +clone):\n%s", i, d)
+		}
+		if src == nil {
+			continue
+		}
+		if first == nil {
+			first = got
+		} else if reflect.ValueOf(got).UnsafePointer() != reflect.ValueOf(first).UnsafePointer() {
+			t.Errorf("head %d: a new map, want the scratch's reused", i)
+		}
+		got.Add("A", "added") // appending to a value must not write into another's
+		for k, vv := range src {
+			if k != "A" && !slices.Equal(got[k], vv) {
+				t.Errorf("head %d: %s after an Add to A: got %q, want %q", i, k, got[k], vv)
+			}
+		}
+	}
 }
