@@ -489,11 +489,13 @@ func (p *Proxy) serveRequest(ctx context.Context, snap *config.Snapshot, hcm *co
 	if c != nil && req.ContentLength > 0 && req.ContentLength <= holdMax && int64(c.br.Buffered()) >= req.ContentLength {
 		// A small body that came with its head: the router forwards it
 		// from memory (bufferedBody), with the head in one write.
-		req.Body = &bufferedBody{ReadCloser: req.Body, n: req.ContentLength}
+		rec.x.buf = bufferedBody{ReadCloser: req.Body, n: req.ContentLength}
+		req.Body = &rec.x.buf
 	}
 	// The request's filter state starts as the connection's, copied only
 	// if a filter sets a value (most requests set none).
-	v := &view{req: req, ci: ci, fs: ci.fs, fsShared: true, rec: rec}
+	rec.x.view = view{req: req, ci: ci, fs: ci.fs, fsShared: true, rec: rec}
+	v := &rec.x.view
 	rt := selectRoute(hcm, v, req)
 	if rt != nil {
 		rec.route, rec.operation = rt.Name, rt.Operation

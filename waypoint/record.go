@@ -19,6 +19,18 @@ import (
 // along its path (arrival, filters, router, response) and read once when
 // it ends, by the metrics, the access log and the debug log alike.
 type requestRecord struct {
+	// x is what else the request allocates, in one object with the
+	// record: they live as long as the record (about six allocations
+	// per request fewer). Each is used once per request.
+	x struct {
+		body    countingBody
+		view    view
+		buf     bufferedBody
+		watched watchedBody
+		touch   touchBody
+		replay  replayBody
+		timer   streamTimer
+	}
 	t     *telemetry
 	start time.Time
 	ci    *connInfo
@@ -124,7 +136,8 @@ func (p *Proxy) beginRequest(c net.Conn, rw responder, ci *connInfo, req *http.R
 		r.reqMsgs, r.respMsgs = &grpcFrames{}, &grpcFrames{}
 	}
 	if req.Body != nil && req.Body != http.NoBody {
-		r.body = &countingBody{ReadCloser: req.Body, frames: r.reqMsgs}
+		r.x.body = countingBody{ReadCloser: req.Body, frames: r.reqMsgs}
+		r.body = &r.x.body
 		req.Body = r.body
 	}
 	r.service = t.servicesOf(snap).hcms[hcm]
@@ -184,7 +197,12 @@ func (r *requestRecord) upstream(c *config.Cluster, ep *config.Endpoint) {
 // messages while it runs.
 func (r *requestRecord) watch(resp *http.Response) {
 	r.resp = resp
-	resp.Body = &watchedBody{ReadCloser: resp.Body, r: r}
+	if r.x.watched.r == nil {
+		r.x.watched = watchedBody{ReadCloser: resp.Body, r: r}
+		resp.Body = &r.x.watched
+	} else {
+		resp.Body = &watchedBody{ReadCloser: resp.Body, r: r}
+	}
 	if r.grpc {
 		r.t.attachMessages(r, nil)
 	}

@@ -46,8 +46,14 @@ type replayBody struct {
 // errBodyNotKept: a try needs bytes the buffer no longer holds.
 var errBodyNotKept = errors.New("request body larger than the buffer limit: not kept for this try")
 
-func newReplayBody(src io.ReadCloser, limit int, st *streamTimer) *replayBody {
-	b := &replayBody{src: src, limit: limit, st: st}
+// newReplayBody makes b (a new one if nil; unused before) the body of
+// src replayed to each try, keeping up to limit bytes; st, if not nil,
+// counts its reads as activity.
+func newReplayBody(b *replayBody, src io.ReadCloser, limit int, st *streamTimer) *replayBody {
+	if b == nil {
+		b = new(replayBody)
+	}
+	b.src, b.limit, b.st = src, limit, st
 	if bb, ok := src.(*bufferedBody); ok && bb.n <= int64(limit) {
 		// Read now, without waiting: every try then gets the body in
 		// memory (reader), which net/http writes with the request's

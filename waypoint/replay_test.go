@@ -17,7 +17,7 @@ import (
 // read in progress.
 func TestReplayBody(t *testing.T) {
 	pr, pw := io.Pipe()
-	b := newReplayBody(pr, 10, nil)
+	b := newReplayBody(nil, pr, 10, nil)
 	first := b.reader()
 	go pw.Write([]byte("hello "))
 	buf := make([]byte, 64)
@@ -47,7 +47,7 @@ func TestReplayBody(t *testing.T) {
 		t.Fatalf("second try: got %q, %v; want the whole body", got, err)
 	}
 
-	over := newReplayBody(io.NopCloser(strings.NewReader(strings.Repeat("x", 30))), 10, nil)
+	over := newReplayBody(nil, io.NopCloser(strings.NewReader(strings.Repeat("x", 30))), 10, nil)
 	r1 := over.reader()
 	if n, err := io.Copy(io.Discard, r1); n != 30 || err != nil {
 		t.Fatalf("streaming past the limit: got %d, %v", n, err)
@@ -105,7 +105,7 @@ func TestGRPCTimeout(t *testing.T) {
 // sends with the request's head), mirrors get it at once; one over the
 // limit is left to stream.
 func TestReplayBodyBuffered(t *testing.T) {
-	b := newReplayBody(&bufferedBody{ReadCloser: io.NopCloser(strings.NewReader("hello")), n: 5}, 10, nil)
+	b := newReplayBody(nil, &bufferedBody{ReadCloser: io.NopCloser(strings.NewReader("hello")), n: 5}, 10, nil)
 	for try := range 2 {
 		r := b.reader()
 		if _, ok := r.(*replayReader); ok {
@@ -121,7 +121,7 @@ func TestReplayBodyBuffered(t *testing.T) {
 	if mirrored != "hello" {
 		t.Errorf("mirror: got %q, want %q at once", mirrored, "hello")
 	}
-	big := newReplayBody(&bufferedBody{ReadCloser: io.NopCloser(strings.NewReader("0123456789ab")), n: 12}, 10, nil)
+	big := newReplayBody(nil, &bufferedBody{ReadCloser: io.NopCloser(strings.NewReader("0123456789ab")), n: 12}, 10, nil)
 	if _, ok := big.reader().(*replayReader); !ok {
 		t.Errorf("body over the limit: got it in memory, want it streamed through a replayReader")
 	}
@@ -134,7 +134,7 @@ func TestReplayBodyBuffered(t *testing.T) {
 func TestReplayBodyRelease(t *testing.T) {
 	body := strings.Repeat("b", 1500)
 	buffered := func() *replayBody {
-		return newReplayBody(&bufferedBody{ReadCloser: io.NopCloser(strings.NewReader(body)), n: int64(len(body))}, 4096, nil)
+		return newReplayBody(nil, &bufferedBody{ReadCloser: io.NopCloser(strings.NewReader(body)), n: int64(len(body))}, 4096, nil)
 	}
 
 	b := buffered()

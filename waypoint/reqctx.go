@@ -63,9 +63,14 @@ var (
 // request whose context is ctx, and returns the request's context, which
 // they cancel with context.Canceled, as its parent's cancellation does
 // with the parent's error; stop ends it.
-func newStreamTimer(ctx context.Context, route, idle time.Duration) (context.Context, *streamTimer) {
+//
+// s, if not nil, is where the timer is made (unused before).
+func newStreamTimer(s *streamTimer, ctx context.Context, route, idle time.Duration) (context.Context, *streamTimer) {
 	now := time.Now()
-	s := &streamTimer{parent: ctx, idle: idle, last: now}
+	if s == nil {
+		s = new(streamTimer)
+	}
+	s.parent, s.idle, s.last = ctx, idle, now
 	if route > 0 {
 		s.deadline = now.Add(route)
 	}

@@ -113,7 +113,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		idle = 0
 	}
 	if timeout > 0 || idle > 0 {
-		ctx, st = newStreamTimer(ctx, timeout, idle)
+		ctx, st = newStreamTimer(&rec.x.timer, ctx, timeout, idle)
 		defer st.stop()
 	}
 	cs := p.clusterState(cl.Name)
@@ -154,7 +154,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 	}
 	var body *replayBody
 	if req.ContentLength != 0 && req.Body != nil && req.Body != http.NoBody {
-		body = newReplayBody(req.Body, cmpOr(a.BufferLimit, 1<<20), st)
+		body = newReplayBody(&rec.x.replay, req.Body, cmpOr(a.BufferLimit, 1<<20), st)
 		req.Body = body // what no try reads is drained from here
 		// The kept bytes' buffer goes back to its pool when the request
 		// is done, where each try wrote its body within its round trip
@@ -344,7 +344,8 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		return false
 	}
 	if idle > 0 {
-		resp.Body = &touchBody{ReadCloser: resp.Body, st: st}
+		rec.x.touch = touchBody{ReadCloser: resp.Body, st: st}
+		resp.Body = &rec.x.touch
 	}
 	// The response's trailers: the transport fills resp.Trailer when the
 	// body ends. An HTTP/1.1 client gets them after a chunked body (the
