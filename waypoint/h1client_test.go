@@ -368,7 +368,7 @@ func testH1Cancel(t *testing.T, where, how string) {
 		cc := newConnCtx(ctx)
 		t.Cleanup(cc.close)
 		var sctx context.Context
-		sctx, st = newStreamTimer(nil, cc, time.Hour, time.Hour)
+		sctx, st = newStreamTimer(cc, nil, time.Hour, time.Hour)
 		t.Cleanup(st.stop)
 		ctx = context.WithValue(sctx, dialKey{}, &dialInfo{st: st})
 	}

@@ -49,10 +49,6 @@ type streamTimer struct {
 // aborter is an upstream exchange that a cancelled request ends.
 type aborter interface{ abort() }
 
-// streamTimerKey finds a request's streamTimer among its context's
-// values.
-type streamTimerKey struct{}
-
 // The timeouts a streamTimer fires.
 var (
 	errRouteTimeout = errors.New("route timeout")
@@ -65,7 +61,7 @@ var (
 // with the parent's error; stop ends it.
 //
 // s, if not nil, is where the timer is made (unused before).
-func newStreamTimer(s *streamTimer, ctx context.Context, route, idle time.Duration) (context.Context, *streamTimer) {
+func newStreamTimer(ctx context.Context, s *streamTimer, route, idle time.Duration) (context.Context, *streamTimer) {
 	now := time.Now()
 	if s == nil {
 		s = new(streamTimer)
@@ -225,12 +221,7 @@ func (s *streamTimer) Err() error {
 	return s.err
 }
 
-func (s *streamTimer) Value(key any) any {
-	if key == (streamTimerKey{}) {
-		return s
-	}
-	return s.parent.Value(key)
-}
+func (s *streamTimer) Value(key any) any { return s.parent.Value(key) }
 
 // AfterFunc runs f in a goroutine of its own once s is cancelled (at
 // once if it is), unless stopped first. context.AfterFunc and the

@@ -28,7 +28,7 @@ func TestStreamTimer(t *testing.T) {
 		{"route before idle", time.Millisecond, time.Hour, errRouteTimeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, st := newStreamTimer(nil, context.Background(), tc.route, tc.idle)
+			ctx, st := newStreamTimer(context.Background(), nil, tc.route, tc.idle)
 			defer st.stop()
 			<-ctx.Done()
 			if got := ctx.Err(); got != context.Canceled {
@@ -40,7 +40,7 @@ func TestStreamTimer(t *testing.T) {
 		})
 	}
 	t.Run("stopped", func(t *testing.T) {
-		ctx, st := newStreamTimer(nil, context.Background(), time.Hour, time.Hour)
+		ctx, st := newStreamTimer(context.Background(), nil, time.Hour, time.Hour)
 		st.touch()
 		st.stop()
 		<-ctx.Done()
@@ -81,7 +81,7 @@ func TestStreamTimerParent(t *testing.T) {
 			parent, cancel := context.WithCancelCause(context.Background())
 			cc := newConnCtx(parent)
 			defer cc.close()
-			ctx, st := newStreamTimer(nil, tc.wrap(cc), time.Hour, 0)
+			ctx, st := newStreamTimer(tc.wrap(cc), nil, time.Hour, 0)
 			if got := st.conn != nil; got != tc.conn {
 				t.Errorf("registered with the connection: got %v, want %v", got, tc.conn)
 			}
@@ -116,7 +116,7 @@ func TestStreamTimerParent(t *testing.T) {
 		cc := newConnCtx(parent)
 		defer cc.close()
 		for range 3 {
-			ctx, st := newStreamTimer(nil, cc, 0, time.Hour)
+			ctx, st := newStreamTimer(cc, nil, 0, time.Hour)
 			a := &abortFunc{func() { t.Errorf("a finished request's exchange ended") }}
 			st.setAbort(a)
 			if !st.clearAbort(a) {
@@ -137,7 +137,7 @@ func TestStreamTimerParent(t *testing.T) {
 		cc := newConnCtx(parent)
 		defer cc.close()
 		cancel()
-		ctx, st := newStreamTimer(nil, cc, 0, time.Hour)
+		ctx, st := newStreamTimer(cc, nil, 0, time.Hour)
 		defer st.stop()
 		<-ctx.Done()
 	})
@@ -147,7 +147,7 @@ func TestStreamTimerParent(t *testing.T) {
 // timeout) and context.AfterFunc end with it, through its AfterFunc; a
 // stopped one does not run.
 func TestStreamTimerAfterFunc(t *testing.T) {
-	ctx, st := newStreamTimer(nil, context.Background(), time.Hour, 0)
+	ctx, st := newStreamTimer(context.Background(), nil, time.Hour, 0)
 	try, cancel := context.WithTimeout(ctx, time.Hour)
 	defer cancel()
 	ran := make(chan struct{})

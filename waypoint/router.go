@@ -113,7 +113,7 @@ func (p *Proxy) forward(ctx context.Context, snap *config.Snapshot, hcm *config.
 		idle = 0
 	}
 	if timeout > 0 || idle > 0 {
-		ctx, st = newStreamTimer(&rec.x.timer, ctx, timeout, idle)
+		ctx, st = newStreamTimer(ctx, &rec.x.timer, timeout, idle)
 		defer st.stop()
 	}
 	cs := p.clusterState(cl.Name)
