@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"sync"
+
+	"github.com/ambitmesh/ambit/internal/bufpool"
 )
 
 // replayBody is a request body read once from the client and handed to
@@ -61,7 +63,7 @@ func newReplayBody(b *replayBody, src io.ReadCloser, limit int, st *streamTimer)
 		// One buffer, read into where the kept bytes go (pull's append
 		// then copies nothing): +1, room to see the end. Pooled: it was
 		// a fifth of the bytes the waypoint allocated per request.
-		b.pooled = getKept(int(bb.n) + 1)
+		b.pooled = keptBufs.Get(int(bb.n) + 1)
 		p := (*b.pooled)[:bb.n+1]
 		b.kept = p[:0]
 		for {
@@ -76,24 +78,7 @@ func newReplayBody(b *replayBody, src io.ReadCloser, limit int, st *streamTimer)
 // keptBufs pools the buffers of small request bodies kept for
 // retries, by size class (the largest holds a body of holdMax bytes
 // and the byte more that shows its end).
-var keptBufs = [...]struct {
-	size int
-	pool sync.Pool
-}{{size: 2 << 10}, {size: 4 << 10}, {size: 8 << 10}, {size: holdMax + 1}}
-
-func getKept(n int) *[]byte {
-	for i := range keptBufs {
-		if c := &keptBufs[i]; n <= c.size {
-			if b, ok := c.pool.Get().(*[]byte); ok {
-				return b
-			}
-			b := make([]byte, c.size)
-			return &b
-		}
-	}
-	b := make([]byte, n)
-	return &b
-}
+var keptBufs = bufpool.New(2<<10, 4<<10, 8<<10, holdMax+1)
 
 // release gives the kept bytes' buffer back to keptBufs, unless a
 // mirror was handed them. Only the router calls it, when the request is
@@ -107,15 +92,8 @@ func (b *replayBody) release() {
 	if b.pooled == nil || b.shared || b.err == nil {
 		return
 	}
-	buf := b.pooled
+	keptBufs.Put(b.pooled)
 	b.pooled, b.kept, b.overflow = nil, nil, true
-	for i := range keptBufs {
-		if c := &keptBufs[i]; cap(*buf) == c.size {
-			*buf = (*buf)[:c.size]
-			c.pool.Put(buf)
-			return
-		}
-	}
 }
 
 // bufferedBody is a request body of n bytes that is already whole in

@@ -161,7 +161,7 @@ func TestReplayBodyRelease(t *testing.T) {
 		t.Errorf("a mirrored body: release gave its buffer back")
 	}
 	for range 10 {
-		p := getKept(len(body) + 1)
+		p := keptBufs.Get(len(body) + 1)
 		for i := range *p {
 			(*p)[i] = 'x'
 		}

@@ -186,13 +186,18 @@ func TestHostWithoutPort(t *testing.T) {
 		"[::1]:80", "[::1]", "::1", "fe80::1%eth0", "[fe80::1%eth0]:8080", "host:", ":80", "", ":",
 		"[a]b:80", "a]:80", "[[::1]]:80", "a:b:c", "[::1]:8[0", "[]:80",
 	} {
-		want := in
-		if h, _, err := net.SplitHostPort(in); err == nil {
-			want = h
-		}
-		if got := hostWithoutPort(in); got != want {
-			t.Errorf("%q: got %q, want %q (net.SplitHostPort's)", in, got, want)
-		}
+		checkHostWithoutPort(t, in)
+	}
+}
+
+func checkHostWithoutPort(t *testing.T, in string) {
+	t.Helper()
+	want := in
+	if h, _, err := net.SplitHostPort(in); err == nil {
+		want = h
+	}
+	if got := hostWithoutPort(in); got != want {
+		t.Errorf("%q: got %q, want %q (net.SplitHostPort's)", in, got, want)
 	}
 }
 
@@ -202,15 +207,7 @@ func FuzzHostWithoutPort(f *testing.F) {
 	for _, s := range []string{"reviews:9080", "[::1]:80", "::1", "a]:80", "[a]b:80"} {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, in string) {
-		want := in
-		if h, _, err := net.SplitHostPort(in); err == nil {
-			want = h
-		}
-		if got := hostWithoutPort(in); got != want {
-			t.Errorf("%q: got %q, want %q (net.SplitHostPort's)", in, got, want)
-		}
-	})
+	f.Fuzz(checkHostWithoutPort)
 }
 
 // TestHeaderScratch: clone gives what Header.Clone gives, each time,

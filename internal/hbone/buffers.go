@@ -1,8 +1,6 @@
 package hbone
 
-import (
-	"sync"
-)
+import "github.com/ambitmesh/ambit/internal/bufpool"
 
 // Pooled DATA payload buffers.
 
@@ -11,35 +9,8 @@ import (
 // 1 KiB body is about 1.3 KiB): in the 16 KiB class, each stream that
 // waited on one held 12 KiB more than it needed (16 streams: 192 KiB of
 // the waypoint's 3.4 MB live heap, twice that in its RSS).
-var chunkPools = [...]struct {
-	size int
-	pool sync.Pool
-}{{size: 1 << 10}, {size: 4 << 10}, {size: 16 << 10}, {size: maxFrameSize}}
+var chunkPools = bufpool.New(1<<10, 4<<10, 16<<10, maxFrameSize)
 
-func getChunk(n int) *[]byte {
-	for i := range chunkPools {
-		p := &chunkPools[i]
-		if n <= p.size {
-			if b, ok := p.pool.Get().(*[]byte); ok {
-				return b
-			}
-			b := make([]byte, p.size)
-			return &b
-		}
-	}
-	b := make([]byte, n)
-	return &b
-}
+func getChunk(n int) *[]byte { return chunkPools.Get(n) }
 
-func putChunk(b *[]byte) {
-	if b == nil {
-		return
-	}
-	for i := range chunkPools {
-		if p := &chunkPools[i]; cap(*b) == p.size {
-			*b = (*b)[:p.size]
-			p.pool.Put(b)
-			return
-		}
-	}
-}
+func putChunk(b *[]byte) { chunkPools.Put(b) }
