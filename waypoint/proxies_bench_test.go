@@ -810,6 +810,18 @@ func proxiesTable(b *testing.B, paths []*benchPath, fixed map[string]map[float64
 	fmt.Fprintf(&t, "(vCPU/1k: the proxy's CPU seconds per second per 1,000 req/s achieved (req/s @5k: what the 5k runs achieved);\n req/s per core: max req/s over the\n"+
 		" proxy's CPU share at saturation; x-wp: that proxy's figure over the waypoint's. A CPU share well under 100%%\n"+
 		" means the load side, not the proxy, was the limit.)\n")
+	// Each round's figure at 1,000 req/s, for the spread the medians
+	// hide: on a shared machine one round can cost a third more than the
+	// next.
+	fmt.Fprintf(&t, "vCPU/1k @1k by round:")
+	for _, p := range paths[1:] {
+		fmt.Fprintf(&t, " %s", p.name)
+		for _, res := range fixed[p.name][1000] {
+			fmt.Fprintf(&t, " %.3f", vcpuPer1k(res, d))
+		}
+		fmt.Fprintf(&t, ";")
+	}
+	fmt.Fprintf(&t, "\n")
 	wp := rows["waypoint"]
 	var wpRSS []int
 	for _, res := range fixed["waypoint"][1000] {
