@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ambitmesh/ambit/internal/caclient"
 	"github.com/ambitmesh/ambit/internal/identity"
@@ -94,7 +95,9 @@ func Run(ctx context.Context, o Options) error {
 	p.Stats().SetNode(NodeInfo{Namespace: o.Node.PodNamespace, ClusterID: cluster, ID: np.GetId(), ServiceCluster: np.GetCluster()})
 	p.Stats().SetAccessLog(o.AccessLog)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(p.Stats())
+	// Istio's metrics, and the process's own as ztunnel and istiod serve
+	// them (go_*, process_*): its memory, GC target and GC cycles.
+	reg.MustRegister(p.Stats(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	switch {

@@ -6,8 +6,12 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/ambitmesh/ambit/internal/identity"
 	"github.com/ambitmesh/ambit/waypoint"
@@ -63,6 +67,32 @@ func TestRunStatic(t *testing.T) {
 	}
 	if code := get("http://" + at(15020) + "/debug/pprof/heap"); code != 404 {
 		t.Errorf("metrics port /debug/pprof/heap: got %d, want 404 (profiles on the loopback admin only)", code)
+	}
+	// The metrics port serves the process's own metrics beside Istio's,
+	// as ztunnel's does: the GC target is the process's (the command
+	// sets 50 unless GOGC says otherwise; this test's is Go's).
+	mresp, err := http.Get("http://" + at(15020) + "/stats/prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(mresp.Body)
+	mresp.Body.Close()
+	if err != nil {
+		t.Fatalf("parse metrics: %v", err)
+	}
+	gogc := debug.SetGCPercent(-1)
+	debug.SetGCPercent(gogc)
+	for name, want := range map[string]float64{"go_gc_gogc_percent": float64(gogc), "process_resident_memory_bytes": -1, "go_memstats_heap_inuse_bytes": -1} {
+		mf := mfs[name]
+		if mf == nil || len(mf.GetMetric()) != 1 {
+			t.Errorf("metric %s: got %v, want one gauge", name, mf)
+			continue
+		}
+		got := mf.GetMetric()[0].GetGauge().GetValue()
+		if (want >= 0 && got != want) || (want < 0 && got <= 0) {
+			t.Errorf("metric %s: got %v, want %v (-1: above zero)", name, got, want)
+		}
 	}
 	resp, err := http.Post("http://"+at(15000)+"/quitquitquit", "", nil)
 	if err != nil {
