@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"runtime/debug"
+	"runtime/metrics"
 	"testing"
 	"time"
 
@@ -81,9 +81,9 @@ func TestRunStatic(t *testing.T) {
 	if err != nil {
 		t.Fatalf("parse metrics: %v", err)
 	}
-	gogc := debug.SetGCPercent(-1)
-	debug.SetGCPercent(gogc)
-	for name, want := range map[string]float64{"go_gc_gogc_percent": float64(gogc), "process_resident_memory_bytes": -1, "go_memstats_heap_inuse_bytes": -1} {
+	gogc := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(gogc)
+	for name, want := range map[string]float64{"go_gc_gogc_percent": float64(gogc[0].Value.Uint64()), "process_resident_memory_bytes": -1, "go_memstats_heap_inuse_bytes": -1} {
 		mf := mfs[name]
 		if mf == nil || len(mf.GetMetric()) != 1 {
 			t.Errorf("metric %s: got %v, want one gauge", name, mf)
