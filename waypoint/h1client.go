@@ -11,9 +11,12 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/ambitmesh/ambit/internal/hbone"
 )
 
 // h1Conn is one HTTP/1.1 connection to an upstream, the client side of
@@ -120,6 +123,19 @@ var errResponseHead = fmt.Errorf("response head larger than %d bytes", maxRespon
 // byte of the response (on a kept-alive connection, usually because it
 // closed it as idle while the request was on its way).
 var errClosedBeforeResponse = errors.New("upstream closed the connection before the response")
+
+// closedBeforeResponse reports whether err, reading a response of which
+// nothing has come, is the upstream ending the connection: a close
+// (EOF), a reset (ECONNRESET), or, through a tunnel, its stream reset by
+// the far end, which the destination's ztunnel does when its side to
+// the pod fails (as a request written after the pod closed a kept-alive
+// connection makes it fail). A reset of the waypoint's own (a
+// cancellation) is not.
+func closedBeforeResponse(err error) bool {
+	var reset *hbone.ResetError
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || (errors.As(err, &reset) && reset.Remote)
+}
 
 func newH1Conn(c net.Conn, host string, onBroken func()) *h1Conn {
 	h := &h1Conn{conn: c, host: host, onBroken: onBroken}
@@ -336,7 +352,7 @@ func (c *h1Conn) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 		if err = c.head.read(rd, req, resp, &b.body); err != nil {
 			rd.Reset(nil)
 			readers.Put(rd)
-			if c.lim.read == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)) {
+			if c.lim.read == 0 && closedBeforeResponse(err) {
 				err = fmt.Errorf("%w (%s): %w", errClosedBeforeResponse, c.host, err)
 			} else {
 				err = fmt.Errorf("read response from %s: %w", c.host, err)

@@ -4,17 +4,21 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ambitmesh/ambit/internal/hbone"
 	"github.com/ambitmesh/ambit/waypoint/config"
 )
 
@@ -234,6 +238,61 @@ func TestH1ClosedBeforeAnswer(t *testing.T) {
 	}{{"GET", nil, true}, {"HEAD", nil, true}, {"POST", []byte("b"), false}, {"PUT", []byte("b"), false}} {
 		if got := resendable(newReq(t, context.Background(), tc.method, "/", tc.body)); got != tc.want {
 			t.Errorf("resendable %s: got %v, want %v", tc.method, got, tc.want)
+		}
+	}
+}
+
+// TestH1ResetBeforeAnswer: an upstream that resets a kept-alive
+// connection (RST) when the next request reaches it, as a closed
+// socket does, is the same as one that closed it: errClosedBeforeResponse,
+// which Proxy.roundTrip resends once on a new connection.
+func TestH1ResetBeforeAnswer(t *testing.T) {
+	addr := rawServer(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		c.(*net.TCPConn).SetLinger(0) // the close is a reset
+	})
+	h, _ := dialH1(t, addr)
+	resp, err := h.RoundTrip(newReq(t, context.Background(), "GET", "/", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	_, err = h.RoundTrip(newReq(t, context.Background(), "GET", "/", nil))
+	if !errors.Is(err, errClosedBeforeResponse) || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("got %v, want %v from a connection reset", err, errClosedBeforeResponse)
+	}
+}
+
+// TestClosedBeforeResponse: which errors, with nothing of the response
+// read, are the upstream's end of the connection. Through a tunnel the
+// destination's ztunnel resets the stream (CANCEL) when a request
+// written after the pod closed a kept-alive connection fails on its
+// side: TestUpstreamClosesKeptAlive met that about once in 40 runs
+// before it counted.
+func TestClosedBeforeResponse(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"EOF", io.EOF, true},
+		{"unexpected EOF", fmt.Errorf("read head: %w", io.ErrUnexpectedEOF), true},
+		{"closed", net.ErrClosed, true},
+		{"TCP reset", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, true},
+		{"tunnel stream reset by the peer", &hbone.ResetError{Code: 0x8, Remote: true}, true},
+		{"tunnel stream reset here", fmt.Errorf("%w: %w", &hbone.ResetError{Code: 0x8}, context.Canceled), false},
+		{"cancelled", context.Canceled, false},
+		{"timeout", os.ErrDeadlineExceeded, false},
+		{"malformed", errors.New("malformed HTTP response"), false},
+	} {
+		if got := closedBeforeResponse(tc.err); got != tc.want {
+			t.Errorf("%s (%v): got %v, want %v", tc.name, tc.err, got, tc.want)
 		}
 	}
 }
