@@ -424,14 +424,8 @@ func newID(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// newUUID is a random (version 4) UUID, as Envoy's request ids.
-func newUUID() string {
-	var s [36]byte
-	putUUID(s[:])
-	return string(s[:])
-}
-
-// putUUID writes a random UUID into its 36 bytes.
+// putUUID writes a random (version 4) UUID, as Envoy's request ids,
+// into its 36 bytes.
 func putUUID(s []byte) {
 	var b [16]byte
 	rand.Read(b[:])
@@ -448,15 +442,8 @@ func putUUID(s []byte) {
 	hex.Encode(s[24:36], b[10:])
 }
 
-// newTraceparent is a W3C traceparent of a new trace, not sampled:
-// "00-<16 random bytes>-<8 random bytes>-00".
-func newTraceparent() string {
-	var s [55]byte
-	putTraceparent(s[:])
-	return string(s[:])
-}
-
-// putTraceparent writes a new traceparent into its 55 bytes.
+// putTraceparent writes the W3C traceparent of a new trace, not
+// sampled, into its 55 bytes: "00-<16 random bytes>-<8 random bytes>-00".
 func putTraceparent(s []byte) {
 	var b [24]byte
 	rand.Read(b[:])

@@ -185,12 +185,16 @@ func TestNewIDs(t *testing.T) {
 	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 	seen := map[string]bool{}
 	for range 100 {
-		u, tp := newUUID(), newTraceparent()
+		var ub [36]byte
+		var tb [55]byte
+		putUUID(ub[:])
+		putTraceparent(tb[:])
+		u, tp := string(ub[:]), string(tb[:])
 		if !uuid.MatchString(u) {
-			t.Errorf("newUUID: %q, not a version 4 UUID", u)
+			t.Errorf("putUUID: %q, not a version 4 UUID", u)
 		}
 		if !validTraceparent(tp) || !strings.HasSuffix(tp, "-00") {
-			t.Errorf("newTraceparent: %q, not a valid unsampled traceparent", tp)
+			t.Errorf("putTraceparent: %q, not a valid unsampled traceparent", tp)
 		}
 		if seen[u] || seen[tp] {
 			t.Fatalf("repeated id %q or %q", u, tp)
